@@ -1,0 +1,394 @@
+//! The validated configuration: what `control::config` produces from Xray JSON and what shards
+//! run. Every value here has passed validation; files (certificates) are already read.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use shardray_wire::addr::{Address, Destination};
+use uuid::Uuid;
+
+/// A whole validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where and what to log.
+    pub log: LogSpec,
+    /// The management API, if configured.
+    pub api: Option<ApiSpec>,
+    /// Whether the `stats` object is present (counters are kept only then, as upstream).
+    pub stats_enabled: bool,
+    /// Per-level and system policy.
+    pub policy: PolicySpec,
+    /// Inbounds the shards serve. The API's own inbound (if any) is not among them.
+    pub inbounds: Vec<InboundSpec>,
+    /// Outbounds; the first is the default route.
+    pub outbounds: Vec<OutboundSpec>,
+    /// Routing rules.
+    pub routing: RoutingSpec,
+}
+
+/// Log settings (`log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSpec {
+    /// `loglevel`: the least severe error-log message written.
+    pub level: LogLevel,
+    /// `access`: where accepted and rejected connections are logged.
+    pub access: LogTarget,
+    /// `error`: where the error log goes.
+    pub error: LogTarget,
+    /// `dnsLog`: log each DNS query.
+    pub dns_log: bool,
+}
+
+/// Error-log severity, as upstream names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// `debug`
+    Debug,
+    /// `info`
+    Info,
+    /// `warning` (the default)
+    Warning,
+    /// `error`
+    Error,
+    /// `none`: no error log at all.
+    None,
+}
+
+/// Where a log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard output (an empty path, the default).
+    Stdout,
+    /// Discarded (`"none"`).
+    Discard,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+/// The management API (`api`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSpec {
+    /// `api.tag` (or the article's `api.inboundTag`): the tag of the API's inbound and outbound.
+    pub tag: String,
+    /// Where the gRPC server listens.
+    pub listen: ApiListen,
+    /// The services enabled, by their short names (`HandlerService`, `StatsService`, ...).
+    pub services: Vec<String>,
+}
+
+/// Where the API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiListen {
+    /// A TCP address, from `api.listen` or from the dokodemo-door inbound carrying the API tag.
+    Tcp(SocketAddr),
+    /// A Unix socket path from `api.listen`.
+    Unix(PathBuf),
+}
+
+/// Policy (`policy`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicySpec {
+    /// `policy.levels`, by level number. A level missing here uses `LevelPolicy::default()`.
+    pub levels: BTreeMap<u32, LevelPolicy>,
+    /// `policy.system`.
+    pub system: SystemPolicy,
+}
+
+impl PolicySpec {
+    /// The policy for a level, falling back to upstream's defaults.
+    pub fn level(&self, level: u32) -> LevelPolicy {
+        self.levels.get(&level).cloned().unwrap_or_default()
+    }
+}
+
+/// One policy level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelPolicy {
+    /// `handshake`: time allowed to complete the inbound handshake (default 4 s).
+    pub handshake: Duration,
+    /// `connIdle`: a connection with no traffic either way for this long is closed (300 s).
+    pub conn_idle: Duration,
+    /// `uplinkOnly`: once the server side has closed, time left for the client's side (2 s).
+    pub uplink_only: Duration,
+    /// `downlinkOnly`: once the client side has closed, time left for the server's side (5 s).
+    pub downlink_only: Duration,
+    /// `statsUserUplink`: count each user's uplink bytes.
+    pub stats_user_uplink: bool,
+    /// `statsUserDownlink`: count each user's downlink bytes.
+    pub stats_user_downlink: bool,
+    /// `statsUserOnline`: track each user's live sessions.
+    pub stats_user_online: bool,
+    /// `bufferSize` in bytes (config gives KiB): the relay buffer per direction.
+    pub buffer_size: usize,
+}
+
+/// Relay buffer per direction when `bufferSize` is not set.
+pub const DEFAULT_BUFFER_SIZE: usize = 32 * 1024;
+
+impl Default for LevelPolicy {
+    fn default() -> Self {
+        LevelPolicy {
+            handshake: Duration::from_secs(4),
+            conn_idle: Duration::from_secs(300),
+            uplink_only: Duration::from_secs(2),
+            downlink_only: Duration::from_secs(5),
+            stats_user_uplink: false,
+            stats_user_downlink: false,
+            stats_user_online: false,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+        }
+    }
+}
+
+/// `policy.system`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SystemPolicy {
+    /// `statsInboundUplink`
+    pub stats_inbound_uplink: bool,
+    /// `statsInboundDownlink`
+    pub stats_inbound_downlink: bool,
+    /// `statsOutboundUplink`
+    pub stats_outbound_uplink: bool,
+    /// `statsOutboundDownlink`
+    pub stats_outbound_downlink: bool,
+}
+
+/// One inbound (`inbounds[i]`).
+#[derive(Debug, Clone)]
+pub struct InboundSpec {
+    /// `tag`; upstream allows it empty, counters then carry no name.
+    pub tag: String,
+    /// `listen` and `port`: the address every shard binds (with SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// `streamSettings.security == "tls"`: the TLS server settings.
+    pub tls: Option<TlsServerSpec>,
+    /// `protocol` and `settings`.
+    pub protocol: InboundProtocol,
+}
+
+/// The protocol an inbound speaks.
+#[derive(Debug, Clone)]
+pub enum InboundProtocol {
+    /// `vless`
+    Vless(VlessInboundSpec),
+    /// `dokodemo-door` (other than the API's own)
+    Dokodemo(DokodemoSpec),
+}
+
+/// `settings` of a VLESS inbound.
+#[derive(Debug, Clone)]
+pub struct VlessInboundSpec {
+    /// `clients`
+    pub clients: Vec<UserSpec>,
+    /// `fallbacks`, in config order.
+    pub fallbacks: Vec<FallbackSpec>,
+}
+
+/// A user (`clients[i]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSpec {
+    /// `id`
+    pub id: Uuid,
+    /// `email`: the name counters and logs use; may be empty.
+    pub email: String,
+    /// `level`: the policy level.
+    pub level: u32,
+}
+
+/// A fallback (`fallbacks[i]`): where a failed VLESS handshake's bytes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackSpec {
+    /// `name`: match on the TLS SNI; empty matches any.
+    pub name: String,
+    /// `alpn`: match on the negotiated ALPN; empty matches any.
+    pub alpn: String,
+    /// `path`: match on the HTTP path of the first request; empty matches any.
+    pub path: String,
+    /// `dest`: where to send the bytes.
+    pub dest: FallbackDest,
+    /// `xver`: PROXY protocol version to send first (0 none, 1 or 2).
+    pub xver: u8,
+}
+
+/// Where a fallback goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FallbackDest {
+    /// A TCP address (`80`, `"127.0.0.1:80"`, `"example.com:80"`).
+    Tcp(Destination),
+    /// A Unix socket path (`"/dev/shm/x.sock"`; a leading `@` is an abstract socket).
+    Unix(PathBuf),
+}
+
+/// `settings` of a dokodemo-door inbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DokodemoSpec {
+    /// `address` and `port`: where every connection goes.
+    pub destination: Destination,
+    /// `userLevel`: the policy level for its connections.
+    pub user_level: u32,
+}
+
+/// TLS server settings (`streamSettings.tlsSettings`).
+#[derive(Debug, Clone)]
+pub struct TlsServerSpec {
+    /// `serverName`: for logs and SNI-based fallback choice.
+    pub server_name: String,
+    /// `alpn`: protocols offered, in order (upstream's default: `h2`, `http/1.1`).
+    pub alpn: Vec<String>,
+    /// `certificates`: PEM chains and keys, already read from their files.
+    pub certificates: Vec<CertificateSpec>,
+    /// `minVersion`: "1.2" or "1.3"; `None` lets rustls choose.
+    pub min_version: Option<TlsVersion>,
+    /// `maxVersion`
+    pub max_version: Option<TlsVersion>,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2
+    V1_2,
+    /// TLS 1.3
+    V1_3,
+}
+
+/// One certificate and its key, in PEM.
+#[derive(Debug, Clone)]
+pub struct CertificateSpec {
+    /// The certificate chain, PEM.
+    pub chain_pem: Vec<u8>,
+    /// The private key, PEM.
+    pub key_pem: Vec<u8>,
+}
+
+/// One outbound (`outbounds[i]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundSpec {
+    /// `tag`
+    pub tag: String,
+    /// `sendThrough`: the local address to dial from.
+    pub send_through: Option<IpAddr>,
+    /// `protocol` and `settings`.
+    pub protocol: OutboundProtocol,
+}
+
+/// The protocol an outbound speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundProtocol {
+    /// `freedom`: connect directly.
+    Freedom(FreedomSpec),
+    /// `blackhole`: drop the connection.
+    Blackhole(BlackholeSpec),
+}
+
+/// `settings` of a freedom outbound.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FreedomSpec {
+    /// `domainStrategy`: which address families a domain resolves to.
+    pub domain_strategy: DomainStrategy,
+    /// `redirect`: send everything here instead ("host:port"; a 0 port keeps the original).
+    pub redirect: Option<Destination>,
+    /// `userLevel`
+    pub user_level: u32,
+}
+
+/// How freedom resolves domains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DomainStrategy {
+    /// `AsIs`: the system resolver, any family.
+    #[default]
+    AsIs,
+    /// `UseIP`: any family.
+    UseIp,
+    /// `UseIPv4`
+    UseIpv4,
+    /// `UseIPv6`
+    UseIpv6,
+}
+
+/// `settings` of a blackhole outbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BlackholeSpec {
+    /// `response.type == "http"`: answer with an HTTP 403 before closing.
+    pub http_response: bool,
+}
+
+/// Routing (`routing`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoutingSpec {
+    /// `domainStrategy`
+    pub domain_strategy: RoutingDomainStrategy,
+    /// `rules`, first match wins.
+    pub rules: Vec<RuleSpec>,
+}
+
+/// Whether routing resolves domains to match IP rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoutingDomainStrategy {
+    /// `AsIs`: domains are matched by name only.
+    #[default]
+    AsIs,
+    /// `IPIfNonMatch`: if no rule matches the name, resolve it and try the IP rules.
+    IpIfNonMatch,
+    /// `IPOnDemand`: resolve as soon as an IP rule is met.
+    IpOnDemand,
+}
+
+/// One routing rule: every condition present must match; an absent condition matches all.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuleSpec {
+    /// `ruleTag`
+    pub rule_tag: String,
+    /// `inboundTag`
+    pub inbound_tags: Vec<String>,
+    /// `user`: emails.
+    pub users: Vec<String>,
+    /// `domain` (also `domains`)
+    pub domains: Vec<DomainMatcher>,
+    /// `ip`: destination networks (`geoip:private` expanded, `!` negation not supported).
+    pub ips: Vec<IpNet>,
+    /// `port`: destination ports.
+    pub ports: Vec<PortRange>,
+    /// `network`: `tcp`, `udp` or both; `None` matches any.
+    pub network: Option<NetworkSet>,
+    /// `source`: client networks.
+    pub source_ips: Vec<IpNet>,
+    /// `sourcePort`
+    pub source_ports: Vec<PortRange>,
+    /// `outboundTag`
+    pub outbound_tag: String,
+}
+
+/// A domain condition, as written in `domain` rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainMatcher {
+    /// A bare string or `keyword:`: the name contains it.
+    Keyword(String),
+    /// `full:`: the name equals it.
+    Full(String),
+    /// `domain:`: the name is it or a subdomain of it.
+    Domain(String),
+    /// `regexp:`: the name matches the regular expression (checked at load).
+    Regex(String),
+}
+
+/// An inclusive port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub from: u16,
+    /// Last port (inclusive).
+    pub to: u16,
+}
+
+/// A set of transport networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkSet {
+    /// TCP included.
+    pub tcp: bool,
+    /// UDP included.
+    pub udp: bool,
+}
