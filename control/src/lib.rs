@@ -1,4 +1,8 @@
-//! The control side of shardray: config loading and validation, the control thread, the API.
+//! The control side of shardray: config loading and validation, the logger thread, starting
+//! and stopping the shards, and (next) the management API.
 #![deny(rust_2018_idioms)]
 
+pub mod api;
 pub mod config;
+pub mod logger;
+pub mod server;

@@ -1,1 +1,137 @@
-//! placeholder
+//! Loads V2Ray/Xray JSON configs (comments allowed) and validates them into `spec::Config`.
+//!
+//! Two stages: the text becomes raw serde structs with upstream's field names (`raw`), which
+//! are then checked and turned into the spec types (`validate` and the section modules). Every
+//! error names the JSON path of what is wrong, e.g. `inbounds[1].settings.clients[0].id`.
+
+mod error;
+mod inbound;
+mod merge;
+mod outbound;
+mod raw;
+mod routing;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use json_comments::StripComments;
+use serde_json::{Map, Value};
+
+pub use self::error::{ConfigError, ConfigErrorKind};
+pub use shardray_core::spec::Config;
+
+use self::raw::RawConfig;
+
+/// Loads and validates one config file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let doc = read_document(path)?;
+    build(doc).map_err(|e| e.in_file(path))
+}
+
+/// Loads several config files merged in order (see [`load_dir`] for how they merge).
+pub fn load_files(paths: &[PathBuf]) -> Result<Config, ConfigError> {
+    match paths {
+        [] => Err(ConfigError::invalid("", "no config file given")),
+        [one] => load_file(one),
+        many => {
+            let mut merged = Map::new();
+            for path in many {
+                let doc = read_document(path)?;
+                // Check each file's shape on its own first, so such errors name their file.
+                parse_raw(Value::Object(doc.clone())).map_err(|e| e.in_file(path))?;
+                merge::merge_config(&mut merged, doc);
+            }
+            build(merged)
+        }
+    }
+}
+
+/// Loads every `*.json` file of a directory (`-confdir`), sorted by name, merged as upstream
+/// merges several configs: objects merge key by key with later files winning, `inbounds` and
+/// `outbounds` are concatenated (an entry whose tag matches an earlier one replaces it), and
+/// `routing.rules` are concatenated.
+pub fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
+    let dir_name = dir.display().to_string();
+    let entries = std::fs::read_dir(dir).map_err(|e| ConfigError::io(&dir_name, dir, &e))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| ConfigError::io(&dir_name, dir, &e))?;
+        let path = entry.path();
+        let is_json = path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
+        if is_json && path.is_file() {
+            paths.push(path);
+        }
+    }
+    if paths.is_empty() {
+        return Err(ConfigError::invalid(dir_name, "holds no *.json file"));
+    }
+    paths.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    load_files(&paths)
+}
+
+/// Loads and validates a config given as text.
+pub fn load_str(text: &str) -> Result<Config, ConfigError> {
+    build(parse_document(text, "")?)
+}
+
+/// Reads a file and parses it as a JSON object (comments allowed).
+fn read_document(path: &Path) -> Result<Map<String, Value>, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(&name, path, &e))?;
+    parse_document(&text, &name)
+}
+
+/// Strips comments and parses the text as a JSON object; `name` is the file, for errors.
+fn parse_document(text: &str, name: &str) -> Result<Map<String, Value>, ConfigError> {
+    let mut plain = String::with_capacity(text.len());
+    StripComments::new(text.as_bytes())
+        .read_to_string(&mut plain)
+        .map_err(|e| syntax_error(name, format!("cannot strip comments: {e}")))?;
+    match serde_json::from_str::<Value>(&plain) {
+        Ok(Value::Object(doc)) => Ok(doc),
+        Ok(_) => Err(syntax_error(
+            name,
+            "the config must be a JSON object".to_string(),
+        )),
+        Err(e) => {
+            let text = e.to_string();
+            let what = match text.rfind(" at line ") {
+                Some(at) => &text[..at],
+                None => &text,
+            };
+            Err(syntax_error(
+                name,
+                format!(
+                    "invalid JSON at line {}, column {}: {what}",
+                    e.line(),
+                    e.column()
+                ),
+            ))
+        }
+    }
+}
+
+fn syntax_error(name: &str, message: String) -> ConfigError {
+    ConfigError {
+        path: name.to_string(),
+        kind: ConfigErrorKind::Syntax,
+        message,
+        file: None,
+    }
+}
+
+/// The raw structs of a document, errors naming JSON paths.
+fn parse_raw(doc: Value) -> Result<RawConfig, ConfigError> {
+    validate::deserialize_at(doc, "")
+}
+
+/// A parsed (and merged) document to a validated config.
+fn build(doc: Map<String, Value>) -> Result<Config, ConfigError> {
+    validate::validate(parse_raw(Value::Object(doc))?)
+}

@@ -1,5 +1,8 @@
-//! Pure data shared by the control thread and the shards: the validated config (`spec`), user
-//! tables, the compiled router, policy levels and per-shard counters. No runtime, no IO.
+//! Pure data shared by the control thread and the shards: the validated config (`spec`), the
+//! compiled router, per-shard counters and the logging handle. No runtime, no sockets.
 #![deny(rust_2018_idioms)]
 
+pub mod log;
+pub mod router;
 pub mod spec;
+pub mod stats;

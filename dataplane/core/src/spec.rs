@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use shardray_wire::addr::{Address, Destination};
+use shardray_wire::addr::Destination;
 use uuid::Uuid;
 
 /// A whole validated config.

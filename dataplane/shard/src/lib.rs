@@ -1,1 +1,127 @@
-//! The glommio shards.
+//! The glommio shards: one pinned executor per core that accepts, decodes, routes and relays,
+//! owning every piece of state it touches on the hot path.
+#![deny(rust_2018_idioms)]
+
+mod ctx;
+mod inbound;
+mod outbound;
+mod relay;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::os::fd::IntoRawFd;
+use std::rc::Rc;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use shardray_core::log::LogSink;
+use shardray_core::spec::Config;
+use shardray_core::stats::StatsSnapshot;
+
+use crate::ctx::ShardCtx;
+
+/// What the control thread asks of a shard.
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// Reply with the shard's counters.
+    Snapshot(async_channel::Sender<StatsSnapshot>),
+    /// Stop accepting, let live sessions finish for up to `grace`, then stop the shard.
+    Drain {
+        /// How long live sessions may go on.
+        grace: Duration,
+    },
+}
+
+/// Everything a shard needs to start; built by the control thread, moved to the shard.
+#[derive(Debug)]
+pub struct ShardPlan {
+    /// The shard's number, from 0.
+    pub id: usize,
+    /// The CPU to pin to, if any.
+    pub cpu: Option<usize>,
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// One bound, listening socket per inbound, in `config.inbounds` order (SO_REUSEPORT:
+    /// every shard has its own socket on the same address).
+    pub listeners: Vec<std::net::TcpListener>,
+    /// The API's listen addresses, which no session may reach.
+    pub api_addrs: Arc<[SocketAddr]>,
+    /// Where the shard logs.
+    pub log: LogSink,
+    /// Commands from the control thread.
+    pub commands: async_channel::Receiver<ShardCommand>,
+    /// Told `Ok(id)` once the shard is serving, or why it could not start.
+    pub ready: SyncSender<Result<usize, String>>,
+}
+
+/// A running shard's thread.
+pub type ShardHandle = glommio::ExecutorJoinHandle<()>;
+
+/// Starts a shard on its own pinned thread.
+pub fn spawn_shard(plan: ShardPlan) -> std::io::Result<ShardHandle> {
+    let placement = match plan.cpu {
+        Some(cpu) => Placement::Fixed(cpu),
+        None => Placement::Unbound,
+    };
+    LocalExecutorBuilder::new(placement)
+        .name(&format!("shard-{}", plan.id))
+        // No file IO here: keep io_uring's registered memory small.
+        .io_memory(1 << 20)
+        .spawn(move || run(plan))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+async fn run(plan: ShardPlan) {
+    let ShardPlan {
+        id,
+        config,
+        listeners,
+        api_addrs,
+        log,
+        commands,
+        ready,
+        ..
+    } = plan;
+    let ctx = match ShardCtx::new(config, api_addrs, log) {
+        Ok(ctx) => Rc::new(ctx),
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mut accepting = Vec::with_capacity(listeners.len());
+    for (inbound, listener) in ctx.inbounds.iter().zip(listeners) {
+        // SAFETY: the descriptor comes from a listening std socket we own and give up here.
+        let listener = unsafe {
+            <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(
+                listener.into_raw_fd(),
+            )
+        };
+        accepting.push(glommio::spawn_local(inbound::accept_loop(
+            ctx.clone(),
+            inbound.clone(),
+            listener,
+        )));
+    }
+    let _ = ready.send(Ok(id));
+
+    while let Ok(command) = commands.recv().await {
+        match command {
+            ShardCommand::Snapshot(reply) => {
+                let _ = reply.try_send(ctx.snapshot());
+            }
+            ShardCommand::Drain { grace } => {
+                for task in accepting.drain(..) {
+                    task.cancel().await;
+                }
+                let deadline = Instant::now() + grace;
+                while ctx.live.get() > 0 && Instant::now() < deadline {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+                break;
+            }
+        }
+    }
+}

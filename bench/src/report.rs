@@ -1,0 +1,242 @@
+//! Turns run records into medians, a Markdown table for humans and RESULTS.md, and JSON.
+
+use std::fmt::Write as _;
+use std::fs;
+
+use serde::Serialize;
+
+use crate::throughput::RunRecord;
+
+/// Medians over the runs of one target in one direction.
+#[derive(Debug, Clone, Serialize)]
+pub struct Median {
+    /// Target name.
+    pub target: String,
+    /// "up" or "down".
+    pub direction: &'static str,
+    /// Runs the medians are taken over.
+    pub runs: usize,
+    /// Median client-side throughput.
+    pub gbit_s: f64,
+    /// Median target CPU seconds during the transfer.
+    pub proxy_cpu_s: f64,
+    /// Median target CPU seconds per 10^9 bytes.
+    pub cpu_s_per_gb: f64,
+    /// `cpu_s_per_gb` divided by sing-box's in the same direction, when sing-box was measured.
+    pub cpu_per_gb_vs_sing_box: Option<f64>,
+    /// Median peak RSS in MiB.
+    pub peak_rss_mib: f64,
+    /// Median harness CPU seconds.
+    pub harness_cpu_s: f64,
+}
+
+/// Where the figures were taken.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// CPU model name.
+    pub cpu: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// Kernel release.
+    pub kernel: String,
+}
+
+/// Everything one `throughput` invocation measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Where.
+    pub machine: Machine,
+    /// Every run.
+    pub runs: Vec<RunRecord>,
+    /// Medians per target and direction.
+    pub medians: Vec<Median>,
+}
+
+impl Machine {
+    /// Reads this machine's description from /proc.
+    pub fn detect() -> Machine {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Machine { cpu, cpus, kernel }
+    }
+}
+
+impl Report {
+    /// Builds the report, computing medians per (target, direction) in first-seen order.
+    pub fn new(runs: Vec<RunRecord>) -> Report {
+        let mut keys: Vec<(String, &'static str)> = Vec::new();
+        for r in &runs {
+            let key = (r.target.clone(), r.direction);
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        let mut medians: Vec<Median> = keys
+            .into_iter()
+            .map(|(target, direction)| {
+                let group: Vec<&RunRecord> = runs
+                    .iter()
+                    .filter(|r| r.target == target && r.direction == direction)
+                    .collect();
+                let m = |f: fn(&RunRecord) -> f64| median(group.iter().map(|r| f(r)).collect());
+                Median {
+                    target,
+                    direction,
+                    runs: group.len(),
+                    gbit_s: m(|r| r.gbit_s),
+                    proxy_cpu_s: m(|r| r.proxy_cpu_s),
+                    cpu_s_per_gb: m(|r| r.cpu_s_per_gb),
+                    cpu_per_gb_vs_sing_box: None,
+                    peak_rss_mib: m(|r| r.peak_rss_mib),
+                    harness_cpu_s: m(|r| r.harness_cpu_s),
+                }
+            })
+            .collect();
+        let baseline: Vec<(&'static str, f64)> = medians
+            .iter()
+            .filter(|m| m.target == "sing-box")
+            .map(|m| (m.direction, m.cpu_s_per_gb))
+            .collect();
+        for m in &mut medians {
+            m.cpu_per_gb_vs_sing_box = baseline
+                .iter()
+                .find(|(d, _)| *d == m.direction)
+                .filter(|(_, base)| *base > 0.0)
+                .map(|(_, base)| m.cpu_s_per_gb / base);
+        }
+        Report {
+            machine: Machine::detect(),
+            runs,
+            medians,
+        }
+    }
+
+    /// The report as Markdown: machine line, per-run table, medians table.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            out,
+            "Machine: {} ({} CPUs), Linux {}\n",
+            m.cpu, m.cpus, m.kernel
+        );
+        out.push_str(
+            "| target | dir | run | streams × bytes | wall s | Gbit/s | proxy CPU s | CPU s/GB | peak RSS MiB | harness CPU s |\n\
+             |---|---|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in &self.runs {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} × {} | {:.2} | {:.2} | {:.2} | {:.3} | {:.1} | {:.2} |",
+                r.target,
+                r.direction,
+                r.run,
+                r.streams,
+                human_bytes(r.bytes_per_stream),
+                r.wall_s,
+                r.gbit_s,
+                r.proxy_cpu_s,
+                r.cpu_s_per_gb,
+                r.peak_rss_mib,
+                r.harness_cpu_s,
+            );
+        }
+        out.push_str(
+            "\nMedians:\n\n\
+             | target | dir | runs | Gbit/s | CPU s/GB | CPU/GB vs sing-box | peak RSS MiB |\n\
+             |---|---|---:|---:|---:|---:|---:|\n",
+        );
+        for md in &self.medians {
+            let ratio = md
+                .cpu_per_gb_vs_sing_box
+                .map_or("–".to_owned(), |r| format!("{r:.2}×"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.2} | {:.3} | {} | {:.1} |",
+                md.target,
+                md.direction,
+                md.runs,
+                md.gbit_s,
+                md.cpu_s_per_gb,
+                ratio,
+                md.peak_rss_mib
+            );
+        }
+        out
+    }
+}
+
+/// The median of `values` (mean of the middle two for an even count); 0 when empty.
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// `268435456` → `256 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    // Sizes are powers of two, so a mask tests divisibility (keeps MSRV 1.85).
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if n >= size && n & (size - 1) == 0 {
+            return format!("{} {unit}", n / size);
+        }
+    }
+    format!("{n} B")
+}
+
+/// Parses `1048576`, `64K`, `256MiB`, `1G`, `2GB` (binary multiples throughout).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown unit {other:?} in {s:?}")),
+    };
+    num.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_parse_and_print() {
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("64k"), Ok(64 << 10));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("12parsecs").is_err());
+        assert_eq!(human_bytes(256 << 20), "256 MiB");
+        assert_eq!(human_bytes(1000), "1000 B");
+    }
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

@@ -1,0 +1,82 @@
+//! The only module with `unsafe`: thin safe wrappers over the few libc calls the harness needs.
+//!
+//! Invariants: every pointer handed to libc points at a live, correctly sized local; every file
+//! descriptor passed in is borrowed from an owner that outlives the call (`AsFd`), and the only
+//! descriptors created here are returned as `OwnedFd` straight away, so none leaks or is closed
+//! twice.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+/// CPU time in seconds of process `pid` (all threads, exited ones included), from the kernel's
+/// per-process CPU clock; `None` if the clock cannot be read.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: both out-pointers are valid locals; the calls fail cleanly for a bad pid.
+    let ok = unsafe {
+        libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) == 0
+            && libc::clock_gettime(clock, &mut ts) == 0
+    };
+    ok.then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
+}
+
+/// Clock ticks per second, the unit of /proc/PID/stat CPU times.
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// Sends SIGTERM to `pid`, which must be our own child not yet reaped (so the pid is not reused).
+pub fn terminate(pid: u32) {
+    // SAFETY: kill(2) takes no pointers; the caller guarantees `pid` is still its child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+}
+
+/// A pipe, read end then write end, with its capacity raised to `size` bytes where allowed.
+pub fn pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: F_SETPIPE_SZ takes an integer; failure (size above the limit) is harmless.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+    Ok((r, w))
+}
+
+/// Moves up to `len` bytes from `from` to `to` inside the kernel, one of which must be a pipe;
+/// returns the bytes moved, 0 at end of input.
+pub fn splice(from: &impl AsFd, to: &impl AsFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: both descriptors are borrowed open fds; null offsets mean "current position".
+        let n = unsafe {
+            libc::splice(
+                from.as_fd().as_raw_fd(),
+                std::ptr::null_mut(),
+                to.as_fd().as_raw_fd(),
+                std::ptr::null_mut(),
+                len,
+                // No SPLICE_F_MORE: it corks the socket and cost a third of the throughput.
+                libc::SPLICE_F_MOVE,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The proxies under test: writes an equivalent VLESS-in, direct-out config for each, starts
+//! it, waits until it carries traffic, and stops it.
+
+use std::fmt;
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::client::VlessClient;
+use crate::pattern::{Flow, Request};
+use crate::sys;
+
+/// Which core serves the VLESS inbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetKind {
+    /// Our own binary.
+    Shardray,
+    /// sing-box 1.14.4.
+    SingBox,
+    /// V2Ray 4.45.2.
+    V2ray,
+    /// The bare splice relay (`shardray-bench splice-relay`), the floor for a userspace relay.
+    Splice,
+}
+
+impl TargetKind {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Shardray => "shardray",
+            TargetKind::SingBox => "sing-box",
+            TargetKind::V2ray => "v2ray",
+            TargetKind::Splice => "splice",
+        }
+    }
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TargetKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shardray" => Ok(TargetKind::Shardray),
+            "sing-box" | "singbox" => Ok(TargetKind::SingBox),
+            "v2ray" => Ok(TargetKind::V2ray),
+            "splice" => Ok(TargetKind::Splice),
+            other => Err(format!(
+                "unknown target {other:?} (shardray, sing-box, v2ray, splice)"
+            )),
+        }
+    }
+}
+
+/// Everything needed to start one target.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    /// Which core.
+    pub kind: TargetKind,
+    /// Its binary.
+    pub bin: PathBuf,
+    /// Shards for shardray; ignored by the others.
+    pub shards: usize,
+}
+
+/// A started target; dropping it stops the process.
+#[derive(Debug)]
+pub struct RunningTarget {
+    child: Child,
+    /// The VLESS port on 127.0.0.1.
+    pub addr: SocketAddr,
+    /// The user the config admits.
+    pub user: Uuid,
+    log: PathBuf,
+}
+
+impl TargetSpec {
+    /// Writes the config into `dir`, starts the process, and returns once a 1 KiB download
+    /// through it to `sink` succeeds (bounded by `startup`).
+    pub fn start(&self, dir: &Path, sink: SocketAddr, startup: Duration) -> Result<RunningTarget> {
+        let port = free_port()?;
+        let user = Uuid::new_v4();
+        let name = self.kind.name();
+        let config = dir.join(format!("{name}.json"));
+        if let Some(body) = self.config(port, user, sink) {
+            let body = serde_json::to_string_pretty(&body)?;
+            fs::write(&config, body).with_context(|| format!("writing {}", config.display()))?;
+        }
+        let log = dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log)?;
+
+        let mut cmd = Command::new(&self.bin);
+        match self.kind {
+            TargetKind::Shardray => {
+                cmd.arg("run").arg("-c").arg(&config);
+                cmd.arg("--shards").arg(self.shards.to_string());
+            }
+            TargetKind::SingBox => {
+                cmd.args(["run", "--disable-color", "-c"]).arg(&config);
+            }
+            // V2Ray 4.x has no subcommands: `v2ray -config FILE`.
+            TargetKind::V2ray => {
+                cmd.arg("-config").arg(&config);
+            }
+            TargetKind::Splice => {
+                cmd.args([
+                    "splice-relay",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--user",
+                ]);
+                cmd.arg(user.to_string());
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let mut target = RunningTarget {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            user,
+            log,
+        };
+        target
+            .wait_ready(sink, startup)
+            .with_context(|| format!("{name} did not come up; its log:\n{}", target.log_tail()))?;
+        Ok(target)
+    }
+
+    /// The server config: one VLESS inbound on 127.0.0.1:`port` for `user`, direct outbound;
+    /// `None` for the splice relay, which takes its two settings as arguments.
+    fn config(&self, port: u16, user: Uuid, sink: SocketAddr) -> Option<Value> {
+        Some(match self.kind {
+            TargetKind::Splice => return None,
+            TargetKind::SingBox => json!({
+                "log": { "level": "warn" },
+                "inbounds": [{
+                    "type": "vless",
+                    "tag": "vless-in",
+                    "listen": "127.0.0.1",
+                    "listen_port": port,
+                    "users": [{ "name": "bench@local", "uuid": user.to_string() }]
+                }],
+                "outbounds": [{ "type": "direct", "tag": "direct" }]
+            }),
+            TargetKind::Shardray | TargetKind::V2ray => {
+                let mut config = json!({
+                    "log": { "loglevel": "warning" },
+                    "stats": {},
+                    "policy": {
+                        "levels": { "0": { "statsUserUplink": true, "statsUserDownlink": true } }
+                    },
+                    "inbounds": [{
+                        "tag": "vless-in",
+                        "listen": "127.0.0.1",
+                        "port": port,
+                        "protocol": "vless",
+                        "settings": {
+                            "clients": [{ "id": user.to_string(), "email": "bench@local", "level": 0 }],
+                            "decryption": "none"
+                        }
+                    }],
+                    "outbounds": [{ "tag": "direct", "protocol": "freedom", "settings": {} }]
+                });
+                if self.kind == TargetKind::Shardray {
+                    // shardray refuses loopback destinations unless a rule names them.
+                    config["routing"] = json!({
+                        "rules": [{
+                            "type": "field",
+                            "ip": [format!("{}/32", sink.ip())],
+                            "outboundTag": "direct"
+                        }]
+                    });
+                }
+                config
+            }
+        })
+    }
+}
+
+impl RunningTarget {
+    /// The process id, for /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A client that reaches `sink` through this target.
+    pub fn client(&self, sink: SocketAddr) -> VlessClient {
+        VlessClient {
+            proxy: self.addr,
+            user: self.user,
+            sink,
+        }
+    }
+
+    /// Fails if the process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("target exited ({status}); its log:\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// The last lines of the target's output, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.is_empty() {
+            return "(empty)".into();
+        }
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    fn wait_ready(&mut self, sink: SocketAddr, startup: Duration) -> Result<()> {
+        let deadline = Instant::now() + startup;
+        loop {
+            self.check_alive()?;
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("port {} not accepting after {startup:?}", self.addr);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        // The port accepts; one small transfer proves the config routes to the sink.
+        let probe = Request {
+            flow: Flow::Down,
+            len: 1024,
+            start: 0,
+        };
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        self.client(sink)
+            .run(probe, left)
+            .context("probe transfer")?;
+        Ok(())
+    }
+
+    /// Stops the process: SIGTERM, then SIGKILL if it lingers past two seconds.
+    pub fn stop(mut self) -> Result<()> {
+        self.terminate();
+        Ok(())
+    }
+
+    fn terminate(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // Not reaped yet (try_wait said so), so the pid is still our child's.
+        sys::terminate(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RunningTarget {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}

@@ -1,0 +1,99 @@
+//! The management API: one tonic server on the control thread, each service served under
+//! every name upstream clients use (`xray.app.…`, `v2ray.core.app.…`, `experimental.…`).
+
+pub mod stats;
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context};
+use shardray_core::spec::{ApiListen, ApiSpec};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+use crate::server::ShardLinks;
+
+/// Alternative package prefixes of each service, mapped onto the Xray name we implement.
+const ALIASES: &[(&str, &str)] = &[
+    (
+        "/v2ray.core.app.stats.command.StatsService/",
+        "/xray.app.stats.command.StatsService/",
+    ),
+    (
+        "/experimental.v2rayapi.StatsService/",
+        "/xray.app.stats.command.StatsService/",
+    ),
+];
+
+/// Rewrites a request path from an upstream alias to the name the router knows.
+fn canonical_path<B>(mut req: http::Request<B>) -> http::Request<B> {
+    let path = req.uri().path();
+    if let Some((from, to)) = ALIASES.iter().find(|(from, _)| path.starts_with(from)) {
+        let rewritten = format!("{to}{}", &path[from.len()..]);
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = rewritten.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
+}
+
+/// A bound API listener, before it serves.
+pub enum ApiListener {
+    /// TCP on a loopback address.
+    Tcp(tokio::net::TcpListener, SocketAddr),
+    /// A Unix socket.
+    Unix(tokio::net::UnixListener),
+}
+
+/// Binds the API's address. A non-loopback TCP address is refused: the API has no
+/// authentication of its own yet, so it must not be reachable from outside.
+pub async fn bind(spec: &ApiSpec) -> anyhow::Result<ApiListener> {
+    match &spec.listen {
+        ApiListen::Tcp(addr) => {
+            if !addr.ip().is_loopback() {
+                bail!("api: refusing to listen on {addr}: the API listens on loopback or a Unix socket only");
+            }
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("api: cannot listen on {addr}"))?;
+            let bound = listener.local_addr()?;
+            Ok(ApiListener::Tcp(listener, bound))
+        }
+        ApiListen::Unix(path) => {
+            // A stale socket file from an earlier run would make bind fail.
+            if path.exists() {
+                let _ = std::fs::remove_file(path);
+            }
+            let listener = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("api: cannot listen on {}", path.display()))?;
+            Ok(ApiListener::Unix(listener))
+        }
+    }
+}
+
+/// Serves the enabled services until the process stops.
+pub async fn serve(spec: ApiSpec, listener: ApiListener, shards: ShardLinks) -> anyhow::Result<()> {
+    let wants = |name: &str| spec.services.is_empty() || spec.services.iter().any(|s| s == name);
+    let mut routes = tonic::service::RoutesBuilder::default();
+    if wants("StatsService") {
+        routes.add_service(stats::service(shards));
+    }
+    let router = tonic::transport::Server::builder()
+        .layer(tower::util::MapRequestLayer::new(canonical_path))
+        .add_routes(routes.routes());
+    match listener {
+        ApiListener::Tcp(l, _) => {
+            router
+                .serve_with_incoming(TcpListenerStream::new(l))
+                .await?
+        }
+        ApiListener::Unix(l) => {
+            router
+                .serve_with_incoming(UnixListenerStream::new(l))
+                .await?
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! StatsService: traffic counters summed over every shard, with upstream's names.
+//!
+//! Shards only ever count up. A reset is a baseline kept here: the value reported is the
+//! shards' total minus the baseline, so no shard is written to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use shardray_core::spec::{Config, InboundProtocol};
+use shardray_core::stats::StatsSnapshot;
+use shardray_proto::xray::app::stats::command as pb;
+use tonic::{Request, Response, Status};
+
+use crate::server::ShardLinks;
+
+/// The service, ready to add to a router.
+pub fn service(shards: ShardLinks) -> pb::stats_service_server::StatsServiceServer<StatsApi> {
+    pb::stats_service_server::StatsServiceServer::new(StatsApi {
+        shards,
+        baselines: Mutex::default(),
+        started: Instant::now(),
+    })
+}
+
+/// The StatsService implementation.
+pub struct StatsApi {
+    shards: ShardLinks,
+    /// Totals at the last reset, by counter name.
+    baselines: Mutex<HashMap<String, u64>>,
+    started: Instant,
+}
+
+/// `user>>>EMAIL>>>traffic>>>uplink` and the like.
+fn traffic_name(kind: &str, name: &str, dir: &str) -> String {
+    format!("{kind}>>>{name}>>>traffic>>>{dir}")
+}
+
+/// Every counter the config enables, with the shards' totals; missing ones do not exist.
+fn totals(config: &Config, snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if !config.stats_enabled {
+        return out;
+    }
+    let mut user_up: HashMap<&str, u64> = HashMap::new();
+    let mut user_down: HashMap<&str, u64> = HashMap::new();
+    let mut in_up: HashMap<&str, u64> = HashMap::new();
+    let mut in_down: HashMap<&str, u64> = HashMap::new();
+    let mut out_up: HashMap<&str, u64> = HashMap::new();
+    let mut out_down: HashMap<&str, u64> = HashMap::new();
+    for s in snaps {
+        for u in &s.users {
+            *user_up.entry(&u.email).or_default() += u.up;
+            *user_down.entry(&u.email).or_default() += u.down;
+        }
+        for l in &s.inbounds {
+            *in_up.entry(&l.tag).or_default() += l.up;
+            *in_down.entry(&l.tag).or_default() += l.down;
+        }
+        for l in &s.outbounds {
+            *out_up.entry(&l.tag).or_default() += l.up;
+            *out_down.entry(&l.tag).or_default() += l.down;
+        }
+    }
+    for inbound in &config.inbounds {
+        if let InboundProtocol::Vless(v) = &inbound.protocol {
+            for user in v.clients.iter().filter(|u| !u.email.is_empty()) {
+                let policy = config.policy.level(user.level);
+                let e = user.email.as_str();
+                if policy.stats_user_uplink {
+                    out.insert(
+                        traffic_name("user", e, "uplink"),
+                        user_up.get(e).copied().unwrap_or(0),
+                    );
+                }
+                if policy.stats_user_downlink {
+                    out.insert(
+                        traffic_name("user", e, "downlink"),
+                        user_down.get(e).copied().unwrap_or(0),
+                    );
+                }
+            }
+        }
+    }
+    let system = config.policy.system;
+    for inbound in config.inbounds.iter().filter(|i| !i.tag.is_empty()) {
+        let t = inbound.tag.as_str();
+        if system.stats_inbound_uplink {
+            out.insert(
+                traffic_name("inbound", t, "uplink"),
+                in_up.get(t).copied().unwrap_or(0),
+            );
+        }
+        if system.stats_inbound_downlink {
+            out.insert(
+                traffic_name("inbound", t, "downlink"),
+                in_down.get(t).copied().unwrap_or(0),
+            );
+        }
+    }
+    for outbound in config.outbounds.iter().filter(|o| !o.tag.is_empty()) {
+        let t = outbound.tag.as_str();
+        if system.stats_outbound_uplink {
+            out.insert(
+                traffic_name("outbound", t, "uplink"),
+                out_up.get(t).copied().unwrap_or(0),
+            );
+        }
+        if system.stats_outbound_downlink {
+            out.insert(
+                traffic_name("outbound", t, "downlink"),
+                out_down.get(t).copied().unwrap_or(0),
+            );
+        }
+    }
+    out
+}
+
+/// Live sessions per user whose level tracks them (`statsUserOnline`), by online-map name.
+fn online(config: &Config, snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
+    let mut sessions: HashMap<&str, u64> = HashMap::new();
+    for s in snaps {
+        for u in &s.users {
+            *sessions.entry(&u.email).or_default() += u64::from(u.sessions);
+        }
+    }
+    let mut out = BTreeMap::new();
+    if !config.stats_enabled {
+        return out;
+    }
+    for inbound in &config.inbounds {
+        if let InboundProtocol::Vless(v) = &inbound.protocol {
+            for user in v.clients.iter().filter(|u| !u.email.is_empty()) {
+                if config.policy.level(user.level).stats_user_online {
+                    let n = sessions.get(user.email.as_str()).copied().unwrap_or(0);
+                    out.insert(format!("user>>>{}>>>online", user.email), n);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl StatsApi {
+    async fn snapshots(&self) -> Result<Vec<StatsSnapshot>, Status> {
+        self.shards
+            .snapshots()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    /// Applies baselines to `totals`, and moves them when `reset` is asked for.
+    fn report(&self, totals: impl Iterator<Item = (String, u64)>, reset: bool) -> Vec<pb::Stat> {
+        let mut baselines = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
+        totals
+            .map(|(name, total)| {
+                let base = baselines.get(&name).copied().unwrap_or(0);
+                let value = total.saturating_sub(base);
+                if reset {
+                    baselines.insert(name.clone(), total);
+                }
+                pb::Stat {
+                    name,
+                    value: i64::try_from(value).unwrap_or(i64::MAX),
+                }
+            })
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl pb::stats_service_server::StatsService for StatsApi {
+    async fn get_stats(
+        &self,
+        req: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let req = req.into_inner();
+        let snaps = self.snapshots().await?;
+        let all = totals(&self.shards.config, &snaps);
+        let Some(total) = all.get(&req.name).copied() else {
+            return Err(Status::not_found(format!("{} not found.", req.name)));
+        };
+        let stat = self
+            .report(std::iter::once((req.name, total)), req.reset)
+            .pop();
+        Ok(Response::new(pb::GetStatsResponse { stat }))
+    }
+
+    async fn get_stats_online(
+        &self,
+        req: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let req = req.into_inner();
+        let snaps = self.snapshots().await?;
+        let Some(n) = online(&self.shards.config, &snaps).get(&req.name).copied() else {
+            return Err(Status::not_found(format!("{} not found.", req.name)));
+        };
+        let stat = pb::Stat {
+            name: req.name,
+            value: n as i64,
+        };
+        Ok(Response::new(pb::GetStatsResponse { stat: Some(stat) }))
+    }
+
+    async fn query_stats(
+        &self,
+        req: Request<pb::QueryStatsRequest>,
+    ) -> Result<Response<pb::QueryStatsResponse>, Status> {
+        let req = req.into_inner();
+        let snaps = self.snapshots().await?;
+        let matching = totals(&self.shards.config, &snaps)
+            .into_iter()
+            .filter(|(name, _)| name.contains(&req.pattern));
+        Ok(Response::new(pb::QueryStatsResponse {
+            stat: self.report(matching, req.reset),
+        }))
+    }
+
+    async fn get_sys_stats(
+        &self,
+        _: Request<pb::SysStatsRequest>,
+    ) -> Result<Response<pb::SysStatsResponse>, Status> {
+        let snaps = self.snapshots().await?;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let live: u64 = snaps.iter().map(|s| s.live_sessions).sum();
+        Ok(Response::new(pb::SysStatsResponse {
+            // Go's goroutines have no equivalent; threads are the nearest honest figure.
+            num_goroutine: field("Threads:") as u32,
+            num_gc: 0,
+            alloc: field("VmRSS:") * 1024,
+            total_alloc: 0,
+            sys: field("VmHWM:") * 1024,
+            mallocs: 0,
+            frees: 0,
+            live_objects: live,
+            pause_total_ns: 0,
+            uptime: self.started.elapsed().as_secs() as u32,
+        }))
+    }
+
+    async fn get_stats_online_ip_list(
+        &self,
+        _: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsOnlineIpListResponse>, Status> {
+        Err(Status::unimplemented(
+            "GetStatsOnlineIpList is not implemented yet",
+        ))
+    }
+
+    async fn get_all_online_users(
+        &self,
+        _: Request<pb::GetAllOnlineUsersRequest>,
+    ) -> Result<Response<pb::GetAllOnlineUsersResponse>, Status> {
+        let snaps = self.snapshots().await?;
+        let users = online(&self.shards.config, &snaps)
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, _)| name)
+            .collect();
+        Ok(Response::new(pb::GetAllOnlineUsersResponse { users }))
+    }
+}

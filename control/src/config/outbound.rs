@@ -1,0 +1,223 @@
+//! Validates `outbounds`: freedom and blackhole, with their tags and dial settings.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use serde_json::{Map, Value};
+use shardray_core::spec::{
+    BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec,
+};
+
+use super::error::ConfigError;
+use super::raw::{RawBlackholeSettings, RawFreedomSettings, RawOutbound};
+use super::validate::{deserialize_at, is_empty_value, parse_host_port};
+
+/// Outbound protocols upstream has that shardray does not serve yet.
+const LATER_PROTOCOLS: &[&str] = &[
+    "vless",
+    "vmess",
+    "trojan",
+    "shadowsocks",
+    "socks",
+    "http",
+    "wireguard",
+    "dns",
+    "loopback",
+    "hysteria",
+    "hysteria2",
+];
+
+/// Validates `outbounds`: at least one, tags unique and distinct from the API's tag.
+pub(super) fn outbounds(
+    raw: Option<Vec<RawOutbound>>,
+    api_tag: Option<&str>,
+) -> Result<Vec<OutboundSpec>, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    if raw.is_empty() {
+        return Err(ConfigError::invalid(
+            "outbounds",
+            "at least one outbound is required (the first is the default route)",
+        ));
+    }
+    let mut tags: HashMap<String, usize> = HashMap::new();
+    let mut specs = Vec::with_capacity(raw.len());
+    for (i, ob) in raw.into_iter().enumerate() {
+        let path = format!("outbounds[{i}]");
+        let tag = ob.tag.clone().unwrap_or_default();
+        if !tag.is_empty() {
+            if api_tag == Some(tag.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{path}.tag"),
+                    format!("{tag:?} is the API's tag"),
+                ));
+            }
+            if let Some(first) = tags.insert(tag.clone(), i) {
+                return Err(ConfigError::invalid(
+                    format!("{path}.tag"),
+                    format!("duplicate tag {tag:?} (also outbounds[{first}])"),
+                ));
+            }
+        }
+        specs.push(outbound(ob, &path, tag)?);
+    }
+    Ok(specs)
+}
+
+fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, ConfigError> {
+    let protocol = match ob.protocol.as_deref() {
+        None | Some("") => return Err(ConfigError::invalid(format!("{path}.protocol"), "missing")),
+        Some(p) => p.to_ascii_lowercase(),
+    };
+    let send_through = send_through(ob.send_through.as_deref(), &format!("{path}.sendThrough"))?;
+    if let Some(stream) = &ob.stream_settings {
+        check_plain_stream(stream, &format!("{path}.streamSettings"))?;
+    }
+    if ob.mux.is_some_and(|m| m.enabled == Some(true)) {
+        return Err(ConfigError::unsupported(
+            format!("{path}.mux.enabled"),
+            "mux",
+        ));
+    }
+    if ob
+        .proxy_settings
+        .as_ref()
+        .is_some_and(|p| !is_empty_value(p))
+    {
+        return Err(ConfigError::unsupported(
+            format!("{path}.proxySettings"),
+            "proxySettings",
+        ));
+    }
+    match ob.target_strategy.as_deref().unwrap_or("") {
+        "" => {}
+        s if s.eq_ignore_ascii_case("asis") => {}
+        s => {
+            return Err(ConfigError::unsupported(
+                format!("{path}.targetStrategy"),
+                format!("targetStrategy {s:?}"),
+            ))
+        }
+    }
+
+    let settings_path = format!("{path}.settings");
+    let settings = ob.settings.unwrap_or_else(|| Value::Object(Map::new()));
+    let protocol = match protocol.as_str() {
+        "freedom" => OutboundProtocol::Freedom(freedom(settings, &settings_path)?),
+        "blackhole" => OutboundProtocol::Blackhole(blackhole(settings, &settings_path)?),
+        p if LATER_PROTOCOLS.contains(&p) => {
+            return Err(ConfigError::unsupported(
+                format!("{path}.protocol"),
+                format!("{p:?}"),
+            ))
+        }
+        p => {
+            return Err(ConfigError::invalid(
+                format!("{path}.protocol"),
+                format!("unknown protocol {p:?}"),
+            ))
+        }
+    };
+    Ok(OutboundSpec {
+        tag,
+        send_through,
+        protocol,
+    })
+}
+
+fn send_through(value: Option<&str>, path: &str) -> Result<Option<IpAddr>, ConfigError> {
+    match value.map(str::trim).unwrap_or("") {
+        "" => Ok(None),
+        "origin" => Err(ConfigError::unsupported(path, "sendThrough \"origin\"")),
+        s => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::invalid(path, format!("{s:?} is not an IP address"))),
+    }
+}
+
+/// An outbound's `streamSettings` may only restate the defaults: raw TCP, no security.
+fn check_plain_stream(stream: &Value, path: &str) -> Result<(), ConfigError> {
+    let fields = match stream {
+        Value::Null => return Ok(()),
+        Value::Object(fields) => fields,
+        _ => return Err(ConfigError::invalid(path, "expected an object")),
+    };
+    for (key, value) in fields {
+        let plain = match (key.as_str(), value) {
+            ("network", Value::String(n)) => matches!(n.as_str(), "" | "tcp" | "raw"),
+            ("security", Value::String(s)) => matches!(s.as_str(), "" | "none"),
+            _ => is_empty_value(value),
+        };
+        if !plain {
+            return Err(ConfigError::unsupported(
+                format!("{path}.{key}"),
+                format!("streamSettings.{key} on an outbound"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn freedom(settings: Value, path: &str) -> Result<FreedomSpec, ConfigError> {
+    let raw: RawFreedomSettings = deserialize_at(settings, path)?;
+    let strategy = raw.domain_strategy.unwrap_or_default().to_ascii_lowercase();
+    let domain_strategy = match strategy.as_str() {
+        "" | "asis" => DomainStrategy::AsIs,
+        "useip" | "useipv4v6" | "useipv6v4" | "forceip" | "forceipv4v6" | "forceipv6v4" => {
+            DomainStrategy::UseIp
+        }
+        "useipv4" | "forceipv4" => DomainStrategy::UseIpv4,
+        "useipv6" | "forceipv6" => DomainStrategy::UseIpv6,
+        _ => {
+            return Err(ConfigError::invalid(
+                format!("{path}.domainStrategy"),
+                format!("unknown strategy {strategy:?} (expected AsIs, UseIP, UseIPv4 or UseIPv6)"),
+            ))
+        }
+    };
+    let redirect = match raw.redirect.as_deref().map(str::trim).unwrap_or("") {
+        "" => None,
+        s => Some(parse_host_port(s).ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{path}.redirect"),
+                format!("{s:?} is not \"host:port\""),
+            )
+        })?),
+    };
+    for (field, value) in [("fragment", &raw.fragment), ("noises", &raw.noises)] {
+        if value.as_ref().is_some_and(|v| !is_empty_value(v)) {
+            return Err(ConfigError::unsupported(format!("{path}.{field}"), field));
+        }
+    }
+    if raw.proxy_protocol.unwrap_or(0) != 0 {
+        return Err(ConfigError::unsupported(
+            format!("{path}.proxyProtocol"),
+            "proxyProtocol",
+        ));
+    }
+    Ok(FreedomSpec {
+        domain_strategy,
+        redirect,
+        user_level: raw.user_level.unwrap_or(0),
+    })
+}
+
+fn blackhole(settings: Value, path: &str) -> Result<BlackholeSpec, ConfigError> {
+    let raw: RawBlackholeSettings = deserialize_at(settings, path)?;
+    let kind = raw
+        .response
+        .and_then(|r| r.kind)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let http_response = match kind.as_str() {
+        "" | "none" => false,
+        "http" => true,
+        other => {
+            return Err(ConfigError::invalid(
+                format!("{path}.response.type"),
+                format!("unknown response {other:?} (expected \"none\" or \"http\")"),
+            ))
+        }
+    };
+    Ok(BlackholeSpec { http_response })
+}

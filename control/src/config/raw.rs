@@ -1,0 +1,406 @@
+//! The raw shapes of Xray JSON as serde reads them: upstream's field names, nothing checked yet.
+//!
+//! Objects whose fields upstream fixes deny unknown fields, so a typo is reported with its path.
+//! Values whose shape depends on a sibling (`settings` on `protocol`) or that upstream accepts in
+//! more than one form (a port as a number or a string) stay `Value` until validation. Fields
+//! whose names start with `_` are accepted for upstream's sake and ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawConfig {
+    pub log: Option<RawLog>,
+    pub api: Option<RawApi>,
+    pub stats: Option<RawStats>,
+    pub policy: Option<RawPolicy>,
+    pub inbounds: Option<Vec<RawInbound>>,
+    pub outbounds: Option<Vec<RawOutbound>>,
+    pub routing: Option<RawRouting>,
+    // Sections upstream has and shardray does not serve yet: only an empty object passes.
+    pub dns: Option<Value>,
+    pub transport: Option<Value>,
+    pub reverse: Option<Value>,
+    pub fakedns: Option<Value>,
+    pub observatory: Option<Value>,
+    pub burst_observatory: Option<Value>,
+    pub metrics: Option<Value>,
+}
+
+/// `log`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawLog {
+    pub loglevel: Option<String>,
+    pub access: Option<String>,
+    pub error: Option<String>,
+    pub dns_log: Option<bool>,
+    #[serde(rename = "maskAddress")]
+    pub _mask_address: Option<String>,
+}
+
+/// `api`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawApi {
+    pub tag: Option<String>,
+    pub inbound_tag: Option<String>,
+    pub services: Option<Vec<String>>,
+    pub listen: Option<String>,
+}
+
+/// `stats`: no fields; its presence turns counters on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStats {}
+
+/// `policy`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawPolicy {
+    pub levels: Option<BTreeMap<String, RawLevelPolicy>>,
+    pub system: Option<RawSystemPolicy>,
+}
+
+/// `policy.levels.N`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawLevelPolicy {
+    pub handshake: Option<u32>,
+    pub conn_idle: Option<u32>,
+    pub uplink_only: Option<u32>,
+    pub downlink_only: Option<u32>,
+    pub stats_user_uplink: Option<bool>,
+    pub stats_user_downlink: Option<bool>,
+    pub stats_user_online: Option<bool>,
+    pub buffer_size: Option<i64>,
+}
+
+/// `policy.system`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawSystemPolicy {
+    pub stats_inbound_uplink: Option<bool>,
+    pub stats_inbound_downlink: Option<bool>,
+    pub stats_outbound_uplink: Option<bool>,
+    pub stats_outbound_downlink: Option<bool>,
+    /// The V2Ray API article's place for the service list.
+    pub api: Option<RawSystemApi>,
+}
+
+/// `policy.system.api`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSystemApi {
+    pub services: Option<Vec<String>>,
+}
+
+/// `inbounds[i]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawInbound {
+    pub tag: Option<String>,
+    pub listen: Option<String>,
+    pub port: Option<Value>,
+    pub protocol: Option<String>,
+    pub settings: Option<Value>,
+    pub stream_settings: Option<RawStreamSettings>,
+    pub sniffing: Option<RawSniffing>,
+    pub allocate: Option<RawAllocate>,
+}
+
+/// `streamSettings`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawStreamSettings {
+    pub network: Option<String>,
+    pub security: Option<String>,
+    pub tls_settings: Option<RawTlsSettings>,
+    pub tcp_settings: Option<RawTcpSettings>,
+    pub raw_settings: Option<RawTcpSettings>,
+    #[serde(rename = "sockopt")]
+    pub _sockopt: Option<Value>,
+    // Settings of transports and securities not served yet. Upstream ignores them unless
+    // `network`/`security` selects them, and so does shardray (selecting them is refused).
+    #[serde(rename = "realitySettings")]
+    pub _reality_settings: Option<Value>,
+    #[serde(rename = "wsSettings")]
+    pub _ws_settings: Option<Value>,
+    #[serde(rename = "grpcSettings")]
+    pub _grpc_settings: Option<Value>,
+    #[serde(rename = "httpSettings")]
+    pub _http_settings: Option<Value>,
+    #[serde(rename = "httpupgradeSettings")]
+    pub _httpupgrade_settings: Option<Value>,
+    #[serde(rename = "xhttpSettings")]
+    pub _xhttp_settings: Option<Value>,
+    #[serde(rename = "splithttpSettings")]
+    pub _splithttp_settings: Option<Value>,
+    #[serde(rename = "kcpSettings")]
+    pub _kcp_settings: Option<Value>,
+    #[serde(rename = "quicSettings")]
+    pub _quic_settings: Option<Value>,
+}
+
+/// `streamSettings.tlsSettings`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawTlsSettings {
+    pub server_name: Option<String>,
+    pub alpn: Option<StringList>,
+    pub certificates: Option<Vec<RawCertificate>>,
+    pub min_version: Option<String>,
+    pub max_version: Option<String>,
+    pub reject_unknown_sni: Option<bool>,
+    pub cipher_suites: Option<String>,
+    pub curve_preferences: Option<Vec<String>>,
+    pub ech_server_keys: Option<String>,
+    pub master_key_log: Option<String>,
+    // Client-side settings, meaningless on a server: accepted and ignored.
+    #[serde(rename = "allowInsecure")]
+    pub _allow_insecure: Option<bool>,
+    #[serde(rename = "fingerprint")]
+    pub _fingerprint: Option<String>,
+    #[serde(rename = "disableSystemRoot")]
+    pub _disable_system_root: Option<bool>,
+    #[serde(rename = "enableSessionResumption")]
+    pub _enable_session_resumption: Option<bool>,
+    #[serde(rename = "pinnedPeerCertificateChainSha256")]
+    pub _pinned_peer_certificate_chain_sha256: Option<Value>,
+}
+
+/// `tlsSettings.certificates[i]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawCertificate {
+    pub certificate_file: Option<String>,
+    pub key_file: Option<String>,
+    pub certificate: Option<StringList>,
+    pub key: Option<StringList>,
+    pub usage: Option<String>,
+    // Reloading and chain building: accepted and ignored (files are read once, at load).
+    #[serde(rename = "ocspStapling")]
+    pub _ocsp_stapling: Option<u64>,
+    #[serde(rename = "oneTimeLoading")]
+    pub _one_time_loading: Option<bool>,
+    #[serde(rename = "buildChain")]
+    pub _build_chain: Option<bool>,
+}
+
+/// `tcpSettings` / `rawSettings`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawTcpSettings {
+    pub header: Option<RawTcpHeader>,
+    pub accept_proxy_protocol: Option<bool>,
+}
+
+/// `tcpSettings.header`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTcpHeader {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    #[serde(rename = "request")]
+    pub _request: Option<Value>,
+    #[serde(rename = "response")]
+    pub _response: Option<Value>,
+}
+
+/// `sniffing`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawSniffing {
+    pub enabled: Option<bool>,
+    #[serde(rename = "destOverride")]
+    pub _dest_override: Option<Value>,
+    #[serde(rename = "metadataOnly")]
+    pub _metadata_only: Option<bool>,
+    #[serde(rename = "domainsExcluded")]
+    pub _domains_excluded: Option<Value>,
+    #[serde(rename = "routeOnly")]
+    pub _route_only: Option<bool>,
+}
+
+/// `allocate`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAllocate {
+    pub strategy: Option<String>,
+    #[serde(rename = "refresh")]
+    pub _refresh: Option<Value>,
+    #[serde(rename = "concurrency")]
+    pub _concurrency: Option<Value>,
+}
+
+/// `settings` of a VLESS inbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVlessSettings {
+    pub clients: Option<Vec<RawVlessClient>>,
+    pub decryption: Option<String>,
+    pub fallbacks: Option<Vec<RawFallback>>,
+}
+
+/// `settings.clients[i]` of a VLESS inbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVlessClient {
+    pub id: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    pub flow: Option<String>,
+}
+
+/// `settings.fallbacks[i]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFallback {
+    pub name: Option<String>,
+    pub alpn: Option<String>,
+    pub path: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub dest: Option<Value>,
+    pub xver: Option<u64>,
+}
+
+/// `settings` of a dokodemo-door inbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawDokodemoSettings {
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub network: Option<StringList>,
+    #[serde(rename = "timeout")]
+    pub _timeout: Option<u32>,
+    pub follow_redirect: Option<bool>,
+    pub user_level: Option<u32>,
+}
+
+/// `outbounds[i]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawOutbound {
+    pub tag: Option<String>,
+    pub protocol: Option<String>,
+    pub settings: Option<Value>,
+    pub send_through: Option<String>,
+    pub stream_settings: Option<Value>,
+    pub mux: Option<RawMux>,
+    pub proxy_settings: Option<Value>,
+    pub target_strategy: Option<String>,
+}
+
+/// `outbounds[i].mux`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawMux {
+    pub enabled: Option<bool>,
+    #[serde(rename = "concurrency")]
+    pub _concurrency: Option<i64>,
+    #[serde(rename = "xudpConcurrency")]
+    pub _xudp_concurrency: Option<i64>,
+    #[serde(rename = "xudpProxyUDP443")]
+    pub _xudp_proxy_udp443: Option<String>,
+}
+
+/// `settings` of a freedom outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawFreedomSettings {
+    pub domain_strategy: Option<String>,
+    pub redirect: Option<String>,
+    pub user_level: Option<u32>,
+    pub fragment: Option<Value>,
+    pub noises: Option<Value>,
+    pub proxy_protocol: Option<u32>,
+    /// Deprecated upstream; accepted and ignored.
+    #[serde(rename = "timeout")]
+    pub _timeout: Option<u32>,
+}
+
+/// `settings` of a blackhole outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBlackholeSettings {
+    pub response: Option<RawBlackholeResponse>,
+}
+
+/// `settings.response` of a blackhole outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBlackholeResponse {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// `routing`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawRouting {
+    pub domain_strategy: Option<String>,
+    pub domain_matcher: Option<String>,
+    pub rules: Option<Vec<RawRule>>,
+    pub balancers: Option<Vec<Value>>,
+}
+
+/// `routing.rules[i]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawRule {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub rule_tag: Option<String>,
+    pub inbound_tag: Option<StringList>,
+    pub user: Option<StringList>,
+    pub domain: Option<StringList>,
+    pub domains: Option<StringList>,
+    pub ip: Option<StringList>,
+    pub port: Option<Value>,
+    pub network: Option<StringList>,
+    pub source: Option<StringList>,
+    pub source_port: Option<Value>,
+    pub protocol: Option<Value>,
+    pub attrs: Option<Value>,
+    pub outbound_tag: Option<String>,
+    pub balancer_tag: Option<String>,
+}
+
+/// A list of strings that upstream also accepts as one string (`"inboundTag": "api"`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct StringList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = StringList;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<StringList, E> {
+                Ok(StringList(vec![s.to_string()]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StringList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(StringList(items))
+            }
+        }
+
+        deserializer.deserialize_any(ListVisitor)
+    }
+}

@@ -1,0 +1,353 @@
+//! Validates `routing`: rule conditions (domains, networks, ports, users, inbound tags) and the
+//! outbound each rule names. Rules to the API's tag are dropped: control serves the API itself.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::Value;
+use shardray_core::spec::{
+    DomainMatcher, NetworkSet, OutboundSpec, PortRange, RoutingDomainStrategy, RoutingSpec,
+    RuleSpec,
+};
+
+use super::error::ConfigError;
+use super::raw::{RawRouting, RawRule, StringList};
+use super::validate::{is_empty_value, value_text};
+
+/// What `geoip:private` stands for: private, loopback, link-local, shared and "this" networks.
+const PRIVATE_NETS: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+    "0.0.0.0/8",
+    "fc00::/7",
+    "fe80::/10",
+    "::1/128",
+];
+
+/// Validates `routing` against the outbounds' tags (and the API's, whose rules are dropped).
+pub(super) fn routing(
+    raw: Option<RawRouting>,
+    outbounds: &[OutboundSpec],
+    api_tag: Option<&str>,
+) -> Result<RoutingSpec, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    let strategy = raw.domain_strategy.unwrap_or_default().to_ascii_lowercase();
+    let domain_strategy = match strategy.as_str() {
+        "" | "asis" => RoutingDomainStrategy::AsIs,
+        "ipifnonmatch" => RoutingDomainStrategy::IpIfNonMatch,
+        "ipondemand" => RoutingDomainStrategy::IpOnDemand,
+        _ => {
+            return Err(ConfigError::invalid(
+                "routing.domainStrategy",
+                format!(
+                    "unknown strategy {strategy:?} (expected AsIs, IPIfNonMatch or IPOnDemand)"
+                ),
+            ))
+        }
+    };
+    match raw
+        .domain_matcher
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "" | "hybrid" | "linear" | "mph" => {}
+        other => {
+            return Err(ConfigError::invalid(
+                "routing.domainMatcher",
+                format!("unknown matcher {other:?} (expected \"hybrid\" or \"linear\")"),
+            ))
+        }
+    }
+    if raw.balancers.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(ConfigError::unsupported("routing.balancers", "balancers"));
+    }
+
+    let mut rules = Vec::new();
+    for (i, rule) in raw.rules.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("routing.rules[{i}]");
+        let spec = rule_spec(rule, &path)?;
+        if api_tag == Some(spec.outbound_tag.as_str()) {
+            continue;
+        }
+        if !outbounds.iter().any(|o| o.tag == spec.outbound_tag) {
+            return Err(ConfigError::invalid(
+                format!("{path}.outboundTag"),
+                format!("no outbound is tagged {:?}", spec.outbound_tag),
+            ));
+        }
+        rules.push(spec);
+    }
+    Ok(RoutingSpec {
+        domain_strategy,
+        rules,
+    })
+}
+
+fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
+    match raw.kind.as_deref().unwrap_or("") {
+        "" | "field" => {}
+        other => {
+            return Err(ConfigError::invalid(
+                format!("{path}.type"),
+                format!("unknown rule type {other:?} (expected \"field\")"),
+            ))
+        }
+    }
+    if raw.protocol.as_ref().is_some_and(|v| !is_empty_value(v)) {
+        return Err(ConfigError::unsupported(
+            format!("{path}.protocol"),
+            "matching by protocol",
+        ));
+    }
+    if raw.attrs.as_ref().is_some_and(|v| !is_empty_value(v)) {
+        return Err(ConfigError::unsupported(
+            format!("{path}.attrs"),
+            "matching by attrs",
+        ));
+    }
+    if raw.balancer_tag.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ConfigError::unsupported(
+            format!("{path}.balancerTag"),
+            "balancerTag",
+        ));
+    }
+    let outbound_tag = match raw.outbound_tag {
+        Some(tag) if !tag.is_empty() => tag,
+        _ => {
+            return Err(ConfigError::invalid(
+                format!("{path}.outboundTag"),
+                "missing",
+            ))
+        }
+    };
+
+    let mut domains = Vec::new();
+    for (field, list) in [("domain", raw.domain), ("domains", raw.domains)] {
+        for (j, entry) in list
+            .map(|l| l.0)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            domains.push(domain_matcher(&entry, &format!("{path}.{field}[{j}]"))?);
+        }
+    }
+    let spec = RuleSpec {
+        rule_tag: raw.rule_tag.unwrap_or_default(),
+        inbound_tags: non_empty(raw.inbound_tag),
+        users: non_empty(raw.user),
+        domains,
+        ips: ip_list(raw.ip, &format!("{path}.ip"))?,
+        ports: port_list(raw.port.as_ref(), &format!("{path}.port"))?,
+        network: network_set(raw.network, &format!("{path}.network"))?,
+        source_ips: ip_list(raw.source, &format!("{path}.source"))?,
+        source_ports: port_list(raw.source_port.as_ref(), &format!("{path}.sourcePort"))?,
+        outbound_tag,
+    };
+    let has_condition = !spec.inbound_tags.is_empty()
+        || !spec.users.is_empty()
+        || !spec.domains.is_empty()
+        || !spec.ips.is_empty()
+        || !spec.ports.is_empty()
+        || spec.network.is_some()
+        || !spec.source_ips.is_empty()
+        || !spec.source_ports.is_empty();
+    if !has_condition {
+        return Err(ConfigError::invalid(
+            path,
+            "a rule needs at least one condition (inboundTag, user, domain, ip, port, network, \
+             source or sourcePort)",
+        ));
+    }
+    Ok(spec)
+}
+
+fn non_empty(list: Option<StringList>) -> Vec<String> {
+    list.map(|l| l.0)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+// === domains ===
+
+/// One `domain` entry: `full:`, `domain:`, `keyword:`, `regexp:` or a bare keyword.
+fn domain_matcher(entry: &str, path: &str) -> Result<DomainMatcher, ConfigError> {
+    let (prefix, value) = match entry.split_once(':') {
+        Some((p, v)) if is_domain_prefix(p) => (p, v),
+        _ => ("", entry),
+    };
+    if matches!(prefix, "geosite" | "ext" | "ext-domain" | "dotless") {
+        let why = if prefix == "dotless" {
+            ""
+        } else {
+            " (no geosite.dat)"
+        };
+        return Err(ConfigError::unsupported_msg(
+            path,
+            format!("{entry:?} is not supported yet{why}"),
+        ));
+    }
+    if value.is_empty() {
+        return Err(ConfigError::invalid(
+            path,
+            format!("{entry:?} names no domain"),
+        ));
+    }
+    let lower = value.to_ascii_lowercase();
+    Ok(match prefix {
+        "full" => DomainMatcher::Full(lower),
+        "domain" => DomainMatcher::Domain(lower),
+        "regexp" => {
+            regex::Regex::new(value).map_err(|e| {
+                ConfigError::invalid(path, format!("invalid regular expression {value:?}: {e}"))
+            })?;
+            DomainMatcher::Regex(value.to_string())
+        }
+        _ => DomainMatcher::Keyword(lower),
+    })
+}
+
+fn is_domain_prefix(prefix: &str) -> bool {
+    matches!(
+        prefix,
+        "full" | "domain" | "keyword" | "regexp" | "geosite" | "ext" | "ext-domain" | "dotless"
+    )
+}
+
+// === IPs ===
+
+/// `ip` or `source`: CIDRs and single IPs, with `geoip:private` expanded.
+fn ip_list(list: Option<StringList>, path: &str) -> Result<Vec<IpNet>, ConfigError> {
+    let mut nets = Vec::new();
+    for (j, entry) in list
+        .map(|l| l.0)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let epath = format!("{path}[{j}]");
+        let entry = entry.trim();
+        let lower = entry.to_ascii_lowercase();
+        if entry.starts_with('!') {
+            return Err(ConfigError::unsupported(
+                &epath,
+                format!("negation ({entry:?})"),
+            ));
+        }
+        if lower == "geoip:private" {
+            nets.extend(
+                PRIVATE_NETS
+                    .iter()
+                    .map(|n| n.parse::<IpNet>().expect("valid CIDR")),
+            );
+            continue;
+        }
+        if lower.starts_with("geoip:") || lower.starts_with("ext:") || lower.starts_with("ext-ip:")
+        {
+            return Err(ConfigError::unsupported_msg(
+                &epath,
+                format!("{entry:?} is not supported yet (no geoip.dat; only geoip:private)"),
+            ));
+        }
+        let net = if let Ok(net) = entry.parse::<IpNet>() {
+            net.trunc()
+        } else if let Ok(ip) = entry.parse::<IpAddr>() {
+            IpNet::from(ip)
+        } else {
+            return Err(ConfigError::invalid(
+                epath,
+                format!("invalid IP or CIDR {entry:?}"),
+            ));
+        };
+        nets.push(net);
+    }
+    Ok(nets)
+}
+
+// === ports and networks ===
+
+/// `port` / `sourcePort`: a number, or a string of ports and ranges (`"53,443,1000-2000"`).
+fn port_list(value: Option<&Value>, path: &str) -> Result<Vec<PortRange>, ConfigError> {
+    let text = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Number(n)) => match n.as_u64().and_then(|p| u16::try_from(p).ok()) {
+            Some(p) => return Ok(vec![PortRange { from: p, to: p }]),
+            None => {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("invalid port {n} (expected 0 to 65535)"),
+                ))
+            }
+        },
+        Some(Value::String(s)) => s,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                path,
+                format!(
+                    "expected a port or a string of ports, got {}",
+                    value_text(other)
+                ),
+            ))
+        }
+    };
+    let mut ranges = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            ConfigError::invalid(
+                path,
+                format!("invalid port or range {part:?} (expected e.g. \"53\" or \"1000-2000\")"),
+            )
+        };
+        let (from, to) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let from: u16 = from.parse().map_err(|_| bad())?;
+        let to: u16 = to.parse().map_err(|_| bad())?;
+        if from > to {
+            return Err(ConfigError::invalid(
+                path,
+                format!("range {part:?} is reversed"),
+            ));
+        }
+        ranges.push(PortRange { from, to });
+    }
+    if ranges.is_empty() {
+        return Err(ConfigError::invalid(path, "names no port"));
+    }
+    Ok(ranges)
+}
+
+/// `network`: `"tcp"`, `"udp"`, `"tcp,udp"` or a list of them; empty matches any.
+fn network_set(list: Option<StringList>, path: &str) -> Result<Option<NetworkSet>, ConfigError> {
+    let mut set = NetworkSet {
+        tcp: false,
+        udp: false,
+    };
+    for item in list
+        .map(|l| l.0)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|n| n.split(','))
+    {
+        match item.trim().to_ascii_lowercase().as_str() {
+            "" => {}
+            "tcp" => set.tcp = true,
+            "udp" => set.udp = true,
+            other => {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("unknown network {other:?} (expected \"tcp\", \"udp\" or \"tcp,udp\")"),
+                ))
+            }
+        }
+    }
+    Ok((set.tcp || set.udp).then_some(set))
+}

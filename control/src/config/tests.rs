@@ -1,0 +1,959 @@
+//! Tests of config loading: the shared fixtures, and broken configs whose errors must name the
+//! right JSON path.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shardray_core::spec::{
+    ApiListen, DomainMatcher, DomainStrategy, FallbackDest, InboundProtocol, LogLevel, LogTarget,
+    NetworkSet, OutboundProtocol, PortRange, RoutingDomainStrategy, TlsVersion,
+    DEFAULT_BUFFER_SIZE,
+};
+use shardray_wire::addr::{Address, Destination};
+use uuid::Uuid;
+
+use super::*;
+
+const ALICE: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
+const BOB: &str = "0e9a1d2c-4a55-4b8e-9c7e-3f2a0b1c2d3e";
+const FAKE_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n";
+const FAKE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIBfake\n-----END PRIVATE KEY-----\n";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures"
+    ))
+    .join(name)
+}
+
+/// A small valid config: one VLESS inbound, two outbounds, one rule.
+fn base() -> Value {
+    json!({
+        "inbounds": [{
+            "tag": "vless-in",
+            "listen": "127.0.0.1",
+            "port": 10086,
+            "protocol": "vless",
+            "settings": {
+                "clients": [{ "id": ALICE, "email": "alice@example.com" }],
+                "decryption": "none"
+            }
+        }],
+        "outbounds": [
+            { "tag": "direct", "protocol": "freedom" },
+            { "tag": "blocked", "protocol": "blackhole" }
+        ],
+        "routing": { "rules": [{ "ip": ["10.0.0.0/8"], "outboundTag": "blocked" }] }
+    })
+}
+
+fn load(value: &Value) -> Result<Config, ConfigError> {
+    load_str(&value.to_string())
+}
+
+/// Applies `edit` to the base config and returns the error it must cause.
+fn broken(edit: impl FnOnce(&mut Value)) -> ConfigError {
+    let mut v = base();
+    edit(&mut v);
+    match load(&v) {
+        Ok(_) => panic!("config loaded but should not:\n{v:#}"),
+        Err(e) => e,
+    }
+}
+
+fn at<'a>(v: &'a mut Value, pointer: &str) -> &'a mut Value {
+    v.pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("no {pointer}"))
+}
+
+fn set(v: &mut Value, pointer: &str, key: &str, value: Value) {
+    at(v, pointer)
+        .as_object_mut()
+        .expect("an object")
+        .insert(key.to_string(), value);
+}
+
+fn vless(cfg: &Config, i: usize) -> &shardray_core::spec::VlessInboundSpec {
+    match &cfg.inbounds[i].protocol {
+        InboundProtocol::Vless(v) => v,
+        other => panic!("not vless: {other:?}"),
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+// === fixtures ===
+
+#[test]
+fn seed_fixture_loads() {
+    let cfg = load_file(&fixture("seed-api-config.json")).unwrap();
+    let api = cfg.api.as_ref().unwrap();
+    assert_eq!(api.tag, "api-in");
+    assert_eq!(
+        api.listen,
+        ApiListen::Tcp("127.0.0.1:10000".parse().unwrap())
+    );
+    assert_eq!(api.services, ["HandlerService", "StatsService"]);
+    assert!(cfg.stats_enabled);
+    assert_eq!(cfg.log.level, LogLevel::Warning);
+
+    assert_eq!(
+        cfg.inbounds.len(),
+        1,
+        "the API inbound is not served by shards"
+    );
+    let ib = &cfg.inbounds[0];
+    assert_eq!(ib.tag, "vless-in");
+    assert_eq!(ib.listen, "127.0.0.1:10086".parse::<SocketAddr>().unwrap());
+    assert!(ib.tls.is_none());
+    let users = &vless(&cfg, 0).clients;
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].id, Uuid::parse_str(ALICE).unwrap());
+    assert_eq!(users[0].email, "alice@example.com");
+    assert_eq!(users[0].level, 0);
+
+    let tags: Vec<_> = cfg.outbounds.iter().map(|o| o.tag.as_str()).collect();
+    assert_eq!(tags, ["direct", "blocked"]);
+    assert!(matches!(
+        cfg.outbounds[0].protocol,
+        OutboundProtocol::Freedom(_)
+    ));
+    assert!(matches!(
+        cfg.outbounds[1].protocol,
+        OutboundProtocol::Blackhole(_)
+    ));
+
+    assert_eq!(cfg.routing.rules.len(), 1);
+    assert_eq!(cfg.routing.rules[0].ips, ["127.0.0.1/32".parse().unwrap()]);
+    assert_eq!(cfg.routing.rules[0].outbound_tag, "direct");
+
+    let level0 = cfg.policy.level(0);
+    assert!(level0.stats_user_uplink && level0.stats_user_downlink && !level0.stats_user_online);
+    assert!(cfg.policy.system.stats_inbound_uplink && cfg.policy.system.stats_inbound_downlink);
+    assert!(!cfg.policy.system.stats_outbound_uplink);
+}
+
+#[test]
+fn xray_fixture_loads() {
+    let cfg = load_file(&fixture("xray-api-config.json")).unwrap();
+    let api = cfg.api.as_ref().unwrap();
+    assert_eq!(api.tag, "api");
+    assert_eq!(
+        api.listen,
+        ApiListen::Tcp("127.0.0.1:10085".parse().unwrap())
+    );
+    assert_eq!(
+        api.services,
+        [
+            "HandlerService",
+            "LoggerService",
+            "StatsService",
+            "RoutingService"
+        ]
+    );
+    assert_eq!(cfg.inbounds.len(), 1);
+    assert_eq!(cfg.inbounds[0].tag, "vless-in");
+    assert_eq!(vless(&cfg, 0).clients[0].email, "alice@example.com");
+    // The rule to the API's tag is dropped: control serves the API itself.
+    assert_eq!(cfg.routing.rules.len(), 1);
+    assert_eq!(cfg.routing.rules[0].outbound_tag, "direct");
+    assert!(cfg.policy.level(0).stats_user_online);
+    assert!(cfg.policy.system.stats_outbound_downlink);
+}
+
+// === accepted forms ===
+
+#[test]
+fn comments_of_every_kind_are_accepted() {
+    let text = format!(
+        r#"// line comment
+        /* block
+           comment */
+        # shell-style comment
+        {{
+          "inbounds": [{{ "port": 443, "protocol": "vless", /* inline */ "tag": "a#b//c",
+            "settings": {{ "clients": [{{ "id": "{ALICE}" }}], "decryption": "none" }} }}],
+          "outbounds": [{{ "protocol": "freedom" }}] // trailing
+        }}"#
+    );
+    let cfg = load_str(&text).unwrap();
+    assert_eq!(
+        cfg.inbounds[0].tag, "a#b//c",
+        "comment markers inside strings stay"
+    );
+    assert_eq!(
+        cfg.inbounds[0].listen,
+        "0.0.0.0:443".parse::<SocketAddr>().unwrap()
+    );
+}
+
+#[test]
+fn defaults_fill_what_is_absent() {
+    let cfg = load(&base()).unwrap();
+    assert_eq!(cfg.log.level, LogLevel::Warning);
+    assert_eq!(cfg.log.access, LogTarget::Stdout);
+    assert!(cfg.api.is_none());
+    assert!(!cfg.stats_enabled);
+    assert_eq!(cfg.policy.level(0).buffer_size, DEFAULT_BUFFER_SIZE);
+    assert_eq!(cfg.routing.domain_strategy, RoutingDomainStrategy::AsIs);
+}
+
+#[test]
+fn short_string_ids_map_to_uuid_v5_as_upstream() {
+    let cfg = load(&{
+        let mut v = base();
+        set(
+            &mut v,
+            "/inbounds/0/settings/clients/0",
+            "id",
+            json!("alice"),
+        );
+        v
+    })
+    .unwrap();
+    let id = vless(&cfg, 0).clients[0].id;
+    assert_eq!(id.get_version_num(), 5);
+    assert_eq!(id, Uuid::new_v5(&Uuid::nil(), b"alice"));
+    // SHA-1 of 16 zero bytes then "alice", first 16 bytes, version and variant bits set.
+    assert_eq!(super::inbound::parse_user_id("alice"), Some(id));
+    assert_eq!(super::inbound::parse_user_id(&"x".repeat(31)), None);
+    assert_eq!(super::inbound::parse_user_id(""), None);
+    let simple = ALICE.replace('-', "");
+    assert_eq!(
+        super::inbound::parse_user_id(&simple),
+        Uuid::parse_str(ALICE).ok()
+    );
+}
+
+#[test]
+fn log_policy_and_sections_parse() {
+    let mut v = base();
+    set(
+        &mut v,
+        "",
+        "log",
+        json!({ "loglevel": "Debug", "access": "/var/log/a.log",
+        "error": "none", "dnsLog": true, "maskAddress": "half" }),
+    );
+    set(&mut v, "", "dns", json!({}));
+    set(
+        &mut v,
+        "",
+        "policy",
+        json!({ "levels": {
+        "0": { "handshake": 2, "connIdle": 60, "bufferSize": 0 },
+        "1": { "bufferSize": 1000000 },
+        "2": { "bufferSize": 64 },
+        "3": { "bufferSize": -1 } } }),
+    );
+    let cfg = load(&v).unwrap();
+    assert_eq!(cfg.log.level, LogLevel::Debug);
+    assert_eq!(cfg.log.access, LogTarget::File("/var/log/a.log".into()));
+    assert_eq!(cfg.log.error, LogTarget::Discard);
+    assert!(cfg.log.dns_log);
+    let l0 = cfg.policy.level(0);
+    assert_eq!(l0.handshake, Duration::from_secs(2));
+    assert_eq!(l0.conn_idle, Duration::from_secs(60));
+    assert_eq!(l0.uplink_only, Duration::from_secs(2));
+    assert_eq!(l0.buffer_size, 4 * 1024);
+    assert_eq!(cfg.policy.level(1).buffer_size, 4 * 1024 * 1024);
+    assert_eq!(cfg.policy.level(2).buffer_size, 64 * 1024);
+    assert_eq!(cfg.policy.level(3).buffer_size, DEFAULT_BUFFER_SIZE);
+}
+
+#[test]
+fn rules_parse_every_condition() {
+    let mut v = base();
+    set(
+        &mut v,
+        "",
+        "routing",
+        json!({
+            "domainStrategy": "IPIfNonMatch",
+            "domainMatcher": "hybrid",
+            "rules": [{
+                "type": "field",
+                "ruleTag": "r1",
+                "inboundTag": "vless-in",
+                "user": ["alice@example.com"],
+                "domain": ["full:Example.com", "domain:example.org", "keyword:ads", "regexp:^a+\\.b$", "plain"],
+                "ip": ["geoip:private", "1.2.3.4", "2001:db8::/32"],
+                "port": "53,443,1000-2000",
+                "network": "tcp,udp",
+                "source": "192.0.2.0/24",
+                "sourcePort": 1234,
+                "outboundTag": "direct"
+            }, { "port": 80, "network": ["tcp"], "outboundTag": "blocked" }]
+        }),
+    );
+    let cfg = load(&v).unwrap();
+    assert_eq!(
+        cfg.routing.domain_strategy,
+        RoutingDomainStrategy::IpIfNonMatch
+    );
+    let r = &cfg.routing.rules[0];
+    assert_eq!(r.rule_tag, "r1");
+    assert_eq!(r.inbound_tags, ["vless-in"]);
+    assert_eq!(r.users, ["alice@example.com"]);
+    assert_eq!(
+        r.domains,
+        [
+            DomainMatcher::Full("example.com".into()),
+            DomainMatcher::Domain("example.org".into()),
+            DomainMatcher::Keyword("ads".into()),
+            DomainMatcher::Regex("^a+\\.b$".into()),
+            DomainMatcher::Keyword("plain".into()),
+        ]
+    );
+    assert_eq!(r.ips.len(), 10 + 2);
+    assert!(r.ips.contains(&"172.16.0.0/12".parse().unwrap()));
+    assert!(r.ips.contains(&"::1/128".parse().unwrap()));
+    assert!(r.ips.contains(&"1.2.3.4/32".parse().unwrap()));
+    assert_eq!(
+        r.ports,
+        [
+            PortRange { from: 53, to: 53 },
+            PortRange { from: 443, to: 443 },
+            PortRange {
+                from: 1000,
+                to: 2000
+            },
+        ]
+    );
+    assert_eq!(
+        r.network,
+        Some(NetworkSet {
+            tcp: true,
+            udp: true
+        })
+    );
+    assert_eq!(r.source_ips, ["192.0.2.0/24".parse().unwrap()]);
+    assert_eq!(
+        r.source_ports,
+        [PortRange {
+            from: 1234,
+            to: 1234
+        }]
+    );
+    assert_eq!(
+        cfg.routing.rules[1].network,
+        Some(NetworkSet {
+            tcp: true,
+            udp: false
+        })
+    );
+}
+
+#[test]
+fn tls_certificates_are_read_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write(dir.path(), "cert.pem", FAKE_CERT);
+    let key = write(
+        dir.path(),
+        "key.pem",
+        &FAKE_KEY.replace("PRIVATE", "EC PRIVATE"),
+    );
+    let mut v = base();
+    set(
+        &mut v,
+        "/inbounds/0",
+        "streamSettings",
+        json!({
+            "network": "raw",
+            "security": "tls",
+            "tlsSettings": {
+                "serverName": "example.com",
+                "minVersion": "1.2",
+                "maxVersion": "1.3",
+                "fingerprint": "chrome",
+                "certificates": [
+                    { "certificateFile": cert, "keyFile": key },
+                    { "certificate": FAKE_CERT.lines().collect::<Vec<_>>(),
+                      "key": FAKE_KEY.lines().collect::<Vec<_>>() }
+                ]
+            },
+            "rawSettings": { "header": { "type": "none" } },
+            "sockopt": { "tcpFastOpen": true }
+        }),
+    );
+    let cfg = load(&v).unwrap();
+    let tls = cfg.inbounds[0].tls.as_ref().unwrap();
+    assert_eq!(tls.server_name, "example.com");
+    assert_eq!(tls.alpn, ["h2", "http/1.1"]);
+    assert_eq!(tls.min_version, Some(TlsVersion::V1_2));
+    assert_eq!(tls.max_version, Some(TlsVersion::V1_3));
+    assert_eq!(tls.certificates.len(), 2);
+    assert_eq!(tls.certificates[0].chain_pem, FAKE_CERT.as_bytes());
+    assert_eq!(tls.certificates[1].key_pem, FAKE_KEY.as_bytes());
+}
+
+#[test]
+fn fallbacks_and_dokodemo_parse() {
+    let mut v = base();
+    set(
+        &mut v,
+        "/inbounds/0/settings",
+        "fallbacks",
+        json!([
+            { "dest": 80 },
+            { "path": "/ws", "dest": "example.com:8080", "xver": 1 },
+            { "alpn": "h2", "dest": "@vless-h2" },
+            { "name": "a.example", "dest": "/dev/shm/h1.sock", "xver": 2 }
+        ]),
+    );
+    at(&mut v, "/inbounds").as_array_mut().unwrap().push(json!({
+        "tag": "fwd", "port": "5353", "protocol": "tunnel",
+        "settings": { "address": "1.1.1.1", "port": 53, "network": "tcp,udp", "userLevel": 1 }
+    }));
+    let cfg = load(&v).unwrap();
+    let fb = &vless(&cfg, 0).fallbacks;
+    assert_eq!(
+        fb[0].dest,
+        FallbackDest::Tcp(Destination::from(
+            "127.0.0.1:80".parse::<SocketAddr>().unwrap()
+        ))
+    );
+    assert_eq!(
+        fb[1].dest,
+        FallbackDest::Tcp(Destination {
+            addr: Address::Domain("example.com".into()),
+            port: 8080
+        })
+    );
+    assert_eq!((fb[1].path.as_str(), fb[1].xver), ("/ws", 1));
+    assert_eq!(fb[2].dest, FallbackDest::Unix("@vless-h2".into()));
+    assert_eq!(fb[3].dest, FallbackDest::Unix("/dev/shm/h1.sock".into()));
+    match &cfg.inbounds[1].protocol {
+        InboundProtocol::Dokodemo(d) => {
+            assert_eq!(
+                d.destination,
+                Destination::from("1.1.1.1:53".parse::<SocketAddr>().unwrap())
+            );
+            assert_eq!(d.user_level, 1);
+        }
+        other => panic!("not dokodemo: {other:?}"),
+    }
+    assert_eq!(cfg.inbounds[1].listen.port(), 5353);
+}
+
+#[test]
+fn outbound_settings_parse() {
+    let mut v = base();
+    set(
+        &mut v,
+        "",
+        "outbounds",
+        json!([
+            { "tag": "direct", "protocol": "freedom", "sendThrough": "192.0.2.1",
+              "settings": { "domainStrategy": "ForceIPv4", "redirect": "127.0.0.1:0", "userLevel": 2 },
+              "mux": { "enabled": false, "concurrency": 8 },
+              "streamSettings": { "network": "tcp", "security": "none" } },
+            { "tag": "blocked", "protocol": "blackhole", "settings": { "response": { "type": "http" } } }
+        ]),
+    );
+    let cfg = load(&v).unwrap();
+    let direct = &cfg.outbounds[0];
+    assert_eq!(direct.send_through, Some("192.0.2.1".parse().unwrap()));
+    match &direct.protocol {
+        OutboundProtocol::Freedom(f) => {
+            assert_eq!(f.domain_strategy, DomainStrategy::UseIpv4);
+            assert_eq!(
+                f.redirect,
+                Some(Destination::from(
+                    "127.0.0.1:0".parse::<SocketAddr>().unwrap()
+                ))
+            );
+            assert_eq!(f.user_level, 2);
+        }
+        other => panic!("not freedom: {other:?}"),
+    }
+    match &cfg.outbounds[1].protocol {
+        OutboundProtocol::Blackhole(b) => assert!(b.http_response),
+        other => panic!("not blackhole: {other:?}"),
+    }
+}
+
+#[test]
+fn api_listen_wins_over_the_api_inbound() {
+    let mut v = base();
+    set(
+        &mut v,
+        "",
+        "api",
+        json!({ "tag": "api", "listen": "127.0.0.1:9999", "services": ["StatsService"] }),
+    );
+    at(&mut v, "/inbounds").as_array_mut().unwrap().push(json!({
+        "tag": "api", "listen": "127.0.0.1", "port": 10085, "protocol": "dokodemo-door",
+        "settings": { "address": "127.0.0.1" }
+    }));
+    let cfg = load(&v).unwrap();
+    let api = cfg.api.unwrap();
+    assert_eq!(
+        api.listen,
+        ApiListen::Tcp("127.0.0.1:9999".parse().unwrap())
+    );
+    assert_eq!(cfg.inbounds.len(), 1);
+
+    let mut v = base();
+    set(
+        &mut v,
+        "",
+        "api",
+        json!({ "tag": "api", "listen": "/run/shardray/api.sock" }),
+    );
+    assert_eq!(
+        load(&v).unwrap().api.unwrap().listen,
+        ApiListen::Unix("/run/shardray/api.sock".into())
+    );
+}
+
+// === config directories ===
+
+#[test]
+fn confdir_merges_files_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "00-base.json", &base().to_string());
+    // A later file: replaces the inbound tagged "vless-in", adds an outbound and a rule, and
+    // sets a scalar.
+    write(
+        dir.path(),
+        "10-more.json",
+        &format!(
+            r#"// comments work in every file
+            {{
+              "log": {{ "loglevel": "error" }},
+              "inbounds": [{{ "tag": "vless-in", "port": 20086, "protocol": "vless",
+                "settings": {{ "clients": [{{ "id": "{BOB}", "email": "bob" }}], "decryption": "none" }} }}],
+              "outbounds": [{{ "tag": "direct2", "protocol": "freedom" }}],
+              "routing": {{ "rules": [{{ "port": 25, "outboundTag": "blocked" }}] }}
+            }}"#
+        ),
+    );
+    write(dir.path(), "notes.txt", "not json, not read");
+    let cfg = load_dir(dir.path()).unwrap();
+    assert_eq!(cfg.log.level, LogLevel::Error);
+    assert_eq!(cfg.inbounds.len(), 1);
+    assert_eq!(cfg.inbounds[0].listen.port(), 20086);
+    assert_eq!(vless(&cfg, 0).clients[0].email, "bob");
+    let tags: Vec<_> = cfg.outbounds.iter().map(|o| o.tag.as_str()).collect();
+    assert_eq!(tags, ["direct", "blocked", "direct2"]);
+    assert_eq!(cfg.routing.rules.len(), 2);
+    assert_eq!(cfg.routing.rules[1].ports, [PortRange { from: 25, to: 25 }]);
+}
+
+#[test]
+fn confdir_errors_name_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.json", &base().to_string());
+    let bad = write(
+        dir.path(),
+        "b.json",
+        r#"{ "inbounds": [{ "tag": "x", "prot": "vless" }] }"#,
+    );
+    let err = load_dir(dir.path()).unwrap_err();
+    assert_eq!(err.path, "inbounds[0].prot");
+    assert_eq!(err.file.as_deref(), Some(bad.as_path()));
+
+    let syntax = write(dir.path(), "c.json", "{ \"log\": { } ");
+    let err = load_files(&[dir.path().join("a.json"), syntax.clone()]).unwrap_err();
+    assert_eq!(err.kind, ConfigErrorKind::Syntax);
+    assert_eq!(err.path, syntax.display().to_string());
+
+    let empty = tempfile::tempdir().unwrap();
+    assert!(load_dir(empty.path())
+        .unwrap_err()
+        .message
+        .contains("no *.json"));
+}
+
+// === broken configs: each error names its path ===
+
+#[test]
+fn bad_uuid() {
+    let long = "this-is-not-a-uuid-and-it-is-too-long";
+    let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "id", json!(long)));
+    assert_eq!(err.path, "inbounds[0].settings.clients[0].id");
+    assert_eq!(
+        err.to_string(),
+        format!("inbounds[0].settings.clients[0].id: invalid UUID {long:?}")
+    );
+    assert_eq!(err.kind, ConfigErrorKind::Invalid);
+}
+
+#[test]
+fn unknown_field_in_a_client() {
+    let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "alterId", json!(0)));
+    assert_eq!(err.path, "inbounds[0].settings.clients[0].alterId");
+    assert!(err.message.starts_with("unknown field"), "{err}");
+}
+
+#[test]
+fn unknown_field_in_stream_settings_and_top_level() {
+    let err = broken(|v| {
+        set(
+            v,
+            "/inbounds/0",
+            "streamSettings",
+            json!({ "netwrk": "tcp" }),
+        )
+    });
+    assert_eq!(err.path, "inbounds[0].streamSettings.netwrk");
+    let err = broken(|v| set(v, "", "inbound", json!({})));
+    assert_eq!(err.path, "inbound");
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "level", json!("high")));
+    assert_eq!(err.path, "inbounds[0].settings.clients[0].level");
+    let err = broken(|v| {
+        set(
+            v,
+            "",
+            "policy",
+            json!({ "levels": { "0": { "handshake": "4" } } }),
+        )
+    });
+    assert_eq!(err.path, "policy.levels.0.handshake");
+    let err = broken(|v| set(v, "", "policy", json!({ "levels": { "one": {} } })));
+    assert_eq!(err.path, "policy.levels.one");
+}
+
+#[test]
+fn protocol_not_served_yet() {
+    let err = broken(|v| set(v, "/inbounds/0", "protocol", json!("vmess")));
+    assert_eq!(
+        err.to_string(),
+        "inbounds[0].protocol: \"vmess\" is not supported yet"
+    );
+    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+    let err = broken(|v| set(v, "/outbounds/1", "protocol", json!("socks")));
+    assert_eq!(err.path, "outbounds[1].protocol");
+    let err = broken(|v| set(v, "/inbounds/0", "protocol", json!("bogus")));
+    assert_eq!(err.kind, ConfigErrorKind::Invalid);
+}
+
+#[test]
+fn missing_decryption() {
+    let err = broken(|v| {
+        at(v, "/inbounds/0/settings")
+            .as_object_mut()
+            .unwrap()
+            .remove("decryption");
+    });
+    assert_eq!(err.path, "inbounds[0].settings.decryption");
+}
+
+#[test]
+fn bad_ports() {
+    let err = broken(|v| set(v, "/inbounds/0", "port", json!(70000)));
+    assert_eq!(err.path, "inbounds[0].port");
+    let err = broken(|v| set(v, "/inbounds/0", "port", json!("1000-2000")));
+    assert_eq!(
+        err.to_string(),
+        "inbounds[0].port: port ranges are not supported yet"
+    );
+    let err = broken(|v| {
+        at(v, "/inbounds/0").as_object_mut().unwrap().remove("port");
+    });
+    assert_eq!(err.to_string(), "inbounds[0].port: missing");
+    let err = broken(|v| set(v, "/routing/rules/0", "port", json!("2000-1000")));
+    assert_eq!(err.path, "routing.rules[0].port");
+}
+
+#[test]
+fn bad_cidr_and_geoip() {
+    let err = broken(|v| {
+        set(
+            v,
+            "/routing/rules/0",
+            "ip",
+            json!(["10.0.0.0/8", "10.0.0.0/33"]),
+        )
+    });
+    assert_eq!(err.path, "routing.rules[0].ip[1]");
+    let err = broken(|v| set(v, "/routing/rules/0", "source", json!(["geoip:cn"])));
+    assert_eq!(err.path, "routing.rules[0].source[0]");
+    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+}
+
+#[test]
+fn bad_regexp_and_geosite() {
+    let err = broken(|v| set(v, "/routing/rules/0", "domain", json!(["regexp:a(b"])));
+    assert_eq!(err.path, "routing.rules[0].domain[0]");
+    let err = broken(|v| {
+        set(
+            v,
+            "/routing/rules/0",
+            "domains",
+            json!(["full:a.com", "geosite:cn"]),
+        )
+    });
+    assert_eq!(err.path, "routing.rules[0].domains[1]");
+    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+}
+
+#[test]
+fn rule_to_unknown_outbound_or_without_condition() {
+    let err = broken(|v| set(v, "/routing/rules/0", "outboundTag", json!("nowhere")));
+    assert_eq!(err.path, "routing.rules[0].outboundTag");
+    let err = broken(|v| {
+        at(v, "/routing/rules/0")
+            .as_object_mut()
+            .unwrap()
+            .remove("ip");
+    });
+    assert_eq!(err.path, "routing.rules[0]");
+    let err = broken(|v| set(v, "/routing/rules/0", "balancerTag", json!("b")));
+    assert_eq!(err.path, "routing.rules[0].balancerTag");
+}
+
+#[test]
+fn duplicate_tags() {
+    let err = broken(|v| {
+        let second = at(v, "/inbounds/0").clone();
+        let list = at(v, "/inbounds").as_array_mut().unwrap();
+        list.push(second);
+        set(v, "/inbounds/1", "port", json!(10087));
+    });
+    assert_eq!(err.path, "inbounds[1].tag");
+    let err = broken(|v| set(v, "/outbounds/1", "tag", json!("direct")));
+    assert_eq!(err.path, "outbounds[1].tag");
+}
+
+#[test]
+fn same_listen_address_twice() {
+    let err = broken(|v| {
+        let mut second = at(v, "/inbounds/0").clone();
+        second["tag"] = json!("other");
+        second["listen"] = json!("0.0.0.0");
+        at(v, "/inbounds").as_array_mut().unwrap().push(second);
+    });
+    assert_eq!(err.path, "inbounds[1].port");
+}
+
+#[test]
+fn duplicate_client_id_and_email() {
+    let err = broken(|v| {
+        at(v, "/inbounds/0/settings/clients")
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "id": ALICE }));
+    });
+    assert_eq!(err.path, "inbounds[0].settings.clients[1].id");
+    let err = broken(|v| {
+        at(v, "/inbounds/0/settings/clients")
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "id": BOB, "email": "Alice@Example.com" }));
+    });
+    assert_eq!(err.path, "inbounds[0].settings.clients[1].email");
+}
+
+#[test]
+fn missing_certificate_file() {
+    let err = broken(|v| {
+        set(
+            v,
+            "/inbounds/0",
+            "streamSettings",
+            json!({ "security": "tls", "tlsSettings": {
+                "certificates": [{ "certificateFile": "/nonexistent/x.pem", "keyFile": "/nonexistent/x.key" }]
+            }}),
+        )
+    });
+    assert_eq!(
+        err.to_string(),
+        "inbounds[0].streamSettings.tlsSettings.certificates[0].certificateFile: cannot read \
+         \"/nonexistent/x.pem\": No such file or directory"
+    );
+    assert_eq!(err.kind, ConfigErrorKind::Io);
+}
+
+#[test]
+fn certificate_file_without_pem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write(dir.path(), "cert.pem", FAKE_CERT);
+    let key = write(dir.path(), "key.pem", "not a key");
+    let err = broken(|v| {
+        set(
+            v,
+            "/inbounds/0",
+            "streamSettings",
+            json!({ "security": "tls", "tlsSettings": {
+            "certificates": [{ "certificateFile": cert, "keyFile": key }] }}),
+        )
+    });
+    assert_eq!(
+        err.path,
+        "inbounds[0].streamSettings.tlsSettings.certificates[0].keyFile"
+    );
+    assert!(err.message.contains("no PEM private key"), "{err}");
+}
+
+#[test]
+fn sniffing_enabled() {
+    let err = broken(|v| {
+        set(
+            v,
+            "/inbounds/0",
+            "sniffing",
+            json!({ "enabled": true, "destOverride": ["tls"] }),
+        )
+    });
+    assert_eq!(
+        err.to_string(),
+        "inbounds[0].sniffing.enabled: sniffing is not supported yet"
+    );
+    let cfg = load(&{
+        let mut v = base();
+        set(
+            &mut v,
+            "/inbounds/0",
+            "sniffing",
+            json!({ "enabled": false }),
+        );
+        v
+    });
+    assert!(cfg.is_ok());
+}
+
+#[test]
+fn unserved_top_level_sections() {
+    let err = broken(|v| set(v, "", "dns", json!({ "servers": ["1.1.1.1"] })));
+    assert_eq!(err.to_string(), "dns: not supported yet");
+    let err = broken(|v| {
+        set(
+            v,
+            "",
+            "burstObservatory",
+            json!({ "subjectSelector": ["a"] }),
+        )
+    });
+    assert_eq!(err.path, "burstObservatory");
+}
+
+#[test]
+fn unserved_transport_and_flow() {
+    let err = broken(|v| {
+        set(
+            v,
+            "/inbounds/0",
+            "streamSettings",
+            json!({ "network": "ws" }),
+        )
+    });
+    assert_eq!(err.path, "inbounds[0].streamSettings.network");
+    let err = broken(|v| {
+        set(
+            v,
+            "/inbounds/0",
+            "streamSettings",
+            json!({ "security": "reality" }),
+        )
+    });
+    assert_eq!(err.path, "inbounds[0].streamSettings.security");
+    let err = broken(|v| {
+        set(
+            v,
+            "/inbounds/0/settings/clients/0",
+            "flow",
+            json!("xtls-rprx-vision"),
+        )
+    });
+    assert_eq!(err.path, "inbounds[0].settings.clients[0].flow");
+    let err = broken(|v| set(v, "/outbounds/0", "mux", json!({ "enabled": true })));
+    assert_eq!(err.path, "outbounds[0].mux.enabled");
+    let err = broken(|v| set(v, "/inbounds/0", "listen", json!("/run/x.sock")));
+    assert_eq!(err.path, "inbounds[0].listen");
+}
+
+#[test]
+fn api_without_listen_address() {
+    let err = broken(|v| {
+        set(
+            v,
+            "",
+            "api",
+            json!({ "tag": "api", "services": ["HandlerService"] }),
+        )
+    });
+    assert_eq!(
+        err.to_string(),
+        "api: no listen address (set api.listen or add a dokodemo-door inbound tagged \"api\")"
+    );
+    let err = broken(|v| {
+        set(
+            v,
+            "",
+            "api",
+            json!({ "tag": "api", "listen": "127.0.0.1:1", "services": ["Nope"] }),
+        )
+    });
+    assert_eq!(err.path, "api.services[0]");
+    let err = broken(|v| set(v, "", "api", json!({ "tag": "a", "inboundTag": "b" })));
+    assert_eq!(err.path, "api.inboundTag");
+}
+
+#[test]
+fn no_outbounds() {
+    let err = broken(|v| set(v, "", "outbounds", json!([])));
+    assert_eq!(err.path, "outbounds");
+}
+
+#[test]
+fn dokodemo_needs_tcp_and_a_destination() {
+    let doko = |settings: Value| {
+        move |v: &mut Value| {
+            at(v, "/inbounds").as_array_mut().unwrap().push(json!({
+                "port": 5353, "protocol": "dokodemo-door", "settings": settings
+            }));
+        }
+    };
+    let err = broken(doko(
+        json!({ "address": "1.1.1.1", "port": 53, "network": "udp" }),
+    ));
+    assert_eq!(err.path, "inbounds[1].settings.network");
+    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+    let err = broken(doko(json!({ "address": "1.1.1.1" })));
+    assert_eq!(err.path, "inbounds[1].settings.port");
+    let err = broken(doko(json!({ "port": 53, "followRedirect": true })));
+    assert_eq!(err.path, "inbounds[1].settings.followRedirect");
+}
+
+#[test]
+fn syntax_errors_give_line_and_column() {
+    let err = load_str("{\n  \"log\": {\n    \"loglevel\": \"info\",\n  }\n}").unwrap_err();
+    assert_eq!(err.kind, ConfigErrorKind::Syntax);
+    assert!(
+        err.message.starts_with("invalid JSON at line 4, column 3:"),
+        "{err}"
+    );
+    let err = load_str("[]").unwrap_err();
+    assert_eq!(err.kind, ConfigErrorKind::Syntax);
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let err = load_file(Path::new("/nonexistent/config.json")).unwrap_err();
+    assert_eq!(err.path, "/nonexistent/config.json");
+    assert_eq!(err.kind, ConfigErrorKind::Io);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = base();
+    set(&mut v, "/inbounds/0", "protocol", json!("trojan"));
+    let file = write(dir.path(), "config.json", &v.to_string());
+    let err = load_file(&file).unwrap_err();
+    assert_eq!(err.path, "inbounds[0].protocol");
+    assert_eq!(err.file.as_deref(), Some(file.as_path()));
+    assert!(err
+        .to_string()
+        .ends_with(&format!("(in {})", file.display())));
+}

@@ -1,0 +1,418 @@
+//! Turns the raw config into `spec::Config`: top-level sections (log, api, stats, policy), the
+//! checks that span sections, and the small parsers the section modules share.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use shardray_core::spec::{
+    ApiListen, ApiSpec, Config, LevelPolicy, LogLevel, LogSpec, LogTarget, PolicySpec,
+    SystemPolicy, DEFAULT_BUFFER_SIZE,
+};
+use shardray_wire::addr::{Address, Destination};
+
+use super::error::ConfigError;
+use super::raw::{RawApi, RawConfig, RawLevelPolicy, RawLog, RawPolicy};
+use super::{inbound, outbound, routing};
+
+/// The smallest relay buffer a level gets (`bufferSize: 0` asks for as little as possible).
+const MIN_BUFFER_SIZE: usize = 4 * 1024;
+/// The largest relay buffer a level gets, per direction and connection.
+const MAX_BUFFER_SIZE: usize = 4 * 1024 * 1024;
+
+/// API services upstream defines and shardray answers.
+const API_SERVICES: &[&str] = &[
+    "HandlerService",
+    "LoggerService",
+    "StatsService",
+    "RoutingService",
+    "ReflectionService",
+];
+
+/// Validates a whole raw config.
+pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    check_unserved_sections(&raw)?;
+    let log = log_spec(raw.log.unwrap_or_default())?;
+    let stats_enabled = raw.stats.is_some();
+
+    let raw_policy = raw.policy.unwrap_or_default();
+    let system_services = raw_policy
+        .system
+        .as_ref()
+        .and_then(|s| s.api.as_ref())
+        .and_then(|a| a.services.clone());
+    let policy = policy_spec(raw_policy)?;
+
+    let api = match raw.api {
+        Some(api) => Some(api_head(api, system_services)?),
+        None if system_services.is_some() => {
+            return Err(ConfigError::invalid(
+                "policy.system.api",
+                "API services are listed but there is no \"api\" section",
+            ))
+        }
+        None => None,
+    };
+    let api_tag = api.as_ref().map(|a| a.tag.as_str());
+
+    let outbounds = outbound::outbounds(raw.outbounds, api_tag)?;
+    let inbounds = inbound::inbounds(raw.inbounds, api_tag)?;
+    let routing = routing::routing(raw.routing, &outbounds, api_tag)?;
+
+    let mut listens = inbounds.listens;
+    let api = match api {
+        None => None,
+        Some(head) => {
+            let listen = match (head.listen, inbounds.api_inbound) {
+                (Some(listen), _) => {
+                    if let ApiListen::Tcp(addr) = &listen {
+                        listens.push(("api.listen".to_string(), *addr));
+                    }
+                    listen
+                }
+                (None, Some((path, addr))) => {
+                    listens.push((path, addr));
+                    ApiListen::Tcp(addr)
+                }
+                (None, None) => {
+                    return Err(ConfigError::invalid(
+                        "api",
+                        format!(
+                            "no listen address (set api.listen or add a dokodemo-door inbound \
+                             tagged {:?})",
+                            head.tag
+                        ),
+                    ))
+                }
+            };
+            Some(ApiSpec {
+                tag: head.tag,
+                listen,
+                services: head.services,
+            })
+        }
+    };
+    check_listen_conflicts(&listens)?;
+
+    Ok(Config {
+        log,
+        api,
+        stats_enabled,
+        policy,
+        inbounds: inbounds.specs,
+        outbounds,
+        routing,
+    })
+}
+
+/// `dns`, `transport` and the like: refused unless absent or `{}`.
+fn check_unserved_sections(raw: &RawConfig) -> Result<(), ConfigError> {
+    let sections = [
+        ("dns", &raw.dns),
+        ("transport", &raw.transport),
+        ("reverse", &raw.reverse),
+        ("fakedns", &raw.fakedns),
+        ("observatory", &raw.observatory),
+        ("burstObservatory", &raw.burst_observatory),
+        ("metrics", &raw.metrics),
+    ];
+    for (key, value) in sections {
+        if let Some(value) = value {
+            if !is_empty_value(value) {
+                return Err(ConfigError::unsupported_msg(key, "not supported yet"));
+            }
+        }
+    }
+    Ok(())
+}
+
+// === log ===
+
+fn log_spec(raw: RawLog) -> Result<LogSpec, ConfigError> {
+    let level = match raw
+        .loglevel
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("") | Some("warning") | Some("warn") => LogLevel::Warning,
+        Some("debug") => LogLevel::Debug,
+        Some("info") => LogLevel::Info,
+        Some("error") => LogLevel::Error,
+        Some("none") => LogLevel::None,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "log.loglevel",
+                format!("unknown level {other:?} (expected debug, info, warning, error or none)"),
+            ))
+        }
+    };
+    Ok(LogSpec {
+        level,
+        access: log_target(raw.access.as_deref()),
+        error: log_target(raw.error.as_deref()),
+        dns_log: raw.dns_log.unwrap_or(false),
+    })
+}
+
+fn log_target(value: Option<&str>) -> LogTarget {
+    match value.unwrap_or("") {
+        "" => LogTarget::Stdout,
+        s if s.eq_ignore_ascii_case("none") => LogTarget::Discard,
+        s => LogTarget::File(PathBuf::from(s)),
+    }
+}
+
+// === policy ===
+
+fn policy_spec(raw: RawPolicy) -> Result<PolicySpec, ConfigError> {
+    let mut levels = BTreeMap::new();
+    for (key, level) in raw.levels.unwrap_or_default() {
+        let path = format!("policy.levels.{key}");
+        let number: u32 = key.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                &path,
+                format!("level {key:?} is not a non-negative integer"),
+            )
+        })?;
+        if levels.insert(number, level_policy(level)).is_some() {
+            return Err(ConfigError::invalid(
+                path,
+                format!("level {number} is given twice"),
+            ));
+        }
+    }
+    let system = raw.system.unwrap_or_default();
+    Ok(PolicySpec {
+        levels,
+        system: SystemPolicy {
+            stats_inbound_uplink: system.stats_inbound_uplink.unwrap_or(false),
+            stats_inbound_downlink: system.stats_inbound_downlink.unwrap_or(false),
+            stats_outbound_uplink: system.stats_outbound_uplink.unwrap_or(false),
+            stats_outbound_downlink: system.stats_outbound_downlink.unwrap_or(false),
+        },
+    })
+}
+
+fn level_policy(raw: RawLevelPolicy) -> LevelPolicy {
+    let defaults = LevelPolicy::default();
+    let secs = |value: Option<u32>, default: Duration| {
+        value.map_or(default, |s| Duration::from_secs(u64::from(s)))
+    };
+    let buffer_size = match raw.buffer_size {
+        None => defaults.buffer_size,
+        // Upstream reads a negative size as "its default".
+        Some(kib) if kib < 0 => DEFAULT_BUFFER_SIZE,
+        Some(kib) => usize::try_from(kib)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1024)
+            .clamp(MIN_BUFFER_SIZE, MAX_BUFFER_SIZE),
+    };
+    LevelPolicy {
+        handshake: secs(raw.handshake, defaults.handshake),
+        conn_idle: secs(raw.conn_idle, defaults.conn_idle),
+        uplink_only: secs(raw.uplink_only, defaults.uplink_only),
+        downlink_only: secs(raw.downlink_only, defaults.downlink_only),
+        stats_user_uplink: raw.stats_user_uplink.unwrap_or(false),
+        stats_user_downlink: raw.stats_user_downlink.unwrap_or(false),
+        stats_user_online: raw.stats_user_online.unwrap_or(false),
+        buffer_size,
+    }
+}
+
+// === api ===
+
+/// The `api` section before the inbounds are known.
+struct ApiHead {
+    tag: String,
+    listen: Option<ApiListen>,
+    services: Vec<String>,
+}
+
+fn api_head(raw: RawApi, system_services: Option<Vec<String>>) -> Result<ApiHead, ConfigError> {
+    let tag = raw.tag.filter(|t| !t.is_empty());
+    let inbound_tag = raw.inbound_tag.filter(|t| !t.is_empty());
+    let tag = match (tag, inbound_tag) {
+        (Some(tag), Some(other)) if tag != other => {
+            return Err(ConfigError::invalid(
+                "api.inboundTag",
+                format!("{other:?} differs from api.tag {tag:?}"),
+            ))
+        }
+        (Some(tag), _) | (None, Some(tag)) => tag,
+        (None, None) => return Err(ConfigError::invalid("api.tag", "missing")),
+    };
+    let (services, services_path) = match (raw.services, system_services) {
+        (Some(list), _) => (list, "api.services"),
+        (None, Some(list)) => (list, "policy.system.api.services"),
+        (None, None) => (Vec::new(), "api.services"),
+    };
+    let mut checked: Vec<String> = Vec::new();
+    for (i, name) in services.into_iter().enumerate() {
+        let path = format!("{services_path}[{i}]");
+        if name == "ObservatoryService" {
+            return Err(ConfigError::unsupported(path, "ObservatoryService"));
+        }
+        if !API_SERVICES.contains(&name.as_str()) {
+            return Err(ConfigError::invalid(
+                path,
+                format!(
+                    "unknown API service {name:?} (expected one of {})",
+                    API_SERVICES.join(", ")
+                ),
+            ));
+        }
+        if !checked.contains(&name) {
+            checked.push(name);
+        }
+    }
+    let listen = match raw.listen.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(api_listen(s)?),
+    };
+    Ok(ApiHead {
+        tag,
+        listen,
+        services: checked,
+    })
+}
+
+fn api_listen(s: &str) -> Result<ApiListen, ConfigError> {
+    if s.starts_with('/') || s.starts_with('@') {
+        return Ok(ApiListen::Unix(PathBuf::from(s)));
+    }
+    let bad = || {
+        ConfigError::invalid(
+            "api.listen",
+            format!("{s:?} is neither \"ip:port\" nor a Unix socket path"),
+        )
+    };
+    let dest = parse_host_port(s).ok_or_else(bad)?;
+    let ip = match &dest.addr {
+        Address::Ip(ip) => *ip,
+        Address::Domain(d) if d.eq_ignore_ascii_case("localhost") => {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+        Address::Domain(_) => return Err(bad()),
+    };
+    Ok(ApiListen::Tcp(SocketAddr::new(ip, dest.port)))
+}
+
+// === checks across sections ===
+
+/// Two listeners on the same port whose addresses overlap cannot both bind.
+fn check_listen_conflicts(listens: &[(String, SocketAddr)]) -> Result<(), ConfigError> {
+    for (j, (path, addr)) in listens.iter().enumerate() {
+        if addr.port() == 0 {
+            continue;
+        }
+        for (earlier_path, earlier) in &listens[..j] {
+            if earlier.port() == addr.port() && ips_overlap(earlier.ip(), addr.ip()) {
+                return Err(ConfigError::invalid(
+                    path.clone(),
+                    format!("{addr} is already taken by {earlier_path} ({earlier})"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether binding both addresses on one port would clash (a wildcard clashes with all).
+fn ips_overlap(a: IpAddr, b: IpAddr) -> bool {
+    a == b || a.is_unspecified() || b.is_unspecified()
+}
+
+// === shared parsers ===
+
+/// Deserializes a raw value whose JSON path is `path`, naming the failing field's full path.
+pub(super) fn deserialize_at<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let inner = err.path().to_string();
+        let joined = join_path(path, if inner == "." { "" } else { &inner });
+        serde_error(joined, err.inner())
+    })
+}
+
+/// Turns a serde error at `path` into a `ConfigError`, moving an unknown field's name into the
+/// path.
+pub(super) fn serde_error(path: String, err: &serde_json::Error) -> ConfigError {
+    let text = err.to_string();
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        if let Some((field, tail)) = rest.split_once('`') {
+            let hint = tail.trim_start_matches(',').trim();
+            let message = if hint.is_empty() || hint == "there are no fields" {
+                "unknown field".to_string()
+            } else {
+                format!("unknown field ({hint})")
+            };
+            return ConfigError::invalid(join_path(&path, field), message);
+        }
+    }
+    if let Some(rest) = text.strip_prefix("missing field `") {
+        if let Some((field, _)) = rest.split_once('`') {
+            return ConfigError::invalid(join_path(&path, field), "missing");
+        }
+    }
+    ConfigError::invalid(path, text)
+}
+
+/// `a` + `b` as a JSON path: `a.b`, or `a[0]` when `b` is an index.
+pub(super) fn join_path(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (_, true) => a.to_string(),
+        (true, false) => b.to_string(),
+        (false, false) if b.starts_with('[') => format!("{a}{b}"),
+        (false, false) => format!("{a}.{b}"),
+    }
+}
+
+/// Absent-like: `null`, `{}`, `[]`, `""`, `false` or `0`.
+pub(super) fn is_empty_value(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+/// A port given as a number or a numeric string (`443`, `"443"`), 1 to 65535.
+pub(super) fn parse_port(value: &Value, path: &str) -> Result<u16, ConfigError> {
+    let port = match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    match port {
+        Some(p @ 1..=65535) => Ok(p as u16),
+        _ => Err(ConfigError::invalid(
+            path,
+            format!("invalid port {} (expected 1 to 65535)", value_text(value)),
+        )),
+    }
+}
+
+/// A value as it is written in JSON, for messages.
+pub(super) fn value_text(value: &Value) -> String {
+    value.to_string()
+}
+
+/// `host:port` with an IP (IPv6 in brackets) or a domain.
+pub(super) fn parse_host_port(s: &str) -> Option<Destination> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    if host.is_empty() {
+        return None;
+    }
+    let addr = Address::parse(host)?;
+    Some(Destination { addr, port })
+}

@@ -1,0 +1,215 @@
+//! Starting and stopping the data plane: binds every inbound once per shard, starts the shards
+//! pinned to their cores, and drains them on shutdown. Either everything starts or nothing does.
+
+use std::net::SocketAddr;
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use shardray_core::log::LogSink;
+use shardray_core::spec::{ApiListen, Config, LogLevel};
+use shardray_core::stats::StatsSnapshot;
+use shardray_shard::{spawn_shard, ShardCommand, ShardHandle, ShardPlan};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::logger;
+
+/// How long a shard may take to report that it serves.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The control thread's way to talk to the shards: cloneable and `Send`, for the API.
+#[derive(Clone)]
+pub struct ShardLinks {
+    commands: Arc<[async_channel::Sender<ShardCommand>]>,
+    /// The config the shards run.
+    pub config: Arc<Config>,
+}
+
+impl ShardLinks {
+    /// Asks every shard for its counters.
+    pub async fn snapshots(&self) -> anyhow::Result<Vec<StatsSnapshot>> {
+        let mut replies = Vec::with_capacity(self.commands.len());
+        for (id, tx) in self.commands.iter().enumerate() {
+            let (reply_tx, reply_rx) = async_channel::bounded(1);
+            tx.send(ShardCommand::Snapshot(reply_tx))
+                .await
+                .map_err(|_| anyhow!("shard {id} is gone"))?;
+            replies.push(reply_rx);
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for (id, rx) in replies.into_iter().enumerate() {
+            out.push(
+                rx.recv()
+                    .await
+                    .map_err(|_| anyhow!("shard {id} did not answer"))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// A running data plane.
+pub struct Server {
+    config: Arc<Config>,
+    commands: Vec<async_channel::Sender<ShardCommand>>,
+    handles: Vec<ShardHandle>,
+    /// Each inbound's tag and the address it was bound to (port 0 resolved).
+    pub bound: Vec<(String, SocketAddr)>,
+    /// The logging handle of the control thread.
+    pub log: LogSink,
+    logger: Option<JoinHandle<()>>,
+}
+
+/// Checks what validation could not without building runtime objects: TLS keys and chains.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    for (i, inbound) in config.inbounds.iter().enumerate() {
+        if let Some(tls) = &inbound.tls {
+            shardray_shard::transport::tls::server_config(tls)
+                .map_err(|e| anyhow!("inbounds[{i}].streamSettings.tlsSettings: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+impl Server {
+    /// Binds, starts `shards` shards and waits until each serves.
+    pub fn start(config: Arc<Config>, shards: usize) -> anyhow::Result<Server> {
+        check(&config)?;
+        let shards = shards.max(1);
+        let (log, logger) = logger::start(&config.log).context("log")?;
+
+        let mut listeners: Vec<Vec<std::net::TcpListener>> =
+            (0..shards).map(|_| Vec::new()).collect();
+        let mut bound = Vec::new();
+        for (i, inbound) in config.inbounds.iter().enumerate() {
+            let (sockets, addr) = bind_reuseport(inbound.listen, shards)
+                .with_context(|| format!("inbounds[{i}]: cannot listen on {}", inbound.listen))?;
+            for (shard, socket) in sockets.into_iter().enumerate() {
+                listeners[shard].push(socket);
+            }
+            bound.push((inbound.tag.clone(), addr));
+        }
+        let api_addrs: Arc<[SocketAddr]> = match config.api.as_ref().map(|a| &a.listen) {
+            Some(ApiListen::Tcp(addr)) => Arc::new([*addr]),
+            _ => Arc::new([]),
+        };
+
+        let cpus = allowed_cpus();
+        let (ready_tx, ready_rx) = sync_channel(shards);
+        let mut commands = Vec::with_capacity(shards);
+        let mut handles = Vec::with_capacity(shards);
+        for (id, listeners) in listeners.into_iter().enumerate() {
+            let (tx, rx) = async_channel::unbounded();
+            let plan = ShardPlan {
+                id,
+                cpu: (!cpus.is_empty()).then(|| cpus[id % cpus.len()]),
+                config: config.clone(),
+                listeners,
+                api_addrs: api_addrs.clone(),
+                log: log.clone(),
+                commands: rx,
+                ready: ready_tx.clone(),
+            };
+            handles.push(spawn_shard(plan).with_context(|| format!("starting shard {id}"))?);
+            commands.push(tx);
+        }
+        let mut server = Server {
+            config: config.clone(),
+            commands,
+            handles,
+            bound,
+            log,
+            logger: Some(logger),
+        };
+        for _ in 0..shards {
+            match ready_rx.recv_timeout(START_TIMEOUT) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    server.stop(Duration::ZERO);
+                    bail!("a shard could not start: {e}");
+                }
+                Err(_) => {
+                    server.stop(Duration::ZERO);
+                    bail!("a shard did not start within {START_TIMEOUT:?}");
+                }
+            }
+        }
+        Ok(server)
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// A handle the API uses to reach the shards.
+    pub fn links(&self) -> ShardLinks {
+        ShardLinks {
+            commands: self.commands.clone().into(),
+            config: self.config.clone(),
+        }
+    }
+
+    /// Stops accepting, gives live sessions up to `grace`, and waits for every shard to end.
+    pub fn stop(&mut self, grace: Duration) {
+        for tx in &self.commands {
+            let _ = tx.try_send(ShardCommand::Drain { grace });
+        }
+        self.commands.clear();
+        for handle in self.handles.drain(..) {
+            let _ = handle.join();
+        }
+        self.log
+            .error(LogLevel::Warning, format_args!("shardray stopped"));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.handles.is_empty() {
+            self.stop(Duration::ZERO);
+        }
+        // The logger ends once the last sink is gone; the shards' sinks went with them.
+        self.log = LogSink::discard();
+        if let Some(logger) = self.logger.take() {
+            let _ = logger.join();
+        }
+    }
+}
+
+/// Binds `count` listening sockets to one address with SO_REUSEPORT; a port of 0 is chosen by
+/// the first bind and reused by the rest.
+fn bind_reuseport(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let mut sockets = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok((sockets, addr))
+}

@@ -1,0 +1,97 @@
+//! The handle shards use to log: formatting happens on the shard, writing on a logger thread.
+//!
+//! Records go through a bounded channel with `try_send`, so a slow disk never blocks a shard;
+//! what does not fit is counted as dropped and reported by the writer.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::spec::LogLevel;
+
+/// One line for a log.
+#[derive(Debug)]
+pub enum LogRecord {
+    /// A line for the access log.
+    Access(String),
+    /// A line for the error log, with its severity.
+    Error(LogLevel, String),
+}
+
+/// A cheap, cloneable, `Send` logging handle.
+#[derive(Debug, Clone)]
+pub struct LogSink {
+    tx: Option<Sender<LogRecord>>,
+    level: LogLevel,
+    access: bool,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogSink {
+    /// A sink that writes error-log records at `level` or above, and access records if `access`.
+    pub fn new(tx: Sender<LogRecord>, level: LogLevel, access: bool) -> LogSink {
+        LogSink {
+            tx: Some(tx),
+            level,
+            access,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// A sink that discards everything (for tests and tools).
+    pub fn discard() -> LogSink {
+        LogSink {
+            tx: None,
+            level: LogLevel::None,
+            access: false,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// Whether an error-log record at `level` would be written.
+    #[inline]
+    pub fn enabled(&self, level: LogLevel) -> bool {
+        self.tx.is_some()
+            && level != LogLevel::None
+            && level >= self.level
+            && self.level != LogLevel::None
+    }
+
+    /// Whether access records are wanted.
+    #[inline]
+    pub fn access_enabled(&self) -> bool {
+        self.tx.is_some() && self.access
+    }
+
+    /// Writes an error-log record if its level is enabled.
+    pub fn error(&self, level: LogLevel, args: fmt::Arguments<'_>) {
+        if self.enabled(level) {
+            self.send(LogRecord::Error(level, args.to_string()));
+        }
+    }
+
+    /// Writes an access-log record if the access log is on.
+    pub fn access(&self, args: fmt::Arguments<'_>) {
+        if self.access_enabled() {
+            self.send(LogRecord::Access(args.to_string()));
+        }
+    }
+
+    /// Records that did not fit in the channel so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, record: LogRecord) {
+        if let Some(tx) = &self.tx {
+            match tx.try_send(record) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}

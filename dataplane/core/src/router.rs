@@ -1,0 +1,428 @@
+//! The compiled router: routing rules turned into matchers, first match wins.
+//!
+//! Besides the outbound, a decision says whether the destination was named explicitly by the
+//! rule's `ip` or `domain` condition: only such a rule may send a user to a loopback or
+//! private address (see `is_private`).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use regex::Regex;
+use shardray_wire::addr::Address;
+
+use crate::spec::{DomainMatcher, NetworkSet, PortRange, RuleSpec};
+
+/// What a connection looks like to the router.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteInput<'a> {
+    /// The tag of the inbound that accepted it.
+    pub inbound_tag: &'a str,
+    /// The user's email, if the inbound authenticates users.
+    pub user: Option<&'a str>,
+    /// The destination host as the client named it.
+    pub dest: &'a Address,
+    /// A resolved IP for a domain destination (set when routing resolved it).
+    pub resolved: Option<IpAddr>,
+    /// The destination port.
+    pub port: u16,
+    /// true for TCP, false for UDP.
+    pub tcp: bool,
+    /// The client's address.
+    pub source: IpAddr,
+    /// The client's port.
+    pub source_port: u16,
+}
+
+/// The router's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Index into the outbounds; 0 (the default outbound) when no rule matched.
+    pub outbound: usize,
+    /// Index of the rule that matched, if one did.
+    pub rule: Option<usize>,
+    /// The matching rule named this destination in its `ip` or `domain` condition, so it may
+    /// reach a private or loopback address.
+    pub explicit_dest: bool,
+}
+
+/// A routing table compiled from rules.
+#[derive(Debug)]
+pub struct Router {
+    rules: Vec<Rule>,
+    /// Whether any rule has an `ip` condition (decides whether resolving a domain could help).
+    has_ip_rules: bool,
+}
+
+#[derive(Debug)]
+struct Rule {
+    outbound: usize,
+    inbound_tags: Vec<String>,
+    users: Vec<String>,
+    domains: Vec<CompiledDomain>,
+    ips: Vec<IpNet>,
+    ports: Vec<PortRange>,
+    network: Option<NetworkSet>,
+    source_ips: Vec<IpNet>,
+    source_ports: Vec<PortRange>,
+}
+
+#[derive(Debug)]
+enum CompiledDomain {
+    Keyword(String),
+    Full(String),
+    Domain(String),
+    Regex(Regex),
+}
+
+/// A rule that names an outbound missing from the table, or a bad regular expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRule {
+    /// Index of the rule.
+    pub index: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Router {
+    /// Compiles `rules`; `outbound_index` maps an outbound tag to its index.
+    pub fn new(
+        rules: &[RuleSpec],
+        outbound_index: impl Fn(&str) -> Option<usize>,
+    ) -> Result<Router, InvalidRule> {
+        let mut compiled = Vec::with_capacity(rules.len());
+        for (index, spec) in rules.iter().enumerate() {
+            let outbound = outbound_index(&spec.outbound_tag).ok_or_else(|| InvalidRule {
+                index,
+                reason: format!("outbound {:?} not found", spec.outbound_tag),
+            })?;
+            let mut domains = Vec::with_capacity(spec.domains.len());
+            for d in &spec.domains {
+                domains.push(match d {
+                    DomainMatcher::Keyword(k) => CompiledDomain::Keyword(k.to_ascii_lowercase()),
+                    DomainMatcher::Full(f) => CompiledDomain::Full(f.to_ascii_lowercase()),
+                    DomainMatcher::Domain(s) => CompiledDomain::Domain(s.to_ascii_lowercase()),
+                    DomainMatcher::Regex(r) => {
+                        CompiledDomain::Regex(Regex::new(r).map_err(|e| InvalidRule {
+                            index,
+                            reason: e.to_string(),
+                        })?)
+                    }
+                });
+            }
+            compiled.push(Rule {
+                outbound,
+                inbound_tags: spec.inbound_tags.clone(),
+                users: spec.users.clone(),
+                domains,
+                ips: spec.ips.clone(),
+                ports: spec.ports.clone(),
+                network: spec.network,
+                source_ips: spec.source_ips.clone(),
+                source_ports: spec.source_ports.clone(),
+            });
+        }
+        let has_ip_rules = compiled.iter().any(|r| !r.ips.is_empty());
+        Ok(Router {
+            rules: compiled,
+            has_ip_rules,
+        })
+    }
+
+    /// Whether any rule matches on destination IP.
+    pub fn has_ip_rules(&self) -> bool {
+        self.has_ip_rules
+    }
+
+    /// Routes a connection: the first rule whose every condition holds, else the default.
+    pub fn route(&self, input: &RouteInput<'_>) -> Decision {
+        for (index, rule) in self.rules.iter().enumerate() {
+            if let Some(explicit_dest) = rule.matches(input) {
+                return Decision {
+                    outbound: rule.outbound,
+                    rule: Some(index),
+                    explicit_dest,
+                };
+            }
+        }
+        Decision {
+            outbound: 0,
+            rule: None,
+            explicit_dest: false,
+        }
+    }
+
+    /// Routes like `route`, but only reports a rule match (for `IPIfNonMatch`).
+    pub fn route_rule(&self, input: &RouteInput<'_>) -> Option<Decision> {
+        let decision = self.route(input);
+        decision.rule.map(|_| decision)
+    }
+}
+
+impl Rule {
+    /// `Some(explicit_dest)` when every present condition holds.
+    fn matches(&self, input: &RouteInput<'_>) -> Option<bool> {
+        if !self.inbound_tags.is_empty()
+            && !self.inbound_tags.iter().any(|t| t == input.inbound_tag)
+        {
+            return None;
+        }
+        if !self.users.is_empty() {
+            let user = input.user?;
+            if !self.users.iter().any(|u| u == user) {
+                return None;
+            }
+        }
+        if let Some(net) = self.network {
+            if !(if input.tcp { net.tcp } else { net.udp }) {
+                return None;
+            }
+        }
+        if !self.ports.is_empty() && !in_ranges(&self.ports, input.port) {
+            return None;
+        }
+        if !self.source_ports.is_empty() && !in_ranges(&self.source_ports, input.source_port) {
+            return None;
+        }
+        if !self.source_ips.is_empty() && !self.source_ips.iter().any(|n| n.contains(&input.source))
+        {
+            return None;
+        }
+        let mut explicit = false;
+        if !self.domains.is_empty() {
+            let name = input.dest.domain()?;
+            if !self.domains.iter().any(|d| d.matches(name)) {
+                return None;
+            }
+            explicit = true;
+        }
+        if !self.ips.is_empty() {
+            let ip = input.dest.ip().or(input.resolved)?;
+            if !self.ips.iter().any(|n| n.contains(&ip)) {
+                return None;
+            }
+            explicit = true;
+        }
+        Some(explicit)
+    }
+}
+
+impl CompiledDomain {
+    fn matches(&self, name: &str) -> bool {
+        // Names are compared case-insensitively without allocating on the common lowercase path.
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        match self {
+            CompiledDomain::Keyword(k) => name.contains(k.as_str()),
+            CompiledDomain::Full(f) => name == f,
+            CompiledDomain::Domain(d) => {
+                name == d
+                    || (name.ends_with(d.as_str())
+                        && name.as_bytes()[name.len() - d.len() - 1] == b'.')
+            }
+            CompiledDomain::Regex(r) => r.is_match(name),
+        }
+    }
+}
+
+fn in_ranges(ranges: &[PortRange], port: u16) -> bool {
+    ranges.iter().any(|r| r.from <= port && port <= r.to)
+}
+
+/// Whether an address belongs to this host or a private network: loopback, RFC 1918,
+/// link-local, carrier-grade NAT, unspecified, IPv6 unique-local and link-local, and IPv4
+/// addresses mapped into IPv6 that are any of those.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input<'a>(dest: &'a Address, port: u16) -> RouteInput<'a> {
+        RouteInput {
+            inbound_tag: "in",
+            user: Some("alice@example.com"),
+            dest,
+            resolved: None,
+            port,
+            tcp: true,
+            source: "198.51.100.7".parse().unwrap(),
+            source_port: 40000,
+        }
+    }
+
+    fn router(rules: Vec<RuleSpec>) -> Router {
+        let tags = ["direct", "blocked", "other"];
+        Router::new(&rules, |t| tags.iter().position(|x| *x == t)).unwrap()
+    }
+
+    #[test]
+    fn first_match_wins_and_default_is_first_outbound() {
+        let r = router(vec![
+            RuleSpec {
+                ports: vec![PortRange { from: 443, to: 443 }],
+                outbound_tag: "blocked".into(),
+                ..Default::default()
+            },
+            RuleSpec {
+                ports: vec![PortRange { from: 1, to: 1000 }],
+                outbound_tag: "other".into(),
+                ..Default::default()
+            },
+        ]);
+        let dest = Address::Domain("example.com".into());
+        assert_eq!(r.route(&input(&dest, 443)).outbound, 1);
+        assert_eq!(r.route(&input(&dest, 80)).outbound, 2);
+        assert_eq!(
+            r.route(&input(&dest, 8080)),
+            Decision {
+                outbound: 0,
+                rule: None,
+                explicit_dest: false
+            }
+        );
+    }
+
+    #[test]
+    fn domain_matchers() {
+        let r = router(vec![RuleSpec {
+            domains: vec![
+                DomainMatcher::Domain("example.com".into()),
+                DomainMatcher::Full("exact.org".into()),
+                DomainMatcher::Keyword("ads".into()),
+                DomainMatcher::Regex("^r[0-9]+\\.net$".into()),
+            ],
+            outbound_tag: "blocked".into(),
+            ..Default::default()
+        }]);
+        for (name, hit) in [
+            ("example.com", true),
+            ("a.b.Example.COM", true),
+            ("badexample.com", false),
+            ("exact.org", true),
+            ("www.exact.org", false),
+            ("myads.io", true),
+            ("r42.net", true),
+            ("r42.nets", false),
+        ] {
+            let dest = Address::Domain(name.into());
+            let d = r.route(&input(&dest, 80));
+            assert_eq!(d.outbound == 1, hit, "{name}");
+            assert_eq!(d.explicit_dest, hit, "{name}");
+        }
+        // An IP destination never matches a domain rule.
+        let ip = Address::Ip("1.2.3.4".parse().unwrap());
+        assert_eq!(r.route(&input(&ip, 80)).outbound, 0);
+    }
+
+    #[test]
+    fn ip_user_inbound_network_source() {
+        let r = router(vec![
+            RuleSpec {
+                users: vec!["bob".into()],
+                outbound_tag: "other".into(),
+                ..Default::default()
+            },
+            RuleSpec {
+                inbound_tags: vec!["nope".into()],
+                outbound_tag: "other".into(),
+                ..Default::default()
+            },
+            RuleSpec {
+                network: Some(NetworkSet {
+                    tcp: false,
+                    udp: true,
+                }),
+                outbound_tag: "other".into(),
+                ..Default::default()
+            },
+            RuleSpec {
+                source_ips: vec!["10.0.0.0/8".parse().unwrap()],
+                outbound_tag: "other".into(),
+                ..Default::default()
+            },
+            RuleSpec {
+                ips: vec!["127.0.0.1/32".parse().unwrap()],
+                outbound_tag: "blocked".into(),
+                ..Default::default()
+            },
+        ]);
+        let lo = Address::Ip("127.0.0.1".parse().unwrap());
+        let d = r.route(&input(&lo, 80));
+        assert_eq!((d.outbound, d.rule, d.explicit_dest), (1, Some(4), true));
+        let other = Address::Ip("127.0.0.2".parse().unwrap());
+        assert_eq!(r.route(&input(&other, 80)).rule, None);
+        // A domain that resolved to a matching IP matches the IP rule.
+        let name = Address::Domain("localhost".into());
+        let mut i = input(&name, 80);
+        assert_eq!(r.route(&i).rule, None);
+        i.resolved = Some("127.0.0.1".parse().unwrap());
+        assert_eq!(r.route(&i).rule, Some(4));
+    }
+
+    #[test]
+    fn unknown_outbound_is_an_error() {
+        let rules = vec![RuleSpec {
+            outbound_tag: "missing".into(),
+            ..Default::default()
+        }];
+        let err = Router::new(&rules, |_| None).unwrap_err();
+        assert_eq!(err.index, 0);
+    }
+
+    #[test]
+    fn private_ranges() {
+        for ip in [
+            "127.0.0.1",
+            "10.9.8.7",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.0.1",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2001:db8::1",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! `ShardCtx`: everything one shard reads on its hot path, owned by that shard alone.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_rustls::TlsAcceptor;
+use shardray_core::log::LogSink;
+use shardray_core::router::Router;
+use shardray_core::spec::{
+    Config, DokodemoSpec, FallbackSpec, InboundProtocol, LevelPolicy, OutboundProtocol, UserSpec,
+};
+use shardray_core::stats::{LinkSample, StatsSnapshot, Traffic, UserCounters, UserSample};
+use uuid::Uuid;
+
+use crate::transport::tls;
+
+/// A shard's state. Built from the config when the shard starts; `Rc` and `Cell` only.
+pub(crate) struct ShardCtx {
+    pub(crate) config: Arc<Config>,
+    pub(crate) inbounds: Vec<Rc<InboundRt>>,
+    pub(crate) outbounds: Vec<OutboundRt>,
+    pub(crate) router: Router,
+    /// Counters by email, shared by every inbound the email appears in.
+    pub(crate) users: RefCell<HashMap<Arc<str>, Rc<UserCounters>>>,
+    /// The API's listen addresses: never a destination, whatever the rules say.
+    pub(crate) api_addrs: Arc<[SocketAddr]>,
+    pub(crate) log: LogSink,
+    /// Sessions alive on this shard.
+    pub(crate) live: Cell<u64>,
+}
+
+/// An inbound as a shard runs it.
+pub(crate) struct InboundRt {
+    pub(crate) tag: Arc<str>,
+    pub(crate) traffic: Traffic,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) kind: InboundKind,
+}
+
+/// What an inbound does with a connection.
+pub(crate) enum InboundKind {
+    Vless {
+        users: RefCell<HashMap<Uuid, Rc<UserRt>>>,
+        fallbacks: Vec<FallbackSpec>,
+    },
+    Dokodemo(DokodemoSpec),
+}
+
+/// A user as an inbound knows it.
+pub(crate) struct UserRt {
+    pub(crate) email: Arc<str>,
+    pub(crate) level: u32,
+    /// `None` for a user without an email: upstream keeps no counters for those.
+    pub(crate) counters: Option<Rc<UserCounters>>,
+}
+
+/// An outbound as a shard runs it.
+pub(crate) struct OutboundRt {
+    pub(crate) tag: Arc<str>,
+    pub(crate) traffic: Traffic,
+    pub(crate) protocol: OutboundProtocol,
+}
+
+impl ShardCtx {
+    /// Builds a shard's state; fails only on TLS settings that control has already checked.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        api_addrs: Arc<[SocketAddr]>,
+        log: LogSink,
+    ) -> Result<ShardCtx, String> {
+        let outbounds: Vec<OutboundRt> = config
+            .outbounds
+            .iter()
+            .map(|o| OutboundRt {
+                tag: o.tag.as_str().into(),
+                traffic: Traffic::default(),
+                protocol: o.protocol.clone(),
+            })
+            .collect();
+        let router = Router::new(&config.routing.rules, |tag| {
+            outbounds.iter().position(|o| &*o.tag == tag)
+        })
+        .map_err(|e| format!("routing.rules[{}]: {}", e.index, e.reason))?;
+        let ctx = ShardCtx {
+            config: config.clone(),
+            inbounds: Vec::new(),
+            outbounds,
+            router,
+            users: RefCell::default(),
+            api_addrs,
+            log,
+            live: Cell::new(0),
+        };
+        let mut inbounds = Vec::with_capacity(config.inbounds.len());
+        for inbound in &config.inbounds {
+            let tls = match &inbound.tls {
+                Some(spec) => Some(TlsAcceptor::from(
+                    tls::server_config(spec).map_err(|e| e.to_string())?,
+                )),
+                None => None,
+            };
+            let kind = match &inbound.protocol {
+                InboundProtocol::Vless(v) => {
+                    let users = v
+                        .clients
+                        .iter()
+                        .map(|u| (u.id, Rc::new(ctx.user_rt(u))))
+                        .collect();
+                    InboundKind::Vless {
+                        users: RefCell::new(users),
+                        fallbacks: v.fallbacks.clone(),
+                    }
+                }
+                InboundProtocol::Dokodemo(d) => InboundKind::Dokodemo(d.clone()),
+            };
+            inbounds.push(Rc::new(InboundRt {
+                tag: inbound.tag.as_str().into(),
+                traffic: Traffic::default(),
+                tls,
+                kind,
+            }));
+        }
+        Ok(ShardCtx { inbounds, ..ctx })
+    }
+
+    /// The runtime entry for a configured user, sharing counters with other inbounds.
+    fn user_rt(&self, user: &UserSpec) -> UserRt {
+        let email: Arc<str> = user.email.as_str().into();
+        let counters = (!email.is_empty()).then(|| {
+            self.users
+                .borrow_mut()
+                .entry(email.clone())
+                .or_insert_with(|| Rc::new(UserCounters::new(email.clone())))
+                .clone()
+        });
+        UserRt {
+            email,
+            level: user.level,
+            counters,
+        }
+    }
+
+    /// The policy for a level.
+    pub(crate) fn policy(&self, level: u32) -> LevelPolicy {
+        self.config.policy.level(level)
+    }
+
+    /// The shard's totals, for the control thread.
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let link = |tag: &Arc<str>, t: &Traffic| LinkSample {
+            tag: tag.clone(),
+            up: t.up.get(),
+            down: t.down.get(),
+        };
+        StatsSnapshot {
+            users: self
+                .users
+                .borrow()
+                .values()
+                .map(|u| UserSample {
+                    email: u.email.clone(),
+                    up: u.traffic.up.get(),
+                    down: u.traffic.down.get(),
+                    sessions: u.sessions.get(),
+                })
+                .collect(),
+            inbounds: self
+                .inbounds
+                .iter()
+                .map(|i| link(&i.tag, &i.traffic))
+                .collect(),
+            outbounds: self
+                .outbounds
+                .iter()
+                .map(|o| link(&o.tag, &o.traffic))
+                .collect(),
+            live_sessions: self.live.get(),
+        }
+    }
+}
+
+/// Counts a session as live for as long as it is held.
+pub(crate) struct LiveGuard(Rc<ShardCtx>);
+
+impl LiveGuard {
+    pub(crate) fn new(ctx: &Rc<ShardCtx>) -> LiveGuard {
+        ctx.live.set(ctx.live.get() + 1);
+        LiveGuard(ctx.clone())
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.set(self.0.live.get() - 1);
+    }
+}

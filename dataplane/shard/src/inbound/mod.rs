@@ -1,0 +1,107 @@
+//! Inbounds: the accept loop of each listener and the protocol handshakes behind it.
+
+mod dokodemo;
+mod fallback;
+mod vless;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::{TcpListener, TcpStream};
+use shardray_core::spec::LogLevel;
+
+use crate::ctx::{InboundKind, InboundRt, LiveGuard, ShardCtx};
+
+/// What an inbound handler knows about the connection beyond its bytes.
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    /// The TLS server name the client sent, if any.
+    pub(crate) sni: Option<String>,
+    /// The ALPN protocol agreed, if any.
+    pub(crate) alpn: Option<Vec<u8>>,
+}
+
+/// Accepts connections on one inbound's listener until the task is cancelled.
+pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let ctx = ctx.clone();
+                let inbound = inbound.clone();
+                glommio::spawn_local(async move {
+                    let _live = LiveGuard::new(&ctx);
+                    serve(&ctx, &inbound, stream).await;
+                })
+                .detach();
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off briefly instead of spinning.
+                ctx.log.error(
+                    LogLevel::Warning,
+                    format_args!("[{}] accept failed: {}", inbound.tag, e),
+                );
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Runs one accepted connection: TLS if configured, then the inbound's protocol.
+async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: TcpStream) {
+    let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(p), Ok(l)) => (p, l),
+        _ => return,
+    };
+    let _ = stream.set_nodelay(true);
+    let info = ConnInfo {
+        peer,
+        local,
+        sni: None,
+        alpn: None,
+    };
+    match &inbound.tls {
+        None => dispatch(ctx, inbound, stream, info).await,
+        Some(acceptor) => {
+            let handshake = ctx.policy(0).handshake;
+            let accepted =
+                futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+                    glommio::timer::sleep(handshake).await;
+                    None
+                })
+                .await;
+            match accepted {
+                Some(Ok(tls)) => {
+                    let (_, conn) = tls.get_ref();
+                    let info = ConnInfo {
+                        sni: conn.server_name().map(str::to_owned),
+                        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                        ..info
+                    };
+                    dispatch(ctx, inbound, tls, info).await
+                }
+                Some(Err(e)) => ctx.log.error(
+                    LogLevel::Info,
+                    format_args!("[{}] {} TLS handshake failed: {}", inbound.tag, peer, e),
+                ),
+                None => ctx.log.error(
+                    LogLevel::Info,
+                    format_args!("[{}] {} TLS handshake timed out", inbound.tag, peer),
+                ),
+            }
+        }
+    }
+}
+
+async fn dispatch<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: ConnInfo)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match &inbound.kind {
+        InboundKind::Vless { users, fallbacks } => {
+            vless::serve(ctx, inbound, users, fallbacks, stream, info).await
+        }
+        InboundKind::Dokodemo(spec) => dokodemo::serve(ctx, inbound, spec, stream, info).await,
+    }
+}

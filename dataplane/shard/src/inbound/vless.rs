@@ -1,0 +1,137 @@
+//! The VLESS inbound: reads and checks the request header, then forwards or falls back.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use shardray_core::spec::FallbackSpec;
+use shardray_wire::vless::{Command, RequestHeader, MAX_HEADER_LEN, RESPONSE_HEADER};
+use shardray_wire::DecodeError;
+use uuid::Uuid;
+
+use super::{fallback, ConnInfo};
+use crate::ctx::{InboundRt, ShardCtx, UserRt};
+use crate::outbound::{forward, Session};
+
+/// Room for the longest header plus the payload that usually arrives with it.
+const FIRST_READ: usize = 4096;
+
+/// How the handshake ended.
+enum Handshake {
+    Accepted {
+        header: RequestHeader,
+        user: Rc<UserRt>,
+        consumed: usize,
+    },
+    Rejected(&'static str),
+}
+
+pub(super) async fn serve<S>(
+    ctx: &Rc<ShardCtx>,
+    inbound: &InboundRt,
+    users: &RefCell<HashMap<Uuid, Rc<UserRt>>>,
+    fallbacks: &[FallbackSpec],
+    mut stream: S,
+    info: ConnInfo,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; FIRST_READ];
+    let mut len = 0;
+    let handshake = ctx.policy(0).handshake;
+    let outcome =
+        futures_lite::future::or(read_header(&mut stream, &mut buf, &mut len, users), async {
+            glommio::timer::sleep(handshake).await;
+            Handshake::Rejected("handshake timed out")
+        })
+        .await;
+    match outcome {
+        Handshake::Accepted {
+            header,
+            user,
+            consumed,
+        } => {
+            let dest = header
+                .destination
+                .expect("TCP requests carry a destination");
+            let session = Session {
+                inbound,
+                peer: info.peer,
+                level: user.level,
+                user: Some(user),
+                dest,
+            };
+            forward(
+                ctx,
+                &mut stream,
+                session,
+                &buf[consumed..len],
+                &RESPONSE_HEADER,
+            )
+            .await;
+        }
+        Handshake::Rejected(reason) => {
+            // Nothing is written back: a prober learns no more than from a closed port, or it
+            // meets the fallback, which sees the exact bytes the prober sent.
+            ctx.log.access(format_args!(
+                "from {} rejected vless: {}",
+                info.peer, reason
+            ));
+            if !fallbacks.is_empty() && len > 0 {
+                fallback::serve(ctx, inbound, fallbacks, stream, &buf[..len], &info).await;
+            }
+        }
+    }
+}
+
+/// Reads until the header decodes or is known to be bad.
+async fn read_header<S>(
+    stream: &mut S,
+    buf: &mut [u8],
+    len: &mut usize,
+    users: &RefCell<HashMap<Uuid, Rc<UserRt>>>,
+) -> Handshake
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        let n = match stream.read(&mut buf[*len..]).await {
+            Ok(0) => return Handshake::Rejected("connection closed during handshake"),
+            Ok(n) => n,
+            Err(_) => return Handshake::Rejected("read failed during handshake"),
+        };
+        *len += n;
+        let mut cur = &buf[..*len];
+        match RequestHeader::decode(&mut cur) {
+            Ok(header) => {
+                let Some(user) = users.borrow().get(&header.user).cloned() else {
+                    return Handshake::Rejected("invalid user");
+                };
+                if !header.flow.is_empty() {
+                    return Handshake::Rejected("flow not enabled for this user");
+                }
+                if header.command != Command::Tcp {
+                    return Handshake::Rejected("only TCP requests are served");
+                }
+                let consumed = *len - cur.len();
+                return Handshake::Accepted {
+                    header,
+                    user,
+                    consumed,
+                };
+            }
+            Err(DecodeError::UnexpectedEnd) => {
+                if let Ok(id) = RequestHeader::peek_user(&buf[..*len]) {
+                    if !users.borrow().contains_key(&id) {
+                        return Handshake::Rejected("invalid user");
+                    }
+                }
+                if *len >= MAX_HEADER_LEN.min(buf.len()) {
+                    return Handshake::Rejected("header too long");
+                }
+            }
+            Err(_) => return Handshake::Rejected("invalid request header"),
+        }
+    }
+}

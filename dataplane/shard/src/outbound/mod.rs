@@ -1,0 +1,320 @@
+//! Outbounds: routing a session that an inbound has decoded, dialing, and relaying.
+//!
+//! `forward` is the common tail of every inbound's pipeline: route → outbound → relay, with
+//! the session's counters, timeouts and access-log line.
+
+mod resolve;
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+use shardray_core::router::{Decision, RouteInput};
+use shardray_core::spec::{LevelPolicy, LogLevel, OutboundProtocol, RoutingDomainStrategy};
+use shardray_core::stats::{Traffic, UserCounters};
+use shardray_wire::addr::Destination;
+
+use crate::ctx::{InboundRt, OutboundRt, ShardCtx, UserRt};
+use crate::relay::{relay, Meter, RelayEnd};
+
+pub(crate) use resolve::resolve;
+
+/// How long a dial may take before the session is given up.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer a blackhole with `response.type = "http"` gives.
+const HTTP_403: &[u8] =
+    b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nCache-Control: max-age=3600, public\r\nContent-Length: 0\r\n\r\n";
+
+/// A decoded session, ready to be routed.
+pub(crate) struct Session<'a> {
+    pub(crate) inbound: &'a InboundRt,
+    pub(crate) peer: SocketAddr,
+    pub(crate) user: Option<Rc<UserRt>>,
+    pub(crate) level: u32,
+    pub(crate) dest: Destination,
+}
+
+/// Routes `session`, dials its outbound and relays until done. `early` is payload the client
+/// sent along with its header; `down_prefix` goes to the client before any downlink bytes.
+pub(crate) async fn forward<C>(
+    ctx: &Rc<ShardCtx>,
+    client: &mut C,
+    session: Session<'_>,
+    early: &[u8],
+    down_prefix: &[u8],
+) where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let policy = ctx.policy(session.level);
+    let email = session
+        .user
+        .as_ref()
+        .map(|u| &*u.email)
+        .filter(|e| !e.is_empty());
+    let mut input = RouteInput {
+        inbound_tag: &session.inbound.tag,
+        user: email,
+        dest: &session.dest.addr,
+        resolved: None,
+        port: session.dest.port,
+        tcp: true,
+        source: session.peer.ip(),
+        source_port: session.peer.port(),
+    };
+    let decision = route(ctx, &mut input).await;
+    let outbound = &ctx.outbounds[decision.outbound];
+    let email_note = email.map(|e| format!(" email: {e}")).unwrap_or_default();
+    ctx.log.access(format_args!(
+        "from {} accepted tcp:{} [{} >> {}]{}",
+        session.peer, session.dest, session.inbound.tag, outbound.tag, email_note
+    ));
+
+    let mut upstream = match &outbound.protocol {
+        OutboundProtocol::Blackhole(b) => {
+            if b.http_response {
+                let mut reply = down_prefix.to_vec();
+                reply.extend_from_slice(HTTP_403);
+                let _ = client.write_all(&reply).await;
+            }
+            let _ = client.close().await;
+            return;
+        }
+        OutboundProtocol::Freedom(freedom) => {
+            let target = match &freedom.redirect {
+                Some(r) => Destination {
+                    addr: r.addr.clone(),
+                    port: if r.port == 0 {
+                        session.dest.port
+                    } else {
+                        r.port
+                    },
+                },
+                None => session.dest.clone(),
+            };
+            match dial(
+                ctx,
+                &target,
+                input.resolved,
+                decision,
+                freedom.domain_strategy,
+                &session,
+            )
+            .await
+            {
+                Ok(stream) => stream,
+                Err(e) => {
+                    ctx.log.error(
+                        LogLevel::Info,
+                        format_args!(
+                            "[{}] {} failed to reach {}: {}",
+                            session.inbound.tag, session.peer, target, e
+                        ),
+                    );
+                    let _ = client.close().await;
+                    return;
+                }
+            }
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+
+    let mut meter = SessionMeter::new(ctx, &session, outbound, &policy);
+    if let Some(u) = meter.user.as_ref() {
+        u.sessions.set(u.sessions.get() + 1);
+    }
+    let result = async {
+        if !early.is_empty() {
+            upstream.write_all(early).await?;
+            meter.up(early.len() as u64);
+        }
+        relay(
+            client,
+            &mut upstream,
+            policy.buffer_size,
+            down_prefix,
+            (&policy).into(),
+            &mut meter,
+        )
+        .await
+    }
+    .await;
+    if let Some(u) = meter.user.as_ref() {
+        u.sessions.set(u.sessions.get() - 1);
+    }
+    match result {
+        Ok(RelayEnd::Done) => {}
+        Ok(RelayEnd::TimedOut) => ctx.log.error(
+            LogLevel::Debug,
+            format_args!(
+                "[{}] {} to {}: timed out",
+                session.inbound.tag, session.peer, session.dest
+            ),
+        ),
+        Err(e) => ctx.log.error(
+            LogLevel::Debug,
+            format_args!(
+                "[{}] {} to {}: {}",
+                session.inbound.tag, session.peer, session.dest, e
+            ),
+        ),
+    }
+}
+
+/// Routes, resolving the destination first when the routing strategy asks for it.
+async fn route(ctx: &ShardCtx, input: &mut RouteInput<'_>) -> Decision {
+    let strategy = ctx.config.routing.domain_strategy;
+    let is_domain = input.dest.domain().is_some();
+    if !is_domain || !ctx.router.has_ip_rules() || strategy == RoutingDomainStrategy::AsIs {
+        return ctx.router.route(input);
+    }
+    if strategy == RoutingDomainStrategy::IpIfNonMatch {
+        if let Some(d) = ctx.router.route_rule(input) {
+            return d;
+        }
+    }
+    if let Ok(addrs) = resolve(input.dest, input.port, Default::default()).await {
+        input.resolved = addrs.first().map(|a| a.ip());
+    }
+    ctx.router.route(input)
+}
+
+/// Resolves and checks the destination, then connects to the first address that answers.
+async fn dial(
+    ctx: &ShardCtx,
+    target: &Destination,
+    resolved: Option<std::net::IpAddr>,
+    decision: Decision,
+    strategy: shardray_core::spec::DomainStrategy,
+    session: &Session<'_>,
+) -> io::Result<TcpStream> {
+    let addrs = match (target.addr.ip(), resolved) {
+        (Some(ip), _) => vec![SocketAddr::new(ip, target.port)],
+        (None, Some(ip)) if strategy == Default::default() => {
+            vec![SocketAddr::new(ip, target.port)]
+        }
+        (None, _) => resolve(&target.addr, target.port, strategy).await?,
+    };
+    let mut last_err = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        if let Err(reason) = check_destination(ctx, addr, target, decision, session) {
+            last_err = io::Error::new(io::ErrorKind::PermissionDenied, reason);
+            continue;
+        }
+        match TcpStream::connect_timeout(addr, DIAL_TIMEOUT).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last_err = e.into(),
+        }
+    }
+    Err(last_err)
+}
+
+/// Destination safety: the API is never a destination; a loopback or private address only
+/// when the matching rule named it (by IP, or by the domain that resolved to it).
+fn check_destination(
+    ctx: &ShardCtx,
+    addr: SocketAddr,
+    target: &Destination,
+    decision: Decision,
+    session: &Session<'_>,
+) -> Result<(), &'static str> {
+    let hits_api = ctx.api_addrs.iter().any(|api| {
+        api.port() == addr.port()
+            && (api.ip() == addr.ip()
+                || (api.ip().is_unspecified() && shardray_core::router::is_private(addr.ip())))
+    });
+    if hits_api {
+        return Err("the API address is not a destination");
+    }
+    if !shardray_core::router::is_private(addr.ip()) || decision.explicit_dest {
+        return Ok(());
+    }
+    // A name that resolved to a private address: allowed if a rule names that IP and sends it
+    // to the same outbound.
+    if target.addr.domain().is_some() {
+        let email = session
+            .user
+            .as_ref()
+            .map(|u| &*u.email)
+            .filter(|e| !e.is_empty());
+        let recheck = ctx.router.route(&RouteInput {
+            inbound_tag: &session.inbound.tag,
+            user: email,
+            dest: &target.addr,
+            resolved: Some(addr.ip()),
+            port: addr.port(),
+            tcp: true,
+            source: session.peer.ip(),
+            source_port: session.peer.port(),
+        });
+        if recheck.explicit_dest && recheck.outbound == decision.outbound {
+            return Ok(());
+        }
+    }
+    Err("private or loopback address not allowed by any rule")
+}
+
+/// Counts a session's bytes into the counters its policy enables.
+struct SessionMeter<'a> {
+    user: Option<Rc<UserCounters>>,
+    user_up: bool,
+    user_down: bool,
+    inbound: &'a Traffic,
+    inbound_up: bool,
+    inbound_down: bool,
+    outbound: &'a Traffic,
+    outbound_up: bool,
+    outbound_down: bool,
+}
+
+impl<'a> SessionMeter<'a> {
+    fn new(
+        ctx: &ShardCtx,
+        session: &Session<'a>,
+        outbound: &'a OutboundRt,
+        policy: &LevelPolicy,
+    ) -> Self {
+        let on = ctx.config.stats_enabled;
+        let system = ctx.config.policy.system;
+        SessionMeter {
+            user: session.user.as_ref().and_then(|u| u.counters.clone()),
+            user_up: on && policy.stats_user_uplink,
+            user_down: on && policy.stats_user_downlink,
+            inbound: &session.inbound.traffic,
+            inbound_up: on && system.stats_inbound_uplink,
+            inbound_down: on && system.stats_inbound_downlink,
+            outbound: &outbound.traffic,
+            outbound_up: on && system.stats_outbound_uplink,
+            outbound_down: on && system.stats_outbound_downlink,
+        }
+    }
+}
+
+impl Meter for SessionMeter<'_> {
+    fn up(&mut self, n: u64) {
+        if let (Some(u), true) = (&self.user, self.user_up) {
+            u.traffic.add_up(n);
+        }
+        if self.inbound_up {
+            self.inbound.add_up(n);
+        }
+        if self.outbound_up {
+            self.outbound.add_up(n);
+        }
+    }
+
+    fn down(&mut self, n: u64) {
+        if let (Some(u), true) = (&self.user, self.user_down) {
+            u.traffic.add_down(n);
+        }
+        if self.inbound_down {
+            self.inbound.add_down(n);
+        }
+        if self.outbound_down {
+            self.outbound.add_down(n);
+        }
+    }
+}

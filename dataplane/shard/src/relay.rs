@@ -1,0 +1,211 @@
+//! Moves bytes both ways between a client and an upstream until both sides are done, honouring
+//! half-close and the policy's idle timeouts, counting payload bytes as they pass.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::timer::Timer;
+use shardray_core::spec::LevelPolicy;
+
+/// The timeouts a relay runs under, from a policy level.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RelayTimeouts {
+    /// No traffic either way for this long ends the relay.
+    pub(crate) idle: Duration,
+    /// Once the upstream has finished, the client side may stay idle this long.
+    pub(crate) uplink_only: Duration,
+    /// Once the client has finished, the upstream side may stay idle this long.
+    pub(crate) downlink_only: Duration,
+}
+
+impl From<&LevelPolicy> for RelayTimeouts {
+    fn from(p: &LevelPolicy) -> Self {
+        RelayTimeouts {
+            idle: p.conn_idle,
+            uplink_only: p.uplink_only,
+            downlink_only: p.downlink_only,
+        }
+    }
+}
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RelayEnd {
+    /// Both directions reached end of stream.
+    Done,
+    /// A timeout fired first.
+    TimedOut,
+}
+
+/// Called with the byte count of every chunk read: `(uplink, downlink)`.
+pub(crate) trait Meter {
+    fn up(&mut self, n: u64);
+    fn down(&mut self, n: u64);
+}
+
+/// A meter that counts nothing (fallbacks).
+pub(crate) struct NoMeter;
+
+impl Meter for NoMeter {
+    fn up(&mut self, _: u64) {}
+    fn down(&mut self, _: u64) {}
+}
+
+/// One direction's buffer and state.
+struct Pipe {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    closed: bool,
+}
+
+impl Pipe {
+    fn new(size: usize, prefix: &[u8]) -> Pipe {
+        let mut buf = vec![0u8; size.max(prefix.len() + 1)].into_boxed_slice();
+        buf[..prefix.len()].copy_from_slice(prefix);
+        Pipe {
+            buf,
+            start: 0,
+            end: prefix.len(),
+            eof: false,
+            closed: false,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.closed
+    }
+
+    /// Moves as much as it can from `r` to `w`; returns the bytes read and whether it moved
+    /// anything at all.
+    fn poll_move<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+    ) -> io::Result<(u64, bool)>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let mut read_total = 0u64;
+        let mut progressed = false;
+        loop {
+            if self.start < self.end {
+                match Pin::new(&mut *w).poll_write(cx, &self.buf[self.start..self.end]) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => {
+                        self.start += n;
+                        progressed = true;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => return Ok((read_total, progressed)),
+                }
+            }
+            self.start = 0;
+            self.end = 0;
+            if self.eof {
+                if !self.closed {
+                    match Pin::new(&mut *w).poll_close(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        // The peer may already be gone; the direction is finished either way.
+                        Poll::Ready(Err(_)) => {}
+                        Poll::Pending => return Ok((read_total, progressed)),
+                    }
+                    self.closed = true;
+                    progressed = true;
+                }
+                return Ok((read_total, progressed));
+            }
+            match Pin::new(&mut *r).poll_read(cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) => {
+                    self.eof = true;
+                    progressed = true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.end = n;
+                    read_total += n as u64;
+                    progressed = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok((read_total, progressed)),
+            }
+        }
+    }
+}
+
+/// Relays between `client` and `upstream` until both directions are finished, an error occurs
+/// or a timeout fires. `down_prefix` is written to the client ahead of the first downlink bytes
+/// (a protocol's response header), so that it costs no write of its own.
+pub(crate) async fn relay<C, U, M>(
+    client: &mut C,
+    upstream: &mut U,
+    buffer_size: usize,
+    down_prefix: &[u8],
+    timeouts: RelayTimeouts,
+    meter: &mut M,
+) -> io::Result<RelayEnd>
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    M: Meter,
+{
+    let mut up = Pipe::new(buffer_size, &[]);
+    let mut down = Pipe::new(buffer_size, down_prefix);
+    let mut last_activity = Instant::now();
+    let mut timer = Timer::new(timeouts.idle);
+    let mut armed_for = timeouts.idle;
+    futures_lite::future::poll_fn(|cx| {
+        let mut progressed = false;
+        if !up.done() {
+            let (n, p) = up.poll_move(cx, client, upstream)?;
+            if n > 0 {
+                meter.up(n);
+            }
+            progressed |= p;
+        }
+        if !down.done() {
+            let (n, p) = down.poll_move(cx, upstream, client)?;
+            if n > 0 {
+                meter.down(n);
+            }
+            progressed |= p;
+        }
+        if up.done() && down.done() {
+            return Poll::Ready(Ok(RelayEnd::Done));
+        }
+        let now = Instant::now();
+        if progressed {
+            last_activity = now;
+        }
+        let allowed = if up.done() {
+            timeouts.downlink_only
+        } else if down.done() {
+            timeouts.uplink_only
+        } else {
+            timeouts.idle
+        };
+        if allowed != armed_for {
+            // A direction finished: the other one now runs under its shorter timeout.
+            armed_for = allowed;
+            timer.reset((last_activity + allowed).saturating_duration_since(now));
+        }
+        // The timer is only re-armed when it fires, not on every chunk: it may wake early,
+        // and then the real deadline is computed from the last activity.
+        while Pin::new(&mut timer).poll(cx).is_ready() {
+            let deadline = last_activity + allowed;
+            if now >= deadline {
+                return Poll::Ready(Ok(RelayEnd::TimedOut));
+            }
+            timer.reset(deadline - now);
+        }
+        Poll::Pending
+    })
+    .await
+}

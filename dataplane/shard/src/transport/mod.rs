@@ -1,0 +1,3 @@
+//! Transports under the inbound protocols: TLS (rustls) for now.
+
+pub mod tls;
