@@ -1,5 +1,6 @@
 #!/bin/sh
-# Side-by-side bulk VLESS throughput: shardray against sing-box 1.14.4 (and optionally V2Ray),
+# Side-by-side bulk VLESS throughput: shardray against sing-box 1.14.4, V2Ray 4.45.2 and the bare
+# splice relay (`shardray-bench splice-relay`, the floor for a userspace relay),
 # measured in one run on this machine, appended as a dated section to perf/RESULTS.md.
 #
 #   perf/run.sh                      4 streams x 256 MiB, up and down, 3 runs, shardray --shards 2
@@ -11,7 +12,7 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-TARGETS=${TARGETS:-shardray,sing-box}
+TARGETS=${TARGETS:-shardray,sing-box,v2ray,splice}
 STREAMS=${STREAMS:-4}
 BYTES=${BYTES:-256MiB}
 DIRECTION=${DIRECTION:-both}

@@ -150,7 +150,11 @@ fn run(config: Config, shards: Option<usize>, grace: Duration) -> ExitCode {
         },
         None => None,
     };
-    let mut server = match Server::start(Arc::new(config), shards) {
+    let api_addrs: Vec<_> = match &api {
+        Some((_, api::ApiListener::Tcp(_, addr))) => vec![*addr],
+        _ => Vec::new(),
+    };
+    let mut server = match Server::start(Arc::new(config), shards, &api_addrs) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use shardray_core::log::LogSink;
-use shardray_core::spec::{ApiListen, Config, LogLevel};
+use shardray_core::spec::{Config, LogLevel};
 use shardray_core::stats::StatsSnapshot;
 use shardray_shard::{spawn_shard, ShardCommand, ShardHandle, ShardPlan};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -88,8 +88,13 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 impl Server {
-    /// Binds, starts `shards` shards and waits until each serves.
-    pub fn start(config: Arc<Config>, shards: usize) -> anyhow::Result<Server> {
+    /// Binds, starts `shards` shards and waits until each serves. `api_addrs` are the API's
+    /// bound addresses, which no session may reach.
+    pub fn start(
+        config: Arc<Config>,
+        shards: usize,
+        api_addrs: &[SocketAddr],
+    ) -> anyhow::Result<Server> {
         check(&config)?;
         let shards = shards.max(1);
         let (log, logger) = logger::start(&config.log).context("log")?;
@@ -105,10 +110,7 @@ impl Server {
             }
             bound.push((inbound.tag.clone(), addr));
         }
-        let api_addrs: Arc<[SocketAddr]> = match config.api.as_ref().map(|a| &a.listen) {
-            Some(ApiListen::Tcp(addr)) => Arc::new([*addr]),
-            _ => Arc::new([]),
-        };
+        let api_addrs: Arc<[SocketAddr]> = api_addrs.into();
 
         let cpus = allowed_cpus();
         let (ready_tx, ready_rx) = sync_channel(shards);

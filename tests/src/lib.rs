@@ -1,1 +1,267 @@
-//! Support for end-to-end tests.
+//! Support for end-to-end tests: start the real `shardray` binary on loopback, echo and sink
+//! servers, a VLESS client of our own, a StatsService client, and peer binaries.
+//!
+//! Everything is bounded: servers stop when dropped, reads time out, processes are killed.
+
+pub mod api;
+pub mod peers;
+pub mod servers;
+pub mod vless;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a test waits for shardray to start.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The `shardray` binary under test: `$SHARDRAY_BIN`, else the one cargo built beside the tests.
+pub fn bin_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHARDRAY_BIN") {
+        return p.into();
+    }
+    // Test executables live in target/<profile>/deps; the binary in target/<profile>.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let bin = profile_dir.join("shardray");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p shardray`, or `make test`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `shardray run` process, killed on drop.
+pub struct Shardray {
+    child: Option<Child>,
+    /// Each inbound's tag and bound address, as the binary reported them.
+    pub inbounds: HashMap<String, SocketAddr>,
+    /// The API's address, if it listens on TCP.
+    pub api: Option<SocketAddr>,
+    output: Arc<Mutex<String>>,
+    /// The directory holding the config (and anything else the test put there).
+    pub dir: tempfile::TempDir,
+}
+
+impl Shardray {
+    /// Writes `config` to a file and starts `shardray run -c FILE --shards N`; panics with the
+    /// process output if it does not start.
+    pub fn start(config: &Value, shards: usize) -> Shardray {
+        Shardray::try_start(config, shards)
+            .unwrap_or_else(|out| panic!("shardray did not start:\n{out}"))
+    }
+
+    /// Like `start`, but returns the process output if it exits or fails to start.
+    pub fn try_start(config: &Value, shards: usize) -> Result<Shardray, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        Shardray::start_with_args(
+            dir,
+            &[
+                "run",
+                "-c",
+                path.to_str().unwrap(),
+                "--shards",
+                &shards.to_string(),
+                "--grace",
+                "3",
+            ],
+        )
+    }
+
+    /// Starts the binary with `args`, keeping `dir` alive with it.
+    pub fn start_with_args(dir: tempfile::TempDir, args: &[&str]) -> Result<Shardray, String> {
+        let mut child = Command::new(bin_path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shardray");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (line_tx, line_rx) = mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        for (reader, forward) in [
+            (Box::new(stderr) as Box<dyn std::io::Read + Send>, true),
+            (Box::new(stdout), false),
+        ] {
+            let output = output.clone();
+            let line_tx = line_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                    output.lock().unwrap().push_str(&format!("{line}\n"));
+                    if forward {
+                        let _ = line_tx.send(line);
+                    }
+                }
+            });
+        }
+        drop(line_tx);
+        let mut inbounds = HashMap::new();
+        let mut api = None;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut server = Shardray {
+            child: Some(child),
+            inbounds: HashMap::new(),
+            api: None,
+            output,
+            dir,
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match line_rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("shardray: inbound ") {
+                        // shardray: inbound "TAG" listening on ADDR
+                        let (tag, addr) = rest.rsplit_once(" listening on ").unwrap();
+                        inbounds.insert(tag.trim_matches('"').to_owned(), addr.parse().unwrap());
+                    } else if let Some(addr) = line.strip_prefix("shardray: api listening on ") {
+                        api = addr.parse().ok();
+                    } else if line.starts_with("shardray: started") {
+                        server.inbounds = inbounds;
+                        server.api = api;
+                        return Ok(server);
+                    }
+                }
+                Err(_) => {
+                    let _ = server.child.as_mut().unwrap().kill();
+                    let _ = server.child.as_mut().unwrap().wait();
+                    std::thread::sleep(Duration::from_millis(100));
+                    return Err(server.output());
+                }
+            }
+        }
+    }
+
+    /// The address of the inbound tagged `tag`.
+    pub fn inbound(&self, tag: &str) -> SocketAddr {
+        *self
+            .inbounds
+            .get(tag)
+            .unwrap_or_else(|| panic!("no inbound {tag:?} in {:?}", self.inbounds))
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("shardray did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Shardray {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `shardray ARGS` to completion (bounded), returning exit status and combined output.
+pub fn run_cli(args: &[&str]) -> (ExitStatus, String) {
+    let out = Command::new(bin_path())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shardray");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status, text)
+}
+
+/// The UUID of the test user most configs use.
+pub const ALICE: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
+
+/// A server config: one VLESS inbound `vless-in` on 127.0.0.1:0 with the given clients and
+/// extra inbound fields, freedom and blackhole outbounds, loopback allowed by a rule, stats on.
+pub fn vless_config(clients: Value, inbound_extra: Value) -> Value {
+    let mut inbound = serde_json::json!({
+        "tag": "vless-in",
+        "listen": "127.0.0.1",
+        "port": 0,
+        "protocol": "vless",
+        "settings": { "clients": clients, "decryption": "none" }
+    });
+    if let (Some(obj), Some(extra)) = (inbound.as_object_mut(), inbound_extra.as_object()) {
+        for (k, v) in extra {
+            if k == "settings" {
+                for (sk, sv) in v.as_object().unwrap() {
+                    obj["settings"][sk] = sv.clone();
+                }
+            } else {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    serde_json::json!({
+        "log": { "loglevel": "warning" },
+        "stats": {},
+        "inbounds": [inbound],
+        "outbounds": [
+            { "tag": "direct", "protocol": "freedom" },
+            { "tag": "blocked", "protocol": "blackhole" }
+        ],
+        "routing": { "rules": [
+            { "type": "field", "ip": ["127.0.0.1/32"], "outboundTag": "direct" }
+        ]},
+        "policy": {
+            "levels": { "0": { "statsUserUplink": true, "statsUserDownlink": true, "statsUserOnline": true } },
+            "system": {
+                "statsInboundUplink": true, "statsInboundDownlink": true,
+                "statsOutboundUplink": true, "statsOutboundDownlink": true
+            }
+        }
+    })
+}
+
+/// Polls `cond` every 10 ms until it holds or `within` passes.
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}

@@ -19,7 +19,9 @@ use super::raw::{
     RawStreamSettings, RawTcpSettings, RawTlsSettings, RawVlessClient, RawVlessSettings,
     StringList,
 };
-use super::validate::{deserialize_at, parse_host_port, parse_port, value_text};
+use super::validate::{
+    check_api_loopback, deserialize_at, parse_host_port, parse_port, value_text,
+};
 
 /// Inbound protocols upstream has that shardray does not serve yet.
 const LATER_PROTOCOLS: &[&str] = &[
@@ -117,7 +119,9 @@ fn api_inbound(ib: RawInbound, path: &str, tag: &str) -> Result<(String, SocketA
     }
     check_sniffing(ib.sniffing, path)?;
     check_allocate(ib.allocate, path)?;
-    let ip = listen_ip(ib.listen.as_deref(), &format!("{path}.listen"))?;
+    let listen_path = format!("{path}.listen");
+    let ip = listen_ip(ib.listen.as_deref(), &listen_path)?;
+    check_api_loopback(ip, &listen_path)?;
     let port_path = format!("{path}.port");
     let port = inbound_port(ib.port.as_ref(), &port_path)?;
     Ok((port_path, SocketAddr::new(ip, port)))

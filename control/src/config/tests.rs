@@ -220,8 +220,12 @@ fn short_string_ids_map_to_uuid_v5_as_upstream() {
     .unwrap();
     let id = vless(&cfg, 0).clients[0].id;
     assert_eq!(id.get_version_num(), 5);
-    assert_eq!(id, Uuid::new_v5(&Uuid::nil(), b"alice"));
-    // SHA-1 of 16 zero bytes then "alice", first 16 bytes, version and variant bits set.
+    // SHA-1 of 16 zero bytes then "alice", first 16 bytes, version and variant bits set
+    // (computed independently with Python's hashlib).
+    assert_eq!(
+        id,
+        Uuid::parse_str("ec61d669-fc85-586b-a097-822a49b51e7e").unwrap()
+    );
     assert_eq!(super::inbound::parse_user_id("alice"), Some(id));
     assert_eq!(super::inbound::parse_user_id(&"x".repeat(31)), None);
     assert_eq!(super::inbound::parse_user_id(""), None);
@@ -900,6 +904,23 @@ fn api_without_listen_address() {
     assert_eq!(err.path, "api.services[0]");
     let err = broken(|v| set(v, "", "api", json!({ "tag": "a", "inboundTag": "b" })));
     assert_eq!(err.path, "api.inboundTag");
+    let err = broken(|v| {
+        set(
+            v,
+            "",
+            "api",
+            json!({ "tag": "api", "listen": "0.0.0.0:10085" }),
+        )
+    });
+    assert_eq!(err.path, "api.listen");
+    let err = broken(|v| {
+        set(v, "", "api", json!({ "tag": "api" }));
+        at(v, "/inbounds").as_array_mut().unwrap().push(json!({
+            "tag": "api", "port": 10085, "protocol": "dokodemo-door",
+            "settings": { "address": "127.0.0.1" }
+        }));
+    });
+    assert_eq!(err.path, "inbounds[1].listen");
 }
 
 #[test]
@@ -956,4 +977,21 @@ fn file_errors_name_the_file() {
     assert!(err
         .to_string()
         .ends_with(&format!("(in {})", file.display())));
+}
+
+#[test]
+fn messages_read_well() {
+    let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "alterId", json!(0)));
+    assert_eq!(
+        err.to_string(),
+        "inbounds[0].settings.clients[0].alterId: unknown field (expected one of `id`, `email`, \
+         `level`, `flow`)"
+    );
+    let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "level", json!("high")));
+    assert_eq!(
+        err.to_string(),
+        "inbounds[0].settings.clients[0].level: invalid type: string \"high\", expected u32"
+    );
+    let err = broken(|v| set(v, "", "stats", json!({ "x": 1 })));
+    assert_eq!(err.to_string(), "stats.x: unknown field");
 }

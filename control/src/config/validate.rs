@@ -298,7 +298,20 @@ fn api_listen(s: &str) -> Result<ApiListen, ConfigError> {
         }
         Address::Domain(_) => return Err(bad()),
     };
+    check_api_loopback(ip, "api.listen")?;
     Ok(ApiListen::Tcp(SocketAddr::new(ip, dest.port)))
+}
+
+/// The API has no authentication of its own, so over TCP it listens on loopback only.
+pub(super) fn check_api_loopback(ip: IpAddr, path: &str) -> Result<(), ConfigError> {
+    if ip.is_loopback() {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            path,
+            format!("the API listens on loopback or a Unix socket only, not on {ip}"),
+        ))
+    }
 }
 
 // === checks across sections ===
@@ -340,8 +353,8 @@ pub(super) fn deserialize_at<T: DeserializeOwned>(
     })
 }
 
-/// Turns a serde error at `path` into a `ConfigError`, moving an unknown field's name into the
-/// path.
+/// Turns a serde error at `path` into a `ConfigError`, with an unknown or missing field's name
+/// at the end of the path.
 pub(super) fn serde_error(path: String, err: &serde_json::Error) -> ConfigError {
     let text = err.to_string();
     if let Some(rest) = text.strip_prefix("unknown field `") {
@@ -352,7 +365,10 @@ pub(super) fn serde_error(path: String, err: &serde_json::Error) -> ConfigError 
             } else {
                 format!("unknown field ({hint})")
             };
-            return ConfigError::invalid(join_path(&path, field), message);
+            // serde_path_to_error already puts the unknown key last in the path.
+            let named = path == field || path.ends_with(&format!(".{field}"));
+            let path = if named { path } else { join_path(&path, field) };
+            return ConfigError::invalid(path, message);
         }
     }
     if let Some(rest) = text.strip_prefix("missing field `") {
