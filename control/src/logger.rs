@@ -14,7 +14,7 @@ use shardray_core::spec::{LogLevel, LogSpec, LogTarget};
 const QUEUE: usize = 64 * 1024;
 
 /// Opens the log targets and starts the writer; returns the sink to hand out and the thread,
-/// which ends once every sink is dropped.
+/// which ends on `LogSink::close` or once every sink is dropped.
 pub fn start(spec: &LogSpec) -> io::Result<(LogSink, JoinHandle<()>)> {
     let access = open(&spec.access)?;
     let error = open(&spec.error)?;
@@ -66,12 +66,18 @@ fn write_loop(
                     let _ = writeln!(w, "{stamp} [{}] {line}", level_name(level));
                 }
             }
+            LogRecord::Close => break,
         }
         if rx.is_empty() {
-            for w in [access.as_mut(), error.as_mut()].into_iter().flatten() {
-                let _ = w.flush();
-            }
+            flush(&mut access, &mut error);
         }
+    }
+    flush(&mut access, &mut error);
+}
+
+fn flush(access: &mut Option<Box<dyn Write + Send>>, error: &mut Option<Box<dyn Write + Send>>) {
+    for w in [access.as_mut(), error.as_mut()].into_iter().flatten() {
+        let _ = w.flush();
     }
 }
 

@@ -187,7 +187,8 @@ impl Drop for Server {
         if !self.handles.is_empty() {
             self.stop(Duration::ZERO);
         }
-        // The logger ends once the last sink is gone; the shards' sinks went with them.
+        // Other sinks (the API's) may outlive the server: tell the writer to stop.
+        self.log.close();
         self.log = LogSink::discard();
         if let Some(logger) = self.logger.take() {
             let _ = logger.join();

@@ -18,6 +18,8 @@ pub enum LogRecord {
     Access(String),
     /// A line for the error log, with its severity.
     Error(LogLevel, String),
+    /// Flush and stop the writer; records sent after this are dropped.
+    Close,
 }
 
 /// A cheap, cloneable, `Send` logging handle.
@@ -76,6 +78,13 @@ impl LogSink {
     pub fn access(&self, args: fmt::Arguments<'_>) {
         if self.access_enabled() {
             self.send(LogRecord::Access(args.to_string()));
+        }
+    }
+
+    /// Asks the writer to flush and stop, waiting for room in the queue if need be.
+    pub fn close(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(LogRecord::Close);
         }
     }
 
