@@ -5,4 +5,5 @@
 pub mod api;
 pub mod config;
 pub mod logger;
+pub mod registry;
 pub mod server;

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use shardray_core::change::Change;
 use shardray_core::log::LogSink;
 use shardray_core::spec::{Config, LogLevel};
 use shardray_core::stats::StatsSnapshot;
@@ -28,6 +29,47 @@ pub struct ShardLinks {
 }
 
 impl ShardLinks {
+    /// Sends `change` as `epoch` to every shard and waits until each has applied it.
+    pub async fn broadcast(
+        &self,
+        epoch: u64,
+        change: Arc<Change>,
+        within: Duration,
+    ) -> Result<(), BroadcastError> {
+        let (ack_tx, ack_rx) = async_channel::bounded(self.commands.len());
+        for (id, tx) in self.commands.iter().enumerate() {
+            let command = ShardCommand::Apply {
+                epoch,
+                change: change.clone(),
+                ack: ack_tx.clone(),
+            };
+            tx.send(command)
+                .await
+                .map_err(|_| BroadcastError::Gone(id))?;
+        }
+        let mut pending: Vec<usize> = (0..self.commands.len()).collect();
+        let wait = async {
+            while !pending.is_empty() {
+                let Ok(ack) = ack_rx.recv().await else { break };
+                pending.retain(|&s| s != ack.shard);
+                if let Err(reason) = ack.result {
+                    return Err(BroadcastError::Refused {
+                        shard: ack.shard,
+                        reason,
+                    });
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(within, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(BroadcastError::Timeout {
+                epoch,
+                shards: pending.clone(),
+            }),
+        }
+    }
+
     /// Asks every shard for its counters.
     pub async fn snapshots(&self) -> anyhow::Result<Vec<StatsSnapshot>> {
         let mut replies = Vec::with_capacity(self.commands.len());
@@ -49,6 +91,43 @@ impl ShardLinks {
         Ok(out)
     }
 }
+
+/// Shards that did not apply a change in time, or refused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BroadcastError {
+    /// These shards had not acknowledged the epoch when the wait ended.
+    Timeout {
+        /// The epoch.
+        epoch: u64,
+        /// The shards still missing.
+        shards: Vec<usize>,
+    },
+    /// A shard could not apply the change.
+    Refused {
+        /// The shard.
+        shard: usize,
+        /// Its reason.
+        reason: String,
+    },
+    /// A shard is gone.
+    Gone(usize),
+}
+
+impl std::fmt::Display for BroadcastError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BroadcastError::Timeout { epoch, shards } => {
+                write!(f, "shards {shards:?} did not apply epoch {epoch} in time")
+            }
+            BroadcastError::Refused { shard, reason } => {
+                write!(f, "shard {shard} refused the change: {reason}")
+            }
+            BroadcastError::Gone(shard) => write!(f, "shard {shard} is gone"),
+        }
+    }
+}
+
+impl std::error::Error for BroadcastError {}
 
 /// A running data plane.
 pub struct Server {

@@ -265,3 +265,5 @@ pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+pub mod singbox;
+pub mod tls;

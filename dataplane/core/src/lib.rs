@@ -2,6 +2,7 @@
 //! compiled router, per-shard counters and the logging handle. No runtime, no sockets.
 #![deny(rust_2018_idioms)]
 
+pub mod change;
 pub mod log;
 pub mod router;
 pub mod spec;

@@ -6,16 +6,16 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::transport::tls;
+use crate::users::{SessionWatchers, UserRt, UserTable};
 use futures_rustls::TlsAcceptor;
+use shardray_core::change::Change;
 use shardray_core::log::LogSink;
 use shardray_core::router::Router;
 use shardray_core::spec::{
     Config, DokodemoSpec, FallbackSpec, InboundProtocol, LevelPolicy, OutboundProtocol, UserSpec,
 };
 use shardray_core::stats::{LinkSample, StatsSnapshot, Traffic, UserCounters, UserSample};
-use uuid::Uuid;
-
-use crate::transport::tls;
 
 /// A shard's state. Built from the config when the shard starts; `Rc` and `Cell` only.
 pub(crate) struct ShardCtx {
@@ -30,6 +30,10 @@ pub(crate) struct ShardCtx {
     pub(crate) log: LogSink,
     /// Sessions alive on this shard.
     pub(crate) live: Cell<u64>,
+    /// Sessions of users, so that removing or kicking a user closes them.
+    pub(crate) watchers: SessionWatchers,
+    /// The last epoch applied.
+    pub(crate) applied: Cell<u64>,
 }
 
 /// An inbound as a shard runs it.
@@ -43,18 +47,10 @@ pub(crate) struct InboundRt {
 /// What an inbound does with a connection.
 pub(crate) enum InboundKind {
     Vless {
-        users: RefCell<HashMap<Uuid, Rc<UserRt>>>,
+        users: RefCell<UserTable>,
         fallbacks: Vec<FallbackSpec>,
     },
     Dokodemo(DokodemoSpec),
-}
-
-/// A user as an inbound knows it.
-pub(crate) struct UserRt {
-    pub(crate) email: Arc<str>,
-    pub(crate) level: u32,
-    /// `None` for a user without an email: upstream keeps no counters for those.
-    pub(crate) counters: Option<Rc<UserCounters>>,
 }
 
 /// An outbound as a shard runs it.
@@ -93,6 +89,8 @@ impl ShardCtx {
             api_addrs,
             log,
             live: Cell::new(0),
+            watchers: SessionWatchers::default(),
+            applied: Cell::new(0),
         };
         let mut inbounds = Vec::with_capacity(config.inbounds.len());
         for inbound in &config.inbounds {
@@ -104,11 +102,10 @@ impl ShardCtx {
             };
             let kind = match &inbound.protocol {
                 InboundProtocol::Vless(v) => {
-                    let users = v
-                        .clients
-                        .iter()
-                        .map(|u| (u.id, Rc::new(ctx.user_rt(u))))
-                        .collect();
+                    let mut users = UserTable::default();
+                    for u in &v.clients {
+                        users.insert(u.id, Rc::new(ctx.user_rt(u)));
+                    }
                     InboundKind::Vless {
                         users: RefCell::new(users),
                         fallbacks: v.fallbacks.clone(),
@@ -136,10 +133,65 @@ impl ShardCtx {
                 .or_insert_with(|| Rc::new(UserCounters::new(email.clone())))
                 .clone()
         });
-        UserRt {
-            email,
-            level: user.level,
-            counters,
+        UserRt::new(email, user.level, counters)
+    }
+
+    /// Applies one change from the control thread. Control has validated it against the same
+    /// state, so a failure here means the shard and control disagree: it is reported, not hidden.
+    pub(crate) fn apply(&self, epoch: u64, change: &Change) -> Result<(), String> {
+        let inbound = self
+            .inbounds
+            .iter()
+            .find(|i| &*i.tag == change.inbound())
+            .ok_or_else(|| format!("handler not found: {}", change.inbound()))?;
+        let InboundKind::Vless { users, .. } = &inbound.kind else {
+            return Err(format!("inbound {} has no users", inbound.tag));
+        };
+        let mut users = users.borrow_mut();
+        match change {
+            Change::AddUsers { users: added, .. } => {
+                for u in added {
+                    users.insert(u.id, Rc::new(self.user_rt(u)));
+                }
+            }
+            Change::RemoveUsers { emails, .. } => {
+                for email in emails {
+                    if let Some(user) = users.remove_email(email) {
+                        self.retire(&user);
+                    }
+                }
+            }
+            Change::ReplaceUsers { users: set, .. } => {
+                for user in users.drain() {
+                    self.retire(&user);
+                }
+                for u in set {
+                    users.insert(u.id, Rc::new(self.user_rt(u)));
+                }
+            }
+            Change::SetLevel { email, level, .. } => {
+                if let Some(user) = users.by_email(email) {
+                    user.level.set(*level);
+                }
+            }
+            Change::Kick { email, .. } => {
+                if let Some(user) = users.by_email(email) {
+                    self.watchers.kick(user);
+                }
+            }
+        }
+        self.applied.set(epoch);
+        Ok(())
+    }
+
+    /// Closes a removed user's sessions and drops its counters once nothing else holds them.
+    fn retire(&self, user: &Rc<UserRt>) {
+        self.watchers.kick(user);
+        if let Some(counters) = &user.counters {
+            // Held by this map and this user only: no other inbound lists the email.
+            if Rc::strong_count(counters) == 2 {
+                self.users.borrow_mut().remove(&counters.email);
+            }
         }
     }
 

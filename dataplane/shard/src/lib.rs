@@ -7,6 +7,7 @@ mod inbound;
 mod outbound;
 mod relay;
 pub mod transport;
+mod users;
 
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
+use shardray_core::change::Change;
 use shardray_core::log::LogSink;
 use shardray_core::spec::Config;
 use shardray_core::stats::StatsSnapshot;
@@ -27,11 +29,31 @@ use crate::ctx::ShardCtx;
 pub enum ShardCommand {
     /// Reply with the shard's counters.
     Snapshot(async_channel::Sender<StatsSnapshot>),
+    /// Apply a change as epoch `epoch`, then report on `ack`.
+    Apply {
+        /// The change's epoch; epochs reach a shard in increasing order.
+        epoch: u64,
+        /// The change, shared by every shard.
+        change: Arc<Change>,
+        /// Where to report.
+        ack: async_channel::Sender<ShardAck>,
+    },
     /// Stop accepting, let live sessions finish for up to `grace`, then stop the shard.
     Drain {
         /// How long live sessions may go on.
         grace: Duration,
     },
+}
+
+/// A shard's report on one change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardAck {
+    /// The shard.
+    pub shard: usize,
+    /// The epoch it has now applied.
+    pub epoch: u64,
+    /// Whether the change applied cleanly.
+    pub result: Result<(), String>,
 }
 
 /// Everything a shard needs to start; built by the control thread, moved to the shard.
@@ -111,6 +133,14 @@ async fn run(plan: ShardPlan) {
         match command {
             ShardCommand::Snapshot(reply) => {
                 let _ = reply.try_send(ctx.snapshot());
+            }
+            ShardCommand::Apply { epoch, change, ack } => {
+                let result = ctx.apply(epoch, &change);
+                let _ = ack.try_send(ShardAck {
+                    shard: id,
+                    epoch,
+                    result,
+                });
             }
             ShardCommand::Drain { grace } => {
                 for task in accepting.drain(..) {

@@ -11,6 +11,8 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::timer::Timer;
 use shardray_core::spec::LevelPolicy;
 
+use crate::users::SessionWatch;
+
 /// The timeouts a relay runs under, from a policy level.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RelayTimeouts {
@@ -39,6 +41,42 @@ pub(crate) enum RelayEnd {
     Done,
     /// A timeout fired first.
     TimedOut,
+    /// The user was removed or kicked.
+    Closed,
+}
+
+/// How a relay runs: buffers and timeouts from the policy, plus what the protocol adds.
+pub(crate) struct RelayOptions<'a> {
+    buffer_size: usize,
+    timeouts: RelayTimeouts,
+    down_prefix: &'a [u8],
+    watch: Option<&'a SessionWatch<'a>>,
+}
+
+impl<'a> RelayOptions<'a> {
+    /// Buffers and timeouts of a policy level.
+    pub(crate) fn new(policy: &LevelPolicy) -> Self {
+        RelayOptions {
+            buffer_size: policy.buffer_size,
+            timeouts: policy.into(),
+            down_prefix: &[],
+            watch: None,
+        }
+    }
+
+    /// Bytes written to the client ahead of the first downlink bytes (a response header), so
+    /// that they cost no write of their own.
+    pub(crate) fn down_prefix(self, down_prefix: &'a [u8]) -> Self {
+        RelayOptions {
+            down_prefix,
+            ..self
+        }
+    }
+
+    /// Ends the relay when the session's user is removed or kicked.
+    pub(crate) fn watch(self, watch: Option<&'a SessionWatch<'a>>) -> Self {
+        RelayOptions { watch, ..self }
+    }
 }
 
 /// Called with the byte count of every chunk read: `(uplink, downlink)`.
@@ -140,15 +178,12 @@ impl Pipe {
     }
 }
 
-/// Relays between `client` and `upstream` until both directions are finished, an error occurs
-/// or a timeout fires. `down_prefix` is written to the client ahead of the first downlink bytes
-/// (a protocol's response header), so that it costs no write of its own.
+/// Relays between `client` and `upstream` until both directions are finished, an error occurs,
+/// a timeout fires or the session's user is closed.
 pub(crate) async fn relay<C, U, M>(
     client: &mut C,
     upstream: &mut U,
-    buffer_size: usize,
-    down_prefix: &[u8],
-    timeouts: RelayTimeouts,
+    options: RelayOptions<'_>,
     meter: &mut M,
 ) -> io::Result<RelayEnd>
 where
@@ -156,12 +191,21 @@ where
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     M: Meter,
 {
+    let RelayOptions {
+        buffer_size,
+        timeouts,
+        down_prefix,
+        watch,
+    } = options;
     let mut up = Pipe::new(buffer_size, &[]);
     let mut down = Pipe::new(buffer_size, down_prefix);
     let mut last_activity = Instant::now();
     let mut timer = Timer::new(timeouts.idle);
     let mut armed_for = timeouts.idle;
     futures_lite::future::poll_fn(|cx| {
+        if watch.is_some_and(|w| w.closed(cx.waker())) {
+            return Poll::Ready(Ok(RelayEnd::Closed));
+        }
         let mut progressed = false;
         if !up.done() {
             let (n, p) = up.poll_move(cx, client, upstream)?;

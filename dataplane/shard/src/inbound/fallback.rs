@@ -12,7 +12,7 @@ use shardray_core::spec::{FallbackDest, FallbackSpec, LogLevel};
 use super::ConnInfo;
 use crate::ctx::{InboundRt, ShardCtx};
 use crate::outbound::resolve;
-use crate::relay::{relay, NoMeter};
+use crate::relay::{relay, NoMeter, RelayOptions};
 
 pub(super) async fn serve<S>(
     ctx: &Rc<ShardCtx>,
@@ -42,9 +42,7 @@ pub(super) async fn serve<S>(
                     relay(
                         &mut client,
                         &mut up,
-                        policy.buffer_size,
-                        &[],
-                        (&policy).into(),
+                        RelayOptions::new(&policy),
                         &mut NoMeter,
                     )
                     .await
@@ -59,9 +57,7 @@ pub(super) async fn serve<S>(
                     relay(
                         &mut client,
                         &mut up,
-                        policy.buffer_size,
-                        &[],
-                        (&policy).into(),
+                        RelayOptions::new(&policy),
                         &mut NoMeter,
                     )
                     .await

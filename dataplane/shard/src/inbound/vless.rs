@@ -1,18 +1,17 @@
 //! The VLESS inbound: reads and checks the request header, then forwards or falls back.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use shardray_core::spec::FallbackSpec;
 use shardray_wire::vless::{Command, RequestHeader, MAX_HEADER_LEN, RESPONSE_HEADER};
 use shardray_wire::DecodeError;
-use uuid::Uuid;
 
 use super::{fallback, ConnInfo};
-use crate::ctx::{InboundRt, ShardCtx, UserRt};
+use crate::ctx::{InboundRt, ShardCtx};
 use crate::outbound::{forward, Session};
+use crate::users::{UserRt, UserTable};
 
 /// Room for the longest header plus the payload that usually arrives with it.
 const FIRST_READ: usize = 4096;
@@ -30,7 +29,7 @@ enum Handshake {
 pub(super) async fn serve<S>(
     ctx: &Rc<ShardCtx>,
     inbound: &InboundRt,
-    users: &RefCell<HashMap<Uuid, Rc<UserRt>>>,
+    users: &RefCell<UserTable>,
     fallbacks: &[FallbackSpec],
     mut stream: S,
     info: ConnInfo,
@@ -58,7 +57,7 @@ pub(super) async fn serve<S>(
             let session = Session {
                 inbound,
                 peer: info.peer,
-                level: user.level,
+                level: user.level.get(),
                 user: Some(user),
                 dest,
             };
@@ -90,7 +89,7 @@ async fn read_header<S>(
     stream: &mut S,
     buf: &mut [u8],
     len: &mut usize,
-    users: &RefCell<HashMap<Uuid, Rc<UserRt>>>,
+    users: &RefCell<UserTable>,
 ) -> Handshake
 where
     S: AsyncRead + Unpin,
@@ -123,7 +122,7 @@ where
             }
             Err(DecodeError::UnexpectedEnd) => {
                 if let Ok(id) = RequestHeader::peek_user(&buf[..*len]) {
-                    if !users.borrow().contains_key(&id) {
+                    if !users.borrow().contains(&id) {
                         return Handshake::Rejected("invalid user");
                     }
                 }

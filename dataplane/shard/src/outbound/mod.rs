@@ -17,8 +17,9 @@ use shardray_core::spec::{LevelPolicy, LogLevel, OutboundProtocol, RoutingDomain
 use shardray_core::stats::{Traffic, UserCounters};
 use shardray_wire::addr::Destination;
 
-use crate::ctx::{InboundRt, OutboundRt, ShardCtx, UserRt};
-use crate::relay::{relay, Meter, RelayEnd};
+use crate::ctx::{InboundRt, OutboundRt, ShardCtx};
+use crate::relay::{relay, Meter, RelayEnd, RelayOptions};
+use crate::users::{SessionWatch, UserRt};
 
 pub(crate) use resolve::resolve;
 
@@ -50,6 +51,11 @@ pub(crate) async fn forward<C>(
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let policy = ctx.policy(session.level);
+    // Watch from the start, so a removal during the dial closes the session too.
+    let watch = session
+        .user
+        .clone()
+        .map(|u| SessionWatch::new(&ctx.watchers, u));
     let email = session
         .user
         .as_ref()
@@ -74,6 +80,7 @@ pub(crate) async fn forward<C>(
     ));
 
     let mut upstream = match &outbound.protocol {
+        _ if watch.as_ref().is_some_and(SessionWatch::is_closed) => return,
         OutboundProtocol::Blackhole(b) => {
             if b.http_response {
                 let mut reply = down_prefix.to_vec();
@@ -131,15 +138,10 @@ pub(crate) async fn forward<C>(
             upstream.write_all(early).await?;
             meter.up(early.len() as u64);
         }
-        relay(
-            client,
-            &mut upstream,
-            policy.buffer_size,
-            down_prefix,
-            (&policy).into(),
-            &mut meter,
-        )
-        .await
+        let options = RelayOptions::new(&policy)
+            .down_prefix(down_prefix)
+            .watch(watch.as_ref());
+        relay(client, &mut upstream, options, &mut meter).await
     }
     .await;
     if let Some(u) = meter.user.as_ref() {
@@ -147,6 +149,13 @@ pub(crate) async fn forward<C>(
     }
     match result {
         Ok(RelayEnd::Done) => {}
+        Ok(RelayEnd::Closed) => ctx.log.error(
+            LogLevel::Info,
+            format_args!(
+                "[{}] {} to {}: closed: user removed or kicked",
+                session.inbound.tag, session.peer, session.dest
+            ),
+        ),
         Ok(RelayEnd::TimedOut) => ctx.log.error(
             LogLevel::Debug,
             format_args!(

@@ -1,0 +1,237 @@
+//! The authoritative registry: every inbound's users as the API has left them, and the epoch
+//! counter. A change is checked here, numbered, sent to every shard, and recorded once the
+//! shards have acknowledged it, one change at a time, so epochs apply in order everywhere.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardray_core::change::Change;
+use shardray_core::spec::{Config, InboundProtocol, UserSpec};
+use uuid::Uuid;
+
+use crate::server::{BroadcastError, ShardLinks};
+
+/// How long a change may take to be applied by every shard before the call fails.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One inbound's users.
+#[derive(Debug, Clone, Default)]
+pub struct InboundUsers {
+    /// The inbound's tag.
+    pub tag: String,
+    /// Whether the inbound has users at all (dokodemo-door does not).
+    pub has_users: bool,
+    /// Users by id.
+    pub users: HashMap<Uuid, UserSpec>,
+    /// Ids by lowercase email, for users that have one.
+    by_email: HashMap<String, Uuid>,
+}
+
+impl InboundUsers {
+    /// The user with this email (any ASCII case).
+    pub fn by_email(&self, email: &str) -> Option<&UserSpec> {
+        self.by_email
+            .get(&email.to_ascii_lowercase())
+            .and_then(|id| self.users.get(id))
+    }
+
+    fn insert(&mut self, user: UserSpec) {
+        if !user.email.is_empty() {
+            self.by_email
+                .insert(user.email.to_ascii_lowercase(), user.id);
+        }
+        self.users.insert(user.id, user);
+    }
+
+    fn remove(&mut self, email: &str) -> Option<UserSpec> {
+        let id = self.by_email.remove(&email.to_ascii_lowercase())?;
+        self.users.remove(&id)
+    }
+}
+
+/// Why a change was refused or did not complete. The texts end as upstream's do, since panels
+/// match on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeError {
+    /// No inbound has this tag.
+    InboundNotFound(String),
+    /// The inbound has no users (dokodemo-door).
+    NoUsers(String),
+    /// A user with this email or id is already there.
+    AlreadyExists(String),
+    /// No user with this email.
+    UserNotFound(String),
+    /// A user without an email cannot be managed through the API.
+    MissingEmail,
+    /// The shards did not all apply the change in time (it stays queued for them).
+    Shards(BroadcastError),
+}
+
+impl fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChangeError::InboundNotFound(tag) => write!(f, "handler not found: {tag}"),
+            ChangeError::NoUsers(tag) => write!(f, "inbound {tag} has no users to manage"),
+            ChangeError::AlreadyExists(who) => write!(f, "User {who} already exists."),
+            ChangeError::UserNotFound(who) => write!(f, "User {who} not found."),
+            ChangeError::MissingEmail => f.write_str("a user needs an email to be managed"),
+            ChangeError::Shards(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ChangeError {}
+
+/// The registry and the way to the shards.
+pub struct Registry {
+    epoch: u64,
+    inbounds: Vec<InboundUsers>,
+    shards: ShardLinks,
+}
+
+impl Registry {
+    /// The registry as the config starts it.
+    pub fn new(config: &Config, shards: ShardLinks) -> Registry {
+        let inbounds = config
+            .inbounds
+            .iter()
+            .map(|i| {
+                let mut entry = InboundUsers {
+                    tag: i.tag.clone(),
+                    ..Default::default()
+                };
+                if let InboundProtocol::Vless(v) = &i.protocol {
+                    entry.has_users = true;
+                    for u in &v.clients {
+                        entry.insert(u.clone());
+                    }
+                }
+                entry
+            })
+            .collect();
+        Registry {
+            epoch: 0,
+            inbounds,
+            shards,
+        }
+    }
+
+    /// The epoch of the last change applied.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Every inbound, in config order.
+    pub fn inbounds(&self) -> &[InboundUsers] {
+        &self.inbounds
+    }
+
+    /// The inbound with this tag.
+    pub fn inbound(&self, tag: &str) -> Result<&InboundUsers, ChangeError> {
+        self.inbounds
+            .iter()
+            .find(|i| i.tag == tag)
+            .ok_or_else(|| ChangeError::InboundNotFound(tag.to_owned()))
+    }
+
+    /// Checks `change`, sends it to every shard as the next epoch, waits for them all, and
+    /// records it. Returns the epoch.
+    pub async fn apply(&mut self, change: Change) -> Result<u64, ChangeError> {
+        self.check(&change)?;
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let change = Arc::new(change);
+        // Recorded before waiting: once sent, every shard will apply it in order, even late.
+        self.record(&change);
+        self.shards
+            .broadcast(epoch, change, APPLY_TIMEOUT)
+            .await
+            .map_err(ChangeError::Shards)?;
+        Ok(epoch)
+    }
+
+    fn check(&self, change: &Change) -> Result<(), ChangeError> {
+        let inbound = self.inbound(change.inbound())?;
+        if !inbound.has_users {
+            return Err(ChangeError::NoUsers(inbound.tag.clone()));
+        }
+        let exists = |email: &str| inbound.by_email(email).is_some();
+        match change {
+            Change::AddUsers { users, .. } => {
+                let mut emails = std::collections::HashSet::new();
+                let mut ids = std::collections::HashSet::new();
+                for u in users {
+                    if u.email.is_empty() {
+                        return Err(ChangeError::MissingEmail);
+                    }
+                    if exists(&u.email) || !emails.insert(u.email.to_ascii_lowercase()) {
+                        return Err(ChangeError::AlreadyExists(u.email.clone()));
+                    }
+                    if inbound.users.contains_key(&u.id) || !ids.insert(u.id) {
+                        return Err(ChangeError::AlreadyExists(u.id.to_string()));
+                    }
+                }
+            }
+            Change::RemoveUsers { emails, .. } => {
+                for e in emails {
+                    if !exists(e) {
+                        return Err(ChangeError::UserNotFound(e.clone()));
+                    }
+                }
+            }
+            Change::SetLevel { email, .. } | Change::Kick { email, .. } => {
+                if !exists(email) {
+                    return Err(ChangeError::UserNotFound(email.clone()));
+                }
+            }
+            Change::ReplaceUsers { users, .. } => {
+                let mut emails = std::collections::HashSet::new();
+                let mut ids = std::collections::HashSet::new();
+                for u in users {
+                    if !u.email.is_empty() && !emails.insert(u.email.to_ascii_lowercase()) {
+                        return Err(ChangeError::AlreadyExists(u.email.clone()));
+                    }
+                    if !ids.insert(u.id) {
+                        return Err(ChangeError::AlreadyExists(u.id.to_string()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, change: &Change) {
+        let Some(inbound) = self.inbounds.iter_mut().find(|i| i.tag == change.inbound()) else {
+            return;
+        };
+        match change {
+            Change::AddUsers { users, .. } => {
+                for u in users {
+                    inbound.insert(u.clone());
+                }
+            }
+            Change::RemoveUsers { emails, .. } => {
+                for e in emails {
+                    inbound.remove(e);
+                }
+            }
+            Change::SetLevel { email, level, .. } => {
+                if let Some(id) = inbound.by_email.get(&email.to_ascii_lowercase()).copied() {
+                    if let Some(u) = inbound.users.get_mut(&id) {
+                        u.level = *level;
+                    }
+                }
+            }
+            Change::ReplaceUsers { users, .. } => {
+                inbound.users.clear();
+                inbound.by_email.clear();
+                for u in users {
+                    inbound.insert(u.clone());
+                }
+            }
+            Change::Kick { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Changes the control thread broadcasts to every shard, each under the next epoch.
+//!
+//! A change has been validated against the registry before it is numbered: a shard applies
+//! it without second-guessing, so every shard ends up in the same state.
+
+use crate::spec::UserSpec;
+
+/// One change to the running configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Add users to an inbound (their ids and emails are new to it).
+    AddUsers {
+        /// The inbound's tag.
+        inbound: String,
+        /// The users.
+        users: Vec<UserSpec>,
+    },
+    /// Remove users, by email, from an inbound and close their live sessions.
+    RemoveUsers {
+        /// The inbound's tag.
+        inbound: String,
+        /// Emails, compared without regard to ASCII case.
+        emails: Vec<String>,
+    },
+    /// Move a user to another policy level; live sessions go on under the new level.
+    SetLevel {
+        /// The inbound's tag.
+        inbound: String,
+        /// The user's email.
+        email: String,
+        /// The new level.
+        level: u32,
+    },
+    /// Replace an inbound's whole user set; users no longer in it are closed.
+    ReplaceUsers {
+        /// The inbound's tag.
+        inbound: String,
+        /// The new user set.
+        users: Vec<UserSpec>,
+    },
+    /// Close a user's live sessions without removing the user.
+    Kick {
+        /// The inbound's tag.
+        inbound: String,
+        /// The user's email.
+        email: String,
+    },
+}
+
+impl Change {
+    /// The inbound the change is about.
+    pub fn inbound(&self) -> &str {
+        match self {
+            Change::AddUsers { inbound, .. }
+            | Change::RemoveUsers { inbound, .. }
+            | Change::SetLevel { inbound, .. }
+            | Change::ReplaceUsers { inbound, .. }
+            | Change::Kick { inbound, .. } => inbound,
+        }
+    }
+}

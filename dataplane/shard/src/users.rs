@@ -1,0 +1,147 @@
+//! An inbound's users as a shard holds them, and the watch that closes a user's live sessions
+//! when the user is removed or kicked.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+
+use shardray_core::stats::UserCounters;
+use slab::Slab;
+use uuid::Uuid;
+
+/// A user as one shard's inbound knows it.
+pub(crate) struct UserRt {
+    pub(crate) email: Arc<str>,
+    pub(crate) level: Cell<u32>,
+    /// `None` for a user without an email: upstream keeps no counters for those.
+    pub(crate) counters: Option<Rc<UserCounters>>,
+    /// Bumped when the user's live sessions must close (removed or kicked).
+    generation: Cell<u64>,
+}
+
+impl UserRt {
+    pub(crate) fn new(email: Arc<str>, level: u32, counters: Option<Rc<UserCounters>>) -> UserRt {
+        UserRt {
+            email,
+            level: Cell::new(level),
+            counters,
+            generation: Cell::new(0),
+        }
+    }
+}
+
+/// One inbound's users, by id (the hot-path lookup) and by lowercase email (for the API).
+#[derive(Default)]
+pub(crate) struct UserTable {
+    by_id: HashMap<Uuid, Rc<UserRt>>,
+    by_email: HashMap<Box<str>, Uuid>,
+}
+
+impl UserTable {
+    pub(crate) fn get(&self, id: &Uuid) -> Option<&Rc<UserRt>> {
+        self.by_id.get(id)
+    }
+
+    pub(crate) fn contains(&self, id: &Uuid) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    pub(crate) fn by_email(&self, email: &str) -> Option<&Rc<UserRt>> {
+        self.by_email
+            .get(email.to_ascii_lowercase().as_str())
+            .and_then(|id| self.by_id.get(id))
+    }
+
+    /// Adds or replaces the user with this id.
+    pub(crate) fn insert(&mut self, id: Uuid, user: Rc<UserRt>) {
+        if !user.email.is_empty() {
+            self.by_email
+                .insert(user.email.to_ascii_lowercase().into(), id);
+        }
+        if let Some(old) = self.by_id.insert(id, user) {
+            if !old.email.is_empty() && !old.email.eq_ignore_ascii_case(&self.by_id[&id].email) {
+                self.by_email
+                    .remove(old.email.to_ascii_lowercase().as_str());
+            }
+        }
+    }
+
+    /// Removes the user with this email, returning it.
+    pub(crate) fn remove_email(&mut self, email: &str) -> Option<Rc<UserRt>> {
+        let id = self.by_email.remove(email.to_ascii_lowercase().as_str())?;
+        self.by_id.remove(&id)
+    }
+
+    /// Removes every user, returning them.
+    pub(crate) fn drain(&mut self) -> Vec<Rc<UserRt>> {
+        self.by_email.clear();
+        self.by_id.drain().map(|(_, u)| u).collect()
+    }
+}
+
+/// The shard's live sessions that belong to users, so a removal or kick can wake them.
+#[derive(Default)]
+pub(crate) struct SessionWatchers {
+    watchers: RefCell<Slab<(Rc<UserRt>, Waker)>>,
+}
+
+impl SessionWatchers {
+    /// Closes the user's live sessions: they see a new generation when next polled.
+    pub(crate) fn kick(&self, user: &Rc<UserRt>) {
+        user.generation.set(user.generation.get() + 1);
+        for (_, (u, waker)) in self.watchers.borrow().iter() {
+            if Rc::ptr_eq(u, user) {
+                waker.wake_by_ref();
+            }
+        }
+    }
+}
+
+/// A session's view of its user: whether it must close, and its place among the watchers.
+pub(crate) struct SessionWatch<'a> {
+    watchers: &'a SessionWatchers,
+    user: Rc<UserRt>,
+    generation: u64,
+    key: Cell<Option<usize>>,
+}
+
+impl<'a> SessionWatch<'a> {
+    pub(crate) fn new(watchers: &'a SessionWatchers, user: Rc<UserRt>) -> SessionWatch<'a> {
+        let generation = user.generation.get();
+        SessionWatch {
+            watchers,
+            user,
+            generation,
+            key: Cell::new(None),
+        }
+    }
+
+    /// Whether the user was removed or kicked since the session started.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.user.generation.get() != self.generation
+    }
+
+    /// Like `is_closed`, and the first call also
+    /// registers the task's waker (a task's waker stays valid for the task's life).
+    pub(crate) fn closed(&self, waker: &Waker) -> bool {
+        if self.key.get().is_none() {
+            let key = self
+                .watchers
+                .watchers
+                .borrow_mut()
+                .insert((self.user.clone(), waker.clone()));
+            self.key.set(Some(key));
+        }
+        self.is_closed()
+    }
+}
+
+impl Drop for SessionWatch<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.get() {
+            self.watchers.watchers.borrow_mut().remove(key);
+        }
+    }
+}
