@@ -166,10 +166,10 @@ fn run(config: Config, shards: Option<usize>, grace: Duration) -> ExitCode {
             api::ApiListener::Tcp(_, addr) => eprintln!("shardray: api listening on {addr}"),
             api::ApiListener::Unix(_) => eprintln!("shardray: api listening on {:?}", spec.listen),
         }
-        let links = server.links();
+        let state = api::ApiState::new(server.links());
         let log = server.log.clone();
         runtime.spawn(async move {
-            if let Err(e) = api::serve(spec, listener, links).await {
+            if let Err(e) = api::serve(spec, listener, state).await {
                 log.error(LogLevel::Error, format_args!("api stopped: {e:#}"));
             }
         });

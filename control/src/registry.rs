@@ -128,6 +128,21 @@ impl Registry {
         &self.inbounds
     }
 
+    /// Every user with an email, with its level, for counters (an email in several inbounds
+    /// appears once, with the first inbound's level).
+    pub fn stat_users(&self) -> Vec<(String, u32)> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for inbound in &self.inbounds {
+            for u in inbound.users.values().filter(|u| !u.email.is_empty()) {
+                if seen.insert(u.email.as_str()) {
+                    out.push((u.email.clone(), u.level));
+                }
+            }
+        }
+        out
+    }
+
     /// The inbound with this tag.
     pub fn inbound(&self, tag: &str) -> Result<&InboundUsers, ChangeError> {
         self.inbounds

@@ -47,6 +47,7 @@ impl ApiClient {
             .block_on(client.query_stats(pb::QueryStatsRequest {
                 pattern: pattern.into(),
                 reset,
+                ..Default::default()
             }))
             .expect("QueryStats");
         reply

@@ -137,7 +137,7 @@ fn stats_service_answers_under_xray_v2ray_and_experimental_names() {
             >::default();
             let req = shardray_proto::xray::app::stats::command::QueryStatsRequest {
                 pattern: "alice".into(),
-                reset: false,
+                ..Default::default()
             };
             let resp = grpc
                 .unary(tonic::Request::new(req), path.parse().unwrap(), codec)

@@ -9,7 +9,32 @@ use anyhow::{bail, Context};
 use shardray_core::spec::{ApiListen, ApiSpec};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
+use shardray_core::spec::Config;
+
+use crate::registry::Registry;
 use crate::server::ShardLinks;
+
+/// What every service shares: the registry (one writer at a time), the shards, the config.
+pub struct ApiState {
+    /// The authoritative registry; changes hold the lock until every shard has applied them.
+    pub registry: tokio::sync::Mutex<Registry>,
+    /// The way to the shards.
+    pub shards: ShardLinks,
+    /// The config the server started with.
+    pub config: std::sync::Arc<Config>,
+}
+
+impl ApiState {
+    /// State for a server that runs `shards`.
+    pub fn new(shards: ShardLinks) -> std::sync::Arc<ApiState> {
+        let config = shards.config.clone();
+        std::sync::Arc::new(ApiState {
+            registry: tokio::sync::Mutex::new(Registry::new(&config, shards.clone())),
+            shards,
+            config,
+        })
+    }
+}
 
 /// Alternative package prefixes of each service, mapped onto the Xray name we implement.
 const ALIASES: &[(&str, &str)] = &[
@@ -74,11 +99,15 @@ pub async fn bind(spec: &ApiSpec) -> anyhow::Result<ApiListener> {
 }
 
 /// Serves the enabled services until the process stops.
-pub async fn serve(spec: ApiSpec, listener: ApiListener, shards: ShardLinks) -> anyhow::Result<()> {
+pub async fn serve(
+    spec: ApiSpec,
+    listener: ApiListener,
+    state: std::sync::Arc<ApiState>,
+) -> anyhow::Result<()> {
     let wants = |name: &str| spec.services.is_empty() || spec.services.iter().any(|s| s == name);
     let mut routes = tonic::service::RoutesBuilder::default();
     if wants("StatsService") {
-        routes.add_service(stats::service(shards));
+        routes.add_service(stats::service(state.clone()));
     }
     let router = tonic::transport::Server::builder()
         .layer(tower::util::MapRequestLayer::new(canonical_path))

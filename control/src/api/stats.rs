@@ -4,20 +4,20 @@
 //! shards' total minus the baseline, so no shard is written to.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use shardray_core::spec::{Config, InboundProtocol};
+use shardray_core::spec::Config;
 use shardray_core::stats::StatsSnapshot;
 use shardray_proto::xray::app::stats::command as pb;
 use tonic::{Request, Response, Status};
 
-use crate::server::ShardLinks;
+use super::ApiState;
 
 /// The service, ready to add to a router.
-pub fn service(shards: ShardLinks) -> pb::stats_service_server::StatsServiceServer<StatsApi> {
+pub fn service(state: Arc<ApiState>) -> pb::stats_service_server::StatsServiceServer<StatsApi> {
     pb::stats_service_server::StatsServiceServer::new(StatsApi {
-        shards,
+        state,
         baselines: Mutex::default(),
         started: Instant::now(),
     })
@@ -25,7 +25,7 @@ pub fn service(shards: ShardLinks) -> pb::stats_service_server::StatsServiceServ
 
 /// The StatsService implementation.
 pub struct StatsApi {
-    shards: ShardLinks,
+    state: Arc<ApiState>,
     /// Totals at the last reset, by counter name.
     baselines: Mutex<HashMap<String, u64>>,
     started: Instant,
@@ -37,7 +37,12 @@ fn traffic_name(kind: &str, name: &str, dir: &str) -> String {
 }
 
 /// Every counter the config enables, with the shards' totals; missing ones do not exist.
-fn totals(config: &Config, snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
+/// `users` are the registry's users (email, level) across inbounds.
+fn totals(
+    config: &Config,
+    users: &[(String, u32)],
+    snaps: &[StatsSnapshot],
+) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     if !config.stats_enabled {
         return out;
@@ -62,24 +67,16 @@ fn totals(config: &Config, snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
             *out_down.entry(&l.tag).or_default() += l.down;
         }
     }
-    for inbound in &config.inbounds {
-        if let InboundProtocol::Vless(v) = &inbound.protocol {
-            for user in v.clients.iter().filter(|u| !u.email.is_empty()) {
-                let policy = config.policy.level(user.level);
-                let e = user.email.as_str();
-                if policy.stats_user_uplink {
-                    out.insert(
-                        traffic_name("user", e, "uplink"),
-                        user_up.get(e).copied().unwrap_or(0),
-                    );
-                }
-                if policy.stats_user_downlink {
-                    out.insert(
-                        traffic_name("user", e, "downlink"),
-                        user_down.get(e).copied().unwrap_or(0),
-                    );
-                }
-            }
+    for (e, level) in users {
+        let policy = config.policy.level(*level);
+        let e = e.as_str();
+        if policy.stats_user_uplink {
+            let v = user_up.get(e).copied().unwrap_or(0);
+            out.insert(traffic_name("user", e, "uplink"), v);
+        }
+        if policy.stats_user_downlink {
+            let v = user_down.get(e).copied().unwrap_or(0);
+            out.insert(traffic_name("user", e, "downlink"), v);
         }
     }
     let system = config.policy.system;
@@ -117,7 +114,11 @@ fn totals(config: &Config, snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
 }
 
 /// Live sessions per user whose level tracks them (`statsUserOnline`), by online-map name.
-fn online(config: &Config, snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
+fn online(
+    config: &Config,
+    users: &[(String, u32)],
+    snaps: &[StatsSnapshot],
+) -> BTreeMap<String, u64> {
     let mut sessions: HashMap<&str, u64> = HashMap::new();
     for s in snaps {
         for u in &s.users {
@@ -128,25 +129,60 @@ fn online(config: &Config, snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
     if !config.stats_enabled {
         return out;
     }
-    for inbound in &config.inbounds {
-        if let InboundProtocol::Vless(v) = &inbound.protocol {
-            for user in v.clients.iter().filter(|u| !u.email.is_empty()) {
-                if config.policy.level(user.level).stats_user_online {
-                    let n = sessions.get(user.email.as_str()).copied().unwrap_or(0);
-                    out.insert(format!("user>>>{}>>>online", user.email), n);
-                }
-            }
+    for (email, level) in users {
+        if config.policy.level(*level).stats_user_online {
+            let n = sessions.get(email.as_str()).copied().unwrap_or(0);
+            out.insert(format!("user>>>{email}>>>online"), n);
         }
     }
     out
 }
 
+/// Which counters a QueryStats asks for: Xray's substring `pattern`, or V2Ray v5's `patterns`
+/// (any of them), as substrings or, with `regexp`, as regular expressions.
+enum NameFilter {
+    Substrings(Vec<String>),
+    Regexes(Vec<regex::Regex>),
+}
+
+impl NameFilter {
+    fn new(req: &pb::QueryStatsRequest) -> Result<NameFilter, Status> {
+        let mut patterns = req.patterns.clone();
+        if patterns.is_empty() {
+            patterns.push(req.pattern.clone());
+        }
+        if !req.regexp {
+            return Ok(NameFilter::Substrings(patterns));
+        }
+        let regexes = patterns
+            .iter()
+            .map(|p| {
+                regex::Regex::new(p)
+                    .map_err(|e| Status::invalid_argument(format!("patterns: {p:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(NameFilter::Regexes(regexes))
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            NameFilter::Substrings(p) => p.iter().any(|p| name.contains(p.as_str())),
+            NameFilter::Regexes(r) => r.iter().any(|r| r.is_match(name)),
+        }
+    }
+}
+
 impl StatsApi {
-    async fn snapshots(&self) -> Result<Vec<StatsSnapshot>, Status> {
-        self.shards
+    /// The registry's users and every shard's counters, read together.
+    async fn read(&self) -> Result<(Vec<(String, u32)>, Vec<StatsSnapshot>), Status> {
+        let users = self.state.registry.lock().await.stat_users();
+        let snaps = self
+            .state
+            .shards
             .snapshots()
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok((users, snaps))
     }
 
     /// Applies baselines to `totals`, and moves them when `reset` is asked for.
@@ -175,8 +211,8 @@ impl pb::stats_service_server::StatsService for StatsApi {
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
         let req = req.into_inner();
-        let snaps = self.snapshots().await?;
-        let all = totals(&self.shards.config, &snaps);
+        let (users, snaps) = self.read().await?;
+        let all = totals(&self.state.config, &users, &snaps);
         let Some(total) = all.get(&req.name).copied() else {
             return Err(Status::not_found(format!("{} not found.", req.name)));
         };
@@ -191,8 +227,11 @@ impl pb::stats_service_server::StatsService for StatsApi {
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
         let req = req.into_inner();
-        let snaps = self.snapshots().await?;
-        let Some(n) = online(&self.shards.config, &snaps).get(&req.name).copied() else {
+        let (users, snaps) = self.read().await?;
+        let Some(n) = online(&self.state.config, &users, &snaps)
+            .get(&req.name)
+            .copied()
+        else {
             return Err(Status::not_found(format!("{} not found.", req.name)));
         };
         let stat = pb::Stat {
@@ -207,10 +246,11 @@ impl pb::stats_service_server::StatsService for StatsApi {
         req: Request<pb::QueryStatsRequest>,
     ) -> Result<Response<pb::QueryStatsResponse>, Status> {
         let req = req.into_inner();
-        let snaps = self.snapshots().await?;
-        let matching = totals(&self.shards.config, &snaps)
+        let filter = NameFilter::new(&req)?;
+        let (users, snaps) = self.read().await?;
+        let matching = totals(&self.state.config, &users, &snaps)
             .into_iter()
-            .filter(|(name, _)| name.contains(&req.pattern));
+            .filter(|(name, _)| filter.matches(name));
         Ok(Response::new(pb::QueryStatsResponse {
             stat: self.report(matching, req.reset),
         }))
@@ -220,7 +260,12 @@ impl pb::stats_service_server::StatsService for StatsApi {
         &self,
         _: Request<pb::SysStatsRequest>,
     ) -> Result<Response<pb::SysStatsResponse>, Status> {
-        let snaps = self.snapshots().await?;
+        let snaps = self
+            .state
+            .shards
+            .snapshots()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let field = |key: &str| -> u64 {
             status
@@ -258,8 +303,8 @@ impl pb::stats_service_server::StatsService for StatsApi {
         &self,
         _: Request<pb::GetAllOnlineUsersRequest>,
     ) -> Result<Response<pb::GetAllOnlineUsersResponse>, Status> {
-        let snaps = self.snapshots().await?;
-        let users = online(&self.shards.config, &snaps)
+        let (users, snaps) = self.read().await?;
+        let users = online(&self.state.config, &users, &snaps)
             .into_iter()
             .filter(|(_, n)| *n > 0)
             .map(|(name, _)| name)
