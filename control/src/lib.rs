@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod convert;
 pub mod logger;
 pub mod registry;
 pub mod server;

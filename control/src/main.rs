@@ -166,7 +166,7 @@ fn run(config: Config, shards: Option<usize>, grace: Duration) -> ExitCode {
             api::ApiListener::Tcp(_, addr) => eprintln!("shardray: api listening on {addr}"),
             api::ApiListener::Unix(_) => eprintln!("shardray: api listening on {:?}", spec.listen),
         }
-        let state = api::ApiState::new(server.links());
+        let state = api::ApiState::new(server.links(), &server.bound);
         let log = server.log.clone();
         runtime.spawn(async move {
             if let Err(e) = api::serve(spec, listener, state).await {

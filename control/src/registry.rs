@@ -21,6 +21,8 @@ pub const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct InboundUsers {
     /// The inbound's tag.
     pub tag: String,
+    /// The inbound's protocol, as config names it ("vless", "dokodemo-door").
+    pub protocol: &'static str,
     /// Whether the inbound has users at all (dokodemo-door does not).
     pub has_users: bool,
     /// Users by id.
@@ -102,11 +104,15 @@ impl Registry {
                     tag: i.tag.clone(),
                     ..Default::default()
                 };
-                if let InboundProtocol::Vless(v) = &i.protocol {
-                    entry.has_users = true;
-                    for u in &v.clients {
-                        entry.insert(u.clone());
+                match &i.protocol {
+                    InboundProtocol::Vless(v) => {
+                        entry.protocol = "vless";
+                        entry.has_users = true;
+                        for u in &v.clients {
+                            entry.insert(u.clone());
+                        }
                     }
+                    InboundProtocol::Dokodemo(_) => entry.protocol = "dokodemo-door",
                 }
                 entry
             })

@@ -59,7 +59,6 @@ impl ApiClient {
     }
 
     /// GetStats: one counter, or the gRPC status.
-    #[allow(clippy::result_large_err)] // tonic::Status is what the tests inspect
     pub fn get(&self, name: &str, reset: bool) -> Result<i64, tonic::Status> {
         let mut client = pb::stats_service_client::StatsServiceClient::new(self.channel.clone());
         let reply = self.rt.block_on(client.get_stats(pb::GetStatsRequest {
@@ -69,3 +68,108 @@ impl ApiClient {
         Ok(reply.into_inner().stat.map_or(0, |s| s.value))
     }
 }
+
+use prost::Message;
+use shardray_proto::shardray::app::proxyman::command as ours;
+use shardray_proto::xray::app::proxyman::command as handler;
+use shardray_proto::xray::common::protocol::User;
+use shardray_proto::xray::common::serial::TypedMessage;
+use shardray_proto::xray::proxy::vless;
+
+/// A TypedMessage of the given type name.
+pub fn typed(type_name: &str, m: &impl Message) -> TypedMessage {
+    TypedMessage {
+        r#type: type_name.into(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// An API user with a VLESS account.
+pub fn vless_user(email: &str, id: &str, level: u32) -> User {
+    let account = vless::Account {
+        id: id.into(),
+        ..Default::default()
+    };
+    User {
+        level,
+        email: email.into(),
+        account: Some(typed("xray.proxy.vless.Account", &account)),
+    }
+}
+
+impl ApiClient {
+    /// A HandlerService client.
+    pub fn handler(&self) -> handler::handler_service_client::HandlerServiceClient<Channel> {
+        handler::handler_service_client::HandlerServiceClient::new(self.channel.clone())
+    }
+
+    /// AlterInbound with any operation.
+    pub fn alter(&self, tag: &str, operation: TypedMessage) -> Result<(), tonic::Status> {
+        let req = handler::AlterInboundRequest {
+            tag: tag.into(),
+            operation: Some(operation),
+        };
+        self.rt
+            .block_on(self.handler().alter_inbound(req))
+            .map(|_| ())
+    }
+
+    /// AlterInbound with upstream's AddUserOperation.
+    pub fn add_user(
+        &self,
+        tag: &str,
+        email: &str,
+        id: &str,
+        level: u32,
+    ) -> Result<(), tonic::Status> {
+        let op = handler::AddUserOperation {
+            user: Some(vless_user(email, id, level)),
+        };
+        self.alter(
+            tag,
+            typed("xray.app.proxyman.command.AddUserOperation", &op),
+        )
+    }
+
+    /// AlterInbound with upstream's RemoveUserOperation.
+    pub fn remove_user(&self, tag: &str, email: &str) -> Result<(), tonic::Status> {
+        let op = handler::RemoveUserOperation {
+            email: email.into(),
+        };
+        self.alter(
+            tag,
+            typed("xray.app.proxyman.command.RemoveUserOperation", &op),
+        )
+    }
+
+    /// One of our own operations, by its message name in `shardray.app.proxyman.command`.
+    pub fn ours(&self, tag: &str, name: &str, op: &impl Message) -> Result<(), tonic::Status> {
+        self.alter(
+            tag,
+            typed(&format!("shardray.app.proxyman.command.{name}"), op),
+        )
+    }
+
+    /// GetInboundUsers: the emails of an inbound's users, sorted.
+    pub fn user_emails(&self, tag: &str) -> Result<Vec<String>, tonic::Status> {
+        let req = handler::GetInboundUserRequest {
+            tag: tag.into(),
+            email: String::new(),
+        };
+        let reply = self.rt.block_on(self.handler().get_inbound_users(req))?;
+        let mut emails: Vec<String> = reply
+            .into_inner()
+            .users
+            .into_iter()
+            .map(|u| u.email)
+            .collect();
+        emails.sort();
+        Ok(emails)
+    }
+}
+
+/// Re-exported for tests that build our own operations.
+pub use ours::{
+    AddUsersOperation, KickUserOperation, RemoveUsersOperation, ReplaceUsersOperation,
+    SetUserLevelOperation,
+};

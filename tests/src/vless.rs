@@ -16,7 +16,7 @@ pub fn request(user: &str, dest: SocketAddr) -> Vec<u8> {
 /// The request header bytes for a TCP request to any destination (a domain, say).
 pub fn request_to(user: &str, dest: Destination) -> Vec<u8> {
     let header = RequestHeader {
-        user: user.parse::<Uuid>().expect("uuid"),
+        user: user_id(user),
         flow: String::new(),
         command: Command::Tcp,
         destination: Some(dest),
@@ -24,6 +24,13 @@ pub fn request_to(user: &str, dest: Destination) -> Vec<u8> {
     let mut out = Vec::new();
     header.encode(&mut out);
     out
+}
+
+/// The UUID a config or API id stands for: a UUID, or (1–30 bytes) the UUIDv5 of the string
+/// under the nil namespace, as upstream maps short ids.
+pub fn user_id(id: &str) -> Uuid {
+    id.parse()
+        .unwrap_or_else(|_| Uuid::new_v5(&Uuid::nil(), id.as_bytes()))
 }
 
 /// A domain destination.

@@ -1,6 +1,7 @@
 //! The management API: one tonic server on the control thread, each service served under
 //! every name upstream clients use (`xray.app.…`, `v2ray.core.app.…`, `experimental.…`).
 
+pub mod handler;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -22,22 +23,29 @@ pub struct ApiState {
     pub shards: ShardLinks,
     /// The config the server started with.
     pub config: std::sync::Arc<Config>,
+    /// Each inbound's bound address, by tag.
+    pub inbound_addrs: std::collections::HashMap<String, SocketAddr>,
 }
 
 impl ApiState {
-    /// State for a server that runs `shards`.
-    pub fn new(shards: ShardLinks) -> std::sync::Arc<ApiState> {
+    /// State for a server that runs `shards` with inbounds bound at `bound` (tag, address).
+    pub fn new(shards: ShardLinks, bound: &[(String, SocketAddr)]) -> std::sync::Arc<ApiState> {
         let config = shards.config.clone();
         std::sync::Arc::new(ApiState {
             registry: tokio::sync::Mutex::new(Registry::new(&config, shards.clone())),
             shards,
             config,
+            inbound_addrs: bound.iter().cloned().collect(),
         })
     }
 }
 
 /// Alternative package prefixes of each service, mapped onto the Xray name we implement.
 const ALIASES: &[(&str, &str)] = &[
+    (
+        "/v2ray.core.app.proxyman.command.HandlerService/",
+        "/xray.app.proxyman.command.HandlerService/",
+    ),
     (
         "/v2ray.core.app.stats.command.StatsService/",
         "/xray.app.stats.command.StatsService/",
@@ -106,6 +114,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let wants = |name: &str| spec.services.is_empty() || spec.services.iter().any(|s| s == name);
     let mut routes = tonic::service::RoutesBuilder::default();
+    if wants("HandlerService") {
+        routes.add_service(handler::service(state.clone()));
+    }
     if wants("StatsService") {
         routes.add_service(stats::service(state.clone()));
     }

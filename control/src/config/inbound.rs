@@ -587,7 +587,7 @@ fn vless_client(raw: RawVlessClient, path: &str) -> Result<UserSpec, ConfigError
 /// A user id as upstream reads it: a UUID (32 hex digits, dashes optional where UUIDs have
 /// them), or any other string of 1 to 30 bytes, which stands for the version-5 UUID of that
 /// string under the all-zero namespace.
-pub(super) fn parse_user_id(s: &str) -> Option<Uuid> {
+pub fn parse_user_id(s: &str) -> Option<Uuid> {
     match s.len() {
         1..=30 => Some(Uuid::new_v5(&Uuid::nil(), s.as_bytes())),
         32..=36 => Uuid::try_parse(s).ok(),

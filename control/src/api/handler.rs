@@ -1,0 +1,300 @@
+//! HandlerService: users of running inbounds, changed through the registry and applied on
+//! every shard before the call returns.
+
+use std::sync::Arc;
+
+use prost::Message;
+use shardray_core::change::Change;
+use shardray_core::spec::UserSpec;
+use shardray_proto::shardray::app::proxyman::command as ours;
+use shardray_proto::xray::app::proxyman;
+use shardray_proto::xray::app::proxyman::command as pb;
+use shardray_proto::xray::common::net;
+use shardray_proto::xray::common::protocol::User;
+use shardray_proto::xray::common::serial::TypedMessage;
+use shardray_proto::xray::core::{InboundHandlerConfig, OutboundHandlerConfig};
+use shardray_proto::xray::proxy::vless;
+use tonic::{Request, Response, Status};
+
+use super::ApiState;
+use crate::convert::{message_type, typed, user_spec, vless_user, Flavor};
+use crate::registry::{ChangeError, InboundUsers};
+
+/// The service, ready to add to a router.
+pub fn service(
+    state: Arc<ApiState>,
+) -> pb::handler_service_server::HandlerServiceServer<HandlerApi> {
+    pb::handler_service_server::HandlerServiceServer::new(HandlerApi { state })
+}
+
+/// The HandlerService implementation.
+pub struct HandlerApi {
+    state: Arc<ApiState>,
+}
+
+/// The gRPC status for a refused or failed change; messages end as upstream's do.
+pub(crate) fn change_status(e: ChangeError) -> Status {
+    let message = e.to_string();
+    match e {
+        ChangeError::InboundNotFound(_) | ChangeError::UserNotFound(_) => {
+            Status::not_found(message)
+        }
+        ChangeError::AlreadyExists(_) => Status::already_exists(message),
+        ChangeError::NoUsers(_) => Status::failed_precondition(message),
+        ChangeError::MissingEmail => Status::invalid_argument(message),
+        ChangeError::Shards(_) => Status::deadline_exceeded(message),
+    }
+}
+
+fn decode<M: Message + Default>(op: &TypedMessage) -> Result<M, Status> {
+    M::decode(&op.value[..])
+        .map_err(|e| Status::invalid_argument(format!("operation {:?}: {e}", op.r#type)))
+}
+
+fn users(list: &[User], inbound: &InboundUsers) -> Result<Vec<UserSpec>, Status> {
+    list.iter()
+        .map(|u| {
+            user_spec(u, inbound.protocol).map_err(|e| Status::invalid_argument(e.to_string()))
+        })
+        .collect()
+}
+
+impl HandlerApi {
+    /// Turns an AlterInbound operation into a change for `tag`.
+    async fn change_for(&self, tag: &str, op: &TypedMessage) -> Result<Change, Status> {
+        let registry = self.state.registry.lock().await;
+        let inbound = registry.inbound(tag).map_err(change_status)?;
+        let (flavor, name) =
+            message_type(&op.r#type).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let inbound_tag = tag.to_owned();
+        Ok(match (flavor, name) {
+            (Flavor::Xray | Flavor::V2ray, "app.proxyman.command.AddUserOperation") => {
+                let add: pb::AddUserOperation = decode(op)?;
+                let user = add
+                    .user
+                    .ok_or_else(|| Status::invalid_argument("AddUserOperation: user is missing"))?;
+                Change::AddUsers {
+                    inbound: inbound_tag,
+                    users: users(&[user], inbound)?,
+                }
+            }
+            (Flavor::Xray | Flavor::V2ray, "app.proxyman.command.RemoveUserOperation") => {
+                let remove: pb::RemoveUserOperation = decode(op)?;
+                Change::RemoveUsers {
+                    inbound: inbound_tag,
+                    emails: vec![remove.email],
+                }
+            }
+            (Flavor::Shardray, "app.proxyman.command.AddUsersOperation") => {
+                let add: ours::AddUsersOperation = decode(op)?;
+                Change::AddUsers {
+                    inbound: inbound_tag,
+                    users: users(&add.users, inbound)?,
+                }
+            }
+            (Flavor::Shardray, "app.proxyman.command.RemoveUsersOperation") => {
+                let remove: ours::RemoveUsersOperation = decode(op)?;
+                Change::RemoveUsers {
+                    inbound: inbound_tag,
+                    emails: remove.emails,
+                }
+            }
+            (Flavor::Shardray, "app.proxyman.command.ReplaceUsersOperation") => {
+                let replace: ours::ReplaceUsersOperation = decode(op)?;
+                Change::ReplaceUsers {
+                    inbound: inbound_tag,
+                    users: users(&replace.users, inbound)?,
+                }
+            }
+            (Flavor::Shardray, "app.proxyman.command.SetUserLevelOperation") => {
+                let set: ours::SetUserLevelOperation = decode(op)?;
+                Change::SetLevel {
+                    inbound: inbound_tag,
+                    email: set.email,
+                    level: set.level,
+                }
+            }
+            (Flavor::Shardray, "app.proxyman.command.KickUserOperation") => {
+                let kick: ours::KickUserOperation = decode(op)?;
+                Change::Kick {
+                    inbound: inbound_tag,
+                    email: kick.email,
+                }
+            }
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown operation type {:?}",
+                    op.r#type
+                )))
+            }
+        })
+    }
+
+    /// The API form of an inbound: its tag, and unless only tags are asked for, its listen
+    /// address and its users.
+    fn inbound_config(&self, inbound: &InboundUsers, only_tag: bool) -> InboundHandlerConfig {
+        if only_tag {
+            return InboundHandlerConfig {
+                tag: inbound.tag.clone(),
+                ..Default::default()
+            };
+        }
+        let receiver = self.state.inbound_addrs.get(&inbound.tag).map(|addr| {
+            let listen = net::IpOrDomain {
+                address: Some(net::ip_or_domain::Address::Ip(match addr.ip() {
+                    std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                    std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+                })),
+            };
+            let port = u32::from(addr.port());
+            let range = net::PortRange {
+                from: port,
+                to: port,
+            };
+            let config = proxyman::ReceiverConfig {
+                port_list: Some(net::PortList { range: vec![range] }),
+                listen: Some(listen),
+                ..Default::default()
+            };
+            typed("xray.app.proxyman.ReceiverConfig", &config)
+        });
+        let proxy = (inbound.protocol == "vless").then(|| {
+            let config = vless::inbound::Config {
+                clients: inbound.users.values().map(vless_user).collect(),
+                decryption: "none".into(),
+                ..Default::default()
+            };
+            typed("xray.proxy.vless.inbound.Config", &config)
+        });
+        InboundHandlerConfig {
+            tag: inbound.tag.clone(),
+            receiver_settings: receiver,
+            proxy_settings: proxy,
+        }
+    }
+}
+
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} is not supported yet: inbounds and outbounds come from the config"
+    ))
+}
+
+#[tonic::async_trait]
+impl pb::handler_service_server::HandlerService for HandlerApi {
+    async fn add_inbound(
+        &self,
+        _: Request<pb::AddInboundRequest>,
+    ) -> Result<Response<pb::AddInboundResponse>, Status> {
+        Err(not_yet("AddInbound"))
+    }
+
+    async fn remove_inbound(
+        &self,
+        _: Request<pb::RemoveInboundRequest>,
+    ) -> Result<Response<pb::RemoveInboundResponse>, Status> {
+        Err(not_yet("RemoveInbound"))
+    }
+
+    async fn alter_inbound(
+        &self,
+        req: Request<pb::AlterInboundRequest>,
+    ) -> Result<Response<pb::AlterInboundResponse>, Status> {
+        let req = req.into_inner();
+        let op = req
+            .operation
+            .ok_or_else(|| Status::invalid_argument("operation is missing"))?;
+        let change = self.change_for(&req.tag, &op).await?;
+        // The registry re-checks under its lock: another call may have changed it meanwhile.
+        self.state
+            .registry
+            .lock()
+            .await
+            .apply(change)
+            .await
+            .map_err(change_status)?;
+        Ok(Response::new(pb::AlterInboundResponse {}))
+    }
+
+    async fn list_inbounds(
+        &self,
+        req: Request<pb::ListInboundsRequest>,
+    ) -> Result<Response<pb::ListInboundsResponse>, Status> {
+        let only_tags = req.into_inner().is_only_tags;
+        let registry = self.state.registry.lock().await;
+        let inbounds = registry
+            .inbounds()
+            .iter()
+            .map(|i| self.inbound_config(i, only_tags))
+            .collect();
+        Ok(Response::new(pb::ListInboundsResponse { inbounds }))
+    }
+
+    async fn get_inbound_users(
+        &self,
+        req: Request<pb::GetInboundUserRequest>,
+    ) -> Result<Response<pb::GetInboundUserResponse>, Status> {
+        let req = req.into_inner();
+        let registry = self.state.registry.lock().await;
+        let inbound = registry.inbound(&req.tag).map_err(change_status)?;
+        let users = if req.email.is_empty() {
+            inbound.users.values().map(vless_user).collect()
+        } else {
+            let user = inbound
+                .by_email(&req.email)
+                .ok_or_else(|| change_status(ChangeError::UserNotFound(req.email.clone())))?;
+            vec![vless_user(user)]
+        };
+        Ok(Response::new(pb::GetInboundUserResponse { users }))
+    }
+
+    async fn get_inbound_users_count(
+        &self,
+        req: Request<pb::GetInboundUserRequest>,
+    ) -> Result<Response<pb::GetInboundUsersCountResponse>, Status> {
+        let req = req.into_inner();
+        let registry = self.state.registry.lock().await;
+        let inbound = registry.inbound(&req.tag).map_err(change_status)?;
+        Ok(Response::new(pb::GetInboundUsersCountResponse {
+            count: inbound.users.len() as i64,
+        }))
+    }
+
+    async fn add_outbound(
+        &self,
+        _: Request<pb::AddOutboundRequest>,
+    ) -> Result<Response<pb::AddOutboundResponse>, Status> {
+        Err(not_yet("AddOutbound"))
+    }
+
+    async fn remove_outbound(
+        &self,
+        _: Request<pb::RemoveOutboundRequest>,
+    ) -> Result<Response<pb::RemoveOutboundResponse>, Status> {
+        Err(not_yet("RemoveOutbound"))
+    }
+
+    async fn alter_outbound(
+        &self,
+        _: Request<pb::AlterOutboundRequest>,
+    ) -> Result<Response<pb::AlterOutboundResponse>, Status> {
+        Err(not_yet("AlterOutbound"))
+    }
+
+    async fn list_outbounds(
+        &self,
+        _: Request<pb::ListOutboundsRequest>,
+    ) -> Result<Response<pb::ListOutboundsResponse>, Status> {
+        let outbounds = self
+            .state
+            .config
+            .outbounds
+            .iter()
+            .map(|o| OutboundHandlerConfig {
+                tag: o.tag.clone(),
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(pb::ListOutboundsResponse { outbounds }))
+    }
+}
