@@ -421,3 +421,61 @@ fn our_operations_batch_replace_level_and_kick() {
         b"solo"
     );
 }
+
+#[test]
+fn a_level_change_applies_to_live_sessions() {
+    let echo = EchoServer::start();
+    let mut config = vless_config(
+        json!([{ "id": ALICE, "email": "alice@example.com" }]),
+        json!({}),
+    );
+    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["HandlerService", "StatsService"] });
+    // Level 1 counts nothing and closes idle sessions after one second.
+    config["policy"]["levels"]["1"] = json!({ "connIdle": 1 });
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let proxy = server.inbound("vless-in");
+    let up = "user>>>alice@example.com>>>traffic>>>uplink";
+    let level = |l: u32| {
+        api.ours(
+            "vless-in",
+            "SetUserLevelOperation",
+            &SetUserLevelOperation {
+                email: "alice@example.com".into(),
+                level: l,
+            },
+        )
+        .unwrap()
+    };
+    let echo_through = |s: &mut std::net::TcpStream, n: usize| {
+        s.write_all(&vec![b'z'; n]).unwrap();
+        let mut back = vec![0u8; n];
+        s.read_exact(&mut back).unwrap();
+    };
+
+    let mut s = open_session(proxy, ALICE, echo.addr()); // 4 bytes up
+    echo_through(&mut s, 96);
+    level(1);
+    echo_through(&mut s, 50); // not counted under level 1
+    level(0);
+    echo_through(&mut s, 25);
+    assert!(
+        wait_until(Duration::from_secs(5), || api.get(up, false).ok()
+            == Some(125)),
+        "{:?}",
+        api.get(up, false)
+    );
+
+    // Under level 1 the same live session now has a one-second idle timeout.
+    level(1);
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(4)),
+        "the new level's connIdle did not apply"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+}

@@ -171,7 +171,7 @@ impl ShardCtx {
             }
             Change::SetLevel { email, level, .. } => {
                 if let Some(user) = users.by_email(email) {
-                    user.level.set(*level);
+                    self.watchers.set_level(user, *level);
                 }
             }
             Change::Kick { email, .. } => {

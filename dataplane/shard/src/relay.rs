@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::timer::Timer;
-use shardray_core::spec::LevelPolicy;
+use shardray_core::spec::{LevelPolicy, PolicySpec};
 
-use crate::users::SessionWatch;
+use crate::users::{SessionWatch, UserState};
 
 /// The timeouts a relay runs under, from a policy level.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +50,7 @@ pub(crate) struct RelayOptions<'a> {
     buffer_size: usize,
     timeouts: RelayTimeouts,
     down_prefix: &'a [u8],
-    watch: Option<&'a SessionWatch<'a>>,
+    watch: Option<(&'a SessionWatch<'a>, &'a PolicySpec)>,
 }
 
 impl<'a> RelayOptions<'a> {
@@ -73,9 +73,17 @@ impl<'a> RelayOptions<'a> {
         }
     }
 
-    /// Ends the relay when the session's user is removed or kicked.
-    pub(crate) fn watch(self, watch: Option<&'a SessionWatch<'a>>) -> Self {
-        RelayOptions { watch, ..self }
+    /// Ends the relay when the session's user is removed or kicked, and moves it to the
+    /// user's new level (timeouts and counting) when that changes.
+    pub(crate) fn watch(
+        self,
+        watch: Option<&'a SessionWatch<'a>>,
+        policies: &'a PolicySpec,
+    ) -> Self {
+        RelayOptions {
+            watch: watch.map(|w| (w, policies)),
+            ..self
+        }
     }
 }
 
@@ -83,6 +91,8 @@ impl<'a> RelayOptions<'a> {
 pub(crate) trait Meter {
     fn up(&mut self, n: u64);
     fn down(&mut self, n: u64);
+    /// The session's user moved to another policy level.
+    fn set_policy(&mut self, _policy: &LevelPolicy) {}
 }
 
 /// A meter that counts nothing (fallbacks).
@@ -193,7 +203,7 @@ where
 {
     let RelayOptions {
         buffer_size,
-        timeouts,
+        mut timeouts,
         down_prefix,
         watch,
     } = options;
@@ -203,8 +213,18 @@ where
     let mut timer = Timer::new(timeouts.idle);
     let mut armed_for = timeouts.idle;
     futures_lite::future::poll_fn(|cx| {
-        if watch.is_some_and(|w| w.closed(cx.waker())) {
-            return Poll::Ready(Ok(RelayEnd::Closed));
+        if let Some((w, policies)) = watch {
+            match w.check(cx.waker()) {
+                UserState::Same => {}
+                UserState::Closed => return Poll::Ready(Ok(RelayEnd::Closed)),
+                UserState::Level(level) => {
+                    let policy = policies.level(level);
+                    timeouts = (&policy).into();
+                    meter.set_policy(&policy);
+                    // Re-arm below from the last activity under the new idle timeout.
+                    armed_for = Duration::ZERO;
+                }
+            }
         }
         let mut progressed = false;
         if !up.done() {

@@ -91,6 +91,16 @@ impl SessionWatchers {
     /// Closes the user's live sessions: they see a new generation when next polled.
     pub(crate) fn kick(&self, user: &Rc<UserRt>) {
         user.generation.set(user.generation.get() + 1);
+        self.wake(user);
+    }
+
+    /// Moves the user to another level; its live sessions pick it up when next polled.
+    pub(crate) fn set_level(&self, user: &Rc<UserRt>, level: u32) {
+        user.level.set(level);
+        self.wake(user);
+    }
+
+    fn wake(&self, user: &Rc<UserRt>) {
         for (_, (u, waker)) in self.watchers.borrow().iter() {
             if Rc::ptr_eq(u, user) {
                 waker.wake_by_ref();
@@ -99,21 +109,36 @@ impl SessionWatchers {
     }
 }
 
-/// A session's view of its user: whether it must close, and its place among the watchers.
+/// What a session sees of its user when it looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UserState {
+    /// Nothing changed.
+    Same,
+    /// The user was removed or kicked: close.
+    Closed,
+    /// The user moved to this level: go on under its policy.
+    Level(u32),
+}
+
+/// A session's view of its user: whether it must close or change level, and its place among
+/// the watchers.
 pub(crate) struct SessionWatch<'a> {
     watchers: &'a SessionWatchers,
     user: Rc<UserRt>,
     generation: u64,
+    level: Cell<u32>,
     key: Cell<Option<usize>>,
 }
 
 impl<'a> SessionWatch<'a> {
     pub(crate) fn new(watchers: &'a SessionWatchers, user: Rc<UserRt>) -> SessionWatch<'a> {
         let generation = user.generation.get();
+        let level = Cell::new(user.level.get());
         SessionWatch {
             watchers,
             user,
             generation,
+            level,
             key: Cell::new(None),
         }
     }
@@ -123,18 +148,22 @@ impl<'a> SessionWatch<'a> {
         self.user.generation.get() != self.generation
     }
 
-    /// Like `is_closed`, and the first call also
-    /// registers the task's waker (a task's waker stays valid for the task's life).
-    pub(crate) fn closed(&self, waker: &Waker) -> bool {
+    /// What changed since the last look. The first call also registers the task's waker (a
+    /// task's waker stays valid for the task's life), so later changes wake the session.
+    pub(crate) fn check(&self, waker: &Waker) -> UserState {
         if self.key.get().is_none() {
-            let key = self
-                .watchers
-                .watchers
-                .borrow_mut()
-                .insert((self.user.clone(), waker.clone()));
-            self.key.set(Some(key));
+            let entry = (self.user.clone(), waker.clone());
+            self.key
+                .set(Some(self.watchers.watchers.borrow_mut().insert(entry)));
         }
-        self.is_closed()
+        if self.is_closed() {
+            return UserState::Closed;
+        }
+        let level = self.user.level.get();
+        if level != self.level.replace(level) {
+            return UserState::Level(level);
+        }
+        UserState::Same
     }
 }
 

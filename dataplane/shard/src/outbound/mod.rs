@@ -140,7 +140,7 @@ pub(crate) async fn forward<C>(
         }
         let options = RelayOptions::new(&policy)
             .down_prefix(down_prefix)
-            .watch(watch.as_ref());
+            .watch(watch.as_ref(), &ctx.config.policy);
         relay(client, &mut upstream, options, &mut meter).await
     }
     .await;
@@ -268,6 +268,7 @@ fn check_destination(
 
 /// Counts a session's bytes into the counters its policy enables.
 struct SessionMeter<'a> {
+    stats_on: bool,
     user: Option<Rc<UserCounters>>,
     user_up: bool,
     user_down: bool,
@@ -289,6 +290,7 @@ impl<'a> SessionMeter<'a> {
         let on = ctx.config.stats_enabled;
         let system = ctx.config.policy.system;
         SessionMeter {
+            stats_on: on,
             user: session.user.as_ref().and_then(|u| u.counters.clone()),
             user_up: on && policy.stats_user_uplink,
             user_down: on && policy.stats_user_downlink,
@@ -303,6 +305,11 @@ impl<'a> SessionMeter<'a> {
 }
 
 impl Meter for SessionMeter<'_> {
+    fn set_policy(&mut self, policy: &LevelPolicy) {
+        self.user_up = self.stats_on && policy.stats_user_uplink;
+        self.user_down = self.stats_on && policy.stats_user_downlink;
+    }
+
     fn up(&mut self, n: u64) {
         if let (Some(u), true) = (&self.user, self.user_up) {
             u.traffic.add_up(n);
