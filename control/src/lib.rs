@@ -3,8 +3,11 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+pub mod cli_api;
 pub mod config;
 pub mod convert;
+pub mod journal;
 pub mod logger;
 pub mod registry;
+pub mod run;
 pub mod server;

@@ -3,13 +3,12 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shardray_control::server::{allowed_cpus, Server};
-use shardray_control::{api, config};
-use shardray_core::spec::{Config, InboundProtocol, LogLevel};
+use shardray_control::config;
+use shardray_control::run::{run, RunOptions};
+use shardray_core::spec::{Config, InboundProtocol};
 
 /// A proxy core for Linux servers with many users, compatible with V2Ray/Xray configs and API.
 #[derive(Parser)]
@@ -42,6 +41,13 @@ enum Command {
         /// Seconds live sessions may go on after SIGTERM or SIGINT.
         #[arg(long, default_value_t = 10)]
         grace: u64,
+        /// Directory for the journal of API changes and the saved counters, so that users
+        /// added through the API and traffic counts survive a restart.
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        /// Seconds between counter saves to the state directory (what `kill -9` may lose).
+        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+        flush: u64,
     },
     /// Check a config and exit: 0 if it is valid, 1 with the reason if not.
     Test {
@@ -60,19 +66,33 @@ enum Command {
     Version,
     /// Print a new random UUID for a user id.
     Uuid,
+    /// Call the management API of a running server (the subcommands of `xray api`, and ours).
+    Api(shardray_control::cli_api::ApiArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(upstream_flags(std::env::args_os()));
+    let cli = Cli::parse_from(shardray_control::cli_api::upstream_api_flags(
+        upstream_flags(std::env::args_os()),
+    ));
     match cli.command {
         Command::Run {
             config,
             shards,
             grace,
-        } => match load(&config) {
-            Ok(cfg) => run(cfg, shards, Duration::from_secs(grace)),
-            Err(e) => fail(e),
-        },
+            state,
+            flush,
+        } => {
+            let options = RunOptions {
+                shards,
+                grace: Duration::from_secs(grace),
+                state,
+                flush: Duration::from_secs(flush.max(1)),
+            };
+            match load(&config).and_then(|cfg| run(cfg, options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
         Command::Test { config } => {
             match load(&config).and_then(|cfg| shardray_control::server::check(&cfg)) {
                 Ok(()) => {
@@ -102,6 +122,7 @@ fn main() -> ExitCode {
             println!("{}", uuid::Uuid::new_v4());
             ExitCode::SUCCESS
         }
+        Command::Api(args) => shardray_control::cli_api::run(args),
     }
 }
 
@@ -131,78 +152,6 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
         (Some(_), _) => anyhow::bail!("give either -c FILE or -confdir DIR, not both"),
     };
     Ok(config)
-}
-
-fn run(config: Config, shards: Option<usize>, grace: Duration) -> ExitCode {
-    let shards = shards.unwrap_or_else(|| allowed_cpus().len().max(1));
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(e.into()),
-    };
-    // The API binds first, so that a taken API port stops the start before any shard runs.
-    let api = match &config.api {
-        Some(spec) => match runtime.block_on(api::bind(spec)) {
-            Ok(listener) => Some((spec.clone(), listener)),
-            Err(e) => return fail(e),
-        },
-        None => None,
-    };
-    let api_addrs: Vec<_> = match &api {
-        Some((_, api::ApiListener::Tcp(_, addr))) => vec![*addr],
-        _ => Vec::new(),
-    };
-    let mut server = match Server::start(Arc::new(config), shards, &api_addrs) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    for (tag, addr) in &server.bound {
-        eprintln!("shardray: inbound {tag:?} listening on {addr}");
-    }
-    if let Some((spec, listener)) = api {
-        match &listener {
-            api::ApiListener::Tcp(_, addr) => eprintln!("shardray: api listening on {addr}"),
-            api::ApiListener::Unix(_) => eprintln!("shardray: api listening on {:?}", spec.listen),
-        }
-        let state = api::ApiState::new(server.links(), &server.bound);
-        let log = server.log.clone();
-        runtime.spawn(async move {
-            if let Err(e) = api::serve(spec, listener, state).await {
-                log.error(LogLevel::Error, format_args!("api stopped: {e:#}"));
-            }
-        });
-    }
-    eprintln!(
-        "shardray: started {} with {} shards",
-        env!("CARGO_PKG_VERSION"),
-        server.shard_count()
-    );
-    server.log.error(
-        LogLevel::Warning,
-        format_args!("shardray {} started", env!("CARGO_PKG_VERSION")),
-    );
-
-    runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    });
-    eprintln!(
-        "shardray: stopping; live sessions have {}s to finish",
-        grace.as_secs()
-    );
-    server.stop(grace);
-    ExitCode::SUCCESS
 }
 
 /// `vless://` links for every VLESS user, in the common share-link form.

@@ -11,6 +11,7 @@ use shardray_core::change::Change;
 use shardray_core::spec::{Config, InboundProtocol, UserSpec};
 use uuid::Uuid;
 
+use crate::journal::Journal;
 use crate::server::{BroadcastError, ShardLinks};
 
 /// How long a change may take to be applied by every shard before the call fails.
@@ -69,6 +70,8 @@ pub enum ChangeError {
     MissingEmail,
     /// The shards did not all apply the change in time (it stays queued for them).
     Shards(BroadcastError),
+    /// The change could not be written to the journal, so it was not made.
+    Journal(String),
 }
 
 impl fmt::Display for ChangeError {
@@ -80,22 +83,86 @@ impl fmt::Display for ChangeError {
             ChangeError::UserNotFound(who) => write!(f, "User {who} not found."),
             ChangeError::MissingEmail => f.write_str("a user needs an email to be managed"),
             ChangeError::Shards(e) => write!(f, "{e}"),
+            ChangeError::Journal(e) => write!(f, "journal: {e}"),
         }
     }
 }
 
 impl std::error::Error for ChangeError {}
 
-/// The registry and the way to the shards.
+/// Every inbound's users: pure data, checked and changed one `Change` at a time. The registry
+/// holds the live copy; start-up replays the journal into one before the shards exist.
+#[derive(Debug, Clone, Default)]
+pub struct UserSets {
+    inbounds: Vec<InboundUsers>,
+}
+
+/// The registry: the user sets, the epoch counter, the journal and the way to the shards.
 pub struct Registry {
     epoch: u64,
-    inbounds: Vec<InboundUsers>,
+    sets: UserSets,
+    journal: Option<Journal>,
     shards: ShardLinks,
 }
 
 impl Registry {
-    /// The registry as the config starts it.
-    pub fn new(config: &Config, shards: ShardLinks) -> Registry {
+    /// The registry for running shards that started from `sets`; changes are journaled if
+    /// a journal is given.
+    pub fn new(sets: UserSets, journal: Option<Journal>, shards: ShardLinks) -> Registry {
+        Registry {
+            epoch: 0,
+            sets,
+            journal,
+            shards,
+        }
+    }
+
+    /// The epoch of the last change applied.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Every inbound, in config order.
+    pub fn inbounds(&self) -> &[InboundUsers] {
+        &self.sets.inbounds
+    }
+
+    /// The inbound with this tag.
+    pub fn inbound(&self, tag: &str) -> Result<&InboundUsers, ChangeError> {
+        self.sets.inbound(tag)
+    }
+
+    /// Every user with an email, with its level, for counters.
+    pub fn stat_users(&self) -> Vec<(String, u32)> {
+        self.sets.stat_users()
+    }
+
+    /// Checks `change`, writes it to the journal, sends it to every shard as the next epoch,
+    /// waits for them all, and returns the epoch.
+    pub async fn apply(&mut self, change: Change) -> Result<u64, ChangeError> {
+        self.sets.check(&change)?;
+        if let Some(journal) = &mut self.journal {
+            // Write-ahead: on disk before any shard sees it, so a crash loses no acknowledged change.
+            journal
+                .append(&change)
+                .map_err(|e| ChangeError::Journal(e.to_string()))?;
+        }
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let change = Arc::new(change);
+        // Recorded before waiting: once sent, every shard will apply it in order, even late.
+        self.sets.record(&change);
+        self.shards
+            .broadcast(epoch, change, APPLY_TIMEOUT)
+            .await
+            .map_err(ChangeError::Shards)?;
+        Ok(epoch)
+    }
+}
+
+impl UserSets {
+    /// The user sets as a config starts them.
+    pub fn from_config(config: &Config) -> UserSets {
         let inbounds = config
             .inbounds
             .iter()
@@ -117,21 +184,31 @@ impl Registry {
                 entry
             })
             .collect();
-        Registry {
-            epoch: 0,
-            inbounds,
-            shards,
-        }
+        UserSets { inbounds }
     }
 
-    /// The epoch of the last change applied.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
+    /// Writes the user sets back into `config`, so shards start with them.
+    pub fn write_into(&self, config: &mut Config) {
+        for (inbound, users) in config.inbounds.iter_mut().zip(&self.inbounds) {
+            if let InboundProtocol::Vless(v) = &mut inbound.protocol {
+                let mut clients: Vec<UserSpec> = users.users.values().cloned().collect();
+                clients.sort_by(|a, b| a.email.cmp(&b.email));
+                v.clients = clients;
+            }
+        }
     }
 
     /// Every inbound, in config order.
     pub fn inbounds(&self) -> &[InboundUsers] {
         &self.inbounds
+    }
+
+    /// The inbound with this tag.
+    pub fn inbound(&self, tag: &str) -> Result<&InboundUsers, ChangeError> {
+        self.inbounds
+            .iter()
+            .find(|i| i.tag == tag)
+            .ok_or_else(|| ChangeError::InboundNotFound(tag.to_owned()))
     }
 
     /// Every user with an email, with its level, for counters (an email in several inbounds
@@ -149,31 +226,15 @@ impl Registry {
         out
     }
 
-    /// The inbound with this tag.
-    pub fn inbound(&self, tag: &str) -> Result<&InboundUsers, ChangeError> {
-        self.inbounds
-            .iter()
-            .find(|i| i.tag == tag)
-            .ok_or_else(|| ChangeError::InboundNotFound(tag.to_owned()))
+    /// Checks and records `change` (for replaying a journal).
+    pub fn apply(&mut self, change: &Change) -> Result<(), ChangeError> {
+        self.check(change)?;
+        self.record(change);
+        Ok(())
     }
 
-    /// Checks `change`, sends it to every shard as the next epoch, waits for them all, and
-    /// records it. Returns the epoch.
-    pub async fn apply(&mut self, change: Change) -> Result<u64, ChangeError> {
-        self.check(&change)?;
-        self.epoch += 1;
-        let epoch = self.epoch;
-        let change = Arc::new(change);
-        // Recorded before waiting: once sent, every shard will apply it in order, even late.
-        self.record(&change);
-        self.shards
-            .broadcast(epoch, change, APPLY_TIMEOUT)
-            .await
-            .map_err(ChangeError::Shards)?;
-        Ok(epoch)
-    }
-
-    fn check(&self, change: &Change) -> Result<(), ChangeError> {
+    /// Whether `change` applies to the sets as they are.
+    pub fn check(&self, change: &Change) -> Result<(), ChangeError> {
         let inbound = self.inbound(change.inbound())?;
         if !inbound.has_users {
             return Err(ChangeError::NoUsers(inbound.tag.clone()));

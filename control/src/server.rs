@@ -222,11 +222,11 @@ impl Server {
             match ready_rx.recv_timeout(START_TIMEOUT) {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    server.stop(Duration::ZERO);
+                    let _ = server.stop(Duration::ZERO);
                     bail!("a shard could not start: {e}");
                 }
                 Err(_) => {
-                    server.stop(Duration::ZERO);
+                    let _ = server.stop(Duration::ZERO);
                     bail!("a shard did not start within {START_TIMEOUT:?}");
                 }
             }
@@ -248,23 +248,34 @@ impl Server {
     }
 
     /// Stops accepting, gives live sessions up to `grace`, and waits for every shard to end.
-    pub fn stop(&mut self, grace: Duration) {
+    /// Returns each shard's final counters.
+    pub fn stop(&mut self, grace: Duration) -> Vec<StatsSnapshot> {
+        let (last_tx, last_rx) = async_channel::bounded(self.commands.len().max(1));
         for tx in &self.commands {
-            let _ = tx.try_send(ShardCommand::Drain { grace });
+            let _ = tx.try_send(ShardCommand::Drain {
+                grace,
+                last: last_tx.clone(),
+            });
         }
+        drop(last_tx);
         self.commands.clear();
         for handle in self.handles.drain(..) {
             let _ = handle.join();
         }
+        let mut finals = Vec::new();
+        while let Ok(snapshot) = last_rx.try_recv() {
+            finals.push(snapshot);
+        }
         self.log
             .error(LogLevel::Warning, format_args!("shardray stopped"));
+        finals
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         if !self.handles.is_empty() {
-            self.stop(Duration::ZERO);
+            let _ = self.stop(Duration::ZERO);
         }
         // Other sinks (the API's) may outlive the server: tell the writer to stop.
         self.log.close();

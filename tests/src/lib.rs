@@ -182,6 +182,13 @@ impl Shardray {
         }
     }
 
+    /// Kills the process with SIGKILL, as a crash would, and waits for it.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

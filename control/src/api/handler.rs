@@ -43,6 +43,7 @@ pub(crate) fn change_status(e: ChangeError) -> Status {
         ChangeError::NoUsers(_) => Status::failed_precondition(message),
         ChangeError::MissingEmail => Status::invalid_argument(message),
         ChangeError::Shards(_) => Status::deadline_exceeded(message),
+        ChangeError::Journal(_) => Status::unavailable(message),
     }
 }
 

@@ -12,7 +12,8 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 use shardray_core::spec::Config;
 
-use crate::registry::Registry;
+use crate::journal::Journal;
+use crate::registry::{Registry, UserSets};
 use crate::server::ShardLinks;
 
 /// What every service shares: the registry (one writer at a time), the shards, the config.
@@ -25,18 +26,35 @@ pub struct ApiState {
     pub config: std::sync::Arc<Config>,
     /// Each inbound's bound address, by tag.
     pub inbound_addrs: std::collections::HashMap<String, SocketAddr>,
+    /// Counts carried over from the last run, and resets.
+    pub counters: std::sync::Mutex<stats::CounterBook>,
 }
 
 impl ApiState {
-    /// State for a server that runs `shards` with inbounds bound at `bound` (tag, address).
-    pub fn new(shards: ShardLinks, bound: &[(String, SocketAddr)]) -> std::sync::Arc<ApiState> {
+    /// State for a server that runs `shards` with inbounds bound at `bound` (tag, address),
+    /// whose user sets are `sets` (config plus journal), journaling to `journal` if given.
+    pub fn new(
+        shards: ShardLinks,
+        bound: &[(String, SocketAddr)],
+        sets: UserSets,
+        journal: Option<Journal>,
+        counters: stats::CounterBook,
+    ) -> std::sync::Arc<ApiState> {
         let config = shards.config.clone();
         std::sync::Arc::new(ApiState {
-            registry: tokio::sync::Mutex::new(Registry::new(&config, shards.clone())),
+            registry: tokio::sync::Mutex::new(Registry::new(sets, journal, shards.clone())),
             shards,
             config,
             inbound_addrs: bound.iter().cloned().collect(),
+            counters: std::sync::Mutex::new(counters),
         })
+    }
+
+    /// Every counter's value as the API reports it now.
+    pub async fn counter_values(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let users = self.registry.lock().await.stat_users();
+        let snaps = self.shards.snapshots().await?;
+        Ok(stats::reported(self, &users, &snaps))
     }
 }
 

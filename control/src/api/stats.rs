@@ -4,7 +4,8 @@
 //! shards' total minus the baseline, so no shard is written to.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use shardray_core::spec::Config;
@@ -18,16 +19,85 @@ use super::ApiState;
 pub fn service(state: Arc<ApiState>) -> pb::stats_service_server::StatsServiceServer<StatsApi> {
     pb::stats_service_server::StatsServiceServer::new(StatsApi {
         state,
-        baselines: Mutex::default(),
         started: Instant::now(),
     })
+}
+
+/// What the API adds to and takes from the shards' totals: counts carried over from the last
+/// run, and resets (a baseline per counter). Shards only ever count up and are never written.
+#[derive(Debug, Default)]
+pub struct CounterBook {
+    carried: HashMap<String, u64>,
+    baselines: HashMap<String, u64>,
+}
+
+impl CounterBook {
+    /// Counters saved by the last run (`{"name": value, …}`); none if the file is missing.
+    pub fn load(path: &Path) -> std::io::Result<CounterBook> {
+        let carried = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(CounterBook {
+            carried,
+            baselines: HashMap::new(),
+        })
+    }
+
+    /// Writes `values` so the next run carries them over: temporary file, sync, rename.
+    pub fn save(path: &Path, values: &BTreeMap<String, u64>) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, &serde_json::to_vec(values)?)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// The value the API reports for a counter whose shard total is `total`.
+    pub fn value(&self, name: &str, total: u64) -> u64 {
+        let carried = self.carried.get(name).copied().unwrap_or(0);
+        (total + carried).saturating_sub(self.baselines.get(name).copied().unwrap_or(0))
+    }
+
+    /// Zeroes what the API reports for a counter, without touching the shards.
+    fn reset(&mut self, name: &str, total: u64) {
+        let carried = self.carried.get(name).copied().unwrap_or(0);
+        self.baselines.insert(name.to_owned(), total + carried);
+    }
+
+    /// Drops everything kept for a removed user's counters.
+    pub fn forget_user(&mut self, email: &str) {
+        let prefix = format!("user>>>{email}>>>");
+        self.carried.retain(|k, _| !k.starts_with(&prefix));
+        self.baselines.retain(|k, _| !k.starts_with(&prefix));
+    }
+}
+
+/// Every counter's reported value, from the registry's users and the shards' snapshots.
+pub fn reported(
+    state: &ApiState,
+    users: &[(String, u32)],
+    snaps: &[StatsSnapshot],
+) -> BTreeMap<String, u64> {
+    let book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
+    totals(&state.config, users, snaps)
+        .into_iter()
+        .map(|(name, total)| {
+            let v = book.value(&name, total);
+            (name, v)
+        })
+        .collect()
 }
 
 /// The StatsService implementation.
 pub struct StatsApi {
     state: Arc<ApiState>,
-    /// Totals at the last reset, by counter name.
-    baselines: Mutex<HashMap<String, u64>>,
     started: Instant,
 }
 
@@ -185,15 +255,18 @@ impl StatsApi {
         Ok((users, snaps))
     }
 
-    /// Applies baselines to `totals`, and moves them when `reset` is asked for.
+    /// Reports `totals` through the counter book, resetting them if asked.
     fn report(&self, totals: impl Iterator<Item = (String, u64)>, reset: bool) -> Vec<pb::Stat> {
-        let mut baselines = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut book = self
+            .state
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         totals
             .map(|(name, total)| {
-                let base = baselines.get(&name).copied().unwrap_or(0);
-                let value = total.saturating_sub(base);
+                let value = book.value(&name, total);
                 if reset {
-                    baselines.insert(name.clone(), total);
+                    book.reset(&name, total);
                 }
                 pb::Stat {
                     name,

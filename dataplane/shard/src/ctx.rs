@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use uuid::Uuid;
+
 use crate::transport::tls;
 use crate::users::{SessionWatchers, UserRt, UserTable};
 use futures_rustls::TlsAcceptor;
@@ -162,11 +164,24 @@ impl ShardCtx {
                 }
             }
             Change::ReplaceUsers { users: set, .. } => {
-                for user in users.drain() {
+                // Users that stay (same id and email) keep their sessions and counters.
+                let wanted: HashMap<Uuid, &UserSpec> = set.iter().map(|u| (u.id, u)).collect();
+                let gone = users.remove_if(|id, u| {
+                    !wanted
+                        .get(id)
+                        .is_some_and(|w| w.email.eq_ignore_ascii_case(&u.email))
+                });
+                for user in gone {
                     self.retire(&user);
                 }
                 for u in set {
-                    users.insert(u.id, Rc::new(self.user_rt(u)));
+                    match users.get(&u.id) {
+                        Some(kept) if kept.level.get() != u.level => {
+                            self.watchers.set_level(kept, u.level)
+                        }
+                        Some(_) => {}
+                        None => users.insert(u.id, Rc::new(self.user_rt(u))),
+                    }
                 }
             }
             Change::SetLevel { email, level, .. } => {

@@ -42,6 +42,8 @@ pub enum ShardCommand {
     Drain {
         /// How long live sessions may go on.
         grace: Duration,
+        /// Gets the shard's final counters once its sessions are done.
+        last: async_channel::Sender<StatsSnapshot>,
     },
 }
 
@@ -142,7 +144,7 @@ async fn run(plan: ShardPlan) {
                     result,
                 });
             }
-            ShardCommand::Drain { grace } => {
+            ShardCommand::Drain { grace, last } => {
                 for task in accepting.drain(..) {
                     task.cancel().await;
                 }
@@ -150,6 +152,7 @@ async fn run(plan: ShardPlan) {
                 while ctx.live.get() > 0 && Instant::now() < deadline {
                     glommio::timer::sleep(Duration::from_millis(20)).await;
                 }
+                let _ = last.try_send(ctx.snapshot());
                 break;
             }
         }

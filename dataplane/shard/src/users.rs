@@ -74,10 +74,23 @@ impl UserTable {
         self.by_id.remove(&id)
     }
 
-    /// Removes every user, returning them.
-    pub(crate) fn drain(&mut self) -> Vec<Rc<UserRt>> {
-        self.by_email.clear();
-        self.by_id.drain().map(|(_, u)| u).collect()
+    /// Removes the users for which `remove` says so, returning them.
+    pub(crate) fn remove_if(&mut self, remove: impl Fn(&Uuid, &UserRt) -> bool) -> Vec<Rc<UserRt>> {
+        let ids: Vec<Uuid> = self
+            .by_id
+            .iter()
+            .filter(|(id, u)| remove(id, u))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut removed = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(user) = self.by_id.remove(&id) {
+                self.by_email
+                    .remove(user.email.to_ascii_lowercase().as_str());
+                removed.push(user);
+            }
+        }
+        removed
     }
 }
 

@@ -1,0 +1,1151 @@
+//! `shardray api …`: a command-line client of the management API, with the subcommands of
+//! `xray api` (same names, same flags, same requests) plus our own operations.
+//!
+//! Every subcommand prints one pretty JSON document on stdout. Errors go to stderr as
+//! `shardray api: <gRPC code>: <message>`; the exit status is 1 when a call failed (or the
+//! server could not be reached) and 2 when the input was unusable (clap's own usage errors
+//! exit 2 as well).
+
+mod bridge;
+mod files;
+mod render;
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use prost::Message;
+use serde_json::{json, Value};
+use shardray_proto::shardray::app::proxyman::command as ours;
+use shardray_proto::xray::app::log::command as log_pb;
+use shardray_proto::xray::app::log::command::logger_service_client::LoggerServiceClient;
+use shardray_proto::xray::app::proxyman::command as handler_pb;
+use shardray_proto::xray::app::proxyman::command::handler_service_client::HandlerServiceClient;
+use shardray_proto::xray::app::router::command as router_pb;
+use shardray_proto::xray::app::router::command::routing_service_client::RoutingServiceClient;
+use shardray_proto::xray::app::stats::command as stats_pb;
+use shardray_proto::xray::app::stats::command::stats_service_client::StatsServiceClient;
+use shardray_proto::xray::common::serial::TypedMessage;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// `shardray api`: call the management API of a running server.
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "Call the management API (gRPC) of a running server: the subcommands of `xray api`, and ours",
+    after_help = "Every subcommand takes --server ADDR (-s; HOST:PORT, or a Unix socket path \
+                  starting with `/` or `unix:`; default 127.0.0.1:8080) and --timeout SECONDS \
+                  (-t; default 3). Upstream's one-dash spellings (-server=ADDR, -tag=TAG, \
+                  -reset, ...) work too. Output is JSON on stdout; errors are \
+                  `shardray api: <gRPC code>: <message>` on stderr; exit status 1 when a \
+                  call fails, 2 when the input is unusable."
+)]
+pub struct ApiArgs {
+    /// The API call to make.
+    #[command(subcommand)]
+    pub command: ApiCommand,
+}
+
+/// Where the API is and how long to wait; every subcommand takes these.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Conn {
+    /// The API's address: HOST:PORT, or a Unix socket path (`/path` or `unix:/path`).
+    #[arg(
+        short = 's',
+        long = "server",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// Seconds to wait for the connection, and for each call.
+    #[arg(
+        short = 't',
+        long = "timeout",
+        value_name = "SECONDS",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u64).range(1..=86400)
+    )]
+    pub timeout: u64,
+    /// Accepted for compatibility with `xray api`; the output is always JSON.
+    #[arg(long = "json", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
+    pub json: bool,
+}
+
+/// The subcommands: upstream's names and flags, then ours.
+#[derive(clap::Subcommand, Debug)]
+pub enum ApiCommand {
+    /// Add users to inbounds (AlterInbound + AddUserOperation).
+    ///
+    /// Every client of every tagged inbound in each config FILE, one call per user; a failed
+    /// user does not stop the others. Only VLESS clients can be sent so far; clients of other
+    /// protocols are reported as not supported (exit 2 if nothing else failed).
+    #[command(name = "adu")]
+    Adu {
+        #[command(flatten)]
+        conn: Conn,
+        /// Xray config files (comments allowed) with `inbounds[].settings.clients[]`;
+        /// `stdin:` reads standard input.
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<String>,
+    },
+    /// Remove users from an inbound by email (AlterInbound + RemoveUserOperation, one call each).
+    #[command(name = "rmu")]
+    Rmu {
+        #[command(flatten)]
+        conn: Conn,
+        /// The inbound's tag.
+        #[arg(long)]
+        tag: String,
+        /// The users' emails.
+        #[arg(value_name = "EMAIL", required = true)]
+        emails: Vec<String>,
+    },
+    /// List inbounds (ListInbounds).
+    #[command(name = "lsi")]
+    Lsi {
+        #[command(flatten)]
+        conn: Conn,
+        /// Return only the tags.
+        #[arg(long = "isOnlyTags", num_args = 0..=1, default_missing_value = "true",
+              action = clap::ArgAction::Set, default_value_t = false)]
+        is_only_tags: bool,
+    },
+    /// List outbounds (ListOutbounds).
+    #[command(name = "lso")]
+    Lso {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// An inbound's users, or one of them (GetInboundUsers).
+    #[command(name = "inbounduser")]
+    InboundUser {
+        #[command(flatten)]
+        conn: Conn,
+        /// The inbound's tag.
+        #[arg(long)]
+        tag: String,
+        /// Only this user; without it, every user of the inbound.
+        #[arg(long, default_value = "")]
+        email: String,
+    },
+    /// How many users an inbound has (GetInboundUsersCount).
+    #[command(name = "inboundusercount")]
+    InboundUserCount {
+        #[command(flatten)]
+        conn: Conn,
+        /// The inbound's tag.
+        #[arg(long)]
+        tag: String,
+    },
+    /// One counter (GetStats), e.g. --name 'user>>>EMAIL>>>traffic>>>uplink'.
+    #[command(name = "stats")]
+    Stats {
+        #[command(flatten)]
+        conn: Conn,
+        /// The counter's full name.
+        #[arg(long)]
+        name: String,
+        /// Zero the counter after reading it.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              action = clap::ArgAction::Set, default_value_t = false)]
+        reset: bool,
+    },
+    /// Every counter whose name contains PATTERN (QueryStats).
+    #[command(name = "statsquery")]
+    StatsQuery {
+        #[command(flatten)]
+        conn: Conn,
+        /// Substring of the names to return; empty returns every counter.
+        #[arg(long, default_value = "")]
+        pattern: String,
+        /// Zero the counters after reading them.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              action = clap::ArgAction::Set, default_value_t = false)]
+        reset: bool,
+    },
+    /// Process figures: uptime, memory (GetSysStats).
+    #[command(name = "statssys")]
+    StatsSys {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A user's live session count (GetStatsOnline of `user>>>EMAIL>>>online`).
+    #[command(name = "statsonline")]
+    StatsOnline {
+        #[command(flatten)]
+        conn: Conn,
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+    },
+    /// A user's online source addresses and when each was last seen (GetStatsOnlineIpList).
+    #[command(name = "statsonlineiplist")]
+    StatsOnlineIpList {
+        #[command(flatten)]
+        conn: Conn,
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+    },
+    /// The emails of every user with a live session (GetAllOnlineUsers).
+    #[command(name = "statsgetallonlineusers")]
+    StatsGetAllOnlineUsers {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Reopen the log files (LoggerService.RestartLogger).
+    #[command(name = "restartlogger")]
+    RestartLogger {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Add inbounds (AddInbound). Not available yet: sends nothing, exits 2.
+    ///
+    /// This client cannot yet turn an inbound's JSON config into the API's protobuf form, so it
+    /// reads the files, names the inbounds it found, sends nothing and exits 2.
+    #[command(name = "adi")]
+    Adi {
+        #[command(flatten)]
+        conn: Conn,
+        /// Xray config files with `inbounds[]`; `stdin:` reads standard input.
+        #[arg(value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Remove inbounds (RemoveInbound), by tag or by the tags of the inbounds in config files.
+    #[command(name = "rmi")]
+    Rmi {
+        #[command(flatten)]
+        conn: Conn,
+        /// Tags, or config files whose inbounds' tags to remove.
+        #[arg(value_name = "TAG|FILE", required = true)]
+        targets: Vec<String>,
+    },
+    /// Add outbounds (AddOutbound). Not available yet: sends nothing, exits 2.
+    ///
+    /// This client cannot yet turn an outbound's JSON config into the API's protobuf form, so
+    /// it reads the files, names the outbounds it found, sends nothing and exits 2.
+    #[command(name = "ado")]
+    Ado {
+        #[command(flatten)]
+        conn: Conn,
+        /// Xray config files with `outbounds[]`; `stdin:` reads standard input.
+        #[arg(value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Remove outbounds (RemoveOutbound), by tag or by the tags of the outbounds in config files.
+    #[command(name = "rmo")]
+    Rmo {
+        #[command(flatten)]
+        conn: Conn,
+        /// Tags, or config files whose outbounds' tags to remove.
+        #[arg(value_name = "TAG|FILE", required = true)]
+        targets: Vec<String>,
+    },
+    /// Add routing rules (RoutingService.AddRule) from config files' `routing` sections.
+    ///
+    /// Rules may use ruleTag, outboundTag, balancerTag, domain, ip, port, sourcePort, network,
+    /// source, user, inboundTag, protocol and attrs; balancers their tag, selector,
+    /// strategy.type and fallbackTag. Other fields are refused (exit 2), never dropped.
+    #[command(name = "adrules")]
+    AdRules {
+        #[command(flatten)]
+        conn: Conn,
+        /// Append to the existing rules instead of replacing them.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              action = clap::ArgAction::Set, default_value_t = false)]
+        append: bool,
+        /// Xray config files with a `routing` section; none (or `stdin:`) reads standard input.
+        #[arg(value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Remove routing rules by their ruleTag (RoutingService.RemoveRule).
+    #[command(name = "rmrules")]
+    RmRules {
+        #[command(flatten)]
+        conn: Conn,
+        /// The rules' ruleTag values.
+        #[arg(value_name = "RULETAG", required = true)]
+        rule_tags: Vec<String>,
+    },
+    /// Block connections by source IP (RoutingService AddRule, and RemoveRule with --reset).
+    ///
+    /// Appends a routing rule tagged RULETAG that sends traffic from the given addresses
+    /// (arriving on --inbound, if given) to --outbound; with --reset, first removes the rules
+    /// tagged RULETAG, so the new addresses replace the old ones.
+    #[command(name = "sib")]
+    Sib {
+        #[command(flatten)]
+        conn: Conn,
+        /// The outbound the matched connections go to (e.g. a blackhole).
+        #[arg(long)]
+        outbound: String,
+        /// Only connections arriving on this inbound.
+        #[arg(long, default_value = "")]
+        inbound: String,
+        /// The new rule's ruleTag.
+        #[arg(long, default_value = "sourceIpBlock")]
+        ruletag: String,
+        /// Remove the rules tagged RULETAG first, so these addresses replace the old ones.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              action = clap::ArgAction::Set, default_value_t = false)]
+        reset: bool,
+        /// Source addresses or CIDRs (`geoip:CODE` too).
+        #[arg(value_name = "IP", required = true)]
+        ips: Vec<String>,
+    },
+    /// Ours: move a user to another policy level in place; live sessions continue under it.
+    #[command(name = "setlevel")]
+    SetLevel {
+        #[command(flatten)]
+        conn: Conn,
+        /// The inbound's tag.
+        #[arg(long)]
+        tag: String,
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+        /// The new level.
+        #[arg(long)]
+        level: u32,
+    },
+    /// Ours: close a user's live sessions; the user stays.
+    #[command(name = "kick")]
+    Kick {
+        #[command(flatten)]
+        conn: Conn,
+        /// The inbound's tag.
+        #[arg(long)]
+        tag: String,
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+    },
+    /// Ours: replace the inbound's whole user set with the users in FILE.
+    ///
+    /// Users left out are removed and their live sessions closed.
+    #[command(name = "replaceusers")]
+    ReplaceUsers {
+        #[command(flatten)]
+        conn: Conn,
+        /// The inbound's tag.
+        #[arg(long)]
+        tag: String,
+        /// JSON with the users: an array of clients, `{"clients": [...]}`, an inbound, or a
+        /// config whose inbound tagged TAG has them. `stdin:` reads standard input.
+        #[arg(value_name = "FILE")]
+        file: String,
+    },
+    /// Ours: add the users in FILE in one call: all of them or none.
+    #[command(name = "addusers")]
+    AddUsers {
+        #[command(flatten)]
+        conn: Conn,
+        /// The inbound's tag.
+        #[arg(long)]
+        tag: String,
+        /// JSON with the users, as for replaceusers.
+        #[arg(value_name = "FILE")]
+        file: String,
+    },
+    /// Ours: remove users by email in one call: all of them or none.
+    #[command(name = "rmusers")]
+    RmUsers {
+        #[command(flatten)]
+        conn: Conn,
+        /// The inbound's tag.
+        #[arg(long)]
+        tag: String,
+        /// The users' emails.
+        #[arg(value_name = "EMAIL", required = true)]
+        emails: Vec<String>,
+    },
+}
+
+impl ApiCommand {
+    fn conn(&self) -> &Conn {
+        match self {
+            ApiCommand::Adu { conn, .. }
+            | ApiCommand::Rmu { conn, .. }
+            | ApiCommand::Lsi { conn, .. }
+            | ApiCommand::Lso { conn }
+            | ApiCommand::InboundUser { conn, .. }
+            | ApiCommand::InboundUserCount { conn, .. }
+            | ApiCommand::Stats { conn, .. }
+            | ApiCommand::StatsQuery { conn, .. }
+            | ApiCommand::StatsSys { conn }
+            | ApiCommand::StatsOnline { conn, .. }
+            | ApiCommand::StatsOnlineIpList { conn, .. }
+            | ApiCommand::StatsGetAllOnlineUsers { conn }
+            | ApiCommand::RestartLogger { conn }
+            | ApiCommand::Adi { conn, .. }
+            | ApiCommand::Rmi { conn, .. }
+            | ApiCommand::Ado { conn, .. }
+            | ApiCommand::Rmo { conn, .. }
+            | ApiCommand::AdRules { conn, .. }
+            | ApiCommand::RmRules { conn, .. }
+            | ApiCommand::Sib { conn, .. }
+            | ApiCommand::SetLevel { conn, .. }
+            | ApiCommand::Kick { conn, .. }
+            | ApiCommand::ReplaceUsers { conn, .. }
+            | ApiCommand::AddUsers { conn, .. }
+            | ApiCommand::RmUsers { conn, .. } => conn,
+        }
+    }
+}
+
+/// Long flags `xray api` spells with one dash; each becomes its `--` form.
+const UPSTREAM_LONG_FLAGS: &[&str] = &[
+    "server",
+    "timeout",
+    "json",
+    "tag",
+    "email",
+    "name",
+    "pattern",
+    "reset",
+    "isOnlyTags",
+    "append",
+    "inbound",
+    "outbound",
+    "ruletag",
+    "level",
+];
+
+/// Rewrites `shardray api …` arguments spelled as `xray api` spells them (`-server=ADDR`,
+/// `-tag TAG`, `-reset`, `-s=ADDR`, `-t=5`, …) into the `--` forms clap parses. Arguments of
+/// other subcommands, and everything after a `--`, are left alone.
+pub fn upstream_api_flags(args: Vec<OsString>) -> Vec<OsString> {
+    if args.get(1).and_then(|a| a.to_str()) != Some("api") {
+        return args;
+    }
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        if i < 2 || rest {
+            out.push(arg);
+            continue;
+        }
+        let Some(s) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if s == "--" {
+            rest = true;
+            out.push(arg);
+            continue;
+        }
+        let Some(flag) = s.strip_prefix('-').filter(|f| !f.starts_with('-')) else {
+            out.push(arg);
+            continue;
+        };
+        let (name, value) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (flag, None),
+        };
+        let long = match name {
+            "s" if value.is_some() => "server",
+            "t" if value.is_some() => "timeout",
+            n if UPSTREAM_LONG_FLAGS.contains(&n) => n,
+            _ => {
+                out.push(arg);
+                continue;
+            }
+        };
+        out.push(match value {
+            Some(v) => format!("--{long}={v}").into(),
+            None => format!("--{long}").into(),
+        });
+    }
+    out
+}
+
+/// Why a command failed.
+#[derive(Debug)]
+enum Failure {
+    /// The input (arguments or files) is unusable: exit 2.
+    Input(String),
+    /// The server could not be reached: exit 1.
+    Connect(String),
+    /// A call failed: exit 1.
+    Rpc(Status),
+}
+
+impl Failure {
+    fn report(&self) -> ExitCode {
+        match self {
+            Failure::Input(message) => {
+                eprintln!("shardray api: {message}");
+                ExitCode::from(2)
+            }
+            Failure::Connect(message) => {
+                eprintln!("shardray api: {:?}: {message}", Code::Unavailable);
+                ExitCode::from(1)
+            }
+            Failure::Rpc(status) => {
+                eprintln!("shardray api: {}", status_text(status));
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// `<gRPC code>: <message>`, the code as gRPC names it in CamelCase (`AlreadyExists`).
+fn status_text(status: &Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// Runs one `shardray api` subcommand and returns the process's exit status.
+pub fn run(args: ApiArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shardray api: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(args.command)) {
+        Ok((doc, status)) => {
+            match serde_json::to_string_pretty(&doc) {
+                Ok(text) => println!("{text}"),
+                Err(e) => {
+                    eprintln!("shardray api: cannot print the answer: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::from(status)
+        }
+        Err(failure) => failure.report(),
+    }
+}
+
+/// A connection to the API, with the per-call timeout.
+struct Api {
+    channel: Channel,
+    timeout: Duration,
+    /// The task relaying a Unix socket, if the server is one; ends with the runtime.
+    _bridge: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Api {
+    /// Connects at once (as `xray api` does), so an unreachable server is reported as such.
+    async fn connect(conn: &Conn) -> Result<Api, Failure> {
+        let timeout = Duration::from_secs(conn.timeout);
+        let server = conn.server.trim();
+        let unix_path = server
+            .strip_prefix("unix://")
+            .or_else(|| server.strip_prefix("unix:"))
+            .or_else(|| server.starts_with('/').then_some(server));
+        let (uri, bridge) = match unix_path {
+            Some(path) => {
+                let (addr, task) = bridge::start(PathBuf::from(path), timeout).await?;
+                (format!("http://{addr}"), Some(task))
+            }
+            None if server.contains("://") => (server.to_owned(), None),
+            None => (format!("http://{server}"), None),
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| Failure::Input(format!("--server {server:?}: {e}")))?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => {
+                return Err(Failure::Connect(format!(
+                    "cannot connect to {server}: {}",
+                    error_chain(&e)
+                )))
+            }
+            Err(_) => {
+                return Err(Failure::Connect(format!(
+                    "cannot connect to {server}: no answer within {}s",
+                    conn.timeout
+                )))
+            }
+        };
+        Ok(Api {
+            channel,
+            timeout,
+            _bridge: bridge,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    /// Awaits a call, bounded by the timeout (a little later than the server's own deadline).
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(self.timeout + Duration::from_millis(500), call).await {
+            Ok(result) => result.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer within {}s",
+                self.timeout.as_secs()
+            ))),
+        }
+    }
+
+    fn handler(&self) -> HandlerServiceClient<Channel> {
+        HandlerServiceClient::new(self.channel.clone())
+    }
+
+    fn stats(&self) -> StatsServiceClient<Channel> {
+        StatsServiceClient::new(self.channel.clone())
+    }
+
+    fn routing(&self) -> RoutingServiceClient<Channel> {
+        RoutingServiceClient::new(self.channel.clone())
+    }
+
+    fn logger(&self) -> LoggerServiceClient<Channel> {
+        LoggerServiceClient::new(self.channel.clone())
+    }
+
+    /// AlterInbound on `tag` with one operation.
+    async fn alter(&self, tag: &str, operation: TypedMessage) -> Result<(), Status> {
+        let request = self.request(handler_pb::AlterInboundRequest {
+            tag: tag.to_owned(),
+            operation: Some(operation),
+        });
+        self.call(self.handler().alter_inbound(request))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// An error and its sources, joined: tonic's transport errors say little on their own.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn typed(type_name: &str, message: &impl Message) -> TypedMessage {
+    TypedMessage {
+        r#type: type_name.to_owned(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// Our own AlterInbound operation types live in this package.
+const OURS: &str = "shardray.app.proxyman.command";
+
+/// The JSON document and exit status of a command that reached its end.
+type Outcome = Result<(Value, u8), Failure>;
+
+async fn execute(command: ApiCommand) -> Outcome {
+    // Input is read before connecting, so a bad file fails fast and without a server.
+    let conn = command.conn().clone();
+    match command {
+        ApiCommand::Adu { files, .. } => {
+            let inbounds = files::inbounds_with_users(&files)?;
+            let api = Api::connect(&conn).await?;
+            add_users_one_by_one(&api, inbounds).await
+        }
+        ApiCommand::Rmu { tag, emails, .. } => {
+            let api = Api::connect(&conn).await?;
+            let mut results = Vec::new();
+            let mut removed = 0;
+            for email in &emails {
+                let op = handler_pb::RemoveUserOperation {
+                    email: email.clone(),
+                };
+                let op = typed("xray.app.proxyman.command.RemoveUserOperation", &op);
+                match api.alter(&tag, op).await {
+                    Ok(()) => {
+                        removed += 1;
+                        results.push(json!({ "email": email, "result": "ok" }));
+                    }
+                    Err(status) => {
+                        eprintln!("shardray api: {}", status_text(&status));
+                        results.push(json!({ "email": email, "error": render::status(&status) }));
+                    }
+                }
+            }
+            let failed = emails.len() - removed;
+            let doc = json!({ "removed": removed, "failed": failed, "results": results });
+            Ok((doc, u8::from(failed > 0)))
+        }
+        ApiCommand::Lsi { is_only_tags, .. } => {
+            let api = Api::connect(&conn).await?;
+            let request = api.request(handler_pb::ListInboundsRequest { is_only_tags });
+            let reply = api.call(api.handler().list_inbounds(request)).await;
+            let reply = reply.map_err(Failure::Rpc)?;
+            let inbounds: Vec<Value> = reply.inbounds.iter().map(render::inbound).collect();
+            Ok((json!({ "inbounds": inbounds }), 0))
+        }
+        ApiCommand::Lso { .. } => {
+            let api = Api::connect(&conn).await?;
+            let request = api.request(handler_pb::ListOutboundsRequest {});
+            let reply = api.call(api.handler().list_outbounds(request)).await;
+            let reply = reply.map_err(Failure::Rpc)?;
+            let outbounds: Vec<Value> = reply.outbounds.iter().map(render::outbound).collect();
+            Ok((json!({ "outbounds": outbounds }), 0))
+        }
+        ApiCommand::InboundUser { tag, email, .. } => {
+            let api = Api::connect(&conn).await?;
+            let request = api.request(handler_pb::GetInboundUserRequest { tag, email });
+            let reply = api.call(api.handler().get_inbound_users(request)).await;
+            let reply = reply.map_err(Failure::Rpc)?;
+            let users: Vec<Value> = reply.users.iter().map(render::user).collect();
+            Ok((json!({ "users": users }), 0))
+        }
+        ApiCommand::InboundUserCount { tag, .. } => {
+            let api = Api::connect(&conn).await?;
+            let request = api.request(handler_pb::GetInboundUserRequest {
+                tag,
+                email: String::new(),
+            });
+            let reply = api
+                .call(api.handler().get_inbound_users_count(request))
+                .await;
+            let reply = reply.map_err(Failure::Rpc)?;
+            Ok((json!({ "count": reply.count }), 0))
+        }
+        ApiCommand::Stats { name, reset, .. } => {
+            let api = Api::connect(&conn).await?;
+            let request = api.request(stats_pb::GetStatsRequest { name, reset });
+            let reply = api.call(api.stats().get_stats(request)).await;
+            Ok((render::stat_reply(&reply.map_err(Failure::Rpc)?), 0))
+        }
+        ApiCommand::StatsQuery { pattern, reset, .. } => {
+            let api = Api::connect(&conn).await?;
+            let request = api.request(stats_pb::QueryStatsRequest {
+                pattern,
+                reset,
+                ..Default::default()
+            });
+            let reply = api.call(api.stats().query_stats(request)).await;
+            let reply = reply.map_err(Failure::Rpc)?;
+            let stat: Vec<Value> = reply.stat.iter().map(render::stat).collect();
+            Ok((json!({ "stat": stat }), 0))
+        }
+        ApiCommand::StatsSys { .. } => {
+            let api = Api::connect(&conn).await?;
+            let request = api.request(stats_pb::SysStatsRequest {});
+            let reply = api.call(api.stats().get_sys_stats(request)).await;
+            Ok((render::sys_stats(&reply.map_err(Failure::Rpc)?), 0))
+        }
+        ApiCommand::StatsOnline { email, .. } => {
+            let api = Api::connect(&conn).await?;
+            let request = api.request(stats_pb::GetStatsRequest {
+                name: format!("user>>>{email}>>>online"),
+                reset: false,
+            });
+            let reply = api.call(api.stats().get_stats_online(request)).await;
+            Ok((render::stat_reply(&reply.map_err(Failure::Rpc)?), 0))
+        }
+        ApiCommand::StatsOnlineIpList { email, .. } => {
+            let api = Api::connect(&conn).await?;
+            let request = api.request(stats_pb::GetStatsRequest {
+                name: format!("user>>>{email}>>>online"),
+                reset: false,
+            });
+            let reply = api
+                .call(api.stats().get_stats_online_ip_list(request))
+                .await;
+            let reply = reply.map_err(Failure::Rpc)?;
+            let ips: serde_json::Map<String, Value> = reply
+                .ips
+                .iter()
+                .map(|(ip, seen)| (ip.clone(), json!(seen)))
+                .collect();
+            Ok((json!({ "name": reply.name, "ips": ips }), 0))
+        }
+        ApiCommand::StatsGetAllOnlineUsers { .. } => {
+            let api = Api::connect(&conn).await?;
+            let request = api.request(stats_pb::GetAllOnlineUsersRequest {});
+            let reply = api.call(api.stats().get_all_online_users(request)).await;
+            let reply = reply.map_err(Failure::Rpc)?;
+            Ok((json!({ "users": reply.users }), 0))
+        }
+        ApiCommand::RestartLogger { .. } => {
+            let api = Api::connect(&conn).await?;
+            let request = api.request(log_pb::RestartLoggerRequest {});
+            api.call(api.logger().restart_logger(request))
+                .await
+                .map_err(Failure::Rpc)?;
+            Ok((json!({}), 0))
+        }
+        ApiCommand::Adi { files, .. } => not_convertible("inbounds", &files),
+        ApiCommand::Ado { files, .. } => not_convertible("outbounds", &files),
+        ApiCommand::Rmi { targets, .. } => {
+            let tags = files::tags_or_files(&targets, "inbounds")?;
+            let api = Api::connect(&conn).await?;
+            let mut removed = Vec::new();
+            for tag in tags {
+                let request = api.request(handler_pb::RemoveInboundRequest { tag: tag.clone() });
+                api.call(api.handler().remove_inbound(request))
+                    .await
+                    .map_err(Failure::Rpc)?;
+                removed.push(tag);
+            }
+            Ok((json!({ "removed": removed }), 0))
+        }
+        ApiCommand::Rmo { targets, .. } => {
+            let tags = files::tags_or_files(&targets, "outbounds")?;
+            let api = Api::connect(&conn).await?;
+            let mut removed = Vec::new();
+            for tag in tags {
+                let request = api.request(handler_pb::RemoveOutboundRequest { tag: tag.clone() });
+                api.call(api.handler().remove_outbound(request))
+                    .await
+                    .map_err(Failure::Rpc)?;
+                removed.push(tag);
+            }
+            Ok((json!({ "removed": removed }), 0))
+        }
+        ApiCommand::AdRules { append, files, .. } => {
+            let files = if files.is_empty() {
+                vec![files::STDIN.to_owned()]
+            } else {
+                files
+            };
+            let mut configs = Vec::new();
+            for file in &files {
+                let doc = files::read_json(file)?;
+                let config = files::router_config(&doc)
+                    .map_err(|e| Failure::Input(format!("{file}: {e}")))?;
+                configs.push(config);
+            }
+            let api = Api::connect(&conn).await?;
+            let mut added = 0;
+            for config in configs {
+                added += config.rule.len();
+                let request = api.request(router_pb::AddRuleRequest {
+                    config: Some(typed("xray.app.router.Config", &config)),
+                    should_append: append,
+                });
+                api.call(api.routing().add_rule(request))
+                    .await
+                    .map_err(Failure::Rpc)?;
+            }
+            Ok((json!({ "added": added }), 0))
+        }
+        ApiCommand::RmRules { rule_tags, .. } => {
+            let api = Api::connect(&conn).await?;
+            for rule_tag in &rule_tags {
+                let request = api.request(router_pb::RemoveRuleRequest {
+                    rule_tag: rule_tag.clone(),
+                });
+                api.call(api.routing().remove_rule(request))
+                    .await
+                    .map_err(Failure::Rpc)?;
+            }
+            Ok((json!({ "removed": rule_tags }), 0))
+        }
+        ApiCommand::Sib {
+            outbound,
+            inbound,
+            ruletag,
+            reset,
+            ips,
+            ..
+        } => {
+            let inbound_tags: Vec<String> = if inbound.is_empty() {
+                Vec::new()
+            } else {
+                vec![inbound]
+            };
+            let rule = json!({
+                "ruleTag": ruletag,
+                "inboundTag": inbound_tags,
+                "outboundTag": outbound,
+                "source": ips,
+            });
+            let config = files::router_config(&json!({ "routing": { "rules": [rule] } }))
+                .map_err(|e| Failure::Input(format!("sib: {e}")))?;
+            let api = Api::connect(&conn).await?;
+            if reset {
+                let request = api.request(router_pb::RemoveRuleRequest {
+                    rule_tag: ruletag.clone(),
+                });
+                api.call(api.routing().remove_rule(request))
+                    .await
+                    .map_err(Failure::Rpc)?;
+            }
+            let request = api.request(router_pb::AddRuleRequest {
+                config: Some(typed("xray.app.router.Config", &config)),
+                should_append: true,
+            });
+            api.call(api.routing().add_rule(request))
+                .await
+                .map_err(Failure::Rpc)?;
+            Ok((json!({ "ruleTag": ruletag, "source": ips }), 0))
+        }
+        ApiCommand::SetLevel {
+            tag, email, level, ..
+        } => {
+            let api = Api::connect(&conn).await?;
+            let op = ours::SetUserLevelOperation {
+                email: email.clone(),
+                level,
+            };
+            api.alter(&tag, typed(&format!("{OURS}.SetUserLevelOperation"), &op))
+                .await
+                .map_err(Failure::Rpc)?;
+            Ok((json!({ "tag": tag, "email": email, "level": level }), 0))
+        }
+        ApiCommand::Kick { tag, email, .. } => {
+            let api = Api::connect(&conn).await?;
+            let op = ours::KickUserOperation {
+                email: email.clone(),
+            };
+            api.alter(&tag, typed(&format!("{OURS}.KickUserOperation"), &op))
+                .await
+                .map_err(Failure::Rpc)?;
+            Ok((json!({ "tag": tag, "kicked": email }), 0))
+        }
+        ApiCommand::ReplaceUsers { tag, file, .. } => {
+            let users = files::users_for_tag(&file, &tag)?;
+            let api = Api::connect(&conn).await?;
+            let emails: Vec<String> = users.iter().map(|u| u.email.clone()).collect();
+            let op = ours::ReplaceUsersOperation { users };
+            api.alter(&tag, typed(&format!("{OURS}.ReplaceUsersOperation"), &op))
+                .await
+                .map_err(Failure::Rpc)?;
+            Ok((json!({ "tag": tag, "users": emails }), 0))
+        }
+        ApiCommand::AddUsers { tag, file, .. } => {
+            let users = files::users_for_tag(&file, &tag)?;
+            let api = Api::connect(&conn).await?;
+            let emails: Vec<String> = users.iter().map(|u| u.email.clone()).collect();
+            let op = ours::AddUsersOperation { users };
+            api.alter(&tag, typed(&format!("{OURS}.AddUsersOperation"), &op))
+                .await
+                .map_err(Failure::Rpc)?;
+            Ok((json!({ "tag": tag, "added": emails }), 0))
+        }
+        ApiCommand::RmUsers { tag, emails, .. } => {
+            let api = Api::connect(&conn).await?;
+            let op = ours::RemoveUsersOperation {
+                emails: emails.clone(),
+            };
+            api.alter(&tag, typed(&format!("{OURS}.RemoveUsersOperation"), &op))
+                .await
+                .map_err(Failure::Rpc)?;
+            Ok((json!({ "tag": tag, "removed": emails }), 0))
+        }
+    }
+}
+
+/// `adu`: one AddUserOperation per client, as upstream does; goes on after a failure.
+async fn add_users_one_by_one(api: &Api, inbounds: Vec<files::InboundUsers>) -> Outcome {
+    let mut results = Vec::new();
+    let (mut added, mut refused, mut unusable) = (0usize, 0usize, 0usize);
+    for inbound in inbounds {
+        for client in inbound.clients {
+            let user = match client.user {
+                Ok(user) => user,
+                Err(why) => {
+                    unusable += 1;
+                    eprintln!(
+                        "shardray api: inbound {:?}, user {:?}: {why}",
+                        inbound.tag, client.email
+                    );
+                    results.push(json!({
+                        "tag": inbound.tag, "email": client.email, "error": { "message": why }
+                    }));
+                    continue;
+                }
+            };
+            let op = handler_pb::AddUserOperation { user: Some(user) };
+            let op = typed("xray.app.proxyman.command.AddUserOperation", &op);
+            match api.alter(&inbound.tag, op).await {
+                Ok(()) => {
+                    added += 1;
+                    results
+                        .push(json!({ "tag": inbound.tag, "email": client.email, "result": "ok" }));
+                }
+                Err(status) => {
+                    refused += 1;
+                    eprintln!("shardray api: {}", status_text(&status));
+                    results.push(json!({
+                        "tag": inbound.tag, "email": client.email, "error": render::status(&status)
+                    }));
+                }
+            }
+        }
+    }
+    let doc = json!({ "added": added, "failed": refused + unusable, "results": results });
+    let status = if refused > 0 {
+        1
+    } else if unusable > 0 {
+        2
+    } else {
+        0
+    };
+    Ok((doc, status))
+}
+
+/// `adi` / `ado`: the files are read and checked, but nothing is sent.
+fn not_convertible(what: &str, files: &[String]) -> Outcome {
+    let files = if files.is_empty() {
+        vec![files::STDIN.to_owned()]
+    } else {
+        files.to_vec()
+    };
+    let mut tags = Vec::new();
+    for file in &files {
+        tags.extend(files::section_tags(&files::read_json(file)?, what, file)?);
+    }
+    Err(Failure::Input(format!(
+        "adding {what} is not available yet: this client cannot convert {what} configs to the \
+         API's protobuf form; nothing was sent (found: {})",
+        if tags.is_empty() {
+            "none".to_owned()
+        } else {
+            tags.join(", ")
+        }
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn upstream_one_dash_flags_become_long_flags() {
+        let mapped = upstream_api_flags(os(&[
+            "shardray",
+            "api",
+            "rmu",
+            "-server=127.0.0.1:10085",
+            "-tag",
+            "vless-in",
+            "-t=5",
+            "-s=/run/api.sock",
+            "-reset",
+            "-isOnlyTags=true",
+            "a@b",
+            "--",
+            "-tag",
+        ]));
+        assert_eq!(
+            mapped,
+            os(&[
+                "shardray",
+                "api",
+                "rmu",
+                "--server=127.0.0.1:10085",
+                "--tag",
+                "vless-in",
+                "--timeout=5",
+                "--server=/run/api.sock",
+                "--reset",
+                "--isOnlyTags=true",
+                "a@b",
+                "--",
+                "-tag",
+            ])
+        );
+        // Short forms with a separate value stay as they are (clap reads them).
+        let same = os(&["shardray", "api", "stats", "-s", "x:1", "-t", "2"]);
+        assert_eq!(upstream_api_flags(same.clone()), same);
+        // Other subcommands are not touched.
+        let run = os(&["shardray", "run", "-tag"]);
+        assert_eq!(upstream_api_flags(run.clone()), run);
+    }
+
+    #[test]
+    fn subcommands_parse_with_xray_spellings() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Top {
+            #[command(subcommand)]
+            cmd: Sub,
+        }
+        #[derive(clap::Subcommand)]
+        enum Sub {
+            Api(ApiArgs),
+        }
+        let parse = |args: &[&str]| {
+            let mut all = vec!["shardray", "api"];
+            all.extend_from_slice(args);
+            match Top::try_parse_from(upstream_api_flags(os(&all))) {
+                Ok(Top { cmd: Sub::Api(a) }) => Ok(a.command),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match parse(&[
+            "statsquery",
+            "-server=1.2.3.4:5",
+            "-pattern",
+            "user",
+            "-reset",
+        ])
+        .unwrap()
+        {
+            ApiCommand::StatsQuery {
+                conn,
+                pattern,
+                reset,
+            } => {
+                assert_eq!(conn.server, "1.2.3.4:5");
+                assert_eq!(conn.timeout, 3);
+                assert_eq!(pattern, "user");
+                assert!(reset);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["lsi", "--isOnlyTags"]).unwrap() {
+            ApiCommand::Lsi {
+                is_only_tags, conn, ..
+            } => {
+                assert!(is_only_tags);
+                assert_eq!(conn.server, "127.0.0.1:8080");
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["lsi", "-isOnlyTags=false"]).unwrap() {
+            ApiCommand::Lsi { is_only_tags, .. } => assert!(!is_only_tags),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["rmu", "-tag=in", "a@b", "c@d", "-s", "/tmp/x.sock"]).unwrap() {
+            ApiCommand::Rmu { conn, tag, emails } => {
+                assert_eq!((conn.server.as_str(), tag.as_str()), ("/tmp/x.sock", "in"));
+                assert_eq!(emails, ["a@b", "c@d"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // `-reset` does not swallow the next argument.
+        match parse(&["sib", "-outbound=blocked", "-reset", "1.2.3.4"]).unwrap() {
+            ApiCommand::Sib {
+                reset,
+                ips,
+                ruletag,
+                ..
+            } => {
+                assert!(reset);
+                assert_eq!(ips, ["1.2.3.4"]);
+                assert_eq!(ruletag, "sourceIpBlock");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["rmu", "a@b"]).is_err(), "--tag is required");
+        assert!(parse(&["stats", "--name", "x", "--timeout", "0"]).is_err());
+        assert!(parse(&["bogus"]).is_err());
+    }
+}

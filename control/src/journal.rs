@@ -1,0 +1,271 @@
+//! The journal: every user change the API accepted, appended and synced to disk before the
+//! call returns, so a restart, even after `kill -9`, loses none. At start it is replayed over
+//! the config's users and rewritten as one snapshot record per inbound.
+//!
+//! One JSON object per line. A torn last line (a crash mid-write) is ignored: its call never
+//! returned, so no client was told it succeeded.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use shardray_core::change::Change;
+use shardray_core::spec::UserSpec;
+
+use crate::registry::UserSets;
+
+/// The journal file in a state directory.
+const FILE: &str = "journal.jsonl";
+
+/// An open journal.
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+}
+
+/// A journal line that could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRecord {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir` and reads its records. Unreadable lines
+    /// are returned separately so the caller can report them.
+    pub fn open(dir: &Path) -> io::Result<(Journal, Vec<Change>, Vec<InvalidRecord>)> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(FILE);
+        let mut changes = Vec::new();
+        let mut invalid = Vec::new();
+        if path.exists() {
+            let lines: Vec<String> = BufReader::new(File::open(&path)?)
+                .lines()
+                .collect::<Result<_, _>>()?;
+            let last = lines.len();
+            for (i, line) in lines.iter().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<Value>(line)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| decode(&v))
+                {
+                    Ok(change) => changes.push(change),
+                    // A torn final line is the normal trace of a crash mid-append.
+                    Err(_) if i + 1 == last => {}
+                    Err(reason) => invalid.push(InvalidRecord {
+                        line: i + 1,
+                        reason,
+                    }),
+                }
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok((Journal { path, file }, changes, invalid))
+    }
+
+    /// Appends one change and waits until it is on disk. Kicks change no state and are not
+    /// written.
+    pub fn append(&mut self, change: &Change) -> io::Result<()> {
+        let Some(record) = encode(change) else {
+            return Ok(());
+        };
+        let mut line = record.to_string();
+        line.push('\n');
+        self.file.write_all(line.as_bytes())?;
+        self.file.sync_data()
+    }
+
+    /// Replaces the journal with one `replace` record per inbound with users: the state as it
+    /// is now. Written to a temporary file, synced, then renamed over the journal.
+    pub fn compact(&mut self, sets: &UserSets) -> io::Result<()> {
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let mut out = File::create(&tmp)?;
+        for inbound in sets.inbounds().iter().filter(|i| i.has_users) {
+            let mut users: Vec<UserSpec> = inbound.users.values().cloned().collect();
+            users.sort_by(|a, b| a.email.cmp(&b.email));
+            let change = Change::ReplaceUsers {
+                inbound: inbound.tag.clone(),
+                users,
+            };
+            if let Some(record) = encode(&change) {
+                writeln!(out, "{record}")?;
+            }
+        }
+        out.sync_all()?;
+        fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            // The rename itself must survive a crash.
+            File::open(dir)?.sync_all()?;
+        }
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        Ok(())
+    }
+}
+
+fn user_json(u: &UserSpec) -> Value {
+    json!({ "id": u.id.to_string(), "email": u.email, "level": u.level })
+}
+
+fn encode(change: &Change) -> Option<Value> {
+    Some(match change {
+        Change::AddUsers { inbound, users } => {
+            json!({ "op": "add", "inbound": inbound, "users": users.iter().map(user_json).collect::<Vec<_>>() })
+        }
+        Change::RemoveUsers { inbound, emails } => {
+            json!({ "op": "remove", "inbound": inbound, "emails": emails })
+        }
+        Change::SetLevel {
+            inbound,
+            email,
+            level,
+        } => {
+            json!({ "op": "level", "inbound": inbound, "email": email, "level": level })
+        }
+        Change::ReplaceUsers { inbound, users } => {
+            json!({ "op": "replace", "inbound": inbound, "users": users.iter().map(user_json).collect::<Vec<_>>() })
+        }
+        Change::Kick { .. } => return None,
+    })
+}
+
+fn decode(v: &Value) -> Result<Change, String> {
+    let text = |key: &str| -> Result<String, String> {
+        v.get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{key}: missing or not a string"))
+    };
+    let users = || -> Result<Vec<UserSpec>, String> {
+        let list = v
+            .get("users")
+            .and_then(Value::as_array)
+            .ok_or("users: missing")?;
+        list.iter()
+            .map(|u| {
+                let id = u
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("users[].id: bad")?;
+                let email = u
+                    .get("email")
+                    .and_then(Value::as_str)
+                    .ok_or("users[].email: missing")?
+                    .to_owned();
+                let level = u.get("level").and_then(Value::as_u64).unwrap_or(0) as u32;
+                Ok(UserSpec { id, email, level })
+            })
+            .collect()
+    };
+    let inbound = text("inbound")?;
+    match text("op")?.as_str() {
+        "add" => Ok(Change::AddUsers {
+            inbound,
+            users: users()?,
+        }),
+        "replace" => Ok(Change::ReplaceUsers {
+            inbound,
+            users: users()?,
+        }),
+        "remove" => {
+            let emails = v
+                .get("emails")
+                .and_then(Value::as_array)
+                .ok_or("emails: missing")?;
+            let emails = emails
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect();
+            Ok(Change::RemoveUsers { inbound, emails })
+        }
+        "level" => {
+            let level = v
+                .get("level")
+                .and_then(Value::as_u64)
+                .ok_or("level: missing")? as u32;
+            Ok(Change::SetLevel {
+                inbound,
+                email: text("email")?,
+                level,
+            })
+        }
+        other => Err(format!("op: unknown {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(n: u8) -> UserSpec {
+        UserSpec {
+            id: uuid::Uuid::from_bytes([n; 16]),
+            email: format!("u{n}@x"),
+            level: u32::from(n),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_a_torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let changes = vec![
+            Change::AddUsers {
+                inbound: "in".into(),
+                users: vec![user(1), user(2)],
+            },
+            Change::RemoveUsers {
+                inbound: "in".into(),
+                emails: vec!["u1@x".into()],
+            },
+            Change::SetLevel {
+                inbound: "in".into(),
+                email: "u2@x".into(),
+                level: 7,
+            },
+            Change::ReplaceUsers {
+                inbound: "in".into(),
+                users: vec![user(3)],
+            },
+        ];
+        {
+            let (mut j, old, bad) = Journal::open(dir.path()).unwrap();
+            assert!(old.is_empty() && bad.is_empty());
+            for c in &changes {
+                j.append(c).unwrap();
+            }
+            j.append(&Change::Kick {
+                inbound: "in".into(),
+                email: "u3@x".into(),
+            })
+            .unwrap();
+        }
+        // A crash in the middle of the next append.
+        let path = dir.path().join(FILE);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"op\":\"add\",\"inb").unwrap();
+        let (_, read, bad) = Journal::open(dir.path()).unwrap();
+        assert_eq!(read, changes);
+        assert!(bad.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_middle_line_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE), "{\"op\":\"zap\",\"inbound\":\"in\"}\n{\"op\":\"remove\",\"inbound\":\"in\",\"emails\":[]}\n").unwrap();
+        let (_, read, bad) = Journal::open(dir.path()).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            bad,
+            vec![InvalidRecord {
+                line: 1,
+                reason: "op: unknown \"zap\"".into()
+            }]
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! `shardray run`: the control thread's life. Replays the state directory (journal and saved
+//! counters), binds the API, starts the shards, serves until SIGTERM or SIGINT, drains, and
+//! saves the counters.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shardray_core::spec::{Config, LogLevel};
+
+use crate::api::{self, stats::CounterBook, ApiState};
+use crate::journal::Journal;
+use crate::registry::UserSets;
+use crate::server::{allowed_cpus, Server};
+
+/// Options of `shardray run` beyond the config.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Shards to start; `None` for one per CPU.
+    pub shards: Option<usize>,
+    /// How long live sessions may go on after a stop signal.
+    pub grace: Duration,
+    /// Where the journal and the saved counters live; `None` keeps nothing across restarts.
+    pub state: Option<PathBuf>,
+    /// How often counters are saved to the state directory: at most this much counting is
+    /// lost on `kill -9` (a graceful stop saves them exactly).
+    pub flush: Duration,
+}
+
+/// What the state directory gave back at start.
+struct Restored {
+    sets: UserSets,
+    journal: Option<Journal>,
+    counters: CounterBook,
+}
+
+fn counters_path(state: &std::path::Path) -> PathBuf {
+    state.join("counters.json")
+}
+
+/// Replays the journal over the config's users and loads the saved counters.
+fn restore(config: &mut Config, state: Option<&std::path::Path>) -> anyhow::Result<Restored> {
+    let mut sets = UserSets::from_config(config);
+    let Some(dir) = state else {
+        return Ok(Restored {
+            sets,
+            journal: None,
+            counters: CounterBook::default(),
+        });
+    };
+    let (mut journal, changes, invalid) =
+        Journal::open(dir).with_context(|| format!("state directory {}", dir.display()))?;
+    for bad in invalid {
+        eprintln!(
+            "shardray: journal line {} skipped: {}",
+            bad.line, bad.reason
+        );
+    }
+    let total = changes.len();
+    for (i, change) in changes.iter().enumerate() {
+        // The config may have changed since (an inbound removed): such a record no longer applies.
+        if let Err(e) = sets.apply(change) {
+            eprintln!(
+                "shardray: journal record {} of {total} no longer applies: {e}",
+                i + 1
+            );
+        }
+    }
+    sets.write_into(config);
+    journal.compact(&sets).context("compacting the journal")?;
+    let counters = CounterBook::load(&counters_path(dir)).context("saved counters")?;
+    Ok(Restored {
+        sets,
+        journal: Some(journal),
+        counters,
+    })
+}
+
+/// Runs the server until a stop signal; returns once it has stopped.
+pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
+    let shards = options
+        .shards
+        .unwrap_or_else(|| allowed_cpus().len().max(1));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let restored = restore(&mut config, options.state.as_deref())?;
+    // The API binds first, so that a taken API port stops the start before any shard runs.
+    let api = match &config.api {
+        Some(spec) => Some((spec.clone(), runtime.block_on(api::bind(spec))?)),
+        None => None,
+    };
+    let api_addrs: Vec<_> = match &api {
+        Some((_, api::ApiListener::Tcp(_, addr))) => vec![*addr],
+        _ => Vec::new(),
+    };
+    let mut server = Server::start(Arc::new(config), shards, &api_addrs)?;
+    for (tag, addr) in &server.bound {
+        eprintln!("shardray: inbound {tag:?} listening on {addr}");
+    }
+    let state = ApiState::new(
+        server.links(),
+        &server.bound,
+        restored.sets,
+        restored.journal,
+        restored.counters,
+    );
+    if let Some((spec, listener)) = api {
+        match &listener {
+            api::ApiListener::Tcp(_, addr) => eprintln!("shardray: api listening on {addr}"),
+            api::ApiListener::Unix(_) => eprintln!("shardray: api listening on {:?}", spec.listen),
+        }
+        let log = server.log.clone();
+        let state = state.clone();
+        runtime.spawn(async move {
+            if let Err(e) = api::serve(spec, listener, state).await {
+                log.error(LogLevel::Error, format_args!("api stopped: {e:#}"));
+            }
+        });
+    }
+    if let Some(dir) = options.state.clone() {
+        let (state, log) = (state.clone(), server.log.clone());
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(options.flush);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let saved = match state.counter_values().await {
+                    Ok(values) => CounterBook::save(&counters_path(&dir), &values)
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = saved {
+                    log.error(LogLevel::Warning, format_args!("saving counters: {e:#}"));
+                }
+            }
+        });
+    }
+    eprintln!(
+        "shardray: started {} with {} shards",
+        env!("CARGO_PKG_VERSION"),
+        server.shard_count()
+    );
+    server.log.error(
+        LogLevel::Warning,
+        format_args!("shardray {} started", env!("CARGO_PKG_VERSION")),
+    );
+
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    });
+    eprintln!(
+        "shardray: stopping; live sessions have {}s to finish",
+        options.grace.as_secs()
+    );
+    let finals = server.stop(options.grace);
+    if let Some(dir) = &options.state {
+        let users = runtime.block_on(state.registry.lock()).stat_users();
+        let values = api::stats::reported(&state, &users, &finals);
+        CounterBook::save(&counters_path(dir), &values).context("saving counters")?;
+    }
+    Ok(())
+}
