@@ -1,10 +1,14 @@
 #!/bin/sh
 # Side-by-side bulk VLESS throughput: shardray against sing-box 1.14.4, V2Ray 4.45.2 and the bare
 # splice relay (`shardray-bench splice-relay`, the floor for a userspace relay),
-# measured in one run on this machine, appended as a dated section to perf/RESULTS.md.
+# measured in one run on this machine; then shardray's API figures (AddUser round trip idle and
+# with traffic, QueryStats and RSS at 100,000 and 1,000,000 users); appended as one dated
+# section to perf/RESULTS.md.
 #
-#   perf/run.sh                      4 streams x 256 MiB, up and down, 3 runs, shardray --shards 2
+#   perf/run.sh                      everything, about 5 minutes on 2 cores
+#   SCENARIOS=api perf/run.sh        only the API figures
 #   TARGETS=shardray,sing-box,v2ray STREAMS=8 BYTES=128MiB RUNS=5 perf/run.sh
+#   BUILD=0 perf/run.sh              use the binaries already built in the target directory
 #
 # Honours CARGO_TARGET_DIR. Loopback only.
 set -eu
@@ -12,25 +16,65 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+SCENARIOS=${SCENARIOS:-throughput,api}
 TARGETS=${TARGETS:-shardray,sing-box,v2ray,splice}
 STREAMS=${STREAMS:-4}
 BYTES=${BYTES:-256MiB}
 DIRECTION=${DIRECTION:-both}
 RUNS=${RUNS:-3}
 SHARDS=${SHARDS:-2}
+# API churn: calls and pace on an idle server, then with traffic streams flowing.
+CHURN_OPS=${CHURN_OPS:-10000}
+CHURN_RATE=${CHURN_RATE:-1000}
+CHURN_TRAFFIC_OPS=${CHURN_TRAFFIC_OPS:-2000}
+CHURN_TRAFFIC_RATE=${CHURN_TRAFFIC_RATE:-100}
+CHURN_STREAMS=${CHURN_STREAMS:-2}
 RESULTS=${RESULTS:-$root/perf/RESULTS.md}
+BUILD=${BUILD:-1}
 
-eval "$(perf/peers.sh)"
-cargo build --quiet --release -p shardray -p shardray-bench
+wants() { case ",$SCENARIOS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+if [ "$BUILD" != 0 ]; then cargo build --quiet --release -p shardray -p shardray-bench; fi
 bin=${CARGO_TARGET_DIR:-$root/target}/release
+bench="$bin/shardray-bench"
+section=$(mktemp)
+tmp=$(mktemp -d)
+trap 'rm -rf "$section" "$tmp"' EXIT
 
-args="throughput --target $TARGETS --streams $STREAMS --bytes $BYTES --direction $DIRECTION --runs $RUNS --shards $SHARDS"
-# shellcheck disable=SC2086 # $args is split on purpose
-table=$("$bin/shardray-bench" $args \
-    --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX" --v2ray-bin "$V2RAY")
+if wants throughput; then
+    eval "$(perf/peers.sh)"
+    args="throughput --target $TARGETS --streams $STREAMS --bytes $BYTES --direction $DIRECTION --runs $RUNS --shards $SHARDS"
+    # shellcheck disable=SC2086 # $args is split on purpose
+    table=$("$bench" $args \
+        --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX" --v2ray-bin "$V2RAY")
+    {
+        printf '```\nshardray-bench %s\n```\n\n' "$args"
+        printf '%s\n' "$table"
+    } >>"$section"
+fi
+
+if wants api; then
+    # Each run saves its JSON; the summary reads them all back, with each command and table.
+    api() {
+        out="$tmp/$1.json"
+        shift
+        echo "shardray-bench $*" >&2
+        "$bench" "$@" --shards "$SHARDS" --shardray-bin "$bin/shardray" --json >"$out"
+    }
+    api 1-churn-idle churn --ops "$CHURN_OPS" --rate "$CHURN_RATE"
+    api 2-churn-traffic churn --ops "$CHURN_TRAFFIC_OPS" --rate "$CHURN_TRAFFIC_RATE" \
+        --traffic-streams "$CHURN_STREAMS"
+    api 3-users-100k users --count 100000
+    api 4-users-1m users --count 1000000
+    {
+        printf '\n### API (shardray, --shards %s)\n\n' "$SHARDS"
+        "$bench" api-summary --details "$tmp"/*.json
+    } >>"$section"
+fi
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain 2>/dev/null)" ]; then commit="$commit (uncommitted changes)"; fi
+if [ "$BUILD" = 0 ]; then commit="$commit, binaries built earlier (BUILD=0)"; fi
 
 if [ ! -f "$RESULTS" ]; then
     cat >"$RESULTS" <<'HEAD'
@@ -45,8 +89,7 @@ HEAD
 fi
 {
     printf '\n## %s, commit %s\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$commit"
-    printf '```\nshardray-bench %s\n```\n\n' "$args"
-    printf '%s\n' "$table"
+    cat "$section"
 } >>"$RESULTS"
-printf '%s\n' "$table"
+cat "$section"
 echo "appended to $RESULTS" >&2

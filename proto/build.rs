@@ -31,14 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(&files, ["."])?;
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("file_descriptor_set.bin"),
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
+    std::fs::write(out_dir.join("file_descriptor_set.bin"), prost::Message::encode_to_vec(&descriptors))?;
 
-    tonic_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(descriptors)?;
+    tonic_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! Our own VLESS client: one blocking TCP stream through the proxy to the sink, carrying one
 //! upload or download and checking every byte of it.
 
-use std::io::{self, Read};
+use std::fmt;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -33,16 +35,17 @@ pub struct VlessClient {
 impl VlessClient {
     /// Runs one stream: connect, send the header and request, move `req.len` bytes, verify.
     pub fn run(&self, req: Request, timeout: Duration) -> Result<StreamOutcome> {
-        self.try_run(req, timeout).map_err(|e| {
+        self.run_metered(req, timeout, None)
+    }
+
+    /// [`run`](Self::run), counting every byte moved on the socket into `meter` as it goes; the
+    /// stream ends with a [`Stopped`] error once the meter is stopped.
+    pub fn run_metered(&self, req: Request, timeout: Duration, meter: Option<&Meter>) -> Result<StreamOutcome> {
+        self.try_run(req, timeout, meter).map_err(|e| {
             let stalled = e
                 .chain()
                 .filter_map(|c| c.downcast_ref::<io::Error>())
-                .any(|io| {
-                    matches!(
-                        io.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    )
-                });
+                .any(|io| matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut));
             if stalled {
                 e.context(format!("stream made no progress within {timeout:?}"))
             } else {
@@ -51,13 +54,14 @@ impl VlessClient {
         })
     }
 
-    fn try_run(&self, req: Request, timeout: Duration) -> Result<StreamOutcome> {
+    fn try_run(&self, req: Request, timeout: Duration, meter: Option<&Meter>) -> Result<StreamOutcome> {
         let deadline = Instant::now() + timeout;
-        let mut conn = TcpStream::connect_timeout(&self.proxy, timeout)
+        let conn = TcpStream::connect_timeout(&self.proxy, timeout)
             .with_context(|| format!("connecting to the proxy at {}", self.proxy))?;
         conn.set_read_timeout(Some(timeout))?;
         conn.set_write_timeout(Some(timeout))?;
         conn.set_nodelay(true)?;
+        let mut conn = Metered { conn, meter };
 
         let mut head = Vec::with_capacity(64);
         RequestHeader {
@@ -71,12 +75,10 @@ impl VlessClient {
 
         match req.flow {
             Flow::Up => {
-                pattern::send_pattern(&mut conn, &head, req.start, req.len, deadline)
-                    .context("sending the upload")?;
+                pattern::send_pattern(&mut conn, &head, req.start, req.len, deadline).context("sending the upload")?;
                 read_response_header(&mut conn).context("reading the VLESS response")?;
                 let mut ack = [0u8; ACK_LEN];
-                conn.read_exact(&mut ack)
-                    .context("reading the sink's acknowledgement")?;
+                conn.read_exact(&mut ack).context("reading the sink's acknowledgement")?;
                 let ack = Ack::decode(&ack);
                 if ack.received != req.len {
                     bail!("sink received {} of {} bytes", ack.received, req.len);
@@ -86,8 +88,7 @@ impl VlessClient {
                 }
             }
             Flow::Down => {
-                pattern::send_pattern(&mut conn, &head, req.start, 0, deadline)
-                    .context("sending the request")?;
+                pattern::send_pattern(&mut conn, &head, req.start, 0, deadline).context("sending the request")?;
                 read_response_header(&mut conn).context("reading the VLESS response")?;
                 let mut verifier = Verifier::new(req.start);
                 let mut buf = vec![0u8; pattern::CHUNK];
@@ -102,15 +103,92 @@ impl VlessClient {
     }
 }
 
+/// Bytes moved by one long-running stream, shared with whoever watches it.
+#[derive(Debug, Default)]
+pub struct Meter {
+    bytes: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Meter {
+    /// Bytes read or written on the stream's socket so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Asks the stream to end at its next read or write.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The error a metered stream ends with once its meter is stopped.
+#[derive(Debug)]
+pub struct Stopped;
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("stopped by the harness")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// True when `e` is a stream's [`Stopped`] ending rather than a failure.
+pub fn is_stopped(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .any(|io| io.get_ref().is_some_and(|inner| inner.is::<Stopped>()))
+}
+
+/// The client's socket, counting into a meter when there is one.
+struct Metered<'a> {
+    conn: TcpStream,
+    meter: Option<&'a Meter>,
+}
+
+impl Metered<'_> {
+    fn count(&self, n: usize) -> io::Result<usize> {
+        if let Some(meter) = self.meter {
+            meter.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+
+    fn check(&self) -> io::Result<()> {
+        match self.meter {
+            Some(m) if m.stop.load(Ordering::Relaxed) => Err(io::Error::other(Stopped)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Read for Metered<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.check()?;
+        let n = self.conn.read(buf)?;
+        self.count(n)
+    }
+}
+
+impl Write for Metered<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.check()?;
+        let n = self.conn.write(buf)?;
+        self.count(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.conn.flush()
+    }
+}
+
 /// Reads and checks the VLESS response header: version 0, then addons we skip.
-fn read_response_header(conn: &mut TcpStream) -> io::Result<()> {
+fn read_response_header(conn: &mut impl Read) -> io::Result<()> {
     let mut head = [0u8; 2];
     conn.read_exact(&mut head)?;
     if head[0] != shardray_wire::vless::VERSION {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("response version {} is not 0", head[0]),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("response version {} is not 0", head[0])));
     }
     let mut addons = vec![0u8; head[1] as usize];
     conn.read_exact(&mut addons)

@@ -3,6 +3,8 @@
 //! target process spends.
 #![deny(rust_2018_idioms)]
 
+mod api;
+mod churn;
 mod client;
 mod pattern;
 mod peers;
@@ -10,9 +12,11 @@ mod procstat;
 mod report;
 mod sink;
 mod splice_relay;
+mod summary;
 mod sys;
 mod target;
 mod throughput;
+mod users;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,15 +26,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::pattern::Flow;
 use crate::report::Report;
+use crate::summary::ApiReport;
 use crate::target::{TargetKind, TargetSpec};
 use crate::throughput::Scenario;
 
 #[derive(Parser)]
-#[command(
-    name = "shardray-bench",
-    version,
-    about = "Load-test harness for shardray and its peers"
-)]
+#[command(name = "shardray-bench", version, about = "Load-test harness for shardray and its peers")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -46,6 +47,21 @@ enum Cmd {
     },
     /// Bulk VLESS throughput: N parallel streams of B bytes, through each target in turn.
     Throughput(ThroughputArgs),
+    /// API churn: AddUser/RemoveUser round trips (all shards acknowledged) at a fixed rate,
+    /// optionally while VLESS traffic flows, and whether the traffic noticed.
+    Churn(ChurnArgs),
+    /// A large user table: load time and RSS per user (through the API and from a config),
+    /// QueryStats over it, and connection cost as random users.
+    Users(UsersArgs),
+    /// The API figures of `churn` and `users` runs saved with `--json`, against the targets.
+    ApiSummary {
+        /// Also print each run's command line and full tables after the summary.
+        #[arg(long)]
+        details: bool,
+        /// JSON files written by `churn --json` or `users --json`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Run the bare splice relay (the `splice` target) until killed.
     SpliceRelay {
         /// Address to listen on.
@@ -114,6 +130,84 @@ struct ThroughputArgs {
     keep: bool,
 }
 
+/// How to start shardray for the API scenarios.
+#[derive(clap::Args)]
+struct ShardrayArgs {
+    /// Shards.
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// The shardray binary (default: target/release/shardray under the repository root).
+    #[arg(long)]
+    shardray_bin: Option<PathBuf>,
+    /// Seconds shardray may take to start carrying traffic.
+    #[arg(long, default_value_t = 15)]
+    startup_timeout: u64,
+    /// Print the result as JSON instead of Markdown.
+    #[arg(long)]
+    json: bool,
+    /// Keep the directory with the configs and logs.
+    #[arg(long)]
+    keep: bool,
+}
+
+impl ShardrayArgs {
+    fn spec(&self) -> Result<TargetSpec> {
+        let bin = self.shardray_bin.clone().unwrap_or_else(|| peers::repo_root().join("target/release/shardray"));
+        if !bin.is_file() {
+            bail!("shardray binary {} does not exist", bin.display());
+        }
+        Ok(TargetSpec::shardray(bin, self.shards))
+    }
+}
+
+#[derive(clap::Args)]
+struct ChurnArgs {
+    #[command(flatten)]
+    shardray: ShardrayArgs,
+    /// AddUser and RemoveUser calls in all (alternating, fresh users).
+    #[arg(long, default_value_t = 10_000)]
+    ops: u64,
+    /// Calls per second; 0 for back to back.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Parallel VLESS streams carrying traffic during the run (0: idle server).
+    #[arg(long, default_value_t = 0)]
+    traffic_streams: usize,
+    /// Seconds of traffic measured before the first call.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Seconds the calls may take in all; the run stops early beyond it.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+#[derive(clap::Args)]
+struct UsersArgs {
+    #[command(flatten)]
+    shardray: ShardrayArgs,
+    /// Users to add.
+    #[arg(long, default_value_t = 1_000_000)]
+    count: usize,
+    /// Users per AddUsersOperation (the server takes messages up to 4 MiB, about 40,000 users).
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// QueryStats calls over every counter; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    query_runs: usize,
+    /// Connections as random users (and as many as one user) for the lookup cost.
+    #[arg(long, default_value_t = 1000)]
+    lookups: usize,
+    /// Skip the start from a config that lists every user.
+    #[arg(long)]
+    no_config_load: bool,
+    /// Seconds the load through the API, and each later step, may take.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Seconds a start from the config with every user may take.
+    #[arg(long, default_value_t = 300)]
+    config_startup_timeout: u64,
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Peers { dir } => {
@@ -125,6 +219,19 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Throughput(args) => throughput(args),
+        Cmd::Churn(args) => churn(args),
+        Cmd::Users(args) => users(args),
+        Cmd::ApiSummary { details, files } => {
+            let mut reports = Vec::new();
+            for f in &files {
+                let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+                let report: ApiReport =
+                    serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+                reports.push(report);
+            }
+            print!("{}", summary::markdown(&reports, details));
+            Ok(())
+        }
         Cmd::SpliceRelay { listen, user } => splice_relay::run(listen, user),
     }
 }
@@ -146,12 +253,7 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
         timeout: Duration::from_secs(args.timeout),
         startup: Duration::from_secs(args.startup_timeout),
     };
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let workdir =
-        std::env::temp_dir().join(format!("shardray-bench-{}-{stamp}", std::process::id()));
-    std::fs::create_dir_all(&workdir)?;
+    let workdir = workdir()?;
     let sink = sink::Sink::spawn(scenario.timeout)?;
 
     let outcome = throughput::run_all(&specs, &scenario, sink.addr(), &workdir, |r| {
@@ -160,18 +262,7 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
             r.target, r.direction, r.run, r.gbit_s, r.proxy_cpu_s, r.cpu_s_per_gb, r.peak_rss_mib
         );
     });
-    let records = match outcome {
-        Ok(records) => records,
-        Err(e) => {
-            eprintln!("configs and logs kept in {}", workdir.display());
-            return Err(e);
-        }
-    };
-    if args.keep {
-        eprintln!("configs and logs kept in {}", workdir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&workdir);
-    }
+    let records = finish(&workdir, args.keep, outcome)?;
 
     let report = Report::new(records);
     if args.json {
@@ -180,6 +271,78 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
         print!("{}", report.markdown());
     }
     Ok(())
+}
+
+/// A fresh directory for the targets' configs and logs.
+fn workdir() -> Result<PathBuf> {
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let dir = std::env::temp_dir().join(format!("shardray-bench-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Removes `workdir` after a success unless asked to keep it; keeps it after a failure.
+fn finish<T>(workdir: &std::path::Path, keep: bool, outcome: Result<T>) -> Result<T> {
+    if keep || outcome.is_err() {
+        eprintln!("configs and logs kept in {}", workdir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(workdir);
+    }
+    outcome
+}
+
+/// Prints an API scenario's result as Markdown or JSON, noting the command line in it.
+fn print_api_report(mut report: ApiReport, json: bool) -> Result<()> {
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
+    let name =
+        std::path::Path::new(&argv0).file_name().map_or("shardray-bench".into(), |n| n.to_string_lossy().into_owned());
+    report.set_command(std::iter::once(name).chain(args).collect::<Vec<_>>().join(" "));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.markdown());
+    }
+    Ok(())
+}
+
+fn churn(args: ChurnArgs) -> Result<()> {
+    let valid = |x: f64| x.is_finite() && x >= 0.0;
+    if !valid(args.rate) || !valid(args.warmup) {
+        bail!("--rate and --warmup must be finite and not negative");
+    }
+    let scenario = churn::Churn {
+        target: args.shardray.spec()?,
+        ops: args.ops,
+        rate: args.rate,
+        traffic_streams: args.traffic_streams,
+        warmup: Duration::from_secs_f64(args.warmup),
+        timeout: Duration::from_secs(args.timeout),
+        startup: Duration::from_secs(args.shardray.startup_timeout),
+    };
+    let workdir = workdir()?;
+    // The sink's streams must outlive the whole run, warm-up and calls included.
+    let sink = sink::Sink::spawn(scenario.warmup + scenario.timeout + Duration::from_secs(30))?;
+    let record = finish(&workdir, args.shardray.keep, churn::run(&scenario, sink.addr(), &workdir))?;
+    print_api_report(ApiReport::Churn(record), args.shardray.json)
+}
+
+fn users(args: UsersArgs) -> Result<()> {
+    let scenario = users::Users {
+        target: args.shardray.spec()?,
+        count: args.count,
+        batch: args.batch,
+        query_runs: args.query_runs,
+        lookups: args.lookups,
+        config_load: !args.no_config_load,
+        timeout: Duration::from_secs(args.timeout),
+        startup: Duration::from_secs(args.shardray.startup_timeout),
+        config_startup: Duration::from_secs(args.config_startup_timeout),
+    };
+    let workdir = workdir()?;
+    let sink = sink::Sink::spawn(Duration::from_secs(60))?;
+    let record = finish(&workdir, args.shardray.keep, users::run(&scenario, sink.addr(), &workdir))?;
+    print_api_report(ApiReport::Users(record), args.shardray.json)
 }
 
 /// Resolves each requested target to a binary, fetching peers into the cache if needed.
@@ -212,11 +375,7 @@ fn target_specs(args: &ThroughputArgs) -> Result<Vec<TargetSpec>> {
         if !bin.is_file() {
             bail!("{kind} binary {} does not exist", bin.display());
         }
-        specs.push(TargetSpec {
-            kind,
-            bin,
-            shards: args.shards,
-        });
+        specs.push(TargetSpec { kind, bin, shards: args.shards, api: false, extra_users: 0 });
     }
     Ok(specs)
 }

@@ -34,12 +34,7 @@ pub fn pattern() -> &'static [u8] {
                 (state >> 24) as u8
             })
             .collect();
-        period
-            .iter()
-            .cycle()
-            .take(PERIOD + CHUNK)
-            .copied()
-            .collect()
+        period.iter().cycle().take(PERIOD + CHUNK).copied().collect()
     })
 }
 
@@ -107,10 +102,7 @@ impl Ack {
 
     /// Decodes the 9-byte encoding.
     pub fn decode(b: &[u8; ACK_LEN]) -> Ack {
-        Ack {
-            intact: b[0] == 0,
-            received: u64::from_be_bytes(b[1..].try_into().expect("8 bytes")),
-        }
+        Ack { intact: b[0] == 0, received: u64::from_be_bytes(b[1..].try_into().expect("8 bytes")) }
     }
 }
 
@@ -125,11 +117,7 @@ pub struct Verifier {
 impl Verifier {
     /// A verifier for a stream whose pattern starts at `start`.
     pub fn new(start: u32) -> Verifier {
-        Verifier {
-            phase: start as usize % PERIOD,
-            received: 0,
-            intact: true,
-        }
+        Verifier { phase: start as usize % PERIOD, received: 0, intact: true }
     }
 
     /// Checks the next bytes of the stream.
@@ -158,13 +146,7 @@ impl Verifier {
 }
 
 /// Writes `len` pattern bytes starting at `start`, first prefixed by `head` in the same write.
-pub fn send_pattern(
-    w: &mut impl Write,
-    head: &[u8],
-    start: u32,
-    len: u64,
-    deadline: Instant,
-) -> io::Result<()> {
+pub fn send_pattern(w: &mut impl Write, head: &[u8], start: u32, len: u64, deadline: Instant) -> io::Result<()> {
     let pattern = pattern();
     let mut phase = start as usize % PERIOD;
     let mut left = len;
@@ -227,17 +209,10 @@ mod tests {
 
     #[test]
     fn request_round_trips() {
-        let req = Request {
-            flow: Flow::Down,
-            len: 1 << 40,
-            start: 65_000,
-        };
+        let req = Request { flow: Flow::Down, len: 1 << 40, start: 65_000 };
         let mut out = Vec::new();
         req.encode(&mut out);
-        assert_eq!(
-            Request::decode(out.as_slice().try_into().unwrap()),
-            Some(req)
-        );
+        assert_eq!(Request::decode(out.as_slice().try_into().unwrap()), Some(req));
     }
 
     #[test]

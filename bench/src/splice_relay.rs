@@ -51,12 +51,8 @@ fn relay(mut client: TcpStream, user: Uuid) -> Result<()> {
     if header.user != user {
         bail!("unknown user");
     }
-    let Some(dest) = header.destination else {
-        bail!("no destination (mux is not relayed)")
-    };
-    let Some(ip) = dest.addr.ip() else {
-        bail!("domains are not resolved here")
-    };
+    let Some(dest) = header.destination else { bail!("no destination (mux is not relayed)") };
+    let Some(ip) = dest.addr.ip() else { bail!("domains are not resolved here") };
     let mut upstream = TcpStream::connect((ip, dest.port)).context("dialing the destination")?;
     client.set_nodelay(true)?;
     upstream.set_nodelay(true)?;
@@ -65,13 +61,9 @@ fn relay(mut client: TcpStream, user: Uuid) -> Result<()> {
     drop(buf);
 
     let (down_from, down_to) = (upstream.try_clone()?, client.try_clone()?);
-    let down = thread::Builder::new()
-        .name("relay-down".into())
-        .spawn(move || pump(&down_from, &down_to))?;
+    let down = thread::Builder::new().name("relay-down".into()).spawn(move || pump(&down_from, &down_to))?;
     let up = pump(&client, &upstream);
-    let down = down
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("relay thread panicked")));
+    let down = down.join().unwrap_or_else(|_| Err(io::Error::other("relay thread panicked")));
     up.context("client to upstream")?;
     down.context("upstream to client")?;
     Ok(())

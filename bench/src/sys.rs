@@ -12,14 +12,10 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 /// per-process CPU clock; `None` if the clock cannot be read.
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     let mut clock: libc::clockid_t = 0;
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: both out-pointers are valid locals; the calls fail cleanly for a bad pid.
     let ok = unsafe {
-        libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) == 0
-            && libc::clock_gettime(clock, &mut ts) == 0
+        libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) == 0 && libc::clock_gettime(clock, &mut ts) == 0
     };
     ok.then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::fs;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +18,7 @@ use uuid::Uuid;
 use crate::client::VlessClient;
 use crate::pattern::{Flow, Request};
 use crate::sys;
+use crate::users;
 
 /// Which core serves the VLESS inbound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,9 +60,7 @@ impl FromStr for TargetKind {
             "sing-box" | "singbox" => Ok(TargetKind::SingBox),
             "v2ray" => Ok(TargetKind::V2ray),
             "splice" => Ok(TargetKind::Splice),
-            other => Err(format!(
-                "unknown target {other:?} (shardray, sing-box, v2ray, splice)"
-            )),
+            other => Err(format!("unknown target {other:?} (shardray, sing-box, v2ray, splice)")),
         }
     }
 }
@@ -74,6 +74,11 @@ pub struct TargetSpec {
     pub bin: PathBuf,
     /// Shards for shardray; ignored by the others.
     pub shards: usize,
+    /// Serve the gRPC API (HandlerService, StatsService) on a loopback port; shardray only.
+    pub api: bool,
+    /// Users the config lists besides the probe user: [`users::bench_user`] 0 to N-1, each
+    /// with an email and level 0; shardray only.
+    pub extra_users: usize,
 }
 
 /// A started target; dropping it stops the process.
@@ -84,20 +89,37 @@ pub struct RunningTarget {
     pub addr: SocketAddr,
     /// The user the config admits.
     pub user: Uuid,
+    /// The gRPC API's address, when the spec asked for it.
+    pub api: Option<SocketAddr>,
+    /// From spawning the process to its `shardray: started` line (shardray only).
+    pub started_after: Option<Duration>,
+    /// From spawning the process to the probe transfer's success.
+    pub ready_after: Duration,
     log: PathBuf,
 }
 
+/// The line shardray prints on stderr once every shard serves.
+const STARTED_LINE: &str = "shardray: started";
+
 impl TargetSpec {
+    /// shardray with `shards` shards and nothing else configured.
+    pub fn shardray(bin: PathBuf, shards: usize) -> TargetSpec {
+        TargetSpec { kind: TargetKind::Shardray, bin, shards, api: false, extra_users: 0 }
+    }
+
     /// Writes the config into `dir`, starts the process, and returns once a 1 KiB download
     /// through it to `sink` succeeds (bounded by `startup`).
     pub fn start(&self, dir: &Path, sink: SocketAddr, startup: Duration) -> Result<RunningTarget> {
+        if (self.api || self.extra_users > 0) && self.kind != TargetKind::Shardray {
+            bail!("the API and extra users are configured for shardray only");
+        }
         let port = free_port()?;
+        let api = if self.api { Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))) } else { None };
         let user = Uuid::new_v4();
         let name = self.kind.name();
         let config = dir.join(format!("{name}.json"));
-        if let Some(body) = self.config(port, user, sink) {
-            let body = serde_json::to_string_pretty(&body)?;
-            fs::write(&config, body).with_context(|| format!("writing {}", config.display()))?;
+        if let Some(body) = self.config(port, user, sink, api) {
+            write_config(&config, &body, self.extra_users).with_context(|| format!("writing {}", config.display()))?;
         }
         let log = dir.join(format!("{name}.log"));
         let out = fs::File::create(&log)?;
@@ -116,36 +138,32 @@ impl TargetSpec {
                 cmd.arg("-config").arg(&config);
             }
             TargetKind::Splice => {
-                cmd.args([
-                    "splice-relay",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--user",
-                ]);
+                cmd.args(["splice-relay", "--listen", &format!("127.0.0.1:{port}"), "--user"]);
                 cmd.arg(user.to_string());
             }
         }
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        let spawned = Instant::now();
+        let child = cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
         let mut target = RunningTarget {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             user,
+            api,
+            started_after: None,
+            ready_after: Duration::ZERO,
             log,
         };
         target
-            .wait_ready(sink, startup)
+            .wait_ready(self.kind, sink, spawned, startup)
             .with_context(|| format!("{name} did not come up; its log:\n{}", target.log_tail()))?;
         Ok(target)
     }
 
     /// The server config: one VLESS inbound on 127.0.0.1:`port` for `user`, direct outbound;
     /// `None` for the splice relay, which takes its two settings as arguments.
-    fn config(&self, port: u16, user: Uuid, sink: SocketAddr) -> Option<Value> {
+    /// With `api`, shardray's config also serves HandlerService and StatsService there.
+    fn config(&self, port: u16, user: Uuid, sink: SocketAddr, api: Option<SocketAddr>) -> Option<Value> {
         Some(match self.kind {
             TargetKind::Splice => return None,
             TargetKind::SingBox => json!({
@@ -187,6 +205,13 @@ impl TargetSpec {
                             "outboundTag": "direct"
                         }]
                     });
+                    if let Some(api) = api {
+                        config["api"] = json!({
+                            "tag": "api",
+                            "listen": api.to_string(),
+                            "services": ["HandlerService", "StatsService"]
+                        });
+                    }
                 }
                 config
             }
@@ -202,11 +227,7 @@ impl RunningTarget {
 
     /// A client that reaches `sink` through this target.
     pub fn client(&self, sink: SocketAddr) -> VlessClient {
-        VlessClient {
-            proxy: self.addr,
-            user: self.user,
-            sink,
-        }
+        VlessClient { proxy: self.addr, user: self.user, sink }
     }
 
     /// Fails if the process has exited.
@@ -227,8 +248,23 @@ impl RunningTarget {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    fn wait_ready(&mut self, sink: SocketAddr, startup: Duration) -> Result<()> {
-        let deadline = Instant::now() + startup;
+    fn wait_ready(&mut self, kind: TargetKind, sink: SocketAddr, spawned: Instant, startup: Duration) -> Result<()> {
+        let deadline = spawned + startup;
+        if kind == TargetKind::Shardray {
+            // Polled finely: with a large config, the time to this line is what is measured.
+            loop {
+                self.check_alive()?;
+                let text = fs::read_to_string(&self.log).unwrap_or_default();
+                if text.lines().any(|l| l.starts_with(STARTED_LINE)) {
+                    self.started_after = Some(spawned.elapsed());
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!("no {STARTED_LINE:?} line after {startup:?}");
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
         loop {
             self.check_alive()?;
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
@@ -240,17 +276,10 @@ impl RunningTarget {
             thread::sleep(Duration::from_millis(50));
         }
         // The port accepts; one small transfer proves the config routes to the sink.
-        let probe = Request {
-            flow: Flow::Down,
-            len: 1024,
-            start: 0,
-        };
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        self.client(sink)
-            .run(probe, left)
-            .context("probe transfer")?;
+        let probe = Request { flow: Flow::Down, len: 1024, start: 0 };
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        self.client(sink).run(probe, left).context("probe transfer")?;
+        self.ready_after = spawned.elapsed();
         Ok(())
     }
 
@@ -282,6 +311,35 @@ impl Drop for RunningTarget {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// Writes `config` to `path`; with `extra_users`, the first inbound's client list gets
+/// [`users::bench_user`] 0 to N-1 appended, streamed to the file rather than built in memory.
+fn write_config(path: &Path, config: &Value, extra_users: usize) -> Result<()> {
+    let mut out = io::BufWriter::new(fs::File::create(path)?);
+    if extra_users == 0 {
+        serde_json::to_writer_pretty(&mut out, config)?;
+    } else {
+        const MARK: &str = "__BENCH_EXTRA_USERS__";
+        let mut config = config.clone();
+        let clients =
+            config["inbounds"][0]["settings"]["clients"].as_array_mut().context("the config has no client list")?;
+        clients.push(Value::String(MARK.into()));
+        let text = serde_json::to_string(&config)?;
+        let (head, tail) =
+            text.split_once(&format!("\"{MARK}\"")).context("marker missing from the serialised config")?;
+        out.write_all(head.as_bytes())?;
+        for i in 0..extra_users {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            let (email, id) = users::bench_user(i);
+            write!(out, r#"{{"id":"{id}","email":"{email}","level":0}}"#)?;
+        }
+        out.write_all(tail.as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.

@@ -114,14 +114,10 @@ fn measure(
             start: ((i * 7_919 + run * 104_729) % PERIOD) as u32,
         };
         let timeout = scenario.timeout;
-        workers.push(
-            thread::Builder::new()
-                .name(format!("stream-{i}"))
-                .spawn(move || {
-                    start_line.wait();
-                    client.run(req, timeout)
-                })?,
-        );
+        workers.push(thread::Builder::new().name(format!("stream-{i}")).spawn(move || {
+            start_line.wait();
+            client.run(req, timeout)
+        })?);
     }
 
     let cpu_before = procstat::cpu_seconds(pid)?;
@@ -146,12 +142,7 @@ fn measure(
     let own = procstat::own_cpu_seconds()? - own_before;
     let peak_rss_kib = procstat::peak_rss_kib(pid)?;
     if !failures.is_empty() {
-        return Err(anyhow!(
-            "{} of {} streams failed:\n{}",
-            failures.len(),
-            scenario.streams,
-            failures.join("\n")
-        ));
+        return Err(anyhow!("{} of {} streams failed:\n{}", failures.len(), scenario.streams, failures.join("\n")));
     }
     let expected = scenario.bytes * scenario.streams as u64;
     if moved != expected {

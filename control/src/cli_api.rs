@@ -6,7 +6,6 @@
 //! server could not be reached) and 2 when the input was unusable (clap's own usage errors
 //! exit 2 as well).
 
-mod bridge;
 mod files;
 mod render;
 
@@ -52,12 +51,7 @@ pub struct ApiArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Conn {
     /// The API's address: HOST:PORT, or a Unix socket path (`/path` or `unix:/path`).
-    #[arg(
-        short = 's',
-        long = "server",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(short = 's', long = "server", value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub server: String,
     /// Seconds to wait for the connection, and for each call.
     #[arg(
@@ -172,7 +166,7 @@ pub enum ApiCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// A user's live session count (GetStatsOnline of `user>>>EMAIL>>>online`).
+    /// How many distinct addresses a user is online from (GetStatsOnline of `user>>>EMAIL>>>online`).
     #[command(name = "statsonline")]
     StatsOnline {
         #[command(flatten)]
@@ -499,10 +493,7 @@ fn status_text(status: &Status) -> String {
 
 /// Runs one `shardray api` subcommand and returns the process's exit status.
 pub fn run(args: ApiArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shardray api: cannot start a runtime: {e}");
@@ -528,8 +519,6 @@ pub fn run(args: ApiArgs) -> ExitCode {
 struct Api {
     channel: Channel,
     timeout: Duration,
-    /// The task relaying a Unix socket, if the server is one; ends with the runtime.
-    _bridge: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Api {
@@ -541,38 +530,40 @@ impl Api {
             .strip_prefix("unix://")
             .or_else(|| server.strip_prefix("unix:"))
             .or_else(|| server.starts_with('/').then_some(server));
-        let (uri, bridge) = match unix_path {
-            Some(path) => {
-                let (addr, task) = bridge::start(PathBuf::from(path), timeout).await?;
-                (format!("http://{addr}"), Some(task))
-            }
-            None if server.contains("://") => (server.to_owned(), None),
-            None => (format!("http://{server}"), None),
+        let uri = match unix_path {
+            // The authority is unused: the connector below dials the socket.
+            Some(_) => "http://localhost".to_owned(),
+            None if server.contains("://") => server.to_owned(),
+            None => format!("http://{server}"),
         };
         let endpoint = tonic::transport::Endpoint::from_shared(uri)
             .map_err(|e| Failure::Input(format!("--server {server:?}: {e}")))?
             .connect_timeout(timeout)
             .timeout(timeout);
-        let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
-            Ok(Ok(channel)) => channel,
-            Ok(Err(e)) => {
-                return Err(Failure::Connect(format!(
-                    "cannot connect to {server}: {}",
-                    error_chain(&e)
-                )))
-            }
-            Err(_) => {
-                return Err(Failure::Connect(format!(
-                    "cannot connect to {server}: no answer within {}s",
-                    conn.timeout
-                )))
+        let connecting = async {
+            match unix_path {
+                Some(path) => {
+                    let path = PathBuf::from(path);
+                    let connector = tower::service_fn(move |_: http::Uri| {
+                        let path = path.clone();
+                        async move {
+                            let stream = tokio::net::UnixStream::connect(path).await?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                        }
+                    });
+                    endpoint.connect_with_connector(connector).await
+                }
+                None => endpoint.connect().await,
             }
         };
-        Ok(Api {
-            channel,
-            timeout,
-            _bridge: bridge,
-        })
+        let channel = match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => return Err(Failure::Connect(format!("cannot connect to {server}: {}", error_chain(&e)))),
+            Err(_) => {
+                return Err(Failure::Connect(format!("cannot connect to {server}: no answer within {}s", conn.timeout)))
+            }
+        };
+        Ok(Api { channel, timeout })
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -582,16 +573,10 @@ impl Api {
     }
 
     /// Awaits a call, bounded by the timeout (a little later than the server's own deadline).
-    async fn call<T>(
-        &self,
-        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
-    ) -> Result<T, Status> {
+    async fn call<T>(&self, call: impl Future<Output = Result<tonic::Response<T>, Status>>) -> Result<T, Status> {
         match tokio::time::timeout(self.timeout + Duration::from_millis(500), call).await {
             Ok(result) => result.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no answer within {}s",
-                self.timeout.as_secs()
-            ))),
+            Err(_) => Err(Status::deadline_exceeded(format!("no answer within {}s", self.timeout.as_secs()))),
         }
     }
 
@@ -613,13 +598,8 @@ impl Api {
 
     /// AlterInbound on `tag` with one operation.
     async fn alter(&self, tag: &str, operation: TypedMessage) -> Result<(), Status> {
-        let request = self.request(handler_pb::AlterInboundRequest {
-            tag: tag.to_owned(),
-            operation: Some(operation),
-        });
-        self.call(self.handler().alter_inbound(request))
-            .await
-            .map(|_| ())
+        let request = self.request(handler_pb::AlterInboundRequest { tag: tag.to_owned(), operation: Some(operation) });
+        self.call(self.handler().alter_inbound(request)).await.map(|_| ())
     }
 }
 
@@ -639,10 +619,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn typed(type_name: &str, message: &impl Message) -> TypedMessage {
-    TypedMessage {
-        r#type: type_name.to_owned(),
-        value: message.encode_to_vec(),
-    }
+    TypedMessage { r#type: type_name.to_owned(), value: message.encode_to_vec() }
 }
 
 /// Our own AlterInbound operation types live in this package.
@@ -665,9 +642,7 @@ async fn execute(command: ApiCommand) -> Outcome {
             let mut results = Vec::new();
             let mut removed = 0;
             for email in &emails {
-                let op = handler_pb::RemoveUserOperation {
-                    email: email.clone(),
-                };
+                let op = handler_pb::RemoveUserOperation { email: email.clone() };
                 let op = typed("xray.app.proxyman.command.RemoveUserOperation", &op);
                 match api.alter(&tag, op).await {
                     Ok(()) => {
@@ -710,13 +685,8 @@ async fn execute(command: ApiCommand) -> Outcome {
         }
         ApiCommand::InboundUserCount { tag, .. } => {
             let api = Api::connect(&conn).await?;
-            let request = api.request(handler_pb::GetInboundUserRequest {
-                tag,
-                email: String::new(),
-            });
-            let reply = api
-                .call(api.handler().get_inbound_users_count(request))
-                .await;
+            let request = api.request(handler_pb::GetInboundUserRequest { tag, email: String::new() });
+            let reply = api.call(api.handler().get_inbound_users_count(request)).await;
             let reply = reply.map_err(Failure::Rpc)?;
             Ok((json!({ "count": reply.count }), 0))
         }
@@ -728,11 +698,7 @@ async fn execute(command: ApiCommand) -> Outcome {
         }
         ApiCommand::StatsQuery { pattern, reset, .. } => {
             let api = Api::connect(&conn).await?;
-            let request = api.request(stats_pb::QueryStatsRequest {
-                pattern,
-                reset,
-                ..Default::default()
-            });
+            let request = api.request(stats_pb::QueryStatsRequest { pattern, reset, ..Default::default() });
             let reply = api.call(api.stats().query_stats(request)).await;
             let reply = reply.map_err(Failure::Rpc)?;
             let stat: Vec<Value> = reply.stat.iter().map(render::stat).collect();
@@ -746,28 +712,19 @@ async fn execute(command: ApiCommand) -> Outcome {
         }
         ApiCommand::StatsOnline { email, .. } => {
             let api = Api::connect(&conn).await?;
-            let request = api.request(stats_pb::GetStatsRequest {
-                name: format!("user>>>{email}>>>online"),
-                reset: false,
-            });
+            let request =
+                api.request(stats_pb::GetStatsRequest { name: format!("user>>>{email}>>>online"), reset: false });
             let reply = api.call(api.stats().get_stats_online(request)).await;
             Ok((render::stat_reply(&reply.map_err(Failure::Rpc)?), 0))
         }
         ApiCommand::StatsOnlineIpList { email, .. } => {
             let api = Api::connect(&conn).await?;
-            let request = api.request(stats_pb::GetStatsRequest {
-                name: format!("user>>>{email}>>>online"),
-                reset: false,
-            });
-            let reply = api
-                .call(api.stats().get_stats_online_ip_list(request))
-                .await;
+            let request =
+                api.request(stats_pb::GetStatsRequest { name: format!("user>>>{email}>>>online"), reset: false });
+            let reply = api.call(api.stats().get_stats_online_ip_list(request)).await;
             let reply = reply.map_err(Failure::Rpc)?;
-            let ips: serde_json::Map<String, Value> = reply
-                .ips
-                .iter()
-                .map(|(ip, seen)| (ip.clone(), json!(seen)))
-                .collect();
+            let ips: serde_json::Map<String, Value> =
+                reply.ips.iter().map(|(ip, seen)| (ip.clone(), json!(seen))).collect();
             Ok((json!({ "name": reply.name, "ips": ips }), 0))
         }
         ApiCommand::StatsGetAllOnlineUsers { .. } => {
@@ -780,9 +737,7 @@ async fn execute(command: ApiCommand) -> Outcome {
         ApiCommand::RestartLogger { .. } => {
             let api = Api::connect(&conn).await?;
             let request = api.request(log_pb::RestartLoggerRequest {});
-            api.call(api.logger().restart_logger(request))
-                .await
-                .map_err(Failure::Rpc)?;
+            api.call(api.logger().restart_logger(request)).await.map_err(Failure::Rpc)?;
             Ok((json!({}), 0))
         }
         ApiCommand::Adi { files, .. } => not_convertible("inbounds", &files),
@@ -793,9 +748,7 @@ async fn execute(command: ApiCommand) -> Outcome {
             let mut removed = Vec::new();
             for tag in tags {
                 let request = api.request(handler_pb::RemoveInboundRequest { tag: tag.clone() });
-                api.call(api.handler().remove_inbound(request))
-                    .await
-                    .map_err(Failure::Rpc)?;
+                api.call(api.handler().remove_inbound(request)).await.map_err(Failure::Rpc)?;
                 removed.push(tag);
             }
             Ok((json!({ "removed": removed }), 0))
@@ -806,24 +759,17 @@ async fn execute(command: ApiCommand) -> Outcome {
             let mut removed = Vec::new();
             for tag in tags {
                 let request = api.request(handler_pb::RemoveOutboundRequest { tag: tag.clone() });
-                api.call(api.handler().remove_outbound(request))
-                    .await
-                    .map_err(Failure::Rpc)?;
+                api.call(api.handler().remove_outbound(request)).await.map_err(Failure::Rpc)?;
                 removed.push(tag);
             }
             Ok((json!({ "removed": removed }), 0))
         }
         ApiCommand::AdRules { append, files, .. } => {
-            let files = if files.is_empty() {
-                vec![files::STDIN.to_owned()]
-            } else {
-                files
-            };
+            let files = if files.is_empty() { vec![files::STDIN.to_owned()] } else { files };
             let mut configs = Vec::new();
             for file in &files {
                 let doc = files::read_json(file)?;
-                let config = files::router_config(&doc)
-                    .map_err(|e| Failure::Input(format!("{file}: {e}")))?;
+                let config = files::router_config(&doc).map_err(|e| Failure::Input(format!("{file}: {e}")))?;
                 configs.push(config);
             }
             let api = Api::connect(&conn).await?;
@@ -834,37 +780,20 @@ async fn execute(command: ApiCommand) -> Outcome {
                     config: Some(typed("xray.app.router.Config", &config)),
                     should_append: append,
                 });
-                api.call(api.routing().add_rule(request))
-                    .await
-                    .map_err(Failure::Rpc)?;
+                api.call(api.routing().add_rule(request)).await.map_err(Failure::Rpc)?;
             }
             Ok((json!({ "added": added }), 0))
         }
         ApiCommand::RmRules { rule_tags, .. } => {
             let api = Api::connect(&conn).await?;
             for rule_tag in &rule_tags {
-                let request = api.request(router_pb::RemoveRuleRequest {
-                    rule_tag: rule_tag.clone(),
-                });
-                api.call(api.routing().remove_rule(request))
-                    .await
-                    .map_err(Failure::Rpc)?;
+                let request = api.request(router_pb::RemoveRuleRequest { rule_tag: rule_tag.clone() });
+                api.call(api.routing().remove_rule(request)).await.map_err(Failure::Rpc)?;
             }
             Ok((json!({ "removed": rule_tags }), 0))
         }
-        ApiCommand::Sib {
-            outbound,
-            inbound,
-            ruletag,
-            reset,
-            ips,
-            ..
-        } => {
-            let inbound_tags: Vec<String> = if inbound.is_empty() {
-                Vec::new()
-            } else {
-                vec![inbound]
-            };
+        ApiCommand::Sib { outbound, inbound, ruletag, reset, ips, .. } => {
+            let inbound_tags: Vec<String> = if inbound.is_empty() { Vec::new() } else { vec![inbound] };
             let rule = json!({
                 "ruleTag": ruletag,
                 "inboundTag": inbound_tags,
@@ -875,43 +804,26 @@ async fn execute(command: ApiCommand) -> Outcome {
                 .map_err(|e| Failure::Input(format!("sib: {e}")))?;
             let api = Api::connect(&conn).await?;
             if reset {
-                let request = api.request(router_pb::RemoveRuleRequest {
-                    rule_tag: ruletag.clone(),
-                });
-                api.call(api.routing().remove_rule(request))
-                    .await
-                    .map_err(Failure::Rpc)?;
+                let request = api.request(router_pb::RemoveRuleRequest { rule_tag: ruletag.clone() });
+                api.call(api.routing().remove_rule(request)).await.map_err(Failure::Rpc)?;
             }
             let request = api.request(router_pb::AddRuleRequest {
                 config: Some(typed("xray.app.router.Config", &config)),
                 should_append: true,
             });
-            api.call(api.routing().add_rule(request))
-                .await
-                .map_err(Failure::Rpc)?;
+            api.call(api.routing().add_rule(request)).await.map_err(Failure::Rpc)?;
             Ok((json!({ "ruleTag": ruletag, "source": ips }), 0))
         }
-        ApiCommand::SetLevel {
-            tag, email, level, ..
-        } => {
+        ApiCommand::SetLevel { tag, email, level, .. } => {
             let api = Api::connect(&conn).await?;
-            let op = ours::SetUserLevelOperation {
-                email: email.clone(),
-                level,
-            };
-            api.alter(&tag, typed(&format!("{OURS}.SetUserLevelOperation"), &op))
-                .await
-                .map_err(Failure::Rpc)?;
+            let op = ours::SetUserLevelOperation { email: email.clone(), level };
+            api.alter(&tag, typed(&format!("{OURS}.SetUserLevelOperation"), &op)).await.map_err(Failure::Rpc)?;
             Ok((json!({ "tag": tag, "email": email, "level": level }), 0))
         }
         ApiCommand::Kick { tag, email, .. } => {
             let api = Api::connect(&conn).await?;
-            let op = ours::KickUserOperation {
-                email: email.clone(),
-            };
-            api.alter(&tag, typed(&format!("{OURS}.KickUserOperation"), &op))
-                .await
-                .map_err(Failure::Rpc)?;
+            let op = ours::KickUserOperation { email: email.clone() };
+            api.alter(&tag, typed(&format!("{OURS}.KickUserOperation"), &op)).await.map_err(Failure::Rpc)?;
             Ok((json!({ "tag": tag, "kicked": email }), 0))
         }
         ApiCommand::ReplaceUsers { tag, file, .. } => {
@@ -919,9 +831,7 @@ async fn execute(command: ApiCommand) -> Outcome {
             let api = Api::connect(&conn).await?;
             let emails: Vec<String> = users.iter().map(|u| u.email.clone()).collect();
             let op = ours::ReplaceUsersOperation { users };
-            api.alter(&tag, typed(&format!("{OURS}.ReplaceUsersOperation"), &op))
-                .await
-                .map_err(Failure::Rpc)?;
+            api.alter(&tag, typed(&format!("{OURS}.ReplaceUsersOperation"), &op)).await.map_err(Failure::Rpc)?;
             Ok((json!({ "tag": tag, "users": emails }), 0))
         }
         ApiCommand::AddUsers { tag, file, .. } => {
@@ -929,19 +839,13 @@ async fn execute(command: ApiCommand) -> Outcome {
             let api = Api::connect(&conn).await?;
             let emails: Vec<String> = users.iter().map(|u| u.email.clone()).collect();
             let op = ours::AddUsersOperation { users };
-            api.alter(&tag, typed(&format!("{OURS}.AddUsersOperation"), &op))
-                .await
-                .map_err(Failure::Rpc)?;
+            api.alter(&tag, typed(&format!("{OURS}.AddUsersOperation"), &op)).await.map_err(Failure::Rpc)?;
             Ok((json!({ "tag": tag, "added": emails }), 0))
         }
         ApiCommand::RmUsers { tag, emails, .. } => {
             let api = Api::connect(&conn).await?;
-            let op = ours::RemoveUsersOperation {
-                emails: emails.clone(),
-            };
-            api.alter(&tag, typed(&format!("{OURS}.RemoveUsersOperation"), &op))
-                .await
-                .map_err(Failure::Rpc)?;
+            let op = ours::RemoveUsersOperation { emails: emails.clone() };
+            api.alter(&tag, typed(&format!("{OURS}.RemoveUsersOperation"), &op)).await.map_err(Failure::Rpc)?;
             Ok((json!({ "tag": tag, "removed": emails }), 0))
         }
     }
@@ -957,10 +861,7 @@ async fn add_users_one_by_one(api: &Api, inbounds: Vec<files::InboundUsers>) -> 
                 Ok(user) => user,
                 Err(why) => {
                     unusable += 1;
-                    eprintln!(
-                        "shardray api: inbound {:?}, user {:?}: {why}",
-                        inbound.tag, client.email
-                    );
+                    eprintln!("shardray api: inbound {:?}, user {:?}: {why}", inbound.tag, client.email);
                     results.push(json!({
                         "tag": inbound.tag, "email": client.email, "error": { "message": why }
                     }));
@@ -972,8 +873,7 @@ async fn add_users_one_by_one(api: &Api, inbounds: Vec<files::InboundUsers>) -> 
             match api.alter(&inbound.tag, op).await {
                 Ok(()) => {
                     added += 1;
-                    results
-                        .push(json!({ "tag": inbound.tag, "email": client.email, "result": "ok" }));
+                    results.push(json!({ "tag": inbound.tag, "email": client.email, "result": "ok" }));
                 }
                 Err(status) => {
                     refused += 1;
@@ -998,11 +898,7 @@ async fn add_users_one_by_one(api: &Api, inbounds: Vec<files::InboundUsers>) -> 
 
 /// `adi` / `ado`: the files are read and checked, but nothing is sent.
 fn not_convertible(what: &str, files: &[String]) -> Outcome {
-    let files = if files.is_empty() {
-        vec![files::STDIN.to_owned()]
-    } else {
-        files.to_vec()
-    };
+    let files = if files.is_empty() { vec![files::STDIN.to_owned()] } else { files.to_vec() };
     let mut tags = Vec::new();
     for file in &files {
         tags.extend(files::section_tags(&files::read_json(file)?, what, file)?);
@@ -1010,11 +906,7 @@ fn not_convertible(what: &str, files: &[String]) -> Outcome {
     Err(Failure::Input(format!(
         "adding {what} is not available yet: this client cannot convert {what} configs to the \
          API's protobuf form; nothing was sent (found: {})",
-        if tags.is_empty() {
-            "none".to_owned()
-        } else {
-            tags.join(", ")
-        }
+        if tags.is_empty() { "none".to_owned() } else { tags.join(", ") }
     )))
 }
 
@@ -1089,20 +981,8 @@ mod tests {
                 Err(e) => Err(e.to_string()),
             }
         };
-        match parse(&[
-            "statsquery",
-            "-server=1.2.3.4:5",
-            "-pattern",
-            "user",
-            "-reset",
-        ])
-        .unwrap()
-        {
-            ApiCommand::StatsQuery {
-                conn,
-                pattern,
-                reset,
-            } => {
+        match parse(&["statsquery", "-server=1.2.3.4:5", "-pattern", "user", "-reset"]).unwrap() {
+            ApiCommand::StatsQuery { conn, pattern, reset } => {
                 assert_eq!(conn.server, "1.2.3.4:5");
                 assert_eq!(conn.timeout, 3);
                 assert_eq!(pattern, "user");
@@ -1111,9 +991,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match parse(&["lsi", "--isOnlyTags"]).unwrap() {
-            ApiCommand::Lsi {
-                is_only_tags, conn, ..
-            } => {
+            ApiCommand::Lsi { is_only_tags, conn, .. } => {
                 assert!(is_only_tags);
                 assert_eq!(conn.server, "127.0.0.1:8080");
             }
@@ -1132,12 +1010,7 @@ mod tests {
         }
         // `-reset` does not swallow the next argument.
         match parse(&["sib", "-outbound=blocked", "-reset", "1.2.3.4"]).unwrap() {
-            ApiCommand::Sib {
-                reset,
-                ips,
-                ruletag,
-                ..
-            } => {
+            ApiCommand::Sib { reset, ips, ruletag, .. } => {
                 assert!(reset);
                 assert_eq!(ips, ["1.2.3.4"]);
                 assert_eq!(ruletag, "sourceIpBlock");

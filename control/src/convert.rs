@@ -37,10 +37,7 @@ impl fmt::Display for InvalidMessage {
 /// it bare or behind the `types.v2fly.org/` or `type.googleapis.com/` URL prefixes:
 /// `types.v2fly.org/v2ray.core.proxy.vless.Account` is `(V2ray, "proxy.vless.Account")`.
 pub fn message_type(t: &str) -> Result<(Flavor, &str), InvalidMessage> {
-    let bare = t
-        .strip_prefix("types.v2fly.org/")
-        .or_else(|| t.strip_prefix("type.googleapis.com/"))
-        .unwrap_or(t);
+    let bare = t.strip_prefix("types.v2fly.org/").or_else(|| t.strip_prefix("type.googleapis.com/")).unwrap_or(t);
     if let Some(rest) = bare.strip_prefix("xray.") {
         Ok((Flavor::Xray, rest))
     } else if let Some(rest) = bare.strip_prefix("v2ray.core.") {
@@ -83,10 +80,7 @@ impl fmt::Display for InvalidUser {
             InvalidUser::MissingAccount => f.write_str("user: account is missing"),
             InvalidUser::UnknownAccount(t) => write!(f, "user.account: unknown account type {t:?}"),
             InvalidUser::WrongAccount { account, inbound } => {
-                write!(
-                    f,
-                    "user.account: a {account} account cannot join a {inbound} inbound"
-                )
+                write!(f, "user.account: a {account} account cannot join a {inbound} inbound")
             }
             InvalidUser::Malformed(e) => write!(f, "user.account: cannot decode: {e}"),
             InvalidUser::BadId(id) => write!(f, "user.account.id: invalid UUID {id:?}"),
@@ -114,68 +108,41 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
         return Err(InvalidUser::MissingEmail);
     }
     let account = user.account.as_ref().ok_or(InvalidUser::MissingAccount)?;
-    let (flavor, name) = message_type(&account.r#type)
-        .map_err(|_| InvalidUser::UnknownAccount(account.r#type.clone()))?;
-    let protocol = match name
-        .strip_prefix("proxy.")
-        .and_then(|n| n.strip_suffix(".Account"))
-    {
+    let (flavor, name) =
+        message_type(&account.r#type).map_err(|_| InvalidUser::UnknownAccount(account.r#type.clone()))?;
+    let protocol = match name.strip_prefix("proxy.").and_then(|n| n.strip_suffix(".Account")) {
         Some(p) => p,
         None => return Err(InvalidUser::UnknownAccount(account.r#type.clone())),
     };
     if protocol != inbound_protocol {
-        return Err(InvalidUser::WrongAccount {
-            account: protocol.to_owned(),
-            inbound: inbound_protocol.to_owned(),
-        });
+        return Err(InvalidUser::WrongAccount { account: protocol.to_owned(), inbound: inbound_protocol.to_owned() });
     }
     let id = match (protocol, flavor) {
         ("vless", Flavor::V2ray) => {
-            V2rayVlessAccount::decode(&account.value[..])
-                .map_err(|e| InvalidUser::Malformed(e.to_string()))?
-                .id
+            V2rayVlessAccount::decode(&account.value[..]).map_err(|e| InvalidUser::Malformed(e.to_string()))?.id
         }
         ("vless", _) => {
-            let a = vless::Account::decode(&account.value[..])
-                .map_err(|e| InvalidUser::Malformed(e.to_string()))?;
+            let a = vless::Account::decode(&account.value[..]).map_err(|e| InvalidUser::Malformed(e.to_string()))?;
             if !a.flow.is_empty() {
                 return Err(InvalidUser::UnsupportedFlow(a.flow));
             }
             a.id
         }
-        (other, _) => {
-            return Err(InvalidUser::UnknownAccount(format!(
-                "{other} accounts are not served yet"
-            )))
-        }
+        (other, _) => return Err(InvalidUser::UnknownAccount(format!("{other} accounts are not served yet"))),
     };
     let id = parse_user_id(&id).ok_or(InvalidUser::BadId(id))?;
-    Ok(UserSpec {
-        id,
-        email: user.email.clone(),
-        level: user.level,
-    })
+    Ok(UserSpec { id, email: user.email.clone(), level: user.level })
 }
 
 /// The API form of a user of a VLESS inbound.
 pub fn vless_user(user: &UserSpec) -> User {
-    let account = vless::Account {
-        id: user.id.to_string(),
-        ..Default::default()
-    };
-    User {
-        level: user.level,
-        email: user.email.clone(),
-        account: Some(typed("xray.proxy.vless.Account", &account)),
-    }
+    let account = vless::Account { id: user.id.to_string(), ..Default::default() };
+    User { level: user.level, email: user.email.clone(), account: Some(typed("xray.proxy.vless.Account", &account)) }
 }
 
 /// Wraps a message in a TypedMessage of the given type name.
 pub fn typed(type_name: &str, message: &impl Message) -> TypedMessage {
-    TypedMessage {
-        r#type: type_name.to_owned(),
-        value: message.encode_to_vec(),
-    }
+    TypedMessage { r#type: type_name.to_owned(), value: message.encode_to_vec() }
 }
 
 #[cfg(test)]
@@ -183,14 +150,7 @@ mod tests {
     use super::*;
 
     fn user(type_name: &str, value: Vec<u8>) -> User {
-        User {
-            level: 1,
-            email: "a@b".into(),
-            account: Some(TypedMessage {
-                r#type: type_name.into(),
-                value,
-            }),
-        }
+        User { level: 1, email: "a@b".into(), account: Some(TypedMessage { r#type: type_name.into(), value }) }
     }
 
     #[test]
@@ -212,94 +172,43 @@ mod tests {
     #[test]
     fn xray_and_v2ray_vless_accounts() {
         let id = "b831381d-6324-4d53-ad4f-8cda48b30811";
-        let x = vless::Account {
-            id: id.into(),
-            encryption: "none".into(),
-            ..Default::default()
-        };
-        let spec = user_spec(
-            &user("xray.proxy.vless.Account", x.encode_to_vec()),
-            "vless",
-        )
-        .unwrap();
+        let x = vless::Account { id: id.into(), encryption: "none".into(), ..Default::default() };
+        let spec = user_spec(&user("xray.proxy.vless.Account", x.encode_to_vec()), "vless").unwrap();
         assert_eq!(spec.id.to_string(), id);
         assert_eq!((spec.level, spec.email.as_str()), (1, "a@b"));
         // V2Ray's field 2 is encryption: "none" there must not read as a flow.
-        let v = V2rayVlessAccount {
-            id: id.into(),
-            encryption: "none".into(),
-        };
-        let spec = user_spec(
-            &user("v2ray.core.proxy.vless.Account", v.encode_to_vec()),
-            "vless",
-        )
-        .unwrap();
+        let v = V2rayVlessAccount { id: id.into(), encryption: "none".into() };
+        let spec = user_spec(&user("v2ray.core.proxy.vless.Account", v.encode_to_vec()), "vless").unwrap();
         assert_eq!(spec.id.to_string(), id);
         // Short string ids map as upstream maps them.
-        let short = vless::Account {
-            id: "alice".into(),
-            ..Default::default()
-        };
-        let spec = user_spec(
-            &user("xray.proxy.vless.Account", short.encode_to_vec()),
-            "vless",
-        )
-        .unwrap();
+        let short = vless::Account { id: "alice".into(), ..Default::default() };
+        let spec = user_spec(&user("xray.proxy.vless.Account", short.encode_to_vec()), "vless").unwrap();
         assert_eq!(spec.id.to_string(), "ec61d669-fc85-586b-a097-822a49b51e7e");
     }
 
     #[test]
     fn refusals_name_the_problem() {
-        let ok = vless::Account {
-            id: "b831381d-6324-4d53-ad4f-8cda48b30811".into(),
-            ..Default::default()
-        };
+        let ok = vless::Account { id: "b831381d-6324-4d53-ad4f-8cda48b30811".into(), ..Default::default() };
         let mut no_email = user("xray.proxy.vless.Account", ok.encode_to_vec());
         no_email.email.clear();
-        assert_eq!(
-            user_spec(&no_email, "vless"),
-            Err(InvalidUser::MissingEmail)
-        );
+        assert_eq!(user_spec(&no_email, "vless"), Err(InvalidUser::MissingEmail));
         let trojan = user("xray.proxy.trojan.Account", vec![]);
-        assert!(matches!(
-            user_spec(&trojan, "vless"),
-            Err(InvalidUser::WrongAccount { .. })
-        ));
+        assert!(matches!(user_spec(&trojan, "vless"), Err(InvalidUser::WrongAccount { .. })));
         assert!(matches!(
             user_spec(&user("xray.proxy.vless.Account", vec![0xff]), "vless"),
             Err(InvalidUser::Malformed(_))
         ));
-        let long = vless::Account {
-            id: "x".repeat(31),
-            ..Default::default()
-        };
+        let long = vless::Account { id: "x".repeat(31), ..Default::default() };
         assert!(matches!(
-            user_spec(
-                &user("xray.proxy.vless.Account", long.encode_to_vec()),
-                "vless"
-            ),
+            user_spec(&user("xray.proxy.vless.Account", long.encode_to_vec()), "vless"),
             Err(InvalidUser::BadId(_))
         ));
-        let vision = vless::Account {
-            id: "alice".into(),
-            flow: "xtls-rprx-vision".into(),
-            ..Default::default()
-        };
+        let vision = vless::Account { id: "alice".into(), flow: "xtls-rprx-vision".into(), ..Default::default() };
         assert!(matches!(
-            user_spec(
-                &user("xray.proxy.vless.Account", vision.encode_to_vec()),
-                "vless"
-            ),
+            user_spec(&user("xray.proxy.vless.Account", vision.encode_to_vec()), "vless"),
             Err(InvalidUser::UnsupportedFlow(_))
         ));
-        let no_account = User {
-            level: 0,
-            email: "a@b".into(),
-            account: None,
-        };
-        assert_eq!(
-            user_spec(&no_account, "vless"),
-            Err(InvalidUser::MissingAccount)
-        );
+        let no_account = User { level: 0, email: "a@b".into(), account: None };
+        assert_eq!(user_spec(&no_account, "vless"), Err(InvalidUser::MissingAccount));
     }
 }

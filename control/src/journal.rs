@@ -42,25 +42,17 @@ impl Journal {
         let mut changes = Vec::new();
         let mut invalid = Vec::new();
         if path.exists() {
-            let lines: Vec<String> = BufReader::new(File::open(&path)?)
-                .lines()
-                .collect::<Result<_, _>>()?;
+            let lines: Vec<String> = BufReader::new(File::open(&path)?).lines().collect::<Result<_, _>>()?;
             let last = lines.len();
             for (i, line) in lines.iter().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
-                match serde_json::from_str::<Value>(line)
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| decode(&v))
-                {
+                match serde_json::from_str::<Value>(line).map_err(|e| e.to_string()).and_then(|v| decode(&v)) {
                     Ok(change) => changes.push(change),
                     // A torn final line is the normal trace of a crash mid-append.
                     Err(_) if i + 1 == last => {}
-                    Err(reason) => invalid.push(InvalidRecord {
-                        line: i + 1,
-                        reason,
-                    }),
+                    Err(reason) => invalid.push(InvalidRecord { line: i + 1, reason }),
                 }
             }
         }
@@ -88,10 +80,7 @@ impl Journal {
         for inbound in sets.inbounds().iter().filter(|i| i.has_users) {
             let mut users: Vec<UserSpec> = inbound.users.values().cloned().collect();
             users.sort_by(|a, b| a.email.cmp(&b.email));
-            let change = Change::ReplaceUsers {
-                inbound: inbound.tag.clone(),
-                users,
-            };
+            let change = Change::ReplaceUsers { inbound: inbound.tag.clone(), users };
             if let Some(record) = encode(&change) {
                 writeln!(out, "{record}")?;
             }
@@ -119,11 +108,7 @@ fn encode(change: &Change) -> Option<Value> {
         Change::RemoveUsers { inbound, emails } => {
             json!({ "op": "remove", "inbound": inbound, "emails": emails })
         }
-        Change::SetLevel {
-            inbound,
-            email,
-            level,
-        } => {
+        Change::SetLevel { inbound, email, level } => {
             json!({ "op": "level", "inbound": inbound, "email": email, "level": level })
         }
         Change::ReplaceUsers { inbound, users } => {
@@ -135,28 +120,14 @@ fn encode(change: &Change) -> Option<Value> {
 
 fn decode(v: &Value) -> Result<Change, String> {
     let text = |key: &str| -> Result<String, String> {
-        v.get(key)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| format!("{key}: missing or not a string"))
+        v.get(key).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| format!("{key}: missing or not a string"))
     };
     let users = || -> Result<Vec<UserSpec>, String> {
-        let list = v
-            .get("users")
-            .and_then(Value::as_array)
-            .ok_or("users: missing")?;
+        let list = v.get("users").and_then(Value::as_array).ok_or("users: missing")?;
         list.iter()
             .map(|u| {
-                let id = u
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("users[].id: bad")?;
-                let email = u
-                    .get("email")
-                    .and_then(Value::as_str)
-                    .ok_or("users[].email: missing")?
-                    .to_owned();
+                let id = u.get("id").and_then(Value::as_str).and_then(|s| s.parse().ok()).ok_or("users[].id: bad")?;
+                let email = u.get("email").and_then(Value::as_str).ok_or("users[].email: missing")?.to_owned();
                 let level = u.get("level").and_then(Value::as_u64).unwrap_or(0) as u32;
                 Ok(UserSpec { id, email, level })
             })
@@ -164,36 +135,16 @@ fn decode(v: &Value) -> Result<Change, String> {
     };
     let inbound = text("inbound")?;
     match text("op")?.as_str() {
-        "add" => Ok(Change::AddUsers {
-            inbound,
-            users: users()?,
-        }),
-        "replace" => Ok(Change::ReplaceUsers {
-            inbound,
-            users: users()?,
-        }),
+        "add" => Ok(Change::AddUsers { inbound, users: users()? }),
+        "replace" => Ok(Change::ReplaceUsers { inbound, users: users()? }),
         "remove" => {
-            let emails = v
-                .get("emails")
-                .and_then(Value::as_array)
-                .ok_or("emails: missing")?;
-            let emails = emails
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect();
+            let emails = v.get("emails").and_then(Value::as_array).ok_or("emails: missing")?;
+            let emails = emails.iter().filter_map(Value::as_str).map(str::to_owned).collect();
             Ok(Change::RemoveUsers { inbound, emails })
         }
         "level" => {
-            let level = v
-                .get("level")
-                .and_then(Value::as_u64)
-                .ok_or("level: missing")? as u32;
-            Ok(Change::SetLevel {
-                inbound,
-                email: text("email")?,
-                level,
-            })
+            let level = v.get("level").and_then(Value::as_u64).ok_or("level: missing")? as u32;
+            Ok(Change::SetLevel { inbound, email: text("email")?, level })
         }
         other => Err(format!("op: unknown {other:?}")),
     }
@@ -204,34 +155,17 @@ mod tests {
     use super::*;
 
     fn user(n: u8) -> UserSpec {
-        UserSpec {
-            id: uuid::Uuid::from_bytes([n; 16]),
-            email: format!("u{n}@x"),
-            level: u32::from(n),
-        }
+        UserSpec { id: uuid::Uuid::from_bytes([n; 16]), email: format!("u{n}@x"), level: u32::from(n) }
     }
 
     #[test]
     fn records_round_trip_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let changes = vec![
-            Change::AddUsers {
-                inbound: "in".into(),
-                users: vec![user(1), user(2)],
-            },
-            Change::RemoveUsers {
-                inbound: "in".into(),
-                emails: vec!["u1@x".into()],
-            },
-            Change::SetLevel {
-                inbound: "in".into(),
-                email: "u2@x".into(),
-                level: 7,
-            },
-            Change::ReplaceUsers {
-                inbound: "in".into(),
-                users: vec![user(3)],
-            },
+            Change::AddUsers { inbound: "in".into(), users: vec![user(1), user(2)] },
+            Change::RemoveUsers { inbound: "in".into(), emails: vec!["u1@x".into()] },
+            Change::SetLevel { inbound: "in".into(), email: "u2@x".into(), level: 7 },
+            Change::ReplaceUsers { inbound: "in".into(), users: vec![user(3)] },
         ];
         {
             let (mut j, old, bad) = Journal::open(dir.path()).unwrap();
@@ -239,11 +173,7 @@ mod tests {
             for c in &changes {
                 j.append(c).unwrap();
             }
-            j.append(&Change::Kick {
-                inbound: "in".into(),
-                email: "u3@x".into(),
-            })
-            .unwrap();
+            j.append(&Change::Kick { inbound: "in".into(), email: "u3@x".into() }).unwrap();
         }
         // A crash in the middle of the next append.
         let path = dir.path().join(FILE);
@@ -257,15 +187,13 @@ mod tests {
     #[test]
     fn a_corrupt_middle_line_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(FILE), "{\"op\":\"zap\",\"inbound\":\"in\"}\n{\"op\":\"remove\",\"inbound\":\"in\",\"emails\":[]}\n").unwrap();
+        fs::write(
+            dir.path().join(FILE),
+            "{\"op\":\"zap\",\"inbound\":\"in\"}\n{\"op\":\"remove\",\"inbound\":\"in\",\"emails\":[]}\n",
+        )
+        .unwrap();
         let (_, read, bad) = Journal::open(dir.path()).unwrap();
         assert_eq!(read.len(), 1);
-        assert_eq!(
-            bad,
-            vec![InvalidRecord {
-                line: 1,
-                reason: "op: unknown \"zap\"".into()
-            }]
-        );
+        assert_eq!(bad, vec![InvalidRecord { line: 1, reason: "op: unknown \"zap\"".into() }]);
     }
 }

@@ -3,6 +3,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+pub mod audit;
 pub mod cli_api;
 pub mod config;
 pub mod convert;

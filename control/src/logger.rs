@@ -16,18 +16,85 @@ const QUEUE: usize = 64 * 1024;
 /// Opens the log targets and starts the writer; returns the sink to hand out and the thread,
 /// which ends on `LogSink::close` or once every sink is dropped.
 pub fn start(spec: &LogSpec) -> io::Result<(LogSink, JoinHandle<()>)> {
-    let access = open(&spec.access)?;
-    let error = open(&spec.error)?;
+    let writer = Writer::open(spec.clone())?;
     let (tx, rx) = bounded(QUEUE);
     let access_on = !matches!(spec.access, LogTarget::Discard);
     let sink = LogSink::new(tx, spec.level, access_on);
-    let handle = std::thread::Builder::new()
-        .name("logger".into())
-        .spawn(move || write_loop(rx, access, error))?;
+    let handle = std::thread::Builder::new().name("logger".into()).spawn(move || writer.run(rx))?;
     Ok((sink, handle))
 }
 
-fn open(target: &LogTarget) -> io::Result<Option<Box<dyn Write + Send>>> {
+type Target = Option<Box<dyn Write + Send>>;
+
+/// The logger thread's state: the open targets and the followers.
+struct Writer {
+    spec: LogSpec,
+    access: Target,
+    error: Target,
+    followers: Vec<async_channel::Sender<String>>,
+}
+
+impl Writer {
+    fn open(spec: LogSpec) -> io::Result<Writer> {
+        let access = open(&spec.access)?;
+        let error = open(&spec.error)?;
+        Ok(Writer { spec, access, error, followers: Vec::new() })
+    }
+
+    fn run(mut self, rx: Receiver<LogRecord>) {
+        while let Ok(record) = rx.recv() {
+            let stamp = timestamp(SystemTime::now());
+            // A failed write (disk full, closed pipe) must not stop the server; the line is lost.
+            match record {
+                LogRecord::Access(line) => self.write_access(format!("{stamp} {line}")),
+                LogRecord::Error(level, line) => self.write_error(format!("{stamp} [{}] {line}", level_name(level))),
+                LogRecord::Audit(line) => self.write_error(format!("{stamp} [Audit] {line}")),
+                LogRecord::Reopen(done) => {
+                    let _ = done.send(self.reopen().map_err(|e| e.to_string()));
+                }
+                LogRecord::Follow(follower) => self.followers.push(follower),
+                LogRecord::Close => break,
+            }
+            if rx.is_empty() {
+                flush(&mut self.access, &mut self.error);
+            }
+        }
+        flush(&mut self.access, &mut self.error);
+    }
+
+    fn write_access(&mut self, line: String) {
+        if let Some(w) = self.access.as_mut() {
+            let _ = writeln!(w, "{line}");
+        }
+        self.tell_followers(line);
+    }
+
+    fn write_error(&mut self, line: String) {
+        if let Some(w) = self.error.as_mut() {
+            let _ = writeln!(w, "{line}");
+        }
+        self.tell_followers(line);
+    }
+
+    /// A follower that is gone or too slow to keep up is dropped, never waited for.
+    fn tell_followers(&mut self, line: String) {
+        if !self.followers.is_empty() {
+            self.followers.retain(|f| f.try_send(line.clone()).is_ok());
+        }
+    }
+
+    /// Opens the files anew, for log rotation; on failure the old targets stay.
+    fn reopen(&mut self) -> io::Result<()> {
+        let access = open(&self.spec.access)?;
+        let error = open(&self.spec.error)?;
+        flush(&mut self.access, &mut self.error);
+        self.access = access;
+        self.error = error;
+        Ok(())
+    }
+}
+
+fn open(target: &LogTarget) -> io::Result<Target> {
     Ok(match target {
         LogTarget::Discard => None,
         LogTarget::Stdout => Some(Box::new(io::stdout())),
@@ -36,46 +103,13 @@ fn open(target: &LogTarget) -> io::Result<Option<Box<dyn Write + Send>>> {
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot open log file {}: {e}", path.display()),
-                    )
-                })?;
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot open log file {}: {e}", path.display())))?;
             Some(Box::new(io::LineWriter::new(file)))
         }
     })
 }
 
-fn write_loop(
-    rx: Receiver<LogRecord>,
-    mut access: Option<Box<dyn Write + Send>>,
-    mut error: Option<Box<dyn Write + Send>>,
-) {
-    while let Ok(record) = rx.recv() {
-        let stamp = timestamp(SystemTime::now());
-        // A failed write (disk full, closed pipe) must not stop the server; the line is lost.
-        match record {
-            LogRecord::Access(line) => {
-                if let Some(w) = access.as_mut() {
-                    let _ = writeln!(w, "{stamp} {line}");
-                }
-            }
-            LogRecord::Error(level, line) => {
-                if let Some(w) = error.as_mut() {
-                    let _ = writeln!(w, "{stamp} [{}] {line}", level_name(level));
-                }
-            }
-            LogRecord::Close => break,
-        }
-        if rx.is_empty() {
-            flush(&mut access, &mut error);
-        }
-    }
-    flush(&mut access, &mut error);
-}
-
-fn flush(access: &mut Option<Box<dyn Write + Send>>, error: &mut Option<Box<dyn Write + Send>>) {
+fn flush(access: &mut Target, error: &mut Target) {
     for w in [access.as_mut(), error.as_mut()].into_iter().flatten() {
         let _ = w.flush();
     }
@@ -124,9 +158,6 @@ mod tests {
     fn formats_utc_like_upstream() {
         let t = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
         assert_eq!(timestamp(t), "2023/11/14 22:13:20.123456");
-        assert_eq!(
-            timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000/02/29 00:00:00.000000"
-        );
+        assert_eq!(timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000/02/29 00:00:00.000000");
     }
 }

@@ -71,17 +71,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(shardray_control::cli_api::upstream_api_flags(
-        upstream_flags(std::env::args_os()),
-    ));
+    let cli = Cli::parse_from(shardray_control::cli_api::upstream_api_flags(upstream_flags(std::env::args_os())));
     match cli.command {
-        Command::Run {
-            config,
-            shards,
-            grace,
-            state,
-            flush,
-        } => {
+        Command::Run { config, shards, grace, state, flush } => {
             let options = RunOptions {
                 shards,
                 grace: Duration::from_secs(grace),
@@ -93,15 +85,13 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Test { config } => {
-            match load(&config).and_then(|cfg| shardray_control::server::check(&cfg)) {
-                Ok(()) => {
-                    println!("Configuration OK.");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
+        Command::Test { config } => match load(&config).and_then(|cfg| shardray_control::server::check(&cfg)) {
+            Ok(()) => {
+                println!("Configuration OK.");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => fail(e),
+        },
         Command::Link { config, host } => match load(&config) {
             Ok(cfg) => {
                 for link in links(&cfg, host.as_deref()) {
@@ -112,10 +102,7 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Version => {
-            println!(
-                "shardray {} (V2Ray/Xray compatible config and API)",
-                env!("CARGO_PKG_VERSION")
-            );
+            println!("shardray {} (V2Ray/Xray compatible config and API)", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Command::Uuid => {
@@ -136,9 +123,7 @@ fn upstream_flags(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     args.map(|a| match a.to_str() {
         Some("-config") => "--config".into(),
         Some("-confdir") => "--confdir".into(),
-        Some(s) if s.starts_with("-config=") || s.starts_with("-confdir=") => {
-            format!("-{s}").into()
-        }
+        Some(s) if s.starts_with("-config=") || s.starts_with("-confdir=") => format!("-{s}").into(),
         _ => a,
     })
     .collect()
@@ -174,11 +159,7 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
             None => "none".to_owned(),
         };
         for user in &vless.clients {
-            let name = if user.email.is_empty() {
-                inbound.tag.as_str()
-            } else {
-                user.email.as_str()
-            };
+            let name = if user.email.is_empty() { inbound.tag.as_str() } else { user.email.as_str() };
             out.push(format!(
                 "vless://{}@{}:{}?encryption=none&security={}&type=tcp#{}",
                 user.id,
@@ -196,9 +177,7 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
 fn percent(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()

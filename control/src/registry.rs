@@ -35,15 +35,12 @@ pub struct InboundUsers {
 impl InboundUsers {
     /// The user with this email (any ASCII case).
     pub fn by_email(&self, email: &str) -> Option<&UserSpec> {
-        self.by_email
-            .get(&email.to_ascii_lowercase())
-            .and_then(|id| self.users.get(id))
+        self.by_email.get(&email.to_ascii_lowercase()).and_then(|id| self.users.get(id))
     }
 
     fn insert(&mut self, user: UserSpec) {
         if !user.email.is_empty() {
-            self.by_email
-                .insert(user.email.to_ascii_lowercase(), user.id);
+            self.by_email.insert(user.email.to_ascii_lowercase(), user.id);
         }
         self.users.insert(user.id, user);
     }
@@ -109,12 +106,7 @@ impl Registry {
     /// The registry for running shards that started from `sets`; changes are journaled if
     /// a journal is given.
     pub fn new(sets: UserSets, journal: Option<Journal>, shards: ShardLinks) -> Registry {
-        Registry {
-            epoch: 0,
-            sets,
-            journal,
-            shards,
-        }
+        Registry { epoch: 0, sets, journal, shards }
     }
 
     /// The epoch of the last change applied.
@@ -143,19 +135,14 @@ impl Registry {
         self.sets.check(&change)?;
         if let Some(journal) = &mut self.journal {
             // Write-ahead: on disk before any shard sees it, so a crash loses no acknowledged change.
-            journal
-                .append(&change)
-                .map_err(|e| ChangeError::Journal(e.to_string()))?;
+            journal.append(&change).map_err(|e| ChangeError::Journal(e.to_string()))?;
         }
         self.epoch += 1;
         let epoch = self.epoch;
         let change = Arc::new(change);
         // Recorded before waiting: once sent, every shard will apply it in order, even late.
         self.sets.record(&change);
-        self.shards
-            .broadcast(epoch, change, APPLY_TIMEOUT)
-            .await
-            .map_err(ChangeError::Shards)?;
+        self.shards.broadcast(epoch, change, APPLY_TIMEOUT).await.map_err(ChangeError::Shards)?;
         Ok(epoch)
     }
 }
@@ -167,10 +154,7 @@ impl UserSets {
             .inbounds
             .iter()
             .map(|i| {
-                let mut entry = InboundUsers {
-                    tag: i.tag.clone(),
-                    ..Default::default()
-                };
+                let mut entry = InboundUsers { tag: i.tag.clone(), ..Default::default() };
                 match &i.protocol {
                     InboundProtocol::Vless(v) => {
                         entry.protocol = "vless";
@@ -205,10 +189,7 @@ impl UserSets {
 
     /// The inbound with this tag.
     pub fn inbound(&self, tag: &str) -> Result<&InboundUsers, ChangeError> {
-        self.inbounds
-            .iter()
-            .find(|i| i.tag == tag)
-            .ok_or_else(|| ChangeError::InboundNotFound(tag.to_owned()))
+        self.inbounds.iter().find(|i| i.tag == tag).ok_or_else(|| ChangeError::InboundNotFound(tag.to_owned()))
     }
 
     /// Every user with an email, with its level, for counters (an email in several inbounds

@@ -10,6 +10,7 @@ use anyhow::Context;
 use shardray_core::spec::{Config, LogLevel};
 
 use crate::api::{self, stats::CounterBook, ApiState};
+use crate::audit::Audit;
 use crate::journal::Journal;
 use crate::registry::UserSets;
 use crate::server::{allowed_cpus, Server};
@@ -43,48 +44,30 @@ fn counters_path(state: &std::path::Path) -> PathBuf {
 fn restore(config: &mut Config, state: Option<&std::path::Path>) -> anyhow::Result<Restored> {
     let mut sets = UserSets::from_config(config);
     let Some(dir) = state else {
-        return Ok(Restored {
-            sets,
-            journal: None,
-            counters: CounterBook::default(),
-        });
+        return Ok(Restored { sets, journal: None, counters: CounterBook::default() });
     };
     let (mut journal, changes, invalid) =
         Journal::open(dir).with_context(|| format!("state directory {}", dir.display()))?;
     for bad in invalid {
-        eprintln!(
-            "shardray: journal line {} skipped: {}",
-            bad.line, bad.reason
-        );
+        eprintln!("shardray: journal line {} skipped: {}", bad.line, bad.reason);
     }
     let total = changes.len();
     for (i, change) in changes.iter().enumerate() {
         // The config may have changed since (an inbound removed): such a record no longer applies.
         if let Err(e) = sets.apply(change) {
-            eprintln!(
-                "shardray: journal record {} of {total} no longer applies: {e}",
-                i + 1
-            );
+            eprintln!("shardray: journal record {} of {total} no longer applies: {e}", i + 1);
         }
     }
     sets.write_into(config);
     journal.compact(&sets).context("compacting the journal")?;
     let counters = CounterBook::load(&counters_path(dir)).context("saved counters")?;
-    Ok(Restored {
-        sets,
-        journal: Some(journal),
-        counters,
-    })
+    Ok(Restored { sets, journal: Some(journal), counters })
 }
 
 /// Runs the server until a stop signal; returns once it has stopped.
 pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
-    let shards = options
-        .shards
-        .unwrap_or_else(|| allowed_cpus().len().max(1));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let shards = options.shards.unwrap_or_else(|| allowed_cpus().len().max(1));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let restored = restore(&mut config, options.state.as_deref())?;
     // The API binds first, so that a taken API port stops the start before any shard runs.
     let api = match &config.api {
@@ -99,12 +82,15 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     for (tag, addr) in &server.bound {
         eprintln!("shardray: inbound {tag:?} listening on {addr}");
     }
+    let audit = Audit::open(server.log.clone(), options.state.as_deref()).context("audit log")?;
     let state = ApiState::new(
         server.links(),
         &server.bound,
         restored.sets,
         restored.journal,
         restored.counters,
+        server.log.clone(),
+        audit,
     );
     if let Some((spec, listener)) = api {
         match &listener {
@@ -127,8 +113,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 let saved = match state.counter_values().await {
-                    Ok(values) => CounterBook::save(&counters_path(&dir), &values)
-                        .map_err(anyhow::Error::from),
+                    Ok(values) => CounterBook::save(&counters_path(&dir), &values).map_err(anyhow::Error::from),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = saved {
@@ -137,33 +122,33 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
             }
         });
     }
-    eprintln!(
-        "shardray: started {} with {} shards",
-        env!("CARGO_PKG_VERSION"),
-        server.shard_count()
-    );
-    server.log.error(
-        LogLevel::Warning,
-        format_args!("shardray {} started", env!("CARGO_PKG_VERSION")),
-    );
+    eprintln!("shardray: started {} with {} shards", env!("CARGO_PKG_VERSION"), server.shard_count());
+    server.log.error(LogLevel::Warning, format_args!("shardray {} started", env!("CARGO_PKG_VERSION")));
 
+    let log = server.log.clone();
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        else {
             return;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                // SIGHUP reopens the log files, for logrotate.
+                _ = hup.recv() => {
+                    let log = log.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || log.reopen()).await {
+                        eprintln!("shardray: reopening logs: {e}");
+                    }
+                }
+            }
         }
     });
-    eprintln!(
-        "shardray: stopping; live sessions have {}s to finish",
-        options.grace.as_secs()
-    );
+
+    eprintln!("shardray: stopping; live sessions have {}s to finish", options.grace.as_secs());
     let finals = server.stop(options.grace);
     if let Some(dir) = &options.state {
         let users = runtime.block_on(state.registry.lock()).stat_users();

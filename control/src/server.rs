@@ -30,22 +30,11 @@ pub struct ShardLinks {
 
 impl ShardLinks {
     /// Sends `change` as `epoch` to every shard and waits until each has applied it.
-    pub async fn broadcast(
-        &self,
-        epoch: u64,
-        change: Arc<Change>,
-        within: Duration,
-    ) -> Result<(), BroadcastError> {
+    pub async fn broadcast(&self, epoch: u64, change: Arc<Change>, within: Duration) -> Result<(), BroadcastError> {
         let (ack_tx, ack_rx) = async_channel::bounded(self.commands.len());
         for (id, tx) in self.commands.iter().enumerate() {
-            let command = ShardCommand::Apply {
-                epoch,
-                change: change.clone(),
-                ack: ack_tx.clone(),
-            };
-            tx.send(command)
-                .await
-                .map_err(|_| BroadcastError::Gone(id))?;
+            let command = ShardCommand::Apply { epoch, change: change.clone(), ack: ack_tx.clone() };
+            tx.send(command).await.map_err(|_| BroadcastError::Gone(id))?;
         }
         let mut pending: Vec<usize> = (0..self.commands.len()).collect();
         let wait = async {
@@ -53,20 +42,14 @@ impl ShardLinks {
                 let Ok(ack) = ack_rx.recv().await else { break };
                 pending.retain(|&s| s != ack.shard);
                 if let Err(reason) = ack.result {
-                    return Err(BroadcastError::Refused {
-                        shard: ack.shard,
-                        reason,
-                    });
+                    return Err(BroadcastError::Refused { shard: ack.shard, reason });
                 }
             }
             Ok(())
         };
         match tokio::time::timeout(within, wait).await {
             Ok(result) => result,
-            Err(_) => Err(BroadcastError::Timeout {
-                epoch,
-                shards: pending.clone(),
-            }),
+            Err(_) => Err(BroadcastError::Timeout { epoch, shards: pending.clone() }),
         }
     }
 
@@ -75,18 +58,12 @@ impl ShardLinks {
         let mut replies = Vec::with_capacity(self.commands.len());
         for (id, tx) in self.commands.iter().enumerate() {
             let (reply_tx, reply_rx) = async_channel::bounded(1);
-            tx.send(ShardCommand::Snapshot(reply_tx))
-                .await
-                .map_err(|_| anyhow!("shard {id} is gone"))?;
+            tx.send(ShardCommand::Snapshot(reply_tx)).await.map_err(|_| anyhow!("shard {id} is gone"))?;
             replies.push(reply_rx);
         }
         let mut out = Vec::with_capacity(replies.len());
         for (id, rx) in replies.into_iter().enumerate() {
-            out.push(
-                rx.recv()
-                    .await
-                    .map_err(|_| anyhow!("shard {id} did not answer"))?,
-            );
+            out.push(rx.recv().await.map_err(|_| anyhow!("shard {id} did not answer"))?);
         }
         Ok(out)
     }
@@ -160,26 +137,19 @@ pub fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
         }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
     }
 }
 
 impl Server {
     /// Binds, starts `shards` shards and waits until each serves. `api_addrs` are the API's
     /// bound addresses, which no session may reach.
-    pub fn start(
-        config: Arc<Config>,
-        shards: usize,
-        api_addrs: &[SocketAddr],
-    ) -> anyhow::Result<Server> {
+    pub fn start(config: Arc<Config>, shards: usize, api_addrs: &[SocketAddr]) -> anyhow::Result<Server> {
         check(&config)?;
         let shards = shards.max(1);
         let (log, logger) = logger::start(&config.log).context("log")?;
 
-        let mut listeners: Vec<Vec<std::net::TcpListener>> =
-            (0..shards).map(|_| Vec::new()).collect();
+        let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for (i, inbound) in config.inbounds.iter().enumerate() {
             let (sockets, addr) = bind_reuseport(inbound.listen, shards)
@@ -210,14 +180,7 @@ impl Server {
             handles.push(spawn_shard(plan).with_context(|| format!("starting shard {id}"))?);
             commands.push(tx);
         }
-        let mut server = Server {
-            config: config.clone(),
-            commands,
-            handles,
-            bound,
-            log,
-            logger: Some(logger),
-        };
+        let mut server = Server { config: config.clone(), commands, handles, bound, log, logger: Some(logger) };
         for _ in 0..shards {
             match ready_rx.recv_timeout(START_TIMEOUT) {
                 Ok(Ok(_)) => {}
@@ -241,10 +204,7 @@ impl Server {
 
     /// A handle the API uses to reach the shards.
     pub fn links(&self) -> ShardLinks {
-        ShardLinks {
-            commands: self.commands.clone().into(),
-            config: self.config.clone(),
-        }
+        ShardLinks { commands: self.commands.clone().into(), config: self.config.clone() }
     }
 
     /// Stops accepting, gives live sessions up to `grace`, and waits for every shard to end.
@@ -252,10 +212,7 @@ impl Server {
     pub fn stop(&mut self, grace: Duration) -> Vec<StatsSnapshot> {
         let (last_tx, last_rx) = async_channel::bounded(self.commands.len().max(1));
         for tx in &self.commands {
-            let _ = tx.try_send(ShardCommand::Drain {
-                grace,
-                last: last_tx.clone(),
-            });
+            let _ = tx.try_send(ShardCommand::Drain { grace, last: last_tx.clone() });
         }
         drop(last_tx);
         self.commands.clear();
@@ -266,8 +223,7 @@ impl Server {
         while let Ok(snapshot) = last_rx.try_recv() {
             finals.push(snapshot);
         }
-        self.log
-            .error(LogLevel::Warning, format_args!("shardray stopped"));
+        self.log.error(LogLevel::Warning, format_args!("shardray stopped"));
         finals
     }
 }
@@ -288,10 +244,7 @@ impl Drop for Server {
 
 /// Binds `count` listening sockets to one address with SO_REUSEPORT; a port of 0 is chosen by
 /// the first bind and reused by the rest.
-fn bind_reuseport(
-    addr: SocketAddr,
-    count: usize,
-) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     let mut sockets = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {

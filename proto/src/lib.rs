@@ -10,8 +10,7 @@
 
 /// Serialized `google.protobuf.FileDescriptorSet` of every file in `proto/`
 /// (and their imports), for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));
 
 /// `shardray.*` packages: our own additions, in envelopes upstream clients already know.
 pub mod shardray {
@@ -166,10 +165,8 @@ mod tests {
                 }),
             }),
         };
-        let envelope = TypedMessage {
-            r#type: "xray.app.proxyman.command.AddUserOperation".into(),
-            value: op.encode_to_vec(),
-        };
+        let envelope =
+            TypedMessage { r#type: "xray.app.proxyman.command.AddUserOperation".into(), value: op.encode_to_vec() };
 
         let bytes = envelope.encode_to_vec();
         let back = TypedMessage::decode(bytes.as_slice()).unwrap();
@@ -186,44 +183,21 @@ mod tests {
     #[test]
     fn vless_account_wire_numbers_match_upstream() {
         // id = 1 (tag 0x0a), flow = 2 (tag 0x12), encryption = 3 (tag 0x1a).
-        let acc = Account {
-            id: "a".into(),
-            flow: "b".into(),
-            encryption: "c".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            acc.encode_to_vec(),
-            vec![0x0a, 1, b'a', 0x12, 1, b'b', 0x1a, 1, b'c']
-        );
+        let acc = Account { id: "a".into(), flow: "b".into(), encryption: "c".into(), ..Default::default() };
+        assert_eq!(acc.encode_to_vec(), vec![0x0a, 1, b'a', 0x12, 1, b'b', 0x1a, 1, b'c']);
     }
 
     #[test]
     fn service_names_match_upstream() {
         use tonic::server::NamedService;
-        type Handler =
-            super::xray::app::proxyman::command::handler_service_server::HandlerServiceServer<()>;
+        type Handler = super::xray::app::proxyman::command::handler_service_server::HandlerServiceServer<()>;
         type Stats = super::xray::app::stats::command::stats_service_server::StatsServiceServer<()>;
-        type Logger =
-            super::xray::app::log::command::logger_service_server::LoggerServiceServer<()>;
-        type Routing =
-            super::xray::app::router::command::routing_service_server::RoutingServiceServer<()>;
-        assert_eq!(
-            <Handler as NamedService>::NAME,
-            "xray.app.proxyman.command.HandlerService"
-        );
-        assert_eq!(
-            <Stats as NamedService>::NAME,
-            "xray.app.stats.command.StatsService"
-        );
-        assert_eq!(
-            <Logger as NamedService>::NAME,
-            "xray.app.log.command.LoggerService"
-        );
-        assert_eq!(
-            <Routing as NamedService>::NAME,
-            "xray.app.router.command.RoutingService"
-        );
+        type Logger = super::xray::app::log::command::logger_service_server::LoggerServiceServer<()>;
+        type Routing = super::xray::app::router::command::routing_service_server::RoutingServiceServer<()>;
+        assert_eq!(<Handler as NamedService>::NAME, "xray.app.proxyman.command.HandlerService");
+        assert_eq!(<Stats as NamedService>::NAME, "xray.app.stats.command.StatsService");
+        assert_eq!(<Logger as NamedService>::NAME, "xray.app.log.command.LoggerService");
+        assert_eq!(<Routing as NamedService>::NAME, "xray.app.router.command.RoutingService");
     }
 
     #[test]
@@ -254,11 +228,6 @@ mod tests {
             #[prost(message, repeated, tag = "1")]
             file: Vec<File>,
         }
-        Set::decode(bytes)
-            .unwrap()
-            .file
-            .into_iter()
-            .filter_map(|f| f.package)
-            .collect()
+        Set::decode(bytes).unwrap().file.into_iter().filter_map(|f| f.package).collect()
     }
 }

@@ -15,17 +15,9 @@ pub struct ApiClient {
 impl ApiClient {
     /// Connects to the API at `addr`.
     pub fn connect(addr: SocketAddr) -> ApiClient {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let channel = rt
-            .block_on(
-                Channel::from_shared(format!("http://{addr}"))
-                    .unwrap()
-                    .connect(),
-            )
-            .expect("connect to the API");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let channel =
+            rt.block_on(Channel::from_shared(format!("http://{addr}")).unwrap().connect()).expect("connect to the API");
         ApiClient { rt, channel }
     }
 
@@ -50,21 +42,13 @@ impl ApiClient {
                 ..Default::default()
             }))
             .expect("QueryStats");
-        reply
-            .into_inner()
-            .stat
-            .into_iter()
-            .map(|s| (s.name, s.value))
-            .collect()
+        reply.into_inner().stat.into_iter().map(|s| (s.name, s.value)).collect()
     }
 
     /// GetStats: one counter, or the gRPC status.
     pub fn get(&self, name: &str, reset: bool) -> Result<i64, tonic::Status> {
         let mut client = pb::stats_service_client::StatsServiceClient::new(self.channel.clone());
-        let reply = self.rt.block_on(client.get_stats(pb::GetStatsRequest {
-            name: name.into(),
-            reset,
-        }))?;
+        let reply = self.rt.block_on(client.get_stats(pb::GetStatsRequest { name: name.into(), reset }))?;
         Ok(reply.into_inner().stat.map_or(0, |s| s.value))
     }
 }
@@ -78,23 +62,13 @@ use shardray_proto::xray::proxy::vless;
 
 /// A TypedMessage of the given type name.
 pub fn typed(type_name: &str, m: &impl Message) -> TypedMessage {
-    TypedMessage {
-        r#type: type_name.into(),
-        value: m.encode_to_vec(),
-    }
+    TypedMessage { r#type: type_name.into(), value: m.encode_to_vec() }
 }
 
 /// An API user with a VLESS account.
 pub fn vless_user(email: &str, id: &str, level: u32) -> User {
-    let account = vless::Account {
-        id: id.into(),
-        ..Default::default()
-    };
-    User {
-        level,
-        email: email.into(),
-        account: Some(typed("xray.proxy.vless.Account", &account)),
-    }
+    let account = vless::Account { id: id.into(), ..Default::default() };
+    User { level, email: email.into(), account: Some(typed("xray.proxy.vless.Account", &account)) }
 }
 
 impl ApiClient {
@@ -105,64 +79,32 @@ impl ApiClient {
 
     /// AlterInbound with any operation.
     pub fn alter(&self, tag: &str, operation: TypedMessage) -> Result<(), tonic::Status> {
-        let req = handler::AlterInboundRequest {
-            tag: tag.into(),
-            operation: Some(operation),
-        };
-        self.rt
-            .block_on(self.handler().alter_inbound(req))
-            .map(|_| ())
+        let req = handler::AlterInboundRequest { tag: tag.into(), operation: Some(operation) };
+        self.rt.block_on(self.handler().alter_inbound(req)).map(|_| ())
     }
 
     /// AlterInbound with upstream's AddUserOperation.
-    pub fn add_user(
-        &self,
-        tag: &str,
-        email: &str,
-        id: &str,
-        level: u32,
-    ) -> Result<(), tonic::Status> {
-        let op = handler::AddUserOperation {
-            user: Some(vless_user(email, id, level)),
-        };
-        self.alter(
-            tag,
-            typed("xray.app.proxyman.command.AddUserOperation", &op),
-        )
+    pub fn add_user(&self, tag: &str, email: &str, id: &str, level: u32) -> Result<(), tonic::Status> {
+        let op = handler::AddUserOperation { user: Some(vless_user(email, id, level)) };
+        self.alter(tag, typed("xray.app.proxyman.command.AddUserOperation", &op))
     }
 
     /// AlterInbound with upstream's RemoveUserOperation.
     pub fn remove_user(&self, tag: &str, email: &str) -> Result<(), tonic::Status> {
-        let op = handler::RemoveUserOperation {
-            email: email.into(),
-        };
-        self.alter(
-            tag,
-            typed("xray.app.proxyman.command.RemoveUserOperation", &op),
-        )
+        let op = handler::RemoveUserOperation { email: email.into() };
+        self.alter(tag, typed("xray.app.proxyman.command.RemoveUserOperation", &op))
     }
 
     /// One of our own operations, by its message name in `shardray.app.proxyman.command`.
     pub fn ours(&self, tag: &str, name: &str, op: &impl Message) -> Result<(), tonic::Status> {
-        self.alter(
-            tag,
-            typed(&format!("shardray.app.proxyman.command.{name}"), op),
-        )
+        self.alter(tag, typed(&format!("shardray.app.proxyman.command.{name}"), op))
     }
 
     /// GetInboundUsers: the emails of an inbound's users, sorted.
     pub fn user_emails(&self, tag: &str) -> Result<Vec<String>, tonic::Status> {
-        let req = handler::GetInboundUserRequest {
-            tag: tag.into(),
-            email: String::new(),
-        };
+        let req = handler::GetInboundUserRequest { tag: tag.into(), email: String::new() };
         let reply = self.rt.block_on(self.handler().get_inbound_users(req))?;
-        let mut emails: Vec<String> = reply
-            .into_inner()
-            .users
-            .into_iter()
-            .map(|u| u.email)
-            .collect();
+        let mut emails: Vec<String> = reply.into_inner().users.into_iter().map(|u| u.email).collect();
         emails.sort();
         Ok(emails)
     }
@@ -170,6 +112,5 @@ impl ApiClient {
 
 /// Re-exported for tests that build our own operations.
 pub use ours::{
-    AddUsersOperation, KickUserOperation, RemoveUsersOperation, ReplaceUsersOperation,
-    SetUserLevelOperation,
+    AddUsersOperation, KickUserOperation, RemoveUsersOperation, ReplaceUsersOperation, SetUserLevelOperation,
 };

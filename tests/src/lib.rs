@@ -29,16 +29,9 @@ pub fn bin_path() -> PathBuf {
     }
     // Test executables live in target/<profile>/deps; the binary in target/<profile>.
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
     let bin = profile_dir.join("shardray");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first (`cargo build -p shardray`, or `make test`)",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} not found: build it first (`cargo build -p shardray`, or `make test`)", bin.display());
     bin
 }
 
@@ -58,8 +51,7 @@ impl Shardray {
     /// Writes `config` to a file and starts `shardray run -c FILE --shards N`; panics with the
     /// process output if it does not start.
     pub fn start(config: &Value, shards: usize) -> Shardray {
-        Shardray::try_start(config, shards)
-            .unwrap_or_else(|out| panic!("shardray did not start:\n{out}"))
+        Shardray::try_start(config, shards).unwrap_or_else(|out| panic!("shardray did not start:\n{out}"))
     }
 
     /// Like `start`, but returns the process output if it exits or fails to start.
@@ -69,15 +61,7 @@ impl Shardray {
         std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         Shardray::start_with_args(
             dir,
-            &[
-                "run",
-                "-c",
-                path.to_str().unwrap(),
-                "--shards",
-                &shards.to_string(),
-                "--grace",
-                "3",
-            ],
+            &["run", "-c", path.to_str().unwrap(), "--shards", &shards.to_string(), "--grace", "3"],
         )
     }
 
@@ -94,10 +78,8 @@ impl Shardray {
         let (line_tx, line_rx) = mpsc::channel::<String>();
         let stderr = child.stderr.take().unwrap();
         let stdout = child.stdout.take().unwrap();
-        for (reader, forward) in [
-            (Box::new(stderr) as Box<dyn std::io::Read + Send>, true),
-            (Box::new(stdout), false),
-        ] {
+        for (reader, forward) in [(Box::new(stderr) as Box<dyn std::io::Read + Send>, true), (Box::new(stdout), false)]
+        {
             let output = output.clone();
             let line_tx = line_tx.clone();
             std::thread::spawn(move || {
@@ -113,13 +95,7 @@ impl Shardray {
         let mut inbounds = HashMap::new();
         let mut api = None;
         let deadline = Instant::now() + START_TIMEOUT;
-        let mut server = Shardray {
-            child: Some(child),
-            inbounds: HashMap::new(),
-            api: None,
-            output,
-            dir,
-        };
+        let mut server = Shardray { child: Some(child), inbounds: HashMap::new(), api: None, output, dir };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match line_rx.recv_timeout(left) {
@@ -148,10 +124,7 @@ impl Shardray {
 
     /// The address of the inbound tagged `tag`.
     pub fn inbound(&self, tag: &str) -> SocketAddr {
-        *self
-            .inbounds
-            .get(tag)
-            .unwrap_or_else(|| panic!("no inbound {tag:?} in {:?}", self.inbounds))
+        *self.inbounds.get(tag).unwrap_or_else(|| panic!("no inbound {tag:?} in {:?}", self.inbounds))
     }
 
     /// Everything the process printed so far.
@@ -206,11 +179,7 @@ impl Drop for Shardray {
 
 /// Runs `shardray ARGS` to completion (bounded), returning exit status and combined output.
 pub fn run_cli(args: &[&str]) -> (ExitStatus, String) {
-    let out = Command::new(bin_path())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run shardray");
+    let out = Command::new(bin_path()).args(args).stdin(Stdio::null()).output().expect("run shardray");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status, text)

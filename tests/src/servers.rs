@@ -106,10 +106,7 @@ impl RecordingServer {
             let _ = conn.shutdown(Shutdown::Write);
             let _ = tx.lock().unwrap().send(got);
         });
-        RecordingServer {
-            acceptor,
-            received: rx,
-        }
+        RecordingServer { acceptor, received: rx }
     }
 
     /// Where it listens.

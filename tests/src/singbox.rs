@@ -13,11 +13,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A sing-box VLESS outbound to `server` for user `uuid`; `tls` is merged in as the outbound's
@@ -76,11 +72,7 @@ impl SingBox {
             .stderr(log)
             .spawn()
             .expect("spawn sing-box");
-        let mut sb = SingBox {
-            child: Some(child),
-            socks: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-        };
+        let mut sb = SingBox { child: Some(child), socks: SocketAddr::from(([127, 0, 0, 1], port)), dir };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if TcpStream::connect_timeout(&sb.socks, Duration::from_millis(200)).is_ok() {
@@ -90,11 +82,7 @@ impl SingBox {
                 panic!("sing-box exited ({status}) before listening:\n{}", sb.log());
             }
             if Instant::now() > deadline {
-                panic!(
-                    "sing-box did not open {} within {START_TIMEOUT:?}:\n{}",
-                    sb.socks,
-                    sb.log()
-                );
+                panic!("sing-box did not open {} within {START_TIMEOUT:?}:\n{}", sb.socks, sb.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -124,10 +112,7 @@ impl Drop for SingBox {
 /// returns the stream once the proxy answered success (read and write timeouts set to 20 s).
 pub fn socks5_connect(proxy: SocketAddr, dest: SocketAddr) -> io::Result<TcpStream> {
     let IpAddr::V4(ip) = dest.ip() else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "IPv4 destinations only",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "IPv4 destinations only"));
     };
     let mut s = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
@@ -137,9 +122,7 @@ pub fn socks5_connect(proxy: SocketAddr, dest: SocketAddr) -> io::Result<TcpStre
     let mut choice = [0u8; 2];
     s.read_exact(&mut choice)?;
     if choice != [5, 0] {
-        return Err(io::Error::other(format!(
-            "socks greeting refused: {choice:?}"
-        )));
+        return Err(io::Error::other(format!("socks greeting refused: {choice:?}")));
     }
     let mut req = vec![5, 1, 0, 1];
     req.extend_from_slice(&ip.octets());
@@ -151,10 +134,7 @@ pub fn socks5_connect(proxy: SocketAddr, dest: SocketAddr) -> io::Result<TcpStre
         return Err(io::Error::other(format!("socks connect failed: {reply:?}")));
     }
     if reply[3] != 1 {
-        return Err(io::Error::other(format!(
-            "socks reply with address type {} (expected IPv4)",
-            reply[3]
-        )));
+        return Err(io::Error::other(format!("socks reply with address type {} (expected IPv4)", reply[3])));
     }
     Ok(s)
 }

@@ -30,11 +30,7 @@ impl SelfSigned {
         let key_file = dir.join("key.pem");
         std::fs::write(&cert_file, certified.cert.pem()).unwrap();
         std::fs::write(&key_file, certified.key_pair.serialize_pem()).unwrap();
-        SelfSigned {
-            cert_der: certified.cert.der().clone(),
-            cert_file,
-            key_file,
-        }
+        SelfSigned { cert_der: certified.cert.der().clone(), cert_file, key_file }
     }
 
     /// Inbound `streamSettings` serving this certificate over TLS with `server_name` and `alpn`.
@@ -72,17 +68,13 @@ impl SelfSigned {
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
 /// Connects to `addr`, and completes a TLS handshake for `server_name` with `config`.
-pub fn connect(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-    server_name: &str,
-) -> io::Result<TlsStream> {
+pub fn connect(addr: SocketAddr, config: Arc<ClientConfig>, server_name: &str) -> io::Result<TlsStream> {
     let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     sock.set_read_timeout(Some(Duration::from_secs(20)))?;
     sock.set_write_timeout(Some(Duration::from_secs(20)))?;
     sock.set_nodelay(true)?;
-    let name = ServerName::try_from(server_name.to_owned())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let name =
+        ServerName::try_from(server_name.to_owned()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
     while conn.is_handshaking() {
         conn.complete_io(&mut sock)?;
@@ -92,10 +84,7 @@ pub fn connect(
 
 /// The ALPN protocol the server chose, as text.
 pub fn negotiated_alpn(stream: &TlsStream) -> Option<String> {
-    stream
-        .conn
-        .alpn_protocol()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
+    stream.conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned())
 }
 
 /// Sends `data` over the TLS session in 16 KiB records from a writer thread while reading on
@@ -145,11 +134,7 @@ pub fn duplex_exchange(stream: TlsStream, data: Vec<u8>) -> io::Result<Vec<u8>> 
 
 /// Reads TLS records from `sock` into `conn` and appends their plaintext to `out`, until the
 /// peer's close_notify or its TCP end of stream.
-fn read_plaintext(
-    conn: &Mutex<ClientConnection>,
-    sock: &mut TcpStream,
-    out: &mut Vec<u8>,
-) -> io::Result<()> {
+fn read_plaintext(conn: &Mutex<ClientConnection>, sock: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = sock.read(&mut buf)?;
@@ -161,9 +146,7 @@ fn read_plaintext(
         let mut input = &buf[..n];
         while !input.is_empty() {
             c.read_tls(&mut input)?;
-            let state = c
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let state = c.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             let mut plain = vec![0u8; state.plaintext_bytes_to_read()];
             c.reader().read_exact(&mut plain)?;
             out.extend_from_slice(&plain);

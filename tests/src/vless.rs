@@ -15,12 +15,8 @@ pub fn request(user: &str, dest: SocketAddr) -> Vec<u8> {
 
 /// The request header bytes for a TCP request to any destination (a domain, say).
 pub fn request_to(user: &str, dest: Destination) -> Vec<u8> {
-    let header = RequestHeader {
-        user: user_id(user),
-        flow: String::new(),
-        command: Command::Tcp,
-        destination: Some(dest),
-    };
+    let header =
+        RequestHeader { user: user_id(user), flow: String::new(), command: Command::Tcp, destination: Some(dest) };
     let mut out = Vec::new();
     header.encode(&mut out);
     out
@@ -29,16 +25,12 @@ pub fn request_to(user: &str, dest: Destination) -> Vec<u8> {
 /// The UUID a config or API id stands for: a UUID, or (1–30 bytes) the UUIDv5 of the string
 /// under the nil namespace, as upstream maps short ids.
 pub fn user_id(id: &str) -> Uuid {
-    id.parse()
-        .unwrap_or_else(|_| Uuid::new_v5(&Uuid::nil(), id.as_bytes()))
+    id.parse().unwrap_or_else(|_| Uuid::new_v5(&Uuid::nil(), id.as_bytes()))
 }
 
 /// A domain destination.
 pub fn domain(name: &str, port: u16) -> Destination {
-    Destination {
-        addr: Address::Domain(name.into()),
-        port,
-    }
+    Destination { addr: Address::Domain(name.into()), port }
 }
 
 /// Connects to `proxy` with read and write timeouts set.
@@ -58,12 +50,7 @@ pub fn read_all(s: &mut TcpStream) -> io::Result<Vec<u8>> {
 
 /// Sends header and `payload` through `proxy` to `dest`, half-closes, and returns what came
 /// back after the 2-byte response header (which must be version 0, no addons).
-pub fn round_trip(
-    proxy: SocketAddr,
-    user: &str,
-    dest: SocketAddr,
-    payload: &[u8],
-) -> io::Result<Vec<u8>> {
+pub fn round_trip(proxy: SocketAddr, user: &str, dest: SocketAddr, payload: &[u8]) -> io::Result<Vec<u8>> {
     let mut s = connect(proxy)?;
     let mut first = request(user, dest);
     first.extend_from_slice(payload);

@@ -20,10 +20,7 @@ const EMAILS_PER_CALLER: usize = 16;
 #[test]
 fn ten_thousand_concurrent_adds_and_removes_end_in_exactly_the_acknowledged_state() {
     let echo = EchoServer::start();
-    let mut config = vless_config(
-        json!([{ "id": ALICE, "email": "alice@example.com" }]),
-        json!({}),
-    );
+    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
     config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["HandlerService", "StatsService"] });
     let server = Shardray::start(&config, 2);
     let proxy = server.inbound("vless-in");
@@ -38,10 +35,7 @@ fn ten_thousand_concurrent_adds_and_removes_end_in_exactly_the_acknowledged_stat
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) && n < 100_000 {
                 let data = vless::payload(4096, n);
-                assert_eq!(
-                    vless::round_trip(proxy, ALICE, dest, &data).expect("alice's traffic"),
-                    data
-                );
+                assert_eq!(vless::round_trip(proxy, ALICE, dest, &data).expect("alice's traffic"), data);
                 n += 1;
             }
             n
@@ -65,8 +59,7 @@ fn ten_thousand_concurrent_adds_and_removes_end_in_exactly_the_acknowledged_stat
                     if op % 125 == 0 {
                         // Add (if needed), open a live session, remove, and watch it close.
                         if !present.contains(&email) {
-                            api.add_user("vless-in", &email, &id, 0)
-                                .expect("add for session check");
+                            api.add_user("vless-in", &email, &id, 0).expect("add for session check");
                         }
                         let mut s = vless::connect(proxy).unwrap();
                         let mut first = vless::request(&id, dest);
@@ -74,8 +67,7 @@ fn ten_thousand_concurrent_adds_and_removes_end_in_exactly_the_acknowledged_stat
                         s.write_all(&first).unwrap();
                         let mut back = [0u8; 6];
                         s.read_exact(&mut back).unwrap();
-                        api.remove_user("vless-in", &email)
-                            .expect("remove for session check");
+                        api.remove_user("vless-in", &email).expect("remove for session check");
                         present.remove(&email);
                         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
                         let mut buf = [0u8; 8];
@@ -88,30 +80,18 @@ fn ten_thousand_concurrent_adds_and_removes_end_in_exactly_the_acknowledged_stat
                     }
                     if seed & 1 == 0 {
                         match api.add_user("vless-in", &email, &id, 0) {
-                            Ok(()) => assert!(
-                                present.insert(email),
-                                "add acknowledged for a present user"
-                            ),
+                            Ok(()) => assert!(present.insert(email), "add acknowledged for a present user"),
                             Err(e) => {
                                 assert_eq!(e.code(), Code::AlreadyExists, "{e}");
-                                assert!(
-                                    present.contains(&email),
-                                    "refused add of an absent user: {e}"
-                                );
+                                assert!(present.contains(&email), "refused add of an absent user: {e}");
                             }
                         }
                     } else {
                         match api.remove_user("vless-in", &email) {
-                            Ok(()) => assert!(
-                                present.remove(&email),
-                                "remove acknowledged for an absent user"
-                            ),
+                            Ok(()) => assert!(present.remove(&email), "remove acknowledged for an absent user"),
                             Err(e) => {
                                 assert_eq!(e.code(), Code::NotFound, "{e}");
-                                assert!(
-                                    !present.contains(&email),
-                                    "refused remove of a present user: {e}"
-                                );
+                                assert!(!present.contains(&email), "refused remove of a present user: {e}");
                             }
                         }
                     }
@@ -140,9 +120,7 @@ fn ten_thousand_concurrent_adds_and_removes_end_in_exactly_the_acknowledged_stat
     for c in 0..CALLERS {
         for k in 0..EMAILS_PER_CALLER {
             let email = format!("c{c}-u{k}@race");
-            let served = !vless::round_trip(proxy, &format!("c{c}-u{k}"), dest, b"?")
-                .unwrap_or_default()
-                .is_empty();
+            let served = !vless::round_trip(proxy, &format!("c{c}-u{k}"), dest, b"?").unwrap_or_default().is_empty();
             assert_eq!(served, expected.contains(&email), "{email}");
         }
     }

@@ -55,15 +55,9 @@ fn truncated_headers_at_every_offset_get_no_reply() {
     let echo = EchoServer::start();
     let server = Shardray::start(&vless_config(alice(), json!({})), 2);
     let proxy = server.inbound("vless-in");
-    for header in [
-        vless::request(ALICE, echo.addr()),
-        vless::request_to(ALICE, vless::domain("example.com", 443)),
-    ] {
+    for header in [vless::request(ALICE, echo.addr()), vless::request_to(ALICE, vless::domain("example.com", 443))] {
         for cut in 0..header.len() {
-            assert!(
-                probe(proxy, &header[..cut]).is_empty(),
-                "cut at {cut} got a reply"
-            );
+            assert!(probe(proxy, &header[..cut]).is_empty(), "cut at {cut} got a reply");
         }
     }
     still_serves(proxy, echo.addr());
@@ -80,11 +74,7 @@ fn wrong_uuid_is_refused_without_reaching_the_destination() {
     assert!(probe(proxy, &bytes).is_empty());
     // Only the user id's 17 bytes: refused before the rest arrives.
     assert!(probe(proxy, &bytes[..17]).is_empty());
-    assert_eq!(
-        target.next(Duration::from_millis(500)),
-        None,
-        "the destination was reached"
-    );
+    assert_eq!(target.next(Duration::from_millis(500)), None, "the destination was reached");
     still_serves(proxy, echo.addr());
 }
 
@@ -139,13 +129,8 @@ fn with_a_fallback_the_probe_bytes_arrive_unchanged_and_the_answer_returns() {
     ];
     for (i, bytes) in probes.iter().enumerate() {
         let reply = probe(proxy, bytes);
-        assert_eq!(
-            reply, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-            "probe {i}"
-        );
-        let seen = site
-            .next(Duration::from_secs(5))
-            .expect("fallback got the connection");
+        assert_eq!(reply, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "probe {i}");
+        let seen = site.next(Duration::from_secs(5)).expect("fallback got the connection");
         assert_eq!(seen, *bytes, "probe {i}: the fallback saw other bytes");
     }
     still_serves(proxy, echo.addr());
@@ -163,23 +148,14 @@ fn fallback_by_path_and_proxy_protocol() {
     let proxy = server.inbound("vless-in");
 
     assert_eq!(probe(proxy, b"GET /index.html HTTP/1.1\r\n\r\n"), b"root");
-    assert_eq!(
-        root.next(Duration::from_secs(5)).unwrap(),
-        b"GET /index.html HTTP/1.1\r\n\r\n"
-    );
+    assert_eq!(root.next(Duration::from_secs(5)).unwrap(), b"GET /index.html HTTP/1.1\r\n\r\n");
 
     let request = b"GET /ws?ed=2048 HTTP/1.1\r\nUpgrade: websocket\r\n\r\n";
     assert_eq!(probe(proxy, request), b"ws");
     let seen = ws.next(Duration::from_secs(5)).unwrap();
     let text = String::from_utf8_lossy(&seen).into_owned();
     let (proxy_line, rest) = text.split_once("\r\n").unwrap();
-    assert!(
-        proxy_line.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 "),
-        "{proxy_line}"
-    );
-    assert!(
-        proxy_line.ends_with(&format!(" {}", proxy.port())),
-        "{proxy_line}"
-    );
+    assert!(proxy_line.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 "), "{proxy_line}");
+    assert!(proxy_line.ends_with(&format!(" {}", proxy.port())), "{proxy_line}");
     assert_eq!(rest.as_bytes(), request);
 }

@@ -6,9 +6,7 @@ use serde_json::json;
 use shardray_tests::{run_cli, vless_config, Shardray, ALICE};
 
 fn fixture(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(name);
     path.to_str().unwrap().to_owned()
 }
 
@@ -30,71 +28,41 @@ type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
 #[test]
 fn broken_configs_fail_with_the_path_of_the_bad_field() {
     let dir = tempfile::tempdir().unwrap();
-    let base = vless_config(
-        json!([{ "id": ALICE, "email": "alice@example.com" }]),
-        json!({}),
-    );
+    let base = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
     let cases: Vec<(&str, Mutation)> = vec![
         (
             "inbounds[0].settings.clients[0].id",
             Box::new(|c| {
-                c["inbounds"][0]["settings"]["clients"][0]["id"] =
-                    json!("zz-not-a-uuid-zz-not-a-uuid-zz-not-a-uuid")
+                c["inbounds"][0]["settings"]["clients"][0]["id"] = json!("zz-not-a-uuid-zz-not-a-uuid-zz-not-a-uuid")
             }),
         ),
         (
             "inbounds[0].settings.clients[0].bogus",
             Box::new(|c| c["inbounds"][0]["settings"]["clients"][0]["bogus"] = json!(1)),
         ),
-        (
-            "inbounds[0].protocol",
-            Box::new(|c| c["inbounds"][0]["protocol"] = json!("nonsense")),
-        ),
-        (
-            "inbounds[0].port",
-            Box::new(|c| c["inbounds"][0]["port"] = json!(70000)),
-        ),
+        ("inbounds[0].protocol", Box::new(|c| c["inbounds"][0]["protocol"] = json!("nonsense"))),
+        ("inbounds[0].port", Box::new(|c| c["inbounds"][0]["port"] = json!(70000))),
         (
             "inbounds[0].settings.decryption",
             Box::new(|c| {
-                c["inbounds"][0]["settings"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("decryption");
+                c["inbounds"][0]["settings"].as_object_mut().unwrap().remove("decryption");
             }),
         ),
-        (
-            "routing.rules[0].ip[0]",
-            Box::new(|c| c["routing"]["rules"][0]["ip"] = json!(["300.1.1.1/8"])),
-        ),
-        (
-            "routing.rules[0].outboundTag",
-            Box::new(|c| c["routing"]["rules"][0]["outboundTag"] = json!("nowhere")),
-        ),
+        ("routing.rules[0].ip[0]", Box::new(|c| c["routing"]["rules"][0]["ip"] = json!(["300.1.1.1/8"]))),
+        ("routing.rules[0].outboundTag", Box::new(|c| c["routing"]["rules"][0]["outboundTag"] = json!("nowhere"))),
         (
             "routing.rules[0].domain[0]",
-            Box::new(|c| {
-                c["routing"]["rules"][0] = json!({"domain": ["regexp:(("], "outboundTag": "direct"})
-            }),
+            Box::new(|c| c["routing"]["rules"][0] = json!({"domain": ["regexp:(("], "outboundTag": "direct"})),
         ),
-        (
-            "outbounds[1].tag",
-            Box::new(|c| c["outbounds"][1]["tag"] = json!("direct")),
-        ),
+        ("outbounds[1].tag", Box::new(|c| c["outbounds"][1]["tag"] = json!("direct"))),
         (
             "inbounds[0].streamSettings.tlsSettings.certificates[0].certificateFile",
             Box::new(
                 |c| c["inbounds"][0]["streamSettings"] = json!({"security": "tls", "tlsSettings": {"certificates": [{"certificateFile": "/nonexistent/cert.pem", "keyFile": "/nonexistent/key.pem"}]}}),
             ),
         ),
-        (
-            "inbounds[0].sniffing",
-            Box::new(|c| c["inbounds"][0]["sniffing"] = json!({"enabled": true})),
-        ),
-        (
-            "policy.levels",
-            Box::new(|c| c["policy"]["levels"] = json!({"zero": {}})),
-        ),
+        ("inbounds[0].sniffing", Box::new(|c| c["inbounds"][0]["sniffing"] = json!({"enabled": true}))),
+        ("policy.levels", Box::new(|c| c["policy"]["levels"] = json!({"zero": {}}))),
     ];
     for (i, (path, mutate)) in cases.iter().enumerate() {
         let mut config = base.clone();
@@ -110,29 +78,16 @@ fn broken_configs_fail_with_the_path_of_the_bad_field() {
 #[test]
 fn confdir_merges_files_in_name_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mut base = vless_config(
-        json!([{ "id": ALICE, "email": "alice@example.com" }]),
-        json!({}),
-    );
+    let mut base = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
     let outbounds = base.as_object_mut().unwrap().remove("outbounds").unwrap();
-    std::fs::write(
-        dir.path().join("00_base.json"),
-        serde_json::to_vec(&base).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("10_out.json"),
-        serde_json::to_vec(&json!({ "outbounds": outbounds })).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("00_base.json"), serde_json::to_vec(&base).unwrap()).unwrap();
+    std::fs::write(dir.path().join("10_out.json"), serde_json::to_vec(&json!({ "outbounds": outbounds })).unwrap())
+        .unwrap();
     let d = dir.path().to_str().unwrap();
     let (status, out) = run_cli(&["test", "-confdir", d]);
     assert!(status.success(), "{out}");
-    let server = Shardray::start_with_args(
-        tempfile::tempdir().unwrap(),
-        &["run", "--confdir", d, "--shards", "1"],
-    )
-    .unwrap();
+    let server =
+        Shardray::start_with_args(tempfile::tempdir().unwrap(), &["run", "--confdir", d, "--shards", "1"]).unwrap();
     assert!(server.inbounds.contains_key("vless-in"));
 }
 

@@ -69,13 +69,10 @@ fn exchange(sb: &SingBox, dest: SocketAddr, data: &[u8]) -> io::Result<Vec<u8>> 
 /// One echo connection of `len` bytes; panics naming the connection if anything differs.
 fn echo_once(sb: &SingBox, echo: SocketAddr, len: usize, seed: u64) {
     let data = payload(len, seed);
-    let got = exchange(sb, echo, &data)
-        .unwrap_or_else(|e| panic!("connection {seed} ({len} bytes): {e}\n{}", sb.log()));
+    let got =
+        exchange(sb, echo, &data).unwrap_or_else(|e| panic!("connection {seed} ({len} bytes): {e}\n{}", sb.log()));
     assert_eq!(got.len(), data.len(), "connection {seed}: echoed length");
-    assert!(
-        got == data,
-        "connection {seed} ({len} bytes): echoed bytes differ"
-    );
+    assert!(got == data, "connection {seed} ({len} bytes): echoed bytes differ");
 }
 
 /// Waits (bounded) until alice's counters read `up` and `down`; returns the last reading.
@@ -110,10 +107,7 @@ fn echo_through_sing_box(server: &Shardray, sb: &SingBox) {
     let total: i64 = SIZES.iter().map(|&n| n as i64).sum();
     let api = ApiClient::connect(server.api.expect("api address"));
     let (ok, last) = settle(&api, total, total);
-    assert!(
-        ok,
-        "alice's counters should be up={total} down={total}, got {last:?}"
-    );
+    assert!(ok, "alice's counters should be up={total} down={total}, got {last:?}");
 }
 
 #[test]
@@ -129,11 +123,7 @@ fn sing_box_tls_echo_and_exact_counters() {
     let cert = SelfSigned::generate(certs.path(), &["localhost"]);
     let extra = json!({ "streamSettings": cert.stream_settings("localhost", &["h2", "http/1.1"]) });
     let server = Shardray::start(&server_config(extra), 2);
-    let sb = SingBox::start(vless_outbound(
-        server.inbound("vless-in"),
-        ALICE,
-        Some(insecure_tls("localhost")),
-    ));
+    let sb = SingBox::start(vless_outbound(server.inbound("vless-in"), ALICE, Some(insecure_tls("localhost"))));
     echo_through_sing_box(&server, &sb);
 }
 
@@ -141,11 +131,8 @@ fn sing_box_tls_echo_and_exact_counters() {
 fn sing_box_with_wrong_uuid_gets_nothing_and_server_keeps_serving() {
     let server = Shardray::start(&server_config(json!({})), 2);
     let sink = RecordingServer::start(b"should never be seen");
-    let wrong = SingBox::start(vless_outbound(
-        server.inbound("vless-in"),
-        "0b6a1c9e-3f53-4bd1-9f55-1d2a53a0a1c7",
-        None,
-    ));
+    let wrong =
+        SingBox::start(vless_outbound(server.inbound("vless-in"), "0b6a1c9e-3f53-4bd1-9f55-1d2a53a0a1c7", None));
 
     for attempt in 0..3u64 {
         let data = payload(5_000, 100 + attempt);
@@ -154,24 +141,14 @@ fn sing_box_with_wrong_uuid_gets_nothing_and_server_keeps_serving() {
         let Ok(stream) = wrong.connect(sink.addr()) else {
             continue;
         };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let _ = (&stream).write_all(&data);
         let _ = stream.shutdown(Shutdown::Write);
         let mut got = Vec::new();
         match (&stream).read_to_end(&mut got) {
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                ) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => {}
             Err(e) => panic!("attempt {attempt}: unexpected error {e}"),
         }
         assert!(
@@ -181,11 +158,7 @@ fn sing_box_with_wrong_uuid_gets_nothing_and_server_keeps_serving() {
             &got[..got.len().min(64)]
         );
     }
-    assert_eq!(
-        sink.next(Duration::from_millis(500)),
-        None,
-        "a wrong UUID reached the destination"
-    );
+    assert_eq!(sink.next(Duration::from_millis(500)), None, "a wrong UUID reached the destination");
 
     // The right user, through another sing-box, is served as before; only its bytes count.
     let right = SingBox::start(vless_outbound(server.inbound("vless-in"), ALICE, None));
@@ -195,13 +168,6 @@ fn sing_box_with_wrong_uuid_gets_nothing_and_server_keeps_serving() {
     }
     let api = ApiClient::connect(server.api.expect("api address"));
     let (ok, last) = settle(&api, 70_013, 70_013);
-    assert!(
-        ok,
-        "alice's counters should count only her own 70013 bytes each way, got {last:?}"
-    );
-    assert!(
-        server.output().lines().all(|l| !l.contains("panicked")),
-        "shardray panicked:\n{}",
-        server.output()
-    );
+    assert!(ok, "alice's counters should count only her own 70013 bytes each way, got {last:?}");
+    assert!(server.output().lines().all(|l| !l.contains("panicked")), "shardray panicked:\n{}", server.output());
 }

@@ -11,10 +11,7 @@ use shardray_tests::{vless, vless_config, Shardray, ALICE};
 #[test]
 fn sigterm_stops_accepting_lets_live_sessions_finish_and_exits_zero() {
     let echo = EchoServer::start();
-    let server = Shardray::start(
-        &vless_config(json!([{ "id": ALICE, "email": "a@b" }]), json!({})),
-        2,
-    );
+    let server = Shardray::start(&vless_config(json!([{ "id": ALICE, "email": "a@b" }]), json!({})), 2);
     let proxy = server.inbound("vless-in");
 
     let mut live = vless::connect(proxy).unwrap();
@@ -42,10 +39,7 @@ fn sigterm_stops_accepting_lets_live_sessions_finish_and_exits_zero() {
         Err(_) => true,
         Ok(reply) => reply.is_empty(),
     };
-    assert!(
-        refused,
-        "a new connection was served during drain (pid {pid})"
-    );
+    assert!(refused, "a new connection was served during drain (pid {pid})");
     assert_eq!(&finisher.join().unwrap(), b"after");
     let status = waiter.join().unwrap();
     assert!(status.success(), "exit status {status:?}");
@@ -74,9 +68,7 @@ fn a_taken_port_fails_the_start_and_leaves_nothing_listening() {
         "protocol": "vless", "settings": { "clients": [], "decryption": "none" }
     });
     config["inbounds"].as_array_mut().unwrap().push(second);
-    let out = Shardray::try_start(&config, 2)
-        .err()
-        .expect("start must fail");
+    let out = Shardray::try_start(&config, 2).err().expect("start must fail");
     assert!(out.contains("inbounds[1]"), "{out}");
     // The first inbound's port was released: nothing half-started.
     TcpListener::bind(("127.0.0.1", free_port)).expect("port still held after a failed start");
@@ -84,13 +76,8 @@ fn a_taken_port_fails_the_start_and_leaves_nothing_listening() {
 
 #[test]
 fn an_invalid_config_never_starts() {
-    let config = vless_config(
-        json!([{ "id": "not-a-uuid-because-it-is-far-too-long-to-map" }]),
-        json!({}),
-    );
-    let out = Shardray::try_start(&config, 1)
-        .err()
-        .expect("start must fail");
+    let config = vless_config(json!([{ "id": "not-a-uuid-because-it-is-far-too-long-to-map" }]), json!({}));
+    let out = Shardray::try_start(&config, 1).err().expect("start must fail");
     assert!(out.contains("inbounds[0].settings.clients[0].id"), "{out}");
     assert!(!out.contains("started"), "{out}");
 }

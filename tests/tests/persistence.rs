@@ -18,16 +18,10 @@ struct Setup {
 impl Setup {
     fn new() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = vless_config(
-            json!([{ "id": ALICE, "email": "alice@example.com" }]),
-            json!({}),
-        );
-        config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["HandlerService", "StatsService"] });
-        std::fs::write(
-            dir.path().join("config.json"),
-            serde_json::to_vec(&config).unwrap(),
-        )
-        .unwrap();
+        let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
+        config["api"] =
+            json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["HandlerService", "StatsService"] });
+        std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
         Setup { dir }
     }
 
@@ -65,27 +59,15 @@ fn users_added_and_removed_through_the_api_survive_kill_9() {
     let (server, api) = setup.start(10);
     assert_eq!(api.user_emails("vless-in").unwrap(), ["new@example.com"]);
     let proxy = server.inbound("vless-in");
-    assert_eq!(
-        vless::round_trip(proxy, NEW, echo.addr(), b"back").unwrap(),
-        b"back"
-    );
-    assert!(vless::round_trip(proxy, ALICE, echo.addr(), b"x")
-        .unwrap_or_default()
-        .is_empty());
+    assert_eq!(vless::round_trip(proxy, NEW, echo.addr(), b"back").unwrap(), b"back");
+    assert!(vless::round_trip(proxy, ALICE, echo.addr(), b"x").unwrap_or_default().is_empty());
     // Levels are kept too.
     let mut handler = api.handler();
     let req = shardray_proto::xray::app::proxyman::command::GetInboundUserRequest {
         tag: "vless-in".into(),
         email: "new@example.com".into(),
     };
-    assert_eq!(
-        api.block_on(handler.get_inbound_users(req))
-            .unwrap()
-            .into_inner()
-            .users[0]
-            .level,
-        3
-    );
+    assert_eq!(api.block_on(handler.get_inbound_users(req)).unwrap().into_inner().users[0].level, 3);
     // The journal was compacted at start: one snapshot line for the one inbound with users.
     let journal = std::fs::read_to_string(setup.dir.path().join("state/journal.jsonl")).unwrap();
     assert_eq!(journal.lines().count(), 1, "{journal}");
@@ -98,30 +80,14 @@ fn counters_survive_a_graceful_restart_exactly() {
     let setup = Setup::new();
     let up = "user>>>alice@example.com>>>traffic>>>uplink";
     let (server, api) = setup.start(10);
-    vless::round_trip(
-        server.inbound("vless-in"),
-        ALICE,
-        echo.addr(),
-        &[5u8; 12345],
-    )
-    .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || api
-        .get(up, false)
-        .ok()
-        == Some(12345)));
+    vless::round_trip(server.inbound("vless-in"), ALICE, echo.addr(), &[5u8; 12345]).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || api.get(up, false).ok() == Some(12345)));
     assert!(server.terminate(Duration::from_secs(10)).success());
 
     let (server, api) = setup.start(10);
-    assert_eq!(
-        api.get(up, false).unwrap(),
-        12345,
-        "counted before the restart"
-    );
+    assert_eq!(api.get(up, false).unwrap(), 12345, "counted before the restart");
     vless::round_trip(server.inbound("vless-in"), ALICE, echo.addr(), &[5u8; 55]).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || api
-        .get(up, false)
-        .ok()
-        == Some(12400)));
+    assert!(wait_until(Duration::from_secs(5), || api.get(up, false).ok() == Some(12400)));
     // A reset after a restart zeroes the carried-over part too.
     assert_eq!(api.get(up, true).unwrap(), 12400);
     assert_eq!(api.get(up, false).unwrap(), 0);
@@ -134,10 +100,7 @@ fn kill_9_loses_at_most_one_flush_interval_of_counting() {
     let up = "user>>>alice@example.com>>>traffic>>>uplink";
     let (server, api) = setup.start(1);
     vless::round_trip(server.inbound("vless-in"), ALICE, echo.addr(), &[5u8; 4000]).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || api
-        .get(up, false)
-        .ok()
-        == Some(4000)));
+    assert!(wait_until(Duration::from_secs(5), || api.get(up, false).ok() == Some(4000)));
     // Two flush intervals: the 4000 bytes are on disk.
     std::thread::sleep(Duration::from_millis(2500));
     server.kill9();
@@ -153,15 +116,9 @@ fn a_journal_record_for_a_vanished_inbound_is_skipped_not_fatal() {
     server.kill9();
     // The operator renames the inbound: the old records no longer apply.
     let path = setup.dir.path().join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("\"vless-in\"", "\"renamed\"");
+    let text = std::fs::read_to_string(&path).unwrap().replace("\"vless-in\"", "\"renamed\"");
     std::fs::write(&path, text).unwrap();
     let (server, api) = setup.start(10);
-    assert!(
-        server.output().contains("no longer applies"),
-        "{}",
-        server.output()
-    );
+    assert!(server.output().contains("no longer applies"), "{}", server.output());
     assert_eq!(api.user_emails("renamed").unwrap(), ["alice@example.com"]);
 }

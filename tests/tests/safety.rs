@@ -27,16 +27,12 @@ fn loopback_is_refused_without_a_rule_naming_it() {
     let target = RecordingServer::start(b"answer");
     let mut config = vless_config(alice(), json!({}));
     // A catch-all rule by inbound is not an explicit permission for private addresses.
-    config["routing"]["rules"] =
-        json!([{ "type": "field", "inboundTag": ["vless-in"], "outboundTag": "direct" }]);
+    config["routing"]["rules"] = json!([{ "type": "field", "inboundTag": ["vless-in"], "outboundTag": "direct" }]);
     let server = Shardray::start(&config, 2);
     let proxy = server.inbound("vless-in");
     let port = target.addr().port();
     for host in ["127.0.0.1", "127.0.0.2", "::1", "0.0.0.0"] {
-        let dest = shardray_wire::addr::Destination {
-            addr: shardray_wire::addr::Address::parse(host).unwrap(),
-            port,
-        };
+        let dest = shardray_wire::addr::Destination { addr: shardray_wire::addr::Address::parse(host).unwrap(), port };
         assert!(!reached(proxy, dest), "{host} was reached");
     }
     // A name that resolves to loopback is refused just the same.
@@ -55,17 +51,14 @@ fn a_rule_naming_the_address_or_the_name_allows_it() {
     assert!(reached(proxy, echo.addr().into()));
     assert!(reached(proxy, vless::domain("localhost", port)));
     // 127.0.0.2 is loopback too, but outside the rule.
-    let other = shardray_wire::addr::Destination {
-        addr: shardray_wire::addr::Address::parse("127.0.0.2").unwrap(),
-        port,
-    };
+    let other =
+        shardray_wire::addr::Destination { addr: shardray_wire::addr::Address::parse("127.0.0.2").unwrap(), port };
     assert!(!reached(proxy, other));
     drop(server);
 
     // By name: full:localhost → direct permits the name, not the bare IP.
     let mut config = vless_config(alice(), json!({}));
-    config["routing"]["rules"] =
-        json!([{ "type": "field", "domain": ["full:localhost"], "outboundTag": "direct" }]);
+    config["routing"]["rules"] = json!([{ "type": "field", "domain": ["full:localhost"], "outboundTag": "direct" }]);
     let server = Shardray::start(&config, 1);
     let proxy = server.inbound("vless-in");
     assert!(reached(proxy, vless::domain("localhost", port)));
@@ -76,8 +69,7 @@ fn a_rule_naming_the_address_or_the_name_allows_it() {
 fn the_api_is_never_a_destination_even_when_loopback_is_allowed() {
     let mut config = vless_config(alice(), json!({}));
     config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["StatsService"] });
-    config["routing"]["rules"] =
-        json!([{ "type": "field", "ip": ["127.0.0.0/8"], "outboundTag": "direct" }]);
+    config["routing"]["rules"] = json!([{ "type": "field", "ip": ["127.0.0.0/8"], "outboundTag": "direct" }]);
     let server = Shardray::start(&config, 2);
     let api = server.api.unwrap();
     // A raw HTTP/2 preface to the API port would get a SETTINGS frame back if it got through.
@@ -87,10 +79,7 @@ fn the_api_is_never_a_destination_even_when_loopback_is_allowed() {
     first.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     s.write_all(&first).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
-    assert!(
-        vless::read_all(&mut s).unwrap_or_default().is_empty(),
-        "the API answered through the proxy"
-    );
+    assert!(vless::read_all(&mut s).unwrap_or_default().is_empty(), "the API answered through the proxy");
     // The API itself still works for its real clients.
     let client = shardray_tests::api::ApiClient::connect(api);
     assert!(!client.query("", false).is_empty());

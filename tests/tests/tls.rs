@@ -25,32 +25,19 @@ fn tls_server(alpn: &[&str], settings_extra: Value) -> (Shardray, SelfSigned, te
         "settings": settings_extra,
         "streamSettings": cert.stream_settings("localhost", alpn),
     });
-    let mut config = vless_config(
-        json!([{ "id": ALICE, "email": "alice@example.com" }]),
-        extra,
-    );
+    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), extra);
     config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["StatsService"] });
     (Shardray::start(&config, 2), cert, certs)
 }
 
 /// One VLESS request over TLS to `dest` carrying `data`; returns what followed the response
 /// header, after checking the header is version 0 without addons.
-fn tls_round_trip(
-    proxy: SocketAddr,
-    cert: &SelfSigned,
-    alpn: &[&str],
-    dest: SocketAddr,
-    data: &[u8],
-) -> Vec<u8> {
+fn tls_round_trip(proxy: SocketAddr, cert: &SelfSigned, alpn: &[&str], dest: SocketAddr, data: &[u8]) -> Vec<u8> {
     let stream = connect(proxy, cert.client_config(alpn), "localhost").expect("TLS handshake");
     let mut first = vless::request(ALICE, dest);
     first.extend_from_slice(data);
     let reply = duplex_exchange(stream, first).expect("exchange over TLS");
-    assert!(
-        reply.len() >= 2 && reply[..2] == [0, 0],
-        "bad VLESS response header: {:?}",
-        &reply[..reply.len().min(8)]
-    );
+    assert!(reply.len() >= 2 && reply[..2] == [0, 0], "bad VLESS response header: {:?}", &reply[..reply.len().min(8)]);
     reply[2..].to_vec()
 }
 
@@ -69,27 +56,12 @@ fn vless_over_tls_round_trips_with_exact_counters() {
     let (server, cert, _certs) = tls_server(&["h2", "http/1.1"], json!({}));
     let proxy = server.inbound("vless-in");
     let echo = EchoServer::start();
-    let sizes = [
-        1usize,
-        517,
-        16_384,
-        16_385,
-        65_536,
-        300_001,
-        1 << 20,
-        40,
-        90_000,
-        7,
-    ];
+    let sizes = [1usize, 517, 16_384, 16_385, 65_536, 300_001, 1 << 20, 40, 90_000, 7];
 
     for (i, &len) in sizes[..3].iter().enumerate() {
         let data = payload(len, i as u64);
         let got = tls_round_trip(proxy, &cert, &[], echo.addr(), &data);
-        assert!(
-            got == data,
-            "connection {i} ({len} bytes): echo differs (got {} bytes)",
-            got.len()
-        );
+        assert!(got == data, "connection {i} ({len} bytes): echo differs (got {} bytes)", got.len());
     }
     std::thread::scope(|scope| {
         for (i, &len) in sizes.iter().enumerate().skip(3) {
@@ -97,11 +69,7 @@ fn vless_over_tls_round_trips_with_exact_counters() {
             scope.spawn(move || {
                 let data = payload(len, i as u64);
                 let got = tls_round_trip(proxy, cert, &[], echo, &data);
-                assert!(
-                    got == data,
-                    "connection {i} ({len} bytes): echo differs (got {} bytes)",
-                    got.len()
-                );
+                assert!(got == data, "connection {i} ({len} bytes): echo differs (got {} bytes)", got.len());
             });
         }
     });
@@ -109,10 +77,7 @@ fn vless_over_tls_round_trips_with_exact_counters() {
     let total: i64 = sizes.iter().map(|&n| n as i64).sum();
     let api = ApiClient::connect(server.api.expect("api address"));
     let (ok, last) = settle(&api, total, total);
-    assert!(
-        ok,
-        "alice's counters should be up={total} down={total}, got {last:?}"
-    );
+    assert!(ok, "alice's counters should be up={total} down={total}, got {last:?}");
 }
 
 #[test]
@@ -120,11 +85,9 @@ fn alpn_is_negotiated_from_the_inbound_list() {
     let (server, cert, _certs) = tls_server(&["h2", "http/1.1"], json!({}));
     let proxy = server.inbound("vless-in");
 
-    let http1 = connect(proxy, cert.client_config(&["http/1.1"]), "localhost")
-        .expect("handshake offering http/1.1");
+    let http1 = connect(proxy, cert.client_config(&["http/1.1"]), "localhost").expect("handshake offering http/1.1");
     assert_eq!(negotiated_alpn(&http1).as_deref(), Some("http/1.1"));
-    let h2 =
-        connect(proxy, cert.client_config(&["h2"]), "localhost").expect("handshake offering h2");
+    let h2 = connect(proxy, cert.client_config(&["h2"]), "localhost").expect("handshake offering h2");
     assert_eq!(negotiated_alpn(&h2).as_deref(), Some("h2"));
     drop((http1, h2));
 
@@ -154,21 +117,14 @@ fn non_vless_bytes_inside_tls_reach_the_fallback_chosen_by_alpn() {
     let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
     let stream = connect(proxy, cert.client_config(&["http/1.1"]), "localhost").unwrap();
     assert_eq!(negotiated_alpn(&stream).as_deref(), Some("http/1.1"));
-    let reply =
-        duplex_exchange(stream, request.clone()).expect("exchange with the default fallback");
+    let reply = duplex_exchange(stream, request.clone()).expect("exchange with the default fallback");
     assert_eq!(
         String::from_utf8_lossy(&reply),
         String::from_utf8_lossy(REPLY_DEFAULT),
         "reply of the default fallback"
     );
-    let seen = fallback_default
-        .next(Duration::from_secs(5))
-        .expect("the default fallback saw no connection");
-    assert_eq!(
-        String::from_utf8_lossy(&seen),
-        String::from_utf8_lossy(&request),
-        "bytes at the default fallback"
-    );
+    let seen = fallback_default.next(Duration::from_secs(5)).expect("the default fallback saw no connection");
+    assert_eq!(String::from_utf8_lossy(&seen), String::from_utf8_lossy(&request), "bytes at the default fallback");
 
     // h2 picks the fallback whose alpn is "h2".
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
@@ -176,29 +132,16 @@ fn non_vless_bytes_inside_tls_reach_the_fallback_chosen_by_alpn() {
     assert_eq!(negotiated_alpn(&stream).as_deref(), Some("h2"));
     let reply = duplex_exchange(stream, preface.clone()).expect("exchange with the h2 fallback");
     assert_eq!(reply, REPLY_H2, "reply of the h2 fallback");
-    let seen = fallback_h2
-        .next(Duration::from_secs(5))
-        .expect("the h2 fallback saw no connection");
+    let seen = fallback_h2.next(Duration::from_secs(5)).expect("the h2 fallback saw no connection");
     assert_eq!(seen, preface, "bytes at the h2 fallback");
 
-    assert_eq!(
-        fallback_default.next(Duration::from_millis(300)),
-        None,
-        "the default fallback got a second connection"
-    );
-    assert_eq!(
-        fallback_h2.next(Duration::from_millis(300)),
-        None,
-        "the h2 fallback got a second connection"
-    );
+    assert_eq!(fallback_default.next(Duration::from_millis(300)), None, "the default fallback got a second connection");
+    assert_eq!(fallback_h2.next(Duration::from_millis(300)), None, "the h2 fallback got a second connection");
 
     // VLESS itself still works on the same port.
     let echo = EchoServer::start();
     let data = payload(4_000, 11);
-    assert!(
-        tls_round_trip(proxy, &cert, &["h2"], echo.addr(), &data) == data,
-        "VLESS echo beside fallbacks differs"
-    );
+    assert!(tls_round_trip(proxy, &cert, &["h2"], echo.addr(), &data) == data, "VLESS echo beside fallbacks differs");
 }
 
 #[test]
@@ -217,32 +160,19 @@ fn plain_vless_on_the_tls_port_gets_nothing_and_the_server_keeps_serving() {
         let _ = s.shutdown(Shutdown::Write);
         let mut got = Vec::new();
         let _ = s.read_to_end(&mut got); // end of stream, reset or timeout: all fine
-        assert!(
-            !got.starts_with(&[0, 0]),
-            "attempt {attempt}: a VLESS response came back over plain TCP"
-        );
-        assert!(
-            !got.windows(12).any(|w| w == b"leaked reply"),
-            "attempt {attempt}: the destination's reply leaked"
-        );
+        assert!(!got.starts_with(&[0, 0]), "attempt {attempt}: a VLESS response came back over plain TCP");
+        assert!(!got.windows(12).any(|w| w == b"leaked reply"), "attempt {attempt}: the destination's reply leaked");
         assert!(
             !got.windows(64).any(|w| data.windows(64).next() == Some(w)),
             "attempt {attempt}: payload bytes came back"
         );
     }
-    assert_eq!(
-        sink.next(Duration::from_millis(500)),
-        None,
-        "a plain-TCP VLESS request reached its destination"
-    );
+    assert_eq!(sink.next(Duration::from_millis(500)), None, "a plain-TCP VLESS request reached its destination");
 
     assert!(server.is_running(), "shardray exited:\n{}", server.output());
     let echo = EchoServer::start();
     let data = payload(30_000, 77);
-    assert!(
-        tls_round_trip(proxy, &cert, &[], echo.addr(), &data) == data,
-        "echo after plain-TCP probes differs"
-    );
+    assert!(tls_round_trip(proxy, &cert, &[], echo.addr(), &data) == data, "echo after plain-TCP probes differs");
     let api = ApiClient::connect(server.api.expect("api address"));
     let (ok, last) = settle(&api, 30_000, 30_000);
     assert!(ok, "only the TLS client's bytes should count, got {last:?}");

@@ -63,15 +63,9 @@ fn many_connections_on_two_shards_echo_every_byte_and_count_it_exactly() {
     // The last bytes are counted as the relay moves them; give the shards a moment to finish.
     let settled = wait_until(Duration::from_secs(5), || {
         let stats = api.query("", false);
-        expected
-            .iter()
-            .all(|(name, v)| stats.get(*name) == Some(&(*v as i64)))
+        expected.iter().all(|(name, v)| stats.get(*name) == Some(&(*v as i64)))
     });
-    assert!(
-        settled,
-        "counters {:#?} != expected {expected:#?}",
-        api.query("", false)
-    );
+    assert!(settled, "counters {:#?} != expected {expected:#?}", api.query("", false));
     // Bob's level (1) has no stats policy: upstream keeps no counter for him.
     assert!(api.query("bob@example.com", false).is_empty());
 }
@@ -84,38 +78,17 @@ fn reset_reads_then_zeroes_and_unknown_counters_are_not_found() {
     let api = ApiClient::connect(server.api.unwrap());
     let up = "user>>>alice@example.com>>>traffic>>>uplink";
 
-    assert_eq!(
-        api.get(up, false).unwrap(),
-        0,
-        "counters exist from the start"
-    );
+    assert_eq!(api.get(up, false).unwrap(), 0, "counters exist from the start");
     vless::round_trip(proxy, ALICE, echo.addr(), &[7u8; 1000]).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || api
-        .get(up, false)
-        .unwrap()
-        == 1000));
-    assert_eq!(
-        api.get(up, true).unwrap(),
-        1000,
-        "reset returns the value before zeroing"
-    );
+    assert!(wait_until(Duration::from_secs(5), || api.get(up, false).unwrap() == 1000));
+    assert_eq!(api.get(up, true).unwrap(), 1000, "reset returns the value before zeroing");
     assert_eq!(api.get(up, false).unwrap(), 0);
     vless::round_trip(proxy, ALICE, echo.addr(), &[7u8; 10]).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || api
-        .get(up, false)
-        .unwrap()
-        == 10));
+    assert!(wait_until(Duration::from_secs(5), || api.get(up, false).unwrap() == 10));
 
-    let err = api
-        .get("user>>>nobody>>>traffic>>>uplink", false)
-        .unwrap_err();
+    let err = api.get("user>>>nobody>>>traffic>>>uplink", false).unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert!(
-        err.message()
-            .ends_with("user>>>nobody>>>traffic>>>uplink not found."),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().ends_with("user>>>nobody>>>traffic>>>uplink not found."), "{}", err.message());
 }
 
 #[test]
@@ -143,11 +116,7 @@ fn stats_service_answers_under_xray_v2ray_and_experimental_names() {
                 .unary(tonic::Request::new(req), path.parse().unwrap(), codec)
                 .await
                 .unwrap_or_else(|e| panic!("{service}: {e}"));
-            resp.into_inner()
-                .stat
-                .into_iter()
-                .map(|s| (s.name, s.value))
-                .collect()
+            resp.into_inner().stat.into_iter().map(|s| (s.name, s.value)).collect()
         });
         assert_eq!(reply.len(), 2, "{service}: {reply:?}");
     }
@@ -161,22 +130,25 @@ fn online_count_follows_live_sessions() {
     let api = ApiClient::connect(server.api.unwrap());
     let online = |n: i64| {
         wait_until(Duration::from_secs(5), || {
-            let mut c = shardray_proto::xray::app::stats::command::stats_service_client::StatsServiceClient::new(
-                api.channel(),
-            );
-            let r = api.block_on(c.get_stats_online(
-                shardray_proto::xray::app::stats::command::GetStatsRequest {
-                    name: "user>>>alice@example.com>>>online".into(),
-                    reset: false,
-                },
-            ));
+            let mut c =
+                shardray_proto::xray::app::stats::command::stats_service_client::StatsServiceClient::new(api.channel());
+            let r = api.block_on(c.get_stats_online(shardray_proto::xray::app::stats::command::GetStatsRequest {
+                name: "user>>>alice@example.com>>>online".into(),
+                reset: false,
+            }));
             r.map(|r| r.into_inner().stat.unwrap().value).ok() == Some(n)
         })
     };
     assert!(online(0));
+    // As upstream, the value counts distinct client addresses (127.0.0.1 never counts), not
+    // sessions: three sessions from 127.0.0.2 and one from 127.0.0.3 are 2.
     let mut open = Vec::new();
-    for _ in 0..3 {
-        let mut s = vless::connect(proxy).unwrap();
+    for src in [[127, 0, 0, 2], [127, 0, 0, 2], [127, 0, 0, 2], [127, 0, 0, 3]] {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&std::net::SocketAddr::from((src, 0)).into()).unwrap();
+        socket.connect_timeout(&proxy.into(), Duration::from_secs(5)).unwrap();
+        let mut s: std::net::TcpStream = socket.into();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut first = vless::request(ALICE, echo.addr());
         first.extend_from_slice(b"ping");
         s.write_all(&first).unwrap();
@@ -185,7 +157,7 @@ fn online_count_follows_live_sessions() {
         assert_eq!(&back, b"\0\0ping");
         open.push(s);
     }
-    assert!(online(3), "three live sessions");
+    assert!(online(2), "two client addresses");
     drop(open);
     assert!(online(0), "sessions gone");
 }
@@ -207,10 +179,7 @@ fn idle_sessions_are_closed_after_conn_idle() {
     s.read_to_end(&mut rest).unwrap();
     let waited = started.elapsed();
     assert!(rest.is_empty());
-    assert!(
-        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
-        "closed after {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(5), "closed after {waited:?}");
 }
 
 #[test]

@@ -21,9 +21,7 @@ use crate::convert::{message_type, typed, user_spec, vless_user, Flavor};
 use crate::registry::{ChangeError, InboundUsers};
 
 /// The service, ready to add to a router.
-pub fn service(
-    state: Arc<ApiState>,
-) -> pb::handler_service_server::HandlerServiceServer<HandlerApi> {
+pub fn service(state: Arc<ApiState>) -> pb::handler_service_server::HandlerServiceServer<HandlerApi> {
     pb::handler_service_server::HandlerServiceServer::new(HandlerApi { state })
 }
 
@@ -36,9 +34,7 @@ pub struct HandlerApi {
 pub(crate) fn change_status(e: ChangeError) -> Status {
     let message = e.to_string();
     match e {
-        ChangeError::InboundNotFound(_) | ChangeError::UserNotFound(_) => {
-            Status::not_found(message)
-        }
+        ChangeError::InboundNotFound(_) | ChangeError::UserNotFound(_) => Status::not_found(message),
         ChangeError::AlreadyExists(_) => Status::already_exists(message),
         ChangeError::NoUsers(_) => Status::failed_precondition(message),
         ChangeError::MissingEmail => Status::invalid_argument(message),
@@ -48,86 +44,77 @@ pub(crate) fn change_status(e: ChangeError) -> Status {
 }
 
 fn decode<M: Message + Default>(op: &TypedMessage) -> Result<M, Status> {
-    M::decode(&op.value[..])
-        .map_err(|e| Status::invalid_argument(format!("operation {:?}: {e}", op.r#type)))
+    M::decode(&op.value[..]).map_err(|e| Status::invalid_argument(format!("operation {:?}: {e}", op.r#type)))
 }
 
 fn users(list: &[User], inbound: &InboundUsers) -> Result<Vec<UserSpec>, Status> {
-    list.iter()
-        .map(|u| {
-            user_spec(u, inbound.protocol).map_err(|e| Status::invalid_argument(e.to_string()))
-        })
-        .collect()
+    list.iter().map(|u| user_spec(u, inbound.protocol).map_err(|e| Status::invalid_argument(e.to_string()))).collect()
 }
 
 impl HandlerApi {
+    /// AlterInbound's work: decode the operation, apply it on every shard, and drop what the
+    /// API kept for users it removed.
+    async fn alter(&self, req: &pb::AlterInboundRequest) -> Result<(), Status> {
+        let op = req.operation.as_ref().ok_or_else(|| Status::invalid_argument("operation is missing"))?;
+        let change = self.change_for(&req.tag, op).await?;
+        let mut registry = self.state.registry.lock().await;
+        let removed: Vec<String> = match &change {
+            Change::RemoveUsers { emails, .. } => emails.clone(),
+            Change::ReplaceUsers { inbound, users } => {
+                let stays = |id: &uuid::Uuid| users.iter().any(|u| u.id == *id);
+                let current = registry.inbound(inbound).map_err(change_status)?;
+                current.users.values().filter(|u| !stays(&u.id)).map(|u| u.email.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
+        // The registry re-checks: another call may have changed it since `change_for`.
+        registry.apply(change).await.map_err(change_status)?;
+        drop(registry);
+        // A removed user's counters go with it, here as on the shards.
+        let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
+        for email in &removed {
+            book.forget_user(email);
+        }
+        Ok(())
+    }
+
     /// Turns an AlterInbound operation into a change for `tag`.
     async fn change_for(&self, tag: &str, op: &TypedMessage) -> Result<Change, Status> {
         let registry = self.state.registry.lock().await;
         let inbound = registry.inbound(tag).map_err(change_status)?;
-        let (flavor, name) =
-            message_type(&op.r#type).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (flavor, name) = message_type(&op.r#type).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let inbound_tag = tag.to_owned();
         Ok(match (flavor, name) {
             (Flavor::Xray | Flavor::V2ray, "app.proxyman.command.AddUserOperation") => {
                 let add: pb::AddUserOperation = decode(op)?;
-                let user = add
-                    .user
-                    .ok_or_else(|| Status::invalid_argument("AddUserOperation: user is missing"))?;
-                Change::AddUsers {
-                    inbound: inbound_tag,
-                    users: users(&[user], inbound)?,
-                }
+                let user = add.user.ok_or_else(|| Status::invalid_argument("AddUserOperation: user is missing"))?;
+                Change::AddUsers { inbound: inbound_tag, users: users(&[user], inbound)? }
             }
             (Flavor::Xray | Flavor::V2ray, "app.proxyman.command.RemoveUserOperation") => {
                 let remove: pb::RemoveUserOperation = decode(op)?;
-                Change::RemoveUsers {
-                    inbound: inbound_tag,
-                    emails: vec![remove.email],
-                }
+                Change::RemoveUsers { inbound: inbound_tag, emails: vec![remove.email] }
             }
             (Flavor::Shardray, "app.proxyman.command.AddUsersOperation") => {
                 let add: ours::AddUsersOperation = decode(op)?;
-                Change::AddUsers {
-                    inbound: inbound_tag,
-                    users: users(&add.users, inbound)?,
-                }
+                Change::AddUsers { inbound: inbound_tag, users: users(&add.users, inbound)? }
             }
             (Flavor::Shardray, "app.proxyman.command.RemoveUsersOperation") => {
                 let remove: ours::RemoveUsersOperation = decode(op)?;
-                Change::RemoveUsers {
-                    inbound: inbound_tag,
-                    emails: remove.emails,
-                }
+                Change::RemoveUsers { inbound: inbound_tag, emails: remove.emails }
             }
             (Flavor::Shardray, "app.proxyman.command.ReplaceUsersOperation") => {
                 let replace: ours::ReplaceUsersOperation = decode(op)?;
-                Change::ReplaceUsers {
-                    inbound: inbound_tag,
-                    users: users(&replace.users, inbound)?,
-                }
+                Change::ReplaceUsers { inbound: inbound_tag, users: users(&replace.users, inbound)? }
             }
             (Flavor::Shardray, "app.proxyman.command.SetUserLevelOperation") => {
                 let set: ours::SetUserLevelOperation = decode(op)?;
-                Change::SetLevel {
-                    inbound: inbound_tag,
-                    email: set.email,
-                    level: set.level,
-                }
+                Change::SetLevel { inbound: inbound_tag, email: set.email, level: set.level }
             }
             (Flavor::Shardray, "app.proxyman.command.KickUserOperation") => {
                 let kick: ours::KickUserOperation = decode(op)?;
-                Change::Kick {
-                    inbound: inbound_tag,
-                    email: kick.email,
-                }
+                Change::Kick { inbound: inbound_tag, email: kick.email }
             }
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown operation type {:?}",
-                    op.r#type
-                )))
-            }
+            _ => return Err(Status::invalid_argument(format!("unknown operation type {:?}", op.r#type))),
         })
     }
 
@@ -135,10 +122,7 @@ impl HandlerApi {
     /// address and its users.
     fn inbound_config(&self, inbound: &InboundUsers, only_tag: bool) -> InboundHandlerConfig {
         if only_tag {
-            return InboundHandlerConfig {
-                tag: inbound.tag.clone(),
-                ..Default::default()
-            };
+            return InboundHandlerConfig { tag: inbound.tag.clone(), ..Default::default() };
         }
         let receiver = self.state.inbound_addrs.get(&inbound.tag).map(|addr| {
             let listen = net::IpOrDomain {
@@ -148,10 +132,7 @@ impl HandlerApi {
                 })),
             };
             let port = u32::from(addr.port());
-            let range = net::PortRange {
-                from: port,
-                to: port,
-            };
+            let range = net::PortRange { from: port, to: port };
             let config = proxyman::ReceiverConfig {
                 port_list: Some(net::PortList { range: vec![range] }),
                 listen: Some(listen),
@@ -167,54 +148,48 @@ impl HandlerApi {
             };
             typed("xray.proxy.vless.inbound.Config", &config)
         });
-        InboundHandlerConfig {
-            tag: inbound.tag.clone(),
-            receiver_settings: receiver,
-            proxy_settings: proxy,
-        }
+        InboundHandlerConfig { tag: inbound.tag.clone(), receiver_settings: receiver, proxy_settings: proxy }
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not supported yet: inbounds and outbounds come from the config"
-    ))
+impl HandlerApi {
+    /// Refuses a call shardray does not serve yet, and records the attempt.
+    fn not_yet<T>(&self, peer: Option<std::net::SocketAddr>, call: &str) -> Result<T, Status> {
+        let status =
+            Status::unimplemented(format!("{call} is not supported yet: inbounds and outbounds come from the config"));
+        let outcome = Err(status.clone());
+        self.state.audit.record(peer, call, "", &outcome);
+        Err(status)
+    }
 }
 
 #[tonic::async_trait]
 impl pb::handler_service_server::HandlerService for HandlerApi {
     async fn add_inbound(
         &self,
-        _: Request<pb::AddInboundRequest>,
+        req: Request<pb::AddInboundRequest>,
     ) -> Result<Response<pb::AddInboundResponse>, Status> {
-        Err(not_yet("AddInbound"))
+        self.not_yet(req.remote_addr(), "AddInbound")
     }
 
     async fn remove_inbound(
         &self,
-        _: Request<pb::RemoveInboundRequest>,
+        req: Request<pb::RemoveInboundRequest>,
     ) -> Result<Response<pb::RemoveInboundResponse>, Status> {
-        Err(not_yet("RemoveInbound"))
+        self.not_yet(req.remote_addr(), "RemoveInbound")
     }
 
     async fn alter_inbound(
         &self,
         req: Request<pb::AlterInboundRequest>,
     ) -> Result<Response<pb::AlterInboundResponse>, Status> {
+        let peer = req.remote_addr();
         let req = req.into_inner();
-        let op = req
-            .operation
-            .ok_or_else(|| Status::invalid_argument("operation is missing"))?;
-        let change = self.change_for(&req.tag, &op).await?;
-        // The registry re-checks under its lock: another call may have changed it meanwhile.
-        self.state
-            .registry
-            .lock()
-            .await
-            .apply(change)
-            .await
-            .map_err(change_status)?;
-        Ok(Response::new(pb::AlterInboundResponse {}))
+        let op_name = req.operation.as_ref().map_or("", |op| op.r#type.rsplit('.').next().unwrap_or(""));
+        let what = format!("tag={} op={op_name}", req.tag);
+        let result = self.alter(&req).await;
+        self.state.audit.record(peer, "AlterInbound", &what, &result);
+        result.map(|()| Response::new(pb::AlterInboundResponse {}))
     }
 
     async fn list_inbounds(
@@ -223,11 +198,7 @@ impl pb::handler_service_server::HandlerService for HandlerApi {
     ) -> Result<Response<pb::ListInboundsResponse>, Status> {
         let only_tags = req.into_inner().is_only_tags;
         let registry = self.state.registry.lock().await;
-        let inbounds = registry
-            .inbounds()
-            .iter()
-            .map(|i| self.inbound_config(i, only_tags))
-            .collect();
+        let inbounds = registry.inbounds().iter().map(|i| self.inbound_config(i, only_tags)).collect();
         Ok(Response::new(pb::ListInboundsResponse { inbounds }))
     }
 
@@ -256,30 +227,28 @@ impl pb::handler_service_server::HandlerService for HandlerApi {
         let req = req.into_inner();
         let registry = self.state.registry.lock().await;
         let inbound = registry.inbound(&req.tag).map_err(change_status)?;
-        Ok(Response::new(pb::GetInboundUsersCountResponse {
-            count: inbound.users.len() as i64,
-        }))
+        Ok(Response::new(pb::GetInboundUsersCountResponse { count: inbound.users.len() as i64 }))
     }
 
     async fn add_outbound(
         &self,
-        _: Request<pb::AddOutboundRequest>,
+        req: Request<pb::AddOutboundRequest>,
     ) -> Result<Response<pb::AddOutboundResponse>, Status> {
-        Err(not_yet("AddOutbound"))
+        self.not_yet(req.remote_addr(), "AddOutbound")
     }
 
     async fn remove_outbound(
         &self,
-        _: Request<pb::RemoveOutboundRequest>,
+        req: Request<pb::RemoveOutboundRequest>,
     ) -> Result<Response<pb::RemoveOutboundResponse>, Status> {
-        Err(not_yet("RemoveOutbound"))
+        self.not_yet(req.remote_addr(), "RemoveOutbound")
     }
 
     async fn alter_outbound(
         &self,
-        _: Request<pb::AlterOutboundRequest>,
+        req: Request<pb::AlterOutboundRequest>,
     ) -> Result<Response<pb::AlterOutboundResponse>, Status> {
-        Err(not_yet("AlterOutbound"))
+        self.not_yet(req.remote_addr(), "AlterOutbound")
     }
 
     async fn list_outbounds(
@@ -291,10 +260,7 @@ impl pb::handler_service_server::HandlerService for HandlerApi {
             .config
             .outbounds
             .iter()
-            .map(|o| OutboundHandlerConfig {
-                tag: o.tag.clone(),
-                ..Default::default()
-            })
+            .map(|o| OutboundHandlerConfig { tag: o.tag.clone(), ..Default::default() })
             .collect();
         Ok(Response::new(pb::ListOutboundsResponse { outbounds }))
     }

@@ -2,6 +2,7 @@
 //! every name upstream clients use (`xray.app.…`, `v2ray.core.app.…`, `experimental.…`).
 
 pub mod handler;
+pub mod logger;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -28,6 +29,10 @@ pub struct ApiState {
     pub inbound_addrs: std::collections::HashMap<String, SocketAddr>,
     /// Counts carried over from the last run, and resets.
     pub counters: std::sync::Mutex<stats::CounterBook>,
+    /// The logging handle (for LoggerService).
+    pub log: shardray_core::log::LogSink,
+    /// Where every changing call is recorded.
+    pub audit: crate::audit::Audit,
 }
 
 impl ApiState {
@@ -39,6 +44,8 @@ impl ApiState {
         sets: UserSets,
         journal: Option<Journal>,
         counters: stats::CounterBook,
+        log: shardray_core::log::LogSink,
+        audit: crate::audit::Audit,
     ) -> std::sync::Arc<ApiState> {
         let config = shards.config.clone();
         std::sync::Arc::new(ApiState {
@@ -47,6 +54,8 @@ impl ApiState {
             config,
             inbound_addrs: bound.iter().cloned().collect(),
             counters: std::sync::Mutex::new(counters),
+            log,
+            audit,
         })
     }
 
@@ -60,18 +69,10 @@ impl ApiState {
 
 /// Alternative package prefixes of each service, mapped onto the Xray name we implement.
 const ALIASES: &[(&str, &str)] = &[
-    (
-        "/v2ray.core.app.proxyman.command.HandlerService/",
-        "/xray.app.proxyman.command.HandlerService/",
-    ),
-    (
-        "/v2ray.core.app.stats.command.StatsService/",
-        "/xray.app.stats.command.StatsService/",
-    ),
-    (
-        "/experimental.v2rayapi.StatsService/",
-        "/xray.app.stats.command.StatsService/",
-    ),
+    ("/v2ray.core.app.proxyman.command.HandlerService/", "/xray.app.proxyman.command.HandlerService/"),
+    ("/v2ray.core.app.stats.command.StatsService/", "/xray.app.stats.command.StatsService/"),
+    ("/v2ray.core.app.log.command.LoggerService/", "/xray.app.log.command.LoggerService/"),
+    ("/experimental.v2rayapi.StatsService/", "/xray.app.stats.command.StatsService/"),
 ];
 
 /// Rewrites a request path from an upstream alias to the name the router knows.
@@ -106,9 +107,8 @@ pub async fn bind(spec: &ApiSpec) -> anyhow::Result<ApiListener> {
             if !addr.ip().is_loopback() {
                 bail!("api: refusing to listen on {addr}: the API listens on loopback or a Unix socket only");
             }
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("api: cannot listen on {addr}"))?;
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("api: cannot listen on {addr}"))?;
             let bound = listener.local_addr()?;
             Ok(ApiListener::Tcp(listener, bound))
         }
@@ -125,33 +125,33 @@ pub async fn bind(spec: &ApiSpec) -> anyhow::Result<ApiListener> {
 }
 
 /// Serves the enabled services until the process stops.
-pub async fn serve(
-    spec: ApiSpec,
-    listener: ApiListener,
-    state: std::sync::Arc<ApiState>,
-) -> anyhow::Result<()> {
+pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<ApiState>) -> anyhow::Result<()> {
     let wants = |name: &str| spec.services.is_empty() || spec.services.iter().any(|s| s == name);
     let mut routes = tonic::service::RoutesBuilder::default();
     if wants("HandlerService") {
         routes.add_service(handler::service(state.clone()));
     }
+    if wants("LoggerService") {
+        routes.add_service(logger::service(state.clone()));
+    }
     if wants("StatsService") {
         routes.add_service(stats::service(state.clone()));
     }
+    // Reflection only when asked for by name, as upstream does.
+    if spec.services.iter().any(|s| s == "ReflectionService") {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(shardray_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("reflection")?;
+        routes.add_service(reflection);
+    }
+
     let router = tonic::transport::Server::builder()
         .layer(tower::util::MapRequestLayer::new(canonical_path))
         .add_routes(routes.routes());
     match listener {
-        ApiListener::Tcp(l, _) => {
-            router
-                .serve_with_incoming(TcpListenerStream::new(l))
-                .await?
-        }
-        ApiListener::Unix(l) => {
-            router
-                .serve_with_incoming(UnixListenerStream::new(l))
-                .await?
-        }
+        ApiListener::Tcp(l, _) => router.serve_with_incoming(TcpListenerStream::new(l)).await?,
+        ApiListener::Unix(l) => router.serve_with_incoming(UnixListenerStream::new(l)).await?,
     }
     Ok(())
 }

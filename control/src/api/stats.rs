@@ -3,13 +3,14 @@
 //! Shards only ever count up. A reset is a baseline kept here: the value reported is the
 //! shards' total minus the baseline, so no shard is written to.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use shardray_core::spec::Config;
-use shardray_core::stats::StatsSnapshot;
+use shardray_core::stats::{IpSessions, StatsSnapshot};
 use shardray_proto::xray::app::stats::command as pb;
 use tonic::{Request, Response, Status};
 
@@ -17,10 +18,7 @@ use super::ApiState;
 
 /// The service, ready to add to a router.
 pub fn service(state: Arc<ApiState>) -> pb::stats_service_server::StatsServiceServer<StatsApi> {
-    pb::stats_service_server::StatsServiceServer::new(StatsApi {
-        state,
-        started: Instant::now(),
-    })
+    pb::stats_service_server::StatsServiceServer::new(StatsApi { state, started: Instant::now() })
 }
 
 /// What the API adds to and takes from the shards' totals: counts carried over from the last
@@ -36,18 +34,12 @@ impl CounterBook {
     pub fn load(path: &Path) -> std::io::Result<CounterBook> {
         let carried = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(e),
         };
-        Ok(CounterBook {
-            carried,
-            baselines: HashMap::new(),
-        })
+        Ok(CounterBook { carried, baselines: HashMap::new() })
     }
 
     /// Writes `values` so the next run carries them over: temporary file, sync, rename.
@@ -80,11 +72,7 @@ impl CounterBook {
 }
 
 /// Every counter's reported value, from the registry's users and the shards' snapshots.
-pub fn reported(
-    state: &ApiState,
-    users: &[(String, u32)],
-    snaps: &[StatsSnapshot],
-) -> BTreeMap<String, u64> {
+pub fn reported(state: &ApiState, users: &[(String, u32)], snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
     let book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
     totals(&state.config, users, snaps)
         .into_iter()
@@ -108,11 +96,7 @@ fn traffic_name(kind: &str, name: &str, dir: &str) -> String {
 
 /// Every counter the config enables, with the shards' totals; missing ones do not exist.
 /// `users` are the registry's users (email, level) across inbounds.
-fn totals(
-    config: &Config,
-    users: &[(String, u32)],
-    snaps: &[StatsSnapshot],
-) -> BTreeMap<String, u64> {
+fn totals(config: &Config, users: &[(String, u32)], snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     if !config.stats_enabled {
         return out;
@@ -153,59 +137,92 @@ fn totals(
     for inbound in config.inbounds.iter().filter(|i| !i.tag.is_empty()) {
         let t = inbound.tag.as_str();
         if system.stats_inbound_uplink {
-            out.insert(
-                traffic_name("inbound", t, "uplink"),
-                in_up.get(t).copied().unwrap_or(0),
-            );
+            out.insert(traffic_name("inbound", t, "uplink"), in_up.get(t).copied().unwrap_or(0));
         }
         if system.stats_inbound_downlink {
-            out.insert(
-                traffic_name("inbound", t, "downlink"),
-                in_down.get(t).copied().unwrap_or(0),
-            );
+            out.insert(traffic_name("inbound", t, "downlink"), in_down.get(t).copied().unwrap_or(0));
         }
     }
     for outbound in config.outbounds.iter().filter(|o| !o.tag.is_empty()) {
         let t = outbound.tag.as_str();
         if system.stats_outbound_uplink {
-            out.insert(
-                traffic_name("outbound", t, "uplink"),
-                out_up.get(t).copied().unwrap_or(0),
-            );
+            out.insert(traffic_name("outbound", t, "uplink"), out_up.get(t).copied().unwrap_or(0));
         }
         if system.stats_outbound_downlink {
-            out.insert(
-                traffic_name("outbound", t, "downlink"),
-                out_down.get(t).copied().unwrap_or(0),
-            );
+            out.insert(traffic_name("outbound", t, "downlink"), out_down.get(t).copied().unwrap_or(0));
         }
     }
     out
 }
 
-/// Live sessions per user whose level tracks them (`statsUserOnline`), by online-map name.
-fn online(
+/// Whether a user at `level` has an online map (`user>>>EMAIL>>>online`). Unlike upstream, the
+/// map exists from the start (empty), not from the user's first session.
+fn tracks_online(config: &Config, level: u32) -> bool {
+    config.stats_enabled && config.policy.level(level).stats_user_online
+}
+
+/// The email an online-map name names, if the name has that shape.
+fn online_email(name: &str) -> Option<&str> {
+    name.strip_prefix("user>>>")?.strip_suffix(">>>online")
+}
+
+/// Addresses upstream never records (its `OnlineMap.AddIP` returns early for exactly these),
+/// so sessions through a local front such as nginx do not show; followed here, odd as it is.
+fn ignored_by_upstream(ip: IpAddr) -> bool {
+    ip == IpAddr::V4(Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
+}
+
+/// An address as upstream writes it: IPv6 in brackets (Go's `net.Address.String()`).
+fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// Adds one shard's live addresses to a user's online map. As upstream: an address is there
+/// while a session from it lives (however many), and its value is the unix time of the latest
+/// session start from it, not of the latest traffic. Across shards the later time wins.
+fn merge_ips(map: &mut BTreeMap<String, i64>, ips: &[IpSessions]) {
+    for e in ips.iter().filter(|e| e.live > 0 && !ignored_by_upstream(e.ip)) {
+        let seen = i64::try_from(e.last_seen).unwrap_or(i64::MAX);
+        let slot = map.entry(ip_key(e.ip)).or_insert(seen);
+        *slot = (*slot).max(seen);
+    }
+}
+
+/// The online map called `name`: client address → last seen (unix seconds); `None` if there
+/// is no such map (unknown user, or a level without `statsUserOnline`).
+fn online_map(
     config: &Config,
     users: &[(String, u32)],
     snaps: &[StatsSnapshot],
-) -> BTreeMap<String, u64> {
-    let mut sessions: HashMap<&str, u64> = HashMap::new();
-    for s in snaps {
-        for u in &s.users {
-            *sessions.entry(&u.email).or_default() += u64::from(u.sessions);
-        }
+    name: &str,
+) -> Option<BTreeMap<String, i64>> {
+    let email = online_email(name)?;
+    if !users.iter().any(|(e, level)| e == email && tracks_online(config, *level)) {
+        return None;
     }
-    let mut out = BTreeMap::new();
-    if !config.stats_enabled {
-        return out;
+    let mut map = BTreeMap::new();
+    for u in snaps.iter().flat_map(|s| &s.users).filter(|u| &*u.email == email) {
+        merge_ips(&mut map, &u.ips);
     }
-    for (email, level) in users {
-        if config.policy.level(*level).stats_user_online {
-            let n = sessions.get(email.as_str()).copied().unwrap_or(0);
-            out.insert(format!("user>>>{email}>>>online"), n);
-        }
+    Some(map)
+}
+
+/// The names of the online maps that hold at least one address (users online, as upstream
+/// counts them).
+fn online_names(config: &Config, users: &[(String, u32)], snaps: &[StatsSnapshot]) -> BTreeSet<String> {
+    let mut live: HashMap<&str, BTreeMap<String, i64>> = HashMap::new();
+    for u in snaps.iter().flat_map(|s| &s.users).filter(|u| !u.ips.is_empty()) {
+        merge_ips(live.entry(&u.email).or_default(), &u.ips);
     }
-    out
+    users
+        .iter()
+        .filter(|(_, level)| tracks_online(config, *level))
+        .filter(|(email, _)| live.get(email.as_str()).is_some_and(|m| !m.is_empty()))
+        .map(|(email, _)| format!("user>>>{email}>>>online"))
+        .collect()
 }
 
 /// Which counters a QueryStats asks for: Xray's substring `pattern`, or V2Ray v5's `patterns`
@@ -226,10 +243,7 @@ impl NameFilter {
         }
         let regexes = patterns
             .iter()
-            .map(|p| {
-                regex::Regex::new(p)
-                    .map_err(|e| Status::invalid_argument(format!("patterns: {p:?}: {e}")))
-            })
+            .map(|p| regex::Regex::new(p).map_err(|e| Status::invalid_argument(format!("patterns: {p:?}: {e}"))))
             .collect::<Result<_, _>>()?;
         Ok(NameFilter::Regexes(regexes))
     }
@@ -246,32 +260,20 @@ impl StatsApi {
     /// The registry's users and every shard's counters, read together.
     async fn read(&self) -> Result<(Vec<(String, u32)>, Vec<StatsSnapshot>), Status> {
         let users = self.state.registry.lock().await.stat_users();
-        let snaps = self
-            .state
-            .shards
-            .snapshots()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let snaps = self.state.shards.snapshots().await.map_err(|e| Status::unavailable(e.to_string()))?;
         Ok((users, snaps))
     }
 
     /// Reports `totals` through the counter book, resetting them if asked.
     fn report(&self, totals: impl Iterator<Item = (String, u64)>, reset: bool) -> Vec<pb::Stat> {
-        let mut book = self
-            .state
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
         totals
             .map(|(name, total)| {
                 let value = book.value(&name, total);
                 if reset {
                     book.reset(&name, total);
                 }
-                pb::Stat {
-                    name,
-                    value: i64::try_from(value).unwrap_or(i64::MAX),
-                }
+                pb::Stat { name, value: i64::try_from(value).unwrap_or(i64::MAX) }
             })
             .collect()
     }
@@ -279,19 +281,18 @@ impl StatsApi {
 
 #[tonic::async_trait]
 impl pb::stats_service_server::StatsService for StatsApi {
-    async fn get_stats(
-        &self,
-        req: Request<pb::GetStatsRequest>,
-    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+    async fn get_stats(&self, req: Request<pb::GetStatsRequest>) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let peer = req.remote_addr();
         let req = req.into_inner();
         let (users, snaps) = self.read().await?;
         let all = totals(&self.state.config, &users, &snaps);
-        let Some(total) = all.get(&req.name).copied() else {
-            return Err(Status::not_found(format!("{} not found.", req.name)));
-        };
-        let stat = self
-            .report(std::iter::once((req.name, total)), req.reset)
-            .pop();
+        let found = all.get(&req.name).copied().ok_or_else(|| Status::not_found(format!("{} not found.", req.name)));
+        if req.reset {
+            // A reset changes what every later reader sees: audited like any change.
+            let outcome = found.as_ref().map(|_| ()).map_err(Clone::clone);
+            self.state.audit.record(peer, "GetStats", &format!("reset name={}", req.name), &outcome);
+        }
+        let stat = self.report(std::iter::once((req.name, found?)), req.reset).pop();
         Ok(Response::new(pb::GetStatsResponse { stat }))
     }
 
@@ -301,16 +302,11 @@ impl pb::stats_service_server::StatsService for StatsApi {
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
         let req = req.into_inner();
         let (users, snaps) = self.read().await?;
-        let Some(n) = online(&self.state.config, &users, &snaps)
-            .get(&req.name)
-            .copied()
-        else {
+        // As upstream, the value is the number of distinct client addresses, not of sessions.
+        let Some(map) = online_map(&self.state.config, &users, &snaps, &req.name) else {
             return Err(Status::not_found(format!("{} not found.", req.name)));
         };
-        let stat = pb::Stat {
-            name: req.name,
-            value: n as i64,
-        };
+        let stat = pb::Stat { name: req.name, value: map.len() as i64 };
         Ok(Response::new(pb::GetStatsResponse { stat: Some(stat) }))
     }
 
@@ -318,27 +314,21 @@ impl pb::stats_service_server::StatsService for StatsApi {
         &self,
         req: Request<pb::QueryStatsRequest>,
     ) -> Result<Response<pb::QueryStatsResponse>, Status> {
+        let peer = req.remote_addr();
         let req = req.into_inner();
         let filter = NameFilter::new(&req)?;
         let (users, snaps) = self.read().await?;
-        let matching = totals(&self.state.config, &users, &snaps)
-            .into_iter()
-            .filter(|(name, _)| filter.matches(name));
-        Ok(Response::new(pb::QueryStatsResponse {
-            stat: self.report(matching, req.reset),
-        }))
+        let matching = totals(&self.state.config, &users, &snaps).into_iter().filter(|(name, _)| filter.matches(name));
+        let stat = self.report(matching, req.reset);
+        if req.reset {
+            let what = format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, stat.len());
+            self.state.audit.record(peer, "QueryStats", &what, &Ok(()));
+        }
+        Ok(Response::new(pb::QueryStatsResponse { stat }))
     }
 
-    async fn get_sys_stats(
-        &self,
-        _: Request<pb::SysStatsRequest>,
-    ) -> Result<Response<pb::SysStatsResponse>, Status> {
-        let snaps = self
-            .state
-            .shards
-            .snapshots()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+    async fn get_sys_stats(&self, _: Request<pb::SysStatsRequest>) -> Result<Response<pb::SysStatsResponse>, Status> {
+        let snaps = self.state.shards.snapshots().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let field = |key: &str| -> u64 {
             status
@@ -365,11 +355,14 @@ impl pb::stats_service_server::StatsService for StatsApi {
 
     async fn get_stats_online_ip_list(
         &self,
-        _: Request<pb::GetStatsRequest>,
+        req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsOnlineIpListResponse>, Status> {
-        Err(Status::unimplemented(
-            "GetStatsOnlineIpList is not implemented yet",
-        ))
+        let req = req.into_inner();
+        let (users, snaps) = self.read().await?;
+        let Some(map) = online_map(&self.state.config, &users, &snaps, &req.name) else {
+            return Err(Status::not_found(format!("{} not found.", req.name)));
+        };
+        Ok(Response::new(pb::GetStatsOnlineIpListResponse { name: req.name, ips: map.into_iter().collect() }))
     }
 
     async fn get_all_online_users(
@@ -377,11 +370,7 @@ impl pb::stats_service_server::StatsService for StatsApi {
         _: Request<pb::GetAllOnlineUsersRequest>,
     ) -> Result<Response<pb::GetAllOnlineUsersResponse>, Status> {
         let (users, snaps) = self.read().await?;
-        let users = online(&self.state.config, &users, &snaps)
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(name, _)| name)
-            .collect();
+        let users = online_names(&self.state.config, &users, &snaps).into_iter().collect();
         Ok(Response::new(pb::GetAllOnlineUsersResponse { users }))
     }
 }

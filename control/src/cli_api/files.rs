@@ -63,42 +63,27 @@ pub(super) fn inbounds_with_users(files: &[String]) -> Result<Vec<InboundUsers>,
             if tag.is_empty() {
                 continue;
             }
-            let protocol = inbound
-                .get("protocol")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_ascii_lowercase();
+            let protocol = inbound.get("protocol").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
             let Some(clients) = inbound.pointer("/settings/clients") else {
                 continue;
             };
-            let clients = clients.as_array().ok_or_else(|| {
-                Failure::Input(format!(
-                    "{file}: inbounds[{i}].settings.clients: not an array"
-                ))
-            })?;
+            let clients = clients
+                .as_array()
+                .ok_or_else(|| Failure::Input(format!("{file}: inbounds[{i}].settings.clients: not an array")))?;
             let clients = clients
                 .iter()
                 .enumerate()
                 .map(|(j, c)| {
                     let email = c.get("email").and_then(Value::as_str).unwrap_or("");
                     let user = if protocol == "vless" {
-                        vless_user(c)
-                            .map_err(|e| format!("inbounds[{i}].settings.clients[{j}].{e}"))
+                        vless_user(c).map_err(|e| format!("inbounds[{i}].settings.clients[{j}].{e}"))
                     } else {
-                        Err(format!(
-                            "protocol {protocol:?}: adding its users is not supported yet"
-                        ))
+                        Err(format!("protocol {protocol:?}: adding its users is not supported yet"))
                     };
-                    Client {
-                        email: email.to_owned(),
-                        user,
-                    }
+                    Client { email: email.to_owned(), user }
                 })
                 .collect();
-            out.push(InboundUsers {
-                tag: tag.to_owned(),
-                clients,
-            });
+            out.push(InboundUsers { tag: tag.to_owned(), clients });
         }
     }
     if out.iter().all(|i| i.clients.is_empty()) {
@@ -134,16 +119,8 @@ fn vless_user(client: &Value) -> Result<User, String> {
             .and_then(|n| u32::try_from(n).ok())
             .ok_or_else(|| format!("level: expected a small whole number, found {v}"))?,
     };
-    let account = vless::Account {
-        id,
-        flow: text("flow")?,
-        ..Default::default()
-    };
-    Ok(User {
-        level,
-        email,
-        account: Some(typed("xray.proxy.vless.Account", &account)),
-    })
+    let account = vless::Account { id, flow: text("flow")?, ..Default::default() };
+    Ok(User { level, email, account: Some(typed("xray.proxy.vless.Account", &account)) })
 }
 
 /// `addusers` / `replaceusers`: the users in `file` for the inbound tagged `tag`. The file is
@@ -155,9 +132,7 @@ pub(super) fn users_for_tag(file: &str, tag: &str) -> Result<Vec<User>, Failure>
     let (clients, path, protocol) = if let Some(list) = doc.as_array() {
         (list, String::new(), None)
     } else if let Some(list) = doc.get("clients") {
-        let list = list
-            .as_array()
-            .ok_or_else(|| bad("clients: not an array".into()))?;
+        let list = list.as_array().ok_or_else(|| bad("clients: not an array".into()))?;
         (list, "clients".to_owned(), None)
     } else if let Some(inbounds) = doc.get("inbounds").and_then(Value::as_array) {
         let (i, inbound) = inbounds
@@ -169,37 +144,19 @@ pub(super) fn users_for_tag(file: &str, tag: &str) -> Result<Vec<User>, Failure>
             .pointer("/settings/clients")
             .and_then(Value::as_array)
             .ok_or_else(|| bad(format!("inbounds[{i}].settings.clients: missing")))?;
-        (
-            list,
-            format!("inbounds[{i}].settings.clients"),
-            inbound.get("protocol").and_then(Value::as_str),
-        )
+        (list, format!("inbounds[{i}].settings.clients"), inbound.get("protocol").and_then(Value::as_str))
     } else if let Some(list) = doc.pointer("/settings/clients") {
-        let list = list
-            .as_array()
-            .ok_or_else(|| bad("settings.clients: not an array".into()))?;
-        (
-            list,
-            "settings.clients".to_owned(),
-            doc.get("protocol").and_then(Value::as_str),
-        )
+        let list = list.as_array().ok_or_else(|| bad("settings.clients: not an array".into()))?;
+        (list, "settings.clients".to_owned(), doc.get("protocol").and_then(Value::as_str))
     } else {
-        return Err(bad(
-            "no users: expected an array of clients, {\"clients\": [...]}, an inbound, or a \
+        return Err(bad("no users: expected an array of clients, {\"clients\": [...]}, an inbound, or a \
              config with an inbound tagged by --tag"
-                .into(),
-        ));
+            .into()));
     };
     if let Some(p) = protocol.filter(|p| !p.eq_ignore_ascii_case("vless")) {
-        return Err(bad(format!(
-            "protocol {p:?}: only VLESS users can be sent so far"
-        )));
+        return Err(bad(format!("protocol {p:?}: only VLESS users can be sent so far")));
     }
-    clients
-        .iter()
-        .enumerate()
-        .map(|(j, c)| vless_user(c).map_err(|e| bad(format!("{path}[{j}].{e}"))))
-        .collect()
+    clients.iter().enumerate().map(|(j, c)| vless_user(c).map_err(|e| bad(format!("{path}[{j}].{e}")))).collect()
 }
 
 /// The tags of the `section` ("inbounds" or "outbounds") of a config.
@@ -208,11 +165,7 @@ pub(super) fn section_tags(doc: &Value, section: &str, file: &str) -> Result<Vec
         .get(section)
         .and_then(Value::as_array)
         .ok_or_else(|| Failure::Input(format!("{file}: no {section:?} array")))?;
-    Ok(list
-        .iter()
-        .filter_map(|e| e.get("tag").and_then(Value::as_str))
-        .map(str::to_owned)
-        .collect())
+    Ok(list.iter().filter_map(|e| e.get("tag").and_then(Value::as_str)).map(str::to_owned).collect())
 }
 
 /// `rmi` / `rmo`: each argument that is a readable file gives the tags of its `section`;
@@ -235,17 +188,12 @@ pub(super) fn tags_or_files(args: &[String], section: &str) -> Result<Vec<String
 /// The `routing` section of a config as `xray.app.router.Config`. Fields this client cannot
 /// convert are refused by name, never dropped.
 pub(super) fn router_config(doc: &Value) -> Result<router::Config, String> {
-    let routing = doc
-        .get("routing")
-        .and_then(Value::as_object)
-        .ok_or("no \"routing\" section")?;
+    let routing = doc.get("routing").and_then(Value::as_object).ok_or("no \"routing\" section")?;
     let mut config = router::Config::default();
     for (key, value) in routing {
         match key.as_str() {
             "domainStrategy" => {
-                let s = value
-                    .as_str()
-                    .ok_or("routing.domainStrategy: not a string")?;
+                let s = value.as_str().ok_or("routing.domainStrategy: not a string")?;
                 config.domain_strategy = match s.to_ascii_lowercase().as_str() {
                     "asis" | "" => router::config::DomainStrategy::AsIs,
                     "ipifnonmatch" => router::config::DomainStrategy::IpIfNonMatch,
@@ -257,9 +205,7 @@ pub(super) fn router_config(doc: &Value) -> Result<router::Config, String> {
                 let rules = value.as_array().ok_or("routing.rules: not an array")?;
                 for (i, rule) in rules.iter().enumerate() {
                     let path = format!("routing.rules[{i}]");
-                    let rule = rule
-                        .as_object()
-                        .ok_or_else(|| format!("{path}: not an object"))?;
+                    let rule = rule.as_object().ok_or_else(|| format!("{path}: not an object"))?;
                     config.rule.push(routing_rule(rule, &path)?);
                 }
             }
@@ -267,9 +213,7 @@ pub(super) fn router_config(doc: &Value) -> Result<router::Config, String> {
                 let list = value.as_array().ok_or("routing.balancers: not an array")?;
                 for (i, b) in list.iter().enumerate() {
                     let path = format!("routing.balancers[{i}]");
-                    let b = b
-                        .as_object()
-                        .ok_or_else(|| format!("{path}: not an object"))?;
+                    let b = b.as_object().ok_or_else(|| format!("{path}: not an object"))?;
                     config.balancing_rule.push(balancer(b, &path)?);
                 }
             }
@@ -285,20 +229,11 @@ pub(super) fn router_config(doc: &Value) -> Result<router::Config, String> {
 /// A list given as an array of strings or as one comma-separated string.
 fn string_list(value: &Value, path: &str) -> Result<Vec<String>, String> {
     match value {
-        Value::String(s) => Ok(s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()),
+        Value::String(s) => Ok(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .map(|(i, v)| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| format!("{path}[{i}]: not a string"))
-            })
+            .map(|(i, v)| v.as_str().map(str::to_owned).ok_or_else(|| format!("{path}[{i}]: not a string")))
             .collect(),
         _ => Err(format!("{path}: expected a string or an array of strings")),
     }
@@ -309,12 +244,7 @@ fn routing_rule(rule: &Map<String, Value>, path: &str) -> Result<router::Routing
     let mut out = router::RoutingRule::default();
     for (key, value) in rule {
         let at = format!("{path}.{key}");
-        let text = || {
-            value
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| format!("{at}: not a string"))
-        };
+        let text = || value.as_str().map(str::to_owned).ok_or_else(|| format!("{at}: not a string"));
         match key.as_str() {
             "type" => {
                 if text()? != "field" {
@@ -326,8 +256,7 @@ fn routing_rule(rule: &Map<String, Value>, path: &str) -> Result<router::Routing
             "balancerTag" => out.target_tag = Some(TargetTag::BalancingTag(text()?)),
             "domain" | "domains" => {
                 for (i, d) in string_list(value, &at)?.iter().enumerate() {
-                    out.domain
-                        .push(domain_rule(d).map_err(|e| format!("{at}[{i}]: {e}"))?);
+                    out.domain.push(domain_rule(d).map_err(|e| format!("{at}[{i}]: {e}"))?);
                 }
             }
             "ip" => out.ip = ip_rules(value, &at)?,
@@ -347,13 +276,9 @@ fn routing_rule(rule: &Map<String, Value>, path: &str) -> Result<router::Routing
             "inboundTag" => out.inbound_tag = string_list(value, &at)?,
             "protocol" => out.protocol = string_list(value, &at)?,
             "attrs" => {
-                let attrs = value
-                    .as_object()
-                    .ok_or_else(|| format!("{at}: not an object"))?;
+                let attrs = value.as_object().ok_or_else(|| format!("{at}: not an object"))?;
                 for (k, v) in attrs {
-                    let v = v
-                        .as_str()
-                        .ok_or_else(|| format!("{at}.{k}: not a string"))?;
+                    let v = v.as_str().ok_or_else(|| format!("{at}.{k}: not a string"))?;
                     out.attributes.insert(k.clone(), v.to_owned());
                 }
             }
@@ -373,29 +298,15 @@ fn domain_rule(entry: &str) -> Result<geodata::DomainRule, String> {
         if value.is_empty() {
             return Err(format!("{entry:?}: empty value"));
         }
-        Ok(Rule::Custom(geodata::Domain {
-            r#type: kind as i32,
-            value: value.to_owned(),
-            attribute: Vec::new(),
-        }))
+        Ok(Rule::Custom(geodata::Domain { r#type: kind as i32, value: value.to_owned(), attribute: Vec::new() }))
     };
     let rule = if let Some(code) = entry.strip_prefix("geosite:") {
         let (code, attrs) = code.split_once('@').unwrap_or((code, ""));
-        Rule::Geosite(geodata::GeoSiteRule {
-            file: String::new(),
-            code: code.to_owned(),
-            attrs: attrs.to_owned(),
-        })
+        Rule::Geosite(geodata::GeoSiteRule { file: String::new(), code: code.to_owned(), attrs: attrs.to_owned() })
     } else if let Some(rest) = entry.strip_prefix("ext:") {
-        let (file, code) = rest
-            .split_once(':')
-            .ok_or_else(|| format!("{entry:?}: expected ext:FILE:CODE"))?;
+        let (file, code) = rest.split_once(':').ok_or_else(|| format!("{entry:?}: expected ext:FILE:CODE"))?;
         let (code, attrs) = code.split_once('@').unwrap_or((code, ""));
-        Rule::Geosite(geodata::GeoSiteRule {
-            file: file.to_owned(),
-            code: code.to_owned(),
-            attrs: attrs.to_owned(),
-        })
+        Rule::Geosite(geodata::GeoSiteRule { file: file.to_owned(), code: code.to_owned(), attrs: attrs.to_owned() })
     } else if let Some(v) = entry.strip_prefix("regexp:") {
         custom(Type::Regex, v)?
     } else if let Some(v) = entry.strip_prefix("domain:") {
@@ -405,9 +316,7 @@ fn domain_rule(entry: &str) -> Result<geodata::DomainRule, String> {
     } else if let Some(v) = entry.strip_prefix("keyword:") {
         custom(Type::Substr, v)?
     } else if entry.contains(':') {
-        return Err(format!(
-            "{entry:?}: prefix not supported by this client yet"
-        ));
+        return Err(format!("{entry:?}: prefix not supported by this client yet"));
     } else {
         custom(Type::Substr, entry)?
     };
@@ -429,20 +338,10 @@ fn ip_rule(entry: &str) -> Result<geodata::IpRule, String> {
         None => (false, entry),
     };
     let rule = if let Some(code) = bare.strip_prefix("geoip:") {
-        Rule::Geoip(geodata::GeoIpRule {
-            file: String::new(),
-            code: code.to_owned(),
-            reverse_match: reverse,
-        })
+        Rule::Geoip(geodata::GeoIpRule { file: String::new(), code: code.to_owned(), reverse_match: reverse })
     } else if let Some(rest) = bare.strip_prefix("ext:") {
-        let (file, code) = rest
-            .split_once(':')
-            .ok_or_else(|| format!("{entry:?}: expected ext:FILE:CODE"))?;
-        Rule::Geoip(geodata::GeoIpRule {
-            file: file.to_owned(),
-            code: code.to_owned(),
-            reverse_match: reverse,
-        })
+        let (file, code) = rest.split_once(':').ok_or_else(|| format!("{entry:?}: expected ext:FILE:CODE"))?;
+        Rule::Geoip(geodata::GeoIpRule { file: file.to_owned(), code: code.to_owned(), reverse_match: reverse })
     } else if reverse {
         return Err(format!("{entry:?}: `!` applies to geoip: entries only"));
     } else {
@@ -450,20 +349,16 @@ fn ip_rule(entry: &str) -> Result<geodata::IpRule, String> {
             Some((ip, p)) => (ip, Some(p)),
             None => (bare, None),
         };
-        let ip: IpAddr = ip
-            .parse()
-            .map_err(|_| format!("{entry:?}: not an IP address or CIDR"))?;
+        let ip: IpAddr = ip.parse().map_err(|_| format!("{entry:?}: not an IP address or CIDR"))?;
         let (bytes, max) = match ip {
             IpAddr::V4(v4) => (v4.octets().to_vec(), 32),
             IpAddr::V6(v6) => (v6.octets().to_vec(), 128),
         };
         let prefix = match prefix {
             None => max,
-            Some(p) => p
-                .parse::<u32>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{entry:?}: bad prefix length"))?,
+            Some(p) => {
+                p.parse::<u32>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{entry:?}: bad prefix length"))?
+            }
         };
         Rule::Custom(geodata::Cidr { ip: bytes, prefix })
     };
@@ -476,12 +371,7 @@ fn port_list(value: &Value, path: &str) -> Result<net::PortList, String> {
     let mut add = |part: &str| -> Result<(), String> {
         let part = part.trim();
         let (from, to) = part.split_once('-').unwrap_or((part, part));
-        let port = |s: &str| {
-            s.trim()
-                .parse::<u16>()
-                .map(u32::from)
-                .map_err(|_| format!("{path}: bad port {part:?}"))
-        };
+        let port = |s: &str| s.trim().parse::<u16>().map(u32::from).map_err(|_| format!("{path}: bad port {part:?}"));
         let (from, to) = (port(from)?, port(to)?);
         if from > to {
             return Err(format!("{path}: empty range {part:?}"));
@@ -518,30 +408,15 @@ fn balancer(b: &Map<String, Value>, path: &str) -> Result<router::BalancingRule,
     for (key, value) in b {
         let at = format!("{path}.{key}");
         match key.as_str() {
-            "tag" => {
-                out.tag = value
-                    .as_str()
-                    .ok_or_else(|| format!("{at}: not a string"))?
-                    .to_owned()
-            }
+            "tag" => out.tag = value.as_str().ok_or_else(|| format!("{at}: not a string"))?.to_owned(),
             "selector" => out.outbound_selector = string_list(value, &at)?,
-            "fallbackTag" => {
-                out.fallback_tag = value
-                    .as_str()
-                    .ok_or_else(|| format!("{at}: not a string"))?
-                    .to_owned()
-            }
+            "fallbackTag" => out.fallback_tag = value.as_str().ok_or_else(|| format!("{at}: not a string"))?.to_owned(),
             "strategy" => {
-                let s = value
-                    .as_object()
-                    .ok_or_else(|| format!("{at}: not an object"))?;
+                let s = value.as_object().ok_or_else(|| format!("{at}: not an object"))?;
                 for (k, v) in s {
                     match k.as_str() {
                         "type" => {
-                            out.strategy = v
-                                .as_str()
-                                .ok_or_else(|| format!("{at}.type: not a string"))?
-                                .to_owned()
+                            out.strategy = v.as_str().ok_or_else(|| format!("{at}.type: not a string"))?.to_owned()
                         }
                         _ => return Err(format!("{at}.{k}: not supported by this client yet")),
                     }
@@ -583,27 +458,15 @@ mod tests {
             }"#,
         )
         .unwrap();
-        let found = inbounds_with_users(&[path.to_str().unwrap().to_owned()])
-            .unwrap_or_else(|_| panic!("parse"));
+        let found = inbounds_with_users(&[path.to_str().unwrap().to_owned()]).unwrap_or_else(|_| panic!("parse"));
         assert_eq!(found.len(), 2, "the untagged inbound is skipped");
         let alice = found[0].clients[0].user.as_ref().unwrap();
         assert_eq!((alice.level, alice.email.as_str()), (2, "a@x"));
         let account = alice.account.as_ref().unwrap();
         assert_eq!(account.r#type, "xray.proxy.vless.Account");
-        assert_eq!(
-            vless::Account::decode(&account.value[..]).unwrap().id,
-            "alice"
-        );
-        assert!(found[0].clients[1]
-            .user
-            .as_ref()
-            .unwrap_err()
-            .contains("email"));
-        assert!(found[1].clients[0]
-            .user
-            .as_ref()
-            .unwrap_err()
-            .contains("not supported yet"));
+        assert_eq!(vless::Account::decode(&account.value[..]).unwrap().id, "alice");
+        assert!(found[0].clients[1].user.as_ref().unwrap_err().contains("email"));
+        assert!(found[1].clients[0].user.as_ref().unwrap_err().contains("not supported yet"));
     }
 
     #[test]
@@ -628,10 +491,7 @@ mod tests {
         assert_eq!(r.ip.len(), 3);
         assert_eq!(
             r.ip[0].value,
-            Some(geodata::ip_rule::Value::Custom(geodata::Cidr {
-                ip: vec![10, 0, 0, 0],
-                prefix: 8
-            }))
+            Some(geodata::ip_rule::Value::Custom(geodata::Cidr { ip: vec![10, 0, 0, 0], prefix: 8 }))
         );
         assert_eq!(r.port_list.as_ref().unwrap().range.len(), 2);
         assert_eq!(r.networks, vec![2, 3]);
@@ -639,9 +499,7 @@ mod tests {
         assert_eq!(c.balancing_rule[0].strategy, "random");
 
         let bad = json!({ "routing": { "rules": [{ "outboundTag": "x", "process": ["a"] }] } });
-        assert!(router_config(&bad)
-            .unwrap_err()
-            .contains("routing.rules[0].process"));
+        assert!(router_config(&bad).unwrap_err().contains("routing.rules[0].process"));
         let no_target = json!({ "routing": { "rules": [{ "ip": ["1.1.1.1"] }] } });
         assert!(router_config(&no_target).is_err());
         assert!(router_config(&json!({})).is_err());
@@ -659,10 +517,7 @@ mod tests {
         for file in [
             write("a.json", c.clone()),
             write("b.json", json!({ "clients": c })),
-            write(
-                "c.json",
-                json!({ "protocol": "vless", "settings": { "clients": c } }),
-            ),
+            write("c.json", json!({ "protocol": "vless", "settings": { "clients": c } })),
             write(
                 "d.json",
                 json!({ "inbounds": [{ "tag": "other" }, { "tag": "in", "protocol": "vless", "settings": { "clients": c } }] }),

@@ -68,28 +68,16 @@ pub(super) fn user(u: &User) -> Value {
 pub(super) fn inbound(h: &InboundHandlerConfig) -> Value {
     object(vec![
         ("tag", json!(h.tag)),
-        (
-            "receiverSettings",
-            h.receiver_settings.as_ref().map_or(Value::Null, typed),
-        ),
-        (
-            "proxySettings",
-            h.proxy_settings.as_ref().map_or(Value::Null, typed),
-        ),
+        ("receiverSettings", h.receiver_settings.as_ref().map_or(Value::Null, typed)),
+        ("proxySettings", h.proxy_settings.as_ref().map_or(Value::Null, typed)),
     ])
 }
 
 pub(super) fn outbound(h: &OutboundHandlerConfig) -> Value {
     let mut out = object(vec![
         ("tag", json!(h.tag)),
-        (
-            "senderSettings",
-            h.sender_settings.as_ref().map_or(Value::Null, typed),
-        ),
-        (
-            "proxySettings",
-            h.proxy_settings.as_ref().map_or(Value::Null, typed),
-        ),
+        ("senderSettings", h.sender_settings.as_ref().map_or(Value::Null, typed)),
+        ("proxySettings", h.proxy_settings.as_ref().map_or(Value::Null, typed)),
         ("comment", json!(h.comment)),
     ]);
     if h.expire != 0 {
@@ -116,11 +104,7 @@ fn known_message(name: &str, bytes: &[u8]) -> Option<Value> {
     Some(match name {
         "proxy.vless.Account" => {
             let a = vless::Account::decode(bytes).ok()?;
-            object(vec![
-                ("id", json!(a.id)),
-                ("flow", json!(a.flow)),
-                ("encryption", json!(a.encryption)),
-            ])
+            object(vec![("id", json!(a.id)), ("flow", json!(a.flow)), ("encryption", json!(a.encryption))])
         }
         "proxy.vless.inbound.Config" => {
             let c = vless::inbound::Config::decode(bytes).ok()?;
@@ -139,10 +123,7 @@ fn known_message(name: &str, bytes: &[u8]) -> Option<Value> {
                 })
                 .collect();
             object(vec![
-                (
-                    "clients",
-                    json!(c.clients.iter().map(user).collect::<Vec<_>>()),
-                ),
+                ("clients", json!(c.clients.iter().map(user).collect::<Vec<_>>())),
                 ("fallbacks", json!(fallbacks)),
                 ("decryption", json!(c.decryption)),
             ])
@@ -150,14 +131,8 @@ fn known_message(name: &str, bytes: &[u8]) -> Option<Value> {
         "app.proxyman.ReceiverConfig" => {
             let r = proxyman::ReceiverConfig::decode(bytes).ok()?;
             object(vec![
-                (
-                    "portList",
-                    r.port_list.as_ref().map_or(Value::Null, port_list),
-                ),
-                (
-                    "listen",
-                    r.listen.as_ref().map_or(Value::Null, ip_or_domain),
-                ),
+                ("portList", r.port_list.as_ref().map_or(Value::Null, port_list)),
+                ("listen", r.listen.as_ref().map_or(Value::Null, ip_or_domain)),
             ])
         }
         _ => return None,
@@ -165,11 +140,7 @@ fn known_message(name: &str, bytes: &[u8]) -> Option<Value> {
 }
 
 fn port_list(p: &net::PortList) -> Value {
-    let ranges: Vec<Value> = p
-        .range
-        .iter()
-        .map(|r| json!({ "From": r.from, "To": r.to }))
-        .collect();
+    let ranges: Vec<Value> = p.range.iter().map(|r| json!({ "From": r.from, "To": r.to })).collect();
     json!({ "range": ranges })
 }
 
@@ -195,11 +166,7 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -227,17 +194,11 @@ mod tests {
 
     #[test]
     fn users_open_their_account_and_skip_empty_fields() {
-        let account = vless::Account {
-            id: "abc".into(),
-            ..Default::default()
-        };
+        let account = vless::Account { id: "abc".into(), ..Default::default() };
         let u = User {
             level: 0,
             email: "a@b".into(),
-            account: Some(TypedMessage {
-                r#type: "xray.proxy.vless.Account".into(),
-                value: account.encode_to_vec(),
-            }),
+            account: Some(TypedMessage { r#type: "xray.proxy.vless.Account".into(), value: account.encode_to_vec() }),
         };
         assert_eq!(
             user(&u),
@@ -247,31 +208,18 @@ mod tests {
                 "account": { "id": "abc", "_TypedMessage_": "xray.proxy.vless.Account" }
             })
         );
-        let unknown = TypedMessage {
-            r#type: "xray.proxy.trojan.Account".into(),
-            value: vec![1, 2, 3],
-        };
-        assert_eq!(
-            typed(&unknown),
-            json!({ "value": "AQID", "_TypedMessage_": "xray.proxy.trojan.Account" })
-        );
+        let unknown = TypedMessage { r#type: "xray.proxy.trojan.Account".into(), value: vec![1, 2, 3] };
+        assert_eq!(typed(&unknown), json!({ "value": "AQID", "_TypedMessage_": "xray.proxy.trojan.Account" }));
     }
 
     #[test]
     fn receiver_settings_show_address_and_ports() {
         let r = proxyman::ReceiverConfig {
-            port_list: Some(net::PortList {
-                range: vec![net::PortRange { from: 443, to: 443 }],
-            }),
-            listen: Some(net::IpOrDomain {
-                address: Some(net::ip_or_domain::Address::Ip(vec![127, 0, 0, 1])),
-            }),
+            port_list: Some(net::PortList { range: vec![net::PortRange { from: 443, to: 443 }] }),
+            listen: Some(net::IpOrDomain { address: Some(net::ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
             ..Default::default()
         };
-        let t = TypedMessage {
-            r#type: "xray.app.proxyman.ReceiverConfig".into(),
-            value: r.encode_to_vec(),
-        };
+        let t = TypedMessage { r#type: "xray.app.proxyman.ReceiverConfig".into(), value: r.encode_to_vec() };
         assert_eq!(
             typed(&t),
             json!({

@@ -33,12 +33,7 @@ pub enum ConfigErrorKind {
 impl ConfigError {
     /// An invalid value at `path`.
     pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            kind: ConfigErrorKind::Invalid,
-            message: message.into(),
-            file: None,
-        }
+        ConfigError { path: path.into(), kind: ConfigErrorKind::Invalid, message: message.into(), file: None }
     }
 
     /// A feature at `path` that shardray does not serve yet; `what` names it.
@@ -53,28 +48,14 @@ impl ConfigError {
 
     /// A feature at `path` that shardray does not serve yet, with the whole message given.
     pub(crate) fn unsupported_msg(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            kind: ConfigErrorKind::Unsupported,
-            message: message.into(),
-            file: None,
-        }
+        ConfigError { path: path.into(), kind: ConfigErrorKind::Unsupported, message: message.into(), file: None }
     }
 
     /// A file that could not be read; `path` is the JSON path that named it, if any.
     pub(crate) fn io(path: impl Into<String>, file: &Path, err: &std::io::Error) -> Self {
         let path = path.into();
-        let message = format!(
-            "cannot read {:?}: {}",
-            file.display().to_string(),
-            io_reason(err)
-        );
-        ConfigError {
-            path,
-            kind: ConfigErrorKind::Io,
-            message,
-            file: None,
-        }
+        let message = format!("cannot read {:?}: {}", file.display().to_string(), io_reason(err));
+        ConfigError { path, kind: ConfigErrorKind::Io, message, file: None }
     }
 
     /// Attaches the file the error was found in (kept if one is already set).

@@ -7,35 +7,22 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use shardray_core::spec::{
-    CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec,
-    TlsServerSpec, TlsVersion, UserSpec, VlessInboundSpec,
+    CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, TlsServerSpec, TlsVersion,
+    UserSpec, VlessInboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 use uuid::Uuid;
 
 use super::error::ConfigError;
 use super::raw::{
-    RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawInbound, RawSniffing,
-    RawStreamSettings, RawTcpSettings, RawTlsSettings, RawVlessClient, RawVlessSettings,
-    StringList,
+    RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawInbound, RawSniffing, RawStreamSettings,
+    RawTcpSettings, RawTlsSettings, RawVlessClient, RawVlessSettings, StringList,
 };
-use super::validate::{
-    check_api_loopback, deserialize_at, parse_host_port, parse_port, value_text,
-};
+use super::validate::{check_api_loopback, deserialize_at, parse_host_port, parse_port, value_text};
 
 /// Inbound protocols upstream has that shardray does not serve yet.
-const LATER_PROTOCOLS: &[&str] = &[
-    "vmess",
-    "trojan",
-    "shadowsocks",
-    "socks",
-    "http",
-    "mixed",
-    "wireguard",
-    "hysteria",
-    "hysteria2",
-    "tun",
-];
+const LATER_PROTOCOLS: &[&str] =
+    &["vmess", "trojan", "shadowsocks", "socks", "http", "mixed", "wireguard", "hysteria", "hysteria2", "tun"];
 
 /// Transports upstream has besides raw TCP.
 const LATER_NETWORKS: &[&str] = &[
@@ -66,15 +53,8 @@ pub(super) struct Inbounds {
 }
 
 /// Validates `inbounds`; the one tagged `api_tag` becomes the API's listen address instead.
-pub(super) fn inbounds(
-    raw: Option<Vec<RawInbound>>,
-    api_tag: Option<&str>,
-) -> Result<Inbounds, ConfigError> {
-    let mut out = Inbounds {
-        specs: Vec::new(),
-        listens: Vec::new(),
-        api_inbound: None,
-    };
+pub(super) fn inbounds(raw: Option<Vec<RawInbound>>, api_tag: Option<&str>) -> Result<Inbounds, ConfigError> {
+    let mut out = Inbounds { specs: Vec::new(), listens: Vec::new(), api_inbound: None };
     let mut tags: HashMap<String, usize> = HashMap::new();
     for (i, ib) in raw.unwrap_or_default().into_iter().enumerate() {
         let path = format!("inbounds[{i}]");
@@ -107,15 +87,9 @@ fn api_inbound(ib: RawInbound, path: &str, tag: &str) -> Result<(String, SocketA
             format!("the API inbound {tag:?} must be dokodemo-door, not {protocol:?}"),
         ));
     }
-    let _: RawDokodemoSettings = deserialize_at(
-        ib.settings.unwrap_or_else(empty_object),
-        &format!("{path}.settings"),
-    )?;
+    let _: RawDokodemoSettings = deserialize_at(ib.settings.unwrap_or_else(empty_object), &format!("{path}.settings"))?;
     if stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?.is_some() {
-        return Err(ConfigError::unsupported(
-            format!("{path}.streamSettings.security"),
-            "TLS on the API inbound",
-        ));
+        return Err(ConfigError::unsupported(format!("{path}.streamSettings.security"), "TLS on the API inbound"));
     }
     check_sniffing(ib.sniffing, path)?;
     check_allocate(ib.allocate, path)?;
@@ -128,11 +102,7 @@ fn api_inbound(ib: RawInbound, path: &str, tag: &str) -> Result<(String, SocketA
 }
 
 /// One served inbound and its listen address.
-fn inbound(
-    ib: RawInbound,
-    path: &str,
-    tag: String,
-) -> Result<(InboundSpec, SocketAddr), ConfigError> {
+fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, SocketAddr), ConfigError> {
     let protocol = protocol_name(&ib, path)?;
     let ip = listen_ip(ib.listen.as_deref(), &format!("{path}.listen"))?;
     let port = inbound_port(ib.port.as_ref(), &format!("{path}.port"))?;
@@ -147,27 +117,11 @@ fn inbound(
         "vless" => InboundProtocol::Vless(vless(settings, &settings_path)?),
         p if is_dokodemo(p) => InboundProtocol::Dokodemo(dokodemo(settings, &settings_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
-            return Err(ConfigError::unsupported(
-                format!("{path}.protocol"),
-                format!("{p:?}"),
-            ))
+            return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
         }
-        p => {
-            return Err(ConfigError::invalid(
-                format!("{path}.protocol"),
-                format!("unknown protocol {p:?}"),
-            ))
-        }
+        p => return Err(ConfigError::invalid(format!("{path}.protocol"), format!("unknown protocol {p:?}"))),
     };
-    Ok((
-        InboundSpec {
-            tag,
-            listen,
-            tls,
-            protocol,
-        },
-        listen,
-    ))
+    Ok((InboundSpec { tag, listen, tls, protocol }, listen))
 }
 
 fn protocol_name(ib: &RawInbound, path: &str) -> Result<String, ConfigError> {
@@ -194,12 +148,8 @@ fn listen_ip(listen: Option<&str>, path: &str) -> Result<IpAddr, ConfigError> {
     if s.starts_with('/') || s.starts_with('@') {
         return Err(ConfigError::unsupported(path, "listening on a Unix socket"));
     }
-    let bare = s
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(s);
-    bare.parse()
-        .map_err(|_| ConfigError::invalid(path, format!("{s:?} is not an IP address")))
+    let bare = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(s);
+    bare.parse().map_err(|_| ConfigError::invalid(path, format!("{s:?} is not an IP address")))
 }
 
 /// `port` of an inbound: a number or numeric string; 0 asks the kernel for a free port.
@@ -211,10 +161,7 @@ fn inbound_port(port: Option<&Value>, path: &str) -> Result<u16, ConfigError> {
     if let Value::String(s) = value {
         let s = s.trim();
         if s.contains('-') || s.contains(',') {
-            return Err(ConfigError::unsupported_msg(
-                path,
-                "port ranges are not supported yet",
-            ));
+            return Err(ConfigError::unsupported_msg(path, "port ranges are not supported yet"));
         }
         if s == "0" {
             return Ok(0);
@@ -228,10 +175,9 @@ fn inbound_port(port: Option<&Value>, path: &str) -> Result<u16, ConfigError> {
 
 fn check_sniffing(sniffing: Option<RawSniffing>, path: &str) -> Result<(), ConfigError> {
     match sniffing {
-        Some(s) if s.enabled == Some(true) => Err(ConfigError::unsupported(
-            format!("{path}.sniffing.enabled"),
-            "sniffing",
-        )),
+        Some(s) if s.enabled == Some(true) => {
+            Err(ConfigError::unsupported(format!("{path}.sniffing.enabled"), "sniffing"))
+        }
         _ => Ok(()),
     }
 }
@@ -241,36 +187,22 @@ fn check_allocate(allocate: Option<RawAllocate>, path: &str) -> Result<(), Confi
     if strategy.is_empty() || strategy.eq_ignore_ascii_case("always") {
         Ok(())
     } else {
-        Err(ConfigError::unsupported(
-            format!("{path}.allocate.strategy"),
-            format!("allocate strategy {strategy:?}"),
-        ))
+        Err(ConfigError::unsupported(format!("{path}.allocate.strategy"), format!("allocate strategy {strategy:?}")))
     }
 }
 
 // === stream settings and TLS ===
 
 /// `streamSettings`: raw TCP only; returns the TLS settings when `security` is `tls`.
-fn stream_settings(
-    raw: Option<RawStreamSettings>,
-    path: &str,
-) -> Result<Option<TlsServerSpec>, ConfigError> {
+fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<Option<TlsServerSpec>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
     match network.as_str() {
         "" | "tcp" | "raw" => {}
         n if LATER_NETWORKS.contains(&n) => {
-            return Err(ConfigError::unsupported(
-                format!("{path}.network"),
-                format!("network {n:?}"),
-            ))
+            return Err(ConfigError::unsupported(format!("{path}.network"), format!("network {n:?}")))
         }
-        n => {
-            return Err(ConfigError::invalid(
-                format!("{path}.network"),
-                format!("unknown network {n:?}"),
-            ))
-        }
+        n => return Err(ConfigError::invalid(format!("{path}.network"), format!("unknown network {n:?}"))),
     }
     tcp_settings(raw.tcp_settings, &format!("{path}.tcpSettings"))?;
     tcp_settings(raw.raw_settings, &format!("{path}.rawSettings"))?;
@@ -282,16 +214,12 @@ fn stream_settings(
             let tls_path = format!("{path}.tlsSettings");
             match raw.tls_settings {
                 Some(tls) => Ok(Some(tls_server(tls, &tls_path)?)),
-                None => Err(ConfigError::invalid(
-                    tls_path,
-                    "missing (security is \"tls\")",
-                )),
+                None => Err(ConfigError::invalid(tls_path, "missing (security is \"tls\")")),
             }
         }
-        s @ ("reality" | "xtls") => Err(ConfigError::unsupported(
-            format!("{path}.security"),
-            format!("security {s:?}"),
-        )),
+        s @ ("reality" | "xtls") => {
+            Err(ConfigError::unsupported(format!("{path}.security"), format!("security {s:?}")))
+        }
         s => Err(ConfigError::invalid(
             format!("{path}.security"),
             format!("unknown security {s:?} (expected \"none\" or \"tls\")"),
@@ -302,55 +230,25 @@ fn stream_settings(
 fn tcp_settings(raw: Option<RawTcpSettings>, path: &str) -> Result<(), ConfigError> {
     let Some(raw) = raw else { return Ok(()) };
     if raw.accept_proxy_protocol == Some(true) {
-        return Err(ConfigError::unsupported(
-            format!("{path}.acceptProxyProtocol"),
-            "acceptProxyProtocol",
-        ));
+        return Err(ConfigError::unsupported(format!("{path}.acceptProxyProtocol"), "acceptProxyProtocol"));
     }
-    let kind = raw
-        .header
-        .and_then(|h| h.kind)
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let kind = raw.header.and_then(|h| h.kind).unwrap_or_default().to_ascii_lowercase();
     match kind.as_str() {
         "" | "none" => Ok(()),
-        "http" => Err(ConfigError::unsupported(
-            format!("{path}.header.type"),
-            "HTTP header camouflage",
-        )),
-        other => Err(ConfigError::invalid(
-            format!("{path}.header.type"),
-            format!("unknown header type {other:?}"),
-        )),
+        "http" => Err(ConfigError::unsupported(format!("{path}.header.type"), "HTTP header camouflage")),
+        other => Err(ConfigError::invalid(format!("{path}.header.type"), format!("unknown header type {other:?}"))),
     }
 }
 
 fn tls_server(raw: RawTlsSettings, path: &str) -> Result<TlsServerSpec, ConfigError> {
     if raw.reject_unknown_sni == Some(true) {
-        return Err(ConfigError::unsupported(
-            format!("{path}.rejectUnknownSni"),
-            "rejectUnknownSni",
-        ));
+        return Err(ConfigError::unsupported(format!("{path}.rejectUnknownSni"), "rejectUnknownSni"));
     }
     let unserved = [
-        (
-            "cipherSuites",
-            raw.cipher_suites.as_ref().is_some_and(|s| !s.is_empty()),
-        ),
-        (
-            "curvePreferences",
-            raw.curve_preferences
-                .as_ref()
-                .is_some_and(|c| !c.is_empty()),
-        ),
-        (
-            "echServerKeys",
-            raw.ech_server_keys.as_ref().is_some_and(|s| !s.is_empty()),
-        ),
-        (
-            "masterKeyLog",
-            raw.master_key_log.as_ref().is_some_and(|s| !s.is_empty()),
-        ),
+        ("cipherSuites", raw.cipher_suites.as_ref().is_some_and(|s| !s.is_empty())),
+        ("curvePreferences", raw.curve_preferences.as_ref().is_some_and(|c| !c.is_empty())),
+        ("echServerKeys", raw.ech_server_keys.as_ref().is_some_and(|s| !s.is_empty())),
+        ("masterKeyLog", raw.master_key_log.as_ref().is_some_and(|s| !s.is_empty())),
     ];
     for (field, set) in unserved {
         if set {
@@ -361,10 +259,7 @@ fn tls_server(raw: RawTlsSettings, path: &str) -> Result<TlsServerSpec, ConfigEr
     let alpn = match raw.alpn {
         Some(StringList(list)) if !list.is_empty() => {
             if let Some(j) = list.iter().position(|p| p.is_empty()) {
-                return Err(ConfigError::invalid(
-                    format!("{path}.alpn[{j}]"),
-                    "empty protocol",
-                ));
+                return Err(ConfigError::invalid(format!("{path}.alpn[{j}]"), "empty protocol"));
             }
             list
         }
@@ -373,10 +268,7 @@ fn tls_server(raw: RawTlsSettings, path: &str) -> Result<TlsServerSpec, ConfigEr
 
     let raw_certs = raw.certificates.unwrap_or_default();
     if raw_certs.is_empty() {
-        return Err(ConfigError::invalid(
-            format!("{path}.certificates"),
-            "at least one certificate is required",
-        ));
+        return Err(ConfigError::invalid(format!("{path}.certificates"), "at least one certificate is required"));
     }
     let mut certificates = Vec::with_capacity(raw_certs.len());
     for (j, cert) in raw_certs.into_iter().enumerate() {
@@ -387,20 +279,11 @@ fn tls_server(raw: RawTlsSettings, path: &str) -> Result<TlsServerSpec, ConfigEr
     let max_version = tls_version(raw.max_version.as_deref(), &format!("{path}.maxVersion"))?;
     if let (Some(min), Some(max)) = (min_version, max_version) {
         if min > max {
-            return Err(ConfigError::invalid(
-                format!("{path}.maxVersion"),
-                "is lower than minVersion",
-            ));
+            return Err(ConfigError::invalid(format!("{path}.maxVersion"), "is lower than minVersion"));
         }
     }
 
-    Ok(TlsServerSpec {
-        server_name: raw.server_name.unwrap_or_default(),
-        alpn,
-        certificates,
-        min_version,
-        max_version,
-    })
+    Ok(TlsServerSpec { server_name: raw.server_name.unwrap_or_default(), alpn, certificates, min_version, max_version })
 }
 
 fn tls_version(value: Option<&str>, path: &str) -> Result<Option<TlsVersion>, ConfigError> {
@@ -408,14 +291,10 @@ fn tls_version(value: Option<&str>, path: &str) -> Result<Option<TlsVersion>, Co
         "" => Ok(None),
         "1.2" => Ok(Some(TlsVersion::V1_2)),
         "1.3" => Ok(Some(TlsVersion::V1_3)),
-        v @ ("1.0" | "1.1") => Err(ConfigError::invalid(
-            path,
-            format!("TLS {v} is not offered (shardray speaks TLS 1.2 and 1.3)"),
-        )),
-        v => Err(ConfigError::invalid(
-            path,
-            format!("unknown TLS version {v:?} (expected \"1.2\" or \"1.3\")"),
-        )),
+        v @ ("1.0" | "1.1") => {
+            Err(ConfigError::invalid(path, format!("TLS {v} is not offered (shardray speaks TLS 1.2 and 1.3)")))
+        }
+        v => Err(ConfigError::invalid(path, format!("unknown TLS version {v:?} (expected \"1.2\" or \"1.3\")"))),
     }
 }
 
@@ -423,40 +302,21 @@ fn tls_version(value: Option<&str>, path: &str) -> Result<Option<TlsVersion>, Co
 fn certificate(raw: RawCertificate, path: &str) -> Result<CertificateSpec, ConfigError> {
     let usage = raw.usage.unwrap_or_default().to_ascii_lowercase();
     if !(usage.is_empty() || usage == "encipherment") {
-        return Err(ConfigError::unsupported(
-            format!("{path}.usage"),
-            format!("certificate usage {usage:?}"),
-        ));
+        return Err(ConfigError::unsupported(format!("{path}.usage"), format!("certificate usage {usage:?}")));
     }
-    let chain_pem = pem_source(
-        raw.certificate_file,
-        raw.certificate,
-        path,
-        ("certificateFile", "certificate"),
-    )?;
+    let chain_pem = pem_source(raw.certificate_file, raw.certificate, path, ("certificateFile", "certificate"))?;
     let key_pem = pem_source(raw.key_file, raw.key, path, ("keyFile", "key"))?;
 
     let chain_text = String::from_utf8_lossy(&chain_pem.1);
     if !chain_text.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(ConfigError::invalid(
-            chain_pem.0,
-            format!("{} holds no PEM certificate", chain_pem.2),
-        ));
+        return Err(ConfigError::invalid(chain_pem.0, format!("{} holds no PEM certificate", chain_pem.2)));
     }
     let key_text = String::from_utf8_lossy(&key_pem.1);
-    let has_key = key_text
-        .lines()
-        .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with("PRIVATE KEY-----"));
+    let has_key = key_text.lines().any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with("PRIVATE KEY-----"));
     if !has_key {
-        return Err(ConfigError::invalid(
-            key_pem.0,
-            format!("{} holds no PEM private key", key_pem.2),
-        ));
+        return Err(ConfigError::invalid(key_pem.0, format!("{} holds no PEM private key", key_pem.2)));
     }
-    Ok(CertificateSpec {
-        chain_pem: chain_pem.1,
-        key_pem: key_pem.1,
-    })
+    Ok(CertificateSpec { chain_pem: chain_pem.1, key_pem: key_pem.1 })
 }
 
 /// PEM bytes from a file field or an inline list of lines: (the path used, the bytes, a
@@ -476,18 +336,13 @@ fn pem_source(
         )),
         (Some(file), None) => {
             let field_path = format!("{path}.{file_field}");
-            let bytes = std::fs::read(&file)
-                .map_err(|e| ConfigError::io(&field_path, Path::new(&file), &e))?;
+            let bytes = std::fs::read(&file).map_err(|e| ConfigError::io(&field_path, Path::new(&file), &e))?;
             Ok((field_path, bytes, format!("{file:?}")))
         }
         (None, Some(lines)) => {
             let mut text = lines.join("\n");
             text.push('\n');
-            Ok((
-                format!("{path}.{inline_field}"),
-                text.into_bytes(),
-                "it".to_string(),
-            ))
+            Ok((format!("{path}.{inline_field}"), text.into_bytes(), "it".to_string()))
         }
         (None, None) => Err(ConfigError::invalid(
             format!("{path}.{file_field}"),
@@ -509,10 +364,7 @@ fn vless(settings: Value, path: &str) -> Result<VlessInboundSpec, ConfigError> {
         }
         Some("none") => {}
         Some(other) => {
-            return Err(ConfigError::unsupported(
-                format!("{path}.decryption"),
-                format!("VLESS decryption {other:?}"),
-            ))
+            return Err(ConfigError::unsupported(format!("{path}.decryption"), format!("VLESS decryption {other:?}")))
         }
     }
 
@@ -545,10 +397,7 @@ fn vless(settings: Value, path: &str) -> Result<VlessInboundSpec, ConfigError> {
         let fpath = format!("{path}.fallbacks[{k}]");
         let spec = fallback(fb, &fpath)?;
         if !seen.insert((spec.name.clone(), spec.alpn.clone(), spec.path.clone())) {
-            return Err(ConfigError::invalid(
-                fpath,
-                "another fallback has the same name, alpn and path",
-            ));
+            return Err(ConfigError::invalid(fpath, "another fallback has the same name, alpn and path"));
         }
         fallbacks.push(spec);
     }
@@ -558,30 +407,18 @@ fn vless(settings: Value, path: &str) -> Result<VlessInboundSpec, ConfigError> {
 fn vless_client(raw: RawVlessClient, path: &str) -> Result<UserSpec, ConfigError> {
     let id = match raw.id.as_deref() {
         None => return Err(ConfigError::invalid(format!("{path}.id"), "missing")),
-        Some(s) => parse_user_id(s).ok_or_else(|| {
-            ConfigError::invalid(format!("{path}.id"), format!("invalid UUID {s:?}"))
-        })?,
+        Some(s) => {
+            parse_user_id(s).ok_or_else(|| ConfigError::invalid(format!("{path}.id"), format!("invalid UUID {s:?}")))?
+        }
     };
     match raw.flow.as_deref().unwrap_or("") {
         "" => {}
         f @ ("xtls-rprx-vision" | "xtls-rprx-vision-udp443") => {
-            return Err(ConfigError::unsupported(
-                format!("{path}.flow"),
-                format!("flow {f:?}"),
-            ))
+            return Err(ConfigError::unsupported(format!("{path}.flow"), format!("flow {f:?}")))
         }
-        f => {
-            return Err(ConfigError::invalid(
-                format!("{path}.flow"),
-                format!("unknown flow {f:?}"),
-            ))
-        }
+        f => return Err(ConfigError::invalid(format!("{path}.flow"), format!("unknown flow {f:?}"))),
     }
-    Ok(UserSpec {
-        id,
-        email: raw.email.unwrap_or_default(),
-        level: raw.level.unwrap_or(0),
-    })
+    Ok(UserSpec { id, email: raw.email.unwrap_or_default(), level: raw.level.unwrap_or(0) })
 }
 
 /// A user id as upstream reads it: a UUID (32 hex digits, dashes optional where UUIDs have
@@ -606,10 +443,7 @@ fn fallback(raw: RawFallback, path: &str) -> Result<FallbackSpec, ConfigError> {
         "tcp" if matches!(dest, FallbackDest::Tcp(_)) => {}
         "unix" if matches!(dest, FallbackDest::Unix(_)) => {}
         kind @ ("tcp" | "unix") => {
-            return Err(ConfigError::invalid(
-                format!("{path}.type"),
-                format!("{kind:?} does not match dest"),
-            ))
+            return Err(ConfigError::invalid(format!("{path}.type"), format!("{kind:?} does not match dest")))
         }
         kind => {
             return Err(ConfigError::invalid(
@@ -629,10 +463,7 @@ fn fallback(raw: RawFallback, path: &str) -> Result<FallbackSpec, ConfigError> {
     };
     let fb_path = raw.path.unwrap_or_default();
     if !fb_path.is_empty() && !fb_path.starts_with('/') {
-        return Err(ConfigError::invalid(
-            format!("{path}.path"),
-            "must start with \"/\"",
-        ));
+        return Err(ConfigError::invalid(format!("{path}.path"), "must start with \"/\""));
     }
     Ok(FallbackSpec {
         name: raw.name.unwrap_or_default(),
@@ -645,12 +476,7 @@ fn fallback(raw: RawFallback, path: &str) -> Result<FallbackSpec, ConfigError> {
 
 /// `dest`: a port on 127.0.0.1, `"host:port"`, or a Unix socket path (`/…` or abstract `@…`).
 fn fallback_dest(value: &Value, path: &str) -> Result<FallbackDest, ConfigError> {
-    let local = |port: u16| {
-        FallbackDest::Tcp(Destination {
-            addr: Address::Ip(Ipv4Addr::LOCALHOST.into()),
-            port,
-        })
-    };
+    let local = |port: u16| FallbackDest::Tcp(Destination { addr: Address::Ip(Ipv4Addr::LOCALHOST.into()), port });
     match value {
         Value::Number(_) => Ok(local(parse_port(value, path)?)),
         Value::String(s) => {
@@ -663,16 +489,12 @@ fn fallback_dest(value: &Value, path: &str) -> Result<FallbackDest, ConfigError>
             }
             match parse_host_port(s) {
                 Some(dest) if dest.port != 0 => Ok(FallbackDest::Tcp(dest)),
-                _ => Err(ConfigError::invalid(
-                    path,
-                    format!("{s:?} is not a port, \"host:port\" or a Unix socket path"),
-                )),
+                _ => {
+                    Err(ConfigError::invalid(path, format!("{s:?} is not a port, \"host:port\" or a Unix socket path")))
+                }
             }
         }
-        other => Err(ConfigError::invalid(
-            path,
-            format!("expected a port or a string, got {}", value_text(other)),
-        )),
+        other => Err(ConfigError::invalid(path, format!("expected a port or a string, got {}", value_text(other)))),
     }
 }
 
@@ -681,10 +503,7 @@ fn fallback_dest(value: &Value, path: &str) -> Result<FallbackDest, ConfigError>
 fn dokodemo(settings: Value, path: &str) -> Result<DokodemoSpec, ConfigError> {
     let raw: RawDokodemoSettings = deserialize_at(settings, path)?;
     if raw.follow_redirect == Some(true) {
-        return Err(ConfigError::unsupported(
-            format!("{path}.followRedirect"),
-            "followRedirect",
-        ));
+        return Err(ConfigError::unsupported(format!("{path}.followRedirect"), "followRedirect"));
     }
     let mut tcp = false;
     let mut udp = false;
@@ -703,24 +522,19 @@ fn dokodemo(settings: Value, path: &str) -> Result<DokodemoSpec, ConfigError> {
         }
     }
     if udp && !tcp {
-        return Err(ConfigError::unsupported(
-            format!("{path}.network"),
-            "UDP forwarding",
-        ));
+        return Err(ConfigError::unsupported(format!("{path}.network"), "UDP forwarding"));
     }
     let addr_path = format!("{path}.address");
     let addr = match raw.address.as_deref().map(str::trim) {
         None | Some("") => return Err(ConfigError::invalid(addr_path, "missing")),
-        Some(s) => Address::parse(s)
-            .ok_or_else(|| ConfigError::invalid(&addr_path, format!("invalid address {s:?}")))?,
+        Some(s) => {
+            Address::parse(s).ok_or_else(|| ConfigError::invalid(&addr_path, format!("invalid address {s:?}")))?
+        }
     };
     let port_path = format!("{path}.port");
     let port = match raw.port.as_ref() {
         None | Some(Value::Null) => return Err(ConfigError::invalid(port_path, "missing")),
         Some(v) => parse_port(v, &port_path)?,
     };
-    Ok(DokodemoSpec {
-        destination: Destination { addr, port },
-        user_level: raw.user_level.unwrap_or(0),
-    })
+    Ok(DokodemoSpec { destination: Destination { addr, port }, user_level: raw.user_level.unwrap_or(0) })
 }

@@ -11,9 +11,7 @@ use serde_json::{Map, Value};
 pub(super) fn merge_config(base: &mut Map<String, Value>, next: Map<String, Value>) {
     for (key, value) in next {
         match (key.as_str(), base.get_mut(&key), value) {
-            ("inbounds" | "outbounds", Some(Value::Array(old)), Value::Array(new)) => {
-                merge_tagged(old, new)
-            }
+            ("inbounds" | "outbounds", Some(Value::Array(old)), Value::Array(new)) => merge_tagged(old, new),
             ("routing", Some(Value::Object(old)), Value::Object(new)) => merge_routing(old, new),
             (_, Some(Value::Object(old)), Value::Object(new)) => merge_objects(old, new),
             (_, _, value) => {
@@ -29,8 +27,7 @@ fn merge_tagged(old: &mut Vec<Value>, new: Vec<Value>) {
     // duplicate, for validation to report.
     let earlier = old.len();
     for item in new {
-        let slot = tag_of(&item)
-            .and_then(|tag| old[..earlier].iter().position(|o| tag_of(o) == Some(tag)));
+        let slot = tag_of(&item).and_then(|tag| old[..earlier].iter().position(|o| tag_of(o) == Some(tag)));
         match slot {
             Some(at) => old[at] = item,
             None => old.push(item),
@@ -39,17 +36,13 @@ fn merge_tagged(old: &mut Vec<Value>, new: Vec<Value>) {
 }
 
 fn tag_of(item: &Value) -> Option<&str> {
-    item.get("tag")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
+    item.get("tag").and_then(Value::as_str).filter(|t| !t.is_empty())
 }
 
 fn merge_routing(old: &mut Map<String, Value>, new: Map<String, Value>) {
     for (key, value) in new {
         match (key.as_str(), old.get_mut(&key), value) {
-            ("rules" | "balancers", Some(Value::Array(list)), Value::Array(more)) => {
-                list.extend(more)
-            }
+            ("rules" | "balancers", Some(Value::Array(list)), Value::Array(more)) => list.extend(more),
             (_, Some(Value::Object(o)), Value::Object(n)) => merge_objects(o, n),
             (_, _, value) => {
                 old.insert(key, value);

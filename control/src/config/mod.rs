@@ -62,9 +62,7 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
     for entry in entries {
         let entry = entry.map_err(|e| ConfigError::io(&dir_name, dir, &e))?;
         let path = entry.path();
-        let is_json = path
-            .extension()
-            .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
+        let is_json = path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
         if is_json && path.is_file() {
             paths.push(path);
         }
@@ -96,35 +94,20 @@ fn parse_document(text: &str, name: &str) -> Result<Map<String, Value>, ConfigEr
         .map_err(|e| syntax_error(name, format!("cannot strip comments: {e}")))?;
     match serde_json::from_str::<Value>(&plain) {
         Ok(Value::Object(doc)) => Ok(doc),
-        Ok(_) => Err(syntax_error(
-            name,
-            "the config must be a JSON object".to_string(),
-        )),
+        Ok(_) => Err(syntax_error(name, "the config must be a JSON object".to_string())),
         Err(e) => {
             let text = e.to_string();
             let what = match text.rfind(" at line ") {
                 Some(at) => &text[..at],
                 None => &text,
             };
-            Err(syntax_error(
-                name,
-                format!(
-                    "invalid JSON at line {}, column {}: {what}",
-                    e.line(),
-                    e.column()
-                ),
-            ))
+            Err(syntax_error(name, format!("invalid JSON at line {}, column {}: {what}", e.line(), e.column())))
         }
     }
 }
 
 fn syntax_error(name: &str, message: String) -> ConfigError {
-    ConfigError {
-        path: name.to_string(),
-        kind: ConfigErrorKind::Syntax,
-        message,
-        file: None,
-    }
+    ConfigError { path: name.to_string(), kind: ConfigErrorKind::Syntax, message, file: None }
 }
 
 /// The raw structs of a document, errors naming JSON paths.

@@ -4,9 +4,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use serde_json::{Map, Value};
-use shardray_core::spec::{
-    BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec,
-};
+use shardray_core::spec::{BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec};
 
 use super::error::ConfigError;
 use super::raw::{RawBlackholeSettings, RawFreedomSettings, RawOutbound};
@@ -46,10 +44,7 @@ pub(super) fn outbounds(
         let tag = ob.tag.clone().unwrap_or_default();
         if !tag.is_empty() {
             if api_tag == Some(tag.as_str()) {
-                return Err(ConfigError::invalid(
-                    format!("{path}.tag"),
-                    format!("{tag:?} is the API's tag"),
-                ));
+                return Err(ConfigError::invalid(format!("{path}.tag"), format!("{tag:?} is the API's tag")));
             }
             if let Some(first) = tags.insert(tag.clone(), i) {
                 return Err(ConfigError::invalid(
@@ -73,30 +68,15 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
         check_plain_stream(stream, &format!("{path}.streamSettings"))?;
     }
     if ob.mux.is_some_and(|m| m.enabled == Some(true)) {
-        return Err(ConfigError::unsupported(
-            format!("{path}.mux.enabled"),
-            "mux",
-        ));
+        return Err(ConfigError::unsupported(format!("{path}.mux.enabled"), "mux"));
     }
-    if ob
-        .proxy_settings
-        .as_ref()
-        .is_some_and(|p| !is_empty_value(p))
-    {
-        return Err(ConfigError::unsupported(
-            format!("{path}.proxySettings"),
-            "proxySettings",
-        ));
+    if ob.proxy_settings.as_ref().is_some_and(|p| !is_empty_value(p)) {
+        return Err(ConfigError::unsupported(format!("{path}.proxySettings"), "proxySettings"));
     }
     match ob.target_strategy.as_deref().unwrap_or("") {
         "" => {}
         s if s.eq_ignore_ascii_case("asis") => {}
-        s => {
-            return Err(ConfigError::unsupported(
-                format!("{path}.targetStrategy"),
-                format!("targetStrategy {s:?}"),
-            ))
-        }
+        s => return Err(ConfigError::unsupported(format!("{path}.targetStrategy"), format!("targetStrategy {s:?}"))),
     }
 
     let settings_path = format!("{path}.settings");
@@ -105,33 +85,18 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
         "freedom" => OutboundProtocol::Freedom(freedom(settings, &settings_path)?),
         "blackhole" => OutboundProtocol::Blackhole(blackhole(settings, &settings_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
-            return Err(ConfigError::unsupported(
-                format!("{path}.protocol"),
-                format!("{p:?}"),
-            ))
+            return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
         }
-        p => {
-            return Err(ConfigError::invalid(
-                format!("{path}.protocol"),
-                format!("unknown protocol {p:?}"),
-            ))
-        }
+        p => return Err(ConfigError::invalid(format!("{path}.protocol"), format!("unknown protocol {p:?}"))),
     };
-    Ok(OutboundSpec {
-        tag,
-        send_through,
-        protocol,
-    })
+    Ok(OutboundSpec { tag, send_through, protocol })
 }
 
 fn send_through(value: Option<&str>, path: &str) -> Result<Option<IpAddr>, ConfigError> {
     match value.map(str::trim).unwrap_or("") {
         "" => Ok(None),
         "origin" => Err(ConfigError::unsupported(path, "sendThrough \"origin\"")),
-        s => s
-            .parse()
-            .map(Some)
-            .map_err(|_| ConfigError::invalid(path, format!("{s:?} is not an IP address"))),
+        s => s.parse().map(Some).map_err(|_| ConfigError::invalid(path, format!("{s:?} is not an IP address"))),
     }
 }
 
@@ -163,9 +128,7 @@ fn freedom(settings: Value, path: &str) -> Result<FreedomSpec, ConfigError> {
     let strategy = raw.domain_strategy.unwrap_or_default().to_ascii_lowercase();
     let domain_strategy = match strategy.as_str() {
         "" | "asis" => DomainStrategy::AsIs,
-        "useip" | "useipv4v6" | "useipv6v4" | "forceip" | "forceipv4v6" | "forceipv6v4" => {
-            DomainStrategy::UseIp
-        }
+        "useip" | "useipv4v6" | "useipv6v4" | "forceip" | "forceipv4v6" | "forceipv6v4" => DomainStrategy::UseIp,
         "useipv4" | "forceipv4" => DomainStrategy::UseIpv4,
         "useipv6" | "forceipv6" => DomainStrategy::UseIpv6,
         _ => {
@@ -175,40 +138,27 @@ fn freedom(settings: Value, path: &str) -> Result<FreedomSpec, ConfigError> {
             ))
         }
     };
-    let redirect = match raw.redirect.as_deref().map(str::trim).unwrap_or("") {
-        "" => None,
-        s => Some(parse_host_port(s).ok_or_else(|| {
-            ConfigError::invalid(
-                format!("{path}.redirect"),
-                format!("{s:?} is not \"host:port\""),
-            )
-        })?),
-    };
+    let redirect =
+        match raw.redirect.as_deref().map(str::trim).unwrap_or("") {
+            "" => None,
+            s => Some(parse_host_port(s).ok_or_else(|| {
+                ConfigError::invalid(format!("{path}.redirect"), format!("{s:?} is not \"host:port\""))
+            })?),
+        };
     for (field, value) in [("fragment", &raw.fragment), ("noises", &raw.noises)] {
         if value.as_ref().is_some_and(|v| !is_empty_value(v)) {
             return Err(ConfigError::unsupported(format!("{path}.{field}"), field));
         }
     }
     if raw.proxy_protocol.unwrap_or(0) != 0 {
-        return Err(ConfigError::unsupported(
-            format!("{path}.proxyProtocol"),
-            "proxyProtocol",
-        ));
+        return Err(ConfigError::unsupported(format!("{path}.proxyProtocol"), "proxyProtocol"));
     }
-    Ok(FreedomSpec {
-        domain_strategy,
-        redirect,
-        user_level: raw.user_level.unwrap_or(0),
-    })
+    Ok(FreedomSpec { domain_strategy, redirect, user_level: raw.user_level.unwrap_or(0) })
 }
 
 fn blackhole(settings: Value, path: &str) -> Result<BlackholeSpec, ConfigError> {
     let raw: RawBlackholeSettings = deserialize_at(settings, path)?;
-    let kind = raw
-        .response
-        .and_then(|r| r.kind)
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let kind = raw.response.and_then(|r| r.kind).unwrap_or_default().to_ascii_lowercase();
     let http_response = match kind.as_str() {
         "" | "none" => false,
         "http" => true,

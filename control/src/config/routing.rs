@@ -6,8 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::Value;
 use shardray_core::spec::{
-    DomainMatcher, NetworkSet, OutboundSpec, PortRange, RoutingDomainStrategy, RoutingSpec,
-    RuleSpec,
+    DomainMatcher, NetworkSet, OutboundSpec, PortRange, RoutingDomainStrategy, RoutingSpec, RuleSpec,
 };
 
 use super::error::ConfigError;
@@ -43,18 +42,11 @@ pub(super) fn routing(
         _ => {
             return Err(ConfigError::invalid(
                 "routing.domainStrategy",
-                format!(
-                    "unknown strategy {strategy:?} (expected AsIs, IPIfNonMatch or IPOnDemand)"
-                ),
+                format!("unknown strategy {strategy:?} (expected AsIs, IPIfNonMatch or IPOnDemand)"),
             ))
         }
     };
-    match raw
-        .domain_matcher
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
+    match raw.domain_matcher.unwrap_or_default().to_ascii_lowercase().as_str() {
         "" | "hybrid" | "linear" | "mph" => {}
         other => {
             return Err(ConfigError::invalid(
@@ -82,10 +74,7 @@ pub(super) fn routing(
         }
         rules.push(spec);
     }
-    Ok(RoutingSpec {
-        domain_strategy,
-        rules,
-    })
+    Ok(RoutingSpec { domain_strategy, rules })
 }
 
 fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
@@ -99,41 +88,22 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
         }
     }
     if raw.protocol.as_ref().is_some_and(|v| !is_empty_value(v)) {
-        return Err(ConfigError::unsupported(
-            format!("{path}.protocol"),
-            "matching by protocol",
-        ));
+        return Err(ConfigError::unsupported(format!("{path}.protocol"), "matching by protocol"));
     }
     if raw.attrs.as_ref().is_some_and(|v| !is_empty_value(v)) {
-        return Err(ConfigError::unsupported(
-            format!("{path}.attrs"),
-            "matching by attrs",
-        ));
+        return Err(ConfigError::unsupported(format!("{path}.attrs"), "matching by attrs"));
     }
     if raw.balancer_tag.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ConfigError::unsupported(
-            format!("{path}.balancerTag"),
-            "balancerTag",
-        ));
+        return Err(ConfigError::unsupported(format!("{path}.balancerTag"), "balancerTag"));
     }
     let outbound_tag = match raw.outbound_tag {
         Some(tag) if !tag.is_empty() => tag,
-        _ => {
-            return Err(ConfigError::invalid(
-                format!("{path}.outboundTag"),
-                "missing",
-            ))
-        }
+        _ => return Err(ConfigError::invalid(format!("{path}.outboundTag"), "missing")),
     };
 
     let mut domains = Vec::new();
     for (field, list) in [("domain", raw.domain), ("domains", raw.domains)] {
-        for (j, entry) in list
-            .map(|l| l.0)
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-        {
+        for (j, entry) in list.map(|l| l.0).unwrap_or_default().into_iter().enumerate() {
             domains.push(domain_matcher(&entry, &format!("{path}.{field}[{j}]"))?);
         }
     }
@@ -168,11 +138,7 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
 }
 
 fn non_empty(list: Option<StringList>) -> Vec<String> {
-    list.map(|l| l.0)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect()
+    list.map(|l| l.0).unwrap_or_default().into_iter().filter(|s| !s.is_empty()).collect()
 }
 
 // === domains ===
@@ -184,30 +150,19 @@ fn domain_matcher(entry: &str, path: &str) -> Result<DomainMatcher, ConfigError>
         _ => ("", entry),
     };
     if matches!(prefix, "geosite" | "ext" | "ext-domain" | "dotless") {
-        let why = if prefix == "dotless" {
-            ""
-        } else {
-            " (no geosite.dat)"
-        };
-        return Err(ConfigError::unsupported_msg(
-            path,
-            format!("{entry:?} is not supported yet{why}"),
-        ));
+        let why = if prefix == "dotless" { "" } else { " (no geosite.dat)" };
+        return Err(ConfigError::unsupported_msg(path, format!("{entry:?} is not supported yet{why}")));
     }
     if value.is_empty() {
-        return Err(ConfigError::invalid(
-            path,
-            format!("{entry:?} names no domain"),
-        ));
+        return Err(ConfigError::invalid(path, format!("{entry:?} names no domain")));
     }
     let lower = value.to_ascii_lowercase();
     Ok(match prefix {
         "full" => DomainMatcher::Full(lower),
         "domain" => DomainMatcher::Domain(lower),
         "regexp" => {
-            regex::Regex::new(value).map_err(|e| {
-                ConfigError::invalid(path, format!("invalid regular expression {value:?}: {e}"))
-            })?;
+            regex::Regex::new(value)
+                .map_err(|e| ConfigError::invalid(path, format!("invalid regular expression {value:?}: {e}")))?;
             DomainMatcher::Regex(value.to_string())
         }
         _ => DomainMatcher::Keyword(lower),
@@ -215,10 +170,7 @@ fn domain_matcher(entry: &str, path: &str) -> Result<DomainMatcher, ConfigError>
 }
 
 fn is_domain_prefix(prefix: &str) -> bool {
-    matches!(
-        prefix,
-        "full" | "domain" | "keyword" | "regexp" | "geosite" | "ext" | "ext-domain" | "dotless"
-    )
+    matches!(prefix, "full" | "domain" | "keyword" | "regexp" | "geosite" | "ext" | "ext-domain" | "dotless")
 }
 
 // === IPs ===
@@ -226,31 +178,18 @@ fn is_domain_prefix(prefix: &str) -> bool {
 /// `ip` or `source`: CIDRs and single IPs, with `geoip:private` expanded.
 fn ip_list(list: Option<StringList>, path: &str) -> Result<Vec<IpNet>, ConfigError> {
     let mut nets = Vec::new();
-    for (j, entry) in list
-        .map(|l| l.0)
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
+    for (j, entry) in list.map(|l| l.0).unwrap_or_default().into_iter().enumerate() {
         let epath = format!("{path}[{j}]");
         let entry = entry.trim();
         let lower = entry.to_ascii_lowercase();
         if entry.starts_with('!') {
-            return Err(ConfigError::unsupported(
-                &epath,
-                format!("negation ({entry:?})"),
-            ));
+            return Err(ConfigError::unsupported(&epath, format!("negation ({entry:?})")));
         }
         if lower == "geoip:private" {
-            nets.extend(
-                PRIVATE_NETS
-                    .iter()
-                    .map(|n| n.parse::<IpNet>().expect("valid CIDR")),
-            );
+            nets.extend(PRIVATE_NETS.iter().map(|n| n.parse::<IpNet>().expect("valid CIDR")));
             continue;
         }
-        if lower.starts_with("geoip:") || lower.starts_with("ext:") || lower.starts_with("ext-ip:")
-        {
+        if lower.starts_with("geoip:") || lower.starts_with("ext:") || lower.starts_with("ext-ip:") {
             return Err(ConfigError::unsupported_msg(
                 &epath,
                 format!("{entry:?} is not supported yet (no geoip.dat; only geoip:private)"),
@@ -261,10 +200,7 @@ fn ip_list(list: Option<StringList>, path: &str) -> Result<Vec<IpNet>, ConfigErr
         } else if let Ok(ip) = entry.parse::<IpAddr>() {
             IpNet::from(ip)
         } else {
-            return Err(ConfigError::invalid(
-                epath,
-                format!("invalid IP or CIDR {entry:?}"),
-            ));
+            return Err(ConfigError::invalid(epath, format!("invalid IP or CIDR {entry:?}")));
         };
         nets.push(net);
     }
@@ -279,21 +215,13 @@ fn port_list(value: Option<&Value>, path: &str) -> Result<Vec<PortRange>, Config
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Number(n)) => match n.as_u64().and_then(|p| u16::try_from(p).ok()) {
             Some(p) => return Ok(vec![PortRange { from: p, to: p }]),
-            None => {
-                return Err(ConfigError::invalid(
-                    path,
-                    format!("invalid port {n} (expected 0 to 65535)"),
-                ))
-            }
+            None => return Err(ConfigError::invalid(path, format!("invalid port {n} (expected 0 to 65535)"))),
         },
         Some(Value::String(s)) => s,
         Some(other) => {
             return Err(ConfigError::invalid(
                 path,
-                format!(
-                    "expected a port or a string of ports, got {}",
-                    value_text(other)
-                ),
+                format!("expected a port or a string of ports, got {}", value_text(other)),
             ))
         }
     };
@@ -312,10 +240,7 @@ fn port_list(value: Option<&Value>, path: &str) -> Result<Vec<PortRange>, Config
         let from: u16 = from.parse().map_err(|_| bad())?;
         let to: u16 = to.parse().map_err(|_| bad())?;
         if from > to {
-            return Err(ConfigError::invalid(
-                path,
-                format!("range {part:?} is reversed"),
-            ));
+            return Err(ConfigError::invalid(path, format!("range {part:?} is reversed")));
         }
         ranges.push(PortRange { from, to });
     }
@@ -327,16 +252,8 @@ fn port_list(value: Option<&Value>, path: &str) -> Result<Vec<PortRange>, Config
 
 /// `network`: `"tcp"`, `"udp"`, `"tcp,udp"` or a list of them; empty matches any.
 fn network_set(list: Option<StringList>, path: &str) -> Result<Option<NetworkSet>, ConfigError> {
-    let mut set = NetworkSet {
-        tcp: false,
-        udp: false,
-    };
-    for item in list
-        .map(|l| l.0)
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|n| n.split(','))
-    {
+    let mut set = NetworkSet { tcp: false, udp: false };
+    for item in list.map(|l| l.0).unwrap_or_default().iter().flat_map(|n| n.split(',')) {
         match item.trim().to_ascii_lowercase().as_str() {
             "" => {}
             "tcp" => set.tcp = true,

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shardray_core::spec::{
-    ApiListen, DomainMatcher, DomainStrategy, FallbackDest, InboundProtocol, LogLevel, LogTarget,
-    NetworkSet, OutboundProtocol, PortRange, RoutingDomainStrategy, TlsVersion,
-    DEFAULT_BUFFER_SIZE,
+    ApiListen, DomainMatcher, DomainStrategy, FallbackDest, InboundProtocol, LogLevel, LogTarget, NetworkSet,
+    OutboundProtocol, PortRange, RoutingDomainStrategy, TlsVersion, DEFAULT_BUFFER_SIZE,
 };
 use shardray_wire::addr::{Address, Destination};
 use uuid::Uuid;
@@ -22,11 +21,7 @@ const FAKE_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFI
 const FAKE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIBfake\n-----END PRIVATE KEY-----\n";
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures"
-    ))
-    .join(name)
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures")).join(name)
 }
 
 /// A small valid config: one VLESS inbound, two outbounds, one rule.
@@ -65,15 +60,11 @@ fn broken(edit: impl FnOnce(&mut Value)) -> ConfigError {
 }
 
 fn at<'a>(v: &'a mut Value, pointer: &str) -> &'a mut Value {
-    v.pointer_mut(pointer)
-        .unwrap_or_else(|| panic!("no {pointer}"))
+    v.pointer_mut(pointer).unwrap_or_else(|| panic!("no {pointer}"))
 }
 
 fn set(v: &mut Value, pointer: &str, key: &str, value: Value) {
-    at(v, pointer)
-        .as_object_mut()
-        .expect("an object")
-        .insert(key.to_string(), value);
+    at(v, pointer).as_object_mut().expect("an object").insert(key.to_string(), value);
 }
 
 fn vless(cfg: &Config, i: usize) -> &shardray_core::spec::VlessInboundSpec {
@@ -96,19 +87,12 @@ fn seed_fixture_loads() {
     let cfg = load_file(&fixture("seed-api-config.json")).unwrap();
     let api = cfg.api.as_ref().unwrap();
     assert_eq!(api.tag, "api-in");
-    assert_eq!(
-        api.listen,
-        ApiListen::Tcp("127.0.0.1:10000".parse().unwrap())
-    );
+    assert_eq!(api.listen, ApiListen::Tcp("127.0.0.1:10000".parse().unwrap()));
     assert_eq!(api.services, ["HandlerService", "StatsService"]);
     assert!(cfg.stats_enabled);
     assert_eq!(cfg.log.level, LogLevel::Warning);
 
-    assert_eq!(
-        cfg.inbounds.len(),
-        1,
-        "the API inbound is not served by shards"
-    );
+    assert_eq!(cfg.inbounds.len(), 1, "the API inbound is not served by shards");
     let ib = &cfg.inbounds[0];
     assert_eq!(ib.tag, "vless-in");
     assert_eq!(ib.listen, "127.0.0.1:10086".parse::<SocketAddr>().unwrap());
@@ -121,14 +105,8 @@ fn seed_fixture_loads() {
 
     let tags: Vec<_> = cfg.outbounds.iter().map(|o| o.tag.as_str()).collect();
     assert_eq!(tags, ["direct", "blocked"]);
-    assert!(matches!(
-        cfg.outbounds[0].protocol,
-        OutboundProtocol::Freedom(_)
-    ));
-    assert!(matches!(
-        cfg.outbounds[1].protocol,
-        OutboundProtocol::Blackhole(_)
-    ));
+    assert!(matches!(cfg.outbounds[0].protocol, OutboundProtocol::Freedom(_)));
+    assert!(matches!(cfg.outbounds[1].protocol, OutboundProtocol::Blackhole(_)));
 
     assert_eq!(cfg.routing.rules.len(), 1);
     assert_eq!(cfg.routing.rules[0].ips, ["127.0.0.1/32".parse().unwrap()]);
@@ -145,19 +123,8 @@ fn xray_fixture_loads() {
     let cfg = load_file(&fixture("xray-api-config.json")).unwrap();
     let api = cfg.api.as_ref().unwrap();
     assert_eq!(api.tag, "api");
-    assert_eq!(
-        api.listen,
-        ApiListen::Tcp("127.0.0.1:10085".parse().unwrap())
-    );
-    assert_eq!(
-        api.services,
-        [
-            "HandlerService",
-            "LoggerService",
-            "StatsService",
-            "RoutingService"
-        ]
-    );
+    assert_eq!(api.listen, ApiListen::Tcp("127.0.0.1:10085".parse().unwrap()));
+    assert_eq!(api.services, ["HandlerService", "LoggerService", "StatsService", "RoutingService"]);
     assert_eq!(cfg.inbounds.len(), 1);
     assert_eq!(cfg.inbounds[0].tag, "vless-in");
     assert_eq!(vless(&cfg, 0).clients[0].email, "alice@example.com");
@@ -184,14 +151,8 @@ fn comments_of_every_kind_are_accepted() {
         }}"#
     );
     let cfg = load_str(&text).unwrap();
-    assert_eq!(
-        cfg.inbounds[0].tag, "a#b//c",
-        "comment markers inside strings stay"
-    );
-    assert_eq!(
-        cfg.inbounds[0].listen,
-        "0.0.0.0:443".parse::<SocketAddr>().unwrap()
-    );
+    assert_eq!(cfg.inbounds[0].tag, "a#b//c", "comment markers inside strings stay");
+    assert_eq!(cfg.inbounds[0].listen, "0.0.0.0:443".parse::<SocketAddr>().unwrap());
 }
 
 #[test]
@@ -209,12 +170,7 @@ fn defaults_fill_what_is_absent() {
 fn short_string_ids_map_to_uuid_v5_as_upstream() {
     let cfg = load(&{
         let mut v = base();
-        set(
-            &mut v,
-            "/inbounds/0/settings/clients/0",
-            "id",
-            json!("alice"),
-        );
+        set(&mut v, "/inbounds/0/settings/clients/0", "id", json!("alice"));
         v
     })
     .unwrap();
@@ -222,18 +178,12 @@ fn short_string_ids_map_to_uuid_v5_as_upstream() {
     assert_eq!(id.get_version_num(), 5);
     // SHA-1 of 16 zero bytes then "alice", first 16 bytes, version and variant bits set
     // (computed independently with Python's hashlib).
-    assert_eq!(
-        id,
-        Uuid::parse_str("ec61d669-fc85-586b-a097-822a49b51e7e").unwrap()
-    );
+    assert_eq!(id, Uuid::parse_str("ec61d669-fc85-586b-a097-822a49b51e7e").unwrap());
     assert_eq!(super::inbound::parse_user_id("alice"), Some(id));
     assert_eq!(super::inbound::parse_user_id(&"x".repeat(31)), None);
     assert_eq!(super::inbound::parse_user_id(""), None);
     let simple = ALICE.replace('-', "");
-    assert_eq!(
-        super::inbound::parse_user_id(&simple),
-        Uuid::parse_str(ALICE).ok()
-    );
+    assert_eq!(super::inbound::parse_user_id(&simple), Uuid::parse_str(ALICE).ok());
 }
 
 #[test]
@@ -298,10 +248,7 @@ fn rules_parse_every_condition() {
         }),
     );
     let cfg = load(&v).unwrap();
-    assert_eq!(
-        cfg.routing.domain_strategy,
-        RoutingDomainStrategy::IpIfNonMatch
-    );
+    assert_eq!(cfg.routing.domain_strategy, RoutingDomainStrategy::IpIfNonMatch);
     let r = &cfg.routing.rules[0];
     assert_eq!(r.rule_tag, "r1");
     assert_eq!(r.inbound_tags, ["vless-in"]);
@@ -322,48 +269,19 @@ fn rules_parse_every_condition() {
     assert!(r.ips.contains(&"1.2.3.4/32".parse().unwrap()));
     assert_eq!(
         r.ports,
-        [
-            PortRange { from: 53, to: 53 },
-            PortRange { from: 443, to: 443 },
-            PortRange {
-                from: 1000,
-                to: 2000
-            },
-        ]
+        [PortRange { from: 53, to: 53 }, PortRange { from: 443, to: 443 }, PortRange { from: 1000, to: 2000 },]
     );
-    assert_eq!(
-        r.network,
-        Some(NetworkSet {
-            tcp: true,
-            udp: true
-        })
-    );
+    assert_eq!(r.network, Some(NetworkSet { tcp: true, udp: true }));
     assert_eq!(r.source_ips, ["192.0.2.0/24".parse().unwrap()]);
-    assert_eq!(
-        r.source_ports,
-        [PortRange {
-            from: 1234,
-            to: 1234
-        }]
-    );
-    assert_eq!(
-        cfg.routing.rules[1].network,
-        Some(NetworkSet {
-            tcp: true,
-            udp: false
-        })
-    );
+    assert_eq!(r.source_ports, [PortRange { from: 1234, to: 1234 }]);
+    assert_eq!(cfg.routing.rules[1].network, Some(NetworkSet { tcp: true, udp: false }));
 }
 
 #[test]
 fn tls_certificates_are_read_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let cert = write(dir.path(), "cert.pem", FAKE_CERT);
-    let key = write(
-        dir.path(),
-        "key.pem",
-        &FAKE_KEY.replace("PRIVATE", "EC PRIVATE"),
-    );
+    let key = write(dir.path(), "key.pem", &FAKE_KEY.replace("PRIVATE", "EC PRIVATE"));
     let mut v = base();
     set(
         &mut v,
@@ -418,28 +336,14 @@ fn fallbacks_and_dokodemo_parse() {
     }));
     let cfg = load(&v).unwrap();
     let fb = &vless(&cfg, 0).fallbacks;
-    assert_eq!(
-        fb[0].dest,
-        FallbackDest::Tcp(Destination::from(
-            "127.0.0.1:80".parse::<SocketAddr>().unwrap()
-        ))
-    );
-    assert_eq!(
-        fb[1].dest,
-        FallbackDest::Tcp(Destination {
-            addr: Address::Domain("example.com".into()),
-            port: 8080
-        })
-    );
+    assert_eq!(fb[0].dest, FallbackDest::Tcp(Destination::from("127.0.0.1:80".parse::<SocketAddr>().unwrap())));
+    assert_eq!(fb[1].dest, FallbackDest::Tcp(Destination { addr: Address::Domain("example.com".into()), port: 8080 }));
     assert_eq!((fb[1].path.as_str(), fb[1].xver), ("/ws", 1));
     assert_eq!(fb[2].dest, FallbackDest::Unix("@vless-h2".into()));
     assert_eq!(fb[3].dest, FallbackDest::Unix("/dev/shm/h1.sock".into()));
     match &cfg.inbounds[1].protocol {
         InboundProtocol::Dokodemo(d) => {
-            assert_eq!(
-                d.destination,
-                Destination::from("1.1.1.1:53".parse::<SocketAddr>().unwrap())
-            );
+            assert_eq!(d.destination, Destination::from("1.1.1.1:53".parse::<SocketAddr>().unwrap()));
             assert_eq!(d.user_level, 1);
         }
         other => panic!("not dokodemo: {other:?}"),
@@ -468,12 +372,7 @@ fn outbound_settings_parse() {
     match &direct.protocol {
         OutboundProtocol::Freedom(f) => {
             assert_eq!(f.domain_strategy, DomainStrategy::UseIpv4);
-            assert_eq!(
-                f.redirect,
-                Some(Destination::from(
-                    "127.0.0.1:0".parse::<SocketAddr>().unwrap()
-                ))
-            );
+            assert_eq!(f.redirect, Some(Destination::from("127.0.0.1:0".parse::<SocketAddr>().unwrap())));
             assert_eq!(f.user_level, 2);
         }
         other => panic!("not freedom: {other:?}"),
@@ -487,35 +386,19 @@ fn outbound_settings_parse() {
 #[test]
 fn api_listen_wins_over_the_api_inbound() {
     let mut v = base();
-    set(
-        &mut v,
-        "",
-        "api",
-        json!({ "tag": "api", "listen": "127.0.0.1:9999", "services": ["StatsService"] }),
-    );
+    set(&mut v, "", "api", json!({ "tag": "api", "listen": "127.0.0.1:9999", "services": ["StatsService"] }));
     at(&mut v, "/inbounds").as_array_mut().unwrap().push(json!({
         "tag": "api", "listen": "127.0.0.1", "port": 10085, "protocol": "dokodemo-door",
         "settings": { "address": "127.0.0.1" }
     }));
     let cfg = load(&v).unwrap();
     let api = cfg.api.unwrap();
-    assert_eq!(
-        api.listen,
-        ApiListen::Tcp("127.0.0.1:9999".parse().unwrap())
-    );
+    assert_eq!(api.listen, ApiListen::Tcp("127.0.0.1:9999".parse().unwrap()));
     assert_eq!(cfg.inbounds.len(), 1);
 
     let mut v = base();
-    set(
-        &mut v,
-        "",
-        "api",
-        json!({ "tag": "api", "listen": "/run/shardray/api.sock" }),
-    );
-    assert_eq!(
-        load(&v).unwrap().api.unwrap().listen,
-        ApiListen::Unix("/run/shardray/api.sock".into())
-    );
+    set(&mut v, "", "api", json!({ "tag": "api", "listen": "/run/shardray/api.sock" }));
+    assert_eq!(load(&v).unwrap().api.unwrap().listen, ApiListen::Unix("/run/shardray/api.sock".into()));
 }
 
 // === config directories ===
@@ -556,11 +439,7 @@ fn confdir_merges_files_in_name_order() {
 fn confdir_errors_name_their_file() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.json", &base().to_string());
-    let bad = write(
-        dir.path(),
-        "b.json",
-        r#"{ "inbounds": [{ "tag": "x", "prot": "vless" }] }"#,
-    );
+    let bad = write(dir.path(), "b.json", r#"{ "inbounds": [{ "tag": "x", "prot": "vless" }] }"#);
     let err = load_dir(dir.path()).unwrap_err();
     assert_eq!(err.path, "inbounds[0].prot");
     assert_eq!(err.file.as_deref(), Some(bad.as_path()));
@@ -571,10 +450,7 @@ fn confdir_errors_name_their_file() {
     assert_eq!(err.path, syntax.display().to_string());
 
     let empty = tempfile::tempdir().unwrap();
-    assert!(load_dir(empty.path())
-        .unwrap_err()
-        .message
-        .contains("no *.json"));
+    assert!(load_dir(empty.path()).unwrap_err().message.contains("no *.json"));
 }
 
 // === broken configs: each error names its path ===
@@ -584,10 +460,7 @@ fn bad_uuid() {
     let long = "this-is-not-a-uuid-and-it-is-too-long";
     let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "id", json!(long)));
     assert_eq!(err.path, "inbounds[0].settings.clients[0].id");
-    assert_eq!(
-        err.to_string(),
-        format!("inbounds[0].settings.clients[0].id: invalid UUID {long:?}")
-    );
+    assert_eq!(err.to_string(), format!("inbounds[0].settings.clients[0].id: invalid UUID {long:?}"));
     assert_eq!(err.kind, ConfigErrorKind::Invalid);
 }
 
@@ -600,14 +473,7 @@ fn unknown_field_in_a_client() {
 
 #[test]
 fn unknown_field_in_stream_settings_and_top_level() {
-    let err = broken(|v| {
-        set(
-            v,
-            "/inbounds/0",
-            "streamSettings",
-            json!({ "netwrk": "tcp" }),
-        )
-    });
+    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "netwrk": "tcp" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.netwrk");
     let err = broken(|v| set(v, "", "inbound", json!({})));
     assert_eq!(err.path, "inbound");
@@ -617,14 +483,7 @@ fn unknown_field_in_stream_settings_and_top_level() {
 fn wrong_type_names_the_field() {
     let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "level", json!("high")));
     assert_eq!(err.path, "inbounds[0].settings.clients[0].level");
-    let err = broken(|v| {
-        set(
-            v,
-            "",
-            "policy",
-            json!({ "levels": { "0": { "handshake": "4" } } }),
-        )
-    });
+    let err = broken(|v| set(v, "", "policy", json!({ "levels": { "0": { "handshake": "4" } } })));
     assert_eq!(err.path, "policy.levels.0.handshake");
     let err = broken(|v| set(v, "", "policy", json!({ "levels": { "one": {} } })));
     assert_eq!(err.path, "policy.levels.one");
@@ -633,10 +492,7 @@ fn wrong_type_names_the_field() {
 #[test]
 fn protocol_not_served_yet() {
     let err = broken(|v| set(v, "/inbounds/0", "protocol", json!("vmess")));
-    assert_eq!(
-        err.to_string(),
-        "inbounds[0].protocol: \"vmess\" is not supported yet"
-    );
+    assert_eq!(err.to_string(), "inbounds[0].protocol: \"vmess\" is not supported yet");
     assert_eq!(err.kind, ConfigErrorKind::Unsupported);
     let err = broken(|v| set(v, "/outbounds/1", "protocol", json!("socks")));
     assert_eq!(err.path, "outbounds[1].protocol");
@@ -647,10 +503,7 @@ fn protocol_not_served_yet() {
 #[test]
 fn missing_decryption() {
     let err = broken(|v| {
-        at(v, "/inbounds/0/settings")
-            .as_object_mut()
-            .unwrap()
-            .remove("decryption");
+        at(v, "/inbounds/0/settings").as_object_mut().unwrap().remove("decryption");
     });
     assert_eq!(err.path, "inbounds[0].settings.decryption");
 }
@@ -660,10 +513,7 @@ fn bad_ports() {
     let err = broken(|v| set(v, "/inbounds/0", "port", json!(70000)));
     assert_eq!(err.path, "inbounds[0].port");
     let err = broken(|v| set(v, "/inbounds/0", "port", json!("1000-2000")));
-    assert_eq!(
-        err.to_string(),
-        "inbounds[0].port: port ranges are not supported yet"
-    );
+    assert_eq!(err.to_string(), "inbounds[0].port: port ranges are not supported yet");
     let err = broken(|v| {
         at(v, "/inbounds/0").as_object_mut().unwrap().remove("port");
     });
@@ -674,14 +524,7 @@ fn bad_ports() {
 
 #[test]
 fn bad_cidr_and_geoip() {
-    let err = broken(|v| {
-        set(
-            v,
-            "/routing/rules/0",
-            "ip",
-            json!(["10.0.0.0/8", "10.0.0.0/33"]),
-        )
-    });
+    let err = broken(|v| set(v, "/routing/rules/0", "ip", json!(["10.0.0.0/8", "10.0.0.0/33"])));
     assert_eq!(err.path, "routing.rules[0].ip[1]");
     let err = broken(|v| set(v, "/routing/rules/0", "source", json!(["geoip:cn"])));
     assert_eq!(err.path, "routing.rules[0].source[0]");
@@ -692,14 +535,7 @@ fn bad_cidr_and_geoip() {
 fn bad_regexp_and_geosite() {
     let err = broken(|v| set(v, "/routing/rules/0", "domain", json!(["regexp:a(b"])));
     assert_eq!(err.path, "routing.rules[0].domain[0]");
-    let err = broken(|v| {
-        set(
-            v,
-            "/routing/rules/0",
-            "domains",
-            json!(["full:a.com", "geosite:cn"]),
-        )
-    });
+    let err = broken(|v| set(v, "/routing/rules/0", "domains", json!(["full:a.com", "geosite:cn"])));
     assert_eq!(err.path, "routing.rules[0].domains[1]");
     assert_eq!(err.kind, ConfigErrorKind::Unsupported);
 }
@@ -709,10 +545,7 @@ fn rule_to_unknown_outbound_or_without_condition() {
     let err = broken(|v| set(v, "/routing/rules/0", "outboundTag", json!("nowhere")));
     assert_eq!(err.path, "routing.rules[0].outboundTag");
     let err = broken(|v| {
-        at(v, "/routing/rules/0")
-            .as_object_mut()
-            .unwrap()
-            .remove("ip");
+        at(v, "/routing/rules/0").as_object_mut().unwrap().remove("ip");
     });
     assert_eq!(err.path, "routing.rules[0]");
     let err = broken(|v| set(v, "/routing/rules/0", "balancerTag", json!("b")));
@@ -746,10 +579,7 @@ fn same_listen_address_twice() {
 #[test]
 fn duplicate_client_id_and_email() {
     let err = broken(|v| {
-        at(v, "/inbounds/0/settings/clients")
-            .as_array_mut()
-            .unwrap()
-            .push(json!({ "id": ALICE }));
+        at(v, "/inbounds/0/settings/clients").as_array_mut().unwrap().push(json!({ "id": ALICE }));
     });
     assert_eq!(err.path, "inbounds[0].settings.clients[1].id");
     let err = broken(|v| {
@@ -795,35 +625,17 @@ fn certificate_file_without_pem() {
             "certificates": [{ "certificateFile": cert, "keyFile": key }] }}),
         )
     });
-    assert_eq!(
-        err.path,
-        "inbounds[0].streamSettings.tlsSettings.certificates[0].keyFile"
-    );
+    assert_eq!(err.path, "inbounds[0].streamSettings.tlsSettings.certificates[0].keyFile");
     assert!(err.message.contains("no PEM private key"), "{err}");
 }
 
 #[test]
 fn sniffing_enabled() {
-    let err = broken(|v| {
-        set(
-            v,
-            "/inbounds/0",
-            "sniffing",
-            json!({ "enabled": true, "destOverride": ["tls"] }),
-        )
-    });
-    assert_eq!(
-        err.to_string(),
-        "inbounds[0].sniffing.enabled: sniffing is not supported yet"
-    );
+    let err = broken(|v| set(v, "/inbounds/0", "sniffing", json!({ "enabled": true, "destOverride": ["tls"] })));
+    assert_eq!(err.to_string(), "inbounds[0].sniffing.enabled: sniffing is not supported yet");
     let cfg = load(&{
         let mut v = base();
-        set(
-            &mut v,
-            "/inbounds/0",
-            "sniffing",
-            json!({ "enabled": false }),
-        );
+        set(&mut v, "/inbounds/0", "sniffing", json!({ "enabled": false }));
         v
     });
     assert!(cfg.is_ok());
@@ -833,45 +645,17 @@ fn sniffing_enabled() {
 fn unserved_top_level_sections() {
     let err = broken(|v| set(v, "", "dns", json!({ "servers": ["1.1.1.1"] })));
     assert_eq!(err.to_string(), "dns: not supported yet");
-    let err = broken(|v| {
-        set(
-            v,
-            "",
-            "burstObservatory",
-            json!({ "subjectSelector": ["a"] }),
-        )
-    });
+    let err = broken(|v| set(v, "", "burstObservatory", json!({ "subjectSelector": ["a"] })));
     assert_eq!(err.path, "burstObservatory");
 }
 
 #[test]
 fn unserved_transport_and_flow() {
-    let err = broken(|v| {
-        set(
-            v,
-            "/inbounds/0",
-            "streamSettings",
-            json!({ "network": "ws" }),
-        )
-    });
+    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "network": "ws" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.network");
-    let err = broken(|v| {
-        set(
-            v,
-            "/inbounds/0",
-            "streamSettings",
-            json!({ "security": "reality" }),
-        )
-    });
+    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "security": "reality" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.security");
-    let err = broken(|v| {
-        set(
-            v,
-            "/inbounds/0/settings/clients/0",
-            "flow",
-            json!("xtls-rprx-vision"),
-        )
-    });
+    let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "flow", json!("xtls-rprx-vision")));
     assert_eq!(err.path, "inbounds[0].settings.clients[0].flow");
     let err = broken(|v| set(v, "/outbounds/0", "mux", json!({ "enabled": true })));
     assert_eq!(err.path, "outbounds[0].mux.enabled");
@@ -881,37 +665,16 @@ fn unserved_transport_and_flow() {
 
 #[test]
 fn api_without_listen_address() {
-    let err = broken(|v| {
-        set(
-            v,
-            "",
-            "api",
-            json!({ "tag": "api", "services": ["HandlerService"] }),
-        )
-    });
+    let err = broken(|v| set(v, "", "api", json!({ "tag": "api", "services": ["HandlerService"] })));
     assert_eq!(
         err.to_string(),
         "api: no listen address (set api.listen or add a dokodemo-door inbound tagged \"api\")"
     );
-    let err = broken(|v| {
-        set(
-            v,
-            "",
-            "api",
-            json!({ "tag": "api", "listen": "127.0.0.1:1", "services": ["Nope"] }),
-        )
-    });
+    let err = broken(|v| set(v, "", "api", json!({ "tag": "api", "listen": "127.0.0.1:1", "services": ["Nope"] })));
     assert_eq!(err.path, "api.services[0]");
     let err = broken(|v| set(v, "", "api", json!({ "tag": "a", "inboundTag": "b" })));
     assert_eq!(err.path, "api.inboundTag");
-    let err = broken(|v| {
-        set(
-            v,
-            "",
-            "api",
-            json!({ "tag": "api", "listen": "0.0.0.0:10085" }),
-        )
-    });
+    let err = broken(|v| set(v, "", "api", json!({ "tag": "api", "listen": "0.0.0.0:10085" })));
     assert_eq!(err.path, "api.listen");
     let err = broken(|v| {
         set(v, "", "api", json!({ "tag": "api" }));
@@ -938,9 +701,7 @@ fn dokodemo_needs_tcp_and_a_destination() {
             }));
         }
     };
-    let err = broken(doko(
-        json!({ "address": "1.1.1.1", "port": 53, "network": "udp" }),
-    ));
+    let err = broken(doko(json!({ "address": "1.1.1.1", "port": 53, "network": "udp" })));
     assert_eq!(err.path, "inbounds[1].settings.network");
     assert_eq!(err.kind, ConfigErrorKind::Unsupported);
     let err = broken(doko(json!({ "address": "1.1.1.1" })));
@@ -953,10 +714,7 @@ fn dokodemo_needs_tcp_and_a_destination() {
 fn syntax_errors_give_line_and_column() {
     let err = load_str("{\n  \"log\": {\n    \"loglevel\": \"info\",\n  }\n}").unwrap_err();
     assert_eq!(err.kind, ConfigErrorKind::Syntax);
-    assert!(
-        err.message.starts_with("invalid JSON at line 4, column 3:"),
-        "{err}"
-    );
+    assert!(err.message.starts_with("invalid JSON at line 4, column 3:"), "{err}");
     let err = load_str("[]").unwrap_err();
     assert_eq!(err.kind, ConfigErrorKind::Syntax);
 }
@@ -974,9 +732,7 @@ fn file_errors_name_the_file() {
     let err = load_file(&file).unwrap_err();
     assert_eq!(err.path, "inbounds[0].protocol");
     assert_eq!(err.file.as_deref(), Some(file.as_path()));
-    assert!(err
-        .to_string()
-        .ends_with(&format!("(in {})", file.display())));
+    assert!(err.to_string().ends_with(&format!("(in {})", file.display())));
 }
 
 #[test]
@@ -988,10 +744,7 @@ fn messages_read_well() {
          `level`, `flow`)"
     );
     let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "level", json!("high")));
-    assert_eq!(
-        err.to_string(),
-        "inbounds[0].settings.clients[0].level: invalid type: string \"high\", expected u32"
-    );
+    assert_eq!(err.to_string(), "inbounds[0].settings.clients[0].level: invalid type: string \"high\", expected u32");
     let err = broken(|v| set(v, "", "stats", json!({ "x": 1 })));
     assert_eq!(err.to_string(), "stats.x: unknown field");
 }

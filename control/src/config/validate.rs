@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shardray_core::spec::{
-    ApiListen, ApiSpec, Config, LevelPolicy, LogLevel, LogSpec, LogTarget, PolicySpec,
-    SystemPolicy, DEFAULT_BUFFER_SIZE,
+    ApiListen, ApiSpec, Config, LevelPolicy, LogLevel, LogSpec, LogTarget, PolicySpec, SystemPolicy,
+    DEFAULT_BUFFER_SIZE,
 };
 use shardray_wire::addr::{Address, Destination};
 
@@ -24,13 +24,8 @@ const MIN_BUFFER_SIZE: usize = 4 * 1024;
 const MAX_BUFFER_SIZE: usize = 4 * 1024 * 1024;
 
 /// API services upstream defines and shardray answers.
-const API_SERVICES: &[&str] = &[
-    "HandlerService",
-    "LoggerService",
-    "StatsService",
-    "RoutingService",
-    "ReflectionService",
-];
+const API_SERVICES: &[&str] =
+    &["HandlerService", "LoggerService", "StatsService", "RoutingService", "ReflectionService"];
 
 /// Validates a whole raw config.
 pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -39,11 +34,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let stats_enabled = raw.stats.is_some();
 
     let raw_policy = raw.policy.unwrap_or_default();
-    let system_services = raw_policy
-        .system
-        .as_ref()
-        .and_then(|s| s.api.as_ref())
-        .and_then(|a| a.services.clone());
+    let system_services = raw_policy.system.as_ref().and_then(|s| s.api.as_ref()).and_then(|a| a.services.clone());
     let policy = policy_spec(raw_policy)?;
 
     let api = match raw.api {
@@ -88,24 +79,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     ))
                 }
             };
-            Some(ApiSpec {
-                tag: head.tag,
-                listen,
-                services: head.services,
-            })
+            Some(ApiSpec { tag: head.tag, listen, services: head.services })
         }
     };
     check_listen_conflicts(&listens)?;
 
-    Ok(Config {
-        log,
-        api,
-        stats_enabled,
-        policy,
-        inbounds: inbounds.specs,
-        outbounds,
-        routing,
-    })
+    Ok(Config { log, api, stats_enabled, policy, inbounds: inbounds.specs, outbounds, routing })
 }
 
 /// `dns`, `transport` and the like: refused unless absent or `{}`.
@@ -132,12 +111,7 @@ fn check_unserved_sections(raw: &RawConfig) -> Result<(), ConfigError> {
 // === log ===
 
 fn log_spec(raw: RawLog) -> Result<LogSpec, ConfigError> {
-    let level = match raw
-        .loglevel
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
+    let level = match raw.loglevel.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("") | Some("warning") | Some("warn") => LogLevel::Warning,
         Some("debug") => LogLevel::Debug,
         Some("info") => LogLevel::Info,
@@ -172,17 +146,12 @@ fn policy_spec(raw: RawPolicy) -> Result<PolicySpec, ConfigError> {
     let mut levels = BTreeMap::new();
     for (key, level) in raw.levels.unwrap_or_default() {
         let path = format!("policy.levels.{key}");
-        let number: u32 = key.trim().parse().map_err(|_| {
-            ConfigError::invalid(
-                &path,
-                format!("level {key:?} is not a non-negative integer"),
-            )
-        })?;
+        let number: u32 = key
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::invalid(&path, format!("level {key:?} is not a non-negative integer")))?;
         if levels.insert(number, level_policy(level)).is_some() {
-            return Err(ConfigError::invalid(
-                path,
-                format!("level {number} is given twice"),
-            ));
+            return Err(ConfigError::invalid(path, format!("level {number} is given twice")));
         }
     }
     let system = raw.system.unwrap_or_default();
@@ -199,17 +168,14 @@ fn policy_spec(raw: RawPolicy) -> Result<PolicySpec, ConfigError> {
 
 fn level_policy(raw: RawLevelPolicy) -> LevelPolicy {
     let defaults = LevelPolicy::default();
-    let secs = |value: Option<u32>, default: Duration| {
-        value.map_or(default, |s| Duration::from_secs(u64::from(s)))
-    };
+    let secs = |value: Option<u32>, default: Duration| value.map_or(default, |s| Duration::from_secs(u64::from(s)));
     let buffer_size = match raw.buffer_size {
         None => defaults.buffer_size,
         // Upstream reads a negative size as "its default".
         Some(kib) if kib < 0 => DEFAULT_BUFFER_SIZE,
-        Some(kib) => usize::try_from(kib)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(1024)
-            .clamp(MIN_BUFFER_SIZE, MAX_BUFFER_SIZE),
+        Some(kib) => {
+            usize::try_from(kib).unwrap_or(usize::MAX).saturating_mul(1024).clamp(MIN_BUFFER_SIZE, MAX_BUFFER_SIZE)
+        }
     };
     LevelPolicy {
         handshake: secs(raw.handshake, defaults.handshake),
@@ -237,10 +203,7 @@ fn api_head(raw: RawApi, system_services: Option<Vec<String>>) -> Result<ApiHead
     let inbound_tag = raw.inbound_tag.filter(|t| !t.is_empty());
     let tag = match (tag, inbound_tag) {
         (Some(tag), Some(other)) if tag != other => {
-            return Err(ConfigError::invalid(
-                "api.inboundTag",
-                format!("{other:?} differs from api.tag {tag:?}"),
-            ))
+            return Err(ConfigError::invalid("api.inboundTag", format!("{other:?} differs from api.tag {tag:?}")))
         }
         (Some(tag), _) | (None, Some(tag)) => tag,
         (None, None) => return Err(ConfigError::invalid("api.tag", "missing")),
@@ -259,10 +222,7 @@ fn api_head(raw: RawApi, system_services: Option<Vec<String>>) -> Result<ApiHead
         if !API_SERVICES.contains(&name.as_str()) {
             return Err(ConfigError::invalid(
                 path,
-                format!(
-                    "unknown API service {name:?} (expected one of {})",
-                    API_SERVICES.join(", ")
-                ),
+                format!("unknown API service {name:?} (expected one of {})", API_SERVICES.join(", ")),
             ));
         }
         if !checked.contains(&name) {
@@ -273,29 +233,18 @@ fn api_head(raw: RawApi, system_services: Option<Vec<String>>) -> Result<ApiHead
         None | Some("") => None,
         Some(s) => Some(api_listen(s)?),
     };
-    Ok(ApiHead {
-        tag,
-        listen,
-        services: checked,
-    })
+    Ok(ApiHead { tag, listen, services: checked })
 }
 
 fn api_listen(s: &str) -> Result<ApiListen, ConfigError> {
     if s.starts_with('/') || s.starts_with('@') {
         return Ok(ApiListen::Unix(PathBuf::from(s)));
     }
-    let bad = || {
-        ConfigError::invalid(
-            "api.listen",
-            format!("{s:?} is neither \"ip:port\" nor a Unix socket path"),
-        )
-    };
+    let bad = || ConfigError::invalid("api.listen", format!("{s:?} is neither \"ip:port\" nor a Unix socket path"));
     let dest = parse_host_port(s).ok_or_else(bad)?;
     let ip = match &dest.addr {
         Address::Ip(ip) => *ip,
-        Address::Domain(d) if d.eq_ignore_ascii_case("localhost") => {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        }
+        Address::Domain(d) if d.eq_ignore_ascii_case("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Address::Domain(_) => return Err(bad()),
     };
     check_api_loopback(ip, "api.listen")?;
@@ -307,10 +256,7 @@ pub(super) fn check_api_loopback(ip: IpAddr, path: &str) -> Result<(), ConfigErr
     if ip.is_loopback() {
         Ok(())
     } else {
-        Err(ConfigError::invalid(
-            path,
-            format!("the API listens on loopback or a Unix socket only, not on {ip}"),
-        ))
+        Err(ConfigError::invalid(path, format!("the API listens on loopback or a Unix socket only, not on {ip}")))
     }
 }
 
@@ -342,10 +288,7 @@ fn ips_overlap(a: IpAddr, b: IpAddr) -> bool {
 // === shared parsers ===
 
 /// Deserializes a raw value whose JSON path is `path`, naming the failing field's full path.
-pub(super) fn deserialize_at<T: DeserializeOwned>(
-    value: Value,
-    path: &str,
-) -> Result<T, ConfigError> {
+pub(super) fn deserialize_at<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let inner = err.path().to_string();
         let joined = join_path(path, if inner == "." { "" } else { &inner });
@@ -410,10 +353,7 @@ pub(super) fn parse_port(value: &Value, path: &str) -> Result<u16, ConfigError> 
     };
     match port {
         Some(p @ 1..=65535) => Ok(p as u16),
-        _ => Err(ConfigError::invalid(
-            path,
-            format!("invalid port {} (expected 1 to 65535)", value_text(value)),
-        )),
+        _ => Err(ConfigError::invalid(path, format!("invalid port {} (expected 1 to 65535)", value_text(value)))),
     }
 }
 

@@ -18,6 +18,13 @@ pub enum LogRecord {
     Access(String),
     /// A line for the error log, with its severity.
     Error(LogLevel, String),
+    /// A line for the audit trail: written to the error log whatever its level, unless the
+    /// error log is "none".
+    Audit(String),
+    /// Reopen the log files (after rotation); the result goes back on the channel.
+    Reopen(std::sync::mpsc::SyncSender<Result<(), String>>),
+    /// Copy every later line to this follower until it hangs up.
+    Follow(async_channel::Sender<String>),
     /// Flush and stop the writer; records sent after this are dropped.
     Close,
 }
@@ -34,31 +41,18 @@ pub struct LogSink {
 impl LogSink {
     /// A sink that writes error-log records at `level` or above, and access records if `access`.
     pub fn new(tx: Sender<LogRecord>, level: LogLevel, access: bool) -> LogSink {
-        LogSink {
-            tx: Some(tx),
-            level,
-            access,
-            dropped: Arc::default(),
-        }
+        LogSink { tx: Some(tx), level, access, dropped: Arc::default() }
     }
 
     /// A sink that discards everything (for tests and tools).
     pub fn discard() -> LogSink {
-        LogSink {
-            tx: None,
-            level: LogLevel::None,
-            access: false,
-            dropped: Arc::default(),
-        }
+        LogSink { tx: None, level: LogLevel::None, access: false, dropped: Arc::default() }
     }
 
     /// Whether an error-log record at `level` would be written.
     #[inline]
     pub fn enabled(&self, level: LogLevel) -> bool {
-        self.tx.is_some()
-            && level != LogLevel::None
-            && level >= self.level
-            && self.level != LogLevel::None
+        self.tx.is_some() && level != LogLevel::None && level >= self.level && self.level != LogLevel::None
     }
 
     /// Whether access records are wanted.
@@ -79,6 +73,29 @@ impl LogSink {
         if self.access_enabled() {
             self.send(LogRecord::Access(args.to_string()));
         }
+    }
+
+    /// Writes a line to the audit trail.
+    pub fn audit(&self, args: fmt::Arguments<'_>) {
+        if let Some(tx) = &self.tx {
+            // Audit lines are never dropped for lack of room: the caller is the control thread.
+            let _ = tx.send(LogRecord::Audit(args.to_string()));
+        }
+    }
+
+    /// Reopens the log files, waiting (up to five seconds) for the writer's answer.
+    pub fn reopen(&self) -> Result<(), String> {
+        let tx = self.tx.as_ref().ok_or("logging is off")?;
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        tx.send(LogRecord::Reopen(done_tx)).map_err(|_| "the logger has stopped".to_owned())?;
+        done_rx.recv_timeout(std::time::Duration::from_secs(5)).map_err(|_| "the logger did not answer".to_owned())?
+    }
+
+    /// Lines written from now on, as they are written; ends when the logger stops.
+    pub fn follow(&self) -> Option<async_channel::Receiver<String>> {
+        let (line_tx, line_rx) = async_channel::bounded(1024);
+        self.tx.as_ref()?.send(LogRecord::Follow(line_tx)).ok()?;
+        Some(line_rx)
     }
 
     /// Asks the writer to flush and stop, waiting for room in the queue if need be.

@@ -85,16 +85,11 @@ pub struct InvalidRule {
 
 impl Router {
     /// Compiles `rules`; `outbound_index` maps an outbound tag to its index.
-    pub fn new(
-        rules: &[RuleSpec],
-        outbound_index: impl Fn(&str) -> Option<usize>,
-    ) -> Result<Router, InvalidRule> {
+    pub fn new(rules: &[RuleSpec], outbound_index: impl Fn(&str) -> Option<usize>) -> Result<Router, InvalidRule> {
         let mut compiled = Vec::with_capacity(rules.len());
         for (index, spec) in rules.iter().enumerate() {
-            let outbound = outbound_index(&spec.outbound_tag).ok_or_else(|| InvalidRule {
-                index,
-                reason: format!("outbound {:?} not found", spec.outbound_tag),
-            })?;
+            let outbound = outbound_index(&spec.outbound_tag)
+                .ok_or_else(|| InvalidRule { index, reason: format!("outbound {:?} not found", spec.outbound_tag) })?;
             let mut domains = Vec::with_capacity(spec.domains.len());
             for d in &spec.domains {
                 domains.push(match d {
@@ -102,10 +97,7 @@ impl Router {
                     DomainMatcher::Full(f) => CompiledDomain::Full(f.to_ascii_lowercase()),
                     DomainMatcher::Domain(s) => CompiledDomain::Domain(s.to_ascii_lowercase()),
                     DomainMatcher::Regex(r) => {
-                        CompiledDomain::Regex(Regex::new(r).map_err(|e| InvalidRule {
-                            index,
-                            reason: e.to_string(),
-                        })?)
+                        CompiledDomain::Regex(Regex::new(r).map_err(|e| InvalidRule { index, reason: e.to_string() })?)
                     }
                 });
             }
@@ -122,10 +114,7 @@ impl Router {
             });
         }
         let has_ip_rules = compiled.iter().any(|r| !r.ips.is_empty());
-        Ok(Router {
-            rules: compiled,
-            has_ip_rules,
-        })
+        Ok(Router { rules: compiled, has_ip_rules })
     }
 
     /// Whether any rule matches on destination IP.
@@ -137,18 +126,10 @@ impl Router {
     pub fn route(&self, input: &RouteInput<'_>) -> Decision {
         for (index, rule) in self.rules.iter().enumerate() {
             if let Some(explicit_dest) = rule.matches(input) {
-                return Decision {
-                    outbound: rule.outbound,
-                    rule: Some(index),
-                    explicit_dest,
-                };
+                return Decision { outbound: rule.outbound, rule: Some(index), explicit_dest };
             }
         }
-        Decision {
-            outbound: 0,
-            rule: None,
-            explicit_dest: false,
-        }
+        Decision { outbound: 0, rule: None, explicit_dest: false }
     }
 
     /// Routes like `route`, but only reports a rule match (for `IPIfNonMatch`).
@@ -161,9 +142,7 @@ impl Router {
 impl Rule {
     /// `Some(explicit_dest)` when every present condition holds.
     fn matches(&self, input: &RouteInput<'_>) -> Option<bool> {
-        if !self.inbound_tags.is_empty()
-            && !self.inbound_tags.iter().any(|t| t == input.inbound_tag)
-        {
+        if !self.inbound_tags.is_empty() && !self.inbound_tags.iter().any(|t| t == input.inbound_tag) {
             return None;
         }
         if !self.users.is_empty() {
@@ -183,8 +162,7 @@ impl Rule {
         if !self.source_ports.is_empty() && !in_ranges(&self.source_ports, input.source_port) {
             return None;
         }
-        if !self.source_ips.is_empty() && !self.source_ips.iter().any(|n| n.contains(&input.source))
-        {
+        if !self.source_ips.is_empty() && !self.source_ips.iter().any(|n| n.contains(&input.source)) {
             return None;
         }
         let mut explicit = false;
@@ -220,9 +198,7 @@ impl CompiledDomain {
             CompiledDomain::Keyword(k) => name.contains(k.as_str()),
             CompiledDomain::Full(f) => name == f,
             CompiledDomain::Domain(d) => {
-                name == d
-                    || (name.ends_with(d.as_str())
-                        && name.as_bytes()[name.len() - d.len() - 1] == b'.')
+                name == d || (name.ends_with(d.as_str()) && name.as_bytes()[name.len() - d.len() - 1] == b'.')
             }
             CompiledDomain::Regex(r) => r.is_match(name),
         }
@@ -253,10 +229,7 @@ pub fn is_private(ip: IpAddr) -> bool {
                 return is_private(IpAddr::V4(v4));
             }
             let seg = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (seg[0] & 0xfe00) == 0xfc00
-                || (seg[0] & 0xffc0) == 0xfe80
+            v6.is_loopback() || v6.is_unspecified() || (seg[0] & 0xfe00) == 0xfc00 || (seg[0] & 0xffc0) == 0xfe80
         }
     }
 }
@@ -300,14 +273,7 @@ mod tests {
         let dest = Address::Domain("example.com".into());
         assert_eq!(r.route(&input(&dest, 443)).outbound, 1);
         assert_eq!(r.route(&input(&dest, 80)).outbound, 2);
-        assert_eq!(
-            r.route(&input(&dest, 8080)),
-            Decision {
-                outbound: 0,
-                rule: None,
-                explicit_dest: false
-            }
-        );
+        assert_eq!(r.route(&input(&dest, 8080)), Decision { outbound: 0, rule: None, explicit_dest: false });
     }
 
     #[test]
@@ -345,21 +311,10 @@ mod tests {
     #[test]
     fn ip_user_inbound_network_source() {
         let r = router(vec![
+            RuleSpec { users: vec!["bob".into()], outbound_tag: "other".into(), ..Default::default() },
+            RuleSpec { inbound_tags: vec!["nope".into()], outbound_tag: "other".into(), ..Default::default() },
             RuleSpec {
-                users: vec!["bob".into()],
-                outbound_tag: "other".into(),
-                ..Default::default()
-            },
-            RuleSpec {
-                inbound_tags: vec!["nope".into()],
-                outbound_tag: "other".into(),
-                ..Default::default()
-            },
-            RuleSpec {
-                network: Some(NetworkSet {
-                    tcp: false,
-                    udp: true,
-                }),
+                network: Some(NetworkSet { tcp: false, udp: true }),
                 outbound_tag: "other".into(),
                 ..Default::default()
             },
@@ -389,10 +344,7 @@ mod tests {
 
     #[test]
     fn unknown_outbound_is_an_error() {
-        let rules = vec![RuleSpec {
-            outbound_tag: "missing".into(),
-            ..Default::default()
-        }];
+        let rules = vec![RuleSpec { outbound_tag: "missing".into(), ..Default::default() }];
         let err = Router::new(&rules, |_| None).unwrap_err();
         assert_eq!(err.index, 0);
     }
@@ -415,13 +367,7 @@ mod tests {
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in [
-            "8.8.8.8",
-            "172.32.0.1",
-            "100.128.0.1",
-            "2001:db8::1",
-            "::ffff:8.8.8.8",
-        ] {
+        for ip in ["8.8.8.8", "172.32.0.1", "100.128.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -48,10 +48,7 @@ pub(crate) struct InboundRt {
 
 /// What an inbound does with a connection.
 pub(crate) enum InboundKind {
-    Vless {
-        users: RefCell<UserTable>,
-        fallbacks: Vec<FallbackSpec>,
-    },
+    Vless { users: RefCell<UserTable>, fallbacks: Vec<FallbackSpec> },
     Dokodemo(DokodemoSpec),
 }
 
@@ -64,11 +61,7 @@ pub(crate) struct OutboundRt {
 
 impl ShardCtx {
     /// Builds a shard's state; fails only on TLS settings that control has already checked.
-    pub(crate) fn new(
-        config: Arc<Config>,
-        api_addrs: Arc<[SocketAddr]>,
-        log: LogSink,
-    ) -> Result<ShardCtx, String> {
+    pub(crate) fn new(config: Arc<Config>, api_addrs: Arc<[SocketAddr]>, log: LogSink) -> Result<ShardCtx, String> {
         let outbounds: Vec<OutboundRt> = config
             .outbounds
             .iter()
@@ -78,10 +71,8 @@ impl ShardCtx {
                 protocol: o.protocol.clone(),
             })
             .collect();
-        let router = Router::new(&config.routing.rules, |tag| {
-            outbounds.iter().position(|o| &*o.tag == tag)
-        })
-        .map_err(|e| format!("routing.rules[{}]: {}", e.index, e.reason))?;
+        let router = Router::new(&config.routing.rules, |tag| outbounds.iter().position(|o| &*o.tag == tag))
+            .map_err(|e| format!("routing.rules[{}]: {}", e.index, e.reason))?;
         let ctx = ShardCtx {
             config: config.clone(),
             inbounds: Vec::new(),
@@ -97,9 +88,7 @@ impl ShardCtx {
         let mut inbounds = Vec::with_capacity(config.inbounds.len());
         for inbound in &config.inbounds {
             let tls = match &inbound.tls {
-                Some(spec) => Some(TlsAcceptor::from(
-                    tls::server_config(spec).map_err(|e| e.to_string())?,
-                )),
+                Some(spec) => Some(TlsAcceptor::from(tls::server_config(spec).map_err(|e| e.to_string())?)),
                 None => None,
             };
             let kind = match &inbound.protocol {
@@ -108,10 +97,7 @@ impl ShardCtx {
                     for u in &v.clients {
                         users.insert(u.id, Rc::new(ctx.user_rt(u)));
                     }
-                    InboundKind::Vless {
-                        users: RefCell::new(users),
-                        fallbacks: v.fallbacks.clone(),
-                    }
+                    InboundKind::Vless { users: RefCell::new(users), fallbacks: v.fallbacks.clone() }
                 }
                 InboundProtocol::Dokodemo(d) => InboundKind::Dokodemo(d.clone()),
             };
@@ -166,19 +152,14 @@ impl ShardCtx {
             Change::ReplaceUsers { users: set, .. } => {
                 // Users that stay (same id and email) keep their sessions and counters.
                 let wanted: HashMap<Uuid, &UserSpec> = set.iter().map(|u| (u.id, u)).collect();
-                let gone = users.remove_if(|id, u| {
-                    !wanted
-                        .get(id)
-                        .is_some_and(|w| w.email.eq_ignore_ascii_case(&u.email))
-                });
+                let gone =
+                    users.remove_if(|id, u| !wanted.get(id).is_some_and(|w| w.email.eq_ignore_ascii_case(&u.email)));
                 for user in gone {
                     self.retire(&user);
                 }
                 for u in set {
                     match users.get(&u.id) {
-                        Some(kept) if kept.level.get() != u.level => {
-                            self.watchers.set_level(kept, u.level)
-                        }
+                        Some(kept) if kept.level.get() != u.level => self.watchers.set_level(kept, u.level),
                         Some(_) => {}
                         None => users.insert(u.id, Rc::new(self.user_rt(u))),
                     }
@@ -217,33 +198,25 @@ impl ShardCtx {
 
     /// The shard's totals, for the control thread.
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
-        let link = |tag: &Arc<str>, t: &Traffic| LinkSample {
-            tag: tag.clone(),
-            up: t.up.get(),
-            down: t.down.get(),
-        };
+        let link = |tag: &Arc<str>, t: &Traffic| LinkSample { tag: tag.clone(), up: t.up.get(), down: t.down.get() };
         StatsSnapshot {
             users: self
                 .users
                 .borrow()
                 .values()
-                .map(|u| UserSample {
-                    email: u.email.clone(),
-                    up: u.traffic.up.get(),
-                    down: u.traffic.down.get(),
-                    sessions: u.sessions.get(),
+                .map(|u| {
+                    let ips = u.ips();
+                    UserSample {
+                        email: u.email.clone(),
+                        up: u.traffic.up.get(),
+                        down: u.traffic.down.get(),
+                        sessions: ips.iter().map(|e| e.live).sum(),
+                        ips,
+                    }
                 })
                 .collect(),
-            inbounds: self
-                .inbounds
-                .iter()
-                .map(|i| link(&i.tag, &i.traffic))
-                .collect(),
-            outbounds: self
-                .outbounds
-                .iter()
-                .map(|o| link(&o.tag, &o.traffic))
-                .collect(),
+            inbounds: self.inbounds.iter().map(|i| link(&i.tag, &i.traffic)).collect(),
+            outbounds: self.outbounds.iter().map(|o| link(&o.tag, &o.traffic)).collect(),
             live_sessions: self.live.get(),
         }
     }

@@ -98,16 +98,7 @@ pub fn spawn_shard(plan: ShardPlan) -> std::io::Result<ShardHandle> {
 }
 
 async fn run(plan: ShardPlan) {
-    let ShardPlan {
-        id,
-        config,
-        listeners,
-        api_addrs,
-        log,
-        commands,
-        ready,
-        ..
-    } = plan;
+    let ShardPlan { id, config, listeners, api_addrs, log, commands, ready, .. } = plan;
     let ctx = match ShardCtx::new(config, api_addrs, log) {
         Ok(ctx) => Rc::new(ctx),
         Err(e) => {
@@ -118,16 +109,9 @@ async fn run(plan: ShardPlan) {
     let mut accepting = Vec::with_capacity(listeners.len());
     for (inbound, listener) in ctx.inbounds.iter().zip(listeners) {
         // SAFETY: the descriptor comes from a listening std socket we own and give up here.
-        let listener = unsafe {
-            <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(
-                listener.into_raw_fd(),
-            )
-        };
-        accepting.push(glommio::spawn_local(inbound::accept_loop(
-            ctx.clone(),
-            inbound.clone(),
-            listener,
-        )));
+        let listener =
+            unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(listener.into_raw_fd()) };
+        accepting.push(glommio::spawn_local(inbound::accept_loop(ctx.clone(), inbound.clone(), listener)));
     }
     let _ = ready.send(Ok(id));
 
@@ -138,11 +122,7 @@ async fn run(plan: ShardPlan) {
             }
             ShardCommand::Apply { epoch, change, ack } => {
                 let result = ctx.apply(epoch, &change);
-                let _ = ack.try_send(ShardAck {
-                    shard: id,
-                    epoch,
-                    result,
-                });
+                let _ = ack.try_send(ShardAck { shard: id, epoch, result });
             }
             ShardCommand::Drain { grace, last } => {
                 for task in accepting.drain(..) {

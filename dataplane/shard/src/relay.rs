@@ -26,11 +26,7 @@ pub(crate) struct RelayTimeouts {
 
 impl From<&LevelPolicy> for RelayTimeouts {
     fn from(p: &LevelPolicy) -> Self {
-        RelayTimeouts {
-            idle: p.conn_idle,
-            uplink_only: p.uplink_only,
-            downlink_only: p.downlink_only,
-        }
+        RelayTimeouts { idle: p.conn_idle, uplink_only: p.uplink_only, downlink_only: p.downlink_only }
     }
 }
 
@@ -56,34 +52,19 @@ pub(crate) struct RelayOptions<'a> {
 impl<'a> RelayOptions<'a> {
     /// Buffers and timeouts of a policy level.
     pub(crate) fn new(policy: &LevelPolicy) -> Self {
-        RelayOptions {
-            buffer_size: policy.buffer_size,
-            timeouts: policy.into(),
-            down_prefix: &[],
-            watch: None,
-        }
+        RelayOptions { buffer_size: policy.buffer_size, timeouts: policy.into(), down_prefix: &[], watch: None }
     }
 
     /// Bytes written to the client ahead of the first downlink bytes (a response header), so
     /// that they cost no write of their own.
     pub(crate) fn down_prefix(self, down_prefix: &'a [u8]) -> Self {
-        RelayOptions {
-            down_prefix,
-            ..self
-        }
+        RelayOptions { down_prefix, ..self }
     }
 
     /// Ends the relay when the session's user is removed or kicked, and moves it to the
     /// user's new level (timeouts and counting) when that changes.
-    pub(crate) fn watch(
-        self,
-        watch: Option<&'a SessionWatch<'a>>,
-        policies: &'a PolicySpec,
-    ) -> Self {
-        RelayOptions {
-            watch: watch.map(|w| (w, policies)),
-            ..self
-        }
+    pub(crate) fn watch(self, watch: Option<&'a SessionWatch<'a>>, policies: &'a PolicySpec) -> Self {
+        RelayOptions { watch: watch.map(|w| (w, policies)), ..self }
     }
 }
 
@@ -116,13 +97,7 @@ impl Pipe {
     fn new(size: usize, prefix: &[u8]) -> Pipe {
         let mut buf = vec![0u8; size.max(prefix.len() + 1)].into_boxed_slice();
         buf[..prefix.len()].copy_from_slice(prefix);
-        Pipe {
-            buf,
-            start: 0,
-            end: prefix.len(),
-            eof: false,
-            closed: false,
-        }
+        Pipe { buf, start: 0, end: prefix.len(), eof: false, closed: false }
     }
 
     fn done(&self) -> bool {
@@ -131,12 +106,7 @@ impl Pipe {
 
     /// Moves as much as it can from `r` to `w`; returns the bytes read and whether it moved
     /// anything at all.
-    fn poll_move<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        r: &mut R,
-        w: &mut W,
-    ) -> io::Result<(u64, bool)>
+    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> io::Result<(u64, bool)>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
@@ -201,12 +171,7 @@ where
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     M: Meter,
 {
-    let RelayOptions {
-        buffer_size,
-        mut timeouts,
-        down_prefix,
-        watch,
-    } = options;
+    let RelayOptions { buffer_size, mut timeouts, down_prefix, watch } = options;
     let mut up = Pipe::new(buffer_size, &[]);
     let mut down = Pipe::new(buffer_size, down_prefix);
     let mut last_activity = Instant::now();

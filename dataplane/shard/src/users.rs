@@ -23,12 +23,7 @@ pub(crate) struct UserRt {
 
 impl UserRt {
     pub(crate) fn new(email: Arc<str>, level: u32, counters: Option<Rc<UserCounters>>) -> UserRt {
-        UserRt {
-            email,
-            level: Cell::new(level),
-            counters,
-            generation: Cell::new(0),
-        }
+        UserRt { email, level: Cell::new(level), counters, generation: Cell::new(0) }
     }
 }
 
@@ -49,21 +44,17 @@ impl UserTable {
     }
 
     pub(crate) fn by_email(&self, email: &str) -> Option<&Rc<UserRt>> {
-        self.by_email
-            .get(email.to_ascii_lowercase().as_str())
-            .and_then(|id| self.by_id.get(id))
+        self.by_email.get(email.to_ascii_lowercase().as_str()).and_then(|id| self.by_id.get(id))
     }
 
     /// Adds or replaces the user with this id.
     pub(crate) fn insert(&mut self, id: Uuid, user: Rc<UserRt>) {
         if !user.email.is_empty() {
-            self.by_email
-                .insert(user.email.to_ascii_lowercase().into(), id);
+            self.by_email.insert(user.email.to_ascii_lowercase().into(), id);
         }
         if let Some(old) = self.by_id.insert(id, user) {
             if !old.email.is_empty() && !old.email.eq_ignore_ascii_case(&self.by_id[&id].email) {
-                self.by_email
-                    .remove(old.email.to_ascii_lowercase().as_str());
+                self.by_email.remove(old.email.to_ascii_lowercase().as_str());
             }
         }
     }
@@ -76,17 +67,11 @@ impl UserTable {
 
     /// Removes the users for which `remove` says so, returning them.
     pub(crate) fn remove_if(&mut self, remove: impl Fn(&Uuid, &UserRt) -> bool) -> Vec<Rc<UserRt>> {
-        let ids: Vec<Uuid> = self
-            .by_id
-            .iter()
-            .filter(|(id, u)| remove(id, u))
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<Uuid> = self.by_id.iter().filter(|(id, u)| remove(id, u)).map(|(id, _)| *id).collect();
         let mut removed = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(user) = self.by_id.remove(&id) {
-                self.by_email
-                    .remove(user.email.to_ascii_lowercase().as_str());
+                self.by_email.remove(user.email.to_ascii_lowercase().as_str());
                 removed.push(user);
             }
         }
@@ -147,13 +132,7 @@ impl<'a> SessionWatch<'a> {
     pub(crate) fn new(watchers: &'a SessionWatchers, user: Rc<UserRt>) -> SessionWatch<'a> {
         let generation = user.generation.get();
         let level = Cell::new(user.level.get());
-        SessionWatch {
-            watchers,
-            user,
-            generation,
-            level,
-            key: Cell::new(None),
-        }
+        SessionWatch { watchers, user, generation, level, key: Cell::new(None) }
     }
 
     /// Whether the user was removed or kicked since the session started.
@@ -166,8 +145,7 @@ impl<'a> SessionWatch<'a> {
     pub(crate) fn check(&self, waker: &Waker) -> UserState {
         if self.key.get().is_none() {
             let entry = (self.user.clone(), waker.clone());
-            self.key
-                .set(Some(self.watchers.watchers.borrow_mut().insert(entry)));
+            self.key.set(Some(self.watchers.watchers.borrow_mut().insert(entry)));
         }
         if self.is_closed() {
             return UserState::Closed;

@@ -26,10 +26,7 @@ pub struct Destination {
 impl Address {
     /// Parses a config or CLI string: an IP literal (IPv6 with or without brackets) or a domain.
     pub fn parse(s: &str) -> Option<Address> {
-        let bare = s
-            .strip_prefix('[')
-            .and_then(|s| s.strip_suffix(']'))
-            .unwrap_or(s);
+        let bare = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(s);
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return Some(Address::Ip(ip));
         }
@@ -58,10 +55,7 @@ impl Address {
 
 impl From<SocketAddr> for Destination {
     fn from(sa: SocketAddr) -> Self {
-        Destination {
-            addr: Address::Ip(sa.ip()),
-            port: sa.port(),
-        }
+        Destination { addr: Address::Ip(sa.ip()), port: sa.port() }
     }
 }
 
@@ -95,17 +89,9 @@ pub struct AddressTypes {
 }
 
 /// VLESS and VMess numbering.
-pub const VLESS_TYPES: AddressTypes = AddressTypes {
-    ipv4: 1,
-    domain: 2,
-    ipv6: 3,
-};
+pub const VLESS_TYPES: AddressTypes = AddressTypes { ipv4: 1, domain: 2, ipv6: 3 };
 /// SOCKS5, Trojan and Shadowsocks numbering.
-pub const SOCKS_TYPES: AddressTypes = AddressTypes {
-    ipv4: 1,
-    domain: 3,
-    ipv6: 4,
-};
+pub const SOCKS_TYPES: AddressTypes = AddressTypes { ipv4: 1, domain: 3, ipv6: 4 };
 
 impl AddressTypes {
     /// Decodes a type byte and the address that follows it.
@@ -113,9 +99,7 @@ impl AddressTypes {
         let atyp = take_u8(buf)?;
         if atyp == self.ipv4 {
             let b = take(buf, 4)?;
-            Ok(Address::Ip(IpAddr::V4(Ipv4Addr::new(
-                b[0], b[1], b[2], b[3],
-            ))))
+            Ok(Address::Ip(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))))
         } else if atyp == self.ipv6 {
             let b: [u8; 16] = take(buf, 16)?.try_into().expect("took 16 bytes");
             Ok(Address::Ip(IpAddr::V6(Ipv6Addr::from(b))))
@@ -173,10 +157,7 @@ mod tests {
                 assert!(cur.is_empty());
                 for cut in 0..out.len() {
                     let mut short = &out[..cut];
-                    assert_eq!(
-                        types.decode_addr(&mut short),
-                        Err(DecodeError::UnexpectedEnd)
-                    );
+                    assert_eq!(types.decode_addr(&mut short), Err(DecodeError::UnexpectedEnd));
                 }
             }
         }
@@ -184,31 +165,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_type_and_empty_domain() {
-        assert_eq!(
-            VLESS_TYPES.decode_addr(&mut &[9u8][..]),
-            Err(DecodeError::BadAddressType(9))
-        );
-        assert_eq!(
-            VLESS_TYPES.decode_addr(&mut &[2u8, 0][..]),
-            Err(DecodeError::BadDomain)
-        );
-        assert_eq!(
-            VLESS_TYPES.decode_addr(&mut &[2u8, 1, 0xff][..]),
-            Err(DecodeError::BadDomain)
-        );
+        assert_eq!(VLESS_TYPES.decode_addr(&mut &[9u8][..]), Err(DecodeError::BadAddressType(9)));
+        assert_eq!(VLESS_TYPES.decode_addr(&mut &[2u8, 0][..]), Err(DecodeError::BadDomain));
+        assert_eq!(VLESS_TYPES.decode_addr(&mut &[2u8, 1, 0xff][..]), Err(DecodeError::BadDomain));
     }
 
     #[test]
     fn parses_and_prints() {
-        assert_eq!(
-            Address::parse("[::1]"),
-            Some(Address::Ip("::1".parse().unwrap()))
-        );
+        assert_eq!(Address::parse("[::1]"), Some(Address::Ip("::1".parse().unwrap())));
         assert_eq!(Address::parse("a b"), None);
-        let d = Destination {
-            addr: Address::parse("::1").unwrap(),
-            port: 80,
-        };
+        let d = Destination { addr: Address::parse("::1").unwrap(), port: 80 };
         assert_eq!(d.to_string(), "[::1]:80");
     }
 }

@@ -68,12 +68,7 @@ impl RequestHeader {
             }
         };
         *buf = cur;
-        Ok(RequestHeader {
-            user,
-            flow,
-            command,
-            destination,
-        })
+        Ok(RequestHeader { user, flow, command, destination })
     }
 
     /// Reads just the user id, once 17 bytes are there, so that an unknown user can be
@@ -84,9 +79,7 @@ impl RequestHeader {
         if version != VERSION {
             return Err(DecodeError::BadVersion(version));
         }
-        Ok(Uuid::from_bytes(
-            take(&mut cur, 16)?.try_into().expect("took 16 bytes"),
-        ))
+        Ok(Uuid::from_bytes(take(&mut cur, 16)?.try_into().expect("took 16 bytes")))
     }
 
     /// Appends the encoded header to `out` (used by our own clients and tests).
@@ -128,13 +121,10 @@ fn decode_flow(mut addons: &[u8]) -> Result<String, DecodeError> {
                 varint(&mut addons)?;
             }
             2 => {
-                let len =
-                    usize::try_from(varint(&mut addons)?).map_err(|_| DecodeError::BadAddons)?;
+                let len = usize::try_from(varint(&mut addons)?).map_err(|_| DecodeError::BadAddons)?;
                 let value = take(&mut addons, len).map_err(|_| DecodeError::BadAddons)?;
                 if key >> 3 == 1 {
-                    flow = std::str::from_utf8(value)
-                        .map_err(|_| DecodeError::BadAddons)?
-                        .to_owned();
+                    flow = std::str::from_utf8(value).map_err(|_| DecodeError::BadAddons)?.to_owned();
                 }
             }
             _ => return Err(DecodeError::BadAddons),
@@ -165,10 +155,7 @@ mod tests {
             user: "b831381d-6324-4d53-ad4f-8cda48b30811".parse().unwrap(),
             flow: String::new(),
             command: Command::Tcp,
-            destination: Some(Destination {
-                addr: Address::Domain("example.com".into()),
-                port: 443,
-            }),
+            destination: Some(Destination { addr: Address::Domain("example.com".into()), port: 443 }),
         }
     }
 
@@ -177,8 +164,7 @@ mod tests {
         // Laid out by hand from the VLESS spec: version, uuid, no addons, TCP, port 443, domain.
         let mut expected = vec![0u8];
         expected.extend_from_slice(&[
-            0xb8, 0x31, 0x38, 0x1d, 0x63, 0x24, 0x4d, 0x53, 0xad, 0x4f, 0x8c, 0xda, 0x48, 0xb3,
-            0x08, 0x11,
+            0xb8, 0x31, 0x38, 0x1d, 0x63, 0x24, 0x4d, 0x53, 0xad, 0x4f, 0x8c, 0xda, 0x48, 0xb3, 0x08, 0x11,
         ]);
         expected.extend_from_slice(&[0, 1, 0x01, 0xbb, 2, 11]);
         expected.extend_from_slice(b"example.com");
@@ -201,11 +187,7 @@ mod tests {
             assert_eq!(cur, b"GET / HTTP/1.1\r\n");
             for cut in 0..header_len {
                 let mut short = &out[..cut];
-                assert_eq!(
-                    RequestHeader::decode(&mut short),
-                    Err(DecodeError::UnexpectedEnd),
-                    "cut {cut}"
-                );
+                assert_eq!(RequestHeader::decode(&mut short), Err(DecodeError::UnexpectedEnd), "cut {cut}");
                 assert_eq!(short.len(), cut, "buffer untouched on UnexpectedEnd");
             }
         }
@@ -227,29 +209,17 @@ mod tests {
         sample().encode(&mut out);
         let mut bad = out.clone();
         bad[0] = 1;
-        assert_eq!(
-            RequestHeader::decode(&mut &bad[..]),
-            Err(DecodeError::BadVersion(1))
-        );
+        assert_eq!(RequestHeader::decode(&mut &bad[..]), Err(DecodeError::BadVersion(1)));
         let mut bad = out.clone();
         bad[18] = 9;
-        assert_eq!(
-            RequestHeader::decode(&mut &bad[..]),
-            Err(DecodeError::BadCommand(9))
-        );
+        assert_eq!(RequestHeader::decode(&mut &bad[..]), Err(DecodeError::BadCommand(9)));
         let mut bad = out.clone();
         bad[21] = 7;
-        assert_eq!(
-            RequestHeader::decode(&mut &bad[..]),
-            Err(DecodeError::BadAddressType(7))
-        );
+        assert_eq!(RequestHeader::decode(&mut &bad[..]), Err(DecodeError::BadAddressType(7)));
         // Addons that claim a longer string than they hold.
         let mut bad = vec![0u8; 17];
         bad.extend_from_slice(&[3, 0x0a, 9, b'x', 1]);
-        assert_eq!(
-            RequestHeader::decode(&mut &bad[..]),
-            Err(DecodeError::BadAddons)
-        );
+        assert_eq!(RequestHeader::decode(&mut &bad[..]), Err(DecodeError::BadAddons));
     }
 
     #[test]

@@ -24,11 +24,7 @@ pub(super) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let alpn = info
-        .alpn
-        .as_deref()
-        .and_then(|a| std::str::from_utf8(a).ok())
-        .unwrap_or("");
+    let alpn = info.alpn.as_deref().and_then(|a| std::str::from_utf8(a).ok()).unwrap_or("");
     let Some(fb) = choose(fallbacks, info.sni.as_deref().unwrap_or(""), alpn, first) else {
         return;
     };
@@ -38,40 +34,21 @@ pub(super) async fn serve<S>(
     let result = match &fb.dest {
         FallbackDest::Tcp(dest) => match connect_tcp(dest).await {
             Ok(mut up) => match up.write_all(&preamble).await {
-                Ok(()) => {
-                    relay(
-                        &mut client,
-                        &mut up,
-                        RelayOptions::new(&policy),
-                        &mut NoMeter,
-                    )
-                    .await
-                }
+                Ok(()) => relay(&mut client, &mut up, RelayOptions::new(&policy), &mut NoMeter).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         },
         FallbackDest::Unix(path) => match UnixStream::connect(path).await {
             Ok(mut up) => match up.write_all(&preamble).await {
-                Ok(()) => {
-                    relay(
-                        &mut client,
-                        &mut up,
-                        RelayOptions::new(&policy),
-                        &mut NoMeter,
-                    )
-                    .await
-                }
+                Ok(()) => relay(&mut client, &mut up, RelayOptions::new(&policy), &mut NoMeter).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e.into()),
         },
     };
     if let Err(e) = result {
-        ctx.log.error(
-            LogLevel::Info,
-            format_args!("[{}] {} fallback failed: {}", inbound.tag, info.peer, e),
-        );
+        ctx.log.error(LogLevel::Info, format_args!("[{}] {} fallback failed: {}", inbound.tag, info.peer, e));
     }
 }
 
@@ -89,23 +66,10 @@ async fn connect_tcp(dest: &shardray_wire::addr::Destination) -> io::Result<TcpS
 
 /// Picks the fallback: by server name (else the unnamed ones), then by ALPN (else those
 /// without), then by the HTTP path of the first request (else the one without a path).
-fn choose<'a>(
-    fallbacks: &'a [FallbackSpec],
-    sni: &str,
-    alpn: &str,
-    first: &[u8],
-) -> Option<&'a FallbackSpec> {
-    let name = if fallbacks.iter().any(|f| f.name == sni) {
-        sni
-    } else {
-        ""
-    };
+fn choose<'a>(fallbacks: &'a [FallbackSpec], sni: &str, alpn: &str, first: &[u8]) -> Option<&'a FallbackSpec> {
+    let name = if fallbacks.iter().any(|f| f.name == sni) { sni } else { "" };
     let by_name = || fallbacks.iter().filter(move |f| f.name == name);
-    let alpn = if by_name().any(|f| f.alpn == alpn) {
-        alpn
-    } else {
-        ""
-    };
+    let alpn = if by_name().any(|f| f.alpn == alpn) { alpn } else { "" };
     let by_alpn = || by_name().filter(move |f| f.alpn == alpn);
     if let Some(path) = http_path(first) {
         if let Some(f) = by_alpn().find(|f| !f.path.is_empty() && f.path == path) {
@@ -117,10 +81,7 @@ fn choose<'a>(
 
 /// The path of an HTTP/1 request line at the start of `first`, without its query.
 fn http_path(first: &[u8]) -> Option<&str> {
-    let line_end = first
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(first.len());
+    let line_end = first.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(first.len());
     let line = std::str::from_utf8(&first[..line_end]).ok()?;
     let mut parts = line.split(' ');
     let _method = parts.next()?;
@@ -136,15 +97,7 @@ fn proxy_header(xver: u8, peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
     match xver {
         1 => {
             let family = if peer.is_ipv4() { "TCP4" } else { "TCP6" };
-            format!(
-                "PROXY {} {} {} {} {}\r\n",
-                family,
-                peer.ip(),
-                local.ip(),
-                peer.port(),
-                local.port()
-            )
-            .into_bytes()
+            format!("PROXY {} {} {} {} {}\r\n", family, peer.ip(), local.ip(), peer.port(), local.port()).into_bytes()
         }
         2 => {
             let mut out = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
@@ -199,12 +152,7 @@ mod tests {
 
     #[test]
     fn chooses_by_name_alpn_then_path() {
-        let fbs = vec![
-            fb("", "", "", 1),
-            fb("", "", "/ws", 2),
-            fb("", "h2", "", 3),
-            fb("a.com", "", "", 4),
-        ];
+        let fbs = vec![fb("", "", "", 1), fb("", "", "/ws", 2), fb("", "h2", "", 3), fb("a.com", "", "", 4)];
         assert_eq!(port(choose(&fbs, "", "", b"GET / HTTP/1.1\r\n")), 1);
         assert_eq!(port(choose(&fbs, "", "", b"GET /ws?x=1 HTTP/1.1\r\n")), 2);
         assert_eq!(port(choose(&fbs, "", "h2", b"PRI * HTTP/2.0\r\n")), 3);
@@ -216,10 +164,7 @@ mod tests {
     fn proxy_headers() {
         let peer: SocketAddr = "1.2.3.4:5678".parse().unwrap();
         let local: SocketAddr = "5.6.7.8:443".parse().unwrap();
-        assert_eq!(
-            proxy_header(1, peer, local),
-            b"PROXY TCP4 1.2.3.4 5.6.7.8 5678 443\r\n"
-        );
+        assert_eq!(proxy_header(1, peer, local), b"PROXY TCP4 1.2.3.4 5.6.7.8 5678 443\r\n");
         let v2 = proxy_header(2, peer, local);
         assert_eq!(v2.len(), 16 + 12);
         assert_eq!(&v2[12..16], &[0x21, 0x11, 0, 12]);

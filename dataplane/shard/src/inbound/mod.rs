@@ -38,10 +38,7 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
             }
             Err(e) => {
                 // Out of descriptors or memory: back off briefly instead of spinning.
-                ctx.log.error(
-                    LogLevel::Warning,
-                    format_args!("[{}] accept failed: {}", inbound.tag, e),
-                );
+                ctx.log.error(LogLevel::Warning, format_args!("[{}] accept failed: {}", inbound.tag, e));
                 glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -55,22 +52,16 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: TcpStream) {
         _ => return,
     };
     let _ = stream.set_nodelay(true);
-    let info = ConnInfo {
-        peer,
-        local,
-        sni: None,
-        alpn: None,
-    };
+    let info = ConnInfo { peer, local, sni: None, alpn: None };
     match &inbound.tls {
         None => dispatch(ctx, inbound, stream, info).await,
         Some(acceptor) => {
             let handshake = ctx.policy(0).handshake;
-            let accepted =
-                futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
-                    glommio::timer::sleep(handshake).await;
-                    None
-                })
-                .await;
+            let accepted = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+                glommio::timer::sleep(handshake).await;
+                None
+            })
+            .await;
             match accepted {
                 Some(Ok(tls)) => {
                     let (_, conn) = tls.get_ref();
@@ -81,14 +72,12 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: TcpStream) {
                     };
                     dispatch(ctx, inbound, tls, info).await
                 }
-                Some(Err(e)) => ctx.log.error(
-                    LogLevel::Info,
-                    format_args!("[{}] {} TLS handshake failed: {}", inbound.tag, peer, e),
-                ),
-                None => ctx.log.error(
-                    LogLevel::Info,
-                    format_args!("[{}] {} TLS handshake timed out", inbound.tag, peer),
-                ),
+                Some(Err(e)) => ctx
+                    .log
+                    .error(LogLevel::Info, format_args!("[{}] {} TLS handshake failed: {}", inbound.tag, peer, e)),
+                None => {
+                    ctx.log.error(LogLevel::Info, format_args!("[{}] {} TLS handshake timed out", inbound.tag, peer))
+                }
             }
         }
     }
@@ -99,9 +88,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match &inbound.kind {
-        InboundKind::Vless { users, fallbacks } => {
-            vless::serve(ctx, inbound, users, fallbacks, stream, info).await
-        }
+        InboundKind::Vless { users, fallbacks } => vless::serve(ctx, inbound, users, fallbacks, stream, info).await,
         InboundKind::Dokodemo(spec) => dokodemo::serve(ctx, inbound, spec, stream, info).await,
     }
 }

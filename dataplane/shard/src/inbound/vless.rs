@@ -18,11 +18,7 @@ const FIRST_READ: usize = 4096;
 
 /// How the handshake ended.
 enum Handshake {
-    Accepted {
-        header: RequestHeader,
-        user: Rc<UserRt>,
-        consumed: usize,
-    },
+    Accepted { header: RequestHeader, user: Rc<UserRt>, consumed: usize },
     Rejected(&'static str),
 }
 
@@ -39,44 +35,21 @@ pub(super) async fn serve<S>(
     let mut buf = vec![0u8; FIRST_READ];
     let mut len = 0;
     let handshake = ctx.policy(0).handshake;
-    let outcome =
-        futures_lite::future::or(read_header(&mut stream, &mut buf, &mut len, users), async {
-            glommio::timer::sleep(handshake).await;
-            Handshake::Rejected("handshake timed out")
-        })
-        .await;
+    let outcome = futures_lite::future::or(read_header(&mut stream, &mut buf, &mut len, users), async {
+        glommio::timer::sleep(handshake).await;
+        Handshake::Rejected("handshake timed out")
+    })
+    .await;
     match outcome {
-        Handshake::Accepted {
-            header,
-            user,
-            consumed,
-        } => {
-            let dest = header
-                .destination
-                .expect("TCP requests carry a destination");
-            let session = Session {
-                inbound,
-                peer: info.peer,
-                level: user.level.get(),
-                user: Some(user),
-                dest,
-            };
-            forward(
-                ctx,
-                &mut stream,
-                session,
-                &buf[consumed..len],
-                &RESPONSE_HEADER,
-            )
-            .await;
+        Handshake::Accepted { header, user, consumed } => {
+            let dest = header.destination.expect("TCP requests carry a destination");
+            let session = Session { inbound, peer: info.peer, level: user.level.get(), user: Some(user), dest };
+            forward(ctx, &mut stream, session, &buf[consumed..len], &RESPONSE_HEADER).await;
         }
         Handshake::Rejected(reason) => {
             // Nothing is written back: a prober learns no more than from a closed port, or it
             // meets the fallback, which sees the exact bytes the prober sent.
-            ctx.log.access(format_args!(
-                "from {} rejected vless: {}",
-                info.peer, reason
-            ));
+            ctx.log.access(format_args!("from {} rejected vless: {}", info.peer, reason));
             if !fallbacks.is_empty() && len > 0 {
                 fallback::serve(ctx, inbound, fallbacks, stream, &buf[..len], &info).await;
             }
@@ -85,12 +58,7 @@ pub(super) async fn serve<S>(
 }
 
 /// Reads until the header decodes or is known to be bad.
-async fn read_header<S>(
-    stream: &mut S,
-    buf: &mut [u8],
-    len: &mut usize,
-    users: &RefCell<UserTable>,
-) -> Handshake
+async fn read_header<S>(stream: &mut S, buf: &mut [u8], len: &mut usize, users: &RefCell<UserTable>) -> Handshake
 where
     S: AsyncRead + Unpin,
 {
@@ -114,11 +82,7 @@ where
                     return Handshake::Rejected("only TCP requests are served");
                 }
                 let consumed = *len - cur.len();
-                return Handshake::Accepted {
-                    header,
-                    user,
-                    consumed,
-                };
+                return Handshake::Accepted { header, user, consumed };
             }
             Err(DecodeError::UnexpectedEnd) => {
                 if let Ok(id) = RequestHeader::peek_user(&buf[..*len]) {

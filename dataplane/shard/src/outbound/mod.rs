@@ -52,15 +52,8 @@ pub(crate) async fn forward<C>(
 {
     let policy = ctx.policy(session.level);
     // Watch from the start, so a removal during the dial closes the session too.
-    let watch = session
-        .user
-        .clone()
-        .map(|u| SessionWatch::new(&ctx.watchers, u));
-    let email = session
-        .user
-        .as_ref()
-        .map(|u| &*u.email)
-        .filter(|e| !e.is_empty());
+    let watch = session.user.clone().map(|u| SessionWatch::new(&ctx.watchers, u));
+    let email = session.user.as_ref().map(|u| &*u.email).filter(|e| !e.is_empty());
     let mut input = RouteInput {
         inbound_tag: &session.inbound.tag,
         user: email,
@@ -92,34 +85,17 @@ pub(crate) async fn forward<C>(
         }
         OutboundProtocol::Freedom(freedom) => {
             let target = match &freedom.redirect {
-                Some(r) => Destination {
-                    addr: r.addr.clone(),
-                    port: if r.port == 0 {
-                        session.dest.port
-                    } else {
-                        r.port
-                    },
-                },
+                Some(r) => {
+                    Destination { addr: r.addr.clone(), port: if r.port == 0 { session.dest.port } else { r.port } }
+                }
                 None => session.dest.clone(),
             };
-            match dial(
-                ctx,
-                &target,
-                input.resolved,
-                decision,
-                freedom.domain_strategy,
-                &session,
-            )
-            .await
-            {
+            match dial(ctx, &target, input.resolved, decision, freedom.domain_strategy, &session).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     ctx.log.error(
                         LogLevel::Info,
-                        format_args!(
-                            "[{}] {} failed to reach {}: {}",
-                            session.inbound.tag, session.peer, target, e
-                        ),
+                        format_args!("[{}] {} failed to reach {}: {}", session.inbound.tag, session.peer, target, e),
                     );
                     let _ = client.close().await;
                     return;
@@ -131,21 +107,19 @@ pub(crate) async fn forward<C>(
 
     let mut meter = SessionMeter::new(ctx, &session, outbound, &policy);
     if let Some(u) = meter.user.as_ref() {
-        u.sessions.set(u.sessions.get() + 1);
+        u.session_opened(session.peer.ip(), unix_now());
     }
     let result = async {
         if !early.is_empty() {
             upstream.write_all(early).await?;
             meter.up(early.len() as u64);
         }
-        let options = RelayOptions::new(&policy)
-            .down_prefix(down_prefix)
-            .watch(watch.as_ref(), &ctx.config.policy);
+        let options = RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &ctx.config.policy);
         relay(client, &mut upstream, options, &mut meter).await
     }
     .await;
     if let Some(u) = meter.user.as_ref() {
-        u.sessions.set(u.sessions.get() - 1);
+        u.session_closed(session.peer.ip());
     }
     match result {
         Ok(RelayEnd::Done) => {}
@@ -158,19 +132,18 @@ pub(crate) async fn forward<C>(
         ),
         Ok(RelayEnd::TimedOut) => ctx.log.error(
             LogLevel::Debug,
-            format_args!(
-                "[{}] {} to {}: timed out",
-                session.inbound.tag, session.peer, session.dest
-            ),
+            format_args!("[{}] {} to {}: timed out", session.inbound.tag, session.peer, session.dest),
         ),
         Err(e) => ctx.log.error(
             LogLevel::Debug,
-            format_args!(
-                "[{}] {} to {}: {}",
-                session.inbound.tag, session.peer, session.dest, e
-            ),
+            format_args!("[{}] {} to {}: {}", session.inbound.tag, session.peer, session.dest, e),
         ),
     }
+}
+
+/// Seconds since the Unix epoch, for a session's start.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Routes, resolving the destination first when the routing strategy asks for it.
@@ -232,8 +205,7 @@ fn check_destination(
 ) -> Result<(), &'static str> {
     let hits_api = ctx.api_addrs.iter().any(|api| {
         api.port() == addr.port()
-            && (api.ip() == addr.ip()
-                || (api.ip().is_unspecified() && shardray_core::router::is_private(addr.ip())))
+            && (api.ip() == addr.ip() || (api.ip().is_unspecified() && shardray_core::router::is_private(addr.ip())))
     });
     if hits_api {
         return Err("the API address is not a destination");
@@ -244,11 +216,7 @@ fn check_destination(
     // A name that resolved to a private address: allowed if a rule names that IP and sends it
     // to the same outbound.
     if target.addr.domain().is_some() {
-        let email = session
-            .user
-            .as_ref()
-            .map(|u| &*u.email)
-            .filter(|e| !e.is_empty());
+        let email = session.user.as_ref().map(|u| &*u.email).filter(|e| !e.is_empty());
         let recheck = ctx.router.route(&RouteInput {
             inbound_tag: &session.inbound.tag,
             user: email,
@@ -281,12 +249,7 @@ struct SessionMeter<'a> {
 }
 
 impl<'a> SessionMeter<'a> {
-    fn new(
-        ctx: &ShardCtx,
-        session: &Session<'a>,
-        outbound: &'a OutboundRt,
-        policy: &LevelPolicy,
-    ) -> Self {
+    fn new(ctx: &ShardCtx, session: &Session<'a>, outbound: &'a OutboundRt, policy: &LevelPolicy) -> Self {
         let on = ctx.config.stats_enabled;
         let system = ctx.config.policy.system;
         SessionMeter {

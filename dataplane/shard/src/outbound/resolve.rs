@@ -8,21 +8,13 @@ use shardray_core::spec::DomainStrategy;
 use shardray_wire::addr::Address;
 
 /// Resolves `addr` to socket addresses, filtered by `strategy`'s address family.
-pub(crate) async fn resolve(
-    addr: &Address,
-    port: u16,
-    strategy: DomainStrategy,
-) -> io::Result<Vec<SocketAddr>> {
+pub(crate) async fn resolve(addr: &Address, port: u16, strategy: DomainStrategy) -> io::Result<Vec<SocketAddr>> {
     let name = match addr {
         Address::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
         Address::Domain(d) => d.to_string(),
     };
     let found = glommio::executor()
-        .spawn_blocking(move || {
-            (name.as_str(), port)
-                .to_socket_addrs()
-                .map(|it| it.collect::<Vec<_>>())
-        })
+        .spawn_blocking(move || (name.as_str(), port).to_socket_addrs().map(|it| it.collect::<Vec<_>>()))
         .await?;
     let found: Vec<SocketAddr> = found
         .into_iter()
@@ -33,10 +25,7 @@ pub(crate) async fn resolve(
         })
         .collect();
     if found.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "name has no address of the wanted family",
-        ));
+        return Err(io::Error::new(io::ErrorKind::NotFound, "name has no address of the wanted family"));
     }
     Ok(found)
 }

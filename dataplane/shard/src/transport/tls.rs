@@ -22,10 +22,7 @@ impl std::error::Error for InvalidTls {}
 /// Control calls this once while validating, so that a bad key stops the start, and each shard
 /// builds its own copy (no session cache shared between cores).
 pub fn server_config(spec: &TlsServerSpec) -> Result<Arc<ServerConfig>, InvalidTls> {
-    let cert = spec
-        .certificates
-        .first()
-        .ok_or_else(|| InvalidTls("no certificate configured".into()))?;
+    let cert = spec.certificates.first().ok_or_else(|| InvalidTls("no certificate configured".into()))?;
     let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert.chain_pem[..])
         .collect::<Result<_, _>>()
         .map_err(|e| InvalidTls(format!("certificate: {e}")))?;
