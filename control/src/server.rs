@@ -12,6 +12,7 @@ use shardray_core::change::Change;
 use shardray_core::log::LogSink;
 use shardray_core::spec::{Config, LogLevel};
 use shardray_core::stats::StatsSnapshot;
+use shardray_shard::mailbox::{mailbox, ShardMailbox};
 use shardray_shard::{spawn_shard, ShardCommand, ShardHandle, ShardPlan};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -23,7 +24,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The control thread's way to talk to the shards: cloneable and `Send`, for the API.
 #[derive(Clone)]
 pub struct ShardLinks {
-    commands: Arc<[async_channel::Sender<ShardCommand>]>,
+    commands: Arc<[ShardMailbox]>,
     /// The config the shards run.
     pub config: Arc<Config>,
 }
@@ -34,7 +35,7 @@ impl ShardLinks {
         let (ack_tx, ack_rx) = async_channel::bounded(self.commands.len());
         for (id, tx) in self.commands.iter().enumerate() {
             let command = ShardCommand::Apply { epoch, change: change.clone(), ack: ack_tx.clone() };
-            tx.send(command).await.map_err(|_| BroadcastError::Gone(id))?;
+            tx.send(command).map_err(|_| BroadcastError::Gone(id))?;
         }
         let mut pending: Vec<usize> = (0..self.commands.len()).collect();
         let wait = async {
@@ -58,7 +59,7 @@ impl ShardLinks {
         let mut replies = Vec::with_capacity(self.commands.len());
         for (id, tx) in self.commands.iter().enumerate() {
             let (reply_tx, reply_rx) = async_channel::bounded(1);
-            tx.send(ShardCommand::Snapshot(reply_tx)).await.map_err(|_| anyhow!("shard {id} is gone"))?;
+            tx.send(ShardCommand::Snapshot(reply_tx)).map_err(|_| anyhow!("shard {id} is gone"))?;
             replies.push(reply_rx);
         }
         let mut out = Vec::with_capacity(replies.len());
@@ -109,7 +110,7 @@ impl std::error::Error for BroadcastError {}
 /// A running data plane.
 pub struct Server {
     config: Arc<Config>,
-    commands: Vec<async_channel::Sender<ShardCommand>>,
+    commands: Vec<ShardMailbox>,
     handles: Vec<ShardHandle>,
     /// Each inbound's tag and the address it was bound to (port 0 resolved).
     pub bound: Vec<(String, SocketAddr)>,
@@ -166,7 +167,7 @@ impl Server {
         let mut commands = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
         for (id, listeners) in listeners.into_iter().enumerate() {
-            let (tx, rx) = async_channel::unbounded();
+            let (tx, rx) = mailbox().context("shard mailbox")?;
             let plan = ShardPlan {
                 id,
                 cpu: (!cpus.is_empty()).then(|| cpus[id % cpus.len()]),
@@ -212,7 +213,7 @@ impl Server {
     pub fn stop(&mut self, grace: Duration) -> Vec<StatsSnapshot> {
         let (last_tx, last_rx) = async_channel::bounded(self.commands.len().max(1));
         for tx in &self.commands {
-            let _ = tx.try_send(ShardCommand::Drain { grace, last: last_tx.clone() });
+            let _ = tx.send(ShardCommand::Drain { grace, last: last_tx.clone() });
         }
         drop(last_tx);
         self.commands.clear();

@@ -150,7 +150,16 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
         .layer(tower::util::MapRequestLayer::new(canonical_path))
         .add_routes(routes.routes());
     match listener {
-        ApiListener::Tcp(l, _) => router.serve_with_incoming(TcpListenerStream::new(l)).await?,
+        ApiListener::Tcp(l, _) => {
+            // Small request/response messages: no Nagle delay on the API's connections.
+            let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(l), |conn| {
+                if let Ok(c) = &conn {
+                    let _ = c.set_nodelay(true);
+                }
+                conn
+            });
+            router.serve_with_incoming(incoming).await?
+        }
         ApiListener::Unix(l) => router.serve_with_incoming(UnixListenerStream::new(l)).await?,
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 mod ctx;
 mod inbound;
+pub mod mailbox;
 mod outbound;
 mod relay;
 pub mod transport;
@@ -75,7 +76,7 @@ pub struct ShardPlan {
     /// Where the shard logs.
     pub log: LogSink,
     /// Commands from the control thread.
-    pub commands: async_channel::Receiver<ShardCommand>,
+    pub commands: mailbox::MailboxReceiver,
     /// Told `Ok(id)` once the shard is serving, or why it could not start.
     pub ready: SyncSender<Result<usize, String>>,
 }
@@ -115,7 +116,21 @@ async fn run(plan: ShardPlan) {
     }
     let _ = ready.send(Ok(id));
 
-    while let Ok(command) = commands.recv().await {
+    // Commands share the default task queue with the relays, which yield to the reactor after
+    // a bounded amount of work (relay.rs): a command waits for about one round of the shard's
+    // busy connections, not for glommio's preemption timer. (Finer preemption, by
+    // `preempt_timer` or a latency-sensitive task queue, stalled connections in glommio 0.9.)
+    serve_commands(id, ctx, commands.connect(), accepting).await;
+}
+
+/// Applies the control thread's commands until told to drain.
+async fn serve_commands(
+    id: usize,
+    ctx: Rc<ShardCtx>,
+    mut commands: mailbox::ConnectedMailbox,
+    mut accepting: Vec<glommio::Task<()>>,
+) {
+    while let Some(command) = commands.recv().await {
         match command {
             ShardCommand::Snapshot(reply) => {
                 let _ = reply.try_send(ctx.snapshot());

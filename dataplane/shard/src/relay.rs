@@ -106,13 +106,14 @@ impl Pipe {
 
     /// Moves as much as it can from `r` to `w`; returns the bytes read and whether it moved
     /// anything at all.
-    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> io::Result<(u64, bool)>
+    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
         let mut read_total = 0u64;
         let mut progressed = false;
+        let done = |read: u64, progressed: bool| Ok(Moved { read, progressed, more: false });
         loop {
             if self.start < self.end {
                 match Pin::new(&mut *w).poll_write(cx, &self.buf[self.start..self.end]) {
@@ -123,23 +124,27 @@ impl Pipe {
                         continue;
                     }
                     Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Pending => return Ok((read_total, progressed)),
+                    Poll::Pending => return done(read_total, progressed),
                 }
             }
             self.start = 0;
             self.end = 0;
+            if read_total >= POLL_BUDGET {
+                // Enough for one turn: let the shard's other tasks run, then come back.
+                return Ok(Moved { read: read_total, progressed, more: true });
+            }
             if self.eof {
                 if !self.closed {
                     match Pin::new(&mut *w).poll_close(cx) {
                         Poll::Ready(Ok(())) => {}
                         // The peer may already be gone; the direction is finished either way.
                         Poll::Ready(Err(_)) => {}
-                        Poll::Pending => return Ok((read_total, progressed)),
+                        Poll::Pending => return done(read_total, progressed),
                     }
                     self.closed = true;
                     progressed = true;
                 }
-                return Ok((read_total, progressed));
+                return done(read_total, progressed);
             }
             match Pin::new(&mut *r).poll_read(cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) => {
@@ -152,11 +157,25 @@ impl Pipe {
                     progressed = true;
                 }
                 Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok((read_total, progressed)),
+                Poll::Pending => return done(read_total, progressed),
             }
         }
     }
 }
+
+/// What one `poll_move` did.
+struct Moved {
+    /// Bytes read.
+    read: u64,
+    /// Whether anything happened (for the idle timer).
+    progressed: bool,
+    /// The budget ran out with work left: poll again soon.
+    more: bool,
+}
+
+/// Bytes one direction may read in one poll before the relay yields, so that a busy
+/// connection cannot starve the shard's other connections or its control commands.
+const POLL_BUDGET: u64 = 1024 * 1024;
 
 /// Relays between `client` and `upstream` until both directions are finished, an error occurs,
 /// a timeout fires or the session's user is closed.
@@ -177,7 +196,10 @@ where
     let mut last_activity = Instant::now();
     let mut timer = Timer::new(timeouts.idle);
     let mut armed_for = timeouts.idle;
+    let mut yield_turn: Option<Timer> = None;
     futures_lite::future::poll_fn(|cx| {
+        // Woken by the yield timer or by I/O: either way, time to work again.
+        yield_turn = None;
         if let Some((w, policies)) = watch {
             match w.check(cx.waker()) {
                 UserState::Same => {}
@@ -192,20 +214,34 @@ where
             }
         }
         let mut progressed = false;
+        let mut more = false;
         if !up.done() {
-            let (n, p) = up.poll_move(cx, client, upstream)?;
-            if n > 0 {
-                meter.up(n);
+            let moved = up.poll_move(cx, client, upstream)?;
+            if moved.read > 0 {
+                meter.up(moved.read);
             }
-            progressed |= p;
+            progressed |= moved.progressed;
+            more |= moved.more;
         }
         if !down.done() {
-            let (n, p) = down.poll_move(cx, upstream, client)?;
-            if n > 0 {
-                meter.down(n);
+            let moved = down.poll_move(cx, upstream, client)?;
+            if moved.read > 0 {
+                meter.down(moved.read);
             }
-            progressed |= p;
+            progressed |= moved.progressed;
+            more |= moved.more;
         }
+        if more {
+            // Come back after the reactor's next turn rather than at once: when every busy
+            // relay does this, the run queue empties and the shard polls for I/O and commands.
+            let mut turn = Timer::new(Duration::from_micros(1));
+            if Pin::new(&mut turn).poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            } else {
+                yield_turn = Some(turn);
+            }
+        }
+
         if up.done() && down.done() {
             return Poll::Ready(Ok(RelayEnd::Done));
         }
