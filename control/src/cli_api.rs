@@ -515,6 +515,9 @@ pub fn run(args: ApiArgs) -> ExitCode {
     }
 }
 
+/// Replies may be large: QueryStats over many users runs to tens of MiB.
+const MAX_MESSAGE: usize = 1 << 30;
+
 /// A connection to the API, with the per-call timeout.
 struct Api {
     channel: Channel,
@@ -581,19 +584,19 @@ impl Api {
     }
 
     fn handler(&self) -> HandlerServiceClient<Channel> {
-        HandlerServiceClient::new(self.channel.clone())
+        HandlerServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
     fn stats(&self) -> StatsServiceClient<Channel> {
-        StatsServiceClient::new(self.channel.clone())
+        StatsServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
     fn routing(&self) -> RoutingServiceClient<Channel> {
-        RoutingServiceClient::new(self.channel.clone())
+        RoutingServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
     fn logger(&self) -> LoggerServiceClient<Channel> {
-        LoggerServiceClient::new(self.channel.clone())
+        LoggerServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// AlterInbound on `tag` with one operation.

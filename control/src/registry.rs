@@ -195,11 +195,13 @@ impl UserSets {
     /// Every user with an email, with its level, for counters (an email in several inbounds
     /// appears once, with the first inbound's level).
     pub fn stat_users(&self) -> Vec<(String, u32)> {
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for inbound in &self.inbounds {
+        let with_users: Vec<&InboundUsers> = self.inbounds.iter().filter(|i| !i.users.is_empty()).collect();
+        let mut out = Vec::with_capacity(with_users.iter().map(|i| i.users.len()).sum());
+        // With one inbound (the common case) emails are unique already: no set needed.
+        let mut seen = (with_users.len() > 1).then(rustc_hash::FxHashSet::<&str>::default);
+        for inbound in with_users {
             for u in inbound.users.values().filter(|u| !u.email.is_empty()) {
-                if seen.insert(u.email.as_str()) {
+                if seen.as_mut().is_none_or(|s| s.insert(u.email.as_str())) {
                     out.push((u.email.clone(), u.level));
                 }
             }

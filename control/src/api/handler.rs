@@ -23,6 +23,8 @@ use crate::registry::{ChangeError, InboundUsers};
 /// The service, ready to add to a router.
 pub fn service(state: Arc<ApiState>) -> pb::handler_service_server::HandlerServiceServer<HandlerApi> {
     pb::handler_service_server::HandlerServiceServer::new(HandlerApi { state })
+        // Batches of users can be large (about 100 bytes a user).
+        .max_decoding_message_size(super::MAX_REQUEST)
 }
 
 /// The HandlerService implementation.

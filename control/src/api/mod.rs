@@ -17,6 +17,9 @@ use crate::journal::Journal;
 use crate::registry::{Registry, UserSets};
 use crate::server::ShardLinks;
 
+/// The largest request a service takes: room for a batch of about a million users.
+pub const MAX_REQUEST: usize = 128 << 20;
+
 /// What every service shares: the registry (one writer at a time), the shards, the config.
 pub struct ApiState {
     /// The authoritative registry; changes hold the lock until every shard has applied them.

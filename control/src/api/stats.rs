@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
 use shardray_core::spec::Config;
 use shardray_core::stats::{IpSessions, StatsSnapshot};
 use shardray_proto::xray::app::stats::command as pb;
@@ -19,6 +20,8 @@ use super::ApiState;
 /// The service, ready to add to a router.
 pub fn service(state: Arc<ApiState>) -> pb::stats_service_server::StatsServiceServer<StatsApi> {
     pb::stats_service_server::StatsServiceServer::new(StatsApi { state, started: Instant::now() })
+        // Batches of users can be large (about 100 bytes a user).
+        .max_decoding_message_size(super::MAX_REQUEST)
 }
 
 /// What the API adds to and takes from the shards' totals: counts carried over from the last
@@ -53,7 +56,11 @@ impl CounterBook {
 
     /// The value the API reports for a counter whose shard total is `total`.
     pub fn value(&self, name: &str, total: u64) -> u64 {
+        if self.carried.is_empty() && self.baselines.is_empty() {
+            return total;
+        }
         let carried = self.carried.get(name).copied().unwrap_or(0);
+
         (total + carried).saturating_sub(self.baselines.get(name).copied().unwrap_or(0))
     }
 
@@ -96,60 +103,73 @@ fn traffic_name(kind: &str, name: &str, dir: &str) -> String {
 
 /// Every counter the config enables, with the shards' totals; missing ones do not exist.
 /// `users` are the registry's users (email, level) across inbounds.
-fn totals(config: &Config, users: &[(String, u32)], snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
+fn totals(config: &Config, users: &[(String, u32)], snaps: &[StatsSnapshot]) -> Vec<(String, u64)> {
     if !config.stats_enabled {
-        return out;
+        return Vec::new();
     }
-    let mut user_up: HashMap<&str, u64> = HashMap::new();
-    let mut user_down: HashMap<&str, u64> = HashMap::new();
-    let mut in_up: HashMap<&str, u64> = HashMap::new();
-    let mut in_down: HashMap<&str, u64> = HashMap::new();
-    let mut out_up: HashMap<&str, u64> = HashMap::new();
-    let mut out_down: HashMap<&str, u64> = HashMap::new();
+    // (up, down) per email and per tag, summed over the shards. FxHash: these keys are our own
+    // strings, not attacker-chosen, and this is the hot part of a QueryStats over many users.
+    let mut per_user: FxHashMap<&str, (u64, u64)> = FxHashMap::default();
+    per_user.reserve(users.len());
+    let mut per_inbound: FxHashMap<&str, (u64, u64)> = FxHashMap::default();
+    let mut per_outbound: FxHashMap<&str, (u64, u64)> = FxHashMap::default();
+    let add = |map: &mut FxHashMap<_, (u64, u64)>, key, up, down| {
+        let e = map.entry(key).or_insert((0, 0));
+        e.0 += up;
+        e.1 += down;
+    };
     for s in snaps {
         for u in &s.users {
-            *user_up.entry(&u.email).or_default() += u.up;
-            *user_down.entry(&u.email).or_default() += u.down;
+            add(&mut per_user, &*u.email, u.up, u.down);
         }
         for l in &s.inbounds {
-            *in_up.entry(&l.tag).or_default() += l.up;
-            *in_down.entry(&l.tag).or_default() += l.down;
+            add(&mut per_inbound, &*l.tag, l.up, l.down);
         }
         for l in &s.outbounds {
-            *out_up.entry(&l.tag).or_default() += l.up;
-            *out_down.entry(&l.tag).or_default() += l.down;
+            add(&mut per_outbound, &*l.tag, l.up, l.down);
         }
     }
-    for (e, level) in users {
-        let policy = config.policy.level(*level);
-        let e = e.as_str();
-        if policy.stats_user_uplink {
-            let v = user_up.get(e).copied().unwrap_or(0);
-            out.insert(traffic_name("user", e, "uplink"), v);
+    let mut out = Vec::with_capacity(users.len() * 2 + 8);
+    let mut levels: FxHashMap<u32, (bool, bool)> = FxHashMap::default();
+    for (email, level) in users {
+        let (up_on, down_on) = *levels.entry(*level).or_insert_with(|| {
+            let p = config.policy.level(*level);
+            (p.stats_user_uplink, p.stats_user_downlink)
+        });
+        let (up, down) = per_user.get(email.as_str()).copied().unwrap_or_default();
+        if up_on {
+            out.push((traffic_name("user", email, "uplink"), up));
         }
-        if policy.stats_user_downlink {
-            let v = user_down.get(e).copied().unwrap_or(0);
-            out.insert(traffic_name("user", e, "downlink"), v);
+        if down_on {
+            out.push((traffic_name("user", email, "downlink"), down));
         }
     }
     let system = config.policy.system;
-    for inbound in config.inbounds.iter().filter(|i| !i.tag.is_empty()) {
-        let t = inbound.tag.as_str();
-        if system.stats_inbound_uplink {
-            out.insert(traffic_name("inbound", t, "uplink"), in_up.get(t).copied().unwrap_or(0));
-        }
-        if system.stats_inbound_downlink {
-            out.insert(traffic_name("inbound", t, "downlink"), in_down.get(t).copied().unwrap_or(0));
-        }
-    }
-    for outbound in config.outbounds.iter().filter(|o| !o.tag.is_empty()) {
-        let t = outbound.tag.as_str();
-        if system.stats_outbound_uplink {
-            out.insert(traffic_name("outbound", t, "uplink"), out_up.get(t).copied().unwrap_or(0));
-        }
-        if system.stats_outbound_downlink {
-            out.insert(traffic_name("outbound", t, "downlink"), out_down.get(t).copied().unwrap_or(0));
+    let links = [
+        (
+            "inbound",
+            config.inbounds.iter().map(|i| i.tag.as_str()).collect::<Vec<_>>(),
+            &per_inbound,
+            system.stats_inbound_uplink,
+            system.stats_inbound_downlink,
+        ),
+        (
+            "outbound",
+            config.outbounds.iter().map(|o| o.tag.as_str()).collect(),
+            &per_outbound,
+            system.stats_outbound_uplink,
+            system.stats_outbound_downlink,
+        ),
+    ];
+    for (kind, tags, sums, up_on, down_on) in links {
+        for tag in tags.into_iter().filter(|t| !t.is_empty()) {
+            let (up, down) = sums.get(tag).copied().unwrap_or_default();
+            if up_on {
+                out.push((traffic_name(kind, tag, "uplink"), up));
+            }
+            if down_on {
+                out.push((traffic_name(kind, tag, "downlink"), down));
+            }
         }
     }
     out
@@ -286,7 +306,12 @@ impl pb::stats_service_server::StatsService for StatsApi {
         let req = req.into_inner();
         let (users, snaps) = self.read().await?;
         let all = totals(&self.state.config, &users, &snaps);
-        let found = all.get(&req.name).copied().ok_or_else(|| Status::not_found(format!("{} not found.", req.name)));
+        let found = all
+            .iter()
+            .find(|(name, _)| *name == req.name)
+            .map(|(_, total)| *total)
+            .ok_or_else(|| Status::not_found(format!("{} not found.", req.name)));
+
         if req.reset {
             // A reset changes what every later reader sees: audited like any change.
             let outcome = found.as_ref().map(|_| ()).map_err(Clone::clone);
