@@ -3,6 +3,7 @@
 
 pub mod handler;
 pub mod logger;
+pub mod routing;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -75,6 +76,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("/v2ray.core.app.proxyman.command.HandlerService/", "/xray.app.proxyman.command.HandlerService/"),
     ("/v2ray.core.app.stats.command.StatsService/", "/xray.app.stats.command.StatsService/"),
     ("/v2ray.core.app.log.command.LoggerService/", "/xray.app.log.command.LoggerService/"),
+    ("/v2ray.core.app.router.command.RoutingService/", "/xray.app.router.command.RoutingService/"),
     ("/experimental.v2rayapi.StatsService/", "/xray.app.stats.command.StatsService/"),
 ];
 
@@ -139,6 +141,9 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
     }
     if wants("StatsService") {
         routes.add_service(stats::service(state.clone()));
+    }
+    if wants("RoutingService") {
+        routes.add_service(routing::service(state.clone())?);
     }
     // Reflection only when asked for by name, as upstream does.
     if spec.services.iter().any(|s| s == "ReflectionService") {
