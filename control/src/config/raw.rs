@@ -256,7 +256,26 @@ pub(super) struct RawVlessClient {
     pub email: Option<String>,
     pub level: Option<u32>,
     pub flow: Option<String>,
+    /// Panels (3x-ui and its forks) keep their own bookkeeping in each client; upstream
+    /// ignores it, and so do we. These names only: any other unknown field is still an error.
+    #[serde(rename = "limitIp")]
+    pub _limit_ip: Option<Value>,
+    #[serde(rename = "totalGB")]
+    pub _total_gb: Option<Value>,
+    #[serde(rename = "expiryTime")]
+    pub _expiry_time: Option<Value>,
+    #[serde(rename = "enable")]
+    pub _enable: Option<Value>,
+    #[serde(rename = "tgId")]
+    pub _tg_id: Option<Value>,
+    #[serde(rename = "subId")]
+    pub _sub_id: Option<Value>,
+    #[serde(rename = "comment")]
+    pub _comment: Option<Value>,
+    #[serde(rename = "reset")]
+    pub _reset: Option<Value>,
 }
+
 
 /// `settings.fallbacks[i]`
 #[derive(Debug, Default, Deserialize)]

@@ -472,7 +472,28 @@ fn unknown_field_in_a_client() {
 }
 
 #[test]
+fn panel_bookkeeping_in_a_client_is_ignored() {
+    let mut v = base();
+    let client = at(&mut v, "/inbounds/0/settings/clients/0").as_object_mut().unwrap();
+    for (k, val) in [
+        ("limitIp", json!(2)),
+        ("totalGB", json!(0)),
+        ("expiryTime", json!(1735689600000u64)),
+        ("enable", json!(true)),
+        ("tgId", json!("")),
+        ("subId", json!("abc")),
+        ("comment", json!("vip")),
+        ("reset", json!(0)),
+    ] {
+        client.insert(k.into(), val);
+    }
+    let cfg = load(&v).expect("3x-ui style clients load");
+    assert_eq!(vless(&cfg, 0).clients.len(), 1);
+}
+
+#[test]
 fn unknown_field_in_stream_settings_and_top_level() {
+
     let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "netwrk": "tcp" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.netwrk");
     let err = broken(|v| set(v, "", "inbound", json!({})));
@@ -741,7 +762,8 @@ fn messages_read_well() {
     assert_eq!(
         err.to_string(),
         "inbounds[0].settings.clients[0].alterId: unknown field (expected one of `id`, `email`, \
-         `level`, `flow`)"
+         `level`, `flow`, `limitIp`, `totalGB`, `expiryTime`, `enable`, `tgId`, `subId`, `comment`, `reset`)"
+
     );
     let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "level", json!("high")));
     assert_eq!(err.to_string(), "inbounds[0].settings.clients[0].level: invalid type: string \"high\", expected u32");
