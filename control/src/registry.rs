@@ -129,6 +129,11 @@ impl Registry {
         self.sets.stat_users()
     }
 
+    /// One user's email and level, for reading its counters.
+    pub fn stat_user(&self, email: &str) -> Option<(String, u32)> {
+        self.sets.stat_user(email)
+    }
+
     /// Checks `change`, writes it to the journal, sends it to every shard as the next epoch,
     /// waits for them all, and returns the epoch.
     pub async fn apply(&mut self, change: Change) -> Result<u64, ChangeError> {
@@ -207,6 +212,11 @@ impl UserSets {
             }
         }
         out
+    }
+
+    /// One user's email and level, as `stat_users` would list it (first inbound wins).
+    pub fn stat_user(&self, email: &str) -> Option<(String, u32)> {
+        self.inbounds.iter().find_map(|i| i.by_email(email)).map(|u| (u.email.clone(), u.level))
     }
 
     /// Checks and records `change` (for replaying a journal).

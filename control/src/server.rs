@@ -54,12 +54,15 @@ impl ShardLinks {
         }
     }
 
-    /// Asks every shard for its counters.
-    pub async fn snapshots(&self) -> anyhow::Result<Vec<StatsSnapshot>> {
+    /// Asks every shard for its counters: every user's, or only `only_user`'s (`Some("")`: no
+    /// user, just inbounds and outbounds), so that reading one counter costs one user's work.
+    pub async fn snapshots(&self, only_user: Option<&str>) -> anyhow::Result<Vec<StatsSnapshot>> {
+        let only_user: Option<Arc<str>> = only_user.map(Arc::from);
         let mut replies = Vec::with_capacity(self.commands.len());
         for (id, tx) in self.commands.iter().enumerate() {
             let (reply_tx, reply_rx) = async_channel::bounded(1);
-            tx.send(ShardCommand::Snapshot(reply_tx)).map_err(|_| anyhow!("shard {id} is gone"))?;
+            let command = ShardCommand::Snapshot { only_user: only_user.clone(), reply: reply_tx };
+            tx.send(command).map_err(|_| anyhow!("shard {id} is gone"))?;
             replies.push(reply_rx);
         }
         let mut out = Vec::with_capacity(replies.len());

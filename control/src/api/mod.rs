@@ -66,7 +66,7 @@ impl ApiState {
     /// Every counter's value as the API reports it now.
     pub async fn counter_values(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
         let users = self.registry.lock().await.stat_users();
-        let snaps = self.shards.snapshots().await?;
+        let snaps = self.shards.snapshots(None).await?;
         Ok(stats::reported(self, &users, &snaps))
     }
 }

@@ -276,7 +276,6 @@ pub(super) struct RawVlessClient {
     pub _reset: Option<Value>,
 }
 
-
 /// `settings.fallbacks[i]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -493,7 +493,6 @@ fn panel_bookkeeping_in_a_client_is_ignored() {
 
 #[test]
 fn unknown_field_in_stream_settings_and_top_level() {
-
     let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "netwrk": "tcp" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.netwrk");
     let err = broken(|v| set(v, "", "inbound", json!({})));
@@ -763,7 +762,6 @@ fn messages_read_well() {
         err.to_string(),
         "inbounds[0].settings.clients[0].alterId: unknown field (expected one of `id`, `email`, \
          `level`, `flow`, `limitIp`, `totalGB`, `expiryTime`, `enable`, `tgId`, `subId`, `comment`, `reset`)"
-
     );
     let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "level", json!("high")));
     assert_eq!(err.to_string(), "inbounds[0].settings.clients[0].level: invalid type: string \"high\", expected u32");

@@ -197,24 +197,24 @@ impl ShardCtx {
     }
 
     /// The shard's totals, for the control thread.
-    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self, only_user: Option<&str>) -> StatsSnapshot {
         let link = |tag: &Arc<str>, t: &Traffic| LinkSample { tag: tag.clone(), up: t.up.get(), down: t.down.get() };
+        let sample = |u: &Rc<UserCounters>| {
+            let ips = u.ips();
+            UserSample {
+                email: u.email.clone(),
+                up: u.traffic.up.get(),
+                down: u.traffic.down.get(),
+                sessions: ips.iter().map(|e| e.live).sum(),
+                ips,
+            }
+        };
+        let users = self.users.borrow();
         StatsSnapshot {
-            users: self
-                .users
-                .borrow()
-                .values()
-                .map(|u| {
-                    let ips = u.ips();
-                    UserSample {
-                        email: u.email.clone(),
-                        up: u.traffic.up.get(),
-                        down: u.traffic.down.get(),
-                        sessions: ips.iter().map(|e| e.live).sum(),
-                        ips,
-                    }
-                })
-                .collect(),
+            users: match only_user {
+                None => users.values().map(sample).collect(),
+                Some(email) => users.get(email).map(sample).into_iter().collect(),
+            },
             inbounds: self.inbounds.iter().map(|i| link(&i.tag, &i.traffic)).collect(),
             outbounds: self.outbounds.iter().map(|o| link(&o.tag, &o.traffic)).collect(),
             live_sessions: self.live.get(),

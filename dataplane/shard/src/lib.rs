@@ -28,8 +28,14 @@ use crate::ctx::ShardCtx;
 /// What the control thread asks of a shard.
 #[derive(Debug)]
 pub enum ShardCommand {
-    /// Reply with the shard's counters.
-    Snapshot(async_channel::Sender<StatsSnapshot>),
+    /// Reply with the shard's counters: every user's, or with `only_user` just that email's
+    /// (none if no user has it; `Some("")` asks for the inbounds and outbounds alone).
+    Snapshot {
+        /// The email to report, or `None` for every user.
+        only_user: Option<Arc<str>>,
+        /// Where to reply.
+        reply: async_channel::Sender<StatsSnapshot>,
+    },
     /// Apply a change as epoch `epoch`, then report on `ack`.
     Apply {
         /// The change's epoch; epochs reach a shard in increasing order.
@@ -132,8 +138,8 @@ async fn serve_commands(
 ) {
     while let Some(command) = commands.recv().await {
         match command {
-            ShardCommand::Snapshot(reply) => {
-                let _ = reply.try_send(ctx.snapshot());
+            ShardCommand::Snapshot { only_user, reply } => {
+                let _ = reply.try_send(ctx.snapshot(only_user.as_deref()));
             }
             ShardCommand::Apply { epoch, change, ack } => {
                 let result = ctx.apply(epoch, &change);
@@ -147,7 +153,7 @@ async fn serve_commands(
                 while ctx.live.get() > 0 && Instant::now() < deadline {
                     glommio::timer::sleep(Duration::from_millis(20)).await;
                 }
-                let _ = last.try_send(ctx.snapshot());
+                let _ = last.try_send(ctx.snapshot(None));
                 break;
             }
         }

@@ -1,0 +1,81 @@
+//! Router match with 10,000 domain rules and one rule of 100,000 CIDRs.
+//!
+//! The router scans its rules in order, so these figures grow with the rule count.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ipnet::{IpNet, Ipv4Net};
+use shardray_core::router::{RouteInput, Router};
+use shardray_core::spec::{DomainMatcher, RuleSpec};
+use shardray_wire::addr::Address;
+
+const DOMAIN_RULES: usize = 10_000;
+const CIDRS: u32 = 100_000;
+
+fn domain_rule(i: usize) -> RuleSpec {
+    let matcher = match i % 3 {
+        0 => DomainMatcher::Domain(format!("site{i}.example")),
+        1 => DomainMatcher::Full(format!("www.host{i}.example")),
+        _ => DomainMatcher::Keyword(format!("kw{i}-")),
+    };
+    RuleSpec { domains: vec![matcher], outbound_tag: "proxy".into(), ..RuleSpec::default() }
+}
+
+/// The `i`-th /24 counting up from 11.0.0.0 (100,000 of them end inside 12.x.x.x).
+fn cidr(i: u32) -> Ipv4Net {
+    let base = u32::from(Ipv4Addr::new(11, 0, 0, 0)) + (i << 8);
+    Ipv4Net::new(Ipv4Addr::from(base), 24).expect("valid prefix")
+}
+
+fn build_router() -> Router {
+    let mut rules: Vec<RuleSpec> = (0..DOMAIN_RULES).map(domain_rule).collect();
+    rules.push(RuleSpec {
+        ips: (0..CIDRS).map(|i| IpNet::V4(cidr(i))).collect(),
+        outbound_tag: "proxy".into(),
+        ..RuleSpec::default()
+    });
+    Router::new(&rules, |tag| match tag {
+        "direct" => Some(0),
+        "proxy" => Some(1),
+        _ => None,
+    })
+    .expect("rules compile")
+}
+
+fn input(dest: &Address) -> RouteInput<'_> {
+    RouteInput {
+        inbound_tag: "in",
+        user: Some("user@example"),
+        dest,
+        resolved: None,
+        port: 443,
+        tcp: true,
+        source: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        source_port: 40000,
+    }
+}
+
+fn router_match(c: &mut Criterion) {
+    let router = build_router();
+    let last = DOMAIN_RULES - 1; // a Domain matcher (9999 % 3 == 0)
+    let last_cidr = cidr(CIDRS - 1);
+    let cases = [
+        ("domain_last_rule", Address::Domain(format!("cdn.site{last}.example").into()), Some(last)),
+        ("domain_no_match", Address::Domain("nothing.matches.invalid".into()), None),
+        ("ip_last_cidr", Address::Ip(IpAddr::V4(Ipv4Addr::from(u32::from(last_cidr.addr()) + 1))), Some(DOMAIN_RULES)),
+        ("ip_no_match", Address::Ip(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7))), None),
+    ];
+    let mut group = c.benchmark_group("router");
+    group.sample_size(20).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    for (name, dest, want) in &cases {
+        assert_eq!(router.route(&input(dest)).rule, *want, "{name} routes as expected");
+        group.bench_function(*name, |b| b.iter(|| black_box(router.route(black_box(&input(dest))))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, router_match);
+criterion_main!(benches);
