@@ -77,5 +77,35 @@ fn router_match(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, router_match);
+/// The common shape of large configs: one rule holding a whole list (a geosite category, a
+/// country's CIDRs), rather than thousands of one-line rules.
+fn router_list_rules(c: &mut Criterion) {
+    let domains = (0..DOMAIN_RULES).map(|i| DomainMatcher::Domain(format!("site{i}.example"))).collect();
+    let rules = vec![
+        RuleSpec { domains, outbound_tag: "proxy".into(), ..RuleSpec::default() },
+        RuleSpec {
+            ips: (0..CIDRS).map(|i| IpNet::V4(cidr(i))).collect(),
+            outbound_tag: "proxy".into(),
+            ..RuleSpec::default()
+        },
+    ];
+    let router = Router::new(&rules, |tag| (tag == "proxy").then_some(1)).expect("rules compile");
+    let last_cidr = cidr(CIDRS - 1);
+    let cases = [
+        ("list_domain_hit", Address::Domain(format!("cdn.site{}.example", DOMAIN_RULES - 1).into()), Some(0)),
+        ("list_domain_miss", Address::Domain("nothing.matches.invalid".into()), None),
+        ("list_ip_hit", Address::Ip(IpAddr::V4(Ipv4Addr::from(u32::from(last_cidr.addr()) + 1))), Some(1)),
+        ("list_ip_miss", Address::Ip(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7))), None),
+    ];
+    let mut group = c.benchmark_group("router_lists");
+    group.sample_size(20).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    for (name, dest, want) in &cases {
+        assert_eq!(router.route(&input(dest)).rule, *want, "{name} routes as expected");
+        group.bench_function(*name, |b| b.iter(|| black_box(router.route(black_box(&input(dest))))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, router_match, router_list_rules);
+
 criterion_main!(benches);

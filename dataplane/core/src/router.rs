@@ -4,6 +4,7 @@
 //! rule's `ip` or `domain` condition: only such a rule may send a user to a loopback or
 //! private address (see `is_private`).
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -58,20 +59,87 @@ struct Rule {
     outbound: usize,
     inbound_tags: Vec<String>,
     users: Vec<String>,
-    domains: Vec<CompiledDomain>,
-    ips: Vec<IpNet>,
+    domains: Option<DomainSet>,
+    ips: Option<IpSet>,
     ports: Vec<PortRange>,
     network: Option<NetworkSet>,
-    source_ips: Vec<IpNet>,
+    source_ips: Option<IpSet>,
     source_ports: Vec<PortRange>,
 }
 
+/// A rule's `domain` condition, indexed: exact names and parent domains are hash lookups, so a
+/// rule with thousands of domains costs a few lookups; keywords and regular expressions scan.
+#[derive(Debug, Default)]
+struct DomainSet {
+    full: Names,
+    parents: Names,
+    keywords: Vec<Box<str>>,
+    regexes: Vec<Regex>,
+}
+
+/// A set of names: a few are compared one by one (cheaper than hashing), many are hashed.
 #[derive(Debug)]
-enum CompiledDomain {
-    Keyword(String),
-    Full(String),
-    Domain(String),
-    Regex(Regex),
+enum Names {
+    Few(Vec<Box<str>>),
+    Many(HashSet<Box<str>>),
+}
+
+/// Up to this many names, comparing beats hashing.
+const FEW_NAMES: usize = 8;
+
+impl Default for Names {
+    fn default() -> Self {
+        Names::Few(Vec::new())
+    }
+}
+
+impl Names {
+    fn insert(&mut self, name: Box<str>) {
+        match self {
+            Names::Few(v) if v.len() < FEW_NAMES => v.push(name),
+            Names::Few(v) => {
+                let mut set: HashSet<Box<str>> = v.drain(..).collect();
+                set.insert(name);
+                *self = Names::Many(set);
+            }
+            Names::Many(set) => {
+                set.insert(name);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Names::Few(v) => v.is_empty(),
+            Names::Many(set) => set.is_empty(),
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Names::Few(v) => v.iter().any(|n| &**n == name),
+            Names::Many(set) => set.contains(name),
+        }
+    }
+
+    /// Whether `name` is one of the names or a subdomain of one.
+    fn contains_name_or_parent(&self, name: &str) -> bool {
+        match self {
+            Names::Few(v) => v
+                .iter()
+                .any(|d| name == &**d || (name.ends_with(&**d) && name.as_bytes()[name.len() - d.len() - 1] == b'.')),
+            Names::Many(set) => {
+                set.contains(name) || name.bytes().enumerate().any(|(i, b)| b == b'.' && set.contains(&name[i + 1..]))
+            }
+        }
+    }
+}
+
+/// A rule's `ip` or `source` condition: merged, sorted ranges per family, searched by bisection.
+#[derive(Debug, Default)]
+struct IpSet {
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
 }
 
 /// A rule that names an outbound missing from the table, or a bad regular expression.
@@ -90,30 +158,24 @@ impl Router {
         for (index, spec) in rules.iter().enumerate() {
             let outbound = outbound_index(&spec.outbound_tag)
                 .ok_or_else(|| InvalidRule { index, reason: format!("outbound {:?} not found", spec.outbound_tag) })?;
-            let mut domains = Vec::with_capacity(spec.domains.len());
-            for d in &spec.domains {
-                domains.push(match d {
-                    DomainMatcher::Keyword(k) => CompiledDomain::Keyword(k.to_ascii_lowercase()),
-                    DomainMatcher::Full(f) => CompiledDomain::Full(f.to_ascii_lowercase()),
-                    DomainMatcher::Domain(s) => CompiledDomain::Domain(s.to_ascii_lowercase()),
-                    DomainMatcher::Regex(r) => {
-                        CompiledDomain::Regex(Regex::new(r).map_err(|e| InvalidRule { index, reason: e.to_string() })?)
-                    }
-                });
-            }
+            let domains = if spec.domains.is_empty() {
+                None
+            } else {
+                Some(DomainSet::new(&spec.domains).map_err(|reason| InvalidRule { index, reason })?)
+            };
             compiled.push(Rule {
                 outbound,
                 inbound_tags: spec.inbound_tags.clone(),
                 users: spec.users.clone(),
                 domains,
-                ips: spec.ips.clone(),
+                ips: (!spec.ips.is_empty()).then(|| IpSet::new(&spec.ips)),
                 ports: spec.ports.clone(),
                 network: spec.network,
-                source_ips: spec.source_ips.clone(),
+                source_ips: (!spec.source_ips.is_empty()).then(|| IpSet::new(&spec.source_ips)),
                 source_ports: spec.source_ports.clone(),
             });
         }
-        let has_ip_rules = compiled.iter().any(|r| !r.ips.is_empty());
+        let has_ip_rules = compiled.iter().any(|r| r.ips.is_some());
         Ok(Router { rules: compiled, has_ip_rules })
     }
 
@@ -162,20 +224,18 @@ impl Rule {
         if !self.source_ports.is_empty() && !in_ranges(&self.source_ports, input.source_port) {
             return None;
         }
-        if !self.source_ips.is_empty() && !self.source_ips.iter().any(|n| n.contains(&input.source)) {
+        if self.source_ips.as_ref().is_some_and(|set| !set.contains(input.source)) {
             return None;
         }
         let mut explicit = false;
-        if !self.domains.is_empty() {
-            let name = input.dest.domain()?;
-            if !self.domains.iter().any(|d| d.matches(name)) {
+        if let Some(domains) = &self.domains {
+            if !domains.matches(input.dest.domain()?) {
                 return None;
             }
             explicit = true;
         }
-        if !self.ips.is_empty() {
-            let ip = input.dest.ip().or(input.resolved)?;
-            if !self.ips.iter().any(|n| n.contains(&ip)) {
+        if let Some(ips) = &self.ips {
+            if !ips.contains(input.dest.ip().or(input.resolved)?) {
                 return None;
             }
             explicit = true;
@@ -184,9 +244,23 @@ impl Rule {
     }
 }
 
-impl CompiledDomain {
+impl DomainSet {
+    fn new(matchers: &[DomainMatcher]) -> Result<DomainSet, String> {
+        let mut set = DomainSet::default();
+        for m in matchers {
+            match m {
+                DomainMatcher::Full(f) => set.full.insert(f.to_ascii_lowercase().into()),
+                DomainMatcher::Domain(d) => set.parents.insert(d.to_ascii_lowercase().into()),
+                DomainMatcher::Keyword(k) => set.keywords.push(k.to_ascii_lowercase().into()),
+                DomainMatcher::Regex(r) => set.regexes.push(Regex::new(r).map_err(|e| e.to_string())?),
+            }
+        }
+        Ok(set)
+    }
+
+    /// `full:` is the name itself; `domain:` the name or any parent of it (at a label boundary).
     fn matches(&self, name: &str) -> bool {
-        // Names are compared case-insensitively without allocating on the common lowercase path.
+        // Compared case-insensitively without allocating on the common lowercase path.
         let lower;
         let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = name.to_ascii_lowercase();
@@ -194,13 +268,66 @@ impl CompiledDomain {
         } else {
             name
         };
-        match self {
-            CompiledDomain::Keyword(k) => name.contains(k.as_str()),
-            CompiledDomain::Full(f) => name == f,
-            CompiledDomain::Domain(d) => {
-                name == d || (name.ends_with(d.as_str()) && name.as_bytes()[name.len() - d.len() - 1] == b'.')
+        if self.full.contains(name) || (!self.parents.is_empty() && self.parents.contains_name_or_parent(name)) {
+            return true;
+        }
+        self.keywords.iter().any(|k| name.contains(&**k)) || self.regexes.iter().any(|r| r.is_match(name))
+    }
+}
+
+impl IpSet {
+    fn new(nets: &[IpNet]) -> IpSet {
+        let mut v4: Vec<(u32, u32)> = Vec::new();
+        let mut v6: Vec<(u128, u128)> = Vec::new();
+        for net in nets {
+            match net {
+                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
+                IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
             }
-            CompiledDomain::Regex(r) => r.is_match(name),
+        }
+        IpSet { v4: merge(v4), v6: merge(v6) }
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => in_sorted(&self.v4, u32::from(a)),
+            IpAddr::V6(a) => in_sorted(&self.v6, u128::from(a)),
+        }
+    }
+}
+
+/// Sorts ranges and joins those that overlap or touch.
+fn merge<T: Copy + Ord + num_like::Successor>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match out.last_mut() {
+            Some(last) if lo <= last.1.successor() => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+/// Whether `x` falls in one of the sorted, disjoint `ranges`.
+fn in_sorted<T: Copy + Ord>(ranges: &[(T, T)], x: T) -> bool {
+    let i = ranges.partition_point(|&(lo, _)| lo <= x);
+    i > 0 && x <= ranges[i - 1].1
+}
+
+mod num_like {
+    /// The next value, saturating at the top (for joining adjacent ranges).
+    pub(super) trait Successor {
+        fn successor(self) -> Self;
+    }
+    impl Successor for u32 {
+        fn successor(self) -> Self {
+            self.saturating_add(1)
+        }
+    }
+    impl Successor for u128 {
+        fn successor(self) -> Self {
+            self.saturating_add(1)
         }
     }
 }
@@ -340,6 +467,51 @@ mod tests {
         assert_eq!(r.route(&i).rule, None);
         i.resolved = Some("127.0.0.1".parse().unwrap());
         assert_eq!(r.route(&i).rule, Some(4));
+    }
+
+    #[test]
+    fn ip_sets_merge_and_bisect() {
+        let nets: Vec<IpNet> =
+            ["10.0.0.0/8", "10.1.0.0/16", "11.0.0.0/8", "192.168.1.7/32", "0.0.0.0/32", "fc00::/7", "::1/128"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect();
+        let set = IpSet::new(&nets);
+        // 10/8 swallows 10.1/16 and touches 11/8: one range.
+        assert_eq!(
+            set.v4[1],
+            (u32::from(std::net::Ipv4Addr::new(10, 0, 0, 0)), u32::from(std::net::Ipv4Addr::new(11, 255, 255, 255)))
+        );
+        for (ip, inside) in [
+            ("10.0.0.0", true),
+            ("11.255.255.255", true),
+            ("12.0.0.0", false),
+            ("9.255.255.255", false),
+            ("192.168.1.7", true),
+            ("192.168.1.8", false),
+            ("0.0.0.0", true),
+            ("0.0.0.1", false),
+            ("fd12::1", true),
+            ("::1", true),
+            ("::2", false),
+        ] {
+            assert_eq!(set.contains(ip.parse().unwrap()), inside, "{ip}");
+        }
+        let all = IpSet::new(&["0.0.0.0/0".parse().unwrap()]);
+        assert!(all.contains("255.255.255.255".parse().unwrap()));
+        assert!(!all.contains("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn one_rule_with_many_domains() {
+        let domains = (0..10_000).map(|i| DomainMatcher::Domain(format!("site{i}.example"))).collect();
+        let r = router(vec![RuleSpec { domains, outbound_tag: "blocked".into(), ..Default::default() }]);
+        for (name, hit) in
+            [("site9999.example", true), ("a.b.SITE17.example", true), ("site10000.example", false), ("example", false)]
+        {
+            let dest = Address::Domain(name.into());
+            assert_eq!(r.route(&input(&dest, 443)).outbound == 1, hit, "{name}");
+        }
     }
 
     #[test]
