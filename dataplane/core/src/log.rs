@@ -1,7 +1,7 @@
 //! The handle shards use to log: formatting happens on the shard, writing on a logger thread.
 //!
 //! Records go through a bounded channel with `try_send`, so a slow disk never blocks a shard;
-//! what does not fit is counted as dropped and reported by the writer.
+//! what does not fit is dropped and counted (`LogSink::dropped`).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -66,14 +66,18 @@ pub(crate) async fn forward<C>(
     };
     let decision = route(ctx, &mut input).await;
     let outbound = &ctx.outbounds[decision.outbound];
-    let email_note = email.map(|e| format!(" email: {e}")).unwrap_or_default();
-    ctx.log.access(format_args!(
-        "from {} accepted tcp:{} [{} >> {}]{}",
-        session.peer, session.dest, session.inbound.tag, outbound.tag, email_note
-    ));
-
+    if ctx.log.access_enabled() {
+        let email_note = email.map(|e| format!(" email: {e}")).unwrap_or_default();
+        ctx.log.access(format_args!(
+            "from {} accepted tcp:{} [{} >> {}]{}",
+            session.peer, session.dest, session.inbound.tag, outbound.tag, email_note
+        ));
+    }
+    // Removed or kicked while routing resolved a name.
+    if watch.as_ref().is_some_and(SessionWatch::is_closed) {
+        return;
+    }
     let mut upstream = match &outbound.protocol {
-        _ if watch.as_ref().is_some_and(SessionWatch::is_closed) => return,
         OutboundProtocol::Blackhole(b) => {
             if b.http_response {
                 let mut reply = down_prefix.to_vec();
