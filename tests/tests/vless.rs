@@ -214,3 +214,61 @@ fn users_of_one_inbound_do_not_see_each_other_and_both_work() {
     assert_eq!(a, b"from alice");
     assert_eq!(b, b"from bob");
 }
+
+/// A server that accepts and then holds each connection open, silent, for `hold`; with
+/// `close_write` it closes its sending side at once instead of staying silent.
+fn holding_server(hold: Duration, close_write: bool) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((conn, _)) = listener.accept() {
+            if close_write {
+                let _ = conn.shutdown(Shutdown::Write);
+            }
+            std::thread::sleep(hold);
+        }
+    });
+    addr
+}
+
+#[test]
+fn downlink_only_closes_a_session_whose_client_has_finished() {
+    let mut config = two_users();
+    config["policy"]["levels"]["0"]["downlinkOnly"] = json!(1);
+    let server = Shardray::start(&config, 1);
+    let dest = holding_server(Duration::from_secs(15), false);
+    let mut s = vless::connect(server.inbound("vless-in")).unwrap();
+    let mut first = vless::request(ALICE, dest);
+    first.extend_from_slice(b"request");
+    s.write_all(&first).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let started = Instant::now();
+    let _ = vless::read_all(&mut s);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(6), "closed after {waited:?}");
+}
+
+#[test]
+fn uplink_only_closes_a_session_whose_server_has_finished() {
+    let mut config = two_users();
+    config["policy"]["levels"]["0"]["uplinkOnly"] = json!(1);
+    let server = Shardray::start(&config, 1);
+    let dest = holding_server(Duration::from_secs(15), true);
+    let mut s = vless::connect(server.inbound("vless-in")).unwrap();
+    let mut first = vless::request(ALICE, dest);
+    first.extend_from_slice(b"request");
+    s.write_all(&first).unwrap();
+    // The client keeps its side open and silent; the server's side ended at once.
+    let started = Instant::now();
+    let back = vless::read_all(&mut s).unwrap_or_default();
+    let waited = started.elapsed();
+    assert_eq!(back, [0, 0], "only the response header comes back");
+    // The read ends at the upstream's close (end of stream). The client's side then gets
+    // uplinkOnly of silence (writes would count as activity) before the proxy closes it, which
+    // the second write after that notices (the first draws the reset).
+    assert!(waited < Duration::from_secs(1), "upstream's end took {waited:?}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = s.write_all(b"more");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(s.write_all(b"more").is_err(), "the session stayed open after uplinkOnly");
+}
