@@ -6,7 +6,7 @@
 # section to perf/RESULTS.md.
 #
 #   perf/run.sh                      everything, about 5 minutes on 2 cores
-#   SCENARIOS=api perf/run.sh        only the API figures
+#   SCENARIOS=api perf/run.sh        only the API figures (also: throughput, connrate)
 #   TARGETS=shardray,sing-box,v2ray STREAMS=8 BYTES=128MiB RUNS=5 perf/run.sh
 #   BUILD=0 perf/run.sh              use the binaries already built in the target directory
 #
@@ -16,7 +16,7 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-SCENARIOS=${SCENARIOS:-throughput,api}
+SCENARIOS=${SCENARIOS:-throughput,connrate,api}
 TARGETS=${TARGETS:-shardray,sing-box,v2ray,splice}
 STREAMS=${STREAMS:-4}
 BYTES=${BYTES:-256MiB}
@@ -53,8 +53,20 @@ if wants throughput; then
     } >>"$section"
 fi
 
+if wants connrate; then
+    eval "$(perf/peers.sh sing-box)"
+    args="connrate --target shardray,sing-box --parallel 32 --duration 10 --runs 3 --shards $SHARDS"
+    # shellcheck disable=SC2086 # $args is split on purpose
+    table=$("$bench" $args --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX")
+    {
+        printf '\n```\nshardray-bench %s\n```\n\n' "$args"
+        printf '%s\n' "$table"
+    } >>"$section"
+fi
+
 if wants api; then
-    # Each run saves its JSON; the summary reads them all back, with each command and table.
+    # Each run saves its JSON
+; the summary reads them all back, with each command and table.
     api() {
         out="$tmp/$1.json"
         shift

@@ -6,6 +6,7 @@
 mod api;
 mod churn;
 mod client;
+mod connrate;
 mod pattern;
 mod peers;
 mod procstat;
@@ -47,6 +48,9 @@ enum Cmd {
     },
     /// Bulk VLESS throughput: N parallel streams of B bytes, through each target in turn.
     Throughput(ThroughputArgs),
+    /// Short connections: VLESS header plus a 64-byte echo per connection, N in parallel for a
+    /// fixed time, then one at a time: connections/s, latency, target CPU per 1,000 connections.
+    Connrate(ConnrateArgs),
     /// API churn: AddUser/RemoveUser round trips (all shards acknowledged) at a fixed rate,
     /// optionally while VLESS traffic flows, and whether the traffic noticed.
     Churn(ChurnArgs),
@@ -83,24 +87,13 @@ enum Direction {
     Both,
 }
 
+/// Which targets to start, and from which binaries.
 #[derive(clap::Args)]
-struct ThroughputArgs {
+struct TargetArgs {
     /// Targets, comma-separated or repeated: shardray, sing-box, v2ray, splice (the bare
     /// reference relay). Runs are interleaved.
     #[arg(long, value_delimiter = ',', required = true)]
     target: Vec<TargetKind>,
-    /// Parallel streams.
-    #[arg(long, default_value_t = 4)]
-    streams: usize,
-    /// Payload bytes per stream (suffixes K, M, G, KiB, MiB, GiB).
-    #[arg(long, default_value = "256MiB", value_parser = report::parse_bytes)]
-    bytes: u64,
-    /// Which way the payload flows.
-    #[arg(long, value_enum, default_value = "both")]
-    direction: Direction,
-    /// Measurements per target and direction; medians are taken over them.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
     /// Shards for shardray.
     #[arg(long, default_value_t = 2)]
     shards: usize,
@@ -116,9 +109,6 @@ struct ThroughputArgs {
     /// Peer cache directory (default: `.peers/` at the repository root).
     #[arg(long)]
     peers_dir: Option<PathBuf>,
-    /// Seconds any one measurement may take before it fails.
-    #[arg(long, default_value_t = 120)]
-    timeout: u64,
     /// Seconds a target may take to start carrying traffic.
     #[arg(long, default_value_t = 15)]
     startup_timeout: u64,
@@ -128,6 +118,48 @@ struct ThroughputArgs {
     /// Keep the directory with the targets' configs and logs.
     #[arg(long)]
     keep: bool,
+}
+
+#[derive(clap::Args)]
+struct ThroughputArgs {
+    #[command(flatten)]
+    targets: TargetArgs,
+    /// Parallel streams.
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    /// Payload bytes per stream (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, default_value = "256MiB", value_parser = report::parse_bytes)]
+    bytes: u64,
+    /// Which way the payload flows.
+    #[arg(long, value_enum, default_value = "both")]
+    direction: Direction,
+    /// Measurements per target and direction; medians are taken over them.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds any one measurement may take before it fails.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+#[derive(clap::Args)]
+struct ConnrateArgs {
+    #[command(flatten)]
+    targets: TargetArgs,
+    /// Client threads, each making connections back to back.
+    #[arg(long, default_value_t = 32)]
+    parallel: usize,
+    /// Seconds of the parallel pass.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of the one-connection-at-a-time pass after it (0 skips it).
+    #[arg(long, default_value_t = 3.0)]
+    serial_duration: f64,
+    /// Measurements per target; medians are taken over them.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds any one connection may take before it counts as failed.
+    #[arg(long, default_value_t = 5.0)]
+    conn_timeout: f64,
 }
 
 /// How to start shardray for the API scenarios.
@@ -219,6 +251,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Throughput(args) => throughput(args),
+        Cmd::Connrate(args) => connrate(args),
         Cmd::Churn(args) => churn(args),
         Cmd::Users(args) => users(args),
         Cmd::ApiSummary { details, files } => {
@@ -240,7 +273,7 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
     if args.streams == 0 || args.runs == 0 || args.bytes == 0 {
         bail!("--streams, --runs and --bytes must be positive");
     }
-    let specs = target_specs(&args)?;
+    let specs = target_specs(&args.targets)?;
     let scenario = Scenario {
         streams: args.streams,
         bytes: args.bytes,
@@ -251,7 +284,7 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
         },
         runs: args.runs,
         timeout: Duration::from_secs(args.timeout),
-        startup: Duration::from_secs(args.startup_timeout),
+        startup: Duration::from_secs(args.targets.startup_timeout),
     };
     let workdir = workdir()?;
     let sink = sink::Sink::spawn(scenario.timeout)?;
@@ -262,15 +295,68 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
             r.target, r.direction, r.run, r.gbit_s, r.proxy_cpu_s, r.cpu_s_per_gb, r.peak_rss_mib
         );
     });
-    let records = finish(&workdir, args.keep, outcome)?;
+    let records = finish(&workdir, args.targets.keep, outcome)?;
 
     let report = Report::new(records);
-    if args.json {
+    if args.targets.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.markdown());
     }
     Ok(())
+}
+
+fn connrate(args: ConnrateArgs) -> Result<()> {
+    let secs = |name: &str, x: f64| -> Result<Duration> {
+        if !x.is_finite() || !(0.0..=3600.0).contains(&x) {
+            bail!("--{name} must be between 0 and 3600 seconds");
+        }
+        Ok(Duration::from_secs_f64(x))
+    };
+    if args.parallel == 0 || args.runs == 0 || args.duration <= 0.0 || args.conn_timeout <= 0.0 {
+        bail!("--parallel, --runs, --duration and --conn-timeout must be positive");
+    }
+    let scenario = connrate::Connrate {
+        parallel: args.parallel,
+        duration: secs("duration", args.duration)?,
+        serial_duration: secs("serial-duration", args.serial_duration)?,
+        runs: args.runs,
+        conn_timeout: secs("conn-timeout", args.conn_timeout)?,
+        startup: Duration::from_secs(args.targets.startup_timeout),
+    };
+    let specs = target_specs(&args.targets)?;
+    let workdir = workdir()?;
+    // The sink serves only the start-up probes; the echo server serves the measured connections.
+    let sink = sink::Sink::spawn(scenario.startup)?;
+    // Each client has at most one connection in flight, so that many accepting threads (and a
+    // margin for connections the proxy is still tearing down) never keep a connection waiting.
+    let echo = sink::Echo::spawn(connrate::PAYLOAD, args.parallel * 2 + 8, scenario.conn_timeout)?;
+    let outcome = connrate::run_all(&specs, &scenario, sink.addr(), echo.addr(), &workdir, |r| {
+        let p = &r.parallel;
+        let serial =
+            r.serial.as_ref().map_or(String::new(), |s| format!(", 1-at-a-time p50 {:.0} µs", s.latency.p50_us));
+        eprintln!(
+            "{:>8} run {}: {:.0} conns/s, p50 {:.0} µs, p99 {:.0} µs, {:.0} CPU ms/1k conns, {} errors, peak RSS {:.1} MiB{serial}",
+            r.target, r.run, p.conns_per_s, p.latency.p50_us, p.latency.p99_us, p.cpu_ms_per_1k, p.errors, r.peak_rss_mib
+        );
+    });
+    let records = finish(&workdir, args.targets.keep, outcome)?;
+    let report = connrate::ConnrateReport::new(&scenario, command_line(), records);
+    if args.targets.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.markdown());
+    }
+    Ok(())
+}
+
+/// This invocation's command line, with the program's path shortened to its name.
+fn command_line() -> String {
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
+    let name =
+        std::path::Path::new(&argv0).file_name().map_or("shardray-bench".into(), |n| n.to_string_lossy().into_owned());
+    std::iter::once(name).chain(args).collect::<Vec<_>>().join(" ")
 }
 
 /// A fresh directory for the targets' configs and logs.
@@ -293,11 +379,7 @@ fn finish<T>(workdir: &std::path::Path, keep: bool, outcome: Result<T>) -> Resul
 
 /// Prints an API scenario's result as Markdown or JSON, noting the command line in it.
 fn print_api_report(mut report: ApiReport, json: bool) -> Result<()> {
-    let mut args = std::env::args();
-    let argv0 = args.next().unwrap_or_default();
-    let name =
-        std::path::Path::new(&argv0).file_name().map_or("shardray-bench".into(), |n| n.to_string_lossy().into_owned());
-    report.set_command(std::iter::once(name).chain(args).collect::<Vec<_>>().join(" "));
+    report.set_command(command_line());
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -346,7 +428,7 @@ fn users(args: UsersArgs) -> Result<()> {
 }
 
 /// Resolves each requested target to a binary, fetching peers into the cache if needed.
-fn target_specs(args: &ThroughputArgs) -> Result<Vec<TargetSpec>> {
+fn target_specs(args: &TargetArgs) -> Result<Vec<TargetSpec>> {
     let mut peers = None;
     let mut peer_bins = || -> Result<peers::Peers> {
         if peers.is_none() {

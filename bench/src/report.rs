@@ -174,6 +174,12 @@ impl Latencies {
         self.0.saturating_record(nanos.max(1));
     }
 
+    /// Adds every sample of `other`.
+    pub fn add(&mut self, other: &Latencies) {
+        // Same bounds on both sides, and saturating values stay within them.
+        let _ = self.0.add(&other.0);
+    }
+
     /// Count, percentiles and maximum in microseconds.
     pub fn summary(&self) -> Latency {
         let h = &self.0;

@@ -67,3 +67,49 @@ fn serve(mut conn: TcpStream, timeout: Duration) {
     let mut scratch = [0u8; 512];
     while matches!(conn.read(&mut scratch), Ok(n) if n > 0) {}
 }
+
+/// A loopback echo server for short request/response connections: each connection sends
+/// exactly `len` bytes, gets them back, and is closed by the server. A fixed pool of threads
+/// accepts, so that thread creation does not sit on the measured path; the threads live until
+/// the process exits.
+#[derive(Debug)]
+pub struct Echo {
+    addr: SocketAddr,
+}
+
+impl Echo {
+    /// Binds 127.0.0.1 on a free port with `threads` accepting threads; every socket operation
+    /// gives up after `timeout`.
+    pub fn spawn(len: usize, threads: usize, timeout: Duration) -> Result<Echo> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the echo server")?;
+        let addr = listener.local_addr()?;
+        for i in 0..threads.max(1) {
+            let listener = listener.try_clone().context("sharing the echo listener")?;
+            thread::Builder::new().name(format!("echo-{i}")).spawn(move || {
+                let mut buf = vec![0u8; len];
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    echo_one(conn, &mut buf, timeout);
+                }
+            })?;
+        }
+        Ok(Echo { addr })
+    }
+
+    /// Where the echo server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Reads `buf.len()` bytes and writes them back; any error just ends the connection (the client
+/// sees it as a short or missing echo). Closing after the echo leaves nothing unread, so the
+/// close is a clean FIN, never a reset.
+fn echo_one(mut conn: TcpStream, buf: &mut [u8], timeout: Duration) {
+    let _ = conn.set_read_timeout(Some(timeout));
+    let _ = conn.set_write_timeout(Some(timeout));
+    let _ = conn.set_nodelay(true);
+    if conn.read_exact(buf).is_ok() {
+        let _ = conn.write_all(buf);
+    }
+}
