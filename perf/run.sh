@@ -65,8 +65,7 @@ if wants connrate; then
 fi
 
 if wants api; then
-    # Each run saves its JSON
-; the summary reads them all back, with each command and table.
+    # Each run saves its JSON; the summary reads them all back, with each command and table.
     api() {
         out="$tmp/$1.json"
         shift
