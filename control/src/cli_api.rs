@@ -604,6 +604,11 @@ impl Api {
         let request = self.request(handler_pb::AlterInboundRequest { tag: tag.to_owned(), operation: Some(operation) });
         self.call(self.handler().alter_inbound(request)).await.map(|_| ())
     }
+
+    /// AlterInbound with one of our own operations, by its message name.
+    async fn alter_ours(&self, tag: &str, name: &str, op: &impl prost::Message) -> Result<(), Failure> {
+        self.alter(tag, typed(&format!("{OURS}.{name}"), op)).await.map_err(Failure::Rpc)
+    }
 }
 
 /// An error and its sources, joined: tonic's transport errors say little on their own.
@@ -820,13 +825,13 @@ async fn execute(command: ApiCommand) -> Outcome {
         ApiCommand::SetLevel { tag, email, level, .. } => {
             let api = Api::connect(&conn).await?;
             let op = ours::SetUserLevelOperation { email: email.clone(), level };
-            api.alter(&tag, typed(&format!("{OURS}.SetUserLevelOperation"), &op)).await.map_err(Failure::Rpc)?;
+            api.alter_ours(&tag, "SetUserLevelOperation", &op).await?;
             Ok((json!({ "tag": tag, "email": email, "level": level }), 0))
         }
         ApiCommand::Kick { tag, email, .. } => {
             let api = Api::connect(&conn).await?;
             let op = ours::KickUserOperation { email: email.clone() };
-            api.alter(&tag, typed(&format!("{OURS}.KickUserOperation"), &op)).await.map_err(Failure::Rpc)?;
+            api.alter_ours(&tag, "KickUserOperation", &op).await?;
             Ok((json!({ "tag": tag, "kicked": email }), 0))
         }
         ApiCommand::ReplaceUsers { tag, file, .. } => {
@@ -834,7 +839,7 @@ async fn execute(command: ApiCommand) -> Outcome {
             let api = Api::connect(&conn).await?;
             let emails: Vec<String> = users.iter().map(|u| u.email.clone()).collect();
             let op = ours::ReplaceUsersOperation { users };
-            api.alter(&tag, typed(&format!("{OURS}.ReplaceUsersOperation"), &op)).await.map_err(Failure::Rpc)?;
+            api.alter_ours(&tag, "ReplaceUsersOperation", &op).await?;
             Ok((json!({ "tag": tag, "users": emails }), 0))
         }
         ApiCommand::AddUsers { tag, file, .. } => {
@@ -842,13 +847,13 @@ async fn execute(command: ApiCommand) -> Outcome {
             let api = Api::connect(&conn).await?;
             let emails: Vec<String> = users.iter().map(|u| u.email.clone()).collect();
             let op = ours::AddUsersOperation { users };
-            api.alter(&tag, typed(&format!("{OURS}.AddUsersOperation"), &op)).await.map_err(Failure::Rpc)?;
+            api.alter_ours(&tag, "AddUsersOperation", &op).await?;
             Ok((json!({ "tag": tag, "added": emails }), 0))
         }
         ApiCommand::RmUsers { tag, emails, .. } => {
             let api = Api::connect(&conn).await?;
             let op = ours::RemoveUsersOperation { emails: emails.clone() };
-            api.alter(&tag, typed(&format!("{OURS}.RemoveUsersOperation"), &op)).await.map_err(Failure::Rpc)?;
+            api.alter_ours(&tag, "RemoveUsersOperation", &op).await?;
             Ok((json!({ "tag": tag, "removed": emails }), 0))
         }
     }

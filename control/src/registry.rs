@@ -109,11 +109,6 @@ impl Registry {
         Registry { epoch: 0, sets, journal, shards }
     }
 
-    /// The epoch of the last change applied.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
     /// Every inbound, in config order.
     pub fn inbounds(&self) -> &[InboundUsers] {
         &self.sets.inbounds

@@ -230,6 +230,12 @@ pub fn vless_config(clients: Value, inbound_extra: Value) -> Value {
     })
 }
 
+/// The `api` section for a test server: the API on a free loopback port (the bound address
+/// comes back as `Shardray::api`) serving `services`.
+pub fn loopback_api(services: &[&str]) -> Value {
+    serde_json::json!({ "tag": "api", "listen": "127.0.0.1:0", "services": services })
+}
+
 /// Polls `cond` every 10 ms until it holds or `within` passes.
 pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;

@@ -11,10 +11,8 @@ use shardray_tests::{vless, vless_config, wait_until, Shardray, ALICE};
 fn config(dir: &std::path::Path) -> serde_json::Value {
     let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
     config["log"] = json!({ "loglevel": "info", "access": dir.join("access.log") });
-    config["api"] = json!({
-        "tag": "api", "listen": "127.0.0.1:0",
-        "services": ["HandlerService", "StatsService", "LoggerService"]
-    });
+    config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService", "LoggerService"]);
+
     config
 }
 

@@ -21,7 +21,7 @@ const EMAILS_PER_CALLER: usize = 16;
 fn ten_thousand_concurrent_adds_and_removes_end_in_exactly_the_acknowledged_state() {
     let echo = EchoServer::start();
     let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["HandlerService", "StatsService"] });
+    config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
     let server = Shardray::start(&config, 2);
     let proxy = server.inbound("vless-in");
     let api_addr = server.api.unwrap();

@@ -14,7 +14,7 @@ fn server() -> (Shardray, ApiClient) {
         { "ruleTag": "bob", "user": ["bob@example.com"], "outboundTag": "direct" },
         { "ip": ["127.0.0.1/32"], "outboundTag": "direct" }
     ]);
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["RoutingService"] });
+    config["api"] = shardray_tests::loopback_api(&["RoutingService"]);
     let server = Shardray::start(&config, 2);
     let api = ApiClient::connect(server.api.unwrap());
     (server, api)

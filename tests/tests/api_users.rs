@@ -18,7 +18,7 @@ const NEW: &str = "5f2c86f0-63b1-4d7c-9a43-3f3b2d6c0a11";
 
 fn server() -> (Shardray, ApiClient) {
     let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["HandlerService", "StatsService"] });
+    config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
     let server = Shardray::start(&config, 2);
     let api = ApiClient::connect(server.api.unwrap());
     (server, api)
@@ -261,7 +261,7 @@ fn our_operations_batch_replace_level_and_kick() {
 fn a_level_change_applies_to_live_sessions() {
     let echo = EchoServer::start();
     let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["HandlerService", "StatsService"] });
+    config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
     // Level 1 counts nothing and closes idle sessions after one second.
     config["policy"]["levels"]["1"] = json!({ "connIdle": 1 });
     let server = Shardray::start(&config, 2);

@@ -50,7 +50,7 @@ fn api(args: &[&str]) -> Run {
 
 fn server() -> (Shardray, String) {
     let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["HandlerService", "StatsService"] });
+    config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
     let server = Shardray::start(&config, 2);
     let addr = server.api.expect("api address").to_string();
     (server, addr)

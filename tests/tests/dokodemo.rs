@@ -17,7 +17,7 @@ fn forwards_every_connection_to_its_destination_and_counts_it() {
         "tag": "door", "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
         "settings": { "address": "127.0.0.1", "port": echo.addr().port(), "network": "tcp" }
     }));
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["StatsService"] });
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
     let server = Shardray::start(&config, 2);
     let door = server.inbound("door");
     let mut total = 0;

@@ -45,7 +45,7 @@ const SIZES: [usize; 20] = [
 /// Alice as the only client, plus a StatsService API on a loopback port of the system's choice.
 fn server_config(inbound_extra: Value) -> Value {
     let mut config = vless_config(json!([{ "id": ALICE, "email": EMAIL }]), inbound_extra);
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["StatsService"] });
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
     config
 }
 

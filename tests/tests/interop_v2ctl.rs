@@ -32,7 +32,7 @@ fn call(server: std::net::SocketAddr, method: &str, request: &str) -> (bool, Str
 fn v2ctl_reads_counters_through_the_v2ray_service_name() {
     let echo = EchoServer::start();
     let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["StatsService"] });
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
     let server = Shardray::start(&config, 2);
     let api = server.api.unwrap();
     vless::round_trip(server.inbound("vless-in"), ALICE, echo.addr(), &[1u8; 12345]).unwrap();

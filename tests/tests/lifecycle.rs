@@ -48,7 +48,7 @@ fn sigterm_stops_accepting_lets_live_sessions_finish_and_exits_zero() {
 #[test]
 fn sigterm_with_the_api_running_exits_zero_promptly() {
     let mut config = vless_config(json!([{ "id": ALICE, "email": "a@b" }]), json!({}));
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["StatsService"] });
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
     let server = Shardray::start(&config, 2);
     let api = shardray_tests::api::ApiClient::connect(server.api.unwrap());
     assert!(!api.query("", false).is_empty());

@@ -19,8 +19,7 @@ impl Setup {
     fn new() -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
-        config["api"] =
-            json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["HandlerService", "StatsService"] });
+        config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
         std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
         Setup { dir }
     }

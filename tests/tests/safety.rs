@@ -68,7 +68,7 @@ fn a_rule_naming_the_address_or_the_name_allows_it() {
 #[test]
 fn the_api_is_never_a_destination_even_when_loopback_is_allowed() {
     let mut config = vless_config(alice(), json!({}));
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["StatsService"] });
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
     config["routing"]["rules"] = json!([{ "type": "field", "ip": ["127.0.0.0/8"], "outboundTag": "direct" }]);
     let server = Shardray::start(&config, 2);
     let api = server.api.unwrap();

@@ -26,7 +26,7 @@ fn tls_server(alpn: &[&str], settings_extra: Value) -> (Shardray, SelfSigned, te
         "streamSettings": cert.stream_settings("localhost", alpn),
     });
     let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), extra);
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["StatsService"] });
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
     (Shardray::start(&config, 2), cert, certs)
 }
 

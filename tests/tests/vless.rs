@@ -19,7 +19,7 @@ fn two_users() -> serde_json::Value {
         ]),
         json!({}),
     );
-    config["api"] = json!({ "tag": "api", "listen": "127.0.0.1:0", "services": ["StatsService"] });
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
     config
 }
 
