@@ -259,7 +259,7 @@ impl pb::handler_service_server::HandlerService for HandlerApi {
     ) -> Result<Response<pb::ListOutboundsResponse>, Status> {
         let outbounds = self
             .state
-            .config
+            .config()
             .outbounds
             .iter()
             .map(|o| OutboundHandlerConfig { tag: o.tag.clone(), ..Default::default() })

@@ -27,8 +27,9 @@ pub struct ApiState {
     pub registry: tokio::sync::Mutex<Registry>,
     /// The way to the shards.
     pub shards: ShardLinks,
-    /// The config the server started with.
-    pub config: std::sync::Arc<Config>,
+    /// The running config: the start-up config with every inbound, outbound and routing
+    /// change the API has made since. Read it with `config()`.
+    live_config: std::sync::RwLock<std::sync::Arc<Config>>,
     /// Each inbound's bound address, by tag.
     pub inbound_addrs: std::collections::HashMap<String, SocketAddr>,
     /// Counts carried over from the last run, and resets.
@@ -55,12 +56,22 @@ impl ApiState {
         std::sync::Arc::new(ApiState {
             registry: tokio::sync::Mutex::new(Registry::new(sets, journal, shards.clone())),
             shards,
-            config,
+            live_config: std::sync::RwLock::new(config),
             inbound_addrs: bound.iter().cloned().collect(),
             counters: std::sync::Mutex::new(counters),
             log,
             audit,
         })
+    }
+
+    /// The running config as of now.
+    pub fn config(&self) -> std::sync::Arc<Config> {
+        self.live_config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Publishes the running config after a change every shard has applied.
+    pub fn set_config(&self, config: std::sync::Arc<Config>) {
+        *self.live_config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
     /// Every counter's value as the API reports it now.

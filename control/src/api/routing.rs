@@ -17,7 +17,7 @@ use super::ApiState;
 
 /// The service, ready to add to a router.
 pub fn service(state: Arc<ApiState>) -> anyhow::Result<pb::routing_service_server::RoutingServiceServer<RoutingApi>> {
-    let config = &state.config;
+    let config = state.config();
     let router = Router::new(&config.routing.rules, |tag| config.outbounds.iter().position(|o| o.tag == tag))
         .map_err(|e| anyhow::anyhow!("routing.rules[{}]: {}", e.index, e.reason))?;
     Ok(pb::routing_service_server::RoutingServiceServer::new(RoutingApi { state, router }))
@@ -79,7 +79,7 @@ impl pb::routing_service_server::RoutingService for RoutingApi {
                 .map_err(|_| Status::invalid_argument("SourcePort out of range"))?,
         };
         let decision = self.router.route(&input);
-        ctx.outbound_tag = self.state.config.outbounds[decision.outbound].tag.clone();
+        ctx.outbound_tag = self.state.config().outbounds[decision.outbound].tag.clone();
         Ok(Response::new(ctx))
     }
 
@@ -121,7 +121,7 @@ impl pb::routing_service_server::RoutingService for RoutingApi {
     async fn list_rule(&self, _: Request<pb::ListRuleRequest>) -> Result<Response<pb::ListRuleResponse>, Status> {
         let rules = self
             .state
-            .config
+            .config()
             .routing
             .rules
             .iter()

@@ -81,7 +81,7 @@ impl CounterBook {
 /// Every counter's reported value, from the registry's users and the shards' snapshots.
 pub fn reported(state: &ApiState, users: &[(String, u32)], snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
     let book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
-    totals(&state.config, users, snaps)
+    totals(&state.config(), users, snaps)
         .into_iter()
         .map(|(name, total)| {
             let v = book.value(&name, total);
@@ -319,7 +319,7 @@ impl pb::stats_service_server::StatsService for StatsApi {
         let peer = req.remote_addr();
         let req = req.into_inner();
         let (users, snaps) = self.read_for(&req.name).await?;
-        let all = totals(&self.state.config, &users, &snaps);
+        let all = totals(&self.state.config(), &users, &snaps);
         let found = all
             .iter()
             .find(|(name, _)| *name == req.name)
@@ -342,7 +342,7 @@ impl pb::stats_service_server::StatsService for StatsApi {
         let req = req.into_inner();
         let (users, snaps) = self.read_for(&req.name).await?;
         // As upstream, the value is the number of distinct client addresses, not of sessions.
-        let Some(map) = online_map(&self.state.config, &users, &snaps, &req.name) else {
+        let Some(map) = online_map(&self.state.config(), &users, &snaps, &req.name) else {
             return Err(Status::not_found(format!("{} not found.", req.name)));
         };
         let stat = pb::Stat { name: req.name, value: map.len() as i64 };
@@ -357,7 +357,8 @@ impl pb::stats_service_server::StatsService for StatsApi {
         let req = req.into_inner();
         let filter = NameFilter::new(&req)?;
         let (users, snaps) = self.read().await?;
-        let matching = totals(&self.state.config, &users, &snaps).into_iter().filter(|(name, _)| filter.matches(name));
+        let matching =
+            totals(&self.state.config(), &users, &snaps).into_iter().filter(|(name, _)| filter.matches(name));
         let stat = self.report(matching, req.reset);
         if req.reset {
             let what = format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, stat.len());
@@ -398,7 +399,7 @@ impl pb::stats_service_server::StatsService for StatsApi {
     ) -> Result<Response<pb::GetStatsOnlineIpListResponse>, Status> {
         let req = req.into_inner();
         let (users, snaps) = self.read_for(&req.name).await?;
-        let Some(map) = online_map(&self.state.config, &users, &snaps, &req.name) else {
+        let Some(map) = online_map(&self.state.config(), &users, &snaps, &req.name) else {
             return Err(Status::not_found(format!("{} not found.", req.name)));
         };
         Ok(Response::new(pb::GetStatsOnlineIpListResponse { name: req.name, ips: map.into_iter().collect() }))
@@ -409,7 +410,7 @@ impl pb::stats_service_server::StatsService for StatsApi {
         _: Request<pb::GetAllOnlineUsersRequest>,
     ) -> Result<Response<pb::GetAllOnlineUsersResponse>, Status> {
         let (users, snaps) = self.read().await?;
-        let users = online_names(&self.state.config, &users, &snaps).into_iter().collect();
+        let users = online_names(&self.state.config(), &users, &snaps).into_iter().collect();
         Ok(Response::new(pb::GetAllOnlineUsersResponse { users }))
     }
 }
