@@ -196,10 +196,11 @@ pub enum ApiCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Add inbounds (AddInbound). Not available yet: sends nothing, exits 2.
+    /// Add inbounds (AddInbound) from config files' `inbounds[]`.
     ///
-    /// This client cannot yet turn an inbound's JSON config into the API's protobuf form, so it
-    /// reads the files, names the inbounds it found, sends nothing and exits 2.
+    /// Each inbound is checked as `shardray run` checks a config inbound (certificate files
+    /// are read here and sent inline) before anything is sent; then they are added in order,
+    /// stopping at the first the server refuses.
     #[command(name = "adi")]
     Adi {
         #[command(flatten)]
@@ -748,7 +749,18 @@ async fn execute(command: ApiCommand) -> Outcome {
             api.call(api.logger().restart_logger(request)).await.map_err(Failure::Rpc)?;
             Ok((json!({}), 0))
         }
-        ApiCommand::Adi { files, .. } => not_convertible("inbounds", &files),
+        ApiCommand::Adi { files, .. } => {
+            let inbounds = files::inbound_configs(&files)?;
+            let api = Api::connect(&conn).await?;
+            let mut added = Vec::new();
+            for inbound in inbounds {
+                let tag = inbound.tag.clone();
+                let request = api.request(handler_pb::AddInboundRequest { inbound: Some(inbound) });
+                api.call(api.handler().add_inbound(request)).await.map_err(Failure::Rpc)?;
+                added.push(tag);
+            }
+            Ok((json!({ "added": added }), 0))
+        }
         ApiCommand::Ado { files, .. } => not_convertible("outbounds", &files),
         ApiCommand::Rmi { targets, .. } => {
             let tags = files::tags_or_files(&targets, "inbounds")?;

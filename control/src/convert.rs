@@ -2,6 +2,8 @@
 //! shards never see a prost type. Every refusal is an `Invalid*` value that names what was
 //! wrong; `api` turns them into INVALID_ARGUMENT.
 
+pub mod inbound;
+
 use std::fmt;
 
 use prost::Message;

@@ -1,6 +1,8 @@
-//! The journal: every user change the API accepted, appended and synced to disk before the
-//! call returns, so a restart, even after `kill -9`, loses none. At start it is replayed over
-//! the config's users and rewritten as one snapshot record per inbound.
+//! The journal: every user and inbound change the API accepted, appended and synced to disk
+//! before the call returns, so a restart, even after `kill -9`, loses none. At start it is
+//! replayed over the config and rewritten as a snapshot: the config inbounds the API removed,
+//! the inbounds it added, and one user set per inbound. An added inbound is stored in config
+//! JSON, TLS keys included, so the state directory must be kept as private as the config.
 //!
 //! One JSON object per line. A torn last line (a crash mid-write) is ignored: its call never
 //! returned, so no client was told it succeeded.
@@ -13,6 +15,7 @@ use serde_json::{json, Value};
 use shardray_core::change::Change;
 use shardray_core::spec::UserSpec;
 
+use crate::convert::inbound::{inbound_config, inbound_json};
 use crate::registry::UserSets;
 
 /// The journal file in a state directory.
@@ -63,7 +66,7 @@ impl Journal {
     /// Appends one change and waits until it is on disk. Kicks change no state and are not
     /// written.
     pub fn append(&mut self, change: &Change) -> io::Result<()> {
-        let Some(record) = encode(change) else {
+        let Some(record) = encode(change)? else {
             return Ok(());
         };
         let mut line = record.to_string();
@@ -77,11 +80,22 @@ impl Journal {
     pub fn compact(&mut self, sets: &UserSets) -> io::Result<()> {
         let tmp = self.path.with_extension("jsonl.tmp");
         let mut out = File::create(&tmp)?;
-        for inbound in sets.inbounds().iter().filter(|i| i.has_users) {
-            let mut users: Vec<UserSpec> = inbound.users.values().cloned().collect();
-            users.sort_by(|a, b| a.email.cmp(&b.email));
-            let change = Change::ReplaceUsers { inbound: inbound.tag.clone(), users };
-            if let Some(record) = encode(&change) {
+        let mut records = Vec::new();
+        for tag in sets.removed_from_config() {
+            records.push(Change::RemoveInbound { tag: tag.clone() });
+        }
+        for inbound in sets.inbounds() {
+            if !inbound.from_config {
+                records.push(Change::AddInbound { spec: inbound.spec.clone() });
+            }
+            if inbound.has_users {
+                let mut users: Vec<UserSpec> = inbound.users.values().cloned().collect();
+                users.sort_by(|a, b| a.email.cmp(&b.email));
+                records.push(Change::ReplaceUsers { inbound: inbound.tag.clone(), users });
+            }
+        }
+        for change in &records {
+            if let Some(record) = encode(change)? {
                 writeln!(out, "{record}")?;
             }
         }
@@ -100,8 +114,8 @@ fn user_json(u: &UserSpec) -> Value {
     json!({ "id": u.id.to_string(), "email": u.email, "level": u.level })
 }
 
-fn encode(change: &Change) -> Option<Value> {
-    Some(match change {
+fn encode(change: &Change) -> io::Result<Option<Value>> {
+    Ok(Some(match change {
         Change::AddUsers { inbound, users } => {
             json!({ "op": "add", "inbound": inbound, "users": users.iter().map(user_json).collect::<Vec<_>>() })
         }
@@ -114,8 +128,13 @@ fn encode(change: &Change) -> Option<Value> {
         Change::ReplaceUsers { inbound, users } => {
             json!({ "op": "replace", "inbound": inbound, "users": users.iter().map(user_json).collect::<Vec<_>>() })
         }
-        Change::Kick { .. } => return None,
-    })
+        Change::AddInbound { spec } => {
+            let inbound = inbound_json(&inbound_config(spec)).map_err(io::Error::other)?;
+            json!({ "op": "add_inbound", "inbound": inbound })
+        }
+        Change::RemoveInbound { tag } => json!({ "op": "remove_inbound", "tag": tag }),
+        Change::Kick { .. } => return Ok(None),
+    }))
 }
 
 fn decode(v: &Value) -> Result<Change, String> {
@@ -133,6 +152,15 @@ fn decode(v: &Value) -> Result<Change, String> {
             })
             .collect()
     };
+    match text("op")?.as_str() {
+        "add_inbound" => {
+            let inbound = v.get("inbound").cloned().ok_or("inbound: missing")?;
+            let spec = crate::config::load_inbound(inbound, "inbound").map_err(|e| e.to_string())?;
+            return Ok(Change::AddInbound { spec: std::sync::Arc::new(spec) });
+        }
+        "remove_inbound" => return Ok(Change::RemoveInbound { tag: text("tag")? }),
+        _ => {}
+    }
     let inbound = text("inbound")?;
     match text("op")?.as_str() {
         "add" => Ok(Change::AddUsers { inbound, users: users()? }),

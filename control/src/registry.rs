@@ -4,22 +4,28 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use shardray_core::change::Change;
-use shardray_core::spec::{Config, InboundProtocol, UserSpec};
+use shardray_core::spec::{Config, InboundProtocol, InboundSpec, UserSpec};
 use uuid::Uuid;
 
 use crate::journal::Journal;
-use crate::server::{BroadcastError, ShardLinks};
+use crate::server::{bind_reuseport, BroadcastError, ShardLinks};
 
 /// How long a change may take to be applied by every shard before the call fails.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One inbound's users.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct InboundUsers {
+    /// The inbound as it was configured or added, with its bound address and without its
+    /// users (`users` is the live set; `UserSets::write_into` puts them back).
+    pub spec: Arc<InboundSpec>,
+    /// Whether the inbound comes from the config file (else the API added it).
+    pub from_config: bool,
     /// The inbound's tag.
     pub tag: String,
     /// The inbound's protocol, as config names it ("vless", "dokodemo-door").
@@ -33,6 +39,30 @@ pub struct InboundUsers {
 }
 
 impl InboundUsers {
+    /// The entry for an inbound; its configured users move into the live set.
+    fn new(spec: &InboundSpec, from_config: bool) -> InboundUsers {
+        let mut entry = InboundUsers {
+            tag: spec.tag.clone(),
+            protocol: "",
+            has_users: false,
+            users: HashMap::new(),
+            by_email: HashMap::new(),
+            spec: Arc::new(spec.clone_without_users()),
+            from_config,
+        };
+        match &spec.protocol {
+            InboundProtocol::Vless(v) => {
+                entry.protocol = "vless";
+                entry.has_users = true;
+                for u in &v.clients {
+                    entry.insert(u.clone());
+                }
+            }
+            InboundProtocol::Dokodemo(_) => entry.protocol = "dokodemo-door",
+        }
+        entry
+    }
+
     /// The user with this email (any ASCII case).
     pub fn by_email(&self, email: &str) -> Option<&UserSpec> {
         self.by_email.get(&email.to_ascii_lowercase()).and_then(|id| self.users.get(id))
@@ -69,6 +99,12 @@ pub enum ChangeError {
     Shards(BroadcastError),
     /// The change could not be written to the journal, so it was not made.
     Journal(String),
+    /// An inbound with this tag already exists.
+    TagExists(String),
+    /// An added inbound needs a tag, so that it can be managed and removed.
+    MissingTag,
+    /// An added inbound's address could not be bound.
+    Listen(String),
 }
 
 impl fmt::Display for ChangeError {
@@ -81,6 +117,9 @@ impl fmt::Display for ChangeError {
             ChangeError::MissingEmail => f.write_str("a user needs an email to be managed"),
             ChangeError::Shards(e) => write!(f, "{e}"),
             ChangeError::Journal(e) => write!(f, "journal: {e}"),
+            ChangeError::TagExists(tag) => write!(f, "existing tag found: {tag}"),
+            ChangeError::MissingTag => f.write_str("an inbound added through the API needs a tag"),
+            ChangeError::Listen(e) => write!(f, "{e}"),
         }
     }
 }
@@ -92,6 +131,8 @@ impl std::error::Error for ChangeError {}
 #[derive(Debug, Clone, Default)]
 pub struct UserSets {
     inbounds: Vec<InboundUsers>,
+    /// Tags of config inbounds the API removed (so a compacted journal still removes them).
+    removed_from_config: Vec<String>,
 }
 
 /// The registry: the user sets, the epoch counter, the journal and the way to the shards.
@@ -131,8 +172,17 @@ impl Registry {
 
     /// Checks `change`, writes it to the journal, sends it to every shard as the next epoch,
     /// waits for them all, and returns the epoch.
-    pub async fn apply(&mut self, change: Change) -> Result<u64, ChangeError> {
+    pub async fn apply(&mut self, mut change: Change) -> Result<u64, ChangeError> {
         self.sets.check(&change)?;
+        // An added inbound is bound here, once per shard, before anything is written: a taken
+        // port fails the call with nothing changed. A port of 0 is recorded as the one bound.
+        let mut listeners = Vec::new();
+        if let Change::AddInbound { spec } = &mut change {
+            let (sockets, bound) = bind_reuseport(spec.listen, self.shards.count())
+                .map_err(|e| ChangeError::Listen(format!("cannot listen on {}: {e}", spec.listen)))?;
+            Arc::make_mut(spec).listen = bound;
+            listeners = sockets;
+        }
         if let Some(journal) = &mut self.journal {
             // Write-ahead: on disk before any shard sees it, so a crash loses no acknowledged change.
             journal.append(&change).map_err(|e| ChangeError::Journal(e.to_string()))?;
@@ -142,44 +192,54 @@ impl Registry {
         let change = Arc::new(change);
         // Recorded before waiting: once sent, every shard will apply it in order, even late.
         self.sets.record(&change);
-        self.shards.broadcast(epoch, change, APPLY_TIMEOUT).await.map_err(ChangeError::Shards)?;
+        self.shards.broadcast(epoch, change, listeners, APPLY_TIMEOUT).await.map_err(ChangeError::Shards)?;
         Ok(epoch)
+    }
+
+    /// The inbounds as they run now, without their users, for the running config (the
+    /// registry holds the live users).
+    pub fn inbound_specs(&self) -> Vec<InboundSpec> {
+        self.sets.inbounds.iter().map(|i| (*i.spec).clone()).collect()
     }
 }
 
 impl UserSets {
     /// The user sets as a config starts them.
     pub fn from_config(config: &Config) -> UserSets {
-        let inbounds = config
-            .inbounds
-            .iter()
-            .map(|i| {
-                let mut entry = InboundUsers { tag: i.tag.clone(), ..Default::default() };
-                match &i.protocol {
-                    InboundProtocol::Vless(v) => {
-                        entry.protocol = "vless";
-                        entry.has_users = true;
-                        for u in &v.clients {
-                            entry.insert(u.clone());
-                        }
-                    }
-                    InboundProtocol::Dokodemo(_) => entry.protocol = "dokodemo-door",
-                }
-                entry
-            })
-            .collect();
-        UserSets { inbounds }
+        let inbounds = config.inbounds.iter().map(|i| InboundUsers::new(i, true)).collect();
+        UserSets { inbounds, removed_from_config: Vec::new() }
     }
 
-    /// Writes the user sets back into `config`, so shards start with them.
+    /// Writes the inbounds and their users back into `config`, so shards start with them: the
+    /// config's inbounds the API did not remove, then those it added.
     pub fn write_into(&self, config: &mut Config) {
-        for (inbound, users) in config.inbounds.iter_mut().zip(&self.inbounds) {
-            if let InboundProtocol::Vless(v) = &mut inbound.protocol {
-                let mut clients: Vec<UserSpec> = users.users.values().cloned().collect();
-                clients.sort_by(|a, b| a.email.cmp(&b.email));
-                v.clients = clients;
+        config.inbounds = self
+            .inbounds
+            .iter()
+            .map(|entry| {
+                let mut inbound = (*entry.spec).clone();
+                if let InboundProtocol::Vless(v) = &mut inbound.protocol {
+                    let mut clients: Vec<UserSpec> = entry.users.values().cloned().collect();
+                    clients.sort_by(|a, b| a.email.cmp(&b.email));
+                    v.clients = clients;
+                }
+                inbound
+            })
+            .collect();
+    }
+
+    /// Records where the config's inbounds were bound (a port of 0 becomes the real one).
+    pub fn set_bound(&mut self, bound: &[(String, SocketAddr)]) {
+        for (tag, addr) in bound {
+            if let Some(entry) = self.inbounds.iter_mut().find(|i| &i.tag == tag) {
+                Arc::make_mut(&mut entry.spec).listen = *addr;
             }
         }
+    }
+
+    /// Config inbounds the API removed.
+    pub fn removed_from_config(&self) -> &[String] {
+        &self.removed_from_config
     }
 
     /// Every inbound, in config order.
@@ -223,6 +283,15 @@ impl UserSets {
 
     /// Whether `change` applies to the sets as they are.
     pub fn check(&self, change: &Change) -> Result<(), ChangeError> {
+        match change {
+            Change::AddInbound { spec } if spec.tag.is_empty() => return Err(ChangeError::MissingTag),
+            Change::AddInbound { spec } if self.inbound(&spec.tag).is_ok() => {
+                return Err(ChangeError::TagExists(spec.tag.clone()))
+            }
+            Change::AddInbound { .. } => return Ok(()),
+            Change::RemoveInbound { tag } => return self.inbound(tag).map(|_| ()),
+            _ => {}
+        }
         let inbound = self.inbound(change.inbound())?;
         if !inbound.has_users {
             return Err(ChangeError::NoUsers(inbound.tag.clone()));
@@ -268,11 +337,27 @@ impl UserSets {
                     }
                 }
             }
+            Change::AddInbound { .. } | Change::RemoveInbound { .. } => {}
         }
         Ok(())
     }
 
     fn record(&mut self, change: &Change) {
+        match change {
+            Change::AddInbound { spec } => {
+                self.inbounds.push(InboundUsers::new(spec, false));
+                return;
+            }
+            Change::RemoveInbound { tag } => {
+                if let Some(at) = self.inbounds.iter().position(|i| &i.tag == tag) {
+                    if self.inbounds.remove(at).from_config {
+                        self.removed_from_config.push(tag.clone());
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
         let Some(inbound) = self.inbounds.iter_mut().find(|i| i.tag == change.inbound()) else {
             return;
         };
@@ -301,7 +386,7 @@ impl UserSets {
                     inbound.insert(u.clone());
                 }
             }
-            Change::Kick { .. } => {}
+            Change::Kick { .. } | Change::AddInbound { .. } | Change::RemoveInbound { .. } => {}
         }
     }
 }

@@ -30,11 +30,25 @@ pub struct ShardLinks {
 }
 
 impl ShardLinks {
+    /// Number of shards.
+    pub fn count(&self) -> usize {
+        self.commands.len()
+    }
+
     /// Sends `change` as `epoch` to every shard and waits until each has applied it.
-    pub async fn broadcast(&self, epoch: u64, change: Arc<Change>, within: Duration) -> Result<(), BroadcastError> {
+    /// `listeners` holds one socket per shard when the change adds an inbound, else nothing.
+    pub async fn broadcast(
+        &self,
+        epoch: u64,
+        change: Arc<Change>,
+        listeners: Vec<std::net::TcpListener>,
+        within: Duration,
+    ) -> Result<(), BroadcastError> {
         let (ack_tx, ack_rx) = async_channel::bounded(self.commands.len());
+        let mut listeners = listeners.into_iter();
         for (id, tx) in self.commands.iter().enumerate() {
-            let command = ShardCommand::Apply { epoch, change: change.clone(), ack: ack_tx.clone() };
+            let listener = listeners.next();
+            let command = ShardCommand::Apply { epoch, change: change.clone(), listener, ack: ack_tx.clone() };
             tx.send(command).map_err(|_| BroadcastError::Gone(id))?;
         }
         let mut pending: Vec<usize> = (0..self.commands.len()).collect();
@@ -246,11 +260,18 @@ impl Drop for Server {
     }
 }
 
-/// Binds `count` listening sockets to one address with SO_REUSEPORT; a port of 0 is chosen by
-/// the first bind and reused by the rest.
-fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+/// Binds `count` listening sockets to one address with SO_REUSEPORT; a port of 0 is chosen
+/// first and reused by all.
+pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    // SO_REUSEPORT would let us join a group already listening there (another inbound, or
+    // another process of this user) and split its connections: a plain bind first proves
+    // the address free.
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())?;
+    let mut addr = probe.local_addr()?.as_socket().unwrap_or(addr);
+    drop(probe);
     let mut sockets = Vec::with_capacity(count);
-    let mut addr = addr;
     for _ in 0..count {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;

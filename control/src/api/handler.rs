@@ -17,6 +17,8 @@ use shardray_proto::xray::proxy::vless;
 use tonic::{Request, Response, Status};
 
 use super::ApiState;
+use crate::config::load_inbound;
+use crate::convert::inbound::inbound_json;
 use crate::convert::{message_type, typed, user_spec, vless_user, Flavor};
 use crate::registry::{ChangeError, InboundUsers};
 
@@ -42,6 +44,9 @@ pub(crate) fn change_status(e: ChangeError) -> Status {
         ChangeError::MissingEmail => Status::invalid_argument(message),
         ChangeError::Shards(_) => Status::deadline_exceeded(message),
         ChangeError::Journal(_) => Status::unavailable(message),
+        ChangeError::TagExists(_) => Status::already_exists(message),
+        ChangeError::MissingTag => Status::invalid_argument(message),
+        ChangeError::Listen(_) => Status::failed_precondition(message),
     }
 }
 
@@ -126,7 +131,7 @@ impl HandlerApi {
         if only_tag {
             return InboundHandlerConfig { tag: inbound.tag.clone(), ..Default::default() };
         }
-        let receiver = self.state.inbound_addrs.get(&inbound.tag).map(|addr| {
+        let receiver = Some(inbound.spec.listen).map(|addr| {
             let listen = net::IpOrDomain {
                 address: Some(net::ip_or_domain::Address::Ip(match addr.ip() {
                     std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
@@ -163,6 +168,41 @@ impl HandlerApi {
         self.state.audit.record(peer, call, "", &outcome);
         Err(status)
     }
+
+    /// AddInbound's work: validate the inbound as a config inbound, bind it on every shard,
+    /// and publish the running config.
+    async fn add_inbound(&self, config: Option<InboundHandlerConfig>) -> Result<(), Status> {
+        let config = config.ok_or_else(|| Status::invalid_argument("inbound is missing"))?;
+        let json = inbound_json(&config).map_err(|e| Status::invalid_argument(format!("inbound.{e}")))?;
+        let spec = load_inbound(json, "inbound").map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut registry = self.state.registry.lock().await;
+        registry.apply(Change::AddInbound { spec: Arc::new(spec) }).await.map_err(change_status)?;
+        self.publish_inbounds(&registry);
+        Ok(())
+    }
+
+    /// RemoveInbound's work: stop the inbound on every shard, closing its users' sessions, and
+    /// drop the counters of users no other inbound has.
+    async fn remove_inbound(&self, tag: &str) -> Result<(), Status> {
+        let mut registry = self.state.registry.lock().await;
+        let emails: Vec<String> =
+            registry.inbound(tag).map_err(change_status)?.users.values().map(|u| u.email.clone()).collect();
+        registry.apply(Change::RemoveInbound { tag: tag.to_owned() }).await.map_err(change_status)?;
+        self.publish_inbounds(&registry);
+        let gone: Vec<&String> = emails.iter().filter(|e| registry.stat_user(e).is_none()).collect();
+        let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
+        for email in gone {
+            book.forget_user(email);
+        }
+        Ok(())
+    }
+
+    /// Makes the running config's inbounds those of the registry.
+    fn publish_inbounds(&self, registry: &crate::registry::Registry) {
+        let mut config = (*self.state.config()).clone();
+        config.inbounds = registry.inbound_specs();
+        self.state.set_config(Arc::new(config));
+    }
 }
 
 #[tonic::async_trait]
@@ -171,14 +211,23 @@ impl pb::handler_service_server::HandlerService for HandlerApi {
         &self,
         req: Request<pb::AddInboundRequest>,
     ) -> Result<Response<pb::AddInboundResponse>, Status> {
-        self.not_yet(req.remote_addr(), "AddInbound")
+        let peer = req.remote_addr();
+        let inbound = req.into_inner().inbound;
+        let what = format!("tag={}", inbound.as_ref().map_or("", |i| i.tag.as_str()));
+        let result = HandlerApi::add_inbound(self, inbound).await;
+        self.state.audit.record(peer, "AddInbound", &what, &result);
+        result.map(|()| Response::new(pb::AddInboundResponse {}))
     }
 
     async fn remove_inbound(
         &self,
         req: Request<pb::RemoveInboundRequest>,
     ) -> Result<Response<pb::RemoveInboundResponse>, Status> {
-        self.not_yet(req.remote_addr(), "RemoveInbound")
+        let peer = req.remote_addr();
+        let tag = req.into_inner().tag;
+        let result = HandlerApi::remove_inbound(self, &tag).await;
+        self.state.audit.record(peer, "RemoveInbound", &format!("tag={tag}"), &result);
+        result.map(|()| Response::new(pb::RemoveInboundResponse {}))
     }
 
     async fn alter_inbound(

@@ -30,8 +30,6 @@ pub struct ApiState {
     /// The running config: the start-up config with every inbound, outbound and routing
     /// change the API has made since. Read it with `config()`.
     live_config: std::sync::RwLock<std::sync::Arc<Config>>,
-    /// Each inbound's bound address, by tag.
-    pub inbound_addrs: std::collections::HashMap<String, SocketAddr>,
     /// Counts carried over from the last run, and resets.
     pub counters: std::sync::Mutex<stats::CounterBook>,
     /// The logging handle (for LoggerService).
@@ -46,18 +44,18 @@ impl ApiState {
     pub fn new(
         shards: ShardLinks,
         bound: &[(String, SocketAddr)],
-        sets: UserSets,
+        mut sets: UserSets,
         journal: Option<Journal>,
         counters: stats::CounterBook,
         log: shardray_core::log::LogSink,
         audit: crate::audit::Audit,
     ) -> std::sync::Arc<ApiState> {
         let config = shards.config.clone();
+        sets.set_bound(bound);
         std::sync::Arc::new(ApiState {
             registry: tokio::sync::Mutex::new(Registry::new(sets, journal, shards.clone())),
             shards,
             live_config: std::sync::RwLock::new(config),
-            inbound_addrs: bound.iter().cloned().collect(),
             counters: std::sync::Mutex::new(counters),
             log,
             audit,

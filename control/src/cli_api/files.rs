@@ -12,6 +12,9 @@ use shardray_proto::xray::common::protocol::User;
 use shardray_proto::xray::proxy::vless;
 
 use super::{typed, Failure};
+use crate::config::load_inbound;
+use crate::convert::inbound::inbound_config;
+use shardray_proto::xray::core::InboundHandlerConfig;
 
 /// The file name that means standard input, as `xray api` spells it.
 pub(super) const STDIN: &str = "stdin:";
@@ -166,6 +169,29 @@ pub(super) fn section_tags(doc: &Value, section: &str, file: &str) -> Result<Vec
         .and_then(Value::as_array)
         .ok_or_else(|| Failure::Input(format!("{file}: no {section:?} array")))?;
     Ok(list.iter().filter_map(|e| e.get("tag").and_then(Value::as_str)).map(str::to_owned).collect())
+}
+
+/// `adi`: every inbound in the files (none given: standard input), checked as `shardray run`
+/// checks config inbounds and put in the API's form.
+pub(super) fn inbound_configs(files: &[String]) -> Result<Vec<InboundHandlerConfig>, Failure> {
+    let files = if files.is_empty() { vec![STDIN.to_owned()] } else { files.to_vec() };
+    let mut out = Vec::new();
+    for file in &files {
+        let doc = read_json(file)?;
+        let inbounds = doc
+            .get("inbounds")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Failure::Input(format!("{file}: no \"inbounds\" array")))?;
+        for (i, inbound) in inbounds.iter().enumerate() {
+            let spec = load_inbound(inbound.clone(), &format!("inbounds[{i}]"))
+                .map_err(|e| Failure::Input(format!("{file}: {e}")))?;
+            out.push(inbound_config(&spec));
+        }
+    }
+    if out.is_empty() {
+        return Err(Failure::Input("no inbounds to add".into()));
+    }
+    Ok(out)
 }
 
 /// `rmi` / `rmo`: each argument that is a readable file gives the tags of its `section`;

@@ -78,6 +78,17 @@ pub(super) fn inbounds(raw: Option<Vec<RawInbound>>, api_tag: Option<&str>) -> R
     Ok(out)
 }
 
+/// One inbound outside a config file (AddInbound, `shardray api adi`), checked as a config
+/// inbound is; errors name fields under `path`. It must have a tag, so it can be removed.
+pub fn load_inbound(value: Value, path: &str) -> Result<InboundSpec, ConfigError> {
+    let raw: RawInbound = deserialize_at(value, path)?;
+    let tag = raw.tag.clone().unwrap_or_default();
+    if tag.is_empty() {
+        return Err(ConfigError::invalid(format!("{path}.tag"), "missing (an inbound added at run time needs a tag)"));
+    }
+    Ok(inbound(raw, path, tag)?.0)
+}
+
 /// The API's dokodemo-door inbound: only its address matters, the rest is checked for form.
 fn api_inbound(ib: RawInbound, path: &str, tag: &str) -> Result<(String, SocketAddr), ConfigError> {
     let protocol = protocol_name(&ib, path)?;

@@ -3,7 +3,9 @@
 //! A change has been validated against the registry before it is numbered: a shard applies
 //! it without second-guessing, so every shard ends up in the same state.
 
-use crate::spec::UserSpec;
+use std::sync::Arc;
+
+use crate::spec::{InboundSpec, UserSpec};
 
 /// One change to the running configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +47,17 @@ pub enum Change {
         /// The user's email.
         email: String,
     },
+    /// Start serving a new inbound, users and all. Each shard gets its own listening socket
+    /// with the command that carries the change.
+    AddInbound {
+        /// The inbound, validated as a config inbound would be.
+        spec: Arc<InboundSpec>,
+    },
+    /// Stop serving an inbound: its listeners close and its users' live sessions end.
+    RemoveInbound {
+        /// The inbound's tag.
+        tag: String,
+    },
 }
 
 impl Change {
@@ -55,7 +68,14 @@ impl Change {
             | Change::RemoveUsers { inbound, .. }
             | Change::SetLevel { inbound, .. }
             | Change::ReplaceUsers { inbound, .. }
-            | Change::Kick { inbound, .. } => inbound,
+            | Change::Kick { inbound, .. }
+            | Change::RemoveInbound { tag: inbound } => inbound,
+            Change::AddInbound { spec } => &spec.tag,
         }
+    }
+
+    /// Whether the change is about an inbound's users (rather than the inbound itself).
+    pub fn is_user_change(&self) -> bool {
+        !matches!(self, Change::AddInbound { .. } | Change::RemoveInbound { .. })
     }
 }

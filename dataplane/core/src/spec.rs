@@ -157,7 +157,7 @@ pub struct SystemPolicy {
 }
 
 /// One inbound (`inbounds[i]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundSpec {
     /// `tag`; upstream allows it empty, counters then carry no name.
     pub tag: String,
@@ -169,8 +169,21 @@ pub struct InboundSpec {
     pub protocol: InboundProtocol,
 }
 
+impl InboundSpec {
+    /// A copy of the inbound with no users, without copying them first.
+    pub fn clone_without_users(&self) -> InboundSpec {
+        let protocol = match &self.protocol {
+            InboundProtocol::Vless(v) => {
+                InboundProtocol::Vless(VlessInboundSpec { clients: Vec::new(), fallbacks: v.fallbacks.clone() })
+            }
+            InboundProtocol::Dokodemo(d) => InboundProtocol::Dokodemo(d.clone()),
+        };
+        InboundSpec { tag: self.tag.clone(), listen: self.listen, tls: self.tls.clone(), protocol }
+    }
+}
+
 /// The protocol an inbound speaks.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InboundProtocol {
     /// `vless`
     Vless(VlessInboundSpec),
@@ -179,7 +192,7 @@ pub enum InboundProtocol {
 }
 
 /// `settings` of a VLESS inbound.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VlessInboundSpec {
     /// `clients`
     pub clients: Vec<UserSpec>,
@@ -232,7 +245,7 @@ pub struct DokodemoSpec {
 }
 
 /// TLS server settings (`streamSettings.tlsSettings`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsServerSpec {
     /// `serverName`: for logs and SNI-based fallback choice.
     pub server_name: String,
@@ -256,7 +269,7 @@ pub enum TlsVersion {
 }
 
 /// One certificate and its key, in PEM.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateSpec {
     /// The certificate chain, PEM.
     pub chain_pem: Vec<u8>,

@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::IntoRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -15,14 +16,17 @@ use shardray_core::change::Change;
 use shardray_core::log::LogSink;
 use shardray_core::router::Router;
 use shardray_core::spec::{
-    Config, DokodemoSpec, FallbackSpec, InboundProtocol, LevelPolicy, OutboundProtocol, UserSpec,
+    Config, DokodemoSpec, FallbackSpec, InboundProtocol, InboundSpec, LevelPolicy, OutboundProtocol, UserSpec,
 };
 use shardray_core::stats::{LinkSample, StatsSnapshot, Traffic, UserCounters, UserSample};
 
 /// A shard's state. Built from the config when the shard starts; `Rc` and `Cell` only.
 pub(crate) struct ShardCtx {
     pub(crate) config: Arc<Config>,
-    pub(crate) inbounds: Vec<Rc<InboundRt>>,
+    /// The inbounds served now: the config's, plus those the API added, minus those it removed.
+    pub(crate) inbounds: RefCell<Vec<Rc<InboundRt>>>,
+    /// Each served inbound's accept loop, by tag; removing the inbound cancels it.
+    accepting: RefCell<Vec<(Arc<str>, glommio::Task<()>)>>,
     pub(crate) outbounds: Vec<OutboundRt>,
     pub(crate) router: Router,
     /// Counters by email, shared by every inbound the email appears in.
@@ -75,7 +79,8 @@ impl ShardCtx {
             .map_err(|e| format!("routing.rules[{}]: {}", e.index, e.reason))?;
         let ctx = ShardCtx {
             config: config.clone(),
-            inbounds: Vec::new(),
+            inbounds: RefCell::default(),
+            accepting: RefCell::default(),
             outbounds,
             router,
             users: RefCell::default(),
@@ -85,30 +90,45 @@ impl ShardCtx {
             watchers: SessionWatchers::default(),
             applied: Cell::new(0),
         };
-        let mut inbounds = Vec::with_capacity(config.inbounds.len());
         for inbound in &config.inbounds {
-            let tls = match &inbound.tls {
-                Some(spec) => Some(TlsAcceptor::from(tls::server_config(spec).map_err(|e| e.to_string())?)),
-                None => None,
-            };
-            let kind = match &inbound.protocol {
-                InboundProtocol::Vless(v) => {
-                    let mut users = UserTable::default();
-                    for u in &v.clients {
-                        users.insert(u.id, Rc::new(ctx.user_rt(u)));
-                    }
-                    InboundKind::Vless { users: RefCell::new(users), fallbacks: v.fallbacks.clone() }
-                }
-                InboundProtocol::Dokodemo(d) => InboundKind::Dokodemo(d.clone()),
-            };
-            inbounds.push(Rc::new(InboundRt {
-                tag: inbound.tag.as_str().into(),
-                traffic: Traffic::default(),
-                tls,
-                kind,
-            }));
+            let inbound = ctx.inbound_rt(inbound)?;
+            ctx.inbounds.borrow_mut().push(Rc::new(inbound));
         }
-        Ok(ShardCtx { inbounds, ..ctx })
+        Ok(ctx)
+    }
+
+    /// The runtime form of an inbound; fails only on TLS settings control has already checked.
+    fn inbound_rt(&self, inbound: &InboundSpec) -> Result<InboundRt, String> {
+        let tls = match &inbound.tls {
+            Some(spec) => Some(TlsAcceptor::from(tls::server_config(spec).map_err(|e| e.to_string())?)),
+            None => None,
+        };
+        let kind = match &inbound.protocol {
+            InboundProtocol::Vless(v) => {
+                let mut users = UserTable::default();
+                for u in &v.clients {
+                    users.insert(u.id, Rc::new(self.user_rt(u)));
+                }
+                InboundKind::Vless { users: RefCell::new(users), fallbacks: v.fallbacks.clone() }
+            }
+            InboundProtocol::Dokodemo(d) => InboundKind::Dokodemo(d.clone()),
+        };
+        Ok(InboundRt { tag: inbound.tag.as_str().into(), traffic: Traffic::default(), tls, kind })
+    }
+
+    /// Starts accepting on an inbound's listener (this shard's own SO_REUSEPORT socket).
+    pub(crate) fn start_accepting(self: &Rc<Self>, inbound: Rc<InboundRt>, listener: std::net::TcpListener) {
+        // SAFETY: the descriptor comes from a listening std socket we own and give up here.
+        let listener =
+            unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(listener.into_raw_fd()) };
+        let tag = inbound.tag.clone();
+        let task = glommio::spawn_local(crate::inbound::accept_loop(self.clone(), inbound, listener));
+        self.accepting.borrow_mut().push((tag, task));
+    }
+
+    /// Every accept loop, taken out so the caller can cancel them (on drain).
+    pub(crate) fn take_accepting(&self) -> Vec<glommio::Task<()>> {
+        self.accepting.borrow_mut().drain(..).map(|(_, task)| task).collect()
     }
 
     /// The runtime entry for a configured user, sharing counters with other inbounds.
@@ -126,11 +146,55 @@ impl ShardCtx {
 
     /// Applies one change from the control thread. Control has validated it against the same
     /// state, so a failure here means the shard and control disagree: it is reported, not hidden.
-    pub(crate) fn apply(&self, epoch: u64, change: &Change) -> Result<(), String> {
+    /// `listener` is this shard's socket for an added inbound. Returns the accept loops of a
+    /// removed inbound, for the caller to cancel before it acknowledges the change.
+    pub(crate) fn apply(
+        self: &Rc<Self>,
+        epoch: u64,
+        change: &Change,
+        listener: Option<std::net::TcpListener>,
+    ) -> Result<Vec<glommio::Task<()>>, String> {
+        let mut stopped = Vec::new();
+        match change {
+            Change::AddInbound { spec } => {
+                let listener = listener.ok_or_else(|| format!("no listener came with inbound {}", spec.tag))?;
+                let inbound = Rc::new(self.inbound_rt(spec)?);
+                self.inbounds.borrow_mut().push(inbound.clone());
+                self.start_accepting(inbound, listener);
+            }
+            Change::RemoveInbound { tag } => stopped = self.remove_inbound(tag)?,
+            _ => self.apply_to_users(change)?,
+        }
+        self.applied.set(epoch);
+        Ok(stopped)
+    }
+
+    /// Takes an inbound out of service: its accept loops are returned for cancelling, and its
+    /// users are retired, which closes their live sessions.
+    fn remove_inbound(&self, tag: &str) -> Result<Vec<glommio::Task<()>>, String> {
+        let inbound = {
+            let mut inbounds = self.inbounds.borrow_mut();
+            let at = inbounds.iter().position(|i| &*i.tag == tag).ok_or_else(|| format!("handler not found: {tag}"))?;
+            inbounds.remove(at)
+        };
+        let stopped = self.accepting.borrow_mut().extract_if(.., |(t, _)| &**t == tag).map(|(_, task)| task).collect();
+        if let InboundKind::Vless { users, .. } = &inbound.kind {
+            let all = users.borrow_mut().remove_if(|_, _| true);
+            for user in all {
+                self.retire(&user);
+            }
+        }
+        Ok(stopped)
+    }
+
+    /// Applies a change to an inbound's users.
+    fn apply_to_users(&self, change: &Change) -> Result<(), String> {
         let inbound = self
             .inbounds
+            .borrow()
             .iter()
             .find(|i| &*i.tag == change.inbound())
+            .cloned()
             .ok_or_else(|| format!("handler not found: {}", change.inbound()))?;
         let InboundKind::Vless { users, .. } = &inbound.kind else {
             return Err(format!("inbound {} has no users", inbound.tag));
@@ -175,8 +239,8 @@ impl ShardCtx {
                     self.watchers.kick(user);
                 }
             }
+            Change::AddInbound { .. } | Change::RemoveInbound { .. } => {}
         }
-        self.applied.set(epoch);
         Ok(())
     }
 
@@ -215,7 +279,7 @@ impl ShardCtx {
                 None => users.values().map(sample).collect(),
                 Some(email) => users.get(email).map(sample).into_iter().collect(),
             },
-            inbounds: self.inbounds.iter().map(|i| link(&i.tag, &i.traffic)).collect(),
+            inbounds: self.inbounds.borrow().iter().map(|i| link(&i.tag, &i.traffic)).collect(),
             outbounds: self.outbounds.iter().map(|o| link(&o.tag, &o.traffic)).collect(),
             live_sessions: self.live.get(),
         }

@@ -11,7 +11,6 @@ pub mod transport;
 mod users;
 
 use std::net::SocketAddr;
-use std::os::fd::IntoRawFd;
 use std::rc::Rc;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -42,6 +41,8 @@ pub enum ShardCommand {
         epoch: u64,
         /// The change, shared by every shard.
         change: Arc<Change>,
+        /// This shard's own listening socket, when the change adds an inbound.
+        listener: Option<std::net::TcpListener>,
         /// Where to report.
         ack: async_channel::Sender<ShardAck>,
     },
@@ -113,12 +114,9 @@ async fn run(plan: ShardPlan) {
             return;
         }
     };
-    let mut accepting = Vec::with_capacity(listeners.len());
-    for (inbound, listener) in ctx.inbounds.iter().zip(listeners) {
-        // SAFETY: the descriptor comes from a listening std socket we own and give up here.
-        let listener =
-            unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(listener.into_raw_fd()) };
-        accepting.push(glommio::spawn_local(inbound::accept_loop(ctx.clone(), inbound.clone(), listener)));
+    let inbounds = ctx.inbounds.borrow().clone();
+    for (inbound, listener) in inbounds.into_iter().zip(listeners) {
+        ctx.start_accepting(inbound, listener);
     }
     let _ = ready.send(Ok(id));
 
@@ -126,27 +124,31 @@ async fn run(plan: ShardPlan) {
     // a bounded amount of work (relay.rs): a command waits for about one round of the shard's
     // busy connections, not for glommio's preemption timer. (Finer preemption, by
     // `preempt_timer` or a latency-sensitive task queue, stalled connections in glommio 0.9.)
-    serve_commands(id, ctx, commands.connect(), accepting).await;
+    serve_commands(id, ctx, commands.connect()).await;
 }
 
 /// Applies the control thread's commands until told to drain.
-async fn serve_commands(
-    id: usize,
-    ctx: Rc<ShardCtx>,
-    mut commands: mailbox::ConnectedMailbox,
-    mut accepting: Vec<glommio::Task<()>>,
-) {
+async fn serve_commands(id: usize, ctx: Rc<ShardCtx>, mut commands: mailbox::ConnectedMailbox) {
     while let Some(command) = commands.recv().await {
         match command {
             ShardCommand::Snapshot { only_user, reply } => {
                 let _ = reply.try_send(ctx.snapshot(only_user.as_deref()));
             }
-            ShardCommand::Apply { epoch, change, ack } => {
-                let result = ctx.apply(epoch, &change);
+            ShardCommand::Apply { epoch, change, listener, ack } => {
+                let result = match ctx.apply(epoch, &change, listener) {
+                    Ok(stopped) => {
+                        // A removed inbound's listeners are closed before the change is acknowledged.
+                        for task in stopped {
+                            task.cancel().await;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
                 let _ = ack.try_send(ShardAck { shard: id, epoch, result });
             }
             ShardCommand::Drain { grace, last } => {
-                for task in accepting.drain(..) {
+                for task in ctx.take_accepting() {
                     task.cancel().await;
                 }
                 let deadline = Instant::now() + grace;
