@@ -217,10 +217,11 @@ pub enum ApiCommand {
         #[arg(value_name = "TAG|FILE", required = true)]
         targets: Vec<String>,
     },
-    /// Add outbounds (AddOutbound). Not available yet: sends nothing, exits 2.
+    /// Add outbounds (AddOutbound), one call each, from config files' `outbounds`.
     ///
-    /// This client cannot yet turn an outbound's JSON config into the API's protobuf form, so
-    /// it reads the files, names the outbounds it found, sends nothing and exits 2.
+    /// Each outbound is validated as the server validates its config (freedom and blackhole;
+    /// an unsupported protocol or setting is refused by name, exit 2) and sent in the API's
+    /// protobuf form. Stops at the first refused call (exit 1).
     #[command(name = "ado")]
     Ado {
         #[command(flatten)]
@@ -749,7 +750,24 @@ async fn execute(command: ApiCommand) -> Outcome {
             Ok((json!({}), 0))
         }
         ApiCommand::Adi { files, .. } => not_convertible("inbounds", &files),
-        ApiCommand::Ado { files, .. } => not_convertible("outbounds", &files),
+        ApiCommand::Ado { files, .. } => {
+            let files = if files.is_empty() { vec![files::STDIN.to_owned()] } else { files };
+            let mut outbounds = Vec::new();
+            for file in &files {
+                let doc = files::read_json(file)?;
+                let specs = crate::config::outbounds_of(&doc).map_err(|e| Failure::Input(format!("{file}: {e}")))?;
+                outbounds.extend(specs.iter().map(crate::convert_routes::outbound_config));
+            }
+            let api = Api::connect(&conn).await?;
+            let mut added = Vec::new();
+            for outbound in outbounds {
+                let tag = outbound.tag.clone();
+                let request = api.request(handler_pb::AddOutboundRequest { outbound: Some(outbound) });
+                api.call(api.handler().add_outbound(request)).await.map_err(Failure::Rpc)?;
+                added.push(tag);
+            }
+            Ok((json!({ "added": added }), 0))
+        }
         ApiCommand::Rmi { targets, .. } => {
             let tags = files::tags_or_files(&targets, "inbounds")?;
             let api = Api::connect(&conn).await?;
@@ -904,7 +922,7 @@ async fn add_users_one_by_one(api: &Api, inbounds: Vec<files::InboundUsers>) -> 
     Ok((doc, status))
 }
 
-/// `adi` / `ado`: the files are read and checked, but nothing is sent.
+/// `adi`: the files are read and checked, but nothing is sent.
 fn not_convertible(what: &str, files: &[String]) -> Outcome {
     let files = if files.is_empty() { vec![files::STDIN.to_owned()] } else { files.to_vec() };
     let mut tags = Vec::new();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardray_core::change::Change;
+use shardray_core::routes::{RouteError, RouteSpecs};
 use shardray_core::spec::{Config, InboundProtocol, UserSpec};
 use uuid::Uuid;
 
@@ -69,6 +70,8 @@ pub enum ChangeError {
     Shards(BroadcastError),
     /// The change could not be written to the journal, so it was not made.
     Journal(String),
+    /// An outbound or routing change that does not apply.
+    Route(RouteError),
 }
 
 impl fmt::Display for ChangeError {
@@ -81,6 +84,7 @@ impl fmt::Display for ChangeError {
             ChangeError::MissingEmail => f.write_str("a user needs an email to be managed"),
             ChangeError::Shards(e) => write!(f, "{e}"),
             ChangeError::Journal(e) => write!(f, "journal: {e}"),
+            ChangeError::Route(e) => write!(f, "{e}"),
         }
     }
 }
@@ -94,19 +98,27 @@ pub struct UserSets {
     inbounds: Vec<InboundUsers>,
 }
 
-/// The registry: the user sets, the epoch counter, the journal and the way to the shards.
+/// The registry: the user sets, the outbounds and routing, the epoch counter, the journal and
+/// the way to the shards.
 pub struct Registry {
     epoch: u64,
     sets: UserSets,
+    routes: RouteSpecs,
     journal: Option<Journal>,
     shards: ShardLinks,
 }
 
 impl Registry {
     /// The registry for running shards that started from `sets`; changes are journaled if
-    /// a journal is given.
+    /// a journal is given. The outbounds and routing are those of the shards' config.
     pub fn new(sets: UserSets, journal: Option<Journal>, shards: ShardLinks) -> Registry {
-        Registry { epoch: 0, sets, journal, shards }
+        let routes = RouteSpecs::from_config(&shards.config);
+        Registry { epoch: 0, sets, routes, journal, shards }
+    }
+
+    /// The outbounds, routing and balancer overrides as of the last change.
+    pub fn routes(&self) -> &RouteSpecs {
+        &self.routes
     }
 
     /// Every inbound, in config order.
@@ -132,7 +144,11 @@ impl Registry {
     /// Checks `change`, writes it to the journal, sends it to every shard as the next epoch,
     /// waits for them all, and returns the epoch.
     pub async fn apply(&mut self, change: Change) -> Result<u64, ChangeError> {
-        self.sets.check(&change)?;
+        if change.inbound().is_some() {
+            self.sets.check(&change)?;
+        } else {
+            self.routes.check(&change).map_err(ChangeError::Route)?;
+        }
         if let Some(journal) = &mut self.journal {
             // Write-ahead: on disk before any shard sees it, so a crash loses no acknowledged change.
             journal.append(&change).map_err(|e| ChangeError::Journal(e.to_string()))?;
@@ -141,7 +157,11 @@ impl Registry {
         let epoch = self.epoch;
         let change = Arc::new(change);
         // Recorded before waiting: once sent, every shard will apply it in order, even late.
-        self.sets.record(&change);
+        if change.inbound().is_some() {
+            self.sets.record(&change);
+        } else {
+            self.routes.apply(&change).map_err(ChangeError::Route)?;
+        }
         self.shards.broadcast(epoch, change, APPLY_TIMEOUT).await.map_err(ChangeError::Shards)?;
         Ok(epoch)
     }
@@ -223,7 +243,10 @@ impl UserSets {
 
     /// Whether `change` applies to the sets as they are.
     pub fn check(&self, change: &Change) -> Result<(), ChangeError> {
-        let inbound = self.inbound(change.inbound())?;
+        let Some(tag) = change.inbound() else {
+            return Ok(());
+        };
+        let inbound = self.inbound(tag)?;
         if !inbound.has_users {
             return Err(ChangeError::NoUsers(inbound.tag.clone()));
         }
@@ -268,12 +291,17 @@ impl UserSets {
                     }
                 }
             }
+            Change::AddOutbound { .. }
+            | Change::RemoveOutbound { .. }
+            | Change::AddRules { .. }
+            | Change::RemoveRule { .. }
+            | Change::OverrideBalancer { .. } => {}
         }
         Ok(())
     }
 
     fn record(&mut self, change: &Change) {
-        let Some(inbound) = self.inbounds.iter_mut().find(|i| i.tag == change.inbound()) else {
+        let Some(inbound) = self.inbounds.iter_mut().find(|i| Some(i.tag.as_str()) == change.inbound()) else {
             return;
         };
         match change {
@@ -301,7 +329,12 @@ impl UserSets {
                     inbound.insert(u.clone());
                 }
             }
-            Change::Kick { .. } => {}
+            Change::Kick { .. }
+            | Change::AddOutbound { .. }
+            | Change::RemoveOutbound { .. }
+            | Change::AddRules { .. }
+            | Change::RemoveRule { .. }
+            | Change::OverrideBalancer { .. } => {}
         }
     }
 }

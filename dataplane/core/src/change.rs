@@ -3,7 +3,7 @@
 //! A change has been validated against the registry before it is numbered: a shard applies
 //! it without second-guessing, so every shard ends up in the same state.
 
-use crate::spec::UserSpec;
+use crate::spec::{BalancerSpec, OutboundSpec, RuleSpec, UserSpec};
 
 /// One change to the running configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,17 +45,54 @@ pub enum Change {
         /// The user's email.
         email: String,
     },
+    /// Add an outbound after the others (its tag is new, or empty).
+    AddOutbound {
+        /// The outbound.
+        outbound: OutboundSpec,
+    },
+    /// Remove the outbound with this tag; rules that name it drop their connections.
+    RemoveOutbound {
+        /// The outbound's tag.
+        tag: String,
+    },
+    /// Add routing rules and balancers after the others (`append`), or replace all of them
+    /// (and forget balancer overrides).
+    AddRules {
+        /// The rules.
+        rules: Vec<RuleSpec>,
+        /// The balancers.
+        balancers: Vec<BalancerSpec>,
+        /// Keep the rules and balancers there are.
+        append: bool,
+    },
+    /// Remove every rule with this `ruleTag`.
+    RemoveRule {
+        /// The tag.
+        rule_tag: String,
+    },
+    /// Make a balancer pick `target` until told otherwise; an empty target clears it.
+    OverrideBalancer {
+        /// The balancer's tag.
+        balancer: String,
+        /// The outbound tag, or empty.
+        target: String,
+    },
 }
 
 impl Change {
-    /// The inbound the change is about.
-    pub fn inbound(&self) -> &str {
+    /// The inbound whose users the change is about; `None` for outbound and routing changes.
+    pub fn inbound(&self) -> Option<&str> {
         match self {
             Change::AddUsers { inbound, .. }
             | Change::RemoveUsers { inbound, .. }
             | Change::SetLevel { inbound, .. }
             | Change::ReplaceUsers { inbound, .. }
-            | Change::Kick { inbound, .. } => inbound,
+            | Change::Kick { inbound, .. } => Some(inbound),
+            Change::AddOutbound { .. }
+            | Change::RemoveOutbound { .. }
+            | Change::AddRules { .. }
+            | Change::RemoveRule { .. }
+            | Change::OverrideBalancer { .. } => None,
         }
     }
 }

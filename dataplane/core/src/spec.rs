@@ -323,6 +323,42 @@ pub struct RoutingSpec {
     pub domain_strategy: RoutingDomainStrategy,
     /// `rules`, first match wins.
     pub rules: Vec<RuleSpec>,
+    /// `balancers`: groups of outbounds a rule may send to instead of one outbound.
+    pub balancers: Vec<BalancerSpec>,
+}
+
+/// A balancer (`routing.balancers[i]`): picks one of the outbounds whose tag starts with one
+/// of its selectors, connection by connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BalancerSpec {
+    /// `tag`: what rules name in `balancerTag`.
+    pub tag: String,
+    /// `selector`: tag prefixes; every outbound whose tag starts with one is a candidate.
+    pub selectors: Vec<String>,
+    /// `strategy.type`
+    pub strategy: BalancerStrategy,
+    /// `fallbackTag`: the outbound used when no outbound matches the selectors.
+    pub fallback_tag: String,
+}
+
+/// How a balancer picks among its candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BalancerStrategy {
+    /// `random` (the default): any candidate, uniformly.
+    #[default]
+    Random,
+    /// `roundRobin`: the candidates in turn (per shard).
+    RoundRobin,
+}
+
+impl BalancerStrategy {
+    /// The name config and the API give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BalancerStrategy::Random => "random",
+            BalancerStrategy::RoundRobin => "roundRobin",
+        }
+    }
 }
 
 /// Whether routing resolves domains to match IP rules.
@@ -358,8 +394,10 @@ pub struct RuleSpec {
     pub source_ips: Vec<IpNet>,
     /// `sourcePort`
     pub source_ports: Vec<PortRange>,
-    /// `outboundTag`
+    /// `outboundTag`; empty when the rule names a balancer.
     pub outbound_tag: String,
+    /// `balancerTag`; empty when the rule names an outbound.
+    pub balancer_tag: String,
 }
 
 /// A domain condition, as written in `domain` rules.

@@ -13,9 +13,10 @@ use crate::users::{SessionWatchers, UserRt, UserTable};
 use futures_rustls::TlsAcceptor;
 use shardray_core::change::Change;
 use shardray_core::log::LogSink;
-use shardray_core::router::Router;
+use shardray_core::router::{Decision, Router, Target};
+use shardray_core::routes::{RouteSpecs, RouteTap};
 use shardray_core::spec::{
-    Config, DokodemoSpec, FallbackSpec, InboundProtocol, LevelPolicy, OutboundProtocol, UserSpec,
+    BalancerStrategy, Config, DokodemoSpec, FallbackSpec, InboundProtocol, LevelPolicy, OutboundProtocol, UserSpec,
 };
 use shardray_core::stats::{LinkSample, StatsSnapshot, Traffic, UserCounters, UserSample};
 
@@ -23,8 +24,13 @@ use shardray_core::stats::{LinkSample, StatsSnapshot, Traffic, UserCounters, Use
 pub(crate) struct ShardCtx {
     pub(crate) config: Arc<Config>,
     pub(crate) inbounds: Vec<Rc<InboundRt>>,
-    pub(crate) outbounds: Vec<OutboundRt>,
-    pub(crate) router: Router,
+    /// Outbounds and routing as specified, changed by route changes.
+    specs: RefCell<RouteSpecs>,
+    /// Outbounds and routing as run: a session clones the `Rc` once and keeps that table,
+    /// a change swaps in a new one.
+    routes: RefCell<Rc<Routes>>,
+    /// Where routing decisions go while someone subscribes to them.
+    pub(crate) tap: RouteTap,
     /// Counters by email, shared by every inbound the email appears in.
     pub(crate) users: RefCell<HashMap<Arc<str>, Rc<UserCounters>>>,
     /// The API's listen addresses: never a destination, whatever the rules say.
@@ -59,25 +65,146 @@ pub(crate) struct OutboundRt {
     pub(crate) protocol: OutboundProtocol,
 }
 
-impl ShardCtx {
-    /// Builds a shard's state; fails only on TLS settings that control has already checked.
-    pub(crate) fn new(config: Arc<Config>, api_addrs: Arc<[SocketAddr]>, log: LogSink) -> Result<ShardCtx, String> {
-        let outbounds: Vec<OutboundRt> = config
+/// The outbounds, the compiled rules and the balancers of one epoch.
+pub(crate) struct Routes {
+    pub(crate) router: Router,
+    pub(crate) outbounds: Vec<Rc<OutboundRt>>,
+    balancers: Vec<BalancerRt>,
+}
+
+/// A balancer as a shard runs it: its candidates resolved to outbound indices.
+struct BalancerRt {
+    candidates: Vec<usize>,
+    strategy: BalancerStrategy,
+    /// `fallbackTag`, resolved; `None` when there is none.
+    fallback: Option<Resolved>,
+    /// The override target, resolved.
+    pinned: Option<Resolved>,
+    /// Round-robin position, or the random generator's state.
+    turn: Cell<u64>,
+}
+
+/// Where a routed connection goes, once balancers have picked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// The outbound at this index.
+    Outbound(usize),
+    /// A rule, fallback or override names this tag and no outbound has it: drop.
+    Missing(Arc<str>),
+    /// No rule matched and there is no outbound left to be the default: drop.
+    NoDefault,
+}
+
+impl Routes {
+    /// Builds the table for `specs`, keeping the counters of outbounds `old` already runs
+    /// under the same tag and settings.
+    fn build(specs: &RouteSpecs, old: Option<&Routes>) -> Result<Routes, String> {
+        let router = specs.compile().map_err(|e| format!("routing.rules[{}]: {}", e.index, e.reason))?;
+        let outbounds = specs
             .outbounds
             .iter()
-            .map(|o| OutboundRt {
-                tag: o.tag.as_str().into(),
-                traffic: Traffic::default(),
-                protocol: o.protocol.clone(),
+            .map(|o| {
+                let kept = old.and_then(|old| {
+                    old.outbounds.iter().find(|rt| !o.tag.is_empty() && *rt.tag == *o.tag && rt.protocol == o.protocol)
+                });
+                match kept {
+                    Some(rt) => rt.clone(),
+                    None => Rc::new(OutboundRt {
+                        tag: o.tag.as_str().into(),
+                        traffic: Traffic::default(),
+                        protocol: o.protocol.clone(),
+                    }),
+                }
             })
             .collect();
-        let router = Router::new(&config.routing.rules, |tag| outbounds.iter().position(|o| &*o.tag == tag))
-            .map_err(|e| format!("routing.rules[{}]: {}", e.index, e.reason))?;
+        let by_tag = |tag: &str| match specs.outbound_index(tag) {
+            Some(i) => Resolved::Outbound(i),
+            None => Resolved::Missing(tag.into()),
+        };
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let balancers = specs
+            .routing
+            .balancers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| BalancerRt {
+                candidates: specs.candidates(i),
+                strategy: b.strategy,
+                fallback: (!b.fallback_tag.is_empty()).then(|| by_tag(&b.fallback_tag)),
+                pinned: specs.overrides.get(&b.tag).map(|t| by_tag(t)),
+                turn: Cell::new(match b.strategy {
+                    BalancerStrategy::RoundRobin => 0,
+                    // Any odd value seeds the generator.
+                    BalancerStrategy::Random => (seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
+                }),
+            })
+            .collect();
+        Ok(Routes { router, outbounds, balancers })
+    }
+
+    /// Where `decision` sends the connection: a balancer picks now.
+    pub(crate) fn resolve(&self, decision: &Decision) -> Resolved {
+        let default = || if self.outbounds.is_empty() { Resolved::NoDefault } else { Resolved::Outbound(0) };
+        match decision.target {
+            Target::Outbound(0) if decision.rule.is_none() => default(),
+            Target::Outbound(i) if i < self.outbounds.len() => Resolved::Outbound(i),
+            Target::Outbound(_) => default(),
+            Target::Missing => Resolved::Missing(decision.rule.map_or("", |r| self.router.target_tag(r)).into()),
+            Target::Balancer(b) => match self.balancers.get(b) {
+                Some(b) => b.pick().unwrap_or_else(default),
+                None => default(),
+            },
+        }
+    }
+}
+
+impl BalancerRt {
+    /// The override if set, else a candidate by the strategy, else the fallback; `None` sends
+    /// the connection to the default outbound, as upstream does when a balancer fails.
+    fn pick(&self) -> Option<Resolved> {
+        if let Some(pinned) = &self.pinned {
+            return Some(pinned.clone());
+        }
+        let n = self.candidates.len() as u64;
+        if n == 0 {
+            return self.fallback.clone();
+        }
+        let t = self.turn.get();
+        let i = match self.strategy {
+            BalancerStrategy::RoundRobin => {
+                self.turn.set(t.wrapping_add(1));
+                t % n
+            }
+            BalancerStrategy::Random => {
+                // xorshift64: plenty for spreading connections, and no shared state.
+                let mut x = t;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                self.turn.set(x);
+                x % n
+            }
+        };
+        Some(Resolved::Outbound(self.candidates[i as usize]))
+    }
+}
+
+impl ShardCtx {
+    /// Builds a shard's state; fails only on TLS settings that control has already checked.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        api_addrs: Arc<[SocketAddr]>,
+        log: LogSink,
+        tap: RouteTap,
+    ) -> Result<ShardCtx, String> {
+        let specs = RouteSpecs::from_config(&config);
+        let routes = Routes::build(&specs, None)?;
         let ctx = ShardCtx {
             config: config.clone(),
             inbounds: Vec::new(),
-            outbounds,
-            router,
+            specs: RefCell::new(specs),
+            routes: RefCell::new(Rc::new(routes)),
+            tap,
             users: RefCell::default(),
             api_addrs,
             log,
@@ -127,11 +254,11 @@ impl ShardCtx {
     /// Applies one change from the control thread. Control has validated it against the same
     /// state, so a failure here means the shard and control disagree: it is reported, not hidden.
     pub(crate) fn apply(&self, epoch: u64, change: &Change) -> Result<(), String> {
-        let inbound = self
-            .inbounds
-            .iter()
-            .find(|i| &*i.tag == change.inbound())
-            .ok_or_else(|| format!("handler not found: {}", change.inbound()))?;
+        let Some(tag) = change.inbound() else {
+            return self.apply_routes(epoch, change);
+        };
+        let inbound =
+            self.inbounds.iter().find(|i| &*i.tag == tag).ok_or_else(|| format!("handler not found: {tag}"))?;
         let InboundKind::Vless { users, .. } = &inbound.kind else {
             return Err(format!("inbound {} has no users", inbound.tag));
         };
@@ -175,9 +302,31 @@ impl ShardCtx {
                     self.watchers.kick(user);
                 }
             }
+            // Route changes have no inbound: handled above.
+            Change::AddOutbound { .. }
+            | Change::RemoveOutbound { .. }
+            | Change::AddRules { .. }
+            | Change::RemoveRule { .. }
+            | Change::OverrideBalancer { .. } => {}
         }
         self.applied.set(epoch);
         Ok(())
+    }
+
+    /// Applies an outbound or routing change: the specs change, and a new table replaces the
+    /// current one. Sessions already routed keep the table they took.
+    fn apply_routes(&self, epoch: u64, change: &Change) -> Result<(), String> {
+        let mut specs = self.specs.borrow_mut();
+        specs.apply(change).map_err(|e| e.to_string())?;
+        let routes = Routes::build(&specs, Some(&self.routes.borrow()))?;
+        *self.routes.borrow_mut() = Rc::new(routes);
+        self.applied.set(epoch);
+        Ok(())
+    }
+
+    /// The routing table in force now.
+    pub(crate) fn routes(&self) -> Rc<Routes> {
+        self.routes.borrow().clone()
     }
 
     /// Closes a removed user's sessions and drops its counters once nothing else holds them.
@@ -216,7 +365,7 @@ impl ShardCtx {
                 Some(email) => users.get(email).map(sample).into_iter().collect(),
             },
             inbounds: self.inbounds.iter().map(|i| link(&i.tag, &i.traffic)).collect(),
-            outbounds: self.outbounds.iter().map(|o| link(&o.tag, &o.traffic)).collect(),
+            outbounds: self.routes.borrow().outbounds.iter().map(|o| link(&o.tag, &o.traffic)).collect(),
             live_sessions: self.live.get(),
         }
     }
