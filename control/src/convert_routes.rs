@@ -66,7 +66,10 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
     if let Some(sender) = &config.sender_settings {
         let name = type_name(sender, "sender_settings")?;
         if name != "app.proxyman.SenderConfig" {
-            return Err(invalid(format!("sender_settings: expected app.proxyman.SenderConfig, got {:?}", sender.r#type)));
+            return Err(invalid(format!(
+                "sender_settings: expected app.proxyman.SenderConfig, got {:?}",
+                sender.r#type
+            )));
         }
         let s: SenderConfig = exact(&sender.value, "sender_settings")?;
         if let Some(via) = &s.via {
@@ -236,21 +239,21 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
                 DomainStrategy::UseIpv4 => 2,
                 DomainStrategy::UseIpv6 => 3,
             };
-            let config =
-                freedom::Config { domain_strategy, destination_override, user_level: f.user_level, ..Default::default() };
+            let config = freedom::Config {
+                domain_strategy,
+                destination_override,
+                user_level: f.user_level,
+                ..Default::default()
+            };
             typed("xray.proxy.freedom.Config", &config)
         }
         OutboundProtocol::Blackhole(b) => {
-            let response = b.http_response.then(|| typed("xray.proxy.blackhole.HTTPResponse", &blackhole::HttpResponse {}));
+            let response =
+                b.http_response.then(|| typed("xray.proxy.blackhole.HTTPResponse", &blackhole::HttpResponse {}));
             typed("xray.proxy.blackhole.Config", &blackhole::Config { response })
         }
     };
-    OutboundHandlerConfig {
-        tag: spec.tag.clone(),
-        sender_settings,
-        proxy_settings: Some(proxy),
-        ..Default::default()
-    }
+    OutboundHandlerConfig { tag: spec.tag.clone(), sender_settings, proxy_settings: Some(proxy), ..Default::default() }
 }
 
 // === routing ===
@@ -263,7 +266,8 @@ pub fn routing_specs(config: &TypedMessage) -> Result<(Vec<RuleSpec>, Vec<Balanc
         return Err(invalid(format!("config: expected app.router.Config, got {:?}", config.r#type)));
     }
     let c: router::Config = exact(&config.value, "config")?;
-    let rules = c.rule.iter().enumerate().map(|(i, r)| rule_spec(r, &format!("rule[{i}]"))).collect::<Result<_, _>>()?;
+    let rules =
+        c.rule.iter().enumerate().map(|(i, r)| rule_spec(r, &format!("rule[{i}]"))).collect::<Result<_, _>>()?;
     let balancers = c
         .balancing_rule
         .iter()
@@ -616,11 +620,7 @@ mod tests {
                 outbound_tag: "direct".into(),
                 balancer_tag: String::new(),
             },
-            RuleSpec {
-                ports: vec![PortRange { from: 443, to: 443 }],
-                balancer_tag: "g".into(),
-                ..Default::default()
-            },
+            RuleSpec { ports: vec![PortRange { from: 443, to: 443 }], balancer_tag: "g".into(), ..Default::default() },
         ];
         let balancers = vec![BalancerSpec {
             tag: "g".into(),
@@ -639,9 +639,15 @@ mod tests {
             routing_specs(&typed("xray.app.router.Config", &c)).unwrap_err().0
         };
         let target = Some(router::routing_rule::TargetTag::Tag("x".into()));
-        assert_eq!(rule(router::RoutingRule { target_tag: target.clone(), ..Default::default() }), "rule[0]: this rule has no effective fields");
+        assert_eq!(
+            rule(router::RoutingRule { target_tag: target.clone(), ..Default::default() }),
+            "rule[0]: this rule has no effective fields"
+        );
         let geosite = geodata::DomainRule {
-            value: Some(geodata::domain_rule::Value::Geosite(geodata::GeoSiteRule { code: "cn".into(), ..Default::default() })),
+            value: Some(geodata::domain_rule::Value::Geosite(geodata::GeoSiteRule {
+                code: "cn".into(),
+                ..Default::default()
+            })),
         };
         assert!(rule(router::RoutingRule { target_tag: target.clone(), domain: vec![geosite], ..Default::default() })
             .starts_with("rule[0].domain[0]: geosite:cn"));
@@ -649,7 +655,12 @@ mod tests {
             .starts_with("rule[0].protocol"));
         let wrong = routing_specs(&typed("xray.app.proxyman.SenderConfig", &SenderConfig::default())).unwrap_err();
         assert!(wrong.0.starts_with("config: expected app.router.Config"));
-        let lp = router::BalancingRule { tag: "b".into(), outbound_selector: vec!["x".into()], strategy: "leastPing".into(), ..Default::default() };
+        let lp = router::BalancingRule {
+            tag: "b".into(),
+            outbound_selector: vec!["x".into()],
+            strategy: "leastPing".into(),
+            ..Default::default()
+        };
         let c = router::Config { balancing_rule: vec![lp], ..Default::default() };
         assert!(routing_specs(&typed("xray.app.router.Config", &c)).unwrap_err().0.contains("leastPing"));
     }

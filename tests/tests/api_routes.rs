@@ -61,9 +61,8 @@ fn loopback_rule(rule_tag: &str, port: u16, outbound: Option<&str>, balancer: Op
         }),
         rule_tag: rule_tag.into(),
         ip: vec![geodata::IpRule { value: Some(geodata::ip_rule::Value::Custom(cidr)) }],
-        port_list: (port != 0).then(|| net::PortList {
-            range: vec![net::PortRange { from: u32::from(port), to: u32::from(port) }],
-        }),
+        port_list: (port != 0)
+            .then(|| net::PortList { range: vec![net::PortRange { from: u32::from(port), to: u32::from(port) }] }),
         ..Default::default()
     }
 }
@@ -102,7 +101,10 @@ fn added_outbound_and_rule_carry_traffic_until_removed() {
 
     add_outbound(&api, freedom_outbound("px")).unwrap();
     // Replace the rules: the echo server's port goes to px, the rest of loopback to direct.
-    let rules = vec![loopback_rule("to-px", echo.addr().port(), Some("px"), None), loopback_rule("lo", 0, Some("direct"), None)];
+    let rules = vec![
+        loopback_rule("to-px", echo.addr().port(), Some("px"), None),
+        loopback_rule("lo", 0, Some("direct"), None),
+    ];
     add_rules(&api, rules, vec![], false).unwrap();
     for _ in 0..6 {
         assert!(echoes(proxy, echo.addr()));
@@ -202,7 +204,10 @@ fn outbound_errors_have_precise_codes() {
     assert_eq!((e.code(), e.message()), (Code::AlreadyExists, "duplicate ruleTag dup"));
     let e = remove_rule(&api, "").unwrap_err();
     assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "empty tag name!"));
-    let req = pb::AddRuleRequest { config: Some(typed("xray.app.proxyman.SenderConfig", &router::Config::default())), should_append: true };
+    let req = pb::AddRuleRequest {
+        config: Some(typed("xray.app.proxyman.SenderConfig", &router::Config::default())),
+        should_append: true,
+    };
     let e = api.block_on(routing_client(&api).add_rule(req)).unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("AddRule: config type error"), "{}", e.message());
@@ -234,10 +239,10 @@ fn override_target(api: &ApiClient, balancer: &str, target: &str) -> Result<(), 
 fn balancers_spread_pin_and_report() {
     let echo = EchoServer::start();
     let mut config = config();
-    config["outbounds"].as_array_mut().unwrap().extend([
-        json!({ "tag": "px-a", "protocol": "freedom" }),
-        json!({ "tag": "px-b", "protocol": "freedom" }),
-    ]);
+    config["outbounds"]
+        .as_array_mut()
+        .unwrap()
+        .extend([json!({ "tag": "px-a", "protocol": "freedom" }), json!({ "tag": "px-b", "protocol": "freedom" })]);
     config["routing"]["balancers"] = json!([{ "tag": "rand", "selector": ["px-"], "strategy": { "type": "random" } }]);
     config["routing"]["rules"] = json!([{ "ip": ["127.0.0.1/32"], "balancerTag": "rand" }]);
     let server = Shardray::start(&config, 2);
@@ -290,7 +295,8 @@ fn subscribe_routing_stats_sees_connections_made_after_subscribing() {
     let mut client = routing_client(&api);
     let mut narrow = routing_client(&api);
     let (all, only_outbound) = api.block_on(async move {
-        let mut stream = client.subscribe_routing_stats(pb::SubscribeRoutingStatsRequest::default()).await.unwrap().into_inner();
+        let mut stream =
+            client.subscribe_routing_stats(pb::SubscribeRoutingStatsRequest::default()).await.unwrap().into_inner();
         let req = pb::SubscribeRoutingStatsRequest { field_selectors: vec!["outbound".into()] };
         let mut selected = narrow.subscribe_routing_stats(req).await.unwrap().into_inner();
         let session = tokio::task::spawn_blocking(move || echoes(proxy, echo_addr));
@@ -319,8 +325,17 @@ fn added_outbounds_and_rules_survive_a_restart() {
     let start = || {
         let config = dir.path().join("config.json");
         let state = dir.path().join("state");
-        let args =
-            ["run", "-c", config.to_str().unwrap(), "--shards", "2", "--grace", "1", "--state", state.to_str().unwrap()];
+        let args = [
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+            "--shards",
+            "2",
+            "--grace",
+            "1",
+            "--state",
+            state.to_str().unwrap(),
+        ];
         let server = Shardray::start_with_args(tempfile::tempdir().unwrap(), &args).expect("start");
         let api = ApiClient::connect(server.api.unwrap());
         (server, api)
@@ -329,7 +344,10 @@ fn added_outbounds_and_rules_survive_a_restart() {
     add_outbound(&api, freedom_outbound("px")).unwrap();
     add_outbound(&api, freedom_outbound("gone")).unwrap();
     remove_outbound(&api, "gone").unwrap();
-    let rules = vec![loopback_rule("to-px", echo.addr().port(), Some("px"), None), loopback_rule("lo", 0, Some("direct"), None)];
+    let rules = vec![
+        loopback_rule("to-px", echo.addr().port(), Some("px"), None),
+        loopback_rule("lo", 0, Some("direct"), None),
+    ];
     add_rules(&api, rules, vec![], false).unwrap();
     server.kill9();
 

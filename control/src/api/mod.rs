@@ -88,7 +88,10 @@ impl ApiState {
 
     /// Runs an outbound or routing change through the registry (checked, journaled, applied on
     /// every shard) and publishes the config it leads to.
-    pub async fn change_routes(&self, change: shardray_core::change::Change) -> Result<(), crate::registry::ChangeError> {
+    pub async fn change_routes(
+        &self,
+        change: shardray_core::change::Change,
+    ) -> Result<(), crate::registry::ChangeError> {
         let mut registry = self.registry.lock().await;
         let result = registry.apply(change).await;
         // A change the shards were late with is recorded all the same: publish it too.

@@ -28,9 +28,12 @@ use crate::convert_routes::routing_specs;
 pub fn service(state: Arc<ApiState>) -> anyhow::Result<pb::routing_service_server::RoutingServiceServer<RoutingApi>> {
     let config = state.config();
     let compiled = Compiled::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(pb::routing_service_server::RoutingServiceServer::new(RoutingApi { state, compiled: Mutex::new(Arc::new(compiled)) })
-        // A replacing rule set may carry many domains.
-        .max_decoding_message_size(super::MAX_REQUEST))
+    Ok(pb::routing_service_server::RoutingServiceServer::new(RoutingApi {
+        state,
+        compiled: Mutex::new(Arc::new(compiled)),
+    })
+    // A replacing rule set may carry many domains.
+    .max_decoding_message_size(super::MAX_REQUEST))
 }
 
 /// The RoutingService implementation.
@@ -121,7 +124,10 @@ impl RoutingApi {
             Err(e) => return Err(Status::invalid_argument(e.to_string())),
         }
         let (rules, balancers) = routing_specs(&config).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.state.change_routes(Change::AddRules { rules, balancers, append: req.should_append }).await.map_err(change_status)
+        self.state
+            .change_routes(Change::AddRules { rules, balancers, append: req.should_append })
+            .await
+            .map_err(change_status)
     }
 
     async fn rule_removed(&self, rule_tag: String) -> Result<(), Status> {
@@ -202,7 +208,8 @@ impl pb::routing_service_server::RoutingService for RoutingApi {
         let tag = req.into_inner().tag;
         let registry = self.state.registry.lock().await;
         let routes = registry.routes();
-        let index = routes.balancer_index(&tag).ok_or_else(|| route_status(&RouteError::NoSuchBalancer(tag.clone())))?;
+        let index =
+            routes.balancer_index(&tag).ok_or_else(|| route_status(&RouteError::NoSuchBalancer(tag.clone())))?;
         let targets = routes.candidates(index).into_iter().map(|i| routes.outbounds[i].tag.clone()).collect();
         let target = routes.overrides.get(&tag).cloned().unwrap_or_default();
         Ok(Response::new(pb::GetBalancerInfoResponse {
@@ -323,7 +330,8 @@ struct Fields {
 }
 
 /// Upstream's selectable fields that shardray fills.
-const FIELDS: &[&str] = &["inbound", "network", "ip_source", "ip_target", "port_source", "port_target", "domain", "user", "outbound"];
+const FIELDS: &[&str] =
+    &["inbound", "network", "ip_source", "ip_target", "port_source", "port_target", "domain", "user", "outbound"];
 
 impl Fields {
     fn new(selectors: &[String]) -> Fields {

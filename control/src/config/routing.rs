@@ -112,7 +112,9 @@ fn balancer(raw: RawBalancer, path: &str) -> Result<BalancerSpec, ConfigError> {
         "leastping" | "leastload" => {
             return Err(ConfigError::unsupported_msg(
                 format!("{path}.strategy.type"),
-                format!("{kind:?} is not supported yet: it needs the observatory's probes, which shardray does not run"),
+                format!(
+                    "{kind:?} is not supported yet: it needs the observatory's probes, which shardray does not run"
+                ),
             ))
         }
         _ => {

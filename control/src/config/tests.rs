@@ -600,7 +600,12 @@ fn balancers_random_and_round_robin() {
 
     for (strategy, kind) in [("leastPing", ConfigErrorKind::Unsupported), ("leastLoad", ConfigErrorKind::Unsupported)] {
         let err = broken(|v| {
-            set(v, "/routing", "balancers", json!([{ "tag": "b", "selector": ["d"], "strategy": { "type": strategy } }]))
+            set(
+                v,
+                "/routing",
+                "balancers",
+                json!([{ "tag": "b", "selector": ["d"], "strategy": { "type": strategy } }]),
+            )
         });
         assert_eq!(err.path, "routing.balancers[0].strategy.type");
         assert_eq!(err.kind, kind);

@@ -434,7 +434,10 @@ mod tests {
         let dest = Address::Domain("example.com".into());
         assert_eq!(r.route(&input(&dest, 443)).target, Target::Outbound(1));
         assert_eq!(r.route(&input(&dest, 80)).target, Target::Outbound(2));
-        assert_eq!(r.route(&input(&dest, 8080)), Decision { target: Target::Outbound(0), rule: None, explicit_dest: false });
+        assert_eq!(
+            r.route(&input(&dest, 8080)),
+            Decision { target: Target::Outbound(0), rule: None, explicit_dest: false }
+        );
     }
 
     #[test]

@@ -89,7 +89,11 @@ impl RouteSpecs {
     /// Compiles the rules against the outbounds and balancers.
     pub fn compile(&self) -> Result<Router, InvalidRule> {
         let balancers = &self.routing.balancers;
-        Router::new(&self.routing.rules, |tag| self.outbound_index(tag), |tag| balancers.iter().position(|b| b.tag == tag))
+        Router::new(
+            &self.routing.rules,
+            |tag| self.outbound_index(tag),
+            |tag| balancers.iter().position(|b| b.tag == tag),
+        )
     }
 
     /// The indices of a balancer's candidates: every tagged outbound whose tag starts with one
@@ -264,7 +268,11 @@ mod tests {
     use crate::spec::{BalancerSpec, BlackholeSpec, OutboundProtocol, PortRange, RuleSpec};
 
     fn outbound(tag: &str) -> OutboundSpec {
-        OutboundSpec { tag: tag.into(), send_through: None, protocol: OutboundProtocol::Blackhole(BlackholeSpec::default()) }
+        OutboundSpec {
+            tag: tag.into(),
+            send_through: None,
+            protocol: OutboundProtocol::Blackhole(BlackholeSpec::default()),
+        }
     }
 
     fn rule(tag: &str, to: &str) -> RuleSpec {

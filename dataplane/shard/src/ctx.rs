@@ -121,7 +121,8 @@ impl Routes {
             Some(i) => Resolved::Outbound(i),
             None => Resolved::Missing(tag.into()),
         };
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         let balancers = specs
             .routing
             .balancers

@@ -75,7 +75,10 @@ pub(crate) async fn forward<C>(
             // As upstream: not the default outbound, since the rule meant another one.
             ctx.log.error(
                 LogLevel::Warning,
-                format_args!("[{}] {} to {}: non existing outTag: {tag}", session.inbound.tag, session.peer, session.dest),
+                format_args!(
+                    "[{}] {} to {}: non existing outTag: {tag}",
+                    session.inbound.tag, session.peer, session.dest
+                ),
             );
             let _ = client.close().await;
             return;
