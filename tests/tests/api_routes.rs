@@ -294,7 +294,8 @@ fn subscribe_routing_stats_sees_connections_made_after_subscribing() {
     let echo_addr = echo.addr();
     let mut client = routing_client(&api);
     let mut narrow = routing_client(&api);
-    let (all, only_outbound) = api.block_on(async move {
+    let mut tester = routing_client(&api);
+    let (all, only_outbound, published) = api.block_on(async move {
         let mut stream =
             client.subscribe_routing_stats(pb::SubscribeRoutingStatsRequest::default()).await.unwrap().into_inner();
         let req = pb::SubscribeRoutingStatsRequest { field_selectors: vec!["outbound".into()] };
@@ -303,8 +304,19 @@ fn subscribe_routing_stats_sees_connections_made_after_subscribing() {
         let first = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
         let second = tokio::time::timeout(Duration::from_secs(10), selected.message()).await;
         assert!(session.await.unwrap());
-        (first.expect("a context in time").unwrap().unwrap(), second.expect("in time").unwrap().unwrap())
+        // TestRoute with PublishResult shows on the streams too.
+        let ctx =
+            pb::RoutingContext { target_domain: "published.example".into(), target_port: 443, ..Default::default() };
+        let req = pb::TestRouteRequest { routing_context: Some(ctx), publish_result: true, ..Default::default() };
+        tester.test_route(req).await.unwrap();
+        let third = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+        (
+            first.expect("a context in time").unwrap().unwrap(),
+            second.expect("in time").unwrap().unwrap(),
+            third.expect("in time").unwrap().unwrap(),
+        )
     });
+    assert_eq!((published.target_domain.as_str(), published.outbound_tag.as_str()), ("published.example", "direct"));
     assert_eq!(all.inbound_tag, "vless-in");
     assert_eq!(all.outbound_tag, "direct");
     assert_eq!(all.user, "alice@example.com");

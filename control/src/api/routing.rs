@@ -162,8 +162,9 @@ impl pb::routing_service_server::RoutingService for RoutingApi {
     }
 
     async fn test_route(&self, req: Request<pb::TestRouteRequest>) -> Result<Response<pb::RoutingContext>, Status> {
-        let mut ctx =
-            req.into_inner().routing_context.ok_or_else(|| Status::invalid_argument("RoutingContext is missing"))?;
+        let req = req.into_inner();
+        let publish = req.publish_result;
+        let mut ctx = req.routing_context.ok_or_else(|| Status::invalid_argument("RoutingContext is missing"))?;
         let dest = if !ctx.target_domain.is_empty() {
             Address::parse(&ctx.target_domain).ok_or_else(|| {
                 Status::invalid_argument(format!("TargetDomain {:?} is not a host name", ctx.target_domain))
@@ -198,6 +199,18 @@ impl pb::routing_service_server::RoutingService for RoutingApi {
                 self.balancer_target(&compiled, b).await
             }
         };
+        if publish {
+            // As upstream: the result goes to SubscribeRoutingStats streams too.
+            self.state.route_stats.publish(RouteRecord {
+                inbound_tag: ctx.inbound_tag.as_str().into(),
+                tcp: input.tcp,
+                source: std::net::SocketAddr::new(input.source, input.source_port),
+                target: dest.clone(),
+                target_port: input.port,
+                user: ctx.user.as_str().into(),
+                outbound_tag: ctx.outbound_tag.as_str().into(),
+            });
+        }
         Ok(Response::new(ctx))
     }
 
@@ -307,6 +320,14 @@ impl RouteStats {
         *count += 1;
         self.tap.set_wanted(true);
         (rx, Subscription(self.clone()))
+    }
+}
+
+impl RouteStats {
+    /// Sends a record to the open streams, as if a shard had routed it (TestRoute's
+    /// PublishResult).
+    fn publish(&self, record: RouteRecord) {
+        let _ = self.fanout.send(Arc::new(record));
     }
 }
 

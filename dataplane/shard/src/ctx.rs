@@ -387,3 +387,79 @@ impl Drop for LiveGuard {
         self.0.live.set(self.0.live.get() - 1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardray_core::spec::{BalancerSpec, BlackholeSpec, FreedomSpec, PortRange, RuleSpec};
+
+    fn outbound(tag: &str) -> shardray_core::spec::OutboundSpec {
+        shardray_core::spec::OutboundSpec {
+            tag: tag.into(),
+            send_through: None,
+            protocol: OutboundProtocol::Freedom(FreedomSpec::default()),
+        }
+    }
+
+    fn specs() -> RouteSpecs {
+        let mut s = RouteSpecs {
+            outbounds: vec![outbound("direct"), outbound("px-a"), outbound("px-b")],
+            ..Default::default()
+        };
+        s.routing.balancers = vec![BalancerSpec {
+            tag: "g".into(),
+            selectors: vec!["px-".into()],
+            strategy: BalancerStrategy::RoundRobin,
+            fallback_tag: "direct".into(),
+        }];
+        s.routing.rules = vec![
+            RuleSpec { ports: vec![PortRange { from: 1, to: 1 }], balancer_tag: "g".into(), ..Default::default() },
+            RuleSpec { ports: vec![PortRange { from: 2, to: 2 }], outbound_tag: "px-b".into(), ..Default::default() },
+        ];
+        s
+    }
+
+    fn balanced(routes: &Routes) -> Resolved {
+        routes.resolve(&Decision { target: Target::Balancer(0), rule: Some(0), explicit_dest: false })
+    }
+
+    #[test]
+    fn round_robin_override_fallback_and_missing() {
+        let mut s = specs();
+        let routes = Routes::build(&s, None).unwrap();
+        let picks: Vec<Resolved> = (0..4).map(|_| balanced(&routes)).collect();
+        assert_eq!(picks, [Resolved::Outbound(1), Resolved::Outbound(2), Resolved::Outbound(1), Resolved::Outbound(2)]);
+
+        s.apply(&Change::OverrideBalancer { balancer: "g".into(), target: "px-b".into() }).unwrap();
+        let routes = Routes::build(&s, Some(&routes)).unwrap();
+        assert!((0..4).all(|_| balanced(&routes) == Resolved::Outbound(2)));
+
+        s.apply(&Change::OverrideBalancer { balancer: "g".into(), target: String::new() }).unwrap();
+        s.apply(&Change::RemoveOutbound { tag: "px-a".into() }).unwrap();
+        s.apply(&Change::RemoveOutbound { tag: "px-b".into() }).unwrap();
+        let routes = Routes::build(&s, Some(&routes)).unwrap();
+        assert_eq!(balanced(&routes), Resolved::Outbound(0), "no candidate: the fallback");
+        let to_b = Decision { target: Target::Missing, rule: Some(1), explicit_dest: false };
+        assert_eq!(routes.resolve(&to_b), Resolved::Missing("px-b".into()));
+    }
+
+    #[test]
+    fn random_uses_every_candidate_and_counters_survive_a_rebuild() {
+        let mut s = specs();
+        s.routing.balancers[0].strategy = BalancerStrategy::Random;
+        let routes = Routes::build(&s, None).unwrap();
+        let picks: Vec<Resolved> = (0..64).map(|_| balanced(&routes)).collect();
+        assert!(picks.contains(&Resolved::Outbound(1)) && picks.contains(&Resolved::Outbound(2)));
+        routes.outbounds[1].traffic.add_up(7);
+
+        s.apply(&Change::AddOutbound { outbound: outbound("px-c") }).unwrap();
+        let mut sink = outbound("px-b");
+        sink.protocol = OutboundProtocol::Blackhole(BlackholeSpec::default());
+        s.apply(&Change::RemoveOutbound { tag: "px-b".into() }).unwrap();
+        s.apply(&Change::AddOutbound { outbound: sink }).unwrap();
+        let rebuilt = Routes::build(&s, Some(&routes)).unwrap();
+        assert!(Rc::ptr_eq(&routes.outbounds[1], &rebuilt.outbounds[1]), "px-a kept");
+        assert_eq!(rebuilt.outbounds[1].traffic.up.get(), 7);
+        assert!(!Rc::ptr_eq(&routes.outbounds[2], &rebuilt.outbounds[3]), "px-b is another outbound now");
+    }
+}
