@@ -241,9 +241,9 @@ pub enum ApiCommand {
     },
     /// Add routing rules (RoutingService.AddRule) from config files' `routing` sections.
     ///
-    /// Rules may use ruleTag, outboundTag, balancerTag, domain, ip, port, sourcePort, network,
-    /// source, user, inboundTag, protocol and attrs; balancers their tag, selector,
-    /// strategy.type and fallbackTag. Other fields are refused (exit 2), never dropped.
+    /// Rules and balancers are validated as the server validates its config (same fields, same
+    /// errors naming the JSON path; exit 2), except that rules may name outbounds the file does
+    /// not have: the server's. Without --append, they replace the server's rules and balancers.
     #[command(name = "adrules")]
     AdRules {
         #[command(flatten)]
@@ -795,8 +795,11 @@ async fn execute(command: ApiCommand) -> Outcome {
             let mut configs = Vec::new();
             for file in &files {
                 let doc = files::read_json(file)?;
-                let config = files::router_config(&doc).map_err(|e| Failure::Input(format!("{file}: {e}")))?;
-                configs.push(config);
+                let routing = crate::config::routing_of(&doc).map_err(|e| Failure::Input(format!("{file}: {e}")))?;
+                if routing.rules.is_empty() && routing.balancers.is_empty() {
+                    return Err(Failure::Input(format!("{file}: routing: no rules or balancers")));
+                }
+                configs.push(crate::convert_routes::router_config(&routing.rules, &routing.balancers));
             }
             let api = Api::connect(&conn).await?;
             let mut added = 0;
@@ -826,8 +829,9 @@ async fn execute(command: ApiCommand) -> Outcome {
                 "outboundTag": outbound,
                 "source": ips,
             });
-            let config = files::router_config(&json!({ "routing": { "rules": [rule] } }))
+            let routing = crate::config::routing_of(&json!({ "routing": { "rules": [rule] } }))
                 .map_err(|e| Failure::Input(format!("sib: {e}")))?;
+            let config = crate::convert_routes::router_config(&routing.rules, &routing.balancers);
             let api = Api::connect(&conn).await?;
             if reset {
                 let request = api.request(router_pb::RemoveRuleRequest { rule_tag: ruletag.clone() });

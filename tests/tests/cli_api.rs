@@ -420,6 +420,15 @@ fn outbounds_and_rules_from_files_end_to_end() {
     );
     api(&["adrules", "--server", &addr, "-append", back.to_str().unwrap()]).ok();
     assert!(!echoes(), "the first rule still matches");
+    // Validated as a config's routing: a path-named refusal, nothing sent.
+    let geosite = write(
+        dir,
+        "geosite.json",
+        r#"{ "routing": { "rules": [ { "domain": ["full:a.com", "geosite:cn"], "outboundTag": "sink" } ] } }"#,
+    );
+    let run = api(&["adrules", "--server", &addr, geosite.to_str().unwrap()]);
+    run.fails_with(2);
+    assert!(run.stderr.contains("routing.rules[0].domain[1]"), "{}", run.stderr);
     let doc = api(&["rmrules", "--server", &addr, "sunk"]).ok();
     assert_eq!(doc, json!({ "removed": ["sunk"] }));
     assert!(echoes());

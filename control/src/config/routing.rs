@@ -29,9 +29,11 @@ pub(crate) const PRIVATE_NETS: &[&str] = &[
 ];
 
 /// Validates `routing` against the outbounds' tags (and the API's, whose rules are dropped).
+/// Without outbounds (rules for a running server, whose outbounds are elsewhere), rules may
+/// name any outbound.
 pub(super) fn routing(
     raw: Option<RawRouting>,
-    outbounds: &[OutboundSpec],
+    outbounds: Option<&[OutboundSpec]>,
     api_tag: Option<&str>,
 ) -> Result<RoutingSpec, ConfigError> {
     let raw = raw.unwrap_or_default();
@@ -83,7 +85,7 @@ pub(super) fn routing(
         if api_tag == Some(spec.outbound_tag.as_str()) {
             continue;
         }
-        if !outbounds.iter().any(|o| o.tag == spec.outbound_tag) {
+        if outbounds.is_some_and(|list| !list.iter().any(|o| o.tag == spec.outbound_tag)) {
             return Err(ConfigError::invalid(
                 format!("{path}.outboundTag"),
                 format!("no outbound is tagged {:?}", spec.outbound_tag),
