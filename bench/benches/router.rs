@@ -37,11 +37,15 @@ fn build_router() -> Router {
         outbound_tag: "proxy".into(),
         ..RuleSpec::default()
     });
-    Router::new(&rules, |tag| match tag {
-        "direct" => Some(0),
-        "proxy" => Some(1),
-        _ => None,
-    })
+    Router::new(
+        &rules,
+        |tag| match tag {
+            "direct" => Some(0),
+            "proxy" => Some(1),
+            _ => None,
+        },
+        |_| None,
+    )
     .expect("rules compile")
 }
 
@@ -89,7 +93,7 @@ fn router_list_rules(c: &mut Criterion) {
             ..RuleSpec::default()
         },
     ];
-    let router = Router::new(&rules, |tag| (tag == "proxy").then_some(1)).expect("rules compile");
+    let router = Router::new(&rules, |tag| (tag == "proxy").then_some(1), |_| None).expect("rules compile");
     let last_cidr = cidr(CIDRS - 1);
     let cases = [
         ("list_domain_hit", Address::Domain(format!("cdn.site{}.example", DOMAIN_RULES - 1).into()), Some(0)),

@@ -218,10 +218,11 @@ pub enum ApiCommand {
         #[arg(value_name = "TAG|FILE", required = true)]
         targets: Vec<String>,
     },
-    /// Add outbounds (AddOutbound). Not available yet: sends nothing, exits 2.
+    /// Add outbounds (AddOutbound), one call each, from config files' `outbounds`.
     ///
-    /// This client cannot yet turn an outbound's JSON config into the API's protobuf form, so
-    /// it reads the files, names the outbounds it found, sends nothing and exits 2.
+    /// Each outbound is validated as the server validates its config (freedom and blackhole;
+    /// an unsupported protocol or setting is refused by name, exit 2) and sent in the API's
+    /// protobuf form. Stops at the first refused call (exit 1).
     #[command(name = "ado")]
     Ado {
         #[command(flatten)]
@@ -241,9 +242,9 @@ pub enum ApiCommand {
     },
     /// Add routing rules (RoutingService.AddRule) from config files' `routing` sections.
     ///
-    /// Rules may use ruleTag, outboundTag, balancerTag, domain, ip, port, sourcePort, network,
-    /// source, user, inboundTag, protocol and attrs; balancers their tag, selector,
-    /// strategy.type and fallbackTag. Other fields are refused (exit 2), never dropped.
+    /// Rules and balancers are validated as the server validates its config (same fields, same
+    /// errors naming the JSON path; exit 2), except that rules may name outbounds the file does
+    /// not have: the server's. Without --append, they replace the server's rules and balancers.
     #[command(name = "adrules")]
     AdRules {
         #[command(flatten)]
@@ -761,7 +762,24 @@ async fn execute(command: ApiCommand) -> Outcome {
             }
             Ok((json!({ "added": added }), 0))
         }
-        ApiCommand::Ado { files, .. } => not_convertible("outbounds", &files),
+        ApiCommand::Ado { files, .. } => {
+            let files = if files.is_empty() { vec![files::STDIN.to_owned()] } else { files };
+            let mut outbounds = Vec::new();
+            for file in &files {
+                let doc = files::read_json(file)?;
+                let specs = crate::config::outbounds_of(&doc).map_err(|e| Failure::Input(format!("{file}: {e}")))?;
+                outbounds.extend(specs.iter().map(crate::convert_routes::outbound_config));
+            }
+            let api = Api::connect(&conn).await?;
+            let mut added = Vec::new();
+            for outbound in outbounds {
+                let tag = outbound.tag.clone();
+                let request = api.request(handler_pb::AddOutboundRequest { outbound: Some(outbound) });
+                api.call(api.handler().add_outbound(request)).await.map_err(Failure::Rpc)?;
+                added.push(tag);
+            }
+            Ok((json!({ "added": added }), 0))
+        }
         ApiCommand::Rmi { targets, .. } => {
             let tags = files::tags_or_files(&targets, "inbounds")?;
             let api = Api::connect(&conn).await?;
@@ -789,8 +807,11 @@ async fn execute(command: ApiCommand) -> Outcome {
             let mut configs = Vec::new();
             for file in &files {
                 let doc = files::read_json(file)?;
-                let config = files::router_config(&doc).map_err(|e| Failure::Input(format!("{file}: {e}")))?;
-                configs.push(config);
+                let routing = crate::config::routing_of(&doc).map_err(|e| Failure::Input(format!("{file}: {e}")))?;
+                if routing.rules.is_empty() && routing.balancers.is_empty() {
+                    return Err(Failure::Input(format!("{file}: routing: no rules or balancers")));
+                }
+                configs.push(crate::convert_routes::router_config(&routing.rules, &routing.balancers));
             }
             let api = Api::connect(&conn).await?;
             let mut added = 0;
@@ -820,8 +841,9 @@ async fn execute(command: ApiCommand) -> Outcome {
                 "outboundTag": outbound,
                 "source": ips,
             });
-            let config = files::router_config(&json!({ "routing": { "rules": [rule] } }))
+            let routing = crate::config::routing_of(&json!({ "routing": { "rules": [rule] } }))
                 .map_err(|e| Failure::Input(format!("sib: {e}")))?;
+            let config = crate::convert_routes::router_config(&routing.rules, &routing.balancers);
             let api = Api::connect(&conn).await?;
             if reset {
                 let request = api.request(router_pb::RemoveRuleRequest { rule_tag: ruletag.clone() });
@@ -914,20 +936,6 @@ async fn add_users_one_by_one(api: &Api, inbounds: Vec<files::InboundUsers>) -> 
         0
     };
     Ok((doc, status))
-}
-
-/// `adi` / `ado`: the files are read and checked, but nothing is sent.
-fn not_convertible(what: &str, files: &[String]) -> Outcome {
-    let files = if files.is_empty() { vec![files::STDIN.to_owned()] } else { files.to_vec() };
-    let mut tags = Vec::new();
-    for file in &files {
-        tags.extend(files::section_tags(&files::read_json(file)?, what, file)?);
-    }
-    Err(Failure::Input(format!(
-        "adding {what} is not available yet: this client cannot convert {what} configs to the \
-         API's protobuf form; nothing was sent (found: {})",
-        if tags.is_empty() { "none".to_owned() } else { tags.join(", ") }
-    )))
 }
 
 #[cfg(test)]

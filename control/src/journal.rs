@@ -1,8 +1,12 @@
-//! The journal: every user and inbound change the API accepted, appended and synced to disk
-//! before the call returns, so a restart, even after `kill -9`, loses none. At start it is
-//! replayed over the config and rewritten as a snapshot: the config inbounds the API removed,
-//! the inbounds it added, and one user set per inbound. An added inbound is stored in config
-//! JSON, TLS keys included, so the state directory must be kept as private as the config.
+//! The journal: every user, inbound, outbound and routing change the API accepted, appended
+//! and synced to disk before the call returns, so a restart, even after `kill -9`, loses none.
+//! At start it is replayed over the config and rewritten: the config inbounds the API removed,
+//! the inbounds it added, one snapshot record per inbound's users, then the outbound and
+//! routing records that still applied, in order (they are few, and replaying them over the
+//! config keeps the config's own edits). An added inbound is stored as config JSON, TLS keys
+//! included, so the state directory must be kept as private as the config. Outbounds and rules
+//! are stored as the API's protobuf messages, base64-encoded. Balancer overrides are not kept,
+//! as upstream does not keep them either.
 //!
 //! One JSON object per line. A torn last line (a crash mid-write) is ignored: its call never
 //! returned, so no client was told it succeeded.
@@ -11,9 +15,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
+use prost::Message;
 use serde_json::{json, Value};
 use shardray_core::change::Change;
 use shardray_core::spec::UserSpec;
+use shardray_proto::xray::app::router;
+use shardray_proto::xray::core::OutboundHandlerConfig;
+
+use crate::convert::typed;
+use crate::convert_routes::{outbound_config, outbound_spec, router_config, routing_specs};
 
 use crate::convert::inbound::{inbound_config, inbound_json};
 use crate::registry::UserSets;
@@ -75,9 +86,11 @@ impl Journal {
         self.file.sync_data()
     }
 
-    /// Replaces the journal with one `replace` record per inbound with users: the state as it
-    /// is now. Written to a temporary file, synced, then renamed over the journal.
-    pub fn compact(&mut self, sets: &UserSets) -> io::Result<()> {
+    /// Replaces the journal with the state as it is now: the config inbounds removed, the
+    /// inbounds added, one `replace` record per inbound with users, then `routes`, the outbound
+    /// and routing changes that applied. Written to a temporary file, synced, then renamed over
+    /// the journal.
+    pub fn compact(&mut self, sets: &UserSets, routes: &[Change]) -> io::Result<()> {
         let tmp = self.path.with_extension("jsonl.tmp");
         let mut out = File::create(&tmp)?;
         let mut records = Vec::new();
@@ -94,7 +107,7 @@ impl Journal {
                 records.push(Change::ReplaceUsers { inbound: inbound.tag.clone(), users });
             }
         }
-        for change in &records {
+        for change in records.iter().chain(routes) {
             if let Some(record) = encode(change)? {
                 writeln!(out, "{record}")?;
             }
@@ -133,8 +146,50 @@ fn encode(change: &Change) -> io::Result<Option<Value>> {
             json!({ "op": "add_inbound", "inbound": inbound })
         }
         Change::RemoveInbound { tag } => json!({ "op": "remove_inbound", "tag": tag }),
-        Change::Kick { .. } => return Ok(None),
+        Change::AddOutbound { outbound } => {
+            json!({ "op": "add_outbound", "config": b64(&outbound_config(outbound).encode_to_vec()) })
+        }
+        Change::RemoveOutbound { tag } => json!({ "op": "remove_outbound", "tag": tag }),
+        Change::AddRules { rules, balancers, append } => {
+            let config = router_config(rules, balancers).encode_to_vec();
+            json!({ "op": "add_rules", "config": b64(&config), "append": append })
+        }
+        Change::RemoveRule { rule_tag } => json!({ "op": "remove_rule", "rule_tag": rule_tag }),
+        Change::Kick { .. } | Change::OverrideBalancer { .. } => return Ok(None),
     }))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The protobuf bytes of a record's `config`.
+fn config_bytes(v: &Value) -> Result<Vec<u8>, String> {
+    let text = v.get("config").and_then(Value::as_str).ok_or("config: missing or not a string")?;
+    base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| format!("config: {e}"))
+}
+
+/// An outbound or routing record.
+fn decode_route(op: &str, v: &Value) -> Result<Change, String> {
+    let text = |key: &str| -> Result<String, String> {
+        v.get(key).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| format!("{key}: missing or not a string"))
+    };
+    match op {
+        "add_outbound" => {
+            let config = OutboundHandlerConfig::decode(&config_bytes(v)?[..]).map_err(|e| format!("config: {e}"))?;
+            Ok(Change::AddOutbound { outbound: outbound_spec(&config).map_err(|e| e.to_string())? })
+        }
+        "remove_outbound" => Ok(Change::RemoveOutbound { tag: text("tag")? }),
+        "add_rules" => {
+            let config = router::Config::decode(&config_bytes(v)?[..]).map_err(|e| format!("config: {e}"))?;
+            let (rules, balancers) =
+                routing_specs(&typed("xray.app.router.Config", &config)).map_err(|e| e.to_string())?;
+            let append = v.get("append").and_then(Value::as_bool).unwrap_or(false);
+            Ok(Change::AddRules { rules, balancers, append })
+        }
+        "remove_rule" => Ok(Change::RemoveRule { rule_tag: text("rule_tag")? }),
+        other => Err(format!("op: unknown {other:?}")),
+    }
 }
 
 fn decode(v: &Value) -> Result<Change, String> {
@@ -152,7 +207,11 @@ fn decode(v: &Value) -> Result<Change, String> {
             })
             .collect()
     };
-    match text("op")?.as_str() {
+    let op = text("op")?;
+    if matches!(op.as_str(), "add_outbound" | "remove_outbound" | "add_rules" | "remove_rule") {
+        return decode_route(&op, v);
+    }
+    match op.as_str() {
         "add_inbound" => {
             let inbound = v.get("inbound").cloned().ok_or("inbound: missing")?;
             let spec = crate::config::load_inbound(inbound, "inbound").map_err(|e| e.to_string())?;
@@ -162,7 +221,7 @@ fn decode(v: &Value) -> Result<Change, String> {
         _ => {}
     }
     let inbound = text("inbound")?;
-    match text("op")?.as_str() {
+    match op.as_str() {
         "add" => Ok(Change::AddUsers { inbound, users: users()? }),
         "replace" => Ok(Change::ReplaceUsers { inbound, users: users()? }),
         "remove" => {
@@ -210,6 +269,42 @@ mod tests {
         let (_, read, bad) = Journal::open(dir.path()).unwrap();
         assert_eq!(read, changes);
         assert!(bad.is_empty());
+    }
+
+    #[test]
+    fn route_records_round_trip_and_survive_compaction() {
+        use shardray_core::spec::{BalancerSpec, BlackholeSpec, OutboundProtocol, OutboundSpec, PortRange, RuleSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let outbound = OutboundSpec {
+            tag: "px".into(),
+            send_through: None,
+            protocol: OutboundProtocol::Blackhole(BlackholeSpec { http_response: true }),
+        };
+        let rule = RuleSpec {
+            rule_tag: "r".into(),
+            ports: vec![PortRange { from: 1, to: 2 }],
+            outbound_tag: "px".into(),
+            ..Default::default()
+        };
+        let balancer = BalancerSpec { tag: "b".into(), selectors: vec!["p".into()], ..Default::default() };
+        let changes = vec![
+            Change::AddOutbound { outbound },
+            Change::AddRules { rules: vec![rule], balancers: vec![balancer], append: true },
+            Change::RemoveRule { rule_tag: "r".into() },
+            Change::RemoveOutbound { tag: "px".into() },
+        ];
+        {
+            let (mut j, _, _) = Journal::open(dir.path()).unwrap();
+            for c in &changes {
+                j.append(c).unwrap();
+            }
+        }
+        let (mut j, read, bad) = Journal::open(dir.path()).unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(read, changes);
+        j.compact(&UserSets::default(), &read[..2]).unwrap();
+        let (_, read, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(read, changes[..2]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardray_core::change::Change;
+use shardray_core::routes::{RouteError, RouteSpecs};
 use shardray_core::spec::{Config, InboundProtocol, InboundSpec, UserSpec};
 use uuid::Uuid;
 
@@ -105,6 +106,8 @@ pub enum ChangeError {
     MissingTag,
     /// An added inbound's address could not be bound.
     Listen(String),
+    /// An outbound or routing change that does not apply.
+    Route(RouteError),
 }
 
 impl fmt::Display for ChangeError {
@@ -120,6 +123,7 @@ impl fmt::Display for ChangeError {
             ChangeError::TagExists(tag) => write!(f, "existing tag found: {tag}"),
             ChangeError::MissingTag => f.write_str("an inbound added through the API needs a tag"),
             ChangeError::Listen(e) => write!(f, "{e}"),
+            ChangeError::Route(e) => write!(f, "{e}"),
         }
     }
 }
@@ -135,19 +139,27 @@ pub struct UserSets {
     removed_from_config: Vec<String>,
 }
 
-/// The registry: the user sets, the epoch counter, the journal and the way to the shards.
+/// The registry: the user sets, the outbounds and routing, the epoch counter, the journal and
+/// the way to the shards.
 pub struct Registry {
     epoch: u64,
     sets: UserSets,
+    routes: RouteSpecs,
     journal: Option<Journal>,
     shards: ShardLinks,
 }
 
 impl Registry {
     /// The registry for running shards that started from `sets`; changes are journaled if
-    /// a journal is given.
+    /// a journal is given. The outbounds and routing are those of the shards' config.
     pub fn new(sets: UserSets, journal: Option<Journal>, shards: ShardLinks) -> Registry {
-        Registry { epoch: 0, sets, journal, shards }
+        let routes = RouteSpecs::from_config(&shards.config);
+        Registry { epoch: 0, sets, routes, journal, shards }
+    }
+
+    /// The outbounds, routing and balancer overrides as of the last change.
+    pub fn routes(&self) -> &RouteSpecs {
+        &self.routes
     }
 
     /// Every inbound, in config order.
@@ -173,7 +185,11 @@ impl Registry {
     /// Checks `change`, writes it to the journal, sends it to every shard as the next epoch,
     /// waits for them all, and returns the epoch.
     pub async fn apply(&mut self, mut change: Change) -> Result<u64, ChangeError> {
-        self.sets.check(&change)?;
+        if change.inbound().is_some() {
+            self.sets.check(&change)?;
+        } else {
+            self.routes.check(&change).map_err(ChangeError::Route)?;
+        }
         // An added inbound is bound here, once per shard, before anything is written: a taken
         // port fails the call with nothing changed. A port of 0 is recorded as the one bound.
         let mut listeners = Vec::new();
@@ -191,7 +207,11 @@ impl Registry {
         let epoch = self.epoch;
         let change = Arc::new(change);
         // Recorded before waiting: once sent, every shard will apply it in order, even late.
-        self.sets.record(&change);
+        if change.inbound().is_some() {
+            self.sets.record(&change);
+        } else {
+            self.routes.apply(&change).map_err(ChangeError::Route)?;
+        }
         self.shards.broadcast(epoch, change, listeners, APPLY_TIMEOUT).await.map_err(ChangeError::Shards)?;
         Ok(epoch)
     }
@@ -292,7 +312,10 @@ impl UserSets {
             Change::RemoveInbound { tag } => return self.inbound(tag).map(|_| ()),
             _ => {}
         }
-        let inbound = self.inbound(change.inbound())?;
+        let Some(tag) = change.inbound() else {
+            return Ok(());
+        };
+        let inbound = self.inbound(tag)?;
         if !inbound.has_users {
             return Err(ChangeError::NoUsers(inbound.tag.clone()));
         }
@@ -337,7 +360,13 @@ impl UserSets {
                     }
                 }
             }
-            Change::AddInbound { .. } | Change::RemoveInbound { .. } => {}
+            Change::AddInbound { .. }
+            | Change::RemoveInbound { .. }
+            | Change::AddOutbound { .. }
+            | Change::RemoveOutbound { .. }
+            | Change::AddRules { .. }
+            | Change::RemoveRule { .. }
+            | Change::OverrideBalancer { .. } => {}
         }
         Ok(())
     }
@@ -358,7 +387,7 @@ impl UserSets {
             }
             _ => {}
         }
-        let Some(inbound) = self.inbounds.iter_mut().find(|i| i.tag == change.inbound()) else {
+        let Some(inbound) = self.inbounds.iter_mut().find(|i| Some(i.tag.as_str()) == change.inbound()) else {
             return;
         };
         match change {
@@ -386,7 +415,14 @@ impl UserSets {
                     inbound.insert(u.clone());
                 }
             }
-            Change::Kick { .. } | Change::AddInbound { .. } | Change::RemoveInbound { .. } => {}
+            Change::Kick { .. }
+            | Change::AddInbound { .. }
+            | Change::RemoveInbound { .. }
+            | Change::AddOutbound { .. }
+            | Change::RemoveOutbound { .. }
+            | Change::AddRules { .. }
+            | Change::RemoveRule { .. }
+            | Change::OverrideBalancer { .. } => {}
         }
     }
 }

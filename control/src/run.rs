@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shardray_core::routes::RouteSpecs;
 use shardray_core::spec::{Config, LogLevel};
 
 use crate::api::{self, stats::CounterBook, ApiState};
@@ -52,14 +53,24 @@ fn restore(config: &mut Config, state: Option<&std::path::Path>) -> anyhow::Resu
         eprintln!("shardray: journal line {} skipped: {}", bad.line, bad.reason);
     }
     let total = changes.len();
-    for (i, change) in changes.iter().enumerate() {
+    let mut routes = RouteSpecs::from_config(config);
+    let mut route_changes = Vec::new();
+    for (i, change) in changes.into_iter().enumerate() {
         // The config may have changed since (an inbound removed): such a record no longer applies.
-        if let Err(e) = sets.apply(change) {
-            eprintln!("shardray: journal record {} of {total} no longer applies: {e}", i + 1);
+        let applied = if change.inbound().is_some() {
+            sets.apply(&change).map_err(|e| e.to_string())
+        } else {
+            routes.apply(&change).map_err(|e| e.to_string())
+        };
+        match applied {
+            Err(e) => eprintln!("shardray: journal record {} of {total} no longer applies: {e}", i + 1),
+            Ok(()) if change.inbound().is_none() => route_changes.push(change),
+            Ok(()) => {}
         }
     }
     sets.write_into(config);
-    journal.compact(&sets).context("compacting the journal")?;
+    routes.write_into(config);
+    journal.compact(&sets, &route_changes).context("compacting the journal")?;
     let counters = CounterBook::load(&counters_path(dir)).context("saved counters")?;
     Ok(Restored { sets, journal: Some(journal), counters })
 }

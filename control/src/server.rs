@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use shardray_core::change::Change;
 use shardray_core::log::LogSink;
+use shardray_core::routes::{RouteRecord, RouteTap};
 use shardray_core::spec::{Config, LogLevel};
 use shardray_core::stats::StatsSnapshot;
 use shardray_shard::mailbox::{mailbox, ShardMailbox};
@@ -27,6 +28,10 @@ pub struct ShardLinks {
     commands: Arc<[ShardMailbox]>,
     /// The config the shards run.
     pub config: Arc<Config>,
+    /// The shards' routing-decision tap, for SubscribeRoutingStats.
+    pub route_tap: RouteTap,
+    /// Where the tapped decisions arrive.
+    pub route_records: async_channel::Receiver<RouteRecord>,
 }
 
 impl ShardLinks {
@@ -134,7 +139,12 @@ pub struct Server {
     /// The logging handle of the control thread.
     pub log: LogSink,
     logger: Option<JoinHandle<()>>,
+    route_tap: RouteTap,
+    route_records: async_channel::Receiver<RouteRecord>,
 }
+
+/// Routing decisions waiting for SubscribeRoutingStats beyond this are dropped.
+const ROUTE_RECORDS: usize = 4096;
 
 /// Checks what validation could not without building runtime objects: TLS keys and chains.
 pub fn check(config: &Config) -> anyhow::Result<()> {
@@ -178,6 +188,7 @@ impl Server {
             bound.push((inbound.tag.clone(), addr));
         }
         let api_addrs: Arc<[SocketAddr]> = api_addrs.into();
+        let (route_tap, route_records) = RouteTap::new(ROUTE_RECORDS);
 
         let cpus = allowed_cpus();
         let (ready_tx, ready_rx) = sync_channel(shards);
@@ -192,13 +203,23 @@ impl Server {
                 listeners,
                 api_addrs: api_addrs.clone(),
                 log: log.clone(),
+                route_tap: route_tap.clone(),
                 commands: rx,
                 ready: ready_tx.clone(),
             };
             handles.push(spawn_shard(plan).with_context(|| format!("starting shard {id}"))?);
             commands.push(tx);
         }
-        let mut server = Server { config: config.clone(), commands, handles, bound, log, logger: Some(logger) };
+        let mut server = Server {
+            config: config.clone(),
+            commands,
+            handles,
+            bound,
+            log,
+            logger: Some(logger),
+            route_tap,
+            route_records,
+        };
         for _ in 0..shards {
             match ready_rx.recv_timeout(START_TIMEOUT) {
                 Ok(Ok(_)) => {}
@@ -222,7 +243,12 @@ impl Server {
 
     /// A handle the API uses to reach the shards.
     pub fn links(&self) -> ShardLinks {
-        ShardLinks { commands: self.commands.clone().into(), config: self.config.clone() }
+        ShardLinks {
+            commands: self.commands.clone().into(),
+            config: self.config.clone(),
+            route_tap: self.route_tap.clone(),
+            route_records: self.route_records.clone(),
+        }
     }
 
     /// Stops accepting, gives live sessions up to `grace`, and waits for every shard to end.

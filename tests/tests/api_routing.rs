@@ -1,4 +1,4 @@
-//! RoutingService: TestRoute runs the shards' rules, ListRule lists them.
+//! RoutingService: TestRoute runs the shards' rules, ListRule lists them, RemoveRule removes one.
 
 use serde_json::json;
 use shardray_proto::xray::app::router::command as pb;
@@ -41,7 +41,7 @@ fn test_route_follows_the_rules_and_the_default() {
 }
 
 #[test]
-fn list_rule_balancers_and_what_is_not_served_yet() {
+fn list_rule_unknown_balancer_and_remove_rule() {
     let (_server, api) = server();
     let mut client = pb::routing_service_client::RoutingServiceClient::new(api.channel());
     let rules = api.block_on(client.list_rule(pb::ListRuleRequest {})).unwrap().into_inner().rules;
@@ -52,6 +52,8 @@ fn list_rule_balancers_and_what_is_not_served_yet() {
     );
     let e = api.block_on(client.get_balancer_info(pb::GetBalancerInfoRequest { tag: "b".into() })).unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let e = api.block_on(client.remove_rule(pb::RemoveRuleRequest { rule_tag: "ads".into() })).unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
+    assert_eq!(e.message(), "cannot find tag");
+    api.block_on(client.remove_rule(pb::RemoveRuleRequest { rule_tag: "ads".into() })).unwrap();
+    let rules = api.block_on(client.list_rule(pb::ListRuleRequest {})).unwrap().into_inner().rules;
+    assert_eq!(rules.len(), 2, "the rule tagged ads is gone");
 }

@@ -20,6 +20,7 @@ use super::ApiState;
 use crate::config::load_inbound;
 use crate::convert::inbound::inbound_json;
 use crate::convert::{message_type, typed, user_spec, vless_user, Flavor};
+use crate::convert_routes::outbound_spec;
 use crate::registry::{ChangeError, InboundUsers};
 
 /// The service, ready to add to a router.
@@ -47,6 +48,7 @@ pub(crate) fn change_status(e: ChangeError) -> Status {
         ChangeError::TagExists(_) => Status::already_exists(message),
         ChangeError::MissingTag => Status::invalid_argument(message),
         ChangeError::Listen(_) => Status::failed_precondition(message),
+        ChangeError::Route(e) => super::routing::route_status(&e),
     }
 }
 
@@ -159,16 +161,30 @@ impl HandlerApi {
     }
 }
 
+// === outbounds ===
+
 impl HandlerApi {
-    /// Refuses a call shardray does not serve yet, and records the attempt.
-    fn not_yet<T>(&self, peer: Option<std::net::SocketAddr>, call: &str) -> Result<T, Status> {
-        let status =
-            Status::unimplemented(format!("{call} is not supported yet: inbounds and outbounds come from the config"));
-        let outcome = Err(status.clone());
-        self.state.audit.record(peer, call, "", &outcome);
-        Err(status)
+    /// AddOutbound's work: the config becomes an outbound every shard runs.
+    async fn outbound_added(&self, req: pb::AddOutboundRequest) -> Result<(), Status> {
+        let config = req.outbound.ok_or_else(|| Status::invalid_argument("outbound is missing"))?;
+        let outbound = outbound_spec(&config).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.state.change_routes(Change::AddOutbound { outbound }).await.map_err(change_status)
     }
 
+    /// AlterOutbound: upstream defines no outbound operation at all, so after the tag is found,
+    /// every operation is refused with upstream's words.
+    async fn outbound_altered(&self, req: &pb::AlterOutboundRequest) -> Result<(), Status> {
+        if self.state.registry.lock().await.routes().outbound_index(&req.tag).is_none() {
+            return Err(Status::not_found(format!("handler not found: {}", req.tag)));
+        }
+        match req.operation.as_ref().map(|op| message_type(&op.r#type)) {
+            Some(Ok((Flavor::Xray | Flavor::V2ray, _))) => Err(Status::invalid_argument("not an outbound operation")),
+            _ => Err(Status::invalid_argument("unknown operation")),
+        }
+    }
+}
+
+impl HandlerApi {
     /// AddInbound's work: validate the inbound as a config inbound, bind it on every shard,
     /// and publish the running config.
     async fn add_inbound(&self, config: Option<InboundHandlerConfig>) -> Result<(), Status> {
@@ -285,21 +301,35 @@ impl pb::handler_service_server::HandlerService for HandlerApi {
         &self,
         req: Request<pb::AddOutboundRequest>,
     ) -> Result<Response<pb::AddOutboundResponse>, Status> {
-        self.not_yet(req.remote_addr(), "AddOutbound")
+        let peer = req.remote_addr();
+        let req = req.into_inner();
+        let what = format!("tag={}", req.outbound.as_ref().map_or("", |o| o.tag.as_str()));
+        let result = self.outbound_added(req).await;
+        self.state.audit.record(peer, "AddOutbound", &what, &result);
+        result.map(|()| Response::new(pb::AddOutboundResponse {}))
     }
 
     async fn remove_outbound(
         &self,
         req: Request<pb::RemoveOutboundRequest>,
     ) -> Result<Response<pb::RemoveOutboundResponse>, Status> {
-        self.not_yet(req.remote_addr(), "RemoveOutbound")
+        let peer = req.remote_addr();
+        let tag = req.into_inner().tag;
+        let result = self.state.change_routes(Change::RemoveOutbound { tag: tag.clone() }).await.map_err(change_status);
+        self.state.audit.record(peer, "RemoveOutbound", &format!("tag={tag}"), &result);
+        result.map(|()| Response::new(pb::RemoveOutboundResponse {}))
     }
 
     async fn alter_outbound(
         &self,
         req: Request<pb::AlterOutboundRequest>,
     ) -> Result<Response<pb::AlterOutboundResponse>, Status> {
-        self.not_yet(req.remote_addr(), "AlterOutbound")
+        let peer = req.remote_addr();
+        let req = req.into_inner();
+        let what = format!("tag={}", req.tag);
+        let result = self.outbound_altered(&req).await;
+        self.state.audit.record(peer, "AlterOutbound", &what, &result);
+        result.map(|()| Response::new(pb::AlterOutboundResponse {}))
     }
 
     async fn list_outbounds(

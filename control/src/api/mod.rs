@@ -28,7 +28,8 @@ pub struct ApiState {
     /// The way to the shards.
     pub shards: ShardLinks,
     /// The running config: the start-up config with every inbound, outbound and routing
-    /// change the API has made since. Read it with `config()`.
+    /// change the API has made since, without users (the registry has them). Read it with
+    /// `config()`.
     live_config: std::sync::RwLock<std::sync::Arc<Config>>,
     /// Counts carried over from the last run, and resets.
     pub counters: std::sync::Mutex<stats::CounterBook>,
@@ -36,6 +37,8 @@ pub struct ApiState {
     pub log: shardray_core::log::LogSink,
     /// Where every changing call is recorded.
     pub audit: crate::audit::Audit,
+    /// The shards' routing decisions, for SubscribeRoutingStats.
+    pub route_stats: std::sync::Arc<routing::RouteStats>,
 }
 
 impl ApiState {
@@ -50,8 +53,11 @@ impl ApiState {
         log: shardray_core::log::LogSink,
         audit: crate::audit::Audit,
     ) -> std::sync::Arc<ApiState> {
-        let config = shards.config.clone();
+        // Users live in the registry: the running config leaves them out, so that publishing
+        // a changed config never copies them.
+        let config = std::sync::Arc::new(shards.config.without_users());
         sets.set_bound(bound);
+        let route_stats = routing::RouteStats::new(shards.route_tap.clone(), shards.route_records.clone());
         std::sync::Arc::new(ApiState {
             registry: tokio::sync::Mutex::new(Registry::new(sets, journal, shards.clone())),
             shards,
@@ -59,6 +65,7 @@ impl ApiState {
             counters: std::sync::Mutex::new(counters),
             log,
             audit,
+            route_stats,
         })
     }
 
@@ -70,6 +77,29 @@ impl ApiState {
     /// Publishes the running config after a change every shard has applied.
     pub fn set_config(&self, config: std::sync::Arc<Config>) {
         *self.live_config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    /// Publishes the running config with `routes`' outbounds and routing, after a route change
+    /// (called with the registry locked, so configs are published in the changes' order).
+    pub fn publish_routes(&self, routes: &shardray_core::routes::RouteSpecs) {
+        let mut config = (*self.config()).clone();
+        routes.write_into(&mut config);
+        self.set_config(std::sync::Arc::new(config));
+    }
+
+    /// Runs an outbound or routing change through the registry (checked, journaled, applied on
+    /// every shard) and publishes the config it leads to.
+    pub async fn change_routes(
+        &self,
+        change: shardray_core::change::Change,
+    ) -> Result<(), crate::registry::ChangeError> {
+        let mut registry = self.registry.lock().await;
+        let result = registry.apply(change).await;
+        // A change the shards were late with is recorded all the same: publish it too.
+        if matches!(result, Ok(_) | Err(crate::registry::ChangeError::Shards(_))) {
+            self.publish_routes(registry.routes());
+        }
+        result.map(|_| ())
     }
 
     /// Every counter's value as the API reports it now.

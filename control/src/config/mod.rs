@@ -74,6 +74,28 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
     load_files(&paths)
 }
 
+/// The `outbounds` of a JSON document (a config or a fragment of one), each validated as a
+/// config's outbounds are: for `shardray api ado`, which sends them to a running server.
+pub fn outbounds_of(doc: &Value) -> Result<Vec<shardray_core::spec::OutboundSpec>, ConfigError> {
+    let list = doc.get("outbounds").cloned().ok_or_else(|| ConfigError::invalid("outbounds", "missing"))?;
+    let raw: Vec<raw::RawOutbound> = validate::deserialize_at(list, "outbounds")?;
+    outbound::outbounds(Some(raw), None)
+}
+
+/// The `routing` section of a JSON document, validated as a config's is, except that rules may
+/// name outbounds the document does not have: for `shardray api adrules` and `sib`, whose rules
+/// go to a running server's outbounds.
+pub fn routing_of(doc: &Value) -> Result<shardray_core::spec::RoutingSpec, ConfigError> {
+    let section = doc.get("routing").cloned().ok_or_else(|| ConfigError::invalid("routing", "missing"))?;
+    let raw: raw::RawRouting = validate::deserialize_at(section, "routing")?;
+    routing::routing(Some(raw), None, None)
+}
+
+/// What `geoip:private` stands for, for rules that arrive through the API.
+pub fn private_nets() -> Vec<ipnet::IpNet> {
+    routing::PRIVATE_NETS.iter().map(|n| n.parse().expect("valid CIDR")).collect()
+}
+
 /// Loads and validates a config given as text.
 pub fn load_str(text: &str) -> Result<Config, ConfigError> {
     build(parse_document(text, "")?)

@@ -369,6 +369,25 @@ pub(super) struct RawRouting {
     pub balancers: Option<Vec<Value>>,
 }
 
+/// `routing.balancers[i]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawBalancer {
+    pub tag: Option<String>,
+    pub selector: Option<StringList>,
+    pub strategy: Option<RawBalancerStrategy>,
+    pub fallback_tag: Option<String>,
+}
+
+/// `routing.balancers[i].strategy`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBalancerStrategy {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub settings: Option<Value>,
+}
+
 /// `routing.rules[i]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -6,15 +6,16 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::Value;
 use shardray_core::spec::{
-    DomainMatcher, NetworkSet, OutboundSpec, PortRange, RoutingDomainStrategy, RoutingSpec, RuleSpec,
+    BalancerSpec, BalancerStrategy, DomainMatcher, NetworkSet, OutboundSpec, PortRange, RoutingDomainStrategy,
+    RoutingSpec, RuleSpec,
 };
 
 use super::error::ConfigError;
-use super::raw::{RawRouting, RawRule, StringList};
-use super::validate::{is_empty_value, value_text};
+use super::raw::{RawBalancer, RawRouting, RawRule, StringList};
+use super::validate::{deserialize_at, is_empty_value, value_text};
 
 /// What `geoip:private` stands for: private, loopback, link-local, shared and "this" networks.
-const PRIVATE_NETS: &[&str] = &[
+pub(crate) const PRIVATE_NETS: &[&str] = &[
     "10.0.0.0/8",
     "172.16.0.0/12",
     "192.168.0.0/16",
@@ -28,9 +29,11 @@ const PRIVATE_NETS: &[&str] = &[
 ];
 
 /// Validates `routing` against the outbounds' tags (and the API's, whose rules are dropped).
+/// Without outbounds (rules for a running server, whose outbounds are elsewhere), rules may
+/// name any outbound.
 pub(super) fn routing(
     raw: Option<RawRouting>,
-    outbounds: &[OutboundSpec],
+    outbounds: Option<&[OutboundSpec]>,
     api_tag: Option<&str>,
 ) -> Result<RoutingSpec, ConfigError> {
     let raw = raw.unwrap_or_default();
@@ -55,18 +58,34 @@ pub(super) fn routing(
             ))
         }
     }
-    if raw.balancers.as_ref().is_some_and(|b| !b.is_empty()) {
-        return Err(ConfigError::unsupported("routing.balancers", "balancers"));
+    let mut balancers: Vec<BalancerSpec> = Vec::new();
+    for (i, value) in raw.balancers.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("routing.balancers[{i}]");
+        let spec = balancer(deserialize_at(value, &path)?, &path)?;
+        if balancers.iter().any(|b| b.tag == spec.tag) {
+            return Err(ConfigError::invalid(format!("{path}.tag"), format!("duplicate balancer tag {:?}", spec.tag)));
+        }
+        balancers.push(spec);
     }
 
     let mut rules = Vec::new();
     for (i, rule) in raw.rules.unwrap_or_default().into_iter().enumerate() {
         let path = format!("routing.rules[{i}]");
         let spec = rule_spec(rule, &path)?;
+        if !spec.balancer_tag.is_empty() {
+            if !balancers.iter().any(|b| b.tag == spec.balancer_tag) {
+                return Err(ConfigError::invalid(
+                    format!("{path}.balancerTag"),
+                    format!("no balancer is tagged {:?}", spec.balancer_tag),
+                ));
+            }
+            rules.push(spec);
+            continue;
+        }
         if api_tag == Some(spec.outbound_tag.as_str()) {
             continue;
         }
-        if !outbounds.iter().any(|o| o.tag == spec.outbound_tag) {
+        if outbounds.is_some_and(|list| !list.iter().any(|o| o.tag == spec.outbound_tag)) {
             return Err(ConfigError::invalid(
                 format!("{path}.outboundTag"),
                 format!("no outbound is tagged {:?}", spec.outbound_tag),
@@ -74,7 +93,43 @@ pub(super) fn routing(
         }
         rules.push(spec);
     }
-    Ok(RoutingSpec { domain_strategy, rules })
+    Ok(RoutingSpec { domain_strategy, rules, balancers })
+}
+
+/// One balancer: a tag, selectors, `random` or `roundRobin`, and an optional fallback.
+fn balancer(raw: RawBalancer, path: &str) -> Result<BalancerSpec, ConfigError> {
+    let tag = raw.tag.unwrap_or_default();
+    if tag.is_empty() {
+        return Err(ConfigError::invalid(format!("{path}.tag"), "missing"));
+    }
+    let selectors = non_empty(raw.selector);
+    if selectors.is_empty() {
+        return Err(ConfigError::invalid(format!("{path}.selector"), "empty selector list"));
+    }
+    let strategy = raw.strategy.unwrap_or_default();
+    let kind = strategy.kind.unwrap_or_default();
+    let strategy_kind = match kind.to_ascii_lowercase().as_str() {
+        "" | "random" => BalancerStrategy::Random,
+        "roundrobin" => BalancerStrategy::RoundRobin,
+        "leastping" | "leastload" => {
+            return Err(ConfigError::unsupported_msg(
+                format!("{path}.strategy.type"),
+                format!(
+                    "{kind:?} is not supported yet: it needs the observatory's probes, which shardray does not run"
+                ),
+            ))
+        }
+        _ => {
+            return Err(ConfigError::invalid(
+                format!("{path}.strategy.type"),
+                format!("unknown strategy {kind:?} (expected \"random\" or \"roundRobin\")"),
+            ))
+        }
+    };
+    if strategy.settings.as_ref().is_some_and(|v| !is_empty_value(v)) {
+        return Err(ConfigError::unsupported(format!("{path}.strategy.settings"), "strategy settings"));
+    }
+    Ok(BalancerSpec { tag, selectors, strategy: strategy_kind, fallback_tag: raw.fallback_tag.unwrap_or_default() })
 }
 
 fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
@@ -93,12 +148,16 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
     if raw.attrs.as_ref().is_some_and(|v| !is_empty_value(v)) {
         return Err(ConfigError::unsupported(format!("{path}.attrs"), "matching by attrs"));
     }
-    if raw.balancer_tag.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ConfigError::unsupported(format!("{path}.balancerTag"), "balancerTag"));
-    }
-    let outbound_tag = match raw.outbound_tag {
-        Some(tag) if !tag.is_empty() => tag,
-        _ => return Err(ConfigError::invalid(format!("{path}.outboundTag"), "missing")),
+    // As upstream: outboundTag wins when both are given.
+    let (outbound_tag, balancer_tag) = match (raw.outbound_tag, raw.balancer_tag) {
+        (Some(tag), _) if !tag.is_empty() => (tag, String::new()),
+        (_, Some(tag)) if !tag.is_empty() => (String::new(), tag),
+        _ => {
+            return Err(ConfigError::invalid(
+                format!("{path}.outboundTag"),
+                "missing (a rule needs an outboundTag or a balancerTag)",
+            ))
+        }
     };
 
     let mut domains = Vec::new();
@@ -118,6 +177,7 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
         source_ips: ip_list(raw.source, &format!("{path}.source"))?,
         source_ports: port_list(raw.source_port.as_ref(), &format!("{path}.sourcePort"))?,
         outbound_tag,
+        balancer_tag,
     };
     let has_condition = !spec.inbound_tags.is_empty()
         || !spec.users.is_empty()

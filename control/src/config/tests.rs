@@ -14,6 +14,7 @@ use shardray_wire::addr::{Address, Destination};
 use uuid::Uuid;
 
 use super::*;
+use shardray_core::spec::BalancerStrategy;
 
 const ALICE: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
 const BOB: &str = "0e9a1d2c-4a55-4b8e-9c7e-3f2a0b1c2d3e";
@@ -568,8 +569,55 @@ fn rule_to_unknown_outbound_or_without_condition() {
         at(v, "/routing/rules/0").as_object_mut().unwrap().remove("ip");
     });
     assert_eq!(err.path, "routing.rules[0]");
-    let err = broken(|v| set(v, "/routing/rules/0", "balancerTag", json!("b")));
+    let err = broken(|v| {
+        at(v, "/routing/rules/0").as_object_mut().unwrap().remove("outboundTag");
+        set(v, "/routing/rules/0", "balancerTag", json!("b"));
+    });
     assert_eq!(err.path, "routing.rules[0].balancerTag");
+}
+
+#[test]
+fn balancers_random_and_round_robin() {
+    let mut v = base();
+    set(
+        &mut v,
+        "/routing",
+        "balancers",
+        json!([
+            { "tag": "any", "selector": ["dir"] },
+            { "tag": "rr", "selector": ["dir", "bl"], "strategy": { "type": "roundRobin" }, "fallbackTag": "direct" }
+        ]),
+    );
+    at(&mut v, "/routing/rules").as_array_mut().unwrap().push(json!({ "port": 443, "balancerTag": "rr" }));
+    let cfg = load(&v).unwrap();
+    let b = &cfg.routing.balancers;
+    assert_eq!(b.len(), 2);
+    assert_eq!((b[0].strategy, b[1].strategy), (BalancerStrategy::Random, BalancerStrategy::RoundRobin));
+    assert_eq!(b[1].selectors, ["dir", "bl"]);
+    assert_eq!(b[1].fallback_tag, "direct");
+    let last = cfg.routing.rules.last().unwrap();
+    assert_eq!((last.balancer_tag.as_str(), last.outbound_tag.as_str()), ("rr", ""));
+
+    for (strategy, kind) in [("leastPing", ConfigErrorKind::Unsupported), ("leastLoad", ConfigErrorKind::Unsupported)] {
+        let err = broken(|v| {
+            set(
+                v,
+                "/routing",
+                "balancers",
+                json!([{ "tag": "b", "selector": ["d"], "strategy": { "type": strategy } }]),
+            )
+        });
+        assert_eq!(err.path, "routing.balancers[0].strategy.type");
+        assert_eq!(err.kind, kind);
+    }
+    let err = broken(|v| set(v, "/routing", "balancers", json!([{ "tag": "b", "selector": [] }])));
+    assert_eq!(err.path, "routing.balancers[0].selector");
+    let err = broken(|v| {
+        set(v, "/routing", "balancers", json!([{ "tag": "b", "selector": ["d"] }, { "tag": "b", "selector": ["d"] }]))
+    });
+    assert_eq!(err.path, "routing.balancers[1].tag");
+    let err = broken(|v| set(v, "/routing", "balancers", json!([{ "tag": "b", "selector": ["d"], "nope": 1 }])));
+    assert!(err.path.starts_with("routing.balancers[0]"), "{}", err.path);
 }
 
 #[test]

@@ -51,7 +51,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let outbounds = outbound::outbounds(raw.outbounds, api_tag)?;
     let inbounds = inbound::inbounds(raw.inbounds, api_tag)?;
-    let routing = routing::routing(raw.routing, &outbounds, api_tag)?;
+    let routing = routing::routing(raw.routing, Some(&outbounds), api_tag)?;
 
     let mut listens = inbounds.listens;
     let api = match api {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::spec::{InboundSpec, UserSpec};
+use crate::spec::{BalancerSpec, InboundSpec, OutboundSpec, RuleSpec, UserSpec};
 
 /// One change to the running configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,24 +58,57 @@ pub enum Change {
         /// The inbound's tag.
         tag: String,
     },
+    /// Add an outbound after the others (its tag is new, or empty).
+    AddOutbound {
+        /// The outbound.
+        outbound: OutboundSpec,
+    },
+    /// Remove the outbound with this tag; rules that name it drop their connections.
+    RemoveOutbound {
+        /// The outbound's tag.
+        tag: String,
+    },
+    /// Add routing rules and balancers after the others (`append`), or replace all of them
+    /// (and forget balancer overrides).
+    AddRules {
+        /// The rules.
+        rules: Vec<RuleSpec>,
+        /// The balancers.
+        balancers: Vec<BalancerSpec>,
+        /// Keep the rules and balancers there are.
+        append: bool,
+    },
+    /// Remove every rule with this `ruleTag`.
+    RemoveRule {
+        /// The tag.
+        rule_tag: String,
+    },
+    /// Make a balancer pick `target` until told otherwise; an empty target clears it.
+    OverrideBalancer {
+        /// The balancer's tag.
+        balancer: String,
+        /// The outbound tag, or empty.
+        target: String,
+    },
 }
 
 impl Change {
-    /// The inbound the change is about.
-    pub fn inbound(&self) -> &str {
+    /// The inbound the change is about (its users, or itself); `None` for outbound and routing
+    /// changes.
+    pub fn inbound(&self) -> Option<&str> {
         match self {
             Change::AddUsers { inbound, .. }
             | Change::RemoveUsers { inbound, .. }
             | Change::SetLevel { inbound, .. }
             | Change::ReplaceUsers { inbound, .. }
             | Change::Kick { inbound, .. }
-            | Change::RemoveInbound { tag: inbound } => inbound,
-            Change::AddInbound { spec } => &spec.tag,
+            | Change::RemoveInbound { tag: inbound } => Some(inbound),
+            Change::AddInbound { spec } => Some(&spec.tag),
+            Change::AddOutbound { .. }
+            | Change::RemoveOutbound { .. }
+            | Change::AddRules { .. }
+            | Change::RemoveRule { .. }
+            | Change::OverrideBalancer { .. } => None,
         }
-    }
-
-    /// Whether the change is about an inbound's users (rather than the inbound itself).
-    pub fn is_user_change(&self) -> bool {
-        !matches!(self, Change::AddInbound { .. } | Change::RemoveInbound { .. })
     }
 }

@@ -34,11 +34,23 @@ pub struct RouteInput<'a> {
     pub source_port: u16,
 }
 
+/// Where a decision sends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The outbound at this index; 0, the default outbound, when no rule matched.
+    Outbound(usize),
+    /// The balancer at this index, which picks an outbound.
+    Balancer(usize),
+    /// The rule names an outbound that does not exist (removed through the API): the
+    /// connection is dropped, as upstream drops it, not sent to the default.
+    Missing,
+}
+
 /// The router's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
-    /// Index into the outbounds; 0 (the default outbound) when no rule matched.
-    pub outbound: usize,
+    /// Where the connection goes.
+    pub target: Target,
     /// Index of the rule that matched, if one did.
     pub rule: Option<usize>,
     /// The matching rule named this destination in its `ip` or `domain` condition, so it may
@@ -56,7 +68,9 @@ pub struct Router {
 
 #[derive(Debug)]
 struct Rule {
-    outbound: usize,
+    target: Target,
+    /// The outbound or balancer tag the rule names, for logs and the API.
+    target_tag: Box<str>,
     inbound_tags: Vec<String>,
     users: Vec<String>,
     domains: Option<DomainSet>,
@@ -142,7 +156,7 @@ struct IpSet {
     v6: Vec<(u128, u128)>,
 }
 
-/// A rule that names an outbound missing from the table, or a bad regular expression.
+/// A rule that names a balancer missing from the table, or a bad regular expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidRule {
     /// Index of the rule.
@@ -152,19 +166,34 @@ pub struct InvalidRule {
 }
 
 impl Router {
-    /// Compiles `rules`; `outbound_index` maps an outbound tag to its index.
-    pub fn new(rules: &[RuleSpec], outbound_index: impl Fn(&str) -> Option<usize>) -> Result<Router, InvalidRule> {
+    /// Compiles `rules`; `outbound_index` maps an outbound tag to its index, `balancer_index` a
+    /// balancer tag to its. A rule whose outbound is missing compiles to `Target::Missing`
+    /// (the API may remove an outbound that rules still name); a missing balancer is an error,
+    /// as upstream refuses such rules.
+    pub fn new(
+        rules: &[RuleSpec],
+        outbound_index: impl Fn(&str) -> Option<usize>,
+        balancer_index: impl Fn(&str) -> Option<usize>,
+    ) -> Result<Router, InvalidRule> {
         let mut compiled = Vec::with_capacity(rules.len());
         for (index, spec) in rules.iter().enumerate() {
-            let outbound = outbound_index(&spec.outbound_tag)
-                .ok_or_else(|| InvalidRule { index, reason: format!("outbound {:?} not found", spec.outbound_tag) })?;
+            let (target, target_tag) = if spec.balancer_tag.is_empty() {
+                (outbound_index(&spec.outbound_tag).map_or(Target::Missing, Target::Outbound), &spec.outbound_tag)
+            } else {
+                let b = balancer_index(&spec.balancer_tag).ok_or_else(|| InvalidRule {
+                    index,
+                    reason: format!("balancer {} not found", spec.balancer_tag),
+                })?;
+                (Target::Balancer(b), &spec.balancer_tag)
+            };
             let domains = if spec.domains.is_empty() {
                 None
             } else {
                 Some(DomainSet::new(&spec.domains).map_err(|reason| InvalidRule { index, reason })?)
             };
             compiled.push(Rule {
-                outbound,
+                target,
+                target_tag: target_tag.as_str().into(),
                 inbound_tags: spec.inbound_tags.clone(),
                 users: spec.users.clone(),
                 domains,
@@ -184,14 +213,19 @@ impl Router {
         self.has_ip_rules
     }
 
+    /// The outbound or balancer tag rule `index` names.
+    pub fn target_tag(&self, index: usize) -> &str {
+        self.rules.get(index).map_or("", |r| &r.target_tag)
+    }
+
     /// Routes a connection: the first rule whose every condition holds, else the default.
     pub fn route(&self, input: &RouteInput<'_>) -> Decision {
         for (index, rule) in self.rules.iter().enumerate() {
             if let Some(explicit_dest) = rule.matches(input) {
-                return Decision { outbound: rule.outbound, rule: Some(index), explicit_dest };
+                return Decision { target: rule.target, rule: Some(index), explicit_dest };
             }
         }
-        Decision { outbound: 0, rule: None, explicit_dest: false }
+        Decision { target: Target::Outbound(0), rule: None, explicit_dest: false }
     }
 
     /// Routes like `route`, but only reports a rule match (for `IPIfNonMatch`).
@@ -380,7 +414,7 @@ mod tests {
 
     fn router(rules: Vec<RuleSpec>) -> Router {
         let tags = ["direct", "blocked", "other"];
-        Router::new(&rules, |t| tags.iter().position(|x| *x == t)).unwrap()
+        Router::new(&rules, |t| tags.iter().position(|x| *x == t), |t| (t == "group").then_some(0)).unwrap()
     }
 
     #[test]
@@ -398,9 +432,12 @@ mod tests {
             },
         ]);
         let dest = Address::Domain("example.com".into());
-        assert_eq!(r.route(&input(&dest, 443)).outbound, 1);
-        assert_eq!(r.route(&input(&dest, 80)).outbound, 2);
-        assert_eq!(r.route(&input(&dest, 8080)), Decision { outbound: 0, rule: None, explicit_dest: false });
+        assert_eq!(r.route(&input(&dest, 443)).target, Target::Outbound(1));
+        assert_eq!(r.route(&input(&dest, 80)).target, Target::Outbound(2));
+        assert_eq!(
+            r.route(&input(&dest, 8080)),
+            Decision { target: Target::Outbound(0), rule: None, explicit_dest: false }
+        );
     }
 
     #[test]
@@ -427,12 +464,12 @@ mod tests {
         ] {
             let dest = Address::Domain(name.into());
             let d = r.route(&input(&dest, 80));
-            assert_eq!(d.outbound == 1, hit, "{name}");
+            assert_eq!(d.target == Target::Outbound(1), hit, "{name}");
             assert_eq!(d.explicit_dest, hit, "{name}");
         }
         // An IP destination never matches a domain rule.
         let ip = Address::Ip("1.2.3.4".parse().unwrap());
-        assert_eq!(r.route(&input(&ip, 80)).outbound, 0);
+        assert_eq!(r.route(&input(&ip, 80)).target, Target::Outbound(0));
     }
 
     #[test]
@@ -458,7 +495,7 @@ mod tests {
         ]);
         let lo = Address::Ip("127.0.0.1".parse().unwrap());
         let d = r.route(&input(&lo, 80));
-        assert_eq!((d.outbound, d.rule, d.explicit_dest), (1, Some(4), true));
+        assert_eq!((d.target, d.rule, d.explicit_dest), (Target::Outbound(1), Some(4), true));
         let other = Address::Ip("127.0.0.2".parse().unwrap());
         assert_eq!(r.route(&input(&other, 80)).rule, None);
         // A domain that resolved to a matching IP matches the IP rule.
@@ -510,15 +547,24 @@ mod tests {
             [("site9999.example", true), ("a.b.SITE17.example", true), ("site10000.example", false), ("example", false)]
         {
             let dest = Address::Domain(name.into());
-            assert_eq!(r.route(&input(&dest, 443)).outbound == 1, hit, "{name}");
+            assert_eq!(r.route(&input(&dest, 443)).target == Target::Outbound(1), hit, "{name}");
         }
     }
 
     #[test]
-    fn unknown_outbound_is_an_error() {
-        let rules = vec![RuleSpec { outbound_tag: "missing".into(), ..Default::default() }];
-        let err = Router::new(&rules, |_| None).unwrap_err();
-        assert_eq!(err.index, 0);
+    fn missing_outbounds_and_balancers() {
+        let r = router(vec![
+            RuleSpec { ports: vec![PortRange { from: 1, to: 1 }], outbound_tag: "gone".into(), ..Default::default() },
+            RuleSpec { ports: vec![PortRange { from: 2, to: 2 }], balancer_tag: "group".into(), ..Default::default() },
+        ]);
+        let dest = Address::Domain("example.com".into());
+        assert_eq!(r.route(&input(&dest, 1)).target, Target::Missing);
+        assert_eq!(r.target_tag(0), "gone");
+        assert_eq!(r.route(&input(&dest, 2)).target, Target::Balancer(0));
+        assert_eq!(r.target_tag(1), "group");
+        let rules = vec![RuleSpec { balancer_tag: "nope".into(), ..Default::default() }];
+        let err = Router::new(&rules, |_| None, |_| None).unwrap_err();
+        assert_eq!((err.index, err.reason.as_str()), (0, "balancer nope not found"));
     }
 
     #[test]

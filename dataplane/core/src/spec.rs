@@ -29,6 +29,22 @@ pub struct Config {
     pub routing: RoutingSpec,
 }
 
+impl Config {
+    /// A copy with every inbound's users left out, without copying them first: the API keeps
+    /// the running config this way, since its registry holds the users.
+    pub fn without_users(&self) -> Config {
+        Config {
+            log: self.log.clone(),
+            api: self.api.clone(),
+            stats_enabled: self.stats_enabled,
+            policy: self.policy.clone(),
+            inbounds: self.inbounds.iter().map(InboundSpec::clone_without_users).collect(),
+            outbounds: self.outbounds.clone(),
+            routing: self.routing.clone(),
+        }
+    }
+}
+
 /// Log settings (`log`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSpec {
@@ -336,6 +352,42 @@ pub struct RoutingSpec {
     pub domain_strategy: RoutingDomainStrategy,
     /// `rules`, first match wins.
     pub rules: Vec<RuleSpec>,
+    /// `balancers`: groups of outbounds a rule may send to instead of one outbound.
+    pub balancers: Vec<BalancerSpec>,
+}
+
+/// A balancer (`routing.balancers[i]`): picks one of the outbounds whose tag starts with one
+/// of its selectors, connection by connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BalancerSpec {
+    /// `tag`: what rules name in `balancerTag`.
+    pub tag: String,
+    /// `selector`: tag prefixes; every outbound whose tag starts with one is a candidate.
+    pub selectors: Vec<String>,
+    /// `strategy.type`
+    pub strategy: BalancerStrategy,
+    /// `fallbackTag`: the outbound used when no outbound matches the selectors.
+    pub fallback_tag: String,
+}
+
+/// How a balancer picks among its candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BalancerStrategy {
+    /// `random` (the default): any candidate, uniformly.
+    #[default]
+    Random,
+    /// `roundRobin`: the candidates in turn (per shard).
+    RoundRobin,
+}
+
+impl BalancerStrategy {
+    /// The name config and the API give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BalancerStrategy::Random => "random",
+            BalancerStrategy::RoundRobin => "roundRobin",
+        }
+    }
 }
 
 /// Whether routing resolves domains to match IP rules.
@@ -371,8 +423,10 @@ pub struct RuleSpec {
     pub source_ips: Vec<IpNet>,
     /// `sourcePort`
     pub source_ports: Vec<PortRange>,
-    /// `outboundTag`
+    /// `outboundTag`; empty when the rule names a balancer.
     pub outbound_tag: String,
+    /// `balancerTag`; empty when the rule names an outbound.
+    pub balancer_tag: String,
 }
 
 /// A domain condition, as written in `domain` rules.

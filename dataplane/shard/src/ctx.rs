@@ -14,9 +14,11 @@ use crate::users::{SessionWatchers, UserRt, UserTable};
 use futures_rustls::TlsAcceptor;
 use shardray_core::change::Change;
 use shardray_core::log::LogSink;
-use shardray_core::router::Router;
+use shardray_core::router::{Decision, Router, Target};
+use shardray_core::routes::{RouteSpecs, RouteTap};
 use shardray_core::spec::{
-    Config, DokodemoSpec, FallbackSpec, InboundProtocol, InboundSpec, LevelPolicy, OutboundProtocol, UserSpec,
+    BalancerStrategy, Config, DokodemoSpec, FallbackSpec, InboundProtocol, InboundSpec, LevelPolicy, OutboundProtocol,
+    UserSpec,
 };
 use shardray_core::stats::{LinkSample, StatsSnapshot, Traffic, UserCounters, UserSample};
 
@@ -27,8 +29,13 @@ pub(crate) struct ShardCtx {
     pub(crate) inbounds: RefCell<Vec<Rc<InboundRt>>>,
     /// Each served inbound's accept loop, by tag; removing the inbound cancels it.
     accepting: RefCell<Vec<(Arc<str>, glommio::Task<()>)>>,
-    pub(crate) outbounds: Vec<OutboundRt>,
-    pub(crate) router: Router,
+    /// Outbounds and routing as specified, changed by route changes.
+    specs: RefCell<RouteSpecs>,
+    /// Outbounds and routing as run: a session clones the `Rc` once and keeps that table,
+    /// a change swaps in a new one.
+    routes: RefCell<Rc<Routes>>,
+    /// Where routing decisions go while someone subscribes to them.
+    pub(crate) tap: RouteTap,
     /// Counters by email, shared by every inbound the email appears in.
     pub(crate) users: RefCell<HashMap<Arc<str>, Rc<UserCounters>>>,
     /// The API's listen addresses: never a destination, whatever the rules say.
@@ -63,26 +70,148 @@ pub(crate) struct OutboundRt {
     pub(crate) protocol: OutboundProtocol,
 }
 
-impl ShardCtx {
-    /// Builds a shard's state; fails only on TLS settings that control has already checked.
-    pub(crate) fn new(config: Arc<Config>, api_addrs: Arc<[SocketAddr]>, log: LogSink) -> Result<ShardCtx, String> {
-        let outbounds: Vec<OutboundRt> = config
+/// The outbounds, the compiled rules and the balancers of one epoch.
+pub(crate) struct Routes {
+    pub(crate) router: Router,
+    pub(crate) outbounds: Vec<Rc<OutboundRt>>,
+    balancers: Vec<BalancerRt>,
+}
+
+/// A balancer as a shard runs it: its candidates resolved to outbound indices.
+struct BalancerRt {
+    candidates: Vec<usize>,
+    strategy: BalancerStrategy,
+    /// `fallbackTag`, resolved; `None` when there is none.
+    fallback: Option<Resolved>,
+    /// The override target, resolved.
+    pinned: Option<Resolved>,
+    /// Round-robin position, or the random generator's state.
+    turn: Cell<u64>,
+}
+
+/// Where a routed connection goes, once balancers have picked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// The outbound at this index.
+    Outbound(usize),
+    /// A rule, fallback or override names this tag and no outbound has it: drop.
+    Missing(Arc<str>),
+    /// No rule matched and there is no outbound left to be the default: drop.
+    NoDefault,
+}
+
+impl Routes {
+    /// Builds the table for `specs`, keeping the counters of outbounds `old` already runs
+    /// under the same tag and settings.
+    fn build(specs: &RouteSpecs, old: Option<&Routes>) -> Result<Routes, String> {
+        let router = specs.compile().map_err(|e| format!("routing.rules[{}]: {}", e.index, e.reason))?;
+        let outbounds = specs
             .outbounds
             .iter()
-            .map(|o| OutboundRt {
-                tag: o.tag.as_str().into(),
-                traffic: Traffic::default(),
-                protocol: o.protocol.clone(),
+            .map(|o| {
+                let kept = old.and_then(|old| {
+                    old.outbounds.iter().find(|rt| !o.tag.is_empty() && *rt.tag == *o.tag && rt.protocol == o.protocol)
+                });
+                match kept {
+                    Some(rt) => rt.clone(),
+                    None => Rc::new(OutboundRt {
+                        tag: o.tag.as_str().into(),
+                        traffic: Traffic::default(),
+                        protocol: o.protocol.clone(),
+                    }),
+                }
             })
             .collect();
-        let router = Router::new(&config.routing.rules, |tag| outbounds.iter().position(|o| &*o.tag == tag))
-            .map_err(|e| format!("routing.rules[{}]: {}", e.index, e.reason))?;
+        let by_tag = |tag: &str| match specs.outbound_index(tag) {
+            Some(i) => Resolved::Outbound(i),
+            None => Resolved::Missing(tag.into()),
+        };
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let balancers = specs
+            .routing
+            .balancers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| BalancerRt {
+                candidates: specs.candidates(i),
+                strategy: b.strategy,
+                fallback: (!b.fallback_tag.is_empty()).then(|| by_tag(&b.fallback_tag)),
+                pinned: specs.overrides.get(&b.tag).map(|t| by_tag(t)),
+                turn: Cell::new(match b.strategy {
+                    BalancerStrategy::RoundRobin => 0,
+                    // Any odd value seeds the generator.
+                    BalancerStrategy::Random => (seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
+                }),
+            })
+            .collect();
+        Ok(Routes { router, outbounds, balancers })
+    }
+
+    /// Where `decision` sends the connection: a balancer picks now.
+    pub(crate) fn resolve(&self, decision: &Decision) -> Resolved {
+        let default = || if self.outbounds.is_empty() { Resolved::NoDefault } else { Resolved::Outbound(0) };
+        match decision.target {
+            Target::Outbound(0) if decision.rule.is_none() => default(),
+            Target::Outbound(i) if i < self.outbounds.len() => Resolved::Outbound(i),
+            Target::Outbound(_) => default(),
+            Target::Missing => Resolved::Missing(decision.rule.map_or("", |r| self.router.target_tag(r)).into()),
+            Target::Balancer(b) => match self.balancers.get(b) {
+                Some(b) => b.pick().unwrap_or_else(default),
+                None => default(),
+            },
+        }
+    }
+}
+
+impl BalancerRt {
+    /// The override if set, else a candidate by the strategy, else the fallback; `None` sends
+    /// the connection to the default outbound, as upstream does when a balancer fails.
+    fn pick(&self) -> Option<Resolved> {
+        if let Some(pinned) = &self.pinned {
+            return Some(pinned.clone());
+        }
+        let n = self.candidates.len() as u64;
+        if n == 0 {
+            return self.fallback.clone();
+        }
+        let t = self.turn.get();
+        let i = match self.strategy {
+            BalancerStrategy::RoundRobin => {
+                self.turn.set(t.wrapping_add(1));
+                t % n
+            }
+            BalancerStrategy::Random => {
+                // xorshift64: plenty for spreading connections, and no shared state.
+                let mut x = t;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                self.turn.set(x);
+                x % n
+            }
+        };
+        Some(Resolved::Outbound(self.candidates[i as usize]))
+    }
+}
+
+impl ShardCtx {
+    /// Builds a shard's state; fails only on TLS settings that control has already checked.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        api_addrs: Arc<[SocketAddr]>,
+        log: LogSink,
+        tap: RouteTap,
+    ) -> Result<ShardCtx, String> {
+        let specs = RouteSpecs::from_config(&config);
+        let routes = Routes::build(&specs, None)?;
         let ctx = ShardCtx {
             config: config.clone(),
             inbounds: RefCell::default(),
             accepting: RefCell::default(),
-            outbounds,
-            router,
+            specs: RefCell::new(specs),
+            routes: RefCell::new(Rc::new(routes)),
+            tap,
             users: RefCell::default(),
             api_addrs,
             log,
@@ -163,6 +292,7 @@ impl ShardCtx {
                 self.start_accepting(inbound, listener);
             }
             Change::RemoveInbound { tag } => stopped = self.remove_inbound(tag)?,
+            _ if change.inbound().is_none() => self.apply_routes(change)?,
             _ => self.apply_to_users(change)?,
         }
         self.applied.set(epoch);
@@ -193,9 +323,9 @@ impl ShardCtx {
             .inbounds
             .borrow()
             .iter()
-            .find(|i| &*i.tag == change.inbound())
+            .find(|i| Some(&*i.tag) == change.inbound())
             .cloned()
-            .ok_or_else(|| format!("handler not found: {}", change.inbound()))?;
+            .ok_or_else(|| format!("handler not found: {}", change.inbound().unwrap_or_default()))?;
         let InboundKind::Vless { users, .. } = &inbound.kind else {
             return Err(format!("inbound {} has no users", inbound.tag));
         };
@@ -239,9 +369,31 @@ impl ShardCtx {
                     self.watchers.kick(user);
                 }
             }
-            Change::AddInbound { .. } | Change::RemoveInbound { .. } => {}
+            // Inbound and route changes are handled by `apply`.
+            Change::AddInbound { .. }
+            | Change::RemoveInbound { .. }
+            | Change::AddOutbound { .. }
+            | Change::RemoveOutbound { .. }
+            | Change::AddRules { .. }
+            | Change::RemoveRule { .. }
+            | Change::OverrideBalancer { .. } => {}
         }
         Ok(())
+    }
+
+    /// Applies an outbound or routing change: the specs change, and a new table replaces the
+    /// current one. Sessions already routed keep the table they took.
+    fn apply_routes(&self, change: &Change) -> Result<(), String> {
+        let mut specs = self.specs.borrow_mut();
+        specs.apply(change).map_err(|e| e.to_string())?;
+        let routes = Routes::build(&specs, Some(&self.routes.borrow()))?;
+        *self.routes.borrow_mut() = Rc::new(routes);
+        Ok(())
+    }
+
+    /// The routing table in force now.
+    pub(crate) fn routes(&self) -> Rc<Routes> {
+        self.routes.borrow().clone()
     }
 
     /// Closes a removed user's sessions and drops its counters once nothing else holds them.
@@ -280,7 +432,7 @@ impl ShardCtx {
                 Some(email) => users.get(email).map(sample).into_iter().collect(),
             },
             inbounds: self.inbounds.borrow().iter().map(|i| link(&i.tag, &i.traffic)).collect(),
-            outbounds: self.outbounds.iter().map(|o| link(&o.tag, &o.traffic)).collect(),
+            outbounds: self.routes.borrow().outbounds.iter().map(|o| link(&o.tag, &o.traffic)).collect(),
             live_sessions: self.live.get(),
         }
     }
@@ -299,5 +451,81 @@ impl LiveGuard {
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.0.live.set(self.0.live.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardray_core::spec::{BalancerSpec, BlackholeSpec, FreedomSpec, PortRange, RuleSpec};
+
+    fn outbound(tag: &str) -> shardray_core::spec::OutboundSpec {
+        shardray_core::spec::OutboundSpec {
+            tag: tag.into(),
+            send_through: None,
+            protocol: OutboundProtocol::Freedom(FreedomSpec::default()),
+        }
+    }
+
+    fn specs() -> RouteSpecs {
+        let mut s = RouteSpecs {
+            outbounds: vec![outbound("direct"), outbound("px-a"), outbound("px-b")],
+            ..Default::default()
+        };
+        s.routing.balancers = vec![BalancerSpec {
+            tag: "g".into(),
+            selectors: vec!["px-".into()],
+            strategy: BalancerStrategy::RoundRobin,
+            fallback_tag: "direct".into(),
+        }];
+        s.routing.rules = vec![
+            RuleSpec { ports: vec![PortRange { from: 1, to: 1 }], balancer_tag: "g".into(), ..Default::default() },
+            RuleSpec { ports: vec![PortRange { from: 2, to: 2 }], outbound_tag: "px-b".into(), ..Default::default() },
+        ];
+        s
+    }
+
+    fn balanced(routes: &Routes) -> Resolved {
+        routes.resolve(&Decision { target: Target::Balancer(0), rule: Some(0), explicit_dest: false })
+    }
+
+    #[test]
+    fn round_robin_override_fallback_and_missing() {
+        let mut s = specs();
+        let routes = Routes::build(&s, None).unwrap();
+        let picks: Vec<Resolved> = (0..4).map(|_| balanced(&routes)).collect();
+        assert_eq!(picks, [Resolved::Outbound(1), Resolved::Outbound(2), Resolved::Outbound(1), Resolved::Outbound(2)]);
+
+        s.apply(&Change::OverrideBalancer { balancer: "g".into(), target: "px-b".into() }).unwrap();
+        let routes = Routes::build(&s, Some(&routes)).unwrap();
+        assert!((0..4).all(|_| balanced(&routes) == Resolved::Outbound(2)));
+
+        s.apply(&Change::OverrideBalancer { balancer: "g".into(), target: String::new() }).unwrap();
+        s.apply(&Change::RemoveOutbound { tag: "px-a".into() }).unwrap();
+        s.apply(&Change::RemoveOutbound { tag: "px-b".into() }).unwrap();
+        let routes = Routes::build(&s, Some(&routes)).unwrap();
+        assert_eq!(balanced(&routes), Resolved::Outbound(0), "no candidate: the fallback");
+        let to_b = Decision { target: Target::Missing, rule: Some(1), explicit_dest: false };
+        assert_eq!(routes.resolve(&to_b), Resolved::Missing("px-b".into()));
+    }
+
+    #[test]
+    fn random_uses_every_candidate_and_counters_survive_a_rebuild() {
+        let mut s = specs();
+        s.routing.balancers[0].strategy = BalancerStrategy::Random;
+        let routes = Routes::build(&s, None).unwrap();
+        let picks: Vec<Resolved> = (0..64).map(|_| balanced(&routes)).collect();
+        assert!(picks.contains(&Resolved::Outbound(1)) && picks.contains(&Resolved::Outbound(2)));
+        routes.outbounds[1].traffic.add_up(7);
+
+        s.apply(&Change::AddOutbound { outbound: outbound("px-c") }).unwrap();
+        let mut sink = outbound("px-b");
+        sink.protocol = OutboundProtocol::Blackhole(BlackholeSpec::default());
+        s.apply(&Change::RemoveOutbound { tag: "px-b".into() }).unwrap();
+        s.apply(&Change::AddOutbound { outbound: sink }).unwrap();
+        let rebuilt = Routes::build(&s, Some(&routes)).unwrap();
+        assert!(Rc::ptr_eq(&routes.outbounds[1], &rebuilt.outbounds[1]), "px-a kept");
+        assert_eq!(rebuilt.outbounds[1].traffic.up.get(), 7);
+        assert!(!Rc::ptr_eq(&routes.outbounds[2], &rebuilt.outbounds[3]), "px-b is another outbound now");
     }
 }

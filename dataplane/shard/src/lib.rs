@@ -82,6 +82,8 @@ pub struct ShardPlan {
     pub api_addrs: Arc<[SocketAddr]>,
     /// Where the shard logs.
     pub log: LogSink,
+    /// Where routing decisions go while someone subscribes to them.
+    pub route_tap: shardray_core::routes::RouteTap,
     /// Commands from the control thread.
     pub commands: mailbox::MailboxReceiver,
     /// Told `Ok(id)` once the shard is serving, or why it could not start.
@@ -106,8 +108,8 @@ pub fn spawn_shard(plan: ShardPlan) -> std::io::Result<ShardHandle> {
 }
 
 async fn run(plan: ShardPlan) {
-    let ShardPlan { id, config, listeners, api_addrs, log, commands, ready, .. } = plan;
-    let ctx = match ShardCtx::new(config, api_addrs, log) {
+    let ShardPlan { id, config, listeners, api_addrs, log, route_tap, commands, ready, .. } = plan;
+    let ctx = match ShardCtx::new(config, api_addrs, log, route_tap) {
         Ok(ctx) => Rc::new(ctx),
         Err(e) => {
             let _ = ready.send(Err(e));

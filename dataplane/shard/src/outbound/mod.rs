@@ -8,16 +8,18 @@ mod resolve;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use shardray_core::router::{Decision, RouteInput};
+use shardray_core::routes::RouteRecord;
 use shardray_core::spec::{LevelPolicy, LogLevel, OutboundProtocol, RoutingDomainStrategy};
 use shardray_core::stats::{Traffic, UserCounters};
 use shardray_wire::addr::Destination;
 
-use crate::ctx::{InboundRt, OutboundRt, ShardCtx};
+use crate::ctx::{InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
 use crate::relay::{relay, Meter, RelayEnd, RelayOptions};
 use crate::users::{SessionWatch, UserRt};
 
@@ -64,8 +66,46 @@ pub(crate) async fn forward<C>(
         source: session.peer.ip(),
         source_port: session.peer.port(),
     };
-    let decision = route(ctx, &mut input).await;
-    let outbound = &ctx.outbounds[decision.outbound];
+    // One table for the whole session, whatever changes meanwhile.
+    let routes = ctx.routes();
+    let decision = route(ctx, &routes, &mut input).await;
+    let outbound = match routes.resolve(&decision) {
+        Resolved::Outbound(i) => &routes.outbounds[i],
+        Resolved::Missing(tag) => {
+            // As upstream: not the default outbound, since the rule meant another one.
+            ctx.log.error(
+                LogLevel::Warning,
+                format_args!(
+                    "[{}] {} to {}: non existing outTag: {tag}",
+                    session.inbound.tag, session.peer, session.dest
+                ),
+            );
+            let _ = client.close().await;
+            return;
+        }
+        Resolved::NoDefault => {
+            ctx.log.error(
+                LogLevel::Warning,
+                format_args!(
+                    "[{}] {} to {}: default outbound handler not exist",
+                    session.inbound.tag, session.peer, session.dest
+                ),
+            );
+            let _ = client.close().await;
+            return;
+        }
+    };
+    if ctx.tap.wanted() {
+        ctx.tap.offer(RouteRecord {
+            inbound_tag: session.inbound.tag.clone(),
+            tcp: true,
+            source: session.peer,
+            target: session.dest.addr.clone(),
+            target_port: session.dest.port,
+            user: session.user.as_ref().map_or_else(|| Arc::from(""), |u| u.email.clone()),
+            outbound_tag: outbound.tag.clone(),
+        });
+    }
     if ctx.log.access_enabled() {
         let email_note = email.map(|e| format!(" email: {e}")).unwrap_or_default();
         ctx.log.access(format_args!(
@@ -94,7 +134,7 @@ pub(crate) async fn forward<C>(
                 }
                 None => session.dest.clone(),
             };
-            match dial(ctx, &target, input.resolved, decision, freedom.domain_strategy, &session).await {
+            match dial(ctx, &routes, &target, input.resolved, decision, freedom.domain_strategy, &session).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     ctx.log.error(
@@ -151,26 +191,27 @@ fn unix_now() -> u64 {
 }
 
 /// Routes, resolving the destination first when the routing strategy asks for it.
-async fn route(ctx: &ShardCtx, input: &mut RouteInput<'_>) -> Decision {
+async fn route(ctx: &ShardCtx, routes: &Routes, input: &mut RouteInput<'_>) -> Decision {
     let strategy = ctx.config.routing.domain_strategy;
     let is_domain = input.dest.domain().is_some();
-    if !is_domain || !ctx.router.has_ip_rules() || strategy == RoutingDomainStrategy::AsIs {
-        return ctx.router.route(input);
+    if !is_domain || !routes.router.has_ip_rules() || strategy == RoutingDomainStrategy::AsIs {
+        return routes.router.route(input);
     }
     if strategy == RoutingDomainStrategy::IpIfNonMatch {
-        if let Some(d) = ctx.router.route_rule(input) {
+        if let Some(d) = routes.router.route_rule(input) {
             return d;
         }
     }
     if let Ok(addrs) = resolve(input.dest, input.port, Default::default()).await {
         input.resolved = addrs.first().map(|a| a.ip());
     }
-    ctx.router.route(input)
+    routes.router.route(input)
 }
 
 /// Resolves and checks the destination, then connects to the first address that answers.
 async fn dial(
     ctx: &ShardCtx,
+    routes: &Routes,
     target: &Destination,
     resolved: Option<std::net::IpAddr>,
     decision: Decision,
@@ -186,7 +227,7 @@ async fn dial(
     };
     let mut last_err = io::Error::new(io::ErrorKind::NotFound, "no address");
     for addr in addrs {
-        if let Err(reason) = check_destination(ctx, addr, target, decision, session) {
+        if let Err(reason) = check_destination(ctx, routes, addr, target, decision, session) {
             last_err = io::Error::new(io::ErrorKind::PermissionDenied, reason);
             continue;
         }
@@ -202,6 +243,7 @@ async fn dial(
 /// when the matching rule named it (by IP, or by the domain that resolved to it).
 fn check_destination(
     ctx: &ShardCtx,
+    routes: &Routes,
     addr: SocketAddr,
     target: &Destination,
     decision: Decision,
@@ -221,7 +263,7 @@ fn check_destination(
     // to the same outbound.
     if target.addr.domain().is_some() {
         let email = session.user.as_ref().map(|u| &*u.email).filter(|e| !e.is_empty());
-        let recheck = ctx.router.route(&RouteInput {
+        let recheck = routes.router.route(&RouteInput {
             inbound_tag: &session.inbound.tag,
             user: email,
             dest: &target.addr,
@@ -231,7 +273,7 @@ fn check_destination(
             source: session.peer.ip(),
             source_port: session.peer.port(),
         });
-        if recheck.explicit_dest && recheck.outbound == decision.outbound {
+        if recheck.explicit_dest && recheck.target == decision.target {
             return Ok(());
         }
     }

@@ -1,0 +1,667 @@
+//! Outbounds and routing rules between the API's protobuf form and the validated spec, both
+//! ways: what AddOutbound and AddRule receive, what the journal keeps, what `shardray api ado`
+//! sends. A setting shardray does not serve is refused by name, never dropped: a message that
+//! decodes with fields we do not know is refused too.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use prost::Message;
+use shardray_core::spec::{
+    BalancerSpec, BalancerStrategy, BlackholeSpec, DomainMatcher, DomainStrategy, FreedomSpec, NetworkSet,
+    OutboundProtocol, OutboundSpec, PortRange, RuleSpec,
+};
+use shardray_proto::xray::app::proxyman::SenderConfig;
+use shardray_proto::xray::app::router;
+use shardray_proto::xray::common::geodata;
+use shardray_proto::xray::common::net;
+use shardray_proto::xray::common::protocol::ServerEndpoint;
+use shardray_proto::xray::common::serial::TypedMessage;
+use shardray_proto::xray::core::OutboundHandlerConfig;
+use shardray_proto::xray::proxy::{blackhole, freedom};
+use shardray_wire::addr::{Address, Destination};
+
+use crate::convert::{message_type, typed};
+
+/// An outbound or routing config from the API that shardray cannot run; the text names the
+/// field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRoute(pub String);
+
+impl fmt::Display for InvalidRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidRoute {}
+
+fn invalid(text: impl Into<String>) -> InvalidRoute {
+    InvalidRoute(text.into())
+}
+
+/// Decodes `bytes` as `M`, refusing fields `M` does not have (they would be dropped silently).
+fn exact<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, InvalidRoute> {
+    let m = M::decode(bytes).map_err(|e| invalid(format!("{what}: cannot decode: {e}")))?;
+    if m.encoded_len() != bytes.len() {
+        return Err(invalid(format!("{what}: carries fields shardray does not know")));
+    }
+    Ok(m)
+}
+
+/// The name after the package root of a TypedMessage type, or why it has none.
+fn type_name<'a>(t: &'a TypedMessage, what: &str) -> Result<&'a str, InvalidRoute> {
+    message_type(&t.r#type).map(|(_, name)| name).map_err(|e| invalid(format!("{what}: {e}")))
+}
+
+// === outbounds ===
+
+/// AddOutbound's config as an outbound shardray runs.
+pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, InvalidRoute> {
+    if config.expire != 0 {
+        return Err(invalid("expire: outbounds that expire are not supported yet"));
+    }
+    let mut send_through = None;
+    if let Some(sender) = &config.sender_settings {
+        let name = type_name(sender, "sender_settings")?;
+        if name != "app.proxyman.SenderConfig" {
+            return Err(invalid(format!(
+                "sender_settings: expected app.proxyman.SenderConfig, got {:?}",
+                sender.r#type
+            )));
+        }
+        let s: SenderConfig = exact(&sender.value, "sender_settings")?;
+        if let Some(via) = &s.via {
+            send_through = Some(match &via.address {
+                Some(net::ip_or_domain::Address::Ip(ip)) => {
+                    ip_from_bytes(ip).ok_or_else(|| invalid("sender_settings.via: not an IP address"))?
+                }
+                Some(net::ip_or_domain::Address::Domain(d)) if d == "origin" => {
+                    return Err(invalid("sender_settings.via: sendThrough \"origin\" is not supported yet"))
+                }
+                Some(net::ip_or_domain::Address::Domain(d)) => {
+                    return Err(invalid(format!("sender_settings.via: {d:?} is not an IP address")))
+                }
+                None => return Err(invalid("sender_settings.via: empty")),
+            });
+        }
+        if let Some(stream) = &s.stream_settings {
+            check_plain_stream(stream)?;
+        }
+        if s.proxy_settings.as_ref().is_some_and(|p| !p.tag.is_empty()) {
+            return Err(invalid("sender_settings.proxy_settings: proxySettings is not supported yet"));
+        }
+        if s.multiplex_settings.as_ref().is_some_and(|m| m.enabled) {
+            return Err(invalid("sender_settings.multiplex_settings: mux is not supported yet"));
+        }
+        if !s.via_cidr.is_empty() {
+            return Err(invalid("sender_settings.via_cidr: not supported yet"));
+        }
+        if s.target_strategy != 0 {
+            return Err(invalid("sender_settings.target_strategy: only AsIs is supported yet"));
+        }
+    }
+    let proxy = config.proxy_settings.as_ref().ok_or_else(|| invalid("proxy_settings: missing"))?;
+    let name = type_name(proxy, "proxy_settings")?;
+    let protocol = match name {
+        "proxy.freedom.Config" => OutboundProtocol::Freedom(freedom_spec(&exact(&proxy.value, "proxy_settings")?)?),
+        "proxy.blackhole.Config" => {
+            OutboundProtocol::Blackhole(blackhole_spec(&exact(&proxy.value, "proxy_settings")?)?)
+        }
+        other => {
+            return Err(match other.strip_prefix("proxy.").and_then(|p| p.split('.').next()) {
+                Some(p) => invalid(format!("proxy_settings: outbound protocol {p:?} is not supported yet")),
+                None => invalid(format!("proxy_settings: {:?} is not an outbound protocol's config", proxy.r#type)),
+            })
+        }
+    };
+    Ok(OutboundSpec { tag: config.tag.clone(), send_through, protocol })
+}
+
+/// A sender's stream settings may only restate the default: raw TCP without security.
+#[allow(deprecated)] // `protocol`, upstream's old field, is still checked: old clients send it.
+fn check_plain_stream(stream: &shardray_proto::xray::transport::internet::StreamConfig) -> Result<(), InvalidRoute> {
+    let plain_name = |n: &str| matches!(n, "" | "tcp" | "raw");
+    if !plain_name(&stream.protocol_name) || stream.protocol != 0 {
+        return Err(invalid(format!(
+            "sender_settings.stream_settings: network {:?} is not supported yet on outbounds",
+            stream.protocol_name
+        )));
+    }
+    for t in &stream.transport_settings {
+        if !plain_name(&t.protocol_name) || t.settings.as_ref().is_some_and(|s| !s.value.is_empty()) {
+            return Err(invalid(format!(
+                "sender_settings.stream_settings.transport_settings: {:?} settings are not supported yet",
+                t.protocol_name
+            )));
+        }
+    }
+    if !matches!(stream.security_type.as_str(), "" | "none") || !stream.security_settings.is_empty() {
+        return Err(invalid("sender_settings.stream_settings.security: not supported yet on outbounds"));
+    }
+    if stream.socket_settings.as_ref().is_some_and(|s| *s != Default::default()) {
+        return Err(invalid("sender_settings.stream_settings.socket_settings: sockopt is not supported yet"));
+    }
+    Ok(())
+}
+
+fn freedom_spec(c: &freedom::Config) -> Result<FreedomSpec, InvalidRoute> {
+    let domain_strategy = match c.domain_strategy {
+        0 => DomainStrategy::AsIs,
+        // UseIP, UseIPv4v6, UseIPv6v4 and their Force forms, as the JSON loader maps them.
+        1 | 4 | 5 | 6 | 9 | 10 => DomainStrategy::UseIp,
+        2 | 7 => DomainStrategy::UseIpv4,
+        3 | 8 => DomainStrategy::UseIpv6,
+        n => return Err(invalid(format!("proxy_settings.domain_strategy: unknown value {n}"))),
+    };
+    let redirect = match &c.destination_override {
+        Some(o) => {
+            let server = o.server.as_ref().ok_or_else(|| invalid("proxy_settings.destination_override: empty"))?;
+            let addr = match server.address.as_ref().and_then(|a| a.address.as_ref()) {
+                Some(net::ip_or_domain::Address::Ip(ip)) => Address::Ip(
+                    ip_from_bytes(ip)
+                        .ok_or_else(|| invalid("proxy_settings.destination_override.server.address: bad IP"))?,
+                ),
+                Some(net::ip_or_domain::Address::Domain(d)) => Address::parse(d).ok_or_else(|| {
+                    invalid(format!("proxy_settings.destination_override.server.address: {d:?} is not a host"))
+                })?,
+                None => return Err(invalid("proxy_settings.destination_override.server.address: missing")),
+            };
+            let port = u16::try_from(server.port)
+                .map_err(|_| invalid("proxy_settings.destination_override.server.port: out of range"))?;
+            Some(Destination { addr, port })
+        }
+        None => None,
+    };
+    if c.fragment.is_some() {
+        return Err(invalid("proxy_settings.fragment: not supported yet"));
+    }
+    if !c.noises.is_empty() {
+        return Err(invalid("proxy_settings.noises: not supported yet"));
+    }
+    if c.proxy_protocol != 0 {
+        return Err(invalid("proxy_settings.proxy_protocol: not supported yet"));
+    }
+    Ok(FreedomSpec { domain_strategy, redirect, user_level: c.user_level })
+}
+
+fn blackhole_spec(c: &blackhole::Config) -> Result<BlackholeSpec, InvalidRoute> {
+    let http_response = match &c.response {
+        None => false,
+        Some(r) => match type_name(r, "proxy_settings.response")? {
+            "proxy.blackhole.NoneResponse" => false,
+            "proxy.blackhole.HTTPResponse" => true,
+            _ => return Err(invalid(format!("proxy_settings.response: unknown response {:?}", r.r#type))),
+        },
+    };
+    Ok(BlackholeSpec { http_response })
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// An outbound as AddOutbound takes it.
+pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
+    let sender_settings = spec.send_through.map(|ip| {
+        let via = net::IpOrDomain { address: Some(net::ip_or_domain::Address::Ip(ip_bytes(ip))) };
+        typed("xray.app.proxyman.SenderConfig", &SenderConfig { via: Some(via), ..Default::default() })
+    });
+    let proxy = match &spec.protocol {
+        OutboundProtocol::Freedom(f) => {
+            let destination_override = f.redirect.as_ref().map(|r| freedom::DestinationOverride {
+                server: Some(ServerEndpoint {
+                    address: Some(net::IpOrDomain {
+                        address: Some(match &r.addr {
+                            Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
+                            Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
+                        }),
+                    }),
+                    port: u32::from(r.port),
+                    user: Vec::new(),
+                }),
+            });
+            let domain_strategy = match f.domain_strategy {
+                DomainStrategy::AsIs => 0,
+                DomainStrategy::UseIp => 1,
+                DomainStrategy::UseIpv4 => 2,
+                DomainStrategy::UseIpv6 => 3,
+            };
+            let config = freedom::Config {
+                domain_strategy,
+                destination_override,
+                user_level: f.user_level,
+                ..Default::default()
+            };
+            typed("xray.proxy.freedom.Config", &config)
+        }
+        OutboundProtocol::Blackhole(b) => {
+            let response =
+                b.http_response.then(|| typed("xray.proxy.blackhole.HTTPResponse", &blackhole::HttpResponse {}));
+            typed("xray.proxy.blackhole.Config", &blackhole::Config { response })
+        }
+    };
+    OutboundHandlerConfig { tag: spec.tag.clone(), sender_settings, proxy_settings: Some(proxy), ..Default::default() }
+}
+
+// === routing ===
+
+/// AddRule's `xray.app.router.Config` as rules and balancers shardray runs. Its
+/// `domain_strategy` is not used, as upstream does not use it there either.
+pub fn routing_specs(config: &TypedMessage) -> Result<(Vec<RuleSpec>, Vec<BalancerSpec>), InvalidRoute> {
+    let name = type_name(config, "config")?;
+    if name != "app.router.Config" {
+        return Err(invalid(format!("config: expected app.router.Config, got {:?}", config.r#type)));
+    }
+    let c: router::Config = exact(&config.value, "config")?;
+    let rules =
+        c.rule.iter().enumerate().map(|(i, r)| rule_spec(r, &format!("rule[{i}]"))).collect::<Result<_, _>>()?;
+    let balancers = c
+        .balancing_rule
+        .iter()
+        .enumerate()
+        .map(|(i, b)| balancer_spec(b, &format!("balancing_rule[{i}]")))
+        .collect::<Result<_, _>>()?;
+    Ok((rules, balancers))
+}
+
+fn rule_spec(r: &router::RoutingRule, path: &str) -> Result<RuleSpec, InvalidRoute> {
+    use router::routing_rule::TargetTag;
+    let unsupported = |field: &str| invalid(format!("{path}.{field}: matching by {field} is not supported yet"));
+    if !r.protocol.is_empty() {
+        return Err(unsupported("protocol"));
+    }
+    if !r.attributes.is_empty() {
+        return Err(unsupported("attributes"));
+    }
+    if !r.local_ip.is_empty() {
+        return Err(unsupported("local_ip"));
+    }
+    if r.local_port_list.as_ref().is_some_and(|p| !p.range.is_empty()) {
+        return Err(unsupported("local_port_list"));
+    }
+    if r.vless_route_list.as_ref().is_some_and(|p| !p.range.is_empty()) {
+        return Err(unsupported("vless_route_list"));
+    }
+    if !r.process.is_empty() {
+        return Err(unsupported("process"));
+    }
+    if r.webhook.is_some() {
+        return Err(invalid(format!("{path}.webhook: not supported yet")));
+    }
+    if !r.local_os.is_empty() {
+        return Err(unsupported("local_os"));
+    }
+    let (outbound_tag, balancer_tag) = match &r.target_tag {
+        Some(TargetTag::Tag(t)) if !t.is_empty() => (t.clone(), String::new()),
+        Some(TargetTag::BalancingTag(t)) if !t.is_empty() => (String::new(), t.clone()),
+        _ => return Err(invalid(format!("{path}: neither outboundTag nor balancerTag is specified"))),
+    };
+    let mut domains = Vec::with_capacity(r.domain.len());
+    for (i, d) in r.domain.iter().enumerate() {
+        domains.push(domain_matcher(d, &format!("{path}.domain[{i}]"))?);
+    }
+    let network = if r.networks.is_empty() {
+        None
+    } else {
+        let mut set = NetworkSet { tcp: false, udp: false };
+        for n in &r.networks {
+            match net::Network::try_from(*n) {
+                Ok(net::Network::RawTcp | net::Network::Tcp) => set.tcp = true,
+                Ok(net::Network::Udp) => set.udp = true,
+                Ok(net::Network::Unknown) => {}
+                _ => return Err(invalid(format!("{path}.networks: network {n} is not supported"))),
+            }
+        }
+        (set.tcp || set.udp).then_some(set)
+    };
+    let spec = RuleSpec {
+        rule_tag: r.rule_tag.clone(),
+        inbound_tags: r.inbound_tag.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        users: r.user_email.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        domains,
+        ips: ip_rules(&r.ip, &format!("{path}.ip"))?,
+        ports: ports(r.port_list.as_ref(), &format!("{path}.port_list"))?,
+        network,
+        source_ips: ip_rules(&r.source_ip, &format!("{path}.source_ip"))?,
+        source_ports: ports(r.source_port_list.as_ref(), &format!("{path}.source_port_list"))?,
+        outbound_tag,
+        balancer_tag,
+    };
+    let has_condition = !spec.inbound_tags.is_empty()
+        || !spec.users.is_empty()
+        || !spec.domains.is_empty()
+        || !spec.ips.is_empty()
+        || !spec.ports.is_empty()
+        || spec.network.is_some()
+        || !spec.source_ips.is_empty()
+        || !spec.source_ports.is_empty();
+    if !has_condition {
+        return Err(invalid(format!("{path}: this rule has no effective fields")));
+    }
+    Ok(spec)
+}
+
+fn domain_matcher(d: &geodata::DomainRule, path: &str) -> Result<DomainMatcher, InvalidRoute> {
+    use geodata::domain::Type;
+    match &d.value {
+        Some(geodata::domain_rule::Value::Custom(c)) => {
+            if !c.attribute.is_empty() {
+                return Err(invalid(format!("{path}: domain attributes are not supported yet")));
+            }
+            if c.value.is_empty() {
+                return Err(invalid(format!("{path}: empty domain")));
+            }
+            let lower = c.value.to_ascii_lowercase();
+            Ok(match Type::try_from(c.r#type) {
+                Ok(Type::Substr) => DomainMatcher::Keyword(lower),
+                Ok(Type::Domain) => DomainMatcher::Domain(lower),
+                Ok(Type::Full) => DomainMatcher::Full(lower),
+                Ok(Type::Regex) => {
+                    regex::Regex::new(&c.value)
+                        .map_err(|e| invalid(format!("{path}: invalid regular expression {:?}: {e}", c.value)))?;
+                    DomainMatcher::Regex(c.value.clone())
+                }
+                Err(_) => return Err(invalid(format!("{path}: unknown domain type {}", c.r#type))),
+            })
+        }
+        Some(geodata::domain_rule::Value::Geosite(g)) => {
+            Err(invalid(format!("{path}: geosite:{} is not supported yet (no geosite.dat)", g.code)))
+        }
+        None => Err(invalid(format!("{path}: empty"))),
+    }
+}
+
+fn ip_rules(list: &[geodata::IpRule], path: &str) -> Result<Vec<IpNet>, InvalidRoute> {
+    let mut nets = Vec::new();
+    for (i, rule) in list.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        match &rule.value {
+            Some(geodata::ip_rule::Value::Custom(c)) => {
+                let ip = ip_from_bytes(&c.ip).ok_or_else(|| invalid(format!("{at}: not an IP address")))?;
+                let prefix = u8::try_from(c.prefix).map_err(|_| invalid(format!("{at}: bad prefix")))?;
+                let net = IpNet::new(ip, prefix).map_err(|_| invalid(format!("{at}: bad prefix {prefix}")))?;
+                nets.push(net.trunc());
+            }
+            Some(geodata::ip_rule::Value::Geoip(g))
+                if g.code.eq_ignore_ascii_case("private") && g.file.is_empty() && !g.reverse_match =>
+            {
+                nets.extend(crate::config::private_nets());
+            }
+            Some(geodata::ip_rule::Value::Geoip(g)) => {
+                let not = if g.reverse_match { "!" } else { "" };
+                return Err(invalid(format!(
+                    "{at}: {not}geoip:{} is not supported yet (no geoip.dat; only geoip:private)",
+                    g.code
+                )));
+            }
+            None => return Err(invalid(format!("{at}: empty"))),
+        }
+    }
+    Ok(nets)
+}
+
+fn ports(list: Option<&net::PortList>, path: &str) -> Result<Vec<PortRange>, InvalidRoute> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    list.range
+        .iter()
+        .map(|r| {
+            let from = u16::try_from(r.from).map_err(|_| invalid(format!("{path}: port {} out of range", r.from)))?;
+            let to = u16::try_from(r.to).map_err(|_| invalid(format!("{path}: port {} out of range", r.to)))?;
+            if from > to {
+                return Err(invalid(format!("{path}: range {from}-{to} is reversed")));
+            }
+            Ok(PortRange { from, to })
+        })
+        .collect()
+}
+
+fn balancer_spec(b: &router::BalancingRule, path: &str) -> Result<BalancerSpec, InvalidRoute> {
+    if b.tag.is_empty() {
+        return Err(invalid(format!("{path}.tag: missing")));
+    }
+    let selectors: Vec<String> = b.outbound_selector.iter().filter(|s| !s.is_empty()).cloned().collect();
+    if selectors.is_empty() {
+        return Err(invalid(format!("{path}.outbound_selector: empty selector list")));
+    }
+    let strategy = match b.strategy.to_ascii_lowercase().as_str() {
+        "" | "random" => BalancerStrategy::Random,
+        "roundrobin" => BalancerStrategy::RoundRobin,
+        "leastping" | "leastload" => {
+            return Err(invalid(format!(
+                "{path}.strategy: {:?} is not supported yet: it needs the observatory's probes",
+                b.strategy
+            )))
+        }
+        other => return Err(invalid(format!("{path}.strategy: unknown strategy {other:?}"))),
+    };
+    if b.strategy_settings.as_ref().is_some_and(|s| !s.value.is_empty()) {
+        return Err(invalid(format!("{path}.strategy_settings: not supported yet")));
+    }
+    Ok(BalancerSpec { tag: b.tag.clone(), selectors, strategy, fallback_tag: b.fallback_tag.clone() })
+}
+
+/// Rules and balancers as AddRule's `xray.app.router.Config`.
+pub fn router_config(rules: &[RuleSpec], balancers: &[BalancerSpec]) -> router::Config {
+    router::Config {
+        domain_strategy: 0,
+        rule: rules.iter().map(routing_rule).collect(),
+        balancing_rule: balancers
+            .iter()
+            .map(|b| router::BalancingRule {
+                tag: b.tag.clone(),
+                outbound_selector: b.selectors.clone(),
+                strategy: b.strategy.name().to_owned(),
+                strategy_settings: None,
+                fallback_tag: b.fallback_tag.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn routing_rule(r: &RuleSpec) -> router::RoutingRule {
+    use geodata::domain::Type;
+    use router::routing_rule::TargetTag;
+    let domain = |kind: Type, value: &str| geodata::DomainRule {
+        value: Some(geodata::domain_rule::Value::Custom(geodata::Domain {
+            r#type: kind as i32,
+            value: value.to_owned(),
+            attribute: Vec::new(),
+        })),
+    };
+    let ips = |nets: &[IpNet]| {
+        nets.iter()
+            .map(|n| geodata::IpRule {
+                value: Some(geodata::ip_rule::Value::Custom(geodata::Cidr {
+                    ip: ip_bytes(n.addr()),
+                    prefix: u32::from(n.prefix_len()),
+                })),
+            })
+            .collect()
+    };
+    let ports = |list: &[PortRange]| {
+        (!list.is_empty()).then(|| net::PortList {
+            range: list.iter().map(|p| net::PortRange { from: u32::from(p.from), to: u32::from(p.to) }).collect(),
+        })
+    };
+    let mut networks = Vec::new();
+    if let Some(n) = r.network {
+        if n.tcp {
+            networks.push(net::Network::Tcp as i32);
+        }
+        if n.udp {
+            networks.push(net::Network::Udp as i32);
+        }
+    }
+    router::RoutingRule {
+        target_tag: Some(if r.balancer_tag.is_empty() {
+            TargetTag::Tag(r.outbound_tag.clone())
+        } else {
+            TargetTag::BalancingTag(r.balancer_tag.clone())
+        }),
+        rule_tag: r.rule_tag.clone(),
+        domain: r
+            .domains
+            .iter()
+            .map(|d| match d {
+                DomainMatcher::Keyword(v) => domain(Type::Substr, v),
+                DomainMatcher::Full(v) => domain(Type::Full, v),
+                DomainMatcher::Domain(v) => domain(Type::Domain, v),
+                DomainMatcher::Regex(v) => domain(Type::Regex, v),
+            })
+            .collect(),
+        ip: ips(&r.ips),
+        port_list: ports(&r.ports),
+        networks,
+        source_ip: ips(&r.source_ips),
+        source_port_list: ports(&r.source_ports),
+        user_email: r.users.clone(),
+        inbound_tag: r.inbound_tags.clone(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_of(json: &str) -> Vec<OutboundSpec> {
+        crate::config::outbounds_of(&serde_json::from_str(json).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn outbounds_round_trip() {
+        let specs = spec_of(
+            r#"{ "outbounds": [
+                { "tag": "a", "protocol": "freedom" },
+                { "tag": "b", "protocol": "freedom", "sendThrough": "127.0.0.1",
+                  "settings": { "domainStrategy": "UseIPv4", "redirect": "example.com:443", "userLevel": 2 } },
+                { "tag": "c", "protocol": "blackhole", "settings": { "response": { "type": "http" } } }
+            ] }"#,
+        );
+        for spec in &specs {
+            assert_eq!(&outbound_spec(&outbound_config(spec)).unwrap(), spec);
+        }
+    }
+
+    #[test]
+    fn outbound_refusals_name_the_field() {
+        let vless = OutboundHandlerConfig {
+            tag: "x".into(),
+            proxy_settings: Some(TypedMessage { r#type: "xray.proxy.vless.outbound.Config".into(), value: vec![] }),
+            ..Default::default()
+        };
+        assert!(outbound_spec(&vless).unwrap_err().0.contains("\"vless\" is not supported"));
+        let wrong = OutboundHandlerConfig {
+            proxy_settings: Some(typed("xray.app.proxyman.SenderConfig", &SenderConfig::default())),
+            ..Default::default()
+        };
+        assert!(outbound_spec(&wrong).unwrap_err().0.starts_with("proxy_settings:"));
+        let fragment = freedom::Config { fragment: Some(Default::default()), ..Default::default() };
+        let frag = OutboundHandlerConfig {
+            proxy_settings: Some(typed("types.v2fly.org/xray.proxy.freedom.Config", &fragment)),
+            ..Default::default()
+        };
+        assert_eq!(outbound_spec(&frag).unwrap_err().0, "proxy_settings.fragment: not supported yet");
+        // A field our message lacks (99) is refused, not dropped.
+        let mut bytes = freedom::Config::default().encode_to_vec();
+        bytes.extend_from_slice(&[0x98, 0x06, 0x01]);
+        let unknown = OutboundHandlerConfig {
+            proxy_settings: Some(TypedMessage { r#type: "xray.proxy.freedom.Config".into(), value: bytes }),
+            ..Default::default()
+        };
+        assert!(outbound_spec(&unknown).unwrap_err().0.contains("does not know"));
+        let mux = SenderConfig {
+            multiplex_settings: Some(shardray_proto::xray::app::proxyman::MultiplexingConfig {
+                enabled: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let muxed = OutboundHandlerConfig {
+            sender_settings: Some(typed("xray.app.proxyman.SenderConfig", &mux)),
+            ..outbound_config(&spec_of(r#"{"outbounds":[{"protocol":"freedom"}]}"#)[0])
+        };
+        assert!(outbound_spec(&muxed).unwrap_err().0.contains("multiplex_settings"));
+    }
+
+    #[test]
+    fn rules_and_balancers_round_trip() {
+        let rules = vec![
+            RuleSpec {
+                rule_tag: "r".into(),
+                inbound_tags: vec!["in".into()],
+                users: vec!["a@b".into()],
+                domains: vec![
+                    DomainMatcher::Keyword("ads".into()),
+                    DomainMatcher::Full("a.com".into()),
+                    DomainMatcher::Domain("b.com".into()),
+                    DomainMatcher::Regex("^c$".into()),
+                ],
+                ips: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+                ports: vec![PortRange { from: 80, to: 90 }],
+                network: Some(NetworkSet { tcp: true, udp: false }),
+                source_ips: vec!["192.0.2.1/32".parse().unwrap()],
+                source_ports: vec![PortRange { from: 1, to: 1 }],
+                outbound_tag: "direct".into(),
+                balancer_tag: String::new(),
+            },
+            RuleSpec { ports: vec![PortRange { from: 443, to: 443 }], balancer_tag: "g".into(), ..Default::default() },
+        ];
+        let balancers = vec![BalancerSpec {
+            tag: "g".into(),
+            selectors: vec!["px-".into()],
+            strategy: BalancerStrategy::RoundRobin,
+            fallback_tag: "direct".into(),
+        }];
+        let message = typed("xray.app.router.Config", &router_config(&rules, &balancers));
+        assert_eq!(routing_specs(&message).unwrap(), (rules, balancers));
+    }
+
+    #[test]
+    fn rule_refusals_name_the_field() {
+        let rule = |r: router::RoutingRule| {
+            let c = router::Config { rule: vec![r], ..Default::default() };
+            routing_specs(&typed("xray.app.router.Config", &c)).unwrap_err().0
+        };
+        let target = Some(router::routing_rule::TargetTag::Tag("x".into()));
+        assert_eq!(
+            rule(router::RoutingRule { target_tag: target.clone(), ..Default::default() }),
+            "rule[0]: this rule has no effective fields"
+        );
+        let geosite = geodata::DomainRule {
+            value: Some(geodata::domain_rule::Value::Geosite(geodata::GeoSiteRule {
+                code: "cn".into(),
+                ..Default::default()
+            })),
+        };
+        assert!(rule(router::RoutingRule { target_tag: target.clone(), domain: vec![geosite], ..Default::default() })
+            .starts_with("rule[0].domain[0]: geosite:cn"));
+        assert!(rule(router::RoutingRule { target_tag: target, protocol: vec!["http".into()], ..Default::default() })
+            .starts_with("rule[0].protocol"));
+        let wrong = routing_specs(&typed("xray.app.proxyman.SenderConfig", &SenderConfig::default())).unwrap_err();
+        assert!(wrong.0.starts_with("config: expected app.router.Config"));
+        let lp = router::BalancingRule {
+            tag: "b".into(),
+            outbound_selector: vec!["x".into()],
+            strategy: "leastPing".into(),
+            ..Default::default()
+        };
+        let c = router::Config { balancing_rule: vec![lp], ..Default::default() };
+        assert!(routing_specs(&typed("xray.app.router.Config", &c)).unwrap_err().0.contains("leastPing"));
+    }
+}
