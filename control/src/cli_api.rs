@@ -768,7 +768,7 @@ async fn execute(command: ApiCommand) -> Outcome {
             for file in &files {
                 let doc = files::read_json(file)?;
                 let specs = crate::config::outbounds_of(&doc).map_err(|e| Failure::Input(format!("{file}: {e}")))?;
-                outbounds.extend(specs.iter().map(crate::convert_routes::outbound_config));
+                outbounds.extend(specs.iter().map(crate::convert::routes::outbound_config));
             }
             let api = Api::connect(&conn).await?;
             let mut added = Vec::new();
@@ -811,7 +811,7 @@ async fn execute(command: ApiCommand) -> Outcome {
                 if routing.rules.is_empty() && routing.balancers.is_empty() {
                     return Err(Failure::Input(format!("{file}: routing: no rules or balancers")));
                 }
-                configs.push(crate::convert_routes::router_config(&routing.rules, &routing.balancers));
+                configs.push(crate::convert::routes::router_config(&routing.rules, &routing.balancers));
             }
             let api = Api::connect(&conn).await?;
             let mut added = 0;
@@ -843,7 +843,7 @@ async fn execute(command: ApiCommand) -> Outcome {
             });
             let routing = crate::config::routing_of(&json!({ "routing": { "rules": [rule] } }))
                 .map_err(|e| Failure::Input(format!("sib: {e}")))?;
-            let config = crate::convert_routes::router_config(&routing.rules, &routing.balancers);
+            let config = crate::convert::routes::router_config(&routing.rules, &routing.balancers);
             let api = Api::connect(&conn).await?;
             if reset {
                 let request = api.request(router_pb::RemoveRuleRequest { rule_tag: ruletag.clone() });

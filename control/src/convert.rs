@@ -3,6 +3,7 @@
 //! wrong; `api` turns them into INVALID_ARGUMENT.
 
 pub mod inbound;
+pub mod routes;
 
 use std::fmt;
 

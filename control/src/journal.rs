@@ -23,8 +23,8 @@ use shardray_core::spec::UserSpec;
 use shardray_proto::xray::app::router;
 use shardray_proto::xray::core::OutboundHandlerConfig;
 
+use crate::convert::routes::{outbound_config, outbound_spec, router_config, routing_specs};
 use crate::convert::typed;
-use crate::convert_routes::{outbound_config, outbound_spec, router_config, routing_specs};
 
 use crate::convert::inbound::{inbound_config, inbound_json};
 use crate::registry::UserSets;

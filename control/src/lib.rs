@@ -7,7 +7,6 @@ pub mod audit;
 pub mod cli_api;
 pub mod config;
 pub mod convert;
-pub mod convert_routes;
 pub mod journal;
 pub mod logger;
 pub mod registry;

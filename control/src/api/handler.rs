@@ -19,8 +19,8 @@ use tonic::{Request, Response, Status};
 use super::ApiState;
 use crate::config::load_inbound;
 use crate::convert::inbound::inbound_json;
+use crate::convert::routes::outbound_spec;
 use crate::convert::{message_type, typed, user_spec, vless_user, Flavor};
-use crate::convert_routes::outbound_spec;
 use crate::registry::{ChangeError, InboundUsers};
 
 /// The service, ready to add to a router.

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use super::handler::change_status;
 use super::ApiState;
 use crate::convert::message_type;
-use crate::convert_routes::routing_specs;
+use crate::convert::routes::routing_specs;
 
 /// The service, ready to add to a router.
 pub fn service(state: Arc<ApiState>) -> anyhow::Result<pb::routing_service_server::RoutingServiceServer<RoutingApi>> {

@@ -22,7 +22,7 @@ use shardray_proto::xray::core::OutboundHandlerConfig;
 use shardray_proto::xray::proxy::{blackhole, freedom};
 use shardray_wire::addr::{Address, Destination};
 
-use crate::convert::{message_type, typed};
+use super::{message_type, typed};
 
 /// An outbound or routing config from the API that shardray cannot run; the text names the
 /// field at fault.
