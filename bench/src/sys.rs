@@ -76,3 +76,27 @@ pub fn splice(from: &impl AsFd, to: &impl AsFd, len: usize) -> io::Result<usize>
         }
     }
 }
+
+/// Raises this process's soft limit on open files towards `want` (never above the hard limit)
+/// and returns the soft limit now in force. Children started afterwards inherit it.
+/// (`rlim_t` is `u64` on the 64-bit Linux targets the harness runs on.)
+pub fn raise_nofile(want: u64) -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid local for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let cur = lim.rlim_cur;
+    let max = lim.rlim_max;
+    if cur >= want {
+        return Ok(cur);
+    }
+    let soft = want.min(max);
+    let new = libc::rlimit { rlim_cur: soft, rlim_max: lim.rlim_max };
+    // SAFETY: `new` is a valid local; lowering nothing and staying under the hard limit needs no
+    // privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(new.rlim_cur)
+}
