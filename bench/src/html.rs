@@ -99,6 +99,8 @@ struct IdleMedian {
     kib_per_tunnel: f64,
     rss_before_mib: f64,
     rss_with_mib: f64,
+    #[serde(default)]
+    fds_per_tunnel: f64,
     cpu_open_ms_per_1k: f64,
     cpu_idle_ms_per_s: f64,
     failed: usize,
@@ -424,6 +426,7 @@ fn idle_section(out: &mut String, name: &str, v: &IdleView, colors: &mut Colors)
                 format!("{:.1}", m.kib_per_tunnel),
                 format!("{:.1}", m.rss_before_mib),
                 format!("{:.1}", m.rss_with_mib),
+                format!("{:.1}", m.fds_per_tunnel),
                 format!("{:.0}", m.cpu_open_ms_per_1k),
                 format!("{:.2}", m.cpu_idle_ms_per_s),
                 m.failed.to_string(),
@@ -544,6 +547,7 @@ mod tests {
             conn_timeout: Duration::ZERO,
             open_timeout: Duration::ZERO,
             startup: Duration::ZERO,
+            nofile_limit: 1024,
         };
         let runs = ["shardray", "sing-box", "v2ray"]
             .iter()
@@ -556,6 +560,8 @@ mod tests {
                 error_samples: Vec::new(),
                 open_s: 1.0,
                 upstream_open: 2000,
+                fds_before: 10,
+                fds_with: 4010,
                 rss_before_mib: 10.0,
                 rss_with_mib: 20.0,
                 rss_with_spread_mib: 0.1,

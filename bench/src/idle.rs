@@ -58,6 +58,8 @@ pub struct Idle {
     pub open_timeout: Duration,
     /// Bound on a target's start-up.
     pub startup: Duration,
+    /// The open-file limit the targets inherit (for the report).
+    pub nofile_limit: u64,
 }
 
 /// One measurement of one target.
@@ -79,6 +81,10 @@ pub struct IdleRecord {
     pub open_s: f64,
     /// Connections the echo server held once the tunnels were open: each tunnel's far end.
     pub upstream_open: usize,
+    /// Descriptors the target had open before opening the tunnels.
+    pub fds_before: usize,
+    /// Descriptors the target had open with the tunnels open.
+    pub fds_with: usize,
     /// Steady RSS before opening, in MiB (median of the samples).
     pub rss_before_mib: f64,
     /// Steady RSS with the tunnels open, in MiB (median of the samples).
@@ -110,6 +116,14 @@ pub struct IdleRecord {
 }
 
 impl IdleRecord {
+    /// Descriptors the target gained per open tunnel.
+    pub fn fds_per_tunnel(&self) -> f64 {
+        if self.opened == 0 {
+            return 0.0;
+        }
+        (self.fds_with as f64 - self.fds_before as f64) / self.opened as f64
+    }
+
     /// Tunnels that did not survive: never opened, closed while idle, or failed the check.
     pub fn failed(&self) -> usize {
         self.open_errors + self.closed_while_idle + self.check_failed
@@ -131,6 +145,8 @@ pub struct IdleMedian {
     pub rss_before_mib: f64,
     /// Steady RSS with the tunnels open, MiB.
     pub rss_with_mib: f64,
+    /// Descriptors the target holds per open tunnel.
+    pub fds_per_tunnel: f64,
     /// CPU milliseconds per 1,000 tunnels opened.
     pub cpu_open_ms_per_1k: f64,
     /// CPU milliseconds per second while idle.
@@ -150,6 +166,8 @@ pub struct IdleReport {
     pub command: String,
     /// Tunnels asked for per target.
     pub tunnels: usize,
+    /// The open-file limit the targets inherited.
+    pub nofile_limit: u64,
     /// Every run.
     pub runs: Vec<IdleRecord>,
     /// Medians per target.
@@ -249,6 +267,7 @@ fn measure(
     progress.set_message(format!("{name} run {run}: settling"));
     thread::sleep(scenario.settle);
     let before = steady_rss(pid, scenario.samples, scenario.sample_every)?;
+    let fds_before = procstat::open_fds(pid)?;
 
     let mut head = Vec::with_capacity(64);
     RequestHeader {
@@ -278,6 +297,7 @@ fn measure(
     thread::sleep(scenario.settle);
     let upstream_open = echo.open();
     let with = steady_rss(pid, scenario.samples, scenario.sample_every)?;
+    let fds_with = procstat::open_fds(pid)?;
     if let Some(rest) = scenario.hold.checked_sub(idle_began.elapsed()) {
         thread::sleep(rest);
     }
@@ -305,6 +325,8 @@ fn measure(
         error_samples: errors,
         open_s,
         upstream_open,
+        fds_before,
+        fds_with,
         rss_before_mib: before.median_kib / 1024.0,
         rss_with_mib: with.median_kib / 1024.0,
         rss_with_spread_mib: with.spread_kib / 1024.0,
@@ -494,6 +516,7 @@ impl IdleReport {
                     kib_per_tunnel_vs_sing_box: None,
                     rss_before_mib: m(|r| r.rss_before_mib),
                     rss_with_mib: m(|r| r.rss_with_mib),
+                    fds_per_tunnel: m(|r| r.fds_per_tunnel()),
                     cpu_open_ms_per_1k: m(|r| r.cpu_open_ms_per_1k),
                     cpu_idle_ms_per_s: m(|r| r.cpu_idle_ms_per_s),
                     failed: group.iter().map(|r| r.failed()).sum(),
@@ -506,7 +529,15 @@ impl IdleReport {
                 m.kib_per_tunnel_vs_sing_box = (base > 0.0).then(|| m.kib_per_tunnel / base);
             }
         }
-        IdleReport { scenario: "idle", machine: Machine::detect(), command, tunnels: scenario.tunnels, runs, medians }
+        IdleReport {
+            scenario: "idle",
+            machine: Machine::detect(),
+            command,
+            tunnels: scenario.tunnels,
+            nofile_limit: scenario.nofile_limit,
+            runs,
+            medians,
+        }
     }
 
     /// The report as Markdown: machine line, per-run table, medians table, failures.
@@ -519,24 +550,26 @@ impl IdleReport {
             out,
             "{} idle VLESS tunnels per target, each opened with a {PAYLOAD}-byte echo round trip. RSS is the \
              target's VmRSS, the median of several samples once it settled; KiB/tunnel is its growth per \
-             open tunnel.\n",
-            self.tunnels
+             open tunnel (kernel socket buffers are not in RSS). fds is the target's open descriptors with \
+             the tunnels open (limit {}).\n",
+            self.tunnels, self.nofile_limit
         );
         out.push_str(
-            "| target | run | opened | open s | upstream | RSS before MiB | RSS with MiB | spread MiB | \
+            "| target | run | opened | open s | upstream | fds | RSS before MiB | RSS with MiB | spread MiB | \
              KiB/tunnel | CPU ms/1k opened | idle CPU ms/s | closed while idle | check failed | \
              RSS after close MiB |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &self.runs {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.2} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.0} | {:.2} | {} | {}/{} | {:.1} |",
+                "| {} | {} | {} | {:.2} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.0} | {:.2} | {} | {}/{} | {:.1} |",
                 r.target,
                 r.run,
                 r.opened,
                 r.open_s,
                 r.upstream_open,
+                r.fds_with,
                 r.rss_before_mib,
                 r.rss_with_mib,
                 r.rss_with_spread_mib,
@@ -551,20 +584,21 @@ impl IdleReport {
         }
         out.push_str(
             "\nMedians:\n\n\
-             | target | runs | KiB/tunnel | vs sing-box | RSS before MiB | RSS with MiB | CPU ms/1k opened | \
-             idle CPU ms/s | failed tunnels |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             | target | runs | KiB/tunnel | vs sing-box | RSS before MiB | RSS with MiB | fds/tunnel | \
+             CPU ms/1k opened | idle CPU ms/s | failed tunnels |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for md in &self.medians {
             let ratio = md.kib_per_tunnel_vs_sing_box.map_or("–".to_owned(), |r| format!("{r:.2}×"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.1} | {ratio} | {:.1} | {:.1} | {:.0} | {:.2} | {} |",
+                "| {} | {} | {:.1} | {ratio} | {:.1} | {:.1} | {:.1} | {:.0} | {:.2} | {} |",
                 md.target,
                 md.runs,
                 md.kib_per_tunnel,
                 md.rss_before_mib,
                 md.rss_with_mib,
+                md.fds_per_tunnel,
                 md.cpu_open_ms_per_1k,
                 md.cpu_idle_ms_per_s,
                 md.failed
@@ -625,6 +659,8 @@ mod tests {
             error_samples: Vec::new(),
             open_s: 1.0,
             upstream_open: 100,
+            fds_before: 10,
+            fds_with: 210,
             rss_before_mib: 10.0,
             rss_with_mib: 10.0 + kib * 100.0 / 1024.0,
             rss_with_spread_mib: 0.0,
@@ -656,6 +692,7 @@ mod tests {
             conn_timeout: Duration::ZERO,
             open_timeout: Duration::ZERO,
             startup: Duration::ZERO,
+            nofile_limit: 1024,
         };
         let runs = vec![
             record("shardray", 1, 4.0),
@@ -670,6 +707,7 @@ mod tests {
         assert_eq!((sr.target.as_str(), sr.runs, sr.kib_per_tunnel), ("shardray", 3, 5.0));
         assert_eq!(sr.kib_per_tunnel_vs_sing_box, Some(0.25));
         assert_eq!(sr.failed, 3 * 6);
+        assert_eq!(sr.fds_per_tunnel, 2.0);
         assert!(report.markdown().contains("| shardray | 3 | 5.0 | 0.25× |"));
     }
 }

@@ -373,12 +373,20 @@ fn idle(args: IdleArgs) -> Result<()> {
     if args.conn_timeout <= 0.0 || args.open_timeout <= 0.0 {
         bail!("--conn-timeout and --open-timeout must be positive");
     }
-    // Our side holds two descriptors per tunnel (client and echo ends), and so does the target,
-    // which inherits this limit.
-    let want = args.tunnels as u64 * 2 + 1024;
-    let limit = sys::raise_nofile(want).context("raising the open-file limit")?;
-    if limit < want {
-        bail!("{} tunnels need {want} open files, the hard limit allows {limit} (see `ulimit -Hn`)", args.tunnels);
+    // Our side holds two descriptors per tunnel (client and echo ends). A target holds at least
+    // two, and up to four more where it splices through pipes (sing-box does); it inherits our
+    // limit.
+    let tunnels = args.tunnels as u64;
+    let (own, generous) = (tunnels * 2 + 1024, tunnels * 6 + 1024);
+    let limit = sys::raise_nofile(generous).context("raising the open-file limit")?;
+    if limit < own {
+        bail!("{tunnels} tunnels need {own} open files, the hard limit allows {limit} (see `ulimit -Hn`)");
+    }
+    if limit < generous {
+        eprintln!(
+            "warning: the open-file limit is {limit}; a target using more than two descriptors per tunnel \
+             may refuse tunnels (run as root, or raise `ulimit -Hn` to {generous})"
+        );
     }
     let scenario = idle::Idle {
         tunnels: args.tunnels,
@@ -392,6 +400,7 @@ fn idle(args: IdleArgs) -> Result<()> {
         conn_timeout: seconds("conn-timeout", args.conn_timeout)?,
         open_timeout: seconds("open-timeout", args.open_timeout)?,
         startup: Duration::from_secs(args.targets.startup_timeout),
+        nofile_limit: limit,
     };
     let specs = target_specs(&args.targets)?;
     let workdir = workdir()?;

@@ -46,6 +46,12 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
     status_kib(pid, "VmRSS")
 }
 
+/// Descriptors `pid` has open (entries of /proc/PID/fd).
+pub fn open_fds(pid: u32) -> Result<usize> {
+    let path = format!("/proc/{pid}/fd");
+    Ok(fs::read_dir(&path).with_context(|| format!("listing {path}"))?.count())
+}
+
 /// A `kB` field of /proc/PID/status.
 fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -156,6 +162,7 @@ mod tests {
         let peak = peak_rss_kib(std::process::id()).unwrap();
 
         assert!(now > 0 && peak >= now, "{now} vs peak {peak}");
+        assert!(open_fds(std::process::id()).unwrap() >= 3);
     }
 
     #[test]
