@@ -1,12 +1,15 @@
 #!/bin/sh
 # Side-by-side bulk VLESS throughput: shardray against sing-box 1.14.4, V2Ray 4.45.2 and the bare
 # splice relay (`shardray-bench splice-relay`, the floor for a userspace relay),
-# measured in one run on this machine; then shardray's API figures (AddUser round trip idle and
-# with traffic, QueryStats and RSS at 100,000 and 1,000,000 users); appended as one dated
-# section to perf/RESULTS.md.
+# measured in one run on this machine; short connections against sing-box; the memory and CPU
+# that 2,000 idle tunnels cost shardray, sing-box and V2Ray; then shardray's API figures
+# (AddUser round trip idle and with traffic, QueryStats and RSS at 100,000 and 1,000,000 users);
+# appended as one dated section to perf/RESULTS.md, and drawn as charts in perf/report.html
+# (one self-contained page: CPU per GB, latency CDFs, RSS per idle tunnel, RSS over time).
 #
-#   perf/run.sh                      everything, about 5 minutes on 2 cores
-#   SCENARIOS=api perf/run.sh        only the API figures (also: throughput, connrate)
+#   perf/run.sh                      everything, about 6 minutes on 2 cores
+#   SCENARIOS=api perf/run.sh        only the API figures (also: throughput, connrate, idle)
+#   SCENARIOS=idle IDLE_TUNNELS=5000 perf/run.sh
 #   TARGETS=shardray,sing-box,v2ray STREAMS=8 BYTES=128MiB RUNS=5 perf/run.sh
 #   BUILD=0 perf/run.sh              use the binaries already built in the target directory
 #
@@ -16,7 +19,7 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-SCENARIOS=${SCENARIOS:-throughput,connrate,api}
+SCENARIOS=${SCENARIOS:-throughput,connrate,idle,api}
 TARGETS=${TARGETS:-shardray,sing-box,v2ray,splice}
 STREAMS=${STREAMS:-4}
 BYTES=${BYTES:-256MiB}
@@ -29,7 +32,11 @@ CHURN_RATE=${CHURN_RATE:-1000}
 CHURN_TRAFFIC_OPS=${CHURN_TRAFFIC_OPS:-2000}
 CHURN_TRAFFIC_RATE=${CHURN_TRAFFIC_RATE:-100}
 CHURN_STREAMS=${CHURN_STREAMS:-2}
+# Idle tunnels held open per target, and which targets.
+IDLE_TUNNELS=${IDLE_TUNNELS:-2000}
+IDLE_TARGETS=${IDLE_TARGETS:-shardray,sing-box,v2ray}
 RESULTS=${RESULTS:-$root/perf/RESULTS.md}
+REPORT=${REPORT:-$root/perf/report.html}
 BUILD=${BUILD:-1}
 
 wants() { case ",$SCENARIOS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -45,7 +52,7 @@ if wants throughput; then
     eval "$(perf/peers.sh)"
     args="throughput --target $TARGETS --streams $STREAMS --bytes $BYTES --direction $DIRECTION --runs $RUNS --shards $SHARDS"
     # shellcheck disable=SC2086 # $args is split on purpose
-    table=$("$bench" $args \
+    table=$("$bench" $args --json-out "$tmp/throughput.json" \
         --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX" --v2ray-bin "$V2RAY")
     {
         printf '```\nshardray-bench %s\n```\n\n' "$args"
@@ -57,7 +64,20 @@ if wants connrate; then
     eval "$(perf/peers.sh sing-box)"
     args="connrate --target shardray,sing-box --parallel 32 --duration 10 --runs 3 --shards $SHARDS"
     # shellcheck disable=SC2086 # $args is split on purpose
-    table=$("$bench" $args --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX")
+    table=$("$bench" $args --json-out "$tmp/connrate.json" \
+        --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX")
+    {
+        printf '\n```\nshardray-bench %s\n```\n\n' "$args"
+        printf '%s\n' "$table"
+    } >>"$section"
+fi
+
+if wants idle; then
+    eval "$(perf/peers.sh)"
+    args="idle --target $IDLE_TARGETS --tunnels $IDLE_TUNNELS --shards $SHARDS"
+    # shellcheck disable=SC2086 # $args is split on purpose
+    table=$("$bench" $args --json-out "$tmp/idle.json" \
+        --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX" --v2ray-bin "$V2RAY")
     {
         printf '\n```\nshardray-bench %s\n```\n\n' "$args"
         printf '%s\n' "$table"
@@ -66,8 +86,9 @@ fi
 
 if wants api; then
     # Each run saves its JSON; the summary reads them all back, with each command and table.
+    mkdir -p "$tmp/api"
     api() {
-        out="$tmp/$1.json"
+        out="$tmp/api/$1.json"
         shift
         echo "shardray-bench $*" >&2
         "$bench" "$@" --shards "$SHARDS" --shardray-bin "$bin/shardray" --json >"$out"
@@ -79,7 +100,7 @@ if wants api; then
     api 4-users-1m users --count 1000000
     {
         printf '\n### API (shardray, --shards %s)\n\n' "$SHARDS"
-        "$bench" api-summary --details "$tmp"/*.json
+        "$bench" api-summary --details "$tmp"/api/*.json
     } >>"$section"
 fi
 
@@ -104,3 +125,11 @@ fi
 } >>"$RESULTS"
 cat "$section"
 echo "appended to $RESULTS" >&2
+
+# The charts: every scenario that saved JSON (the API figures stay in RESULTS.md).
+set -- "$tmp"/*.json
+if [ -f "$1" ]; then
+    "$bench" html --title "shardray perf/run.sh, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit" \
+        --out "$REPORT" "$@"
+    echo "wrote $REPORT" >&2
+fi

@@ -184,7 +184,7 @@ impl Write for Metered<'_> {
 }
 
 /// Reads and checks the VLESS response header: version 0, then addons we skip.
-fn read_response_header(conn: &mut impl Read) -> io::Result<()> {
+pub fn read_response_header(conn: &mut impl Read) -> io::Result<()> {
     let mut head = [0u8; 2];
     conn.read_exact(&mut head)?;
     if head[0] != shardray_wire::vless::VERSION {

@@ -19,8 +19,8 @@ use shardray_wire::addr::Destination;
 use shardray_wire::vless::{Command, RequestHeader};
 
 use crate::pattern::{self, PERIOD};
-use crate::procstat;
-use crate::report::{median, Latencies, Latency, Machine};
+use crate::procstat::{self, RssSampler, RssSeries};
+use crate::report::{median, CdfPoint, Latencies, Latency, Machine};
 use crate::target::{RunningTarget, TargetSpec};
 
 /// Payload bytes per connection, each way.
@@ -66,6 +66,9 @@ pub struct PassRecord {
     pub cpu_ms_per_1k: f64,
     /// CPU seconds the harness itself spent (clients and echo server).
     pub harness_cpu_s: f64,
+    /// Every latency, for the merged distribution over runs (not saved).
+    #[serde(skip)]
+    pub latencies: Latencies,
 }
 
 /// One measurement of one target: the parallel pass, then the serial one.
@@ -81,6 +84,8 @@ pub struct ConnRecord {
     pub serial: Option<PassRecord>,
     /// The target's peak RSS (VmHWM) in MiB after both passes.
     pub peak_rss_mib: f64,
+    /// The target's RSS over both passes.
+    pub rss: RssSeries,
 }
 
 /// Medians over the runs of one target.
@@ -110,6 +115,10 @@ pub struct ConnMedian {
     pub errors: u64,
     /// Ratios against sing-box's medians, when sing-box was measured.
     pub vs_sing_box: Option<Ratios>,
+    /// Latency CDF of the parallel passes, every run's connections together.
+    pub cdf: Vec<CdfPoint>,
+    /// Latency CDF of the one-at-a-time passes, every run's connections together.
+    pub serial_cdf: Vec<CdfPoint>,
 }
 
 /// This target's medians divided by sing-box's.
@@ -126,6 +135,8 @@ pub struct Ratios {
 /// Everything one `connrate` invocation measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnrateReport {
+    /// Always `"connrate"`, for readers of saved JSON.
+    pub scenario: &'static str,
     /// Where.
     pub machine: Machine,
     /// The command line.
@@ -182,6 +193,7 @@ fn measure(
     }
     .encode(&mut head);
     let conn = ConnSpec { proxy: target.addr, head: Arc::new(head), timeout: scenario.conn_timeout };
+    let sampler = RssSampler::spawn(target.pid(), Duration::from_millis(100))?;
 
     let parallel = pass(target, &conn, scenario.parallel, scenario.duration, run)?;
     let serial = if scenario.serial_duration.is_zero() {
@@ -190,7 +202,15 @@ fn measure(
         Some(pass(target, &conn, 1, scenario.serial_duration, run)?)
     };
     let peak_rss_kib = procstat::peak_rss_kib(target.pid())?;
-    Ok(ConnRecord { target: spec.kind.to_string(), run, parallel, serial, peak_rss_mib: peak_rss_kib as f64 / 1024.0 })
+    let rss = sampler.finish();
+    Ok(ConnRecord {
+        target: spec.kind.to_string(),
+        run,
+        parallel,
+        serial,
+        peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+        rss,
+    })
 }
 
 /// How each client connection reaches the echo server.
@@ -270,6 +290,7 @@ fn pass(target: &RunningTarget, conn: &ConnSpec, threads: usize, duration: Durat
         proxy_cpu_s: cpu,
         cpu_ms_per_1k: cpu * 1e3 / ok as f64 * 1e3,
         harness_cpu_s: own,
+        latencies,
     })
 }
 
@@ -330,6 +351,15 @@ fn one_connection(conn: &ConnSpec, request: &[u8], payload: &[u8], reply: &mut [
     Ok(())
 }
 
+/// The CDF of every latency of `passes` together.
+fn merged<'a>(passes: impl Iterator<Item = &'a PassRecord>) -> Vec<CdfPoint> {
+    let mut all = Latencies::default();
+    for p in passes {
+        all.add(&p.latencies);
+    }
+    all.cdf()
+}
+
 fn short_echo(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::UnexpectedEof {
         io::Error::new(e.kind(), format!("closed before {PAYLOAD} echoed bytes"))
@@ -368,6 +398,8 @@ impl ConnrateReport {
                     serial_p99_us: sm(|p| p.latency.p99_us),
                     errors: group.iter().map(|r| r.parallel.errors + r.serial.as_ref().map_or(0, |s| s.errors)).sum(),
                     vs_sing_box: None,
+                    cdf: merged(group.iter().map(|r| &r.parallel)),
+                    serial_cdf: merged(serial.iter().copied()),
                     target,
                 }
             })
@@ -383,6 +415,7 @@ impl ConnrateReport {
             }
         }
         ConnrateReport {
+            scenario: "connrate",
             machine: Machine::detect(),
             command,
             parallel: scenario.parallel,

@@ -7,13 +7,17 @@ mod api;
 mod churn;
 mod client;
 mod connrate;
+mod html;
+mod idle;
 mod pattern;
 mod peers;
 mod procstat;
+mod progress;
 mod report;
 mod sink;
 mod splice_relay;
 mod summary;
+mod svg;
 mod sys;
 mod target;
 mod throughput;
@@ -26,6 +30,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::pattern::Flow;
+use crate::progress::Progress;
 use crate::report::Report;
 use crate::summary::ApiReport;
 use crate::target::{TargetKind, TargetSpec};
@@ -63,6 +68,22 @@ enum Cmd {
         #[arg(long)]
         details: bool,
         /// JSON files written by `churn --json` or `users --json`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Idle tunnels: M established VLESS tunnels held open through each target; its RSS before
+    /// and with them (per tunnel), its CPU opening them and idling, and whether they survive.
+    Idle(IdleArgs),
+    /// One self-contained HTML page with charts from results saved by `throughput`, `connrate`
+    /// and `idle` (`--json` or `--json-out`).
+    Html {
+        /// Heading and page title.
+        #[arg(long, default_value = "shardray performance")]
+        title: String,
+        /// Where to write the page (default: standard output).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// JSON files; results of other scenarios are listed but not plotted.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -115,9 +136,61 @@ struct TargetArgs {
     /// Print the report as JSON instead of Markdown.
     #[arg(long)]
     json: bool,
+    /// Also write the report as JSON to this file (for `html`), whatever is printed.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
     /// Keep the directory with the targets' configs and logs.
     #[arg(long)]
     keep: bool,
+}
+
+impl TargetArgs {
+    /// Prints `report` as JSON or as `markdown`, and saves the JSON where asked.
+    fn emit(&self, report: &impl serde::Serialize, markdown: impl FnOnce() -> String) -> Result<()> {
+        let json = serde_json::to_string_pretty(report)?;
+        if let Some(path) = &self.json_out {
+            std::fs::write(path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;
+        }
+        if self.json {
+            println!("{json}");
+        } else {
+            print!("{}", markdown());
+        }
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    targets: TargetArgs,
+    /// Tunnels to hold open through each target.
+    #[arg(long, default_value_t = 2000)]
+    tunnels: usize,
+    /// Measurements per target; medians are taken over them.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Client threads opening tunnels.
+    #[arg(long, default_value_t = 8)]
+    open_threads: usize,
+    /// Seconds to wait before each steady RSS reading (after start, after opening, after closing).
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+    /// RSS samples per steady reading, 200 ms apart; the median is taken.
+    #[arg(long, default_value_t = 5)]
+    samples: usize,
+    /// Seconds the tunnels stay idle (settling and sampling included) before the checks.
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
+    /// Tunnels, spread evenly, that make one more round trip at the end.
+    #[arg(long, default_value_t = 100)]
+    check: usize,
+    /// Seconds any one connect or round trip may take.
+    #[arg(long, default_value_t = 5.0)]
+    conn_timeout: f64,
+    /// Seconds opening all the tunnels may take.
+    #[arg(long, default_value_t = 120.0)]
+    open_timeout: f64,
 }
 
 #[derive(clap::Args)]
@@ -265,8 +338,81 @@ fn main() -> Result<()> {
             print!("{}", summary::markdown(&reports, details));
             Ok(())
         }
+        Cmd::Idle(args) => idle(args),
+        Cmd::Html { title, out, files } => {
+            let mut inputs = Vec::new();
+            for f in &files {
+                let json = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+                let name = f.file_name().map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned());
+                inputs.push(html::Input { name, json });
+            }
+            let page = html::render(&title, &inputs)?;
+            match out {
+                Some(path) => std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{page}"),
+            }
+            Ok(())
+        }
         Cmd::SpliceRelay { listen, user } => splice_relay::run(listen, user),
     }
+}
+
+/// Seconds from a command-line option, checked to be finite and within an hour.
+fn seconds(name: &str, x: f64) -> Result<Duration> {
+    if !x.is_finite() || !(0.0..=3600.0).contains(&x) {
+        bail!("--{name} must be between 0 and 3600 seconds");
+    }
+    Ok(Duration::from_secs_f64(x))
+}
+
+fn idle(args: IdleArgs) -> Result<()> {
+    const MAX_TUNNELS: usize = 100_000;
+    if args.tunnels == 0 || args.tunnels > MAX_TUNNELS || args.runs == 0 || args.samples == 0 {
+        bail!("--tunnels must be 1 to {MAX_TUNNELS}; --runs and --samples must be positive");
+    }
+    if args.conn_timeout <= 0.0 || args.open_timeout <= 0.0 {
+        bail!("--conn-timeout and --open-timeout must be positive");
+    }
+    // Our side holds two descriptors per tunnel (client and echo ends). A target holds at least
+    // two, and up to four more where it splices through pipes (sing-box does); it inherits our
+    // limit.
+    let tunnels = args.tunnels as u64;
+    let (own, generous) = (tunnels * 2 + 1024, tunnels * 6 + 1024);
+    let limit = sys::raise_nofile(generous).context("raising the open-file limit")?;
+    if limit < own {
+        bail!("{tunnels} tunnels need {own} open files, the hard limit allows {limit} (see `ulimit -Hn`)");
+    }
+    if limit < generous {
+        eprintln!(
+            "warning: the open-file limit is {limit}; a target using more than two descriptors per tunnel \
+             may refuse tunnels (run as root, or raise `ulimit -Hn` to {generous})"
+        );
+    }
+    let scenario = idle::Idle {
+        tunnels: args.tunnels,
+        runs: args.runs,
+        open_threads: args.open_threads.max(1),
+        settle: seconds("settle", args.settle)?,
+        samples: args.samples,
+        sample_every: Duration::from_millis(200),
+        hold: seconds("hold", args.hold)?,
+        check: args.check,
+        conn_timeout: seconds("conn-timeout", args.conn_timeout)?,
+        open_timeout: seconds("open-timeout", args.open_timeout)?,
+        startup: Duration::from_secs(args.targets.startup_timeout),
+        nofile_limit: limit,
+    };
+    let specs = target_specs(&args.targets)?;
+    let workdir = workdir()?;
+    // The sink serves only the start-up probes; the idle echo server holds the tunnels' far ends.
+    let sink = sink::Sink::spawn(scenario.startup)?;
+    let echo = sink::IdleEcho::spawn()?;
+    let progress = Progress::new((specs.len() * scenario.runs) as u64, "idle");
+    let outcome = idle::run_all(&specs, &scenario, sink.addr(), &echo, &workdir, &progress);
+    drop(progress);
+    let records = finish(&workdir, args.targets.keep, outcome)?;
+    let report = idle::IdleReport::new(&scenario, command_line(), records);
+    args.targets.emit(&report, || report.markdown())
 }
 
 fn throughput(args: ThroughputArgs) -> Result<()> {
@@ -289,39 +435,31 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
     let workdir = workdir()?;
     let sink = sink::Sink::spawn(scenario.timeout)?;
 
+    let progress = Progress::new((specs.len() * scenario.runs * scenario.flows.len()) as u64, "throughput");
     let outcome = throughput::run_all(&specs, &scenario, sink.addr(), &workdir, |r| {
-        eprintln!(
+        progress.println(format!(
             "{:>8} {:>4} run {}: {:.2} Gbit/s, {:.2} CPU s, {:.3} CPU s/GB, peak RSS {:.1} MiB",
             r.target, r.direction, r.run, r.gbit_s, r.proxy_cpu_s, r.cpu_s_per_gb, r.peak_rss_mib
-        );
+        ));
+        progress.inc(1);
     });
+    drop(progress);
     let records = finish(&workdir, args.targets.keep, outcome)?;
 
     let report = Report::new(records);
-    if args.targets.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.markdown());
-    }
-    Ok(())
+    args.targets.emit(&report, || report.markdown())
 }
 
 fn connrate(args: ConnrateArgs) -> Result<()> {
-    let secs = |name: &str, x: f64| -> Result<Duration> {
-        if !x.is_finite() || !(0.0..=3600.0).contains(&x) {
-            bail!("--{name} must be between 0 and 3600 seconds");
-        }
-        Ok(Duration::from_secs_f64(x))
-    };
     if args.parallel == 0 || args.runs == 0 || args.duration <= 0.0 || args.conn_timeout <= 0.0 {
         bail!("--parallel, --runs, --duration and --conn-timeout must be positive");
     }
     let scenario = connrate::Connrate {
         parallel: args.parallel,
-        duration: secs("duration", args.duration)?,
-        serial_duration: secs("serial-duration", args.serial_duration)?,
+        duration: seconds("duration", args.duration)?,
+        serial_duration: seconds("serial-duration", args.serial_duration)?,
         runs: args.runs,
-        conn_timeout: secs("conn-timeout", args.conn_timeout)?,
+        conn_timeout: seconds("conn-timeout", args.conn_timeout)?,
         startup: Duration::from_secs(args.targets.startup_timeout),
     };
     let specs = target_specs(&args.targets)?;
@@ -331,23 +469,21 @@ fn connrate(args: ConnrateArgs) -> Result<()> {
     // Each client has at most one connection in flight, so that many accepting threads (and a
     // margin for connections the proxy is still tearing down) never keep a connection waiting.
     let echo = sink::Echo::spawn(connrate::PAYLOAD, args.parallel * 2 + 8, scenario.conn_timeout)?;
+    let progress = Progress::new((specs.len() * scenario.runs) as u64, "connrate");
     let outcome = connrate::run_all(&specs, &scenario, sink.addr(), echo.addr(), &workdir, |r| {
         let p = &r.parallel;
         let serial =
             r.serial.as_ref().map_or(String::new(), |s| format!(", 1-at-a-time p50 {:.0} µs", s.latency.p50_us));
-        eprintln!(
+        progress.println(format!(
             "{:>8} run {}: {:.0} conns/s, p50 {:.0} µs, p99 {:.0} µs, {:.0} CPU ms/1k conns, {} errors, peak RSS {:.1} MiB{serial}",
             r.target, r.run, p.conns_per_s, p.latency.p50_us, p.latency.p99_us, p.cpu_ms_per_1k, p.errors, r.peak_rss_mib
-        );
+        ));
+        progress.inc(1);
     });
+    drop(progress);
     let records = finish(&workdir, args.targets.keep, outcome)?;
     let report = connrate::ConnrateReport::new(&scenario, command_line(), records);
-    if args.targets.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.markdown());
-    }
-    Ok(())
+    args.targets.emit(&report, || report.markdown())
 }
 
 /// This invocation's command line, with the program's path shortened to its name.

@@ -47,6 +47,8 @@ pub struct Machine {
 /// Everything one `throughput` invocation measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Always `"throughput"`, for readers of saved JSON.
+    pub scenario: &'static str,
     /// Where.
     pub machine: Machine,
     /// Every run.
@@ -111,7 +113,7 @@ impl Report {
                 .filter(|(_, base)| *base > 0.0)
                 .map(|(_, base)| m.cpu_s_per_gb / base);
         }
-        Report { machine: Machine::detect(), runs, medians }
+        Report { scenario: "throughput", machine: Machine::detect(), runs, medians }
     }
 
     /// The report as Markdown: machine line, per-run table, medians table.
@@ -180,6 +182,16 @@ impl Latencies {
         let _ = self.0.add(&other.0);
     }
 
+    /// The distribution as points of its CDF at [`CDF_QUANTILES`] (minimum and maximum
+    /// included), in microseconds; empty when nothing was recorded.
+    pub fn cdf(&self) -> Vec<CdfPoint> {
+        let h = &self.0;
+        if h.is_empty() {
+            return Vec::new();
+        }
+        CDF_QUANTILES.iter().map(|&q| CdfPoint { q, us: h.value_at_quantile(q) as f64 / 1e3 }).collect()
+    }
+
     /// Count, percentiles and maximum in microseconds.
     pub fn summary(&self) -> Latency {
         let h = &self.0;
@@ -193,6 +205,21 @@ impl Latencies {
             max_us: us(h.max()),
         }
     }
+}
+
+/// The quantiles at which [`Latencies::cdf`] reads the distribution: dense in the tail.
+pub const CDF_QUANTILES: [f64; 22] = [
+    0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9995,
+    0.9999, 1.0,
+];
+
+/// One point of a latency CDF: a fraction `q` of the samples took at most `us` microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CdfPoint {
+    /// Quantile, 0 to 1.
+    pub q: f64,
+    /// Latency at that quantile, in microseconds.
+    pub us: f64,
 }
 
 /// A latency distribution's summary, in microseconds.
@@ -286,6 +313,19 @@ mod tests {
         assert!((s.p50_us - 500.0).abs() < 1.0, "{s:?}");
         assert!((s.p99_us - 990.0).abs() < 1.0, "{s:?}");
         assert!((s.max_us - 1000.0).abs() < 1.0, "{s:?}");
+    }
+
+    #[test]
+    fn cdf_is_monotonic_and_spans_the_samples() {
+        assert!(Latencies::default().cdf().is_empty());
+        let mut l = Latencies::default();
+        for us in [5u64, 7, 7, 9, 100, 250, 3_000, 12, 40, 41] {
+            l.record(Duration::from_micros(us));
+        }
+        let cdf = l.cdf();
+        assert_eq!(cdf.len(), CDF_QUANTILES.len());
+        assert!(cdf.windows(2).all(|w| w[0].q < w[1].q && w[0].us <= w[1].us), "{cdf:?}");
+        assert!((cdf[0].us - 5.0).abs() < 0.01 && (cdf.last().unwrap().us - 3_000.0).abs() < 3.0, "{cdf:?}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -112,4 +114,69 @@ fn echo_one(mut conn: TcpStream, buf: &mut [u8], timeout: Duration) {
     if conn.read_exact(buf).is_ok() {
         let _ = conn.write_all(buf);
     }
+}
+
+/// A loopback echo server for long-lived tunnels: every connection echoes whatever arrives until
+/// the peer closes, all on one thread (tokio, current-thread), so thousands of idle connections
+/// cost a small task each rather than a thread. Counts the connections it holds open.
+#[derive(Debug)]
+pub struct IdleEcho {
+    addr: SocketAddr,
+    open: Arc<AtomicUsize>,
+}
+
+impl IdleEcho {
+    /// Binds 127.0.0.1 on a free port and starts serving on a thread of its own, which lives
+    /// until the process exits.
+    pub fn spawn() -> Result<IdleEcho> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the idle echo server")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let open = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&open);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        thread::Builder::new().name("idle-echo".into()).spawn(move || {
+            rt.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+                loop {
+                    match listener.accept().await {
+                        Ok((conn, _)) => {
+                            tokio::spawn(echo_until_closed(conn, Arc::clone(&counter)));
+                        }
+                        // Out of descriptors, say: back off instead of spinning.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            })
+        })?;
+        Ok(IdleEcho { addr, open })
+    }
+
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections open right now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+async fn echo_until_closed(mut conn: tokio::net::TcpStream, open: Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    open.fetch_add(1, Ordering::Relaxed);
+    let _ = conn.set_nodelay(true);
+    let mut buf = [0u8; 256];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    open.fetch_sub(1, Ordering::Relaxed);
 }

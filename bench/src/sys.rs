@@ -76,3 +76,31 @@ pub fn splice(from: &impl AsFd, to: &impl AsFd, len: usize) -> io::Result<usize>
         }
     }
 }
+
+/// Raises this process's limit on open files to `want` and returns the soft limit now in
+/// force; children started afterwards inherit it. The hard limit is raised too where we may
+/// (CAP_SYS_RESOURCE); otherwise the soft limit goes as high as the hard one allows.
+/// (`rlim_t` is `u64` on the 64-bit Linux targets the harness runs on.)
+pub fn raise_nofile(want: u64) -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid local for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur >= want {
+        return Ok(lim.rlim_cur);
+    }
+    let set = |cur: u64, max: u64| {
+        let new = libc::rlimit { rlim_cur: cur, rlim_max: max };
+        // SAFETY: `new` is a valid local; the kernel checks the privilege a raise needs.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 }
+    };
+    if want > lim.rlim_max && set(want, want) {
+        return Ok(want);
+    }
+    let soft = want.min(lim.rlim_max);
+    if !set(soft, lim.rlim_max) {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(soft)
+}

@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
 use crate::pattern::{Flow, Request, PERIOD};
-use crate::procstat;
+use crate::procstat::{self, RssSampler, RssSeries};
 use crate::target::{RunningTarget, TargetSpec};
 
 /// What to run.
@@ -57,6 +57,8 @@ pub struct RunRecord {
     pub peak_rss_mib: f64,
     /// CPU seconds the harness itself spent (client and sink), for spotting a harness bottleneck.
     pub harness_cpu_s: f64,
+    /// The target's RSS over the measurement.
+    pub rss: RssSeries,
 }
 
 /// Runs every run of every target, interleaved (run 1 of each target, then run 2, ...), so
@@ -101,6 +103,7 @@ fn measure(
     sink: SocketAddr,
 ) -> Result<RunRecord> {
     let pid = target.pid();
+    let sampler = RssSampler::spawn(pid, Duration::from_millis(25))?;
     let client = target.client(sink);
     let start_line = Arc::new(Barrier::new(scenario.streams + 1));
     let mut workers = Vec::with_capacity(scenario.streams);
@@ -141,6 +144,7 @@ fn measure(
     let cpu_ticks = procstat::stat_cpu_seconds(pid)? - ticks_before;
     let own = procstat::own_cpu_seconds()? - own_before;
     let peak_rss_kib = procstat::peak_rss_kib(pid)?;
+    let rss = sampler.finish();
     if !failures.is_empty() {
         return Err(anyhow!("{} of {} streams failed:\n{}", failures.len(), scenario.streams, failures.join("\n")));
     }
@@ -162,5 +166,6 @@ fn measure(
         cpu_s_per_gb: cpu / gb,
         peak_rss_mib: peak_rss_kib as f64 / 1024.0,
         harness_cpu_s: own,
+        rss,
     })
 }

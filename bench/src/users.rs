@@ -4,7 +4,6 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::thread;
@@ -17,6 +16,7 @@ use uuid::Uuid;
 use crate::api::{self, ApiClient};
 use crate::pattern::{Flow, Request, PERIOD};
 use crate::procstat;
+use crate::progress::Progress;
 use crate::report::{median, Latencies, Latency};
 use crate::target::TargetSpec;
 
@@ -167,7 +167,7 @@ pub fn run(users: &Users, sink: SocketAddr, workdir: &Path) -> Result<UsersRecor
     let mut batch_latency = Latencies::default();
     let started = Instant::now();
     let deadline = started + users.timeout;
-    let progress = std::io::stderr().is_terminal();
+    let progress = Progress::new(users.count as u64, "users loaded");
     let mut next = 0;
     while next < users.count {
         if Instant::now() >= deadline {
@@ -186,14 +186,10 @@ pub fn run(users: &Users, sink: SocketAddr, workdir: &Path) -> Result<UsersRecor
             anyhow::anyhow!("AddUsersOperation of users {next}..{end}: {:?}: {}", s.code(), s.message())
         })?;
         batch_latency.record(sent.elapsed());
+        progress.inc((end - next) as u64);
         next = end;
-        if progress {
-            eprint!("\rusers: {next} of {} loaded", users.count);
-        }
     }
-    if progress {
-        eprintln!();
-    }
+    drop(progress);
     let load = started.elapsed().as_secs_f64();
     thread::sleep(Duration::from_millis(300));
     let rss_after = procstat::rss_kib(pid)?;
