@@ -78,7 +78,7 @@ impl Journal {
         let tmp = self.path.with_extension("jsonl.tmp");
         let mut out = File::create(&tmp)?;
         for inbound in sets.inbounds().iter().filter(|i| i.has_users) {
-            let mut users: Vec<UserSpec> = inbound.users.values().cloned().collect();
+            let mut users: Vec<UserSpec> = inbound.users.values().collect();
             users.sort_by(|a, b| a.email.cmp(&b.email));
             let change = Change::ReplaceUsers { inbound: inbound.tag.clone(), users };
             if let Some(record) = encode(&change) {

@@ -2,17 +2,18 @@
 //! counter. A change is checked here, numbered, sent to every shard, and recorded once the
 //! shards have acknowledged it, one change at a time, so epochs apply in order everywhere.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use shardray_core::change::Change;
+use shardray_core::slots::{UserKey, UserOp, NO_SLOT};
 use shardray_core::spec::{Config, InboundProtocol, UserSpec};
 use uuid::Uuid;
 
 use crate::journal::Journal;
 use crate::server::{BroadcastError, ShardLinks};
+use crate::slots::{InboundUserTable, SlotBook, SlotView, UserRef};
 
 /// How long a change may take to be applied by every shard before the call fails.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,28 +27,14 @@ pub struct InboundUsers {
     pub protocol: &'static str,
     /// Whether the inbound has users at all (dokodemo-door does not).
     pub has_users: bool,
-    /// Users by id.
-    pub users: HashMap<Uuid, UserSpec>,
-    /// Ids by lowercase email, for users that have one.
-    by_email: HashMap<String, Uuid>,
+    /// Users, by id and by email.
+    pub users: InboundUserTable,
 }
 
 impl InboundUsers {
     /// The user with this email (any ASCII case).
-    pub fn by_email(&self, email: &str) -> Option<&UserSpec> {
-        self.by_email.get(&email.to_ascii_lowercase()).and_then(|id| self.users.get(id))
-    }
-
-    fn insert(&mut self, user: UserSpec) {
-        if !user.email.is_empty() {
-            self.by_email.insert(user.email.to_ascii_lowercase(), user.id);
-        }
-        self.users.insert(user.id, user);
-    }
-
-    fn remove(&mut self, email: &str) -> Option<UserSpec> {
-        let id = self.by_email.remove(&email.to_ascii_lowercase())?;
-        self.users.remove(&id)
+    pub fn by_email(&self, email: &str) -> Option<UserRef<'_>> {
+        self.users.by_email(email)
     }
 }
 
@@ -92,6 +79,8 @@ impl std::error::Error for ChangeError {}
 #[derive(Debug, Clone, Default)]
 pub struct UserSets {
     inbounds: Vec<InboundUsers>,
+    /// One counter slot per email, shared by the inbounds that list it.
+    slots: SlotBook,
 }
 
 /// The registry: the user sets, the epoch counter, the journal and the way to the shards.
@@ -119,13 +108,18 @@ impl Registry {
         self.sets.inbound(tag)
     }
 
-    /// Every user with an email, with its level, for counters.
-    pub fn stat_users(&self) -> Vec<(String, u32)> {
-        self.sets.stat_users()
+    /// The counter slots: every user with an email, once, with the level its counters follow.
+    pub fn slots(&self) -> &SlotBook {
+        &self.sets.slots
     }
 
-    /// One user's email and level, for reading its counters.
-    pub fn stat_user(&self, email: &str) -> Option<(String, u32)> {
+    /// The counter slots, to record resets.
+    pub fn slots_mut(&mut self) -> &mut SlotBook {
+        &mut self.sets.slots
+    }
+
+    /// The slot of the user with this email (the first inbound listing it, any ASCII case).
+    pub fn stat_user(&self, email: &str) -> Option<SlotView<'_>> {
         self.sets.stat_user(email)
     }
 
@@ -139,10 +133,12 @@ impl Registry {
         }
         self.epoch += 1;
         let epoch = self.epoch;
-        let change = Arc::new(change);
         // Recorded before waiting: once sent, every shard will apply it in order, even late.
-        self.sets.record(&change);
-        self.shards.broadcast(epoch, change, APPLY_TIMEOUT).await.map_err(ChangeError::Shards)?;
+        let ops: Arc<[UserOp]> = self.sets.record(&change, Some(epoch)).into();
+        let change = Arc::new(change);
+        self.shards.broadcast(epoch, change, ops, APPLY_TIMEOUT).await.map_err(ChangeError::Shards)?;
+        // Every shard has applied this epoch, and so every earlier one.
+        self.sets.slots.reclaim(epoch);
         Ok(epoch)
     }
 }
@@ -150,36 +146,45 @@ impl Registry {
 impl UserSets {
     /// The user sets as a config starts them.
     pub fn from_config(config: &Config) -> UserSets {
-        let inbounds = config
-            .inbounds
-            .iter()
-            .map(|i| {
-                let mut entry = InboundUsers { tag: i.tag.clone(), ..Default::default() };
-                match &i.protocol {
-                    InboundProtocol::Vless(v) => {
-                        entry.protocol = "vless";
-                        entry.has_users = true;
-                        for u in &v.clients {
-                            entry.insert(u.clone());
-                        }
-                    }
-                    InboundProtocol::Dokodemo(_) => entry.protocol = "dokodemo-door",
+        let mut sets = UserSets::default();
+        for i in &config.inbounds {
+            let mut entry = InboundUsers { tag: i.tag.clone(), ..Default::default() };
+            match &i.protocol {
+                InboundProtocol::Vless(_) => {
+                    entry.protocol = "vless";
+                    entry.has_users = true;
                 }
-                entry
-            })
-            .collect();
-        UserSets { inbounds }
-    }
-
-    /// Writes the user sets back into `config`, so shards start with them.
-    pub fn write_into(&self, config: &mut Config) {
-        for (inbound, users) in config.inbounds.iter_mut().zip(&self.inbounds) {
-            if let InboundProtocol::Vless(v) = &mut inbound.protocol {
-                let mut clients: Vec<UserSpec> = users.users.values().cloned().collect();
-                clients.sort_by(|a, b| a.email.cmp(&b.email));
-                v.clients = clients;
+                InboundProtocol::Dokodemo(_) => entry.protocol = "dokodemo-door",
+            }
+            sets.inbounds.push(entry);
+        }
+        for (i, inbound) in config.inbounds.iter().enumerate() {
+            if let InboundProtocol::Vless(v) = &inbound.protocol {
+                for u in &v.clients {
+                    sets.add_user(i, u);
+                }
             }
         }
+        sets
+    }
+
+    /// What each inbound starts with on the shards (config order): its users as adds. The
+    /// shards read these, not the config's `clients`, which the caller may then drop.
+    pub fn initial_ops(&self) -> Vec<Vec<UserOp>> {
+        self.inbounds
+            .iter()
+            .map(|inbound| {
+                inbound
+                    .users
+                    .iter()
+                    .map(|u| UserOp::Add {
+                        user: UserKey { id: u.id, slot: u.slot, level: u.level },
+                        email: u.shared_email.cloned(),
+                        new_slot: true,
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Every inbound, in config order.
@@ -192,32 +197,26 @@ impl UserSets {
         self.inbounds.iter().find(|i| i.tag == tag).ok_or_else(|| ChangeError::InboundNotFound(tag.to_owned()))
     }
 
-    /// Every user with an email, with its level, for counters (an email in several inbounds
-    /// appears once, with the first inbound's level).
-    pub fn stat_users(&self) -> Vec<(String, u32)> {
-        let with_users: Vec<&InboundUsers> = self.inbounds.iter().filter(|i| !i.users.is_empty()).collect();
-        let mut out = Vec::with_capacity(with_users.iter().map(|i| i.users.len()).sum());
-        // With one inbound (the common case) emails are unique already: no set needed.
-        let mut seen = (with_users.len() > 1).then(rustc_hash::FxHashSet::<&str>::default);
-        for inbound in with_users {
-            for u in inbound.users.values().filter(|u| !u.email.is_empty()) {
-                if seen.as_mut().is_none_or(|s| s.insert(u.email.as_str())) {
-                    out.push((u.email.clone(), u.level));
-                }
-            }
-        }
-        out
+    /// The counter slots.
+    pub fn slots(&self) -> &SlotBook {
+        &self.slots
     }
 
-    /// One user's email and level, as `stat_users` would list it (first inbound wins).
-    pub fn stat_user(&self, email: &str) -> Option<(String, u32)> {
-        self.inbounds.iter().find_map(|i| i.by_email(email)).map(|u| (u.email.clone(), u.level))
+    /// The counter slots, to set offsets.
+    pub fn slots_mut(&mut self) -> &mut SlotBook {
+        &mut self.slots
+    }
+
+    /// The slot of the user with this email: the first inbound listing it (any ASCII case).
+    pub fn stat_user(&self, email: &str) -> Option<SlotView<'_>> {
+        let slot = self.inbounds.iter().find_map(|i| i.by_email(email)).map(|u| u.slot)?;
+        self.slots.get(slot)
     }
 
     /// Checks and records `change` (for replaying a journal).
     pub fn apply(&mut self, change: &Change) -> Result<(), ChangeError> {
         self.check(change)?;
-        self.record(change);
+        self.record(change, None);
         Ok(())
     }
 
@@ -239,7 +238,7 @@ impl UserSets {
                     if exists(&u.email) || !emails.insert(u.email.to_ascii_lowercase()) {
                         return Err(ChangeError::AlreadyExists(u.email.clone()));
                     }
-                    if inbound.users.contains_key(&u.id) || !ids.insert(u.id) {
+                    if inbound.users.contains_id(&u.id) || !ids.insert(u.id) {
                         return Err(ChangeError::AlreadyExists(u.id.to_string()));
                     }
                 }
@@ -272,36 +271,120 @@ impl UserSets {
         Ok(())
     }
 
-    fn record(&mut self, change: &Change) {
-        let Some(inbound) = self.inbounds.iter_mut().find(|i| i.tag == change.inbound()) else {
-            return;
+    /// Records `change` and returns what the shards must do for it. `epoch` is the change's
+    /// (`None` while no shard runs): a slot it frees is reused only once every shard has
+    /// applied it.
+    fn record(&mut self, change: &Change, epoch: Option<u64>) -> Vec<UserOp> {
+        let Some(i) = self.inbounds.iter().position(|i| i.tag == change.inbound()) else {
+            return Vec::new();
         };
         match change {
-            Change::AddUsers { users, .. } => {
-                for u in users {
-                    inbound.insert(u.clone());
-                }
-            }
+            Change::AddUsers { users, .. } => users.iter().map(|u| self.add_user(i, u)).collect(),
             Change::RemoveUsers { emails, .. } => {
+                let mut ops = Vec::with_capacity(emails.len());
                 for e in emails {
-                    inbound.remove(e);
-                }
-            }
-            Change::SetLevel { email, level, .. } => {
-                if let Some(id) = inbound.by_email.get(&email.to_ascii_lowercase()).copied() {
-                    if let Some(u) = inbound.users.get_mut(&id) {
-                        u.level = *level;
+                    if let Some((id, slot)) = self.inbounds[i].users.remove_email(e) {
+                        ops.push(self.release(i, id, slot, epoch));
                     }
                 }
+                ops
+            }
+            Change::SetLevel { email, level, .. } => {
+                let Some((id, slot)) = self.inbounds[i].users.set_level(email, *level) else {
+                    return Vec::new();
+                };
+                if slot != NO_SLOT {
+                    self.slots.set_level(slot, i as u32, *level);
+                }
+                vec![UserOp::SetLevel { id, level: *level }]
+            }
+            Change::Kick { email, .. } => {
+                self.inbounds[i].by_email(email).map(|u| UserOp::Kick { id: u.id }).into_iter().collect()
             }
             Change::ReplaceUsers { users, .. } => {
-                inbound.users.clear();
-                inbound.by_email.clear();
-                for u in users {
-                    inbound.insert(u.clone());
+                // Users that stay (same id and email) keep their sessions and counters.
+                let wanted: rustc_hash::FxHashMap<Uuid, &UserSpec> = users.iter().map(|u| (u.id, u)).collect();
+                let gone: Vec<Uuid> = self.inbounds[i]
+                    .users
+                    .iter()
+                    .filter(|u| !wanted.get(&u.id).is_some_and(|w| w.email.eq_ignore_ascii_case(u.email)))
+                    .map(|u| u.id)
+                    .collect();
+                let mut ops = Vec::with_capacity(gone.len() + users.len());
+                for id in gone {
+                    if let Some((id, slot)) = self.inbounds[i].users.remove_id(&id) {
+                        ops.push(self.release(i, id, slot, epoch));
+                    }
                 }
+                for u in users {
+                    let kept = self.inbounds[i].users.by_email(&u.email).filter(|k| k.id == u.id).map(|k| k.level);
+                    match kept {
+                        Some(level) if level == u.level => {}
+                        Some(_) if !u.email.is_empty() => {
+                            if let Some((id, slot)) = self.inbounds[i].users.set_level(&u.email, u.level) {
+                                self.slots.set_level(slot, i as u32, u.level);
+                                ops.push(UserOp::SetLevel { id, level: u.level });
+                            }
+                        }
+                        _ if self.inbounds[i].users.contains_id(&u.id) => {
+                            // Kept without an email: only its level can change, by replacing it.
+                            self.inbounds[i].users.remove_id(&u.id);
+                            self.inbounds[i].users.insert(u.id, None, NO_SLOT, u.level);
+                            ops.push(UserOp::SetLevel { id: u.id, level: u.level });
+                        }
+                        _ => ops.push(self.add_user(i, u)),
+                    }
+                }
+                ops
             }
-            Change::Kick { .. } => {}
         }
+    }
+
+    /// Adds a user to inbound `i`, sharing the slot of its email if another inbound lists it.
+    fn add_user(&mut self, i: usize, u: &UserSpec) -> UserOp {
+        let key = |slot| UserKey { id: u.id, slot, level: u.level };
+        if u.email.is_empty() {
+            self.inbounds[i].users.insert(u.id, None, NO_SLOT, u.level);
+            return UserOp::Add { user: key(NO_SLOT), email: None, new_slot: false };
+        }
+        // The same email (exactly: counters are named by it) in another inbound shares its slot.
+        let shared = self
+            .inbounds
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .find_map(|(_, other)| other.by_email(&u.email).filter(|o| o.email == u.email))
+            .and_then(|o| Some((o.slot, o.shared_email?.clone())));
+        let (slot, email, new_slot) = match shared {
+            Some((slot, email)) => {
+                self.slots.share(slot, i as u32, u.level);
+                (slot, email, false)
+            }
+            None => {
+                let email: Arc<str> = u.email.as_str().into();
+                (self.slots.take(email.clone(), u.level, i as u32), email, true)
+            }
+        };
+        self.inbounds[i].users.insert(u.id, Some(email.clone()), slot, u.level);
+        UserOp::Add { user: key(slot), email: Some(email), new_slot }
+    }
+
+    /// The shards' side of removing user `id` (slot `slot`) from inbound `i`, which the
+    /// caller has taken out of the inbound's table.
+    fn release(&mut self, i: usize, id: Uuid, slot: u32, epoch: Option<u64>) -> UserOp {
+        if slot == NO_SLOT {
+            return UserOp::Remove { id, slot, free_slot: false };
+        }
+        let UserSets { inbounds, slots } = self;
+        let email = slots.get(slot).map(|v| v.email.clone());
+        let next_owner =
+            || {
+                let email = email?;
+                inbounds.iter().enumerate().filter(|(j, _)| *j != i).find_map(|(j, other)| {
+                    other.by_email(&email).filter(|o| o.slot == slot).map(|o| (j as u32, o.level))
+                })
+            };
+        let free_slot = slots.release(slot, i as u32, epoch, next_owner);
+        UserOp::Remove { id, slot, free_slot }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use shardray_core::change::Change;
 use shardray_core::log::LogSink;
+use shardray_core::slots::UserOp;
 use shardray_core::spec::{Config, LogLevel};
 use shardray_core::stats::StatsSnapshot;
 use shardray_shard::mailbox::{mailbox, ShardMailbox};
@@ -31,10 +32,17 @@ pub struct ShardLinks {
 
 impl ShardLinks {
     /// Sends `change` as `epoch` to every shard and waits until each has applied it.
-    pub async fn broadcast(&self, epoch: u64, change: Arc<Change>, within: Duration) -> Result<(), BroadcastError> {
+    /// `ops` are the change's user operations, as the registry resolved them.
+    pub async fn broadcast(
+        &self,
+        epoch: u64,
+        change: Arc<Change>,
+        ops: Arc<[UserOp]>,
+        within: Duration,
+    ) -> Result<(), BroadcastError> {
         let (ack_tx, ack_rx) = async_channel::bounded(self.commands.len());
         for (id, tx) in self.commands.iter().enumerate() {
-            let command = ShardCommand::Apply { epoch, change: change.clone(), ack: ack_tx.clone() };
+            let command = ShardCommand::Apply { epoch, change: change.clone(), ops: ops.clone(), ack: ack_tx.clone() };
             tx.send(command).map_err(|_| BroadcastError::Gone(id))?;
         }
         let mut pending: Vec<usize> = (0..self.commands.len()).collect();
@@ -54,14 +62,14 @@ impl ShardLinks {
         }
     }
 
-    /// Asks every shard for its counters: every user's, or only `only_user`'s (`Some("")`: no
-    /// user, just inbounds and outbounds), so that reading one counter costs one user's work.
-    pub async fn snapshots(&self, only_user: Option<&str>) -> anyhow::Result<Vec<StatsSnapshot>> {
-        let only_user: Option<Arc<str>> = only_user.map(Arc::from);
+    /// Asks every shard for its counters: every user slot's, or only `only_slot`'s
+    /// (`Some(NO_SLOT)`: no user, just inbounds and outbounds), so that reading one counter
+    /// costs one user's work.
+    pub async fn snapshots(&self, only_slot: Option<u32>) -> anyhow::Result<Vec<StatsSnapshot>> {
         let mut replies = Vec::with_capacity(self.commands.len());
         for (id, tx) in self.commands.iter().enumerate() {
             let (reply_tx, reply_rx) = async_channel::bounded(1);
-            let command = ShardCommand::Snapshot { only_user: only_user.clone(), reply: reply_tx };
+            let command = ShardCommand::Snapshot { only_slot, reply: reply_tx };
             tx.send(command).map_err(|_| anyhow!("shard {id} is gone"))?;
             replies.push(reply_rx);
         }
@@ -147,8 +155,14 @@ pub fn allowed_cpus() -> Vec<usize> {
 
 impl Server {
     /// Binds, starts `shards` shards and waits until each serves. `api_addrs` are the API's
-    /// bound addresses, which no session may reach.
-    pub fn start(config: Arc<Config>, shards: usize, api_addrs: &[SocketAddr]) -> anyhow::Result<Server> {
+    /// bound addresses, which no session may reach; `users` are each inbound's users as
+    /// resolved adds (`UserSets::initial_ops`), in config order.
+    pub fn start(
+        config: Arc<Config>,
+        shards: usize,
+        api_addrs: &[SocketAddr],
+        users: Vec<Vec<UserOp>>,
+    ) -> anyhow::Result<Server> {
         check(&config)?;
         let shards = shards.max(1);
         let (log, logger) = logger::start(&config.log).context("log")?;
@@ -164,6 +178,7 @@ impl Server {
             bound.push((inbound.tag.clone(), addr));
         }
         let api_addrs: Arc<[SocketAddr]> = api_addrs.into();
+        let users: Arc<[Vec<UserOp>]> = users.into();
 
         let cpus = allowed_cpus();
         let (ready_tx, ready_rx) = sync_channel(shards);
@@ -175,6 +190,7 @@ impl Server {
                 id,
                 cpu: (!cpus.is_empty()).then(|| cpus[id % cpus.len()]),
                 config: config.clone(),
+                users: users.clone(),
                 listeners,
                 api_addrs: api_addrs.clone(),
                 log: log.clone(),

@@ -5,5 +5,6 @@
 pub mod change;
 pub mod log;
 pub mod router;
+pub mod slots;
 pub mod spec;
 pub mod stats;
