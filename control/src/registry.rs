@@ -180,7 +180,7 @@ impl UserSets {
                     .map(|u| UserOp::Add {
                         user: UserKey { id: u.id, slot: u.slot, level: u.level },
                         email: u.shared_email.cloned(),
-                        new_slot: true,
+                        new_slot: u.slot != NO_SLOT,
                     })
                     .collect()
             })
@@ -388,3 +388,7 @@ impl UserSets {
         UserOp::Remove { id, slot, free_slot }
     }
 }
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;
