@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::journal::Journal;
 use crate::server::{BroadcastError, ShardLinks};
-use crate::slots::{InboundUserTable, SlotBook, SlotView, UserRef};
+use crate::slots::{InboundUserTable, SlotBook, SlotView, Slots, UserRef};
 
 /// How long a change may take to be applied by every shard before the call fails.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -109,8 +109,8 @@ impl Registry {
     }
 
     /// The counter slots: every user with an email, once, with the level its counters follow.
-    pub fn slots(&self) -> &SlotBook {
-        &self.sets.slots
+    pub fn slots(&self) -> Slots<'_> {
+        self.sets.slots()
     }
 
     /// The counter slots, to record resets.
@@ -197,9 +197,9 @@ impl UserSets {
         self.inbounds.iter().find(|i| i.tag == tag).ok_or_else(|| ChangeError::InboundNotFound(tag.to_owned()))
     }
 
-    /// The counter slots.
-    pub fn slots(&self) -> &SlotBook {
-        &self.slots
+    /// The counter slots, with their emails.
+    pub fn slots(&self) -> Slots<'_> {
+        Slots::new(&self.slots, self.inbounds.iter().map(|i| &i.users).collect())
     }
 
     /// The counter slots, to set offsets.
@@ -210,7 +210,7 @@ impl UserSets {
     /// The slot of the user with this email: the first inbound listing it (any ASCII case).
     pub fn stat_user(&self, email: &str) -> Option<SlotView<'_>> {
         let slot = self.inbounds.iter().find_map(|i| i.by_email(email)).map(|u| u.slot)?;
-        self.slots.get(slot)
+        self.slots().get(slot)
     }
 
     /// Checks and records `change` (for replaying a journal).
@@ -283,8 +283,8 @@ impl UserSets {
             Change::RemoveUsers { emails, .. } => {
                 let mut ops = Vec::with_capacity(emails.len());
                 for e in emails {
-                    if let Some((id, slot)) = self.inbounds[i].users.remove_email(e) {
-                        ops.push(self.release(i, id, slot, epoch));
+                    if let Some((id, slot, email)) = self.inbounds[i].users.remove_email(e) {
+                        ops.push(self.release(i, id, slot, email, epoch));
                     }
                 }
                 ops
@@ -312,8 +312,8 @@ impl UserSets {
                     .collect();
                 let mut ops = Vec::with_capacity(gone.len() + users.len());
                 for id in gone {
-                    if let Some((id, slot)) = self.inbounds[i].users.remove_id(&id) {
-                        ops.push(self.release(i, id, slot, epoch));
+                    if let Some((id, slot, email)) = self.inbounds[i].users.remove_id(&id) {
+                        ops.push(self.release(i, id, slot, email, epoch));
                     }
                 }
                 for u in users {
@@ -355,35 +355,37 @@ impl UserSets {
             .filter(|(j, _)| *j != i)
             .find_map(|(_, other)| other.by_email(&u.email).filter(|o| o.email == u.email))
             .and_then(|o| Some((o.slot, o.shared_email?.clone())));
+        let inbound = i as u32;
         let (slot, email, new_slot) = match shared {
             Some((slot, email)) => {
-                self.slots.share(slot, i as u32, u.level);
+                let rec = self.inbounds[i].users.insert(u.id, Some(email.clone()), slot, u.level);
+                self.slots.share(slot, inbound, u.level, rec);
                 (slot, email, false)
             }
             None => {
                 let email: Arc<str> = u.email.as_str().into();
-                (self.slots.take(email.clone(), u.level, i as u32), email, true)
+                let slot = self.slots.take(u.level, inbound);
+                let rec = self.inbounds[i].users.insert(u.id, Some(email.clone()), slot, u.level);
+                self.slots.place(slot, inbound, rec);
+                (slot, email, true)
             }
         };
-        self.inbounds[i].users.insert(u.id, Some(email.clone()), slot, u.level);
         UserOp::Add { user: key(slot), email: Some(email), new_slot }
     }
 
-    /// The shards' side of removing user `id` (slot `slot`) from inbound `i`, which the
-    /// caller has taken out of the inbound's table.
-    fn release(&mut self, i: usize, id: Uuid, slot: u32, epoch: Option<u64>) -> UserOp {
+    /// The shards' side of removing user `id` (slot `slot`, email `email`) from inbound `i`,
+    /// which the caller has taken out of the inbound's table.
+    fn release(&mut self, i: usize, id: Uuid, slot: u32, email: Option<Arc<str>>, epoch: Option<u64>) -> UserOp {
         if slot == NO_SLOT {
             return UserOp::Remove { id, slot, free_slot: false };
         }
         let UserSets { inbounds, slots } = self;
-        let email = slots.get(slot).map(|v| v.email.clone());
-        let next_owner =
-            || {
-                let email = email?;
-                inbounds.iter().enumerate().filter(|(j, _)| *j != i).find_map(|(j, other)| {
-                    other.by_email(&email).filter(|o| o.slot == slot).map(|o| (j as u32, o.level))
-                })
-            };
+        let next_owner = || {
+            let email = email?;
+            inbounds.iter().enumerate().filter(|(j, _)| *j != i).find_map(|(j, other)| {
+                other.by_email(&email).filter(|o| o.slot == slot).map(|o| (j as u32, o.level, o.rec))
+            })
+        };
         let free_slot = slots.release(slot, i as u32, epoch, next_owner);
         UserOp::Remove { id, slot, free_slot }
     }

@@ -3,7 +3,8 @@
 //!
 //! Both keep dense vectors of small records and index them with `hashbrown::HashTable<u32>`
 //! (four bytes a bucket), so a million users cost tens of megabytes rather than hundreds. An
-//! email is one `Arc<str>` shared by the inbound record, the slot and every shard.
+//! email is one `Arc<str>` shared by the inbound record and every shard; a slot names its
+//! email through the record of the first inbound that lists it.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
@@ -50,6 +51,8 @@ pub struct UserRef<'a> {
     pub slot: u32,
     /// The user's level in this inbound.
     pub level: u32,
+    /// The user's record number in its table (stable while the user is there).
+    pub rec: u32,
 }
 
 impl UserRef<'_> {
@@ -77,6 +80,7 @@ impl InboundUserTable {
             shared_email: r.email.as_ref(),
             slot: r.slot,
             level: r.level,
+            rec,
         }
     }
 
@@ -123,8 +127,8 @@ impl InboundUserTable {
         self.iter().map(|u| u.spec())
     }
 
-    /// Adds a user whose id and email are new to the table.
-    pub fn insert(&mut self, id: Uuid, email: Option<Arc<str>>, slot: u32, level: u32) {
+    /// Adds a user whose id and email are new to the table; returns its record number.
+    pub fn insert(&mut self, id: Uuid, email: Option<Arc<str>>, slot: u32, level: u32) -> u32 {
         let rec = Rec { id, email, slot, level };
         let i = match self.free.pop() {
             Some(i) => {
@@ -143,21 +147,27 @@ impl InboundUserTable {
                 hash_email(recs[r as usize].email.as_deref().unwrap_or_default())
             });
         }
+        i
     }
 
-    /// Removes the user with this email; returns its id and slot.
-    pub fn remove_email(&mut self, email: &str) -> Option<(Uuid, u32)> {
+    /// The email of record `rec`.
+    pub fn rec_email(&self, rec: u32) -> Option<&Arc<str>> {
+        self.recs.get(rec as usize)?.email.as_ref()
+    }
+
+    /// Removes the user with this email; returns its id, slot and email.
+    pub fn remove_email(&mut self, email: &str) -> Option<(Uuid, u32, Option<Arc<str>>)> {
         let rec = self.find_email(email)?;
         Some(self.remove_rec(rec))
     }
 
-    /// Removes the user with this id; returns its id and slot.
-    pub fn remove_id(&mut self, id: &Uuid) -> Option<(Uuid, u32)> {
+    /// Removes the user with this id; returns its id, slot and email.
+    pub fn remove_id(&mut self, id: &Uuid) -> Option<(Uuid, u32, Option<Arc<str>>)> {
         let rec = self.find_id(id)?;
         Some(self.remove_rec(rec))
     }
 
-    fn remove_rec(&mut self, rec: u32) -> (Uuid, u32) {
+    fn remove_rec(&mut self, rec: u32) -> (Uuid, u32, Option<Arc<str>>) {
         let recs = &self.recs;
         let r = &recs[rec as usize];
         if let Ok(e) = self.by_id.find_entry(hash_id(&r.id), |&x| x == rec) {
@@ -169,9 +179,8 @@ impl InboundUserTable {
             }
         }
         let r = &mut self.recs[rec as usize];
-        let out = (r.id, r.slot);
-        // Drop the email now: the slot may be freed and its memory should go with it.
-        r.email = None;
+        // The email leaves with the record: the slot may be freed and its memory go with it.
+        let out = (r.id, r.slot, r.email.take());
         self.free.push(rec);
         if self.free.len() == self.recs.len() {
             *self = InboundUserTable::default();
@@ -188,17 +197,17 @@ impl InboundUserTable {
     }
 }
 
-/// One email's counter slot.
+/// One email's counter slot: 16 bytes, no pointer.
 #[derive(Debug, Clone)]
 struct SlotEntry {
-    /// `None` while the slot is free.
-    email: Option<Arc<str>>,
     /// The level counters follow: the user's level in the first inbound (config order) that
     /// lists the email.
     level: u32,
     /// That inbound's index.
     owner: u32,
-    /// Inbounds that list the email.
+    /// The user's record in that inbound's table, which holds the email.
+    rec: u32,
+    /// Inbounds that list the email; 0 while the slot is free.
     refs: u32,
 }
 
@@ -216,7 +225,7 @@ pub struct SlotBook {
     offsets: Vec<[i64; 2]>,
 }
 
-/// A live slot, as `SlotBook::live` lends it.
+/// A live slot, as `Slots` lends it.
 #[derive(Debug, Clone, Copy)]
 pub struct SlotView<'a> {
     /// The slot.
@@ -228,9 +237,10 @@ pub struct SlotView<'a> {
 }
 
 impl SlotBook {
-    /// Takes a slot for a new email listed by inbound `owner`; returns it.
-    pub fn take(&mut self, email: Arc<str>, level: u32, owner: u32) -> u32 {
-        let entry = SlotEntry { email: Some(email), level, owner, refs: 1 };
+    /// Takes a slot for a new email listed by inbound `owner`; `place` then says where the
+    /// owner's record is.
+    pub fn take(&mut self, level: u32, owner: u32) -> u32 {
+        let entry = SlotEntry { level, owner, rec: u32::MAX, refs: 1 };
         self.live += 1;
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -248,36 +258,43 @@ impl SlotBook {
         slot
     }
 
-    /// Another inbound (`inbound`, at `level`) lists the slot's email.
-    pub fn share(&mut self, slot: u32, inbound: u32, level: u32) {
+    /// Inbound `inbound` holds the slot's email in record `rec`.
+    pub fn place(&mut self, slot: u32, inbound: u32, rec: u32) {
+        let e = &mut self.entries[slot as usize];
+        if e.owner == inbound {
+            e.rec = rec;
+        }
+    }
+
+    /// Another inbound (`inbound`, at `level`, in record `rec`) lists the slot's email.
+    pub fn share(&mut self, slot: u32, inbound: u32, level: u32, rec: u32) {
         let e = &mut self.entries[slot as usize];
         e.refs += 1;
         if inbound < e.owner {
-            (e.owner, e.level) = (inbound, level);
+            (e.owner, e.level, e.rec) = (inbound, level, rec);
         }
     }
 
     /// An inbound no longer lists the slot's email; returns whether the slot is now free. A
     /// free slot is reused only after `reclaim(epoch)` (`None`: at once, no shard runs yet).
-    /// `next_owner` finds the first inbound still listing the email, with its level.
+    /// `next_owner` finds the first inbound still listing the email: (inbound, level, record).
     pub fn release(
         &mut self,
         slot: u32,
         inbound: u32,
         epoch: Option<u64>,
-        next_owner: impl FnOnce() -> Option<(u32, u32)>,
+        next_owner: impl FnOnce() -> Option<(u32, u32, u32)>,
     ) -> bool {
         let e = &mut self.entries[slot as usize];
         e.refs -= 1;
         if e.refs > 0 {
             if e.owner == inbound {
-                if let Some((owner, level)) = next_owner() {
-                    (e.owner, e.level) = (owner, level);
+                if let Some((owner, level, rec)) = next_owner() {
+                    (e.owner, e.level, e.rec) = (owner, level, rec);
                 }
             }
             return false;
         }
-        e.email = None;
         self.live -= 1;
         match epoch {
             Some(epoch) => self.pending.push_back((epoch, slot)),
@@ -302,35 +319,6 @@ impl SlotBook {
         }
     }
 
-    /// Live slots.
-    pub fn len(&self) -> usize {
-        self.live
-    }
-
-    /// Whether no slot is live.
-    pub fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-
-    /// One past the highest slot ever used.
-    pub fn span(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// A live slot.
-    pub fn get(&self, slot: u32) -> Option<SlotView<'_>> {
-        let e = self.entries.get(slot as usize)?;
-        Some(SlotView { slot, email: e.email.as_ref()?, level: e.level })
-    }
-
-    /// Every live slot, in slot order.
-    pub fn live(&self) -> impl Iterator<Item = SlotView<'_>> + '_ {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| Some(SlotView { slot: i as u32, email: e.email.as_ref()?, level: e.level }))
-    }
-
     /// The slot's offset (`[up, down]`).
     pub fn offset(&self, slot: u32) -> [i64; 2] {
         self.offsets.get(slot as usize).copied().unwrap_or_default()
@@ -352,43 +340,125 @@ impl SlotBook {
     }
 }
 
+/// The slots with their emails: the book and the inbounds' tables (config order) it points
+/// into.
+pub struct Slots<'a> {
+    book: &'a SlotBook,
+    tables: Vec<&'a InboundUserTable>,
+}
+
+impl<'a> Slots<'a> {
+    /// The slots of `book`, whose owners are `tables`.
+    pub fn new(book: &'a SlotBook, tables: Vec<&'a InboundUserTable>) -> Slots<'a> {
+        Slots { book, tables }
+    }
+
+    fn view(&self, slot: u32, e: &SlotEntry) -> Option<SlotView<'a>> {
+        if e.refs == 0 {
+            return None;
+        }
+        let email = self.tables.get(e.owner as usize)?.rec_email(e.rec)?;
+        Some(SlotView { slot, email, level: e.level })
+    }
+
+    /// A live slot.
+    pub fn get(&self, slot: u32) -> Option<SlotView<'a>> {
+        self.view(slot, self.book.entries.get(slot as usize)?)
+    }
+
+    /// Every live slot, in slot order.
+    pub fn live(&self) -> impl Iterator<Item = SlotView<'a>> + '_ {
+        self.book.entries.iter().enumerate().filter_map(|(i, e)| self.view(i as u32, e))
+    }
+
+    /// Every live slot, in slot order, owning the lookup.
+    pub fn into_live(self) -> impl Iterator<Item = SlotView<'a>> + 'a {
+        (0..self.book.entries.len() as u32).filter_map(move |slot| self.get(slot))
+    }
+
+    /// The book itself (offsets).
+    pub fn book(&self) -> &'a SlotBook {
+        self.book
+    }
+
+    /// Live slots.
+    pub fn len(&self) -> usize {
+        self.book.live
+    }
+
+    /// Whether no slot is live.
+    pub fn is_empty(&self) -> bool {
+        self.book.live == 0
+    }
+
+    /// One past the highest slot ever used.
+    pub fn span(&self) -> usize {
+        self.book.entries.len()
+    }
+
+    /// The slot's offset (`[up, down]`).
+    pub fn offset(&self, slot: u32) -> [i64; 2] {
+        self.book.offset(slot)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Takes a slot for `email` in inbound 0 of `t`.
+    fn take(b: &mut SlotBook, t: &mut InboundUserTable, n: u128, email: &str) -> u32 {
+        let slot = b.take(0, 0);
+        let rec = t.insert(Uuid::from_u128(n), Some(email.into()), slot, 0);
+        b.place(slot, 0, rec);
+        slot
+    }
+
     #[test]
     fn a_freed_slot_waits_for_every_shard() {
-        let mut b = SlotBook::default();
-        let a = b.take("a@x".into(), 0, 0);
-        let c = b.take("c@x".into(), 0, 0);
+        let (mut b, mut t) = (SlotBook::default(), InboundUserTable::default());
+        let a = take(&mut b, &mut t, 1, "a@x");
+        let c = take(&mut b, &mut t, 2, "c@x");
         b.set_offset(a, [5, 6]);
+        t.remove_email("a@x");
         assert!(b.release(a, 0, Some(7), || None));
         // Not reusable until epoch 7 is applied everywhere.
-        assert_eq!(b.take("d@x".into(), 0, 0), 2);
+        assert_eq!(take(&mut b, &mut t, 3, "d@x"), 2);
         b.reclaim(6);
-        assert_eq!(b.take("e@x".into(), 0, 0), 3);
+        assert_eq!(take(&mut b, &mut t, 4, "e@x"), 3);
         b.reclaim(7);
-        assert_eq!(b.take("f@x".into(), 0, 0), a);
+        assert_eq!(take(&mut b, &mut t, 5, "f@x"), a);
         // Reused: no offset of the last owner.
         assert_eq!(b.offset(a), [0, 0]);
-        assert_eq!(b.len(), 4);
-        assert_eq!(b.get(c).map(|v| &**v.email), Some("c@x"));
-        let emails: Vec<&str> = b.live().map(|v| &**v.email).collect();
+        let slots = Slots::new(&b, vec![&t]);
+        assert_eq!(slots.len(), 4);
+        assert_eq!(slots.get(c).map(|v| &**v.email), Some("c@x"));
+        let emails: Vec<&str> = slots.live().map(|v| &**v.email).collect();
         assert_eq!(emails, ["f@x", "c@x", "d@x", "e@x"]);
     }
 
     #[test]
     fn a_shared_slot_follows_its_first_inbound() {
         let mut b = SlotBook::default();
-        let s = b.take("a@x".into(), 5, 1);
-        b.share(s, 0, 3);
-        assert_eq!(b.get(s).unwrap().level, 3);
+        let (mut t0, mut t1) = (InboundUserTable::default(), InboundUserTable::default());
+        let s = b.take(5, 1);
+        let r1 = t1.insert(Uuid::from_u128(1), Some("a@x".into()), s, 5);
+        b.place(s, 1, r1);
+        let r0 = t0.insert(Uuid::from_u128(2), Some("a@x".into()), s, 3);
+        b.share(s, 0, 3, r0);
+        let level = |b: &SlotBook, t0: &InboundUserTable, t1: &InboundUserTable| {
+            Slots::new(b, vec![t0, t1]).get(s).map(|v| v.level)
+        };
+        assert_eq!(level(&b, &t0, &t1), Some(3));
         b.set_level(s, 1, 9);
-        assert_eq!(b.get(s).unwrap().level, 3);
-        assert!(!b.release(s, 0, None, || Some((1, 9))));
-        assert_eq!(b.get(s).unwrap().level, 9);
+        assert_eq!(level(&b, &t0, &t1), Some(3));
+        t0.remove_email("a@x");
+        assert!(!b.release(s, 0, None, || Some((1, 9, r1))));
+        assert_eq!(level(&b, &t0, &t1), Some(9));
+        t1.remove_email("a@x");
         assert!(b.release(s, 1, None, || None));
-        assert!(b.get(s).is_none() && b.is_empty());
+        assert_eq!(level(&b, &t0, &t1), None);
+        assert!(Slots::new(&b, vec![&t0, &t1]).is_empty());
     }
 
     #[test]
@@ -401,13 +471,13 @@ mod tests {
         t.insert(id(5000), None, NO_SLOT, 2);
         assert_eq!(t.len(), 1001);
         assert_eq!(t.by_email("u7@X").map(|u| (u.id, u.slot)), Some((id(7), 7)));
-        assert_eq!(t.remove_email("U7@x"), Some((id(7), 7)));
+        assert_eq!(t.remove_email("U7@x"), Some((id(7), 7, Some("U7@x".into()))));
         assert!(t.by_email("u7@x").is_none() && !t.contains_id(&id(7)));
         assert_eq!(t.set_level("u8@x", 4), Some((id(8), 8)));
         assert_eq!(t.by_email("U8@X").unwrap().level, 4);
         t.insert(id(7), Some("new@x".into()), 1000, 1);
         assert_eq!(t.by_email("NEW@x").unwrap().spec(), UserSpec { id: id(7), email: "new@x".into(), level: 1 });
-        assert_eq!(t.remove_id(&id(5000)), Some((id(5000), NO_SLOT)));
+        assert_eq!(t.remove_id(&id(5000)), Some((id(5000), NO_SLOT, None)));
         assert_eq!(t.values().count(), 1000);
     }
 }

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use super::ApiState;
 use crate::registry::{Registry, UserSets};
-use crate::slots::SlotBook;
+use crate::slots::{SlotBook, Slots};
 
 /// The service, ready to add to a router.
 pub fn service(state: Arc<ApiState>) -> pb::stats_service_server::StatsServiceServer<StatsApi> {
@@ -136,7 +136,8 @@ pub fn reported<'a>(
     snaps: &'a [StatsSnapshot],
 ) -> impl Iterator<Item = (String, u64)> + 'a {
     let config = &*state.config;
-    let totals = user_totals(snaps, registry.slots());
+    let slots = registry.slots();
+    let totals = user_totals(snaps, &slots);
     let links = {
         let book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
         link_totals(config, snaps)
@@ -148,13 +149,13 @@ pub fn reported<'a>(
             .collect::<Vec<_>>()
     };
     let mut levels = LevelSwitches::new(config);
-    let slots = registry.slots();
+    let book = slots.book();
     slots
-        .live()
+        .into_live()
         .flat_map(move |v| {
             let on = levels.get(v.level);
             let total = totals.get(v.slot as usize).copied().unwrap_or_default();
-            let offset = slots.offset(v.slot);
+            let offset = book.offset(v.slot);
             (0..2).filter(move |&d| on[d]).map(move |d| {
                 let mut name = String::new();
                 write_name(&mut name, "user", v.email, DIRS[d]);
@@ -208,7 +209,7 @@ impl<'a> LevelSwitches<'a> {
 }
 
 /// The shards' user totals by slot, summed: `[up, down]`; `span` entries at most.
-fn user_totals(snaps: &[StatsSnapshot], slots: &SlotBook) -> Vec<[u64; 2]> {
+fn user_totals(snaps: &[StatsSnapshot], slots: &Slots<'_>) -> Vec<[u64; 2]> {
     let span = slots.span();
     let mut totals = vec![[0u64; 2]; span];
     for s in snaps {
@@ -356,7 +357,7 @@ enum Counter {
 /// built in one reused buffer; `f` copies the ones it keeps.
 fn visit_counters(
     config: &Config,
-    slots: &SlotBook,
+    slots: &Slots<'_>,
     book: &CounterBook,
     snaps: &[StatsSnapshot],
     only_slot: Option<u32>,
@@ -469,7 +470,7 @@ impl pb::stats_service_server::StatsService for StatsApi {
         let snaps = self.snapshots(Some(slot)).await?;
         let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
         let mut found = None;
-        visit_counters(&self.state.config, registry.slots(), &book, &snaps, Some(slot), |name, value, total, c| {
+        visit_counters(&self.state.config, &registry.slots(), &book, &snaps, Some(slot), |name, value, total, c| {
             if found.is_none() && name == req.name {
                 found = Some((value, total, c));
             }
@@ -515,7 +516,7 @@ impl pb::stats_service_server::StatsService for StatsApi {
         let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
         let mut stat = Vec::with_capacity(registry.slots().len() * 2 + 8);
         let mut resets = Vec::new();
-        visit_counters(&self.state.config, registry.slots(), &book, &snaps, None, |name, value, total, c| {
+        visit_counters(&self.state.config, &registry.slots(), &book, &snaps, None, |name, value, total, c| {
             if filter.matches(name) {
                 if req.reset {
                     resets.push((c, total, stat.len()));
@@ -578,9 +579,10 @@ impl pb::stats_service_server::StatsService for StatsApi {
         let registry = self.state.registry.lock().await;
         let snaps = self.snapshots(None).await?;
         let config = &self.state.config;
+        let slots = registry.slots();
         let mut users: Vec<String> = online_by_slot(&snaps)
             .into_keys()
-            .filter_map(|slot| registry.slots().get(slot))
+            .filter_map(|slot| slots.get(slot))
             .filter(|v| tracks_online(config, v.level))
             .map(|v| format!("user>>>{}>>>online", v.email))
             .collect();
@@ -602,13 +604,14 @@ impl pb::stats_service_server::StatsService for StatsApi {
         let mut levels = LevelSwitches::new(config);
         let mut users = Vec::new();
         let mut resets = Vec::new();
+        let slots = registry.slots();
         for (slot, ips) in online_by_slot(&snaps) {
-            let Some(v) = registry.slots().get(slot).filter(|v| tracks_online(config, v.level)) else {
+            let Some(v) = slots.get(slot).filter(|v| tracks_online(config, v.level)) else {
                 continue;
             };
             let traffic = req.include_traffic.then(|| {
                 let total = snaps.iter().map(|s| s.user(slot)).fold([0, 0], |a, b| [a[0] + b[0], a[1] + b[1]]);
-                let (on, offset) = (levels.get(v.level), registry.slots().offset(slot));
+                let (on, offset) = (levels.get(v.level), slots.offset(slot));
                 // A counter the level does not keep does not exist upstream: it reads 0.
                 let value = |d: usize| if on[d] { user_value(total[d], offset[d]) } else { 0 };
                 if req.reset {
@@ -623,6 +626,7 @@ impl pb::stats_service_server::StatsService for StatsApi {
             users.push(pb::UserStat { email: v.email.to_string(), ips, traffic });
         }
         users.sort_unstable_by(|a, b| a.email.cmp(&b.email));
+        drop(slots);
         if req.reset && req.include_traffic {
             let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
             apply_resets(registry.slots_mut(), &mut book, resets.into_iter().map(|(c, t)| (c, t, "")));
