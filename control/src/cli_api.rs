@@ -175,14 +175,27 @@ pub enum ApiCommand {
         #[arg(long)]
         email: String,
     },
-    /// A user's online source addresses and when each was last seen (GetStatsOnlineIpList).
+    /// A user's online source addresses and when each was last seen (GetStatsOnlineIpList),
+    /// or with --all every online user's, and their traffic if asked (GetUsersStats).
     #[command(name = "statsonlineiplist")]
     StatsOnlineIpList {
         #[command(flatten)]
         conn: Conn,
         /// The user's email.
         #[arg(long)]
-        email: String,
+        email: Option<String>,
+        /// Every online user instead of one.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              action = clap::ArgAction::Set, default_value_t = false)]
+        all: bool,
+        /// With --all: each user's traffic counters too.
+        #[arg(long = "include-traffic", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              action = clap::ArgAction::Set, default_value_t = false)]
+        include_traffic: bool,
+        /// With --all and --include-traffic: zero those counters after reading them.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              action = clap::ArgAction::Set, default_value_t = false)]
+        reset: bool,
     },
     /// The emails of every user with a live session (GetAllOnlineUsers).
     #[command(name = "statsgetallonlineusers")]
@@ -408,6 +421,8 @@ const UPSTREAM_LONG_FLAGS: &[&str] = &[
     "outbound",
     "ruletag",
     "level",
+    "all",
+    "include-traffic",
 ];
 
 /// Rewrites `shardray api …` arguments spelled as `xray api` spells them (`-server=ADDR`,
@@ -727,7 +742,19 @@ async fn execute(command: ApiCommand) -> Outcome {
             let reply = api.call(api.stats().get_stats_online(request)).await;
             Ok((render::stat_reply(&reply.map_err(Failure::Rpc)?), 0))
         }
-        ApiCommand::StatsOnlineIpList { email, .. } => {
+        ApiCommand::StatsOnlineIpList { email, all, include_traffic, reset, .. } => {
+            // Checked before connecting, with upstream's words.
+            let email = match (email.filter(|e| !e.is_empty()), all) {
+                (Some(_), true) => return Err(Failure::Input("-all and -email are mutually exclusive".into())),
+                (None, false) => return Err(Failure::Input("either -all or -email must be specified".into())),
+                (None, true) => {
+                    let api = Api::connect(&conn).await?;
+                    let request = api.request(stats_pb::GetUsersStatsRequest { include_traffic, reset });
+                    let reply = api.call(api.stats().get_users_stats(request)).await;
+                    return Ok((render::users_stats(&reply.map_err(Failure::Rpc)?), 0));
+                }
+                (Some(email), false) => email,
+            };
             let api = Api::connect(&conn).await?;
             let request =
                 api.request(stats_pb::GetStatsRequest { name: format!("user>>>{email}>>>online"), reset: false });

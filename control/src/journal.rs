@@ -102,7 +102,7 @@ impl Journal {
                 records.push(Change::AddInbound { spec: inbound.spec.clone() });
             }
             if inbound.has_users {
-                let mut users: Vec<UserSpec> = inbound.users.values().cloned().collect();
+                let mut users: Vec<UserSpec> = inbound.users.values().collect();
                 users.sort_by(|a, b| a.email.cmp(&b.email));
                 records.push(Change::ReplaceUsers { inbound: inbound.tag.clone(), users });
             }

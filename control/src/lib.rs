@@ -12,3 +12,4 @@ pub mod logger;
 pub mod registry;
 pub mod run;
 pub mod server;
+pub mod slots;

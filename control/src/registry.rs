@@ -2,7 +2,6 @@
 //! counter. A change is checked here, numbered, sent to every shard, and recorded once the
 //! shards have acknowledged it, one change at a time, so epochs apply in order everywhere.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,11 +9,13 @@ use std::time::Duration;
 
 use shardray_core::change::Change;
 use shardray_core::routes::{RouteError, RouteSpecs};
+use shardray_core::slots::{UserKey, UserOp, NO_SLOT};
 use shardray_core::spec::{Config, InboundProtocol, InboundSpec, UserSpec};
 use uuid::Uuid;
 
 use crate::journal::Journal;
 use crate::server::{bind_reuseport, BroadcastError, ShardLinks};
+use crate::slots::{InboundUserTable, SlotBook, SlotView, Slots, UserRef};
 
 /// How long a change may take to be applied by every shard before the call fails.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -23,7 +24,7 @@ pub const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct InboundUsers {
     /// The inbound as it was configured or added, with its bound address and without its
-    /// users (`users` is the live set; `UserSets::write_into` puts them back).
+    /// users (`users` is the live set).
     pub spec: Arc<InboundSpec>,
     /// Whether the inbound comes from the config file (else the API added it).
     pub from_config: bool,
@@ -33,52 +34,30 @@ pub struct InboundUsers {
     pub protocol: &'static str,
     /// Whether the inbound has users at all (dokodemo-door does not).
     pub has_users: bool,
-    /// Users by id.
-    pub users: HashMap<Uuid, UserSpec>,
-    /// Ids by lowercase email, for users that have one.
-    by_email: HashMap<String, Uuid>,
+    /// Users, by id and by email.
+    pub users: InboundUserTable,
 }
 
 impl InboundUsers {
-    /// The entry for an inbound; its configured users move into the live set.
+    /// The entry for an inbound, with no users yet.
     fn new(spec: &InboundSpec, from_config: bool) -> InboundUsers {
-        let mut entry = InboundUsers {
-            tag: spec.tag.clone(),
-            protocol: "",
-            has_users: false,
-            users: HashMap::new(),
-            by_email: HashMap::new(),
+        let (protocol, has_users) = match &spec.protocol {
+            InboundProtocol::Vless(_) => ("vless", true),
+            InboundProtocol::Dokodemo(_) => ("dokodemo-door", false),
+        };
+        InboundUsers {
             spec: Arc::new(spec.clone_without_users()),
             from_config,
-        };
-        match &spec.protocol {
-            InboundProtocol::Vless(v) => {
-                entry.protocol = "vless";
-                entry.has_users = true;
-                for u in &v.clients {
-                    entry.insert(u.clone());
-                }
-            }
-            InboundProtocol::Dokodemo(_) => entry.protocol = "dokodemo-door",
+            tag: spec.tag.clone(),
+            protocol,
+            has_users,
+            users: InboundUserTable::default(),
         }
-        entry
     }
 
     /// The user with this email (any ASCII case).
-    pub fn by_email(&self, email: &str) -> Option<&UserSpec> {
-        self.by_email.get(&email.to_ascii_lowercase()).and_then(|id| self.users.get(id))
-    }
-
-    fn insert(&mut self, user: UserSpec) {
-        if !user.email.is_empty() {
-            self.by_email.insert(user.email.to_ascii_lowercase(), user.id);
-        }
-        self.users.insert(user.id, user);
-    }
-
-    fn remove(&mut self, email: &str) -> Option<UserSpec> {
-        let id = self.by_email.remove(&email.to_ascii_lowercase())?;
-        self.users.remove(&id)
+    pub fn by_email(&self, email: &str) -> Option<UserRef<'_>> {
+        self.users.by_email(email)
     }
 }
 
@@ -135,6 +114,8 @@ impl std::error::Error for ChangeError {}
 #[derive(Debug, Clone, Default)]
 pub struct UserSets {
     inbounds: Vec<InboundUsers>,
+    /// One counter slot per email, shared by the inbounds that list it.
+    slots: SlotBook,
     /// Tags of config inbounds the API removed (so a compacted journal still removes them).
     removed_from_config: Vec<String>,
 }
@@ -172,13 +153,18 @@ impl Registry {
         self.sets.inbound(tag)
     }
 
-    /// Every user with an email, with its level, for counters.
-    pub fn stat_users(&self) -> Vec<(String, u32)> {
-        self.sets.stat_users()
+    /// The counter slots: every user with an email, once, with the level its counters follow.
+    pub fn slots(&self) -> Slots<'_> {
+        self.sets.slots()
     }
 
-    /// One user's email and level, for reading its counters.
-    pub fn stat_user(&self, email: &str) -> Option<(String, u32)> {
+    /// The counter slots, to record resets.
+    pub fn slots_mut(&mut self) -> &mut SlotBook {
+        &mut self.sets.slots
+    }
+
+    /// The slot of the user with this email (the first inbound listing it, any ASCII case).
+    pub fn stat_user(&self, email: &str) -> Option<SlotView<'_>> {
         self.sets.stat_user(email)
     }
 
@@ -205,14 +191,17 @@ impl Registry {
         }
         self.epoch += 1;
         let epoch = self.epoch;
-        let change = Arc::new(change);
         // Recorded before waiting: once sent, every shard will apply it in order, even late.
-        if change.inbound().is_some() {
-            self.sets.record(&change);
+        let ops: Arc<[UserOp]> = if change.inbound().is_some() {
+            self.sets.record(&change, Some(epoch)).into()
         } else {
             self.routes.apply(&change).map_err(ChangeError::Route)?;
-        }
-        self.shards.broadcast(epoch, change, listeners, APPLY_TIMEOUT).await.map_err(ChangeError::Shards)?;
+            Arc::new([])
+        };
+        let change = Arc::new(change);
+        self.shards.broadcast(epoch, change, ops, listeners, APPLY_TIMEOUT).await.map_err(ChangeError::Shards)?;
+        // Every shard has applied this epoch, and so every earlier one.
+        self.sets.slots.reclaim(epoch);
         Ok(epoch)
     }
 
@@ -226,26 +215,48 @@ impl Registry {
 impl UserSets {
     /// The user sets as a config starts them.
     pub fn from_config(config: &Config) -> UserSets {
-        let inbounds = config.inbounds.iter().map(|i| InboundUsers::new(i, true)).collect();
-        UserSets { inbounds, removed_from_config: Vec::new() }
+        let mut sets = UserSets::default();
+        for i in &config.inbounds {
+            sets.inbounds.push(InboundUsers::new(i, true));
+        }
+        for (i, inbound) in config.inbounds.iter().enumerate() {
+            if let InboundProtocol::Vless(v) = &inbound.protocol {
+                for u in &v.clients {
+                    sets.add_user(i, u);
+                }
+            }
+        }
+        sets
     }
 
-    /// Writes the inbounds and their users back into `config`, so shards start with them: the
-    /// config's inbounds the API did not remove, then those it added.
-    pub fn write_into(&self, config: &mut Config) {
-        config.inbounds = self
-            .inbounds
+    /// What each inbound starts with on the shards (config order): its users as adds. The
+    /// shards read these, not the config's `clients`, which the caller may then drop.
+    pub fn initial_ops(&self) -> Vec<Vec<UserOp>> {
+        self.inbounds
             .iter()
-            .map(|entry| {
-                let mut inbound = (*entry.spec).clone();
-                if let InboundProtocol::Vless(v) = &mut inbound.protocol {
-                    let mut clients: Vec<UserSpec> = entry.users.values().cloned().collect();
-                    clients.sort_by(|a, b| a.email.cmp(&b.email));
-                    v.clients = clients;
-                }
+            .map(|inbound| {
                 inbound
+                    .users
+                    .iter()
+                    .map(|u| UserOp::Add {
+                        user: UserKey { id: u.id, slot: u.slot, level: u.level },
+                        email: u.shared_email.cloned(),
+                        new_slot: u.slot != NO_SLOT,
+                    })
+                    .collect()
             })
-            .collect();
+            .collect()
+    }
+
+    /// Every inbound, in config order.
+    pub fn inbounds(&self) -> &[InboundUsers] {
+        &self.inbounds
+    }
+
+    /// Makes `config`'s inbounds those of the sets, without users (the shards start from
+    /// `initial_ops`): the config's inbounds the API did not remove, then those it added.
+    pub fn write_inbounds_into(&self, config: &mut Config) {
+        config.inbounds = self.inbounds.iter().map(|entry| (*entry.spec).clone()).collect();
     }
 
     /// Records where the config's inbounds were bound (a port of 0 becomes the real one).
@@ -262,42 +273,31 @@ impl UserSets {
         &self.removed_from_config
     }
 
-    /// Every inbound, in config order.
-    pub fn inbounds(&self) -> &[InboundUsers] {
-        &self.inbounds
-    }
-
     /// The inbound with this tag.
     pub fn inbound(&self, tag: &str) -> Result<&InboundUsers, ChangeError> {
         self.inbounds.iter().find(|i| i.tag == tag).ok_or_else(|| ChangeError::InboundNotFound(tag.to_owned()))
     }
 
-    /// Every user with an email, with its level, for counters (an email in several inbounds
-    /// appears once, with the first inbound's level).
-    pub fn stat_users(&self) -> Vec<(String, u32)> {
-        let with_users: Vec<&InboundUsers> = self.inbounds.iter().filter(|i| !i.users.is_empty()).collect();
-        let mut out = Vec::with_capacity(with_users.iter().map(|i| i.users.len()).sum());
-        // With one inbound (the common case) emails are unique already: no set needed.
-        let mut seen = (with_users.len() > 1).then(rustc_hash::FxHashSet::<&str>::default);
-        for inbound in with_users {
-            for u in inbound.users.values().filter(|u| !u.email.is_empty()) {
-                if seen.as_mut().is_none_or(|s| s.insert(u.email.as_str())) {
-                    out.push((u.email.clone(), u.level));
-                }
-            }
-        }
-        out
+    /// The counter slots, with their emails.
+    pub fn slots(&self) -> Slots<'_> {
+        Slots::new(&self.slots, self.inbounds.iter().map(|i| &i.users).collect())
     }
 
-    /// One user's email and level, as `stat_users` would list it (first inbound wins).
-    pub fn stat_user(&self, email: &str) -> Option<(String, u32)> {
-        self.inbounds.iter().find_map(|i| i.by_email(email)).map(|u| (u.email.clone(), u.level))
+    /// The counter slots, to set offsets.
+    pub fn slots_mut(&mut self) -> &mut SlotBook {
+        &mut self.slots
+    }
+
+    /// The slot of the user with this email: the first inbound listing it (any ASCII case).
+    pub fn stat_user(&self, email: &str) -> Option<SlotView<'_>> {
+        let slot = self.inbounds.iter().find_map(|i| i.by_email(email)).map(|u| u.slot)?;
+        self.slots().get(slot)
     }
 
     /// Checks and records `change` (for replaying a journal).
     pub fn apply(&mut self, change: &Change) -> Result<(), ChangeError> {
         self.check(change)?;
-        self.record(change);
+        self.record(change, None);
         Ok(())
     }
 
@@ -331,7 +331,7 @@ impl UserSets {
                     if exists(&u.email) || !emails.insert(u.email.to_ascii_lowercase()) {
                         return Err(ChangeError::AlreadyExists(u.email.clone()));
                     }
-                    if inbound.users.contains_key(&u.id) || !ids.insert(u.id) {
+                    if inbound.users.contains_id(&u.id) || !ids.insert(u.id) {
                         return Err(ChangeError::AlreadyExists(u.id.to_string()));
                     }
                 }
@@ -371,58 +371,154 @@ impl UserSets {
         Ok(())
     }
 
-    fn record(&mut self, change: &Change) {
-        match change {
-            Change::AddInbound { spec } => {
-                self.inbounds.push(InboundUsers::new(spec, false));
-                return;
-            }
-            Change::RemoveInbound { tag } => {
-                if let Some(at) = self.inbounds.iter().position(|i| &i.tag == tag) {
-                    if self.inbounds.remove(at).from_config {
-                        self.removed_from_config.push(tag.clone());
-                    }
-                }
-                return;
-            }
-            _ => {}
+    /// Records `change` and returns what the shards must do for it. `epoch` is the change's
+    /// (`None` while no shard runs): a slot it frees is reused only once every shard has
+    /// applied it.
+    fn record(&mut self, change: &Change, epoch: Option<u64>) -> Vec<UserOp> {
+        if let Change::AddInbound { spec } = change {
+            self.inbounds.push(InboundUsers::new(spec, false));
+            let i = self.inbounds.len() - 1;
+            let InboundProtocol::Vless(v) = &spec.protocol else { return Vec::new() };
+            return v.clients.iter().map(|u| self.add_user(i, u)).collect();
         }
-        let Some(inbound) = self.inbounds.iter_mut().find(|i| Some(i.tag.as_str()) == change.inbound()) else {
-            return;
+        let Some(i) = self.inbounds.iter().position(|i| Some(i.tag.as_str()) == change.inbound()) else {
+            return Vec::new();
         };
         match change {
-            Change::AddUsers { users, .. } => {
-                for u in users {
-                    inbound.insert(u.clone());
-                }
-            }
-            Change::RemoveUsers { emails, .. } => {
-                for e in emails {
-                    inbound.remove(e);
-                }
-            }
-            Change::SetLevel { email, level, .. } => {
-                if let Some(id) = inbound.by_email.get(&email.to_ascii_lowercase()).copied() {
-                    if let Some(u) = inbound.users.get_mut(&id) {
-                        u.level = *level;
+            Change::RemoveInbound { .. } => {
+                let ids: Vec<Uuid> = self.inbounds[i].users.iter().map(|u| u.id).collect();
+                let mut ops = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some((id, slot, email)) = self.inbounds[i].users.remove_id(&id) {
+                        ops.push(self.release(i, id, slot, email, epoch));
                     }
                 }
+                let removed = self.inbounds.remove(i);
+                // Slots name their owner inbound by position: those after `i` move up one.
+                self.slots.inbound_removed(i as u32);
+                if removed.from_config {
+                    self.removed_from_config.push(removed.tag);
+                }
+                ops
+            }
+            Change::AddUsers { users, .. } => users.iter().map(|u| self.add_user(i, u)).collect(),
+            Change::RemoveUsers { emails, .. } => {
+                let mut ops = Vec::with_capacity(emails.len());
+                for e in emails {
+                    if let Some((id, slot, email)) = self.inbounds[i].users.remove_email(e) {
+                        ops.push(self.release(i, id, slot, email, epoch));
+                    }
+                }
+                ops
+            }
+            Change::SetLevel { email, level, .. } => {
+                let Some((id, slot)) = self.inbounds[i].users.set_level(email, *level) else {
+                    return Vec::new();
+                };
+                if slot != NO_SLOT {
+                    self.slots.set_level(slot, i as u32, *level);
+                }
+                vec![UserOp::SetLevel { id, level: *level }]
+            }
+            Change::Kick { email, .. } => {
+                self.inbounds[i].by_email(email).map(|u| UserOp::Kick { id: u.id }).into_iter().collect()
             }
             Change::ReplaceUsers { users, .. } => {
-                inbound.users.clear();
-                inbound.by_email.clear();
-                for u in users {
-                    inbound.insert(u.clone());
+                // Users that stay (same id and email) keep their sessions and counters.
+                let wanted: rustc_hash::FxHashMap<Uuid, &UserSpec> = users.iter().map(|u| (u.id, u)).collect();
+                let gone: Vec<Uuid> = self.inbounds[i]
+                    .users
+                    .iter()
+                    .filter(|u| !wanted.get(&u.id).is_some_and(|w| w.email.eq_ignore_ascii_case(u.email)))
+                    .map(|u| u.id)
+                    .collect();
+                let mut ops = Vec::with_capacity(gone.len() + users.len());
+                for id in gone {
+                    if let Some((id, slot, email)) = self.inbounds[i].users.remove_id(&id) {
+                        ops.push(self.release(i, id, slot, email, epoch));
+                    }
                 }
+                for u in users {
+                    let kept = self.inbounds[i].users.by_email(&u.email).filter(|k| k.id == u.id).map(|k| k.level);
+                    match kept {
+                        Some(level) if level == u.level => {}
+                        Some(_) if !u.email.is_empty() => {
+                            if let Some((id, slot)) = self.inbounds[i].users.set_level(&u.email, u.level) {
+                                self.slots.set_level(slot, i as u32, u.level);
+                                ops.push(UserOp::SetLevel { id, level: u.level });
+                            }
+                        }
+                        _ if self.inbounds[i].users.contains_id(&u.id) => {
+                            // Kept without an email: only its level can change, by replacing it.
+                            self.inbounds[i].users.remove_id(&u.id);
+                            self.inbounds[i].users.insert(u.id, None, NO_SLOT, u.level);
+                            ops.push(UserOp::SetLevel { id: u.id, level: u.level });
+                        }
+                        _ => ops.push(self.add_user(i, u)),
+                    }
+                }
+                ops
             }
-            Change::Kick { .. }
-            | Change::AddInbound { .. }
-            | Change::RemoveInbound { .. }
+            Change::AddInbound { .. }
             | Change::AddOutbound { .. }
             | Change::RemoveOutbound { .. }
             | Change::AddRules { .. }
             | Change::RemoveRule { .. }
-            | Change::OverrideBalancer { .. } => {}
+            | Change::OverrideBalancer { .. } => Vec::new(),
         }
     }
+
+    /// Adds a user to inbound `i`, sharing the slot of its email if another inbound lists it.
+    fn add_user(&mut self, i: usize, u: &UserSpec) -> UserOp {
+        let key = |slot| UserKey { id: u.id, slot, level: u.level };
+        if u.email.is_empty() {
+            self.inbounds[i].users.insert(u.id, None, NO_SLOT, u.level);
+            return UserOp::Add { user: key(NO_SLOT), email: None, new_slot: false };
+        }
+        // The same email (exactly: counters are named by it) in another inbound shares its slot.
+        let shared = self
+            .inbounds
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .find_map(|(_, other)| other.by_email(&u.email).filter(|o| o.email == u.email))
+            .and_then(|o| Some((o.slot, o.shared_email?.clone())));
+        let inbound = i as u32;
+        let (slot, email, new_slot) = match shared {
+            Some((slot, email)) => {
+                let rec = self.inbounds[i].users.insert(u.id, Some(email.clone()), slot, u.level);
+                self.slots.share(slot, inbound, u.level, rec);
+                (slot, email, false)
+            }
+            None => {
+                let email: Arc<str> = u.email.as_str().into();
+                let slot = self.slots.take(u.level, inbound);
+                let rec = self.inbounds[i].users.insert(u.id, Some(email.clone()), slot, u.level);
+                self.slots.place(slot, inbound, rec);
+                (slot, email, true)
+            }
+        };
+        UserOp::Add { user: key(slot), email: Some(email), new_slot }
+    }
+
+    /// The shards' side of removing user `id` (slot `slot`, email `email`) from inbound `i`,
+    /// which the caller has taken out of the inbound's table.
+    fn release(&mut self, i: usize, id: Uuid, slot: u32, email: Option<Arc<str>>, epoch: Option<u64>) -> UserOp {
+        if slot == NO_SLOT {
+            return UserOp::Remove { id, slot, free_slot: false };
+        }
+        let UserSets { inbounds, slots, .. } = self;
+        let next_owner = || {
+            let email = email?;
+            inbounds.iter().enumerate().filter(|(j, _)| *j != i).find_map(|(j, other)| {
+                other.by_email(&email).filter(|o| o.slot == slot).map(|o| (j as u32, o.level, o.rec))
+            })
+        };
+        let free_slot = slots.release(slot, i as u32, epoch, next_owner);
+        UserOp::Remove { id, slot, free_slot }
+    }
 }
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

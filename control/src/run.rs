@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shardray_core::routes::RouteSpecs;
-use shardray_core::spec::{Config, LogLevel};
+use shardray_core::spec::{Config, InboundProtocol, LogLevel};
 
 use crate::api::{self, stats::CounterBook, ApiState};
 use crate::audit::Audit;
@@ -41,7 +41,8 @@ fn counters_path(state: &std::path::Path) -> PathBuf {
     state.join("counters.json")
 }
 
-/// Replays the journal over the config's users and loads the saved counters.
+/// Replays the journal over the config (its inbounds, users, outbounds and routing) and loads
+/// the saved counters.
 fn restore(config: &mut Config, state: Option<&std::path::Path>) -> anyhow::Result<Restored> {
     let mut sets = UserSets::from_config(config);
     let Some(dir) = state else {
@@ -68,11 +69,24 @@ fn restore(config: &mut Config, state: Option<&std::path::Path>) -> anyhow::Resu
             Ok(()) => {}
         }
     }
-    sets.write_into(config);
+    sets.write_inbounds_into(config);
     routes.write_into(config);
     journal.compact(&sets, &route_changes).context("compacting the journal")?;
-    let counters = CounterBook::load(&counters_path(dir)).context("saved counters")?;
+    let mut counters = CounterBook::load(&counters_path(dir)).context("saved counters")?;
+    // Saved user counters move into their users' slots.
+    counters.carry_users(&mut sets);
     Ok(Restored { sets, journal: Some(journal), counters })
+}
+
+/// Returns the memory freed since start-up to the system: parsing a config that lists a
+/// million users takes several times what the users then need, and glibc keeps freed memory
+/// in its arenas unless asked.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Runs the server until a stop signal; returns once it has stopped.
@@ -89,7 +103,16 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         Some((_, api::ApiListener::Tcp(_, addr))) => vec![*addr],
         _ => Vec::new(),
     };
-    let mut server = Server::start(Arc::new(config), shards, &api_addrs)?;
+    // The shards start from the registry's resolved users, not from the config's clients:
+    // drop those, or a config that lists a million users keeps them all twice more.
+    let users = restored.sets.initial_ops();
+    for inbound in &mut config.inbounds {
+        if let InboundProtocol::Vless(v) = &mut inbound.protocol {
+            v.clients = Vec::new();
+        }
+    }
+    let mut server = Server::start(Arc::new(config), shards, &api_addrs, users)?;
+    give_back_memory();
     for (tag, addr) in &server.bound {
         eprintln!("shardray: inbound {tag:?} listening on {addr}");
     }
@@ -123,11 +146,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let saved = match state.counter_values().await {
-                    Ok(values) => CounterBook::save(&counters_path(&dir), &values).map_err(anyhow::Error::from),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = saved {
+                if let Err(e) = state.save_counters(&counters_path(&dir)).await {
                     log.error(LogLevel::Warning, format_args!("saving counters: {e:#}"));
                 }
             }
@@ -162,9 +181,9 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     eprintln!("shardray: stopping; live sessions have {}s to finish", options.grace.as_secs());
     let finals = server.stop(options.grace);
     if let Some(dir) = &options.state {
-        let users = runtime.block_on(state.registry.lock()).stat_users();
-        let values = api::stats::reported(&state, &users, &finals);
-        CounterBook::save(&counters_path(dir), &values).context("saving counters")?;
+        let registry = runtime.block_on(state.registry.lock());
+        let values = api::stats::reported(&state, &registry, &finals);
+        CounterBook::save(&counters_path(dir), values).context("saving counters")?;
     }
     Ok(())
 }

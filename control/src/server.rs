@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use shardray_core::change::Change;
 use shardray_core::log::LogSink;
 use shardray_core::routes::{RouteRecord, RouteTap};
+use shardray_core::slots::UserOp;
 use shardray_core::spec::{Config, LogLevel};
 use shardray_core::stats::StatsSnapshot;
 use shardray_shard::mailbox::{mailbox, ShardMailbox};
@@ -41,11 +42,13 @@ impl ShardLinks {
     }
 
     /// Sends `change` as `epoch` to every shard and waits until each has applied it.
-    /// `listeners` holds one socket per shard when the change adds an inbound, else nothing.
+    /// `ops` are the change's user operations, as the registry resolved them; `listeners`
+    /// holds one socket per shard when the change adds an inbound, else nothing.
     pub async fn broadcast(
         &self,
         epoch: u64,
         change: Arc<Change>,
+        ops: Arc<[UserOp]>,
         listeners: Vec<std::net::TcpListener>,
         within: Duration,
     ) -> Result<(), BroadcastError> {
@@ -53,7 +56,8 @@ impl ShardLinks {
         let mut listeners = listeners.into_iter();
         for (id, tx) in self.commands.iter().enumerate() {
             let listener = listeners.next();
-            let command = ShardCommand::Apply { epoch, change: change.clone(), listener, ack: ack_tx.clone() };
+            let command =
+                ShardCommand::Apply { epoch, change: change.clone(), ops: ops.clone(), listener, ack: ack_tx.clone() };
             tx.send(command).map_err(|_| BroadcastError::Gone(id))?;
         }
         let mut pending: Vec<usize> = (0..self.commands.len()).collect();
@@ -73,14 +77,14 @@ impl ShardLinks {
         }
     }
 
-    /// Asks every shard for its counters: every user's, or only `only_user`'s (`Some("")`: no
-    /// user, just inbounds and outbounds), so that reading one counter costs one user's work.
-    pub async fn snapshots(&self, only_user: Option<&str>) -> anyhow::Result<Vec<StatsSnapshot>> {
-        let only_user: Option<Arc<str>> = only_user.map(Arc::from);
+    /// Asks every shard for its counters: every user slot's, or only `only_slot`'s
+    /// (`Some(NO_SLOT)`: no user, just inbounds and outbounds), so that reading one counter
+    /// costs one user's work.
+    pub async fn snapshots(&self, only_slot: Option<u32>) -> anyhow::Result<Vec<StatsSnapshot>> {
         let mut replies = Vec::with_capacity(self.commands.len());
         for (id, tx) in self.commands.iter().enumerate() {
             let (reply_tx, reply_rx) = async_channel::bounded(1);
-            let command = ShardCommand::Snapshot { only_user: only_user.clone(), reply: reply_tx };
+            let command = ShardCommand::Snapshot { only_slot, reply: reply_tx };
             tx.send(command).map_err(|_| anyhow!("shard {id} is gone"))?;
             replies.push(reply_rx);
         }
@@ -171,8 +175,14 @@ pub fn allowed_cpus() -> Vec<usize> {
 
 impl Server {
     /// Binds, starts `shards` shards and waits until each serves. `api_addrs` are the API's
-    /// bound addresses, which no session may reach.
-    pub fn start(config: Arc<Config>, shards: usize, api_addrs: &[SocketAddr]) -> anyhow::Result<Server> {
+    /// bound addresses, which no session may reach; `users` are each inbound's users as
+    /// resolved adds (`UserSets::initial_ops`), in config order.
+    pub fn start(
+        config: Arc<Config>,
+        shards: usize,
+        api_addrs: &[SocketAddr],
+        users: Vec<Vec<UserOp>>,
+    ) -> anyhow::Result<Server> {
         check(&config)?;
         let shards = shards.max(1);
         let (log, logger) = logger::start(&config.log).context("log")?;
@@ -189,6 +199,7 @@ impl Server {
         }
         let api_addrs: Arc<[SocketAddr]> = api_addrs.into();
         let (route_tap, route_records) = RouteTap::new(ROUTE_RECORDS);
+        let users: Arc<[Vec<UserOp>]> = users.into();
 
         let cpus = allowed_cpus();
         let (ready_tx, ready_rx) = sync_channel(shards);
@@ -200,6 +211,7 @@ impl Server {
                 id,
                 cpu: (!cpus.is_empty()).then(|| cpus[id % cpus.len()]),
                 config: config.clone(),
+                users: users.clone(),
                 listeners,
                 api_addrs: api_addrs.clone(),
                 log: log.clone(),

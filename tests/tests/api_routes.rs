@@ -130,7 +130,9 @@ fn added_outbound_and_rule_carry_traffic_until_removed() {
     for _ in 0..4 {
         assert!(!echoes(proxy, echo.addr()), "dropped, not sent to the default");
     }
-    assert!(server.output().contains("non existing outTag: px"), "{}", server.output());
+    // The warning comes through the logger thread: it may trail the connection by a moment.
+    let warned = wait_until(Duration::from_secs(5), || server.output().contains("non existing outTag: px"));
+    assert!(warned, "{}", server.output());
     add_rules(&api, vec![loopback_rule("lo", 0, Some("direct"), None)], vec![], true).unwrap();
     remove_rule(&api, "to-px").unwrap();
     assert!(echoes(proxy, echo.addr()), "the server is healthy");

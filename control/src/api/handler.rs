@@ -151,7 +151,7 @@ impl HandlerApi {
         });
         let proxy = (inbound.protocol == "vless").then(|| {
             let config = vless::inbound::Config {
-                clients: inbound.users.values().map(vless_user).collect(),
+                clients: inbound.users.values().map(|u| vless_user(&u)).collect(),
                 decryption: "none".into(),
                 ..Default::default()
             };
@@ -277,12 +277,12 @@ impl pb::handler_service_server::HandlerService for HandlerApi {
         let registry = self.state.registry.lock().await;
         let inbound = registry.inbound(&req.tag).map_err(change_status)?;
         let users = if req.email.is_empty() {
-            inbound.users.values().map(vless_user).collect()
+            inbound.users.values().map(|u| vless_user(&u)).collect()
         } else {
             let user = inbound
                 .by_email(&req.email)
                 .ok_or_else(|| change_status(ChangeError::UserNotFound(req.email.clone())))?;
-            vec![vless_user(user)]
+            vec![vless_user(&user.spec())]
         };
         Ok(Response::new(pb::GetInboundUserResponse { users }))
     }

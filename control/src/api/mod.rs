@@ -102,11 +102,13 @@ impl ApiState {
         result.map(|_| ())
     }
 
-    /// Every counter's value as the API reports it now.
-    pub async fn counter_values(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
-        let users = self.registry.lock().await.stat_users();
+    /// Saves every counter's value as the API reports it now to `path`, for the next run.
+    pub async fn save_counters(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        // Locked while reading and writing: no slot changes hands meanwhile.
+        let registry = self.registry.lock().await;
         let snaps = self.shards.snapshots(None).await?;
-        Ok(stats::reported(self, &users, &snaps))
+        stats::CounterBook::save(path, stats::reported(self, &registry, &snaps))?;
+        Ok(())
     }
 }
 

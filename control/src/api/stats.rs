@@ -3,19 +3,23 @@
 //! Shards only ever count up. A reset is a baseline kept here: the value reported is the
 //! shards' total minus the baseline, so no shard is written to.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
+use shardray_core::slots::NO_SLOT;
 use shardray_core::spec::Config;
 use shardray_core::stats::{IpSessions, StatsSnapshot};
 use shardray_proto::xray::app::stats::command as pb;
 use tonic::{Request, Response, Status};
 
 use super::ApiState;
+use crate::registry::{Registry, UserSets};
+use crate::slots::{SlotBook, Slots};
 
 /// The service, ready to add to a router.
 pub fn service(state: Arc<ApiState>) -> pb::stats_service_server::StatsServiceServer<StatsApi> {
@@ -24,8 +28,10 @@ pub fn service(state: Arc<ApiState>) -> pb::stats_service_server::StatsServiceSe
         .max_decoding_message_size(super::MAX_REQUEST)
 }
 
-/// What the API adds to and takes from the shards' totals: counts carried over from the last
-/// run, and resets (a baseline per counter). Shards only ever count up and are never written.
+/// What the API adds to and takes from the shards' totals of inbound and outbound counters:
+/// counts carried over from the last run, and resets (a baseline per counter). Users' counters
+/// keep theirs per slot in the registry (`SlotBook::offset`). Shards only ever count up and are
+/// never written.
 #[derive(Debug, Default)]
 pub struct CounterBook {
     carried: HashMap<String, u64>,
@@ -45,22 +51,54 @@ impl CounterBook {
         Ok(CounterBook { carried, baselines: HashMap::new() })
     }
 
-    /// Writes `values` so the next run carries them over: temporary file, sync, rename.
-    pub fn save(path: &Path, values: &BTreeMap<String, u64>) -> std::io::Result<()> {
+    /// Moves the carried counts of the users in `sets` into their slots.
+    pub fn carry_users(&mut self, sets: &mut UserSets) {
+        let mut name = String::new();
+        let mut offsets = Vec::new();
+        for v in sets.slots().live() {
+            let mut offset = [0i64; 2];
+            for (d, dir) in DIRS.iter().enumerate() {
+                write_name(&mut name, "user", v.email, dir);
+                if let Some(n) = self.carried.remove(name.as_str()) {
+                    offset[d] = i64::try_from(n).unwrap_or(i64::MAX);
+                }
+            }
+            if offset != [0, 0] {
+                offsets.push((v.slot, offset));
+            }
+        }
+        for (slot, offset) in offsets {
+            sets.slots_mut().set_offset(slot, offset);
+        }
+    }
+
+    /// Writes `values` so the next run carries them over: temporary file, sync, rename. The
+    /// values are written as they come, so a million users need no map in memory.
+    pub fn save(path: &Path, values: impl IntoIterator<Item = (String, u64)>) -> std::io::Result<()> {
         let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, &serde_json::to_vec(values)?)?;
+        let file = std::fs::File::create(&tmp)?;
+        let mut out = std::io::BufWriter::new(file);
+        out.write_all(b"{")?;
+        for (i, (name, value)) in values.into_iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut out, &name)?;
+            write!(out, ":{value}")?;
+        }
+        out.write_all(b"}")?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     }
 
-    /// The value the API reports for a counter whose shard total is `total`.
+    /// The value the API reports for an inbound's or outbound's counter whose shard total is
+    /// `total`.
     pub fn value(&self, name: &str, total: u64) -> u64 {
         if self.carried.is_empty() && self.baselines.is_empty() {
             return total;
         }
         let carried = self.carried.get(name).copied().unwrap_or(0);
-
         (total + carried).saturating_sub(self.baselines.get(name).copied().unwrap_or(0))
     }
 
@@ -70,24 +108,61 @@ impl CounterBook {
         self.baselines.insert(name.to_owned(), total + carried);
     }
 
-    /// Drops everything kept for a removed user's counters.
+    /// Drops anything still kept by name for a removed user's counters (its slot's own
+    /// figures go with the slot).
     pub fn forget_user(&mut self, email: &str) {
+        if self.carried.is_empty() && self.baselines.is_empty() {
+            return;
+        }
         let prefix = format!("user>>>{email}>>>");
         self.carried.retain(|k, _| !k.starts_with(&prefix));
         self.baselines.retain(|k, _| !k.starts_with(&prefix));
     }
 }
 
-/// Every counter's reported value, from the registry's users and the shards' snapshots.
-pub fn reported(state: &ApiState, users: &[(String, u32)], snaps: &[StatsSnapshot]) -> BTreeMap<String, u64> {
-    let book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
-    totals(&state.config(), users, snaps)
-        .into_iter()
-        .map(|(name, total)| {
-            let v = book.value(&name, total);
-            (name, v)
+/// The two directions of a traffic counter, in `[up, down]` order.
+const DIRS: [&str; 2] = ["uplink", "downlink"];
+
+/// A user's reported value: the shards' total plus the slot's offset.
+fn user_value(total: u64, offset: i64) -> u64 {
+    (i128::from(total) + i128::from(offset)).clamp(0, i128::from(u64::MAX)) as u64
+}
+
+/// Every counter's reported value, from the registry and the shards' snapshots, as a lazy
+/// sequence (for saving a million users without a map of them).
+pub fn reported<'a>(
+    state: &'a ApiState,
+    registry: &'a Registry,
+    snaps: &'a [StatsSnapshot],
+) -> impl Iterator<Item = (String, u64)> + 'a {
+    let config = state.config();
+    let slots = registry.slots();
+    let totals = user_totals(snaps, &slots);
+    let links = {
+        let book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
+        link_totals(&config, snaps)
+            .into_iter()
+            .map(|(name, total)| {
+                let v = book.value(&name, total);
+                (name, v)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut levels = LevelSwitches::new(&config);
+    let book = slots.book();
+    slots
+        .into_live()
+        .flat_map(move |v| {
+            let on = levels.get(v.level);
+            let total = totals.get(v.slot as usize).copied().unwrap_or_default();
+            let offset = book.offset(v.slot);
+            (0..2).filter(move |&d| on[d]).map(move |d| {
+                let mut name = String::new();
+                write_name(&mut name, "user", v.email, DIRS[d]);
+                (name, user_value(total[d], offset[d]))
+            })
         })
-        .collect()
+        .chain(links)
 }
 
 /// The StatsService implementation.
@@ -96,21 +171,66 @@ pub struct StatsApi {
     started: Instant,
 }
 
-/// `user>>>EMAIL>>>traffic>>>uplink` and the like.
-fn traffic_name(kind: &str, name: &str, dir: &str) -> String {
-    format!("{kind}>>>{name}>>>traffic>>>{dir}")
+/// Writes `user>>>EMAIL>>>traffic>>>uplink` and the like into `buf` (cleared first).
+fn write_name(buf: &mut String, kind: &str, name: &str, dir: &str) {
+    buf.clear();
+    for part in [kind, ">>>", name, ">>>traffic>>>", dir] {
+        buf.push_str(part);
+    }
 }
 
-/// Every counter the config enables, with the shards' totals; missing ones do not exist.
-/// `users` are the registry's users (email, level) across inbounds.
-fn totals(config: &Config, users: &[(String, u32)], snaps: &[StatsSnapshot]) -> Vec<(String, u64)> {
+/// `user>>>EMAIL>>>traffic>>>uplink` and the like.
+fn traffic_name(kind: &str, name: &str, dir: &str) -> String {
+    let mut s = String::with_capacity(kind.len() + name.len() + dir.len() + 16);
+    write_name(&mut s, kind, name, dir);
+    s
+}
+
+/// Which user counters each level enables, looked up once per level.
+struct LevelSwitches {
+    config: Arc<Config>,
+    cache: FxHashMap<u32, [bool; 2]>,
+}
+
+impl LevelSwitches {
+    fn new(config: &Arc<Config>) -> Self {
+        LevelSwitches { config: config.clone(), cache: FxHashMap::default() }
+    }
+
+    fn get(&mut self, level: u32) -> [bool; 2] {
+        if !self.config.stats_enabled {
+            return [false, false];
+        }
+        *self.cache.entry(level).or_insert_with(|| {
+            let p = self.config.policy.level(level);
+            [p.stats_user_uplink, p.stats_user_downlink]
+        })
+    }
+}
+
+/// The shards' user totals by slot, summed: `[up, down]`; `span` entries at most.
+fn user_totals(snaps: &[StatsSnapshot], slots: &Slots<'_>) -> Vec<[u64; 2]> {
+    let span = slots.span();
+    let mut totals = vec![[0u64; 2]; span];
+    for s in snaps {
+        let first = s.first_slot as usize;
+        if first >= span {
+            continue;
+        }
+        let end = (first + s.users.len()).min(span);
+        for (t, u) in totals[first..end].iter_mut().zip(&s.users) {
+            t[0] += u[0];
+            t[1] += u[1];
+        }
+    }
+    totals
+}
+
+/// Every inbound and outbound counter the config enables, with the shards' totals.
+fn link_totals(config: &Config, snaps: &[StatsSnapshot]) -> Vec<(String, u64)> {
     if !config.stats_enabled {
         return Vec::new();
     }
-    // (up, down) per email and per tag, summed over the shards. FxHash: these keys are our own
-    // strings, not attacker-chosen, and this is the hot part of a QueryStats over many users.
-    let mut per_user: FxHashMap<&str, (u64, u64)> = FxHashMap::default();
-    per_user.reserve(users.len());
     let mut per_inbound: FxHashMap<&str, (u64, u64)> = FxHashMap::default();
     let mut per_outbound: FxHashMap<&str, (u64, u64)> = FxHashMap::default();
     let add = |map: &mut FxHashMap<_, (u64, u64)>, key, up, down| {
@@ -119,9 +239,6 @@ fn totals(config: &Config, users: &[(String, u32)], snaps: &[StatsSnapshot]) -> 
         e.1 += down;
     };
     for s in snaps {
-        for u in &s.users {
-            add(&mut per_user, &*u.email, u.up, u.down);
-        }
         for l in &s.inbounds {
             add(&mut per_inbound, &*l.tag, l.up, l.down);
         }
@@ -129,21 +246,7 @@ fn totals(config: &Config, users: &[(String, u32)], snaps: &[StatsSnapshot]) -> 
             add(&mut per_outbound, &*l.tag, l.up, l.down);
         }
     }
-    let mut out = Vec::with_capacity(users.len() * 2 + 8);
-    let mut levels: FxHashMap<u32, (bool, bool)> = FxHashMap::default();
-    for (email, level) in users {
-        let (up_on, down_on) = *levels.entry(*level).or_insert_with(|| {
-            let p = config.policy.level(*level);
-            (p.stats_user_uplink, p.stats_user_downlink)
-        });
-        let (up, down) = per_user.get(email.as_str()).copied().unwrap_or_default();
-        if up_on {
-            out.push((traffic_name("user", email, "uplink"), up));
-        }
-        if down_on {
-            out.push((traffic_name("user", email, "downlink"), down));
-        }
-    }
+    let mut out = Vec::new();
     let system = config.policy.system;
     let links = [
         (
@@ -211,38 +314,103 @@ fn merge_ips(map: &mut BTreeMap<String, i64>, ips: &[IpSessions]) {
     }
 }
 
+/// Every online user's addresses, merged over the shards: slot → address → last seen. Users
+/// whose only addresses upstream ignores are not there.
+fn online_by_slot(snaps: &[StatsSnapshot]) -> FxHashMap<u32, BTreeMap<String, i64>> {
+    let mut live: FxHashMap<u32, BTreeMap<String, i64>> = FxHashMap::default();
+    for (slot, ips) in snaps.iter().flat_map(|s| &s.online) {
+        merge_ips(live.entry(*slot).or_default(), ips);
+    }
+    live.retain(|_, m| !m.is_empty());
+    live
+}
+
 /// The online map called `name`: client address → last seen (unix seconds); `None` if there
-/// is no such map (unknown user, or a level without `statsUserOnline`).
+/// is no such map (unknown user, or a level without `statsUserOnline`). `snaps` hold at least
+/// the user's slot.
 fn online_map(
     config: &Config,
-    users: &[(String, u32)],
+    registry: &Registry,
     snaps: &[StatsSnapshot],
     name: &str,
 ) -> Option<BTreeMap<String, i64>> {
     let email = online_email(name)?;
-    if !users.iter().any(|(e, level)| e == email && tracks_online(config, *level)) {
-        return None;
-    }
+    let user = registry.stat_user(email).filter(|v| &**v.email == email && tracks_online(config, v.level))?;
     let mut map = BTreeMap::new();
-    for u in snaps.iter().flat_map(|s| &s.users).filter(|u| &*u.email == email) {
-        merge_ips(&mut map, &u.ips);
+    for (_, ips) in snaps.iter().flat_map(|s| &s.online).filter(|(slot, _)| *slot == user.slot) {
+        merge_ips(&mut map, ips);
     }
     Some(map)
 }
 
-/// The names of the online maps that hold at least one address (users online, as upstream
-/// counts them).
-fn online_names(config: &Config, users: &[(String, u32)], snaps: &[StatsSnapshot]) -> BTreeSet<String> {
-    let mut live: HashMap<&str, BTreeMap<String, i64>> = HashMap::new();
-    for u in snaps.iter().flat_map(|s| &s.users).filter(|u| !u.ips.is_empty()) {
-        merge_ips(live.entry(&u.email).or_default(), &u.ips);
+/// What a counter is, so that a reset knows where to write.
+#[derive(Debug, Clone, Copy)]
+enum Counter {
+    /// A user's, by slot and direction (0 up, 1 down).
+    User { slot: u32, dir: usize },
+    /// An inbound's or outbound's, kept by name.
+    Link,
+}
+
+/// Calls `f(name, reported value, shard total, counter)` for every counter the config
+/// enables, or with `only_slot` for that user's and every inbound's and outbound's. Names are
+/// built in one reused buffer; `f` copies the ones it keeps.
+fn visit_counters(
+    config: &Arc<Config>,
+    slots: &Slots<'_>,
+    book: &CounterBook,
+    snaps: &[StatsSnapshot],
+    only_slot: Option<u32>,
+    mut f: impl FnMut(&str, u64, u64, Counter),
+) {
+    if !config.stats_enabled {
+        return;
     }
-    users
-        .iter()
-        .filter(|(_, level)| tracks_online(config, *level))
-        .filter(|(email, _)| live.get(email.as_str()).is_some_and(|m| !m.is_empty()))
-        .map(|(email, _)| format!("user>>>{email}>>>online"))
-        .collect()
+    let mut levels = LevelSwitches::new(config);
+    let mut name = String::with_capacity(128);
+    let mut visit_user = |v: crate::slots::SlotView<'_>, total: [u64; 2]| {
+        let on = levels.get(v.level);
+        let offset = slots.offset(v.slot);
+        for d in (0..2).filter(|&d| on[d]) {
+            write_name(&mut name, "user", v.email, DIRS[d]);
+            f(&name, user_value(total[d], offset[d]), total[d], Counter::User { slot: v.slot, dir: d });
+        }
+    };
+    match only_slot {
+        None => {
+            let totals = user_totals(snaps, slots);
+            for v in slots.live() {
+                visit_user(v, totals[v.slot as usize]);
+            }
+        }
+        Some(slot) => {
+            if let Some(v) = slots.get(slot) {
+                let total = snaps.iter().map(|s| s.user(slot)).fold([0, 0], |a, b| [a[0] + b[0], a[1] + b[1]]);
+                visit_user(v, total);
+            }
+        }
+    }
+    for (name, total) in link_totals(config, snaps) {
+        f(&name, book.value(&name, total), total, Counter::Link);
+    }
+}
+
+/// Zeroes what the API reports for the counters in `resets` (counter, shard total, name).
+fn apply_resets<'a>(
+    slots: &mut SlotBook,
+    book: &mut CounterBook,
+    resets: impl IntoIterator<Item = (Counter, u64, &'a str)>,
+) {
+    for (counter, total, name) in resets {
+        match counter {
+            Counter::User { slot, dir } => {
+                let mut offset = slots.offset(slot);
+                offset[dir] = -i64::try_from(total).unwrap_or(i64::MAX);
+                slots.set_offset(slot, offset);
+            }
+            Counter::Link => book.reset(name, total),
+        }
+    }
 }
 
 /// Which counters a QueryStats asks for: Xray's substring `pattern`, or V2Ray v5's `patterns`
@@ -277,40 +445,18 @@ impl NameFilter {
 }
 
 impl StatsApi {
-    /// The registry's users and every shard's counters, read together.
-    async fn read(&self) -> Result<(Vec<(String, u32)>, Vec<StatsSnapshot>), Status> {
-        let users = self.state.registry.lock().await.stat_users();
-        let snaps = self.state.shards.snapshots(None).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok((users, snaps))
+    /// Every shard's counters (all slots, or one).
+    async fn snapshots(&self, only_slot: Option<u32>) -> Result<Vec<StatsSnapshot>, Status> {
+        self.state.shards.snapshots(only_slot).await.map_err(|e| Status::unavailable(e.to_string()))
     }
+}
 
-    /// Like `read`, but only what the counter or online map `name` needs: one user, or none for
-    /// an inbound's or outbound's counter. Panels that poll GetStats per user rely on this
-    /// costing the same at 10 users as at 1,000,000.
-    async fn read_for(&self, name: &str) -> Result<(Vec<(String, u32)>, Vec<StatsSnapshot>), Status> {
-        let email = name.strip_prefix("user>>>").and_then(|rest| rest.split(">>>").next());
-        let users = match email {
-            Some(email) => self.state.registry.lock().await.stat_user(email).into_iter().collect(),
-            None => Vec::new(),
-        };
-        let only = users.first().map_or("", |(email, _)| email.as_str());
-        let snaps = self.state.shards.snapshots(Some(only)).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok((users, snaps))
-    }
-
-    /// Reports `totals` through the counter book, resetting them if asked.
-    fn report(&self, totals: impl Iterator<Item = (String, u64)>, reset: bool) -> Vec<pb::Stat> {
-        let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
-        totals
-            .map(|(name, total)| {
-                let value = book.value(&name, total);
-                if reset {
-                    book.reset(&name, total);
-                }
-                pb::Stat { name, value: i64::try_from(value).unwrap_or(i64::MAX) }
-            })
-            .collect()
-    }
+/// The slot that the counter or online map `name` belongs to: `NO_SLOT` if none (an inbound's
+/// or outbound's counter, or an unknown user). Panels that poll GetStats per user rely on this
+/// costing the same at 10 users as at 1,000,000.
+fn slot_for(registry: &Registry, name: &str) -> u32 {
+    let email = name.strip_prefix("user>>>").and_then(|rest| rest.split(">>>").next());
+    email.and_then(|e| registry.stat_user(e)).map_or(NO_SLOT, |v| v.slot)
 }
 
 #[tonic::async_trait]
@@ -318,21 +464,29 @@ impl pb::stats_service_server::StatsService for StatsApi {
     async fn get_stats(&self, req: Request<pb::GetStatsRequest>) -> Result<Response<pb::GetStatsResponse>, Status> {
         let peer = req.remote_addr();
         let req = req.into_inner();
-        let (users, snaps) = self.read_for(&req.name).await?;
-        let all = totals(&self.state.config(), &users, &snaps);
-        let found = all
-            .iter()
-            .find(|(name, _)| *name == req.name)
-            .map(|(_, total)| *total)
-            .ok_or_else(|| Status::not_found(format!("{} not found.", req.name)));
-
+        // The registry stays locked until the answer is made, so no slot changes hands meanwhile.
+        let mut registry = self.state.registry.lock().await;
+        let slot = slot_for(&registry, &req.name);
+        let snaps = self.snapshots(Some(slot)).await?;
+        let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = None;
+        visit_counters(&self.state.config(), &registry.slots(), &book, &snaps, Some(slot), |name, value, total, c| {
+            if found.is_none() && name == req.name {
+                found = Some((value, total, c));
+            }
+        });
+        let found = found.ok_or_else(|| Status::not_found(format!("{} not found.", req.name)));
         if req.reset {
             // A reset changes what every later reader sees: audited like any change.
             let outcome = found.as_ref().map(|_| ()).map_err(Clone::clone);
             self.state.audit.record(peer, "GetStats", &format!("reset name={}", req.name), &outcome);
         }
-        let stat = self.report(std::iter::once((req.name, found?)), req.reset).pop();
-        Ok(Response::new(pb::GetStatsResponse { stat }))
+        let (value, total, counter) = found?;
+        if req.reset {
+            apply_resets(registry.slots_mut(), &mut book, [(counter, total, req.name.as_str())]);
+        }
+        let stat = pb::Stat { name: req.name, value: i64::try_from(value).unwrap_or(i64::MAX) };
+        Ok(Response::new(pb::GetStatsResponse { stat: Some(stat) }))
     }
 
     async fn get_stats_online(
@@ -340,9 +494,10 @@ impl pb::stats_service_server::StatsService for StatsApi {
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
         let req = req.into_inner();
-        let (users, snaps) = self.read_for(&req.name).await?;
+        let registry = self.state.registry.lock().await;
+        let snaps = self.snapshots(Some(slot_for(&registry, &req.name))).await?;
         // As upstream, the value is the number of distinct client addresses, not of sessions.
-        let Some(map) = online_map(&self.state.config(), &users, &snaps, &req.name) else {
+        let Some(map) = online_map(&self.state.config(), &registry, &snaps, &req.name) else {
             return Err(Status::not_found(format!("{} not found.", req.name)));
         };
         let stat = pb::Stat { name: req.name, value: map.len() as i64 };
@@ -356,11 +511,22 @@ impl pb::stats_service_server::StatsService for StatsApi {
         let peer = req.remote_addr();
         let req = req.into_inner();
         let filter = NameFilter::new(&req)?;
-        let (users, snaps) = self.read().await?;
-        let matching =
-            totals(&self.state.config(), &users, &snaps).into_iter().filter(|(name, _)| filter.matches(name));
-        let stat = self.report(matching, req.reset);
+        let mut registry = self.state.registry.lock().await;
+        let snaps = self.snapshots(None).await?;
+        let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stat = Vec::with_capacity(registry.slots().len() * 2 + 8);
+        let mut resets = Vec::new();
+        visit_counters(&self.state.config(), &registry.slots(), &book, &snaps, None, |name, value, total, c| {
+            if filter.matches(name) {
+                if req.reset {
+                    resets.push((c, total, stat.len()));
+                }
+                stat.push(pb::Stat { name: name.to_owned(), value: i64::try_from(value).unwrap_or(i64::MAX) });
+            }
+        });
         if req.reset {
+            let named = resets.into_iter().map(|(c, total, i)| (c, total, stat[i].name.as_str()));
+            apply_resets(registry.slots_mut(), &mut book, named);
             let what = format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, stat.len());
             self.state.audit.record(peer, "QueryStats", &what, &Ok(()));
         }
@@ -368,7 +534,7 @@ impl pb::stats_service_server::StatsService for StatsApi {
     }
 
     async fn get_sys_stats(&self, _: Request<pb::SysStatsRequest>) -> Result<Response<pb::SysStatsResponse>, Status> {
-        let snaps = self.state.shards.snapshots(Some("")).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let snaps = self.snapshots(Some(NO_SLOT)).await?;
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let field = |key: &str| -> u64 {
             status
@@ -398,8 +564,9 @@ impl pb::stats_service_server::StatsService for StatsApi {
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsOnlineIpListResponse>, Status> {
         let req = req.into_inner();
-        let (users, snaps) = self.read_for(&req.name).await?;
-        let Some(map) = online_map(&self.state.config(), &users, &snaps, &req.name) else {
+        let registry = self.state.registry.lock().await;
+        let snaps = self.snapshots(Some(slot_for(&registry, &req.name))).await?;
+        let Some(map) = online_map(&self.state.config(), &registry, &snaps, &req.name) else {
             return Err(Status::not_found(format!("{} not found.", req.name)));
         };
         Ok(Response::new(pb::GetStatsOnlineIpListResponse { name: req.name, ips: map.into_iter().collect() }))
@@ -409,8 +576,63 @@ impl pb::stats_service_server::StatsService for StatsApi {
         &self,
         _: Request<pb::GetAllOnlineUsersRequest>,
     ) -> Result<Response<pb::GetAllOnlineUsersResponse>, Status> {
-        let (users, snaps) = self.read().await?;
-        let users = online_names(&self.state.config(), &users, &snaps).into_iter().collect();
+        let registry = self.state.registry.lock().await;
+        let snaps = self.snapshots(None).await?;
+        let config = &self.state.config();
+        let slots = registry.slots();
+        let mut users: Vec<String> = online_by_slot(&snaps)
+            .into_keys()
+            .filter_map(|slot| slots.get(slot))
+            .filter(|v| tracks_online(config, v.level))
+            .map(|v| format!("user>>>{}>>>online", v.email))
+            .collect();
+        users.sort_unstable();
         Ok(Response::new(pb::GetAllOnlineUsersResponse { users }))
+    }
+
+    /// Every online user (as GetAllOnlineUsers counts them) with its addresses, and with
+    /// `include_traffic` its traffic counters, which `reset` then zeroes, as upstream does.
+    async fn get_users_stats(
+        &self,
+        req: Request<pb::GetUsersStatsRequest>,
+    ) -> Result<Response<pb::GetUsersStatsResponse>, Status> {
+        let peer = req.remote_addr();
+        let req = req.into_inner();
+        let mut registry = self.state.registry.lock().await;
+        let snaps = self.snapshots(None).await?;
+        let config = &self.state.config();
+        let mut levels = LevelSwitches::new(config);
+        let mut users = Vec::new();
+        let mut resets = Vec::new();
+        let slots = registry.slots();
+        for (slot, ips) in online_by_slot(&snaps) {
+            let Some(v) = slots.get(slot).filter(|v| tracks_online(config, v.level)) else {
+                continue;
+            };
+            let traffic = req.include_traffic.then(|| {
+                let total = snaps.iter().map(|s| s.user(slot)).fold([0, 0], |a, b| [a[0] + b[0], a[1] + b[1]]);
+                let (on, offset) = (levels.get(v.level), slots.offset(slot));
+                // A counter the level does not keep does not exist upstream: it reads 0.
+                let value = |d: usize| if on[d] { user_value(total[d], offset[d]) } else { 0 };
+                if req.reset {
+                    resets.extend((0..2).filter(|&d| on[d]).map(|d| (Counter::User { slot, dir: d }, total[d])));
+                }
+                pb::TrafficUserStat {
+                    uplink: i64::try_from(value(0)).unwrap_or(i64::MAX),
+                    downlink: i64::try_from(value(1)).unwrap_or(i64::MAX),
+                }
+            });
+            let ips = ips.into_iter().map(|(ip, last_seen)| pb::OnlineIpEntry { ip, last_seen }).collect();
+            users.push(pb::UserStat { email: v.email.to_string(), ips, traffic });
+        }
+        users.sort_unstable_by(|a, b| a.email.cmp(&b.email));
+        drop(slots);
+        if req.reset && req.include_traffic {
+            let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
+            apply_resets(registry.slots_mut(), &mut book, resets.into_iter().map(|(c, t)| (c, t, "")));
+            let what = format!("reset include_traffic=true users={}", users.len());
+            self.state.audit.record(peer, "GetUsersStats", &what, &Ok(()));
+        }
+        Ok(Response::new(pb::GetUsersStatsResponse { users }))
     }
 }

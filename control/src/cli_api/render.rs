@@ -42,6 +42,21 @@ pub(super) fn stat_reply(reply: &stats_pb::GetStatsResponse) -> Value {
     }
 }
 
+/// GetUsersStats: `{"users": [{"email", "ips": [{"ip", "lastSeen"}], "traffic": {...}}]}`,
+/// `traffic` only when the server sent it.
+pub(super) fn users_stats(reply: &stats_pb::GetUsersStatsResponse) -> Value {
+    let users: Vec<Value> = reply
+        .users
+        .iter()
+        .map(|u| {
+            let ips: Vec<Value> = u.ips.iter().map(|e| json!({ "ip": e.ip, "lastSeen": e.last_seen })).collect();
+            let traffic = u.traffic.as_ref().map(|t| json!({ "uplink": t.uplink, "downlink": t.downlink }));
+            object(vec![("email", json!(u.email)), ("ips", json!(ips)), ("traffic", traffic.unwrap_or(Value::Null))])
+        })
+        .collect();
+    json!({ "users": users })
+}
+
 pub(super) fn sys_stats(s: &stats_pb::SysStatsResponse) -> Value {
     json!({
         "NumGoroutine": s.num_goroutine,

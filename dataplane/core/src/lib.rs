@@ -6,5 +6,6 @@ pub mod change;
 pub mod log;
 pub mod router;
 pub mod routes;
+pub mod slots;
 pub mod spec;
 pub mod stats;

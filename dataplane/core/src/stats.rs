@@ -5,6 +5,7 @@
 //! sums the replies, so no counter is shared between cores.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -31,28 +32,6 @@ impl Traffic {
     }
 }
 
-/// One user's counters on one shard; shared by every inbound the user's email appears in.
-pub struct UserCounters {
-    /// The user's email, the key of its counters.
-    pub email: Arc<str>,
-    /// Payload bytes.
-    pub traffic: Traffic,
-    /// Live sessions on this shard by client address. Empty, and so unallocated, while the
-    /// user has no live session here; a `Cell` (taken and put back) since only the shard
-    /// touches it and no borrow outlives a call.
-    ips: Cell<Vec<IpSessions>>,
-}
-
-impl std::fmt::Debug for UserCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserCounters")
-            .field("email", &self.email)
-            .field("traffic", &self.traffic)
-            .field("ips", &self.ips())
-            .finish()
-    }
-}
-
 /// A user's live sessions from one client address, on one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpSessions {
@@ -64,16 +43,72 @@ pub struct IpSessions {
     pub last_seen: u64,
 }
 
-impl UserCounters {
-    /// Fresh counters for `email`.
-    pub fn new(email: Arc<str>) -> UserCounters {
-        UserCounters { email, traffic: Traffic::default(), ips: Cell::new(Vec::new()) }
+/// One shard's user counters, by slot (see `slots`): the bytes of every slot, the email of
+/// every live slot (for routing and the access log), and the live sessions by address of the
+/// slots that have any. Only the shard touches it.
+#[derive(Debug, Default)]
+pub struct SlotCounters {
+    traffic: Vec<Traffic>,
+    /// Bumped each time a slot is given to a new email: a session of the slot's last owner
+    /// that outlives it (closing while the slot is reused) no longer counts into it.
+    gens: Vec<u32>,
+    emails: Vec<Option<Arc<str>>>,
+    /// Only users with a live session here have an entry: most users are offline.
+    online: HashMap<u32, Vec<IpSessions>>,
+}
+
+impl SlotCounters {
+    /// Makes `slot` live for `email`; a new slot starts from zero.
+    pub fn assign(&mut self, slot: u32, email: Arc<str>, new_slot: bool) {
+        let i = slot as usize;
+        if i >= self.traffic.len() {
+            // Slots are dense (control reuses freed ones first): grow to fit.
+            self.traffic.resize_with(i + 1, Traffic::default);
+            self.gens.resize(i + 1, 0);
+            self.emails.resize(i + 1, None);
+        }
+        if new_slot {
+            self.traffic[i].up.set(0);
+            self.traffic[i].down.set(0);
+            self.gens[i] = self.gens[i].wrapping_add(1);
+            self.online.remove(&slot);
+        }
+        self.emails[i] = Some(email);
+    }
+
+    /// Forgets a freed slot's email; its counters are zeroed when the slot is reused.
+    pub fn free(&mut self, slot: u32) {
+        if let Some(e) = self.emails.get_mut(slot as usize) {
+            *e = None;
+        }
+    }
+
+    /// The slot's counters, if it exists.
+    #[inline]
+    pub fn traffic(&self, slot: u32) -> Option<&Traffic> {
+        self.traffic.get(slot as usize)
+    }
+
+    /// The slot's generation: what a session keeps to count into it.
+    pub fn generation(&self, slot: u32) -> u32 {
+        self.gens.get(slot as usize).copied().unwrap_or(0)
+    }
+
+    /// The slot's counters, if it is still the generation a session started in.
+    #[inline]
+    pub fn traffic_for(&self, slot: u32, generation: u32) -> Option<&Traffic> {
+        (self.gens.get(slot as usize) == Some(&generation)).then(|| &self.traffic[slot as usize])
+    }
+
+    /// The email of a live slot.
+    pub fn email(&self, slot: u32) -> Option<&Arc<str>> {
+        self.emails.get(slot as usize)?.as_ref()
     }
 
     /// Counts a session from `ip` that started at `now` (unix seconds) as live.
-    pub fn session_opened(&self, ip: IpAddr, now: u64) {
+    pub fn session_opened(&mut self, slot: u32, ip: IpAddr, now: u64) {
         let ip = ip.to_canonical();
-        let mut ips = self.ips.take();
+        let ips = self.online.entry(slot).or_default();
         match ips.iter_mut().find(|e| e.ip == ip) {
             Some(e) => {
                 e.live += 1;
@@ -81,13 +116,17 @@ impl UserCounters {
             }
             None => ips.push(IpSessions { ip, live: 1, last_seen: now }),
         }
-        self.ips.set(ips);
     }
 
-    /// Ends a session that `session_opened` counted; the address goes with its last session.
-    pub fn session_closed(&self, ip: IpAddr) {
+    /// Ends a session that `session_opened` counted; the address goes with its last session,
+    /// and the user's entry with its last address.
+    pub fn session_closed(&mut self, slot: u32, generation: u32, ip: IpAddr) {
+        if self.gens.get(slot as usize) != Some(&generation) {
+            // The slot went to another email meanwhile, which started with no address.
+            return;
+        }
         let ip = ip.to_canonical();
-        let mut ips = self.ips.take();
+        let Some(ips) = self.online.get_mut(&slot) else { return };
         if let Some(i) = ips.iter().position(|e| e.ip == ip) {
             ips[i].live -= 1;
             if ips[i].live == 0 {
@@ -95,42 +134,31 @@ impl UserCounters {
             }
         }
         if ips.is_empty() {
-            // Give the allocation back: most users are offline most of the time.
-            ips = Vec::new();
+            self.online.remove(&slot);
         }
-        self.ips.set(ips);
     }
 
-    /// Live sessions on this shard.
-    pub fn live_sessions(&self) -> u32 {
-        let ips = self.ips.take();
-        let n = ips.iter().map(|e| e.live).sum();
-        self.ips.set(ips);
-        n
+    /// The live sessions of a slot by address; empty when there are none.
+    pub fn ips(&self, slot: u32) -> &[IpSessions] {
+        self.online.get(&slot).map_or(&[], Vec::as_slice)
     }
 
-    /// A copy of the live sessions by address; empty (no allocation) when there are none.
-    pub fn ips(&self) -> Vec<IpSessions> {
-        let ips = self.ips.take();
-        let copy = ips.clone();
-        self.ips.set(ips);
-        copy
+    /// The figures of every slot (`only: None`) or of one, for a snapshot.
+    pub fn sample(&self, only: Option<u32>, out: &mut StatsSnapshot) {
+        let pair = |t: &Traffic| [t.up.get(), t.down.get()];
+        match only {
+            None => {
+                out.first_slot = 0;
+                out.users = self.traffic.iter().map(pair).collect();
+                out.online = self.online.iter().map(|(s, ips)| (*s, ips.clone())).collect();
+            }
+            Some(slot) => {
+                out.first_slot = slot;
+                out.users = self.traffic(slot).map(pair).into_iter().collect();
+                out.online = self.online.get(&slot).map(|ips| (slot, ips.clone())).into_iter().collect();
+            }
+        }
     }
-}
-
-/// One user's figures in a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserSample {
-    /// The user's email.
-    pub email: Arc<str>,
-    /// Uplink bytes since the shard started counting this user.
-    pub up: u64,
-    /// Downlink bytes.
-    pub down: u64,
-    /// Live sessions.
-    pub sessions: u32,
-    /// Live sessions by client address; empty when the user has none.
-    pub ips: Vec<IpSessions>,
 }
 
 /// An inbound's or outbound's figures in a snapshot.
@@ -147,14 +175,26 @@ pub struct LinkSample {
 /// What one shard reports when asked: monotonic totals since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
-    /// Users that have counters on this shard.
-    pub users: Vec<UserSample>,
+    /// The slot of `users[0]`.
+    pub first_slot: u32,
+    /// User bytes by slot, `[up, down]`, from `first_slot` on. A slot that is not live
+    /// counts nothing; the control thread knows which are.
+    pub users: Vec<[u64; 2]>,
+    /// The live sessions by client address of the slots that have any.
+    pub online: Vec<(u32, Vec<IpSessions>)>,
     /// Every inbound of the shard.
     pub inbounds: Vec<LinkSample>,
     /// Every outbound of the shard.
     pub outbounds: Vec<LinkSample>,
     /// Sessions alive on the shard right now.
     pub live_sessions: u64,
+}
+
+impl StatsSnapshot {
+    /// A slot's `[up, down]` in this snapshot (zero if it is not in it).
+    pub fn user(&self, slot: u32) -> [u64; 2] {
+        slot.checked_sub(self.first_slot).and_then(|i| self.users.get(i as usize)).copied().unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -164,36 +204,58 @@ mod tests {
 
     #[test]
     fn addresses_follow_their_sessions() {
-        let u = UserCounters::new("a@b".into());
+        let mut u = SlotCounters::default();
+        u.assign(3, "a@b".into(), true);
         let a = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
         let b = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
-        u.session_opened(a, 100);
-        u.session_opened(a, 105);
-        u.session_opened(b, 103);
-        assert_eq!(u.live_sessions(), 3);
-        let mut ips = u.ips();
+        u.session_opened(3, a, 100);
+        u.session_opened(3, a, 105);
+        u.session_opened(3, b, 103);
+        let mut ips = u.ips(3).to_vec();
         ips.sort_by_key(|e| e.ip);
         assert_eq!(
             ips,
             [IpSessions { ip: a, live: 2, last_seen: 105 }, IpSessions { ip: b, live: 1, last_seen: 103 },]
         );
-        u.session_closed(a);
-        u.session_closed(b);
-        assert_eq!(u.ips(), [IpSessions { ip: a, live: 1, last_seen: 105 }]);
-        u.session_closed(a);
-        assert_eq!(u.live_sessions(), 0);
-        assert_eq!(u.ips().capacity(), 0);
+        u.session_closed(3, 1, a);
+        u.session_closed(3, 1, b);
+        assert_eq!(u.ips(3), [IpSessions { ip: a, live: 1, last_seen: 105 }]);
+        u.session_closed(3, 1, a);
+        assert!(u.ips(3).is_empty());
+        assert!(u.online.is_empty());
     }
 
     #[test]
     fn mapped_ipv4_is_the_same_address() {
-        let u = UserCounters::new("a@b".into());
+        let mut u = SlotCounters::default();
+        u.assign(0, "a@b".into(), true);
         let v4 = Ipv4Addr::new(203, 0, 113, 9);
-        u.session_opened(IpAddr::V6(v4.to_ipv6_mapped()), 1);
-        u.session_opened(IpAddr::V4(v4), 2);
-        assert_eq!(u.ips(), [IpSessions { ip: IpAddr::V4(v4), live: 2, last_seen: 2 }]);
-        u.session_closed(IpAddr::V6(v4.to_ipv6_mapped()));
-        u.session_closed(IpAddr::V4(v4));
-        assert!(u.ips().is_empty());
+        u.session_opened(0, IpAddr::V6(v4.to_ipv6_mapped()), 1);
+        u.session_opened(0, IpAddr::V4(v4), 2);
+        assert_eq!(u.ips(0), [IpSessions { ip: IpAddr::V4(v4), live: 2, last_seen: 2 }]);
+        u.session_closed(0, 1, IpAddr::V6(v4.to_ipv6_mapped()));
+        u.session_closed(0, 1, IpAddr::V4(v4));
+        assert!(u.ips(0).is_empty());
+    }
+
+    #[test]
+    fn a_reused_slot_starts_from_zero() {
+        let mut u = SlotCounters::default();
+        u.assign(1, "a@b".into(), true);
+        u.traffic(1).unwrap().add_up(7);
+        u.traffic(1).unwrap().add_down(9);
+        let mut snap = StatsSnapshot::default();
+        u.sample(None, &mut snap);
+        assert_eq!((snap.user(0), snap.user(1), snap.user(2)), ([0, 0], [7, 9], [0, 0]));
+        u.free(1);
+        assert!(u.email(1).is_none());
+        u.session_opened(1, IpAddr::V4(Ipv4Addr::LOCALHOST), 5);
+        u.assign(1, "c@d".into(), true);
+        assert!(u.traffic_for(1, 1).is_none() && u.traffic_for(1, 2).is_some());
+        assert!(u.ips(1).is_empty());
+        u.session_closed(1, 1, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        u.sample(Some(1), &mut snap);
+        assert_eq!((snap.first_slot, snap.user(1)), (1, [0, 0]));
+        assert_eq!(u.email(1).map(|e| &**e), Some("c@d"));
     }
 }

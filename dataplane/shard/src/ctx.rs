@@ -1,26 +1,23 @@
 //! `ShardCtx`: everything one shard reads on its hot path, owned by that shard alone.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use uuid::Uuid;
-
 use crate::transport::tls;
-use crate::users::{SessionWatchers, UserRt, UserTable};
+use crate::users::{SessionWatchers, UserTable};
 use futures_rustls::TlsAcceptor;
 use shardray_core::change::Change;
 use shardray_core::log::LogSink;
 use shardray_core::router::{Decision, Router, Target};
 use shardray_core::routes::{RouteSpecs, RouteTap};
+use shardray_core::slots::UserOp;
 use shardray_core::spec::{
     BalancerStrategy, Config, DokodemoSpec, FallbackSpec, InboundProtocol, InboundSpec, LevelPolicy, OutboundProtocol,
-    UserSpec,
 };
-use shardray_core::stats::{LinkSample, StatsSnapshot, Traffic, UserCounters, UserSample};
+use shardray_core::stats::{LinkSample, SlotCounters, StatsSnapshot, Traffic};
 
 /// A shard's state. Built from the config when the shard starts; `Rc` and `Cell` only.
 pub(crate) struct ShardCtx {
@@ -36,8 +33,8 @@ pub(crate) struct ShardCtx {
     routes: RefCell<Rc<Routes>>,
     /// Where routing decisions go while someone subscribes to them.
     pub(crate) tap: RouteTap,
-    /// Counters by email, shared by every inbound the email appears in.
-    pub(crate) users: RefCell<HashMap<Arc<str>, Rc<UserCounters>>>,
+    /// User counters by slot (one per email, shared by every inbound the email appears in).
+    pub(crate) users: RefCell<SlotCounters>,
     /// The API's listen addresses: never a destination, whatever the rules say.
     pub(crate) api_addrs: Arc<[SocketAddr]>,
     pub(crate) log: LogSink,
@@ -233,12 +230,9 @@ impl ShardCtx {
             None => None,
         };
         let kind = match &inbound.protocol {
+            // Users come as resolved operations (`apply_users`), not from `v.clients`.
             InboundProtocol::Vless(v) => {
-                let mut users = UserTable::default();
-                for u in &v.clients {
-                    users.insert(u.id, Rc::new(self.user_rt(u)));
-                }
-                InboundKind::Vless { users: RefCell::new(users), fallbacks: v.fallbacks.clone() }
+                InboundKind::Vless { users: RefCell::new(UserTable::default()), fallbacks: v.fallbacks.clone() }
             }
             InboundProtocol::Dokodemo(d) => InboundKind::Dokodemo(d.clone()),
         };
@@ -260,27 +254,16 @@ impl ShardCtx {
         self.accepting.borrow_mut().drain(..).map(|(_, task)| task).collect()
     }
 
-    /// The runtime entry for a configured user, sharing counters with other inbounds.
-    fn user_rt(&self, user: &UserSpec) -> UserRt {
-        let email: Arc<str> = user.email.as_str().into();
-        let counters = (!email.is_empty()).then(|| {
-            self.users
-                .borrow_mut()
-                .entry(email.clone())
-                .or_insert_with(|| Rc::new(UserCounters::new(email.clone())))
-                .clone()
-        });
-        UserRt::new(email, user.level, counters)
-    }
-
-    /// Applies one change from the control thread. Control has validated it against the same
-    /// state, so a failure here means the shard and control disagree: it is reported, not hidden.
-    /// `listener` is this shard's socket for an added inbound. Returns the accept loops of a
-    /// removed inbound, for the caller to cancel before it acknowledges the change.
+    /// Applies one change from the control thread, with its user operations as control
+    /// resolved them. Control has validated it against the same state, so a failure here
+    /// means the shard and control disagree: it is reported, not hidden. `listener` is this
+    /// shard's socket for an added inbound. Returns the accept loops of a removed inbound,
+    /// for the caller to cancel before it acknowledges the change.
     pub(crate) fn apply(
         self: &Rc<Self>,
         epoch: u64,
         change: &Change,
+        ops: &[UserOp],
         listener: Option<std::net::TcpListener>,
     ) -> Result<Vec<glommio::Task<()>>, String> {
         let mut stopped = Vec::new();
@@ -288,95 +271,68 @@ impl ShardCtx {
             Change::AddInbound { spec } => {
                 let listener = listener.ok_or_else(|| format!("no listener came with inbound {}", spec.tag))?;
                 let inbound = Rc::new(self.inbound_rt(spec)?);
+                self.apply_users(&inbound, ops)?;
                 self.inbounds.borrow_mut().push(inbound.clone());
                 self.start_accepting(inbound, listener);
             }
-            Change::RemoveInbound { tag } => stopped = self.remove_inbound(tag)?,
+            Change::RemoveInbound { tag } => stopped = self.remove_inbound(tag, ops)?,
             _ if change.inbound().is_none() => self.apply_routes(change)?,
-            _ => self.apply_to_users(change)?,
+            _ => {
+                let tag = change.inbound().unwrap_or_default();
+                let inbound = self.inbounds.borrow().iter().find(|i| &*i.tag == tag).cloned();
+                let inbound = inbound.ok_or_else(|| format!("handler not found: {tag}"))?;
+                self.apply_users(&inbound, ops)?;
+            }
         }
         self.applied.set(epoch);
         Ok(stopped)
     }
 
     /// Takes an inbound out of service: its accept loops are returned for cancelling, and its
-    /// users are retired, which closes their live sessions.
-    fn remove_inbound(&self, tag: &str) -> Result<Vec<glommio::Task<()>>, String> {
+    /// users are removed (`ops`), which closes their live sessions.
+    fn remove_inbound(&self, tag: &str, ops: &[UserOp]) -> Result<Vec<glommio::Task<()>>, String> {
         let inbound = {
             let mut inbounds = self.inbounds.borrow_mut();
             let at = inbounds.iter().position(|i| &*i.tag == tag).ok_or_else(|| format!("handler not found: {tag}"))?;
             inbounds.remove(at)
         };
         let stopped = self.accepting.borrow_mut().extract_if(.., |(t, _)| &**t == tag).map(|(_, task)| task).collect();
-        if let InboundKind::Vless { users, .. } = &inbound.kind {
-            let all = users.borrow_mut().remove_if(|_, _| true);
-            for user in all {
-                self.retire(&user);
-            }
+        if !ops.is_empty() {
+            self.apply_users(&inbound, ops)?;
         }
         Ok(stopped)
     }
 
-    /// Applies a change to an inbound's users.
-    fn apply_to_users(&self, change: &Change) -> Result<(), String> {
-        let inbound = self
-            .inbounds
-            .borrow()
-            .iter()
-            .find(|i| Some(&*i.tag) == change.inbound())
-            .cloned()
-            .ok_or_else(|| format!("handler not found: {}", change.inbound().unwrap_or_default()))?;
-        let InboundKind::Vless { users, .. } = &inbound.kind else {
+    /// Carries out user operations on one inbound's table and the slot counters.
+    pub(crate) fn apply_users(&self, inbound: &InboundRt, ops: &[UserOp]) -> Result<(), String> {
+        let InboundKind::Vless { users: table, .. } = &inbound.kind else {
             return Err(format!("inbound {} has no users", inbound.tag));
         };
-        let mut users = users.borrow_mut();
-        match change {
-            Change::AddUsers { users: added, .. } => {
-                for u in added {
-                    users.insert(u.id, Rc::new(self.user_rt(u)));
+        let mut users = table.borrow_mut();
+        let mut slots = self.users.borrow_mut();
+        // Sessions to wake once the table is released (they look at it when woken).
+        let mut woken = Vec::new();
+        for op in ops {
+            match op {
+                UserOp::Add { user, email, new_slot } => {
+                    if let Some(email) = email {
+                        slots.assign(user.slot, email.clone(), *new_slot);
+                    }
+                    users.insert(user);
                 }
-            }
-            Change::RemoveUsers { emails, .. } => {
-                for email in emails {
-                    if let Some(user) = users.remove_email(email) {
-                        self.retire(&user);
+                UserOp::Remove { id, slot, free_slot } => {
+                    woken.extend(users.remove(id));
+                    if *free_slot {
+                        slots.free(*slot);
                     }
                 }
+                UserOp::SetLevel { id, level } => woken.extend(users.set_level(id, *level)),
+                UserOp::Kick { id } => woken.extend(users.kick(id)),
             }
-            Change::ReplaceUsers { users: set, .. } => {
-                // Users that stay (same id and email) keep their sessions and counters.
-                let wanted: HashMap<Uuid, &UserSpec> = set.iter().map(|u| (u.id, u)).collect();
-                let gone =
-                    users.remove_if(|id, u| !wanted.get(id).is_some_and(|w| w.email.eq_ignore_ascii_case(&u.email)));
-                for user in gone {
-                    self.retire(&user);
-                }
-                for u in set {
-                    match users.get(&u.id) {
-                        Some(kept) if kept.level.get() != u.level => self.watchers.set_level(kept, u.level),
-                        Some(_) => {}
-                        None => users.insert(u.id, Rc::new(self.user_rt(u))),
-                    }
-                }
-            }
-            Change::SetLevel { email, level, .. } => {
-                if let Some(user) = users.by_email(email) {
-                    self.watchers.set_level(user, *level);
-                }
-            }
-            Change::Kick { email, .. } => {
-                if let Some(user) = users.by_email(email) {
-                    self.watchers.kick(user);
-                }
-            }
-            // Inbound and route changes are handled by `apply`.
-            Change::AddInbound { .. }
-            | Change::RemoveInbound { .. }
-            | Change::AddOutbound { .. }
-            | Change::RemoveOutbound { .. }
-            | Change::AddRules { .. }
-            | Change::RemoveRule { .. }
-            | Change::OverrideBalancer { .. } => {}
+        }
+        drop((users, slots));
+        for rec in woken {
+            self.watchers.wake(table, rec);
         }
         Ok(())
     }
@@ -396,45 +352,23 @@ impl ShardCtx {
         self.routes.borrow().clone()
     }
 
-    /// Closes a removed user's sessions and drops its counters once nothing else holds them.
-    fn retire(&self, user: &Rc<UserRt>) {
-        self.watchers.kick(user);
-        if let Some(counters) = &user.counters {
-            // Held by this map and this user only: no other inbound lists the email.
-            if Rc::strong_count(counters) == 2 {
-                self.users.borrow_mut().remove(&counters.email);
-            }
-        }
-    }
-
     /// The policy for a level.
     pub(crate) fn policy(&self, level: u32) -> LevelPolicy {
         self.config.policy.level(level)
     }
 
-    /// The shard's totals, for the control thread.
-    pub(crate) fn snapshot(&self, only_user: Option<&str>) -> StatsSnapshot {
+    /// The shard's totals, for the control thread: every user slot's (`only_slot: None`),
+    /// or one slot's (`Some(NO_SLOT)`: none, just inbounds and outbounds).
+    pub(crate) fn snapshot(&self, only_slot: Option<u32>) -> StatsSnapshot {
         let link = |tag: &Arc<str>, t: &Traffic| LinkSample { tag: tag.clone(), up: t.up.get(), down: t.down.get() };
-        let sample = |u: &Rc<UserCounters>| {
-            let ips = u.ips();
-            UserSample {
-                email: u.email.clone(),
-                up: u.traffic.up.get(),
-                down: u.traffic.down.get(),
-                sessions: ips.iter().map(|e| e.live).sum(),
-                ips,
-            }
-        };
-        let users = self.users.borrow();
-        StatsSnapshot {
-            users: match only_user {
-                None => users.values().map(sample).collect(),
-                Some(email) => users.get(email).map(sample).into_iter().collect(),
-            },
+        let mut snap = StatsSnapshot {
             inbounds: self.inbounds.borrow().iter().map(|i| link(&i.tag, &i.traffic)).collect(),
             outbounds: self.routes.borrow().outbounds.iter().map(|o| link(&o.tag, &o.traffic)).collect(),
             live_sessions: self.live.get(),
-        }
+            ..Default::default()
+        };
+        self.users.borrow().sample(only_slot, &mut snap);
+        snap
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 use shardray_core::change::Change;
 use shardray_core::log::LogSink;
+use shardray_core::slots::UserOp;
 use shardray_core::spec::Config;
 use shardray_core::stats::StatsSnapshot;
 
@@ -27,11 +28,11 @@ use crate::ctx::ShardCtx;
 /// What the control thread asks of a shard.
 #[derive(Debug)]
 pub enum ShardCommand {
-    /// Reply with the shard's counters: every user's, or with `only_user` just that email's
-    /// (none if no user has it; `Some("")` asks for the inbounds and outbounds alone).
+    /// Reply with the shard's counters: every user slot's, or with `only_slot` just that
+    /// slot's (`Some(NO_SLOT)` asks for the inbounds and outbounds alone).
     Snapshot {
-        /// The email to report, or `None` for every user.
-        only_user: Option<Arc<str>>,
+        /// The slot to report, or `None` for every slot.
+        only_slot: Option<u32>,
         /// Where to reply.
         reply: async_channel::Sender<StatsSnapshot>,
     },
@@ -41,6 +42,8 @@ pub enum ShardCommand {
         epoch: u64,
         /// The change, shared by every shard.
         change: Arc<Change>,
+        /// The change's user operations, as the control thread resolved them.
+        ops: Arc<[UserOp]>,
         /// This shard's own listening socket, when the change adds an inbound.
         listener: Option<std::net::TcpListener>,
         /// Where to report.
@@ -75,6 +78,9 @@ pub struct ShardPlan {
     pub cpu: Option<usize>,
     /// The validated config.
     pub config: Arc<Config>,
+    /// The users each inbound starts with (in `config.inbounds` order), as resolved adds;
+    /// the inbounds' `clients` are not read.
+    pub users: Arc<[Vec<UserOp>]>,
     /// One bound, listening socket per inbound, in `config.inbounds` order (SO_REUSEPORT:
     /// every shard has its own socket on the same address).
     pub listeners: Vec<std::net::TcpListener>,
@@ -108,7 +114,7 @@ pub fn spawn_shard(plan: ShardPlan) -> std::io::Result<ShardHandle> {
 }
 
 async fn run(plan: ShardPlan) {
-    let ShardPlan { id, config, listeners, api_addrs, log, route_tap, commands, ready, .. } = plan;
+    let ShardPlan { id, config, users, listeners, api_addrs, log, route_tap, commands, ready, .. } = plan;
     let ctx = match ShardCtx::new(config, api_addrs, log, route_tap) {
         Ok(ctx) => Rc::new(ctx),
         Err(e) => {
@@ -117,6 +123,13 @@ async fn run(plan: ShardPlan) {
         }
     };
     let inbounds = ctx.inbounds.borrow().clone();
+    for (inbound, ops) in inbounds.iter().zip(users.iter()).filter(|(_, ops)| !ops.is_empty()) {
+        if let Err(e) = ctx.apply_users(inbound, ops) {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    }
+    drop(users);
     for (inbound, listener) in inbounds.into_iter().zip(listeners) {
         ctx.start_accepting(inbound, listener);
     }
@@ -133,11 +146,11 @@ async fn run(plan: ShardPlan) {
 async fn serve_commands(id: usize, ctx: Rc<ShardCtx>, mut commands: mailbox::ConnectedMailbox) {
     while let Some(command) = commands.recv().await {
         match command {
-            ShardCommand::Snapshot { only_user, reply } => {
-                let _ = reply.try_send(ctx.snapshot(only_user.as_deref()));
+            ShardCommand::Snapshot { only_slot, reply } => {
+                let _ = reply.try_send(ctx.snapshot(only_slot));
             }
-            ShardCommand::Apply { epoch, change, listener, ack } => {
-                let result = match ctx.apply(epoch, &change, listener) {
+            ShardCommand::Apply { epoch, change, ops, listener, ack } => {
+                let result = match ctx.apply(epoch, &change, &ops, listener) {
                     Ok(stopped) => {
                         // A removed inbound's listeners are closed before the change is acknowledged.
                         for task in stopped {

@@ -11,14 +11,14 @@ use shardray_wire::DecodeError;
 use super::{fallback, ConnInfo};
 use crate::ctx::{InboundRt, ShardCtx};
 use crate::outbound::{forward, Session};
-use crate::users::{UserRt, UserTable};
+use crate::users::{UserHandle, UserTable};
 
 /// Room for the longest header plus the payload that usually arrives with it.
 const FIRST_READ: usize = 4096;
 
 /// How the handshake ended.
 enum Handshake {
-    Accepted { header: RequestHeader, user: Rc<UserRt>, consumed: usize },
+    Accepted { header: RequestHeader, user: UserHandle, consumed: usize },
     Rejected(&'static str),
 }
 
@@ -43,7 +43,8 @@ pub(super) async fn serve<S>(
     match outcome {
         Handshake::Accepted { header, user, consumed } => {
             let dest = header.destination.expect("TCP requests carry a destination");
-            let session = Session { inbound, peer: info.peer, level: user.level.get(), user: Some(user), dest };
+            let user = user.bind(&ctx.users.borrow());
+            let session = Session { inbound, peer: info.peer, level: user.level, user: Some(user), dest };
             forward(ctx, &mut stream, session, &buf[consumed..len], &RESPONSE_HEADER).await;
         }
         Handshake::Rejected(reason) => {
@@ -72,7 +73,7 @@ where
         let mut cur = &buf[..*len];
         match RequestHeader::decode(&mut cur) {
             Ok(header) => {
-                let Some(user) = users.borrow().get(&header.user).cloned() else {
+                let Some(user) = users.borrow().get(&header.user) else {
                     return Handshake::Rejected("invalid user");
                 };
                 if !header.flow.is_empty() {

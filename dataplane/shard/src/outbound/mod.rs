@@ -5,6 +5,7 @@
 
 mod resolve;
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -16,12 +17,12 @@ use glommio::net::TcpStream;
 use shardray_core::router::{Decision, RouteInput};
 use shardray_core::routes::RouteRecord;
 use shardray_core::spec::{LevelPolicy, LogLevel, OutboundProtocol, RoutingDomainStrategy};
-use shardray_core::stats::{Traffic, UserCounters};
+use shardray_core::stats::{SlotCounters, Traffic};
 use shardray_wire::addr::Destination;
 
-use crate::ctx::{InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
+use crate::ctx::{InboundKind, InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
 use crate::relay::{relay, Meter, RelayEnd, RelayOptions};
-use crate::users::{SessionWatch, UserRt};
+use crate::users::{SessionWatch, UserHandle};
 
 pub(crate) use resolve::resolve;
 
@@ -36,7 +37,7 @@ const HTTP_403: &[u8] =
 pub(crate) struct Session<'a> {
     pub(crate) inbound: &'a InboundRt,
     pub(crate) peer: SocketAddr,
-    pub(crate) user: Option<Rc<UserRt>>,
+    pub(crate) user: Option<UserHandle>,
     pub(crate) level: u32,
     pub(crate) dest: Destination,
 }
@@ -54,8 +55,11 @@ pub(crate) async fn forward<C>(
 {
     let policy = ctx.policy(session.level);
     // Watch from the start, so a removal during the dial closes the session too.
-    let watch = session.user.clone().map(|u| SessionWatch::new(&ctx.watchers, u));
-    let email = session.user.as_ref().map(|u| &*u.email).filter(|e| !e.is_empty());
+    let watch = match (&session.user, &session.inbound.kind) {
+        (Some(u), InboundKind::Vless { users, .. }) => Some(SessionWatch::new(&ctx.watchers, users, u.clone())),
+        _ => None,
+    };
+    let email = session.user.as_ref().and_then(|u| u.email.as_deref()).filter(|e| !e.is_empty());
     let mut input = RouteInput {
         inbound_tag: &session.inbound.tag,
         user: email,
@@ -102,7 +106,7 @@ pub(crate) async fn forward<C>(
             source: session.peer,
             target: session.dest.addr.clone(),
             target_port: session.dest.port,
-            user: session.user.as_ref().map_or_else(|| Arc::from(""), |u| u.email.clone()),
+            user: session.user.as_ref().and_then(|u| u.email.clone()).unwrap_or_else(|| Arc::from("")),
             outbound_tag: outbound.tag.clone(),
         });
     }
@@ -150,8 +154,8 @@ pub(crate) async fn forward<C>(
     let _ = upstream.set_nodelay(true);
 
     let mut meter = SessionMeter::new(ctx, &session, outbound, &policy);
-    if let Some(u) = meter.user.as_ref() {
-        u.session_opened(session.peer.ip(), unix_now());
+    if let Some((slot, _)) = meter.user {
+        ctx.users.borrow_mut().session_opened(slot, session.peer.ip(), unix_now());
     }
     let result = async {
         if !early.is_empty() {
@@ -162,8 +166,8 @@ pub(crate) async fn forward<C>(
         relay(client, &mut upstream, options, &mut meter).await
     }
     .await;
-    if let Some(u) = meter.user.as_ref() {
-        u.session_closed(session.peer.ip());
+    if let Some((slot, generation)) = meter.user {
+        ctx.users.borrow_mut().session_closed(slot, generation, session.peer.ip());
     }
     match result {
         Ok(RelayEnd::Done) => {}
@@ -262,7 +266,7 @@ fn check_destination(
     // A name that resolved to a private address: allowed if a rule names that IP and sends it
     // to the same outbound.
     if target.addr.domain().is_some() {
-        let email = session.user.as_ref().map(|u| &*u.email).filter(|e| !e.is_empty());
+        let email = session.user.as_ref().and_then(|u| u.email.as_deref()).filter(|e| !e.is_empty());
         let recheck = routes.router.route(&RouteInput {
             inbound_tag: &session.inbound.tag,
             user: email,
@@ -283,7 +287,9 @@ fn check_destination(
 /// Counts a session's bytes into the counters its policy enables.
 struct SessionMeter<'a> {
     stats_on: bool,
-    user: Option<Rc<UserCounters>>,
+    /// The user's slot and the slot's generation when the session started.
+    user: Option<(u32, u32)>,
+    slots: &'a RefCell<SlotCounters>,
     user_up: bool,
     user_down: bool,
     inbound: &'a Traffic,
@@ -295,12 +301,13 @@ struct SessionMeter<'a> {
 }
 
 impl<'a> SessionMeter<'a> {
-    fn new(ctx: &ShardCtx, session: &Session<'a>, outbound: &'a OutboundRt, policy: &LevelPolicy) -> Self {
+    fn new(ctx: &'a ShardCtx, session: &Session<'a>, outbound: &'a OutboundRt, policy: &LevelPolicy) -> Self {
         let on = ctx.config.stats_enabled;
         let system = ctx.config.policy.system;
         SessionMeter {
             stats_on: on,
-            user: session.user.as_ref().and_then(|u| u.counters.clone()),
+            user: session.user.as_ref().filter(|u| u.email.is_some()).map(|u| (u.slot, u.slot_generation)),
+            slots: &ctx.users,
             user_up: on && policy.stats_user_uplink,
             user_down: on && policy.stats_user_downlink,
             inbound: &session.inbound.traffic,
@@ -320,8 +327,10 @@ impl Meter for SessionMeter<'_> {
     }
 
     fn up(&mut self, n: u64) {
-        if let (Some(u), true) = (&self.user, self.user_up) {
-            u.traffic.add_up(n);
+        if let (Some((slot, generation)), true) = (self.user, self.user_up) {
+            if let Some(t) = self.slots.borrow().traffic_for(slot, generation) {
+                t.add_up(n);
+            }
         }
         if self.inbound_up {
             self.inbound.add_up(n);
@@ -332,8 +341,10 @@ impl Meter for SessionMeter<'_> {
     }
 
     fn down(&mut self, n: u64) {
-        if let (Some(u), true) = (&self.user, self.user_down) {
-            u.traffic.add_down(n);
+        if let (Some((slot, generation)), true) = (self.user, self.user_down) {
+            if let Some(t) = self.slots.borrow().traffic_for(slot, generation) {
+                t.add_down(n);
+            }
         }
         if self.inbound_down {
             self.inbound.add_down(n);

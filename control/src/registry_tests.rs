@@ -1,0 +1,107 @@
+//! How the registry resolves changes into the shards' user operations and counter slots.
+
+use shardray_core::change::Change;
+use shardray_core::slots::{UserKey, UserOp, NO_SLOT};
+use shardray_core::spec::UserSpec;
+use uuid::Uuid;
+
+use super::UserSets;
+
+fn id(n: u128) -> Uuid {
+    Uuid::from_u128(n)
+}
+
+fn user(n: u128, email: &str, level: u32) -> UserSpec {
+    UserSpec { id: id(n), email: email.into(), level }
+}
+
+/// Inbounds `a` and `b`: alice in both (one slot), `bob@x` in a and `Bob@x` in b (two slots:
+/// counters are named by the exact email), and a user without an email in b.
+fn sets() -> UserSets {
+    let text = format!(
+        r#"{{
+        "inbounds": [
+            {{ "tag": "a", "listen": "127.0.0.1", "port": 20001, "protocol": "vless",
+               "settings": {{ "decryption": "none", "clients": [
+                 {{ "id": "{a1}", "email": "alice@x", "level": 1 }},
+                 {{ "id": "{b1}", "email": "bob@x" }} ] }} }},
+            {{ "tag": "b", "listen": "127.0.0.1", "port": 20002, "protocol": "vless",
+               "settings": {{ "decryption": "none", "clients": [
+                 {{ "id": "{a2}", "email": "alice@x", "level": 2 }},
+                 {{ "id": "{b2}", "email": "Bob@x" }},
+                 {{ "id": "{n}" }} ] }} }}
+        ],
+        "outbounds": [{{ "tag": "direct", "protocol": "freedom" }}]
+    }}"#,
+        a1 = id(1),
+        b1 = id(2),
+        a2 = id(3),
+        b2 = id(4),
+        n = id(5)
+    );
+    UserSets::from_config(&crate::config::load_str(&text).unwrap())
+}
+
+fn slot_of(sets: &UserSets, inbound: &str, email: &str) -> u32 {
+    sets.inbound(inbound).unwrap().by_email(email).unwrap().slot
+}
+
+#[test]
+fn an_email_in_two_inbounds_shares_one_slot_that_follows_the_first() {
+    let mut sets = sets();
+    let alice = slot_of(&sets, "a", "alice@x");
+    assert_eq!(slot_of(&sets, "b", "ALICE@x"), alice);
+    assert_ne!(slot_of(&sets, "a", "bob@x"), slot_of(&sets, "b", "Bob@x"));
+    assert_eq!(sets.slots().len(), 3);
+    assert_eq!(sets.slots().get(alice).unwrap().level, 1, "the first inbound's level");
+    let ops = sets.initial_ops();
+    assert_eq!((ops[0].len(), ops[1].len()), (2, 3));
+    assert!(ops[1]
+        .iter()
+        .any(|op| matches!(op, UserOp::Add { user: UserKey { slot: NO_SLOT, .. }, email: None, new_slot: false })));
+
+    // Leaving the first inbound: the slot stays, at b's level.
+    let remove = Change::RemoveUsers { inbound: "a".into(), emails: vec!["Alice@X".into()] };
+    let ops = sets.record(&remove, Some(7));
+    assert_eq!(ops, [UserOp::Remove { id: id(1), slot: alice, free_slot: false }]);
+    assert_eq!(sets.slots().get(alice).unwrap().level, 2);
+    let set = Change::SetLevel { inbound: "b".into(), email: "alice@x".into(), level: 5 };
+    assert_eq!(sets.record(&set, Some(8)), [UserOp::SetLevel { id: id(3), level: 5 }]);
+    assert_eq!(sets.slots().get(alice).unwrap().level, 5);
+
+    // Leaving the last: freed, and reused only once epoch 9 is applied everywhere.
+    let remove = Change::RemoveUsers { inbound: "b".into(), emails: vec!["alice@x".into()] };
+    assert_eq!(sets.record(&remove, Some(9)), [UserOp::Remove { id: id(3), slot: alice, free_slot: true }]);
+    assert!(sets.slots().get(alice).is_none());
+    let add = |n, email: &str| Change::AddUsers { inbound: "a".into(), users: vec![user(n, email, 0)] };
+    let ops = sets.record(&add(10, "carol@x"), Some(10));
+    assert!(matches!(&ops[..], [UserOp::Add { user, new_slot: true, .. }] if user.slot == 3));
+    sets.slots.reclaim(9);
+    let ops = sets.record(&add(11, "dave@x"), Some(11));
+    assert!(matches!(&ops[..], [UserOp::Add { user, new_slot: true, .. }] if user.slot == alice));
+}
+
+#[test]
+fn replace_keeps_who_stays_and_resolves_the_rest() {
+    let mut sets = sets();
+    let bob = slot_of(&sets, "a", "bob@x");
+    let replace = Change::ReplaceUsers {
+        inbound: "a".into(),
+        // bob stays (same id and email, new level); alice goes; erin is new.
+        users: vec![user(2, "BOB@x", 4), user(20, "erin@x", 0)],
+    };
+    sets.check(&replace).unwrap();
+    let ops = sets.record(&replace, Some(3));
+    let alice = slot_of(&sets, "b", "alice@x");
+    assert_eq!(ops[0], UserOp::Remove { id: id(1), slot: alice, free_slot: false });
+    assert_eq!(ops[1], UserOp::SetLevel { id: id(2), level: 4 });
+    assert!(
+        matches!(&ops[2], UserOp::Add { user, email: Some(e), new_slot: true } if user.id == id(20) && &**e == "erin@x")
+    );
+    assert_eq!(ops.len(), 3);
+    assert_eq!(slot_of(&sets, "a", "bob@x"), bob);
+    let mut emails: Vec<String> = sets.inbound("a").unwrap().users.values().map(|u| u.email).collect();
+    emails.sort();
+    assert_eq!(emails, ["bob@x", "erin@x"]);
+    assert_eq!(sets.slots().get(alice).unwrap().level, 2, "alice now counts at b's level");
+}

@@ -1,0 +1,63 @@
+//! Counter slots and the resolved user operations the control thread sends with a change.
+//!
+//! Every email the registry knows gets a slot: a small index, assigned by the control thread
+//! when the email first appears and freed when its last inbound drops it. A shard keeps its
+//! user counters in a vector indexed by slot, so a snapshot is a flat copy and the control
+//! thread names each entry from its own table, with no email hashed on either side.
+//!
+//! A freed slot is reused only once every shard has applied the epoch that freed it, and a
+//! reused slot starts from zero on every shard (`UserOp::Add { new_slot: true, .. }`).
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+/// The slot of a user without an email: upstream keeps no counters for those.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// A user as the control thread resolved it for the shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserKey {
+    /// The user's id (the hot-path key).
+    pub id: Uuid,
+    /// The user's counter slot, or `NO_SLOT`.
+    pub slot: u32,
+    /// The user's policy level in this inbound.
+    pub level: u32,
+}
+
+/// One step a shard takes on one inbound's user table. A change about users is resolved by
+/// the control thread into these, so the shards need neither emails nor a second index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserOp {
+    /// Add the user (its id is new to the inbound).
+    Add {
+        /// The user.
+        user: UserKey,
+        /// The user's email, shared with the control thread's copy; `None` without an email.
+        email: Option<Arc<str>>,
+        /// The slot is newly assigned to this email: its counters start from zero.
+        new_slot: bool,
+    },
+    /// Remove the user and close its live sessions.
+    Remove {
+        /// The user's id.
+        id: Uuid,
+        /// The user's slot.
+        slot: u32,
+        /// No inbound lists the email any more: the shard forgets the slot's email.
+        free_slot: bool,
+    },
+    /// Move the user to another level; live sessions go on under it.
+    SetLevel {
+        /// The user's id.
+        id: Uuid,
+        /// The new level.
+        level: u32,
+    },
+    /// Close the user's live sessions without removing it.
+    Kick {
+        /// The user's id.
+        id: Uuid,
+    },
+}
