@@ -5,9 +5,11 @@ mod fallback;
 mod vless;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
 use futures_lite::{AsyncRead, AsyncWrite};
+use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
 use shardray_core::spec::LogLevel;
 
@@ -21,6 +23,9 @@ pub(crate) struct ConnInfo {
     pub(crate) sni: Option<String>,
     /// The ALPN protocol agreed, if any.
     pub(crate) alpn: Option<Vec<u8>>,
+    /// The client's socket when the protocol reads it directly (no TLS), so that the relay may
+    /// splice it; `None` when anything transforms the bytes in between.
+    pub(crate) plain_fd: Option<RawFd>,
 }
 
 /// Accepts connections on one inbound's listener until the task is cancelled.
@@ -52,34 +57,39 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: TcpStream) {
         _ => return,
     };
     let _ = stream.set_nodelay(true);
-    let info = ConnInfo { peer, local, sni: None, alpn: None };
+    let info = ConnInfo { peer, local, sni: None, alpn: None, plain_fd: Some(stream.as_raw_fd()) };
     match &inbound.tls {
         None => dispatch(ctx, inbound, stream, info).await,
-        Some(acceptor) => {
-            let handshake = ctx.policy(0).handshake;
-            let accepted = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
-                glommio::timer::sleep(handshake).await;
-                None
-            })
-            .await;
-            match accepted {
-                Some(Ok(tls)) => {
-                    let (_, conn) = tls.get_ref();
-                    let info = ConnInfo {
-                        sni: conn.server_name().map(str::to_owned),
-                        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
-                        ..info
-                    };
-                    dispatch(ctx, inbound, tls, info).await
-                }
-                Some(Err(e)) => ctx
-                    .log
-                    .error(LogLevel::Info, format_args!("[{}] {} TLS handshake failed: {}", inbound.tag, peer, e)),
-                None => {
-                    ctx.log.error(LogLevel::Info, format_args!("[{}] {} TLS handshake timed out", inbound.tag, peer))
-                }
-            }
+        // Boxed: a TLS session's state is several times a plain one's, and a plain session
+        // would otherwise carry room for it for as long as it lives.
+        Some(acceptor) => Box::pin(serve_tls(ctx, inbound, acceptor, stream, info)).await,
+    }
+}
+
+/// The TLS handshake (bounded by the level-0 handshake timeout), then the inbound's protocol.
+async fn serve_tls(ctx: &Rc<ShardCtx>, inbound: &InboundRt, acceptor: &TlsAcceptor, stream: TcpStream, info: ConnInfo) {
+    let peer = info.peer;
+    let handshake = ctx.policy(0).handshake;
+    let accepted = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+        glommio::timer::sleep(handshake).await;
+        None
+    })
+    .await;
+    match accepted {
+        Some(Ok(tls)) => {
+            let (_, conn) = tls.get_ref();
+            let info = ConnInfo {
+                sni: conn.server_name().map(str::to_owned),
+                alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                plain_fd: None,
+                ..info
+            };
+            dispatch(ctx, inbound, tls, info).await
         }
+        Some(Err(e)) => {
+            ctx.log.error(LogLevel::Info, format_args!("[{}] {} TLS handshake failed: {}", inbound.tag, peer, e))
+        }
+        None => ctx.log.error(LogLevel::Info, format_args!("[{}] {} TLS handshake timed out", inbound.tag, peer)),
     }
 }
 
