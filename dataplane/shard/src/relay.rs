@@ -116,8 +116,16 @@ thread_local! {
     static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Buffers taken and not given back (tests).
+    static BUFFERS_OUT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// A buffer of `size` bytes from the pool, or a new one.
 fn take_buffer(size: usize) -> Box<[u8]> {
+    #[cfg(test)]
+    BUFFERS_OUT.with(|n| n.set(n.get() + 1));
     BUFFERS.with(|b| {
         let mut pool = b.borrow_mut();
         match pool.iter().rposition(|buf| buf.len() == size) {
@@ -129,6 +137,8 @@ fn take_buffer(size: usize) -> Box<[u8]> {
 
 /// Returns a buffer to the pool (its contents are stale).
 fn give_buffer(buf: Box<[u8]>) {
+    #[cfg(test)]
+    BUFFERS_OUT.with(|n| n.set(n.get() - 1));
     BUFFERS.with(|b| {
         let mut pool = b.borrow_mut();
         if pool.len() < (POOL_BYTES / buf.len().max(1)).max(2) {
@@ -443,4 +453,155 @@ where
         Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    use glommio::net::{TcpListener, TcpStream};
+    use glommio::LocalExecutor;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Counted {
+        up: u64,
+        down: u64,
+    }
+
+    impl Meter for Counted {
+        fn up(&mut self, n: u64) {
+            self.up += n;
+        }
+        fn down(&mut self, n: u64) {
+            self.down += n;
+        }
+    }
+
+    /// A connected pair of loopback sockets: (the end we drive, the end the relay gets).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let theirs = listener.accept().await.unwrap();
+        (ours, theirs)
+    }
+
+    fn buffers_out() -> usize {
+        BUFFERS_OUT.with(|n| n.get())
+    }
+
+    /// client ⇄ relay ⇄ server, spliced or not: the prefix comes first, bytes pass both ways
+    /// and are counted, the idle relay holds no buffer or pipe, and half-closes end it.
+    fn exchange(spliced: bool) {
+        LocalExecutor::default().run(async move {
+            let (mut client, mut client_side) = pair().await;
+            let (mut server, mut upstream) = pair().await;
+            let task = glommio::spawn_local(async move {
+                let policy = LevelPolicy::default();
+                let mut options = RelayOptions::new(&policy).down_prefix(b"HI");
+                if spliced {
+                    options = options.splice(Some(client_side.as_raw_fd()), upstream.as_raw_fd());
+                }
+                let mut meter = Counted::default();
+                let end = relay(&mut client_side, &mut upstream, options, &mut meter).await.unwrap();
+                (end, meter.up, meter.down)
+            });
+            client.write_all(b"ping").await.unwrap();
+            let mut got = [0u8; 4];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+            server.write_all(b"pong!").await.unwrap();
+            let mut got = [0u8; 7];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"HIpong!");
+
+            // Idle: both directions wait, and gave back what they held.
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            assert_eq!(buffers_out(), 0, "an idle direction kept a buffer");
+            assert_eq!(splice::pipes_out(), 0, "an idle direction kept a pipe");
+            if spliced {
+                assert!(splice::pooled() >= 1, "no pipe went through the pool");
+            }
+
+            client.close().await.unwrap();
+            let mut rest = Vec::new();
+            server.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+            server.close().await.unwrap();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+            assert_eq!(task.await, (RelayEnd::Done, 4, 5));
+        });
+    }
+
+    /// 8 MiB each way at once while both ends read slowly, so that writes block and the
+    /// relay waits for room: every byte arrives in order and is counted.
+    fn bulk(spliced: bool) {
+        const LEN: usize = 8 << 20;
+        let pattern = |seed: u8| (0..LEN).map(move |i| (i as u8).wrapping_mul(31).wrapping_add(seed));
+        LocalExecutor::default().run(async move {
+            let (client, mut client_side) = pair().await;
+            let (server, mut upstream) = pair().await;
+            let task = glommio::spawn_local(async move {
+                let policy = LevelPolicy::default();
+                let mut options = RelayOptions::new(&policy);
+                if spliced {
+                    options = options.splice(Some(client_side.as_raw_fd()), upstream.as_raw_fd());
+                }
+                let mut meter = Counted::default();
+                let end = relay(&mut client_side, &mut upstream, options, &mut meter).await.unwrap();
+                (end, meter.up, meter.down)
+            });
+            let ends = [(client, 1u8, 2u8), (server, 2, 1)].map(|(s, send, expect)| {
+                glommio::spawn_local(async move {
+                    let data: Vec<u8> = pattern(send).collect();
+                    let (mut s, mut w) = futures_lite::io::split(s);
+                    let writer = glommio::spawn_local(async move {
+                        for chunk in data.chunks(100_000) {
+                            w.write_all(chunk).await.unwrap();
+                        }
+                        w.close().await.unwrap();
+                    });
+                    let mut got = Vec::with_capacity(LEN);
+                    let mut buf = vec![0u8; 7000];
+                    loop {
+                        match s.read(&mut buf).await.unwrap() {
+                            0 => break,
+                            n => got.extend_from_slice(&buf[..n]),
+                        }
+                        glommio::yield_if_needed().await;
+                    }
+                    writer.await;
+                    assert_eq!(got.len(), LEN);
+                    assert!(got.iter().copied().eq(pattern(expect)), "bytes differ");
+                })
+            });
+            for end in ends {
+                end.await;
+            }
+            assert_eq!(task.await, (RelayEnd::Done, LEN as u64, LEN as u64));
+        });
+    }
+
+    #[test]
+    fn buffered_relay_moves_bulk_both_ways_in_order() {
+        bulk(false);
+    }
+
+    #[test]
+    fn spliced_relay_moves_bulk_both_ways_in_order() {
+        bulk(true);
+    }
+
+    #[test]
+    fn buffered_relay_holds_nothing_while_idle() {
+        exchange(false);
+    }
+
+    #[test]
+    fn spliced_relay_holds_nothing_while_idle() {
+        exchange(true);
+    }
 }

@@ -97,7 +97,15 @@ thread_local! {
     static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Pipes taken and not given back (tests).
+    static PIPES_OUT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn take_pipe(capacity: usize) -> io::Result<Pipe> {
+    #[cfg(test)]
+    PIPES_OUT.with(|n| n.set(n.get() + 1));
     match PIPES.with(|p| p.borrow_mut().pop()) {
         Some(mut pipe) => {
             if pipe.capacity < capacity {
@@ -111,6 +119,8 @@ fn take_pipe(capacity: usize) -> io::Result<Pipe> {
 
 /// Returns an empty pipe to the pool.
 fn give_pipe(pipe: Pipe) {
+    #[cfg(test)]
+    PIPES_OUT.with(|n| n.set(n.get() - 1));
     PIPES.with(|p| {
         let mut pool = p.borrow_mut();
         if pool.len() < POOL_PIPES {
@@ -123,6 +133,12 @@ fn give_pipe(pipe: Pipe) {
 #[cfg(test)]
 pub(super) fn pooled() -> usize {
     PIPES.with(|p| p.borrow().len())
+}
+
+/// Pipes taken from the pool and not given back (tests).
+#[cfg(test)]
+pub(super) fn pipes_out() -> usize {
+    PIPES_OUT.with(|n| n.get())
 }
 
 /// One splice(2) call, nonblocking at both ends; `Ok(0)` is end of input.
