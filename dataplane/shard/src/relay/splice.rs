@@ -13,6 +13,9 @@
 //! Pipes come from a per-shard pool and are held only while bytes are in them: an idle
 //! direction holds none.
 //!
+//! A splice into a socket whose peer is gone raises SIGPIPE, as a plain write would; Rust
+//! binaries ignore SIGPIPE from the start, so it arrives here as an `EPIPE` error.
+//!
 //! Invariants for the `unsafe` here: every descriptor passed to a syscall is open for the
 //! duration of the call (pipes are owned `OwnedFd`s, sockets are owned by the streams the relay
 //! borrows for its whole run), and every buffer pointer is a live slice of the stated length.
