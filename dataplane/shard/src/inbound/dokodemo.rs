@@ -14,7 +14,7 @@ pub(super) async fn serve<S>(
     inbound: &InboundRt,
     spec: &DokodemoSpec,
     mut stream: S,
-    info: ConnInfo,
+    info: &ConnInfo,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -33,6 +33,9 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                // Boxed once here, so the layers above the relay pass a pointer down instead
+                // of each keeping its own copy of the stream in the session's task.
+                let stream = Box::new(stream);
                 let ctx = ctx.clone();
                 let inbound = inbound.clone();
                 glommio::spawn_local(async move {
@@ -51,7 +54,7 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
 }
 
 /// Runs one accepted connection: TLS if configured, then the inbound's protocol.
-async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: TcpStream) {
+async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: Box<TcpStream>) {
     let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
         (Ok(p), Ok(l)) => (p, l),
         _ => return,
@@ -59,7 +62,7 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let info = ConnInfo { peer, local, sni: None, alpn: None, plain_fd: Some(stream.as_raw_fd()) };
     match &inbound.tls {
-        None => dispatch(ctx, inbound, stream, info).await,
+        None => dispatch(ctx, inbound, stream, &info).await,
         // Boxed: a TLS session's state is several times a plain one's, and a plain session
         // would otherwise carry room for it for as long as it lives.
         Some(acceptor) => Box::pin(serve_tls(ctx, inbound, acceptor, stream, info)).await,
@@ -67,7 +70,13 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: TcpStream) {
 }
 
 /// The TLS handshake (bounded by the level-0 handshake timeout), then the inbound's protocol.
-async fn serve_tls(ctx: &Rc<ShardCtx>, inbound: &InboundRt, acceptor: &TlsAcceptor, stream: TcpStream, info: ConnInfo) {
+async fn serve_tls(
+    ctx: &Rc<ShardCtx>,
+    inbound: &InboundRt,
+    acceptor: &TlsAcceptor,
+    stream: Box<TcpStream>,
+    info: ConnInfo,
+) {
     let peer = info.peer;
     let handshake = ctx.policy(0).handshake;
     let accepted = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
@@ -84,7 +93,7 @@ async fn serve_tls(ctx: &Rc<ShardCtx>, inbound: &InboundRt, acceptor: &TlsAccept
                 plain_fd: None,
                 ..info
             };
-            dispatch(ctx, inbound, tls, info).await
+            dispatch(ctx, inbound, tls, &info).await
         }
         Some(Err(e)) => {
             ctx.log.error(LogLevel::Info, format_args!("[{}] {} TLS handshake failed: {}", inbound.tag, peer, e))
@@ -93,7 +102,7 @@ async fn serve_tls(ctx: &Rc<ShardCtx>, inbound: &InboundRt, acceptor: &TlsAccept
     }
 }
 
-async fn dispatch<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: ConnInfo)
+async fn dispatch<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: &ConnInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -28,7 +28,7 @@ pub(super) async fn serve<S>(
     users: &RefCell<UserTable>,
     fallbacks: &[FallbackSpec],
     mut stream: S,
-    info: ConnInfo,
+    info: &ConnInfo,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -63,7 +63,7 @@ pub(super) async fn serve<S>(
             ctx.log.access(format_args!("from {} rejected vless: {}", info.peer, reason));
             if !fallbacks.is_empty() && len > 0 {
                 // Boxed: rare, and larger than a forwarded session's state.
-                Box::pin(fallback::serve(ctx, inbound, fallbacks, stream, &buf[..len], &info)).await;
+                Box::pin(fallback::serve(ctx, inbound, fallbacks, stream, &buf[..len], info)).await;
             }
         }
     }
