@@ -1,8 +1,16 @@
 //! Moves bytes both ways between a client and an upstream until both sides are done, honouring
 //! half-close and the policy's idle timeouts, counting payload bytes as they pass.
+//!
+//! Two ways to move them: splice(2) through a pooled pipe when both sides are plain TCP
+//! (`splice`), else a copy through a pooled buffer (TLS and anything else that transforms the
+//! bytes). Either way an idle direction holds no buffer and no pipe.
 
+mod splice;
+
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -11,6 +19,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::timer::Timer;
 use shardray_core::spec::{LevelPolicy, PolicySpec};
 
+use self::splice::SpliceDir;
 use crate::users::{SessionWatch, UserState};
 
 /// The timeouts a relay runs under, from a policy level.
@@ -47,12 +56,19 @@ pub(crate) struct RelayOptions<'a> {
     timeouts: RelayTimeouts,
     down_prefix: &'a [u8],
     watch: Option<(&'a SessionWatch<'a>, &'a PolicySpec)>,
+    splice: Option<(RawFd, RawFd)>,
 }
 
 impl<'a> RelayOptions<'a> {
     /// Buffers and timeouts of a policy level.
     pub(crate) fn new(policy: &LevelPolicy) -> Self {
-        RelayOptions { buffer_size: policy.buffer_size, timeouts: policy.into(), down_prefix: &[], watch: None }
+        RelayOptions {
+            buffer_size: policy.buffer_size,
+            timeouts: policy.into(),
+            down_prefix: &[],
+            watch: None,
+            splice: None,
+        }
     }
 
     /// Bytes written to the client ahead of the first downlink bytes (a response header), so
@@ -65,6 +81,14 @@ impl<'a> RelayOptions<'a> {
     /// user's new level (timeouts and counting) when that changes.
     pub(crate) fn watch(self, watch: Option<&'a SessionWatch<'a>>, policies: &'a PolicySpec) -> Self {
         RelayOptions { watch: watch.map(|w| (w, policies)), ..self }
+    }
+
+    /// Moves bytes by splice(2), never through user space, when `client` is `Some`: the socket
+    /// of a plain TCP client stream (no TLS or other transform in between), with `upstream`
+    /// the socket of a plain TCP upstream. Both must be the sockets of the very streams given
+    /// to `relay`, and nothing may be buffered in those streams above the socket.
+    pub(crate) fn splice(self, client: Option<RawFd>, upstream: RawFd) -> Self {
+        RelayOptions { splice: client.map(|c| (c, upstream)), ..self }
     }
 }
 
@@ -84,39 +108,112 @@ impl Meter for NoMeter {
     fn down(&mut self, _: u64) {}
 }
 
-/// One direction's buffer and state.
-struct Pipe {
-    buf: Box<[u8]>,
+/// Buffers a shard keeps for reuse, in bytes (at least two buffers whatever their size).
+const POOL_BYTES: usize = 4 * 1024 * 1024;
+
+thread_local! {
+    /// This shard's idle relay buffers (a shard is one thread).
+    static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Buffers taken and not given back (tests).
+    static BUFFERS_OUT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A buffer of `size` bytes from the pool, or a new one.
+fn take_buffer(size: usize) -> Box<[u8]> {
+    #[cfg(test)]
+    BUFFERS_OUT.with(|n| n.set(n.get() + 1));
+    BUFFERS.with(|b| {
+        let mut pool = b.borrow_mut();
+        match pool.iter().rposition(|buf| buf.len() == size) {
+            Some(i) => pool.swap_remove(i),
+            None => vec![0u8; size].into_boxed_slice(),
+        }
+    })
+}
+
+/// Returns a buffer to the pool (its contents are stale).
+fn give_buffer(buf: Box<[u8]>) {
+    #[cfg(test)]
+    BUFFERS_OUT.with(|n| n.set(n.get() - 1));
+    BUFFERS.with(|b| {
+        let mut pool = b.borrow_mut();
+        if pool.len() < (POOL_BYTES / buf.len().max(1)).max(2) {
+            pool.push(buf);
+        }
+    });
+}
+
+/// Writes what is left of `prefix` to `w`; `Ready(Ok(true))` if it wrote anything.
+fn poll_prefix<W>(cx: &mut Context<'_>, w: &mut W, prefix: &mut &[u8]) -> Poll<io::Result<bool>>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut wrote = false;
+    while !prefix.is_empty() {
+        match Pin::new(&mut *w).poll_write(cx, prefix) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                *prefix = &prefix[n..];
+                wrote = true;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Poll::Ready(Ok(wrote))
+}
+
+/// One direction copied through a user-space buffer (any stream, TLS included). The buffer
+/// comes from the shard's pool for a read and goes back when the direction waits with nothing
+/// in it, so an idle direction holds none.
+struct BufDir<'a> {
+    size: usize,
+    buf: Option<Box<[u8]>>,
+    /// Written before anything else.
+    prefix: &'a [u8],
     start: usize,
     end: usize,
     eof: bool,
     closed: bool,
 }
 
-impl Pipe {
-    fn new(size: usize, prefix: &[u8]) -> Pipe {
-        let mut buf = vec![0u8; size.max(prefix.len() + 1)].into_boxed_slice();
-        buf[..prefix.len()].copy_from_slice(prefix);
-        Pipe { buf, start: 0, end: prefix.len(), eof: false, closed: false }
+impl<'a> BufDir<'a> {
+    fn new(size: usize, prefix: &'a [u8]) -> Self {
+        BufDir { size: size.max(1), buf: None, prefix, start: 0, end: 0, eof: false, closed: false }
     }
 
     fn done(&self) -> bool {
         self.closed
     }
 
-    /// Moves as much as it can from `r` to `w`; returns the bytes read and whether it moved
-    /// anything at all.
-    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> io::Result<Moved>
+    fn release(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            give_buffer(buf);
+        }
+    }
+
+    /// Moves as much as it can from `r` to `w`, adding the bytes read to `read`.
+    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
-        let mut read_total = 0u64;
+        let budget = *read + POLL_BUDGET;
         let mut progressed = false;
-        let done = |read: u64, progressed: bool| Ok(Moved { read, progressed, more: false });
+        let done = |progressed: bool| Ok(Moved { progressed, more: false });
+        match poll_prefix(cx, w, &mut self.prefix) {
+            Poll::Ready(Ok(wrote)) => progressed |= wrote,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return done(progressed),
+        }
         loop {
             if self.start < self.end {
-                match Pin::new(&mut *w).poll_write(cx, &self.buf[self.start..self.end]) {
+                let buf = self.buf.as_ref().expect("buffered bytes are in a buffer");
+                match Pin::new(&mut *w).poll_write(cx, &buf[self.start..self.end]) {
                     Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                     Poll::Ready(Ok(n)) => {
                         self.start += n;
@@ -124,53 +221,101 @@ impl Pipe {
                         continue;
                     }
                     Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Pending => return done(read_total, progressed),
+                    Poll::Pending => return done(progressed),
                 }
             }
             self.start = 0;
             self.end = 0;
-            if read_total >= POLL_BUDGET {
+            if *read >= budget {
                 // Enough for one turn: let the shard's other tasks run, then come back.
-                return Ok(Moved { read: read_total, progressed, more: true });
+                return Ok(Moved { progressed, more: true });
             }
             if self.eof {
+                self.release();
                 if !self.closed {
                     match Pin::new(&mut *w).poll_close(cx) {
                         Poll::Ready(Ok(())) => {}
                         // The peer may already be gone; the direction is finished either way.
                         Poll::Ready(Err(_)) => {}
-                        Poll::Pending => return done(read_total, progressed),
+                        Poll::Pending => return done(progressed),
                     }
                     self.closed = true;
                     progressed = true;
                 }
-                return done(read_total, progressed);
+                return done(progressed);
             }
-            match Pin::new(&mut *r).poll_read(cx, &mut self.buf) {
+            let size = self.size;
+            let buf = self.buf.get_or_insert_with(|| take_buffer(size));
+            match Pin::new(&mut *r).poll_read(cx, buf) {
                 Poll::Ready(Ok(0)) => {
                     self.eof = true;
                     progressed = true;
                 }
                 Poll::Ready(Ok(n)) => {
                     self.end = n;
-                    read_total += n as u64;
+                    *read += n as u64;
                     progressed = true;
                 }
                 Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return done(read_total, progressed),
+                Poll::Pending => {
+                    // Nothing to read and nothing held: wait without a buffer.
+                    self.release();
+                    return done(progressed);
+                }
             }
         }
     }
 }
 
+impl Drop for BufDir<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// What one `poll_move` did.
 struct Moved {
-    /// Bytes read.
-    read: u64,
     /// Whether anything happened (for the idle timer).
     progressed: bool,
     /// The budget ran out with work left: poll again soon.
     more: bool,
+}
+
+/// One direction of a relay, whichever way it moves bytes.
+trait Direction {
+    fn done(&self) -> bool;
+    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized;
+}
+
+impl Direction for BufDir<'_> {
+    fn done(&self) -> bool {
+        BufDir::done(self)
+    }
+
+    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        BufDir::poll_move(self, cx, r, w, read)
+    }
+}
+
+impl Direction for SpliceDir<'_> {
+    fn done(&self) -> bool {
+        SpliceDir::done(self)
+    }
+
+    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        SpliceDir::poll_move(self, cx, r, w, read)
+    }
 }
 
 /// Bytes one direction may read in one poll before the relay yields, so that a busy
@@ -178,7 +323,8 @@ struct Moved {
 const POLL_BUDGET: u64 = 1024 * 1024;
 
 /// Relays between `client` and `upstream` until both directions are finished, an error occurs,
-/// a timeout fires or the session's user is closed.
+/// a timeout fires or the session's user is closed. With `RelayOptions::splice` the bytes move
+/// by splice(2); otherwise through pooled buffers.
 pub(crate) async fn relay<C, U, M>(
     client: &mut C,
     upstream: &mut U,
@@ -190,9 +336,38 @@ where
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     M: Meter,
 {
-    let RelayOptions { buffer_size, mut timeouts, down_prefix, watch } = options;
-    let mut up = Pipe::new(buffer_size, &[]);
-    let mut down = Pipe::new(buffer_size, down_prefix);
+    let RelayOptions { buffer_size, timeouts, down_prefix, watch, splice } = options;
+    let spliced = splice.filter(|&(c, u)| splice::prepare(c).is_ok() && splice::prepare(u).is_ok());
+    match spliced {
+        Some((client_fd, upstream_fd)) => {
+            let up = SpliceDir::new(client_fd, upstream_fd, buffer_size, &[]);
+            let down = SpliceDir::new(upstream_fd, client_fd, buffer_size, down_prefix);
+            drive(client, upstream, up, down, timeouts, watch, meter).await
+        }
+        None => {
+            let up = BufDir::new(buffer_size, &[]);
+            let down = BufDir::new(buffer_size, down_prefix);
+            drive(client, upstream, up, down, timeouts, watch, meter).await
+        }
+    }
+}
+
+/// Runs both directions under the timeouts and the session watch until they finish.
+async fn drive<C, U, D, M>(
+    client: &mut C,
+    upstream: &mut U,
+    mut up: D,
+    mut down: D,
+    mut timeouts: RelayTimeouts,
+    watch: Option<(&SessionWatch<'_>, &PolicySpec)>,
+    meter: &mut M,
+) -> io::Result<RelayEnd>
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    D: Direction,
+    M: Meter,
+{
     let mut last_activity = Instant::now();
     let mut timer = Timer::new(timeouts.idle);
     let mut armed_for = timeouts.idle;
@@ -216,18 +391,23 @@ where
         let mut progressed = false;
         let mut more = false;
         if !up.done() {
-            let moved = up.poll_move(cx, client, upstream)?;
-            if moved.read > 0 {
-                meter.up(moved.read);
+            let mut read = 0;
+            let moved = up.poll_move(cx, client, upstream, &mut read);
+            // Bytes read are counted even when the write that follows fails.
+            if read > 0 {
+                meter.up(read);
             }
+            let moved = moved?;
             progressed |= moved.progressed;
             more |= moved.more;
         }
         if !down.done() {
-            let moved = down.poll_move(cx, upstream, client)?;
-            if moved.read > 0 {
-                meter.down(moved.read);
+            let mut read = 0;
+            let moved = down.poll_move(cx, upstream, client, &mut read);
+            if read > 0 {
+                meter.down(read);
             }
+            let moved = moved?;
             progressed |= moved.progressed;
             more |= moved.more;
         }
@@ -273,4 +453,155 @@ where
         Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    use glommio::net::{TcpListener, TcpStream};
+    use glommio::LocalExecutor;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Counted {
+        up: u64,
+        down: u64,
+    }
+
+    impl Meter for Counted {
+        fn up(&mut self, n: u64) {
+            self.up += n;
+        }
+        fn down(&mut self, n: u64) {
+            self.down += n;
+        }
+    }
+
+    /// A connected pair of loopback sockets: (the end we drive, the end the relay gets).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let theirs = listener.accept().await.unwrap();
+        (ours, theirs)
+    }
+
+    fn buffers_out() -> usize {
+        BUFFERS_OUT.with(|n| n.get())
+    }
+
+    /// client ⇄ relay ⇄ server, spliced or not: the prefix comes first, bytes pass both ways
+    /// and are counted, the idle relay holds no buffer or pipe, and half-closes end it.
+    fn exchange(spliced: bool) {
+        LocalExecutor::default().run(async move {
+            let (mut client, mut client_side) = pair().await;
+            let (mut server, mut upstream) = pair().await;
+            let task = glommio::spawn_local(async move {
+                let policy = LevelPolicy::default();
+                let mut options = RelayOptions::new(&policy).down_prefix(b"HI");
+                if spliced {
+                    options = options.splice(Some(client_side.as_raw_fd()), upstream.as_raw_fd());
+                }
+                let mut meter = Counted::default();
+                let end = relay(&mut client_side, &mut upstream, options, &mut meter).await.unwrap();
+                (end, meter.up, meter.down)
+            });
+            client.write_all(b"ping").await.unwrap();
+            let mut got = [0u8; 4];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+            server.write_all(b"pong!").await.unwrap();
+            let mut got = [0u8; 7];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"HIpong!");
+
+            // Idle: both directions wait, and gave back what they held.
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            assert_eq!(buffers_out(), 0, "an idle direction kept a buffer");
+            assert_eq!(splice::pipes_out(), 0, "an idle direction kept a pipe");
+            if spliced {
+                assert!(splice::pooled() >= 1, "no pipe went through the pool");
+            }
+
+            client.close().await.unwrap();
+            let mut rest = Vec::new();
+            server.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+            server.close().await.unwrap();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+            assert_eq!(task.await, (RelayEnd::Done, 4, 5));
+        });
+    }
+
+    /// 8 MiB each way at once while both ends read slowly, so that writes block and the
+    /// relay waits for room: every byte arrives in order and is counted.
+    fn bulk(spliced: bool) {
+        const LEN: usize = 8 << 20;
+        let pattern = |seed: u8| (0..LEN).map(move |i| (i as u8).wrapping_mul(31).wrapping_add(seed));
+        LocalExecutor::default().run(async move {
+            let (client, mut client_side) = pair().await;
+            let (server, mut upstream) = pair().await;
+            let task = glommio::spawn_local(async move {
+                let policy = LevelPolicy::default();
+                let mut options = RelayOptions::new(&policy);
+                if spliced {
+                    options = options.splice(Some(client_side.as_raw_fd()), upstream.as_raw_fd());
+                }
+                let mut meter = Counted::default();
+                let end = relay(&mut client_side, &mut upstream, options, &mut meter).await.unwrap();
+                (end, meter.up, meter.down)
+            });
+            let ends = [(client, 1u8, 2u8), (server, 2, 1)].map(|(s, send, expect)| {
+                glommio::spawn_local(async move {
+                    let data: Vec<u8> = pattern(send).collect();
+                    let (mut s, mut w) = futures_lite::io::split(s);
+                    let writer = glommio::spawn_local(async move {
+                        for chunk in data.chunks(100_000) {
+                            w.write_all(chunk).await.unwrap();
+                        }
+                        w.close().await.unwrap();
+                    });
+                    let mut got = Vec::with_capacity(LEN);
+                    let mut buf = vec![0u8; 7000];
+                    loop {
+                        match s.read(&mut buf).await.unwrap() {
+                            0 => break,
+                            n => got.extend_from_slice(&buf[..n]),
+                        }
+                        glommio::yield_if_needed().await;
+                    }
+                    writer.await;
+                    assert_eq!(got.len(), LEN);
+                    assert!(got.iter().copied().eq(pattern(expect)), "bytes differ");
+                })
+            });
+            for end in ends {
+                end.await;
+            }
+            assert_eq!(task.await, (RelayEnd::Done, LEN as u64, LEN as u64));
+        });
+    }
+
+    #[test]
+    fn buffered_relay_moves_bulk_both_ways_in_order() {
+        bulk(false);
+    }
+
+    #[test]
+    fn spliced_relay_moves_bulk_both_ways_in_order() {
+        bulk(true);
+    }
+
+    #[test]
+    fn buffered_relay_holds_nothing_while_idle() {
+        exchange(false);
+    }
+
+    #[test]
+    fn spliced_relay_holds_nothing_while_idle() {
+        exchange(true);
+    }
 }

@@ -14,11 +14,17 @@ pub(super) async fn serve<S>(
     inbound: &InboundRt,
     spec: &DokodemoSpec,
     mut stream: S,
-    info: ConnInfo,
+    info: &ConnInfo,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let session =
-        Session { inbound, peer: info.peer, user: None, level: spec.user_level, dest: spec.destination.clone() };
+    let session = Session {
+        inbound,
+        peer: info.peer,
+        user: None,
+        level: spec.user_level,
+        dest: spec.destination.clone(),
+        client_fd: info.plain_fd,
+    };
     forward(ctx, &mut stream, session, &[], &[]).await;
 }

@@ -28,7 +28,7 @@ pub(super) async fn serve<S>(
     users: &RefCell<UserTable>,
     fallbacks: &[FallbackSpec],
     mut stream: S,
-    info: ConnInfo,
+    info: &ConnInfo,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -44,15 +44,27 @@ pub(super) async fn serve<S>(
         Handshake::Accepted { header, user, consumed } => {
             let dest = header.destination.expect("TCP requests carry a destination");
             let user = user.bind(&ctx.users.borrow());
-            let session = Session { inbound, peer: info.peer, level: user.level, user: Some(user), dest };
-            forward(ctx, &mut stream, session, &buf[consumed..len], &RESPONSE_HEADER).await;
+            let session = Session {
+                inbound,
+                peer: info.peer,
+                level: user.level,
+                user: Some(user),
+                dest,
+                client_fd: info.plain_fd,
+            };
+            // Keep only the payload that came with the header: the session may idle for long.
+            buf.truncate(len);
+            buf.drain(..consumed);
+            buf.shrink_to_fit();
+            forward(ctx, &mut stream, session, &buf, &RESPONSE_HEADER).await;
         }
         Handshake::Rejected(reason) => {
             // Nothing is written back: a prober learns no more than from a closed port, or it
             // meets the fallback, which sees the exact bytes the prober sent.
             ctx.log.access(format_args!("from {} rejected vless: {}", info.peer, reason));
             if !fallbacks.is_empty() && len > 0 {
-                fallback::serve(ctx, inbound, fallbacks, stream, &buf[..len], &info).await;
+                // Boxed: rare, and larger than a forwarded session's state.
+                Box::pin(fallback::serve(ctx, inbound, fallbacks, stream, &buf[..len], info)).await;
             }
         }
     }

@@ -40,6 +40,8 @@ pub(crate) struct Session<'a> {
     pub(crate) user: Option<UserHandle>,
     pub(crate) level: u32,
     pub(crate) dest: Destination,
+    /// The client's socket if the relay may splice it (see `ConnInfo::plain_fd`).
+    pub(crate) client_fd: Option<std::os::fd::RawFd>,
 }
 
 /// Routes `session`, dials its outbound and relays until done. `early` is payload the client
@@ -138,7 +140,9 @@ pub(crate) async fn forward<C>(
                 }
                 None => session.dest.clone(),
             };
-            match dial(ctx, &routes, &target, input.resolved, decision, freedom.domain_strategy, &session).await {
+            // Boxed: resolving and connecting need more state than the relay that follows.
+            let dialing = dial(ctx, &routes, &target, input.resolved, decision, freedom.domain_strategy, &session);
+            match Box::pin(dialing).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     ctx.log.error(
@@ -162,7 +166,10 @@ pub(crate) async fn forward<C>(
             upstream.write_all(early).await?;
             meter.up(early.len() as u64);
         }
-        let options = RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &ctx.config.policy);
+        let options = RelayOptions::new(&policy)
+            .down_prefix(down_prefix)
+            .watch(watch.as_ref(), &ctx.config.policy)
+            .splice(session.client_fd, std::os::fd::AsRawFd::as_raw_fd(&upstream));
         relay(client, &mut upstream, options, &mut meter).await
     }
     .await;
