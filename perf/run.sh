@@ -96,7 +96,7 @@ if wants api; then
     api 1-churn-idle churn --ops "$CHURN_OPS" --rate "$CHURN_RATE"
     api 2-churn-traffic churn --ops "$CHURN_TRAFFIC_OPS" --rate "$CHURN_TRAFFIC_RATE" \
         --traffic-streams "$CHURN_STREAMS"
-    api 3-users-100k users --count 100000
+    api 3-users-100k users --count 100000 --query-runs 5
     api 4-users-1m users --count 1000000
     {
         printf '\n### API (shardray, --shards %s)\n\n' "$SHARDS"
