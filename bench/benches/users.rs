@@ -1,10 +1,11 @@
-//! User lookup in a `HashMap<Uuid, _>` (as the shard's user table) at 1,000 and 1,000,000 users.
+//! User lookup in a shard's own user table at 1,000 and 1,000,000 users.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use shardray_core::slots::UserKey;
+use shardray_shard::UserTable;
 use uuid::Uuid;
 
 /// xorshift64*: a fixed, dependency-free sequence of random-looking ids.
@@ -34,17 +35,20 @@ fn user_lookup(c: &mut Criterion) {
     for users in [1_000usize, 1_000_000] {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ users as u64);
         let ids: Vec<Uuid> = (0..users).map(|_| rng.uuid()).collect();
-        let table: HashMap<Uuid, u32> = ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
+        let mut table = UserTable::default();
+        for (i, id) in ids.iter().enumerate() {
+            table.insert(&UserKey { id: *id, slot: i as u32, level: 0 });
+        }
         let hits: Vec<Uuid> = (0..PROBES).map(|_| ids[(rng.next() % users as u64) as usize]).collect();
         let misses: Vec<Uuid> = (0..PROBES).map(|_| rng.uuid()).collect();
-        assert!(misses.iter().all(|id| !table.contains_key(id)));
+        assert!(misses.iter().all(|id| !table.contains(id)));
 
         for (kind, probes) in [("hit", &hits), ("miss", &misses)] {
             group.bench_function(BenchmarkId::new(kind, users), |b| {
                 let mut i = 0usize;
                 b.iter(|| {
                     i = (i + 1) % PROBES;
-                    black_box(table.get(black_box(&probes[i])))
+                    black_box(table.contains(black_box(&probes[i])))
                 })
             });
         }

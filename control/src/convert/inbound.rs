@@ -2,14 +2,15 @@
 //! their config form. The server turns the API form into config JSON and validates it with the
 //! config loader, so an inbound added at run time passes exactly the checks of one in a config
 //! file, and errors name the JSON field; `shardray api adi` goes the other way, from a loaded
-//! config inbound to the API form.
+//! config inbound to the API form. Where v2fly numbers a message differently from Xray
+//! (ReceiverConfig, TLS, dokodemo-door), the V2Ray form is read through its own definition.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use serde_json::{json, Map, Value};
 use shardray_core::spec::{FallbackDest, InboundProtocol, InboundSpec, TlsVersion};
-use shardray_proto::xray::app::proxyman::ReceiverConfig;
+use shardray_proto::xray::app::proxyman::{ReceiverConfig, SniffingConfig};
 use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortList, PortRange};
 use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::{dokodemo, vless};
@@ -22,6 +23,72 @@ const RECEIVER: &str = "xray.app.proxyman.ReceiverConfig";
 const TLS: &str = "xray.transport.internet.tls.Config";
 const VLESS_INBOUND: &str = "xray.proxy.vless.inbound.Config";
 const DOKODEMO: &str = "xray.proxy.dokodemo.Config";
+
+/// v2fly's `v2ray.core.app.proxyman.ReceiverConfig` (app/proxyman/config.proto): one port
+/// range where Xray has a list, stream settings at 4 where Xray has them at 3, sniffing at 8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct V2rayReceiverConfig {
+    #[prost(message, optional, tag = "1")]
+    port_range: Option<PortRange>,
+    #[prost(message, optional, tag = "2")]
+    listen: Option<IpOrDomain>,
+    #[prost(message, optional, tag = "4")]
+    stream_settings: Option<StreamConfig>,
+    #[prost(message, optional, tag = "8")]
+    sniffing_settings: Option<V2raySniffing>,
+}
+
+/// v2fly's SniffingConfig: only whether it is on matters here.
+#[derive(Clone, PartialEq, prost::Message)]
+struct V2raySniffing {
+    #[prost(bool, tag = "1")]
+    enabled: bool,
+}
+
+/// v2fly's TLS `Config` (transport/internet/tls/config.proto): versions are an enum at 9 and
+/// 10, where Xray has strings at 7 and 8 (v2fly's 7 is a list of pinned hashes).
+#[derive(Clone, PartialEq, prost::Message)]
+struct V2rayTlsConfig {
+    #[prost(message, repeated, tag = "2")]
+    certificate: Vec<V2rayCertificate>,
+    #[prost(string, tag = "3")]
+    server_name: String,
+    #[prost(string, repeated, tag = "4")]
+    next_protocol: Vec<String>,
+    #[prost(bool, tag = "8")]
+    verify_client_certificate: bool,
+    #[prost(int32, tag = "9")]
+    min_version: i32,
+    #[prost(int32, tag = "10")]
+    max_version: i32,
+}
+
+/// v2fly's TLS `Certificate`: the PEM bytes and their usage (file names are read client-side).
+#[derive(Clone, PartialEq, prost::Message)]
+struct V2rayCertificate {
+    #[prost(bytes = "vec", tag = "1")]
+    certificate: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    key: Vec<u8>,
+    #[prost(int32, tag = "3")]
+    usage: i32,
+}
+
+/// v2fly's dokodemo-door `Config`: its field 3 is a (deprecated) network list, where Xray's is
+/// a port map.
+#[derive(Clone, PartialEq, prost::Message)]
+struct V2rayDokodemo {
+    #[prost(message, optional, tag = "1")]
+    address: Option<IpOrDomain>,
+    #[prost(uint32, tag = "2")]
+    port: u32,
+    #[prost(bool, tag = "5")]
+    follow_redirect: bool,
+    #[prost(uint32, tag = "6")]
+    user_level: u32,
+    #[prost(enumeration = "Network", repeated, tag = "7")]
+    networks: Vec<i32>,
+}
 
 /// An AddInbound request that cannot become a config inbound; names the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,15 +116,23 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
     out.insert("tag".into(), json!(config.tag));
 
     let receiver = config.receiver_settings.as_ref().ok_or_else(|| invalid("receiver_settings: missing"))?;
-    match message_type(&receiver.r#type) {
-        Ok((Flavor::Xray, "app.proxyman.ReceiverConfig")) => {}
-        // v2fly numbers this message's fields differently (port_range = 1, stream_settings = 4).
+    let receiver = match message_type(&receiver.r#type) {
+        Ok((Flavor::Xray, "app.proxyman.ReceiverConfig")) => decode(&receiver.value, "receiver_settings")?,
+        // v2fly numbers this message's fields differently: read its own form.
         Ok((Flavor::V2ray, "app.proxyman.ReceiverConfig")) => {
-            return Err(invalid(format!("receiver_settings: {:?} is not supported: send {RECEIVER}", receiver.r#type)))
+            let v2: V2rayReceiverConfig = decode(&receiver.value, "receiver_settings")?;
+            ReceiverConfig {
+                port_list: v2.port_range.map(|r| PortList { range: vec![r] }),
+                listen: v2.listen,
+                stream_settings: v2.stream_settings,
+                sniffing_settings: v2
+                    .sniffing_settings
+                    .map(|s| SniffingConfig { enabled: s.enabled, ..Default::default() }),
+                ..Default::default()
+            }
         }
         _ => return Err(invalid(format!("receiver_settings: expected {RECEIVER}, got {:?}", receiver.r#type))),
-    }
-    let receiver: ReceiverConfig = decode(&receiver.value, "receiver_settings")?;
+    };
     out.insert("port".into(), port_json(receiver.port_list.as_ref())?);
     if let Some(listen) = &receiver.listen {
         out.insert("listen".into(), json!(address_text(listen, "receiver_settings.listen")?));
@@ -78,7 +153,20 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
             out.insert("settings".into(), vless_json(&settings, flavor)?);
         }
         "proxy.dokodemo.Config" => {
-            let settings: dokodemo::Config = decode(&proxy.value, "proxy_settings")?;
+            let settings: dokodemo::Config = match flavor {
+                Flavor::V2ray => {
+                    let v2: V2rayDokodemo = decode(&proxy.value, "proxy_settings")?;
+                    dokodemo::Config {
+                        address: v2.address,
+                        port: v2.port,
+                        networks: v2.networks,
+                        follow_redirect: v2.follow_redirect,
+                        user_level: v2.user_level,
+                        ..Default::default()
+                    }
+                }
+                _ => decode(&proxy.value, "proxy_settings")?,
+            };
             out.insert("protocol".into(), json!("dokodemo-door"));
             out.insert("settings".into(), dokodemo_json(&settings)?);
         }
@@ -131,7 +219,7 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
         out.insert("tcpSettings".into(), json!({ "acceptProxyProtocol": true }));
     }
     if !stream.security_type.is_empty() {
-        let (_, security) = message_type(&stream.security_type)
+        let (flavor, security) = message_type(&stream.security_type)
             .map_err(|e| invalid(format!("receiver_settings.stream_settings.security_type: {e}")))?;
         if security == "transport.internet.tls.Config" {
             out.insert("security".into(), json!("tls"));
@@ -140,7 +228,11 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
                 .iter()
                 .find(|m| message_type(&m.r#type).is_ok_and(|(_, n)| n == security))
                 .ok_or_else(|| invalid("receiver_settings.stream_settings.security_settings: no TLS settings"))?;
-            let settings: tls::Config = decode(&settings.value, "receiver_settings.stream_settings.security_settings")?;
+            let field = "receiver_settings.stream_settings.security_settings";
+            let settings: tls::Config = match flavor {
+                Flavor::V2ray => v2ray_tls(decode(&settings.value, field)?)?,
+                _ => decode(&settings.value, field)?,
+            };
             out.insert("tlsSettings".into(), tls_json(&settings));
         } else {
             // "transport.internet.reality.Config" → "reality"
@@ -149,6 +241,27 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
         }
     }
     Ok(Value::Object(out))
+}
+
+/// v2fly's TLS settings in Xray's form.
+fn v2ray_tls(v2: V2rayTlsConfig) -> Result<tls::Config, InvalidInbound> {
+    if v2.verify_client_certificate {
+        return Err(invalid("tls: verify_client_certificate: client certificates are not supported yet"));
+    }
+    // v2fly's TLSVersion: Default, TLS1_0, TLS1_1, TLS1_2, TLS1_3; the loader refuses 1.0 and 1.1.
+    let version = |v: i32| ["", "1.0", "1.1", "1.2", "1.3"].get(v as usize).copied().unwrap_or("unknown").to_owned();
+    Ok(tls::Config {
+        certificate: v2
+            .certificate
+            .into_iter()
+            .map(|c| tls::Certificate { certificate: c.certificate, key: c.key, usage: c.usage, ..Default::default() })
+            .collect(),
+        server_name: v2.server_name,
+        next_protocol: v2.next_protocol,
+        min_version: version(v2.min_version),
+        max_version: version(v2.max_version),
+        ..Default::default()
+    })
 }
 
 fn pem_lines(bytes: &[u8]) -> Vec<String> {
@@ -352,6 +465,7 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
 mod tests {
     use super::*;
     use crate::config::load_inbound;
+    use prost::Message;
     use shardray_proto::xray::common::serial::TypedMessage;
 
     fn load(value: Value) -> InboundSpec {
@@ -408,13 +522,91 @@ mod tests {
         }
     }
 
+    /// The v2fly forms a V2Ray client sends: built here field by field from upstream's .proto
+    /// numbers, they must load as the same inbound as the Xray forms.
+    #[test]
+    fn v2rays_own_forms_read_as_xrays() {
+        let spec = load(json!({
+            "tag": "v2", "listen": "127.0.0.1", "port": 4432, "protocol": "vless",
+            "settings": { "decryption": "none",
+                          "clients": [{ "id": "b831381d-6324-4d53-ad4f-8cda48b30811", "email": "a@x" }] },
+            "streamSettings": { "security": "tls", "tlsSettings": {
+                "serverName": "example.com", "alpn": ["h2"], "minVersion": "1.2", "maxVersion": "1.3",
+                "certificates": [{
+                    "certificate": ["-----BEGIN CERTIFICATE-----", "AAAA", "-----END CERTIFICATE-----"],
+                    "key": ["-----BEGIN PRIVATE KEY-----", "BBBB", "-----END PRIVATE KEY-----"]
+                }]
+            }}
+        }));
+        let cert = &spec.tls.as_ref().unwrap().certificates[0];
+        let tls = V2rayTlsConfig {
+            certificate: vec![V2rayCertificate {
+                certificate: cert.chain_pem.clone(),
+                key: cert.key_pem.clone(),
+                usage: 0,
+            }],
+            server_name: "example.com".into(),
+            next_protocol: vec!["h2".into()],
+            verify_client_certificate: false,
+            min_version: 3,
+            max_version: 4,
+        };
+        let loopback = || Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) });
+        let receiver = V2rayReceiverConfig {
+            port_range: Some(PortRange { from: 4432, to: 4432 }),
+            listen: loopback(),
+            stream_settings: Some(StreamConfig {
+                protocol_name: "tcp".into(),
+                security_type: "v2ray.core.transport.internet.tls.Config".into(),
+                security_settings: vec![typed("v2ray.core.transport.internet.tls.Config", &tls)],
+                ..Default::default()
+            }),
+            sniffing_settings: None,
+        };
+        let mut proxy = inbound_config(&spec).proxy_settings.unwrap();
+        proxy.r#type = "v2ray.core.proxy.vless.inbound.Config".into();
+        let v2 = InboundHandlerConfig {
+            tag: "v2".into(),
+            receiver_settings: Some(typed("types.v2fly.org/v2ray.core.app.proxyman.ReceiverConfig", &receiver)),
+            proxy_settings: Some(proxy),
+        };
+        assert_eq!(load_inbound(inbound_json(&v2).unwrap(), "inbound").unwrap(), spec);
+
+        // dokodemo-door: v2fly's field 3 is a network list, not Xray's port map.
+        let fwd = load(json!({
+            "tag": "fwd", "listen": "127.0.0.1", "port": 7001, "protocol": "dokodemo-door",
+            "settings": { "address": "10.0.0.1", "port": 22, "network": "tcp" }
+        }));
+        let dokodemo = V2rayDokodemo {
+            address: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![10, 0, 0, 1])) }),
+            port: 22,
+            follow_redirect: false,
+            user_level: 0,
+            networks: vec![Network::Tcp as i32],
+        };
+        let mut bytes = dokodemo.encode_to_vec();
+        // The deprecated network list at field 3 that old clients still send: [TCP].
+        bytes.extend_from_slice(&[0x1a, 0x02, 0x08, 0x02]);
+        let receiver = V2rayReceiverConfig {
+            port_range: Some(PortRange { from: 7001, to: 7001 }),
+            listen: loopback(),
+            ..Default::default()
+        };
+        let v2 = InboundHandlerConfig {
+            tag: "fwd".into(),
+            receiver_settings: Some(typed("v2ray.core.app.proxyman.ReceiverConfig", &receiver)),
+            proxy_settings: Some(TypedMessage { r#type: "v2ray.core.proxy.dokodemo.Config".into(), value: bytes }),
+        };
+        assert_eq!(load_inbound(inbound_json(&v2).unwrap(), "inbound").unwrap(), fwd);
+    }
+
     #[test]
     fn refusals_name_the_field() {
         let vless = typed(VLESS_INBOUND, &vless::inbound::Config { decryption: "none".into(), ..Default::default() });
         let one_port = || receiver(vec![PortRange { from: 1000, to: 1000 }]);
 
-        let v2ray = TypedMessage { r#type: "v2ray.core.app.proxyman.ReceiverConfig".into(), value: vec![] };
-        assert!(refusal(&handler(v2ray, vless.clone())).contains("xray.app.proxyman.ReceiverConfig"));
+        let socks = TypedMessage { r#type: "xray.proxy.socks.ServerConfig".into(), value: vec![] };
+        assert!(refusal(&handler(socks, vless.clone())).contains("xray.app.proxyman.ReceiverConfig"));
         assert!(refusal(&handler(receiver(vec![]), vless.clone())).contains("port_list: missing"));
         let range = receiver(vec![PortRange { from: 1000, to: 1010 }]);
         assert!(refusal(&handler(range, vless.clone())).contains("inbound.port"));

@@ -10,6 +10,9 @@ mod relay;
 pub mod transport;
 mod users;
 
+/// A shard's user table, public for the micro-benchmarks in `bench/`.
+pub use users::UserTable;
+
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc::SyncSender;

@@ -54,9 +54,9 @@ impl UserHandle {
     }
 }
 
-/// One inbound's users, by id.
+/// One inbound's users, by id: what a VLESS handshake looks its user up in.
 #[derive(Default)]
-pub(crate) struct UserTable {
+pub struct UserTable {
     recs: Vec<UserRec>,
     index: HashTable<u32>,
     free: Vec<u32>,
@@ -86,7 +86,8 @@ impl UserTable {
         })
     }
 
-    pub(crate) fn contains(&self, id: &Uuid) -> bool {
+    /// Whether a user has this id.
+    pub fn contains(&self, id: &Uuid) -> bool {
         self.find(id).is_some()
     }
 
@@ -97,7 +98,7 @@ impl UserTable {
     }
 
     /// Adds the user (or replaces the one with its id).
-    pub(crate) fn insert(&mut self, user: &UserKey) {
+    pub fn insert(&mut self, user: &UserKey) {
         if let Some(rec) = self.find(&user.id) {
             let r = &mut self.recs[rec as usize];
             // A different user now: sessions of the old one close.
@@ -123,7 +124,7 @@ impl UserTable {
     }
 
     /// Removes the user with this id; returns its watch key so its sessions can be woken.
-    pub(crate) fn remove(&mut self, id: &Uuid) -> Option<u32> {
+    pub fn remove(&mut self, id: &Uuid) -> Option<u32> {
         let hash = hash_id(id);
         let recs = &self.recs;
         let entry = self.index.find_entry(hash, |&r| recs[r as usize].id == *id).ok()?;
