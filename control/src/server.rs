@@ -190,7 +190,7 @@ impl Server {
         let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for (i, inbound) in config.inbounds.iter().enumerate() {
-            let (sockets, addr) = bind_reuseport(inbound.listen, shards)
+            let (sockets, addr) = bind_at_start(inbound.listen, shards)
                 .with_context(|| format!("inbounds[{i}]: cannot listen on {}", inbound.listen))?;
             for (shard, socket) in sockets.into_iter().enumerate() {
                 listeners[shard].push(socket);
@@ -294,6 +294,25 @@ impl Drop for Server {
         self.log = LogSink::discard();
         if let Some(logger) = self.logger.take() {
             let _ = logger.join();
+        }
+    }
+}
+
+/// How long start-up keeps trying an address that is still taken.
+const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// `bind_reuseport`, retried for a moment while the address is in use: a process killed just
+/// before (a restart after `kill -9`) may still hold its listeners, since the kernel releases
+/// sockets an io_uring instance holds only after the process is gone. Anything still holding
+/// the address after `BIND_RETRY` fails the start.
+fn bind_at_start(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let deadline = std::time::Instant::now() + BIND_RETRY;
+    loop {
+        match bind_reuseport(addr, count) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
         }
     }
 }

@@ -236,6 +236,25 @@ pub fn loopback_api(services: &[&str]) -> Value {
     serde_json::json!({ "tag": "api", "listen": "127.0.0.1:0", "services": services })
 }
 
+/// A free port on 127.0.0.1 below the kernel's ephemeral range, for a server that must listen
+/// on a port chosen in advance (and again after a restart): no client socket of a concurrent
+/// test can be handed it meanwhile, as happens to a port picked by binding port 0.
+pub fn fixed_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Spread over the range by process and time, so concurrent tests rarely try the same one.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let seed = u64::from(std::process::id()) ^ now;
+    let start = 10_000u16;
+    let span = u64::from(low.saturating_sub(start).max(1));
+    (0..span)
+        .map(|i| start + ((seed.wrapping_mul(2_654_435_761).wrapping_add(i * 7919)) % span) as u16)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
 /// Polls `cond` every 10 ms until it holds or `within` passes.
 pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;

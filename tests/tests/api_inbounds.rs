@@ -15,8 +15,7 @@ use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::vless as vless_pb;
 use shardray_tests::api::{typed, vless_user, ApiClient};
 use shardray_tests::servers::EchoServer;
-use shardray_tests::singbox::free_port;
-use shardray_tests::{run_cli, vless, vless_config, wait_until, Shardray, ALICE};
+use shardray_tests::{fixed_port, run_cli, vless, vless_config, wait_until, Shardray, ALICE};
 use tonic::Code;
 
 const BOB: &str = "5f2c86f0-63b1-4d7c-9a43-3f3b2d6c0a11";
@@ -92,7 +91,7 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 fn an_added_inbound_serves_on_every_core_when_the_call_returns() {
     let echo = EchoServer::start();
     let (_server, api) = server();
-    let port = free_port();
+    let port = fixed_port();
     add_inbound(&api, vless_inbound("added", port, &[("bob@example.com", BOB)])).unwrap();
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
     // No wait: every shard listens once the call has returned. Many connections spread over
@@ -145,7 +144,7 @@ fn a_removed_inbound_stops_listening_and_its_sessions_close() {
 #[test]
 fn bad_requests_get_precise_codes_and_change_nothing() {
     let (server, api) = server();
-    let port = free_port();
+    let port = fixed_port();
     let status = add_inbound(&api, vless_inbound("vless-in", port, &[])).unwrap_err();
     assert_eq!((status.code(), status.message()), (Code::AlreadyExists, "existing tag found: vless-in"));
 
@@ -205,7 +204,7 @@ fn inbounds_added_and_removed_survive_kill_9_with_their_users() {
     };
 
     let (server, api) = start();
-    let port = free_port();
+    let port = fixed_port();
     add_inbound(&api, vless_inbound("added", port, &[("bob@example.com", BOB)])).unwrap();
     api.add_user("added", "carol@example.com", CAROL, 0).unwrap();
     remove_inbound(&api, "vless-in").unwrap();
@@ -227,7 +226,7 @@ fn inbounds_added_and_removed_survive_kill_9_with_their_users() {
 fn the_cli_adds_inbounds_from_a_config_file_and_removes_them() {
     let echo = EchoServer::start();
     let (server, api) = server();
-    let port = free_port();
+    let port = fixed_port();
     let file = server.dir.path().join("more.json");
     let more = json!({ "inbounds": [{
         "tag": "from-file", "listen": "127.0.0.1", "port": port, "protocol": "vless",
