@@ -1,10 +1,11 @@
-//! Our own VLESS client: one blocking TCP stream through the proxy to the sink, carrying one
-//! upload or download and checking every byte of it.
+//! Our own VLESS client: one blocking TCP stream (optionally TLS over it) through the proxy to
+//! the sink, carrying one upload or download and checking every byte of it.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,7 @@ use shardray_wire::vless::{Command, RequestHeader};
 use uuid::Uuid;
 
 use crate::pattern::{self, Ack, Flow, Request, Verifier, ACK_LEN};
+use crate::tls::ProxyStream;
 
 /// What one stream moved, as the client saw it.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +32,8 @@ pub struct VlessClient {
     pub user: Uuid,
     /// The sink, as the destination in the VLESS header.
     pub sink: SocketAddr,
+    /// TLS to the proxy with these settings; plain TCP when `None`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl VlessClient {
@@ -61,6 +65,7 @@ impl VlessClient {
         conn.set_read_timeout(Some(timeout))?;
         conn.set_write_timeout(Some(timeout))?;
         conn.set_nodelay(true)?;
+        let conn = ProxyStream::open(conn, self.tls.as_ref()).context("TLS handshake with the proxy")?;
         let mut conn = Metered { conn, meter };
 
         let mut head = Vec::with_capacity(64);
@@ -99,6 +104,7 @@ impl VlessClient {
                 }
             }
         }
+        conn.conn.close();
         Ok(StreamOutcome { bytes: req.len })
     }
 }
@@ -143,7 +149,7 @@ pub fn is_stopped(e: &anyhow::Error) -> bool {
 
 /// The client's socket, counting into a meter when there is one.
 struct Metered<'a> {
-    conn: TcpStream,
+    conn: ProxyStream,
     meter: Option<&'a Meter>,
 }
 

@@ -1,7 +1,8 @@
 //! The `connrate` scenario: short request/response connections through each target. Every
 //! client thread loops for a fixed time: connect, send the VLESS header with a 64-byte payload
 //! addressed to a loopback echo server, read the response header and the echo, verify it,
-//! close. Reports connections per second, connect-to-last-byte latency, the target's CPU per
+//! close (with `--tls`, each connection first makes a full TLS 1.3 handshake with the target,
+//! and ends with close_notify). Reports connections per second, connect-to-last-byte latency, the target's CPU per
 //! 1,000 connections and its peak RSS; then a second, one-connection-at-a-time pass for the
 //! latency of a lone connection.
 
@@ -20,8 +21,10 @@ use shardray_wire::vless::{Command, RequestHeader};
 
 use crate::pattern::{self, PERIOD};
 use crate::procstat::{self, RssSampler, RssSeries};
+use crate::report::protocol_line;
 use crate::report::{median, CdfPoint, Latencies, Latency, Machine};
 use crate::target::{RunningTarget, TargetSpec};
+use crate::tls::{self, ProxyStream};
 
 /// Payload bytes per connection, each way.
 pub const PAYLOAD: usize = 64;
@@ -76,6 +79,8 @@ pub struct PassRecord {
 pub struct ConnRecord {
     /// Target name.
     pub target: String,
+    /// "vless" (plain TCP) or "vless-tls".
+    pub protocol: &'static str,
     /// 1-based run number.
     pub run: usize,
     /// The main pass.
@@ -93,6 +98,8 @@ pub struct ConnRecord {
 pub struct ConnMedian {
     /// Target name.
     pub target: String,
+    /// "vless" (plain TCP) or "vless-tls".
+    pub protocol: &'static str,
     /// Runs the medians are taken over.
     pub runs: usize,
     /// Connections per second in the parallel pass.
@@ -137,6 +144,9 @@ pub struct Ratios {
 pub struct ConnrateReport {
     /// Always `"connrate"`, for readers of saved JSON.
     pub scenario: &'static str,
+    /// "vless" (plain TCP) or "vless-tls": the protocol of the first run (every run's is in
+    /// the medians and runs).
+    pub protocol: &'static str,
     /// Where.
     pub machine: Machine,
     /// The command line.
@@ -192,7 +202,8 @@ fn measure(
         destination: Some(Destination::from(echo)),
     }
     .encode(&mut head);
-    let conn = ConnSpec { proxy: target.addr, head: Arc::new(head), timeout: scenario.conn_timeout };
+    let conn =
+        ConnSpec { proxy: target.addr, head: Arc::new(head), timeout: scenario.conn_timeout, tls: target.tls.clone() };
     let sampler = RssSampler::spawn(target.pid(), Duration::from_millis(100))?;
 
     let parallel = pass(target, &conn, scenario.parallel, scenario.duration, run)?;
@@ -205,6 +216,7 @@ fn measure(
     let rss = sampler.finish();
     Ok(ConnRecord {
         target: spec.kind.to_string(),
+        protocol: spec.protocol(),
         run,
         parallel,
         serial,
@@ -220,6 +232,8 @@ struct ConnSpec {
     /// The encoded VLESS request header, the same for every connection.
     head: Arc<Vec<u8>>,
     timeout: Duration,
+    /// TLS to the proxy with these settings; plain TCP when `None`.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// What one client thread saw.
@@ -326,14 +340,16 @@ fn client_loop(conn: &ConnSpec, duration: Duration, mut offset: usize) -> Thread
     out
 }
 
-/// Connect, send header and payload in one write, read the response header and the echo,
-/// check it, close.
+/// Connect (and handshake, over TLS), send header and payload in one write, read the response
+/// header and the echo, check it, close.
 fn one_connection(conn: &ConnSpec, request: &[u8], payload: &[u8], reply: &mut [u8; 2 + PAYLOAD]) -> Result<()> {
-    let mut s = TcpStream::connect_timeout(&conn.proxy, conn.timeout).context("connecting to the proxy")?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(conn.timeout))?;
-    s.set_write_timeout(Some(conn.timeout))?;
+    let sock = TcpStream::connect_timeout(&conn.proxy, conn.timeout).context("connecting to the proxy")?;
+    sock.set_nodelay(true)?;
+    sock.set_read_timeout(Some(conn.timeout))?;
+    sock.set_write_timeout(Some(conn.timeout))?;
+    let mut s = ProxyStream::open(sock, conn.tls.as_ref()).context("TLS handshake with the proxy")?;
     s.write_all(request).context("sending the request")?;
+    s.flush().context("sending the request")?;
     // The common case: a response header without addons, then the echo.
     s.read_exact(&mut reply[..2]).context("reading the VLESS response")?;
     if reply[0] != shardray_wire::vless::VERSION {
@@ -348,6 +364,7 @@ fn one_connection(conn: &ConnSpec, request: &[u8], payload: &[u8], reply: &mut [
     if echoed != payload {
         bail!("the echo differs from the payload");
     }
+    s.close();
     Ok(())
 }
 
@@ -381,6 +398,7 @@ impl ConnrateReport {
             .into_iter()
             .map(|target| {
                 let group: Vec<&ConnRecord> = runs.iter().filter(|r| r.target == target).collect();
+                let protocol = group.first().map_or(tls::PROTOCOL_PLAIN, |r| r.protocol);
                 let m = |f: &dyn Fn(&ConnRecord) -> f64| median(group.iter().map(|r| f(r)).collect());
                 let serial: Vec<&PassRecord> = group.iter().filter_map(|r| r.serial.as_ref()).collect();
                 let sm = |f: fn(&PassRecord) -> f64| {
@@ -401,6 +419,7 @@ impl ConnrateReport {
                     cdf: merged(group.iter().map(|r| &r.parallel)),
                     serial_cdf: merged(serial.iter().copied()),
                     target,
+                    protocol,
                 }
             })
             .collect();
@@ -416,6 +435,7 @@ impl ConnrateReport {
         }
         ConnrateReport {
             scenario: "connrate",
+            protocol: runs.first().map_or(tls::PROTOCOL_PLAIN, |r| r.protocol),
             machine: Machine::detect(),
             command,
             parallel: scenario.parallel,
@@ -434,14 +454,17 @@ impl ConnrateReport {
         let _ = writeln!(out, "Command: `{}`\n", self.command);
         let _ = writeln!(
             out,
-            "VLESS plain, {PAYLOAD}-byte echo; {} parallel for {:.0} s, then 1 at a time for {:.0} s. \
+            "{}, {PAYLOAD}-byte echo; {} parallel for {:.0} s, then 1 at a time for {:.0} s. \
              Latency is connect to last echoed byte, in µs.\n",
-            self.parallel, self.duration_s, self.serial_duration_s
+            protocol_line(self.protocol),
+            self.parallel,
+            self.duration_s,
+            self.serial_duration_s
         );
         out.push_str(
-            "| target | run | conns | errors | conns/s | p50 | p99 | p99.9 | proxy CPU s | CPU ms/1k conns | \
+            "| target | protocol | run | conns | errors | conns/s | p50 | p99 | p99.9 | proxy CPU s | CPU ms/1k conns | \
              peak RSS MiB | harness CPU s | serial p50 | serial p99 |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &self.runs {
             let p = &r.parallel;
@@ -450,8 +473,9 @@ impl ConnrateReport {
             });
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.2} | {s50} | {s99} |",
+                "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.2} | {s50} | {s99} |",
                 r.target,
+                r.protocol,
                 r.run,
                 p.connections,
                 p.errors,
@@ -467,10 +491,10 @@ impl ConnrateReport {
         }
         out.push_str(
             "\nMedians:\n\n\
-             | target | runs | conns/s | p50 µs | p99 µs | p99.9 µs | CPU ms/1k conns | peak RSS MiB | \
+             | target | protocol | runs | conns/s | p50 µs | p99 µs | p99.9 µs | CPU ms/1k conns | peak RSS MiB | \
              1-at-a-time p50 µs | 1-at-a-time p99 µs | conns/s vs sing-box | CPU/conn vs sing-box | \
              1-at-a-time p50 vs sing-box |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         let opt = |v: Option<f64>, suffix: &str, digits: usize| {
             v.map_or("–".to_owned(), |v| format!("{v:.digits$}{suffix}"))
@@ -479,8 +503,9 @@ impl ConnrateReport {
             let r = md.vs_sing_box;
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} |",
                 md.target,
+                md.protocol,
                 md.runs,
                 md.conns_per_s,
                 md.p50_us,

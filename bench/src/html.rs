@@ -29,6 +29,9 @@ struct Tag {
 #[derive(Deserialize)]
 struct ThroughputView {
     machine: Option<Machine>,
+    /// "vless" or "vless-tls"; absent in results saved before TLS runs existed.
+    #[serde(default)]
+    protocol: Option<String>,
     medians: Vec<ThroughputMedian>,
     #[serde(default)]
     runs: Vec<RunView>,
@@ -58,6 +61,9 @@ struct RunView {
 #[derive(Deserialize)]
 struct ConnrateView {
     machine: Option<Machine>,
+    /// "vless" or "vless-tls"; absent in results saved before TLS runs existed.
+    #[serde(default)]
+    protocol: Option<String>,
     #[serde(default)]
     command: String,
     medians: Vec<ConnrateMedian>,
@@ -264,8 +270,17 @@ fn rss_chart(title: &str, runs: &[RunView], colors: &mut Colors) -> String {
     .render()
 }
 
+/// The suffix naming the protocol in headings: none for plain VLESS (the default), so TLS
+/// results get a section, and bar groups, of their own.
+fn over(protocol: &Option<String>) -> &'static str {
+    match protocol.as_deref() {
+        Some(crate::tls::PROTOCOL_TLS) => ", VLESS over TLS",
+        _ => "",
+    }
+}
+
 fn throughput_section(out: &mut String, name: &str, v: &ThroughputView, colors: &mut Colors) {
-    out.push_str("<section><h2>Bulk throughput</h2>");
+    let _ = write!(out, "<section><h2>Bulk throughput{}</h2>", over(&v.protocol));
     source(out, name, "");
     let dirs = targets(v.medians.iter().map(|m| m.direction.as_str()));
     let names = targets(v.medians.iter().map(|m| m.target.as_str()));
@@ -283,7 +298,7 @@ fn throughput_section(out: &mut String, name: &str, v: &ThroughputView, colors: 
             .collect()
     };
     let cpu = BarChart {
-        title: "Target CPU per GB relayed (median; lower is better)".into(),
+        title: format!("Target CPU per GB relayed{} (median; lower is better)", over(&v.protocol)),
         y_label: "CPU s / GB".into(),
         groups: dirs.clone(),
         series: bars(colors, |m| m.cpu_s_per_gb),
@@ -336,7 +351,7 @@ fn cdf_chart(title: &str, v: &ConnrateView, pick: fn(&ConnrateMedian) -> &[CdfPo
 }
 
 fn connrate_section(out: &mut String, name: &str, v: &ConnrateView, colors: &mut Colors) {
-    out.push_str("<section><h2>Short connections</h2>");
+    let _ = write!(out, "<section><h2>Short connections{}</h2>", over(&v.protocol));
     source(out, name, &v.command);
     let mut svgs = vec![cdf_chart("Latency CDF, parallel clients (all runs)", v, |m| &m.cdf, colors)];
     if v.medians.iter().any(|m| !m.serial_cdf.is_empty()) {
@@ -355,7 +370,7 @@ fn connrate_section(out: &mut String, name: &str, v: &ConnrateView, colors: &mut
     };
     svgs.push(
         BarChart {
-            title: "Target CPU per 1,000 connections (median; lower is better)".into(),
+            title: format!("Target CPU per 1,000 connections{} (median; lower is better)", over(&v.protocol)),
             y_label: "CPU ms / 1k conns".into(),
             groups: vec!["parallel pass".into()],
             series: per_target(colors, |m| m.cpu_ms_per_1k),
@@ -466,11 +481,16 @@ mod tests {
     }
 
     fn throughput_json() -> String {
+        throughput_json_over(crate::tls::PROTOCOL_PLAIN)
+    }
+
+    fn throughput_json_over(protocol: &'static str) -> String {
         let mut runs = Vec::new();
         for (i, target) in ["shardray", "sing-box", "v2ray"].iter().enumerate() {
             for direction in ["up", "down"] {
                 runs.push(RunRecord {
                     target: (*target).into(),
+                    protocol,
                     direction,
                     run: 1,
                     streams: 4,
@@ -510,6 +530,10 @@ mod tests {
     }
 
     fn connrate_json() -> String {
+        connrate_json_over(crate::tls::PROTOCOL_PLAIN)
+    }
+
+    fn connrate_json_over(protocol: &'static str) -> String {
         let scenario = Connrate {
             parallel: 1,
             duration: Duration::from_secs(1),
@@ -523,6 +547,7 @@ mod tests {
             .enumerate()
             .map(|(i, t)| ConnRecord {
                 target: (*t).into(),
+                protocol,
                 run: 1,
                 parallel: pass(50 + 30 * i as u64),
                 serial: Some(pass(20 + 10 * i as u64)),
@@ -585,6 +610,8 @@ mod tests {
         let inputs = vec![
             Input { name: "throughput.json".into(), json: throughput_json() },
             Input { name: "connrate.json".into(), json: connrate_json() },
+            Input { name: "throughput-tls.json".into(), json: throughput_json_over(crate::tls::PROTOCOL_TLS) },
+            Input { name: "connrate-tls.json".into(), json: connrate_json_over(crate::tls::PROTOCOL_TLS) },
             Input { name: "idle.json".into(), json: idle_json() },
             Input { name: "churn.json".into(), json: r#"{"scenario":"churn"}"#.into() },
         ];
@@ -617,6 +644,25 @@ mod tests {
         // Same colour for a target in every chart.
         let shardray_fill = format!(r#"fill="{}""#, color(0));
         assert!(cpu_chart.contains(&shardray_fill));
+    }
+
+    #[test]
+    fn tls_results_get_sections_and_bar_groups_of_their_own() {
+        let html = page();
+        assert_eq!(html.matches("<h2>Bulk throughput</h2>").count(), 1);
+        assert_eq!(html.matches("<h2>Short connections</h2>").count(), 1);
+        let tls = html
+            .split("<h2>Bulk throughput, VLESS over TLS</h2>")
+            .nth(1)
+            .expect("a TLS throughput section")
+            .split("</section>")
+            .next()
+            .unwrap();
+        let cpu_chart = tls.split("</svg>").next().unwrap();
+        assert!(cpu_chart.contains("CPU per GB relayed, VLESS over TLS"));
+        assert_eq!(cpu_chart.matches(r#"class="bar""#).count(), 6);
+        let conn = html.split("<h2>Short connections, VLESS over TLS</h2>").nth(1).expect("a TLS connrate section");
+        assert!(conn.split("</section>").next().unwrap().contains("CPU per 1,000 connections, VLESS over TLS"));
     }
 
     #[test]

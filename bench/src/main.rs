@@ -21,9 +21,11 @@ mod svg;
 mod sys;
 mod target;
 mod throughput;
+mod tls;
 mod users;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -35,6 +37,7 @@ use crate::report::Report;
 use crate::summary::ApiReport;
 use crate::target::{TargetKind, TargetSpec};
 use crate::throughput::Scenario;
+use crate::tls::TlsMaterial;
 
 #[derive(Parser)]
 #[command(name = "shardray-bench", version, about = "Load-test harness for shardray and its peers")]
@@ -51,10 +54,12 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Bulk VLESS throughput: N parallel streams of B bytes, through each target in turn.
+    /// Bulk VLESS throughput (plain, or over TLS with `--tls`): N parallel streams of B bytes,
+    /// through each target in turn.
     Throughput(ThroughputArgs),
-    /// Short connections: VLESS header plus a 64-byte echo per connection, N in parallel for a
-    /// fixed time, then one at a time: connections/s, latency, target CPU per 1,000 connections.
+    /// Short connections: VLESS header plus a 64-byte echo per connection (plain, or each with
+    /// a full TLS handshake with `--tls`), N in parallel for a fixed time, then one at a time:
+    /// connections/s, latency, target CPU per 1,000 connections.
     Connrate(ConnrateArgs),
     /// API churn: AddUser/RemoveUser round trips (all shards acknowledged) at a fixed rate,
     /// optionally while VLESS traffic flows, and whether the traffic noticed.
@@ -212,6 +217,10 @@ struct ThroughputArgs {
     /// Seconds any one measurement may take before it fails.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// VLESS over TLS 1.3 instead of plain TCP: every target serves a certificate generated for
+    /// this run (the splice relay, plain only, is skipped).
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(clap::Args)]
@@ -233,6 +242,10 @@ struct ConnrateArgs {
     /// Seconds any one connection may take before it counts as failed.
     #[arg(long, default_value_t = 5.0)]
     conn_timeout: f64,
+    /// VLESS over TLS 1.3 instead of plain TCP: every target serves a certificate generated for
+    /// this run (the splice relay, plain only, is skipped).
+    #[arg(long)]
+    tls: bool,
 }
 
 /// How to start shardray for the API scenarios.
@@ -402,7 +415,7 @@ fn idle(args: IdleArgs) -> Result<()> {
         startup: Duration::from_secs(args.targets.startup_timeout),
         nofile_limit: limit,
     };
-    let specs = target_specs(&args.targets)?;
+    let specs = target_specs(&args.targets, &args.targets.target)?;
     let workdir = workdir()?;
     // The sink serves only the start-up probes; the idle echo server holds the tunnels' far ends.
     let sink = sink::Sink::spawn(scenario.startup)?;
@@ -419,7 +432,6 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
     if args.streams == 0 || args.runs == 0 || args.bytes == 0 {
         bail!("--streams, --runs and --bytes must be positive");
     }
-    let specs = target_specs(&args.targets)?;
     let scenario = Scenario {
         streams: args.streams,
         bytes: args.bytes,
@@ -433,6 +445,7 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
         startup: Duration::from_secs(args.targets.startup_timeout),
     };
     let workdir = workdir()?;
+    let (specs, note) = protocol_specs(&args.targets, args.tls, &workdir)?;
     let sink = sink::Sink::spawn(scenario.timeout)?;
 
     let progress = Progress::new((specs.len() * scenario.runs * scenario.flows.len()) as u64, "throughput");
@@ -447,7 +460,7 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
     let records = finish(&workdir, args.targets.keep, outcome)?;
 
     let report = Report::new(records);
-    args.targets.emit(&report, || report.markdown())
+    args.targets.emit(&report, || format!("{note}{}", report.markdown()))
 }
 
 fn connrate(args: ConnrateArgs) -> Result<()> {
@@ -462,8 +475,8 @@ fn connrate(args: ConnrateArgs) -> Result<()> {
         conn_timeout: seconds("conn-timeout", args.conn_timeout)?,
         startup: Duration::from_secs(args.targets.startup_timeout),
     };
-    let specs = target_specs(&args.targets)?;
     let workdir = workdir()?;
+    let (specs, note) = protocol_specs(&args.targets, args.tls, &workdir)?;
     // The sink serves only the start-up probes; the echo server serves the measured connections.
     let sink = sink::Sink::spawn(scenario.startup)?;
     // Each client has at most one connection in flight, so that many accepting threads (and a
@@ -483,7 +496,7 @@ fn connrate(args: ConnrateArgs) -> Result<()> {
     drop(progress);
     let records = finish(&workdir, args.targets.keep, outcome)?;
     let report = connrate::ConnrateReport::new(&scenario, command_line(), records);
-    args.targets.emit(&report, || report.markdown())
+    args.targets.emit(&report, || format!("{note}{}", report.markdown()))
 }
 
 /// This invocation's command line, with the program's path shortened to its name.
@@ -563,8 +576,40 @@ fn users(args: UsersArgs) -> Result<()> {
     print_api_report(ApiReport::Users(record), args.shardray.json)
 }
 
+/// The targets to run for plain VLESS or, with `tls`, over TLS: with TLS, the splice relay
+/// (plain only) is left out, and a note saying so is returned for the report.
+fn tls_targets(requested: &[TargetKind], tls: bool) -> (Vec<TargetKind>, String) {
+    if !tls || !requested.contains(&TargetKind::Splice) {
+        return (requested.to_vec(), String::new());
+    }
+    let kept = requested.iter().copied().filter(|&k| k != TargetKind::Splice).collect();
+    (kept, "Note: the splice reference relay serves plain VLESS only; it is skipped with --tls.\n\n".to_owned())
+}
+
+/// [`target_specs`] for the protocol asked for: with `tls`, a certificate generated into
+/// `workdir` for every target, the splice relay skipped (the note says so, also on stderr).
+fn protocol_specs(args: &TargetArgs, tls: bool, workdir: &Path) -> Result<(Vec<TargetSpec>, String)> {
+    let (kinds, note) = tls_targets(&args.target, tls);
+    if !note.is_empty() {
+        eprint!("{note}");
+    }
+    if kinds.is_empty() {
+        bail!("no target left to measure over TLS");
+    }
+    let material = if tls {
+        Some(Arc::new(TlsMaterial::generate(workdir).context("generating the TLS certificate")?))
+    } else {
+        None
+    };
+    let mut specs = target_specs(args, &kinds)?;
+    for spec in &mut specs {
+        spec.tls = material.clone();
+    }
+    Ok((specs, note))
+}
+
 /// Resolves each requested target to a binary, fetching peers into the cache if needed.
-fn target_specs(args: &TargetArgs) -> Result<Vec<TargetSpec>> {
+fn target_specs(args: &TargetArgs, kinds: &[TargetKind]) -> Result<Vec<TargetSpec>> {
     let mut peers = None;
     let mut peer_bins = || -> Result<peers::Peers> {
         if peers.is_none() {
@@ -574,7 +619,7 @@ fn target_specs(args: &TargetArgs) -> Result<Vec<TargetSpec>> {
         Ok(peers.clone().expect("just filled"))
     };
     let mut specs = Vec::new();
-    for &kind in &args.target {
+    for &kind in kinds {
         let bin = match kind {
             TargetKind::Shardray => match &args.shardray_bin {
                 Some(bin) => bin.clone(),
@@ -593,7 +638,55 @@ fn target_specs(args: &TargetArgs) -> Result<Vec<TargetSpec>> {
         if !bin.is_file() {
             bail!("{kind} binary {} does not exist", bin.display());
         }
-        specs.push(TargetSpec { kind, bin, shards: args.shards, api: false, extra_users: 0 });
+        specs.push(TargetSpec { kind, bin, shards: args.shards, api: false, extra_users: 0, tls: None });
     }
     Ok(specs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cmd {
+        Cli::try_parse_from(std::iter::once("shardray-bench").chain(args.iter().copied())).unwrap().command
+    }
+
+    #[test]
+    fn tls_is_off_unless_asked() {
+        let Cmd::Throughput(t) = parse(&["throughput", "--target", "shardray,sing-box"]) else { panic!() };
+        assert!(!t.tls);
+        let Cmd::Connrate(c) = parse(&["connrate", "--target", "shardray"]) else { panic!() };
+        assert!(!c.tls);
+    }
+
+    #[test]
+    fn tls_parses_for_throughput_and_connrate() {
+        let Cmd::Throughput(t) = parse(&["throughput", "--target", "shardray,sing-box,v2ray", "--tls", "--runs", "3"])
+        else {
+            panic!()
+        };
+        assert!(t.tls);
+        assert_eq!(t.targets.target, [TargetKind::Shardray, TargetKind::SingBox, TargetKind::V2ray]);
+        let Cmd::Connrate(c) = parse(&["connrate", "--tls", "--target", "shardray", "--target", "sing-box"]) else {
+            panic!()
+        };
+        assert!(c.tls);
+        assert_eq!(c.targets.target, [TargetKind::Shardray, TargetKind::SingBox]);
+        // The other scenarios have no TLS mode.
+        assert!(Cli::try_parse_from(["shardray-bench", "idle", "--target", "shardray", "--tls"]).is_err());
+    }
+
+    #[test]
+    fn tls_skips_the_splice_relay_with_a_note() {
+        let all = [TargetKind::Shardray, TargetKind::Splice, TargetKind::SingBox];
+        let (kinds, note) = tls_targets(&all, false);
+        assert_eq!(kinds, all);
+        assert!(note.is_empty());
+        let (kinds, note) = tls_targets(&all, true);
+        assert_eq!(kinds, [TargetKind::Shardray, TargetKind::SingBox]);
+        assert!(note.contains("splice") && note.contains("--tls"), "{note}");
+        let (kinds, note) = tls_targets(&[TargetKind::Shardray], true);
+        assert_eq!(kinds, [TargetKind::Shardray]);
+        assert!(note.is_empty());
+    }
 }

@@ -9,12 +9,15 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::throughput::RunRecord;
+use crate::tls;
 
 /// Medians over the runs of one target in one direction.
 #[derive(Debug, Clone, Serialize)]
 pub struct Median {
     /// Target name.
     pub target: String,
+    /// "vless" (plain TCP) or "vless-tls".
+    pub protocol: &'static str,
     /// "up" or "down".
     pub direction: &'static str,
     /// Runs the medians are taken over.
@@ -49,6 +52,9 @@ pub struct Machine {
 pub struct Report {
     /// Always `"throughput"`, for readers of saved JSON.
     pub scenario: &'static str,
+    /// "vless" (plain TCP) or "vless-tls": the protocol of the first run (every run's is in
+    /// the medians and runs).
+    pub protocol: &'static str,
     /// Where.
     pub machine: Machine,
     /// Every run.
@@ -76,23 +82,27 @@ impl Machine {
 }
 
 impl Report {
-    /// Builds the report, computing medians per (target, direction) in first-seen order.
+    /// Builds the report, computing medians per (target, protocol, direction) in first-seen
+    /// order.
     pub fn new(runs: Vec<RunRecord>) -> Report {
-        let mut keys: Vec<(String, &'static str)> = Vec::new();
+        let mut keys: Vec<(String, &'static str, &'static str)> = Vec::new();
         for r in &runs {
-            let key = (r.target.clone(), r.direction);
+            let key = (r.target.clone(), r.protocol, r.direction);
             if !keys.contains(&key) {
                 keys.push(key);
             }
         }
         let mut medians: Vec<Median> = keys
             .into_iter()
-            .map(|(target, direction)| {
-                let group: Vec<&RunRecord> =
-                    runs.iter().filter(|r| r.target == target && r.direction == direction).collect();
+            .map(|(target, protocol, direction)| {
+                let group: Vec<&RunRecord> = runs
+                    .iter()
+                    .filter(|r| r.target == target && r.protocol == protocol && r.direction == direction)
+                    .collect();
                 let m = |f: fn(&RunRecord) -> f64| median(group.iter().map(|r| f(r)).collect());
                 Median {
                     target,
+                    protocol,
                     direction,
                     runs: group.len(),
                     gbit_s: m(|r| r.gbit_s),
@@ -104,16 +114,20 @@ impl Report {
                 }
             })
             .collect();
-        let baseline: Vec<(&'static str, f64)> =
-            medians.iter().filter(|m| m.target == "sing-box").map(|m| (m.direction, m.cpu_s_per_gb)).collect();
+        let baseline: Vec<(&'static str, &'static str, f64)> = medians
+            .iter()
+            .filter(|m| m.target == "sing-box")
+            .map(|m| (m.protocol, m.direction, m.cpu_s_per_gb))
+            .collect();
         for m in &mut medians {
             m.cpu_per_gb_vs_sing_box = baseline
                 .iter()
-                .find(|(d, _)| *d == m.direction)
-                .filter(|(_, base)| *base > 0.0)
-                .map(|(_, base)| m.cpu_s_per_gb / base);
+                .find(|(p, d, _)| *p == m.protocol && *d == m.direction)
+                .filter(|(_, _, base)| *base > 0.0)
+                .map(|(_, _, base)| m.cpu_s_per_gb / base);
         }
-        Report { scenario: "throughput", machine: Machine::detect(), runs, medians }
+        let protocol = runs.first().map_or(tls::PROTOCOL_PLAIN, |r| r.protocol);
+        Report { scenario: "throughput", protocol, machine: Machine::detect(), runs, medians }
     }
 
     /// The report as Markdown: machine line, per-run table, medians table.
@@ -121,15 +135,17 @@ impl Report {
         let mut out = String::new();
         let m = &self.machine;
         let _ = writeln!(out, "Machine: {} ({} CPUs), Linux {}\n", m.cpu, m.cpus, m.kernel);
+        let _ = writeln!(out, "Protocol: {}\n", protocol_line(self.protocol));
         out.push_str(
-            "| target | dir | run | streams × bytes | wall s | Gbit/s | proxy CPU s | CPU s/GB | peak RSS MiB | harness CPU s |\n\
-             |---|---|---:|---|---:|---:|---:|---:|---:|---:|\n",
+            "| target | protocol | dir | run | streams × bytes | wall s | Gbit/s | proxy CPU s | CPU s/GB | peak RSS MiB | harness CPU s |\n\
+             |---|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &self.runs {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} × {} | {:.2} | {:.2} | {:.2} | {:.3} | {:.1} | {:.2} |",
+                "| {} | {} | {} | {} | {} × {} | {:.2} | {:.2} | {:.2} | {:.3} | {:.1} | {:.2} |",
                 r.target,
+                r.protocol,
                 r.direction,
                 r.run,
                 r.streams,
@@ -144,18 +160,32 @@ impl Report {
         }
         out.push_str(
             "\nMedians:\n\n\
-             | target | dir | runs | Gbit/s | CPU s/GB | CPU/GB vs sing-box | peak RSS MiB |\n\
-             |---|---|---:|---:|---:|---:|---:|\n",
+             | target | protocol | dir | runs | Gbit/s | CPU s/GB | CPU/GB vs sing-box | peak RSS MiB |\n\
+             |---|---|---|---:|---:|---:|---:|---:|\n",
         );
         for md in &self.medians {
             let ratio = md.cpu_per_gb_vs_sing_box.map_or("–".to_owned(), |r| format!("{r:.2}×"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.2} | {:.3} | {} | {:.1} |",
-                md.target, md.direction, md.runs, md.gbit_s, md.cpu_s_per_gb, ratio, md.peak_rss_mib
+                "| {} | {} | {} | {} | {:.2} | {:.3} | {} | {:.1} |",
+                md.target, md.protocol, md.direction, md.runs, md.gbit_s, md.cpu_s_per_gb, ratio, md.peak_rss_mib
             );
         }
         out
+    }
+}
+
+/// How the Markdown reports describe `protocol` ("vless" or "vless-tls").
+pub fn protocol_line(protocol: &str) -> String {
+    if protocol == tls::PROTOCOL_TLS {
+        format!(
+            "VLESS over TLS 1.3 ({}; TLS_AES_128_GCM_SHA256, ALPN {}, SNI {}, a full handshake per connection)",
+            tls::PROTOCOL_TLS,
+            tls::ALPN,
+            tls::SERVER_NAME
+        )
+    } else {
+        format!("VLESS over plain TCP ({protocol})")
     }
 }
 

@@ -1,5 +1,5 @@
-//! The proxies under test: writes an equivalent VLESS-in, direct-out config for each, starts
-//! it, waits until it carries traffic, and stops it.
+//! The proxies under test: writes an equivalent VLESS-in (plain, or over TLS), direct-out
+//! config for each, starts it, waits until it carries traffic, and stops it.
 
 use std::fmt;
 use std::fs;
@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use crate::client::VlessClient;
 use crate::pattern::{Flow, Request};
 use crate::sys;
+use crate::tls::{self, TlsFiles, TlsMaterial};
 use crate::users;
 
 /// Which core serves the VLESS inbound.
@@ -79,6 +81,9 @@ pub struct TargetSpec {
     /// Users the config lists besides the probe user: [`users::bench_user`] 0 to N-1, each
     /// with an email and level 0; shardray only.
     pub extra_users: usize,
+    /// Serve VLESS over TLS with this certificate (and connect with these client settings);
+    /// plain TCP when `None`. Not for the splice relay.
+    pub tls: Option<Arc<TlsMaterial>>,
 }
 
 /// A started target; dropping it stops the process.
@@ -95,6 +100,8 @@ pub struct RunningTarget {
     pub started_after: Option<Duration>,
     /// From spawning the process to the probe transfer's success.
     pub ready_after: Duration,
+    /// The client settings for its TLS inbound, when it serves TLS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     log: PathBuf,
 }
 
@@ -104,7 +111,7 @@ const STARTED_LINE: &str = "shardray: started";
 impl TargetSpec {
     /// shardray with `shards` shards and nothing else configured.
     pub fn shardray(bin: PathBuf, shards: usize) -> TargetSpec {
-        TargetSpec { kind: TargetKind::Shardray, bin, shards, api: false, extra_users: 0 }
+        TargetSpec { kind: TargetKind::Shardray, bin, shards, api: false, extra_users: 0, tls: None }
     }
 
     /// Writes the config into `dir`, starts the process, and returns once a 1 KiB download
@@ -113,12 +120,16 @@ impl TargetSpec {
         if (self.api || self.extra_users > 0) && self.kind != TargetKind::Shardray {
             bail!("the API and extra users are configured for shardray only");
         }
+        if self.tls.is_some() && self.kind == TargetKind::Splice {
+            bail!("the splice relay serves plain VLESS only");
+        }
         let port = free_port()?;
         let api = if self.api { Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))) } else { None };
         let user = Uuid::new_v4();
         let name = self.kind.name();
         let config = dir.join(format!("{name}.json"));
-        if let Some(body) = self.config(port, user, sink, api) {
+        let tls_files = self.tls.as_ref().map(|t| &t.files);
+        if let Some(body) = server_config(self.kind, port, user, sink, api, tls_files) {
             write_config(&config, &body, self.extra_users).with_context(|| format!("writing {}", config.display()))?;
         }
         let log = dir.join(format!("{name}.log"));
@@ -152,6 +163,7 @@ impl TargetSpec {
             api,
             started_after: None,
             ready_after: Duration::ZERO,
+            tls: self.tls.as_ref().map(|t| Arc::clone(&t.client)),
             log,
         };
         target
@@ -160,63 +172,112 @@ impl TargetSpec {
         Ok(target)
     }
 
-    /// The server config: one VLESS inbound on 127.0.0.1:`port` for `user`, direct outbound;
-    /// `None` for the splice relay, which takes its two settings as arguments.
-    /// With `api`, shardray's config also serves HandlerService and StatsService there.
-    fn config(&self, port: u16, user: Uuid, sink: SocketAddr, api: Option<SocketAddr>) -> Option<Value> {
-        Some(match self.kind {
-            TargetKind::Splice => return None,
-            TargetKind::SingBox => json!({
+    /// How reports name what this target serves: [`tls::PROTOCOL_TLS`] or
+    /// [`tls::PROTOCOL_PLAIN`].
+    pub fn protocol(&self) -> &'static str {
+        if self.tls.is_some() {
+            tls::PROTOCOL_TLS
+        } else {
+            tls::PROTOCOL_PLAIN
+        }
+    }
+}
+
+/// The server config of `kind`: one VLESS inbound on 127.0.0.1:`port` for `user`, over TLS
+/// serving `tls` when given, and a direct outbound; `None` for the splice relay, which takes
+/// its two settings as arguments. With `api`, shardray's config also serves HandlerService and
+/// StatsService there.
+fn server_config(
+    kind: TargetKind,
+    port: u16,
+    user: Uuid,
+    sink: SocketAddr,
+    api: Option<SocketAddr>,
+    tls: Option<&TlsFiles>,
+) -> Option<Value> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    Some(match kind {
+        TargetKind::Splice => return None,
+        TargetKind::SingBox => {
+            let mut inbound = json!({
+                "type": "vless",
+                "tag": "vless-in",
+                "listen": "127.0.0.1",
+                "listen_port": port,
+                "users": [{ "name": "bench@local", "uuid": user.to_string() }]
+            });
+            if let Some(tls) = tls {
+                inbound["tls"] = json!({
+                    "enabled": true,
+                    "server_name": tls::SERVER_NAME,
+                    "alpn": [tls::ALPN],
+                    "min_version": "1.3",
+                    "certificate_path": path(&tls.cert_file),
+                    "key_path": path(&tls.key_file)
+                });
+            }
+            json!({
                 "log": { "level": "warn" },
+                "inbounds": [inbound],
+                "outbounds": [{ "type": "direct", "tag": "direct" }]
+            })
+        }
+        TargetKind::Shardray | TargetKind::V2ray => {
+            let mut config = json!({
+                "log": { "loglevel": "warning" },
+                "stats": {},
+                "policy": {
+                    "levels": { "0": { "statsUserUplink": true, "statsUserDownlink": true } }
+                },
                 "inbounds": [{
-                    "type": "vless",
                     "tag": "vless-in",
                     "listen": "127.0.0.1",
-                    "listen_port": port,
-                    "users": [{ "name": "bench@local", "uuid": user.to_string() }]
-                }],
-                "outbounds": [{ "type": "direct", "tag": "direct" }]
-            }),
-            TargetKind::Shardray | TargetKind::V2ray => {
-                let mut config = json!({
-                    "log": { "loglevel": "warning" },
-                    "stats": {},
-                    "policy": {
-                        "levels": { "0": { "statsUserUplink": true, "statsUserDownlink": true } }
-                    },
-                    "inbounds": [{
-                        "tag": "vless-in",
-                        "listen": "127.0.0.1",
-                        "port": port,
-                        "protocol": "vless",
-                        "settings": {
-                            "clients": [{ "id": user.to_string(), "email": "bench@local", "level": 0 }],
-                            "decryption": "none"
-                        }
-                    }],
-                    "outbounds": [{ "tag": "direct", "protocol": "freedom", "settings": {} }]
-                });
-                if self.kind == TargetKind::Shardray {
-                    // shardray refuses loopback destinations unless a rule names them.
-                    config["routing"] = json!({
-                        "rules": [{
-                            "type": "field",
-                            "ip": [format!("{}/32", sink.ip())],
-                            "outboundTag": "direct"
-                        }]
-                    });
-                    if let Some(api) = api {
-                        config["api"] = json!({
-                            "tag": "api",
-                            "listen": api.to_string(),
-                            "services": ["HandlerService", "StatsService"]
-                        });
+                    "port": port,
+                    "protocol": "vless",
+                    "settings": {
+                        "clients": [{ "id": user.to_string(), "email": "bench@local", "level": 0 }],
+                        "decryption": "none"
                     }
-                }
-                config
+                }],
+                "outbounds": [{ "tag": "direct", "protocol": "freedom", "settings": {} }]
+            });
+            if let Some(tls) = tls {
+                // The same v4 JSON for both; V2Ray 4.45.2 ignores the minVersion it lacks, and
+                // our client offers nothing older anyway.
+                config["inbounds"][0]["streamSettings"] = json!({
+                    "network": "tcp",
+                    "security": "tls",
+                    "tlsSettings": {
+                        "serverName": tls::SERVER_NAME,
+                        "alpn": [tls::ALPN],
+                        "minVersion": "1.3",
+                        "certificates": [{
+                            "certificateFile": path(&tls.cert_file),
+                            "keyFile": path(&tls.key_file)
+                        }]
+                    }
+                });
             }
-        })
-    }
+            if kind == TargetKind::Shardray {
+                // shardray refuses loopback destinations unless a rule names them.
+                config["routing"] = json!({
+                    "rules": [{
+                        "type": "field",
+                        "ip": [format!("{}/32", sink.ip())],
+                        "outboundTag": "direct"
+                    }]
+                });
+                if let Some(api) = api {
+                    config["api"] = json!({
+                        "tag": "api",
+                        "listen": api.to_string(),
+                        "services": ["HandlerService", "StatsService"]
+                    });
+                }
+            }
+            config
+        }
+    })
 }
 
 impl RunningTarget {
@@ -227,7 +288,7 @@ impl RunningTarget {
 
     /// A client that reaches `sink` through this target.
     pub fn client(&self, sink: SocketAddr) -> VlessClient {
-        VlessClient { proxy: self.addr, user: self.user, sink }
+        VlessClient { proxy: self.addr, user: self.user, sink, tls: self.tls.clone() }
     }
 
     /// Fails if the process has exited.
@@ -346,4 +407,93 @@ fn write_config(path: &Path, config: &Value, extra_users: usize) -> Result<()> {
 fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> TlsFiles {
+        TlsFiles { cert_file: "/run/b/tls-chain.pem".into(), key_file: "/run/b/tls-key.pem".into() }
+    }
+
+    fn make(kind: TargetKind, tls: Option<&TlsFiles>) -> Value {
+        let sink = SocketAddr::from(([127, 0, 0, 1], 9));
+        server_config(kind, 10_086, Uuid::nil(), sink, None, tls).expect("a config")
+    }
+
+    #[test]
+    fn plain_configs_have_no_tls() {
+        for kind in [TargetKind::Shardray, TargetKind::V2ray] {
+            let c = make(kind, None);
+            assert!(c["inbounds"][0].get("streamSettings").is_none(), "{kind}: {c}");
+        }
+        let c = make(TargetKind::SingBox, None);
+        assert!(c["inbounds"][0].get("tls").is_none(), "{c}");
+        assert!(server_config(TargetKind::Splice, 1, Uuid::nil(), SocketAddr::from(([127, 0, 0, 1], 9)), None, None)
+            .is_none());
+    }
+
+    #[test]
+    fn xray_style_configs_serve_tls_from_the_generated_files() {
+        for kind in [TargetKind::Shardray, TargetKind::V2ray] {
+            let c = make(kind, Some(&files()));
+            let inbound = &c["inbounds"][0];
+            assert_eq!(inbound["protocol"], "vless", "{kind}");
+            assert_eq!(inbound["port"], 10_086, "{kind}");
+            let stream = &inbound["streamSettings"];
+            assert_eq!(stream["network"], "tcp", "{kind}");
+            assert_eq!(stream["security"], "tls", "{kind}");
+            let tls = &stream["tlsSettings"];
+            assert_eq!(tls["alpn"], json!(["http/1.1"]), "{kind}");
+            assert_eq!(tls["serverName"], "localhost", "{kind}");
+            assert_eq!(tls["minVersion"], "1.3", "{kind}");
+            assert_eq!(
+                tls["certificates"],
+                json!([{ "certificateFile": "/run/b/tls-chain.pem", "keyFile": "/run/b/tls-key.pem" }]),
+                "{kind}"
+            );
+        }
+        // shardray keeps its loopback route with TLS on.
+        assert_eq!(make(TargetKind::Shardray, Some(&files()))["routing"]["rules"][0]["ip"], json!(["127.0.0.1/32"]));
+    }
+
+    #[test]
+    fn sing_box_serves_tls_from_the_generated_files() {
+        let c = make(TargetKind::SingBox, Some(&files()));
+        let inbound = &c["inbounds"][0];
+        assert_eq!(inbound["type"], "vless");
+        assert_eq!(inbound["listen_port"], 10_086);
+        assert_eq!(
+            inbound["tls"],
+            json!({
+                "enabled": true,
+                "server_name": "localhost",
+                "alpn": ["http/1.1"],
+                "min_version": "1.3",
+                "certificate_path": "/run/b/tls-chain.pem",
+                "key_path": "/run/b/tls-key.pem"
+            })
+        );
+    }
+
+    #[test]
+    fn the_splice_relay_refuses_tls() {
+        let dir = std::env::temp_dir().join(format!("shardray-bench-splice-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let material = TlsMaterial::generate(&dir).unwrap();
+        let spec = TargetSpec {
+            kind: TargetKind::Splice,
+            bin: "/bin/false".into(),
+            shards: 1,
+            api: false,
+            extra_users: 0,
+            tls: Some(Arc::new(material)),
+        };
+        assert_eq!(spec.protocol(), "vless-tls");
+        let sink = SocketAddr::from(([127, 0, 0, 1], 9));
+        let err = spec.start(&dir, sink, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("plain VLESS only"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,5 +1,6 @@
 //! The `throughput` scenario: N parallel streams of B bytes each, up or down, through each
-//! target in turn; what the client sees and what the target process spends.
+//! target in turn (plain VLESS, or VLESS over TLS); what the client sees and what the target
+//! process spends.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
@@ -35,6 +36,8 @@ pub struct Scenario {
 pub struct RunRecord {
     /// Target name.
     pub target: String,
+    /// "vless" (plain TCP) or "vless-tls".
+    pub protocol: &'static str,
     /// "up" or "down".
     pub direction: &'static str,
     /// 1-based run number.
@@ -155,6 +158,7 @@ fn measure(
     let gb = moved as f64 / 1e9;
     Ok(RunRecord {
         target: spec.kind.to_string(),
+        protocol: spec.protocol(),
         direction: direction(flow),
         run,
         streams: scenario.streams,
