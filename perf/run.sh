@@ -1,16 +1,20 @@
 #!/bin/sh
 # Side-by-side bulk VLESS throughput: shardray against sing-box 1.14.4, V2Ray 4.45.2 and the bare
 # splice relay (`shardray-bench splice-relay`, the floor for a userspace relay),
-# measured in one run on this machine; short connections against sing-box; the memory and CPU
+# measured in one run on this machine; short connections against sing-box; both again with
+# VLESS over TLS 1.3 (a certificate generated per run; the splice relay, plain only, is
+# skipped there); the memory and CPU
 # that 2,000 idle tunnels cost shardray, sing-box and V2Ray; then shardray's API figures
 # (AddUser round trip idle and with traffic, QueryStats and RSS at 100,000 and 1,000,000 users);
 # appended as one dated section to perf/RESULTS.md, and drawn as charts in perf/report.html
 # (one self-contained page: CPU per GB, latency CDFs, RSS per idle tunnel, RSS over time).
 #
-#   perf/run.sh                      everything, about 6 minutes on 2 cores
+#   perf/run.sh                      everything, about 8 minutes on 2 cores
+#   TLS=0 perf/run.sh                plain VLESS only (no TLS step after throughput, connrate)
 #   SCENARIOS=api perf/run.sh        only the API figures (also: throughput, connrate, idle)
 #   SCENARIOS=idle IDLE_TUNNELS=5000 perf/run.sh
 #   TARGETS=shardray,sing-box,v2ray STREAMS=8 BYTES=128MiB RUNS=5 perf/run.sh
+#   CONNRATE_TARGETS=shardray,sing-box,v2ray SCENARIOS=connrate perf/run.sh
 #   BUILD=0 perf/run.sh              use the binaries already built in the target directory
 #
 # Honours CARGO_TARGET_DIR. Loopback only.
@@ -26,6 +30,9 @@ BYTES=${BYTES:-256MiB}
 DIRECTION=${DIRECTION:-both}
 RUNS=${RUNS:-3}
 SHARDS=${SHARDS:-2}
+# After each plain throughput and connrate step, the same over TLS (1) or not (0).
+TLS=${TLS:-1}
+CONNRATE_TARGETS=${CONNRATE_TARGETS:-shardray,sing-box}
 # API churn: calls and pace on an idle server, then with traffic streams flowing.
 CHURN_OPS=${CHURN_OPS:-10000}
 CHURN_RATE=${CHURN_RATE:-1000}
@@ -48,28 +55,36 @@ section=$(mktemp)
 tmp=$(mktemp -d)
 trap 'rm -rf "$section" "$tmp"' EXIT
 
-if wants throughput; then
-    eval "$(perf/peers.sh)"
-    args="throughput --target $TARGETS --streams $STREAMS --bytes $BYTES --direction $DIRECTION --runs $RUNS --shards $SHARDS"
-    # shellcheck disable=SC2086 # $args is split on purpose
-    table=$("$bench" $args --json-out "$tmp/throughput.json" \
+# step NAME ARGS...: runs shardray-bench ARGS with the peers' binaries, saving JSON as
+# $tmp/NAME.json, and appends the command and its table to the section.
+step() {
+    name=$1
+    shift
+    table=$("$bench" "$@" --json-out "$tmp/$name.json" \
         --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX" --v2ray-bin "$V2RAY")
     {
-        printf '```\nshardray-bench %s\n```\n\n' "$args"
+        [ ! -s "$section" ] || printf '\n'
+        printf '```\nshardray-bench %s\n```\n\n' "$*"
         printf '%s\n' "$table"
     } >>"$section"
+}
+
+if wants throughput || wants connrate; then eval "$(perf/peers.sh)"; fi
+
+if wants throughput; then
+    args="throughput --target $TARGETS --streams $STREAMS --bytes $BYTES --direction $DIRECTION --runs $RUNS --shards $SHARDS"
+    # shellcheck disable=SC2086 # $args is split on purpose
+    step throughput $args
+    # shellcheck disable=SC2086 # $args is split on purpose
+    if [ "$TLS" != 0 ]; then step throughput.tls $args --tls; fi
 fi
 
 if wants connrate; then
-    eval "$(perf/peers.sh sing-box)"
-    args="connrate --target shardray,sing-box --parallel 32 --duration 10 --runs 3 --shards $SHARDS"
+    args="connrate --target $CONNRATE_TARGETS --parallel 32 --duration 10 --runs 3 --shards $SHARDS"
     # shellcheck disable=SC2086 # $args is split on purpose
-    table=$("$bench" $args --json-out "$tmp/connrate.json" \
-        --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX")
-    {
-        printf '\n```\nshardray-bench %s\n```\n\n' "$args"
-        printf '%s\n' "$table"
-    } >>"$section"
+    step connrate $args
+    # shellcheck disable=SC2086 # $args is split on purpose
+    if [ "$TLS" != 0 ]; then step connrate.tls $args --tls; fi
 fi
 
 if wants idle; then
