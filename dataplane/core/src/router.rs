@@ -344,7 +344,6 @@ impl Router {
                 }
             }
         };
-        check(&index.unfiled);
         if let Some(list) = input.user.and_then(|u| index.by_user.get(u)) {
             check(list);
         }
@@ -373,6 +372,8 @@ impl Router {
                 }
             }
         }
+        // Last, so that a match found by lookup bounds how far these are scanned.
+        check(&index.unfiled);
         best
     }
 
