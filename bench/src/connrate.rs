@@ -22,7 +22,7 @@ use shardray_wire::vless::{Command, RequestHeader};
 use crate::pattern::{self, PERIOD};
 use crate::procstat::{self, RssSampler, RssSeries};
 use crate::report::protocol_line;
-use crate::report::{median, CdfPoint, Latencies, Latency, Machine};
+use crate::report::{groups, median, CdfPoint, Latencies, Latency, Machine};
 use crate::target::{RunningTarget, TargetSpec};
 use crate::tls::{self, ProxyStream};
 
@@ -388,16 +388,9 @@ fn short_echo(e: io::Error) -> io::Error {
 impl ConnrateReport {
     /// Builds the report, computing medians per target in first-seen order.
     pub fn new(scenario: &Connrate, command: String, runs: Vec<ConnRecord>) -> ConnrateReport {
-        let mut names: Vec<String> = Vec::new();
-        for r in &runs {
-            if !names.contains(&r.target) {
-                names.push(r.target.clone());
-            }
-        }
-        let mut medians: Vec<ConnMedian> = names
+        let mut medians: Vec<ConnMedian> = groups(&runs, |r| r.target.clone())
             .into_iter()
-            .map(|target| {
-                let group: Vec<&ConnRecord> = runs.iter().filter(|r| r.target == target).collect();
+            .map(|(target, group)| {
                 let protocol = group.first().map_or(tls::PROTOCOL_PLAIN, |r| r.protocol);
                 let m = |f: &dyn Fn(&ConnRecord) -> f64| median(group.iter().map(|r| f(r)).collect());
                 let serial: Vec<&PassRecord> = group.iter().filter_map(|r| r.serial.as_ref()).collect();

@@ -23,7 +23,7 @@ use crate::client;
 use crate::pattern::{self, PERIOD};
 use crate::procstat::{self, RssSampler, RssSeries};
 use crate::progress::Progress;
-use crate::report::{median, Machine};
+use crate::report::{groups, median, Machine};
 use crate::sink::IdleEcho;
 use crate::target::{RunningTarget, TargetSpec};
 
@@ -499,16 +499,9 @@ fn check_sample(tunnels: &mut [Tunnel], scenario: &Idle, errors: &mut Vec<String
 impl IdleReport {
     /// Builds the report, computing medians per target in first-seen order.
     pub fn new(scenario: &Idle, command: String, runs: Vec<IdleRecord>) -> IdleReport {
-        let mut names: Vec<String> = Vec::new();
-        for r in &runs {
-            if !names.contains(&r.target) {
-                names.push(r.target.clone());
-            }
-        }
-        let mut medians: Vec<IdleMedian> = names
+        let mut medians: Vec<IdleMedian> = groups(&runs, |r| r.target.clone())
             .into_iter()
-            .map(|target| {
-                let group: Vec<&IdleRecord> = runs.iter().filter(|r| r.target == target).collect();
+            .map(|(target, group)| {
                 let m = |f: fn(&IdleRecord) -> f64| median(group.iter().map(|r| f(r)).collect());
                 IdleMedian {
                     runs: group.len(),

@@ -85,20 +85,9 @@ impl Report {
     /// Builds the report, computing medians per (target, protocol, direction) in first-seen
     /// order.
     pub fn new(runs: Vec<RunRecord>) -> Report {
-        let mut keys: Vec<(String, &'static str, &'static str)> = Vec::new();
-        for r in &runs {
-            let key = (r.target.clone(), r.protocol, r.direction);
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
-        }
-        let mut medians: Vec<Median> = keys
+        let mut medians: Vec<Median> = groups(&runs, |r| (r.target.clone(), r.protocol, r.direction))
             .into_iter()
-            .map(|(target, protocol, direction)| {
-                let group: Vec<&RunRecord> = runs
-                    .iter()
-                    .filter(|r| r.target == target && r.protocol == protocol && r.direction == direction)
-                    .collect();
+            .map(|((target, protocol, direction), group)| {
                 let m = |f: fn(&RunRecord) -> f64| median(group.iter().map(|r| f(r)).collect());
                 Median {
                     target,
@@ -274,6 +263,19 @@ impl Latency {
     pub fn cells(&self) -> String {
         format!("{} | {:.0} | {:.0} | {:.0} | {:.0}", self.count, self.p50_us, self.p99_us, self.p999_us, self.max_us)
     }
+}
+
+/// `runs` grouped by `key`, the groups in the order their keys first appear.
+pub fn groups<R, K: PartialEq>(runs: &[R], key: impl Fn(&R) -> K) -> Vec<(K, Vec<&R>)> {
+    let mut out: Vec<(K, Vec<&R>)> = Vec::new();
+    for r in runs {
+        let k = key(r);
+        match out.iter_mut().find(|(have, _)| *have == k) {
+            Some((_, group)) => group.push(r),
+            None => out.push((k, vec![r])),
+        }
+    }
+    out
 }
 
 /// The median of `values` (mean of the middle two for an even count); 0 when empty.

@@ -650,6 +650,21 @@ fn typed(type_name: &str, message: &impl Message) -> TypedMessage {
 /// Our own AlterInbound operation types live in this package.
 const OURS: &str = "shardray.app.proxyman.command";
 
+/// Makes one call per `(tag, item)` in order, stopping at the first the server refuses;
+/// returns the tags of the calls that succeeded.
+async fn in_order<T, F, Fut>(items: impl IntoIterator<Item = (String, T)>, mut call: F) -> Result<Vec<String>, Failure>
+where
+    F: FnMut(T) -> Fut,
+    Fut: Future<Output = Result<(), Status>>,
+{
+    let mut done = Vec::new();
+    for (tag, item) in items {
+        call(item).await.map_err(Failure::Rpc)?;
+        done.push(tag);
+    }
+    Ok(done)
+}
+
 /// The JSON document and exit status of a command that reached its end.
 type Outcome = Result<(Value, u8), Failure>;
 
@@ -779,14 +794,12 @@ async fn execute(command: ApiCommand) -> Outcome {
         }
         ApiCommand::Adi { files, .. } => {
             let inbounds = files::inbound_configs(&files)?;
-            let api = Api::connect(&conn).await?;
-            let mut added = Vec::new();
-            for inbound in inbounds {
-                let tag = inbound.tag.clone();
+            let api = &Api::connect(&conn).await?;
+            let added = in_order(inbounds.into_iter().map(|i| (i.tag.clone(), i)), |inbound| async move {
                 let request = api.request(handler_pb::AddInboundRequest { inbound: Some(inbound) });
-                api.call(api.handler().add_inbound(request)).await.map_err(Failure::Rpc)?;
-                added.push(tag);
-            }
+                api.call(api.handler().add_inbound(request)).await.map(drop)
+            })
+            .await?;
             Ok((json!({ "added": added }), 0))
         }
         ApiCommand::Ado { files, .. } => {
@@ -797,36 +810,32 @@ async fn execute(command: ApiCommand) -> Outcome {
                 let specs = crate::config::outbounds_of(&doc).map_err(|e| Failure::Input(format!("{file}: {e}")))?;
                 outbounds.extend(specs.iter().map(crate::convert::routes::outbound_config));
             }
-            let api = Api::connect(&conn).await?;
-            let mut added = Vec::new();
-            for outbound in outbounds {
-                let tag = outbound.tag.clone();
+            let api = &Api::connect(&conn).await?;
+            let added = in_order(outbounds.into_iter().map(|o| (o.tag.clone(), o)), |outbound| async move {
                 let request = api.request(handler_pb::AddOutboundRequest { outbound: Some(outbound) });
-                api.call(api.handler().add_outbound(request)).await.map_err(Failure::Rpc)?;
-                added.push(tag);
-            }
+                api.call(api.handler().add_outbound(request)).await.map(drop)
+            })
+            .await?;
             Ok((json!({ "added": added }), 0))
         }
         ApiCommand::Rmi { targets, .. } => {
             let tags = files::tags_or_files(&targets, "inbounds")?;
-            let api = Api::connect(&conn).await?;
-            let mut removed = Vec::new();
-            for tag in tags {
-                let request = api.request(handler_pb::RemoveInboundRequest { tag: tag.clone() });
-                api.call(api.handler().remove_inbound(request)).await.map_err(Failure::Rpc)?;
-                removed.push(tag);
-            }
+            let api = &Api::connect(&conn).await?;
+            let removed = in_order(tags.into_iter().map(|t| (t.clone(), t)), |tag| async move {
+                let request = api.request(handler_pb::RemoveInboundRequest { tag });
+                api.call(api.handler().remove_inbound(request)).await.map(drop)
+            })
+            .await?;
             Ok((json!({ "removed": removed }), 0))
         }
         ApiCommand::Rmo { targets, .. } => {
             let tags = files::tags_or_files(&targets, "outbounds")?;
-            let api = Api::connect(&conn).await?;
-            let mut removed = Vec::new();
-            for tag in tags {
-                let request = api.request(handler_pb::RemoveOutboundRequest { tag: tag.clone() });
-                api.call(api.handler().remove_outbound(request)).await.map_err(Failure::Rpc)?;
-                removed.push(tag);
-            }
+            let api = &Api::connect(&conn).await?;
+            let removed = in_order(tags.into_iter().map(|t| (t.clone(), t)), |tag| async move {
+                let request = api.request(handler_pb::RemoveOutboundRequest { tag });
+                api.call(api.handler().remove_outbound(request)).await.map(drop)
+            })
+            .await?;
             Ok((json!({ "removed": removed }), 0))
         }
         ApiCommand::AdRules { append, files, .. } => {

@@ -6,6 +6,7 @@ pub mod inbound;
 pub mod routes;
 
 use std::fmt;
+use std::net::IpAddr;
 
 use prost::Message;
 use shardray_core::spec::UserSpec;
@@ -141,6 +142,23 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
 pub fn vless_user(user: &UserSpec) -> User {
     let account = vless::Account { id: user.id.to_string(), ..Default::default() };
     User { level: user.level, email: user.email.clone(), account: Some(typed("xray.proxy.vless.Account", &account)) }
+}
+
+/// An IP address from the API's bytes (4 or 16 of them).
+pub fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+/// An IP address as the API's bytes.
+pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
 }
 
 /// Wraps a message in a TypedMessage of the given type name.

@@ -255,6 +255,17 @@ pub fn fixed_port() -> u16 {
         .expect("a free port below the ephemeral range")
 }
 
+/// A server with `vless_config`'s inbound (Alice as its user), the HandlerService and
+/// StatsService on a loopback API, and 2 shards; with a client of its API.
+pub fn api_server() -> (Shardray, api::ApiClient) {
+    let mut config =
+        vless_config(serde_json::json!([{ "id": ALICE, "email": "alice@example.com" }]), serde_json::json!({}));
+    config["api"] = loopback_api(&["HandlerService", "StatsService"]);
+    let server = Shardray::start(&config, 2);
+    let client = api::ApiClient::connect(server.api.unwrap());
+    (server, client)
+}
+
 /// Polls `cond` every 10 ms until it holds or `within` passes.
 pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;

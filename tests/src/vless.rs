@@ -78,3 +78,27 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Opens a session as `user` to the echo server at `echo` and proves it works; returns it.
+pub fn open_session(proxy: SocketAddr, user: &str, echo: SocketAddr) -> TcpStream {
+    let mut s = connect(proxy).unwrap();
+    let mut first = request(user, echo);
+    first.extend_from_slice(b"ping");
+    s.write_all(&first).unwrap();
+    let mut back = [0u8; 6];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"\0\0ping");
+    s
+}
+
+/// Whether the server closes `s` within `within`: a read sees end of stream or a reset, not a
+/// timeout.
+pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+    }
+}

@@ -3,7 +3,6 @@
 //! its users' sessions, bad requests get precise codes, and `--state` keeps both across a
 //! `kill -9`.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::vless as vless_pb;
 use shardray_tests::api::{typed, vless_user, ApiClient};
 use shardray_tests::servers::EchoServer;
-use shardray_tests::{fixed_port, run_cli, vless, vless_config, wait_until, Shardray, ALICE};
+use shardray_tests::{api_server, fixed_port, run_cli, vless, vless_config, wait_until, Shardray, ALICE};
 use tonic::Code;
 
 const BOB: &str = "5f2c86f0-63b1-4d7c-9a43-3f3b2d6c0a11";
@@ -57,40 +56,10 @@ fn inbound_tags(api: &ApiClient) -> Vec<String> {
     reply.into_inner().inbounds.into_iter().map(|i| i.tag).collect()
 }
 
-fn server() -> (Shardray, ApiClient) {
-    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
-    config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
-    let server = Shardray::start(&config, 2);
-    let api = ApiClient::connect(server.api.unwrap());
-    (server, api)
-}
-
-fn open_session(proxy: SocketAddr, user: &str, echo: SocketAddr) -> TcpStream {
-    let mut s = vless::connect(proxy).unwrap();
-    let mut first = vless::request(user, echo);
-    first.extend_from_slice(b"ping");
-    s.write_all(&first).unwrap();
-    let mut back = [0u8; 6];
-    s.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"\0\0ping");
-    s
-}
-
-/// Whether the peer has closed `s` (end of stream or reset) within `within`.
-fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 16];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
-    }
-}
-
 #[test]
 fn an_added_inbound_serves_on_every_core_when_the_call_returns() {
     let echo = EchoServer::start();
-    let (_server, api) = server();
+    let (_server, api) = api_server();
     let port = fixed_port();
     add_inbound(&api, vless_inbound("added", port, &[("bob@example.com", BOB)])).unwrap();
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -126,11 +95,11 @@ fn an_added_inbound_serves_on_every_core_when_the_call_returns() {
 #[test]
 fn a_removed_inbound_stops_listening_and_its_sessions_close() {
     let echo = EchoServer::start();
-    let (server, api) = server();
+    let (server, api) = api_server();
     let proxy = server.inbound("vless-in");
-    let mut live = open_session(proxy, ALICE, echo.addr());
+    let mut live = vless::open_session(proxy, ALICE, echo.addr());
     remove_inbound(&api, "vless-in").unwrap();
-    assert!(closed_within(&mut live, Duration::from_secs(2)), "the live session was not closed");
+    assert!(vless::closed_within(&mut live, Duration::from_secs(2)), "the live session was not closed");
     // Every shard's listener is closed: nothing accepts on the port any more.
     let refused = TcpStream::connect_timeout(&proxy, Duration::from_secs(2));
     assert!(refused.is_err(), "the port still accepts connections");
@@ -143,7 +112,7 @@ fn a_removed_inbound_stops_listening_and_its_sessions_close() {
 
 #[test]
 fn bad_requests_get_precise_codes_and_change_nothing() {
-    let (server, api) = server();
+    let (server, api) = api_server();
     let port = fixed_port();
     let status = add_inbound(&api, vless_inbound("vless-in", port, &[])).unwrap_err();
     assert_eq!((status.code(), status.message()), (Code::AlreadyExists, "existing tag found: vless-in"));
@@ -225,7 +194,7 @@ fn inbounds_added_and_removed_survive_kill_9_with_their_users() {
 #[test]
 fn the_cli_adds_inbounds_from_a_config_file_and_removes_them() {
     let echo = EchoServer::start();
-    let (server, api) = server();
+    let (server, api) = api_server();
     let port = fixed_port();
     let file = server.dir.path().join("more.json");
     let more = json!({ "inbounds": [{

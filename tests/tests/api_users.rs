@@ -2,7 +2,6 @@
 //! time, applied on every core before the call returns.
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -11,47 +10,15 @@ use shardray_tests::api::{
     SetUserLevelOperation,
 };
 use shardray_tests::servers::EchoServer;
-use shardray_tests::{vless, vless_config, wait_until, Shardray, ALICE};
+use shardray_tests::{api_server, vless, vless_config, wait_until, Shardray, ALICE};
 use tonic::Code;
 
 const NEW: &str = "5f2c86f0-63b1-4d7c-9a43-3f3b2d6c0a11";
 
-fn server() -> (Shardray, ApiClient) {
-    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
-    config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
-    let server = Shardray::start(&config, 2);
-    let api = ApiClient::connect(server.api.unwrap());
-    (server, api)
-}
-
-/// Opens a session and proves it works; returns the stream.
-fn open_session(proxy: SocketAddr, user: &str, echo: SocketAddr) -> std::net::TcpStream {
-    let mut s = vless::connect(proxy).unwrap();
-    let mut first = vless::request(user, echo);
-    first.extend_from_slice(b"ping");
-    s.write_all(&first).unwrap();
-    let mut back = [0u8; 6];
-    s.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"\0\0ping");
-    s
-}
-
-/// Whether the server closes `s` within `within` (a read sees end of stream or a reset).
-fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf), Ok(0) | Err(_))
-        && {
-            // A timeout is an error too: tell it apart from a close.
-            s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
-            !matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
-        }
-}
-
 #[test]
 fn an_added_user_connects_at_once_on_every_core_fifty_times() {
     let echo = EchoServer::start();
-    let (server, api) = server();
+    let (server, api) = api_server();
     let proxy = server.inbound("vless-in");
     assert!(vless::round_trip(proxy, NEW, echo.addr(), b"x").unwrap_or_default().is_empty(), "unknown before");
     api.add_user("vless-in", "new@example.com", NEW, 0).unwrap();
@@ -81,16 +48,16 @@ fn an_added_user_connects_at_once_on_every_core_fifty_times() {
 #[test]
 fn a_removed_user_is_refused_and_its_live_sessions_close() {
     let echo = EchoServer::start();
-    let (server, api) = server();
+    let (server, api) = api_server();
     let proxy = server.inbound("vless-in");
     api.add_user("vless-in", "new@example.com", NEW, 0).unwrap();
-    let mut live: Vec<_> = (0..6).map(|_| open_session(proxy, NEW, echo.addr())).collect();
-    let mut other = open_session(proxy, ALICE, echo.addr());
+    let mut live: Vec<_> = (0..6).map(|_| vless::open_session(proxy, NEW, echo.addr())).collect();
+    let mut other = vless::open_session(proxy, ALICE, echo.addr());
 
     let started = Instant::now();
     api.remove_user("vless-in", "new@example.com").unwrap();
     for s in &mut live {
-        assert!(closed_within(s, Duration::from_secs(3)), "a live session survived removal");
+        assert!(vless::closed_within(s, Duration::from_secs(3)), "a live session survived removal");
     }
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(vless::round_trip(proxy, NEW, echo.addr(), b"x").unwrap_or_default().is_empty(), "removed user served");
@@ -106,7 +73,7 @@ fn a_removed_user_is_refused_and_its_live_sessions_close() {
 
 #[test]
 fn errors_carry_upstream_texts_and_precise_codes() {
-    let (_server, api) = server();
+    let (_server, api) = api_server();
     let e = api.add_user("vless-in", "alice@example.com", NEW, 0).unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
     assert!(e.message().ends_with("User alice@example.com already exists."), "{}", e.message());
@@ -141,7 +108,7 @@ fn errors_carry_upstream_texts_and_precise_codes() {
 
 #[test]
 fn list_and_count_inbounds_and_users() {
-    let (server, api) = server();
+    let (server, api) = api_server();
     let mut handler = api.handler();
     let req = shardray_proto::xray::app::proxyman::command::ListInboundsRequest { is_only_tags: true };
     let tags: Vec<String> =
@@ -177,7 +144,7 @@ fn list_and_count_inbounds_and_users() {
 #[test]
 fn handler_service_answers_under_the_v2ray_name_with_v2ray_accounts() {
     let echo = EchoServer::start();
-    let (server, api) = server();
+    let (server, api) = api_server();
     // V2Ray's VLESS account: id = 1, encryption = 2.
     #[derive(Clone, PartialEq, prost::Message)]
     struct V2rayAccount {
@@ -213,7 +180,7 @@ fn handler_service_answers_under_the_v2ray_name_with_v2ray_accounts() {
 #[test]
 fn our_operations_batch_replace_level_and_kick() {
     let echo = EchoServer::start();
-    let (server, api) = server();
+    let (server, api) = api_server();
     let proxy = server.inbound("vless-in");
     let ids: Vec<String> = (0..4).map(|i| format!("batch-{i}")).collect();
 
@@ -242,17 +209,17 @@ fn our_operations_batch_replace_level_and_kick() {
     assert_eq!(api.block_on(handler.get_inbound_users(req)).unwrap().into_inner().users[0].level, 5);
 
     // Kick closes live sessions but the user stays and can reconnect.
-    let mut s = open_session(proxy, &ids[2], echo.addr());
+    let mut s = vless::open_session(proxy, &ids[2], echo.addr());
     api.ours("vless-in", "KickUserOperation", &KickUserOperation { email: "b2@x".into() }).unwrap();
-    assert!(closed_within(&mut s, Duration::from_secs(3)));
+    assert!(vless::closed_within(&mut s, Duration::from_secs(3)));
     assert_eq!(vless::round_trip(proxy, &ids[2], echo.addr(), b"again").unwrap(), b"again");
 
     // Replace: only the new set remains; alice's live session is closed.
-    let mut alice = open_session(proxy, ALICE, echo.addr());
+    let mut alice = vless::open_session(proxy, ALICE, echo.addr());
     let set = vec![vless_user("solo@x", NEW, 0)];
     api.ours("vless-in", "ReplaceUsersOperation", &ReplaceUsersOperation { users: set }).unwrap();
     assert_eq!(api.user_emails("vless-in").unwrap(), ["solo@x"]);
-    assert!(closed_within(&mut alice, Duration::from_secs(3)));
+    assert!(vless::closed_within(&mut alice, Duration::from_secs(3)));
     assert!(vless::round_trip(proxy, ALICE, echo.addr(), b"x").unwrap_or_default().is_empty());
     assert_eq!(vless::round_trip(proxy, NEW, echo.addr(), b"solo").unwrap(), b"solo");
 }
@@ -282,7 +249,7 @@ fn a_level_change_applies_to_live_sessions() {
         s.read_exact(&mut back).unwrap();
     };
 
-    let mut s = open_session(proxy, ALICE, echo.addr()); // 4 bytes up
+    let mut s = vless::open_session(proxy, ALICE, echo.addr()); // 4 bytes up
     echo_through(&mut s, 96);
     level(1);
     echo_through(&mut s, 50); // not counted under level 1
@@ -293,6 +260,6 @@ fn a_level_change_applies_to_live_sessions() {
     // Under level 1 the same live session now has a one-second idle timeout.
     level(1);
     let started = Instant::now();
-    assert!(closed_within(&mut s, Duration::from_secs(4)), "the new level's connIdle did not apply");
+    assert!(vless::closed_within(&mut s, Duration::from_secs(4)), "the new level's connIdle did not apply");
     assert!(started.elapsed() >= Duration::from_millis(800), "closed too early: {:?}", started.elapsed());
 }

@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::json;
 use shardray_tests::api::{vless_user, AddUsersOperation, ApiClient, RemoveUsersOperation};
 use shardray_tests::servers::EchoServer;
-use shardray_tests::{vless, vless_config, wait_until, Shardray, ALICE};
+use shardray_tests::{api_server, vless, wait_until};
 
 fn id(i: u32) -> String {
     format!("00000000-0000-4000-8000-{i:012x}")
@@ -16,14 +15,6 @@ fn id(i: u32) -> String {
 
 fn email(i: u32) -> String {
     format!("u{i}@churn")
-}
-
-fn server() -> (Shardray, ApiClient) {
-    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
-    config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
-    let server = Shardray::start(&config, 2);
-    let api = ApiClient::connect(server.api.unwrap());
-    (server, api)
 }
 
 fn add(api: &ApiClient, users: impl Iterator<Item = u32>) {
@@ -53,7 +44,7 @@ fn send(api: &ApiClient, proxy: std::net::SocketAddr, echo: std::net::SocketAddr
 #[test]
 fn a_reused_slot_starts_at_zero_and_counts_only_its_new_user() {
     let echo = EchoServer::start();
-    let (server, api) = server();
+    let (server, api) = api_server();
     let proxy = server.inbound("vless-in");
 
     add(&api, 0..3);
@@ -83,7 +74,7 @@ fn a_reused_slot_starts_at_zero_and_counts_only_its_new_user() {
 #[test]
 fn query_stats_after_ten_thousand_adds_and_removes_names_exactly_the_live_users() {
     let echo = EchoServer::start();
-    let (server, api) = server();
+    let (server, api) = api_server();
     let proxy = server.inbound("vless-in");
 
     let mut live: BTreeMap<u32, i64> = BTreeMap::new();

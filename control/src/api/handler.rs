@@ -7,9 +7,7 @@ use prost::Message;
 use shardray_core::change::Change;
 use shardray_core::spec::UserSpec;
 use shardray_proto::shardray::app::proxyman::command as ours;
-use shardray_proto::xray::app::proxyman;
 use shardray_proto::xray::app::proxyman::command as pb;
-use shardray_proto::xray::common::net;
 use shardray_proto::xray::common::protocol::User;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::{InboundHandlerConfig, OutboundHandlerConfig};
@@ -18,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::ApiState;
 use crate::config::load_inbound;
-use crate::convert::inbound::inbound_json;
+use crate::convert::inbound::{inbound_json, receiver_config};
 use crate::convert::routes::outbound_spec;
 use crate::convert::{message_type, typed, user_spec, vless_user, Flavor};
 use crate::registry::{ChangeError, InboundUsers};
@@ -133,22 +131,8 @@ impl HandlerApi {
         if only_tag {
             return InboundHandlerConfig { tag: inbound.tag.clone(), ..Default::default() };
         }
-        let receiver = Some(inbound.spec.listen).map(|addr| {
-            let listen = net::IpOrDomain {
-                address: Some(net::ip_or_domain::Address::Ip(match addr.ip() {
-                    std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-                    std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-                })),
-            };
-            let port = u32::from(addr.port());
-            let range = net::PortRange { from: port, to: port };
-            let config = proxyman::ReceiverConfig {
-                port_list: Some(net::PortList { range: vec![range] }),
-                listen: Some(listen),
-                ..Default::default()
-            };
-            typed("xray.app.proxyman.ReceiverConfig", &config)
-        });
+        // Without stream settings: TLS keys are not handed out.
+        let receiver = Some(receiver_config(inbound.spec.listen, None));
         let proxy = (inbound.protocol == "vless").then(|| {
             let config = vless::inbound::Config {
                 clients: inbound.users.values().map(|u| vless_user(&u)).collect(),

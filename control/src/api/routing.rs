@@ -21,8 +21,8 @@ use tonic::{Request, Response, Status};
 
 use super::handler::change_status;
 use super::ApiState;
-use crate::convert::message_type;
 use crate::convert::routes::routing_specs;
+use crate::convert::{ip_bytes, ip_from_bytes, message_type};
 
 /// The service, ready to add to a router.
 pub fn service(state: Arc<ApiState>) -> anyhow::Result<pb::routing_service_server::RoutingServiceServer<RoutingApi>> {
@@ -69,21 +69,6 @@ pub(crate) fn route_status(e: &RouteError) -> Status {
             Status::not_found(message)
         }
         RouteError::EmptyRuleTag | RouteError::InvalidRule(_) => Status::invalid_argument(message),
-    }
-}
-
-fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => None,
-    }
-}
-
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
     }
 }
 

@@ -179,15 +179,7 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
         outbound_tag,
         balancer_tag,
     };
-    let has_condition = !spec.inbound_tags.is_empty()
-        || !spec.users.is_empty()
-        || !spec.domains.is_empty()
-        || !spec.ips.is_empty()
-        || !spec.ports.is_empty()
-        || spec.network.is_some()
-        || !spec.source_ips.is_empty()
-        || !spec.source_ports.is_empty();
-    if !has_condition {
+    if !spec.has_condition() {
         return Err(ConfigError::invalid(
             path,
             "a rule needs at least one condition (inboundTag, user, domain, ip, port, network, \

@@ -6,7 +6,7 @@
 //! (ReceiverConfig, TLS, dokodemo-door), the V2Ray form is read through its own definition.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 use serde_json::{json, Map, Value};
 use shardray_core::spec::{FallbackDest, InboundProtocol, InboundSpec, TlsVersion};
@@ -16,7 +16,8 @@ use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::{dokodemo, vless};
 use shardray_proto::xray::transport::internet::{tls, StreamConfig};
 
-use super::{message_type, typed, user_spec, vless_user, Flavor};
+use super::{ip_bytes, ip_from_bytes, message_type, typed, user_spec, vless_user, Flavor};
+use shardray_proto::xray::common::serial::TypedMessage;
 
 /// The TypedMessage names this module reads and writes.
 const RECEIVER: &str = "xray.app.proxyman.ReceiverConfig";
@@ -192,10 +193,9 @@ fn port_json(list: Option<&PortList>) -> Result<Value, InvalidInbound> {
 
 fn address_text(address: &IpOrDomain, field: &str) -> Result<String, InvalidInbound> {
     match &address.address {
-        Some(ip_or_domain::Address::Ip(bytes)) => match bytes.len() {
-            4 => Ok(IpAddr::from(<[u8; 4]>::try_from(&bytes[..]).unwrap_or_default()).to_string()),
-            16 => Ok(IpAddr::from(<[u8; 16]>::try_from(&bytes[..]).unwrap_or_default()).to_string()),
-            n => Err(invalid(format!("{field}.ip: {n} bytes is not an IPv4 or IPv6 address"))),
+        Some(ip_or_domain::Address::Ip(bytes)) => match ip_from_bytes(bytes) {
+            Some(ip) => Ok(ip.to_string()),
+            None => Err(invalid(format!("{field}.ip: {} bytes is not an IPv4 or IPv6 address", bytes.len()))),
         },
         Some(ip_or_domain::Address::Domain(domain)) => Ok(domain.clone()),
         None => Ok(String::new()),
@@ -370,11 +370,6 @@ fn dokodemo_json(config: &dokodemo::Config) -> Result<Value, InvalidInbound> {
 /// The API form of a config inbound, users and TLS keys included: what `shardray api adi`
 /// sends.
 pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
-    let ip = match spec.listen.ip() {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    };
-    let port = u32::from(spec.listen.port());
     let stream = spec.tls.as_ref().map(|t| {
         let version = |v: Option<TlsVersion>| match v {
             Some(TlsVersion::V1_2) => "1.2".to_owned(),
@@ -404,12 +399,6 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             ..Default::default()
         }
     });
-    let receiver = ReceiverConfig {
-        port_list: Some(PortList { range: vec![PortRange { from: port, to: port }] }),
-        listen: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(ip)) }),
-        stream_settings: stream,
-        ..Default::default()
-    };
     let proxy = match &spec.protocol {
         InboundProtocol::Vless(v) => {
             let fallbacks = v
@@ -440,8 +429,7 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
         }
         InboundProtocol::Dokodemo(d) => {
             let address = match &d.destination.addr {
-                shardray_wire::addr::Address::Ip(IpAddr::V4(v4)) => ip_or_domain::Address::Ip(v4.octets().to_vec()),
-                shardray_wire::addr::Address::Ip(IpAddr::V6(v6)) => ip_or_domain::Address::Ip(v6.octets().to_vec()),
+                shardray_wire::addr::Address::Ip(ip) => ip_or_domain::Address::Ip(ip_bytes(*ip)),
                 shardray_wire::addr::Address::Domain(name) => ip_or_domain::Address::Domain(name.to_string()),
             };
             let config = dokodemo::Config {
@@ -456,9 +444,21 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
     };
     InboundHandlerConfig {
         tag: spec.tag.clone(),
-        receiver_settings: Some(typed(RECEIVER, &receiver)),
+        receiver_settings: Some(receiver_config(spec.listen, stream)),
         proxy_settings: Some(proxy),
     }
+}
+
+/// The API form of where an inbound listens: its one port, its IP, and its stream settings.
+pub fn receiver_config(listen: SocketAddr, stream: Option<StreamConfig>) -> TypedMessage {
+    let port = u32::from(listen.port());
+    let receiver = ReceiverConfig {
+        port_list: Some(PortList { range: vec![PortRange { from: port, to: port }] }),
+        listen: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(ip_bytes(listen.ip()))) }),
+        stream_settings: stream,
+        ..Default::default()
+    };
+    typed(RECEIVER, &receiver)
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! decodes with fields we do not know is refused too.
 
 use std::fmt;
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 use prost::Message;
@@ -22,7 +21,7 @@ use shardray_proto::xray::core::OutboundHandlerConfig;
 use shardray_proto::xray::proxy::{blackhole, freedom};
 use shardray_wire::addr::{Address, Destination};
 
-use super::{message_type, typed};
+use super::{ip_bytes, ip_from_bytes, message_type, typed};
 
 /// An outbound or routing config from the API that shardray cannot run; the text names the
 /// field at fault.
@@ -198,21 +197,6 @@ fn blackhole_spec(c: &blackhole::Config) -> Result<BlackholeSpec, InvalidRoute> 
     Ok(BlackholeSpec { http_response })
 }
 
-fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => None,
-    }
-}
-
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-}
-
 /// An outbound as AddOutbound takes it.
 pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
     let sender_settings = spec.send_through.map(|ip| {
@@ -340,15 +324,7 @@ fn rule_spec(r: &router::RoutingRule, path: &str) -> Result<RuleSpec, InvalidRou
         outbound_tag,
         balancer_tag,
     };
-    let has_condition = !spec.inbound_tags.is_empty()
-        || !spec.users.is_empty()
-        || !spec.domains.is_empty()
-        || !spec.ips.is_empty()
-        || !spec.ports.is_empty()
-        || spec.network.is_some()
-        || !spec.source_ips.is_empty()
-        || !spec.source_ports.is_empty();
-    if !has_condition {
+    if !spec.has_condition() {
         return Err(invalid(format!("{path}: this rule has no effective fields")));
     }
     Ok(spec)

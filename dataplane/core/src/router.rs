@@ -11,6 +11,7 @@
 //! rule's `ip` or `domain` condition: only such a rule may send a user to a loopback or
 //! private address (see `is_private`).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -348,13 +349,7 @@ impl Router {
             check(list);
         }
         if let Some(name) = input.dest.domain() {
-            let lower;
-            let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                lower = name.to_ascii_lowercase();
-                lower.as_str()
-            } else {
-                name
-            };
+            let name = &*lowercase(name);
             if let Some(list) = index.by_full.get(name) {
                 check(list);
             }
@@ -427,6 +422,15 @@ impl Rule {
     }
 }
 
+/// A name in lowercase, for case-insensitive matching; allocates only if it has capitals.
+fn lowercase(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
 impl DomainSet {
     fn new(matchers: &[DomainMatcher]) -> Result<DomainSet, String> {
         let mut set = DomainSet::default();
@@ -443,14 +447,7 @@ impl DomainSet {
 
     /// `full:` is the name itself; `domain:` the name or any parent of it (at a label boundary).
     fn matches(&self, name: &str) -> bool {
-        // Compared case-insensitively without allocating on the common lowercase path.
-        let lower;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower = name.to_ascii_lowercase();
-            lower.as_str()
-        } else {
-            name
-        };
+        let name = &*lowercase(name);
         if self.full.contains(name) || (!self.parents.is_empty() && self.parents.contains_name_or_parent(name)) {
             return true;
         }

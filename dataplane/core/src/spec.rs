@@ -429,6 +429,20 @@ pub struct RuleSpec {
     pub balancer_tag: String,
 }
 
+impl RuleSpec {
+    /// Whether the rule has any condition at all (upstream refuses a rule without one).
+    pub fn has_condition(&self) -> bool {
+        !self.inbound_tags.is_empty()
+            || !self.users.is_empty()
+            || !self.domains.is_empty()
+            || !self.ips.is_empty()
+            || !self.ports.is_empty()
+            || self.network.is_some()
+            || !self.source_ips.is_empty()
+            || !self.source_ports.is_empty()
+    }
+}
+
 /// A domain condition, as written in `domain` rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DomainMatcher {

@@ -186,14 +186,16 @@ impl<'a> BufDir<'a> {
         BufDir { size: size.max(1), buf: None, prefix, start: 0, end: 0, eof: false, closed: false }
     }
 
-    fn done(&self) -> bool {
-        self.closed
-    }
-
     fn release(&mut self) {
         if let Some(buf) = self.buf.take() {
             give_buffer(buf);
         }
+    }
+}
+
+impl Direction for BufDir<'_> {
+    fn done(&self) -> bool {
+        self.closed
     }
 
     /// Moves as much as it can from `r` to `w`, adding the bytes read to `read`.
@@ -288,34 +290,6 @@ trait Direction {
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized;
-}
-
-impl Direction for BufDir<'_> {
-    fn done(&self) -> bool {
-        BufDir::done(self)
-    }
-
-    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
-    where
-        R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
-    {
-        BufDir::poll_move(self, cx, r, w, read)
-    }
-}
-
-impl Direction for SpliceDir<'_> {
-    fn done(&self) -> bool {
-        SpliceDir::done(self)
-    }
-
-    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
-    where
-        R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
-    {
-        SpliceDir::poll_move(self, cx, r, w, read)
-    }
 }
 
 /// Bytes one direction may read in one poll before the relay yields, so that a busy

@@ -113,10 +113,11 @@ pub(crate) async fn forward<C>(
         });
     }
     if ctx.log.access_enabled() {
-        let email_note = email.map(|e| format!(" email: {e}")).unwrap_or_default();
+        // Formatted straight into the log line: no string of its own per connection.
+        let (note, email) = email.map_or(("", ""), |e| (" email: ", e));
         ctx.log.access(format_args!(
-            "from {} accepted tcp:{} [{} >> {}]{}",
-            session.peer, session.dest, session.inbound.tag, outbound.tag, email_note
+            "from {} accepted tcp:{} [{} >> {}]{note}{email}",
+            session.peer, session.dest, session.inbound.tag, outbound.tag
         ));
     }
     // Removed or kicked while routing resolved a name.

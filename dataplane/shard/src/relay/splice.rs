@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
-use super::{poll_prefix, Moved, POLL_BUDGET};
+use super::{poll_prefix, Direction, Moved, POLL_BUDGET};
 
 /// Pipes a shard keeps for reuse. Kept small: an unprivileged user's pipes share a budget
 /// (/proc/sys/fs/pipe-user-pages-soft, 64 MiB of capacity by default), past which new pipes get
@@ -221,20 +221,16 @@ impl<'a> SpliceDir<'a> {
             closed: false,
         }
     }
+}
 
-    pub(super) fn done(&self) -> bool {
+impl Direction for SpliceDir<'_> {
+    fn done(&self) -> bool {
         self.closed
     }
 
     /// Moves what it can until the budget is spent or both ends would block, adding the bytes
     /// read to `read`.
-    pub(super) fn poll_move<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        r: &mut R,
-        w: &mut W,
-        read: &mut u64,
-    ) -> io::Result<Moved>
+    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
@@ -336,7 +332,9 @@ impl<'a> SpliceDir<'a> {
             progressed = true;
         }
     }
+}
 
+impl SpliceDir<'_> {
     /// Gives the pipe back to the pool if it is empty; a pipe with bytes in it is closed.
     fn release(&mut self) {
         if let Some(pipe) = self.pipe.take() {
