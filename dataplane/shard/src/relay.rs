@@ -122,8 +122,14 @@ thread_local! {
     static BUFFERS_OUT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// Pool buffers this thread has taken and not given back (tests).
+#[cfg(test)]
+pub(crate) fn buffers_out() -> usize {
+    BUFFERS_OUT.with(|n| n.get())
+}
+
 /// A buffer of `size` bytes from the pool, or a new one.
-fn take_buffer(size: usize) -> Box<[u8]> {
+pub(crate) fn take_buffer(size: usize) -> Box<[u8]> {
     #[cfg(test)]
     BUFFERS_OUT.with(|n| n.set(n.get() + 1));
     BUFFERS.with(|b| {
@@ -136,7 +142,7 @@ fn take_buffer(size: usize) -> Box<[u8]> {
 }
 
 /// Returns a buffer to the pool (its contents are stale).
-fn give_buffer(buf: Box<[u8]>) {
+pub(crate) fn give_buffer(buf: Box<[u8]>) {
     #[cfg(test)]
     BUFFERS_OUT.with(|n| n.set(n.get() - 1));
     BUFFERS.with(|b| {
@@ -178,12 +184,14 @@ struct BufDir<'a> {
     start: usize,
     end: usize,
     eof: bool,
+    /// A read failed after earlier reads filled part of the buffer: raised once that is written.
+    read_error: Option<io::Error>,
     closed: bool,
 }
 
 impl<'a> BufDir<'a> {
     fn new(size: usize, prefix: &'a [u8]) -> Self {
-        BufDir { size: size.max(1), buf: None, prefix, start: 0, end: 0, eof: false, closed: false }
+        BufDir { size: size.max(1), buf: None, prefix, start: 0, end: 0, eof: false, read_error: None, closed: false }
     }
 
     fn release(&mut self) {
@@ -228,6 +236,9 @@ impl Direction for BufDir<'_> {
             }
             self.start = 0;
             self.end = 0;
+            if let Some(e) = self.read_error.take() {
+                return Err(e);
+            }
             if *read >= budget {
                 // Enough for one turn: let the shard's other tasks run, then come back.
                 return Ok(Moved { progressed, more: true });
@@ -248,22 +259,32 @@ impl Direction for BufDir<'_> {
             }
             let size = self.size;
             let buf = self.buf.get_or_insert_with(|| take_buffer(size));
-            match Pin::new(&mut *r).poll_read(cx, buf) {
-                Poll::Ready(Ok(0)) => {
-                    self.eof = true;
-                    progressed = true;
+            // Fill the buffer from as many reads as are ready, so that the write is one large
+            // chunk (a TLS stream hands out one record per read).
+            while self.end < buf.len() {
+                match Pin::new(&mut *r).poll_read(cx, &mut buf[self.end..]) {
+                    Poll::Ready(Ok(0)) => {
+                        self.eof = true;
+                        progressed = true;
+                        break;
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.end += n;
+                        *read += n as u64;
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) if self.end == 0 => return Err(e),
+                    Poll::Ready(Err(e)) => {
+                        self.read_error = Some(e);
+                        break;
+                    }
+                    Poll::Pending => break,
                 }
-                Poll::Ready(Ok(n)) => {
-                    self.end = n;
-                    *read += n as u64;
-                    progressed = true;
-                }
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => {
-                    // Nothing to read and nothing held: wait without a buffer.
-                    self.release();
-                    return done(progressed);
-                }
+            }
+            if self.end == 0 && !self.eof {
+                // Nothing to read and nothing held: wait without a buffer.
+                self.release();
+                return done(progressed);
             }
         }
     }
@@ -460,10 +481,6 @@ mod tests {
         let ours = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let theirs = listener.accept().await.unwrap();
         (ours, theirs)
-    }
-
-    fn buffers_out() -> usize {
-        BUFFERS_OUT.with(|n| n.get())
     }
 
     /// client ⇄ relay ⇄ server, spliced or not: the prefix comes first, bytes pass both ways

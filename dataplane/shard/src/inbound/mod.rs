@@ -79,6 +79,8 @@ async fn serve_tls(
 ) {
     let peer = info.peer;
     let handshake = ctx.policy(0).handshake;
+    // Records out in one syscall, and in by large reads (see `TlsTcp`).
+    let stream = crate::transport::tls_tcp::TlsTcp::new(stream);
     let accepted = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
         glommio::timer::sleep(handshake).await;
         None
