@@ -215,6 +215,8 @@ impl Direction for BufDir<'_> {
         let budget = *read + POLL_BUDGET;
         let mut progressed = false;
         let done = |progressed: bool| Ok(Moved { progressed, more: false });
+        // Set once a read returned Pending, which registered the task to be woken.
+        let mut reader_waits = false;
         match poll_prefix(cx, w, &mut self.prefix) {
             Poll::Ready(Ok(wrote)) => progressed |= wrote,
             Poll::Ready(Err(e)) => return Err(e),
@@ -238,6 +240,11 @@ impl Direction for BufDir<'_> {
             self.end = 0;
             if let Some(e) = self.read_error.take() {
                 return Err(e);
+            }
+            if reader_waits {
+                // The last read found nothing and will wake the task: no point asking again.
+                self.release();
+                return done(progressed);
             }
             if *read >= budget {
                 // Enough for one turn: let the shard's other tasks run, then come back.
@@ -278,7 +285,10 @@ impl Direction for BufDir<'_> {
                         self.read_error = Some(e);
                         break;
                     }
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        reader_waits = true;
+                        break;
+                    }
                 }
             }
             if self.end == 0 && !self.eof {
