@@ -213,7 +213,7 @@ pub fn run(churn: &Churn, sink: SocketAddr, workdir: &Path) -> Result<ChurnRecor
     let mut spec = churn.target.clone();
     spec.api = true;
     let target = spec.start(workdir, sink, churn.startup)?;
-    let pid = target.pid();
+    let pid = target.started_pid()?;
     let mut api = ApiClient::connect(target.api.context("no API address")?, churn.timeout)?;
     let users_at_start = api.user_count().context("GetInboundUsersCount")?;
 

@@ -5,7 +5,6 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +13,7 @@ use shardray_wire::vless::{Command, RequestHeader};
 use uuid::Uuid;
 
 use crate::pattern::{self, Ack, Flow, Request, Verifier, ACK_LEN};
-use crate::tls::ProxyStream;
+use crate::tls::{ProxyStream, TlsClient};
 
 /// What one stream moved, as the client saw it.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +32,7 @@ pub struct VlessClient {
     /// The sink, as the destination in the VLESS header.
     pub sink: SocketAddr,
     /// TLS to the proxy with these settings; plain TCP when `None`.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub tls: Option<TlsClient>,
 }
 
 impl VlessClient {

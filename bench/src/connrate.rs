@@ -22,9 +22,9 @@ use shardray_wire::vless::{Command, RequestHeader};
 use crate::pattern::{self, PERIOD};
 use crate::procstat::{self, RssSampler, RssSeries};
 use crate::report::protocol_line;
-use crate::report::{groups, median, CdfPoint, Latencies, Latency, Machine};
+use crate::report::{cell, groups, median, median_measured, CdfPoint, Latencies, Latency, Machine};
 use crate::target::{RunningTarget, TargetSpec};
-use crate::tls::{self, ProxyStream};
+use crate::tls::{self, ProxyStream, TlsClient};
 
 /// Payload bytes per connection, each way.
 pub const PAYLOAD: usize = 64;
@@ -63,10 +63,11 @@ pub struct PassRecord {
     pub conns_per_s: f64,
     /// Connect to last echoed byte, successful connections only.
     pub latency: Latency,
-    /// CPU seconds (user + system, all threads) the target spent during the pass.
-    pub proxy_cpu_s: f64,
+    /// CPU seconds (user + system, all threads) the target spent during the pass; `None` for
+    /// an external target given without its pid.
+    pub proxy_cpu_s: Option<f64>,
     /// `proxy_cpu_s` per 1,000 connections, in milliseconds.
-    pub cpu_ms_per_1k: f64,
+    pub cpu_ms_per_1k: Option<f64>,
     /// CPU seconds the harness itself spent (clients and echo server).
     pub harness_cpu_s: f64,
     /// Every latency, for the merged distribution over runs (not saved).
@@ -87,10 +88,10 @@ pub struct ConnRecord {
     pub parallel: PassRecord,
     /// The one-at-a-time pass, if run.
     pub serial: Option<PassRecord>,
-    /// The target's peak RSS (VmHWM) in MiB after both passes.
-    pub peak_rss_mib: f64,
-    /// The target's RSS over both passes.
-    pub rss: RssSeries,
+    /// The target's peak RSS (VmHWM) in MiB after both passes; `None` when not measured.
+    pub peak_rss_mib: Option<f64>,
+    /// The target's RSS over both passes, when measured.
+    pub rss: Option<RssSeries>,
 }
 
 /// Medians over the runs of one target.
@@ -110,10 +111,10 @@ pub struct ConnMedian {
     pub p99_us: f64,
     /// 99.9th percentile.
     pub p999_us: f64,
-    /// Target CPU milliseconds per 1,000 connections in the parallel pass.
-    pub cpu_ms_per_1k: f64,
-    /// Peak RSS in MiB.
-    pub peak_rss_mib: f64,
+    /// Target CPU milliseconds per 1,000 connections in the parallel pass, when measured.
+    pub cpu_ms_per_1k: Option<f64>,
+    /// Peak RSS in MiB, when measured.
+    pub peak_rss_mib: Option<f64>,
     /// One-at-a-time latency percentiles (microseconds), when the serial pass ran.
     pub serial_p50_us: Option<f64>,
     /// 99th percentile of the serial pass.
@@ -133,8 +134,8 @@ pub struct ConnMedian {
 pub struct Ratios {
     /// Connections per second (higher is better).
     pub conns_per_s: f64,
-    /// CPU per connection (lower is better).
-    pub cpu_per_conn: f64,
+    /// CPU per connection (lower is better), when both CPUs were measured.
+    pub cpu_per_conn: Option<f64>,
     /// One-at-a-time p50 latency (lower is better).
     pub serial_p50: Option<f64>,
 }
@@ -177,7 +178,7 @@ pub fn run_all(
         for spec in specs {
             let target = spec.start(workdir, sink, scenario.startup)?;
             let record = measure(&target, spec, scenario, run, echo)
-                .with_context(|| format!("{} run {run}", spec.kind))
+                .with_context(|| format!("{} run {run}", spec.name()))
                 .map_err(|e| anyhow!("{e:#}\ntarget log:\n{}", target.log_tail()))?;
             target.stop()?;
             progress(&record);
@@ -204,7 +205,7 @@ fn measure(
     .encode(&mut head);
     let conn =
         ConnSpec { proxy: target.addr, head: Arc::new(head), timeout: scenario.conn_timeout, tls: target.tls.clone() };
-    let sampler = RssSampler::spawn(target.pid(), Duration::from_millis(100))?;
+    let sampler = target.pid().map(|pid| RssSampler::spawn(pid, Duration::from_millis(100))).transpose()?;
 
     let parallel = pass(target, &conn, scenario.parallel, scenario.duration, run)?;
     let serial = if scenario.serial_duration.is_zero() {
@@ -212,15 +213,15 @@ fn measure(
     } else {
         Some(pass(target, &conn, 1, scenario.serial_duration, run)?)
     };
-    let peak_rss_kib = procstat::peak_rss_kib(target.pid())?;
-    let rss = sampler.finish();
+    let peak_rss_kib = target.pid().map(procstat::peak_rss_kib).transpose()?;
+    let rss = sampler.map(RssSampler::finish);
     Ok(ConnRecord {
-        target: spec.kind.to_string(),
+        target: spec.name(),
         protocol: spec.protocol(),
         run,
         parallel,
         serial,
-        peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+        peak_rss_mib: peak_rss_kib.map(|kib| kib as f64 / 1024.0),
         rss,
     })
 }
@@ -233,7 +234,7 @@ struct ConnSpec {
     head: Arc<Vec<u8>>,
     timeout: Duration,
     /// TLS to the proxy with these settings; plain TCP when `None`.
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<TlsClient>,
 }
 
 /// What one client thread saw.
@@ -263,7 +264,7 @@ fn pass(target: &RunningTarget, conn: &ConnSpec, threads: usize, duration: Durat
         })?);
     }
 
-    let cpu_before = procstat::cpu_seconds(pid)?;
+    let cpu_before = pid.map(procstat::cpu_seconds).transpose()?;
     let own_before = procstat::own_cpu_seconds()?;
     start_line.wait();
     let started = Instant::now();
@@ -284,7 +285,7 @@ fn pass(target: &RunningTarget, conn: &ConnSpec, threads: usize, duration: Durat
     let wall = started.elapsed().as_secs_f64();
     // Let the target finish tearing down the last connections, so that is counted too.
     thread::sleep(Duration::from_millis(50));
-    let cpu = procstat::cpu_seconds(pid)? - cpu_before;
+    let cpu = procstat::since(pid.map(procstat::cpu_seconds).transpose()?, cpu_before);
     let own = procstat::own_cpu_seconds()? - own_before;
     if panicked > 0 {
         bail!("{panicked} client threads panicked");
@@ -302,7 +303,7 @@ fn pass(target: &RunningTarget, conn: &ConnSpec, threads: usize, duration: Durat
         conns_per_s: ok as f64 / wall,
         latency: latencies.summary(),
         proxy_cpu_s: cpu,
-        cpu_ms_per_1k: cpu * 1e3 / ok as f64 * 1e3,
+        cpu_ms_per_1k: cpu.map(|cpu| cpu * 1e3 / ok as f64 * 1e3),
         harness_cpu_s: own,
         latencies,
     })
@@ -393,6 +394,7 @@ impl ConnrateReport {
             .map(|(target, group)| {
                 let protocol = group.first().map_or(tls::PROTOCOL_PLAIN, |r| r.protocol);
                 let m = |f: &dyn Fn(&ConnRecord) -> f64| median(group.iter().map(|r| f(r)).collect());
+                let mm = |f: &dyn Fn(&ConnRecord) -> Option<f64>| median_measured(group.iter().map(|r| f(r)));
                 let serial: Vec<&PassRecord> = group.iter().filter_map(|r| r.serial.as_ref()).collect();
                 let sm = |f: fn(&PassRecord) -> f64| {
                     (!serial.is_empty()).then(|| median(serial.iter().map(|p| f(p)).collect()))
@@ -403,8 +405,8 @@ impl ConnrateReport {
                     p50_us: m(&|r| r.parallel.latency.p50_us),
                     p99_us: m(&|r| r.parallel.latency.p99_us),
                     p999_us: m(&|r| r.parallel.latency.p999_us),
-                    cpu_ms_per_1k: m(&|r| r.parallel.cpu_ms_per_1k),
-                    peak_rss_mib: m(&|r| r.peak_rss_mib),
+                    cpu_ms_per_1k: mm(&|r| r.parallel.cpu_ms_per_1k),
+                    peak_rss_mib: mm(&|r| r.peak_rss_mib),
                     serial_p50_us: sm(|p| p.latency.p50_us),
                     serial_p99_us: sm(|p| p.latency.p99_us),
                     errors: group.iter().map(|r| r.parallel.errors + r.serial.as_ref().map_or(0, |s| s.errors)).sum(),
@@ -421,7 +423,7 @@ impl ConnrateReport {
             for m in &mut medians {
                 m.vs_sing_box = Some(Ratios {
                     conns_per_s: ratio(m.conns_per_s, base.conns_per_s),
-                    cpu_per_conn: ratio(m.cpu_ms_per_1k, base.cpu_ms_per_1k),
+                    cpu_per_conn: m.cpu_ms_per_1k.zip(base.cpu_ms_per_1k).map(|(a, b)| ratio(a, b)),
                     serial_p50: m.serial_p50_us.zip(base.serial_p50_us).map(|(a, b)| ratio(a, b)),
                 });
             }
@@ -466,7 +468,7 @@ impl ConnrateReport {
             });
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.2} | {s50} | {s99} |",
+                "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.2} | {s50} | {s99} |",
                 r.target,
                 r.protocol,
                 r.run,
@@ -476,9 +478,9 @@ impl ConnrateReport {
                 p.latency.p50_us,
                 p.latency.p99_us,
                 p.latency.p999_us,
-                p.proxy_cpu_s,
-                p.cpu_ms_per_1k,
-                r.peak_rss_mib,
+                cell(p.proxy_cpu_s, 2),
+                cell(p.cpu_ms_per_1k, 0),
+                cell(r.peak_rss_mib, 1),
                 p.harness_cpu_s,
             );
         }
@@ -496,7 +498,7 @@ impl ConnrateReport {
             let r = md.vs_sing_box;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                 md.target,
                 md.protocol,
                 md.runs,
@@ -504,12 +506,12 @@ impl ConnrateReport {
                 md.p50_us,
                 md.p99_us,
                 md.p999_us,
-                md.cpu_ms_per_1k,
-                md.peak_rss_mib,
+                cell(md.cpu_ms_per_1k, 0),
+                cell(md.peak_rss_mib, 1),
                 opt(md.serial_p50_us, "", 0),
                 opt(md.serial_p99_us, "", 0),
                 opt(r.map(|r| r.conns_per_s), "×", 2),
-                opt(r.map(|r| r.cpu_per_conn), "×", 2),
+                opt(r.and_then(|r| r.cpu_per_conn), "×", 2),
                 opt(r.and_then(|r| r.serial_p50), "×", 2),
             );
         }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::procstat::RssSeries;
-use crate::report::{CdfPoint, Machine};
+use crate::report::{cell, CdfPoint, Machine};
 use crate::svg::{color, esc, BarChart, BarSeries, LineChart, LineSeries};
 
 /// One saved result: a name to show (its file name) and its JSON text.
@@ -43,8 +43,9 @@ struct ThroughputMedian {
     direction: String,
     runs: usize,
     gbit_s: f64,
-    cpu_s_per_gb: f64,
-    peak_rss_mib: f64,
+    /// Absent (null) for an external target measured without its pid, as below.
+    cpu_s_per_gb: Option<f64>,
+    peak_rss_mib: Option<f64>,
 }
 
 /// What every scenario's per-run records share, for the RSS plots.
@@ -79,7 +80,7 @@ struct ConnrateMedian {
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
-    cpu_ms_per_1k: f64,
+    cpu_ms_per_1k: Option<f64>,
     errors: u64,
     #[serde(default)]
     cdf: Vec<CdfPoint>,
@@ -102,13 +103,13 @@ struct IdleView {
 struct IdleMedian {
     target: String,
     runs: usize,
-    kib_per_tunnel: f64,
-    rss_before_mib: f64,
-    rss_with_mib: f64,
+    kib_per_tunnel: Option<f64>,
+    rss_before_mib: Option<f64>,
+    rss_with_mib: Option<f64>,
     #[serde(default)]
-    fds_per_tunnel: f64,
-    cpu_open_ms_per_1k: f64,
-    cpu_idle_ms_per_s: f64,
+    fds_per_tunnel: Option<f64>,
+    cpu_open_ms_per_1k: Option<f64>,
+    cpu_idle_ms_per_s: Option<f64>,
     failed: usize,
 }
 
@@ -284,7 +285,7 @@ fn throughput_section(out: &mut String, name: &str, v: &ThroughputView, colors: 
     source(out, name, "");
     let dirs = targets(v.medians.iter().map(|m| m.direction.as_str()));
     let names = targets(v.medians.iter().map(|m| m.target.as_str()));
-    let bars = |colors: &mut Colors, f: fn(&ThroughputMedian) -> f64| -> Vec<BarSeries> {
+    let bars = |colors: &mut Colors, f: fn(&ThroughputMedian) -> Option<f64>| -> Vec<BarSeries> {
         names
             .iter()
             .map(|t| BarSeries {
@@ -292,7 +293,7 @@ fn throughput_section(out: &mut String, name: &str, v: &ThroughputView, colors: 
                 color: colors.of(t),
                 values: dirs
                     .iter()
-                    .map(|d| v.medians.iter().find(|m| &m.target == t && &m.direction == d).map(f))
+                    .map(|d| v.medians.iter().find(|m| &m.target == t && &m.direction == d).and_then(f))
                     .collect(),
             })
             .collect()
@@ -307,7 +308,7 @@ fn throughput_section(out: &mut String, name: &str, v: &ThroughputView, colors: 
         title: "Throughput the client saw (median)".into(),
         y_label: "Gbit/s".into(),
         groups: dirs.clone(),
-        series: bars(colors, |m| m.gbit_s),
+        series: bars(colors, |m| Some(m.gbit_s)),
     };
     charts(out, &[cpu.render(), gbit.render(), rss_chart("Target RSS during run 1 (dashed: down)", &v.runs, colors)]);
     let rows: Vec<Vec<String>> = v
@@ -319,8 +320,8 @@ fn throughput_section(out: &mut String, name: &str, v: &ThroughputView, colors: 
                 m.direction.clone(),
                 m.runs.to_string(),
                 format!("{:.2}", m.gbit_s),
-                format!("{:.3}", m.cpu_s_per_gb),
-                format!("{:.1}", m.peak_rss_mib),
+                cell(m.cpu_s_per_gb, 3),
+                cell(m.peak_rss_mib, 1),
             ]
         })
         .collect();
@@ -358,13 +359,13 @@ fn connrate_section(out: &mut String, name: &str, v: &ConnrateView, colors: &mut
         svgs.push(cdf_chart("Latency CDF, one connection at a time (all runs)", v, |m| &m.serial_cdf, colors));
     }
     let names = targets(v.medians.iter().map(|m| m.target.as_str()));
-    let per_target = |colors: &mut Colors, f: fn(&ConnrateMedian) -> f64| -> Vec<BarSeries> {
+    let per_target = |colors: &mut Colors, f: fn(&ConnrateMedian) -> Option<f64>| -> Vec<BarSeries> {
         names
             .iter()
             .map(|t| BarSeries {
                 name: t.clone(),
                 color: colors.of(t),
-                values: vec![v.medians.iter().find(|m| &m.target == t).map(f)],
+                values: vec![v.medians.iter().find(|m| &m.target == t).and_then(f)],
             })
             .collect()
     };
@@ -390,7 +391,7 @@ fn connrate_section(out: &mut String, name: &str, v: &ConnrateView, colors: &mut
                 format!("{:.0}", m.p50_us),
                 format!("{:.0}", m.p99_us),
                 format!("{:.0}", m.p999_us),
-                format!("{:.0}", m.cpu_ms_per_1k),
+                cell(m.cpu_ms_per_1k, 0),
                 m.errors.to_string(),
             ]
         })
@@ -413,7 +414,7 @@ fn idle_section(out: &mut String, name: &str, v: &IdleView, colors: &mut Colors)
             .map(|t| BarSeries {
                 name: t.clone(),
                 color: colors.of(t),
-                values: vec![find(t).map(|m| m.kib_per_tunnel)],
+                values: vec![find(t).and_then(|m| m.kib_per_tunnel)],
             })
             .collect(),
     };
@@ -426,7 +427,7 @@ fn idle_section(out: &mut String, name: &str, v: &IdleView, colors: &mut Colors)
             .map(|t| BarSeries {
                 name: t.clone(),
                 color: colors.of(t),
-                values: vec![find(t).map(|m| m.rss_before_mib), find(t).map(|m| m.rss_with_mib)],
+                values: vec![find(t).and_then(|m| m.rss_before_mib), find(t).and_then(|m| m.rss_with_mib)],
             })
             .collect(),
     };
@@ -438,12 +439,12 @@ fn idle_section(out: &mut String, name: &str, v: &IdleView, colors: &mut Colors)
             vec![
                 m.target.clone(),
                 m.runs.to_string(),
-                format!("{:.1}", m.kib_per_tunnel),
-                format!("{:.1}", m.rss_before_mib),
-                format!("{:.1}", m.rss_with_mib),
-                format!("{:.1}", m.fds_per_tunnel),
-                format!("{:.0}", m.cpu_open_ms_per_1k),
-                format!("{:.2}", m.cpu_idle_ms_per_s),
+                cell(m.kib_per_tunnel, 1),
+                cell(m.rss_before_mib, 1),
+                cell(m.rss_with_mib, 1),
+                cell(m.fds_per_tunnel, 1),
+                cell(m.cpu_open_ms_per_1k, 0),
+                cell(m.cpu_idle_ms_per_s, 2),
                 m.failed.to_string(),
             ]
         })
@@ -468,6 +469,8 @@ fn idle_section(out: &mut String, name: &str, v: &IdleView, colors: &mut Colors)
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use serde_json::Value;
 
     use super::*;
     use crate::connrate::{ConnRecord, Connrate, ConnrateReport, PassRecord};
@@ -497,12 +500,12 @@ mod tests {
                     bytes_per_stream: 1 << 20,
                     wall_s: 1.0,
                     gbit_s: 10.0 + i as f64,
-                    proxy_cpu_s: 0.5,
-                    proxy_cpu_s_ticks: 0.5,
-                    cpu_s_per_gb: 0.3 + i as f64 / 10.0,
-                    peak_rss_mib: 12.0,
+                    proxy_cpu_s: Some(0.5),
+                    proxy_cpu_s_ticks: Some(0.5),
+                    cpu_s_per_gb: Some(0.3 + i as f64 / 10.0),
+                    peak_rss_mib: Some(12.0),
                     harness_cpu_s: 0.2,
-                    rss: rss(),
+                    rss: Some(rss()),
                 });
             }
         }
@@ -522,8 +525,8 @@ mod tests {
             error_samples: Vec::new(),
             conns_per_s: 1000.0,
             latency: latencies.summary(),
-            proxy_cpu_s: 0.1,
-            cpu_ms_per_1k: 100.0,
+            proxy_cpu_s: Some(0.1),
+            cpu_ms_per_1k: Some(100.0),
             harness_cpu_s: 0.1,
             latencies,
         }
@@ -551,8 +554,8 @@ mod tests {
                 run: 1,
                 parallel: pass(50 + 30 * i as u64),
                 serial: Some(pass(20 + 10 * i as u64)),
-                peak_rss_mib: 10.0,
-                rss: rss(),
+                peak_rss_mib: Some(10.0),
+                rss: Some(rss()),
             })
             .collect();
         serde_json::to_string(&ConnrateReport::new(&scenario, "connrate --target shardray,sing-box".into(), runs))
@@ -585,22 +588,22 @@ mod tests {
                 error_samples: Vec::new(),
                 open_s: 1.0,
                 upstream_open: 2000,
-                fds_before: 10,
-                fds_with: 4010,
-                rss_before_mib: 10.0,
-                rss_with_mib: 20.0,
-                rss_with_spread_mib: 0.1,
-                rss_after_close_mib: 12.0,
-                kib_per_tunnel: 5.12,
-                cpu_open_s: 0.2,
-                cpu_open_ms_per_1k: 100.0,
+                fds_before: Some(10),
+                fds_with: Some(4010),
+                rss_before_mib: Some(10.0),
+                rss_with_mib: Some(20.0),
+                rss_with_spread_mib: Some(0.1),
+                rss_after_close_mib: Some(12.0),
+                kib_per_tunnel: Some(5.12),
+                cpu_open_s: Some(0.2),
+                cpu_open_ms_per_1k: Some(100.0),
                 idle_s: 5.0,
-                cpu_idle_s: 0.0,
-                cpu_idle_ms_per_s: 0.0,
+                cpu_idle_s: Some(0.0),
+                cpu_idle_ms_per_s: Some(0.0),
                 closed_while_idle: 0,
                 checked: 100,
                 check_failed: 0,
-                rss: rss(),
+                rss: Some(rss()),
             })
             .collect();
         serde_json::to_string(&IdleReport::new(&scenario, "idle --tunnels 2000".into(), runs)).unwrap()
@@ -712,5 +715,26 @@ mod tests {
         let err = render("t", &[Input { name: "bad.json".into(), json: "{".into() }]).unwrap_err();
         assert!(format!("{err:#}").contains("bad.json"));
         assert!(render("t", &[]).is_err());
+    }
+
+    #[test]
+    fn an_external_target_without_cpu_figures_gets_no_cpu_bar_and_dashes() {
+        let mut report: Value = serde_json::from_str(&throughput_json()).unwrap();
+        let median = report["medians"][0].clone();
+        let mut external = median.clone();
+        external["target"] = "external(127.0.0.1:10086)".into();
+        for key in ["proxy_cpu_s", "cpu_s_per_gb", "cpu_per_gb_vs_sing_box", "peak_rss_mib"] {
+            external[key] = Value::Null;
+        }
+        report["medians"].as_array_mut().unwrap().push(external);
+        let inputs = vec![Input { name: "t.json".into(), json: report.to_string() }];
+        let html = render("external", &inputs).unwrap();
+        well_formed(&html).unwrap();
+        let section = html.split("<h2>Bulk throughput</h2>").nth(1).unwrap().split("</section>").next().unwrap();
+        let cpu_chart = section.split("</svg>").next().unwrap();
+        // The six bars of the three started targets; none invented for the external one.
+        assert_eq!(cpu_chart.matches(r#"class="bar""#).count(), 6);
+        assert!(section.contains("<td>external(127.0.0.1:10086)</td>"), "{section}");
+        assert!(section.contains("<td>–</td>"), "{section}");
     }
 }

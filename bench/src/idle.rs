@@ -23,7 +23,7 @@ use crate::client;
 use crate::pattern::{self, PERIOD};
 use crate::procstat::{self, RssSampler, RssSeries};
 use crate::progress::Progress;
-use crate::report::{groups, median, Machine};
+use crate::report::{cell, groups, median, median_measured, Machine};
 use crate::sink::IdleEcho;
 use crate::target::{RunningTarget, TargetSpec};
 
@@ -62,7 +62,8 @@ pub struct Idle {
     pub nofile_limit: u64,
 }
 
-/// One measurement of one target.
+/// One measurement of one target. The target's own figures (descriptors, RSS, CPU) are
+/// `None` for an external target given without its pid.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleRecord {
     /// Target name.
@@ -82,29 +83,29 @@ pub struct IdleRecord {
     /// Connections the echo server held once the tunnels were open: each tunnel's far end.
     pub upstream_open: usize,
     /// Descriptors the target had open before opening the tunnels.
-    pub fds_before: usize,
+    pub fds_before: Option<usize>,
     /// Descriptors the target had open with the tunnels open.
-    pub fds_with: usize,
+    pub fds_with: Option<usize>,
     /// Steady RSS before opening, in MiB (median of the samples).
-    pub rss_before_mib: f64,
+    pub rss_before_mib: Option<f64>,
     /// Steady RSS with the tunnels open, in MiB (median of the samples).
-    pub rss_with_mib: f64,
+    pub rss_with_mib: Option<f64>,
     /// Largest minus smallest of the samples with the tunnels open, in MiB.
-    pub rss_with_spread_mib: f64,
+    pub rss_with_spread_mib: Option<f64>,
     /// RSS after the tunnels closed and the settle delay, in MiB.
-    pub rss_after_close_mib: f64,
+    pub rss_after_close_mib: Option<f64>,
     /// `(rss_with - rss_before) / opened`, in KiB.
-    pub kib_per_tunnel: f64,
+    pub kib_per_tunnel: Option<f64>,
     /// CPU seconds (user + system, all threads) the target spent while the tunnels opened.
-    pub cpu_open_s: f64,
+    pub cpu_open_s: Option<f64>,
     /// `cpu_open_s` per 1,000 tunnels opened, in milliseconds.
-    pub cpu_open_ms_per_1k: f64,
+    pub cpu_open_ms_per_1k: Option<f64>,
     /// Seconds of the idle window over which idle CPU is read.
     pub idle_s: f64,
     /// CPU seconds the target spent over the idle window.
-    pub cpu_idle_s: f64,
+    pub cpu_idle_s: Option<f64>,
     /// `cpu_idle_s / idle_s`, in milliseconds per second.
-    pub cpu_idle_ms_per_s: f64,
+    pub cpu_idle_ms_per_s: Option<f64>,
     /// Open tunnels the target had closed (or reset) by the end of the idle window.
     pub closed_while_idle: usize,
     /// Tunnels that made the final round trip.
@@ -112,16 +113,17 @@ pub struct IdleRecord {
     /// Of those, how many failed it.
     pub check_failed: usize,
     /// The target's RSS over the whole measurement.
-    pub rss: RssSeries,
+    pub rss: Option<RssSeries>,
 }
 
 impl IdleRecord {
     /// Descriptors the target gained per open tunnel.
-    pub fn fds_per_tunnel(&self) -> f64 {
+    pub fn fds_per_tunnel(&self) -> Option<f64> {
+        let (with, before) = (self.fds_with?, self.fds_before?);
         if self.opened == 0 {
-            return 0.0;
+            return Some(0.0);
         }
-        (self.fds_with as f64 - self.fds_before as f64) / self.opened as f64
+        Some((with as f64 - before as f64) / self.opened as f64)
     }
 
     /// Tunnels that did not survive: never opened, closed while idle, or failed the check.
@@ -130,7 +132,8 @@ impl IdleRecord {
     }
 }
 
-/// Medians over the runs of one target.
+/// Medians over the runs of one target; the target's own figures are `None` when any run
+/// could not measure them.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleMedian {
     /// Target name.
@@ -138,19 +141,19 @@ pub struct IdleMedian {
     /// Runs the medians are taken over.
     pub runs: usize,
     /// RSS per open tunnel, KiB.
-    pub kib_per_tunnel: f64,
+    pub kib_per_tunnel: Option<f64>,
     /// `kib_per_tunnel` divided by sing-box's, when sing-box was measured.
     pub kib_per_tunnel_vs_sing_box: Option<f64>,
     /// Steady RSS before opening, MiB.
-    pub rss_before_mib: f64,
+    pub rss_before_mib: Option<f64>,
     /// Steady RSS with the tunnels open, MiB.
-    pub rss_with_mib: f64,
+    pub rss_with_mib: Option<f64>,
     /// Descriptors the target holds per open tunnel.
-    pub fds_per_tunnel: f64,
+    pub fds_per_tunnel: Option<f64>,
     /// CPU milliseconds per 1,000 tunnels opened.
-    pub cpu_open_ms_per_1k: f64,
+    pub cpu_open_ms_per_1k: Option<f64>,
     /// CPU milliseconds per second while idle.
-    pub cpu_idle_ms_per_s: f64,
+    pub cpu_idle_ms_per_s: Option<f64>,
     /// Tunnels that did not survive, over all runs.
     pub failed: usize,
 }
@@ -213,25 +216,25 @@ pub fn run_all(
     let mut records = Vec::new();
     for run in 1..=scenario.runs {
         for spec in specs {
-            progress.set_message(format!("{} run {run}: starting", spec.kind));
+            progress.set_message(format!("{} run {run}: starting", spec.name()));
             let target = spec.start(workdir, sink, scenario.startup)?;
             let record = measure(&target, spec, scenario, run, echo, progress)
-                .with_context(|| format!("{} run {run}", spec.kind))
+                .with_context(|| format!("{} run {run}", spec.name()))
                 .map_err(|e| anyhow!("{e:#}\ntarget log:\n{}", target.log_tail()))?;
             target.stop()?;
             progress.println(format!(
-                "{:>8} run {}: {} of {} tunnels open, RSS {:.1} -> {:.1} MiB (±{:.2}), {:.1} KiB/tunnel, \
-                 {:.0} CPU ms/1k opened, {:.2} CPU ms/s idle, {} failed",
+                "{:>8} run {}: {} of {} tunnels open, RSS {} -> {} MiB (±{}), {} KiB/tunnel, \
+                 {} CPU ms/1k opened, {} CPU ms/s idle, {} failed",
                 record.target,
                 record.run,
                 record.opened,
                 record.tunnels,
-                record.rss_before_mib,
-                record.rss_with_mib,
-                record.rss_with_spread_mib / 2.0,
-                record.kib_per_tunnel,
-                record.cpu_open_ms_per_1k,
-                record.cpu_idle_ms_per_s,
+                cell(record.rss_before_mib, 1),
+                cell(record.rss_with_mib, 1),
+                cell(record.rss_with_spread_mib.map(|s| s / 2.0), 2),
+                cell(record.kib_per_tunnel, 1),
+                cell(record.cpu_open_ms_per_1k, 0),
+                cell(record.cpu_idle_ms_per_s, 2),
                 record.failed(),
             ));
             progress.inc(1);
@@ -262,12 +265,16 @@ fn measure(
     progress: &Progress,
 ) -> Result<IdleRecord> {
     let pid = target.pid();
-    let name = spec.kind.name();
-    let sampler = RssSampler::spawn(pid, Duration::from_millis(100))?;
+    let name = spec.name();
+    // Each reading of the target's own figures, or `None` without a pid.
+    let read = |f: &dyn Fn(u32) -> Result<f64>| pid.map(f).transpose();
+    let steady = || pid.map(|pid| steady_rss(pid, scenario.samples, scenario.sample_every)).transpose();
+    let fds = || pid.map(procstat::open_fds).transpose();
+    let sampler = pid.map(|pid| RssSampler::spawn(pid, Duration::from_millis(100))).transpose()?;
     progress.set_message(format!("{name} run {run}: settling"));
     thread::sleep(scenario.settle);
-    let before = steady_rss(pid, scenario.samples, scenario.sample_every)?;
-    let fds_before = procstat::open_fds(pid)?;
+    let before = steady()?;
+    let fds_before = fds()?;
 
     let mut head = Vec::with_capacity(64);
     RequestHeader {
@@ -278,13 +285,13 @@ fn measure(
     }
     .encode(&mut head);
 
-    let cpu_before_open = procstat::cpu_seconds(pid)?;
+    let cpu_before_open = read(&procstat::cpu_seconds)?;
     let opened_at = Instant::now();
     let opening = open_tunnels(target.addr, &head, scenario, |n| {
         progress.set_message(format!("{name} run {run}: {n} of {} tunnels open", scenario.tunnels));
     });
     let open_s = opened_at.elapsed().as_secs_f64();
-    let cpu_open = procstat::cpu_seconds(pid)? - cpu_before_open;
+    let cpu_open = procstat::since(read(&procstat::cpu_seconds)?, cpu_before_open);
     let mut errors = opening.errors;
     let mut tunnels = opening.tunnels;
     if tunnels.is_empty() {
@@ -293,16 +300,16 @@ fn measure(
 
     progress.set_message(format!("{name} run {run}: {} tunnels idle", tunnels.len()));
     let idle_began = Instant::now();
-    let cpu_before_idle = procstat::cpu_seconds(pid)?;
+    let cpu_before_idle = read(&procstat::cpu_seconds)?;
     thread::sleep(scenario.settle);
     let upstream_open = echo.open();
-    let with = steady_rss(pid, scenario.samples, scenario.sample_every)?;
-    let fds_with = procstat::open_fds(pid)?;
+    let with = steady()?;
+    let fds_with = fds()?;
     if let Some(rest) = scenario.hold.checked_sub(idle_began.elapsed()) {
         thread::sleep(rest);
     }
     let idle_s = idle_began.elapsed().as_secs_f64();
-    let cpu_idle = procstat::cpu_seconds(pid)? - cpu_before_idle;
+    let cpu_idle = procstat::since(read(&procstat::cpu_seconds)?, cpu_before_idle);
 
     progress.set_message(format!("{name} run {run}: checking"));
     let closed = count_closed(&tunnels, &mut errors);
@@ -311,13 +318,13 @@ fn measure(
     progress.set_message(format!("{name} run {run}: closing"));
     drop(tunnels);
     thread::sleep(scenario.settle);
-    let after_close = procstat::rss_kib(pid)?;
-    let rss = sampler.finish();
+    let after_close = pid.map(procstat::rss_kib).transpose()?;
+    let rss = sampler.map(RssSampler::finish);
 
     errors.truncate(ERROR_SAMPLES);
     let opened = opening.opened;
     Ok(IdleRecord {
-        target: name.to_owned(),
+        target: name,
         run,
         tunnels: scenario.tunnels,
         opened,
@@ -327,16 +334,16 @@ fn measure(
         upstream_open,
         fds_before,
         fds_with,
-        rss_before_mib: before.median_kib / 1024.0,
-        rss_with_mib: with.median_kib / 1024.0,
-        rss_with_spread_mib: with.spread_kib / 1024.0,
-        rss_after_close_mib: after_close as f64 / 1024.0,
-        kib_per_tunnel: kib_per_tunnel(before, with, opened),
+        rss_before_mib: before.map(|b| b.median_kib / 1024.0),
+        rss_with_mib: with.map(|w| w.median_kib / 1024.0),
+        rss_with_spread_mib: with.map(|w| w.spread_kib / 1024.0),
+        rss_after_close_mib: after_close.map(|kib| kib as f64 / 1024.0),
+        kib_per_tunnel: before.zip(with).map(|(before, with)| kib_per_tunnel(before, with, opened)),
         cpu_open_s: cpu_open,
-        cpu_open_ms_per_1k: if opened > 0 { cpu_open * 1e6 / opened as f64 } else { 0.0 },
+        cpu_open_ms_per_1k: cpu_open.map(|cpu| if opened > 0 { cpu * 1e6 / opened as f64 } else { 0.0 }),
         idle_s,
         cpu_idle_s: cpu_idle,
-        cpu_idle_ms_per_s: cpu_idle * 1e3 / idle_s,
+        cpu_idle_ms_per_s: cpu_idle.map(|cpu| cpu * 1e3 / idle_s),
         closed_while_idle: closed,
         checked,
         check_failed,
@@ -502,7 +509,7 @@ impl IdleReport {
         let mut medians: Vec<IdleMedian> = groups(&runs, |r| r.target.clone())
             .into_iter()
             .map(|(target, group)| {
-                let m = |f: fn(&IdleRecord) -> f64| median(group.iter().map(|r| f(r)).collect());
+                let m = |f: fn(&IdleRecord) -> Option<f64>| median_measured(group.iter().map(|r| f(r)));
                 IdleMedian {
                     runs: group.len(),
                     kib_per_tunnel: m(|r| r.kib_per_tunnel),
@@ -517,9 +524,9 @@ impl IdleReport {
                 }
             })
             .collect();
-        if let Some(base) = medians.iter().find(|m| m.target == "sing-box").map(|m| m.kib_per_tunnel) {
+        if let Some(base) = medians.iter().find(|m| m.target == "sing-box").and_then(|m| m.kib_per_tunnel) {
             for m in &mut medians {
-                m.kib_per_tunnel_vs_sing_box = (base > 0.0).then(|| m.kib_per_tunnel / base);
+                m.kib_per_tunnel_vs_sing_box = m.kib_per_tunnel.filter(|_| base > 0.0).map(|own| own / base);
             }
         }
         IdleReport {
@@ -556,23 +563,23 @@ impl IdleReport {
         for r in &self.runs {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.2} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.0} | {:.2} | {} | {}/{} | {:.1} |",
+                "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |",
                 r.target,
                 r.run,
                 r.opened,
                 r.open_s,
                 r.upstream_open,
-                r.fds_with,
-                r.rss_before_mib,
-                r.rss_with_mib,
-                r.rss_with_spread_mib,
-                r.kib_per_tunnel,
-                r.cpu_open_ms_per_1k,
-                r.cpu_idle_ms_per_s,
+                r.fds_with.map_or_else(|| "–".to_owned(), |n| n.to_string()),
+                cell(r.rss_before_mib, 1),
+                cell(r.rss_with_mib, 1),
+                cell(r.rss_with_spread_mib, 2),
+                cell(r.kib_per_tunnel, 1),
+                cell(r.cpu_open_ms_per_1k, 0),
+                cell(r.cpu_idle_ms_per_s, 2),
                 r.closed_while_idle,
                 r.check_failed,
                 r.checked,
-                r.rss_after_close_mib,
+                cell(r.rss_after_close_mib, 1),
             );
         }
         out.push_str(
@@ -585,15 +592,15 @@ impl IdleReport {
             let ratio = md.kib_per_tunnel_vs_sing_box.map_or("–".to_owned(), |r| format!("{r:.2}×"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.1} | {ratio} | {:.1} | {:.1} | {:.1} | {:.0} | {:.2} | {} |",
+                "| {} | {} | {} | {ratio} | {} | {} | {} | {} | {} | {} |",
                 md.target,
                 md.runs,
-                md.kib_per_tunnel,
-                md.rss_before_mib,
-                md.rss_with_mib,
-                md.fds_per_tunnel,
-                md.cpu_open_ms_per_1k,
-                md.cpu_idle_ms_per_s,
+                cell(md.kib_per_tunnel, 1),
+                cell(md.rss_before_mib, 1),
+                cell(md.rss_with_mib, 1),
+                cell(md.fds_per_tunnel, 1),
+                cell(md.cpu_open_ms_per_1k, 0),
+                cell(md.cpu_idle_ms_per_s, 2),
                 md.failed
             );
         }
@@ -652,22 +659,22 @@ mod tests {
             error_samples: Vec::new(),
             open_s: 1.0,
             upstream_open: 100,
-            fds_before: 10,
-            fds_with: 210,
-            rss_before_mib: 10.0,
-            rss_with_mib: 10.0 + kib * 100.0 / 1024.0,
-            rss_with_spread_mib: 0.0,
-            rss_after_close_mib: 10.0,
-            kib_per_tunnel: kib,
-            cpu_open_s: 0.1,
-            cpu_open_ms_per_1k: 1000.0,
+            fds_before: Some(10),
+            fds_with: Some(210),
+            rss_before_mib: Some(10.0),
+            rss_with_mib: Some(10.0 + kib * 100.0 / 1024.0),
+            rss_with_spread_mib: Some(0.0),
+            rss_after_close_mib: Some(10.0),
+            kib_per_tunnel: Some(kib),
+            cpu_open_s: Some(0.1),
+            cpu_open_ms_per_1k: Some(1000.0),
             idle_s: 5.0,
-            cpu_idle_s: 0.0,
-            cpu_idle_ms_per_s: 0.0,
+            cpu_idle_s: Some(0.0),
+            cpu_idle_ms_per_s: Some(0.0),
             closed_while_idle: 2,
             checked: 10,
             check_failed: 3,
-            rss: RssSeries::default(),
+            rss: Some(RssSeries::default()),
         }
     }
 
@@ -697,10 +704,10 @@ mod tests {
         ];
         let report = IdleReport::new(&scenario, "idle".into(), runs);
         let sr = &report.medians[0];
-        assert_eq!((sr.target.as_str(), sr.runs, sr.kib_per_tunnel), ("shardray", 3, 5.0));
+        assert_eq!((sr.target.as_str(), sr.runs, sr.kib_per_tunnel), ("shardray", 3, Some(5.0)));
         assert_eq!(sr.kib_per_tunnel_vs_sing_box, Some(0.25));
         assert_eq!(sr.failed, 3 * 6);
-        assert_eq!(sr.fds_per_tunnel, 2.0);
+        assert_eq!(sr.fds_per_tunnel, Some(2.0));
         assert!(report.markdown().contains("| shardray | 3 | 5.0 | 0.25× |"));
     }
 }

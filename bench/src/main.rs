@@ -1,6 +1,6 @@
 //! `shardray-bench`: starts shardray and its peers (sing-box, V2Ray) from equivalent configs,
-//! drives them with its own clients against its own loopback sink, and measures what each
-//! target process spends.
+//! or takes a proxy already running at an address (`--external`), drives them with its own
+//! clients against its own loopback sink, and measures what each target process spends.
 #![deny(rust_2018_idioms)]
 
 mod api;
@@ -33,11 +33,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::pattern::Flow;
 use crate::progress::Progress;
-use crate::report::Report;
+use crate::report::{cell, Report};
 use crate::summary::ApiReport;
-use crate::target::{TargetKind, TargetSpec};
+use crate::target::{ExternalTarget, TargetKind, TargetSpec};
 use crate::throughput::Scenario;
-use crate::tls::TlsMaterial;
+use crate::tls::{ExternalTrust, TlsClient, TlsMaterial};
 
 #[derive(Parser)]
 #[command(name = "shardray-bench", version, about = "Load-test harness for shardray and its peers")]
@@ -117,9 +117,23 @@ enum Direction {
 #[derive(clap::Args)]
 struct TargetArgs {
     /// Targets, comma-separated or repeated: shardray, sing-box, v2ray, splice (the bare
-    /// reference relay). Runs are interleaved.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// reference relay). Runs are interleaved, with the `--external` target last in each round.
+    #[arg(long, value_delimiter = ',', required_unless_present = "external")]
     target: Vec<TargetKind>,
+    /// Also measure a VLESS proxy that is already running at this address (it is never started
+    /// or stopped here). It must admit `--external-uuid` and reach the harness's own loopback
+    /// sink, whose address each VLESS request carries, through a direct/freedom outbound. Reported
+    /// as `external(ADDR)`.
+    #[arg(long, value_name = "ADDR", requires = "external_uuid")]
+    external: Option<std::net::SocketAddr>,
+    /// The VLESS user id the `--external` target admits.
+    #[arg(long, value_name = "UUID", requires = "external")]
+    external_uuid: Option<uuid::Uuid>,
+    /// The `--external` target's process id: its CPU (utime + stime of all threads) and RSS are
+    /// then read from /proc like a started target's. Without it only what the client sees is
+    /// reported, and the CPU and RSS columns show "–".
+    #[arg(long, value_name = "PID", requires = "external")]
+    external_pid: Option<u32>,
     /// Shards for shardray.
     #[arg(long, default_value_t = 2)]
     shards: usize,
@@ -218,9 +232,12 @@ struct ThroughputArgs {
     #[arg(long, default_value_t = 120)]
     timeout: u64,
     /// VLESS over TLS 1.3 instead of plain TCP: every target serves a certificate generated for
-    /// this run (the splice relay, plain only, is skipped).
+    /// this run (the splice relay, plain only, is skipped); an `--external` target serves its
+    /// own, checked as `--external-ca` or `--external-insecure` say.
     #[arg(long)]
     tls: bool,
+    #[command(flatten)]
+    external_tls: ExternalTlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -243,9 +260,43 @@ struct ConnrateArgs {
     #[arg(long, default_value_t = 5.0)]
     conn_timeout: f64,
     /// VLESS over TLS 1.3 instead of plain TCP: every target serves a certificate generated for
-    /// this run (the splice relay, plain only, is skipped).
+    /// this run (the splice relay, plain only, is skipped); an `--external` target serves its
+    /// own, checked as `--external-ca` or `--external-insecure` say.
     #[arg(long)]
     tls: bool,
+    #[command(flatten)]
+    external_tls: ExternalTlsArgs,
+}
+
+/// How to reach the `--external` target over TLS (with `--tls`).
+#[derive(clap::Args)]
+struct ExternalTlsArgs {
+    /// With `--tls`: the name sent as SNI to the `--external` target and checked against its
+    /// certificate (default: the IP address of `--external`).
+    #[arg(long, value_name = "NAME", requires = "external", requires = "tls")]
+    external_sni: Option<String>,
+    /// With `--tls`: trust only the CA certificates in this PEM file for the `--external`
+    /// target.
+    #[arg(long, value_name = "PEM", requires = "external", requires = "tls", conflicts_with = "external_insecure")]
+    external_ca: Option<PathBuf>,
+    /// With `--tls`: accept whatever certificate the `--external` target presents, without
+    /// verifying it (its handshake signature is still checked). For test setups only.
+    #[arg(long, requires = "external", requires = "tls")]
+    external_insecure: bool,
+}
+
+impl ExternalTlsArgs {
+    /// The client settings for the external target, with `tls`; `None` for plain VLESS.
+    fn client(&self, targets: &TargetArgs, tls: bool) -> Result<Option<TlsClient>> {
+        let Some(addr) = targets.external.filter(|_| tls) else { return Ok(None) };
+        let trust = match (&self.external_ca, self.external_insecure) {
+            (Some(ca), _) => ExternalTrust::CaFile(ca.clone()),
+            (None, true) => ExternalTrust::Insecure,
+            (None, false) => bail!("--tls with --external needs --external-ca PEM or --external-insecure"),
+        };
+        let name = self.external_sni.clone().unwrap_or_else(|| addr.ip().to_string());
+        Ok(Some(TlsClient::external(&name, &trust).context("the --external TLS settings")?))
+    }
 }
 
 /// How to start shardray for the API scenarios.
@@ -415,7 +466,8 @@ fn idle(args: IdleArgs) -> Result<()> {
         startup: Duration::from_secs(args.targets.startup_timeout),
         nofile_limit: limit,
     };
-    let specs = target_specs(&args.targets, &args.targets.target)?;
+    let mut specs = target_specs(&args.targets, &args.targets.target)?;
+    specs.extend(external_spec(&args.targets, None));
     let workdir = workdir()?;
     // The sink serves only the start-up probes; the idle echo server holds the tunnels' far ends.
     let sink = sink::Sink::spawn(scenario.startup)?;
@@ -444,15 +496,22 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
         timeout: Duration::from_secs(args.timeout),
         startup: Duration::from_secs(args.targets.startup_timeout),
     };
+    let external_tls = args.external_tls.client(&args.targets, args.tls)?;
     let workdir = workdir()?;
-    let (specs, note) = protocol_specs(&args.targets, args.tls, &workdir)?;
+    let (specs, note) = protocol_specs(&args.targets, args.tls, external_tls, &workdir)?;
     let sink = sink::Sink::spawn(scenario.timeout)?;
 
     let progress = Progress::new((specs.len() * scenario.runs * scenario.flows.len()) as u64, "throughput");
     let outcome = throughput::run_all(&specs, &scenario, sink.addr(), &workdir, |r| {
         progress.println(format!(
-            "{:>8} {:>4} run {}: {:.2} Gbit/s, {:.2} CPU s, {:.3} CPU s/GB, peak RSS {:.1} MiB",
-            r.target, r.direction, r.run, r.gbit_s, r.proxy_cpu_s, r.cpu_s_per_gb, r.peak_rss_mib
+            "{:>8} {:>4} run {}: {:.2} Gbit/s, {} CPU s, {} CPU s/GB, peak RSS {} MiB",
+            r.target,
+            r.direction,
+            r.run,
+            r.gbit_s,
+            cell(r.proxy_cpu_s, 2),
+            cell(r.cpu_s_per_gb, 3),
+            cell(r.peak_rss_mib, 1)
         ));
         progress.inc(1);
     });
@@ -475,8 +534,9 @@ fn connrate(args: ConnrateArgs) -> Result<()> {
         conn_timeout: seconds("conn-timeout", args.conn_timeout)?,
         startup: Duration::from_secs(args.targets.startup_timeout),
     };
+    let external_tls = args.external_tls.client(&args.targets, args.tls)?;
     let workdir = workdir()?;
-    let (specs, note) = protocol_specs(&args.targets, args.tls, &workdir)?;
+    let (specs, note) = protocol_specs(&args.targets, args.tls, external_tls, &workdir)?;
     // The sink serves only the start-up probes; the echo server serves the measured connections.
     let sink = sink::Sink::spawn(scenario.startup)?;
     // Each client has at most one connection in flight, so that many accepting threads (and a
@@ -488,8 +548,15 @@ fn connrate(args: ConnrateArgs) -> Result<()> {
         let serial =
             r.serial.as_ref().map_or(String::new(), |s| format!(", 1-at-a-time p50 {:.0} µs", s.latency.p50_us));
         progress.println(format!(
-            "{:>8} run {}: {:.0} conns/s, p50 {:.0} µs, p99 {:.0} µs, {:.0} CPU ms/1k conns, {} errors, peak RSS {:.1} MiB{serial}",
-            r.target, r.run, p.conns_per_s, p.latency.p50_us, p.latency.p99_us, p.cpu_ms_per_1k, p.errors, r.peak_rss_mib
+            "{:>8} run {}: {:.0} conns/s, p50 {:.0} µs, p99 {:.0} µs, {} CPU ms/1k conns, {} errors, peak RSS {} MiB{serial}",
+            r.target,
+            r.run,
+            p.conns_per_s,
+            p.latency.p50_us,
+            p.latency.p99_us,
+            cell(p.cpu_ms_per_1k, 0),
+            p.errors,
+            cell(r.peak_rss_mib, 1)
         ));
         progress.inc(1);
     });
@@ -586,17 +653,23 @@ fn tls_targets(requested: &[TargetKind], tls: bool) -> (Vec<TargetKind>, String)
     (kept, "Note: the splice reference relay serves plain VLESS only; it is skipped with --tls.\n\n".to_owned())
 }
 
-/// [`target_specs`] for the protocol asked for: with `tls`, a certificate generated into
-/// `workdir` for every target, the splice relay skipped (the note says so, also on stderr).
-fn protocol_specs(args: &TargetArgs, tls: bool, workdir: &Path) -> Result<(Vec<TargetSpec>, String)> {
+/// [`target_specs`] for the protocol asked for, and the `--external` target last (over TLS
+/// with `external_tls`): with `tls`, a certificate generated into `workdir` for every target
+/// the harness starts, the splice relay skipped (the note says so, also on stderr).
+fn protocol_specs(
+    args: &TargetArgs,
+    tls: bool,
+    external_tls: Option<TlsClient>,
+    workdir: &Path,
+) -> Result<(Vec<TargetSpec>, String)> {
     let (kinds, note) = tls_targets(&args.target, tls);
     if !note.is_empty() {
         eprint!("{note}");
     }
-    if kinds.is_empty() {
+    if kinds.is_empty() && args.external.is_none() {
         bail!("no target left to measure over TLS");
     }
-    let material = if tls {
+    let material = if tls && !kinds.is_empty() {
         Some(Arc::new(TlsMaterial::generate(workdir).context("generating the TLS certificate")?))
     } else {
         None
@@ -605,7 +678,14 @@ fn protocol_specs(args: &TargetArgs, tls: bool, workdir: &Path) -> Result<(Vec<T
     for spec in &mut specs {
         spec.tls = material.clone();
     }
+    specs.extend(external_spec(args, external_tls));
     Ok((specs, note))
+}
+
+/// The `--external` target, if one was given, reached over TLS with `tls`.
+fn external_spec(args: &TargetArgs, tls: Option<TlsClient>) -> Option<TargetSpec> {
+    let (addr, user) = (args.external?, args.external_uuid?);
+    Some(TargetSpec::external(ExternalTarget { addr, user, pid: args.external_pid, tls }))
 }
 
 /// Resolves each requested target to a binary, fetching peers into the cache if needed.
@@ -634,11 +714,20 @@ fn target_specs(args: &TargetArgs, kinds: &[TargetKind]) -> Result<Vec<TargetSpe
                 None => peer_bins()?.v2ray,
             },
             TargetKind::Splice => std::env::current_exe().context("finding our own binary")?,
+            TargetKind::External => bail!("the external target is given with --external, not --target"),
         };
         if !bin.is_file() {
             bail!("{kind} binary {} does not exist", bin.display());
         }
-        specs.push(TargetSpec { kind, bin, shards: args.shards, api: false, extra_users: 0, tls: None });
+        specs.push(TargetSpec {
+            kind,
+            bin,
+            shards: args.shards,
+            api: false,
+            extra_users: 0,
+            tls: None,
+            external: None,
+        });
     }
     Ok(specs)
 }
@@ -688,5 +777,73 @@ mod tests {
         let (kinds, note) = tls_targets(&[TargetKind::Shardray], true);
         assert_eq!(kinds, [TargetKind::Shardray]);
         assert!(note.is_empty());
+    }
+
+    const USER: &str = "5f3c3b9e-58c1-4e1f-9a53-0c3a3a0f6f11";
+
+    fn try_parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cli::try_parse_from(std::iter::once("shardray-bench").chain(args.iter().copied())).map(|c| c.command)
+    }
+
+    #[test]
+    fn an_external_target_alone_or_beside_started_ones() {
+        for scenario in ["throughput", "connrate", "idle"] {
+            let cmd =
+                parse(&[scenario, "--external", "127.0.0.1:10086", "--external-uuid", USER, "--external-pid", "42"]);
+            let targets = match &cmd {
+                Cmd::Throughput(t) => &t.targets,
+                Cmd::Connrate(c) => &c.targets,
+                Cmd::Idle(i) => &i.targets,
+                _ => panic!(),
+            };
+            assert!(targets.target.is_empty(), "{scenario}");
+            let spec = external_spec(targets, None).unwrap();
+            assert_eq!(spec.name(), "external(127.0.0.1:10086)");
+            assert_eq!(spec.protocol(), "vless");
+            let ext = spec.external.unwrap();
+            assert_eq!((ext.user.to_string().as_str(), ext.pid), (USER, Some(42)));
+        }
+        let Cmd::Throughput(t) =
+            parse(&["throughput", "--target", "sing-box", "--external", "127.0.0.1:1", "--external-uuid", USER])
+        else {
+            panic!()
+        };
+        assert_eq!(t.targets.target, [TargetKind::SingBox]);
+        assert_eq!(t.targets.external_pid, None);
+        assert!(external_spec(&t.targets, None).is_some());
+    }
+
+    #[test]
+    fn external_options_that_do_not_fit_are_refused() {
+        // Neither a target nor an external one; an address without a user, or the reverse.
+        assert!(try_parse(&["throughput"]).is_err());
+        assert!(try_parse(&["throughput", "--external", "127.0.0.1:1"]).is_err());
+        assert!(try_parse(&["connrate", "--target", "shardray", "--external-uuid", USER]).is_err());
+        assert!(try_parse(&["connrate", "--target", "shardray", "--external-pid", "1"]).is_err());
+        // `external` is not a --target name.
+        assert!(try_parse(&["throughput", "--target", "external"]).is_err());
+        // The TLS trust options need --tls and --external, and one of them at a time.
+        let base = ["throughput", "--external", "127.0.0.1:1", "--external-uuid", USER];
+        let with = |extra: &[&'static str]| [&base[..], extra].concat();
+        assert!(try_parse(&with(&["--external-insecure"])).is_err());
+        assert!(try_parse(&with(&["--tls", "--external-insecure", "--external-ca", "/x.pem"])).is_err());
+        assert!(try_parse(&["throughput", "--target", "shardray", "--tls", "--external-insecure"]).is_err());
+        // idle has no TLS.
+        assert!(
+            try_parse(&["idle", "--external", "127.0.0.1:1", "--external-uuid", USER, "--external-insecure"]).is_err()
+        );
+        // --tls without saying how to trust the external target's certificate.
+        let Cmd::Throughput(t) = parse(&with(&["--tls"])) else { panic!() };
+        let err = t.external_tls.client(&t.targets, t.tls).unwrap_err();
+        assert!(err.to_string().contains("--external-ca"), "{err}");
+        let Cmd::Throughput(t) = parse(&with(&["--tls", "--external-insecure", "--external-sni", "proxy.example"]))
+        else {
+            panic!()
+        };
+        let client = t.external_tls.client(&t.targets, t.tls).unwrap().unwrap();
+        assert_eq!(client.server_name.to_str(), "proxy.example");
+        assert!(!client.require_alpn);
+        let spec = external_spec(&t.targets, Some(client)).unwrap();
+        assert_eq!(spec.protocol(), "vless-tls");
     }
 }

@@ -31,6 +31,12 @@ pub fn stat_cpu_seconds(pid: u32) -> Result<f64> {
         .with_context(|| format!("parsing {path}"))
 }
 
+/// `now - before` for a reading taken twice, when it was taken at all (`None` for a process the
+/// harness cannot see).
+pub fn since(now: Option<f64>, before: Option<f64>) -> Option<f64> {
+    Some(now? - before?)
+}
+
 /// CPU seconds this process (the harness) has used so far.
 pub fn own_cpu_seconds() -> Result<f64> {
     cpu_seconds(std::process::id())

@@ -24,14 +24,15 @@ pub struct Median {
     pub runs: usize,
     /// Median client-side throughput.
     pub gbit_s: f64,
-    /// Median target CPU seconds during the transfer.
-    pub proxy_cpu_s: f64,
-    /// Median target CPU seconds per 10^9 bytes.
-    pub cpu_s_per_gb: f64,
+    /// Median target CPU seconds during the transfer; `None` when not measured (an external
+    /// target without its pid).
+    pub proxy_cpu_s: Option<f64>,
+    /// Median target CPU seconds per 10^9 bytes; `None` when not measured.
+    pub cpu_s_per_gb: Option<f64>,
     /// `cpu_s_per_gb` divided by sing-box's in the same direction, when sing-box was measured.
     pub cpu_per_gb_vs_sing_box: Option<f64>,
-    /// Median peak RSS in MiB.
-    pub peak_rss_mib: f64,
+    /// Median peak RSS in MiB; `None` when not measured.
+    pub peak_rss_mib: Option<f64>,
     /// Median harness CPU seconds.
     pub harness_cpu_s: f64,
 }
@@ -89,16 +90,17 @@ impl Report {
             .into_iter()
             .map(|((target, protocol, direction), group)| {
                 let m = |f: fn(&RunRecord) -> f64| median(group.iter().map(|r| f(r)).collect());
+                let mm = |f: fn(&RunRecord) -> Option<f64>| median_measured(group.iter().map(|r| f(r)));
                 Median {
                     target,
                     protocol,
                     direction,
                     runs: group.len(),
                     gbit_s: m(|r| r.gbit_s),
-                    proxy_cpu_s: m(|r| r.proxy_cpu_s),
-                    cpu_s_per_gb: m(|r| r.cpu_s_per_gb),
+                    proxy_cpu_s: mm(|r| r.proxy_cpu_s),
+                    cpu_s_per_gb: mm(|r| r.cpu_s_per_gb),
                     cpu_per_gb_vs_sing_box: None,
-                    peak_rss_mib: m(|r| r.peak_rss_mib),
+                    peak_rss_mib: mm(|r| r.peak_rss_mib),
                     harness_cpu_s: m(|r| r.harness_cpu_s),
                 }
             })
@@ -106,14 +108,15 @@ impl Report {
         let baseline: Vec<(&'static str, &'static str, f64)> = medians
             .iter()
             .filter(|m| m.target == "sing-box")
-            .map(|m| (m.protocol, m.direction, m.cpu_s_per_gb))
+            .filter_map(|m| Some((m.protocol, m.direction, m.cpu_s_per_gb?)))
             .collect();
         for m in &mut medians {
+            let Some(own) = m.cpu_s_per_gb else { continue };
             m.cpu_per_gb_vs_sing_box = baseline
                 .iter()
                 .find(|(p, d, _)| *p == m.protocol && *d == m.direction)
                 .filter(|(_, _, base)| *base > 0.0)
-                .map(|(_, _, base)| m.cpu_s_per_gb / base);
+                .map(|(_, _, base)| own / base);
         }
         let protocol = runs.first().map_or(tls::PROTOCOL_PLAIN, |r| r.protocol);
         Report { scenario: "throughput", protocol, machine: Machine::detect(), runs, medians }
@@ -132,7 +135,7 @@ impl Report {
         for r in &self.runs {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} × {} | {:.2} | {:.2} | {:.2} | {:.3} | {:.1} | {:.2} |",
+                "| {} | {} | {} | {} | {} × {} | {:.2} | {:.2} | {} | {} | {} | {:.2} |",
                 r.target,
                 r.protocol,
                 r.direction,
@@ -141,9 +144,9 @@ impl Report {
                 human_bytes(r.bytes_per_stream),
                 r.wall_s,
                 r.gbit_s,
-                r.proxy_cpu_s,
-                r.cpu_s_per_gb,
-                r.peak_rss_mib,
+                cell(r.proxy_cpu_s, 2),
+                cell(r.cpu_s_per_gb, 3),
+                cell(r.peak_rss_mib, 1),
                 r.harness_cpu_s,
             );
         }
@@ -156,8 +159,15 @@ impl Report {
             let ratio = md.cpu_per_gb_vs_sing_box.map_or("–".to_owned(), |r| format!("{r:.2}×"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {:.2} | {:.3} | {} | {:.1} |",
-                md.target, md.protocol, md.direction, md.runs, md.gbit_s, md.cpu_s_per_gb, ratio, md.peak_rss_mib
+                "| {} | {} | {} | {} | {:.2} | {} | {} | {} |",
+                md.target,
+                md.protocol,
+                md.direction,
+                md.runs,
+                md.gbit_s,
+                cell(md.cpu_s_per_gb, 3),
+                ratio,
+                cell(md.peak_rss_mib, 1)
             );
         }
         out
@@ -292,6 +302,17 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// The median of a figure over runs when every run measured it; `None` when any did not (a
+/// target whose process the harness cannot see).
+pub fn median_measured(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    values.into_iter().collect::<Option<Vec<f64>>>().map(median)
+}
+
+/// A table cell: `v` to `digits` decimals, or "–" for a figure that was not measured.
+pub fn cell(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+}
+
 /// `268435456` → `256 MiB`.
 pub fn human_bytes(n: u64) -> String {
     // Sizes are powers of two, so a mask tests divisibility (keeps MSRV 1.85).
@@ -364,5 +385,55 @@ mod tests {
     fn median_of_odd_and_even() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    fn run(target: &str, cpu: Option<f64>) -> RunRecord {
+        RunRecord {
+            target: target.into(),
+            protocol: tls::PROTOCOL_PLAIN,
+            direction: "down",
+            run: 1,
+            streams: 1,
+            bytes_per_stream: 1 << 30,
+            wall_s: 1.0,
+            gbit_s: 8.0,
+            proxy_cpu_s: cpu,
+            proxy_cpu_s_ticks: cpu,
+            cpu_s_per_gb: cpu,
+            peak_rss_mib: cpu.map(|_| 20.0),
+            harness_cpu_s: 0.1,
+            rss: None,
+        }
+    }
+
+    #[test]
+    fn unmeasured_figures_stay_unmeasured_and_ratios_still_work() {
+        let external = "external(127.0.0.1:10086)";
+        let report = Report::new(vec![
+            run("sing-box", Some(0.5)),
+            run(external, None),
+            run("shardray", Some(0.25)),
+            run(external, Some(1.0)),
+        ]);
+        let find = |t: &str| report.medians.iter().find(|m| m.target == t).unwrap();
+        // One run without a pid makes the median unmeasured, not a number from the other run.
+        let ext = find(external);
+        assert_eq!((ext.runs, ext.cpu_s_per_gb, ext.peak_rss_mib, ext.cpu_per_gb_vs_sing_box), (2, None, None, None));
+        assert_eq!(find("shardray").cpu_per_gb_vs_sing_box, Some(0.5));
+        let md = report.markdown();
+        assert!(md.contains(&format!("| {external} | vless | down | 2 | 8.00 | – | – | – |")), "{md}");
+        assert!(
+            md.contains(&format!("| {external} | vless | down | 1 | 1 × 1 GiB | 1.00 | 8.00 | – | – | – | 0.10 |")),
+            "{md}"
+        );
+        assert!(md.contains("| shardray | vless | down | 1 | 8.00 | 0.250 | 0.50× | 20.0 |"), "{md}");
+    }
+
+    #[test]
+    fn medians_of_measured_figures() {
+        assert_eq!(median_measured([Some(3.0), Some(1.0), Some(2.0)]), Some(2.0));
+        assert_eq!(median_measured([Some(3.0), None]), None);
+        assert_eq!(cell(None, 2), "–");
+        assert_eq!(cell(Some(1.234), 2), "1.23");
     }
 }

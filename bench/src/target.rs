@@ -1,5 +1,6 @@
 //! The proxies under test: writes an equivalent VLESS-in (plain, or over TLS), direct-out
-//! config for each, starts it, waits until it carries traffic, and stops it.
+//! config for each, starts it, waits until it carries traffic, and stops it. An external
+//! target, a proxy someone else started, is only probed: never started, never stopped.
 
 use std::fmt;
 use std::fs;
@@ -19,7 +20,7 @@ use uuid::Uuid;
 use crate::client::VlessClient;
 use crate::pattern::{Flow, Request};
 use crate::sys;
-use crate::tls::{self, TlsFiles, TlsMaterial};
+use crate::tls::{self, TlsClient, TlsFiles, TlsMaterial};
 use crate::users;
 
 /// Which core serves the VLESS inbound.
@@ -33,6 +34,8 @@ pub enum TargetKind {
     V2ray,
     /// The bare splice relay (`shardray-bench splice-relay`), the floor for a userspace relay.
     Splice,
+    /// A proxy already running at an address we are given (`--external`); not started here.
+    External,
 }
 
 impl TargetKind {
@@ -43,6 +46,7 @@ impl TargetKind {
             TargetKind::SingBox => "sing-box",
             TargetKind::V2ray => "v2ray",
             TargetKind::Splice => "splice",
+            TargetKind::External => "external",
         }
     }
 }
@@ -62,6 +66,7 @@ impl FromStr for TargetKind {
             "sing-box" | "singbox" => Ok(TargetKind::SingBox),
             "v2ray" => Ok(TargetKind::V2ray),
             "splice" => Ok(TargetKind::Splice),
+            "external" => Err("an external target is given by address: --external ADDR --external-uuid UUID".into()),
             other => Err(format!("unknown target {other:?} (shardray, sing-box, v2ray, splice)")),
         }
     }
@@ -82,15 +87,36 @@ pub struct TargetSpec {
     /// with an email and level 0; shardray only.
     pub extra_users: usize,
     /// Serve VLESS over TLS with this certificate (and connect with these client settings);
-    /// plain TCP when `None`. Not for the splice relay.
+    /// plain TCP when `None`. Not for the splice relay, nor an external target.
     pub tls: Option<Arc<TlsMaterial>>,
+    /// Where the external target is and how to reach it; set exactly when `kind` is
+    /// [`TargetKind::External`].
+    pub external: Option<ExternalTarget>,
 }
 
-/// A started target; dropping it stops the process.
+/// A VLESS proxy someone else runs: the harness reaches its sink through it, and measures the
+/// process only when told its pid.
+#[derive(Debug, Clone)]
+pub struct ExternalTarget {
+    /// Its VLESS inbound.
+    pub addr: SocketAddr,
+    /// A user its inbound admits.
+    pub user: Uuid,
+    /// Its process, for CPU and RSS from /proc; without it only the client's view is reported.
+    pub pid: Option<u32>,
+    /// VLESS over TLS with these settings; plain TCP when `None`.
+    pub tls: Option<TlsClient>,
+}
+
+/// A target ready for traffic; dropping it stops the process we started (an external target
+/// is left running).
 #[derive(Debug)]
 pub struct RunningTarget {
-    child: Child,
-    /// The VLESS port on 127.0.0.1.
+    /// The process we started; `None` for an external target.
+    child: Option<Child>,
+    /// The process to measure: the child, an external target's given pid, or none.
+    pid: Option<u32>,
+    /// The VLESS port: on 127.0.0.1, or wherever an external target listens.
     pub addr: SocketAddr,
     /// The user the config admits.
     pub user: Uuid,
@@ -101,8 +127,9 @@ pub struct RunningTarget {
     /// From spawning the process to the probe transfer's success.
     pub ready_after: Duration,
     /// The client settings for its TLS inbound, when it serves TLS.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    log: PathBuf,
+    pub tls: Option<TlsClient>,
+    /// Its output; `None` for an external target.
+    log: Option<PathBuf>,
 }
 
 /// The line shardray prints on stderr once every shard serves.
@@ -111,12 +138,68 @@ const STARTED_LINE: &str = "shardray: started";
 impl TargetSpec {
     /// shardray with `shards` shards and nothing else configured.
     pub fn shardray(bin: PathBuf, shards: usize) -> TargetSpec {
-        TargetSpec { kind: TargetKind::Shardray, bin, shards, api: false, extra_users: 0, tls: None }
+        TargetSpec { kind: TargetKind::Shardray, bin, shards, api: false, extra_users: 0, tls: None, external: None }
+    }
+
+    /// The proxy at `external.addr`, which the harness neither starts nor stops.
+    pub fn external(external: ExternalTarget) -> TargetSpec {
+        TargetSpec {
+            kind: TargetKind::External,
+            bin: PathBuf::new(),
+            shards: 0,
+            api: false,
+            extra_users: 0,
+            tls: None,
+            external: Some(external),
+        }
+    }
+
+    /// How reports name this target: the kind, and for an external target its address too,
+    /// as in `external(127.0.0.1:10086)`.
+    pub fn name(&self) -> String {
+        match &self.external {
+            Some(e) => format!("external({})", e.addr),
+            None => self.kind.name().to_owned(),
+        }
+    }
+
+    /// Probes the external target: waits (within `startup`) for its port to accept, then
+    /// makes the 1 KiB probe transfer to `sink` through it.
+    fn attach(&self, sink: SocketAddr, startup: Duration) -> Result<RunningTarget> {
+        let Some(ext) = &self.external else { bail!("an external target needs its address") };
+        if self.tls.is_some() || self.api || self.extra_users > 0 {
+            bail!("an external target is not configured by the harness (no generated TLS, API or users)");
+        }
+        let mut target = RunningTarget {
+            child: None,
+            pid: ext.pid,
+            addr: ext.addr,
+            user: ext.user,
+            api: None,
+            started_after: None,
+            ready_after: Duration::ZERO,
+            tls: ext.tls.clone(),
+            log: None,
+        };
+        target.wait_ready(self.kind, sink, Instant::now(), startup).with_context(|| {
+            format!(
+                "the external target at {} did not carry the 1 KiB probe transfer to the harness's sink {sink} \
+                 (is it a VLESS{} inbound admitting {}, with a direct/freedom outbound that may reach loopback?)",
+                ext.addr,
+                if ext.tls.is_some() { " over TLS" } else { "" },
+                ext.user
+            )
+        })?;
+        Ok(target)
     }
 
     /// Writes the config into `dir`, starts the process, and returns once a 1 KiB download
     /// through it to `sink` succeeds (bounded by `startup`).
+    /// An external target is not started, only probed the same way.
     pub fn start(&self, dir: &Path, sink: SocketAddr, startup: Duration) -> Result<RunningTarget> {
+        if self.kind == TargetKind::External {
+            return self.attach(sink, startup);
+        }
         if (self.api || self.extra_users > 0) && self.kind != TargetKind::Shardray {
             bail!("the API and extra users are configured for shardray only");
         }
@@ -152,19 +235,21 @@ impl TargetSpec {
                 cmd.args(["splice-relay", "--listen", &format!("127.0.0.1:{port}"), "--user"]);
                 cmd.arg(user.to_string());
             }
+            TargetKind::External => unreachable!("external targets are attached above"),
         }
         cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
         let spawned = Instant::now();
         let child = cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
         let mut target = RunningTarget {
-            child,
+            pid: Some(child.id()),
+            child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             user,
             api,
             started_after: None,
             ready_after: Duration::ZERO,
-            tls: self.tls.as_ref().map(|t| Arc::clone(&t.client)),
-            log,
+            tls: self.tls.as_ref().map(|t| t.client.clone()),
+            log: Some(log),
         };
         target
             .wait_ready(self.kind, sink, spawned, startup)
@@ -175,7 +260,8 @@ impl TargetSpec {
     /// How reports name what this target serves: [`tls::PROTOCOL_TLS`] or
     /// [`tls::PROTOCOL_PLAIN`].
     pub fn protocol(&self) -> &'static str {
-        if self.tls.is_some() {
+        let external_tls = self.external.as_ref().is_some_and(|e| e.tls.is_some());
+        if self.tls.is_some() || external_tls {
             tls::PROTOCOL_TLS
         } else {
             tls::PROTOCOL_PLAIN
@@ -197,7 +283,7 @@ fn server_config(
 ) -> Option<Value> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
     Some(match kind {
-        TargetKind::Splice => return None,
+        TargetKind::Splice | TargetKind::External => return None,
         TargetKind::SingBox => {
             let mut inbound = json!({
                 "type": "vless",
@@ -281,9 +367,18 @@ fn server_config(
 }
 
 impl RunningTarget {
-    /// The process id, for /proc.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The process id, for /proc: always for a target we started, for an external target
+    /// only when its pid was given.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// [`pid`](Self::pid) for a target the harness started itself, which always has one.
+    pub fn started_pid(&self) -> Result<u32> {
+        match (&self.child, self.pid) {
+            (Some(_), Some(pid)) => Ok(pid),
+            _ => bail!("not a target the harness started"),
+        }
     }
 
     /// A client that reaches `sink` through this target.
@@ -291,17 +386,28 @@ impl RunningTarget {
         VlessClient { proxy: self.addr, user: self.user, sink, tls: self.tls.clone() }
     }
 
-    /// Fails if the process has exited.
+    /// Fails if the process has exited (for an external target with a pid: is gone).
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("target exited ({status}); its log:\n{}", self.log_tail());
+        match (&mut self.child, self.pid) {
+            (Some(child), _) => {
+                if let Some(status) = child.try_wait()? {
+                    bail!("target exited ({status}); its log:\n{}", self.log_tail());
+                }
+            }
+            (None, Some(pid)) => {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    bail!("the external target's process {pid} is gone");
+                }
+            }
+            (None, None) => {}
         }
         Ok(())
     }
 
     /// The last lines of the target's output, for error messages.
     pub fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let Some(log) = &self.log else { return "(an external target: its output is not ours to read)".into() };
+        let text = fs::read_to_string(log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         if lines.is_empty() {
             return "(empty)".into();
@@ -315,7 +421,7 @@ impl RunningTarget {
             // Polled finely: with a large config, the time to this line is what is measured.
             loop {
                 self.check_alive()?;
-                let text = fs::read_to_string(&self.log).unwrap_or_default();
+                let text = self.log.as_ref().and_then(|log| fs::read_to_string(log).ok()).unwrap_or_default();
                 if text.lines().any(|l| l.starts_with(STARTED_LINE)) {
                     self.started_after = Some(spawned.elapsed());
                     break;
@@ -350,21 +456,23 @@ impl RunningTarget {
         Ok(())
     }
 
+    /// Stops the process we started; an external target is left alone.
     fn terminate(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
+        let Some(child) = &mut self.child else { return };
+        if matches!(child.try_wait(), Ok(Some(_))) {
             return;
         }
         // Not reaped yet (try_wait said so), so the pid is still our child's.
-        sys::terminate(self.child.id());
+        sys::terminate(child.id());
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
                 return;
             }
             thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -489,6 +597,7 @@ mod tests {
             api: false,
             extra_users: 0,
             tls: Some(Arc::new(material)),
+            external: None,
         };
         assert_eq!(spec.protocol(), "vless-tls");
         let sink = SocketAddr::from(([127, 0, 0, 1], 9));

@@ -50,18 +50,19 @@ pub struct RunRecord {
     pub wall_s: f64,
     /// Payload throughput the client saw, all streams together (10^9 bits per second).
     pub gbit_s: f64,
-    /// CPU seconds (user + system, all threads) the target spent during the transfer.
-    pub proxy_cpu_s: f64,
+    /// CPU seconds (user + system, all threads) the target spent during the transfer; this and
+    /// the other process figures are `None` for an external target given without its pid.
+    pub proxy_cpu_s: Option<f64>,
     /// The same from /proc/PID/stat utime + stime (clock-tick resolution), as a cross-check.
-    pub proxy_cpu_s_ticks: f64,
+    pub proxy_cpu_s_ticks: Option<f64>,
     /// `proxy_cpu_s` per 10^9 payload bytes relayed.
-    pub cpu_s_per_gb: f64,
+    pub cpu_s_per_gb: Option<f64>,
     /// The target's peak RSS (VmHWM) in MiB at the end of the run.
-    pub peak_rss_mib: f64,
+    pub peak_rss_mib: Option<f64>,
     /// CPU seconds the harness itself spent (client and sink), for spotting a harness bottleneck.
     pub harness_cpu_s: f64,
     /// The target's RSS over the measurement.
-    pub rss: RssSeries,
+    pub rss: Option<RssSeries>,
 }
 
 /// Runs every run of every target, interleaved (run 1 of each target, then run 2, ...), so
@@ -79,7 +80,7 @@ pub fn run_all(
             for &flow in &scenario.flows {
                 let target = spec.start(workdir, sink, scenario.startup)?;
                 let record = measure(&target, spec, scenario, flow, run, sink)
-                    .with_context(|| format!("{} {} run {run}", spec.kind, direction(flow)))
+                    .with_context(|| format!("{} {} run {run}", spec.name(), direction(flow)))
                     .map_err(|e| anyhow!("{e:#}\ntarget log:\n{}", target.log_tail()))?;
                 target.stop()?;
                 progress(&record);
@@ -106,7 +107,7 @@ fn measure(
     sink: SocketAddr,
 ) -> Result<RunRecord> {
     let pid = target.pid();
-    let sampler = RssSampler::spawn(pid, Duration::from_millis(25))?;
+    let sampler = pid.map(|pid| RssSampler::spawn(pid, Duration::from_millis(25))).transpose()?;
     let client = target.client(sink);
     let start_line = Arc::new(Barrier::new(scenario.streams + 1));
     let mut workers = Vec::with_capacity(scenario.streams);
@@ -126,8 +127,8 @@ fn measure(
         })?);
     }
 
-    let cpu_before = procstat::cpu_seconds(pid)?;
-    let ticks_before = procstat::stat_cpu_seconds(pid)?;
+    let cpu_before = pid.map(procstat::cpu_seconds).transpose()?;
+    let ticks_before = pid.map(procstat::stat_cpu_seconds).transpose()?;
     let own_before = procstat::own_cpu_seconds()?;
     start_line.wait();
     let started = Instant::now();
@@ -143,11 +144,11 @@ fn measure(
     let wall = started.elapsed().as_secs_f64();
     // Let the target finish closing the streams, so their teardown is counted too.
     thread::sleep(Duration::from_millis(50));
-    let cpu = procstat::cpu_seconds(pid)? - cpu_before;
-    let cpu_ticks = procstat::stat_cpu_seconds(pid)? - ticks_before;
+    let cpu = procstat::since(pid.map(procstat::cpu_seconds).transpose()?, cpu_before);
+    let cpu_ticks = procstat::since(pid.map(procstat::stat_cpu_seconds).transpose()?, ticks_before);
     let own = procstat::own_cpu_seconds()? - own_before;
-    let peak_rss_kib = procstat::peak_rss_kib(pid)?;
-    let rss = sampler.finish();
+    let peak_rss_kib = pid.map(procstat::peak_rss_kib).transpose()?;
+    let rss = sampler.map(RssSampler::finish);
     if !failures.is_empty() {
         return Err(anyhow!("{} of {} streams failed:\n{}", failures.len(), scenario.streams, failures.join("\n")));
     }
@@ -157,7 +158,7 @@ fn measure(
     }
     let gb = moved as f64 / 1e9;
     Ok(RunRecord {
-        target: spec.kind.to_string(),
+        target: spec.name(),
         protocol: spec.protocol(),
         direction: direction(flow),
         run,
@@ -167,8 +168,8 @@ fn measure(
         gbit_s: gb * 8.0 / wall,
         proxy_cpu_s: cpu,
         proxy_cpu_s_ticks: cpu_ticks,
-        cpu_s_per_gb: cpu / gb,
-        peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+        cpu_s_per_gb: cpu.map(|cpu| cpu / gb),
+        peak_rss_mib: peak_rss_kib.map(|kib| kib as f64 / 1024.0),
         harness_cpu_s: own,
         rss,
     })

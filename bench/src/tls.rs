@@ -43,7 +43,52 @@ pub struct TlsMaterial {
     /// What the servers load.
     pub files: TlsFiles,
     /// What our clients connect with.
-    pub client: Arc<ClientConfig>,
+    pub client: TlsClient,
+}
+
+/// How our clients open TLS to one target: the rustls settings, the name they ask for, and
+/// whether the server must choose [`ALPN`].
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    /// TLS 1.3, AES-128-GCM, ALPN [`ALPN`] offered, no resumption; the trust differs.
+    pub config: Arc<ClientConfig>,
+    /// Sent as SNI (a DNS name) and checked against the certificate.
+    pub server_name: ServerName<'static>,
+    /// Fail the handshake unless the server chose [`ALPN`]. The targets we configure announce
+    /// it; an external proxy may announce nothing.
+    pub require_alpn: bool,
+}
+
+/// Where an external target's certificate is checked against.
+#[derive(Debug, Clone)]
+pub enum ExternalTrust {
+    /// The CA certificates in this PEM file, and nothing else.
+    CaFile(PathBuf),
+    /// No check of the certificate at all (its handshake signature is still verified).
+    Insecure,
+}
+
+impl TlsClient {
+    /// Settings for an external target: `server_name` (a DNS name or an IP address) as SNI,
+    /// trusting what `trust` says; ALPN is offered, not required.
+    pub fn external(server_name: &str, trust: &ExternalTrust) -> Result<TlsClient> {
+        let server_name = ServerName::try_from(server_name.to_owned())
+            .map_err(|e| anyhow::anyhow!("{server_name:?} is not a DNS name or IP address: {e}"))?;
+        let config = match trust {
+            ExternalTrust::CaFile(path) => {
+                use rustls::pki_types::pem::PemObject;
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .and_then(|certs| certs.collect())
+                    .with_context(|| format!("reading certificates from {}", path.display()))?;
+                if certs.is_empty() {
+                    anyhow::bail!("{} holds no PEM certificate", path.display());
+                }
+                client_config(certs)?
+            }
+            ExternalTrust::Insecure => insecure_client_config()?,
+        };
+        Ok(TlsClient { config, server_name, require_alpn: false })
+    }
 }
 
 impl TlsMaterial {
@@ -68,40 +113,102 @@ impl TlsMaterial {
             .with_context(|| format!("writing {}", files.cert_file.display()))?;
         std::fs::write(&files.key_file, leaf_key.serialize_pem())
             .with_context(|| format!("writing {}", files.key_file.display()))?;
-        let client = client_config(ca.der().clone())?;
-        Ok(TlsMaterial { files, client })
+        let config = client_config(vec![ca.der().clone()])?;
+        let server_name = ServerName::try_from(SERVER_NAME).context("the server name")?.to_owned();
+        Ok(TlsMaterial { files, client: TlsClient { config, server_name, require_alpn: true } })
     }
 }
 
-/// Client settings that trust only `ca`: TLS 1.3 with AES-128-GCM, ALPN [`ALPN`], no
+/// Client settings that trust only `cas`: TLS 1.3 with AES-128-GCM, ALPN [`ALPN`], no
 /// resumption.
-pub fn client_config(ca: CertificateDer<'static>) -> Result<Arc<ClientConfig>> {
+pub fn client_config(cas: Vec<CertificateDer<'static>>) -> Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca).context("trusting the generated CA")?;
+    for ca in cas {
+        roots.add(ca).context("trusting a CA certificate")?;
+    }
+    let config = provider_builder()?.with_root_certificates(roots).with_no_client_auth();
+    Ok(finish_client_config(config))
+}
+
+/// The same settings, but any certificate is accepted: for an external target whose
+/// certificate we cannot check (`--external-insecure`).
+fn insecure_client_config() -> Result<Arc<ClientConfig>> {
+    let verifier = Arc::new(AnyCertificate(Arc::new(provider())));
+    let config = provider_builder()?.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    Ok(finish_client_config(config))
+}
+
+/// ring with the one cipher suite every client uses.
+fn provider() -> rustls::crypto::CryptoProvider {
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
-    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+    provider
+}
+
+fn provider_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>> {
+    ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 with the ring provider")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .context("TLS 1.3 with the ring provider")
+}
+
+fn finish_client_config(mut config: ClientConfig) -> Arc<ClientConfig> {
     config.alpn_protocols = vec![ALPN.as_bytes().to_vec()];
     config.resumption = Resumption::disabled();
-    Ok(Arc::new(config))
+    Arc::new(config)
+}
+
+/// Accepts whatever certificate the server presents, while still checking that the server
+/// holds its key (the handshake signature).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// A client TLS session over a TCP stream, handshake done.
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
-/// Runs the handshake for [`SERVER_NAME`] over `sock` (its timeouts apply) and checks the
-/// server chose [`ALPN`].
-pub fn handshake(config: &Arc<ClientConfig>, mut sock: TcpStream) -> io::Result<TlsStream> {
-    let name = ServerName::try_from(SERVER_NAME).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut conn = ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?;
+/// Runs the handshake for `client.server_name` over `sock` (its timeouts apply) and, where
+/// required, checks the server chose [`ALPN`].
+pub fn handshake(client: &TlsClient, mut sock: TcpStream) -> io::Result<TlsStream> {
+    let mut conn =
+        ClientConnection::new(Arc::clone(&client.config), client.server_name.clone()).map_err(io::Error::other)?;
     while conn.is_handshaking() {
         conn.complete_io(&mut sock)?;
     }
-    if conn.alpn_protocol() != Some(ALPN.as_bytes()) {
+    if client.require_alpn && conn.alpn_protocol() != Some(ALPN.as_bytes()) {
         let got = conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("server chose ALPN {got:?}, not {ALPN:?}")));
     }
@@ -124,9 +231,9 @@ pub enum ProxyStream {
 
 impl ProxyStream {
     /// Wraps `sock` in TLS when `tls` is given (running the handshake), else leaves it plain.
-    pub fn open(sock: TcpStream, tls: Option<&Arc<ClientConfig>>) -> io::Result<ProxyStream> {
+    pub fn open(sock: TcpStream, tls: Option<&TlsClient>) -> io::Result<ProxyStream> {
         Ok(match tls {
-            Some(config) => ProxyStream::Tls(Box::new(handshake(config, sock)?)),
+            Some(client) => ProxyStream::Tls(Box::new(handshake(client, sock)?)),
             None => ProxyStream::Plain(sock),
         })
     }
@@ -235,6 +342,41 @@ mod tests {
         let addr = echo_server(&served.files);
         let sock = TcpStream::connect(addr).unwrap();
         assert!(ProxyStream::open(sock, Some(&other.client)).is_err());
+        let _ = std::fs::remove_dir_all(&a);
+        let _ = std::fs::remove_dir_all(&b);
+    }
+
+    /// A round trip through `echo_server` with `client`.
+    fn round_trip(files: &TlsFiles, client: &TlsClient) -> io::Result<()> {
+        let addr = echo_server(files);
+        let sock = TcpStream::connect(addr)?;
+        let mut s = ProxyStream::open(sock, Some(client))?;
+        s.write_all(b"hello")?;
+        s.flush()?;
+        let mut back = [0u8; 5];
+        s.read_exact(&mut back)?;
+        assert_eq!(&back, b"hello");
+        Ok(())
+    }
+
+    #[test]
+    fn external_settings_check_the_given_ca_and_name_or_nothing_when_insecure() {
+        let (a, b) = (fresh_dir("tls-ext-a"), fresh_dir("tls-ext-b"));
+        let served = TlsMaterial::generate(&a).unwrap();
+        let other = TlsMaterial::generate(&b).unwrap();
+        // The chain file ends with the CA, so it serves as a CA file too.
+        let trust = ExternalTrust::CaFile(served.files.cert_file.clone());
+        round_trip(&served.files, &TlsClient::external("localhost", &trust).unwrap()).unwrap();
+        // A name the certificate lacks, or another CA, fails.
+        assert!(round_trip(&served.files, &TlsClient::external("example.com", &trust).unwrap()).is_err());
+        let wrong = ExternalTrust::CaFile(other.files.cert_file.clone());
+        assert!(round_trip(&served.files, &TlsClient::external("localhost", &wrong).unwrap()).is_err());
+        // Insecure accepts any of it, even an IP address the certificate does not name.
+        let insecure = TlsClient::external("127.0.0.1", &ExternalTrust::Insecure).unwrap();
+        round_trip(&served.files, &insecure).unwrap();
+        // A file without certificates is refused up front.
+        let err = TlsClient::external("localhost", &ExternalTrust::CaFile(served.files.key_file.clone())).unwrap_err();
+        assert!(format!("{err:#}").contains("no PEM certificate"), "{err:#}");
         let _ = std::fs::remove_dir_all(&a);
         let _ = std::fs::remove_dir_all(&b);
     }

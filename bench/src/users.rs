@@ -158,7 +158,7 @@ pub fn run(users: &Users, sink: SocketAddr, workdir: &Path) -> Result<UsersRecor
     spec.api = true;
     spec.extra_users = 0;
     let target = spec.start(workdir, sink, users.startup)?;
-    let pid = target.pid();
+    let pid = target.started_pid()?;
     let mut api = ApiClient::connect(target.api.context("no API address")?, users.timeout)?;
     // Let start-up allocations settle before the baseline.
     thread::sleep(Duration::from_millis(300));
@@ -279,7 +279,7 @@ fn config_load(users: &Users, sink: SocketAddr, workdir: &Path, rss_baseline_kib
     spec.api = false;
     spec.extra_users = users.count;
     let target = spec.start(workdir, sink, users.config_startup)?;
-    let pid = target.pid();
+    let pid = target.started_pid()?;
     let rss = procstat::rss_kib(pid)?;
     let peak = procstat::peak_rss_kib(pid)?;
     let config_mib = fs::metadata(workdir.join("shardray.json")).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64);
