@@ -32,6 +32,11 @@ pub struct Churn {
     pub rate: f64,
     /// Parallel VLESS streams carrying traffic throughout (0 for an idle server).
     pub traffic_streams: usize,
+    /// Nice value of the traffic's client and sink threads (0: same priority as the proxy).
+    /// On a machine shared with its own load generator, a proxy's wait for a core is part of
+    /// every round trip; a niced generator leaves the cores to the proxy first, as remote
+    /// clients would.
+    pub traffic_nice: i32,
     /// Traffic measured before the first call, as the undisturbed reference.
     pub warmup: Duration,
     /// Bound on the calls; the run stops early, and says so, when it is exceeded.
@@ -87,6 +92,9 @@ pub struct ChurnRecord {
 pub struct TrafficRecord {
     /// Streams (even-numbered download, odd-numbered upload).
     pub streams: usize,
+    /// Nice value of the streams' client and sink threads.
+    #[serde(default)]
+    pub nice: i32,
     /// Throughput over the warm-up, before any call (10^9 bits per second, all streams).
     pub before_gbit_s: f64,
     /// Throughput from the first call to the last reply.
@@ -123,7 +131,7 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 impl Traffic {
     /// Starts `streams` streams that would run for far longer than `bound`; they end when
     /// stopped, or fail once no byte moved for `bound`.
-    fn start(client: &VlessClient, streams: usize, bound: Duration) -> Result<Traffic> {
+    fn start(client: &VlessClient, streams: usize, nice: i32, bound: Duration) -> Result<Traffic> {
         let mut meters = Vec::with_capacity(streams);
         let mut workers = Vec::with_capacity(streams);
         for i in 0..streams {
@@ -134,11 +142,12 @@ impl Traffic {
                 start: ((i * 7_919) % PERIOD) as u32,
             };
             let (client, m) = (client.clone(), Arc::clone(&meter));
-            workers.push(
-                thread::Builder::new()
-                    .name(format!("traffic-{i}"))
-                    .spawn(move || client.run_metered(req, bound, Some(&m)))?,
-            );
+            workers.push(thread::Builder::new().name(format!("traffic-{i}")).spawn(move || {
+                if nice != 0 {
+                    crate::sys::nice_this_thread(nice)?;
+                }
+                client.run_metered(req, bound, Some(&m))
+            })?);
             meters.push(meter);
         }
         let sampling = Arc::new(AtomicBool::new(true));
@@ -220,7 +229,7 @@ pub fn run(churn: &Churn, sink: SocketAddr, workdir: &Path) -> Result<ChurnRecor
     // Bounded so that a stuck stream cannot outlive the run by much.
     let traffic_bound = churn.warmup + churn.timeout + Duration::from_secs(10);
     let traffic = if churn.traffic_streams > 0 {
-        let t = Traffic::start(&target.client(sink), churn.traffic_streams, traffic_bound)?;
+        let t = Traffic::start(&target.client(sink), churn.traffic_streams, churn.traffic_nice, traffic_bound)?;
         thread::sleep(churn.warmup);
         Some(t)
     } else {
@@ -285,6 +294,7 @@ pub fn run(churn: &Churn, sink: SocketAddr, workdir: &Path) -> Result<ChurnRecor
         }
         TrafficRecord {
             streams: churn.traffic_streams,
+            nice: churn.traffic_nice,
             before_gbit_s: before,
             during_gbit_s: during,
             during_vs_before: if before > 0.0 { during / before } else { 0.0 },

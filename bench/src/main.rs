@@ -342,6 +342,10 @@ struct ChurnArgs {
     /// Parallel VLESS streams carrying traffic during the run (0: idle server).
     #[arg(long, default_value_t = 0)]
     traffic_streams: usize,
+    /// Nice value (0-19) of the traffic's client and sink threads: with 19 the proxy gets the
+    /// cores first, as with remote clients; with 0 it competes with its own load generator.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    traffic_nice: i32,
     /// Seconds of traffic measured before the first call.
     #[arg(long, default_value_t = 3.0)]
     warmup: f64,
@@ -614,13 +618,15 @@ fn churn(args: ChurnArgs) -> Result<()> {
         ops: args.ops,
         rate: args.rate,
         traffic_streams: args.traffic_streams,
+        traffic_nice: args.traffic_nice,
         warmup: Duration::from_secs_f64(args.warmup),
         timeout: Duration::from_secs(args.timeout),
         startup: Duration::from_secs(args.shardray.startup_timeout),
     };
     let workdir = workdir()?;
     // The sink's streams must outlive the whole run, warm-up and calls included.
-    let sink = sink::Sink::spawn(scenario.warmup + scenario.timeout + Duration::from_secs(30))?;
+    let sink =
+        sink::Sink::spawn_niced(scenario.warmup + scenario.timeout + Duration::from_secs(30), args.traffic_nice)?;
     let record = finish(&workdir, args.shardray.keep, churn::run(&scenario, sink.addr(), &workdir))?;
     print_api_report(ApiReport::Churn(record), args.shardray.json)
 }

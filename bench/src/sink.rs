@@ -22,9 +22,20 @@ impl Sink {
     /// Binds 127.0.0.1 on a free port and starts accepting; each connection gets a thread
     /// whose socket operations give up after `timeout`.
     pub fn spawn(timeout: Duration) -> Result<Sink> {
+        Sink::spawn_niced(timeout, 0)
+    }
+
+    /// Like [`Sink::spawn`], with every sink thread at nice `nice` (0: unchanged).
+    pub fn spawn_niced(timeout: Duration, nice: i32) -> Result<Sink> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the sink")?;
         let addr = listener.local_addr()?;
         thread::Builder::new().name("sink-accept".into()).spawn(move || {
+            // Connection threads are started from this one and inherit its priority.
+            if nice != 0 {
+                if let Err(e) = crate::sys::nice_this_thread(nice) {
+                    eprintln!("warning: the sink stays at its priority: {e}");
+                }
+            }
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 let _ = thread::Builder::new().name("sink-conn".into()).spawn(move || serve(conn, timeout));

@@ -81,7 +81,10 @@ fn table(reports: &[ApiReport]) -> String {
         match r {
             ApiReport::Churn(c) => {
                 let traffic = c.traffic.as_ref();
-                let load = traffic.map_or("idle".to_owned(), |t| format!("{} traffic streams", t.streams));
+                let load = traffic.map_or("idle".to_owned(), |t| match t.nice {
+                    0 => format!("{} traffic streams", t.streams),
+                    n => format!("{} traffic streams from a load generator at nice {n}", t.streams),
+                });
                 let rate = if c.rate_requested > 0.0 {
                     format!("{:.0} calls/s", c.rate_requested)
                 } else {
@@ -101,7 +104,7 @@ fn table(reports: &[ApiReport]) -> String {
                 );
                 if let Some(t) = traffic {
                     row(
-                        format!("traffic during churn ({} streams)", t.streams),
+                        format!("traffic during churn ({} streams, nice {})", t.streams, t.nice),
                         format!(
                             "{:.2} of {:.2} Gbit/s ({:.2}×), longest stall {:.0} ms, {} errors",
                             t.during_gbit_s,

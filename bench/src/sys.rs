@@ -31,6 +31,16 @@ pub fn clock_ticks_per_second() -> f64 {
     }
 }
 
+/// Lowers the calling thread's scheduling priority to nice `nice` (Linux keeps the nice value
+/// per thread; threads it starts afterwards inherit it).
+pub fn nice_this_thread(nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority takes no pointers; `who` 0 is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sends SIGTERM to `pid`, which must be our own child not yet reaped (so the pid is not reused).
 pub fn terminate(pid: u32) {
     // SAFETY: kill(2) takes no pointers; the caller guarantees `pid` is still its child.
