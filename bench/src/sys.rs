@@ -114,3 +114,26 @@ pub fn raise_nofile(want: u64) -> io::Result<u64> {
     }
     Ok(soft)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The nice value field of /proc/thread-self/stat (the 19th, after the command name).
+    fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn nice_applies_to_the_calling_thread_and_the_threads_it_starts() {
+        let before = own_nice();
+        let (mine, childs) = std::thread::spawn(|| {
+            super::nice_this_thread(7).unwrap();
+            (own_nice(), std::thread::spawn(own_nice).join().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!((mine, childs), (7, 7));
+        assert_eq!(own_nice(), before, "the caller's own priority changed");
+    }
+}
