@@ -2,7 +2,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::IntoRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -241,9 +240,6 @@ impl ShardCtx {
 
     /// Starts accepting on an inbound's listener (this shard's own SO_REUSEPORT socket).
     pub(crate) fn start_accepting(self: &Rc<Self>, inbound: Rc<InboundRt>, listener: std::net::TcpListener) {
-        // SAFETY: the descriptor comes from a listening std socket we own and give up here.
-        let listener =
-            unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(listener.into_raw_fd()) };
         let tag = inbound.tag.clone();
         let task = glommio::spawn_local(crate::inbound::accept_loop(self.clone(), inbound, listener));
         self.accepting.borrow_mut().push((tag, task));

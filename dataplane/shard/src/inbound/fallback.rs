@@ -29,7 +29,14 @@ pub(super) async fn serve<S>(
         return;
     };
     let policy = ctx.policy(0);
-    let mut preamble = proxy_header(fb.xver, info.peer, info.local);
+    let mut preamble = if fb.xver == 0 {
+        Vec::new()
+    } else {
+        match info.local() {
+            Ok(local) => proxy_header(fb.xver, info.peer, local),
+            Err(_) => return,
+        }
+    };
     preamble.extend_from_slice(first);
     let result = match &fb.dest {
         FallbackDest::Tcp(dest) => match connect_tcp(dest).await {

@@ -4,8 +4,9 @@ mod dokodemo;
 mod fallback;
 mod vless;
 
+use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -18,7 +19,8 @@ use crate::ctx::{InboundKind, InboundRt, LiveGuard, ShardCtx};
 /// What an inbound handler knows about the connection beyond its bytes.
 pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
-    pub(crate) local: SocketAddr,
+    /// The client's TCP socket (under TLS too), for what is asked of the kernel only when needed.
+    socket: RawFd,
     /// The TLS server name the client sent, if any.
     pub(crate) sni: Option<String>,
     /// The ALPN protocol agreed, if any.
@@ -28,11 +30,48 @@ pub(crate) struct ConnInfo {
     pub(crate) plain_fd: Option<RawFd>,
 }
 
+impl ConnInfo {
+    /// The connection's local address. Asked of the kernel on demand (a fallback's PROXY
+    /// header): most connections never need it, and getsockname(2) per accept adds up.
+    pub(crate) fn local(&self) -> io::Result<SocketAddr> {
+        // SAFETY: `socket` belongs to the client stream, which outlives the `ConnInfo` that
+        // describes it (both live in the session's task, the stream passed down by value).
+        let fd = unsafe { BorrowedFd::borrow_raw(self.socket) };
+        socket2::SockRef::from(&fd).local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+}
+
 /// Accepts connections on one inbound's listener until the task is cancelled.
-pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, listener: TcpListener) {
+///
+/// Each wake-up drains the listener's queue with plain accept4(2) calls before waiting in
+/// glommio again: one syscall per connection, which also returns the peer's address and makes
+/// the socket nonblocking as splice(2) wants it, where glommio's accept spends four (it turns
+/// `O_NONBLOCK` on and off around its own attempt) and getpeername(2) and ioctl(2) follow.
+pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, listener: std::net::TcpListener) {
+    // Our own accept4 must never block the shard; glommio's accept restores the flags it found.
+    let fast = listener.set_nonblocking(true).is_ok();
+    // Linux copies TCP_NODELAY from the listener into every socket it accepts: one call here
+    // instead of one per connection.
+    let _ = socket2::SockRef::from(&listener).set_nodelay(true);
+    let fd = listener.as_raw_fd();
+    // SAFETY: the descriptor is a listening socket we own and hand over here; the glommio
+    // listener closes it when this task ends, after the last use of `fd` below.
+    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
+        let accepted = match if fast { try_accept(fd) } else { Ok(None) } {
+            Ok(Some(conn)) => Ok(conn),
+            Ok(None) => match listener.accept().await {
+                Ok(stream) => match stream.peer_addr() {
+                    Ok(peer) => Ok((stream, peer)),
+                    // Gone already.
+                    Err(_) => continue,
+                },
+                Err(e) => Err(io::Error::from(e)),
+            },
+            Err(e) => Err(e),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
                 // Boxed once here, so the layers above the relay pass a pointer down instead
                 // of each keeping its own copy of the stream in the session's task.
                 let stream = Box::new(stream);
@@ -40,7 +79,7 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
                 let inbound = inbound.clone();
                 glommio::spawn_local(async move {
                     let _live = LiveGuard::new(&ctx);
-                    serve(&ctx, &inbound, stream).await;
+                    serve(&ctx, &inbound, stream, peer).await;
                 })
                 .detach();
             }
@@ -53,14 +92,46 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
     }
 }
 
+/// One nonblocking accept4(2) on `listener`: the connection (its socket nonblocking and
+/// close-on-exec) and its peer's address, or `None` when nothing is waiting.
+fn try_accept(listener: RawFd) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+    loop {
+        // SAFETY: sockaddr_storage is plain data, valid all zeroes.
+        let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `listener` is open (the caller's listener outlives the call); the address
+        // buffer and its length are live locals of the stated size.
+        let fd = unsafe {
+            libc::accept4(
+                listener,
+                (&mut addr as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            let stream = unsafe { TcpStream::from_raw_fd(fd) };
+            // SAFETY: the kernel filled `len` bytes of `addr`.
+            match unsafe { socket2::SockAddr::new(addr, len) }.as_socket() {
+                Some(peer) => return Ok(Some((stream, peer))),
+                None => continue,
+            }
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(None),
+            // Interrupted, or a connection reset while it waited: try the next one.
+            Some(libc::EINTR | libc::ECONNABORTED) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
 /// Runs one accepted connection: TLS if configured, then the inbound's protocol.
-async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: Box<TcpStream>) {
-    let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
-        (Ok(p), Ok(l)) => (p, l),
-        _ => return,
-    };
-    let _ = stream.set_nodelay(true);
-    let info = ConnInfo { peer, local, sni: None, alpn: None, plain_fd: Some(stream.as_raw_fd()) };
+async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: Box<TcpStream>, peer: SocketAddr) {
+    let socket = stream.as_raw_fd();
+    let info = ConnInfo { peer, socket, sni: None, alpn: None, plain_fd: Some(socket) };
     match &inbound.tls {
         None => dispatch(ctx, inbound, stream, &info).await,
         // Boxed: a TLS session's state is several times a plain one's, and a plain session
