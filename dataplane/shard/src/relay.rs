@@ -72,9 +72,9 @@ impl<'a> RelayOptions<'a> {
         }
     }
 
-    /// Bytes written to the client ahead of the first downlink bytes (a response header). When
-    /// splicing is allowed they leave in the same send as the first bytes (or at end of
-    /// stream), as Xray and sing-box send a VLESS response header with the first payload.
+    /// Bytes written to the client ahead of the first downlink bytes (a response header). They
+    /// leave in the same write as the first bytes (or at end of stream), as Xray and sing-box
+    /// send a VLESS response header with the first payload.
     pub(crate) fn down_prefix(self, down_prefix: &'a [u8]) -> Self {
         RelayOptions { down_prefix, ..self }
     }
@@ -182,7 +182,8 @@ where
 struct BufDir<'a> {
     size: usize,
     buf: Option<Box<[u8]>>,
-    /// Written before anything else.
+    /// Written ahead of the first bytes read, in the same write (as Xray sends a VLESS response
+    /// header with the first payload), or alone if it is too large to share the buffer.
     prefix: &'a [u8],
     start: usize,
     end: usize,
@@ -190,11 +191,47 @@ struct BufDir<'a> {
     /// A read failed after earlier reads filled part of the buffer: raised once that is written.
     read_error: Option<io::Error>,
     closed: bool,
+    /// For the first bytes of a direction that may splice: once a read fills the buffer, or
+    /// this many bytes were read, `poll_move` stops after writing them out and `bulk` says so.
+    hand_over_after: Option<u64>,
+    copied: u64,
+    bulk: bool,
 }
 
 impl<'a> BufDir<'a> {
     fn new(size: usize, prefix: &'a [u8]) -> Self {
-        BufDir { size: size.max(1), buf: None, prefix, start: 0, end: 0, eof: false, read_error: None, closed: false }
+        BufDir {
+            size: size.max(1),
+            buf: None,
+            prefix,
+            start: 0,
+            end: 0,
+            eof: false,
+            read_error: None,
+            closed: false,
+            hand_over_after: None,
+            copied: 0,
+            bulk: false,
+        }
+    }
+
+    /// A direction that copies its first bytes and hands over to another way of moving them
+    /// once it carries bulk (see `hand_over_after`).
+    fn until_bulk(size: usize, prefix: &'a [u8], limit: u64) -> Self {
+        let mut dir = BufDir::new(size, prefix);
+        dir.hand_over_after = Some(limit);
+        dir
+    }
+
+    /// Whether the direction carries bulk and holds nothing: the rest may move another way.
+    fn ready_to_hand_over(&self) -> bool {
+        self.bulk && self.start == self.end && self.prefix.is_empty() && !self.eof && self.read_error.is_none()
+    }
+
+    /// Copies for good (the other way turned out to be unavailable).
+    fn keep_copying(&mut self) {
+        self.hand_over_after = None;
+        self.bulk = false;
     }
 
     fn release(&mut self) {
@@ -220,10 +257,12 @@ impl Direction for BufDir<'_> {
         let done = |progressed: bool| Ok(Moved { progressed, more: false });
         // Set once a read returned Pending, which registered the task to be woken.
         let mut reader_waits = false;
-        match poll_prefix(cx, w, &mut self.prefix) {
-            Poll::Ready(Ok(wrote)) => progressed |= wrote,
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => return done(progressed),
+        if self.prefix.len() > self.size / 2 {
+            match poll_prefix(cx, w, &mut self.prefix) {
+                Poll::Ready(Ok(wrote)) => progressed |= wrote,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return done(progressed),
+            }
         }
         loop {
             if self.start < self.end {
@@ -267,11 +306,20 @@ impl Direction for BufDir<'_> {
                 }
                 return done(progressed);
             }
+            if self.bulk {
+                self.release();
+                return done(progressed);
+            }
             let size = self.size;
             let buf = self.buf.get_or_insert_with(|| take_buffer(size));
+            // A small prefix sits ahead of the bytes read; it is dropped from the buffer again
+            // if nothing comes.
+            let held = self.prefix.len();
+            buf[..held].copy_from_slice(self.prefix);
+            self.end = held;
             // Fill the buffer from as many reads as are ready, so that the write is one large
             // chunk (a TLS stream hands out one record per read).
-            while self.end < buf.len() {
+            while self.end < buf.len() && !self.bulk {
                 match Pin::new(&mut *r).poll_read(cx, &mut buf[self.end..]) {
                     Poll::Ready(Ok(0)) => {
                         self.eof = true;
@@ -281,9 +329,13 @@ impl Direction for BufDir<'_> {
                     Poll::Ready(Ok(n)) => {
                         self.end += n;
                         *read += n as u64;
+                        self.copied += n as u64;
                         progressed = true;
+                        if let Some(limit) = self.hand_over_after {
+                            self.bulk = self.end == buf.len() || self.copied >= limit;
+                        }
                     }
-                    Poll::Ready(Err(e)) if self.end == 0 => return Err(e),
+                    Poll::Ready(Err(e)) if self.end == held => return Err(e),
                     Poll::Ready(Err(e)) => {
                         self.read_error = Some(e);
                         break;
@@ -294,11 +346,13 @@ impl Direction for BufDir<'_> {
                     }
                 }
             }
-            if self.end == 0 && !self.eof {
+            if self.end == held && !self.eof {
                 // Nothing to read and nothing held: wait without a buffer.
+                self.end = 0;
                 self.release();
                 return done(progressed);
             }
+            self.prefix = &[];
         }
     }
 }

@@ -13,11 +13,11 @@
 //! Pipes come from a per-shard pool and are held only while bytes are in them: an idle
 //! direction holds none.
 //!
-//! A direction starts by copying, through a pooled buffer, and turns to splice(2) only once a
-//! read fills that buffer (or it has copied `COPY_LIMIT` bytes): a short connection's few
-//! small chunks then cost one recv and one send each, where splicing them costs a FIONBIO per
-//! socket and, per chunk, a failed splice, a one-byte read and pipe write, and two splices. The
-//! copy also lets the prefix (a response header) leave in the same send as the first bytes.
+//! A direction starts as the buffered relay's copying direction (`BufDir`, which also sends the
+//! prefix with the first bytes) and turns to splice(2) only once a read fills its buffer (or it
+//! has copied `COPY_LIMIT` bytes): a short connection's few small chunks then cost one recv and
+//! one send each, where splicing them costs a FIONBIO per socket and, per chunk, a failed
+//! splice, a one-byte read and pipe write, and two splices.
 //!
 //! A splice into a socket whose peer is gone raises SIGPIPE, as a plain write would; Rust
 //! binaries ignore SIGPIPE from the start, so it arrives here as an `EPIPE` error.
@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
-use super::{give_buffer, poll_prefix, take_buffer, Direction, Moved, POLL_BUDGET};
+use super::{BufDir, Direction, Moved, POLL_BUDGET};
 
 /// Bytes a direction copies before it turns to splice(2) even if no read filled its buffer.
 const COPY_LIMIT: u64 = 256 * 1024;
@@ -203,17 +203,8 @@ pub(super) struct SpliceDir<'a> {
     from: RawFd,
     to: RawFd,
     capacity: usize,
-    /// Written to `to` before anything else, with the first bytes read.
-    prefix: &'a [u8],
-    /// Still copying; bytes copied so far.
-    copying: bool,
-    copied: u64,
-    /// The copy buffer's size; the buffer, held only while bytes are in it (or a read is
-    /// filling it), and its unwritten bytes `start..end`.
-    buf_size: usize,
-    buf: Option<Box<[u8]>>,
-    start: usize,
-    end: usize,
+    /// Moves the first bytes, the prefix with them; `None` once the direction splices.
+    copy: Option<BufDir<'a>>,
     /// Held only while `queued > 0` (and briefly while filling).
     pipe: Option<Pipe>,
     /// Bytes in the pipe.
@@ -232,13 +223,7 @@ impl<'a> SpliceDir<'a> {
             from,
             to,
             capacity: pipe_capacity(buffer_size),
-            prefix,
-            copying: true,
-            copied: 0,
-            buf_size: buffer_size.max(1),
-            buf: None,
-            start: 0,
-            end: 0,
+            copy: Some(BufDir::until_bulk(buffer_size, prefix, COPY_LIMIT)),
             pipe: None,
             queued: 0,
             held: None,
@@ -250,7 +235,10 @@ impl<'a> SpliceDir<'a> {
 
 impl Direction for SpliceDir<'_> {
     fn done(&self) -> bool {
-        self.closed
+        match &self.copy {
+            Some(copy) => copy.done(),
+            None => self.closed,
+        }
     }
 
     /// Moves what it can until the budget is spent or both ends would block, adding the bytes
@@ -263,31 +251,21 @@ impl Direction for SpliceDir<'_> {
         let budget = *read + POLL_BUDGET;
         let mut progressed = false;
         let done = |progressed: bool| Ok(Moved { progressed, more: false });
-        if self.prefix.len() > self.buf_size / 2 {
-            // Too large to ride along with the first read: it goes alone.
-            match poll_prefix(cx, w, &mut self.prefix) {
-                Poll::Ready(Ok(wrote)) => progressed |= wrote,
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return done(progressed),
+        if let Some(copy) = self.copy.as_mut() {
+            let moved = copy.poll_move(cx, r, w, read)?;
+            if !copy.ready_to_hand_over() {
+                return Ok(moved);
             }
+            progressed = moved.progressed;
+            if prepare(self.from).is_err() || prepare(self.to).is_err() {
+                copy.keep_copying();
+                return Ok(Moved { progressed, more: true });
+            }
+            // Bulk: splice from now on.
+            self.copy = None;
         }
         loop {
-            // Drain: the copy buffer, the held byte, then the pipe.
-            if self.start < self.end {
-                let buf = self.buf.as_ref().expect("buffered bytes are in a buffer");
-                match Pin::new(&mut *w).poll_write(cx, &buf[self.start..self.end]) {
-                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                    Poll::Ready(Ok(n)) => {
-                        self.start += n;
-                        progressed = true;
-                        continue;
-                    }
-                    Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Pending => return done(progressed),
-                }
-            }
-            self.start = 0;
-            self.end = 0;
+            // Drain: the held byte, then the pipe.
             if let Some(b) = self.held {
                 match Pin::new(&mut *w).poll_write(cx, &[b]) {
                     Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
@@ -333,35 +311,6 @@ impl Direction for SpliceDir<'_> {
                 }
                 return done(progressed);
             }
-            if self.copying {
-                let prefix = self.prefix.len();
-                let buf = self.buf.get_or_insert_with(|| take_buffer(self.buf_size));
-                // The prefix goes ahead of the bytes read, in the same write.
-                buf[..prefix].copy_from_slice(self.prefix);
-                match Pin::new(&mut *r).poll_read(cx, &mut buf[prefix..]) {
-                    Poll::Ready(Ok(n)) => {
-                        let full = prefix + n == buf.len();
-                        self.prefix = &[];
-                        self.end = prefix + n;
-                        self.eof = n == 0;
-                        *read += n as u64;
-                        self.copied += n as u64;
-                        progressed = true;
-                        if full || self.copied >= COPY_LIMIT {
-                            // Bulk: splice from now on, if the sockets allow it.
-                            self.copying = prepare(self.from).is_err() || prepare(self.to).is_err();
-                        }
-                    }
-                    Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Pending => {
-                        // Nothing to read: wait without a buffer (the prefix stays put).
-                        self.release_buffer();
-                        return done(progressed);
-                    }
-                }
-                continue;
-            }
-            self.release_buffer();
             // Fill the empty pipe.
             if self.pipe.is_none() {
                 self.pipe = Some(take_pipe(self.capacity)?);
@@ -409,18 +358,10 @@ impl Direction for SpliceDir<'_> {
 impl SpliceDir<'_> {
     /// Gives the pipe back to the pool if it is empty; a pipe with bytes in it is closed.
     fn release(&mut self) {
-        self.release_buffer();
         if let Some(pipe) = self.pipe.take() {
             if self.queued == 0 {
                 give_pipe(pipe);
             }
-        }
-    }
-
-    /// Gives the copy buffer back to the pool (whatever it holds is dropped).
-    fn release_buffer(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            give_buffer(buf);
         }
     }
 }
