@@ -5,7 +5,8 @@
 # VLESS over TLS 1.3 (a certificate generated per run; the splice relay, plain only, is
 # skipped there); the memory and CPU
 # that 2,000 idle tunnels cost shardray, sing-box and V2Ray; then shardray's API figures
-# (AddUser round trip idle and with traffic, QueryStats and RSS at 100,000 and 1,000,000 users);
+# (AddUser round trip idle and with traffic, from a load generator at normal priority and at
+# nice 19, QueryStats and RSS at 100,000 and 1,000,000 users);
 # appended as one dated section to perf/RESULTS.md, and drawn as charts in perf/report.html
 # (one self-contained page: CPU per GB, latency CDFs, RSS per idle tunnel, RSS over time).
 #
@@ -111,6 +112,10 @@ if wants api; then
     api 1-churn-idle churn --ops "$CHURN_OPS" --rate "$CHURN_RATE"
     api 2-churn-traffic churn --ops "$CHURN_TRAFFIC_OPS" --rate "$CHURN_TRAFFIC_RATE" \
         --traffic-streams "$CHURN_STREAMS"
+    # The same with the load generator at nice 19: the proxy has the cores first, as it would
+    # with remote clients, so its own wait for a core leaves the round trip.
+    api 2-churn-traffic-niced churn --ops "$CHURN_TRAFFIC_OPS" --rate "$CHURN_TRAFFIC_RATE" \
+        --traffic-streams "$CHURN_STREAMS" --traffic-nice 19
     api 3-users-100k users --count 100000 --query-runs 5
     api 4-users-1m users --count 1000000
     {
