@@ -53,8 +53,8 @@ const MAX_PIPE: usize = 1024 * 1024;
 /// copies, and an idle direction holds no pipe, so it can be far larger than the user-space
 /// buffer it stands for: measured on loopback (4 streams × 256 MiB, 2 shards), CPU per GB with
 /// 64 KiB, 256 KiB, 512 KiB and 1 MiB pipes was about 1.7×, 1.6×, 1.05× and 0.95× the bare
-/// splice relay's (which uses 1 MiB), so the default 32 KiB `bufferSize` maps to 1 MiB.
-const PIPE_PER_BUFFER: usize = 32;
+/// splice relay's (which uses 1 MiB), so the default 64 KiB `bufferSize` maps to 1 MiB.
+const PIPE_PER_BUFFER: usize = 16;
 
 /// The pipe capacity asked for a policy's `bufferSize`.
 pub(super) fn pipe_capacity(buffer_size: usize) -> usize {
@@ -379,8 +379,9 @@ mod tests {
     #[test]
     fn capacity_follows_buffer_size_within_bounds() {
         assert_eq!(pipe_capacity(0), MIN_PIPE);
-        assert_eq!(pipe_capacity(4 * 1024), 128 * 1024);
-        assert_eq!(pipe_capacity(32 * 1024), MAX_PIPE);
+        assert_eq!(pipe_capacity(4 * 1024), MIN_PIPE);
+        assert_eq!(pipe_capacity(32 * 1024), 512 * 1024);
+        assert_eq!(pipe_capacity(shardray_core::spec::DEFAULT_BUFFER_SIZE), MAX_PIPE);
         assert_eq!(pipe_capacity(512 * 1024), MAX_PIPE);
     }
 
