@@ -10,7 +10,7 @@
 # appended as one dated section to perf/RESULTS.md, and drawn as charts in perf/report.html
 # (one self-contained page: CPU per GB, latency CDFs, RSS per idle tunnel, RSS over time).
 #
-#   perf/run.sh                      everything, about 5 minutes on 2 cores
+#   perf/run.sh                      everything, about 6 minutes on 2 cores
 #   TLS=0 perf/run.sh                plain VLESS only (no TLS step after throughput, connrate)
 #   SCENARIOS=api perf/run.sh        only the API figures (also: throughput, connrate, idle)
 #   SCENARIOS=idle IDLE_TUNNELS=5000 perf/run.sh
