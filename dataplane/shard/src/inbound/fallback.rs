@@ -34,7 +34,11 @@ pub(super) async fn serve<S>(
     } else {
         match info.local() {
             Ok(local) => proxy_header(fb.xver, info.peer, local),
-            Err(_) => return,
+            Err(e) => {
+                let (tag, peer) = (&inbound.tag, info.peer);
+                ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} fallback failed: no local address: {e}"));
+                return;
+            }
         }
     };
     preamble.extend_from_slice(first);
