@@ -563,20 +563,7 @@ mod tests {
     }
 
     fn idle_json() -> String {
-        let scenario = Idle {
-            tunnels: 2000,
-            runs: 1,
-            open_threads: 1,
-            settle: Duration::ZERO,
-            samples: 1,
-            sample_every: Duration::ZERO,
-            hold: Duration::ZERO,
-            check: 1,
-            conn_timeout: Duration::ZERO,
-            open_timeout: Duration::ZERO,
-            startup: Duration::ZERO,
-            nofile_limit: 1024,
-        };
+        let scenario = Idle::for_report(2000, 1);
         let runs = ["shardray", "sing-box", "v2ray"]
             .iter()
             .map(|t| IdleRecord {

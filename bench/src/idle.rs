@@ -116,6 +116,27 @@ pub struct IdleRecord {
     pub rss: Option<RssSeries>,
 }
 
+#[cfg(test)]
+impl Idle {
+    /// A scenario that only names the tunnels and runs, for tests of the report.
+    pub(crate) fn for_report(tunnels: usize, runs: usize) -> Idle {
+        Idle {
+            tunnels,
+            runs,
+            open_threads: 1,
+            settle: Duration::ZERO,
+            samples: 1,
+            sample_every: Duration::ZERO,
+            hold: Duration::ZERO,
+            check: 1,
+            conn_timeout: Duration::ZERO,
+            open_timeout: Duration::ZERO,
+            startup: Duration::ZERO,
+            nofile_limit: 1024,
+        }
+    }
+}
+
 impl IdleRecord {
     /// Descriptors the target gained per open tunnel.
     pub fn fds_per_tunnel(&self) -> Option<f64> {
@@ -680,20 +701,7 @@ mod tests {
 
     #[test]
     fn medians_and_ratio_against_sing_box() {
-        let scenario = Idle {
-            tunnels: 100,
-            runs: 3,
-            open_threads: 1,
-            settle: Duration::ZERO,
-            samples: 1,
-            sample_every: Duration::ZERO,
-            hold: Duration::ZERO,
-            check: 1,
-            conn_timeout: Duration::ZERO,
-            open_timeout: Duration::ZERO,
-            startup: Duration::ZERO,
-            nofile_limit: 1024,
-        };
+        let scenario = Idle::for_report(100, 3);
         let runs = vec![
             record("shardray", 1, 4.0),
             record("sing-box", 1, 20.0),

@@ -49,18 +49,17 @@ fn fresh_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Starts `command` as a proxy at `addr` that the harness did not start, its output discarded.
+fn proxy_process(command: &mut Command, addr: SocketAddr) -> Proxy {
+    let child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    Proxy { child, addr }
+}
+
 /// `shardray-bench splice-relay` for `user`, started here as if by someone else. The harness's
 /// start-up probe waits for its port, so there is nothing to wait for here.
 fn splice_relay(user: &str) -> Proxy {
     let addr = free_addr();
-    let child = Command::new(BENCH)
-        .args(["splice-relay", "--listen", &addr.to_string(), "--user", user])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proxy { child, addr }
+    proxy_process(Command::new(BENCH).args(["splice-relay", "--listen", &addr.to_string(), "--user", user]), addr)
 }
 
 /// Runs the harness with `args` and `--json-out` into `dir`; returns its Markdown output and the
@@ -263,15 +262,7 @@ fn shardray_tls(bin: &Path, dir: &Path, user: &str) -> Proxy {
     });
     let path = dir.join("shardray.json");
     std::fs::write(&path, config.to_string()).unwrap();
-    let child = Command::new(bin)
-        .args(["run", "--shards", "1", "-c"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proxy { child, addr }
+    proxy_process(Command::new(bin).args(["run", "--shards", "1", "-c"]).arg(&path), addr)
 }
 
 #[test]

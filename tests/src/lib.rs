@@ -266,6 +266,47 @@ pub fn api_server() -> (Shardray, api::ApiClient) {
     (server, client)
 }
 
+/// A config file and a state directory that outlive each server process, for tests that
+/// restart the server (gracefully or by `kill -9`) and check what it kept.
+pub struct Restartable {
+    dir: tempfile::TempDir,
+}
+
+impl Restartable {
+    /// Writes `config` (which must serve the API) into a fresh directory.
+    pub fn new(config: &Value) -> Restartable {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), serde_json::to_vec(config).unwrap()).unwrap();
+        Restartable { dir }
+    }
+
+    /// A path in the directory (`config.json`, `state/...`).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs the server from the config and the state (2 shards, 1 s of grace, then `extra`
+    /// arguments) and connects to its API.
+    pub fn start(&self, extra: &[&str]) -> (Shardray, api::ApiClient) {
+        let (config, state) = (self.path("config.json"), self.path("state"));
+        let mut args = vec![
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+            "--shards",
+            "2",
+            "--grace",
+            "1",
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let server = Shardray::start_with_args(tempfile::tempdir().unwrap(), &args).expect("start");
+        let api = api::ApiClient::connect(server.api.unwrap());
+        (server, api)
+    }
+}
+
 /// Polls `cond` every 10 ms until it holds or `within` passes.
 pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;

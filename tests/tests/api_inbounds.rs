@@ -14,7 +14,7 @@ use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::vless as vless_pb;
 use shardray_tests::api::{typed, vless_user, ApiClient};
 use shardray_tests::servers::EchoServer;
-use shardray_tests::{api_server, fixed_port, run_cli, vless, vless_config, wait_until, Shardray, ALICE};
+use shardray_tests::{api_server, fixed_port, run_cli, vless, vless_config, wait_until, Restartable, ALICE};
 use tonic::Code;
 
 const BOB: &str = "5f2c86f0-63b1-4d7c-9a43-3f3b2d6c0a11";
@@ -149,28 +149,10 @@ fn bad_requests_get_precise_codes_and_change_nothing() {
 #[test]
 fn inbounds_added_and_removed_survive_kill_9_with_their_users() {
     let echo = EchoServer::start();
-    let dir = tempfile::tempdir().unwrap();
     let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
     config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
-    let config_path = dir.path().join("config.json");
-    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let state = dir.path().join("state");
-    let start = || {
-        let args = [
-            "run",
-            "-c",
-            config_path.to_str().unwrap(),
-            "--shards",
-            "2",
-            "--grace",
-            "1",
-            "--state",
-            state.to_str().unwrap(),
-        ];
-        let server = Shardray::start_with_args(tempfile::tempdir().unwrap(), &args).expect("start");
-        let api = ApiClient::connect(server.api.unwrap());
-        (server, api)
-    };
+    let restartable = Restartable::new(&config);
+    let start = || restartable.start(&[]);
 
     let (server, api) = start();
     let port = fixed_port();

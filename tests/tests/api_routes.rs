@@ -14,7 +14,7 @@ use shardray_proto::xray::core::OutboundHandlerConfig;
 use shardray_proto::xray::proxy::{blackhole, freedom};
 use shardray_tests::api::{typed, ApiClient};
 use shardray_tests::servers::EchoServer;
-use shardray_tests::{vless, vless_config, wait_until, Shardray, ALICE};
+use shardray_tests::{vless, vless_config, wait_until, Restartable, Shardray, ALICE};
 use tonic::Code;
 
 fn config() -> serde_json::Value {
@@ -334,26 +334,8 @@ fn subscribe_routing_stats_sees_connections_made_after_subscribing() {
 #[test]
 fn added_outbounds_and_rules_survive_a_restart() {
     let echo = EchoServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&config()).unwrap()).unwrap();
-    let start = || {
-        let config = dir.path().join("config.json");
-        let state = dir.path().join("state");
-        let args = [
-            "run",
-            "-c",
-            config.to_str().unwrap(),
-            "--shards",
-            "2",
-            "--grace",
-            "1",
-            "--state",
-            state.to_str().unwrap(),
-        ];
-        let server = Shardray::start_with_args(tempfile::tempdir().unwrap(), &args).expect("start");
-        let api = ApiClient::connect(server.api.unwrap());
-        (server, api)
-    };
+    let restartable = Restartable::new(&config());
+    let start = || restartable.start(&[]);
     let (server, api) = start();
     add_outbound(&api, freedom_outbound("px")).unwrap();
     add_outbound(&api, freedom_outbound("gone")).unwrap();

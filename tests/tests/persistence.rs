@@ -6,43 +6,22 @@ use std::time::Duration;
 use serde_json::json;
 use shardray_tests::api::ApiClient;
 use shardray_tests::servers::EchoServer;
-use shardray_tests::{vless, vless_config, wait_until, Shardray, ALICE};
+use shardray_tests::{vless, vless_config, wait_until, Restartable, Shardray, ALICE};
 
 const NEW: &str = "5f2c86f0-63b1-4d7c-9a43-3f3b2d6c0a11";
 
-/// A config file and a state directory that outlive each server process.
-struct Setup {
-    dir: tempfile::TempDir,
-}
+/// The server of these tests, restarted from its config and state.
+struct Setup(Restartable);
 
 impl Setup {
     fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
         let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
         config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
-        std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
-        Setup { dir }
+        Setup(Restartable::new(&config))
     }
 
     fn start(&self, flush_secs: u64) -> (Shardray, ApiClient) {
-        let config = self.dir.path().join("config.json");
-        let state = self.dir.path().join("state");
-        let args = [
-            "run",
-            "-c",
-            config.to_str().unwrap(),
-            "--shards",
-            "2",
-            "--grace",
-            "1",
-            "--state",
-            state.to_str().unwrap(),
-            "--flush",
-            &flush_secs.to_string(),
-        ];
-        let server = Shardray::start_with_args(tempfile::tempdir().unwrap(), &args).expect("start");
-        let api = ApiClient::connect(server.api.unwrap());
-        (server, api)
+        self.0.start(&["--flush", &flush_secs.to_string()])
     }
 }
 
@@ -68,7 +47,7 @@ fn users_added_and_removed_through_the_api_survive_kill_9() {
     };
     assert_eq!(api.block_on(handler.get_inbound_users(req)).unwrap().into_inner().users[0].level, 3);
     // The journal was compacted at start: one snapshot line for the one inbound with users.
-    let journal = std::fs::read_to_string(setup.dir.path().join("state/journal.jsonl")).unwrap();
+    let journal = std::fs::read_to_string(setup.0.path("state/journal.jsonl")).unwrap();
     assert_eq!(journal.lines().count(), 1, "{journal}");
     drop(server);
 }
@@ -114,7 +93,7 @@ fn a_journal_record_for_a_vanished_inbound_is_skipped_not_fatal() {
     api.add_user("vless-in", "new@example.com", NEW, 0).unwrap();
     server.kill9();
     // The operator renames the inbound: the old records no longer apply.
-    let path = setup.dir.path().join("config.json");
+    let path = setup.0.path("config.json");
     let text = std::fs::read_to_string(&path).unwrap().replace("\"vless-in\"", "\"renamed\"");
     std::fs::write(&path, text).unwrap();
     let (server, api) = setup.start(10);

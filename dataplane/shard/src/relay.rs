@@ -176,6 +176,20 @@ where
     Poll::Ready(Ok(wrote))
 }
 
+/// Half-closes `w` once the direction's source has ended, so that the peer reads end of stream;
+/// `true` when that happened just now. An error means the peer is gone already: the direction
+/// is finished either way.
+fn half_close<W>(cx: &mut Context<'_>, w: &mut W, closed: &mut bool) -> bool
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    if *closed || Pin::new(w).poll_close(cx).is_pending() {
+        return false;
+    }
+    *closed = true;
+    true
+}
+
 /// One direction copied through a user-space buffer (any stream, TLS included). The buffer
 /// comes from the shard's pool for a read and goes back when the direction waits with nothing
 /// in it, so an idle direction holds none.
@@ -294,16 +308,7 @@ impl Direction for BufDir<'_> {
             }
             if self.eof {
                 self.release();
-                if !self.closed {
-                    match Pin::new(&mut *w).poll_close(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        // The peer may already be gone; the direction is finished either way.
-                        Poll::Ready(Err(_)) => {}
-                        Poll::Pending => return done(progressed),
-                    }
-                    self.closed = true;
-                    progressed = true;
-                }
+                progressed |= half_close(cx, w, &mut self.closed);
                 return done(progressed);
             }
             if self.bulk {

@@ -75,28 +75,18 @@ pub(crate) async fn forward<C>(
     // One table for the whole session, whatever changes meanwhile.
     let routes = ctx.routes();
     let decision = route(ctx, &routes, &mut input).await;
+    let (tag, peer, dest) = (&session.inbound.tag, session.peer, &session.dest);
     let outbound = match routes.resolve(&decision) {
         Resolved::Outbound(i) => &routes.outbounds[i],
-        Resolved::Missing(tag) => {
-            // As upstream: not the default outbound, since the rule meant another one.
-            ctx.log.error(
-                LogLevel::Warning,
-                format_args!(
-                    "[{}] {} to {}: non existing outTag: {tag}",
-                    session.inbound.tag, session.peer, session.dest
-                ),
-            );
+        // As upstream: not the default outbound, since the rule meant another one.
+        Resolved::Missing(out) => {
+            ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: non existing outTag: {out}"));
             let _ = client.close().await;
             return;
         }
         Resolved::NoDefault => {
-            ctx.log.error(
-                LogLevel::Warning,
-                format_args!(
-                    "[{}] {} to {}: default outbound handler not exist",
-                    session.inbound.tag, session.peer, session.dest
-                ),
-            );
+            ctx.log
+                .error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: default outbound handler not exist"));
             let _ = client.close().await;
             return;
         }

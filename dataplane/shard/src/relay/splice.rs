@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
-use super::{BufDir, Direction, Moved, POLL_BUDGET};
+use super::{half_close, BufDir, Direction, Moved, POLL_BUDGET};
 
 /// Bytes a direction copies before it turns to splice(2) even if no read filled its buffer.
 const COPY_LIMIT: u64 = 256 * 1024;
@@ -300,15 +300,7 @@ impl Direction for SpliceDir<'_> {
             }
             if self.eof {
                 self.release();
-                if !self.closed {
-                    // Half-close: the reader sees end of stream; errors mean the peer is gone.
-                    match Pin::new(&mut *w).poll_close(cx) {
-                        Poll::Ready(_) => {}
-                        Poll::Pending => return done(progressed),
-                    }
-                    self.closed = true;
-                    progressed = true;
-                }
+                progressed |= half_close(cx, w, &mut self.closed);
                 return done(progressed);
             }
             // Fill the empty pipe.
