@@ -3,6 +3,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod addr;
+pub mod aead;
 pub mod vless;
 
 /// Why a decoder rejected its input.
