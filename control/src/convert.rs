@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use prost::Message;
 use shardray_core::spec::UserSpec;
+use shardray_proto::shardray::compat::v2ray::VlessAccount as V2rayVlessAccount;
 use shardray_proto::xray::common::protocol::User;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::proxy::vless;
@@ -53,6 +54,73 @@ pub fn message_type(t: &str) -> Result<(Flavor, &str), InvalidMessage> {
     }
 }
 
+/// Every message the API knows, from the descriptor set compiled with the generated code.
+fn descriptors() -> &'static prost_reflect::DescriptorPool {
+    static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        prost_reflect::DescriptorPool::decode(shardray_proto::FILE_DESCRIPTOR_SET).expect("the built descriptor set")
+    })
+}
+
+/// Decodes `bytes` as `M`, the message called `full_name` in the .proto files, and refuses a
+/// field number that the message (or any message inside it) does not define: prost would drop
+/// it silently. The check goes by field number, so any valid encoding of known fields passes:
+/// any order, packed or not, empty repeated fields, explicit defaults.
+pub fn decode_known<M: Message + Default>(bytes: &[u8], full_name: &str) -> Result<M, String> {
+    let desc = descriptors().get_message_by_name(full_name).ok_or_else(|| format!("no message {full_name}"))?;
+    let message = prost_reflect::DynamicMessage::decode(desc, bytes).map_err(|e| format!("cannot decode: {e}"))?;
+    let mut path = String::new();
+    refuse_unknown(&message, &mut path)?;
+    M::decode(bytes).map_err(|e| format!("cannot decode: {e}"))
+}
+
+/// Fails on the first unknown field at any depth, naming where it is (`rule[0]: field 99 …`).
+fn refuse_unknown(message: &prost_reflect::DynamicMessage, path: &mut String) -> Result<(), String> {
+    use prost_reflect::{ReflectMessage, Value};
+    if let Some(unknown) = message.unknown_fields().next() {
+        let at = if path.is_empty() { String::new() } else { format!("{path}: ") };
+        return Err(format!(
+            "{at}field number {} is not defined in {} (a field shardray does not know)",
+            unknown.number(),
+            message.descriptor().full_name()
+        ));
+    }
+    for (field, value) in message.fields() {
+        let len = path.len();
+        let visit = |m: &prost_reflect::DynamicMessage, index: Option<usize>, path: &mut String| {
+            path.truncate(len);
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(field.name());
+            if let Some(i) = index {
+                path.push_str(&format!("[{i}]"));
+            }
+            refuse_unknown(m, path)
+        };
+        match value {
+            Value::Message(m) => visit(m, None, path)?,
+            Value::List(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Value::Message(m) = item {
+                        visit(m, Some(i), path)?;
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for item in entries.values() {
+                    if let Value::Message(m) = item {
+                        visit(m, None, path)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+        path.truncate(len);
+    }
+    Ok(())
+}
+
 /// A user the API was asked to add that cannot be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvalidUser {
@@ -86,7 +154,7 @@ impl fmt::Display for InvalidUser {
             InvalidUser::WrongAccount { account, inbound } => {
                 write!(f, "user.account: a {account} account cannot join a {inbound} inbound")
             }
-            InvalidUser::Malformed(e) => write!(f, "user.account: cannot decode: {e}"),
+            InvalidUser::Malformed(e) => write!(f, "user.account: {e}"),
             InvalidUser::BadId(id) => write!(f, "user.account.id: invalid UUID {id:?}"),
             InvalidUser::UnsupportedFlow(flow) => {
                 write!(f, "user.account.flow: {flow:?} is not supported yet")
@@ -96,15 +164,6 @@ impl fmt::Display for InvalidUser {
 }
 
 impl std::error::Error for InvalidUser {}
-
-/// V2Ray's VLESS account: its field 2 is `encryption`, where Xray's field 2 is `flow`.
-#[derive(Clone, PartialEq, Message)]
-struct V2rayVlessAccount {
-    #[prost(string, tag = "1")]
-    id: String,
-    #[prost(string, tag = "2")]
-    encryption: String,
-}
 
 /// Turns an API user into a user of an inbound speaking `inbound_protocol` (e.g. "vless").
 pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, InvalidUser> {
@@ -123,10 +182,13 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
     }
     let id = match (protocol, flavor) {
         ("vless", Flavor::V2ray) => {
-            V2rayVlessAccount::decode(&account.value[..]).map_err(|e| InvalidUser::Malformed(e.to_string()))?.id
+            decode_known::<V2rayVlessAccount>(&account.value, "shardray.compat.v2ray.VlessAccount")
+                .map_err(InvalidUser::Malformed)?
+                .id
         }
         ("vless", _) => {
-            let a = vless::Account::decode(&account.value[..]).map_err(|e| InvalidUser::Malformed(e.to_string()))?;
+            let a = decode_known::<vless::Account>(&account.value, "xray.proxy.vless.Account")
+                .map_err(InvalidUser::Malformed)?;
             if !a.flow.is_empty() {
                 return Err(InvalidUser::UnsupportedFlow(a.flow));
             }

@@ -24,6 +24,13 @@ pub mod shardray {
             }
         }
     }
+    /// `shardray.compat.v2ray`: v2fly's forms of messages numbered differently from Xray's.
+    pub mod compat {
+        /// v2fly's ReceiverConfig, TLS config, dokodemo-door config and VLESS account.
+        pub mod v2ray {
+            tonic::include_proto!("shardray.compat.v2ray");
+        }
+    }
 }
 
 /// `xray.*` packages.

@@ -50,8 +50,15 @@ pub(crate) fn change_status(e: ChangeError) -> Status {
     }
 }
 
+/// Decodes an operation by its type (V2Ray's operations are numbered as Xray's), refusing field
+/// numbers the operation does not define.
 fn decode<M: Message + Default>(op: &TypedMessage) -> Result<M, Status> {
-    M::decode(&op.value[..]).map_err(|e| Status::invalid_argument(format!("operation {:?}: {e}", op.r#type)))
+    let invalid = |e: String| Status::invalid_argument(format!("operation {:?}: {e}", op.r#type));
+    let full_name = match message_type(&op.r#type).map_err(|e| invalid(e.to_string()))? {
+        (Flavor::Shardray, name) => format!("shardray.{name}"),
+        (Flavor::Xray | Flavor::V2ray, name) => format!("xray.{name}"),
+    };
+    crate::convert::decode_known(&op.value, &full_name).map_err(invalid)
 }
 
 fn users(list: &[User], inbound: &InboundUsers) -> Result<Vec<UserSpec>, Status> {

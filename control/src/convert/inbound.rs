@@ -17,6 +17,9 @@ use shardray_proto::xray::proxy::{dokodemo, vless};
 use shardray_proto::xray::transport::internet::{tls, StreamConfig};
 
 use super::{ip_bytes, ip_from_bytes, message_type, typed, user_spec, vless_user, Flavor};
+use shardray_proto::shardray::compat::v2ray::{
+    DokodemoConfig as V2rayDokodemo, ReceiverConfig as V2rayReceiverConfig, TlsConfig as V2rayTlsConfig,
+};
 use shardray_proto::xray::common::serial::TypedMessage;
 
 /// The TypedMessage names this module reads and writes.
@@ -24,72 +27,6 @@ const RECEIVER: &str = "xray.app.proxyman.ReceiverConfig";
 const TLS: &str = "xray.transport.internet.tls.Config";
 const VLESS_INBOUND: &str = "xray.proxy.vless.inbound.Config";
 const DOKODEMO: &str = "xray.proxy.dokodemo.Config";
-
-/// v2fly's `v2ray.core.app.proxyman.ReceiverConfig` (app/proxyman/config.proto): one port
-/// range where Xray has a list, stream settings at 4 where Xray has them at 3, sniffing at 8.
-#[derive(Clone, PartialEq, prost::Message)]
-struct V2rayReceiverConfig {
-    #[prost(message, optional, tag = "1")]
-    port_range: Option<PortRange>,
-    #[prost(message, optional, tag = "2")]
-    listen: Option<IpOrDomain>,
-    #[prost(message, optional, tag = "4")]
-    stream_settings: Option<StreamConfig>,
-    #[prost(message, optional, tag = "8")]
-    sniffing_settings: Option<V2raySniffing>,
-}
-
-/// v2fly's SniffingConfig: only whether it is on matters here.
-#[derive(Clone, PartialEq, prost::Message)]
-struct V2raySniffing {
-    #[prost(bool, tag = "1")]
-    enabled: bool,
-}
-
-/// v2fly's TLS `Config` (transport/internet/tls/config.proto): versions are an enum at 9 and
-/// 10, where Xray has strings at 7 and 8 (v2fly's 7 is a list of pinned hashes).
-#[derive(Clone, PartialEq, prost::Message)]
-struct V2rayTlsConfig {
-    #[prost(message, repeated, tag = "2")]
-    certificate: Vec<V2rayCertificate>,
-    #[prost(string, tag = "3")]
-    server_name: String,
-    #[prost(string, repeated, tag = "4")]
-    next_protocol: Vec<String>,
-    #[prost(bool, tag = "8")]
-    verify_client_certificate: bool,
-    #[prost(int32, tag = "9")]
-    min_version: i32,
-    #[prost(int32, tag = "10")]
-    max_version: i32,
-}
-
-/// v2fly's TLS `Certificate`: the PEM bytes and their usage (file names are read client-side).
-#[derive(Clone, PartialEq, prost::Message)]
-struct V2rayCertificate {
-    #[prost(bytes = "vec", tag = "1")]
-    certificate: Vec<u8>,
-    #[prost(bytes = "vec", tag = "2")]
-    key: Vec<u8>,
-    #[prost(int32, tag = "3")]
-    usage: i32,
-}
-
-/// v2fly's dokodemo-door `Config`: its field 3 is a (deprecated) network list, where Xray's is
-/// a port map.
-#[derive(Clone, PartialEq, prost::Message)]
-struct V2rayDokodemo {
-    #[prost(message, optional, tag = "1")]
-    address: Option<IpOrDomain>,
-    #[prost(uint32, tag = "2")]
-    port: u32,
-    #[prost(bool, tag = "5")]
-    follow_redirect: bool,
-    #[prost(uint32, tag = "6")]
-    user_level: u32,
-    #[prost(enumeration = "Network", repeated, tag = "7")]
-    networks: Vec<i32>,
-}
 
 /// An AddInbound request that cannot become a config inbound; names the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,8 +44,9 @@ fn invalid(message: impl Into<String>) -> InvalidInbound {
     InvalidInbound(message.into())
 }
 
-fn decode<M: prost::Message + Default>(bytes: &[u8], field: &str) -> Result<M, InvalidInbound> {
-    M::decode(bytes).map_err(|e| invalid(format!("{field}: cannot decode: {e}")))
+/// Decodes `bytes` as the message `full_name`, refusing field numbers it does not define.
+fn decode<M: prost::Message + Default>(bytes: &[u8], full_name: &str, field: &str) -> Result<M, InvalidInbound> {
+    super::decode_known(bytes, full_name).map_err(|e| invalid(format!("{field}: {e}")))
 }
 
 /// The config JSON (one element of `inbounds`) for an API inbound.
@@ -118,10 +56,11 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
 
     let receiver = config.receiver_settings.as_ref().ok_or_else(|| invalid("receiver_settings: missing"))?;
     let receiver = match message_type(&receiver.r#type) {
-        Ok((Flavor::Xray, "app.proxyman.ReceiverConfig")) => decode(&receiver.value, "receiver_settings")?,
+        Ok((Flavor::Xray, "app.proxyman.ReceiverConfig")) => decode(&receiver.value, RECEIVER, "receiver_settings")?,
         // v2fly numbers this message's fields differently: read its own form.
         Ok((Flavor::V2ray, "app.proxyman.ReceiverConfig")) => {
-            let v2: V2rayReceiverConfig = decode(&receiver.value, "receiver_settings")?;
+            let v2: V2rayReceiverConfig =
+                decode(&receiver.value, "shardray.compat.v2ray.ReceiverConfig", "receiver_settings")?;
             ReceiverConfig {
                 port_list: v2.port_range.map(|r| PortList { range: vec![r] }),
                 listen: v2.listen,
@@ -149,14 +88,15 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
     let (flavor, name) = message_type(&proxy.r#type).map_err(|e| invalid(format!("proxy_settings: {e}")))?;
     match name {
         "proxy.vless.inbound.Config" => {
-            let settings: vless::inbound::Config = decode(&proxy.value, "proxy_settings")?;
+            let settings: vless::inbound::Config = decode(&proxy.value, VLESS_INBOUND, "proxy_settings")?;
             out.insert("protocol".into(), json!("vless"));
             out.insert("settings".into(), vless_json(&settings, flavor)?);
         }
         "proxy.dokodemo.Config" => {
             let settings: dokodemo::Config = match flavor {
                 Flavor::V2ray => {
-                    let v2: V2rayDokodemo = decode(&proxy.value, "proxy_settings")?;
+                    let v2: V2rayDokodemo =
+                        decode(&proxy.value, "shardray.compat.v2ray.DokodemoConfig", "proxy_settings")?;
                     dokodemo::Config {
                         address: v2.address,
                         port: v2.port,
@@ -166,7 +106,7 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
                         ..Default::default()
                     }
                 }
-                _ => decode(&proxy.value, "proxy_settings")?,
+                _ => decode(&proxy.value, DOKODEMO, "proxy_settings")?,
             };
             out.insert("protocol".into(), json!("dokodemo-door"));
             out.insert("settings".into(), dokodemo_json(&settings)?);
@@ -230,8 +170,8 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
                 .ok_or_else(|| invalid("receiver_settings.stream_settings.security_settings: no TLS settings"))?;
             let field = "receiver_settings.stream_settings.security_settings";
             let settings: tls::Config = match flavor {
-                Flavor::V2ray => v2ray_tls(decode(&settings.value, field)?)?,
-                _ => decode(&settings.value, field)?,
+                Flavor::V2ray => v2ray_tls(decode(&settings.value, "shardray.compat.v2ray.TlsConfig", field)?)?,
+                _ => decode(&settings.value, "xray.transport.internet.tls.Config", field)?,
             };
             out.insert("tlsSettings".into(), tls_json(&settings));
         } else {
@@ -466,6 +406,7 @@ mod tests {
     use super::*;
     use crate::config::load_inbound;
     use prost::Message;
+    use shardray_proto::shardray::compat::v2ray::Certificate as V2rayCertificate;
     use shardray_proto::xray::common::serial::TypedMessage;
 
     fn load(value: Value) -> InboundSpec {

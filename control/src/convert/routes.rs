@@ -40,13 +40,9 @@ fn invalid(text: impl Into<String>) -> InvalidRoute {
     InvalidRoute(text.into())
 }
 
-/// Decodes `bytes` as `M`, refusing fields `M` does not have (they would be dropped silently).
-fn exact<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, InvalidRoute> {
-    let m = M::decode(bytes).map_err(|e| invalid(format!("{what}: cannot decode: {e}")))?;
-    if m.encoded_len() != bytes.len() {
-        return Err(invalid(format!("{what}: carries fields shardray does not know")));
-    }
-    Ok(m)
+/// Decodes `bytes` as `M` (the message `full_name`), refusing field numbers it does not define.
+fn exact<M: Message + Default>(bytes: &[u8], full_name: &str, what: &str) -> Result<M, InvalidRoute> {
+    super::decode_known(bytes, full_name).map_err(|e| invalid(format!("{what}: {e}")))
 }
 
 /// The name after the package root of a TypedMessage type, or why it has none.
@@ -70,7 +66,7 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
                 sender.r#type
             )));
         }
-        let s: SenderConfig = exact(&sender.value, "sender_settings")?;
+        let s: SenderConfig = exact(&sender.value, "xray.app.proxyman.SenderConfig", "sender_settings")?;
         if let Some(via) = &s.via {
             send_through = Some(match &via.address {
                 Some(net::ip_or_domain::Address::Ip(ip)) => {
@@ -104,10 +100,16 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
     let proxy = config.proxy_settings.as_ref().ok_or_else(|| invalid("proxy_settings: missing"))?;
     let name = type_name(proxy, "proxy_settings")?;
     let protocol = match name {
-        "proxy.freedom.Config" => OutboundProtocol::Freedom(freedom_spec(&exact(&proxy.value, "proxy_settings")?)?),
-        "proxy.blackhole.Config" => {
-            OutboundProtocol::Blackhole(blackhole_spec(&exact(&proxy.value, "proxy_settings")?)?)
-        }
+        "proxy.freedom.Config" => OutboundProtocol::Freedom(freedom_spec(&exact(
+            &proxy.value,
+            "xray.proxy.freedom.Config",
+            "proxy_settings",
+        )?)?),
+        "proxy.blackhole.Config" => OutboundProtocol::Blackhole(blackhole_spec(&exact(
+            &proxy.value,
+            "xray.proxy.blackhole.Config",
+            "proxy_settings",
+        )?)?),
         other => {
             return Err(match other.strip_prefix("proxy.").and_then(|p| p.split('.').next()) {
                 Some(p) => invalid(format!("proxy_settings: outbound protocol {p:?} is not supported yet")),
@@ -249,7 +251,7 @@ pub fn routing_specs(config: &TypedMessage) -> Result<(Vec<RuleSpec>, Vec<Balanc
     if name != "app.router.Config" {
         return Err(invalid(format!("config: expected app.router.Config, got {:?}", config.r#type)));
     }
-    let c: router::Config = exact(&config.value, "config")?;
+    let c: router::Config = exact(&config.value, "xray.app.router.Config", "config")?;
     let rules =
         c.rule.iter().enumerate().map(|(i, r)| rule_spec(r, &format!("rule[{i}]"))).collect::<Result<_, _>>()?;
     let balancers = c
