@@ -35,7 +35,8 @@ use tonic::{Code, Status};
 #[command(
     about = "Call the management API (gRPC) of a running server: the subcommands of `xray api`, and ours",
     after_help = "Every subcommand takes --server ADDR (-s; HOST:PORT, or a Unix socket path \
-                  starting with `/` or `unix:`; default 127.0.0.1:8080) and --timeout SECONDS \
+                  starting with `/` or `unix:`; without it, $SHARDRAY_API, else the API \
+                  address of --config FILE (-c), else Xray's default 127.0.0.1:8080) and --timeout SECONDS \
                   (-t; default 3). Upstream's one-dash spellings (-server=ADDR, -tag=TAG, \
                   -reset, ...) work too. Output is JSON on stdout; errors are \
                   `shardray api: <gRPC code>: <message>` on stderr; exit status 1 when a \
@@ -51,8 +52,12 @@ pub struct ApiArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Conn {
     /// The API's address: HOST:PORT, or a Unix socket path (`/path` or `unix:/path`).
-    #[arg(short = 's', long = "server", value_name = "ADDR", default_value = "127.0.0.1:8080")]
-    pub server: String,
+    /// Without it: $SHARDRAY_API, else the API address of --config, else 127.0.0.1:8080.
+    #[arg(short = 's', long = "server", value_name = "ADDR")]
+    pub server: Option<String>,
+    /// A config file whose API address to dial when --server is not given.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Seconds to wait for the connection, and for each call.
     #[arg(
         short = 't',
@@ -66,6 +71,33 @@ pub struct Conn {
     #[arg(long = "json", hide = true, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     pub json: bool,
+}
+
+/// Xray's default API address, dialled when nothing else names one.
+const DEFAULT_SERVER: &str = "127.0.0.1:8080";
+
+impl Conn {
+    /// The address to dial and where it came from: --server, then $SHARDRAY_API, then the
+    /// API of --config, then Xray's default.
+    fn server(&self) -> Result<(String, &'static str), Failure> {
+        if let Some(server) = &self.server {
+            return Ok((server.trim().to_owned(), "--server"));
+        }
+        if let Some(server) = std::env::var("SHARDRAY_API").ok().filter(|s| !s.trim().is_empty()) {
+            return Ok((server.trim().to_owned(), "$SHARDRAY_API"));
+        }
+        if let Some(path) = &self.config {
+            let config =
+                crate::config::load_file(path).map_err(|e| Failure::Input(format!("{}: {e}", path.display())))?;
+            let api = config.api.ok_or_else(|| Failure::Input(format!("{}: the config has no API", path.display())))?;
+            let server = match api.listen {
+                shardray_core::spec::ApiListen::Tcp(addr) => addr.to_string(),
+                shardray_core::spec::ApiListen::Unix(path) => path.display().to_string(),
+            };
+            return Ok((server, "--config"));
+        }
+        Ok((DEFAULT_SERVER.to_owned(), "the default, Xray's"))
+    }
 }
 
 /// The subcommands: upstream's names and flags, then ours.
@@ -532,6 +564,10 @@ pub fn run(args: ApiArgs) -> ExitCode {
     }
 }
 
+/// How to dial another address, said whenever a connection fails.
+const CHOOSE_SERVER: &str =
+    "give the API's address with -s ADDR, set SHARDRAY_API=ADDR, or name the server's config with -c FILE";
+
 /// Replies may be large: QueryStats over many users runs to tens of MiB.
 const MAX_MESSAGE: usize = 1 << 30;
 
@@ -545,7 +581,8 @@ impl Api {
     /// Connects at once (as `xray api` does), so an unreachable server is reported as such.
     async fn connect(conn: &Conn) -> Result<Api, Failure> {
         let timeout = Duration::from_secs(conn.timeout);
-        let server = conn.server.trim();
+        let (server, source) = conn.server()?;
+        let server = server.as_str();
         let unix_path = server
             .strip_prefix("unix://")
             .or_else(|| server.strip_prefix("unix:"))
@@ -578,9 +615,17 @@ impl Api {
         };
         let channel = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(channel)) => channel,
-            Ok(Err(e)) => return Err(Failure::Connect(format!("cannot connect to {server}: {}", error_chain(&e)))),
+            Ok(Err(e)) => {
+                return Err(Failure::Connect(format!(
+                    "cannot connect to {server} (from {source}): {}; {CHOOSE_SERVER}",
+                    error_chain(&e)
+                )))
+            }
             Err(_) => {
-                return Err(Failure::Connect(format!("cannot connect to {server}: no answer within {}s", conn.timeout)))
+                return Err(Failure::Connect(format!(
+                    "cannot connect to {server} (from {source}): no answer within {}s; {CHOOSE_SERVER}",
+                    conn.timeout
+                )))
             }
         };
         Ok(Api { channel, timeout })
@@ -1047,7 +1092,7 @@ mod tests {
         };
         match parse(&["statsquery", "-server=1.2.3.4:5", "-pattern", "user", "-reset"]).unwrap() {
             ApiCommand::StatsQuery { conn, pattern, reset } => {
-                assert_eq!(conn.server, "1.2.3.4:5");
+                assert_eq!(conn.server.as_deref(), Some("1.2.3.4:5"));
                 assert_eq!(conn.timeout, 3);
                 assert_eq!(pattern, "user");
                 assert!(reset);
@@ -1057,7 +1102,7 @@ mod tests {
         match parse(&["lsi", "--isOnlyTags"]).unwrap() {
             ApiCommand::Lsi { is_only_tags, conn, .. } => {
                 assert!(is_only_tags);
-                assert_eq!(conn.server, "127.0.0.1:8080");
+                assert_eq!(conn.server, None);
             }
             other => panic!("{other:?}"),
         }
@@ -1067,7 +1112,7 @@ mod tests {
         }
         match parse(&["rmu", "-tag=in", "a@b", "c@d", "-s", "/tmp/x.sock"]).unwrap() {
             ApiCommand::Rmu { conn, tag, emails } => {
-                assert_eq!((conn.server.as_str(), tag.as_str()), ("/tmp/x.sock", "in"));
+                assert_eq!((conn.server.as_deref(), tag.as_str()), (Some("/tmp/x.sock"), "in"));
                 assert_eq!(emails, ["a@b", "c@d"]);
             }
             other => panic!("{other:?}"),

@@ -41,7 +41,17 @@ impl Run {
 
 /// Runs `shardray api ARGS`, keeping stdout and stderr apart.
 fn api(args: &[&str]) -> Run {
-    let out = Command::new(bin_path()).arg("api").args(args).stdin(Stdio::null()).output().expect("run shardray api");
+    api_with_env(args, None)
+}
+
+/// `shardray api ARGS` with $SHARDRAY_API set to `env`, or unset.
+fn api_with_env(args: &[&str], env: Option<&str>) -> Run {
+    let mut cmd = Command::new(bin_path());
+    cmd.arg("api").args(args).stdin(Stdio::null()).env_remove("SHARDRAY_API");
+    if let Some(v) = env {
+        cmd.env("SHARDRAY_API", v);
+    }
+    let out = cmd.output().expect("run shardray api");
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -188,9 +198,10 @@ fn stats_commands_print_counters_as_json() {
     assert!(sys["Uptime"].is_u64() && sys["NumGoroutine"].is_u64(), "{sys}");
     let online = api(&["statsgetallonlineusers", "--server", &addr]).ok();
     assert!(online["users"].is_array(), "{online}");
-    // No session: the online counter reads 0 (it exists from the start in shardray).
-    let online = api(&["statsonline", "--server", &addr, "--email", "alice@example.com"]).ok();
-    assert_eq!(online, json!({ "stat": { "name": "user>>>alice@example.com>>>online", "value": 0 } }));
+    // No session: offline is NOT_FOUND, as upstream answers before a user's first session.
+    let offline = api(&["statsonline", "--server", &addr, "--email", "alice@example.com"]);
+    offline.fails_with(1);
+    assert!(offline.stderr.contains("user>>>alice@example.com>>>online not found."), "{}", offline.stderr);
 }
 
 #[test]
@@ -311,19 +322,21 @@ fn nothing_listening_fails_fast_with_a_clear_message() {
 }
 
 #[test]
-fn services_shardray_does_not_serve_yet_answer_unimplemented() {
+fn services_the_config_leaves_out_answer_unimplemented_with_the_fix() {
     let (server, addr) = server();
     let run = api(&["restartlogger", "--server", &addr]);
     run.fails_with(1);
-    assert!(run.stderr.contains("Unimplemented"), "{}", run.stderr);
+    let fix = "Unimplemented: LoggerService is not enabled: add \"LoggerService\" to api.services";
+    assert!(run.stderr.contains(fix), "{}", run.stderr);
 
+    let fix = "Unimplemented: RoutingService is not enabled: add \"RoutingService\" to api.services";
     for args in [vec!["rmrules", "some-rule"], vec!["sib", "--outbound", "blocked", "--inbound", "vless-in", "1.2.3.4"]]
     {
         let mut all = args.clone();
         all.extend(["--server", addr.as_str()]);
         let run = api(&all);
         run.fails_with(1);
-        assert!(run.stderr.contains("Unimplemented"), "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(fix), "{args:?}: {}", run.stderr);
     }
 
     let rules = write(
@@ -335,13 +348,37 @@ fn services_shardray_does_not_serve_yet_answer_unimplemented() {
     );
     let run = api(&["adrules", "--server", &addr, rules.to_str().unwrap()]);
     run.fails_with(1);
-    assert!(run.stderr.contains("Unimplemented"), "{}", run.stderr);
+    assert!(run.stderr.contains(fix), "{}", run.stderr);
 
     // adi checks an inbound as a config inbound before sending it: this one has no port.
     let inbound = write(server.dir.path(), "in.json", THREE_USERS);
     let run = api(&["adi", "--server", &addr, inbound.to_str().unwrap()]);
     run.fails_with(2);
     assert!(run.stderr.contains("inbounds[0].port: missing"), "{}", run.stderr);
+}
+
+#[test]
+fn without_server_the_address_comes_from_the_environment_then_the_config_then_xrays_default() {
+    let (server, addr) = server();
+    let run = api_with_env(&["lsi", "--isOnlyTags"], Some(&addr));
+    assert_eq!(run.ok()["inbounds"][0]["tag"], "vless-in");
+
+    // A config naming the API's address, read with the server's own loader.
+    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
+    config["api"] = json!({ "tag": "api", "listen": addr, "services": ["HandlerService"] });
+    let file = write(server.dir.path(), "client-view.json", &config.to_string());
+    let run = api(&["lsi", "--isOnlyTags", "-c", file.to_str().unwrap()]);
+    assert_eq!(run.ok()["inbounds"][0]["tag"], "vless-in");
+
+    // Nothing given: Xray's default, and the way to choose another when it fails.
+    let free = std::net::TcpListener::bind("127.0.0.1:8080").ok();
+    if free.is_some() {
+        drop(free);
+        let run = api(&["lsi"]);
+        run.fails_with(1);
+        assert!(run.stderr.contains("cannot connect to 127.0.0.1:8080 (from the default, Xray's)"), "{}", run.stderr);
+        assert!(run.stderr.contains("-s ADDR") && run.stderr.contains("SHARDRAY_API"), "{}", run.stderr);
+    }
 }
 
 #[test]

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use serde_json::json;
+use shardray_tests::api::ApiClient;
 use shardray_tests::servers::{EchoServer, RecordingServer};
-use shardray_tests::{vless, vless_config, Shardray, ALICE};
+use shardray_tests::{vless, vless_config, wait_until, Shardray, ALICE};
 
 fn alice() -> serde_json::Value {
     json!([{ "id": ALICE, "email": "alice@example.com" }])
@@ -28,6 +29,8 @@ fn loopback_is_refused_without_a_rule_naming_it() {
     let mut config = vless_config(alice(), json!({}));
     // A catch-all rule by inbound is not an explicit permission for private addresses.
     config["routing"]["rules"] = json!([{ "type": "field", "inboundTag": ["vless-in"], "outboundTag": "direct" }]);
+    config["log"] = json!({ "loglevel": "info", "access": "" });
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
     let server = Shardray::start(&config, 2);
     let proxy = server.inbound("vless-in");
     let port = target.addr().port();
@@ -38,7 +41,18 @@ fn loopback_is_refused_without_a_rule_naming_it() {
     // A name that resolves to loopback is refused just the same.
     assert!(!reached(proxy, vless::domain("localhost", port)));
     assert_eq!(target.next(Duration::from_millis(300)), None);
+
+    // Each refusal is logged with its reason (access log and error log) and counted.
+    let access = format!("rejected tcp:127.0.0.1:{port} [vless-in >> direct] {PRIVATE}");
+    let error = format!("to localhost:{port}: refused: {PRIVATE}");
+    assert!(wait_until(Duration::from_secs(5), || server.output().contains(&access)), "{}", server.output());
+    assert!(wait_until(Duration::from_secs(5), || server.output().contains(&error)), "{}", server.output());
+    let api = ApiClient::connect(server.api.unwrap());
+    assert_eq!(api.get("refused>>>private_destination", false).unwrap(), 5);
+    assert_eq!(api.get("refused>>>api_address", false).unwrap(), 0);
 }
+
+const PRIVATE: &str = "loopback/private destination; add a routing rule naming it to allow it";
 
 #[test]
 fn a_rule_naming_the_address_or_the_name_allows_it() {
@@ -70,6 +84,7 @@ fn the_api_is_never_a_destination_even_when_loopback_is_allowed() {
     let mut config = vless_config(alice(), json!({}));
     config["api"] = shardray_tests::loopback_api(&["StatsService"]);
     config["routing"]["rules"] = json!([{ "type": "field", "ip": ["127.0.0.0/8"], "outboundTag": "direct" }]);
+    config["log"] = json!({ "loglevel": "info" });
     let server = Shardray::start(&config, 2);
     let api = server.api.unwrap();
     // A raw HTTP/2 preface to the API port would get a SETTINGS frame back if it got through.
@@ -80,9 +95,10 @@ fn the_api_is_never_a_destination_even_when_loopback_is_allowed() {
     s.write_all(&first).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(vless::read_all(&mut s).unwrap_or_default().is_empty(), "the API answered through the proxy");
-    // The API itself still works for its real clients.
-    let client = shardray_tests::api::ApiClient::connect(api);
-    assert!(!client.query("", false).is_empty());
+    // The API itself still works for its real clients, and counts the refusal.
+    let client = ApiClient::connect(api);
+    assert!(wait_until(Duration::from_secs(5), || client.get("refused>>>api_address", false).unwrap() == 1));
+    assert!(wait_until(Duration::from_secs(5), || server.output().contains("refused: the API's own address")));
 }
 
 #[test]

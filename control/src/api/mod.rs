@@ -7,9 +7,10 @@ pub mod routing;
 pub mod stats;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use shardray_core::spec::{ApiListen, ApiSpec};
+use shardray_core::spec::{ApiListen, ApiSpec, LogLevel};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 use shardray_core::spec::Config;
@@ -137,6 +138,47 @@ fn canonical_path<B>(mut req: http::Request<B>) -> http::Request<B> {
     req
 }
 
+/// The services `api.services` may list (besides ReflectionService).
+const SERVICES: &[&str] = &["HandlerService", "LoggerService", "StatsService", "RoutingService"];
+
+/// Answers a call to a service the config leaves out with UNIMPLEMENTED and the fix, where
+/// tonic's router would answer with an empty message that tells the caller nothing.
+#[derive(Clone)]
+struct Disabled<S> {
+    inner: S,
+    disabled: Arc<[&'static str]>,
+    log: shardray_core::log::LogSink,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Disabled<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::BoxBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // "/xray.app.proxyman.command.HandlerService/AlterInbound": the service's short name, so
+        // every alias of a service is matched alike.
+        let mut parts = req.uri().path().trim_start_matches('/').split('/');
+        let service = parts.next().and_then(|s| s.rsplit('.').next()).unwrap_or("");
+        if let Some(name) = self.disabled.iter().find(|&&name| name == service) {
+            let method = parts.next().unwrap_or("");
+            self.log.error(LogLevel::Info, format_args!("api: refused {name}.{method}: {name} is not enabled"));
+            let status = tonic::Status::unimplemented(format!("{name} is not enabled: add \"{name}\" to api.services"));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
 /// A bound API listener, before it serves.
 pub enum ApiListener {
     /// TCP on a loopback address.
@@ -195,8 +237,11 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
         routes.add_service(reflection);
     }
 
+    let disabled: Arc<[&'static str]> = SERVICES.iter().copied().filter(|name| !wants(name)).collect();
+    let log = state.log.clone();
     let router = tonic::transport::Server::builder()
         .layer(tower::util::MapRequestLayer::new(canonical_path))
+        .layer(tower::layer::layer_fn(move |inner| Disabled { inner, disabled: disabled.clone(), log: log.clone() }))
         .add_routes(routes.routes());
     match listener {
         ApiListener::Tcp(l, _) => {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use rustc_hash::FxHashMap;
 use shardray_core::slots::NO_SLOT;
 use shardray_core::spec::Config;
-use shardray_core::stats::{IpSessions, StatsSnapshot};
+use shardray_core::stats::{IpSessions, Refusal, StatsSnapshot};
 use shardray_proto::xray::app::stats::command as pb;
 use tonic::{Request, Response, Status};
 
@@ -275,11 +275,14 @@ fn link_totals(config: &Config, snaps: &[StatsSnapshot]) -> Vec<(String, u64)> {
             }
         }
     }
+    // Not upstream's: what the destination safety rules refused, by reason.
+    for why in Refusal::ALL {
+        out.push((format!("refused>>>{}", why.name()), snaps.iter().map(|s| s.refusals[why as usize]).sum()));
+    }
     out
 }
 
-/// Whether a user at `level` has an online map (`user>>>EMAIL>>>online`). Unlike upstream, the
-/// map exists from the start (empty), not from the user's first session.
+/// Whether a user at `level` has an online map (`user>>>EMAIL>>>online`).
 fn tracks_online(config: &Config, level: u32) -> bool {
     config.stats_enabled && config.policy.level(level).stats_user_online
 }
@@ -326,8 +329,10 @@ fn online_by_slot(snaps: &[StatsSnapshot]) -> FxHashMap<u32, BTreeMap<String, i6
 }
 
 /// The online map called `name`: client address → last seen (unix seconds); `None` if there
-/// is no such map (unknown user, or a level without `statsUserOnline`). `snaps` hold at least
-/// the user's slot.
+/// is no such map (unknown user, or a level without `statsUserOnline`) or the user has no live
+/// session from an address upstream records. Upstream answers NOT_FOUND before a user's first
+/// session, and panels read any OK as "online": an empty map is answered the same way.
+/// `snaps` hold at least the user's slot.
 fn online_map(
     config: &Config,
     registry: &Registry,
@@ -340,7 +345,7 @@ fn online_map(
     for (_, ips) in snaps.iter().flat_map(|s| &s.online).filter(|(slot, _)| *slot == user.slot) {
         merge_ips(&mut map, ips);
     }
-    Some(map)
+    (!map.is_empty()).then_some(map)
 }
 
 /// What a counter is, so that a reset knows where to write.

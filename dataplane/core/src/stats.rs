@@ -161,6 +161,54 @@ impl SlotCounters {
     }
 }
 
+/// Why the data plane refused a session's destination; each reason has its own counter
+/// (`refused>>>NAME`), so an operator sees what the safety rules turn away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The API's own address.
+    ApiAddress,
+    /// A loopback or private address that no routing rule names.
+    PrivateDestination,
+}
+
+impl Refusal {
+    /// Every reason, in counter order.
+    pub const ALL: [Refusal; 2] = [Refusal::ApiAddress, Refusal::PrivateDestination];
+
+    /// The counter's name part: `refused>>>{name}`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::ApiAddress => "api_address",
+            Refusal::PrivateDestination => "private_destination",
+        }
+    }
+
+    /// What the logs say, with the way to allow it where there is one.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::ApiAddress => "the API's own address",
+            Refusal::PrivateDestination => "loopback/private destination; add a routing rule naming it to allow it",
+        }
+    }
+}
+
+/// One shard's refusals by reason (`Refusal as usize`).
+#[derive(Debug, Default)]
+pub struct RefusalCounts([Cell<u64>; Refusal::ALL.len()]);
+
+impl RefusalCounts {
+    /// Counts one refusal.
+    pub fn add(&self, why: Refusal) {
+        let c = &self.0[why as usize];
+        c.set(c.get() + 1);
+    }
+
+    /// The totals, by reason.
+    pub fn sample(&self) -> [u64; Refusal::ALL.len()] {
+        std::array::from_fn(|i| self.0[i].get())
+    }
+}
+
 /// An inbound's or outbound's figures in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkSample {
@@ -188,6 +236,8 @@ pub struct StatsSnapshot {
     pub outbounds: Vec<LinkSample>,
     /// Sessions alive on the shard right now.
     pub live_sessions: u64,
+    /// Destinations refused, by reason (`Refusal as usize`).
+    pub refusals: [u64; Refusal::ALL.len()],
 }
 
 impl StatsSnapshot {

@@ -16,7 +16,7 @@ use shardray_core::slots::UserOp;
 use shardray_core::spec::{
     BalancerStrategy, Config, DokodemoSpec, FallbackSpec, InboundProtocol, InboundSpec, LevelPolicy, OutboundProtocol,
 };
-use shardray_core::stats::{LinkSample, SlotCounters, StatsSnapshot, Traffic};
+use shardray_core::stats::{LinkSample, RefusalCounts, SlotCounters, StatsSnapshot, Traffic};
 
 /// A shard's state. Built from the config when the shard starts; `Rc` and `Cell` only.
 pub(crate) struct ShardCtx {
@@ -39,6 +39,8 @@ pub(crate) struct ShardCtx {
     pub(crate) log: LogSink,
     /// Sessions alive on this shard.
     pub(crate) live: Cell<u64>,
+    /// Destinations refused, by reason.
+    pub(crate) refusals: RefusalCounts,
     /// Sessions of users, so that removing or kicking a user closes them.
     pub(crate) watchers: SessionWatchers,
     /// The last epoch applied.
@@ -212,6 +214,7 @@ impl ShardCtx {
             api_addrs,
             log,
             live: Cell::new(0),
+            refusals: RefusalCounts::default(),
             watchers: SessionWatchers::default(),
             applied: Cell::new(0),
         };
@@ -361,6 +364,7 @@ impl ShardCtx {
             inbounds: self.inbounds.borrow().iter().map(|i| link(&i.tag, &i.traffic)).collect(),
             outbounds: self.routes.borrow().outbounds.iter().map(|o| link(&o.tag, &o.traffic)).collect(),
             live_sessions: self.live.get(),
+            refusals: self.refusals.sample(),
             ..Default::default()
         };
         self.users.borrow().sample(only_slot, &mut snap);

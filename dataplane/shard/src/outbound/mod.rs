@@ -17,7 +17,7 @@ use glommio::net::TcpStream;
 use shardray_core::router::{Decision, RouteInput};
 use shardray_core::routes::RouteRecord;
 use shardray_core::spec::{LevelPolicy, LogLevel, OutboundProtocol, RoutingDomainStrategy};
-use shardray_core::stats::{SlotCounters, Traffic};
+use shardray_core::stats::{Refusal, SlotCounters, Traffic};
 use shardray_wire::addr::Destination;
 
 use crate::ctx::{InboundKind, InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
@@ -102,20 +102,28 @@ pub(crate) async fn forward<C>(
             outbound_tag: outbound.tag.clone(),
         });
     }
-    if ctx.log.access_enabled() {
-        // Formatted straight into the log line: no string of its own per connection.
-        let (note, email) = email.map_or(("", ""), |e| (" email: ", e));
-        ctx.log.access(format_args!(
-            "from {} accepted tcp:{} [{} >> {}]{note}{email}",
-            session.peer, session.dest, session.inbound.tag, outbound.tag
-        ));
-    }
+    // The access line: "accepted", or "rejected" with the reason (as upstream words it).
+    let access = |refused: Option<Refusal>| {
+        if ctx.log.access_enabled() {
+            // Formatted straight into the log line: no string of its own per connection.
+            let (note, email) = email.map_or(("", ""), |e| (" email: ", e));
+            let (status, why, reason) = match refused {
+                Some(r) => ("rejected", " ", r.reason()),
+                None => ("accepted", "", ""),
+            };
+            ctx.log.access(format_args!(
+                "from {} {status} tcp:{} [{} >> {}]{why}{reason}{note}{email}",
+                session.peer, session.dest, session.inbound.tag, outbound.tag
+            ));
+        }
+    };
     // Removed or kicked while routing resolved a name.
     if watch.as_ref().is_some_and(SessionWatch::is_closed) {
         return;
     }
     let mut upstream = match &outbound.protocol {
         OutboundProtocol::Blackhole(b) => {
+            access(None);
             if b.http_response {
                 let mut reply = down_prefix.to_vec();
                 reply.extend_from_slice(HTTP_403);
@@ -133,13 +141,19 @@ pub(crate) async fn forward<C>(
             };
             // Boxed: resolving and connecting need more state than the relay that follows.
             let dialing = dial(ctx, &routes, &target, input.resolved, decision, freedom.domain_strategy, &session);
-            match Box::pin(dialing).await {
+            let dialed = Box::pin(dialing).await;
+            access(dialed.as_ref().err().and_then(DialError::refusal));
+            match dialed {
                 Ok(stream) => stream,
-                Err(e) => {
-                    ctx.log.error(
-                        LogLevel::Info,
-                        format_args!("[{}] {} failed to reach {}: {}", session.inbound.tag, session.peer, target, e),
-                    );
+                Err(DialError::Refused(why)) => {
+                    ctx.refusals.add(why);
+                    ctx.log
+                        .error(LogLevel::Info, format_args!("[{tag}] {peer} to {target}: refused: {}", why.reason()));
+                    let _ = client.close().await;
+                    return;
+                }
+                Err(DialError::Io(e)) => {
+                    ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} failed to reach {target}: {e}"));
                     let _ = client.close().await;
                     return;
                 }
@@ -210,6 +224,23 @@ async fn route(ctx: &ShardCtx, routes: &Routes, input: &mut RouteInput<'_>) -> D
     routes.router.route(input)
 }
 
+/// Why a freedom outbound could not connect.
+enum DialError {
+    /// Every address the destination has is one the safety rules refuse (this one last).
+    Refused(Refusal),
+    /// Resolving or connecting failed.
+    Io(io::Error),
+}
+
+impl DialError {
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            DialError::Refused(why) => Some(*why),
+            DialError::Io(_) => None,
+        }
+    }
+}
+
 /// Resolves and checks the destination, then connects to the first address that answers.
 async fn dial(
     ctx: &ShardCtx,
@@ -219,23 +250,23 @@ async fn dial(
     decision: Decision,
     strategy: shardray_core::spec::DomainStrategy,
     session: &Session<'_>,
-) -> io::Result<TcpStream> {
+) -> Result<TcpStream, DialError> {
     let addrs = match (target.addr.ip(), resolved) {
         (Some(ip), _) => vec![SocketAddr::new(ip, target.port)],
         (None, Some(ip)) if strategy == Default::default() => {
             vec![SocketAddr::new(ip, target.port)]
         }
-        (None, _) => resolve(&target.addr, target.port, strategy).await?,
+        (None, _) => resolve(&target.addr, target.port, strategy).await.map_err(DialError::Io)?,
     };
-    let mut last_err = io::Error::new(io::ErrorKind::NotFound, "no address");
+    let mut last_err = DialError::Io(io::Error::new(io::ErrorKind::NotFound, "no address"));
     for addr in addrs {
-        if let Err(reason) = check_destination(ctx, routes, addr, target, decision, session) {
-            last_err = io::Error::new(io::ErrorKind::PermissionDenied, reason);
+        if let Err(why) = check_destination(ctx, routes, addr, target, decision, session) {
+            last_err = DialError::Refused(why);
             continue;
         }
         match TcpStream::connect_timeout(addr, DIAL_TIMEOUT).await {
             Ok(s) => return Ok(s),
-            Err(e) => last_err = e.into(),
+            Err(e) => last_err = DialError::Io(e.into()),
         }
     }
     Err(last_err)
@@ -250,13 +281,13 @@ fn check_destination(
     target: &Destination,
     decision: Decision,
     session: &Session<'_>,
-) -> Result<(), &'static str> {
+) -> Result<(), Refusal> {
     let hits_api = ctx.api_addrs.iter().any(|api| {
         api.port() == addr.port()
             && (api.ip() == addr.ip() || (api.ip().is_unspecified() && shardray_core::router::is_private(addr.ip())))
     });
     if hits_api {
-        return Err("the API address is not a destination");
+        return Err(Refusal::ApiAddress);
     }
     if !shardray_core::router::is_private(addr.ip()) || decision.explicit_dest {
         return Ok(());
@@ -279,7 +310,7 @@ fn check_destination(
             return Ok(());
         }
     }
-    Err("private or loopback address not allowed by any rule")
+    Err(Refusal::PrivateDestination)
 }
 
 /// Counts a session's bytes into the counters its policy enables.
