@@ -136,6 +136,9 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
         (None, files) => config::load_files(files)?,
         (Some(_), _) => anyhow::bail!("give either -c FILE or -confdir DIR, not both"),
     };
+    for note in &config.notes {
+        eprintln!("shardray: note: {note}");
+    }
     Ok(config)
 }
 

@@ -94,6 +94,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     let shards = options.shards.unwrap_or_else(|| allowed_cpus().len().max(1));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let restored = restore(&mut config, options.state.as_deref())?;
+    let notes = std::mem::take(&mut config.notes);
     // The API binds first, so that a taken API port stops the start before any shard runs.
     let api = match &config.api {
         Some(spec) => Some((spec.clone(), runtime.block_on(api::bind(spec))?)),
@@ -154,6 +155,9 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     eprintln!("shardray: started {} with {} shards", env!("CARGO_PKG_VERSION"), server.shard_count());
     server.log.error(LogLevel::Warning, format_args!("shardray {} started", env!("CARGO_PKG_VERSION")));
+    for note in &notes {
+        server.log.error(LogLevel::Warning, format_args!("config: {note}"));
+    }
 
     let log = server.log.clone();
     runtime.block_on(async {

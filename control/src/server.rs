@@ -189,9 +189,9 @@ impl Server {
 
         let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
-        for (i, inbound) in config.inbounds.iter().enumerate() {
+        for inbound in &config.inbounds {
             let (sockets, addr) = bind_at_start(inbound.listen, shards)
-                .with_context(|| format!("inbounds[{i}]: cannot listen on {}", inbound.listen))?;
+                .with_context(|| format!("{}: cannot listen on {}", inbound.label(), inbound.listen))?;
             for (shard, socket) in sockets.into_iter().enumerate() {
                 listeners[shard].push(socket);
             }

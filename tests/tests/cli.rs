@@ -105,3 +105,22 @@ fn version_uuid_and_link() {
         "vless://b831381d-6324-4d53-ad4f-8cda48b30811@127.0.0.1:10086?encryption=none&security=none&type=tcp#alice%40example.com"
     );
 }
+
+#[test]
+fn a_mapped_id_is_noted_by_test_and_at_start() {
+    let config = vless_config(json!([{ "id": "alice", "email": "alice@example.com" }]), json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    // Xray's mapping of "alice": the version-5 UUID of the string in the nil namespace.
+    let mapped = uuid::Uuid::new_v5(&uuid::Uuid::nil(), b"alice").to_string();
+    let note =
+        format!("inbounds[0].settings.clients[0].id: \"alice\" is not a UUID; it stands for {mapped} (Xray's mapping)");
+    let (status, out) = run_cli(&["test", "-c", path.to_str().unwrap()]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains(&note) && out.contains("Configuration OK."), "{out}");
+    let server = Shardray::start(&config, 1);
+    let logged = format!("config: {note}");
+    let in_log = shardray_tests::wait_until(std::time::Duration::from_secs(5), || server.output().contains(&logged));
+    assert!(in_log, "{}", server.output());
+}

@@ -63,13 +63,22 @@ fn a_taken_port_fails_the_start_and_leaves_nothing_listening() {
     let free_port = free.local_addr().unwrap().port();
     drop(free);
     let mut config = vless_config(json!([{ "id": ALICE }]), json!({ "port": free_port }));
+    // The API's inbound comes first in the file: the failing inbound is still named by its
+    // place there, as `shardray test` names it, and by its tag.
+    config["api"] = json!({ "tag": "api", "services": ["StatsService"] });
+    let api_inbound = json!({
+        "tag": "api", "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
+        "settings": { "address": "127.0.0.1" }
+    });
+    config["inbounds"].as_array_mut().unwrap().insert(0, api_inbound);
     let second = json!({
         "tag": "second", "listen": "127.0.0.1", "port": taken.local_addr().unwrap().port(),
         "protocol": "vless", "settings": { "clients": [], "decryption": "none" }
     });
     config["inbounds"].as_array_mut().unwrap().push(second);
     let out = Shardray::try_start(&config, 2).err().expect("start must fail");
-    assert!(out.contains("inbounds[1]"), "{out}");
+    let port = taken.local_addr().unwrap().port();
+    assert!(out.contains(&format!("inbounds[2] \"second\": cannot listen on 127.0.0.1:{port}: ")), "{out}");
     // The first inbound's port was released: nothing half-started.
     TcpListener::bind(("127.0.0.1", free_port)).expect("port still held after a failed start");
 }

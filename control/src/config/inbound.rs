@@ -71,7 +71,8 @@ pub(super) fn inbounds(raw: Option<Vec<RawInbound>>, api_tag: Option<&str>) -> R
             out.api_inbound = Some(api_inbound(ib, &path, &tag)?);
             continue;
         }
-        let (spec, listen) = inbound(ib, &path, tag)?;
+        let (mut spec, listen) = inbound(ib, &path, tag)?;
+        spec.config_index = Some(i);
         out.listens.push((format!("{path}.port"), listen));
         out.specs.push(spec);
     }
@@ -132,7 +133,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
         }
         p => return Err(ConfigError::invalid(format!("{path}.protocol"), format!("unknown protocol {p:?}"))),
     };
-    Ok((InboundSpec { tag, listen, tls, protocol }, listen))
+    Ok((InboundSpec { tag, listen, tls, protocol, config_index: None }, listen))
 }
 
 fn protocol_name(ib: &RawInbound, path: &str) -> Result<String, ConfigError> {

@@ -139,5 +139,31 @@ fn parse_raw(doc: Value) -> Result<RawConfig, ConfigError> {
 
 /// A parsed (and merged) document to a validated config.
 fn build(doc: Map<String, Value>) -> Result<Config, ConfigError> {
-    validate::validate(parse_raw(Value::Object(doc))?)
+    let doc = Value::Object(doc);
+    let notes = mapped_ids(&doc);
+    let mut config = validate::validate(parse_raw(doc)?)?;
+    config.notes = notes;
+    Ok(config)
+}
+
+/// A note for every client id that is not a UUID but stands for one, as Xray maps it: the
+/// links and every client must then use the UUID, which the operator never wrote.
+fn mapped_ids(doc: &Value) -> Vec<String> {
+    let mut notes = Vec::new();
+    let inbounds = doc.get("inbounds").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    for (i, inbound) in inbounds.iter().enumerate() {
+        let clients = inbound.pointer("/settings/clients").and_then(Value::as_array).map(Vec::as_slice);
+        for (j, client) in clients.unwrap_or_default().iter().enumerate() {
+            let Some(id) = client.get("id").and_then(Value::as_str) else { continue };
+            if uuid::Uuid::try_parse(id).is_err() {
+                if let Some(mapped) = parse_user_id(id) {
+                    notes.push(format!(
+                        "inbounds[{i}].settings.clients[{j}].id: {id:?} is not a UUID; it stands for {mapped} \
+                         (Xray's mapping), which clients and links must use"
+                    ));
+                }
+            }
+        }
+    }
+    notes
 }

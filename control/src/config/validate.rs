@@ -84,7 +84,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     check_listen_conflicts(&listens)?;
 
-    Ok(Config { log, api, stats_enabled, policy, inbounds: inbounds.specs, outbounds, routing })
+    Ok(Config { log, api, stats_enabled, policy, inbounds: inbounds.specs, outbounds, routing, notes: Vec::new() })
 }
 
 /// `dns`, `transport` and the like: refused unless absent or `{}`.

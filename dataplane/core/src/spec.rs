@@ -27,6 +27,9 @@ pub struct Config {
     pub outbounds: Vec<OutboundSpec>,
     /// Routing rules.
     pub routing: RoutingSpec,
+    /// What the loader wants the operator to know about the config as written (an id mapped
+    /// to a UUID, for instance): printed at start and by `shardray test`.
+    pub notes: Vec<String>,
 }
 
 impl Config {
@@ -41,6 +44,7 @@ impl Config {
             inbounds: self.inbounds.iter().map(InboundSpec::clone_without_users).collect(),
             outbounds: self.outbounds.clone(),
             routing: self.routing.clone(),
+            notes: self.notes.clone(),
         }
     }
 }
@@ -185,9 +189,21 @@ pub struct InboundSpec {
     pub tls: Option<TlsServerSpec>,
     /// `protocol` and `settings`.
     pub protocol: InboundProtocol,
+    /// Its index in the config's `inbounds` (merged over files, the API's inbound counted),
+    /// for messages; `None` for an inbound the API added.
+    pub config_index: Option<usize>,
 }
 
 impl InboundSpec {
+    /// How messages name it: `inbounds[1] "vless-in"` as `shardray test` would, or
+    /// `inbound "vless-in"` when the API added it.
+    pub fn label(&self) -> String {
+        match self.config_index {
+            Some(i) => format!("inbounds[{i}] {:?}", self.tag),
+            None => format!("inbound {:?}", self.tag),
+        }
+    }
+
     /// A copy of the inbound with no users, without copying them first.
     pub fn clone_without_users(&self) -> InboundSpec {
         let protocol = match &self.protocol {
@@ -196,7 +212,13 @@ impl InboundSpec {
             }
             InboundProtocol::Dokodemo(d) => InboundProtocol::Dokodemo(d.clone()),
         };
-        InboundSpec { tag: self.tag.clone(), listen: self.listen, tls: self.tls.clone(), protocol }
+        InboundSpec {
+            tag: self.tag.clone(),
+            listen: self.listen,
+            tls: self.tls.clone(),
+            protocol,
+            config_index: self.config_index,
+        }
     }
 }
 

@@ -58,6 +58,8 @@ pub struct AeadKey {
     inner: Inner,
 }
 
+// The hot ring key stays inline (no pointer chase per chunk); the rare XChaCha one is boxed.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     Ring(LessSafeKey),
     XChaCha(Box<chacha20poly1305::XChaCha20Poly1305>),
