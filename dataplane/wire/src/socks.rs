@@ -131,6 +131,8 @@ impl std::fmt::Display for SocksError {
 
 impl std::error::Error for SocksError {}
 
+/// For the shared address decoder, which returns only `UnexpectedEnd`, `BadAddressType` and
+/// `BadDomain`; the other variants are mapped for completeness.
 impl From<DecodeError> for SocksError {
     fn from(e: DecodeError) -> Self {
         match e {

@@ -66,6 +66,8 @@ impl std::fmt::Display for TrojanError {
 
 impl std::error::Error for TrojanError {}
 
+/// For the shared address decoder, which returns only `UnexpectedEnd`, `BadAddressType` and
+/// `BadDomain`; the other variants are mapped for completeness.
 impl From<DecodeError> for TrojanError {
     fn from(e: DecodeError) -> Self {
         match e {
