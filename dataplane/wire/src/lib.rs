@@ -4,6 +4,9 @@
 
 pub mod addr;
 pub mod aead;
+pub mod http;
+pub mod socks;
+pub mod trojan;
 pub mod vless;
 
 /// Why a decoder rejected its input.
