@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod aead;
+pub mod shadowsocks;
 pub mod vless;
 
 /// Why a decoder rejected its input.
