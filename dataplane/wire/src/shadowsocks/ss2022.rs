@@ -366,3 +366,490 @@ impl ServerResponse<'_> {
 pub fn request_overhead(method: Method, identities: usize) -> usize {
     method.salt_len() + identities * IDENTITY_HEADER_LEN + REQUEST_FIXED_LEN + 2 * TAG_LEN
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::Address;
+    use crate::shadowsocks::Opened;
+
+    const METHODS: [Method; 3] = [Method::Blake3Aes128Gcm, Method::Blake3Aes256Gcm, Method::Blake3ChaCha20Poly1305];
+    const NOW: u64 = 1_700_000_000;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    fn dest() -> Destination {
+        Destination { addr: Address::Domain("example.com".into()), port: 443 }
+    }
+
+    fn key(method: Method, seed: u8) -> MasterKey {
+        MasterKey::from_bytes(&(0..method.key_len() as u8).map(|i| i.wrapping_add(seed)).collect::<Vec<_>>())
+    }
+
+    /// A small xorshift generator: tests stay deterministic.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn fill(&mut self, buf: &mut [u8]) {
+            for b in buf {
+                *b = self.next() as u8;
+            }
+        }
+    }
+
+    fn drain(opener: &mut ChunkOpener, buf: &mut [u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Opened::Chunk { plain, consumed } = opener.open(&mut buf[at..]).unwrap() {
+            out.extend_from_slice(&buf[at + plain.start..at + plain.end]);
+            at += consumed;
+        }
+        assert_eq!(at, buf.len());
+        out
+    }
+
+    fn request(method: Method, ids: &[MasterKey], key: &MasterKey, salt: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let d = dest();
+        let req =
+            ClientRequest { method, identities: ids, key, salt, timestamp: NOW, destination: &d, padding_len: 17 };
+        req.encode(payload, &mut wire);
+        wire
+    }
+
+    // Golden bytes: an independent Python generator written from the SIP022/SIP023 text
+    // (`blake3` derive_key, `cryptography` AES-GCM and AES-ECB), fixed salts and keys.
+    const GOLDEN_REQ_128: &str = concat!(
+        "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf904ad8f6b400e3d668a1ea8cbea72462b3f62e91a11d0882c3cd8c11962579c8c6",
+        "9f9fc885c7e30462a058da709d8bb06aa570d516ebd74ea4548b982955943e67"
+    );
+    const GOLDEN_REQ_256_EIH: &str = concat!(
+        "c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e74be6b5e83fd14b2609f4ed3dab245bce07fa",
+        "095b1d35cf4defda7691ec3a690adad05a2eaabf0ec6aa6f248a865b80751cd65886348f312df83eef24a3f320b45aa31cc6",
+        "3c3de00ef60ea113645824e463"
+    );
+    const GOLDEN_RESP_128: &str = concat!(
+        "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf818e61ff420a3efa020221afd7843b61c306ce58ed3aa83782b1972f9b2fefefcc4e",
+        "ebeae60e8b63e81d73b607b14e62aac7e501fbc929b21d57bd3c6f7a39d78a9cf4732ca194"
+    );
+
+    #[test]
+    fn golden_single_user_request_and_response() {
+        let method = Method::Blake3Aes128Gcm;
+        let psk = MasterKey::from_psk(method, "AAECAwQFBgcICQoLDA0ODw==").unwrap();
+        let salt: Vec<u8> = (0xa0..0xb0).collect();
+        let d = dest();
+        let req = ClientRequest {
+            method,
+            identities: &[],
+            key: &psk,
+            salt: &salt,
+            timestamp: NOW,
+            destination: &d,
+            padding_len: 0,
+        };
+        let mut wire = Vec::new();
+        req.encode(b"GET /", &mut wire);
+        assert_eq!(wire, hex(GOLDEN_REQ_128));
+
+        let server = Server::new(method, psk);
+        let mut replay = ReplayFilter::new(16);
+        let (got, _) = server.decode_request(&mut wire, NOW, &mut replay).unwrap();
+        assert_eq!((got.destination, &wire[got.payload], got.user), (d, &b"GET /"[..], None));
+
+        let resp_salt: Vec<u8> = (0xb0..0xc0).collect();
+        let resp = ServerResponse { method, key: &psk, salt: &resp_salt, request_salt: &salt, timestamp: NOW + 1 };
+        let mut back = Vec::new();
+        resp.encode(b"HTTP/1.1 200", &mut back);
+        assert_eq!(back, hex(GOLDEN_RESP_128));
+        let (mut opener, n) = decode_response(method, &psk, &salt, &mut back, NOW).unwrap();
+        assert_eq!(drain(&mut opener, &mut back[n..]), b"HTTP/1.1 200");
+    }
+
+    #[test]
+    fn golden_padding_only_request() {
+        // Same keys, no payload, 3 bytes of zero padding (Python generator as above).
+        let method = Method::Blake3Aes128Gcm;
+        let psk = MasterKey::from_bytes(&(0..16).collect::<Vec<u8>>());
+        let salt: Vec<u8> = (0xa0..0xb0).collect();
+        let d = dest();
+        let req = ClientRequest {
+            method,
+            identities: &[],
+            key: &psk,
+            salt: &salt,
+            timestamp: NOW,
+            destination: &d,
+            padding_len: 3,
+        };
+        let mut wire = Vec::new();
+        req.encode(b"", &mut wire);
+        assert_eq!(
+            wire,
+            hex(concat!(
+                "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf904ad8f6b400e3d668a1e86041890c6cc700f96e8154cc7873425211962579c8c6",
+                "9f9fc885c7e30462a058d937d8dfbcbbb65eb4878f26c916de1b30b9271f"
+            ))
+        );
+        let (got, _) = Server::new(method, psk).decode_request(&mut wire, NOW, &mut ReplayFilter::new(4)).unwrap();
+        assert!(got.payload.is_empty());
+    }
+
+    #[test]
+    fn golden_identity_header_request() {
+        let method = Method::Blake3Aes256Gcm;
+        let upsk = MasterKey::from_bytes(&(32..64).collect::<Vec<u8>>());
+        let ipsk = MasterKey::from_bytes(&(64..96).collect::<Vec<u8>>());
+        let salt: Vec<u8> = (200..232).collect();
+        let d = dest();
+        let req = ClientRequest {
+            method,
+            identities: &[ipsk],
+            key: &upsk,
+            salt: &salt,
+            timestamp: NOW,
+            destination: &d,
+            padding_len: 0,
+        };
+        let mut wire = Vec::new();
+        req.encode(b"hello", &mut wire);
+        assert_eq!(wire, hex(GOLDEN_REQ_256_EIH));
+        let server = Server::with_users(method, ipsk, vec![key(method, 1), upsk, key(method, 2)]).unwrap();
+        let (got, _) = server.decode_request(&mut wire, NOW, &mut ReplayFilter::new(4)).unwrap();
+        assert_eq!((got.user, &wire[got.payload]), (Some(1), &b"hello"[..]));
+        assert_eq!(server.session_key(got.user), &upsk);
+    }
+
+    #[test]
+    fn every_method_round_trips_single_user() {
+        for method in METHODS {
+            let psk = key(method, 7);
+            let server = Server::new(method, psk);
+            let mut replay = ReplayFilter::new(1024);
+            let salt = vec![0x5a; method.salt_len()];
+            let payload: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+            for body in [&payload[..], b"x", b""] {
+                let mut salt = salt.clone();
+                salt[0] = body.len() as u8;
+                let mut wire = Vec::new();
+                let d = dest();
+                let cr = ClientRequest {
+                    method,
+                    identities: &[],
+                    key: &psk,
+                    salt: &salt,
+                    timestamp: NOW,
+                    destination: &d,
+                    padding_len: 0,
+                };
+                let mut sealer = cr.encode(body, &mut wire);
+                sealer.seal(b"!", &mut wire);
+                let (req, mut opener) = server.decode_request(&mut wire, NOW + 3, &mut replay).unwrap();
+                assert_eq!(req.destination, dest());
+                let mut got = wire[req.payload.clone()].to_vec();
+                got.extend(drain(&mut opener, &mut wire[req.consumed..]));
+                assert_eq!(&got[..body.len()], body, "{method}");
+                assert_eq!(&got[body.len()..], b"!");
+
+                let rsalt = vec![0xc3; method.salt_len()];
+                let resp = ServerResponse {
+                    method,
+                    key: server.session_key(req.user),
+                    salt: &rsalt,
+                    request_salt: req.salt.as_bytes(),
+                    timestamp: NOW + 4,
+                };
+                let mut back = Vec::new();
+                let mut rsealer = resp.encode(body, &mut back);
+                rsealer.seal(b"?", &mut back);
+                let (mut ropener, n) = decode_response(method, &psk, &salt, &mut back, NOW).unwrap();
+                let got = drain(&mut ropener, &mut back[n..]);
+                assert_eq!(&got[..body.len()], body);
+                assert_eq!(&got[body.len()..], b"?");
+            }
+        }
+    }
+
+    #[test]
+    fn multi_user_round_trips_and_names_the_user() {
+        for method in [Method::Blake3Aes128Gcm, Method::Blake3Aes256Gcm] {
+            let ipsk = key(method, 100);
+            let users: Vec<MasterKey> = (0..20).map(|i| key(method, i)).collect();
+            let server = Server::with_users(method, ipsk, users.clone()).unwrap();
+            let mut replay = ReplayFilter::new(1024);
+            for who in [0, 7, 19] {
+                let salt = vec![who as u8 + 1; method.salt_len()];
+                let mut wire = request(method, &[ipsk], &users[who], &salt, b"ping");
+                let (req, _) = server.decode_request(&mut wire, NOW, &mut replay).unwrap();
+                assert_eq!((req.user, &wire[req.payload.clone()]), (Some(who), &b"ping"[..]));
+                // The response is keyed with the user's PSK.
+                let rsalt = vec![0xee; method.salt_len()];
+                let resp = ServerResponse {
+                    method,
+                    key: server.session_key(req.user),
+                    salt: &rsalt,
+                    request_salt: &salt,
+                    timestamp: NOW,
+                };
+                let mut back = Vec::new();
+                resp.encode(b"pong", &mut back);
+                let (mut o, n) = decode_response(method, &users[who], &salt, &mut back, NOW).unwrap();
+                assert_eq!(drain(&mut o, &mut back[n..]), b"pong");
+            }
+            // A stranger's identity header, or a single-user request, names no user.
+            let stranger = key(method, 200);
+            let mut wire = request(method, &[ipsk], &stranger, &vec![9; method.salt_len()], b"x");
+            assert_eq!(server.decode_request(&mut wire, NOW, &mut replay).err(), Some(Error::UnknownUser));
+            let mut wire = request(method, &[], &users[0], &vec![8; method.salt_len()], b"x");
+            assert!(server.decode_request(&mut wire, NOW, &mut replay).is_err());
+        }
+        assert_eq!(
+            Server::with_users(Method::Blake3ChaCha20Poly1305, key(Method::Blake3ChaCha20Poly1305, 0), vec![]).err(),
+            Some(InvalidKey::NoIdentityHeaders)
+        );
+        let m = Method::Blake3Aes128Gcm;
+        assert_eq!(
+            Server::with_users(m, key(m, 0), vec![key(m, 1), key(m, 1)]).err(),
+            Some(InvalidKey::DuplicateUser(1))
+        );
+    }
+
+    #[test]
+    fn truncation_at_every_offset_is_need_more() {
+        for method in METHODS {
+            let ipsk = key(method, 50);
+            let user = key(method, 51);
+            let multi = method.supports_identity_headers();
+            let server =
+                if multi { Server::with_users(method, ipsk, vec![user]).unwrap() } else { Server::new(method, user) };
+            let ids: &[MasterKey] = if multi { &[ipsk] } else { &[] };
+            let salt = vec![3; method.salt_len()];
+            let wire = request(method, ids, &user, &salt, b"first");
+            let mut replay = ReplayFilter::new(16);
+            for cut in 0..wire.len() {
+                let mut short = wire[..cut].to_vec();
+                assert_eq!(
+                    server.decode_request(&mut short, NOW, &mut replay).err(),
+                    Some(Error::UnexpectedEnd),
+                    "{cut}"
+                );
+                assert_eq!(short, wire[..cut]);
+            }
+            assert!(replay.is_empty(), "need-more must not record the salt");
+            let mut full = wire.clone();
+            server.decode_request(&mut full, NOW, &mut replay).unwrap();
+
+            let rsalt = vec![4; method.salt_len()];
+            let resp = ServerResponse { method, key: &user, salt: &rsalt, request_salt: &salt, timestamp: NOW };
+            let mut back = Vec::new();
+            resp.encode(b"answer", &mut back);
+            let header_end = method.salt_len() * 2 + 11 + TAG_LEN;
+            for cut in 0..header_end {
+                let mut short = back[..cut].to_vec();
+                assert_eq!(decode_response(method, &user, &salt, &mut short, NOW).err(), Some(Error::UnexpectedEnd));
+                assert_eq!(short, back[..cut]);
+            }
+            let (mut o, n) = decode_response(method, &user, &salt, &mut back, NOW).unwrap();
+            for cut in 0..back.len() - n {
+                let mut short = back[n..n + cut].to_vec();
+                assert!(matches!(o.open(&mut short), Ok(Opened::NeedMore { .. })));
+            }
+            assert_eq!(drain(&mut o, &mut back[n..]), b"answer");
+        }
+    }
+
+    #[test]
+    fn tampered_bytes_are_rejected() {
+        for method in METHODS {
+            let psk = key(method, 1);
+            let server = Server::new(method, psk);
+            let salt = vec![6; method.salt_len()];
+            let wire = request(method, &[], &psk, &salt, b"data");
+            for i in 0..wire.len() {
+                let mut bad = wire.clone();
+                bad[i] ^= 0x80;
+                let mut replay = ReplayFilter::new(4);
+                assert_eq!(server.decode_request(&mut bad, NOW, &mut replay).err(), Some(Error::Auth), "byte {i}");
+                assert!(replay.is_empty());
+            }
+            let rsalt = vec![7; method.salt_len()];
+            let resp = ServerResponse { method, key: &psk, salt: &rsalt, request_salt: &salt, timestamp: NOW };
+            let mut back = Vec::new();
+            resp.encode(b"data", &mut back);
+            let header_end = method.salt_len() * 2 + 11 + TAG_LEN;
+            for i in 0..header_end {
+                let mut bad = back.clone();
+                bad[i] ^= 0x80;
+                assert_eq!(decode_response(method, &psk, &salt, &mut bad, NOW).err(), Some(Error::Auth));
+            }
+            // The right header for another request.
+            let mut copy = back.clone();
+            assert_eq!(
+                decode_response(method, &psk, &vec![8; method.salt_len()], &mut copy, NOW).err(),
+                Some(Error::RequestSaltMismatch)
+            );
+        }
+    }
+
+    #[test]
+    fn recorded_first_flight_replayed_is_rejected() {
+        let method = Method::Blake3Aes256Gcm;
+        let psk = key(method, 9);
+        let server = Server::new(method, psk);
+        let mut replay = ReplayFilter::new(1024);
+        let recorded = request(method, &[], &psk, &[0x42; 32], b"secret");
+        server.decode_request(&mut recorded.clone(), NOW, &mut replay).unwrap();
+        for later in [0, 1, 29, 30] {
+            assert_eq!(
+                server.decode_request(&mut recorded.clone(), NOW + later, &mut replay).err(),
+                Some(Error::Replayed),
+                "+{later}"
+            );
+        }
+        // Past the timestamp window it is refused on time, whatever the filter holds.
+        assert!(matches!(
+            server.decode_request(&mut recorded.clone(), NOW + 31, &mut replay),
+            Err(Error::BadTimestamp { .. })
+        ));
+    }
+
+    #[test]
+    fn timestamps_outside_thirty_seconds_are_rejected() {
+        let method = Method::Blake3Aes128Gcm;
+        let psk = key(method, 2);
+        let server = Server::new(method, psk);
+        let mut replay = ReplayFilter::new(1024);
+        for (i, now) in [NOW - 30, NOW + 30, NOW - 31, NOW + 31, 0, u64::MAX].into_iter().enumerate() {
+            let mut wire = request(method, &[], &psk, &[i as u8; 16], b"t");
+            let result = server.decode_request(&mut wire, now, &mut replay);
+            if now.abs_diff(NOW) <= 30 {
+                assert!(result.is_ok(), "now {now}");
+            } else {
+                assert_eq!(result.err(), Some(Error::BadTimestamp { timestamp: NOW, now }));
+            }
+        }
+        let rsalt = [1u8; 16];
+        let resp = ServerResponse { method, key: &psk, salt: &rsalt, request_salt: &[0; 16], timestamp: NOW + 31 };
+        let mut back = Vec::new();
+        resp.encode(b"late", &mut back);
+        assert!(matches!(decode_response(method, &psk, &[0; 16], &mut back, NOW), Err(Error::BadTimestamp { .. })));
+    }
+
+    #[test]
+    fn client_pads_when_it_has_no_payload_and_server_demands_it() {
+        let method = Method::Blake3Aes128Gcm;
+        let psk = key(method, 3);
+        let server = Server::new(method, psk);
+        let d = dest();
+        let mut wire = Vec::new();
+        let req = ClientRequest {
+            method,
+            identities: &[],
+            key: &psk,
+            salt: &[1; 16],
+            timestamp: NOW,
+            destination: &d,
+            padding_len: 0,
+        };
+        req.encode(b"", &mut wire);
+        let (got, _) = server.decode_request(&mut wire, NOW, &mut ReplayFilter::new(4)).unwrap();
+        assert!(got.payload.is_empty());
+        // 1 byte of padding was forced: salt, fixed header, var header of addr+port+2+1, tag.
+        assert_eq!(wire.len(), request_overhead(method, 0) + 13 + 2 + 2 + 1);
+
+        // Hand-sealed variable headers that break the rules.
+        let craft = |var: &[u8]| {
+            let salt = [var.len() as u8; 16];
+            let mut out = salt.to_vec();
+            let mut sealer = ChunkSealer::new(method, &session_subkey(&psk, &salt)[..16]);
+            let mut fixed = vec![TYPE_REQUEST];
+            fixed.extend_from_slice(&NOW.to_be_bytes());
+            fixed.extend_from_slice(&(var.len() as u16).to_be_bytes());
+            fixed.extend_from_slice(&[0; TAG_LEN]);
+            sealer.seal_piece(&mut fixed);
+            out.extend_from_slice(&fixed);
+            let mut v = var.to_vec();
+            v.extend_from_slice(&[0; TAG_LEN]);
+            sealer.seal_piece(&mut v);
+            out.extend_from_slice(&v);
+            server.decode_request(&mut out, NOW, &mut ReplayFilter::new(4)).err()
+        };
+        let addr = [1, 10, 0, 0, 1, 0, 80];
+        assert_eq!(craft(&[&addr[..], &[0, 0]].concat()), Some(Error::NoPaddingNorPayload));
+        assert_eq!(craft(&[&addr[..], &[0, 5, 0, 0]].concat()), Some(Error::HeaderOverrun));
+        assert_eq!(craft(&[&addr[..], &[0]].concat()), Some(Error::HeaderOverrun));
+        assert_eq!(craft(&[&addr[..], &[0, 1, 0]].concat()), None);
+        assert_eq!(craft(&[&addr[..], &[0, 0, b'p']].concat()), None);
+        assert_eq!(craft(&[1, 10, 0]), Some(Error::Address(crate::DecodeError::UnexpectedEnd)));
+        // A response-type header on the request stream.
+        let salt = [0x77; 16];
+        let mut sealer = ChunkSealer::new(method, &session_subkey(&psk, &salt)[..16]);
+        let mut fixed = vec![TYPE_RESPONSE];
+        fixed.extend_from_slice(&NOW.to_be_bytes());
+        fixed.extend_from_slice(&[0, 10]);
+        fixed.extend_from_slice(&[0; TAG_LEN]);
+        sealer.seal_piece(&mut fixed);
+        let mut out = [&salt[..], &fixed].concat();
+        assert_eq!(
+            server.decode_request(&mut out, NOW, &mut ReplayFilter::new(4)).err(),
+            Some(Error::BadStreamType(1))
+        );
+    }
+
+    #[test]
+    fn hundred_thousand_fresh_handshakes_without_a_false_reject() {
+        let method = Method::Blake3Aes128Gcm;
+        let psk = key(method, 4);
+        let server = Server::new(method, psk);
+        let mut replay = ReplayFilter::new(200_000);
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let d = Destination { addr: Address::Ip("10.0.0.1".parse().unwrap()), port: 80 };
+        let mut wire = Vec::with_capacity(256);
+        let started = std::time::Instant::now();
+        for i in 0..100_000u64 {
+            let mut salt = [0u8; 16];
+            rng.fill(&mut salt);
+            let now = NOW + i / 1000; // 100 s of traffic: the filter rotates along the way.
+            wire.clear();
+            let req = ClientRequest {
+                method,
+                identities: &[],
+                key: &psk,
+                salt: &salt,
+                timestamp: now,
+                destination: &d,
+                padding_len: 0,
+            };
+            req.encode(b"GET", &mut wire);
+            let (got, _) = server.decode_request(&mut wire, now, &mut replay).unwrap_or_else(|e| panic!("#{i}: {e}"));
+            assert_eq!(got.payload.len(), 3);
+        }
+        eprintln!("100000 handshakes in {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn noise_never_panics() {
+        let mut rng = Rng(0xdead_beef_cafe_f00d);
+        let mut replay = ReplayFilter::new(1 << 16);
+        for len in 0..400 {
+            let mut noise = vec![0u8; len];
+            for method in METHODS {
+                rng.fill(&mut noise);
+                let single = Server::new(method, key(method, 5));
+                let _ = single.decode_request(&mut noise.clone(), NOW, &mut replay);
+                if method.supports_identity_headers() {
+                    let multi = Server::with_users(method, key(method, 5), vec![key(method, 6)]).unwrap();
+                    let _ = multi.decode_request(&mut noise.clone(), NOW, &mut replay);
+                }
+                let _ = decode_response(method, &key(method, 5), &vec![0; method.salt_len()], &mut noise, NOW);
+            }
+        }
+    }
+}
