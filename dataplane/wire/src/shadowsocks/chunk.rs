@@ -252,6 +252,42 @@ mod tests {
     }
 
     #[test]
+    fn every_truncation_is_need_more_and_leaves_the_buffer() {
+        let key = [5u8; 16];
+        let mut sealer = ChunkSealer::new(Method::Aes128Gcm, &key);
+        let mut wire = Vec::new();
+        sealer.seal(b"0123456789", &mut wire);
+        let mut opener = ChunkOpener::new(Method::Aes128Gcm, &key);
+        for cut in 0..wire.len() {
+            let mut short = wire[..cut].to_vec();
+            let needed = if cut < LENGTH_CHUNK_LEN { None } else { Some(wire.len()) };
+            assert_eq!(opener.open(&mut short), Ok(Opened::NeedMore { needed }), "{cut}");
+            assert_eq!(short, wire[..cut]);
+        }
+        assert_eq!(opener.open(&mut wire), Ok(Opened::Chunk { plain: 18..28, consumed: wire.len() }));
+        assert_eq!(&wire[18..28], b"0123456789");
+    }
+
+    #[test]
+    fn noise_never_panics() {
+        let mut state = 0x1234_5678_9abc_def1u64;
+        for method in Method::ALL {
+            let mut opener = ChunkOpener::new(method, &vec![1u8; method.key_len()]);
+            for len in 0..200 {
+                let mut noise: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state as u8
+                    })
+                    .collect();
+                let _ = opener.open(&mut noise);
+            }
+        }
+    }
+
+    #[test]
     fn sealing_reuses_capacity() {
         let key = [1u8; 16];
         let mut sealer = ChunkSealer::new(Method::Aes128Gcm, &key);

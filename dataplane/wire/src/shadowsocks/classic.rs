@@ -9,7 +9,9 @@
 //! A multi-user server cannot tell the user from the bytes; [`find_user`] tries each user's
 //! key on the first length chunk. Per user that costs one HKDF-SHA1 (an HMAC extract and one or
 //! two HMAC expand blocks: about 4–6 SHA-1 compressions), one AEAD key setup and one open of a
-//! 2-byte ciphertext, and no allocation; the cost is linear in the number of users.
+//! 2-byte ciphertext, and no allocation; the cost is linear in the number of users. Measured
+//! once on the 2-core dev machine (release build, 1,000 users, no match): about 0.55 µs per
+//! user for aes-128-gcm, 0.65 µs for aes-256-gcm and chacha20, 1.4 µs for xchacha20.
 
 use std::ops::Range;
 
