@@ -111,17 +111,45 @@ impl AeadKey {
                 let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError)?;
                 key.open_in_place(nonce, Aad::from(aad), buf).map_err(|_| OpenError)
             }
-            Inner::XChaCha(key) => {
-                if nonce.len() != 24 {
-                    return Err(OpenError);
-                }
-                let split = buf.len() - TAG_LEN;
-                let (data, tag) = buf.split_at_mut(split);
-                key.decrypt_in_place_detached(nonce.into(), aad, data, (&*tag).into()).map_err(|_| OpenError)?;
-                Ok(data)
-            }
+            Inner::XChaCha(key) => xchacha_open(key, nonce, aad, buf),
         }
     }
+}
+
+/// Opens one message under a key that is used just once, without building (or allocating) an
+/// `AeadKey`: a multi-user server tries every user's key on a connection's first length chunk.
+pub fn open_once<'a>(
+    cipher: Cipher,
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    buf: &'a mut [u8],
+) -> Result<&'a mut [u8], OpenError> {
+    if key.len() != cipher.key_len() || buf.len() < TAG_LEN {
+        return Err(OpenError);
+    }
+    match cipher {
+        Cipher::XChaCha20Poly1305 => {
+            let key = chacha20poly1305::XChaCha20Poly1305::new_from_slice(key).map_err(|_| OpenError)?;
+            xchacha_open(&key, nonce, aad, buf)
+        }
+        _ => AeadKey::new(cipher, key).open(nonce, aad, buf),
+    }
+}
+
+fn xchacha_open<'a>(
+    key: &chacha20poly1305::XChaCha20Poly1305,
+    nonce: &[u8],
+    aad: &[u8],
+    buf: &'a mut [u8],
+) -> Result<&'a mut [u8], OpenError> {
+    if nonce.len() != 24 || buf.len() < TAG_LEN {
+        return Err(OpenError);
+    }
+    let split = buf.len() - TAG_LEN;
+    let (data, tag) = buf.split_at_mut(split);
+    key.decrypt_in_place_detached(nonce.into(), aad, data, (&*tag).into()).map_err(|_| OpenError)?;
+    Ok(data)
 }
 
 #[cfg(test)]
