@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod aead;
 pub mod vless;
+pub mod vmess;
 
 /// Why a decoder rejected its input.
 ///

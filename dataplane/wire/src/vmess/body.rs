@@ -1,0 +1,352 @@
+//! VMess body chunks, sealed into caller-owned buffers and opened in place.
+//!
+//! With AES-128-GCM or ChaCha20-Poly1305 a chunk is `size ‖ AEAD(payload) ‖ padding`, where
+//! `size` counts the sealed payload and the padding. The payload nonce is a big-endian u16
+//! counter followed by bytes 2..12 of the direction's IV. `size` is two bytes, XORed with the
+//! next two bytes of SHAKE128(IV) under chunk masking, or, under authenticated length, two bytes
+//! sealed (2 + tag) with a key `kdf16(request body key, "auth_len")` and a counter nonce over the
+//! request IV (in both directions, as Xray does) carrying `size - 16`. Under global padding the
+//! padding length is the next SHAKE value mod 64, drawn before the mask. A chunk whose payload is
+//! empty ends the stream.
+//!
+//! With `none` and chunk stream, TCP and mux chunks are `size ‖ payload` (no padding, size 0
+//! ends); UDP chunks are as above with no tag. Without chunk stream (`zero`) the body is the raw
+//! stream and ends when the connection does.
+
+use std::ops::Range;
+
+use sha3::digest::{ExtendableOutput, Update, XofReader};
+use sha3::{Shake128, Shake128Reader};
+
+use crate::aead::{AeadKey, Cipher, TAG_LEN};
+
+use super::header::{Options, RequestHeader, Security};
+use super::kdf::{chacha_key, kdf16, LABEL_AUTH_LEN};
+use super::VmessError;
+
+/// The most bytes an Xray sender puts in one chunk, length field and padding included.
+pub const XRAY_MAX_CHUNK: usize = 8192;
+
+/// The most bytes one chunk can take on the wire from any sender: a sealed length field and a
+/// 16-bit size plus the tag the authenticated length adds back. A receive buffer this large
+/// always makes progress.
+pub const MAX_WIRE_CHUNK: usize = 2 + TAG_LEN + 0xffff + TAG_LEN;
+
+/// The most padding one chunk carries under global padding.
+pub const MAX_PADDING: usize = 63;
+
+/// Which half of the connection a body codec is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to server: body key and IV from the header.
+    Request,
+    /// Server to client: SHA-256 of those (first 16 bytes).
+    Response,
+}
+
+/// One opened chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// Plaintext at `plain` within the buffer given to [`ChunkOpener::open`]; drop `consumed`
+    /// bytes from its front afterwards.
+    Data {
+        /// Where the plaintext lies in the buffer.
+        plain: Range<usize>,
+        /// How many bytes the chunk took.
+        consumed: usize,
+    },
+    /// The sender ended the stream; `consumed` bytes were the end chunk (0 once ended).
+    End {
+        /// How many bytes the end chunk took.
+        consumed: usize,
+    },
+}
+
+enum Framing {
+    /// AES-128-GCM or ChaCha20-Poly1305 payloads.
+    Aead { key: AeadKey, iv: [u8; 16], counter: u16, length: Option<SealedLength> },
+    /// `none`, chunk stream, TCP or mux: a size and the payload, no padding.
+    PlainStream,
+    /// `none`, chunk stream, UDP: a size, the payload and padding.
+    PlainPacket,
+    /// `none` without chunk stream: the raw stream.
+    Raw,
+}
+
+/// The AEAD that seals chunk sizes under the authenticated-length option.
+struct SealedLength {
+    key: AeadKey,
+    iv: [u8; 16],
+    counter: u16,
+}
+
+/// What both ends of one direction keep: the framing and the size stream.
+struct Codec {
+    framing: Framing,
+    /// SHAKE128 over the direction's IV, when masking (or padding) draws from it.
+    shake: Option<Shake128Reader>,
+    padding: bool,
+    stream: bool,
+}
+
+fn nonce(counter: &mut u16, iv: &[u8; 16]) -> [u8; 12] {
+    let mut n: [u8; 12] = iv[..12].try_into().expect("12 of 16 bytes");
+    n[..2].copy_from_slice(&counter.to_be_bytes());
+    *counter = counter.wrapping_add(1);
+    n
+}
+
+impl Codec {
+    fn new(header: &RequestHeader, direction: Direction) -> Result<Codec, VmessError> {
+        let options = header.options;
+        let masking = options.contains(Options::CHUNK_MASKING);
+        let padding = options.contains(Options::GLOBAL_PADDING);
+        if padding && !masking {
+            return Err(VmessError::BadOptions(options.0));
+        }
+        let (key, iv) = match direction {
+            Direction::Request => (header.body_key, header.body_iv),
+            Direction::Response => (header.response_key(), header.response_iv()),
+        };
+        let aead = |key: &[u8; 16]| match header.security {
+            Security::ChaCha20Poly1305 => AeadKey::new(Cipher::ChaCha20Poly1305, &chacha_key(key)),
+            _ => AeadKey::new(Cipher::Aes128Gcm, key),
+        };
+        let framing = match header.security {
+            Security::Aes128Gcm | Security::ChaCha20Poly1305 => {
+                let length = options.contains(Options::AUTHENTICATED_LENGTH).then(|| SealedLength {
+                    key: aead(&kdf16(&header.body_key, &[LABEL_AUTH_LEN])),
+                    iv: header.body_iv,
+                    counter: 0,
+                });
+                Framing::Aead { key: aead(&key), iv, counter: 0, length }
+            }
+            Security::None if !options.contains(Options::CHUNK_STREAM) => Framing::Raw,
+            Security::None if header.command.is_stream() => Framing::PlainStream,
+            Security::None => Framing::PlainPacket,
+        };
+        let shake = masking.then(|| {
+            let mut h = Shake128::default();
+            h.update(&iv);
+            h.finalize_xof()
+        });
+        let padding = padding && !matches!(framing, Framing::PlainStream | Framing::Raw);
+        Ok(Codec { framing, shake, padding, stream: header.command.is_stream() })
+    }
+
+    fn next_shake(&mut self) -> u16 {
+        let mut b = [0u8; 2];
+        if let Some(s) = &mut self.shake {
+            s.read(&mut b);
+        }
+        u16::from_be_bytes(b)
+    }
+
+    fn overhead(&self) -> usize {
+        match self.framing {
+            Framing::Aead { .. } => TAG_LEN,
+            _ => 0,
+        }
+    }
+
+    fn size_len(&self) -> usize {
+        match &self.framing {
+            Framing::Aead { length: Some(_), .. } => 2 + TAG_LEN,
+            Framing::Raw => 0,
+            _ => 2,
+        }
+    }
+
+    fn next_padding(&mut self) -> usize {
+        if self.padding {
+            usize::from(self.next_shake() % 64)
+        } else {
+            0
+        }
+    }
+
+    fn sealed_length(&mut self) -> Option<&mut SealedLength> {
+        match &mut self.framing {
+            Framing::Aead { length: Some(l), .. } => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Appends the size field for a chunk of `size` bytes after it.
+    fn encode_size(&mut self, size: usize, out: &mut Vec<u8>) {
+        if let Some(l) = self.sealed_length() {
+            let n = nonce(&mut l.counter, &l.iv);
+            let at = out.len();
+            out.extend_from_slice(&((size - TAG_LEN) as u16).to_be_bytes());
+            out.extend_from_slice(&[0; TAG_LEN]);
+            l.key.seal(&n, &[], &mut out[at..]);
+            return;
+        }
+        let mask = if self.shake.is_some() { self.next_shake() } else { 0 };
+        out.extend_from_slice(&(size as u16 ^ mask).to_be_bytes());
+    }
+
+    /// Reads a size field (`b` holds exactly [`Codec::size_len`] bytes, not modified).
+    fn decode_size(&mut self, b: &[u8]) -> Result<usize, VmessError> {
+        if let Some(l) = self.sealed_length() {
+            let mut copy = [0u8; 2 + TAG_LEN];
+            copy.copy_from_slice(b);
+            let n = nonce(&mut l.counter.clone(), &l.iv);
+            let plain = l.key.open(&n, &[], &mut copy)?;
+            l.counter = l.counter.wrapping_add(1);
+            return Ok(usize::from(u16::from_be_bytes([plain[0], plain[1]])) + TAG_LEN);
+        }
+        let mask = if self.shake.is_some() { self.next_shake() } else { 0 };
+        Ok(usize::from(u16::from_be_bytes([b[0], b[1]]) ^ mask))
+    }
+}
+
+/// Seals one direction's body: the client's request body or the server's response body.
+pub struct ChunkSealer {
+    codec: Codec,
+    /// Padding bytes go out in clear, so they come from their own stream, seeded by the caller.
+    padding_bytes: Shake128Reader,
+}
+
+impl ChunkSealer {
+    /// A sealer for `direction` of the connection `header` describes. `padding_seed` (32 random
+    /// bytes) seeds the stream the clear-text padding bytes are drawn from.
+    ///
+    /// Fails with `BadOptions` for global padding without chunk masking.
+    pub fn new(
+        header: &RequestHeader,
+        direction: Direction,
+        padding_seed: [u8; 32],
+    ) -> Result<ChunkSealer, VmessError> {
+        let mut h = Shake128::default();
+        h.update(&padding_seed);
+        Ok(ChunkSealer { codec: Codec::new(header, direction)?, padding_bytes: h.finalize_xof() })
+    }
+
+    /// The most plaintext one chunk carries (Xray's limit: the whole chunk within 8192 bytes
+    /// with the largest padding). Longer stream writes are split; a longer UDP packet is refused.
+    pub fn max_payload(&self) -> usize {
+        match self.codec.framing {
+            Framing::PlainStream => XRAY_MAX_CHUNK,
+            Framing::Raw => usize::MAX,
+            _ => {
+                let padding = if self.codec.padding { MAX_PADDING + 1 } else { 0 };
+                XRAY_MAX_CHUNK - self.codec.size_len() - self.codec.overhead() - padding
+            }
+        }
+    }
+
+    /// Appends `plain` to `out` as chunks: one per UDP packet (or `PacketTooLarge`, appending
+    /// nothing), as many as [`ChunkSealer::max_payload`] requires for a stream. Nothing is
+    /// appended for an empty `plain` (an empty chunk would end the stream).
+    pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), VmessError> {
+        if plain.is_empty() {
+            return Ok(());
+        }
+        if let Framing::Raw = self.codec.framing {
+            out.extend_from_slice(plain);
+            return Ok(());
+        }
+        let max = self.max_payload();
+        if !self.codec.stream && plain.len() > max {
+            return Err(VmessError::PacketTooLarge(plain.len()));
+        }
+        for piece in plain.chunks(max) {
+            self.seal_one(piece, out);
+        }
+        Ok(())
+    }
+
+    /// Appends the chunk that ends the stream (an empty payload); nothing without chunk stream.
+    pub fn seal_end(&mut self, out: &mut Vec<u8>) {
+        if !matches!(self.codec.framing, Framing::Raw) {
+            self.seal_one(&[], out);
+        }
+    }
+
+    fn seal_one(&mut self, plain: &[u8], out: &mut Vec<u8>) {
+        let padding = self.codec.next_padding();
+        let size = plain.len() + self.codec.overhead() + padding;
+        self.codec.encode_size(size, out);
+        let at = out.len();
+        out.extend_from_slice(plain);
+        if let Framing::Aead { key, iv, counter, .. } = &mut self.codec.framing {
+            out.extend_from_slice(&[0; TAG_LEN]);
+            key.seal(&nonce(counter, iv), &[], &mut out[at..]);
+        }
+        if padding > 0 {
+            let at = out.len();
+            out.resize(at + padding, 0);
+            self.padding_bytes.read(&mut out[at..]);
+        }
+    }
+}
+
+/// Opens one direction's body in place: the server's view of the request body or the client's
+/// of the response body.
+pub struct ChunkOpener {
+    codec: Codec,
+    /// The size and padding of a chunk whose size field was read but whose bytes were not all
+    /// there yet (the size stream has moved on, so they are kept).
+    pending: Option<(usize, usize)>,
+    ended: bool,
+}
+
+impl ChunkOpener {
+    /// An opener for `direction` of the connection `header` describes.
+    ///
+    /// Fails with `BadOptions` for global padding without chunk masking.
+    pub fn new(header: &RequestHeader, direction: Direction) -> Result<ChunkOpener, VmessError> {
+        Ok(ChunkOpener { codec: Codec::new(header, direction)?, pending: None, ended: false })
+    }
+
+    /// Opens the chunk at the front of `buf`, the bytes received so far.
+    ///
+    /// `UnexpectedEnd`: the chunk is not all there; read more and call again with the same bytes
+    /// at the front (nothing was consumed). `Data`: the plaintext was decrypted in place.
+    /// `End`: the stream is over; every later call says `End { consumed: 0 }`. Any error other
+    /// than `UnexpectedEnd` is final for the connection.
+    pub fn open(&mut self, buf: &mut [u8]) -> Result<Chunk, VmessError> {
+        if self.ended {
+            return Ok(Chunk::End { consumed: 0 });
+        }
+        if let Framing::Raw = self.codec.framing {
+            if buf.is_empty() {
+                return Err(VmessError::UnexpectedEnd);
+            }
+            return Ok(Chunk::Data { plain: 0..buf.len(), consumed: buf.len() });
+        }
+        let size_len = self.codec.size_len();
+        let (size, padding) = match self.pending {
+            Some(p) => p,
+            None => {
+                let field = buf.get(..size_len).ok_or(VmessError::UnexpectedEnd)?;
+                let padding = self.codec.next_padding();
+                let size = self.codec.decode_size(field)?;
+                if size < self.codec.overhead() + padding {
+                    return Err(VmessError::BadLength(size));
+                }
+                self.pending = Some((size, padding));
+                (size, padding)
+            }
+        };
+        let consumed = size_len + size;
+        if buf.len() < consumed {
+            return Err(VmessError::UnexpectedEnd);
+        }
+        self.pending = None;
+        let sealed = size - padding;
+        if sealed == self.codec.overhead() {
+            self.ended = true;
+            return Ok(Chunk::End { consumed });
+        }
+        let plain_len = match &mut self.codec.framing {
+            Framing::Aead { key, iv, counter, .. } => {
+                let n = nonce(counter, iv);
+                key.open(&n, &[], &mut buf[size_len..size_len + sealed])?.len()
+            }
+            _ => sealed,
+        };
+        Ok(Chunk::Data { plain: size_len..size_len + plain_len, consumed })
+    }
+}
