@@ -58,6 +58,8 @@ pub struct AeadKey {
     inner: Inner,
 }
 
+// The ring key is held inline: it is the hot one, and a session holds one per direction.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     Ring(LessSafeKey),
     XChaCha(Box<chacha20poly1305::XChaCha20Poly1305>),

@@ -248,22 +248,10 @@ impl RequestHeader {
     /// `now` is the Unix time in seconds that goes into the auth ID. A TCP or UDP header without
     /// a destination is sent with 0.0.0.0:0.
     pub fn seal(&self, user: &UserKey, now: u64, random: &SealRandom, out: &mut Vec<u8>) {
-        let auth_id = user.auth_id().encode(now, random.auth_id);
-        let keys = HeaderKeys::derive(user.cmd_key(), &auth_id, &random.nonce);
-        out.extend_from_slice(&auth_id);
-
-        let body_start = out.len() + 2 + TAG_LEN + 8;
-        // Write the plaintext past the length's place first, to learn its length.
-        out.resize(body_start, 0);
+        let start = out.len();
+        out.resize(start + HEADER_PREFIX_LEN, 0);
         self.encode_plain(random, out);
-        let len = out.len() - body_start;
-        out.extend_from_slice(&[0; TAG_LEN]);
-        keys.body.seal(&keys.body_nonce, &auth_id, &mut out[body_start..]);
-
-        let len_at = body_start - 2 - TAG_LEN - 8;
-        out[len_at..len_at + 2].copy_from_slice(&(len as u16).to_be_bytes());
-        keys.len.seal(&keys.len_nonce, &auth_id, &mut out[len_at..len_at + 2 + TAG_LEN]);
-        out[len_at + 2 + TAG_LEN..body_start].copy_from_slice(&random.nonce);
+        seal_after(user, now, random, start, out);
     }
 
     fn encode_plain(&self, random: &SealRandom, out: &mut Vec<u8>) {
@@ -333,6 +321,22 @@ impl RequestHeader {
         }
         Ok(RequestHeader { body_iv, body_key, response_auth, options, security, command, destination })
     }
+}
+
+/// Seals the header plaintext that follows `HEADER_PREFIX_LEN` placeholder bytes at `start` in
+/// `out`, and fills the placeholder with the auth ID, sealed length and nonce.
+fn seal_after(user: &UserKey, now: u64, random: &SealRandom, start: usize, out: &mut Vec<u8>) {
+    let auth_id = user.auth_id().encode(now, random.auth_id);
+    let keys = HeaderKeys::derive(user.cmd_key(), &auth_id, &random.nonce);
+    let body = start + HEADER_PREFIX_LEN;
+    let len = out.len() - body;
+    out.extend_from_slice(&[0; TAG_LEN]);
+    keys.body.seal(&keys.body_nonce, &auth_id, &mut out[body..]);
+    let prefix = &mut out[start..body];
+    prefix[..16].copy_from_slice(&auth_id);
+    prefix[16..18].copy_from_slice(&(len as u16).to_be_bytes());
+    keys.len.seal(&keys.len_nonce, &auth_id, &mut prefix[16..16 + 2 + TAG_LEN]);
+    prefix[16 + 2 + TAG_LEN..].copy_from_slice(&random.nonce);
 }
 
 /// Opens one connection's request header (server side), after the user was found by its auth
@@ -486,4 +490,310 @@ impl ResponseKeys {
 /// FNV-1a, 32 bits.
 fn fnv1a(b: &[u8]) -> u32 {
     b.iter().fold(0x811c_9dc5u32, |h, &x| (h ^ u32::from(x)).wrapping_mul(0x0100_0193))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmess::{find_user, peek_auth_id, ReplayFilter};
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    fn user() -> UserKey {
+        UserKey::new(&uuid::Uuid::from_bytes([0x42; 16]))
+    }
+
+    fn random(padding_len: u8) -> SealRandom {
+        SealRandom { auth_id: [1, 2, 3, 4], nonce: [5; 8], padding_len, padding: [0xaa; 15] }
+    }
+
+    fn header(command: Command, addr: &str) -> RequestHeader {
+        RequestHeader {
+            body_iv: [0x11; 16],
+            body_key: [0x22; 16],
+            response_auth: 0x33,
+            options: Options::CHUNK_STREAM | Options::CHUNK_MASKING | Options::GLOBAL_PADDING,
+            security: Security::Aes128Gcm,
+            command,
+            destination: (command != Command::Mux)
+                .then(|| Destination { addr: Address::parse(addr).unwrap(), port: 8443 }),
+        }
+    }
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn sealed(h: &RequestHeader, padding_len: u8) -> Vec<u8> {
+        let mut out = vec![0xee]; // something already in the buffer stays
+        h.seal(&user(), NOW, &random(padding_len), &mut out);
+        out.remove(0);
+        out
+    }
+
+    /// Seals an arbitrary plaintext as a request header.
+    fn sealed_plain(plain: &[u8]) -> Vec<u8> {
+        let mut out = vec![0; HEADER_PREFIX_LEN];
+        out.extend_from_slice(plain);
+        seal_after(&user(), NOW, &random(0), 0, &mut out);
+        out
+    }
+
+    fn open(buf: &[u8]) -> Result<(RequestHeader, usize), VmessError> {
+        RequestOpener::new(&user()).open(&mut buf.to_vec())
+    }
+
+    // A first packet recorded from a real client, published with mnixry/vmess-aead-python
+    // (tests/test.hex, with its expected fields in tests/test_02_unpack.py): user
+    // b831381d-6324-4d53-ad4f-8cda48b30811, auth ID time 1703242529, AES-128-GCM with chunk
+    // stream, masking and global padding, TCP to 104.26.12.31:80, then one body chunk.
+    const RECORDED: &str = concat!(
+        "62365f27d7d46c8c7afa1e47b3e7ae44f8c74911f48249306adc6c79224243239902c77fd3c0ece0852a777d2600e848",
+        "c7eb3e625ec0febb94b8ce63c58868c0dfe419255317b03121484c3ee79604f248c78d21408b69108feacafbc2f5d42b",
+        "559857222d73f1e48e66d09daae8a2d1048436b9b96fa9ce3f101acc69affc11eccc11492ee0abe27a1e827ceebeedd0",
+        "ed4b9eeb64442227dee06c6d5e6c49a61c2985d7fc466472228ee578a71efe2bb67b2069dd0c776df4097ea697263ef3",
+        "d336bdd3be6fb863c0b9c9907283c47d6dd54e637ff99408ac1ea9dc3600d3b1062fdcd04714",
+    );
+
+    #[test]
+    fn opens_a_recorded_first_packet_and_refuses_its_replay() {
+        let packet = hex(RECORDED);
+        let user = UserKey::new(&uuid::Uuid::parse_str("b831381d-6324-4d53-ad4f-8cda48b30811").unwrap());
+        let users = [(user.auth_id(), "the user")];
+        let now = 1_703_242_500;
+        let mut filter = ReplayFilter::new();
+
+        let id = peek_auth_id(&packet).unwrap();
+        assert_eq!(user.auth_id().check(&id), Some(1_703_242_529));
+        assert_eq!(find_user(users, &id, now, &mut filter), Ok("the user"));
+
+        let mut buf = packet.clone();
+        let (h, used) = RequestOpener::new(&user).open(&mut buf).unwrap();
+        assert_eq!(h.body_iv.to_vec(), hex("b0e0372ed1becf2988cdbf592d29a374"));
+        assert_eq!(h.body_key.to_vec(), hex("ec5190231ac5e588c38dca4d7700a04c"));
+        assert_eq!(h.response_auth, 120);
+        assert_eq!(h.options, Options::CHUNK_STREAM | Options::CHUNK_MASKING | Options::GLOBAL_PADDING);
+        assert_eq!(h.security, Security::Aes128Gcm);
+        assert_eq!(h.command, Command::Tcp);
+        assert_eq!(h.destination, Some(Destination { addr: Address::parse("104.26.12.31").unwrap(), port: 80 }));
+        assert_eq!(&packet[34..42], &hex("c77fd3c0ece0852a")[..]);
+
+        let mut body = crate::vmess::ChunkOpener::new(&h, crate::vmess::Direction::Request).unwrap();
+        let rest = &mut buf[used..];
+        match body.open(rest).unwrap() {
+            crate::vmess::Chunk::Data { plain, consumed } => {
+                assert_eq!(
+                    &rest[plain],
+                    b"GET / HTTP/1.1\r\nHost: ip.sb\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n"
+                );
+                assert_eq!(consumed, rest.len());
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // The same bytes again, within the window: the replay filter refuses them.
+        for later in [now, now + 60, 1_703_242_529 + 120] {
+            assert_eq!(find_user(users, &id, later, &mut filter), Err(VmessError::Replayed));
+        }
+        // Outside the window the clock refuses them first.
+        assert_eq!(
+            find_user(users, &id, 1_703_242_529 + 121, &mut filter),
+            Err(VmessError::BadTimestamp(1_703_242_529))
+        );
+    }
+
+    #[test]
+    fn round_trips_every_command_address_and_padding() {
+        for command in [Command::Tcp, Command::Udp, Command::Mux] {
+            for addr in ["10.0.0.1", "2001:db8::7", "example.com", &"a".repeat(255)] {
+                for padding_len in [0, 1, 15, 0xf7] {
+                    let mut h = header(command, addr);
+                    h.security = Security::ChaCha20Poly1305;
+                    let wire = sealed(&h, padding_len);
+                    let mut with_body = wire.clone();
+                    with_body.extend_from_slice(b"body");
+                    let (got, used) = open(&with_body).unwrap();
+                    assert_eq!(got, h);
+                    assert_eq!(used, wire.len());
+                    assert!(wire.len() <= MAX_REQUEST_LEN);
+                    if addr.len() == 255 && padding_len == 15 && command != Command::Mux {
+                        assert_eq!(wire.len(), MAX_REQUEST_LEN);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_needs_more_and_consumes_nothing() {
+        let wire = sealed(&header(Command::Tcp, "example.com"), 7);
+        for cut in 0..wire.len() {
+            let mut short = wire[..cut].to_vec();
+            assert_eq!(RequestOpener::new(&user()).open(&mut short), Err(VmessError::UnexpectedEnd), "cut {cut}");
+            assert_eq!(short, wire[..cut], "cut {cut} modified the buffer");
+        }
+        // One opener fed a byte at a time, as a server reading a slow client.
+        let mut opener = RequestOpener::new(&user());
+        let mut buf = Vec::new();
+        for (i, b) in wire.iter().enumerate() {
+            buf.push(*b);
+            let r = opener.open(&mut buf.clone());
+            if i + 1 < wire.len() {
+                assert_eq!(r, Err(VmessError::UnexpectedEnd), "at {i}");
+            } else {
+                assert_eq!(r.unwrap().1, wire.len());
+            }
+        }
+    }
+
+    #[test]
+    fn every_tampered_byte_is_refused() {
+        let wire = sealed(&header(Command::Udp, "10.9.8.7"), 3);
+        for i in 0..wire.len() {
+            for bit in [0x01, 0x80] {
+                let mut bad = wire.clone();
+                bad[i] ^= bit;
+                assert_eq!(open(&bad), Err(VmessError::BadTag), "byte {i}");
+            }
+        }
+        let other = UserKey::new(&uuid::Uuid::from_bytes([0x43; 16]));
+        assert_eq!(RequestOpener::new(&other).open(&mut wire.clone()), Err(VmessError::BadTag));
+    }
+
+    #[test]
+    fn an_absurd_length_is_refused_without_waiting_for_it() {
+        let mut wire = sealed_plain(&[0; 4]);
+        let auth_id: [u8; 16] = wire[..16].try_into().unwrap();
+        let keys = HeaderKeys::derive(user().cmd_key(), &auth_id, &[5; 8]);
+        wire[16..18].copy_from_slice(&60_000u16.to_be_bytes());
+        keys.len.seal(&keys.len_nonce, &auth_id, &mut wire[16..34]);
+        assert_eq!(open(&wire[..HEADER_PREFIX_LEN]), Err(VmessError::BadLength(60_000)));
+        wire[16..18].copy_from_slice(&(MAX_HEADER_LEN as u16 + 1).to_be_bytes());
+        keys.len.seal(&keys.len_nonce, &auth_id, &mut wire[16..34]);
+        assert_eq!(open(&wire[..HEADER_PREFIX_LEN]), Err(VmessError::BadLength(MAX_HEADER_LEN + 1)));
+    }
+
+    /// A valid TCP plaintext (38 fixed bytes, port, IPv4) with its checksum, edited by `edit`
+    /// before the checksum is computed.
+    fn plain_with(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut p = vec![VERSION];
+        p.extend_from_slice(&[0x11; 16]);
+        p.extend_from_slice(&[0x22; 16]);
+        p.extend_from_slice(&[0x33, 0x0d, 0x03, 0x00, 0x01]);
+        p.extend_from_slice(&[0x01, 0xbb, 1, 10, 0, 0, 1]);
+        edit(&mut p);
+        let sum = fnv1a(&p);
+        p.extend_from_slice(&sum.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn golden_plaintext_laid_out_by_hand() {
+        // Xray proxy/vmess/encoding/client.go EncodeRequestHeader: version, IV, key, response
+        // auth, options, padding/security, reserved, command, port, address, padding, FNV-1a.
+        let (h, _) = open(&sealed_plain(&plain_with(|_| {}))).unwrap();
+        assert_eq!(h.body_iv, [0x11; 16]);
+        assert_eq!(h.body_key, [0x22; 16]);
+        assert_eq!(h.response_auth, 0x33);
+        assert_eq!(h.options.0, 0x0d);
+        assert_eq!(h.security, Security::Aes128Gcm);
+        assert_eq!(h.destination, Some(Destination { addr: Address::parse("10.0.0.1").unwrap(), port: 443 }));
+        let mut ours = Vec::new();
+        h.encode_plain(&random(0), &mut ours);
+        assert_eq!(ours, plain_with(|_| {}));
+        // FNV-1a 32 of "a" (the FNV reference value).
+        assert_eq!(fnv1a(b"a"), 0xe40c292c);
+    }
+
+    #[test]
+    fn refuses_bad_fields() {
+        let case = |edit: fn(&mut Vec<u8>)| open(&sealed_plain(&plain_with(edit))).map(|_| ());
+        assert_eq!(case(|p| p[0] = 2), Err(VmessError::BadVersion(2)));
+        for nibble in [0u8, 1, 2, 6, 15] {
+            let r = open(&sealed_plain(&plain_with(|p| p[35] = nibble))).map(|_| ());
+            assert_eq!(r, Err(VmessError::BadSecurity(nibble)));
+        }
+        assert_eq!(case(|p| p[37] = 4), Err(VmessError::BadCommand(4)));
+        assert_eq!(case(|p| p[40] = 9), Err(VmessError::BadAddressType(9)));
+        assert_eq!(case(|p| p[34] = 0x09), Err(VmessError::BadOptions(0x09)));
+        // Padding announced but missing: the padding eats the checksum.
+        assert_eq!(case(|p| p[35] = 0x43), Err(VmessError::BadLength(49)));
+        let mut p = plain_with(|_| {});
+        *p.last_mut().unwrap() ^= 1;
+        assert_eq!(open(&sealed_plain(&p)).map(|_| ()), Err(VmessError::BadChecksum));
+        // Cut inside the sealed plaintext: malformed, not "need more".
+        assert_eq!(open(&sealed_plain(&p[..30])).map(|_| ()), Err(VmessError::BadLength(30)));
+        assert_eq!(open(&sealed_plain(&[])).map(|_| ()), Err(VmessError::BadLength(0)));
+        // Trailing bytes after the checksum are ignored, as Xray ignores them.
+        let mut p = plain_with(|_| {});
+        p.extend_from_slice(b"xx");
+        assert!(open(&sealed_plain(&p)).is_ok());
+    }
+
+    #[test]
+    fn noise_never_panics() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..400 {
+            let mut buf: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let r = RequestOpener::new(&user()).open(&mut buf.clone());
+            assert!(matches!(r, Err(VmessError::UnexpectedEnd) | Err(VmessError::BadTag)), "{len}: {r:?}");
+            let h = header(Command::Tcp, "10.0.0.1");
+            let r = ResponseHeader::open(&mut buf, &h);
+            assert!(matches!(r, Err(VmessError::UnexpectedEnd) | Err(VmessError::BadTag)), "{len}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn response_round_trips_and_truncates_and_tampers() {
+        let h = header(Command::Tcp, "example.com");
+        let mut wire = b"kept".to_vec();
+        ResponseHeader::for_request(&h).seal(&h, &mut wire);
+        let wire = wire.split_off(4);
+        assert_eq!(wire.len(), RESPONSE_LEN);
+        let mut with_body = wire.clone();
+        with_body.extend_from_slice(b"body");
+        assert_eq!(
+            ResponseHeader::open(&mut with_body, &h),
+            Ok((ResponseHeader { response_auth: 0x33, options: 0 }, RESPONSE_LEN))
+        );
+        for cut in 0..wire.len() {
+            let mut short = wire[..cut].to_vec();
+            assert_eq!(ResponseHeader::open(&mut short, &h), Err(VmessError::UnexpectedEnd), "cut {cut}");
+            assert_eq!(short, wire[..cut]);
+        }
+        for i in 0..wire.len() {
+            let mut bad = wire.clone();
+            bad[i] ^= 0x40;
+            assert_eq!(ResponseHeader::open(&mut bad, &h), Err(VmessError::BadTag), "byte {i}");
+        }
+        let mut wrong = wire.clone();
+        let mut other = h.clone();
+        other.response_auth = 0x34;
+        ResponseHeader::for_request(&other).seal(&h, &mut wrong);
+        let mut wrong = wrong.split_off(RESPONSE_LEN);
+        assert_eq!(ResponseHeader::open(&mut wrong, &h), Err(VmessError::BadResponseAuth(0x34)));
+    }
+
+    #[test]
+    fn resolves_security_as_xray_outbound_does() {
+        let s = |c: SecurityConfig, hw| c.resolve(hw, false);
+        let full = Options::CHUNK_STREAM | Options::CHUNK_MASKING | Options::GLOBAL_PADDING;
+        assert_eq!(s(SecurityConfig::Auto, true), (Security::Aes128Gcm, full));
+        assert_eq!(s(SecurityConfig::Auto, false), (Security::ChaCha20Poly1305, full));
+        assert_eq!(s(SecurityConfig::Aes128Gcm, false), (Security::Aes128Gcm, full));
+        assert_eq!(s(SecurityConfig::ChaCha20Poly1305, true), (Security::ChaCha20Poly1305, full));
+        assert_eq!(s(SecurityConfig::None, true), (Security::None, Options::CHUNK_STREAM | Options::CHUNK_MASKING));
+        assert_eq!(s(SecurityConfig::Zero, true), (Security::None, Options(0)));
+        assert_eq!(SecurityConfig::Aes128Gcm.resolve(true, true).1, full | Options::AUTHENTICATED_LENGTH);
+        assert_eq!(SecurityConfig::parse("AES-128-GCM"), Some(SecurityConfig::Aes128Gcm));
+        assert_eq!(SecurityConfig::parse("rc4"), None);
+        let _ = has_aes_gcm_hardware();
+    }
 }
