@@ -352,3 +352,216 @@ impl ChunkOpener {
         Ok(Chunk::Data { plain: size_len..size_len + plain_len, consumed })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmess::header::Command;
+
+    fn header(security: Security, options: u8, command: Command) -> RequestHeader {
+        RequestHeader {
+            body_iv: *b"0123456789abcdef",
+            body_key: *b"fedcba9876543210",
+            response_auth: 7,
+            options: Options(options),
+            security,
+            command,
+            destination: None,
+        }
+    }
+
+    const STREAM: u8 = 0x01;
+    const MASK: u8 = 0x04;
+    const PAD: u8 = 0x08;
+    const AUTH: u8 = 0x10;
+
+    /// Every framing: (security, options, command).
+    fn framings() -> Vec<(Security, u8, Command)> {
+        let mut v = Vec::new();
+        for security in [Security::Aes128Gcm, Security::ChaCha20Poly1305] {
+            for options in [STREAM, STREAM | MASK, STREAM | MASK | PAD, STREAM | AUTH, STREAM | MASK | PAD | AUTH] {
+                v.push((security, options, Command::Tcp));
+            }
+        }
+        for options in [STREAM, STREAM | MASK, STREAM | MASK | PAD, 0] {
+            for command in [Command::Tcp, Command::Udp] {
+                v.push((Security::None, options, command));
+            }
+        }
+        v
+    }
+
+    fn one_chunk(h: &RequestHeader, payload: &[u8]) -> Vec<u8> {
+        let mut s = ChunkSealer::new(h, Direction::Request, [9; 32]).unwrap();
+        let mut out = Vec::new();
+        s.seal(payload, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn golden_chunks_laid_out_by_hand() {
+        // Plain sizes, `none` with chunk stream over TCP: size ‖ payload; end = size 0
+        // (Xray common/crypto/chunk.go ChunkStreamWriter).
+        let h = header(Security::None, STREAM, Command::Tcp);
+        let mut s = ChunkSealer::new(&h, Direction::Request, [0; 32]).unwrap();
+        let mut out = Vec::new();
+        s.seal(b"abc", &mut out).unwrap();
+        s.seal_end(&mut out);
+        assert_eq!(out, [0, 3, b'a', b'b', b'c', 0, 0]);
+
+        // AES-128-GCM, plain size: size = 3 + 16, then GCM(body key, nonce 0000 ‖ IV[2..12]).
+        let h = header(Security::Aes128Gcm, STREAM, Command::Tcp);
+        let out = one_chunk(&h, b"abc");
+        let mut expect = vec![0, 19, b'a', b'b', b'c'];
+        expect.extend_from_slice(&[0; 16]);
+        let mut nonce = [0u8; 12];
+        nonce[2..].copy_from_slice(&h.body_iv[2..12]);
+        AeadKey::new(Cipher::Aes128Gcm, &h.body_key).seal(&nonce, &[], &mut expect[2..]);
+        assert_eq!(out, expect);
+
+        // Masked: the size is XORed with the first two SHAKE128(IV) bytes.
+        let h = header(Security::Aes128Gcm, STREAM | MASK, Command::Tcp);
+        let mut shake = Shake128::default();
+        shake.update(&h.body_iv);
+        let mut mask = [0u8; 2];
+        shake.finalize_xof().read(&mut mask);
+        let out = one_chunk(&h, b"abc");
+        assert_eq!([out[0] ^ mask[0], out[1] ^ mask[1]], [0, 19]);
+        assert_eq!(out[2..], expect[2..]);
+    }
+
+    #[test]
+    fn every_truncation_needs_more_and_consumes_nothing() {
+        for (security, options, command) in framings() {
+            if options & STREAM == 0 {
+                continue;
+            }
+            let h = header(security, options, command);
+            let mut s = ChunkSealer::new(&h, Direction::Response, [1; 32]).unwrap();
+            let mut wire = Vec::new();
+            s.seal(b"hello, world", &mut wire).unwrap();
+            let first = wire.len();
+            s.seal_end(&mut wire);
+            for cut in 0..first {
+                let mut o = ChunkOpener::new(&h, Direction::Response).unwrap();
+                let mut short = wire[..cut].to_vec();
+                assert_eq!(o.open(&mut short), Err(VmessError::UnexpectedEnd), "{security:?} {options} {cut}");
+                assert_eq!(short, wire[..cut]);
+                // Once more with the same opener, now with everything: it picks up where it was.
+                let mut all = wire.clone();
+                match o.open(&mut all).unwrap() {
+                    Chunk::Data { plain, consumed } => {
+                        assert_eq!(&all[plain], b"hello, world");
+                        assert_eq!(consumed, first);
+                        assert_eq!(o.open(&mut all[consumed..]), Ok(Chunk::End { consumed: wire.len() - first }));
+                        assert_eq!(o.open(&mut []), Ok(Chunk::End { consumed: 0 }));
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tampered_chunks_never_open_as_data() {
+        for security in [Security::Aes128Gcm, Security::ChaCha20Poly1305] {
+            for options in [STREAM, STREAM | MASK, STREAM | AUTH] {
+                let h = header(security, options, Command::Tcp);
+                let wire = one_chunk(&h, b"attack at dawn");
+                for i in 0..wire.len() {
+                    let mut bad = wire.clone();
+                    bad[i] ^= 0x04;
+                    let r = ChunkOpener::new(&h, Direction::Request).unwrap().open(&mut bad);
+                    // An altered unauthenticated size may also make the chunk look like the end
+                    // (Xray reads it so too); it never yields data.
+                    assert!(!matches!(r, Ok(Chunk::Data { .. })), "{security:?} {options} byte {i}: {r:?}");
+                }
+                // The wrong direction's keys do not open it either.
+                let r = ChunkOpener::new(&h, Direction::Response).unwrap().open(&mut wire.clone());
+                assert!(r.is_err());
+            }
+        }
+        // Global padding goes out in clear and unauthenticated (as in Xray): altering it is
+        // not noticed, altering the payload is.
+        let h = header(Security::Aes128Gcm, STREAM | MASK | PAD, Command::Tcp);
+        let wire = one_chunk(&h, b"x");
+        let sealed_end = 2 + 1 + TAG_LEN;
+        for i in 0..wire.len() {
+            let mut bad = wire.clone();
+            bad[i] ^= 0x01;
+            let r = ChunkOpener::new(&h, Direction::Request).unwrap().open(&mut bad);
+            if i >= sealed_end {
+                assert!(matches!(r, Ok(Chunk::Data { .. })), "padding byte {i}");
+            } else {
+                assert!(!matches!(r, Ok(Chunk::Data { .. })), "byte {i}: {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn global_padding_needs_masking() {
+        for security in [Security::Aes128Gcm, Security::None] {
+            let h = header(security, STREAM | PAD, Command::Tcp);
+            assert_eq!(ChunkOpener::new(&h, Direction::Request).err(), Some(VmessError::BadOptions(STREAM | PAD)));
+            assert_eq!(
+                ChunkSealer::new(&h, Direction::Request, [0; 32]).err(),
+                Some(VmessError::BadOptions(STREAM | PAD))
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_follow_xray_limits() {
+        let h = header(Security::Aes128Gcm, STREAM | MASK | PAD | AUTH, Command::Udp);
+        let mut s = ChunkSealer::new(&h, Direction::Request, [0; 32]).unwrap();
+        assert_eq!(s.max_payload(), 8192 - 18 - 16 - 64);
+        let mut out = Vec::new();
+        assert_eq!(s.seal(&[0; 8095], &mut out), Err(VmessError::PacketTooLarge(8095)));
+        assert!(out.is_empty());
+        s.seal(&[0; 8094], &mut out).unwrap();
+        assert!(out.len() <= XRAY_MAX_CHUNK);
+        s.seal(&[], &mut out).unwrap(); // nothing: an empty chunk would end the stream
+        assert!(out.len() <= XRAY_MAX_CHUNK);
+
+        let h = header(Security::ChaCha20Poly1305, STREAM, Command::Tcp);
+        let s = ChunkSealer::new(&h, Direction::Request, [0; 32]).unwrap();
+        assert_eq!(s.max_payload(), 8192 - 2 - 16);
+        let h = header(Security::None, STREAM | MASK, Command::Tcp);
+        assert_eq!(ChunkSealer::new(&h, Direction::Request, [0; 32]).unwrap().max_payload(), 8192);
+    }
+
+    #[test]
+    fn an_undersized_chunk_is_refused() {
+        // A plain size smaller than the tag.
+        let h = header(Security::Aes128Gcm, STREAM, Command::Tcp);
+        let mut o = ChunkOpener::new(&h, Direction::Request).unwrap();
+        assert_eq!(o.open(&mut [0, 15, 0, 0]), Err(VmessError::BadLength(15)));
+        // The largest plain size is waited for, not refused: it fits MAX_WIRE_CHUNK.
+        let mut o = ChunkOpener::new(&h, Direction::Request).unwrap();
+        assert_eq!(o.open(&mut [0xff, 0xff, 0, 0]), Err(VmessError::UnexpectedEnd));
+        const { assert!(2 + 0xffff <= MAX_WIRE_CHUNK) };
+    }
+
+    #[test]
+    fn noise_never_panics() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for (security, options, command) in framings() {
+            let h = header(security, options, command);
+            for len in 0..300 {
+                let mut buf: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                let mut o = ChunkOpener::new(&h, Direction::Request).unwrap();
+                let mut at = 0;
+                while let Ok(Chunk::Data { consumed, .. }) = o.open(&mut buf[at..]) {
+                    at += consumed;
+                }
+            }
+        }
+    }
+}
