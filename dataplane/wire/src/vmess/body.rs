@@ -91,9 +91,16 @@ struct Codec {
     stream: bool,
 }
 
-fn nonce(counter: &mut u16, iv: &[u8; 16]) -> [u8; 12] {
+/// The nonce for chunk `counter`: the counter (u16 BE) over the first two bytes of `iv[..12]`.
+fn nonce_at(counter: u16, iv: &[u8; 16]) -> [u8; 12] {
     let mut n: [u8; 12] = iv[..12].try_into().expect("12 of 16 bytes");
     n[..2].copy_from_slice(&counter.to_be_bytes());
+    n
+}
+
+/// The next nonce, advancing the counter (it wraps at 2^16, as Xray's does).
+fn nonce(counter: &mut u16, iv: &[u8; 16]) -> [u8; 12] {
+    let n = nonce_at(*counter, iv);
     *counter = counter.wrapping_add(1);
     n
 }
@@ -193,8 +200,8 @@ impl Codec {
         if let Some(l) = self.sealed_length() {
             let mut copy = [0u8; 2 + TAG_LEN];
             copy.copy_from_slice(b);
-            let n = nonce(&mut l.counter.clone(), &l.iv);
-            let plain = l.key.open(&n, &[], &mut copy)?;
+            // The counter moves only once the length opens, so a forged one changes nothing.
+            let plain = l.key.open(&nonce_at(l.counter, &l.iv), &[], &mut copy)?;
             l.counter = l.counter.wrapping_add(1);
             return Ok(usize::from(u16::from_be_bytes([plain[0], plain[1]])) + TAG_LEN);
         }

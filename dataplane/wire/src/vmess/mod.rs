@@ -15,7 +15,8 @@
 //!
 //! Client: [`RequestHeader::seal`], [`ChunkSealer`] for the request, [`ResponseHeader::open`]
 //! and [`ChunkOpener`] for the response. [`SecurityConfig::resolve`] turns the configured
-//! `security` into the header's security and options as Xray's outbound does.
+//! `security` into the header's security and options as Xray's outbound does
+//! ([`has_aes_gcm_hardware`] decides `auto`).
 
 pub mod auth_id;
 pub mod body;
@@ -26,7 +27,8 @@ pub mod replay;
 pub use auth_id::{find_user, peek_auth_id, AuthIdKey, UserKey};
 pub use body::{Chunk, ChunkOpener, ChunkSealer, Direction};
 pub use header::{
-    Command, Options, RequestHeader, RequestOpener, ResponseHeader, SealRandom, Security, SecurityConfig,
+    has_aes_gcm_hardware, Command, Options, RequestHeader, RequestOpener, ResponseHeader, SealRandom, Security,
+    SecurityConfig,
 };
 pub use replay::ReplayFilter;
 
