@@ -9,6 +9,7 @@ pub mod shadowsocks;
 pub mod socks;
 pub mod trojan;
 pub mod vless;
+pub mod vmess;
 
 /// Why a decoder rejected its input.
 ///
