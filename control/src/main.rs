@@ -27,6 +27,9 @@ struct ConfigArgs {
     /// A directory whose *.json files are merged in name order.
     #[arg(long = "confdir", value_name = "DIR")]
     confdir: Option<PathBuf>,
+    /// Refuse keys the config loader does not know, instead of ignoring them with a warning.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +126,7 @@ fn upstream_flags(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     args.map(|a| match a.to_str() {
         Some("-config") => "--config".into(),
         Some("-confdir") => "--confdir".into(),
+        Some("-strict") => "--strict".into(),
         Some(s) if s.starts_with("-config=") || s.starts_with("-confdir=") => format!("-{s}").into(),
         _ => a,
     })
@@ -138,6 +142,12 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     };
     for note in &config.notes {
         eprintln!("shardray: note: {note}");
+    }
+    if args.strict && !config.ignored_keys.is_empty() {
+        anyhow::bail!("unknown keys (--strict):\n  {}", config.ignored_keys.join("\n  "));
+    }
+    for warning in &config.ignored_keys {
+        eprintln!("shardray: warning: {warning}");
     }
     Ok(config)
 }

@@ -95,6 +95,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let restored = restore(&mut config, options.state.as_deref())?;
     let notes = std::mem::take(&mut config.notes);
+    let ignored_keys = std::mem::take(&mut config.ignored_keys);
     // The API binds first, so that a taken API port stops the start before any shard runs.
     let api = match &config.api {
         Some(spec) => Some((spec.clone(), runtime.block_on(api::bind(spec))?)),
@@ -157,6 +158,9 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     server.log.error(LogLevel::Warning, format_args!("shardray {} started", env!("CARGO_PKG_VERSION")));
     for note in &notes {
         server.log.error(LogLevel::Warning, format_args!("config: {note}"));
+    }
+    for key in &ignored_keys {
+        server.log.error(LogLevel::Warning, format_args!("config: {key}"));
     }
 
     let log = server.log.clone();

@@ -36,10 +36,6 @@ fn broken_configs_fail_with_the_path_of_the_bad_field() {
                 c["inbounds"][0]["settings"]["clients"][0]["id"] = json!("zz-not-a-uuid-zz-not-a-uuid-zz-not-a-uuid")
             }),
         ),
-        (
-            "inbounds[0].settings.clients[0].bogus",
-            Box::new(|c| c["inbounds"][0]["settings"]["clients"][0]["bogus"] = json!(1)),
-        ),
         ("inbounds[0].protocol", Box::new(|c| c["inbounds"][0]["protocol"] = json!("nonsense"))),
         ("inbounds[0].port", Box::new(|c| c["inbounds"][0]["port"] = json!(70000))),
         (
@@ -121,6 +117,36 @@ fn a_mapped_id_is_noted_by_test_and_at_start() {
     assert!(out.contains(&note) && out.contains("Configuration OK."), "{out}");
     let server = Shardray::start(&config, 1);
     let logged = format!("config: {note}");
+    let in_log = shardray_tests::wait_until(std::time::Duration::from_secs(5), || server.output().contains(&logged));
+    assert!(in_log, "{}", server.output());
+}
+
+#[test]
+fn an_unknown_key_warns_and_strict_refuses_it() {
+    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
+    config["inbounds"][0]["settings"]["clients"][0]["emial"] = json!("typo@example.com");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let path = path.to_str().unwrap();
+    let warning = "inbounds[0].settings.clients[0].emial: unknown key ignored (did you mean \"email\"?)";
+
+    let (status, out) = run_cli(&["test", "-c", path]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains(&format!("shardray: warning: {warning}")) && out.contains("Configuration OK."), "{out}");
+
+    for command in ["test", "run"] {
+        let (status, out) = run_cli(&[command, "--strict", "-c", path]);
+        assert_eq!(status.code(), Some(1), "{command} --strict: {out}");
+        assert!(out.contains("unknown keys (--strict)") && out.contains(warning), "{command} --strict: {out}");
+    }
+    // Upstream's one-dash spelling.
+    let (status, _) = run_cli(&["test", "-strict", "-c", path]);
+    assert_eq!(status.code(), Some(1));
+
+    // At start, the warning is in the log too, and the server runs.
+    let server = Shardray::start(&config, 1);
+    let logged = format!("config: {warning}");
     let in_log = shardray_tests::wait_until(std::time::Duration::from_secs(5), || server.output().contains(&logged));
     assert!(in_log, "{}", server.output());
 }

@@ -42,8 +42,9 @@ pub fn load_files(paths: &[PathBuf]) -> Result<Config, ConfigError> {
             let mut merged = Map::new();
             for path in many {
                 let doc = read_document(path)?;
-                // Check each file's shape on its own first, so such errors name their file.
-                parse_raw(Value::Object(doc.clone())).map_err(|e| e.in_file(path))?;
+                // Check each file's shape on its own first, so such errors name their file
+                // (unknown keys are reported once, from the merged document).
+                validate::collect_ignored(|| parse_raw(Value::Object(doc.clone()))).0.map_err(|e| e.in_file(path))?;
                 merge::merge_config(&mut merged, doc);
             }
             build(merged)
@@ -141,8 +142,10 @@ fn parse_raw(doc: Value) -> Result<RawConfig, ConfigError> {
 fn build(doc: Map<String, Value>) -> Result<Config, ConfigError> {
     let doc = Value::Object(doc);
     let notes = mapped_ids(&doc);
-    let mut config = validate::validate(parse_raw(doc)?)?;
+    let (config, ignored) = validate::collect_ignored(|| validate::validate(parse_raw(doc)?));
+    let mut config = config?;
     config.notes = notes;
+    config.ignored_keys = ignored;
     Ok(config)
 }
 

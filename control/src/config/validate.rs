@@ -1,6 +1,7 @@
 //! Turns the raw config into `spec::Config`: top-level sections (log, api, stats, policy), the
 //! checks that span sections, and the small parsers the section modules share.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -84,7 +85,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     check_listen_conflicts(&listens)?;
 
-    Ok(Config { log, api, stats_enabled, policy, inbounds: inbounds.specs, outbounds, routing, notes: Vec::new() })
+    Ok(Config {
+        log,
+        api,
+        stats_enabled,
+        policy,
+        inbounds: inbounds.specs,
+        outbounds,
+        routing,
+        notes: Vec::new(),
+        ignored_keys: Vec::new(),
+    })
 }
 
 /// `dns`, `transport` and the like: refused unless absent or `{}`.
@@ -287,13 +298,117 @@ fn ips_overlap(a: IpAddr, b: IpAddr) -> bool {
 
 // === shared parsers ===
 
+thread_local! {
+    /// Unknown keys ignored while a config loads (`None`: not loading a config, unknown keys
+    /// are errors, as for an inbound the API adds). See [`collect_ignored`].
+    static IGNORED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// Runs `load` with unknown keys ignored, as Xray's decoder ignores them, and returns what it
+/// gave with a warning for each key ignored (path and, when one is close, the key meant).
+pub(super) fn collect_ignored<T>(load: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let outer = IGNORED.with(|i| i.borrow_mut().replace(Vec::new()));
+    let result = load();
+    let ignored = IGNORED.with(|i| std::mem::replace(&mut *i.borrow_mut(), outer)).unwrap_or_default();
+    (result, ignored)
+}
+
 /// Deserializes a raw value whose JSON path is `path`, naming the failing field's full path.
-pub(super) fn deserialize_at<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
+/// While a config loads, an unknown key is removed (with the same key in every other element
+/// of its array, so a typo repeated over many clients costs one retry) and noted, and the
+/// value is read again.
+pub(super) fn deserialize_at<T: DeserializeOwned>(mut value: Value, path: &str) -> Result<T, ConfigError> {
+    loop {
+        let err = match serde_path_to_error::deserialize(&value) {
+            Ok(t) => return Ok(t),
+            Err(err) => err,
+        };
         let inner = err.path().to_string();
         let joined = join_path(path, if inner == "." { "" } else { &inner });
-        serde_error(joined, err.inner())
-    })
+        let lenient = IGNORED.with(|i| i.borrow().is_some());
+        if lenient {
+            if let Some((key, expected)) = unknown_key(err.inner()) {
+                let segments: Vec<_> = err.path().iter().cloned().collect();
+                let others = remove_key(&mut value, &segments, &key);
+                if others > 0 {
+                    let named = if joined.ends_with(&key) { joined } else { join_path(&joined, &key) };
+                    let mut warning = format!("{named}: unknown key ignored");
+                    if let Some(meant) = closest(&key, &expected) {
+                        warning.push_str(&format!(" (did you mean {meant:?}?)"));
+                    }
+                    if others > 1 {
+                        warning.push_str(&format!(" (also in {} more elements of its list)", others - 1));
+                    }
+                    IGNORED.with(|i| i.borrow_mut().as_mut().map(|w| w.push(warning)));
+                    continue;
+                }
+            }
+        }
+        return Err(serde_error(joined, err.inner()));
+    }
+}
+
+/// The key an "unknown field" error names, and the keys it says were expected.
+fn unknown_key(err: &serde_json::Error) -> Option<(String, Vec<String>)> {
+    let text = err.to_string();
+    let rest = text.strip_prefix("unknown field `")?;
+    let (key, tail) = rest.split_once('`')?;
+    let expected = tail.split('`').skip(1).step_by(2).map(str::to_owned).collect();
+    Some((key.to_owned(), expected))
+}
+
+/// Removes `key` from the object at `segments` (the error's path, which may end with the key
+/// itself) and from the objects at the same place in every other element of the nearest list
+/// on the way; returns how many objects lost it.
+fn remove_key(value: &mut Value, segments: &[serde_path_to_error::Segment], key: &str) -> usize {
+    use serde_path_to_error::Segment;
+    let segments = match segments.last() {
+        Some(Segment::Map { key: last }) if last == key => &segments[..segments.len() - 1],
+        _ => segments,
+    };
+    // The nearest list on the way: every element of it at the same place.
+    let last_list = segments.iter().rposition(|s| matches!(s, Segment::Seq { .. }));
+    let (to_list, in_element) = match last_list {
+        Some(i) => (&segments[..i], &segments[i + 1..]),
+        None => (segments, &[][..]),
+    };
+    let Some(target) = walk(value, to_list) else { return 0 };
+    let mut removed = 0;
+    let mut remove_from = |v: &mut Value| {
+        if let Some(obj) = walk(v, in_element).and_then(Value::as_object_mut) {
+            removed += usize::from(obj.remove(key).is_some());
+        }
+    };
+    match (last_list, target) {
+        (Some(_), Value::Array(items)) => items.iter_mut().for_each(&mut remove_from),
+        (None, v) => remove_from(v),
+        _ => {}
+    }
+    removed
+}
+
+/// The value at `segments` inside `value`.
+fn walk<'v>(mut value: &'v mut Value, segments: &[serde_path_to_error::Segment]) -> Option<&'v mut Value> {
+    use serde_path_to_error::Segment;
+    for s in segments {
+        value = match s {
+            Segment::Seq { index } => value.get_mut(*index)?,
+            Segment::Map { key } => value.get_mut(key.as_str())?,
+            Segment::Enum { .. } | Segment::Unknown => return None,
+        };
+    }
+    Some(value)
+}
+
+/// The expected key closest to a misspelt one, if any is close enough to be meant.
+fn closest<'a>(key: &str, expected: &'a [String]) -> Option<&'a str> {
+    let folded = key.to_ascii_lowercase();
+    expected
+        .iter()
+        .map(|e| (strsim::damerau_levenshtein(&folded, &e.to_ascii_lowercase()), e))
+        .filter(|(d, e)| *d <= 2.max(e.len() / 4) && *d < e.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, e)| e.as_str())
 }
 
 /// Turns a serde error at `path` into a `ConfigError`, with an unknown or missing field's name

@@ -30,6 +30,10 @@ pub struct Config {
     /// What the loader wants the operator to know about the config as written (an id mapped
     /// to a UUID, for instance): printed at start and by `shardray test`.
     pub notes: Vec<String>,
+    /// Keys the loader did not know and ignored, as Xray does, each with its JSON path (and the
+    /// known key it may have meant): warnings at start and in `shardray test`, errors with
+    /// `--strict`.
+    pub ignored_keys: Vec<String>,
 }
 
 impl Config {
@@ -45,6 +49,7 @@ impl Config {
             outbounds: self.outbounds.clone(),
             routing: self.routing.clone(),
             notes: self.notes.clone(),
+            ignored_keys: self.ignored_keys.clone(),
         }
     }
 }
