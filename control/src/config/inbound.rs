@@ -18,7 +18,7 @@ use super::raw::{
     RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawInbound, RawSniffing, RawStreamSettings,
     RawTcpSettings, RawTlsSettings, RawVlessClient, RawVlessSettings, StringList,
 };
-use super::validate::{check_api_loopback, deserialize_at, parse_host_port, parse_port, value_text};
+use super::validate::{check_api_loopback, deserialize_at, is_empty_value, parse_host_port, parse_port, value_text};
 
 /// Inbound protocols upstream has that shardray does not serve yet.
 const LATER_PROTOCOLS: &[&str] =
@@ -517,9 +517,17 @@ fn dokodemo(settings: Value, path: &str) -> Result<DokodemoSpec, ConfigError> {
     if raw.follow_redirect == Some(true) {
         return Err(ConfigError::unsupported(format!("{path}.followRedirect"), "followRedirect"));
     }
+    if raw.port_map.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(ConfigError::unsupported(format!("{path}.portMap"), "portMap"));
+    }
+    // Xray's older names win over the newer where both are given (infra/conf/dokodemo.go).
+    let (network_key, networks) = match (raw.network, raw.allowed_network) {
+        (Some(n), _) => ("network", n.0),
+        (None, Some(n)) => ("allowedNetwork", n.0),
+        (None, None) => ("network", Vec::new()),
+    };
     let mut tcp = false;
     let mut udp = false;
-    let networks = raw.network.map(|l| l.0).unwrap_or_default();
     for item in networks.iter().flat_map(|n| n.split(',')) {
         match item.trim().to_ascii_lowercase().as_str() {
             "" => {}
@@ -527,26 +535,29 @@ fn dokodemo(settings: Value, path: &str) -> Result<DokodemoSpec, ConfigError> {
             "udp" => udp = true,
             other => {
                 return Err(ConfigError::invalid(
-                    format!("{path}.network"),
+                    format!("{path}.{network_key}"),
                     format!("unknown network {other:?} (expected \"tcp\" or \"tcp,udp\")"),
                 ))
             }
         }
     }
     if udp && !tcp {
-        return Err(ConfigError::unsupported(format!("{path}.network"), "UDP forwarding"));
+        return Err(ConfigError::unsupported(format!("{path}.{network_key}"), "UDP forwarding"));
     }
-    let addr_path = format!("{path}.address");
-    let addr = match raw.address.as_deref().map(str::trim) {
-        None | Some("") => return Err(ConfigError::invalid(addr_path, "missing")),
-        Some(s) => {
-            Address::parse(s).ok_or_else(|| ConfigError::invalid(&addr_path, format!("invalid address {s:?}")))?
-        }
+    let given = |s: &Option<String>| s.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    let (addr_path, addr) = match (given(&raw.address), given(&raw.rewrite_address)) {
+        (Some(a), _) => (format!("{path}.address"), a),
+        (None, Some(a)) => (format!("{path}.rewriteAddress"), a),
+        (None, None) => return Err(ConfigError::invalid(format!("{path}.address"), "missing (or rewriteAddress)")),
     };
-    let port_path = format!("{path}.port");
-    let port = match raw.port.as_ref() {
-        None | Some(Value::Null) => return Err(ConfigError::invalid(port_path, "missing")),
-        Some(v) => parse_port(v, &port_path)?,
+    let addr =
+        Address::parse(&addr).ok_or_else(|| ConfigError::invalid(&addr_path, format!("invalid address {addr:?}")))?;
+    let is_given = |v: &Option<Value>| v.as_ref().is_some_and(|v| !is_empty_value(v));
+    let (port_path, port) = match (is_given(&raw.port), is_given(&raw.rewrite_port)) {
+        (true, _) => (format!("{path}.port"), raw.port),
+        (false, true) => (format!("{path}.rewritePort"), raw.rewrite_port),
+        (false, false) => return Err(ConfigError::invalid(format!("{path}.port"), "missing (or rewritePort)")),
     };
+    let port = parse_port(port.as_ref().expect("given"), &port_path)?;
     Ok(DokodemoSpec { destination: Destination { addr, port }, user_level: raw.user_level.unwrap_or(0) })
 }

@@ -82,8 +82,9 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
     let settings_path = format!("{path}.settings");
     let settings = ob.settings.unwrap_or_else(|| Value::Object(Map::new()));
     let protocol = match protocol.as_str() {
-        "freedom" => OutboundProtocol::Freedom(freedom(settings, &settings_path)?),
-        "blackhole" => OutboundProtocol::Blackhole(blackhole(settings, &settings_path)?),
+        // "direct" and "block" are Xray's other names for them (infra/conf/xray.go).
+        "freedom" | "direct" => OutboundProtocol::Freedom(freedom(settings, &settings_path)?),
+        "blackhole" | "block" => OutboundProtocol::Blackhole(blackhole(settings, &settings_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
         }

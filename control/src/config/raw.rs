@@ -289,13 +289,18 @@ pub(super) struct RawFallback {
     pub xver: Option<u64>,
 }
 
-/// `settings` of a dokodemo-door inbound.
+/// `settings` of a dokodemo-door (or `tunnel`) inbound: Xray's newer names `rewriteAddress`,
+/// `rewritePort` and `allowedNetwork` beside the older ones, which win where both are given.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawDokodemoSettings {
     pub address: Option<String>,
     pub port: Option<Value>,
     pub network: Option<StringList>,
+    pub rewrite_address: Option<String>,
+    pub rewrite_port: Option<Value>,
+    pub allowed_network: Option<StringList>,
+    pub port_map: Option<BTreeMap<String, String>>,
     #[serde(rename = "timeout")]
     pub _timeout: Option<u32>,
     pub follow_redirect: Option<bool>,

@@ -816,6 +816,66 @@ fn dokodemo_needs_tcp_and_a_destination() {
 }
 
 #[test]
+fn xrays_newer_names_load() {
+    // The `tunnel` protocol with `rewriteAddress`, `rewritePort` and `allowedNetwork`, as 3x-ui
+    // writes its API inbound and current Xray documents it; `direct` and `block` outbounds.
+    let mut v = base();
+    set(&mut v, "", "api", json!({ "tag": "api", "services": ["StatsService"] }));
+    let inbounds = at(&mut v, "/inbounds").as_array_mut().unwrap();
+    inbounds.push(json!({
+        "tag": "api", "listen": "127.0.0.1", "port": 62789, "protocol": "tunnel",
+        "settings": { "rewriteAddress": "127.0.0.1" }
+    }));
+    inbounds.push(json!({
+        "tag": "fwd", "listen": "127.0.0.1", "port": 5353, "protocol": "tunnel",
+        "settings": { "rewriteAddress": "1.1.1.1", "rewritePort": 53, "allowedNetwork": "tcp" }
+    }));
+    set(
+        &mut v,
+        "",
+        "outbounds",
+        json!([{ "tag": "d", "protocol": "direct" }, { "tag": "blocked", "protocol": "block" }]),
+    );
+    let cfg = load(&v).unwrap();
+    assert!(cfg.ignored_keys.is_empty(), "{:?}", cfg.ignored_keys);
+    assert_eq!(cfg.api.unwrap().listen, ApiListen::Tcp("127.0.0.1:62789".parse().unwrap()));
+    match &cfg.inbounds[1].protocol {
+        InboundProtocol::Dokodemo(d) => {
+            assert_eq!(d.destination, Destination::from("1.1.1.1:53".parse::<SocketAddr>().unwrap()))
+        }
+        other => panic!("not dokodemo: {other:?}"),
+    }
+    assert!(matches!(cfg.outbounds[0].protocol, OutboundProtocol::Freedom(_)));
+    assert!(matches!(cfg.outbounds[1].protocol, OutboundProtocol::Blackhole(_)));
+
+    // Where both names are given, the older wins, as in Xray.
+    let mut v = base();
+    at(&mut v, "/inbounds").as_array_mut().unwrap().push(json!({
+        "port": 5353, "protocol": "tunnel",
+        "settings": { "address": "9.9.9.9", "rewriteAddress": "1.1.1.1", "port": 853, "rewritePort": 53 }
+    }));
+    match &load(&v).unwrap().inbounds[1].protocol {
+        InboundProtocol::Dokodemo(d) => {
+            assert_eq!(d.destination, Destination::from("9.9.9.9:853".parse::<SocketAddr>().unwrap()))
+        }
+        other => panic!("not dokodemo: {other:?}"),
+    }
+    let err = broken(|v| {
+        at(v, "/inbounds").as_array_mut().unwrap().push(json!({
+            "port": 5353, "protocol": "tunnel",
+            "settings": { "rewriteAddress": "1.1.1.1", "rewritePort": 53, "portMap": { "5353": "1.1.1.1:53" } }
+        }))
+    });
+    assert_eq!((err.path.as_str(), err.kind), ("inbounds[1].settings.portMap", ConfigErrorKind::Unsupported));
+    let err = broken(|v| {
+        at(v, "/inbounds").as_array_mut().unwrap().push(json!({
+            "port": 5353, "protocol": "tunnel", "settings": { "rewritePort": 53, "allowedNetwork": "udp" }
+        }))
+    });
+    assert_eq!((err.path.as_str(), err.kind), ("inbounds[1].settings.allowedNetwork", ConfigErrorKind::Unsupported));
+}
+
+#[test]
 fn syntax_errors_give_line_and_column() {
     let err = load_str("{\n  \"log\": {\n    \"loglevel\": \"info\",\n  }\n}").unwrap_err();
     assert_eq!(err.kind, ConfigErrorKind::Syntax);
