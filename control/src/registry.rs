@@ -180,7 +180,7 @@ impl Registry {
         // port fails the call with nothing changed. A port of 0 is recorded as the one bound.
         let mut listeners = Vec::new();
         if let Change::AddInbound { spec } = &mut change {
-            let (sockets, bound) = bind_reuseport(spec.listen, self.shards.count())
+            let (sockets, bound) = bind_reuseport(spec.listen, self.shards.count(), &spec.sockopt)
                 .map_err(|e| ChangeError::Listen(format!("cannot listen on {}: {e}", spec.listen)))?;
             Arc::make_mut(spec).listen = bound;
             listeners = sockets;

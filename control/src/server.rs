@@ -12,7 +12,7 @@ use shardray_core::change::Change;
 use shardray_core::log::LogSink;
 use shardray_core::routes::{RouteRecord, RouteTap};
 use shardray_core::slots::UserOp;
-use shardray_core::spec::{Config, LogLevel};
+use shardray_core::spec::{Config, LogLevel, SocketOptions};
 use shardray_core::stats::StatsSnapshot;
 use shardray_shard::mailbox::{mailbox, ShardMailbox};
 use shardray_shard::{spawn_shard, ShardCommand, ShardHandle, ShardPlan};
@@ -190,7 +190,7 @@ impl Server {
         let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for inbound in &config.inbounds {
-            let (sockets, addr) = bind_at_start(inbound.listen, shards)
+            let (sockets, addr) = bind_at_start(inbound.listen, shards, &inbound.sockopt)
                 .with_context(|| format!("{}: cannot listen on {}", inbound.label(), inbound.listen))?;
             for (shard, socket) in sockets.into_iter().enumerate() {
                 listeners[shard].push(socket);
@@ -305,10 +305,14 @@ const BIND_RETRY: Duration = Duration::from_secs(2);
 /// before (a restart after `kill -9`) may still hold its listeners, since the kernel releases
 /// sockets an io_uring instance holds only after the process is gone. Anything still holding
 /// the address after `BIND_RETRY` fails the start.
-fn bind_at_start(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+fn bind_at_start(
+    addr: SocketAddr,
+    count: usize,
+    opts: &SocketOptions,
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     let deadline = std::time::Instant::now() + BIND_RETRY;
     loop {
-        match bind_reuseport(addr, count) {
+        match bind_reuseport(addr, count, opts) {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -317,14 +321,89 @@ fn bind_at_start(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::ne
     }
 }
 
-/// Binds `count` listening sockets to one address with SO_REUSEPORT; a port of 0 is chosen
-/// first and reused by all.
-pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+/// Sets an inbound's `sockopt` on one of its listeners, before it binds; the connections it
+/// accepts inherit them. Each failure names the option.
+fn apply_sockopt(socket: &Socket, opts: &SocketOptions) -> std::io::Result<()> {
+    let named = |what: &str| {
+        let what = what.to_owned();
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("sockopt {what}: {e}"))
+    };
+    if let Some(interface) = &opts.interface {
+        socket.bind_device(Some(interface.as_bytes())).map_err(named(&format!("interface {interface:?}")))?;
+    }
+    if opts.v6_only {
+        socket.set_only_v6(true).map_err(named("v6only"))?;
+    }
+    if opts.mark != 0 {
+        socket.set_mark(opts.mark).map_err(named("mark"))?;
+    }
+    if let Some(c) = &opts.congestion {
+        socket.set_tcp_congestion(c.as_bytes()).map_err(named(&format!("tcpCongestion {c:?}")))?;
+    }
+    if opts.keep_alive_idle.is_some() || opts.keep_alive_interval.is_some() {
+        let mut keepalive = socket2::TcpKeepalive::new();
+        if let Some(idle) = opts.keep_alive_idle {
+            keepalive = keepalive.with_time(Duration::from_secs(idle.into()));
+        }
+        if let Some(interval) = opts.keep_alive_interval {
+            keepalive = keepalive.with_interval(Duration::from_secs(interval.into()));
+        }
+        socket.set_tcp_keepalive(&keepalive).map_err(named("tcpKeepAlive"))?;
+    }
+    if let Some(ms) = opts.user_timeout_ms {
+        socket.set_tcp_user_timeout(Some(Duration::from_millis(ms.into()))).map_err(named("tcpUserTimeout"))?;
+    }
+    if let Some(mss) = opts.max_segment {
+        socket.set_mss(mss).map_err(named("tcpMaxSeg"))?;
+    }
+    let int_options = [
+        (libc::TCP_WINDOW_CLAMP, opts.window_clamp, "tcpWindowClamp"),
+        (libc::TCP_FASTOPEN, opts.tcp_fast_open, "tcpFastOpen"),
+    ];
+    for (option, value, what) in int_options {
+        if let Some(value) = value {
+            set_tcp_int(socket, option, value).map_err(named(what))?;
+        }
+    }
+    Ok(())
+}
+
+/// setsockopt(IPPROTO_TCP, option, value) for the options socket2 has no call for.
+fn set_tcp_int(socket: &Socket, option: libc::c_int, value: u32) -> std::io::Result<()> {
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the fd is a live socket owned by `socket`, and the option value is a c_int whose
+    // size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::IPPROTO_TCP,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Binds `count` listening sockets to one address with SO_REUSEPORT, each with `opts`; a
+/// port of 0 is chosen first and reused by all.
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    count: usize,
+    opts: &SocketOptions,
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     // SO_REUSEPORT would let us join a group already listening there (another inbound, or
     // another process of this user) and split its connections: a plain bind first proves
     // the address free.
     let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     probe.set_reuse_address(true)?;
+    if opts.v6_only {
+        probe.set_only_v6(true)?;
+    }
     probe.bind(&addr.into())?;
     let mut addr = probe.local_addr()?.as_socket().unwrap_or(addr);
     drop(probe);
@@ -333,6 +412,7 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<st
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
+        apply_sockopt(&socket, opts)?;
         socket.bind(&addr.into())?;
         socket.listen(4096)?;
         let listener: std::net::TcpListener = socket.into();
@@ -340,4 +420,51 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<st
         sockets.push(listener);
     }
     Ok((sockets, addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn tcp_int(fd: i32, option: libc::c_int) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is a live socket and `value` a c_int whose size goes with it.
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::IPPROTO_TCP, option, (&mut value as *mut libc::c_int).cast(), &mut len)
+        };
+        assert_eq!(rc, 0, "getsockopt {option}: {}", std::io::Error::last_os_error());
+        value
+    }
+
+    #[test]
+    fn listeners_carry_the_inbounds_socket_options() {
+        let opts = SocketOptions {
+            tcp_fast_open: Some(256),
+            mark: 7,
+            keep_alive_idle: Some(77),
+            keep_alive_interval: Some(11),
+            congestion: Some("reno".into()),
+            user_timeout_ms: Some(9000),
+            window_clamp: Some(65536),
+            ..Default::default()
+        };
+        let (listeners, _) = bind_reuseport("127.0.0.1:0".parse().unwrap(), 2, &opts).unwrap();
+        for l in &listeners {
+            let socket = socket2::SockRef::from(l);
+            assert_eq!(socket.mark().unwrap(), 7);
+            assert!(socket.tcp_congestion().unwrap().starts_with(b"reno\0"));
+            assert!(socket.keepalive().unwrap());
+            assert_eq!(socket.keepalive_time().unwrap(), Duration::from_secs(77));
+            assert_eq!(socket.keepalive_interval().unwrap(), Duration::from_secs(11));
+            assert_eq!(socket.tcp_user_timeout().unwrap(), Some(Duration::from_millis(9000)));
+            assert_eq!(tcp_int(l.as_raw_fd(), libc::TCP_FASTOPEN), 256);
+            assert!(tcp_int(l.as_raw_fd(), libc::TCP_WINDOW_CLAMP) >= 32768);
+        }
+        // A failing option is named.
+        let bad = SocketOptions { congestion: Some("nosuchalgo".into()), ..Default::default() };
+        let err = bind_reuseport("127.0.0.1:0".parse().unwrap(), 1, &bad).unwrap_err();
+        assert!(err.to_string().starts_with("sockopt tcpCongestion \"nosuchalgo\": "), "{err}");
+    }
 }

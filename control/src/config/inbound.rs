@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use shardray_core::spec::{
-    CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, TlsServerSpec, TlsVersion,
-    UserSpec, VlessInboundSpec,
+    CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, SocketOptions,
+    TlsServerSpec, TlsVersion, UserSpec, VlessInboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 use uuid::Uuid;
@@ -100,7 +100,7 @@ fn api_inbound(ib: RawInbound, path: &str, tag: &str) -> Result<(String, SocketA
         ));
     }
     let _: RawDokodemoSettings = deserialize_at(ib.settings.unwrap_or_else(empty_object), &format!("{path}.settings"))?;
-    if stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?.is_some() {
+    if stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?.0.is_some() {
         return Err(ConfigError::unsupported(format!("{path}.streamSettings.security"), "TLS on the API inbound"));
     }
     check_sniffing(ib.sniffing, path)?;
@@ -119,7 +119,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
     let ip = listen_ip(ib.listen.as_deref(), &format!("{path}.listen"))?;
     let port = inbound_port(ib.port.as_ref(), &format!("{path}.port"))?;
     let listen = SocketAddr::new(ip, port);
-    let tls = stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
+    let (tls, sockopt) = stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
     check_sniffing(ib.sniffing, path)?;
     check_allocate(ib.allocate, path)?;
 
@@ -133,7 +133,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
         }
         p => return Err(ConfigError::invalid(format!("{path}.protocol"), format!("unknown protocol {p:?}"))),
     };
-    Ok((InboundSpec { tag, listen, tls, protocol, config_index: None }, listen))
+    Ok((InboundSpec { tag, listen, tls, protocol, config_index: None, sockopt }, listen))
 }
 
 fn protocol_name(ib: &RawInbound, path: &str) -> Result<String, ConfigError> {
@@ -206,8 +206,20 @@ fn check_allocate(allocate: Option<RawAllocate>, path: &str) -> Result<(), Confi
 // === stream settings and TLS ===
 
 /// `streamSettings`: raw TCP only; returns the TLS settings when `security` is `tls`.
-fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<Option<TlsServerSpec>, ConfigError> {
-    let Some(raw) = raw else { return Ok(None) };
+/// `streamSettings` of an inbound: its TLS settings and its listeners' socket options.
+fn stream_settings(
+    raw: Option<RawStreamSettings>,
+    path: &str,
+) -> Result<(Option<TlsServerSpec>, SocketOptions), ConfigError> {
+    let Some(mut raw) = raw else { return Ok((None, SocketOptions::default())) };
+    let sockopt = match raw.sockopt.take() {
+        Some(s) => super::validate::sockopt(s, &format!("{path}.sockopt"))?,
+        None => SocketOptions::default(),
+    };
+    Ok((tls_of_stream(raw, path)?, sockopt))
+}
+
+fn tls_of_stream(raw: RawStreamSettings, path: &str) -> Result<Option<TlsServerSpec>, ConfigError> {
     let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
     match network.as_str() {
         "" | "tcp" | "raw" => {}

@@ -124,8 +124,7 @@ pub(super) struct RawStreamSettings {
     pub tls_settings: Option<RawTlsSettings>,
     pub tcp_settings: Option<RawTcpSettings>,
     pub raw_settings: Option<RawTcpSettings>,
-    #[serde(rename = "sockopt")]
-    pub _sockopt: Option<Value>,
+    pub sockopt: Option<RawSockopt>,
     // Settings of transports and securities not served yet. Upstream ignores them unless
     // `network`/`security` selects them, and so does shardray (selecting them is refused).
     #[serde(rename = "realitySettings")]
@@ -146,6 +145,34 @@ pub(super) struct RawStreamSettings {
     pub _kcp_settings: Option<Value>,
     #[serde(rename = "quicSettings")]
     pub _quic_settings: Option<Value>,
+}
+
+/// `streamSettings.sockopt` (Xray's infra/conf/transport_sockopt.go names).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawSockopt {
+    pub mark: Option<u32>,
+    pub tcp_fast_open: Option<Value>,
+    pub tcp_keep_alive_interval: Option<i64>,
+    pub tcp_keep_alive_idle: Option<i64>,
+    pub tcp_congestion: Option<String>,
+    pub tcp_user_timeout: Option<i64>,
+    pub tcp_window_clamp: Option<i64>,
+    pub tcp_max_seg: Option<i64>,
+    pub v6only: Option<bool>,
+    pub interface: Option<String>,
+    pub accept_proxy_protocol: Option<bool>,
+    // Known, not served yet: only an empty value passes.
+    pub tproxy: Option<String>,
+    pub domain_strategy: Option<String>,
+    pub dialer_proxy: Option<String>,
+    pub penetrate: Option<bool>,
+    pub tcp_mptcp: Option<bool>,
+    pub custom_sockopt: Option<Value>,
+    pub address_port_strategy: Option<String>,
+    pub happy_eyeballs: Option<Value>,
+    #[serde(rename = "trustedXForwardedFor")]
+    pub trusted_x_forwarded_for: Option<Value>,
 }
 
 /// `streamSettings.tlsSettings`

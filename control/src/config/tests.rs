@@ -913,3 +913,47 @@ fn messages_read_well() {
     let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "level", json!("high")));
     assert_eq!(err.to_string(), "inbounds[0].settings.clients[0].level: invalid type: string \"high\", expected u32");
 }
+
+#[test]
+fn sockopt_is_read_and_unserved_options_are_refused_by_name() {
+    let mut v = base();
+    set(
+        &mut v,
+        "/inbounds/0",
+        "streamSettings",
+        json!({ "sockopt": {
+            "tcpFastOpen": true, "mark": 255, "tcpKeepAliveIdle": 60, "tcpKeepAliveInterval": 15,
+            "tcpCongestion": "bbr", "tcpUserTimeout": 10000, "tcpMaxSeg": 1400, "tcpWindowClamp": 0,
+            "v6only": false, "tproxy": "off", "domainStrategy": "AsIs", "interface": ""
+        }}),
+    );
+    let cfg = load(&v).unwrap();
+    let o = &cfg.inbounds[0].sockopt;
+    assert_eq!(
+        (o.tcp_fast_open, o.mark, o.keep_alive_idle, o.keep_alive_interval, o.congestion.as_deref()),
+        (Some(256), 255, Some(60), Some(15), Some("bbr"))
+    );
+    assert_eq!(
+        (o.user_timeout_ms, o.max_segment, o.window_clamp, o.interface.as_deref()),
+        (Some(10000), Some(1400), None, None)
+    );
+    for (fast_open, want) in [(json!(false), Some(0)), (json!(64), Some(64))] {
+        set(&mut v, "/inbounds/0/streamSettings", "sockopt", json!({ "tcpFastOpen": fast_open }));
+        assert_eq!(load(&v).unwrap().inbounds[0].sockopt.tcp_fast_open, want);
+    }
+    for (key, value) in [
+        ("tproxy", json!("tproxy")),
+        ("acceptProxyProtocol", json!(true)),
+        ("dialerProxy", json!("x")),
+        ("tcpMptcp", json!(true)),
+        ("trustedXForwardedFor", json!(["10.0.0.1"])),
+    ] {
+        let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "sockopt": { key: value } })));
+        assert_eq!(err.path, format!("inbounds[0].streamSettings.sockopt.{key}"));
+        assert_eq!(err.kind, ConfigErrorKind::Unsupported, "{key}");
+    }
+    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "sockopt": { "tcpFastOpen": "yes" } })));
+    assert_eq!(err.path, "inbounds[0].streamSettings.sockopt.tcpFastOpen");
+    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "sockopt": { "tcpCongestion": "b b r" } })));
+    assert_eq!(err.path, "inbounds[0].streamSettings.sockopt.tcpCongestion");
+}

@@ -10,13 +10,13 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shardray_core::spec::{
-    ApiListen, ApiSpec, Config, LevelPolicy, LogLevel, LogSpec, LogTarget, PolicySpec, SystemPolicy,
+    ApiListen, ApiSpec, Config, LevelPolicy, LogLevel, LogSpec, LogTarget, PolicySpec, SocketOptions, SystemPolicy,
     DEFAULT_BUFFER_SIZE,
 };
 use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
-use super::raw::{RawApi, RawConfig, RawLevelPolicy, RawLog, RawPolicy};
+use super::raw::{RawApi, RawConfig, RawLevelPolicy, RawLog, RawPolicy, RawSockopt};
 use super::{inbound, outbound, routing};
 
 /// The smallest relay buffer a level gets (`bufferSize: 0` asks for as little as possible).
@@ -486,4 +486,62 @@ pub(super) fn parse_host_port(s: &str) -> Option<Destination> {
     }
     let addr = Address::parse(host)?;
     Some(Destination { addr, port })
+}
+
+/// `streamSettings.sockopt`: the options shardray sets, each checked; a known option it does
+/// not serve yet is refused by name when it asks for anything.
+pub(super) fn sockopt(raw: RawSockopt, path: &str) -> Result<SocketOptions, ConfigError> {
+    let unserved = [
+        ("acceptProxyProtocol", raw.accept_proxy_protocol == Some(true)),
+        ("tproxy", raw.tproxy.as_deref().is_some_and(|t| !t.is_empty() && !t.eq_ignore_ascii_case("off"))),
+        (
+            "domainStrategy",
+            raw.domain_strategy.as_deref().is_some_and(|d| !d.is_empty() && !d.eq_ignore_ascii_case("asis")),
+        ),
+        ("dialerProxy", raw.dialer_proxy.as_deref().is_some_and(|d| !d.is_empty())),
+        ("penetrate", raw.penetrate == Some(true)),
+        ("tcpMptcp", raw.tcp_mptcp == Some(true)),
+        ("customSockopt", raw.custom_sockopt.as_ref().is_some_and(|v| !is_empty_value(v))),
+        (
+            "addressPortStrategy",
+            raw.address_port_strategy.as_deref().is_some_and(|a| !a.is_empty() && !a.eq_ignore_ascii_case("none")),
+        ),
+        ("happyEyeballs", raw.happy_eyeballs.as_ref().is_some_and(|v| !is_empty_value(v))),
+        ("trustedXForwardedFor", raw.trusted_x_forwarded_for.as_ref().is_some_and(|v| !is_empty_value(v))),
+    ];
+    if let Some((field, _)) = unserved.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::unsupported(format!("{path}.{field}"), format!("sockopt.{field}")));
+    }
+    // Xray: `true` is a queue of 256, `false` turns TFO off, a number is the queue length.
+    let tcp_fast_open = match raw.tcp_fast_open {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(on)) => Some(if on { 256 } else { 0 }),
+        Some(Value::Number(n)) => Some(n.as_u64().map_or(0, |n| n.min(u64::from(u32::MAX)) as u32)),
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                format!("{path}.tcpFastOpen"),
+                format!("expected true, false or a queue length, not {}", value_text(&other)),
+            ))
+        }
+    };
+    // Zero or negative: the kernel's default, as Xray leaves it.
+    let positive = |v: Option<i64>| v.filter(|&v| v > 0).map(|v| v.min(i64::from(u32::MAX)) as u32);
+    let congestion = raw.tcp_congestion.filter(|c| !c.is_empty());
+    if let Some(c) = &congestion {
+        if c.len() > 15 || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(ConfigError::invalid(format!("{path}.tcpCongestion"), format!("invalid algorithm name {c:?}")));
+        }
+    }
+    Ok(SocketOptions {
+        tcp_fast_open,
+        mark: raw.mark.unwrap_or(0),
+        keep_alive_idle: positive(raw.tcp_keep_alive_idle),
+        keep_alive_interval: positive(raw.tcp_keep_alive_interval),
+        congestion,
+        user_timeout_ms: positive(raw.tcp_user_timeout),
+        window_clamp: positive(raw.tcp_window_clamp),
+        max_segment: positive(raw.tcp_max_seg),
+        v6_only: raw.v6only.unwrap_or(false),
+        interface: raw.interface.filter(|i| !i.is_empty()),
+    })
 }

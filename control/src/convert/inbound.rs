@@ -9,12 +9,12 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use serde_json::{json, Map, Value};
-use shardray_core::spec::{FallbackDest, InboundProtocol, InboundSpec, TlsVersion};
+use shardray_core::spec::{FallbackDest, InboundProtocol, InboundSpec, SocketOptions, TlsVersion};
 use shardray_proto::xray::app::proxyman::{ReceiverConfig, SniffingConfig};
 use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortList, PortRange};
 use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::{dokodemo, vless};
-use shardray_proto::xray::transport::internet::{tls, StreamConfig};
+use shardray_proto::xray::transport::internet::{tls, SocketConfig, StreamConfig};
 
 use super::{ip_bytes, ip_from_bytes, message_type, typed, user_spec, vless_user, Flavor};
 use shardray_proto::shardray::compat::v2ray::{
@@ -159,8 +159,11 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
         stream.protocol_name.as_str()
     };
     out.insert("network".into(), json!(network));
-    if stream.socket_settings.as_ref().is_some_and(|s| s.accept_proxy_protocol) {
-        out.insert("tcpSettings".into(), json!({ "acceptProxyProtocol": true }));
+    if let Some(socket) = &stream.socket_settings {
+        if socket.accept_proxy_protocol {
+            out.insert("tcpSettings".into(), json!({ "acceptProxyProtocol": true }));
+        }
+        out.insert("sockopt".into(), sockopt_json(socket));
     }
     if !stream.security_type.is_empty() {
         let (flavor, security) = message_type(&stream.security_type)
@@ -311,10 +314,58 @@ fn dokodemo_json(config: &dokodemo::Config) -> Result<Value, InvalidInbound> {
     Ok(out)
 }
 
+/// `sockopt` JSON for the API's SocketConfig: every field that is set, under Xray's key, so the
+/// loader checks it as it checks a config's (and refuses what is not served, by name).
+fn sockopt_json(s: &SocketConfig) -> Value {
+    let mut out = Map::new();
+    let mut put = |key: &str, set: bool, value: Value| {
+        if set {
+            out.insert(key.into(), value);
+        }
+    };
+    put("mark", s.mark != 0, json!(s.mark));
+    put("tcpFastOpen", s.tfo != 0, if s.tfo < 0 { json!(false) } else { json!(s.tfo) });
+    put("tproxy", s.tproxy != 0, json!(if s.tproxy == 1 { "tproxy" } else { "redirect" }));
+    put("domainStrategy", s.domain_strategy != 0, json!(format!("strategy {}", s.domain_strategy)));
+    put("dialerProxy", !s.dialer_proxy.is_empty(), json!(s.dialer_proxy));
+    put("tcpKeepAliveInterval", s.tcp_keep_alive_interval != 0, json!(s.tcp_keep_alive_interval));
+    put("tcpKeepAliveIdle", s.tcp_keep_alive_idle != 0, json!(s.tcp_keep_alive_idle));
+    put("tcpCongestion", !s.tcp_congestion.is_empty(), json!(s.tcp_congestion));
+    put("interface", !s.interface.is_empty(), json!(s.interface));
+    put("v6only", s.v6only, json!(true));
+    put("tcpWindowClamp", s.tcp_window_clamp != 0, json!(s.tcp_window_clamp));
+    put("tcpUserTimeout", s.tcp_user_timeout != 0, json!(s.tcp_user_timeout));
+    put("tcpMaxSeg", s.tcp_max_seg != 0, json!(s.tcp_max_seg));
+    put("tcpMptcp", s.tcp_mptcp, json!(true));
+    Value::Object(out)
+}
+
+/// The API's SocketConfig for an inbound's socket options.
+fn socket_config(o: &SocketOptions) -> SocketConfig {
+    let int = |v: Option<u32>| v.map_or(0, |v| i32::try_from(v).unwrap_or(i32::MAX));
+    SocketConfig {
+        mark: i32::try_from(o.mark).unwrap_or(i32::MAX),
+        tfo: match o.tcp_fast_open {
+            None => 0,
+            Some(0) => -1,
+            Some(n) => int(Some(n)),
+        },
+        tcp_keep_alive_interval: int(o.keep_alive_interval),
+        tcp_keep_alive_idle: int(o.keep_alive_idle),
+        tcp_congestion: o.congestion.clone().unwrap_or_default(),
+        interface: o.interface.clone().unwrap_or_default(),
+        v6only: o.v6_only,
+        tcp_window_clamp: int(o.window_clamp),
+        tcp_user_timeout: int(o.user_timeout_ms),
+        tcp_max_seg: int(o.max_segment),
+        ..Default::default()
+    }
+}
+
 /// The API form of a config inbound, users and TLS keys included: what `shardray api adi`
 /// sends.
 pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
-    let stream = spec.tls.as_ref().map(|t| {
+    let tls = spec.tls.as_ref().map(|t| {
         let version = |v: Option<TlsVersion>| match v {
             Some(TlsVersion::V1_2) => "1.2".to_owned(),
             Some(TlsVersion::V1_3) => "1.3".to_owned(),
@@ -336,10 +387,16 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             max_version: version(t.max_version),
             ..Default::default()
         };
+        (TLS.to_owned(), vec![typed(TLS, &settings)])
+    });
+    let sockopt = (spec.sockopt != SocketOptions::default()).then(|| socket_config(&spec.sockopt));
+    let stream = (tls.is_some() || sockopt.is_some()).then(|| {
+        let (security_type, security_settings) = tls.unwrap_or_default();
         StreamConfig {
             protocol_name: "tcp".into(),
-            security_type: TLS.into(),
-            security_settings: vec![typed(TLS, &settings)],
+            security_type,
+            security_settings,
+            socket_settings: sockopt,
             ..Default::default()
         }
     });
@@ -421,6 +478,21 @@ mod tests {
     fn through_api(spec: &InboundSpec) -> Result<InboundSpec, String> {
         let json = inbound_json(&inbound_config(spec)).map_err(|e| e.to_string())?;
         load_inbound(json, "inbound").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn socket_options_survive_the_api_form() {
+        let spec = load(json!({
+            "tag": "opts", "listen": "127.0.0.1", "port": 4433, "protocol": "vless",
+            "settings": { "decryption": "none", "clients": [] },
+            "streamSettings": { "sockopt": {
+                "tcpFastOpen": false, "mark": 9, "tcpKeepAliveIdle": 30, "tcpCongestion": "bbr",
+                "tcpUserTimeout": 5000, "tcpMaxSeg": 1300, "tcpWindowClamp": 4096, "v6only": true,
+                "interface": "lo"
+            }}
+        }));
+        assert_eq!(spec.sockopt.tcp_fast_open, Some(0));
+        assert_eq!(through_api(&spec).unwrap(), spec);
     }
 
     #[test]

@@ -197,6 +197,37 @@ pub struct InboundSpec {
     /// Its index in the config's `inbounds` (merged over files, the API's inbound counted),
     /// for messages; `None` for an inbound the API added.
     pub config_index: Option<usize>,
+    /// `streamSettings.sockopt`: options set on its listeners (accepted connections inherit
+    /// them).
+    pub sockopt: SocketOptions,
+}
+
+/// `streamSettings.sockopt`, as far as shardray serves it: Linux socket options, each `None`
+/// (or 0, false) where the config leaves the kernel's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// `tcpFastOpen`: the TFO queue length on a listener (`true` is 256, as in Xray); `Some(0)`
+    /// turns it off.
+    pub tcp_fast_open: Option<u32>,
+    /// `mark`: SO_MARK, when non-zero.
+    pub mark: u32,
+    /// `tcpKeepAliveIdle`: seconds of silence before the first keep-alive probe.
+    pub keep_alive_idle: Option<u32>,
+    /// `tcpKeepAliveInterval`: seconds between keep-alive probes.
+    pub keep_alive_interval: Option<u32>,
+    /// `tcpCongestion`: the congestion control algorithm (`bbr`, `cubic`, ...).
+    pub congestion: Option<String>,
+    /// `tcpUserTimeout`: milliseconds unacknowledged data may wait before the kernel drops
+    /// the connection (TCP_USER_TIMEOUT).
+    pub user_timeout_ms: Option<u32>,
+    /// `tcpWindowClamp`: TCP_WINDOW_CLAMP in bytes.
+    pub window_clamp: Option<u32>,
+    /// `tcpMaxSeg`: TCP_MAXSEG in bytes.
+    pub max_segment: Option<u32>,
+    /// `v6only`: IPV6_V6ONLY on an IPv6 listener.
+    pub v6_only: bool,
+    /// `interface`: SO_BINDTODEVICE.
+    pub interface: Option<String>,
 }
 
 impl InboundSpec {
@@ -223,6 +254,7 @@ impl InboundSpec {
             tls: self.tls.clone(),
             protocol,
             config_index: self.config_index,
+            sockopt: self.sockopt.clone(),
         }
     }
 }
