@@ -232,6 +232,76 @@ pub fn typed(type_name: &str, message: &impl Message) -> TypedMessage {
 mod tests {
     use super::*;
 
+    /// Every message the API decodes itself, under the name it decodes it by.
+    const DECODED: &[&str] = &[
+        "xray.app.proxyman.command.AddUserOperation",
+        "xray.app.proxyman.command.RemoveUserOperation",
+        "shardray.app.proxyman.command.AddUsersOperation",
+        "shardray.app.proxyman.command.RemoveUsersOperation",
+        "shardray.app.proxyman.command.ReplaceUsersOperation",
+        "shardray.app.proxyman.command.SetUserLevelOperation",
+        "shardray.app.proxyman.command.KickUserOperation",
+        "xray.proxy.vless.Account",
+        "shardray.compat.v2ray.VlessAccount",
+        "xray.app.proxyman.ReceiverConfig",
+        "shardray.compat.v2ray.ReceiverConfig",
+        "xray.proxy.vless.inbound.Config",
+        "xray.proxy.dokodemo.Config",
+        "shardray.compat.v2ray.DokodemoConfig",
+        "xray.transport.internet.tls.Config",
+        "shardray.compat.v2ray.TlsConfig",
+        "xray.app.proxyman.SenderConfig",
+        "xray.proxy.freedom.Config",
+        "xray.proxy.blackhole.Config",
+        "xray.app.router.Config",
+    ];
+
+    /// An encoding a generated client may send and ours never does: every field written with
+    /// its default value (explicit zeros, empty strings and sub-messages, empty packed lists),
+    /// in reverse field order.
+    fn explicit_defaults(desc: &prost_reflect::MessageDescriptor) -> Vec<u8> {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        use prost_reflect::Kind;
+        let mut out = Vec::new();
+        let fields: Vec<_> = desc.fields().filter(|f| !f.is_map()).collect();
+        for field in fields.into_iter().rev() {
+            let n = field.number();
+            let wire = match field.kind() {
+                Kind::Message(_) | Kind::String | Kind::Bytes => WireType::LengthDelimited,
+                _ if field.is_list() => WireType::LengthDelimited, // packed, no elements
+                Kind::Double | Kind::Fixed64 | Kind::Sfixed64 => WireType::SixtyFourBit,
+                Kind::Float | Kind::Fixed32 | Kind::Sfixed32 => WireType::ThirtyTwoBit,
+                _ => WireType::Varint,
+            };
+            encode_key(n, wire, &mut out);
+            match wire {
+                WireType::SixtyFourBit => out.extend_from_slice(&[0; 8]),
+                WireType::ThirtyTwoBit => out.extend_from_slice(&[0; 4]),
+                _ => encode_varint(0, &mut out),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_decoded_message_takes_explicit_defaults_and_names_an_unknown_number() {
+        for &name in DECODED {
+            let desc =
+                descriptors().get_message_by_name(name).unwrap_or_else(|| panic!("{name}: not in the descriptors"));
+            let bytes = explicit_defaults(&desc);
+            decode_known::<()>(&bytes, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let unknown = desc.fields().map(|f| f.number()).max().unwrap_or(0) + 1;
+            let mut bad = bytes.clone();
+            prost::encoding::encode_key(unknown, prost::encoding::WireType::Varint, &mut bad);
+            bad.push(1);
+            let err = decode_known::<()>(&bad, name).unwrap_err();
+            assert_eq!(
+                err,
+                format!("field number {unknown} is not defined in {name} (a field shardray does not know)")
+            );
+        }
+    }
+
     fn user(type_name: &str, value: Vec<u8>) -> User {
         User { level: 1, email: "a@b".into(), account: Some(TypedMessage { r#type: type_name.into(), value }) }
     }
