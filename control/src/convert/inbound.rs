@@ -159,6 +159,15 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
         stream.protocol_name.as_str()
     };
     out.insert("network".into(), json!(network));
+    // The transport's own settings (a TCP header, WebSocket paths, ...): none is served yet,
+    // so any that says something is refused rather than dropped.
+    if let Some(t) = stream.transport_settings.iter().find(|t| t.settings.as_ref().is_some_and(|s| !s.value.is_empty()))
+    {
+        return Err(invalid(format!(
+            "receiver_settings.stream_settings.transport_settings: {:?} settings are not supported yet",
+            t.protocol_name
+        )));
+    }
     if let Some(socket) = &stream.socket_settings {
         if socket.accept_proxy_protocol {
             out.insert("tcpSettings".into(), json!({ "acceptProxyProtocol": true }));
@@ -643,6 +652,28 @@ mod tests {
         };
         let nameless = typed(VLESS_INBOUND, &nameless);
         assert!(refusal(&handler(one_port(), nameless)).contains("proxy_settings.clients[0]: user: email is required"));
+
+        // A TCP header in the transport's settings is refused, not dropped.
+        let header = shardray_proto::xray::transport::internet::TransportConfig {
+            protocol_name: "tcp".into(),
+            settings: Some(TypedMessage {
+                r#type: "xray.transport.internet.tcp.Config".into(),
+                value: vec![0x12, 0x00],
+            }),
+            ..Default::default()
+        };
+        let stream =
+            StreamConfig { protocol_name: "tcp".into(), transport_settings: vec![header], ..Default::default() };
+        let with_header = typed(
+            RECEIVER,
+            &ReceiverConfig {
+                port_list: Some(PortList { range: vec![PortRange { from: 1000, to: 1000 }] }),
+                stream_settings: Some(stream),
+                ..Default::default()
+            },
+        );
+        let why = refusal(&handler(with_header, vless.clone()));
+        assert!(why.contains("transport_settings: \"tcp\" settings are not supported yet"), "{why}");
 
         let mut untagged = handler(one_port(), vless);
         untagged.tag.clear();
