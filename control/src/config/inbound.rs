@@ -52,8 +52,9 @@ pub(super) struct Inbounds {
     pub api_inbound: Option<(String, SocketAddr)>,
 }
 
-/// Validates `inbounds`; the one tagged `api_tag` becomes the API's listen address instead.
-pub(super) fn inbounds(raw: Option<Vec<RawInbound>>, api_tag: Option<&str>) -> Result<Inbounds, ConfigError> {
+/// Validates `inbounds`; the one whose tag is among `api_tags` becomes the API's listen
+/// address instead.
+pub(super) fn inbounds(raw: Option<Vec<RawInbound>>, api_tags: &[String]) -> Result<Inbounds, ConfigError> {
     let mut out = Inbounds { specs: Vec::new(), listens: Vec::new(), api_inbound: None };
     let mut tags: HashMap<String, usize> = HashMap::new();
     for (i, ib) in raw.unwrap_or_default().into_iter().enumerate() {
@@ -67,7 +68,13 @@ pub(super) fn inbounds(raw: Option<Vec<RawInbound>>, api_tag: Option<&str>) -> R
                 ));
             }
         }
-        if !tag.is_empty() && api_tag == Some(tag.as_str()) {
+        if !tag.is_empty() && api_tags.contains(&tag) {
+            if let Some((first, _)) = &out.api_inbound {
+                return Err(ConfigError::unsupported(
+                    format!("{path}.tag"),
+                    format!("a second API inbound (the first is at {})", first.trim_end_matches(".port")),
+                ));
+            }
             out.api_inbound = Some(api_inbound(ib, &path, &tag)?);
             continue;
         }

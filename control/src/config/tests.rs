@@ -957,3 +957,37 @@ fn sockopt_is_read_and_unserved_options_are_refused_by_name() {
     let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "sockopt": { "tcpCongestion": "b b r" } })));
     assert_eq!(err.path, "inbounds[0].streamSettings.sockopt.tcpCongestion");
 }
+
+#[test]
+fn the_api_inbound_may_be_named_by_the_rule_that_routes_it_to_the_api() {
+    // Marzban's form: the API's tag is the outbound side of a rule from the dokodemo inbound.
+    let mut v = base();
+    set(&mut v, "", "api", json!({ "tag": "API", "services": ["HandlerService", "StatsService"] }));
+    at(&mut v, "/inbounds").as_array_mut().unwrap().insert(
+        0,
+        json!({ "tag": "API_INBOUND", "listen": "127.0.0.1", "port": 62051, "protocol": "dokodemo-door",
+                "settings": { "address": "127.0.0.1" } }),
+    );
+    set(
+        &mut v,
+        "",
+        "routing",
+        json!({ "rules": [
+            { "type": "field", "inboundTag": ["API_INBOUND"], "outboundTag": "API" },
+            { "type": "field", "ip": ["geoip:private"], "outboundTag": "blocked" }
+        ]}),
+    );
+    let cfg = load(&v).unwrap();
+    assert_eq!(cfg.api.unwrap().listen, ApiListen::Tcp("127.0.0.1:62051".parse().unwrap()));
+    assert_eq!(cfg.inbounds.len(), 1, "the API's inbound is not served as a forwarder");
+    assert_eq!(cfg.inbounds[0].config_index, Some(1));
+    // Two inbounds both routed to the API: refused, naming the second.
+    at(&mut v, "/inbounds")
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "tag": "API2", "listen": "127.0.0.1", "port": 62052, "protocol": "dokodemo-door",
+                "settings": { "address": "127.0.0.1" } }));
+    set(&mut v, "/routing/rules/0", "inboundTag", json!(["API_INBOUND", "API2"]));
+    let err = load(&v).unwrap_err();
+    assert_eq!((err.path.as_str(), err.kind), ("inbounds[2].tag", ConfigErrorKind::Unsupported));
+}

@@ -50,8 +50,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     let api_tag = api.as_ref().map(|a| a.tag.as_str());
 
+    // The API's inbound is the one tagged as the API (3x-ui's form), or one that a routing rule
+    // sends to the API's tag (Marzban's: inbound "API_INBOUND", rule to outboundTag "API").
+    let mut api_inbound_tags: Vec<String> = api_tag.map(str::to_owned).into_iter().collect();
+    if let Some(tag) = api_tag {
+        let rules = raw.routing.as_ref().and_then(|r| r.rules.as_deref()).unwrap_or_default();
+        for rule in rules.iter().filter(|r| r.outbound_tag.as_deref() == Some(tag)) {
+            api_inbound_tags.extend(rule.inbound_tag.iter().flat_map(|l| l.0.iter().cloned()));
+        }
+    }
     let outbounds = outbound::outbounds(raw.outbounds, api_tag)?;
-    let inbounds = inbound::inbounds(raw.inbounds, api_tag)?;
+    let inbounds = inbound::inbounds(raw.inbounds, &api_inbound_tags)?;
     let routing = routing::routing(raw.routing, Some(&outbounds), api_tag)?;
 
     let mut listens = inbounds.listens;
