@@ -125,6 +125,9 @@ pub(super) struct RawStreamSettings {
     pub tcp_settings: Option<RawTcpSettings>,
     pub raw_settings: Option<RawTcpSettings>,
     pub sockopt: Option<RawSockopt>,
+    /// 3x-ui's own bookkeeping (the addresses its share links use); the core ignores it.
+    #[serde(rename = "externalProxy")]
+    pub _external_proxy: Option<Value>,
     // Settings of transports and securities not served yet. Upstream ignores them unless
     // `network`/`security` selects them, and so does shardray (selecting them is refused).
     #[serde(rename = "realitySettings")]
@@ -200,6 +203,9 @@ pub(super) struct RawTlsSettings {
     pub _enable_session_resumption: Option<bool>,
     #[serde(rename = "pinnedPeerCertificateChainSha256")]
     pub _pinned_peer_certificate_chain_sha256: Option<Value>,
+    /// 3x-ui's own bookkeeping (what its share links tell clients: fingerprint, allowInsecure).
+    #[serde(rename = "settings")]
+    pub _settings: Option<Value>,
 }
 
 /// `tlsSettings.certificates[i]`
