@@ -276,6 +276,42 @@ pub(super) struct RawVlessClient {
     pub _reset: Option<Value>,
 }
 
+/// `settings` of a Trojan inbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrojanSettings {
+    pub clients: Option<Vec<RawTrojanClient>>,
+    pub fallbacks: Option<Vec<RawFallback>>,
+}
+
+/// `settings.clients[i]` of a Trojan inbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrojanClient {
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    /// Old Xray had XTLS flows on Trojan; only an empty flow is accepted.
+    pub flow: Option<String>,
+    /// Panel bookkeeping, accepted and ignored as on VLESS clients.
+    #[serde(rename = "limitIp")]
+    pub _limit_ip: Option<Value>,
+    #[serde(rename = "totalGB")]
+    pub _total_gb: Option<Value>,
+    #[serde(rename = "expiryTime")]
+    pub _expiry_time: Option<Value>,
+    #[serde(rename = "enable")]
+    pub _enable: Option<Value>,
+    #[serde(rename = "tgId")]
+    pub _tg_id: Option<Value>,
+    #[serde(rename = "subId")]
+    pub _sub_id: Option<Value>,
+    #[serde(rename = "comment")]
+    pub _comment: Option<Value>,
+    #[serde(rename = "reset")]
+    pub _reset: Option<Value>,
+}
+
 /// `settings.fallbacks[i]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

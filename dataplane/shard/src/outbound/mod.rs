@@ -20,7 +20,7 @@ use shardray_core::spec::{LevelPolicy, LogLevel, OutboundProtocol, RoutingDomain
 use shardray_core::stats::{Refusal, SlotCounters, Traffic};
 use shardray_wire::addr::Destination;
 
-use crate::ctx::{InboundKind, InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
+use crate::ctx::{InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
 use crate::relay::{relay, Meter, RelayEnd, RelayOptions};
 use crate::users::{SessionWatch, UserHandle};
 
@@ -57,8 +57,8 @@ pub(crate) async fn forward<C>(
 {
     let policy = ctx.policy(session.level);
     // Watch from the start, so a removal during the dial closes the session too.
-    let watch = match (&session.user, &session.inbound.kind) {
-        (Some(u), InboundKind::Vless { users, .. }) => Some(SessionWatch::new(&ctx.watchers, users, u.clone())),
+    let watch = match (&session.user, session.inbound.kind.user_states()) {
+        (Some(u), Some(users)) => Some(SessionWatch::new(&ctx.watchers, users, u.clone())),
         _ => None,
     };
     let email = session.user.as_ref().and_then(|u| u.email.as_deref()).filter(|e| !e.is_empty());
