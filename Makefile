@@ -21,6 +21,7 @@ build:
 test: build peers
 	SING_BOX_BIN=$$(perf/peers.sh sing-box | sed -n 's/^SING_BOX=//p') \
 	V2CTL_BIN=$$(perf/peers.sh v2ray | sed -n 's/^V2CTL=//p') \
+	V2RAY_BIN=$$(perf/peers.sh v2ray | sed -n 's/^V2RAY=//p') \
 	  $(CARGO) nextest run --workspace --no-fail-fast
 
 peers:

@@ -32,6 +32,22 @@ pub fn vless_outbound(server: SocketAddr, uuid: &str, tls: Option<Value>) -> Val
     out
 }
 
+/// A sing-box Trojan outbound to `server` for the user with `password`; `tls` is merged in as
+/// the outbound's `tls` object when given.
+pub fn trojan_outbound(server: SocketAddr, password: &str, tls: Option<Value>) -> Value {
+    let mut out = json!({
+        "type": "trojan",
+        "tag": "trojan-out",
+        "server": server.ip().to_string(),
+        "server_port": server.port(),
+        "password": password,
+    });
+    if let Some(tls) = tls {
+        out["tls"] = tls;
+    }
+    out
+}
+
 /// The `tls` object of a sing-box outbound that skips verification and sends `server_name`.
 pub fn insecure_tls(server_name: &str) -> Value {
     json!({ "enabled": true, "insecure": true, "server_name": server_name })
