@@ -65,7 +65,6 @@ impl SingBox {
     /// Starts sing-box with a socks inbound on a free port and `outbound` as its only outbound;
     /// panics with sing-box's log if the socks port does not accept within 10 s.
     pub fn start(outbound: Value) -> SingBox {
-        let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let config = json!({
             "log": { "level": "warn" },
@@ -74,6 +73,26 @@ impl SingBox {
             ],
             "outbounds": [outbound],
         });
+        SingBox::run(config, port)
+    }
+
+    /// Starts sing-box as a server: `inbound` (its `listen_port` set to a free port here) and
+    /// a direct outbound. `socks` is then the inbound's address.
+    pub fn serve(mut inbound: Value) -> SingBox {
+        let port = free_port();
+        inbound["listen"] = json!("127.0.0.1");
+        inbound["listen_port"] = json!(port);
+        let config = json!({
+            "log": { "level": "warn" },
+            "inbounds": [inbound],
+            "outbounds": [{ "type": "direct", "tag": "direct" }],
+        });
+        SingBox::run(config, port)
+    }
+
+    /// Runs sing-box with `config` until `port` on 127.0.0.1 accepts.
+    fn run(config: Value, port: u16) -> SingBox {
+        let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("sing-box.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let log = std::fs::File::create(dir.path().join("sing-box.log")).unwrap();

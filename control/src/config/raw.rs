@@ -387,6 +387,49 @@ pub(super) struct RawBlackholeSettings {
     pub response: Option<RawBlackholeResponse>,
 }
 
+/// `settings` of a Trojan outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrojanOutSettings {
+    pub servers: Option<Vec<RawTrojanServer>>,
+}
+
+/// `settings.servers[i]` of a Trojan outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrojanServer {
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    pub flow: Option<String>,
+}
+
+/// `streamSettings` of an outbound that may speak TLS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawOutStream {
+    pub network: Option<String>,
+    pub security: Option<String>,
+    pub tls_settings: Option<RawTlsClientSettings>,
+    pub tcp_settings: Option<Value>,
+    pub raw_settings: Option<Value>,
+    pub sockopt: Option<Value>,
+}
+
+/// `streamSettings.tlsSettings` of an outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawTlsClientSettings {
+    pub server_name: Option<String>,
+    pub allow_insecure: Option<bool>,
+    pub alpn: Option<StringList>,
+    /// uTLS fingerprints are not served: accepted, noted and ignored.
+    #[serde(rename = "fingerprint")]
+    pub _fingerprint: Option<String>,
+}
+
 /// `settings.response` of a blackhole outbound.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

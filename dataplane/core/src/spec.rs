@@ -409,6 +409,35 @@ pub enum OutboundProtocol {
     Freedom(FreedomSpec),
     /// `blackhole`: drop the connection.
     Blackhole(BlackholeSpec),
+    /// `trojan`: relay through a Trojan server.
+    Trojan(TrojanOutboundSpec),
+}
+
+/// `settings` and `streamSettings` of a Trojan outbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrojanOutboundSpec {
+    /// `servers[0].address` and `servers[0].port`.
+    pub server: Destination,
+    /// `servers[0].password`.
+    pub password: String,
+    /// `servers[0].email`, for logs.
+    pub email: String,
+    /// `servers[0].level`.
+    pub level: u32,
+    /// `streamSettings` with `security: "tls"`; `None` sends Trojan over plain TCP.
+    pub tls: Option<TlsClientSpec>,
+}
+
+/// TLS client settings (an outbound's `streamSettings.tlsSettings`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsClientSpec {
+    /// `serverName`: the SNI sent and the name the certificate must carry (default: the
+    /// server's address).
+    pub server_name: String,
+    /// `allowInsecure`: accept any certificate.
+    pub allow_insecure: bool,
+    /// `alpn`: protocols offered, in order (none when empty).
+    pub alpn: Vec<String>,
 }
 
 /// `settings` of a freedom outbound.

@@ -78,6 +78,8 @@ pub(crate) struct OutboundRt {
     pub(crate) tag: Arc<str>,
     pub(crate) traffic: Traffic,
     pub(crate) protocol: OutboundProtocol,
+    /// A Trojan outbound's key and TLS client, built once.
+    pub(crate) trojan: Option<crate::outbound::trojan::TrojanClient>,
 }
 
 /// The outbounds, the compiled rules and the balancers of one epoch.
@@ -123,15 +125,25 @@ impl Routes {
                     old.outbounds.iter().find(|rt| !o.tag.is_empty() && *rt.tag == *o.tag && rt.protocol == o.protocol)
                 });
                 match kept {
-                    Some(rt) => rt.clone(),
-                    None => Rc::new(OutboundRt {
-                        tag: o.tag.as_str().into(),
-                        traffic: Traffic::default(),
-                        protocol: o.protocol.clone(),
-                    }),
+                    Some(rt) => Ok(rt.clone()),
+                    None => {
+                        let trojan = match &o.protocol {
+                            OutboundProtocol::Trojan(t) => Some(
+                                crate::outbound::trojan::TrojanClient::new(t)
+                                    .map_err(|e| format!("outbound {:?}: {e}", o.tag))?,
+                            ),
+                            _ => None,
+                        };
+                        Ok(Rc::new(OutboundRt {
+                            tag: o.tag.as_str().into(),
+                            traffic: Traffic::default(),
+                            protocol: o.protocol.clone(),
+                            trojan,
+                        }))
+                    }
                 }
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let by_tag = |tag: &str| match specs.outbound_index(tag) {
             Some(i) => Resolved::Outbound(i),
             None => Resolved::Missing(tag.into()),
