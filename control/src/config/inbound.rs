@@ -382,7 +382,7 @@ fn vless(settings: Value, path: &str) -> Result<VlessInboundSpec, ConfigError> {
     }
 
     let clients = raw.clients.unwrap_or_default();
-    let clients = clients_of(clients, path, "id", |c, cpath| vless_client(c, cpath))?;
+    let clients = clients_of(clients, path, "id", vless_client)?;
     let fallbacks = fallbacks(raw.fallbacks, path)?;
     Ok(VlessInboundSpec { clients, fallbacks })
 }
