@@ -135,7 +135,11 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
                     dokodemo::Config {
                         address: v2.address,
                         port: v2.port,
-                        networks: v2.networks,
+                        networks: if v2.networks.is_empty() {
+                            v2.network_list.map(|l| l.network).unwrap_or_default()
+                        } else {
+                            v2.networks
+                        },
                         follow_redirect: v2.follow_redirect,
                         user_level: v2.user_level,
                         ..Default::default()
@@ -630,6 +634,7 @@ mod tests {
             follow_redirect: false,
             user_level: 0,
             networks: vec![Network::Tcp as i32],
+            network_list: None,
         };
         let mut bytes = dokodemo.encode_to_vec();
         // The deprecated network list at field 3 that old clients still send: [TCP].
