@@ -126,3 +126,63 @@ fn a_certificate_the_system_does_not_trust_is_refused() {
     let server = Shardray::start(&config(echo.addr(), trojan_outbound(sb.socks, stream)), 2);
     assert!(exchange(server.inbound("fwd"), b"hello").is_empty(), "an untrusted server was used");
 }
+
+#[test]
+fn an_outbound_added_through_the_api_carries_traffic() {
+    use shardray_proto::xray::app::proxyman::command as handler;
+    use shardray_proto::xray::app::proxyman::SenderConfig;
+    use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain};
+    use shardray_proto::xray::common::protocol::ServerEndpoint;
+    use shardray_proto::xray::core::OutboundHandlerConfig;
+    use shardray_proto::xray::proxy::trojan as trojan_pb;
+    use shardray_proto::xray::transport::internet::{tls, StreamConfig};
+    use shardray_tests::api::{trojan_user, typed};
+
+    let echo = EchoServer::start();
+    let certs = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(certs.path(), &["trojan.example"]);
+    let sb = SingBox::serve(json!({
+        "type": "trojan", "tag": "trojan-in",
+        "users": [{ "name": "u", "password": PASSWORD }],
+        "tls": { "enabled": true, "server_name": "trojan.example",
+                 "certificate_path": cert.cert_file.to_str().unwrap(), "key_path": cert.key_file.to_str().unwrap() }
+    }));
+    // Only a blackhole at first; the API adds the Trojan outbound, then removes the blackhole,
+    // which leaves the Trojan outbound as the default route.
+    let mut config = config(echo.addr(), json!({ "tag": "first", "protocol": "blackhole" }));
+    config["outbounds"] = json!([{ "tag": "first", "protocol": "blackhole" }]);
+    config["api"] = loopback_api(&["HandlerService", "StatsService"]);
+    let server = Shardray::start(&config, 2);
+    let api = shardray_tests::api::ApiClient::connect(server.api.unwrap());
+    assert!(exchange(server.inbound("fwd"), b"dropped").is_empty());
+
+    const TLS: &str = "xray.transport.internet.tls.Config";
+    let tls = tls::Config { server_name: "trojan.example".into(), allow_insecure: true, ..Default::default() };
+    let stream = StreamConfig {
+        protocol_name: "tcp".into(),
+        security_type: TLS.into(),
+        security_settings: vec![typed(TLS, &tls)],
+        ..Default::default()
+    };
+    let endpoint = ServerEndpoint {
+        address: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
+        port: u32::from(sb.socks.port()),
+        user: vec![trojan_user("", PASSWORD, 0)],
+    };
+    let outbound = OutboundHandlerConfig {
+        tag: "trojan-out".into(),
+        sender_settings: Some(typed(
+            "xray.app.proxyman.SenderConfig",
+            &SenderConfig { stream_settings: Some(stream), ..Default::default() },
+        )),
+        proxy_settings: Some(typed(
+            "xray.proxy.trojan.ClientConfig",
+            &trojan_pb::ClientConfig { server: vec![endpoint] },
+        )),
+        ..Default::default()
+    };
+    let mut client = handler::handler_service_client::HandlerServiceClient::new(api.channel());
+    api.block_on(client.add_outbound(handler::AddOutboundRequest { outbound: Some(outbound) })).unwrap();
+    api.block_on(client.remove_outbound(handler::RemoveOutboundRequest { tag: "first".into() })).unwrap();
+    echoes_through(&server, &|| sb.log());
+}
