@@ -22,6 +22,7 @@ build:
 test: build peers
 	SING_BOX_BIN=$$(perf/peers.sh sing-box | sed -n 's/^SING_BOX=//p') \
 	V2CTL_BIN=$$(perf/peers.sh v2ray | sed -n 's/^V2CTL=//p') \
+	V2RAY_BIN=$$(perf/peers.sh v2ray | sed -n 's/^V2RAY=//p') \
 	  sh -c 'if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	    exec $(CARGO) nextest run --workspace --no-fail-fast; \
 	  else \

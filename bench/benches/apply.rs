@@ -8,8 +8,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardray_control::registry::UserSets;
 use shardray_core::change::Change;
-use shardray_core::slots::UserKey;
-use shardray_core::spec::UserSpec;
+use shardray_core::slots::{UserId, UserKey};
+use shardray_core::spec::{Account, UserSpec};
 use shardray_core::stats::{SlotCounters, Traffic};
 use shardray_shard::UserTable;
 use uuid::Uuid;
@@ -20,7 +20,11 @@ const BASE: u128 = 100_000;
 const BATCH: u128 = 1_000;
 
 fn user(n: u128) -> UserSpec {
-    UserSpec { id: Uuid::from_u128(n + 1), email: format!("u{n}@example.com"), level: 0 }
+    UserSpec { account: Account::Vless(id(n)), email: format!("u{n}@example.com"), level: 0 }
+}
+
+fn id(n: u128) -> Uuid {
+    Uuid::from_u128(n + 1)
 }
 
 fn counter_update(c: &mut Criterion) {
@@ -54,7 +58,7 @@ fn epoch_apply(c: &mut Criterion) {
     group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
 
     let clients: Vec<serde_json::Value> = (0..BASE)
-        .map(|n| serde_json::json!({ "id": user(BATCH + n).id.to_string(), "email": user(BATCH + n).email }))
+        .map(|n| serde_json::json!({ "id": id(BATCH + n).to_string(), "email": user(BATCH + n).email }))
         .collect();
     let config = serde_json::json!({
         "inbounds": [{ "tag": "in", "port": 1, "protocol": "vless",
@@ -73,19 +77,19 @@ fn epoch_apply(c: &mut Criterion) {
         })
     });
 
-    let mut table = UserTable::default();
+    let mut table = UserTable::<Uuid>::default();
     for n in 0..BASE {
-        table.insert(&UserKey { id: user(BATCH + n).id, slot: n as u32, level: 0 });
+        table.insert(&UserKey { id: UserId::Uuid(id(BATCH + n)), slot: n as u32, level: 0 }).expect("a UUID");
     }
     let keys: Vec<UserKey> =
-        batch.iter().enumerate().map(|(i, u)| UserKey { id: u.id, slot: (BASE as u32) + i as u32, level: 0 }).collect();
+        (0..BATCH).map(|n| UserKey { id: UserId::Uuid(id(n)), slot: (BASE + n) as u32, level: 0 }).collect();
     group.bench_function("shard_table_add_then_remove", |b| {
         b.iter(|| {
             for k in &keys {
-                table.insert(black_box(k));
+                let _ = table.insert(black_box(k));
             }
-            for k in &keys {
-                black_box(table.remove(&k.id));
+            for n in 0..BATCH {
+                black_box(table.remove(&id(n)));
             }
         })
     });

@@ -4,7 +4,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use shardray_core::slots::UserKey;
+use shardray_core::slots::{UserId, UserKey};
 use shardray_shard::UserTable;
 use uuid::Uuid;
 
@@ -35,9 +35,9 @@ fn user_lookup(c: &mut Criterion) {
     for users in [1_000usize, 1_000_000] {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ users as u64);
         let ids: Vec<Uuid> = (0..users).map(|_| rng.uuid()).collect();
-        let mut table = UserTable::default();
+        let mut table = UserTable::<Uuid>::default();
         for (i, id) in ids.iter().enumerate() {
-            table.insert(&UserKey { id: *id, slot: i as u32, level: 0 });
+            table.insert(&UserKey { id: UserId::Uuid(*id), slot: i as u32, level: 0 }).expect("a UUID");
         }
         let hits: Vec<Uuid> = (0..PROBES).map(|_| ids[(rng.next() % users as u64) as usize]).collect();
         let misses: Vec<Uuid> = (0..PROBES).map(|_| rng.uuid()).collect();

@@ -9,11 +9,11 @@ use std::fmt;
 use std::net::IpAddr;
 
 use prost::Message;
-use shardray_core::spec::UserSpec;
+use shardray_core::spec::{Account, UserSpec};
 use shardray_proto::shardray::compat::v2ray::VlessAccount as V2rayVlessAccount;
 use shardray_proto::xray::common::protocol::User;
 use shardray_proto::xray::common::serial::TypedMessage;
-use shardray_proto::xray::proxy::vless;
+use shardray_proto::xray::proxy::{trojan, vless};
 
 use crate::config::parse_user_id;
 
@@ -143,6 +143,8 @@ pub enum InvalidUser {
     BadId(String),
     /// A flow shardray does not serve yet.
     UnsupportedFlow(String),
+    /// A Trojan account without a password.
+    MissingPassword,
 }
 
 impl fmt::Display for InvalidUser {
@@ -159,13 +161,14 @@ impl fmt::Display for InvalidUser {
             InvalidUser::UnsupportedFlow(flow) => {
                 write!(f, "user.account.flow: {flow:?} is not supported yet")
             }
+            InvalidUser::MissingPassword => f.write_str("user.account.password: missing"),
         }
     }
 }
 
 impl std::error::Error for InvalidUser {}
 
-/// Turns an API user into a user of an inbound speaking `inbound_protocol` (e.g. "vless").
+/// Turns an API user into a user of an inbound speaking `inbound_protocol` ("vless", "trojan").
 pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, InvalidUser> {
     if user.email.is_empty() {
         return Err(InvalidUser::MissingEmail);
@@ -181,6 +184,19 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
         return Err(InvalidUser::WrongAccount { account: protocol.to_owned(), inbound: inbound_protocol.to_owned() });
     }
     let id = match (protocol, flavor) {
+        ("trojan", _) => {
+            // v2fly's Account is numbered as Xray's (password 1; flow 2, which some panels send).
+            let a = decode_known::<trojan::Account>(&account.value, "xray.proxy.trojan.Account")
+                .map_err(InvalidUser::Malformed)?;
+            if !a.flow.is_empty() {
+                return Err(InvalidUser::UnsupportedFlow(a.flow));
+            }
+            if a.password.is_empty() {
+                return Err(InvalidUser::MissingPassword);
+            }
+            let account = Account::Trojan(a.password.into());
+            return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
+        }
         ("vless", Flavor::V2ray) => {
             decode_known::<V2rayVlessAccount>(&account.value, "shardray.compat.v2ray.VlessAccount")
                 .map_err(InvalidUser::Malformed)?
@@ -197,13 +213,21 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
         (other, _) => return Err(InvalidUser::UnknownAccount(format!("{other} accounts are not served yet"))),
     };
     let id = parse_user_id(&id).ok_or(InvalidUser::BadId(id))?;
-    Ok(UserSpec { id, email: user.email.clone(), level: user.level })
+    Ok(UserSpec { account: Account::Vless(id), email: user.email.clone(), level: user.level })
 }
 
-/// The API form of a user of a VLESS inbound.
-pub fn vless_user(user: &UserSpec) -> User {
-    let account = vless::Account { id: user.id.to_string(), ..Default::default() };
-    User { level: user.level, email: user.email.clone(), account: Some(typed("xray.proxy.vless.Account", &account)) }
+/// The API form of a user: with an `xray.proxy.vless.Account` or an `xray.proxy.trojan.Account`.
+pub fn api_user(user: &UserSpec) -> User {
+    let account = match &user.account {
+        Account::Vless(id) => {
+            typed("xray.proxy.vless.Account", &vless::Account { id: id.to_string(), ..Default::default() })
+        }
+        Account::Trojan(password) => typed(
+            "xray.proxy.trojan.Account",
+            &trojan::Account { password: password.to_string(), ..Default::default() },
+        ),
+    };
+    User { level: user.level, email: user.email.clone(), account: Some(account) }
 }
 
 /// An IP address from the API's bytes (4 or 16 of them).
@@ -327,16 +351,51 @@ mod tests {
         let id = "b831381d-6324-4d53-ad4f-8cda48b30811";
         let x = vless::Account { id: id.into(), encryption: "none".into(), ..Default::default() };
         let spec = user_spec(&user("xray.proxy.vless.Account", x.encode_to_vec()), "vless").unwrap();
-        assert_eq!(spec.id.to_string(), id);
+        assert_eq!(spec.account, Account::Vless(id.parse().unwrap()));
         assert_eq!((spec.level, spec.email.as_str()), (1, "a@b"));
         // V2Ray's field 2 is encryption: "none" there must not read as a flow.
         let v = V2rayVlessAccount { id: id.into(), encryption: "none".into() };
         let spec = user_spec(&user("v2ray.core.proxy.vless.Account", v.encode_to_vec()), "vless").unwrap();
-        assert_eq!(spec.id.to_string(), id);
+        assert_eq!(spec.account, Account::Vless(id.parse().unwrap()));
         // Short string ids map as upstream maps them.
         let short = vless::Account { id: "alice".into(), ..Default::default() };
         let spec = user_spec(&user("xray.proxy.vless.Account", short.encode_to_vec()), "vless").unwrap();
-        assert_eq!(spec.id.to_string(), "ec61d669-fc85-586b-a097-822a49b51e7e");
+        assert_eq!(spec.account, Account::Vless("ec61d669-fc85-586b-a097-822a49b51e7e".parse().unwrap()));
+    }
+
+    #[test]
+    fn trojan_accounts_both_forms_and_back() {
+        let a = trojan::Account { password: "pass word".into(), flow: String::new() };
+        for t in ["xray.proxy.trojan.Account", "types.v2fly.org/v2ray.core.proxy.trojan.Account"] {
+            let spec = user_spec(&user(t, a.encode_to_vec()), "trojan").unwrap();
+            assert_eq!(spec.account, Account::Trojan("pass word".into()));
+            let back = api_user(&spec);
+            assert_eq!(back.account.as_ref().unwrap().r#type, "xray.proxy.trojan.Account");
+            assert_eq!(user_spec(&back, "trojan").unwrap(), spec);
+        }
+        let flow = trojan::Account { password: "p".into(), flow: "xtls-rprx-direct".into() };
+        assert_eq!(
+            user_spec(&user("xray.proxy.trojan.Account", flow.encode_to_vec()), "trojan"),
+            Err(InvalidUser::UnsupportedFlow("xtls-rprx-direct".into()))
+        );
+        let empty = trojan::Account::default();
+        assert_eq!(
+            user_spec(&user("xray.proxy.trojan.Account", empty.encode_to_vec()), "trojan"),
+            Err(InvalidUser::MissingPassword)
+        );
+        // Each protocol's account on the other's inbound names both.
+        let err = user_spec(&user("xray.proxy.trojan.Account", a.encode_to_vec()), "vless").unwrap_err();
+        assert_eq!(err.to_string(), "user.account: a trojan account cannot join a vless inbound");
+        let v = vless::Account { id: "alice".into(), ..Default::default() };
+        let err = user_spec(&user("xray.proxy.vless.Account", v.encode_to_vec()), "trojan").unwrap_err();
+        assert_eq!(err.to_string(), "user.account: a vless account cannot join a trojan inbound");
+        // A field number the account does not define.
+        let mut bytes = a.encode_to_vec();
+        bytes.extend_from_slice(&[0x18, 0x01]);
+        assert!(matches!(
+            user_spec(&user("xray.proxy.trojan.Account", bytes), "trojan"),
+            Err(InvalidUser::Malformed(_))
+        ));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use base64::Engine;
 use prost::Message;
 use serde_json::{json, Value};
 use shardray_core::change::Change;
-use shardray_core::spec::UserSpec;
+use shardray_core::spec::{Account, UserSpec};
 use shardray_proto::xray::app::router;
 use shardray_proto::xray::core::OutboundHandlerConfig;
 
@@ -123,8 +123,12 @@ impl Journal {
     }
 }
 
+/// A user as a record keeps it: a VLESS user by `id`, a Trojan user by `password`.
 fn user_json(u: &UserSpec) -> Value {
-    json!({ "id": u.id.to_string(), "email": u.email, "level": u.level })
+    match &u.account {
+        Account::Vless(id) => json!({ "id": id.to_string(), "email": u.email, "level": u.level }),
+        Account::Trojan(password) => json!({ "password": &**password, "email": u.email, "level": u.level }),
+    }
 }
 
 fn encode(change: &Change) -> io::Result<Option<Value>> {
@@ -200,10 +204,17 @@ fn decode(v: &Value) -> Result<Change, String> {
         let list = v.get("users").and_then(Value::as_array).ok_or("users: missing")?;
         list.iter()
             .map(|u| {
-                let id = u.get("id").and_then(Value::as_str).and_then(|s| s.parse().ok()).ok_or("users[].id: bad")?;
+                let account = match u.get("password") {
+                    Some(p) => {
+                        Account::Trojan(p.as_str().filter(|p| !p.is_empty()).ok_or("users[].password: bad")?.into())
+                    }
+                    None => Account::Vless(
+                        u.get("id").and_then(Value::as_str).and_then(|s| s.parse().ok()).ok_or("users[].id: bad")?,
+                    ),
+                };
                 let email = u.get("email").and_then(Value::as_str).ok_or("users[].email: missing")?.to_owned();
                 let level = u.get("level").and_then(Value::as_u64).unwrap_or(0) as u32;
-                Ok(UserSpec { id, email, level })
+                Ok(UserSpec { account, email, level })
             })
             .collect()
     };
@@ -242,7 +253,15 @@ mod tests {
     use super::*;
 
     fn user(n: u8) -> UserSpec {
-        UserSpec { id: uuid::Uuid::from_bytes([n; 16]), email: format!("u{n}@x"), level: u32::from(n) }
+        UserSpec {
+            account: Account::Vless(uuid::Uuid::from_bytes([n; 16])),
+            email: format!("u{n}@x"),
+            level: u32::from(n),
+        }
+    }
+
+    fn trojan_user(n: u8) -> UserSpec {
+        UserSpec { account: Account::Trojan(format!("pw {n} \"quoted\"").into()), email: format!("t{n}@x"), level: 1 }
     }
 
     #[test]
@@ -253,6 +272,7 @@ mod tests {
             Change::RemoveUsers { inbound: "in".into(), emails: vec!["u1@x".into()] },
             Change::SetLevel { inbound: "in".into(), email: "u2@x".into(), level: 7 },
             Change::ReplaceUsers { inbound: "in".into(), users: vec![user(3)] },
+            Change::AddUsers { inbound: "tj".into(), users: vec![trojan_user(1), trojan_user(2)] },
         ];
         {
             let (mut j, old, bad) = Journal::open(dir.path()).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use shardray_control::config;
 use shardray_control::run::{run, RunOptions};
-use shardray_core::spec::{Config, InboundProtocol};
+use shardray_core::spec::{Account, Config};
 
 /// A proxy core for Linux servers with many users, compatible with V2Ray/Xray configs and API.
 #[derive(Parser)]
@@ -57,7 +57,7 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Print the client links (vless://) of every user in a config.
+    /// Print the client links (vless://, trojan://) of every user in a config.
     Link {
         #[command(flatten)]
         config: ConfigArgs,
@@ -152,11 +152,12 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// `vless://` links for every VLESS user, in the common share-link form.
+/// `vless://` and `trojan://` links for every VLESS and Trojan user, in the common share-link
+/// form (as v2rayN and sing-box import them).
 fn links(config: &Config, host: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     for inbound in &config.inbounds {
-        let InboundProtocol::Vless(vless) = &inbound.protocol else {
+        let Some(clients) = inbound.protocol.clients() else {
             continue;
         };
         let host = match host {
@@ -171,16 +172,17 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
             Some(_) => "tls".to_owned(),
             None => "none".to_owned(),
         };
-        for user in &vless.clients {
-            let name = if user.email.is_empty() { inbound.tag.as_str() } else { user.email.as_str() };
-            out.push(format!(
-                "vless://{}@{}:{}?encryption=none&security={}&type=tcp#{}",
-                user.id,
-                host,
-                inbound.listen.port(),
-                security,
-                percent(name)
-            ));
+        let port = inbound.listen.port();
+        for user in clients {
+            let name = percent(if user.email.is_empty() { inbound.tag.as_str() } else { user.email.as_str() });
+            out.push(match &user.account {
+                Account::Vless(id) => {
+                    format!("vless://{id}@{host}:{port}?encryption=none&security={security}&type=tcp#{name}")
+                }
+                Account::Trojan(password) => {
+                    format!("trojan://{}@{host}:{port}?security={security}&type=tcp#{name}", percent(password))
+                }
+            });
         }
     }
     out

@@ -10,8 +10,7 @@ use std::time::Duration;
 use shardray_core::change::Change;
 use shardray_core::routes::{RouteError, RouteSpecs};
 use shardray_core::slots::{UserKey, UserOp, NO_SLOT};
-use shardray_core::spec::{Config, InboundProtocol, InboundSpec, UserSpec};
-use uuid::Uuid;
+use shardray_core::spec::{Account, Config, InboundSpec, UserSpec};
 
 use crate::journal::Journal;
 use crate::server::{bind_reuseport, BroadcastError, ShardLinks};
@@ -30,7 +29,7 @@ pub struct InboundUsers {
     pub from_config: bool,
     /// The inbound's tag.
     pub tag: String,
-    /// The inbound's protocol, as config names it ("vless", "dokodemo-door").
+    /// The inbound's protocol, as config names it ("vless", "trojan", "dokodemo-door").
     pub protocol: &'static str,
     /// Whether the inbound has users at all (dokodemo-door does not).
     pub has_users: bool,
@@ -41,10 +40,7 @@ pub struct InboundUsers {
 impl InboundUsers {
     /// The entry for an inbound, with no users yet.
     fn new(spec: &InboundSpec, from_config: bool) -> InboundUsers {
-        let (protocol, has_users) = match &spec.protocol {
-            InboundProtocol::Vless(_) => ("vless", true),
-            InboundProtocol::Dokodemo(_) => ("dokodemo-door", false),
-        };
+        let (protocol, has_users) = (spec.protocol.name(), spec.protocol.clients().is_some());
         InboundUsers {
             spec: Arc::new(spec.clone_without_users()),
             from_config,
@@ -220,10 +216,8 @@ impl UserSets {
             sets.inbounds.push(InboundUsers::new(i, true));
         }
         for (i, inbound) in config.inbounds.iter().enumerate() {
-            if let InboundProtocol::Vless(v) = &inbound.protocol {
-                for u in &v.clients {
-                    sets.add_user(i, u);
-                }
+            for u in inbound.protocol.clients().unwrap_or_default() {
+                sets.add_user(i, u);
             }
         }
         sets
@@ -239,7 +233,7 @@ impl UserSets {
                     .users
                     .iter()
                     .map(|u| UserOp::Add {
-                        user: UserKey { id: u.id, slot: u.slot, level: u.level },
+                        user: UserKey { id: u.account.key(), slot: u.slot, level: u.level },
                         email: u.shared_email.cloned(),
                         new_slot: u.slot != NO_SLOT,
                     })
@@ -331,8 +325,8 @@ impl UserSets {
                     if exists(&u.email) || !emails.insert(u.email.to_ascii_lowercase()) {
                         return Err(ChangeError::AlreadyExists(u.email.clone()));
                     }
-                    if inbound.users.contains_id(&u.id) || !ids.insert(u.id) {
-                        return Err(ChangeError::AlreadyExists(u.id.to_string()));
+                    if inbound.users.contains_id(&u.account) || !ids.insert(&u.account) {
+                        return Err(ChangeError::AlreadyExists(account_label(&u.account)));
                     }
                 }
             }
@@ -355,8 +349,8 @@ impl UserSets {
                     if !u.email.is_empty() && !emails.insert(u.email.to_ascii_lowercase()) {
                         return Err(ChangeError::AlreadyExists(u.email.clone()));
                     }
-                    if !ids.insert(u.id) {
-                        return Err(ChangeError::AlreadyExists(u.id.to_string()));
+                    if !ids.insert(&u.account) {
+                        return Err(ChangeError::AlreadyExists(account_label(&u.account)));
                     }
                 }
             }
@@ -378,15 +372,15 @@ impl UserSets {
         if let Change::AddInbound { spec } = change {
             self.inbounds.push(InboundUsers::new(spec, false));
             let i = self.inbounds.len() - 1;
-            let InboundProtocol::Vless(v) = &spec.protocol else { return Vec::new() };
-            return v.clients.iter().map(|u| self.add_user(i, u)).collect();
+            let clients = spec.protocol.clients().unwrap_or_default();
+            return clients.iter().map(|u| self.add_user(i, u)).collect();
         }
         let Some(i) = self.inbounds.iter().position(|i| Some(i.tag.as_str()) == change.inbound()) else {
             return Vec::new();
         };
         match change {
             Change::RemoveInbound { .. } => {
-                let ids: Vec<Uuid> = self.inbounds[i].users.iter().map(|u| u.id).collect();
+                let ids: Vec<Account> = self.inbounds[i].users.iter().map(|u| u.account.clone()).collect();
                 let mut ops = Vec::with_capacity(ids.len());
                 for id in ids {
                     if let Some((id, slot, email)) = self.inbounds[i].users.remove_id(&id) {
@@ -418,19 +412,20 @@ impl UserSets {
                 if slot != NO_SLOT {
                     self.slots.set_level(slot, i as u32, *level);
                 }
-                vec![UserOp::SetLevel { id, level: *level }]
+                vec![UserOp::SetLevel { id: id.key(), level: *level }]
             }
             Change::Kick { email, .. } => {
-                self.inbounds[i].by_email(email).map(|u| UserOp::Kick { id: u.id }).into_iter().collect()
+                self.inbounds[i].by_email(email).map(|u| UserOp::Kick { id: u.account.key() }).into_iter().collect()
             }
             Change::ReplaceUsers { users, .. } => {
                 // Users that stay (same id and email) keep their sessions and counters.
-                let wanted: rustc_hash::FxHashMap<Uuid, &UserSpec> = users.iter().map(|u| (u.id, u)).collect();
-                let gone: Vec<Uuid> = self.inbounds[i]
+                let wanted: rustc_hash::FxHashMap<&Account, &UserSpec> =
+                    users.iter().map(|u| (&u.account, u)).collect();
+                let gone: Vec<Account> = self.inbounds[i]
                     .users
                     .iter()
-                    .filter(|u| !wanted.get(&u.id).is_some_and(|w| w.email.eq_ignore_ascii_case(u.email)))
-                    .map(|u| u.id)
+                    .filter(|u| !wanted.get(u.account).is_some_and(|w| w.email.eq_ignore_ascii_case(u.email)))
+                    .map(|u| u.account.clone())
                     .collect();
                 let mut ops = Vec::with_capacity(gone.len() + users.len());
                 for id in gone {
@@ -439,20 +434,21 @@ impl UserSets {
                     }
                 }
                 for u in users {
-                    let kept = self.inbounds[i].users.by_email(&u.email).filter(|k| k.id == u.id).map(|k| k.level);
+                    let kept =
+                        self.inbounds[i].users.by_email(&u.email).filter(|k| *k.account == u.account).map(|k| k.level);
                     match kept {
                         Some(level) if level == u.level => {}
                         Some(_) if !u.email.is_empty() => {
                             if let Some((id, slot)) = self.inbounds[i].users.set_level(&u.email, u.level) {
                                 self.slots.set_level(slot, i as u32, u.level);
-                                ops.push(UserOp::SetLevel { id, level: u.level });
+                                ops.push(UserOp::SetLevel { id: id.key(), level: u.level });
                             }
                         }
-                        _ if self.inbounds[i].users.contains_id(&u.id) => {
+                        _ if self.inbounds[i].users.contains_id(&u.account) => {
                             // Kept without an email: only its level can change, by replacing it.
-                            self.inbounds[i].users.remove_id(&u.id);
-                            self.inbounds[i].users.insert(u.id, None, NO_SLOT, u.level);
-                            ops.push(UserOp::SetLevel { id: u.id, level: u.level });
+                            self.inbounds[i].users.remove_id(&u.account);
+                            self.inbounds[i].users.insert(u.account.clone(), None, NO_SLOT, u.level);
+                            ops.push(UserOp::SetLevel { id: u.account.key(), level: u.level });
                         }
                         _ => ops.push(self.add_user(i, u)),
                     }
@@ -470,9 +466,9 @@ impl UserSets {
 
     /// Adds a user to inbound `i`, sharing the slot of its email if another inbound lists it.
     fn add_user(&mut self, i: usize, u: &UserSpec) -> UserOp {
-        let key = |slot| UserKey { id: u.id, slot, level: u.level };
+        let key = |slot| UserKey { id: u.account.key(), slot, level: u.level };
         if u.email.is_empty() {
-            self.inbounds[i].users.insert(u.id, None, NO_SLOT, u.level);
+            self.inbounds[i].users.insert(u.account.clone(), None, NO_SLOT, u.level);
             return UserOp::Add { user: key(NO_SLOT), email: None, new_slot: false };
         }
         // The same email (exactly: counters are named by it) in another inbound shares its slot.
@@ -486,14 +482,14 @@ impl UserSets {
         let inbound = i as u32;
         let (slot, email, new_slot) = match shared {
             Some((slot, email)) => {
-                let rec = self.inbounds[i].users.insert(u.id, Some(email.clone()), slot, u.level);
+                let rec = self.inbounds[i].users.insert(u.account.clone(), Some(email.clone()), slot, u.level);
                 self.slots.share(slot, inbound, u.level, rec);
                 (slot, email, false)
             }
             None => {
                 let email: Arc<str> = u.email.as_str().into();
                 let slot = self.slots.take(u.level, inbound);
-                let rec = self.inbounds[i].users.insert(u.id, Some(email.clone()), slot, u.level);
+                let rec = self.inbounds[i].users.insert(u.account.clone(), Some(email.clone()), slot, u.level);
                 self.slots.place(slot, inbound, rec);
                 (slot, email, true)
             }
@@ -501,9 +497,17 @@ impl UserSets {
         UserOp::Add { user: key(slot), email: Some(email), new_slot }
     }
 
-    /// The shards' side of removing user `id` (slot `slot`, email `email`) from inbound `i`,
-    /// which the caller has taken out of the inbound's table.
-    fn release(&mut self, i: usize, id: Uuid, slot: u32, email: Option<Arc<str>>, epoch: Option<u64>) -> UserOp {
+    /// The shards' side of removing the user with `account` (slot `slot`, email `email`) from
+    /// inbound `i`, which the caller has taken out of the inbound's table.
+    fn release(
+        &mut self,
+        i: usize,
+        account: Account,
+        slot: u32,
+        email: Option<Arc<str>>,
+        epoch: Option<u64>,
+    ) -> UserOp {
+        let id = account.key();
         if slot == NO_SLOT {
             return UserOp::Remove { id, slot, free_slot: false };
         }
@@ -516,6 +520,14 @@ impl UserSets {
         };
         let free_slot = slots.release(slot, i as u32, epoch, next_owner);
         UserOp::Remove { id, slot, free_slot }
+    }
+}
+
+/// How a refusal names a user by its account: a VLESS id, but never a Trojan password.
+fn account_label(account: &Account) -> String {
+    match account {
+        Account::Vless(id) => id.to_string(),
+        Account::Trojan(_) => "with this password".to_owned(),
     }
 }
 

@@ -1,18 +1,18 @@
 //! How the registry resolves changes into the shards' user operations and counter slots.
 
 use shardray_core::change::Change;
-use shardray_core::slots::{UserKey, UserOp, NO_SLOT};
-use shardray_core::spec::UserSpec;
+use shardray_core::slots::{UserId, UserKey, UserOp, NO_SLOT};
+use shardray_core::spec::{Account, UserSpec};
 use uuid::Uuid;
 
 use super::UserSets;
 
-fn id(n: u128) -> Uuid {
-    Uuid::from_u128(n)
+fn id(n: u128) -> UserId {
+    UserId::Uuid(Uuid::from_u128(n))
 }
 
 fn user(n: u128, email: &str, level: u32) -> UserSpec {
-    UserSpec { id: id(n), email: email.into(), level }
+    UserSpec { account: Account::Vless(Uuid::from_u128(n)), email: email.into(), level }
 }
 
 /// Inbounds `a` and `b`: alice in both (one slot), `bob@x` in a and `Bob@x` in b (two slots:

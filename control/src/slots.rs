@@ -13,11 +13,10 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use shardray_core::slots::NO_SLOT;
-use shardray_core::spec::UserSpec;
-use uuid::Uuid;
+use shardray_core::spec::{Account, UserSpec};
 
-fn hash_id(id: &Uuid) -> u64 {
-    FxBuildHasher.hash_one(id.as_bytes())
+fn hash_id(account: &Account) -> u64 {
+    FxBuildHasher.hash_one(account)
 }
 
 /// Emails compare without regard to ASCII case: hash them the same way.
@@ -32,7 +31,7 @@ fn hash_email(email: &str) -> u64 {
 /// One user of one inbound.
 #[derive(Debug, Clone)]
 struct Rec {
-    id: Uuid,
+    account: Account,
     email: Option<Arc<str>>,
     slot: u32,
     level: u32,
@@ -41,8 +40,8 @@ struct Rec {
 /// A user as `InboundUserTable` lends it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRef<'a> {
-    /// The user's id.
-    pub id: Uuid,
+    /// The user's account (VLESS id, Trojan password).
+    pub account: &'a Account,
     /// The user's email (empty if none).
     pub email: &'a str,
     /// The user's shared email, if it has one.
@@ -58,11 +57,11 @@ pub struct UserRef<'a> {
 impl UserRef<'_> {
     /// The user as config names it.
     pub fn spec(&self) -> UserSpec {
-        UserSpec { id: self.id, email: self.email.to_owned(), level: self.level }
+        UserSpec { account: self.account.clone(), email: self.email.to_owned(), level: self.level }
     }
 }
 
-/// One inbound's users, by id and by email (any ASCII case).
+/// One inbound's users, by account and by email (any ASCII case).
 #[derive(Debug, Clone, Default)]
 pub struct InboundUserTable {
     recs: Vec<Rec>,
@@ -75,7 +74,7 @@ impl InboundUserTable {
     fn lend(&self, rec: u32) -> UserRef<'_> {
         let r = &self.recs[rec as usize];
         UserRef {
-            id: r.id,
+            account: &r.account,
             email: r.email.as_deref().unwrap_or(""),
             shared_email: r.email.as_ref(),
             slot: r.slot,
@@ -93,8 +92,8 @@ impl InboundUserTable {
             .copied()
     }
 
-    fn find_id(&self, id: &Uuid) -> Option<u32> {
-        self.by_id.find(hash_id(id), |&r| self.recs[r as usize].id == *id).copied()
+    fn find_id(&self, account: &Account) -> Option<u32> {
+        self.by_id.find(hash_id(account), |&r| self.recs[r as usize].account == *account).copied()
     }
 
     /// Users in the table.
@@ -107,9 +106,9 @@ impl InboundUserTable {
         self.by_id.is_empty()
     }
 
-    /// Whether a user has this id.
-    pub fn contains_id(&self, id: &Uuid) -> bool {
-        self.find_id(id).is_some()
+    /// Whether a user has this account.
+    pub fn contains_id(&self, account: &Account) -> bool {
+        self.find_id(account).is_some()
     }
 
     /// The user with this email (any ASCII case).
@@ -127,9 +126,10 @@ impl InboundUserTable {
         self.iter().map(|u| u.spec())
     }
 
-    /// Adds a user whose id and email are new to the table; returns its record number.
-    pub fn insert(&mut self, id: Uuid, email: Option<Arc<str>>, slot: u32, level: u32) -> u32 {
-        let rec = Rec { id, email, slot, level };
+    /// Adds a user whose account and email are new to the table; returns its record number.
+    pub fn insert(&mut self, account: Account, email: Option<Arc<str>>, slot: u32, level: u32) -> u32 {
+        let hash = hash_id(&account);
+        let rec = Rec { account, email, slot, level };
         let i = match self.free.pop() {
             Some(i) => {
                 self.recs[i as usize] = rec;
@@ -141,7 +141,7 @@ impl InboundUserTable {
             }
         };
         let recs = &self.recs;
-        self.by_id.insert_unique(hash_id(&id), i, |&r| hash_id(&recs[r as usize].id));
+        self.by_id.insert_unique(hash, i, |&r| hash_id(&recs[r as usize].account));
         if let Some(email) = &recs[i as usize].email {
             self.by_email.insert_unique(hash_email(email), i, |&r| {
                 hash_email(recs[r as usize].email.as_deref().unwrap_or_default())
@@ -155,22 +155,22 @@ impl InboundUserTable {
         self.recs.get(rec as usize)?.email.as_ref()
     }
 
-    /// Removes the user with this email; returns its id, slot and email.
-    pub fn remove_email(&mut self, email: &str) -> Option<(Uuid, u32, Option<Arc<str>>)> {
+    /// Removes the user with this email; returns its account, slot and email.
+    pub fn remove_email(&mut self, email: &str) -> Option<(Account, u32, Option<Arc<str>>)> {
         let rec = self.find_email(email)?;
         Some(self.remove_rec(rec))
     }
 
-    /// Removes the user with this id; returns its id, slot and email.
-    pub fn remove_id(&mut self, id: &Uuid) -> Option<(Uuid, u32, Option<Arc<str>>)> {
-        let rec = self.find_id(id)?;
+    /// Removes the user with this account; returns its account, slot and email.
+    pub fn remove_id(&mut self, account: &Account) -> Option<(Account, u32, Option<Arc<str>>)> {
+        let rec = self.find_id(account)?;
         Some(self.remove_rec(rec))
     }
 
-    fn remove_rec(&mut self, rec: u32) -> (Uuid, u32, Option<Arc<str>>) {
+    fn remove_rec(&mut self, rec: u32) -> (Account, u32, Option<Arc<str>>) {
         let recs = &self.recs;
         let r = &recs[rec as usize];
-        if let Ok(e) = self.by_id.find_entry(hash_id(&r.id), |&x| x == rec) {
+        if let Ok(e) = self.by_id.find_entry(hash_id(&r.account), |&x| x == rec) {
             e.remove();
         }
         if let Some(email) = &r.email {
@@ -180,7 +180,7 @@ impl InboundUserTable {
         }
         let r = &mut self.recs[rec as usize];
         // The email leaves with the record: the slot may be freed and its memory go with it.
-        let out = (r.id, r.slot, r.email.take());
+        let out = (r.account.clone(), r.slot, r.email.take());
         self.free.push(rec);
         if self.free.len() == self.recs.len() {
             *self = InboundUserTable::default();
@@ -188,12 +188,12 @@ impl InboundUserTable {
         out
     }
 
-    /// Sets the level of the user with this email; returns its id and slot.
-    pub fn set_level(&mut self, email: &str, level: u32) -> Option<(Uuid, u32)> {
+    /// Sets the level of the user with this email; returns its account and slot.
+    pub fn set_level(&mut self, email: &str, level: u32) -> Option<(Account, u32)> {
         let rec = self.find_email(email)?;
         let r = &mut self.recs[rec as usize];
         r.level = level;
-        Some((r.id, r.slot))
+        Some((r.account.clone(), r.slot))
     }
 }
 
@@ -412,11 +412,16 @@ impl<'a> Slots<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
+
+    fn acct(n: u128) -> Account {
+        Account::Vless(Uuid::from_u128(n))
+    }
 
     /// Takes a slot for `email` in inbound 0 of `t`.
     fn take(b: &mut SlotBook, t: &mut InboundUserTable, n: u128, email: &str) -> u32 {
         let slot = b.take(0, 0);
-        let rec = t.insert(Uuid::from_u128(n), Some(email.into()), slot, 0);
+        let rec = t.insert(acct(n), Some(email.into()), slot, 0);
         b.place(slot, 0, rec);
         slot
     }
@@ -449,9 +454,9 @@ mod tests {
         let mut b = SlotBook::default();
         let (mut t0, mut t1) = (InboundUserTable::default(), InboundUserTable::default());
         let s = b.take(5, 1);
-        let r1 = t1.insert(Uuid::from_u128(1), Some("a@x".into()), s, 5);
+        let r1 = t1.insert(acct(1), Some("a@x".into()), s, 5);
         b.place(s, 1, r1);
-        let r0 = t0.insert(Uuid::from_u128(2), Some("a@x".into()), s, 3);
+        let r0 = t0.insert(acct(2), Some("a@x".into()), s, 3);
         b.share(s, 0, 3, r0);
         let level = |b: &SlotBook, t0: &InboundUserTable, t1: &InboundUserTable| {
             Slots::new(b, vec![t0, t1]).get(s).map(|v| v.level)
@@ -471,20 +476,25 @@ mod tests {
     #[test]
     fn the_table_finds_users_by_id_and_any_case_email() {
         let mut t = InboundUserTable::default();
-        let id = |i: u128| Uuid::from_u128(i * 0x1234_5678_9abc_def1);
+        let id = |i: u128| acct(i * 0x1234_5678_9abc_def1);
         for i in 0..1000 {
             t.insert(id(i), Some(format!("U{i}@x").into()), i as u32, 0);
         }
         t.insert(id(5000), None, NO_SLOT, 2);
         assert_eq!(t.len(), 1001);
-        assert_eq!(t.by_email("u7@X").map(|u| (u.id, u.slot)), Some((id(7), 7)));
+        assert_eq!(t.by_email("u7@X").map(|u| (u.account.clone(), u.slot)), Some((id(7), 7)));
         assert_eq!(t.remove_email("U7@x"), Some((id(7), 7, Some("U7@x".into()))));
         assert!(t.by_email("u7@x").is_none() && !t.contains_id(&id(7)));
         assert_eq!(t.set_level("u8@x", 4), Some((id(8), 8)));
         assert_eq!(t.by_email("U8@X").unwrap().level, 4);
         t.insert(id(7), Some("new@x".into()), 1000, 1);
-        assert_eq!(t.by_email("NEW@x").unwrap().spec(), UserSpec { id: id(7), email: "new@x".into(), level: 1 });
+        assert_eq!(t.by_email("NEW@x").unwrap().spec(), UserSpec { account: id(7), email: "new@x".into(), level: 1 });
         assert_eq!(t.remove_id(&id(5000)), Some((id(5000), NO_SLOT, None)));
         assert_eq!(t.values().count(), 1000);
+        // A Trojan password is an account like an id; the same password is the same account.
+        let trojan = || Account::Trojan("hunter2".into());
+        t.insert(trojan(), Some("t@x".into()), 2000, 0);
+        assert!(t.contains_id(&trojan()) && !t.contains_id(&Account::Trojan("hunter3".into())));
+        assert_eq!(t.by_email("t@x").map(|u| u.account.clone()), Some(trojan()));
     }
 }

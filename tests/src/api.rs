@@ -58,7 +58,7 @@ use shardray_proto::shardray::app::proxyman::command as ours;
 use shardray_proto::xray::app::proxyman::command as handler;
 use shardray_proto::xray::common::protocol::User;
 use shardray_proto::xray::common::serial::TypedMessage;
-use shardray_proto::xray::proxy::vless;
+use shardray_proto::xray::proxy::{trojan, vless};
 
 /// A TypedMessage of the given type name.
 pub fn typed(type_name: &str, m: &impl Message) -> TypedMessage {
@@ -71,7 +71,24 @@ pub fn vless_user(email: &str, id: &str, level: u32) -> User {
     User { level, email: email.into(), account: Some(typed("xray.proxy.vless.Account", &account)) }
 }
 
+/// An API user with a Trojan account of the given type name (Xray's or v2fly's).
+pub fn trojan_user_as(type_name: &str, email: &str, password: &str, level: u32) -> User {
+    let account = trojan::Account { password: password.into(), ..Default::default() };
+    User { level, email: email.into(), account: Some(typed(type_name, &account)) }
+}
+
+/// An API user with an `xray.proxy.trojan.Account`.
+pub fn trojan_user(email: &str, password: &str, level: u32) -> User {
+    trojan_user_as("xray.proxy.trojan.Account", email, password, level)
+}
+
 impl ApiClient {
+    /// AlterInbound with upstream's AddUserOperation for `user`.
+    pub fn add_api_user(&self, tag: &str, user: User) -> Result<(), tonic::Status> {
+        let op = handler::AddUserOperation { user: Some(user) };
+        self.alter(tag, typed("xray.app.proxyman.command.AddUserOperation", &op))
+    }
+
     /// A HandlerService client.
     pub fn handler(&self) -> handler::handler_service_client::HandlerServiceClient<Channel> {
         handler::handler_service_client::HandlerServiceClient::new(self.channel.clone())

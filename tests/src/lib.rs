@@ -6,6 +6,8 @@
 pub mod api;
 pub mod peers;
 pub mod servers;
+pub mod trojan;
+pub mod v2ray;
 pub mod vless;
 
 use std::collections::HashMap;
@@ -228,6 +230,20 @@ pub fn vless_config(clients: Value, inbound_extra: Value) -> Value {
             }
         }
     })
+}
+
+/// The password of the Trojan test user most configs use.
+pub const ALICE_PASSWORD: &str = "alice's trojan password";
+
+/// `vless_config` with a Trojan inbound `trojan-in` instead: `clients` are Trojan clients
+/// (`password`, `email`, `level`), `inbound_extra` as for `vless_config`.
+pub fn trojan_config(clients: Value, inbound_extra: Value) -> Value {
+    let mut config = vless_config(clients, inbound_extra);
+    let inbound = &mut config["inbounds"][0];
+    inbound["tag"] = "trojan-in".into();
+    inbound["protocol"] = "trojan".into();
+    inbound["settings"].as_object_mut().unwrap().remove("decryption");
+    config
 }
 
 /// The `api` section for a test server: the API on a free loopback port (the bound address

@@ -32,6 +32,22 @@ pub fn vless_outbound(server: SocketAddr, uuid: &str, tls: Option<Value>) -> Val
     out
 }
 
+/// A sing-box Trojan outbound to `server` for the user with `password`; `tls` is merged in as
+/// the outbound's `tls` object when given.
+pub fn trojan_outbound(server: SocketAddr, password: &str, tls: Option<Value>) -> Value {
+    let mut out = json!({
+        "type": "trojan",
+        "tag": "trojan-out",
+        "server": server.ip().to_string(),
+        "server_port": server.port(),
+        "password": password,
+    });
+    if let Some(tls) = tls {
+        out["tls"] = tls;
+    }
+    out
+}
+
 /// The `tls` object of a sing-box outbound that skips verification and sends `server_name`.
 pub fn insecure_tls(server_name: &str) -> Value {
     json!({ "enabled": true, "insecure": true, "server_name": server_name })
@@ -49,7 +65,6 @@ impl SingBox {
     /// Starts sing-box with a socks inbound on a free port and `outbound` as its only outbound;
     /// panics with sing-box's log if the socks port does not accept within 10 s.
     pub fn start(outbound: Value) -> SingBox {
-        let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let config = json!({
             "log": { "level": "warn" },
@@ -58,6 +73,26 @@ impl SingBox {
             ],
             "outbounds": [outbound],
         });
+        SingBox::run(config, port)
+    }
+
+    /// Starts sing-box as a server: `inbound` (its `listen_port` set to a free port here) and
+    /// a direct outbound. `socks` is then the inbound's address.
+    pub fn serve(mut inbound: Value) -> SingBox {
+        let port = free_port();
+        inbound["listen"] = json!("127.0.0.1");
+        inbound["listen_port"] = json!(port);
+        let config = json!({
+            "log": { "level": "warn" },
+            "inbounds": [inbound],
+            "outbounds": [{ "type": "direct", "tag": "direct" }],
+        });
+        SingBox::run(config, port)
+    }
+
+    /// Runs sing-box with `config` until `port` on 127.0.0.1 accepts.
+    fn run(config: Value, port: u16) -> SingBox {
+        let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("sing-box.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let log = std::fs::File::create(dir.path().join("sing-box.log")).unwrap();

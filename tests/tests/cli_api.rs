@@ -138,6 +138,18 @@ fn adu_refuses_unreadable_files_and_reports_unsupported_protocols_per_client() {
     let broken = write(server.dir.path(), "broken.json", "{ \"inbounds\": [ ");
     api(&["adu", "--server", &addr, broken.to_str().unwrap()]).fails_with(2);
 
+    let ss = write(
+        server.dir.path(),
+        "ss.json",
+        r#"{ "inbounds": [{ "tag": "vless-in", "protocol": "shadowsocks",
+             "settings": { "clients": [{ "password": "p", "email": "s@example.com" }] } }] }"#,
+    );
+    let run = api(&["adu", "--server", &addr, ss.to_str().unwrap()]);
+    run.fails_with(2);
+    assert!(run.stderr.contains("not supported yet"), "{}", run.stderr);
+    assert_eq!(run.json()["failed"], 1);
+
+    // Trojan clients are read and sent; the server refuses them on a VLESS inbound, naming both.
     let trojan = write(
         server.dir.path(),
         "trojan.json",
@@ -145,8 +157,8 @@ fn adu_refuses_unreadable_files_and_reports_unsupported_protocols_per_client() {
              "settings": { "clients": [{ "password": "p", "email": "t@example.com" }] } }] }"#,
     );
     let run = api(&["adu", "--server", &addr, trojan.to_str().unwrap()]);
-    run.fails_with(2);
-    assert!(run.stderr.contains("not supported yet"), "{}", run.stderr);
+    run.fails_with(1);
+    assert!(run.stderr.contains("a trojan account cannot join a vless inbound"), "{}", run.stderr);
     assert_eq!(run.json()["failed"], 1);
     assert_eq!(emails(&addr), ["alice@example.com"]);
 }

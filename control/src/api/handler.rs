@@ -11,14 +11,14 @@ use shardray_proto::xray::app::proxyman::command as pb;
 use shardray_proto::xray::common::protocol::User;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::{InboundHandlerConfig, OutboundHandlerConfig};
-use shardray_proto::xray::proxy::vless;
+use shardray_proto::xray::proxy::{trojan, vless};
 use tonic::{Request, Response, Status};
 
 use super::ApiState;
 use crate::config::load_inbound;
 use crate::convert::inbound::{inbound_json, receiver_config};
 use crate::convert::routes::outbound_spec;
-use crate::convert::{message_type, typed, user_spec, vless_user, Flavor};
+use crate::convert::{api_user, message_type, typed, user_spec, Flavor};
 use crate::registry::{ChangeError, InboundUsers};
 
 /// The service, ready to add to a router.
@@ -75,9 +75,9 @@ impl HandlerApi {
         let removed: Vec<String> = match &change {
             Change::RemoveUsers { emails, .. } => emails.clone(),
             Change::ReplaceUsers { inbound, users } => {
-                let stays = |id: &uuid::Uuid| users.iter().any(|u| u.id == *id);
+                let stays = |account: &shardray_core::spec::Account| users.iter().any(|u| u.account == *account);
                 let current = registry.inbound(inbound).map_err(change_status)?;
-                current.users.values().filter(|u| !stays(&u.id)).map(|u| u.email.clone()).collect()
+                current.users.values().filter(|u| !stays(&u.account)).map(|u| u.email.clone()).collect()
             }
             _ => Vec::new(),
         };
@@ -140,14 +140,19 @@ impl HandlerApi {
         }
         // Without stream settings: TLS keys are not handed out.
         let receiver = Some(receiver_config(inbound.spec.listen, None));
-        let proxy = (inbound.protocol == "vless").then(|| {
-            let config = vless::inbound::Config {
-                clients: inbound.users.values().map(|u| vless_user(&u)).collect(),
-                decryption: "none".into(),
-                ..Default::default()
-            };
-            typed("xray.proxy.vless.inbound.Config", &config)
-        });
+        let users = || inbound.users.values().map(|u| api_user(&u)).collect();
+        let proxy = match inbound.protocol {
+            "vless" => {
+                let config =
+                    vless::inbound::Config { clients: users(), decryption: "none".into(), ..Default::default() };
+                Some(typed("xray.proxy.vless.inbound.Config", &config))
+            }
+            "trojan" => {
+                let config = trojan::ServerConfig { users: users(), ..Default::default() };
+                Some(typed("xray.proxy.trojan.ServerConfig", &config))
+            }
+            _ => None,
+        };
         InboundHandlerConfig { tag: inbound.tag.clone(), receiver_settings: receiver, proxy_settings: proxy }
     }
 }
@@ -268,12 +273,12 @@ impl pb::handler_service_server::HandlerService for HandlerApi {
         let registry = self.state.registry.lock().await;
         let inbound = registry.inbound(&req.tag).map_err(change_status)?;
         let users = if req.email.is_empty() {
-            inbound.users.values().map(|u| vless_user(&u)).collect()
+            inbound.users.values().map(|u| api_user(&u)).collect()
         } else {
             let user = inbound
                 .by_email(&req.email)
                 .ok_or_else(|| change_status(ChangeError::UserNotFound(req.email.clone())))?;
-            vec![vless_user(&user.spec())]
+            vec![api_user(&user.spec())]
         };
         Ok(Response::new(pb::GetInboundUserResponse { users }))
     }

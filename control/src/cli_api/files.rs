@@ -6,7 +6,7 @@ use std::io::Read;
 
 use serde_json::Value;
 use shardray_proto::xray::common::protocol::User;
-use shardray_proto::xray::proxy::vless;
+use shardray_proto::xray::proxy::{trojan, vless};
 
 use super::{typed, Failure};
 use crate::config::load_inbound;
@@ -75,8 +75,8 @@ pub(super) fn inbounds_with_users(files: &[String]) -> Result<Vec<InboundUsers>,
                 .enumerate()
                 .map(|(j, c)| {
                     let email = c.get("email").and_then(Value::as_str).unwrap_or("");
-                    let user = if protocol == "vless" {
-                        vless_user(c).map_err(|e| format!("inbounds[{i}].settings.clients[{j}].{e}"))
+                    let user = if protocol == "vless" || protocol == "trojan" {
+                        client_user(c, Some(&protocol)).map_err(|e| format!("inbounds[{i}].settings.clients[{j}].{e}"))
                     } else {
                         Err(format!("protocol {protocol:?}: adding its users is not supported yet"))
                     };
@@ -95,8 +95,9 @@ pub(super) fn inbounds_with_users(files: &[String]) -> Result<Vec<InboundUsers>,
     Ok(out)
 }
 
-/// A VLESS client of a config as the API's user. The error names the field at fault.
-fn vless_user(client: &Value) -> Result<User, String> {
+/// A VLESS or Trojan client of a config as the API's user; without a `protocol`, a client with
+/// a `password` and no `id` is taken for Trojan's. The error names the field at fault.
+fn client_user(client: &Value, protocol: Option<&str>) -> Result<User, String> {
     let text = |key: &str| -> Result<String, String> {
         match client.get(key) {
             None | Some(Value::Null) => Ok(String::new()),
@@ -104,9 +105,13 @@ fn vless_user(client: &Value) -> Result<User, String> {
             Some(other) => Err(format!("{key}: expected a string, found {other}")),
         }
     };
-    let id = text("id")?;
+    let trojan = match protocol {
+        Some(p) => p.eq_ignore_ascii_case("trojan"),
+        None => client.get("id").is_none() && client.get("password").is_some(),
+    };
+    let (key, id) = if trojan { ("password", text("password")?) } else { ("id", text("id")?) };
     if id.is_empty() {
-        return Err("id: missing".to_owned());
+        return Err(format!("{key}: missing"));
     }
     let email = text("email")?;
     if email.is_empty() {
@@ -119,8 +124,12 @@ fn vless_user(client: &Value) -> Result<User, String> {
             .and_then(|n| u32::try_from(n).ok())
             .ok_or_else(|| format!("level: expected a small whole number, found {v}"))?,
     };
-    let account = vless::Account { id, flow: text("flow")?, ..Default::default() };
-    Ok(User { level, email, account: Some(typed("xray.proxy.vless.Account", &account)) })
+    let account = if trojan {
+        typed("xray.proxy.trojan.Account", &trojan::Account { password: id, flow: text("flow")? })
+    } else {
+        typed("xray.proxy.vless.Account", &vless::Account { id, flow: text("flow")?, ..Default::default() })
+    };
+    Ok(User { level, email, account: Some(account) })
 }
 
 /// `addusers` / `replaceusers`: the users in `file` for the inbound tagged `tag`. The file is
@@ -153,10 +162,14 @@ pub(super) fn users_for_tag(file: &str, tag: &str) -> Result<Vec<User>, Failure>
              config with an inbound tagged by --tag"
             .into()));
     };
-    if let Some(p) = protocol.filter(|p| !p.eq_ignore_ascii_case("vless")) {
-        return Err(bad(format!("protocol {p:?}: only VLESS users can be sent so far")));
+    if let Some(p) = protocol.filter(|p| !p.eq_ignore_ascii_case("vless") && !p.eq_ignore_ascii_case("trojan")) {
+        return Err(bad(format!("protocol {p:?}: only VLESS and Trojan users can be sent so far")));
     }
-    clients.iter().enumerate().map(|(j, c)| vless_user(c).map_err(|e| bad(format!("{path}[{j}].{e}")))).collect()
+    clients
+        .iter()
+        .enumerate()
+        .map(|(j, c)| client_user(c, protocol).map_err(|e| bad(format!("{path}[{j}].{e}"))))
+        .collect()
 }
 
 /// The tags of the `section` ("inbounds" or "outbounds") of a config.
@@ -215,7 +228,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn vless_clients_become_users_and_others_are_refused_per_client() {
+    fn vless_and_trojan_clients_become_users_and_others_are_refused_per_client() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.json");
         std::fs::write(
@@ -229,21 +242,28 @@ mod tests {
                 ]}},
                 { "protocol": "vless", "settings": { "clients": [ { "id": "x", "email": "y" } ] } },
                 { "tag": "tr", "protocol": "trojan", "settings": { "clients": [
-                    { "password": "p", "email": "t@x" }
+                    { "password": "p", "email": "t@x" }, { "email": "nopass@x" }
+                ]}},
+                { "tag": "ss", "protocol": "shadowsocks", "settings": { "clients": [
+                    { "password": "p", "email": "s@x" }
                 ]}}
               ]
             }"#,
         )
         .unwrap();
         let found = inbounds_with_users(&[path.to_str().unwrap().to_owned()]).unwrap_or_else(|_| panic!("parse"));
-        assert_eq!(found.len(), 2, "the untagged inbound is skipped");
+        assert_eq!(found.len(), 3, "the untagged inbound is skipped");
         let alice = found[0].clients[0].user.as_ref().unwrap();
         assert_eq!((alice.level, alice.email.as_str()), (2, "a@x"));
         let account = alice.account.as_ref().unwrap();
         assert_eq!(account.r#type, "xray.proxy.vless.Account");
         assert_eq!(vless::Account::decode(&account.value[..]).unwrap().id, "alice");
         assert!(found[0].clients[1].user.as_ref().unwrap_err().contains("email"));
-        assert!(found[1].clients[0].user.as_ref().unwrap_err().contains("not supported yet"));
+        let t = found[1].clients[0].user.as_ref().unwrap().account.as_ref().unwrap();
+        assert_eq!(t.r#type, "xray.proxy.trojan.Account");
+        assert_eq!(trojan::Account::decode(&t.value[..]).unwrap().password, "p");
+        assert!(found[1].clients[1].user.as_ref().unwrap_err().contains("password: missing"));
+        assert!(found[2].clients[0].user.as_ref().unwrap_err().contains("not supported yet"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Validates `inbounds`: listen addresses, stream settings and TLS, and the VLESS and
+//! Validates `inbounds`: listen addresses, stream settings and TLS, and the VLESS, Trojan and
 //! dokodemo-door settings; sets the API's own inbound aside.
 
 use std::collections::{HashMap, HashSet};
@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use shardray_core::spec::{
-    CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, SocketOptions,
-    TlsServerSpec, TlsVersion, UserSpec, VlessInboundSpec,
+    Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, SocketOptions,
+    TlsServerSpec, TlsVersion, TrojanInboundSpec, UserSpec, VlessInboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 use uuid::Uuid;
@@ -16,13 +16,13 @@ use uuid::Uuid;
 use super::error::ConfigError;
 use super::raw::{
     RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawInbound, RawSniffing, RawStreamSettings,
-    RawTcpSettings, RawTlsSettings, RawVlessClient, RawVlessSettings, StringList,
+    RawTcpSettings, RawTlsSettings, RawTrojanClient, RawTrojanSettings, RawVlessClient, RawVlessSettings, StringList,
 };
 use super::validate::{check_api_loopback, deserialize_at, is_empty_value, parse_host_port, parse_port, value_text};
 
 /// Inbound protocols upstream has that shardray does not serve yet.
 const LATER_PROTOCOLS: &[&str] =
-    &["vmess", "trojan", "shadowsocks", "socks", "http", "mixed", "wireguard", "hysteria", "hysteria2", "tun"];
+    &["vmess", "shadowsocks", "socks", "http", "mixed", "wireguard", "hysteria", "hysteria2", "tun"];
 
 /// Transports upstream has besides raw TCP.
 const LATER_NETWORKS: &[&str] = &[
@@ -134,6 +134,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
     let settings = ib.settings.unwrap_or_else(empty_object);
     let protocol = match protocol.as_str() {
         "vless" => InboundProtocol::Vless(vless(settings, &settings_path)?),
+        "trojan" => InboundProtocol::Trojan(trojan(settings, &settings_path)?),
         p if is_dokodemo(p) => InboundProtocol::Dokodemo(dokodemo(settings, &settings_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
@@ -399,16 +400,35 @@ fn vless(settings: Value, path: &str) -> Result<VlessInboundSpec, ConfigError> {
         }
     }
 
+    let clients = raw.clients.unwrap_or_default();
+    let clients = clients_of(clients, path, "id", vless_client)?;
+    let fallbacks = fallbacks(raw.fallbacks, path)?;
+    Ok(VlessInboundSpec { clients, fallbacks })
+}
+
+/// A VLESS or Trojan inbound's `clients`, each checked by `client`; an account (`key_field`)
+/// or an email that two clients share is an error naming the second.
+fn clients_of<C>(
+    raw: Vec<C>,
+    path: &str,
+    key_field: &str,
+    client: impl Fn(C, &str) -> Result<UserSpec, ConfigError>,
+) -> Result<Vec<UserSpec>, ConfigError> {
     let mut clients = Vec::new();
-    let mut ids: HashMap<Uuid, usize> = HashMap::new();
+    let mut accounts: HashMap<Account, usize> = HashMap::new();
     let mut emails: HashMap<String, usize> = HashMap::new();
-    for (j, client) in raw.clients.unwrap_or_default().into_iter().enumerate() {
+    for (j, c) in raw.into_iter().enumerate() {
         let cpath = format!("{path}.clients[{j}]");
-        let user = vless_client(client, &cpath)?;
-        if let Some(first) = ids.insert(user.id, j) {
+        let user = client(c, &cpath)?;
+        if let Some(first) = accounts.insert(user.account.clone(), j) {
+            let what = match &user.account {
+                Account::Vless(id) => format!("duplicate id {id}"),
+                // The password itself stays out of the message (and the logs).
+                Account::Trojan(_) => "duplicate password".to_owned(),
+            };
             return Err(ConfigError::invalid(
-                format!("{cpath}.id"),
-                format!("duplicate id {} (also clients[{first}])", user.id),
+                format!("{cpath}.{key_field}"),
+                format!("{what} (also clients[{first}])"),
             ));
         }
         if !user.email.is_empty() {
@@ -421,10 +441,14 @@ fn vless(settings: Value, path: &str) -> Result<VlessInboundSpec, ConfigError> {
         }
         clients.push(user);
     }
+    Ok(clients)
+}
 
+/// A VLESS or Trojan inbound's `fallbacks`, in order.
+fn fallbacks(raw: Option<Vec<RawFallback>>, path: &str) -> Result<Vec<FallbackSpec>, ConfigError> {
     let mut fallbacks = Vec::new();
     let mut seen = HashSet::new();
-    for (k, fb) in raw.fallbacks.unwrap_or_default().into_iter().enumerate() {
+    for (k, fb) in raw.unwrap_or_default().into_iter().enumerate() {
         let fpath = format!("{path}.fallbacks[{k}]");
         let spec = fallback(fb, &fpath)?;
         if !seen.insert((spec.name.clone(), spec.alpn.clone(), spec.path.clone())) {
@@ -432,7 +456,7 @@ fn vless(settings: Value, path: &str) -> Result<VlessInboundSpec, ConfigError> {
         }
         fallbacks.push(spec);
     }
-    Ok(VlessInboundSpec { clients, fallbacks })
+    Ok(fallbacks)
 }
 
 fn vless_client(raw: RawVlessClient, path: &str) -> Result<UserSpec, ConfigError> {
@@ -449,7 +473,33 @@ fn vless_client(raw: RawVlessClient, path: &str) -> Result<UserSpec, ConfigError
         }
         f => return Err(ConfigError::invalid(format!("{path}.flow"), format!("unknown flow {f:?}"))),
     }
-    Ok(UserSpec { id, email: raw.email.unwrap_or_default(), level: raw.level.unwrap_or(0) })
+    Ok(UserSpec { account: Account::Vless(id), email: raw.email.unwrap_or_default(), level: raw.level.unwrap_or(0) })
+}
+
+// === trojan ===
+
+fn trojan(settings: Value, path: &str) -> Result<TrojanInboundSpec, ConfigError> {
+    let raw: RawTrojanSettings = deserialize_at(settings, path)?;
+    let clients = clients_of(raw.clients.unwrap_or_default(), path, "password", trojan_client)?;
+    let fallbacks = fallbacks(raw.fallbacks, path)?;
+    Ok(TrojanInboundSpec { clients, fallbacks })
+}
+
+fn trojan_client(raw: RawTrojanClient, path: &str) -> Result<UserSpec, ConfigError> {
+    let password = match raw.password {
+        None => return Err(ConfigError::invalid(format!("{path}.password"), "missing")),
+        Some(p) if p.is_empty() => return Err(ConfigError::invalid(format!("{path}.password"), "empty")),
+        Some(p) => p,
+    };
+    match raw.flow.as_deref().unwrap_or("") {
+        "" => {}
+        f => return Err(ConfigError::unsupported(format!("{path}.flow"), format!("Trojan flow {f:?}"))),
+    }
+    Ok(UserSpec {
+        account: Account::Trojan(password.into()),
+        email: raw.email.unwrap_or_default(),
+        level: raw.level.unwrap_or(0),
+    })
 }
 
 /// A user id as upstream reads it: a UUID (32 hex digits, dashes optional where UUIDs have

@@ -141,12 +141,32 @@ fn parse_raw(doc: Value) -> Result<RawConfig, ConfigError> {
 /// A parsed (and merged) document to a validated config.
 fn build(doc: Map<String, Value>) -> Result<Config, ConfigError> {
     let doc = Value::Object(doc);
-    let notes = mapped_ids(&doc);
+    let mut notes = mapped_ids(&doc);
+    notes.extend(ignored_fingerprints(&doc));
     let (config, ignored) = validate::collect_ignored(|| validate::validate(parse_raw(doc)?));
     let mut config = config?;
     config.notes = notes;
     config.ignored_keys = ignored;
     Ok(config)
+}
+
+/// A note for every outbound `tlsSettings.fingerprint`: shardray has no uTLS, so its
+/// ClientHello is rustls's own whatever the fingerprint asks for.
+fn ignored_fingerprints(doc: &Value) -> Vec<String> {
+    let outbounds = doc.get("outbounds").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    outbounds
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| {
+            let fp = o.pointer("/streamSettings/tlsSettings/fingerprint").and_then(Value::as_str)?;
+            (!fp.is_empty()).then(|| {
+                format!(
+                    "outbounds[{i}].streamSettings.tlsSettings.fingerprint: {fp:?} is ignored (no uTLS: the \
+                     TLS ClientHello is rustls's own)"
+                )
+            })
+        })
+        .collect()
 }
 
 /// A note for every client id that is not a UUID but stands for one, as Xray maps it: the

@@ -1,29 +1,23 @@
-//! Validates `outbounds`: freedom and blackhole, with their tags and dial settings.
+//! Validates `outbounds`: freedom, blackhole and Trojan, with their tags and dial settings.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use serde_json::{Map, Value};
-use shardray_core::spec::{BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec};
+use shardray_core::spec::{
+    BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, TlsClientSpec, TrojanOutboundSpec,
+};
+use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
-use super::raw::{RawBlackholeSettings, RawFreedomSettings, RawOutbound};
-use super::validate::{deserialize_at, is_empty_value, parse_host_port};
+use super::raw::{
+    RawBlackholeSettings, RawFreedomSettings, RawOutStream, RawOutbound, RawTrojanOutSettings, StringList,
+};
+use super::validate::{deserialize_at, is_empty_value, parse_host_port, parse_port};
 
 /// Outbound protocols upstream has that shardray does not serve yet.
-const LATER_PROTOCOLS: &[&str] = &[
-    "vless",
-    "vmess",
-    "trojan",
-    "shadowsocks",
-    "socks",
-    "http",
-    "wireguard",
-    "dns",
-    "loopback",
-    "hysteria",
-    "hysteria2",
-];
+const LATER_PROTOCOLS: &[&str] =
+    &["vless", "vmess", "shadowsocks", "socks", "http", "wireguard", "dns", "loopback", "hysteria", "hysteria2"];
 
 /// Validates `outbounds`: at least one, tags unique and distinct from the API's tag.
 pub(super) fn outbounds(
@@ -64,8 +58,12 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
         Some(p) => p.to_ascii_lowercase(),
     };
     let send_through = send_through(ob.send_through.as_deref(), &format!("{path}.sendThrough"))?;
-    if let Some(stream) = &ob.stream_settings {
-        check_plain_stream(stream, &format!("{path}.streamSettings"))?;
+    let stream_path = format!("{path}.streamSettings");
+    // Trojan reads its own stream settings (TLS); the others may only restate the defaults.
+    if protocol != "trojan" {
+        if let Some(stream) = &ob.stream_settings {
+            check_plain_stream(stream, &stream_path)?;
+        }
     }
     if ob.mux.is_some_and(|m| m.enabled == Some(true)) {
         return Err(ConfigError::unsupported(format!("{path}.mux.enabled"), "mux"));
@@ -85,6 +83,7 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
         // "direct" and "block" are Xray's other names for them (infra/conf/xray.go).
         "freedom" | "direct" => OutboundProtocol::Freedom(freedom(settings, &settings_path)?),
         "blackhole" | "block" => OutboundProtocol::Blackhole(blackhole(settings, &settings_path)?),
+        "trojan" => OutboundProtocol::Trojan(trojan(settings, &settings_path, ob.stream_settings, &stream_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
         }
@@ -171,4 +170,84 @@ fn blackhole(settings: Value, path: &str) -> Result<BlackholeSpec, ConfigError> 
         }
     };
     Ok(BlackholeSpec { http_response })
+}
+
+fn trojan(
+    settings: Value,
+    path: &str,
+    stream: Option<Value>,
+    stream_path: &str,
+) -> Result<TrojanOutboundSpec, ConfigError> {
+    let raw: RawTrojanOutSettings = deserialize_at(settings, path)?;
+    let mut servers = raw.servers.unwrap_or_default();
+    let servers_path = format!("{path}.servers");
+    match servers.len() {
+        0 => return Err(ConfigError::invalid(servers_path, "at least one server is required")),
+        1 => {}
+        _ => return Err(ConfigError::unsupported(format!("{servers_path}[1]"), "more than one Trojan server")),
+    }
+    let server = servers.remove(0);
+    let spath = format!("{servers_path}[0]");
+    let address = match server.address.as_deref().map(str::trim) {
+        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
+        Some(a) => Address::parse(a)
+            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
+    };
+    let port = match server.port.as_ref() {
+        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
+        Some(v) => parse_port(v, &format!("{spath}.port"))?,
+    };
+    let password = match server.password {
+        Some(p) if !p.is_empty() => p,
+        _ => return Err(ConfigError::invalid(format!("{spath}.password"), "missing")),
+    };
+    if let Some(f) = server.flow.filter(|f| !f.is_empty()) {
+        return Err(ConfigError::unsupported(format!("{spath}.flow"), format!("Trojan flow {f:?}")));
+    }
+    let tls = match stream {
+        None | Some(Value::Null) => None,
+        Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
+    };
+    Ok(TrojanOutboundSpec {
+        server: Destination { addr: address, port },
+        password,
+        email: server.email.unwrap_or_default(),
+        level: server.level.unwrap_or(0),
+        tls,
+    })
+}
+
+/// An outbound's `streamSettings` over raw TCP: the TLS client settings when `security` is
+/// `tls`. `fingerprint` is accepted and ignored (the loader notes it).
+fn client_stream(raw: RawOutStream, path: &str) -> Result<Option<TlsClientSpec>, ConfigError> {
+    match raw.network.as_deref().unwrap_or("") {
+        "" | "tcp" | "raw" => {}
+        n => return Err(ConfigError::unsupported(format!("{path}.network"), format!("network {n:?} on an outbound"))),
+    }
+    for (field, value) in
+        [("tcpSettings", &raw.tcp_settings), ("rawSettings", &raw.raw_settings), ("sockopt", &raw.sockopt)]
+    {
+        if value.as_ref().is_some_and(|v| !is_empty_value(v)) {
+            return Err(ConfigError::unsupported(
+                format!("{path}.{field}"),
+                format!("streamSettings.{field} on an outbound"),
+            ));
+        }
+    }
+    match raw.security.as_deref().unwrap_or("") {
+        "" | "none" => Ok(None),
+        "tls" => {
+            let tls = raw.tls_settings.unwrap_or_default();
+            let alpn = tls.alpn.map(|StringList(l)| l).unwrap_or_default();
+            if let Some(j) = alpn.iter().position(String::is_empty) {
+                return Err(ConfigError::invalid(format!("{path}.tlsSettings.alpn[{j}]"), "empty protocol"));
+            }
+            Ok(Some(TlsClientSpec {
+                server_name: tls.server_name.unwrap_or_default(),
+                allow_insecure: tls.allow_insecure.unwrap_or(false),
+                alpn,
+            }))
+        }
+        s => Err(ConfigError::unsupported(format!("{path}.security"), format!("security {s:?} on an outbound"))),
+    }
 }

@@ -309,6 +309,42 @@ pub(super) struct RawVlessClient {
     pub _reset: Option<Value>,
 }
 
+/// `settings` of a Trojan inbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrojanSettings {
+    pub clients: Option<Vec<RawTrojanClient>>,
+    pub fallbacks: Option<Vec<RawFallback>>,
+}
+
+/// `settings.clients[i]` of a Trojan inbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrojanClient {
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    /// Old Xray had XTLS flows on Trojan; only an empty flow is accepted.
+    pub flow: Option<String>,
+    /// Panel bookkeeping, accepted and ignored as on VLESS clients.
+    #[serde(rename = "limitIp")]
+    pub _limit_ip: Option<Value>,
+    #[serde(rename = "totalGB")]
+    pub _total_gb: Option<Value>,
+    #[serde(rename = "expiryTime")]
+    pub _expiry_time: Option<Value>,
+    #[serde(rename = "enable")]
+    pub _enable: Option<Value>,
+    #[serde(rename = "tgId")]
+    pub _tg_id: Option<Value>,
+    #[serde(rename = "subId")]
+    pub _sub_id: Option<Value>,
+    #[serde(rename = "comment")]
+    pub _comment: Option<Value>,
+    #[serde(rename = "reset")]
+    pub _reset: Option<Value>,
+}
+
 /// `settings.fallbacks[i]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -387,6 +423,49 @@ pub(super) struct RawFreedomSettings {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBlackholeSettings {
     pub response: Option<RawBlackholeResponse>,
+}
+
+/// `settings` of a Trojan outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrojanOutSettings {
+    pub servers: Option<Vec<RawTrojanServer>>,
+}
+
+/// `settings.servers[i]` of a Trojan outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrojanServer {
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    pub flow: Option<String>,
+}
+
+/// `streamSettings` of an outbound that may speak TLS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawOutStream {
+    pub network: Option<String>,
+    pub security: Option<String>,
+    pub tls_settings: Option<RawTlsClientSettings>,
+    pub tcp_settings: Option<Value>,
+    pub raw_settings: Option<Value>,
+    pub sockopt: Option<Value>,
+}
+
+/// `streamSettings.tlsSettings` of an outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawTlsClientSettings {
+    pub server_name: Option<String>,
+    pub allow_insecure: Option<bool>,
+    pub alpn: Option<StringList>,
+    /// uTLS fingerprints are not served: accepted, noted and ignored.
+    #[serde(rename = "fingerprint")]
+    pub _fingerprint: Option<String>,
 }
 
 /// `settings.response` of a blackhole outbound.

@@ -14,7 +14,7 @@ use shardray_wire::addr::{Address, Destination};
 use uuid::Uuid;
 
 use super::*;
-use shardray_core::spec::BalancerStrategy;
+use shardray_core::spec::{Account, BalancerStrategy};
 
 const ALICE: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
 const BOB: &str = "0e9a1d2c-4a55-4b8e-9c7e-3f2a0b1c2d3e";
@@ -100,7 +100,7 @@ fn seed_fixture_loads() {
     assert!(ib.tls.is_none());
     let users = &vless(&cfg, 0).clients;
     assert_eq!(users.len(), 1);
-    assert_eq!(users[0].id, Uuid::parse_str(ALICE).unwrap());
+    assert_eq!(users[0].account, Account::Vless(Uuid::parse_str(ALICE).unwrap()));
     assert_eq!(users[0].email, "alice@example.com");
     assert_eq!(users[0].level, 0);
 
@@ -175,7 +175,7 @@ fn short_string_ids_map_to_uuid_v5_as_upstream() {
         v
     })
     .unwrap();
-    let id = vless(&cfg, 0).clients[0].id;
+    let Account::Vless(id) = vless(&cfg, 0).clients[0].account else { panic!("a VLESS account") };
     assert_eq!(id.get_version_num(), 5);
     // SHA-1 of 16 zero bytes then "alice", first 16 bytes, version and variant bits set
     // (computed independently with Python's hashlib).
@@ -892,7 +892,7 @@ fn file_errors_name_the_file() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut v = base();
-    set(&mut v, "/inbounds/0", "protocol", json!("trojan"));
+    set(&mut v, "/inbounds/0", "protocol", json!("vmess"));
     let file = write(dir.path(), "config.json", &v.to_string());
     let err = load_file(&file).unwrap_err();
     assert_eq!(err.path, "inbounds[0].protocol");
@@ -990,4 +990,41 @@ fn the_api_inbound_may_be_named_by_the_rule_that_routes_it_to_the_api() {
     set(&mut v, "/routing/rules/0", "inboundTag", json!(["API_INBOUND", "API2"]));
     let err = load(&v).unwrap_err();
     assert_eq!((err.path.as_str(), err.kind), ("inbounds[2].tag", ConfigErrorKind::Unsupported));
+}
+
+#[test]
+fn trojan_inbounds_load_as_xray_reads_them() {
+    let mut v = base();
+    v["inbounds"][0] = json!({
+        "tag": "tj", "listen": "127.0.0.1", "port": 443, "protocol": "trojan",
+        "settings": {
+            "clients": [
+                { "password": "s3cret", "email": "a@x", "level": 1, "flow": "", "limitIp": 0, "enable": true },
+                { "password": "other" }
+            ],
+            "fallbacks": [{ "dest": 80 }, { "alpn": "h2", "dest": 81 }]
+        }
+    });
+    let cfg = load(&v).unwrap();
+    let InboundProtocol::Trojan(t) = &cfg.inbounds[0].protocol else { panic!("not trojan") };
+    assert_eq!(t.clients[0].account, Account::Trojan("s3cret".into()));
+    assert_eq!((t.clients[0].email.as_str(), t.clients[0].level), ("a@x", 1));
+    assert_eq!(t.fallbacks.len(), 2);
+
+    let trojan = |edit: &dyn Fn(&mut Value)| {
+        let mut w = v.clone();
+        edit(&mut w);
+        load(&w).unwrap_err().to_string()
+    };
+    let err = trojan(&|w| w["inbounds"][0]["settings"]["clients"][1]["password"] = json!("s3cret"));
+    assert_eq!(err, "inbounds[0].settings.clients[1].password: duplicate password (also clients[0])");
+    assert!(!err.contains("s3cret"), "the message shows the password");
+    let err = trojan(&|w| w["inbounds"][0]["settings"]["clients"][1] = json!({ "email": "b@x" }));
+    assert_eq!(err, "inbounds[0].settings.clients[1].password: missing");
+    let err = trojan(&|w| w["inbounds"][0]["settings"]["clients"][0]["flow"] = json!("xtls-rprx-direct"));
+    assert!(err.starts_with("inbounds[0].settings.clients[0].flow:"), "{err}");
+    let err = trojan(&|w| w["inbounds"][0]["settings"]["clients"][0]["id"] = json!(ALICE));
+    assert!(err.starts_with("inbounds[0].settings.clients[0].id: unknown field"), "{err}");
+    let err = trojan(&|w| w["inbounds"][0]["settings"]["fallbacks"][1]["alpn"] = json!(""));
+    assert_eq!(err, "inbounds[0].settings.fallbacks[1]: another fallback has the same name, alpn and path");
 }

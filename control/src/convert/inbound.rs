@@ -9,16 +9,19 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use serde_json::{json, Map, Value};
-use shardray_core::spec::{FallbackDest, InboundProtocol, InboundSpec, SocketOptions, TlsVersion};
+use shardray_core::spec::{
+    Account, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, SocketOptions, TlsVersion, UserSpec,
+};
 use shardray_proto::xray::app::proxyman::{ReceiverConfig, SniffingConfig};
 use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortList, PortRange};
 use shardray_proto::xray::core::InboundHandlerConfig;
-use shardray_proto::xray::proxy::{dokodemo, vless};
+use shardray_proto::xray::proxy::{dokodemo, trojan, vless};
 use shardray_proto::xray::transport::internet::{tls, SocketConfig, StreamConfig};
 
-use super::{ip_bytes, ip_from_bytes, message_type, typed, user_spec, vless_user, Flavor};
+use super::{api_user, ip_bytes, ip_from_bytes, message_type, typed, user_spec, Flavor};
 use shardray_proto::shardray::compat::v2ray::{
     DokodemoConfig as V2rayDokodemo, ReceiverConfig as V2rayReceiverConfig, TlsConfig as V2rayTlsConfig,
+    TrojanServerConfig as V2rayTrojanServer,
 };
 use shardray_proto::xray::common::serial::TypedMessage;
 
@@ -26,6 +29,7 @@ use shardray_proto::xray::common::serial::TypedMessage;
 const RECEIVER: &str = "xray.app.proxyman.ReceiverConfig";
 const TLS: &str = "xray.transport.internet.tls.Config";
 const VLESS_INBOUND: &str = "xray.proxy.vless.inbound.Config";
+const TROJAN_INBOUND: &str = "xray.proxy.trojan.ServerConfig";
 const DOKODEMO: &str = "xray.proxy.dokodemo.Config";
 
 /// An AddInbound request that cannot become a config inbound; names the field.
@@ -92,6 +96,39 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
             out.insert("protocol".into(), json!("vless"));
             out.insert("settings".into(), vless_json(&settings, flavor)?);
         }
+        "proxy.trojan.ServerConfig" => {
+            let settings: trojan::ServerConfig = match flavor {
+                // v2fly numbers the fallbacks' fields differently: read its own form.
+                Flavor::V2ray => {
+                    let v2: V2rayTrojanServer =
+                        decode(&proxy.value, "shardray.compat.v2ray.TrojanServerConfig", "proxy_settings")?;
+                    trojan::ServerConfig {
+                        users: v2.users,
+                        fallbacks: v2
+                            .fallbacks
+                            .into_iter()
+                            .map(|f| trojan::Fallback {
+                                name: String::new(),
+                                alpn: f.alpn,
+                                path: f.path,
+                                r#type: f.r#type,
+                                dest: f.dest,
+                                xver: f.xver,
+                            })
+                            .collect(),
+                    }
+                }
+                _ => decode(&proxy.value, TROJAN_INBOUND, "proxy_settings")?,
+            };
+            out.insert("protocol".into(), json!("trojan"));
+            let clients = clients_json(&settings.users, "trojan")?;
+            let fallbacks: Vec<Value> = settings
+                .fallbacks
+                .iter()
+                .map(|f| fallback_json(&f.name, &f.alpn, &f.path, &f.r#type, &f.dest, f.xver))
+                .collect();
+            out.insert("settings".into(), json!({ "clients": clients, "fallbacks": fallbacks }));
+        }
         "proxy.dokodemo.Config" => {
             let settings: dokodemo::Config = match flavor {
                 Flavor::V2ray => {
@@ -100,10 +137,10 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
                     dokodemo::Config {
                         address: v2.address,
                         port: v2.port,
-                        // The deprecated list counts only where the current one is empty.
-                        networks: match (v2.networks.is_empty(), v2.network_list) {
-                            (true, Some(list)) => list.network,
-                            _ => v2.networks,
+                        networks: if v2.networks.is_empty() {
+                            v2.network_list.map(|l| l.network).unwrap_or_default()
+                        } else {
+                            v2.networks
                         },
                         follow_redirect: v2.follow_redirect,
                         user_level: v2.user_level,
@@ -270,23 +307,46 @@ fn tls_json(config: &tls::Config) -> Value {
     Value::Object(out)
 }
 
-fn vless_json(config: &vless::inbound::Config, flavor: Flavor) -> Result<Value, InvalidInbound> {
-    let clients = config
-        .clients
+/// A config client: `id` for VLESS, `password` for Trojan.
+fn client_json(spec: &UserSpec) -> Value {
+    match &spec.account {
+        Account::Vless(id) => json!({ "id": id.to_string(), "email": spec.email, "level": spec.level }),
+        Account::Trojan(password) => json!({ "password": &**password, "email": spec.email, "level": spec.level }),
+    }
+}
+
+/// The API's users of an inbound speaking `protocol`, as config `clients`.
+fn clients_json(
+    users: &[shardray_proto::xray::common::protocol::User],
+    protocol: &str,
+) -> Result<Vec<Value>, InvalidInbound> {
+    users
         .iter()
         .enumerate()
         .map(|(i, user)| {
-            let spec = user_spec(user, "vless").map_err(|e| invalid(format!("proxy_settings.clients[{i}]: {e}")))?;
-            Ok(json!({ "id": spec.id.to_string(), "email": spec.email, "level": spec.level }))
+            let spec = user_spec(user, protocol).map_err(|e| invalid(format!("proxy_settings.clients[{i}]: {e}")))?;
+            Ok(client_json(&spec))
         })
-        .collect::<Result<Vec<_>, InvalidInbound>>()?;
-    let fallbacks: Vec<Value> = config
-        .fallbacks
-        .iter()
-        .map(|f| {
-            json!({ "name": f.name, "alpn": f.alpn, "path": f.path, "type": f.r#type, "dest": f.dest, "xver": f.xver })
-        })
-        .collect();
+        .collect()
+}
+
+/// A config fallback from the API's fields (VLESS's and Trojan's Fallback are alike).
+fn fallback_json(name: &str, alpn: &str, path: &str, kind: &str, dest: &str, xver: u64) -> Value {
+    json!({ "name": name, "alpn": alpn, "path": path, "type": kind, "dest": dest, "xver": xver })
+}
+
+/// A fallback's API fields: (type, dest).
+fn fallback_dest(f: &FallbackSpec) -> (&'static str, String) {
+    match &f.dest {
+        FallbackDest::Tcp(d) => ("tcp", d.to_string()),
+        FallbackDest::Unix(p) => ("unix", p.display().to_string()),
+    }
+}
+
+fn vless_json(config: &vless::inbound::Config, flavor: Flavor) -> Result<Value, InvalidInbound> {
+    let clients = clients_json(&config.clients, "vless")?;
+    let fallbacks: Vec<Value> =
+        config.fallbacks.iter().map(|f| fallback_json(&f.name, &f.alpn, &f.path, &f.r#type, &f.dest, f.xver)).collect();
     // V2Ray clients often leave decryption empty; Xray's own always says "none".
     let decryption = match (config.decryption.as_str(), flavor) {
         ("", Flavor::V2ray) => "none",
@@ -415,10 +475,7 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
                 .fallbacks
                 .iter()
                 .map(|f| {
-                    let (kind, dest) = match &f.dest {
-                        FallbackDest::Tcp(d) => ("tcp", d.to_string()),
-                        FallbackDest::Unix(p) => ("unix", p.display().to_string()),
-                    };
+                    let (kind, dest) = fallback_dest(f);
                     vless::inbound::Fallback {
                         name: f.name.clone(),
                         alpn: f.alpn.clone(),
@@ -430,12 +487,31 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
                 })
                 .collect();
             let config = vless::inbound::Config {
-                clients: v.clients.iter().map(vless_user).collect(),
+                clients: v.clients.iter().map(api_user).collect(),
                 fallbacks,
                 decryption: "none".into(),
                 ..Default::default()
             };
             typed(VLESS_INBOUND, &config)
+        }
+        InboundProtocol::Trojan(t) => {
+            let fallbacks = t
+                .fallbacks
+                .iter()
+                .map(|f| {
+                    let (kind, dest) = fallback_dest(f);
+                    trojan::Fallback {
+                        name: f.name.clone(),
+                        alpn: f.alpn.clone(),
+                        path: f.path.clone(),
+                        r#type: kind.into(),
+                        dest,
+                        xver: u64::from(f.xver),
+                    }
+                })
+                .collect();
+            let config = trojan::ServerConfig { users: t.clients.iter().map(api_user).collect(), fallbacks };
+            typed(TROJAN_INBOUND, &config)
         }
         InboundProtocol::Dokodemo(d) => {
             let address = match &d.destination.addr {
@@ -522,6 +598,38 @@ mod tests {
             }}
         }));
         assert_eq!(through_api(&spec).unwrap(), spec);
+    }
+
+    #[test]
+    fn a_trojan_inbound_survives_the_api_form_in_both_flavors() {
+        let spec = load(json!({
+            "tag": "tj", "listen": "127.0.0.1", "port": 4433, "protocol": "trojan",
+            "settings": {
+                "clients": [{ "password": "pass\"word", "email": "a@x", "level": 2 }, { "password": "p2", "email": "b@x" }],
+                "fallbacks": [{ "dest": 8080 }, { "alpn": "h2", "path": "/ws", "dest": "/run/ws.sock", "xver": 1 }]
+            }
+        }));
+        assert_eq!(through_api(&spec).unwrap(), spec);
+        // v2fly's ServerConfig: its fallbacks have no name and number alpn..xver from 1.
+        let v2 = V2rayTrojanServer {
+            users: match &spec.protocol {
+                InboundProtocol::Trojan(t) => t.clients.iter().map(api_user).collect(),
+                _ => unreachable!(),
+            },
+            fallbacks: vec![
+                shardray_proto::shardray::compat::v2ray::TrojanFallback { dest: "8080".into(), ..Default::default() },
+                shardray_proto::shardray::compat::v2ray::TrojanFallback {
+                    alpn: "h2".into(),
+                    path: "/ws".into(),
+                    dest: "/run/ws.sock".into(),
+                    xver: 1,
+                    ..Default::default()
+                },
+            ],
+        };
+        let mut config = inbound_config(&spec);
+        config.proxy_settings = Some(typed("v2ray.core.proxy.trojan.ServerConfig", &v2));
+        assert_eq!(load_inbound(inbound_json(&config).unwrap(), "inbound").unwrap(), spec);
     }
 
     #[test]
@@ -642,8 +750,8 @@ mod tests {
         assert!(refusal(&handler(one_port(), vmess)).contains("\"vmess\""));
 
         let nameless = vless::inbound::Config {
-            clients: vec![vless_user(&shardray_core::spec::UserSpec {
-                id: uuid::Uuid::nil(),
+            clients: vec![api_user(&shardray_core::spec::UserSpec {
+                account: Account::Vless(uuid::Uuid::nil()),
                 email: String::new(),
                 level: 0,
             })],

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use prost::Message;
 use shardray_core::spec::{
     BalancerSpec, BalancerStrategy, BlackholeSpec, DomainMatcher, DomainStrategy, FreedomSpec, NetworkSet,
-    OutboundProtocol, OutboundSpec, PortRange, RuleSpec,
+    OutboundProtocol, OutboundSpec, PortRange, RuleSpec, TlsClientSpec, TrojanOutboundSpec,
 };
 use shardray_proto::xray::app::proxyman::SenderConfig;
 use shardray_proto::xray::app::router;
@@ -18,7 +18,8 @@ use shardray_proto::xray::common::net;
 use shardray_proto::xray::common::protocol::ServerEndpoint;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::OutboundHandlerConfig;
-use shardray_proto::xray::proxy::{blackhole, freedom};
+use shardray_proto::xray::proxy::{blackhole, freedom, trojan};
+use shardray_proto::xray::transport::internet::{tls, StreamConfig};
 use shardray_wire::addr::{Address, Destination};
 
 use super::{ip_bytes, ip_from_bytes, message_type, typed};
@@ -58,6 +59,7 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
         return Err(invalid("expire: outbounds that expire are not supported yet"));
     }
     let mut send_through = None;
+    let mut stream_settings = None;
     if let Some(sender) = &config.sender_settings {
         let name = type_name(sender, "sender_settings")?;
         if name != "app.proxyman.SenderConfig" {
@@ -81,9 +83,7 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
                 None => return Err(invalid("sender_settings.via: empty")),
             });
         }
-        if let Some(stream) = &s.stream_settings {
-            check_plain_stream(stream)?;
-        }
+        stream_settings = s.stream_settings.clone();
         if s.proxy_settings.as_ref().is_some_and(|p| !p.tag.is_empty()) {
             return Err(invalid("sender_settings.proxy_settings: proxySettings is not supported yet"));
         }
@@ -110,6 +110,10 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
             "xray.proxy.blackhole.Config",
             "proxy_settings",
         )?)?),
+        "proxy.trojan.ClientConfig" => OutboundProtocol::Trojan(trojan_spec(
+            &exact(&proxy.value, "xray.proxy.trojan.ClientConfig", "proxy_settings")?,
+            stream_settings.take().as_ref(),
+        )?),
         other => {
             return Err(match other.strip_prefix("proxy.").and_then(|p| p.split('.').next()) {
                 Some(p) => invalid(format!("proxy_settings: outbound protocol {p:?} is not supported yet")),
@@ -117,7 +121,105 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
             })
         }
     };
+    // Trojan has read its own; the others' may only restate the default.
+    if let Some(stream) = &stream_settings {
+        check_plain_stream(stream)?;
+    }
     Ok(OutboundSpec { tag: config.tag.clone(), send_through, protocol })
+}
+
+/// A Trojan ClientConfig (one server, one user) and its sender's stream settings (raw TCP,
+/// TLS or none).
+fn trojan_spec(c: &trojan::ClientConfig, stream: Option<&StreamConfig>) -> Result<TrojanOutboundSpec, InvalidRoute> {
+    let server = match c.server.as_slice() {
+        [] => return Err(invalid("proxy_settings.server: missing")),
+        [one] => one,
+        _ => return Err(invalid("proxy_settings.server[1]: more than one Trojan server is not supported yet")),
+    };
+    let addr = match server.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(net::ip_or_domain::Address::Ip(ip)) => {
+            Address::Ip(ip_from_bytes(ip).ok_or_else(|| invalid("proxy_settings.server[0].address: not an IP"))?)
+        }
+        Some(net::ip_or_domain::Address::Domain(d)) => {
+            Address::parse(d).ok_or_else(|| invalid(format!("proxy_settings.server[0].address: {d:?}")))?
+        }
+        None => return Err(invalid("proxy_settings.server[0].address: missing")),
+    };
+    let port = u16::try_from(server.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid(format!("proxy_settings.server[0].port: {} is not a port", server.port)))?;
+    let user = match server.user.as_slice() {
+        [one] => one,
+        _ => return Err(invalid("proxy_settings.server[0].user: exactly one user is required")),
+    };
+    let spec = super::user_spec(user, "trojan")
+        .or_else(|e| match e {
+            // The email is only for logs here.
+            super::InvalidUser::MissingEmail => {
+                let mut named = user.clone();
+                named.email = "-".into();
+                super::user_spec(&named, "trojan").map(|mut u| {
+                    u.email.clear();
+                    u
+                })
+            }
+            e => Err(e),
+        })
+        .map_err(|e| invalid(format!("proxy_settings.server[0].{e}")))?;
+    let shardray_core::spec::Account::Trojan(password) = spec.account else {
+        return Err(invalid("proxy_settings.server[0].user.account: not a Trojan account"));
+    };
+    let tls = match stream {
+        None => None,
+        Some(stream) => client_tls(stream)?,
+    };
+    Ok(TrojanOutboundSpec {
+        server: Destination { addr, port },
+        password: password.to_string(),
+        email: spec.email,
+        level: spec.level,
+        tls,
+    })
+}
+
+/// A sender's stream settings over raw TCP, with TLS or without; anything else is refused.
+#[allow(deprecated)] // `protocol`, upstream's old field, is still checked: old clients send it.
+fn client_tls(stream: &StreamConfig) -> Result<Option<TlsClientSpec>, InvalidRoute> {
+    if !matches!(stream.protocol_name.as_str(), "" | "tcp" | "raw")
+        || stream.protocol != 0
+        || !stream.transport_settings.is_empty()
+    {
+        return Err(invalid("sender_settings.stream_settings: only raw TCP is supported yet on outbounds"));
+    }
+    if stream.socket_settings.as_ref().is_some_and(|s| *s != Default::default()) {
+        return Err(invalid("sender_settings.stream_settings.socket_settings: sockopt is not supported yet"));
+    }
+    let security = match stream.security_type.as_str() {
+        "" | "none" if stream.security_settings.is_empty() => return Ok(None),
+        t => message_type(t).map(|(_, n)| n).unwrap_or(t),
+    };
+    if security != "transport.internet.tls.Config" {
+        return Err(invalid(format!(
+            "sender_settings.stream_settings.security_type: {security:?} is not supported yet"
+        )));
+    }
+    let settings = stream
+        .security_settings
+        .iter()
+        .find(|m| message_type(&m.r#type).is_ok_and(|(_, n)| n == security))
+        .ok_or_else(|| invalid("sender_settings.stream_settings.security_settings: no TLS settings"))?;
+    let c: tls::Config = exact(
+        &settings.value,
+        "xray.transport.internet.tls.Config",
+        "sender_settings.stream_settings.security_settings",
+    )?;
+    if !c.certificate.is_empty() {
+        return Err(invalid(
+            "sender_settings.stream_settings.security_settings.certificate: client certificates are not supported yet",
+        ));
+    }
+    Ok(Some(TlsClientSpec { server_name: c.server_name, allow_insecure: c.allow_insecure, alpn: c.next_protocol }))
 }
 
 /// A sender's stream settings may only restate the default: raw TCP without security.
@@ -237,6 +339,52 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
             let response =
                 b.http_response.then(|| typed("xray.proxy.blackhole.HTTPResponse", &blackhole::HttpResponse {}));
             typed("xray.proxy.blackhole.Config", &blackhole::Config { response })
+        }
+        OutboundProtocol::Trojan(t) => {
+            let account = trojan::Account { password: t.password.clone(), flow: String::new() };
+            let user = shardray_proto::xray::common::protocol::User {
+                level: t.level,
+                email: t.email.clone(),
+                account: Some(typed("xray.proxy.trojan.Account", &account)),
+            };
+            let server = ServerEndpoint {
+                address: Some(net::IpOrDomain {
+                    address: Some(match &t.server.addr {
+                        Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
+                        Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
+                    }),
+                }),
+                port: u32::from(t.server.port),
+                user: vec![user],
+            };
+            typed("xray.proxy.trojan.ClientConfig", &trojan::ClientConfig { server: vec![server] })
+        }
+    };
+    let tls = match &spec.protocol {
+        OutboundProtocol::Trojan(t) => t.tls.as_ref(),
+        _ => None,
+    };
+    let sender_settings = match (sender_settings, tls) {
+        (s, None) => s,
+        (_, Some(tls)) => {
+            const TLS: &str = "xray.transport.internet.tls.Config";
+            let config = tls::Config {
+                server_name: tls.server_name.clone(),
+                allow_insecure: tls.allow_insecure,
+                next_protocol: tls.alpn.clone(),
+                ..Default::default()
+            };
+            let stream = StreamConfig {
+                protocol_name: "tcp".into(),
+                security_type: TLS.into(),
+                security_settings: vec![typed(TLS, &config)],
+                ..Default::default()
+            };
+            let via = spec
+                .send_through
+                .map(|ip| net::IpOrDomain { address: Some(net::ip_or_domain::Address::Ip(ip_bytes(ip))) });
+            let sender = SenderConfig { via, stream_settings: Some(stream), ..Default::default() };
+            Some(typed("xray.app.proxyman.SenderConfig", &sender))
         }
     };
     OutboundHandlerConfig { tag: spec.tag.clone(), sender_settings, proxy_settings: Some(proxy), ..Default::default() }
@@ -528,9 +676,17 @@ mod tests {
                 { "tag": "a", "protocol": "freedom" },
                 { "tag": "b", "protocol": "freedom", "sendThrough": "127.0.0.1",
                   "settings": { "domainStrategy": "UseIPv4", "redirect": "example.com:443", "userLevel": 2 } },
-                { "tag": "c", "protocol": "blackhole", "settings": { "response": { "type": "http" } } }
+                { "tag": "c", "protocol": "blackhole", "settings": { "response": { "type": "http" } } },
+                { "tag": "t", "protocol": "trojan", "sendThrough": "127.0.0.1",
+                  "settings": { "servers": [{ "address": "proxy.example", "port": 443, "password": "p w",
+                                              "email": "me@x", "level": 1 }] },
+                  "streamSettings": { "security": "tls", "tlsSettings": {
+                      "serverName": "sni.example", "allowInsecure": true, "alpn": ["h2"], "fingerprint": "chrome" } } },
+                { "tag": "u", "protocol": "trojan",
+                  "settings": { "servers": [{ "address": "10.0.0.1", "port": 8443, "password": "x" }] } }
             ] }"#,
         );
+        assert_eq!(specs.len(), 5);
         for spec in &specs {
             assert_eq!(&outbound_spec(&outbound_config(spec)).unwrap(), spec);
         }

@@ -10,16 +10,35 @@
 
 use std::sync::Arc;
 
+use shardray_wire::trojan::KEY_LEN;
 use uuid::Uuid;
 
 /// The slot of a user without an email: upstream keeps no counters for those.
 pub const NO_SLOT: u32 = u32::MAX;
 
+/// What a shard looks a user up by: the key its protocol's handshake carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UserId {
+    /// A VLESS user's UUID.
+    Uuid(Uuid),
+    /// A Trojan user's key: the 56 hex digits of SHA-224(password), as on the wire.
+    Trojan([u8; KEY_LEN]),
+}
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserId::Uuid(id) => write!(f, "{id}"),
+            UserId::Trojan(key) => f.write_str(std::str::from_utf8(key).unwrap_or("?")),
+        }
+    }
+}
+
 /// A user as the control thread resolved it for the shards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserKey {
     /// The user's id (the hot-path key).
-    pub id: Uuid,
+    pub id: UserId,
     /// The user's counter slot, or `NO_SLOT`.
     pub slot: u32,
     /// The user's policy level in this inbound.
@@ -42,7 +61,7 @@ pub enum UserOp {
     /// Remove the user and close its live sessions.
     Remove {
         /// The user's id.
-        id: Uuid,
+        id: UserId,
         /// The user's slot.
         slot: u32,
         /// No inbound lists the email any more: the shard forgets the slot's email.
@@ -51,13 +70,13 @@ pub enum UserOp {
     /// Move the user to another level; live sessions go on under it.
     SetLevel {
         /// The user's id.
-        id: Uuid,
+        id: UserId,
         /// The new level.
         level: u32,
     },
     /// Close the user's live sessions without removing it.
     Kick {
         /// The user's id.
-        id: Uuid,
+        id: UserId,
     },
 }

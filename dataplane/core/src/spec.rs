@@ -4,11 +4,14 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use shardray_wire::addr::Destination;
 use uuid::Uuid;
+
+use crate::slots::UserId;
 
 /// A whole validated config.
 #[derive(Debug, Clone)]
@@ -246,6 +249,9 @@ impl InboundSpec {
             InboundProtocol::Vless(v) => {
                 InboundProtocol::Vless(VlessInboundSpec { clients: Vec::new(), fallbacks: v.fallbacks.clone() })
             }
+            InboundProtocol::Trojan(t) => {
+                InboundProtocol::Trojan(TrojanInboundSpec { clients: Vec::new(), fallbacks: t.fallbacks.clone() })
+            }
             InboundProtocol::Dokodemo(d) => InboundProtocol::Dokodemo(d.clone()),
         };
         InboundSpec {
@@ -264,8 +270,39 @@ impl InboundSpec {
 pub enum InboundProtocol {
     /// `vless`
     Vless(VlessInboundSpec),
+    /// `trojan`
+    Trojan(TrojanInboundSpec),
     /// `dokodemo-door` (other than the API's own)
     Dokodemo(DokodemoSpec),
+}
+
+impl InboundProtocol {
+    /// The protocol's name as config writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            InboundProtocol::Vless(_) => "vless",
+            InboundProtocol::Trojan(_) => "trojan",
+            InboundProtocol::Dokodemo(_) => "dokodemo-door",
+        }
+    }
+
+    /// The configured users; `None` for a protocol without users (dokodemo-door).
+    pub fn clients(&self) -> Option<&[UserSpec]> {
+        match self {
+            InboundProtocol::Vless(v) => Some(&v.clients),
+            InboundProtocol::Trojan(t) => Some(&t.clients),
+            InboundProtocol::Dokodemo(_) => None,
+        }
+    }
+
+    /// The fallbacks (empty for a protocol without them).
+    pub fn fallbacks(&self) -> &[FallbackSpec] {
+        match self {
+            InboundProtocol::Vless(v) => &v.fallbacks,
+            InboundProtocol::Trojan(t) => &t.fallbacks,
+            InboundProtocol::Dokodemo(_) => &[],
+        }
+    }
 }
 
 /// `settings` of a VLESS inbound.
@@ -277,18 +314,55 @@ pub struct VlessInboundSpec {
     pub fallbacks: Vec<FallbackSpec>,
 }
 
+/// `settings` of a Trojan inbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrojanInboundSpec {
+    /// `clients`
+    pub clients: Vec<UserSpec>,
+    /// `fallbacks`, in config order.
+    pub fallbacks: Vec<FallbackSpec>,
+}
+
+/// What a user's client presents, by protocol: `clients[i].id` of a VLESS inbound,
+/// `clients[i].password` of a Trojan one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Account {
+    /// A VLESS user's id.
+    Vless(Uuid),
+    /// A Trojan user's password.
+    Trojan(Arc<str>),
+}
+
+impl Account {
+    /// The key a shard looks the user up by (a Trojan password's SHA-224, in hex).
+    pub fn key(&self) -> UserId {
+        match self {
+            Account::Vless(id) => UserId::Uuid(*id),
+            Account::Trojan(password) => UserId::Trojan(shardray_wire::trojan::password_key(password)),
+        }
+    }
+
+    /// The protocol the account belongs to, as config names it.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Account::Vless(_) => "vless",
+            Account::Trojan(_) => "trojan",
+        }
+    }
+}
+
 /// A user (`clients[i]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserSpec {
-    /// `id`
-    pub id: Uuid,
+    /// `id` (VLESS) or `password` (Trojan).
+    pub account: Account,
     /// `email`: the name counters and logs use; may be empty.
     pub email: String,
     /// `level`: the policy level.
     pub level: u32,
 }
 
-/// A fallback (`fallbacks[i]`): where a failed VLESS handshake's bytes go.
+/// A fallback (`fallbacks[i]`): where a failed VLESS or Trojan handshake's bytes go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FallbackSpec {
     /// `name`: match on the TLS SNI; empty matches any.
@@ -372,6 +446,35 @@ pub enum OutboundProtocol {
     Freedom(FreedomSpec),
     /// `blackhole`: drop the connection.
     Blackhole(BlackholeSpec),
+    /// `trojan`: relay through a Trojan server.
+    Trojan(TrojanOutboundSpec),
+}
+
+/// `settings` and `streamSettings` of a Trojan outbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrojanOutboundSpec {
+    /// `servers[0].address` and `servers[0].port`.
+    pub server: Destination,
+    /// `servers[0].password`.
+    pub password: String,
+    /// `servers[0].email`, for logs.
+    pub email: String,
+    /// `servers[0].level`.
+    pub level: u32,
+    /// `streamSettings` with `security: "tls"`; `None` sends Trojan over plain TCP.
+    pub tls: Option<TlsClientSpec>,
+}
+
+/// TLS client settings (an outbound's `streamSettings.tlsSettings`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsClientSpec {
+    /// `serverName`: the SNI sent and the name the certificate must carry (default: the
+    /// server's address).
+    pub server_name: String,
+    /// `allowInsecure`: accept any certificate.
+    pub allow_insecure: bool,
+    /// `alpn`: protocols offered, in order (none when empty).
+    pub alpn: Vec<String>,
 }
 
 /// `settings` of a freedom outbound.

@@ -169,17 +169,25 @@ pub enum Refusal {
     ApiAddress,
     /// A loopback or private address that no routing rule names.
     PrivateDestination,
+    /// A connection whose first bytes are not a valid request of its inbound's protocol (noise,
+    /// a wrong key, a truncated header, a handshake that timed out).
+    BadRequest,
+    /// A valid request for something the inbound does not serve (a UDP command, say).
+    UnsupportedCommand,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 2] = [Refusal::ApiAddress, Refusal::PrivateDestination];
+    pub const ALL: [Refusal; 4] =
+        [Refusal::ApiAddress, Refusal::PrivateDestination, Refusal::BadRequest, Refusal::UnsupportedCommand];
 
     /// The counter's name part: `refused>>>{name}`.
     pub fn name(self) -> &'static str {
         match self {
             Refusal::ApiAddress => "api_address",
             Refusal::PrivateDestination => "private_destination",
+            Refusal::BadRequest => "bad_request",
+            Refusal::UnsupportedCommand => "unsupported_command",
         }
     }
 
@@ -188,6 +196,8 @@ impl Refusal {
         match self {
             Refusal::ApiAddress => "the API's own address",
             Refusal::PrivateDestination => "loopback/private destination; add a routing rule naming it to allow it",
+            Refusal::BadRequest => "not a valid request",
+            Refusal::UnsupportedCommand => "a command this inbound does not serve",
         }
     }
 }

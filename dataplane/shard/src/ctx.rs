@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::transport::tls;
-use crate::users::{SessionWatchers, UserTable};
+use crate::users::{SessionWatchers, TableKey, TrojanKey, UserStates, UserTable};
 use futures_rustls::TlsAcceptor;
 use shardray_core::change::Change;
 use shardray_core::log::LogSink;
@@ -58,7 +58,19 @@ pub(crate) struct InboundRt {
 /// What an inbound does with a connection.
 pub(crate) enum InboundKind {
     Vless { users: RefCell<UserTable>, fallbacks: Vec<FallbackSpec> },
+    Trojan { users: RefCell<UserTable<TrojanKey>>, fallbacks: Vec<FallbackSpec> },
     Dokodemo(DokodemoSpec),
+}
+
+impl InboundKind {
+    /// The inbound's user table, whatever its key, for watching sessions.
+    pub(crate) fn user_states(&self) -> Option<&dyn UserStates> {
+        match self {
+            InboundKind::Vless { users, .. } => Some(users),
+            InboundKind::Trojan { users, .. } => Some(users),
+            InboundKind::Dokodemo(_) => None,
+        }
+    }
 }
 
 /// An outbound as a shard runs it.
@@ -66,6 +78,8 @@ pub(crate) struct OutboundRt {
     pub(crate) tag: Arc<str>,
     pub(crate) traffic: Traffic,
     pub(crate) protocol: OutboundProtocol,
+    /// A Trojan outbound's key and TLS client, built once.
+    pub(crate) trojan: Option<crate::outbound::trojan::TrojanClient>,
 }
 
 /// The outbounds, the compiled rules and the balancers of one epoch.
@@ -111,15 +125,25 @@ impl Routes {
                     old.outbounds.iter().find(|rt| !o.tag.is_empty() && *rt.tag == *o.tag && rt.protocol == o.protocol)
                 });
                 match kept {
-                    Some(rt) => rt.clone(),
-                    None => Rc::new(OutboundRt {
-                        tag: o.tag.as_str().into(),
-                        traffic: Traffic::default(),
-                        protocol: o.protocol.clone(),
-                    }),
+                    Some(rt) => Ok(rt.clone()),
+                    None => {
+                        let trojan = match &o.protocol {
+                            OutboundProtocol::Trojan(t) => Some(
+                                crate::outbound::trojan::TrojanClient::new(t)
+                                    .map_err(|e| format!("outbound {:?}: {e}", o.tag))?,
+                            ),
+                            _ => None,
+                        };
+                        Ok(Rc::new(OutboundRt {
+                            tag: o.tag.as_str().into(),
+                            traffic: Traffic::default(),
+                            protocol: o.protocol.clone(),
+                            trojan,
+                        }))
+                    }
                 }
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let by_tag = |tag: &str| match specs.outbound_index(tag) {
             Some(i) => Resolved::Outbound(i),
             None => Resolved::Missing(tag.into()),
@@ -236,6 +260,9 @@ impl ShardCtx {
             InboundProtocol::Vless(v) => {
                 InboundKind::Vless { users: RefCell::new(UserTable::default()), fallbacks: v.fallbacks.clone() }
             }
+            InboundProtocol::Trojan(t) => {
+                InboundKind::Trojan { users: RefCell::new(UserTable::default()), fallbacks: t.fallbacks.clone() }
+            }
             InboundProtocol::Dokodemo(d) => InboundKind::Dokodemo(d.clone()),
         };
         Ok(InboundRt { tag: inbound.tag.as_str().into(), traffic: Traffic::default(), tls, kind })
@@ -304,36 +331,57 @@ impl ShardCtx {
 
     /// Carries out user operations on one inbound's table and the slot counters.
     pub(crate) fn apply_users(&self, inbound: &InboundRt, ops: &[UserOp]) -> Result<(), String> {
-        let InboundKind::Vless { users: table, .. } = &inbound.kind else {
-            return Err(format!("inbound {} has no users", inbound.tag));
-        };
+        match &inbound.kind {
+            InboundKind::Vless { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
+            InboundKind::Trojan { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
+            InboundKind::Dokodemo(_) => Err(format!("inbound {} has no users", inbound.tag)),
+        }
+    }
+
+    /// `apply_users` for a table of any key; an id of another protocol's kind is an error.
+    fn apply_user_ops<K: TableKey>(
+        &self,
+        tag: &str,
+        table: &RefCell<UserTable<K>>,
+        ops: &[UserOp],
+    ) -> Result<(), String> {
+        let wrong = |id: &shardray_core::slots::UserId| format!("inbound {tag}: user key {id} is of another protocol");
         let mut users = table.borrow_mut();
         let mut slots = self.users.borrow_mut();
         // Sessions to wake once the table is released (they look at it when woken).
         let mut woken = Vec::new();
+        let mut failed = None;
         for op in ops {
+            let id = match op {
+                UserOp::Add { user, .. } => user.id,
+                UserOp::Remove { id, .. } | UserOp::SetLevel { id, .. } | UserOp::Kick { id } => *id,
+            };
+            let Some(key) = K::from_id(&id) else {
+                failed.get_or_insert_with(|| wrong(&id));
+                continue;
+            };
             match op {
                 UserOp::Add { user, email, new_slot } => {
                     if let Some(email) = email {
                         slots.assign(user.slot, email.clone(), *new_slot);
                     }
-                    users.insert(user);
+                    let _ = users.insert(user);
                 }
-                UserOp::Remove { id, slot, free_slot } => {
-                    woken.extend(users.remove(id));
+                UserOp::Remove { slot, free_slot, .. } => {
+                    woken.extend(users.remove(&key));
                     if *free_slot {
                         slots.free(*slot);
                     }
                 }
-                UserOp::SetLevel { id, level } => woken.extend(users.set_level(id, *level)),
-                UserOp::Kick { id } => woken.extend(users.kick(id)),
+                UserOp::SetLevel { level, .. } => woken.extend(users.set_level(&key, *level)),
+                UserOp::Kick { .. } => woken.extend(users.kick(&key)),
             }
         }
         drop((users, slots));
         for rec in woken {
             self.watchers.wake(table, rec);
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Applies an outbound or routing change: the specs change, and a new table replaces the

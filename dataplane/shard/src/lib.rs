@@ -10,8 +10,9 @@ mod relay;
 pub mod transport;
 mod users;
 
-/// A shard's user table, public for the micro-benchmarks in `bench/`.
-pub use users::UserTable;
+/// A shard's user table and the keys it is looked up by, public for the micro-benchmarks in
+/// `bench/`.
+pub use users::{TableKey, TrojanKey, UserTable};
 
 use std::net::SocketAddr;
 use std::rc::Rc;

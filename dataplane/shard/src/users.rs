@@ -1,9 +1,11 @@
 //! An inbound's users as a shard holds them, and the watch that closes a user's live sessions
 //! when the user is removed or kicked.
 //!
-//! A table is a dense vector of small records (id, counter slot, level, generation: 28 bytes)
-//! with an index by id that holds only record numbers: about 40 bytes a user. The email lives
-//! once per shard, in the slot counters, and the record holds no pointer. A session keeps a
+//! A table is a dense vector of small records (id, counter slot, level, generation: 28 bytes
+//! for a VLESS UUID, 68 for a Trojan key) with an index by id that holds only record numbers:
+//! about 40 bytes a VLESS user. The table is generic over the key its protocol's handshake
+//! carries (`TableKey`), so VLESS pays nothing for Trojan's longer key. The email lives once
+//! per shard, in the slot counters, and the record holds no pointer. A session keeps a
 //! `UserHandle` (record number and generation) and looks at the record when woken.
 
 use std::cell::{Cell, RefCell};
@@ -13,15 +15,53 @@ use std::task::Waker;
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
-use shardray_core::slots::UserKey;
+use shardray_core::slots::{UserId, UserKey};
 use shardray_core::stats::SlotCounters;
+use shardray_wire::trojan::KEY_LEN;
 use slab::Slab;
 use uuid::Uuid;
 
+/// The key a protocol's handshake looks its user up by.
+pub trait TableKey: Copy + Eq {
+    /// The bytes hashed and compared.
+    fn bytes(&self) -> &[u8];
+    /// This protocol's key, if `id` is one.
+    fn from_id(id: &UserId) -> Option<Self>;
+}
+
+impl TableKey for Uuid {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+
+    fn from_id(id: &UserId) -> Option<Self> {
+        match id {
+            UserId::Uuid(id) => Some(*id),
+            UserId::Trojan(_) => None,
+        }
+    }
+}
+
+/// A Trojan user's key: the hex SHA-224 of its password, as the handshake carries it.
+pub type TrojanKey = [u8; KEY_LEN];
+
+impl TableKey for TrojanKey {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn from_id(id: &UserId) -> Option<Self> {
+        match id {
+            UserId::Trojan(key) => Some(*key),
+            UserId::Uuid(_) => None,
+        }
+    }
+}
+
 /// A user as one shard's inbound knows it.
 #[derive(Debug, Clone, Copy)]
-struct UserRec {
-    id: Uuid,
+struct UserRec<K> {
+    id: K,
     slot: u32,
     level: u32,
     /// Bumped when the user's live sessions must close (removed or kicked) and when the record
@@ -54,26 +94,31 @@ impl UserHandle {
     }
 }
 
-/// One inbound's users, by id: what a VLESS handshake looks its user up in.
-#[derive(Default)]
-pub struct UserTable {
-    recs: Vec<UserRec>,
+/// One inbound's users, by id: what a VLESS or Trojan handshake looks its user up in.
+pub struct UserTable<K = Uuid> {
+    recs: Vec<UserRec<K>>,
     index: HashTable<u32>,
     free: Vec<u32>,
 }
 
-fn hash_id(id: &Uuid) -> u64 {
-    FxBuildHasher.hash_one(id.as_bytes())
+impl<K> Default for UserTable<K> {
+    fn default() -> Self {
+        UserTable { recs: Vec::new(), index: HashTable::new(), free: Vec::new() }
+    }
 }
 
-impl UserTable {
-    fn find(&self, id: &Uuid) -> Option<u32> {
+fn hash_id<K: TableKey>(id: &K) -> u64 {
+    FxBuildHasher.hash_one(id.bytes())
+}
+
+impl<K: TableKey> UserTable<K> {
+    fn find(&self, id: &K) -> Option<u32> {
         self.index.find(hash_id(id), |&r| self.recs[r as usize].id == *id).copied()
     }
 
     /// The user with this id, for a new session (`email` and `slot_generation` are the
     /// caller's to fill from the slot counters).
-    pub(crate) fn get(&self, id: &Uuid) -> Option<UserHandle> {
+    pub(crate) fn get(&self, id: &K) -> Option<UserHandle> {
         let rec = self.find(id)?;
         let r = &self.recs[rec as usize];
         Some(UserHandle {
@@ -87,7 +132,7 @@ impl UserTable {
     }
 
     /// Whether a user has this id.
-    pub fn contains(&self, id: &Uuid) -> bool {
+    pub fn contains(&self, id: &K) -> bool {
         self.find(id).is_some()
     }
 
@@ -97,16 +142,17 @@ impl UserTable {
         self.index.len()
     }
 
-    /// Adds the user (or replaces the one with its id).
-    pub fn insert(&mut self, user: &UserKey) {
-        if let Some(rec) = self.find(&user.id) {
+    /// Adds the user (or replaces the one with its id); a key of another protocol is refused.
+    pub fn insert(&mut self, user: &UserKey) -> Result<(), UserId> {
+        let id = K::from_id(&user.id).ok_or(user.id)?;
+        if let Some(rec) = self.find(&id) {
             let r = &mut self.recs[rec as usize];
             // A different user now: sessions of the old one close.
             r.generation = r.generation.wrapping_add(1);
             (r.slot, r.level) = (user.slot, user.level);
-            return;
+            return Ok(());
         }
-        let fresh = UserRec { id: user.id, slot: user.slot, level: user.level, generation: 0 };
+        let fresh = UserRec { id, slot: user.slot, level: user.level, generation: 0 };
         let rec = match self.free.pop() {
             Some(rec) => {
                 // Keep the generation running, so a handle to the record's last user stays stale.
@@ -120,11 +166,12 @@ impl UserTable {
             }
         };
         let recs = &self.recs;
-        self.index.insert_unique(hash_id(&user.id), rec, |&r| hash_id(&recs[r as usize].id));
+        self.index.insert_unique(hash_id(&id), rec, |&r| hash_id(&recs[r as usize].id));
+        Ok(())
     }
 
     /// Removes the user with this id; returns its watch key so its sessions can be woken.
-    pub fn remove(&mut self, id: &Uuid) -> Option<u32> {
+    pub fn remove(&mut self, id: &K) -> Option<u32> {
         let hash = hash_id(id);
         let recs = &self.recs;
         let entry = self.index.find_entry(hash, |&r| recs[r as usize].id == *id).ok()?;
@@ -136,7 +183,7 @@ impl UserTable {
     }
 
     /// Closes the user's live sessions: they see a new generation when next polled.
-    pub(crate) fn kick(&mut self, id: &Uuid) -> Option<u32> {
+    pub(crate) fn kick(&mut self, id: &K) -> Option<u32> {
         let rec = self.find(id)?;
         let r = &mut self.recs[rec as usize];
         r.generation = r.generation.wrapping_add(1);
@@ -144,7 +191,7 @@ impl UserTable {
     }
 
     /// Moves the user to another level; live sessions pick it up when next polled.
-    pub(crate) fn set_level(&mut self, id: &Uuid, level: u32) -> Option<u32> {
+    pub(crate) fn set_level(&mut self, id: &K, level: u32) -> Option<u32> {
         let rec = self.find(id)?;
         self.recs[rec as usize].level = level;
         Some(rec)
@@ -159,6 +206,23 @@ impl UserTable {
     }
 }
 
+/// A user table of any key, as the session watch looks at it.
+pub(crate) trait UserStates {
+    /// The level of `user`'s record, or `Err` if the session must close.
+    fn state(&self, user: &UserHandle) -> Result<u32, ()>;
+}
+
+impl<K: TableKey> UserStates for RefCell<UserTable<K>> {
+    fn state(&self, user: &UserHandle) -> Result<u32, ()> {
+        self.borrow().state(user)
+    }
+}
+
+/// The address that identifies a table among the watchers.
+fn table_key(table: &dyn UserStates) -> usize {
+    table as *const dyn UserStates as *const () as usize
+}
+
 /// The shard's live sessions that belong to users, so a removal or kick can wake them.
 #[derive(Default)]
 pub(crate) struct SessionWatchers {
@@ -168,8 +232,8 @@ pub(crate) struct SessionWatchers {
 
 impl SessionWatchers {
     /// Wakes the sessions of record `rec` of `table`, so they look at it again.
-    pub(crate) fn wake(&self, table: &RefCell<UserTable>, rec: u32) {
-        let key = table as *const _ as usize;
+    pub(crate) fn wake(&self, table: &dyn UserStates, rec: u32) {
+        let key = table_key(table);
         for (_, (t, r, waker)) in self.watchers.borrow().iter() {
             if *t == key && *r == rec {
                 waker.wake_by_ref();
@@ -193,31 +257,31 @@ pub(crate) enum UserState {
 /// the watchers.
 pub(crate) struct SessionWatch<'a> {
     watchers: &'a SessionWatchers,
-    table: &'a RefCell<UserTable>,
+    table: &'a dyn UserStates,
     user: UserHandle,
     level: Cell<u32>,
     key: Cell<Option<usize>>,
 }
 
 impl<'a> SessionWatch<'a> {
-    pub(crate) fn new(watchers: &'a SessionWatchers, table: &'a RefCell<UserTable>, user: UserHandle) -> Self {
+    pub(crate) fn new(watchers: &'a SessionWatchers, table: &'a dyn UserStates, user: UserHandle) -> Self {
         let level = Cell::new(user.level);
         SessionWatch { watchers, table, user, level, key: Cell::new(None) }
     }
 
     /// Whether the user was removed or kicked since the session started.
     pub(crate) fn is_closed(&self) -> bool {
-        self.table.borrow().state(&self.user).is_err()
+        self.table.state(&self.user).is_err()
     }
 
     /// What changed since the last look. The first call also registers the task's waker (a
     /// task's waker stays valid for the task's life), so later changes wake the session.
     pub(crate) fn check(&self, waker: &Waker) -> UserState {
         if self.key.get().is_none() {
-            let entry = (self.table as *const _ as usize, self.user.rec, waker.clone());
+            let entry = (table_key(self.table), self.user.rec, waker.clone());
             self.key.set(Some(self.watchers.watchers.borrow_mut().insert(entry)));
         }
-        let Ok(level) = self.table.borrow().state(&self.user) else {
+        let Ok(level) = self.table.state(&self.user) else {
             return UserState::Closed;
         };
         if level != self.level.replace(level) {
@@ -240,49 +304,69 @@ mod tests {
     use super::*;
 
     fn key(n: u8, slot: u32) -> UserKey {
-        UserKey { id: Uuid::from_bytes([n; 16]), slot, level: 0 }
+        UserKey { id: UserId::Uuid(Uuid::from_bytes([n; 16])), slot, level: 0 }
+    }
+
+    fn id(k: &UserKey) -> Uuid {
+        Uuid::from_id(&k.id).unwrap()
     }
 
     #[test]
     fn handles_go_stale_on_removal_kick_and_reuse() {
-        let mut t = UserTable::default();
-        t.insert(&key(1, 0));
-        t.insert(&key(2, 1));
-        let a = t.get(&key(1, 0).id).unwrap();
+        let mut t = UserTable::<Uuid>::default();
+        t.insert(&key(1, 0)).unwrap();
+        t.insert(&key(2, 1)).unwrap();
+        let a = t.get(&id(&key(1, 0))).unwrap();
         assert_eq!(t.state(&a), Ok(0));
-        t.set_level(&key(1, 0).id, 3);
+        t.set_level(&id(&key(1, 0)), 3);
         assert_eq!(t.state(&a), Ok(3));
-        t.kick(&key(1, 0).id);
+        t.kick(&id(&key(1, 0)));
         assert!(t.state(&a).is_err());
-        let a = t.get(&key(1, 0).id).unwrap();
-        assert_eq!(t.remove(&key(1, 0).id), Some(a.rec));
-        assert!(t.state(&a).is_err() && !t.contains(&key(1, 0).id));
+        let a = t.get(&id(&key(1, 0))).unwrap();
+        assert_eq!(t.remove(&id(&key(1, 0))), Some(a.rec));
+        assert!(t.state(&a).is_err() && !t.contains(&id(&key(1, 0))));
         // The record is reused by the next user; the old handle stays stale.
-        t.insert(&key(3, 0));
-        let c = t.get(&key(3, 0).id).unwrap();
+        t.insert(&key(3, 0)).unwrap();
+        let c = t.get(&id(&key(3, 0))).unwrap();
         assert_eq!(c.rec, a.rec);
         assert!(t.state(&a).is_err() && t.state(&c).is_ok());
         assert_eq!(t.len(), 2);
-        assert!(t.contains(&key(2, 1).id) && t.contains(&key(3, 0).id));
+        assert!(t.contains(&id(&key(2, 1))) && t.contains(&id(&key(3, 0))));
     }
 
     #[test]
     fn many_users_stay_findable_across_churn() {
-        let mut t = UserTable::default();
+        let mut t = UserTable::<Uuid>::default();
         let id = |i: u32| Uuid::from_u128(u128::from(i) * 0x9e37_79b9_7f4a_7c15);
         for i in 0..10_000 {
-            t.insert(&UserKey { id: id(i), slot: i, level: 0 });
+            t.insert(&UserKey { id: UserId::Uuid(id(i)), slot: i, level: 0 }).unwrap();
         }
         for i in (0..10_000).step_by(2) {
             assert!(t.remove(&id(i)).is_some());
         }
         for i in 10_000..15_000 {
-            t.insert(&UserKey { id: id(i), slot: i, level: 0 });
+            t.insert(&UserKey { id: UserId::Uuid(id(i)), slot: i, level: 0 }).unwrap();
         }
         assert_eq!(t.len(), 10_000);
         assert_eq!(t.recs.len(), 10_000);
         for i in 0..15_000 {
             assert_eq!(t.get(&id(i)).map(|h| h.slot), (i % 2 == 1 || i >= 10_000).then_some(i));
         }
+    }
+
+    #[test]
+    fn trojan_keys_and_a_key_of_another_protocol() {
+        let mut t = UserTable::<TrojanKey>::default();
+        let key = shardray_wire::trojan::password_key("hunter2");
+        t.insert(&UserKey { id: UserId::Trojan(key), slot: 4, level: 1 }).unwrap();
+        assert_eq!(t.get(&key).map(|h| (h.slot, h.level)), Some((4, 1)));
+        assert!(!t.contains(&shardray_wire::trojan::password_key("hunter3")));
+        assert!(t.insert(&key_uuid()).is_err(), "a UUID in a Trojan table");
+        let mut v = UserTable::<Uuid>::default();
+        assert!(v.insert(&UserKey { id: UserId::Trojan(key), slot: 0, level: 0 }).is_err());
+    }
+
+    fn key_uuid() -> UserKey {
+        key(9, 9)
     }
 }

@@ -1,20 +1,97 @@
-//! Fallbacks: a connection that is not valid VLESS is handed, bytes unchanged, to another
-//! server chosen by TLS server name, ALPN and HTTP path, as upstream does.
+//! What happens to a connection whose first bytes are not a valid request, for every
+//! protocol that shares a port with a fallback (VLESS, Trojan): it is handed, bytes unchanged,
+//! to another server chosen by TLS server name, ALPN and HTTP path, as upstream does; without
+//! fallbacks it is drained and closed at a time that does not depend on what was sent.
 
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpStream, UnixStream};
 use shardray_core::spec::{FallbackDest, FallbackSpec, LogLevel};
+use shardray_core::stats::Refusal;
 
 use super::ConnInfo;
 use crate::ctx::{InboundRt, ShardCtx};
 use crate::outbound::resolve;
 use crate::relay::{relay, NoMeter, RelayOptions};
 
-pub(super) async fn serve<S>(
+/// Why an inbound turned a connection away.
+pub(super) struct Rejected {
+    /// The inbound's protocol, for the log line.
+    pub(super) protocol: &'static str,
+    /// What was wrong, for the log line.
+    pub(super) reason: &'static str,
+    /// `BadRequest`: not a request of the protocol (fallback or drain); anything else: a valid
+    /// request that is not served, which is closed at once.
+    pub(super) why: Refusal,
+    /// When the connection was accepted: a drained connection closes a fixed time after it.
+    pub(super) started: Instant,
+}
+
+/// Turns a connection away: counted, logged at Info with the reason, and nothing written back.
+/// A bad request goes to the fallback if there is one (with the `len` bytes of `buf` it sent),
+/// else it is drained. A prober learns no more than from a silent server, or it meets the
+/// fallback, which sees its exact bytes.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn reject<S>(
+    ctx: &Rc<ShardCtx>,
+    inbound: &InboundRt,
+    fallbacks: &[FallbackSpec],
+    mut stream: S,
+    buf: &mut [u8],
+    len: usize,
+    info: &ConnInfo,
+    rejected: Rejected,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Rejected { protocol, reason, why, started } = rejected;
+    ctx.refusals.add(why);
+    ctx.log.access(format_args!("from {} rejected {protocol}: {reason}", info.peer));
+    ctx.log.error(LogLevel::Info, format_args!("[{}] {} rejected {protocol}: {reason}", inbound.tag, info.peer));
+    if why != Refusal::BadRequest {
+        let _ = stream.close().await;
+        return;
+    }
+    if !fallbacks.is_empty() && len > 0 {
+        serve(ctx, inbound, fallbacks, stream, &buf[..len], info).await;
+        return;
+    }
+    let until = started + ctx.policy(0).handshake + jitter(info.peer, started);
+    drain(&mut stream, buf, until).await;
+}
+
+/// Up to a second, different for each connection: the drain's randomised bound.
+fn jitter(peer: SocketAddr, started: Instant) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let mut x = u64::from(nanos) ^ (u64::from(peer.port()) << 32) ^ (started.elapsed().as_nanos() as u64) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    Duration::from_millis(x % 1000)
+}
+
+/// Reads and discards until the client closes, a read fails, or `until`: the close comes at a
+/// time that does not depend on how many bytes a prober sent, and no unread byte turns it into
+/// a reset.
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8], until: Instant) {
+    let reading = async {
+        while let Ok(n) = stream.read(buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let deadline = async {
+        glommio::timer::sleep(until.saturating_duration_since(Instant::now())).await;
+    };
+    futures_lite::future::or(reading, deadline).await;
+}
+
+async fn serve<S>(
     ctx: &Rc<ShardCtx>,
     inbound: &InboundRt,
     fallbacks: &[FallbackSpec],

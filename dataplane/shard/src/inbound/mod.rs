@@ -2,6 +2,7 @@
 
 mod dokodemo;
 mod fallback;
+mod trojan;
 mod vless;
 
 use std::io;
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
 use shardray_core::spec::LogLevel;
@@ -181,6 +182,69 @@ where
 {
     match &inbound.kind {
         InboundKind::Vless { users, fallbacks } => vless::serve(ctx, inbound, users, fallbacks, stream, info).await,
+        InboundKind::Trojan { users, fallbacks } => trojan::serve(ctx, inbound, users, fallbacks, stream, info).await,
         InboundKind::Dokodemo(spec) => dokodemo::serve(ctx, inbound, spec, stream, info).await,
+    }
+}
+
+/// Room for the longest VLESS or Trojan header plus the payload that usually arrives with it.
+const FIRST_READ: usize = 4096;
+
+/// Reads a protocol's first bytes into `buf` (`len` of them so far) until `decide` settles
+/// them: `decide(data, room)` returns `None` while more bytes may complete the request.
+/// `socket` is the stream's own plain TCP socket, if it has one. `Err` says why reading ended
+/// first (the client closed, or a read failed).
+async fn read_first<S, T>(
+    stream: &mut S,
+    socket: Option<RawFd>,
+    buf: &mut [u8],
+    len: &mut usize,
+    mut decide: impl FnMut(&[u8], usize) -> Option<T>,
+) -> Result<T, &'static str>
+where
+    S: AsyncRead + Unpin,
+{
+    // The header has usually arrived by the time the connection is accepted: read it at once
+    // instead of through glommio, whose new stream first waits for a readiness poll (one more
+    // trip through the ring per connection).
+    if let Some(fd) = socket {
+        match recv_now(fd, buf) {
+            Ok(0) => return Err("connection closed during handshake"),
+            Ok(n) => {
+                *len = n;
+                if let Some(outcome) = decide(&buf[..n], buf.len()) {
+                    return Ok(outcome);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err("read failed during handshake"),
+        }
+    }
+    loop {
+        let n = match stream.read(&mut buf[*len..]).await {
+            Ok(0) => return Err("connection closed during handshake"),
+            Ok(n) => n,
+            Err(_) => return Err("read failed during handshake"),
+        };
+        *len += n;
+        if let Some(outcome) = decide(&buf[..*len], buf.len()) {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// One nonblocking recv(2) on `fd`, an open socket nothing buffers above.
+fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `fd` belongs to the stream the caller holds; `buf` is a live slice of the
+        // stated length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! the session's counters, timeouts and access-log line.
 
 mod resolve;
+pub(crate) mod trojan;
 
 use std::cell::RefCell;
 use std::io;
@@ -20,11 +21,12 @@ use shardray_core::spec::{LevelPolicy, LogLevel, OutboundProtocol, RoutingDomain
 use shardray_core::stats::{Refusal, SlotCounters, Traffic};
 use shardray_wire::addr::Destination;
 
-use crate::ctx::{InboundKind, InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
+use crate::ctx::{InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
 use crate::relay::{relay, Meter, RelayEnd, RelayOptions};
 use crate::users::{SessionWatch, UserHandle};
 
 pub(crate) use resolve::resolve;
+use trojan::Upstream;
 
 /// How long a dial may take before the session is given up.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,8 +59,8 @@ pub(crate) async fn forward<C>(
 {
     let policy = ctx.policy(session.level);
     // Watch from the start, so a removal during the dial closes the session too.
-    let watch = match (&session.user, &session.inbound.kind) {
-        (Some(u), InboundKind::Vless { users, .. }) => Some(SessionWatch::new(&ctx.watchers, users, u.clone())),
+    let watch = match (&session.user, session.inbound.kind.user_states()) {
+        (Some(u), Some(users)) => Some(SessionWatch::new(&ctx.watchers, users, u.clone())),
         _ => None,
     };
     let email = session.user.as_ref().and_then(|u| u.email.as_deref()).filter(|e| !e.is_empty());
@@ -121,7 +123,7 @@ pub(crate) async fn forward<C>(
     if watch.as_ref().is_some_and(SessionWatch::is_closed) {
         return;
     }
-    let mut upstream = match &outbound.protocol {
+    let (mut upstream, preamble) = match &outbound.protocol {
         OutboundProtocol::Blackhole(b) => {
             access(None);
             if b.http_response {
@@ -144,7 +146,10 @@ pub(crate) async fn forward<C>(
             let dialed = Box::pin(dialing).await;
             access(dialed.as_ref().err().and_then(DialError::refusal));
             match dialed {
-                Ok(stream) => stream,
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    (Upstream::Tcp(stream), Vec::new())
+                }
                 Err(DialError::Refused(why)) => {
                     ctx.refusals.add(why);
                     ctx.log
@@ -159,22 +164,42 @@ pub(crate) async fn forward<C>(
                 }
             }
         }
+        OutboundProtocol::Trojan(t) => {
+            let Some(trojan) = &outbound.trojan else {
+                ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: trojan outbound not ready"));
+                let _ = client.close().await;
+                return;
+            };
+            let dialed = Box::pin(trojan::dial(trojan, &t.server)).await;
+            access(None);
+            match dialed {
+                Ok(up) => (up, trojan.header(dest)),
+                Err(e) => {
+                    let out = &outbound.tag;
+                    ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", t.server));
+                    let _ = client.close().await;
+                    return;
+                }
+            }
+        }
     };
-    let _ = upstream.set_nodelay(true);
 
     let mut meter = SessionMeter::new(ctx, &session, outbound, &policy);
     if let Some((slot, _)) = meter.user {
         ctx.users.borrow_mut().session_opened(slot, session.peer.ip(), unix_now());
     }
     let result = async {
-        if !early.is_empty() {
-            upstream.write_all(early).await?;
+        // The outbound protocol's header leaves with the payload that came with the request.
+        if !early.is_empty() || !preamble.is_empty() {
+            let mut first = preamble;
+            first.extend_from_slice(early);
+            upstream.write_all(&first).await?;
             meter.up(early.len() as u64);
         }
-        let options = RelayOptions::new(&policy)
-            .down_prefix(down_prefix)
-            .watch(watch.as_ref(), &ctx.config.policy)
-            .splice(session.client_fd, std::os::fd::AsRawFd::as_raw_fd(&upstream));
+        let mut options = RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &ctx.config.policy);
+        if let Some(fd) = upstream.plain_fd() {
+            options = options.splice(session.client_fd, fd);
+        }
         relay(client, &mut upstream, options, &mut meter).await
     }
     .await;

@@ -1,4 +1,4 @@
-//! Transports under the inbound protocols: TLS (rustls) for now, over a TCP stream shaped for it.
+//! Transports under the protocols: TLS (rustls, server and client) for now, over a TCP stream shaped for it.
 
 pub mod tls;
 pub(crate) mod tls_tcp;

@@ -1,4 +1,4 @@
-//! Builds a rustls server config from the validated TLS settings.
+//! Builds rustls server and client configs from the validated TLS settings.
 
 use std::sync::Arc;
 
@@ -54,4 +54,88 @@ pub fn server_config(spec: &TlsServerSpec) -> Result<Arc<ServerConfig>, InvalidT
         .map_err(|e| InvalidTls(format!("certificate and key: {e}")))?;
     config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+// === client ===
+
+/// Builds the client config of an outbound: the system's roots (or, with `allowInsecure`, any
+/// certificate whose handshake signature checks out), ALPN in config order. Control calls
+/// this once while validating; each shard builds its own copy.
+pub fn client_config(spec: &shardray_core::spec::TlsClientSpec) -> Result<Arc<rustls::ClientConfig>, InvalidTls> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| InvalidTls(e.to_string()))?;
+    let mut config = if spec.allow_insecure {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))).with_no_client_auth()
+    } else {
+        builder.with_root_certificates(system_roots()).with_no_client_auth()
+    };
+    config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The system's trusted roots, read once per process: `$SSL_CERT_FILE`, else the usual bundle
+/// paths of Debian, Fedora and Alpine. Empty if none is found (every verification then fails,
+/// naming the certificate).
+fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut store = rustls::RootCertStore::empty();
+            let env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+            let paths = env.into_iter().chain(
+                ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"]
+                    .map(std::path::PathBuf::from),
+            );
+            for path in paths {
+                if let Ok(pem) = std::fs::read(&path) {
+                    let mut reader = &pem[..];
+                    store.add_parsable_certificates(rustls_pemfile::certs(&mut reader).filter_map(Result::ok));
+                    break;
+                }
+            }
+            Arc::new(store)
+        })
+        .clone()
+}
+
+/// `allowInsecure`: any certificate is accepted, but the handshake's signatures are still
+/// checked against it, as upstream's `InsecureSkipVerify` does.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
