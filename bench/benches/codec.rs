@@ -1,19 +1,49 @@
-//! VLESS request header decode, next to a copy of the same bytes as the baseline.
+//! Plaintext request header decodes (VLESS, Trojan, SOCKS5, HTTP proxy heads), each next to a
+//! copy of the same bytes as the baseline.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use shardray_wire::addr::{Address, Destination};
-use shardray_wire::vless::{Command, RequestHeader};
+use shardray_wire::{http, socks, trojan, vless};
 use uuid::Uuid;
 
-fn header_bytes(addr: Address) -> Vec<u8> {
-    let header = RequestHeader {
+fn ipv4() -> Address {
+    Address::Ip(IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34)))
+}
+
+fn domain() -> Address {
+    Address::Domain("www.example.com".into())
+}
+
+/// Times `decode` on `bytes` and, beside it, a copy of the same bytes into a stack buffer.
+fn decode_and_baseline<T>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    bytes: &[u8],
+    decode: impl Fn(&[u8]) -> T,
+) {
+    group.bench_function(format!("decode/{name}"), |b| b.iter(|| black_box(decode(black_box(bytes)))));
+    group.bench_function(format!("copy_baseline/{name}"), |b| {
+        let mut dst = [0u8; 512];
+        b.iter(|| {
+            let src = black_box(bytes);
+            dst[..src.len()].copy_from_slice(src);
+            black_box(&dst);
+        })
+    });
+}
+
+// === VLESS ===
+
+fn vless_bytes(addr: Address) -> Vec<u8> {
+    let header = vless::RequestHeader {
         user: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
         flow: String::new(),
-        command: Command::Tcp,
+        command: vless::Command::Tcp,
         destination: Some(Destination { addr, port: 443 }),
     };
     let mut out = Vec::new();
@@ -22,36 +52,109 @@ fn header_bytes(addr: Address) -> Vec<u8> {
 }
 
 fn vless_decode(c: &mut Criterion) {
-    let cases = [
-        ("ipv4", header_bytes(Address::Ip(IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34))))),
-        ("domain", header_bytes(Address::Domain("www.example.com".into()))),
-    ];
+    let cases = [("ipv4", vless_bytes(ipv4())), ("domain", vless_bytes(domain()))];
     let mut group = c.benchmark_group("vless_header");
     group.sample_size(20).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
     for (name, bytes) in &cases {
         // Check the bytes decode, and decode completely, before timing them.
         let mut check = bytes.as_slice();
-        RequestHeader::decode(&mut check).expect("encoded header decodes");
+        vless::RequestHeader::decode(&mut check).expect("encoded header decodes");
         assert!(check.is_empty(), "decode consumed the whole header");
+        decode_and_baseline(&mut group, name, bytes, |mut buf| vless::RequestHeader::decode(&mut buf));
+    }
+    group.finish();
+}
 
-        group.bench_function(format!("decode/{name}"), |b| {
-            b.iter(|| {
-                let mut buf = black_box(bytes.as_slice());
-                black_box(RequestHeader::decode(&mut buf))
-            })
-        });
-        // Baseline: copy the same bytes into a stack buffer.
-        group.bench_function(format!("copy_baseline/{name}"), |b| {
-            let mut dst = [0u8; 64];
-            b.iter(|| {
-                let src = black_box(bytes.as_slice());
-                dst[..src.len()].copy_from_slice(src);
-                black_box(&dst);
-            })
+// === Trojan ===
+
+fn trojan_bytes(addr: Address) -> Vec<u8> {
+    let request = trojan::Request {
+        key: trojan::password_key("correct horse battery staple"),
+        command: trojan::Command::Connect,
+        destination: Destination { addr, port: 443 },
+    };
+    let mut out = Vec::new();
+    request.encode(&mut out);
+    out
+}
+
+fn trojan_decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("trojan_header");
+    for (name, bytes) in [("ipv4", trojan_bytes(ipv4())), ("domain", trojan_bytes(domain()))] {
+        let mut check = bytes.as_slice();
+        trojan::Request::decode(&mut check).expect("encoded request decodes");
+        assert!(check.is_empty(), "decode consumed the whole request");
+        // The server flow: peek the key (to look the user up), then decode.
+        decode_and_baseline(&mut group, name, &bytes, |mut buf| {
+            black_box(trojan::Request::peek_key(buf).is_ok());
+            trojan::Request::decode(&mut buf)
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, vless_decode);
+// === SOCKS5 ===
+
+fn socks_bytes(addr: Address) -> Vec<u8> {
+    // A greeting offering "no auth" and "password", then a CONNECT request, as one client flight.
+    let mut out = Vec::new();
+    socks::encode_greeting(&[socks::method::NO_AUTH, socks::method::PASSWORD], &mut out);
+    socks::Request { command: socks::Command::Connect, destination: Destination { addr, port: 443 } }.encode(&mut out);
+    out
+}
+
+fn socks_greeting_then_request(mut buf: &[u8]) -> Result<socks::Request, socks::SocksError> {
+    match socks::Greeting::decode(&mut buf)? {
+        socks::Greeting::Socks5 { methods } => {
+            black_box(socks::select_method(methods, false));
+        }
+        socks::Greeting::Socks4(_) => unreachable!("a SOCKS5 greeting"),
+    }
+    socks::Request::decode(&mut buf)
+}
+
+fn socks_decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("socks5_header");
+    for (name, bytes) in [("ipv4", socks_bytes(ipv4())), ("domain", socks_bytes(domain()))] {
+        socks_greeting_then_request(&bytes).expect("encoded greeting and request decode");
+        decode_and_baseline(&mut group, name, &bytes, socks_greeting_then_request);
+    }
+    group.finish();
+}
+
+// === HTTP proxy heads ===
+
+const HTTP_CONNECT: &[u8] = b"CONNECT www.example.com:443 HTTP/1.1\r\n\
+Host: www.example.com:443\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+Proxy-Connection: keep-alive\r\n\
+\r\n";
+
+const HTTP_ABSOLUTE: &[u8] = b"GET http://www.example.com/index.html?q=1 HTTP/1.1\r\n\
+Host: www.example.com\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
+Accept-Language: en-US,en;q=0.5\r\n\
+Accept-Encoding: gzip, deflate\r\n\
+Proxy-Connection: keep-alive\r\n\
+Upgrade-Insecure-Requests: 1\r\n\
+\r\n";
+
+fn http_decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("http_head");
+    for (name, bytes, kind) in [
+        ("connect", HTTP_CONNECT, http::RequestKind::Connect),
+        ("absolute_uri", HTTP_ABSOLUTE, http::RequestKind::Forward),
+    ] {
+        let mut forward = Vec::with_capacity(1024);
+        let head = http::RequestHead::parse(bytes, &mut forward).expect("head parses");
+        assert_eq!((head.kind, head.head_len), (kind, bytes.len()));
+        // The rewritten head (absolute URI) goes into a Vec reused across requests.
+        let forward = std::cell::RefCell::new(forward);
+        decode_and_baseline(&mut group, name, bytes, |buf| http::RequestHead::parse(buf, &mut forward.borrow_mut()));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, vless_decode, trojan_decode, socks_decode, http_decode);
 criterion_main!(benches);
