@@ -1023,8 +1023,11 @@ fn trojan_inbounds_load_as_xray_reads_them() {
     assert_eq!(err, "inbounds[0].settings.clients[1].password: missing");
     let err = trojan(&|w| w["inbounds"][0]["settings"]["clients"][0]["flow"] = json!("xtls-rprx-direct"));
     assert!(err.starts_with("inbounds[0].settings.clients[0].flow:"), "{err}");
-    let err = trojan(&|w| w["inbounds"][0]["settings"]["clients"][0]["id"] = json!(ALICE));
-    assert!(err.starts_with("inbounds[0].settings.clients[0].id: unknown field"), "{err}");
+    // A VLESS id in a Trojan client is a key Trojan does not have: ignored, with a warning.
+    let mut w = v.clone();
+    w["inbounds"][0]["settings"]["clients"][0]["id"] = json!(ALICE);
+    let warnings = load(&w).unwrap().ignored_keys;
+    assert!(warnings[0].starts_with("inbounds[0].settings.clients[0].id: unknown key ignored"), "{warnings:?}");
     let err = trojan(&|w| w["inbounds"][0]["settings"]["fallbacks"][1]["alpn"] = json!(""));
     assert_eq!(err, "inbounds[0].settings.fallbacks[1]: another fallback has the same name, alpn and path");
 }
