@@ -224,6 +224,9 @@ pub(super) struct RawCertificate {
     pub _one_time_loading: Option<bool>,
     #[serde(rename = "buildChain")]
     pub _build_chain: Option<bool>,
+    /// PasarGuard's own bookkeeping (whether its node serves this certificate).
+    #[serde(rename = "serveOnNode")]
+    pub _serve_on_node: Option<Value>,
 }
 
 /// `tcpSettings` / `rawSettings`
