@@ -152,10 +152,10 @@ const ROUTE_RECORDS: usize = 4096;
 
 /// Checks what validation could not without building runtime objects: TLS keys and chains.
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    for (i, inbound) in config.inbounds.iter().enumerate() {
+    for inbound in &config.inbounds {
         if let Some(tls) = &inbound.tls {
             shardray_shard::transport::tls::server_config(tls)
-                .map_err(|e| anyhow!("inbounds[{i}].streamSettings.tlsSettings: {e}"))?;
+                .map_err(|e| anyhow!("{}: streamSettings.tlsSettings: {e}", inbound.label()))?;
         }
     }
     Ok(())

@@ -177,3 +177,40 @@ fn plain_vless_on_the_tls_port_gets_nothing_and_the_server_keeps_serving() {
     let (ok, last) = settle(&api, 30_000, 30_000);
     assert!(ok, "only the TLS client's bytes should count, got {last:?}");
 }
+
+#[test]
+fn cipher_suites_choose_and_order_what_the_server_offers() {
+    // The server's list puts AES-128-GCM first; a client that prefers AES-256-GCM gets the
+    // server's choice, over TLS 1.3 and over TLS 1.2.
+    let certs = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(certs.path(), &["localhost"]);
+    let mut stream = cert.stream_settings("localhost", &[]);
+    stream["tlsSettings"]["cipherSuites"] =
+        json!("TLS_AES_128_GCM_SHA256:TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256:TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256");
+    let config = vless_config(json!([{ "id": ALICE }]), json!({ "streamSettings": stream }));
+    let server = Shardray::start(&config, 1);
+    let proxy = server.inbound("vless-in");
+
+    let client = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+        let mut provider = rustls::crypto::ring::default_provider();
+        // AES-256 first, as a client that prefers it sends its list.
+        provider.cipher_suites.sort_by_key(|s| !format!("{:?}", s.suite()).contains("AES_256"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert_der.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let stream = connect(proxy, std::sync::Arc::new(config), "localhost").expect("handshake");
+        format!("{:?}", stream.conn.negotiated_cipher_suite().unwrap().suite())
+    };
+    assert_eq!(client(&[&rustls::version::TLS13]), "TLS13_AES_128_GCM_SHA256");
+    assert!(client(&[&rustls::version::TLS12]).ends_with("_WITH_AES_128_GCM_SHA256"));
+
+    // A suite this build cannot offer stops the start, naming the field.
+    let mut bad = config.clone();
+    bad["inbounds"][0]["streamSettings"]["tlsSettings"]["cipherSuites"] = json!("TLS_RSA_WITH_AES_128_CBC_SHA");
+    let out = Shardray::try_start(&bad, 1).err().expect("start must fail");
+    assert!(out.contains("tlsSettings.cipherSuites: \"TLS_RSA_WITH_AES_128_CBC_SHA\" is not offered here"), "{out}");
+}

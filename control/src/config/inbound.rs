@@ -277,7 +277,6 @@ fn tls_server(raw: RawTlsSettings, path: &str) -> Result<TlsServerSpec, ConfigEr
         return Err(ConfigError::unsupported(format!("{path}.rejectUnknownSni"), "rejectUnknownSni"));
     }
     let unserved = [
-        ("cipherSuites", raw.cipher_suites.as_ref().is_some_and(|s| !s.is_empty())),
         ("curvePreferences", raw.curve_preferences.as_ref().is_some_and(|c| !c.is_empty())),
         ("echServerKeys", raw.ech_server_keys.as_ref().is_some_and(|s| !s.is_empty())),
         ("masterKeyLog", raw.master_key_log.as_ref().is_some_and(|s| !s.is_empty())),
@@ -315,7 +314,25 @@ fn tls_server(raw: RawTlsSettings, path: &str) -> Result<TlsServerSpec, ConfigEr
         }
     }
 
-    Ok(TlsServerSpec { server_name: raw.server_name.unwrap_or_default(), alpn, certificates, min_version, max_version })
+    let cipher_suites: Vec<String> = raw
+        .cipher_suites
+        .as_deref()
+        .unwrap_or("")
+        .split(':')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    shardray_shard::transport::tls::cipher_suites(&cipher_suites)
+        .map_err(|e| ConfigError::invalid(format!("{path}.cipherSuites"), e.0.trim_start_matches("cipherSuites: ")))?;
+    Ok(TlsServerSpec {
+        server_name: raw.server_name.unwrap_or_default(),
+        alpn,
+        certificates,
+        min_version,
+        max_version,
+        cipher_suites,
+    })
 }
 
 fn tls_version(value: Option<&str>, path: &str) -> Result<Option<TlsVersion>, ConfigError> {

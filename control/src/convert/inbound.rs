@@ -454,6 +454,7 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             next_protocol: t.alpn.clone(),
             min_version: version(t.min_version),
             max_version: version(t.max_version),
+            cipher_suites: t.cipher_suites.join(":"),
             ..Default::default()
         };
         (TLS.to_owned(), vec![typed(TLS, &settings)])
@@ -590,7 +591,8 @@ mod tests {
                 "fallbacks": [{ "dest": 8080 }, { "path": "/ws", "dest": "/run/ws.sock", "xver": 1 }]
             },
             "streamSettings": { "network": "tcp", "security": "tls", "tlsSettings": {
-                "serverName": "example.com", "alpn": ["http/1.1"], "minVersion": "1.3",
+                "serverName": "example.com", "alpn": ["http/1.1"], "minVersion": "1.2",
+                "cipherSuites": "TLS_AES_128_GCM_SHA256:TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
                 "certificates": [{
                     "certificate": ["-----BEGIN CERTIFICATE-----", "AAAA", "-----END CERTIFICATE-----"],
                     "key": ["-----BEGIN PRIVATE KEY-----", "BBBB", "-----END PRIVATE KEY-----"]

@@ -408,6 +408,9 @@ pub struct TlsServerSpec {
     pub min_version: Option<TlsVersion>,
     /// `maxVersion`
     pub max_version: Option<TlsVersion>,
+    /// `cipherSuites`, split at `:` and in order: restricts (and, as the server's preference,
+    /// orders) the suites offered; empty for rustls's defaults.
+    pub cipher_suites: Vec<String>,
 }
 
 /// A TLS protocol version.

@@ -45,15 +45,54 @@ pub fn server_config(spec: &TlsServerSpec) -> Result<Arc<ServerConfig>, InvalidT
     if versions.is_empty() {
         return Err(InvalidTls("minVersion is above maxVersion".into()));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !spec.cipher_suites.is_empty() {
+        provider.cipher_suites = cipher_suites(&spec.cipher_suites)?;
+    }
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&versions)
         .map_err(|e| InvalidTls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| InvalidTls(format!("certificate and key: {e}")))?;
     config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // A configured list is the server's preference, as its order says.
+    config.ignore_client_order = !spec.cipher_suites.is_empty();
     Ok(Arc::new(config))
+}
+
+/// The suites `cipherSuites` names (IANA/Go names, `TLS_AES_128_GCM_SHA256`,
+/// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`, ...), in its order. As in Xray, naming TLS 1.2
+/// suites restricts TLS 1.2 to them; naming TLS 1.3 suites (which Go ignores) restricts and
+/// orders TLS 1.3's too; a version none is named for keeps its defaults. A name this build
+/// cannot offer is an error, never skipped.
+pub fn cipher_suites(names: &[String]) -> Result<Vec<rustls::SupportedCipherSuite>, InvalidTls> {
+    let all = rustls::crypto::ring::default_provider().cipher_suites;
+    let iana = |s: &rustls::SupportedCipherSuite| {
+        let name = format!("{:?}", s.suite());
+        match name.strip_prefix("TLS13_") {
+            Some(rest) => format!("TLS_{rest}"),
+            None => name,
+        }
+    };
+    let mut chosen = Vec::new();
+    for name in names {
+        let suite = all.iter().find(|s| iana(s) == *name).ok_or_else(|| {
+            let offered: Vec<String> = all.iter().map(iana).collect();
+            InvalidTls(format!("cipherSuites: {name:?} is not offered here (it offers {})", offered.join(", ")))
+        })?;
+        chosen.push(*suite);
+    }
+    let named_13 = chosen.iter().any(|s| s.tls13().is_some());
+    let named_12 = chosen.iter().any(|s| s.tls13().is_none());
+    // A version no name mentions keeps all its suites, after the named ones.
+    for suite in all {
+        let keep = if suite.tls13().is_some() { !named_13 } else { !named_12 };
+        if keep {
+            chosen.push(suite);
+        }
+    }
+    Ok(chosen)
 }
 
 // === client ===
