@@ -4,5 +4,8 @@ use libfuzzer_sys::fuzz_target;
 use shardray_wire::socks::Request;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = Request::decode(&mut &data[..]);
+    let Ok(request) = Request::decode(&mut &data[..]) else { return };
+    let mut out = Vec::new();
+    request.encode(&mut out);
+    assert_eq!(Request::decode(&mut &out[..]), Ok(request));
 });

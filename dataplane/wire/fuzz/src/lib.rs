@@ -342,8 +342,7 @@ mod tests {
             if method.supports_identity_headers() {
                 let users = vec![ss_key(method, 2), user_key];
                 let server = Server::with_users(method, server_key, users).unwrap();
-                let mut wire =
-                    seal_ss2022_request(method, Some(&server_key), &user_key, &salt, 0, NOW, 11, &var, b"");
+                let mut wire = seal_ss2022_request(method, Some(&server_key), &user_key, &salt, 0, NOW, 11, &var, b"");
                 let (request, _) = server.decode_request(&mut wire, NOW, &mut ReplayFilter::new(4)).unwrap();
                 assert_eq!(request.user, Some(1));
             }
