@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CONFIG ?= examples/config.json
 
-.PHONY: run test build release fmt clippy lint bench perf peers
+.PHONY: run test build release fmt clippy lint bench perf peers fuzz
 
 run: release
 	./target/release/shardray test -c $(CONFIG)
@@ -48,3 +48,24 @@ bench:
 
 perf:
 	perf/run.sh
+
+# Fuzzing (not part of `make test`): every cargo-fuzz target in dataplane/wire/fuzz runs for
+# FUZZ_SECONDS, with the seeds in fuzz/seeds/<target> and a corpus kept in fuzz/corpus/<target>.
+# libFuzzer needs nightly features; RUSTC_BOOTSTRAP=1 lets stable build it. cargo-fuzz is
+# installed under FUZZ_TOOLS on first use. Crashes land in fuzz/artifacts/<target>/.
+FUZZ_SECONDS ?= 30
+FUZZ_TOOLS ?= $(CURDIR)/.cache/cargo-fuzz
+FUZZ_DIR := dataplane/wire/fuzz
+FUZZ_ENV := PATH="$(FUZZ_TOOLS)/bin:$$PATH" RUSTC_BOOTSTRAP=1
+
+fuzz: $(FUZZ_TOOLS)/bin/cargo-fuzz
+	cd $(FUZZ_DIR) && $(FUZZ_ENV) $(CARGO) fuzz build
+	cd $(FUZZ_DIR) && for t in $$($(FUZZ_ENV) $(CARGO) fuzz list); do \
+	  mkdir -p corpus/$$t; \
+	  echo "== $$t ($(FUZZ_SECONDS) s)"; \
+	  $(FUZZ_ENV) $(CARGO) fuzz run $$t corpus/$$t $$(test -d seeds/$$t && echo seeds/$$t) -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 || exit 1; \
+	done
+
+$(FUZZ_TOOLS)/bin/cargo-fuzz:
+	$(CARGO) install cargo-fuzz --locked --root $(FUZZ_TOOLS)

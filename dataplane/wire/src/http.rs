@@ -409,7 +409,9 @@ impl ResponseHead {
             return Ok(head);
         }
         out.extend_from_slice(if version == 0 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-        out.extend_from_slice(head.status.to_string().as_bytes());
+        // Three digits, as the status line requires and as Go writes it (`%03d`): an upstream's
+        // `000` must not reach the client as `0`.
+        out.extend_from_slice(format!("{:03}", head.status).as_bytes());
         out.push(b' ');
         out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -656,6 +658,19 @@ mod tests {
         assert_eq!(out, b"HTTP/1.1 100 Continue\r\n\r\n");
         let head = ResponseHead::forward(&cont[head.head_len..], &mut out).unwrap();
         assert_eq!((head.status, head.body, head.keep_alive), (204, BodyLength::Fixed(0), true));
+    }
+
+    #[test]
+    fn forwarded_status_keeps_three_digits() {
+        // Found by the http_response_forward fuzz target: `000` was written back as `0`, a status
+        // line the client cannot parse.
+        let mut out = Vec::new();
+        let head = ResponseHead::forward(b"HTTP/1.0 000 ontinue\r\n\r\n", &mut out).unwrap();
+        assert_eq!(head.status, 0);
+        assert_eq!(out, b"HTTP/1.0 000 ontinue\r\nConnection: close\r\n\r\n");
+        assert_eq!(ResponseHead::parse(&out).unwrap().status, 0);
+        ResponseHead::forward(b"HTTP/1.1 042 x\r\nContent-Length: 0\r\n\r\n", &mut out).unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 042 x\r\n"));
     }
 
     #[test]

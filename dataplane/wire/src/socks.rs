@@ -439,7 +439,14 @@ impl Socks4Request {
         if !fits(&self.user_id) {
             return Err(SocksError::TooLong);
         }
+        let zero_net;
         let (ip, domain) = match &self.destination.addr {
+            // A first octet of 0 announces SOCKS4a, so such an address goes as its dotted name
+            // (which the server parses back to the address).
+            Address::Ip(IpAddr::V4(ip)) if ip.octets()[0] == 0 => {
+                zero_net = ip.to_string();
+                ([0, 0, 0, 1], Some(zero_net.as_bytes()))
+            }
             Address::Ip(IpAddr::V4(ip)) => (ip.octets(), None),
             Address::Ip(IpAddr::V6(_)) => return Err(SocksError::BadAddressType(4)),
             Address::Domain(d) if fits(d.as_bytes()) => ([0, 0, 0, 1], Some(d.as_bytes())),
@@ -677,6 +684,21 @@ mod tests {
         assert_eq!(Socks4Request::decode(&mut &endless[..]), Err(SocksError::TooLong));
         let v6 = Socks4Request { destination: dest("::1", 80), user_id: Box::default() };
         assert_eq!(v6.encode(&mut Vec::new()), Err(SocksError::BadAddressType(4)));
+    }
+
+    #[test]
+    fn socks4_zero_network_address_goes_as_4a() {
+        // Found by the socks4_request fuzz target: the 4a request
+        // 04 01 0050 00000001 00 "0.1.2.3" 00 decodes to 0.1.2.3:80, which was re-encoded as a
+        // plain SOCKS4 IP 0.1.2.3; a first octet of 0 announces 4a, so servers then wait for a
+        // domain that never comes.
+        let wire = b"\x04\x01\x00\x50\x00\x00\x00\x01\x000.1.2.3\x00";
+        let req = Socks4Request::decode(&mut &wire[..]).unwrap();
+        assert_eq!(req.destination, dest("0.1.2.3", 80));
+        let mut out = Vec::new();
+        req.encode(&mut out).unwrap();
+        assert_eq!(out, wire);
+        assert_eq!(Socks4Request::decode(&mut &out[..]), Ok(req));
     }
 
     #[test]
