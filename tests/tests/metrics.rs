@@ -71,6 +71,53 @@ fn prometheus_reads_a_users_exact_payload_bytes() {
     assert_eq!(prometheus.query("up{job=\"shardray\"}").first().map(|s| s.1), Some(1.0));
     assert_eq!(prometheus.query("shardray_shard_epoch").len(), 2);
     assert_eq!(prometheus.query("process_resident_memory_bytes > 0").len(), 1);
+
+    // The Grafana dashboard: every query is valid PromQL to this Prometheus, and every metric
+    // it reads is in a scrape.
+    let text = scrape(&server);
+    for expr in dashboard_queries() {
+        for name in metric_names(&expr) {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+                "the dashboard reads {name}, which no scrape has:\n{text}"
+            );
+        }
+        let expr = expr.replace("$__rate_interval", "1m").replace("$job", ".*").replace("$instance", ".*");
+        prometheus.query(&expr);
+    }
+}
+
+/// Every query of `deploy/grafana/shardray.json`, checked for the shape Grafana imports.
+fn dashboard_queries() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/shardray.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("the dashboard is JSON");
+    assert_eq!(doc["uid"], "shardray");
+    assert!(doc["title"].is_string() && doc["schemaVersion"].is_u64(), "{doc}");
+    assert_eq!(doc["__inputs"][0]["name"], "DS_PROMETHEUS");
+    let panels = doc["panels"].as_array().expect("panels");
+    assert!(!panels.is_empty());
+    let mut exprs = Vec::new();
+    for p in panels {
+        assert!(p["title"].is_string() && p["type"].is_string() && p["gridPos"]["w"].is_u64(), "{p}");
+        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("no targets in {p}"));
+        exprs.extend(targets.iter().map(|t| t["expr"].as_str().unwrap_or_else(|| panic!("no expr in {t}")).to_owned()));
+    }
+    exprs
+}
+
+/// The names of our metrics (`shardray_*`, `process_*`) a PromQL expression reads.
+fn metric_names(expr: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    for prefix in ["shardray_", "process_"] {
+        for (at, _) in expr.match_indices(prefix) {
+            let preceded = expr[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_');
+            let len = expr[at..].find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(expr.len() - at);
+            if !preceded {
+                names.push(&expr[at..at + len]);
+            }
+        }
+    }
+    names
 }
 
 #[test]
