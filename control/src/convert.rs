@@ -55,7 +55,7 @@ pub fn message_type(t: &str) -> Result<(Flavor, &str), InvalidMessage> {
 }
 
 /// Every message the API knows, from the descriptor set compiled with the generated code.
-fn descriptors() -> &'static prost_reflect::DescriptorPool {
+pub(crate) fn descriptors() -> &'static prost_reflect::DescriptorPool {
     static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         prost_reflect::DescriptorPool::decode(shardray_proto::FILE_DESCRIPTOR_SET).expect("the built descriptor set")

@@ -9,6 +9,7 @@ pub mod config;
 pub mod convert;
 pub mod journal;
 pub mod logger;
+pub mod metrics;
 pub mod registry;
 pub mod run;
 pub mod server;

@@ -101,10 +101,20 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         Some(spec) => Some((spec.clone(), runtime.block_on(api::bind(spec))?)),
         None => None,
     };
-    let api_addrs: Vec<_> = match &api {
-        Some((_, api::ApiListener::Tcp(_, addr))) => vec![*addr],
-        _ => Vec::new(),
+    // The metrics endpoint too.
+    let metrics = match &config.metrics {
+        Some(spec) => Some((spec.clone(), runtime.block_on(api::bind_listen(&spec.listen, "metrics"))?)),
+        None => None,
     };
+    // Sessions may reach neither the API nor the metrics endpoint.
+    let api_addrs: Vec<_> = [api.as_ref().map(|(_, l)| l), metrics.as_ref().map(|(_, l)| l)]
+        .into_iter()
+        .flatten()
+        .filter_map(|l| match l {
+            api::ApiListener::Tcp(_, addr) => Some(*addr),
+            api::ApiListener::Unix(_) => None,
+        })
+        .collect();
     // The shards start from the registry's resolved users, not from the config's clients:
     // drop those, or a config that lists a million users keeps them all twice more.
     let users = restored.sets.initial_ops();
@@ -138,6 +148,19 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         runtime.spawn(async move {
             if let Err(e) = api::serve(spec, listener, state).await {
                 log.error(LogLevel::Error, format_args!("api stopped: {e:#}"));
+            }
+        });
+    }
+    if let Some((spec, listener)) = metrics {
+        match &listener {
+            api::ApiListener::Tcp(_, addr) => eprintln!("shardray: metrics listening on {addr}"),
+            api::ApiListener::Unix(_) => eprintln!("shardray: metrics listening on {:?}", spec.listen),
+        }
+        let log = server.log.clone();
+        let state = state.clone();
+        runtime.spawn(async move {
+            if let Err(e) = crate::metrics::serve(spec, listener, state).await {
+                log.error(LogLevel::Error, format_args!("metrics stopped: {e:#}"));
             }
         });
     }

@@ -4,6 +4,7 @@
 //! Everything is bounded: servers stop when dropped, reads time out, processes are killed.
 
 pub mod api;
+pub mod metrics;
 pub mod peers;
 pub mod servers;
 pub mod trojan;
@@ -44,6 +45,8 @@ pub struct Shardray {
     pub inbounds: HashMap<String, SocketAddr>,
     /// The API's address, if it listens on TCP.
     pub api: Option<SocketAddr>,
+    /// The metrics endpoint's address, if it listens on TCP.
+    pub metrics: Option<SocketAddr>,
     output: Arc<Mutex<String>>,
     /// The directory holding the config (and anything else the test put there).
     pub dir: tempfile::TempDir,
@@ -96,8 +99,10 @@ impl Shardray {
         drop(line_tx);
         let mut inbounds = HashMap::new();
         let mut api = None;
+        let mut metrics = None;
         let deadline = Instant::now() + START_TIMEOUT;
-        let mut server = Shardray { child: Some(child), inbounds: HashMap::new(), api: None, output, dir };
+        let mut server =
+            Shardray { child: Some(child), inbounds: HashMap::new(), api: None, metrics: None, output, dir };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match line_rx.recv_timeout(left) {
@@ -108,9 +113,12 @@ impl Shardray {
                         inbounds.insert(tag.trim_matches('"').to_owned(), addr.parse().unwrap());
                     } else if let Some(addr) = line.strip_prefix("shardray: api listening on ") {
                         api = addr.parse().ok();
+                    } else if let Some(addr) = line.strip_prefix("shardray: metrics listening on ") {
+                        metrics = addr.parse().ok();
                     } else if line.starts_with("shardray: started") {
                         server.inbounds = inbounds;
                         server.api = api;
+                        server.metrics = metrics;
                         return Ok(server);
                     }
                 }

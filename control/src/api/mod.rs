@@ -40,6 +40,8 @@ pub struct ApiState {
     pub audit: crate::audit::Audit,
     /// The shards' routing decisions, for SubscribeRoutingStats.
     pub route_stats: std::sync::Arc<routing::RouteStats>,
+    /// Calls by method and status, for `/metrics`.
+    pub requests: crate::metrics::ApiRequests,
 }
 
 impl ApiState {
@@ -67,6 +69,7 @@ impl ApiState {
             log,
             audit,
             route_stats,
+            requests: crate::metrics::ApiRequests::default(),
         })
     }
 
@@ -190,13 +193,19 @@ pub enum ApiListener {
 /// Binds the API's address. A non-loopback TCP address is refused: the API has no
 /// authentication of its own yet, so it must not be reachable from outside.
 pub async fn bind(spec: &ApiSpec) -> anyhow::Result<ApiListener> {
-    match &spec.listen {
+    bind_listen(&spec.listen, "api").await
+}
+
+/// Binds a loopback TCP address or a Unix socket for `who` (`api`, `metrics`), which prefixes
+/// the errors.
+pub async fn bind_listen(listen: &ApiListen, who: &str) -> anyhow::Result<ApiListener> {
+    match listen {
         ApiListen::Tcp(addr) => {
             if !addr.ip().is_loopback() {
-                bail!("api: refusing to listen on {addr}: the API listens on loopback or a Unix socket only");
+                bail!("{who}: refusing to listen on {addr}: it listens on loopback or a Unix socket only");
             }
             let listener =
-                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("api: cannot listen on {addr}"))?;
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{who}: cannot listen on {addr}"))?;
             let bound = listener.local_addr()?;
             Ok(ApiListener::Tcp(listener, bound))
         }
@@ -206,9 +215,105 @@ pub async fn bind(spec: &ApiSpec) -> anyhow::Result<ApiListener> {
                 let _ = std::fs::remove_file(path);
             }
             let listener = tokio::net::UnixListener::bind(path)
-                .with_context(|| format!("api: cannot listen on {}", path.display()))?;
+                .with_context(|| format!("{who}: cannot listen on {}", path.display()))?;
             Ok(ApiListener::Unix(listener))
         }
+    }
+}
+
+/// Counts every call by method and final gRPC status into `ApiRequests`: the status is in
+/// the answer's headers (an error answered at once) or in its trailers.
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    requests: crate::metrics::ApiRequests,
+}
+
+/// The `grpc-status` a header map carries, if any.
+fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Counted<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::BoxBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = self.requests.method_label(req.uri().path());
+        let requests = self.requests.clone();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let res = answer.await?;
+            if let Some(code) = grpc_status(res.headers()) {
+                requests.count(method, code);
+                return Ok(res);
+            }
+            let (parts, body) = res.into_parts();
+            let body = CountedBody { inner: body, pending: Some((requests, method)) };
+            Ok(http::Response::from_parts(parts, tonic::body::boxed(body)))
+        })
+    }
+}
+
+/// An answer's body that counts the call when its trailers pass (or when it ends or is
+/// dropped without them: `Unknown`, or `Canceled` if the client went away).
+struct CountedBody {
+    inner: tonic::body::BoxBody,
+    pending: Option<(crate::metrics::ApiRequests, String)>,
+}
+
+impl CountedBody {
+    fn finish(&mut self, code: i32) {
+        if let Some((requests, method)) = self.pending.take() {
+            requests.count(method, code);
+        }
+    }
+}
+
+impl http_body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    self.finish(code);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(status))) => self.finish(status.code() as i32),
+            std::task::Poll::Ready(None) => self.finish(tonic::Code::Unknown as i32),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        self.finish(tonic::Code::Cancelled as i32);
     }
 }
 
@@ -237,10 +342,24 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
         routes.add_service(reflection);
     }
 
+    // grpc.health.v1.Health, always: SERVING for the server ("") and each enabled service.
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    for name in SERVICES.iter().filter(|name| wants(name)) {
+        let full =
+            ALIASES.iter().find_map(|(_, to)| to.trim_matches('/').ends_with(name).then(|| to.trim_matches('/')));
+        if let Some(full) = full {
+            health.set_service_status(full, tonic_health::ServingStatus::Serving).await;
+        }
+    }
+    routes.add_service(health_service);
+
     let disabled: Arc<[&'static str]> = SERVICES.iter().copied().filter(|name| !wants(name)).collect();
     let log = state.log.clone();
+    let requests = state.requests.clone();
     let router = tonic::transport::Server::builder()
         .layer(tower::util::MapRequestLayer::new(canonical_path))
+        .layer(tower::layer::layer_fn(move |inner| Counted { inner, requests: requests.clone() }))
         .layer(tower::layer::layer_fn(move |inner| Disabled { inner, disabled: disabled.clone(), log: log.clone() }))
         .add_routes(routes.routes());
     match listener {

@@ -165,6 +165,28 @@ pub fn reported<'a>(
         .chain(links)
 }
 
+/// Calls `f(name, reported value)` for every counter QueryStats would report, for readers
+/// other than the API (`/metrics`, `/debug/vars`). The registry is locked by the caller.
+pub(crate) fn each_counter(
+    state: &ApiState,
+    registry: &Registry,
+    snaps: &[StatsSnapshot],
+    mut f: impl FnMut(&str, u64),
+) {
+    let book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
+    visit_counters(&state.config(), &registry.slots(), &book, snaps, None, |name, value, _, _| f(name, value));
+}
+
+/// How many users are online, as GetAllOnlineUsers counts them.
+pub(crate) fn online_users(config: &Config, registry: &Registry, snaps: &[StatsSnapshot]) -> usize {
+    let slots = registry.slots();
+    online_by_slot(snaps)
+        .into_keys()
+        .filter_map(|slot| slots.get(slot))
+        .filter(|v| tracks_online(config, v.level))
+        .count()
+}
+
 /// The StatsService implementation.
 pub struct StatsApi {
     state: Arc<ApiState>,

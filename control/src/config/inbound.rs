@@ -18,7 +18,7 @@ use super::raw::{
     RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawInbound, RawSniffing, RawStreamSettings,
     RawTcpSettings, RawTlsSettings, RawTrojanClient, RawTrojanSettings, RawVlessClient, RawVlessSettings, StringList,
 };
-use super::validate::{check_api_loopback, deserialize_at, is_empty_value, parse_host_port, parse_port, value_text};
+use super::validate::{check_loopback, deserialize_at, is_empty_value, parse_host_port, parse_port, value_text};
 
 /// Inbound protocols upstream has that shardray does not serve yet.
 const LATER_PROTOCOLS: &[&str] =
@@ -50,12 +50,19 @@ pub(super) struct Inbounds {
     pub listens: Vec<(String, SocketAddr)>,
     /// The dokodemo-door inbound carrying the API tag: its port's path and its address.
     pub api_inbound: Option<(String, SocketAddr)>,
+    /// The dokodemo-door inbound that routing sends to the metrics outbound, likewise.
+    pub metrics_inbound: Option<(String, SocketAddr)>,
 }
 
 /// Validates `inbounds`; the one whose tag is among `api_tags` becomes the API's listen
-/// address instead.
-pub(super) fn inbounds(raw: Option<Vec<RawInbound>>, api_tags: &[String]) -> Result<Inbounds, ConfigError> {
-    let mut out = Inbounds { specs: Vec::new(), listens: Vec::new(), api_inbound: None };
+/// address instead, and the one tagged in `metrics_tags` (the inbounds routed to the metrics
+/// outbound) the metrics endpoint's.
+pub(super) fn inbounds(
+    raw: Option<Vec<RawInbound>>,
+    api_tags: &[String],
+    metrics_tags: &[String],
+) -> Result<Inbounds, ConfigError> {
+    let mut out = Inbounds { specs: Vec::new(), listens: Vec::new(), api_inbound: None, metrics_inbound: None };
     let mut tags: HashMap<String, usize> = HashMap::new();
     for (i, ib) in raw.unwrap_or_default().into_iter().enumerate() {
         let path = format!("inbounds[{i}]");
@@ -75,7 +82,17 @@ pub(super) fn inbounds(raw: Option<Vec<RawInbound>>, api_tags: &[String]) -> Res
                     format!("a second API inbound (the first is at {})", first.trim_end_matches(".port")),
                 ));
             }
-            out.api_inbound = Some(api_inbound(ib, &path, &tag)?);
+            out.api_inbound = Some(api_inbound(ib, &path, &tag, "API")?);
+            continue;
+        }
+        if metrics_tags.contains(&tag) {
+            if let Some((first, _)) = &out.metrics_inbound {
+                return Err(ConfigError::invalid(
+                    format!("{path}.tag"),
+                    format!("a second inbound routed to the metrics outbound (the first is {first})"),
+                ));
+            }
+            out.metrics_inbound = Some(api_inbound(ib, &path, &tag, "metrics")?);
             continue;
         }
         let (mut spec, listen) = inbound(ib, &path, tag)?;
@@ -97,24 +114,28 @@ pub fn load_inbound(value: Value, path: &str) -> Result<InboundSpec, ConfigError
     Ok(inbound(raw, path, tag)?.0)
 }
 
-/// The API's dokodemo-door inbound: only its address matters, the rest is checked for form.
-fn api_inbound(ib: RawInbound, path: &str, tag: &str) -> Result<(String, SocketAddr), ConfigError> {
+/// The API's (or the metrics endpoint's, `who`) dokodemo-door inbound: only its address
+/// matters, the rest is checked for form.
+fn api_inbound(ib: RawInbound, path: &str, tag: &str, who: &str) -> Result<(String, SocketAddr), ConfigError> {
     let protocol = protocol_name(&ib, path)?;
     if !is_dokodemo(&protocol) {
         return Err(ConfigError::invalid(
             format!("{path}.protocol"),
-            format!("the API inbound {tag:?} must be dokodemo-door, not {protocol:?}"),
+            format!("the {who} inbound {tag:?} must be dokodemo-door, not {protocol:?}"),
         ));
     }
     let _: RawDokodemoSettings = deserialize_at(ib.settings.unwrap_or_else(empty_object), &format!("{path}.settings"))?;
     if stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?.0.is_some() {
-        return Err(ConfigError::unsupported(format!("{path}.streamSettings.security"), "TLS on the API inbound"));
+        return Err(ConfigError::unsupported(
+            format!("{path}.streamSettings.security"),
+            format!("TLS on the {who} inbound"),
+        ));
     }
     check_sniffing(ib.sniffing, path)?;
     check_allocate(ib.allocate, path)?;
     let listen_path = format!("{path}.listen");
     let ip = listen_ip(ib.listen.as_deref(), &listen_path)?;
-    check_api_loopback(ip, &listen_path)?;
+    check_loopback(ip, &listen_path, who)?;
     let port_path = format!("{path}.port");
     let port = inbound_port(ib.port.as_ref(), &port_path)?;
     Ok((port_path, SocketAddr::new(ip, port)))

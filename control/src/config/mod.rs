@@ -89,7 +89,7 @@ pub fn outbounds_of(doc: &Value) -> Result<Vec<shardray_core::spec::OutboundSpec
 pub fn routing_of(doc: &Value) -> Result<shardray_core::spec::RoutingSpec, ConfigError> {
     let section = doc.get("routing").cloned().ok_or_else(|| ConfigError::invalid("routing", "missing"))?;
     let raw: raw::RawRouting = validate::deserialize_at(section, "routing")?;
-    routing::routing(Some(raw), None, None)
+    routing::routing(Some(raw), None, &[])
 }
 
 /// What `geoip:private` stands for, for rules that arrive through the API.
@@ -145,7 +145,7 @@ fn build(doc: Map<String, Value>) -> Result<Config, ConfigError> {
     notes.extend(ignored_fingerprints(&doc));
     let (config, ignored) = validate::collect_ignored(|| validate::validate(parse_raw(doc)?));
     let mut config = config?;
-    config.notes = notes;
+    config.notes.splice(0..0, notes);
     config.ignored_keys = ignored;
     Ok(config)
 }

@@ -33,6 +33,16 @@ pub(super) struct RawConfig {
     pub metrics: Option<Value>,
 }
 
+/// `metrics`: Xray's `tag` and `listen`, and our per-user series switches.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawMetrics {
+    pub tag: Option<String>,
+    pub listen: Option<String>,
+    pub user_series: Option<bool>,
+    pub max_user_series: Option<u64>,
+}
+
 /// `log`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

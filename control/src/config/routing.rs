@@ -28,13 +28,13 @@ pub(crate) const PRIVATE_NETS: &[&str] = &[
     "::1/128",
 ];
 
-/// Validates `routing` against the outbounds' tags (and the API's, whose rules are dropped).
-/// Without outbounds (rules for a running server, whose outbounds are elsewhere), rules may
-/// name any outbound.
+/// Validates `routing` against the outbounds' tags (and the API's and the metrics endpoint's,
+/// `control_tags`, whose rules are dropped). Without outbounds (rules for a running server,
+/// whose outbounds are elsewhere), rules may name any outbound.
 pub(super) fn routing(
     raw: Option<RawRouting>,
     outbounds: Option<&[OutboundSpec]>,
-    api_tag: Option<&str>,
+    control_tags: &[&str],
 ) -> Result<RoutingSpec, ConfigError> {
     let raw = raw.unwrap_or_default();
     let strategy = raw.domain_strategy.unwrap_or_default().to_ascii_lowercase();
@@ -82,7 +82,7 @@ pub(super) fn routing(
             rules.push(spec);
             continue;
         }
-        if api_tag == Some(spec.outbound_tag.as_str()) {
+        if control_tags.contains(&spec.outbound_tag.as_str()) {
             continue;
         }
         if outbounds.is_some_and(|list| !list.iter().any(|o| o.tag == spec.outbound_tag)) {

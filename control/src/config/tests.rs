@@ -402,6 +402,79 @@ fn api_listen_wins_over_the_api_inbound() {
     assert_eq!(load(&v).unwrap().api.unwrap().listen, ApiListen::Unix("/run/shardray/api.sock".into()));
 }
 
+#[test]
+fn metrics_listen_and_our_keys() {
+    let mut v = base();
+    set(&mut v, "", "metrics", json!({ "listen": "127.0.0.1:11111" }));
+    let m = load(&v).unwrap().metrics.unwrap();
+    // Xray's default tag when only listen is set.
+    assert_eq!(m.tag, "Metrics");
+    assert_eq!(m.listen, ApiListen::Tcp("127.0.0.1:11111".parse().unwrap()));
+    assert!(!m.user_series);
+    assert_eq!(m.max_user_series, shardray_core::spec::DEFAULT_MAX_USER_SERIES);
+
+    let mut v = base();
+    set(
+        &mut v,
+        "",
+        "metrics",
+        json!({ "listen": "/run/shardray/metrics.sock", "userSeries": true, "maxUserSeries": 5 }),
+    );
+    let m = load(&v).unwrap().metrics.unwrap();
+    assert_eq!(m.listen, ApiListen::Unix("/run/shardray/metrics.sock".into()));
+    assert!(m.user_series);
+    assert_eq!(m.max_user_series, 5);
+}
+
+#[test]
+fn metrics_refuses_what_it_must() {
+    let err = broken(|v| set(v, "", "metrics", json!({ "listen": "0.0.0.0:11111" })));
+    assert_eq!(err.path, "metrics.listen");
+    assert!(err.to_string().contains("loopback or a Unix socket only"), "{err}");
+    let err = broken(|v| set(v, "", "metrics", json!({})));
+    assert_eq!(err.to_string(), "metrics: Metrics must have a tag or listen address.");
+    let err = broken(|v| set(v, "", "metrics", json!({ "listen": "127.0.0.1:10086" })));
+    assert_eq!(err.path, "metrics.listen");
+    assert!(err.to_string().contains("already taken by inbounds[0].port"), "{err}");
+    let err = broken(|v| set(v, "", "metrics", json!({ "listen": "127.0.0.1:1", "maxUserSeries": -1 })));
+    assert_eq!(err.path, "metrics.maxUserSeries");
+    let err = broken(|v| set(v, "", "metrics", json!({ "tag": "direct", "listen": "127.0.0.1:1" })));
+    assert_eq!(err.to_string(), "outbounds[0].tag: \"direct\" is the metrics tag");
+}
+
+#[test]
+fn metrics_through_a_routed_dokodemo_inbound_as_xray() {
+    let mut v = base();
+    set(&mut v, "", "metrics", json!({ "tag": "metrics_out" }));
+    at(&mut v, "/inbounds").as_array_mut().unwrap().push(json!({
+        "tag": "metrics_in", "listen": "127.0.0.1", "port": 11111, "protocol": "dokodemo-door",
+        "settings": { "address": "127.0.0.1" }
+    }));
+    at(&mut v, "/routing/rules")
+        .as_array_mut()
+        .unwrap()
+        .insert(0, json!({ "type": "field", "inboundTag": ["metrics_in"], "outboundTag": "metrics_out" }));
+    let cfg = load(&v).unwrap();
+    let m = cfg.metrics.unwrap();
+    assert_eq!(m.tag, "metrics_out");
+    assert_eq!(m.listen, ApiListen::Tcp("127.0.0.1:11111".parse().unwrap()));
+    // The shards neither serve the metrics inbound nor route to the metrics outbound.
+    assert_eq!(cfg.inbounds.len(), 1);
+    assert!(cfg.routing.rules.iter().all(|r| r.outbound_tag != "metrics_out"));
+
+    // A non-loopback metrics inbound is refused by its path.
+    at(&mut v, "/inbounds/1")["listen"] = json!("0.0.0.0");
+    let err = load(&v).unwrap_err();
+    assert_eq!(err.path, "inbounds[1].listen");
+
+    // A tag nothing routes to loads, as in Xray, with a note, and serves nothing.
+    let mut v = base();
+    set(&mut v, "", "metrics", json!({ "tag": "metrics_out" }));
+    let cfg = load(&v).unwrap();
+    assert!(cfg.metrics.is_none());
+    assert!(cfg.notes.iter().any(|n| n.starts_with("metrics.tag:")), "{:?}", cfg.notes);
+}
+
 // === config directories ===
 
 #[test]

@@ -10,13 +10,13 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shardray_core::spec::{
-    ApiListen, ApiSpec, Config, LevelPolicy, LogLevel, LogSpec, LogTarget, PolicySpec, SocketOptions, SystemPolicy,
-    DEFAULT_BUFFER_SIZE,
+    ApiListen, ApiSpec, Config, LevelPolicy, LogLevel, LogSpec, LogTarget, MetricsSpec, PolicySpec, SocketOptions,
+    SystemPolicy, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_USER_SERIES,
 };
 use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
-use super::raw::{RawApi, RawConfig, RawLevelPolicy, RawLog, RawPolicy, RawSockopt};
+use super::raw::{RawApi, RawConfig, RawLevelPolicy, RawLog, RawMetrics, RawPolicy, RawRouting, RawSockopt};
 use super::{inbound, outbound, routing};
 
 /// The smallest relay buffer a level gets (`bufferSize: 0` asks for as little as possible).
@@ -49,19 +49,24 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         None => None,
     };
     let api_tag = api.as_ref().map(|a| a.tag.as_str());
+    let metrics = raw.metrics.map(|value| metrics_head(value, raw.routing.as_ref())).transpose()?;
+    let metrics_tags = metrics.as_ref().map(|m| m.inbound_tags.clone()).unwrap_or_default();
+    let control_tags: Vec<&str> = api_tag.into_iter().chain(metrics.as_ref().map(|m| m.tag.as_str())).collect();
 
     // The API's inbound is the one tagged as the API (3x-ui's form), or one that a routing rule
     // sends to the API's tag (Marzban's: inbound "API_INBOUND", rule to outboundTag "API").
     let mut api_inbound_tags: Vec<String> = api_tag.map(str::to_owned).into_iter().collect();
     if let Some(tag) = api_tag {
-        let rules = raw.routing.as_ref().and_then(|r| r.rules.as_deref()).unwrap_or_default();
-        for rule in rules.iter().filter(|r| r.outbound_tag.as_deref() == Some(tag)) {
-            api_inbound_tags.extend(rule.inbound_tag.iter().flat_map(|l| l.0.iter().cloned()));
-        }
+        api_inbound_tags.extend(routed_to(raw.routing.as_ref(), tag));
     }
     let outbounds = outbound::outbounds(raw.outbounds, api_tag)?;
-    let inbounds = inbound::inbounds(raw.inbounds, &api_inbound_tags)?;
-    let routing = routing::routing(raw.routing, Some(&outbounds), api_tag)?;
+    if let Some(m) = &metrics {
+        if let Some(i) = outbounds.iter().position(|o| o.tag == m.tag) {
+            return Err(ConfigError::invalid(format!("outbounds[{i}].tag"), format!("{:?} is the metrics tag", m.tag)));
+        }
+    }
+    let inbounds = inbound::inbounds(raw.inbounds, &api_inbound_tags, &metrics_tags)?;
+    let routing = routing::routing(raw.routing, Some(&outbounds), &control_tags)?;
 
     let mut listens = inbounds.listens;
     let api = match api {
@@ -92,17 +97,51 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some(ApiSpec { tag: head.tag, listen, services: head.services })
         }
     };
+    let mut notes = Vec::new();
+    let metrics = match metrics {
+        None => None,
+        Some(head) => {
+            let listen = match (head.listen, inbounds.metrics_inbound) {
+                (Some(listen), _) => {
+                    if let ApiListen::Tcp(addr) = &listen {
+                        listens.push(("metrics.listen".to_string(), *addr));
+                    }
+                    Some(listen)
+                }
+                (None, Some((path, addr))) => {
+                    listens.push((path, addr));
+                    Some(ApiListen::Tcp(addr))
+                }
+                (None, None) => {
+                    // Xray starts such a metrics outbound all the same, unreachable.
+                    notes.push(format!(
+                        "metrics.tag: no dokodemo-door inbound is routed to {:?} and metrics.listen is not \
+                         set, so metrics are not served",
+                        head.tag
+                    ));
+                    None
+                }
+            };
+            listen.map(|listen| MetricsSpec {
+                tag: head.tag,
+                listen,
+                user_series: head.user_series,
+                max_user_series: head.max_user_series,
+            })
+        }
+    };
     check_listen_conflicts(&listens)?;
 
     Ok(Config {
         log,
         api,
+        metrics,
         stats_enabled,
         policy,
         inbounds: inbounds.specs,
         outbounds,
         routing,
-        notes: Vec::new(),
+        notes,
         ignored_keys: Vec::new(),
     })
 }
@@ -116,7 +155,6 @@ fn check_unserved_sections(raw: &RawConfig) -> Result<(), ConfigError> {
         ("fakedns", &raw.fakedns),
         ("observatory", &raw.observatory),
         ("burstObservatory", &raw.burst_observatory),
-        ("metrics", &raw.metrics),
     ];
     for (key, value) in sections {
         if let Some(value) = value {
@@ -257,27 +295,76 @@ fn api_head(raw: RawApi, system_services: Option<Vec<String>>) -> Result<ApiHead
 }
 
 fn api_listen(s: &str) -> Result<ApiListen, ConfigError> {
+    listen_at(s, "api.listen", "API")
+}
+
+/// A listen address at `path` for `who` (the API, the metrics endpoint): loopback or a Unix
+/// socket.
+fn listen_at(s: &str, path: &str, who: &str) -> Result<ApiListen, ConfigError> {
     if s.starts_with('/') || s.starts_with('@') {
         return Ok(ApiListen::Unix(PathBuf::from(s)));
     }
-    let bad = || ConfigError::invalid("api.listen", format!("{s:?} is neither \"ip:port\" nor a Unix socket path"));
+    let bad = || ConfigError::invalid(path, format!("{s:?} is neither \"ip:port\" nor a Unix socket path"));
     let dest = parse_host_port(s).ok_or_else(bad)?;
     let ip = match &dest.addr {
         Address::Ip(ip) => *ip,
         Address::Domain(d) if d.eq_ignore_ascii_case("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Address::Domain(_) => return Err(bad()),
     };
-    check_api_loopback(ip, "api.listen")?;
+    check_loopback(ip, path, who)?;
     Ok(ApiListen::Tcp(SocketAddr::new(ip, dest.port)))
 }
 
-/// The API has no authentication of its own, so over TCP it listens on loopback only.
-pub(super) fn check_api_loopback(ip: IpAddr, path: &str) -> Result<(), ConfigError> {
+/// The API and the metrics endpoint (`who`) have no authentication of their own, so over TCP
+/// they listen on loopback only.
+pub(super) fn check_loopback(ip: IpAddr, path: &str, who: &str) -> Result<(), ConfigError> {
     if ip.is_loopback() {
         Ok(())
     } else {
-        Err(ConfigError::invalid(path, format!("the API listens on loopback or a Unix socket only, not on {ip}")))
+        Err(ConfigError::invalid(path, format!("the {who} listens on loopback or a Unix socket only, not on {ip}")))
     }
+}
+
+// === metrics ===
+
+/// The `metrics` section before the inbounds are known.
+struct MetricsHead {
+    tag: String,
+    listen: Option<ApiListen>,
+    /// The inbounds that routing sends to the metrics outbound (Xray's form).
+    inbound_tags: Vec<String>,
+    user_series: bool,
+    max_user_series: usize,
+}
+
+/// Reads `metrics` as Xray does (a tag, a listen address, or both; `Metrics` is the tag when
+/// only `listen` is set), with our `userSeries` and `maxUserSeries`.
+/// The inbound tags of the routing rules that send to `outbound_tag` (how Xray wires its API
+/// and metrics inbounds to their handlers).
+fn routed_to(routing: Option<&RawRouting>, outbound_tag: &str) -> Vec<String> {
+    let rules = routing.and_then(|r| r.rules.as_deref()).unwrap_or_default();
+    rules
+        .iter()
+        .filter(|rule| rule.outbound_tag.as_deref() == Some(outbound_tag))
+        .flat_map(|rule| rule.inbound_tag.iter().flat_map(|list| list.0.iter().cloned()))
+        .collect()
+}
+
+fn metrics_head(value: Value, routing: Option<&RawRouting>) -> Result<MetricsHead, ConfigError> {
+    let raw: RawMetrics = deserialize_at(value, "metrics")?;
+    let listen = match raw.listen.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(listen_at(s, "metrics.listen", "metrics endpoint")?),
+    };
+    let tag = match raw.tag.filter(|t| !t.is_empty()) {
+        Some(tag) => tag,
+        None if listen.is_some() => "Metrics".to_string(),
+        None => return Err(ConfigError::invalid("metrics", "Metrics must have a tag or listen address.")),
+    };
+    let inbound_tags = routed_to(routing, &tag);
+    let max_user_series =
+        raw.max_user_series.map_or(DEFAULT_MAX_USER_SERIES, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    Ok(MetricsHead { tag, listen, inbound_tags, user_series: raw.user_series.unwrap_or(false), max_user_series })
 }
 
 // === checks across sections ===

@@ -20,6 +20,8 @@ pub struct Config {
     pub log: LogSpec,
     /// The management API, if configured.
     pub api: Option<ApiSpec>,
+    /// The metrics endpoint (`metrics`), if configured and reachable.
+    pub metrics: Option<MetricsSpec>,
     /// Whether the `stats` object is present (counters are kept only then, as upstream).
     pub stats_enabled: bool,
     /// Per-level and system policy.
@@ -46,6 +48,7 @@ impl Config {
         Config {
             log: self.log.clone(),
             api: self.api.clone(),
+            metrics: self.metrics.clone(),
             stats_enabled: self.stats_enabled,
             policy: self.policy.clone(),
             inbounds: self.inbounds.iter().map(InboundSpec::clone_without_users).collect(),
@@ -107,7 +110,7 @@ pub struct ApiSpec {
     pub services: Vec<String>,
 }
 
-/// Where the API listens.
+/// Where the API (or the metrics endpoint) listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiListen {
     /// A TCP address, from `api.listen` or from the dokodemo-door inbound carrying the API tag.
@@ -115,6 +118,23 @@ pub enum ApiListen {
     /// A Unix socket path from `api.listen`.
     Unix(PathBuf),
 }
+
+/// The metrics endpoint (`metrics`): Prometheus `/metrics`, Xray's `/debug/vars`, `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSpec {
+    /// `metrics.tag`: the tag of Xray's metrics outbound (`Metrics` when only `listen` is set).
+    pub tag: String,
+    /// Where the HTTP server listens: `metrics.listen`, or the dokodemo-door inbound that a
+    /// routing rule sends to the metrics outbound. Loopback or a Unix socket only.
+    pub listen: ApiListen,
+    /// `metrics.userSeries` (ours): whether `/metrics` has per-user traffic series.
+    pub user_series: bool,
+    /// `metrics.maxUserSeries` (ours): at most this many users get series, the top by traffic.
+    pub max_user_series: usize,
+}
+
+/// How many users get per-user series when `metrics.maxUserSeries` is not set.
+pub const DEFAULT_MAX_USER_SERIES: usize = 1000;
 
 /// Policy (`policy`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

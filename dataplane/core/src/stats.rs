@@ -248,6 +248,8 @@ pub struct StatsSnapshot {
     pub live_sessions: u64,
     /// Destinations refused, by reason (`Refusal as usize`).
     pub refusals: [u64; Refusal::ALL.len()],
+    /// The last epoch the shard applied.
+    pub epoch: u64,
 }
 
 impl StatsSnapshot {

@@ -413,6 +413,7 @@ impl ShardCtx {
             outbounds: self.routes.borrow().outbounds.iter().map(|o| link(&o.tag, &o.traffic)).collect(),
             live_sessions: self.live.get(),
             refusals: self.refusals.sample(),
+            epoch: self.applied.get(),
             ..Default::default()
         };
         self.users.borrow().sample(only_slot, &mut snap);
