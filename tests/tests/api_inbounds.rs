@@ -14,7 +14,7 @@ use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::vless as vless_pb;
 use shardray_tests::api::{typed, vless_user, ApiClient};
 use shardray_tests::servers::EchoServer;
-use shardray_tests::{api_server, fixed_port, run_cli, vless, vless_config, wait_until, Restartable, ALICE};
+use shardray_tests::{api_server, fixed_port, run_cli, vless, vless_config, wait_until, Restartable, Shardray, ALICE};
 use tonic::Code;
 
 const BOB: &str = "5f2c86f0-63b1-4d7c-9a43-3f3b2d6c0a11";
@@ -95,7 +95,13 @@ fn an_added_inbound_serves_on_every_core_when_the_call_returns() {
 #[test]
 fn a_removed_inbound_stops_listening_and_its_sessions_close() {
     let echo = EchoServer::start();
-    let (server, api) = api_server();
+    // A port below the ephemeral range: once freed, no other test's port-0 bind can take it
+    // before the check that nothing listens there any more.
+    let mut config =
+        vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({ "port": fixed_port() }));
+    config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
     let proxy = server.inbound("vless-in");
     let mut live = vless::open_session(proxy, ALICE, echo.addr());
     remove_inbound(&api, "vless-in").unwrap();

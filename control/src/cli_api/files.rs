@@ -195,6 +195,13 @@ pub(super) fn inbound_configs(files: &[String]) -> Result<Vec<InboundHandlerConf
         for (i, inbound) in inbounds.iter().enumerate() {
             let spec = load_inbound(inbound.clone(), &format!("inbounds[{i}]"))
                 .map_err(|e| Failure::Input(format!("{file}: {e}")))?;
+            // The API form carries no TCP header yet: refuse rather than add it without one.
+            if spec.http_header.is_some() {
+                return Err(Failure::Input(format!(
+                    "{file}: inbounds[{i}].streamSettings.tcpSettings.header: adding an HTTP-camouflaged inbound \
+                     through the API is not supported yet"
+                )));
+            }
             out.push(inbound_config(&spec));
         }
     }

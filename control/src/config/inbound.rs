@@ -7,16 +7,18 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use shardray_core::spec::{
-    Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, SocketOptions,
-    TlsServerSpec, TlsVersion, TrojanInboundSpec, UserSpec, VlessInboundSpec,
+    Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec,
+    SocketOptions, TlsServerSpec, TlsVersion, TrojanInboundSpec, UserSpec, VlessInboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
+use shardray_wire::http_header::{RequestTemplate, ResponseTemplate};
 use uuid::Uuid;
 
 use super::error::ConfigError;
 use super::raw::{
-    RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawInbound, RawSniffing, RawStreamSettings,
-    RawTcpSettings, RawTlsSettings, RawTrojanClient, RawTrojanSettings, RawVlessClient, RawVlessSettings, StringList,
+    RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawHttpRequest, RawHttpResponse, RawInbound,
+    RawSniffing, RawStreamSettings, RawTcpSettings, RawTlsSettings, RawTrojanClient, RawTrojanSettings, RawVlessClient,
+    RawVlessSettings, StringList,
 };
 use super::validate::{check_loopback, deserialize_at, is_empty_value, parse_host_port, parse_port, value_text};
 
@@ -125,7 +127,7 @@ fn api_inbound(ib: RawInbound, path: &str, tag: &str, who: &str) -> Result<(Stri
         ));
     }
     let _: RawDokodemoSettings = deserialize_at(ib.settings.unwrap_or_else(empty_object), &format!("{path}.settings"))?;
-    if stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?.0.is_some() {
+    if stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?.tls.is_some() {
         return Err(ConfigError::unsupported(
             format!("{path}.streamSettings.security"),
             format!("TLS on the {who} inbound"),
@@ -147,7 +149,8 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
     let ip = listen_ip(ib.listen.as_deref(), &format!("{path}.listen"))?;
     let port = inbound_port(ib.port.as_ref(), &format!("{path}.port"))?;
     let listen = SocketAddr::new(ip, port);
-    let (tls, sockopt) = stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
+    let InboundStream { tls, sockopt, http_header } =
+        stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
     check_sniffing(ib.sniffing, path)?;
     check_allocate(ib.allocate, path)?;
 
@@ -162,7 +165,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
         }
         p => return Err(ConfigError::invalid(format!("{path}.protocol"), format!("unknown protocol {p:?}"))),
     };
-    Ok((InboundSpec { tag, listen, tls, protocol, config_index: None, sockopt }, listen))
+    Ok((InboundSpec { tag, listen, tls, protocol, config_index: None, sockopt, http_header }, listen))
 }
 
 fn protocol_name(ib: &RawInbound, path: &str) -> Result<String, ConfigError> {
@@ -234,21 +237,22 @@ fn check_allocate(allocate: Option<RawAllocate>, path: &str) -> Result<(), Confi
 
 // === stream settings and TLS ===
 
-/// `streamSettings`: raw TCP only; returns the TLS settings when `security` is `tls`.
-/// `streamSettings` of an inbound: its TLS settings and its listeners' socket options.
-fn stream_settings(
-    raw: Option<RawStreamSettings>,
-    path: &str,
-) -> Result<(Option<TlsServerSpec>, SocketOptions), ConfigError> {
-    let Some(mut raw) = raw else { return Ok((None, SocketOptions::default())) };
+/// What an inbound's `streamSettings` ask for: raw TCP, perhaps opening with an HTTP head,
+/// perhaps under TLS, on listeners with these socket options.
+#[derive(Default)]
+struct InboundStream {
+    tls: Option<TlsServerSpec>,
+    sockopt: SocketOptions,
+    http_header: Option<HttpHeaderSpec>,
+}
+
+/// `streamSettings` of an inbound.
+fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<InboundStream, ConfigError> {
+    let Some(mut raw) = raw else { return Ok(InboundStream::default()) };
     let sockopt = match raw.sockopt.take() {
         Some(s) => super::validate::sockopt(s, &format!("{path}.sockopt"))?,
         None => SocketOptions::default(),
     };
-    Ok((tls_of_stream(raw, path)?, sockopt))
-}
-
-fn tls_of_stream(raw: RawStreamSettings, path: &str) -> Result<Option<TlsServerSpec>, ConfigError> {
     let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
     match network.as_str() {
         "" | "tcp" | "raw" => {}
@@ -257,9 +261,15 @@ fn tls_of_stream(raw: RawStreamSettings, path: &str) -> Result<Option<TlsServerS
         }
         n => return Err(ConfigError::invalid(format!("{path}.network"), format!("unknown network {n:?}"))),
     }
-    tcp_settings(raw.tcp_settings, &format!("{path}.tcpSettings"))?;
-    tcp_settings(raw.raw_settings, &format!("{path}.rawSettings"))?;
+    // `rawSettings` is the newer name; where both are given it wins, as in Xray.
+    let http_header = match raw.raw_settings.take() {
+        Some(raw_settings) => tcp_settings(Some(raw_settings), &format!("{path}.rawSettings"))?,
+        None => tcp_settings(raw.tcp_settings.take(), &format!("{path}.tcpSettings"))?,
+    };
+    Ok(InboundStream { tls: tls_of_stream(raw, path)?, sockopt, http_header })
+}
 
+fn tls_of_stream(raw: RawStreamSettings, path: &str) -> Result<Option<TlsServerSpec>, ConfigError> {
     let security = raw.security.as_deref().unwrap_or("").to_ascii_lowercase();
     match security.as_str() {
         "" | "none" => Ok(None),
@@ -280,17 +290,58 @@ fn tls_of_stream(raw: RawStreamSettings, path: &str) -> Result<Option<TlsServerS
     }
 }
 
-fn tcp_settings(raw: Option<RawTcpSettings>, path: &str) -> Result<(), ConfigError> {
-    let Some(raw) = raw else { return Ok(()) };
+/// `tcpSettings` / `rawSettings`: the HTTP camouflage, if its header asks for it.
+fn tcp_settings(raw: Option<RawTcpSettings>, path: &str) -> Result<Option<HttpHeaderSpec>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
     if raw.accept_proxy_protocol == Some(true) {
         return Err(ConfigError::unsupported(format!("{path}.acceptProxyProtocol"), "acceptProxyProtocol"));
     }
-    let kind = raw.header.and_then(|h| h.kind).unwrap_or_default().to_ascii_lowercase();
-    match kind.as_str() {
-        "" | "none" => Ok(()),
-        "http" => Err(ConfigError::unsupported(format!("{path}.header.type"), "HTTP header camouflage")),
+    let Some(header) = raw.header else { return Ok(None) };
+    match header.kind.unwrap_or_default().to_ascii_lowercase().as_str() {
+        "" | "none" => Ok(None),
+        "http" => Ok(Some(HttpHeaderSpec {
+            request: http_request(header.request.unwrap_or_default()),
+            response: http_response(header.response.unwrap_or_default()),
+        })),
         other => Err(ConfigError::invalid(format!("{path}.header.type"), format!("unknown header type {other:?}"))),
     }
+}
+
+/// `header.request` over Xray's defaults (infra/conf/transport_method.go): each key given
+/// replaces the default; headers replace the default headers as a whole, in name order.
+fn http_request(raw: RawHttpRequest) -> RequestTemplate {
+    let mut t = RequestTemplate::default();
+    if let Some(v) = raw.version.filter(|v| !v.is_empty()) {
+        t.version = v;
+    }
+    if let Some(m) = raw.method.filter(|m| !m.is_empty()) {
+        t.method = m;
+    }
+    if let Some(paths) = raw.path.map(|p| p.0).filter(|p| !p.is_empty()) {
+        t.paths = paths;
+    }
+    if let Some(headers) = raw.headers.filter(|h| !h.is_empty()) {
+        t.headers = headers.into_iter().map(|(name, values)| (name, values.0)).collect();
+    }
+    t
+}
+
+/// `header.response` over Xray's defaults.
+fn http_response(raw: RawHttpResponse) -> ResponseTemplate {
+    let mut t = ResponseTemplate::default();
+    if let Some(v) = raw.version.filter(|v| !v.is_empty()) {
+        t.version = v;
+    }
+    if let Some(status) = raw.status.filter(|s| !s.is_empty()) {
+        t.status = status;
+    }
+    if let Some(reason) = raw.reason.filter(|r| !r.is_empty()) {
+        t.reason = reason;
+    }
+    if let Some(headers) = raw.headers.filter(|h| !h.is_empty()) {
+        t.headers = headers.into_iter().map(|(name, values)| (name, values.0)).collect();
+    }
+    t
 }
 
 fn tls_server(raw: RawTlsSettings, path: &str) -> Result<TlsServerSpec, ConfigError> {

@@ -253,10 +253,28 @@ pub(super) struct RawTcpSettings {
 pub(super) struct RawTcpHeader {
     #[serde(rename = "type")]
     pub kind: Option<String>,
-    #[serde(rename = "request")]
-    pub _request: Option<Value>,
-    #[serde(rename = "response")]
-    pub _response: Option<Value>,
+    pub request: Option<RawHttpRequest>,
+    pub response: Option<RawHttpResponse>,
+}
+
+/// `tcpSettings.header.request` (type `http`)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttpRequest {
+    pub version: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<StringList>,
+    pub headers: Option<BTreeMap<String, StringList>>,
+}
+
+/// `tcpSettings.header.response` (type `http`)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttpResponse {
+    pub version: Option<String>,
+    pub status: Option<String>,
+    pub reason: Option<String>,
+    pub headers: Option<BTreeMap<String, StringList>>,
 }
 
 /// `sniffing`

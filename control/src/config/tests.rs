@@ -1104,3 +1104,31 @@ fn trojan_inbounds_load_as_xray_reads_them() {
     let err = trojan(&|w| w["inbounds"][0]["settings"]["fallbacks"][1]["alpn"] = json!(""));
     assert_eq!(err, "inbounds[0].settings.fallbacks[1]: another fallback has the same name, alpn and path");
 }
+
+#[test]
+fn an_http_header_reads_over_xrays_defaults() {
+    let mut v = base();
+    set(&mut v, "/inbounds/0", "streamSettings", json!({ "tcpSettings": { "header": { "type": "http" } } }));
+    let h = load(&v).unwrap().inbounds[0].http_header.clone().expect("camouflaged");
+    assert_eq!(h.request, shardray_wire::http_header::RequestTemplate::default());
+    assert_eq!(h.response, shardray_wire::http_header::ResponseTemplate::default());
+
+    set(
+        &mut v,
+        "/inbounds/0",
+        "streamSettings",
+        json!({ "rawSettings": { "header": { "type": "http",
+            "request": { "path": "/a", "headers": { "Host": ["x.example", "y.example"], "Accept": "*/*" } },
+            "response": { "status": "404", "headers": {} } } } }),
+    );
+    let h = load(&v).unwrap().inbounds[0].http_header.clone().unwrap();
+    assert_eq!(h.request.paths, ["/a"]);
+    let names: Vec<&str> = h.request.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["Accept", "Host"], "headers replace the defaults, in name order");
+    assert_eq!((h.response.status.as_str(), h.response.reason.as_str()), ("404", "OK"));
+    assert_eq!(h.response.headers, shardray_wire::http_header::ResponseTemplate::default().headers);
+
+    let err =
+        broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "tcpSettings": { "header": { "type": "srtp" } } })));
+    assert_eq!(err.path, "inbounds[0].streamSettings.tcpSettings.header.type");
+}

@@ -223,6 +223,18 @@ pub struct InboundSpec {
     /// `streamSettings.sockopt`: options set on its listeners (accepted connections inherit
     /// them).
     pub sockopt: SocketOptions,
+    /// `tcpSettings.header` of type `http`: the HTTP camouflage each connection opens with.
+    pub http_header: Option<HttpHeaderSpec>,
+}
+
+/// `tcpSettings.header` with `"type": "http"`: the request a connection must open with and
+/// the response the server opens its side with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpHeaderSpec {
+    /// `request`: the paths accepted (and, for a client, what it sends).
+    pub request: shardray_wire::http_header::RequestTemplate,
+    /// `response`: what the server sends before its first bytes.
+    pub response: shardray_wire::http_header::ResponseTemplate,
 }
 
 /// `streamSettings.sockopt`, as far as shardray serves it: Linux socket options, each `None`
@@ -281,6 +293,7 @@ impl InboundSpec {
             protocol,
             config_index: self.config_index,
             sockopt: self.sockopt.clone(),
+            http_header: self.http_header.clone(),
         }
     }
 }

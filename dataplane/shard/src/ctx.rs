@@ -14,7 +14,8 @@ use shardray_core::router::{Decision, Router, Target};
 use shardray_core::routes::{RouteSpecs, RouteTap};
 use shardray_core::slots::UserOp;
 use shardray_core::spec::{
-    BalancerStrategy, Config, DokodemoSpec, FallbackSpec, InboundProtocol, InboundSpec, LevelPolicy, OutboundProtocol,
+    BalancerStrategy, Config, DokodemoSpec, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec, LevelPolicy,
+    OutboundProtocol,
 };
 use shardray_core::stats::{LinkSample, RefusalCounts, SlotCounters, StatsSnapshot, Traffic};
 
@@ -52,6 +53,8 @@ pub(crate) struct InboundRt {
     pub(crate) tag: Arc<str>,
     pub(crate) traffic: Traffic,
     pub(crate) tls: Option<TlsAcceptor>,
+    /// The HTTP camouflage its connections open with, if any.
+    pub(crate) http_header: Option<HttpHeaderSpec>,
     pub(crate) kind: InboundKind,
 }
 
@@ -265,7 +268,13 @@ impl ShardCtx {
             }
             InboundProtocol::Dokodemo(d) => InboundKind::Dokodemo(d.clone()),
         };
-        Ok(InboundRt { tag: inbound.tag.as_str().into(), traffic: Traffic::default(), tls, kind })
+        Ok(InboundRt {
+            tag: inbound.tag.as_str().into(),
+            traffic: Traffic::default(),
+            tls,
+            http_header: inbound.http_header.clone(),
+            kind,
+        })
     }
 
     /// Starts accepting on an inbound's listener (this shard's own SO_REUSEPORT socket).

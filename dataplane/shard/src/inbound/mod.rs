@@ -14,6 +14,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
 use shardray_core::spec::LogLevel;
+use shardray_core::stats::Refusal;
 
 use crate::ctx::{InboundKind, InboundRt, LiveGuard, ShardCtx};
 
@@ -134,7 +135,7 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: Box<TcpStream>, 
     let socket = stream.as_raw_fd();
     let info = ConnInfo { peer, socket, sni: None, alpn: None, plain_fd: Some(socket) };
     match &inbound.tls {
-        None => dispatch(ctx, inbound, stream, &info).await,
+        None => transport(ctx, inbound, stream, info).await,
         // Boxed: a TLS session's state is several times a plain one's, and a plain session
         // would otherwise carry room for it for as long as it lives.
         Some(acceptor) => Box::pin(serve_tls(ctx, inbound, acceptor, stream, info)).await,
@@ -167,12 +168,31 @@ async fn serve_tls(
                 plain_fd: None,
                 ..info
             };
-            dispatch(ctx, inbound, tls, &info).await
+            transport(ctx, inbound, tls, info).await
         }
         Some(Err(e)) => {
             ctx.log.error(LogLevel::Info, format_args!("[{}] {} TLS handshake failed: {}", inbound.tag, peer, e))
         }
         None => ctx.log.error(LogLevel::Info, format_args!("[{}] {} TLS handshake timed out", inbound.tag, peer)),
+    }
+}
+
+/// The transport layer: raw TCP as it is, or raw TCP opening with an HTTP head both ways.
+async fn transport<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: ConnInfo)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(spec) = &inbound.http_header else {
+        return dispatch(ctx, inbound, stream, &info).await;
+    };
+    let accepted = crate::transport::http_header::accept(stream, spec, ctx.policy(0).handshake).await;
+    match accepted {
+        // The bytes the protocol reads no longer start at the socket's: no splicing.
+        Ok(stream) => Box::pin(dispatch(ctx, inbound, stream, &ConnInfo { plain_fd: None, ..info })).await,
+        Err(e) => {
+            ctx.refusals.add(Refusal::BadRequest);
+            ctx.log.error(LogLevel::Info, format_args!("[{}] {} HTTP header refused: {}", inbound.tag, info.peer, e));
+        }
     }
 }
 
