@@ -6,6 +6,7 @@ pub mod addr;
 pub mod aead;
 pub mod http;
 pub mod http_header;
+pub mod proxy_protocol;
 pub mod shadowsocks;
 pub mod socks;
 pub mod trojan;

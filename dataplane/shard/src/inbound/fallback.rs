@@ -182,38 +182,9 @@ fn http_path(first: &[u8]) -> Option<&str> {
 
 /// A PROXY protocol header (v1 text or v2 binary) naming the client, or nothing for xver 0.
 fn proxy_header(xver: u8, peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
-    match xver {
-        1 => {
-            let family = if peer.is_ipv4() { "TCP4" } else { "TCP6" };
-            format!("PROXY {} {} {} {} {}\r\n", family, peer.ip(), local.ip(), peer.port(), local.port()).into_bytes()
-        }
-        2 => {
-            let mut out = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-            out.push(0x21); // version 2, PROXY command
-            match (peer, local) {
-                (SocketAddr::V4(p), SocketAddr::V4(l)) => {
-                    out.push(0x11); // TCP over IPv4
-                    out.extend_from_slice(&12u16.to_be_bytes());
-                    out.extend_from_slice(&p.ip().octets());
-                    out.extend_from_slice(&l.ip().octets());
-                }
-                _ => {
-                    let v6 = |a: SocketAddr| match a {
-                        SocketAddr::V4(a) => a.ip().to_ipv6_mapped(),
-                        SocketAddr::V6(a) => *a.ip(),
-                    };
-                    out.push(0x21); // TCP over IPv6
-                    out.extend_from_slice(&36u16.to_be_bytes());
-                    out.extend_from_slice(&v6(peer).octets());
-                    out.extend_from_slice(&v6(local).octets());
-                }
-            }
-            out.extend_from_slice(&peer.port().to_be_bytes());
-            out.extend_from_slice(&local.port().to_be_bytes());
-            out
-        }
-        _ => Vec::new(),
-    }
+    let mut out = Vec::new();
+    shardray_wire::proxy_protocol::encode(xver, peer, local, &mut out);
+    out
 }
 
 #[cfg(test)]
