@@ -75,7 +75,7 @@ pub(super) fn inbounds_with_users(files: &[String]) -> Result<Vec<InboundUsers>,
                 .enumerate()
                 .map(|(j, c)| {
                     let email = c.get("email").and_then(Value::as_str).unwrap_or("");
-                    let user = if protocol == "vless" || protocol == "trojan" {
+                    let user = if protocol == "vless" || protocol == "trojan" || protocol == "vmess" {
                         client_user(c, Some(&protocol)).map_err(|e| format!("inbounds[{i}].settings.clients[{j}].{e}"))
                     } else {
                         Err(format!("protocol {protocol:?}: adding its users is not supported yet"))
@@ -95,7 +95,7 @@ pub(super) fn inbounds_with_users(files: &[String]) -> Result<Vec<InboundUsers>,
     Ok(out)
 }
 
-/// A VLESS or Trojan client of a config as the API's user; without a `protocol`, a client with
+/// A VLESS, Trojan or VMess client of a config as the API's user; without a `protocol`, a client with
 /// a `password` and no `id` is taken for Trojan's. The error names the field at fault.
 fn client_user(client: &Value, protocol: Option<&str>) -> Result<User, String> {
     let text = |key: &str| -> Result<String, String> {
@@ -124,8 +124,19 @@ fn client_user(client: &Value, protocol: Option<&str>) -> Result<User, String> {
             .and_then(|n| u32::try_from(n).ok())
             .ok_or_else(|| format!("level: expected a small whole number, found {v}"))?,
     };
+    let vmess = protocol.is_some_and(|p| p.eq_ignore_ascii_case("vmess"));
     let account = if trojan {
         typed("xray.proxy.trojan.Account", &trojan::Account { password: id, flow: text("flow")? })
+    } else if vmess {
+        let alter_id = match client.get("alterId") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("alterId: {v}"))?,
+        };
+        let security = crate::config::vmess_security(Some(&text("security")?));
+        let mut account = crate::convert::vmess_account(&uuid::Uuid::nil(), security);
+        // The id goes as written: the server maps a 1-30 byte string as the config loader does.
+        (account.id, account.alter_id, account.tests_enabled) = (id, alter_id, text("experiments")?);
+        typed("xray.proxy.vmess.Account", &account)
     } else {
         typed("xray.proxy.vless.Account", &vless::Account { id, flow: text("flow")?, ..Default::default() })
     };
@@ -162,8 +173,9 @@ pub(super) fn users_for_tag(file: &str, tag: &str) -> Result<Vec<User>, Failure>
              config with an inbound tagged by --tag"
             .into()));
     };
-    if let Some(p) = protocol.filter(|p| !p.eq_ignore_ascii_case("vless") && !p.eq_ignore_ascii_case("trojan")) {
-        return Err(bad(format!("protocol {p:?}: only VLESS and Trojan users can be sent so far")));
+    let served = |p: &&str| ["vless", "trojan", "vmess"].iter().any(|s| p.eq_ignore_ascii_case(s));
+    if let Some(p) = protocol.filter(|p| !served(p)) {
+        return Err(bad(format!("protocol {p:?}: only VLESS, Trojan and VMess users can be sent so far")));
     }
     clients
         .iter()
