@@ -279,6 +279,26 @@ mod tests {
     }
 
     #[test]
+    fn vmess_clients_become_vmess_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        let config = json!({ "inbounds": [{ "tag": "vm", "protocol": "vmess", "settings": { "clients": [
+            { "id": "b831381d-6324-4d53-ad4f-8cda48b30811", "email": "v@x", "security": "zero", "alterId": 0 },
+            { "id": "mapped", "email": "w@x", "alterId": 8 }
+        ]}}]});
+        std::fs::write(&path, config.to_string()).unwrap();
+        let found = inbounds_with_users(&[path.to_str().unwrap().to_owned()]).unwrap_or_else(|_| panic!("parse"));
+        let v = found[0].clients[0].user.as_ref().unwrap().account.as_ref().unwrap();
+        assert_eq!(v.r#type, "xray.proxy.vmess.Account");
+        let account = shardray_proto::xray::proxy::vmess::Account::decode(&v.value[..]).unwrap();
+        assert_eq!(account.id, "b831381d-6324-4d53-ad4f-8cda48b30811");
+        assert_eq!(account.security_settings.unwrap().r#type, 6, "zero");
+        // The legacy alterId goes as written: the server refuses it by name.
+        let w = found[0].clients[1].user.as_ref().unwrap().account.as_ref().unwrap();
+        assert_eq!(shardray_proto::xray::proxy::vmess::Account::decode(&w.value[..]).unwrap().alter_id, 8);
+    }
+
+    #[test]
     fn users_for_a_tag_from_every_file_shape() {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, v: Value| {
