@@ -499,6 +499,37 @@ mod tests {
         assert!(v.insert(&UserKey { id: UserId::Trojan(key), slot: 0, level: 0 }).is_err());
     }
 
+    #[test]
+    fn vmess_keys_stay_dense_and_findable_across_removals() {
+        let id = |i: u128| Uuid::from_u128(i * 0x9e37_79b9_7f4a_7c15 + 1);
+        let auth_id = |i: u128| {
+            let key = vmess::UserKey::new(&id(i));
+            key.auth_id().encode(1_780_000_000, [i as u8; 4])
+        };
+        let mut t = VmessUsers::default();
+        for i in 0..200 {
+            t.insert(&UserKey { id: UserId::Uuid(id(i)), slot: i as u32, level: 0 }).unwrap();
+        }
+        for i in (0..200).step_by(3) {
+            assert!(t.remove(&id(i)).is_some());
+        }
+        // Re-adding one is not a second entry.
+        t.insert(&UserKey { id: UserId::Uuid(id(1)), slot: 1, level: 2 }).unwrap();
+        assert_eq!(t.len(), 200 - 67);
+        for i in 0..200 {
+            assert_eq!(t.scan(&auth_id(i)), (i % 3 != 0).then(|| id(i)), "user {i}");
+        }
+        let mut replay = vmess::ReplayFilter::new();
+        let (user, _) = t.find(&auth_id(1), 1_780_000_000, &mut replay).unwrap();
+        assert_eq!((user.slot, user.level), (1, 2));
+        assert!(t.insert(&UserKey { id: UserId::Trojan([b'a'; KEY_LEN]), slot: 0, level: 0 }).is_err());
+        eprintln!(
+            "a VMess user costs {} bytes of keys per shard (auth key {} + command key and UUID 32) besides its record",
+            std::mem::size_of::<vmess::AuthIdKey>() + 32,
+            std::mem::size_of::<vmess::AuthIdKey>()
+        );
+    }
+
     fn key_uuid() -> UserKey {
         key(9, 9)
     }
