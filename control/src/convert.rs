@@ -9,13 +9,14 @@ use std::fmt;
 use std::net::IpAddr;
 
 use prost::Message;
-use shardray_core::spec::{Account, UserSpec};
+use shardray_core::spec::{Account, UserSpec, VmessSecurity};
 use shardray_proto::shardray::compat::v2ray::VlessAccount as V2rayVlessAccount;
-use shardray_proto::xray::common::protocol::User;
+use shardray_proto::xray::common::protocol::{SecurityConfig, User};
 use shardray_proto::xray::common::serial::TypedMessage;
-use shardray_proto::xray::proxy::{trojan, vless};
+use shardray_proto::xray::proxy::{trojan, vless, vmess};
 
 use crate::config::parse_user_id;
+use uuid::Uuid;
 
 /// Whose package a TypedMessage type names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +146,8 @@ pub enum InvalidUser {
     UnsupportedFlow(String),
     /// A Trojan account without a password.
     MissingPassword,
+    /// A v2fly VMess account with a non-zero alterId (the legacy MD5 handshake).
+    LegacyAlterId(u32),
 }
 
 impl fmt::Display for InvalidUser {
@@ -162,6 +165,10 @@ impl fmt::Display for InvalidUser {
                 write!(f, "user.account.flow: {flow:?} is not supported yet")
             }
             InvalidUser::MissingPassword => f.write_str("user.account.password: missing"),
+            InvalidUser::LegacyAlterId(n) => write!(
+                f,
+                "user.account.alter_id: {n} asks for the legacy (MD5) VMess handshake, which is not served: use 0 (AEAD)"
+            ),
         }
     }
 }
@@ -197,6 +204,18 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
             let account = Account::Trojan(a.password.into());
             return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
         }
+        ("vmess", _) => {
+            // One message for both: v2fly's adds alter_id (2) to Xray's id, security, tests.
+            let a = decode_known::<vmess::Account>(&account.value, "xray.proxy.vmess.Account")
+                .map_err(InvalidUser::Malformed)?;
+            if shardray_wire::vmess::is_legacy_alter_id(a.alter_id) {
+                return Err(InvalidUser::LegacyAlterId(a.alter_id));
+            }
+            let id = parse_user_id(&a.id).ok_or(InvalidUser::BadId(a.id))?;
+            let security = vmess_security(a.security_settings.map_or(0, |s| s.r#type));
+            let account = Account::Vmess { id, security };
+            return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
+        }
         ("vless", Flavor::V2ray) => {
             decode_known::<V2rayVlessAccount>(&account.value, "shardray.compat.v2ray.VlessAccount")
                 .map_err(InvalidUser::Malformed)?
@@ -216,7 +235,43 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
     Ok(UserSpec { account: Account::Vless(id), email: user.email.clone(), level: user.level })
 }
 
-/// The API form of a user: with an `xray.proxy.vless.Account` or an `xray.proxy.trojan.Account`.
+/// A VMess account's security from the API's `SecurityType` (unknown, legacy and auto are `auto`).
+pub fn vmess_security(t: i32) -> VmessSecurity {
+    use shardray_proto::xray::common::protocol::SecurityType as T;
+    use shardray_wire::vmess::SecurityConfig as S;
+    VmessSecurity(match T::try_from(t) {
+        Ok(T::Aes128Gcm) => S::Aes128Gcm,
+        Ok(T::Chacha20Poly1305) => S::ChaCha20Poly1305,
+        Ok(T::None) => S::None,
+        Ok(T::Zero) => S::Zero,
+        _ => S::Auto,
+    })
+}
+
+/// The API's `SecurityType` for a VMess account's security.
+pub fn vmess_security_type(s: VmessSecurity) -> i32 {
+    use shardray_proto::xray::common::protocol::SecurityType as T;
+    use shardray_wire::vmess::SecurityConfig as S;
+    (match s.0 {
+        S::Auto => T::Auto,
+        S::Aes128Gcm => T::Aes128Gcm,
+        S::ChaCha20Poly1305 => T::Chacha20Poly1305,
+        S::None => T::None,
+        S::Zero => T::Zero,
+    }) as i32
+}
+
+/// The API form of a VMess account.
+pub fn vmess_account(id: &Uuid, security: VmessSecurity) -> vmess::Account {
+    vmess::Account {
+        id: id.to_string(),
+        security_settings: Some(SecurityConfig { r#type: vmess_security_type(security) }),
+        ..Default::default()
+    }
+}
+
+/// The API form of a user: with an `xray.proxy.vless.Account`, `xray.proxy.trojan.Account` or
+/// `xray.proxy.vmess.Account`.
 pub fn api_user(user: &UserSpec) -> User {
     let account = match &user.account {
         Account::Vless(id) => {
@@ -226,6 +281,7 @@ pub fn api_user(user: &UserSpec) -> User {
             "xray.proxy.trojan.Account",
             &trojan::Account { password: password.to_string(), ..Default::default() },
         ),
+        Account::Vmess { id, security } => typed("xray.proxy.vmess.Account", &vmess_account(id, *security)),
     };
     User { level: user.level, email: user.email.clone(), account: Some(account) }
 }

@@ -123,11 +123,15 @@ impl Journal {
     }
 }
 
-/// A user as a record keeps it: a VLESS user by `id`, a Trojan user by `password`.
+/// A user as a record keeps it: a VLESS user by `id`, a Trojan user by `password`, a VMess
+/// user by `vmess` (its id) with its `security`.
 fn user_json(u: &UserSpec) -> Value {
     match &u.account {
         Account::Vless(id) => json!({ "id": id.to_string(), "email": u.email, "level": u.level }),
         Account::Trojan(password) => json!({ "password": &**password, "email": u.email, "level": u.level }),
+        Account::Vmess { id, security } => json!({
+            "vmess": id.to_string(), "security": security.name(), "email": u.email, "level": u.level
+        }),
     }
 }
 
@@ -204,11 +208,15 @@ fn decode(v: &Value) -> Result<Change, String> {
         let list = v.get("users").and_then(Value::as_array).ok_or("users: missing")?;
         list.iter()
             .map(|u| {
-                let account = match u.get("password") {
-                    Some(p) => {
+                let account = match (u.get("password"), u.get("vmess")) {
+                    (Some(p), _) => {
                         Account::Trojan(p.as_str().filter(|p| !p.is_empty()).ok_or("users[].password: bad")?.into())
                     }
-                    None => Account::Vless(
+                    (None, Some(id)) => Account::Vmess {
+                        id: id.as_str().and_then(|s| s.parse().ok()).ok_or("users[].vmess: bad")?,
+                        security: crate::config::vmess_security(u.get("security").and_then(Value::as_str)),
+                    },
+                    (None, None) => Account::Vless(
                         u.get("id").and_then(Value::as_str).and_then(|s| s.parse().ok()).ok_or("users[].id: bad")?,
                     ),
                 };

@@ -152,8 +152,8 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// `vless://` and `trojan://` links for every VLESS and Trojan user, in the common share-link
-/// form (as v2rayN and sing-box import them).
+/// `vless://`, `trojan://` and `vmess://` links for every VLESS, Trojan and VMess user, in the
+/// common share-link forms (as v2rayN and sing-box import them; VMess as v2rayN's base64 JSON).
 fn links(config: &Config, host: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     for inbound in &config.inbounds {
@@ -182,10 +182,34 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
                 Account::Trojan(password) => {
                     format!("trojan://{}@{host}:{port}?security={security}&type=tcp#{name}", percent(password))
                 }
+                Account::Vmess { id, security } => vmess_link(inbound, user, *id, *security, &host),
             });
         }
     }
     out
+}
+
+/// A VMess link as v2rayN writes it: `vmess://` and the standard base64 of a JSON object whose
+/// values are all strings (format version 2), alterId 0, raw TCP, TLS if the inbound has it.
+fn vmess_link(
+    inbound: &shardray_core::spec::InboundSpec,
+    user: &shardray_core::spec::UserSpec,
+    id: uuid::Uuid,
+    security: shardray_core::spec::VmessSecurity,
+    host: &str,
+) -> String {
+    use base64::Engine;
+    let name = if user.email.is_empty() { inbound.tag.as_str() } else { user.email.as_str() };
+    let (tls, sni) = match &inbound.tls {
+        Some(tls) => ("tls", tls.server_name.as_str()),
+        None => ("", ""),
+    };
+    let json = serde_json::json!({
+        "v": "2", "ps": name, "add": host, "port": inbound.listen.port().to_string(), "id": id.to_string(),
+        "aid": "0", "scy": security.name(), "net": "tcp", "type": "none", "host": "", "path": "",
+        "tls": tls, "sni": sni,
+    });
+    format!("vmess://{}", base64::engine::general_purpose::STANDARD.encode(json.to_string()))
 }
 
 /// Percent-encodes everything but unreserved characters.

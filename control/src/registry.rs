@@ -528,6 +528,7 @@ fn account_label(account: &Account) -> String {
     match account {
         Account::Vless(id) => id.to_string(),
         Account::Trojan(_) => "with this password".to_owned(),
+        Account::Vmess { id, .. } => id.to_string(),
     }
 }
 

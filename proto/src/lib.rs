@@ -119,6 +119,14 @@ pub mod xray {
         /// `xray.proxy.vmess`: Account.
         pub mod vmess {
             tonic::include_proto!("xray.proxy.vmess");
+            /// `xray.proxy.vmess.inbound`: Config (users, default level; v2fly's detour).
+            pub mod inbound {
+                tonic::include_proto!("xray.proxy.vmess.inbound");
+            }
+            /// `xray.proxy.vmess.outbound`: Config (one receiver served).
+            pub mod outbound {
+                tonic::include_proto!("xray.proxy.vmess.outbound");
+            }
         }
         /// `xray.proxy.trojan`: Account, ServerConfig, ClientConfig.
         pub mod trojan {

@@ -10,6 +10,7 @@ pub mod servers;
 pub mod trojan;
 pub mod v2ray;
 pub mod vless;
+pub mod vmess;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -250,6 +251,17 @@ pub fn trojan_config(clients: Value, inbound_extra: Value) -> Value {
     let inbound = &mut config["inbounds"][0];
     inbound["tag"] = "trojan-in".into();
     inbound["protocol"] = "trojan".into();
+    inbound["settings"].as_object_mut().unwrap().remove("decryption");
+    config
+}
+
+/// `vless_config` with a VMess inbound `vmess-in` instead: `clients` are VMess clients (`id`,
+/// `email`, `level`), `inbound_extra` as for `vless_config`.
+pub fn vmess_config(clients: Value, inbound_extra: Value) -> Value {
+    let mut config = vless_config(clients, inbound_extra);
+    let inbound = &mut config["inbounds"][0];
+    inbound["tag"] = "vmess-in".into();
+    inbound["protocol"] = "vmess".into();
     inbound["settings"].as_object_mut().unwrap().remove("decryption");
     config
 }

@@ -48,6 +48,24 @@ pub fn trojan_outbound(server: SocketAddr, password: &str, tls: Option<Value>) -
     out
 }
 
+/// A sing-box VMess outbound (alterId 0) to `server` for user `uuid` with `security`;
+/// `extra` fields (`global_padding`, `authenticated_length`, `tls`) are merged in.
+pub fn vmess_outbound(server: SocketAddr, uuid: &str, security: &str, extra: Value) -> Value {
+    let mut out = json!({
+        "type": "vmess",
+        "tag": "vmess-out",
+        "server": server.ip().to_string(),
+        "server_port": server.port(),
+        "uuid": uuid,
+        "security": security,
+        "alter_id": 0,
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        out[k] = v.clone();
+    }
+    out
+}
+
 /// The `tls` object of a sing-box outbound that skips verification and sends `server_name`.
 pub fn insecure_tls(server_name: &str) -> Value {
     json!({ "enabled": true, "insecure": true, "server_name": server_name })

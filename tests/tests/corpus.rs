@@ -46,6 +46,8 @@ struct Expected {
 
 const ERROR_PREFIX: &str = "shardray: ";
 const WARNING_PREFIX: &str = "shardray: warning: ";
+/// What the loader wants the operator to know (a mapped id, say): neither error nor warning.
+const NOTE_PREFIX: &str = "shardray: note: ";
 const UNKNOWN_KEY: &str = ": unknown key ignored";
 
 /// Runs `shardray test -c arg` and reduces its output to an `Outcome`.
@@ -56,7 +58,9 @@ fn run(arg: &str) -> Outcome {
         .filter_map(|l| l.strip_prefix(WARNING_PREFIX))
         .filter_map(|w| w.find(UNKNOWN_KEY).map(|at| w[..at].to_string()))
         .collect();
-    let first_error = out.lines().find(|l| l.starts_with(ERROR_PREFIX) && !l.starts_with(WARNING_PREFIX));
+    let first_error = out
+        .lines()
+        .find(|l| l.starts_with(ERROR_PREFIX) && !l.starts_with(WARNING_PREFIX) && !l.starts_with(NOTE_PREFIX));
     let expectation = match (status.success(), first_error) {
         (true, None) if out.contains("Configuration OK.") => "ok".to_string(),
         (false, Some(line)) => {

@@ -11,7 +11,7 @@ use shardray_proto::xray::app::proxyman::command as pb;
 use shardray_proto::xray::common::protocol::User;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::{InboundHandlerConfig, OutboundHandlerConfig};
-use shardray_proto::xray::proxy::{trojan, vless};
+use shardray_proto::xray::proxy::{trojan, vless, vmess};
 use tonic::{Request, Response, Status};
 
 use super::ApiState;
@@ -150,6 +150,10 @@ impl HandlerApi {
             "trojan" => {
                 let config = trojan::ServerConfig { users: users(), ..Default::default() };
                 Some(typed("xray.proxy.trojan.ServerConfig", &config))
+            }
+            "vmess" => {
+                let config = vmess::inbound::Config { user: users(), ..Default::default() };
+                Some(typed("xray.proxy.vmess.inbound.Config", &config))
             }
             _ => None,
         };

@@ -75,7 +75,7 @@ pub(super) fn inbounds_with_users(files: &[String]) -> Result<Vec<InboundUsers>,
                 .enumerate()
                 .map(|(j, c)| {
                     let email = c.get("email").and_then(Value::as_str).unwrap_or("");
-                    let user = if protocol == "vless" || protocol == "trojan" {
+                    let user = if protocol == "vless" || protocol == "trojan" || protocol == "vmess" {
                         client_user(c, Some(&protocol)).map_err(|e| format!("inbounds[{i}].settings.clients[{j}].{e}"))
                     } else {
                         Err(format!("protocol {protocol:?}: adding its users is not supported yet"))
@@ -95,7 +95,7 @@ pub(super) fn inbounds_with_users(files: &[String]) -> Result<Vec<InboundUsers>,
     Ok(out)
 }
 
-/// A VLESS or Trojan client of a config as the API's user; without a `protocol`, a client with
+/// A VLESS, Trojan or VMess client of a config as the API's user; without a `protocol`, a client with
 /// a `password` and no `id` is taken for Trojan's. The error names the field at fault.
 fn client_user(client: &Value, protocol: Option<&str>) -> Result<User, String> {
     let text = |key: &str| -> Result<String, String> {
@@ -124,8 +124,19 @@ fn client_user(client: &Value, protocol: Option<&str>) -> Result<User, String> {
             .and_then(|n| u32::try_from(n).ok())
             .ok_or_else(|| format!("level: expected a small whole number, found {v}"))?,
     };
+    let vmess = protocol.is_some_and(|p| p.eq_ignore_ascii_case("vmess"));
     let account = if trojan {
         typed("xray.proxy.trojan.Account", &trojan::Account { password: id, flow: text("flow")? })
+    } else if vmess {
+        let alter_id = match client.get("alterId") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("alterId: {v}"))?,
+        };
+        let security = crate::config::vmess_security(Some(&text("security")?));
+        let mut account = crate::convert::vmess_account(&uuid::Uuid::nil(), security);
+        // The id goes as written: the server maps a 1-30 byte string as the config loader does.
+        (account.id, account.alter_id, account.tests_enabled) = (id, alter_id, text("experiments")?);
+        typed("xray.proxy.vmess.Account", &account)
     } else {
         typed("xray.proxy.vless.Account", &vless::Account { id, flow: text("flow")?, ..Default::default() })
     };
@@ -162,8 +173,9 @@ pub(super) fn users_for_tag(file: &str, tag: &str) -> Result<Vec<User>, Failure>
              config with an inbound tagged by --tag"
             .into()));
     };
-    if let Some(p) = protocol.filter(|p| !p.eq_ignore_ascii_case("vless") && !p.eq_ignore_ascii_case("trojan")) {
-        return Err(bad(format!("protocol {p:?}: only VLESS and Trojan users can be sent so far")));
+    let served = |p: &&str| ["vless", "trojan", "vmess"].iter().any(|s| p.eq_ignore_ascii_case(s));
+    if let Some(p) = protocol.filter(|p| !served(p)) {
+        return Err(bad(format!("protocol {p:?}: only VLESS, Trojan and VMess users can be sent so far")));
     }
     clients
         .iter()
@@ -271,6 +283,26 @@ mod tests {
         assert_eq!(trojan::Account::decode(&t.value[..]).unwrap().password, "p");
         assert!(found[1].clients[1].user.as_ref().unwrap_err().contains("password: missing"));
         assert!(found[2].clients[0].user.as_ref().unwrap_err().contains("not supported yet"));
+    }
+
+    #[test]
+    fn vmess_clients_become_vmess_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        let config = json!({ "inbounds": [{ "tag": "vm", "protocol": "vmess", "settings": { "clients": [
+            { "id": "b831381d-6324-4d53-ad4f-8cda48b30811", "email": "v@x", "security": "zero", "alterId": 0 },
+            { "id": "mapped", "email": "w@x", "alterId": 8 }
+        ]}}]});
+        std::fs::write(&path, config.to_string()).unwrap();
+        let found = inbounds_with_users(&[path.to_str().unwrap().to_owned()]).unwrap_or_else(|_| panic!("parse"));
+        let v = found[0].clients[0].user.as_ref().unwrap().account.as_ref().unwrap();
+        assert_eq!(v.r#type, "xray.proxy.vmess.Account");
+        let account = shardray_proto::xray::proxy::vmess::Account::decode(&v.value[..]).unwrap();
+        assert_eq!(account.id, "b831381d-6324-4d53-ad4f-8cda48b30811");
+        assert_eq!(account.security_settings.unwrap().r#type, 6, "zero");
+        // The legacy alterId goes as written: the server refuses it by name.
+        let w = found[0].clients[1].user.as_ref().unwrap().account.as_ref().unwrap();
+        assert_eq!(shardray_proto::xray::proxy::vmess::Account::decode(&w.value[..]).unwrap().alter_id, 8);
     }
 
     #[test]

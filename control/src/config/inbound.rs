@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec,
-    SocketOptions, TlsServerSpec, TlsVersion, TrojanInboundSpec, UserSpec, VlessInboundSpec,
+    SocketOptions, TlsServerSpec, TlsVersion, TrojanInboundSpec, UserSpec, VlessInboundSpec, VmessInboundSpec,
+    VmessSecurity,
 };
 use shardray_wire::addr::{Address, Destination};
 use shardray_wire::http_header::{RequestTemplate, ResponseTemplate};
@@ -18,7 +19,7 @@ use super::error::ConfigError;
 use super::raw::{
     RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawHttpRequest, RawHttpResponse, RawInbound,
     RawSniffing, RawStreamSettings, RawTcpSettings, RawTlsSettings, RawTrojanClient, RawTrojanSettings, RawVlessClient,
-    RawVlessSettings, StringList,
+    RawVlessSettings, RawVmessClient, RawVmessSettings, StringList,
 };
 use super::validate::{check_loopback, deserialize_at, is_empty_value, parse_host_port, parse_port, value_text};
 
@@ -159,6 +160,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
     let protocol = match protocol.as_str() {
         "vless" => InboundProtocol::Vless(vless(settings, &settings_path)?),
         "trojan" => InboundProtocol::Trojan(trojan(settings, &settings_path)?),
+        "vmess" => InboundProtocol::Vmess(vmess(settings, &settings_path)?),
         p if is_dokodemo(p) => InboundProtocol::Dokodemo(dokodemo(settings, &settings_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
@@ -514,6 +516,7 @@ fn clients_of<C>(
                 Account::Vless(id) => format!("duplicate id {id}"),
                 // The password itself stays out of the message (and the logs).
                 Account::Trojan(_) => "duplicate password".to_owned(),
+                Account::Vmess { id, .. } => format!("duplicate id {id}"),
             };
             return Err(ConfigError::invalid(
                 format!("{cpath}.{key_field}"),
@@ -589,6 +592,62 @@ fn trojan_client(raw: RawTrojanClient, path: &str) -> Result<UserSpec, ConfigErr
         email: raw.email.unwrap_or_default(),
         level: raw.level.unwrap_or(0),
     })
+}
+
+// === vmess ===
+
+fn vmess(settings: Value, path: &str) -> Result<VmessInboundSpec, ConfigError> {
+    let raw: RawVmessSettings = deserialize_at(settings, path)?;
+    if raw.detour.as_ref().is_some_and(|d| !is_empty_value(d)) {
+        return Err(ConfigError::unsupported(format!("{path}.detour"), "VMess detour (dynamic ports)"));
+    }
+    if let Some(d) = &raw.default {
+        legacy_alter_id(d.alter_id, &format!("{path}.default.alterId"))?;
+    }
+    // Xray reads `users` and takes `clients` over it when both are there.
+    let list = raw.clients.or(raw.users).unwrap_or_default();
+    let clients = clients_of(list, path, "id", |c, p| vmess_user(c, p, false).map(|(u, _)| u))?;
+    Ok(VmessInboundSpec { clients })
+}
+
+/// A VMess user (an inbound's client or an outbound's user): `id` as VLESS reads it, `alterId`
+/// 0 only, `security` as Xray reads it (anything unknown is `auto`). With `outbound`, the
+/// `AuthenticatedLength` experiment is returned too.
+pub(super) fn vmess_user(raw: RawVmessClient, path: &str, outbound: bool) -> Result<(UserSpec, bool), ConfigError> {
+    let id = match raw.id.as_deref() {
+        None => return Err(ConfigError::invalid(format!("{path}.id"), "missing")),
+        Some(s) => {
+            parse_user_id(s).ok_or_else(|| ConfigError::invalid(format!("{path}.id"), format!("invalid UUID {s:?}")))?
+        }
+    };
+    legacy_alter_id(raw.alter_id, &format!("{path}.alterId"))?;
+    let security = vmess_security(raw.security.as_deref());
+    let experiments = raw.experiments.unwrap_or_default();
+    let authenticated_length = outbound && experiments.split('|').any(|e| e.trim() == "AuthenticatedLength");
+    let user = UserSpec {
+        account: Account::Vmess { id, security },
+        email: raw.email.unwrap_or_default(),
+        level: raw.level.unwrap_or(0),
+    };
+    Ok((user, authenticated_length))
+}
+
+/// A `security` string as Xray's config reads it: unknown (or absent) is `auto`.
+pub fn vmess_security(s: Option<&str>) -> VmessSecurity {
+    VmessSecurity(
+        s.and_then(shardray_wire::vmess::SecurityConfig::parse).unwrap_or(shardray_wire::vmess::SecurityConfig::Auto),
+    )
+}
+
+/// Refuses an `alterId` above 0: the legacy MD5 handshake, which shardray does not serve.
+fn legacy_alter_id(alter_id: Option<u32>, path: &str) -> Result<(), ConfigError> {
+    match alter_id {
+        Some(n) if shardray_wire::vmess::is_legacy_alter_id(n) => Err(ConfigError::unsupported_msg(
+            path,
+            format!("alterId {n} asks for the legacy (MD5) VMess handshake, which is not served: use 0 (AEAD)"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A user id as upstream reads it: a UUID (32 hex digits, dashes optional where UUIDs have

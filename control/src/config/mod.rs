@@ -22,7 +22,7 @@ use json_comments::StripComments;
 use serde_json::{Map, Value};
 
 pub use self::error::{ConfigError, ConfigErrorKind};
-pub use self::inbound::{load_inbound, parse_user_id};
+pub use self::inbound::{load_inbound, parse_user_id, vmess_security};
 pub use shardray_core::spec::Config;
 
 use self::raw::RawConfig;

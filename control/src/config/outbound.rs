@@ -5,13 +5,15 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 use shardray_core::spec::{
-    BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, TlsClientSpec, TrojanOutboundSpec,
+    Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, TlsClientSpec,
+    TrojanOutboundSpec, VmessOutboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
 use super::raw::{
-    RawBlackholeSettings, RawFreedomSettings, RawOutStream, RawOutbound, RawTrojanOutSettings, StringList,
+    RawBlackholeSettings, RawFreedomSettings, RawOutStream, RawOutbound, RawTrojanOutSettings, RawVmessClient,
+    RawVmessOutSettings, RawVmessServer, StringList,
 };
 use super::validate::{deserialize_at, is_empty_value, parse_host_port, parse_port};
 
@@ -60,7 +62,7 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
     let send_through = send_through(ob.send_through.as_deref(), &format!("{path}.sendThrough"))?;
     let stream_path = format!("{path}.streamSettings");
     // Trojan reads its own stream settings (TLS); the others may only restate the defaults.
-    if protocol != "trojan" {
+    if protocol != "trojan" && protocol != "vmess" {
         if let Some(stream) = &ob.stream_settings {
             check_plain_stream(stream, &stream_path)?;
         }
@@ -84,6 +86,7 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
         "freedom" | "direct" => OutboundProtocol::Freedom(freedom(settings, &settings_path)?),
         "blackhole" | "block" => OutboundProtocol::Blackhole(blackhole(settings, &settings_path)?),
         "trojan" => OutboundProtocol::Trojan(trojan(settings, &settings_path, ob.stream_settings, &stream_path)?),
+        "vmess" => OutboundProtocol::Vmess(vmess(settings, &settings_path, ob.stream_settings, &stream_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
         }
@@ -213,6 +216,73 @@ fn trojan(
         password,
         email: server.email.unwrap_or_default(),
         level: server.level.unwrap_or(0),
+        tls,
+    })
+}
+
+/// `settings.vnext` (one server, one user) or Xray's flat form (`address`, `port`, `id`, ...).
+fn vmess(
+    settings: Value,
+    path: &str,
+    stream: Option<Value>,
+    stream_path: &str,
+) -> Result<VmessOutboundSpec, ConfigError> {
+    let raw: RawVmessOutSettings = deserialize_at(settings, path)?;
+    let (server, spath) = match (raw.vnext, raw.address) {
+        (Some(mut vnext), None) => {
+            let vpath = format!("{path}.vnext");
+            match vnext.len() {
+                0 => return Err(ConfigError::invalid(vpath, "at least one server is required")),
+                1 => {}
+                _ => return Err(ConfigError::unsupported(format!("{vpath}[1]"), "more than one VMess server")),
+            }
+            (vnext.remove(0), format!("{vpath}[0]"))
+        }
+        (None, Some(address)) => {
+            let user = RawVmessClient {
+                id: raw.id,
+                security: raw.security,
+                experiments: raw.experiments,
+                email: raw.email,
+                level: raw.level,
+                ..Default::default()
+            };
+            (RawVmessServer { address: Some(address), port: raw.port, users: Some(vec![user]) }, path.to_owned())
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(format!("{path}.address"), "give either vnext or address, not both"))
+        }
+        (None, None) => return Err(ConfigError::invalid(format!("{path}.vnext"), "missing")),
+    };
+    let address = match server.address.as_deref().map(str::trim) {
+        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
+        Some(a) => Address::parse(a)
+            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
+    };
+    let port = match server.port.as_ref() {
+        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
+        Some(v) => parse_port(v, &format!("{spath}.port"))?,
+    };
+    let mut users = server.users.unwrap_or_default();
+    let upath = format!("{spath}.users");
+    match users.len() {
+        0 => return Err(ConfigError::invalid(upath, "one user is required")),
+        1 => {}
+        _ => return Err(ConfigError::unsupported(format!("{upath}[1]"), "more than one VMess user")),
+    }
+    let (user, authenticated_length) = super::inbound::vmess_user(users.remove(0), &format!("{upath}[0]"), true)?;
+    let Account::Vmess { id, security } = user.account else { unreachable!("vmess_user makes VMess accounts") };
+    let tls = match stream {
+        None | Some(Value::Null) => None,
+        Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
+    };
+    Ok(VmessOutboundSpec {
+        server: Destination { addr: address, port },
+        id,
+        security,
+        authenticated_length,
+        email: user.email,
+        level: user.level,
         tls,
     })
 }

@@ -589,3 +589,83 @@ impl<'de> Deserialize<'de> for StringList {
         deserializer.deserialize_any(ListVisitor)
     }
 }
+
+/// `settings` of a VMess inbound (Xray: `clients`, or `users`, and `default`; V2Ray also has
+/// `detour` and `disableInsecureEncryption`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVmessSettings {
+    pub clients: Option<Vec<RawVmessClient>>,
+    /// Xray's newer name for `clients`.
+    pub users: Option<Vec<RawVmessClient>>,
+    pub default: Option<RawVmessDefault>,
+    /// V2Ray's dynamic-port detour: not served.
+    pub detour: Option<Value>,
+}
+
+/// `settings.default` of a VMess inbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVmessDefault {
+    /// The level of users a detour creates: nothing to apply it to without detours.
+    #[serde(rename = "level")]
+    pub _level: Option<u32>,
+    #[serde(rename = "alterId")]
+    pub alter_id: Option<u32>,
+}
+
+/// `settings.clients[i]` of a VMess inbound, or `vnext[0].users[i]` of a VMess outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVmessClient {
+    pub id: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    /// Above 0: the legacy (MD5) handshake, refused.
+    #[serde(rename = "alterId")]
+    pub alter_id: Option<u32>,
+    /// What the client uses; a server reads it from each request.
+    pub security: Option<String>,
+    /// Xray's account experiments (`AuthenticatedLength`, `NoTerminationSignal`).
+    pub experiments: Option<String>,
+    /// Panel bookkeeping, accepted and ignored as on VLESS clients.
+    #[serde(rename = "limitIp")]
+    pub _limit_ip: Option<Value>,
+    #[serde(rename = "totalGB")]
+    pub _total_gb: Option<Value>,
+    #[serde(rename = "expiryTime")]
+    pub _expiry_time: Option<Value>,
+    #[serde(rename = "enable")]
+    pub _enable: Option<Value>,
+    #[serde(rename = "tgId")]
+    pub _tg_id: Option<Value>,
+    #[serde(rename = "subId")]
+    pub _sub_id: Option<Value>,
+    #[serde(rename = "comment")]
+    pub _comment: Option<Value>,
+    #[serde(rename = "reset")]
+    pub _reset: Option<Value>,
+}
+
+/// `settings` of a VMess outbound: `vnext`, or Xray's flat form of one server and user.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVmessOutSettings {
+    pub vnext: Option<Vec<RawVmessServer>>,
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub id: Option<String>,
+    pub security: Option<String>,
+    pub experiments: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+}
+
+/// `settings.vnext[i]` of a VMess outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVmessServer {
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub users: Option<Vec<RawVmessClient>>,
+}

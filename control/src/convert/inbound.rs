@@ -15,7 +15,7 @@ use shardray_core::spec::{
 use shardray_proto::xray::app::proxyman::{ReceiverConfig, SniffingConfig};
 use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortList, PortRange};
 use shardray_proto::xray::core::InboundHandlerConfig;
-use shardray_proto::xray::proxy::{dokodemo, trojan, vless};
+use shardray_proto::xray::proxy::{dokodemo, trojan, vless, vmess};
 use shardray_proto::xray::transport::internet::{tls, SocketConfig, StreamConfig};
 
 use super::{api_user, ip_bytes, ip_from_bytes, message_type, typed, user_spec, Flavor};
@@ -30,6 +30,7 @@ const RECEIVER: &str = "xray.app.proxyman.ReceiverConfig";
 const TLS: &str = "xray.transport.internet.tls.Config";
 const VLESS_INBOUND: &str = "xray.proxy.vless.inbound.Config";
 const TROJAN_INBOUND: &str = "xray.proxy.trojan.ServerConfig";
+const VMESS_INBOUND: &str = "xray.proxy.vmess.inbound.Config";
 const DOKODEMO: &str = "xray.proxy.dokodemo.Config";
 
 /// An AddInbound request that cannot become a config inbound; names the field.
@@ -128,6 +129,20 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
                 .map(|f| fallback_json(&f.name, &f.alpn, &f.path, &f.r#type, &f.dest, f.xver))
                 .collect();
             out.insert("settings".into(), json!({ "clients": clients, "fallbacks": fallbacks }));
+        }
+        "proxy.vmess.inbound.Config" => {
+            // One message for both flavors (v2fly's extra fields have their own numbers).
+            let settings: vmess::inbound::Config = decode(&proxy.value, VMESS_INBOUND, "proxy_settings")?;
+            out.insert("protocol".into(), json!("vmess"));
+            let mut body = Map::new();
+            body.insert("clients".into(), json!(clients_json(&settings.user, "vmess")?));
+            if let Some(d) = &settings.default {
+                body.insert("default".into(), json!({ "level": d.level, "alterId": d.alter_id }));
+            }
+            if let Some(d) = settings.detour.as_ref().filter(|d| !d.to.is_empty()) {
+                body.insert("detour".into(), json!({ "to": d.to }));
+            }
+            out.insert("settings".into(), Value::Object(body));
         }
         "proxy.dokodemo.Config" => {
             let settings: dokodemo::Config = match flavor {
@@ -312,6 +327,9 @@ fn client_json(spec: &UserSpec) -> Value {
     match &spec.account {
         Account::Vless(id) => json!({ "id": id.to_string(), "email": spec.email, "level": spec.level }),
         Account::Trojan(password) => json!({ "password": &**password, "email": spec.email, "level": spec.level }),
+        Account::Vmess { id, security } => json!({
+            "id": id.to_string(), "security": security.name(), "email": spec.email, "level": spec.level
+        }),
     }
 }
 
@@ -513,6 +531,11 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
                 .collect();
             let config = trojan::ServerConfig { users: t.clients.iter().map(api_user).collect(), fallbacks };
             typed(TROJAN_INBOUND, &config)
+        }
+        InboundProtocol::Vmess(v) => {
+            let config =
+                vmess::inbound::Config { user: v.clients.iter().map(api_user).collect(), ..Default::default() };
+            typed(VMESS_INBOUND, &config)
         }
         InboundProtocol::Dokodemo(d) => {
             let address = match &d.destination.addr {
@@ -748,8 +771,8 @@ mod tests {
         let range = receiver(vec![PortRange { from: 1000, to: 1010 }]);
         assert!(refusal(&handler(range, vless.clone())).contains("inbound.port"));
 
-        let vmess = TypedMessage { r#type: "xray.proxy.vmess.inbound.Config".into(), value: vec![] };
-        assert!(refusal(&handler(one_port(), vmess)).contains("\"vmess\""));
+        let socks = TypedMessage { r#type: "xray.proxy.socks.ServerConfig".into(), value: vec![] };
+        assert!(refusal(&handler(one_port(), socks)).contains("\"socks\""));
 
         let nameless = vless::inbound::Config {
             clients: vec![api_user(&shardray_core::spec::UserSpec {

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use prost::Message;
 use shardray_core::spec::{
     BalancerSpec, BalancerStrategy, BlackholeSpec, DomainMatcher, DomainStrategy, FreedomSpec, NetworkSet,
-    OutboundProtocol, OutboundSpec, PortRange, RuleSpec, TlsClientSpec, TrojanOutboundSpec,
+    OutboundProtocol, OutboundSpec, PortRange, RuleSpec, TlsClientSpec, TrojanOutboundSpec, VmessOutboundSpec,
 };
 use shardray_proto::xray::app::proxyman::SenderConfig;
 use shardray_proto::xray::app::router;
@@ -18,7 +18,7 @@ use shardray_proto::xray::common::net;
 use shardray_proto::xray::common::protocol::ServerEndpoint;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::OutboundHandlerConfig;
-use shardray_proto::xray::proxy::{blackhole, freedom, trojan};
+use shardray_proto::xray::proxy::{blackhole, freedom, trojan, vmess};
 use shardray_proto::xray::transport::internet::{tls, StreamConfig};
 use shardray_wire::addr::{Address, Destination};
 
@@ -114,6 +114,10 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
             &exact(&proxy.value, "xray.proxy.trojan.ClientConfig", "proxy_settings")?,
             stream_settings.take().as_ref(),
         )?),
+        "proxy.vmess.outbound.Config" => OutboundProtocol::Vmess(vmess_spec(
+            &exact(&proxy.value, "xray.proxy.vmess.outbound.Config", "proxy_settings")?,
+            stream_settings.take().as_ref(),
+        )?),
         other => {
             return Err(match other.strip_prefix("proxy.").and_then(|p| p.split('.').next()) {
                 Some(p) => invalid(format!("proxy_settings: outbound protocol {p:?} is not supported yet")),
@@ -128,13 +132,19 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
     Ok(OutboundSpec { tag: config.tag.clone(), send_through, protocol })
 }
 
-/// A Trojan ClientConfig (one server, one user) and its sender's stream settings (raw TCP,
-/// TLS or none).
-fn trojan_spec(c: &trojan::ClientConfig, stream: Option<&StreamConfig>) -> Result<TrojanOutboundSpec, InvalidRoute> {
-    let server = match c.server.as_slice() {
+/// The one server (address, port) and the one user of a client config (`server` or
+/// `Receiver`), its account of `protocol`; `name` is how messages call the protocol.
+fn client_endpoint(
+    servers: &[ServerEndpoint],
+    protocol: &str,
+    name: &str,
+) -> Result<(Destination, shardray_core::spec::UserSpec), InvalidRoute> {
+    let server = match servers {
         [] => return Err(invalid("proxy_settings.server: missing")),
         [one] => one,
-        _ => return Err(invalid("proxy_settings.server[1]: more than one Trojan server is not supported yet")),
+        _ => {
+            return Err(invalid(format!("proxy_settings.server[1]: more than one {name} server is not supported yet")))
+        }
     };
     let addr = match server.address.as_ref().and_then(|a| a.address.as_ref()) {
         Some(net::ip_or_domain::Address::Ip(ip)) => {
@@ -153,13 +163,13 @@ fn trojan_spec(c: &trojan::ClientConfig, stream: Option<&StreamConfig>) -> Resul
         [one] => one,
         _ => return Err(invalid("proxy_settings.server[0].user: exactly one user is required")),
     };
-    let spec = super::user_spec(user, "trojan")
+    let spec = super::user_spec(user, protocol)
         .or_else(|e| match e {
             // The email is only for logs here.
             super::InvalidUser::MissingEmail => {
                 let mut named = user.clone();
                 named.email = "-".into();
-                super::user_spec(&named, "trojan").map(|mut u| {
+                super::user_spec(&named, protocol).map(|mut u| {
                     u.email.clear();
                     u
                 })
@@ -167,6 +177,38 @@ fn trojan_spec(c: &trojan::ClientConfig, stream: Option<&StreamConfig>) -> Resul
             e => Err(e),
         })
         .map_err(|e| invalid(format!("proxy_settings.server[0].{e}")))?;
+    Ok((Destination { addr, port }, spec))
+}
+
+/// A VMess outbound Config (one receiver, one user) and its sender's stream settings.
+fn vmess_spec(c: &vmess::outbound::Config, stream: Option<&StreamConfig>) -> Result<VmessOutboundSpec, InvalidRoute> {
+    let (server, spec) = client_endpoint(&c.receiver, "vmess", "VMess")?;
+    let shardray_core::spec::Account::Vmess { id, security } = spec.account else {
+        return Err(invalid("proxy_settings.server[0].user.account: not a VMess account"));
+    };
+    // The account's experiments, as Xray's outbound reads them.
+    let account = c.receiver[0].user[0].account.as_ref().map(|a| &a.value[..]).unwrap_or_default();
+    let tests = vmess::Account::decode(account).map(|a| a.tests_enabled).unwrap_or_default();
+    let tls = match stream {
+        None => None,
+        Some(stream) => client_tls(stream)?,
+    };
+    Ok(VmessOutboundSpec {
+        server,
+        id,
+        security,
+        authenticated_length: tests.contains("AuthenticatedLength"),
+        email: spec.email,
+        level: spec.level,
+        tls,
+    })
+}
+
+/// A Trojan ClientConfig (one server, one user) and its sender's stream settings (raw TCP,
+/// TLS or none).
+fn trojan_spec(c: &trojan::ClientConfig, stream: Option<&StreamConfig>) -> Result<TrojanOutboundSpec, InvalidRoute> {
+    let (server, spec) = client_endpoint(&c.server, "trojan", "Trojan")?;
+    let (addr, port) = (server.addr, server.port);
     let shardray_core::spec::Account::Trojan(password) = spec.account else {
         return Err(invalid("proxy_settings.server[0].user.account: not a Trojan account"));
     };
@@ -359,9 +401,32 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
             };
             typed("xray.proxy.trojan.ClientConfig", &trojan::ClientConfig { server: vec![server] })
         }
+        OutboundProtocol::Vmess(v) => {
+            let mut account = super::vmess_account(&v.id, v.security);
+            if v.authenticated_length {
+                account.tests_enabled = "AuthenticatedLength".into();
+            }
+            let user = shardray_proto::xray::common::protocol::User {
+                level: v.level,
+                email: v.email.clone(),
+                account: Some(typed("xray.proxy.vmess.Account", &account)),
+            };
+            let server = ServerEndpoint {
+                address: Some(net::IpOrDomain {
+                    address: Some(match &v.server.addr {
+                        Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
+                        Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
+                    }),
+                }),
+                port: u32::from(v.server.port),
+                user: vec![user],
+            };
+            typed("xray.proxy.vmess.outbound.Config", &vmess::outbound::Config { receiver: vec![server] })
+        }
     };
     let tls = match &spec.protocol {
         OutboundProtocol::Trojan(t) => t.tls.as_ref(),
+        OutboundProtocol::Vmess(v) => v.tls.as_ref(),
         _ => None,
     };
     let sender_settings = match (sender_settings, tls) {

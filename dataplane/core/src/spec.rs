@@ -284,6 +284,7 @@ impl InboundSpec {
             InboundProtocol::Trojan(t) => {
                 InboundProtocol::Trojan(TrojanInboundSpec { clients: Vec::new(), fallbacks: t.fallbacks.clone() })
             }
+            InboundProtocol::Vmess(_) => InboundProtocol::Vmess(VmessInboundSpec { clients: Vec::new() }),
             InboundProtocol::Dokodemo(d) => InboundProtocol::Dokodemo(d.clone()),
         };
         InboundSpec {
@@ -305,6 +306,8 @@ pub enum InboundProtocol {
     Vless(VlessInboundSpec),
     /// `trojan`
     Trojan(TrojanInboundSpec),
+    /// `vmess` (AEAD only: alterId 0)
+    Vmess(VmessInboundSpec),
     /// `dokodemo-door` (other than the API's own)
     Dokodemo(DokodemoSpec),
 }
@@ -315,6 +318,7 @@ impl InboundProtocol {
         match self {
             InboundProtocol::Vless(_) => "vless",
             InboundProtocol::Trojan(_) => "trojan",
+            InboundProtocol::Vmess(_) => "vmess",
             InboundProtocol::Dokodemo(_) => "dokodemo-door",
         }
     }
@@ -324,6 +328,7 @@ impl InboundProtocol {
         match self {
             InboundProtocol::Vless(v) => Some(&v.clients),
             InboundProtocol::Trojan(t) => Some(&t.clients),
+            InboundProtocol::Vmess(v) => Some(&v.clients),
             InboundProtocol::Dokodemo(_) => None,
         }
     }
@@ -333,7 +338,7 @@ impl InboundProtocol {
         match self {
             InboundProtocol::Vless(v) => &v.fallbacks,
             InboundProtocol::Trojan(t) => &t.fallbacks,
-            InboundProtocol::Dokodemo(_) => &[],
+            InboundProtocol::Vmess(_) | InboundProtocol::Dokodemo(_) => &[],
         }
     }
 }
@@ -356,6 +361,51 @@ pub struct TrojanInboundSpec {
     pub fallbacks: Vec<FallbackSpec>,
 }
 
+/// `settings` of a VMess inbound. VMess has no fallbacks: a failed handshake is drained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmessInboundSpec {
+    /// `clients` (or Xray's newer `users`)
+    pub clients: Vec<UserSpec>,
+}
+
+/// A VMess account's `security`: what its clients are told to use (share links, the API's
+/// account). The server reads the security each request names, so this is not part of the
+/// account's identity: two accounts with one id are the same account whatever it says.
+#[derive(Debug, Clone, Copy)]
+pub struct VmessSecurity(pub shardray_wire::vmess::SecurityConfig);
+
+impl Default for VmessSecurity {
+    fn default() -> Self {
+        VmessSecurity(shardray_wire::vmess::SecurityConfig::Auto)
+    }
+}
+
+impl PartialEq for VmessSecurity {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for VmessSecurity {}
+
+impl std::hash::Hash for VmessSecurity {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl VmessSecurity {
+    /// The name config gives it.
+    pub fn name(self) -> &'static str {
+        use shardray_wire::vmess::SecurityConfig as S;
+        match self.0 {
+            S::Auto => "auto",
+            S::Aes128Gcm => "aes-128-gcm",
+            S::ChaCha20Poly1305 => "chacha20-poly1305",
+            S::None => "none",
+            S::Zero => "zero",
+        }
+    }
+}
+
 /// What a user's client presents, by protocol: `clients[i].id` of a VLESS inbound,
 /// `clients[i].password` of a Trojan one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -364,6 +414,13 @@ pub enum Account {
     Vless(Uuid),
     /// A Trojan user's password.
     Trojan(Arc<str>),
+    /// A VMess user's id (alterId 0), with the security its clients are told to use.
+    Vmess {
+        /// `id`
+        id: Uuid,
+        /// `security` (not part of the account's identity, see `VmessSecurity`)
+        security: VmessSecurity,
+    },
 }
 
 impl Account {
@@ -372,6 +429,9 @@ impl Account {
         match self {
             Account::Vless(id) => UserId::Uuid(*id),
             Account::Trojan(password) => UserId::Trojan(shardray_wire::trojan::password_key(password)),
+            // VMess looks users up by the auth ID each one's UUID keys; the table derives the
+            // keys from the UUID.
+            Account::Vmess { id, .. } => UserId::Uuid(*id),
         }
     }
 
@@ -380,6 +440,7 @@ impl Account {
         match self {
             Account::Vless(_) => "vless",
             Account::Trojan(_) => "trojan",
+            Account::Vmess { .. } => "vmess",
         }
     }
 }
@@ -484,6 +545,27 @@ pub enum OutboundProtocol {
     Blackhole(BlackholeSpec),
     /// `trojan`: relay through a Trojan server.
     Trojan(TrojanOutboundSpec),
+    /// `vmess`: relay through a VMess server (AEAD, TCP).
+    Vmess(VmessOutboundSpec),
+}
+
+/// `settings` and `streamSettings` of a VMess outbound (one server, one user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmessOutboundSpec {
+    /// `vnext[0].address` and `vnext[0].port`.
+    pub server: Destination,
+    /// `vnext[0].users[0].id`.
+    pub id: Uuid,
+    /// `vnext[0].users[0].security` (`auto` resolved when the shard builds the client).
+    pub security: VmessSecurity,
+    /// `experiments` names `AuthenticatedLength`: chunk lengths are sealed.
+    pub authenticated_length: bool,
+    /// `vnext[0].users[0].email`, for logs.
+    pub email: String,
+    /// `vnext[0].users[0].level`.
+    pub level: u32,
+    /// `streamSettings` with `security: "tls"`; `None` sends VMess over plain TCP.
+    pub tls: Option<TlsClientSpec>,
 }
 
 /// `settings` and `streamSettings` of a Trojan outbound.

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::transport::tls;
-use crate::users::{SessionWatchers, TableKey, TrojanKey, UserStates, UserTable};
+use crate::users::{SessionWatchers, TableKey, TrojanKey, UserOps, UserStates, UserTable, VmessUsers};
 use futures_rustls::TlsAcceptor;
 use shardray_core::change::Change;
 use shardray_core::log::LogSink;
@@ -60,8 +60,20 @@ pub(crate) struct InboundRt {
 
 /// What an inbound does with a connection.
 pub(crate) enum InboundKind {
-    Vless { users: RefCell<UserTable>, fallbacks: Vec<FallbackSpec> },
-    Trojan { users: RefCell<UserTable<TrojanKey>>, fallbacks: Vec<FallbackSpec> },
+    Vless {
+        users: RefCell<UserTable>,
+        fallbacks: Vec<FallbackSpec>,
+    },
+    Trojan {
+        users: RefCell<UserTable<TrojanKey>>,
+        fallbacks: Vec<FallbackSpec>,
+    },
+    /// VMess: the users' keys, scanned per handshake, and the auth IDs this shard accepted.
+    /// Boxed: a VMess table and filter are larger than the other protocols' tables.
+    Vmess {
+        users: Box<RefCell<VmessUsers>>,
+        replay: Box<RefCell<shardray_wire::vmess::ReplayFilter>>,
+    },
     Dokodemo(DokodemoSpec),
 }
 
@@ -71,6 +83,7 @@ impl InboundKind {
         match self {
             InboundKind::Vless { users, .. } => Some(users),
             InboundKind::Trojan { users, .. } => Some(users),
+            InboundKind::Vmess { users, .. } => Some(&**users),
             InboundKind::Dokodemo(_) => None,
         }
     }
@@ -83,6 +96,8 @@ pub(crate) struct OutboundRt {
     pub(crate) protocol: OutboundProtocol,
     /// A Trojan outbound's key and TLS client, built once.
     pub(crate) trojan: Option<crate::outbound::trojan::TrojanClient>,
+    /// A VMess outbound's keys and TLS client, built once.
+    pub(crate) vmess: Option<crate::outbound::vmess::VmessClient>,
 }
 
 /// The outbounds, the compiled rules and the balancers of one epoch.
@@ -137,11 +152,19 @@ impl Routes {
                             ),
                             _ => None,
                         };
+                        let vmess = match &o.protocol {
+                            OutboundProtocol::Vmess(v) => Some(
+                                crate::outbound::vmess::VmessClient::new(v)
+                                    .map_err(|e| format!("outbound {:?}: {e}", o.tag))?,
+                            ),
+                            _ => None,
+                        };
                         Ok(Rc::new(OutboundRt {
                             tag: o.tag.as_str().into(),
                             traffic: Traffic::default(),
                             protocol: o.protocol.clone(),
                             trojan,
+                            vmess,
                         }))
                     }
                 }
@@ -266,6 +289,7 @@ impl ShardCtx {
             InboundProtocol::Trojan(t) => {
                 InboundKind::Trojan { users: RefCell::new(UserTable::default()), fallbacks: t.fallbacks.clone() }
             }
+            InboundProtocol::Vmess(_) => InboundKind::Vmess { users: Box::default(), replay: Box::default() },
             InboundProtocol::Dokodemo(d) => InboundKind::Dokodemo(d.clone()),
         };
         Ok(InboundRt {
@@ -343,17 +367,16 @@ impl ShardCtx {
         match &inbound.kind {
             InboundKind::Vless { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
             InboundKind::Trojan { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
+            InboundKind::Vmess { users, .. } => self.apply_user_ops(&inbound.tag, &**users, ops),
             InboundKind::Dokodemo(_) => Err(format!("inbound {} has no users", inbound.tag)),
         }
     }
 
     /// `apply_users` for a table of any key; an id of another protocol's kind is an error.
-    fn apply_user_ops<K: TableKey>(
-        &self,
-        tag: &str,
-        table: &RefCell<UserTable<K>>,
-        ops: &[UserOp],
-    ) -> Result<(), String> {
+    fn apply_user_ops<T: UserOps>(&self, tag: &str, table: &RefCell<T>, ops: &[UserOp]) -> Result<(), String>
+    where
+        RefCell<T>: UserStates,
+    {
         let wrong = |id: &shardray_core::slots::UserId| format!("inbound {tag}: user key {id} is of another protocol");
         let mut users = table.borrow_mut();
         let mut slots = self.users.borrow_mut();
@@ -365,7 +388,7 @@ impl ShardCtx {
                 UserOp::Add { user, .. } => user.id,
                 UserOp::Remove { id, .. } | UserOp::SetLevel { id, .. } | UserOp::Kick { id } => *id,
             };
-            let Some(key) = K::from_id(&id) else {
+            let Some(key) = T::Key::from_id(&id) else {
                 failed.get_or_insert_with(|| wrong(&id));
                 continue;
             };

@@ -7,12 +7,14 @@ mod inbound;
 pub mod mailbox;
 mod outbound;
 mod relay;
+mod replay;
 pub mod transport;
 mod users;
+mod vmess;
 
 /// A shard's user table and the keys it is looked up by, public for the micro-benchmarks in
 /// `bench/`.
-pub use users::{TableKey, TrojanKey, UserTable};
+pub use users::{TableKey, TrojanKey, UserTable, VmessUsers};
 
 use std::net::SocketAddr;
 use std::rc::Rc;

@@ -210,6 +210,9 @@ struct BufDir<'a> {
     hand_over_after: Option<u64>,
     copied: u64,
     bulk: bool,
+    /// Bytes were written since the last flush: a writer that seals or encrypts (TLS, a VMess
+    /// body) may still hold some, so they are flushed before the direction waits.
+    unflushed: bool,
 }
 
 impl<'a> BufDir<'a> {
@@ -226,7 +229,24 @@ impl<'a> BufDir<'a> {
             hand_over_after: None,
             copied: 0,
             bulk: false,
+            unflushed: false,
         }
+    }
+
+    /// Before the direction waits for its reader: pushes out what the writer still holds.
+    /// A flush that cannot finish now wakes the task when it can go on.
+    fn flush<W>(&mut self, cx: &mut Context<'_>, w: &mut W) -> io::Result<()>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.unflushed {
+            match Pin::new(w).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
     }
 
     /// A direction that copies its first bytes and hands over to another way of moving them
@@ -273,7 +293,10 @@ impl Direction for BufDir<'_> {
         let mut reader_waits = false;
         if self.prefix.len() > self.size / 2 {
             match poll_prefix(cx, w, &mut self.prefix) {
-                Poll::Ready(Ok(wrote)) => progressed |= wrote,
+                Poll::Ready(Ok(wrote)) => {
+                    progressed |= wrote;
+                    self.unflushed |= wrote;
+                }
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return done(progressed),
             }
@@ -286,6 +309,7 @@ impl Direction for BufDir<'_> {
                     Poll::Ready(Ok(n)) => {
                         self.start += n;
                         progressed = true;
+                        self.unflushed = true;
                         continue;
                     }
                     Poll::Ready(Err(e)) => return Err(e),
@@ -300,6 +324,7 @@ impl Direction for BufDir<'_> {
             if reader_waits {
                 // The last read found nothing and will wake the task: no point asking again.
                 self.release();
+                self.flush(cx, w)?;
                 return done(progressed);
             }
             if *read >= budget {
@@ -355,6 +380,7 @@ impl Direction for BufDir<'_> {
                 // Nothing to read and nothing held: wait without a buffer.
                 self.end = 0;
                 self.release();
+                self.flush(cx, w)?;
                 return done(progressed);
             }
             self.prefix = &[];

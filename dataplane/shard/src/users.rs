@@ -18,6 +18,7 @@ use rustc_hash::FxBuildHasher;
 use shardray_core::slots::{UserId, UserKey};
 use shardray_core::stats::SlotCounters;
 use shardray_wire::trojan::KEY_LEN;
+use shardray_wire::vmess;
 use slab::Slab;
 use uuid::Uuid;
 
@@ -206,6 +207,138 @@ impl<K: TableKey> UserTable<K> {
     }
 }
 
+/// What applying user operations asks of a table, whatever its key.
+pub(crate) trait UserOps {
+    /// The key the table is looked up by.
+    type Key: TableKey;
+    /// Adds the user (or replaces the one with its id); a key of another protocol is refused.
+    fn insert(&mut self, user: &UserKey) -> Result<(), UserId>;
+    /// Removes the user; returns its watch key.
+    fn remove(&mut self, id: &Self::Key) -> Option<u32>;
+    /// Closes the user's live sessions.
+    fn kick(&mut self, id: &Self::Key) -> Option<u32>;
+    /// Moves the user to another level.
+    fn set_level(&mut self, id: &Self::Key, level: u32) -> Option<u32>;
+}
+
+impl<K: TableKey> UserOps for UserTable<K> {
+    type Key = K;
+    fn insert(&mut self, user: &UserKey) -> Result<(), UserId> {
+        UserTable::insert(self, user)
+    }
+    fn remove(&mut self, id: &K) -> Option<u32> {
+        UserTable::remove(self, id)
+    }
+    fn kick(&mut self, id: &K) -> Option<u32> {
+        UserTable::kick(self, id)
+    }
+    fn set_level(&mut self, id: &K, level: u32) -> Option<u32> {
+        UserTable::set_level(self, id, level)
+    }
+}
+
+// === impl VmessUsers ===
+
+/// A VMess inbound's users. The handshake names no user: its auth ID is checked against every
+/// user's key in turn (as Xray does), so the keys sit in one dense array, scanned in order;
+/// the records, generations and watch keys are a `UserTable<Uuid>`'s.
+#[derive(Default)]
+pub struct VmessUsers {
+    table: UserTable<Uuid>,
+    /// The users' auth ID keys, dense (a removal moves the last one into the gap).
+    auth: Vec<vmess::AuthIdKey>,
+    /// Beside each auth key: the command key and the UUID.
+    keys: Vec<([u8; 16], Uuid)>,
+    /// Where each UUID's keys are in `auth` and `keys`.
+    at: hashbrown::HashMap<Uuid, u32, FxBuildHasher>,
+}
+
+impl VmessUsers {
+    /// The user whose key the auth ID at the front of a connection was made with, checked
+    /// against the clock (`now`, Unix seconds) and recorded in `replay`; with that user's
+    /// command key, which opens the rest of the header.
+    pub(crate) fn find(
+        &self,
+        auth_id: &[u8; 16],
+        now: u64,
+        replay: &mut vmess::ReplayFilter,
+    ) -> Result<(UserHandle, [u8; 16]), vmess::VmessError> {
+        let i = vmess::find_user(self.auth.iter().zip(0..), auth_id, now, replay)?;
+        // New to this shard; a replay of what another shard accepted is caught here.
+        let timestamp = self.auth[i].check(auth_id).unwrap_or(now);
+        if !crate::replay::SharedReplay::get().insert(auth_id, timestamp) {
+            return Err(vmess::VmessError::Replayed);
+        }
+        let (cmd_key, id) = &self.keys[i];
+        let user = self.table.get(id).ok_or(vmess::VmessError::UnknownUser)?;
+        Ok((user, *cmd_key))
+    }
+
+    /// The user's auth key matches `auth_id` (benchmarks and tests: no clock, no replay).
+    pub fn scan(&self, auth_id: &[u8; 16]) -> Option<Uuid> {
+        self.auth.iter().position(|k| k.check(auth_id).is_some()).map(|i| self.keys[i].1)
+    }
+
+    /// Users in the table.
+    pub fn len(&self) -> usize {
+        self.auth.len()
+    }
+
+    /// Whether the table has no user.
+    pub fn is_empty(&self) -> bool {
+        self.auth.is_empty()
+    }
+
+    /// Adds the user (deriving its keys) or replaces the one with its UUID.
+    pub fn insert(&mut self, user: &UserKey) -> Result<(), UserId> {
+        self.table.insert(user)?;
+        let id = Uuid::from_id(&user.id).expect("the table took it as a UUID");
+        if !self.at.contains_key(&id) {
+            let key = vmess::UserKey::new(&id);
+            self.at.insert(id, self.auth.len() as u32);
+            self.auth.push(key.auth_id().clone());
+            self.keys.push((*key.cmd_key(), id));
+        }
+        Ok(())
+    }
+
+    /// Removes the user with this UUID; returns its watch key.
+    pub fn remove(&mut self, id: &Uuid) -> Option<u32> {
+        let rec = self.table.remove(id)?;
+        if let Some(i) = self.at.remove(id) {
+            let i = i as usize;
+            self.auth.swap_remove(i);
+            self.keys.swap_remove(i);
+            if let Some((_, moved)) = self.keys.get(i) {
+                self.at.insert(*moved, i as u32);
+            }
+        }
+        Some(rec)
+    }
+}
+
+impl UserOps for VmessUsers {
+    type Key = Uuid;
+    fn insert(&mut self, user: &UserKey) -> Result<(), UserId> {
+        VmessUsers::insert(self, user)
+    }
+    fn remove(&mut self, id: &Uuid) -> Option<u32> {
+        VmessUsers::remove(self, id)
+    }
+    fn kick(&mut self, id: &Uuid) -> Option<u32> {
+        self.table.kick(id)
+    }
+    fn set_level(&mut self, id: &Uuid, level: u32) -> Option<u32> {
+        self.table.set_level(id, level)
+    }
+}
+
+impl UserStates for RefCell<VmessUsers> {
+    fn state(&self, user: &UserHandle) -> Result<u32, ()> {
+        self.borrow().table.state(user)
+    }
+}
+
 /// A user table of any key, as the session watch looks at it.
 pub(crate) trait UserStates {
     /// The level of `user`'s record, or `Err` if the session must close.
@@ -364,6 +497,37 @@ mod tests {
         assert!(t.insert(&key_uuid()).is_err(), "a UUID in a Trojan table");
         let mut v = UserTable::<Uuid>::default();
         assert!(v.insert(&UserKey { id: UserId::Trojan(key), slot: 0, level: 0 }).is_err());
+    }
+
+    #[test]
+    fn vmess_keys_stay_dense_and_findable_across_removals() {
+        let id = |i: u128| Uuid::from_u128(i * 0x9e37_79b9_7f4a_7c15 + 1);
+        let auth_id = |i: u128| {
+            let key = vmess::UserKey::new(&id(i));
+            key.auth_id().encode(1_780_000_000, [i as u8; 4])
+        };
+        let mut t = VmessUsers::default();
+        for i in 0..200 {
+            t.insert(&UserKey { id: UserId::Uuid(id(i)), slot: i as u32, level: 0 }).unwrap();
+        }
+        for i in (0..200).step_by(3) {
+            assert!(t.remove(&id(i)).is_some());
+        }
+        // Re-adding one is not a second entry.
+        t.insert(&UserKey { id: UserId::Uuid(id(1)), slot: 1, level: 2 }).unwrap();
+        assert_eq!(t.len(), 200 - 67);
+        for i in 0..200 {
+            assert_eq!(t.scan(&auth_id(i)), (i % 3 != 0).then(|| id(i)), "user {i}");
+        }
+        let mut replay = vmess::ReplayFilter::new();
+        let (user, _) = t.find(&auth_id(1), 1_780_000_000, &mut replay).unwrap();
+        assert_eq!((user.slot, user.level), (1, 2));
+        assert!(t.insert(&UserKey { id: UserId::Trojan([b'a'; KEY_LEN]), slot: 0, level: 0 }).is_err());
+        eprintln!(
+            "a VMess user costs {} bytes of keys per shard (auth key {} + command key and UUID 32) besides its record",
+            std::mem::size_of::<vmess::AuthIdKey>() + 32,
+            std::mem::size_of::<vmess::AuthIdKey>()
+        );
     }
 
     fn key_uuid() -> UserKey {

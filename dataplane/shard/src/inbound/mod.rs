@@ -4,6 +4,7 @@ mod dokodemo;
 mod fallback;
 mod trojan;
 mod vless;
+mod vmess;
 
 use std::io;
 use std::net::SocketAddr;
@@ -203,6 +204,7 @@ where
     match &inbound.kind {
         InboundKind::Vless { users, fallbacks } => vless::serve(ctx, inbound, users, fallbacks, stream, info).await,
         InboundKind::Trojan { users, fallbacks } => trojan::serve(ctx, inbound, users, fallbacks, stream, info).await,
+        InboundKind::Vmess { users, replay } => vmess::serve(ctx, inbound, users, replay, stream, info).await,
         InboundKind::Dokodemo(spec) => dokodemo::serve(ctx, inbound, spec, stream, info).await,
     }
 }

@@ -5,6 +5,7 @@
 
 mod resolve;
 pub(crate) mod trojan;
+pub(crate) mod vmess;
 
 use std::cell::RefCell;
 use std::io;
@@ -170,13 +171,31 @@ pub(crate) async fn forward<C>(
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(trojan, &t.server)).await;
+            let dialed = Box::pin(trojan::dial(&trojan.tls, &t.server)).await;
             access(None);
             match dialed {
                 Ok(up) => (up, trojan.header(dest)),
                 Err(e) => {
                     let out = &outbound.tag;
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", t.server));
+                    let _ = client.close().await;
+                    return;
+                }
+            }
+        }
+        OutboundProtocol::Vmess(v) => {
+            let Some(vmess) = &outbound.vmess else {
+                ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: vmess outbound not ready"));
+                let _ = client.close().await;
+                return;
+            };
+            let dialed = Box::pin(trojan::dial(&vmess.tls, &v.server)).await;
+            access(None);
+            match dialed.and_then(|up| vmess.start(up, dest)) {
+                Ok(up) => (up, Vec::new()),
+                Err(e) => {
+                    let out = &outbound.tag;
+                    ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", v.server));
                     let _ = client.close().await;
                     return;
                 }

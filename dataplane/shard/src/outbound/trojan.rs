@@ -10,35 +10,41 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
-use shardray_core::spec::TrojanOutboundSpec;
+use shardray_core::spec::{TlsClientSpec, TrojanOutboundSpec};
 use shardray_wire::addr::{Address, Destination};
 use shardray_wire::trojan::{password_key, Command, Request, KEY_LEN};
 
 use super::{resolve, DIAL_TIMEOUT};
 use crate::transport::tls_tcp::TlsTcp;
 
+/// An outbound's TLS client and the name it asks for; `None` for plain TCP.
+pub(crate) type ClientTls = Option<(TlsConnector, ServerName<'static>)>;
+
+/// The TLS client of an outbound whose server is `server` (any protocol's: Trojan, VMess);
+/// fails only on settings control has already checked.
+pub(crate) fn client_tls(spec: Option<&TlsClientSpec>, server: &Destination) -> Result<ClientTls, String> {
+    let Some(tls) = spec else {
+        return Ok(None);
+    };
+    let config = crate::transport::tls::client_config(tls).map_err(|e| e.to_string())?;
+    let name = match (tls.server_name.as_str(), &server.addr) {
+        ("", Address::Ip(ip)) => ServerName::IpAddress((*ip).into()),
+        ("", Address::Domain(d)) => server_name(d)?,
+        (name, _) => server_name(name)?,
+    };
+    Ok(Some((TlsConnector::from(config), name)))
+}
+
 /// A Trojan outbound as a shard runs it: the user key, computed once, and the TLS client.
 pub(crate) struct TrojanClient {
     key: [u8; KEY_LEN],
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    pub(crate) tls: ClientTls,
 }
 
 impl TrojanClient {
     /// Builds the client; fails only on settings control has already checked.
     pub(crate) fn new(spec: &TrojanOutboundSpec) -> Result<TrojanClient, String> {
-        let tls = match &spec.tls {
-            None => None,
-            Some(tls) => {
-                let config = crate::transport::tls::client_config(tls).map_err(|e| e.to_string())?;
-                let name = match (tls.server_name.as_str(), &spec.server.addr) {
-                    ("", Address::Ip(ip)) => ServerName::IpAddress((*ip).into()),
-                    ("", Address::Domain(d)) => server_name(d)?,
-                    (name, _) => server_name(name)?,
-                };
-                Some((TlsConnector::from(config), name))
-            }
-        };
-        Ok(TrojanClient { key: password_key(&spec.password), tls })
+        Ok(TrojanClient { key: password_key(&spec.password), tls: client_tls(spec.tls.as_ref(), &spec.server)? })
     }
 
     /// The request header for a CONNECT to `dest`.
@@ -55,7 +61,7 @@ fn server_name(name: &str) -> Result<ServerName<'static>, String> {
 
 /// Resolves and connects to the server, then completes the TLS handshake if configured; the
 /// whole dial is bounded by `DIAL_TIMEOUT`.
-pub(crate) async fn dial(client: &TrojanClient, server: &Destination) -> io::Result<Upstream> {
+pub(crate) async fn dial(tls: &ClientTls, server: &Destination) -> io::Result<Upstream> {
     let dialing = async {
         let addrs = resolve(&server.addr, server.port, Default::default()).await?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
@@ -71,7 +77,7 @@ pub(crate) async fn dial(client: &TrojanClient, server: &Destination) -> io::Res
         }
         let stream = stream.ok_or(last)?;
         let _ = stream.set_nodelay(true);
-        match &client.tls {
+        match tls {
             None => Ok(Upstream::Tcp(stream)),
             Some((connector, name)) => {
                 let tls = connector.connect(name.clone(), TlsTcp::new(Box::new(stream))).await?;
@@ -86,10 +92,12 @@ pub(crate) async fn dial(client: &TrojanClient, server: &Destination) -> io::Res
     .await
 }
 
-/// The stream to an outbound's server: a plain socket (which the relay may splice) or TLS.
+/// The stream to an outbound's server: a plain socket (which the relay may splice) or TLS,
+/// or a VMess body over either.
 pub(crate) enum Upstream {
     Tcp(TcpStream),
     Tls(Box<futures_rustls::client::TlsStream<TlsTcp>>),
+    Vmess(Box<crate::vmess::VmessStream<Upstream>>),
 }
 
 impl Upstream {
@@ -97,7 +105,7 @@ impl Upstream {
     pub(crate) fn plain_fd(&self) -> Option<RawFd> {
         match self {
             Upstream::Tcp(s) => Some(s.as_raw_fd()),
-            Upstream::Tls(_) => None,
+            Upstream::Tls(_) | Upstream::Vmess(_) => None,
         }
     }
 }
@@ -107,6 +115,7 @@ impl AsyncRead for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -116,6 +125,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -127,6 +137,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -134,6 +145,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -141,6 +153,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_close(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }
