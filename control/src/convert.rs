@@ -9,11 +9,11 @@ use std::fmt;
 use std::net::IpAddr;
 
 use prost::Message;
-use shardray_core::spec::{Account, UserSpec, VmessSecurity};
+use shardray_core::spec::{Account, ProxyAccount, UserSpec, VmessSecurity};
 use shardray_proto::shardray::compat::v2ray::VlessAccount as V2rayVlessAccount;
 use shardray_proto::xray::common::protocol::{SecurityConfig, User};
 use shardray_proto::xray::common::serial::TypedMessage;
-use shardray_proto::xray::proxy::{trojan, vless, vmess};
+use shardray_proto::xray::proxy::{socks, trojan, vless, vmess};
 
 use crate::config::parse_user_id;
 use uuid::Uuid;
@@ -146,6 +146,8 @@ pub enum InvalidUser {
     UnsupportedFlow(String),
     /// A Trojan account without a password.
     MissingPassword,
+    /// A SOCKS or HTTP account without a username.
+    MissingUsername,
     /// A v2fly VMess account with a non-zero alterId (the legacy MD5 handshake).
     LegacyAlterId(u32),
 }
@@ -165,6 +167,7 @@ impl fmt::Display for InvalidUser {
                 write!(f, "user.account.flow: {flow:?} is not supported yet")
             }
             InvalidUser::MissingPassword => f.write_str("user.account.password: missing"),
+            InvalidUser::MissingUsername => f.write_str("user.account.username: missing"),
             InvalidUser::LegacyAlterId(n) => write!(
                 f,
                 "user.account.alter_id: {n} asks for the legacy (MD5) VMess handshake, which is not served: use 0 (AEAD)"
@@ -214,6 +217,17 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
             let id = parse_user_id(&a.id).ok_or(InvalidUser::BadId(a.id))?;
             let security = vmess_security(a.security_settings.map_or(0, |s| s.r#type));
             let account = Account::Vmess { id, security };
+            return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
+        }
+        ("socks" | "http", _) => {
+            // Xray's and v2fly's Account, socks and http alike: username 1, password 2.
+            let name = if protocol == "socks" { "xray.proxy.socks.Account" } else { "xray.proxy.http.Account" };
+            let a = decode_known::<socks::Account>(&account.value, name).map_err(InvalidUser::Malformed)?;
+            if a.username.is_empty() {
+                return Err(InvalidUser::MissingUsername);
+            }
+            let a = ProxyAccount { username: a.username.into(), password: a.password.into() };
+            let account = if protocol == "socks" { Account::Socks(a) } else { Account::Http(a) };
             return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
         }
         ("vless", Flavor::V2ray) => {
@@ -282,6 +296,14 @@ pub fn api_user(user: &UserSpec) -> User {
             &trojan::Account { password: password.to_string(), ..Default::default() },
         ),
         Account::Vmess { id, security } => typed("xray.proxy.vmess.Account", &vmess_account(id, *security)),
+        Account::Socks(a) | Account::Http(a) => {
+            let kind = if matches!(user.account, Account::Socks(_)) {
+                "xray.proxy.socks.Account"
+            } else {
+                "xray.proxy.http.Account"
+            };
+            typed(kind, &socks::Account { username: a.username.to_string(), password: a.password.to_string() })
+        }
     };
     User { level: user.level, email: user.email.clone(), account: Some(account) }
 }

@@ -132,6 +132,12 @@ fn user_json(u: &UserSpec) -> Value {
         Account::Vmess { id, security } => json!({
             "vmess": id.to_string(), "security": security.name(), "email": u.email, "level": u.level
         }),
+        Account::Socks(a) => json!({
+            "socks": { "user": &*a.username, "pass": &*a.password }, "email": u.email, "level": u.level
+        }),
+        Account::Http(a) => json!({
+            "http": { "user": &*a.username, "pass": &*a.password }, "email": u.email, "level": u.level
+        }),
     }
 }
 
@@ -208,7 +214,16 @@ fn decode(v: &Value) -> Result<Change, String> {
         let list = v.get("users").and_then(Value::as_array).ok_or("users: missing")?;
         list.iter()
             .map(|u| {
+                let proxy = |v: &Value| -> Result<shardray_core::spec::ProxyAccount, String> {
+                    let field = |k: &str| v.get(k).and_then(Value::as_str).ok_or(format!("users[].{k}: bad"));
+                    Ok(shardray_core::spec::ProxyAccount {
+                        username: field("user")?.into(),
+                        password: field("pass")?.into(),
+                    })
+                };
                 let account = match (u.get("password"), u.get("vmess")) {
+                    _ if u.get("socks").is_some() => Account::Socks(proxy(&u["socks"])?),
+                    _ if u.get("http").is_some() => Account::Http(proxy(&u["http"])?),
                     (Some(p), _) => {
                         Account::Trojan(p.as_str().filter(|p| !p.is_empty()).ok_or("users[].password: bad")?.into())
                     }

@@ -152,8 +152,9 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// `vless://`, `trojan://` and `vmess://` links for every VLESS, Trojan and VMess user, in the
-/// common share-link forms (as v2rayN and sing-box import them; VMess as v2rayN's base64 JSON).
+/// `vless://`, `trojan://`, `vmess://`, `socks://` and `http(s)://` links for every user, in the
+/// common share-link forms (as v2rayN and sing-box import them; VMess as v2rayN's base64 JSON,
+/// SOCKS as v2rayN's base64 user info).
 fn links(config: &Config, host: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     for inbound in &config.inbounds {
@@ -183,6 +184,19 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
                     format!("trojan://{}@{host}:{port}?security={security}&type=tcp#{name}", percent(password))
                 }
                 Account::Vmess { id, security } => vmess_link(inbound, user, *id, *security, &host),
+                // v2rayN's form: the standard base64 of `user:pass` as the user info. The form
+                // has no TLS field: a SOCKS-over-TLS inbound's link is the same.
+                Account::Socks(a) => {
+                    use base64::Engine;
+                    let info =
+                        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", a.username, a.password));
+                    format!("socks://{}@{host}:{port}#{name}", percent(&info))
+                }
+                // A URL's user info, as v2rayN writes and reads it; `https://` under TLS.
+                Account::Http(a) => {
+                    let scheme = if inbound.tls.is_some() { "https" } else { "http" };
+                    format!("{scheme}://{}:{}@{host}:{port}#{name}", percent(&a.username), percent(&a.password))
+                }
             });
         }
     }

@@ -529,6 +529,7 @@ fn account_label(account: &Account) -> String {
         Account::Vless(id) => id.to_string(),
         Account::Trojan(_) => "with this password".to_owned(),
         Account::Vmess { id, .. } => id.to_string(),
+        Account::Socks(a) | Account::Http(a) => format!("with user {:?}", a.username),
     }
 }
 

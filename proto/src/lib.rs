@@ -132,6 +132,14 @@ pub mod xray {
         pub mod trojan {
             tonic::include_proto!("xray.proxy.trojan");
         }
+        /// `xray.proxy.socks`: Account, AuthType, ServerConfig, ClientConfig.
+        pub mod socks {
+            tonic::include_proto!("xray.proxy.socks");
+        }
+        /// `xray.proxy.http`: Account, ServerConfig, Header, ClientConfig.
+        pub mod http {
+            tonic::include_proto!("xray.proxy.http");
+        }
         /// `xray.proxy.shadowsocks`: Account, CipherType.
         pub mod shadowsocks {
             tonic::include_proto!("xray.proxy.shadowsocks");

@@ -6,7 +6,7 @@ use std::io::Read;
 
 use serde_json::Value;
 use shardray_proto::xray::common::protocol::User;
-use shardray_proto::xray::proxy::{trojan, vless};
+use shardray_proto::xray::proxy::{socks, trojan, vless};
 
 use super::{typed, Failure};
 use crate::config::load_inbound;
@@ -64,19 +64,29 @@ pub(super) fn inbounds_with_users(files: &[String]) -> Result<Vec<InboundUsers>,
                 continue;
             }
             let protocol = inbound.get("protocol").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
-            let Some(clients) = inbound.pointer("/settings/clients") else {
+            // SOCKS and HTTP inbounds list `accounts` (Xray takes them over `users`).
+            let list = match protocol.as_str() {
+                "socks" | "http" if inbound.pointer("/settings/accounts").is_some() => "accounts",
+                "socks" | "http" => "users",
+                _ => "clients",
+            };
+            let Some(clients) = inbound.pointer(&format!("/settings/{list}")) else {
                 continue;
             };
             let clients = clients
                 .as_array()
-                .ok_or_else(|| Failure::Input(format!("{file}: inbounds[{i}].settings.clients: not an array")))?;
+                .ok_or_else(|| Failure::Input(format!("{file}: inbounds[{i}].settings.{list}: not an array")))?;
             let clients = clients
                 .iter()
                 .enumerate()
                 .map(|(j, c)| {
                     let email = c.get("email").and_then(Value::as_str).unwrap_or("");
-                    let user = if protocol == "vless" || protocol == "trojan" || protocol == "vmess" {
-                        client_user(c, Some(&protocol)).map_err(|e| format!("inbounds[{i}].settings.clients[{j}].{e}"))
+                    let email = match c.get("user").and_then(Value::as_str) {
+                        Some(user) if email.is_empty() && list != "clients" => user,
+                        _ => email,
+                    };
+                    let user = if ["vless", "trojan", "vmess", "socks", "http"].contains(&protocol.as_str()) {
+                        client_user(c, Some(&protocol)).map_err(|e| format!("inbounds[{i}].settings.{list}[{j}].{e}"))
                     } else {
                         Err(format!("protocol {protocol:?}: adding its users is not supported yet"))
                     };
@@ -105,6 +115,9 @@ fn client_user(client: &Value, protocol: Option<&str>) -> Result<User, String> {
             Some(other) => Err(format!("{key}: expected a string, found {other}")),
         }
     };
+    if let Some(p) = protocol.filter(|p| p.eq_ignore_ascii_case("socks") || p.eq_ignore_ascii_case("http")) {
+        return proxy_user(client, p, text);
+    }
     let trojan = match protocol {
         Some(p) => p.eq_ignore_ascii_case("trojan"),
         None => client.get("id").is_none() && client.get("password").is_some(),
@@ -141,6 +154,26 @@ fn client_user(client: &Value, protocol: Option<&str>) -> Result<User, String> {
         typed("xray.proxy.vless.Account", &vless::Account { id, flow: text("flow")?, ..Default::default() })
     };
     Ok(User { level, email, account: Some(account) })
+}
+
+/// A SOCKS or HTTP account (`user`, `pass`) as the API's user: its email is `email`, or the
+/// username as Xray counts it; `level` as written.
+fn proxy_user(client: &Value, protocol: &str, text: impl Fn(&str) -> Result<String, String>) -> Result<User, String> {
+    let username = text("user")?;
+    if username.is_empty() {
+        return Err("user: missing".to_owned());
+    }
+    let password = text("pass")?;
+    let email = Some(text("email")?).filter(|e| !e.is_empty()).unwrap_or_else(|| username.clone());
+    let level = match client.get("level") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| format!("level: expected a small whole number, found {v}"))?,
+    };
+    let kind = format!("xray.proxy.{}.Account", protocol.to_ascii_lowercase());
+    Ok(User { level, email, account: Some(typed(&kind, &socks::Account { username, password })) })
 }
 
 /// `addusers` / `replaceusers`: the users in `file` for the inbound tagged `tag`. The file is

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use shardray_core::spec::{
-    Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec,
-    SocketOptions, TlsServerSpec, TlsVersion, TrojanInboundSpec, UserSpec, VlessInboundSpec, VmessInboundSpec,
-    VmessSecurity,
+    Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, HttpHeaderSpec, HttpInboundSpec,
+    InboundProtocol, InboundSpec, ProxyAccount, SocketOptions, SocksInboundSpec, TlsServerSpec, TlsVersion,
+    TrojanInboundSpec, UserSpec, VlessInboundSpec, VmessInboundSpec, VmessSecurity,
 };
 use shardray_wire::addr::{Address, Destination};
 use shardray_wire::http_header::{RequestTemplate, ResponseTemplate};
@@ -17,15 +17,14 @@ use uuid::Uuid;
 
 use super::error::ConfigError;
 use super::raw::{
-    RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawHttpRequest, RawHttpResponse, RawInbound,
-    RawSniffing, RawStreamSettings, RawTcpSettings, RawTlsSettings, RawTrojanClient, RawTrojanSettings, RawVlessClient,
-    RawVlessSettings, RawVmessClient, RawVmessSettings, StringList,
+    RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawHttpRequest, RawHttpResponse, RawHttpSettings,
+    RawInbound, RawProxyAccount, RawSniffing, RawSocksSettings, RawStreamSettings, RawTcpSettings, RawTlsSettings,
+    RawTrojanClient, RawTrojanSettings, RawVlessClient, RawVlessSettings, RawVmessClient, RawVmessSettings, StringList,
 };
 use super::validate::{check_loopback, deserialize_at, is_empty_value, parse_host_port, parse_port, value_text};
 
 /// Inbound protocols upstream has that shardray does not serve yet.
-const LATER_PROTOCOLS: &[&str] =
-    &["vmess", "shadowsocks", "socks", "http", "mixed", "wireguard", "hysteria", "hysteria2", "tun"];
+const LATER_PROTOCOLS: &[&str] = &["shadowsocks", "mixed", "wireguard", "hysteria", "hysteria2", "tun"];
 
 /// Transports upstream has besides raw TCP.
 const LATER_NETWORKS: &[&str] = &[
@@ -161,6 +160,8 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
         "vless" => InboundProtocol::Vless(vless(settings, &settings_path)?),
         "trojan" => InboundProtocol::Trojan(trojan(settings, &settings_path)?),
         "vmess" => InboundProtocol::Vmess(vmess(settings, &settings_path)?),
+        "socks" => InboundProtocol::Socks(socks(settings, &settings_path)?),
+        "http" => InboundProtocol::Http(http(settings, &settings_path)?),
         p if is_dokodemo(p) => InboundProtocol::Dokodemo(dokodemo(settings, &settings_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
@@ -492,16 +493,17 @@ fn vless(settings: Value, path: &str) -> Result<VlessInboundSpec, ConfigError> {
     }
 
     let clients = raw.clients.unwrap_or_default();
-    let clients = clients_of(clients, path, "id", vless_client)?;
+    let clients = clients_of(clients, path, "clients", "id", vless_client)?;
     let fallbacks = fallbacks(raw.fallbacks, path)?;
     Ok(VlessInboundSpec { clients, fallbacks })
 }
 
-/// A VLESS or Trojan inbound's `clients`, each checked by `client`; an account (`key_field`)
-/// or an email that two clients share is an error naming the second.
+/// An inbound's `clients` (or the list named `list`), each checked by `client`; an account
+/// (`key_field`) or an email that two clients share is an error naming the second.
 fn clients_of<C>(
     raw: Vec<C>,
     path: &str,
+    list: &str,
     key_field: &str,
     client: impl Fn(C, &str) -> Result<UserSpec, ConfigError>,
 ) -> Result<Vec<UserSpec>, ConfigError> {
@@ -509,7 +511,7 @@ fn clients_of<C>(
     let mut accounts: HashMap<Account, usize> = HashMap::new();
     let mut emails: HashMap<String, usize> = HashMap::new();
     for (j, c) in raw.into_iter().enumerate() {
-        let cpath = format!("{path}.clients[{j}]");
+        let cpath = format!("{path}.{list}[{j}]");
         let user = client(c, &cpath)?;
         if let Some(first) = accounts.insert(user.account.clone(), j) {
             let what = match &user.account {
@@ -517,17 +519,15 @@ fn clients_of<C>(
                 // The password itself stays out of the message (and the logs).
                 Account::Trojan(_) => "duplicate password".to_owned(),
                 Account::Vmess { id, .. } => format!("duplicate id {id}"),
+                Account::Socks(a) | Account::Http(a) => format!("duplicate user {:?}", a.username),
             };
-            return Err(ConfigError::invalid(
-                format!("{cpath}.{key_field}"),
-                format!("{what} (also clients[{first}])"),
-            ));
+            return Err(ConfigError::invalid(format!("{cpath}.{key_field}"), format!("{what} (also {list}[{first}])")));
         }
         if !user.email.is_empty() {
             if let Some(first) = emails.insert(user.email.to_lowercase(), j) {
                 return Err(ConfigError::invalid(
                     format!("{cpath}.email"),
-                    format!("duplicate email {:?} (also clients[{first}])", user.email),
+                    format!("duplicate email {:?} (also {list}[{first}])", user.email),
                 ));
             }
         }
@@ -572,7 +572,7 @@ fn vless_client(raw: RawVlessClient, path: &str) -> Result<UserSpec, ConfigError
 
 fn trojan(settings: Value, path: &str) -> Result<TrojanInboundSpec, ConfigError> {
     let raw: RawTrojanSettings = deserialize_at(settings, path)?;
-    let clients = clients_of(raw.clients.unwrap_or_default(), path, "password", trojan_client)?;
+    let clients = clients_of(raw.clients.unwrap_or_default(), path, "clients", "password", trojan_client)?;
     let fallbacks = fallbacks(raw.fallbacks, path)?;
     Ok(TrojanInboundSpec { clients, fallbacks })
 }
@@ -594,6 +594,90 @@ fn trojan_client(raw: RawTrojanClient, path: &str) -> Result<UserSpec, ConfigErr
     })
 }
 
+// === socks and http ===
+
+fn socks(settings: Value, path: &str) -> Result<SocksInboundSpec, ConfigError> {
+    let raw: RawSocksSettings = deserialize_at(settings, path)?;
+    // Xray takes any other value for "noauth"; a misspelt "password" would then open the
+    // proxy to everyone, so it is refused here.
+    let password_auth = match raw.auth.as_deref().unwrap_or("") {
+        "" | "noauth" => false,
+        "password" => true,
+        other => {
+            return Err(ConfigError::invalid(
+                format!("{path}.auth"),
+                format!("unknown auth {other:?} (expected \"noauth\" or \"password\")"),
+            ))
+        }
+    };
+    if let Some(ip) = raw.ip.as_ref().filter(|v| !is_empty_value(v)) {
+        if !ip.as_str().is_some_and(|t| Address::parse(t.trim()).is_some()) {
+            return Err(ConfigError::invalid(format!("{path}.ip"), format!("{} is not an address", value_text(ip))));
+        }
+    }
+    let user_level = raw.user_level.unwrap_or(0);
+    let clients = proxy_accounts(raw.accounts, raw.users, path, user_level, Account::Socks)?;
+    Ok(SocksInboundSpec { password_auth, clients, udp: raw.udp.unwrap_or(false), user_level })
+}
+
+fn http(settings: Value, path: &str) -> Result<HttpInboundSpec, ConfigError> {
+    let raw: RawHttpSettings = deserialize_at(settings, path)?;
+    let user_level = raw.user_level.unwrap_or(0);
+    let clients = proxy_accounts(raw.accounts, raw.users, path, user_level, Account::Http)?;
+    Ok(HttpInboundSpec { clients, allow_transparent: raw.allow_transparent.unwrap_or(false), user_level })
+}
+
+/// `accounts` (which Xray takes over `users` when both are there) of a SOCKS or HTTP inbound:
+/// `user` and `pass` required, `email` the username unless given (Xray counts a session under
+/// its username), `level` the inbound's `userLevel` unless given. Two accounts may not share
+/// a username: Xray would keep only the last.
+fn proxy_accounts(
+    accounts: Option<Vec<RawProxyAccount>>,
+    users: Option<Vec<RawProxyAccount>>,
+    path: &str,
+    user_level: u32,
+    make: fn(ProxyAccount) -> Account,
+) -> Result<Vec<UserSpec>, ConfigError> {
+    let list = if accounts.is_some() { "accounts" } else { "users" };
+    let raw = accounts.or(users).unwrap_or_default();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (j, a) in raw.iter().enumerate() {
+        if let Some(first) = a.user.as_ref().and_then(|u| names.insert(u.clone(), j)) {
+            return Err(ConfigError::invalid(
+                format!("{path}.{list}[{j}].user"),
+                format!("duplicate user {:?} (also {list}[{first}])", a.user.as_deref().unwrap_or_default()),
+            ));
+        }
+    }
+    clients_of(raw, path, list, "user", |a, p| proxy_account(a, p, user_level, make))
+}
+
+/// One `{user, pass}` account (an inbound's, or an outbound's `users[0]`).
+pub(super) fn proxy_account(
+    raw: RawProxyAccount,
+    path: &str,
+    user_level: u32,
+    make: fn(ProxyAccount) -> Account,
+) -> Result<UserSpec, ConfigError> {
+    let username = match raw.user {
+        None => return Err(ConfigError::invalid(format!("{path}.user"), "missing")),
+        Some(u) if u.is_empty() => return Err(ConfigError::invalid(format!("{path}.user"), "empty")),
+        Some(u) if u.len() > 255 => return Err(ConfigError::invalid(format!("{path}.user"), "longer than 255 bytes")),
+        Some(u) => u,
+    };
+    let password = match raw.pass {
+        None => return Err(ConfigError::invalid(format!("{path}.pass"), "missing")),
+        Some(p) if p.len() > 255 => return Err(ConfigError::invalid(format!("{path}.pass"), "longer than 255 bytes")),
+        Some(p) => p,
+    };
+    let email = raw.email.filter(|e| !e.is_empty()).unwrap_or_else(|| username.clone());
+    Ok(UserSpec {
+        account: make(ProxyAccount { username: username.into(), password: password.into() }),
+        email,
+        level: raw.level.unwrap_or(user_level),
+    })
+}
+
 // === vmess ===
 
 fn vmess(settings: Value, path: &str) -> Result<VmessInboundSpec, ConfigError> {
@@ -606,7 +690,7 @@ fn vmess(settings: Value, path: &str) -> Result<VmessInboundSpec, ConfigError> {
     }
     // Xray reads `users` and takes `clients` over it when both are there.
     let list = raw.clients.or(raw.users).unwrap_or_default();
-    let clients = clients_of(list, path, "id", |c, p| vmess_user(c, p, false).map(|(u, _)| u))?;
+    let clients = clients_of(list, path, "clients", "id", |c, p| vmess_user(c, p, false).map(|(u, _)| u))?;
     Ok(VmessInboundSpec { clients })
 }
 

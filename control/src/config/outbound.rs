@@ -5,21 +5,20 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 use shardray_core::spec::{
-    Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, TlsClientSpec,
-    TrojanOutboundSpec, VmessOutboundSpec,
+    Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, ProxyOutboundSpec,
+    TlsClientSpec, TrojanOutboundSpec, UserSpec, VmessOutboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
 use super::raw::{
-    RawBlackholeSettings, RawFreedomSettings, RawOutStream, RawOutbound, RawTrojanOutSettings, RawVmessClient,
-    RawVmessOutSettings, RawVmessServer, StringList,
+    RawBlackholeSettings, RawFreedomSettings, RawOutStream, RawOutbound, RawProxyAccount, RawProxyOutSettings,
+    RawProxyServer, RawTrojanOutSettings, RawVmessClient, RawVmessOutSettings, RawVmessServer, StringList,
 };
 use super::validate::{deserialize_at, is_empty_value, parse_host_port, parse_port};
 
 /// Outbound protocols upstream has that shardray does not serve yet.
-const LATER_PROTOCOLS: &[&str] =
-    &["vless", "vmess", "shadowsocks", "socks", "http", "wireguard", "dns", "loopback", "hysteria", "hysteria2"];
+const LATER_PROTOCOLS: &[&str] = &["vless", "shadowsocks", "wireguard", "dns", "loopback", "hysteria", "hysteria2"];
 
 /// Validates `outbounds`: at least one, tags unique and distinct from the API's tag.
 pub(super) fn outbounds(
@@ -62,7 +61,7 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
     let send_through = send_through(ob.send_through.as_deref(), &format!("{path}.sendThrough"))?;
     let stream_path = format!("{path}.streamSettings");
     // Trojan reads its own stream settings (TLS); the others may only restate the defaults.
-    if protocol != "trojan" && protocol != "vmess" {
+    if !matches!(protocol.as_str(), "trojan" | "vmess" | "socks" | "http") {
         if let Some(stream) = &ob.stream_settings {
             check_plain_stream(stream, &stream_path)?;
         }
@@ -87,6 +86,8 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
         "blackhole" | "block" => OutboundProtocol::Blackhole(blackhole(settings, &settings_path)?),
         "trojan" => OutboundProtocol::Trojan(trojan(settings, &settings_path, ob.stream_settings, &stream_path)?),
         "vmess" => OutboundProtocol::Vmess(vmess(settings, &settings_path, ob.stream_settings, &stream_path)?),
+        "socks" => OutboundProtocol::Socks(proxy(settings, &settings_path, ob.stream_settings, &stream_path, false)?),
+        "http" => OutboundProtocol::Http(proxy(settings, &settings_path, ob.stream_settings, &stream_path, true)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
         }
@@ -285,6 +286,78 @@ fn vmess(
         level: user.level,
         tls,
     })
+}
+
+/// A SOCKS or HTTP outbound: `settings.servers` (one server, at most one user) or Xray's flat
+/// form (`address`, `port`, `user`, `pass`); `headers` for HTTP only.
+fn proxy(
+    settings: Value,
+    path: &str,
+    stream: Option<Value>,
+    stream_path: &str,
+    http: bool,
+) -> Result<ProxyOutboundSpec, ConfigError> {
+    let raw: RawProxyOutSettings = deserialize_at(settings, path)?;
+    let name = if http { "HTTP" } else { "SOCKS" };
+    let (server, spath) = match (raw.servers, raw.address) {
+        (Some(mut servers), None) => {
+            let servers_path = format!("{path}.servers");
+            match servers.len() {
+                0 => return Err(ConfigError::invalid(servers_path, "at least one server is required")),
+                1 => {}
+                _ => {
+                    return Err(ConfigError::unsupported(
+                        format!("{servers_path}[1]"),
+                        format!("more than one {name} server"),
+                    ))
+                }
+            }
+            (servers.remove(0), format!("{servers_path}[0]"))
+        }
+        (None, Some(address)) => {
+            let users = raw
+                .user
+                .is_some()
+                .then(|| vec![RawProxyAccount { user: raw.user, pass: raw.pass, email: raw.email, level: raw.level }]);
+            (RawProxyServer { address: Some(address), port: raw.port, users }, path.to_owned())
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(format!("{path}.address"), "give either servers or address, not both"))
+        }
+        (None, None) => return Err(ConfigError::invalid(format!("{path}.servers"), "missing")),
+    };
+    if !http && raw.headers.as_ref().is_some_and(|h| !h.is_empty()) {
+        return Err(ConfigError::invalid(format!("{path}.headers"), "headers are for an HTTP outbound"));
+    }
+    let address = match server.address.as_deref().map(str::trim) {
+        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
+        Some(a) => Address::parse(a)
+            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
+    };
+    let port = match server.port.as_ref() {
+        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
+        Some(v) => parse_port(v, &format!("{spath}.port"))?,
+    };
+    let mut users = server.users.unwrap_or_default();
+    let upath = format!("{spath}.users");
+    let user = match users.len() {
+        0 => None,
+        1 => {
+            let make = if http { Account::Http } else { Account::Socks };
+            Some(super::inbound::proxy_account(users.remove(0), &format!("{upath}[0]"), 0, make)?)
+        }
+        _ => return Err(ConfigError::unsupported(format!("{upath}[1]"), format!("more than one {name} user"))),
+    };
+    let (account, email, level) = match user {
+        Some(UserSpec { account: Account::Socks(a) | Account::Http(a), email, level }) => (Some(a), email, level),
+        _ => (None, String::new(), 0),
+    };
+    let tls = match stream {
+        None | Some(Value::Null) => None,
+        Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
+    };
+    let headers = raw.headers.unwrap_or_default().into_iter().collect();
+    Ok(ProxyOutboundSpec { server: Destination { addr: address, port }, account, email, level, headers, tls })
 }
 
 /// An outbound's `streamSettings` over raw TCP: the TLS client settings when `security` is

@@ -376,6 +376,66 @@ pub(super) struct RawTrojanClient {
     pub _reset: Option<Value>,
 }
 
+/// `settings` of a SOCKS inbound (Xray's `SocksServerConfig`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawSocksSettings {
+    pub auth: Option<String>,
+    pub accounts: Option<Vec<RawProxyAccount>>,
+    pub users: Option<Vec<RawProxyAccount>>,
+    pub udp: Option<bool>,
+    pub ip: Option<Value>,
+    pub user_level: Option<u32>,
+}
+
+/// `settings` of an HTTP inbound (Xray's `HTTPServerConfig`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawHttpSettings {
+    pub accounts: Option<Vec<RawProxyAccount>>,
+    pub users: Option<Vec<RawProxyAccount>>,
+    pub allow_transparent: Option<bool>,
+    pub user_level: Option<u32>,
+    /// Xray's old field, no longer read (a request's own idle timeout is the policy's).
+    #[serde(rename = "timeout")]
+    pub _timeout: Option<Value>,
+}
+
+/// `accounts[i]` of a SOCKS or HTTP inbound: Xray's `{user, pass}`; `email` and `level` are
+/// ours (Xray counts the session under the username).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxyAccount {
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+}
+
+/// `settings` of a SOCKS or HTTP outbound: `servers`, or Xray's flat form.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxyOutSettings {
+    pub servers: Option<Vec<RawProxyServer>>,
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    /// HTTP only: header fields sent with the CONNECT.
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// `settings.servers[i]` of a SOCKS or HTTP outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxyServer {
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub users: Option<Vec<RawProxyAccount>>,
+}
+
 /// `settings.fallbacks[i]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,7 +15,7 @@ use shardray_core::spec::{
 use shardray_proto::xray::app::proxyman::{ReceiverConfig, SniffingConfig};
 use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortList, PortRange};
 use shardray_proto::xray::core::InboundHandlerConfig;
-use shardray_proto::xray::proxy::{dokodemo, trojan, vless, vmess};
+use shardray_proto::xray::proxy::{dokodemo, http, socks, trojan, vless, vmess};
 use shardray_proto::xray::transport::internet::{tls, SocketConfig, StreamConfig};
 
 use super::{api_user, ip_bytes, ip_from_bytes, message_type, typed, user_spec, Flavor};
@@ -32,6 +32,8 @@ const VLESS_INBOUND: &str = "xray.proxy.vless.inbound.Config";
 const TROJAN_INBOUND: &str = "xray.proxy.trojan.ServerConfig";
 const VMESS_INBOUND: &str = "xray.proxy.vmess.inbound.Config";
 const DOKODEMO: &str = "xray.proxy.dokodemo.Config";
+const SOCKS_INBOUND: &str = "xray.proxy.socks.ServerConfig";
+const HTTP_INBOUND: &str = "xray.proxy.http.ServerConfig";
 
 /// An AddInbound request that cannot become a config inbound; names the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +168,33 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
             };
             out.insert("protocol".into(), json!("dokodemo-door"));
             out.insert("settings".into(), dokodemo_json(&settings)?);
+        }
+        "proxy.socks.ServerConfig" => {
+            // v2fly's has the same numbers but for its deprecated timeout (5), which is refused.
+            let settings: socks::ServerConfig = decode(&proxy.value, SOCKS_INBOUND, "proxy_settings")?;
+            out.insert("protocol".into(), json!("socks"));
+            let auth = if settings.auth_type == socks::AuthType::Password as i32 { "password" } else { "noauth" };
+            let mut body = Map::new();
+            body.insert("auth".into(), json!(auth));
+            body.insert("accounts".into(), json!(accounts_json(&settings.accounts)));
+            body.insert("udp".into(), json!(settings.udp_enabled));
+            if let Some(ip) = &settings.address {
+                body.insert("ip".into(), json!(address_text(ip, "proxy_settings.address")?));
+            }
+            body.insert("userLevel".into(), json!(settings.user_level));
+            out.insert("settings".into(), Value::Object(body));
+        }
+        "proxy.http.ServerConfig" => {
+            let settings: http::ServerConfig = decode(&proxy.value, HTTP_INBOUND, "proxy_settings")?;
+            out.insert("protocol".into(), json!("http"));
+            out.insert(
+                "settings".into(),
+                json!({
+                    "accounts": accounts_json(&settings.accounts),
+                    "allowTransparent": settings.allow_transparent,
+                    "userLevel": settings.user_level,
+                }),
+            );
         }
         other => {
             // "proxy.vmess.inbound.Config", "proxy.trojan.ServerConfig", …: the protocol's name,
@@ -322,6 +351,25 @@ fn tls_json(config: &tls::Config) -> Value {
     Value::Object(out)
 }
 
+/// A SOCKS or HTTP inbound's accounts as Xray's ServerConfig keeps them: username to
+/// password (the emails and levels are ours and do not travel).
+fn proxy_accounts(clients: &[UserSpec]) -> std::collections::HashMap<String, String> {
+    clients
+        .iter()
+        .filter_map(|c| match &c.account {
+            Account::Socks(a) | Account::Http(a) => Some((a.username.to_string(), a.password.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A SOCKS or HTTP ServerConfig's accounts as config `accounts`, in username order.
+fn accounts_json(accounts: &std::collections::HashMap<String, String>) -> Vec<Value> {
+    let mut list: Vec<(&String, &String)> = accounts.iter().collect();
+    list.sort();
+    list.into_iter().map(|(user, pass)| json!({ "user": user, "pass": pass })).collect()
+}
+
 /// A config client: `id` for VLESS, `password` for Trojan.
 fn client_json(spec: &UserSpec) -> Value {
     match &spec.account {
@@ -330,6 +378,9 @@ fn client_json(spec: &UserSpec) -> Value {
         Account::Vmess { id, security } => json!({
             "id": id.to_string(), "security": security.name(), "email": spec.email, "level": spec.level
         }),
+        Account::Socks(a) | Account::Http(a) => {
+            json!({ "user": &*a.username, "pass": &*a.password, "email": spec.email, "level": spec.level })
+        }
     }
 }
 
@@ -536,6 +587,24 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             let config =
                 vmess::inbound::Config { user: v.clients.iter().map(api_user).collect(), ..Default::default() };
             typed(VMESS_INBOUND, &config)
+        }
+        InboundProtocol::Socks(p) => {
+            let config = socks::ServerConfig {
+                auth_type: if p.password_auth { socks::AuthType::Password } else { socks::AuthType::NoAuth } as i32,
+                accounts: proxy_accounts(&p.clients),
+                address: None,
+                udp_enabled: p.udp,
+                user_level: p.user_level,
+            };
+            typed(SOCKS_INBOUND, &config)
+        }
+        InboundProtocol::Http(p) => {
+            let config = http::ServerConfig {
+                accounts: proxy_accounts(&p.clients),
+                allow_transparent: p.allow_transparent,
+                user_level: p.user_level,
+            };
+            typed(HTTP_INBOUND, &config)
         }
         InboundProtocol::Dokodemo(d) => {
             let address = match &d.destination.addr {

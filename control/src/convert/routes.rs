@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use prost::Message;
 use shardray_core::spec::{
     BalancerSpec, BalancerStrategy, BlackholeSpec, DomainMatcher, DomainStrategy, FreedomSpec, NetworkSet,
-    OutboundProtocol, OutboundSpec, PortRange, RuleSpec, TlsClientSpec, TrojanOutboundSpec, VmessOutboundSpec,
+    OutboundProtocol, OutboundSpec, PortRange, ProxyOutboundSpec, RuleSpec, TlsClientSpec, TrojanOutboundSpec,
+    VmessOutboundSpec,
 };
 use shardray_proto::xray::app::proxyman::SenderConfig;
 use shardray_proto::xray::app::router;
@@ -18,7 +19,7 @@ use shardray_proto::xray::common::net;
 use shardray_proto::xray::common::protocol::ServerEndpoint;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::OutboundHandlerConfig;
-use shardray_proto::xray::proxy::{blackhole, freedom, trojan, vmess};
+use shardray_proto::xray::proxy::{blackhole, freedom, http, socks, trojan, vmess};
 use shardray_proto::xray::transport::internet::{tls, StreamConfig};
 use shardray_wire::addr::{Address, Destination};
 
@@ -118,6 +119,15 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
             &exact(&proxy.value, "xray.proxy.vmess.outbound.Config", "proxy_settings")?,
             stream_settings.take().as_ref(),
         )?),
+        "proxy.socks.ClientConfig" => {
+            let c: socks::ClientConfig = exact(&proxy.value, "xray.proxy.socks.ClientConfig", "proxy_settings")?;
+            OutboundProtocol::Socks(proxy_spec(c.server.as_ref(), &[], stream_settings.take().as_ref(), "socks")?)
+        }
+        "proxy.http.ClientConfig" => {
+            let c: http::ClientConfig = exact(&proxy.value, "xray.proxy.http.ClientConfig", "proxy_settings")?;
+            let headers: Vec<(String, String)> = c.header.into_iter().map(|h| (h.key, h.value)).collect();
+            OutboundProtocol::Http(proxy_spec(c.server.as_ref(), &headers, stream_settings.take().as_ref(), "http")?)
+        }
         other => {
             return Err(match other.strip_prefix("proxy.").and_then(|p| p.split('.').next()) {
                 Some(p) => invalid(format!("proxy_settings: outbound protocol {p:?} is not supported yet")),
@@ -178,6 +188,47 @@ fn client_endpoint(
         })
         .map_err(|e| invalid(format!("proxy_settings.server[0].{e}")))?;
     Ok((Destination { addr, port }, spec))
+}
+
+/// A SOCKS or HTTP ClientConfig (one server, no user or one) and its sender's stream settings.
+fn proxy_spec(
+    server: Option<&ServerEndpoint>,
+    headers: &[(String, String)],
+    stream: Option<&StreamConfig>,
+    protocol: &str,
+) -> Result<ProxyOutboundSpec, InvalidRoute> {
+    let server = server.ok_or_else(|| invalid("proxy_settings.server: missing"))?;
+    let (dest, user) = if server.user.is_empty() {
+        // No user: the address and port are read as for one with a user.
+        let mut probe = server.clone();
+        probe.user.push(shardray_proto::xray::common::protocol::User {
+            account: Some(typed(
+                &format!("xray.proxy.{protocol}.Account"),
+                &socks::Account { username: "-".into(), password: String::new() },
+            )),
+            ..Default::default()
+        });
+        (client_endpoint(std::slice::from_ref(&probe), protocol, protocol)?.0, None)
+    } else {
+        let (dest, spec) = client_endpoint(std::slice::from_ref(server), protocol, protocol)?;
+        (dest, Some(spec))
+    };
+    let (account, email, level) = match user {
+        None => (None, String::new(), 0),
+        Some(u) => match u.account {
+            shardray_core::spec::Account::Socks(a) | shardray_core::spec::Account::Http(a) => {
+                (Some(a), u.email, u.level)
+            }
+            _ => return Err(invalid("proxy_settings.server.user.account: not a SOCKS or HTTP account")),
+        },
+    };
+    let tls = match stream {
+        None => None,
+        Some(stream) => client_tls(stream)?,
+    };
+    let mut headers = headers.to_vec();
+    headers.sort();
+    Ok(ProxyOutboundSpec { server: dest, account, email, level, headers, tls })
 }
 
 /// A VMess outbound Config (one receiver, one user) and its sender's stream settings.
@@ -423,10 +474,43 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
             };
             typed("xray.proxy.vmess.outbound.Config", &vmess::outbound::Config { receiver: vec![server] })
         }
+        OutboundProtocol::Socks(p) | OutboundProtocol::Http(p) => {
+            let is_socks = matches!(spec.protocol, OutboundProtocol::Socks(_));
+            let user = p.account.as_ref().map(|a| {
+                let account = socks::Account { username: a.username.to_string(), password: a.password.to_string() };
+                let kind = if is_socks { "xray.proxy.socks.Account" } else { "xray.proxy.http.Account" };
+                shardray_proto::xray::common::protocol::User {
+                    level: p.level,
+                    email: p.email.clone(),
+                    account: Some(typed(kind, &account)),
+                }
+            });
+            let server = ServerEndpoint {
+                address: Some(net::IpOrDomain {
+                    address: Some(match &p.server.addr {
+                        Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
+                        Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
+                    }),
+                }),
+                port: u32::from(p.server.port),
+                user: user.into_iter().collect(),
+            };
+            if is_socks {
+                typed("xray.proxy.socks.ClientConfig", &socks::ClientConfig { server: Some(server) })
+            } else {
+                let header = p
+                    .headers
+                    .iter()
+                    .map(|(key, value)| http::Header { key: key.clone(), value: value.clone() })
+                    .collect();
+                typed("xray.proxy.http.ClientConfig", &http::ClientConfig { server: Some(server), header })
+            }
+        }
     };
     let tls = match &spec.protocol {
         OutboundProtocol::Trojan(t) => t.tls.as_ref(),
         OutboundProtocol::Vmess(v) => v.tls.as_ref(),
+        OutboundProtocol::Socks(p) | OutboundProtocol::Http(p) => p.tls.as_ref(),
         _ => None,
     };
     let sender_settings = match (sender_settings, tls) {

@@ -23,6 +23,9 @@ pub enum UserId {
     Uuid(Uuid),
     /// A Trojan user's key: the 56 hex digits of SHA-224(password), as on the wire.
     Trojan([u8; KEY_LEN]),
+    /// A SOCKS or HTTP proxy account's key: SHA-256 over its username and password
+    /// (`shardray_wire::socks::account_key`).
+    Password([u8; shardray_wire::socks::ACCOUNT_KEY_LEN]),
 }
 
 impl std::fmt::Display for UserId {
@@ -30,6 +33,7 @@ impl std::fmt::Display for UserId {
         match self {
             UserId::Uuid(id) => write!(f, "{id}"),
             UserId::Trojan(key) => f.write_str(std::str::from_utf8(key).unwrap_or("?")),
+            UserId::Password(key) => key.iter().try_for_each(|b| write!(f, "{b:02x}")),
         }
     }
 }

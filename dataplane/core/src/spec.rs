@@ -285,6 +285,8 @@ impl InboundSpec {
                 InboundProtocol::Trojan(TrojanInboundSpec { clients: Vec::new(), fallbacks: t.fallbacks.clone() })
             }
             InboundProtocol::Vmess(_) => InboundProtocol::Vmess(VmessInboundSpec { clients: Vec::new() }),
+            InboundProtocol::Socks(p) => InboundProtocol::Socks(p.clone_settings()),
+            InboundProtocol::Http(p) => InboundProtocol::Http(p.clone_settings()),
             InboundProtocol::Dokodemo(d) => InboundProtocol::Dokodemo(d.clone()),
         };
         InboundSpec {
@@ -310,6 +312,10 @@ pub enum InboundProtocol {
     Vmess(VmessInboundSpec),
     /// `dokodemo-door` (other than the API's own)
     Dokodemo(DokodemoSpec),
+    /// `socks` (SOCKS5, SOCKS4/4a; HTTP proxy requests on the same port, as Xray serves them)
+    Socks(SocksInboundSpec),
+    /// `http` (a forward proxy: CONNECT and absolute-URI requests)
+    Http(HttpInboundSpec),
 }
 
 impl InboundProtocol {
@@ -320,6 +326,8 @@ impl InboundProtocol {
             InboundProtocol::Trojan(_) => "trojan",
             InboundProtocol::Vmess(_) => "vmess",
             InboundProtocol::Dokodemo(_) => "dokodemo-door",
+            InboundProtocol::Socks(_) => "socks",
+            InboundProtocol::Http(_) => "http",
         }
     }
 
@@ -329,6 +337,8 @@ impl InboundProtocol {
             InboundProtocol::Vless(v) => Some(&v.clients),
             InboundProtocol::Trojan(t) => Some(&t.clients),
             InboundProtocol::Vmess(v) => Some(&v.clients),
+            InboundProtocol::Socks(p) => Some(&p.clients),
+            InboundProtocol::Http(p) => Some(&p.clients),
             InboundProtocol::Dokodemo(_) => None,
         }
     }
@@ -338,7 +348,10 @@ impl InboundProtocol {
         match self {
             InboundProtocol::Vless(v) => &v.fallbacks,
             InboundProtocol::Trojan(t) => &t.fallbacks,
-            InboundProtocol::Vmess(_) | InboundProtocol::Dokodemo(_) => &[],
+            InboundProtocol::Vmess(_)
+            | InboundProtocol::Dokodemo(_)
+            | InboundProtocol::Socks(_)
+            | InboundProtocol::Http(_) => &[],
         }
     }
 }
@@ -366,6 +379,63 @@ pub struct TrojanInboundSpec {
 pub struct VmessInboundSpec {
     /// `clients` (or Xray's newer `users`)
     pub clients: Vec<UserSpec>,
+}
+
+/// `settings` of a SOCKS inbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocksInboundSpec {
+    /// `auth` is `"password"`: clients must present one of the accounts (SOCKS5 username and
+    /// password, or HTTP Basic on the same port); SOCKS4, which carries no password, is refused.
+    /// Anything else is Xray's default, `"noauth"`, and the accounts are not asked for.
+    pub password_auth: bool,
+    /// `accounts` (or `users`): each `{user, pass}`, with our optional `email` and `level`.
+    pub clients: Vec<UserSpec>,
+    /// `udp`: accepted; UDP ASSOCIATE is not served yet and gets "command not supported".
+    pub udp: bool,
+    /// `userLevel`: the policy level of a session without an account.
+    pub user_level: u32,
+}
+
+impl SocksInboundSpec {
+    /// The settings without the clients.
+    pub fn clone_settings(&self) -> SocksInboundSpec {
+        SocksInboundSpec { clients: Vec::new(), ..*self }
+    }
+}
+
+/// `settings` of an HTTP proxy inbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpInboundSpec {
+    /// `accounts` (or `users`): each `{user, pass}`, with our optional `email` and `level`.
+    /// With any, every request must carry `Proxy-Authorization: Basic` for one of them.
+    pub clients: Vec<UserSpec>,
+    /// `allowTransparent`: an origin-form request goes to its `Host` header.
+    pub allow_transparent: bool,
+    /// `userLevel`: the policy level of a session without an account.
+    pub user_level: u32,
+}
+
+impl HttpInboundSpec {
+    /// The settings without the clients.
+    pub fn clone_settings(&self) -> HttpInboundSpec {
+        HttpInboundSpec { clients: Vec::new(), ..*self }
+    }
+}
+
+/// A SOCKS or HTTP proxy account: `{user, pass}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProxyAccount {
+    /// `user`
+    pub username: Arc<str>,
+    /// `pass`
+    pub password: Arc<str>,
+}
+
+impl ProxyAccount {
+    /// The key a shard looks the account up by.
+    pub fn key(&self) -> UserId {
+        UserId::Password(shardray_wire::socks::account_key(self.username.as_bytes(), self.password.as_bytes()))
+    }
 }
 
 /// A VMess account's `security`: what its clients are told to use (share links, the API's
@@ -414,6 +484,10 @@ pub enum Account {
     Vless(Uuid),
     /// A Trojan user's password.
     Trojan(Arc<str>),
+    /// A SOCKS account.
+    Socks(ProxyAccount),
+    /// An HTTP proxy account.
+    Http(ProxyAccount),
     /// A VMess user's id (alterId 0), with the security its clients are told to use.
     Vmess {
         /// `id`
@@ -432,6 +506,7 @@ impl Account {
             // VMess looks users up by the auth ID each one's UUID keys; the table derives the
             // keys from the UUID.
             Account::Vmess { id, .. } => UserId::Uuid(*id),
+            Account::Socks(a) | Account::Http(a) => a.key(),
         }
     }
 
@@ -441,6 +516,8 @@ impl Account {
             Account::Vless(_) => "vless",
             Account::Trojan(_) => "trojan",
             Account::Vmess { .. } => "vmess",
+            Account::Socks(_) => "socks",
+            Account::Http(_) => "http",
         }
     }
 }
@@ -547,6 +624,27 @@ pub enum OutboundProtocol {
     Trojan(TrojanOutboundSpec),
     /// `vmess`: relay through a VMess server (AEAD, TCP).
     Vmess(VmessOutboundSpec),
+    /// `socks`: relay through a SOCKS5 server (CONNECT).
+    Socks(ProxyOutboundSpec),
+    /// `http`: relay through an HTTP proxy (CONNECT).
+    Http(ProxyOutboundSpec),
+}
+
+/// `settings` and `streamSettings` of a SOCKS or HTTP outbound (one server, at most one user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyOutboundSpec {
+    /// `servers[0].address` and `servers[0].port`.
+    pub server: Destination,
+    /// `servers[0].users[0]`: the credentials to present; `None` asks for no authentication.
+    pub account: Option<ProxyAccount>,
+    /// `servers[0].users[0].email`, for logs.
+    pub email: String,
+    /// `servers[0].users[0].level`.
+    pub level: u32,
+    /// `headers` (HTTP only): extra header fields sent with the CONNECT, in name order.
+    pub headers: Vec<(String, String)>,
+    /// `streamSettings` with `security: "tls"`; `None` speaks to the server over plain TCP.
+    pub tls: Option<TlsClientSpec>,
 }
 
 /// `settings` and `streamSettings` of a VMess outbound (one server, one user).

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::transport::tls;
-use crate::users::{SessionWatchers, TableKey, TrojanKey, UserOps, UserStates, UserTable, VmessUsers};
+use crate::users::{PasswordKey, SessionWatchers, TableKey, TrojanKey, UserOps, UserStates, UserTable, VmessUsers};
 use futures_rustls::TlsAcceptor;
 use shardray_core::change::Change;
 use shardray_core::log::LogSink;
@@ -75,6 +75,26 @@ pub(crate) enum InboundKind {
         replay: Box<RefCell<shardray_wire::vmess::ReplayFilter>>,
     },
     Dokodemo(DokodemoSpec),
+    /// SOCKS (and HTTP proxy requests on the same port) or an HTTP proxy: accounts by the key
+    /// of their credentials.
+    Proxy {
+        users: RefCell<UserTable<PasswordKey>>,
+        settings: ProxySettings,
+    },
+}
+
+/// What a SOCKS or HTTP inbound does besides looking accounts up.
+#[derive(Debug)]
+pub(crate) struct ProxySettings {
+    /// SOCKS first (`socks`), or HTTP only (`http`).
+    pub(crate) socks: bool,
+    /// Credentials are required: SOCKS `auth: "password"`; an HTTP inbound configured with
+    /// accounts, or one that has been given one since (see `InboundKind::proxy_auth`).
+    pub(crate) auth: Cell<bool>,
+    /// `allowTransparent` (HTTP inbound only).
+    pub(crate) allow_transparent: bool,
+    /// `userLevel`: the level of a session without an account.
+    pub(crate) user_level: u32,
 }
 
 impl InboundKind {
@@ -84,6 +104,7 @@ impl InboundKind {
             InboundKind::Vless { users, .. } => Some(users),
             InboundKind::Trojan { users, .. } => Some(users),
             InboundKind::Vmess { users, .. } => Some(&**users),
+            InboundKind::Proxy { users, .. } => Some(users),
             InboundKind::Dokodemo(_) => None,
         }
     }
@@ -98,6 +119,8 @@ pub(crate) struct OutboundRt {
     pub(crate) trojan: Option<crate::outbound::trojan::TrojanClient>,
     /// A VMess outbound's keys and TLS client, built once.
     pub(crate) vmess: Option<crate::outbound::vmess::VmessClient>,
+    /// A SOCKS or HTTP outbound's TLS client, built once.
+    pub(crate) proxy: Option<crate::outbound::proxy::ProxyClient>,
 }
 
 /// The outbounds, the compiled rules and the balancers of one epoch.
@@ -159,12 +182,20 @@ impl Routes {
                             ),
                             _ => None,
                         };
+                        let proxy = match &o.protocol {
+                            OutboundProtocol::Socks(p) | OutboundProtocol::Http(p) => Some(
+                                crate::outbound::proxy::ProxyClient::new(p)
+                                    .map_err(|e| format!("outbound {:?}: {e}", o.tag))?,
+                            ),
+                            _ => None,
+                        };
                         Ok(Rc::new(OutboundRt {
                             tag: o.tag.as_str().into(),
                             traffic: Traffic::default(),
                             protocol: o.protocol.clone(),
                             trojan,
                             vmess,
+                            proxy,
                         }))
                     }
                 }
@@ -291,6 +322,24 @@ impl ShardCtx {
             }
             InboundProtocol::Vmess(_) => InboundKind::Vmess { users: Box::default(), replay: Box::default() },
             InboundProtocol::Dokodemo(d) => InboundKind::Dokodemo(d.clone()),
+            InboundProtocol::Socks(p) => InboundKind::Proxy {
+                users: RefCell::default(),
+                settings: ProxySettings {
+                    socks: true,
+                    auth: Cell::new(p.password_auth),
+                    allow_transparent: false,
+                    user_level: p.user_level,
+                },
+            },
+            InboundProtocol::Http(p) => InboundKind::Proxy {
+                users: RefCell::default(),
+                settings: ProxySettings {
+                    socks: false,
+                    auth: Cell::new(!p.clients.is_empty()),
+                    allow_transparent: p.allow_transparent,
+                    user_level: p.user_level,
+                },
+            },
         };
         Ok(InboundRt {
             tag: inbound.tag.as_str().into(),
@@ -368,6 +417,14 @@ impl ShardCtx {
             InboundKind::Vless { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
             InboundKind::Trojan { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
             InboundKind::Vmess { users, .. } => self.apply_user_ops(&inbound.tag, &**users, ops),
+            InboundKind::Proxy { users, settings } => {
+                // An HTTP inbound asks for credentials once it has an account, and keeps asking
+                // when the last one is removed: removing users never opens a proxy.
+                if !settings.socks && ops.iter().any(|op| matches!(op, UserOp::Add { .. })) {
+                    settings.auth.set(true);
+                }
+                self.apply_user_ops(&inbound.tag, users, ops)
+            }
             InboundKind::Dokodemo(_) => Err(format!("inbound {} has no users", inbound.tag)),
         }
     }

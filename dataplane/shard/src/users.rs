@@ -38,7 +38,7 @@ impl TableKey for Uuid {
     fn from_id(id: &UserId) -> Option<Self> {
         match id {
             UserId::Uuid(id) => Some(*id),
-            UserId::Trojan(_) => None,
+            UserId::Trojan(_) | UserId::Password(_) => None,
         }
     }
 }
@@ -54,7 +54,23 @@ impl TableKey for TrojanKey {
     fn from_id(id: &UserId) -> Option<Self> {
         match id {
             UserId::Trojan(key) => Some(*key),
-            UserId::Uuid(_) => None,
+            UserId::Uuid(_) | UserId::Password(_) => None,
+        }
+    }
+}
+
+/// A SOCKS or HTTP proxy account's key: SHA-256 over the credentials a client presents.
+pub type PasswordKey = [u8; shardray_wire::socks::ACCOUNT_KEY_LEN];
+
+impl TableKey for PasswordKey {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn from_id(id: &UserId) -> Option<Self> {
+        match id {
+            UserId::Password(key) => Some(*key),
+            UserId::Uuid(_) | UserId::Trojan(_) => None,
         }
     }
 }

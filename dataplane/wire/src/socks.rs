@@ -238,6 +238,22 @@ pub fn auth_reply(ok: bool) -> [u8; 2] {
     [AUTH_VERSION, if ok { 0x00 } else { 0xff }]
 }
 
+/// The length of [`account_key`].
+pub const ACCOUNT_KEY_LEN: usize = 32;
+
+/// The key a SOCKS or HTTP proxy account is looked up by: SHA-256 over the username and the
+/// password, each behind its length (so no two pairs share a key). A server hashes the
+/// credentials a client presents and looks the key up; it never keeps the password itself.
+pub fn account_key(username: &[u8], password: &[u8]) -> [u8; ACCOUNT_KEY_LEN] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((username.len() as u64).to_be_bytes());
+    h.update(username);
+    h.update((password.len() as u64).to_be_bytes());
+    h.update(password);
+    h.finalize().into()
+}
+
 // === SOCKS5 requests and replies ===
 
 /// What a SOCKS5 client asks for; BIND is refused while decoding.
@@ -699,6 +715,13 @@ mod tests {
         req.encode(&mut out).unwrap();
         assert_eq!(out, wire);
         assert_eq!(Socks4Request::decode(&mut &out[..]), Ok(req));
+    }
+
+    #[test]
+    fn account_keys_separate_username_from_password() {
+        assert_eq!(account_key(b"u", b"p"), account_key(b"u", b"p"));
+        assert_ne!(account_key(b"ab", b"c"), account_key(b"a", b"bc"));
+        assert_ne!(account_key(b"u", b"p"), account_key(b"p", b"u"));
     }
 
     #[test]

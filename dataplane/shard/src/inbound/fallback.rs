@@ -49,9 +49,7 @@ pub(super) async fn reject<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Rejected { protocol, reason, why, started } = rejected;
-    ctx.refusals.add(why);
-    ctx.log.access(format_args!("from {} rejected {protocol}: {reason}", info.peer));
-    ctx.log.error(LogLevel::Info, format_args!("[{}] {} rejected {protocol}: {reason}", inbound.tag, info.peer));
+    refuse(ctx, inbound, protocol, reason, why, info);
     if why != Refusal::BadRequest {
         let _ = stream.close().await;
         return;
@@ -62,6 +60,14 @@ pub(super) async fn reject<S>(
     }
     let until = started + ctx.policy(0).handshake + jitter(info.peer, started);
     drain(&mut stream, buf, until).await;
+}
+
+/// Counts and logs a refusal (Info, with the reason, and an access line); the caller answers
+/// as its protocol does, or not at all, and closes.
+pub(super) fn refuse(ctx: &ShardCtx, inbound: &InboundRt, protocol: &str, reason: &str, why: Refusal, info: &ConnInfo) {
+    ctx.refusals.add(why);
+    ctx.log.access(format_args!("from {} rejected {protocol}: {reason}", info.peer));
+    ctx.log.error(LogLevel::Info, format_args!("[{}] {} rejected {protocol}: {reason}", inbound.tag, info.peer));
 }
 
 /// Up to a second, different for each connection: the drain's randomised bound.

@@ -2,6 +2,8 @@
 
 mod dokodemo;
 mod fallback;
+pub(crate) mod http;
+mod socks;
 mod trojan;
 mod vless;
 mod vmess;
@@ -206,6 +208,13 @@ where
         InboundKind::Trojan { users, fallbacks } => trojan::serve(ctx, inbound, users, fallbacks, stream, info).await,
         InboundKind::Vmess { users, replay } => vmess::serve(ctx, inbound, users, replay, stream, info).await,
         InboundKind::Dokodemo(spec) => dokodemo::serve(ctx, inbound, spec, stream, info).await,
+        InboundKind::Proxy { users, settings } if settings.socks => {
+            socks::serve(ctx, inbound, users, settings, stream, info).await
+        }
+        InboundKind::Proxy { users, settings } => {
+            let started = std::time::Instant::now();
+            http::serve(ctx, inbound, users, settings, stream, info, Vec::new(), started).await
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! `forward` is the common tail of every inbound's pipeline: route → outbound → relay, with
 //! the session's counters, timeouts and access-log line.
 
+pub(crate) mod proxy;
 mod resolve;
 pub(crate) mod trojan;
 pub(crate) mod vmess;
@@ -47,6 +48,15 @@ pub(crate) struct Session<'a> {
     pub(crate) client_fd: Option<std::os::fd::RawFd>,
 }
 
+/// What a routed session does once its upstream is connected.
+pub(crate) enum Carry<'a> {
+    /// Relays both ways until done. `early` is payload the client sent along with its header;
+    /// `down_prefix` goes to the client before any downlink bytes.
+    Relay { early: &'a [u8], down_prefix: &'a [u8] },
+    /// One forwarded HTTP request and its response (an HTTP proxy's absolute-URI request).
+    Exchange(&'a mut crate::inbound::http::Exchange),
+}
+
 /// Routes `session`, dials its outbound and relays until done. `early` is payload the client
 /// sent along with its header; `down_prefix` goes to the client before any downlink bytes.
 pub(crate) async fn forward<C>(
@@ -58,6 +68,18 @@ pub(crate) async fn forward<C>(
 ) where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    carry(ctx, client, session, Carry::Relay { early, down_prefix }).await
+}
+
+/// Routes `session`, dials its outbound, and carries the session over it as `how` says.
+pub(crate) async fn carry<C>(ctx: &Rc<ShardCtx>, client: &mut C, session: Session<'_>, how: Carry<'_>)
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let down_prefix = match &how {
+        Carry::Relay { down_prefix, .. } => *down_prefix,
+        Carry::Exchange(_) => &[],
+    };
     let policy = ctx.policy(session.level);
     // Watch from the start, so a removal during the dial closes the session too.
     let watch = match (&session.user, session.inbound.kind.user_states()) {
@@ -124,6 +146,8 @@ pub(crate) async fn forward<C>(
     if watch.as_ref().is_some_and(SessionWatch::is_closed) {
         return;
     }
+    // Downlink bytes a proxy server sent along with its answer.
+    let mut tunnel_first = Vec::new();
     let (mut upstream, preamble) = match &outbound.protocol {
         OutboundProtocol::Blackhole(b) => {
             access(None);
@@ -201,27 +225,65 @@ pub(crate) async fn forward<C>(
                 }
             }
         }
+        OutboundProtocol::Socks(p) | OutboundProtocol::Http(p) => {
+            let Some(proxy) = &outbound.proxy else {
+                ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: proxy outbound not ready"));
+                let _ = client.close().await;
+                return;
+            };
+            let socks = matches!(outbound.protocol, OutboundProtocol::Socks(_));
+            let dialed = Box::pin(proxy.connect(p, socks, dest)).await;
+            access(None);
+            match dialed {
+                Ok((up, first)) => {
+                    tunnel_first = first;
+                    (up, Vec::new())
+                }
+                Err(e) => {
+                    let out = &outbound.tag;
+                    ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", p.server));
+                    let _ = client.close().await;
+                    return;
+                }
+            }
+        }
     };
 
     let mut meter = SessionMeter::new(ctx, &session, outbound, &policy);
     if let Some((slot, _)) = meter.user {
         ctx.users.borrow_mut().session_opened(slot, session.peer.ip(), unix_now());
     }
-    let result = async {
-        // The outbound protocol's header leaves with the payload that came with the request.
-        if !early.is_empty() || !preamble.is_empty() {
-            let mut first = preamble;
-            first.extend_from_slice(early);
-            upstream.write_all(&first).await?;
-            meter.up(early.len() as u64);
+    let result = match how {
+        Carry::Relay { early, down_prefix } => {
+            let joined;
+            let down_prefix = if tunnel_first.is_empty() {
+                down_prefix
+            } else {
+                meter.down(tunnel_first.len() as u64);
+                joined = [down_prefix, &tunnel_first].concat();
+                &joined[..]
+            };
+            async {
+                // The outbound protocol's header leaves with the payload that came with the request.
+                if !early.is_empty() || !preamble.is_empty() {
+                    let mut first = preamble;
+                    first.extend_from_slice(early);
+                    upstream.write_all(&first).await?;
+                    meter.up(early.len() as u64);
+                }
+                let mut options =
+                    RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &ctx.config.policy);
+                if let Some(fd) = upstream.plain_fd() {
+                    options = options.splice(session.client_fd, fd);
+                }
+                relay(client, &mut upstream, options, &mut meter).await
+            }
+            .await
         }
-        let mut options = RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &ctx.config.policy);
-        if let Some(fd) = upstream.plain_fd() {
-            options = options.splice(session.client_fd, fd);
+        Carry::Exchange(exchange) => {
+            Box::pin(exchange.run(client, &mut upstream, &preamble, &policy, watch.as_ref(), &mut meter)).await
         }
-        relay(client, &mut upstream, options, &mut meter).await
-    }
-    .await;
+    };
     if let Some((slot, generation)) = meter.user {
         ctx.users.borrow_mut().session_closed(slot, generation, session.peer.ip());
     }
