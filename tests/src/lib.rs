@@ -6,6 +6,7 @@
 pub mod api;
 pub mod metrics;
 pub mod peers;
+pub mod proxy;
 pub mod servers;
 pub mod trojan;
 pub mod v2ray;
