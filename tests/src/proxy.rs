@@ -58,22 +58,28 @@ fn read_message<T>(s: &mut impl Read, mut decode: impl FnMut(&mut &[u8]) -> Resu
 /// stream once the proxy answered success. A refusal is `ConnectionRefused` naming the code.
 pub fn socks5(proxy: SocketAddr, credentials: Option<(&str, &str)>, dest: Destination) -> io::Result<TcpStream> {
     let mut s = connect(proxy)?;
+    socks5_over(&mut s, credentials, dest)?;
+    Ok(s)
+}
+
+/// `socks5`'s handshake over any stream (TLS, say).
+pub fn socks5_over<S: Read + Write>(s: &mut S, credentials: Option<(&str, &str)>, dest: Destination) -> io::Result<()> {
     let offered = if credentials.is_some() { method::PASSWORD } else { method::NO_AUTH };
     let mut out = Vec::new();
     socks::encode_greeting(&[offered], &mut out);
     s.write_all(&out)?;
-    read_message(&mut s, socks::decode_method_reply)?;
+    read_message(s, socks::decode_method_reply)?;
     if let Some((username, password)) = credentials {
         out.clear();
         Credentials { username: username.as_bytes(), password: password.as_bytes() }.encode(&mut out).unwrap();
         s.write_all(&out)?;
-        read_message(&mut s, socks::decode_auth_reply)?;
+        read_message(s, socks::decode_auth_reply)?;
     }
     out.clear();
     Request { command: Command::Connect, destination: dest }.encode(&mut out);
     s.write_all(&out)?;
-    read_message(&mut s, socks::decode_reply)?;
-    Ok(s)
+    read_message(s, socks::decode_reply)?;
+    Ok(())
 }
 
 /// An HTTP CONNECT to `dest` through `proxy` with Basic credentials when given; the stream
