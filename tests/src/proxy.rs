@@ -37,7 +37,10 @@ fn proxy_config(protocol: &str, settings: Value, inbound_extra: Value) -> Value 
 
 /// Reads exactly what a decoder needs from `s`, one byte at a time past what it has (replies
 /// are short); `Err` with the decoder's error when it refuses.
-fn read_message<T>(s: &mut impl Read, mut decode: impl FnMut(&mut &[u8]) -> Result<T, socks::SocksError>) -> io::Result<T> {
+fn read_message<T>(
+    s: &mut impl Read,
+    mut decode: impl FnMut(&mut &[u8]) -> Result<T, socks::SocksError>,
+) -> io::Result<T> {
     let mut data = Vec::new();
     loop {
         let mut cur = &data[..];
@@ -143,7 +146,9 @@ impl OriginServer {
                     let head = String::from_utf8_lossy(&head).into_owned();
                     let length = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
                         .and_then(|v| v.parse::<usize>().ok())
                         .unwrap_or(0);
                     let mut body = vec![0u8; length];
@@ -154,7 +159,10 @@ impl OriginServer {
                     let close = head.to_ascii_lowercase().contains("\r\nconnection: close\r\n");
                     let _ = tx.send(head);
                     let reply = format!("{name} {line} {}", String::from_utf8_lossy(&body));
-                    let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Origin: {name}\r\n\r\n{reply}", reply.len());
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Origin: {name}\r\n\r\n{reply}",
+                        reply.len()
+                    );
                     if conn.write_all(response.as_bytes()).is_err() || close {
                         return;
                     }

@@ -128,11 +128,11 @@ fn bad_requests_get_precise_codes_and_change_nothing() {
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("cannot listen on 127.0.0.1:"), "{status:?}");
 
-    let mut socks = vless_inbound("so", port, &[]);
-    socks.proxy_settings.as_mut().unwrap().r#type = "xray.proxy.socks.ServerConfig".into();
-    let status = add_inbound(&api, socks).unwrap_err();
+    let mut wireguard = vless_inbound("wg", port, &[]);
+    wireguard.proxy_settings.as_mut().unwrap().r#type = "xray.proxy.wireguard.DeviceConfig".into();
+    let status = add_inbound(&api, wireguard).unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("inbound.protocol") && status.message().contains("socks"), "{status:?}");
+    assert!(status.message().contains("inbound.protocol") && status.message().contains("wireguard"), "{status:?}");
 
     let status = add_inbound(&api, vless_inbound("", port, &[])).unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);

@@ -82,14 +82,18 @@ fn an_added_socks_account_works_at_once_on_every_core_and_removal_closes_its_ses
 fn v2flys_account_forms_http_accounts_and_what_get_inbound_users_returns() {
     let echo = EchoServer::start();
     let (server, api) = server();
-    api.add_api_user("socks-in", proxy_user("v2ray.core.proxy.socks.Account", "dave@example.com", "dave", "dave's password"))
-        .unwrap();
+    api.add_api_user(
+        "socks-in",
+        proxy_user("v2ray.core.proxy.socks.Account", "dave@example.com", "dave", "dave's password"),
+    )
+    .unwrap();
     let mut s = socks5(server.inbound("socks-in"), DAVE, Destination::from(echo.addr())).unwrap();
     assert_eq!(echo_through(&mut s, b"v2fly").unwrap(), b"v2fly");
     for type_name in ["xray.proxy.http.Account", "v2ray.core.proxy.http.Account"] {
         let email = format!("{type_name}@example.com");
         api.add_api_user("http-in", proxy_user(type_name, &email, type_name, "pw")).unwrap();
-        let mut s = http_connect(server.inbound("http-in"), Some((type_name, "pw")), Destination::from(echo.addr())).unwrap();
+        let mut s =
+            http_connect(server.inbound("http-in"), Some((type_name, "pw")), Destination::from(echo.addr())).unwrap();
         assert_eq!(echo_through(&mut s, b"http").unwrap(), b"http");
     }
     let req = handler::GetInboundUserRequest { tag: "socks-in".into(), email: "dave@example.com".into() };
@@ -168,7 +172,10 @@ fn add_outbound_takes_a_socks_client_config() {
     let echo = EchoServer::start();
     // The far side: a SOCKS inbound for dave.
     let far = Shardray::start(
-        &socks_config(json!({ "auth": "password", "accounts": [{ "user": "dave", "pass": "dave's password" }] }), json!({})),
+        &socks_config(
+            json!({ "auth": "password", "accounts": [{ "user": "dave", "pass": "dave's password" }] }),
+            json!({}),
+        ),
         2,
     );
     let far_addr = far.inbound("socks-in");

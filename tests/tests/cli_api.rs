@@ -441,8 +441,8 @@ fn outbounds_and_rules_from_files_end_to_end() {
     let run = api(&["ado", "--server", &addr, outbounds.to_str().unwrap()]);
     run.fails_with(1);
     assert!(run.stderr.contains("AlreadyExists: existing tag found: sink"), "{}", run.stderr);
-    let socks = write(dir, "socks.json", r#"{ "outbounds": [{ "tag": "v", "protocol": "socks" }] }"#);
-    let run = api(&["ado", "--server", &addr, socks.to_str().unwrap()]);
+    let wireguard = write(dir, "wireguard.json", r#"{ "outbounds": [{ "tag": "v", "protocol": "wireguard" }] }"#);
+    let run = api(&["ado", "--server", &addr, wireguard.to_str().unwrap()]);
     run.fails_with(2);
     assert!(run.stderr.contains("outbounds[0].protocol"), "{}", run.stderr);
 

@@ -22,7 +22,8 @@ const BOB: Option<(&str, &str)> = Some(("bob", "bob's http password"));
 /// An HTTP inbound with bob's account (email bob@example.com), `extra` settings, a
 /// StatsService API and a 1 s handshake timeout.
 fn config(extra: Value) -> Value {
-    let mut settings = json!({ "accounts": [{ "user": "bob", "pass": "bob's http password", "email": "bob@example.com" }] });
+    let mut settings =
+        json!({ "accounts": [{ "user": "bob", "pass": "bob's http password", "email": "bob@example.com" }] });
     for (k, v) in extra.as_object().unwrap() {
         settings[k] = v.clone();
     }
@@ -39,7 +40,11 @@ fn curl(proxy: &str, args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .expect("curl is installed");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -51,8 +56,7 @@ fn curl_keeps_one_connection_for_requests_to_two_origins_and_the_proxy_fields_ne
     let (ok, body, log) = curl(&proxy, &[&url_a, &url_b, &url_a]);
     assert!(ok, "{log}\n{}", server.output());
     assert_eq!(
-        body,
-        "origin-a GET /first?x=1 HTTP/1.1 origin-b GET /second HTTP/1.1 origin-a GET /first?x=1 HTTP/1.1 ",
+        body, "origin-a GET /first?x=1 HTTP/1.1 origin-b GET /second HTTP/1.1 origin-a GET /first?x=1 HTTP/1.1 ",
         "{log}"
     );
     // One client connection for the three: curl says so, and each went to its own host.
@@ -61,7 +65,10 @@ fn curl_keeps_one_connection_for_requests_to_two_origins_and_the_proxy_fields_ne
         let head = origin.next(Duration::from_secs(2)).expect("the origin got the request");
         let lower = head.to_ascii_lowercase();
         assert!(!lower.contains("proxy-authorization") && !lower.contains("proxy-connection"), "{head}");
-        assert!(lower.contains("\r\nconnection: close\r\n") && lower.contains(&format!("host: {}", origin.addr())), "{head}");
+        assert!(
+            lower.contains("\r\nconnection: close\r\n") && lower.contains(&format!("host: {}", origin.addr())),
+            "{head}"
+        );
     }
     // curl's response heads came back rewritten as Xray writes them.
     assert!(log.contains("< Proxy-Connection: keep-alive") && log.contains("< X-Origin: origin-b"), "{log}");
@@ -115,7 +122,8 @@ fn answer_to(proxy: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&vless::read_all(&mut s).unwrap_or_default()).into_owned()
 }
 
-const AUTH_REQUIRED: &str = "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"proxy\"\r\n\r\n";
+const AUTH_REQUIRED: &str =
+    "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"proxy\"\r\n\r\n";
 
 #[test]
 fn refusals_answer_407_and_400_as_xray_and_garbage_gets_nothing() {
@@ -125,15 +133,20 @@ fn refusals_answer_407_and_400_as_xray_and_garbage_gets_nothing() {
     let get = format!("GET http://{}/ HTTP/1.1\r\nHost: {}\r\n", origin.addr(), origin.addr());
     assert_eq!(answer_to(proxy, format!("{get}\r\n").as_bytes()), AUTH_REQUIRED);
     // Ym9iOndyb25n is bob:wrong.
-    assert_eq!(answer_to(proxy, format!("{get}Proxy-Authorization: Basic Ym9iOndyb25n\r\n\r\n").as_bytes()), AUTH_REQUIRED);
+    assert_eq!(
+        answer_to(proxy, format!("{get}Proxy-Authorization: Basic Ym9iOndyb25n\r\n\r\n").as_bytes()),
+        AUTH_REQUIRED
+    );
     let (ok, _, log) = curl(&format!("http://bob:nope@{proxy}"), &["-p", &format!("http://{}/", origin.addr())]);
     assert!(!ok && log.contains("407"), "{log}");
     // Not a proxy request: 400, after the credentials are checked.
-    let origin_form = "GET /x HTTP/1.1\r\nHost: example.com\r\nProxy-Authorization: Basic Ym9iOmJvYidzIGh0dHAgcGFzc3dvcmQ=\r\n\r\n";
+    let origin_form =
+        "GET /x HTTP/1.1\r\nHost: example.com\r\nProxy-Authorization: Basic Ym9iOmJvYidzIGh0dHAgcGFzc3dvcmQ=\r\n\r\n";
     assert!(answer_to(proxy, origin_form.as_bytes()).starts_with("HTTP/1.1 400 Bad Request\r\n"));
     assert_eq!(origin.next(Duration::from_millis(300)), None, "the origin was reached");
     // Bytes that are not HTTP: nothing back, drained.
-    for garbage in [&b"\x16\x03\x01\x02\x00\x01"[..], b"\xff\xfe\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", &payload(3000, 3)] {
+    for garbage in [&b"\x16\x03\x01\x02\x00\x01"[..], b"\xff\xfe\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", &payload(3000, 3)]
+    {
         let mut s = vless::connect(proxy).unwrap();
         s.write_all(garbage).unwrap();
         let mut back = Vec::new();
@@ -143,7 +156,11 @@ fn refusals_answer_407_and_400_as_xray_and_garbage_gets_nothing() {
     let api = ApiClient::connect(server.api.unwrap());
     assert!(wait_until(Duration::from_secs(2), || api.get("refused>>>bad_request", false).ok() == Some(8)));
     let out = server.output();
-    assert!(out.contains("rejected http: invalid username or password") && out.contains("rejected http: no proxy credentials"), "{out}");
+    assert!(
+        out.contains("rejected http: invalid username or password")
+            && out.contains("rejected http: no proxy credentials"),
+        "{out}"
+    );
     assert!(!out.contains("panicked"));
 }
 
@@ -194,5 +211,8 @@ fn links_are_printed_for_http_accounts() {
     std::fs::write(&file, config.to_string()).unwrap();
     let (status, out) = run_cli(&["link", "-c", file.to_str().unwrap(), "--host", "proxy.example"]);
     assert!(status.success(), "{out}");
-    assert!(out.lines().any(|l| l == "http://bob:bob%27s%20http%20password@proxy.example:8080#bob%40example.com"), "{out}");
+    assert!(
+        out.lines().any(|l| l == "http://bob:bob%27s%20http%20password@proxy.example:8080#bob%40example.com"),
+        "{out}"
+    );
 }

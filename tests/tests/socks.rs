@@ -32,7 +32,10 @@ const ALICE: Option<(&str, &str)> = Some(("alice", "alice's socks password"));
 
 fn counters(api: &ApiClient, who: &str) -> (Option<i64>, Option<i64>) {
     let all = api.query(&format!("user>>>{who}>>>traffic"), false);
-    (all.get(&format!("user>>>{who}>>>traffic>>>uplink")).copied(), all.get(&format!("user>>>{who}>>>traffic>>>downlink")).copied())
+    (
+        all.get(&format!("user>>>{who}>>>traffic>>>uplink")).copied(),
+        all.get(&format!("user>>>{who}>>>traffic>>>downlink")).copied(),
+    )
 }
 
 #[test]
@@ -65,9 +68,15 @@ fn password_accounts_relay_on_both_shards_and_count_exactly() {
     drop(bob);
     let api = ApiClient::connect(server.api.unwrap());
     let settled = wait_until(Duration::from_secs(5), || {
-        counters(&api, "alice@example.com") == (Some(total), Some(total)) && counters(&api, "bob") == (Some(11), Some(11))
+        counters(&api, "alice@example.com") == (Some(total), Some(total))
+            && counters(&api, "bob") == (Some(11), Some(11))
     });
-    assert!(settled, "alice {:?} (expected {total}), bob {:?}", counters(&api, "alice@example.com"), counters(&api, "bob"));
+    assert!(
+        settled,
+        "alice {:?} (expected {total}), bob {:?}",
+        counters(&api, "alice@example.com"),
+        counters(&api, "bob")
+    );
     assert_eq!(api.get("inbound>>>socks-in>>>traffic>>>uplink", false).unwrap(), total + 11);
     assert_eq!(api.get("outbound>>>direct>>>traffic>>>downlink", false).unwrap(), total + 11);
 }
@@ -188,7 +197,12 @@ fn probes_get_nothing_back_and_are_drained() {
             p
         })
         .collect();
-    probes.extend([vec![5], vec![5, 2, 2], b"GET http://127.0.0.1/ HTTP/1.1\r\n".to_vec(), vec![0x16, 3, 1, 0, 200, 1]]);
+    probes.extend([
+        vec![5],
+        vec![5, 2, 2],
+        b"GET http://127.0.0.1/ HTTP/1.1\r\n".to_vec(),
+        vec![0x16, 3, 1, 0, 200, 1],
+    ]);
     std::thread::scope(|s| {
         for p in &probes {
             s.spawn(move || {

@@ -319,6 +319,31 @@ mod tests {
     }
 
     #[test]
+    fn socks_and_http_accounts_become_their_accounts_named_by_email_or_username() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        let config = json!({ "inbounds": [
+            { "tag": "so", "protocol": "socks", "settings": { "auth": "password", "accounts": [
+                { "user": "u", "pass": "p" }, { "user": "v", "pass": "q", "email": "v@x", "level": 1 }, { "pass": "r" }
+            ]}},
+            { "tag": "ht", "protocol": "http", "settings": { "users": [{ "user": "h", "pass": "s" }] } }
+        ]});
+        std::fs::write(&path, config.to_string()).unwrap();
+        let found = inbounds_with_users(&[path.to_str().unwrap().to_owned()]).unwrap_or_else(|_| panic!("parse"));
+        let u = found[0].clients[0].user.as_ref().unwrap();
+        assert_eq!((u.email.as_str(), found[0].clients[0].email.as_str()), ("u", "u"));
+        let account = u.account.as_ref().unwrap();
+        assert_eq!(account.r#type, "xray.proxy.socks.Account");
+        let decoded = socks::Account::decode(&account.value[..]).unwrap();
+        assert_eq!((decoded.username.as_str(), decoded.password.as_str()), ("u", "p"));
+        let v = found[0].clients[1].user.as_ref().unwrap();
+        assert_eq!((v.email.as_str(), v.level), ("v@x", 1));
+        assert!(found[0].clients[2].user.as_ref().unwrap_err().contains("accounts[2].user: missing"));
+        let h = found[1].clients[0].user.as_ref().unwrap();
+        assert_eq!((h.email.as_str(), h.account.as_ref().unwrap().r#type.as_str()), ("h", "xray.proxy.http.Account"));
+    }
+
+    #[test]
     fn vmess_clients_become_vmess_accounts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.json");

@@ -622,10 +622,10 @@ fn wrong_type_names_the_field() {
 
 #[test]
 fn protocol_not_served_yet() {
-    let err = broken(|v| set(v, "/inbounds/0", "protocol", json!("socks")));
-    assert_eq!(err.to_string(), "inbounds[0].protocol: \"socks\" is not supported yet");
+    let err = broken(|v| set(v, "/inbounds/0", "protocol", json!("wireguard")));
+    assert_eq!(err.to_string(), "inbounds[0].protocol: \"wireguard\" is not supported yet");
     assert_eq!(err.kind, ConfigErrorKind::Unsupported);
-    let err = broken(|v| set(v, "/outbounds/1", "protocol", json!("socks")));
+    let err = broken(|v| set(v, "/outbounds/1", "protocol", json!("wireguard")));
     assert_eq!(err.path, "outbounds[1].protocol");
     let err = broken(|v| set(v, "/inbounds/0", "protocol", json!("bogus")));
     assert_eq!(err.kind, ConfigErrorKind::Invalid);
@@ -965,7 +965,7 @@ fn file_errors_name_the_file() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut v = base();
-    set(&mut v, "/inbounds/0", "protocol", json!("socks"));
+    set(&mut v, "/inbounds/0", "protocol", json!("wireguard"));
     let file = write(dir.path(), "config.json", &v.to_string());
     let err = load_file(&file).unwrap_err();
     assert_eq!(err.path, "inbounds[0].protocol");

@@ -840,8 +840,8 @@ mod tests {
         let range = receiver(vec![PortRange { from: 1000, to: 1010 }]);
         assert!(refusal(&handler(range, vless.clone())).contains("inbound.port"));
 
-        let socks = TypedMessage { r#type: "xray.proxy.socks.ServerConfig".into(), value: vec![] };
-        assert!(refusal(&handler(one_port(), socks)).contains("\"socks\""));
+        let wireguard = TypedMessage { r#type: "xray.proxy.wireguard.DeviceConfig".into(), value: vec![] };
+        assert!(refusal(&handler(one_port(), wireguard)).contains("\"wireguard\""));
 
         let nameless = vless::inbound::Config {
             clients: vec![api_user(&shardray_core::spec::UserSpec {
