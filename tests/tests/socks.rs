@@ -193,7 +193,7 @@ fn probes_get_nothing_back_and_are_drained() {
     let mut probes: Vec<Vec<u8>> = (1..=24usize)
         .map(|len| {
             let mut p = payload(len, len as u64);
-            p[0] = 0x80 | p[0];
+            p[0] |= 0x80;
             p
         })
         .collect();

@@ -611,7 +611,7 @@ fn socks(settings: Value, path: &str) -> Result<SocksInboundSpec, ConfigError> {
         }
     };
     if let Some(ip) = raw.ip.as_ref().filter(|v| !is_empty_value(v)) {
-        if !ip.as_str().is_some_and(|t| Address::parse(t.trim()).is_some()) {
+        if ip.as_str().is_none_or(|t| Address::parse(t.trim()).is_none()) {
             return Err(ConfigError::invalid(format!("{path}.ip"), format!("{} is not an address", value_text(ip))));
         }
     }
