@@ -128,10 +128,17 @@ fn api_inbound(ib: RawInbound, path: &str, tag: &str, who: &str) -> Result<(Stri
         ));
     }
     let _: RawDokodemoSettings = deserialize_at(ib.settings.unwrap_or_else(empty_object), &format!("{path}.settings"))?;
-    if stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?.tls.is_some() {
+    let stream = stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
+    if stream.tls.is_some() {
         return Err(ConfigError::unsupported(
             format!("{path}.streamSettings.security"),
             format!("TLS on the {who} inbound"),
+        ));
+    }
+    if stream.sockopt.accept_proxy_protocol {
+        return Err(ConfigError::unsupported(
+            format!("{path}.streamSettings.sockopt.acceptProxyProtocol"),
+            format!("the PROXY protocol on the {who} inbound"),
         ));
     }
     check_sniffing(ib.sniffing, path)?;
@@ -251,7 +258,7 @@ struct InboundStream {
 /// `streamSettings` of an inbound.
 fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<InboundStream, ConfigError> {
     let Some(mut raw) = raw else { return Ok(InboundStream::default()) };
-    let sockopt = match raw.sockopt.take() {
+    let mut sockopt = match raw.sockopt.take() {
         Some(s) => super::validate::sockopt(s, &format!("{path}.sockopt"))?,
         None => SocketOptions::default(),
     };
@@ -264,10 +271,13 @@ fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<Inbound
         n => return Err(ConfigError::invalid(format!("{path}.network"), format!("unknown network {n:?}"))),
     }
     // `rawSettings` is the newer name; where both are given it wins, as in Xray.
-    let http_header = match raw.raw_settings.take() {
-        Some(raw_settings) => tcp_settings(Some(raw_settings), &format!("{path}.rawSettings"))?,
-        None => tcp_settings(raw.tcp_settings.take(), &format!("{path}.tcpSettings"))?,
+    let (tcp, tcp_path) = match raw.raw_settings.take() {
+        Some(raw_settings) => (Some(raw_settings), "rawSettings"),
+        None => (raw.tcp_settings.take(), "tcpSettings"),
     };
+    // Xray reads the flag in either place and serves it if either asks.
+    sockopt.accept_proxy_protocol |= tcp.as_ref().and_then(|t| t.accept_proxy_protocol).unwrap_or(false);
+    let http_header = tcp_settings(tcp, &format!("{path}.{tcp_path}"))?;
     Ok(InboundStream { tls: tls_of_stream(raw, path)?, sockopt, http_header })
 }
 
@@ -295,9 +305,6 @@ fn tls_of_stream(raw: RawStreamSettings, path: &str) -> Result<Option<TlsServerS
 /// `tcpSettings` / `rawSettings`: the HTTP camouflage, if its header asks for it.
 fn tcp_settings(raw: Option<RawTcpSettings>, path: &str) -> Result<Option<HttpHeaderSpec>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
-    if raw.accept_proxy_protocol == Some(true) {
-        return Err(ConfigError::unsupported(format!("{path}.acceptProxyProtocol"), "acceptProxyProtocol"));
-    }
     let Some(header) = raw.header else { return Ok(None) };
     match header.kind.unwrap_or_default().to_ascii_lowercase().as_str() {
         "" | "none" => Ok(None),

@@ -988,6 +988,29 @@ fn messages_read_well() {
 }
 
 #[test]
+fn accept_proxy_protocol_is_read_in_sockopt_or_tcp_settings() {
+    let mut v = base();
+    assert!(!load(&v).unwrap().inbounds[0].sockopt.accept_proxy_protocol);
+    for stream in [
+        json!({ "sockopt": { "acceptProxyProtocol": true } }),
+        json!({ "tcpSettings": { "acceptProxyProtocol": true } }),
+        json!({ "rawSettings": { "acceptProxyProtocol": true }, "sockopt": { "acceptProxyProtocol": false } }),
+    ] {
+        set(&mut v, "/inbounds/0", "streamSettings", stream.clone());
+        assert!(load(&v).unwrap().inbounds[0].sockopt.accept_proxy_protocol, "{stream}");
+    }
+    // The API's inbound is served by the control plane, which reads no PROXY header.
+    let mut v = base();
+    let api = json!({ "tag": "api", "listen": "127.0.0.1", "port": 10085, "protocol": "dokodemo-door",
+        "settings": { "address": "127.0.0.1" }, "streamSettings": { "sockopt": { "acceptProxyProtocol": true } } });
+    v["inbounds"].as_array_mut().unwrap().push(api);
+    v["api"] = json!({ "tag": "api", "services": ["StatsService"] });
+    let err = load(&v).unwrap_err();
+    assert_eq!(err.path, "inbounds[1].streamSettings.sockopt.acceptProxyProtocol");
+    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+}
+
+#[test]
 fn sockopt_is_read_and_unserved_options_are_refused_by_name() {
     let mut v = base();
     set(
@@ -1016,7 +1039,6 @@ fn sockopt_is_read_and_unserved_options_are_refused_by_name() {
     }
     for (key, value) in [
         ("tproxy", json!("tproxy")),
-        ("acceptProxyProtocol", json!(true)),
         ("dialerProxy", json!("x")),
         ("tcpMptcp", json!(true)),
         ("trustedXForwardedFor", json!(["10.0.0.1"])),

@@ -588,7 +588,6 @@ pub(super) fn parse_host_port(s: &str) -> Option<Destination> {
 /// not serve yet is refused by name when it asks for anything.
 pub(super) fn sockopt(raw: RawSockopt, path: &str) -> Result<SocketOptions, ConfigError> {
     let unserved = [
-        ("acceptProxyProtocol", raw.accept_proxy_protocol == Some(true)),
         ("tproxy", raw.tproxy.as_deref().is_some_and(|t| !t.is_empty() && !t.eq_ignore_ascii_case("off"))),
         (
             "domainStrategy",
@@ -638,6 +637,7 @@ pub(super) fn sockopt(raw: RawSockopt, path: &str) -> Result<SocketOptions, Conf
         window_clamp: positive(raw.tcp_window_clamp),
         max_segment: positive(raw.tcp_max_seg),
         v6_only: raw.v6only.unwrap_or(false),
+        accept_proxy_protocol: raw.accept_proxy_protocol.unwrap_or(false),
         interface: raw.interface.filter(|i| !i.is_empty()),
     })
 }

@@ -263,6 +263,10 @@ pub struct SocketOptions {
     pub v6_only: bool,
     /// `interface`: SO_BINDTODEVICE.
     pub interface: Option<String>,
+    /// `acceptProxyProtocol` (in `sockopt`, or in `tcpSettings` as Xray also reads it): every
+    /// connection must open with a PROXY protocol header (v1 or v2), whose client stands for
+    /// the socket's peer.
+    pub accept_proxy_protocol: bool,
 }
 
 impl InboundSpec {

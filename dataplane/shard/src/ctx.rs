@@ -55,6 +55,8 @@ pub(crate) struct InboundRt {
     pub(crate) tls: Option<TlsAcceptor>,
     /// The HTTP camouflage its connections open with, if any.
     pub(crate) http_header: Option<HttpHeaderSpec>,
+    /// Its connections open with a PROXY protocol header naming the real client.
+    pub(crate) accept_proxy_protocol: bool,
     pub(crate) kind: InboundKind,
 }
 
@@ -297,6 +299,7 @@ impl ShardCtx {
             traffic: Traffic::default(),
             tls,
             http_header: inbound.http_header.clone(),
+            accept_proxy_protocol: inbound.sockopt.accept_proxy_protocol,
             kind,
         })
     }

@@ -16,6 +16,7 @@ use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
 use shardray_core::spec::LogLevel;
 use shardray_core::stats::Refusal;
+use shardray_wire::proxy_protocol::{self, ProxyError, ProxyHeader};
 
 use crate::ctx::{InboundKind, InboundRt, LiveGuard, ShardCtx};
 
@@ -31,12 +32,17 @@ pub(crate) struct ConnInfo {
     /// The client's socket when the protocol reads it directly (no TLS), so that the relay may
     /// splice it; `None` when anything transforms the bytes in between.
     pub(crate) plain_fd: Option<RawFd>,
+    /// The address the client connected to, as a PROXY protocol header named it.
+    proxied_local: Option<SocketAddr>,
 }
 
 impl ConnInfo {
     /// The connection's local address. Asked of the kernel on demand (a fallback's PROXY
     /// header): most connections never need it, and getsockname(2) per accept adds up.
     pub(crate) fn local(&self) -> io::Result<SocketAddr> {
+        if let Some(local) = self.proxied_local {
+            return Ok(local);
+        }
         // SAFETY: `socket` belongs to the client stream, which outlives the `ConnInfo` that
         // describes it (both live in the session's task, the stream passed down by value).
         let fd = unsafe { BorrowedFd::borrow_raw(self.socket) };
@@ -131,15 +137,70 @@ fn try_accept(listener: RawFd) -> io::Result<Option<(TcpStream, SocketAddr)>> {
     }
 }
 
-/// Runs one accepted connection: TLS if configured, then the inbound's protocol.
+/// Runs one accepted connection: its PROXY header and TLS if configured, then the inbound's
+/// protocol.
 async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: Box<TcpStream>, peer: SocketAddr) {
     let socket = stream.as_raw_fd();
-    let info = ConnInfo { peer, socket, sni: None, alpn: None, plain_fd: Some(socket) };
+    let mut info = ConnInfo { peer, socket, sni: None, alpn: None, plain_fd: Some(socket), proxied_local: None };
+    if inbound.accept_proxy_protocol {
+        let read = futures_lite::future::or(proxy_header(&stream, socket), async {
+            glommio::timer::sleep(ctx.policy(0).handshake).await;
+            Err("timed out".into())
+        });
+        match read.await {
+            Ok(ProxyHeader { addresses: Some((client, local)) }) => {
+                info.peer = client;
+                info.proxied_local = Some(local);
+            }
+            // LOCAL (a balancer's health check) or an unknown family: the socket's peer stands.
+            Ok(ProxyHeader { addresses: None }) => {}
+            Err(why) => {
+                ctx.refusals.add(Refusal::BadRequest);
+                ctx.log.error(LogLevel::Info, format_args!("[{}] {} PROXY header refused: {}", inbound.tag, peer, why));
+                return;
+            }
+        }
+    }
     match &inbound.tls {
         None => transport(ctx, inbound, stream, info).await,
         // Boxed: a TLS session's state is several times a plain one's, and a plain session
         // would otherwise carry room for it for as long as it lives.
         Some(acceptor) => Box::pin(serve_tls(ctx, inbound, acceptor, stream, info)).await,
+    }
+}
+
+/// The most of a connection's first bytes looked at for its PROXY header: a v1 line, or a v2
+/// header with room for the TLVs balancers add (HAProxy's own buffer for them is 256 bytes).
+const PROXY_HEADER_MAX: usize = 1024;
+
+/// Reads the PROXY protocol header an `acceptProxyProtocol` inbound's connections open with
+/// (required, as in Xray), taking exactly its bytes from the socket: they are peeked until the
+/// header is whole, so nothing after it is taken from the protocol (or from splice).
+async fn proxy_header(stream: &TcpStream, fd: RawFd) -> Result<ProxyHeader, String> {
+    let mut buf = vec![0; PROXY_HEADER_MAX];
+    loop {
+        let n = stream.peek(&mut buf).await.map_err(|e| format!("read failed: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before its PROXY header".into());
+        }
+        match proxy_protocol::decode(&buf[..n]) {
+            Ok((header, len)) => {
+                let mut taken = 0;
+                while taken < len {
+                    match recv_now(fd, &mut buf[taken..len]) {
+                        Ok(0) | Err(_) => return Err("read failed".into()),
+                        Ok(m) => taken += m,
+                    }
+                }
+                return Ok(header);
+            }
+            Err(ProxyError::UnexpectedEnd) if n < buf.len() => {
+                // Peeking again would return the same bytes at once: wait for the rest.
+                glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Err(ProxyError::UnexpectedEnd) => return Err(format!("header longer than {PROXY_HEADER_MAX} bytes")),
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 
