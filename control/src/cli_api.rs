@@ -18,6 +18,8 @@ use std::time::Duration;
 use prost::Message;
 use serde_json::{json, Value};
 use shardray_proto::shardray::app::proxyman::command as ours;
+use shardray_proto::shardray::app::stats::command as delta_pb;
+use shardray_proto::shardray::app::stats::command::delta_stats_service_client::DeltaStatsServiceClient;
 use shardray_proto::xray::app::log::command as log_pb;
 use shardray_proto::xray::app::log::command::logger_service_client::LoggerServiceClient;
 use shardray_proto::xray::app::proxyman::command as handler_pb;
@@ -403,6 +405,24 @@ pub enum ApiCommand {
         #[arg(value_name = "EMAIL", required = true)]
         emails: Vec<String>,
     },
+    /// Ours: the counters' growth since this reader's acknowledged cursor (GetDeltas of
+    /// DeltaStatsService). Store the deltas, then acknowledge the cursor with --ack on the
+    /// next call; until then every call returns the same cursor and deltas.
+    #[command(name = "delta")]
+    Delta {
+        #[command(flatten)]
+        conn: Conn,
+        /// The reader's name (1 to 64 of A-Z a-z 0-9 . _ -); each reader has its own cursor.
+        #[arg(long)]
+        reader: String,
+        /// The cursor of the deltas stored since the last call.
+        #[arg(long, value_name = "CURSOR", default_value_t = 0)]
+        ack: u64,
+        /// Drop the reader and its cursor instead.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              action = clap::ArgAction::Set, default_value_t = false)]
+        remove: bool,
+    },
 }
 
 impl ApiCommand {
@@ -432,7 +452,8 @@ impl ApiCommand {
             | ApiCommand::Kick { conn, .. }
             | ApiCommand::ReplaceUsers { conn, .. }
             | ApiCommand::AddUsers { conn, .. }
-            | ApiCommand::RmUsers { conn, .. } => conn,
+            | ApiCommand::RmUsers { conn, .. }
+            | ApiCommand::Delta { conn, .. } => conn,
         }
     }
 }
@@ -970,6 +991,26 @@ async fn execute(command: ApiCommand) -> Outcome {
             let op = ours::RemoveUsersOperation { emails: emails.clone() };
             api.alter_ours(&tag, "RemoveUsersOperation", &op).await?;
             Ok((json!({ "tag": tag, "removed": emails }), 0))
+        }
+        ApiCommand::Delta { reader, ack, remove, .. } => {
+            let api = Api::connect(&conn).await?;
+            let mut client = DeltaStatsServiceClient::new(api.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
+            if remove {
+                let request = api.request(delta_pb::RemoveReaderRequest { reader: reader.clone() });
+                api.call(client.remove_reader(request)).await.map_err(Failure::Rpc)?;
+                return Ok((json!({ "reader": reader, "removed": true }), 0));
+            }
+            let request = api.request(delta_pb::GetDeltasRequest { reader: reader.clone(), ack });
+            let reply = api.call(client.get_deltas(request)).await.map_err(Failure::Rpc)?;
+            let deltas: serde_json::Map<String, Value> =
+                reply.deltas.iter().map(|d| (d.name.clone(), json!(d.value))).collect();
+            Ok((
+                json!({
+                    "reader": reader, "cursor": reply.cursor, "acknowledged": reply.acknowledged,
+                    "repeated": reply.repeated, "deltas": deltas
+                }),
+                0,
+            ))
         }
     }
 }

@@ -23,6 +23,13 @@ pub mod shardray {
                 tonic::include_proto!("shardray.app.proxyman.command");
             }
         }
+        /// `shardray.app.stats`
+        pub mod stats {
+            /// `shardray.app.stats.command`: delta counters for several readers.
+            pub mod command {
+                tonic::include_proto!("shardray.app.stats.command");
+            }
+        }
     }
     /// `shardray.compat.v2ray`: v2fly's forms of messages numbered differently from Xray's.
     pub mod compat {

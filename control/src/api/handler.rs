@@ -81,8 +81,10 @@ impl HandlerApi {
             }
             _ => Vec::new(),
         };
+        let departing = super::stats::departing(&self.state, &registry, &removed);
         // The registry re-checks: another call may have changed it since `change_for`.
         registry.apply(change).await.map_err(change_status)?;
+        super::stats::depart(&self.state, &registry, departing).await;
         drop(registry);
         // A removed user's counters go with it, here as on the shards.
         let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -203,7 +205,9 @@ impl HandlerApi {
         let mut registry = self.state.registry.lock().await;
         let emails: Vec<String> =
             registry.inbound(tag).map_err(change_status)?.users.values().map(|u| u.email.clone()).collect();
+        let departing = super::stats::departing(&self.state, &registry, &emails);
         registry.apply(Change::RemoveInbound { tag: tag.to_owned() }).await.map_err(change_status)?;
+        super::stats::depart(&self.state, &registry, departing).await;
         self.publish_inbounds(&registry);
         let gone: Vec<&String> = emails.iter().filter(|e| registry.stat_user(e).is_none()).collect();
         let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,7 @@
 //! The management API: one tonic server on the control thread, each service served under
 //! every name upstream clients use (`xray.app.…`, `v2ray.core.app.…`, `experimental.…`).
 
+pub mod delta;
 pub mod handler;
 pub mod logger;
 pub mod routing;
@@ -112,6 +113,8 @@ impl ApiState {
         let registry = self.registry.lock().await;
         let snaps = self.shards.snapshots(None).await?;
         stats::CounterBook::save(path, stats::reported(self, &registry, &snaps))?;
+        // What resets zeroed since, for the delta readers' lifetime values.
+        self.counters.lock().unwrap_or_else(|e| e.into_inner()).deltas.save()?;
         Ok(())
     }
 }
@@ -171,7 +174,11 @@ where
         // "/xray.app.proxyman.command.HandlerService/AlterInbound": the service's short name, so
         // every alias of a service is matched alike.
         let mut parts = req.uri().path().trim_start_matches('/').split('/');
-        let service = parts.next().and_then(|s| s.rsplit('.').next()).unwrap_or("");
+        let service = match parts.next().and_then(|s| s.rsplit('.').next()).unwrap_or("") {
+            // Our delta counters come and go with StatsService.
+            "DeltaStatsService" => "StatsService",
+            other => other,
+        };
         if let Some(name) = self.disabled.iter().find(|&&name| name == service) {
             let method = parts.next().unwrap_or("");
             self.log.error(LogLevel::Info, format_args!("api: refused {name}.{method}: {name} is not enabled"));
@@ -329,6 +336,7 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
     }
     if wants("StatsService") {
         routes.add_service(stats::service(state.clone()));
+        routes.add_service(delta::service(state.clone()));
     }
     if wants("RoutingService") {
         routes.add_service(routing::service(state.clone())?);
