@@ -69,6 +69,13 @@ pub struct Conn {
         value_parser = clap::value_parser!(u64).range(1..=86400)
     )]
     pub timeout: u64,
+    /// The API token to send (`authorization: Bearer TOKEN`), for an API with `api.tokens`.
+    /// Without it (and without --token-file): $SHARDRAY_API_TOKEN, if set.
+    #[arg(long = "token", value_name = "TOKEN", conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// A file holding the API token (its first line; kept out of the process list).
+    #[arg(long = "token-file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Accepted for compatibility with `xray api`; the output is always JSON.
     #[arg(long = "json", hide = true, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
@@ -596,6 +603,30 @@ const MAX_MESSAGE: usize = 1 << 30;
 struct Api {
     channel: Channel,
     timeout: Duration,
+    /// `Bearer TOKEN`, sent with every call when a token is given.
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl Conn {
+    /// The `authorization` value for --token, --token-file or $SHARDRAY_API_TOKEN.
+    fn authorization(&self) -> Result<Option<tonic::metadata::AsciiMetadataValue>, Failure> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.trim().to_owned()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| Failure::Input(format!("--token-file {}: {e}", file.display())))?;
+                Some(text.lines().next().unwrap_or("").trim().to_owned())
+            }
+            (None, None) => std::env::var("SHARDRAY_API_TOKEN").ok().map(|t| t.trim().to_owned()),
+        };
+        match token.filter(|t| !t.is_empty()) {
+            None => Ok(None),
+            Some(t) => format!("Bearer {t}")
+                .parse()
+                .map(Some)
+                .map_err(|_| Failure::Input("the API token has characters a header cannot carry".into())),
+        }
+    }
 }
 
 impl Api {
@@ -649,12 +680,15 @@ impl Api {
                 )))
             }
         };
-        Ok(Api { channel, timeout })
+        Ok(Api { channel, timeout, authorization: conn.authorization()? })
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
         request
     }
 

@@ -582,6 +582,10 @@ fn slot_for(registry: &Registry, name: &str) -> u32 {
 impl pb::stats_service_server::StatsService for StatsApi {
     async fn get_stats(&self, req: Request<pb::GetStatsRequest>) -> Result<Response<pb::GetStatsResponse>, Status> {
         let peer = req.remote_addr();
+        // Zeroing what other readers see is an operator's call.
+        if req.get_ref().reset {
+            super::auth::caller(&req).require(shardray_core::spec::ApiRole::Operator, "reset counters")?;
+        }
         let req = req.into_inner();
         // The registry stays locked until the answer is made, so no slot changes hands meanwhile.
         let mut registry = self.state.registry.lock().await;
@@ -628,6 +632,10 @@ impl pb::stats_service_server::StatsService for StatsApi {
         req: Request<pb::QueryStatsRequest>,
     ) -> Result<Response<pb::QueryStatsResponse>, Status> {
         let peer = req.remote_addr();
+        // Zeroing what other readers see is an operator's call.
+        if req.get_ref().reset {
+            super::auth::caller(&req).require(shardray_core::spec::ApiRole::Operator, "reset counters")?;
+        }
         let req = req.into_inner();
         let filter = NameFilter::new(&req)?;
         let mut registry = self.state.registry.lock().await;
@@ -716,6 +724,10 @@ impl pb::stats_service_server::StatsService for StatsApi {
         req: Request<pb::GetUsersStatsRequest>,
     ) -> Result<Response<pb::GetUsersStatsResponse>, Status> {
         let peer = req.remote_addr();
+        // Zeroing what other readers see is an operator's call.
+        if req.get_ref().reset {
+            super::auth::caller(&req).require(shardray_core::spec::ApiRole::Operator, "reset counters")?;
+        }
         let req = req.into_inner();
         let mut registry = self.state.registry.lock().await;
         let snaps = self.snapshots(None).await?;

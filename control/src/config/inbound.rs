@@ -145,7 +145,10 @@ fn api_inbound(ib: RawInbound, path: &str, tag: &str, who: &str) -> Result<(Stri
     check_allocate(ib.allocate, path)?;
     let listen_path = format!("{path}.listen");
     let ip = listen_ip(ib.listen.as_deref(), &listen_path)?;
-    check_loopback(ip, &listen_path, who)?;
+    // The API's address is checked once its credentials are known.
+    if who != "API" {
+        check_loopback(ip, &listen_path, who)?;
+    }
     let port_path = format!("{path}.port");
     let port = inbound_port(ib.port.as_ref(), &port_path)?;
     Ok((port_path, SocketAddr::new(ip, port)))

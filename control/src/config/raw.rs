@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -63,6 +64,20 @@ pub(super) struct RawApi {
     pub inbound_tag: Option<String>,
     pub services: Option<Vec<String>>,
     pub listen: Option<String>,
+    /// Ours: the API's credentials.
+    pub tokens: Option<Vec<RawApiToken>>,
+    /// Ours: a Unix-socket API's permission bits, in octal (`"0660"`).
+    pub socket_mode: Option<String>,
+}
+
+/// `api.tokens[]` (ours)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawApiToken {
+    pub name: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub role: Option<String>,
 }
 
 /// `stats`: no fields; its presence turns counters on.

@@ -108,6 +108,48 @@ pub struct ApiSpec {
     pub listen: ApiListen,
     /// The services enabled, by their short names (`HandlerService`, `StatsService`, ...).
     pub services: Vec<String>,
+    /// `api.tokens`: when any is set, every call must carry one (`authorization: Bearer …`)
+    /// and is allowed what its role allows; the API may then listen beyond loopback.
+    pub tokens: Vec<ApiToken>,
+    /// `api.socketMode`: the permission bits of a Unix-socket API (default 0600).
+    pub socket_mode: u32,
+}
+
+/// A credential of the API: its name (the caller's identity in logs), secret and role.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub name: String,
+    pub secret: String,
+    pub role: ApiRole,
+}
+
+impl std::fmt::Debug for ApiToken {
+    // The secret stays out of debug output and logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken").field("name", &self.name).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+/// What an API caller may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ApiRole {
+    /// Counters, lists, logs, health: nothing that changes the server (resets excepted: they
+    /// need `Operator`).
+    Reader,
+    /// Reader, plus users: add, remove, levels, kicks, counter resets.
+    Operator,
+    /// Everything: inbounds, outbounds, routing, the logger.
+    Admin,
+}
+
+impl ApiRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiRole::Reader => "reader",
+            ApiRole::Operator => "operator",
+            ApiRole::Admin => "admin",
+        }
+    }
 }
 
 /// Where the API (or the metrics endpoint) listens.
