@@ -5,6 +5,7 @@
 //! error names the JSON path of what is wrong, e.g. `inbounds[1].settings.clients[0].id`.
 
 mod error;
+pub(crate) mod geodata;
 mod inbound;
 mod merge;
 mod outbound;

@@ -510,7 +510,18 @@ fn rule_spec(r: &router::RoutingRule, path: &str) -> Result<RuleSpec, InvalidRou
     };
     let mut domains = Vec::with_capacity(r.domain.len());
     for (i, d) in r.domain.iter().enumerate() {
-        domains.push(domain_matcher(d, &format!("{path}.domain[{i}]"))?);
+        let at = format!("{path}.domain[{i}]");
+        match &d.value {
+            // geosite:CODE@ATTR, or ext:FILE:CODE: every domain the list holds.
+            Some(geodata::domain_rule::Value::Geosite(g)) => {
+                let file = if g.file.is_empty() { "geosite.dat" } else { g.file.as_str() };
+                let attrs: Vec<&str> = g.attrs.split(['@', ',']).filter(|a| !a.is_empty()).collect();
+                let listed = crate::config::geodata::geosite(file, &g.code, &attrs)
+                    .map_err(|e| invalid(format!("{at}: {e}")))?;
+                domains.extend(listed);
+            }
+            _ => domains.push(domain_matcher(d, &at)?),
+        }
     }
     let network = if r.networks.is_empty() {
         None
@@ -568,9 +579,7 @@ fn domain_matcher(d: &geodata::DomainRule, path: &str) -> Result<DomainMatcher, 
                 Err(_) => return Err(invalid(format!("{path}: unknown domain type {}", c.r#type))),
             })
         }
-        Some(geodata::domain_rule::Value::Geosite(g)) => {
-            Err(invalid(format!("{path}: geosite:{} is not supported yet (no geosite.dat)", g.code)))
-        }
+        Some(geodata::domain_rule::Value::Geosite(_)) => unreachable!("lists are expanded by the caller"),
         None => Err(invalid(format!("{path}: empty"))),
     }
 }
@@ -592,11 +601,10 @@ fn ip_rules(list: &[geodata::IpRule], path: &str) -> Result<Vec<IpNet>, InvalidR
                 nets.extend(crate::config::private_nets());
             }
             Some(geodata::ip_rule::Value::Geoip(g)) => {
-                let not = if g.reverse_match { "!" } else { "" };
-                return Err(invalid(format!(
-                    "{at}: {not}geoip:{} is not supported yet (no geoip.dat; only geoip:private)",
-                    g.code
-                )));
+                let file = if g.file.is_empty() { "geoip.dat" } else { g.file.as_str() };
+                let listed = crate::config::geodata::geoip(file, &g.code, g.reverse_match)
+                    .map_err(|e| invalid(format!("{at}: {e}")))?;
+                nets.extend(listed);
             }
             None => return Err(invalid(format!("{at}: empty"))),
         }
