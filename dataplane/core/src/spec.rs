@@ -275,6 +275,15 @@ impl InboundSpec {
         }
     }
 
+    /// The networks it listens on: a TCP listener, a UDP socket, or both (dokodemo-door's
+    /// `network`; every other inbound is TCP only).
+    pub fn networks(&self) -> NetworkSet {
+        match &self.protocol {
+            InboundProtocol::Dokodemo(d) => d.network,
+            _ => NetworkSet { tcp: true, udp: false },
+        }
+    }
+
     /// A copy of the inbound with no users, without copying them first.
     pub fn clone_without_users(&self) -> InboundSpec {
         let protocol = match &self.protocol {
@@ -487,6 +496,8 @@ pub struct DokodemoSpec {
     pub destination: Destination,
     /// `userLevel`: the policy level for its connections.
     pub user_level: u32,
+    /// `network` (or `allowedNetwork`): TCP, UDP or both; TCP alone when the config names none.
+    pub network: NetworkSet,
 }
 
 /// TLS server settings (`streamSettings.tlsSettings`).

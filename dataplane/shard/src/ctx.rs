@@ -44,6 +44,8 @@ pub(crate) struct ShardCtx {
     pub(crate) refusals: RefusalCounts,
     /// Sessions of users, so that removing or kicking a user closes them.
     pub(crate) watchers: SessionWatchers,
+    /// Live UDP sessions per user, for the flow limit.
+    pub(crate) flows: crate::packet::FlowCounts,
     /// The last epoch applied.
     pub(crate) applied: Cell<u64>,
 }
@@ -266,6 +268,7 @@ impl ShardCtx {
             live: Cell::new(0),
             refusals: RefusalCounts::default(),
             watchers: SessionWatchers::default(),
+            flows: Default::default(),
             applied: Cell::new(0),
         };
         for inbound in &config.inbounds {
@@ -301,11 +304,18 @@ impl ShardCtx {
         })
     }
 
-    /// Starts accepting on an inbound's listener (this shard's own SO_REUSEPORT socket).
-    pub(crate) fn start_accepting(self: &Rc<Self>, inbound: Rc<InboundRt>, listener: std::net::TcpListener) {
+    /// Starts accepting on an inbound's listener and serving its UDP socket (this shard's own
+    /// SO_REUSEPORT sockets).
+    pub(crate) fn start_accepting(self: &Rc<Self>, inbound: Rc<InboundRt>, sockets: crate::InboundSockets) {
         let tag = inbound.tag.clone();
-        let task = glommio::spawn_local(crate::inbound::accept_loop(self.clone(), inbound, listener));
-        self.accepting.borrow_mut().push((tag, task));
+        if let Some(listener) = sockets.tcp {
+            let task = glommio::spawn_local(crate::inbound::accept_loop(self.clone(), inbound.clone(), listener));
+            self.accepting.borrow_mut().push((tag.clone(), task));
+        }
+        if let Some(socket) = sockets.udp {
+            let task = glommio::spawn_local(crate::inbound::datagram_loop(self.clone(), inbound, socket));
+            self.accepting.borrow_mut().push((tag, task));
+        }
     }
 
     /// Every accept loop, taken out so the caller can cancel them (on drain).
@@ -323,7 +333,7 @@ impl ShardCtx {
         epoch: u64,
         change: &Change,
         ops: &[UserOp],
-        listener: Option<std::net::TcpListener>,
+        listener: Option<crate::InboundSockets>,
     ) -> Result<Vec<glommio::Task<()>>, String> {
         let mut stopped = Vec::new();
         match change {

@@ -18,6 +18,7 @@ use shardray_core::spec::LogLevel;
 use shardray_core::stats::Refusal;
 
 use crate::ctx::{InboundKind, InboundRt, LiveGuard, ShardCtx};
+pub(crate) use dokodemo::datagram_loop;
 
 /// What an inbound handler knows about the connection beyond its bytes.
 pub(crate) struct ConnInfo {

@@ -53,6 +53,13 @@ impl TrojanClient {
         Request { key: self.key, command: Command::Connect, destination: dest.clone() }.encode(&mut out);
         out
     }
+
+    /// The request header for a UDP ASSOCIATE whose first packet goes to `dest`.
+    pub(crate) fn udp_header(&self, dest: &Destination) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        Request { key: self.key, command: Command::UdpAssociate, destination: dest.clone() }.encode(&mut out);
+        out
+    }
 }
 
 fn server_name(name: &str) -> Result<ServerName<'static>, String> {
