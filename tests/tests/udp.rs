@@ -1,0 +1,155 @@
+//! UDP: dokodemo-door UDP listeners, VLESS UDP and Trojan UDP ASSOCIATE inbounds (driven by
+//! sing-box through its socks inbound, and by our own clients), shardray's Trojan outbound
+//! carrying UDP to sing-box as the server, freedom's per-packet destination safety, limits,
+//! hostile frames; the real binary on 2 shards, byte-exact echoes, exact counters.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shardray_tests::api::ApiClient;
+use shardray_tests::servers::EchoServer;
+use shardray_tests::singbox::{trojan_outbound, vless_outbound, SingBox};
+use shardray_tests::udp::{echo_datagrams, DatagramPath, Direct, Socks5Udp, UdpEcho, VlessUdp};
+use shardray_tests::{
+    loopback_api, trojan_config, vless_config, wait_until, Shardray, ALICE, ALICE_PASSWORD,
+};
+
+const UPLINK: &str = "user>>>alice@example.com>>>traffic>>>uplink";
+const DOWNLINK: &str = "user>>>alice@example.com>>>traffic>>>downlink";
+
+/// A dokodemo-door inbound `door` to `dest` on `network`.
+fn door(dest: SocketAddr, network: &str) -> Value {
+    json!({
+        "tag": "door", "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
+        "settings": { "address": dest.ip().to_string(), "port": dest.port(), "network": network }
+    })
+}
+
+/// `vless_config` (alice, loopback allowed, stats on) plus `inbounds` and the StatsService.
+fn server_with(mut config: Value, inbounds: Vec<Value>, shards: usize) -> (Shardray, ApiClient) {
+    config["inbounds"].as_array_mut().unwrap().extend(inbounds);
+    config["api"] = loopback_api(&["StatsService", "HandlerService"]);
+    let server = Shardray::start(&config, shards);
+    let api = ApiClient::connect(server.api.unwrap());
+    (server, api)
+}
+
+fn alice_vless() -> Value {
+    vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}))
+}
+
+fn counters_reach(api: &ApiClient, pairs: &[(&str, i64)]) -> bool {
+    wait_until(Duration::from_secs(5), || pairs.iter().all(|(name, want)| api.get(name, false).ok() == Some(*want)))
+}
+
+fn counters(api: &ApiClient, pattern: &str) -> String {
+    format!("{:?}", api.query(pattern, false))
+}
+
+#[test]
+fn dokodemo_udp_relays_each_client_as_its_own_flow_with_exact_counters() {
+    let echo = UdpEcho::start();
+    let (server, api) = server_with(alice_vless(), vec![door(echo.addr(), "udp")], 2);
+    let door_addr = server.inbound("door");
+    let echo_addr = echo.addr();
+    let log = || server.output();
+    // Four clients at once, a thousand datagrams each, 1 to 1400 bytes.
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u64)
+            .map(|c| {
+                let log = &log;
+                s.spawn(move || {
+                    let path = Direct::to(door_addr);
+                    echo_datagrams(&path, echo_addr, Some(door_addr), 1000, c, 8, log)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(echo.sources.lock().unwrap().len(), 4, "one upstream socket per client");
+    let (up, down) = ("inbound>>>door>>>traffic>>>uplink", "inbound>>>door>>>traffic>>>downlink");
+    let direct = ("outbound>>>direct>>>traffic>>>uplink", "outbound>>>direct>>>traffic>>>downlink");
+    let t = total as i64;
+    assert!(
+        counters_reach(&api, &[(up, t), (down, t), (direct.0, t), (direct.1, t)]),
+        "{} / expected {t}",
+        counters(&api, "")
+    );
+    // A TCP connection to the UDP-only door finds nothing listening.
+    assert!(TcpStream::connect(door_addr).is_err());
+}
+
+#[test]
+fn dokodemo_tcp_and_udp_share_one_port() {
+    let tcp_echo = EchoServer::start();
+    let echo = UdpEcho::start_at(tcp_echo.addr());
+    let (server, _api) = server_with(alice_vless(), vec![door(tcp_echo.addr(), "tcp,udp")], 2);
+    let door_addr = server.inbound("door");
+    let path = Direct::to(door_addr);
+    echo_datagrams(&path, echo.addr(), Some(door_addr), 200, 9, 4, &|| server.output());
+    let mut s = TcpStream::connect(door_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"over tcp").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"over tcp");
+}
+
+#[test]
+fn dokodemo_drops_oversize_datagrams_and_counts_them() {
+    let echo = UdpEcho::start();
+    let (server, api) = server_with(alice_vless(), vec![door(echo.addr(), "udp")], 1);
+    let door_addr = server.inbound("door");
+    let path = Direct::to(door_addr);
+    for _ in 0..3 {
+        path.send(echo.addr(), &[7u8; 9000]).unwrap();
+    }
+    // The flow goes on for the datagrams within the limit; 8192 bytes is the largest.
+    path.send(echo.addr(), &[1u8; 8192]).unwrap();
+    assert_eq!(path.recv().unwrap().1, vec![1u8; 8192]);
+    echo_datagrams(&path, echo.addr(), Some(door_addr), 50, 3, 4, &|| server.output());
+    assert!(counters_reach(&api, &[("refused>>>oversize_datagram", 3)]), "{}", counters(&api, "refused"));
+    assert_eq!(echo.datagrams.load(Ordering::Relaxed), 51, "no oversize datagram reached the echo server");
+}
+
+#[test]
+fn freedom_refuses_loopback_per_packet_unless_a_rule_names_it() {
+    let echo = UdpEcho::start();
+    let mut config = alice_vless();
+    config["routing"]["rules"] = json!([]);
+    config["log"]["loglevel"] = json!("info");
+    let (server, api) = server_with(config, vec![door(echo.addr(), "udp")], 2);
+    let path = Direct::to(server.inbound("door"));
+    for i in 0..5u8 {
+        path.send(echo.addr(), &[i; 10]).unwrap();
+    }
+    assert!(counters_reach(&api, &[("refused>>>private_destination", 5)]), "{}", counters(&api, "refused"));
+    assert_eq!(echo.datagrams.load(Ordering::Relaxed), 0, "a refused packet reached loopback");
+    let line = format!("to udp:{}: refused: loopback/private destination", echo.addr());
+    assert!(wait_until(Duration::from_secs(5), || server.output().contains(&line)), "{}", server.output());
+    // The refusal is logged once per destination, not once per packet.
+    assert_eq!(server.output().matches(&line).count(), 1, "{}", server.output());
+}
+
+#[test]
+fn freedom_never_sends_to_the_api_address_even_when_a_rule_allows_loopback() {
+    let port = shardray_tests::fixed_port();
+    let api_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut config = alice_vless();
+    config["inbounds"].as_array_mut().unwrap().push(door(api_addr, "udp"));
+    config["api"] = json!({ "tag": "api", "listen": api_addr.to_string(), "services": ["StatsService"] });
+    config["log"]["loglevel"] = json!("info");
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let path = Direct::to(server.inbound("door"));
+    for _ in 0..3 {
+        path.send(api_addr, b"hello").unwrap();
+    }
+    assert!(counters_reach(&api, &[("refused>>>api_address", 3)]), "{}", counters(&api, "refused"));
+    let line = format!("to udp:{api_addr}: refused: the API's own address");
+    assert!(wait_until(Duration::from_secs(5), || server.output().contains(&line)), "{}", server.output());
+}
