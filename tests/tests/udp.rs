@@ -153,3 +153,94 @@ fn freedom_never_sends_to_the_api_address_even_when_a_rule_allows_loopback() {
     let line = format!("to udp:{api_addr}: refused: the API's own address");
     assert!(wait_until(Duration::from_secs(5), || server.output().contains(&line)), "{}", server.output());
 }
+
+/// Three SOCKS5 UDP associations through `sb` at once, each to its own echo server, a
+/// thousand datagrams each; returns the payload bytes each way.
+fn three_flows_through(sb: &SingBox, server: &Shardray) -> u64 {
+    let echoes: Vec<UdpEcho> = (0..3).map(|_| UdpEcho::start()).collect();
+    let log = || format!("{}\n{}", sb.log(), server.output());
+    let total = std::thread::scope(|s| {
+        let handles: Vec<_> = echoes
+            .iter()
+            .enumerate()
+            .map(|(i, echo)| {
+                let (log, dest, socks) = (&log, echo.addr(), sb.socks);
+                s.spawn(move || {
+                    let path = Socks5Udp::associate(socks).unwrap();
+                    echo_datagrams(&path, dest, None, 1000, 20 + i as u64, 8, log)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    for echo in &echoes {
+        assert_eq!(echo.datagrams.load(Ordering::Relaxed), 1000);
+    }
+    total
+}
+
+#[test]
+fn sing_box_vless_udp_through_its_socks_inbound() {
+    let (server, api) = server_with(alice_vless(), vec![], 2);
+    let mut out = vless_outbound(server.inbound("vless-in"), ALICE, None);
+    out["packet_encoding"] = json!("");
+    let sb = SingBox::start(out);
+    let total = three_flows_through(&sb, &server) as i64;
+    assert!(
+        counters_reach(&api, &[(UPLINK, total), (DOWNLINK, total)]),
+        "{} / expected {total}",
+        counters(&api, "user")
+    );
+}
+
+#[test]
+fn sing_box_trojan_udp_through_its_socks_inbound() {
+    let config = trojan_config(json!([{ "password": ALICE_PASSWORD, "email": "alice@example.com" }]), json!({}));
+    let (server, api) = server_with(config, vec![], 2);
+    let sb = SingBox::start(trojan_outbound(server.inbound("trojan-in"), ALICE_PASSWORD, None));
+    let total = three_flows_through(&sb, &server) as i64;
+    assert!(
+        counters_reach(&api, &[(UPLINK, total), (DOWNLINK, total)]),
+        "{} / expected {total}",
+        counters(&api, "user")
+    );
+}
+
+#[test]
+fn trojan_outbound_carries_udp_to_sing_box_as_the_server() {
+    const PASSWORD: &str = "the trojan server's password";
+    let sb = SingBox::serve(json!({ "type": "trojan", "tag": "trojan-in", "users": [{ "password": PASSWORD }] }));
+    let echoes: Vec<UdpEcho> = (0..2).map(|_| UdpEcho::start()).collect();
+    let config = json!({
+        "log": { "loglevel": "warning" },
+        "stats": {},
+        "api": loopback_api(&["StatsService"]),
+        "inbounds": echoes.iter().enumerate().map(|(i, e)| {
+            let mut d = door(e.addr(), "udp");
+            d["tag"] = json!(format!("door{i}"));
+            d
+        }).collect::<Vec<_>>(),
+        "outbounds": [
+            { "tag": "trojan-out", "protocol": "trojan",
+              "settings": { "servers": [{ "address": "127.0.0.1", "port": sb.socks.port(), "password": PASSWORD }] } },
+            { "tag": "direct", "protocol": "freedom" }
+        ],
+        "policy": { "system": { "statsOutboundUplink": true, "statsOutboundDownlink": true } }
+    });
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let log = || format!("{}\n{}", sb.log(), server.output());
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4usize)
+            .map(|c| {
+                let (log, door_addr, dest) = (&log, server.inbound(&format!("door{}", c % 2)), echoes[c % 2].addr());
+                s.spawn(move || echo_datagrams(&Direct::to(door_addr), dest, Some(door_addr), 500, c as u64, 8, log))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let t = total as i64;
+    let (up, down) = ("outbound>>>trojan-out>>>traffic>>>uplink", "outbound>>>trojan-out>>>traffic>>>downlink");
+    assert!(counters_reach(&api, &[(up, t), (down, t)]), "{} / expected {t}", counters(&api, "outbound"));
+    assert_eq!(api.get("outbound>>>direct>>>traffic>>>uplink", false).unwrap_or(0), 0);
+}
