@@ -244,3 +244,140 @@ fn trojan_outbound_carries_udp_to_sing_box_as_the_server() {
     assert!(counters_reach(&api, &[(up, t), (down, t)]), "{} / expected {t}", counters(&api, "outbound"));
     assert_eq!(api.get("outbound>>>direct>>>traffic>>>uplink", false).unwrap_or(0), 0);
 }
+
+/// A Trojan UDP ASSOCIATE from alice through `proxy`, with `frames` after the request.
+fn trojan_udp(proxy: SocketAddr, frames: &[u8]) -> TcpStream {
+    use shardray_wire::trojan::Command;
+    let mut s = shardray_tests::vless::connect(proxy).unwrap();
+    let mut out = shardray_tests::trojan::request_with(ALICE_PASSWORD, Command::UdpAssociate, proxy.into());
+    out.extend_from_slice(frames);
+    s.write_all(&out).unwrap();
+    s
+}
+
+fn trojan_frame(dest: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    shardray_wire::trojan::UdpFrame::encode_header(&dest.into(), payload.len(), &mut out).unwrap();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Reads one Trojan UDP frame from `s`: its source and payload.
+fn read_trojan_frame(s: &mut TcpStream) -> (SocketAddr, Vec<u8>) {
+    let mut head = [0u8; 11];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 1, "an IPv4 source");
+    let src = SocketAddr::from(([head[1], head[2], head[3], head[4]], u16::from_be_bytes([head[5], head[6]])));
+    assert_eq!(&head[9..11], b"\r\n");
+    let mut payload = vec![0u8; usize::from(u16::from_be_bytes([head[7], head[8]]))];
+    s.read_exact(&mut payload).unwrap();
+    (src, payload)
+}
+
+#[test]
+fn hostile_frames_cost_the_session_at_most_and_oversize_packets_are_skipped() {
+    let echo = UdpEcho::start();
+    let mut config = alice_vless();
+    config["inbounds"].as_array_mut().unwrap().push(json!({
+        "tag": "trojan-in", "listen": "127.0.0.1", "port": 0, "protocol": "trojan",
+        "settings": { "clients": [{ "password": ALICE_PASSWORD, "email": "alice@example.com" }] }
+    }));
+    let (server, api) = server_with(config, vec![], 2);
+    let (vless_in, trojan_in) = (server.inbound("vless-in"), server.inbound("trojan-in"));
+
+    // VLESS: an oversize packet in the middle is skipped and counted; the session goes on.
+    let big = vec![5u8; 9000];
+    let vless = VlessUdp::open(vless_in, ALICE, echo.addr(), &[b"one", &big, b"two"]).unwrap();
+    assert_eq!(vless.recv().unwrap().1, b"one");
+    assert_eq!(vless.recv().unwrap().1, b"two");
+    echo_datagrams(&vless, echo.addr(), None, 100, 5, 4, &|| server.output());
+
+    // Trojan: the same for an oversize frame (its payload skipped whole).
+    let mut frames = trojan_frame(echo.addr(), b"three");
+    let mut oversize = Vec::new();
+    shardray_wire::addr::SOCKS_TYPES.encode_addr(&shardray_wire::addr::Address::Ip(echo.addr().ip()), &mut oversize);
+    oversize.extend_from_slice(&echo.addr().port().to_be_bytes());
+    oversize.extend_from_slice(&9000u16.to_be_bytes());
+    oversize.extend_from_slice(b"\r\n");
+    oversize.extend_from_slice(&big);
+    frames.extend_from_slice(&oversize);
+    frames.extend_from_slice(&trojan_frame(echo.addr(), b"four"));
+    let mut t = trojan_udp(trojan_in, &frames);
+    assert_eq!(read_trojan_frame(&mut t), (echo.addr(), b"three".to_vec()));
+    assert_eq!(read_trojan_frame(&mut t), (echo.addr(), b"four".to_vec()));
+    assert!(counters_reach(&api, &[("refused>>>oversize_datagram", 2)]), "{}", counters(&api, "refused"));
+
+    // A frame with an unknown address type ends the session: nothing is sent on.
+    let before = echo.datagrams.load(Ordering::Relaxed);
+    let mut t = trojan_udp(trojan_in, &trojan_frame(echo.addr(), b"five"));
+    assert_eq!(read_trojan_frame(&mut t).1, b"five");
+    let mut garbage = vec![9, 1, 2, 3, 4, 0, 53, 0, 1, b'\r', b'\n', b'x'];
+    garbage.extend_from_slice(&trojan_frame(echo.addr(), b"never"));
+    t.write_all(&garbage).unwrap();
+    assert!(shardray_tests::vless::closed_within(&mut t, Duration::from_secs(5)), "the session stayed open");
+    assert_eq!(echo.datagrams.load(Ordering::Relaxed), before + 1);
+
+    // A VLESS UDP stream cut inside a packet, and noise after a valid header: closed, no crash.
+    let mut v = VlessUdp::open(vless_in, ALICE, echo.addr(), &[]).unwrap();
+    v.stream.write_all(&[0x10, 0x00, 1, 2, 3]).unwrap();
+    v.stream.shutdown(Shutdown::Write).unwrap();
+    assert!(shardray_tests::vless::closed_within(&mut v.stream, Duration::from_secs(5)));
+    let path = VlessUdp::open(vless_in, ALICE, echo.addr(), &[]).unwrap();
+    echo_datagrams(&path, echo.addr(), None, 20, 6, 2, &|| server.output());
+}
+
+#[test]
+fn removing_a_user_closes_its_udp_sessions() {
+    let echo = UdpEcho::start();
+    let (server, api) = server_with(alice_vless(), vec![], 2);
+    let vless_in = server.inbound("vless-in");
+    let sessions: Vec<VlessUdp> = (0..4).map(|_| VlessUdp::open(vless_in, ALICE, echo.addr(), &[b"hi"]).unwrap()).collect();
+    for s in &sessions {
+        assert_eq!(s.recv().unwrap().1, b"hi");
+    }
+    api.remove_user("vless-in", "alice@example.com").unwrap();
+    for mut s in sessions {
+        assert!(shardray_tests::vless::closed_within(&mut s.stream, Duration::from_secs(5)), "a session outlived its user");
+    }
+}
+
+#[test]
+fn a_user_holds_at_most_64_udp_flows_per_shard() {
+    let echo = UdpEcho::start();
+    let (server, api) = server_with(alice_vless(), vec![], 1);
+    let vless_in = server.inbound("vless-in");
+    let sessions: Vec<VlessUdp> = (0..64).map(|_| VlessUdp::open(vless_in, ALICE, echo.addr(), &[b"hi"]).unwrap()).collect();
+    for s in &sessions {
+        assert_eq!(s.recv().unwrap().1, b"hi");
+    }
+    let mut over = VlessUdp::open(vless_in, ALICE, echo.addr(), &[b"hi"]).unwrap();
+    assert!(shardray_tests::vless::closed_within(&mut over.stream, Duration::from_secs(5)));
+    assert!(counters_reach(&api, &[("refused>>>udp_flow_limit", 1)]), "{}", counters(&api, "refused"));
+    // A flow given back makes room.
+    drop(sessions);
+    assert!(wait_until(Duration::from_secs(5), || {
+        let s = VlessUdp::open(vless_in, ALICE, echo.addr(), &[b"again"]).unwrap();
+        s.stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.recv().is_ok_and(|(_, p)| p == b"again")
+    }));
+}
+
+#[test]
+fn idle_flows_are_reclaimed_after_conn_idle() {
+    let echo = UdpEcho::start();
+    let mut config = alice_vless();
+    config["policy"]["levels"]["0"]["connIdle"] = json!(1);
+    let (server, _api) = server_with(config, vec![door(echo.addr(), "udp")], 1);
+    let door_addr = server.inbound("door");
+    let path = Direct::to(door_addr);
+    echo_datagrams(&path, echo.addr(), Some(door_addr), 10, 1, 2, &|| server.output());
+    std::thread::sleep(Duration::from_millis(2500));
+    echo_datagrams(&path, echo.addr(), Some(door_addr), 10, 2, 2, &|| server.output());
+    assert_eq!(echo.sources.lock().unwrap().len(), 2, "the idle flow's socket was not given up");
+    // A VLESS UDP session idle for connIdle is closed.
+    let mut s = VlessUdp::open(server.inbound("vless-in"), ALICE, echo.addr(), &[b"hi"]).unwrap();
+    assert_eq!(s.recv().unwrap().1, b"hi");
+    let started = std::time::Instant::now();
+    assert!(shardray_tests::vless::closed_within(&mut s.stream, Duration::from_secs(5)));
+    assert!(started.elapsed() >= Duration::from_millis(800), "closed after {:?}", started.elapsed());
+}

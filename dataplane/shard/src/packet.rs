@@ -152,8 +152,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             Framing::Trojan => match UdpFrame::decode(&mut cur) {
                 Ok(frame) => (frame.destination, frame.payload),
                 Err(TrojanError::UnexpectedEnd) => return Ok(None),
-                Err(TrojanError::Oversize(_)) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "trojan frame above 8192 bytes"))
+                Err(TrojanError::Oversize(len)) => {
+                    // Skipped whole: the address, port, length and CRLF, then the payload.
+                    let mut addr = data;
+                    let _ = shardray_wire::addr::SOCKS_TYPES.decode_addr(&mut addr);
+                    let header = data.len() - addr.len() + 6;
+                    if data.len() < header {
+                        return Ok(None);
+                    }
+                    self.start += header;
+                    self.skip = usize::from(len);
+                    return Ok(Some(Recv::Oversize));
                 }
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
             },
@@ -761,4 +770,82 @@ where
         }
     });
     futures_lite::future::or(futures_lite::future::or(uplink, downlink), watchdog).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out its bytes at most `step` at a time.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            let n = self.step.min(buf.len()).min(self.data.len() - self.at);
+            let at = self.at;
+            buf[..n].copy_from_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn read_all(framing: Framing, data: &[u8], early: usize, step: usize) -> (Vec<Result<Vec<u8>, ()>>, bool) {
+        let r = Trickle { data: data[early..].to_vec(), at: 0, step };
+        let mut reader = FrameReader::new(r, framing, &data[..early]);
+        let mut out = vec![0u8; RECV_ROOM];
+        let mut got = Vec::new();
+        futures_lite::future::block_on(async {
+            loop {
+                match reader.recv(&mut out).await {
+                    Ok(Recv::Packet(_, n)) => got.push(Ok(out[..n].to_vec())),
+                    Ok(Recv::Oversize) => got.push(Err(())),
+                    Ok(Recv::End) => return (got, true),
+                    Err(_) => return (got, false),
+                }
+            }
+        })
+    }
+
+    fn dest() -> Destination {
+        Destination::from(SocketAddr::from(([192, 0, 2, 1], 53)))
+    }
+
+    #[test]
+    fn frames_split_anywhere_oversize_skipped_garbage_ends_the_stream() {
+        let big = vec![9u8; MAX_DATAGRAM + 1];
+        let payloads: [&[u8]; 4] = [b"a", &[1u8; 1400], &big, b"last"];
+        let mut vless = Vec::new();
+        let mut trojan = Vec::new();
+        for p in payloads {
+            shardray_wire::vless::encode_packet_header(p.len(), &mut vless).unwrap();
+            vless.extend_from_slice(p);
+            // The encoder refuses oversize frames: write that one by hand.
+            let mut head = Vec::new();
+            shardray_wire::addr::SOCKS_TYPES.encode_addr(&dest().addr, &mut head);
+            head.extend_from_slice(&dest().port.to_be_bytes());
+            head.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            head.extend_from_slice(b"\r\n");
+            trojan.extend_from_slice(&head);
+            trojan.extend_from_slice(p);
+        }
+        let want: Vec<Result<Vec<u8>, ()>> = vec![Ok(b"a".to_vec()), Ok(vec![1u8; 1400]), Err(()), Ok(b"last".to_vec())];
+        for (framing, data) in [(Framing::Vless(dest()), &vless), (Framing::Trojan, &trojan)] {
+            for (early, step) in [(0, 1), (3, 7), (0, 1 << 20), (data.len(), 1)] {
+                assert_eq!(read_all(framing.clone(), data, early, step), (want.clone(), true), "{framing:?} {step}");
+            }
+            // Cut inside the last packet: an error, after the whole ones.
+            let (got, clean) = read_all(framing.clone(), &data[..data.len() - 1], 0, 5);
+            assert_eq!((got.len(), clean), (3, false));
+        }
+        // A Trojan frame with an unknown address type: the stream ends there.
+        let mut bad = trojan.clone();
+        bad.extend_from_slice(&[9, 0, 0, 0, 0, 0, 0, 0, 1, b'\r', b'\n', 0]);
+        bad.extend_from_slice(&trojan);
+        let (got, clean) = read_all(Framing::Trojan, &bad, 0, 1 << 20);
+        assert_eq!((got, clean), (want, false));
+    }
 }
