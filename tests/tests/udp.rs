@@ -13,9 +13,7 @@ use shardray_tests::api::ApiClient;
 use shardray_tests::servers::EchoServer;
 use shardray_tests::singbox::{trojan_outbound, vless_outbound, SingBox};
 use shardray_tests::udp::{echo_datagrams, DatagramPath, Direct, Socks5Udp, UdpEcho, VlessUdp};
-use shardray_tests::{
-    loopback_api, trojan_config, vless_config, wait_until, Shardray, ALICE, ALICE_PASSWORD,
-};
+use shardray_tests::{loopback_api, trojan_config, vless_config, wait_until, Shardray, ALICE, ALICE_PASSWORD};
 
 const UPLINK: &str = "user>>>alice@example.com>>>traffic>>>uplink";
 const DOWNLINK: &str = "user>>>alice@example.com>>>traffic>>>downlink";
@@ -331,13 +329,17 @@ fn removing_a_user_closes_its_udp_sessions() {
     let echo = UdpEcho::start();
     let (server, api) = server_with(alice_vless(), vec![], 2);
     let vless_in = server.inbound("vless-in");
-    let sessions: Vec<VlessUdp> = (0..4).map(|_| VlessUdp::open(vless_in, ALICE, echo.addr(), &[b"hi"]).unwrap()).collect();
+    let sessions: Vec<VlessUdp> =
+        (0..4).map(|_| VlessUdp::open(vless_in, ALICE, echo.addr(), &[b"hi"]).unwrap()).collect();
     for s in &sessions {
         assert_eq!(s.recv().unwrap().1, b"hi");
     }
     api.remove_user("vless-in", "alice@example.com").unwrap();
     for mut s in sessions {
-        assert!(shardray_tests::vless::closed_within(&mut s.stream, Duration::from_secs(5)), "a session outlived its user");
+        assert!(
+            shardray_tests::vless::closed_within(&mut s.stream, Duration::from_secs(5)),
+            "a session outlived its user"
+        );
     }
 }
 
@@ -346,7 +348,8 @@ fn a_user_holds_at_most_64_udp_flows_per_shard() {
     let echo = UdpEcho::start();
     let (server, api) = server_with(alice_vless(), vec![], 1);
     let vless_in = server.inbound("vless-in");
-    let sessions: Vec<VlessUdp> = (0..64).map(|_| VlessUdp::open(vless_in, ALICE, echo.addr(), &[b"hi"]).unwrap()).collect();
+    let sessions: Vec<VlessUdp> =
+        (0..64).map(|_| VlessUdp::open(vless_in, ALICE, echo.addr(), &[b"hi"]).unwrap()).collect();
     for s in &sessions {
         assert_eq!(s.recv().unwrap().1, b"hi");
     }
@@ -380,4 +383,37 @@ fn idle_flows_are_reclaimed_after_conn_idle() {
     let started = std::time::Instant::now();
     assert!(shardray_tests::vless::closed_within(&mut s.stream, Duration::from_secs(5)));
     assert!(started.elapsed() >= Duration::from_millis(800), "closed after {:?}", started.elapsed());
+}
+
+#[test]
+fn routing_rules_match_network_udp() {
+    let (open, closed) = (UdpEcho::start(), UdpEcho::start());
+    let tcp_echo = EchoServer::start();
+    let mut config = alice_vless();
+    config["log"]["loglevel"] = json!("info");
+    config["routing"]["rules"] = json!([
+        { "type": "field", "network": "tcp", "port": closed.addr().port(), "outboundTag": "direct" },
+        { "type": "field", "network": "udp", "port": closed.addr().port(), "outboundTag": "blocked" },
+        { "type": "field", "network": "tcp", "port": tcp_echo.addr().port(), "outboundTag": "blocked" },
+        { "type": "field", "ip": ["127.0.0.1/32"], "outboundTag": "direct" }
+    ]);
+    let (server, _api) = server_with(config, vec![], 2);
+    let vless_in = server.inbound("vless-in");
+    let log = || server.output();
+    let to_open = VlessUdp::open(vless_in, ALICE, open.addr(), &[]).unwrap();
+    echo_datagrams(&to_open, open.addr(), None, 50, 1, 4, &log);
+    // UDP to that port passes over the TCP rule before it, matches the UDP one, and goes to
+    // the blackhole: sent, never answered.
+    let to_closed = VlessUdp::open(vless_in, ALICE, closed.addr(), &[b"dropped"]).unwrap();
+    to_closed.stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(to_closed.recv().is_err());
+    assert_eq!(closed.datagrams.load(Ordering::Relaxed), 0);
+    let line = format!("accepted udp:{} [vless-in >> blocked]", closed.addr());
+    assert!(wait_until(Duration::from_secs(5), || log().contains(&line)), "{}", log());
+    assert!(log().contains(&format!("accepted udp:{} [vless-in >> direct]", open.addr())), "{}", log());
+    // And a TCP-only rule catches TCP.
+    let reply = shardray_tests::vless::round_trip(vless_in, ALICE, tcp_echo.addr(), b"tcp");
+    assert!(reply.map_or(true, |r| r.is_empty()), "TCP to a blocked port came back");
+    let line = format!("accepted tcp:{} [vless-in >> blocked]", tcp_echo.addr());
+    assert!(wait_until(Duration::from_secs(5), || log().contains(&line)), "{}", log());
 }

@@ -832,7 +832,8 @@ mod tests {
             trojan.extend_from_slice(&head);
             trojan.extend_from_slice(p);
         }
-        let want: Vec<Result<Vec<u8>, ()>> = vec![Ok(b"a".to_vec()), Ok(vec![1u8; 1400]), Err(()), Ok(b"last".to_vec())];
+        let want: Vec<Result<Vec<u8>, ()>> =
+            vec![Ok(b"a".to_vec()), Ok(vec![1u8; 1400]), Err(()), Ok(b"last".to_vec())];
         for (framing, data) in [(Framing::Vless(dest()), &vless), (Framing::Trojan, &trojan)] {
             for (early, step) in [(0, 1), (3, 7), (0, 1 << 20), (data.len(), 1)] {
                 assert_eq!(read_all(framing.clone(), data, early, step), (want.clone(), true), "{framing:?} {step}");
