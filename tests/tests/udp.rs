@@ -4,7 +4,7 @@
 //! hostile frames; the real binary on 2 shards, byte-exact echoes, exact counters.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
