@@ -558,6 +558,23 @@ pub enum OutboundProtocol {
     Trojan(TrojanOutboundSpec),
     /// `vmess`: relay through a VMess server (AEAD, TCP).
     Vmess(VmessOutboundSpec),
+    /// `vless`: relay through a VLESS server (TCP, and UDP as `Command::Udp`).
+    Vless(VlessOutboundSpec),
+}
+
+/// `settings` and `streamSettings` of a VLESS outbound (one server, one user, no flow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlessOutboundSpec {
+    /// `vnext[0].address` and `vnext[0].port`.
+    pub server: Destination,
+    /// `vnext[0].users[0].id`.
+    pub id: Uuid,
+    /// `vnext[0].users[0].email`, for logs.
+    pub email: String,
+    /// `vnext[0].users[0].level`.
+    pub level: u32,
+    /// `streamSettings` with `security: "tls"`; `None` sends VLESS over plain TCP.
+    pub tls: Option<TlsClientSpec>,
 }
 
 /// `settings` and `streamSettings` of a VMess outbound (one server, one user).

@@ -100,6 +100,8 @@ pub(crate) struct OutboundRt {
     pub(crate) trojan: Option<crate::outbound::trojan::TrojanClient>,
     /// A VMess outbound's keys and TLS client, built once.
     pub(crate) vmess: Option<crate::outbound::vmess::VmessClient>,
+    /// A VLESS outbound's id and TLS client, built once.
+    pub(crate) vless: Option<crate::outbound::vless::VlessClient>,
 }
 
 /// The outbounds, the compiled rules and the balancers of one epoch.
@@ -161,12 +163,20 @@ impl Routes {
                             ),
                             _ => None,
                         };
+                        let vless = match &o.protocol {
+                            OutboundProtocol::Vless(v) => Some(
+                                crate::outbound::vless::VlessClient::new(v)
+                                    .map_err(|e| format!("outbound {:?}: {e}", o.tag))?,
+                            ),
+                            _ => None,
+                        };
                         Ok(Rc::new(OutboundRt {
                             tag: o.tag.as_str().into(),
                             traffic: Traffic::default(),
                             protocol: o.protocol.clone(),
                             trojan,
                             vmess,
+                            vless,
                         }))
                     }
                 }

@@ -7,7 +7,8 @@
 //! Freedom sends from one UDP socket per session, full cone as Xray's freedom is: every
 //! packet may go to its own destination, each checked by the same safety rules as a TCP
 //! dial, and replies from any address the session may reach come back with their source.
-//! Blackhole drops. A Trojan outbound frames the packets into its own stream.
+//! Blackhole drops. A Trojan outbound frames the packets into its own stream; a VLESS one
+//! opens a `Command::Udp` session to the first packet's destination.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -31,6 +32,7 @@ use shardray_wire::trojan::{TrojanError, UdpFrame};
 
 use crate::ctx::{InboundRt, Resolved, Routes, ShardCtx};
 use crate::outbound::trojan::Upstream;
+use crate::outbound::vless::VlessResponse;
 use crate::outbound::{check_destination, resolve, route, unix_now, Session, SessionMeter};
 use crate::relay::{Meter, RelayTimeouts};
 use crate::users::{SessionWatch, UserHandle, UserState};
@@ -395,6 +397,8 @@ enum UpIn<'a> {
     Freedom(&'a FreedomLeg<'a>),
     Blackhole,
     Frames(FrameReader<Half<'a, Upstream>>),
+    /// A VLESS server's packets, after its response header.
+    VlessFrames(FrameReader<VlessResponse<Half<'a, Upstream>>>),
 }
 
 impl PacketSource for UpIn<'_> {
@@ -403,6 +407,7 @@ impl PacketSource for UpIn<'_> {
             UpIn::Freedom(leg) => leg.recv(out).await,
             UpIn::Blackhole => std::future::pending().await,
             UpIn::Frames(r) => r.recv(out).await,
+            UpIn::VlessFrames(r) => r.recv(out).await,
         }
     }
 }
@@ -412,6 +417,8 @@ enum UpOut<'a> {
     Freedom(&'a FreedomLeg<'a>),
     Blackhole,
     Frames(FrameWriter<Half<'a, Upstream>>),
+    /// VLESS carries one destination per session: packets for another are dropped.
+    VlessFrames(FrameWriter<Half<'a, Upstream>>, Destination),
 }
 
 impl PacketSink for UpOut<'_> {
@@ -420,6 +427,8 @@ impl PacketSink for UpOut<'_> {
             UpOut::Freedom(leg) => Ok(leg.send(peer, payload).await),
             UpOut::Blackhole => Ok(false),
             UpOut::Frames(w) => w.send(peer, payload).await,
+            UpOut::VlessFrames(w, dest) if peer == dest => w.send(peer, payload).await,
+            UpOut::VlessFrames(..) => Ok(false),
         }
     }
 }
@@ -628,6 +637,27 @@ where
                     ctx.log.error(
                         LogLevel::Info,
                         format_args!("[{tag}] {peer} to udp:{dest}: [{out_tag}] {}: {e}", t.server),
+                    );
+                    return;
+                }
+            }
+        }
+        OutboundProtocol::Vless(v) => {
+            let Some(vless) = &outbound.vless else { return };
+            match Box::pin(crate::outbound::trojan::dial(&vless.tls, &v.server)).await {
+                Ok(up) => {
+                    upstream = RefCell::new(up);
+                    let header = vless.header(shardray_wire::vless::Command::Udp, &dest);
+                    let framing = Framing::Vless(dest.clone());
+                    (
+                        UpIn::VlessFrames(FrameReader::new(VlessResponse::new(Half(&upstream)), framing.clone(), &[])),
+                        UpOut::VlessFrames(FrameWriter::new(Half(&upstream), framing, header), dest.clone()),
+                    )
+                }
+                Err(e) => {
+                    ctx.log.error(
+                        LogLevel::Info,
+                        format_args!("[{tag}] {peer} to udp:{dest}: [{out_tag}] {}: {e}", v.server),
                     );
                     return;
                 }

@@ -5,6 +5,7 @@
 
 mod resolve;
 pub(crate) mod trojan;
+pub(crate) mod vless;
 pub(crate) mod vmess;
 
 use std::cell::RefCell;
@@ -178,6 +179,27 @@ pub(crate) async fn forward<C>(
                 Err(e) => {
                     let out = &outbound.tag;
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", t.server));
+                    let _ = client.close().await;
+                    return;
+                }
+            }
+        }
+        OutboundProtocol::Vless(v) => {
+            let Some(vless) = &outbound.vless else {
+                ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: vless outbound not ready"));
+                let _ = client.close().await;
+                return;
+            };
+            let dialed = Box::pin(trojan::dial(&vless.tls, &v.server)).await;
+            access(None);
+            match dialed {
+                Ok(up) => (
+                    Upstream::Vless(Box::new(vless::VlessResponse::new(up))),
+                    vless.header(shardray_wire::vless::Command::Tcp, dest),
+                ),
+                Err(e) => {
+                    let out = &outbound.tag;
+                    ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", v.server));
                     let _ = client.close().await;
                     return;
                 }
