@@ -417,3 +417,34 @@ fn routing_rules_match_network_udp() {
     let line = format!("accepted tcp:{} [vless-in >> blocked]", tcp_echo.addr());
     assert!(wait_until(Duration::from_secs(5), || log().contains(&line)), "{}", log());
 }
+
+#[test]
+fn a_udp_door_added_through_the_api_serves_survives_kill_9_and_goes_away_when_removed() {
+    let echo = UdpEcho::start();
+    let mut config = alice_vless();
+    config["api"] = loopback_api(&["HandlerService", "StatsService"]);
+    let restartable = shardray_tests::Restartable::new(&config);
+    let (server, _api) = restartable.start(&[]);
+    let port = shardray_tests::fixed_port();
+    let file = restartable.path("door.json");
+    let mut added = door(echo.addr(), "udp");
+    added["port"] = json!(port);
+    std::fs::write(&file, json!({ "inbounds": [added] }).to_string()).unwrap();
+    let api_arg = format!("--server={}", server.api.unwrap());
+    let (status, out) = shardray_tests::run_cli(&["api", "adi", &api_arg, file.to_str().unwrap()]);
+    assert!(status.success(), "{out}");
+    let door_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    echo_datagrams(&Direct::to(door_addr), echo.addr(), Some(door_addr), 100, 1, 4, &|| server.output());
+    server.kill9();
+
+    let (server, _api) = restartable.start(&[]);
+    echo_datagrams(&Direct::to(door_addr), echo.addr(), Some(door_addr), 100, 2, 4, &|| server.output());
+    let api_arg = format!("--server={}", server.api.unwrap());
+    let (status, out) = shardray_tests::run_cli(&["api", "rmi", &api_arg, "door"]);
+    assert!(status.success(), "{out}");
+    let path = Direct::to(door_addr);
+    path.socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    // Once removed, nothing answers (a new client address, so no old flow is involved).
+    let _ = path.send(echo.addr(), b"anyone?");
+    assert!(path.recv().is_err(), "a removed door still answered");
+}

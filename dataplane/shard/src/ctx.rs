@@ -388,6 +388,8 @@ impl ShardCtx {
             InboundKind::Vless { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
             InboundKind::Trojan { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
             InboundKind::Vmess { users, .. } => self.apply_user_ops(&inbound.tag, &**users, ops),
+            // Nothing to do is fine (an inbound added through the API comes with no operations).
+            InboundKind::Dokodemo(_) if ops.is_empty() => Ok(()),
             InboundKind::Dokodemo(_) => Err(format!("inbound {} has no users", inbound.tag)),
         }
     }
