@@ -448,3 +448,41 @@ fn a_udp_door_added_through_the_api_serves_survives_kill_9_and_goes_away_when_re
     let _ = path.send(echo.addr(), b"anyone?");
     assert!(path.recv().is_err(), "a removed door still answered");
 }
+
+#[test]
+fn sing_box_vless_udp_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let cert = shardray_tests::tls::SelfSigned::generate(certs.path(), &["localhost"]);
+    let extra = json!({ "streamSettings": cert.stream_settings("localhost", &["http/1.1"]) });
+    let config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), extra);
+    let (server, api) = server_with(config, vec![], 2);
+    let tls = shardray_tests::singbox::insecure_tls("localhost");
+    let mut out = vless_outbound(server.inbound("vless-in"), ALICE, Some(tls));
+    out["packet_encoding"] = json!("");
+    let sb = SingBox::start(out);
+    let total = three_flows_through(&sb, &server) as i64;
+    assert!(counters_reach(&api, &[(UPLINK, total), (DOWNLINK, total)]), "{}", counters(&api, "user"));
+}
+
+#[test]
+fn freedom_is_full_cone_one_socket_for_every_destination_of_a_session() {
+    let (a, b) = (UdpEcho::start(), UdpEcho::start());
+    let config = trojan_config(json!([{ "password": ALICE_PASSWORD, "email": "alice@example.com" }]), json!({}));
+    let (server, _api) = server_with(config, vec![], 2);
+    let mut frames = trojan_frame(a.addr(), b"to a");
+    frames.extend_from_slice(&trojan_frame(b.addr(), b"to b"));
+    let mut t = trojan_udp(server.inbound("trojan-in"), &frames);
+    let mut got = [read_trojan_frame(&mut t), read_trojan_frame(&mut t)];
+    got.sort();
+    let mut want = [(a.addr(), b"to a".to_vec()), (b.addr(), b"to b".to_vec())];
+    want.sort();
+    assert_eq!(got, want, "each reply with its own source");
+    // Both destinations saw the same source: the session's one socket.
+    let mapped = a.sources.lock().unwrap().clone();
+    assert_eq!(mapped.len(), 1);
+    assert_eq!(*b.sources.lock().unwrap(), mapped);
+    // A third address (an allowed IP, another port) reaches the session through that mapping.
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.send_to(b"unsolicited", mapped[0]).unwrap();
+    assert_eq!(read_trojan_frame(&mut t), (stranger.local_addr().unwrap(), b"unsolicited".to_vec()));
+}
