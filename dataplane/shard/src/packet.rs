@@ -111,8 +111,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Half<'_, S> {
     }
 }
 
-/// Room for two of the longest frames: a Trojan header (a 255-byte domain) and a payload.
-const FRAME_ROOM: usize = 2 * (MAX_DATAGRAM + 300);
+/// Room for the longest frame, a Trojan header with a 255-byte domain (263 bytes) and the
+/// largest payload: whatever part of a frame the buffer holds, a read always has room.
+const FRAME_ROOM: usize = MAX_DATAGRAM + 300;
 
 /// Reads packets framed in a stream. A malformed frame ends the stream with `InvalidData`
 /// (one decode attempt, nothing kept); a VLESS packet above the limit is skipped.
