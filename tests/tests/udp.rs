@@ -486,3 +486,91 @@ fn freedom_is_full_cone_one_socket_for_every_destination_of_a_session() {
     stranger.send_to(b"unsolicited", mapped[0]).unwrap();
     assert_eq!(read_trojan_frame(&mut t), (stranger.local_addr().unwrap(), b"unsolicited".to_vec()));
 }
+
+#[test]
+fn sing_box_vless_xudp_its_default_packet_encoding() {
+    let (server, api) = server_with(alice_vless(), vec![], 2);
+    // No packet_encoding: sing-box's default, xudp (VLESS mux command, mux.cool frames).
+    let sb = SingBox::start(vless_outbound(server.inbound("vless-in"), ALICE, None));
+    let total = three_flows_through(&sb, &server) as i64;
+    assert!(counters_reach(&api, &[(UPLINK, total), (DOWNLINK, total)]), "{}", counters(&api, "user"));
+}
+
+#[test]
+fn xudp_frames_full_cone_and_a_tcp_sub_session_refused() {
+    let (a, b) = (UdpEcho::start(), UdpEcho::start());
+    let (server, _api) = server_with(alice_vless(), vec![], 2);
+    let keep = |dest: SocketAddr, data: &[u8]| {
+        let mut out = Vec::new();
+        shardray_wire::xudp::Frame::encode_udp_keep(0, &dest.into(), data.len(), &mut out).unwrap();
+        out.extend_from_slice(data);
+        out
+    };
+    let mux_request = || {
+        use shardray_wire::vless::{Command, RequestHeader};
+        let header = RequestHeader {
+            user: shardray_tests::vless::user_id(ALICE),
+            flow: String::new(),
+            command: Command::Mux,
+            destination: None,
+        };
+        let mut out = Vec::new();
+        header.encode(&mut out);
+        out
+    };
+    // New (UDP to a, with a first packet), then Keep frames to b and a.
+    let mut first = mux_request();
+    let mut new = vec![0, 0, 0, 0, 1, 1, 2];
+    new.extend_from_slice(&a.addr().port().to_be_bytes());
+    new.push(1);
+    new.extend_from_slice(&[127, 0, 0, 1]);
+    let meta = (new.len() - 2) as u16;
+    new[..2].copy_from_slice(&meta.to_be_bytes());
+    new.extend_from_slice(&[0, 3]);
+    new.extend_from_slice(b"new");
+    first.extend_from_slice(&new);
+    first.extend_from_slice(&keep(b.addr(), b"to b"));
+    first.extend_from_slice(&keep(a.addr(), b"to a"));
+    let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    s.write_all(&first).unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head, [0, 0]);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut frame = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut frame).unwrap();
+        let mut data_len = [0u8; 2];
+        s.read_exact(&mut data_len).unwrap();
+        let mut data = vec![0u8; usize::from(u16::from_be_bytes(data_len))];
+        s.read_exact(&mut data).unwrap();
+        let mut whole = len.to_vec();
+        whole.extend_from_slice(&frame);
+        whole.extend_from_slice(&data_len);
+        whole.extend_from_slice(&data);
+        let f = shardray_wire::xudp::Frame::decode(&mut &whole[..]).unwrap();
+        let shardray_wire::xudp::Status::Keep(Some(from)) = f.status else { panic!("{f:?}") };
+        got.push((from.to_string(), f.data.to_vec()));
+    }
+    got.sort();
+    let mut want = vec![
+        (a.addr().to_string(), b"new".to_vec()),
+        (a.addr().to_string(), b"to a".to_vec()),
+        (b.addr().to_string(), b"to b".to_vec()),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(*a.sources.lock().unwrap(), *b.sources.lock().unwrap(), "one socket for both");
+
+    // A New frame for a TCP sub-session ends the connection.
+    let mut tcp = mux_request();
+    let mut new = vec![0, 0, 0, 1, 1, 0, 1, 0, 80, 1, 127, 0, 0, 1];
+    let meta = (new.len() - 2) as u16;
+    new[..2].copy_from_slice(&meta.to_be_bytes());
+    tcp.extend_from_slice(&new);
+    let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    s.write_all(&tcp).unwrap();
+    assert!(shardray_tests::vless::closed_within(&mut s, Duration::from_secs(5)));
+}

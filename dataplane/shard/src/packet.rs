@@ -85,6 +85,9 @@ pub(crate) enum Framing {
     Vless(Destination),
     /// Trojan: `[addr][port][len u16][CRLF][payload]`, each packet with its own address.
     Trojan,
+    /// XUDP in a VLESS `Command::Mux` stream: mux.cool frames of one UDP sub-session, each
+    /// packet with its own address (replies as Keep frames of session 0, as Xray writes them).
+    Xudp,
 }
 
 /// One side of a stream shared by a reader and a writer in the same task: each poll borrows
@@ -125,6 +128,8 @@ pub(crate) struct FrameReader<R> {
     end: usize,
     /// Bytes of an oversize packet still to skip.
     skip: usize,
+    /// XUDP: the destination of the sub-session's New frame.
+    xudp_dest: Option<Destination>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -132,11 +137,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(r: R, framing: Framing, early: &[u8]) -> Self {
         let mut buf = vec![0u8; FRAME_ROOM.max(early.len())].into_boxed_slice();
         buf[..early.len()].copy_from_slice(early);
-        FrameReader { r, framing, buf, start: 0, end: early.len(), skip: 0 }
+        FrameReader { r, framing, buf, start: 0, end: early.len(), skip: 0, xudp_dest: None }
     }
 
     /// One frame from the bytes held, if they hold a whole one.
     fn decode(&mut self, out: &mut [u8]) -> io::Result<Option<Recv>> {
+        if matches!(self.framing, Framing::Xudp) {
+            return self.decode_xudp(out);
+        }
         let data = &self.buf[self.start..self.end];
         let mut cur = data;
         let (peer, payload) = match &self.framing {
@@ -152,6 +160,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     Err(_) => return Ok(None),
                 }
             }
+            Framing::Xudp => unreachable!("decoded above"),
             Framing::Trojan => match UdpFrame::decode(&mut cur) {
                 Ok(frame) => (frame.destination, frame.payload),
                 Err(TrojanError::UnexpectedEnd) => return Ok(None),
@@ -174,6 +183,53 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         out[..n].copy_from_slice(payload);
         self.start += data.len() - cur.len();
         Ok(Some(Recv::Packet(peer, n)))
+    }
+
+    /// The next XUDP packet among the frames held: frames without data (a New without a
+    /// first packet, a KeepAlive) are passed over; a TCP sub-session is refused.
+    fn decode_xudp(&mut self, out: &mut [u8]) -> io::Result<Option<Recv>> {
+        use shardray_wire::xudp::{Frame, Status};
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        loop {
+            let data = &self.buf[self.start..self.end];
+            if let Some((head, len)) = Frame::data_len(data) {
+                if len > MAX_DATAGRAM && data.len() >= head {
+                    self.start += head;
+                    self.skip = len;
+                    return Ok(Some(Recv::Oversize));
+                }
+            }
+            let mut cur = data;
+            let frame = match Frame::decode(&mut cur) {
+                Ok(frame) => frame,
+                Err(shardray_wire::DecodeError::UnexpectedEnd) => return Ok(None),
+                Err(_) => return Err(invalid("invalid mux frame")),
+            };
+            let consumed = data.len() - cur.len();
+            let peer = match frame.status {
+                Status::New { network: 2, destination } => {
+                    self.xudp_dest = Some(destination.clone());
+                    Some(destination)
+                }
+                Status::New { .. } => return Err(invalid("mux TCP sub-sessions are not served")),
+                Status::Keep(Some(d)) => Some(d),
+                Status::Keep(None) => match &self.xudp_dest {
+                    Some(d) => Some(d.clone()),
+                    None => return Err(invalid("mux Keep frame before New")),
+                },
+                Status::End => return Ok(Some(Recv::End)),
+                Status::KeepAlive => None,
+            };
+            let n = frame.data.len();
+            match peer {
+                Some(peer) if n > 0 => {
+                    out[..n].copy_from_slice(frame.data);
+                    self.start += consumed;
+                    return Ok(Some(Recv::Packet(peer, n)));
+                }
+                _ => self.start += consumed,
+            }
+        }
     }
 }
 
@@ -229,6 +285,9 @@ impl<W: AsyncWrite + Unpin> PacketSink for FrameWriter<W> {
         let framed = match &self.framing {
             Framing::Vless(_) => shardray_wire::vless::encode_packet_header(payload.len(), &mut self.out).is_some(),
             Framing::Trojan => UdpFrame::encode_header(peer, payload.len(), &mut self.out).is_ok(),
+            Framing::Xudp => {
+                shardray_wire::xudp::Frame::encode_udp_keep(0, peer, payload.len(), &mut self.out).is_some()
+            }
         };
         if !framed {
             return Ok(false);

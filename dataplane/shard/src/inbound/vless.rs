@@ -48,21 +48,28 @@ pub(super) async fn serve<S>(
     .await;
     match outcome {
         Handshake::Accepted { header, user, consumed } => {
-            let dest = header.destination.expect("TCP and UDP requests carry a destination");
             let user = user.bind(&ctx.users.borrow());
-            if header.command == Command::Udp {
+            let framing = match (header.command, &header.destination) {
+                (Command::Udp, Some(dest)) => Some(Framing::Vless(dest.clone())),
+                // Mux carries XUDP: UDP packets, each with its address (a TCP sub-session is
+                // refused when its New frame comes).
+                (Command::Mux, _) => Some(Framing::Xudp),
+                _ => None,
+            };
+            if let Some(framing) = framing {
                 let session =
                     PacketSession { inbound, peer: info.peer, level: user.level, user: Some(user), idle_cap: None };
                 let stream = RefCell::new(stream);
-                let input = FrameReader::new(Half(&stream), Framing::Vless(dest), &buf[consumed..len]);
+                let out_framing = match &framing {
+                    Framing::Vless(_) => Framing::Vless(Destination::from(info.peer)),
+                    f => f.clone(),
+                };
+                let input = FrameReader::new(Half(&stream), framing, &buf[consumed..len]);
                 drop(buf);
-                let output = FrameWriter::new(
-                    Half(&stream),
-                    Framing::Vless(Destination::from(info.peer)),
-                    RESPONSE_HEADER.to_vec(),
-                );
+                let output = FrameWriter::new(Half(&stream), out_framing, RESPONSE_HEADER.to_vec());
                 return serve_packets(ctx, session, input, output).await;
             }
+            let dest = header.destination.expect("TCP requests carry a destination");
             let session = Session {
                 inbound,
                 peer: info.peer,
@@ -96,9 +103,6 @@ fn decide(data: &[u8], room: usize, users: &RefCell<UserTable>) -> Option<Handsh
             };
             if !header.flow.is_empty() {
                 return Some(Handshake::Rejected("flow not enabled for this user", Refusal::UnsupportedCommand));
-            }
-            if header.command == Command::Mux {
-                return Some(Handshake::Rejected("mux (XUDP) is not served yet", Refusal::UnsupportedCommand));
             }
             let consumed = data.len() - cur.len();
             Some(Handshake::Accepted { header, user, consumed })
