@@ -133,17 +133,41 @@ fn freedom_refuses_loopback_per_packet_unless_a_rule_names_it() {
     assert_eq!(server.output().matches(&line).count(), 1, "{}", server.output());
 }
 
+/// The port of the inbound tagged `tag` in `shardray api lsi`'s output.
+fn port_of(v: &Value, tag: &str) -> Option<u16> {
+    fn first_from(v: &Value) -> Option<u16> {
+        match v {
+            Value::Object(m) => {
+                m.get("From").and_then(Value::as_u64).map(|p| p as u16).or_else(|| m.values().find_map(first_from))
+            }
+            Value::Array(a) => a.iter().find_map(first_from),
+            _ => None,
+        }
+    }
+    match v {
+        Value::Object(m) if m.get("tag").and_then(Value::as_str) == Some(tag) => first_from(v),
+        Value::Object(m) => m.values().find_map(|v| port_of(v, tag)),
+        Value::Array(a) => a.iter().find_map(|v| port_of(v, tag)),
+        _ => None,
+    }
+}
+
 #[test]
 fn freedom_never_sends_to_the_api_address_even_when_a_rule_allows_loopback() {
-    let port = shardray_tests::fixed_port();
-    let api_addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut config = alice_vless();
-    config["inbounds"].as_array_mut().unwrap().push(door(api_addr, "udp"));
-    config["api"] = json!({ "tag": "api", "listen": api_addr.to_string(), "services": ["StatsService"] });
     config["log"]["loglevel"] = json!("info");
-    let server = Shardray::start(&config, 2);
-    let api = ApiClient::connect(server.api.unwrap());
-    let path = Direct::to(server.inbound("door"));
+    let (server, api) = server_with(config, vec![], 2);
+    let api_addr = server.api.unwrap();
+    // A door to the API's own address, added once that address is known (no port chosen in
+    // advance, which a concurrent test could be handed).
+    let file = server.dir.path().join("door.json");
+    std::fs::write(&file, json!({ "inbounds": [door(api_addr, "udp")] }).to_string()).unwrap();
+    let (status, out) =
+        shardray_tests::run_cli(&["api", "adi", &format!("--server={api_addr}"), file.to_str().unwrap()]);
+    assert!(status.success(), "{out}");
+    let (_, lsi) = shardray_tests::run_cli(&["api", "lsi", &format!("--server={api_addr}")]);
+    let port = port_of(&serde_json::from_str(&lsi).unwrap(), "door").unwrap_or_else(|| panic!("{lsi}"));
+    let path = Direct::to(([127, 0, 0, 1], port).into());
     for _ in 0..3 {
         path.send(api_addr, b"hello").unwrap();
     }
