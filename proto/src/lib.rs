@@ -122,6 +122,10 @@ pub mod xray {
             pub mod inbound {
                 tonic::include_proto!("xray.proxy.vless.inbound");
             }
+            /// `xray.proxy.vless.outbound`: Config (one server endpoint).
+            pub mod outbound {
+                tonic::include_proto!("xray.proxy.vless.outbound");
+            }
         }
         /// `xray.proxy.vmess`: Account.
         pub mod vmess {

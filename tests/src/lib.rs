@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod peers;
 pub mod servers;
 pub mod trojan;
+pub mod udp;
 pub mod v2ray;
 pub mod vless;
 pub mod vmess;

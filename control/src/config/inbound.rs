@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec,
-    SocketOptions, TlsServerSpec, TlsVersion, TrojanInboundSpec, UserSpec, VlessInboundSpec, VmessInboundSpec,
-    VmessSecurity,
+    NetworkSet, SocketOptions, TlsServerSpec, TlsVersion, TrojanInboundSpec, UserSpec, VlessInboundSpec,
+    VmessInboundSpec, VmessSecurity,
 };
 use shardray_wire::addr::{Address, Destination};
 use shardray_wire::http_header::{RequestTemplate, ResponseTemplate};
@@ -768,9 +768,8 @@ fn dokodemo(settings: Value, path: &str) -> Result<DokodemoSpec, ConfigError> {
             }
         }
     }
-    if udp && !tcp {
-        return Err(ConfigError::unsupported(format!("{path}.{network_key}"), "UDP forwarding"));
-    }
+    // Xray's default is TCP alone.
+    let network = if tcp || udp { NetworkSet { tcp, udp } } else { NetworkSet { tcp: true, udp: false } };
     let given = |s: &Option<String>| s.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
     let (addr_path, addr) = match (given(&raw.address), given(&raw.rewrite_address)) {
         (Some(a), _) => (format!("{path}.address"), a),
@@ -786,5 +785,5 @@ fn dokodemo(settings: Value, path: &str) -> Result<DokodemoSpec, ConfigError> {
         (false, false) => return Err(ConfigError::invalid(format!("{path}.port"), "missing (or rewritePort)")),
     };
     let port = parse_port(port.as_ref().expect("given"), &port_path)?;
-    Ok(DokodemoSpec { destination: Destination { addr, port }, user_level: raw.user_level.unwrap_or(0) })
+    Ok(DokodemoSpec { destination: Destination { addr, port }, user_level: raw.user_level.unwrap_or(0), network })
 }

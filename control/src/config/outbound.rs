@@ -1,4 +1,5 @@
-//! Validates `outbounds`: freedom, blackhole and Trojan, with their tags and dial settings.
+//! Validates `outbounds`: freedom, blackhole, Trojan, VMess and VLESS, with their tags and dial
+//! settings.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -6,20 +7,20 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, TlsClientSpec,
-    TrojanOutboundSpec, VmessOutboundSpec,
+    TrojanOutboundSpec, VlessOutboundSpec, VmessOutboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
 use super::raw::{
-    RawBlackholeSettings, RawFreedomSettings, RawOutStream, RawOutbound, RawTrojanOutSettings, RawVmessClient,
-    RawVmessOutSettings, RawVmessServer, StringList,
+    RawBlackholeSettings, RawFreedomSettings, RawOutStream, RawOutbound, RawTrojanOutSettings, RawVlessOutSettings,
+    RawVmessClient, RawVmessOutSettings, RawVmessServer, StringList,
 };
 use super::validate::{deserialize_at, is_empty_value, parse_host_port, parse_port};
 
 /// Outbound protocols upstream has that shardray does not serve yet.
 const LATER_PROTOCOLS: &[&str] =
-    &["vless", "vmess", "shadowsocks", "socks", "http", "wireguard", "dns", "loopback", "hysteria", "hysteria2"];
+    &["shadowsocks", "socks", "http", "wireguard", "dns", "loopback", "hysteria", "hysteria2"];
 
 /// Validates `outbounds`: at least one, tags unique and distinct from the API's tag.
 pub(super) fn outbounds(
@@ -62,7 +63,7 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
     let send_through = send_through(ob.send_through.as_deref(), &format!("{path}.sendThrough"))?;
     let stream_path = format!("{path}.streamSettings");
     // Trojan reads its own stream settings (TLS); the others may only restate the defaults.
-    if protocol != "trojan" && protocol != "vmess" {
+    if !matches!(protocol.as_str(), "trojan" | "vmess" | "vless") {
         if let Some(stream) = &ob.stream_settings {
             check_plain_stream(stream, &stream_path)?;
         }
@@ -87,6 +88,7 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
         "blackhole" | "block" => OutboundProtocol::Blackhole(blackhole(settings, &settings_path)?),
         "trojan" => OutboundProtocol::Trojan(trojan(settings, &settings_path, ob.stream_settings, &stream_path)?),
         "vmess" => OutboundProtocol::Vmess(vmess(settings, &settings_path, ob.stream_settings, &stream_path)?),
+        "vless" => OutboundProtocol::Vless(vless(settings, &settings_path, ob.stream_settings, &stream_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
         }
@@ -283,6 +285,67 @@ fn vmess(
         authenticated_length,
         email: user.email,
         level: user.level,
+        tls,
+    })
+}
+
+/// `settings.vnext` of a VLESS outbound: one server, one user, `encryption` "none" (or
+/// absent), no flow.
+fn vless(
+    settings: Value,
+    path: &str,
+    stream: Option<Value>,
+    stream_path: &str,
+) -> Result<VlessOutboundSpec, ConfigError> {
+    let raw: RawVlessOutSettings = deserialize_at(settings, path)?;
+    let vpath = format!("{path}.vnext");
+    let mut vnext = raw.vnext.ok_or_else(|| ConfigError::invalid(&vpath, "missing"))?;
+    match vnext.len() {
+        0 => return Err(ConfigError::invalid(vpath, "at least one server is required")),
+        1 => {}
+        _ => return Err(ConfigError::unsupported(format!("{vpath}[1]"), "more than one VLESS server")),
+    }
+    let server = vnext.remove(0);
+    let spath = format!("{vpath}[0]");
+    let address = match server.address.as_deref().map(str::trim) {
+        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
+        Some(a) => Address::parse(a)
+            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
+    };
+    let port = match server.port.as_ref() {
+        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
+        Some(v) => parse_port(v, &format!("{spath}.port"))?,
+    };
+    let mut users = server.users.unwrap_or_default();
+    let upath = format!("{spath}.users");
+    match users.len() {
+        0 => return Err(ConfigError::invalid(upath, "one user is required")),
+        1 => {}
+        _ => return Err(ConfigError::unsupported(format!("{upath}[1]"), "more than one VLESS user")),
+    }
+    let user = users.remove(0);
+    let upath = format!("{upath}[0]");
+    let id = match user.id.as_deref() {
+        None => return Err(ConfigError::invalid(format!("{upath}.id"), "missing")),
+        Some(s) => super::inbound::parse_user_id(s)
+            .ok_or_else(|| ConfigError::invalid(format!("{upath}.id"), format!("invalid UUID {s:?}")))?,
+    };
+    match user.encryption.as_deref().unwrap_or("none") {
+        "none" | "" => {}
+        e => return Err(ConfigError::unsupported(format!("{upath}.encryption"), format!("VLESS encryption {e:?}"))),
+    }
+    if let Some(f) = user.flow.filter(|f| !f.is_empty()) {
+        return Err(ConfigError::unsupported(format!("{upath}.flow"), format!("flow {f:?} on an outbound")));
+    }
+    let tls = match stream {
+        None | Some(Value::Null) => None,
+        Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
+    };
+    Ok(VlessOutboundSpec {
+        server: Destination { addr: address, port },
+        id,
+        email: user.email.unwrap_or_default(),
+        level: user.level.unwrap_or(0),
         tls,
     })
 }

@@ -684,3 +684,30 @@ pub(super) struct RawVmessServer {
     pub port: Option<Value>,
     pub users: Option<Vec<RawVmessClient>>,
 }
+
+/// `settings` of a VLESS outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVlessOutSettings {
+    pub vnext: Option<Vec<RawVlessServer>>,
+}
+
+/// `settings.vnext[i]` of a VLESS outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVlessServer {
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub users: Option<Vec<RawVlessOutUser>>,
+}
+
+/// `settings.vnext[i].users[j]` of a VLESS outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVlessOutUser {
+    pub id: Option<String>,
+    pub encryption: Option<String>,
+    pub flow: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+}

@@ -871,7 +871,7 @@ fn no_outbounds() {
 }
 
 #[test]
-fn dokodemo_needs_tcp_and_a_destination() {
+fn dokodemo_networks_and_a_destination() {
     let doko = |settings: Value| {
         move |v: &mut Value| {
             at(v, "/inbounds").as_array_mut().unwrap().push(json!({
@@ -879,9 +879,20 @@ fn dokodemo_needs_tcp_and_a_destination() {
             }));
         }
     };
-    let err = broken(doko(json!({ "address": "1.1.1.1", "port": 53, "network": "udp" })));
-    assert_eq!(err.path, "inbounds[1].settings.network");
-    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+    for (network, tcp, udp) in
+        [(json!("udp"), false, true), (json!("tcp,udp"), true, true), (json!(["tcp"]), true, false)]
+    {
+        let mut v = base();
+        doko(json!({ "address": "1.1.1.1", "port": 53, "network": network }))(&mut v);
+        let cfg = load(&v).unwrap();
+        assert_eq!(cfg.inbounds[1].networks(), NetworkSet { tcp, udp }, "{network}");
+    }
+    // No network named: TCP alone, as in Xray.
+    let mut v = base();
+    doko(json!({ "address": "1.1.1.1", "port": 53 }))(&mut v);
+    assert_eq!(load(&v).unwrap().inbounds[1].networks(), NetworkSet { tcp: true, udp: false });
+    let err = broken(doko(json!({ "address": "1.1.1.1", "port": 53, "network": "quic" })));
+    assert_eq!((err.path.as_str(), err.kind), ("inbounds[1].settings.network", ConfigErrorKind::Invalid));
     let err = broken(doko(json!({ "address": "1.1.1.1" })));
     assert_eq!(err.path, "inbounds[1].settings.port");
     let err = broken(doko(json!({ "port": 53, "followRedirect": true })));
@@ -942,10 +953,10 @@ fn xrays_newer_names_load() {
     assert_eq!((err.path.as_str(), err.kind), ("inbounds[1].settings.portMap", ConfigErrorKind::Unsupported));
     let err = broken(|v| {
         at(v, "/inbounds").as_array_mut().unwrap().push(json!({
-            "port": 5353, "protocol": "tunnel", "settings": { "rewritePort": 53, "allowedNetwork": "udp" }
+            "port": 5353, "protocol": "tunnel", "settings": { "rewritePort": 53, "allowedNetwork": "udp,quic" }
         }))
     });
-    assert_eq!((err.path.as_str(), err.kind), ("inbounds[1].settings.allowedNetwork", ConfigErrorKind::Unsupported));
+    assert_eq!((err.path.as_str(), err.kind), ("inbounds[1].settings.allowedNetwork", ConfigErrorKind::Invalid));
 }
 
 #[test]

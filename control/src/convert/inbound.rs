@@ -545,7 +545,10 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             let config = dokodemo::Config {
                 address: Some(IpOrDomain { address: Some(address) }),
                 port: u32::from(d.destination.port),
-                networks: vec![Network::Tcp as i32],
+                networks: [(d.network.tcp, Network::Tcp), (d.network.udp, Network::Udp)]
+                    .into_iter()
+                    .filter_map(|(on, n)| on.then_some(n as i32))
+                    .collect(),
                 user_level: d.user_level,
                 ..Default::default()
             };
@@ -664,6 +667,13 @@ mod tests {
             "settings": { "address": "example.com", "port": 80, "network": "tcp", "userLevel": 1 }
         }));
         assert_eq!(through_api(&spec).unwrap(), spec);
+        for network in ["udp", "tcp,udp"] {
+            let spec = load(json!({
+                "tag": "dns", "listen": "127.0.0.1", "port": 5353, "protocol": "dokodemo-door",
+                "settings": { "address": "1.1.1.1", "port": 53, "network": network }
+            }));
+            assert_eq!(through_api(&spec).unwrap(), spec, "{network}");
+        }
     }
 
     fn handler(receiver: TypedMessage, proxy: TypedMessage) -> InboundHandlerConfig {

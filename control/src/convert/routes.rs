@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use prost::Message;
 use shardray_core::spec::{
     BalancerSpec, BalancerStrategy, BlackholeSpec, DomainMatcher, DomainStrategy, FreedomSpec, NetworkSet,
-    OutboundProtocol, OutboundSpec, PortRange, RuleSpec, TlsClientSpec, TrojanOutboundSpec, VmessOutboundSpec,
+    OutboundProtocol, OutboundSpec, PortRange, RuleSpec, TlsClientSpec, TrojanOutboundSpec, VlessOutboundSpec,
+    VmessOutboundSpec,
 };
 use shardray_proto::xray::app::proxyman::SenderConfig;
 use shardray_proto::xray::app::router;
@@ -18,7 +19,7 @@ use shardray_proto::xray::common::net;
 use shardray_proto::xray::common::protocol::ServerEndpoint;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::OutboundHandlerConfig;
-use shardray_proto::xray::proxy::{blackhole, freedom, trojan, vmess};
+use shardray_proto::xray::proxy::{blackhole, freedom, trojan, vless, vmess};
 use shardray_proto::xray::transport::internet::{tls, StreamConfig};
 use shardray_wire::addr::{Address, Destination};
 
@@ -118,6 +119,10 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
             &exact(&proxy.value, "xray.proxy.vmess.outbound.Config", "proxy_settings")?,
             stream_settings.take().as_ref(),
         )?),
+        "proxy.vless.outbound.Config" => OutboundProtocol::Vless(vless_spec(
+            &exact(&proxy.value, "xray.proxy.vless.outbound.Config", "proxy_settings")?,
+            stream_settings.take().as_ref(),
+        )?),
         other => {
             return Err(match other.strip_prefix("proxy.").and_then(|p| p.split('.').next()) {
                 Some(p) => invalid(format!("proxy_settings: outbound protocol {p:?} is not supported yet")),
@@ -202,6 +207,27 @@ fn vmess_spec(c: &vmess::outbound::Config, stream: Option<&StreamConfig>) -> Res
         level: spec.level,
         tls,
     })
+}
+
+/// A VLESS outbound Config (its one server endpoint, one user, no flow) and its sender's
+/// stream settings.
+fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Result<VlessOutboundSpec, InvalidRoute> {
+    let (server, spec) = client_endpoint(c.vnext.as_slice(), "vless", "VLESS")?;
+    let shardray_core::spec::Account::Vless(id) = spec.account else {
+        return Err(invalid("proxy_settings.server[0].user.account: not a VLESS account"));
+    };
+    let account = c.vnext.as_ref().and_then(|v| v.user.first()).and_then(|u| u.account.as_ref());
+    let account = account.map(|a| &a.value[..]).unwrap_or_default();
+    if let Ok(a) = vless::Account::decode(account) {
+        if !a.flow.is_empty() {
+            return Err(invalid(format!("proxy_settings.server[0].user.account.flow: {:?} is not served yet", a.flow)));
+        }
+    }
+    let tls = match stream {
+        None => None,
+        Some(stream) => client_tls(stream)?,
+    };
+    Ok(VlessOutboundSpec { server, id, email: spec.email, level: spec.level, tls })
 }
 
 /// A Trojan ClientConfig (one server, one user) and its sender's stream settings (raw TCP,
@@ -423,10 +449,30 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
             };
             typed("xray.proxy.vmess.outbound.Config", &vmess::outbound::Config { receiver: vec![server] })
         }
+        OutboundProtocol::Vless(v) => {
+            let account = vless::Account { id: v.id.to_string(), encryption: "none".into(), ..Default::default() };
+            let user = shardray_proto::xray::common::protocol::User {
+                level: v.level,
+                email: v.email.clone(),
+                account: Some(typed("xray.proxy.vless.Account", &account)),
+            };
+            let server = ServerEndpoint {
+                address: Some(net::IpOrDomain {
+                    address: Some(match &v.server.addr {
+                        Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
+                        Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
+                    }),
+                }),
+                port: u32::from(v.server.port),
+                user: vec![user],
+            };
+            typed("xray.proxy.vless.outbound.Config", &vless::outbound::Config { vnext: Some(server) })
+        }
     };
     let tls = match &spec.protocol {
         OutboundProtocol::Trojan(t) => t.tls.as_ref(),
         OutboundProtocol::Vmess(v) => v.tls.as_ref(),
+        OutboundProtocol::Vless(v) => v.tls.as_ref(),
         _ => None,
     };
     let sender_settings = match (sender_settings, tls) {
@@ -756,10 +802,14 @@ mod tests {
                   "streamSettings": { "security": "tls", "tlsSettings": {
                       "serverName": "sni.example", "allowInsecure": true, "alpn": ["h2"], "fingerprint": "chrome" } } },
                 { "tag": "u", "protocol": "trojan",
-                  "settings": { "servers": [{ "address": "10.0.0.1", "port": 8443, "password": "x" }] } }
+                  "settings": { "servers": [{ "address": "10.0.0.1", "port": 8443, "password": "x" }] } },
+                { "tag": "v", "protocol": "vless",
+                  "settings": { "vnext": [{ "address": "proxy.example", "port": 443, "users": [{
+                      "id": "b831381d-6324-4d53-ad4f-8cda48b30811", "encryption": "none", "email": "v@x", "level": 3 }] }] },
+                  "streamSettings": { "security": "tls", "tlsSettings": { "serverName": "sni.example" } } }
             ] }"#,
         );
-        assert_eq!(specs.len(), 5);
+        assert_eq!(specs.len(), 6);
         for spec in &specs {
             assert_eq!(&outbound_spec(&outbound_config(spec)).unwrap(), spec);
         }
@@ -767,12 +817,12 @@ mod tests {
 
     #[test]
     fn outbound_refusals_name_the_field() {
-        let vless = OutboundHandlerConfig {
+        let unserved = OutboundHandlerConfig {
             tag: "x".into(),
-            proxy_settings: Some(TypedMessage { r#type: "xray.proxy.vless.outbound.Config".into(), value: vec![] }),
+            proxy_settings: Some(TypedMessage { r#type: "xray.proxy.wireguard.DeviceConfig".into(), value: vec![] }),
             ..Default::default()
         };
-        assert!(outbound_spec(&vless).unwrap_err().0.contains("\"vless\" is not supported"));
+        assert!(outbound_spec(&unserved).unwrap_err().0.contains("\"wireguard\" is not supported"));
         let wrong = OutboundHandlerConfig {
             proxy_settings: Some(typed("xray.app.proxyman.SenderConfig", &SenderConfig::default())),
             ..Default::default()

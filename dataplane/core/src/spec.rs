@@ -321,6 +321,15 @@ impl InboundSpec {
         }
     }
 
+    /// The networks it listens on: a TCP listener, a UDP socket, or both (dokodemo-door's
+    /// `network`; every other inbound is TCP only).
+    pub fn networks(&self) -> NetworkSet {
+        match &self.protocol {
+            InboundProtocol::Dokodemo(d) => d.network,
+            _ => NetworkSet { tcp: true, udp: false },
+        }
+    }
+
     /// A copy of the inbound with no users, without copying them first.
     pub fn clone_without_users(&self) -> InboundSpec {
         let protocol = match &self.protocol {
@@ -533,6 +542,8 @@ pub struct DokodemoSpec {
     pub destination: Destination,
     /// `userLevel`: the policy level for its connections.
     pub user_level: u32,
+    /// `network` (or `allowedNetwork`): TCP, UDP or both; TCP alone when the config names none.
+    pub network: NetworkSet,
 }
 
 /// TLS server settings (`streamSettings.tlsSettings`).
@@ -593,6 +604,23 @@ pub enum OutboundProtocol {
     Trojan(TrojanOutboundSpec),
     /// `vmess`: relay through a VMess server (AEAD, TCP).
     Vmess(VmessOutboundSpec),
+    /// `vless`: relay through a VLESS server (TCP, and UDP as `Command::Udp`).
+    Vless(VlessOutboundSpec),
+}
+
+/// `settings` and `streamSettings` of a VLESS outbound (one server, one user, no flow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlessOutboundSpec {
+    /// `vnext[0].address` and `vnext[0].port`.
+    pub server: Destination,
+    /// `vnext[0].users[0].id`.
+    pub id: Uuid,
+    /// `vnext[0].users[0].email`, for logs.
+    pub email: String,
+    /// `vnext[0].users[0].level`.
+    pub level: u32,
+    /// `streamSettings` with `security: "tls"`; `None` sends VLESS over plain TCP.
+    pub tls: Option<TlsClientSpec>,
 }
 
 /// `settings` and `streamSettings` of a VMess outbound (one server, one user).

@@ -44,6 +44,8 @@ pub(crate) struct ShardCtx {
     pub(crate) refusals: RefusalCounts,
     /// Sessions of users, so that removing or kicking a user closes them.
     pub(crate) watchers: SessionWatchers,
+    /// Live UDP sessions per user, for the flow limit.
+    pub(crate) flows: crate::packet::FlowCounts,
     /// The last epoch applied.
     pub(crate) applied: Cell<u64>,
 }
@@ -100,6 +102,8 @@ pub(crate) struct OutboundRt {
     pub(crate) trojan: Option<crate::outbound::trojan::TrojanClient>,
     /// A VMess outbound's keys and TLS client, built once.
     pub(crate) vmess: Option<crate::outbound::vmess::VmessClient>,
+    /// A VLESS outbound's id and TLS client, built once.
+    pub(crate) vless: Option<crate::outbound::vless::VlessClient>,
 }
 
 /// The outbounds, the compiled rules and the balancers of one epoch.
@@ -161,12 +165,20 @@ impl Routes {
                             ),
                             _ => None,
                         };
+                        let vless = match &o.protocol {
+                            OutboundProtocol::Vless(v) => Some(
+                                crate::outbound::vless::VlessClient::new(v)
+                                    .map_err(|e| format!("outbound {:?}: {e}", o.tag))?,
+                            ),
+                            _ => None,
+                        };
                         Ok(Rc::new(OutboundRt {
                             tag: o.tag.as_str().into(),
                             traffic: Traffic::default(),
                             protocol: o.protocol.clone(),
                             trojan,
                             vmess,
+                            vless,
                         }))
                     }
                 }
@@ -268,6 +280,7 @@ impl ShardCtx {
             live: Cell::new(0),
             refusals: RefusalCounts::default(),
             watchers: SessionWatchers::default(),
+            flows: Default::default(),
             applied: Cell::new(0),
         };
         for inbound in &config.inbounds {
@@ -304,11 +317,18 @@ impl ShardCtx {
         })
     }
 
-    /// Starts accepting on an inbound's listener (this shard's own SO_REUSEPORT socket).
-    pub(crate) fn start_accepting(self: &Rc<Self>, inbound: Rc<InboundRt>, listener: std::net::TcpListener) {
+    /// Starts accepting on an inbound's listener and serving its UDP socket (this shard's own
+    /// SO_REUSEPORT sockets).
+    pub(crate) fn start_accepting(self: &Rc<Self>, inbound: Rc<InboundRt>, sockets: crate::InboundSockets) {
         let tag = inbound.tag.clone();
-        let task = glommio::spawn_local(crate::inbound::accept_loop(self.clone(), inbound, listener));
-        self.accepting.borrow_mut().push((tag, task));
+        if let Some(listener) = sockets.tcp {
+            let task = glommio::spawn_local(crate::inbound::accept_loop(self.clone(), inbound.clone(), listener));
+            self.accepting.borrow_mut().push((tag.clone(), task));
+        }
+        if let Some(socket) = sockets.udp {
+            let task = glommio::spawn_local(crate::inbound::datagram_loop(self.clone(), inbound, socket));
+            self.accepting.borrow_mut().push((tag, task));
+        }
     }
 
     /// Every accept loop, taken out so the caller can cancel them (on drain).
@@ -326,7 +346,7 @@ impl ShardCtx {
         epoch: u64,
         change: &Change,
         ops: &[UserOp],
-        listener: Option<std::net::TcpListener>,
+        listener: Option<crate::InboundSockets>,
     ) -> Result<Vec<glommio::Task<()>>, String> {
         let mut stopped = Vec::new();
         match change {
@@ -371,6 +391,8 @@ impl ShardCtx {
             InboundKind::Vless { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
             InboundKind::Trojan { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
             InboundKind::Vmess { users, .. } => self.apply_user_ops(&inbound.tag, &**users, ops),
+            // Nothing to do is fine (an inbound added through the API comes with no operations).
+            InboundKind::Dokodemo(_) if ops.is_empty() => Ok(()),
             InboundKind::Dokodemo(_) => Err(format!("inbound {} has no users", inbound.tag)),
         }
     }

@@ -87,6 +87,12 @@ pub(crate) struct UserHandle {
 }
 
 impl UserHandle {
+    /// The user's record in its inbound's table: with the table, who the user is on this
+    /// shard, whatever its email.
+    pub(crate) fn record(&self) -> u32 {
+        self.rec
+    }
+
     /// Fills in what the slot counters know: the email and the slot's generation.
     pub(crate) fn bind(mut self, slots: &SlotCounters) -> UserHandle {
         self.email = slots.email(self.slot).cloned();

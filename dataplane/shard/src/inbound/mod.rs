@@ -19,6 +19,7 @@ use shardray_core::stats::Refusal;
 use shardray_wire::proxy_protocol::{self, ProxyError, ProxyHeader};
 
 use crate::ctx::{InboundKind, InboundRt, LiveGuard, ShardCtx};
+pub(crate) use dokodemo::datagram_loop;
 
 /// What an inbound handler knows about the connection beyond its bytes.
 pub(crate) struct ConnInfo {

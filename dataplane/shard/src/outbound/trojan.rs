@@ -53,6 +53,13 @@ impl TrojanClient {
         Request { key: self.key, command: Command::Connect, destination: dest.clone() }.encode(&mut out);
         out
     }
+
+    /// The request header for a UDP ASSOCIATE whose first packet goes to `dest`.
+    pub(crate) fn udp_header(&self, dest: &Destination) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        Request { key: self.key, command: Command::UdpAssociate, destination: dest.clone() }.encode(&mut out);
+        out
+    }
 }
 
 fn server_name(name: &str) -> Result<ServerName<'static>, String> {
@@ -93,11 +100,12 @@ pub(crate) async fn dial(tls: &ClientTls, server: &Destination) -> io::Result<Up
 }
 
 /// The stream to an outbound's server: a plain socket (which the relay may splice) or TLS,
-/// or a VMess body over either.
+/// or a VMess body or a VLESS response over either.
 pub(crate) enum Upstream {
     Tcp(TcpStream),
     Tls(Box<futures_rustls::client::TlsStream<TlsTcp>>),
     Vmess(Box<crate::vmess::VmessStream<Upstream>>),
+    Vless(Box<super::vless::VlessResponse<Upstream>>),
 }
 
 impl Upstream {
@@ -105,7 +113,7 @@ impl Upstream {
     pub(crate) fn plain_fd(&self) -> Option<RawFd> {
         match self {
             Upstream::Tcp(s) => Some(s.as_raw_fd()),
-            Upstream::Tls(_) | Upstream::Vmess(_) => None,
+            Upstream::Tls(_) | Upstream::Vmess(_) | Upstream::Vless(_) => None,
         }
     }
 }
@@ -116,6 +124,7 @@ impl AsyncRead for Upstream {
             Upstream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Vless(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -126,6 +135,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -138,6 +148,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -146,6 +157,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Vless(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -154,6 +166,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tcp(s) => Pin::new(s).poll_close(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Vless(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }
