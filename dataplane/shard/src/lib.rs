@@ -8,6 +8,7 @@ pub mod mailbox;
 mod outbound;
 mod relay;
 mod replay;
+mod shadowsocks;
 pub mod transport;
 mod users;
 mod vmess;

@@ -98,6 +98,7 @@ pub(crate) enum Upstream {
     Tcp(TcpStream),
     Tls(Box<futures_rustls::client::TlsStream<TlsTcp>>),
     Vmess(Box<crate::vmess::VmessStream<Upstream>>),
+    Shadowsocks(Box<crate::shadowsocks::SsStream<Upstream>>),
 }
 
 impl Upstream {
@@ -105,7 +106,7 @@ impl Upstream {
     pub(crate) fn plain_fd(&self) -> Option<RawFd> {
         match self {
             Upstream::Tcp(s) => Some(s.as_raw_fd()),
-            Upstream::Tls(_) | Upstream::Vmess(_) => None,
+            Upstream::Tls(_) | Upstream::Vmess(_) | Upstream::Shadowsocks(_) => None,
         }
     }
 }
@@ -116,6 +117,7 @@ impl AsyncRead for Upstream {
             Upstream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -126,6 +128,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -138,6 +141,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -146,6 +150,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -154,6 +159,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tcp(s) => Pin::new(s).poll_close(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }
