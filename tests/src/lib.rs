@@ -8,6 +8,7 @@ pub mod echo;
 pub mod metrics;
 pub mod peers;
 pub mod servers;
+pub mod shadowsocks;
 pub mod trojan;
 pub mod v2ray;
 pub mod vless;
