@@ -411,6 +411,14 @@ mod tests {
         "xray.proxy.freedom.Config",
         "xray.proxy.blackhole.Config",
         "xray.app.router.Config",
+        "xray.proxy.shadowsocks.Account",
+        "xray.proxy.shadowsocks.ServerConfig",
+        "xray.proxy.shadowsocks.ClientConfig",
+        "xray.proxy.shadowsocks_2022.Account",
+        "xray.proxy.shadowsocks_2022.User",
+        "xray.proxy.shadowsocks_2022.ServerConfig",
+        "xray.proxy.shadowsocks_2022.MultiUserServerConfig",
+        "xray.proxy.shadowsocks_2022.ClientConfig",
     ];
 
     /// An encoding a generated client may send and ours never does: every field written with
@@ -529,6 +537,42 @@ mod tests {
             user_spec(&user("xray.proxy.trojan.Account", bytes), "trojan"),
             Err(InvalidUser::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn shadowsocks_accounts_by_both_numberings_and_back() {
+        let account = |n: i32| shadowsocks::Account { password: "pw".into(), cipher_type: n, iv_check: false };
+        for (n, method) in [
+            (5, Method::Aes128Gcm),
+            (6, Method::Aes256Gcm),
+            (7, Method::ChaCha20Poly1305),
+            (8, Method::XChaCha20Poly1305),
+        ] {
+            let spec =
+                user_spec(&user("xray.proxy.shadowsocks.Account", account(n).encode_to_vec()), "shadowsocks").unwrap();
+            assert_eq!(spec.account, Account::Shadowsocks { method, password: "pw".into() });
+            assert_eq!(user_spec(&api_user(&spec), "shadowsocks").unwrap(), spec, "round trip");
+        }
+        for (n, method) in [(1, Method::Aes128Gcm), (2, Method::Aes256Gcm), (3, Method::ChaCha20Poly1305)] {
+            let spec =
+                user_spec(&user("v2ray.core.proxy.shadowsocks.Account", account(n).encode_to_vec()), "shadowsocks");
+            assert_eq!(spec.unwrap().account, Account::Shadowsocks { method, password: "pw".into() });
+        }
+        for (t, n, words) in [
+            ("xray.proxy.shadowsocks.Account", 1, "stream cipher"),
+            ("xray.proxy.shadowsocks.Account", 0, "UNKNOWN"),
+            ("v2ray.core.proxy.shadowsocks.Account", 4, "NONE"),
+        ] {
+            let err = user_spec(&user(t, account(n).encode_to_vec()), "shadowsocks").unwrap_err().to_string();
+            assert!(err.starts_with("user.account.cipher_type:") && err.contains(words), "{err}");
+        }
+        let key = shadowsocks_2022::Account { key: "AAAAAAAAAAAAAAAAAAAAAA==".into() };
+        let spec =
+            user_spec(&user("xray.proxy.shadowsocks_2022.Account", key.encode_to_vec()), "shadowsocks_2022").unwrap();
+        assert_eq!(api_user(&spec).account.unwrap().r#type, "xray.proxy.shadowsocks_2022.Account");
+        let err =
+            user_spec(&user("xray.proxy.shadowsocks_2022.Account", key.encode_to_vec()), "shadowsocks").unwrap_err();
+        assert_eq!(err.to_string(), "user.account: a shadowsocks_2022 account cannot join a shadowsocks inbound");
     }
 
     #[test]
