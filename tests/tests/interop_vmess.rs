@@ -3,19 +3,18 @@
 //! shardray binary with two shards: byte-exact echoes from 1 byte to 3 MiB and exact per-user
 //! counters.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use shardray_tests::api::ApiClient;
 use shardray_tests::echo::echo_and_count;
 use shardray_tests::servers::RecordingServer;
 use shardray_tests::singbox::{insecure_tls, vmess_outbound, SingBox};
 use shardray_tests::tls::SelfSigned;
 use shardray_tests::v2ray::V2Ray;
 use shardray_tests::vless::{payload, user_id};
-use shardray_tests::{loopback_api, vmess_config, wait_until, Shardray};
+use shardray_tests::{loopback_api, vmess_config, Shardray};
 
 /// Payload sizes for the full runs: tiny, around chunk (8 KiB) and buffer edges, several MiB.
 const SIZES: [usize; 16] = [

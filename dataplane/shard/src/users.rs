@@ -432,13 +432,9 @@ impl ShadowsocksUsers {
     }
 
     /// Users in the table.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.table.index.len()
-    }
-
-    /// Whether the table has no user.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Adds the user or replaces the one with its key.
