@@ -1,5 +1,5 @@
-//! Validates `inbounds`: listen addresses, stream settings and TLS, and the VLESS, Trojan and
-//! dokodemo-door settings; sets the API's own inbound aside.
+//! Validates `inbounds`: listen addresses, stream settings and TLS, and the VLESS, Trojan, VMess,
+//! Shadowsocks and dokodemo-door settings; sets the API's own inbound aside.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

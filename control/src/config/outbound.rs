@@ -1,4 +1,4 @@
-//! Validates `outbounds`: freedom, blackhole and Trojan, with their tags and dial settings.
+//! Validates `outbounds`: freedom, blackhole, Trojan, VMess and Shadowsocks, with their tags and dial settings.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
