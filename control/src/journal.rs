@@ -132,6 +132,10 @@ fn user_json(u: &UserSpec) -> Value {
         Account::Vmess { id, security } => json!({
             "vmess": id.to_string(), "security": security.name(), "email": u.email, "level": u.level
         }),
+        Account::Shadowsocks { method, password } => json!({
+            "ss_method": method.name(), "ss_password": &**password, "email": u.email, "level": u.level
+        }),
+        Account::Shadowsocks2022 { key } => json!({ "ss2022_key": &**key, "email": u.email, "level": u.level }),
     }
 }
 
@@ -208,7 +212,17 @@ fn decode(v: &Value) -> Result<Change, String> {
         let list = v.get("users").and_then(Value::as_array).ok_or("users: missing")?;
         list.iter()
             .map(|u| {
+                let text = |key: &str| u.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
                 let account = match (u.get("password"), u.get("vmess")) {
+                    _ if text("ss2022_key").is_some() => {
+                        Account::Shadowsocks2022 { key: text("ss2022_key").expect("checked").into() }
+                    }
+                    _ if text("ss_method").is_some() => Account::Shadowsocks {
+                        method: text("ss_method")
+                            .and_then(|m| shardray_wire::shadowsocks::Method::parse(m).ok())
+                            .ok_or("users[].ss_method: bad")?,
+                        password: text("ss_password").ok_or("users[].ss_password: bad")?.into(),
+                    },
                     (Some(p), _) => {
                         Account::Trojan(p.as_str().filter(|p| !p.is_empty()).ok_or("users[].password: bad")?.into())
                     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use shardray_control::config;
 use shardray_control::run::{run, RunOptions};
-use shardray_core::spec::{Account, Config};
+use shardray_core::spec::{Account, Config, InboundProtocol};
 
 /// A proxy core for Linux servers with many users, compatible with V2Ray/Xray configs and API.
 #[derive(Parser)]
@@ -152,8 +152,10 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// `vless://`, `trojan://` and `vmess://` links for every VLESS, Trojan and VMess user, in the
-/// common share-link forms (as v2rayN and sing-box import them; VMess as v2rayN's base64 JSON).
+/// `vless://`, `trojan://`, `vmess://` and `ss://` links for every VLESS, Trojan, VMess and
+/// Shadowsocks user, in the common share-link forms (as v2rayN and sing-box import them; VMess
+/// as v2rayN's base64 JSON; Shadowsocks as SIP002: base64url of `method:password` for AEAD,
+/// the percent-encoded `method:password` for 2022, `serverPSK:userPSK` on a multi-user server).
 fn links(config: &Config, host: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     for inbound in &config.inbounds {
@@ -183,6 +185,22 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
                     format!("trojan://{}@{host}:{port}?security={security}&type=tcp#{name}", percent(password))
                 }
                 Account::Vmess { id, security } => vmess_link(inbound, user, *id, *security, &host),
+                Account::Shadowsocks { method, password } => {
+                    use base64::Engine;
+                    let userinfo =
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{method}:{password}"));
+                    format!("ss://{userinfo}@{}:{port}#{name}", link_host(&host))
+                }
+                Account::Shadowsocks2022 { key } => {
+                    let InboundProtocol::Shadowsocks(ss) = &inbound.protocol else { continue };
+                    let method = ss.method_2022.map_or("", |m| m.name());
+                    // A multi-user server's clients present both PSKs, server's first.
+                    let password = match &ss.server_psk {
+                        Some(server) => format!("{server}:{key}"),
+                        None => key.to_string(),
+                    };
+                    format!("ss://{}:{}@{}:{port}#{name}", percent(method), percent(&password), link_host(&host))
+                }
             });
         }
     }
@@ -210,6 +228,15 @@ fn vmess_link(
         "tls": tls, "sni": sni,
     });
     format!("vmess://{}", base64::engine::general_purpose::STANDARD.encode(json.to_string()))
+}
+
+/// A host as a URL writes it: an IPv6 address in brackets.
+fn link_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
 }
 
 /// Percent-encodes everything but unreserved characters.

@@ -40,7 +40,7 @@ pub struct InboundUsers {
 impl InboundUsers {
     /// The entry for an inbound, with no users yet.
     fn new(spec: &InboundSpec, from_config: bool) -> InboundUsers {
-        let (protocol, has_users) = (spec.protocol.name(), spec.protocol.clients().is_some());
+        let (protocol, has_users) = (spec.protocol.account_protocol(), spec.protocol.clients().is_some());
         InboundUsers {
             spec: Arc::new(spec.clone_without_users()),
             from_config,
@@ -529,6 +529,7 @@ fn account_label(account: &Account) -> String {
         Account::Vless(id) => id.to_string(),
         Account::Trojan(_) => "with this password".to_owned(),
         Account::Vmess { id, .. } => id.to_string(),
+        Account::Shadowsocks { .. } | Account::Shadowsocks2022 { .. } => "with this password".to_owned(),
     }
 }
 

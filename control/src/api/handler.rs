@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use prost::Message;
 use shardray_core::change::Change;
-use shardray_core::spec::UserSpec;
+use shardray_core::spec::{Account, InboundProtocol, ShadowsocksInboundSpec, UserSpec};
 use shardray_proto::shardray::app::proxyman::command as ours;
 use shardray_proto::xray::app::proxyman::command as pb;
 use shardray_proto::xray::common::protocol::User;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::{InboundHandlerConfig, OutboundHandlerConfig};
-use shardray_proto::xray::proxy::{trojan, vless, vmess};
+use shardray_proto::xray::proxy::{shadowsocks, shadowsocks_2022, trojan, vless, vmess};
 use tonic::{Request, Response, Status};
 
 use super::ApiState;
@@ -62,6 +62,30 @@ fn decode<M: Message + Default>(op: &TypedMessage) -> Result<M, Status> {
 }
 
 fn users(list: &[User], inbound: &InboundUsers) -> Result<Vec<UserSpec>, Status> {
+    // A 2022 inbound's users hold PSKs of its method, and only a multi-user one takes more.
+    if let InboundProtocol::Shadowsocks(ShadowsocksInboundSpec { method_2022: Some(method), server_psk, .. }) =
+        &inbound.spec.protocol
+    {
+        if server_psk.is_none() {
+            return Err(Status::invalid_argument(format!(
+                "inbound {}: a single-user Shadowsocks 2022 inbound takes no users (give it settings.clients)",
+                inbound.tag
+            )));
+        }
+        let method = *method;
+        return list
+            .iter()
+            .map(|u| {
+                let spec = user_spec(u, inbound.protocol).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                if let Account::Shadowsocks2022 { key } = &spec.account {
+                    shardray_wire::shadowsocks::MasterKey::from_psk(method, key).map_err(|e| {
+                        Status::invalid_argument(format!("{}: user.account.key: {e} (for {method})", u.email))
+                    })?;
+                }
+                Ok(spec)
+            })
+            .collect();
+    }
     list.iter().map(|u| user_spec(u, inbound.protocol).map_err(|e| Status::invalid_argument(e.to_string()))).collect()
 }
 
@@ -156,6 +180,19 @@ impl HandlerApi {
             "vmess" => {
                 let config = vmess::inbound::Config { user: users(), ..Default::default() };
                 Some(typed("xray.proxy.vmess.inbound.Config", &config))
+            }
+            "shadowsocks" => {
+                let config = shadowsocks::ServerConfig { users: users(), ..Default::default() };
+                Some(typed("xray.proxy.shadowsocks.ServerConfig", &config))
+            }
+            "shadowsocks_2022" => {
+                let method = match &inbound.spec.protocol {
+                    InboundProtocol::Shadowsocks(s) => s.method_2022.map(|m| m.name().to_owned()).unwrap_or_default(),
+                    _ => String::new(),
+                };
+                // The server's PSK is not handed out.
+                let config = shadowsocks_2022::MultiUserServerConfig { method, users: users(), ..Default::default() };
+                Some(typed("xray.proxy.shadowsocks_2022.MultiUserServerConfig", &config))
             }
             _ => None,
         };

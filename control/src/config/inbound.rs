@@ -1,5 +1,5 @@
-//! Validates `inbounds`: listen addresses, stream settings and TLS, and the VLESS, Trojan and
-//! dokodemo-door settings; sets the API's own inbound aside.
+//! Validates `inbounds`: listen addresses, stream settings and TLS, and the VLESS, Trojan, VMess,
+//! Shadowsocks and dokodemo-door settings; sets the API's own inbound aside.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -8,24 +8,25 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec,
-    NetworkSet, SocketOptions, TlsServerSpec, TlsVersion, TrojanInboundSpec, UserSpec, VlessInboundSpec,
+    NetworkSet, ShadowsocksInboundSpec, SocketOptions, TlsServerSpec, TlsVersion, TrojanInboundSpec, UserSpec,
+    VlessInboundSpec,
     VmessInboundSpec, VmessSecurity,
 };
 use shardray_wire::addr::{Address, Destination};
 use shardray_wire::http_header::{RequestTemplate, ResponseTemplate};
+use shardray_wire::shadowsocks::{InvalidMethod, MasterKey, Method};
 use uuid::Uuid;
 
 use super::error::ConfigError;
 use super::raw::{
     RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawHttpRequest, RawHttpResponse, RawInbound,
-    RawSniffing, RawStreamSettings, RawTcpSettings, RawTlsSettings, RawTrojanClient, RawTrojanSettings, RawVlessClient,
-    RawVlessSettings, RawVmessClient, RawVmessSettings, StringList,
+    RawShadowsocksClient, RawShadowsocksSettings, RawSniffing, RawStreamSettings, RawTcpSettings, RawTlsSettings,
+    RawTrojanClient, RawTrojanSettings, RawVlessClient, RawVlessSettings, RawVmessClient, RawVmessSettings, StringList,
 };
 use super::validate::{check_loopback, deserialize_at, is_empty_value, parse_host_port, parse_port, value_text};
 
 /// Inbound protocols upstream has that shardray does not serve yet.
-const LATER_PROTOCOLS: &[&str] =
-    &["vmess", "shadowsocks", "socks", "http", "mixed", "wireguard", "hysteria", "hysteria2", "tun"];
+const LATER_PROTOCOLS: &[&str] = &["socks", "http", "mixed", "wireguard", "hysteria", "hysteria2", "tun"];
 
 /// Transports upstream has besides raw TCP.
 const LATER_NETWORKS: &[&str] = &[
@@ -171,6 +172,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
         "vless" => InboundProtocol::Vless(vless(settings, &settings_path)?),
         "trojan" => InboundProtocol::Trojan(trojan(settings, &settings_path)?),
         "vmess" => InboundProtocol::Vmess(vmess(settings, &settings_path)?),
+        "shadowsocks" => InboundProtocol::Shadowsocks(shadowsocks(settings, &settings_path)?),
         p if is_dokodemo(p) => InboundProtocol::Dokodemo(dokodemo(settings, &settings_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
@@ -527,6 +529,7 @@ fn clients_of<C>(
                 // The password itself stays out of the message (and the logs).
                 Account::Trojan(_) => "duplicate password".to_owned(),
                 Account::Vmess { id, .. } => format!("duplicate id {id}"),
+                Account::Shadowsocks { .. } | Account::Shadowsocks2022 { .. } => "duplicate password".to_owned(),
             };
             return Err(ConfigError::invalid(
                 format!("{cpath}.{key_field}"),
@@ -669,6 +672,163 @@ pub fn parse_user_id(s: &str) -> Option<Uuid> {
         32..=36 => Uuid::try_parse(s).ok(),
         _ => None,
     }
+}
+
+// === shadowsocks ===
+
+/// A method name as Xray reads it (any ASCII case, its aliases); stream ciphers, `none` and the
+/// methods this build lacks are refused naming the field.
+pub fn shadowsocks_method(name: Option<&str>, path: &str) -> Result<Method, ConfigError> {
+    let name = match name.map(str::trim) {
+        None | Some("") => return Err(ConfigError::invalid(path, "missing")),
+        Some(n) => n,
+    };
+    Method::parse(name).map_err(|e| match e {
+        InvalidMethod::Unknown => ConfigError::invalid(path, format!("unknown method {name:?}")),
+        e => ConfigError::unsupported_msg(path, format!("{name:?}: {e}")),
+    })
+}
+
+/// A 2022 PSK for `method`, checked (base64 of the key's length).
+fn shadowsocks_psk(method: Method, psk: Option<&str>, path: &str) -> Result<std::sync::Arc<str>, ConfigError> {
+    let psk = match psk {
+        None | Some("") => return Err(ConfigError::invalid(path, "missing")),
+        Some(p) => p,
+    };
+    MasterKey::from_psk(method, psk).map_err(|e| ConfigError::invalid(path, format!("{e} (for {method})")))?;
+    Ok(psk.into())
+}
+
+fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, ConfigError> {
+    let raw: RawShadowsocksSettings = deserialize_at(settings, path)?;
+    shadowsocks_networks(raw.network.as_ref(), &format!("{path}.network"))?;
+    // Xray reads `users` and takes `clients` over it when both are there.
+    let list = raw.clients.or(raw.users);
+    let method_path = format!("{path}.method");
+    let server_method = match raw.method.as_deref().map(str::trim) {
+        None | Some("") if list.is_some() => None,
+        m => Some(shadowsocks_method(m, &method_path)?),
+    };
+    match (server_method, list) {
+        (Some(method), None) if method.is_2022() => {
+            let key = shadowsocks_psk(method, raw.password.as_deref(), &format!("{path}.password"))?;
+            let user = UserSpec {
+                account: Account::Shadowsocks2022 { key },
+                email: raw.email.unwrap_or_default(),
+                level: raw.level.unwrap_or(0),
+            };
+            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: None, clients: vec![user] })
+        }
+        (Some(method), Some(list)) if method.is_2022() => {
+            if !method.supports_identity_headers() {
+                return Err(ConfigError::unsupported_msg(
+                    method_path,
+                    format!(
+                        "{method} has no identity headers: several users need 2022-blake3-aes-128-gcm or -aes-256-gcm"
+                    ),
+                ));
+            }
+            let server_psk = shadowsocks_psk(method, raw.password.as_deref(), &format!("{path}.password"))?;
+            let clients = clients_of(list, path, "password", |c: RawShadowsocksClient, cpath| {
+                if c.address.as_ref().is_some_and(|a| !is_empty_value(a)) {
+                    return Err(ConfigError::unsupported(format!("{cpath}.address"), "Shadowsocks 2022 relay"));
+                }
+                match c.method.as_deref().map(str::trim) {
+                    None | Some("") => {}
+                    Some(m) if Method::parse(m) == Ok(method) => {}
+                    Some(m) => {
+                        return Err(ConfigError::invalid(
+                            format!("{cpath}.method"),
+                            format!("{m:?}: users of a 2022 inbound take its method ({method}); leave it empty"),
+                        ))
+                    }
+                }
+                let key = shadowsocks_psk(method, c.password.as_deref(), &format!("{cpath}.password"))?;
+                if key.as_ref() == server_psk.as_ref() {
+                    return Err(ConfigError::invalid(
+                        format!("{cpath}.password"),
+                        "is the server's PSK (settings.password)",
+                    ));
+                }
+                Ok(UserSpec {
+                    account: Account::Shadowsocks2022 { key },
+                    email: c.email.unwrap_or_default(),
+                    level: c.level.unwrap_or(0),
+                })
+            })?;
+            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: Some(server_psk), clients })
+        }
+        (Some(method), None) => {
+            let password = match raw.password {
+                None => return Err(ConfigError::invalid(format!("{path}.password"), "missing")),
+                Some(p) if p.is_empty() => return Err(ConfigError::invalid(format!("{path}.password"), "empty")),
+                Some(p) => p,
+            };
+            let user = UserSpec {
+                account: Account::Shadowsocks { method, password: password.into() },
+                email: raw.email.unwrap_or_default(),
+                level: raw.level.unwrap_or(0),
+            };
+            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients: vec![user] })
+        }
+        (fallback, list) => {
+            let clients = clients_of(list.unwrap_or_default(), path, "password", |c: RawShadowsocksClient, cpath| {
+                if c.address.as_ref().is_some_and(|a| !is_empty_value(a)) {
+                    return Err(ConfigError::invalid(
+                        format!("{cpath}.address"),
+                        "only a 2022 relay has user addresses",
+                    ));
+                }
+                let method = match c.method.as_deref().map(str::trim) {
+                    // A client without a method takes the inbound's, as panels write them.
+                    None | Some("") if fallback.is_some() => fallback.expect("checked"),
+                    m => shadowsocks_method(m, &format!("{cpath}.method"))?,
+                };
+                if method.is_2022() {
+                    return Err(ConfigError::invalid(
+                        format!("{cpath}.method"),
+                        format!(
+                            "{method} users need settings.method {method} and the server's PSK in settings.password"
+                        ),
+                    ));
+                }
+                let password = match c.password {
+                    None => return Err(ConfigError::invalid(format!("{cpath}.password"), "missing")),
+                    Some(p) if p.is_empty() => return Err(ConfigError::invalid(format!("{cpath}.password"), "empty")),
+                    Some(p) => p,
+                };
+                Ok(UserSpec {
+                    account: Account::Shadowsocks { method, password: password.into() },
+                    email: c.email.unwrap_or_default(),
+                    level: c.level.unwrap_or(0),
+                })
+            })?;
+            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients })
+        }
+    }
+}
+
+/// `network` of a Shadowsocks inbound: TCP is served; UDP is accepted beside it (and noted by
+/// the loader), alone it is refused.
+fn shadowsocks_networks(list: Option<&StringList>, path: &str) -> Result<(), ConfigError> {
+    let (mut tcp, mut udp) = (false, false);
+    for item in list.map(|l| l.0.as_slice()).unwrap_or_default().iter().flat_map(|n| n.split(',')) {
+        match item.trim().to_ascii_lowercase().as_str() {
+            "" => {}
+            "tcp" => tcp = true,
+            "udp" => udp = true,
+            other => {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("unknown network {other:?} (expected \"tcp\", \"udp\" or \"tcp,udp\")"),
+                ))
+            }
+        }
+    }
+    if udp && !tcp {
+        return Err(ConfigError::unsupported(path, "Shadowsocks over UDP"));
+    }
+    Ok(())
 }
 
 fn fallback(raw: RawFallback, path: &str) -> Result<FallbackSpec, ConfigError> {

@@ -1,26 +1,26 @@
-//! Validates `outbounds`: freedom, blackhole, Trojan, VMess and VLESS, with their tags and dial
-//! settings.
+//! Validates `outbounds`: freedom, blackhole, Trojan, VMess, VLESS and Shadowsocks, with their tags
+//! and dial settings.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 use shardray_core::spec::{
-    Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, TlsClientSpec,
-    TrojanOutboundSpec, VlessOutboundSpec, VmessOutboundSpec,
+    Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, ShadowsocksOutboundSpec,
+    TlsClientSpec, TrojanOutboundSpec, VlessOutboundSpec, VmessOutboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
 use super::raw::{
-    RawBlackholeSettings, RawFreedomSettings, RawOutStream, RawOutbound, RawTrojanOutSettings, RawVlessOutSettings,
-    RawVmessClient, RawVmessOutSettings, RawVmessServer, StringList,
+    RawBlackholeSettings, RawFreedomSettings, RawOutStream, RawOutbound, RawShadowsocksOutSettings,
+    RawShadowsocksServer, RawTrojanOutSettings, RawVlessOutSettings, RawVmessClient, RawVmessOutSettings, RawVmessServer,
+    StringList,
 };
 use super::validate::{deserialize_at, is_empty_value, parse_host_port, parse_port};
 
 /// Outbound protocols upstream has that shardray does not serve yet.
-const LATER_PROTOCOLS: &[&str] =
-    &["shadowsocks", "socks", "http", "wireguard", "dns", "loopback", "hysteria", "hysteria2"];
+const LATER_PROTOCOLS: &[&str] = &["socks", "http", "wireguard", "dns", "loopback", "hysteria", "hysteria2"];
 
 /// Validates `outbounds`: at least one, tags unique and distinct from the API's tag.
 pub(super) fn outbounds(
@@ -89,6 +89,7 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
         "trojan" => OutboundProtocol::Trojan(trojan(settings, &settings_path, ob.stream_settings, &stream_path)?),
         "vmess" => OutboundProtocol::Vmess(vmess(settings, &settings_path, ob.stream_settings, &stream_path)?),
         "vless" => OutboundProtocol::Vless(vless(settings, &settings_path, ob.stream_settings, &stream_path)?),
+        "shadowsocks" => OutboundProtocol::Shadowsocks(shadowsocks(settings, &settings_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
         }
@@ -347,6 +348,71 @@ fn vless(
         email: user.email.unwrap_or_default(),
         level: user.level.unwrap_or(0),
         tls,
+    })
+}
+
+/// `settings.servers` (one server) or Xray's flat form (`address`, `port`, `method`, ...).
+fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksOutboundSpec, ConfigError> {
+    let raw: RawShadowsocksOutSettings = deserialize_at(settings, path)?;
+    let (server, spath) = match (raw.servers, raw.address) {
+        (Some(mut servers), None) => {
+            let servers_path = format!("{path}.servers");
+            match servers.len() {
+                0 => return Err(ConfigError::invalid(servers_path, "at least one server is required")),
+                1 => {}
+                _ => {
+                    return Err(ConfigError::unsupported_msg(
+                        format!("{servers_path}[1]"),
+                        "more than one Shadowsocks server: use one outbound per server and a balancer",
+                    ))
+                }
+            }
+            (servers.remove(0), format!("{servers_path}[0]"))
+        }
+        (None, Some(address)) => {
+            let server = RawShadowsocksServer {
+                address: Some(address),
+                port: raw.port,
+                method: raw.method,
+                password: raw.password,
+                email: raw.email,
+                level: raw.level,
+                ..Default::default()
+            };
+            (server, path.to_owned())
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(format!("{path}.address"), "give either servers or address, not both"))
+        }
+        (None, None) => return Err(ConfigError::invalid(format!("{path}.servers"), "missing")),
+    };
+    let address = match server.address.as_deref().map(str::trim) {
+        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
+        Some(a) => Address::parse(a)
+            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
+    };
+    let port = match server.port.as_ref() {
+        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
+        Some(v) => parse_port(v, &format!("{spath}.port"))?,
+    };
+    let method = super::inbound::shadowsocks_method(server.method.as_deref(), &format!("{spath}.method"))?;
+    let password = match server.password {
+        Some(p) if !p.is_empty() => p,
+        _ => return Err(ConfigError::invalid(format!("{spath}.password"), "missing")),
+    };
+    if method.is_2022() {
+        shardray_wire::shadowsocks::MasterKey::parse_psk_chain(method, &password)
+            .map_err(|e| ConfigError::invalid(format!("{spath}.password"), format!("{e} (for {method})")))?;
+    }
+    if server.uot == Some(true) {
+        return Err(ConfigError::unsupported(format!("{spath}.uot"), "UDP over TCP"));
+    }
+    Ok(ShadowsocksOutboundSpec {
+        server: Destination { addr: address, port },
+        method,
+        password,
+        email: server.email.unwrap_or_default(),
+        level: server.level.unwrap_or(0),
     })
 }
 

@@ -711,3 +711,82 @@ pub(super) struct RawVlessOutUser {
     pub email: Option<String>,
     pub level: Option<u32>,
 }
+/// `settings` of a Shadowsocks inbound (Xray: one user in `method`/`password`/`email`/`level`,
+/// or `clients` (or `users`); `network`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShadowsocksSettings {
+    pub method: Option<String>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    pub clients: Option<Vec<RawShadowsocksClient>>,
+    /// Xray's older name for `clients`; `clients` wins where both are given.
+    pub users: Option<Vec<RawShadowsocksClient>>,
+    /// `"tcp"`, `"udp"`, `"tcp,udp"` or a list of them.
+    pub network: Option<StringList>,
+    /// Older Xray's salt check on classic users (always on here).
+    #[serde(rename = "ivCheck")]
+    pub _iv_check: Option<bool>,
+}
+
+/// `settings.clients[i]` of a Shadowsocks inbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShadowsocksClient {
+    pub method: Option<String>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    /// A 2022 relay's destination: not served.
+    pub address: Option<Value>,
+    #[serde(rename = "port")]
+    pub _port: Option<Value>,
+    /// Panel bookkeeping, accepted and ignored as on VLESS clients.
+    #[serde(rename = "limitIp")]
+    pub _limit_ip: Option<Value>,
+    #[serde(rename = "totalGB")]
+    pub _total_gb: Option<Value>,
+    #[serde(rename = "expiryTime")]
+    pub _expiry_time: Option<Value>,
+    #[serde(rename = "enable")]
+    pub _enable: Option<Value>,
+    #[serde(rename = "tgId")]
+    pub _tg_id: Option<Value>,
+    #[serde(rename = "subId")]
+    pub _sub_id: Option<Value>,
+    #[serde(rename = "comment")]
+    pub _comment: Option<Value>,
+    #[serde(rename = "reset")]
+    pub _reset: Option<Value>,
+}
+
+/// `settings` of a Shadowsocks outbound: `servers`, or Xray's flat form of one server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShadowsocksOutSettings {
+    pub servers: Option<Vec<RawShadowsocksServer>>,
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub method: Option<String>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+}
+
+/// `settings.servers[i]` of a Shadowsocks outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShadowsocksServer {
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub method: Option<String>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    /// sing-box's and Xray's UDP over TCP: not served.
+    #[serde(rename = "uot")]
+    pub uot: Option<bool>,
+    #[serde(rename = "UoTVersion")]
+    pub _uot_version: Option<u32>,
+}

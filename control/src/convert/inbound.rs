@@ -15,7 +15,7 @@ use shardray_core::spec::{
 use shardray_proto::xray::app::proxyman::{ReceiverConfig, SniffingConfig};
 use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortList, PortRange};
 use shardray_proto::xray::core::InboundHandlerConfig;
-use shardray_proto::xray::proxy::{dokodemo, trojan, vless, vmess};
+use shardray_proto::xray::proxy::{dokodemo, shadowsocks, shadowsocks_2022, trojan, vless, vmess};
 use shardray_proto::xray::transport::internet::{tls, SocketConfig, StreamConfig};
 
 use super::{api_user, ip_bytes, ip_from_bytes, message_type, typed, user_spec, Flavor};
@@ -32,6 +32,9 @@ const VLESS_INBOUND: &str = "xray.proxy.vless.inbound.Config";
 const TROJAN_INBOUND: &str = "xray.proxy.trojan.ServerConfig";
 const VMESS_INBOUND: &str = "xray.proxy.vmess.inbound.Config";
 const DOKODEMO: &str = "xray.proxy.dokodemo.Config";
+const SS_INBOUND: &str = "xray.proxy.shadowsocks.ServerConfig";
+const SS2022_INBOUND: &str = "xray.proxy.shadowsocks_2022.ServerConfig";
+const SS2022_MULTI_INBOUND: &str = "xray.proxy.shadowsocks_2022.MultiUserServerConfig";
 
 /// An AddInbound request that cannot become a config inbound; names the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +147,42 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
             }
             out.insert("settings".into(), Value::Object(body));
         }
+        "proxy.shadowsocks.ServerConfig" if flavor == Flavor::V2ray => {
+            return Err(invalid(
+                "proxy_settings: v2fly's shadowsocks ServerConfig (one user, plugins) is not read; send Xray's \
+                 xray.proxy.shadowsocks.ServerConfig",
+            ))
+        }
+        "proxy.shadowsocks.ServerConfig" => {
+            let settings: shadowsocks::ServerConfig = decode(&proxy.value, SS_INBOUND, "proxy_settings")?;
+            out.insert("protocol".into(), json!("shadowsocks"));
+            let clients = clients_json(&settings.users, "shadowsocks")?;
+            out.insert("settings".into(), json!({ "clients": clients, "network": networks_text(&settings.network) }));
+        }
+        "proxy.shadowsocks_2022.ServerConfig" => {
+            let settings: shadowsocks_2022::ServerConfig = decode(&proxy.value, SS2022_INBOUND, "proxy_settings")?;
+            out.insert("protocol".into(), json!("shadowsocks"));
+            out.insert(
+                "settings".into(),
+                json!({
+                    "method": settings.method, "password": settings.key, "email": settings.email,
+                    "level": settings.level.max(0), "network": networks_text(&settings.network)
+                }),
+            );
+        }
+        "proxy.shadowsocks_2022.MultiUserServerConfig" => {
+            let settings: shadowsocks_2022::MultiUserServerConfig =
+                decode(&proxy.value, SS2022_MULTI_INBOUND, "proxy_settings")?;
+            out.insert("protocol".into(), json!("shadowsocks"));
+            let clients = clients_json(&settings.users, "shadowsocks_2022")?;
+            out.insert(
+                "settings".into(),
+                json!({
+                    "method": settings.method, "password": settings.key, "clients": clients,
+                    "network": networks_text(&settings.network)
+                }),
+            );
+        }
         "proxy.dokodemo.Config" => {
             let settings: dokodemo::Config = match flavor {
                 Flavor::V2ray => {
@@ -175,6 +214,24 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
         }
     }
     Ok(Value::Object(out))
+}
+
+/// A network list as config writes it (`"tcp,udp"`); none is TCP.
+fn networks_text(list: &[i32]) -> String {
+    let names: Vec<&str> = list
+        .iter()
+        .map(|n| match Network::try_from(*n) {
+            Ok(Network::Tcp | Network::RawTcp) => "tcp",
+            Ok(Network::Udp) => "udp",
+            Ok(Network::Unix) => "unix",
+            _ => "unknown",
+        })
+        .collect();
+    if names.is_empty() {
+        "tcp".into()
+    } else {
+        names.join(",")
+    }
 }
 
 fn port_json(list: Option<&PortList>) -> Result<Value, InvalidInbound> {
@@ -330,6 +387,10 @@ fn client_json(spec: &UserSpec) -> Value {
         Account::Vmess { id, security } => json!({
             "id": id.to_string(), "security": security.name(), "email": spec.email, "level": spec.level
         }),
+        Account::Shadowsocks { method, password } => json!({
+            "method": method.name(), "password": &**password, "email": spec.email, "level": spec.level
+        }),
+        Account::Shadowsocks2022 { key } => json!({ "password": &**key, "email": spec.email, "level": spec.level }),
     }
 }
 
@@ -537,6 +598,38 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
                 vmess::inbound::Config { user: v.clients.iter().map(api_user).collect(), ..Default::default() };
             typed(VMESS_INBOUND, &config)
         }
+        InboundProtocol::Shadowsocks(s) => match (s.method_2022, &s.server_psk) {
+            (None, _) => {
+                let config = shadowsocks::ServerConfig {
+                    users: s.clients.iter().map(api_user).collect(),
+                    network: vec![Network::Tcp as i32],
+                };
+                typed(SS_INBOUND, &config)
+            }
+            (Some(method), Some(psk)) => {
+                let config = shadowsocks_2022::MultiUserServerConfig {
+                    method: method.name().into(),
+                    key: psk.to_string(),
+                    users: s.clients.iter().map(api_user).collect(),
+                    network: vec![Network::Tcp as i32],
+                };
+                typed(SS2022_MULTI_INBOUND, &config)
+            }
+            (Some(method), None) => {
+                let user = s.clients.first();
+                let config = shadowsocks_2022::ServerConfig {
+                    method: method.name().into(),
+                    key: match user.map(|u| &u.account) {
+                        Some(Account::Shadowsocks2022 { key }) => key.to_string(),
+                        _ => String::new(),
+                    },
+                    email: user.map(|u| u.email.clone()).unwrap_or_default(),
+                    level: user.map_or(0, |u| u.level as i32),
+                    network: vec![Network::Tcp as i32],
+                };
+                typed(SS2022_INBOUND, &config)
+            }
+        },
         InboundProtocol::Dokodemo(d) => {
             let address = match &d.destination.addr {
                 shardray_wire::addr::Address::Ip(ip) => ip_or_domain::Address::Ip(ip_bytes(*ip)),

@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use prost::Message;
 use shardray_core::spec::{
     BalancerSpec, BalancerStrategy, BlackholeSpec, DomainMatcher, DomainStrategy, FreedomSpec, NetworkSet,
-    OutboundProtocol, OutboundSpec, PortRange, RuleSpec, TlsClientSpec, TrojanOutboundSpec, VlessOutboundSpec,
+    OutboundProtocol, OutboundSpec, PortRange, RuleSpec, ShadowsocksOutboundSpec, TlsClientSpec, TrojanOutboundSpec,
+    VlessOutboundSpec,
     VmessOutboundSpec,
 };
 use shardray_proto::xray::app::proxyman::SenderConfig;
@@ -19,7 +20,7 @@ use shardray_proto::xray::common::net;
 use shardray_proto::xray::common::protocol::ServerEndpoint;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::OutboundHandlerConfig;
-use shardray_proto::xray::proxy::{blackhole, freedom, trojan, vless, vmess};
+use shardray_proto::xray::proxy::{blackhole, freedom, shadowsocks, shadowsocks_2022, trojan, vless, vmess};
 use shardray_proto::xray::transport::internet::{tls, StreamConfig};
 use shardray_wire::addr::{Address, Destination};
 
@@ -123,6 +124,26 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
             &exact(&proxy.value, "xray.proxy.vless.outbound.Config", "proxy_settings")?,
             stream_settings.take().as_ref(),
         )?),
+        "proxy.shadowsocks.ClientConfig" => {
+            let c: shadowsocks::ClientConfig =
+                exact(&proxy.value, "xray.proxy.shadowsocks.ClientConfig", "proxy_settings")?;
+            let (server, spec) = client_endpoint(c.server.as_slice(), "shadowsocks", "Shadowsocks")?;
+            let shardray_core::spec::Account::Shadowsocks { method, password } = spec.account else {
+                return Err(invalid("proxy_settings.server[0].user.account: not a Shadowsocks account"));
+            };
+            OutboundProtocol::Shadowsocks(ShadowsocksOutboundSpec {
+                server,
+                method,
+                password: password.to_string(),
+                email: spec.email,
+                level: spec.level,
+            })
+        }
+        "proxy.shadowsocks_2022.ClientConfig" => OutboundProtocol::Shadowsocks(ss2022_spec(&exact(
+            &proxy.value,
+            "xray.proxy.shadowsocks_2022.ClientConfig",
+            "proxy_settings",
+        )?)?),
         other => {
             return Err(match other.strip_prefix("proxy.").and_then(|p| p.split('.').next()) {
                 Some(p) => invalid(format!("proxy_settings: outbound protocol {p:?} is not supported yet")),
@@ -183,6 +204,40 @@ fn client_endpoint(
         })
         .map_err(|e| invalid(format!("proxy_settings.server[0].{e}")))?;
     Ok((Destination { addr, port }, spec))
+}
+
+/// A Shadowsocks 2022 ClientConfig: the server, the method and the key (`serverPSK:userPSK`
+/// for a multi-user server).
+fn ss2022_spec(c: &shadowsocks_2022::ClientConfig) -> Result<ShadowsocksOutboundSpec, InvalidRoute> {
+    let addr = match c.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(net::ip_or_domain::Address::Ip(ip)) => {
+            Address::Ip(ip_from_bytes(ip).ok_or_else(|| invalid("proxy_settings.address: not an IP"))?)
+        }
+        Some(net::ip_or_domain::Address::Domain(d)) => {
+            Address::parse(d).ok_or_else(|| invalid(format!("proxy_settings.address: {d:?}")))?
+        }
+        None => return Err(invalid("proxy_settings.address: missing")),
+    };
+    let port = u16::try_from(c.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid(format!("proxy_settings.port: {} is not a port", c.port)))?;
+    let method = shardray_wire::shadowsocks::Method::parse(&c.method)
+        .ok()
+        .filter(|m| m.is_2022())
+        .ok_or_else(|| invalid(format!("proxy_settings.method: {:?} is not a 2022 method", c.method)))?;
+    shardray_wire::shadowsocks::MasterKey::parse_psk_chain(method, &c.key)
+        .map_err(|e| invalid(format!("proxy_settings.key: {e}")))?;
+    if c.udp_over_tcp {
+        return Err(invalid("proxy_settings.udp_over_tcp: UDP over TCP is not supported yet"));
+    }
+    Ok(ShadowsocksOutboundSpec {
+        server: Destination { addr, port },
+        method,
+        password: c.key.clone(),
+        email: String::new(),
+        level: 0,
+    })
 }
 
 /// A VMess outbound Config (one receiver, one user) and its sender's stream settings.
@@ -467,6 +522,38 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
                 user: vec![user],
             };
             typed("xray.proxy.vless.outbound.Config", &vless::outbound::Config { vnext: Some(server) })
+        }
+        OutboundProtocol::Shadowsocks(s) => {
+            let address = net::IpOrDomain {
+                address: Some(match &s.server.addr {
+                    Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
+                    Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
+                }),
+            };
+            if s.method.is_2022() {
+                let config = shadowsocks_2022::ClientConfig {
+                    address: Some(address),
+                    port: u32::from(s.server.port),
+                    method: s.method.name().into(),
+                    key: s.password.clone(),
+                    ..Default::default()
+                };
+                typed("xray.proxy.shadowsocks_2022.ClientConfig", &config)
+            } else {
+                let account = shadowsocks::Account {
+                    password: s.password.clone(),
+                    cipher_type: super::shadowsocks_cipher_type(s.method),
+                    iv_check: false,
+                };
+                let user = shardray_proto::xray::common::protocol::User {
+                    level: s.level,
+                    email: s.email.clone(),
+                    account: Some(typed("xray.proxy.shadowsocks.Account", &account)),
+                };
+                let server =
+                    ServerEndpoint { address: Some(address), port: u32::from(s.server.port), user: vec![user] };
+                typed("xray.proxy.shadowsocks.ClientConfig", &shadowsocks::ClientConfig { server: Some(server) })
+            }
         }
     };
     let tls = match &spec.protocol {

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use shardray_wire::shadowsocks::{MasterKey, Method};
 use shardray_wire::trojan::KEY_LEN;
 use uuid::Uuid;
 
@@ -23,6 +24,11 @@ pub enum UserId {
     Uuid(Uuid),
     /// A Trojan user's key: the 56 hex digits of SHA-224(password), as on the wire.
     Trojan([u8; KEY_LEN]),
+    /// A classic Shadowsocks (AEAD) user: its method and master key (EVP_BytesToKey of the
+    /// password), which open its first chunk.
+    Shadowsocks(Method, MasterKey),
+    /// A Shadowsocks 2022 user: its PSK (the inbound names the method).
+    Shadowsocks2022(MasterKey),
 }
 
 impl std::fmt::Display for UserId {
@@ -30,6 +36,9 @@ impl std::fmt::Display for UserId {
         match self {
             UserId::Uuid(id) => write!(f, "{id}"),
             UserId::Trojan(key) => f.write_str(std::str::from_utf8(key).unwrap_or("?")),
+            // Keys stay out of messages and logs.
+            UserId::Shadowsocks(method, _) => write!(f, "a {method} key"),
+            UserId::Shadowsocks2022(_) => f.write_str("a shadowsocks 2022 key"),
         }
     }
 }

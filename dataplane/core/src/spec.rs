@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use shardray_wire::addr::Destination;
+use shardray_wire::shadowsocks::{MasterKey, Method};
 use uuid::Uuid;
 
 use crate::slots::UserId;
@@ -340,6 +341,9 @@ impl InboundSpec {
                 InboundProtocol::Trojan(TrojanInboundSpec { clients: Vec::new(), fallbacks: t.fallbacks.clone() })
             }
             InboundProtocol::Vmess(_) => InboundProtocol::Vmess(VmessInboundSpec { clients: Vec::new() }),
+            InboundProtocol::Shadowsocks(s) => {
+                InboundProtocol::Shadowsocks(ShadowsocksInboundSpec { clients: Vec::new(), ..s.clone_settings() })
+            }
             InboundProtocol::Dokodemo(d) => InboundProtocol::Dokodemo(d.clone()),
         };
         InboundSpec {
@@ -363,6 +367,8 @@ pub enum InboundProtocol {
     Trojan(TrojanInboundSpec),
     /// `vmess` (AEAD only: alterId 0)
     Vmess(VmessInboundSpec),
+    /// `shadowsocks` (AEAD and 2022 methods)
+    Shadowsocks(ShadowsocksInboundSpec),
     /// `dokodemo-door` (other than the API's own)
     Dokodemo(DokodemoSpec),
 }
@@ -374,7 +380,17 @@ impl InboundProtocol {
             InboundProtocol::Vless(_) => "vless",
             InboundProtocol::Trojan(_) => "trojan",
             InboundProtocol::Vmess(_) => "vmess",
+            InboundProtocol::Shadowsocks(_) => "shadowsocks",
             InboundProtocol::Dokodemo(_) => "dokodemo-door",
+        }
+    }
+
+    /// The protocol its users' accounts belong to: the name, except for a Shadowsocks 2022
+    /// inbound, whose users are `shadowsocks_2022` accounts (Xray's separate proxy).
+    pub fn account_protocol(&self) -> &'static str {
+        match self {
+            InboundProtocol::Shadowsocks(s) if s.method_2022.is_some() => "shadowsocks_2022",
+            other => other.name(),
         }
     }
 
@@ -384,6 +400,7 @@ impl InboundProtocol {
             InboundProtocol::Vless(v) => Some(&v.clients),
             InboundProtocol::Trojan(t) => Some(&t.clients),
             InboundProtocol::Vmess(v) => Some(&v.clients),
+            InboundProtocol::Shadowsocks(s) => Some(&s.clients),
             InboundProtocol::Dokodemo(_) => None,
         }
     }
@@ -393,7 +410,7 @@ impl InboundProtocol {
         match self {
             InboundProtocol::Vless(v) => &v.fallbacks,
             InboundProtocol::Trojan(t) => &t.fallbacks,
-            InboundProtocol::Vmess(_) | InboundProtocol::Dokodemo(_) => &[],
+            InboundProtocol::Vmess(_) | InboundProtocol::Shadowsocks(_) | InboundProtocol::Dokodemo(_) => &[],
         }
     }
 }
@@ -421,6 +438,37 @@ pub struct TrojanInboundSpec {
 pub struct VmessInboundSpec {
     /// `clients` (or Xray's newer `users`)
     pub clients: Vec<UserSpec>,
+}
+
+/// `settings` of a Shadowsocks inbound. Shadowsocks has no fallbacks: a failed handshake is
+/// drained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowsocksInboundSpec {
+    /// `method` of a 2022 inbound, whose users' PSKs are keys of it; `None` for classic AEAD,
+    /// where each user names its own method.
+    pub method_2022: Option<Method>,
+    /// `password` of a multi-user 2022 inbound: the server's identity PSK (base64). `None`
+    /// for a single-user 2022 inbound (its one user's PSK is the password) and for classic.
+    pub server_psk: Option<Arc<str>>,
+    /// The users: `clients` (or `users`), or the one user `method`/`password`/`email`/`level`
+    /// of the settings make.
+    pub clients: Vec<UserSpec>,
+}
+
+impl ShadowsocksInboundSpec {
+    /// Everything but the users.
+    pub fn clone_settings(&self) -> ShadowsocksInboundSpec {
+        ShadowsocksInboundSpec {
+            method_2022: self.method_2022,
+            server_psk: self.server_psk.clone(),
+            clients: Vec::new(),
+        }
+    }
+
+    /// A 2022 inbound whose requests carry identity headers (several users on one port).
+    pub fn multi_user_2022(&self) -> bool {
+        self.server_psk.is_some()
+    }
 }
 
 /// A VMess account's `security`: what its clients are told to use (share links, the API's
@@ -476,6 +524,18 @@ pub enum Account {
         /// `security` (not part of the account's identity, see `VmessSecurity`)
         security: VmessSecurity,
     },
+    /// A classic Shadowsocks user: its AEAD method and password.
+    Shadowsocks {
+        /// `method`
+        method: Method,
+        /// `password`
+        password: Arc<str>,
+    },
+    /// A Shadowsocks 2022 user: its PSK, base64 (the inbound names the method).
+    Shadowsocks2022 {
+        /// `password`
+        key: Arc<str>,
+    },
 }
 
 impl Account {
@@ -487,6 +547,14 @@ impl Account {
             // VMess looks users up by the auth ID each one's UUID keys; the table derives the
             // keys from the UUID.
             Account::Vmess { id, .. } => UserId::Uuid(*id),
+            // Validated when the account was made; an invalid one keys nobody.
+            Account::Shadowsocks { method, password } => UserId::Shadowsocks(
+                *method,
+                MasterKey::from_password(*method, password).unwrap_or(MasterKey::from_bytes(&[])),
+            ),
+            Account::Shadowsocks2022 { key } => {
+                UserId::Shadowsocks2022(MasterKey::from_psk_any(key).unwrap_or(MasterKey::from_bytes(&[])))
+            }
         }
     }
 
@@ -496,6 +564,8 @@ impl Account {
             Account::Vless(_) => "vless",
             Account::Trojan(_) => "trojan",
             Account::Vmess { .. } => "vmess",
+            Account::Shadowsocks { .. } => "shadowsocks",
+            Account::Shadowsocks2022 { .. } => "shadowsocks_2022",
         }
     }
 }
@@ -606,6 +676,8 @@ pub enum OutboundProtocol {
     Vmess(VmessOutboundSpec),
     /// `vless`: relay through a VLESS server (TCP, and UDP as `Command::Udp`).
     Vless(VlessOutboundSpec),
+    /// `shadowsocks`: relay through a Shadowsocks server (AEAD or 2022, TCP).
+    Shadowsocks(ShadowsocksOutboundSpec),
 }
 
 /// `settings` and `streamSettings` of a VLESS outbound (one server, one user, no flow).
@@ -621,6 +693,21 @@ pub struct VlessOutboundSpec {
     pub level: u32,
     /// `streamSettings` with `security: "tls"`; `None` sends VLESS over plain TCP.
     pub tls: Option<TlsClientSpec>,
+}
+
+/// `settings` of a Shadowsocks outbound (one server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowsocksOutboundSpec {
+    /// `servers[0].address` and `servers[0].port`.
+    pub server: Destination,
+    /// `servers[0].method`.
+    pub method: Method,
+    /// `servers[0].password`: a password (classic), or a PSK, or `serverPSK:userPSK` (2022).
+    pub password: String,
+    /// `servers[0].email`, for logs.
+    pub email: String,
+    /// `servers[0].level`.
+    pub level: u32,
 }
 
 /// `settings` and `streamSettings` of a VMess outbound (one server, one user).

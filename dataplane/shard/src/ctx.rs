@@ -78,6 +78,8 @@ pub(crate) enum InboundKind {
         users: Box<RefCell<VmessUsers>>,
         replay: Box<RefCell<shardray_wire::vmess::ReplayFilter>>,
     },
+    /// Shadowsocks: the users' keys, the salts this shard accepted, the inbound's 2022 keys.
+    Shadowsocks(Box<crate::inbound::shadowsocks::SsInbound>),
     Dokodemo(DokodemoSpec),
 }
 
@@ -88,6 +90,7 @@ impl InboundKind {
             InboundKind::Vless { users, .. } => Some(users),
             InboundKind::Trojan { users, .. } => Some(users),
             InboundKind::Vmess { users, .. } => Some(&**users),
+            InboundKind::Shadowsocks(ss) => Some(&ss.users),
             InboundKind::Dokodemo(_) => None,
         }
     }
@@ -104,6 +107,8 @@ pub(crate) struct OutboundRt {
     pub(crate) vmess: Option<crate::outbound::vmess::VmessClient>,
     /// A VLESS outbound's id and TLS client, built once.
     pub(crate) vless: Option<crate::outbound::vless::VlessClient>,
+    /// A Shadowsocks outbound's keys, derived once.
+    pub(crate) shadowsocks: Option<crate::outbound::shadowsocks::SsClient>,
 }
 
 /// The outbounds, the compiled rules and the balancers of one epoch.
@@ -172,6 +177,13 @@ impl Routes {
                             ),
                             _ => None,
                         };
+                        let shadowsocks = match &o.protocol {
+                            OutboundProtocol::Shadowsocks(s) => Some(
+                                crate::outbound::shadowsocks::SsClient::new(s)
+                                    .map_err(|e| format!("outbound {:?}: {e}", o.tag))?,
+                            ),
+                            _ => None,
+                        };
                         Ok(Rc::new(OutboundRt {
                             tag: o.tag.as_str().into(),
                             traffic: Traffic::default(),
@@ -179,6 +191,7 @@ impl Routes {
                             trojan,
                             vmess,
                             vless,
+                            shadowsocks,
                         }))
                     }
                 }
@@ -305,6 +318,23 @@ impl ShardCtx {
                 InboundKind::Trojan { users: RefCell::new(UserTable::default()), fallbacks: t.fallbacks.clone() }
             }
             InboundProtocol::Vmess(_) => InboundKind::Vmess { users: Box::default(), replay: Box::default() },
+            InboundProtocol::Shadowsocks(s) => {
+                let server_psk = match (s.method_2022, &s.server_psk) {
+                    (Some(method), Some(psk)) => Some(
+                        shardray_wire::shadowsocks::MasterKey::from_psk(method, psk)
+                            .map_err(|e| format!("inbound {:?}: settings.password: {e}", inbound.tag))?,
+                    ),
+                    _ => None,
+                };
+                InboundKind::Shadowsocks(Box::new(crate::inbound::shadowsocks::SsInbound {
+                    users: RefCell::default(),
+                    replay: RefCell::new(shardray_wire::shadowsocks::ReplayFilter::new(
+                        crate::inbound::shadowsocks::REPLAY_CAPACITY,
+                    )),
+                    method_2022: s.method_2022,
+                    server_psk,
+                }))
+            }
             InboundProtocol::Dokodemo(d) => InboundKind::Dokodemo(d.clone()),
         };
         Ok(InboundRt {
@@ -393,6 +423,7 @@ impl ShardCtx {
             InboundKind::Vmess { users, .. } => self.apply_user_ops(&inbound.tag, &**users, ops),
             // Nothing to do is fine (an inbound added through the API comes with no operations).
             InboundKind::Dokodemo(_) if ops.is_empty() => Ok(()),
+            InboundKind::Shadowsocks(ss) => self.apply_user_ops(&inbound.tag, &ss.users, ops),
             InboundKind::Dokodemo(_) => Err(format!("inbound {} has no users", inbound.tag)),
         }
     }

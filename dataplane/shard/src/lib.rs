@@ -9,6 +9,7 @@ mod outbound;
 mod packet;
 mod relay;
 mod replay;
+mod shadowsocks;
 pub mod transport;
 mod users;
 mod vmess;

@@ -723,11 +723,12 @@ where
                 }
             }
         }
-        OutboundProtocol::Vmess(_) => {
+        OutboundProtocol::Vmess(_) | OutboundProtocol::Shadowsocks(_) => {
             ctx.refusals.add(Refusal::UnsupportedCommand);
+            let protocol = if matches!(outbound.protocol, OutboundProtocol::Vmess(_)) { "vmess" } else { "shadowsocks" };
             ctx.log.error(
                 LogLevel::Info,
-                format_args!("[{tag}] {peer} to udp:{dest}: [{out_tag}] the vmess outbound carries no UDP yet"),
+                format_args!("[{tag}] {peer} to udp:{dest}: [{out_tag}] the {protocol} outbound carries no UDP yet"),
             );
             return;
         }

@@ -2,6 +2,7 @@
 
 mod dokodemo;
 mod fallback;
+pub(crate) mod shadowsocks;
 mod trojan;
 mod vless;
 mod vmess;
@@ -267,6 +268,7 @@ where
         InboundKind::Vless { users, fallbacks } => vless::serve(ctx, inbound, users, fallbacks, stream, info).await,
         InboundKind::Trojan { users, fallbacks } => trojan::serve(ctx, inbound, users, fallbacks, stream, info).await,
         InboundKind::Vmess { users, replay } => vmess::serve(ctx, inbound, users, replay, stream, info).await,
+        InboundKind::Shadowsocks(ss) => shadowsocks::serve(ctx, inbound, ss, stream, info).await,
         InboundKind::Dokodemo(spec) => dokodemo::serve(ctx, inbound, spec, stream, info).await,
     }
 }

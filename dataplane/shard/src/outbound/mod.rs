@@ -4,6 +4,7 @@
 //! the session's counters, timeouts and access-log line.
 
 mod resolve;
+pub(crate) mod shadowsocks;
 pub(crate) mod trojan;
 pub(crate) mod vless;
 pub(crate) mod vmess;
@@ -218,6 +219,25 @@ pub(crate) async fn forward<C>(
                 Err(e) => {
                     let out = &outbound.tag;
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", v.server));
+                    let _ = client.close().await;
+                    return;
+                }
+            }
+        }
+        OutboundProtocol::Shadowsocks(ss) => {
+            let Some(client_keys) = &outbound.shadowsocks else {
+                ctx.log
+                    .error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: shadowsocks outbound not ready"));
+                let _ = client.close().await;
+                return;
+            };
+            let dialed = Box::pin(trojan::dial(&client_keys.tls, &ss.server)).await;
+            access(None);
+            match dialed {
+                Ok(up) => (client_keys.start(up, dest), Vec::new()),
+                Err(e) => {
+                    let out = &outbound.tag;
+                    ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", ss.server));
                     let _ = client.close().await;
                     return;
                 }

@@ -106,6 +106,7 @@ pub(crate) enum Upstream {
     Tls(Box<futures_rustls::client::TlsStream<TlsTcp>>),
     Vmess(Box<crate::vmess::VmessStream<Upstream>>),
     Vless(Box<super::vless::VlessResponse<Upstream>>),
+    Shadowsocks(Box<crate::shadowsocks::SsStream<Upstream>>),
 }
 
 impl Upstream {
@@ -113,7 +114,7 @@ impl Upstream {
     pub(crate) fn plain_fd(&self) -> Option<RawFd> {
         match self {
             Upstream::Tcp(s) => Some(s.as_raw_fd()),
-            Upstream::Tls(_) | Upstream::Vmess(_) | Upstream::Vless(_) => None,
+            Upstream::Tls(_) | Upstream::Vmess(_) | Upstream::Vless(_) | Upstream::Shadowsocks(_) => None,
         }
     }
 }
@@ -125,6 +126,7 @@ impl AsyncRead for Upstream {
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -136,6 +138,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -149,6 +152,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -158,6 +162,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -167,6 +172,7 @@ impl AsyncWrite for Upstream {
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }
