@@ -12,6 +12,7 @@ pub mod socks;
 pub mod trojan;
 pub mod vless;
 pub mod vmess;
+pub mod websocket;
 
 /// Why a decoder rejected its input.
 ///
