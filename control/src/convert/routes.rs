@@ -201,6 +201,7 @@ fn vmess_spec(c: &vmess::outbound::Config, stream: Option<&StreamConfig>) -> Res
         email: spec.email,
         level: spec.level,
         tls,
+        transport: Default::default(),
     })
 }
 
@@ -222,6 +223,7 @@ fn trojan_spec(c: &trojan::ClientConfig, stream: Option<&StreamConfig>) -> Resul
         email: spec.email,
         level: spec.level,
         tls,
+        transport: Default::default(),
     })
 }
 

@@ -15,7 +15,7 @@ use shardray_core::routes::{RouteSpecs, RouteTap};
 use shardray_core::slots::UserOp;
 use shardray_core::spec::{
     BalancerStrategy, Config, DokodemoSpec, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec, LevelPolicy,
-    OutboundProtocol,
+    OutboundProtocol, TransportSpec,
 };
 use shardray_core::stats::{LinkSample, RefusalCounts, SlotCounters, StatsSnapshot, Traffic};
 
@@ -55,6 +55,10 @@ pub(crate) struct InboundRt {
     pub(crate) tls: Option<TlsAcceptor>,
     /// The HTTP camouflage its connections open with, if any.
     pub(crate) http_header: Option<HttpHeaderSpec>,
+    /// Raw TCP, WebSocket or HTTPUpgrade under the protocol.
+    pub(crate) transport: TransportSpec,
+    /// `sockopt.trustedXForwardedFor`: the headers that make `X-Forwarded-For` believed.
+    pub(crate) trusted_forwarded: Vec<String>,
     pub(crate) kind: InboundKind,
 }
 
@@ -85,6 +89,14 @@ impl InboundKind {
             InboundKind::Trojan { users, .. } => Some(users),
             InboundKind::Vmess { users, .. } => Some(&**users),
             InboundKind::Dokodemo(_) => None,
+        }
+    }
+
+    /// The inbound's fallbacks (none for a protocol without them).
+    pub(crate) fn fallbacks(&self) -> &[FallbackSpec] {
+        match self {
+            InboundKind::Vless { fallbacks, .. } | InboundKind::Trojan { fallbacks, .. } => fallbacks,
+            InboundKind::Vmess { .. } | InboundKind::Dokodemo(_) => &[],
         }
     }
 }
@@ -297,6 +309,8 @@ impl ShardCtx {
             traffic: Traffic::default(),
             tls,
             http_header: inbound.http_header.clone(),
+            transport: inbound.transport.clone(),
+            trusted_forwarded: inbound.sockopt.trusted_x_forwarded_for.clone(),
             kind,
         })
     }

@@ -77,16 +77,23 @@ impl UpgradeError {
     }
 }
 
-impl std::fmt::Display for UpgradeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl UpgradeError {
+    /// The reason, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
             UpgradeError::UnexpectedEnd => "HTTP head truncated",
             UpgradeError::TooLong => "HTTP head too long",
             UpgradeError::Malformed => "not an HTTP request head",
             UpgradeError::BadPath => "bad path",
             UpgradeError::BadHost => "bad host",
             UpgradeError::NotUpgrade => "not a WebSocket upgrade",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for UpgradeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -202,8 +209,19 @@ fn parse_ip(v: &str) -> Option<IpAddr> {
 
 /// Early data in base64url without padding; standard base64 accepted, as Xray does.
 fn decode_early(text: &str) -> Option<Vec<u8>> {
-    let cleaned: String =
-        text.chars().filter(|&c| c != '=').map(|c| if c == '+' { '-' } else if c == '/' { '_' } else { c }).collect();
+    let cleaned: String = text
+        .chars()
+        .filter(|&c| c != '=')
+        .map(|c| {
+            if c == '+' {
+                '-'
+            } else if c == '/' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cleaned).ok().filter(|d| !d.is_empty())
 }
 

@@ -171,7 +171,7 @@ pub(crate) async fn forward<C>(
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&trojan.tls, &t.server)).await;
+            let dialed = Box::pin(trojan::dial(&trojan.tls, &trojan.transport, &t.server)).await;
             access(None);
             match dialed {
                 Ok(up) => (up, trojan.header(dest)),
@@ -189,7 +189,7 @@ pub(crate) async fn forward<C>(
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&vmess.tls, &v.server)).await;
+            let dialed = Box::pin(trojan::dial(&vmess.tls, &vmess.transport, &v.server)).await;
             access(None);
             match dialed.and_then(|up| vmess.start(up, dest)) {
                 Ok(up) => (up, Vec::new()),
