@@ -263,12 +263,14 @@ pub(super) fn stream_transport(
 ) -> Result<TransportSpec, ConfigError> {
     match network {
         "" | "tcp" | "raw" => Ok(TransportSpec::Raw),
-        "ws" | "websocket" => Ok(TransportSpec::Ws(http_transport(ws.take(), &format!("{path}.wsSettings"), true)?)),
-        "httpupgrade" => Ok(TransportSpec::HttpUpgrade(http_transport(
+        "ws" | "websocket" => {
+            Ok(TransportSpec::Ws(Box::new(http_transport(ws.take(), &format!("{path}.wsSettings"), true)?)))
+        }
+        "httpupgrade" => Ok(TransportSpec::HttpUpgrade(Box::new(http_transport(
             httpupgrade.take(),
             &format!("{path}.httpupgradeSettings"),
             false,
-        )?)),
+        )?))),
         n if LATER_NETWORKS.contains(&n) => {
             Err(ConfigError::unsupported(format!("{path}.network"), format!("network {n:?}")))
         }

@@ -235,10 +235,10 @@ pub enum TransportSpec {
     /// `tcp` / `raw` (the default).
     #[default]
     Raw,
-    /// `ws` with `wsSettings`.
-    Ws(HttpTransportSpec),
+    /// `ws` with `wsSettings` (boxed: specs travel in every outbound and change).
+    Ws(Box<HttpTransportSpec>),
     /// `httpupgrade` with `httpupgradeSettings`.
-    HttpUpgrade(HttpTransportSpec),
+    HttpUpgrade(Box<HttpTransportSpec>),
 }
 
 impl TransportSpec {

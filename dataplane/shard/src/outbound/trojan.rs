@@ -18,7 +18,7 @@ use shardray_wire::websocket::Flavor;
 use super::{resolve, DIAL_TIMEOUT};
 use crate::transport::http_header::Camouflaged;
 use crate::transport::tls_tcp::TlsTcp;
-use crate::transport::ws::{Connected, WsStream};
+use crate::transport::ws::{Upgraded, WsStream};
 
 /// An outbound's TLS client and the name it asks for; `None` for plain TCP.
 pub(crate) type ClientTls = Option<(TlsConnector, ServerName<'static>)>;
@@ -59,7 +59,7 @@ pub(crate) fn client_transport(
         ("", name) => name.to_owned(),
         (host, _) => host.to_owned(),
     };
-    Some((flavor, http.clone(), host))
+    Some((flavor, HttpTransportSpec::clone(http), host))
 }
 
 /// A Trojan outbound as a shard runs it: the user key, computed once, and the TLS client.
@@ -118,10 +118,10 @@ pub(crate) async fn dial(tls: &ClientTls, transport: &ClientTransport, server: &
         };
         let Some((flavor, spec, host)) = transport else { return Ok(secured) };
         match crate::transport::ws::connect(secured, *flavor, spec, host).await? {
-            Connected::Ws(ws) => Ok(Upstream::Ws(Box::new(ws))),
+            Upgraded::Ws(ws) => Ok(Upstream::Ws(ws)),
             // Raw bytes after the upgrade: a plain socket may still splice.
-            Connected::Raw { stream, early } if early.is_empty() => Ok(stream),
-            Connected::Raw { stream, early } => Ok(Upstream::Early(Box::new(Camouflaged::with_early(stream, early)))),
+            Upgraded::Raw { stream, early } if early.is_empty() => Ok(stream),
+            Upgraded::Raw { stream, early } => Ok(Upstream::Early(Box::new(Camouflaged::with_early(stream, early)))),
         }
     };
     futures_lite::future::or(dialing, async {

@@ -19,11 +19,11 @@ use shardray_wire::websocket::{
 /// The largest frame a `WsStream` writes; a longer write goes out as several frames.
 const MAX_WRITE_FRAME: usize = 1 << 20;
 
-/// What the server side of an upgrade yields.
+/// What either side of an upgrade yields.
 pub(crate) enum Upgraded<S> {
-    /// A WebSocket session.
-    Ws(WsStream<S>),
-    /// An HTTPUpgrade session: the stream, and the bytes that came after the request head.
+    /// A WebSocket session (boxed: its frame state is larger than a stream).
+    Ws(Box<WsStream<S>>),
+    /// An HTTPUpgrade session: the stream, and the bytes that came after the head.
     Raw { stream: S, early: Vec<u8> },
 }
 
@@ -92,7 +92,7 @@ where
     buf.drain(..head_len);
     let upgraded = match flavor {
         Flavor::WebSocket => match WsStream::new(stream, false, early, buf) {
-            Ok(ws) => Upgraded::Ws(ws),
+            Ok(ws) => Upgraded::Ws(Box::new(ws)),
             Err(stream) => return Err(Refused { stream, read: Vec::new(), error: UpgradeError::Malformed }),
         },
         Flavor::HttpUpgrade => {
@@ -103,20 +103,13 @@ where
     Ok(Accepted { upgraded, forwarded, untrusted_forward })
 }
 
-/// What the client side of an upgrade yields: a WebSocket session, or the stream with the
-/// bytes that came after the `101`.
-pub(crate) enum Connected<S> {
-    Ws(WsStream<S>),
-    Raw { stream: S, early: Vec<u8> },
-}
-
 /// Sends the upgrade request for `spec` (its `Host` header `host`) and reads the `101`.
 pub(crate) async fn connect<S>(
     mut stream: S,
     flavor: Flavor,
     spec: &HttpTransportSpec,
     host: &str,
-) -> io::Result<Connected<S>>
+) -> io::Result<Upgraded<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -145,9 +138,9 @@ where
     buf.drain(..len);
     match flavor {
         Flavor::WebSocket => WsStream::new(stream, true, Vec::new(), buf)
-            .map(Connected::Ws)
+            .map(|ws| Upgraded::Ws(Box::new(ws)))
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "broken frame after the upgrade")),
-        Flavor::HttpUpgrade => Ok(Connected::Raw { stream, early: buf }),
+        Flavor::HttpUpgrade => Ok(Upgraded::Raw { stream, early: buf }),
     }
 }
 
@@ -159,7 +152,8 @@ fn fill_random(out: &mut [u8]) {
 
 /// A WebSocket session over `S`: reads return the payload of the peer's data frames (ping
 /// answered, close answered and read as the end), writes leave as binary frames, masked on
-/// the client side.
+/// the client side. Closing sends our close frame (answering the peer's code if it closed
+/// first) on the server side; see `poll_close`.
 pub(crate) struct WsStream<S> {
     inner: S,
     deframer: Deframer,
@@ -214,7 +208,9 @@ impl<S> WsStream<S> {
         Some((*state as u32).to_ne_bytes())
     }
 
-    /// Queues the answers to what the deframer has seen: a pong, our close.
+    /// Acts on what the deframer has seen: a pong to queue; the peer's close, which ends
+    /// what we read but not what we send (a half-close, as a proxied TCP stream has it: our
+    /// own close follows when our side closes).
     fn control_replies(&mut self) {
         if let Some(payload) = self.deframer.take_pong() {
             if !self.close_sent {
@@ -222,9 +218,8 @@ impl<S> WsStream<S> {
                 encode_frame(opcode::PONG, &payload, mask, &mut self.out);
             }
         }
-        if let Some(code) = self.deframer.closed() {
+        if self.deframer.closed().is_some() {
             self.eof = true;
-            self.queue_close(code);
         }
     }
 
@@ -324,9 +319,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
+    /// A WebSocket has no half-close: a close frame ends the session both ways for real
+    /// peers (sing-box closes the connection on one). The server side sends it, since its
+    /// upstream has ended; the client side (an outbound whose own client half-closed) only
+    /// flushes and lets the server's side finish, as Xray's outbounds wait for the response.
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        this.queue_close(1000);
+        if this.mask_state.is_some() && this.deframer.closed().is_none() {
+            ready!(this.poll_drain(cx))?;
+            return Pin::new(&mut this.inner).poll_flush(cx);
+        }
+        this.queue_close(this.deframer.closed().unwrap_or(1000));
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_close(cx)
     }
