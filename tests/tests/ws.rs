@@ -530,3 +530,54 @@ fn a_wrong_path_goes_to_the_fallback_by_its_path() {
     assert!(seen.starts_with(b"GET /site HTTP/1.1\r\n"), "{:?}", String::from_utf8_lossy(&seen));
     hand_made_session(addr, echo.addr(), "");
 }
+
+#[test]
+fn an_inbound_added_through_the_api_serves_websocket() {
+    use shardray_proto::xray::app::proxyman::command as handler;
+    use shardray_proto::xray::app::proxyman::ReceiverConfig;
+    use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, PortList, PortRange};
+    use shardray_proto::xray::core::InboundHandlerConfig;
+    use shardray_proto::xray::proxy::vless as vless_pb;
+    use shardray_proto::xray::transport::internet::{websocket, StreamConfig, TransportConfig};
+    use shardray_tests::api::{typed, vless_user};
+
+    const WS: &str = "xray.transport.internet.websocket.Config";
+    let server = Shardray::start(&with_api(vless_config(json!([]), json!({}))), 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let port = shardray_tests::singbox::free_port();
+    let ws = websocket::Config { path: "/api".into(), ed: 2048, ..Default::default() };
+    let stream = StreamConfig {
+        protocol_name: "websocket".into(),
+        transport_settings: vec![TransportConfig {
+            protocol_name: "websocket".into(),
+            settings: Some(typed(WS, &ws)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let receiver = ReceiverConfig {
+        port_list: Some(PortList { range: vec![PortRange { from: port.into(), to: port.into() }] }),
+        listen: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
+        stream_settings: Some(stream),
+        ..Default::default()
+    };
+    let proxy = vless_pb::inbound::Config {
+        clients: vec![vless_user(EMAIL, ALICE, 0)],
+        decryption: "none".into(),
+        ..Default::default()
+    };
+    let inbound = InboundHandlerConfig {
+        tag: "ws-added".into(),
+        receiver_settings: Some(typed("xray.app.proxyman.ReceiverConfig", &receiver)),
+        proxy_settings: Some(typed("xray.proxy.vless.inbound.Config", &proxy)),
+    };
+    let mut client = api.handler();
+    api.block_on(client.add_inbound(handler::AddInboundRequest { inbound: Some(inbound) })).unwrap();
+
+    let mut out = vless_outbound(SocketAddr::from(([127, 0, 0, 1], port)), ALICE, None);
+    out["transport"] = sing_box_transport("ws", "/api", json!({ "max_early_data": 2048 }));
+    let sb = SingBox::start(out);
+    let echo = EchoServer::start();
+    let data = payload(70_000, 7);
+    assert!(exchange(&sb, echo.addr(), &data).unwrap() == data, "{}", server.output());
+}
