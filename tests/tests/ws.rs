@@ -581,3 +581,36 @@ fn an_inbound_added_through_the_api_serves_websocket() {
     let data = payload(70_000, 7);
     assert!(exchange(&sb, echo.addr(), &data).unwrap() == data, "{}", server.output());
 }
+
+#[test]
+fn links_carry_the_transport() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vless_config(
+        json!([{ "id": ALICE, "email": EMAIL }]),
+        json!({ "streamSettings": ws_stream("ws", json!({ "path": "/vl?ed=2048", "host": "cdn.example" }), None) }),
+    );
+    let mut vmess = vmess_config(
+        json!([{ "id": ALICE, "email": "v@example.com" }]),
+        json!({ "streamSettings": ws_stream("httpupgrade", json!({ "path": "/up" }), None) }),
+    )["inbounds"][0]
+        .clone();
+    vmess["port"] = json!(8081);
+    config["inbounds"][0]["port"] = json!(8080);
+    config["inbounds"].as_array_mut().unwrap().push(vmess);
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    let (status, out) = shardray_tests::run_cli(&["link", "-c", file.to_str().unwrap(), "--host", "proxy.example"]);
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "vless://{ALICE}@proxy.example:8080?encryption=none&security=none&type=ws&path=%2Fvl%3Fed%3D2048\
+             &host=cdn.example#alice%40example.com"
+        )),
+        "{out}"
+    );
+    let line = out.lines().find(|l| l.starts_with("vmess://")).unwrap_or_else(|| panic!("{out}"));
+    let json = base64::engine::general_purpose::STANDARD.decode(&line["vmess://".len()..]).unwrap();
+    let link: Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!((&link["net"], &link["path"], &link["host"]), (&json!("httpupgrade"), &json!("/up"), &json!("")));
+}
