@@ -614,3 +614,59 @@ fn links_carry_the_transport() {
     let link: Value = serde_json::from_slice(&json).unwrap();
     assert_eq!((&link["net"], &link["path"], &link["host"]), (&json!("httpupgrade"), &json!("/up"), &json!("")));
 }
+
+#[test]
+fn an_outbound_added_through_the_api_speaks_websocket() {
+    use shardray_proto::xray::app::proxyman::command as handler;
+    use shardray_proto::xray::app::proxyman::SenderConfig;
+    use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain};
+    use shardray_proto::xray::common::protocol::ServerEndpoint;
+    use shardray_proto::xray::core::OutboundHandlerConfig;
+    use shardray_proto::xray::proxy::trojan as trojan_pb;
+    use shardray_proto::xray::transport::internet::{websocket, StreamConfig, TransportConfig};
+    use shardray_tests::api::{trojan_user, typed};
+
+    const PASSWORD: &str = "the trojan server's password";
+    const WS: &str = "xray.transport.internet.websocket.Config";
+    let echo = EchoServer::start();
+    let sb = SingBox::serve(json!({
+        "type": "trojan", "tag": "trojan-in", "users": [{ "name": "u", "password": PASSWORD }],
+        "transport": { "type": "ws", "path": "/api-out" }
+    }));
+    let mut config = outbound_config(echo.addr(), json!({ "tag": "first", "protocol": "blackhole" }));
+    config["outbounds"] = json!([{ "tag": "first", "protocol": "blackhole" }]);
+    config["api"] = loopback_api(&["HandlerService", "StatsService"]);
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let ws = websocket::Config { path: "api-out".into(), ..Default::default() };
+    let stream = StreamConfig {
+        protocol_name: "websocket".into(),
+        transport_settings: vec![TransportConfig {
+            protocol_name: "websocket".into(),
+            settings: Some(typed(WS, &ws)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let endpoint = ServerEndpoint {
+        address: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
+        port: u32::from(sb.socks.port()),
+        user: vec![trojan_user("", PASSWORD, 0)],
+    };
+    let outbound = OutboundHandlerConfig {
+        tag: "trojan-out".into(),
+        sender_settings: Some(typed(
+            "xray.app.proxyman.SenderConfig",
+            &SenderConfig { stream_settings: Some(stream), ..Default::default() },
+        )),
+        proxy_settings: Some(typed(
+            "xray.proxy.trojan.ClientConfig",
+            &trojan_pb::ClientConfig { server: vec![endpoint] },
+        )),
+        ..Default::default()
+    };
+    let mut client = api.handler();
+    api.block_on(client.add_outbound(handler::AddOutboundRequest { outbound: Some(outbound) })).unwrap();
+    api.block_on(client.remove_outbound(handler::RemoveOutboundRequest { tag: "first".into() })).unwrap();
+    outbound_echoes(&server, "trojan-out", &|| sb.log());
+}
