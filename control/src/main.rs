@@ -175,14 +175,25 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
             None => "none".to_owned(),
         };
         let port = inbound.listen.port();
+        // `type=ws&path=..&host=..` as v2rayN and Xray's share links write the transport.
+        let transport = match inbound.transport.http() {
+            None => "tcp".to_owned(),
+            Some(h) => {
+                let mut t = format!("{}&path={}", inbound.transport.name(), percent(&link_path(h)));
+                if !h.host.is_empty() {
+                    t.push_str(&format!("&host={}", percent(&h.host)));
+                }
+                t
+            }
+        };
         for user in clients {
             let name = percent(if user.email.is_empty() { inbound.tag.as_str() } else { user.email.as_str() });
             out.push(match &user.account {
                 Account::Vless(id) => {
-                    format!("vless://{id}@{host}:{port}?encryption=none&security={security}&type=tcp#{name}")
+                    format!("vless://{id}@{host}:{port}?encryption=none&security={security}&type={transport}#{name}")
                 }
                 Account::Trojan(password) => {
-                    format!("trojan://{}@{host}:{port}?security={security}&type=tcp#{name}", percent(password))
+                    format!("trojan://{}@{host}:{port}?security={security}&type={transport}#{name}", percent(password))
                 }
                 Account::Vmess { id, security } => vmess_link(inbound, user, *id, *security, &host),
                 Account::Shadowsocks { method, password } => {
@@ -207,8 +218,18 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
     out
 }
 
+/// A transport's path as share links carry it: with `?ed=` when it takes early data.
+fn link_path(h: &shardray_core::spec::HttpTransportSpec) -> String {
+    match h.early_data {
+        0 => h.path.clone(),
+        n if h.path.contains('?') => format!("{}&ed={n}", h.path),
+        n => format!("{}?ed={n}", h.path),
+    }
+}
+
 /// A VMess link as v2rayN writes it: `vmess://` and the standard base64 of a JSON object whose
-/// values are all strings (format version 2), alterId 0, raw TCP, TLS if the inbound has it.
+/// values are all strings (format version 2), alterId 0, its transport (`net`, `host`,
+/// `path`), TLS if the inbound has it.
 fn vmess_link(
     inbound: &shardray_core::spec::InboundSpec,
     user: &shardray_core::spec::UserSpec,
@@ -222,9 +243,13 @@ fn vmess_link(
         Some(tls) => ("tls", tls.server_name.as_str()),
         None => ("", ""),
     };
+    let (net, http_host, path) = match inbound.transport.http() {
+        None => ("tcp", String::new(), String::new()),
+        Some(h) => (inbound.transport.name(), h.host.clone(), link_path(h)),
+    };
     let json = serde_json::json!({
         "v": "2", "ps": name, "add": host, "port": inbound.listen.port().to_string(), "id": id.to_string(),
-        "aid": "0", "scy": security.name(), "net": "tcp", "type": "none", "host": "", "path": "",
+        "aid": "0", "scy": security.name(), "net": net, "type": "none", "host": http_host, "path": path,
         "tls": tls, "sni": sni,
     });
     format!("vmess://{}", base64::engine::general_purpose::STANDARD.encode(json.to_string()))

@@ -110,6 +110,14 @@ pub mod xray {
             pub mod tls {
                 tonic::include_proto!("xray.transport.internet.tls");
             }
+            /// `xray.transport.internet.websocket`: WebSocket settings.
+            pub mod websocket {
+                tonic::include_proto!("xray.transport.internet.websocket");
+            }
+            /// `xray.transport.internet.httpupgrade`: HTTPUpgrade settings.
+            pub mod httpupgrade {
+                tonic::include_proto!("xray.transport.internet.httpupgrade");
+            }
         }
     }
 
@@ -236,6 +244,8 @@ mod tests {
             "xray.app.router.command",
             "xray.proxy.shadowsocks_2022",
             "xray.transport.internet.tls",
+            "xray.transport.internet.websocket",
+            "xray.transport.internet.httpupgrade",
         ] {
             assert!(set.iter().any(|p| p == pkg), "missing package {pkg}");
         }

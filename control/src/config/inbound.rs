@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use shardray_core::spec::{
-    Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec,
-    NetworkSet, ShadowsocksInboundSpec, SocketOptions, TlsServerSpec, TlsVersion, TrojanInboundSpec, UserSpec,
-    VlessInboundSpec,
-    VmessInboundSpec, VmessSecurity,
+    Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, HttpHeaderSpec, HttpTransportSpec,
+    InboundProtocol, InboundSpec, NetworkSet, ShadowsocksInboundSpec, SocketOptions, TlsServerSpec, TlsVersion,
+    TransportSpec, TrojanInboundSpec, UserSpec, VlessInboundSpec, VmessInboundSpec, VmessSecurity,
 };
 use shardray_wire::addr::{Address, Destination};
 use shardray_wire::http_header::{RequestTemplate, ResponseTemplate};
@@ -19,9 +18,10 @@ use uuid::Uuid;
 
 use super::error::ConfigError;
 use super::raw::{
-    RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawHttpRequest, RawHttpResponse, RawInbound,
-    RawShadowsocksClient, RawShadowsocksSettings, RawSniffing, RawStreamSettings, RawTcpSettings, RawTlsSettings,
-    RawTrojanClient, RawTrojanSettings, RawVlessClient, RawVlessSettings, RawVmessClient, RawVmessSettings, StringList,
+    RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawHttpRequest, RawHttpResponse, RawHttpTransport,
+    RawInbound, RawShadowsocksClient, RawShadowsocksSettings, RawSniffing, RawStreamSettings, RawTcpSettings,
+    RawTlsSettings, RawTrojanClient, RawTrojanSettings, RawVlessClient, RawVlessSettings, RawVmessClient,
+    RawVmessSettings, StringList,
 };
 use super::validate::{check_loopback, deserialize_at, is_empty_value, parse_host_port, parse_port, value_text};
 
@@ -29,22 +29,8 @@ use super::validate::{check_loopback, deserialize_at, is_empty_value, parse_host
 const LATER_PROTOCOLS: &[&str] = &["socks", "http", "mixed", "wireguard", "hysteria", "hysteria2", "tun"];
 
 /// Transports upstream has besides raw TCP.
-const LATER_NETWORKS: &[&str] = &[
-    "ws",
-    "websocket",
-    "grpc",
-    "gun",
-    "h2",
-    "http",
-    "kcp",
-    "mkcp",
-    "quic",
-    "httpupgrade",
-    "xhttp",
-    "splithttp",
-    "domainsocket",
-    "ds",
-];
+const LATER_NETWORKS: &[&str] =
+    &["grpc", "gun", "h2", "http", "kcp", "mkcp", "quic", "xhttp", "splithttp", "domainsocket", "ds"];
 
 /// The validated inbounds and what the rest of validation needs to know about them.
 pub(super) struct Inbounds {
@@ -161,7 +147,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
     let ip = listen_ip(ib.listen.as_deref(), &format!("{path}.listen"))?;
     let port = inbound_port(ib.port.as_ref(), &format!("{path}.port"))?;
     let listen = SocketAddr::new(ip, port);
-    let InboundStream { tls, sockopt, http_header } =
+    let InboundStream { tls, sockopt, http_header, transport } =
         stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
     check_sniffing(ib.sniffing, path)?;
     check_allocate(ib.allocate, path)?;
@@ -179,7 +165,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
         }
         p => return Err(ConfigError::invalid(format!("{path}.protocol"), format!("unknown protocol {p:?}"))),
     };
-    Ok((InboundSpec { tag, listen, tls, protocol, config_index: None, sockopt, http_header }, listen))
+    Ok((InboundSpec { tag, listen, tls, protocol, config_index: None, sockopt, http_header, transport }, listen))
 }
 
 fn protocol_name(ib: &RawInbound, path: &str) -> Result<String, ConfigError> {
@@ -258,6 +244,7 @@ struct InboundStream {
     tls: Option<TlsServerSpec>,
     sockopt: SocketOptions,
     http_header: Option<HttpHeaderSpec>,
+    transport: TransportSpec,
 }
 
 /// `streamSettings` of an inbound.
@@ -268,22 +255,124 @@ fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<Inbound
         None => SocketOptions::default(),
     };
     let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
-    match network.as_str() {
-        "" | "tcp" | "raw" => {}
-        n if LATER_NETWORKS.contains(&n) => {
-            return Err(ConfigError::unsupported(format!("{path}.network"), format!("network {n:?}")))
-        }
-        n => return Err(ConfigError::invalid(format!("{path}.network"), format!("unknown network {n:?}"))),
-    }
-    // `rawSettings` is the newer name; where both are given it wins, as in Xray.
+    // Xray reads the PROXY protocol flag in sockopt and in the transport's own settings, and
+    // serves it if either asks.
+    let asked = |t: &Option<RawHttpTransport>| t.as_ref().and_then(|t| t.accept_proxy_protocol).unwrap_or(false);
+    sockopt.accept_proxy_protocol |= match network.as_str() {
+        "ws" | "websocket" => asked(&raw.ws_settings),
+        "httpupgrade" => asked(&raw.httpupgrade_settings),
+        _ => false,
+    };
+    let transport = stream_transport(&network, &mut raw.ws_settings, &mut raw.httpupgrade_settings, path)?;
+    // `rawSettings` is the newer name; where both are given it wins, as in Xray. Another
+    // transport ignores both, as Xray does.
     let (tcp, tcp_path) = match raw.raw_settings.take() {
         Some(raw_settings) => (Some(raw_settings), "rawSettings"),
         None => (raw.tcp_settings.take(), "tcpSettings"),
     };
-    // Xray reads the flag in either place and serves it if either asks.
-    sockopt.accept_proxy_protocol |= tcp.as_ref().and_then(|t| t.accept_proxy_protocol).unwrap_or(false);
-    let http_header = tcp_settings(tcp, &format!("{path}.{tcp_path}"))?;
-    Ok(InboundStream { tls: tls_of_stream(raw, path)?, sockopt, http_header })
+    let http_header = match transport {
+        TransportSpec::Raw => {
+            sockopt.accept_proxy_protocol |= tcp.as_ref().and_then(|t| t.accept_proxy_protocol).unwrap_or(false);
+            tcp_settings(tcp, &format!("{path}.{tcp_path}"))?
+        }
+        _ => None,
+    };
+    Ok(InboundStream { tls: tls_of_stream(raw, path)?, sockopt, http_header, transport })
+}
+
+/// `network` and the settings of the transport it names, inbound or outbound.
+pub(super) fn stream_transport(
+    network: &str,
+    ws: &mut Option<RawHttpTransport>,
+    httpupgrade: &mut Option<RawHttpTransport>,
+    path: &str,
+) -> Result<TransportSpec, ConfigError> {
+    match network {
+        "" | "tcp" | "raw" => Ok(TransportSpec::Raw),
+        "ws" | "websocket" => {
+            Ok(TransportSpec::Ws(Box::new(http_transport(ws.take(), &format!("{path}.wsSettings"), true)?)))
+        }
+        "httpupgrade" => Ok(TransportSpec::HttpUpgrade(Box::new(http_transport(
+            httpupgrade.take(),
+            &format!("{path}.httpupgradeSettings"),
+            false,
+        )?))),
+        n if LATER_NETWORKS.contains(&n) => {
+            Err(ConfigError::unsupported(format!("{path}.network"), format!("network {n:?}")))
+        }
+        n => Err(ConfigError::invalid(format!("{path}.network"), format!("unknown network {n:?}"))),
+    }
+}
+
+/// `wsSettings` (`ws`) or `httpupgradeSettings`, as Xray builds them: the path normalized and
+/// its `ed` parameter taken out as the early-data length; a `Host` among the WebSocket
+/// headers moves to `host` (HTTPUpgrade refuses it).
+fn http_transport(raw: Option<RawHttpTransport>, path: &str, ws: bool) -> Result<HttpTransportSpec, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    if !ws && raw.heartbeat_period.is_some() {
+        return Err(ConfigError::invalid(format!("{path}.heartbeatPeriod"), "only WebSocket has a heartbeat"));
+    }
+    let (mut url_path, mut early_data) = split_early_data(raw.path.as_deref().unwrap_or(""), &format!("{path}.path"))?;
+    if !url_path.starts_with('/') {
+        url_path.insert(0, '/');
+    }
+    // V2Ray 4's form: its length, in the header Xray uses (or, unnamed, after the path).
+    if let Some(n) = raw.max_early_data.filter(|&n| n > 0) {
+        match raw.early_data_header_name.as_deref().unwrap_or("") {
+            "" => {}
+            h if h.eq_ignore_ascii_case("Sec-WebSocket-Protocol") => {}
+            h => {
+                return Err(ConfigError::unsupported(
+                    format!("{path}.earlyDataHeaderName"),
+                    format!("early data in {h:?} (only Sec-WebSocket-Protocol)"),
+                ))
+            }
+        }
+        early_data = early_data.max(n);
+    }
+    let mut host = raw.host.unwrap_or_default();
+    let mut headers = Vec::new();
+    for (name, value) in raw.headers.unwrap_or_default() {
+        if name.eq_ignore_ascii_case("host") {
+            if !ws {
+                return Err(ConfigError::invalid(format!("{path}.headers.{name}"), "give the host in \"host\""));
+            }
+            if host.is_empty() {
+                host = value;
+            }
+            continue;
+        }
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) || value.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return Err(ConfigError::invalid(format!("{path}.headers.{name}"), "not a valid HTTP header"));
+        }
+        headers.push((name, value));
+    }
+    if host.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err(ConfigError::invalid(format!("{path}.host"), format!("{host:?} is not a host name")));
+    }
+    Ok(HttpTransportSpec { path: url_path, host, headers, early_data })
+}
+
+/// A transport path and the early-data length its `ed` query parameter gives (0 without).
+fn split_early_data(raw: &str, path: &str) -> Result<(String, u32), ConfigError> {
+    if raw.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err(ConfigError::invalid(path, format!("{raw:?} is not a URL path")));
+    }
+    let Some((base, query)) = raw.split_once('?') else { return Ok((raw.to_owned(), 0)) };
+    let mut early = 0;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("ed", n)) => {
+                // As Xray: a value that is not a number counts as 0.
+                early = n.parse().unwrap_or(0);
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let joined = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+    Ok((joined, early))
 }
 
 fn tls_of_stream(raw: RawStreamSettings, path: &str) -> Result<Option<TlsServerSpec>, ConfigError> {

@@ -7,15 +7,15 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, ShadowsocksOutboundSpec,
-    TlsClientSpec, TrojanOutboundSpec, VlessOutboundSpec, VmessOutboundSpec,
+    TlsClientSpec, TransportSpec, TrojanOutboundSpec, VlessOutboundSpec, VmessOutboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
 use super::raw::{
     RawBlackholeSettings, RawFreedomSettings, RawOutStream, RawOutbound, RawShadowsocksOutSettings,
-    RawShadowsocksServer, RawTrojanOutSettings, RawVlessOutSettings, RawVmessClient, RawVmessOutSettings, RawVmessServer,
-    StringList,
+    RawShadowsocksServer, RawTrojanOutSettings, RawVlessOutSettings, RawVmessClient, RawVmessOutSettings,
+    RawVmessServer, StringList,
 };
 use super::validate::{deserialize_at, is_empty_value, parse_host_port, parse_port};
 
@@ -210,8 +210,8 @@ fn trojan(
     if let Some(f) = server.flow.filter(|f| !f.is_empty()) {
         return Err(ConfigError::unsupported(format!("{spath}.flow"), format!("Trojan flow {f:?}")));
     }
-    let tls = match stream {
-        None | Some(Value::Null) => None,
+    let (tls, transport) = match stream {
+        None | Some(Value::Null) => (None, TransportSpec::Raw),
         Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
     };
     Ok(TrojanOutboundSpec {
@@ -220,6 +220,7 @@ fn trojan(
         email: server.email.unwrap_or_default(),
         level: server.level.unwrap_or(0),
         tls,
+        transport,
     })
 }
 
@@ -275,8 +276,8 @@ fn vmess(
     }
     let (user, authenticated_length) = super::inbound::vmess_user(users.remove(0), &format!("{upath}[0]"), true)?;
     let Account::Vmess { id, security } = user.account else { unreachable!("vmess_user makes VMess accounts") };
-    let tls = match stream {
-        None | Some(Value::Null) => None,
+    let (tls, transport) = match stream {
+        None | Some(Value::Null) => (None, TransportSpec::Raw),
         Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
     };
     Ok(VmessOutboundSpec {
@@ -287,6 +288,7 @@ fn vmess(
         email: user.email,
         level: user.level,
         tls,
+        transport,
     })
 }
 
@@ -340,7 +342,15 @@ fn vless(
     }
     let tls = match stream {
         None | Some(Value::Null) => None,
-        Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
+        Some(v) => match client_stream(deserialize_at(v, stream_path)?, stream_path)? {
+            (tls, TransportSpec::Raw) => tls,
+            _ => {
+                return Err(ConfigError::unsupported(
+                    format!("{stream_path}.network"),
+                    "a VLESS outbound over WebSocket or HTTPUpgrade",
+                ))
+            }
+        },
     };
     Ok(VlessOutboundSpec {
         server: Destination { addr: address, port },
@@ -416,13 +426,22 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksOutboundSpec, C
     })
 }
 
-/// An outbound's `streamSettings` over raw TCP: the TLS client settings when `security` is
-/// `tls`. `fingerprint` is accepted and ignored (the loader notes it).
-fn client_stream(raw: RawOutStream, path: &str) -> Result<Option<TlsClientSpec>, ConfigError> {
-    match raw.network.as_deref().unwrap_or("") {
-        "" | "tcp" | "raw" => {}
-        n => return Err(ConfigError::unsupported(format!("{path}.network"), format!("network {n:?} on an outbound"))),
-    }
+/// An outbound's `streamSettings`: the TLS client settings when `security` is `tls`, and the
+/// transport (raw TCP, WebSocket, HTTPUpgrade). `fingerprint` is accepted and ignored (the
+/// loader notes it).
+fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientSpec>, TransportSpec), ConfigError> {
+    let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
+    let transport =
+        match super::inbound::stream_transport(&network, &mut raw.ws_settings, &mut raw.httpupgrade_settings, path) {
+            Ok(t) => t,
+            Err(_) if !matches!(network.as_str(), "ws" | "websocket" | "httpupgrade") => {
+                return Err(ConfigError::unsupported(
+                    format!("{path}.network"),
+                    format!("network {network:?} on an outbound"),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
     for (field, value) in
         [("tcpSettings", &raw.tcp_settings), ("rawSettings", &raw.raw_settings), ("sockopt", &raw.sockopt)]
     {
@@ -434,18 +453,24 @@ fn client_stream(raw: RawOutStream, path: &str) -> Result<Option<TlsClientSpec>,
         }
     }
     match raw.security.as_deref().unwrap_or("") {
-        "" | "none" => Ok(None),
+        "" | "none" => Ok((None, transport)),
         "tls" => {
             let tls = raw.tls_settings.unwrap_or_default();
-            let alpn = tls.alpn.map(|StringList(l)| l).unwrap_or_default();
+            let mut alpn = tls.alpn.map(|StringList(l)| l).unwrap_or_default();
             if let Some(j) = alpn.iter().position(String::is_empty) {
                 return Err(ConfigError::invalid(format!("{path}.tlsSettings.alpn[{j}]"), "empty protocol"));
             }
-            Ok(Some(TlsClientSpec {
+            // The HTTP transports speak HTTP/1.1 and say so when the config names nothing, as
+            // Xray's dialers do.
+            if alpn.is_empty() && transport.http().is_some() {
+                alpn.push("http/1.1".into());
+            }
+            let tls = TlsClientSpec {
                 server_name: tls.server_name.unwrap_or_default(),
                 allow_insecure: tls.allow_insecure.unwrap_or(false),
                 alpn,
-            }))
+            };
+            Ok((Some(tls), transport))
         }
         s => Err(ConfigError::unsupported(format!("{path}.security"), format!("security {s:?} on an outbound"))),
     }

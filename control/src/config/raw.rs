@@ -157,14 +157,12 @@ pub(super) struct RawStreamSettings {
     // `network`/`security` selects them, and so does shardray (selecting them is refused).
     #[serde(rename = "realitySettings")]
     pub _reality_settings: Option<Value>,
-    #[serde(rename = "wsSettings")]
-    pub _ws_settings: Option<Value>,
+    pub ws_settings: Option<RawHttpTransport>,
+    pub httpupgrade_settings: Option<RawHttpTransport>,
     #[serde(rename = "grpcSettings")]
     pub _grpc_settings: Option<Value>,
     #[serde(rename = "httpSettings")]
     pub _http_settings: Option<Value>,
-    #[serde(rename = "httpupgradeSettings")]
-    pub _httpupgrade_settings: Option<Value>,
     #[serde(rename = "xhttpSettings")]
     pub _xhttp_settings: Option<Value>,
     #[serde(rename = "splithttpSettings")]
@@ -200,7 +198,7 @@ pub(super) struct RawSockopt {
     pub address_port_strategy: Option<String>,
     pub happy_eyeballs: Option<Value>,
     #[serde(rename = "trustedXForwardedFor")]
-    pub trusted_x_forwarded_for: Option<Value>,
+    pub trusted_x_forwarded_for: Option<StringList>,
 }
 
 /// `streamSettings.tlsSettings`
@@ -252,6 +250,21 @@ pub(super) struct RawCertificate {
     /// PasarGuard's own bookkeeping (whether its node serves this certificate).
     #[serde(rename = "serveOnNode")]
     pub _serve_on_node: Option<Value>,
+}
+
+/// `wsSettings` / `httpupgradeSettings` (Xray's names; V2Ray's early-data keys beside them).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawHttpTransport {
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    pub accept_proxy_protocol: Option<bool>,
+    /// Xray's WebSocket ping period in seconds; shardray answers pings but sends none.
+    pub heartbeat_period: Option<u32>,
+    /// V2Ray 4's early data: a length and the header carrying it.
+    pub max_early_data: Option<u32>,
+    pub early_data_header_name: Option<String>,
 }
 
 /// `tcpSettings` / `rawSettings`
@@ -500,6 +513,8 @@ pub(super) struct RawOutStream {
     pub tcp_settings: Option<Value>,
     pub raw_settings: Option<Value>,
     pub sockopt: Option<Value>,
+    pub ws_settings: Option<RawHttpTransport>,
+    pub httpupgrade_settings: Option<RawHttpTransport>,
 }
 
 /// `streamSettings.tlsSettings` of an outbound.

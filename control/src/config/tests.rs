@@ -14,7 +14,7 @@ use shardray_wire::addr::{Address, Destination};
 use uuid::Uuid;
 
 use super::*;
-use shardray_core::spec::{Account, BalancerStrategy};
+use shardray_core::spec::{Account, BalancerStrategy, TransportSpec};
 
 const ALICE: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
 const BOB: &str = "0e9a1d2c-4a55-4b8e-9c7e-3f2a0b1c2d3e";
@@ -828,8 +828,75 @@ fn unserved_top_level_sections() {
 }
 
 #[test]
+fn websocket_and_httpupgrade_settings() {
+    let mut v = base();
+    set(
+        &mut v,
+        "/inbounds/0",
+        "streamSettings",
+        json!({ "network": "ws",
+        "wsSettings": { "path": "vl?ed=2048&x=1", "headers": { "Host": "cdn.example", "X-A": "b" } },
+        "tcpSettings": { "header": { "type": "http" } },
+        "sockopt": { "trustedXForwardedFor": ["X-From-Cdn"] } }),
+    );
+    let cfg = load(&v).unwrap();
+    let ib = &cfg.inbounds[0];
+    let TransportSpec::Ws(ws) = &ib.transport else { panic!("{:?}", ib.transport) };
+    // As Xray builds it: a leading slash, `ed` taken out, the Host header moved to `host`.
+    assert_eq!((ws.path.as_str(), ws.early_data, ws.host.as_str()), ("/vl?x=1", 2048, "cdn.example"));
+    assert_eq!(ws.headers, [("X-A".to_owned(), "b".to_owned())]);
+    assert!(ib.http_header.is_none(), "tcpSettings is ignored under ws, as in Xray");
+    assert_eq!(ib.sockopt.trusted_x_forwarded_for, ["X-From-Cdn"]);
+
+    let mut v = base();
+    set(&mut v, "/inbounds/0", "streamSettings", json!({ "network": "httpupgrade", "httpupgradeSettings": {} }));
+    let cfg = load(&v).unwrap();
+    assert_eq!(cfg.inbounds[0].transport.http().unwrap().path, "/");
+    // An unknown key warns by name, as everywhere.
+    set(&mut v, "/inbounds/0", "streamSettings", json!({ "network": "ws", "wsSettings": { "pathh": "/" } }));
+    let cfg = load(&v).unwrap();
+    assert!(cfg.ignored_keys.iter().any(|k| k.contains("wsSettings.pathh")), "{:?}", cfg.ignored_keys);
+
+    for (stream, path) in [
+        (
+            json!({ "network": "httpupgrade", "httpupgradeSettings": { "headers": { "host": "x" } } }),
+            "inbounds[0].streamSettings.httpupgradeSettings.headers.host",
+        ),
+        (
+            json!({ "network": "ws", "wsSettings": { "acceptProxyProtocol": true } }),
+            "inbounds[0].streamSettings.wsSettings.acceptProxyProtocol",
+        ),
+        (json!({ "network": "ws", "wsSettings": { "path": "/a b" } }), "inbounds[0].streamSettings.wsSettings.path"),
+        (
+            json!({ "network": "ws", "wsSettings": { "maxEarlyData": 2048, "earlyDataHeaderName": "X-Ed" } }),
+            "inbounds[0].streamSettings.wsSettings.earlyDataHeaderName",
+        ),
+        (
+            json!({ "network": "ws", "sockopt": { "trustedXForwardedFor": ["bad header"] } }),
+            "inbounds[0].streamSettings.sockopt.trustedXForwardedFor[0]",
+        ),
+    ] {
+        let err = broken(|v| set(v, "/inbounds/0", "streamSettings", stream.clone()));
+        assert_eq!(err.path, path, "{stream}: {err}");
+    }
+
+    // An outbound: the Host defaults later; TLS offers http/1.1 when the config names no ALPN.
+    let mut v = base();
+    v["outbounds"].as_array_mut().unwrap().insert(
+        0,
+        json!({ "tag": "t", "protocol": "trojan",
+        "settings": { "servers": [{ "address": "a.example", "port": 443, "password": "p" }] },
+        "streamSettings": { "network": "ws", "security": "tls", "wsSettings": { "path": "/t" } } }),
+    );
+    let cfg = load(&v).unwrap();
+    let OutboundProtocol::Trojan(t) = &cfg.outbounds[0].protocol else { panic!() };
+    assert_eq!(t.transport.http().unwrap().path, "/t");
+    assert_eq!(t.tls.as_ref().unwrap().alpn, ["http/1.1"]);
+}
+
+#[test]
 fn unserved_transport_and_flow() {
-    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "network": "ws" })));
+    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "network": "grpc" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.network");
     let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "security": "reality" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.security");
@@ -1048,12 +1115,7 @@ fn sockopt_is_read_and_unserved_options_are_refused_by_name() {
         set(&mut v, "/inbounds/0/streamSettings", "sockopt", json!({ "tcpFastOpen": fast_open }));
         assert_eq!(load(&v).unwrap().inbounds[0].sockopt.tcp_fast_open, want);
     }
-    for (key, value) in [
-        ("tproxy", json!("tproxy")),
-        ("dialerProxy", json!("x")),
-        ("tcpMptcp", json!(true)),
-        ("trustedXForwardedFor", json!(["10.0.0.1"])),
-    ] {
+    for (key, value) in [("tproxy", json!("tproxy")), ("dialerProxy", json!("x")), ("tcpMptcp", json!(true))] {
         let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "sockopt": { key: value } })));
         assert_eq!(err.path, format!("inbounds[0].streamSettings.sockopt.{key}"));
         assert_eq!(err.kind, ConfigErrorKind::Unsupported, "{key}");

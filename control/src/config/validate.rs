@@ -17,7 +17,7 @@ use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
 use super::raw::{
-    RawApi, RawApiToken, RawConfig, RawLevelPolicy, RawLog, RawMetrics, RawPolicy, RawRouting, RawSockopt,
+    RawApi, RawApiToken, RawConfig, RawLevelPolicy, RawLog, RawMetrics, RawPolicy, RawRouting, RawSockopt, StringList,
 };
 use super::{inbound, outbound, routing};
 
@@ -686,7 +686,6 @@ pub(super) fn sockopt(raw: RawSockopt, path: &str) -> Result<SocketOptions, Conf
             raw.address_port_strategy.as_deref().is_some_and(|a| !a.is_empty() && !a.eq_ignore_ascii_case("none")),
         ),
         ("happyEyeballs", raw.happy_eyeballs.as_ref().is_some_and(|v| !is_empty_value(v))),
-        ("trustedXForwardedFor", raw.trusted_x_forwarded_for.as_ref().is_some_and(|v| !is_empty_value(v))),
     ];
     if let Some((field, _)) = unserved.iter().find(|(_, set)| *set) {
         return Err(ConfigError::unsupported(format!("{path}.{field}"), format!("sockopt.{field}")));
@@ -723,5 +722,18 @@ pub(super) fn sockopt(raw: RawSockopt, path: &str) -> Result<SocketOptions, Conf
         v6_only: raw.v6only.unwrap_or(false),
         accept_proxy_protocol: raw.accept_proxy_protocol.unwrap_or(false),
         interface: raw.interface.filter(|i| !i.is_empty()),
+        trusted_x_forwarded_for: trusted_headers(raw.trusted_x_forwarded_for, &format!("{path}.trustedXForwardedFor"))?,
     })
+}
+
+/// `trustedXForwardedFor`: header names, each a valid HTTP header name.
+fn trusted_headers(raw: Option<StringList>, path: &str) -> Result<Vec<String>, ConfigError> {
+    let names = raw.map(|StringList(l)| l).unwrap_or_default();
+    for (i, name) in names.iter().enumerate() {
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) {
+            return Err(ConfigError::invalid(format!("{path}[{i}]"), format!("{name:?} is not an HTTP header name")));
+        }
+    }
+    Ok(names)
 }

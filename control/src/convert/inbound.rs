@@ -10,13 +10,16 @@ use std::net::SocketAddr;
 
 use serde_json::{json, Map, Value};
 use shardray_core::spec::{
-    Account, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, SocketOptions, TlsVersion, UserSpec,
+    Account, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, SocketOptions, TlsVersion, TransportSpec,
+    UserSpec,
 };
 use shardray_proto::xray::app::proxyman::{ReceiverConfig, SniffingConfig};
 use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortList, PortRange};
 use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::{dokodemo, shadowsocks, shadowsocks_2022, trojan, vless, vmess};
-use shardray_proto::xray::transport::internet::{tls, SocketConfig, StreamConfig};
+use shardray_proto::xray::transport::internet::{
+    httpupgrade, tls, websocket, SocketConfig, StreamConfig, TransportConfig,
+};
 
 use super::{api_user, ip_bytes, ip_from_bytes, message_type, typed, user_spec, Flavor};
 use shardray_proto::shardray::compat::v2ray::{
@@ -35,6 +38,8 @@ const DOKODEMO: &str = "xray.proxy.dokodemo.Config";
 const SS_INBOUND: &str = "xray.proxy.shadowsocks.ServerConfig";
 const SS2022_INBOUND: &str = "xray.proxy.shadowsocks_2022.ServerConfig";
 const SS2022_MULTI_INBOUND: &str = "xray.proxy.shadowsocks_2022.MultiUserServerConfig";
+const WEBSOCKET: &str = "xray.transport.internet.websocket.Config";
+const HTTPUPGRADE: &str = "xray.transport.internet.httpupgrade.Config";
 
 /// An AddInbound request that cannot become a config inbound; names the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,14 +273,33 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
         stream.protocol_name.as_str()
     };
     out.insert("network".into(), json!(network));
-    // The transport's own settings (a TCP header, WebSocket paths, ...): none is served yet,
-    // so any that says something is refused rather than dropped.
-    if let Some(t) = stream.transport_settings.iter().find(|t| t.settings.as_ref().is_some_and(|s| !s.value.is_empty()))
-    {
-        return Err(invalid(format!(
-            "receiver_settings.stream_settings.transport_settings: {:?} settings are not supported yet",
-            t.protocol_name
-        )));
+    // The transports' own settings: WebSocket's and HTTPUpgrade's become their JSON; any
+    // other that says something (a TCP header, ...) is refused rather than dropped.
+    for (i, t) in stream.transport_settings.iter().enumerate() {
+        let Some(settings) = t.settings.as_ref() else { continue };
+        let field = format!("receiver_settings.stream_settings.transport_settings[{i}].settings");
+        match message_type(&settings.r#type) {
+            Ok((Flavor::Xray, "transport.internet.websocket.Config")) => {
+                let c: websocket::Config = decode(&settings.value, WEBSOCKET, &field)?;
+                let mut ws = http_transport_json(&c.host, &c.path, &c.header, c.accept_proxy_protocol, c.ed);
+                if c.heartbeat_period > 0 {
+                    ws["heartbeatPeriod"] = json!(c.heartbeat_period);
+                }
+                out.insert("wsSettings".into(), ws);
+            }
+            Ok((Flavor::Xray, "transport.internet.httpupgrade.Config")) => {
+                let c: httpupgrade::Config = decode(&settings.value, HTTPUPGRADE, &field)?;
+                let json = http_transport_json(&c.host, &c.path, &c.header, c.accept_proxy_protocol, c.ed);
+                out.insert("httpupgradeSettings".into(), json);
+            }
+            _ if settings.value.is_empty() => {}
+            _ => {
+                return Err(invalid(format!(
+                    "{field}: {:?} ({:?}) settings are not supported yet",
+                    t.protocol_name, settings.r#type
+                )))
+            }
+        }
     }
     if let Some(socket) = &stream.socket_settings {
         if socket.accept_proxy_protocol {
@@ -306,6 +330,28 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
         }
     }
     Ok(Value::Object(out))
+}
+
+/// `wsSettings` / `httpupgradeSettings` from the API's fields: the early-data length goes back
+/// into the path as `?ed=`, as Xray's JSON writes it.
+fn http_transport_json(
+    host: &str,
+    path: &str,
+    headers: &std::collections::HashMap<String, String>,
+    accept_proxy_protocol: bool,
+    ed: u32,
+) -> Value {
+    let path = match ed {
+        0 => path.to_owned(),
+        n if path.contains('?') => format!("{path}&ed={n}"),
+        n => format!("{path}?ed={n}"),
+    };
+    let headers: std::collections::BTreeMap<_, _> = headers.iter().collect();
+    let mut out = json!({ "path": path, "host": host, "headers": headers });
+    if accept_proxy_protocol {
+        out["acceptProxyProtocol"] = json!(true);
+    }
+    out
 }
 
 /// v2fly's TLS settings in Xray's form.
@@ -485,6 +531,7 @@ fn sockopt_json(s: &SocketConfig) -> Value {
     put("tcpUserTimeout", s.tcp_user_timeout != 0, json!(s.tcp_user_timeout));
     put("tcpMaxSeg", s.tcp_max_seg != 0, json!(s.tcp_max_seg));
     put("tcpMptcp", s.tcp_mptcp, json!(true));
+    put("trustedXForwardedFor", !s.trusted_x_forwarded_for.is_empty(), json!(s.trusted_x_forwarded_for));
     Value::Object(out)
 }
 
@@ -506,8 +553,37 @@ fn socket_config(o: &SocketOptions) -> SocketConfig {
         tcp_window_clamp: int(o.window_clamp),
         tcp_user_timeout: int(o.user_timeout_ms),
         tcp_max_seg: int(o.max_segment),
+        trusted_x_forwarded_for: o.trusted_x_forwarded_for.clone(),
         ..Default::default()
     }
+}
+
+/// The API form of an HTTP transport: Xray's protocol name and its TransportConfig.
+fn transport_config(t: &TransportSpec) -> Option<(&'static str, TransportConfig)> {
+    let (name, settings) = match t {
+        TransportSpec::Raw => return None,
+        TransportSpec::Ws(h) => {
+            let c = websocket::Config {
+                host: h.host.clone(),
+                path: h.path.clone(),
+                header: h.headers.iter().cloned().collect(),
+                ed: h.early_data,
+                ..Default::default()
+            };
+            ("websocket", typed(WEBSOCKET, &c))
+        }
+        TransportSpec::HttpUpgrade(h) => {
+            let c = httpupgrade::Config {
+                host: h.host.clone(),
+                path: h.path.clone(),
+                header: h.headers.iter().cloned().collect(),
+                ed: h.early_data,
+                ..Default::default()
+            };
+            ("httpupgrade", typed(HTTPUPGRADE, &c))
+        }
+    };
+    Some((name, TransportConfig { protocol_name: name.into(), settings: Some(settings), ..Default::default() }))
 }
 
 /// The API form of a config inbound, users and TLS keys included: what `shardray api adi`
@@ -539,10 +615,16 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
         (TLS.to_owned(), vec![typed(TLS, &settings)])
     });
     let sockopt = (spec.sockopt != SocketOptions::default()).then(|| socket_config(&spec.sockopt));
-    let stream = (tls.is_some() || sockopt.is_some()).then(|| {
+    let transport = transport_config(&spec.transport);
+    let stream = (tls.is_some() || sockopt.is_some() || transport.is_some()).then(|| {
         let (security_type, security_settings) = tls.unwrap_or_default();
+        let (protocol_name, transport_settings) = match transport {
+            Some((name, t)) => (name.to_owned(), vec![t]),
+            None => ("tcp".to_owned(), Vec::new()),
+        };
         StreamConfig {
-            protocol_name: "tcp".into(),
+            protocol_name,
+            transport_settings,
             security_type,
             security_settings,
             socket_settings: sockopt,
@@ -698,6 +780,32 @@ mod tests {
         }));
         assert_eq!(spec.sockopt.tcp_fast_open, Some(0));
         assert_eq!(through_api(&spec).unwrap(), spec);
+    }
+
+    #[test]
+    fn websocket_and_httpupgrade_inbounds_survive_the_api_form() {
+        for (network, key) in [("ws", "wsSettings"), ("httpupgrade", "httpupgradeSettings")] {
+            let spec = load(json!({
+                "tag": "w", "listen": "127.0.0.1", "port": 4433, "protocol": "vless",
+                "settings": { "decryption": "none", "clients": [] },
+                "streamSettings": { "network": network,
+                    key: { "path": "/p?ed=2048", "host": "cdn.example", "headers": { "X-A": "b" } },
+                    "sockopt": { "trustedXForwardedFor": ["CF-Connecting-IP"] } }
+            }));
+            let http = spec.transport.http().unwrap();
+            assert_eq!((http.path.as_str(), http.early_data, http.host.as_str()), ("/p", 2048, "cdn.example"));
+            assert_eq!(spec.sockopt.trusted_x_forwarded_for, ["CF-Connecting-IP"]);
+            let api = inbound_config(&spec);
+            let receiver = ReceiverConfig::decode(&api.receiver_settings.as_ref().unwrap().value[..]).unwrap();
+            let stream = receiver.stream_settings.unwrap();
+            let name = if network == "ws" { "websocket" } else { "httpupgrade" };
+            assert_eq!(stream.protocol_name, name);
+            assert_eq!(
+                stream.transport_settings[0].settings.as_ref().unwrap().r#type,
+                format!("xray.transport.internet.{name}.Config")
+            );
+            assert_eq!(through_api(&spec).unwrap(), spec);
+        }
     }
 
     #[test]
@@ -909,7 +1017,8 @@ mod tests {
             },
         );
         let why = refusal(&handler(with_header, vless.clone()));
-        assert!(why.contains("transport_settings: \"tcp\" settings are not supported yet"), "{why}");
+        assert!(why.contains("transport_settings[0].settings: \"tcp\""), "{why}");
+        assert!(why.contains("settings are not supported yet"), "{why}");
 
         let mut untagged = handler(one_port(), vless);
         untagged.tag.clear();

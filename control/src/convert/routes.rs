@@ -8,10 +8,9 @@ use std::fmt;
 use ipnet::IpNet;
 use prost::Message;
 use shardray_core::spec::{
-    BalancerSpec, BalancerStrategy, BlackholeSpec, DomainMatcher, DomainStrategy, FreedomSpec, NetworkSet,
-    OutboundProtocol, OutboundSpec, PortRange, RuleSpec, ShadowsocksOutboundSpec, TlsClientSpec, TrojanOutboundSpec,
-    VlessOutboundSpec,
-    VmessOutboundSpec,
+    BalancerSpec, BalancerStrategy, BlackholeSpec, DomainMatcher, DomainStrategy, FreedomSpec, HttpTransportSpec,
+    NetworkSet, OutboundProtocol, OutboundSpec, PortRange, RuleSpec, ShadowsocksOutboundSpec, TlsClientSpec,
+    TransportSpec, TrojanOutboundSpec, VlessOutboundSpec, VmessOutboundSpec,
 };
 use shardray_proto::xray::app::proxyman::SenderConfig;
 use shardray_proto::xray::app::router;
@@ -249,10 +248,17 @@ fn vmess_spec(c: &vmess::outbound::Config, stream: Option<&StreamConfig>) -> Res
     // The account's experiments, as Xray's outbound reads them.
     let account = c.receiver[0].user[0].account.as_ref().map(|a| &a.value[..]).unwrap_or_default();
     let tests = vmess::Account::decode(account).map(|a| a.tests_enabled).unwrap_or_default();
-    let tls = match stream {
-        None => None,
-        Some(stream) => client_tls(stream)?,
+    let (tls, transport) = match stream {
+        None => (None, TransportSpec::Raw),
+        Some(stream) => (client_tls(stream)?, client_transport(stream)?),
     };
+    let tls = tls.map(|mut t| {
+        // The HTTP transports offer http/1.1 when nothing is named, as the config loader does.
+        if t.alpn.is_empty() && transport.http().is_some() {
+            t.alpn.push("http/1.1".into());
+        }
+        t
+    });
     Ok(VmessOutboundSpec {
         server,
         id,
@@ -261,6 +267,7 @@ fn vmess_spec(c: &vmess::outbound::Config, stream: Option<&StreamConfig>) -> Res
         email: spec.email,
         level: spec.level,
         tls,
+        transport,
     })
 }
 
@@ -293,28 +300,90 @@ fn trojan_spec(c: &trojan::ClientConfig, stream: Option<&StreamConfig>) -> Resul
     let shardray_core::spec::Account::Trojan(password) = spec.account else {
         return Err(invalid("proxy_settings.server[0].user.account: not a Trojan account"));
     };
-    let tls = match stream {
-        None => None,
-        Some(stream) => client_tls(stream)?,
+    let (tls, transport) = match stream {
+        None => (None, TransportSpec::Raw),
+        Some(stream) => (client_tls(stream)?, client_transport(stream)?),
     };
+    let tls = tls.map(|mut t| {
+        // The HTTP transports offer http/1.1 when nothing is named, as the config loader does.
+        if t.alpn.is_empty() && transport.http().is_some() {
+            t.alpn.push("http/1.1".into());
+        }
+        t
+    });
     Ok(TrojanOutboundSpec {
         server: Destination { addr, port },
         password: password.to_string(),
         email: spec.email,
         level: spec.level,
         tls,
+        transport,
     })
 }
 
-/// A sender's stream settings over raw TCP, with TLS or without; anything else is refused.
+/// A sender's transport: raw TCP, or WebSocket / HTTPUpgrade with Xray's settings messages
+/// (the path normalized and checked as the config loader does); anything else is refused.
 #[allow(deprecated)] // `protocol`, upstream's old field, is still checked: old clients send it.
-fn client_tls(stream: &StreamConfig) -> Result<Option<TlsClientSpec>, InvalidRoute> {
-    if !matches!(stream.protocol_name.as_str(), "" | "tcp" | "raw")
-        || stream.protocol != 0
-        || !stream.transport_settings.is_empty()
-    {
-        return Err(invalid("sender_settings.stream_settings: only raw TCP is supported yet on outbounds"));
+fn client_transport(stream: &StreamConfig) -> Result<TransportSpec, InvalidRoute> {
+    let field = "sender_settings.stream_settings";
+    let wanted = match (stream.protocol_name.as_str(), stream.protocol) {
+        ("" | "tcp" | "raw", 0) => "",
+        ("websocket" | "ws", 0) | ("", 3) => "websocket",
+        ("httpupgrade", 0) => "httpupgrade",
+        _ => {
+            return Err(invalid(format!(
+                "{field}: only raw TCP, WebSocket and HTTPUpgrade are supported yet on outbounds"
+            )))
+        }
+    };
+    let mut found = None;
+    for (i, t) in stream.transport_settings.iter().enumerate() {
+        let Some(settings) = t.settings.as_ref() else { continue };
+        let at = format!("{field}.transport_settings[{i}].settings");
+        let name = type_name(settings, &at)?;
+        let (host, path, header, proxy, ed) = match name {
+            "transport.internet.websocket.Config" if wanted == "websocket" => {
+                let c: shardray_proto::xray::transport::internet::websocket::Config =
+                    exact(&settings.value, "xray.transport.internet.websocket.Config", &at)?;
+                (c.host, c.path, c.header, c.accept_proxy_protocol, c.ed)
+            }
+            "transport.internet.httpupgrade.Config" if wanted == "httpupgrade" => {
+                let c: shardray_proto::xray::transport::internet::httpupgrade::Config =
+                    exact(&settings.value, "xray.transport.internet.httpupgrade.Config", &at)?;
+                (c.host, c.path, c.header, c.accept_proxy_protocol, c.ed)
+            }
+            _ if settings.value.is_empty() => continue,
+            other => return Err(invalid(format!("{at}: {other:?} is not supported yet on outbounds"))),
+        };
+        if proxy {
+            return Err(invalid(format!("{at}.accept_proxy_protocol: not supported yet")));
+        }
+        if path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            || host.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            || header
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.eq_ignore_ascii_case("host") || (k.clone() + v).contains(['\r', '\n']))
+        {
+            return Err(invalid(format!("{at}: a path, host or header that is not valid HTTP")));
+        }
+        let path = if path.starts_with('/') { path } else { format!("/{path}") };
+        let mut headers: Vec<(String, String)> = header.into_iter().collect();
+        headers.sort();
+        found = Some(HttpTransportSpec { path, host, headers, early_data: ed });
     }
+    Ok(match wanted {
+        "" => TransportSpec::Raw,
+        "websocket" => TransportSpec::Ws(Box::new(
+            found.unwrap_or_else(|| HttpTransportSpec { path: "/".into(), ..Default::default() }),
+        )),
+        _ => TransportSpec::HttpUpgrade(Box::new(
+            found.unwrap_or_else(|| HttpTransportSpec { path: "/".into(), ..Default::default() }),
+        )),
+    })
+}
+
+/// A sender's stream settings, with TLS or without (the transport is `client_transport`'s).
+fn client_tls(stream: &StreamConfig) -> Result<Option<TlsClientSpec>, InvalidRoute> {
     if stream.socket_settings.as_ref().is_some_and(|s| *s != Default::default()) {
         return Err(invalid("sender_settings.stream_settings.socket_settings: sockopt is not supported yet"));
     }

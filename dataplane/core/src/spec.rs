@@ -268,6 +268,53 @@ pub struct InboundSpec {
     pub sockopt: SocketOptions,
     /// `tcpSettings.header` of type `http`: the HTTP camouflage each connection opens with.
     pub http_header: Option<HttpHeaderSpec>,
+    /// `network`: raw TCP, WebSocket or HTTPUpgrade under the protocol.
+    pub transport: TransportSpec,
+}
+
+/// `streamSettings.network` and its settings: what carries the protocol's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TransportSpec {
+    /// `tcp` / `raw` (the default).
+    #[default]
+    Raw,
+    /// `ws` with `wsSettings` (boxed: specs travel in every outbound and change).
+    Ws(Box<HttpTransportSpec>),
+    /// `httpupgrade` with `httpupgradeSettings`.
+    HttpUpgrade(Box<HttpTransportSpec>),
+}
+
+impl TransportSpec {
+    /// The name `network` gives it (`raw` for plain TCP).
+    pub fn name(&self) -> &'static str {
+        match self {
+            TransportSpec::Raw => "raw",
+            TransportSpec::Ws(_) => "ws",
+            TransportSpec::HttpUpgrade(_) => "httpupgrade",
+        }
+    }
+
+    /// The HTTP transport's settings, if it is one.
+    pub fn http(&self) -> Option<&HttpTransportSpec> {
+        match self {
+            TransportSpec::Raw => None,
+            TransportSpec::Ws(h) | TransportSpec::HttpUpgrade(h) => Some(h),
+        }
+    }
+}
+
+/// `wsSettings` / `httpupgradeSettings`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpTransportSpec {
+    /// `path`, normalized as Xray does (a leading `/`, `/` when empty), its `ed` parameter
+    /// taken out.
+    pub path: String,
+    /// `host`: what a server requires in `Host` (any when empty); what a client sends.
+    pub host: String,
+    /// `headers`: what a client sends besides (in name order).
+    pub headers: Vec<(String, String)>,
+    /// The path's `?ed=N`: early data accepted (server) or sent (client) up to N bytes.
+    pub early_data: u32,
 }
 
 /// `tcpSettings.header` with `"type": "http"`: the request a connection must open with and
@@ -310,6 +357,10 @@ pub struct SocketOptions {
     /// connection must open with a PROXY protocol header (v1 or v2), whose client stands for
     /// the socket's peer.
     pub accept_proxy_protocol: bool,
+    /// `trustedXForwardedFor`: header names (a CDN's own, say) whose presence in a WebSocket
+    /// or HTTPUpgrade request makes its `X-Forwarded-For` the client's address, as in Xray.
+    /// Empty (the default): the address is always the TCP peer's.
+    pub trusted_x_forwarded_for: Vec<String>,
 }
 
 impl InboundSpec {
@@ -354,6 +405,7 @@ impl InboundSpec {
             config_index: self.config_index,
             sockopt: self.sockopt.clone(),
             http_header: self.http_header.clone(),
+            transport: self.transport.clone(),
         }
     }
 }
@@ -727,6 +779,8 @@ pub struct VmessOutboundSpec {
     pub level: u32,
     /// `streamSettings` with `security: "tls"`; `None` sends VMess over plain TCP.
     pub tls: Option<TlsClientSpec>,
+    /// `streamSettings.network`: raw TCP, WebSocket or HTTPUpgrade.
+    pub transport: TransportSpec,
 }
 
 /// `settings` and `streamSettings` of a Trojan outbound.
@@ -742,6 +796,8 @@ pub struct TrojanOutboundSpec {
     pub level: u32,
     /// `streamSettings` with `security: "tls"`; `None` sends Trojan over plain TCP.
     pub tls: Option<TlsClientSpec>,
+    /// `streamSettings.network`: raw TCP, WebSocket or HTTPUpgrade.
+    pub transport: TransportSpec,
 }
 
 /// TLS client settings (an outbound's `streamSettings.tlsSettings`).

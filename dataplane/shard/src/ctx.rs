@@ -15,7 +15,7 @@ use shardray_core::routes::{RouteSpecs, RouteTap};
 use shardray_core::slots::UserOp;
 use shardray_core::spec::{
     BalancerStrategy, Config, DokodemoSpec, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec, LevelPolicy,
-    OutboundProtocol,
+    OutboundProtocol, TransportSpec,
 };
 use shardray_core::stats::{LinkSample, RefusalCounts, SlotCounters, StatsSnapshot, Traffic};
 
@@ -59,6 +59,10 @@ pub(crate) struct InboundRt {
     pub(crate) http_header: Option<HttpHeaderSpec>,
     /// Its connections open with a PROXY protocol header naming the real client.
     pub(crate) accept_proxy_protocol: bool,
+    /// Raw TCP, WebSocket or HTTPUpgrade under the protocol.
+    pub(crate) transport: TransportSpec,
+    /// `sockopt.trustedXForwardedFor`: the headers that make `X-Forwarded-For` believed.
+    pub(crate) trusted_forwarded: Vec<String>,
     pub(crate) kind: InboundKind,
 }
 
@@ -92,6 +96,14 @@ impl InboundKind {
             InboundKind::Vmess { users, .. } => Some(&**users),
             InboundKind::Shadowsocks(ss) => Some(&ss.users),
             InboundKind::Dokodemo(_) => None,
+        }
+    }
+
+    /// The inbound's fallbacks (none for a protocol without them).
+    pub(crate) fn fallbacks(&self) -> &[FallbackSpec] {
+        match self {
+            InboundKind::Vless { fallbacks, .. } | InboundKind::Trojan { fallbacks, .. } => fallbacks,
+            InboundKind::Vmess { .. } | InboundKind::Shadowsocks(_) | InboundKind::Dokodemo(_) => &[],
         }
     }
 }
@@ -343,6 +355,8 @@ impl ShardCtx {
             tls,
             http_header: inbound.http_header.clone(),
             accept_proxy_protocol: inbound.sockopt.accept_proxy_protocol,
+            transport: inbound.transport.clone(),
+            trusted_forwarded: inbound.sockopt.trusted_x_forwarded_for.clone(),
             kind,
         })
     }

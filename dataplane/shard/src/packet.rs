@@ -685,7 +685,7 @@ where
         },
         OutboundProtocol::Trojan(t) => {
             let Some(trojan) = &outbound.trojan else { return };
-            match Box::pin(crate::outbound::trojan::dial(&trojan.tls, &t.server)).await {
+            match Box::pin(crate::outbound::trojan::dial(&trojan.tls, &trojan.transport, &t.server)).await {
                 Ok(up) => {
                     upstream = RefCell::new(up);
                     (
@@ -704,7 +704,7 @@ where
         }
         OutboundProtocol::Vless(v) => {
             let Some(vless) = &outbound.vless else { return };
-            match Box::pin(crate::outbound::trojan::dial(&vless.tls, &v.server)).await {
+            match Box::pin(crate::outbound::trojan::dial(&vless.tls, &None, &v.server)).await {
                 Ok(up) => {
                     upstream = RefCell::new(up);
                     let header = vless.header(shardray_wire::vless::Command::Udp, &dest);
@@ -725,7 +725,8 @@ where
         }
         OutboundProtocol::Vmess(_) | OutboundProtocol::Shadowsocks(_) => {
             ctx.refusals.add(Refusal::UnsupportedCommand);
-            let protocol = if matches!(outbound.protocol, OutboundProtocol::Vmess(_)) { "vmess" } else { "shadowsocks" };
+            let protocol =
+                if matches!(outbound.protocol, OutboundProtocol::Vmess(_)) { "vmess" } else { "shadowsocks" };
             ctx.log.error(
                 LogLevel::Info,
                 format_args!("[{tag}] {peer} to udp:{dest}: [{out_tag}] the {protocol} outbound carries no UDP yet"),

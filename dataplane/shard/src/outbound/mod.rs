@@ -173,7 +173,7 @@ pub(crate) async fn forward<C>(
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&trojan.tls, &t.server)).await;
+            let dialed = Box::pin(trojan::dial(&trojan.tls, &trojan.transport, &t.server)).await;
             access(None);
             match dialed {
                 Ok(up) => (up, trojan.header(dest)),
@@ -191,7 +191,7 @@ pub(crate) async fn forward<C>(
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&vless.tls, &v.server)).await;
+            let dialed = Box::pin(trojan::dial(&vless.tls, &None, &v.server)).await;
             access(None);
             match dialed {
                 Ok(up) => (
@@ -212,7 +212,7 @@ pub(crate) async fn forward<C>(
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&vmess.tls, &v.server)).await;
+            let dialed = Box::pin(trojan::dial(&vmess.tls, &vmess.transport, &v.server)).await;
             access(None);
             match dialed.and_then(|up| vmess.start(up, dest)) {
                 Ok(up) => (up, Vec::new()),
@@ -231,7 +231,7 @@ pub(crate) async fn forward<C>(
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&client_keys.tls, &ss.server)).await;
+            let dialed = Box::pin(trojan::dial(&client_keys.tls, &None, &ss.server)).await;
             access(None);
             match dialed {
                 Ok(up) => (client_keys.start(up, dest), Vec::new()),
