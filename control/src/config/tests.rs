@@ -657,18 +657,21 @@ fn bad_ports() {
 fn bad_cidr_and_geoip() {
     let err = broken(|v| set(v, "/routing/rules/0", "ip", json!(["10.0.0.0/8", "10.0.0.0/33"])));
     assert_eq!(err.path, "routing.rules[0].ip[1]");
-    let err = broken(|v| set(v, "/routing/rules/0", "source", json!(["geoip:cn"])));
+    // A list that no geoip.dat here holds (or no geoip.dat at all): named with its file.
+    let err = broken(|v| set(v, "/routing/rules/0", "source", json!(["geoip:no-such-country"])));
     assert_eq!(err.path, "routing.rules[0].source[0]");
-    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+    assert_eq!(err.kind, ConfigErrorKind::Invalid);
+    assert!(err.to_string().contains("geoip.dat"), "{err}");
 }
 
 #[test]
 fn bad_regexp_and_geosite() {
     let err = broken(|v| set(v, "/routing/rules/0", "domain", json!(["regexp:a(b"])));
     assert_eq!(err.path, "routing.rules[0].domain[0]");
-    let err = broken(|v| set(v, "/routing/rules/0", "domains", json!(["full:a.com", "geosite:cn"])));
+    let err = broken(|v| set(v, "/routing/rules/0", "domains", json!(["full:a.com", "geosite:no-such-list"])));
     assert_eq!(err.path, "routing.rules[0].domains[1]");
-    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+    assert_eq!(err.kind, ConfigErrorKind::Invalid);
+    assert!(err.to_string().contains("geosite.dat"), "{err}");
 }
 
 #[test]
@@ -857,14 +860,19 @@ fn websocket_and_httpupgrade_settings() {
     let cfg = load(&v).unwrap();
     assert!(cfg.ignored_keys.iter().any(|k| k.contains("wsSettings.pathh")), "{:?}", cfg.ignored_keys);
 
+    // The transport's own acceptProxyProtocol is served, as Xray reads it.
+    let mut v = base();
+    set(
+        &mut v,
+        "/inbounds/0",
+        "streamSettings",
+        json!({ "network": "ws", "wsSettings": { "acceptProxyProtocol": true } }),
+    );
+    assert!(load(&v).unwrap().inbounds[0].sockopt.accept_proxy_protocol);
     for (stream, path) in [
         (
             json!({ "network": "httpupgrade", "httpupgradeSettings": { "headers": { "host": "x" } } }),
             "inbounds[0].streamSettings.httpupgradeSettings.headers.host",
-        ),
-        (
-            json!({ "network": "ws", "wsSettings": { "acceptProxyProtocol": true } }),
-            "inbounds[0].streamSettings.wsSettings.acceptProxyProtocol",
         ),
         (json!({ "network": "ws", "wsSettings": { "path": "/a b" } }), "inbounds[0].streamSettings.wsSettings.path"),
         (

@@ -1058,12 +1058,12 @@ mod tests {
         );
         let geosite = geodata::DomainRule {
             value: Some(geodata::domain_rule::Value::Geosite(geodata::GeoSiteRule {
-                code: "cn".into(),
+                code: "no-such-list".into(),
                 ..Default::default()
             })),
         };
-        assert!(rule(router::RoutingRule { target_tag: target.clone(), domain: vec![geosite], ..Default::default() })
-            .starts_with("rule[0].domain[0]: geosite:cn"));
+        let err = rule(router::RoutingRule { target_tag: target.clone(), domain: vec![geosite], ..Default::default() });
+        assert!(err.starts_with("rule[0].domain[0]: geosite.dat "), "{err}");
         assert!(rule(router::RoutingRule { target_tag: target, protocol: vec!["http".into()], ..Default::default() })
             .starts_with("rule[0].protocol"));
         let wrong = routing_specs(&typed("xray.app.proxyman.SenderConfig", &SenderConfig::default())).unwrap_err();
