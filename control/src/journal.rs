@@ -138,6 +138,10 @@ fn user_json(u: &UserSpec) -> Value {
         Account::Http(a) => json!({
             "http": { "user": &*a.username, "pass": &*a.password }, "email": u.email, "level": u.level
         }),
+        Account::Shadowsocks { method, password } => json!({
+            "ss_method": method.name(), "ss_password": &**password, "email": u.email, "level": u.level
+        }),
+        Account::Shadowsocks2022 { key } => json!({ "ss2022_key": &**key, "email": u.email, "level": u.level }),
     }
 }
 
@@ -221,9 +225,19 @@ fn decode(v: &Value) -> Result<Change, String> {
                         password: field("pass")?.into(),
                     })
                 };
+                let text = |key: &str| u.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
                 let account = match (u.get("password"), u.get("vmess")) {
                     _ if u.get("socks").is_some() => Account::Socks(proxy(&u["socks"])?),
                     _ if u.get("http").is_some() => Account::Http(proxy(&u["http"])?),
+                    _ if text("ss2022_key").is_some() => {
+                        Account::Shadowsocks2022 { key: text("ss2022_key").expect("checked").into() }
+                    }
+                    _ if text("ss_method").is_some() => Account::Shadowsocks {
+                        method: text("ss_method")
+                            .and_then(|m| shardray_wire::shadowsocks::Method::parse(m).ok())
+                            .ok_or("users[].ss_method: bad")?,
+                        password: text("ss_password").ok_or("users[].ss_password: bad")?.into(),
+                    },
                     (Some(p), _) => {
                         Account::Trojan(p.as_str().filter(|p| !p.is_empty()).ok_or("users[].password: bad")?.into())
                     }

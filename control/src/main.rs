@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use shardray_control::config;
 use shardray_control::run::{run, RunOptions};
-use shardray_core::spec::{Account, Config};
+use shardray_core::spec::{Account, Config, InboundProtocol};
 
 /// A proxy core for Linux servers with many users, compatible with V2Ray/Xray configs and API.
 #[derive(Parser)]
@@ -152,9 +152,11 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// `vless://`, `trojan://`, `vmess://`, `socks://` and `http(s)://` links for every user, in the
-/// common share-link forms (as v2rayN and sing-box import them; VMess as v2rayN's base64 JSON,
-/// SOCKS as v2rayN's base64 user info).
+/// `vless://`, `trojan://`, `vmess://`, `ss://`, `socks://` and `http(s)://` links for every
+/// user, in the common share-link forms (as v2rayN and sing-box import them; VMess as v2rayN's
+/// base64 JSON; SOCKS as v2rayN's base64 user info; Shadowsocks as SIP002: base64url of
+/// `method:password` for AEAD, the percent-encoded `method:password` for 2022,
+/// `serverPSK:userPSK` on a multi-user server).
 fn links(config: &Config, host: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     for inbound in &config.inbounds {
@@ -174,14 +176,25 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
             None => "none".to_owned(),
         };
         let port = inbound.listen.port();
+        // `type=ws&path=..&host=..` as v2rayN and Xray's share links write the transport.
+        let transport = match inbound.transport.http() {
+            None => "tcp".to_owned(),
+            Some(h) => {
+                let mut t = format!("{}&path={}", inbound.transport.name(), percent(&link_path(h)));
+                if !h.host.is_empty() {
+                    t.push_str(&format!("&host={}", percent(&h.host)));
+                }
+                t
+            }
+        };
         for user in clients {
             let name = percent(if user.email.is_empty() { inbound.tag.as_str() } else { user.email.as_str() });
             out.push(match &user.account {
                 Account::Vless(id) => {
-                    format!("vless://{id}@{host}:{port}?encryption=none&security={security}&type=tcp#{name}")
+                    format!("vless://{id}@{host}:{port}?encryption=none&security={security}&type={transport}#{name}")
                 }
                 Account::Trojan(password) => {
-                    format!("trojan://{}@{host}:{port}?security={security}&type=tcp#{name}", percent(password))
+                    format!("trojan://{}@{host}:{port}?security={security}&type={transport}#{name}", percent(password))
                 }
                 Account::Vmess { id, security } => vmess_link(inbound, user, *id, *security, &host),
                 // v2rayN's form: the standard base64 of `user:pass` as the user info. The form
@@ -197,14 +210,40 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
                     let scheme = if inbound.tls.is_some() { "https" } else { "http" };
                     format!("{scheme}://{}:{}@{host}:{port}#{name}", percent(&a.username), percent(&a.password))
                 }
+                Account::Shadowsocks { method, password } => {
+                    use base64::Engine;
+                    let userinfo =
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{method}:{password}"));
+                    format!("ss://{userinfo}@{}:{port}#{name}", link_host(&host))
+                }
+                Account::Shadowsocks2022 { key } => {
+                    let InboundProtocol::Shadowsocks(ss) = &inbound.protocol else { continue };
+                    let method = ss.method_2022.map_or("", |m| m.name());
+                    // A multi-user server's clients present both PSKs, server's first.
+                    let password = match &ss.server_psk {
+                        Some(server) => format!("{server}:{key}"),
+                        None => key.to_string(),
+                    };
+                    format!("ss://{}:{}@{}:{port}#{name}", percent(method), percent(&password), link_host(&host))
+                }
             });
         }
     }
     out
 }
 
+/// A transport's path as share links carry it: with `?ed=` when it takes early data.
+fn link_path(h: &shardray_core::spec::HttpTransportSpec) -> String {
+    match h.early_data {
+        0 => h.path.clone(),
+        n if h.path.contains('?') => format!("{}&ed={n}", h.path),
+        n => format!("{}?ed={n}", h.path),
+    }
+}
+
 /// A VMess link as v2rayN writes it: `vmess://` and the standard base64 of a JSON object whose
-/// values are all strings (format version 2), alterId 0, raw TCP, TLS if the inbound has it.
+/// values are all strings (format version 2), alterId 0, its transport (`net`, `host`,
+/// `path`), TLS if the inbound has it.
 fn vmess_link(
     inbound: &shardray_core::spec::InboundSpec,
     user: &shardray_core::spec::UserSpec,
@@ -218,12 +257,25 @@ fn vmess_link(
         Some(tls) => ("tls", tls.server_name.as_str()),
         None => ("", ""),
     };
+    let (net, http_host, path) = match inbound.transport.http() {
+        None => ("tcp", String::new(), String::new()),
+        Some(h) => (inbound.transport.name(), h.host.clone(), link_path(h)),
+    };
     let json = serde_json::json!({
         "v": "2", "ps": name, "add": host, "port": inbound.listen.port().to_string(), "id": id.to_string(),
-        "aid": "0", "scy": security.name(), "net": "tcp", "type": "none", "host": "", "path": "",
+        "aid": "0", "scy": security.name(), "net": net, "type": "none", "host": http_host, "path": path,
         "tls": tls, "sni": sni,
     });
     format!("vmess://{}", base64::engine::general_purpose::STANDARD.encode(json.to_string()))
+}
+
+/// A host as a URL writes it: an IPv6 address in brackets.
+fn link_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
 }
 
 /// Percent-encodes everything but unreserved characters.

@@ -13,7 +13,7 @@ use shardray_core::slots::{UserKey, UserOp, NO_SLOT};
 use shardray_core::spec::{Account, Config, InboundSpec, UserSpec};
 
 use crate::journal::Journal;
-use crate::server::{bind_reuseport, BroadcastError, ShardLinks};
+use crate::server::{bind_inbound, BroadcastError, ShardLinks};
 use crate::slots::{InboundUserTable, SlotBook, SlotView, Slots, UserRef};
 
 /// How long a change may take to be applied by every shard before the call fails.
@@ -40,7 +40,7 @@ pub struct InboundUsers {
 impl InboundUsers {
     /// The entry for an inbound, with no users yet.
     fn new(spec: &InboundSpec, from_config: bool) -> InboundUsers {
-        let (protocol, has_users) = (spec.protocol.name(), spec.protocol.clients().is_some());
+        let (protocol, has_users) = (spec.protocol.account_protocol(), spec.protocol.clients().is_some());
         InboundUsers {
             spec: Arc::new(spec.clone_without_users()),
             from_config,
@@ -176,7 +176,7 @@ impl Registry {
         // port fails the call with nothing changed. A port of 0 is recorded as the one bound.
         let mut listeners = Vec::new();
         if let Change::AddInbound { spec } = &mut change {
-            let (sockets, bound) = bind_reuseport(spec.listen, self.shards.count(), &spec.sockopt)
+            let (sockets, bound) = bind_inbound(spec, self.shards.count())
                 .map_err(|e| ChangeError::Listen(format!("cannot listen on {}: {e}", spec.listen)))?;
             Arc::make_mut(spec).listen = bound;
             listeners = sockets;
@@ -530,6 +530,7 @@ fn account_label(account: &Account) -> String {
         Account::Trojan(_) => "with this password".to_owned(),
         Account::Vmess { id, .. } => id.to_string(),
         Account::Socks(a) | Account::Http(a) => format!("with user {:?}", a.username),
+        Account::Shadowsocks { .. } | Account::Shadowsocks2022 { .. } => "with this password".to_owned(),
     }
 }
 

@@ -215,6 +215,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         let registry = runtime.block_on(state.registry.lock());
         let values = api::stats::reported(&state, &registry, &finals);
         CounterBook::save(&counters_path(dir), values).context("saving counters")?;
+        state.counters.lock().unwrap_or_else(|e| e.into_inner()).deltas.save().context("saving delta readers")?;
     }
     Ok(())
 }

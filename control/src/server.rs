@@ -12,10 +12,10 @@ use shardray_core::change::Change;
 use shardray_core::log::LogSink;
 use shardray_core::routes::{RouteRecord, RouteTap};
 use shardray_core::slots::UserOp;
-use shardray_core::spec::{Config, LogLevel, SocketOptions};
+use shardray_core::spec::{Config, InboundSpec, LogLevel, SocketOptions};
 use shardray_core::stats::StatsSnapshot;
 use shardray_shard::mailbox::{mailbox, ShardMailbox};
-use shardray_shard::{spawn_shard, ShardCommand, ShardHandle, ShardPlan};
+use shardray_shard::{spawn_shard, InboundSockets, ShardCommand, ShardHandle, ShardPlan};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::logger;
@@ -49,7 +49,7 @@ impl ShardLinks {
         epoch: u64,
         change: Arc<Change>,
         ops: Arc<[UserOp]>,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<InboundSockets>,
         within: Duration,
     ) -> Result<(), BroadcastError> {
         let (ack_tx, ack_rx) = async_channel::bounded(self.commands.len());
@@ -187,10 +187,10 @@ impl Server {
         let shards = shards.max(1);
         let (log, logger) = logger::start(&config.log).context("log")?;
 
-        let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut listeners: Vec<Vec<InboundSockets>> = (0..shards).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for inbound in &config.inbounds {
-            let (sockets, addr) = bind_at_start(inbound.listen, shards, &inbound.sockopt)
+            let (sockets, addr) = bind_at_start(inbound, shards)
                 .with_context(|| format!("{}: cannot listen on {}", inbound.label(), inbound.listen))?;
             for (shard, socket) in sockets.into_iter().enumerate() {
                 listeners[shard].push(socket);
@@ -305,14 +305,10 @@ const BIND_RETRY: Duration = Duration::from_secs(2);
 /// before (a restart after `kill -9`) may still hold its listeners, since the kernel releases
 /// sockets an io_uring instance holds only after the process is gone. Anything still holding
 /// the address after `BIND_RETRY` fails the start.
-fn bind_at_start(
-    addr: SocketAddr,
-    count: usize,
-    opts: &SocketOptions,
-) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+fn bind_at_start(inbound: &InboundSpec, count: usize) -> std::io::Result<(Vec<InboundSockets>, SocketAddr)> {
     let deadline = std::time::Instant::now() + BIND_RETRY;
     loop {
-        match bind_reuseport(addr, count, opts) {
+        match bind_inbound(inbound, count) {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -387,6 +383,68 @@ fn set_tcp_int(socket: &Socket, option: libc::c_int, value: u32) -> std::io::Res
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Binds an inbound's sockets for `count` shards on its `listen` address: TCP listeners, UDP
+/// sockets, or both on one port (see `InboundSpec::networks`), each with SO_REUSEPORT. A port
+/// of 0 is chosen first and reused by all.
+pub fn bind_inbound(inbound: &InboundSpec, count: usize) -> std::io::Result<(Vec<InboundSockets>, SocketAddr)> {
+    let networks = inbound.networks();
+    let mut addr = inbound.listen;
+    let mut sockets: Vec<InboundSockets> = (0..count).map(|_| InboundSockets::default()).collect();
+    if networks.tcp {
+        let (tcp, bound) = bind_reuseport(addr, count, &inbound.sockopt)?;
+        addr = bound;
+        for (s, l) in sockets.iter_mut().zip(tcp) {
+            s.tcp = Some(l);
+        }
+    }
+    if networks.udp {
+        let (udp, bound) = bind_udp_reuseport(addr, count, &inbound.sockopt)?;
+        addr = bound;
+        for (s, u) in sockets.iter_mut().zip(udp) {
+            s.udp = Some(u);
+        }
+    }
+    Ok((sockets, addr))
+}
+
+/// Binds `count` UDP sockets to one address with SO_REUSEPORT (the kernel hashes each client's
+/// datagrams to one of them, so a client's flow stays on one shard); a port of 0 is chosen
+/// first and reused by all. Of `opts`, the options that mean something for UDP are set.
+pub fn bind_udp_reuseport(
+    addr: SocketAddr,
+    count: usize,
+    opts: &SocketOptions,
+) -> std::io::Result<(Vec<std::net::UdpSocket>, SocketAddr)> {
+    // As for TCP: a plain bind first proves the address free of another group.
+    let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if opts.v6_only {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into())?;
+    let mut addr = probe.local_addr()?.as_socket().unwrap_or(addr);
+    drop(probe);
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_port(true)?;
+        if let Some(interface) = &opts.interface {
+            socket.bind_device(Some(interface.as_bytes()))?;
+        }
+        if opts.v6_only {
+            socket.set_only_v6(true)?;
+        }
+        if opts.mark != 0 {
+            socket.set_mark(opts.mark)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        let socket: std::net::UdpSocket = socket.into();
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok((sockets, addr))
 }
 
 /// Binds `count` listening sockets to one address with SO_REUSEPORT, each with `opts`; a

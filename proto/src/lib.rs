@@ -23,6 +23,13 @@ pub mod shardray {
                 tonic::include_proto!("shardray.app.proxyman.command");
             }
         }
+        /// `shardray.app.stats`
+        pub mod stats {
+            /// `shardray.app.stats.command`: delta counters for several readers.
+            pub mod command {
+                tonic::include_proto!("shardray.app.stats.command");
+            }
+        }
     }
     /// `shardray.compat.v2ray`: v2fly's forms of messages numbered differently from Xray's.
     pub mod compat {
@@ -103,6 +110,14 @@ pub mod xray {
             pub mod tls {
                 tonic::include_proto!("xray.transport.internet.tls");
             }
+            /// `xray.transport.internet.websocket`: WebSocket settings.
+            pub mod websocket {
+                tonic::include_proto!("xray.transport.internet.websocket");
+            }
+            /// `xray.transport.internet.httpupgrade`: HTTPUpgrade settings.
+            pub mod httpupgrade {
+                tonic::include_proto!("xray.transport.internet.httpupgrade");
+            }
         }
     }
 
@@ -114,6 +129,10 @@ pub mod xray {
             /// `xray.proxy.vless.inbound`: Config, Fallback.
             pub mod inbound {
                 tonic::include_proto!("xray.proxy.vless.inbound");
+            }
+            /// `xray.proxy.vless.outbound`: Config (one server endpoint).
+            pub mod outbound {
+                tonic::include_proto!("xray.proxy.vless.outbound");
             }
         }
         /// `xray.proxy.vmess`: Account.
@@ -233,6 +252,8 @@ mod tests {
             "xray.app.router.command",
             "xray.proxy.shadowsocks_2022",
             "xray.transport.internet.tls",
+            "xray.transport.internet.websocket",
+            "xray.transport.internet.httpupgrade",
         ] {
             assert!(set.iter().any(|p| p == pkg), "missing package {pkg}");
         }

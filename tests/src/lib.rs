@@ -4,11 +4,14 @@
 //! Everything is bounded: servers stop when dropped, reads time out, processes are killed.
 
 pub mod api;
+pub mod echo;
 pub mod metrics;
 pub mod peers;
 pub mod proxy;
 pub mod servers;
+pub mod shadowsocks;
 pub mod trojan;
+pub mod udp;
 pub mod v2ray;
 pub mod vless;
 pub mod vmess;
@@ -264,6 +267,17 @@ pub fn vmess_config(clients: Value, inbound_extra: Value) -> Value {
     inbound["tag"] = "vmess-in".into();
     inbound["protocol"] = "vmess".into();
     inbound["settings"].as_object_mut().unwrap().remove("decryption");
+    config
+}
+
+/// A server config with one Shadowsocks inbound `ss-in` whose `settings` are `settings` as
+/// written (method, password, clients, network), otherwise as `vless_config`.
+pub fn shadowsocks_config(settings: Value, inbound_extra: Value) -> Value {
+    let mut config = vless_config(serde_json::json!([]), inbound_extra);
+    let inbound = &mut config["inbounds"][0];
+    inbound["tag"] = "ss-in".into();
+    inbound["protocol"] = "shadowsocks".into();
+    inbound["settings"] = settings;
     config
 }
 

@@ -66,6 +66,19 @@ pub fn vmess_outbound(server: SocketAddr, uuid: &str, security: &str, extra: Val
     out
 }
 
+/// A sing-box Shadowsocks outbound to `server` with `method` and `password` (for a 2022
+/// multi-user server, `serverPSK:userPSK`).
+pub fn shadowsocks_outbound(server: SocketAddr, method: &str, password: &str) -> Value {
+    json!({
+        "type": "shadowsocks",
+        "tag": "ss-out",
+        "server": server.ip().to_string(),
+        "server_port": server.port(),
+        "method": method,
+        "password": password,
+    })
+}
+
 /// The `tls` object of a sing-box outbound that skips verification and sends `server_name`.
 pub fn insecure_tls(server_name: &str) -> Value {
     json!({ "enabled": true, "insecure": true, "server_name": server_name })

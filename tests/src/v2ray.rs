@@ -22,13 +22,19 @@ impl V2Ray {
     /// Starts V2Ray with a socks inbound on a free port and `outbound` (V2Ray's JSON) as its
     /// only outbound; panics with V2Ray's log if the socks port does not accept within 10 s.
     pub fn start(outbound: Value) -> V2Ray {
+        V2Ray::start_routed(json!([outbound]), json!({}))
+    }
+
+    /// Like `start`, with several `outbounds` (the first the default) and a `routing` object.
+    pub fn start_routed(outbounds: Value, routing: Value) -> V2Ray {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let config = json!({
             "log": { "loglevel": "warning" },
             "inbounds": [{ "listen": "127.0.0.1", "port": port, "protocol": "socks",
                            "settings": { "auth": "noauth", "udp": false } }],
-            "outbounds": [outbound],
+            "outbounds": outbounds,
+            "routing": routing,
         });
         let config_path = dir.path().join("v2ray.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();

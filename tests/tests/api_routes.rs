@@ -180,14 +180,14 @@ fn outbound_errors_have_precise_codes() {
         ..Default::default()
     };
     assert_eq!(add_outbound(&api, wrong_type).unwrap_err().code(), Code::InvalidArgument);
-    let vless = OutboundHandlerConfig {
+    let unserved = OutboundHandlerConfig {
         tag: "x".into(),
-        proxy_settings: Some(typed("xray.proxy.vless.outbound.Config", &router::Config::default())),
+        proxy_settings: Some(typed("xray.proxy.wireguard.DeviceConfig", &router::Config::default())),
         ..Default::default()
     };
-    let e = add_outbound(&api, vless).unwrap_err();
+    let e = add_outbound(&api, unserved).unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("\"vless\""), "{}", e.message());
+    assert!(e.message().contains("\"wireguard\""), "{}", e.message());
 
     let alter = |tag: &str, op: Option<shardray_proto::xray::common::serial::TypedMessage>| {
         let req = handler::AlterOutboundRequest { tag: tag.into(), operation: op };

@@ -98,7 +98,7 @@ fn oversized_and_malformed_fields_do_not_crash_a_shard() {
         // Addons longer than what follows, and addons with a bad varint.
         [&base[..], &[200, 1, 2, 3]].concat(),
         [&base[..], &[3, 0x0a, 0xff, 0xff, 1, 0, 80, 1, 127, 0, 0, 1]].concat(),
-        // UDP and mux requests are not served.
+        // A UDP or mux (XUDP) request that sends no packet gets nothing back.
         [&base[..], &[0, 2, 0, 53, 1, 127, 0, 0, 1]].concat(),
         [&base[..], &[0, 3]].concat(),
         // A domain that is not UTF-8.

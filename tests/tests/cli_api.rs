@@ -138,13 +138,13 @@ fn adu_refuses_unreadable_files_and_reports_unsupported_protocols_per_client() {
     let broken = write(server.dir.path(), "broken.json", "{ \"inbounds\": [ ");
     api(&["adu", "--server", &addr, broken.to_str().unwrap()]).fails_with(2);
 
-    let ss = write(
+    let socks = write(
         server.dir.path(),
-        "ss.json",
-        r#"{ "inbounds": [{ "tag": "vless-in", "protocol": "shadowsocks",
+        "socks.json",
+        r#"{ "inbounds": [{ "tag": "vless-in", "protocol": "wireguard",
              "settings": { "clients": [{ "password": "p", "email": "s@example.com" }] } }] }"#,
     );
-    let run = api(&["adu", "--server", &addr, ss.to_str().unwrap()]);
+    let run = api(&["adu", "--server", &addr, socks.to_str().unwrap()]);
     run.fails_with(2);
     assert!(run.stderr.contains("not supported yet"), "{}", run.stderr);
     assert_eq!(run.json()["failed"], 1);

@@ -185,19 +185,15 @@ fn a_wrong_password_or_a_truncated_header_reaches_nothing() {
 }
 
 #[test]
-fn udp_associate_is_refused_counted_and_closed() {
+fn udp_associate_reaches_nothing_before_its_first_frame() {
+    // The request's own address is not a destination: frames name theirs (tests/udp.rs).
     let target = RecordingServer::start(b"");
     let server = Shardray::start(&config(json!({})), 2);
     let proxy = server.inbound("trojan-in");
     let mut s = vless::connect(proxy).unwrap();
     let request = trojan::request_with(ALICE_PASSWORD, Command::UdpAssociate, Destination::from(target.addr()));
     s.write_all(&request).unwrap();
-    let started = Instant::now();
-    assert!(vless::closed_within(&mut s, Duration::from_millis(800)), "the UDP request was not closed at once");
-    assert!(started.elapsed() < Duration::from_millis(800));
-    let api = ApiClient::connect(server.api.unwrap());
-    assert!(wait_until(Duration::from_secs(2), || api.get("refused>>>unsupported_command", false).ok() == Some(1)));
-    assert!(server.output().contains("UDP ASSOCIATE is not served yet"), "{}", server.output());
+    assert!(!vless::closed_within(&mut s, Duration::from_millis(500)), "a UDP session was closed");
     assert_eq!(target.next(Duration::from_millis(300)), None);
 }
 

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use prost::Message;
 use shardray_core::change::Change;
-use shardray_core::spec::UserSpec;
+use shardray_core::spec::{Account, InboundProtocol, ShadowsocksInboundSpec, UserSpec};
 use shardray_proto::shardray::app::proxyman::command as ours;
 use shardray_proto::xray::app::proxyman::command as pb;
 use shardray_proto::xray::common::protocol::User;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::{InboundHandlerConfig, OutboundHandlerConfig};
-use shardray_proto::xray::proxy::{trojan, vless, vmess};
+use shardray_proto::xray::proxy::{shadowsocks, shadowsocks_2022, trojan, vless, vmess};
 use tonic::{Request, Response, Status};
 
 use super::ApiState;
@@ -62,6 +62,30 @@ fn decode<M: Message + Default>(op: &TypedMessage) -> Result<M, Status> {
 }
 
 fn users(list: &[User], inbound: &InboundUsers) -> Result<Vec<UserSpec>, Status> {
+    // A 2022 inbound's users hold PSKs of its method, and only a multi-user one takes more.
+    if let InboundProtocol::Shadowsocks(ShadowsocksInboundSpec { method_2022: Some(method), server_psk, .. }) =
+        &inbound.spec.protocol
+    {
+        if server_psk.is_none() {
+            return Err(Status::invalid_argument(format!(
+                "inbound {}: a single-user Shadowsocks 2022 inbound takes no users (give it settings.clients)",
+                inbound.tag
+            )));
+        }
+        let method = *method;
+        return list
+            .iter()
+            .map(|u| {
+                let spec = user_spec(u, inbound.protocol).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                if let Account::Shadowsocks2022 { key } = &spec.account {
+                    shardray_wire::shadowsocks::MasterKey::from_psk(method, key).map_err(|e| {
+                        Status::invalid_argument(format!("{}: user.account.key: {e} (for {method})", u.email))
+                    })?;
+                }
+                Ok(spec)
+            })
+            .collect();
+    }
     list.iter().map(|u| user_spec(u, inbound.protocol).map_err(|e| Status::invalid_argument(e.to_string()))).collect()
 }
 
@@ -81,8 +105,10 @@ impl HandlerApi {
             }
             _ => Vec::new(),
         };
+        let departing = super::stats::departing(&self.state, &registry, &removed);
         // The registry re-checks: another call may have changed it since `change_for`.
         registry.apply(change).await.map_err(change_status)?;
+        super::stats::depart(&self.state, &registry, departing).await;
         drop(registry);
         // A removed user's counters go with it, here as on the shards.
         let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,6 +181,19 @@ impl HandlerApi {
                 let config = vmess::inbound::Config { user: users(), ..Default::default() };
                 Some(typed("xray.proxy.vmess.inbound.Config", &config))
             }
+            "shadowsocks" => {
+                let config = shadowsocks::ServerConfig { users: users(), ..Default::default() };
+                Some(typed("xray.proxy.shadowsocks.ServerConfig", &config))
+            }
+            "shadowsocks_2022" => {
+                let method = match &inbound.spec.protocol {
+                    InboundProtocol::Shadowsocks(s) => s.method_2022.map(|m| m.name().to_owned()).unwrap_or_default(),
+                    _ => String::new(),
+                };
+                // The server's PSK is not handed out.
+                let config = shadowsocks_2022::MultiUserServerConfig { method, users: users(), ..Default::default() };
+                Some(typed("xray.proxy.shadowsocks_2022.MultiUserServerConfig", &config))
+            }
             _ => None,
         };
         InboundHandlerConfig { tag: inbound.tag.clone(), receiver_settings: receiver, proxy_settings: proxy }
@@ -203,7 +242,9 @@ impl HandlerApi {
         let mut registry = self.state.registry.lock().await;
         let emails: Vec<String> =
             registry.inbound(tag).map_err(change_status)?.users.values().map(|u| u.email.clone()).collect();
+        let departing = super::stats::departing(&self.state, &registry, &emails);
         registry.apply(Change::RemoveInbound { tag: tag.to_owned() }).await.map_err(change_status)?;
+        super::stats::depart(&self.state, &registry, departing).await;
         self.publish_inbounds(&registry);
         let gone: Vec<&String> = emails.iter().filter(|e| registry.stat_user(e).is_none()).collect();
         let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());

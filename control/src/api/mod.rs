@@ -1,6 +1,8 @@
 //! The management API: one tonic server on the control thread, each service served under
 //! every name upstream clients use (`xray.app.…`, `v2ray.core.app.…`, `experimental.…`).
 
+pub mod auth;
+pub mod delta;
 pub mod handler;
 pub mod logger;
 pub mod routing;
@@ -112,6 +114,8 @@ impl ApiState {
         let registry = self.registry.lock().await;
         let snaps = self.shards.snapshots(None).await?;
         stats::CounterBook::save(path, stats::reported(self, &registry, &snaps))?;
+        // What resets zeroed since, for the delta readers' lifetime values.
+        self.counters.lock().unwrap_or_else(|e| e.into_inner()).deltas.save()?;
         Ok(())
     }
 }
@@ -171,7 +175,11 @@ where
         // "/xray.app.proxyman.command.HandlerService/AlterInbound": the service's short name, so
         // every alias of a service is matched alike.
         let mut parts = req.uri().path().trim_start_matches('/').split('/');
-        let service = parts.next().and_then(|s| s.rsplit('.').next()).unwrap_or("");
+        let service = match parts.next().and_then(|s| s.rsplit('.').next()).unwrap_or("") {
+            // Our delta counters come and go with StatsService.
+            "DeltaStatsService" => "StatsService",
+            other => other,
+        };
         if let Some(name) = self.disabled.iter().find(|&&name| name == service) {
             let method = parts.next().unwrap_or("");
             self.log.error(LogLevel::Info, format_args!("api: refused {name}.{method}: {name} is not enabled"));
@@ -190,18 +198,22 @@ pub enum ApiListener {
     Unix(tokio::net::UnixListener),
 }
 
-/// Binds the API's address. A non-loopback TCP address is refused: the API has no
-/// authentication of its own yet, so it must not be reachable from outside.
+/// Binds the API's address. A non-loopback TCP address is refused unless the API has tokens,
+/// so that an API without credentials is never reachable from outside.
 pub async fn bind(spec: &ApiSpec) -> anyhow::Result<ApiListener> {
-    bind_listen(&spec.listen, "api").await
+    bind_at(&spec.listen, "api", !spec.tokens.is_empty(), spec.socket_mode).await
 }
 
-/// Binds a loopback TCP address or a Unix socket for `who` (`api`, `metrics`), which prefixes
-/// the errors.
+/// Binds a loopback TCP address or a Unix socket (mode 0600) for `who` (`metrics`), which
+/// prefixes the errors.
 pub async fn bind_listen(listen: &ApiListen, who: &str) -> anyhow::Result<ApiListener> {
+    bind_at(listen, who, false, 0o600).await
+}
+
+async fn bind_at(listen: &ApiListen, who: &str, public: bool, socket_mode: u32) -> anyhow::Result<ApiListener> {
     match listen {
         ApiListen::Tcp(addr) => {
-            if !addr.ip().is_loopback() {
+            if !public && !addr.ip().is_loopback() {
                 bail!("{who}: refusing to listen on {addr}: it listens on loopback or a Unix socket only");
             }
             let listener =
@@ -210,12 +222,24 @@ pub async fn bind_listen(listen: &ApiListen, who: &str) -> anyhow::Result<ApiLis
             Ok(ApiListener::Tcp(listener, bound))
         }
         ApiListen::Unix(path) => {
-            // A stale socket file from an earlier run would make bind fail.
+            // A socket file left by an earlier run would make bind fail; one a live server
+            // still answers on is not ours to take.
             if path.exists() {
-                let _ = std::fs::remove_file(path);
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    bail!("{who}: cannot listen on {}: another process is serving on it", path.display());
+                }
+                let is_socket = std::fs::symlink_metadata(path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+                if !is_socket {
+                    bail!("{who}: cannot listen on {}: it exists and is not a socket", path.display());
+                }
+                std::fs::remove_file(path).with_context(|| format!("{who}: removing stale {}", path.display()))?;
             }
             let listener = tokio::net::UnixListener::bind(path)
                 .with_context(|| format!("{who}: cannot listen on {}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
+                .with_context(|| format!("{who}: setting the mode of {}", path.display()))?;
             Ok(ApiListener::Unix(listener))
         }
     }
@@ -329,6 +353,7 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
     }
     if wants("StatsService") {
         routes.add_service(stats::service(state.clone()));
+        routes.add_service(delta::service(state.clone()));
     }
     if wants("RoutingService") {
         routes.add_service(routing::service(state.clone())?);
@@ -357,9 +382,16 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
     let disabled: Arc<[&'static str]> = SERVICES.iter().copied().filter(|name| !wants(name)).collect();
     let log = state.log.clone();
     let requests = state.requests.clone();
+    let tokens: Arc<[shardray_core::spec::ApiToken]> = spec.tokens.clone().into();
+    let auth_state = state.clone();
     let router = tonic::transport::Server::builder()
         .layer(tower::util::MapRequestLayer::new(canonical_path))
         .layer(tower::layer::layer_fn(move |inner| Counted { inner, requests: requests.clone() }))
+        .layer(tower::layer::layer_fn(move |inner| auth::Authorize {
+            inner,
+            tokens: tokens.clone(),
+            state: auth_state.clone(),
+        }))
         .layer(tower::layer::layer_fn(move |inner| Disabled { inner, disabled: disabled.clone(), log: log.clone() }))
         .add_routes(routes.routes());
     match listener {

@@ -36,6 +36,10 @@ pub fn service(state: Arc<ApiState>) -> pb::stats_service_server::StatsServiceSe
 pub struct CounterBook {
     carried: HashMap<String, u64>,
     baselines: HashMap<String, u64>,
+    /// Where the counters are saved (`DIR/counters.json` with `--state`).
+    path: Option<std::path::PathBuf>,
+    /// The delta readers' cursors, kept beside the counters they are taken from.
+    pub deltas: super::delta::DeltaBook,
 }
 
 impl CounterBook {
@@ -48,7 +52,23 @@ impl CounterBook {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(e),
         };
-        Ok(CounterBook { carried, baselines: HashMap::new() })
+        let deltas = super::delta::DeltaBook::load(path.parent())?;
+        Ok(CounterBook { carried, baselines: HashMap::new(), path: Some(path.to_owned()), deltas })
+    }
+
+    /// Saves every counter's value as reported now, if the counters are kept on disk.
+    pub(super) fn save_with(
+        &self,
+        config: &Arc<Config>,
+        registry: &Registry,
+        snaps: &[StatsSnapshot],
+    ) -> std::io::Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let mut values = Vec::new();
+        visit_counters(config, &registry.slots(), self, snaps, None, |name, value, _, _| {
+            values.push((name.to_owned(), value));
+        });
+        CounterBook::save(path, values)
     }
 
     /// Moves the carried counts of the users in `sets` into their slots.
@@ -175,6 +195,76 @@ pub(crate) fn each_counter(
 ) {
     let book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
     visit_counters(&state.config(), &registry.slots(), &book, snaps, None, |name, value, _, _| f(name, value));
+}
+
+/// Every counter's lifetime value (reported plus zeroed by resets), for a delta cursor.
+pub(super) fn lifetime_values(
+    config: &Arc<Config>,
+    registry: &Registry,
+    book: &CounterBook,
+    snaps: &[StatsSnapshot],
+) -> HashMap<String, u64> {
+    let mut values = HashMap::new();
+    visit_counters(config, &registry.slots(), book, snaps, None, |name, value, _, _| {
+        values.insert(name.to_owned(), value + book.deltas.zeroed_of(name));
+    });
+    values
+}
+
+/// A user about to be removed, as delta readers need it afterwards: its slot, offsets and
+/// which of its counters its level keeps.
+pub(crate) struct Departing {
+    email: String,
+    slot: u32,
+    offset: [i64; 2],
+    on: [bool; 2],
+}
+
+/// The users among `emails` whose last counts delta readers will need (none without readers).
+/// Called with the registry locked, before the change that removes them.
+pub(crate) fn departing(state: &ApiState, registry: &Registry, emails: &[String]) -> Vec<Departing> {
+    if !state.counters.lock().unwrap_or_else(|e| e.into_inner()).deltas.has_readers() {
+        return Vec::new();
+    }
+    let config = state.config();
+    let mut levels = LevelSwitches::new(&config);
+    let slots = registry.slots();
+    emails
+        .iter()
+        .filter_map(|email| registry.stat_user(email))
+        .map(|v| Departing {
+            email: v.email.to_string(),
+            slot: v.slot,
+            offset: slots.offset(v.slot),
+            on: levels.get(v.level),
+        })
+        .collect()
+}
+
+/// Gives delta readers the last counts of the `departing` users the change removed (every
+/// shard has applied it, so their counts are final); those still on another inbound stay.
+pub(crate) async fn depart(state: &ApiState, registry: &Registry, departing: Vec<Departing>) {
+    let gone: Vec<Departing> = departing.into_iter().filter(|d| registry.stat_user(&d.email).is_none()).collect();
+    if gone.is_empty() {
+        return;
+    }
+    let snaps = match state.shards.snapshots(None).await {
+        Ok(snaps) => snaps,
+        Err(e) => {
+            let what = format!("delta counters: removed users' last counts unknown: {e}");
+            state.log.error(shardray_core::spec::LogLevel::Warning, format_args!("{what}"));
+            return;
+        }
+    };
+    let mut book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
+    let mut name = String::new();
+    for d in gone {
+        let total = snaps.iter().map(|s| s.user(d.slot)).fold([0, 0], |a, b| [a[0] + b[0], a[1] + b[1]]);
+        for dir in (0..2).filter(|&dir| d.on[dir]) {
+            write_name(&mut name, "user", &d.email, DIRS[dir]);
+            book.deltas.depart(name.clone(), user_value(total[dir], d.offset[dir]));
+        }
+    }
 }
 
 /// How many users are online, as GetAllOnlineUsers counts them.
@@ -422,13 +512,15 @@ fn visit_counters(
     }
 }
 
-/// Zeroes what the API reports for the counters in `resets` (counter, shard total, name).
+/// Zeroes what the API reports for the counters in `resets` (counter, shard total, value
+/// reported, name), and tells delta readers what was zeroed.
 fn apply_resets<'a>(
     slots: &mut SlotBook,
     book: &mut CounterBook,
-    resets: impl IntoIterator<Item = (Counter, u64, &'a str)>,
+    resets: impl IntoIterator<Item = (Counter, u64, u64, &'a str)>,
 ) {
-    for (counter, total, name) in resets {
+    for (counter, total, value, name) in resets {
+        book.deltas.zeroed(name, value);
         match counter {
             Counter::User { slot, dir } => {
                 let mut offset = slots.offset(slot);
@@ -490,6 +582,10 @@ fn slot_for(registry: &Registry, name: &str) -> u32 {
 impl pb::stats_service_server::StatsService for StatsApi {
     async fn get_stats(&self, req: Request<pb::GetStatsRequest>) -> Result<Response<pb::GetStatsResponse>, Status> {
         let peer = req.remote_addr();
+        // Zeroing what other readers see is an operator's call.
+        if req.get_ref().reset {
+            super::auth::caller(&req).require(shardray_core::spec::ApiRole::Operator, "reset counters")?;
+        }
         let req = req.into_inner();
         // The registry stays locked until the answer is made, so no slot changes hands meanwhile.
         let mut registry = self.state.registry.lock().await;
@@ -510,7 +606,7 @@ impl pb::stats_service_server::StatsService for StatsApi {
         }
         let (value, total, counter) = found?;
         if req.reset {
-            apply_resets(registry.slots_mut(), &mut book, [(counter, total, req.name.as_str())]);
+            apply_resets(registry.slots_mut(), &mut book, [(counter, total, value, req.name.as_str())]);
         }
         let stat = pb::Stat { name: req.name, value: i64::try_from(value).unwrap_or(i64::MAX) };
         Ok(Response::new(pb::GetStatsResponse { stat: Some(stat) }))
@@ -536,6 +632,10 @@ impl pb::stats_service_server::StatsService for StatsApi {
         req: Request<pb::QueryStatsRequest>,
     ) -> Result<Response<pb::QueryStatsResponse>, Status> {
         let peer = req.remote_addr();
+        // Zeroing what other readers see is an operator's call.
+        if req.get_ref().reset {
+            super::auth::caller(&req).require(shardray_core::spec::ApiRole::Operator, "reset counters")?;
+        }
         let req = req.into_inner();
         let filter = NameFilter::new(&req)?;
         let mut registry = self.state.registry.lock().await;
@@ -546,13 +646,13 @@ impl pb::stats_service_server::StatsService for StatsApi {
         visit_counters(&self.state.config(), &registry.slots(), &book, &snaps, None, |name, value, total, c| {
             if filter.matches(name) {
                 if req.reset {
-                    resets.push((c, total, stat.len()));
+                    resets.push((c, total, value, stat.len()));
                 }
                 stat.push(pb::Stat { name: name.to_owned(), value: i64::try_from(value).unwrap_or(i64::MAX) });
             }
         });
         if req.reset {
-            let named = resets.into_iter().map(|(c, total, i)| (c, total, stat[i].name.as_str()));
+            let named = resets.into_iter().map(|(c, total, value, i)| (c, total, value, stat[i].name.as_str()));
             apply_resets(registry.slots_mut(), &mut book, named);
             let what = format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, stat.len());
             self.state.audit.record(peer, "QueryStats", &what, &Ok(()));
@@ -624,6 +724,10 @@ impl pb::stats_service_server::StatsService for StatsApi {
         req: Request<pb::GetUsersStatsRequest>,
     ) -> Result<Response<pb::GetUsersStatsResponse>, Status> {
         let peer = req.remote_addr();
+        // Zeroing what other readers see is an operator's call.
+        if req.get_ref().reset {
+            super::auth::caller(&req).require(shardray_core::spec::ApiRole::Operator, "reset counters")?;
+        }
         let req = req.into_inner();
         let mut registry = self.state.registry.lock().await;
         let snaps = self.snapshots(None).await?;
@@ -642,7 +746,11 @@ impl pb::stats_service_server::StatsService for StatsApi {
                 // A counter the level does not keep does not exist upstream: it reads 0.
                 let value = |d: usize| if on[d] { user_value(total[d], offset[d]) } else { 0 };
                 if req.reset {
-                    resets.extend((0..2).filter(|&d| on[d]).map(|d| (Counter::User { slot, dir: d }, total[d])));
+                    resets.extend((0..2).filter(|&d| on[d]).map(|d| {
+                        let mut name = String::new();
+                        write_name(&mut name, "user", v.email, DIRS[d]);
+                        (Counter::User { slot, dir: d }, total[d], value(d), name)
+                    }));
                 }
                 pb::TrafficUserStat {
                     uplink: i64::try_from(value(0)).unwrap_or(i64::MAX),
@@ -656,7 +764,8 @@ impl pb::stats_service_server::StatsService for StatsApi {
         drop(slots);
         if req.reset && req.include_traffic {
             let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
-            apply_resets(registry.slots_mut(), &mut book, resets.into_iter().map(|(c, t)| (c, t, "")));
+            let named = resets.iter().map(|(c, total, value, name)| (*c, *total, *value, name.as_str()));
+            apply_resets(registry.slots_mut(), &mut book, named);
             let what = format!("reset include_traffic=true users={}", users.len());
             self.state.audit.record(peer, "GetUsersStats", &what, &Ok(()));
         }

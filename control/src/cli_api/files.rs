@@ -87,6 +87,9 @@ pub(super) fn inbounds_with_users(files: &[String]) -> Result<Vec<InboundUsers>,
                     };
                     let user = if ["vless", "trojan", "vmess", "socks", "http"].contains(&protocol.as_str()) {
                         client_user(c, Some(&protocol)).map_err(|e| format!("inbounds[{i}].settings.{list}[{j}].{e}"))
+                    } else if protocol == "shadowsocks" {
+                        let method = inbound.pointer("/settings/method").and_then(Value::as_str);
+                        shadowsocks_user(c, method).map_err(|e| format!("inbounds[{i}].settings.clients[{j}].{e}"))
                     } else {
                         Err(format!("protocol {protocol:?}: adding its users is not supported yet"))
                     };
@@ -176,6 +179,46 @@ fn proxy_user(client: &Value, protocol: &str, text: impl Fn(&str) -> Result<Stri
     Ok(User { level, email, account: Some(typed(&kind, &socks::Account { username, password })) })
 }
 
+/// A Shadowsocks client of a config as the API's user: a `xray.proxy.shadowsocks_2022.Account`
+/// (its `password` the user's PSK) on an inbound whose `method` is a 2022 one, else a
+/// `xray.proxy.shadowsocks.Account` with the client's method (or the inbound's) as Xray's
+/// cipher number. Stream ciphers and `none` are refused here, naming the field.
+fn shadowsocks_user(client: &Value, inbound_method: Option<&str>) -> Result<User, String> {
+    let text = |key: &str| client.get(key).and_then(Value::as_str).unwrap_or("").trim().to_owned();
+    let password = text("password");
+    if password.is_empty() {
+        return Err("password: missing".to_owned());
+    }
+    let email = text("email");
+    if email.is_empty() {
+        return Err("email: missing (a managed user needs one)".to_owned());
+    }
+    let level = client.get("level").and_then(Value::as_u64).unwrap_or(0) as u32;
+    let parse = |name: &str, field: &str| {
+        shardray_wire::shadowsocks::Method::parse(name).map_err(|e| format!("{field}: {name:?}: {e}"))
+    };
+    let server = inbound_method.filter(|m| !m.is_empty()).map(|m| parse(m, "method")).transpose()?;
+    let account = match server {
+        Some(m) if m.is_2022() => typed(
+            "xray.proxy.shadowsocks_2022.Account",
+            &shardray_proto::xray::proxy::shadowsocks_2022::Account { key: password },
+        ),
+        _ => {
+            let method = match text("method").as_str() {
+                "" => server.ok_or("method: missing (and the inbound names none)")?,
+                m => parse(m, "method")?,
+            };
+            let account = shardray_proto::xray::proxy::shadowsocks::Account {
+                password,
+                cipher_type: crate::convert::shadowsocks_cipher_type(method),
+                iv_check: false,
+            };
+            typed("xray.proxy.shadowsocks.Account", &account)
+        }
+    };
+    Ok(User { level, email, account: Some(account) })
+}
+
 /// `addusers` / `replaceusers`: the users in `file` for the inbound tagged `tag`. The file is
 /// an array of clients, `{"clients": [...]}`, one inbound (`{"protocol", "settings"}`), or a
 /// config whose inbound tagged `tag` has them.
@@ -206,9 +249,23 @@ pub(super) fn users_for_tag(file: &str, tag: &str) -> Result<Vec<User>, Failure>
              config with an inbound tagged by --tag"
             .into()));
     };
-    let served = |p: &&str| ["vless", "trojan", "vmess"].iter().any(|s| p.eq_ignore_ascii_case(s));
+    let served = |p: &&str| ["vless", "trojan", "vmess", "shadowsocks"].iter().any(|s| p.eq_ignore_ascii_case(s));
     if let Some(p) = protocol.filter(|p| !served(p)) {
-        return Err(bad(format!("protocol {p:?}: only VLESS, Trojan and VMess users can be sent so far")));
+        return Err(bad(format!("protocol {p:?}: only VLESS, Trojan, VMess and Shadowsocks users can be sent so far")));
+    }
+    if protocol.is_some_and(|p| p.eq_ignore_ascii_case("shadowsocks")) {
+        let method = doc
+            .get("inbounds")
+            .and_then(Value::as_array)
+            .and_then(|l| l.iter().find(|ib| ib.get("tag").and_then(Value::as_str) == Some(tag)))
+            .unwrap_or(&doc)
+            .pointer("/settings/method")
+            .and_then(Value::as_str);
+        return clients
+            .iter()
+            .enumerate()
+            .map(|(j, c)| shadowsocks_user(c, method).map_err(|e| bad(format!("{path}[{j}].{e}"))))
+            .collect();
     }
     clients
         .iter()
@@ -296,7 +353,7 @@ mod tests {
                 { "tag": "tr", "protocol": "trojan", "settings": { "clients": [
                     { "password": "p", "email": "t@x" }, { "email": "nopass@x" }
                 ]}},
-                { "tag": "ss", "protocol": "shadowsocks", "settings": { "clients": [
+                { "tag": "ss", "protocol": "wireguard", "settings": { "clients": [
                     { "password": "p", "email": "s@x" }
                 ]}}
               ]
@@ -341,6 +398,36 @@ mod tests {
         assert!(found[0].clients[2].user.as_ref().unwrap_err().contains("accounts[2].user: missing"));
         let h = found[1].clients[0].user.as_ref().unwrap();
         assert_eq!((h.email.as_str(), h.account.as_ref().unwrap().r#type.as_str()), ("h", "xray.proxy.http.Account"));
+    }
+
+    #[test]
+    fn shadowsocks_clients_become_classic_or_2022_accounts() {
+        use shardray_proto::xray::proxy::{shadowsocks, shadowsocks_2022};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        let config = json!({ "inbounds": [
+            { "tag": "ss", "protocol": "shadowsocks", "settings": { "method": "aes-128-gcm", "clients": [
+                { "password": "a", "email": "a@x" },
+                { "method": "chacha20-poly1305", "password": "b", "email": "b@x" },
+                { "method": "aes-256-cfb", "password": "c", "email": "c@x" }
+            ]}},
+            { "tag": "ss22", "protocol": "shadowsocks", "settings": {
+                "method": "2022-blake3-aes-128-gcm", "password": "AAAAAAAAAAAAAAAAAAAAAA==", "clients": [
+                { "password": "AQEBAQEBAQEBAQEBAQEBAQ==", "email": "d@x", "level": 1 }
+            ]}}
+        ]});
+        std::fs::write(&path, config.to_string()).unwrap();
+        let found = inbounds_with_users(&[path.to_str().unwrap().to_owned()]).unwrap_or_else(|_| panic!("parse"));
+        let account = |i: usize, j: usize| found[i].clients[j].user.as_ref().unwrap().account.clone().unwrap();
+        let a = account(0, 0);
+        assert_eq!(a.r#type, "xray.proxy.shadowsocks.Account");
+        assert_eq!(shadowsocks::Account::decode(&a.value[..]).unwrap().cipher_type, 5, "the inbound's aes-128-gcm");
+        assert_eq!(shadowsocks::Account::decode(&account(0, 1).value[..]).unwrap().cipher_type, 7);
+        let err = found[0].clients[2].user.as_ref().unwrap_err();
+        assert!(err.contains("clients[2].method") && err.contains("stream cipher"), "{err}");
+        let d = account(1, 0);
+        assert_eq!(d.r#type, "xray.proxy.shadowsocks_2022.Account");
+        assert_eq!(shadowsocks_2022::Account::decode(&d.value[..]).unwrap().key, "AQEBAQEBAQEBAQEBAQEBAQ==");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Validates `inbounds`: listen addresses, stream settings and TLS, and the VLESS, Trojan and
-//! dokodemo-door settings; sets the API's own inbound aside.
+//! Validates `inbounds`: listen addresses, stream settings and TLS, and the VLESS, Trojan, VMess,
+//! Shadowsocks and dokodemo-door settings; sets the API's own inbound aside.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -8,41 +8,30 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, HttpHeaderSpec, HttpInboundSpec,
-    InboundProtocol, InboundSpec, ProxyAccount, SocketOptions, SocksInboundSpec, TlsServerSpec, TlsVersion,
-    TrojanInboundSpec, UserSpec, VlessInboundSpec, VmessInboundSpec, VmessSecurity,
+    HttpTransportSpec, InboundProtocol, InboundSpec, NetworkSet, ProxyAccount, ShadowsocksInboundSpec, SocketOptions,
+    SocksInboundSpec, TlsServerSpec, TlsVersion, TransportSpec, TrojanInboundSpec, UserSpec, VlessInboundSpec,
+    VmessInboundSpec, VmessSecurity,
 };
 use shardray_wire::addr::{Address, Destination};
 use shardray_wire::http_header::{RequestTemplate, ResponseTemplate};
+use shardray_wire::shadowsocks::{InvalidMethod, MasterKey, Method};
 use uuid::Uuid;
 
 use super::error::ConfigError;
 use super::raw::{
     RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawHttpRequest, RawHttpResponse, RawHttpSettings,
-    RawInbound, RawProxyAccount, RawSniffing, RawSocksSettings, RawStreamSettings, RawTcpSettings, RawTlsSettings,
-    RawTrojanClient, RawTrojanSettings, RawVlessClient, RawVlessSettings, RawVmessClient, RawVmessSettings, StringList,
+    RawHttpTransport, RawInbound, RawProxyAccount, RawShadowsocksClient, RawShadowsocksSettings, RawSniffing,
+    RawSocksSettings, RawStreamSettings, RawTcpSettings, RawTlsSettings, RawTrojanClient, RawTrojanSettings,
+    RawVlessClient, RawVlessSettings, RawVmessClient, RawVmessSettings, StringList,
 };
 use super::validate::{check_loopback, deserialize_at, is_empty_value, parse_host_port, parse_port, value_text};
 
 /// Inbound protocols upstream has that shardray does not serve yet.
-const LATER_PROTOCOLS: &[&str] = &["shadowsocks", "mixed", "wireguard", "hysteria", "hysteria2", "tun"];
+const LATER_PROTOCOLS: &[&str] = &["mixed", "wireguard", "hysteria", "hysteria2", "tun"];
 
 /// Transports upstream has besides raw TCP.
-const LATER_NETWORKS: &[&str] = &[
-    "ws",
-    "websocket",
-    "grpc",
-    "gun",
-    "h2",
-    "http",
-    "kcp",
-    "mkcp",
-    "quic",
-    "httpupgrade",
-    "xhttp",
-    "splithttp",
-    "domainsocket",
-    "ds",
-];
+const LATER_NETWORKS: &[&str] =
+    &["grpc", "gun", "h2", "http", "kcp", "mkcp", "quic", "xhttp", "splithttp", "domainsocket", "ds"];
 
 /// The validated inbounds and what the rest of validation needs to know about them.
 pub(super) struct Inbounds {
@@ -127,17 +116,27 @@ fn api_inbound(ib: RawInbound, path: &str, tag: &str, who: &str) -> Result<(Stri
         ));
     }
     let _: RawDokodemoSettings = deserialize_at(ib.settings.unwrap_or_else(empty_object), &format!("{path}.settings"))?;
-    if stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?.tls.is_some() {
+    let stream = stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
+    if stream.tls.is_some() {
         return Err(ConfigError::unsupported(
             format!("{path}.streamSettings.security"),
             format!("TLS on the {who} inbound"),
+        ));
+    }
+    if stream.sockopt.accept_proxy_protocol {
+        return Err(ConfigError::unsupported(
+            format!("{path}.streamSettings.sockopt.acceptProxyProtocol"),
+            format!("the PROXY protocol on the {who} inbound"),
         ));
     }
     check_sniffing(ib.sniffing, path)?;
     check_allocate(ib.allocate, path)?;
     let listen_path = format!("{path}.listen");
     let ip = listen_ip(ib.listen.as_deref(), &listen_path)?;
-    check_loopback(ip, &listen_path, who)?;
+    // The API's address is checked once its credentials are known.
+    if who != "API" {
+        check_loopback(ip, &listen_path, who)?;
+    }
     let port_path = format!("{path}.port");
     let port = inbound_port(ib.port.as_ref(), &port_path)?;
     Ok((port_path, SocketAddr::new(ip, port)))
@@ -149,7 +148,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
     let ip = listen_ip(ib.listen.as_deref(), &format!("{path}.listen"))?;
     let port = inbound_port(ib.port.as_ref(), &format!("{path}.port"))?;
     let listen = SocketAddr::new(ip, port);
-    let InboundStream { tls, sockopt, http_header } =
+    let InboundStream { tls, sockopt, http_header, transport } =
         stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
     check_sniffing(ib.sniffing, path)?;
     check_allocate(ib.allocate, path)?;
@@ -162,13 +161,14 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
         "vmess" => InboundProtocol::Vmess(vmess(settings, &settings_path)?),
         "socks" => InboundProtocol::Socks(socks(settings, &settings_path)?),
         "http" => InboundProtocol::Http(http(settings, &settings_path)?),
+        "shadowsocks" => InboundProtocol::Shadowsocks(shadowsocks(settings, &settings_path)?),
         p if is_dokodemo(p) => InboundProtocol::Dokodemo(dokodemo(settings, &settings_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
         }
         p => return Err(ConfigError::invalid(format!("{path}.protocol"), format!("unknown protocol {p:?}"))),
     };
-    Ok((InboundSpec { tag, listen, tls, protocol, config_index: None, sockopt, http_header }, listen))
+    Ok((InboundSpec { tag, listen, tls, protocol, config_index: None, sockopt, http_header, transport }, listen))
 }
 
 fn protocol_name(ib: &RawInbound, path: &str) -> Result<String, ConfigError> {
@@ -247,29 +247,135 @@ struct InboundStream {
     tls: Option<TlsServerSpec>,
     sockopt: SocketOptions,
     http_header: Option<HttpHeaderSpec>,
+    transport: TransportSpec,
 }
 
 /// `streamSettings` of an inbound.
 fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<InboundStream, ConfigError> {
     let Some(mut raw) = raw else { return Ok(InboundStream::default()) };
-    let sockopt = match raw.sockopt.take() {
+    let mut sockopt = match raw.sockopt.take() {
         Some(s) => super::validate::sockopt(s, &format!("{path}.sockopt"))?,
         None => SocketOptions::default(),
     };
     let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
-    match network.as_str() {
-        "" | "tcp" | "raw" => {}
-        n if LATER_NETWORKS.contains(&n) => {
-            return Err(ConfigError::unsupported(format!("{path}.network"), format!("network {n:?}")))
-        }
-        n => return Err(ConfigError::invalid(format!("{path}.network"), format!("unknown network {n:?}"))),
-    }
-    // `rawSettings` is the newer name; where both are given it wins, as in Xray.
-    let http_header = match raw.raw_settings.take() {
-        Some(raw_settings) => tcp_settings(Some(raw_settings), &format!("{path}.rawSettings"))?,
-        None => tcp_settings(raw.tcp_settings.take(), &format!("{path}.tcpSettings"))?,
+    // Xray reads the PROXY protocol flag in sockopt and in the transport's own settings, and
+    // serves it if either asks.
+    let asked = |t: &Option<RawHttpTransport>| t.as_ref().and_then(|t| t.accept_proxy_protocol).unwrap_or(false);
+    sockopt.accept_proxy_protocol |= match network.as_str() {
+        "ws" | "websocket" => asked(&raw.ws_settings),
+        "httpupgrade" => asked(&raw.httpupgrade_settings),
+        _ => false,
     };
-    Ok(InboundStream { tls: tls_of_stream(raw, path)?, sockopt, http_header })
+    let transport = stream_transport(&network, &mut raw.ws_settings, &mut raw.httpupgrade_settings, path)?;
+    // `rawSettings` is the newer name; where both are given it wins, as in Xray. Another
+    // transport ignores both, as Xray does.
+    let (tcp, tcp_path) = match raw.raw_settings.take() {
+        Some(raw_settings) => (Some(raw_settings), "rawSettings"),
+        None => (raw.tcp_settings.take(), "tcpSettings"),
+    };
+    let http_header = match transport {
+        TransportSpec::Raw => {
+            sockopt.accept_proxy_protocol |= tcp.as_ref().and_then(|t| t.accept_proxy_protocol).unwrap_or(false);
+            tcp_settings(tcp, &format!("{path}.{tcp_path}"))?
+        }
+        _ => None,
+    };
+    Ok(InboundStream { tls: tls_of_stream(raw, path)?, sockopt, http_header, transport })
+}
+
+/// `network` and the settings of the transport it names, inbound or outbound.
+pub(super) fn stream_transport(
+    network: &str,
+    ws: &mut Option<RawHttpTransport>,
+    httpupgrade: &mut Option<RawHttpTransport>,
+    path: &str,
+) -> Result<TransportSpec, ConfigError> {
+    match network {
+        "" | "tcp" | "raw" => Ok(TransportSpec::Raw),
+        "ws" | "websocket" => {
+            Ok(TransportSpec::Ws(Box::new(http_transport(ws.take(), &format!("{path}.wsSettings"), true)?)))
+        }
+        "httpupgrade" => Ok(TransportSpec::HttpUpgrade(Box::new(http_transport(
+            httpupgrade.take(),
+            &format!("{path}.httpupgradeSettings"),
+            false,
+        )?))),
+        n if LATER_NETWORKS.contains(&n) => {
+            Err(ConfigError::unsupported(format!("{path}.network"), format!("network {n:?}")))
+        }
+        n => Err(ConfigError::invalid(format!("{path}.network"), format!("unknown network {n:?}"))),
+    }
+}
+
+/// `wsSettings` (`ws`) or `httpupgradeSettings`, as Xray builds them: the path normalized and
+/// its `ed` parameter taken out as the early-data length; a `Host` among the WebSocket
+/// headers moves to `host` (HTTPUpgrade refuses it).
+fn http_transport(raw: Option<RawHttpTransport>, path: &str, ws: bool) -> Result<HttpTransportSpec, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    if !ws && raw.heartbeat_period.is_some() {
+        return Err(ConfigError::invalid(format!("{path}.heartbeatPeriod"), "only WebSocket has a heartbeat"));
+    }
+    let (mut url_path, mut early_data) = split_early_data(raw.path.as_deref().unwrap_or(""), &format!("{path}.path"))?;
+    if !url_path.starts_with('/') {
+        url_path.insert(0, '/');
+    }
+    // V2Ray 4's form: its length, in the header Xray uses (or, unnamed, after the path).
+    if let Some(n) = raw.max_early_data.filter(|&n| n > 0) {
+        match raw.early_data_header_name.as_deref().unwrap_or("") {
+            "" => {}
+            h if h.eq_ignore_ascii_case("Sec-WebSocket-Protocol") => {}
+            h => {
+                return Err(ConfigError::unsupported(
+                    format!("{path}.earlyDataHeaderName"),
+                    format!("early data in {h:?} (only Sec-WebSocket-Protocol)"),
+                ))
+            }
+        }
+        early_data = early_data.max(n);
+    }
+    let mut host = raw.host.unwrap_or_default();
+    let mut headers = Vec::new();
+    for (name, value) in raw.headers.unwrap_or_default() {
+        if name.eq_ignore_ascii_case("host") {
+            if !ws {
+                return Err(ConfigError::invalid(format!("{path}.headers.{name}"), "give the host in \"host\""));
+            }
+            if host.is_empty() {
+                host = value;
+            }
+            continue;
+        }
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) || value.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return Err(ConfigError::invalid(format!("{path}.headers.{name}"), "not a valid HTTP header"));
+        }
+        headers.push((name, value));
+    }
+    if host.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err(ConfigError::invalid(format!("{path}.host"), format!("{host:?} is not a host name")));
+    }
+    Ok(HttpTransportSpec { path: url_path, host, headers, early_data })
+}
+
+/// A transport path and the early-data length its `ed` query parameter gives (0 without).
+fn split_early_data(raw: &str, path: &str) -> Result<(String, u32), ConfigError> {
+    if raw.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err(ConfigError::invalid(path, format!("{raw:?} is not a URL path")));
+    }
+    let Some((base, query)) = raw.split_once('?') else { return Ok((raw.to_owned(), 0)) };
+    let mut early = 0;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("ed", n)) => {
+                // As Xray: a value that is not a number counts as 0.
+                early = n.parse().unwrap_or(0);
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let joined = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+    Ok((joined, early))
 }
 
 fn tls_of_stream(raw: RawStreamSettings, path: &str) -> Result<Option<TlsServerSpec>, ConfigError> {
@@ -296,9 +402,6 @@ fn tls_of_stream(raw: RawStreamSettings, path: &str) -> Result<Option<TlsServerS
 /// `tcpSettings` / `rawSettings`: the HTTP camouflage, if its header asks for it.
 fn tcp_settings(raw: Option<RawTcpSettings>, path: &str) -> Result<Option<HttpHeaderSpec>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
-    if raw.accept_proxy_protocol == Some(true) {
-        return Err(ConfigError::unsupported(format!("{path}.acceptProxyProtocol"), "acceptProxyProtocol"));
-    }
     let Some(header) = raw.header else { return Ok(None) };
     match header.kind.unwrap_or_default().to_ascii_lowercase().as_str() {
         "" | "none" => Ok(None),
@@ -520,6 +623,7 @@ fn clients_of<C>(
                 Account::Trojan(_) => "duplicate password".to_owned(),
                 Account::Vmess { id, .. } => format!("duplicate id {id}"),
                 Account::Socks(a) | Account::Http(a) => format!("duplicate user {:?}", a.username),
+                Account::Shadowsocks { .. } | Account::Shadowsocks2022 { .. } => "duplicate password".to_owned(),
             };
             return Err(ConfigError::invalid(format!("{cpath}.{key_field}"), format!("{what} (also {list}[{first}])")));
         }
@@ -745,6 +849,166 @@ pub fn parse_user_id(s: &str) -> Option<Uuid> {
     }
 }
 
+// === shadowsocks ===
+
+/// A method name as Xray reads it (any ASCII case, its aliases); stream ciphers, `none` and the
+/// methods this build lacks are refused naming the field.
+pub fn shadowsocks_method(name: Option<&str>, path: &str) -> Result<Method, ConfigError> {
+    let name = match name.map(str::trim) {
+        None | Some("") => return Err(ConfigError::invalid(path, "missing")),
+        Some(n) => n,
+    };
+    Method::parse(name).map_err(|e| match e {
+        InvalidMethod::Unknown => ConfigError::invalid(path, format!("unknown method {name:?}")),
+        e => ConfigError::unsupported_msg(path, format!("{name:?}: {e}")),
+    })
+}
+
+/// A 2022 PSK for `method`, checked (base64 of the key's length).
+fn shadowsocks_psk(method: Method, psk: Option<&str>, path: &str) -> Result<std::sync::Arc<str>, ConfigError> {
+    let psk = match psk {
+        None | Some("") => return Err(ConfigError::invalid(path, "missing")),
+        Some(p) => p,
+    };
+    MasterKey::from_psk(method, psk).map_err(|e| ConfigError::invalid(path, format!("{e} (for {method})")))?;
+    Ok(psk.into())
+}
+
+fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, ConfigError> {
+    let raw: RawShadowsocksSettings = deserialize_at(settings, path)?;
+    shadowsocks_networks(raw.network.as_ref(), &format!("{path}.network"))?;
+    // Xray reads `users` and takes `clients` over it when both are there.
+    let list = raw.clients.or(raw.users);
+    let method_path = format!("{path}.method");
+    let server_method = match raw.method.as_deref().map(str::trim) {
+        None | Some("") if list.is_some() => None,
+        m => Some(shadowsocks_method(m, &method_path)?),
+    };
+    match (server_method, list) {
+        (Some(method), None) if method.is_2022() => {
+            let key = shadowsocks_psk(method, raw.password.as_deref(), &format!("{path}.password"))?;
+            let user = UserSpec {
+                account: Account::Shadowsocks2022 { key },
+                email: raw.email.unwrap_or_default(),
+                level: raw.level.unwrap_or(0),
+            };
+            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: None, clients: vec![user] })
+        }
+        (Some(method), Some(list)) if method.is_2022() => {
+            if !method.supports_identity_headers() {
+                return Err(ConfigError::unsupported_msg(
+                    method_path,
+                    format!(
+                        "{method} has no identity headers: several users need 2022-blake3-aes-128-gcm or -aes-256-gcm"
+                    ),
+                ));
+            }
+            let server_psk = shadowsocks_psk(method, raw.password.as_deref(), &format!("{path}.password"))?;
+            let clients = clients_of(list, path, "clients", "password", |c: RawShadowsocksClient, cpath| {
+                if c.address.as_ref().is_some_and(|a| !is_empty_value(a)) {
+                    return Err(ConfigError::unsupported(format!("{cpath}.address"), "Shadowsocks 2022 relay"));
+                }
+                match c.method.as_deref().map(str::trim) {
+                    None | Some("") => {}
+                    Some(m) if Method::parse(m) == Ok(method) => {}
+                    Some(m) => {
+                        return Err(ConfigError::invalid(
+                            format!("{cpath}.method"),
+                            format!("{m:?}: users of a 2022 inbound take its method ({method}); leave it empty"),
+                        ))
+                    }
+                }
+                let key = shadowsocks_psk(method, c.password.as_deref(), &format!("{cpath}.password"))?;
+                if key.as_ref() == server_psk.as_ref() {
+                    return Err(ConfigError::invalid(
+                        format!("{cpath}.password"),
+                        "is the server's PSK (settings.password)",
+                    ));
+                }
+                Ok(UserSpec {
+                    account: Account::Shadowsocks2022 { key },
+                    email: c.email.unwrap_or_default(),
+                    level: c.level.unwrap_or(0),
+                })
+            })?;
+            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: Some(server_psk), clients })
+        }
+        (Some(method), None) => {
+            let password = match raw.password {
+                None => return Err(ConfigError::invalid(format!("{path}.password"), "missing")),
+                Some(p) if p.is_empty() => return Err(ConfigError::invalid(format!("{path}.password"), "empty")),
+                Some(p) => p,
+            };
+            let user = UserSpec {
+                account: Account::Shadowsocks { method, password: password.into() },
+                email: raw.email.unwrap_or_default(),
+                level: raw.level.unwrap_or(0),
+            };
+            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients: vec![user] })
+        }
+        (fallback, list) => {
+            let clients =
+                clients_of(list.unwrap_or_default(), path, "clients", "password", |c: RawShadowsocksClient, cpath| {
+                    if c.address.as_ref().is_some_and(|a| !is_empty_value(a)) {
+                        return Err(ConfigError::invalid(
+                            format!("{cpath}.address"),
+                            "only a 2022 relay has user addresses",
+                        ));
+                    }
+                    let method = match c.method.as_deref().map(str::trim) {
+                        // A client without a method takes the inbound's, as panels write them.
+                        None | Some("") if fallback.is_some() => fallback.expect("checked"),
+                        m => shadowsocks_method(m, &format!("{cpath}.method"))?,
+                    };
+                    if method.is_2022() {
+                        return Err(ConfigError::invalid(
+                            format!("{cpath}.method"),
+                            format!(
+                            "{method} users need settings.method {method} and the server's PSK in settings.password"
+                        ),
+                        ));
+                    }
+                    let password = match c.password {
+                        None => return Err(ConfigError::invalid(format!("{cpath}.password"), "missing")),
+                        Some(p) if p.is_empty() => {
+                            return Err(ConfigError::invalid(format!("{cpath}.password"), "empty"))
+                        }
+                        Some(p) => p,
+                    };
+                    Ok(UserSpec {
+                        account: Account::Shadowsocks { method, password: password.into() },
+                        email: c.email.unwrap_or_default(),
+                        level: c.level.unwrap_or(0),
+                    })
+                })?;
+            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients })
+        }
+    }
+}
+
+/// `network` of a Shadowsocks inbound: TCP is served; UDP is accepted beside it (and noted by
+/// the loader), alone it is refused.
+fn shadowsocks_networks(list: Option<&StringList>, path: &str) -> Result<(), ConfigError> {
+    let (mut tcp, mut udp) = (false, false);
+    for item in list.map(|l| l.0.as_slice()).unwrap_or_default().iter().flat_map(|n| n.split(',')) {
+        match item.trim().to_ascii_lowercase().as_str() {
+            "" => {}
+            "tcp" => tcp = true,
+            "udp" => udp = true,
+            other => {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("unknown network {other:?} (expected \"tcp\", \"udp\" or \"tcp,udp\")"),
+                ))
+            }
+        }
+    }
+    if udp && !tcp {
+        return Err(ConfigError::unsupported(path, "Shadowsocks over UDP"));
+    }
+    Ok(())
+}
+
 fn fallback(raw: RawFallback, path: &str) -> Result<FallbackSpec, ConfigError> {
     let dest_path = format!("{path}.dest");
     let dest = match raw.dest.as_ref() {
@@ -842,9 +1106,8 @@ fn dokodemo(settings: Value, path: &str) -> Result<DokodemoSpec, ConfigError> {
             }
         }
     }
-    if udp && !tcp {
-        return Err(ConfigError::unsupported(format!("{path}.{network_key}"), "UDP forwarding"));
-    }
+    // Xray's default is TCP alone.
+    let network = if tcp || udp { NetworkSet { tcp, udp } } else { NetworkSet { tcp: true, udp: false } };
     let given = |s: &Option<String>| s.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
     let (addr_path, addr) = match (given(&raw.address), given(&raw.rewrite_address)) {
         (Some(a), _) => (format!("{path}.address"), a),
@@ -860,5 +1123,5 @@ fn dokodemo(settings: Value, path: &str) -> Result<DokodemoSpec, ConfigError> {
         (false, false) => return Err(ConfigError::invalid(format!("{path}.port"), "missing (or rewritePort)")),
     };
     let port = parse_port(port.as_ref().expect("given"), &port_path)?;
-    Ok(DokodemoSpec { destination: Destination { addr, port }, user_level: raw.user_level.unwrap_or(0) })
+    Ok(DokodemoSpec { destination: Destination { addr, port }, user_level: raw.user_level.unwrap_or(0), network })
 }

@@ -5,6 +5,7 @@
 //! error names the JSON path of what is wrong, e.g. `inbounds[1].settings.clients[0].id`.
 
 mod error;
+pub(crate) mod geodata;
 mod inbound;
 mod merge;
 mod outbound;
@@ -22,7 +23,7 @@ use json_comments::StripComments;
 use serde_json::{Map, Value};
 
 pub use self::error::{ConfigError, ConfigErrorKind};
-pub use self::inbound::{load_inbound, parse_user_id, vmess_security};
+pub use self::inbound::{load_inbound, parse_user_id, shadowsocks_method, vmess_security};
 pub use shardray_core::spec::Config;
 
 use self::raw::RawConfig;
@@ -143,6 +144,7 @@ fn build(doc: Map<String, Value>) -> Result<Config, ConfigError> {
     let doc = Value::Object(doc);
     let mut notes = mapped_ids(&doc);
     notes.extend(ignored_fingerprints(&doc));
+    notes.extend(unserved_udp(&doc));
     let (config, ignored) = validate::collect_ignored(|| validate::validate(parse_raw(doc)?));
     let mut config = config?;
     config.notes.splice(0..0, notes);
@@ -165,6 +167,31 @@ fn ignored_fingerprints(doc: &Value) -> Vec<String> {
                      TLS ClientHello is rustls's own)"
                 )
             })
+        })
+        .collect()
+}
+
+/// A note for every Shadowsocks inbound whose `network` names UDP: its TCP is served, its UDP
+/// not yet (the config loads, as upstream's would; the UDP port is simply not opened).
+fn unserved_udp(doc: &Value) -> Vec<String> {
+    let inbounds = doc.get("inbounds").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    inbounds
+        .iter()
+        .enumerate()
+        .filter(|(_, ib)| {
+            ib.get("protocol").and_then(Value::as_str).is_some_and(|p| p.eq_ignore_ascii_case("shadowsocks"))
+        })
+        .filter_map(|(i, ib)| {
+            let network = ib.pointer("/settings/network")?;
+            let names: Vec<&str> = match network {
+                Value::String(s) => s.split(',').collect(),
+                Value::Array(items) => items.iter().filter_map(Value::as_str).flat_map(|s| s.split(',')).collect(),
+                _ => return None,
+            };
+            names
+                .iter()
+                .any(|n| n.trim().eq_ignore_ascii_case("udp"))
+                .then(|| format!("inbounds[{i}].settings.network: UDP is not served yet; this inbound serves TCP only"))
         })
         .collect()
 }

@@ -1,4 +1,5 @@
-//! Validates `outbounds`: freedom, blackhole and Trojan, with their tags and dial settings.
+//! Validates `outbounds`: freedom, blackhole, Trojan, VMess, VLESS and Shadowsocks, with their tags
+//! and dial settings.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -6,19 +7,21 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, ProxyOutboundSpec,
-    TlsClientSpec, TrojanOutboundSpec, UserSpec, VmessOutboundSpec,
+    ShadowsocksOutboundSpec, TlsClientSpec, TransportSpec, TrojanOutboundSpec, UserSpec, VlessOutboundSpec,
+    VmessOutboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
 use super::raw::{
     RawBlackholeSettings, RawFreedomSettings, RawOutStream, RawOutbound, RawProxyAccount, RawProxyOutSettings,
-    RawProxyServer, RawTrojanOutSettings, RawVmessClient, RawVmessOutSettings, RawVmessServer, StringList,
+    RawProxyServer, RawShadowsocksOutSettings, RawShadowsocksServer, RawTrojanOutSettings, RawVlessOutSettings,
+    RawVmessClient, RawVmessOutSettings, RawVmessServer, StringList,
 };
 use super::validate::{deserialize_at, is_empty_value, parse_host_port, parse_port};
 
 /// Outbound protocols upstream has that shardray does not serve yet.
-const LATER_PROTOCOLS: &[&str] = &["vless", "shadowsocks", "wireguard", "dns", "loopback", "hysteria", "hysteria2"];
+const LATER_PROTOCOLS: &[&str] = &["wireguard", "dns", "loopback", "hysteria", "hysteria2"];
 
 /// Validates `outbounds`: at least one, tags unique and distinct from the API's tag.
 pub(super) fn outbounds(
@@ -61,7 +64,7 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
     let send_through = send_through(ob.send_through.as_deref(), &format!("{path}.sendThrough"))?;
     let stream_path = format!("{path}.streamSettings");
     // Trojan reads its own stream settings (TLS); the others may only restate the defaults.
-    if !matches!(protocol.as_str(), "trojan" | "vmess" | "socks" | "http") {
+    if !matches!(protocol.as_str(), "trojan" | "vmess" | "vless" | "socks" | "http") {
         if let Some(stream) = &ob.stream_settings {
             check_plain_stream(stream, &stream_path)?;
         }
@@ -88,6 +91,8 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
         "vmess" => OutboundProtocol::Vmess(vmess(settings, &settings_path, ob.stream_settings, &stream_path)?),
         "socks" => OutboundProtocol::Socks(proxy(settings, &settings_path, ob.stream_settings, &stream_path, false)?),
         "http" => OutboundProtocol::Http(proxy(settings, &settings_path, ob.stream_settings, &stream_path, true)?),
+        "vless" => OutboundProtocol::Vless(vless(settings, &settings_path, ob.stream_settings, &stream_path)?),
+        "shadowsocks" => OutboundProtocol::Shadowsocks(shadowsocks(settings, &settings_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
         }
@@ -208,8 +213,8 @@ fn trojan(
     if let Some(f) = server.flow.filter(|f| !f.is_empty()) {
         return Err(ConfigError::unsupported(format!("{spath}.flow"), format!("Trojan flow {f:?}")));
     }
-    let tls = match stream {
-        None | Some(Value::Null) => None,
+    let (tls, transport) = match stream {
+        None | Some(Value::Null) => (None, TransportSpec::Raw),
         Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
     };
     Ok(TrojanOutboundSpec {
@@ -218,6 +223,7 @@ fn trojan(
         email: server.email.unwrap_or_default(),
         level: server.level.unwrap_or(0),
         tls,
+        transport,
     })
 }
 
@@ -273,8 +279,8 @@ fn vmess(
     }
     let (user, authenticated_length) = super::inbound::vmess_user(users.remove(0), &format!("{upath}[0]"), true)?;
     let Account::Vmess { id, security } = user.account else { unreachable!("vmess_user makes VMess accounts") };
-    let tls = match stream {
-        None | Some(Value::Null) => None,
+    let (tls, transport) = match stream {
+        None | Some(Value::Null) => (None, TransportSpec::Raw),
         Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
     };
     Ok(VmessOutboundSpec {
@@ -285,6 +291,7 @@ fn vmess(
         email: user.email,
         level: user.level,
         tls,
+        transport,
     })
 }
 
@@ -354,19 +361,170 @@ fn proxy(
     };
     let tls = match stream {
         None | Some(Value::Null) => None,
-        Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
+        Some(v) => match client_stream(deserialize_at(v, stream_path)?, stream_path)? {
+            (tls, TransportSpec::Raw) => tls,
+            _ => {
+                return Err(ConfigError::unsupported(
+                    format!("{stream_path}.network"),
+                    format!("a {name} outbound over WebSocket or HTTPUpgrade"),
+                ))
+            }
+        },
     };
     let headers = raw.headers.unwrap_or_default().into_iter().collect();
     Ok(ProxyOutboundSpec { server: Destination { addr: address, port }, account, email, level, headers, tls })
 }
 
-/// An outbound's `streamSettings` over raw TCP: the TLS client settings when `security` is
-/// `tls`. `fingerprint` is accepted and ignored (the loader notes it).
-fn client_stream(raw: RawOutStream, path: &str) -> Result<Option<TlsClientSpec>, ConfigError> {
-    match raw.network.as_deref().unwrap_or("") {
-        "" | "tcp" | "raw" => {}
-        n => return Err(ConfigError::unsupported(format!("{path}.network"), format!("network {n:?} on an outbound"))),
+/// `settings.vnext` of a VLESS outbound: one server, one user, `encryption` "none" (or
+/// absent), no flow.
+fn vless(
+    settings: Value,
+    path: &str,
+    stream: Option<Value>,
+    stream_path: &str,
+) -> Result<VlessOutboundSpec, ConfigError> {
+    let raw: RawVlessOutSettings = deserialize_at(settings, path)?;
+    let vpath = format!("{path}.vnext");
+    let mut vnext = raw.vnext.ok_or_else(|| ConfigError::invalid(&vpath, "missing"))?;
+    match vnext.len() {
+        0 => return Err(ConfigError::invalid(vpath, "at least one server is required")),
+        1 => {}
+        _ => return Err(ConfigError::unsupported(format!("{vpath}[1]"), "more than one VLESS server")),
     }
+    let server = vnext.remove(0);
+    let spath = format!("{vpath}[0]");
+    let address = match server.address.as_deref().map(str::trim) {
+        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
+        Some(a) => Address::parse(a)
+            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
+    };
+    let port = match server.port.as_ref() {
+        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
+        Some(v) => parse_port(v, &format!("{spath}.port"))?,
+    };
+    let mut users = server.users.unwrap_or_default();
+    let upath = format!("{spath}.users");
+    match users.len() {
+        0 => return Err(ConfigError::invalid(upath, "one user is required")),
+        1 => {}
+        _ => return Err(ConfigError::unsupported(format!("{upath}[1]"), "more than one VLESS user")),
+    }
+    let user = users.remove(0);
+    let upath = format!("{upath}[0]");
+    let id = match user.id.as_deref() {
+        None => return Err(ConfigError::invalid(format!("{upath}.id"), "missing")),
+        Some(s) => super::inbound::parse_user_id(s)
+            .ok_or_else(|| ConfigError::invalid(format!("{upath}.id"), format!("invalid UUID {s:?}")))?,
+    };
+    match user.encryption.as_deref().unwrap_or("none") {
+        "none" | "" => {}
+        e => return Err(ConfigError::unsupported(format!("{upath}.encryption"), format!("VLESS encryption {e:?}"))),
+    }
+    if let Some(f) = user.flow.filter(|f| !f.is_empty()) {
+        return Err(ConfigError::unsupported(format!("{upath}.flow"), format!("flow {f:?} on an outbound")));
+    }
+    let tls = match stream {
+        None | Some(Value::Null) => None,
+        Some(v) => match client_stream(deserialize_at(v, stream_path)?, stream_path)? {
+            (tls, TransportSpec::Raw) => tls,
+            _ => {
+                return Err(ConfigError::unsupported(
+                    format!("{stream_path}.network"),
+                    "a VLESS outbound over WebSocket or HTTPUpgrade",
+                ))
+            }
+        },
+    };
+    Ok(VlessOutboundSpec {
+        server: Destination { addr: address, port },
+        id,
+        email: user.email.unwrap_or_default(),
+        level: user.level.unwrap_or(0),
+        tls,
+    })
+}
+
+/// `settings.servers` (one server) or Xray's flat form (`address`, `port`, `method`, ...).
+fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksOutboundSpec, ConfigError> {
+    let raw: RawShadowsocksOutSettings = deserialize_at(settings, path)?;
+    let (server, spath) = match (raw.servers, raw.address) {
+        (Some(mut servers), None) => {
+            let servers_path = format!("{path}.servers");
+            match servers.len() {
+                0 => return Err(ConfigError::invalid(servers_path, "at least one server is required")),
+                1 => {}
+                _ => {
+                    return Err(ConfigError::unsupported_msg(
+                        format!("{servers_path}[1]"),
+                        "more than one Shadowsocks server: use one outbound per server and a balancer",
+                    ))
+                }
+            }
+            (servers.remove(0), format!("{servers_path}[0]"))
+        }
+        (None, Some(address)) => {
+            let server = RawShadowsocksServer {
+                address: Some(address),
+                port: raw.port,
+                method: raw.method,
+                password: raw.password,
+                email: raw.email,
+                level: raw.level,
+                ..Default::default()
+            };
+            (server, path.to_owned())
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(format!("{path}.address"), "give either servers or address, not both"))
+        }
+        (None, None) => return Err(ConfigError::invalid(format!("{path}.servers"), "missing")),
+    };
+    let address = match server.address.as_deref().map(str::trim) {
+        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
+        Some(a) => Address::parse(a)
+            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
+    };
+    let port = match server.port.as_ref() {
+        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
+        Some(v) => parse_port(v, &format!("{spath}.port"))?,
+    };
+    let method = super::inbound::shadowsocks_method(server.method.as_deref(), &format!("{spath}.method"))?;
+    let password = match server.password {
+        Some(p) if !p.is_empty() => p,
+        _ => return Err(ConfigError::invalid(format!("{spath}.password"), "missing")),
+    };
+    if method.is_2022() {
+        shardray_wire::shadowsocks::MasterKey::parse_psk_chain(method, &password)
+            .map_err(|e| ConfigError::invalid(format!("{spath}.password"), format!("{e} (for {method})")))?;
+    }
+    if server.uot == Some(true) {
+        return Err(ConfigError::unsupported(format!("{spath}.uot"), "UDP over TCP"));
+    }
+    Ok(ShadowsocksOutboundSpec {
+        server: Destination { addr: address, port },
+        method,
+        password,
+        email: server.email.unwrap_or_default(),
+        level: server.level.unwrap_or(0),
+    })
+}
+
+/// An outbound's `streamSettings`: the TLS client settings when `security` is `tls`, and the
+/// transport (raw TCP, WebSocket, HTTPUpgrade). `fingerprint` is accepted and ignored (the
+/// loader notes it).
+fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientSpec>, TransportSpec), ConfigError> {
+    let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
+    let transport =
+        match super::inbound::stream_transport(&network, &mut raw.ws_settings, &mut raw.httpupgrade_settings, path) {
+            Ok(t) => t,
+            Err(_) if !matches!(network.as_str(), "ws" | "websocket" | "httpupgrade") => {
+                return Err(ConfigError::unsupported(
+                    format!("{path}.network"),
+                    format!("network {network:?} on an outbound"),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
     for (field, value) in
         [("tcpSettings", &raw.tcp_settings), ("rawSettings", &raw.raw_settings), ("sockopt", &raw.sockopt)]
     {
@@ -378,18 +536,24 @@ fn client_stream(raw: RawOutStream, path: &str) -> Result<Option<TlsClientSpec>,
         }
     }
     match raw.security.as_deref().unwrap_or("") {
-        "" | "none" => Ok(None),
+        "" | "none" => Ok((None, transport)),
         "tls" => {
             let tls = raw.tls_settings.unwrap_or_default();
-            let alpn = tls.alpn.map(|StringList(l)| l).unwrap_or_default();
+            let mut alpn = tls.alpn.map(|StringList(l)| l).unwrap_or_default();
             if let Some(j) = alpn.iter().position(String::is_empty) {
                 return Err(ConfigError::invalid(format!("{path}.tlsSettings.alpn[{j}]"), "empty protocol"));
             }
-            Ok(Some(TlsClientSpec {
+            // The HTTP transports speak HTTP/1.1 and say so when the config names nothing, as
+            // Xray's dialers do.
+            if alpn.is_empty() && transport.http().is_some() {
+                alpn.push("http/1.1".into());
+            }
+            let tls = TlsClientSpec {
                 server_name: tls.server_name.unwrap_or_default(),
                 allow_insecure: tls.allow_insecure.unwrap_or(false),
                 alpn,
-            }))
+            };
+            Ok((Some(tls), transport))
         }
         s => Err(ConfigError::unsupported(format!("{path}.security"), format!("security {s:?} on an outbound"))),
     }

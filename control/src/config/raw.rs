@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -63,6 +64,20 @@ pub(super) struct RawApi {
     pub inbound_tag: Option<String>,
     pub services: Option<Vec<String>>,
     pub listen: Option<String>,
+    /// Ours: the API's credentials.
+    pub tokens: Option<Vec<RawApiToken>>,
+    /// Ours: a Unix-socket API's permission bits, in octal (`"0660"`).
+    pub socket_mode: Option<String>,
+}
+
+/// `api.tokens[]` (ours)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawApiToken {
+    pub name: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub role: Option<String>,
 }
 
 /// `stats`: no fields; its presence turns counters on.
@@ -142,14 +157,12 @@ pub(super) struct RawStreamSettings {
     // `network`/`security` selects them, and so does shardray (selecting them is refused).
     #[serde(rename = "realitySettings")]
     pub _reality_settings: Option<Value>,
-    #[serde(rename = "wsSettings")]
-    pub _ws_settings: Option<Value>,
+    pub ws_settings: Option<RawHttpTransport>,
+    pub httpupgrade_settings: Option<RawHttpTransport>,
     #[serde(rename = "grpcSettings")]
     pub _grpc_settings: Option<Value>,
     #[serde(rename = "httpSettings")]
     pub _http_settings: Option<Value>,
-    #[serde(rename = "httpupgradeSettings")]
-    pub _httpupgrade_settings: Option<Value>,
     #[serde(rename = "xhttpSettings")]
     pub _xhttp_settings: Option<Value>,
     #[serde(rename = "splithttpSettings")]
@@ -185,7 +198,7 @@ pub(super) struct RawSockopt {
     pub address_port_strategy: Option<String>,
     pub happy_eyeballs: Option<Value>,
     #[serde(rename = "trustedXForwardedFor")]
-    pub trusted_x_forwarded_for: Option<Value>,
+    pub trusted_x_forwarded_for: Option<StringList>,
 }
 
 /// `streamSettings.tlsSettings`
@@ -237,6 +250,21 @@ pub(super) struct RawCertificate {
     /// PasarGuard's own bookkeeping (whether its node serves this certificate).
     #[serde(rename = "serveOnNode")]
     pub _serve_on_node: Option<Value>,
+}
+
+/// `wsSettings` / `httpupgradeSettings` (Xray's names; V2Ray's early-data keys beside them).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawHttpTransport {
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    pub accept_proxy_protocol: Option<bool>,
+    /// Xray's WebSocket ping period in seconds; shardray answers pings but sends none.
+    pub heartbeat_period: Option<u32>,
+    /// V2Ray 4's early data: a length and the header carrying it.
+    pub max_early_data: Option<u32>,
+    pub early_data_header_name: Option<String>,
 }
 
 /// `tcpSettings` / `rawSettings`
@@ -545,6 +573,8 @@ pub(super) struct RawOutStream {
     pub tcp_settings: Option<Value>,
     pub raw_settings: Option<Value>,
     pub sockopt: Option<Value>,
+    pub ws_settings: Option<RawHttpTransport>,
+    pub httpupgrade_settings: Option<RawHttpTransport>,
 }
 
 /// `streamSettings.tlsSettings` of an outbound.
@@ -728,4 +758,110 @@ pub(super) struct RawVmessServer {
     pub address: Option<String>,
     pub port: Option<Value>,
     pub users: Option<Vec<RawVmessClient>>,
+}
+
+/// `settings` of a VLESS outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVlessOutSettings {
+    pub vnext: Option<Vec<RawVlessServer>>,
+}
+
+/// `settings.vnext[i]` of a VLESS outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVlessServer {
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub users: Option<Vec<RawVlessOutUser>>,
+}
+
+/// `settings.vnext[i].users[j]` of a VLESS outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVlessOutUser {
+    pub id: Option<String>,
+    pub encryption: Option<String>,
+    pub flow: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+}
+/// `settings` of a Shadowsocks inbound (Xray: one user in `method`/`password`/`email`/`level`,
+/// or `clients` (or `users`); `network`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShadowsocksSettings {
+    pub method: Option<String>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    pub clients: Option<Vec<RawShadowsocksClient>>,
+    /// Xray's older name for `clients`; `clients` wins where both are given.
+    pub users: Option<Vec<RawShadowsocksClient>>,
+    /// `"tcp"`, `"udp"`, `"tcp,udp"` or a list of them.
+    pub network: Option<StringList>,
+    /// Older Xray's salt check on classic users (always on here).
+    #[serde(rename = "ivCheck")]
+    pub _iv_check: Option<bool>,
+}
+
+/// `settings.clients[i]` of a Shadowsocks inbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShadowsocksClient {
+    pub method: Option<String>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    /// A 2022 relay's destination: not served.
+    pub address: Option<Value>,
+    #[serde(rename = "port")]
+    pub _port: Option<Value>,
+    /// Panel bookkeeping, accepted and ignored as on VLESS clients.
+    #[serde(rename = "limitIp")]
+    pub _limit_ip: Option<Value>,
+    #[serde(rename = "totalGB")]
+    pub _total_gb: Option<Value>,
+    #[serde(rename = "expiryTime")]
+    pub _expiry_time: Option<Value>,
+    #[serde(rename = "enable")]
+    pub _enable: Option<Value>,
+    #[serde(rename = "tgId")]
+    pub _tg_id: Option<Value>,
+    #[serde(rename = "subId")]
+    pub _sub_id: Option<Value>,
+    #[serde(rename = "comment")]
+    pub _comment: Option<Value>,
+    #[serde(rename = "reset")]
+    pub _reset: Option<Value>,
+}
+
+/// `settings` of a Shadowsocks outbound: `servers`, or Xray's flat form of one server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShadowsocksOutSettings {
+    pub servers: Option<Vec<RawShadowsocksServer>>,
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub method: Option<String>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+}
+
+/// `settings.servers[i]` of a Shadowsocks outbound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShadowsocksServer {
+    pub address: Option<String>,
+    pub port: Option<Value>,
+    pub method: Option<String>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub level: Option<u32>,
+    /// sing-box's and Xray's UDP over TCP: not served.
+    #[serde(rename = "uot")]
+    pub uot: Option<bool>,
+    #[serde(rename = "UoTVersion")]
+    pub _uot_version: Option<u32>,
 }

@@ -163,7 +163,7 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
     let mut domains = Vec::new();
     for (field, list) in [("domain", raw.domain), ("domains", raw.domains)] {
         for (j, entry) in list.map(|l| l.0).unwrap_or_default().into_iter().enumerate() {
-            domains.push(domain_matcher(&entry, &format!("{path}.{field}[{j}]"))?);
+            domain_matchers(&entry, &format!("{path}.{field}[{j}]"), &mut domains)?;
         }
     }
     let spec = RuleSpec {
@@ -195,15 +195,40 @@ fn non_empty(list: Option<StringList>) -> Vec<String> {
 
 // === domains ===
 
-/// One `domain` entry: `full:`, `domain:`, `keyword:`, `regexp:` or a bare keyword.
-fn domain_matcher(entry: &str, path: &str) -> Result<DomainMatcher, ConfigError> {
+/// One `domain` entry into `out`: `full:`, `domain:`, `keyword:`, `regexp:`, a bare keyword,
+/// or `geosite:CODE[@ATTR...]` / `ext:FILE:CODE[@ATTR...]` with all the domains it lists.
+fn domain_matchers(entry: &str, path: &str, out: &mut Vec<DomainMatcher>) -> Result<(), ConfigError> {
     let (prefix, value) = match entry.split_once(':') {
         Some((p, v)) if is_domain_prefix(p) => (p, v),
         _ => ("", entry),
     };
-    if matches!(prefix, "geosite" | "ext" | "ext-domain" | "dotless") {
-        let why = if prefix == "dotless" { "" } else { " (no geosite.dat)" };
-        return Err(ConfigError::unsupported_msg(path, format!("{entry:?} is not supported yet{why}")));
+    let site = match prefix {
+        "geosite" => Some(("geosite.dat", value)),
+        "ext" | "ext-domain" => match value.split_once(':') {
+            Some((file, code)) => Some((file, code)),
+            None => return Err(ConfigError::invalid(path, format!("{entry:?} is not ext:FILE:CODE"))),
+        },
+        _ => None,
+    };
+    if let Some((file, code)) = site {
+        let mut parts = code.split('@');
+        let code = parts.next().unwrap_or("");
+        let attrs: Vec<&str> = parts.filter(|a| !a.is_empty()).collect();
+        if code.is_empty() {
+            return Err(ConfigError::invalid(path, format!("{entry:?} names no list")));
+        }
+        let listed = super::geodata::geosite(file, code, &attrs).map_err(|e| ConfigError::invalid(path, e))?;
+        out.extend(listed);
+        return Ok(());
+    }
+    out.push(domain_matcher(prefix, value, entry, path)?);
+    Ok(())
+}
+
+/// One plain domain entry, its prefix split off.
+fn domain_matcher(prefix: &str, value: &str, entry: &str, path: &str) -> Result<DomainMatcher, ConfigError> {
+    if prefix == "dotless" {
+        return Err(ConfigError::unsupported_msg(path, format!("{entry:?} is not supported yet")));
     }
     if value.is_empty() {
         return Err(ConfigError::invalid(path, format!("{entry:?} names no domain")));
@@ -235,17 +260,30 @@ fn ip_list(list: Option<StringList>, path: &str) -> Result<Vec<IpNet>, ConfigErr
         let entry = entry.trim();
         let lower = entry.to_ascii_lowercase();
         if entry.starts_with('!') {
-            return Err(ConfigError::unsupported(&epath, format!("negation ({entry:?})")));
+            return Err(ConfigError::unsupported(&epath, format!("negation ({entry:?}; geoip:!CODE is served)")));
         }
         if lower == "geoip:private" {
             nets.extend(PRIVATE_NETS.iter().map(|n| n.parse::<IpNet>().expect("valid CIDR")));
             continue;
         }
-        if lower.starts_with("geoip:") || lower.starts_with("ext:") || lower.starts_with("ext-ip:") {
-            return Err(ConfigError::unsupported_msg(
-                &epath,
-                format!("{entry:?} is not supported yet (no geoip.dat; only geoip:private)"),
-            ));
+        let geo = if let Some(code) = lower.strip_prefix("geoip:") {
+            Some(("geoip.dat", code))
+        } else if let Some(rest) = entry.strip_prefix("ext:").or_else(|| entry.strip_prefix("ext-ip:")) {
+            match rest.split_once(':') {
+                Some((file, code)) => Some((file, code)),
+                None => return Err(ConfigError::invalid(epath, format!("{entry:?} is not ext:FILE:CODE"))),
+            }
+        } else {
+            None
+        };
+        if let Some((file, code)) = geo {
+            let (negate, code) = match code.strip_prefix('!') {
+                Some(code) => (true, code),
+                None => (false, code),
+            };
+            let listed = super::geodata::geoip(file, code, negate).map_err(|e| ConfigError::invalid(&epath, e))?;
+            nets.extend(listed);
+            continue;
         }
         let net = if let Ok(net) = entry.parse::<IpNet>() {
             net.trunc()

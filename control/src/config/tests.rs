@@ -14,7 +14,7 @@ use shardray_wire::addr::{Address, Destination};
 use uuid::Uuid;
 
 use super::*;
-use shardray_core::spec::{Account, BalancerStrategy};
+use shardray_core::spec::{Account, BalancerStrategy, TransportSpec};
 
 const ALICE: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
 const BOB: &str = "0e9a1d2c-4a55-4b8e-9c7e-3f2a0b1c2d3e";
@@ -657,18 +657,21 @@ fn bad_ports() {
 fn bad_cidr_and_geoip() {
     let err = broken(|v| set(v, "/routing/rules/0", "ip", json!(["10.0.0.0/8", "10.0.0.0/33"])));
     assert_eq!(err.path, "routing.rules[0].ip[1]");
-    let err = broken(|v| set(v, "/routing/rules/0", "source", json!(["geoip:cn"])));
+    // A list that no geoip.dat here holds (or no geoip.dat at all): named with its file.
+    let err = broken(|v| set(v, "/routing/rules/0", "source", json!(["geoip:no-such-country"])));
     assert_eq!(err.path, "routing.rules[0].source[0]");
-    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+    assert_eq!(err.kind, ConfigErrorKind::Invalid);
+    assert!(err.to_string().contains("geoip.dat"), "{err}");
 }
 
 #[test]
 fn bad_regexp_and_geosite() {
     let err = broken(|v| set(v, "/routing/rules/0", "domain", json!(["regexp:a(b"])));
     assert_eq!(err.path, "routing.rules[0].domain[0]");
-    let err = broken(|v| set(v, "/routing/rules/0", "domains", json!(["full:a.com", "geosite:cn"])));
+    let err = broken(|v| set(v, "/routing/rules/0", "domains", json!(["full:a.com", "geosite:no-such-list"])));
     assert_eq!(err.path, "routing.rules[0].domains[1]");
-    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+    assert_eq!(err.kind, ConfigErrorKind::Invalid);
+    assert!(err.to_string().contains("geosite.dat"), "{err}");
 }
 
 #[test]
@@ -828,8 +831,80 @@ fn unserved_top_level_sections() {
 }
 
 #[test]
+fn websocket_and_httpupgrade_settings() {
+    let mut v = base();
+    set(
+        &mut v,
+        "/inbounds/0",
+        "streamSettings",
+        json!({ "network": "ws",
+        "wsSettings": { "path": "vl?ed=2048&x=1", "headers": { "Host": "cdn.example", "X-A": "b" } },
+        "tcpSettings": { "header": { "type": "http" } },
+        "sockopt": { "trustedXForwardedFor": ["X-From-Cdn"] } }),
+    );
+    let cfg = load(&v).unwrap();
+    let ib = &cfg.inbounds[0];
+    let TransportSpec::Ws(ws) = &ib.transport else { panic!("{:?}", ib.transport) };
+    // As Xray builds it: a leading slash, `ed` taken out, the Host header moved to `host`.
+    assert_eq!((ws.path.as_str(), ws.early_data, ws.host.as_str()), ("/vl?x=1", 2048, "cdn.example"));
+    assert_eq!(ws.headers, [("X-A".to_owned(), "b".to_owned())]);
+    assert!(ib.http_header.is_none(), "tcpSettings is ignored under ws, as in Xray");
+    assert_eq!(ib.sockopt.trusted_x_forwarded_for, ["X-From-Cdn"]);
+
+    let mut v = base();
+    set(&mut v, "/inbounds/0", "streamSettings", json!({ "network": "httpupgrade", "httpupgradeSettings": {} }));
+    let cfg = load(&v).unwrap();
+    assert_eq!(cfg.inbounds[0].transport.http().unwrap().path, "/");
+    // An unknown key warns by name, as everywhere.
+    set(&mut v, "/inbounds/0", "streamSettings", json!({ "network": "ws", "wsSettings": { "pathh": "/" } }));
+    let cfg = load(&v).unwrap();
+    assert!(cfg.ignored_keys.iter().any(|k| k.contains("wsSettings.pathh")), "{:?}", cfg.ignored_keys);
+
+    // The transport's own acceptProxyProtocol is served, as Xray reads it.
+    let mut v = base();
+    set(
+        &mut v,
+        "/inbounds/0",
+        "streamSettings",
+        json!({ "network": "ws", "wsSettings": { "acceptProxyProtocol": true } }),
+    );
+    assert!(load(&v).unwrap().inbounds[0].sockopt.accept_proxy_protocol);
+    for (stream, path) in [
+        (
+            json!({ "network": "httpupgrade", "httpupgradeSettings": { "headers": { "host": "x" } } }),
+            "inbounds[0].streamSettings.httpupgradeSettings.headers.host",
+        ),
+        (json!({ "network": "ws", "wsSettings": { "path": "/a b" } }), "inbounds[0].streamSettings.wsSettings.path"),
+        (
+            json!({ "network": "ws", "wsSettings": { "maxEarlyData": 2048, "earlyDataHeaderName": "X-Ed" } }),
+            "inbounds[0].streamSettings.wsSettings.earlyDataHeaderName",
+        ),
+        (
+            json!({ "network": "ws", "sockopt": { "trustedXForwardedFor": ["bad header"] } }),
+            "inbounds[0].streamSettings.sockopt.trustedXForwardedFor[0]",
+        ),
+    ] {
+        let err = broken(|v| set(v, "/inbounds/0", "streamSettings", stream.clone()));
+        assert_eq!(err.path, path, "{stream}: {err}");
+    }
+
+    // An outbound: the Host defaults later; TLS offers http/1.1 when the config names no ALPN.
+    let mut v = base();
+    v["outbounds"].as_array_mut().unwrap().insert(
+        0,
+        json!({ "tag": "t", "protocol": "trojan",
+        "settings": { "servers": [{ "address": "a.example", "port": 443, "password": "p" }] },
+        "streamSettings": { "network": "ws", "security": "tls", "wsSettings": { "path": "/t" } } }),
+    );
+    let cfg = load(&v).unwrap();
+    let OutboundProtocol::Trojan(t) = &cfg.outbounds[0].protocol else { panic!() };
+    assert_eq!(t.transport.http().unwrap().path, "/t");
+    assert_eq!(t.tls.as_ref().unwrap().alpn, ["http/1.1"]);
+}
+
+#[test]
 fn unserved_transport_and_flow() {
-    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "network": "ws" })));
+    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "network": "grpc" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.network");
     let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "security": "reality" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.security");
@@ -871,7 +946,7 @@ fn no_outbounds() {
 }
 
 #[test]
-fn dokodemo_needs_tcp_and_a_destination() {
+fn dokodemo_networks_and_a_destination() {
     let doko = |settings: Value| {
         move |v: &mut Value| {
             at(v, "/inbounds").as_array_mut().unwrap().push(json!({
@@ -879,9 +954,20 @@ fn dokodemo_needs_tcp_and_a_destination() {
             }));
         }
     };
-    let err = broken(doko(json!({ "address": "1.1.1.1", "port": 53, "network": "udp" })));
-    assert_eq!(err.path, "inbounds[1].settings.network");
-    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+    for (network, tcp, udp) in
+        [(json!("udp"), false, true), (json!("tcp,udp"), true, true), (json!(["tcp"]), true, false)]
+    {
+        let mut v = base();
+        doko(json!({ "address": "1.1.1.1", "port": 53, "network": network }))(&mut v);
+        let cfg = load(&v).unwrap();
+        assert_eq!(cfg.inbounds[1].networks(), NetworkSet { tcp, udp }, "{network}");
+    }
+    // No network named: TCP alone, as in Xray.
+    let mut v = base();
+    doko(json!({ "address": "1.1.1.1", "port": 53 }))(&mut v);
+    assert_eq!(load(&v).unwrap().inbounds[1].networks(), NetworkSet { tcp: true, udp: false });
+    let err = broken(doko(json!({ "address": "1.1.1.1", "port": 53, "network": "quic" })));
+    assert_eq!((err.path.as_str(), err.kind), ("inbounds[1].settings.network", ConfigErrorKind::Invalid));
     let err = broken(doko(json!({ "address": "1.1.1.1" })));
     assert_eq!(err.path, "inbounds[1].settings.port");
     let err = broken(doko(json!({ "port": 53, "followRedirect": true })));
@@ -942,10 +1028,10 @@ fn xrays_newer_names_load() {
     assert_eq!((err.path.as_str(), err.kind), ("inbounds[1].settings.portMap", ConfigErrorKind::Unsupported));
     let err = broken(|v| {
         at(v, "/inbounds").as_array_mut().unwrap().push(json!({
-            "port": 5353, "protocol": "tunnel", "settings": { "rewritePort": 53, "allowedNetwork": "udp" }
+            "port": 5353, "protocol": "tunnel", "settings": { "rewritePort": 53, "allowedNetwork": "udp,quic" }
         }))
     });
-    assert_eq!((err.path.as_str(), err.kind), ("inbounds[1].settings.allowedNetwork", ConfigErrorKind::Unsupported));
+    assert_eq!((err.path.as_str(), err.kind), ("inbounds[1].settings.allowedNetwork", ConfigErrorKind::Invalid));
 }
 
 #[test]
@@ -988,6 +1074,29 @@ fn messages_read_well() {
 }
 
 #[test]
+fn accept_proxy_protocol_is_read_in_sockopt_or_tcp_settings() {
+    let mut v = base();
+    assert!(!load(&v).unwrap().inbounds[0].sockopt.accept_proxy_protocol);
+    for stream in [
+        json!({ "sockopt": { "acceptProxyProtocol": true } }),
+        json!({ "tcpSettings": { "acceptProxyProtocol": true } }),
+        json!({ "rawSettings": { "acceptProxyProtocol": true }, "sockopt": { "acceptProxyProtocol": false } }),
+    ] {
+        set(&mut v, "/inbounds/0", "streamSettings", stream.clone());
+        assert!(load(&v).unwrap().inbounds[0].sockopt.accept_proxy_protocol, "{stream}");
+    }
+    // The API's inbound is served by the control plane, which reads no PROXY header.
+    let mut v = base();
+    let api = json!({ "tag": "api", "listen": "127.0.0.1", "port": 10085, "protocol": "dokodemo-door",
+        "settings": { "address": "127.0.0.1" }, "streamSettings": { "sockopt": { "acceptProxyProtocol": true } } });
+    v["inbounds"].as_array_mut().unwrap().push(api);
+    v["api"] = json!({ "tag": "api", "services": ["StatsService"] });
+    let err = load(&v).unwrap_err();
+    assert_eq!(err.path, "inbounds[1].streamSettings.sockopt.acceptProxyProtocol");
+    assert_eq!(err.kind, ConfigErrorKind::Unsupported);
+}
+
+#[test]
 fn sockopt_is_read_and_unserved_options_are_refused_by_name() {
     let mut v = base();
     set(
@@ -1014,13 +1123,7 @@ fn sockopt_is_read_and_unserved_options_are_refused_by_name() {
         set(&mut v, "/inbounds/0/streamSettings", "sockopt", json!({ "tcpFastOpen": fast_open }));
         assert_eq!(load(&v).unwrap().inbounds[0].sockopt.tcp_fast_open, want);
     }
-    for (key, value) in [
-        ("tproxy", json!("tproxy")),
-        ("acceptProxyProtocol", json!(true)),
-        ("dialerProxy", json!("x")),
-        ("tcpMptcp", json!(true)),
-        ("trustedXForwardedFor", json!(["10.0.0.1"])),
-    ] {
+    for (key, value) in [("tproxy", json!("tproxy")), ("dialerProxy", json!("x")), ("tcpMptcp", json!(true))] {
         let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "sockopt": { key: value } })));
         assert_eq!(err.path, format!("inbounds[0].streamSettings.sockopt.{key}"));
         assert_eq!(err.kind, ConfigErrorKind::Unsupported, "{key}");

@@ -10,13 +10,15 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shardray_core::spec::{
-    ApiListen, ApiSpec, Config, LevelPolicy, LogLevel, LogSpec, LogTarget, MetricsSpec, PolicySpec, SocketOptions,
-    SystemPolicy, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_USER_SERIES,
+    ApiListen, ApiRole, ApiSpec, ApiToken, Config, LevelPolicy, LogLevel, LogSpec, LogTarget, MetricsSpec, PolicySpec,
+    SocketOptions, SystemPolicy, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_USER_SERIES,
 };
 use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
-use super::raw::{RawApi, RawConfig, RawLevelPolicy, RawLog, RawMetrics, RawPolicy, RawRouting, RawSockopt};
+use super::raw::{
+    RawApi, RawApiToken, RawConfig, RawLevelPolicy, RawLog, RawMetrics, RawPolicy, RawRouting, RawSockopt, StringList,
+};
 use super::{inbound, outbound, routing};
 
 /// The smallest relay buffer a level gets (`bufferSize: 0` asks for as little as possible).
@@ -80,6 +82,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     listen
                 }
                 (None, Some((path, addr))) => {
+                    if head.tokens.is_empty() {
+                        check_loopback(addr.ip(), &path.replace(".port", ".listen"), "API")?;
+                    }
                     listens.push((path, addr));
                     ApiListen::Tcp(addr)
                 }
@@ -94,7 +99,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     ))
                 }
             };
-            Some(ApiSpec { tag: head.tag, listen, services: head.services })
+            Some(ApiSpec {
+                tag: head.tag,
+                listen,
+                services: head.services,
+                tokens: head.tokens,
+                socket_mode: head.socket_mode,
+            })
         }
     };
     let mut notes = Vec::new();
@@ -254,6 +265,8 @@ struct ApiHead {
     tag: String,
     listen: Option<ApiListen>,
     services: Vec<String>,
+    tokens: Vec<ApiToken>,
+    socket_mode: u32,
 }
 
 fn api_head(raw: RawApi, system_services: Option<Vec<String>>) -> Result<ApiHead, ConfigError> {
@@ -287,20 +300,81 @@ fn api_head(raw: RawApi, system_services: Option<Vec<String>>) -> Result<ApiHead
             checked.push(name);
         }
     }
+    let tokens = api_tokens(raw.tokens.unwrap_or_default())?;
     let listen = match raw.listen.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(api_listen(s)?),
+        Some(s) => Some(api_listen(s, !tokens.is_empty())?),
     };
-    Ok(ApiHead { tag, listen, services: checked })
+    let socket_mode = match raw.socket_mode.as_deref() {
+        None | Some("") => 0o600,
+        Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(mode) if mode <= 0o777 && mode & 0o600 == 0o600 => mode,
+            _ => {
+                return Err(ConfigError::invalid(
+                    "api.socketMode",
+                    format!("{m:?} is not octal permission bits with the owner's read and write (\"0600\", \"0660\")"),
+                ))
+            }
+        },
+    };
+    Ok(ApiHead { tag, listen, services: checked, tokens, socket_mode })
 }
 
-fn api_listen(s: &str) -> Result<ApiListen, ConfigError> {
-    listen_at(s, "api.listen", "API")
+/// The shortest secret `api.tokens` takes: 128 bits in hex, or as much in another alphabet.
+const MIN_TOKEN_LEN: usize = 32;
+
+/// `api.tokens`: each a `token` or a `tokenFile` (read now, trimmed), a role, a unique name.
+fn api_tokens(raw: Vec<RawApiToken>) -> Result<Vec<ApiToken>, ConfigError> {
+    let mut tokens: Vec<ApiToken> = Vec::new();
+    for (i, t) in raw.into_iter().enumerate() {
+        let path = format!("api.tokens[{i}]");
+        let secret = match (t.token, t.token_file) {
+            (Some(token), None) => token,
+            (None, Some(file)) => std::fs::read_to_string(&file)
+                .map_err(|e| ConfigError::invalid(format!("{path}.tokenFile"), format!("{}: {e}", file.display())))?
+                .trim()
+                .to_owned(),
+            (Some(_), Some(_)) => return Err(ConfigError::invalid(&path, "both token and tokenFile are set")),
+            (None, None) => return Err(ConfigError::invalid(&path, "token or tokenFile is missing")),
+        };
+        if secret.len() < MIN_TOKEN_LEN || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::invalid(
+                format!("{path}.token"),
+                format!(
+                    "a token is at least {MIN_TOKEN_LEN} printable characters without spaces (openssl rand -hex 32)"
+                ),
+            ));
+        }
+        let role = match t.role.as_deref().unwrap_or("reader") {
+            "reader" => ApiRole::Reader,
+            "operator" => ApiRole::Operator,
+            "admin" => ApiRole::Admin,
+            other => {
+                return Err(ConfigError::invalid(
+                    format!("{path}.role"),
+                    format!("unknown role {other:?} (expected \"reader\", \"operator\" or \"admin\")"),
+                ))
+            }
+        };
+        let name = t.name.filter(|n| !n.is_empty()).unwrap_or_else(|| format!("token{i}"));
+        if tokens.iter().any(|o| o.name == name) {
+            return Err(ConfigError::invalid(format!("{path}.name"), format!("{name:?} is named twice")));
+        }
+        if tokens.iter().any(|o| o.secret == secret) {
+            return Err(ConfigError::invalid(format!("{path}.token"), "the same secret as another token"));
+        }
+        tokens.push(ApiToken { name, secret, role });
+    }
+    Ok(tokens)
+}
+
+fn api_listen(s: &str, authenticated: bool) -> Result<ApiListen, ConfigError> {
+    listen_at(s, "api.listen", "API", authenticated)
 }
 
 /// A listen address at `path` for `who` (the API, the metrics endpoint): loopback or a Unix
 /// socket.
-fn listen_at(s: &str, path: &str, who: &str) -> Result<ApiListen, ConfigError> {
+fn listen_at(s: &str, path: &str, who: &str, authenticated: bool) -> Result<ApiListen, ConfigError> {
     if s.starts_with('/') || s.starts_with('@') {
         return Ok(ApiListen::Unix(PathBuf::from(s)));
     }
@@ -311,15 +385,25 @@ fn listen_at(s: &str, path: &str, who: &str) -> Result<ApiListen, ConfigError> {
         Address::Domain(d) if d.eq_ignore_ascii_case("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Address::Domain(_) => return Err(bad()),
     };
-    check_loopback(ip, path, who)?;
+    if !authenticated {
+        check_loopback(ip, path, who)?;
+    }
     Ok(ApiListen::Tcp(SocketAddr::new(ip, dest.port)))
 }
 
-/// The API and the metrics endpoint (`who`) have no authentication of their own, so over TCP
-/// they listen on loopback only.
+/// The metrics endpoint has no authentication, nor has the API without `api.tokens`
+/// (`who`): over TCP they listen on loopback only.
 pub(super) fn check_loopback(ip: IpAddr, path: &str, who: &str) -> Result<(), ConfigError> {
     if ip.is_loopback() {
         Ok(())
+    } else if who == "API" {
+        Err(ConfigError::invalid(
+            path,
+            format!(
+                "the API listens on loopback or a Unix socket only, not on {ip}, unless api.tokens \
+                 names its callers"
+            ),
+        ))
     } else {
         Err(ConfigError::invalid(path, format!("the {who} listens on loopback or a Unix socket only, not on {ip}")))
     }
@@ -354,7 +438,7 @@ fn metrics_head(value: Value, routing: Option<&RawRouting>) -> Result<MetricsHea
     let raw: RawMetrics = deserialize_at(value, "metrics")?;
     let listen = match raw.listen.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(listen_at(s, "metrics.listen", "metrics endpoint")?),
+        Some(s) => Some(listen_at(s, "metrics.listen", "metrics endpoint", false)?),
     };
     let tag = match raw.tag.filter(|t| !t.is_empty()) {
         Some(tag) => tag,
@@ -588,7 +672,6 @@ pub(super) fn parse_host_port(s: &str) -> Option<Destination> {
 /// not serve yet is refused by name when it asks for anything.
 pub(super) fn sockopt(raw: RawSockopt, path: &str) -> Result<SocketOptions, ConfigError> {
     let unserved = [
-        ("acceptProxyProtocol", raw.accept_proxy_protocol == Some(true)),
         ("tproxy", raw.tproxy.as_deref().is_some_and(|t| !t.is_empty() && !t.eq_ignore_ascii_case("off"))),
         (
             "domainStrategy",
@@ -603,7 +686,6 @@ pub(super) fn sockopt(raw: RawSockopt, path: &str) -> Result<SocketOptions, Conf
             raw.address_port_strategy.as_deref().is_some_and(|a| !a.is_empty() && !a.eq_ignore_ascii_case("none")),
         ),
         ("happyEyeballs", raw.happy_eyeballs.as_ref().is_some_and(|v| !is_empty_value(v))),
-        ("trustedXForwardedFor", raw.trusted_x_forwarded_for.as_ref().is_some_and(|v| !is_empty_value(v))),
     ];
     if let Some((field, _)) = unserved.iter().find(|(_, set)| *set) {
         return Err(ConfigError::unsupported(format!("{path}.{field}"), format!("sockopt.{field}")));
@@ -638,6 +720,20 @@ pub(super) fn sockopt(raw: RawSockopt, path: &str) -> Result<SocketOptions, Conf
         window_clamp: positive(raw.tcp_window_clamp),
         max_segment: positive(raw.tcp_max_seg),
         v6_only: raw.v6only.unwrap_or(false),
+        accept_proxy_protocol: raw.accept_proxy_protocol.unwrap_or(false),
         interface: raw.interface.filter(|i| !i.is_empty()),
+        trusted_x_forwarded_for: trusted_headers(raw.trusted_x_forwarded_for, &format!("{path}.trustedXForwardedFor"))?,
     })
+}
+
+/// `trustedXForwardedFor`: header names, each a valid HTTP header name.
+fn trusted_headers(raw: Option<StringList>, path: &str) -> Result<Vec<String>, ConfigError> {
+    let names = raw.map(|StringList(l)| l).unwrap_or_default();
+    for (i, name) in names.iter().enumerate() {
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) {
+            return Err(ConfigError::invalid(format!("{path}[{i}]"), format!("{name:?} is not an HTTP header name")));
+        }
+    }
+    Ok(names)
 }

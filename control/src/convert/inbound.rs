@@ -10,13 +10,16 @@ use std::net::SocketAddr;
 
 use serde_json::{json, Map, Value};
 use shardray_core::spec::{
-    Account, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, SocketOptions, TlsVersion, UserSpec,
+    Account, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, SocketOptions, TlsVersion, TransportSpec,
+    UserSpec,
 };
 use shardray_proto::xray::app::proxyman::{ReceiverConfig, SniffingConfig};
 use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortList, PortRange};
 use shardray_proto::xray::core::InboundHandlerConfig;
-use shardray_proto::xray::proxy::{dokodemo, http, socks, trojan, vless, vmess};
-use shardray_proto::xray::transport::internet::{tls, SocketConfig, StreamConfig};
+use shardray_proto::xray::proxy::{dokodemo, http, shadowsocks, shadowsocks_2022, socks, trojan, vless, vmess};
+use shardray_proto::xray::transport::internet::{
+    httpupgrade, tls, websocket, SocketConfig, StreamConfig, TransportConfig,
+};
 
 use super::{api_user, ip_bytes, ip_from_bytes, message_type, typed, user_spec, Flavor};
 use shardray_proto::shardray::compat::v2ray::{
@@ -34,6 +37,11 @@ const VMESS_INBOUND: &str = "xray.proxy.vmess.inbound.Config";
 const DOKODEMO: &str = "xray.proxy.dokodemo.Config";
 const SOCKS_INBOUND: &str = "xray.proxy.socks.ServerConfig";
 const HTTP_INBOUND: &str = "xray.proxy.http.ServerConfig";
+const SS_INBOUND: &str = "xray.proxy.shadowsocks.ServerConfig";
+const SS2022_INBOUND: &str = "xray.proxy.shadowsocks_2022.ServerConfig";
+const SS2022_MULTI_INBOUND: &str = "xray.proxy.shadowsocks_2022.MultiUserServerConfig";
+const WEBSOCKET: &str = "xray.transport.internet.websocket.Config";
+const HTTPUPGRADE: &str = "xray.transport.internet.httpupgrade.Config";
 
 /// An AddInbound request that cannot become a config inbound; names the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +154,42 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
             }
             out.insert("settings".into(), Value::Object(body));
         }
+        "proxy.shadowsocks.ServerConfig" if flavor == Flavor::V2ray => {
+            return Err(invalid(
+                "proxy_settings: v2fly's shadowsocks ServerConfig (one user, plugins) is not read; send Xray's \
+                 xray.proxy.shadowsocks.ServerConfig",
+            ))
+        }
+        "proxy.shadowsocks.ServerConfig" => {
+            let settings: shadowsocks::ServerConfig = decode(&proxy.value, SS_INBOUND, "proxy_settings")?;
+            out.insert("protocol".into(), json!("shadowsocks"));
+            let clients = clients_json(&settings.users, "shadowsocks")?;
+            out.insert("settings".into(), json!({ "clients": clients, "network": networks_text(&settings.network) }));
+        }
+        "proxy.shadowsocks_2022.ServerConfig" => {
+            let settings: shadowsocks_2022::ServerConfig = decode(&proxy.value, SS2022_INBOUND, "proxy_settings")?;
+            out.insert("protocol".into(), json!("shadowsocks"));
+            out.insert(
+                "settings".into(),
+                json!({
+                    "method": settings.method, "password": settings.key, "email": settings.email,
+                    "level": settings.level.max(0), "network": networks_text(&settings.network)
+                }),
+            );
+        }
+        "proxy.shadowsocks_2022.MultiUserServerConfig" => {
+            let settings: shadowsocks_2022::MultiUserServerConfig =
+                decode(&proxy.value, SS2022_MULTI_INBOUND, "proxy_settings")?;
+            out.insert("protocol".into(), json!("shadowsocks"));
+            let clients = clients_json(&settings.users, "shadowsocks_2022")?;
+            out.insert(
+                "settings".into(),
+                json!({
+                    "method": settings.method, "password": settings.key, "clients": clients,
+                    "network": networks_text(&settings.network)
+                }),
+            );
+        }
         "proxy.dokodemo.Config" => {
             let settings: dokodemo::Config = match flavor {
                 Flavor::V2ray => {
@@ -206,6 +250,24 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
     Ok(Value::Object(out))
 }
 
+/// A network list as config writes it (`"tcp,udp"`); none is TCP.
+fn networks_text(list: &[i32]) -> String {
+    let names: Vec<&str> = list
+        .iter()
+        .map(|n| match Network::try_from(*n) {
+            Ok(Network::Tcp | Network::RawTcp) => "tcp",
+            Ok(Network::Udp) => "udp",
+            Ok(Network::Unix) => "unix",
+            _ => "unknown",
+        })
+        .collect();
+    if names.is_empty() {
+        "tcp".into()
+    } else {
+        names.join(",")
+    }
+}
+
 fn port_json(list: Option<&PortList>) -> Result<Value, InvalidInbound> {
     let ranges = list.map(|l| l.range.as_slice()).unwrap_or_default();
     match ranges {
@@ -240,14 +302,33 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
         stream.protocol_name.as_str()
     };
     out.insert("network".into(), json!(network));
-    // The transport's own settings (a TCP header, WebSocket paths, ...): none is served yet,
-    // so any that says something is refused rather than dropped.
-    if let Some(t) = stream.transport_settings.iter().find(|t| t.settings.as_ref().is_some_and(|s| !s.value.is_empty()))
-    {
-        return Err(invalid(format!(
-            "receiver_settings.stream_settings.transport_settings: {:?} settings are not supported yet",
-            t.protocol_name
-        )));
+    // The transports' own settings: WebSocket's and HTTPUpgrade's become their JSON; any
+    // other that says something (a TCP header, ...) is refused rather than dropped.
+    for (i, t) in stream.transport_settings.iter().enumerate() {
+        let Some(settings) = t.settings.as_ref() else { continue };
+        let field = format!("receiver_settings.stream_settings.transport_settings[{i}].settings");
+        match message_type(&settings.r#type) {
+            Ok((Flavor::Xray, "transport.internet.websocket.Config")) => {
+                let c: websocket::Config = decode(&settings.value, WEBSOCKET, &field)?;
+                let mut ws = http_transport_json(&c.host, &c.path, &c.header, c.accept_proxy_protocol, c.ed);
+                if c.heartbeat_period > 0 {
+                    ws["heartbeatPeriod"] = json!(c.heartbeat_period);
+                }
+                out.insert("wsSettings".into(), ws);
+            }
+            Ok((Flavor::Xray, "transport.internet.httpupgrade.Config")) => {
+                let c: httpupgrade::Config = decode(&settings.value, HTTPUPGRADE, &field)?;
+                let json = http_transport_json(&c.host, &c.path, &c.header, c.accept_proxy_protocol, c.ed);
+                out.insert("httpupgradeSettings".into(), json);
+            }
+            _ if settings.value.is_empty() => {}
+            _ => {
+                return Err(invalid(format!(
+                    "{field}: {:?} ({:?}) settings are not supported yet",
+                    t.protocol_name, settings.r#type
+                )))
+            }
+        }
     }
     if let Some(socket) = &stream.socket_settings {
         if socket.accept_proxy_protocol {
@@ -278,6 +359,28 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
         }
     }
     Ok(Value::Object(out))
+}
+
+/// `wsSettings` / `httpupgradeSettings` from the API's fields: the early-data length goes back
+/// into the path as `?ed=`, as Xray's JSON writes it.
+fn http_transport_json(
+    host: &str,
+    path: &str,
+    headers: &std::collections::HashMap<String, String>,
+    accept_proxy_protocol: bool,
+    ed: u32,
+) -> Value {
+    let path = match ed {
+        0 => path.to_owned(),
+        n if path.contains('?') => format!("{path}&ed={n}"),
+        n => format!("{path}?ed={n}"),
+    };
+    let headers: std::collections::BTreeMap<_, _> = headers.iter().collect();
+    let mut out = json!({ "path": path, "host": host, "headers": headers });
+    if accept_proxy_protocol {
+        out["acceptProxyProtocol"] = json!(true);
+    }
+    out
 }
 
 /// v2fly's TLS settings in Xray's form.
@@ -381,6 +484,10 @@ fn client_json(spec: &UserSpec) -> Value {
         Account::Socks(a) | Account::Http(a) => {
             json!({ "user": &*a.username, "pass": &*a.password, "email": spec.email, "level": spec.level })
         }
+        Account::Shadowsocks { method, password } => json!({
+            "method": method.name(), "password": &**password, "email": spec.email, "level": spec.level
+        }),
+        Account::Shadowsocks2022 { key } => json!({ "password": &**key, "email": spec.email, "level": spec.level }),
     }
 }
 
@@ -475,6 +582,7 @@ fn sockopt_json(s: &SocketConfig) -> Value {
     put("tcpUserTimeout", s.tcp_user_timeout != 0, json!(s.tcp_user_timeout));
     put("tcpMaxSeg", s.tcp_max_seg != 0, json!(s.tcp_max_seg));
     put("tcpMptcp", s.tcp_mptcp, json!(true));
+    put("trustedXForwardedFor", !s.trusted_x_forwarded_for.is_empty(), json!(s.trusted_x_forwarded_for));
     Value::Object(out)
 }
 
@@ -496,8 +604,37 @@ fn socket_config(o: &SocketOptions) -> SocketConfig {
         tcp_window_clamp: int(o.window_clamp),
         tcp_user_timeout: int(o.user_timeout_ms),
         tcp_max_seg: int(o.max_segment),
+        trusted_x_forwarded_for: o.trusted_x_forwarded_for.clone(),
         ..Default::default()
     }
+}
+
+/// The API form of an HTTP transport: Xray's protocol name and its TransportConfig.
+fn transport_config(t: &TransportSpec) -> Option<(&'static str, TransportConfig)> {
+    let (name, settings) = match t {
+        TransportSpec::Raw => return None,
+        TransportSpec::Ws(h) => {
+            let c = websocket::Config {
+                host: h.host.clone(),
+                path: h.path.clone(),
+                header: h.headers.iter().cloned().collect(),
+                ed: h.early_data,
+                ..Default::default()
+            };
+            ("websocket", typed(WEBSOCKET, &c))
+        }
+        TransportSpec::HttpUpgrade(h) => {
+            let c = httpupgrade::Config {
+                host: h.host.clone(),
+                path: h.path.clone(),
+                header: h.headers.iter().cloned().collect(),
+                ed: h.early_data,
+                ..Default::default()
+            };
+            ("httpupgrade", typed(HTTPUPGRADE, &c))
+        }
+    };
+    Some((name, TransportConfig { protocol_name: name.into(), settings: Some(settings), ..Default::default() }))
 }
 
 /// The API form of a config inbound, users and TLS keys included: what `shardray api adi`
@@ -529,10 +666,16 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
         (TLS.to_owned(), vec![typed(TLS, &settings)])
     });
     let sockopt = (spec.sockopt != SocketOptions::default()).then(|| socket_config(&spec.sockopt));
-    let stream = (tls.is_some() || sockopt.is_some()).then(|| {
+    let transport = transport_config(&spec.transport);
+    let stream = (tls.is_some() || sockopt.is_some() || transport.is_some()).then(|| {
         let (security_type, security_settings) = tls.unwrap_or_default();
+        let (protocol_name, transport_settings) = match transport {
+            Some((name, t)) => (name.to_owned(), vec![t]),
+            None => ("tcp".to_owned(), Vec::new()),
+        };
         StreamConfig {
-            protocol_name: "tcp".into(),
+            protocol_name,
+            transport_settings,
             security_type,
             security_settings,
             socket_settings: sockopt,
@@ -606,6 +749,38 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             };
             typed(HTTP_INBOUND, &config)
         }
+        InboundProtocol::Shadowsocks(s) => match (s.method_2022, &s.server_psk) {
+            (None, _) => {
+                let config = shadowsocks::ServerConfig {
+                    users: s.clients.iter().map(api_user).collect(),
+                    network: vec![Network::Tcp as i32],
+                };
+                typed(SS_INBOUND, &config)
+            }
+            (Some(method), Some(psk)) => {
+                let config = shadowsocks_2022::MultiUserServerConfig {
+                    method: method.name().into(),
+                    key: psk.to_string(),
+                    users: s.clients.iter().map(api_user).collect(),
+                    network: vec![Network::Tcp as i32],
+                };
+                typed(SS2022_MULTI_INBOUND, &config)
+            }
+            (Some(method), None) => {
+                let user = s.clients.first();
+                let config = shadowsocks_2022::ServerConfig {
+                    method: method.name().into(),
+                    key: match user.map(|u| &u.account) {
+                        Some(Account::Shadowsocks2022 { key }) => key.to_string(),
+                        _ => String::new(),
+                    },
+                    email: user.map(|u| u.email.clone()).unwrap_or_default(),
+                    level: user.map_or(0, |u| u.level as i32),
+                    network: vec![Network::Tcp as i32],
+                };
+                typed(SS2022_INBOUND, &config)
+            }
+        },
         InboundProtocol::Dokodemo(d) => {
             let address = match &d.destination.addr {
                 shardray_wire::addr::Address::Ip(ip) => ip_or_domain::Address::Ip(ip_bytes(*ip)),
@@ -614,7 +789,10 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             let config = dokodemo::Config {
                 address: Some(IpOrDomain { address: Some(address) }),
                 port: u32::from(d.destination.port),
-                networks: vec![Network::Tcp as i32],
+                networks: [(d.network.tcp, Network::Tcp), (d.network.udp, Network::Udp)]
+                    .into_iter()
+                    .filter_map(|(on, n)| on.then_some(n as i32))
+                    .collect(),
                 user_level: d.user_level,
                 ..Default::default()
             };
@@ -671,6 +849,32 @@ mod tests {
         }));
         assert_eq!(spec.sockopt.tcp_fast_open, Some(0));
         assert_eq!(through_api(&spec).unwrap(), spec);
+    }
+
+    #[test]
+    fn websocket_and_httpupgrade_inbounds_survive_the_api_form() {
+        for (network, key) in [("ws", "wsSettings"), ("httpupgrade", "httpupgradeSettings")] {
+            let spec = load(json!({
+                "tag": "w", "listen": "127.0.0.1", "port": 4433, "protocol": "vless",
+                "settings": { "decryption": "none", "clients": [] },
+                "streamSettings": { "network": network,
+                    key: { "path": "/p?ed=2048", "host": "cdn.example", "headers": { "X-A": "b" } },
+                    "sockopt": { "trustedXForwardedFor": ["CF-Connecting-IP"] } }
+            }));
+            let http = spec.transport.http().unwrap();
+            assert_eq!((http.path.as_str(), http.early_data, http.host.as_str()), ("/p", 2048, "cdn.example"));
+            assert_eq!(spec.sockopt.trusted_x_forwarded_for, ["CF-Connecting-IP"]);
+            let api = inbound_config(&spec);
+            let receiver = ReceiverConfig::decode(&api.receiver_settings.as_ref().unwrap().value[..]).unwrap();
+            let stream = receiver.stream_settings.unwrap();
+            let name = if network == "ws" { "websocket" } else { "httpupgrade" };
+            assert_eq!(stream.protocol_name, name);
+            assert_eq!(
+                stream.transport_settings[0].settings.as_ref().unwrap().r#type,
+                format!("xray.transport.internet.{name}.Config")
+            );
+            assert_eq!(through_api(&spec).unwrap(), spec);
+        }
     }
 
     #[test]
@@ -733,6 +937,13 @@ mod tests {
             "settings": { "address": "example.com", "port": 80, "network": "tcp", "userLevel": 1 }
         }));
         assert_eq!(through_api(&spec).unwrap(), spec);
+        for network in ["udp", "tcp,udp"] {
+            let spec = load(json!({
+                "tag": "dns", "listen": "127.0.0.1", "port": 5353, "protocol": "dokodemo-door",
+                "settings": { "address": "1.1.1.1", "port": 53, "network": network }
+            }));
+            assert_eq!(through_api(&spec).unwrap(), spec, "{network}");
+        }
     }
 
     fn handler(receiver: TypedMessage, proxy: TypedMessage) -> InboundHandlerConfig {
@@ -875,7 +1086,8 @@ mod tests {
             },
         );
         let why = refusal(&handler(with_header, vless.clone()));
-        assert!(why.contains("transport_settings: \"tcp\" settings are not supported yet"), "{why}");
+        assert!(why.contains("transport_settings[0].settings: \"tcp\""), "{why}");
+        assert!(why.contains("settings are not supported yet"), "{why}");
 
         let mut untagged = handler(one_port(), vless);
         untagged.tag.clear();

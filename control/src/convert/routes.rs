@@ -8,9 +8,9 @@ use std::fmt;
 use ipnet::IpNet;
 use prost::Message;
 use shardray_core::spec::{
-    BalancerSpec, BalancerStrategy, BlackholeSpec, DomainMatcher, DomainStrategy, FreedomSpec, NetworkSet,
-    OutboundProtocol, OutboundSpec, PortRange, ProxyOutboundSpec, RuleSpec, TlsClientSpec, TrojanOutboundSpec,
-    VmessOutboundSpec,
+    BalancerSpec, BalancerStrategy, BlackholeSpec, DomainMatcher, DomainStrategy, FreedomSpec, HttpTransportSpec,
+    NetworkSet, OutboundProtocol, OutboundSpec, PortRange, ProxyOutboundSpec, RuleSpec, ShadowsocksOutboundSpec,
+    TlsClientSpec, TransportSpec, TrojanOutboundSpec, VlessOutboundSpec, VmessOutboundSpec,
 };
 use shardray_proto::xray::app::proxyman::SenderConfig;
 use shardray_proto::xray::app::router;
@@ -19,7 +19,9 @@ use shardray_proto::xray::common::net;
 use shardray_proto::xray::common::protocol::ServerEndpoint;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::OutboundHandlerConfig;
-use shardray_proto::xray::proxy::{blackhole, freedom, http, socks, trojan, vmess};
+use shardray_proto::xray::proxy::{
+    blackhole, freedom, http, shadowsocks, shadowsocks_2022, socks, trojan, vless, vmess,
+};
 use shardray_proto::xray::transport::internet::{tls, StreamConfig};
 use shardray_wire::addr::{Address, Destination};
 
@@ -128,6 +130,30 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
             let headers: Vec<(String, String)> = c.header.into_iter().map(|h| (h.key, h.value)).collect();
             OutboundProtocol::Http(proxy_spec(c.server.as_ref(), &headers, stream_settings.take().as_ref(), "http")?)
         }
+        "proxy.vless.outbound.Config" => OutboundProtocol::Vless(vless_spec(
+            &exact(&proxy.value, "xray.proxy.vless.outbound.Config", "proxy_settings")?,
+            stream_settings.take().as_ref(),
+        )?),
+        "proxy.shadowsocks.ClientConfig" => {
+            let c: shadowsocks::ClientConfig =
+                exact(&proxy.value, "xray.proxy.shadowsocks.ClientConfig", "proxy_settings")?;
+            let (server, spec) = client_endpoint(c.server.as_slice(), "shadowsocks", "Shadowsocks")?;
+            let shardray_core::spec::Account::Shadowsocks { method, password } = spec.account else {
+                return Err(invalid("proxy_settings.server[0].user.account: not a Shadowsocks account"));
+            };
+            OutboundProtocol::Shadowsocks(ShadowsocksOutboundSpec {
+                server,
+                method,
+                password: password.to_string(),
+                email: spec.email,
+                level: spec.level,
+            })
+        }
+        "proxy.shadowsocks_2022.ClientConfig" => OutboundProtocol::Shadowsocks(ss2022_spec(&exact(
+            &proxy.value,
+            "xray.proxy.shadowsocks_2022.ClientConfig",
+            "proxy_settings",
+        )?)?),
         other => {
             return Err(match other.strip_prefix("proxy.").and_then(|p| p.split('.').next()) {
                 Some(p) => invalid(format!("proxy_settings: outbound protocol {p:?} is not supported yet")),
@@ -224,11 +250,52 @@ fn proxy_spec(
     };
     let tls = match stream {
         None => None,
-        Some(stream) => client_tls(stream)?,
+        Some(stream) => {
+            if !matches!(client_transport(stream)?, TransportSpec::Raw) {
+                return Err(invalid(format!(
+                    "sender_settings.stream_settings: a {protocol} outbound over WebSocket or HTTPUpgrade is not served yet"
+                )));
+            }
+            client_tls(stream)?
+        }
     };
     let mut headers = headers.to_vec();
     headers.sort();
     Ok(ProxyOutboundSpec { server: dest, account, email, level, headers, tls })
+}
+
+/// A Shadowsocks 2022 ClientConfig: the server, the method and the key (`serverPSK:userPSK`
+/// for a multi-user server).
+fn ss2022_spec(c: &shadowsocks_2022::ClientConfig) -> Result<ShadowsocksOutboundSpec, InvalidRoute> {
+    let addr = match c.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(net::ip_or_domain::Address::Ip(ip)) => {
+            Address::Ip(ip_from_bytes(ip).ok_or_else(|| invalid("proxy_settings.address: not an IP"))?)
+        }
+        Some(net::ip_or_domain::Address::Domain(d)) => {
+            Address::parse(d).ok_or_else(|| invalid(format!("proxy_settings.address: {d:?}")))?
+        }
+        None => return Err(invalid("proxy_settings.address: missing")),
+    };
+    let port = u16::try_from(c.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid(format!("proxy_settings.port: {} is not a port", c.port)))?;
+    let method = shardray_wire::shadowsocks::Method::parse(&c.method)
+        .ok()
+        .filter(|m| m.is_2022())
+        .ok_or_else(|| invalid(format!("proxy_settings.method: {:?} is not a 2022 method", c.method)))?;
+    shardray_wire::shadowsocks::MasterKey::parse_psk_chain(method, &c.key)
+        .map_err(|e| invalid(format!("proxy_settings.key: {e}")))?;
+    if c.udp_over_tcp {
+        return Err(invalid("proxy_settings.udp_over_tcp: UDP over TCP is not supported yet"));
+    }
+    Ok(ShadowsocksOutboundSpec {
+        server: Destination { addr, port },
+        method,
+        password: c.key.clone(),
+        email: String::new(),
+        level: 0,
+    })
 }
 
 /// A VMess outbound Config (one receiver, one user) and its sender's stream settings.
@@ -240,10 +307,17 @@ fn vmess_spec(c: &vmess::outbound::Config, stream: Option<&StreamConfig>) -> Res
     // The account's experiments, as Xray's outbound reads them.
     let account = c.receiver[0].user[0].account.as_ref().map(|a| &a.value[..]).unwrap_or_default();
     let tests = vmess::Account::decode(account).map(|a| a.tests_enabled).unwrap_or_default();
-    let tls = match stream {
-        None => None,
-        Some(stream) => client_tls(stream)?,
+    let (tls, transport) = match stream {
+        None => (None, TransportSpec::Raw),
+        Some(stream) => (client_tls(stream)?, client_transport(stream)?),
     };
+    let tls = tls.map(|mut t| {
+        // The HTTP transports offer http/1.1 when nothing is named, as the config loader does.
+        if t.alpn.is_empty() && transport.http().is_some() {
+            t.alpn.push("http/1.1".into());
+        }
+        t
+    });
     Ok(VmessOutboundSpec {
         server,
         id,
@@ -252,7 +326,29 @@ fn vmess_spec(c: &vmess::outbound::Config, stream: Option<&StreamConfig>) -> Res
         email: spec.email,
         level: spec.level,
         tls,
+        transport,
     })
+}
+
+/// A VLESS outbound Config (its one server endpoint, one user, no flow) and its sender's
+/// stream settings.
+fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Result<VlessOutboundSpec, InvalidRoute> {
+    let (server, spec) = client_endpoint(c.vnext.as_slice(), "vless", "VLESS")?;
+    let shardray_core::spec::Account::Vless(id) = spec.account else {
+        return Err(invalid("proxy_settings.server[0].user.account: not a VLESS account"));
+    };
+    let account = c.vnext.as_ref().and_then(|v| v.user.first()).and_then(|u| u.account.as_ref());
+    let account = account.map(|a| &a.value[..]).unwrap_or_default();
+    if let Ok(a) = vless::Account::decode(account) {
+        if !a.flow.is_empty() {
+            return Err(invalid(format!("proxy_settings.server[0].user.account.flow: {:?} is not served yet", a.flow)));
+        }
+    }
+    let tls = match stream {
+        None => None,
+        Some(stream) => client_tls(stream)?,
+    };
+    Ok(VlessOutboundSpec { server, id, email: spec.email, level: spec.level, tls })
 }
 
 /// A Trojan ClientConfig (one server, one user) and its sender's stream settings (raw TCP,
@@ -263,28 +359,90 @@ fn trojan_spec(c: &trojan::ClientConfig, stream: Option<&StreamConfig>) -> Resul
     let shardray_core::spec::Account::Trojan(password) = spec.account else {
         return Err(invalid("proxy_settings.server[0].user.account: not a Trojan account"));
     };
-    let tls = match stream {
-        None => None,
-        Some(stream) => client_tls(stream)?,
+    let (tls, transport) = match stream {
+        None => (None, TransportSpec::Raw),
+        Some(stream) => (client_tls(stream)?, client_transport(stream)?),
     };
+    let tls = tls.map(|mut t| {
+        // The HTTP transports offer http/1.1 when nothing is named, as the config loader does.
+        if t.alpn.is_empty() && transport.http().is_some() {
+            t.alpn.push("http/1.1".into());
+        }
+        t
+    });
     Ok(TrojanOutboundSpec {
         server: Destination { addr, port },
         password: password.to_string(),
         email: spec.email,
         level: spec.level,
         tls,
+        transport,
     })
 }
 
-/// A sender's stream settings over raw TCP, with TLS or without; anything else is refused.
+/// A sender's transport: raw TCP, or WebSocket / HTTPUpgrade with Xray's settings messages
+/// (the path normalized and checked as the config loader does); anything else is refused.
 #[allow(deprecated)] // `protocol`, upstream's old field, is still checked: old clients send it.
-fn client_tls(stream: &StreamConfig) -> Result<Option<TlsClientSpec>, InvalidRoute> {
-    if !matches!(stream.protocol_name.as_str(), "" | "tcp" | "raw")
-        || stream.protocol != 0
-        || !stream.transport_settings.is_empty()
-    {
-        return Err(invalid("sender_settings.stream_settings: only raw TCP is supported yet on outbounds"));
+fn client_transport(stream: &StreamConfig) -> Result<TransportSpec, InvalidRoute> {
+    let field = "sender_settings.stream_settings";
+    let wanted = match (stream.protocol_name.as_str(), stream.protocol) {
+        ("" | "tcp" | "raw", 0) => "",
+        ("websocket" | "ws", 0) | ("", 3) => "websocket",
+        ("httpupgrade", 0) => "httpupgrade",
+        _ => {
+            return Err(invalid(format!(
+                "{field}: only raw TCP, WebSocket and HTTPUpgrade are supported yet on outbounds"
+            )))
+        }
+    };
+    let mut found = None;
+    for (i, t) in stream.transport_settings.iter().enumerate() {
+        let Some(settings) = t.settings.as_ref() else { continue };
+        let at = format!("{field}.transport_settings[{i}].settings");
+        let name = type_name(settings, &at)?;
+        let (host, path, header, proxy, ed) = match name {
+            "transport.internet.websocket.Config" if wanted == "websocket" => {
+                let c: shardray_proto::xray::transport::internet::websocket::Config =
+                    exact(&settings.value, "xray.transport.internet.websocket.Config", &at)?;
+                (c.host, c.path, c.header, c.accept_proxy_protocol, c.ed)
+            }
+            "transport.internet.httpupgrade.Config" if wanted == "httpupgrade" => {
+                let c: shardray_proto::xray::transport::internet::httpupgrade::Config =
+                    exact(&settings.value, "xray.transport.internet.httpupgrade.Config", &at)?;
+                (c.host, c.path, c.header, c.accept_proxy_protocol, c.ed)
+            }
+            _ if settings.value.is_empty() => continue,
+            other => return Err(invalid(format!("{at}: {other:?} is not supported yet on outbounds"))),
+        };
+        if proxy {
+            return Err(invalid(format!("{at}.accept_proxy_protocol: not supported yet")));
+        }
+        if path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            || host.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            || header
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.eq_ignore_ascii_case("host") || (k.clone() + v).contains(['\r', '\n']))
+        {
+            return Err(invalid(format!("{at}: a path, host or header that is not valid HTTP")));
+        }
+        let path = if path.starts_with('/') { path } else { format!("/{path}") };
+        let mut headers: Vec<(String, String)> = header.into_iter().collect();
+        headers.sort();
+        found = Some(HttpTransportSpec { path, host, headers, early_data: ed });
     }
+    Ok(match wanted {
+        "" => TransportSpec::Raw,
+        "websocket" => TransportSpec::Ws(Box::new(
+            found.unwrap_or_else(|| HttpTransportSpec { path: "/".into(), ..Default::default() }),
+        )),
+        _ => TransportSpec::HttpUpgrade(Box::new(
+            found.unwrap_or_else(|| HttpTransportSpec { path: "/".into(), ..Default::default() }),
+        )),
+    })
+}
+
+/// A sender's stream settings, with TLS or without (the transport is `client_transport`'s).
+fn client_tls(stream: &StreamConfig) -> Result<Option<TlsClientSpec>, InvalidRoute> {
     if stream.socket_settings.as_ref().is_some_and(|s| *s != Default::default()) {
         return Err(invalid("sender_settings.stream_settings.socket_settings: sockopt is not supported yet"));
     }
@@ -506,11 +664,63 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
                 typed("xray.proxy.http.ClientConfig", &http::ClientConfig { server: Some(server), header })
             }
         }
+        OutboundProtocol::Vless(v) => {
+            let account = vless::Account { id: v.id.to_string(), encryption: "none".into(), ..Default::default() };
+            let user = shardray_proto::xray::common::protocol::User {
+                level: v.level,
+                email: v.email.clone(),
+                account: Some(typed("xray.proxy.vless.Account", &account)),
+            };
+            let server = ServerEndpoint {
+                address: Some(net::IpOrDomain {
+                    address: Some(match &v.server.addr {
+                        Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
+                        Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
+                    }),
+                }),
+                port: u32::from(v.server.port),
+                user: vec![user],
+            };
+            typed("xray.proxy.vless.outbound.Config", &vless::outbound::Config { vnext: Some(server) })
+        }
+        OutboundProtocol::Shadowsocks(s) => {
+            let address = net::IpOrDomain {
+                address: Some(match &s.server.addr {
+                    Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
+                    Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
+                }),
+            };
+            if s.method.is_2022() {
+                let config = shadowsocks_2022::ClientConfig {
+                    address: Some(address),
+                    port: u32::from(s.server.port),
+                    method: s.method.name().into(),
+                    key: s.password.clone(),
+                    ..Default::default()
+                };
+                typed("xray.proxy.shadowsocks_2022.ClientConfig", &config)
+            } else {
+                let account = shadowsocks::Account {
+                    password: s.password.clone(),
+                    cipher_type: super::shadowsocks_cipher_type(s.method),
+                    iv_check: false,
+                };
+                let user = shardray_proto::xray::common::protocol::User {
+                    level: s.level,
+                    email: s.email.clone(),
+                    account: Some(typed("xray.proxy.shadowsocks.Account", &account)),
+                };
+                let server =
+                    ServerEndpoint { address: Some(address), port: u32::from(s.server.port), user: vec![user] };
+                typed("xray.proxy.shadowsocks.ClientConfig", &shadowsocks::ClientConfig { server: Some(server) })
+            }
+        }
     };
     let tls = match &spec.protocol {
         OutboundProtocol::Trojan(t) => t.tls.as_ref(),
         OutboundProtocol::Vmess(v) => v.tls.as_ref(),
         OutboundProtocol::Socks(p) | OutboundProtocol::Http(p) => p.tls.as_ref(),
+        OutboundProtocol::Vless(v) => v.tls.as_ref(),
         _ => None,
     };
     let sender_settings = match (sender_settings, tls) {
@@ -594,7 +804,18 @@ fn rule_spec(r: &router::RoutingRule, path: &str) -> Result<RuleSpec, InvalidRou
     };
     let mut domains = Vec::with_capacity(r.domain.len());
     for (i, d) in r.domain.iter().enumerate() {
-        domains.push(domain_matcher(d, &format!("{path}.domain[{i}]"))?);
+        let at = format!("{path}.domain[{i}]");
+        match &d.value {
+            // geosite:CODE@ATTR, or ext:FILE:CODE: every domain the list holds.
+            Some(geodata::domain_rule::Value::Geosite(g)) => {
+                let file = if g.file.is_empty() { "geosite.dat" } else { g.file.as_str() };
+                let attrs: Vec<&str> = g.attrs.split(['@', ',']).filter(|a| !a.is_empty()).collect();
+                let listed = crate::config::geodata::geosite(file, &g.code, &attrs)
+                    .map_err(|e| invalid(format!("{at}: {e}")))?;
+                domains.extend(listed);
+            }
+            _ => domains.push(domain_matcher(d, &at)?),
+        }
     }
     let network = if r.networks.is_empty() {
         None
@@ -652,9 +873,7 @@ fn domain_matcher(d: &geodata::DomainRule, path: &str) -> Result<DomainMatcher, 
                 Err(_) => return Err(invalid(format!("{path}: unknown domain type {}", c.r#type))),
             })
         }
-        Some(geodata::domain_rule::Value::Geosite(g)) => {
-            Err(invalid(format!("{path}: geosite:{} is not supported yet (no geosite.dat)", g.code)))
-        }
+        Some(geodata::domain_rule::Value::Geosite(_)) => unreachable!("lists are expanded by the caller"),
         None => Err(invalid(format!("{path}: empty"))),
     }
 }
@@ -676,11 +895,10 @@ fn ip_rules(list: &[geodata::IpRule], path: &str) -> Result<Vec<IpNet>, InvalidR
                 nets.extend(crate::config::private_nets());
             }
             Some(geodata::ip_rule::Value::Geoip(g)) => {
-                let not = if g.reverse_match { "!" } else { "" };
-                return Err(invalid(format!(
-                    "{at}: {not}geoip:{} is not supported yet (no geoip.dat; only geoip:private)",
-                    g.code
-                )));
+                let file = if g.file.is_empty() { "geoip.dat" } else { g.file.as_str() };
+                let listed = crate::config::geodata::geoip(file, &g.code, g.reverse_match)
+                    .map_err(|e| invalid(format!("{at}: {e}")))?;
+                nets.extend(listed);
             }
             None => return Err(invalid(format!("{at}: empty"))),
         }
@@ -832,10 +1050,14 @@ mod tests {
                   "streamSettings": { "security": "tls", "tlsSettings": {
                       "serverName": "sni.example", "allowInsecure": true, "alpn": ["h2"], "fingerprint": "chrome" } } },
                 { "tag": "u", "protocol": "trojan",
-                  "settings": { "servers": [{ "address": "10.0.0.1", "port": 8443, "password": "x" }] } }
+                  "settings": { "servers": [{ "address": "10.0.0.1", "port": 8443, "password": "x" }] } },
+                { "tag": "v", "protocol": "vless",
+                  "settings": { "vnext": [{ "address": "proxy.example", "port": 443, "users": [{
+                      "id": "b831381d-6324-4d53-ad4f-8cda48b30811", "encryption": "none", "email": "v@x", "level": 3 }] }] },
+                  "streamSettings": { "security": "tls", "tlsSettings": { "serverName": "sni.example" } } }
             ] }"#,
         );
-        assert_eq!(specs.len(), 5);
+        assert_eq!(specs.len(), 6);
         for spec in &specs {
             assert_eq!(&outbound_spec(&outbound_config(spec)).unwrap(), spec);
         }
@@ -843,12 +1065,12 @@ mod tests {
 
     #[test]
     fn outbound_refusals_name_the_field() {
-        let vless = OutboundHandlerConfig {
+        let unserved = OutboundHandlerConfig {
             tag: "x".into(),
-            proxy_settings: Some(TypedMessage { r#type: "xray.proxy.vless.outbound.Config".into(), value: vec![] }),
+            proxy_settings: Some(TypedMessage { r#type: "xray.proxy.wireguard.DeviceConfig".into(), value: vec![] }),
             ..Default::default()
         };
-        assert!(outbound_spec(&vless).unwrap_err().0.contains("\"vless\" is not supported"));
+        assert!(outbound_spec(&unserved).unwrap_err().0.contains("\"wireguard\" is not supported"));
         let wrong = OutboundHandlerConfig {
             proxy_settings: Some(typed("xray.app.proxyman.SenderConfig", &SenderConfig::default())),
             ..Default::default()
@@ -928,12 +1150,12 @@ mod tests {
         );
         let geosite = geodata::DomainRule {
             value: Some(geodata::domain_rule::Value::Geosite(geodata::GeoSiteRule {
-                code: "cn".into(),
+                code: "no-such-list".into(),
                 ..Default::default()
             })),
         };
-        assert!(rule(router::RoutingRule { target_tag: target.clone(), domain: vec![geosite], ..Default::default() })
-            .starts_with("rule[0].domain[0]: geosite:cn"));
+        let err = rule(router::RoutingRule { target_tag: target.clone(), domain: vec![geosite], ..Default::default() });
+        assert!(err.starts_with("rule[0].domain[0]: geosite.dat "), "{err}");
         assert!(rule(router::RoutingRule { target_tag: target, protocol: vec!["http".into()], ..Default::default() })
             .starts_with("rule[0].protocol"));
         let wrong = routing_specs(&typed("xray.app.proxyman.SenderConfig", &SenderConfig::default())).unwrap_err();

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use shardray_wire::shadowsocks::{MasterKey, Method};
 use shardray_wire::trojan::KEY_LEN;
 use uuid::Uuid;
 
@@ -26,6 +27,11 @@ pub enum UserId {
     /// A SOCKS or HTTP proxy account's key: SHA-256 over its username and password
     /// (`shardray_wire::socks::account_key`).
     Password([u8; shardray_wire::socks::ACCOUNT_KEY_LEN]),
+    /// A classic Shadowsocks (AEAD) user: its method and master key (EVP_BytesToKey of the
+    /// password), which open its first chunk.
+    Shadowsocks(Method, MasterKey),
+    /// A Shadowsocks 2022 user: its PSK (the inbound names the method).
+    Shadowsocks2022(MasterKey),
 }
 
 impl std::fmt::Display for UserId {
@@ -34,6 +40,9 @@ impl std::fmt::Display for UserId {
             UserId::Uuid(id) => write!(f, "{id}"),
             UserId::Trojan(key) => f.write_str(std::str::from_utf8(key).unwrap_or("?")),
             UserId::Password(key) => key.iter().try_for_each(|b| write!(f, "{b:02x}")),
+            // Keys stay out of messages and logs.
+            UserId::Shadowsocks(method, _) => write!(f, "a {method} key"),
+            UserId::Shadowsocks2022(_) => f.write_str("a shadowsocks 2022 key"),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use shardray_wire::addr::Destination;
+use shardray_wire::shadowsocks::{MasterKey, Method};
 use uuid::Uuid;
 
 use crate::slots::UserId;
@@ -108,6 +109,48 @@ pub struct ApiSpec {
     pub listen: ApiListen,
     /// The services enabled, by their short names (`HandlerService`, `StatsService`, ...).
     pub services: Vec<String>,
+    /// `api.tokens`: when any is set, every call must carry one (`authorization: Bearer …`)
+    /// and is allowed what its role allows; the API may then listen beyond loopback.
+    pub tokens: Vec<ApiToken>,
+    /// `api.socketMode`: the permission bits of a Unix-socket API (default 0600).
+    pub socket_mode: u32,
+}
+
+/// A credential of the API: its name (the caller's identity in logs), secret and role.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub name: String,
+    pub secret: String,
+    pub role: ApiRole,
+}
+
+impl std::fmt::Debug for ApiToken {
+    // The secret stays out of debug output and logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken").field("name", &self.name).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+/// What an API caller may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ApiRole {
+    /// Counters, lists, logs, health: nothing that changes the server (resets excepted: they
+    /// need `Operator`).
+    Reader,
+    /// Reader, plus users: add, remove, levels, kicks, counter resets.
+    Operator,
+    /// Everything: inbounds, outbounds, routing, the logger.
+    Admin,
+}
+
+impl ApiRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiRole::Reader => "reader",
+            ApiRole::Operator => "operator",
+            ApiRole::Admin => "admin",
+        }
+    }
 }
 
 /// Where the API (or the metrics endpoint) listens.
@@ -225,6 +268,53 @@ pub struct InboundSpec {
     pub sockopt: SocketOptions,
     /// `tcpSettings.header` of type `http`: the HTTP camouflage each connection opens with.
     pub http_header: Option<HttpHeaderSpec>,
+    /// `network`: raw TCP, WebSocket or HTTPUpgrade under the protocol.
+    pub transport: TransportSpec,
+}
+
+/// `streamSettings.network` and its settings: what carries the protocol's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TransportSpec {
+    /// `tcp` / `raw` (the default).
+    #[default]
+    Raw,
+    /// `ws` with `wsSettings` (boxed: specs travel in every outbound and change).
+    Ws(Box<HttpTransportSpec>),
+    /// `httpupgrade` with `httpupgradeSettings`.
+    HttpUpgrade(Box<HttpTransportSpec>),
+}
+
+impl TransportSpec {
+    /// The name `network` gives it (`raw` for plain TCP).
+    pub fn name(&self) -> &'static str {
+        match self {
+            TransportSpec::Raw => "raw",
+            TransportSpec::Ws(_) => "ws",
+            TransportSpec::HttpUpgrade(_) => "httpupgrade",
+        }
+    }
+
+    /// The HTTP transport's settings, if it is one.
+    pub fn http(&self) -> Option<&HttpTransportSpec> {
+        match self {
+            TransportSpec::Raw => None,
+            TransportSpec::Ws(h) | TransportSpec::HttpUpgrade(h) => Some(h),
+        }
+    }
+}
+
+/// `wsSettings` / `httpupgradeSettings`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpTransportSpec {
+    /// `path`, normalized as Xray does (a leading `/`, `/` when empty), its `ed` parameter
+    /// taken out.
+    pub path: String,
+    /// `host`: what a server requires in `Host` (any when empty); what a client sends.
+    pub host: String,
+    /// `headers`: what a client sends besides (in name order).
+    pub headers: Vec<(String, String)>,
+    /// The path's `?ed=N`: early data accepted (server) or sent (client) up to N bytes.
+    pub early_data: u32,
 }
 
 /// `tcpSettings.header` with `"type": "http"`: the request a connection must open with and
@@ -263,6 +353,14 @@ pub struct SocketOptions {
     pub v6_only: bool,
     /// `interface`: SO_BINDTODEVICE.
     pub interface: Option<String>,
+    /// `acceptProxyProtocol` (in `sockopt`, or in `tcpSettings` as Xray also reads it): every
+    /// connection must open with a PROXY protocol header (v1 or v2), whose client stands for
+    /// the socket's peer.
+    pub accept_proxy_protocol: bool,
+    /// `trustedXForwardedFor`: header names (a CDN's own, say) whose presence in a WebSocket
+    /// or HTTPUpgrade request makes its `X-Forwarded-For` the client's address, as in Xray.
+    /// Empty (the default): the address is always the TCP peer's.
+    pub trusted_x_forwarded_for: Vec<String>,
 }
 
 impl InboundSpec {
@@ -272,6 +370,15 @@ impl InboundSpec {
         match self.config_index {
             Some(i) => format!("inbounds[{i}] {:?}", self.tag),
             None => format!("inbound {:?}", self.tag),
+        }
+    }
+
+    /// The networks it listens on: a TCP listener, a UDP socket, or both (dokodemo-door's
+    /// `network`; every other inbound is TCP only).
+    pub fn networks(&self) -> NetworkSet {
+        match &self.protocol {
+            InboundProtocol::Dokodemo(d) => d.network,
+            _ => NetworkSet { tcp: true, udp: false },
         }
     }
 
@@ -287,6 +394,9 @@ impl InboundSpec {
             InboundProtocol::Vmess(_) => InboundProtocol::Vmess(VmessInboundSpec { clients: Vec::new() }),
             InboundProtocol::Socks(p) => InboundProtocol::Socks(p.clone_settings()),
             InboundProtocol::Http(p) => InboundProtocol::Http(p.clone_settings()),
+            InboundProtocol::Shadowsocks(s) => {
+                InboundProtocol::Shadowsocks(ShadowsocksInboundSpec { clients: Vec::new(), ..s.clone_settings() })
+            }
             InboundProtocol::Dokodemo(d) => InboundProtocol::Dokodemo(d.clone()),
         };
         InboundSpec {
@@ -297,6 +407,7 @@ impl InboundSpec {
             config_index: self.config_index,
             sockopt: self.sockopt.clone(),
             http_header: self.http_header.clone(),
+            transport: self.transport.clone(),
         }
     }
 }
@@ -310,6 +421,8 @@ pub enum InboundProtocol {
     Trojan(TrojanInboundSpec),
     /// `vmess` (AEAD only: alterId 0)
     Vmess(VmessInboundSpec),
+    /// `shadowsocks` (AEAD and 2022 methods)
+    Shadowsocks(ShadowsocksInboundSpec),
     /// `dokodemo-door` (other than the API's own)
     Dokodemo(DokodemoSpec),
     /// `socks` (SOCKS5, SOCKS4/4a; HTTP proxy requests on the same port, as Xray serves them)
@@ -325,9 +438,19 @@ impl InboundProtocol {
             InboundProtocol::Vless(_) => "vless",
             InboundProtocol::Trojan(_) => "trojan",
             InboundProtocol::Vmess(_) => "vmess",
+            InboundProtocol::Shadowsocks(_) => "shadowsocks",
             InboundProtocol::Dokodemo(_) => "dokodemo-door",
             InboundProtocol::Socks(_) => "socks",
             InboundProtocol::Http(_) => "http",
+        }
+    }
+
+    /// The protocol its users' accounts belong to: the name, except for a Shadowsocks 2022
+    /// inbound, whose users are `shadowsocks_2022` accounts (Xray's separate proxy).
+    pub fn account_protocol(&self) -> &'static str {
+        match self {
+            InboundProtocol::Shadowsocks(s) if s.method_2022.is_some() => "shadowsocks_2022",
+            other => other.name(),
         }
     }
 
@@ -339,6 +462,7 @@ impl InboundProtocol {
             InboundProtocol::Vmess(v) => Some(&v.clients),
             InboundProtocol::Socks(p) => Some(&p.clients),
             InboundProtocol::Http(p) => Some(&p.clients),
+            InboundProtocol::Shadowsocks(s) => Some(&s.clients),
             InboundProtocol::Dokodemo(_) => None,
         }
     }
@@ -349,6 +473,7 @@ impl InboundProtocol {
             InboundProtocol::Vless(v) => &v.fallbacks,
             InboundProtocol::Trojan(t) => &t.fallbacks,
             InboundProtocol::Vmess(_)
+            | InboundProtocol::Shadowsocks(_)
             | InboundProtocol::Dokodemo(_)
             | InboundProtocol::Socks(_)
             | InboundProtocol::Http(_) => &[],
@@ -438,6 +563,37 @@ impl ProxyAccount {
     }
 }
 
+/// `settings` of a Shadowsocks inbound. Shadowsocks has no fallbacks: a failed handshake is
+/// drained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowsocksInboundSpec {
+    /// `method` of a 2022 inbound, whose users' PSKs are keys of it; `None` for classic AEAD,
+    /// where each user names its own method.
+    pub method_2022: Option<Method>,
+    /// `password` of a multi-user 2022 inbound: the server's identity PSK (base64). `None`
+    /// for a single-user 2022 inbound (its one user's PSK is the password) and for classic.
+    pub server_psk: Option<Arc<str>>,
+    /// The users: `clients` (or `users`), or the one user `method`/`password`/`email`/`level`
+    /// of the settings make.
+    pub clients: Vec<UserSpec>,
+}
+
+impl ShadowsocksInboundSpec {
+    /// Everything but the users.
+    pub fn clone_settings(&self) -> ShadowsocksInboundSpec {
+        ShadowsocksInboundSpec {
+            method_2022: self.method_2022,
+            server_psk: self.server_psk.clone(),
+            clients: Vec::new(),
+        }
+    }
+
+    /// A 2022 inbound whose requests carry identity headers (several users on one port).
+    pub fn multi_user_2022(&self) -> bool {
+        self.server_psk.is_some()
+    }
+}
+
 /// A VMess account's `security`: what its clients are told to use (share links, the API's
 /// account). The server reads the security each request names, so this is not part of the
 /// account's identity: two accounts with one id are the same account whatever it says.
@@ -495,6 +651,18 @@ pub enum Account {
         /// `security` (not part of the account's identity, see `VmessSecurity`)
         security: VmessSecurity,
     },
+    /// A classic Shadowsocks user: its AEAD method and password.
+    Shadowsocks {
+        /// `method`
+        method: Method,
+        /// `password`
+        password: Arc<str>,
+    },
+    /// A Shadowsocks 2022 user: its PSK, base64 (the inbound names the method).
+    Shadowsocks2022 {
+        /// `password`
+        key: Arc<str>,
+    },
 }
 
 impl Account {
@@ -507,6 +675,14 @@ impl Account {
             // keys from the UUID.
             Account::Vmess { id, .. } => UserId::Uuid(*id),
             Account::Socks(a) | Account::Http(a) => a.key(),
+            // Validated when the account was made; an invalid one keys nobody.
+            Account::Shadowsocks { method, password } => UserId::Shadowsocks(
+                *method,
+                MasterKey::from_password(*method, password).unwrap_or(MasterKey::from_bytes(&[])),
+            ),
+            Account::Shadowsocks2022 { key } => {
+                UserId::Shadowsocks2022(MasterKey::from_psk_any(key).unwrap_or(MasterKey::from_bytes(&[])))
+            }
         }
     }
 
@@ -518,6 +694,8 @@ impl Account {
             Account::Vmess { .. } => "vmess",
             Account::Socks(_) => "socks",
             Account::Http(_) => "http",
+            Account::Shadowsocks { .. } => "shadowsocks",
+            Account::Shadowsocks2022 { .. } => "shadowsocks_2022",
         }
     }
 }
@@ -564,6 +742,8 @@ pub struct DokodemoSpec {
     pub destination: Destination,
     /// `userLevel`: the policy level for its connections.
     pub user_level: u32,
+    /// `network` (or `allowedNetwork`): TCP, UDP or both; TCP alone when the config names none.
+    pub network: NetworkSet,
 }
 
 /// TLS server settings (`streamSettings.tlsSettings`).
@@ -628,6 +808,40 @@ pub enum OutboundProtocol {
     Socks(ProxyOutboundSpec),
     /// `http`: relay through an HTTP proxy (CONNECT).
     Http(ProxyOutboundSpec),
+    /// `vless`: relay through a VLESS server (TCP, and UDP as `Command::Udp`).
+    Vless(VlessOutboundSpec),
+    /// `shadowsocks`: relay through a Shadowsocks server (AEAD or 2022, TCP).
+    Shadowsocks(ShadowsocksOutboundSpec),
+}
+
+/// `settings` and `streamSettings` of a VLESS outbound (one server, one user, no flow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlessOutboundSpec {
+    /// `vnext[0].address` and `vnext[0].port`.
+    pub server: Destination,
+    /// `vnext[0].users[0].id`.
+    pub id: Uuid,
+    /// `vnext[0].users[0].email`, for logs.
+    pub email: String,
+    /// `vnext[0].users[0].level`.
+    pub level: u32,
+    /// `streamSettings` with `security: "tls"`; `None` sends VLESS over plain TCP.
+    pub tls: Option<TlsClientSpec>,
+}
+
+/// `settings` of a Shadowsocks outbound (one server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowsocksOutboundSpec {
+    /// `servers[0].address` and `servers[0].port`.
+    pub server: Destination,
+    /// `servers[0].method`.
+    pub method: Method,
+    /// `servers[0].password`: a password (classic), or a PSK, or `serverPSK:userPSK` (2022).
+    pub password: String,
+    /// `servers[0].email`, for logs.
+    pub email: String,
+    /// `servers[0].level`.
+    pub level: u32,
 }
 
 /// `settings` and `streamSettings` of a SOCKS or HTTP outbound (one server, at most one user).
@@ -664,6 +878,8 @@ pub struct VmessOutboundSpec {
     pub level: u32,
     /// `streamSettings` with `security: "tls"`; `None` sends VMess over plain TCP.
     pub tls: Option<TlsClientSpec>,
+    /// `streamSettings.network`: raw TCP, WebSocket or HTTPUpgrade.
+    pub transport: TransportSpec,
 }
 
 /// `settings` and `streamSettings` of a Trojan outbound.
@@ -679,6 +895,8 @@ pub struct TrojanOutboundSpec {
     pub level: u32,
     /// `streamSettings` with `security: "tls"`; `None` sends Trojan over plain TCP.
     pub tls: Option<TlsClientSpec>,
+    /// `streamSettings.network`: raw TCP, WebSocket or HTTPUpgrade.
+    pub transport: TransportSpec,
 }
 
 /// TLS client settings (an outbound's `streamSettings.tlsSettings`).

@@ -172,14 +172,24 @@ pub enum Refusal {
     /// A connection whose first bytes are not a valid request of its inbound's protocol (noise,
     /// a wrong key, a truncated header, a handshake that timed out).
     BadRequest,
-    /// A valid request for something the inbound does not serve (a UDP command, say).
+    /// A valid request for something the inbound does not serve (a mux command, say).
     UnsupportedCommand,
+    /// A UDP datagram larger than the packet path carries (8192 payload bytes), either way.
+    OversizeDatagram,
+    /// A UDP session beyond its user's (or its dokodemo-door inbound's) flow limit on a shard.
+    FlowLimit,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 4] =
-        [Refusal::ApiAddress, Refusal::PrivateDestination, Refusal::BadRequest, Refusal::UnsupportedCommand];
+    pub const ALL: [Refusal; 6] = [
+        Refusal::ApiAddress,
+        Refusal::PrivateDestination,
+        Refusal::BadRequest,
+        Refusal::UnsupportedCommand,
+        Refusal::OversizeDatagram,
+        Refusal::FlowLimit,
+    ];
 
     /// The counter's name part: `refused>>>{name}`.
     pub fn name(self) -> &'static str {
@@ -188,6 +198,8 @@ impl Refusal {
             Refusal::PrivateDestination => "private_destination",
             Refusal::BadRequest => "bad_request",
             Refusal::UnsupportedCommand => "unsupported_command",
+            Refusal::OversizeDatagram => "oversize_datagram",
+            Refusal::FlowLimit => "udp_flow_limit",
         }
     }
 
@@ -198,6 +210,8 @@ impl Refusal {
             Refusal::PrivateDestination => "loopback/private destination; add a routing rule naming it to allow it",
             Refusal::BadRequest => "not a valid request",
             Refusal::UnsupportedCommand => "a command this inbound does not serve",
+            Refusal::OversizeDatagram => "a datagram above 8192 payload bytes",
+            Refusal::FlowLimit => "too many UDP flows on this shard",
         }
     }
 }

@@ -15,7 +15,7 @@ use shardray_core::routes::{RouteSpecs, RouteTap};
 use shardray_core::slots::UserOp;
 use shardray_core::spec::{
     BalancerStrategy, Config, DokodemoSpec, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec, LevelPolicy,
-    OutboundProtocol,
+    OutboundProtocol, TransportSpec,
 };
 use shardray_core::stats::{LinkSample, RefusalCounts, SlotCounters, StatsSnapshot, Traffic};
 
@@ -44,6 +44,8 @@ pub(crate) struct ShardCtx {
     pub(crate) refusals: RefusalCounts,
     /// Sessions of users, so that removing or kicking a user closes them.
     pub(crate) watchers: SessionWatchers,
+    /// Live UDP sessions per user, for the flow limit.
+    pub(crate) flows: crate::packet::FlowCounts,
     /// The last epoch applied.
     pub(crate) applied: Cell<u64>,
 }
@@ -55,6 +57,12 @@ pub(crate) struct InboundRt {
     pub(crate) tls: Option<TlsAcceptor>,
     /// The HTTP camouflage its connections open with, if any.
     pub(crate) http_header: Option<HttpHeaderSpec>,
+    /// Its connections open with a PROXY protocol header naming the real client.
+    pub(crate) accept_proxy_protocol: bool,
+    /// Raw TCP, WebSocket or HTTPUpgrade under the protocol.
+    pub(crate) transport: TransportSpec,
+    /// `sockopt.trustedXForwardedFor`: the headers that make `X-Forwarded-For` believed.
+    pub(crate) trusted_forwarded: Vec<String>,
     pub(crate) kind: InboundKind,
 }
 
@@ -74,6 +82,8 @@ pub(crate) enum InboundKind {
         users: Box<RefCell<VmessUsers>>,
         replay: Box<RefCell<shardray_wire::vmess::ReplayFilter>>,
     },
+    /// Shadowsocks: the users' keys, the salts this shard accepted, the inbound's 2022 keys.
+    Shadowsocks(Box<crate::inbound::shadowsocks::SsInbound>),
     Dokodemo(DokodemoSpec),
     /// SOCKS (and HTTP proxy requests on the same port) or an HTTP proxy: accounts by the key
     /// of their credentials.
@@ -105,7 +115,19 @@ impl InboundKind {
             InboundKind::Trojan { users, .. } => Some(users),
             InboundKind::Vmess { users, .. } => Some(&**users),
             InboundKind::Proxy { users, .. } => Some(users),
+            InboundKind::Shadowsocks(ss) => Some(&ss.users),
             InboundKind::Dokodemo(_) => None,
+        }
+    }
+
+    /// The inbound's fallbacks (none for a protocol without them).
+    pub(crate) fn fallbacks(&self) -> &[FallbackSpec] {
+        match self {
+            InboundKind::Vless { fallbacks, .. } | InboundKind::Trojan { fallbacks, .. } => fallbacks,
+            InboundKind::Vmess { .. }
+            | InboundKind::Shadowsocks(_)
+            | InboundKind::Dokodemo(_)
+            | InboundKind::Proxy { .. } => &[],
         }
     }
 }
@@ -121,6 +143,10 @@ pub(crate) struct OutboundRt {
     pub(crate) vmess: Option<crate::outbound::vmess::VmessClient>,
     /// A SOCKS or HTTP outbound's TLS client, built once.
     pub(crate) proxy: Option<crate::outbound::proxy::ProxyClient>,
+    /// A VLESS outbound's id and TLS client, built once.
+    pub(crate) vless: Option<crate::outbound::vless::VlessClient>,
+    /// A Shadowsocks outbound's keys, derived once.
+    pub(crate) shadowsocks: Option<crate::outbound::shadowsocks::SsClient>,
 }
 
 /// The outbounds, the compiled rules and the balancers of one epoch.
@@ -189,6 +215,20 @@ impl Routes {
                             ),
                             _ => None,
                         };
+                        let vless = match &o.protocol {
+                            OutboundProtocol::Vless(v) => Some(
+                                crate::outbound::vless::VlessClient::new(v)
+                                    .map_err(|e| format!("outbound {:?}: {e}", o.tag))?,
+                            ),
+                            _ => None,
+                        };
+                        let shadowsocks = match &o.protocol {
+                            OutboundProtocol::Shadowsocks(s) => Some(
+                                crate::outbound::shadowsocks::SsClient::new(s)
+                                    .map_err(|e| format!("outbound {:?}: {e}", o.tag))?,
+                            ),
+                            _ => None,
+                        };
                         Ok(Rc::new(OutboundRt {
                             tag: o.tag.as_str().into(),
                             traffic: Traffic::default(),
@@ -196,6 +236,8 @@ impl Routes {
                             trojan,
                             vmess,
                             proxy,
+                            vless,
+                            shadowsocks,
                         }))
                     }
                 }
@@ -297,6 +339,7 @@ impl ShardCtx {
             live: Cell::new(0),
             refusals: RefusalCounts::default(),
             watchers: SessionWatchers::default(),
+            flows: Default::default(),
             applied: Cell::new(0),
         };
         for inbound in &config.inbounds {
@@ -321,6 +364,23 @@ impl ShardCtx {
                 InboundKind::Trojan { users: RefCell::new(UserTable::default()), fallbacks: t.fallbacks.clone() }
             }
             InboundProtocol::Vmess(_) => InboundKind::Vmess { users: Box::default(), replay: Box::default() },
+            InboundProtocol::Shadowsocks(s) => {
+                let server_psk = match (s.method_2022, &s.server_psk) {
+                    (Some(method), Some(psk)) => Some(
+                        shardray_wire::shadowsocks::MasterKey::from_psk(method, psk)
+                            .map_err(|e| format!("inbound {:?}: settings.password: {e}", inbound.tag))?,
+                    ),
+                    _ => None,
+                };
+                InboundKind::Shadowsocks(Box::new(crate::inbound::shadowsocks::SsInbound {
+                    users: RefCell::default(),
+                    replay: RefCell::new(shardray_wire::shadowsocks::ReplayFilter::new(
+                        crate::inbound::shadowsocks::REPLAY_CAPACITY,
+                    )),
+                    method_2022: s.method_2022,
+                    server_psk,
+                }))
+            }
             InboundProtocol::Dokodemo(d) => InboundKind::Dokodemo(d.clone()),
             InboundProtocol::Socks(p) => InboundKind::Proxy {
                 users: RefCell::default(),
@@ -346,15 +406,25 @@ impl ShardCtx {
             traffic: Traffic::default(),
             tls,
             http_header: inbound.http_header.clone(),
+            accept_proxy_protocol: inbound.sockopt.accept_proxy_protocol,
+            transport: inbound.transport.clone(),
+            trusted_forwarded: inbound.sockopt.trusted_x_forwarded_for.clone(),
             kind,
         })
     }
 
-    /// Starts accepting on an inbound's listener (this shard's own SO_REUSEPORT socket).
-    pub(crate) fn start_accepting(self: &Rc<Self>, inbound: Rc<InboundRt>, listener: std::net::TcpListener) {
+    /// Starts accepting on an inbound's listener and serving its UDP socket (this shard's own
+    /// SO_REUSEPORT sockets).
+    pub(crate) fn start_accepting(self: &Rc<Self>, inbound: Rc<InboundRt>, sockets: crate::InboundSockets) {
         let tag = inbound.tag.clone();
-        let task = glommio::spawn_local(crate::inbound::accept_loop(self.clone(), inbound, listener));
-        self.accepting.borrow_mut().push((tag, task));
+        if let Some(listener) = sockets.tcp {
+            let task = glommio::spawn_local(crate::inbound::accept_loop(self.clone(), inbound.clone(), listener));
+            self.accepting.borrow_mut().push((tag.clone(), task));
+        }
+        if let Some(socket) = sockets.udp {
+            let task = glommio::spawn_local(crate::inbound::datagram_loop(self.clone(), inbound, socket));
+            self.accepting.borrow_mut().push((tag, task));
+        }
     }
 
     /// Every accept loop, taken out so the caller can cancel them (on drain).
@@ -372,7 +442,7 @@ impl ShardCtx {
         epoch: u64,
         change: &Change,
         ops: &[UserOp],
-        listener: Option<std::net::TcpListener>,
+        listener: Option<crate::InboundSockets>,
     ) -> Result<Vec<glommio::Task<()>>, String> {
         let mut stopped = Vec::new();
         match change {
@@ -425,6 +495,9 @@ impl ShardCtx {
                 }
                 self.apply_user_ops(&inbound.tag, users, ops)
             }
+            // Nothing to do is fine (an inbound added through the API comes with no operations).
+            InboundKind::Dokodemo(_) if ops.is_empty() => Ok(()),
+            InboundKind::Shadowsocks(ss) => self.apply_user_ops(&inbound.tag, &ss.users, ops),
             InboundKind::Dokodemo(_) => Err(format!("inbound {} has no users", inbound.tag)),
         }
     }

@@ -6,8 +6,10 @@ mod ctx;
 mod inbound;
 pub mod mailbox;
 mod outbound;
+mod packet;
 mod relay;
 mod replay;
+mod shadowsocks;
 pub mod transport;
 mod users;
 mod vmess;
@@ -50,8 +52,8 @@ pub enum ShardCommand {
         change: Arc<Change>,
         /// The change's user operations, as the control thread resolved them.
         ops: Arc<[UserOp]>,
-        /// This shard's own listening socket, when the change adds an inbound.
-        listener: Option<std::net::TcpListener>,
+        /// This shard's own sockets, when the change adds an inbound.
+        listener: Option<InboundSockets>,
         /// Where to report.
         ack: async_channel::Sender<ShardAck>,
     },
@@ -87,9 +89,9 @@ pub struct ShardPlan {
     /// The users each inbound starts with (in `config.inbounds` order), as resolved adds;
     /// the inbounds' `clients` are not read.
     pub users: Arc<[Vec<UserOp>]>,
-    /// One bound, listening socket per inbound, in `config.inbounds` order (SO_REUSEPORT:
-    /// every shard has its own socket on the same address).
-    pub listeners: Vec<std::net::TcpListener>,
+    /// One shard's bound sockets per inbound, in `config.inbounds` order (SO_REUSEPORT:
+    /// every shard has its own sockets on the same address).
+    pub listeners: Vec<InboundSockets>,
     /// The API's listen addresses, which no session may reach.
     pub api_addrs: Arc<[SocketAddr]>,
     /// Where the shard logs.
@@ -100,6 +102,16 @@ pub struct ShardPlan {
     pub commands: mailbox::MailboxReceiver,
     /// Told `Ok(id)` once the shard is serving, or why it could not start.
     pub ready: SyncSender<Result<usize, String>>,
+}
+
+/// One shard's sockets for one inbound, bound with SO_REUSEPORT: a listening TCP socket, a
+/// UDP socket (dokodemo-door with `network` udp), or both on the same port.
+#[derive(Debug, Default)]
+pub struct InboundSockets {
+    /// The TCP listener, listening.
+    pub tcp: Option<std::net::TcpListener>,
+    /// The UDP socket.
+    pub udp: Option<std::net::UdpSocket>,
 }
 
 /// A running shard's thread.

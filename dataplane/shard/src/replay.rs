@@ -45,8 +45,17 @@ impl SharedReplay {
         SharedReplay { ring: [generation(), generation(), generation()] }
     }
 
-    /// The process's table, allocated on first use (the first VMess handshake).
+    /// The process's table of VMess auth IDs, allocated on first use (the first VMess handshake).
     pub(crate) fn get() -> &'static SharedReplay {
+        static TABLE: OnceLock<SharedReplay> = OnceLock::new();
+        TABLE.get_or_init(SharedReplay::new)
+    }
+
+    /// The process's table of Shadowsocks salts (their first 16 bytes, as random as an auth
+    /// ID), allocated on first use. A 2022 salt is stamped with its header's timestamp, which
+    /// passes the ±30 s check only while its generation or the next holds; a classic salt,
+    /// which has no timestamp, with the time it arrived, so it is kept 240 to 360 s.
+    pub(crate) fn salts() -> &'static SharedReplay {
         static TABLE: OnceLock<SharedReplay> = OnceLock::new();
         TABLE.get_or_init(SharedReplay::new)
     }

@@ -12,6 +12,8 @@ pub mod socks;
 pub mod trojan;
 pub mod vless;
 pub mod vmess;
+pub mod websocket;
+pub mod xudp;
 
 /// Why a decoder rejected its input.
 ///

@@ -111,6 +111,34 @@ impl RequestHeader {
 /// The response header a server sends before any payload: version, no addons.
 pub const RESPONSE_HEADER: [u8; 2] = [VERSION, 0];
 
+// === UDP packets ===
+
+/// Decodes one UDP packet of a `Command::Udp` session, `[len u16][payload]` (both ways; the
+/// destination is the header's), from the front of `buf`, advancing past it on success.
+///
+/// `UnexpectedEnd` until the whole payload is there (nothing consumed). A caller that refuses
+/// packets above its own limit reads the length with [`packet_len`] first.
+pub fn decode_packet<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
+    let mut cur = *buf;
+    let len = take_u16(&mut cur)?;
+    let payload = take(&mut cur, usize::from(len))?;
+    *buf = cur;
+    Ok(payload)
+}
+
+/// The payload length the next packet announces, once its two length bytes are there.
+pub fn packet_len(buf: &[u8]) -> Option<usize> {
+    buf.get(..2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+}
+
+/// Appends the length prefix of a `len`-byte packet; the caller appends the payload. `None`
+/// (nothing written) above `u16::MAX`.
+pub fn encode_packet_header(len: usize, out: &mut Vec<u8>) -> Option<()> {
+    let len = u16::try_from(len).ok()?;
+    out.extend_from_slice(&len.to_be_bytes());
+    Some(())
+}
+
 /// Reads the flow string out of the addons protobuf; other fields are skipped.
 fn decode_flow(mut addons: &[u8]) -> Result<String, DecodeError> {
     let mut flow = String::new();
@@ -240,5 +268,27 @@ mod tests {
             let _ = RequestHeader::decode(&mut &noise[..]);
             let _ = RequestHeader::peek_user(&noise);
         }
+    }
+
+    #[test]
+    fn udp_packets_round_trip_and_wait_for_their_payload() {
+        let mut out = Vec::new();
+        for payload in [&b""[..], b"x", &[7u8; 1400]] {
+            encode_packet_header(payload.len(), &mut out).unwrap();
+            out.extend_from_slice(payload);
+        }
+        assert_eq!(encode_packet_header(70_000, &mut Vec::new()), None);
+        assert_eq!(packet_len(&out), Some(0));
+        let mut cur = &out[..];
+        assert_eq!(decode_packet(&mut cur), Ok(&b""[..]));
+        assert_eq!(decode_packet(&mut cur), Ok(&b"x"[..]));
+        // A cut anywhere in the last packet consumes nothing.
+        for cut in 0..cur.len() {
+            let mut part = &cur[..cut];
+            assert_eq!(decode_packet(&mut part), Err(DecodeError::UnexpectedEnd));
+            assert_eq!(part.len(), cut);
+        }
+        assert_eq!(decode_packet(&mut cur).unwrap().len(), 1400);
+        assert!(cur.is_empty());
     }
 }

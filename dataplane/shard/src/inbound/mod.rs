@@ -3,6 +3,7 @@
 mod dokodemo;
 mod fallback;
 pub(crate) mod http;
+pub(crate) mod shadowsocks;
 mod socks;
 mod trojan;
 mod vless;
@@ -13,13 +14,18 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
-use shardray_core::spec::LogLevel;
+use shardray_core::spec::{FallbackSpec, HttpTransportSpec, LogLevel, TransportSpec};
 use shardray_core::stats::Refusal;
+use shardray_wire::proxy_protocol::{self, ProxyError, ProxyHeader};
+use shardray_wire::websocket::{Endpoint, Flavor, UpgradeError};
+
+use crate::transport::ws::{Refused, Upgraded};
 
 use crate::ctx::{InboundKind, InboundRt, LiveGuard, ShardCtx};
+pub(crate) use dokodemo::datagram_loop;
 
 /// What an inbound handler knows about the connection beyond its bytes.
 pub(crate) struct ConnInfo {
@@ -33,12 +39,17 @@ pub(crate) struct ConnInfo {
     /// The client's socket when the protocol reads it directly (no TLS), so that the relay may
     /// splice it; `None` when anything transforms the bytes in between.
     pub(crate) plain_fd: Option<RawFd>,
+    /// The address the client connected to, as a PROXY protocol header named it.
+    proxied_local: Option<SocketAddr>,
 }
 
 impl ConnInfo {
     /// The connection's local address. Asked of the kernel on demand (a fallback's PROXY
     /// header): most connections never need it, and getsockname(2) per accept adds up.
     pub(crate) fn local(&self) -> io::Result<SocketAddr> {
+        if let Some(local) = self.proxied_local {
+            return Ok(local);
+        }
         // SAFETY: `socket` belongs to the client stream, which outlives the `ConnInfo` that
         // describes it (both live in the session's task, the stream passed down by value).
         let fd = unsafe { BorrowedFd::borrow_raw(self.socket) };
@@ -133,15 +144,70 @@ fn try_accept(listener: RawFd) -> io::Result<Option<(TcpStream, SocketAddr)>> {
     }
 }
 
-/// Runs one accepted connection: TLS if configured, then the inbound's protocol.
+/// Runs one accepted connection: its PROXY header and TLS if configured, then the inbound's
+/// protocol.
 async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: Box<TcpStream>, peer: SocketAddr) {
     let socket = stream.as_raw_fd();
-    let info = ConnInfo { peer, socket, sni: None, alpn: None, plain_fd: Some(socket) };
+    let mut info = ConnInfo { peer, socket, sni: None, alpn: None, plain_fd: Some(socket), proxied_local: None };
+    if inbound.accept_proxy_protocol {
+        let read = futures_lite::future::or(proxy_header(&stream, socket), async {
+            glommio::timer::sleep(ctx.policy(0).handshake).await;
+            Err("timed out".into())
+        });
+        match read.await {
+            Ok(ProxyHeader { addresses: Some((client, local)) }) => {
+                info.peer = client;
+                info.proxied_local = Some(local);
+            }
+            // LOCAL (a balancer's health check) or an unknown family: the socket's peer stands.
+            Ok(ProxyHeader { addresses: None }) => {}
+            Err(why) => {
+                ctx.refusals.add(Refusal::BadRequest);
+                ctx.log.error(LogLevel::Info, format_args!("[{}] {} PROXY header refused: {}", inbound.tag, peer, why));
+                return;
+            }
+        }
+    }
     match &inbound.tls {
         None => transport(ctx, inbound, stream, info).await,
         // Boxed: a TLS session's state is several times a plain one's, and a plain session
         // would otherwise carry room for it for as long as it lives.
         Some(acceptor) => Box::pin(serve_tls(ctx, inbound, acceptor, stream, info)).await,
+    }
+}
+
+/// The most of a connection's first bytes looked at for its PROXY header: a v1 line, or a v2
+/// header with room for the TLVs balancers add (HAProxy's own buffer for them is 256 bytes).
+const PROXY_HEADER_MAX: usize = 1024;
+
+/// Reads the PROXY protocol header an `acceptProxyProtocol` inbound's connections open with
+/// (required, as in Xray), taking exactly its bytes from the socket: they are peeked until the
+/// header is whole, so nothing after it is taken from the protocol (or from splice).
+async fn proxy_header(stream: &TcpStream, fd: RawFd) -> Result<ProxyHeader, String> {
+    let mut buf = vec![0; PROXY_HEADER_MAX];
+    loop {
+        let n = stream.peek(&mut buf).await.map_err(|e| format!("read failed: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before its PROXY header".into());
+        }
+        match proxy_protocol::decode(&buf[..n]) {
+            Ok((header, len)) => {
+                let mut taken = 0;
+                while taken < len {
+                    match recv_now(fd, &mut buf[taken..len]) {
+                        Ok(0) | Err(_) => return Err("read failed".into()),
+                        Ok(m) => taken += m,
+                    }
+                }
+                return Ok(header);
+            }
+            Err(ProxyError::UnexpectedEnd) if n < buf.len() => {
+                // Peeking again would return the same bytes at once: wait for the rest.
+                glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Err(ProxyError::UnexpectedEnd) => return Err(format!("header longer than {PROXY_HEADER_MAX} bytes")),
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 
@@ -180,18 +246,101 @@ async fn serve_tls(
     }
 }
 
-/// The transport layer: raw TCP as it is, or raw TCP opening with an HTTP head both ways.
+/// The transport layer: raw TCP as it is, raw TCP opening with an HTTP head both ways, or
+/// an HTTP transport (WebSocket, HTTPUpgrade).
 async fn transport<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: ConnInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (flavor, spec) = match &inbound.transport {
+        TransportSpec::Raw => return raw(ctx, inbound, stream, info).await,
+        TransportSpec::Ws(spec) => (Flavor::WebSocket, spec),
+        TransportSpec::HttpUpgrade(spec) => (Flavor::HttpUpgrade, spec),
+    };
+    // Boxed: the upgrade's state, and a session over WebSocket, are larger than a raw one's.
+    Box::pin(http_transport(ctx, inbound, stream, info, flavor, spec)).await
+}
+
+/// WebSocket or HTTPUpgrade: the upgrade request read and answered, the client's address
+/// taken from a trusted `X-Forwarded-For`, then the protocol over the tunnel. A request the
+/// endpoint refuses goes to the inbound's fallbacks (chosen by its path) if it has any, else
+/// is answered as Xray answers it (404 for another path or host, 400 for the rest).
+async fn http_transport<S>(
+    ctx: &Rc<ShardCtx>,
+    inbound: &InboundRt,
+    stream: S,
+    mut info: ConnInfo,
+    flavor: Flavor,
+    spec: &HttpTransportSpec,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = std::time::Instant::now();
+    let endpoint = Endpoint {
+        path: spec.path.split('?').next().unwrap_or(&spec.path),
+        host: &spec.host,
+        early_data: spec.early_data,
+        trusted: &inbound.trusted_forwarded,
+    };
+    let name = match flavor {
+        Flavor::WebSocket => "ws",
+        Flavor::HttpUpgrade => "httpupgrade",
+    };
+    let accepted = match crate::transport::ws::accept(stream, flavor, &endpoint, ctx.policy(0).handshake).await {
+        Ok(a) => a,
+        Err(Refused { mut stream, mut read, error }) => {
+            let fallbacks = inbound.kind.fallbacks();
+            if !fallbacks.is_empty() && !read.is_empty() {
+                let rejected =
+                    fallback::Rejected { protocol: name, reason: error.as_str(), why: Refusal::BadRequest, started };
+                let len = read.len();
+                return fallback::reject(ctx, inbound, fallbacks, stream, &mut read, len, &info, rejected).await;
+            }
+            ctx.refusals.add(Refusal::BadRequest);
+            ctx.log.access(format_args!("from {} rejected {name}: {error}", info.peer));
+            ctx.log.error(LogLevel::Info, format_args!("[{}] {} rejected {name}: {error}", inbound.tag, info.peer));
+            if error != UpgradeError::UnexpectedEnd {
+                let mut answer = Vec::with_capacity(160);
+                error.response().write(&httpdate::fmt_http_date(std::time::SystemTime::now()), &mut answer);
+                let _ = stream.write_all(&answer).await;
+            }
+            let _ = stream.close().await;
+            return;
+        }
+    };
+    if let Some(ip) = accepted.forwarded {
+        info.peer = SocketAddr::new(ip, 0);
+    } else if accepted.untrusted_forward {
+        let tag = &inbound.tag;
+        ctx.log.error(
+            LogLevel::Info,
+            format_args!("[{tag}] {} sent X-Forwarded-For from no trusted hop: ignored", info.peer),
+        );
+    }
+    // Fallbacks take raw connections only: inside the tunnel a bad request is drained.
+    match accepted.upgraded {
+        Upgraded::Ws(ws) => dispatch(ctx, inbound, ws, &ConnInfo { plain_fd: None, ..info }, false).await,
+        // Nothing but the socket's own bytes: the relay may still splice it.
+        Upgraded::Raw { stream, early } if early.is_empty() => dispatch(ctx, inbound, stream, &info, false).await,
+        Upgraded::Raw { stream, early } => {
+            let stream = crate::transport::http_header::Camouflaged::with_early(stream, early);
+            dispatch(ctx, inbound, stream, &ConnInfo { plain_fd: None, ..info }, false).await
+        }
+    }
+}
+
+/// Raw TCP, perhaps opening with an HTTP head both ways.
+async fn raw<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: ConnInfo)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let Some(spec) = &inbound.http_header else {
-        return dispatch(ctx, inbound, stream, &info).await;
+        return dispatch(ctx, inbound, stream, &info, true).await;
     };
     let accepted = crate::transport::http_header::accept(stream, spec, ctx.policy(0).handshake).await;
     match accepted {
         // The bytes the protocol reads no longer start at the socket's: no splicing.
-        Ok(stream) => Box::pin(dispatch(ctx, inbound, stream, &ConnInfo { plain_fd: None, ..info })).await,
+        Ok(stream) => Box::pin(dispatch(ctx, inbound, stream, &ConnInfo { plain_fd: None, ..info }, true)).await,
         Err(e) => {
             ctx.refusals.add(Refusal::BadRequest);
             ctx.log.error(LogLevel::Info, format_args!("[{}] {} HTTP header refused: {}", inbound.tag, info.peer, e));
@@ -199,14 +348,23 @@ where
     }
 }
 
-async fn dispatch<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: &ConnInfo)
+/// The protocol layer. `fallbacks`: whether a bad request may go to the inbound's fallbacks
+/// (on the raw connection), or is drained (inside a tunnel, whose bytes a fallback could not
+/// read).
+async fn dispatch<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: &ConnInfo, fallbacks: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let none: &[FallbackSpec] = &[];
     match &inbound.kind {
-        InboundKind::Vless { users, fallbacks } => vless::serve(ctx, inbound, users, fallbacks, stream, info).await,
-        InboundKind::Trojan { users, fallbacks } => trojan::serve(ctx, inbound, users, fallbacks, stream, info).await,
+        InboundKind::Vless { users, fallbacks: f } => {
+            vless::serve(ctx, inbound, users, if fallbacks { f } else { none }, stream, info).await
+        }
+        InboundKind::Trojan { users, fallbacks: f } => {
+            trojan::serve(ctx, inbound, users, if fallbacks { f } else { none }, stream, info).await
+        }
         InboundKind::Vmess { users, replay } => vmess::serve(ctx, inbound, users, replay, stream, info).await,
+        InboundKind::Shadowsocks(ss) => shadowsocks::serve(ctx, inbound, ss, stream, info).await,
         InboundKind::Dokodemo(spec) => dokodemo::serve(ctx, inbound, spec, stream, info).await,
         InboundKind::Proxy { users, settings } if settings.socks => {
             socks::serve(ctx, inbound, users, settings, stream, info).await

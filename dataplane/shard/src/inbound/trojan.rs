@@ -14,7 +14,12 @@ use shardray_wire::trojan::{Command, Request, TrojanError, MAX_HEADER_LEN};
 use super::{fallback, read_first, ConnInfo, FIRST_READ};
 use crate::ctx::{InboundRt, ShardCtx};
 use crate::outbound::{forward, Session};
+use crate::packet::{serve_packets, FrameReader, FrameWriter, Framing, Half, PacketSession};
 use crate::users::{TrojanKey, UserHandle, UserTable};
+
+/// The longest a Trojan UDP session idles: Xray's UDP dispatcher gives up a link after a
+/// minute without packets.
+const UDP_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How the handshake ended.
 enum Handshake {
@@ -46,6 +51,21 @@ pub(super) async fn serve<S>(
     match outcome {
         Handshake::Accepted { request, user, consumed } => {
             let user = user.bind(&ctx.users.borrow());
+            if request.command == Command::UdpAssociate {
+                // Every frame names its own destination; the request's is not used (as Xray).
+                let session = PacketSession {
+                    inbound,
+                    peer: info.peer,
+                    level: user.level,
+                    user: Some(user),
+                    idle_cap: Some(UDP_IDLE),
+                };
+                let stream = RefCell::new(stream);
+                let input = FrameReader::new(Half(&stream), Framing::Trojan, &buf[consumed..len]);
+                drop(buf);
+                let output = FrameWriter::new(Half(&stream), Framing::Trojan, Vec::new());
+                return serve_packets(ctx, session, input, output).await;
+            }
             let session = Session {
                 inbound,
                 peer: info.peer,
@@ -82,9 +102,6 @@ fn decide(data: &[u8], room: usize, users: &RefCell<UserTable<TrojanKey>>) -> Op
     };
     let mut cur = data;
     match Request::decode(&mut cur) {
-        Ok(request) if request.command == Command::UdpAssociate => {
-            Some(Handshake::Rejected("UDP ASSOCIATE is not served yet", Refusal::UnsupportedCommand))
-        }
         Ok(request) => Some(Handshake::Accepted { request, user, consumed: data.len() - cur.len() }),
         Err(TrojanError::UnexpectedEnd) => (data.len() >= MAX_HEADER_LEN.min(room))
             .then_some(Handshake::Rejected("header too long", Refusal::BadRequest)),
@@ -149,7 +166,7 @@ mod tests {
         assert_eq!(outcome(b"GET / HTTP/1.1\r\n", &users), Some(Err(Refusal::BadRequest)));
         assert_eq!(outcome(b"z", &users), Some(Err(Refusal::BadRequest)));
         let udp = request("secret", Command::UdpAssociate);
-        assert_eq!(outcome(&udp, &users), Some(Err(Refusal::UnsupportedCommand)));
+        assert_eq!(outcome(&udp, &users), Some(Ok(udp.len())), "UDP ASSOCIATE is served");
         let mut bad_type = request("secret", Command::Connect);
         bad_type[59] = 9;
         assert_eq!(outcome(&bad_type, &users), Some(Err(Refusal::BadRequest)));

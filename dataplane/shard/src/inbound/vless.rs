@@ -7,12 +7,14 @@ use std::time::Instant;
 use futures_lite::{AsyncRead, AsyncWrite};
 use shardray_core::spec::FallbackSpec;
 use shardray_core::stats::Refusal;
+use shardray_wire::addr::Destination;
 use shardray_wire::vless::{Command, RequestHeader, MAX_HEADER_LEN, RESPONSE_HEADER};
 use shardray_wire::DecodeError;
 
 use super::{fallback, read_first, ConnInfo, FIRST_READ};
 use crate::ctx::{InboundRt, ShardCtx};
 use crate::outbound::{forward, Session};
+use crate::packet::{serve_packets, FrameReader, FrameWriter, Framing, Half, PacketSession};
 use crate::users::{UserHandle, UserTable};
 
 /// How the handshake ended.
@@ -46,8 +48,28 @@ pub(super) async fn serve<S>(
     .await;
     match outcome {
         Handshake::Accepted { header, user, consumed } => {
-            let dest = header.destination.expect("TCP requests carry a destination");
             let user = user.bind(&ctx.users.borrow());
+            let framing = match (header.command, &header.destination) {
+                (Command::Udp, Some(dest)) => Some(Framing::Vless(dest.clone())),
+                // Mux carries XUDP: UDP packets, each with its address (a TCP sub-session is
+                // refused when its New frame comes).
+                (Command::Mux, _) => Some(Framing::Xudp),
+                _ => None,
+            };
+            if let Some(framing) = framing {
+                let session =
+                    PacketSession { inbound, peer: info.peer, level: user.level, user: Some(user), idle_cap: None };
+                let stream = RefCell::new(stream);
+                let out_framing = match &framing {
+                    Framing::Vless(_) => Framing::Vless(Destination::from(info.peer)),
+                    f => f.clone(),
+                };
+                let input = FrameReader::new(Half(&stream), framing, &buf[consumed..len]);
+                drop(buf);
+                let output = FrameWriter::new(Half(&stream), out_framing, RESPONSE_HEADER.to_vec());
+                return serve_packets(ctx, session, input, output).await;
+            }
+            let dest = header.destination.expect("TCP requests carry a destination");
             let session = Session {
                 inbound,
                 peer: info.peer,
@@ -81,9 +103,6 @@ fn decide(data: &[u8], room: usize, users: &RefCell<UserTable>) -> Option<Handsh
             };
             if !header.flow.is_empty() {
                 return Some(Handshake::Rejected("flow not enabled for this user", Refusal::UnsupportedCommand));
-            }
-            if header.command != Command::Tcp {
-                return Some(Handshake::Rejected("only TCP requests are served", Refusal::UnsupportedCommand));
             }
             let consumed = data.len() - cur.len();
             Some(Handshake::Accepted { header, user, consumed })

@@ -5,7 +5,9 @@
 
 pub(crate) mod proxy;
 mod resolve;
+pub(crate) mod shadowsocks;
 pub(crate) mod trojan;
+pub(crate) mod vless;
 pub(crate) mod vmess;
 
 use std::cell::RefCell;
@@ -31,7 +33,7 @@ pub(crate) use resolve::resolve;
 use trojan::Upstream;
 
 /// How long a dial may take before the session is given up.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The answer a blackhole with `response.type = "http"` gives.
 const HTTP_403: &[u8] =
@@ -195,7 +197,7 @@ where
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&trojan.tls, &t.server)).await;
+            let dialed = Box::pin(trojan::dial(&trojan.tls, &trojan.transport, &t.server)).await;
             access(None);
             match dialed {
                 Ok(up) => (up, trojan.header(dest)),
@@ -207,13 +209,34 @@ where
                 }
             }
         }
+        OutboundProtocol::Vless(v) => {
+            let Some(vless) = &outbound.vless else {
+                ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: vless outbound not ready"));
+                let _ = client.close().await;
+                return;
+            };
+            let dialed = Box::pin(trojan::dial(&vless.tls, &None, &v.server)).await;
+            access(None);
+            match dialed {
+                Ok(up) => (
+                    Upstream::Vless(Box::new(vless::VlessResponse::new(up))),
+                    vless.header(shardray_wire::vless::Command::Tcp, dest),
+                ),
+                Err(e) => {
+                    let out = &outbound.tag;
+                    ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", v.server));
+                    let _ = client.close().await;
+                    return;
+                }
+            }
+        }
         OutboundProtocol::Vmess(v) => {
             let Some(vmess) = &outbound.vmess else {
                 ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: vmess outbound not ready"));
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&vmess.tls, &v.server)).await;
+            let dialed = Box::pin(trojan::dial(&vmess.tls, &vmess.transport, &v.server)).await;
             access(None);
             match dialed.and_then(|up| vmess.start(up, dest)) {
                 Ok(up) => (up, Vec::new()),
@@ -242,6 +265,25 @@ where
                 Err(e) => {
                     let out = &outbound.tag;
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", p.server));
+                    let _ = client.close().await;
+                    return;
+                }
+            }
+        }
+        OutboundProtocol::Shadowsocks(ss) => {
+            let Some(client_keys) = &outbound.shadowsocks else {
+                ctx.log
+                    .error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: shadowsocks outbound not ready"));
+                let _ = client.close().await;
+                return;
+            };
+            let dialed = Box::pin(trojan::dial(&client_keys.tls, &None, &ss.server)).await;
+            access(None);
+            match dialed {
+                Ok(up) => (client_keys.start(up, dest), Vec::new()),
+                Err(e) => {
+                    let out = &outbound.tag;
+                    ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", ss.server));
                     let _ = client.close().await;
                     return;
                 }
@@ -308,12 +350,12 @@ where
 }
 
 /// Seconds since the Unix epoch, for a session's start.
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Routes, resolving the destination first when the routing strategy asks for it.
-async fn route(ctx: &ShardCtx, routes: &Routes, input: &mut RouteInput<'_>) -> Decision {
+pub(crate) async fn route(ctx: &ShardCtx, routes: &Routes, input: &mut RouteInput<'_>) -> Decision {
     let strategy = ctx.config.routing.domain_strategy;
     let is_domain = input.dest.domain().is_some();
     if !is_domain || !routes.router.has_ip_rules() || strategy == RoutingDomainStrategy::AsIs {
@@ -366,7 +408,7 @@ async fn dial(
     };
     let mut last_err = DialError::Io(io::Error::new(io::ErrorKind::NotFound, "no address"));
     for addr in addrs {
-        if let Err(why) = check_destination(ctx, routes, addr, target, decision, session) {
+        if let Err(why) = check_destination(ctx, routes, addr, target, decision, session, true) {
             last_err = DialError::Refused(why);
             continue;
         }
@@ -380,13 +422,14 @@ async fn dial(
 
 /// Destination safety: the API is never a destination; a loopback or private address only
 /// when the matching rule named it (by IP, or by the domain that resolved to it).
-fn check_destination(
+pub(crate) fn check_destination(
     ctx: &ShardCtx,
     routes: &Routes,
     addr: SocketAddr,
     target: &Destination,
     decision: Decision,
     session: &Session<'_>,
+    tcp: bool,
 ) -> Result<(), Refusal> {
     let hits_api = ctx.api_addrs.iter().any(|api| {
         api.port() == addr.port()
@@ -408,7 +451,7 @@ fn check_destination(
             dest: &target.addr,
             resolved: Some(addr.ip()),
             port: addr.port(),
-            tcp: true,
+            tcp,
             source: session.peer.ip(),
             source_port: session.peer.port(),
         });
@@ -420,10 +463,10 @@ fn check_destination(
 }
 
 /// Counts a session's bytes into the counters its policy enables.
-struct SessionMeter<'a> {
+pub(crate) struct SessionMeter<'a> {
     stats_on: bool,
     /// The user's slot and the slot's generation when the session started.
-    user: Option<(u32, u32)>,
+    pub(crate) user: Option<(u32, u32)>,
     slots: &'a RefCell<SlotCounters>,
     user_up: bool,
     user_down: bool,
@@ -436,7 +479,12 @@ struct SessionMeter<'a> {
 }
 
 impl<'a> SessionMeter<'a> {
-    fn new(ctx: &'a ShardCtx, session: &Session<'a>, outbound: &'a OutboundRt, policy: &LevelPolicy) -> Self {
+    pub(crate) fn new(
+        ctx: &'a ShardCtx,
+        session: &Session<'a>,
+        outbound: &'a OutboundRt,
+        policy: &LevelPolicy,
+    ) -> Self {
         let on = ctx.config.stats_enabled;
         let system = ctx.config.policy.system;
         SessionMeter {

@@ -10,12 +10,15 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
-use shardray_core::spec::{TlsClientSpec, TrojanOutboundSpec};
+use shardray_core::spec::{HttpTransportSpec, TlsClientSpec, TransportSpec, TrojanOutboundSpec};
 use shardray_wire::addr::{Address, Destination};
 use shardray_wire::trojan::{password_key, Command, Request, KEY_LEN};
+use shardray_wire::websocket::Flavor;
 
 use super::{resolve, DIAL_TIMEOUT};
+use crate::transport::http_header::Camouflaged;
 use crate::transport::tls_tcp::TlsTcp;
+use crate::transport::ws::{Upgraded, WsStream};
 
 /// An outbound's TLS client and the name it asks for; `None` for plain TCP.
 pub(crate) type ClientTls = Option<(TlsConnector, ServerName<'static>)>;
@@ -35,16 +38,45 @@ pub(crate) fn client_tls(spec: Option<&TlsClientSpec>, server: &Destination) -> 
     Ok(Some((TlsConnector::from(config), name)))
 }
 
+/// An outbound's HTTP transport (WebSocket or HTTPUpgrade) and the `Host` it sends; `None`
+/// for raw TCP.
+pub(crate) type ClientTransport = Option<(Flavor, HttpTransportSpec, String)>;
+
+/// The transport of an outbound whose server is `server`: the `Host` is `host`, else the TLS
+/// server name, else the server's address, as in Xray.
+pub(crate) fn client_transport(
+    spec: &TransportSpec,
+    tls: Option<&TlsClientSpec>,
+    server: &Destination,
+) -> ClientTransport {
+    let (flavor, http) = match spec {
+        TransportSpec::Raw => return None,
+        TransportSpec::Ws(h) => (Flavor::WebSocket, h),
+        TransportSpec::HttpUpgrade(h) => (Flavor::HttpUpgrade, h),
+    };
+    let host = match (http.host.as_str(), tls.map(|t| t.server_name.as_str()).unwrap_or("")) {
+        ("", "") => server.addr.to_string(),
+        ("", name) => name.to_owned(),
+        (host, _) => host.to_owned(),
+    };
+    Some((flavor, HttpTransportSpec::clone(http), host))
+}
+
 /// A Trojan outbound as a shard runs it: the user key, computed once, and the TLS client.
 pub(crate) struct TrojanClient {
     key: [u8; KEY_LEN],
     pub(crate) tls: ClientTls,
+    pub(crate) transport: ClientTransport,
 }
 
 impl TrojanClient {
     /// Builds the client; fails only on settings control has already checked.
     pub(crate) fn new(spec: &TrojanOutboundSpec) -> Result<TrojanClient, String> {
-        Ok(TrojanClient { key: password_key(&spec.password), tls: client_tls(spec.tls.as_ref(), &spec.server)? })
+        Ok(TrojanClient {
+            key: password_key(&spec.password),
+            tls: client_tls(spec.tls.as_ref(), &spec.server)?,
+            transport: client_transport(&spec.transport, spec.tls.as_ref(), &spec.server),
+        })
     }
 
     /// The request header for a CONNECT to `dest`.
@@ -53,15 +85,22 @@ impl TrojanClient {
         Request { key: self.key, command: Command::Connect, destination: dest.clone() }.encode(&mut out);
         out
     }
+
+    /// The request header for a UDP ASSOCIATE whose first packet goes to `dest`.
+    pub(crate) fn udp_header(&self, dest: &Destination) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        Request { key: self.key, command: Command::UdpAssociate, destination: dest.clone() }.encode(&mut out);
+        out
+    }
 }
 
 fn server_name(name: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(name.to_owned()).map_err(|e| format!("serverName {name:?}: {e}"))
 }
 
-/// Resolves and connects to the server, then completes the TLS handshake if configured; the
-/// whole dial is bounded by `DIAL_TIMEOUT`.
-pub(crate) async fn dial(tls: &ClientTls, server: &Destination) -> io::Result<Upstream> {
+/// Resolves and connects to the server, then completes the TLS handshake and the transport's
+/// upgrade if configured; the whole dial is bounded by `DIAL_TIMEOUT`.
+pub(crate) async fn dial(tls: &ClientTls, transport: &ClientTransport, server: &Destination) -> io::Result<Upstream> {
     let dialing = async {
         let addrs = resolve(&server.addr, server.port, Default::default()).await?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
@@ -77,12 +116,19 @@ pub(crate) async fn dial(tls: &ClientTls, server: &Destination) -> io::Result<Up
         }
         let stream = stream.ok_or(last)?;
         let _ = stream.set_nodelay(true);
-        match tls {
-            None => Ok(Upstream::Tcp(stream)),
+        let secured = match tls {
+            None => Upstream::Tcp(stream),
             Some((connector, name)) => {
                 let tls = connector.connect(name.clone(), TlsTcp::new(Box::new(stream))).await?;
-                Ok(Upstream::Tls(Box::new(tls)))
+                Upstream::Tls(Box::new(tls))
             }
+        };
+        let Some((flavor, spec, host)) = transport else { return Ok(secured) };
+        match crate::transport::ws::connect(secured, *flavor, spec, host).await? {
+            Upgraded::Ws(ws) => Ok(Upstream::Ws(ws)),
+            // Raw bytes after the upgrade: a plain socket may still splice.
+            Upgraded::Raw { stream, early } if early.is_empty() => Ok(stream),
+            Upgraded::Raw { stream, early } => Ok(Upstream::Early(Box::new(Camouflaged::with_early(stream, early)))),
         }
     };
     futures_lite::future::or(dialing, async {
@@ -93,11 +139,16 @@ pub(crate) async fn dial(tls: &ClientTls, server: &Destination) -> io::Result<Up
 }
 
 /// The stream to an outbound's server: a plain socket (which the relay may splice) or TLS,
-/// or a VMess body over either.
+/// WebSocket or HTTPUpgrade with bytes read past its `101` over either, or a VMess body, a VLESS
+/// response or a Shadowsocks stream over any of them.
 pub(crate) enum Upstream {
     Tcp(TcpStream),
     Tls(Box<futures_rustls::client::TlsStream<TlsTcp>>),
+    Ws(Box<WsStream<Upstream>>),
+    Early(Box<Camouflaged<Upstream>>),
     Vmess(Box<crate::vmess::VmessStream<Upstream>>),
+    Vless(Box<super::vless::VlessResponse<Upstream>>),
+    Shadowsocks(Box<crate::shadowsocks::SsStream<Upstream>>),
 }
 
 impl Upstream {
@@ -105,7 +156,12 @@ impl Upstream {
     pub(crate) fn plain_fd(&self) -> Option<RawFd> {
         match self {
             Upstream::Tcp(s) => Some(s.as_raw_fd()),
-            Upstream::Tls(_) | Upstream::Vmess(_) => None,
+            Upstream::Tls(_)
+            | Upstream::Ws(_)
+            | Upstream::Early(_)
+            | Upstream::Vmess(_)
+            | Upstream::Vless(_)
+            | Upstream::Shadowsocks(_) => None,
         }
     }
 }
@@ -115,7 +171,11 @@ impl AsyncRead for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Early(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Vless(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -125,7 +185,11 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Early(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -137,7 +201,11 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Ws(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Early(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -145,7 +213,11 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Early(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Vless(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -153,7 +225,11 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_close(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Ws(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Early(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Vless(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }

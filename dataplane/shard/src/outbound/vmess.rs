@@ -1,5 +1,5 @@
-//! The VMess outbound (AEAD, TCP): dials the server (TLS if configured) like the Trojan
-//! outbound, then speaks through a `VmessStream`: the sealed request header leaves with the
+//! The VMess outbound (AEAD, TCP): dials the server (TLS and a transport if configured)
+//! like the Trojan outbound, then speaks through a `VmessStream`: the sealed request header leaves with the
 //! first chunk (or on its own when the server is to speak first), the response header is
 //! opened before the body.
 
@@ -11,7 +11,7 @@ use shardray_wire::vmess::{
     has_aes_gcm_hardware, Command, Options, RequestHeader, SealRandom, Security, UserKey, VmessError,
 };
 
-use super::trojan::{client_tls, ClientTls, Upstream};
+use super::trojan::{client_tls, client_transport, ClientTls, ClientTransport, Upstream};
 use crate::vmess::VmessStream;
 
 /// A VMess outbound as a shard runs it: the user's keys, derived once, the body security
@@ -21,6 +21,7 @@ pub(crate) struct VmessClient {
     security: Security,
     options: Options,
     pub(crate) tls: ClientTls,
+    pub(crate) transport: ClientTransport,
 }
 
 impl VmessClient {
@@ -32,6 +33,7 @@ impl VmessClient {
             security,
             options,
             tls: client_tls(spec.tls.as_ref(), &spec.server)?,
+            transport: client_transport(&spec.transport, spec.tls.as_ref(), &spec.server),
         })
     }
 

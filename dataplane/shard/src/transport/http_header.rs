@@ -88,6 +88,14 @@ fn picker(seed_from: &[u8]) -> impl FnMut(usize) -> usize {
     }
 }
 
+impl<S> Camouflaged<S> {
+    /// A stream that hands out `early` before what `inner` reads, with no head to write: an
+    /// HTTPUpgrade tunnel whose first bytes came with its request or its `101`.
+    pub(crate) fn with_early(inner: S, early: Vec<u8>) -> Camouflaged<S> {
+        Camouflaged { inner, early, early_pos: 0, head: Vec::new(), head_pos: 0 }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Camouflaged<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;

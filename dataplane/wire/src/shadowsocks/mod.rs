@@ -225,7 +225,7 @@ impl fmt::Display for InvalidKey {
 impl std::error::Error for InvalidKey {}
 
 /// A master key (classic) or PSK (2022) of up to 32 bytes. `Debug` does not print it.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MasterKey {
     bytes: [u8; MAX_KEY_LEN],
     len: u8,
@@ -277,6 +277,12 @@ impl MasterKey {
             return Err(InvalidKey::WrongLength { expected: method.key_len() as u8, got: n });
         }
         Ok(Self::from_bytes(&out[..n]))
+    }
+
+    /// Decodes a 2022 PSK of any method (16 or 32 bytes of base64), when the method is not at
+    /// hand; `from_psk` checks it against one.
+    pub fn from_psk_any(psk: &str) -> Result<MasterKey, InvalidKey> {
+        Self::from_psk(Method::Blake3Aes256Gcm, psk).or_else(|_| Self::from_psk(Method::Blake3Aes128Gcm, psk))
     }
 
     /// Parses a 2022 client password `iPSK:...:uPSK` into identity keys (outermost first) and the

@@ -222,6 +222,8 @@ pub struct Request {
     pub salt: Salt,
     /// The index of the user (multi-user servers), into the list given to `with_users`.
     pub user: Option<usize>,
+    /// The header's timestamp (Unix seconds), already checked against the clock.
+    pub timestamp: u64,
 }
 
 impl Server {
@@ -270,51 +272,77 @@ impl Server {
         now: u64,
         replay: &mut ReplayFilter,
     ) -> Result<(Request, ChunkOpener), Error> {
-        let method = self.method;
-        let kl = method.key_len();
-        let salt_len = method.salt_len();
-        let fixed_at = salt_len + if self.users.is_some() { IDENTITY_HEADER_LEN } else { 0 };
-        let var_at = fixed_at + REQUEST_FIXED_LEN + TAG_LEN;
-        if buf.len() < var_at {
-            return Err(Error::UnexpectedEnd);
-        }
-        let salt = Salt::new(&buf[..salt_len]);
-        let (user, key) = match &self.users {
-            None => (None, &self.psk),
-            Some(users) => {
-                let mut block: [u8; 16] = buf[salt_len..fixed_at].try_into().expect("16 bytes");
-                aes_decrypt_block(&identity_subkey(&self.psk, salt.as_bytes())[..kl], &mut block);
-                let i = *users.by_hash.get(&block).ok_or(Error::UnknownUser)?;
-                (Some(i), &users.keys[i])
-            }
-        };
-        let mut opener = ChunkOpener::new(method, &session_subkey(key, salt.as_bytes())[..kl]);
-        // Open a copy of the fixed header so that "need more" leaves the buffer as it was.
-        let mut fixed = [0u8; REQUEST_FIXED_LEN + TAG_LEN];
-        fixed.copy_from_slice(&buf[fixed_at..var_at]);
-        let fixed = opener.open_piece(&mut fixed)?;
-        if fixed[0] != TYPE_REQUEST {
-            return Err(Error::BadStreamType(fixed[0]));
-        }
-        check_time(u64::from_be_bytes(fixed[1..9].try_into().expect("8 bytes")), now)?;
-        let var_len = usize::from(u16::from_be_bytes([fixed[9], fixed[10]]));
-        let end = var_at + var_len + TAG_LEN;
-        if buf.len() < end {
-            return Err(Error::UnexpectedEnd);
-        }
-        let var = opener.open_piece(&mut buf[var_at..end])?;
-        let mut cur = &var[..];
-        let addr = SOCKS_TYPES.decode_addr(&mut cur).map_err(Error::Address)?;
-        let port = take_u16(&mut cur).map_err(Error::Address)?;
-        let padding = take_u16(&mut cur).map_err(|_| Error::HeaderOverrun)?;
-        take(&mut cur, padding.into()).map_err(|_| Error::HeaderOverrun)?;
-        if padding == 0 && cur.is_empty() {
-            return Err(Error::NoPaddingNorPayload);
-        }
-        let payload = var_at + var_len - cur.len()..var_at + var_len;
-        replay.check_and_insert(salt.as_bytes(), now)?;
-        Ok((Request { destination: Destination { addr, port }, payload, consumed: end, salt, user }, opener))
+        let identity = self.users.as_ref().map(|_| &self.psk);
+        let (mut request, opener, user) =
+            decode_request_with(self.method, identity, buf, now, replay, |hash| match (&self.users, hash) {
+                (Some(users), Some(hash)) => users.by_hash.get(hash).map(|&i| (Some(i), users.keys[i])),
+                _ => Some((None, self.psk)),
+            })?;
+        request.user = user;
+        Ok((request, opener))
     }
+}
+
+/// [`Server::decode_request`] for a server that keeps its users itself (a table that changes
+/// at run time): `identity` is the server PSK when requests carry an identity header
+/// (multi-user), and `lookup` is called once with the decrypted header (the user PSK's BLAKE3
+/// hash), or with `None` without one, and returns the user and its PSK. `Err(UnknownUser)` if
+/// it returns `None`. `Request::user` is left `None`; the user comes back beside it.
+pub fn decode_request_with<U>(
+    method: Method,
+    identity: Option<&MasterKey>,
+    buf: &mut [u8],
+    now: u64,
+    replay: &mut ReplayFilter,
+    lookup: impl FnOnce(Option<&[u8; 16]>) -> Option<(U, MasterKey)>,
+) -> Result<(Request, ChunkOpener, U), Error> {
+    let kl = method.key_len();
+    let salt_len = method.salt_len();
+    let fixed_at = salt_len + if identity.is_some() { IDENTITY_HEADER_LEN } else { 0 };
+    let var_at = fixed_at + REQUEST_FIXED_LEN + TAG_LEN;
+    if buf.len() < var_at {
+        return Err(Error::UnexpectedEnd);
+    }
+    let salt = Salt::new(&buf[..salt_len]);
+    let (user, key) = match identity {
+        None => lookup(None).ok_or(Error::UnknownUser)?,
+        Some(psk) => {
+            let mut block: [u8; 16] = buf[salt_len..fixed_at].try_into().expect("16 bytes");
+            aes_decrypt_block(&identity_subkey(psk, salt.as_bytes())[..kl], &mut block);
+            lookup(Some(&block)).ok_or(Error::UnknownUser)?
+        }
+    };
+    let mut opener = ChunkOpener::new(method, &session_subkey(&key, salt.as_bytes())[..kl]);
+    // Open a copy of the fixed header so that "need more" leaves the buffer as it was.
+    let mut fixed = [0u8; REQUEST_FIXED_LEN + TAG_LEN];
+    fixed.copy_from_slice(&buf[fixed_at..var_at]);
+    let fixed = opener.open_piece(&mut fixed)?;
+    if fixed[0] != TYPE_REQUEST {
+        return Err(Error::BadStreamType(fixed[0]));
+    }
+    let timestamp = u64::from_be_bytes(fixed[1..9].try_into().expect("8 bytes"));
+    check_time(timestamp, now)?;
+    let var_len = usize::from(u16::from_be_bytes([fixed[9], fixed[10]]));
+    let end = var_at + var_len + TAG_LEN;
+    if buf.len() < end {
+        return Err(Error::UnexpectedEnd);
+    }
+    let var = opener.open_piece(&mut buf[var_at..end])?;
+    let mut cur = &var[..];
+    let addr = SOCKS_TYPES.decode_addr(&mut cur).map_err(Error::Address)?;
+    let port = take_u16(&mut cur).map_err(Error::Address)?;
+    let padding = take_u16(&mut cur).map_err(|_| Error::HeaderOverrun)?;
+    take(&mut cur, padding.into()).map_err(|_| Error::HeaderOverrun)?;
+    if padding == 0 && cur.is_empty() {
+        return Err(Error::NoPaddingNorPayload);
+    }
+    let payload = var_at + var_len - cur.len()..var_at + var_len;
+    replay.check_and_insert(salt.as_bytes(), now)?;
+    Ok((
+        Request { destination: Destination { addr, port }, payload, consumed: end, salt, user: None, timestamp },
+        opener,
+        user,
+    ))
 }
 
 /// What a server needs to open a response stream.

@@ -1,0 +1,152 @@
+//! The VLESS outbound: dials the server (TLS if configured), sends the request header with the
+//! session's first payload, and takes the response header (version, addons) off the front of
+//! what the server sends back.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use shardray_core::spec::VlessOutboundSpec;
+use shardray_wire::addr::Destination;
+use shardray_wire::vless::{Command, RequestHeader, VERSION};
+use uuid::Uuid;
+
+use super::trojan::{client_tls, ClientTls};
+
+/// A VLESS outbound as a shard runs it: the user id and the TLS client, built once.
+pub(crate) struct VlessClient {
+    id: Uuid,
+    pub(crate) tls: ClientTls,
+}
+
+impl VlessClient {
+    /// Builds the client; fails only on settings control has already checked.
+    pub(crate) fn new(spec: &VlessOutboundSpec) -> Result<VlessClient, String> {
+        Ok(VlessClient { id: spec.id, tls: client_tls(spec.tls.as_ref(), &spec.server)? })
+    }
+
+    /// The request header for `command` (TCP or UDP) to `dest`.
+    pub(crate) fn header(&self, command: Command, dest: &Destination) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        RequestHeader { user: self.id, flow: String::new(), command, destination: Some(dest.clone()) }.encode(&mut out);
+        out
+    }
+}
+
+/// Where reading the response header stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    Version,
+    AddonsLen,
+    /// Addon bytes still to skip.
+    Addons(usize),
+    Body,
+}
+
+/// A server's stream with the VLESS response header taken off the front; writes pass through.
+pub(crate) struct VlessResponse<S> {
+    inner: S,
+    head: Head,
+}
+
+impl<S> VlessResponse<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        VlessResponse { inner, head: Head::Version }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for VlessResponse<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            let n = match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            if this.head == Head::Body || n == 0 {
+                if n == 0 && this.head != Head::Body && this.head != Head::Version {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "VLESS response cut short")));
+                }
+                return Poll::Ready(Ok(n));
+            }
+            let mut i = 0;
+            while i < n && this.head != Head::Body {
+                match this.head {
+                    Head::Version if buf[i] != VERSION => {
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "not a VLESS response")))
+                    }
+                    Head::Version => {
+                        this.head = Head::AddonsLen;
+                        i += 1;
+                    }
+                    Head::AddonsLen => {
+                        this.head = if buf[i] == 0 { Head::Body } else { Head::Addons(usize::from(buf[i])) };
+                        i += 1;
+                    }
+                    Head::Addons(left) => {
+                        let take = left.min(n - i);
+                        i += take;
+                        this.head = if take == left { Head::Body } else { Head::Addons(left - take) };
+                    }
+                    Head::Body => unreachable!("the loop stops at the body"),
+                }
+            }
+            if i < n {
+                buf.copy_within(i..n, 0);
+                return Poll::Ready(Ok(n - i));
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for VlessResponse<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::AsyncReadExt;
+
+    /// Hands out its bytes `step` at a time.
+    struct Trickle(Vec<u8>, usize, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            let n = self.2.min(buf.len()).min(self.0.len() - self.1);
+            let at = self.1;
+            buf[..n].copy_from_slice(&self.0[at..at + n]);
+            self.1 += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn body(wire: &[u8], step: usize) -> io::Result<Vec<u8>> {
+        let mut r = VlessResponse::new(Trickle(wire.to_vec(), 0, step));
+        let mut out = Vec::new();
+        futures_lite::future::block_on(r.read_to_end(&mut out)).map(|_| out)
+    }
+
+    #[test]
+    fn the_response_header_and_its_addons_come_off_at_any_split() {
+        for step in [1, 2, 3, 100] {
+            assert_eq!(body(b"\x00\x00hello", step).unwrap(), b"hello");
+            assert_eq!(body(b"\x00\x03abchello", step).unwrap(), b"hello");
+            assert_eq!(body(b"\x00\x00", step).unwrap(), b"");
+            assert!(body(b"\x01\x00hello", step).is_err(), "another version");
+            assert!(body(b"\x00\x05ab", step).is_err(), "cut in the addons");
+        }
+        assert_eq!(body(b"", 1).unwrap(), b"", "closed before answering");
+    }
+}

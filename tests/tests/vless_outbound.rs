@@ -1,0 +1,180 @@
+//! shardray's VLESS outbound against sing-box 1.14.4 as the VLESS server, over TLS and plain:
+//! dokodemo-door inbounds send TCP connections and UDP datagrams to echo servers through it,
+//! with exact outbound counters; one added through the API carries traffic too.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shardray_tests::api::ApiClient;
+use shardray_tests::servers::EchoServer;
+use shardray_tests::singbox::SingBox;
+use shardray_tests::tls::SelfSigned;
+use shardray_tests::udp::{echo_datagrams, Direct, UdpEcho};
+use shardray_tests::vless::payload;
+use shardray_tests::{loopback_api, wait_until, Shardray, ALICE};
+
+const UP: &str = "outbound>>>vless-out>>>traffic>>>uplink";
+const DOWN: &str = "outbound>>>vless-out>>>traffic>>>downlink";
+
+/// shardray with a TCP door to `tcp_echo` and a UDP door to `udp_echo`, both leaving through
+/// `outbound` (the default route).
+fn config(tcp_echo: SocketAddr, udp_echo: SocketAddr, outbound: Value) -> Value {
+    let door = |tag: &str, dest: SocketAddr, network: &str| {
+        json!({ "tag": tag, "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
+                "settings": { "address": dest.ip().to_string(), "port": dest.port(), "network": network } })
+    };
+    json!({
+        "log": { "loglevel": "warning" },
+        "stats": {},
+        "api": loopback_api(&["StatsService", "HandlerService"]),
+        "inbounds": [door("tcp-door", tcp_echo, "tcp"), door("udp-door", udp_echo, "udp")],
+        "outbounds": [outbound, { "tag": "direct", "protocol": "freedom" }],
+        "policy": { "system": { "statsOutboundUplink": true, "statsOutboundDownlink": true } }
+    })
+}
+
+fn vless_outbound(server: SocketAddr, stream: Value) -> Value {
+    json!({
+        "tag": "vless-out", "protocol": "vless",
+        "settings": { "vnext": [{ "address": server.ip().to_string(), "port": server.port(),
+                                  "users": [{ "id": ALICE, "encryption": "none" }] }] },
+        "streamSettings": stream
+    })
+}
+
+fn exchange(proxy: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let stream = TcpStream::connect(proxy).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut write_half = stream.try_clone().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        write_half.write_all(&data).unwrap();
+        write_half.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    let _ = (&stream).read_to_end(&mut got);
+    writer.join().unwrap();
+    got
+}
+
+/// TCP round trips (1 byte to 1 MiB) and three UDP flows at once (500 datagrams of 1 to 1400
+/// bytes each); the outbound's counters must equal the payload.
+fn carries_tcp_and_udp(server: &Shardray, udp_echo: SocketAddr, log: &(dyn Fn() -> String + Sync)) {
+    let mut total = 0u64;
+    for (i, len) in [1usize, 100, 16_385, 1 << 20].into_iter().enumerate() {
+        let data = payload(len, i as u64);
+        let got = exchange(server.inbound("tcp-door"), &data);
+        assert!(got == data, "{len} bytes: got {} back\n{}\n{}", got.len(), log(), server.output());
+        total += len as u64;
+    }
+    let door = server.inbound("udp-door");
+    let both = || format!("{}\n{}", log(), server.output());
+    total += std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3u64)
+            .map(|c| {
+                let both = &both;
+                s.spawn(move || echo_datagrams(&Direct::to(door), udp_echo, Some(door), 500, c, 8, both))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+    });
+    let api = ApiClient::connect(server.api.unwrap());
+    let t = total as i64;
+    assert!(
+        wait_until(Duration::from_secs(5), || api.get(UP, false).ok() == Some(t)
+            && api.get(DOWN, false).ok() == Some(t)),
+        "outbound counters {:?} / {:?}, expected {t}",
+        api.get(UP, false),
+        api.get(DOWN, false)
+    );
+}
+
+#[test]
+fn through_sing_box_as_a_plain_vless_server() {
+    let (tcp_echo, udp_echo) = (EchoServer::start(), UdpEcho::start());
+    let sb = SingBox::serve(json!({ "type": "vless", "tag": "vless-in", "users": [{ "name": "u", "uuid": ALICE }] }));
+    let outbound = vless_outbound(sb.socks, json!({ "network": "tcp" }));
+    let server = Shardray::start(&config(tcp_echo.addr(), udp_echo.addr(), outbound), 2);
+    carries_tcp_and_udp(&server, udp_echo.addr(), &|| sb.log());
+}
+
+#[test]
+fn through_sing_box_as_a_vless_server_over_tls() {
+    let (tcp_echo, udp_echo) = (EchoServer::start(), UdpEcho::start());
+    let certs = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(certs.path(), &["vless.example"]);
+    let sb = SingBox::serve(json!({
+        "type": "vless", "tag": "vless-in", "users": [{ "name": "u", "uuid": ALICE }],
+        "tls": { "enabled": true, "server_name": "vless.example",
+                 "certificate_path": cert.cert_file.to_str().unwrap(), "key_path": cert.key_file.to_str().unwrap() }
+    }));
+    let stream = json!({ "security": "tls", "tlsSettings": { "serverName": "vless.example", "allowInsecure": true } });
+    let server = Shardray::start(&config(tcp_echo.addr(), udp_echo.addr(), vless_outbound(sb.socks, stream)), 2);
+    carries_tcp_and_udp(&server, udp_echo.addr(), &|| sb.log());
+}
+
+#[test]
+fn a_vless_outbound_added_through_the_api_carries_traffic() {
+    use shardray_proto::xray::app::proxyman::command as handler;
+    use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain};
+    use shardray_proto::xray::common::protocol::ServerEndpoint;
+    use shardray_proto::xray::core::OutboundHandlerConfig;
+    use shardray_proto::xray::proxy::vless as vless_pb;
+    use shardray_tests::api::{typed, vless_user};
+
+    let (tcp_echo, udp_echo) = (EchoServer::start(), UdpEcho::start());
+    let sb = SingBox::serve(json!({ "type": "vless", "tag": "vless-in", "users": [{ "name": "u", "uuid": ALICE }] }));
+    let mut config = config(tcp_echo.addr(), udp_echo.addr(), json!({ "tag": "first", "protocol": "blackhole" }));
+    config["outbounds"] = json!([{ "tag": "first", "protocol": "blackhole" }]);
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let endpoint = ServerEndpoint {
+        address: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
+        port: u32::from(sb.socks.port()),
+        user: vec![vless_user("", ALICE, 0)],
+    };
+    let outbound = OutboundHandlerConfig {
+        tag: "vless-out".into(),
+        proxy_settings: Some(typed(
+            "xray.proxy.vless.outbound.Config",
+            &vless_pb::outbound::Config { vnext: Some(endpoint) },
+        )),
+        ..Default::default()
+    };
+    let mut client = handler::handler_service_client::HandlerServiceClient::new(api.channel());
+    api.block_on(client.add_outbound(handler::AddOutboundRequest { outbound: Some(outbound) })).unwrap();
+    api.block_on(client.remove_outbound(handler::RemoveOutboundRequest { tag: "first".into() })).unwrap();
+    carries_tcp_and_udp(&server, udp_echo.addr(), &|| sb.log());
+}
+
+#[test]
+fn a_flow_or_a_second_server_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            json!({ "vnext": [{ "address": "127.0.0.1", "port": 443, "users": [{ "id": ALICE, "flow": "xtls-rprx-vision" }] }] }),
+            "outbounds[0].settings.vnext[0].users[0].flow",
+        ),
+        (
+            json!({ "vnext": [{ "address": "127.0.0.1", "port": 443, "users": [{ "id": ALICE }] },
+                           { "address": "127.0.0.2", "port": 443, "users": [{ "id": ALICE }] }] }),
+            "outbounds[0].settings.vnext[1]",
+        ),
+        (
+            json!({ "vnext": [{ "address": "127.0.0.1", "port": 443, "users": [{ "id": "not a uuid at all, longer than thirty" }] }] }),
+            "outbounds[0].settings.vnext[0].users[0].id",
+        ),
+    ];
+    for (i, (settings, path)) in cases.into_iter().enumerate() {
+        let config = json!({
+            "inbounds": [],
+            "outbounds": [{ "tag": "vless-out", "protocol": "vless", "settings": settings }]
+        });
+        let file = dir.path().join(format!("c{i}.json"));
+        std::fs::write(&file, config.to_string()).unwrap();
+        let (status, out) = shardray_tests::run_cli(&["test", "-c", file.to_str().unwrap()]);
+        assert!(!status.success() && out.contains(path), "case {i}: {out}");
+    }
+}
