@@ -109,6 +109,20 @@ fn send_through(value: Option<&str>, path: &str) -> Result<Option<IpAddr>, Confi
     }
 }
 
+/// A server's `address` and `port` at `spath`, both required.
+fn server_at(address: Option<&str>, port: Option<&Value>, spath: &str) -> Result<Destination, ConfigError> {
+    let addr = match address.map(str::trim) {
+        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
+        Some(a) => Address::parse(a)
+            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
+    };
+    let port = match port {
+        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
+        Some(v) => parse_port(v, &format!("{spath}.port"))?,
+    };
+    Ok(Destination { addr, port })
+}
+
 /// An outbound's `streamSettings` may only restate the defaults: raw TCP, no security.
 fn check_plain_stream(stream: &Value, path: &str) -> Result<(), ConfigError> {
     let fields = match stream {
@@ -197,15 +211,7 @@ fn trojan(
     }
     let server = servers.remove(0);
     let spath = format!("{servers_path}[0]");
-    let address = match server.address.as_deref().map(str::trim) {
-        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
-        Some(a) => Address::parse(a)
-            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
-    };
-    let port = match server.port.as_ref() {
-        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
-        Some(v) => parse_port(v, &format!("{spath}.port"))?,
-    };
+    let Destination { addr: address, port } = server_at(server.address.as_deref(), server.port.as_ref(), &spath)?;
     let password = match server.password {
         Some(p) if !p.is_empty() => p,
         _ => return Err(ConfigError::invalid(format!("{spath}.password"), "missing")),
@@ -261,15 +267,7 @@ fn vmess(
         }
         (None, None) => return Err(ConfigError::invalid(format!("{path}.vnext"), "missing")),
     };
-    let address = match server.address.as_deref().map(str::trim) {
-        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
-        Some(a) => Address::parse(a)
-            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
-    };
-    let port = match server.port.as_ref() {
-        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
-        Some(v) => parse_port(v, &format!("{spath}.port"))?,
-    };
+    let Destination { addr: address, port } = server_at(server.address.as_deref(), server.port.as_ref(), &spath)?;
     let mut users = server.users.unwrap_or_default();
     let upath = format!("{spath}.users");
     match users.len() {
@@ -336,15 +334,7 @@ fn proxy(
     if !http && raw.headers.as_ref().is_some_and(|h| !h.is_empty()) {
         return Err(ConfigError::invalid(format!("{path}.headers"), "headers are for an HTTP outbound"));
     }
-    let address = match server.address.as_deref().map(str::trim) {
-        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
-        Some(a) => Address::parse(a)
-            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
-    };
-    let port = match server.port.as_ref() {
-        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
-        Some(v) => parse_port(v, &format!("{spath}.port"))?,
-    };
+    let Destination { addr: address, port } = server_at(server.address.as_deref(), server.port.as_ref(), &spath)?;
     let mut users = server.users.unwrap_or_default();
     let upath = format!("{spath}.users");
     let user = match users.len() {
@@ -393,15 +383,7 @@ fn vless(
     }
     let server = vnext.remove(0);
     let spath = format!("{vpath}[0]");
-    let address = match server.address.as_deref().map(str::trim) {
-        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
-        Some(a) => Address::parse(a)
-            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
-    };
-    let port = match server.port.as_ref() {
-        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
-        Some(v) => parse_port(v, &format!("{spath}.port"))?,
-    };
+    let Destination { addr: address, port } = server_at(server.address.as_deref(), server.port.as_ref(), &spath)?;
     let mut users = server.users.unwrap_or_default();
     let upath = format!("{spath}.users");
     match users.len() {
@@ -479,15 +461,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksOutboundSpec, C
         }
         (None, None) => return Err(ConfigError::invalid(format!("{path}.servers"), "missing")),
     };
-    let address = match server.address.as_deref().map(str::trim) {
-        None | Some("") => return Err(ConfigError::invalid(format!("{spath}.address"), "missing")),
-        Some(a) => Address::parse(a)
-            .ok_or_else(|| ConfigError::invalid(format!("{spath}.address"), format!("invalid address {a:?}")))?,
-    };
-    let port = match server.port.as_ref() {
-        None | Some(Value::Null) => return Err(ConfigError::invalid(format!("{spath}.port"), "missing")),
-        Some(v) => parse_port(v, &format!("{spath}.port"))?,
-    };
+    let Destination { addr: address, port } = server_at(server.address.as_deref(), server.port.as_ref(), &spath)?;
     let method = super::inbound::shadowsocks_method(server.method.as_deref(), &format!("{spath}.method"))?;
     let password = match server.password {
         Some(p) if !p.is_empty() => p,

@@ -562,12 +562,7 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
         OutboundProtocol::Freedom(f) => {
             let destination_override = f.redirect.as_ref().map(|r| freedom::DestinationOverride {
                 server: Some(ServerEndpoint {
-                    address: Some(net::IpOrDomain {
-                        address: Some(match &r.addr {
-                            Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
-                            Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
-                        }),
-                    }),
+                    address: Some(ip_or_domain(&r.addr)),
                     port: u32::from(r.port),
                     user: Vec::new(),
                 }),
@@ -599,12 +594,7 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
                 account: Some(typed("xray.proxy.trojan.Account", &account)),
             };
             let server = ServerEndpoint {
-                address: Some(net::IpOrDomain {
-                    address: Some(match &t.server.addr {
-                        Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
-                        Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
-                    }),
-                }),
+                address: Some(ip_or_domain(&t.server.addr)),
                 port: u32::from(t.server.port),
                 user: vec![user],
             };
@@ -621,12 +611,7 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
                 account: Some(typed("xray.proxy.vmess.Account", &account)),
             };
             let server = ServerEndpoint {
-                address: Some(net::IpOrDomain {
-                    address: Some(match &v.server.addr {
-                        Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
-                        Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
-                    }),
-                }),
+                address: Some(ip_or_domain(&v.server.addr)),
                 port: u32::from(v.server.port),
                 user: vec![user],
             };
@@ -644,12 +629,7 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
                 }
             });
             let server = ServerEndpoint {
-                address: Some(net::IpOrDomain {
-                    address: Some(match &p.server.addr {
-                        Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
-                        Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
-                    }),
-                }),
+                address: Some(ip_or_domain(&p.server.addr)),
                 port: u32::from(p.server.port),
                 user: user.into_iter().collect(),
             };
@@ -672,24 +652,14 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
                 account: Some(typed("xray.proxy.vless.Account", &account)),
             };
             let server = ServerEndpoint {
-                address: Some(net::IpOrDomain {
-                    address: Some(match &v.server.addr {
-                        Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
-                        Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
-                    }),
-                }),
+                address: Some(ip_or_domain(&v.server.addr)),
                 port: u32::from(v.server.port),
                 user: vec![user],
             };
             typed("xray.proxy.vless.outbound.Config", &vless::outbound::Config { vnext: Some(server) })
         }
         OutboundProtocol::Shadowsocks(s) => {
-            let address = net::IpOrDomain {
-                address: Some(match &s.server.addr {
-                    Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
-                    Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
-                }),
-            };
+            let address = ip_or_domain(&s.server.addr);
             if s.method.is_2022() {
                 let config = shadowsocks_2022::ClientConfig {
                     address: Some(address),
@@ -875,6 +845,16 @@ fn domain_matcher(d: &geodata::DomainRule, path: &str) -> Result<DomainMatcher, 
         }
         Some(geodata::domain_rule::Value::Geosite(_)) => unreachable!("lists are expanded by the caller"),
         None => Err(invalid(format!("{path}: empty"))),
+    }
+}
+
+/// An address in the API's form.
+fn ip_or_domain(addr: &Address) -> net::IpOrDomain {
+    net::IpOrDomain {
+        address: Some(match addr {
+            Address::Ip(ip) => net::ip_or_domain::Address::Ip(ip_bytes(*ip)),
+            Address::Domain(d) => net::ip_or_domain::Address::Domain(d.to_string()),
+        }),
     }
 }
 
