@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use shardray_control::config;
 use shardray_control::run::{run, RunOptions};
+use shardray_control::share::{self, LinkFormat};
 use shardray_core::spec::{Account, Config, InboundProtocol};
 
 /// A proxy core for Linux servers with many users, compatible with V2Ray/Xray configs and API.
@@ -19,7 +20,7 @@ struct Cli {
 }
 
 /// Where the config comes from: files (`-c`, repeatable, merged in order) or a directory.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct ConfigArgs {
     /// Config file (JSON with comments); repeat to merge several.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
@@ -57,13 +58,23 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Print the client links (vless://, trojan://) of every user in a config.
+    /// Print the client links (vless://, vmess://, trojan://, ss://, ...) of every user in a
+    /// config, or one user's; as lines, a subscription, or QR codes.
     Link {
         #[command(flatten)]
         config: ConfigArgs,
         /// Host name or address clients should dial (default: each inbound's listen address).
         #[arg(long)]
         host: Option<String>,
+        /// Only the links of the user with this email (any case).
+        #[arg(long, value_name = "EMAIL")]
+        user: Option<String>,
+        /// `plain`: one link a line; `subscription`: the base64 list client apps import.
+        #[arg(long, value_enum, default_value_t)]
+        format: shardray_control::share::LinkFormat,
+        /// Draw each link as a QR code in the terminal, under the link.
+        #[arg(long)]
+        qr: bool,
     },
     /// Print the version.
     Version,
@@ -77,11 +88,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(shardray_control::cli_api::upstream_api_flags(upstream_flags(std::env::args_os())));
     match cli.command {
         Command::Run { config, shards, grace, state, flush } => {
+            // A reload (SIGHUP, `shardray api reload`) reads the same files, checked the same way.
+            let files = config.clone();
             let options = RunOptions {
                 shards,
                 grace: Duration::from_secs(grace),
                 state,
                 flush: Duration::from_secs(flush.max(1)),
+                reload: Some(std::sync::Arc::new(move || load(&files))),
             };
             match load(&config).and_then(|cfg| run(cfg, options)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -95,13 +109,8 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Command::Link { config, host } => match load(&config) {
-            Ok(cfg) => {
-                for link in links(&cfg, host.as_deref()) {
-                    println!("{link}");
-                }
-                ExitCode::SUCCESS
-            }
+        Command::Link { config, host, user, format, qr } => match load(&config) {
+            Ok(cfg) => print_links(&cfg, host.as_deref(), user.as_deref(), format, qr),
             Err(e) => fail(e),
         },
         Command::Version => {
@@ -114,6 +123,37 @@ fn main() -> ExitCode {
         }
         Command::Api(args) => shardray_control::cli_api::run(args),
     }
+}
+
+/// `shardray link`'s output: `links()` of the whole config or one user's, as lines or as a
+/// subscription, each with its QR code if asked.
+fn print_links(cfg: &Config, host: Option<&str>, user: Option<&str>, format: LinkFormat, qr: bool) -> ExitCode {
+    let picked;
+    let cfg = match user {
+        None => cfg,
+        Some(email) => match share::only_user(cfg, email) {
+            Some(one) => {
+                picked = one;
+                &picked
+            }
+            None => return fail(anyhow::anyhow!("no inbound has a user with the email {email:?}")),
+        },
+    };
+    let links = links(cfg, host);
+    let shown = match format {
+        LinkFormat::Plain => links,
+        LinkFormat::Subscription => vec![share::subscription(&links)],
+    };
+    for link in shown {
+        println!("{link}");
+        if qr {
+            match share::qr(&link) {
+                Ok(code) => println!("{code}"),
+                Err(e) => return fail(e.into()),
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {

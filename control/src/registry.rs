@@ -116,6 +116,16 @@ pub struct UserSets {
     removed_from_config: Vec<String>,
 }
 
+/// Where a change comes from: the API, or a config reload (see `crate::reload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A management API call (or the journal's replay of one).
+    Api,
+    /// The config files, reread: an inbound it adds counts as the config's, and only its user
+    /// changes are journaled (the next start reads the files again for the rest).
+    File,
+}
+
 /// The registry: the user sets, the outbounds and routing, the epoch counter, the journal and
 /// the way to the shards.
 pub struct Registry {
@@ -124,6 +134,9 @@ pub struct Registry {
     routes: RouteSpecs,
     journal: Option<Journal>,
     shards: ShardLinks,
+    /// The outbound and routing changes the API made (since the journal's start), in order: a
+    /// reload replays them over the files' routes, as the next start replays the journal.
+    api_routes: Vec<Change>,
 }
 
 impl Registry {
@@ -131,7 +144,17 @@ impl Registry {
     /// a journal is given. The outbounds and routing are those of the shards' config.
     pub fn new(sets: UserSets, journal: Option<Journal>, shards: ShardLinks) -> Registry {
         let routes = RouteSpecs::from_config(&shards.config);
-        Registry { epoch: 0, sets, routes, journal, shards }
+        Registry { epoch: 0, sets, routes, journal, shards, api_routes: Vec::new() }
+    }
+
+    /// Sets the API's outbound and routing changes that start-up replayed from the journal.
+    pub fn set_api_routes(&mut self, changes: Vec<Change>) {
+        self.api_routes = changes;
+    }
+
+    /// The API's outbound and routing changes, in order.
+    pub fn api_routes(&self) -> &[Change] {
+        &self.api_routes
     }
 
     /// The outbounds, routing and balancer overrides as of the last change.
@@ -166,7 +189,12 @@ impl Registry {
 
     /// Checks `change`, writes it to the journal, sends it to every shard as the next epoch,
     /// waits for them all, and returns the epoch.
-    pub async fn apply(&mut self, mut change: Change) -> Result<u64, ChangeError> {
+    pub async fn apply(&mut self, change: Change) -> Result<u64, ChangeError> {
+        self.apply_from(change, Origin::Api).await
+    }
+
+    /// `apply` for a change from `origin`.
+    pub async fn apply_from(&mut self, mut change: Change, origin: Origin) -> Result<u64, ChangeError> {
         if change.inbound().is_some() {
             self.sets.check(&change)?;
         } else {
@@ -181,7 +209,17 @@ impl Registry {
             Arc::make_mut(spec).listen = bound;
             listeners = sockets;
         }
-        if let Some(journal) = &mut self.journal {
+        let journaled = match origin {
+            Origin::Api => true,
+            Origin::File => matches!(
+                change,
+                Change::AddUsers { .. }
+                    | Change::RemoveUsers { .. }
+                    | Change::SetLevel { .. }
+                    | Change::ReplaceUsers { .. }
+            ),
+        };
+        if let Some(journal) = self.journal.as_mut().filter(|_| journaled) {
             // Write-ahead: on disk before any shard sees it, so a crash loses no acknowledged change.
             journal.append(&change).map_err(|e| ChangeError::Journal(e.to_string()))?;
         }
@@ -189,9 +227,24 @@ impl Registry {
         let epoch = self.epoch;
         // Recorded before waiting: once sent, every shard will apply it in order, even late.
         let ops: Arc<[UserOp]> = if change.inbound().is_some() {
-            self.sets.record(&change, Some(epoch)).into()
+            let ops = self.sets.record(&change, Some(epoch)).into();
+            if origin == Origin::File {
+                match &change {
+                    Change::AddInbound { spec } => {
+                        if let Some(entry) = self.sets.inbounds.iter_mut().rev().find(|i| i.tag == spec.tag) {
+                            entry.from_config = true;
+                        }
+                    }
+                    Change::RemoveInbound { tag } => self.sets.removed_from_config.retain(|t| t != tag),
+                    _ => {}
+                }
+            }
+            ops
         } else {
             self.routes.apply(&change).map_err(ChangeError::Route)?;
+            if origin == Origin::Api && !matches!(change, Change::OverrideBalancer { .. }) {
+                self.api_routes.push(change.clone());
+            }
             Arc::new([])
         };
         let change = Arc::new(change);
@@ -360,7 +413,8 @@ impl UserSets {
             | Change::RemoveOutbound { .. }
             | Change::AddRules { .. }
             | Change::RemoveRule { .. }
-            | Change::OverrideBalancer { .. } => {}
+            | Change::OverrideBalancer { .. }
+            | Change::ReplaceRoutes { .. } => {}
         }
         Ok(())
     }
@@ -460,7 +514,8 @@ impl UserSets {
             | Change::RemoveOutbound { .. }
             | Change::AddRules { .. }
             | Change::RemoveRule { .. }
-            | Change::OverrideBalancer { .. } => Vec::new(),
+            | Change::OverrideBalancer { .. }
+            | Change::ReplaceRoutes { .. } => Vec::new(),
         }
     }
 

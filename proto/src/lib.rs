@@ -23,6 +23,13 @@ pub mod shardray {
                 tonic::include_proto!("shardray.app.proxyman.command");
             }
         }
+        /// `shardray.app.reload`
+        pub mod reload {
+            /// `shardray.app.reload.command`: config reload.
+            pub mod command {
+                tonic::include_proto!("shardray.app.reload.command");
+            }
+        }
         /// `shardray.app.stats`
         pub mod stats {
             /// `shardray.app.stats.command`: delta counters for several readers.

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::routes::RouteSpecs;
 use crate::spec::{BalancerSpec, InboundSpec, OutboundSpec, RuleSpec, UserSpec};
 
 /// One change to the running configuration.
@@ -90,6 +91,13 @@ pub enum Change {
         /// The outbound tag, or empty.
         target: String,
     },
+    /// Replace the outbounds, rules and balancers at once (a config reload): outbounds kept
+    /// under the same tag and settings keep their counters, and balancer pins whose balancer
+    /// is still there stay.
+    ReplaceRoutes {
+        /// The outbounds and routing to run from now on (their `overrides` are ignored).
+        routes: Box<RouteSpecs>,
+    },
 }
 
 impl Change {
@@ -108,7 +116,8 @@ impl Change {
             | Change::RemoveOutbound { .. }
             | Change::AddRules { .. }
             | Change::RemoveRule { .. }
-            | Change::OverrideBalancer { .. } => None,
+            | Change::OverrideBalancer { .. }
+            | Change::ReplaceRoutes { .. } => None,
         }
     }
 }
