@@ -209,9 +209,12 @@ impl Registry {
             Arc::make_mut(spec).listen = bound;
             listeners = sockets;
         }
-        let journaled = match origin {
-            Origin::Api => true,
-            Origin::File => matches!(
+        let journaled = match (origin, &change) {
+            (Origin::Api, _) => true,
+            // The next start replays the API's removal of this config inbound: the files'
+            // inbound must come back after it there too.
+            (Origin::File, Change::AddInbound { spec }) => self.sets.removed_from_config.contains(&spec.tag),
+            (Origin::File, change) => matches!(
                 change,
                 Change::AddUsers { .. }
                     | Change::RemoveUsers { .. }
@@ -234,6 +237,7 @@ impl Registry {
                         if let Some(entry) = self.sets.inbounds.iter_mut().rev().find(|i| i.tag == spec.tag) {
                             entry.from_config = true;
                         }
+                        self.sets.removed_from_config.retain(|t| *t != spec.tag);
                     }
                     Change::RemoveInbound { tag } => self.sets.removed_from_config.retain(|t| t != tag),
                     _ => {}

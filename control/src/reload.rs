@@ -227,12 +227,14 @@ async fn apply(
         // Added or changed: the files' version runs from now on. Users the API gave a changed
         // inbound of the files stay with it.
         let mut spec = inbound.clone();
+        let mut kept_users = None;
         let what = match live {
             Some(live) => {
                 if live.from_config && live.protocol == spec.protocol.account_protocol() {
                     let current = live_users(registry);
                     let users = user_target(current.iter().cloned(), old_users, users_of(inbound)).unwrap_or(current);
-                    set_users(&mut spec, users);
+                    set_users(&mut spec, users.clone());
+                    kept_users = Some(users);
                 }
                 // The same listener as before: the same address, so a port of 0 keeps its port.
                 if before.is_some_and(|b| b.listen == inbound.listen) {
@@ -249,6 +251,11 @@ async fn apply(
         };
         spec.config_index = inbound.config_index;
         registry.apply_from(Change::AddInbound { spec: Arc::new(spec) }, Origin::File).await?;
+        if let Some(users) = kept_users {
+            // Journaled (the re-add is not): the next start's journal replays this user set
+            // over the files' inbound, as it replays the one it had.
+            registry.apply_from(Change::ReplaceUsers { inbound: inbound.tag.clone(), users }, Origin::File).await?;
+        }
         report.changes.push(format!("inbound {:?} {what}", inbound.tag));
     }
     Ok(())

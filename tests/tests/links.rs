@@ -265,11 +265,7 @@ fn decode_qr(lines: &[String]) -> String {
     let rows: Vec<Vec<char>> = lines.iter().map(|l| l.chars().collect()).collect();
     let light = |x: usize, y: usize| {
         let c = rows[y / 2].get(x).copied().unwrap_or(' ');
-        match (c, y % 2) {
-            ('█', _) => true,
-            ('▀', 0) | ('▄', 1) => true,
-            _ => false,
-        }
+        matches!((c, y % 2), ('█', _) | ('▀', 0) | ('▄', 1))
     };
     let mut img = rqrr::PreparedImage::prepare_from_greyscale(width * SCALE, height * SCALE, |x, y| {
         if light(x / SCALE, y / SCALE) {

@@ -134,13 +134,24 @@ fn sighup_applies_the_edited_file_and_unchanged_users_keep_their_sessions() {
     );
     assert_eq!(level_of(&api, "vless-in", "carol@example.com"), 1);
 
+    // A changed listener: the inbound moves to its new port, with its users.
+    let moved_port = std::iter::repeat_with(fixed_port).find(|p| *p != trojan_port).unwrap();
+    config["inbounds"][1]["port"] = json!(moved_port);
+    rewrite(&server, &config);
+    signal(&server, libc::SIGHUP);
+    wait_for(&server, "reload (SIGHUP): config reloaded", 2);
+    assert!(server.output().contains(r#"inbound "trojan-in" changed"#), "{}", server.output());
+    let moved = SocketAddr::from(([127, 0, 0, 1], moved_port));
+    assert_eq!(trojan::round_trip(moved, "erin's password", echo.addr(), b"moved").unwrap(), b"moved");
+    assert!(TcpStream::connect_timeout(&trojan_in, Duration::from_secs(2)).is_err(), "the old port still listens");
+
     // Removing the inbound from the file removes it; the same file again changes nothing.
     config["inbounds"].as_array_mut().unwrap().pop();
     rewrite(&server, &config);
     signal(&server, libc::SIGHUP);
-    wait_for(&server, "reload (SIGHUP): config reloaded", 2);
+    wait_for(&server, "reload (SIGHUP): config reloaded", 3);
     assert!(server.output().contains(r#"inbound "trojan-in" removed"#));
-    assert!(TcpStream::connect_timeout(&trojan_in, Duration::from_secs(2)).is_err(), "trojan-in still listens");
+    assert!(TcpStream::connect_timeout(&moved, Duration::from_secs(2)).is_err(), "trojan-in still listens");
     signal(&server, libc::SIGHUP);
     wait_for(&server, "reload (SIGHUP): config reloaded: nothing changed", 1);
     assert_eq!(ping(&mut alice, b"still here").unwrap(), b"still here");
