@@ -174,7 +174,10 @@ fn encode(change: &Change) -> io::Result<Option<Value>> {
         }
         Change::RemoveRule { rule_tag } => json!({ "op": "remove_rule", "rule_tag": rule_tag }),
         // A reload's routes come from the config files, which the next start reads again.
-        Change::Kick { .. } | Change::OverrideBalancer { .. } | Change::ReplaceRoutes { .. } => return Ok(None),
+        Change::Kick { .. }
+        | Change::OverrideBalancer { .. }
+        | Change::ReplaceRoutes { .. }
+        | Change::SetPolicy { .. } => return Ok(None),
     }))
 }
 

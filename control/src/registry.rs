@@ -246,7 +246,7 @@ impl Registry {
             ops
         } else {
             self.routes.apply(&change).map_err(ChangeError::Route)?;
-            if origin == Origin::Api && !matches!(change, Change::OverrideBalancer { .. }) {
+            if origin == Origin::Api && !matches!(change, Change::OverrideBalancer { .. } | Change::SetPolicy { .. }) {
                 self.api_routes.push(change.clone());
             }
             Arc::new([])
@@ -418,7 +418,8 @@ impl UserSets {
             | Change::AddRules { .. }
             | Change::RemoveRule { .. }
             | Change::OverrideBalancer { .. }
-            | Change::ReplaceRoutes { .. } => {}
+            | Change::ReplaceRoutes { .. }
+            | Change::SetPolicy { .. } => {}
         }
         Ok(())
     }
@@ -519,7 +520,8 @@ impl UserSets {
             | Change::AddRules { .. }
             | Change::RemoveRule { .. }
             | Change::OverrideBalancer { .. }
-            | Change::ReplaceRoutes { .. } => Vec::new(),
+            | Change::ReplaceRoutes { .. }
+            | Change::SetPolicy { .. } => Vec::new(),
         }
     }
 

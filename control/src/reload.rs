@@ -13,8 +13,10 @@
 //!   them, and live sessions of every user left alone go on.
 //! - Outbounds, rules and balancers: the files' ones with the API's changes replayed over them,
 //!   as the next start replays the journal (balancer pins stay while their balancer does).
+//! - Policy levels and the system policy: replaced; sessions that start from then on follow
+//!   them, live ones keep the policy they started with.
 //! - What a running process cannot change (the API's and metrics' listeners, logging, `stats`,
-//!   policy, untagged inbounds) is reported as needing a restart.
+//!   untagged inbounds) is reported as needing a restart.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -140,7 +142,6 @@ fn restart_only(old: &Config, new: &Config, report: &mut ReloadReport) {
     note(old.metrics != new.metrics, "metrics");
     note(old.log != new.log, "log");
     note(old.stats_enabled != new.stats_enabled, "stats");
-    note(old.policy != new.policy, "policy");
     let untagged = |c: &Config| -> Vec<InboundSpec> {
         c.inbounds.iter().filter(|i| i.tag.is_empty()).map(comparable).collect::<Vec<_>>()
     };
@@ -177,6 +178,13 @@ async fn apply(
     routes: Option<RouteSpecs>,
     report: &mut ReloadReport,
 ) -> Result<(), ChangeError> {
+    if old.policy != new.policy {
+        registry.apply_from(Change::SetPolicy { policy: Box::new(new.policy.clone()) }, Origin::File).await?;
+        let mut config = (*state.config()).clone();
+        config.policy = new.policy.clone();
+        state.set_config(Arc::new(config));
+        report.changes.push("policy replaced".to_owned());
+    }
     if let Some(routes) = routes {
         let summary = format!("{} outbounds, {} rules", routes.outbounds.len(), routes.routing.rules.len());
         registry.apply_from(Change::ReplaceRoutes { routes: Box::new(routes) }, Origin::File).await?;

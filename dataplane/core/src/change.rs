@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::routes::RouteSpecs;
-use crate::spec::{BalancerSpec, InboundSpec, OutboundSpec, RuleSpec, UserSpec};
+use crate::spec::{BalancerSpec, InboundSpec, OutboundSpec, PolicySpec, RuleSpec, UserSpec};
 
 /// One change to the running configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +98,12 @@ pub enum Change {
         /// The outbounds and routing to run from now on (their `overrides` are ignored).
         routes: Box<RouteSpecs>,
     },
+    /// Replace the policy levels and system policy (a config reload): sessions that start
+    /// from now on follow them; live sessions keep the policy they started with.
+    SetPolicy {
+        /// The new policy.
+        policy: Box<PolicySpec>,
+    },
 }
 
 impl Change {
@@ -117,7 +123,8 @@ impl Change {
             | Change::AddRules { .. }
             | Change::RemoveRule { .. }
             | Change::OverrideBalancer { .. }
-            | Change::ReplaceRoutes { .. } => None,
+            | Change::ReplaceRoutes { .. }
+            | Change::SetPolicy { .. } => None,
         }
     }
 }

@@ -216,7 +216,8 @@ impl RouteSpecs {
             | Change::ReplaceUsers { .. }
             | Change::Kick { .. }
             | Change::AddInbound { .. }
-            | Change::RemoveInbound { .. } => {}
+            | Change::RemoveInbound { .. }
+            | Change::SetPolicy { .. } => {}
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use shardray_core::routes::{RouteSpecs, RouteTap};
 use shardray_core::slots::UserOp;
 use shardray_core::spec::{
     BalancerStrategy, Config, DokodemoSpec, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec, LevelPolicy,
-    OutboundProtocol, TransportSpec,
+    OutboundProtocol, PolicySpec, TransportSpec,
 };
 use shardray_core::stats::{LinkSample, RefusalCounts, SlotCounters, StatsSnapshot, Traffic};
 
@@ -28,6 +28,9 @@ pub(crate) struct ShardCtx {
     accepting: RefCell<Vec<(Arc<str>, glommio::Task<()>)>>,
     /// Outbounds and routing as specified, changed by route changes.
     specs: RefCell<RouteSpecs>,
+    /// Policy levels and system policy (the config's, until a reload sets new ones); a
+    /// session takes the `Rc` once, at its start.
+    policy: RefCell<Rc<PolicySpec>>,
     /// Outbounds and routing as run: a session clones the `Rc` once and keeps that table,
     /// a change swaps in a new one.
     routes: RefCell<Rc<Routes>>,
@@ -331,6 +334,7 @@ impl ShardCtx {
             inbounds: RefCell::default(),
             accepting: RefCell::default(),
             specs: RefCell::new(specs),
+            policy: RefCell::new(Rc::new(config.policy.clone())),
             routes: RefCell::new(Rc::new(routes)),
             tap,
             users: RefCell::default(),
@@ -454,6 +458,7 @@ impl ShardCtx {
                 self.start_accepting(inbound, listener);
             }
             Change::RemoveInbound { tag } => stopped = self.remove_inbound(tag, ops)?,
+            Change::SetPolicy { policy } => *self.policy.borrow_mut() = Rc::new((**policy).clone()),
             _ if change.inbound().is_none() => self.apply_routes(change)?,
             _ => {
                 let tag = change.inbound().unwrap_or_default();
@@ -563,7 +568,12 @@ impl ShardCtx {
 
     /// The policy for a level.
     pub(crate) fn policy(&self, level: u32) -> LevelPolicy {
-        self.config.policy.level(level)
+        self.policy.borrow().level(level)
+    }
+
+    /// Every level's policy and the system policy, as in force now.
+    pub(crate) fn policies(&self) -> Rc<PolicySpec> {
+        self.policy.borrow().clone()
     }
 
     /// The shard's totals, for the control thread: every user slot's (`only_slot: None`),

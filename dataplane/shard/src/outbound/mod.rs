@@ -313,8 +313,8 @@ where
                     upstream.write_all(&first).await?;
                     meter.up(early.len() as u64);
                 }
-                let mut options =
-                    RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &ctx.config.policy);
+                let policies = ctx.policies();
+                let mut options = RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &policies);
                 if let Some(fd) = upstream.plain_fd() {
                     options = options.splice(session.client_fd, fd);
                 }
@@ -486,7 +486,7 @@ impl<'a> SessionMeter<'a> {
         policy: &LevelPolicy,
     ) -> Self {
         let on = ctx.config.stats_enabled;
-        let system = ctx.config.policy.system;
+        let system = ctx.policies().system;
         SessionMeter {
             stats_on: on,
             user: session.user.as_ref().filter(|u| u.email.is_some()).map(|u| (u.slot, u.slot_generation)),
