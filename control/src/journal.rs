@@ -176,6 +176,7 @@ fn encode(change: &Change) -> io::Result<Option<Value>> {
         // A reload's routes come from the config files, which the next start reads again.
         Change::Kick { .. }
         | Change::OverrideBalancer { .. }
+        | Change::ReplaceInbound { .. }
         | Change::ReplaceRoutes { .. }
         | Change::SetPolicy { .. } => return Ok(None),
     }))

@@ -203,7 +203,7 @@ impl Registry {
         // An added inbound is bound here, once per shard, before anything is written: a taken
         // port fails the call with nothing changed. A port of 0 is recorded as the one bound.
         let mut listeners = Vec::new();
-        if let Change::AddInbound { spec } = &mut change {
+        if let Change::AddInbound { spec } | Change::ReplaceInbound { spec, rebind: true } = &mut change {
             let (sockets, bound) = bind_inbound(spec, self.shards.count())
                 .map_err(|e| ChangeError::Listen(format!("cannot listen on {}: {e}", spec.listen)))?;
             Arc::make_mut(spec).listen = bound;
@@ -361,6 +361,17 @@ impl UserSets {
             }
             Change::AddInbound { .. } => return Ok(()),
             Change::RemoveInbound { tag } => return self.inbound(tag).map(|_| ()),
+            Change::ReplaceInbound { spec, .. } => {
+                let inbound = self.inbound(&spec.tag)?;
+                if inbound.protocol != spec.protocol.account_protocol() {
+                    return Err(ChangeError::Listen(format!(
+                        "inbound {} cannot become {} in place",
+                        spec.tag,
+                        spec.protocol.account_protocol()
+                    )));
+                }
+                return Ok(());
+            }
             _ => {}
         }
         let Some(tag) = change.inbound() else {
@@ -412,6 +423,7 @@ impl UserSets {
                 }
             }
             Change::AddInbound { .. }
+            | Change::ReplaceInbound { .. }
             | Change::RemoveInbound { .. }
             | Change::AddOutbound { .. }
             | Change::RemoveOutbound { .. }
@@ -438,6 +450,20 @@ impl UserSets {
             return Vec::new();
         };
         match change {
+            Change::ReplaceInbound { spec, .. } => {
+                // Same users, same slots: the shards rebuild the inbound's table from these,
+                // and counters go on where they were.
+                self.inbounds[i].spec = Arc::new(spec.clone_without_users());
+                self.inbounds[i]
+                    .users
+                    .iter()
+                    .map(|u| UserOp::Add {
+                        user: UserKey { id: u.account.key(), slot: u.slot, level: u.level },
+                        email: u.shared_email.cloned(),
+                        new_slot: false,
+                    })
+                    .collect()
+            }
             Change::RemoveInbound { .. } => {
                 let ids: Vec<Account> = self.inbounds[i].users.iter().map(|u| u.account.clone()).collect();
                 let mut ops = Vec::with_capacity(ids.len());

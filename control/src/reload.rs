@@ -5,8 +5,9 @@
 //!
 //! Who owns what: the files own what they name, the API owns what it made.
 //! - An inbound the files add is added; one they drop is removed; one whose settings changed
-//!   is replaced (closed and opened again on the same address when its listener did not
-//!   change, so a port of 0 keeps the port it was given). An inbound the API added stays,
+//!   is replaced in place: its users, their counters and live sessions stay (sessions go on
+//!   under the settings they started with), and it keeps accepting on the same sockets unless
+//!   its listener (address, port, socket options) changed. An inbound the API added stays,
 //!   unless the files now name its tag: then the files' inbound replaces it.
 //! - Users: only what changed in the files since the last read is applied to the live set
 //!   (added, removed, level changed), so users the API added or removed stay as the API left
@@ -232,38 +233,55 @@ async fn apply(
             }
             continue;
         }
-        // Added or changed: the files' version runs from now on. Users the API gave a changed
-        // inbound of the files stay with it.
+        // Added or changed: the files' version runs from now on.
         let mut spec = inbound.clone();
-        let mut kept_users = None;
+        spec.config_index = inbound.config_index;
         let what = match live {
-            Some(live) => {
-                if live.from_config && live.protocol == spec.protocol.account_protocol() {
-                    let current = live_users(registry);
-                    let users = user_target(current.iter().cloned(), old_users, users_of(inbound)).unwrap_or(current);
-                    set_users(&mut spec, users.clone());
-                    kept_users = Some(users);
-                }
-                // The same listener as before: the same address, so a port of 0 keeps its port.
-                if before.is_some_and(|b| b.listen == inbound.listen) {
+            // A changed inbound of the files, same kind of accounts: replaced in place, users,
+            // counters and live sessions kept; bound anew only if its listener changed.
+            Some(live) if live.from_config && live.protocol == spec.protocol.account_protocol() => {
+                let current = live_users(registry);
+                let users = user_target(current.iter().cloned(), old_users, users_of(inbound));
+                let rebind = before.is_none_or(|b| {
+                    b.listen != inbound.listen || b.sockopt != inbound.sockopt || b.networks() != inbound.networks()
+                });
+                if !rebind {
                     spec.listen = live.listen;
                 }
-                remove_inbound(state, registry, &inbound.tag).await?;
-                if live.from_config {
-                    "changed"
+                let spec = Arc::new(spec.clone_without_users());
+                registry.apply_from(Change::ReplaceInbound { spec, rebind }, Origin::File).await?;
+                if let Some(users) = users {
+                    let summary = user_summary(&current, &users);
+                    drop(current);
+                    replace_users(state, registry, &inbound.tag, users).await?;
+                    report.changes.push(format!("inbound {:?}: {summary}", inbound.tag));
+                }
+                if rebind {
+                    "changed (listening anew)"
                 } else {
-                    "now in the files (replaces the API's)"
+                    "changed (same listener)"
                 }
             }
-            None => "added",
+            // The API's inbound under a tag the files now name, or one of another kind: the
+            // files' one replaces it, users and all.
+            Some(_) => {
+                remove_inbound(state, registry, &inbound.tag).await?;
+                registry.apply_from(Change::AddInbound { spec: Arc::new(spec) }, Origin::File).await?;
+                if spec_has_users(inbound) {
+                    // Journaled, so the next start's journal gives this inbound these users, not
+                    // the ones it recorded for the old one.
+                    let users = users_of(inbound).to_vec();
+                    registry
+                        .apply_from(Change::ReplaceUsers { inbound: inbound.tag.clone(), users }, Origin::File)
+                        .await?;
+                }
+                "replaced (the old one's sessions closed)"
+            }
+            None => {
+                registry.apply_from(Change::AddInbound { spec: Arc::new(spec) }, Origin::File).await?;
+                "added"
+            }
         };
-        spec.config_index = inbound.config_index;
-        registry.apply_from(Change::AddInbound { spec: Arc::new(spec) }, Origin::File).await?;
-        if let Some(users) = kept_users {
-            // Journaled (the re-add is not): the next start's journal replays this user set
-            // over the files' inbound, as it replays the one it had.
-            registry.apply_from(Change::ReplaceUsers { inbound: inbound.tag.clone(), users }, Origin::File).await?;
-        }
         report.changes.push(format!("inbound {:?} {what}", inbound.tag));
     }
     Ok(())
@@ -278,23 +296,14 @@ struct Live {
     has_users: bool,
 }
 
+/// Whether the inbound's protocol has users.
+fn spec_has_users(spec: &InboundSpec) -> bool {
+    spec.protocol.clients().is_some()
+}
+
 /// An inbound's users as the files list them.
 fn users_of(spec: &InboundSpec) -> &[UserSpec] {
     spec.protocol.clients().unwrap_or_default()
-}
-
-/// Gives an inbound spec this user list.
-fn set_users(spec: &mut InboundSpec, users: Vec<UserSpec>) {
-    use shardray_core::spec::InboundProtocol as P;
-    match &mut spec.protocol {
-        P::Vless(v) => v.clients = users,
-        P::Trojan(t) => t.clients = users,
-        P::Vmess(v) => v.clients = users,
-        P::Shadowsocks(s) => s.clients = users,
-        P::Socks(p) => p.clients = users,
-        P::Http(p) => p.clients = users,
-        P::Dokodemo(_) => {}
-    }
 }
 
 /// The live users with the files' change from `old` to `new` applied: users the files dropped

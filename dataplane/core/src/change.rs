@@ -54,6 +54,17 @@ pub enum Change {
         /// The inbound, validated as a config inbound would be.
         spec: Arc<InboundSpec>,
     },
+    /// Serve an inbound with new settings (a config reload), keeping its users, their counters
+    /// and their live sessions (which go on under the settings they started with). Without
+    /// sockets alongside, each shard keeps accepting on the listening sockets it has (the
+    /// listener did not change); with them, it moves to those and closes the old ones.
+    ReplaceInbound {
+        /// The inbound's new settings (same tag and account protocol), without users: the
+        /// shards get its users as operations.
+        spec: Arc<InboundSpec>,
+        /// Bind new sockets (the address or socket options changed).
+        rebind: bool,
+    },
     /// Stop serving an inbound: its listeners close and its users' live sessions end.
     RemoveInbound {
         /// The inbound's tag.
@@ -117,7 +128,7 @@ impl Change {
             | Change::ReplaceUsers { inbound, .. }
             | Change::Kick { inbound, .. }
             | Change::RemoveInbound { tag: inbound } => Some(inbound),
-            Change::AddInbound { spec } => Some(&spec.tag),
+            Change::AddInbound { spec } | Change::ReplaceInbound { spec, .. } => Some(&spec.tag),
             Change::AddOutbound { .. }
             | Change::RemoveOutbound { .. }
             | Change::AddRules { .. }

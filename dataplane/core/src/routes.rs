@@ -216,6 +216,7 @@ impl RouteSpecs {
             | Change::ReplaceUsers { .. }
             | Change::Kick { .. }
             | Change::AddInbound { .. }
+            | Change::ReplaceInbound { .. }
             | Change::RemoveInbound { .. }
             | Change::SetPolicy { .. } => {}
         }
