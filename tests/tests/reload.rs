@@ -280,3 +280,38 @@ fn a_new_policy_reaches_new_sessions_and_live_ones_keep_theirs() {
     assert!(closed(&mut after), "a session started after the reload outlived the new connIdle");
     assert_eq!(ping(&mut before, b"old policy").unwrap(), b"old policy");
 }
+
+#[test]
+fn with_state_a_restart_keeps_what_a_reload_did() {
+    let echo = EchoServer::start();
+    let mut config = base(1);
+    let state = shardray_tests::Restartable::new(&config);
+    let (server, api) = state.start(&[]);
+    api.add_user("vless-in", "zed@example.com", ZED, 0).unwrap();
+
+    // The files drop bob and add dave and an inbound; the API's zed stays.
+    let port = fixed_port();
+    config["inbounds"][0]["settings"]["clients"] = json!([
+        { "id": ALICE, "email": "alice@example.com" },
+        { "id": CAROL, "email": "carol@example.com", "level": 2 },
+        { "id": DAVE, "email": "dave@example.com" }
+    ]);
+    config["inbounds"].as_array_mut().unwrap().push(json!({
+        "tag": "vless-b", "listen": "127.0.0.1", "port": port, "protocol": "vless",
+        "settings": { "clients": [{ "id": BOB, "email": "bob@example.com" }], "decryption": "none" }
+    }));
+    std::fs::write(state.path("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+    signal(&server, libc::SIGHUP);
+    wait_for(&server, "reload (SIGHUP): config reloaded", 1);
+    let users = ["alice@example.com", "carol@example.com", "dave@example.com", "zed@example.com"];
+    assert_eq!(api.user_emails("vless-in").unwrap(), users);
+    assert!(server.terminate(Duration::from_secs(10)).success());
+
+    let (server, api) = state.start(&[]);
+    assert_eq!(api.user_emails("vless-in").unwrap(), users);
+    assert_eq!(level_of(&api, "vless-in", "carol@example.com"), 2);
+    assert_eq!(api.user_emails("vless-b").unwrap(), ["bob@example.com"]);
+    let b = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(vless::round_trip(b, BOB, echo.addr(), b"bob").unwrap(), b"bob");
+    assert!(!server.output().contains("no longer applies"), "{}", server.output());
+}
