@@ -205,7 +205,7 @@ fn outbound(link: &str) -> Value {
     out
 }
 
-/// sing-box's `tls` for a link's `security` (the examples' certificates are self-signed).
+/// sing-box's `tls` for a link's `security` (not verified: a test server's certificate is self-signed).
 fn tls(security: &str, sni: &str) -> Option<Value> {
     match security {
         "" | "none" => None,
