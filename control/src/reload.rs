@@ -41,6 +41,31 @@ pub struct Reloader {
     file: tokio::sync::Mutex<Config>,
 }
 
+/// The labels of `shardray_config_reloads_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` (applied), or `error` (refused, or stopped by a change that failed).
+    result: &'static str,
+}
+
+/// Reloads by outcome, for `/metrics`. Cloning shares the counters.
+#[derive(Debug, Clone)]
+pub struct ReloadStats {
+    /// `shardray_config_reloads_total{result}`.
+    pub counts: prometheus_client::metrics::family::Family<ReloadLabels, prometheus_client::metrics::counter::Counter>,
+    /// `shardray_config_last_reload_successful`: 1 until a reload fails, as Prometheus's own
+    /// gauge of that name.
+    pub last_ok: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Default for ReloadStats {
+    fn default() -> Self {
+        let last_ok = prometheus_client::metrics::gauge::Gauge::default();
+        last_ok.set(1);
+        ReloadStats { counts: Default::default(), last_ok }
+    }
+}
+
 /// What a reload did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
@@ -68,6 +93,9 @@ pub async fn reload(state: &ApiState, why: &str) -> anyhow::Result<ReloadReport>
         return Err(e);
     };
     let result = reload_with(state, reloader).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    state.reloads.counts.get_or_create(&ReloadLabels { result: outcome }).inc();
+    state.reloads.last_ok.set(i64::from(result.is_ok()));
     match &result {
         Ok(report) => {
             let summary =

@@ -192,8 +192,11 @@ fn a_broken_file_changes_nothing_and_the_api_reload_says_why() {
         { "name": "ops", "token": ADMIN, "role": "admin" }
     ]);
     config["log"] = json!({ "loglevel": "warning", "error": dir.path().join("error.log") });
+    config["metrics"] = json!({ "listen": "127.0.0.1:0" });
     let server = Shardray::start(&config, 2);
     let api_addr = server.api.unwrap().to_string();
+    let metrics = || shardray_tests::metrics::http_get(server.metrics.unwrap(), "/metrics").unwrap().1;
+    assert!(metrics().contains("shardray_config_last_reload_successful 1"), "{}", metrics());
     let proxy = server.inbound("vless-in");
     let mut alice = open_session(proxy, ALICE, echo.addr());
     let error_log = dir.path().join("error.log");
@@ -212,6 +215,9 @@ fn a_broken_file_changes_nothing_and_the_api_reload_says_why() {
     );
     assert_eq!(ping(&mut alice, b"old config").unwrap(), b"old config");
     assert_eq!(vless::round_trip(proxy, BOB, echo.addr(), b"bob").unwrap(), b"bob");
+    let scrape = metrics();
+    assert!(scrape.contains("shardray_config_last_reload_successful 0"), "{scrape}");
+    assert!(scrape.contains(r#"shardray_config_reloads_total{result="error"} 1"#), "{scrape}");
 
     // The API's reload: an operator may not; an admin gets the reason, and nothing changes.
     let (status, out) = run_cli(&["api", "reload", "-s", &api_addr, "--token", OPERATOR]);
@@ -237,6 +243,10 @@ fn a_broken_file_changes_nothing_and_the_api_reload_says_why() {
     let (status, out) = run_cli(&["api", "reload", "-s", &api_addr, "--token", ADMIN]);
     let reply: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert!(status.success() && reply["restart_needed"] == json!(["stats"]), "{out}");
+    let scrape = metrics();
+    assert!(scrape.contains("shardray_config_last_reload_successful 1"), "{scrape}");
+    assert!(scrape.contains(r#"shardray_config_reloads_total{result="error"} 2"#), "{scrape}");
+    assert!(scrape.contains(r#"shardray_config_reloads_total{result="ok"} 2"#), "{scrape}");
 }
 
 #[test]

@@ -47,6 +47,8 @@ pub struct ApiState {
     pub requests: crate::metrics::ApiRequests,
     /// Rereads the config files on SIGHUP and `shardray api reload`; unset, reloads are refused.
     pub reloader: std::sync::OnceLock<crate::reload::Reloader>,
+    /// Reloads by outcome, for `/metrics`.
+    pub reloads: crate::reload::ReloadStats,
 }
 
 impl ApiState {
@@ -76,6 +78,7 @@ impl ApiState {
             route_stats,
             requests: crate::metrics::ApiRequests::default(),
             reloader: std::sync::OnceLock::new(),
+            reloads: crate::reload::ReloadStats::default(),
         })
     }
 
