@@ -247,6 +247,11 @@ impl Registry {
         } else {
             self.routes.apply(&change).map_err(ChangeError::Route)?;
             if origin == Origin::Api && !matches!(change, Change::OverrideBalancer { .. } | Change::SetPolicy { .. }) {
+                // Rules replaced make the rule changes before them moot: a panel that replaces
+                // its rules every minute keeps one record, not one a minute.
+                if matches!(change, Change::AddRules { append: false, .. }) {
+                    self.api_routes.retain(|c| matches!(c, Change::AddOutbound { .. } | Change::RemoveOutbound { .. }));
+                }
                 self.api_routes.push(change.clone());
             }
             Arc::new([])

@@ -141,6 +141,11 @@ async fn reload_with(state: &ApiState, reloader: &Reloader) -> anyhow::Result<Re
     }
     let live = registry.routes();
     let routes_changed = routes.outbounds != live.outbounds || routes.routing != live.routing;
+    if !routes_changed && (file.outbounds != new.outbounds || file.routing != new.routing) {
+        report
+            .notes
+            .push("the files' outbounds or routing changed, but the API's changes replace that part".to_owned());
+    }
     if routes_changed {
         routes.compile().map_err(|e| anyhow::anyhow!("routing.rules[{}]: {}", e.index, e.reason))?;
     }

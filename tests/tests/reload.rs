@@ -93,8 +93,13 @@ fn sighup_applies_the_edited_file_and_unchanged_users_keep_their_sessions() {
     let server = Shardray::start(&config, 2);
     let api = ApiClient::connect(server.api.unwrap());
     let proxy = server.inbound("vless-in");
-    // A user the API adds is the API's: the reload leaves it.
+    // A user and an outbound the API adds are the API's: the reload leaves them.
     api.add_user("vless-in", "zed@example.com", ZED, 0).unwrap();
+    let api_addr = server.api.unwrap().to_string();
+    let outbounds = server.dir.path().join("outbounds.json");
+    std::fs::write(&outbounds, r#"{ "outbounds": [{ "tag": "px-api", "protocol": "freedom" }] }"#).unwrap();
+    let (status, out) = run_cli(&["api", "ado", "-s", &api_addr, outbounds.to_str().unwrap()]);
+    assert!(status.success(), "{out}");
 
     let mut alice = open_session(proxy, ALICE, echo.addr());
     let mut bob = open_session(proxy, BOB, echo.addr());
@@ -133,6 +138,8 @@ fn sighup_applies_the_edited_file_and_unchanged_users_keep_their_sessions() {
         ["alice@example.com", "carol@example.com", "dave@example.com", "zed@example.com"]
     );
     assert_eq!(level_of(&api, "vless-in", "carol@example.com"), 1);
+    let (_, listed) = run_cli(&["api", "lso", "-s", &api_addr]);
+    assert!(listed.contains("px-api") && listed.contains("direct"), "{listed}");
 
     // A changed inbound, same listener: replaced in place. Erin's live session goes on, her
     // counters go on, and new connections get the new settings (a fallback).
