@@ -268,7 +268,6 @@ async fn apply(
         }
         // Added or changed: the files' version runs from now on.
         let mut spec = inbound.clone();
-        spec.config_index = inbound.config_index;
         let what = match live {
             // A changed inbound of the files, same kind of accounts: replaced in place, users,
             // counters and live sessions kept; bound anew only if its listener changed.
@@ -290,9 +289,9 @@ async fn apply(
                     report.changes.push(format!("inbound {:?}: {summary}", inbound.tag));
                 }
                 if rebind {
-                    "changed (listening anew)"
+                    format!("changed (listening anew on {})", bound(registry, &inbound.tag))
                 } else {
-                    "changed (same listener)"
+                    "changed (same listener)".to_owned()
                 }
             }
             // The API's inbound under a tag the files now name, or one of another kind: the
@@ -308,11 +307,11 @@ async fn apply(
                         .apply_from(Change::ReplaceUsers { inbound: inbound.tag.clone(), users }, Origin::File)
                         .await?;
                 }
-                "replaced (the old one's sessions closed)"
+                format!("replaced (the old one's sessions closed), listening on {}", bound(registry, &inbound.tag))
             }
             None => {
                 registry.apply_from(Change::AddInbound { spec: Arc::new(spec) }, Origin::File).await?;
-                "added"
+                format!("added, listening on {}", bound(registry, &inbound.tag))
             }
         };
         report.changes.push(format!("inbound {:?} {what}", inbound.tag));
@@ -327,6 +326,11 @@ struct Live {
     protocol: &'static str,
     listen: std::net::SocketAddr,
     has_users: bool,
+}
+
+/// Where the inbound tagged `tag` listens now (a port of 0 in the files becomes the real one).
+fn bound(registry: &Registry, tag: &str) -> String {
+    registry.inbound(tag).map_or_else(|_| "?".to_owned(), |i| i.spec.listen.to_string())
 }
 
 /// Whether the inbound's protocol has users.

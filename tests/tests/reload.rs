@@ -123,7 +123,8 @@ fn sighup_applies_the_edited_file_and_unchanged_users_keep_their_sessions() {
     signal(&server, libc::SIGHUP);
     wait_for(&server, "reload (SIGHUP): config reloaded", 1);
     let out = server.output();
-    assert!(out.contains(r#"inbound "trojan-in" added"#) && out.contains("routing replaced"), "{out}");
+    let added = format!(r#"inbound "trojan-in" added, listening on 127.0.0.1:{trojan_port}"#);
+    assert!(out.contains(&added) && out.contains("routing replaced"), "{out}");
 
     // Alice's session, opened before, still carries bytes; bob's is closed and bob refused.
     assert_eq!(ping(&mut alice, b"after the reload").unwrap(), b"after the reload");
@@ -172,7 +173,7 @@ fn sighup_applies_the_edited_file_and_unchanged_users_keep_their_sessions() {
     config["inbounds"][1]["port"] = json!(moved_port);
     rewrite(&server, &config);
     signal(&server, libc::SIGHUP);
-    wait_for(&server, r#"inbound "trojan-in" changed (listening anew)"#, 1);
+    wait_for(&server, &format!(r#"inbound "trojan-in" changed (listening anew on 127.0.0.1:{moved_port})"#), 1);
     let moved = SocketAddr::from(([127, 0, 0, 1], moved_port));
     assert_eq!(trojan::round_trip(moved, "frank's password", echo.addr(), b"moved").unwrap(), b"moved");
     assert!(TcpStream::connect_timeout(&trojan_in, Duration::from_secs(2)).is_err(), "the old port still listens");
