@@ -308,3 +308,32 @@ fn qr_codes_decode_to_the_links() {
     }
     assert_eq!(decoded, links);
 }
+
+#[test]
+fn tls_links_carry_a_sing_box_client_too() {
+    let echo = EchoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = shardray_tests::tls::SelfSigned::generate(dir.path(), &["proxy.example"]);
+    let mut config = testable("links.json");
+    // TLS under VLESS over WebSocket, VMess and Trojan over raw TCP.
+    for tag in ["vless-ws", "vmess-tcp", "trojan-tcp"] {
+        let inbound = config["inbounds"].as_array_mut().unwrap().iter_mut().find(|i| i["tag"] == tag).unwrap();
+        let mut stream = cert.stream_settings("proxy.example", &["http/1.1"]);
+        if let Some(ws) = inbound.get("streamSettings").and_then(|s| s.get("wsSettings")).cloned() {
+            stream["network"] = json!("ws");
+            stream["wsSettings"] = ws;
+        }
+        inbound["streamSettings"] = stream;
+    }
+    let server = Shardray::start(&config, 1);
+    let links = link_lines(&server.dir.path().join("config.json"), &[]);
+    let tls: Vec<&String> = links.iter().filter(|l| outbound(l).get("tls").is_some()).collect();
+    assert_eq!(tls.len(), 3, "{links:?}");
+    for link in tls {
+        let client = SingBox::start(outbound(link));
+        let mut s = client.connect(echo.addr()).unwrap_or_else(|e| panic!("{link}: {e}\n{}", client.log()));
+        let back = shardray_tests::proxy::echo_through(&mut s, b"over tls")
+            .unwrap_or_else(|e| panic!("{link}: {e}\n{}\n{}", client.log(), server.output()));
+        assert_eq!(back, b"over tls", "{link}");
+    }
+}
