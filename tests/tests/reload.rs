@@ -333,3 +333,73 @@ fn with_state_a_restart_keeps_what_a_reload_did() {
     assert_eq!(vless::round_trip(b, BOB, echo.addr(), b"bob").unwrap(), b"bob");
     assert!(!server.output().contains("no longer applies"), "{}", server.output());
 }
+
+/// The inodes of the sockets bound to `port` on loopback, from /proc/net/tcp (listening) and
+/// /proc/net/udp: the same inodes are the very same sockets.
+fn socket_inodes(port: u16) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for (table, state) in [("/proc/net/tcp", "0A"), ("/proc/net/udp", "07")] {
+        for line in std::fs::read_to_string(table).unwrap().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f[1] == format!("0100007F:{port:04X}") && f[3] == state {
+                inodes.push(f[9].to_owned());
+            }
+        }
+    }
+    inodes.sort();
+    inodes
+}
+
+#[test]
+fn a_door_changed_in_place_keeps_its_sockets_and_sends_new_connections_to_the_new_place() {
+    use shardray_tests::udp::UdpEcho;
+    let (first, second) = (EchoServer::start(), RecordingServer::start(b"second"));
+    // UDP echoes on the same port numbers as the TCP ones: the door names one port for both.
+    let (udp_first, udp_second) = (UdpEcho::start_at(first.addr()), UdpEcho::start_at(second.addr()));
+    let mut config = base(1);
+    let port = fixed_port();
+    let door = |to: SocketAddr| {
+        json!({
+            "tag": "door", "listen": "127.0.0.1", "port": port, "protocol": "dokodemo-door",
+            "settings": { "address": "127.0.0.1", "port": to.port(), "network": "tcp,udp" }
+        })
+    };
+    config["inbounds"].as_array_mut().unwrap().push(door(first.addr()));
+    let server = Shardray::start(&config, 2);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let connect = || {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    let datagram = |payload: &[u8]| {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        udp.send_to(payload, addr).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = udp.recv_from(&mut buf).unwrap();
+        buf[..n].to_vec()
+    };
+    let mut live = connect();
+    assert_eq!(ping(&mut live, b"live").unwrap(), b"live");
+    assert_eq!(datagram(b"one"), b"one");
+    assert_eq!(udp_first.datagrams.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let sockets = socket_inodes(port);
+    assert_eq!(sockets.len(), 4, "a TCP and a UDP socket per shard: {sockets:?}");
+
+    config["inbounds"][1] = door(second.addr());
+    rewrite(&server, &config);
+    signal(&server, libc::SIGHUP);
+    wait_for(&server, r#"inbound "door" changed (same listener)"#, 1);
+    // New connections and datagrams go to the new destination, on the very same sockets; the
+    // connection opened before goes on to the old one.
+    let mut fresh = connect();
+    fresh.write_all(b"fresh").unwrap();
+    fresh.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(vless::read_all(&mut fresh).unwrap(), b"second");
+    assert_eq!(second.next(Duration::from_secs(5)).as_deref(), Some(&b"fresh"[..]));
+    assert_eq!(datagram(b"two"), b"two");
+    assert_eq!(udp_second.datagrams.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(ping(&mut live, b"still live").unwrap(), b"still live");
+    assert_eq!(socket_inodes(port), sockets, "the door was bound anew");
+}
