@@ -16,7 +16,8 @@
 //!   as the next start replays the journal (balancer pins stay while their balancer does).
 //! - Policy levels and the system policy: replaced; sessions that start from then on follow
 //!   them, live ones keep the policy they started with.
-//! - What a running process cannot change (the API's and metrics' listeners, logging, `stats`,
+//! - Logging: the level and the access and error targets change for every shard at once.
+//! - What a running process cannot change (the API's and metrics' listeners, `stats`,
 //!   untagged inbounds) is reported as needing a restart.
 
 use std::collections::HashSet;
@@ -150,6 +151,19 @@ async fn reload_with(state: &ApiState, reloader: &Reloader) -> anyhow::Result<Re
         routes.compile().map_err(|e| anyhow::anyhow!("routing.rules[{}]: {}", e.index, e.reason))?;
     }
 
+    // Logging next: a log file that cannot be opened stops the reload with nothing changed.
+    if file.log != new.log {
+        let (log, spec) = (state.log.clone(), new.log.clone());
+        tokio::task::spawn_blocking(move || log.reconfigure(&spec))
+            .await
+            .context("reload task")?
+            .map_err(|e| anyhow::anyhow!("log: {e}; nothing changed"))?;
+        let mut config = (*state.config()).clone();
+        config.log = new.log.clone();
+        state.set_config(Arc::new(config));
+        report.changes.push("log reconfigured".to_owned());
+    }
+
     let result = apply(state, &mut registry, &file, &new, routes_changed.then_some(routes), &mut report).await;
     publish(state, &registry);
     drop(registry);
@@ -174,7 +188,6 @@ fn restart_only(old: &Config, new: &Config, report: &mut ReloadReport) {
     };
     note(old.api != new.api, "api");
     note(old.metrics != new.metrics, "metrics");
-    note(old.log != new.log, "log");
     note(old.stats_enabled != new.stats_enabled, "stats");
     let untagged = |c: &Config| -> Vec<InboundSpec> {
         c.inbounds.iter().filter(|i| i.tag.is_empty()).map(comparable).collect::<Vec<_>>()

@@ -403,3 +403,36 @@ fn a_door_changed_in_place_keeps_its_sockets_and_sends_new_connections_to_the_ne
     assert_eq!(ping(&mut live, b"still live").unwrap(), b"still live");
     assert_eq!(socket_inodes(port), sockets, "the door was bound anew");
 }
+
+#[test]
+fn logging_moves_to_the_new_targets_and_level() {
+    let echo = EchoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    let mut config = base(1);
+    config["log"] = json!({ "loglevel": "warning", "error": dir.path().join("a.log") });
+    let server = Shardray::start(&config, 2);
+    let proxy = server.inbound("vless-in");
+    assert!(wait_until(Duration::from_secs(5), || read("a.log").contains("started")));
+
+    // Another error log, and an access log where there was none.
+    config["log"] =
+        json!({ "loglevel": "warning", "error": dir.path().join("b.log"), "access": dir.path().join("c.log") });
+    rewrite(&server, &config);
+    signal(&server, libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || read("b.log").contains("config reloaded: log reconfigured")));
+    assert!(!read("a.log").contains("config reloaded"));
+    assert_eq!(vless::round_trip(proxy, ALICE, echo.addr(), b"logged").unwrap(), b"logged");
+    assert!(wait_until(Duration::from_secs(5), || read("c.log").contains("accepted")), "{}", read("c.log"));
+
+    // At `error`, a reload's warning is no longer written, and a failed one is.
+    config["log"]["loglevel"] = json!("error");
+    rewrite(&server, &config);
+    let (status, out) = run_cli(&["api", "reload", "-s", &server.api.unwrap().to_string()]);
+    assert!(status.success() && out.contains("log reconfigured"), "{out}");
+    config["inbounds"][0]["port"] = json!(70000);
+    rewrite(&server, &config);
+    signal(&server, libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || read("b.log").contains("config refused")), "{}", read("b.log"));
+    assert_eq!(read("b.log").matches("config reloaded").count(), 1, "{}", read("b.log"));
+}
