@@ -237,7 +237,7 @@ fn wrong_keys_short_ids_names_and_garbage_go_to_the_target() {
         assert!(!matches!(&worked, Ok(b) if b == b"hello"), "{what}: the session went through");
         assert!(wait_until(Duration::from_secs(5), || target.seen().len() == i + 1), "{what}: the target saw nothing");
         let hello = &target.seen()[i];
-        assert_eq!(&hello[..3], &[0x16, 3, 1], "{what}: the target did not get a ClientHello");
+        assert!(hello.len() > 5 && hello[..2] == [0x16, 3] && hello[5] == 1, "{what}: the target got no ClientHello");
     }
     let log = server.output();
     assert!(log.contains("rejected reality: session id does not open"), "{log}");
@@ -335,4 +335,30 @@ fn links_carry_the_reality_parameters() {
     assert!(status.success());
     assert!(out.contains(&format!("Password (PublicKey): {public}")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("Hash32: ")), "{out}");
+}
+
+/// The README's REALITY section as written: its key pair is what `x25519 -i` prints, its
+/// inbound loads, and its link is what `shardray link` prints for it.
+#[test]
+fn the_readme_example_runs_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme.split("### REALITY\n").nth(1).unwrap().split("\n### ").next().unwrap();
+    let blocks: Vec<&str> = section.split("```").skip(1).step_by(2).collect();
+    let body = |b: &str| b.split_once('\n').map(|(_, rest)| rest.trim().to_owned()).unwrap();
+    let (keys, inbound, link) = (body(blocks[1]), body(blocks[2]), body(blocks[3]));
+    let private = keys.lines().next().unwrap().strip_prefix("PrivateKey: ").unwrap();
+    let (status, out) = run_cli(&["x25519", "-i", private]);
+    assert!(status.success(), "{out}");
+    assert_eq!(out.trim(), keys);
+
+    let inbound: Value = serde_json::from_str(&inbound).expect("the README's inbound is JSON");
+    let config = json!({ "inbounds": [inbound], "outbounds": [{ "protocol": "freedom" }] });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let (status, out) = run_cli(&["test", "-c", path.to_str().unwrap()]);
+    assert!(status.success() && out.contains("Configuration OK."), "{out}");
+    let (status, out) = run_cli(&["link", "-c", path.to_str().unwrap(), "--host", "proxy.example"]);
+    assert!(status.success(), "{out}");
+    assert_eq!(out.trim(), link);
 }

@@ -188,7 +188,7 @@ fn version(s: Option<&str>, path: &str) -> Result<Option<[u8; 3]>, ConfigError> 
 
 /// A short id: up to 16 hex digits (an even count), zero-padded to 8 bytes; `""` is all zeros.
 fn short_id(s: &str) -> Option<[u8; 8]> {
-    if s.len() > 16 || s.len() % 2 != 0 {
+    if s.len() > 16 || !s.len().is_multiple_of(2) {
         return None;
     }
     let mut out = [0u8; 8];
