@@ -32,6 +32,8 @@ pub struct RealityClient<'a> {
     pub uuid: &'a str,
     /// XTLS Vision on the VLESS session.
     pub vision: bool,
+    /// Trojan with this password inside REALITY instead of VLESS.
+    pub trojan: Option<&'a str>,
 }
 
 /// A running shoes, killed on drop.
@@ -63,14 +65,16 @@ impl Shoes {
           sni_hostname: "{sni}"
           vision: {vision}
           protocol:
-            type: vless
-            user_id: "{uuid}"
+{inner}
 "#,
             pbk = c.public_key,
             sid = c.short_id,
             sni = c.sni,
             vision = c.vision,
-            uuid = c.uuid,
+            inner = match c.trojan {
+                Some(password) => format!("            type: trojan\n            password: {password:?}"),
+                None => format!("            type: vless\n            user_id: \"{}\"", c.uuid),
+            },
         );
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("shoes.yaml");

@@ -65,13 +65,14 @@ impl Target {
                 let config = config.clone();
                 let record = record.clone();
                 std::thread::spawn(move || {
-                    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    // Whatever arrives within a moment, for the test to compare.
+                    // Whatever arrives within a moment (perhaps nothing), for the test to compare.
+                    conn.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
                     std::thread::sleep(Duration::from_millis(100));
                     let mut first = vec![0u8; 8192];
                     let n = conn.peek(&mut first).unwrap_or(0);
                     first.truncate(n);
                     record.lock().unwrap().push(first);
+                    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                     let mut tls = rustls::ServerConnection::new(config).unwrap();
                     while tls.is_handshaking() {
                         if tls.complete_io(&mut conn).is_err() {
@@ -143,7 +144,7 @@ fn shoes_carries_vless_over_reality_both_ways() {
     let echo = EchoServer::start();
     let shoes = Shoes::reality_client(
         server.inbound("vless-in"),
-        &RealityClient { public_key: &public, short_id: SHORT_ID, sni: SNI, uuid: ALICE, vision: false },
+        &RealityClient { public_key: &public, short_id: SHORT_ID, sni: SNI, uuid: ALICE, vision: false, trojan: None },
     );
     // Several sessions, one of several MiB, spread over both shards by the kernel.
     for len in [1, 1000, 70_000, 4 << 20] {
@@ -175,7 +176,7 @@ fn shoes_carries_vless_vision_over_reality_both_ways() {
     let echo = EchoServer::start();
     let shoes = Shoes::reality_client(
         server.inbound("vless-in"),
-        &RealityClient { public_key: &public, short_id: SHORT_ID, sni: SNI, uuid: ALICE, vision: true },
+        &RealityClient { public_key: &public, short_id: SHORT_ID, sni: SNI, uuid: ALICE, vision: true, trojan: None },
     );
     for len in [1, 70_000, 4 << 20] {
         let data = payload(len);
@@ -230,7 +231,7 @@ fn wrong_keys_short_ids_names_and_garbage_go_to_the_target() {
     for (i, (what, pbk, sid, sni)) in cases.into_iter().enumerate() {
         let shoes = Shoes::reality_client(
             addr,
-            &RealityClient { public_key: pbk, short_id: sid, sni, uuid: ALICE, vision: false },
+            &RealityClient { public_key: pbk, short_id: sid, sni, uuid: ALICE, vision: false, trojan: None },
         );
         // shoes finds the target's certificate, not ours, and gives up.
         let worked = socks5_connect(shoes.socks, echo.addr()).and_then(|s| exchange(s, b"hello"));
@@ -295,7 +296,7 @@ fn a_replayed_client_hello_meets_the_target() {
     let echo = EchoServer::start();
     let shoes = Shoes::reality_client(
         proxy,
-        &RealityClient { public_key: &public, short_id: SHORT_ID, sni: SNI, uuid: ALICE, vision: false },
+        &RealityClient { public_key: &public, short_id: SHORT_ID, sni: SNI, uuid: ALICE, vision: false, trojan: None },
     );
     let stream = socks5_connect(shoes.socks, echo.addr()).unwrap();
     assert_eq!(exchange(stream, b"first and only").unwrap(), b"first and only");
@@ -361,4 +362,76 @@ fn the_readme_example_runs_as_written() {
     let (status, out) = run_cli(&["link", "-c", path.to_str().unwrap(), "--host", "proxy.example"]);
     assert!(status.success(), "{out}");
     assert_eq!(out.trim(), link);
+}
+
+/// AddInbound (`shardray api adi`) with a Trojan inbound over REALITY: Xray's REALITY message
+/// on the wire, the same checks and behaviour as in a config; shoes as the Trojan client.
+#[test]
+fn an_inbound_added_through_the_api_serves_trojan_over_reality() {
+    let target = Target::start();
+    let (private, public) = keys();
+    let (server, _api) = shardray_tests::api_server();
+    let port = shardray_tests::fixed_port();
+    let file = server.dir.path().join("more.json");
+    let more = json!({ "inbounds": [{
+        "tag": "trojan-reality", "listen": "127.0.0.1", "port": port, "protocol": "trojan",
+        "settings": { "clients": [{ "password": "over reality", "email": "carol@example.com" }] },
+        "streamSettings": reality_stream(target.addr, &private)
+    }]});
+    std::fs::write(&file, serde_json::to_vec(&more).unwrap()).unwrap();
+    let api_addr = format!("--server={}", server.api.unwrap());
+    let (status, out) = run_cli(&["api", "adi", &api_addr, file.to_str().unwrap()]);
+    assert!(status.success(), "{out}");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let echo = EchoServer::start();
+    let client = RealityClient {
+        public_key: &public,
+        short_id: SHORT_ID,
+        sni: SNI,
+        uuid: ALICE,
+        vision: false,
+        trojan: Some("over reality"),
+    };
+    let shoes = Shoes::reality_client(addr, &client);
+    let data = payload(1 << 20);
+    let stream = socks5_connect(shoes.socks, echo.addr()).unwrap_or_else(|e| panic!("{e}\n{}", shoes.log()));
+    assert!(exchange(stream, &data).unwrap() == data, "1 MiB came back different");
+    assert!(target.seen().is_empty());
+    // A plain TLS prober still meets the target.
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.write_all(b"not tls").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || target.seen().len() == 1));
+    assert_eq!(target.seen()[0], b"not tls");
+}
+
+/// A ClientHello cut short, and a client that sends nothing: each waits out the handshake
+/// timeout, then meets the target with what it sent; both count as refusals.
+#[test]
+fn truncated_and_silent_hellos_meet_the_target_after_the_handshake_timeout() {
+    let target = Target::start();
+    let (private, _) = keys();
+    let mut config = vless_config(
+        json!([{ "id": ALICE, "email": "alice@example.com" }]),
+        json!({ "streamSettings": reality_stream(target.addr, &private) }),
+    );
+    config["policy"]["levels"]["0"]["handshake"] = json!(1);
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
+    let server = Shardray::start(&config, 2);
+    let addr = server.inbound("vless-in");
+    let started = std::time::Instant::now();
+    // A record that promises 512 bytes and brings 40 of a ClientHello.
+    let mut cut = vec![0x16, 3, 1, 2, 0, 1, 0, 1, 0xfc, 3, 3];
+    cut.extend_from_slice(&[0x42; 29]);
+    let mut truncated = TcpStream::connect(addr).unwrap();
+    truncated.write_all(&cut).unwrap();
+    let _silent = TcpStream::connect(addr).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || target.seen().len() == 2), "{}", server.output());
+    assert!(started.elapsed() >= Duration::from_millis(900), "relayed before the timeout");
+    let mut seen = target.seen();
+    seen.sort();
+    assert_eq!(seen, vec![Vec::new(), cut]);
+    let api = shardray_tests::api::ApiClient::connect(server.api.unwrap());
+    assert!(wait_until(Duration::from_secs(2), || api.get("refused>>>bad_request", false).ok() == Some(2)));
+    assert!(server.output().contains("rejected reality: no ClientHello within the handshake timeout"));
+    assert!(!server.output().contains("panicked"));
 }
