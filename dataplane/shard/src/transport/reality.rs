@@ -64,7 +64,9 @@ impl RealityRt {
             Err(e) => return Verdict::Relay(e.to_string()),
         };
         let spec = &self.spec;
-        let listed = hello.server_name.is_some_and(|n| spec.server_names.iter().any(|s| s == n));
+        // As Xray: a hello without a name is looked up as "", which `serverNames` may list.
+        let name = hello.server_name.unwrap_or("");
+        let listed = spec.server_names.iter().any(|s| s == name);
         let accept = Acceptance {
             private_key: &spec.private_key,
             short_ids: &spec.short_ids,
@@ -86,10 +88,7 @@ impl RealityRt {
                     Err(e) => Verdict::Relay(format!("TLS config: {e}")),
                 }
             }
-            Err(e) => {
-                let name = hello.server_name.unwrap_or("");
-                Verdict::Relay(format!("{e} (server name {name:?})"))
-            }
+            Err(e) => Verdict::Relay(format!("{e} (server name {name:?})")),
         }
     }
 
