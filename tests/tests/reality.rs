@@ -435,3 +435,130 @@ fn truncated_and_silent_hellos_meet_the_target_after_the_handshake_timeout() {
     assert!(server.output().contains("rejected reality: no ClientHello within the handshake timeout"));
     assert!(!server.output().contains("panicked"));
 }
+
+/// A TLS 1.3 echo server (its own certificate for `echo.test`) and a client config trusting it.
+fn tls13_echo() -> (SocketAddr, Arc<rustls::ClientConfig>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["echo.test".to_owned()]).unwrap();
+    let der = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(sock) = sock else { continue };
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(server).unwrap(), sock);
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = tls.read(&mut buf) {
+                    if tls.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (addr, Arc::new(config))
+}
+
+/// An inner TLS session over `sock` to the echo server: `data` written from a second thread
+/// while the echo is read; returns the plaintext that came back.
+fn inner_tls_echo(mut sock: TcpStream, config: Arc<rustls::ClientConfig>, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    use rustls::pki_types::ServerName;
+    let mut conn = rustls::ClientConnection::new(config, ServerName::try_from("echo.test").unwrap())
+        .map_err(std::io::Error::other)?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)?;
+    }
+    let len = data.len();
+    let conn = Arc::new(Mutex::new(conn));
+    let mut write_sock = sock.try_clone()?;
+    let writer = {
+        let conn = conn.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            for chunk in data.chunks(16 * 1024) {
+                let mut out = Vec::new();
+                {
+                    let mut c = conn.lock().unwrap();
+                    c.writer().write_all(chunk)?;
+                    while c.wants_write() {
+                        c.write_tls(&mut out)?;
+                    }
+                }
+                write_sock.write_all(&out)?;
+            }
+            Ok(())
+        })
+    };
+    let mut got = Vec::with_capacity(len);
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < len {
+        let n = sock.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let mut c = conn.lock().unwrap();
+        let mut input = &buf[..n];
+        while !input.is_empty() {
+            c.read_tls(&mut input)?;
+            let state = c.process_new_packets().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            let mut plain = vec![0u8; state.plaintext_bytes_to_read()];
+            c.reader().read_exact(&mut plain)?;
+            got.extend_from_slice(&plain);
+        }
+    }
+    writer.join().expect("writer thread")?;
+    let _ = sock.shutdown(Shutdown::Both);
+    Ok(got)
+}
+
+/// Vision over REALITY with inner TLS 1.3: the session goes direct both ways (the outer TLS
+/// left behind), 4 MiB echoed byte for byte through shoes.
+#[test]
+#[ignore = "needs VLESS Vision (xtls-rprx-vision) on the inbound"]
+fn vision_over_reality_goes_direct_both_ways() {
+    let target = Target::start();
+    let (private, public) = keys();
+    let mut config = vless_config(
+        json!([{ "id": ALICE, "email": "alice@example.com", "flow": "xtls-rprx-vision" }]),
+        json!({ "streamSettings": reality_stream(target.addr, &private) }),
+    );
+    config["log"]["loglevel"] = json!("debug");
+    let server = Shardray::start(&config, 2);
+    let shoes = Shoes::reality_client(
+        server.inbound("vless-in"),
+        &RealityClient { public_key: &public, short_id: SHORT_ID, sni: SNI, uuid: ALICE, vision: true, trojan: None },
+    );
+    let (echo, tls) = tls13_echo();
+    let data = payload(4 << 20);
+    let sock = socks5_connect(shoes.socks, echo).unwrap();
+    let got = inner_tls_echo(sock, tls, data.clone())
+        .unwrap_or_else(|e| panic!("{e}\nshoes:\n{}\nshardray:\n{}", shoes.log(), server.output()));
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "echoed bytes differ");
+    assert!(
+        wait_until(Duration::from_secs(5), || server.output().contains("(direct up: true, down: true)")),
+        "the session did not go direct:\n{}",
+        server.output()
+    );
+    assert!(target.seen().is_empty());
+}
