@@ -562,3 +562,40 @@ fn vision_over_reality_goes_direct_both_ways() {
     );
     assert!(target.seen().is_empty());
 }
+
+/// A Unix socket as the target, with `xver: 1`: the target gets a PROXY header naming the
+/// client, then the client's bytes.
+#[test]
+fn a_unix_socket_target_gets_a_proxy_header_first() {
+    use std::os::unix::net::UnixListener;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let _ = conn.read_to_end(&mut got);
+                let _ = tx.send(got);
+            });
+        }
+    });
+    let (private, _) = keys();
+    let mut stream = reality_stream("127.0.0.1:1".parse().unwrap(), &private);
+    stream["realitySettings"]["target"] = json!(path.to_str().unwrap());
+    stream["realitySettings"]["xver"] = json!(1);
+    let config =
+        vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({ "streamSettings": stream }));
+    let server = Shardray::start(&config, 2);
+    let addr = server.inbound("vless-in");
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.write_all(b"hello, site").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(5)).expect("the target got nothing");
+    let local = client.local_addr().unwrap();
+    let header = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n", local.port(), addr.port());
+    assert_eq!(String::from_utf8_lossy(&got), format!("{header}hello, site"));
+}
