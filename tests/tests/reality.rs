@@ -599,3 +599,97 @@ fn a_unix_socket_target_gets_a_proxy_header_first() {
     let header = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n", local.port(), addr.port());
     assert_eq!(String::from_utf8_lossy(&got), format!("{header}hello, site"));
 }
+
+/// A ClientHello shaped like uTLS's Chrome (GREASE, an X25519MLKEM768 share before the X25519
+/// one, no ed25519 among the signature schemes), sealed for the server as a REALITY client
+/// seals it: the server answers with its own ServerHello (X25519, the session id echoed) and
+/// the target sees nothing.
+#[test]
+fn a_chrome_shaped_hello_with_a_hybrid_share_authenticates() {
+    use base64::Engine;
+    use shardray_wire::reality;
+    let target = Target::start();
+    let (private, public) = keys();
+    let server = server(&target, &private);
+    let server_public: [u8; 32] =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&public).unwrap().try_into().unwrap();
+    let client_private = reality::clamp([0x5a; 32]);
+    let client_public = reality::public_key(&client_private);
+    let random: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+    let auth = reality::auth_key(&client_private, &server_public, &random).unwrap();
+
+    let ext = |kind: u16, body: &[u8]| {
+        let mut e = kind.to_be_bytes().to_vec();
+        e.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        e.extend_from_slice(body);
+        e
+    };
+    let with_len16 = |body: &[u8]| {
+        let mut v = (body.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    };
+    let mut exts = ext(0x0a0a, &[]);
+    let mut sni = vec![0];
+    sni.extend_from_slice(&with_len16(SNI.as_bytes()));
+    exts.extend(ext(0, &with_len16(&sni)));
+    exts.extend(ext(23, &[]));
+    exts.extend(ext(0xff01, &[0]));
+    exts.extend(ext(10, &with_len16(&[0x2a, 0x2a, 0x11, 0xec, 0, 0x1d, 0, 0x17, 0, 0x18])));
+    exts.extend(ext(11, &[1, 0]));
+    exts.extend(ext(35, &[]));
+    exts.extend(ext(16, &with_len16(b"\x02h2\x08http/1.1")));
+    exts.extend(ext(5, &[1, 0, 0, 0, 0]));
+    exts.extend(ext(13, &with_len16(&[4, 3, 8, 4, 4, 1, 5, 3, 8, 5, 5, 1, 8, 6, 6, 1])));
+    exts.extend(ext(18, &[]));
+    let mut shares = vec![0x2a, 0x2a, 0, 1, 0];
+    shares.extend_from_slice(&[0x11, 0xec, 0x04, 0xc0]);
+    shares.extend_from_slice(&[0x33; 1184]);
+    shares.extend_from_slice(&client_public);
+    shares.extend_from_slice(&[0, 0x1d, 0, 32]);
+    shares.extend_from_slice(&client_public);
+    exts.extend(ext(51, &with_len16(&shares)));
+    exts.extend(ext(45, &[1, 1]));
+    exts.extend(ext(43, &[6, 0x3a, 0x3a, 3, 4, 3, 3]));
+    exts.extend(ext(27, &[2, 0, 2]));
+    exts.extend(ext(0x1a1a, &[0]));
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&random);
+    body.push(32);
+    body.extend_from_slice(&[0; 32]);
+    body.extend_from_slice(&with_len16(&[0x4a, 0x4a, 0x13, 1, 0x13, 2, 0x13, 3, 0xc0, 0x2b, 0xc0, 0x2f]));
+    body.extend_from_slice(&[1, 0]);
+    body.extend_from_slice(&with_len16(&exts));
+    let mut hello = vec![1, 0, (body.len() >> 8) as u8, body.len() as u8];
+    hello.extend_from_slice(&body);
+    // The session id: version 25.9.11, now, the short id; sealed over the hello with it zeroed.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as u32;
+    let mut sealed = vec![25, 9, 11, 0];
+    sealed.extend_from_slice(&now.to_be_bytes());
+    sealed.extend_from_slice(&[0x6b, 0xa8, 0x51, 0x79, 0xe3, 0x0d, 0x4f, 0xc2]);
+    let key = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &auth).unwrap());
+    let nonce = ring::aead::Nonce::try_assume_unique_for_key(&random[20..]).unwrap();
+    key.seal_in_place_append_tag(nonce, ring::aead::Aad::from(&hello[..]), &mut sealed).unwrap();
+    hello[39..71].copy_from_slice(&sealed);
+    let mut record = vec![0x16, 3, 1, (hello.len() >> 8) as u8, hello.len() as u8];
+    record.extend_from_slice(&hello);
+
+    let mut conn = TcpStream::connect(server.inbound("vless-in")).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(&record).unwrap();
+    let mut head = [0u8; 5];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!(&head[..2], &[0x16, 3], "not a handshake record: {head:?}\n{}", server.output());
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes([head[3], head[4]]))];
+    conn.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], 2, "not a ServerHello");
+    assert_eq!(&answer[39..71], &sealed[..], "the session id is not echoed");
+    // cipher suite, compression, then the extensions: key_share names X25519.
+    let at = 71;
+    assert!([[0x13, 1], [0x13, 2], [0x13, 3]].contains(&[answer[at], answer[at + 1]]));
+    let key_share = answer.windows(6).position(|w| w[..2] == [0, 51] && w[4..6] == [0, 0x1d]);
+    assert!(key_share.is_some(), "the server did not pick X25519: {answer:02x?}");
+    assert!(server.output().contains("REALITY client 25.9.11, short id 6ba85179e30d4fc2"), "{}", server.output());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(target.seen().is_empty(), "the target saw it");
+}
