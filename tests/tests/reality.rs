@@ -336,6 +336,18 @@ fn links_carry_the_reality_parameters() {
     assert!(status.success());
     assert!(out.contains(&format!("Password (PublicKey): {public}")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("Hash32: ")), "{out}");
+    // Standard base64 in and out (Go's single-dash flag spelling too).
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&private).unwrap();
+    let std_private = base64::engine::general_purpose::STANDARD.encode(&raw);
+    let std_public = base64::engine::general_purpose::STANDARD
+        .encode(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&public).unwrap());
+    let (status, out) = run_cli(&["x25519", "-std-encoding", "-i", &std_private]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains(&format!("PrivateKey: {std_private}\nPassword (PublicKey): {std_public}\n")), "{out}");
+    let (status, out) = run_cli(&["x25519", "-i", "tooshort"]);
+    assert!(!status.success());
+    assert!(out.contains("Invalid length of X25519 private key."), "{out}");
 }
 
 /// The README's REALITY section as written: its key pair is what `x25519 -i` prints, its
