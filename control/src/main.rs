@@ -73,7 +73,8 @@ enum Command {
     /// clients), as `xray x25519` does; `-i` derives the public key of a private key.
     X25519 {
         /// A private key (unpadded base64url) to derive from, instead of a random one.
-        #[arg(short = 'i', value_name = "PRIVATE")]
+        // base64url keys may start with '-': still the value, as Go's flag package reads it.
+        #[arg(short = 'i', value_name = "PRIVATE", allow_hyphen_values = true)]
         input: Option<String>,
         /// Standard base64 (padded) instead of unpadded base64url.
         #[arg(long = "std-encoding")]

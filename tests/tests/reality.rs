@@ -345,6 +345,10 @@ fn links_carry_the_reality_parameters() {
     let (status, out) = run_cli(&["x25519", "-std-encoding", "-i", &std_private]);
     assert!(status.success(), "{out}");
     assert!(out.contains(&format!("PrivateKey: {std_private}\nPassword (PublicKey): {std_public}\n")), "{out}");
+    // A key that starts with '-' (one in 64 do) is still the value of -i.
+    let dashed = "-A9uNf9Ho9w-mL4fa5tMLrDXsOUbR-Te4BoQtxu9bHc";
+    let (status, out) = run_cli(&["x25519", "-i", dashed]);
+    assert!(status.success() && out.starts_with("PrivateKey: "), "{out}");
     let (status, out) = run_cli(&["x25519", "-i", "tooshort"]);
     assert!(!status.success());
     assert!(out.contains("Invalid length of X25519 private key."), "{out}");
