@@ -163,3 +163,33 @@ fn the_certificate_carries_the_hmac_in_its_signature() {
     // The SubjectPublicKeyInfo holds the key right before the TBS ends.
     assert_eq!(&cert[after_tbs - 32..after_tbs], &ed_public);
 }
+
+#[test]
+fn mutated_hellos_never_panic() {
+    // A deterministic stand-in for the fuzz target: the vector's record with bytes flipped,
+    // lengths bent, and cut anywhere, through gather, parse and authenticate.
+    let base = record(&hex(HELLO));
+    let key = server_key();
+    let ids = [[0u8; 8]];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = Vec::new();
+    for _ in 0..20_000 {
+        let mut data = base.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() as usize) % data.len();
+            data[at] = next() as u8;
+        }
+        data.truncate((next() as usize) % (data.len() + 1));
+        if gather(&data, &mut out).is_ok() {
+            if let Ok(hello) = ClientHello::parse(&out) {
+                let _ = authenticate(&hello, true, &accept(&key, &ids), TIME * 1000);
+            }
+        }
+    }
+}
