@@ -125,6 +125,10 @@ pub mod xray {
             pub mod httpupgrade {
                 tonic::include_proto!("xray.transport.internet.httpupgrade");
             }
+            /// `xray.transport.internet.reality`: REALITY settings.
+            pub mod reality {
+                tonic::include_proto!("xray.transport.internet.reality");
+            }
         }
     }
 

@@ -117,7 +117,7 @@ fn api_inbound(ib: RawInbound, path: &str, tag: &str, who: &str) -> Result<(Stri
     }
     let _: RawDokodemoSettings = deserialize_at(ib.settings.unwrap_or_else(empty_object), &format!("{path}.settings"))?;
     let stream = stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
-    if stream.tls.is_some() {
+    if stream.tls.is_some() || stream.reality.is_some() {
         return Err(ConfigError::unsupported(
             format!("{path}.streamSettings.security"),
             format!("TLS on the {who} inbound"),
@@ -148,7 +148,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
     let ip = listen_ip(ib.listen.as_deref(), &format!("{path}.listen"))?;
     let port = inbound_port(ib.port.as_ref(), &format!("{path}.port"))?;
     let listen = SocketAddr::new(ip, port);
-    let InboundStream { tls, sockopt, http_header, transport } =
+    let InboundStream { tls, reality, sockopt, http_header, transport } =
         stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
     check_sniffing(ib.sniffing, path)?;
     check_allocate(ib.allocate, path)?;
@@ -168,7 +168,8 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
         }
         p => return Err(ConfigError::invalid(format!("{path}.protocol"), format!("unknown protocol {p:?}"))),
     };
-    Ok((InboundSpec { tag, listen, tls, protocol, config_index: None, sockopt, http_header, transport }, listen))
+    let spec = InboundSpec { tag, listen, tls, reality, protocol, config_index: None, sockopt, http_header, transport };
+    Ok((spec, listen))
 }
 
 fn protocol_name(ib: &RawInbound, path: &str) -> Result<String, ConfigError> {
@@ -245,6 +246,7 @@ fn check_allocate(allocate: Option<RawAllocate>, path: &str) -> Result<(), Confi
 #[derive(Default)]
 struct InboundStream {
     tls: Option<TlsServerSpec>,
+    reality: Option<Box<shardray_core::spec::RealityServerSpec>>,
     sockopt: SocketOptions,
     http_header: Option<HttpHeaderSpec>,
     transport: TransportSpec,
@@ -280,7 +282,13 @@ fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<Inbound
         }
         _ => None,
     };
-    Ok(InboundStream { tls: tls_of_stream(raw, path)?, sockopt, http_header, transport })
+    let reality = match raw.security.as_deref() {
+        Some(s) if s.eq_ignore_ascii_case("reality") => {
+            Some(Box::new(super::reality::server(raw.reality_settings.take(), &transport, path)?))
+        }
+        _ => None,
+    };
+    Ok(InboundStream { tls: tls_of_stream(raw, path)?, reality, sockopt, http_header, transport })
 }
 
 /// `network` and the settings of the transport it names, inbound or outbound.
@@ -389,12 +397,12 @@ fn tls_of_stream(raw: RawStreamSettings, path: &str) -> Result<Option<TlsServerS
                 None => Err(ConfigError::invalid(tls_path, "missing (security is \"tls\")")),
             }
         }
-        s @ ("reality" | "xtls") => {
-            Err(ConfigError::unsupported(format!("{path}.security"), format!("security {s:?}")))
-        }
+        // Read by the caller (inbounds; an outbound's refuses it in its own checks).
+        "reality" => Ok(None),
+        s @ "xtls" => Err(ConfigError::unsupported(format!("{path}.security"), format!("security {s:?}"))),
         s => Err(ConfigError::invalid(
             format!("{path}.security"),
-            format!("unknown security {s:?} (expected \"none\" or \"tls\")"),
+            format!("unknown security {s:?} (expected \"none\", \"tls\" or \"reality\")"),
         )),
     }
 }
@@ -1052,7 +1060,7 @@ fn fallback(raw: RawFallback, path: &str) -> Result<FallbackSpec, ConfigError> {
 }
 
 /// `dest`: a port on 127.0.0.1, `"host:port"`, or a Unix socket path (`/…` or abstract `@…`).
-fn fallback_dest(value: &Value, path: &str) -> Result<FallbackDest, ConfigError> {
+pub(super) fn fallback_dest(value: &Value, path: &str) -> Result<FallbackDest, ConfigError> {
     let local = |port: u16| FallbackDest::Tcp(Destination { addr: Address::Ip(Ipv4Addr::LOCALHOST.into()), port });
     match value {
         Value::Number(_) => Ok(local(parse_port(value, path)?)),

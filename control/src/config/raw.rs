@@ -153,10 +153,10 @@ pub(super) struct RawStreamSettings {
     /// 3x-ui's own bookkeeping (the addresses its share links use); the core ignores it.
     #[serde(rename = "externalProxy")]
     pub _external_proxy: Option<Value>,
-    // Settings of transports and securities not served yet. Upstream ignores them unless
-    // `network`/`security` selects them, and so does shardray (selecting them is refused).
-    #[serde(rename = "realitySettings")]
-    pub _reality_settings: Option<Value>,
+    /// Read when `security` is `reality` (see config/reality.rs), else ignored as upstream does.
+    pub reality_settings: Option<Value>,
+    // Settings of transports not served yet. Upstream ignores them unless `network` selects
+    // them, and so does shardray (selecting them is refused).
     pub ws_settings: Option<RawHttpTransport>,
     pub httpupgrade_settings: Option<RawHttpTransport>,
     #[serde(rename = "grpcSettings")]

@@ -907,7 +907,7 @@ fn unserved_transport_and_flow() {
     let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "network": "grpc" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.network");
     let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "security": "reality" })));
-    assert_eq!(err.path, "inbounds[0].streamSettings.security");
+    assert_eq!(err.path, "inbounds[0].streamSettings.realitySettings");
     let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "flow", json!("xtls-rprx-vision")));
     assert_eq!(err.path, "inbounds[0].settings.clients[0].flow");
     let err = broken(|v| set(v, "/outbounds/0", "mux", json!({ "enabled": true })));

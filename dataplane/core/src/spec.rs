@@ -258,6 +258,9 @@ pub struct InboundSpec {
     pub listen: SocketAddr,
     /// `streamSettings.security == "tls"`: the TLS server settings.
     pub tls: Option<TlsServerSpec>,
+    /// `streamSettings.security == "reality"`: the REALITY server settings (boxed: rare, and
+    /// specs travel in every change).
+    pub reality: Option<Box<RealityServerSpec>>,
     /// `protocol` and `settings`.
     pub protocol: InboundProtocol,
     /// Its index in the config's `inbounds` (merged over files, the API's inbound counted),
@@ -403,6 +406,7 @@ impl InboundSpec {
             tag: self.tag.clone(),
             listen: self.listen,
             tls: self.tls.clone(),
+            reality: self.reality.clone(),
             protocol,
             config_index: self.config_index,
             sockopt: self.sockopt.clone(),
@@ -762,6 +766,35 @@ pub struct TlsServerSpec {
     /// `cipherSuites`, split at `:` and in order: restricts (and, as the server's preference,
     /// orders) the suites offered; empty for rustls's defaults.
     pub cipher_suites: Vec<String>,
+}
+
+/// REALITY server settings (`streamSettings.realitySettings` of an inbound).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealityServerSpec {
+    /// `show`: log every connection's verdict in detail.
+    pub show: bool,
+    /// `target` (or its older name `dest`): where connections that do not authenticate go.
+    pub target: FallbackDest,
+    /// `xver`: the PROXY protocol version sent to the target first (0 none, 1 or 2).
+    pub xver: u8,
+    /// `serverNames`: the TLS server names authenticated (exact).
+    pub server_names: Vec<String>,
+    /// `privateKey`: the X25519 private key.
+    pub private_key: [u8; 32],
+    /// `shortIds`, each zero-padded to 8 bytes.
+    pub short_ids: Vec<[u8; 8]>,
+    /// `minClientVer`: `None` takes any (Xray's default, 26.3.27, would refuse sing-box and
+    /// shoes).
+    pub min_client_ver: Option<[u8; 3]>,
+    /// `maxClientVer`
+    pub max_client_ver: Option<[u8; 3]>,
+    /// `maxTimeDiff` in milliseconds; 0 checks no time.
+    pub max_time_diff_ms: u64,
+    /// What share links tell clients to present as (`fingerprint`, or the panels'
+    /// `settings.fingerprint`; `chrome` when none is given).
+    pub fingerprint: String,
+    /// `spiderX` (or `settings.spiderX`) for share links; empty when none is given.
+    pub spider_x: String,
 }
 
 /// A TLS protocol version.

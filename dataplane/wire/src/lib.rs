@@ -7,6 +7,7 @@ pub mod aead;
 pub mod http;
 pub mod http_header;
 pub mod proxy_protocol;
+pub mod reality;
 pub mod shadowsocks;
 pub mod socks;
 pub mod trojan;

@@ -168,6 +168,9 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: Box<TcpStream>, 
             }
         }
     }
+    if let Some(reality) = &inbound.reality {
+        return Box::pin(serve_reality(ctx, inbound, reality, stream, info)).await;
+    }
     match &inbound.tls {
         None => transport(ctx, inbound, stream, info).await,
         // Boxed: a TLS session's state is several times a plain one's, and a plain session
@@ -209,6 +212,49 @@ async fn proxy_header(stream: &TcpStream, fd: RawFd) -> Result<ProxyHeader, Stri
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// REALITY: the ClientHello peeked (bounded by the level-0 handshake timeout) and judged; an
+/// authenticated client gets the TLS path with a config of its own, anything else is relayed
+/// to the target untouched, counted and logged as a refusal.
+async fn serve_reality(
+    ctx: &Rc<ShardCtx>,
+    inbound: &InboundRt,
+    reality: &crate::transport::reality::RealityRt,
+    stream: Box<TcpStream>,
+    info: ConnInfo,
+) {
+    use crate::transport::reality::{peek_hello, Verdict};
+    let mut hello = Vec::new();
+    let peeked = futures_lite::future::or(async { Some(peek_hello(&stream, &mut hello).await) }, async {
+        glommio::timer::sleep(ctx.policy(0).handshake).await;
+        None
+    })
+    .await;
+    let why = match peeked {
+        Some(Ok(())) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            match reality.judge(&hello, now as u64) {
+                Verdict::Serve(config, auth) => {
+                    if reality.spec.show {
+                        let [a, b, c] = auth.client_ver;
+                        let id: String = auth.short_id.iter().map(|b| format!("{b:02x}")).collect();
+                        let tag = &inbound.tag;
+                        ctx.log.error(
+                            LogLevel::Info,
+                            format_args!("[{tag}] {} REALITY client {a}.{b}.{c}, short id {id}", info.peer),
+                        );
+                    }
+                    return serve_tls(ctx, inbound, &TlsAcceptor::from(config), stream, info).await;
+                }
+                Verdict::Relay(why) => why,
+            }
+        }
+        Some(Err(why)) => why,
+        None => "no ClientHello within the handshake timeout".into(),
+    };
+    fallback::refuse(ctx, inbound, "reality", &why, Refusal::BadRequest, &info);
+    fallback::relay_to(ctx, inbound, &reality.spec.target, reality.spec.xver, stream, &info).await;
 }
 
 /// The TLS handshake (bounded by the level-0 handshake timeout), then the inbound's protocol.
