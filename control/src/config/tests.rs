@@ -904,7 +904,7 @@ fn websocket_and_httpupgrade_settings() {
 
 #[test]
 fn unserved_transport_and_flow() {
-    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "network": "grpc" })));
+    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "network": "kcp" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.network");
     let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "security": "reality" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.security");

@@ -18,7 +18,7 @@ use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortL
 use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::{dokodemo, http, shadowsocks, shadowsocks_2022, socks, trojan, vless, vmess};
 use shardray_proto::xray::transport::internet::{
-    httpupgrade, tls, websocket, SocketConfig, StreamConfig, TransportConfig,
+    grpc, httpupgrade, tls, websocket, SocketConfig, StreamConfig, TransportConfig,
 };
 
 use super::{api_user, ip_bytes, ip_from_bytes, message_type, typed, user_spec, Flavor};
@@ -42,6 +42,7 @@ const SS2022_INBOUND: &str = "xray.proxy.shadowsocks_2022.ServerConfig";
 const SS2022_MULTI_INBOUND: &str = "xray.proxy.shadowsocks_2022.MultiUserServerConfig";
 const WEBSOCKET: &str = "xray.transport.internet.websocket.Config";
 const HTTPUPGRADE: &str = "xray.transport.internet.httpupgrade.Config";
+const GRPC: &str = "xray.transport.internet.grpc.encoding.Config";
 
 /// An AddInbound request that cannot become a config inbound; names the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,6 +322,10 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
                 let json = http_transport_json(&c.host, &c.path, &c.header, c.accept_proxy_protocol, c.ed);
                 out.insert("httpupgradeSettings".into(), json);
             }
+            Ok((Flavor::Xray, "transport.internet.grpc.encoding.Config")) => {
+                let c: grpc::encoding::Config = decode(&settings.value, GRPC, &field)?;
+                out.insert("grpcSettings".into(), grpc_json(&c));
+            }
             _ if settings.value.is_empty() => {}
             _ => {
                 return Err(invalid(format!(
@@ -359,6 +364,20 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
         }
     }
     Ok(Value::Object(out))
+}
+
+/// `grpcSettings` from the API's gRPC Config, in the config's names.
+pub(crate) fn grpc_json(c: &grpc::encoding::Config) -> Value {
+    json!({
+        "serviceName": c.service_name,
+        "multiMode": c.multi_mode,
+        "idle_timeout": c.idle_timeout,
+        "health_check_timeout": c.health_check_timeout,
+        "permit_without_stream": c.permit_without_stream,
+        "initial_windows_size": c.initial_windows_size,
+        "user_agent": c.user_agent,
+        "authority": c.authority,
+    })
 }
 
 /// `wsSettings` / `httpupgradeSettings` from the API's fields: the early-data length goes back
@@ -609,7 +628,22 @@ fn socket_config(o: &SocketOptions) -> SocketConfig {
     }
 }
 
-/// The API form of an HTTP transport: Xray's protocol name and its TransportConfig.
+/// The API form of `grpcSettings`.
+pub(crate) fn grpc_config(g: &shardray_core::spec::GrpcSpec) -> grpc::encoding::Config {
+    let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    grpc::encoding::Config {
+        authority: g.authority.clone(),
+        service_name: g.service_name.clone(),
+        multi_mode: g.multi_mode,
+        idle_timeout: int(g.idle_timeout),
+        health_check_timeout: int(g.health_check_timeout),
+        permit_without_stream: g.permit_without_stream,
+        initial_windows_size: int(g.initial_windows_size),
+        user_agent: g.user_agent.clone(),
+    }
+}
+
+/// The API form of a transport: Xray's protocol name and its TransportConfig.
 fn transport_config(t: &TransportSpec) -> Option<(&'static str, TransportConfig)> {
     let (name, settings) = match t {
         TransportSpec::Raw => return None,
@@ -633,6 +667,7 @@ fn transport_config(t: &TransportSpec) -> Option<(&'static str, TransportConfig)
             };
             ("httpupgrade", typed(HTTPUPGRADE, &c))
         }
+        TransportSpec::Grpc(g) => ("grpc", typed(GRPC, &grpc_config(g))),
     };
     Some((name, TransportConfig { protocol_name: name.into(), settings: Some(settings), ..Default::default() }))
 }

@@ -68,6 +68,49 @@ fn put_varint(mut v: u64, out: &mut [u8]) -> usize {
     i + 1
 }
 
+/// The request paths of a gun service: `Tun` (one `Hunk` per message) and `TunMulti`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePaths {
+    /// The `Tun` stream's path, `/NAME/Tun`.
+    pub tun: String,
+    /// The `TunMulti` stream's path, `/NAME/TunMulti`.
+    pub multi: String,
+}
+
+/// The paths a `serviceName` stands for, as Xray reads it: a plain name is escaped as one
+/// path segment and gets the methods `Tun` and `TunMulti`; a name starting with `/` is a
+/// custom path, `/SERVICE/PATH/TUN` or `/SERVICE/PATH/TUN|MULTI` (the multi stream's name,
+/// if not given, is the tun's).
+pub fn service_paths(service_name: &str) -> ServicePaths {
+    let Some(custom) = service_name.strip_prefix('/') else {
+        let service = escape_segment(service_name);
+        return ServicePaths { tun: format!("/{service}/Tun"), multi: format!("/{service}/TunMulti") };
+    };
+    let (service, ending) = match custom.rfind('/') {
+        Some(i) => (&custom[..i], &custom[i + 1..]),
+        None => ("", custom),
+    };
+    let service: Vec<String> = service.split('/').map(escape_segment).collect();
+    let service = service.join("/");
+    let mut names = ending.split('|');
+    let tun = escape_segment(names.next().unwrap_or(""));
+    let multi = names.next().map_or_else(|| tun.clone(), escape_segment);
+    ServicePaths { tun: format!("/{service}/{tun}"), multi: format!("/{service}/{multi}") }
+}
+
+/// Percent-escapes one path segment as Go's `url.PathEscape` does.
+fn escape_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~$&+:=@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Where the decoder stands in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -227,6 +270,20 @@ mod tests {
             out.extend_from_slice(piece);
         }
         Ok(())
+    }
+
+    #[test]
+    fn service_paths_as_xray_reads_them() {
+        let p = |s: &str| {
+            let p = service_paths(s);
+            (p.tun, p.multi)
+        };
+        assert_eq!(p("gun"), ("/gun/Tun".into(), "/gun/TunMulti".into()));
+        assert_eq!(p(""), ("//Tun".into(), "//TunMulti".into()));
+        assert_eq!(p("a b/c"), ("/a%20b%2Fc/Tun".into(), "/a%20b%2Fc/TunMulti".into()));
+        assert_eq!(p("/my/sample/path1|path2"), ("/my/sample/path1".into(), "/my/sample/path2".into()));
+        assert_eq!(p("/my/sample/path1"), ("/my/sample/path1".into(), "/my/sample/path1".into()));
+        assert_eq!(p("/x"), ("//x".into(), "//x".into()));
     }
 
     #[test]

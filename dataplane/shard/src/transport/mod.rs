@@ -1,6 +1,7 @@
 //! Transports under the protocols: TLS (rustls, server and client) over a TCP stream shaped
-//! for it, the HTTP camouflage of raw TCP, and the HTTP transports (WebSocket, HTTPUpgrade).
+//! for it, the HTTP camouflage of raw TCP, and the HTTP transports (WebSocket, HTTPUpgrade) and gRPC.
 
+pub(crate) mod grpc;
 pub(crate) mod http_header;
 pub mod tls;
 pub(crate) mod tls_tcp;

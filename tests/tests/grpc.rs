@@ -1,0 +1,533 @@
+//! The gRPC transport (`network` `grpc`) with the real binary on 2 shards: sing-box 1.14.4 as
+//! the client of VLESS, Trojan and VMess over it (plain and TLS), byte-exact echoes of up to
+//! 4 MiB, several sessions at once over one HTTP/2 connection, exact per-user counters; a
+//! wrong service name refused; shardray's own VLESS, Trojan and VMess outbounds against
+//! sing-box as the gRPC server (one connection per shard carrying the sessions); and an
+//! HTTP/2 client of our own for what sing-box does not send (`TunMulti`, wrong paths,
+//! methods and content types, broken messages).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shardray_tests::api::ApiClient;
+use shardray_tests::servers::EchoServer;
+use shardray_tests::singbox::{insecure_tls, trojan_outbound, vless_outbound, vmess_outbound, SingBox};
+use shardray_tests::tls::SelfSigned;
+use shardray_tests::vless::{payload, request};
+use shardray_tests::{
+    loopback_api, trojan_config, vless_config, vmess_config, wait_until, Shardray, ALICE, ALICE_PASSWORD,
+};
+
+const EMAIL: &str = "alice@example.com";
+const UPLINK: &str = "user>>>alice@example.com>>>traffic>>>uplink";
+const DOWNLINK: &str = "user>>>alice@example.com>>>traffic>>>downlink";
+
+/// Sizes around the HTTP/2 frame (16 KiB) and window (64 KiB, 1 MiB) edges, up to 4 MiB.
+const SIZES: [usize; 9] = [1, 100, 16_384, 16_385, 65_536, 100_000, 1 << 20, 777, 4 << 20];
+
+fn with_api(mut config: Value) -> Value {
+    config["api"] = loopback_api(&["StatsService", "HandlerService"]);
+    config
+}
+
+fn grpc_stream(settings: Value, tls: Option<&SelfSigned>) -> Value {
+    let mut stream = match tls {
+        Some(cert) => cert.stream_settings("localhost", &["h2"]),
+        None => json!({}),
+    };
+    stream["network"] = json!("grpc");
+    stream["grpcSettings"] = settings;
+    stream
+}
+
+/// Counts the TCP connections it forwards from its own port to `to`; `cut` resets the live
+/// ones.
+struct CountingForwarder {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl CountingForwarder {
+    fn start(to: SocketAddr) -> CountingForwarder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let live = Arc::new(Mutex::new(Vec::new()));
+        let (count, kept) = (accepted.clone(), live.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(to) else { continue };
+                kept.lock().unwrap().push(client.try_clone().unwrap());
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c, mut s) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = io::copy(&mut c, &mut s);
+                    let _ = s.shutdown(Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        CountingForwarder { addr, accepted, live }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Breaks every connection it carries, as a dying server or network would.
+    fn cut(&self) {
+        for conn in self.live.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Sends `data` through sing-box to `dest` (writing on a second thread) and reads as many
+/// bytes back.
+fn exchange(sb: &SingBox, dest: SocketAddr, data: &[u8]) -> io::Result<Vec<u8>> {
+    let stream = sb.connect(dest)?;
+    let mut write_half = stream.try_clone()?;
+    let data = data.to_vec();
+    let len = data.len();
+    let writer = std::thread::spawn(move || -> io::Result<()> { write_half.write_all(&data) });
+    let mut got = vec![0u8; len];
+    let read = (&stream).read_exact(&mut got);
+    writer.join().expect("writer thread")?;
+    read?;
+    Ok(got)
+}
+
+/// Echoes of every size through sing-box, then 8 at once; alice's counters must equal the
+/// payload exactly, both ways.
+fn echoes_and_counters(server: &Shardray, sb: &SingBox) {
+    let echo = EchoServer::start();
+    let mut total = 0i64;
+    for (i, &len) in SIZES.iter().enumerate() {
+        let data = payload(len, i as u64);
+        let got = exchange(sb, echo.addr(), &data).unwrap_or_else(|e| panic!("{len} bytes: {e}\n{}", sb.log()));
+        assert!(got == data, "{len} bytes: {} came back\n{}\n{}", got.len(), sb.log(), server.output());
+        total += len as i64;
+    }
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let echo = echo.addr();
+            s.spawn(move || {
+                let data = payload(300_000, 100 + t);
+                let got = exchange(sb, echo, &data).unwrap_or_else(|e| panic!("parallel session {t}: {e}"));
+                assert!(got == data, "parallel session {t}");
+            });
+        }
+    });
+    total += 8 * 300_000;
+    let api = ApiClient::connect(server.api.expect("api"));
+    let mut last = Default::default();
+    let ok = wait_until(Duration::from_secs(5), || {
+        last = api.query("user>>>alice@example.com>>>traffic", false);
+        last.get(UPLINK) == Some(&total) && last.get(DOWNLINK) == Some(&total)
+    });
+    assert!(ok, "alice's counters should be {total} both ways, got {last:?}");
+}
+
+/// A sing-box client through a counting forwarder to `server`'s inbound `tag`: every
+/// session must share one connection.
+fn sing_box_through(server: &Shardray, tag: &str, outbound: impl FnOnce(SocketAddr) -> Value) {
+    let forwarder = CountingForwarder::start(server.inbound(tag));
+    let sb = SingBox::start(outbound(forwarder.addr));
+    echoes_and_counters(server, &sb);
+    assert_eq!(forwarder.accepted(), 1, "sing-box should carry every session on one connection");
+}
+
+#[test]
+fn sing_box_vless_over_grpc() {
+    let stream = grpc_stream(json!({ "serviceName": "gun" }), None);
+    let config = with_api(vless_config(json!([{ "id": ALICE, "email": EMAIL }]), json!({ "streamSettings": stream })));
+    let server = Shardray::start(&config, 2);
+    sing_box_through(&server, "vless-in", |to| {
+        let mut out = vless_outbound(to, ALICE, None);
+        out["transport"] = json!({ "type": "grpc", "service_name": "gun" });
+        out
+    });
+}
+
+#[test]
+fn sing_box_vless_over_grpc_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(certs.path(), &["localhost"]);
+    let stream = grpc_stream(json!({ "serviceName": "vl.Gun" }), Some(&cert));
+    let config = with_api(vless_config(json!([{ "id": ALICE, "email": EMAIL }]), json!({ "streamSettings": stream })));
+    let server = Shardray::start(&config, 2);
+    sing_box_through(&server, "vless-in", |to| {
+        let mut out = vless_outbound(to, ALICE, Some(insecure_tls("localhost")));
+        out["transport"] = json!({ "type": "grpc", "service_name": "vl.Gun" });
+        out
+    });
+}
+
+#[test]
+fn sing_box_trojan_over_grpc_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(certs.path(), &["localhost"]);
+    let stream = grpc_stream(json!({ "serviceName": "tr" }), Some(&cert));
+    let config = with_api(trojan_config(
+        json!([{ "password": ALICE_PASSWORD, "email": EMAIL }]),
+        json!({ "streamSettings": stream }),
+    ));
+    let server = Shardray::start(&config, 2);
+    sing_box_through(&server, "trojan-in", |to| {
+        let mut out = trojan_outbound(to, ALICE_PASSWORD, Some(insecure_tls("localhost")));
+        out["transport"] = json!({ "type": "grpc", "service_name": "tr" });
+        out
+    });
+}
+
+#[test]
+fn sing_box_vmess_over_grpc() {
+    let stream = grpc_stream(json!({ "serviceName": "vm" }), None);
+    let config = with_api(vmess_config(json!([{ "id": ALICE, "email": EMAIL }]), json!({ "streamSettings": stream })));
+    let server = Shardray::start(&config, 2);
+    sing_box_through(&server, "vmess-in", |to| {
+        vmess_outbound(to, ALICE, "aes-128-gcm", json!({ "transport": { "type": "grpc", "service_name": "vm" } }))
+    });
+}
+
+#[test]
+fn sing_box_with_the_wrong_service_name_is_refused() {
+    let stream = grpc_stream(json!({ "serviceName": "gun" }), None);
+    let config = with_api(vless_config(json!([{ "id": ALICE, "email": EMAIL }]), json!({ "streamSettings": stream })));
+    let server = Shardray::start(&config, 2);
+    let mut out = vless_outbound(server.inbound("vless-in"), ALICE, None);
+    out["transport"] = json!({ "type": "grpc", "service_name": "other" });
+    let sb = SingBox::start(out);
+    let echo = EchoServer::start();
+    let got = exchange(&sb, echo.addr(), b"hello").unwrap_or_default();
+    assert!(got != b"hello", "a stream for another service was served");
+    assert!(
+        wait_until(Duration::from_secs(5), || server.output().contains("unknown service other")),
+        "the refusal should be logged:\n{}",
+        server.output()
+    );
+}
+
+// === shardray's outbounds against sing-box as the gRPC server ===
+
+fn outbound_config(echo: SocketAddr, outbound: Value) -> Value {
+    json!({
+        "log": { "loglevel": "warning" },
+        "stats": {},
+        "api": loopback_api(&["StatsService"]),
+        "inbounds": [{ "tag": "fwd", "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
+                       "settings": { "address": echo.ip().to_string(), "port": echo.port(), "network": "tcp" } }],
+        "outbounds": [outbound, { "tag": "direct", "protocol": "freedom" }],
+        "policy": { "system": { "statsOutboundUplink": true, "statsOutboundDownlink": true } }
+    })
+}
+
+/// `data` to the dokodemo-door inbound and as many bytes back.
+fn plain_exchange(proxy: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let stream = TcpStream::connect(proxy).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut write_half = stream.try_clone().unwrap();
+    let data = data.to_vec();
+    let mut got = vec![0u8; data.len()];
+    let writer = std::thread::spawn(move || write_half.write_all(&data).unwrap());
+    let n = (&stream).read(&mut got[..]).unwrap_or(0);
+    if n > 0 {
+        let _ = (&stream).read_exact(&mut got[n..]);
+    } else {
+        got.clear();
+    }
+    writer.join().unwrap();
+    got
+}
+
+/// Echoes of every size and 8 at once through the outbound `tag`, its counters exact, and
+/// at most one connection per shard to the server.
+fn outbound_echoes(server: &Shardray, tag: &str, forwarder: &CountingForwarder, log: &dyn Fn() -> String) {
+    let proxy = server.inbound("fwd");
+    let mut total = 0i64;
+    for (i, &len) in SIZES.iter().enumerate() {
+        let data = payload(len, i as u64);
+        let got = plain_exchange(proxy, &data);
+        assert!(got == data, "{len} bytes: got {} back\n{}\n{}", got.len(), log(), server.output());
+        total += len as i64;
+    }
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            s.spawn(move || {
+                let data = payload(200_000, 50 + t);
+                assert!(plain_exchange(proxy, &data) == data, "parallel session {t}");
+            });
+        }
+    });
+    total += 8 * 200_000;
+    let api = ApiClient::connect(server.api.unwrap());
+    let (up, down) = (format!("outbound>>>{tag}>>>traffic>>>uplink"), format!("outbound>>>{tag}>>>traffic>>>downlink"));
+    assert!(
+        wait_until(Duration::from_secs(5), || api.get(&up, false).ok() == Some(total)
+            && api.get(&down, false).ok() == Some(total)),
+        "outbound counters {:?} / {:?}, expected {total}",
+        api.get(&up, false),
+        api.get(&down, false)
+    );
+    let conns = forwarder.accepted();
+    assert!((1..=2).contains(&conns), "{conns} connections to the server for 2 shards");
+}
+
+fn sing_box_grpc_server(inbound: Value, tls: Option<&SelfSigned>, service: &str) -> SingBox {
+    let mut inbound = inbound;
+    inbound["transport"] = json!({ "type": "grpc", "service_name": service });
+    if let Some(cert) = tls {
+        inbound["tls"] = json!({ "enabled": true, "server_name": "grpc.example", "alpn": ["h2"],
+            "certificate_path": cert.cert_file.to_str().unwrap(), "key_path": cert.key_file.to_str().unwrap() });
+    }
+    SingBox::serve(inbound)
+}
+
+#[test]
+fn vless_outbound_over_grpc_to_sing_box() {
+    let echo = EchoServer::start();
+    let sb = sing_box_grpc_server(
+        json!({ "type": "vless", "tag": "vless-in", "users": [{ "name": "u", "uuid": ALICE }] }),
+        None,
+        "gun",
+    );
+    let forwarder = CountingForwarder::start(sb.socks);
+    let outbound = json!({
+        "tag": "vless-out", "protocol": "vless",
+        "settings": { "vnext": [{ "address": "127.0.0.1", "port": forwarder.addr.port(),
+                                   "users": [{ "id": ALICE, "encryption": "none" }] }] },
+        "streamSettings": { "network": "grpc", "grpcSettings": { "serviceName": "gun" } }
+    });
+    let server = Shardray::start(&outbound_config(echo.addr(), outbound), 2);
+    outbound_echoes(&server, "vless-out", &forwarder, &|| sb.log());
+    // The connections die: once the shards have seen it (a session opened on a dying
+    // connection fails with it, as a grpc-go client's does), the next sessions open new ones.
+    let before = forwarder.accepted();
+    forwarder.cut();
+    let probe = payload(1000, 300);
+    assert!(
+        wait_until(Duration::from_secs(5), || plain_exchange(server.inbound("fwd"), &probe) == probe),
+        "no session got through after the cut\n{}",
+        server.output()
+    );
+    for t in 0..4u64 {
+        let data = payload(10_000, 200 + t);
+        assert!(plain_exchange(server.inbound("fwd"), &data) == data, "session {t} after the cut\n{}", server.output());
+    }
+    assert!(forwarder.accepted() > before, "no new connection after the cut");
+}
+
+#[test]
+fn trojan_outbound_over_grpc_tls_to_sing_box() {
+    const PASSWORD: &str = "the trojan server's password";
+    let echo = EchoServer::start();
+    let certs = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(certs.path(), &["grpc.example"]);
+    let sb = sing_box_grpc_server(
+        json!({ "type": "trojan", "tag": "trojan-in", "users": [{ "name": "u", "password": PASSWORD }] }),
+        Some(&cert),
+        "tr",
+    );
+    let forwarder = CountingForwarder::start(sb.socks);
+    let outbound = json!({
+        "tag": "trojan-out", "protocol": "trojan",
+        "settings": { "servers": [{ "address": "127.0.0.1", "port": forwarder.addr.port(), "password": PASSWORD }] },
+        "streamSettings": { "network": "grpc", "security": "tls",
+            "tlsSettings": { "serverName": "grpc.example", "allowInsecure": true },
+            "grpcSettings": { "serviceName": "tr" } }
+    });
+    let server = Shardray::start(&outbound_config(echo.addr(), outbound), 2);
+    outbound_echoes(&server, "trojan-out", &forwarder, &|| sb.log());
+}
+
+#[test]
+fn vmess_outbound_over_grpc_to_sing_box() {
+    let echo = EchoServer::start();
+    let sb = sing_box_grpc_server(
+        json!({ "type": "vmess", "tag": "vmess-in", "users": [{ "name": "u", "uuid": ALICE, "alterId": 0 }] }),
+        None,
+        "vm",
+    );
+    let forwarder = CountingForwarder::start(sb.socks);
+    let outbound = json!({
+        "tag": "vmess-out", "protocol": "vmess",
+        "settings": { "vnext": [{ "address": "127.0.0.1", "port": forwarder.addr.port(),
+                                   "users": [{ "id": ALICE, "security": "chacha20-poly1305" }] }] },
+        "streamSettings": { "network": "grpc", "grpcSettings": { "serviceName": "vm", "multiMode": false } }
+    });
+    let server = Shardray::start(&outbound_config(echo.addr(), outbound), 2);
+    outbound_echoes(&server, "vmess-out", &forwarder, &|| sb.log());
+}
+
+// === an HTTP/2 client of our own ===
+
+mod h2c {
+    //! A gun client on `h2` over plain TCP (tokio, current thread).
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Request};
+
+    /// What the server answered one request: the head's status and headers, the body, and
+    /// the trailers.
+    pub struct Answer {
+        pub status: u16,
+        pub headers: HeaderMap,
+        pub body: Vec<u8>,
+        pub trailers: Option<HeaderMap>,
+    }
+
+    /// Sends one request (`method`, `path`, `content_type`) with `body` and the end of its
+    /// stream, and reads the whole answer.
+    pub fn call(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Answer, String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let work = async {
+                let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                let (client, conn) = h2::client::handshake(tcp).await.map_err(|e| e.to_string())?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                let mut client = client.ready().await.map_err(|e| e.to_string())?;
+                let request = Request::builder()
+                    .method(method)
+                    .uri(format!("http://127.0.0.1{path}"))
+                    .header("content-type", content_type)
+                    .header("te", "trailers")
+                    .body(())
+                    .unwrap();
+                let (response, mut send) = client.send_request(request, false).map_err(|e| e.to_string())?;
+                send.send_data(Bytes::from(body), true).map_err(|e| e.to_string())?;
+                let response = response.await.map_err(|e| e.to_string())?;
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let mut recv = response.into_body();
+                let mut got = Vec::new();
+                while let Some(chunk) = recv.data().await {
+                    let chunk = chunk.map_err(|e| e.to_string())?;
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                    got.extend_from_slice(&chunk);
+                }
+                let trailers = recv.trailers().await.map_err(|e| e.to_string())?;
+                Ok(Answer { status, headers, body: got, trailers })
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(20), work).await.map_err(|_| "timed out".to_owned())?
+        })
+    }
+}
+
+/// One gRPC message carrying `fields` as repeated field 1 (a `MultiHunk`; one field is a `Hunk`).
+fn message(fields: &[&[u8]]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for f in fields {
+        body.push(0x0a);
+        let mut n = f.len();
+        while n >= 0x80 {
+            body.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        body.push(n as u8);
+        body.extend_from_slice(f);
+    }
+    let mut out = vec![0];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The payload of a stream of gun messages (one field each, as shardray sends them).
+fn unframe(mut stream: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut decoder = shardray_wire::grpc::GunDecoder::new();
+    while let Some(piece) = decoder.decode(&mut stream).expect("well-formed gun messages") {
+        out.extend_from_slice(piece);
+    }
+    out
+}
+
+fn plain_grpc_server(service: &str) -> Shardray {
+    let stream = grpc_stream(json!({ "serviceName": service }), None);
+    let mut config = vless_config(json!([{ "id": ALICE, "email": EMAIL }]), json!({ "streamSettings": stream }));
+    config["log"] = json!({ "loglevel": "info" });
+    Shardray::start(&config, 2)
+}
+
+#[test]
+fn tun_multi_sessions_from_our_own_client() {
+    let server = plain_grpc_server("gun");
+    let echo = EchoServer::start();
+    // The VLESS request and its payload split over the elements of two MultiHunks.
+    let header = request(ALICE, echo.addr());
+    let data = payload(70_000, 9);
+    let mut body = message(&[&header[..10], &header[10..], &data[..5]]);
+    body.extend(message(&[&data[5..40_000], b"", &data[40_000..]]));
+    let answer = h2c::call(server.inbound("vless-in"), "POST", "/gun/TunMulti", "application/grpc", body)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.output()));
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.headers.get("content-type").unwrap(), "application/grpc");
+    let back = unframe(&answer.body);
+    assert_eq!(&back[..2], [0, 0], "VLESS response header");
+    assert!(back[2..] == data[..], "{} bytes came back of {}", back.len() - 2, data.len());
+    let trailers = answer.trailers.expect("trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+}
+
+#[test]
+fn custom_paths_and_refused_requests() {
+    // A custom path: `/SERVICE/TUN|MULTI`.
+    let server = plain_grpc_server("/my/sample/tun|multi");
+    let addr = server.inbound("vless-in");
+    let echo = EchoServer::start();
+    for path in ["/my/sample/tun", "/my/sample/multi"] {
+        let mut body = message(&[&request(ALICE, echo.addr())]);
+        body.extend(message(&[b"custom"]));
+        let answer = h2c::call(addr, "POST", path, "application/grpc", body).unwrap();
+        assert_eq!(unframe(&answer.body), b"\0\0custom", "{path}");
+    }
+    // As grpc-go answers: 200 with grpc-status 12 for another service or method, 405 for
+    // another method, 415 for another content type.
+    let cases = [
+        ("POST", "/gun/Tun", "application/grpc", 200, "12", "unknown service gun"),
+        ("POST", "/my/sample/Tun", "application/grpc", 200, "12", "unknown method Tun for service my/sample"),
+        ("GET", "/my/sample/tun", "application/grpc", 405, "13", "expected POST"),
+        ("POST", "/my/sample/tun", "application/json", 415, "3", "content-type"),
+    ];
+    for (method, path, content_type, status, grpc_status, message_part) in cases {
+        let answer = h2c::call(addr, method, path, content_type, Vec::new()).unwrap();
+        assert_eq!(answer.status, status, "{method} {path} {content_type}");
+        assert_eq!(answer.headers.get("grpc-status").unwrap(), grpc_status, "{method} {path}");
+        let text = answer.headers.get("grpc-message").unwrap().to_str().unwrap().to_owned();
+        assert!(text.contains(message_part), "{method} {path}: {text}");
+        assert!(answer.body.is_empty());
+    }
+    // A broken message (compressed flag) fails its stream with INTERNAL, not the shard.
+    let answer = h2c::call(addr, "POST", "/my/sample/tun", "application/grpc", vec![1, 0, 0, 0, 1, 0]).unwrap();
+    assert_eq!(answer.status, 200);
+    let trailers = answer.trailers.expect("trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "13");
+    // Not HTTP/2 at all: the connection is closed, and the server still serves.
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink);
+    let mut body = message(&[&request(ALICE, echo.addr())]);
+    body.extend(message(&[b"still"]));
+    let answer = h2c::call(addr, "POST", "/my/sample/tun", "application/grpc", body).unwrap();
+    assert_eq!(unframe(&answer.body), b"\0\0still");
+}
