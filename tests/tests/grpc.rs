@@ -531,3 +531,163 @@ fn custom_paths_and_refused_requests() {
     let answer = h2c::call(addr, "POST", "/my/sample/tun", "application/grpc", body).unwrap();
     assert_eq!(unframe(&answer.body), b"\0\0still");
 }
+
+// === the API and links ===
+
+const GRPC_CONFIG: &str = "xray.transport.internet.grpc.encoding.Config";
+
+fn grpc_stream_config(
+    settings: &shardray_proto::xray::transport::internet::grpc::encoding::Config,
+) -> shardray_proto::xray::transport::internet::StreamConfig {
+    use shardray_proto::xray::transport::internet::{StreamConfig, TransportConfig};
+    StreamConfig {
+        protocol_name: "grpc".into(),
+        transport_settings: vec![TransportConfig {
+            protocol_name: "grpc".into(),
+            settings: Some(shardray_tests::api::typed(GRPC_CONFIG, settings)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_inbound_added_through_the_api_serves_grpc() {
+    use prost::Message;
+    use shardray_proto::xray::app::proxyman::command as handler;
+    use shardray_proto::xray::app::proxyman::ReceiverConfig;
+    use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, PortList, PortRange};
+    use shardray_proto::xray::core::InboundHandlerConfig;
+    use shardray_proto::xray::proxy::vless as vless_pb;
+    use shardray_proto::xray::transport::internet::grpc::encoding::Config as GrpcConfig;
+    use shardray_tests::api::{typed, vless_user};
+
+    let server = Shardray::start(&with_api(vless_config(json!([]), json!({}))), 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let port = shardray_tests::singbox::free_port();
+    let inbound = |tag: &str, stream| {
+        let receiver = ReceiverConfig {
+            port_list: Some(PortList { range: vec![PortRange { from: port.into(), to: port.into() }] }),
+            listen: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
+            stream_settings: Some(stream),
+            ..Default::default()
+        };
+        let proxy = vless_pb::inbound::Config {
+            clients: vec![vless_user(EMAIL, ALICE, 0)],
+            decryption: "none".into(),
+            ..Default::default()
+        };
+        InboundHandlerConfig {
+            tag: tag.into(),
+            receiver_settings: Some(typed("xray.app.proxyman.ReceiverConfig", &receiver)),
+            proxy_settings: Some(typed("xray.proxy.vless.inbound.Config", &proxy)),
+        }
+    };
+    let add = |i| api.block_on(api.handler().add_inbound(handler::AddInboundRequest { inbound: Some(i) }));
+
+    // A field number the Config does not define is refused, naming it.
+    let mut stream = grpc_stream_config(&GrpcConfig { service_name: "api-gun".into(), ..Default::default() });
+    let settings = stream.transport_settings[0].settings.as_mut().unwrap();
+    settings.value.extend_from_slice(&[0xa0, 0x06, 0x01]); // field 100, varint 1
+    let err = add(inbound("bad", stream)).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("100"), "{}", err.message());
+
+    let settings = GrpcConfig { service_name: "api-gun".into(), idle_timeout: 60, ..Default::default() };
+    assert!(!settings.encode_to_vec().is_empty());
+    add(inbound("grpc-added", grpc_stream_config(&settings))).unwrap();
+    let mut out = vless_outbound(SocketAddr::from(([127, 0, 0, 1], port)), ALICE, None);
+    out["transport"] = json!({ "type": "grpc", "service_name": "api-gun" });
+    let sb = SingBox::start(out);
+    let echo = EchoServer::start();
+    let data = payload(300_000, 7);
+    assert!(exchange(&sb, echo.addr(), &data).unwrap() == data, "{}", server.output());
+}
+
+#[test]
+fn an_outbound_added_through_the_api_speaks_grpc() {
+    use shardray_proto::xray::app::proxyman::command as handler;
+    use shardray_proto::xray::app::proxyman::SenderConfig;
+    use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain};
+    use shardray_proto::xray::common::protocol::ServerEndpoint;
+    use shardray_proto::xray::core::OutboundHandlerConfig;
+    use shardray_proto::xray::proxy::vless as vless_pb;
+    use shardray_proto::xray::transport::internet::grpc::encoding::Config as GrpcConfig;
+    use shardray_tests::api::{typed, vless_user};
+
+    let echo = EchoServer::start();
+    let sb = sing_box_grpc_server(
+        json!({ "type": "vless", "tag": "vless-in", "users": [{ "name": "u", "uuid": ALICE }] }),
+        None,
+        "api-out",
+    );
+    let forwarder = CountingForwarder::start(sb.socks);
+    let mut config = outbound_config(echo.addr(), json!({ "tag": "first", "protocol": "blackhole" }));
+    config["outbounds"] = json!([{ "tag": "first", "protocol": "blackhole" }]);
+    config["api"] = loopback_api(&["HandlerService", "StatsService"]);
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let endpoint = ServerEndpoint {
+        address: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
+        port: u32::from(forwarder.addr.port()),
+        user: vec![vless_user("", ALICE, 0)],
+    };
+    let stream = grpc_stream_config(&GrpcConfig { service_name: "api-out".into(), ..Default::default() });
+    let outbound = OutboundHandlerConfig {
+        tag: "vless-out".into(),
+        sender_settings: Some(typed(
+            "xray.app.proxyman.SenderConfig",
+            &SenderConfig { stream_settings: Some(stream), ..Default::default() },
+        )),
+        proxy_settings: Some(typed(
+            "xray.proxy.vless.outbound.Config",
+            &vless_pb::outbound::Config { vnext: Some(endpoint) },
+        )),
+        ..Default::default()
+    };
+    let mut client = api.handler();
+    api.block_on(client.add_outbound(handler::AddOutboundRequest { outbound: Some(outbound) })).unwrap();
+    api.block_on(client.remove_outbound(handler::RemoveOutboundRequest { tag: "first".into() })).unwrap();
+    outbound_echoes(&server, "vless-out", &forwarder, &|| sb.log());
+}
+
+#[test]
+fn links_carry_the_grpc_service() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vless_config(
+        json!([{ "id": ALICE, "email": EMAIL }]),
+        json!({ "streamSettings": grpc_stream(json!({ "serviceName": "my gun" }), None) }),
+    );
+    config["inbounds"][0]["port"] = json!(8080);
+    let mut trojan = trojan_config(
+        json!([{ "password": "pw", "email": "t@example.com" }]),
+        json!({ "streamSettings": grpc_stream(json!({ "serviceName": "tr", "multiMode": true }), None) }),
+    )["inbounds"][0]
+        .clone();
+    trojan["port"] = json!(8081);
+    let mut vmess = vmess_config(
+        json!([{ "id": ALICE, "email": "v@example.com" }]),
+        json!({ "streamSettings": grpc_stream(json!({ "serviceName": "vm", "multiMode": true }), None) }),
+    )["inbounds"][0]
+        .clone();
+    vmess["port"] = json!(8082);
+    config["inbounds"].as_array_mut().unwrap().extend([trojan, vmess]);
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    let (status, out) = shardray_tests::run_cli(&["link", "-c", file.to_str().unwrap(), "--host", "proxy.example"]);
+    assert!(status.success(), "{out}");
+    for want in [
+        format!(
+            "vless://{ALICE}@proxy.example:8080?encryption=none&security=none&type=grpc&serviceName=my%20gun&mode=gun\
+             #alice%40example.com"
+        ),
+        "trojan://pw@proxy.example:8081?security=none&type=grpc&serviceName=tr&mode=multi#t%40example.com".to_owned(),
+    ] {
+        assert!(out.contains(&want), "{want} not in\n{out}");
+    }
+    let line = out.lines().find(|l| l.starts_with("vmess://")).unwrap_or_else(|| panic!("{out}"));
+    let json = base64::engine::general_purpose::STANDARD.decode(&line["vmess://".len()..]).unwrap();
+    let link: Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!((&link["net"], &link["path"], &link["type"]), (&json!("grpc"), &json!("vm"), &json!("multi")));
+}
