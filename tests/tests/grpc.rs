@@ -152,11 +152,18 @@ fn sing_box_vless_over_grpc() {
     let stream = grpc_stream(json!({ "serviceName": "gun" }), None);
     let config = with_api(vless_config(json!([{ "id": ALICE, "email": EMAIL }]), json!({ "streamSettings": stream })));
     let server = Shardray::start(&config, 2);
-    sing_box_through(&server, "vless-in", |to| {
-        let mut out = vless_outbound(to, ALICE, None);
-        out["transport"] = json!({ "type": "grpc", "service_name": "gun" });
-        out
-    });
+    let forwarder = CountingForwarder::start(server.inbound("vless-in"));
+    let mut out = vless_outbound(forwarder.addr, ALICE, None);
+    out["transport"] = json!({ "type": "grpc", "service_name": "gun" });
+    let sb = SingBox::start(out);
+    echoes_and_counters(&server, &sb);
+    assert_eq!(forwarder.accepted(), 1, "sing-box should carry every session on one connection");
+    // sing-box keeps its idle connection open: that is no live session, and a stop does not
+    // wait out the grace period for it.
+    let started = std::time::Instant::now();
+    let status = server.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the stop took {:?}", started.elapsed());
 }
 
 #[test]
@@ -520,12 +527,17 @@ fn custom_paths_and_refused_requests() {
     assert_eq!(answer.status, 200);
     let trailers = answer.trailers.expect("trailers");
     assert_eq!(trailers.get("grpc-status").unwrap(), "13");
-    // Not HTTP/2 at all: the connection is closed, and the server still serves.
-    let mut raw = TcpStream::connect(addr).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut sink = Vec::new();
-    let _ = raw.read_to_end(&mut sink);
+    // Not HTTP/2 at all, or a broken frame (a SETTINGS frame of 5 bytes) after the preface:
+    // the connection is closed, and the server still serves.
+    let mut broken_frame = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    broken_frame.extend_from_slice(&[0, 0, 5, 4, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5]);
+    for garbage in [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), broken_frame] {
+        let mut raw = TcpStream::connect(addr).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        raw.write_all(&garbage).unwrap();
+        let mut sink = Vec::new();
+        let _ = raw.read_to_end(&mut sink);
+    }
     let mut body = message(&[&request(ALICE, echo.addr())]);
     body.extend(message(&[b"still"]));
     let answer = h2c::call(addr, "POST", "/my/sample/tun", "application/grpc", body).unwrap();
@@ -690,4 +702,38 @@ fn links_carry_the_grpc_service() {
     let json = base64::engine::general_purpose::STANDARD.decode(&line["vmess://".len()..]).unwrap();
     let link: Value = serde_json::from_slice(&json).unwrap();
     assert_eq!((&link["net"], &link["path"], &link["type"]), (&json!("grpc"), &json!("vm"), &json!("multi")));
+}
+
+/// Opens an HTTP/2 connection by hand (preface and empty SETTINGS), then answers nothing;
+/// returns how long the server took to close it.
+fn silent_http2_client(addr: SocketAddr) -> Duration {
+    let started = std::time::Instant::now();
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    raw.write_all(&hello).unwrap();
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = raw.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
+#[test]
+fn unanswered_keepalives_and_idle_connections_are_closed() {
+    // A ping every second, an answer due within one.
+    let stream = grpc_stream(json!({ "serviceName": "gun", "idle_timeout": 1, "health_check_timeout": 1 }), None);
+    let server = Shardray::start(&vless_config(json!([{ "id": ALICE }]), json!({ "streamSettings": stream })), 2);
+    let took = silent_http2_client(server.inbound("vless-in"));
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(10), "closed after {took:?}");
+    // No keepalive, but a connIdle of 2 s: a connection without streams goes then.
+    let stream = grpc_stream(json!({ "serviceName": "gun" }), None);
+    let mut config = vless_config(json!([{ "id": ALICE }]), json!({ "streamSettings": stream }));
+    config["policy"]["levels"]["0"]["connIdle"] = json!(2);
+    let server = Shardray::start(&config, 2);
+    let took = silent_http2_client(server.inbound("vless-in"));
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "closed after {took:?}");
 }

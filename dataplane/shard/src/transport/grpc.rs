@@ -397,6 +397,9 @@ where
     let tag = &inbound.tag;
     let peer = info.peer;
     let policy = ctx.policy(0);
+    // The connection is not a session (its streams are): an idle one neither shows among the
+    // live sessions nor holds up a drain.
+    let _not_a_session = NotASession::new(ctx);
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(MAX_STREAMS)
@@ -421,43 +424,59 @@ where
         }
     };
     let state = ConnState::new();
-    let pinger = match (spec.idle_timeout, conn.ping_pong()) {
-        (0, _) | (_, None) => None,
-        (secs, Some(pings)) => {
-            let within = match spec.health_check_timeout {
-                0 => DEFAULT_HEALTH_CHECK,
-                s => Duration::from_secs(u64::from(s)),
-            };
-            let state = state.clone();
-            Some(glommio::spawn_local(async move {
-                keepalive(pings, Duration::from_secs(u64::from(secs)), within, || false).await;
-                state.dead.set(true);
-            }))
+    let pings = conn.ping_pong();
+    // Polled beside the connection in this task: it ends when a ping goes unanswered.
+    let keeping = async {
+        match (spec.idle_timeout, pings) {
+            (secs, Some(pings)) if secs > 0 => {
+                let within = match spec.health_check_timeout {
+                    0 => DEFAULT_HEALTH_CHECK,
+                    s => Duration::from_secs(u64::from(s)),
+                };
+                keepalive(pings, Duration::from_secs(u64::from(secs)), within, || false).await
+            }
+            _ => futures_lite::future::pending().await,
         }
     };
+    futures_lite::pin!(keeping);
     let paths = service_paths(&spec.service_name);
     let idle = policy.conn_idle;
     let tick = idle.min(Duration::from_secs(5));
+    /// What woke the connection's task.
+    enum Event<T> {
+        Accepted(Option<Result<T, h2::Error>>),
+        Tick,
+        Unanswered,
+    }
     loop {
-        let next = futures_lite::future::or(async { Some(conn.accept().await) }, async {
-            glommio::timer::sleep(tick).await;
-            None
-        })
+        let next = futures_lite::future::or(
+            async { Event::Accepted(conn.accept().await) },
+            futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(tick).await;
+                    Event::Tick
+                },
+                async {
+                    (&mut keeping).await;
+                    Event::Unanswered
+                },
+            ),
+        )
         .await;
         match next {
-            Some(Some(Ok((request, respond)))) => {
+            Event::Accepted(Some(Ok((request, respond)))) => {
                 stream_opened(ctx, inbound, &info, &paths, &state, request, respond);
             }
-            Some(Some(Err(e))) => {
+            Event::Accepted(Some(Err(e))) => {
                 ctx.log.error(LogLevel::Debug, format_args!("[{tag}] {peer} grpc connection: {e}"));
                 break;
             }
-            Some(None) => break,
-            None if state.dead.get() => {
+            Event::Accepted(None) => break,
+            Event::Unanswered => {
                 ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} grpc keepalive ping unanswered: closed"));
                 break;
             }
-            None if state.open.get() == 0 && state.last_active.get().elapsed() >= idle => {
+            Event::Tick if state.open.get() == 0 && state.last_active.get().elapsed() >= idle => {
                 conn.graceful_shutdown();
                 let closing = futures_lite::future::poll_fn(|cx| conn.poll_closed(cx));
                 let _ = futures_lite::future::or(async { closing.await.ok() }, async {
@@ -467,15 +486,31 @@ where
                 .await;
                 break;
             }
-            None => {}
+            Event::Tick => {}
         }
     }
-    if let Some(pinger) = pinger {
-        drop(pinger.cancel());
-    }
-    // The sessions' tasks end as their streams fail; the socket they describe lives until then.
+    // Dropping the connection fails its streams; the sessions' tasks end with them, and the
+    // socket they describe lives until then.
+    drop(conn);
     while state.open.get() > 0 {
         glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Takes a connection out of the shard's live sessions while held (the accept loop counts
+/// every connection as one).
+struct NotASession(Rc<ShardCtx>);
+
+impl NotASession {
+    fn new(ctx: &Rc<ShardCtx>) -> NotASession {
+        ctx.live.set(ctx.live.get() - 1);
+        NotASession(ctx.clone())
+    }
+}
+
+impl Drop for NotASession {
+    fn drop(&mut self) {
+        self.0.live.set(self.0.live.get() + 1);
     }
 }
 
