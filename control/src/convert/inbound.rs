@@ -913,6 +913,25 @@ mod tests {
     }
 
     #[test]
+    fn grpc_inbounds_survive_the_api_form() {
+        let spec = load(json!({
+            "tag": "g", "listen": "127.0.0.1", "port": 4434, "protocol": "trojan",
+            "settings": { "clients": [] },
+            "streamSettings": { "network": "grpc", "grpcSettings": { "serviceName": "/a/b|c",
+                "multiMode": true, "idle_timeout": 30, "health_check_timeout": -5, "authority": "x.example",
+                "user_agent": "ua", "initial_windows_size": 65536, "permit_without_stream": true } }
+        }));
+        let TransportSpec::Grpc(g) = &spec.transport else { panic!("{:?}", spec.transport) };
+        assert_eq!((g.service_name.as_str(), g.idle_timeout, g.health_check_timeout), ("/a/b|c", 30, 0));
+        let api = inbound_config(&spec);
+        let receiver = ReceiverConfig::decode(&api.receiver_settings.as_ref().unwrap().value[..]).unwrap();
+        let stream = receiver.stream_settings.unwrap();
+        assert_eq!(stream.protocol_name, "grpc");
+        assert_eq!(stream.transport_settings[0].settings.as_ref().unwrap().r#type, GRPC);
+        assert_eq!(through_api(&spec).unwrap(), spec);
+    }
+
+    #[test]
     fn a_vless_tls_inbound_survives_the_api_form() {
         let spec = load(json!({
             "tag": "in-tls", "listen": "127.0.0.1", "port": 4431, "protocol": "vless",
