@@ -280,7 +280,12 @@ fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<Inbound
         }
         _ => None,
     };
-    Ok(InboundStream { tls: tls_of_stream(raw, path)?, sockopt, http_header, transport })
+    let mut tls = tls_of_stream(raw, path)?;
+    if let (Some(tls), TransportSpec::Grpc(_)) = (&mut tls, &transport) {
+        // As Xray's gRPC server: HTTP/2 is the only protocol it offers, whatever `alpn` says.
+        tls.alpn = vec!["h2".into()];
+    }
+    Ok(InboundStream { tls, sockopt, http_header, transport })
 }
 
 /// `network` and the settings of the transport it names, inbound or outbound.
