@@ -5,8 +5,8 @@
 # connection), per transport, twice each, alternating; prints MB/s and the server's CPU
 # seconds per GB (from /proc). Run from the repository root after
 # `cargo build --release -p shardray`:
-#   python3 perf/transport-upload.py
-import json, os, tempfile, socket, struct, subprocess, threading, time
+#   python3 perf/transport-upload.py [ws] [grpc]
+import json, os, tempfile, socket, struct, subprocess, sys, threading, time
 SB = os.environ.get("SING_BOX_BIN") or subprocess.run(["perf/peers.sh", "sing-box"], capture_output=True, text=True).stdout.split("=", 1)[1].strip()
 SR = os.environ.get("SHARDRAY_BIN", "target/release/shardray")
 UUID = "b831381d-6324-4d53-ad4f-8cda48b30811"
@@ -78,6 +78,6 @@ def run(kind, transport, total=1 << 30, conns=4):
     print("%-9s %-5s %6.0f MB/s  server CPU %.2f s/GB" % (kind, transport, total / el / 1e6, (c1 - c0) / gb), flush=True)
 def sb_transport(t):
     return {"type": "ws", "path": "/p"} if t == "ws" else {"type": "grpc", "service_name": "p"}
-for transport in ["ws", "grpc"]:
+for transport in sys.argv[1:] or ["ws", "grpc"]:
     for kind in ["shardray", "sing-box", "shardray", "sing-box"]:
         run(kind, transport)

@@ -36,6 +36,10 @@ pub(crate) const MAX_STREAMS: u32 = 512;
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 8 << 20;
 
+/// The largest DATA frame we accept (HTTP/2's default is 16 KiB): peers that honour it send
+/// bulk data in fewer frames, each a wake-up and a header to parse.
+const MAX_FRAME: u32 = 256 * 1024;
+
 /// gRPC's wait for a keepalive ping's answer when `health_check_timeout` is 0.
 const DEFAULT_HEALTH_CHECK: Duration = Duration::from_secs(20);
 
@@ -405,6 +409,7 @@ where
         .max_concurrent_streams(MAX_STREAMS)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .max_header_list_size(16 * 1024)
         .max_send_buffer_size(MAX_MESSAGE + MAX_HEADER_LEN);
     let handshake = futures_lite::future::or(async { Some(builder.handshake(TokioIo(stream)).await) }, async {
@@ -730,6 +735,7 @@ impl GrpcClient {
         builder
             .initial_window_size(window)
             .initial_connection_window_size(CONNECTION_WINDOW.max(window))
+            .max_frame_size(MAX_FRAME)
             .max_send_buffer_size(MAX_MESSAGE + MAX_HEADER_LEN);
         let handshake = builder.handshake::<_, Bytes>(TokioIo(stream));
         let (sender, mut connection) = futures_lite::future::or(async { handshake.await.map_err(h2_error) }, async {
