@@ -2,7 +2,8 @@
 //! the client of VLESS, Trojan and VMess over it (plain and TLS), byte-exact echoes of up to
 //! 4 MiB, several sessions at once over one HTTP/2 connection, exact per-user counters; a
 //! wrong service name refused; shardray's own VLESS, Trojan and VMess outbounds against
-//! sing-box as the gRPC server (one connection per shard carrying the sessions); and an
+//! sing-box as the gRPC server (one connection per shard carrying the sessions); UDP over it
+//! both ways; the API's forms and share links; keepalive and idle limits; and an
 //! HTTP/2 client of our own for what sing-box does not send (`TunMulti`, wrong paths,
 //! methods and content types, broken messages).
 
@@ -738,4 +739,71 @@ fn unanswered_keepalives_and_idle_connections_are_closed() {
     let server = Shardray::start(&config, 2);
     let took = silent_http2_client(server.inbound("vless-in"));
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "closed after {took:?}");
+}
+
+#[test]
+fn sing_box_vless_udp_over_grpc() {
+    use shardray_tests::udp::{echo_datagrams, Socks5Udp, UdpEcho};
+    let stream = grpc_stream(json!({ "serviceName": "gun" }), None);
+    let config = with_api(vless_config(json!([{ "id": ALICE, "email": EMAIL }]), json!({ "streamSettings": stream })));
+    let server = Shardray::start(&config, 2);
+    // sing-box's default packet encoding (XUDP) and plain VLESS UDP, each a stream.
+    for encoding in [None, Some("")] {
+        let mut out = vless_outbound(server.inbound("vless-in"), ALICE, None);
+        out["transport"] = json!({ "type": "grpc", "service_name": "gun" });
+        if let Some(e) = encoding {
+            out["packet_encoding"] = json!(e);
+        }
+        let sb = SingBox::start(out);
+        let echoes: Vec<UdpEcho> = (0..2).map(|_| UdpEcho::start()).collect();
+        let log = || format!("{}\n{}", sb.log(), server.output());
+        std::thread::scope(|s| {
+            for (i, echo) in echoes.iter().enumerate() {
+                let (log, dest, socks) = (&log, echo.addr(), sb.socks);
+                s.spawn(move || {
+                    let path = Socks5Udp::associate(socks).unwrap();
+                    echo_datagrams(&path, dest, None, 300, 40 + i as u64, 8, log)
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn trojan_outbound_carries_udp_over_grpc_to_sing_box() {
+    use shardray_tests::udp::{echo_datagrams, Direct, UdpEcho};
+    const PASSWORD: &str = "the trojan server's password";
+    let sb = sing_box_grpc_server(
+        json!({ "type": "trojan", "tag": "trojan-in", "users": [{ "name": "u", "password": PASSWORD }] }),
+        None,
+        "tr",
+    );
+    let echo = UdpEcho::start();
+    let config = json!({
+        "log": { "loglevel": "warning" },
+        "stats": {},
+        "api": loopback_api(&["StatsService"]),
+        "inbounds": [{ "tag": "door", "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
+            "settings": { "address": "127.0.0.1", "port": echo.addr().port(), "network": "udp" } }],
+        "outbounds": [
+            { "tag": "trojan-out", "protocol": "trojan",
+              "settings": { "servers": [{ "address": "127.0.0.1", "port": sb.socks.port(), "password": PASSWORD }] },
+              "streamSettings": { "network": "grpc", "grpcSettings": { "serviceName": "tr" } } },
+            { "tag": "direct", "protocol": "freedom" }
+        ],
+        "policy": { "system": { "statsOutboundUplink": true, "statsOutboundDownlink": true } }
+    });
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let log = || format!("{}\n{}", sb.log(), server.output());
+    let door = server.inbound("door");
+    let total = echo_datagrams(&Direct::to(door), echo.addr(), Some(door), 500, 3, 8, &log) as i64;
+    let (up, down) = ("outbound>>>trojan-out>>>traffic>>>uplink", "outbound>>>trojan-out>>>traffic>>>downlink");
+    assert!(
+        wait_until(Duration::from_secs(5), || api.get(up, false).ok() == Some(total)
+            && api.get(down, false).ok() == Some(total)),
+        "outbound counters {:?} / {:?}, expected {total}",
+        api.get(up, false),
+        api.get(down, false)
+    );
 }
