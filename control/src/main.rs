@@ -266,7 +266,17 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
         let port = inbound.listen.port();
         // `type=ws&path=..&host=..` as v2rayN and Xray's share links write the transport.
         let transport = match inbound.transport.http() {
-            None => "tcp".to_owned(),
+            None => match &inbound.transport {
+                // `type=grpc&serviceName=..&mode=gun|multi`, as v2rayN and Xray's links write it.
+                shardray_core::spec::TransportSpec::Grpc(g) => {
+                    let mut t = format!("grpc&serviceName={}&mode={}", percent(&g.service_name), grpc_mode(g));
+                    if !g.authority.is_empty() {
+                        t.push_str(&format!("&authority={}", percent(&g.authority)));
+                    }
+                    t
+                }
+                _ => "tcp".to_owned(),
+            },
             Some(h) => {
                 let mut t = format!("{}&path={}", inbound.transport.name(), percent(&link_path(h)));
                 if !h.host.is_empty() {
@@ -367,12 +377,28 @@ fn vmess_link(
         None => ("tcp", String::new(), String::new()),
         Some(h) => (inbound.transport.name(), h.host.clone(), link_path(h)),
     };
+    // gRPC as v2rayN writes it: the service name as `path`, the mode as `type`.
+    let (net, http_host, path, kind) = match &inbound.transport {
+        shardray_core::spec::TransportSpec::Grpc(g) => {
+            ("grpc", g.authority.clone(), g.service_name.clone(), grpc_mode(g))
+        }
+        _ => (net, http_host, path, "none"),
+    };
     let json = serde_json::json!({
         "v": "2", "ps": name, "add": host, "port": inbound.listen.port().to_string(), "id": id.to_string(),
-        "aid": "0", "scy": security.name(), "net": net, "type": "none", "host": http_host, "path": path,
+        "aid": "0", "scy": security.name(), "net": net, "type": kind, "host": http_host, "path": path,
         "tls": tls, "sni": sni,
     });
     format!("vmess://{}", base64::engine::general_purpose::STANDARD.encode(json.to_string()))
+}
+
+/// A gRPC transport's mode as share links name it.
+fn grpc_mode(g: &shardray_core::spec::GrpcSpec) -> &'static str {
+    if g.multi_mode {
+        "multi"
+    } else {
+        "gun"
+    }
 }
 
 /// A host as a URL writes it: an IPv6 address in brackets.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use shardray_core::spec::{
-    Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, HttpHeaderSpec, HttpInboundSpec,
+    Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, GrpcSpec, HttpHeaderSpec, HttpInboundSpec,
     HttpTransportSpec, InboundProtocol, InboundSpec, NetworkSet, ProxyAccount, ShadowsocksInboundSpec, SocketOptions,
     SocksInboundSpec, TlsServerSpec, TlsVersion, TransportSpec, TrojanInboundSpec, UserSpec, VlessInboundSpec,
     VmessInboundSpec, VmessSecurity,
@@ -19,10 +19,10 @@ use uuid::Uuid;
 
 use super::error::ConfigError;
 use super::raw::{
-    RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawHttpRequest, RawHttpResponse, RawHttpSettings,
-    RawHttpTransport, RawInbound, RawProxyAccount, RawShadowsocksClient, RawShadowsocksSettings, RawSniffing,
-    RawSocksSettings, RawStreamSettings, RawTcpSettings, RawTlsSettings, RawTrojanClient, RawTrojanSettings,
-    RawVlessClient, RawVlessSettings, RawVmessClient, RawVmessSettings, StringList,
+    RawAllocate, RawCertificate, RawDokodemoSettings, RawFallback, RawGrpcSettings, RawHttpRequest, RawHttpResponse,
+    RawHttpSettings, RawHttpTransport, RawInbound, RawProxyAccount, RawShadowsocksClient, RawShadowsocksSettings,
+    RawSniffing, RawSocksSettings, RawStreamSettings, RawTcpSettings, RawTlsSettings, RawTrojanClient,
+    RawTrojanSettings, RawVlessClient, RawVlessSettings, RawVmessClient, RawVmessSettings, StringList,
 };
 use super::validate::{check_loopback, deserialize_at, is_empty_value, parse_host_port, parse_port, value_text};
 
@@ -30,8 +30,7 @@ use super::validate::{check_loopback, deserialize_at, is_empty_value, parse_host
 const LATER_PROTOCOLS: &[&str] = &["mixed", "wireguard", "hysteria", "hysteria2", "tun"];
 
 /// Transports upstream has besides raw TCP.
-const LATER_NETWORKS: &[&str] =
-    &["grpc", "gun", "h2", "http", "kcp", "mkcp", "quic", "xhttp", "splithttp", "domainsocket", "ds"];
+const LATER_NETWORKS: &[&str] = &["h2", "http", "kcp", "mkcp", "quic", "xhttp", "splithttp", "domainsocket", "ds"];
 
 /// The validated inbounds and what the rest of validation needs to know about them.
 pub(super) struct Inbounds {
@@ -268,7 +267,8 @@ fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<Inbound
         "httpupgrade" => asked(&raw.httpupgrade_settings),
         _ => false,
     };
-    let transport = stream_transport(&network, &mut raw.ws_settings, &mut raw.httpupgrade_settings, path)?;
+    let transport =
+        stream_transport(&network, &mut raw.ws_settings, &mut raw.httpupgrade_settings, &mut raw.grpc_settings, path)?;
     // `rawSettings` is the newer name; where both are given it wins, as in Xray. Another
     // transport ignores both, as Xray does.
     let (tcp, tcp_path) = match raw.raw_settings.take() {
@@ -288,7 +288,12 @@ fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<Inbound
         }
         _ => None,
     };
-    Ok(InboundStream { tls: tls_of_stream(raw, path)?, reality, sockopt, http_header, transport })
+    let mut tls = tls_of_stream(raw, path)?;
+    if let (Some(tls), TransportSpec::Grpc(_)) = (&mut tls, &transport) {
+        // As Xray's gRPC server: HTTP/2 is the only protocol it offers, whatever `alpn` says.
+        tls.alpn = vec!["h2".into()];
+    }
+    Ok(InboundStream { tls, reality, sockopt, http_header, transport })
 }
 
 /// `network` and the settings of the transport it names, inbound or outbound.
@@ -296,9 +301,13 @@ pub(super) fn stream_transport(
     network: &str,
     ws: &mut Option<RawHttpTransport>,
     httpupgrade: &mut Option<RawHttpTransport>,
+    grpc: &mut Option<RawGrpcSettings>,
     path: &str,
 ) -> Result<TransportSpec, ConfigError> {
     match network {
+        "grpc" | "gun" => {
+            Ok(TransportSpec::Grpc(Box::new(grpc_settings(grpc.take(), &format!("{path}.grpcSettings"))?)))
+        }
         "" | "tcp" | "raw" => Ok(TransportSpec::Raw),
         "ws" | "websocket" => {
             Ok(TransportSpec::Ws(Box::new(http_transport(ws.take(), &format!("{path}.wsSettings"), true)?)))
@@ -363,6 +372,54 @@ fn http_transport(raw: Option<RawHttpTransport>, path: &str, ws: bool) -> Result
         return Err(ConfigError::invalid(format!("{path}.host"), format!("{host:?} is not a host name")));
     }
     Ok(HttpTransportSpec { path: url_path, host, headers, early_data })
+}
+
+/// `grpcSettings` outside a config file (the API's gRPC TransportConfig in its JSON form),
+/// checked as a config's are; errors name fields under `path`.
+pub fn load_grpc_settings(value: Value, path: &str) -> Result<GrpcSpec, ConfigError> {
+    grpc_settings(Some(deserialize_at(value, path)?), path)
+}
+
+/// `grpcSettings`, as Xray builds them: negative durations and windows count as 0. The
+/// client-only keys (`multiMode`, `authority`, `user_agent`, `initial_windows_size`,
+/// `permit_without_stream`) mean nothing to a server, which ignores them as Xray does.
+fn grpc_settings(raw: Option<RawGrpcSettings>, path: &str) -> Result<GrpcSpec, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    let secs = |v: Option<i64>, key: &str| -> Result<u32, ConfigError> {
+        match v.unwrap_or(0) {
+            n if n <= 0 => Ok(0),
+            n => {
+                u32::try_from(n).map_err(|_| ConfigError::invalid(format!("{path}.{key}"), format!("{n} is too large")))
+            }
+        }
+    };
+    let service_name = raw.service_name.unwrap_or_default();
+    if service_name.bytes().any(|b| b.is_ascii_control() || b == b' ') && service_name.starts_with('/') {
+        return Err(ConfigError::invalid(format!("{path}.serviceName"), format!("{service_name:?} is not a URL path")));
+    }
+    let authority = raw.authority.unwrap_or_default();
+    if authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'/') {
+        return Err(ConfigError::invalid(format!("{path}.authority"), format!("{authority:?} is not a host name")));
+    }
+    let user_agent = raw.user_agent.unwrap_or_default();
+    if user_agent.bytes().any(|b| b.is_ascii_control()) {
+        return Err(ConfigError::invalid(format!("{path}.user_agent"), "not a valid header value"));
+    }
+    let initial_windows_size = secs(raw.initial_windows_size, "initial_windows_size")?;
+    // HTTP/2 windows are 31-bit.
+    if initial_windows_size > (1 << 31) - 1 {
+        return Err(ConfigError::invalid(format!("{path}.initial_windows_size"), "above 2^31-1"));
+    }
+    Ok(GrpcSpec {
+        service_name,
+        multi_mode: raw.multi_mode.unwrap_or(false),
+        idle_timeout: secs(raw.idle_timeout, "idle_timeout")?,
+        health_check_timeout: secs(raw.health_check_timeout, "health_check_timeout")?,
+        permit_without_stream: raw.permit_without_stream.unwrap_or(false),
+        initial_windows_size,
+        user_agent,
+        authority,
+    })
 }
 
 /// A transport path and the early-data length its `ed` query parameter gives (0 without).

@@ -18,7 +18,7 @@ use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortL
 use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::{dokodemo, http, shadowsocks, shadowsocks_2022, socks, trojan, vless, vmess};
 use shardray_proto::xray::transport::internet::{
-    httpupgrade, reality, tls, websocket, SocketConfig, StreamConfig, TransportConfig,
+    grpc, httpupgrade, reality, tls, websocket, SocketConfig, StreamConfig, TransportConfig,
 };
 
 use super::{api_user, ip_bytes, ip_from_bytes, message_type, typed, user_spec, Flavor};
@@ -43,6 +43,7 @@ const SS2022_MULTI_INBOUND: &str = "xray.proxy.shadowsocks_2022.MultiUserServerC
 const WEBSOCKET: &str = "xray.transport.internet.websocket.Config";
 const HTTPUPGRADE: &str = "xray.transport.internet.httpupgrade.Config";
 const REALITY: &str = "xray.transport.internet.reality.Config";
+const GRPC: &str = "xray.transport.internet.grpc.encoding.Config";
 
 /// An AddInbound request that cannot become a config inbound; names the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,6 +323,10 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
                 let json = http_transport_json(&c.host, &c.path, &c.header, c.accept_proxy_protocol, c.ed);
                 out.insert("httpupgradeSettings".into(), json);
             }
+            Ok((Flavor::Xray, "transport.internet.grpc.encoding.Config")) => {
+                let c: grpc::encoding::Config = decode(&settings.value, GRPC, &field)?;
+                out.insert("grpcSettings".into(), grpc_json(&c));
+            }
             _ if settings.value.is_empty() => {}
             _ => {
                 return Err(invalid(format!(
@@ -428,6 +433,20 @@ fn reality_config(r: &shardray_core::spec::RealityServerSpec) -> reality::Config
         short_ids: r.short_ids.iter().map(|s| s.to_vec()).collect(),
         ..Default::default()
     }
+}
+
+/// `grpcSettings` from the API's gRPC Config, in the config's names.
+pub(crate) fn grpc_json(c: &grpc::encoding::Config) -> Value {
+    json!({
+        "serviceName": c.service_name,
+        "multiMode": c.multi_mode,
+        "idle_timeout": c.idle_timeout,
+        "health_check_timeout": c.health_check_timeout,
+        "permit_without_stream": c.permit_without_stream,
+        "initial_windows_size": c.initial_windows_size,
+        "user_agent": c.user_agent,
+        "authority": c.authority,
+    })
 }
 
 /// `wsSettings` / `httpupgradeSettings` from the API's fields: the early-data length goes back
@@ -678,7 +697,22 @@ fn socket_config(o: &SocketOptions) -> SocketConfig {
     }
 }
 
-/// The API form of an HTTP transport: Xray's protocol name and its TransportConfig.
+/// The API form of `grpcSettings`.
+pub(crate) fn grpc_config(g: &shardray_core::spec::GrpcSpec) -> grpc::encoding::Config {
+    let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    grpc::encoding::Config {
+        authority: g.authority.clone(),
+        service_name: g.service_name.clone(),
+        multi_mode: g.multi_mode,
+        idle_timeout: int(g.idle_timeout),
+        health_check_timeout: int(g.health_check_timeout),
+        permit_without_stream: g.permit_without_stream,
+        initial_windows_size: int(g.initial_windows_size),
+        user_agent: g.user_agent.clone(),
+    }
+}
+
+/// The API form of a transport: Xray's protocol name and its TransportConfig.
 fn transport_config(t: &TransportSpec) -> Option<(&'static str, TransportConfig)> {
     let (name, settings) = match t {
         TransportSpec::Raw => return None,
@@ -702,6 +736,7 @@ fn transport_config(t: &TransportSpec) -> Option<(&'static str, TransportConfig)
             };
             ("httpupgrade", typed(HTTPUPGRADE, &c))
         }
+        TransportSpec::Grpc(g) => ("grpc", typed(GRPC, &grpc_config(g))),
     };
     Some((name, TransportConfig { protocol_name: name.into(), settings: Some(settings), ..Default::default() }))
 }
@@ -946,6 +981,25 @@ mod tests {
             );
             assert_eq!(through_api(&spec).unwrap(), spec);
         }
+    }
+
+    #[test]
+    fn grpc_inbounds_survive_the_api_form() {
+        let spec = load(json!({
+            "tag": "g", "listen": "127.0.0.1", "port": 4434, "protocol": "trojan",
+            "settings": { "clients": [] },
+            "streamSettings": { "network": "grpc", "grpcSettings": { "serviceName": "/a/b|c",
+                "multiMode": true, "idle_timeout": 30, "health_check_timeout": -5, "authority": "x.example",
+                "user_agent": "ua", "initial_windows_size": 65536, "permit_without_stream": true } }
+        }));
+        let TransportSpec::Grpc(g) = &spec.transport else { panic!("{:?}", spec.transport) };
+        assert_eq!((g.service_name.as_str(), g.idle_timeout, g.health_check_timeout), ("/a/b|c", 30, 0));
+        let api = inbound_config(&spec);
+        let receiver = ReceiverConfig::decode(&api.receiver_settings.as_ref().unwrap().value[..]).unwrap();
+        let stream = receiver.stream_settings.unwrap();
+        assert_eq!(stream.protocol_name, "grpc");
+        assert_eq!(stream.transport_settings[0].settings.as_ref().unwrap().r#type, GRPC);
+        assert_eq!(through_api(&spec).unwrap(), spec);
     }
 
     #[test]

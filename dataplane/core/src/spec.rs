@@ -285,6 +285,8 @@ pub enum TransportSpec {
     Ws(Box<HttpTransportSpec>),
     /// `httpupgrade` with `httpupgradeSettings`.
     HttpUpgrade(Box<HttpTransportSpec>),
+    /// `grpc` (`gun`) with `grpcSettings`.
+    Grpc(Box<GrpcSpec>),
 }
 
 impl TransportSpec {
@@ -294,13 +296,14 @@ impl TransportSpec {
             TransportSpec::Raw => "raw",
             TransportSpec::Ws(_) => "ws",
             TransportSpec::HttpUpgrade(_) => "httpupgrade",
+            TransportSpec::Grpc(_) => "grpc",
         }
     }
 
     /// The HTTP transport's settings, if it is one.
     pub fn http(&self) -> Option<&HttpTransportSpec> {
         match self {
-            TransportSpec::Raw => None,
+            TransportSpec::Raw | TransportSpec::Grpc(_) => None,
             TransportSpec::Ws(h) | TransportSpec::HttpUpgrade(h) => Some(h),
         }
     }
@@ -318,6 +321,28 @@ pub struct HttpTransportSpec {
     pub headers: Vec<(String, String)>,
     /// The path's `?ed=N`: early data accepted (server) or sent (client) up to N bytes.
     pub early_data: u32,
+}
+
+/// `grpcSettings` (Xray's `transport.internet.grpc.encoding.Config`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GrpcSpec {
+    /// `serviceName` as given: a name (`/NAME/Tun`, `/NAME/TunMulti`), or a custom path when
+    /// it starts with `/` (see `shardray_wire::grpc::service_paths`).
+    pub service_name: String,
+    /// `multiMode`: a client opens `TunMulti` streams (a server serves both).
+    pub multi_mode: bool,
+    /// `idle_timeout`: seconds without frames before a keepalive ping (0: none).
+    pub idle_timeout: u32,
+    /// `health_check_timeout`: seconds a keepalive ping may go unanswered (0: 20, gRPC's).
+    pub health_check_timeout: u32,
+    /// `permit_without_stream`: a client pings even with no stream open.
+    pub permit_without_stream: bool,
+    /// `initial_windows_size`: a client's initial HTTP/2 window (0: the default).
+    pub initial_windows_size: u32,
+    /// `user_agent`: what a client sends (empty: Chrome's, as Xray).
+    pub user_agent: String,
+    /// `authority`: a client's `:authority` (empty: the TLS name, else a domain server).
+    pub authority: String,
 }
 
 /// `tcpSettings.header` with `"type": "http"`: the request a connection must open with and
@@ -860,6 +885,8 @@ pub struct VlessOutboundSpec {
     pub level: u32,
     /// `streamSettings` with `security: "tls"`; `None` sends VLESS over plain TCP.
     pub tls: Option<TlsClientSpec>,
+    /// `streamSettings.network`: raw TCP or gRPC.
+    pub transport: TransportSpec,
 }
 
 /// `settings` of a Shadowsocks outbound (one server).

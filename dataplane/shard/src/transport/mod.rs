@@ -1,7 +1,8 @@
 //! Transports under the protocols: TLS (rustls, server and client) over a TCP stream shaped
 //! for it, REALITY (its ClientHello check before that TLS), the HTTP camouflage of raw TCP,
-//! and the HTTP transports (WebSocket, HTTPUpgrade).
+//! and the HTTP transports (WebSocket, HTTPUpgrade) and gRPC.
 
+pub(crate) mod grpc;
 pub(crate) mod http_header;
 pub(crate) mod reality;
 pub mod tls;
