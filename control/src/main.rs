@@ -294,6 +294,15 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
                 Account::Trojan(password) => {
                     format!("trojan://{}@{host}:{port}?security={security}&type={transport}#{name}", percent(password))
                 }
+                // v2rayN's VMess JSON has no REALITY fields: a link without them would send
+                // the client in the clear.
+                Account::Vmess { .. } if inbound.reality.is_some() => {
+                    eprintln!(
+                        "shardray link: inbound {:?} user {name}: VMess over REALITY has no share-link form; skipped",
+                        inbound.tag
+                    );
+                    continue;
+                }
                 Account::Vmess { id, security } => vmess_link(inbound, user, *id, *security, &host),
                 // v2rayN's form: the standard base64 of `user:pass` as the user info. The form
                 // has no TLS field: a SOCKS-over-TLS inbound's link is the same.

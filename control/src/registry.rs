@@ -172,6 +172,11 @@ impl Registry {
         self.sets.inbound(tag)
     }
 
+    /// Config inbounds the API removed (a reload leaves them removed).
+    pub fn removed_from_config(&self) -> &[String] {
+        self.sets.removed_from_config()
+    }
+
     /// The counter slots: every user with an email, once, with the level its counters follow.
     pub fn slots(&self) -> Slots<'_> {
         self.sets.slots()

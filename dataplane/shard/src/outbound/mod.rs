@@ -29,7 +29,7 @@ use crate::ctx::{InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
 use crate::relay::{relay, Meter, RelayEnd, RelayOptions};
 use crate::users::{SessionWatch, UserHandle};
 
-pub(crate) use resolve::resolve;
+pub(crate) use resolve::{connect_configured, resolve};
 use trojan::Upstream;
 
 /// How long a dial may take before the session is given up.

@@ -15,7 +15,7 @@ use shardray_wire::addr::{Address, Destination};
 use shardray_wire::trojan::{password_key, Command, Request, KEY_LEN};
 use shardray_wire::websocket::Flavor;
 
-use super::{resolve, DIAL_TIMEOUT};
+use super::DIAL_TIMEOUT;
 use crate::transport::grpc::{GrpcClient, GrpcStream};
 use crate::transport::http_header::Camouflaged;
 use crate::transport::tls_tcp::TlsTcp;
@@ -134,19 +134,7 @@ pub(crate) async fn dial(tls: &ClientTls, transport: &ClientTransport, server: &
 
 /// Resolves and connects to the server, then completes the TLS handshake if configured.
 pub(crate) async fn dial_secured(tls: &ClientTls, server: &Destination) -> io::Result<Upstream> {
-    let addrs = resolve(&server.addr, server.port, Default::default()).await?;
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(addr, DIAL_TIMEOUT).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = e.into(),
-        }
-    }
-    let stream = stream.ok_or(last)?;
+    let stream = super::connect_configured(server).await?;
     let _ = stream.set_nodelay(true);
     match tls {
         None => Ok(Upstream::Tcp(stream)),
