@@ -470,3 +470,31 @@ fn a_streaming_call_counts_once_at_its_start() {
     let third = api.block_on(logger.follow_log(follow));
     assert_eq!(code(third), Code::ResourceExhausted);
 }
+
+/// The README's mutual-TLS setup, run as written (its port swapped for a free one) with the
+/// binary on PATH: openssl makes the certificates, the node starts, the panel's calls answer.
+#[test]
+fn the_readmes_mutual_tls_setup_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = &readme[readme.find("#### Remote access over mutual TLS").expect("the section")..];
+    let start = section.find("```bash\n").expect("its bash block") + "```bash\n".len();
+    let script = &section[start..start + section[start..].find("\n```").unwrap()];
+    let script = script.replace("10085", &fixed_port().to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = shardray_tests::bin_path().parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    // Whatever happens, the node the script started goes with it.
+    let script = format!("trap 'kill $(jobs -p) 2>/dev/null' EXIT\nset -e\n{script}");
+    let out = std::process::Command::new("timeout")
+        .args(["60", "bash", "-c", &script])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env_remove("SHARDRAY_API")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("refused>>>api_address"), "statsquery answered: {text}");
+    assert!(text.contains("shardray: api listening on 0.0.0.0:"), "{text}");
+}
