@@ -460,7 +460,7 @@ fn a_streaming_call_counts_once_at_its_start() {
     let api = ApiClient::lazy(Dial::Tcp(server.api.unwrap()));
     let mut logger = log_pb::logger_service_client::LoggerServiceClient::new(api.channel());
     let follow = log_pb::FollowLogRequest::default();
-    let mut stream = api.block_on(logger.follow_log(follow.clone())).expect("a stream").into_inner();
+    let mut stream = api.block_on(logger.follow_log(follow)).expect("a stream").into_inner();
     // Of the burst of two, the open stream took one: one call is left, then none.
     let mut stats = stats_pb::stats_service_client::StatsServiceClient::new(api.channel());
     let get = || stats_pb::GetStatsRequest { name: "inbound>>>vless-in>>>traffic>>>uplink".into(), reset: false };
