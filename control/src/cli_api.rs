@@ -581,7 +581,18 @@ impl Failure {
                 ExitCode::from(1)
             }
             Failure::Rpc(status) => {
-                eprintln!("shardray api: {}", status_text(status));
+                // A TLS server that turned the connection down shows up as a broken transport.
+                let transport = matches!(status.code(), Code::Unknown | Code::Unavailable | Code::Cancelled)
+                    && ["transport error", "h2 protocol error", "connection"]
+                        .iter()
+                        .any(|w| status.message().contains(w));
+                let hint = if transport {
+                    "; an API with api.tls takes only clients with a certificate its clientCaFile signed: \
+                     give --tls-ca, --tls-cert and --tls-key"
+                } else {
+                    ""
+                };
+                eprintln!("shardray api: {}{hint}", status_text(status));
                 ExitCode::from(1)
             }
         }

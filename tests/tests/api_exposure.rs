@@ -498,3 +498,35 @@ fn the_readmes_mutual_tls_setup_runs_as_written() {
     assert!(text.contains("refused>>>api_address"), "statsquery answered: {text}");
     assert!(text.contains("shardray: api listening on 0.0.0.0:"), "{text}");
 }
+
+/// The CLI's side: without a certificate it is turned down and told what to give; with one of
+/// the CA it gets its role; half the flags are an input error.
+#[test]
+fn the_cli_speaks_mutual_tls_and_says_what_is_missing() {
+    let pki = Pki::new();
+    let sockdir = tempfile::tempdir().unwrap();
+    let server = Shardray::start(&config(Listen::Public, Credential::Mtls, &pki, &sockdir.path().join("x")), 1);
+    let addr = format!("127.0.0.1:{}", server.api.unwrap().port());
+    let (cert, key) = leaf(&pki.ca, "panel", false);
+    std::fs::write(pki.path("panel.pem"), cert.pem()).unwrap();
+    std::fs::write(pki.path("panel.key"), key.serialize_pem()).unwrap();
+    let (ca, cert, key) = (pki.path("ca.pem"), pki.path("panel.pem"), pki.path("panel.key"));
+    let tls =
+        ["--tls-ca", ca.to_str().unwrap(), "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+
+    let (status, out) = shardray_tests::run_cli(&["api", "statsquery", "-s", &addr]);
+    assert!(!status.success() && out.contains("give --tls-ca, --tls-cert and --tls-key"), "{out}");
+    let (status, out) = shardray_tests::run_cli(&[&["api", "statsquery", "-s", &addr][..], &tls].concat());
+    assert!(status.success() && out.contains("refused>>>api_address"), "{out}");
+    // An operator: users yes, inbounds no.
+    let (status, out) = shardray_tests::run_cli(&[&["api", "rmi", "-s", &addr][..], &tls, &["nope"]].concat());
+    assert!(!status.success() && out.contains("certificate \"panel\" (operator) may not"), "{out}");
+    // The certificate names 127.0.0.1 only.
+    let (status, out) = shardray_tests::run_cli(
+        &[&["api", "statsquery", "-s", &addr, "--tls-server-name", "other.example"][..], &tls].concat(),
+    );
+    assert!(!status.success() && out.contains("not valid for name"), "{out}");
+    let (status, out) = shardray_tests::run_cli(&["api", "statsquery", "-s", &addr, "--tls-ca", ca.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("mutual TLS needs all of --tls-ca, --tls-cert and --tls-key"), "{out}");
+}

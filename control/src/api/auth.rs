@@ -73,8 +73,13 @@ impl CallLimiter {
     fn take_at(&self, who: &str, now: Instant) -> bool {
         let CallLimit { rate, burst } = self.limit;
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut who = who;
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(who) {
             buckets.retain(|_, (level, at)| *level + now.saturating_duration_since(*at).as_secs_f64() * rate < burst);
+            // Still as many busy callers (addresses of a flood): the newcomers share one bucket.
+            if buckets.len() >= MAX_BUCKETS {
+                who = "others";
+            }
         }
         let (level, at) = buckets.entry(who.to_owned()).or_insert((burst, now));
         *level = (*level + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
@@ -294,5 +299,10 @@ mod tests {
         assert!(!limiter.take_at("a", t0 + std::time::Duration::from_millis(110)));
         let later = t0 + std::time::Duration::from_secs(60);
         assert_eq!((0..10).filter(|_| limiter.take_at("a", later)).count(), 3);
+        // A flood of callers stays within MAX_BUCKETS: past it, newcomers share a bucket.
+        for i in 0..MAX_BUCKETS + 10 {
+            limiter.take_at(&format!("peer {i}"), later);
+        }
+        assert!(limiter.buckets.lock().unwrap().len() <= MAX_BUCKETS + 1);
     }
 }
