@@ -199,6 +199,11 @@ impl<S> Authorize<S> {
         let needed = required_role(&format!("/{method}"));
         let mut name: Option<String> = None;
         let mut role = ApiRole::Admin;
+        if self.tls.is_some() && tls_info.is_none() {
+            // Never so when api.tls is set (its listener hands every call its certificate), but
+            // a connection without one is nobody.
+            return (None, Some(Status::unauthenticated("this API takes mutual TLS connections only")));
+        }
         if let (Some(tls), Some(info)) = (&self.tls, tls_info) {
             name = Some(format!("certificate {:?}", &*info.subject));
             match certificate_role(tls, &info.subject) {
