@@ -125,6 +125,17 @@ pub mod xray {
             pub mod httpupgrade {
                 tonic::include_proto!("xray.transport.internet.httpupgrade");
             }
+            /// `xray.transport.internet.reality`: REALITY settings.
+            pub mod reality {
+                tonic::include_proto!("xray.transport.internet.reality");
+            }
+            /// `xray.transport.internet.grpc`
+            pub mod grpc {
+                /// `xray.transport.internet.grpc.encoding`: gRPC transport settings.
+                pub mod encoding {
+                    tonic::include_proto!("xray.transport.internet.grpc.encoding");
+                }
+            }
         }
     }
 
@@ -261,6 +272,7 @@ mod tests {
             "xray.transport.internet.tls",
             "xray.transport.internet.websocket",
             "xray.transport.internet.httpupgrade",
+            "xray.transport.internet.grpc.encoding",
         ] {
             assert!(set.iter().any(|p| p == pkg), "missing package {pkg}");
         }

@@ -405,10 +405,10 @@ fn vless(
     if let Some(f) = user.flow.filter(|f| !f.is_empty()) {
         return Err(ConfigError::unsupported(format!("{upath}.flow"), format!("flow {f:?} on an outbound")));
     }
-    let tls = match stream {
-        None | Some(Value::Null) => None,
+    let (tls, transport) = match stream {
+        None | Some(Value::Null) => (None, TransportSpec::Raw),
         Some(v) => match client_stream(deserialize_at(v, stream_path)?, stream_path)? {
-            (tls, TransportSpec::Raw) => tls,
+            (tls, t @ (TransportSpec::Raw | TransportSpec::Grpc(_))) => (tls, t),
             _ => {
                 return Err(ConfigError::unsupported(
                     format!("{stream_path}.network"),
@@ -423,6 +423,7 @@ fn vless(
         email: user.email.unwrap_or_default(),
         level: user.level.unwrap_or(0),
         tls,
+        transport,
     })
 }
 
@@ -488,17 +489,22 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksOutboundSpec, C
 /// loader notes it).
 fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientSpec>, TransportSpec), ConfigError> {
     let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
-    let transport =
-        match super::inbound::stream_transport(&network, &mut raw.ws_settings, &mut raw.httpupgrade_settings, path) {
-            Ok(t) => t,
-            Err(_) if !matches!(network.as_str(), "ws" | "websocket" | "httpupgrade") => {
-                return Err(ConfigError::unsupported(
-                    format!("{path}.network"),
-                    format!("network {network:?} on an outbound"),
-                ))
-            }
-            Err(e) => return Err(e),
-        };
+    let transport = match super::inbound::stream_transport(
+        &network,
+        &mut raw.ws_settings,
+        &mut raw.httpupgrade_settings,
+        &mut raw.grpc_settings,
+        path,
+    ) {
+        Ok(t) => t,
+        Err(_) if !matches!(network.as_str(), "ws" | "websocket" | "httpupgrade" | "grpc" | "gun") => {
+            return Err(ConfigError::unsupported(
+                format!("{path}.network"),
+                format!("network {network:?} on an outbound"),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     for (field, value) in
         [("tcpSettings", &raw.tcp_settings), ("rawSettings", &raw.raw_settings), ("sockopt", &raw.sockopt)]
     {

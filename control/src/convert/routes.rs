@@ -344,11 +344,16 @@ fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Res
             return Err(invalid(format!("proxy_settings.server[0].user.account.flow: {:?} is not served yet", a.flow)));
         }
     }
-    let tls = match stream {
-        None => None,
-        Some(stream) => client_tls(stream)?,
+    let (tls, transport) = match stream {
+        None => (None, TransportSpec::Raw),
+        Some(stream) => (client_tls(stream)?, client_transport(stream)?),
     };
-    Ok(VlessOutboundSpec { server, id, email: spec.email, level: spec.level, tls })
+    if transport.http().is_some() {
+        return Err(invalid(
+            "sender_settings.stream_settings: a VLESS outbound over WebSocket or HTTPUpgrade is not served yet",
+        ));
+    }
+    Ok(VlessOutboundSpec { server, id, email: spec.email, level: spec.level, tls, transport })
 }
 
 /// A Trojan ClientConfig (one server, one user) and its sender's stream settings (raw TCP,
@@ -389,13 +394,15 @@ fn client_transport(stream: &StreamConfig) -> Result<TransportSpec, InvalidRoute
         ("" | "tcp" | "raw", 0) => "",
         ("websocket" | "ws", 0) | ("", 3) => "websocket",
         ("httpupgrade", 0) => "httpupgrade",
+        ("grpc" | "gun", 0) => "grpc",
         _ => {
             return Err(invalid(format!(
-                "{field}: only raw TCP, WebSocket and HTTPUpgrade are supported yet on outbounds"
+                "{field}: only raw TCP, WebSocket, HTTPUpgrade and gRPC are supported yet on outbounds"
             )))
         }
     };
     let mut found = None;
+    let mut grpc = None;
     for (i, t) in stream.transport_settings.iter().enumerate() {
         let Some(settings) = t.settings.as_ref() else { continue };
         let at = format!("{field}.transport_settings[{i}].settings");
@@ -410,6 +417,15 @@ fn client_transport(stream: &StreamConfig) -> Result<TransportSpec, InvalidRoute
                 let c: shardray_proto::xray::transport::internet::httpupgrade::Config =
                     exact(&settings.value, "xray.transport.internet.httpupgrade.Config", &at)?;
                 (c.host, c.path, c.header, c.accept_proxy_protocol, c.ed)
+            }
+            "transport.internet.grpc.encoding.Config" if wanted == "grpc" => {
+                let c: shardray_proto::xray::transport::internet::grpc::encoding::Config =
+                    exact(&settings.value, "xray.transport.internet.grpc.encoding.Config", &at)?;
+                // Checked as a config's grpcSettings are.
+                let spec = crate::config::load_grpc_settings(super::inbound::grpc_json(&c), &at)
+                    .map_err(|e| invalid(e.to_string()))?;
+                grpc = Some(spec);
+                continue;
             }
             _ if settings.value.is_empty() => continue,
             other => return Err(invalid(format!("{at}: {other:?} is not supported yet on outbounds"))),
@@ -432,6 +448,7 @@ fn client_transport(stream: &StreamConfig) -> Result<TransportSpec, InvalidRoute
     }
     Ok(match wanted {
         "" => TransportSpec::Raw,
+        "grpc" => TransportSpec::Grpc(Box::new(grpc.unwrap_or_default())),
         "websocket" => TransportSpec::Ws(Box::new(
             found.unwrap_or_else(|| HttpTransportSpec { path: "/".into(), ..Default::default() }),
         )),

@@ -71,6 +71,8 @@ pub(crate) struct InboundRt {
     pub(crate) tag: Arc<str>,
     pub(crate) traffic: Traffic,
     pub(crate) tls: Option<TlsAcceptor>,
+    /// REALITY in front of TLS, if configured.
+    pub(crate) reality: Option<Box<crate::transport::reality::RealityRt>>,
     /// The HTTP camouflage its connections open with, if any.
     pub(crate) http_header: Option<HttpHeaderSpec>,
     /// Its connections open with a PROXY protocol header naming the real client.
@@ -373,6 +375,10 @@ impl ShardCtx {
             Some(spec) => Some(TlsAcceptor::from(tls::server_config(spec).map_err(|e| e.to_string())?)),
             None => None,
         };
+        let reality = match &inbound.reality {
+            Some(spec) => Some(Box::new(crate::transport::reality::RealityRt::new(spec)?)),
+            None => None,
+        };
         let kind = match &inbound.protocol {
             // Users come as resolved operations (`apply_users`), not from `v.clients`.
             InboundProtocol::Vless(v) => {
@@ -423,6 +429,7 @@ impl ShardCtx {
             tag: inbound.tag.as_str().into(),
             traffic: Traffic::default(),
             tls,
+            reality,
             http_header: inbound.http_header.clone(),
             accept_proxy_protocol: inbound.sockopt.accept_proxy_protocol,
             transport: inbound.transport.clone(),

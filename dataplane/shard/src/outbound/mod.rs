@@ -215,7 +215,7 @@ where
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&vless.tls, &None, &v.server)).await;
+            let dialed = Box::pin(trojan::dial(&vless.tls, &vless.transport, &v.server)).await;
             access(None);
             match dialed {
                 Ok(up) => (
@@ -277,7 +277,7 @@ where
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&client_keys.tls, &None, &ss.server)).await;
+            let dialed = Box::pin(trojan::dial(&client_keys.tls, &Default::default(), &ss.server)).await;
             access(None);
             match dialed {
                 Ok(up) => (client_keys.start(up, dest), Vec::new()),

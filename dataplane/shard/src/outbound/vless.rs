@@ -12,18 +12,23 @@ use shardray_wire::addr::Destination;
 use shardray_wire::vless::{Command, RequestHeader, VERSION};
 use uuid::Uuid;
 
-use super::trojan::{client_tls, ClientTls};
+use super::trojan::{client_tls, client_transport, ClientTls, ClientTransport};
 
 /// A VLESS outbound as a shard runs it: the user id and the TLS client, built once.
 pub(crate) struct VlessClient {
     id: Uuid,
     pub(crate) tls: ClientTls,
+    pub(crate) transport: ClientTransport,
 }
 
 impl VlessClient {
     /// Builds the client; fails only on settings control has already checked.
     pub(crate) fn new(spec: &VlessOutboundSpec) -> Result<VlessClient, String> {
-        Ok(VlessClient { id: spec.id, tls: client_tls(spec.tls.as_ref(), &spec.server)? })
+        Ok(VlessClient {
+            id: spec.id,
+            tls: client_tls(spec.tls.as_ref(), &spec.server)?,
+            transport: client_transport(&spec.transport, spec.tls.as_ref(), &spec.server)?,
+        })
     }
 
     /// The request header for `command` (TCP or UDP) to `dest`.
