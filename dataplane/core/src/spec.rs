@@ -114,7 +114,35 @@ pub struct ApiSpec {
     pub tokens: Vec<ApiToken>,
     /// `api.socketMode`: the permission bits of a Unix-socket API (default 0600).
     pub socket_mode: u32,
+    /// `api.tls`: mutual TLS on a TCP listen; callers are known by their certificate.
+    pub tls: Option<ApiTls>,
+    /// `api.callLimit`: calls per caller per second; `None` when turned off (rate 0).
+    pub call_limit: Option<CallLimit>,
 }
+
+/// `api.tls`: the server's certificate and key, the CA client certificates must chain to, and
+/// the role each certificate subject (its CN) gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTls {
+    pub certificate_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: PathBuf,
+    /// `api.tls.clients`: subject CN and role.
+    pub clients: Vec<(String, ApiRole)>,
+    /// `api.tls.defaultRole`: the role of a certificate no client names; `None`: no call.
+    pub default_role: Option<ApiRole>,
+}
+
+/// `api.callLimit`: a token bucket per caller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallLimit {
+    /// Calls per second refilled.
+    pub rate: f64,
+    /// The bucket's size: calls a caller may make at once.
+    pub burst: f64,
+}
+
+impl Eq for CallLimit {}
 
 /// A credential of the API: its name (the caller's identity in logs), secret and role.
 #[derive(Clone, PartialEq, Eq)]
