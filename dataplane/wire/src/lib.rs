@@ -10,6 +10,7 @@ pub mod proxy_protocol;
 pub mod shadowsocks;
 pub mod socks;
 pub mod trojan;
+pub mod vision;
 pub mod vless;
 pub mod vmess;
 pub mod websocket;
