@@ -476,7 +476,9 @@ fn accounts_json(accounts: &std::collections::HashMap<String, String>) -> Vec<Va
 /// A config client: `id` for VLESS, `password` for Trojan.
 fn client_json(spec: &UserSpec) -> Value {
     match &spec.account {
-        Account::Vless(id) => json!({ "id": id.to_string(), "email": spec.email, "level": spec.level }),
+        Account::Vless(id, flow) => {
+            json!({ "id": id.to_string(), "flow": flow.name(), "email": spec.email, "level": spec.level })
+        }
         Account::Trojan(password) => json!({ "password": &**password, "email": spec.email, "level": spec.level }),
         Account::Vmess { id, security } => json!({
             "id": id.to_string(), "security": security.name(), "email": spec.email, "level": spec.level
@@ -1056,7 +1058,7 @@ mod tests {
 
         let nameless = vless::inbound::Config {
             clients: vec![api_user(&shardray_core::spec::UserSpec {
-                account: Account::Vless(uuid::Uuid::nil()),
+                account: Account::Vless(uuid::Uuid::nil(), Default::default()),
                 email: String::new(),
                 level: 0,
             })],

@@ -334,7 +334,7 @@ fn vmess_spec(c: &vmess::outbound::Config, stream: Option<&StreamConfig>) -> Res
 /// stream settings.
 fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Result<VlessOutboundSpec, InvalidRoute> {
     let (server, spec) = client_endpoint(c.vnext.as_slice(), "vless", "VLESS")?;
-    let shardray_core::spec::Account::Vless(id) = spec.account else {
+    let shardray_core::spec::Account::Vless(id, _) = spec.account else {
         return Err(invalid("proxy_settings.server[0].user.account: not a VLESS account"));
     };
     let account = c.vnext.as_ref().and_then(|v| v.user.first()).and_then(|u| u.account.as_ref());

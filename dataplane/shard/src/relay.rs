@@ -21,6 +21,7 @@ use glommio::timer::Timer;
 use shardray_core::spec::{LevelPolicy, PolicySpec};
 
 use self::splice::SpliceDir;
+use crate::transport::vision::VisionSwitch;
 use crate::users::{SessionWatch, UserState};
 
 /// The timeouts a relay runs under, from a policy level.
@@ -49,6 +50,9 @@ pub(crate) enum RelayEnd {
     TimedOut,
     /// The user was removed or kicked.
     Closed,
+    /// The client stream became its bare socket (Vision went direct both ways) with nothing
+    /// held in either direction: the caller goes on with a relay that splices.
+    Handover,
 }
 
 /// How a relay runs: buffers and timeouts from the policy, plus what the protocol adds.
@@ -58,6 +62,7 @@ pub(crate) struct RelayOptions<'a> {
     down_prefix: &'a [u8],
     watch: Option<(&'a SessionWatch<'a>, &'a PolicySpec)>,
     splice: Option<(RawFd, RawFd)>,
+    handover: Option<&'a VisionSwitch>,
 }
 
 impl<'a> RelayOptions<'a> {
@@ -69,7 +74,14 @@ impl<'a> RelayOptions<'a> {
             down_prefix: &[],
             watch: None,
             splice: None,
+            handover: None,
         }
+    }
+
+    /// Ends the relay with `RelayEnd::Handover` once `switch` says the client stream is its
+    /// bare socket and neither direction holds bytes.
+    pub(crate) fn handover(self, switch: Option<&'a VisionSwitch>) -> Self {
+        RelayOptions { handover: switch, ..self }
     }
 
     /// Bytes written to the client ahead of the first downlink bytes (a response header). They
@@ -280,6 +292,10 @@ impl Direction for BufDir<'_> {
         self.closed
     }
 
+    fn idle(&self) -> bool {
+        self.start == self.end && self.prefix.is_empty() && !self.eof && self.read_error.is_none() && !self.closed
+    }
+
     /// Moves as much as it can from `r` to `w`, adding the bytes read to `read`.
     fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
     where
@@ -405,6 +421,10 @@ struct Moved {
 /// One direction of a relay, whichever way it moves bytes.
 trait Direction {
     fn done(&self) -> bool;
+    /// Holds no bytes and has not ended (for a handover).
+    fn idle(&self) -> bool {
+        false
+    }
     fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -429,17 +449,17 @@ where
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     M: Meter,
 {
-    let RelayOptions { buffer_size, timeouts, down_prefix, watch, splice } = options;
+    let RelayOptions { buffer_size, timeouts, down_prefix, watch, splice, handover } = options;
     match splice {
         Some((client_fd, upstream_fd)) => {
             let up = SpliceDir::new(client_fd, upstream_fd, buffer_size, &[]);
             let down = SpliceDir::new(upstream_fd, client_fd, buffer_size, down_prefix);
-            drive(client, upstream, up, down, timeouts, watch, meter).await
+            drive(client, upstream, up, down, timeouts, watch, None, meter).await
         }
         None => {
             let up = BufDir::new(buffer_size, &[]);
             let down = BufDir::new(buffer_size, down_prefix);
-            drive(client, upstream, up, down, timeouts, watch, meter).await
+            drive(client, upstream, up, down, timeouts, watch, handover, meter).await
         }
     }
 }
@@ -452,6 +472,7 @@ async fn drive<C, U, D, M>(
     mut down: D,
     mut timeouts: RelayTimeouts,
     watch: Option<(&SessionWatch<'_>, &PolicySpec)>,
+    handover: Option<&VisionSwitch>,
     meter: &mut M,
 ) -> io::Result<RelayEnd>
 where
@@ -516,6 +537,9 @@ where
 
         if up.done() && down.done() {
             return Poll::Ready(Ok(RelayEnd::Done));
+        }
+        if handover.is_some_and(VisionSwitch::transparent) && up.idle() && down.idle() {
+            return Poll::Ready(Ok(RelayEnd::Handover));
         }
         let now = Instant::now();
         if progressed {

@@ -32,6 +32,7 @@ const TLS13_SUPPORTED_VERSIONS: [u8; 6] = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
 const TLS_APPLICATION_DATA: [u8; 3] = [0x17, 0x03, 0x03];
 /// TLS_AES_128_CCM_8_SHA256: its short tag makes records of a recognisable length; Xray
 /// never goes direct with it.
+#[cfg(test)]
 const CCM_8: u16 = 0x1305;
 
 // === the filter ===
@@ -244,11 +245,8 @@ fn split_pieces(data: &[u8]) -> Vec<&[u8]> {
     let mut rest = data;
     while rest.len() > MAX_CONTENT {
         let window = &rest[..MAX_CONTENT];
-        let cut = window
-            .windows(3)
-            .rposition(|w| w == TLS_APPLICATION_DATA)
-            .filter(|&at| at >= 21)
-            .unwrap_or(MAX_CONTENT);
+        let cut =
+            window.windows(3).rposition(|w| w == TLS_APPLICATION_DATA).filter(|&at| at >= 21).unwrap_or(MAX_CONTENT);
         let (head, tail) = rest.split_at(cut);
         pieces.push(head);
         rest = tail;
@@ -276,7 +274,10 @@ enum State {
     /// Matching the UUID that opens the first block: `n` bytes matched so far.
     Uuid(u8),
     /// The input was not padded after all: handing on the UUID bytes `from..to` it matched.
-    Replay { from: u8, to: u8 },
+    Replay {
+        from: u8,
+        to: u8,
+    },
     /// Reading a block header: `n` of its 5 bytes read.
     Header(u8),
     Content,

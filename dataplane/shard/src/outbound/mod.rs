@@ -27,6 +27,7 @@ use shardray_wire::addr::Destination;
 
 use crate::ctx::{InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
 use crate::relay::{relay, Meter, RelayEnd, RelayOptions};
+use crate::transport::vision::VisionSwitch;
 use crate::users::{SessionWatch, UserHandle};
 
 pub(crate) use resolve::resolve;
@@ -54,7 +55,7 @@ pub(crate) struct Session<'a> {
 pub(crate) enum Carry<'a> {
     /// Relays both ways until done. `early` is payload the client sent along with its header;
     /// `down_prefix` goes to the client before any downlink bytes.
-    Relay { early: &'a [u8], down_prefix: &'a [u8] },
+    Relay { early: &'a [u8], down_prefix: &'a [u8], vision: Option<&'a VisionSwitch> },
     /// One forwarded HTTP request and its response (an HTTP proxy's absolute-URI request).
     Exchange(&'a mut crate::inbound::http::Exchange),
 }
@@ -70,7 +71,21 @@ pub(crate) async fn forward<C>(
 ) where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    carry(ctx, client, session, Carry::Relay { early, down_prefix }).await
+    carry(ctx, client, session, Carry::Relay { early, down_prefix, vision: None }).await
+}
+
+/// `forward` for a Vision session: once `switch` says the client stream is its bare socket,
+/// the relay goes on by splice(2) (when the upstream is plain TCP too).
+pub(crate) async fn forward_vision<C>(
+    ctx: &Rc<ShardCtx>,
+    client: &mut C,
+    session: Session<'_>,
+    early: &[u8],
+    switch: &VisionSwitch,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    carry(ctx, client, session, Carry::Relay { early, down_prefix: &[], vision: Some(switch) }).await
 }
 
 /// Routes `session`, dials its outbound, and carries the session over it as `how` says.
@@ -296,7 +311,7 @@ where
         ctx.users.borrow_mut().session_opened(slot, session.peer.ip(), unix_now());
     }
     let result = match how {
-        Carry::Relay { early, down_prefix } => {
+        Carry::Relay { early, down_prefix, vision } => {
             let joined;
             let down_prefix = if tunnel_first.is_empty() {
                 down_prefix
@@ -315,10 +330,26 @@ where
                 }
                 let mut options =
                     RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &ctx.config.policy);
-                if let Some(fd) = upstream.plain_fd() {
+                let plain = upstream.plain_fd();
+                if let Some(fd) = plain {
                     options = options.splice(session.client_fd, fd);
                 }
-                relay(client, &mut upstream, options, &mut meter).await
+                // Only a plain upstream makes a handover worth it: else the copy goes on.
+                let vision = vision.filter(|_| plain.is_some());
+                let end = relay(client, &mut upstream, options.handover(vision), &mut meter).await;
+                match (end, vision, plain) {
+                    (Ok(RelayEnd::Handover), Some(switch), Some(fd)) => {
+                        ctx.log.error(
+                            LogLevel::Debug,
+                            format_args!("[{tag}] {peer} to {dest}: Vision direct both ways: splicing"),
+                        );
+                        let options = RelayOptions::new(&policy)
+                            .watch(watch.as_ref(), &ctx.config.policy)
+                            .splice(Some(switch.fd), fd);
+                        relay(client, &mut upstream, options, &mut meter).await
+                    }
+                    (end, ..) => end,
+                }
             }
             .await
         }
@@ -330,7 +361,7 @@ where
         ctx.users.borrow_mut().session_closed(slot, generation, session.peer.ip());
     }
     match result {
-        Ok(RelayEnd::Done) => {}
+        Ok(RelayEnd::Done | RelayEnd::Handover) => {}
         Ok(RelayEnd::Closed) => ctx.log.error(
             LogLevel::Info,
             format_args!(

@@ -4,4 +4,5 @@
 pub(crate) mod http_header;
 pub mod tls;
 pub(crate) mod tls_tcp;
+pub(crate) mod vision;
 pub(crate) mod ws;

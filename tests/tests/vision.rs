@@ -1,0 +1,243 @@
+//! XTLS Vision (`flow: "xtls-rprx-vision"`) on a VLESS inbound over TLS, with sing-box 1.14.4 as
+//! the client: inner TLS 1.3 goes direct (and is spliced), other traffic is padded only, users
+//! with and without the flow share the inbound, and mismatched flows are refused as Xray
+//! refuses them.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+use serde_json::{json, Value};
+use shardray_tests::api::ApiClient;
+use shardray_tests::servers::EchoServer;
+use shardray_tests::singbox::{insecure_tls, vless_outbound, SingBox};
+use shardray_tests::tls::SelfSigned;
+use shardray_tests::vless::payload;
+use shardray_tests::{vless_config, wait_until, Shardray, ALICE};
+
+const BOB: &str = "5783a3e7-e373-51cd-8642-c83782b807c5";
+const FLOW: &str = "xtls-rprx-vision";
+const SPLICING: &str = "Vision direct both ways: splicing";
+
+/// Alice with Vision, Bob without, on one VLESS inbound over TLS; debug log; stats API.
+fn server(certs: &std::path::Path) -> Shardray {
+    let cert = SelfSigned::generate(certs, &["localhost"]);
+    let clients = json!([
+        { "id": ALICE, "email": "alice@example.com", "flow": FLOW },
+        { "id": BOB, "email": "bob@example.com" }
+    ]);
+    let extra = json!({ "streamSettings": cert.stream_settings("localhost", &[]) });
+    let mut config = vless_config(clients, extra);
+    config["log"] = json!({ "loglevel": "debug" });
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
+    Shardray::start(&config, 2)
+}
+
+fn client(server: &Shardray, uuid: &str, flow: Option<&str>) -> SingBox {
+    let mut out = vless_outbound(server.inbound("vless-in"), uuid, Some(insecure_tls("localhost")));
+    if let Some(flow) = flow {
+        out["flow"] = json!(flow);
+    }
+    SingBox::start(out)
+}
+
+/// A TLS 1.3 echo server (rustls, its own self-signed certificate): echoes each connection's
+/// plaintext until the client's close_notify, then closes. Returns its address and a client
+/// config that trusts it.
+fn tls13_echo() -> (SocketAddr, Arc<ClientConfig>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["echo.test".to_owned()]).unwrap();
+    let der: CertificateDer<'static> = certified.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    let server = Arc::new(server);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(sock) = sock else { continue };
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
+                let conn = ServerConnection::new(server).unwrap();
+                let mut tls = StreamOwned::new(conn, sock);
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match tls.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tls.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+                let _ = tls.sock.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    let mut roots = RootCertStore::empty();
+    roots.add(der).unwrap();
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (addr, Arc::new(config))
+}
+
+/// An inner TLS session through sing-box to the echo server: sends `data` while reading,
+/// returns what came back.
+fn inner_tls_echo(sb: &SingBox, echo: SocketAddr, config: Arc<ClientConfig>, data: Vec<u8>) -> io::Result<Vec<u8>> {
+    let mut sock = sb.connect(echo)?;
+    sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut conn =
+        ClientConnection::new(config, ServerName::try_from("echo.test").unwrap()).map_err(io::Error::other)?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)?;
+    }
+    shardray_tests::tls::duplex_exchange(StreamOwned::new(conn, sock), data)
+}
+
+/// Sends `data` through sing-box to `dest` while reading; returns what came back once as
+/// many bytes arrived (or the stream ended).
+fn plain_echo(sb: &SingBox, dest: SocketAddr, data: &[u8]) -> io::Result<Vec<u8>> {
+    let stream = sb.connect(dest)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut write_half = stream.try_clone()?;
+    let len = data.len();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || write_half.write_all(&data));
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < len {
+        match (&stream).read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    writer.join().expect("writer thread")?;
+    let _ = stream.shutdown(Shutdown::Both);
+    Ok(got)
+}
+
+fn counters(server: &Shardray, who: &str) -> BTreeMap<String, i64> {
+    let api = ApiClient::connect(server.api.expect("api address"));
+    api.query(&format!("user>>>{who}>>>traffic"), false)
+}
+
+/// 6 MiB each way over inner TLS 1.3: every byte echoed, the session went direct both ways
+/// and was spliced, and alice's counters carry at least the payload (after the switch they
+/// count the inner TLS records as they pass).
+#[test]
+fn inner_tls13_goes_direct_and_is_spliced() {
+    let certs = tempfile::tempdir().unwrap();
+    let server = server(certs.path());
+    let sb = client(&server, ALICE, Some(FLOW));
+    let (echo, config) = tls13_echo();
+    const LEN: usize = 6 << 20;
+    let data = payload(LEN, 7);
+    let got = inner_tls_echo(&sb, echo, config.clone(), data.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", sb.log(), server.output()));
+    assert_eq!(got.len(), LEN);
+    assert!(got == data, "echoed bytes differ");
+    // A second, small session on the same client.
+    let small = payload(1000, 8);
+    assert_eq!(inner_tls_echo(&sb, echo, config, small.clone()).unwrap(), small);
+    assert!(
+        wait_until(Duration::from_secs(5), || server.output().matches(SPLICING).count() >= 2),
+        "no session went direct both ways:\n{}",
+        server.output()
+    );
+    let mut last = BTreeMap::new();
+    let ok = wait_until(Duration::from_secs(5), || {
+        last = counters(&server, "alice@example.com");
+        let up = last.get("user>>>alice@example.com>>>traffic>>>uplink").copied().unwrap_or(0);
+        let down = last.get("user>>>alice@example.com>>>traffic>>>downlink").copied().unwrap_or(0);
+        let (lo, hi) = ((LEN + 1000) as i64, ((LEN + 1000) as f64 * 1.02) as i64 + 20_000);
+        (lo..hi).contains(&up) && (lo..hi).contains(&down)
+    });
+    assert!(ok, "alice's counters should carry the payload: {last:?}");
+}
+
+/// Plain bytes inside (no TLS): padded while the filter looks, then plain inside the outer
+/// TLS, never direct; 3 MiB each way, counted exactly.
+#[test]
+fn other_traffic_is_padded_only_and_counted_exactly() {
+    let certs = tempfile::tempdir().unwrap();
+    let server = server(certs.path());
+    let sb = client(&server, ALICE, Some(FLOW));
+    let echo = EchoServer::start();
+    let mut total = 0;
+    for (i, len) in [1usize, 100, 5000, 3 << 20].into_iter().enumerate() {
+        let data = payload(len, i as u64);
+        let got = plain_echo(&sb, echo.addr(), &data).unwrap_or_else(|e| panic!("{e}\n{}", server.output()));
+        assert!(
+            got == data,
+            "{len} bytes: echoed bytes differ: got {} {:?}\n{}",
+            got.len(),
+            &got[..got.len().min(64)],
+            server.output() + &sb.log()
+        );
+        total += len as i64;
+    }
+    let mut last = BTreeMap::new();
+    let ok = wait_until(Duration::from_secs(5), || {
+        last = counters(&server, "alice@example.com");
+        last.get("user>>>alice@example.com>>>traffic>>>uplink") == Some(&total)
+            && last.get("user>>>alice@example.com>>>traffic>>>downlink") == Some(&total)
+    });
+    assert!(ok, "alice's counters should be exactly {total} both ways: {last:?}");
+    assert!(!server.output().contains(SPLICING), "plain traffic went direct");
+}
+
+/// Bob (no flow) on the same inbound works as plain VLESS over TLS; Vision from Bob, and
+/// plain VLESS from Alice, are refused (as Xray refuses them) and get nothing back.
+#[test]
+fn users_with_and_without_flow_share_the_inbound_and_mismatches_are_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    let server = server(certs.path());
+    let echo = EchoServer::start();
+    let data = payload(200_000, 3);
+    let bob = client(&server, BOB, None);
+    assert!(plain_echo(&bob, echo.addr(), &data).unwrap() == data);
+
+    for (uuid, flow, reason) in [
+        (BOB, Some(FLOW), "account is not able to use the flow"),
+        (ALICE, None, "account is rejected since the client flow is empty"),
+    ] {
+        let sb = client(&server, uuid, flow);
+        let got = plain_echo(&sb, echo.addr(), b"hello").unwrap_or_default();
+        assert!(got.is_empty(), "{uuid} with flow {flow:?} got {got:?}");
+        assert!(
+            wait_until(Duration::from_secs(5), || server.output().contains(reason)),
+            "no refusal {reason:?} logged:\n{}",
+            server.output()
+        );
+    }
+}
+
+/// Vision users need TLS directly on raw TCP: elsewhere the config is refused naming the
+/// client's flow; the outbound-only UDP/443 variant is refused on an inbound.
+#[test]
+fn vision_off_tls_and_the_udp443_variant_are_refused_at_load() {
+    let plain = vless_config(json!([{ "id": ALICE, "flow": FLOW }]), json!({}));
+    let err = Shardray::try_start(&plain, 1).err().expect("refused");
+    assert!(err.contains("inbounds[0].settings.clients[0].flow"), "{err}");
+    assert!(err.contains("tls"), "{err}");
+    let udp443 = vless_config(json!([{ "id": ALICE, "flow": "xtls-rprx-vision-udp443" }]), json!({}));
+    let err = Shardray::try_start(&udp443, 1).err().expect("refused");
+    assert!(err.contains("inbounds[0].settings.clients[0].flow"), "{err}");
+    let _: Value = json!(null);
+}
