@@ -518,16 +518,16 @@ mod tests {
         let id = "b831381d-6324-4d53-ad4f-8cda48b30811";
         let x = vless::Account { id: id.into(), encryption: "none".into(), ..Default::default() };
         let spec = user_spec(&user("xray.proxy.vless.Account", x.encode_to_vec()), "vless").unwrap();
-        assert_eq!(spec.account, Account::Vless(id.parse().unwrap()));
+        assert_eq!(spec.account, Account::Vless(id.parse().unwrap(), VlessFlow::None));
         assert_eq!((spec.level, spec.email.as_str()), (1, "a@b"));
         // V2Ray's field 2 is encryption: "none" there must not read as a flow.
         let v = V2rayVlessAccount { id: id.into(), encryption: "none".into() };
         let spec = user_spec(&user("v2ray.core.proxy.vless.Account", v.encode_to_vec()), "vless").unwrap();
-        assert_eq!(spec.account, Account::Vless(id.parse().unwrap()));
+        assert_eq!(spec.account, Account::Vless(id.parse().unwrap(), VlessFlow::None));
         // Short string ids map as upstream maps them.
         let short = vless::Account { id: "alice".into(), ..Default::default() };
         let spec = user_spec(&user("xray.proxy.vless.Account", short.encode_to_vec()), "vless").unwrap();
-        assert_eq!(spec.account, Account::Vless("ec61d669-fc85-586b-a097-822a49b51e7e".parse().unwrap()));
+        assert_eq!(spec.account, Account::Vless("ec61d669-fc85-586b-a097-822a49b51e7e".parse().unwrap(), VlessFlow::None));
     }
 
     #[test]
@@ -618,9 +618,15 @@ mod tests {
             user_spec(&user("xray.proxy.vless.Account", long.encode_to_vec()), "vless"),
             Err(InvalidUser::BadId(_))
         ));
+        // The flow is honoured, shown again by `api_user`; the UDP/443 variant is a client's.
         let vision = vless::Account { id: "alice".into(), flow: "xtls-rprx-vision".into(), ..Default::default() };
+        let spec = user_spec(&user("xray.proxy.vless.Account", vision.encode_to_vec()), "vless").unwrap();
+        assert!(spec.account.vision());
+        let shown = api_user(&spec).account.unwrap();
+        assert_eq!(vless::Account::decode(&shown.value[..]).unwrap().flow, "xtls-rprx-vision");
+        let udp443 = vless::Account { id: "alice".into(), flow: "xtls-rprx-vision-udp443".into(), ..Default::default() };
         assert!(matches!(
-            user_spec(&user("xray.proxy.vless.Account", vision.encode_to_vec()), "vless"),
+            user_spec(&user("xray.proxy.vless.Account", udp443.encode_to_vec()), "vless"),
             Err(InvalidUser::UnsupportedFlow(_))
         ));
         let no_account = User { level: 0, email: "a@b".into(), account: None };

@@ -464,7 +464,9 @@ where
     }
 }
 
-/// Runs both directions under the timeouts and the session watch until they finish.
+/// Runs both directions under the timeouts and the session watch until they finish (or a
+/// Vision stream is ready for `handover`).
+#[allow(clippy::too_many_arguments)] // each is one of the relay's inputs, passed once
 async fn drive<C, U, D, M>(
     client: &mut C,
     upstream: &mut U,
