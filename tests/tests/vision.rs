@@ -291,3 +291,60 @@ fn vision_off_tls_and_the_udp443_variant_are_refused_at_load() {
     assert!(err.contains("inbounds[0].settings.clients[0].flow"), "{err}");
     let _: Value = json!(null);
 }
+
+/// The API: AddUser honours `xray.proxy.vless.Account.flow` (the new user's sing-box Vision
+/// session is served), GetInboundUsers shows it, and a Vision user is refused on an inbound
+/// without TLS. `shardray link` adds `flow=xtls-rprx-vision` to Vision users' links only.
+#[test]
+fn api_flow_and_links() {
+    use shardray_proto::xray::app::proxyman::command as handler;
+    use shardray_proto::xray::common::protocol::User;
+    use shardray_proto::xray::proxy::vless;
+    use prost::Message;
+    use shardray_tests::api::typed;
+
+    let certs = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(certs.path(), &["localhost"]);
+    let clients = json!([
+        { "id": ALICE, "email": "alice@example.com", "flow": FLOW },
+        { "id": BOB, "email": "bob@example.com" }
+    ]);
+    let extra = json!({ "streamSettings": cert.stream_settings("localhost", &[]) });
+    let mut config = vless_config(clients, extra);
+    config["inbounds"].as_array_mut().unwrap().push(json!({
+        "tag": "plain-in", "listen": "127.0.0.1", "port": 0, "protocol": "vless",
+        "settings": { "clients": [], "decryption": "none" }
+    }));
+    config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
+
+    let path = certs.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let (status, out) = shardray_tests::run_cli(&["link", "-c", path.to_str().unwrap(), "--host", "proxy.example"]);
+    assert!(status.success(), "{out}");
+    let alice = out.lines().find(|l| l.contains(ALICE)).expect("alice's link");
+    let bob = out.lines().find(|l| l.contains(BOB)).expect("bob's link");
+    assert!(alice.contains("&flow=xtls-rprx-vision&"), "{alice}");
+    assert!(!bob.contains("flow="), "{bob}");
+
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.expect("api address"));
+    const CAROL: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let vision_user = |email: &str| {
+        let account = vless::Account { id: CAROL.into(), flow: FLOW.into(), ..Default::default() };
+        User { level: 0, email: email.into(), account: Some(typed("xray.proxy.vless.Account", &account)) }
+    };
+    api.add_api_user("vless-in", vision_user("carol@example.com")).unwrap();
+    let req = handler::GetInboundUserRequest { tag: "vless-in".into(), email: "carol@example.com".into() };
+    let users = api.block_on(api.handler().get_inbound_users(req)).unwrap().into_inner().users;
+    let account = users[0].account.as_ref().expect("an account");
+    assert_eq!(vless::Account::decode(&account.value[..]).unwrap().flow, FLOW);
+
+    let refused = api.add_api_user("plain-in", vision_user("dave@example.com")).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("xtls-rprx-vision"), "{}", refused.message());
+
+    let sb = client(&server, CAROL, Some(FLOW));
+    let echo = EchoServer::start();
+    let data = payload(300_000, 9);
+    assert!(plain_echo(&sb, echo.addr(), &data).unwrap() == data, "{}", server.output());
+}
