@@ -527,7 +527,10 @@ mod tests {
         // Short string ids map as upstream maps them.
         let short = vless::Account { id: "alice".into(), ..Default::default() };
         let spec = user_spec(&user("xray.proxy.vless.Account", short.encode_to_vec()), "vless").unwrap();
-        assert_eq!(spec.account, Account::Vless("ec61d669-fc85-586b-a097-822a49b51e7e".parse().unwrap(), VlessFlow::None));
+        assert_eq!(
+            spec.account,
+            Account::Vless("ec61d669-fc85-586b-a097-822a49b51e7e".parse().unwrap(), VlessFlow::None)
+        );
     }
 
     #[test]
@@ -624,7 +627,8 @@ mod tests {
         assert!(spec.account.vision());
         let shown = api_user(&spec).account.unwrap();
         assert_eq!(vless::Account::decode(&shown.value[..]).unwrap().flow, "xtls-rprx-vision");
-        let udp443 = vless::Account { id: "alice".into(), flow: "xtls-rprx-vision-udp443".into(), ..Default::default() };
+        let udp443 =
+            vless::Account { id: "alice".into(), flow: "xtls-rprx-vision-udp443".into(), ..Default::default() };
         assert!(matches!(
             user_spec(&user("xray.proxy.vless.Account", udp443.encode_to_vec()), "vless"),
             Err(InvalidUser::UnsupportedFlow(_))

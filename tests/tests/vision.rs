@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -102,7 +102,11 @@ fn tls13_echo() -> (SocketAddr, Arc<ClientConfig>) {
 /// half-close before the echo is in: sing-box's Vision client tears a session down when its
 /// local side half-closes early.)
 fn inner_tls_echo(sb: &SingBox, echo: SocketAddr, config: Arc<ClientConfig>, data: Vec<u8>) -> io::Result<Vec<u8>> {
-    let mut sock = sb.connect(echo)?;
+    inner_tls_over(sb.connect(echo)?, config, data)
+}
+
+/// `inner_tls_echo` over a connected stream.
+fn inner_tls_over(mut sock: TcpStream, config: Arc<ClientConfig>, data: Vec<u8>) -> io::Result<Vec<u8>> {
     sock.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut conn =
         ClientConnection::new(config, ServerName::try_from("echo.test").unwrap()).map_err(io::Error::other)?;
@@ -161,7 +165,11 @@ fn inner_tls_echo(sb: &SingBox, echo: SocketAddr, config: Arc<ClientConfig>, dat
 /// Sends `data` through sing-box to `dest` while reading; returns what came back once as
 /// many bytes arrived (or the stream ended).
 fn plain_echo(sb: &SingBox, dest: SocketAddr, data: &[u8]) -> io::Result<Vec<u8>> {
-    let stream = sb.connect(dest)?;
+    plain_over(sb.connect(dest)?, data)
+}
+
+/// `plain_echo` over a connected stream.
+fn plain_over(stream: TcpStream, data: &[u8]) -> io::Result<Vec<u8>> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut write_half = stream.try_clone()?;
     let len = data.len();
@@ -297,10 +305,10 @@ fn vision_off_tls_and_the_udp443_variant_are_refused_at_load() {
 /// without TLS. `shardray link` adds `flow=xtls-rprx-vision` to Vision users' links only.
 #[test]
 fn api_flow_and_links() {
+    use prost::Message;
     use shardray_proto::xray::app::proxyman::command as handler;
     use shardray_proto::xray::common::protocol::User;
     use shardray_proto::xray::proxy::vless;
-    use prost::Message;
     use shardray_tests::api::typed;
 
     let certs = tempfile::tempdir().unwrap();
@@ -347,4 +355,56 @@ fn api_flow_and_links() {
     let echo = EchoServer::start();
     let data = payload(300_000, 9);
     assert!(plain_echo(&sb, echo.addr(), &data).unwrap() == data, "{}", server.output());
+}
+
+/// The VLESS outbound with `flow: "xtls-rprx-vision"` against sing-box as the Vision server:
+/// inner TLS 1.3 (6 MiB each way) goes direct both ways, plain bytes (3 MiB each way) are
+/// padded only; every byte comes back.
+#[test]
+fn outbound_vision_against_sing_box() {
+    let certs = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(certs.path(), &["localhost"]);
+    let sb = SingBox::serve(json!({
+        "type": "vless", "tag": "vision-in",
+        "users": [{ "uuid": ALICE, "flow": FLOW }],
+        "tls": { "enabled": true, "server_name": "localhost",
+                 "certificate_path": cert.cert_file.to_str().unwrap(), "key_path": cert.key_file.to_str().unwrap() }
+    }));
+    let (tls_echo, client_config) = tls13_echo();
+    let plain = EchoServer::start();
+    let door = |tag: &str, to: SocketAddr| {
+        json!({ "tag": tag, "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
+                "settings": { "address": "127.0.0.1", "port": to.port(), "network": "tcp" } })
+    };
+    let config = json!({
+        "log": { "loglevel": "debug" },
+        "inbounds": [door("tls-door", tls_echo), door("plain-door", plain.addr())],
+        "outbounds": [{
+            "tag": "vision-out", "protocol": "vless",
+            "settings": { "vnext": [{ "address": "127.0.0.1", "port": sb.socks.port(),
+                                      "users": [{ "id": ALICE, "encryption": "none", "flow": FLOW }] }] },
+            "streamSettings": { "security": "tls",
+                                "tlsSettings": { "serverName": "localhost", "allowInsecure": true } }
+        }]
+    });
+    let server = Shardray::start(&config, 2);
+
+    const LEN: usize = 6 << 20;
+    let data = payload(LEN, 11);
+    let stream = TcpStream::connect(server.inbound("tls-door")).unwrap();
+    let got = inner_tls_over(stream, client_config, data.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", server.output(), sb.log()));
+    assert!(got == data, "inner TLS: echoed bytes differ ({} bytes)\n{}", got.len(), server.output());
+    assert!(
+        wait_until(Duration::from_secs(5), || server
+            .output()
+            .contains("Vision to the server ended (direct up: true, down: true)")),
+        "the outbound session did not go direct both ways:\n{}",
+        server.output()
+    );
+
+    let data = payload(3 << 20, 12);
+    let stream = TcpStream::connect(server.inbound("plain-door")).unwrap();
+    let got = plain_over(stream, &data).unwrap_or_else(|e| panic!("{e}\n{}", server.output()));
+    assert!(got == data, "plain: echoed bytes differ ({} bytes)\n{}", got.len(), server.output());
 }

@@ -894,6 +894,8 @@ pub struct VlessOutboundSpec {
     pub level: u32,
     /// `streamSettings` with `security: "tls"`; `None` sends VLESS over plain TCP.
     pub tls: Option<TlsClientSpec>,
+    /// `vnext[0].users[0].flow`: Vision (over TLS only), or none.
+    pub flow: VlessFlow,
 }
 
 /// `settings` of a Shadowsocks outbound (one server).

@@ -11,7 +11,7 @@ use shardray_core::spec::FallbackSpec;
 use shardray_core::spec::LogLevel;
 use shardray_core::stats::Refusal;
 use shardray_wire::addr::Destination;
-use shardray_wire::vision::{self, TlsFilter};
+use shardray_wire::vision;
 use shardray_wire::vless::{Command, RequestHeader, MAX_HEADER_LEN, RESPONSE_HEADER};
 use shardray_wire::DecodeError;
 
@@ -130,9 +130,9 @@ async fn serve_vision(
     user: UserHandle,
     first: &[u8],
 ) {
-    let switch = VisionSwitch::new(tls.get_ref().0.fd());
+    let switch = Rc::new(VisionSwitch::new(tls.get_ref().0.fd()));
     let uuid = *header.user.as_bytes();
-    let mut stream = VisionStream::new(&mut tls, &switch, uuid, &RESPONSE_HEADER, TlsFilter::default(), first);
+    let mut stream = VisionStream::server(&mut tls, switch.clone(), uuid, RESPONSE_HEADER.to_vec(), first);
     let early = match stream.take_early() {
         Ok(early) => early,
         Err(e) => {

@@ -230,13 +230,17 @@ where
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&vless.tls, &None, &v.server)).await;
+            let dialed = match vless.vision {
+                // The Vision stream sends the header itself and takes the response off.
+                true => Box::pin(vless.dial_vision(&v.server, dest)).await.map(|up| (up, Vec::new())),
+                false => Box::pin(trojan::dial(&vless.tls, &None, &v.server)).await.map(|up| {
+                    let header = vless.header(shardray_wire::vless::Command::Tcp, dest);
+                    (Upstream::Vless(Box::new(vless::VlessResponse::new(up))), header)
+                }),
+            };
             access(None);
             match dialed {
-                Ok(up) => (
-                    Upstream::Vless(Box::new(vless::VlessResponse::new(up))),
-                    vless.header(shardray_wire::vless::Command::Tcp, dest),
-                ),
+                Ok(up) => up,
                 Err(e) => {
                     let out = &outbound.tag;
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", v.server));
@@ -322,11 +326,20 @@ where
             };
             async {
                 // The outbound protocol's header leaves with the payload that came with the request.
+                if let (Upstream::Vision(v), true) = (&mut upstream, early.is_empty()) {
+                    // No payload yet: the header leaves now, with a padded empty block.
+                    v.start();
+                    upstream.flush().await?;
+                }
                 if !early.is_empty() || !preamble.is_empty() {
                     let mut first = preamble;
                     first.extend_from_slice(early);
                     upstream.write_all(&first).await?;
                     meter.up(early.len() as u64);
+                    if matches!(upstream, Upstream::Vision(_)) {
+                        // Vision encodes into its own buffer: push it all out now.
+                        upstream.flush().await?;
+                    }
                 }
                 let mut options =
                     RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &ctx.config.policy);
@@ -359,6 +372,13 @@ where
     };
     if let Some((slot, generation)) = meter.user {
         ctx.users.borrow_mut().session_closed(slot, generation, session.peer.ip());
+    }
+    if let Upstream::Vision(v) = &upstream {
+        let (up, down) = v.went_direct;
+        ctx.log.error(
+            LogLevel::Debug,
+            format_args!("[{tag}] {peer} to {dest}: Vision to the server ended (direct up: {down}, down: {up})"),
+        );
     }
     match result {
         Ok(RelayEnd::Done | RelayEnd::Handover) => {}

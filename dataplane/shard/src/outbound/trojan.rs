@@ -101,6 +101,16 @@ fn server_name(name: &str) -> Result<ServerName<'static>, String> {
 /// Resolves and connects to the server, then completes the TLS handshake and the transport's
 /// upgrade if configured; the whole dial is bounded by `DIAL_TIMEOUT`.
 pub(crate) async fn dial(tls: &ClientTls, transport: &ClientTransport, server: &Destination) -> io::Result<Upstream> {
+    dial_with(tls, transport, server, false).await
+}
+
+/// `dial`, with the TLS stream following record boundaries when `tracking` (Vision).
+pub(crate) async fn dial_with(
+    tls: &ClientTls,
+    transport: &ClientTransport,
+    server: &Destination,
+    tracking: bool,
+) -> io::Result<Upstream> {
     let dialing = async {
         let addrs = resolve(&server.addr, server.port, Default::default()).await?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
@@ -119,7 +129,11 @@ pub(crate) async fn dial(tls: &ClientTls, transport: &ClientTransport, server: &
         let secured = match tls {
             None => Upstream::Tcp(stream),
             Some((connector, name)) => {
-                let tls = connector.connect(name.clone(), TlsTcp::new(Box::new(stream))).await?;
+                let tcp = match tracking {
+                    true => TlsTcp::tracking(Box::new(stream)),
+                    false => TlsTcp::new(Box::new(stream)),
+                };
+                let tls = connector.connect(name.clone(), tcp).await?;
                 Upstream::Tls(Box::new(tls))
             }
         };
@@ -149,6 +163,8 @@ pub(crate) enum Upstream {
     Vmess(Box<crate::vmess::VmessStream<Upstream>>),
     Vless(Box<super::vless::VlessResponse<Upstream>>),
     Shadowsocks(Box<crate::shadowsocks::SsStream<Upstream>>),
+    /// A VLESS Vision session to the server (over TLS, which it may drop once direct).
+    Vision(Box<crate::transport::vision::VisionStream<futures_rustls::client::TlsStream<TlsTcp>>>),
 }
 
 impl Upstream {
@@ -161,7 +177,8 @@ impl Upstream {
             | Upstream::Early(_)
             | Upstream::Vmess(_)
             | Upstream::Vless(_)
-            | Upstream::Shadowsocks(_) => None,
+            | Upstream::Shadowsocks(_)
+            | Upstream::Vision(_) => None,
         }
     }
 }
@@ -176,6 +193,7 @@ impl AsyncRead for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -190,6 +208,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -206,6 +225,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -218,6 +238,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -230,6 +251,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }

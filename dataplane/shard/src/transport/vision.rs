@@ -1,5 +1,5 @@
-//! A VLESS Vision session's client side on the server: the TLS stream seen through the Vision
-//! codec (`wire::vision`). Reads are unpadded and writes padded while the inner handshake
+//! A VLESS Vision session over TLS, either end: the TLS stream seen through the Vision codec
+//! (`wire::vision`). Reads are unpadded and writes padded while the inner handshake
 //! goes by; once a direction goes direct it bypasses rustls and moves raw TCP, and once both
 //! have and nothing is left buffered above the socket, `VisionSwitch` tells the relay it
 //! may splice the socket itself.
@@ -8,10 +8,10 @@ use std::cell::Cell;
 use std::io::{self, Read};
 use std::os::fd::RawFd;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use futures_rustls::server::TlsStream;
 use shardray_wire::vision::{After, Mode, Padder, TlsFilter, Unpadder, MAX_CONTENT};
 
 use super::tls_tcp::TlsTcp;
@@ -40,10 +40,80 @@ impl VisionSwitch {
     }
 }
 
-/// The server's side of a Vision session over TLS (see the module doc).
-pub(crate) struct VisionStream<'a> {
-    tls: &'a mut TlsStream<TlsTcp>,
-    switch: &'a VisionSwitch,
+/// A TLS stream over `TlsTcp` whose plaintext and socket Vision can reach: a server's or a
+/// client's (`futures_rustls`), or a borrow of one.
+pub(crate) trait OuterTls: AsyncRead + AsyncWrite + Unpin {
+    fn tcp(&mut self) -> &mut TlsTcp;
+    fn tcp_ref(&self) -> &TlsTcp;
+    /// Moves the plaintext rustls has decrypted and not handed out yet onto `out`.
+    fn drain_plaintext(&mut self, out: &mut Vec<u8>) -> io::Result<()>;
+}
+
+fn drain(mut reader: rustls::Reader<'_>, out: &mut Vec<u8>) -> io::Result<()> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl OuterTls for futures_rustls::server::TlsStream<TlsTcp> {
+    fn tcp(&mut self) -> &mut TlsTcp {
+        self.get_mut().0
+    }
+    fn tcp_ref(&self) -> &TlsTcp {
+        self.get_ref().0
+    }
+    fn drain_plaintext(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        drain(self.get_mut().1.reader(), out)
+    }
+}
+
+impl OuterTls for futures_rustls::client::TlsStream<TlsTcp> {
+    fn tcp(&mut self) -> &mut TlsTcp {
+        self.get_mut().0
+    }
+    fn tcp_ref(&self) -> &TlsTcp {
+        self.get_ref().0
+    }
+    fn drain_plaintext(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        drain(self.get_mut().1.reader(), out)
+    }
+}
+
+impl<T: OuterTls> OuterTls for &mut T {
+    fn tcp(&mut self) -> &mut TlsTcp {
+        (**self).tcp()
+    }
+    fn tcp_ref(&self) -> &TlsTcp {
+        (**self).tcp_ref()
+    }
+    fn drain_plaintext(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        (**self).drain_plaintext(out)
+    }
+}
+
+/// Where a client stands in the server's VLESS response header (version, addons), which
+/// comes ahead of the server's first block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    Version,
+    AddonsLen,
+    Addons(usize),
+    Body,
+}
+
+/// A Vision session over TLS (see the module doc): the server's side of an inbound session,
+/// or the client's side of an outbound one.
+pub(crate) struct VisionStream<T> {
+    tls: T,
+    switch: Rc<VisionSwitch>,
+    /// A client's: the response header still to be taken off the front.
+    head: Head,
     filter: TlsFilter,
     unpadder: Unpadder,
     padder: Padder,
@@ -60,29 +130,47 @@ pub(crate) struct VisionStream<'a> {
     after: After,
     write_plain: bool,
     write_direct: bool,
-    /// The VLESS response header, sent ahead of the first block (outside the padding).
-    prefix: &'a [u8],
+    /// The VLESS response (server) or request (client) header, sent ahead of the first block
+    /// (outside the padding).
+    prefix: Vec<u8>,
     rng: u64,
     /// Sessions whose direction went direct: counted for the `direct` debug line and tests.
     pub(crate) went_direct: (bool, bool),
 }
 
-impl<'a> VisionStream<'a> {
-    pub(crate) fn new(
-        tls: &'a mut TlsStream<TlsTcp>,
-        switch: &'a VisionSwitch,
-        uuid: [u8; 16],
-        prefix: &'a [u8],
-        filter: TlsFilter,
-        early: &[u8],
-    ) -> Self {
+impl<T: OuterTls> VisionStream<T> {
+    /// The server's side: `early` is what came after the request header; `prefix` the response
+    /// header.
+    pub(crate) fn server(tls: T, switch: Rc<VisionSwitch>, uuid: [u8; 16], prefix: Vec<u8>, early: &[u8]) -> Self {
+        VisionStream::new(tls, switch, Head::Body, uuid, prefix, early)
+    }
+
+    /// The client's side: `request` (the VLESS request header) leaves ahead of the first block,
+    /// and the server's response header is taken off the front of what it sends.
+    pub(crate) fn client(tls: T, uuid: [u8; 16], request: Vec<u8>) -> Self {
+        let switch = Rc::new(VisionSwitch::new(tls.tcp_ref().fd()));
+        VisionStream::new(tls, switch, Head::Version, uuid, request, &[])
+    }
+
+    /// Sends the request header with an empty padded block (long padding hides its length),
+    /// as Xray's client does when no payload comes with the request.
+    pub(crate) fn start(&mut self) {
+        let mut out = std::mem::take(&mut self.prefix);
+        let mut filter = std::mem::take(&mut self.filter);
+        let mut padder = self.padder.clone();
+        padder.encode(&[], &mut filter, &mut self.below(), &mut out);
+        (self.padder, self.filter, self.out) = (padder, filter, out);
+    }
+
+    fn new(mut tls: T, switch: Rc<VisionSwitch>, head: Head, uuid: [u8; 16], prefix: Vec<u8>, early: &[u8]) -> Self {
         let mut seed = [0u8; 8];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
-        tls.get_mut().0.bound();
+        tls.tcp().bound();
         VisionStream {
             tls,
             switch,
-            filter,
+            head,
+            filter: TlsFilter::default(),
             unpadder: Unpadder::new(uuid),
             padder: Padder::new(uuid),
             inbuf: early.to_vec(),
@@ -137,16 +225,8 @@ impl<'a> VisionStream<'a> {
         let mut rest = self.inbuf.split_off(self.pos);
         self.inbuf = Vec::new();
         self.pos = 0;
-        let (tcp, conn) = self.tls.get_mut();
-        let mut chunk = [0u8; 4096];
-        loop {
-            match conn.reader().read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => rest.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
+        self.tls.drain_plaintext(&mut rest)?;
+        let tcp = self.tls.tcp();
         if !tcp.at_record_boundary() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "Vision: raw bytes inside a TLS record"));
         }
@@ -162,7 +242,7 @@ impl<'a> VisionStream<'a> {
             && self.write_direct
             && self.lpos == self.leftover.len()
             && self.opos == self.out.len()
-            && !self.tls.get_ref().0.has_ahead();
+            && !self.tls.tcp_ref().has_ahead();
         if done && !self.switch.transparent() {
             self.leftover = Vec::new();
             self.lpos = 0;
@@ -182,7 +262,7 @@ impl<'a> VisionStream<'a> {
     /// Pushes encoded bytes into TLS; on the direct block's end, flushes TLS and turns raw.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.opos < self.out.len() {
-            match Pin::new(&mut *self.tls).poll_write(cx, &self.out[self.opos..]) {
+            match Pin::new(&mut self.tls).poll_write(cx, &self.out[self.opos..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => self.opos += n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -196,7 +276,7 @@ impl<'a> VisionStream<'a> {
             After::Plain => self.write_plain = true,
             After::Direct => {
                 // The direct block must reach the socket before the first raw byte.
-                match Pin::new(&mut *self.tls).poll_flush(cx) {
+                match Pin::new(&mut self.tls).poll_flush(cx) {
                     Poll::Ready(Ok(())) => {}
                     other => return other,
                 }
@@ -208,9 +288,36 @@ impl<'a> VisionStream<'a> {
         self.after = After::Same;
         Poll::Ready(Ok(()))
     }
+
+    /// Takes the response header off the front of `inbuf[pos..]` (a client's).
+    fn skip_head(&mut self) -> io::Result<()> {
+        while self.head != Head::Body && self.pos < self.inbuf.len() {
+            let b = self.inbuf[self.pos];
+            match self.head {
+                Head::Version if b != shardray_wire::vless::VERSION => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "VLESS response: unknown version"))
+                }
+                Head::Version => {
+                    self.head = Head::AddonsLen;
+                    self.pos += 1;
+                }
+                Head::AddonsLen => {
+                    self.head = if b == 0 { Head::Body } else { Head::Addons(usize::from(b)) };
+                    self.pos += 1;
+                }
+                Head::Addons(n) => {
+                    let take = n.min(self.inbuf.len() - self.pos);
+                    self.pos += take;
+                    self.head = if take == n { Head::Body } else { Head::Addons(n - take) };
+                }
+                Head::Body => {}
+            }
+        }
+        Ok(())
+    }
 }
 
-impl AsyncRead for VisionStream<'_> {
+impl<T: OuterTls> AsyncRead for VisionStream<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         loop {
@@ -222,14 +329,14 @@ impl AsyncRead for VisionStream<'_> {
                     this.check_transparent();
                     return Poll::Ready(Ok(n));
                 }
-                let read = Pin::new(&mut *this.tls.get_mut().0).poll_read(cx, buf);
+                let read = Pin::new(&mut *this.tls.tcp()).poll_read(cx, buf);
                 this.check_transparent();
                 return read;
             }
             if this.pos == this.inbuf.len() {
                 if this.unpadder.mode() == Mode::Plain {
                     // Padding is over: straight from TLS into the caller's buffer.
-                    let read = Pin::new(&mut *this.tls).poll_read(cx, buf);
+                    let read = Pin::new(&mut this.tls).poll_read(cx, buf);
                     if let Poll::Ready(Ok(n)) = read {
                         this.filter_read(0, n, buf);
                     }
@@ -237,7 +344,7 @@ impl AsyncRead for VisionStream<'_> {
                 }
                 this.inbuf.resize(READ_CHUNK, 0);
                 this.pos = 0;
-                match Pin::new(&mut *this.tls).poll_read(cx, &mut this.inbuf) {
+                match Pin::new(&mut this.tls).poll_read(cx, &mut this.inbuf) {
                     Poll::Ready(Ok(n)) => this.inbuf.truncate(n),
                     other => {
                         this.inbuf.clear();
@@ -246,6 +353,10 @@ impl AsyncRead for VisionStream<'_> {
                 }
                 if this.inbuf.is_empty() {
                     return Poll::Ready(Ok(0));
+                }
+                this.skip_head()?;
+                if this.pos == this.inbuf.len() {
+                    continue;
                 }
             }
             let (used, wrote) = this.unpadder.decode(&this.inbuf[this.pos..], buf);
@@ -263,7 +374,7 @@ impl AsyncRead for VisionStream<'_> {
     }
 }
 
-impl AsyncWrite for VisionStream<'_> {
+impl<T: OuterTls> AsyncWrite for VisionStream<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         match this.poll_drain(cx) {
@@ -275,18 +386,17 @@ impl AsyncWrite for VisionStream<'_> {
             if this.filter.filtering() {
                 this.filter.observe(data);
             }
-            return Pin::new(&mut *this.tls.get_mut().0).poll_write(cx, data);
+            return Pin::new(&mut *this.tls.tcp()).poll_write(cx, data);
         }
         if this.write_plain && this.prefix.is_empty() {
             if this.filter.filtering() {
                 this.filter.observe(data);
             }
-            return Pin::new(&mut *this.tls).poll_write(cx, data);
+            return Pin::new(&mut this.tls).poll_write(cx, data);
         }
         let data = &data[..data.len().min(WRITE_CHUNK)];
         let mut out = std::mem::take(&mut this.out);
-        out.extend_from_slice(this.prefix);
-        this.prefix = &[];
+        out.append(&mut this.prefix);
         let mut filter = std::mem::take(&mut this.filter);
         let mut padder = this.padder.clone();
         let after = padder.encode(data, &mut filter, &mut this.below(), &mut out);
@@ -308,24 +418,24 @@ impl AsyncWrite for VisionStream<'_> {
             other => return other,
         }
         if this.write_direct {
-            return Pin::new(&mut *this.tls.get_mut().0).poll_flush(cx);
+            return Pin::new(&mut *this.tls.tcp()).poll_flush(cx);
         }
-        Pin::new(&mut *this.tls).poll_flush(cx)
+        Pin::new(&mut this.tls).poll_flush(cx)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         // The response header, even when the upstream sent nothing.
-        this.out.extend_from_slice(this.prefix);
-        this.prefix = &[];
+        let mut prefix = std::mem::take(&mut this.prefix);
+        this.out.append(&mut prefix);
         match this.poll_drain(cx) {
             Poll::Ready(Ok(())) => {}
             other => return other,
         }
         if this.write_direct {
             // Raw TCP now: a half-close is a FIN, as the peer's raw reader expects.
-            return Pin::new(&mut *this.tls.get_mut().0).poll_close(cx);
+            return Pin::new(&mut *this.tls.tcp()).poll_close(cx);
         }
-        Pin::new(&mut *this.tls).poll_close(cx)
+        Pin::new(&mut this.tls).poll_close(cx)
     }
 }
