@@ -408,3 +408,25 @@ fn outbound_vision_against_sing_box() {
     let got = plain_over(stream, &data).unwrap_or_else(|e| panic!("{e}\n{}", server.output()));
     assert!(got == data, "plain: echoed bytes differ ({} bytes)\n{}", got.len(), server.output());
 }
+
+/// UDP from a Vision client: sing-box sends it as XUDP (VLESS mux) under Vision, padded; 500
+/// datagrams come back byte for byte and alice's counters carry them.
+#[test]
+fn xudp_under_vision_from_sing_box() {
+    use shardray_tests::udp::{echo_datagrams, Socks5Udp, UdpEcho};
+    let certs = tempfile::tempdir().unwrap();
+    let server = server(certs.path());
+    let sb = client(&server, ALICE, Some(FLOW));
+    let echo = UdpEcho::start();
+    let path = Socks5Udp::associate(sb.socks).unwrap();
+    let log = || format!("{}\n{}", sb.log(), server.output());
+    let total = echo_datagrams(&path, echo.addr(), None, 500, 5, 8, &log) as i64;
+    let mut last = BTreeMap::new();
+    let ok = wait_until(Duration::from_secs(5), || {
+        last = counters(&server, "alice@example.com");
+        last.get("user>>>alice@example.com>>>traffic>>>uplink") == Some(&total)
+            && last.get("user>>>alice@example.com>>>traffic>>>downlink") == Some(&total)
+    });
+    assert!(ok, "alice's counters should be {total} both ways: {last:?}");
+    assert!(server.output().contains("Vision XUDP (mux) session"), "not XUDP under Vision:\n{}", server.output());
+}

@@ -141,6 +141,7 @@ async fn serve_vision(
         }
     };
     if header.command == Command::Mux {
+        ctx.log.error(LogLevel::Debug, format_args!("[{}] {} Vision XUDP (mux) session", inbound.tag, info.peer));
         let session = PacketSession { inbound, peer: info.peer, level: user.level, user: Some(user), idle_cap: None };
         let stream = RefCell::new(stream);
         let input = FrameReader::new(Half(&stream), Framing::Xudp, &early);
