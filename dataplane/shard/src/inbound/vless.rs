@@ -6,7 +6,6 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use futures_rustls::server::TlsStream;
 use shardray_core::spec::FallbackSpec;
 use shardray_core::spec::LogLevel;
 use shardray_core::stats::Refusal;
@@ -19,8 +18,7 @@ use super::{fallback, read_first, ConnInfo, FIRST_READ};
 use crate::ctx::{InboundRt, ShardCtx};
 use crate::outbound::{forward, forward_vision, Session};
 use crate::packet::{serve_packets, FrameReader, FrameWriter, Framing, Half, PacketSession};
-use crate::transport::tls_tcp::TlsTcp;
-use crate::transport::vision::{VisionStream, VisionSwitch};
+use crate::transport::vision::{OuterTls, VisionStream, VisionSwitch};
 use crate::users::{UserHandle, UserTable};
 
 /// How the handshake ended.
@@ -87,20 +85,21 @@ pub(super) async fn serve<S>(
     }
 }
 
-/// A VLESS inbound over TLS directly on raw TCP: as `serve`, and Vision for users with it.
-pub(super) async fn serve_tls(
+/// A VLESS inbound over TLS (any `OuterTls`) directly on raw TCP: as `serve`, and Vision for
+/// users with it.
+pub(crate) async fn serve_tls<T: OuterTls>(
     ctx: &Rc<ShardCtx>,
     inbound: &InboundRt,
     users: &RefCell<UserTable>,
     fallbacks: &[FallbackSpec],
-    mut tls: TlsStream<TlsTcp>,
+    mut tls: T,
     info: &ConnInfo,
 ) {
     let started = Instant::now();
     let (outcome, mut buf, len) = handshake(ctx, &mut tls, info, users).await;
     let outcome = match outcome {
         Handshake::Accepted { header, user, consumed } if header.flow == vision::FLOW => {
-            if tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            if tls.is_tls13() {
                 let user = user.bind(&ctx.users.borrow());
                 return Box::pin(serve_vision(ctx, inbound, tls, info, header, user, &buf[consumed..len])).await;
             }
@@ -121,16 +120,16 @@ pub(super) async fn serve_tls(
 
 /// A Vision session: TCP relayed through the Vision stream (spliced once both directions go
 /// direct), or XUDP (mux) padded the same way.
-async fn serve_vision(
+async fn serve_vision<T: OuterTls>(
     ctx: &Rc<ShardCtx>,
     inbound: &InboundRt,
-    mut tls: TlsStream<TlsTcp>,
+    mut tls: T,
     info: &ConnInfo,
     header: RequestHeader,
     user: UserHandle,
     first: &[u8],
 ) {
-    let switch = Rc::new(VisionSwitch::new(tls.get_ref().0.fd()));
+    let switch = Rc::new(VisionSwitch::new(tls.tcp_ref().fd()));
     let uuid = *header.user.as_bytes();
     let mut stream = VisionStream::server(&mut tls, switch.clone(), uuid, RESPONSE_HEADER.to_vec(), first);
     let early = match stream.take_early() {

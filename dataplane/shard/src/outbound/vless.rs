@@ -13,7 +13,7 @@ use shardray_wire::vless::{Command, RequestHeader, VERSION};
 use uuid::Uuid;
 
 use super::trojan::{client_tls, ClientTls, Upstream};
-use crate::transport::vision::VisionStream;
+use crate::transport::vision::{OuterTls, VisionStream};
 
 /// A VLESS outbound as a shard runs it: the user id and the TLS client, built once.
 pub(crate) struct VlessClient {
@@ -48,7 +48,7 @@ impl VlessClient {
         let Upstream::Tls(tls) = up else {
             return Err(io::Error::other("Vision needs TLS to the server"));
         };
-        if tls.get_ref().1.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        if !tls.is_tls13() {
             return Err(io::Error::other("Vision needs TLS 1.3 to the server"));
         }
         let stream = VisionStream::client(*tls, *self.id.as_bytes(), self.header(Command::Tcp, dest));

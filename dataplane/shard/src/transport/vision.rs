@@ -42,9 +42,12 @@ impl VisionSwitch {
 
 /// A TLS stream over `TlsTcp` whose plaintext and socket Vision can reach: a server's or a
 /// client's (`futures_rustls`), or a borrow of one.
+/// (REALITY's stream implements it too, to serve Vision.)
 pub(crate) trait OuterTls: AsyncRead + AsyncWrite + Unpin {
     fn tcp(&mut self) -> &mut TlsTcp;
     fn tcp_ref(&self) -> &TlsTcp;
+    /// Whether the session is TLS 1.3 (Vision's direct path needs it).
+    fn is_tls13(&self) -> bool;
     /// Moves the plaintext rustls has decrypted and not handed out yet onto `out`.
     fn drain_plaintext(&mut self, out: &mut Vec<u8>) -> io::Result<()>;
 }
@@ -65,6 +68,9 @@ impl OuterTls for futures_rustls::server::TlsStream<TlsTcp> {
     fn tcp(&mut self) -> &mut TlsTcp {
         self.get_mut().0
     }
+    fn is_tls13(&self) -> bool {
+        self.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+    }
     fn tcp_ref(&self) -> &TlsTcp {
         self.get_ref().0
     }
@@ -77,6 +83,9 @@ impl OuterTls for futures_rustls::client::TlsStream<TlsTcp> {
     fn tcp(&mut self) -> &mut TlsTcp {
         self.get_mut().0
     }
+    fn is_tls13(&self) -> bool {
+        self.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+    }
     fn tcp_ref(&self) -> &TlsTcp {
         self.get_ref().0
     }
@@ -88,6 +97,9 @@ impl OuterTls for futures_rustls::client::TlsStream<TlsTcp> {
 impl<T: OuterTls> OuterTls for &mut T {
     fn tcp(&mut self) -> &mut TlsTcp {
         (**self).tcp()
+    }
+    fn is_tls13(&self) -> bool {
+        (**self).is_tls13()
     }
     fn tcp_ref(&self) -> &TlsTcp {
         (**self).tcp_ref()
