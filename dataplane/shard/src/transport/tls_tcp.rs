@@ -246,6 +246,35 @@ mod tests {
         (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add((i >> 12) as u8)).collect()
     }
 
+    /// Records of assorted lengths handed out in assorted splits: `room` never reaches past a
+    /// record's end, and the boundary is seen exactly at each record's end.
+    #[test]
+    fn records_follow_boundaries_under_any_split() {
+        let lens = [0usize, 1, 5, 300, 16384, 7, 2];
+        let mut stream = Vec::new();
+        let mut ends = Vec::new();
+        for (i, &len) in lens.iter().enumerate() {
+            stream.extend_from_slice(&[0x17, 0x03, 0x03]);
+            stream.extend_from_slice(&(len as u16).to_be_bytes());
+            stream.resize(stream.len() + len, i as u8);
+            ends.push(stream.len());
+        }
+        for split in [1usize, 2, 3, 4, 5, 6, 100, 70000] {
+            let mut r = Records::default();
+            let mut at = 0;
+            while at < stream.len() {
+                let next = &stream[at..(at + split).min(stream.len())];
+                let n = next.len().min(r.room(next));
+                assert!(n > 0);
+                let end = ends.iter().copied().find(|&e| e > at).unwrap();
+                assert!(at + n <= end, "split {split}: handed past a record's end");
+                r.advance(&next[..n]);
+                at += n;
+                assert_eq!(r.have == 0, ends.contains(&at), "split {split}: boundary at {at}");
+            }
+        }
+    }
+
     /// 4 MiB written as 16 KiB slices, several per sendmsg, through small socket buffers and a
     /// reader slow enough that the socket fills; read back 4 KiB at a time through the read-ahead (rustls's read
     /// size). Every byte arrives in order, and neither side holds a pool buffer once drained.
