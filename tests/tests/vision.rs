@@ -297,7 +297,29 @@ fn vision_off_tls_and_the_udp443_variant_are_refused_at_load() {
     let udp443 = vless_config(json!([{ "id": ALICE, "flow": "xtls-rprx-vision-udp443" }]), json!({}));
     let err = Shardray::try_start(&udp443, 1).err().expect("refused");
     assert!(err.contains("inbounds[0].settings.clients[0].flow"), "{err}");
-    let _: Value = json!(null);
+
+    let certs = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(certs.path(), &["localhost"]);
+    let with_stream = |edit: &dyn Fn(&mut Value)| {
+        let mut stream = cert.stream_settings("localhost", &[]);
+        edit(&mut stream);
+        vless_config(json!([{ "id": ALICE, "flow": FLOW }]), json!({ "streamSettings": stream }))
+    };
+    let over_ws = with_stream(&|s| s["network"] = json!("ws"));
+    let err = Shardray::try_start(&over_ws, 1).err().expect("refused");
+    assert!(err.contains("inbounds[0].settings.clients[0].flow") && err.contains("raw TCP"), "{err}");
+    let tls12 = with_stream(&|s| s["tlsSettings"]["maxVersion"] = json!("1.2"));
+    let err = Shardray::try_start(&tls12, 1).err().expect("refused");
+    assert!(err.contains("inbounds[0].settings.clients[0].flow") && err.contains("TLS 1.3"), "{err}");
+
+    // `settings.flow` is the flow of clients that name none.
+    let mut default_flow = with_stream(&|_| {});
+    default_flow["inbounds"][0]["settings"]["clients"] = json!([{ "id": ALICE, "email": "a@x" }]);
+    default_flow["inbounds"][0]["settings"]["flow"] = json!(FLOW);
+    let path = certs.path().join("config.json");
+    std::fs::write(&path, default_flow.to_string()).unwrap();
+    let (status, out) = shardray_tests::run_cli(&["link", "-c", path.to_str().unwrap()]);
+    assert!(status.success() && out.contains("flow=xtls-rprx-vision"), "{out}");
 }
 
 /// The API: AddUser honours `xray.proxy.vless.Account.flow` (the new user's sing-box Vision

@@ -900,6 +900,38 @@ mod tests {
         assert_eq!(through_api(&spec).unwrap(), spec);
     }
 
+    /// AddInbound honours a client's Vision flow (kept through the API form) and refuses it
+    /// on an inbound without TLS, naming the client's flow.
+    #[test]
+    fn vision_clients_survive_the_api_form_and_need_tls() {
+        let inbound = |stream: Value| {
+            json!({
+                "tag": "v", "listen": "127.0.0.1", "port": 4432, "protocol": "vless",
+                "settings": { "decryption": "none", "clients": [
+                    { "id": "b831381d-6324-4d53-ad4f-8cda48b30811", "email": "a@x", "flow": "xtls-rprx-vision" },
+                    { "id": "5783a3e7-e373-51cd-8642-c83782b807c5", "email": "b@x" }
+                ] },
+                "streamSettings": stream
+            })
+        };
+        let spec = load(inbound(json!({ "security": "tls", "tlsSettings": { "certificates": [{
+            "certificate": ["-----BEGIN CERTIFICATE-----", "AAAA", "-----END CERTIFICATE-----"],
+            "key": ["-----BEGIN PRIVATE KEY-----", "BBBB", "-----END PRIVATE KEY-----"]
+        }] } })));
+        let back = through_api(&spec).unwrap();
+        assert_eq!(back, spec);
+        let visions = |s: &InboundSpec| match &s.protocol {
+            InboundProtocol::Vless(v) => v.clients.iter().map(|c| c.account.vision()).collect::<Vec<_>>(),
+            _ => unreachable!(),
+        };
+        assert_eq!(visions(&back), [true, false]);
+
+        let mut plain = spec.clone();
+        plain.tls = None;
+        let err = through_api(&plain).unwrap_err();
+        assert!(err.contains("clients[0].flow") && err.contains("tls"), "{err}");
+    }
+
     #[test]
     fn a_trojan_inbound_survives_the_api_form_in_both_flavors() {
         let spec = load(json!({
