@@ -211,7 +211,7 @@ fn inner_tls13_goes_direct_and_is_spliced() {
     let data = payload(LEN, 7);
     let got = inner_tls_echo(&sb, echo, config, data.clone())
         .unwrap_or_else(|e| panic!("{e}\n{}\n{}", sb.log(), server.output()));
-    assert_eq!(got.len(), LEN);
+    assert_eq!(got.len(), LEN, "{}\n{}", server.output(), sb.log());
     assert!(got == data, "echoed bytes differ");
     assert!(
         wait_until(Duration::from_secs(5), || server.output().matches(SPLICING).count() >= 2),
@@ -380,8 +380,8 @@ fn api_flow_and_links() {
 }
 
 /// The VLESS outbound with `flow: "xtls-rprx-vision"` against sing-box as the Vision server:
-/// inner TLS 1.3 (6 MiB each way) goes direct both ways, plain bytes (3 MiB each way) are
-/// padded only; every byte comes back.
+/// inner TLS 1.3 (6 MiB each way) goes direct both ways and is spliced (the client is plain
+/// TCP), plain bytes (3 MiB each way) are padded only; every byte comes back.
 #[test]
 fn outbound_vision_against_sing_box() {
     let certs = tempfile::tempdir().unwrap();
@@ -424,6 +424,8 @@ fn outbound_vision_against_sing_box() {
         "the outbound session did not go direct both ways:\n{}",
         server.output()
     );
+    // The client side is plain TCP (dokodemo-door): once direct, the session is spliced.
+    assert!(server.output().contains(SPLICING), "not spliced:\n{}", server.output());
 
     let data = payload(3 << 20, 12);
     let stream = TcpStream::connect(server.inbound("plain-door")).unwrap();

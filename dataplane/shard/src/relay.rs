@@ -225,6 +225,8 @@ struct BufDir<'a> {
     /// Bytes were written since the last flush: a writer that seals or encrypts (TLS, a VMess
     /// body) may still hold some, so they are flushed before the direction waits.
     unflushed: bool,
+    /// Reads no more: what is held is written out, then the direction waits for a handover.
+    paused: bool,
 }
 
 impl<'a> BufDir<'a> {
@@ -242,6 +244,7 @@ impl<'a> BufDir<'a> {
             copied: 0,
             bulk: false,
             unflushed: false,
+            paused: false,
         }
     }
 
@@ -294,6 +297,18 @@ impl Direction for BufDir<'_> {
 
     fn idle(&self) -> bool {
         self.start == self.end && self.prefix.is_empty() && !self.eof && self.read_error.is_none() && !self.closed
+    }
+
+    fn pause(&mut self) -> bool {
+        if self.eof || self.closed || self.read_error.is_some() {
+            return false;
+        }
+        self.paused = true;
+        true
+    }
+
+    fn unpause(&mut self) {
+        self.paused = false;
     }
 
     /// Moves as much as it can from `r` to `w`, adding the bytes read to `read`.
@@ -352,7 +367,7 @@ impl Direction for BufDir<'_> {
                 progressed |= half_close(cx, w, &mut self.closed);
                 return done(progressed);
             }
-            if self.bulk {
+            if self.bulk || self.paused {
                 self.release();
                 return done(progressed);
             }
@@ -425,6 +440,13 @@ trait Direction {
     fn idle(&self) -> bool {
         false
     }
+    /// Stops reading, for a handover once what is held is written; `false` (and no pause)
+    /// when the direction has ended or cannot pause.
+    fn pause(&mut self) -> bool {
+        false
+    }
+    /// Reads again (a pause that led nowhere).
+    fn unpause(&mut self) {}
     fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -474,7 +496,7 @@ async fn drive<C, U, D, M>(
     mut down: D,
     mut timeouts: RelayTimeouts,
     watch: Option<(&SessionWatch<'_>, &PolicySpec)>,
-    handover: Option<&VisionSwitch>,
+    mut handover: Option<&VisionSwitch>,
     meter: &mut M,
 ) -> io::Result<RelayEnd>
 where
@@ -487,7 +509,20 @@ where
     let mut timer = Timer::new(timeouts.idle);
     let mut armed_for = timeouts.idle;
     let mut yield_turn: Option<Timer> = None;
+    let mut paused = false;
     futures_lite::future::poll_fn(|cx| {
+        // The client stream is its bare socket now: stop reading, write out what is held,
+        // then hand over (a bulk transfer is never idle both ways by itself).
+        if !paused && handover.is_some_and(VisionSwitch::transparent) {
+            if up.pause() & down.pause() {
+                paused = true;
+            } else {
+                // A direction has ended: no handover; nothing was paused for good.
+                handover = None;
+                up.unpause();
+                down.unpause();
+            }
+        }
         // Woken by the yield timer or by I/O: either way, time to work again.
         yield_turn = None;
         if let Some((w, policies)) = watch {
@@ -540,8 +575,14 @@ where
         if up.done() && down.done() {
             return Poll::Ready(Ok(RelayEnd::Done));
         }
-        if handover.is_some_and(VisionSwitch::transparent) && up.idle() && down.idle() {
-            return Poll::Ready(Ok(RelayEnd::Handover));
+        if handover.is_some_and(VisionSwitch::transparent) {
+            if up.idle() && down.idle() {
+                return Poll::Ready(Ok(RelayEnd::Handover));
+            }
+            if !paused {
+                // Pause at once (at the top of the next turn) rather than at the next I/O.
+                cx.waker().wake_by_ref();
+            }
         }
         let now = Instant::now();
         if progressed {

@@ -347,21 +347,31 @@ where
                 if let Some(fd) = plain {
                     options = options.splice(session.client_fd, fd);
                 }
-                // Only a plain upstream makes a handover worth it: else the copy goes on.
-                let vision = vision.filter(|_| plain.is_some());
-                let end = relay(client, &mut upstream, options.handover(vision), &mut meter).await;
-                match (end, vision, plain) {
-                    (Ok(RelayEnd::Handover), Some(switch), Some(fd)) => {
+                // Which side's Vision stream may turn into its bare socket, and the sockets to
+                // splice then: a Vision client with a plain upstream, or a plain client with a
+                // Vision upstream. Else the copy goes on.
+                let up_switch = match &upstream {
+                    Upstream::Vision(v) if vision.is_none() => session.client_fd.map(|fd| (v.switch(), fd)),
+                    _ => None,
+                };
+                let handover = match (vision, plain, &up_switch) {
+                    (Some(switch), Some(fd), _) => Some((switch, switch.fd, fd)),
+                    (None, None, Some((switch, client_fd))) => Some((&**switch, *client_fd, switch.fd)),
+                    _ => None,
+                };
+                let end = relay(client, &mut upstream, options.handover(handover.map(|h| h.0)), &mut meter).await;
+                match (end, handover) {
+                    (Ok(RelayEnd::Handover), Some((_, client_fd, upstream_fd))) => {
                         ctx.log.error(
                             LogLevel::Debug,
                             format_args!("[{tag}] {peer} to {dest}: Vision direct both ways: splicing"),
                         );
                         let options = RelayOptions::new(&policy)
                             .watch(watch.as_ref(), &ctx.config.policy)
-                            .splice(Some(switch.fd), fd);
+                            .splice(Some(client_fd), upstream_fd);
                         relay(client, &mut upstream, options, &mut meter).await
                     }
-                    (end, ..) => end,
+                    (end, _) => end,
                 }
             }
             .await

@@ -40,6 +40,9 @@ pub(crate) struct TlsTcp {
     records: Option<Records>,
     /// Hand out no byte past the end of the current record.
     bounded: bool,
+    /// Raw TCP now (Vision went direct): no more reading ahead, so that once what was read
+    /// ahead is drained the socket is all there is (the relay may splice it).
+    unbuffered: bool,
 }
 
 /// The position in a stream of TLS records: `have` bytes of the current header, then
@@ -87,12 +90,20 @@ impl Records {
 
 impl TlsTcp {
     pub(crate) fn new(stream: Box<TcpStream>) -> Self {
-        TlsTcp { stream, ahead: None, start: 0, end: 0, records: None, bounded: false }
+        TlsTcp { stream, ahead: None, start: 0, end: 0, records: None, bounded: false, unbuffered: false }
     }
 
     /// A stream that follows TLS record boundaries (an inbound whose users may take Vision).
     pub(crate) fn tracking(stream: Box<TcpStream>) -> Self {
-        TlsTcp { stream, ahead: None, start: 0, end: 0, records: Some(Records::default()), bounded: false }
+        TlsTcp {
+            stream,
+            ahead: None,
+            start: 0,
+            end: 0,
+            records: Some(Records::default()),
+            bounded: false,
+            unbuffered: false,
+        }
     }
 
     /// From now on rustls gets at most one record per read (Vision may go direct).
@@ -110,6 +121,7 @@ impl TlsTcp {
     pub(crate) fn raw(&mut self) {
         self.records = None;
         self.bounded = false;
+        self.unbuffered = true;
     }
 
     /// Whether bytes read ahead are waiting (the socket is not all there is).
@@ -128,7 +140,7 @@ impl AsyncRead for TlsTcp {
         let this = &mut *self;
         let ahead = match this.ahead.as_mut() {
             Some(ahead) => ahead,
-            None if buf.len() >= READ_AHEAD && !this.bounded => {
+            None if (buf.len() >= READ_AHEAD || this.unbuffered) && !this.bounded => {
                 let read = Pin::new(&mut *this.stream).poll_read(cx, buf);
                 if let (Poll::Ready(Ok(n)), Some(records)) = (&read, this.records.as_mut()) {
                     records.advance(&buf[..*n]);

@@ -164,6 +164,11 @@ impl<T: OuterTls> VisionStream<T> {
         VisionStream::new(tls, switch, Head::Version, uuid, request, &[])
     }
 
+    /// What tells the relay the stream is its bare socket both ways.
+    pub(crate) fn switch(&self) -> Rc<VisionSwitch> {
+        self.switch.clone()
+    }
+
     /// Sends the request header with an empty padded block (long padding hides its length),
     /// as Xray's client does when no payload comes with the request.
     pub(crate) fn start(&mut self) {
