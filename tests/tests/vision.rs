@@ -25,12 +25,17 @@ const SPLICING: &str = "Vision direct both ways: splicing";
 
 /// Alice with Vision, Bob without, on one VLESS inbound over TLS; debug log; stats API.
 fn server(certs: &std::path::Path) -> Shardray {
+    server_with(certs, json!({}))
+}
+
+/// `server` with more inbound `settings` (fallbacks).
+fn server_with(certs: &std::path::Path, settings: Value) -> Shardray {
     let cert = SelfSigned::generate(certs, &["localhost"]);
     let clients = json!([
         { "id": ALICE, "email": "alice@example.com", "flow": FLOW },
         { "id": BOB, "email": "bob@example.com" }
     ]);
-    let extra = json!({ "streamSettings": cert.stream_settings("localhost", &[]) });
+    let extra = json!({ "streamSettings": cert.stream_settings("localhost", &[]), "settings": settings });
     let mut config = vless_config(clients, extra);
     config["log"] = json!({ "loglevel": "debug" });
     config["api"] = shardray_tests::loopback_api(&["StatsService"]);
@@ -261,11 +266,13 @@ fn other_traffic_is_padded_only_and_counted_exactly() {
 }
 
 /// Bob (no flow) on the same inbound works as plain VLESS over TLS; Vision from Bob, and
-/// plain VLESS from Alice, are refused (as Xray refuses them) and get nothing back.
+/// plain VLESS from Alice, are refused (as Xray refuses them) and get nothing back, nor go to
+/// the inbound's fallback (Xray falls back only on a request it cannot read).
 #[test]
 fn users_with_and_without_flow_share_the_inbound_and_mismatches_are_refused() {
     let certs = tempfile::tempdir().unwrap();
-    let server = server(certs.path());
+    let fallback = shardray_tests::servers::RecordingServer::start(b"HTTP/1.1 200 OK\r\n\r\n");
+    let server = server_with(certs.path(), json!({ "fallbacks": [{ "dest": fallback.addr().port() }] }));
     let echo = EchoServer::start();
     let data = payload(200_000, 3);
     let bob = client(&server, BOB, None);
@@ -284,6 +291,7 @@ fn users_with_and_without_flow_share_the_inbound_and_mismatches_are_refused() {
             server.output()
         );
     }
+    assert!(fallback.next(Duration::from_millis(200)).is_none(), "a refused request reached the fallback");
 }
 
 /// Vision users need TLS directly on raw TCP: elsewhere the config is refused naming the

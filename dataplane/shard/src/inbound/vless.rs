@@ -23,8 +23,15 @@ use crate::users::{UserHandle, UserTable};
 
 /// How the handshake ended.
 enum Handshake {
-    Accepted { header: RequestHeader, user: UserHandle, consumed: usize },
+    Accepted {
+        header: RequestHeader,
+        user: UserHandle,
+        consumed: usize,
+    },
     Rejected(&'static str, Refusal),
+    /// A request that was read but is refused (its flow or command): closed without a
+    /// fallback, as Xray falls back only on a request it cannot read.
+    Refused(&'static str, Refusal),
 }
 
 /// Reads the request header within the handshake timeout: the outcome, the bytes read and
@@ -69,7 +76,7 @@ pub(super) async fn serve<S>(
         // Only TLS on raw TCP carries Vision (config and the API keep Vision users off other
         // inbounds; this is for a client that asks anyway).
         Handshake::Accepted { header, .. } if !header.flow.is_empty() => {
-            Handshake::Rejected("XTLS only supports TLS and REALITY directly", Refusal::UnsupportedCommand)
+            Handshake::Refused("XTLS only supports TLS and REALITY directly", Refusal::UnsupportedCommand)
         }
         other => other,
     };
@@ -81,6 +88,10 @@ pub(super) async fn serve<S>(
             let rejected = fallback::Rejected { protocol: "vless", reason, why, started };
             // Boxed: rare, and larger than a forwarded session's state.
             Box::pin(fallback::reject(ctx, inbound, fallbacks, stream, &mut buf, len, info, rejected)).await;
+        }
+        Handshake::Refused(reason, why) => {
+            let rejected = fallback::Rejected { protocol: "vless", reason, why, started };
+            Box::pin(fallback::reject(ctx, inbound, &[], stream, &mut buf, len, info, rejected)).await;
         }
     }
 }
@@ -103,7 +114,7 @@ pub(crate) async fn serve_tls<T: OuterTls>(
                 let user = user.bind(&ctx.users.borrow());
                 return Box::pin(serve_vision(ctx, inbound, tls, info, header, user, &buf[consumed..len])).await;
             }
-            Handshake::Rejected("Vision needs outer TLS 1.3", Refusal::UnsupportedCommand)
+            Handshake::Refused("Vision needs outer TLS 1.3", Refusal::UnsupportedCommand)
         }
         other => other,
     };
@@ -114,6 +125,10 @@ pub(crate) async fn serve_tls<T: OuterTls>(
         Handshake::Rejected(reason, why) => {
             let rejected = fallback::Rejected { protocol: "vless", reason, why, started };
             Box::pin(fallback::reject(ctx, inbound, fallbacks, tls, &mut buf, len, info, rejected)).await;
+        }
+        Handshake::Refused(reason, why) => {
+            let rejected = fallback::Rejected { protocol: "vless", reason, why, started };
+            Box::pin(fallback::reject(ctx, inbound, &[], tls, &mut buf, len, info, rejected)).await;
         }
     }
 }
@@ -221,23 +236,23 @@ fn decide(data: &[u8], room: usize, users: &RefCell<UserTable>) -> Option<Handsh
             // The flow checks Xray makes, with its reasons.
             match header.flow.as_str() {
                 vision::FLOW if !user.vision => {
-                    return Some(Handshake::Rejected("account is not able to use the flow", Refusal::BadRequest))
+                    return Some(Handshake::Refused("account is not able to use the flow", Refusal::BadRequest))
                 }
                 vision::FLOW if header.command == Command::Udp => {
-                    return Some(Handshake::Rejected(
+                    return Some(Handshake::Refused(
                         "xtls-rprx-vision doesn't support UDP",
                         Refusal::UnsupportedCommand,
                     ))
                 }
                 vision::FLOW => {}
                 "" if user.vision && (header.command == Command::Tcp || mux_not_xudp(&header, cur)) => {
-                    return Some(Handshake::Rejected(
+                    return Some(Handshake::Refused(
                         "account is rejected since the client flow is empty",
                         Refusal::BadRequest,
                     ))
                 }
                 "" => {}
-                _ => return Some(Handshake::Rejected("unknown request flow", Refusal::BadRequest)),
+                _ => return Some(Handshake::Refused("unknown request flow", Refusal::BadRequest)),
             }
             let consumed = data.len() - cur.len();
             Some(Handshake::Accepted { header, user, consumed })
