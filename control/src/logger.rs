@@ -52,6 +52,9 @@ impl Writer {
                 LogRecord::Reopen(done) => {
                     let _ = done.send(self.reopen().map_err(|e| e.to_string()));
                 }
+                LogRecord::Reconfigure(spec, done) => {
+                    let _ = done.send(self.reconfigure(spec).map_err(|e| e.to_string()));
+                }
                 LogRecord::Follow(follower) => self.followers.push(follower),
                 LogRecord::Close => break,
             }
@@ -81,6 +84,17 @@ impl Writer {
         if !self.followers.is_empty() {
             self.followers.retain(|f| f.try_send(line.clone()).is_ok());
         }
+    }
+
+    /// Writes to `spec`'s targets from now on; on failure the old targets stay.
+    fn reconfigure(&mut self, spec: LogSpec) -> io::Result<()> {
+        let access = open(&spec.access)?;
+        let error = open(&spec.error)?;
+        flush(&mut self.access, &mut self.error);
+        self.access = access;
+        self.error = error;
+        self.spec = spec;
+        Ok(())
     }
 
     /// Opens the files anew, for log rotation; on failure the old targets stay.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use shardray_control::config;
 use shardray_control::run::{run, RunOptions};
+use shardray_control::share::{self, LinkFormat};
 use shardray_core::spec::{Account, Config, InboundProtocol};
 
 /// A proxy core for Linux servers with many users, compatible with V2Ray/Xray configs and API.
@@ -19,7 +20,7 @@ struct Cli {
 }
 
 /// Where the config comes from: files (`-c`, repeatable, merged in order) or a directory.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct ConfigArgs {
     /// Config file (JSON with comments); repeat to merge several.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
@@ -57,18 +58,39 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Print the client links (vless://, trojan://) of every user in a config.
+    /// Print the client links (vless://, vmess://, trojan://, ss://, ...) of every user in a
+    /// config, or one user's; as lines, a subscription, or QR codes.
     Link {
         #[command(flatten)]
         config: ConfigArgs,
         /// Host name or address clients should dial (default: each inbound's listen address).
         #[arg(long)]
         host: Option<String>,
+        /// Only the links of the user with this email (any case).
+        #[arg(long, value_name = "EMAIL")]
+        user: Option<String>,
+        /// `plain`: one link a line; `subscription`: the base64 list client apps import.
+        #[arg(long, value_enum, default_value_t)]
+        format: shardray_control::share::LinkFormat,
+        /// Draw each link as a QR code in the terminal, under the link.
+        #[arg(long)]
+        qr: bool,
     },
     /// Print the version.
     Version,
     /// Print a new random UUID for a user id.
     Uuid,
+    /// Print an X25519 key pair for REALITY (`privateKey` for the server, the public key for
+    /// clients), as `xray x25519` does; `-i` derives the public key of a private key.
+    X25519 {
+        /// A private key (unpadded base64url) to derive from, instead of a random one.
+        // base64url keys may start with '-': still the value, as Go's flag package reads it.
+        #[arg(short = 'i', value_name = "PRIVATE", allow_hyphen_values = true)]
+        input: Option<String>,
+        /// Standard base64 (padded) instead of unpadded base64url.
+        #[arg(long = "std-encoding")]
+        std_encoding: bool,
+    },
     /// Call the management API of a running server (the subcommands of `xray api`, and ours).
     Api(shardray_control::cli_api::ApiArgs),
 }
@@ -77,11 +99,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(shardray_control::cli_api::upstream_api_flags(upstream_flags(std::env::args_os())));
     match cli.command {
         Command::Run { config, shards, grace, state, flush } => {
+            // A reload (SIGHUP, `shardray api reload`) reads the same files, checked the same way.
+            let files = config.clone();
             let options = RunOptions {
                 shards,
                 grace: Duration::from_secs(grace),
                 state,
                 flush: Duration::from_secs(flush.max(1)),
+                reload: Some(std::sync::Arc::new(move || load(&files))),
             };
             match load(&config).and_then(|cfg| run(cfg, options)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -95,13 +120,8 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Command::Link { config, host } => match load(&config) {
-            Ok(cfg) => {
-                for link in links(&cfg, host.as_deref()) {
-                    println!("{link}");
-                }
-                ExitCode::SUCCESS
-            }
+        Command::Link { config, host, user, format, qr } => match load(&config) {
+            Ok(cfg) => print_links(&cfg, host.as_deref(), user.as_deref(), format, qr),
             Err(e) => fail(e),
         },
         Command::Version => {
@@ -112,8 +132,74 @@ fn main() -> ExitCode {
             println!("{}", uuid::Uuid::new_v4());
             ExitCode::SUCCESS
         }
+        Command::X25519 { input, std_encoding } => x25519(input.as_deref(), std_encoding),
         Command::Api(args) => shardray_control::cli_api::run(args),
     }
+}
+
+/// `shardray link`'s output: `links()` of the whole config or one user's, as lines or as a
+/// subscription, each with its QR code if asked.
+fn print_links(cfg: &Config, host: Option<&str>, user: Option<&str>, format: LinkFormat, qr: bool) -> ExitCode {
+    let picked;
+    let cfg = match user {
+        None => cfg,
+        Some(email) => match share::only_user(cfg, email) {
+            Some(one) => {
+                picked = one;
+                &picked
+            }
+            None => return fail(anyhow::anyhow!("no inbound has a user with the email {email:?}")),
+        },
+    };
+    let links = links(cfg, host);
+    let shown = match format {
+        LinkFormat::Plain => links,
+        LinkFormat::Subscription => vec![share::subscription(&links)],
+    };
+    for link in shown {
+        println!("{link}");
+        if qr {
+            match share::qr(&link) {
+                Ok(code) => println!("{code}"),
+                Err(e) => return fail(e.into()),
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `shardray x25519`: the lines `xray x25519` prints (private key clamped as it prints it,
+/// `Password (PublicKey)`, and `Hash32`, the BLAKE3 of the public key).
+fn x25519(input: Option<&str>, std_encoding: bool) -> ExitCode {
+    use base64::Engine;
+    let engine = if std_encoding {
+        base64::engine::general_purpose::STANDARD
+    } else {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+    };
+    let private: [u8; 32] = match input {
+        Some(s) => match engine.decode(s).ok().and_then(|k| k.try_into().ok()) {
+            Some(k) => k,
+            None => {
+                eprintln!("shardray: Invalid length of X25519 private key.");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => {
+            let mut k = [0u8; 32];
+            if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k).is_err() {
+                eprintln!("shardray: no randomness from the system");
+                return ExitCode::FAILURE;
+            }
+            k
+        }
+    };
+    let private = shardray_wire::reality::clamp(private);
+    let public = shardray_wire::reality::public_key(&private);
+    println!("PrivateKey: {}", engine.encode(private));
+    println!("Password (PublicKey): {}", engine.encode(public));
+    println!("Hash32: {}", engine.encode(blake3::hash(&public).as_bytes()));
+    ExitCode::SUCCESS
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {
@@ -127,6 +213,7 @@ fn upstream_flags(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
         Some("-config") => "--config".into(),
         Some("-confdir") => "--confdir".into(),
         Some("-strict") => "--strict".into(),
+        Some("-std-encoding") => "--std-encoding".into(),
         Some(s) if s.starts_with("-config=") || s.starts_with("-confdir=") => format!("-{s}").into(),
         _ => a,
     })
@@ -175,10 +262,21 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
             Some(_) => "tls".to_owned(),
             None => "none".to_owned(),
         };
+        let security = inbound.reality.as_deref().map_or(security, reality_params);
         let port = inbound.listen.port();
         // `type=ws&path=..&host=..` as v2rayN and Xray's share links write the transport.
         let transport = match inbound.transport.http() {
-            None => "tcp".to_owned(),
+            None => match &inbound.transport {
+                // `type=grpc&serviceName=..&mode=gun|multi`, as v2rayN and Xray's links write it.
+                shardray_core::spec::TransportSpec::Grpc(g) => {
+                    let mut t = format!("grpc&serviceName={}&mode={}", percent(&g.service_name), grpc_mode(g));
+                    if !g.authority.is_empty() {
+                        t.push_str(&format!("&authority={}", percent(&g.authority)));
+                    }
+                    t
+                }
+                _ => "tcp".to_owned(),
+            },
             Some(h) => {
                 let mut t = format!("{}&path={}", inbound.transport.name(), percent(&link_path(h)));
                 if !h.host.is_empty() {
@@ -239,6 +337,24 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
     out
 }
 
+/// `security=reality` and what a REALITY client needs, as Xray's share links carry it: the
+/// public key, the first short id and server name, the fingerprint to present.
+fn reality_params(r: &shardray_core::spec::RealityServerSpec) -> String {
+    use base64::Engine;
+    let pbk =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(shardray_wire::reality::public_key(&r.private_key));
+    // Trailing zero bytes are padding: clients pad the id the same way.
+    let id = r.short_ids.first().copied().unwrap_or_default();
+    let used = id.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let sid: String = id[..used].iter().map(|b| format!("{b:02x}")).collect();
+    let sni = r.server_names.first().map(String::as_str).unwrap_or("");
+    let mut out = format!("reality&pbk={pbk}&sid={sid}&sni={}&fp={}", percent(sni), percent(&r.fingerprint));
+    if !r.spider_x.is_empty() {
+        out.push_str(&format!("&spx={}", percent(&r.spider_x)));
+    }
+    out
+}
+
 /// A transport's path as share links carry it: with `?ed=` when it takes early data.
 fn link_path(h: &shardray_core::spec::HttpTransportSpec) -> String {
     match h.early_data {
@@ -268,12 +384,28 @@ fn vmess_link(
         None => ("tcp", String::new(), String::new()),
         Some(h) => (inbound.transport.name(), h.host.clone(), link_path(h)),
     };
+    // gRPC as v2rayN writes it: the service name as `path`, the mode as `type`.
+    let (net, http_host, path, kind) = match &inbound.transport {
+        shardray_core::spec::TransportSpec::Grpc(g) => {
+            ("grpc", g.authority.clone(), g.service_name.clone(), grpc_mode(g))
+        }
+        _ => (net, http_host, path, "none"),
+    };
     let json = serde_json::json!({
         "v": "2", "ps": name, "add": host, "port": inbound.listen.port().to_string(), "id": id.to_string(),
-        "aid": "0", "scy": security.name(), "net": net, "type": "none", "host": http_host, "path": path,
+        "aid": "0", "scy": security.name(), "net": net, "type": kind, "host": http_host, "path": path,
         "tls": tls, "sni": sni,
     });
     format!("vmess://{}", base64::engine::general_purpose::STANDARD.encode(json.to_string()))
+}
+
+/// A gRPC transport's mode as share links name it.
+fn grpc_mode(g: &shardray_core::spec::GrpcSpec) -> &'static str {
+    if g.multi_mode {
+        "multi"
+    } else {
+        "gun"
+    }
 }
 
 /// A host as a URL writes it: an IPv6 address in brackets.

@@ -219,6 +219,16 @@ impl Endpoint {
             "gRPC API calls by method and status code",
             self.state.requests.counts.clone(),
         );
+        registry.register(
+            "shardray_config_reloads",
+            "Config reloads (SIGHUP, ReloadService) by result",
+            self.state.reloads.counts.clone(),
+        );
+        registry.register(
+            "shardray_config_last_reload_successful",
+            "Whether the last config reload applied (1 before any)",
+            self.state.reloads.last_ok.clone(),
+        );
         let mut out = String::with_capacity(4096);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
         Ok(out)

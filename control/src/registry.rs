@@ -119,6 +119,16 @@ pub struct UserSets {
     removed_from_config: Vec<String>,
 }
 
+/// Where a change comes from: the API, or a config reload (see `crate::reload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A management API call (or the journal's replay of one).
+    Api,
+    /// The config files, reread: an inbound it adds counts as the config's, and only its user
+    /// changes are journaled (the next start reads the files again for the rest).
+    File,
+}
+
 /// The registry: the user sets, the outbounds and routing, the epoch counter, the journal and
 /// the way to the shards.
 pub struct Registry {
@@ -127,6 +137,9 @@ pub struct Registry {
     routes: RouteSpecs,
     journal: Option<Journal>,
     shards: ShardLinks,
+    /// The outbound and routing changes the API made (since the journal's start), in order: a
+    /// reload replays them over the files' routes, as the next start replays the journal.
+    api_routes: Vec<Change>,
 }
 
 impl Registry {
@@ -134,7 +147,17 @@ impl Registry {
     /// a journal is given. The outbounds and routing are those of the shards' config.
     pub fn new(sets: UserSets, journal: Option<Journal>, shards: ShardLinks) -> Registry {
         let routes = RouteSpecs::from_config(&shards.config);
-        Registry { epoch: 0, sets, routes, journal, shards }
+        Registry { epoch: 0, sets, routes, journal, shards, api_routes: Vec::new() }
+    }
+
+    /// Sets the API's outbound and routing changes that start-up replayed from the journal.
+    pub fn set_api_routes(&mut self, changes: Vec<Change>) {
+        self.api_routes = changes;
+    }
+
+    /// The API's outbound and routing changes, in order.
+    pub fn api_routes(&self) -> &[Change] {
+        &self.api_routes
     }
 
     /// The outbounds, routing and balancer overrides as of the last change.
@@ -169,7 +192,12 @@ impl Registry {
 
     /// Checks `change`, writes it to the journal, sends it to every shard as the next epoch,
     /// waits for them all, and returns the epoch.
-    pub async fn apply(&mut self, mut change: Change) -> Result<u64, ChangeError> {
+    pub async fn apply(&mut self, change: Change) -> Result<u64, ChangeError> {
+        self.apply_from(change, Origin::Api).await
+    }
+
+    /// `apply` for a change from `origin`.
+    pub async fn apply_from(&mut self, mut change: Change, origin: Origin) -> Result<u64, ChangeError> {
         if change.inbound().is_some() {
             self.sets.check(&change)?;
         } else {
@@ -178,13 +206,26 @@ impl Registry {
         // An added inbound is bound here, once per shard, before anything is written: a taken
         // port fails the call with nothing changed. A port of 0 is recorded as the one bound.
         let mut listeners = Vec::new();
-        if let Change::AddInbound { spec } = &mut change {
+        if let Change::AddInbound { spec } | Change::ReplaceInbound { spec, rebind: true } = &mut change {
             let (sockets, bound) = bind_inbound(spec, self.shards.count())
                 .map_err(|e| ChangeError::Listen(format!("cannot listen on {}: {e}", spec.listen)))?;
             Arc::make_mut(spec).listen = bound;
             listeners = sockets;
         }
-        if let Some(journal) = &mut self.journal {
+        let journaled = match (origin, &change) {
+            (Origin::Api, _) => true,
+            // The next start replays the API's removal of this config inbound: the files'
+            // inbound must come back after it there too.
+            (Origin::File, Change::AddInbound { spec }) => self.sets.removed_from_config.contains(&spec.tag),
+            (Origin::File, change) => matches!(
+                change,
+                Change::AddUsers { .. }
+                    | Change::RemoveUsers { .. }
+                    | Change::SetLevel { .. }
+                    | Change::ReplaceUsers { .. }
+            ),
+        };
+        if let Some(journal) = self.journal.as_mut().filter(|_| journaled) {
             // Write-ahead: on disk before any shard sees it, so a crash loses no acknowledged change.
             journal.append(&change).map_err(|e| ChangeError::Journal(e.to_string()))?;
         }
@@ -192,9 +233,30 @@ impl Registry {
         let epoch = self.epoch;
         // Recorded before waiting: once sent, every shard will apply it in order, even late.
         let ops: Arc<[UserOp]> = if change.inbound().is_some() {
-            self.sets.record(&change, Some(epoch)).into()
+            let ops = self.sets.record(&change, Some(epoch)).into();
+            if origin == Origin::File {
+                match &change {
+                    Change::AddInbound { spec } => {
+                        if let Some(entry) = self.sets.inbounds.iter_mut().rev().find(|i| i.tag == spec.tag) {
+                            entry.from_config = true;
+                        }
+                        self.sets.removed_from_config.retain(|t| *t != spec.tag);
+                    }
+                    Change::RemoveInbound { tag } => self.sets.removed_from_config.retain(|t| t != tag),
+                    _ => {}
+                }
+            }
+            ops
         } else {
             self.routes.apply(&change).map_err(ChangeError::Route)?;
+            if origin == Origin::Api && !matches!(change, Change::OverrideBalancer { .. } | Change::SetPolicy { .. }) {
+                // Rules replaced make the rule changes before them moot: a panel that replaces
+                // its rules every minute keeps one record, not one a minute.
+                if matches!(change, Change::AddRules { append: false, .. }) {
+                    self.api_routes.retain(|c| matches!(c, Change::AddOutbound { .. } | Change::RemoveOutbound { .. }));
+                }
+                self.api_routes.push(change.clone());
+            }
             Arc::new([])
         };
         let change = Arc::new(change);
@@ -307,6 +369,17 @@ impl UserSets {
             }
             Change::AddInbound { .. } => return Ok(()),
             Change::RemoveInbound { tag } => return self.inbound(tag).map(|_| ()),
+            Change::ReplaceInbound { spec, .. } => {
+                let inbound = self.inbound(&spec.tag)?;
+                if inbound.protocol != spec.protocol.account_protocol() {
+                    return Err(ChangeError::Listen(format!(
+                        "inbound {} cannot become {} in place",
+                        spec.tag,
+                        spec.protocol.account_protocol()
+                    )));
+                }
+                return Ok(());
+            }
             _ => {}
         }
         let Some(tag) = change.inbound() else {
@@ -363,12 +436,15 @@ impl UserSets {
                 }
             }
             Change::AddInbound { .. }
+            | Change::ReplaceInbound { .. }
             | Change::RemoveInbound { .. }
             | Change::AddOutbound { .. }
             | Change::RemoveOutbound { .. }
             | Change::AddRules { .. }
             | Change::RemoveRule { .. }
-            | Change::OverrideBalancer { .. } => {}
+            | Change::OverrideBalancer { .. }
+            | Change::ReplaceRoutes { .. }
+            | Change::SetPolicy { .. } => {}
         }
         Ok(())
     }
@@ -387,6 +463,20 @@ impl UserSets {
             return Vec::new();
         };
         match change {
+            Change::ReplaceInbound { spec, .. } => {
+                // Same users, same slots: the shards rebuild the inbound's table from these,
+                // and counters go on where they were.
+                self.inbounds[i].spec = Arc::new(spec.clone_without_users());
+                self.inbounds[i]
+                    .users
+                    .iter()
+                    .map(|u| UserOp::Add {
+                        user: UserKey { id: u.account.key(), slot: u.slot, level: u.level, vision: u.account.vision() },
+                        email: u.shared_email.cloned(),
+                        new_slot: false,
+                    })
+                    .collect()
+            }
             Change::RemoveInbound { .. } => {
                 let ids: Vec<Account> = self.inbounds[i].users.iter().map(|u| u.account.clone()).collect();
                 let mut ops = Vec::with_capacity(ids.len());
@@ -468,7 +558,9 @@ impl UserSets {
             | Change::RemoveOutbound { .. }
             | Change::AddRules { .. }
             | Change::RemoveRule { .. }
-            | Change::OverrideBalancer { .. } => Vec::new(),
+            | Change::OverrideBalancer { .. }
+            | Change::ReplaceRoutes { .. }
+            | Change::SetPolicy { .. } => Vec::new(),
         }
     }
 

@@ -105,3 +105,35 @@ fn replace_keeps_who_stays_and_resolves_the_rest() {
     assert_eq!(emails, ["bob@x", "erin@x"]);
     assert_eq!(sets.slots().get(alice).unwrap().level, 2, "alice now counts at b's level");
 }
+
+#[test]
+fn replacing_an_inbound_keeps_its_users_and_their_slots() {
+    let mut sets = sets();
+    let before: Vec<(String, u32)> =
+        ["alice@x", "bob@x"].iter().map(|e| (e.to_string(), slot_of(&sets, "a", e))).collect();
+    let mut spec = sets.inbound("a").unwrap().spec.as_ref().clone();
+    spec.listen.set_port(20003);
+    let change = Change::ReplaceInbound { spec: std::sync::Arc::new(spec), rebind: true };
+    sets.check(&change).unwrap();
+    let ops = sets.record(&change, Some(1));
+    // Every user comes again with its slot, as a slot that already counts.
+    assert_eq!(ops.len(), 2);
+    for op in &ops {
+        let UserOp::Add { user: UserKey { slot, .. }, new_slot, email } = op else { panic!("{op:?}") };
+        assert!(!new_slot, "{op:?}");
+        let email = email.as_deref().unwrap();
+        assert_eq!(Some(*slot), before.iter().find(|(e, _)| e == email).map(|(_, s)| *s));
+    }
+    assert_eq!(sets.inbound("a").unwrap().spec.listen.port(), 20003);
+    for (email, slot) in &before {
+        assert_eq!(slot_of(&sets, "a", email), *slot);
+    }
+    // Another kind of account cannot replace it in place.
+    let trojan = crate::config::load_str(
+        r#"{ "inbounds": [{ "tag": "a", "listen": "127.0.0.1", "port": 1, "protocol": "trojan",
+             "settings": { "clients": [] } }], "outbounds": [{ "protocol": "freedom" }] }"#,
+    )
+    .unwrap();
+    let change = Change::ReplaceInbound { spec: std::sync::Arc::new(trojan.inbounds[0].clone()), rebind: true };
+    assert!(sets.check(&change).is_err());
+}

@@ -17,7 +17,7 @@ use crate::registry::UserSets;
 use crate::server::{allowed_cpus, Server};
 
 /// Options of `shardray run` beyond the config.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// Shards to start; `None` for one per CPU.
     pub shards: Option<usize>,
@@ -28,6 +28,9 @@ pub struct RunOptions {
     /// How often counters are saved to the state directory: at most this much counting is
     /// lost on `kill -9` (a graceful stop saves them exactly).
     pub flush: Duration,
+    /// Rereads the config files as they were given at start, for SIGHUP and the API's reload;
+    /// `None` refuses reloads.
+    pub reload: Option<crate::reload::Loader>,
 }
 
 /// What the state directory gave back at start.
@@ -35,6 +38,8 @@ struct Restored {
     sets: UserSets,
     journal: Option<Journal>,
     counters: CounterBook,
+    /// The API's outbound and routing changes that still applied, in order.
+    route_changes: Vec<shardray_core::change::Change>,
 }
 
 fn counters_path(state: &std::path::Path) -> PathBuf {
@@ -46,7 +51,7 @@ fn counters_path(state: &std::path::Path) -> PathBuf {
 fn restore(config: &mut Config, state: Option<&std::path::Path>) -> anyhow::Result<Restored> {
     let mut sets = UserSets::from_config(config);
     let Some(dir) = state else {
-        return Ok(Restored { sets, journal: None, counters: CounterBook::default() });
+        return Ok(Restored { sets, journal: None, counters: CounterBook::default(), route_changes: Vec::new() });
     };
     let (mut journal, changes, invalid) =
         Journal::open(dir).with_context(|| format!("state directory {}", dir.display()))?;
@@ -75,7 +80,7 @@ fn restore(config: &mut Config, state: Option<&std::path::Path>) -> anyhow::Resu
     let mut counters = CounterBook::load(&counters_path(dir)).context("saved counters")?;
     // Saved user counters move into their users' slots.
     counters.carry_users(&mut sets);
-    Ok(Restored { sets, journal: Some(journal), counters })
+    Ok(Restored { sets, journal: Some(journal), counters, route_changes })
 }
 
 /// Returns the memory freed since start-up to the system: parsing a config that lists a
@@ -93,7 +98,10 @@ fn give_back_memory() {
 pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     let shards = options.shards.unwrap_or_else(|| allowed_cpus().len().max(1));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let restored = restore(&mut config, options.state.as_deref())?;
+    // What the files said, before the journal is replayed over it: a reload compares against it.
+    let file_config = options.reload.as_ref().map(|_| config.clone());
+    let mut restored = restore(&mut config, options.state.as_deref())?;
+    let api_routes = std::mem::take(&mut restored.route_changes);
     let notes = std::mem::take(&mut config.notes);
     let ignored_keys = std::mem::take(&mut config.ignored_keys);
     // The API binds first, so that a taken API port stops the start before any shard runs.
@@ -138,6 +146,10 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         server.log.clone(),
         audit,
     );
+    runtime.block_on(state.registry.lock()).set_api_routes(api_routes);
+    if let (Some(load), Some(file)) = (options.reload.clone(), file_config) {
+        let _ = state.reloader.set(crate::reload::Reloader::new(load, file));
+    }
     if let Some((spec, listener)) = api {
         match &listener {
             api::ApiListener::Tcp(_, addr) => eprintln!("shardray: api listening on {addr}"),
@@ -177,6 +189,21 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
             }
         });
     }
+    // Handlers are in place before "started" is printed: a SIGHUP that comes right after it
+    // reloads rather than ending the process, as the default action would.
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _runtime = runtime.enter();
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined1()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup), Ok(usr1)) => Some((term, int, hup, usr1)),
+            _ => None,
+        }
+    };
     eprintln!("shardray: started {} with {} shards", env!("CARGO_PKG_VERSION"), server.shard_count());
     server.log.error(LogLevel::Warning, format_args!("shardray {} started", env!("CARGO_PKG_VERSION")));
     for note in &notes {
@@ -188,18 +215,23 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
 
     let log = server.log.clone();
     runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-        else {
+        let Some((mut term, mut int, mut hup, mut usr1)) = signals else {
             return;
         };
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                // SIGHUP reopens the log files, for logrotate.
+                // SIGHUP rereads the config files, as nginx does; one reload at a time (the
+                // reloader queues behind its lock), and the signal loop never waits for one.
                 _ = hup.recv() => {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let _ = crate::reload::reload(&state, "SIGHUP").await;
+                    });
+                }
+                // SIGUSR1 reopens the log files, for logrotate.
+                _ = usr1.recv() => {
                     let log = log.clone();
                     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || log.reopen()).await {
                         eprintln!("shardray: reopening logs: {e}");

@@ -23,6 +23,13 @@ pub mod shardray {
                 tonic::include_proto!("shardray.app.proxyman.command");
             }
         }
+        /// `shardray.app.reload`
+        pub mod reload {
+            /// `shardray.app.reload.command`: config reload.
+            pub mod command {
+                tonic::include_proto!("shardray.app.reload.command");
+            }
+        }
         /// `shardray.app.stats`
         pub mod stats {
             /// `shardray.app.stats.command`: delta counters for several readers.
@@ -117,6 +124,17 @@ pub mod xray {
             /// `xray.transport.internet.httpupgrade`: HTTPUpgrade settings.
             pub mod httpupgrade {
                 tonic::include_proto!("xray.transport.internet.httpupgrade");
+            }
+            /// `xray.transport.internet.reality`: REALITY settings.
+            pub mod reality {
+                tonic::include_proto!("xray.transport.internet.reality");
+            }
+            /// `xray.transport.internet.grpc`
+            pub mod grpc {
+                /// `xray.transport.internet.grpc.encoding`: gRPC transport settings.
+                pub mod encoding {
+                    tonic::include_proto!("xray.transport.internet.grpc.encoding");
+                }
             }
         }
     }
@@ -254,6 +272,7 @@ mod tests {
             "xray.transport.internet.tls",
             "xray.transport.internet.websocket",
             "xray.transport.internet.httpupgrade",
+            "xray.transport.internet.grpc.encoding",
         ] {
             assert!(set.iter().any(|p| p == pkg), "missing package {pkg}");
         }

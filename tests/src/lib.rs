@@ -10,6 +10,7 @@ pub mod peers;
 pub mod proxy;
 pub mod servers;
 pub mod shadowsocks;
+pub mod shoes;
 pub mod trojan;
 pub mod udp;
 pub mod v2ray;

@@ -39,6 +39,9 @@ fn make_install_puts_a_unit_that_verifies_and_a_config_that_loads() {
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing from the unit:\n{unit}");
     }
+    // The reload checks the config before the signal.
+    let check = format!("ExecReload={} test -c {}", bin.display(), config.display());
+    assert!(unit.lines().any(|l| l == check), "{check} missing from the unit:\n{unit}");
 
     let verify = Command::new("systemd-analyze")
         .arg("verify")

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod delta;
 pub mod handler;
 pub mod logger;
+pub mod reload;
 pub mod routing;
 pub mod stats;
 
@@ -44,6 +45,10 @@ pub struct ApiState {
     pub route_stats: std::sync::Arc<routing::RouteStats>,
     /// Calls by method and status, for `/metrics`.
     pub requests: crate::metrics::ApiRequests,
+    /// Rereads the config files on SIGHUP and `shardray api reload`; unset, reloads are refused.
+    pub reloader: std::sync::OnceLock<crate::reload::Reloader>,
+    /// Reloads by outcome, for `/metrics`.
+    pub reloads: crate::reload::ReloadStats,
 }
 
 impl ApiState {
@@ -72,6 +77,8 @@ impl ApiState {
             audit,
             route_stats,
             requests: crate::metrics::ApiRequests::default(),
+            reloader: std::sync::OnceLock::new(),
+            reloads: crate::reload::ReloadStats::default(),
         })
     }
 
@@ -176,8 +183,9 @@ where
         // every alias of a service is matched alike.
         let mut parts = req.uri().path().trim_start_matches('/').split('/');
         let service = match parts.next().and_then(|s| s.rsplit('.').next()).unwrap_or("") {
-            // Our delta counters come and go with StatsService.
+            // Our delta counters come and go with StatsService, reloads with HandlerService.
             "DeltaStatsService" => "StatsService",
+            "ReloadService" => "HandlerService",
             other => other,
         };
         if let Some(name) = self.disabled.iter().find(|&&name| name == service) {
@@ -347,6 +355,7 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
     let mut routes = tonic::service::RoutesBuilder::default();
     if wants("HandlerService") {
         routes.add_service(handler::service(state.clone()));
+        routes.add_service(reload::service(state.clone()));
     }
     if wants("LoggerService") {
         routes.add_service(logger::service(state.clone()));

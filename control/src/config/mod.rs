@@ -10,6 +10,7 @@ mod inbound;
 mod merge;
 mod outbound;
 mod raw;
+mod reality;
 mod routing;
 mod validate;
 
@@ -23,7 +24,8 @@ use json_comments::StripComments;
 use serde_json::{Map, Value};
 
 pub use self::error::{ConfigError, ConfigErrorKind};
-pub use self::inbound::{load_inbound, parse_user_id, shadowsocks_method, vmess_security};
+pub use self::inbound::{load_grpc_settings, load_inbound, parse_user_id, shadowsocks_method, vmess_security};
+pub use self::reality::x25519_key;
 pub use shardray_core::spec::Config;
 
 use self::raw::RawConfig;

@@ -409,10 +409,10 @@ fn vless(
         "xtls-rprx-vision" | "xtls-rprx-vision-udp443" => VlessFlow::Vision,
         f => return Err(ConfigError::invalid(format!("{upath}.flow"), format!("unknown flow {f:?}"))),
     };
-    let tls = match stream {
-        None | Some(Value::Null) => None,
+    let (tls, transport) = match stream {
+        None | Some(Value::Null) => (None, TransportSpec::Raw),
         Some(v) => match client_stream(deserialize_at(v, stream_path)?, stream_path)? {
-            (tls, TransportSpec::Raw) => tls,
+            (tls, t @ (TransportSpec::Raw | TransportSpec::Grpc(_))) => (tls, t),
             _ => {
                 return Err(ConfigError::unsupported(
                     format!("{stream_path}.network"),
@@ -421,7 +421,7 @@ fn vless(
             }
         },
     };
-    if matches!(flow, VlessFlow::Vision) && tls.is_none() {
+    if matches!(flow, VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
         return Err(ConfigError::invalid(
             format!("{upath}.flow"),
             "Vision needs streamSettings.security \"tls\" on raw TCP (Xray: \"XTLS only supports TLS and REALITY directly\")",
@@ -433,6 +433,7 @@ fn vless(
         email: user.email.unwrap_or_default(),
         level: user.level.unwrap_or(0),
         tls,
+        transport,
         flow,
     })
 }
@@ -499,17 +500,22 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksOutboundSpec, C
 /// loader notes it).
 fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientSpec>, TransportSpec), ConfigError> {
     let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
-    let transport =
-        match super::inbound::stream_transport(&network, &mut raw.ws_settings, &mut raw.httpupgrade_settings, path) {
-            Ok(t) => t,
-            Err(_) if !matches!(network.as_str(), "ws" | "websocket" | "httpupgrade") => {
-                return Err(ConfigError::unsupported(
-                    format!("{path}.network"),
-                    format!("network {network:?} on an outbound"),
-                ))
-            }
-            Err(e) => return Err(e),
-        };
+    let transport = match super::inbound::stream_transport(
+        &network,
+        &mut raw.ws_settings,
+        &mut raw.httpupgrade_settings,
+        &mut raw.grpc_settings,
+        path,
+    ) {
+        Ok(t) => t,
+        Err(_) if !matches!(network.as_str(), "ws" | "websocket" | "httpupgrade" | "grpc" | "gun") => {
+            return Err(ConfigError::unsupported(
+                format!("{path}.network"),
+                format!("network {network:?} on an outbound"),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     for (field, value) in
         [("tcpSettings", &raw.tcp_settings), ("rawSettings", &raw.raw_settings), ("sockopt", &raw.sockopt)]
     {

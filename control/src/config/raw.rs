@@ -153,14 +153,13 @@ pub(super) struct RawStreamSettings {
     /// 3x-ui's own bookkeeping (the addresses its share links use); the core ignores it.
     #[serde(rename = "externalProxy")]
     pub _external_proxy: Option<Value>,
-    // Settings of transports and securities not served yet. Upstream ignores them unless
-    // `network`/`security` selects them, and so does shardray (selecting them is refused).
-    #[serde(rename = "realitySettings")]
-    pub _reality_settings: Option<Value>,
+    /// Read when `security` is `reality` (see config/reality.rs), else ignored as upstream does.
+    pub reality_settings: Option<Value>,
+    // Settings of transports not served yet. Upstream ignores them unless `network` selects
+    // them, and so does shardray (selecting them is refused).
     pub ws_settings: Option<RawHttpTransport>,
     pub httpupgrade_settings: Option<RawHttpTransport>,
-    #[serde(rename = "grpcSettings")]
-    pub _grpc_settings: Option<Value>,
+    pub grpc_settings: Option<RawGrpcSettings>,
     #[serde(rename = "httpSettings")]
     pub _http_settings: Option<Value>,
     #[serde(rename = "xhttpSettings")]
@@ -265,6 +264,22 @@ pub(super) struct RawHttpTransport {
     /// V2Ray 4's early data: a length and the header carrying it.
     pub max_early_data: Option<u32>,
     pub early_data_header_name: Option<String>,
+}
+
+/// `grpcSettings` (Xray's names: two camelCase, the rest snake_case).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGrpcSettings {
+    #[serde(rename = "serviceName")]
+    pub service_name: Option<String>,
+    #[serde(rename = "multiMode")]
+    pub multi_mode: Option<bool>,
+    pub idle_timeout: Option<i64>,
+    pub health_check_timeout: Option<i64>,
+    pub permit_without_stream: Option<bool>,
+    pub initial_windows_size: Option<i64>,
+    pub user_agent: Option<String>,
+    pub authority: Option<String>,
 }
 
 /// `tcpSettings` / `rawSettings`
@@ -577,6 +592,7 @@ pub(super) struct RawOutStream {
     pub sockopt: Option<Value>,
     pub ws_settings: Option<RawHttpTransport>,
     pub httpupgrade_settings: Option<RawHttpTransport>,
+    pub grpc_settings: Option<RawGrpcSettings>,
 }
 
 /// `streamSettings.tlsSettings` of an outbound.

@@ -904,10 +904,10 @@ fn websocket_and_httpupgrade_settings() {
 
 #[test]
 fn unserved_transport_and_flow() {
-    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "network": "grpc" })));
+    let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "network": "kcp" })));
     assert_eq!(err.path, "inbounds[0].streamSettings.network");
     let err = broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "security": "reality" })));
-    assert_eq!(err.path, "inbounds[0].streamSettings.security");
+    assert_eq!(err.path, "inbounds[0].streamSettings.realitySettings");
     let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "flow", json!("xtls-rprx-vision")));
     assert_eq!(err.path, "inbounds[0].settings.clients[0].flow");
     let err = broken(|v| set(v, "/outbounds/0", "mux", json!({ "enabled": true })));
@@ -1234,4 +1234,43 @@ fn an_http_header_reads_over_xrays_defaults() {
     let err =
         broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "tcpSettings": { "header": { "type": "srtp" } } })));
     assert_eq!(err.path, "inbounds[0].streamSettings.tcpSettings.header.type");
+}
+
+#[test]
+fn grpc_settings() {
+    let mut v = base();
+    set(
+        &mut v,
+        "/inbounds/0",
+        "streamSettings",
+        json!({ "network": "grpc", "grpcSettings": { "serviceName": "gun", "idle_timeout": -1,
+            "health_check_timeout": 15, "multiMode": true, "serviceNme": "typo" } }),
+    );
+    let cfg = load(&v).unwrap();
+    let TransportSpec::Grpc(g) = &cfg.inbounds[0].transport else { panic!("{:?}", cfg.inbounds[0].transport) };
+    // As Xray builds it: a negative duration is 0.
+    assert_eq!((g.service_name.as_str(), g.idle_timeout, g.health_check_timeout, g.multi_mode), ("gun", 0, 15, true));
+    assert!(cfg.ignored_keys.iter().any(|k| k.contains("grpcSettings.serviceNme")), "{:?}", cfg.ignored_keys);
+    // V2Ray's name for it, and no settings at all.
+    set(&mut v, "/inbounds/0", "streamSettings", json!({ "network": "gun" }));
+    let TransportSpec::Grpc(g) = &load(&v).unwrap().inbounds[0].transport else { panic!() };
+    assert_eq!(g.service_name, "");
+    let err = broken(|v| {
+        set(v, "/inbounds/0", "streamSettings", json!({ "network": "grpc", "grpcSettings": { "authority": "a b" } }))
+    });
+    assert_eq!(err.path, "inbounds[0].streamSettings.grpcSettings.authority");
+    // Outbounds: VLESS over gRPC is served, over WebSocket not yet.
+    let vless_out = |stream: Value| {
+        json!({ "tag": "out", "protocol": "vless", "streamSettings": stream,
+            "settings": { "vnext": [{ "address": "a.example", "port": 443, "users": [{ "id": ALICE }] }] } })
+    };
+    let mut v = base();
+    v["outbounds"][0] = vless_out(json!({ "network": "grpc", "security": "tls",
+        "grpcSettings": { "serviceName": "/a/b", "user_agent": "x" }, "tlsSettings": { "serverName": "a.example" } }));
+    let cfg = load(&v).unwrap();
+    let OutboundProtocol::Vless(o) = &cfg.outbounds[0].protocol else { panic!() };
+    assert!(matches!(&o.transport, TransportSpec::Grpc(g) if g.service_name == "/a/b" && g.user_agent == "x"));
+    assert!(o.tls.as_ref().unwrap().alpn.is_empty(), "the shard offers h2 when nothing is named");
+    v["outbounds"][0] = vless_out(json!({ "network": "ws" }));
+    assert_eq!(load(&v).unwrap_err().path, "outbounds[0].streamSettings.network");
 }

@@ -18,7 +18,7 @@ use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortL
 use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::{dokodemo, http, shadowsocks, shadowsocks_2022, socks, trojan, vless, vmess};
 use shardray_proto::xray::transport::internet::{
-    httpupgrade, tls, websocket, SocketConfig, StreamConfig, TransportConfig,
+    grpc, httpupgrade, reality, tls, websocket, SocketConfig, StreamConfig, TransportConfig,
 };
 
 use super::{api_user, ip_bytes, ip_from_bytes, message_type, typed, user_spec, Flavor};
@@ -42,6 +42,8 @@ const SS2022_INBOUND: &str = "xray.proxy.shadowsocks_2022.ServerConfig";
 const SS2022_MULTI_INBOUND: &str = "xray.proxy.shadowsocks_2022.MultiUserServerConfig";
 const WEBSOCKET: &str = "xray.transport.internet.websocket.Config";
 const HTTPUPGRADE: &str = "xray.transport.internet.httpupgrade.Config";
+const REALITY: &str = "xray.transport.internet.reality.Config";
+const GRPC: &str = "xray.transport.internet.grpc.encoding.Config";
 
 /// An AddInbound request that cannot become a config inbound; names the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,6 +323,10 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
                 let json = http_transport_json(&c.host, &c.path, &c.header, c.accept_proxy_protocol, c.ed);
                 out.insert("httpupgradeSettings".into(), json);
             }
+            Ok((Flavor::Xray, "transport.internet.grpc.encoding.Config")) => {
+                let c: grpc::encoding::Config = decode(&settings.value, GRPC, &field)?;
+                out.insert("grpcSettings".into(), grpc_json(&c));
+            }
             _ if settings.value.is_empty() => {}
             _ => {
                 return Err(invalid(format!(
@@ -352,6 +358,16 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
                 _ => decode(&settings.value, "xray.transport.internet.tls.Config", field)?,
             };
             out.insert("tlsSettings".into(), tls_json(&settings));
+        } else if (flavor, security) == (Flavor::Xray, "transport.internet.reality.Config") {
+            out.insert("security".into(), json!("reality"));
+            let field = "receiver_settings.stream_settings.security_settings";
+            let settings = stream
+                .security_settings
+                .iter()
+                .find(|m| message_type(&m.r#type).is_ok_and(|(_, n)| n == security))
+                .ok_or_else(|| invalid(format!("{field}: no REALITY settings")))?;
+            let settings: reality::Config = decode(&settings.value, REALITY, field)?;
+            out.insert("realitySettings".into(), reality_json(&settings));
         } else {
             // "transport.internet.reality.Config" → "reality"
             let name = security.strip_prefix("transport.internet.").and_then(|s| s.split('.').next());
@@ -359,6 +375,78 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
         }
     }
     Ok(Value::Object(out))
+}
+
+/// `realitySettings` from Xray's REALITY message, as its JSON would have said it: keys in
+/// base64url, versions as `x.y.z`, short ids in hex. The client's fields are left out, as
+/// an inbound ignores them.
+fn reality_json(c: &reality::Config) -> Value {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let version = |v: &[u8]| v.iter().map(u8::to_string).collect::<Vec<_>>().join(".");
+    let limit = |l: Option<reality::LimitFallback>| {
+        let l = l.unwrap_or_default();
+        json!({ "afterBytes": l.after_bytes, "bytesPerSec": l.bytes_per_sec, "burstBytesPerSec": l.burst_bytes_per_sec })
+    };
+    let mut out = json!({
+        "show": c.show,
+        "target": c.dest,
+        "xver": c.xver,
+        "serverNames": c.server_names,
+        "privateKey": b64(&c.private_key),
+        "shortIds": c.short_ids.iter().map(|s| hex(s)).collect::<Vec<_>>(),
+        "maxTimeDiff": c.max_time_diff,
+        "limitFallbackUpload": limit(c.limit_fallback_upload),
+        "limitFallbackDownload": limit(c.limit_fallback_download),
+    });
+    for (key, value) in [
+        ("type", c.r#type.clone()),
+        ("minClientVer", version(&c.min_client_ver)),
+        ("maxClientVer", version(&c.max_client_ver)),
+        ("mldsa65Seed", if c.mldsa65_seed.is_empty() { String::new() } else { b64(&c.mldsa65_seed) }),
+        ("masterKeyLog", c.master_key_log.clone()),
+    ] {
+        if !value.is_empty() {
+            out[key] = json!(value);
+        }
+    }
+    out
+}
+
+/// The API form of REALITY settings (what `shardray api adi` sends).
+fn reality_config(r: &shardray_core::spec::RealityServerSpec) -> reality::Config {
+    let (kind, dest) = match &r.target {
+        FallbackDest::Tcp(d) => ("tcp", d.to_string()),
+        FallbackDest::Unix(p) => ("unix", p.to_string_lossy().into_owned()),
+    };
+    reality::Config {
+        show: r.show,
+        dest,
+        r#type: kind.into(),
+        xver: u64::from(r.xver),
+        server_names: r.server_names.clone(),
+        private_key: r.private_key.to_vec(),
+        min_client_ver: r.min_client_ver.map(|v| v.to_vec()).unwrap_or_default(),
+        max_client_ver: r.max_client_ver.map(|v| v.to_vec()).unwrap_or_default(),
+        max_time_diff: r.max_time_diff_ms,
+        short_ids: r.short_ids.iter().map(|s| s.to_vec()).collect(),
+        ..Default::default()
+    }
+}
+
+/// `grpcSettings` from the API's gRPC Config, in the config's names.
+pub(crate) fn grpc_json(c: &grpc::encoding::Config) -> Value {
+    json!({
+        "serviceName": c.service_name,
+        "multiMode": c.multi_mode,
+        "idle_timeout": c.idle_timeout,
+        "health_check_timeout": c.health_check_timeout,
+        "permit_without_stream": c.permit_without_stream,
+        "initial_windows_size": c.initial_windows_size,
+        "user_agent": c.user_agent,
+        "authority": c.authority,
+    })
 }
 
 /// `wsSettings` / `httpupgradeSettings` from the API's fields: the early-data length goes back
@@ -611,7 +699,22 @@ fn socket_config(o: &SocketOptions) -> SocketConfig {
     }
 }
 
-/// The API form of an HTTP transport: Xray's protocol name and its TransportConfig.
+/// The API form of `grpcSettings`.
+pub(crate) fn grpc_config(g: &shardray_core::spec::GrpcSpec) -> grpc::encoding::Config {
+    let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    grpc::encoding::Config {
+        authority: g.authority.clone(),
+        service_name: g.service_name.clone(),
+        multi_mode: g.multi_mode,
+        idle_timeout: int(g.idle_timeout),
+        health_check_timeout: int(g.health_check_timeout),
+        permit_without_stream: g.permit_without_stream,
+        initial_windows_size: int(g.initial_windows_size),
+        user_agent: g.user_agent.clone(),
+    }
+}
+
+/// The API form of a transport: Xray's protocol name and its TransportConfig.
 fn transport_config(t: &TransportSpec) -> Option<(&'static str, TransportConfig)> {
     let (name, settings) = match t {
         TransportSpec::Raw => return None,
@@ -635,6 +738,7 @@ fn transport_config(t: &TransportSpec) -> Option<(&'static str, TransportConfig)
             };
             ("httpupgrade", typed(HTTPUPGRADE, &c))
         }
+        TransportSpec::Grpc(g) => ("grpc", typed(GRPC, &grpc_config(g))),
     };
     Some((name, TransportConfig { protocol_name: name.into(), settings: Some(settings), ..Default::default() }))
 }
@@ -667,6 +771,8 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
         };
         (TLS.to_owned(), vec![typed(TLS, &settings)])
     });
+    let tls =
+        tls.or_else(|| spec.reality.as_ref().map(|r| (REALITY.to_owned(), vec![typed(REALITY, &reality_config(r))])));
     let sockopt = (spec.sockopt != SocketOptions::default()).then(|| socket_config(&spec.sockopt));
     let transport = transport_config(&spec.transport);
     let stream = (tls.is_some() || sockopt.is_some() || transport.is_some()).then(|| {
@@ -880,6 +986,25 @@ mod tests {
     }
 
     #[test]
+    fn grpc_inbounds_survive_the_api_form() {
+        let spec = load(json!({
+            "tag": "g", "listen": "127.0.0.1", "port": 4434, "protocol": "trojan",
+            "settings": { "clients": [] },
+            "streamSettings": { "network": "grpc", "grpcSettings": { "serviceName": "/a/b|c",
+                "multiMode": true, "idle_timeout": 30, "health_check_timeout": -5, "authority": "x.example",
+                "user_agent": "ua", "initial_windows_size": 65536, "permit_without_stream": true } }
+        }));
+        let TransportSpec::Grpc(g) = &spec.transport else { panic!("{:?}", spec.transport) };
+        assert_eq!((g.service_name.as_str(), g.idle_timeout, g.health_check_timeout), ("/a/b|c", 30, 0));
+        let api = inbound_config(&spec);
+        let receiver = ReceiverConfig::decode(&api.receiver_settings.as_ref().unwrap().value[..]).unwrap();
+        let stream = receiver.stream_settings.unwrap();
+        assert_eq!(stream.protocol_name, "grpc");
+        assert_eq!(stream.transport_settings[0].settings.as_ref().unwrap().r#type, GRPC);
+        assert_eq!(through_api(&spec).unwrap(), spec);
+    }
+
+    #[test]
     fn a_vless_tls_inbound_survives_the_api_form() {
         let spec = load(json!({
             "tag": "in-tls", "listen": "127.0.0.1", "port": 4431, "protocol": "vless",
@@ -930,6 +1055,41 @@ mod tests {
         plain.tls = None;
         let err = through_api(&plain).unwrap_err();
         assert!(err.contains("clients[0].flow") && err.contains("tls"), "{err}");
+    }
+
+    #[test]
+    fn a_vless_reality_inbound_survives_the_api_form() {
+        let spec = load(json!({
+            "tag": "in-reality", "listen": "127.0.0.1", "port": 4443, "protocol": "vless",
+            "settings": { "decryption": "none", "clients": [{ "id": "b831381d-6324-4d53-ad4f-8cda48b30811", "email": "a@x" }] },
+            "streamSettings": { "network": "raw", "security": "reality", "realitySettings": {
+                "target": "www.example.com:443", "xver": 2, "serverNames": ["www.example.com", "example.com"],
+                "privateKey": "wA9uNf9Ho9w-mL4fa5tMLrDXsOUbR-Te4BoQtxu9bHc", "shortIds": ["", "ab", "0123456789abcdef"],
+                "minClientVer": "1.8.0", "maxClientVer": "25.9", "maxTimeDiff": 60000, "show": true
+            }}
+        }));
+        assert!(spec.reality.is_some());
+        assert_eq!(through_api(&spec).unwrap(), spec);
+        let unix = load(json!({
+            "tag": "in-reality", "port": 4443, "protocol": "trojan",
+            "settings": { "clients": [{ "password": "p", "email": "b@x" }] },
+            "streamSettings": { "security": "reality", "realitySettings": {
+                "dest": "@site", "serverNames": ["a"], "privateKey": "wA9uNf9Ho9w-mL4fa5tMLrDXsOUbR-Te4BoQtxu9bHc",
+                "shortIds": [""] }}
+        }));
+        assert_eq!(through_api(&unix).unwrap(), unix);
+        // What the loader refuses, AddInbound refuses by the same path.
+        let mut seeded = inbound_config(&spec);
+        let stream = seeded.receiver_settings.as_mut().unwrap();
+        let mut receiver: ReceiverConfig = prost::Message::decode(&stream.value[..]).unwrap();
+        let security = &mut receiver.stream_settings.as_mut().unwrap().security_settings[0];
+        let mut config: reality::Config = prost::Message::decode(&security.value[..]).unwrap();
+        config.mldsa65_seed = vec![1; 32];
+        *security = typed(REALITY, &config);
+        *stream = typed(RECEIVER, &receiver);
+        let json = inbound_json(&seeded).unwrap();
+        let err = load_inbound(json, "inbound").unwrap_err().to_string();
+        assert!(err.starts_with("inbound.streamSettings.realitySettings.mldsa65Seed:"), "{err}");
     }
 
     #[test]

@@ -337,14 +337,21 @@ fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Res
     let shardray_core::spec::Account::Vless(id, flow) = spec.account else {
         return Err(invalid("proxy_settings.server[0].user.account: not a VLESS account"));
     };
-    let tls = match stream {
-        None => None,
-        Some(stream) => client_tls(stream)?,
+    let (tls, transport) = match stream {
+        None => (None, TransportSpec::Raw),
+        Some(stream) => (client_tls(stream)?, client_transport(stream)?),
     };
-    if matches!(flow, shardray_core::spec::VlessFlow::Vision) && tls.is_none() {
-        return Err(invalid("proxy_settings.server[0].user.account.flow: Vision needs TLS (sender_settings)"));
+    if transport.http().is_some() {
+        return Err(invalid(
+            "sender_settings.stream_settings: a VLESS outbound over WebSocket or HTTPUpgrade is not served yet",
+        ));
     }
-    Ok(VlessOutboundSpec { server, id, email: spec.email, level: spec.level, tls, flow })
+    if matches!(flow, shardray_core::spec::VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
+        return Err(invalid(
+            "proxy_settings.server[0].user.account.flow: Vision needs TLS on raw TCP (sender_settings)",
+        ));
+    }
+    Ok(VlessOutboundSpec { server, id, email: spec.email, level: spec.level, tls, transport, flow })
 }
 
 /// A Trojan ClientConfig (one server, one user) and its sender's stream settings (raw TCP,
@@ -385,13 +392,15 @@ fn client_transport(stream: &StreamConfig) -> Result<TransportSpec, InvalidRoute
         ("" | "tcp" | "raw", 0) => "",
         ("websocket" | "ws", 0) | ("", 3) => "websocket",
         ("httpupgrade", 0) => "httpupgrade",
+        ("grpc" | "gun", 0) => "grpc",
         _ => {
             return Err(invalid(format!(
-                "{field}: only raw TCP, WebSocket and HTTPUpgrade are supported yet on outbounds"
+                "{field}: only raw TCP, WebSocket, HTTPUpgrade and gRPC are supported yet on outbounds"
             )))
         }
     };
     let mut found = None;
+    let mut grpc = None;
     for (i, t) in stream.transport_settings.iter().enumerate() {
         let Some(settings) = t.settings.as_ref() else { continue };
         let at = format!("{field}.transport_settings[{i}].settings");
@@ -406,6 +415,15 @@ fn client_transport(stream: &StreamConfig) -> Result<TransportSpec, InvalidRoute
                 let c: shardray_proto::xray::transport::internet::httpupgrade::Config =
                     exact(&settings.value, "xray.transport.internet.httpupgrade.Config", &at)?;
                 (c.host, c.path, c.header, c.accept_proxy_protocol, c.ed)
+            }
+            "transport.internet.grpc.encoding.Config" if wanted == "grpc" => {
+                let c: shardray_proto::xray::transport::internet::grpc::encoding::Config =
+                    exact(&settings.value, "xray.transport.internet.grpc.encoding.Config", &at)?;
+                // Checked as a config's grpcSettings are.
+                let spec = crate::config::load_grpc_settings(super::inbound::grpc_json(&c), &at)
+                    .map_err(|e| invalid(e.to_string()))?;
+                grpc = Some(spec);
+                continue;
             }
             _ if settings.value.is_empty() => continue,
             other => return Err(invalid(format!("{at}: {other:?} is not supported yet on outbounds"))),
@@ -428,6 +446,7 @@ fn client_transport(stream: &StreamConfig) -> Result<TransportSpec, InvalidRoute
     }
     Ok(match wanted {
         "" => TransportSpec::Raw,
+        "grpc" => TransportSpec::Grpc(Box::new(grpc.unwrap_or_default())),
         "websocket" => TransportSpec::Ws(Box::new(
             found.unwrap_or_else(|| HttpTransportSpec { path: "/".into(), ..Default::default() }),
         )),

@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use crate::spec::{BalancerSpec, InboundSpec, OutboundSpec, RuleSpec, UserSpec};
+use crate::routes::RouteSpecs;
+use crate::spec::{BalancerSpec, InboundSpec, OutboundSpec, PolicySpec, RuleSpec, UserSpec};
 
 /// One change to the running configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,17 @@ pub enum Change {
         /// The inbound, validated as a config inbound would be.
         spec: Arc<InboundSpec>,
     },
+    /// Serve an inbound with new settings (a config reload), keeping its users, their counters
+    /// and their live sessions (which go on under the settings they started with). Without
+    /// sockets alongside, each shard keeps accepting on the listening sockets it has (the
+    /// listener did not change); with them, it moves to those and closes the old ones.
+    ReplaceInbound {
+        /// The inbound's new settings (same tag and account protocol), without users: the
+        /// shards get its users as operations.
+        spec: Arc<InboundSpec>,
+        /// Bind new sockets (the address or socket options changed).
+        rebind: bool,
+    },
     /// Stop serving an inbound: its listeners close and its users' live sessions end.
     RemoveInbound {
         /// The inbound's tag.
@@ -90,6 +102,19 @@ pub enum Change {
         /// The outbound tag, or empty.
         target: String,
     },
+    /// Replace the outbounds, rules and balancers at once (a config reload): outbounds kept
+    /// under the same tag and settings keep their counters, and balancer pins whose balancer
+    /// is still there stay.
+    ReplaceRoutes {
+        /// The outbounds and routing to run from now on (their `overrides` are ignored).
+        routes: Box<RouteSpecs>,
+    },
+    /// Replace the policy levels and system policy (a config reload): sessions that start
+    /// from now on follow them; live sessions keep the policy they started with.
+    SetPolicy {
+        /// The new policy.
+        policy: Box<PolicySpec>,
+    },
 }
 
 impl Change {
@@ -103,12 +128,14 @@ impl Change {
             | Change::ReplaceUsers { inbound, .. }
             | Change::Kick { inbound, .. }
             | Change::RemoveInbound { tag: inbound } => Some(inbound),
-            Change::AddInbound { spec } => Some(&spec.tag),
+            Change::AddInbound { spec } | Change::ReplaceInbound { spec, .. } => Some(&spec.tag),
             Change::AddOutbound { .. }
             | Change::RemoveOutbound { .. }
             | Change::AddRules { .. }
             | Change::RemoveRule { .. }
-            | Change::OverrideBalancer { .. } => None,
+            | Change::OverrideBalancer { .. }
+            | Change::ReplaceRoutes { .. }
+            | Change::SetPolicy { .. } => None,
         }
     }
 }

@@ -4,12 +4,12 @@
 //! what does not fit is dropped and counted (`LogSink::dropped`).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use crate::spec::LogLevel;
+use crate::spec::{LogLevel, LogSpec};
 
 /// One line for a log.
 #[derive(Debug)]
@@ -23,42 +23,85 @@ pub enum LogRecord {
     Audit(String),
     /// Reopen the log files (after rotation); the result goes back on the channel.
     Reopen(std::sync::mpsc::SyncSender<Result<(), String>>),
+    /// Write to these targets from now on (a config reload); on failure the old ones stay.
+    Reconfigure(LogSpec, std::sync::mpsc::SyncSender<Result<(), String>>),
     /// Copy every later line to this follower until it hangs up.
     Follow(async_channel::Sender<String>),
     /// Flush and stop the writer; records sent after this are dropped.
     Close,
 }
 
-/// A cheap, cloneable, `Send` logging handle.
+/// A cheap, cloneable, `Send` logging handle. Its clones share the level and the access
+/// switch, so a config reload changes them for every shard at once (a relaxed load each time a
+/// record is considered; they are written only by a reload).
 #[derive(Debug, Clone)]
 pub struct LogSink {
     tx: Option<Sender<LogRecord>>,
-    level: LogLevel,
-    access: bool,
+    level: Arc<AtomicU8>,
+    access: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
+}
+
+/// A level as the shared switch holds it.
+fn level_code(level: LogLevel) -> u8 {
+    match level {
+        LogLevel::Debug => 0,
+        LogLevel::Info => 1,
+        LogLevel::Warning => 2,
+        LogLevel::Error => 3,
+        LogLevel::None => 4,
+    }
 }
 
 impl LogSink {
     /// A sink that writes error-log records at `level` or above, and access records if `access`.
     pub fn new(tx: Sender<LogRecord>, level: LogLevel, access: bool) -> LogSink {
-        LogSink { tx: Some(tx), level, access, dropped: Arc::default() }
+        LogSink {
+            tx: Some(tx),
+            level: Arc::new(AtomicU8::new(level_code(level))),
+            access: Arc::new(AtomicBool::new(access)),
+            dropped: Arc::default(),
+        }
     }
 
     /// A sink that discards everything (for tests and tools).
     pub fn discard() -> LogSink {
-        LogSink { tx: None, level: LogLevel::None, access: false, dropped: Arc::default() }
+        LogSink {
+            tx: None,
+            level: Arc::new(AtomicU8::new(level_code(LogLevel::None))),
+            access: Arc::default(),
+            dropped: Arc::default(),
+        }
     }
 
     /// Whether an error-log record at `level` would be written.
     #[inline]
     pub fn enabled(&self, level: LogLevel) -> bool {
-        self.tx.is_some() && level != LogLevel::None && level >= self.level && self.level != LogLevel::None
+        let least = self.level.load(Ordering::Relaxed);
+        self.tx.is_some()
+            && level != LogLevel::None
+            && level_code(level) >= least
+            && least != level_code(LogLevel::None)
     }
 
     /// Whether access records are wanted.
     #[inline]
     pub fn access_enabled(&self) -> bool {
-        self.tx.is_some() && self.access
+        self.tx.is_some() && self.access.load(Ordering::Relaxed)
+    }
+
+    /// Moves the logs to `spec`'s targets and level (a config reload), for every clone of this
+    /// sink; waits (up to five seconds) for the writer. On failure nothing changes.
+    pub fn reconfigure(&self, spec: &LogSpec) -> Result<(), String> {
+        let tx = self.tx.as_ref().ok_or("logging is off")?;
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        tx.send(LogRecord::Reconfigure(spec.clone(), done_tx)).map_err(|_| "the logger has stopped".to_owned())?;
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .map_err(|_| "the logger did not answer".to_owned())??;
+        self.level.store(level_code(spec.level), Ordering::Relaxed);
+        self.access.store(!matches!(spec.access, crate::spec::LogTarget::Discard), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Writes an error-log record if its level is enabled.

@@ -136,6 +136,7 @@ impl RouteSpecs {
                 None => Err(RouteError::NoSuchBalancer(balancer.clone())),
             },
             Change::AddRules { .. } => self.clone().apply(change),
+            Change::ReplaceRoutes { routes } => routes.compile().map(|_| ()).map_err(RouteError::InvalidRule),
             _ => Ok(()),
         }
     }
@@ -201,13 +202,23 @@ impl RouteSpecs {
                     self.overrides.insert(balancer.clone(), target.clone());
                 }
             }
+            Change::ReplaceRoutes { routes } => {
+                self.check(change)?;
+                let overrides = std::mem::take(&mut self.overrides);
+                self.outbounds = routes.outbounds.clone();
+                self.routing = routes.routing.clone();
+                // A pin outlives the reload while its balancer does.
+                self.overrides = overrides.into_iter().filter(|(b, _)| self.balancer_index(b).is_some()).collect();
+            }
             Change::AddUsers { .. }
             | Change::RemoveUsers { .. }
             | Change::SetLevel { .. }
             | Change::ReplaceUsers { .. }
             | Change::Kick { .. }
             | Change::AddInbound { .. }
-            | Change::RemoveInbound { .. } => {}
+            | Change::ReplaceInbound { .. }
+            | Change::RemoveInbound { .. }
+            | Change::SetPolicy { .. } => {}
         }
         Ok(())
     }
@@ -328,5 +339,26 @@ mod tests {
         // Replacing drops the old rules, balancers and overrides.
         r.apply(&add(vec![rule("r9", "direct")], vec![], false)).unwrap();
         assert_eq!((r.routing.rules.len(), r.routing.balancers.len(), r.overrides.len()), (1, 0, 0));
+    }
+
+    #[test]
+    fn replace_routes_keeps_pins_of_balancers_that_stay() {
+        let group = |tag: &str| BalancerSpec { tag: tag.into(), selectors: vec!["px-".into()], ..Default::default() };
+        let mut r = RouteSpecs { outbounds: vec![outbound("direct"), outbound("px-a")], ..Default::default() };
+        r.routing.balancers = vec![group("g"), group("h")];
+        r.apply(&Change::OverrideBalancer { balancer: "g".into(), target: "px-a".into() }).unwrap();
+        r.apply(&Change::OverrideBalancer { balancer: "h".into(), target: "px-a".into() }).unwrap();
+        let mut next = RouteSpecs { outbounds: vec![outbound("px-b"), outbound("direct")], ..Default::default() };
+        next.routing.balancers = vec![group("g")];
+        next.routing.rules = vec![rule("r", "direct")];
+        r.apply(&Change::ReplaceRoutes { routes: Box::new(next.clone()) }).unwrap();
+        assert_eq!(r.outbounds, next.outbounds);
+        assert_eq!(r.routing, next.routing);
+        assert_eq!(r.overrides.keys().collect::<Vec<_>>(), ["g"]);
+        // A rule naming a balancer that is not there: refused, nothing changed.
+        let mut bad = next.clone();
+        bad.routing.rules = vec![RuleSpec { balancer_tag: "nope".into(), ..rule("", "") }];
+        assert!(r.apply(&Change::ReplaceRoutes { routes: Box::new(bad) }).is_err());
+        assert_eq!(r.routing, next.routing);
     }
 }

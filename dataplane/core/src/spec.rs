@@ -258,6 +258,9 @@ pub struct InboundSpec {
     pub listen: SocketAddr,
     /// `streamSettings.security == "tls"`: the TLS server settings.
     pub tls: Option<TlsServerSpec>,
+    /// `streamSettings.security == "reality"`: the REALITY server settings (boxed: rare, and
+    /// specs travel in every change).
+    pub reality: Option<Box<RealityServerSpec>>,
     /// `protocol` and `settings`.
     pub protocol: InboundProtocol,
     /// Its index in the config's `inbounds` (merged over files, the API's inbound counted),
@@ -311,6 +314,8 @@ pub enum TransportSpec {
     Ws(Box<HttpTransportSpec>),
     /// `httpupgrade` with `httpupgradeSettings`.
     HttpUpgrade(Box<HttpTransportSpec>),
+    /// `grpc` (`gun`) with `grpcSettings`.
+    Grpc(Box<GrpcSpec>),
 }
 
 impl TransportSpec {
@@ -320,13 +325,14 @@ impl TransportSpec {
             TransportSpec::Raw => "raw",
             TransportSpec::Ws(_) => "ws",
             TransportSpec::HttpUpgrade(_) => "httpupgrade",
+            TransportSpec::Grpc(_) => "grpc",
         }
     }
 
     /// The HTTP transport's settings, if it is one.
     pub fn http(&self) -> Option<&HttpTransportSpec> {
         match self {
-            TransportSpec::Raw => None,
+            TransportSpec::Raw | TransportSpec::Grpc(_) => None,
             TransportSpec::Ws(h) | TransportSpec::HttpUpgrade(h) => Some(h),
         }
     }
@@ -344,6 +350,28 @@ pub struct HttpTransportSpec {
     pub headers: Vec<(String, String)>,
     /// The path's `?ed=N`: early data accepted (server) or sent (client) up to N bytes.
     pub early_data: u32,
+}
+
+/// `grpcSettings` (Xray's `transport.internet.grpc.encoding.Config`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GrpcSpec {
+    /// `serviceName` as given: a name (`/NAME/Tun`, `/NAME/TunMulti`), or a custom path when
+    /// it starts with `/` (see `shardray_wire::grpc::service_paths`).
+    pub service_name: String,
+    /// `multiMode`: a client opens `TunMulti` streams (a server serves both).
+    pub multi_mode: bool,
+    /// `idle_timeout`: seconds without frames before a keepalive ping (0: none).
+    pub idle_timeout: u32,
+    /// `health_check_timeout`: seconds a keepalive ping may go unanswered (0: 20, gRPC's).
+    pub health_check_timeout: u32,
+    /// `permit_without_stream`: a client pings even with no stream open.
+    pub permit_without_stream: bool,
+    /// `initial_windows_size`: a client's initial HTTP/2 window (0: the default).
+    pub initial_windows_size: u32,
+    /// `user_agent`: what a client sends (empty: Chrome's, as Xray).
+    pub user_agent: String,
+    /// `authority`: a client's `:authority` (empty: the TLS name, else a domain server).
+    pub authority: String,
 }
 
 /// `tcpSettings.header` with `"type": "http"`: the request a connection must open with and
@@ -432,6 +460,7 @@ impl InboundSpec {
             tag: self.tag.clone(),
             listen: self.listen,
             tls: self.tls.clone(),
+            reality: self.reality.clone(),
             protocol,
             config_index: self.config_index,
             sockopt: self.sockopt.clone(),
@@ -831,6 +860,35 @@ pub struct TlsServerSpec {
     pub cipher_suites: Vec<String>,
 }
 
+/// REALITY server settings (`streamSettings.realitySettings` of an inbound).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealityServerSpec {
+    /// `show`: log every connection's verdict in detail.
+    pub show: bool,
+    /// `target` (or its older name `dest`): where connections that do not authenticate go.
+    pub target: FallbackDest,
+    /// `xver`: the PROXY protocol version sent to the target first (0 none, 1 or 2).
+    pub xver: u8,
+    /// `serverNames`: the TLS server names authenticated (exact).
+    pub server_names: Vec<String>,
+    /// `privateKey`: the X25519 private key.
+    pub private_key: [u8; 32],
+    /// `shortIds`, each zero-padded to 8 bytes.
+    pub short_ids: Vec<[u8; 8]>,
+    /// `minClientVer`: `None` takes any (Xray's default, 26.3.27, would refuse sing-box and
+    /// shoes).
+    pub min_client_ver: Option<[u8; 3]>,
+    /// `maxClientVer`
+    pub max_client_ver: Option<[u8; 3]>,
+    /// `maxTimeDiff` in milliseconds; 0 checks no time.
+    pub max_time_diff_ms: u64,
+    /// What share links tell clients to present as (`fingerprint`, or the panels'
+    /// `settings.fingerprint`; `chrome` when none is given).
+    pub fingerprint: String,
+    /// `spiderX` (or `settings.spiderX`) for share links; empty when none is given.
+    pub spider_x: String,
+}
+
 /// A TLS protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TlsVersion {
@@ -894,6 +952,8 @@ pub struct VlessOutboundSpec {
     pub level: u32,
     /// `streamSettings` with `security: "tls"`; `None` sends VLESS over plain TCP.
     pub tls: Option<TlsClientSpec>,
+    /// `streamSettings.network`: raw TCP or gRPC.
+    pub transport: TransportSpec,
     /// `vnext[0].users[0].flow`: Vision (over TLS only), or none.
     pub flow: VlessFlow,
 }

@@ -15,7 +15,7 @@ use shardray_core::routes::{RouteSpecs, RouteTap};
 use shardray_core::slots::UserOp;
 use shardray_core::spec::{
     BalancerStrategy, Config, DokodemoSpec, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec, LevelPolicy,
-    OutboundProtocol, TransportSpec,
+    OutboundProtocol, PolicySpec, TransportSpec,
 };
 use shardray_core::stats::{LinkSample, RefusalCounts, SlotCounters, StatsSnapshot, Traffic};
 
@@ -24,10 +24,17 @@ pub(crate) struct ShardCtx {
     pub(crate) config: Arc<Config>,
     /// The inbounds served now: the config's, plus those the API added, minus those it removed.
     pub(crate) inbounds: RefCell<Vec<Rc<InboundRt>>>,
-    /// Each served inbound's accept loop, by tag; removing the inbound cancels it.
-    accepting: RefCell<Vec<(Arc<str>, glommio::Task<()>)>>,
+    /// Each served inbound's accept loop, by tag, with the descriptor of the socket it serves;
+    /// removing the inbound cancels it.
+    accepting: RefCell<Vec<Accepting>>,
+    /// Inbounds a reload replaced whose sessions still run: user removals, kicks and level
+    /// changes reach those sessions too, until the last one ends.
+    retired: RefCell<Vec<Rc<InboundRt>>>,
     /// Outbounds and routing as specified, changed by route changes.
     specs: RefCell<RouteSpecs>,
+    /// Policy levels and system policy (the config's, until a reload sets new ones); a
+    /// session takes the `Rc` once, at its start.
+    policy: RefCell<Rc<PolicySpec>>,
     /// Outbounds and routing as run: a session clones the `Rc` once and keeps that table,
     /// a change swaps in a new one.
     routes: RefCell<Rc<Routes>>,
@@ -50,11 +57,22 @@ pub(crate) struct ShardCtx {
     pub(crate) applied: Cell<u64>,
 }
 
+/// An inbound's accept (or datagram) loop.
+struct Accepting {
+    tag: Arc<str>,
+    task: glommio::Task<()>,
+    /// The socket the loop serves (the loop owns it), and whether it is UDP.
+    fd: std::os::fd::RawFd,
+    udp: bool,
+}
+
 /// An inbound as a shard runs it.
 pub(crate) struct InboundRt {
     pub(crate) tag: Arc<str>,
     pub(crate) traffic: Traffic,
     pub(crate) tls: Option<TlsAcceptor>,
+    /// REALITY in front of TLS, if configured.
+    pub(crate) reality: Option<Box<crate::transport::reality::RealityRt>>,
     /// The HTTP camouflage its connections open with, if any.
     pub(crate) http_header: Option<HttpHeaderSpec>,
     /// Its connections open with a PROXY protocol header naming the real client.
@@ -333,7 +351,9 @@ impl ShardCtx {
             config: config.clone(),
             inbounds: RefCell::default(),
             accepting: RefCell::default(),
+            retired: RefCell::default(),
             specs: RefCell::new(specs),
+            policy: RefCell::new(Rc::new(config.policy.clone())),
             routes: RefCell::new(Rc::new(routes)),
             tap,
             users: RefCell::default(),
@@ -356,6 +376,10 @@ impl ShardCtx {
     fn inbound_rt(&self, inbound: &InboundSpec) -> Result<InboundRt, String> {
         let tls = match &inbound.tls {
             Some(spec) => Some(TlsAcceptor::from(tls::server_config(spec).map_err(|e| e.to_string())?)),
+            None => None,
+        };
+        let reality = match &inbound.reality {
+            Some(spec) => Some(Box::new(crate::transport::reality::RealityRt::new(spec)?)),
             None => None,
         };
         let kind = match &inbound.protocol {
@@ -408,6 +432,7 @@ impl ShardCtx {
             tag: inbound.tag.as_str().into(),
             traffic: Traffic::default(),
             tls,
+            reality,
             http_header: inbound.http_header.clone(),
             accept_proxy_protocol: inbound.sockopt.accept_proxy_protocol,
             transport: inbound.transport.clone(),
@@ -420,20 +445,99 @@ impl ShardCtx {
     /// Starts accepting on an inbound's listener and serving its UDP socket (this shard's own
     /// SO_REUSEPORT sockets).
     pub(crate) fn start_accepting(self: &Rc<Self>, inbound: Rc<InboundRt>, sockets: crate::InboundSockets) {
+        use std::os::fd::AsRawFd;
         let tag = inbound.tag.clone();
         if let Some(listener) = sockets.tcp {
+            let fd = listener.as_raw_fd();
             let task = glommio::spawn_local(crate::inbound::accept_loop(self.clone(), inbound.clone(), listener));
-            self.accepting.borrow_mut().push((tag.clone(), task));
+            self.accepting.borrow_mut().push(Accepting { tag: tag.clone(), task, fd, udp: false });
         }
         if let Some(socket) = sockets.udp {
+            let fd = socket.as_raw_fd();
             let task = glommio::spawn_local(crate::inbound::datagram_loop(self.clone(), inbound, socket));
-            self.accepting.borrow_mut().push((tag, task));
+            self.accepting.borrow_mut().push(Accepting { tag, task, fd, udp: true });
         }
     }
 
     /// Every accept loop, taken out so the caller can cancel them (on drain).
     pub(crate) fn take_accepting(&self) -> Vec<glommio::Task<()>> {
-        self.accepting.borrow_mut().drain(..).map(|(_, task)| task).collect()
+        self.accepting.borrow_mut().drain(..).map(|a| a.task).collect()
+    }
+
+    /// Copies of the sockets the inbound tagged `tag` accepts on (dup(2)), for its next
+    /// accept loops: the sockets themselves stay open, their queued connections included.
+    fn dup_sockets(&self, tag: &str) -> Result<crate::InboundSockets, String> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let mut sockets = crate::InboundSockets::default();
+        for a in self.accepting.borrow().iter().filter(|a| &*a.tag == tag) {
+            // SAFETY: `a.fd` is open: its loop owns it until the caller cancels the loop.
+            let fd = unsafe { libc::fcntl(a.fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(format!("inbound {tag}: keeping its socket: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: `fd` was just returned by fcntl and is ours alone.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            if a.udp {
+                sockets.udp = Some(owned.into());
+            } else {
+                sockets.tcp = Some(owned.into());
+            }
+        }
+        Ok(sockets)
+    }
+
+    /// Serves inbound `spec.tag` with new settings: a new runtime form with the users `ops`
+    /// gives it, on new sockets (`listener`) or on copies of the ones it has. The replaced
+    /// form stays reachable for user operations while its sessions run. Returns the old accept
+    /// loops, for the caller to cancel.
+    fn replace_inbound(
+        self: &Rc<Self>,
+        spec: &InboundSpec,
+        ops: &[UserOp],
+        listener: Option<crate::InboundSockets>,
+    ) -> Result<Vec<glommio::Task<()>>, String> {
+        let inbound = Rc::new(self.inbound_rt(spec)?);
+        let sockets = match listener {
+            Some(sockets) => sockets,
+            None => self.dup_sockets(&spec.tag)?,
+        };
+        self.apply_users(&inbound, ops)?;
+        let old = {
+            let mut inbounds = self.inbounds.borrow_mut();
+            let at = inbounds
+                .iter()
+                .position(|i| *i.tag == *spec.tag)
+                .ok_or_else(|| format!("handler not found: {}", spec.tag))?;
+            std::mem::replace(&mut inbounds[at], inbound.clone())
+        };
+        let stopped = self.accepting.borrow_mut().extract_if(.., |a| *a.tag == *spec.tag).map(|a| a.task).collect();
+        self.retired.borrow_mut().push(old);
+        self.start_accepting(inbound, sockets);
+        Ok(stopped)
+    }
+
+    /// Applies user operations to the replaced forms of inbound `tag` whose sessions still
+    /// run: removals, kicks and level changes, without touching the slots (the live form's
+    /// operations do), and forgets the forms no session holds any more.
+    fn apply_retired(&self, tag: &str, ops: &[UserOp]) {
+        self.retired.borrow_mut().retain(|r| Rc::strong_count(r) > 1);
+        let retired: Vec<Rc<InboundRt>> = self.retired.borrow().iter().filter(|r| &*r.tag == tag).cloned().collect();
+        if retired.is_empty() {
+            return;
+        }
+        let ops: Vec<UserOp> = ops
+            .iter()
+            .filter_map(|op| match op {
+                UserOp::Add { .. } => None,
+                UserOp::Remove { id, slot, .. } => Some(UserOp::Remove { id: *id, slot: *slot, free_slot: false }),
+                other => Some(other.clone()),
+            })
+            .collect();
+        for r in retired {
+            // The retired table has the same users the live one had: an error here is a missing
+            // user, which needs nothing done.
+            let _ = self.apply_users(&r, &ops);
+        }
     }
 
     /// Applies one change from the control thread, with its user operations as control
@@ -457,13 +561,19 @@ impl ShardCtx {
                 self.inbounds.borrow_mut().push(inbound.clone());
                 self.start_accepting(inbound, listener);
             }
-            Change::RemoveInbound { tag } => stopped = self.remove_inbound(tag, ops)?,
+            Change::RemoveInbound { tag } => {
+                stopped = self.remove_inbound(tag, ops)?;
+                self.apply_retired(tag, ops);
+            }
+            Change::ReplaceInbound { spec, .. } => stopped = self.replace_inbound(spec, ops, listener)?,
+            Change::SetPolicy { policy } => *self.policy.borrow_mut() = Rc::new((**policy).clone()),
             _ if change.inbound().is_none() => self.apply_routes(change)?,
             _ => {
                 let tag = change.inbound().unwrap_or_default();
                 let inbound = self.inbounds.borrow().iter().find(|i| &*i.tag == tag).cloned();
                 let inbound = inbound.ok_or_else(|| format!("handler not found: {tag}"))?;
                 self.apply_users(&inbound, ops)?;
+                self.apply_retired(tag, ops);
             }
         }
         self.applied.set(epoch);
@@ -478,7 +588,7 @@ impl ShardCtx {
             let at = inbounds.iter().position(|i| &*i.tag == tag).ok_or_else(|| format!("handler not found: {tag}"))?;
             inbounds.remove(at)
         };
-        let stopped = self.accepting.borrow_mut().extract_if(.., |(t, _)| &**t == tag).map(|(_, task)| task).collect();
+        let stopped = self.accepting.borrow_mut().extract_if(.., |a| &*a.tag == tag).map(|a| a.task).collect();
         if !ops.is_empty() {
             self.apply_users(&inbound, ops)?;
         }
@@ -567,7 +677,12 @@ impl ShardCtx {
 
     /// The policy for a level.
     pub(crate) fn policy(&self, level: u32) -> LevelPolicy {
-        self.config.policy.level(level)
+        self.policy.borrow().level(level)
+    }
+
+    /// Every level's policy and the system policy, as in force now.
+    pub(crate) fn policies(&self) -> Rc<PolicySpec> {
+        self.policy.borrow().clone()
     }
 
     /// The shard's totals, for the control thread: every user slot's (`only_slot: None`),

@@ -704,7 +704,7 @@ where
         }
         OutboundProtocol::Vless(v) => {
             let Some(vless) = &outbound.vless else { return };
-            match Box::pin(crate::outbound::trojan::dial(&vless.tls, &None, &v.server)).await {
+            match Box::pin(crate::outbound::trojan::dial(&vless.tls, &vless.transport, &v.server)).await {
                 Ok(up) => {
                     upstream = RefCell::new(up);
                     let header = vless.header(shardray_wire::vless::Command::Udp, &dest);

@@ -60,6 +60,14 @@ impl SharedReplay {
         TABLE.get_or_init(SharedReplay::new)
     }
 
+    /// The process's table of authenticated REALITY session ids (their first 16 bytes, AES-GCM
+    /// ciphertext), stamped with the time they arrived, so kept 240 to 360 s: a ClientHello
+    /// replayed within that time meets the target instead of our certificate.
+    pub(crate) fn reality() -> &'static SharedReplay {
+        static TABLE: OnceLock<SharedReplay> = OnceLock::new();
+        TABLE.get_or_init(SharedReplay::new)
+    }
+
     /// Records `auth_id`, stamped `timestamp`; `false` if some shard recorded it before.
     pub(crate) fn insert(&self, auth_id: &[u8; 16], timestamp: u64) -> bool {
         let generation = timestamp / MAX_CLOCK_SKEW;

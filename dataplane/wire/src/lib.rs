@@ -4,9 +4,11 @@
 
 pub mod addr;
 pub mod aead;
+pub mod grpc;
 pub mod http;
 pub mod http_header;
 pub mod proxy_protocol;
+pub mod reality;
 pub mod shadowsocks;
 pub mod socks;
 pub mod trojan;

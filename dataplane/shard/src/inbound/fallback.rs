@@ -146,6 +146,58 @@ async fn serve<S>(
     }
 }
 
+/// Relays a connection byte for byte to `dest` (REALITY's target): a PROXY header first with
+/// `xver`, then both ways, by splice(2) when both ends are TCP. Whatever the client sent is
+/// still in its socket (it was only peeked), so the target sees it all.
+pub(super) async fn relay_to(
+    ctx: &Rc<ShardCtx>,
+    inbound: &InboundRt,
+    dest: &FallbackDest,
+    xver: u8,
+    mut client: Box<TcpStream>,
+    info: &ConnInfo,
+) {
+    use std::os::fd::AsRawFd;
+    let policy = ctx.policy(0);
+    let preamble = match xver {
+        0 => Vec::new(),
+        _ => match info.local() {
+            Ok(local) => proxy_header(xver, info.peer, local),
+            Err(e) => {
+                let (tag, peer) = (&inbound.tag, info.peer);
+                ctx.log.error(
+                    LogLevel::Info,
+                    format_args!("[{tag}] {peer} relay to target failed: no local address: {e}"),
+                );
+                return;
+            }
+        },
+    };
+    let client_fd = client.as_raw_fd();
+    let result = match dest {
+        FallbackDest::Tcp(dest) => match connect_tcp(dest).await {
+            Ok(mut up) => match up.write_all(&preamble).await {
+                Ok(()) => {
+                    let options = RelayOptions::new(&policy).splice(Some(client_fd), up.as_raw_fd());
+                    relay(&mut *client, &mut up, options, &mut NoMeter).await
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        FallbackDest::Unix(path) => match UnixStream::connect(path).await {
+            Ok(mut up) => match up.write_all(&preamble).await {
+                Ok(()) => relay(&mut *client, &mut up, RelayOptions::new(&policy), &mut NoMeter).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e.into()),
+        },
+    };
+    if let Err(e) = result {
+        ctx.log.error(LogLevel::Info, format_args!("[{}] {} relay to target failed: {}", inbound.tag, info.peer, e));
+    }
+}
+
 async fn connect_tcp(dest: &shardray_wire::addr::Destination) -> io::Result<TcpStream> {
     let addrs = resolve(&dest.addr, dest.port, Default::default()).await?;
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");

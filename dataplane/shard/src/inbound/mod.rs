@@ -28,6 +28,7 @@ use crate::ctx::{InboundKind, InboundRt, LiveGuard, ShardCtx};
 pub(crate) use dokodemo::datagram_loop;
 
 /// What an inbound handler knows about the connection beyond its bytes.
+#[derive(Clone)]
 pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
     /// The client's TCP socket (under TLS too), for what is asked of the kernel only when needed.
@@ -146,7 +147,7 @@ fn try_accept(listener: RawFd) -> io::Result<Option<(TcpStream, SocketAddr)>> {
 
 /// Runs one accepted connection: its PROXY header and TLS if configured, then the inbound's
 /// protocol.
-async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: Box<TcpStream>, peer: SocketAddr) {
+async fn serve(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpStream>, peer: SocketAddr) {
     let socket = stream.as_raw_fd();
     let mut info = ConnInfo { peer, socket, sni: None, alpn: None, plain_fd: Some(socket), proxied_local: None };
     if inbound.accept_proxy_protocol {
@@ -167,6 +168,9 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: Box<TcpStream>, 
                 return;
             }
         }
+    }
+    if let Some(reality) = &inbound.reality {
+        return Box::pin(serve_reality(ctx, inbound, reality, stream, info)).await;
     }
     match &inbound.tls {
         None => transport(ctx, inbound, stream, info).await,
@@ -211,10 +215,53 @@ async fn proxy_header(stream: &TcpStream, fd: RawFd) -> Result<ProxyHeader, Stri
     }
 }
 
+/// REALITY: the ClientHello peeked (bounded by the level-0 handshake timeout) and judged; an
+/// authenticated client gets the TLS path with a config of its own, anything else is relayed
+/// to the target untouched, counted and logged as a refusal.
+async fn serve_reality(
+    ctx: &Rc<ShardCtx>,
+    inbound: &Rc<InboundRt>,
+    reality: &crate::transport::reality::RealityRt,
+    stream: Box<TcpStream>,
+    info: ConnInfo,
+) {
+    use crate::transport::reality::{peek_hello, Verdict};
+    let mut hello = Vec::new();
+    let peeked = futures_lite::future::or(async { Some(peek_hello(&stream, &mut hello).await) }, async {
+        glommio::timer::sleep(ctx.policy(0).handshake).await;
+        None
+    })
+    .await;
+    let why = match peeked {
+        Some(Ok(())) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            match reality.judge(&hello, now as u64) {
+                Verdict::Serve(config, auth) => {
+                    if reality.spec.show {
+                        let [a, b, c] = auth.client_ver;
+                        let id: String = auth.short_id.iter().map(|b| format!("{b:02x}")).collect();
+                        let tag = &inbound.tag;
+                        ctx.log.error(
+                            LogLevel::Info,
+                            format_args!("[{tag}] {} REALITY client {a}.{b}.{c}, short id {id}", info.peer),
+                        );
+                    }
+                    return serve_tls(ctx, inbound, &TlsAcceptor::from(config), stream, info).await;
+                }
+                Verdict::Relay(why) => why,
+            }
+        }
+        Some(Err(why)) => why,
+        None => "no ClientHello within the handshake timeout".into(),
+    };
+    fallback::refuse(ctx, inbound, "reality", &why, Refusal::BadRequest, &info);
+    fallback::relay_to(ctx, inbound, &reality.spec.target, reality.spec.xver, stream, &info).await;
+}
+
 /// The TLS handshake (bounded by the level-0 handshake timeout), then the inbound's protocol.
 async fn serve_tls(
     ctx: &Rc<ShardCtx>,
-    inbound: &InboundRt,
+    inbound: &Rc<InboundRt>,
     acceptor: &TlsAcceptor,
     stream: Box<TcpStream>,
     info: ConnInfo,
@@ -253,16 +300,20 @@ async fn serve_tls(
     }
 }
 
-/// The transport layer: raw TCP as it is, raw TCP opening with an HTTP head both ways, or
-/// an HTTP transport (WebSocket, HTTPUpgrade).
-async fn transport<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: ConnInfo)
+/// The transport layer: raw TCP as it is, raw TCP opening with an HTTP head both ways, an
+/// HTTP transport (WebSocket, HTTPUpgrade), or gRPC (a session per HTTP/2 stream).
+async fn transport<S>(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: S, info: ConnInfo)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (flavor, spec) = match &inbound.transport {
         TransportSpec::Raw => return raw(ctx, inbound, stream, info).await,
         TransportSpec::Ws(spec) => (Flavor::WebSocket, spec),
         TransportSpec::HttpUpgrade(spec) => (Flavor::HttpUpgrade, spec),
+        TransportSpec::Grpc(spec) => {
+            let info = ConnInfo { plain_fd: None, ..info };
+            return Box::pin(crate::transport::grpc::serve(ctx, inbound, stream, info, spec)).await;
+        }
     };
     // Boxed: the upgrade's state, and a session over WebSocket, are larger than a raw one's.
     Box::pin(http_transport(ctx, inbound, stream, info, flavor, spec)).await
@@ -358,7 +409,7 @@ where
 /// The protocol layer. `fallbacks`: whether a bad request may go to the inbound's fallbacks
 /// (on the raw connection), or is drained (inside a tunnel, whose bytes a fallback could not
 /// read).
-async fn dispatch<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: &ConnInfo, fallbacks: bool)
+pub(crate) async fn dispatch<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: &ConnInfo, fallbacks: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

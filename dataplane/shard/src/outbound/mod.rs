@@ -233,7 +233,7 @@ where
             let dialed = match vless.vision {
                 // The Vision stream sends the header itself and takes the response off.
                 true => Box::pin(vless.dial_vision(&v.server, dest)).await.map(|up| (up, Vec::new())),
-                false => Box::pin(trojan::dial(&vless.tls, &None, &v.server)).await.map(|up| {
+                false => Box::pin(trojan::dial(&vless.tls, &vless.transport, &v.server)).await.map(|up| {
                     let header = vless.header(shardray_wire::vless::Command::Tcp, dest);
                     (Upstream::Vless(Box::new(vless::VlessResponse::new(up))), header)
                 }),
@@ -296,7 +296,7 @@ where
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&client_keys.tls, &None, &ss.server)).await;
+            let dialed = Box::pin(trojan::dial(&client_keys.tls, &Default::default(), &ss.server)).await;
             access(None);
             match dialed {
                 Ok(up) => (client_keys.start(up, dest), Vec::new()),
@@ -341,8 +341,8 @@ where
                         upstream.flush().await?;
                     }
                 }
-                let mut options =
-                    RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &ctx.config.policy);
+                let policies = ctx.policies();
+                let mut options = RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &policies);
                 let plain = upstream.plain_fd();
                 if let Some(fd) = plain {
                     options = options.splice(session.client_fd, fd);
@@ -367,7 +367,7 @@ where
                             format_args!("[{tag}] {peer} to {dest}: Vision direct both ways: splicing"),
                         );
                         let options = RelayOptions::new(&policy)
-                            .watch(watch.as_ref(), &ctx.config.policy)
+                            .watch(watch.as_ref(), &policies)
                             .splice(Some(client_fd), upstream_fd);
                         relay(client, &mut upstream, options, &mut meter).await
                     }
@@ -547,7 +547,7 @@ impl<'a> SessionMeter<'a> {
         policy: &LevelPolicy,
     ) -> Self {
         let on = ctx.config.stats_enabled;
-        let system = ctx.config.policy.system;
+        let system = ctx.policies().system;
         SessionMeter {
             stats_on: on,
             user: session.user.as_ref().filter(|u| u.email.is_some()).map(|u| (u.slot, u.slot_generation)),

@@ -35,7 +35,7 @@ impl ProxyClient {
         socks: bool,
         dest: &Destination,
     ) -> io::Result<(Upstream, Vec<u8>)> {
-        let mut up = dial(&self.tls, &None, &spec.server).await?;
+        let mut up = dial(&self.tls, &Default::default(), &spec.server).await?;
         let opening = async {
             let rest = if socks {
                 socks_connect(&mut up, spec, dest).await?

@@ -16,6 +16,7 @@ use shardray_wire::trojan::{password_key, Command, Request, KEY_LEN};
 use shardray_wire::websocket::Flavor;
 
 use super::{resolve, DIAL_TIMEOUT};
+use crate::transport::grpc::{GrpcClient, GrpcStream};
 use crate::transport::http_header::Camouflaged;
 use crate::transport::tls_tcp::TlsTcp;
 use crate::transport::ws::{Upgraded, WsStream};
@@ -38,28 +39,36 @@ pub(crate) fn client_tls(spec: Option<&TlsClientSpec>, server: &Destination) -> 
     Ok(Some((TlsConnector::from(config), name)))
 }
 
-/// An outbound's HTTP transport (WebSocket or HTTPUpgrade) and the `Host` it sends; `None`
-/// for raw TCP.
-pub(crate) type ClientTransport = Option<(Flavor, HttpTransportSpec, String)>;
+/// An outbound's transport: raw TCP, an HTTP transport (WebSocket or HTTPUpgrade) and the
+/// `Host` it sends, or gRPC (its shard's connection to the server, which has its own TLS).
+#[derive(Default)]
+pub(crate) enum ClientTransport {
+    #[default]
+    Raw,
+    Http(Flavor, HttpTransportSpec, String),
+    Grpc(Box<GrpcClient>),
+}
 
 /// The transport of an outbound whose server is `server`: the `Host` is `host`, else the TLS
-/// server name, else the server's address, as in Xray.
+/// server name, else the server's address, as in Xray. Fails only on settings control has
+/// already checked.
 pub(crate) fn client_transport(
     spec: &TransportSpec,
     tls: Option<&TlsClientSpec>,
     server: &Destination,
-) -> ClientTransport {
+) -> Result<ClientTransport, String> {
     let (flavor, http) = match spec {
-        TransportSpec::Raw => return None,
+        TransportSpec::Raw => return Ok(ClientTransport::Raw),
         TransportSpec::Ws(h) => (Flavor::WebSocket, h),
         TransportSpec::HttpUpgrade(h) => (Flavor::HttpUpgrade, h),
+        TransportSpec::Grpc(g) => return Ok(ClientTransport::Grpc(Box::new(GrpcClient::new(g, tls, server)?))),
     };
     let host = match (http.host.as_str(), tls.map(|t| t.server_name.as_str()).unwrap_or("")) {
         ("", "") => server.addr.to_string(),
         ("", name) => name.to_owned(),
         (host, _) => host.to_owned(),
     };
-    Some((flavor, HttpTransportSpec::clone(http), host))
+    Ok(ClientTransport::Http(flavor, HttpTransportSpec::clone(http), host))
 }
 
 /// A Trojan outbound as a shard runs it: the user key, computed once, and the TLS client.
@@ -75,7 +84,7 @@ impl TrojanClient {
         Ok(TrojanClient {
             key: password_key(&spec.password),
             tls: client_tls(spec.tls.as_ref(), &spec.server)?,
-            transport: client_transport(&spec.transport, spec.tls.as_ref(), &spec.server),
+            transport: client_transport(&spec.transport, spec.tls.as_ref(), &spec.server)?,
         })
     }
 
@@ -99,45 +108,16 @@ fn server_name(name: &str) -> Result<ServerName<'static>, String> {
 }
 
 /// Resolves and connects to the server, then completes the TLS handshake and the transport's
-/// upgrade if configured; the whole dial is bounded by `DIAL_TIMEOUT`.
+/// upgrade if configured (a gRPC session opens a stream on its shard's connection to the
+/// server, dialed first if there is none); the whole dial is bounded by `DIAL_TIMEOUT`.
 pub(crate) async fn dial(tls: &ClientTls, transport: &ClientTransport, server: &Destination) -> io::Result<Upstream> {
-    dial_with(tls, transport, server, false).await
-}
-
-/// `dial`, with the TLS stream following record boundaries when `tracking` (Vision).
-pub(crate) async fn dial_with(
-    tls: &ClientTls,
-    transport: &ClientTransport,
-    server: &Destination,
-    tracking: bool,
-) -> io::Result<Upstream> {
     let dialing = async {
-        let addrs = resolve(&server.addr, server.port, Default::default()).await?;
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-        let mut stream = None;
-        for addr in addrs {
-            match TcpStream::connect_timeout(addr, DIAL_TIMEOUT).await {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = e.into(),
-            }
-        }
-        let stream = stream.ok_or(last)?;
-        let _ = stream.set_nodelay(true);
-        let secured = match tls {
-            None => Upstream::Tcp(stream),
-            Some((connector, name)) => {
-                let tcp = match tracking {
-                    true => TlsTcp::tracking(Box::new(stream)),
-                    false => TlsTcp::new(Box::new(stream)),
-                };
-                let tls = connector.connect(name.clone(), tcp).await?;
-                Upstream::Tls(Box::new(tls))
-            }
+        let (flavor, spec, host) = match transport {
+            ClientTransport::Raw => return dial_secured(tls, server).await,
+            ClientTransport::Http(flavor, spec, host) => (flavor, spec, host),
+            ClientTransport::Grpc(grpc) => return Ok(Upstream::Grpc(Box::new(grpc.open(server).await?))),
         };
-        let Some((flavor, spec, host)) = transport else { return Ok(secured) };
+        let secured = dial_secured(tls, server).await?;
         match crate::transport::ws::connect(secured, *flavor, spec, host).await? {
             Upgraded::Ws(ws) => Ok(Upstream::Ws(ws)),
             // Raw bytes after the upgrade: a plain socket may still splice.
@@ -150,6 +130,40 @@ pub(crate) async fn dial_with(
         Err(io::Error::new(io::ErrorKind::TimedOut, "dial timed out"))
     })
     .await
+}
+
+/// Resolves and connects to the server, then completes the TLS handshake if configured.
+pub(crate) async fn dial_secured(tls: &ClientTls, server: &Destination) -> io::Result<Upstream> {
+    dial_secured_with(tls, server, false).await
+}
+
+/// `dial_secured`, with the TLS stream following record boundaries when `tracking` (Vision).
+pub(crate) async fn dial_secured_with(tls: &ClientTls, server: &Destination, tracking: bool) -> io::Result<Upstream> {
+    let addrs = resolve(&server.addr, server.port, Default::default()).await?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(addr, DIAL_TIMEOUT).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e.into(),
+        }
+    }
+    let stream = stream.ok_or(last)?;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => Ok(Upstream::Tcp(stream)),
+        Some((connector, name)) => {
+            let tcp = match tracking {
+                true => TlsTcp::tracking(Box::new(stream)),
+                false => TlsTcp::new(Box::new(stream)),
+            };
+            let tls = connector.connect(name.clone(), tcp).await?;
+            Ok(Upstream::Tls(Box::new(tls)))
+        }
+    }
 }
 
 /// The stream to an outbound's server: a plain socket (which the relay may splice) or TLS,
@@ -165,6 +179,7 @@ pub(crate) enum Upstream {
     Shadowsocks(Box<crate::shadowsocks::SsStream<Upstream>>),
     /// A VLESS Vision session to the server (over TLS, which it may drop once direct).
     Vision(Box<crate::transport::vision::VisionStream<futures_rustls::client::TlsStream<TlsTcp>>>),
+    Grpc(Box<GrpcStream>),
 }
 
 impl Upstream {
@@ -178,7 +193,8 @@ impl Upstream {
             | Upstream::Vmess(_)
             | Upstream::Vless(_)
             | Upstream::Shadowsocks(_)
-            | Upstream::Vision(_) => None,
+            | Upstream::Vision(_)
+            | Upstream::Grpc(_) => None,
         }
     }
 }
@@ -194,6 +210,7 @@ impl AsyncRead for Upstream {
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Vision(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -209,6 +226,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Vision(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -226,6 +244,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Vision(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -239,6 +258,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Vision(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -252,6 +272,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Vision(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }

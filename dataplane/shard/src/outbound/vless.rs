@@ -12,13 +12,14 @@ use shardray_wire::addr::Destination;
 use shardray_wire::vless::{Command, RequestHeader, VERSION};
 use uuid::Uuid;
 
-use super::trojan::{client_tls, ClientTls, Upstream};
+use super::trojan::{client_tls, client_transport, ClientTls, ClientTransport, Upstream};
 use crate::transport::vision::{OuterTls, VisionStream};
 
 /// A VLESS outbound as a shard runs it: the user id and the TLS client, built once.
 pub(crate) struct VlessClient {
     id: Uuid,
     pub(crate) tls: ClientTls,
+    pub(crate) transport: ClientTransport,
     /// The user's flow is Vision (TCP sessions only: UDP goes without a flow, which an Xray
     /// server takes from a Vision user).
     pub(crate) vision: bool,
@@ -27,8 +28,12 @@ pub(crate) struct VlessClient {
 impl VlessClient {
     /// Builds the client; fails only on settings control has already checked.
     pub(crate) fn new(spec: &VlessOutboundSpec) -> Result<VlessClient, String> {
-        let vision = matches!(spec.flow, shardray_core::spec::VlessFlow::Vision);
-        Ok(VlessClient { id: spec.id, tls: client_tls(spec.tls.as_ref(), &spec.server)?, vision })
+        Ok(VlessClient {
+            id: spec.id,
+            tls: client_tls(spec.tls.as_ref(), &spec.server)?,
+            transport: client_transport(&spec.transport, spec.tls.as_ref(), &spec.server)?,
+            vision: matches!(spec.flow, shardray_core::spec::VlessFlow::Vision),
+        })
     }
 
     /// The request header for `command` (TCP or UDP) to `dest`.
@@ -44,7 +49,7 @@ impl VlessClient {
     /// boundaries, seen through the Vision codec, the request header ready to leave with the
     /// first block.
     pub(crate) async fn dial_vision(&self, server: &Destination, dest: &Destination) -> io::Result<Upstream> {
-        let up = super::trojan::dial_with(&self.tls, &None, server, true).await?;
+        let up = super::trojan::dial_secured_with(&self.tls, server, true).await?;
         let Upstream::Tls(tls) = up else {
             return Err(io::Error::other("Vision needs TLS to the server"));
         };

@@ -1,7 +1,10 @@
 //! Transports under the protocols: TLS (rustls, server and client) over a TCP stream shaped
-//! for it, the HTTP camouflage of raw TCP, and the HTTP transports (WebSocket, HTTPUpgrade).
+//! for it, REALITY (its ClientHello check before that TLS), the HTTP camouflage of raw TCP,
+//! and the HTTP transports (WebSocket, HTTPUpgrade) and gRPC.
 
+pub(crate) mod grpc;
 pub(crate) mod http_header;
+pub(crate) mod reality;
 pub mod tls;
 pub(crate) mod tls_tcp;
 pub(crate) mod vision;
