@@ -288,8 +288,15 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
         for user in clients {
             let name = percent(if user.email.is_empty() { inbound.tag.as_str() } else { user.email.as_str() });
             out.push(match &user.account {
-                Account::Vless(id) => {
-                    format!("vless://{id}@{host}:{port}?encryption=none&security={security}&type={transport}#{name}")
+                Account::Vless(id, flow) => {
+                    let flow = if matches!(flow, shardray_core::spec::VlessFlow::Vision) {
+                        "&flow=xtls-rprx-vision"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "vless://{id}@{host}:{port}?encryption=none{flow}&security={security}&type={transport}#{name}"
+                    )
                 }
                 Account::Trojan(password) => {
                     format!("trojan://{}@{host}:{port}?security={security}&type={transport}#{name}", percent(password))

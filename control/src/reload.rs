@@ -459,7 +459,7 @@ mod tests {
     use super::*;
 
     fn user(email: &str, id: u128, level: u32) -> UserSpec {
-        UserSpec { account: Account::Vless(uuid::Uuid::from_u128(id)), email: email.into(), level }
+        UserSpec { account: Account::Vless(uuid::Uuid::from_u128(id), Default::default()), email: email.into(), level }
     }
 
     #[test]

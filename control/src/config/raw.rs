@@ -382,6 +382,8 @@ pub(super) struct RawAllocate {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawVlessSettings {
     pub clients: Option<Vec<RawVlessClient>>,
+    /// The flow of clients that name none.
+    pub flow: Option<String>,
     pub decryption: Option<String>,
     pub fallbacks: Option<Vec<RawFallback>>,
 }

@@ -100,7 +100,7 @@ fn seed_fixture_loads() {
     assert!(ib.tls.is_none());
     let users = &vless(&cfg, 0).clients;
     assert_eq!(users.len(), 1);
-    assert_eq!(users[0].account, Account::Vless(Uuid::parse_str(ALICE).unwrap()));
+    assert_eq!(users[0].account, Account::Vless(Uuid::parse_str(ALICE).unwrap(), Default::default()));
     assert_eq!(users[0].email, "alice@example.com");
     assert_eq!(users[0].level, 0);
 
@@ -175,7 +175,7 @@ fn short_string_ids_map_to_uuid_v5_as_upstream() {
         v
     })
     .unwrap();
-    let Account::Vless(id) = vless(&cfg, 0).clients[0].account else { panic!("a VLESS account") };
+    let Account::Vless(id, _) = vless(&cfg, 0).clients[0].account else { panic!("a VLESS account") };
     assert_eq!(id.get_version_num(), 5);
     // SHA-1 of 16 zero bytes then "alice", first 16 bytes, version and variant bits set
     // (computed independently with Python's hashlib).

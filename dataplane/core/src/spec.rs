@@ -303,6 +303,36 @@ pub struct InboundSpec {
     pub transport: TransportSpec,
 }
 
+impl InboundSpec {
+    /// Whether the inbound's security is TLS-like: one whose stream Vision can drop to raw
+    /// TCP (TLS, or REALITY, whose authenticated sessions are TLS 1.3). The one place that
+    /// says so.
+    pub fn tls_like(&self) -> bool {
+        self.tls.is_some() || self.reality.is_some()
+    }
+
+    /// Why this inbound cannot serve VLESS users with the Vision flow, if it cannot. Xray
+    /// refuses every Vision connection unless TLS (1.3) or REALITY sits directly on raw TCP;
+    /// shardray refuses such users when they are configured or added instead.
+    pub fn vision_refused(&self) -> Option<&'static str> {
+        if !matches!(self.protocol, InboundProtocol::Vless(_)) {
+            return Some("Vision is a VLESS flow");
+        }
+        if !self.tls_like() {
+            return Some(
+                "Vision needs streamSettings.security \"tls\" or \"reality\" (Xray: \"XTLS only supports TLS and REALITY directly\")",
+            );
+        }
+        if self.transport != TransportSpec::Raw || self.http_header.is_some() {
+            return Some("Vision needs TLS directly on raw TCP (no other transport or header)");
+        }
+        if self.tls.as_ref().and_then(|t| t.max_version).is_some_and(|v| v < TlsVersion::V1_3) {
+            return Some("Vision needs TLS 1.3 (tlsSettings.maxVersion is below it)");
+        }
+        None
+    }
+}
+
 /// `streamSettings.network` and its settings: what carries the protocol's bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum TransportSpec {
@@ -689,12 +719,45 @@ impl VmessSecurity {
     }
 }
 
+/// A VLESS user's `flow`. Not part of the account's identity, as VMess's `security` is not:
+/// two clients with one id are duplicates whatever their flows.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum VlessFlow {
+    /// No flow: plain VLESS.
+    #[default]
+    None,
+    /// `xtls-rprx-vision`.
+    Vision,
+}
+
+impl VlessFlow {
+    /// The name config and the API give it (empty for none).
+    pub fn name(self) -> &'static str {
+        match self {
+            VlessFlow::None => "",
+            VlessFlow::Vision => shardray_wire::vision::FLOW,
+        }
+    }
+}
+
+impl PartialEq for VlessFlow {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for VlessFlow {}
+
+impl std::hash::Hash for VlessFlow {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
 /// What a user's client presents, by protocol: `clients[i].id` of a VLESS inbound,
 /// `clients[i].password` of a Trojan one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Account {
-    /// A VLESS user's id.
-    Vless(Uuid),
+    /// A VLESS user's id and `flow`.
+    Vless(Uuid, VlessFlow),
     /// A Trojan user's password.
     Trojan(Arc<str>),
     /// A SOCKS account.
@@ -726,7 +789,7 @@ impl Account {
     /// The key a shard looks the user up by (a Trojan password's SHA-224, in hex).
     pub fn key(&self) -> UserId {
         match self {
-            Account::Vless(id) => UserId::Uuid(*id),
+            Account::Vless(id, _) => UserId::Uuid(*id),
             Account::Trojan(password) => UserId::Trojan(shardray_wire::trojan::password_key(password)),
             // VMess looks users up by the auth ID each one's UUID keys; the table derives the
             // keys from the UUID.
@@ -743,10 +806,15 @@ impl Account {
         }
     }
 
+    /// Whether the account is a VLESS user with the Vision flow.
+    pub fn vision(&self) -> bool {
+        matches!(self, Account::Vless(_, VlessFlow::Vision))
+    }
+
     /// The protocol the account belongs to, as config names it.
     pub fn protocol(&self) -> &'static str {
         match self {
-            Account::Vless(_) => "vless",
+            Account::Vless(..) => "vless",
             Account::Trojan(_) => "trojan",
             Account::Vmess { .. } => "vmess",
             Account::Socks(_) => "socks",
@@ -915,6 +983,8 @@ pub struct VlessOutboundSpec {
     pub tls: Option<TlsClientSpec>,
     /// `streamSettings.network`: raw TCP or gRPC.
     pub transport: TransportSpec,
+    /// `vnext[0].users[0].flow`: Vision (over TLS only), or none.
+    pub flow: VlessFlow,
 }
 
 /// `settings` of a Shadowsocks outbound (one server).

@@ -82,6 +82,9 @@ pub(crate) struct InboundRt {
     /// `sockopt.trustedXForwardedFor`: the headers that make `X-Forwarded-For` believed.
     pub(crate) trusted_forwarded: Vec<String>,
     pub(crate) kind: InboundKind,
+    /// VLESS over TLS directly on raw TCP: its users may take the Vision flow, so its TLS
+    /// stream keeps track of record boundaries (see `TlsTcp::tracking`).
+    pub(crate) vision: bool,
 }
 
 /// What an inbound does with a connection.
@@ -435,6 +438,7 @@ impl ShardCtx {
             transport: inbound.transport.clone(),
             trusted_forwarded: inbound.sockopt.trusted_x_forwarded_for.clone(),
             kind,
+            vision: inbound.vision_refused().is_none(),
         })
     }
 

@@ -12,6 +12,7 @@ pub mod reality;
 pub mod shadowsocks;
 pub mod socks;
 pub mod trojan;
+pub mod vision;
 pub mod vless;
 pub mod vmess;
 pub mod websocket;

@@ -272,7 +272,10 @@ async fn serve_tls(
     let peer = info.peer;
     let handshake = ctx.policy(0).handshake;
     // Records out in one syscall, and in by large reads (see `TlsTcp`).
-    let stream = crate::transport::tls_tcp::TlsTcp::new(stream);
+    let stream = match inbound.vision {
+        true => crate::transport::tls_tcp::TlsTcp::tracking(stream),
+        false => crate::transport::tls_tcp::TlsTcp::new(stream),
+    };
     let accepted = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
         glommio::timer::sleep(handshake).await;
         None
@@ -287,6 +290,10 @@ async fn serve_tls(
                 plain_fd: None,
                 ..info
             };
+            if let (true, InboundKind::Vless { users, fallbacks }) = (inbound.vision, &inbound.kind) {
+                // VLESS on TLS directly on raw TCP: Vision users may drop the TLS layer.
+                return vless::serve_tls(ctx, inbound, users, fallbacks, tls, &info).await;
+            }
             transport(ctx, inbound, tls, info).await
         }
         Some(Err(e)) => {

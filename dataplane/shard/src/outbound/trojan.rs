@@ -134,12 +134,21 @@ pub(crate) async fn dial(tls: &ClientTls, transport: &ClientTransport, server: &
 
 /// Resolves and connects to the server, then completes the TLS handshake if configured.
 pub(crate) async fn dial_secured(tls: &ClientTls, server: &Destination) -> io::Result<Upstream> {
+    dial_secured_with(tls, server, false).await
+}
+
+/// `dial_secured`, with the TLS stream following record boundaries when `tracking` (Vision).
+pub(crate) async fn dial_secured_with(tls: &ClientTls, server: &Destination, tracking: bool) -> io::Result<Upstream> {
     let stream = super::connect_configured(server).await?;
     let _ = stream.set_nodelay(true);
     match tls {
         None => Ok(Upstream::Tcp(stream)),
         Some((connector, name)) => {
-            let tls = connector.connect(name.clone(), TlsTcp::new(Box::new(stream))).await?;
+            let tcp = match tracking {
+                true => TlsTcp::tracking(Box::new(stream)),
+                false => TlsTcp::new(Box::new(stream)),
+            };
+            let tls = connector.connect(name.clone(), tcp).await?;
             Ok(Upstream::Tls(Box::new(tls)))
         }
     }
@@ -156,6 +165,8 @@ pub(crate) enum Upstream {
     Vmess(Box<crate::vmess::VmessStream<Upstream>>),
     Vless(Box<super::vless::VlessResponse<Upstream>>),
     Shadowsocks(Box<crate::shadowsocks::SsStream<Upstream>>),
+    /// A VLESS Vision session to the server (over TLS, which it may drop once direct).
+    Vision(Box<crate::transport::vision::VisionStream<futures_rustls::client::TlsStream<TlsTcp>>>),
     Grpc(Box<GrpcStream>),
 }
 
@@ -170,6 +181,7 @@ impl Upstream {
             | Upstream::Vmess(_)
             | Upstream::Vless(_)
             | Upstream::Shadowsocks(_)
+            | Upstream::Vision(_)
             | Upstream::Grpc(_) => None,
         }
     }
@@ -185,6 +197,7 @@ impl AsyncRead for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -200,6 +213,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -217,6 +231,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
@@ -230,6 +245,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -243,6 +259,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
