@@ -634,6 +634,8 @@ where
         tcp: false,
         source: peer.ip(),
         source_port: peer.port(),
+        // UDP payloads are not sniffed yet (QUIC).
+        protocol: None,
     };
     let decision = route(ctx, &routes, &mut route_input).await;
     let outbound = match routes.resolve(&decision) {

@@ -6,6 +6,7 @@
 pub(crate) mod proxy;
 mod resolve;
 pub(crate) mod shadowsocks;
+mod sniff;
 pub(crate) mod trojan;
 pub(crate) mod vless;
 pub(crate) mod vmess;
@@ -74,10 +75,38 @@ pub(crate) async fn forward<C>(
 }
 
 /// Routes `session`, dials its outbound, and carries the session over it as `how` says.
-pub(crate) async fn carry<C>(ctx: &Rc<ShardCtx>, client: &mut C, session: Session<'_>, how: Carry<'_>)
+pub(crate) async fn carry<C>(ctx: &Rc<ShardCtx>, client: &mut C, mut session: Session<'_>, how: Carry<'_>)
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    // Sniffing: the first payload (waited for a short time if the header brought none) may
+    // name the protocol and a domain. Bytes read here lead the relay's uplink.
+    let mut first = Vec::new();
+    let mut sniffed = None;
+    let mut route_dest = None;
+    let how = match how {
+        Carry::Relay { early, down_prefix } => match session.inbound.sniffing.as_deref() {
+            Some(s) if !s.metadata_only => {
+                sniffed = sniff::first_payload(client, early, &mut first).await;
+                if let Some(found) = &sniffed {
+                    if let Some(addr) = sniff::override_for(s, found) {
+                        ctx.log.error(
+                            LogLevel::Info,
+                            format_args!("[{}] {} sniffed domain: {addr}", session.inbound.tag, session.peer),
+                        );
+                        if s.route_only {
+                            route_dest = Some(addr);
+                        } else {
+                            session.dest.addr = addr;
+                        }
+                    }
+                }
+                Carry::Relay { early: if first.is_empty() { early } else { &first }, down_prefix }
+            }
+            _ => Carry::Relay { early, down_prefix },
+        },
+        other => other,
+    };
     let down_prefix = match &how {
         Carry::Relay { down_prefix, .. } => *down_prefix,
         Carry::Exchange(_) => &[],
@@ -92,16 +121,24 @@ where
     let mut input = RouteInput {
         inbound_tag: &session.inbound.tag,
         user: email,
-        dest: &session.dest.addr,
+        dest: route_dest.as_ref().unwrap_or(&session.dest.addr),
         resolved: None,
         port: session.dest.port,
         tcp: true,
         source: session.peer.ip(),
         source_port: session.peer.port(),
+        protocol: sniffed.as_ref().map(|s| s.protocol),
     };
     // One table for the whole session, whatever changes meanwhile.
     let routes = ctx.routes();
-    let decision = route(ctx, &routes, &mut input).await;
+    let mut decision = route(ctx, &routes, &mut input).await;
+    if route_dest.is_some() {
+        // Routed by a name the client sent, but the connection goes to the address it
+        // named: a rule on that name must not open loopback or private addresses to it, and
+        // the name's resolved address is not the one dialled.
+        decision.explicit_dest = false;
+        input.resolved = None;
+    }
     let (tag, peer, dest) = (&session.inbound.tag, session.peer, &session.dest);
     let outbound = match routes.resolve(&decision) {
         Resolved::Outbound(i) => &routes.outbounds[i],
@@ -454,6 +491,9 @@ pub(crate) fn check_destination(
             tcp,
             source: session.peer.ip(),
             source_port: session.peer.port(),
+            // Sniffed protocols are not known here: a rule that needs one does not match, so
+            // the recheck can only refuse more.
+            protocol: None,
         });
         if recheck.explicit_dest && recheck.target == decision.target {
             return Ok(());
