@@ -131,14 +131,18 @@ where
     };
     // One table for the whole session, whatever changes meanwhile.
     let routes = ctx.routes();
-    let mut decision = route(ctx, &routes, &mut input).await;
-    if route_dest.is_some() {
-        // Routed by a name the client sent, but the connection goes to the address it
-        // named: a rule on that name must not open loopback or private addresses to it, and
-        // the name's resolved address is not the one dialled.
-        decision.explicit_dest = false;
-        input.resolved = None;
-    }
+    let decision = route(ctx, &routes, &mut input).await;
+    // `routeOnly`: routed by a name the client sent, but the connection goes to the address
+    // it named. A rule on that name must not open a loopback or private address: that
+    // address may be reached only if the rules name it for the same outbound.
+    let original_explicit = match route_dest {
+        Some(_) => {
+            input.resolved = None;
+            let original = routes.router.route(&RouteInput { dest: &session.dest.addr, ..input });
+            original.explicit_dest && original.target == decision.target
+        }
+        None => decision.explicit_dest,
+    };
     let (tag, peer, dest) = (&session.inbound.tag, session.peer, &session.dest);
     let outbound = match routes.resolve(&decision) {
         Resolved::Outbound(i) => &routes.outbounds[i],
@@ -206,6 +210,11 @@ where
                 None => session.dest.clone(),
             };
             // Boxed: resolving and connecting need more state than the relay that follows.
+            // A redirect's address is the operator's: the rule's decision stands for it.
+            let decision = match &freedom.redirect {
+                Some(_) => decision,
+                None => Decision { explicit_dest: original_explicit, ..decision },
+            };
             let dialing = dial(ctx, &routes, &target, input.resolved, decision, freedom.domain_strategy, &session);
             let dialed = Box::pin(dialing).await;
             access(dialed.as_ref().err().and_then(DialError::refusal));
