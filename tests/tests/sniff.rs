@@ -182,3 +182,56 @@ fn a_client_that_waits_for_the_server_gets_it_after_a_bounded_wait() {
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     }
 }
+
+/// The client Initial of RFC 9001 appendix A.2 (its ClientHello names example.com).
+fn quic_initial() -> Vec<u8> {
+    let hex = include_str!("../../dataplane/wire/src/testdata/rfc9001-client-initial.hex").trim();
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+/// The reply to `datagram` sent to `to` from a fresh socket, within 1 s.
+fn udp_reply(to: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    socket.send_to(datagram, to).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = socket.recv(&mut buf).ok()?;
+    Some(buf[..n].to_vec())
+}
+
+#[test]
+fn quic_initials_are_sniffed_on_udp() {
+    let echo = shardray_tests::udp::UdpEcho::start();
+    let door = |tag: &str, port: u16, sniffing: Value| {
+        json!({ "tag": tag, "listen": "127.0.0.1", "port": port, "protocol": "dokodemo-door",
+            "settings": { "address": "127.0.0.1", "port": echo.addr().port(), "network": "udp" },
+            "sniffing": sniffing })
+    };
+    let (by_protocol, by_name, plain) =
+        (shardray_tests::fixed_port(), shardray_tests::fixed_port(), shardray_tests::fixed_port());
+    let mut config = socks_config(json!({ "auth": "noauth" }), json!({}));
+    config["inbounds"] = json!([
+        door("by-protocol", by_protocol, json!({ "enabled": true, "destOverride": [] })),
+        door("by-name", by_name, json!({ "enabled": true, "destOverride": ["quic"] })),
+        door("plain", plain, json!({ "enabled": false })),
+    ]);
+    config["routing"]["rules"] = json!([
+        { "type": "field", "inboundTag": ["by-protocol"], "protocol": ["quic"], "outboundTag": "blocked" },
+        { "type": "field", "domain": ["full:example.com"], "outboundTag": "blocked" },
+        { "type": "field", "ip": ["127.0.0.1/32"], "outboundTag": "direct" }
+    ]);
+    let server = Shardray::start(&config, 2);
+    let at = |port: u16| -> SocketAddr { ([127, 0, 0, 1], port).into() };
+    let initial = quic_initial();
+    let mut not_quic = initial.clone();
+    not_quic[600] ^= 1; // the AEAD tag fails: not a QUIC Initial we can read
+    for _ in 0..3 {
+        // The same bytes are echoed without sniffing, and so is a datagram that is not QUIC.
+        assert_eq!(udp_reply(at(plain), &initial).as_deref(), Some(&initial[..]), "{}", server.output());
+        assert_eq!(udp_reply(at(by_protocol), &not_quic).as_deref(), Some(&not_quic[..]));
+        assert_eq!(udp_reply(at(by_name), &not_quic).as_deref(), Some(&not_quic[..]));
+        // A QUIC Initial: blocked by the `protocol` rule, and by the rule on its SNI.
+        assert_eq!(udp_reply(at(by_protocol), &initial), None);
+        assert_eq!(udp_reply(at(by_name), &initial), None);
+    }
+}

@@ -7,6 +7,8 @@ pub(crate) mod proxy;
 mod resolve;
 pub(crate) mod shadowsocks;
 mod sniff;
+
+pub(crate) use sniff::sniff_datagram;
 pub(crate) mod trojan;
 pub(crate) mod vless;
 pub(crate) mod vmess;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt};
 use shardray_wire::addr::Address;
-use shardray_wire::sniff::{sniff_tcp, Sniffed};
+use shardray_wire::sniff::{sniff_quic, sniff_tcp, Sniffed};
 
 use crate::ctx::SniffRt;
 
@@ -79,5 +79,17 @@ pub(super) fn override_for(sniffing: &SniffRt, found: &Found) -> Option<Address>
         Ok(ip) => Some(Address::Ip(ip)),
         Err(_) if domain.len() <= 255 => Some(Address::Domain(domain.into())),
         Err(_) => None,
+    }
+}
+
+/// A UDP session's first datagram: the sniffed protocol (`quic`) and, when `destOverride`
+/// names it and `domainsExcluded` does not, the name to route by.
+pub(crate) fn sniff_datagram(sniffing: &SniffRt, datagram: &[u8]) -> (Option<&'static str>, Option<Address>) {
+    match sniff_quic(datagram) {
+        Sniffed::Found { protocol, domain } => {
+            let found = Found { protocol, domain };
+            (Some(protocol), override_for(sniffing, &found))
+        }
+        _ => (None, None),
     }
 }
