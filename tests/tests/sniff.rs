@@ -3,7 +3,8 @@
 //! request, a TLS ClientHello or a BitTorrent handshake; the sniffed name and protocol pick
 //! the outbound (told apart by which loopback server answers), `routeOnly` keeps the IP,
 //! `destOverride` without `http` ignores HTTP, and a client that sends nothing first still
-//! gets its server's greeting after the bounded wait.
+//! gets its server's greeting after the bounded wait; QUIC Initials on UDP; `protocol` rules
+//! added through AddRule and TestRoute's `Protocol`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -234,4 +235,59 @@ fn quic_initials_are_sniffed_on_udp() {
         assert_eq!(udp_reply(at(by_protocol), &initial), None);
         assert_eq!(udp_reply(at(by_name), &initial), None);
     }
+}
+
+#[test]
+fn protocol_rules_added_through_the_api_match_live_sessions_and_test_route() {
+    use prost::Message;
+    use shardray_proto::xray::app::router;
+    use shardray_proto::xray::app::router::command as pb;
+    use shardray_proto::xray::common::serial::TypedMessage;
+
+    let echo = EchoServer::start();
+    let mut config = socks_config(json!({ "auth": "noauth" }), json!({}));
+    config["inbounds"][0]["sniffing"] = json!({ "enabled": true, "destOverride": ["http", "tls"] });
+    config["api"] = shardray_tests::loopback_api(&["RoutingService"]);
+    let server = Shardray::start(&config, 2);
+    let api = shardray_tests::api::ApiClient::connect(server.api.unwrap());
+    let mut client = pb::routing_service_client::RoutingServiceClient::new(api.channel());
+    let mut handshake = b"\x13BitTorrent protocol".to_vec();
+    handshake.extend_from_slice(&[0; 48]);
+    let torrent_echoed = || {
+        let mut conn = socks5(server.inbound("socks-in"), None, echo.addr().into()).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.write_all(&handshake).unwrap();
+        // The echo server closes once it has echoed everything.
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        let _ = conn.read_to_end(&mut back);
+        back == handshake
+    };
+    let test_route = |client: &mut pb::routing_service_client::RoutingServiceClient<_>, protocol: &str| {
+        let ctx = pb::RoutingContext {
+            target_i_ps: vec![vec![127, 0, 0, 1]],
+            target_port: 6881,
+            protocol: protocol.into(),
+            ..Default::default()
+        };
+        let req = pb::TestRouteRequest { routing_context: Some(ctx), ..Default::default() };
+        api.block_on(client.test_route(req)).unwrap().into_inner().outbound_tag
+    };
+    assert!(torrent_echoed(), "{}", server.output());
+    assert_eq!(test_route(&mut client, "bittorrent"), "direct");
+
+    // A rule first in the list, as a panel adds it.
+    let rule = router::RoutingRule {
+        protocol: vec!["bittorrent".into()],
+        target_tag: Some(router::routing_rule::TargetTag::Tag("blocked".into())),
+        ..Default::default()
+    };
+    let config = router::Config { rule: vec![rule], ..Default::default() };
+    let typed = TypedMessage { r#type: "xray.app.router.Config".into(), value: config.encode_to_vec() };
+    api.block_on(client.add_rule(pb::AddRuleRequest { config: Some(typed), should_append: false })).unwrap();
+    // Every shard has the rule before the call returns.
+    let echoed: Vec<bool> = (0..4).map(|_| torrent_echoed()).collect();
+    assert_eq!(echoed, [false; 4], "{}", server.output());
+    assert_eq!(test_route(&mut client, "bittorrent"), "blocked");
+    assert_eq!(test_route(&mut client, "tls"), "direct");
 }
