@@ -20,7 +20,7 @@ const BASE: u128 = 100_000;
 const BATCH: u128 = 1_000;
 
 fn user(n: u128) -> UserSpec {
-    UserSpec { account: Account::Vless(id(n)), email: format!("u{n}@example.com"), level: 0 }
+    UserSpec { account: Account::Vless(id(n), Default::default()), email: format!("u{n}@example.com"), level: 0 }
 }
 
 fn id(n: u128) -> Uuid {
@@ -79,10 +79,13 @@ fn epoch_apply(c: &mut Criterion) {
 
     let mut table = UserTable::<Uuid>::default();
     for n in 0..BASE {
-        table.insert(&UserKey { id: UserId::Uuid(id(BATCH + n)), slot: n as u32, level: 0 }).expect("a UUID");
+        table
+            .insert(&UserKey { id: UserId::Uuid(id(BATCH + n)), slot: n as u32, level: 0, vision: false })
+            .expect("a UUID");
     }
-    let keys: Vec<UserKey> =
-        (0..BATCH).map(|n| UserKey { id: UserId::Uuid(id(n)), slot: (BASE + n) as u32, level: 0 }).collect();
+    let keys: Vec<UserKey> = (0..BATCH)
+        .map(|n| UserKey { id: UserId::Uuid(id(n)), slot: (BASE + n) as u32, level: 0, vision: false })
+        .collect();
     group.bench_function("shard_table_add_then_remove", |b| {
         b.iter(|| {
             for k in &keys {

@@ -37,7 +37,7 @@ fn user_lookup(c: &mut Criterion) {
         let ids: Vec<Uuid> = (0..users).map(|_| rng.uuid()).collect();
         let mut table = UserTable::<Uuid>::default();
         for (i, id) in ids.iter().enumerate() {
-            table.insert(&UserKey { id: UserId::Uuid(*id), slot: i as u32, level: 0 }).expect("a UUID");
+            table.insert(&UserKey { id: UserId::Uuid(*id), slot: i as u32, level: 0, vision: false }).expect("a UUID");
         }
         let hits: Vec<Uuid> = (0..PROBES).map(|_| ids[(rng.next() % users as u64) as usize]).collect();
         let misses: Vec<Uuid> = (0..PROBES).map(|_| rng.uuid()).collect();

@@ -359,6 +359,10 @@ fn server_config(
                         "listen": api.to_string(),
                         "services": ["HandlerService", "StatsService"]
                     });
+                    if matches!(kind, TargetKind::Shardray) {
+                        // The churn bench measures the API's own rate: no per-caller limit.
+                        config["api"]["callLimit"] = json!({ "rate": 0 });
+                    }
                 }
             }
             config

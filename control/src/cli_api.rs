@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use prost::Message;
+use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use shardray_proto::shardray::app::proxyman::command as ours;
 use shardray_proto::shardray::app::reload::command as reload_pb;
@@ -78,6 +79,20 @@ pub struct Conn {
     /// A file holding the API token (its first line; kept out of the process list).
     #[arg(long = "token-file", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Mutual TLS (an API with `api.tls`): the CA the server's certificate chains to.
+    /// Without it: $SHARDRAY_API_TLS_CA; --tls-cert, --tls-key likewise.
+    #[arg(long = "tls-ca", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), signed by the server's `api.tls.clientCaFile`.
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long = "tls-key", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the server's certificate must carry; by default the host of --server
+    /// ($SHARDRAY_API_TLS_SERVER_NAME).
+    #[arg(long = "tls-server-name", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
     /// Accepted for compatibility with `xray api`; the output is always JSON.
     #[arg(long = "json", hide = true, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
@@ -566,7 +581,18 @@ impl Failure {
                 ExitCode::from(1)
             }
             Failure::Rpc(status) => {
-                eprintln!("shardray api: {}", status_text(status));
+                // A TLS server that turned the connection down shows up as a broken transport.
+                let transport = matches!(status.code(), Code::Unknown | Code::Unavailable | Code::Cancelled)
+                    && ["transport error", "h2 protocol error", "connection"]
+                        .iter()
+                        .any(|w| status.message().contains(w));
+                let hint = if transport {
+                    "; an API with api.tls takes only clients with a certificate its clientCaFile signed: \
+                     give --tls-ca, --tls-cert and --tls-key"
+                } else {
+                    ""
+                };
+                eprintln!("shardray api: {}{hint}", status_text(status));
                 ExitCode::from(1)
             }
         }
@@ -639,6 +665,38 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// The TLS client config and server name, when --tls-ca (or its variable) is given.
+    fn tls(
+        &self,
+        server: &str,
+    ) -> Result<Option<(std::sync::Arc<rustls::ClientConfig>, ServerName<'static>)>, Failure> {
+        let pick = |flag: &Option<PathBuf>, var: &str| {
+            flag.clone().or_else(|| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from))
+        };
+        let ca = pick(&self.tls_ca, "SHARDRAY_API_TLS_CA");
+        let cert = pick(&self.tls_cert, "SHARDRAY_API_TLS_CERT");
+        let key = pick(&self.tls_key, "SHARDRAY_API_TLS_KEY");
+        let (ca, cert, key) = match (ca, cert, key) {
+            (None, None, None) => return Ok(None),
+            (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+            _ => return Err(Failure::Input("mutual TLS needs all of --tls-ca, --tls-cert and --tls-key".into())),
+        };
+        let config = crate::api::tls::client_config(&ca, &cert, &key).map_err(Failure::Input)?;
+        let name = self
+            .tls_server_name
+            .clone()
+            .or_else(|| std::env::var("SHARDRAY_API_TLS_SERVER_NAME").ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| {
+                let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+                host.trim_start_matches('[').trim_end_matches(']').to_owned()
+            });
+        let name = ServerName::try_from(name.clone())
+            .map_err(|_| Failure::Input(format!("--tls-server-name {name:?} is neither a DNS name nor an IP")))?;
+        Ok(Some((config, name)))
+    }
+}
+
 impl Api {
     /// Connects at once (as `xray api` does), so an unreachable server is reported as such.
     async fn connect(conn: &Conn) -> Result<Api, Failure> {
@@ -659,7 +717,18 @@ impl Api {
             .map_err(|e| Failure::Input(format!("--server {server:?}: {e}")))?
             .connect_timeout(timeout)
             .timeout(timeout);
+        let tls = match unix_path {
+            Some(_) => None,
+            None => conn.tls(server.split_once("://").map_or(server, |(_, rest)| rest))?,
+        };
         let connecting = async {
+            if let Some((config, name)) = tls {
+                let addr = server.split_once("://").map_or(server, |(_, rest)| rest).to_owned();
+                let connector = tower::service_fn(move |_: http::Uri| {
+                    crate::api::tls::dial_owned(addr.clone(), name.clone(), config.clone())
+                });
+                return endpoint.connect_with_connector(connector).await;
+            }
             match unix_path {
                 Some(path) => {
                     let path = PathBuf::from(path);

@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use prost::Message;
-use shardray_core::spec::{Account, ProxyAccount, UserSpec, VmessSecurity};
+use shardray_core::spec::{Account, ProxyAccount, UserSpec, VlessFlow, VmessSecurity};
 use shardray_proto::shardray::compat::v2ray::VlessAccount as V2rayVlessAccount;
 use shardray_proto::xray::common::protocol::{SecurityConfig, User};
 use shardray_proto::xray::common::serial::TypedMessage;
@@ -202,6 +202,7 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
     if protocol != inbound_protocol {
         return Err(InvalidUser::WrongAccount { account: protocol.to_owned(), inbound: inbound_protocol.to_owned() });
     }
+    let mut flow = VlessFlow::None;
     let id = match (protocol, flavor) {
         ("trojan", _) => {
             // v2fly's Account is numbered as Xray's (password 1; flow 2, which some panels send).
@@ -273,15 +274,17 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
         ("vless", _) => {
             let a = decode_known::<vless::Account>(&account.value, "xray.proxy.vless.Account")
                 .map_err(InvalidUser::Malformed)?;
-            if !a.flow.is_empty() {
-                return Err(InvalidUser::UnsupportedFlow(a.flow));
-            }
+            flow = match a.flow.as_str() {
+                "" => VlessFlow::None,
+                shardray_wire::vision::FLOW => VlessFlow::Vision,
+                _ => return Err(InvalidUser::UnsupportedFlow(a.flow)),
+            };
             a.id
         }
         (other, _) => return Err(InvalidUser::UnknownAccount(format!("{other} accounts are not served yet"))),
     };
     let id = parse_user_id(&id).ok_or(InvalidUser::BadId(id))?;
-    Ok(UserSpec { account: Account::Vless(id), email: user.email.clone(), level: user.level })
+    Ok(UserSpec { account: Account::Vless(id, flow), email: user.email.clone(), level: user.level })
 }
 
 /// A Shadowsocks account's method from its `cipher_type`: Xray numbers the AEAD ciphers 5 to 8
@@ -354,9 +357,10 @@ pub fn vmess_account(id: &Uuid, security: VmessSecurity) -> vmess::Account {
 /// `xray.proxy.vmess.Account`.
 pub fn api_user(user: &UserSpec) -> User {
     let account = match &user.account {
-        Account::Vless(id) => {
-            typed("xray.proxy.vless.Account", &vless::Account { id: id.to_string(), ..Default::default() })
-        }
+        Account::Vless(id, flow) => typed(
+            "xray.proxy.vless.Account",
+            &vless::Account { id: id.to_string(), flow: flow.name().to_owned(), ..Default::default() },
+        ),
         Account::Trojan(password) => typed(
             "xray.proxy.trojan.Account",
             &trojan::Account { password: password.to_string(), ..Default::default() },
@@ -514,16 +518,19 @@ mod tests {
         let id = "b831381d-6324-4d53-ad4f-8cda48b30811";
         let x = vless::Account { id: id.into(), encryption: "none".into(), ..Default::default() };
         let spec = user_spec(&user("xray.proxy.vless.Account", x.encode_to_vec()), "vless").unwrap();
-        assert_eq!(spec.account, Account::Vless(id.parse().unwrap()));
+        assert_eq!(spec.account, Account::Vless(id.parse().unwrap(), VlessFlow::None));
         assert_eq!((spec.level, spec.email.as_str()), (1, "a@b"));
         // V2Ray's field 2 is encryption: "none" there must not read as a flow.
         let v = V2rayVlessAccount { id: id.into(), encryption: "none".into() };
         let spec = user_spec(&user("v2ray.core.proxy.vless.Account", v.encode_to_vec()), "vless").unwrap();
-        assert_eq!(spec.account, Account::Vless(id.parse().unwrap()));
+        assert_eq!(spec.account, Account::Vless(id.parse().unwrap(), VlessFlow::None));
         // Short string ids map as upstream maps them.
         let short = vless::Account { id: "alice".into(), ..Default::default() };
         let spec = user_spec(&user("xray.proxy.vless.Account", short.encode_to_vec()), "vless").unwrap();
-        assert_eq!(spec.account, Account::Vless("ec61d669-fc85-586b-a097-822a49b51e7e".parse().unwrap()));
+        assert_eq!(
+            spec.account,
+            Account::Vless("ec61d669-fc85-586b-a097-822a49b51e7e".parse().unwrap(), VlessFlow::None)
+        );
     }
 
     #[test]
@@ -614,9 +621,16 @@ mod tests {
             user_spec(&user("xray.proxy.vless.Account", long.encode_to_vec()), "vless"),
             Err(InvalidUser::BadId(_))
         ));
+        // The flow is honoured, shown again by `api_user`; the UDP/443 variant is a client's.
         let vision = vless::Account { id: "alice".into(), flow: "xtls-rprx-vision".into(), ..Default::default() };
+        let spec = user_spec(&user("xray.proxy.vless.Account", vision.encode_to_vec()), "vless").unwrap();
+        assert!(spec.account.vision());
+        let shown = api_user(&spec).account.unwrap();
+        assert_eq!(vless::Account::decode(&shown.value[..]).unwrap().flow, "xtls-rprx-vision");
+        let udp443 =
+            vless::Account { id: "alice".into(), flow: "xtls-rprx-vision-udp443".into(), ..Default::default() };
         assert!(matches!(
-            user_spec(&user("xray.proxy.vless.Account", vision.encode_to_vec()), "vless"),
+            user_spec(&user("xray.proxy.vless.Account", udp443.encode_to_vec()), "vless"),
             Err(InvalidUser::UnsupportedFlow(_))
         ));
         let no_account = User { level: 0, email: "a@b".into(), account: None };

@@ -19,7 +19,7 @@ use base64::Engine;
 use prost::Message;
 use serde_json::{json, Value};
 use shardray_core::change::Change;
-use shardray_core::spec::{Account, UserSpec};
+use shardray_core::spec::{Account, UserSpec, VlessFlow};
 use shardray_proto::xray::app::router;
 use shardray_proto::xray::core::OutboundHandlerConfig;
 
@@ -127,7 +127,10 @@ impl Journal {
 /// user by `vmess` (its id) with its `security`.
 fn user_json(u: &UserSpec) -> Value {
     match &u.account {
-        Account::Vless(id) => json!({ "id": id.to_string(), "email": u.email, "level": u.level }),
+        Account::Vless(id, VlessFlow::None) => json!({ "id": id.to_string(), "email": u.email, "level": u.level }),
+        Account::Vless(id, flow) => {
+            json!({ "id": id.to_string(), "flow": flow.name(), "email": u.email, "level": u.level })
+        }
         Account::Trojan(password) => json!({ "password": &**password, "email": u.email, "level": u.level }),
         Account::Vmess { id, security } => json!({
             "vmess": id.to_string(), "security": security.name(), "email": u.email, "level": u.level
@@ -252,6 +255,11 @@ fn decode(v: &Value) -> Result<Change, String> {
                     },
                     (None, None) => Account::Vless(
                         u.get("id").and_then(Value::as_str).and_then(|s| s.parse().ok()).ok_or("users[].id: bad")?,
+                        match u.get("flow").and_then(Value::as_str) {
+                            None | Some("") => VlessFlow::None,
+                            Some(shardray_wire::vision::FLOW) => VlessFlow::Vision,
+                            Some(_) => return Err("users[].flow: bad".to_owned()),
+                        },
                     ),
                 };
                 let email = u.get("email").and_then(Value::as_str).ok_or("users[].email: missing")?.to_owned();
@@ -296,7 +304,7 @@ mod tests {
 
     fn user(n: u8) -> UserSpec {
         UserSpec {
-            account: Account::Vless(uuid::Uuid::from_bytes([n; 16])),
+            account: Account::Vless(uuid::Uuid::from_bytes([n; 16]), VlessFlow::None),
             email: format!("u{n}@x"),
             level: u32::from(n),
         }

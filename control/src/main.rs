@@ -288,11 +288,27 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
         for user in clients {
             let name = percent(if user.email.is_empty() { inbound.tag.as_str() } else { user.email.as_str() });
             out.push(match &user.account {
-                Account::Vless(id) => {
-                    format!("vless://{id}@{host}:{port}?encryption=none&security={security}&type={transport}#{name}")
+                Account::Vless(id, flow) => {
+                    let flow = if matches!(flow, shardray_core::spec::VlessFlow::Vision) {
+                        "&flow=xtls-rprx-vision"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "vless://{id}@{host}:{port}?encryption=none{flow}&security={security}&type={transport}#{name}"
+                    )
                 }
                 Account::Trojan(password) => {
                     format!("trojan://{}@{host}:{port}?security={security}&type={transport}#{name}", percent(password))
+                }
+                // v2rayN's VMess JSON has no REALITY fields: a link without them would send
+                // the client in the clear.
+                Account::Vmess { .. } if inbound.reality.is_some() => {
+                    eprintln!(
+                        "shardray link: inbound {:?} user {name}: VMess over REALITY has no share-link form; skipped",
+                        inbound.tag
+                    );
+                    continue;
                 }
                 Account::Vmess { id, security } => vmess_link(inbound, user, *id, *security, &host),
                 // v2rayN's form: the standard base64 of `user:pass` as the user info. The form

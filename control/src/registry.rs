@@ -83,6 +83,8 @@ pub enum ChangeError {
     Listen(String),
     /// An outbound or routing change that does not apply.
     Route(RouteError),
+    /// A user whose flow the inbound cannot serve (Vision off TLS): the user and why.
+    FlowRefused(String, &'static str),
 }
 
 impl fmt::Display for ChangeError {
@@ -99,6 +101,7 @@ impl fmt::Display for ChangeError {
             ChangeError::MissingTag => f.write_str("an inbound added through the API needs a tag"),
             ChangeError::Listen(e) => write!(f, "{e}"),
             ChangeError::Route(e) => write!(f, "{e}"),
+            ChangeError::FlowRefused(who, why) => write!(f, "user {who}: flow \"xtls-rprx-vision\" refused: {why}"),
         }
     }
 }
@@ -170,6 +173,11 @@ impl Registry {
     /// The inbound with this tag.
     pub fn inbound(&self, tag: &str) -> Result<&InboundUsers, ChangeError> {
         self.sets.inbound(tag)
+    }
+
+    /// Config inbounds the API removed (a reload leaves them removed).
+    pub fn removed_from_config(&self) -> &[String] {
+        self.sets.removed_from_config()
     }
 
     /// The counter slots: every user with an email, once, with the level its counters follow.
@@ -295,7 +303,7 @@ impl UserSets {
                     .users
                     .iter()
                     .map(|u| UserOp::Add {
-                        user: UserKey { id: u.account.key(), slot: u.slot, level: u.level },
+                        user: UserKey { id: u.account.key(), slot: u.slot, level: u.level, vision: u.account.vision() },
                         email: u.shared_email.cloned(),
                         new_slot: u.slot != NO_SLOT,
                     })
@@ -387,6 +395,11 @@ impl UserSets {
             return Err(ChangeError::NoUsers(inbound.tag.clone()));
         }
         let exists = |email: &str| inbound.by_email(email).is_some();
+        if let Change::AddUsers { users, .. } | Change::ReplaceUsers { users, .. } = change {
+            if let (Some(u), Some(why)) = (users.iter().find(|u| u.account.vision()), inbound.spec.vision_refused()) {
+                return Err(ChangeError::FlowRefused(u.email.clone(), why));
+            }
+        }
         match change {
             Change::AddUsers { users, .. } => {
                 let mut emails = std::collections::HashSet::new();
@@ -463,7 +476,7 @@ impl UserSets {
                     .users
                     .iter()
                     .map(|u| UserOp::Add {
-                        user: UserKey { id: u.account.key(), slot: u.slot, level: u.level },
+                        user: UserKey { id: u.account.key(), slot: u.slot, level: u.level, vision: u.account.vision() },
                         email: u.shared_email.cloned(),
                         new_slot: false,
                     })
@@ -558,7 +571,7 @@ impl UserSets {
 
     /// Adds a user to inbound `i`, sharing the slot of its email if another inbound lists it.
     fn add_user(&mut self, i: usize, u: &UserSpec) -> UserOp {
-        let key = |slot| UserKey { id: u.account.key(), slot, level: u.level };
+        let key = |slot| UserKey { id: u.account.key(), slot, level: u.level, vision: u.account.vision() };
         if u.email.is_empty() {
             self.inbounds[i].users.insert(u.account.clone(), None, NO_SLOT, u.level);
             return UserOp::Add { user: key(NO_SLOT), email: None, new_slot: false };
@@ -618,7 +631,7 @@ impl UserSets {
 /// How a refusal names a user by its account: a VLESS id, but never a Trojan password.
 fn account_label(account: &Account) -> String {
     match account {
-        Account::Vless(id) => id.to_string(),
+        Account::Vless(id, _) => id.to_string(),
         Account::Trojan(_) => "with this password".to_owned(),
         Account::Vmess { id, .. } => id.to_string(),
         Account::Socks(a) | Account::Http(a) => format!("with user {:?}", a.username),

@@ -12,7 +12,7 @@ fn id(n: u128) -> UserId {
 }
 
 fn user(n: u128, email: &str, level: u32) -> UserSpec {
-    UserSpec { account: Account::Vless(Uuid::from_u128(n)), email: email.into(), level }
+    UserSpec { account: Account::Vless(Uuid::from_u128(n), Default::default()), email: email.into(), level }
 }
 
 /// Inbounds `a` and `b`: alice in both (one slot), `bob@x` in a and `Bob@x` in b (two slots:

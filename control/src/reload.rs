@@ -152,7 +152,7 @@ async fn reload_with(state: &ApiState, reloader: &Reloader) -> anyhow::Result<Re
     }
 
     // Logging next: a log file that cannot be opened stops the reload with nothing changed.
-    if file.log != new.log {
+    if state.config().log != new.log {
         let (log, spec) = (state.log.clone(), new.log.clone());
         tokio::task::spawn_blocking(move || log.reconfigure(&spec))
             .await
@@ -225,7 +225,9 @@ async fn apply(
     routes: Option<RouteSpecs>,
     report: &mut ReloadReport,
 ) -> Result<(), ChangeError> {
-    if old.policy != new.policy {
+    // Compared with what runs, not with the last files: a reload that failed partway may
+    // have applied them already.
+    if state.config().policy != new.policy {
         registry.apply_from(Change::SetPolicy { policy: Box::new(new.policy.clone()) }, Origin::File).await?;
         let mut config = (*state.config()).clone();
         config.policy = new.policy.clone();
@@ -247,7 +249,11 @@ async fn apply(
     }
     for inbound in new.inbounds.iter().filter(|i| !i.tag.is_empty()) {
         let before = old.inbounds.iter().find(|i| i.tag == inbound.tag);
-        let unchanged = before.is_some_and(|b| comparable(b) == comparable(inbound));
+        // Gone from the registry, yet not removed through the API: a reload that failed
+        // partway removed it, and the files (reverted, say) name it, so it is added again.
+        let lost = registry.inbound(&inbound.tag).is_err()
+            && !registry.removed_from_config().iter().any(|t| *t == inbound.tag);
+        let unchanged = before.is_some_and(|b| comparable(b) == comparable(inbound)) && !lost;
         let old_users = before.map_or(&[][..], users_of);
         let users_changed = old_users != users_of(inbound);
         // What the registry runs under this tag now (copied: the registry changes below).
@@ -453,7 +459,7 @@ mod tests {
     use super::*;
 
     fn user(email: &str, id: u128, level: u32) -> UserSpec {
-        UserSpec { account: Account::Vless(uuid::Uuid::from_u128(id)), email: email.into(), level }
+        UserSpec { account: Account::Vless(uuid::Uuid::from_u128(id), Default::default()), email: email.into(), level }
     }
 
     #[test]

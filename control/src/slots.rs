@@ -415,7 +415,7 @@ mod tests {
     use uuid::Uuid;
 
     fn acct(n: u128) -> Account {
-        Account::Vless(Uuid::from_u128(n))
+        Account::Vless(Uuid::from_u128(n), Default::default())
     }
 
     /// Takes a slot for `email` in inbound 0 of `t`.

@@ -6,6 +6,18 @@ use std::net::SocketAddr;
 use shardray_proto::xray::app::stats::command as pb;
 use tonic::transport::Channel;
 
+/// Where and how `ApiClient::lazy` dials.
+#[derive(Clone)]
+pub enum Dial {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+    /// TLS, checking the server's certificate for the address's IP.
+    Tls(SocketAddr, std::sync::Arc<rustls::ClientConfig>),
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 /// A connection to the API with its own small runtime.
 pub struct ApiClient {
     rt: tokio::runtime::Runtime,
@@ -18,6 +30,33 @@ impl ApiClient {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let channel =
             rt.block_on(Channel::from_shared(format!("http://{addr}")).unwrap().connect()).expect("connect to the API");
+        ApiClient { rt, channel }
+    }
+
+    /// A client of the API at `dial`, connecting on its first call: a connection refused (a
+    /// TLS handshake the server turned down) is then that call's error.
+    pub fn lazy(dial: Dial) -> ApiClient {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let endpoint = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(10));
+        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let dial = dial.clone();
+            async move {
+                let io: Box<dyn Io> = match dial {
+                    Dial::Tcp(addr) => Box::new(tokio::net::TcpStream::connect(addr).await?),
+                    Dial::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+                    Dial::Tls(addr, config) => {
+                        let tcp = tokio::net::TcpStream::connect(addr).await?;
+                        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                        Box::new(tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?)
+                    }
+                };
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(io))
+            }
+        }));
+        drop(_guard);
         ApiClient { rt, channel }
     }
 

@@ -1,20 +1,26 @@
 //! Who may call what: with `api.tokens`, every call carries `authorization: Bearer TOKEN`, and
 //! the token's role decides which methods it reaches. Without tokens the API is reachable only
 //! on loopback or a Unix socket (the config enforces it), and every caller is an admin, as
-//! upstream's API is.
+//! upstream's API is. With `api.tls`, the client certificate's subject names the caller and
+//! `api.tls.clients` gives its role. Every caller's calls go through a token bucket
+//! (`api.callLimit`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
-use shardray_core::spec::{ApiRole, ApiToken};
+use shardray_core::spec::{ApiRole, ApiTls, ApiToken, CallLimit};
 use tonic::Status;
 
+use super::tls::TlsInfo;
 use super::ApiState;
 
 /// The caller of a call, as the layer found it; in the request's extensions for the services
 /// that decide by argument (a counter reset needs an operator).
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The token's name; `None` when the API has no tokens.
+    /// Who it is, as messages and the audit say it (`token "panel"`, `certificate "panel-1"`);
+    /// `None` for an API without credentials.
     pub name: Option<Arc<str>>,
     pub role: ApiRole,
 }
@@ -26,8 +32,8 @@ impl Caller {
             return Ok(());
         }
         Err(Status::permission_denied(format!(
-            "token {:?} ({}) may not {what}: it needs {}",
-            self.name.as_deref().unwrap_or(""),
+            "{} ({}) may not {what}: it needs {}",
+            self.name.as_deref().unwrap_or("the caller"),
             self.role.name(),
             role.name()
         )))
@@ -37,6 +43,54 @@ impl Caller {
 /// The caller's role for a request that went through the layer (admin if none did).
 pub fn caller<T>(req: &tonic::Request<T>) -> Caller {
     req.extensions().get::<Caller>().cloned().unwrap_or(Caller { name: None, role: ApiRole::Admin })
+}
+
+/// The certificate subject's role under `api.tls`, `None` when neither a client entry nor
+/// `defaultRole` gives one.
+fn certificate_role(tls: &ApiTls, subject: &str) -> Option<ApiRole> {
+    tls.clients.iter().find(|(s, _)| s == subject).map(|(_, r)| *r).or(tls.default_role)
+}
+
+/// Token buckets, one per caller (token name, certificate subject, or peer address).
+pub struct CallLimiter {
+    limit: CallLimit,
+    buckets: std::sync::Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// Past this many callers, full buckets are forgotten (they would be full again anyway).
+const MAX_BUCKETS: usize = 4096;
+
+impl CallLimiter {
+    pub fn new(limit: CallLimit) -> CallLimiter {
+        CallLimiter { limit, buckets: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes one call from `who`'s bucket; `false` if it is empty.
+    pub fn take(&self, who: &str) -> bool {
+        self.take_at(who, Instant::now())
+    }
+
+    fn take_at(&self, who: &str, now: Instant) -> bool {
+        let CallLimit { rate, burst } = self.limit;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut who = who;
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(who) {
+            buckets.retain(|_, (level, at)| *level + now.saturating_duration_since(*at).as_secs_f64() * rate < burst);
+            // Still as many busy callers (addresses of a flood): the newcomers share one bucket.
+            if buckets.len() >= MAX_BUCKETS {
+                who = "others";
+            }
+        }
+        let (level, at) = buckets.entry(who.to_owned()).or_insert((burst, now));
+        *level = (*level + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *level >= 1.0 {
+            *level -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The role a method needs, by its canonical path (`/xray.app.….Service/Method`).
@@ -72,11 +126,15 @@ fn bearer(headers: &http::HeaderMap) -> Option<&[u8]> {
     scheme.eq_ignore_ascii_case(b"bearer").then(|| token.trim_ascii())
 }
 
-/// The layer: finds the caller, refuses (and audits) what its role does not reach.
+/// The layer: finds the caller, refuses (and audits) what its role does not reach and the
+/// calls past its limit.
 #[derive(Clone)]
 pub struct Authorize<S> {
     pub inner: S,
     pub tokens: Arc<[ApiToken]>,
+    /// `api.tls`, whose client certificate subjects have roles.
+    pub tls: Option<Arc<ApiTls>>,
+    pub limiter: Option<Arc<CallLimiter>>,
     pub state: Arc<ApiState>,
 }
 
@@ -95,41 +153,104 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        if self.tokens.is_empty() {
-            req.extensions_mut().insert(Caller { name: None, role: ApiRole::Admin });
-            return Box::pin(self.inner.call(req));
-        }
         let path = req.uri().path().to_owned();
-        let needed = required_role(&path);
-        let presented = bearer(req.headers());
-        // Every token is compared, so the time taken does not say which one came close.
-        let found = presented.and_then(|p| {
-            self.tokens.iter().fold(None, |hit, t| if same_secret(p, t.secret.as_bytes()) { Some(t) } else { hit })
+        let method = path.trim_start_matches('/').to_owned();
+        let tls_info = req.extensions().get::<TlsInfo>().cloned();
+        let peer = tls_info.as_ref().and_then(|i| i.remote).or_else(|| {
+            req.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr())
         });
-        let refusal = match found {
-            None if presented.is_none() => Some(Status::unauthenticated(
-                "this API needs a token: send the metadata `authorization: Bearer TOKEN` (shardray api --token)",
-            )),
-            None => Some(Status::unauthenticated("unknown API token")),
-            Some(t) => {
-                let caller = Caller { name: Some(t.name.as_str().into()), role: t.role };
-                let refused = caller.require(needed, &format!("call {}", path.trim_start_matches('/'))).err();
-                req.extensions_mut().insert(caller);
-                refused
-            }
+        let (caller, refusal) = self.identify(&req, &method, tls_info.as_ref());
+        // Calls are limited per caller: its name when known, else its address.
+        let key = match (&caller, peer) {
+            (Some(Caller { name: Some(name), .. }), _) => name.to_string(),
+            (_, Some(peer)) => format!("peer {}", peer.ip()),
+            _ => "local".to_owned(),
         };
+        let refusal = refusal.or_else(|| {
+            let limiter = self.limiter.as_ref()?;
+            (!limiter.take(&key)).then(|| {
+                let CallLimit { rate, burst } = limiter.limit;
+                Status::resource_exhausted(format!(
+                    "{key} is past api.callLimit ({rate} calls/s, burst {burst}): slow down"
+                ))
+            })
+        });
         if let Some(status) = refusal {
-            let peer = req.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr());
-            let who = found.map_or_else(|| "no valid token".to_owned(), |t| format!("token {:?}", t.name));
-            self.state.audit.record(
-                peer,
-                path.trim_start_matches('/'),
-                &format!("refused ({who})"),
-                &Err(status.clone()),
-            );
+            self.state.audit.record(peer, &method, &format!("refused ({key})"), &Err(status.clone()));
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
+        if let Some(caller) = caller {
+            req.extensions_mut().insert(caller);
+        }
         Box::pin(self.inner.call(req))
+    }
+}
+
+impl<S> Authorize<S> {
+    /// The caller (`None` when not even a name is known) and the refusal of the call, if any.
+    /// With both tokens and `api.tls`, both must admit the call: the caller's role is the
+    /// lower of the token's and the certificate's.
+    fn identify<B>(
+        &self,
+        req: &http::Request<B>,
+        method: &str,
+        tls_info: Option<&TlsInfo>,
+    ) -> (Option<Caller>, Option<Status>) {
+        let needed = required_role(&format!("/{method}"));
+        let mut name: Option<String> = None;
+        let mut role = ApiRole::Admin;
+        if self.tls.is_some() && tls_info.is_none() {
+            // Never so when api.tls is set (its listener hands every call its certificate), but
+            // a connection without one is nobody.
+            return (None, Some(Status::unauthenticated("this API takes mutual TLS connections only")));
+        }
+        if let (Some(tls), Some(info)) = (&self.tls, tls_info) {
+            name = Some(format!("certificate {:?}", &*info.subject));
+            match certificate_role(tls, &info.subject) {
+                Some(r) => role = r,
+                None => {
+                    let status = Status::permission_denied(format!(
+                        "certificate {:?} has no role: name it in api.tls.clients (or set api.tls.defaultRole)",
+                        &*info.subject
+                    ));
+                    return (Some(Caller { name: name.map(Into::into), role: ApiRole::Reader }), Some(status));
+                }
+            }
+        }
+        if !self.tokens.is_empty() {
+            let presented = bearer(req.headers());
+            // Every token is compared, so the time taken does not say which one came close.
+            let found = presented.and_then(|p| {
+                self.tokens.iter().fold(None, |hit, t| if same_secret(p, t.secret.as_bytes()) { Some(t) } else { hit })
+            });
+            let caller = name.clone().map(|n| Caller { name: Some(n.into()), role });
+            match found {
+                None if presented.is_none() => {
+                    return (
+                        caller,
+                        Some(Status::unauthenticated(
+                            "this API needs a token: send the metadata `authorization: Bearer TOKEN` (shardray api --token)",
+                        )),
+                    )
+                }
+                None => return (caller, Some(Status::unauthenticated("unknown API token"))),
+                Some(t) => {
+                    let token = format!("token {:?}", t.name);
+                    name = Some(match name {
+                        Some(cert) => format!("{token} over {cert}"),
+                        None => token,
+                    });
+                    role = role.min(t.role);
+                }
+            }
+        }
+        let Some(name) = name else {
+            // No credentials configured: loopback or a Unix socket only, every caller an admin.
+            return (Some(Caller { name: None, role: ApiRole::Admin }), None);
+        };
+        let caller = Caller { name: Some(name.into()), role };
+        let refused = caller.require(needed, &format!("call {method}")).err();
+        (Some(caller), refused)
     }
 }
 
@@ -168,5 +289,25 @@ mod tests {
         h.insert(http::header::AUTHORIZATION, "Basic abc".parse().unwrap());
         assert_eq!(bearer(&h), None);
         assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn a_bucket_empties_past_its_burst_and_refills_at_its_rate() {
+        let limiter = CallLimiter::new(CallLimit { rate: 10.0, burst: 3.0 });
+        let t0 = Instant::now();
+        assert!((0..3).all(|_| limiter.take_at("a", t0)));
+        assert!(!limiter.take_at("a", t0));
+        // Another caller has its own bucket.
+        assert!(limiter.take_at("b", t0));
+        // 10 calls/s: one more after 100 ms, never more than the burst.
+        assert!(limiter.take_at("a", t0 + std::time::Duration::from_millis(110)));
+        assert!(!limiter.take_at("a", t0 + std::time::Duration::from_millis(110)));
+        let later = t0 + std::time::Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| limiter.take_at("a", later)).count(), 3);
+        // A flood of callers stays within MAX_BUCKETS: past it, newcomers share a bucket.
+        for i in 0..MAX_BUCKETS + 10 {
+            limiter.take_at(&format!("peer {i}"), later);
+        }
+        assert!(limiter.buckets.lock().unwrap().len() <= MAX_BUCKETS + 1);
     }
 }

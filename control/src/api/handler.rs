@@ -47,6 +47,7 @@ pub(crate) fn change_status(e: ChangeError) -> Status {
         ChangeError::MissingTag => Status::invalid_argument(message),
         ChangeError::Listen(_) => Status::failed_precondition(message),
         ChangeError::Route(e) => super::routing::route_status(&e),
+        ChangeError::FlowRefused(..) => Status::invalid_argument(message),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod logger;
 pub mod reload;
 pub mod routing;
 pub mod stats;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -209,7 +210,7 @@ pub enum ApiListener {
 /// Binds the API's address. A non-loopback TCP address is refused unless the API has tokens,
 /// so that an API without credentials is never reachable from outside.
 pub async fn bind(spec: &ApiSpec) -> anyhow::Result<ApiListener> {
-    bind_at(&spec.listen, "api", !spec.tokens.is_empty(), spec.socket_mode).await
+    bind_at(&spec.listen, "api", !spec.tokens.is_empty() || spec.tls.is_some(), spec.socket_mode).await
 }
 
 /// Binds a loopback TCP address or a Unix socket (mode 0600) for `who` (`metrics`), which
@@ -392,6 +393,8 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
     let log = state.log.clone();
     let requests = state.requests.clone();
     let tokens: Arc<[shardray_core::spec::ApiToken]> = spec.tokens.clone().into();
+    let tls = spec.tls.clone().map(Arc::new);
+    let limiter = spec.call_limit.map(|l| Arc::new(auth::CallLimiter::new(l)));
     let auth_state = state.clone();
     let router = tonic::transport::Server::builder()
         .layer(tower::util::MapRequestLayer::new(canonical_path))
@@ -399,11 +402,23 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
         .layer(tower::layer::layer_fn(move |inner| auth::Authorize {
             inner,
             tokens: tokens.clone(),
+            tls: tls.clone(),
+            limiter: limiter.clone(),
             state: auth_state.clone(),
         }))
         .layer(tower::layer::layer_fn(move |inner| Disabled { inner, disabled: disabled.clone(), log: log.clone() }))
         .add_routes(routes.routes());
     match listener {
+        ApiListener::Tcp(l, _) if spec.tls.is_some() => {
+            let config = spec
+                .tls
+                .as_ref()
+                .map(tls::server_config)
+                .transpose()
+                .map_err(|(path, e)| anyhow::anyhow!("{path}: {e}"))?;
+            let config = config.context("api.tls")?;
+            router.serve_with_incoming(tls::incoming(l, config, state.log.clone())).await?
+        }
         ApiListener::Tcp(l, _) => {
             // Small request/response messages: no Nagle delay on the API's connections.
             let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(l), |conn| {

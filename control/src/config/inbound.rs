@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, GrpcSpec, HttpHeaderSpec, HttpInboundSpec,
     HttpTransportSpec, InboundProtocol, InboundSpec, NetworkSet, ProxyAccount, ShadowsocksInboundSpec, SniffingSpec,
-    SocketOptions, SocksInboundSpec, TlsServerSpec, TlsVersion, TransportSpec, TrojanInboundSpec, UserSpec,
+    SocketOptions, SocksInboundSpec, TlsServerSpec, TlsVersion, TransportSpec, TrojanInboundSpec, UserSpec, VlessFlow,
     VlessInboundSpec, VmessInboundSpec, VmessSecurity,
 };
 use shardray_wire::addr::{Address, Destination};
@@ -184,6 +184,12 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
         transport,
         sniffing,
     };
+    if let InboundProtocol::Vless(v) = &spec.protocol {
+        if let (Some(j), Some(why)) = (v.clients.iter().position(|c| c.account.vision()), spec.vision_refused()) {
+            let path = format!("{settings_path}.clients[{j}].flow");
+            return Err(ConfigError::invalid(path, why));
+        }
+    }
     Ok((spec, listen))
 }
 
@@ -706,8 +712,16 @@ fn vless(settings: Value, path: &str) -> Result<VlessInboundSpec, ConfigError> {
         }
     }
 
+    // `settings.flow`: the flow of every client that names none, as in Xray.
+    let default_flow = match raw.flow.as_deref().unwrap_or("") {
+        "" => VlessFlow::None,
+        shardray_wire::vision::FLOW => VlessFlow::Vision,
+        f => {
+            return Err(ConfigError::invalid(format!("{path}.flow"), format!("flow {f:?} is not a VLESS inbound flow")))
+        }
+    };
     let clients = raw.clients.unwrap_or_default();
-    let clients = clients_of(clients, path, "clients", "id", vless_client)?;
+    let clients = clients_of(clients, path, "clients", "id", |c, p| vless_client(c, p, default_flow))?;
     let fallbacks = fallbacks(raw.fallbacks, path)?;
     Ok(VlessInboundSpec { clients, fallbacks })
 }
@@ -729,7 +743,7 @@ fn clients_of<C>(
         let user = client(c, &cpath)?;
         if let Some(first) = accounts.insert(user.account.clone(), j) {
             let what = match &user.account {
-                Account::Vless(id) => format!("duplicate id {id}"),
+                Account::Vless(id, _) => format!("duplicate id {id}"),
                 // The password itself stays out of the message (and the logs).
                 Account::Trojan(_) => "duplicate password".to_owned(),
                 Account::Vmess { id, .. } => format!("duplicate id {id}"),
@@ -766,21 +780,27 @@ fn fallbacks(raw: Option<Vec<RawFallback>>, path: &str) -> Result<Vec<FallbackSp
     Ok(fallbacks)
 }
 
-fn vless_client(raw: RawVlessClient, path: &str) -> Result<UserSpec, ConfigError> {
+fn vless_client(raw: RawVlessClient, path: &str, default_flow: VlessFlow) -> Result<UserSpec, ConfigError> {
     let id = match raw.id.as_deref() {
         None => return Err(ConfigError::invalid(format!("{path}.id"), "missing")),
         Some(s) => {
             parse_user_id(s).ok_or_else(|| ConfigError::invalid(format!("{path}.id"), format!("invalid UUID {s:?}")))?
         }
     };
-    match raw.flow.as_deref().unwrap_or("") {
-        "" => {}
-        f @ ("xtls-rprx-vision" | "xtls-rprx-vision-udp443") => {
-            return Err(ConfigError::unsupported(format!("{path}.flow"), format!("flow {f:?}")))
+    let flow = match raw.flow.as_deref().unwrap_or("") {
+        "" => default_flow,
+        shardray_wire::vision::FLOW => VlessFlow::Vision,
+        // As Xray's inbound config: the UDP/443 variant is a client's (outbound's) flow.
+        f @ "xtls-rprx-vision-udp443" => {
+            return Err(ConfigError::invalid(
+                format!("{path}.flow"),
+                format!("{f:?} is an outbound flow (inbound clients take \"xtls-rprx-vision\")"),
+            ))
         }
         f => return Err(ConfigError::invalid(format!("{path}.flow"), format!("unknown flow {f:?}"))),
-    }
-    Ok(UserSpec { account: Account::Vless(id), email: raw.email.unwrap_or_default(), level: raw.level.unwrap_or(0) })
+    };
+    let account = Account::Vless(id, flow);
+    Ok(UserSpec { account, email: raw.email.unwrap_or_default(), level: raw.level.unwrap_or(0) })
 }
 
 // === trojan ===

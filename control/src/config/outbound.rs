@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, ProxyOutboundSpec,
-    ShadowsocksOutboundSpec, TlsClientSpec, TransportSpec, TrojanOutboundSpec, UserSpec, VlessOutboundSpec,
+    ShadowsocksOutboundSpec, TlsClientSpec, TransportSpec, TrojanOutboundSpec, UserSpec, VlessFlow, VlessOutboundSpec,
     VmessOutboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
@@ -402,9 +402,13 @@ fn vless(
         "none" | "" => {}
         e => return Err(ConfigError::unsupported(format!("{upath}.encryption"), format!("VLESS encryption {e:?}"))),
     }
-    if let Some(f) = user.flow.filter(|f| !f.is_empty()) {
-        return Err(ConfigError::unsupported(format!("{upath}.flow"), format!("flow {f:?} on an outbound")));
-    }
+    // Xray's client flows: Vision, and Vision that lets UDP/443 through (this outbound
+    // carries no UDP under Vision, so both are Vision here).
+    let flow = match user.flow.as_deref().unwrap_or("") {
+        "" => VlessFlow::None,
+        "xtls-rprx-vision" | "xtls-rprx-vision-udp443" => VlessFlow::Vision,
+        f => return Err(ConfigError::invalid(format!("{upath}.flow"), format!("unknown flow {f:?}"))),
+    };
     let (tls, transport) = match stream {
         None | Some(Value::Null) => (None, TransportSpec::Raw),
         Some(v) => match client_stream(deserialize_at(v, stream_path)?, stream_path)? {
@@ -417,6 +421,12 @@ fn vless(
             }
         },
     };
+    if matches!(flow, VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
+        return Err(ConfigError::invalid(
+            format!("{upath}.flow"),
+            "Vision needs streamSettings.security \"tls\" on raw TCP (Xray: \"XTLS only supports TLS and REALITY directly\")",
+        ));
+    }
     Ok(VlessOutboundSpec {
         server: Destination { addr: address, port },
         id,
@@ -424,6 +434,7 @@ fn vless(
         level: user.level.unwrap_or(0),
         tls,
         transport,
+        flow,
     })
 }
 

@@ -68,6 +68,37 @@ pub(super) struct RawApi {
     pub tokens: Option<Vec<RawApiToken>>,
     /// Ours: a Unix-socket API's permission bits, in octal (`"0660"`).
     pub socket_mode: Option<String>,
+    /// Ours: mutual TLS.
+    pub tls: Option<RawApiTls>,
+    /// Ours: calls per caller.
+    pub call_limit: Option<RawCallLimit>,
+}
+
+/// `api.tls` (ours)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawApiTls {
+    pub certificate_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+    pub clients: Option<Vec<RawApiTlsClient>>,
+    pub default_role: Option<String>,
+}
+
+/// `api.tls.clients[]` (ours)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawApiTlsClient {
+    pub subject: Option<String>,
+    pub role: Option<String>,
+}
+
+/// `api.callLimit` (ours)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawCallLimit {
+    pub rate: Option<f64>,
+    pub burst: Option<f64>,
 }
 
 /// `api.tokens[]` (ours)
@@ -347,6 +378,8 @@ pub(super) struct RawAllocate {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawVlessSettings {
     pub clients: Option<Vec<RawVlessClient>>,
+    /// The flow of clients that name none.
+    pub flow: Option<String>,
     pub decryption: Option<String>,
     pub fallbacks: Option<Vec<RawFallback>>,
 }

@@ -100,7 +100,7 @@ fn seed_fixture_loads() {
     assert!(ib.tls.is_none());
     let users = &vless(&cfg, 0).clients;
     assert_eq!(users.len(), 1);
-    assert_eq!(users[0].account, Account::Vless(Uuid::parse_str(ALICE).unwrap()));
+    assert_eq!(users[0].account, Account::Vless(Uuid::parse_str(ALICE).unwrap(), Default::default()));
     assert_eq!(users[0].email, "alice@example.com");
     assert_eq!(users[0].level, 0);
 
@@ -175,7 +175,7 @@ fn short_string_ids_map_to_uuid_v5_as_upstream() {
         v
     })
     .unwrap();
-    let Account::Vless(id) = vless(&cfg, 0).clients[0].account else { panic!("a VLESS account") };
+    let Account::Vless(id, _) = vless(&cfg, 0).clients[0].account else { panic!("a VLESS account") };
     assert_eq!(id.get_version_num(), 5);
     // SHA-1 of 16 zero bytes then "alice", first 16 bytes, version and variant bits set
     // (computed independently with Python's hashlib).
@@ -1259,6 +1259,70 @@ fn an_http_header_reads_over_xrays_defaults() {
     let err =
         broken(|v| set(v, "/inbounds/0", "streamSettings", json!({ "tcpSettings": { "header": { "type": "srtp" } } })));
     assert_eq!(err.path, "inbounds[0].streamSettings.tcpSettings.header.type");
+}
+
+/// A CA and a server certificate it signed, as PEM files in `dir`.
+fn api_tls_files(dir: &std::path::Path) -> Value {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    json!({ "certificateFile": dir.join("cert.pem"), "keyFile": dir.join("key.pem"), "clientCaFile": dir.join("ca.pem") })
+}
+
+#[test]
+fn api_tls_and_call_limits_are_read_and_checked_by_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = api_tls_files(dir.path());
+    let mut v = base();
+    let mut api_tls = tls.clone();
+    api_tls["clients"] = json!([{ "subject": "panel", "role": "operator" }, { "subject": "grafana" }]);
+    api_tls["defaultRole"] = json!("reader");
+    set(&mut v, "", "api", json!({ "tag": "api", "listen": "0.0.0.0:10085", "tls": api_tls }));
+    let api = load(&v).unwrap().api.unwrap();
+    let parsed = api.tls.unwrap();
+    assert_eq!(
+        parsed.clients,
+        vec![
+            ("panel".to_owned(), shardray_core::spec::ApiRole::Operator),
+            ("grafana".to_owned(), shardray_core::spec::ApiRole::Reader)
+        ]
+    );
+    assert_eq!(parsed.default_role, Some(shardray_core::spec::ApiRole::Reader));
+    // The default bucket is generous; 0 turns it off; burst follows rate when not given.
+    assert_eq!(api.call_limit, Some(shardray_core::spec::CallLimit { rate: 1000.0, burst: 5000.0 }));
+    let limit = |l: Value| {
+        let mut v = base();
+        set(&mut v, "", "api", json!({ "tag": "api", "listen": "127.0.0.1:1", "callLimit": l }));
+        load(&v).map(|c| c.api.unwrap().call_limit)
+    };
+    assert_eq!(limit(json!({ "rate": 0 })).unwrap(), None);
+    assert_eq!(limit(json!({ "rate": 10 })).unwrap(), Some(shardray_core::spec::CallLimit { rate: 10.0, burst: 50.0 }));
+    assert_eq!(limit(json!({ "rate": -1 })).unwrap_err().path, "api.callLimit.rate");
+    assert_eq!(limit(json!({ "rate": 5, "burst": 0.5 })).unwrap_err().path, "api.callLimit.burst");
+
+    let with_tls = |edit: &dyn Fn(&mut Value)| {
+        let mut t = tls.clone();
+        edit(&mut t);
+        broken(|v| set(v, "", "api", json!({ "tag": "api", "listen": "127.0.0.1:1", "tls": t })))
+    };
+    let err = with_tls(&|t| t["certificateFile"] = json!("/nonexistent/cert.pem"));
+    assert_eq!(err.path, "api.tls.certificateFile");
+    assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+    assert_eq!(with_tls(&|t| t["keyFile"] = t["clientCaFile"].clone()).path, "api.tls.keyFile");
+    assert_eq!(with_tls(&|t| t["clientCaFile"] = t["keyFile"].clone()).path, "api.tls.clientCaFile");
+    assert_eq!(with_tls(&|t| drop(t.as_object_mut().unwrap().remove("clientCaFile"))).path, "api.tls.clientCaFile");
+    assert_eq!(with_tls(&|t| t["clients"] = json!([{ "role": "admin" }])).path, "api.tls.clients[0].subject");
+    assert_eq!(with_tls(&|t| t["defaultRole"] = json!("root")).path, "api.tls.defaultRole");
+    // TLS is for TCP; a Unix socket has none to offer.
+    let err = broken(|v| set(v, "", "api", json!({ "tag": "api", "listen": "/run/api.sock", "tls": tls.clone() })));
+    assert_eq!(err.path, "api.tls");
 }
 
 #[test]

@@ -10,14 +10,15 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shardray_core::spec::{
-    ApiListen, ApiRole, ApiSpec, ApiToken, Config, LevelPolicy, LogLevel, LogSpec, LogTarget, MetricsSpec, PolicySpec,
-    SocketOptions, SystemPolicy, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_USER_SERIES,
+    ApiListen, ApiRole, ApiSpec, ApiTls, ApiToken, CallLimit, Config, LevelPolicy, LogLevel, LogSpec, LogTarget,
+    MetricsSpec, PolicySpec, SocketOptions, SystemPolicy, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_USER_SERIES,
 };
 use shardray_wire::addr::{Address, Destination};
 
 use super::error::ConfigError;
 use super::raw::{
-    RawApi, RawApiToken, RawConfig, RawLevelPolicy, RawLog, RawMetrics, RawPolicy, RawRouting, RawSockopt, StringList,
+    RawApi, RawApiTls, RawApiToken, RawCallLimit, RawConfig, RawLevelPolicy, RawLog, RawMetrics, RawPolicy, RawRouting,
+    RawSockopt, StringList,
 };
 use super::{inbound, outbound, routing};
 
@@ -82,7 +83,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     listen
                 }
                 (None, Some((path, addr))) => {
-                    if head.tokens.is_empty() {
+                    if head.tokens.is_empty() && head.tls.is_none() {
                         check_loopback(addr.ip(), &path.replace(".port", ".listen"), "API")?;
                     }
                     listens.push((path, addr));
@@ -105,6 +106,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 services: head.services,
                 tokens: head.tokens,
                 socket_mode: head.socket_mode,
+                tls: head.tls,
+                call_limit: head.call_limit,
             })
         }
     };
@@ -267,6 +270,8 @@ struct ApiHead {
     services: Vec<String>,
     tokens: Vec<ApiToken>,
     socket_mode: u32,
+    tls: Option<ApiTls>,
+    call_limit: Option<CallLimit>,
 }
 
 fn api_head(raw: RawApi, system_services: Option<Vec<String>>) -> Result<ApiHead, ConfigError> {
@@ -301,10 +306,15 @@ fn api_head(raw: RawApi, system_services: Option<Vec<String>>) -> Result<ApiHead
         }
     }
     let tokens = api_tokens(raw.tokens.unwrap_or_default())?;
+    let tls = raw.tls.map(api_tls).transpose()?;
     let listen = match raw.listen.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(api_listen(s, !tokens.is_empty())?),
+        Some(s) => Some(api_listen(s, !tokens.is_empty() || tls.is_some())?),
     };
+    if tls.is_some() && matches!(listen, Some(ApiListen::Unix(_))) {
+        return Err(ConfigError::invalid("api.tls", "a Unix-socket API has no TLS: listen on TCP, or drop api.tls"));
+    }
+    let call_limit = api_call_limit(raw.call_limit)?;
     let socket_mode = match raw.socket_mode.as_deref() {
         None | Some("") => 0o600,
         Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
@@ -317,8 +327,78 @@ fn api_head(raw: RawApi, system_services: Option<Vec<String>>) -> Result<ApiHead
             }
         },
     };
-    Ok(ApiHead { tag, listen, services: checked, tokens, socket_mode })
+    Ok(ApiHead { tag, listen, services: checked, tokens, socket_mode, tls, call_limit })
 }
+
+/// A role's name in `api.tokens` and `api.tls`.
+fn api_role(name: &str, path: &str) -> Result<ApiRole, ConfigError> {
+    match name {
+        "reader" => Ok(ApiRole::Reader),
+        "operator" => Ok(ApiRole::Operator),
+        "admin" => Ok(ApiRole::Admin),
+        other => Err(ConfigError::invalid(
+            path,
+            format!("unknown role {other:?} (expected \"reader\", \"operator\" or \"admin\")"),
+        )),
+    }
+}
+
+/// `api.tls`: the three files (read and checked now) and the roles of the subjects.
+fn api_tls(raw: RawApiTls) -> Result<ApiTls, ConfigError> {
+    let file = |f: Option<PathBuf>, name: &str| {
+        f.filter(|p| !p.as_os_str().is_empty())
+            .ok_or_else(|| ConfigError::invalid(format!("api.tls.{name}"), "missing"))
+    };
+    let mut clients: Vec<(String, ApiRole)> = Vec::new();
+    for (i, c) in raw.clients.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("api.tls.clients[{i}]");
+        let subject = c
+            .subject
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ConfigError::invalid(format!("{path}.subject"), "missing (the client certificate's CN)"))?;
+        if clients.iter().any(|(s, _)| *s == subject) {
+            return Err(ConfigError::invalid(format!("{path}.subject"), format!("{subject:?} is named twice")));
+        }
+        let role = api_role(c.role.as_deref().unwrap_or("reader"), &format!("{path}.role"))?;
+        clients.push((subject, role));
+    }
+    let default_role = match raw.default_role.as_deref() {
+        None | Some("") | Some("none") => None,
+        Some(r) => Some(api_role(r, "api.tls.defaultRole")?),
+    };
+    let tls = ApiTls {
+        certificate_file: file(raw.certificate_file, "certificateFile")?,
+        key_file: file(raw.key_file, "keyFile")?,
+        client_ca_file: file(raw.client_ca_file, "clientCaFile")?,
+        clients,
+        default_role,
+    };
+    crate::api::tls::server_config(&tls).map_err(|(path, reason)| ConfigError::invalid(path, reason))?;
+    Ok(tls)
+}
+
+/// `api.callLimit`: generous by default (a panel's bulk use never meets it), off with rate 0.
+fn api_call_limit(raw: Option<RawCallLimit>) -> Result<Option<CallLimit>, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    let rate = raw.rate.unwrap_or(DEFAULT_CALL_RATE);
+    let burst = raw.burst.unwrap_or(if raw.rate.is_some() { rate.max(1.0) * 5.0 } else { DEFAULT_CALL_BURST });
+    for (value, name) in [(rate, "rate"), (burst, "burst")] {
+        if !value.is_finite() || value < 0.0 {
+            return Err(ConfigError::invalid(format!("api.callLimit.{name}"), "a number of calls, 0 or more"));
+        }
+    }
+    if rate == 0.0 {
+        return Ok(None);
+    }
+    if burst < 1.0 {
+        return Err(ConfigError::invalid("api.callLimit.burst", "at least 1 when rate is set"));
+    }
+    Ok(Some(CallLimit { rate, burst }))
+}
+
+/// Calls per second and per caller by default, and the burst.
+const DEFAULT_CALL_RATE: f64 = 1000.0;
+const DEFAULT_CALL_BURST: f64 = 5000.0;
 
 /// The shortest secret `api.tokens` takes: 128 bits in hex, or as much in another alphabet.
 const MIN_TOKEN_LEN: usize = 32;
@@ -345,17 +425,7 @@ fn api_tokens(raw: Vec<RawApiToken>) -> Result<Vec<ApiToken>, ConfigError> {
                 ),
             ));
         }
-        let role = match t.role.as_deref().unwrap_or("reader") {
-            "reader" => ApiRole::Reader,
-            "operator" => ApiRole::Operator,
-            "admin" => ApiRole::Admin,
-            other => {
-                return Err(ConfigError::invalid(
-                    format!("{path}.role"),
-                    format!("unknown role {other:?} (expected \"reader\", \"operator\" or \"admin\")"),
-                ))
-            }
-        };
+        let role = api_role(t.role.as_deref().unwrap_or("reader"), &format!("{path}.role"))?;
         let name = t.name.filter(|n| !n.is_empty()).unwrap_or_else(|| format!("token{i}"));
         if tokens.iter().any(|o| o.name == name) {
             return Err(ConfigError::invalid(format!("{path}.name"), format!("{name:?} is named twice")));
@@ -401,7 +471,7 @@ pub(super) fn check_loopback(ip: IpAddr, path: &str, who: &str) -> Result<(), Co
             path,
             format!(
                 "the API listens on loopback or a Unix socket only, not on {ip}, unless api.tokens \
-                 names its callers"
+                 or api.tls names its callers"
             ),
         ))
     } else {

@@ -634,7 +634,9 @@ fn accounts_json(accounts: &std::collections::HashMap<String, String>) -> Vec<Va
 /// A config client: `id` for VLESS, `password` for Trojan.
 fn client_json(spec: &UserSpec) -> Value {
     match &spec.account {
-        Account::Vless(id) => json!({ "id": id.to_string(), "email": spec.email, "level": spec.level }),
+        Account::Vless(id, flow) => {
+            json!({ "id": id.to_string(), "flow": flow.name(), "email": spec.email, "level": spec.level })
+        }
         Account::Trojan(password) => json!({ "password": &**password, "email": spec.email, "level": spec.level }),
         Account::Vmess { id, security } => json!({
             "id": id.to_string(), "security": security.name(), "email": spec.email, "level": spec.level
@@ -1117,6 +1119,38 @@ mod tests {
         assert_eq!(through_api(&spec).unwrap(), spec);
     }
 
+    /// AddInbound honours a client's Vision flow (kept through the API form) and refuses it
+    /// on an inbound without TLS, naming the client's flow.
+    #[test]
+    fn vision_clients_survive_the_api_form_and_need_tls() {
+        let inbound = |stream: Value| {
+            json!({
+                "tag": "v", "listen": "127.0.0.1", "port": 4432, "protocol": "vless",
+                "settings": { "decryption": "none", "clients": [
+                    { "id": "b831381d-6324-4d53-ad4f-8cda48b30811", "email": "a@x", "flow": "xtls-rprx-vision" },
+                    { "id": "5783a3e7-e373-51cd-8642-c83782b807c5", "email": "b@x" }
+                ] },
+                "streamSettings": stream
+            })
+        };
+        let spec = load(inbound(json!({ "security": "tls", "tlsSettings": { "certificates": [{
+            "certificate": ["-----BEGIN CERTIFICATE-----", "AAAA", "-----END CERTIFICATE-----"],
+            "key": ["-----BEGIN PRIVATE KEY-----", "BBBB", "-----END PRIVATE KEY-----"]
+        }] } })));
+        let back = through_api(&spec).unwrap();
+        assert_eq!(back, spec);
+        let visions = |s: &InboundSpec| match &s.protocol {
+            InboundProtocol::Vless(v) => v.clients.iter().map(|c| c.account.vision()).collect::<Vec<_>>(),
+            _ => unreachable!(),
+        };
+        assert_eq!(visions(&back), [true, false]);
+
+        let mut plain = spec.clone();
+        plain.tls = None;
+        let err = through_api(&plain).unwrap_err();
+        assert!(err.contains("clients[0].flow") && err.contains("tls"), "{err}");
+    }
+
     #[test]
     fn a_vless_reality_inbound_survives_the_api_form() {
         let spec = load(json!({
@@ -1310,7 +1344,7 @@ mod tests {
 
         let nameless = vless::inbound::Config {
             clients: vec![api_user(&shardray_core::spec::UserSpec {
-                account: Account::Vless(uuid::Uuid::nil()),
+                account: Account::Vless(uuid::Uuid::nil(), Default::default()),
                 email: String::new(),
                 level: 0,
             })],

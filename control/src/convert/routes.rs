@@ -334,16 +334,9 @@ fn vmess_spec(c: &vmess::outbound::Config, stream: Option<&StreamConfig>) -> Res
 /// stream settings.
 fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Result<VlessOutboundSpec, InvalidRoute> {
     let (server, spec) = client_endpoint(c.vnext.as_slice(), "vless", "VLESS")?;
-    let shardray_core::spec::Account::Vless(id) = spec.account else {
+    let shardray_core::spec::Account::Vless(id, flow) = spec.account else {
         return Err(invalid("proxy_settings.server[0].user.account: not a VLESS account"));
     };
-    let account = c.vnext.as_ref().and_then(|v| v.user.first()).and_then(|u| u.account.as_ref());
-    let account = account.map(|a| &a.value[..]).unwrap_or_default();
-    if let Ok(a) = vless::Account::decode(account) {
-        if !a.flow.is_empty() {
-            return Err(invalid(format!("proxy_settings.server[0].user.account.flow: {:?} is not served yet", a.flow)));
-        }
-    }
     let (tls, transport) = match stream {
         None => (None, TransportSpec::Raw),
         Some(stream) => (client_tls(stream)?, client_transport(stream)?),
@@ -353,7 +346,12 @@ fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Res
             "sender_settings.stream_settings: a VLESS outbound over WebSocket or HTTPUpgrade is not served yet",
         ));
     }
-    Ok(VlessOutboundSpec { server, id, email: spec.email, level: spec.level, tls, transport })
+    if matches!(flow, shardray_core::spec::VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
+        return Err(invalid(
+            "proxy_settings.server[0].user.account.flow: Vision needs TLS on raw TCP (sender_settings)",
+        ));
+    }
+    Ok(VlessOutboundSpec { server, id, email: spec.email, level: spec.level, tls, transport, flow })
 }
 
 /// A Trojan ClientConfig (one server, one user) and its sender's stream settings (raw TCP,

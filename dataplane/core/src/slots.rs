@@ -56,6 +56,8 @@ pub struct UserKey {
     pub slot: u32,
     /// The user's policy level in this inbound.
     pub level: u32,
+    /// A VLESS user with the Vision flow.
+    pub vision: bool,
 }
 
 /// One step a shard takes on one inbound's user table. A change about users is resolved by

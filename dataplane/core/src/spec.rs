@@ -114,7 +114,35 @@ pub struct ApiSpec {
     pub tokens: Vec<ApiToken>,
     /// `api.socketMode`: the permission bits of a Unix-socket API (default 0600).
     pub socket_mode: u32,
+    /// `api.tls`: mutual TLS on a TCP listen; callers are known by their certificate.
+    pub tls: Option<ApiTls>,
+    /// `api.callLimit`: calls per caller per second; `None` when turned off (rate 0).
+    pub call_limit: Option<CallLimit>,
 }
+
+/// `api.tls`: the server's certificate and key, the CA client certificates must chain to, and
+/// the role each certificate subject (its CN) gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTls {
+    pub certificate_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: PathBuf,
+    /// `api.tls.clients`: subject CN and role.
+    pub clients: Vec<(String, ApiRole)>,
+    /// `api.tls.defaultRole`: the role of a certificate no client names; `None`: no call.
+    pub default_role: Option<ApiRole>,
+}
+
+/// `api.callLimit`: a token bucket per caller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallLimit {
+    /// Calls per second refilled.
+    pub rate: f64,
+    /// The bucket's size: calls a caller may make at once.
+    pub burst: f64,
+}
+
+impl Eq for CallLimit {}
 
 /// A credential of the API: its name (the caller's identity in logs), secret and role.
 #[derive(Clone, PartialEq, Eq)]
@@ -290,6 +318,36 @@ pub struct SniffingSpec {
     pub route_only: bool,
     /// `domainsExcluded`: sniffed domains that keep the original destination.
     pub domains_excluded: Vec<DomainMatcher>,
+}
+
+impl InboundSpec {
+    /// Whether the inbound's security is TLS-like: one whose stream Vision can drop to raw
+    /// TCP (TLS, or REALITY, whose authenticated sessions are TLS 1.3). The one place that
+    /// says so.
+    pub fn tls_like(&self) -> bool {
+        self.tls.is_some() || self.reality.is_some()
+    }
+
+    /// Why this inbound cannot serve VLESS users with the Vision flow, if it cannot. Xray
+    /// refuses every Vision connection unless TLS (1.3) or REALITY sits directly on raw TCP;
+    /// shardray refuses such users when they are configured or added instead.
+    pub fn vision_refused(&self) -> Option<&'static str> {
+        if !matches!(self.protocol, InboundProtocol::Vless(_)) {
+            return Some("Vision is a VLESS flow");
+        }
+        if !self.tls_like() {
+            return Some(
+                "Vision needs streamSettings.security \"tls\" or \"reality\" (Xray: \"XTLS only supports TLS and REALITY directly\")",
+            );
+        }
+        if self.transport != TransportSpec::Raw || self.http_header.is_some() {
+            return Some("Vision needs TLS directly on raw TCP (no other transport or header)");
+        }
+        if self.tls.as_ref().and_then(|t| t.max_version).is_some_and(|v| v < TlsVersion::V1_3) {
+            return Some("Vision needs TLS 1.3 (tlsSettings.maxVersion is below it)");
+        }
+        None
+    }
 }
 
 /// `streamSettings.network` and its settings: what carries the protocol's bytes.
@@ -679,12 +737,45 @@ impl VmessSecurity {
     }
 }
 
+/// A VLESS user's `flow`. Not part of the account's identity, as VMess's `security` is not:
+/// two clients with one id are duplicates whatever their flows.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum VlessFlow {
+    /// No flow: plain VLESS.
+    #[default]
+    None,
+    /// `xtls-rprx-vision`.
+    Vision,
+}
+
+impl VlessFlow {
+    /// The name config and the API give it (empty for none).
+    pub fn name(self) -> &'static str {
+        match self {
+            VlessFlow::None => "",
+            VlessFlow::Vision => shardray_wire::vision::FLOW,
+        }
+    }
+}
+
+impl PartialEq for VlessFlow {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for VlessFlow {}
+
+impl std::hash::Hash for VlessFlow {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
 /// What a user's client presents, by protocol: `clients[i].id` of a VLESS inbound,
 /// `clients[i].password` of a Trojan one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Account {
-    /// A VLESS user's id.
-    Vless(Uuid),
+    /// A VLESS user's id and `flow`.
+    Vless(Uuid, VlessFlow),
     /// A Trojan user's password.
     Trojan(Arc<str>),
     /// A SOCKS account.
@@ -716,7 +807,7 @@ impl Account {
     /// The key a shard looks the user up by (a Trojan password's SHA-224, in hex).
     pub fn key(&self) -> UserId {
         match self {
-            Account::Vless(id) => UserId::Uuid(*id),
+            Account::Vless(id, _) => UserId::Uuid(*id),
             Account::Trojan(password) => UserId::Trojan(shardray_wire::trojan::password_key(password)),
             // VMess looks users up by the auth ID each one's UUID keys; the table derives the
             // keys from the UUID.
@@ -733,10 +824,15 @@ impl Account {
         }
     }
 
+    /// Whether the account is a VLESS user with the Vision flow.
+    pub fn vision(&self) -> bool {
+        matches!(self, Account::Vless(_, VlessFlow::Vision))
+    }
+
     /// The protocol the account belongs to, as config names it.
     pub fn protocol(&self) -> &'static str {
         match self {
-            Account::Vless(_) => "vless",
+            Account::Vless(..) => "vless",
             Account::Trojan(_) => "trojan",
             Account::Vmess { .. } => "vmess",
             Account::Socks(_) => "socks",
@@ -905,6 +1001,8 @@ pub struct VlessOutboundSpec {
     pub tls: Option<TlsClientSpec>,
     /// `streamSettings.network`: raw TCP or gRPC.
     pub transport: TransportSpec,
+    /// `vnext[0].users[0].flow`: Vision (over TLS only), or none.
+    pub flow: VlessFlow,
 }
 
 /// `settings` of a Shadowsocks outbound (one server).

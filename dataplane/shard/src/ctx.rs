@@ -84,6 +84,9 @@ pub(crate) struct InboundRt {
     /// `sniffing`, when enabled.
     pub(crate) sniffing: Option<Box<SniffRt>>,
     pub(crate) kind: InboundKind,
+    /// VLESS over TLS directly on raw TCP: its users may take the Vision flow, so its TLS
+    /// stream keeps track of record boundaries (see `TlsTcp::tracking`).
+    pub(crate) vision: bool,
 }
 
 /// An inbound's `sniffing`, compiled.
@@ -456,6 +459,7 @@ impl ShardCtx {
                 None => None,
             },
             kind,
+            vision: inbound.vision_refused().is_none(),
         })
     }
 

@@ -21,6 +21,7 @@ use glommio::timer::Timer;
 use shardray_core::spec::{LevelPolicy, PolicySpec};
 
 use self::splice::SpliceDir;
+use crate::transport::vision::VisionSwitch;
 use crate::users::{SessionWatch, UserState};
 
 /// The timeouts a relay runs under, from a policy level.
@@ -49,6 +50,9 @@ pub(crate) enum RelayEnd {
     TimedOut,
     /// The user was removed or kicked.
     Closed,
+    /// The client stream became its bare socket (Vision went direct both ways) with nothing
+    /// held in either direction: the caller goes on with a relay that splices.
+    Handover,
 }
 
 /// How a relay runs: buffers and timeouts from the policy, plus what the protocol adds.
@@ -58,6 +62,7 @@ pub(crate) struct RelayOptions<'a> {
     down_prefix: &'a [u8],
     watch: Option<(&'a SessionWatch<'a>, &'a PolicySpec)>,
     splice: Option<(RawFd, RawFd)>,
+    handover: Option<&'a VisionSwitch>,
 }
 
 impl<'a> RelayOptions<'a> {
@@ -69,7 +74,14 @@ impl<'a> RelayOptions<'a> {
             down_prefix: &[],
             watch: None,
             splice: None,
+            handover: None,
         }
+    }
+
+    /// Ends the relay with `RelayEnd::Handover` once `switch` says the client stream is its
+    /// bare socket and neither direction holds bytes.
+    pub(crate) fn handover(self, switch: Option<&'a VisionSwitch>) -> Self {
+        RelayOptions { handover: switch, ..self }
     }
 
     /// Bytes written to the client ahead of the first downlink bytes (a response header). They
@@ -213,6 +225,8 @@ struct BufDir<'a> {
     /// Bytes were written since the last flush: a writer that seals or encrypts (TLS, a VMess
     /// body) may still hold some, so they are flushed before the direction waits.
     unflushed: bool,
+    /// Reads no more: what is held is written out, then the direction waits for a handover.
+    paused: bool,
 }
 
 impl<'a> BufDir<'a> {
@@ -230,6 +244,7 @@ impl<'a> BufDir<'a> {
             copied: 0,
             bulk: false,
             unflushed: false,
+            paused: false,
         }
     }
 
@@ -278,6 +293,22 @@ impl<'a> BufDir<'a> {
 impl Direction for BufDir<'_> {
     fn done(&self) -> bool {
         self.closed
+    }
+
+    fn idle(&self) -> bool {
+        self.start == self.end && self.prefix.is_empty() && !self.eof && self.read_error.is_none() && !self.closed
+    }
+
+    fn pause(&mut self) -> bool {
+        if self.eof || self.closed || self.read_error.is_some() {
+            return false;
+        }
+        self.paused = true;
+        true
+    }
+
+    fn unpause(&mut self) {
+        self.paused = false;
     }
 
     /// Moves as much as it can from `r` to `w`, adding the bytes read to `read`.
@@ -336,7 +367,7 @@ impl Direction for BufDir<'_> {
                 progressed |= half_close(cx, w, &mut self.closed);
                 return done(progressed);
             }
-            if self.bulk {
+            if self.bulk || self.paused {
                 self.release();
                 return done(progressed);
             }
@@ -405,6 +436,17 @@ struct Moved {
 /// One direction of a relay, whichever way it moves bytes.
 trait Direction {
     fn done(&self) -> bool;
+    /// Holds no bytes and has not ended (for a handover).
+    fn idle(&self) -> bool {
+        false
+    }
+    /// Stops reading, for a handover once what is held is written; `false` (and no pause)
+    /// when the direction has ended or cannot pause.
+    fn pause(&mut self) -> bool {
+        false
+    }
+    /// Reads again (a pause that led nowhere).
+    fn unpause(&mut self) {}
     fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -429,22 +471,24 @@ where
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     M: Meter,
 {
-    let RelayOptions { buffer_size, timeouts, down_prefix, watch, splice } = options;
+    let RelayOptions { buffer_size, timeouts, down_prefix, watch, splice, handover } = options;
     match splice {
         Some((client_fd, upstream_fd)) => {
             let up = SpliceDir::new(client_fd, upstream_fd, buffer_size, &[]);
             let down = SpliceDir::new(upstream_fd, client_fd, buffer_size, down_prefix);
-            drive(client, upstream, up, down, timeouts, watch, meter).await
+            drive(client, upstream, up, down, timeouts, watch, None, meter).await
         }
         None => {
             let up = BufDir::new(buffer_size, &[]);
             let down = BufDir::new(buffer_size, down_prefix);
-            drive(client, upstream, up, down, timeouts, watch, meter).await
+            drive(client, upstream, up, down, timeouts, watch, handover, meter).await
         }
     }
 }
 
-/// Runs both directions under the timeouts and the session watch until they finish.
+/// Runs both directions under the timeouts and the session watch until they finish (or a
+/// Vision stream is ready for `handover`).
+#[allow(clippy::too_many_arguments)] // each is one of the relay's inputs, passed once
 async fn drive<C, U, D, M>(
     client: &mut C,
     upstream: &mut U,
@@ -452,6 +496,7 @@ async fn drive<C, U, D, M>(
     mut down: D,
     mut timeouts: RelayTimeouts,
     watch: Option<(&SessionWatch<'_>, &PolicySpec)>,
+    mut handover: Option<&VisionSwitch>,
     meter: &mut M,
 ) -> io::Result<RelayEnd>
 where
@@ -464,7 +509,20 @@ where
     let mut timer = Timer::new(timeouts.idle);
     let mut armed_for = timeouts.idle;
     let mut yield_turn: Option<Timer> = None;
+    let mut paused = false;
     futures_lite::future::poll_fn(|cx| {
+        // The client stream is its bare socket now: stop reading, write out what is held,
+        // then hand over (a bulk transfer is never idle both ways by itself).
+        if !paused && handover.is_some_and(VisionSwitch::transparent) {
+            if up.pause() & down.pause() {
+                paused = true;
+            } else {
+                // A direction has ended: no handover; nothing was paused for good.
+                handover = None;
+                up.unpause();
+                down.unpause();
+            }
+        }
         // Woken by the yield timer or by I/O: either way, time to work again.
         yield_turn = None;
         if let Some((w, policies)) = watch {
@@ -516,6 +574,15 @@ where
 
         if up.done() && down.done() {
             return Poll::Ready(Ok(RelayEnd::Done));
+        }
+        if handover.is_some_and(VisionSwitch::transparent) {
+            if up.idle() && down.idle() {
+                return Poll::Ready(Ok(RelayEnd::Handover));
+            }
+            if !paused {
+                // Pause at once (at the top of the next turn) rather than at the next I/O.
+                cx.waker().wake_by_ref();
+            }
         }
         let now = Instant::now();
         if progressed {

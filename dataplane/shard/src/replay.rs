@@ -54,18 +54,29 @@ impl SharedReplay {
     /// The process's table of Shadowsocks salts (their first 16 bytes, as random as an auth
     /// ID), allocated on first use. A 2022 salt is stamped with its header's timestamp, which
     /// passes the ±30 s check only while its generation or the next holds; a classic salt,
-    /// which has no timestamp, with the time it arrived, so it is kept 240 to 360 s.
+    /// which has no timestamp, with the time it arrived (`insert_arrival`).
     pub(crate) fn salts() -> &'static SharedReplay {
         static TABLE: OnceLock<SharedReplay> = OnceLock::new();
         TABLE.get_or_init(SharedReplay::new)
     }
 
     /// The process's table of authenticated REALITY session ids (their first 16 bytes, AES-GCM
-    /// ciphertext), stamped with the time they arrived, so kept 240 to 360 s: a ClientHello
-    /// replayed within that time meets the target instead of our certificate.
+    /// ciphertext), stamped with the time they arrived (`insert_arrival`): a ClientHello
+    /// replayed within 120 to 240 s meets the target instead of our certificate; later, the
+    /// client's own timestamp fails `maxTimeDiff` when that is set.
     pub(crate) fn reality() -> &'static SharedReplay {
         static TABLE: OnceLock<SharedReplay> = OnceLock::new();
         TABLE.get_or_init(SharedReplay::new)
+    }
+
+    /// Records an id that carries no timestamp of its own (a classic Shadowsocks salt, a REALITY
+    /// session id), stamped with the time it arrived, `now` (seconds): in this generation and
+    /// the one before, so that a replay in the next generation still finds it (kept 120 to
+    /// 240 s). `false` if some shard recorded it before.
+    pub(crate) fn insert_arrival(&self, id: &[u8; 16], now: u64) -> bool {
+        let fresh = self.insert(id, now);
+        let fresh_before = self.insert(id, now.saturating_sub(MAX_CLOCK_SKEW));
+        fresh && fresh_before
     }
 
     /// Records `auth_id`, stamped `timestamp`; `false` if some shard recorded it before.
@@ -127,5 +138,16 @@ mod tests {
         assert!(t.insert(&id(1), ts + 3 * MAX_CLOCK_SKEW));
         // An older generation than the one holding the place is let through unrecorded.
         assert!(t.insert(&id(2), ts));
+    }
+
+    #[test]
+    fn an_arrival_stamped_id_is_seen_across_a_generation_boundary() {
+        let t = SharedReplay::new();
+        let id = [7u8; 16];
+        // Just before a boundary, then replayed just after it and a generation later.
+        let ts = 1_780_000_000 / MAX_CLOCK_SKEW * MAX_CLOCK_SKEW + MAX_CLOCK_SKEW - 1;
+        assert!(t.insert_arrival(&id, ts));
+        assert!(!t.insert_arrival(&id, ts + 2));
+        assert!(!t.insert_arrival(&id, ts + MAX_CLOCK_SKEW));
     }
 }

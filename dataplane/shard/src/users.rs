@@ -82,6 +82,8 @@ struct UserRec<K> {
     id: K,
     slot: u32,
     level: u32,
+    /// A VLESS user with the Vision flow.
+    vision: bool,
     /// Bumped when the user's live sessions must close (removed or kicked) and when the record
     /// goes to another user: a handle with an older generation is stale. Records are never
     /// dropped, so a record's generation only grows.
@@ -101,6 +103,8 @@ pub(crate) struct UserHandle {
     pub(crate) slot_generation: u32,
     /// The user's email; `None` without one.
     pub(crate) email: Option<Arc<str>>,
+    /// A VLESS user with the Vision flow.
+    pub(crate) vision: bool,
 }
 
 impl UserHandle {
@@ -152,6 +156,7 @@ impl<K: TableKey> UserTable<K> {
             level: r.level,
             slot_generation: 0,
             email: None,
+            vision: r.vision,
         })
     }
 
@@ -173,10 +178,10 @@ impl<K: TableKey> UserTable<K> {
             let r = &mut self.recs[rec as usize];
             // A different user now: sessions of the old one close.
             r.generation = r.generation.wrapping_add(1);
-            (r.slot, r.level) = (user.slot, user.level);
+            (r.slot, r.level, r.vision) = (user.slot, user.level, user.vision);
             return Ok(());
         }
-        let fresh = UserRec { id, slot: user.slot, level: user.level, generation: 0 };
+        let fresh = UserRec { id, slot: user.slot, level: user.level, vision: user.vision, generation: 0 };
         let rec = match self.free.pop() {
             Some(rec) => {
                 // Keep the generation running, so a handle to the record's last user stays stale.
@@ -625,7 +630,7 @@ mod tests {
     use super::*;
 
     fn key(n: u8, slot: u32) -> UserKey {
-        UserKey { id: UserId::Uuid(Uuid::from_bytes([n; 16])), slot, level: 0 }
+        UserKey { id: UserId::Uuid(Uuid::from_bytes([n; 16])), slot, level: 0, vision: false }
     }
 
     fn id(k: &UserKey) -> Uuid {
@@ -660,13 +665,13 @@ mod tests {
         let mut t = UserTable::<Uuid>::default();
         let id = |i: u32| Uuid::from_u128(u128::from(i) * 0x9e37_79b9_7f4a_7c15);
         for i in 0..10_000 {
-            t.insert(&UserKey { id: UserId::Uuid(id(i)), slot: i, level: 0 }).unwrap();
+            t.insert(&UserKey { id: UserId::Uuid(id(i)), slot: i, level: 0, vision: false }).unwrap();
         }
         for i in (0..10_000).step_by(2) {
             assert!(t.remove(&id(i)).is_some());
         }
         for i in 10_000..15_000 {
-            t.insert(&UserKey { id: UserId::Uuid(id(i)), slot: i, level: 0 }).unwrap();
+            t.insert(&UserKey { id: UserId::Uuid(id(i)), slot: i, level: 0, vision: false }).unwrap();
         }
         assert_eq!(t.len(), 10_000);
         assert_eq!(t.recs.len(), 10_000);
@@ -679,12 +684,12 @@ mod tests {
     fn trojan_keys_and_a_key_of_another_protocol() {
         let mut t = UserTable::<TrojanKey>::default();
         let key = shardray_wire::trojan::password_key("hunter2");
-        t.insert(&UserKey { id: UserId::Trojan(key), slot: 4, level: 1 }).unwrap();
+        t.insert(&UserKey { id: UserId::Trojan(key), slot: 4, level: 1, vision: false }).unwrap();
         assert_eq!(t.get(&key).map(|h| (h.slot, h.level)), Some((4, 1)));
         assert!(!t.contains(&shardray_wire::trojan::password_key("hunter3")));
         assert!(t.insert(&key_uuid()).is_err(), "a UUID in a Trojan table");
         let mut v = UserTable::<Uuid>::default();
-        assert!(v.insert(&UserKey { id: UserId::Trojan(key), slot: 0, level: 0 }).is_err());
+        assert!(v.insert(&UserKey { id: UserId::Trojan(key), slot: 0, level: 0, vision: false }).is_err());
     }
 
     #[test]
@@ -696,13 +701,13 @@ mod tests {
         };
         let mut t = VmessUsers::default();
         for i in 0..200 {
-            t.insert(&UserKey { id: UserId::Uuid(id(i)), slot: i as u32, level: 0 }).unwrap();
+            t.insert(&UserKey { id: UserId::Uuid(id(i)), slot: i as u32, level: 0, vision: false }).unwrap();
         }
         for i in (0..200).step_by(3) {
             assert!(t.remove(&id(i)).is_some());
         }
         // Re-adding one is not a second entry.
-        t.insert(&UserKey { id: UserId::Uuid(id(1)), slot: 1, level: 2 }).unwrap();
+        t.insert(&UserKey { id: UserId::Uuid(id(1)), slot: 1, level: 2, vision: false }).unwrap();
         assert_eq!(t.len(), 200 - 67);
         for i in 0..200 {
             assert_eq!(t.scan(&auth_id(i)), (i % 3 != 0).then(|| id(i)), "user {i}");
@@ -710,7 +715,7 @@ mod tests {
         let mut replay = vmess::ReplayFilter::new();
         let (user, _) = t.find(&auth_id(1), 1_780_000_000, &mut replay).unwrap();
         assert_eq!((user.slot, user.level), (1, 2));
-        assert!(t.insert(&UserKey { id: UserId::Trojan([b'a'; KEY_LEN]), slot: 0, level: 0 }).is_err());
+        assert!(t.insert(&UserKey { id: UserId::Trojan([b'a'; KEY_LEN]), slot: 0, level: 0, vision: false }).is_err());
         eprintln!(
             "a VMess user costs {} bytes of keys per shard (auth key {} + command key and UUID 32) besides its record",
             std::mem::size_of::<vmess::AuthIdKey>() + 32,
@@ -724,7 +729,7 @@ mod tests {
         use shardray_wire::shadowsocks::{classic, ss2022};
         let classic_id = |method: Method, i: u32| {
             let key = MasterKey::from_password(method, &format!("password {i}")).unwrap();
-            UserKey { id: UserId::Shadowsocks(method, key), slot: i, level: 0 }
+            UserKey { id: UserId::Shadowsocks(method, key), slot: i, level: 0, vision: false }
         };
         let first_flight = |method: Method, key: &MasterKey| {
             let mut out = Vec::new();
@@ -758,7 +763,7 @@ mod tests {
         let psk = |i: u32| MasterKey::from_bytes(&[i as u8; 16]);
         let mut t = ShadowsocksUsers::default();
         for i in 1..=50 {
-            t.insert(&UserKey { id: UserId::Shadowsocks2022(psk(i)), slot: i, level: 0 }).unwrap();
+            t.insert(&UserKey { id: UserId::Shadowsocks2022(psk(i)), slot: i, level: 0, vision: false }).unwrap();
         }
         t.remove(&SsKey::new(SS2022, &psk(7)));
         for i in 1..=50 {
@@ -778,7 +783,7 @@ mod tests {
             let mut t = ShadowsocksUsers::default();
             for i in 0..USERS {
                 let key = MasterKey::from_password(method, &format!("user {i}")).unwrap();
-                t.insert(&UserKey { id: UserId::Shadowsocks(method, key), slot: i, level: 0 }).unwrap();
+                t.insert(&UserKey { id: UserId::Shadowsocks(method, key), slot: i, level: 0, vision: false }).unwrap();
             }
             let stranger = vec![0x5au8; 64];
             let rounds = 20;

@@ -3,7 +3,6 @@
 //! to another server chosen by TLS server name, ALPN and HTTP path, as upstream does; without
 //! fallbacks it is drained and closed at a time that does not depend on what was sent.
 
-use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use shardray_core::stats::Refusal;
 
 use super::ConnInfo;
 use crate::ctx::{InboundRt, ShardCtx};
-use crate::outbound::resolve;
+use crate::outbound::connect_configured;
 use crate::relay::{relay, NoMeter, RelayOptions};
 
 /// Why an inbound turned a connection away.
@@ -126,7 +125,7 @@ async fn serve<S>(
     };
     preamble.extend_from_slice(first);
     let result = match &fb.dest {
-        FallbackDest::Tcp(dest) => match connect_tcp(dest).await {
+        FallbackDest::Tcp(dest) => match connect_configured(dest).await {
             Ok(mut up) => match up.write_all(&preamble).await {
                 Ok(()) => relay(&mut client, &mut up, RelayOptions::new(&policy), &mut NoMeter).await,
                 Err(e) => Err(e),
@@ -175,7 +174,7 @@ pub(super) async fn relay_to(
     };
     let client_fd = client.as_raw_fd();
     let result = match dest {
-        FallbackDest::Tcp(dest) => match connect_tcp(dest).await {
+        FallbackDest::Tcp(dest) => match connect_configured(dest).await {
             Ok(mut up) => match up.write_all(&preamble).await {
                 Ok(()) => {
                     let options = RelayOptions::new(&policy).splice(Some(client_fd), up.as_raw_fd());
@@ -196,18 +195,6 @@ pub(super) async fn relay_to(
     if let Err(e) = result {
         ctx.log.error(LogLevel::Info, format_args!("[{}] {} relay to target failed: {}", inbound.tag, info.peer, e));
     }
-}
-
-async fn connect_tcp(dest: &shardray_wire::addr::Destination) -> io::Result<TcpStream> {
-    let addrs = resolve(&dest.addr, dest.port, Default::default()).await?;
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e.into(),
-        }
-    }
-    Err(last)
 }
 
 /// Picks the fallback: by server name (else the unnamed ones), then by ALPN (else those

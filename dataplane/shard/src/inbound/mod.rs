@@ -189,6 +189,7 @@ const PROXY_HEADER_MAX: usize = 1024;
 /// header is whole, so nothing after it is taken from the protocol (or from splice).
 async fn proxy_header(stream: &TcpStream, fd: RawFd) -> Result<ProxyHeader, String> {
     let mut buf = vec![0; PROXY_HEADER_MAX];
+    let mut wait = std::time::Duration::from_millis(2);
     loop {
         let n = stream.peek(&mut buf).await.map_err(|e| format!("read failed: {e}"))?;
         if n == 0 {
@@ -206,8 +207,10 @@ async fn proxy_header(stream: &TcpStream, fd: RawFd) -> Result<ProxyHeader, Stri
                 return Ok(header);
             }
             Err(ProxyError::UnexpectedEnd) if n < buf.len() => {
-                // Peeking again would return the same bytes at once: wait for the rest.
-                glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+                // Peeking again would return the same bytes at once: wait for the rest, longer
+                // each time, so that a trickling client costs few wake-ups.
+                glommio::timer::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_millis(100));
             }
             Err(ProxyError::UnexpectedEnd) => return Err(format!("header longer than {PROXY_HEADER_MAX} bytes")),
             Err(e) => return Err(e.to_string()),
@@ -269,7 +272,10 @@ async fn serve_tls(
     let peer = info.peer;
     let handshake = ctx.policy(0).handshake;
     // Records out in one syscall, and in by large reads (see `TlsTcp`).
-    let stream = crate::transport::tls_tcp::TlsTcp::new(stream);
+    let stream = match inbound.vision {
+        true => crate::transport::tls_tcp::TlsTcp::tracking(stream),
+        false => crate::transport::tls_tcp::TlsTcp::new(stream),
+    };
     let accepted = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
         glommio::timer::sleep(handshake).await;
         None
@@ -284,6 +290,10 @@ async fn serve_tls(
                 plain_fd: None,
                 ..info
             };
+            if let (true, InboundKind::Vless { users, fallbacks }) = (inbound.vision, &inbound.kind) {
+                // VLESS on TLS directly on raw TCP: Vision users may drop the TLS layer.
+                return vless::serve_tls(ctx, inbound, users, fallbacks, tls, &info).await;
+            }
             transport(ctx, inbound, tls, info).await
         }
         Some(Err(e)) => {

@@ -13,7 +13,6 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use shardray_core::stats::Refusal;
 use shardray_wire::addr::Destination;
 use shardray_wire::shadowsocks::{classic, ss2022, ChunkOpener, Error, MasterKey, Method, ReplayFilter, Salt};
-use shardray_wire::vmess::auth_id::MAX_CLOCK_SKEW;
 
 use super::{fallback, read_first, ConnInfo};
 use crate::ctx::{InboundRt, ShardCtx};
@@ -134,19 +133,14 @@ fn decide(ss: &SsInbound, data: &[u8]) -> Option<Handshake> {
 }
 
 /// Records the salt in the shards' shared filter; `false` if some shard took it before. A 2022
-/// salt is stamped with its header's timestamp, which a replay repeats. A classic salt has
-/// none: it is stamped now and a generation ago, so a replay in the next generation still
-/// finds it.
+/// salt is stamped with its header's timestamp, which a replay repeats; a classic salt has
+/// none, so it is stamped with its arrival.
 fn shared_filter_takes(salt: &Salt, timestamp: Option<u64>, now: u64) -> bool {
     let shared = crate::replay::SharedReplay::salts();
     let fingerprint: [u8; 16] = salt.as_bytes()[..16].try_into().expect("salts are 16 or 32 bytes");
     match timestamp {
         Some(t) => shared.insert(&fingerprint, t),
-        None => {
-            let fresh = shared.insert(&fingerprint, now);
-            let fresh_before = shared.insert(&fingerprint, now.saturating_sub(MAX_CLOCK_SKEW));
-            fresh && fresh_before
-        }
+        None => shared.insert_arrival(&fingerprint, now),
     }
 }
 

@@ -131,7 +131,7 @@ mod tests {
     fn table() -> RefCell<UserTable<TrojanKey>> {
         let mut t = UserTable::default();
         let key = shardray_wire::trojan::password_key("secret");
-        t.insert(&UserKey { id: UserId::Trojan(key), slot: 0, level: 0 }).unwrap();
+        t.insert(&UserKey { id: UserId::Trojan(key), slot: 0, level: 0, vision: false }).unwrap();
         RefCell::new(t)
     }
 

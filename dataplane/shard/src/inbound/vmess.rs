@@ -166,7 +166,7 @@ mod tests {
     fn table(ids: &[Uuid]) -> RefCell<VmessUsers> {
         let mut t = VmessUsers::default();
         for (i, id) in ids.iter().enumerate() {
-            t.insert(&SlotKey { id: UserId::Uuid(*id), slot: i as u32, level: 0 }).unwrap();
+            t.insert(&SlotKey { id: UserId::Uuid(*id), slot: i as u32, level: 0, vision: false }).unwrap();
         }
         RefCell::new(t)
     }

@@ -30,9 +30,10 @@ use shardray_wire::addr::Destination;
 
 use crate::ctx::{InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
 use crate::relay::{relay, Meter, RelayEnd, RelayOptions};
+use crate::transport::vision::VisionSwitch;
 use crate::users::{SessionWatch, UserHandle};
 
-pub(crate) use resolve::resolve;
+pub(crate) use resolve::{connect_configured, resolve};
 use trojan::Upstream;
 
 /// How long a dial may take before the session is given up.
@@ -57,7 +58,7 @@ pub(crate) struct Session<'a> {
 pub(crate) enum Carry<'a> {
     /// Relays both ways until done. `early` is payload the client sent along with its header;
     /// `down_prefix` goes to the client before any downlink bytes.
-    Relay { early: &'a [u8], down_prefix: &'a [u8] },
+    Relay { early: &'a [u8], down_prefix: &'a [u8], vision: Option<&'a VisionSwitch> },
     /// One forwarded HTTP request and its response (an HTTP proxy's absolute-URI request).
     Exchange(&'a mut crate::inbound::http::Exchange),
 }
@@ -73,7 +74,21 @@ pub(crate) async fn forward<C>(
 ) where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    carry(ctx, client, session, Carry::Relay { early, down_prefix }).await
+    carry(ctx, client, session, Carry::Relay { early, down_prefix, vision: None }).await
+}
+
+/// `forward` for a Vision session: once `switch` says the client stream is its bare socket,
+/// the relay goes on by splice(2) (when the upstream is plain TCP too).
+pub(crate) async fn forward_vision<C>(
+    ctx: &Rc<ShardCtx>,
+    client: &mut C,
+    session: Session<'_>,
+    early: &[u8],
+    switch: &VisionSwitch,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    carry(ctx, client, session, Carry::Relay { early, down_prefix: &[], vision: Some(switch) }).await
 }
 
 /// Routes `session`, dials its outbound, and carries the session over it as `how` says.
@@ -87,7 +102,7 @@ where
     let mut sniffed = None;
     let mut route_dest = None;
     let how = match how {
-        Carry::Relay { early, down_prefix } => match session.inbound.sniffing.as_deref() {
+        Carry::Relay { early, down_prefix, vision } => match session.inbound.sniffing.as_deref() {
             Some(s) if !s.metadata_only => {
                 sniffed = sniff::first_payload(client, early, &mut first).await;
                 if let Some(found) = &sniffed {
@@ -103,9 +118,9 @@ where
                         }
                     }
                 }
-                Carry::Relay { early: if first.is_empty() { early } else { &first }, down_prefix }
+                Carry::Relay { early: if first.is_empty() { early } else { &first }, down_prefix, vision }
             }
-            _ => Carry::Relay { early, down_prefix },
+            _ => Carry::Relay { early, down_prefix, vision },
         },
         other => other,
     };
@@ -263,13 +278,17 @@ where
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&vless.tls, &vless.transport, &v.server)).await;
+            let dialed = match vless.vision {
+                // The Vision stream sends the header itself and takes the response off.
+                true => Box::pin(vless.dial_vision(&v.server, dest)).await.map(|up| (up, Vec::new())),
+                false => Box::pin(trojan::dial(&vless.tls, &vless.transport, &v.server)).await.map(|up| {
+                    let header = vless.header(shardray_wire::vless::Command::Tcp, dest);
+                    (Upstream::Vless(Box::new(vless::VlessResponse::new(up))), header)
+                }),
+            };
             access(None);
             match dialed {
-                Ok(up) => (
-                    Upstream::Vless(Box::new(vless::VlessResponse::new(up))),
-                    vless.header(shardray_wire::vless::Command::Tcp, dest),
-                ),
+                Ok(up) => up,
                 Err(e) => {
                     let out = &outbound.tag;
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", v.server));
@@ -344,7 +363,7 @@ where
         ctx.users.borrow_mut().session_opened(slot, session.peer.ip(), unix_now());
     }
     let result = match how {
-        Carry::Relay { early, down_prefix } => {
+        Carry::Relay { early, down_prefix, vision } => {
             let joined;
             let down_prefix = if tunnel_first.is_empty() {
                 down_prefix
@@ -355,18 +374,53 @@ where
             };
             async {
                 // The outbound protocol's header leaves with the payload that came with the request.
+                if let (Upstream::Vision(v), true) = (&mut upstream, early.is_empty()) {
+                    // No payload yet: the header leaves now, with a padded empty block.
+                    v.start();
+                    upstream.flush().await?;
+                }
                 if !early.is_empty() || !preamble.is_empty() {
                     let mut first = preamble;
                     first.extend_from_slice(early);
                     upstream.write_all(&first).await?;
                     meter.up(early.len() as u64);
+                    if matches!(upstream, Upstream::Vision(_)) {
+                        // Vision encodes into its own buffer: push it all out now.
+                        upstream.flush().await?;
+                    }
                 }
                 let policies = ctx.policies();
                 let mut options = RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &policies);
-                if let Some(fd) = upstream.plain_fd() {
+                let plain = upstream.plain_fd();
+                if let Some(fd) = plain {
                     options = options.splice(session.client_fd, fd);
                 }
-                relay(client, &mut upstream, options, &mut meter).await
+                // Which side's Vision stream may turn into its bare socket, and the sockets to
+                // splice then: a Vision client with a plain upstream, or a plain client with a
+                // Vision upstream. Else the copy goes on.
+                let up_switch = match &upstream {
+                    Upstream::Vision(v) if vision.is_none() => session.client_fd.map(|fd| (v.switch(), fd)),
+                    _ => None,
+                };
+                let handover = match (vision, plain, &up_switch) {
+                    (Some(switch), Some(fd), _) => Some((switch, switch.fd, fd)),
+                    (None, None, Some((switch, client_fd))) => Some((&**switch, *client_fd, switch.fd)),
+                    _ => None,
+                };
+                let end = relay(client, &mut upstream, options.handover(handover.map(|h| h.0)), &mut meter).await;
+                match (end, handover) {
+                    (Ok(RelayEnd::Handover), Some((_, client_fd, upstream_fd))) => {
+                        ctx.log.error(
+                            LogLevel::Debug,
+                            format_args!("[{tag}] {peer} to {dest}: Vision direct both ways: splicing"),
+                        );
+                        let options = RelayOptions::new(&policy)
+                            .watch(watch.as_ref(), &policies)
+                            .splice(Some(client_fd), upstream_fd);
+                        relay(client, &mut upstream, options, &mut meter).await
+                    }
+                    (end, _) => end,
+                }
             }
             .await
         }
@@ -377,8 +431,15 @@ where
     if let Some((slot, generation)) = meter.user {
         ctx.users.borrow_mut().session_closed(slot, generation, session.peer.ip());
     }
+    if let Upstream::Vision(v) = &upstream {
+        let (up, down) = v.went_direct;
+        ctx.log.error(
+            LogLevel::Debug,
+            format_args!("[{tag}] {peer} to {dest}: Vision to the server ended (direct up: {down}, down: {up})"),
+        );
+    }
     match result {
-        Ok(RelayEnd::Done) => {}
+        Ok(RelayEnd::Done | RelayEnd::Handover) => {}
         Ok(RelayEnd::Closed) => ctx.log.error(
             LogLevel::Info,
             format_args!(

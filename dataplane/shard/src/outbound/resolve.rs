@@ -29,3 +29,19 @@ pub(crate) async fn resolve(addr: &Address, port: u16, strategy: DomainStrategy)
     }
     Ok(found)
 }
+
+/// Resolves `dest` and connects to its first address that answers, each attempt bounded by
+/// `DIAL_TIMEOUT` (a server or fallback target that drops SYNs would otherwise hold the
+/// session for the kernel's two minutes). No destination-safety check: for addresses the
+/// operator configured (outbound servers, fallback and REALITY targets), not a user's.
+pub(crate) async fn connect_configured(dest: &shardray_wire::addr::Destination) -> io::Result<glommio::net::TcpStream> {
+    let addrs = resolve(&dest.addr, dest.port, Default::default()).await?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match glommio::net::TcpStream::connect_timeout(addr, super::DIAL_TIMEOUT).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.into(),
+        }
+    }
+    Err(last)
+}

@@ -15,7 +15,7 @@ use shardray_wire::addr::{Address, Destination};
 use shardray_wire::trojan::{password_key, Command, Request, KEY_LEN};
 use shardray_wire::websocket::Flavor;
 
-use super::{resolve, DIAL_TIMEOUT};
+use super::DIAL_TIMEOUT;
 use crate::transport::grpc::{GrpcClient, GrpcStream};
 use crate::transport::http_header::Camouflaged;
 use crate::transport::tls_tcp::TlsTcp;
@@ -134,24 +134,21 @@ pub(crate) async fn dial(tls: &ClientTls, transport: &ClientTransport, server: &
 
 /// Resolves and connects to the server, then completes the TLS handshake if configured.
 pub(crate) async fn dial_secured(tls: &ClientTls, server: &Destination) -> io::Result<Upstream> {
-    let addrs = resolve(&server.addr, server.port, Default::default()).await?;
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(addr, DIAL_TIMEOUT).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = e.into(),
-        }
-    }
-    let stream = stream.ok_or(last)?;
+    dial_secured_with(tls, server, false).await
+}
+
+/// `dial_secured`, with the TLS stream following record boundaries when `tracking` (Vision).
+pub(crate) async fn dial_secured_with(tls: &ClientTls, server: &Destination, tracking: bool) -> io::Result<Upstream> {
+    let stream = super::connect_configured(server).await?;
     let _ = stream.set_nodelay(true);
     match tls {
         None => Ok(Upstream::Tcp(stream)),
         Some((connector, name)) => {
-            let tls = connector.connect(name.clone(), TlsTcp::new(Box::new(stream))).await?;
+            let tcp = match tracking {
+                true => TlsTcp::tracking(Box::new(stream)),
+                false => TlsTcp::new(Box::new(stream)),
+            };
+            let tls = connector.connect(name.clone(), tcp).await?;
             Ok(Upstream::Tls(Box::new(tls)))
         }
     }
@@ -168,6 +165,8 @@ pub(crate) enum Upstream {
     Vmess(Box<crate::vmess::VmessStream<Upstream>>),
     Vless(Box<super::vless::VlessResponse<Upstream>>),
     Shadowsocks(Box<crate::shadowsocks::SsStream<Upstream>>),
+    /// A VLESS Vision session to the server (over TLS, which it may drop once direct).
+    Vision(Box<crate::transport::vision::VisionStream<futures_rustls::client::TlsStream<TlsTcp>>>),
     Grpc(Box<GrpcStream>),
 }
 
@@ -182,6 +181,7 @@ impl Upstream {
             | Upstream::Vmess(_)
             | Upstream::Vless(_)
             | Upstream::Shadowsocks(_)
+            | Upstream::Vision(_)
             | Upstream::Grpc(_) => None,
         }
     }
@@ -197,6 +197,7 @@ impl AsyncRead for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -212,6 +213,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -229,6 +231,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
@@ -242,6 +245,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -255,6 +259,7 @@ impl AsyncWrite for Upstream {
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Vless(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Vision(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }

@@ -58,7 +58,9 @@ impl<S: AsyncRead + Unpin> tokio::io::AsyncRead for TokioIo<S> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let n = ready!(Pin::new(&mut self.0).poll_read(cx, buf.initialize_unfilled()))?;
+        // Only what one read can use is zeroed: h2 offers its whole spare capacity each time.
+        let want = buf.remaining().min(64 << 10);
+        let n = ready!(Pin::new(&mut self.0).poll_read(cx, buf.initialize_unfilled_to(want)))?;
         buf.advance(n);
         Poll::Ready(Ok(()))
     }
@@ -446,7 +448,8 @@ where
     futures_lite::pin!(keeping);
     let paths = service_paths(&spec.service_name);
     let idle = policy.conn_idle;
-    let tick = idle.min(Duration::from_secs(5));
+    // Never 0 (`connIdle: 0`), which would spin the shard while a stream is open.
+    let tick = idle.clamp(Duration::from_secs(1), Duration::from_secs(5));
     /// What woke the connection's task.
     enum Event<T> {
         Accepted(Option<Result<T, h2::Error>>),

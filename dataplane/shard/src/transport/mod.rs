@@ -7,4 +7,5 @@ pub(crate) mod http_header;
 pub(crate) mod reality;
 pub mod tls;
 pub(crate) mod tls_tcp;
+pub(crate) mod vision;
 pub(crate) mod ws;

@@ -80,7 +80,7 @@ impl RealityRt {
                 // meet the target, as any stranger does.
                 let mut fingerprint = [0u8; 16];
                 fingerprint.copy_from_slice(&hello.session_id[..16]);
-                if !crate::replay::SharedReplay::reality().insert(&fingerprint, now_ms / 1000) {
+                if !crate::replay::SharedReplay::reality().insert_arrival(&fingerprint, now_ms / 1000) {
                     return Verdict::Relay("replayed ClientHello".into());
                 }
                 match self.server_config(&auth) {
@@ -111,6 +111,7 @@ impl RealityRt {
 /// `Err` says why there is none (not TLS, closed, too long); the caller relays either way.
 pub(crate) async fn peek_hello(stream: &TcpStream, out: &mut Vec<u8>) -> Result<(), String> {
     let mut buf = vec![0u8; PEEK_MAX];
+    let mut wait = Duration::from_millis(2);
     loop {
         let n = stream.peek(&mut buf).await.map_err(|e| format!("read failed: {e}"))?;
         if n == 0 {
@@ -119,8 +120,10 @@ pub(crate) async fn peek_hello(stream: &TcpStream, out: &mut Vec<u8>) -> Result<
         match reality::gather(&buf[..n], out) {
             Ok(()) => return Ok(()),
             Err(HelloError::UnexpectedEnd) if n < buf.len() => {
-                // Peeking again returns the same bytes at once: wait for the rest.
-                glommio::timer::sleep(Duration::from_millis(2)).await;
+                // Peeking again returns the same bytes at once: wait for the rest, longer each
+                // time, so that a client trickling its hello costs few wake-ups.
+                glommio::timer::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(100));
             }
             Err(e) => return Err(e.to_string()),
         }

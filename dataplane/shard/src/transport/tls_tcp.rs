@@ -9,6 +9,9 @@
 //! - Reads: rustls asks for 4 KiB at a time. A small read is served from a read-ahead buffer
 //!   filled by one large recv(2); the buffer comes from the shard's pool and goes back as soon
 //!   as it is drained, so an idle session holds none.
+//! - Vision (`tracking`): the record boundaries of what rustls was handed are followed, and
+//!   once `bound` is set no byte past the current record's end is handed to rustls, so that
+//!   when the peer drops TLS the raw bytes after its last record are still here (`raw`).
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
@@ -33,11 +36,102 @@ pub(crate) struct TlsTcp {
     ahead: Option<Box<[u8]>>,
     start: usize,
     end: usize,
+    /// Where the bytes handed out so far stand in the TLS record stream; `None` untracked.
+    records: Option<Records>,
+    /// Hand out no byte past the end of the current record.
+    bounded: bool,
+    /// Raw TCP now (Vision went direct): no more reading ahead, so that once what was read
+    /// ahead is drained the socket is all there is (the relay may splice it).
+    unbuffered: bool,
+}
+
+/// The position in a stream of TLS records: `have` bytes of the current header, then
+/// `body_left` bytes of its body still to come.
+#[derive(Debug, Clone, Copy, Default)]
+struct Records {
+    header: [u8; 5],
+    have: u8,
+    body_left: usize,
+}
+
+impl Records {
+    fn advance(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let h = usize::from(self.have);
+            let n = if h < 5 {
+                let n = (5 - h).min(data.len());
+                self.header[h..h + n].copy_from_slice(&data[..n]);
+                self.have += n as u8;
+                if self.have == 5 {
+                    self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                }
+                n
+            } else {
+                let n = self.body_left.min(data.len());
+                self.body_left -= n;
+                n
+            };
+            if self.have == 5 && self.body_left == 0 {
+                self.have = 0;
+            }
+            data = &data[n..];
+        }
+    }
+
+    /// The most bytes of `next` (what comes next) that stay within the current record.
+    fn room(&self, next: &[u8]) -> usize {
+        match self.have {
+            0 if next.len() >= 5 => 5 + usize::from(u16::from_be_bytes([next[3], next[4]])),
+            h if h < 5 => usize::from(5 - h),
+            _ => self.body_left,
+        }
+    }
 }
 
 impl TlsTcp {
     pub(crate) fn new(stream: Box<TcpStream>) -> Self {
-        TlsTcp { stream, ahead: None, start: 0, end: 0 }
+        TlsTcp { stream, ahead: None, start: 0, end: 0, records: None, bounded: false, unbuffered: false }
+    }
+
+    /// A stream that follows TLS record boundaries (an inbound whose users may take Vision).
+    pub(crate) fn tracking(stream: Box<TcpStream>) -> Self {
+        TlsTcp {
+            stream,
+            ahead: None,
+            start: 0,
+            end: 0,
+            records: Some(Records::default()),
+            bounded: false,
+            unbuffered: false,
+        }
+    }
+
+    /// From now on rustls gets at most one record per read (Vision may go direct).
+    pub(crate) fn bound(&mut self) {
+        self.bounded = self.records.is_some();
+    }
+
+    /// Whether what rustls was handed ends at a record boundary (it holds no partial record).
+    pub(crate) fn at_record_boundary(&self) -> bool {
+        self.records.is_some_and(|r| r.have == 0)
+    }
+
+    /// Stops following records: the peer dropped TLS, later reads are raw TCP (bytes read
+    /// ahead come first).
+    pub(crate) fn raw(&mut self) {
+        self.records = None;
+        self.bounded = false;
+        self.unbuffered = true;
+    }
+
+    /// Whether bytes read ahead are waiting (the socket is not all there is).
+    pub(crate) fn has_ahead(&self) -> bool {
+        self.ahead.is_some()
+    }
+
+    /// The socket.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
     }
 }
 
@@ -46,7 +140,13 @@ impl AsyncRead for TlsTcp {
         let this = &mut *self;
         let ahead = match this.ahead.as_mut() {
             Some(ahead) => ahead,
-            None if buf.len() >= READ_AHEAD => return Pin::new(&mut *this.stream).poll_read(cx, buf),
+            None if (buf.len() >= READ_AHEAD || this.unbuffered) && !this.bounded => {
+                let read = Pin::new(&mut *this.stream).poll_read(cx, buf);
+                if let (Poll::Ready(Ok(n)), Some(records)) = (&read, this.records.as_mut()) {
+                    records.advance(&buf[..*n]);
+                }
+                return read;
+            }
             None => {
                 let ahead = this.ahead.insert(take_buffer(READ_AHEAD));
                 match Pin::new(&mut *this.stream).poll_read(cx, ahead) {
@@ -63,7 +163,13 @@ impl AsyncRead for TlsTcp {
                 }
             }
         };
-        let n = buf.len().min(this.end - this.start);
+        let mut n = buf.len().min(this.end - this.start);
+        if let Some(records) = this.records.as_mut() {
+            if this.bounded {
+                n = n.min(records.room(&ahead[this.start..this.end]));
+            }
+            records.advance(&ahead[this.start..this.start + n]);
+        }
         buf[..n].copy_from_slice(&ahead[this.start..this.start + n]);
         this.start += n;
         if this.start == this.end {
@@ -150,6 +256,35 @@ mod tests {
 
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add((i >> 12) as u8)).collect()
+    }
+
+    /// Records of assorted lengths handed out in assorted splits: `room` never reaches past a
+    /// record's end, and the boundary is seen exactly at each record's end.
+    #[test]
+    fn records_follow_boundaries_under_any_split() {
+        let lens = [0usize, 1, 5, 300, 16384, 7, 2];
+        let mut stream = Vec::new();
+        let mut ends = Vec::new();
+        for (i, &len) in lens.iter().enumerate() {
+            stream.extend_from_slice(&[0x17, 0x03, 0x03]);
+            stream.extend_from_slice(&(len as u16).to_be_bytes());
+            stream.resize(stream.len() + len, i as u8);
+            ends.push(stream.len());
+        }
+        for split in [1usize, 2, 3, 4, 5, 6, 100, 70000] {
+            let mut r = Records::default();
+            let mut at = 0;
+            while at < stream.len() {
+                let next = &stream[at..(at + split).min(stream.len())];
+                let n = next.len().min(r.room(next));
+                assert!(n > 0);
+                let end = ends.iter().copied().find(|&e| e > at).unwrap();
+                assert!(at + n <= end, "split {split}: handed past a record's end");
+                r.advance(&next[..n]);
+                at += n;
+                assert_eq!(r.have == 0, ends.contains(&at), "split {split}: boundary at {at}");
+            }
+        }
     }
 
     /// 4 MiB written as 16 KiB slices, several per sendmsg, through small socket buffers and a
