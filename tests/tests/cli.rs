@@ -57,7 +57,10 @@ fn broken_configs_fail_with_the_path_of_the_bad_field() {
                 |c| c["inbounds"][0]["streamSettings"] = json!({"security": "tls", "tlsSettings": {"certificates": [{"certificateFile": "/nonexistent/cert.pem", "keyFile": "/nonexistent/key.pem"}]}}),
             ),
         ),
-        ("inbounds[0].sniffing", Box::new(|c| c["inbounds"][0]["sniffing"] = json!({"enabled": true}))),
+        (
+            "inbounds[0].sniffing.destOverride[1]",
+            Box::new(|c| c["inbounds"][0]["sniffing"] = json!({"enabled": true, "destOverride": ["tls", "ftp"]})),
+        ),
         ("policy.levels", Box::new(|c| c["policy"]["levels"] = json!({"zero": {}}))),
     ];
     for (i, (path, mutate)) in cases.iter().enumerate() {

@@ -172,6 +172,7 @@ impl pb::routing_service_server::RoutingService for RoutingApi {
             source,
             source_port: u16::try_from(ctx.source_port)
                 .map_err(|_| Status::invalid_argument("SourcePort out of range"))?,
+            protocol: (!ctx.protocol.is_empty()).then_some(ctx.protocol.as_str()),
         };
         let compiled = self.compiled()?;
         let decision = compiled.router.route(&input);

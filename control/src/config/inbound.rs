@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, GrpcSpec, HttpHeaderSpec, HttpInboundSpec,
-    HttpTransportSpec, InboundProtocol, InboundSpec, NetworkSet, ProxyAccount, ShadowsocksInboundSpec, SocketOptions,
-    SocksInboundSpec, TlsServerSpec, TlsVersion, TransportSpec, TrojanInboundSpec, UserSpec, VlessFlow,
+    HttpTransportSpec, InboundProtocol, InboundSpec, NetworkSet, ProxyAccount, ShadowsocksInboundSpec, SniffingSpec,
+    SocketOptions, SocksInboundSpec, TlsServerSpec, TlsVersion, TransportSpec, TrojanInboundSpec, UserSpec, VlessFlow,
     VlessInboundSpec, VmessInboundSpec, VmessSecurity,
 };
 use shardray_wire::addr::{Address, Destination};
@@ -128,7 +128,12 @@ fn api_inbound(ib: RawInbound, path: &str, tag: &str, who: &str) -> Result<(Stri
             format!("the PROXY protocol on the {who} inbound"),
         ));
     }
-    check_sniffing(ib.sniffing, path)?;
+    if ib.sniffing.is_some_and(|s| s.enabled == Some(true)) {
+        return Err(ConfigError::unsupported(
+            format!("{path}.sniffing.enabled"),
+            format!("sniffing on the {who} inbound"),
+        ));
+    }
     check_allocate(ib.allocate, path)?;
     let listen_path = format!("{path}.listen");
     let ip = listen_ip(ib.listen.as_deref(), &listen_path)?;
@@ -149,7 +154,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
     let listen = SocketAddr::new(ip, port);
     let InboundStream { tls, reality, sockopt, http_header, transport } =
         stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
-    check_sniffing(ib.sniffing, path)?;
+    let sniffing = sniffing(ib.sniffing, path)?;
     check_allocate(ib.allocate, path)?;
 
     let settings_path = format!("{path}.settings");
@@ -167,7 +172,18 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
         }
         p => return Err(ConfigError::invalid(format!("{path}.protocol"), format!("unknown protocol {p:?}"))),
     };
-    let spec = InboundSpec { tag, listen, tls, reality, protocol, config_index: None, sockopt, http_header, transport };
+    let spec = InboundSpec {
+        tag,
+        listen,
+        tls,
+        reality,
+        protocol,
+        config_index: None,
+        sockopt,
+        http_header,
+        transport,
+        sniffing,
+    };
     if let InboundProtocol::Vless(v) = &spec.protocol {
         if let (Some(j), Some(why)) = (v.clients.iter().position(|c| c.account.vision()), spec.vision_refused()) {
             let path = format!("{settings_path}.clients[{j}].flow");
@@ -226,13 +242,43 @@ fn inbound_port(port: Option<&Value>, path: &str) -> Result<u16, ConfigError> {
     parse_port(value, path)
 }
 
-fn check_sniffing(sniffing: Option<RawSniffing>, path: &str) -> Result<(), ConfigError> {
-    match sniffing {
-        Some(s) if s.enabled == Some(true) => {
-            Err(ConfigError::unsupported(format!("{path}.sniffing.enabled"), "sniffing"))
+/// `sniffing`, as Xray reads it; `None` unless enabled.
+fn sniffing(sniffing: Option<RawSniffing>, path: &str) -> Result<Option<Box<SniffingSpec>>, ConfigError> {
+    let Some(raw) = sniffing.filter(|s| s.enabled == Some(true)) else { return Ok(None) };
+    let mut dest_override = Vec::new();
+    for (i, p) in raw.dest_override.map(|l| l.0).unwrap_or_default().into_iter().enumerate() {
+        let name = match p.to_ascii_lowercase().as_str() {
+            "http" => "http",
+            "tls" | "https" | "ssl" => "tls",
+            "quic" => "quic",
+            // Xray's fakedns sniffer exists only with a fakedns pool, which is not served (a
+            // top-level `fakedns` is refused): as in Xray without one, it adds nothing.
+            "fakedns" | "fakedns+others" => continue,
+            _ => {
+                return Err(ConfigError::invalid(
+                    format!("{path}.sniffing.destOverride[{i}]"),
+                    format!("unknown protocol {p:?} (expected http, tls, quic or fakedns)"),
+                ))
+            }
+        };
+        if !dest_override.iter().any(|d| d == name) {
+            dest_override.push(name.to_owned());
         }
-        _ => Ok(()),
     }
+    let mut domains_excluded = Vec::new();
+    for (i, entry) in raw.domains_excluded.map(|l| l.0).unwrap_or_default().into_iter().enumerate() {
+        super::routing::domain_matchers(
+            &entry,
+            &format!("{path}.sniffing.domainsExcluded[{i}]"),
+            &mut domains_excluded,
+        )?;
+    }
+    Ok(Some(Box::new(SniffingSpec {
+        dest_override,
+        metadata_only: raw.metadata_only.unwrap_or(false),
+        route_only: raw.route_only.unwrap_or(false),
+        domains_excluded,
+    })))
 }
 
 fn check_allocate(allocate: Option<RawAllocate>, path: &str) -> Result<(), ConfigError> {

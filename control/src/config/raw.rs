@@ -356,14 +356,10 @@ pub(super) struct RawHttpResponse {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawSniffing {
     pub enabled: Option<bool>,
-    #[serde(rename = "destOverride")]
-    pub _dest_override: Option<Value>,
-    #[serde(rename = "metadataOnly")]
-    pub _metadata_only: Option<bool>,
-    #[serde(rename = "domainsExcluded")]
-    pub _domains_excluded: Option<Value>,
-    #[serde(rename = "routeOnly")]
-    pub _route_only: Option<bool>,
+    pub dest_override: Option<StringList>,
+    pub metadata_only: Option<bool>,
+    pub domains_excluded: Option<StringList>,
+    pub route_only: Option<bool>,
 }
 
 /// `allocate`

@@ -142,9 +142,13 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
             ))
         }
     }
-    if raw.protocol.as_ref().is_some_and(|v| !is_empty_value(v)) {
-        return Err(ConfigError::unsupported(format!("{path}.protocol"), "matching by protocol"));
-    }
+    // Sniffed protocols: a name or a list of names, as upstream takes any string.
+    let protocols = match raw.protocol.filter(|v| !is_empty_value(v)) {
+        None => Vec::new(),
+        Some(v) => non_empty(Some(serde_json::from_value::<StringList>(v).map_err(|_| {
+            ConfigError::invalid(format!("{path}.protocol"), "expected a string or a list of strings")
+        })?)),
+    };
     if raw.attrs.as_ref().is_some_and(|v| !is_empty_value(v)) {
         return Err(ConfigError::unsupported(format!("{path}.attrs"), "matching by attrs"));
     }
@@ -176,6 +180,7 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
         network: network_set(raw.network, &format!("{path}.network"))?,
         source_ips: ip_list(raw.source, &format!("{path}.source"))?,
         source_ports: port_list(raw.source_port.as_ref(), &format!("{path}.sourcePort"))?,
+        protocols,
         outbound_tag,
         balancer_tag,
     };
@@ -183,7 +188,7 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
         return Err(ConfigError::invalid(
             path,
             "a rule needs at least one condition (inboundTag, user, domain, ip, port, network, \
-             source or sourcePort)",
+             source, sourcePort or protocol)",
         ));
     }
     Ok(spec)
@@ -197,7 +202,7 @@ fn non_empty(list: Option<StringList>) -> Vec<String> {
 
 /// One `domain` entry into `out`: `full:`, `domain:`, `keyword:`, `regexp:`, a bare keyword,
 /// or `geosite:CODE[@ATTR...]` / `ext:FILE:CODE[@ATTR...]` with all the domains it lists.
-fn domain_matchers(entry: &str, path: &str, out: &mut Vec<DomainMatcher>) -> Result<(), ConfigError> {
+pub(super) fn domain_matchers(entry: &str, path: &str, out: &mut Vec<DomainMatcher>) -> Result<(), ConfigError> {
     let (prefix, value) = match entry.split_once(':') {
         Some((p, v)) if is_domain_prefix(p) => (p, v),
         _ => ("", entry),

@@ -812,14 +812,39 @@ fn certificate_file_without_pem() {
 
 #[test]
 fn sniffing_enabled() {
-    let err = broken(|v| set(v, "/inbounds/0", "sniffing", json!({ "enabled": true, "destOverride": ["tls"] })));
-    assert_eq!(err.to_string(), "inbounds[0].sniffing.enabled: sniffing is not supported yet");
-    let cfg = load(&{
+    let sniffing = |s: Value| {
         let mut v = base();
-        set(&mut v, "/inbounds/0", "sniffing", json!({ "enabled": false }));
-        v
-    });
-    assert!(cfg.is_ok());
+        set(&mut v, "/inbounds/0", "sniffing", s);
+        load(&v).map(|c| c.inbounds[0].sniffing.clone())
+    };
+    let spec = sniffing(json!({ "enabled": true, "destOverride": ["http", "TLS", "ssl", "quic", "fakedns"],
+        "routeOnly": true, "domainsExcluded": ["courier.push.apple.com", "domain:example.org"] }))
+    .unwrap()
+    .unwrap();
+    // fakedns adds nothing without a fakedns pool, as in Xray; tls's aliases fold into it.
+    assert_eq!(spec.dest_override, ["http", "tls", "quic"]);
+    assert!(spec.route_only && !spec.metadata_only);
+    assert_eq!(
+        spec.domains_excluded,
+        [DomainMatcher::Keyword("courier.push.apple.com".into()), DomainMatcher::Domain("example.org".into())]
+    );
+    assert_eq!(sniffing(json!({ "enabled": false, "destOverride": ["tls"] })).unwrap(), None);
+    let err = broken(|v| set(v, "/inbounds/0", "sniffing", json!({ "enabled": true, "destOverride": ["ftp"] })));
+    assert_eq!(err.path, "inbounds[0].sniffing.destOverride[0]");
+    let err =
+        broken(|v| set(v, "/inbounds/0", "sniffing", json!({ "enabled": true, "domainsExcluded": ["regexp:(("] })));
+    assert_eq!(err.path, "inbounds[0].sniffing.domainsExcluded[0]");
+}
+
+#[test]
+fn protocol_rules() {
+    let mut v = base();
+    v["routing"] = json!({ "rules": [
+        { "protocol": ["bittorrent"], "outboundTag": "direct" },
+        { "protocol": "tls", "outboundTag": "direct" }] });
+    let cfg = load(&v).unwrap();
+    assert_eq!(cfg.routing.rules[0].protocols, ["bittorrent"]);
+    assert_eq!(cfg.routing.rules[1].protocols, ["tls"]);
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 
 use serde_json::{json, Map, Value};
 use shardray_core::spec::{
-    Account, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, SocketOptions, TlsVersion, TransportSpec,
-    UserSpec,
+    Account, DomainMatcher, FallbackDest, FallbackSpec, InboundProtocol, InboundSpec, SniffingSpec, SocketOptions,
+    TlsVersion, TransportSpec, UserSpec,
 };
 use shardray_proto::xray::app::proxyman::{ReceiverConfig, SniffingConfig};
 use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortList, PortRange};
@@ -97,8 +97,8 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
     if let Some(stream) = &receiver.stream_settings {
         out.insert("streamSettings".into(), stream_json(stream)?);
     }
-    if receiver.sniffing_settings.as_ref().is_some_and(|s| s.enabled) {
-        out.insert("sniffing".into(), json!({ "enabled": true }));
+    if let Some(sniffing) = receiver.sniffing_settings.as_ref().filter(|s| s.enabled) {
+        out.insert("sniffing".into(), sniffing_json(sniffing)?);
     }
 
     let proxy = config.proxy_settings.as_ref().ok_or_else(|| invalid("proxy_settings: missing"))?;
@@ -253,6 +253,76 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
 }
 
 /// A network list as config writes it (`"tcp,udp"`); none is TCP.
+/// `sniffing` from the API's `SniffingConfig`: domains in the config's `full:`/`domain:`/
+/// `keyword:`/`regexp:`/`geosite:` forms, checked when the inbound loads.
+fn sniffing_json(s: &SniffingConfig) -> Result<Value, InvalidInbound> {
+    use shardray_proto::xray::common::geodata::{domain::Type, domain_rule::Value as Rule};
+    if !s.ips_excluded.is_empty() {
+        return Err(invalid("receiver_settings.sniffing_settings.ips_excluded: not supported yet"));
+    }
+    let mut excluded = Vec::new();
+    for (i, d) in s.domains_excluded.iter().enumerate() {
+        let at = format!("receiver_settings.sniffing_settings.domains_excluded[{i}]");
+        excluded.push(match &d.value {
+            Some(Rule::Custom(c)) => {
+                if !c.attribute.is_empty() {
+                    return Err(invalid(format!("{at}: domain attributes are not supported yet")));
+                }
+                let prefix = match Type::try_from(c.r#type) {
+                    Ok(Type::Substr) => "keyword",
+                    Ok(Type::Domain) => "domain",
+                    Ok(Type::Full) => "full",
+                    Ok(Type::Regex) => "regexp",
+                    Err(_) => return Err(invalid(format!("{at}: unknown domain type {}", c.r#type))),
+                };
+                format!("{prefix}:{}", c.value)
+            }
+            Some(Rule::Geosite(g)) => {
+                let attrs: String =
+                    g.attrs.split(['@', ',']).filter(|a| !a.is_empty()).map(|a| format!("@{a}")).collect();
+                if g.file.is_empty() || g.file == "geosite.dat" {
+                    format!("geosite:{}{attrs}", g.code)
+                } else {
+                    format!("ext:{}:{}{attrs}", g.file, g.code)
+                }
+            }
+            None => return Err(invalid(format!("{at}: empty"))),
+        });
+    }
+    Ok(json!({
+        "enabled": true,
+        "destOverride": s.destination_override,
+        "domainsExcluded": excluded,
+        "metadataOnly": s.metadata_only,
+        "routeOnly": s.route_only,
+    }))
+}
+
+/// The API's `SniffingConfig` for a spec's `sniffing`.
+fn sniffing_config(s: &SniffingSpec) -> SniffingConfig {
+    use shardray_proto::xray::common::geodata::{domain::Type, domain_rule::Value as Rule, Domain, DomainRule};
+    let rule = |kind: Type, value: &str| DomainRule {
+        value: Some(Rule::Custom(Domain { r#type: kind as i32, value: value.to_owned(), attribute: Vec::new() })),
+    };
+    SniffingConfig {
+        enabled: true,
+        destination_override: s.dest_override.clone(),
+        domains_excluded: s
+            .domains_excluded
+            .iter()
+            .map(|d| match d {
+                DomainMatcher::Keyword(v) => rule(Type::Substr, v),
+                DomainMatcher::Full(v) => rule(Type::Full, v),
+                DomainMatcher::Domain(v) => rule(Type::Domain, v),
+                DomainMatcher::Regex(v) => rule(Type::Regex, v),
+            })
+            .collect(),
+        metadata_only: s.metadata_only,
+        route_only: s.route_only,
+        ..Default::default()
+    }
+}
+
 fn networks_text(list: &[i32]) -> String {
     let names: Vec<&str> = list
         .iter()
@@ -909,18 +979,23 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
     };
     InboundHandlerConfig {
         tag: spec.tag.clone(),
-        receiver_settings: Some(receiver_config(spec.listen, stream)),
+        receiver_settings: Some(receiver_with(spec.listen, stream, spec.sniffing.as_deref().map(sniffing_config))),
         proxy_settings: Some(proxy),
     }
 }
 
 /// The API form of where an inbound listens: its one port, its IP, and its stream settings.
 pub fn receiver_config(listen: SocketAddr, stream: Option<StreamConfig>) -> TypedMessage {
+    receiver_with(listen, stream, None)
+}
+
+fn receiver_with(listen: SocketAddr, stream: Option<StreamConfig>, sniffing: Option<SniffingConfig>) -> TypedMessage {
     let port = u32::from(listen.port());
     let receiver = ReceiverConfig {
         port_list: Some(PortList { range: vec![PortRange { from: port, to: port }] }),
         listen: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(ip_bytes(listen.ip()))) }),
         stream_settings: stream,
+        sniffing_settings: sniffing,
         ..Default::default()
     };
     typed(RECEIVER, &receiver)
@@ -942,6 +1017,25 @@ mod tests {
     fn through_api(spec: &InboundSpec) -> Result<InboundSpec, String> {
         let json = inbound_json(&inbound_config(spec)).map_err(|e| e.to_string())?;
         load_inbound(json, "inbound").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sniffing_survives_the_api_form() {
+        let spec = load(json!({
+            "tag": "s", "listen": "127.0.0.1", "port": 4433, "protocol": "vless",
+            "settings": { "decryption": "none", "clients": [] },
+            "sniffing": { "enabled": true, "destOverride": ["http", "tls"], "routeOnly": true,
+                "domainsExcluded": ["apple", "full:a.b", "domain:c.d", "regexp:^e$"] }
+        }));
+        assert!(spec.sniffing.as_ref().is_some_and(|s| s.route_only && s.domains_excluded.len() == 4));
+        assert_eq!(through_api(&spec).unwrap(), spec);
+        // An IP exclusion list is not served: refused by name.
+        let mut config = inbound_config(&spec);
+        let receiver = config.receiver_settings.as_mut().unwrap();
+        let mut decoded = ReceiverConfig::decode(receiver.value.as_slice()).unwrap();
+        decoded.sniffing_settings.as_mut().unwrap().ips_excluded.push(Default::default());
+        receiver.value = decoded.encode_to_vec();
+        assert!(inbound_json(&config).unwrap_err().to_string().contains("sniffing_settings.ips_excluded"));
     }
 
     #[test]

@@ -758,9 +758,6 @@ pub fn routing_specs(config: &TypedMessage) -> Result<(Vec<RuleSpec>, Vec<Balanc
 fn rule_spec(r: &router::RoutingRule, path: &str) -> Result<RuleSpec, InvalidRoute> {
     use router::routing_rule::TargetTag;
     let unsupported = |field: &str| invalid(format!("{path}.{field}: matching by {field} is not supported yet"));
-    if !r.protocol.is_empty() {
-        return Err(unsupported("protocol"));
-    }
     if !r.attributes.is_empty() {
         return Err(unsupported("attributes"));
     }
@@ -826,6 +823,7 @@ fn rule_spec(r: &router::RoutingRule, path: &str) -> Result<RuleSpec, InvalidRou
         network,
         source_ips: ip_rules(&r.source_ip, &format!("{path}.source_ip"))?,
         source_ports: ports(r.source_port_list.as_ref(), &format!("{path}.source_port_list"))?,
+        protocols: r.protocol.iter().filter(|p| !p.is_empty()).cloned().collect(),
         outbound_tag,
         balancer_tag,
     };
@@ -1017,6 +1015,7 @@ fn routing_rule(r: &RuleSpec) -> router::RoutingRule {
         networks,
         source_ip: ips(&r.source_ips),
         source_port_list: ports(&r.source_ports),
+        protocol: r.protocols.clone(),
         user_email: r.users.clone(),
         inbound_tag: r.inbound_tags.clone(),
         ..Default::default()
@@ -1117,6 +1116,7 @@ mod tests {
                 network: Some(NetworkSet { tcp: true, udp: false }),
                 source_ips: vec!["192.0.2.1/32".parse().unwrap()],
                 source_ports: vec![PortRange { from: 1, to: 1 }],
+                protocols: vec!["bittorrent".into(), "tls".into()],
                 outbound_tag: "direct".into(),
                 balancer_tag: String::new(),
             },
@@ -1151,8 +1151,12 @@ mod tests {
         };
         let err = rule(router::RoutingRule { target_tag: target.clone(), domain: vec![geosite], ..Default::default() });
         assert!(err.starts_with("rule[0].domain[0]: geosite.dat "), "{err}");
-        assert!(rule(router::RoutingRule { target_tag: target, protocol: vec!["http".into()], ..Default::default() })
-            .starts_with("rule[0].protocol"));
+        let ok = rule_spec(
+            &router::RoutingRule { target_tag: target, protocol: vec!["bittorrent".into()], ..Default::default() },
+            "rule[0]",
+        )
+        .unwrap();
+        assert_eq!(ok.protocols, ["bittorrent"]);
         let wrong = routing_specs(&typed("xray.app.proxyman.SenderConfig", &SenderConfig::default())).unwrap_err();
         assert!(wrong.0.starts_with("config: expected app.router.Config"));
         let lp = router::BalancingRule {

@@ -41,6 +41,8 @@ pub struct RouteInput<'a> {
     pub source: IpAddr,
     /// The client's port.
     pub source_port: u16,
+    /// The protocol sniffing found (`tls`, `http1`, `bittorrent`), if the inbound sniffs.
+    pub protocol: Option<&'a str>,
 }
 
 /// Where a decision sends a connection.
@@ -170,6 +172,7 @@ struct Rule {
     network: Option<NetworkSet>,
     source_ips: Option<IpSet>,
     source_ports: Vec<PortRange>,
+    protocols: Vec<String>,
 }
 
 /// A rule's `domain` condition, indexed: exact names and parent domains are hash lookups, so a
@@ -300,6 +303,7 @@ impl Router {
                 network: spec.network,
                 source_ips: (!spec.source_ips.is_empty()).then(|| IpSet::new(&spec.source_ips)),
                 source_ports: spec.source_ports.clone(),
+                protocols: spec.protocols.clone(),
             });
         }
         let has_ip_rules = compiled.iter().any(|r| r.ips.is_some());
@@ -405,6 +409,13 @@ impl Rule {
         if self.source_ips.as_ref().is_some_and(|set| !set.contains(input.source)) {
             return None;
         }
+        if !self.protocols.is_empty() {
+            // As upstream: `http` matches the sniffed `http1`.
+            let sniffed = input.protocol?;
+            if !self.protocols.iter().any(|p| sniffed.starts_with(p.as_str())) {
+                return None;
+            }
+        }
         let mut explicit = false;
         if let Some(domains) = &self.domains {
             if !domains.matches(input.dest.domain()?) {
@@ -428,6 +439,22 @@ fn lowercase(name: &str) -> Cow<'_, str> {
         Cow::Owned(name.to_ascii_lowercase())
     } else {
         Cow::Borrowed(name)
+    }
+}
+
+/// A compiled list of domain matchers outside routing (sniffing's `domainsExcluded`).
+#[derive(Debug, Default)]
+pub struct DomainList(DomainSet);
+
+impl DomainList {
+    /// Compiles `matchers` (regular expressions were checked at load).
+    pub fn new(matchers: &[DomainMatcher]) -> Result<DomainList, String> {
+        DomainSet::new(matchers).map(DomainList)
+    }
+
+    /// Whether `name` matches any entry.
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.matches(name)
     }
 }
 
@@ -557,6 +584,7 @@ mod tests {
             tcp: true,
             source: "198.51.100.7".parse().unwrap(),
             source_port: 40000,
+            protocol: None,
         }
     }
 
@@ -639,6 +667,35 @@ mod tests {
             r.route(&input(&dest, 8080)),
             Decision { target: Target::Outbound(0), rule: None, explicit_dest: false }
         );
+    }
+
+    #[test]
+    fn protocol_rules_match_sniffed_prefixes() {
+        let r = router(vec![
+            RuleSpec { protocols: vec!["bittorrent".into()], outbound_tag: "blocked".into(), ..Default::default() },
+            RuleSpec {
+                protocols: vec!["http".into(), "tls".into()],
+                outbound_tag: "other".into(),
+                ..Default::default()
+            },
+        ]);
+        let dest = Address::Ip("192.0.2.9".parse().unwrap());
+        let with = |protocol| RouteInput { protocol, ..input(&dest, 6881) };
+        assert_eq!(r.route(&with(Some("bittorrent"))).target, Target::Outbound(1));
+        // `http` is a prefix of the sniffed `http1`, as upstream matches it.
+        assert_eq!(r.route(&with(Some("http1"))).target, Target::Outbound(2));
+        assert_eq!(r.route(&with(Some("tls"))).target, Target::Outbound(2));
+        assert_eq!(r.route(&with(Some("quic"))).target, Target::Outbound(0));
+        // Nothing sniffed: no protocol rule matches.
+        assert_eq!(r.route(&with(None)).rule, None);
+        assert!(!r.route(&with(Some("tls"))).explicit_dest);
+    }
+
+    #[test]
+    fn domain_list() {
+        let list =
+            DomainList::new(&[DomainMatcher::Keyword("apple".into()), DomainMatcher::Full("a.b".into())]).unwrap();
+        assert!(list.matches("courier.push.Apple.com") && list.matches("a.b") && !list.matches("x.a.b"));
     }
 
     #[test]

@@ -301,6 +301,23 @@ pub struct InboundSpec {
     pub http_header: Option<HttpHeaderSpec>,
     /// `network`: raw TCP, WebSocket or HTTPUpgrade under the protocol.
     pub transport: TransportSpec,
+    /// `sniffing`, when enabled (boxed: most inbounds have none).
+    pub sniffing: Option<Box<SniffingSpec>>,
+}
+
+/// `sniffing` on an inbound: what the session's first payload may change.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SniffingSpec {
+    /// `destOverride`: the protocols (`http`, `tls`, `quic`) whose sniffed domain replaces
+    /// the destination (`fakedns` needs a fakedns pool, which is not served, so it adds none).
+    pub dest_override: Vec<String>,
+    /// `metadataOnly`: the payload is not looked at.
+    pub metadata_only: bool,
+    /// `routeOnly`: the sniffed domain is for routing only; the connection goes to the
+    /// original address.
+    pub route_only: bool,
+    /// `domainsExcluded`: sniffed domains that keep the original destination.
+    pub domains_excluded: Vec<DomainMatcher>,
 }
 
 impl InboundSpec {
@@ -495,6 +512,7 @@ impl InboundSpec {
             sockopt: self.sockopt.clone(),
             http_header: self.http_header.clone(),
             transport: self.transport.clone(),
+            sniffing: self.sniffing.clone(),
         }
     }
 }
@@ -1179,6 +1197,9 @@ pub struct RuleSpec {
     pub source_ips: Vec<IpNet>,
     /// `sourcePort`
     pub source_ports: Vec<PortRange>,
+    /// `protocol`: sniffed protocols (`http`, `tls`, `quic`, `bittorrent`), matched as
+    /// prefixes of the sniffed name as upstream does (`http` matches `http1`).
+    pub protocols: Vec<String>,
     /// `outboundTag`; empty when the rule names a balancer.
     pub outbound_tag: String,
     /// `balancerTag`; empty when the rule names an outbound.
@@ -1196,6 +1217,7 @@ impl RuleSpec {
             || self.network.is_some()
             || !self.source_ips.is_empty()
             || !self.source_ports.is_empty()
+            || !self.protocols.is_empty()
     }
 }
 

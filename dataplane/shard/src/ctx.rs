@@ -81,10 +81,21 @@ pub(crate) struct InboundRt {
     pub(crate) transport: TransportSpec,
     /// `sockopt.trustedXForwardedFor`: the headers that make `X-Forwarded-For` believed.
     pub(crate) trusted_forwarded: Vec<String>,
+    /// `sniffing`, when enabled.
+    pub(crate) sniffing: Option<Box<SniffRt>>,
     pub(crate) kind: InboundKind,
     /// VLESS over TLS directly on raw TCP: its users may take the Vision flow, so its TLS
     /// stream keeps track of record boundaries (see `TlsTcp::tracking`).
     pub(crate) vision: bool,
+}
+
+/// An inbound's `sniffing`, compiled.
+pub(crate) struct SniffRt {
+    /// `destOverride`: `http`, `tls`, `quic`.
+    pub(crate) dest_override: Vec<String>,
+    pub(crate) metadata_only: bool,
+    pub(crate) route_only: bool,
+    pub(crate) excluded: shardray_core::router::DomainList,
 }
 
 /// What an inbound does with a connection.
@@ -437,6 +448,16 @@ impl ShardCtx {
             accept_proxy_protocol: inbound.sockopt.accept_proxy_protocol,
             transport: inbound.transport.clone(),
             trusted_forwarded: inbound.sockopt.trusted_x_forwarded_for.clone(),
+            sniffing: match &inbound.sniffing {
+                Some(s) => Some(Box::new(SniffRt {
+                    dest_override: s.dest_override.clone(),
+                    metadata_only: s.metadata_only,
+                    route_only: s.route_only,
+                    excluded: shardray_core::router::DomainList::new(&s.domains_excluded)
+                        .map_err(|e| format!("inbound {:?}: sniffing.domainsExcluded: {e}", inbound.tag))?,
+                })),
+                None => None,
+            },
             kind,
             vision: inbound.vision_refused().is_none(),
         })

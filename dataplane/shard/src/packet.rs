@@ -625,17 +625,30 @@ where
     };
     let email = session.user.as_ref().and_then(|u| u.email.as_deref()).filter(|e| !e.is_empty());
     let routes = ctx.routes();
+    // Sniffing: a QUIC Initial in the first datagram names the protocol and, with `quic` in
+    // `destOverride`, the name the session is routed by. Packets still go where they say.
+    let (sniffed, sniffed_name) = match s.inbound.sniffing.as_deref() {
+        Some(sniffing) if !sniffing.metadata_only => crate::outbound::sniff_datagram(sniffing, &buf[..first_len]),
+        _ => (None, None),
+    };
     let mut route_input = RouteInput {
         inbound_tag: tag,
         user: email,
-        dest: &dest.addr,
+        dest: sniffed_name.as_ref().unwrap_or(&dest.addr),
         resolved: None,
         port: dest.port,
         tcp: false,
         source: peer.ip(),
         source_port: peer.port(),
+        protocol: sniffed,
     };
-    let decision = route(ctx, &routes, &mut route_input).await;
+    let mut decision = route(ctx, &routes, &mut route_input).await;
+    if sniffed_name.is_some() {
+        // As `routeOnly` on TCP: a rule on the sniffed name does not open loopback or private
+        // addresses; only rules naming the packets' own address do.
+        let original = routes.router.route(&RouteInput { dest: &dest.addr, resolved: None, ..route_input });
+        decision.explicit_dest = original.explicit_dest && original.target == decision.target;
+    }
     let outbound = match routes.resolve(&decision) {
         Resolved::Outbound(i) => routes.outbounds[i].clone(),
         Resolved::Missing(out) => {

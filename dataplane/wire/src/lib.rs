@@ -10,6 +10,7 @@ pub mod http_header;
 pub mod proxy_protocol;
 pub mod reality;
 pub mod shadowsocks;
+pub mod sniff;
 pub mod socks;
 pub mod trojan;
 pub mod vision;

@@ -6,6 +6,9 @@
 pub(crate) mod proxy;
 mod resolve;
 pub(crate) mod shadowsocks;
+mod sniff;
+
+pub(crate) use sniff::sniff_datagram;
 pub(crate) mod trojan;
 pub(crate) mod vless;
 pub(crate) mod vmess;
@@ -89,10 +92,38 @@ pub(crate) async fn forward_vision<C>(
 }
 
 /// Routes `session`, dials its outbound, and carries the session over it as `how` says.
-pub(crate) async fn carry<C>(ctx: &Rc<ShardCtx>, client: &mut C, session: Session<'_>, how: Carry<'_>)
+pub(crate) async fn carry<C>(ctx: &Rc<ShardCtx>, client: &mut C, mut session: Session<'_>, how: Carry<'_>)
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    // Sniffing: the first payload (waited for a short time if the header brought none) may
+    // name the protocol and a domain. Bytes read here lead the relay's uplink.
+    let mut first = Vec::new();
+    let mut sniffed = None;
+    let mut route_dest = None;
+    let how = match how {
+        Carry::Relay { early, down_prefix, vision } => match session.inbound.sniffing.as_deref() {
+            Some(s) if !s.metadata_only => {
+                sniffed = sniff::first_payload(client, early, &mut first).await;
+                if let Some(found) = &sniffed {
+                    if let Some(addr) = sniff::override_for(s, found) {
+                        ctx.log.error(
+                            LogLevel::Info,
+                            format_args!("[{}] {} sniffed domain: {addr}", session.inbound.tag, session.peer),
+                        );
+                        if s.route_only {
+                            route_dest = Some(addr);
+                        } else {
+                            session.dest.addr = addr;
+                        }
+                    }
+                }
+                Carry::Relay { early: if first.is_empty() { early } else { &first }, down_prefix, vision }
+            }
+            _ => Carry::Relay { early, down_prefix, vision },
+        },
+        other => other,
+    };
     let down_prefix = match &how {
         Carry::Relay { down_prefix, .. } => *down_prefix,
         Carry::Exchange(_) => &[],
@@ -107,16 +138,28 @@ where
     let mut input = RouteInput {
         inbound_tag: &session.inbound.tag,
         user: email,
-        dest: &session.dest.addr,
+        dest: route_dest.as_ref().unwrap_or(&session.dest.addr),
         resolved: None,
         port: session.dest.port,
         tcp: true,
         source: session.peer.ip(),
         source_port: session.peer.port(),
+        protocol: sniffed.as_ref().map(|s| s.protocol),
     };
     // One table for the whole session, whatever changes meanwhile.
     let routes = ctx.routes();
     let decision = route(ctx, &routes, &mut input).await;
+    // `routeOnly`: routed by a name the client sent, but the connection goes to the address
+    // it named. A rule on that name must not open a loopback or private address: that
+    // address may be reached only if the rules name it for the same outbound.
+    let original_explicit = match route_dest {
+        Some(_) => {
+            input.resolved = None;
+            let original = routes.router.route(&RouteInput { dest: &session.dest.addr, ..input });
+            original.explicit_dest && original.target == decision.target
+        }
+        None => decision.explicit_dest,
+    };
     let (tag, peer, dest) = (&session.inbound.tag, session.peer, &session.dest);
     let outbound = match routes.resolve(&decision) {
         Resolved::Outbound(i) => &routes.outbounds[i],
@@ -184,6 +227,11 @@ where
                 None => session.dest.clone(),
             };
             // Boxed: resolving and connecting need more state than the relay that follows.
+            // A redirect's address is the operator's: the rule's decision stands for it.
+            let decision = match &freedom.redirect {
+                Some(_) => decision,
+                None => Decision { explicit_dest: original_explicit, ..decision },
+            };
             let dialing = dial(ctx, &routes, &target, input.resolved, decision, freedom.domain_strategy, &session);
             let dialed = Box::pin(dialing).await;
             access(dialed.as_ref().err().and_then(DialError::refusal));
@@ -515,6 +563,9 @@ pub(crate) fn check_destination(
             tcp,
             source: session.peer.ip(),
             source_port: session.peer.port(),
+            // Sniffed protocols are not known here: a rule that needs one does not match, so
+            // the recheck can only refuse more.
+            protocol: None,
         });
         if recheck.explicit_dest && recheck.target == decision.target {
             return Ok(());

@@ -1,0 +1,95 @@
+//! Sniffing a TCP session's first payload (an inbound's `sniffing`), as Xray's dispatcher
+//! does: read for a short, bounded time, never losing or reordering a byte.
+
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt};
+use shardray_wire::addr::Address;
+use shardray_wire::sniff::{sniff_quic, sniff_tcp, Sniffed};
+
+use crate::ctx::SniffRt;
+
+/// How long a session with no payload yet is waited for, in total (Xray's 200 ms).
+const WAIT: Duration = Duration::from_millis(200);
+
+/// At most this much is read ahead for a sniffer that needs more (a ClientHello fits).
+const MAX_AHEAD: usize = 16 * 1024 + 5;
+
+/// What the first payload turned out to be.
+pub(super) struct Found {
+    /// `tls`, `http1` or `bittorrent`: what `protocol` rules match.
+    pub(super) protocol: &'static str,
+    pub(super) domain: Option<String>,
+}
+
+/// Sniffs `early`, reading more from `client` into `first` (which then holds `early` and the
+/// bytes read, in order) while a sniffer needs more, for `WAIT` at most.
+pub(super) async fn first_payload<C>(client: &mut C, early: &[u8], first: &mut Vec<u8>) -> Option<Found>
+where
+    C: AsyncRead + Unpin + ?Sized,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let data: &[u8] = if first.is_empty() { early } else { first };
+        if !data.is_empty() {
+            match sniff_tcp(data) {
+                Sniffed::Found { protocol, domain } => return Some(Found { protocol, domain }),
+                // Our sniffers only say so when no more bytes could change it.
+                Sniffed::NoClue => return None,
+                Sniffed::NeedMore if data.len() >= MAX_AHEAD => return None,
+                Sniffed::NeedMore => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if first.is_empty() {
+            first.extend_from_slice(early);
+        }
+        let start = first.len();
+        first.resize(MAX_AHEAD.max(start + 1), 0);
+        let read = futures_lite::future::or(async { Some(client.read(&mut first[start..]).await) }, async {
+            glommio::timer::sleep(left).await;
+            None
+        })
+        .await;
+        match read {
+            Some(Ok(n)) if n > 0 => first.truncate(start + n),
+            // End of stream, an error or the wait over: the relay sees the same next.
+            _ => {
+                first.truncate(start);
+                return None;
+            }
+        }
+    }
+}
+
+/// The destination a sniffed domain stands for, when `destOverride` names its protocol
+/// (`http` for `http1`, as upstream compares prefixes) and `domainsExcluded` does not list it.
+pub(super) fn override_for(sniffing: &SniffRt, found: &Found) -> Option<Address> {
+    let domain = found.domain.as_deref().filter(|d| !d.is_empty())?;
+    if !sniffing.dest_override.iter().any(|p| found.protocol.starts_with(p.as_str())) {
+        return None;
+    }
+    if sniffing.excluded.matches(domain) {
+        return None;
+    }
+    match domain.parse() {
+        Ok(ip) => Some(Address::Ip(ip)),
+        Err(_) if domain.len() <= 255 => Some(Address::Domain(domain.into())),
+        Err(_) => None,
+    }
+}
+
+/// A UDP session's first datagram: the sniffed protocol (`quic`) and, when `destOverride`
+/// names it and `domainsExcluded` does not, the name to route by.
+pub(crate) fn sniff_datagram(sniffing: &SniffRt, datagram: &[u8]) -> (Option<&'static str>, Option<Address>) {
+    match sniff_quic(datagram) {
+        Sniffed::Found { protocol, domain } => {
+            let found = Found { protocol, domain };
+            (Some(protocol), override_for(sniffing, &found))
+        }
+        _ => (None, None),
+    }
+}
