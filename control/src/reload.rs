@@ -251,8 +251,7 @@ async fn apply(
         let before = old.inbounds.iter().find(|i| i.tag == inbound.tag);
         // Gone from the registry, yet not removed through the API: a reload that failed
         // partway removed it, and the files (reverted, say) name it, so it is added again.
-        let lost = registry.inbound(&inbound.tag).is_err()
-            && !registry.removed_from_config().contains(&inbound.tag);
+        let lost = registry.inbound(&inbound.tag).is_err() && !registry.removed_from_config().contains(&inbound.tag);
         let unchanged = before.is_some_and(|b| comparable(b) == comparable(inbound)) && !lost;
         let old_users = before.map_or(&[][..], users_of);
         let users_changed = old_users != users_of(inbound);
