@@ -160,23 +160,32 @@ where
             req.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr())
         });
         let (caller, refusal) = self.identify(&req, &method, tls_info.as_ref());
-        // Calls are limited per caller: its name when known, else its address.
-        let key = match (&caller, peer) {
-            (Some(Caller { name: Some(name), .. }), _) => name.to_string(),
-            (_, Some(peer)) => format!("peer {}", peer.ip()),
+        // Every call is charged, refused ones too (token guessing is limited like any call):
+        // to the caller's name once the call is admitted under it, else to its address.
+        let key = match (&caller, &refusal, peer) {
+            (Some(Caller { name: Some(name), .. }), None, _) => name.to_string(),
+            (_, _, Some(peer)) => format!("peer {}", peer.ip()),
             _ => "local".to_owned(),
         };
-        let refusal = refusal.or_else(|| {
-            let limiter = self.limiter.as_ref()?;
-            (!limiter.take(&key)).then(|| {
+        let within = self.limiter.as_ref().is_none_or(|limiter| limiter.take(&key));
+        // A refused caller past its bucket gets no audit line per call, so that guessing
+        // cannot grow audit.log as fast as the network allows.
+        let audited = within || refusal.is_none();
+        let refusal = match (within, &self.limiter) {
+            (false, Some(limiter)) => {
                 let CallLimit { rate, burst } = limiter.limit;
-                Status::resource_exhausted(format!(
+                Some(Status::resource_exhausted(format!(
                     "{key} is past api.callLimit ({rate} calls/s, burst {burst}): slow down"
-                ))
-            })
-        });
+                )))
+            }
+            _ => refusal,
+        };
         if let Some(status) = refusal {
-            self.state.audit.record(peer, &method, &format!("refused ({key})"), &Err(status.clone()));
+            if audited {
+                // Named as the caller when known (a token too weak for the call), else as charged.
+                let who = caller.as_ref().and_then(|c| c.name.as_ref()).map_or_else(|| key.clone(), |n| n.to_string());
+                self.state.audit.record(peer, &method, &format!("refused ({who})"), &Err(status.clone()));
+            }
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
         if let Some(caller) = caller {

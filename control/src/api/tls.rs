@@ -114,8 +114,9 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts on `listener` and hands tonic each connection whose handshake (client certificate
-/// included) succeeded; handshakes run apart, so a slow client holds no one else up. A failed
-/// one is logged with its reason.
+/// included) succeeded; handshakes run apart, at most `MAX_HANDSHAKES` at once (more are
+/// closed at once), so a slow client holds no one else up. A failed one is logged with its
+/// reason.
 pub fn incoming(
     listener: tokio::net::TcpListener,
     config: Arc<ServerConfig>,
@@ -138,8 +139,19 @@ pub fn incoming(
             if tx.is_closed() {
                 break;
             }
-            // Handshakes under way are bounded: a flood of silent connections waits here.
-            let Ok(permit) = handshakes.clone().acquire_owned().await else { break };
+            // Handshakes under way are bounded: past the bound a new connection is closed at
+            // once, so that silent connections never stall the accept loop for everyone.
+            let permit = match handshakes.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    log.error(
+                        LogLevel::Info,
+                        format_args!("api: refused {peer}: {MAX_HANDSHAKES} TLS handshakes under way"),
+                    );
+                    continue;
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => break,
+            };
             let (acceptor, tx, log) = (acceptor.clone(), tx.clone(), log.clone());
             tokio::spawn(async move {
                 let _permit = permit;

@@ -74,7 +74,8 @@ impl TlsFilter {
 
     /// Looks at one packet (a read or a write, unpadded) while filtering.
     pub fn observe(&mut self, b: &[u8]) {
-        if self.packets_left == 0 {
+        // An empty write (the first block that carries no payload) is no packet, as in Xray.
+        if self.packets_left == 0 || b.is_empty() {
             return;
         }
         self.packets_left -= 1;
