@@ -722,14 +722,16 @@ fn socks(settings: Value, path: &str) -> Result<SocksInboundSpec, ConfigError> {
             ))
         }
     };
+    let mut udp_ip = None;
     if let Some(ip) = raw.ip.as_ref().filter(|v| !is_empty_value(v)) {
-        if ip.as_str().is_none_or(|t| Address::parse(t.trim()).is_none()) {
+        udp_ip = ip.as_str().and_then(|t| Address::parse(t.trim()));
+        if udp_ip.is_none() {
             return Err(ConfigError::invalid(format!("{path}.ip"), format!("{} is not an address", value_text(ip))));
         }
     }
     let user_level = raw.user_level.unwrap_or(0);
     let clients = proxy_accounts(raw.accounts, raw.users, path, user_level, Account::Socks)?;
-    Ok(SocksInboundSpec { password_auth, clients, udp: raw.udp.unwrap_or(false), user_level })
+    Ok(SocksInboundSpec { password_auth, clients, udp: raw.udp.unwrap_or(false), udp_ip, user_level })
 }
 
 fn http(settings: Value, path: &str) -> Result<HttpInboundSpec, ConfigError> {

@@ -806,7 +806,12 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             let config = socks::ServerConfig {
                 auth_type: if p.password_auth { socks::AuthType::Password } else { socks::AuthType::NoAuth } as i32,
                 accounts: proxy_accounts(&p.clients),
-                address: None,
+                address: p.udp_ip.as_ref().map(|a| IpOrDomain {
+                    address: Some(match a {
+                        shardray_wire::addr::Address::Ip(ip) => ip_or_domain::Address::Ip(ip_bytes(*ip)),
+                        shardray_wire::addr::Address::Domain(name) => ip_or_domain::Address::Domain(name.to_string()),
+                    }),
+                }),
                 udp_enabled: p.udp,
                 user_level: p.user_level,
             };

@@ -519,8 +519,10 @@ pub struct SocksInboundSpec {
     pub password_auth: bool,
     /// `accounts` (or `users`): each `{user, pass}`, with our optional `email` and `level`.
     pub clients: Vec<UserSpec>,
-    /// `udp`: accepted; UDP ASSOCIATE is not served yet and gets "command not supported".
+    /// `udp`: UDP ASSOCIATE is served (else it gets "command not supported").
     pub udp: bool,
+    /// `ip`: the address the UDP ASSOCIATE reply names (else the address the client reached).
+    pub udp_ip: Option<shardray_wire::addr::Address>,
     /// `userLevel`: the policy level of a session without an account.
     pub user_level: u32,
 }
@@ -528,7 +530,7 @@ pub struct SocksInboundSpec {
 impl SocksInboundSpec {
     /// The settings without the clients.
     pub fn clone_settings(&self) -> SocksInboundSpec {
-        SocksInboundSpec { clients: Vec::new(), ..*self }
+        SocksInboundSpec { clients: Vec::new(), udp_ip: self.udp_ip.clone(), ..*self }
     }
 }
 
