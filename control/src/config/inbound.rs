@@ -886,7 +886,7 @@ fn shadowsocks_psk(method: Method, psk: Option<&str>, path: &str) -> Result<std:
 
 fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, ConfigError> {
     let raw: RawShadowsocksSettings = deserialize_at(settings, path)?;
-    shadowsocks_networks(raw.network.as_ref(), &format!("{path}.network"))?;
+    let udp = shadowsocks_networks(raw.network.as_ref(), &format!("{path}.network"))?;
     // Xray reads `users` and takes `clients` over it when both are there.
     let list = raw.clients.or(raw.users);
     let method_path = format!("{path}.method");
@@ -902,7 +902,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                 email: raw.email.unwrap_or_default(),
                 level: raw.level.unwrap_or(0),
             };
-            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: None, clients: vec![user] })
+            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: None, clients: vec![user], udp: false })
         }
         (Some(method), Some(list)) if method.is_2022() => {
             if !method.supports_identity_headers() {
@@ -941,7 +941,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                     level: c.level.unwrap_or(0),
                 })
             })?;
-            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: Some(server_psk), clients })
+            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: Some(server_psk), clients, udp: false })
         }
         (Some(method), None) => {
             let password = match raw.password {
@@ -954,7 +954,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                 email: raw.email.unwrap_or_default(),
                 level: raw.level.unwrap_or(0),
             };
-            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients: vec![user] })
+            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients: vec![user], udp })
         }
         (fallback, list) => {
             let clients =
@@ -991,14 +991,14 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                         level: c.level.unwrap_or(0),
                     })
                 })?;
-            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients })
+            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients, udp })
         }
     }
 }
 
-/// `network` of a Shadowsocks inbound: TCP is served; UDP is accepted beside it (and noted by
-/// the loader), alone it is refused.
-fn shadowsocks_networks(list: Option<&StringList>, path: &str) -> Result<(), ConfigError> {
+/// `network` of a Shadowsocks inbound: whether UDP is named beside TCP (served for classic
+/// AEAD; accepted and noted by the loader for 2022); UDP alone is refused.
+fn shadowsocks_networks(list: Option<&StringList>, path: &str) -> Result<bool, ConfigError> {
     let (mut tcp, mut udp) = (false, false);
     for item in list.map(|l| l.0.as_slice()).unwrap_or_default().iter().flat_map(|n| n.split(',')) {
         match item.trim().to_ascii_lowercase().as_str() {
@@ -1016,7 +1016,7 @@ fn shadowsocks_networks(list: Option<&StringList>, path: &str) -> Result<(), Con
     if udp && !tcp {
         return Err(ConfigError::unsupported(path, "Shadowsocks over UDP"));
     }
-    Ok(())
+    Ok(udp)
 }
 
 fn fallback(raw: RawFallback, path: &str) -> Result<FallbackSpec, ConfigError> {

@@ -173,8 +173,8 @@ fn ignored_fingerprints(doc: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A note for every Shadowsocks inbound whose `network` names UDP: its TCP is served, its UDP
-/// not yet (the config loads, as upstream's would; the UDP port is simply not opened).
+/// A note for every Shadowsocks 2022 inbound whose `network` names UDP: its TCP is served, its
+/// UDP not yet (the config loads, as upstream's would; the UDP port is simply not opened).
 fn unserved_udp(doc: &Value) -> Vec<String> {
     let inbounds = doc.get("inbounds").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     inbounds
@@ -182,6 +182,7 @@ fn unserved_udp(doc: &Value) -> Vec<String> {
         .enumerate()
         .filter(|(_, ib)| {
             ib.get("protocol").and_then(Value::as_str).is_some_and(|p| p.eq_ignore_ascii_case("shadowsocks"))
+                && ib.pointer("/settings/method").and_then(Value::as_str).is_some_and(|m| m.trim().starts_with("2022-"))
         })
         .filter_map(|(i, ib)| {
             let network = ib.pointer("/settings/network")?;
@@ -193,7 +194,7 @@ fn unserved_udp(doc: &Value) -> Vec<String> {
             names
                 .iter()
                 .any(|n| n.trim().eq_ignore_ascii_case("udp"))
-                .then(|| format!("inbounds[{i}].settings.network: UDP is not served yet; this inbound serves TCP only"))
+                .then(|| format!("inbounds[{i}].settings.network: UDP on Shadowsocks 2022 is not served yet; this inbound serves TCP only"))
         })
         .collect()
 }

@@ -829,7 +829,11 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             (None, _) => {
                 let config = shadowsocks::ServerConfig {
                     users: s.clients.iter().map(api_user).collect(),
-                    network: vec![Network::Tcp as i32],
+                    network: if s.udp {
+                        vec![Network::Tcp as i32, Network::Udp as i32]
+                    } else {
+                        vec![Network::Tcp as i32]
+                    },
                 };
                 typed(SS_INBOUND, &config)
             }

@@ -381,6 +381,7 @@ impl InboundSpec {
     pub fn networks(&self) -> NetworkSet {
         match &self.protocol {
             InboundProtocol::Dokodemo(d) => d.network,
+            InboundProtocol::Shadowsocks(s) => NetworkSet { tcp: true, udp: s.udp },
             _ => NetworkSet { tcp: true, udp: false },
         }
     }
@@ -582,6 +583,8 @@ pub struct ShadowsocksInboundSpec {
     /// The users: `clients` (or `users`), or the one user `method`/`password`/`email`/`level`
     /// of the settings make.
     pub clients: Vec<UserSpec>,
+    /// `network` names UDP, served for classic AEAD: a UDP socket on the port beside TCP.
+    pub udp: bool,
 }
 
 impl ShadowsocksInboundSpec {
@@ -591,6 +594,7 @@ impl ShadowsocksInboundSpec {
             method_2022: self.method_2022,
             server_psk: self.server_psk.clone(),
             clients: Vec::new(),
+            udp: self.udp,
         }
     }
 

@@ -167,3 +167,135 @@ fn reason(e: Error) -> &'static str {
         Error::RequestSaltMismatch => "invalid request",
     }
 }
+
+// === UDP (classic AEAD) ===
+
+/// How long a Shadowsocks UDP client may idle before its flow is reclaimed (Xray's UDP
+/// dispatcher gives up a link after a minute without packets).
+const UDP_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Packets a flow may have waiting before newer ones are dropped.
+const FLOW_QUEUE: usize = 256;
+
+/// A client's flow: its user's key (every later packet must open with it) and its queue.
+struct SsFlow {
+    method: Method,
+    key: MasterKey,
+    tx: async_channel::Sender<(Destination, Vec<u8>)>,
+}
+
+/// Serves a classic Shadowsocks inbound's UDP socket until the task is cancelled. A packet is
+/// `[salt][sealed(addr port payload)]`; the first from a client address finds its user by
+/// trying each user's key (one attempt per user, nothing kept for garbage), and makes a flow:
+/// one packet session of that user, full cone, replies sealed under a fresh salt each with
+/// the same key. SO_REUSEPORT keeps a client's datagrams on one shard.
+pub(crate) async fn datagram_loop(ctx: Rc<ShardCtx>, inbound: Rc<crate::ctx::InboundRt>, socket: std::net::UdpSocket) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+
+    use crate::packet::{serve_packets, PacketSession, MAX_DATAGRAM, MAX_DATAGRAM_FLOWS};
+    let crate::ctx::InboundKind::Shadowsocks(ss) = &inbound.kind else { return };
+    // SAFETY: the descriptor is a bound UDP socket we own and hand over here.
+    let socket = Rc::new(unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) });
+    let mut flows: rustc_hash::FxHashMap<std::net::SocketAddr, SsFlow> = Default::default();
+    // Room for the salt, the longest address, the largest payload and the tag, and one more.
+    let mut buf = vec![0u8; MAX_DATAGRAM + 32 + 262 + 16 + 1];
+    loop {
+        let (n, client) = match socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(e) => {
+                ctx.log.error(
+                    shardray_core::spec::LogLevel::Warning,
+                    format_args!("[{}] UDP receive failed: {}", inbound.tag, e),
+                );
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if n == buf.len() {
+            ctx.refusals.add(Refusal::OversizeDatagram);
+            continue;
+        }
+        let data = &buf[..n];
+        if let Some(flow) = flows.get(&client).filter(|f| !f.tx.is_closed()) {
+            let mut copy = data.to_vec();
+            let Ok((dest, payload)) = classic::open_packet(flow.method, &flow.key, &mut copy) else {
+                ctx.refusals.add(Refusal::BadRequest);
+                continue;
+            };
+            if payload.len() > MAX_DATAGRAM {
+                ctx.refusals.add(Refusal::OversizeDatagram);
+                continue;
+            }
+            copy.truncate(payload.end);
+            copy.drain(..payload.start);
+            // A full queue drops the datagram, as a full socket buffer would.
+            let _ = flow.tx.try_send((dest, copy));
+            continue;
+        }
+        let Some((user, method, key, dest, payload)) = ss.users.borrow().open_classic_packet(data) else {
+            ctx.refusals.add(Refusal::BadRequest);
+            continue;
+        };
+        if payload.len() > MAX_DATAGRAM {
+            ctx.refusals.add(Refusal::OversizeDatagram);
+            continue;
+        }
+        flows.retain(|_, f| !f.tx.is_closed());
+        if flows.len() >= MAX_DATAGRAM_FLOWS {
+            ctx.refusals.add(Refusal::FlowLimit);
+            continue;
+        }
+        let (tx, rx) = async_channel::bounded(FLOW_QUEUE);
+        let _ = tx.try_send((dest, payload));
+        flows.insert(client, SsFlow { method, key, tx });
+        let (ctx, inbound, socket) = (ctx.clone(), inbound.clone(), socket.clone());
+        glommio::spawn_local(async move {
+            let _live = crate::ctx::LiveGuard::new(&ctx);
+            let user = user.bind(&ctx.users.borrow());
+            let level = user.level;
+            let session =
+                PacketSession { inbound: &inbound, peer: client, user: Some(user), level, idle_cap: Some(UDP_IDLE) };
+            let output = SsPacketsOut { socket, client, method, key, out: Vec::new() };
+            serve_packets(&ctx, session, SsPacketsIn { rx }, output).await;
+        })
+        .detach();
+    }
+}
+
+/// One client's opened packets, as the UDP loop hands them over.
+struct SsPacketsIn {
+    rx: async_channel::Receiver<(Destination, Vec<u8>)>,
+}
+
+impl crate::packet::PacketSource for SsPacketsIn {
+    async fn recv(&mut self, out: &mut [u8]) -> std::io::Result<crate::packet::Recv> {
+        match self.rx.recv().await {
+            Ok((dest, packet)) => {
+                out[..packet.len()].copy_from_slice(&packet);
+                Ok(crate::packet::Recv::Packet(dest, packet.len()))
+            }
+            Err(_) => Ok(crate::packet::Recv::End),
+        }
+    }
+}
+
+/// Replies to one client from the inbound's socket, each sealed under a fresh salt.
+struct SsPacketsOut {
+    socket: Rc<glommio::net::UdpSocket>,
+    client: std::net::SocketAddr,
+    method: Method,
+    key: MasterKey,
+    out: Vec<u8>,
+}
+
+impl crate::packet::PacketSink for SsPacketsOut {
+    async fn send(&mut self, peer: &Destination, payload: &[u8]) -> std::io::Result<bool> {
+        let mut salt = [0u8; 32];
+        let salt = &mut salt[..self.method.salt_len()];
+        crate::shadowsocks::fill_random(salt);
+        self.out.clear();
+        classic::seal_packet(self.method, &self.key, salt, peer, payload, &mut self.out);
+        // A client that went away is no reason to end the flow: it may be back.
+        Ok(self.socket.send_to(&self.out, self.client).await.is_ok())
+    }
+}

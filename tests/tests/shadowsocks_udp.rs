@@ -1,0 +1,104 @@
+//! Shadowsocks UDP (classic AEAD) on shardray's Shadowsocks inbound: sing-box 1.14.4's
+//! shadowsocks outbound, driven through its socks inbound's UDP ASSOCIATE, to UDP echoes for
+//! every classic method, single-user and multi-user with mixed methods (trial decryption),
+//! exact per-user counters; garbage datagrams get no answer and are counted. The real binary
+//! on 2 shards.
+
+use std::net::UdpSocket;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shardray_tests::api::ApiClient;
+use shardray_tests::singbox::{shadowsocks_outbound, SingBox};
+use shardray_tests::udp::{echo_datagrams, Socks5Udp, UdpEcho};
+use shardray_tests::{loopback_api, shadowsocks_config, wait_until, Shardray};
+
+const CLASSIC: [&str; 4] = ["aes-128-gcm", "aes-256-gcm", "chacha20-ietf-poly1305", "xchacha20-ietf-poly1305"];
+
+fn server(settings: Value) -> (Shardray, ApiClient) {
+    let mut config = shadowsocks_config(settings, json!({}));
+    config["api"] = loopback_api(&["StatsService"]);
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    (server, api)
+}
+
+/// Three flows at once through sing-box to three echoes, `count` datagrams each; returns the
+/// payload bytes each way.
+fn three_flows(sb: &SingBox, server: &Shardray, count: usize) -> i64 {
+    let echoes: Vec<UdpEcho> = (0..3).map(|_| UdpEcho::start()).collect();
+    let log = || format!("{}\n{}", sb.log(), server.output());
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = echoes
+            .iter()
+            .enumerate()
+            .map(|(i, echo)| {
+                let (log, dest, socks) = (&log, echo.addr(), sb.socks);
+                s.spawn(move || {
+                    let path = Socks5Udp::associate(socks).unwrap();
+                    echo_datagrams(&path, dest, None, count, 60 + i as u64, 8, log)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    for echo in &echoes {
+        assert_eq!(echo.datagrams.load(Ordering::Relaxed), count as u64);
+    }
+    total as i64
+}
+
+fn counted(api: &ApiClient, email: &str, total: i64) -> bool {
+    let up = format!("user>>>{email}>>>traffic>>>uplink");
+    let down = format!("user>>>{email}>>>traffic>>>downlink");
+    wait_until(Duration::from_secs(5), || {
+        api.get(&up, false).ok() == Some(total) && api.get(&down, false).ok() == Some(total)
+    })
+}
+
+#[test]
+fn sing_box_classic_udp_single_user_every_method() {
+    for method in CLASSIC {
+        let password = format!("udp {method}");
+        let settings = json!({ "method": method, "password": password, "email": "solo@example.com",
+                               "network": "tcp,udp" });
+        let (server, api) = server(settings);
+        let sb = SingBox::start(shadowsocks_outbound(server.inbound("ss-in"), method, &password));
+        let total = three_flows(&sb, &server, 500);
+        assert!(counted(&api, "solo@example.com", total), "{method}: {:?} / {total}", api.query("user", false));
+    }
+}
+
+#[test]
+fn sing_box_classic_udp_multi_user_mixed_methods_and_garbage_answered_by_nothing() {
+    let mut clients = Vec::new();
+    for (i, method) in CLASSIC.iter().enumerate() {
+        for j in 0..2 {
+            clients.push(json!({ "method": method, "password": format!("pw {i} {j}"),
+                                 "email": format!("u{i}-{j}@example.com") }));
+        }
+    }
+    let (server, api) = server(json!({ "clients": clients, "network": "tcp,udp" }));
+    for (i, method) in CLASSIC.iter().enumerate() {
+        let sb = SingBox::start(shadowsocks_outbound(server.inbound("ss-in"), method, &format!("pw {i} 1")));
+        let total = three_flows(&sb, &server, 200);
+        let email = format!("u{i}-1@example.com");
+        assert!(counted(&api, &email, total), "{method}: {:?} / {total}", api.query("user", false));
+        assert_eq!(api.get(&format!("user>>>u{i}-0@example.com>>>traffic>>>uplink"), false).unwrap_or(0), 0);
+    }
+    // Garbage of every length: no answer, each counted as a bad request, no flow kept.
+    let before = api.get("refused>>>bad_request", false).unwrap_or(0);
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    for len in [0usize, 1, 16, 40, 100, 1400] {
+        probe.send_to(&vec![0xa5; len], server.inbound("ss-in")).unwrap();
+    }
+    let mut buf = [0u8; 2048];
+    assert!(probe.recv_from(&mut buf).is_err(), "garbage was answered");
+    assert!(
+        wait_until(Duration::from_secs(5), || api.get("refused>>>bad_request", false).ok() == Some(before + 6)),
+        "{:?}",
+        api.query("refused", false)
+    );
+}
