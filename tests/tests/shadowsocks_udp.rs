@@ -102,3 +102,103 @@ fn sing_box_classic_udp_multi_user_mixed_methods_and_garbage_answered_by_nothing
         api.query("refused", false)
     );
 }
+
+/// base64 of `len` bytes derived from `seed`: a 2022 PSK.
+fn psk(len: usize, seed: u8) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = (0..len as u8).map(|i| i.wrapping_mul(7).wrapping_add(seed)).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+const SS2022: [&str; 3] = ["2022-blake3-aes-128-gcm", "2022-blake3-aes-256-gcm", "2022-blake3-chacha20-poly1305"];
+
+fn key_len(method: &str) -> usize {
+    if method.contains("128") {
+        16
+    } else {
+        32
+    }
+}
+
+#[test]
+fn sing_box_2022_udp_single_user_every_method() {
+    for method in SS2022 {
+        let password = psk(key_len(method), 3);
+        let settings = json!({ "method": method, "password": password, "email": "solo@example.com",
+                               "network": "tcp,udp" });
+        let (server, api) = server(settings);
+        let sb = SingBox::start(shadowsocks_outbound(server.inbound("ss-in"), method, &password));
+        let total = three_flows(&sb, &server, 500);
+        assert!(counted(&api, "solo@example.com", total), "{method}: {:?} / {total}", api.query("user", false));
+    }
+}
+
+#[test]
+fn sing_box_2022_udp_multi_user_identity_headers() {
+    for method in &SS2022[..2] {
+        let len = key_len(method);
+        let server_psk = psk(len, 100);
+        let clients: Vec<Value> =
+            (0..3).map(|i| json!({ "password": psk(len, i), "email": format!("m{i}@example.com") })).collect();
+        let (server, api) =
+            server(json!({ "method": method, "password": server_psk, "clients": clients, "network": "tcp,udp" }));
+        for i in [0u8, 2] {
+            let password = format!("{server_psk}:{}", psk(len, i));
+            let sb = SingBox::start(shadowsocks_outbound(server.inbound("ss-in"), method, &password));
+            let total = three_flows(&sb, &server, 200);
+            let email = format!("m{i}@example.com");
+            assert!(counted(&api, &email, total), "{method}: {:?} / {total}", api.query("user", false));
+        }
+        assert_eq!(api.get("user>>>m1@example.com>>>traffic>>>uplink", false).unwrap_or(0), 0);
+    }
+}
+
+#[test]
+fn a_replayed_2022_packet_and_one_behind_the_window_are_dropped() {
+    use shardray_wire::addr::Destination;
+    use shardray_wire::shadowsocks::{ss2022_udp, MasterKey, Method};
+    let method = Method::Blake3Aes128Gcm;
+    let password = psk(16, 9);
+    let settings = json!({ "method": method.name(), "password": password, "email": "r@example.com",
+                           "network": "tcp,udp" });
+    let (server, api) = server(settings);
+    let key = MasterKey::from_psk(method, &password).unwrap();
+    let echo = UdpEcho::start();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let packet = |packet_id: u64, payload: &[u8]| {
+        let seal = ss2022_udp::Seal {
+            method,
+            key: &key,
+            identity_psk: None,
+            session_id: 0x5151,
+            packet_id,
+            client_session_id: None,
+            now,
+            nonce: [0; 24],
+        };
+        let mut out = Vec::new();
+        ss2022_udp::seal(&seal, &Destination::from(echo.addr()), payload, &mut out);
+        out
+    };
+    let exchange = |bytes: &[u8]| -> Option<Vec<u8>> {
+        client.send_to(bytes, server.inbound("ss-in")).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) = client.recv_from(&mut buf).ok()?;
+        let mut got = buf[..n].to_vec();
+        let p = ss2022_udp::open_response(method, &key, &mut got, now).unwrap();
+        assert_eq!(p.client_session_id, 0x5151);
+        Some(got[p.payload].to_vec())
+    };
+    let first = packet(10, b"first");
+    assert_eq!(exchange(&first).as_deref(), Some(&b"first"[..]));
+    assert_eq!(exchange(&first), None, "a replay was answered");
+    assert_eq!(exchange(&packet(5000, b"ahead")).as_deref(), Some(&b"ahead"[..]));
+    assert_eq!(exchange(&packet(11, b"behind")), None, "a packet behind the window was answered");
+    assert_eq!(exchange(&packet(4999, b"in window")).as_deref(), Some(&b"in window"[..]));
+    assert_eq!(echo.datagrams.load(Ordering::Relaxed), 3);
+    assert!(wait_until(Duration::from_secs(5), || api.get("refused>>>bad_request", false).ok() == Some(2)));
+    let total = (b"first".len() + b"ahead".len() + b"in window".len()) as i64;
+    assert!(counted(&api, "r@example.com", total), "{:?}", api.query("user", false));
+}

@@ -902,7 +902,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                 email: raw.email.unwrap_or_default(),
                 level: raw.level.unwrap_or(0),
             };
-            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: None, clients: vec![user], udp: false })
+            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: None, clients: vec![user], udp })
         }
         (Some(method), Some(list)) if method.is_2022() => {
             if !method.supports_identity_headers() {
@@ -941,7 +941,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                     level: c.level.unwrap_or(0),
                 })
             })?;
-            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: Some(server_psk), clients, udp: false })
+            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: Some(server_psk), clients, udp })
         }
         (Some(method), None) => {
             let password = match raw.password {
@@ -996,8 +996,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
     }
 }
 
-/// `network` of a Shadowsocks inbound: whether UDP is named beside TCP (served for classic
-/// AEAD; accepted and noted by the loader for 2022); UDP alone is refused.
+/// `network` of a Shadowsocks inbound: whether UDP is named beside TCP; UDP alone is refused.
 fn shadowsocks_networks(list: Option<&StringList>, path: &str) -> Result<bool, ConfigError> {
     let (mut tcp, mut udp) = (false, false);
     for item in list.map(|l| l.0.as_slice()).unwrap_or_default().iter().flat_map(|n| n.split(',')) {

@@ -842,7 +842,11 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
                     method: method.name().into(),
                     key: psk.to_string(),
                     users: s.clients.iter().map(api_user).collect(),
-                    network: vec![Network::Tcp as i32],
+                    network: if s.udp {
+                        vec![Network::Tcp as i32, Network::Udp as i32]
+                    } else {
+                        vec![Network::Tcp as i32]
+                    },
                 };
                 typed(SS2022_MULTI_INBOUND, &config)
             }
@@ -856,7 +860,11 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
                     },
                     email: user.map(|u| u.email.clone()).unwrap_or_default(),
                     level: user.map_or(0, |u| u.level as i32),
-                    network: vec![Network::Tcp as i32],
+                    network: if s.udp {
+                        vec![Network::Tcp as i32, Network::Udp as i32]
+                    } else {
+                        vec![Network::Tcp as i32]
+                    },
                 };
                 typed(SS2022_INBOUND, &config)
             }

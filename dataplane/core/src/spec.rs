@@ -583,7 +583,7 @@ pub struct ShadowsocksInboundSpec {
     /// The users: `clients` (or `users`), or the one user `method`/`password`/`email`/`level`
     /// of the settings make.
     pub clients: Vec<UserSpec>,
-    /// `network` names UDP, served for classic AEAD: a UDP socket on the port beside TCP.
+    /// `network` names UDP: a UDP socket on the port beside TCP.
     pub udp: bool,
 }
 

@@ -12,7 +12,9 @@ use std::time::Instant;
 use futures_lite::{AsyncRead, AsyncWrite};
 use shardray_core::stats::Refusal;
 use shardray_wire::addr::Destination;
-use shardray_wire::shadowsocks::{classic, ss2022, ChunkOpener, Error, MasterKey, Method, ReplayFilter, Salt};
+use shardray_wire::shadowsocks::{
+    classic, ss2022, ss2022_udp, ChunkOpener, Error, MasterKey, Method, ReplayFilter, Salt,
+};
 use shardray_wire::vmess::auth_id::MAX_CLOCK_SKEW;
 
 use super::{fallback, read_first, ConnInfo};
@@ -194,6 +196,9 @@ pub(crate) async fn datagram_loop(ctx: Rc<ShardCtx>, inbound: Rc<crate::ctx::Inb
 
     use crate::packet::{serve_packets, PacketSession, MAX_DATAGRAM, MAX_DATAGRAM_FLOWS};
     let crate::ctx::InboundKind::Shadowsocks(ss) = &inbound.kind else { return };
+    if let Some(method) = ss.method_2022 {
+        return datagram_loop_2022(ctx.clone(), inbound.clone(), socket, method).await;
+    }
     // SAFETY: the descriptor is a bound UDP socket we own and hand over here.
     let socket = Rc::new(unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) });
     let mut flows: rustc_hash::FxHashMap<std::net::SocketAddr, SsFlow> = Default::default();
@@ -297,5 +302,147 @@ impl crate::packet::PacketSink for SsPacketsOut {
         classic::seal_packet(self.method, &self.key, salt, peer, payload, &mut self.out);
         // A client that went away is no reason to end the flow: it may be back.
         Ok(self.socket.send_to(&self.out, self.client).await.is_ok())
+    }
+}
+
+// === UDP (2022) ===
+
+/// A 2022 client session: its user's key, the window over its packet ids, where it last sent
+/// from (replies go there), and its queue.
+struct Ss2022Flow {
+    key: MasterKey,
+    window: ss2022_udp::ReplayWindow,
+    client: Rc<std::cell::Cell<std::net::SocketAddr>>,
+    tx: async_channel::Sender<(Destination, Vec<u8>)>,
+}
+
+/// Serves a 2022 inbound's UDP socket: flows by the client's session id (its address may
+/// change), every packet's id through the session's sliding window and its timestamp within
+/// 30 s; replies carry a server session id of their own and counted packet ids.
+async fn datagram_loop_2022(
+    ctx: Rc<ShardCtx>,
+    inbound: Rc<crate::ctx::InboundRt>,
+    socket: std::net::UdpSocket,
+    method: Method,
+) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+
+    use crate::packet::{serve_packets, PacketSession, MAX_DATAGRAM, MAX_DATAGRAM_FLOWS};
+    let crate::ctx::InboundKind::Shadowsocks(ss) = &inbound.kind else { return };
+    // SAFETY: the descriptor is a bound UDP socket we own and hand over here.
+    let socket = Rc::new(unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) });
+    let mut flows: rustc_hash::FxHashMap<u64, Ss2022Flow> = Default::default();
+    let mut buf = vec![0u8; MAX_DATAGRAM + 32 + 24 + 16 + 19 + 2 + 900 + 262 + 16 + 1];
+    loop {
+        let (n, client) = match socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(e) => {
+                ctx.log.error(
+                    shardray_core::spec::LogLevel::Warning,
+                    format_args!("[{}] UDP receive failed: {}", inbound.tag, e),
+                );
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if n == buf.len() {
+            ctx.refusals.add(Refusal::OversizeDatagram);
+            continue;
+        }
+        let opened = {
+            let users = ss.users.borrow();
+            ss2022_udp::open_request(method, ss.server_psk.as_ref(), |h| users.find_2022(h), &mut buf[..n], unix_now())
+        };
+        let (packet, user, key) = match opened {
+            Ok(got) => got,
+            Err(_) => {
+                ctx.refusals.add(Refusal::BadRequest);
+                continue;
+            }
+        };
+        if packet.payload.len() > MAX_DATAGRAM {
+            ctx.refusals.add(Refusal::OversizeDatagram);
+            continue;
+        }
+        let payload = buf[packet.payload.clone()].to_vec();
+        if let Some(flow) = flows.get_mut(&packet.session_id).filter(|f| !f.tx.is_closed()) {
+            // Another user's packet in this session, or a replay: dropped.
+            if flow.key != key || !flow.window.check_and_insert(packet.packet_id) {
+                ctx.refusals.add(Refusal::BadRequest);
+                continue;
+            }
+            flow.client.set(client);
+            let _ = flow.tx.try_send((packet.address, payload));
+            continue;
+        }
+        flows.retain(|_, f| !f.tx.is_closed());
+        if flows.len() >= MAX_DATAGRAM_FLOWS {
+            ctx.refusals.add(Refusal::FlowLimit);
+            continue;
+        }
+        let mut window = ss2022_udp::ReplayWindow::default();
+        window.check_and_insert(packet.packet_id);
+        let (tx, rx) = async_channel::bounded(FLOW_QUEUE);
+        let _ = tx.try_send((packet.address, payload));
+        let reply_to = Rc::new(std::cell::Cell::new(client));
+        flows.insert(packet.session_id, Ss2022Flow { key, window, client: reply_to.clone(), tx });
+        let (ctx, inbound, socket) = (ctx.clone(), inbound.clone(), socket.clone());
+        let client_session = packet.session_id;
+        glommio::spawn_local(async move {
+            let _live = crate::ctx::LiveGuard::new(&ctx);
+            let user = user.bind(&ctx.users.borrow());
+            let level = user.level;
+            let session =
+                PacketSession { inbound: &inbound, peer: client, user: Some(user), level, idle_cap: Some(UDP_IDLE) };
+            let mut id = [0u8; 8];
+            crate::shadowsocks::fill_random(&mut id);
+            let output = Ss2022PacketsOut {
+                socket,
+                client: reply_to,
+                method,
+                key,
+                session_id: u64::from_be_bytes(id),
+                packet_id: 0,
+                client_session,
+                out: Vec::new(),
+            };
+            serve_packets(&ctx, session, SsPacketsIn { rx }, output).await;
+        })
+        .detach();
+    }
+}
+
+/// Replies to one 2022 client session, from the inbound's socket to where it last sent from.
+struct Ss2022PacketsOut {
+    socket: Rc<glommio::net::UdpSocket>,
+    client: Rc<std::cell::Cell<std::net::SocketAddr>>,
+    method: Method,
+    key: MasterKey,
+    session_id: u64,
+    packet_id: u64,
+    client_session: u64,
+    out: Vec<u8>,
+}
+
+impl crate::packet::PacketSink for Ss2022PacketsOut {
+    async fn send(&mut self, peer: &Destination, payload: &[u8]) -> std::io::Result<bool> {
+        let mut nonce = [0u8; 24];
+        if self.method == Method::Blake3ChaCha20Poly1305 {
+            crate::shadowsocks::fill_random(&mut nonce);
+        }
+        let seal = ss2022_udp::Seal {
+            method: self.method,
+            key: &self.key,
+            identity_psk: None,
+            session_id: self.session_id,
+            packet_id: self.packet_id,
+            client_session_id: Some(self.client_session),
+            now: unix_now(),
+            nonce,
+        };
+        self.packet_id += 1;
+        self.out.clear();
+        ss2022_udp::seal(&seal, peer, payload, &mut self.out);
+        Ok(self.socket.send_to(&self.out, self.client.get()).await.is_ok())
     }
 }
