@@ -202,3 +202,63 @@ fn a_replayed_2022_packet_and_one_behind_the_window_are_dropped() {
     let total = (b"first".len() + b"ahead".len() + b"in window".len()) as i64;
     assert!(counted(&api, "r@example.com", total), "{:?}", api.query("user", false));
 }
+
+/// shardray's SOCKS inbound (UDP ASSOCIATE) to its Shadowsocks outbound to sing-box as the
+/// Shadowsocks server: `sb_inbound` is sing-box's inbound, `password` the outbound's.
+fn outbound_to_sing_box(method: &str, sb_inbound: Value, password: &str) {
+    let sb = SingBox::serve(sb_inbound);
+    let config = json!({
+        "log": { "loglevel": "warning" },
+        "stats": {},
+        "api": loopback_api(&["StatsService"]),
+        "inbounds": [{ "tag": "socks-in", "listen": "127.0.0.1", "port": 0, "protocol": "socks",
+                       "settings": { "udp": true } }],
+        "outbounds": [
+            { "tag": "ss-out", "protocol": "shadowsocks",
+              "settings": { "servers": [{ "address": "127.0.0.1", "port": sb.socks.port(),
+                                           "method": method, "password": password }] } },
+            { "tag": "direct", "protocol": "freedom" }
+        ],
+        "policy": { "system": { "statsOutboundUplink": true, "statsOutboundDownlink": true } }
+    });
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let echoes: Vec<UdpEcho> = (0..2).map(|_| UdpEcho::start()).collect();
+    let log = || format!("{method}\n{}\n{}", sb.log(), server.output());
+    let socks = server.inbound("socks-in");
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2usize)
+            .map(|c| {
+                let (log, dest) = (&log, echoes[c].addr());
+                s.spawn(move || {
+                    let path = Socks5Udp::associate(socks).unwrap();
+                    echo_datagrams(&path, dest, None, 300, 80 + c as u64, 8, log)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let t = total as i64;
+    let (up, down) = ("outbound>>>ss-out>>>traffic>>>uplink", "outbound>>>ss-out>>>traffic>>>downlink");
+    assert!(
+        wait_until(Duration::from_secs(5), || api.get(up, false).ok() == Some(t)
+            && api.get(down, false).ok() == Some(t)),
+        "{method}: {:?} / {t}",
+        api.query("outbound", false)
+    );
+}
+
+#[test]
+fn shadowsocks_outbound_carries_udp_to_sing_box_every_method() {
+    for method in CLASSIC.iter().chain(SS2022.iter()) {
+        let password = if method.starts_with("2022") { psk(key_len(method), 21) } else { format!("out {method}") };
+        let inbound = json!({ "type": "shadowsocks", "tag": "ss-in", "method": method, "password": password });
+        outbound_to_sing_box(method, inbound, &password);
+    }
+    // 2022 multi-user: `serverPSK:userPSK`, an identity header on every packet.
+    let method = "2022-blake3-aes-256-gcm";
+    let (server_psk, user_psk) = (psk(32, 40), psk(32, 41));
+    let inbound = json!({ "type": "shadowsocks", "tag": "ss-in", "method": method, "password": server_psk,
+                          "users": [{ "name": "u", "password": user_psk }] });
+    outbound_to_sing_box(method, inbound, &format!("{server_psk}:{user_psk}"));
+}
