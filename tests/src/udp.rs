@@ -103,9 +103,11 @@ impl DatagramPath for Direct {
 /// A SOCKS5 UDP association: the control connection (the association lives while it does)
 /// and the client's UDP socket, talking to the relay address the proxy answered.
 pub struct Socks5Udp {
-    _control: TcpStream,
+    /// The control connection.
+    pub control: TcpStream,
     socket: UdpSocket,
-    relay: SocketAddr,
+    /// The relay address the proxy answered.
+    pub relay: SocketAddr,
 }
 
 impl Socks5Udp {
@@ -148,7 +150,14 @@ impl Socks5Udp {
         };
         // An unspecified relay address means the proxy's own.
         let relay = if relay.ip().is_unspecified() { SocketAddr::new(proxy.ip(), relay.port()) } else { relay };
-        Ok(Socks5Udp { _control: s, socket, relay })
+        Ok(Socks5Udp { control: s, socket, relay })
+    }
+}
+
+impl Socks5Udp {
+    /// Sends `datagram` as it is, header and all, from the association's client socket.
+    pub fn send_raw(&self, datagram: &[u8]) -> io::Result<()> {
+        self.socket.send_to(datagram, self.relay).map(drop)
     }
 }
 

@@ -154,8 +154,10 @@ fn refusals_get_the_reply_xray_sends_and_reach_nothing() {
 }
 
 #[test]
-fn udp_associate_and_bind_get_command_not_supported_and_are_counted() {
-    let server = Shardray::start(&config("noauth"), 2);
+fn udp_associate_without_udp_and_bind_get_command_not_supported_and_are_counted() {
+    let mut config = config("noauth");
+    config["inbounds"][0]["settings"]["udp"] = json!(false);
+    let server = Shardray::start(&config, 2);
     let proxy = server.inbound("socks-in");
     for command in [3u8, 2] {
         let started = Instant::now();
@@ -165,7 +167,7 @@ fn udp_associate_and_bind_get_command_not_supported_and_are_counted() {
     }
     let api = ApiClient::connect(server.api.unwrap());
     assert!(wait_until(Duration::from_secs(2), || api.get("refused>>>unsupported_command", false).ok() == Some(2)));
-    assert!(server.output().contains("rejected socks: UDP ASSOCIATE is not served yet"), "{}", server.output());
+    assert!(server.output().contains("rejected socks: UDP ASSOCIATE with udp off"), "{}", server.output());
 }
 
 /// Writes `bytes` without closing and reads until the server closes: what came back, and when.

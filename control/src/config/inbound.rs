@@ -845,14 +845,16 @@ fn socks(settings: Value, path: &str) -> Result<SocksInboundSpec, ConfigError> {
             ))
         }
     };
+    let mut udp_ip = None;
     if let Some(ip) = raw.ip.as_ref().filter(|v| !is_empty_value(v)) {
-        if ip.as_str().is_none_or(|t| Address::parse(t.trim()).is_none()) {
+        udp_ip = ip.as_str().and_then(|t| Address::parse(t.trim()));
+        if udp_ip.is_none() {
             return Err(ConfigError::invalid(format!("{path}.ip"), format!("{} is not an address", value_text(ip))));
         }
     }
     let user_level = raw.user_level.unwrap_or(0);
     let clients = proxy_accounts(raw.accounts, raw.users, path, user_level, Account::Socks)?;
-    Ok(SocksInboundSpec { password_auth, clients, udp: raw.udp.unwrap_or(false), user_level })
+    Ok(SocksInboundSpec { password_auth, clients, udp: raw.udp.unwrap_or(false), udp_ip, user_level })
 }
 
 fn http(settings: Value, path: &str) -> Result<HttpInboundSpec, ConfigError> {
@@ -1007,7 +1009,7 @@ fn shadowsocks_psk(method: Method, psk: Option<&str>, path: &str) -> Result<std:
 
 fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, ConfigError> {
     let raw: RawShadowsocksSettings = deserialize_at(settings, path)?;
-    shadowsocks_networks(raw.network.as_ref(), &format!("{path}.network"))?;
+    let udp = shadowsocks_networks(raw.network.as_ref(), &format!("{path}.network"))?;
     // Xray reads `users` and takes `clients` over it when both are there.
     let list = raw.clients.or(raw.users);
     let method_path = format!("{path}.method");
@@ -1023,7 +1025,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                 email: raw.email.unwrap_or_default(),
                 level: raw.level.unwrap_or(0),
             };
-            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: None, clients: vec![user] })
+            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: None, clients: vec![user], udp })
         }
         (Some(method), Some(list)) if method.is_2022() => {
             if !method.supports_identity_headers() {
@@ -1062,7 +1064,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                     level: c.level.unwrap_or(0),
                 })
             })?;
-            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: Some(server_psk), clients })
+            Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: Some(server_psk), clients, udp })
         }
         (Some(method), None) => {
             let password = match raw.password {
@@ -1075,7 +1077,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                 email: raw.email.unwrap_or_default(),
                 level: raw.level.unwrap_or(0),
             };
-            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients: vec![user] })
+            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients: vec![user], udp })
         }
         (fallback, list) => {
             let clients =
@@ -1112,14 +1114,13 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                         level: c.level.unwrap_or(0),
                     })
                 })?;
-            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients })
+            Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients, udp })
         }
     }
 }
 
-/// `network` of a Shadowsocks inbound: TCP is served; UDP is accepted beside it (and noted by
-/// the loader), alone it is refused.
-fn shadowsocks_networks(list: Option<&StringList>, path: &str) -> Result<(), ConfigError> {
+/// `network` of a Shadowsocks inbound: whether UDP is named beside TCP; UDP alone is refused.
+fn shadowsocks_networks(list: Option<&StringList>, path: &str) -> Result<bool, ConfigError> {
     let (mut tcp, mut udp) = (false, false);
     for item in list.map(|l| l.0.as_slice()).unwrap_or_default().iter().flat_map(|n| n.split(',')) {
         match item.trim().to_ascii_lowercase().as_str() {
@@ -1137,7 +1138,7 @@ fn shadowsocks_networks(list: Option<&StringList>, path: &str) -> Result<(), Con
     if udp && !tcp {
         return Err(ConfigError::unsupported(path, "Shadowsocks over UDP"));
     }
-    Ok(())
+    Ok(udp)
 }
 
 fn fallback(raw: RawFallback, path: &str) -> Result<FallbackSpec, ConfigError> {

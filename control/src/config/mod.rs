@@ -146,7 +146,6 @@ fn build(doc: Map<String, Value>) -> Result<Config, ConfigError> {
     let doc = Value::Object(doc);
     let mut notes = mapped_ids(&doc);
     notes.extend(ignored_fingerprints(&doc));
-    notes.extend(unserved_udp(&doc));
     let (config, ignored) = validate::collect_ignored(|| validate::validate(parse_raw(doc)?));
     let mut config = config?;
     config.notes.splice(0..0, notes);
@@ -169,31 +168,6 @@ fn ignored_fingerprints(doc: &Value) -> Vec<String> {
                      TLS ClientHello is rustls's own)"
                 )
             })
-        })
-        .collect()
-}
-
-/// A note for every Shadowsocks inbound whose `network` names UDP: its TCP is served, its UDP
-/// not yet (the config loads, as upstream's would; the UDP port is simply not opened).
-fn unserved_udp(doc: &Value) -> Vec<String> {
-    let inbounds = doc.get("inbounds").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    inbounds
-        .iter()
-        .enumerate()
-        .filter(|(_, ib)| {
-            ib.get("protocol").and_then(Value::as_str).is_some_and(|p| p.eq_ignore_ascii_case("shadowsocks"))
-        })
-        .filter_map(|(i, ib)| {
-            let network = ib.pointer("/settings/network")?;
-            let names: Vec<&str> = match network {
-                Value::String(s) => s.split(',').collect(),
-                Value::Array(items) => items.iter().filter_map(Value::as_str).flat_map(|s| s.split(',')).collect(),
-                _ => return None,
-            };
-            names
-                .iter()
-                .any(|n| n.trim().eq_ignore_ascii_case("udp"))
-                .then(|| format!("inbounds[{i}].settings.network: UDP is not served yet; this inbound serves TCP only"))
         })
         .collect()
 }

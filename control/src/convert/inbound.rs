@@ -913,7 +913,12 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             let config = socks::ServerConfig {
                 auth_type: if p.password_auth { socks::AuthType::Password } else { socks::AuthType::NoAuth } as i32,
                 accounts: proxy_accounts(&p.clients),
-                address: None,
+                address: p.udp_ip.as_ref().map(|a| IpOrDomain {
+                    address: Some(match a {
+                        shardray_wire::addr::Address::Ip(ip) => ip_or_domain::Address::Ip(ip_bytes(*ip)),
+                        shardray_wire::addr::Address::Domain(name) => ip_or_domain::Address::Domain(name.to_string()),
+                    }),
+                }),
                 udp_enabled: p.udp,
                 user_level: p.user_level,
             };
@@ -931,7 +936,11 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             (None, _) => {
                 let config = shadowsocks::ServerConfig {
                     users: s.clients.iter().map(api_user).collect(),
-                    network: vec![Network::Tcp as i32],
+                    network: if s.udp {
+                        vec![Network::Tcp as i32, Network::Udp as i32]
+                    } else {
+                        vec![Network::Tcp as i32]
+                    },
                 };
                 typed(SS_INBOUND, &config)
             }
@@ -940,7 +949,11 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
                     method: method.name().into(),
                     key: psk.to_string(),
                     users: s.clients.iter().map(api_user).collect(),
-                    network: vec![Network::Tcp as i32],
+                    network: if s.udp {
+                        vec![Network::Tcp as i32, Network::Udp as i32]
+                    } else {
+                        vec![Network::Tcp as i32]
+                    },
                 };
                 typed(SS2022_MULTI_INBOUND, &config)
             }
@@ -954,7 +967,11 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
                     },
                     email: user.map(|u| u.email.clone()).unwrap_or_default(),
                     level: user.map_or(0, |u| u.level as i32),
-                    network: vec![Network::Tcp as i32],
+                    network: if s.udp {
+                        vec![Network::Tcp as i32, Network::Udp as i32]
+                    } else {
+                        vec![Network::Tcp as i32]
+                    },
                 };
                 typed(SS2022_INBOUND, &config)
             }

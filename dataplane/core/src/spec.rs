@@ -481,6 +481,7 @@ impl InboundSpec {
     pub fn networks(&self) -> NetworkSet {
         match &self.protocol {
             InboundProtocol::Dokodemo(d) => d.network,
+            InboundProtocol::Shadowsocks(s) => NetworkSet { tcp: true, udp: s.udp },
             _ => NetworkSet { tcp: true, udp: false },
         }
     }
@@ -620,8 +621,10 @@ pub struct SocksInboundSpec {
     pub password_auth: bool,
     /// `accounts` (or `users`): each `{user, pass}`, with our optional `email` and `level`.
     pub clients: Vec<UserSpec>,
-    /// `udp`: accepted; UDP ASSOCIATE is not served yet and gets "command not supported".
+    /// `udp`: UDP ASSOCIATE is served (else it gets "command not supported").
     pub udp: bool,
+    /// `ip`: the address the UDP ASSOCIATE reply names (else the address the client reached).
+    pub udp_ip: Option<shardray_wire::addr::Address>,
     /// `userLevel`: the policy level of a session without an account.
     pub user_level: u32,
 }
@@ -629,7 +632,7 @@ pub struct SocksInboundSpec {
 impl SocksInboundSpec {
     /// The settings without the clients.
     pub fn clone_settings(&self) -> SocksInboundSpec {
-        SocksInboundSpec { clients: Vec::new(), ..*self }
+        SocksInboundSpec { clients: Vec::new(), udp_ip: self.udp_ip.clone(), ..*self }
     }
 }
 
@@ -681,6 +684,8 @@ pub struct ShadowsocksInboundSpec {
     /// The users: `clients` (or `users`), or the one user `method`/`password`/`email`/`level`
     /// of the settings make.
     pub clients: Vec<UserSpec>,
+    /// `network` names UDP: a UDP socket on the port beside TCP.
+    pub udp: bool,
 }
 
 impl ShadowsocksInboundSpec {
@@ -690,6 +695,7 @@ impl ShadowsocksInboundSpec {
             method_2022: self.method_2022,
             server_psk: self.server_psk.clone(),
             clients: Vec::new(),
+            udp: self.udp,
         }
     }
 

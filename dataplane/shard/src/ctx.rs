@@ -137,6 +137,10 @@ pub(crate) struct ProxySettings {
     pub(crate) allow_transparent: bool,
     /// `userLevel`: the level of a session without an account.
     pub(crate) user_level: u32,
+    /// SOCKS `udp`: UDP ASSOCIATE is served.
+    pub(crate) udp: bool,
+    /// SOCKS `ip`: the address a UDP ASSOCIATE reply names.
+    pub(crate) udp_ip: Option<shardray_wire::addr::Address>,
 }
 
 impl InboundKind {
@@ -427,6 +431,8 @@ impl ShardCtx {
                     auth: Cell::new(p.password_auth),
                     allow_transparent: false,
                     user_level: p.user_level,
+                    udp: p.udp,
+                    udp_ip: p.udp_ip.clone(),
                 },
             },
             InboundProtocol::Http(p) => InboundKind::Proxy {
@@ -436,6 +442,8 @@ impl ShardCtx {
                     auth: Cell::new(!p.clients.is_empty()),
                     allow_transparent: p.allow_transparent,
                     user_level: p.user_level,
+                    udp: false,
+                    udp_ip: None,
                 },
             },
         };

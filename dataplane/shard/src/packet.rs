@@ -450,6 +450,115 @@ impl<'a> FreedomLeg<'a> {
     }
 }
 
+// === shadowsocks ===
+
+/// A session's Shadowsocks leg: one UDP socket connected to the server, packets sealed one by
+/// one (classic: a fresh salt each; 2022: this session's id and counted packet ids).
+struct SsLeg {
+    socket: UdpSocket,
+    method: shardray_wire::shadowsocks::Method,
+    key: shardray_wire::shadowsocks::MasterKey,
+    identity: Option<shardray_wire::shadowsocks::MasterKey>,
+    session_id: u64,
+    packet_id: Cell<u64>,
+    /// The server's session id last seen, and the window over its packet ids.
+    server: RefCell<(u64, shardray_wire::shadowsocks::ss2022_udp::ReplayWindow)>,
+}
+
+impl SsLeg {
+    async fn open(
+        server: &Destination,
+        keys: (
+            shardray_wire::shadowsocks::Method,
+            shardray_wire::shadowsocks::MasterKey,
+            Option<shardray_wire::shadowsocks::MasterKey>,
+        ),
+    ) -> io::Result<SsLeg> {
+        let addr = *resolve(&server.addr, server.port, Default::default())
+            .await?
+            .first()
+            .ok_or_else(|| io::Error::other("no address"))?;
+        let socket = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        socket.connect(addr).await?;
+        let mut id = [0u8; 8];
+        crate::shadowsocks::fill_random(&mut id);
+        let (method, key, identity) = keys;
+        Ok(SsLeg {
+            socket,
+            method,
+            key,
+            identity,
+            session_id: u64::from_be_bytes(id),
+            packet_id: Cell::new(0),
+            server: RefCell::default(),
+        })
+    }
+
+    async fn send(&self, dest: &Destination, payload: &[u8]) -> io::Result<bool> {
+        use shardray_wire::shadowsocks::{classic, ss2022_udp};
+        let mut out = Vec::with_capacity(payload.len() + 128);
+        if self.method.is_2022() {
+            let mut nonce = [0u8; 24];
+            crate::shadowsocks::fill_random(&mut nonce);
+            let seal = ss2022_udp::Seal {
+                method: self.method,
+                key: &self.key,
+                identity_psk: self.identity.as_ref(),
+                session_id: self.session_id,
+                packet_id: self.packet_id.get(),
+                client_session_id: None,
+                now: unix_now(),
+                nonce,
+            };
+            self.packet_id.set(self.packet_id.get() + 1);
+            ss2022_udp::seal(&seal, dest, payload, &mut out);
+        } else {
+            let mut salt = [0u8; 32];
+            let salt = &mut salt[..self.method.salt_len()];
+            crate::shadowsocks::fill_random(salt);
+            classic::seal_packet(self.method, &self.key, salt, dest, payload, &mut out);
+        }
+        // A server briefly unreachable drops the packet, not the session.
+        Ok(self.socket.send(&out).await.is_ok())
+    }
+
+    async fn recv(&self, out: &mut [u8]) -> io::Result<Recv> {
+        use shardray_wire::shadowsocks::{classic, ss2022_udp};
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1400];
+        loop {
+            let n = match self.socket.recv(&mut buf).await {
+                Ok(n) => n,
+                // An ICMP error from a server not there yet: wait for the next reply.
+                Err(_) => continue,
+            };
+            let data = &mut buf[..n];
+            let (source, payload) = if self.method.is_2022() {
+                let Ok(p) = ss2022_udp::open_response(self.method, &self.key, data, unix_now()) else { continue };
+                if p.client_session_id != self.session_id {
+                    continue;
+                }
+                let mut server = self.server.borrow_mut();
+                if server.0 != p.session_id {
+                    *server = (p.session_id, Default::default());
+                }
+                if !server.1.check_and_insert(p.packet_id) {
+                    continue;
+                }
+                (p.address, p.payload)
+            } else {
+                let Ok(got) = classic::open_packet(self.method, &self.key, data) else { continue };
+                got
+            };
+            if payload.len() > MAX_DATAGRAM {
+                return Ok(Recv::Oversize);
+            }
+            let len = payload.len();
+            out[..len].copy_from_slice(&buf[payload]);
+            return Ok(Recv::Packet(source, len));
+        }
+    }
+}
+
 // === the upstream leg, whichever outbound ===
 
 /// The outbound's reading side.
@@ -457,6 +566,7 @@ enum UpIn<'a> {
     Freedom(&'a FreedomLeg<'a>),
     Blackhole,
     Frames(FrameReader<Half<'a, Upstream>>),
+    Shadowsocks(&'a SsLeg),
     /// A VLESS server's packets, after its response header.
     VlessFrames(FrameReader<VlessResponse<Half<'a, Upstream>>>),
 }
@@ -467,6 +577,7 @@ impl PacketSource for UpIn<'_> {
             UpIn::Freedom(leg) => leg.recv(out).await,
             UpIn::Blackhole => std::future::pending().await,
             UpIn::Frames(r) => r.recv(out).await,
+            UpIn::Shadowsocks(leg) => leg.recv(out).await,
             UpIn::VlessFrames(r) => r.recv(out).await,
         }
     }
@@ -477,6 +588,7 @@ enum UpOut<'a> {
     Freedom(&'a FreedomLeg<'a>),
     Blackhole,
     Frames(FrameWriter<Half<'a, Upstream>>),
+    Shadowsocks(&'a SsLeg),
     /// VLESS carries one destination per session: packets for another are dropped.
     VlessFrames(FrameWriter<Half<'a, Upstream>>, Destination),
 }
@@ -487,6 +599,7 @@ impl PacketSink for UpOut<'_> {
             UpOut::Freedom(leg) => Ok(leg.send(peer, payload).await),
             UpOut::Blackhole => Ok(false),
             UpOut::Frames(w) => w.send(peer, payload).await,
+            UpOut::Shadowsocks(leg) => leg.send(peer, payload).await,
             UpOut::VlessFrames(w, dest) if peer == dest => w.send(peer, payload).await,
             UpOut::VlessFrames(..) => Ok(false),
         }
@@ -684,6 +797,7 @@ where
     let out_tag = &outbound.tag;
     let freedom;
     let upstream;
+    let ss_leg;
     let (mut up_in, mut up_out) = match &outbound.protocol {
         OutboundProtocol::Blackhole(_) => (UpIn::Blackhole, UpOut::Blackhole),
         OutboundProtocol::Freedom(spec) => match FreedomLeg::new(ctx, &routes, decision, &session, spec) {
@@ -731,6 +845,22 @@ where
                     ctx.log.error(
                         LogLevel::Info,
                         format_args!("[{tag}] {peer} to udp:{dest}: [{out_tag}] {}: {e}", v.server),
+                    );
+                    return;
+                }
+            }
+        }
+        OutboundProtocol::Shadowsocks(s) if outbound.shadowsocks.as_ref().and_then(|c| c.udp_keys()).is_some() => {
+            let keys = outbound.shadowsocks.as_ref().and_then(|c| c.udp_keys()).expect("checked above");
+            match SsLeg::open(&s.server, keys).await {
+                Ok(leg) => {
+                    ss_leg = leg;
+                    (UpIn::Shadowsocks(&ss_leg), UpOut::Shadowsocks(&ss_leg))
+                }
+                Err(e) => {
+                    ctx.log.error(
+                        LogLevel::Info,
+                        format_args!("[{tag}] {peer} to udp:{dest}: [{out_tag}] {}: {e}", s.server),
                     );
                     return;
                 }

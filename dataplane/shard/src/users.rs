@@ -447,6 +447,29 @@ impl ShadowsocksUsers {
         Err(if short { shadowsocks::Error::UnexpectedEnd } else { shadowsocks::Error::UnknownUser })
     }
 
+    /// The classic user whose key opens the UDP packet `data`: the user, method, key, the
+    /// packet's destination and its payload. Each key is tried on a copy (a failed open may
+    /// leave its buffer changed); one attempt per user, nothing kept.
+    pub(crate) fn open_classic_packet(
+        &self,
+        data: &[u8],
+    ) -> Option<(UserHandle, Method, MasterKey, shardray_wire::addr::Destination, Vec<u8>)> {
+        let mut copy = Vec::with_capacity(data.len());
+        for (method, keys, ids) in &self.classic {
+            for (key, id) in keys.iter().zip(ids) {
+                copy.clear();
+                copy.extend_from_slice(data);
+                if let Ok((dest, payload)) = shadowsocks::classic::open_packet(*method, key, &mut copy) {
+                    let user = self.table.get(id)?;
+                    copy.truncate(payload.end);
+                    copy.drain(..payload.start);
+                    return Some((user, *method, *key, dest, copy));
+                }
+            }
+        }
+        None
+    }
+
     /// The 2022 user an identity header names (`Some(hash)`), or the only user of a
     /// single-user inbound (`None`), with its PSK.
     pub(crate) fn find_2022(&self, hash: Option<&[u8; 16]>) -> Option<(UserHandle, MasterKey)> {

@@ -25,7 +25,13 @@ use shardray_wire::websocket::{Endpoint, Flavor, UpgradeError};
 use crate::transport::ws::{Refused, Upgraded};
 
 use crate::ctx::{InboundKind, InboundRt, LiveGuard, ShardCtx};
-pub(crate) use dokodemo::datagram_loop;
+/// Serves an inbound's UDP socket on this shard until the task is cancelled.
+pub(crate) async fn datagram_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, socket: std::net::UdpSocket) {
+    match &inbound.kind {
+        InboundKind::Shadowsocks(_) => shadowsocks::datagram_loop(ctx, inbound, socket).await,
+        _ => dokodemo::datagram_loop(ctx, inbound, socket).await,
+    }
+}
 
 /// What an inbound handler knows about the connection beyond its bytes.
 #[derive(Clone)]

@@ -12,7 +12,9 @@ use std::time::Instant;
 use futures_lite::{AsyncRead, AsyncWrite};
 use shardray_core::stats::Refusal;
 use shardray_wire::addr::Destination;
-use shardray_wire::shadowsocks::{classic, ss2022, ChunkOpener, Error, MasterKey, Method, ReplayFilter, Salt};
+use shardray_wire::shadowsocks::{
+    classic, ss2022, ss2022_udp, ChunkOpener, Error, MasterKey, Method, ReplayFilter, Salt,
+};
 
 use super::{fallback, read_first, ConnInfo};
 use crate::ctx::{InboundRt, ShardCtx};
@@ -159,5 +161,282 @@ fn reason(e: Error) -> &'static str {
         Error::NoPaddingNorPayload => "request without padding or payload",
         Error::HeaderOverrun => "padding runs past the header",
         Error::RequestSaltMismatch => "invalid request",
+    }
+}
+
+// === UDP (classic AEAD) ===
+
+/// How long a Shadowsocks UDP client may idle before its flow is reclaimed (Xray's UDP
+/// dispatcher gives up a link after a minute without packets).
+const UDP_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Packets a flow may have waiting before newer ones are dropped.
+const FLOW_QUEUE: usize = 256;
+
+/// A client's flow: its user's key (every later packet must open with it) and its queue.
+struct SsFlow {
+    method: Method,
+    key: MasterKey,
+    tx: async_channel::Sender<(Destination, Vec<u8>)>,
+}
+
+/// Serves a classic Shadowsocks inbound's UDP socket until the task is cancelled. A packet is
+/// `[salt][sealed(addr port payload)]`; the first from a client address finds its user by
+/// trying each user's key (one attempt per user, nothing kept for garbage), and makes a flow:
+/// one packet session of that user, full cone, replies sealed under a fresh salt each with
+/// the same key. SO_REUSEPORT keeps a client's datagrams on one shard.
+pub(crate) async fn datagram_loop(ctx: Rc<ShardCtx>, inbound: Rc<crate::ctx::InboundRt>, socket: std::net::UdpSocket) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+
+    use crate::packet::{serve_packets, PacketSession, MAX_DATAGRAM, MAX_DATAGRAM_FLOWS};
+    let crate::ctx::InboundKind::Shadowsocks(ss) = &inbound.kind else { return };
+    if let Some(method) = ss.method_2022 {
+        return datagram_loop_2022(ctx.clone(), inbound.clone(), socket, method).await;
+    }
+    // SAFETY: the descriptor is a bound UDP socket we own and hand over here.
+    let socket = Rc::new(unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) });
+    let mut flows: rustc_hash::FxHashMap<std::net::SocketAddr, SsFlow> = Default::default();
+    // Room for the salt, the longest address, the largest payload and the tag, and one more.
+    let mut buf = vec![0u8; MAX_DATAGRAM + 32 + 262 + 16 + 1];
+    loop {
+        let (n, client) = match socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(e) => {
+                ctx.log.error(
+                    shardray_core::spec::LogLevel::Warning,
+                    format_args!("[{}] UDP receive failed: {}", inbound.tag, e),
+                );
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if n == buf.len() {
+            ctx.refusals.add(Refusal::OversizeDatagram);
+            continue;
+        }
+        let data = &buf[..n];
+        if let Some(flow) = flows.get(&client).filter(|f| !f.tx.is_closed()) {
+            let mut copy = data.to_vec();
+            let Ok((dest, payload)) = classic::open_packet(flow.method, &flow.key, &mut copy) else {
+                ctx.refusals.add(Refusal::BadRequest);
+                continue;
+            };
+            if payload.len() > MAX_DATAGRAM {
+                ctx.refusals.add(Refusal::OversizeDatagram);
+                continue;
+            }
+            copy.truncate(payload.end);
+            copy.drain(..payload.start);
+            // A full queue drops the datagram, as a full socket buffer would.
+            let _ = flow.tx.try_send((dest, copy));
+            continue;
+        }
+        let Some((user, method, key, dest, payload)) = ss.users.borrow().open_classic_packet(data) else {
+            ctx.refusals.add(Refusal::BadRequest);
+            continue;
+        };
+        if payload.len() > MAX_DATAGRAM {
+            ctx.refusals.add(Refusal::OversizeDatagram);
+            continue;
+        }
+        flows.retain(|_, f| !f.tx.is_closed());
+        if flows.len() >= MAX_DATAGRAM_FLOWS {
+            ctx.refusals.add(Refusal::FlowLimit);
+            continue;
+        }
+        let (tx, rx) = async_channel::bounded(FLOW_QUEUE);
+        let _ = tx.try_send((dest, payload));
+        flows.insert(client, SsFlow { method, key, tx });
+        let (ctx, inbound, socket) = (ctx.clone(), inbound.clone(), socket.clone());
+        glommio::spawn_local(async move {
+            let _live = crate::ctx::LiveGuard::new(&ctx);
+            let user = user.bind(&ctx.users.borrow());
+            let level = user.level;
+            let session =
+                PacketSession { inbound: &inbound, peer: client, user: Some(user), level, idle_cap: Some(UDP_IDLE) };
+            let output = SsPacketsOut { socket, client, method, key, out: Vec::new() };
+            serve_packets(&ctx, session, SsPacketsIn { rx }, output).await;
+        })
+        .detach();
+    }
+}
+
+/// One client's opened packets, as the UDP loop hands them over.
+struct SsPacketsIn {
+    rx: async_channel::Receiver<(Destination, Vec<u8>)>,
+}
+
+impl crate::packet::PacketSource for SsPacketsIn {
+    async fn recv(&mut self, out: &mut [u8]) -> std::io::Result<crate::packet::Recv> {
+        match self.rx.recv().await {
+            Ok((dest, packet)) => {
+                out[..packet.len()].copy_from_slice(&packet);
+                Ok(crate::packet::Recv::Packet(dest, packet.len()))
+            }
+            Err(_) => Ok(crate::packet::Recv::End),
+        }
+    }
+}
+
+/// Replies to one client from the inbound's socket, each sealed under a fresh salt.
+struct SsPacketsOut {
+    socket: Rc<glommio::net::UdpSocket>,
+    client: std::net::SocketAddr,
+    method: Method,
+    key: MasterKey,
+    out: Vec<u8>,
+}
+
+impl crate::packet::PacketSink for SsPacketsOut {
+    async fn send(&mut self, peer: &Destination, payload: &[u8]) -> std::io::Result<bool> {
+        let mut salt = [0u8; 32];
+        let salt = &mut salt[..self.method.salt_len()];
+        crate::shadowsocks::fill_random(salt);
+        self.out.clear();
+        classic::seal_packet(self.method, &self.key, salt, peer, payload, &mut self.out);
+        // A client that went away is no reason to end the flow: it may be back.
+        Ok(self.socket.send_to(&self.out, self.client).await.is_ok())
+    }
+}
+
+// === UDP (2022) ===
+
+/// A 2022 client session: its user's key, the window over its packet ids, where it last sent
+/// from (replies go there), and its queue.
+struct Ss2022Flow {
+    key: MasterKey,
+    window: ss2022_udp::ReplayWindow,
+    client: Rc<std::cell::Cell<std::net::SocketAddr>>,
+    tx: async_channel::Sender<(Destination, Vec<u8>)>,
+}
+
+/// Serves a 2022 inbound's UDP socket: flows by the client's session id (its address may
+/// change), every packet's id through the session's sliding window and its timestamp within
+/// 30 s; replies carry a server session id of their own and counted packet ids.
+async fn datagram_loop_2022(
+    ctx: Rc<ShardCtx>,
+    inbound: Rc<crate::ctx::InboundRt>,
+    socket: std::net::UdpSocket,
+    method: Method,
+) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+
+    use crate::packet::{serve_packets, PacketSession, MAX_DATAGRAM, MAX_DATAGRAM_FLOWS};
+    let crate::ctx::InboundKind::Shadowsocks(ss) = &inbound.kind else { return };
+    // SAFETY: the descriptor is a bound UDP socket we own and hand over here.
+    let socket = Rc::new(unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) });
+    let mut flows: rustc_hash::FxHashMap<u64, Ss2022Flow> = Default::default();
+    let mut buf = vec![0u8; MAX_DATAGRAM + 32 + 24 + 16 + 19 + 2 + 900 + 262 + 16 + 1];
+    loop {
+        let (n, client) = match socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(e) => {
+                ctx.log.error(
+                    shardray_core::spec::LogLevel::Warning,
+                    format_args!("[{}] UDP receive failed: {}", inbound.tag, e),
+                );
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if n == buf.len() {
+            ctx.refusals.add(Refusal::OversizeDatagram);
+            continue;
+        }
+        let opened = {
+            let users = ss.users.borrow();
+            ss2022_udp::open_request(method, ss.server_psk.as_ref(), |h| users.find_2022(h), &mut buf[..n], unix_now())
+        };
+        let (packet, user, key) = match opened {
+            Ok(got) => got,
+            Err(_) => {
+                ctx.refusals.add(Refusal::BadRequest);
+                continue;
+            }
+        };
+        if packet.payload.len() > MAX_DATAGRAM {
+            ctx.refusals.add(Refusal::OversizeDatagram);
+            continue;
+        }
+        let payload = buf[packet.payload.clone()].to_vec();
+        if let Some(flow) = flows.get_mut(&packet.session_id).filter(|f| !f.tx.is_closed()) {
+            // Another user's packet in this session, or a replay: dropped.
+            if flow.key != key || !flow.window.check_and_insert(packet.packet_id) {
+                ctx.refusals.add(Refusal::BadRequest);
+                continue;
+            }
+            flow.client.set(client);
+            let _ = flow.tx.try_send((packet.address, payload));
+            continue;
+        }
+        flows.retain(|_, f| !f.tx.is_closed());
+        if flows.len() >= MAX_DATAGRAM_FLOWS {
+            ctx.refusals.add(Refusal::FlowLimit);
+            continue;
+        }
+        let mut window = ss2022_udp::ReplayWindow::default();
+        window.check_and_insert(packet.packet_id);
+        let (tx, rx) = async_channel::bounded(FLOW_QUEUE);
+        let _ = tx.try_send((packet.address, payload));
+        let reply_to = Rc::new(std::cell::Cell::new(client));
+        flows.insert(packet.session_id, Ss2022Flow { key, window, client: reply_to.clone(), tx });
+        let (ctx, inbound, socket) = (ctx.clone(), inbound.clone(), socket.clone());
+        let client_session = packet.session_id;
+        glommio::spawn_local(async move {
+            let _live = crate::ctx::LiveGuard::new(&ctx);
+            let user = user.bind(&ctx.users.borrow());
+            let level = user.level;
+            let session =
+                PacketSession { inbound: &inbound, peer: client, user: Some(user), level, idle_cap: Some(UDP_IDLE) };
+            let mut id = [0u8; 8];
+            crate::shadowsocks::fill_random(&mut id);
+            let output = Ss2022PacketsOut {
+                socket,
+                client: reply_to,
+                method,
+                key,
+                session_id: u64::from_be_bytes(id),
+                packet_id: 0,
+                client_session,
+                out: Vec::new(),
+            };
+            serve_packets(&ctx, session, SsPacketsIn { rx }, output).await;
+        })
+        .detach();
+    }
+}
+
+/// Replies to one 2022 client session, from the inbound's socket to where it last sent from.
+struct Ss2022PacketsOut {
+    socket: Rc<glommio::net::UdpSocket>,
+    client: Rc<std::cell::Cell<std::net::SocketAddr>>,
+    method: Method,
+    key: MasterKey,
+    session_id: u64,
+    packet_id: u64,
+    client_session: u64,
+    out: Vec<u8>,
+}
+
+impl crate::packet::PacketSink for Ss2022PacketsOut {
+    async fn send(&mut self, peer: &Destination, payload: &[u8]) -> std::io::Result<bool> {
+        let mut nonce = [0u8; 24];
+        if self.method == Method::Blake3ChaCha20Poly1305 {
+            crate::shadowsocks::fill_random(&mut nonce);
+        }
+        let seal = ss2022_udp::Seal {
+            method: self.method,
+            key: &self.key,
+            identity_psk: None,
+            session_id: self.session_id,
+            packet_id: self.packet_id,
+            client_session_id: Some(self.client_session),
+            now: unix_now(),
+            nonce,
+        };
+        self.packet_id += 1;
+        self.out.clear();
+        ss2022_udp::seal(&seal, peer, payload, &mut self.out);
+        Ok(self.socket.send_to(&self.out, self.client.get()).await.is_ok())
     }
 }

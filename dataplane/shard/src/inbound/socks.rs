@@ -4,21 +4,27 @@
 //! hands it over. Refusals get the reply Xray sends for them, then the connection closes;
 //! bytes that are not SOCKS at all get nothing back and are drained.
 
+use std::cell::Cell;
 use std::cell::RefCell;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use glommio::net::UdpSocket;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use shardray_core::stats::Refusal;
 use shardray_wire::addr::Destination;
 use shardray_wire::socks::{
     self, encode_reply, failure_reply, method, method_reply, reply, select_method, socks4_reply, Command, Credentials,
-    Greeting, Request, SocksError,
+    Greeting, Request, SocksError, UdpHeader,
 };
 
 use super::{fallback, http, ConnInfo};
 use crate::ctx::{InboundRt, ProxySettings, ShardCtx};
 use crate::outbound::{forward, Session};
+use crate::packet::{serve_packets, PacketSession, PacketSink, PacketSource, Recv, MAX_DATAGRAM};
 use crate::users::{PasswordKey, UserHandle, UserTable};
 
 /// The longest SOCKS message read (a SOCKS4a request with a 255-byte user id and domain).
@@ -28,6 +34,9 @@ const MAX_MESSAGE: usize = 600;
 enum Handshake {
     /// CONNECT: the reply has been sent; relay to `dest`.
     Connect { dest: Destination, user: Option<UserHandle> },
+    /// UDP ASSOCIATE: the reply naming `socket` has been sent; relay its datagrams while the
+    /// connection lasts.
+    Associate { socket: UdpSocket, user: Option<UserHandle> },
     /// Not SOCKS: the HTTP proxy takes the bytes read so far.
     Http,
     /// Turned away: `drain` when nothing was answered (not SOCKS, or cut short), else the
@@ -77,6 +86,12 @@ pub(super) async fn serve<S>(
             let session = Session { inbound, peer: info.peer, level, user, dest, client_fd: info.plain_fd };
             data.shrink_to_fit();
             forward(ctx, &mut stream, session, &data, &[]).await;
+        }
+        Handshake::Associate { socket, user } => {
+            let user = user.map(|u| u.bind(&ctx.users.borrow()));
+            let level = user.as_ref().map_or(settings.user_level, |u| u.level);
+            drop(data);
+            associate(ctx, inbound, stream, socket, user, level, info).await;
         }
         Handshake::Http => Box::pin(http::serve(ctx, inbound, users, settings, stream, info, data, started)).await,
         Handshake::Refused { reason, why, drain } => {
@@ -173,8 +188,27 @@ where
         Err(ReadFail::Closed) => return Handshake::bad("connection closed during handshake"),
     };
     if request.command == Command::UdpAssociate {
-        let _ = stream.write_all(&failure_reply(reply::COMMAND_NOT_SUPPORTED)).await;
-        return Handshake::answered("UDP ASSOCIATE is not served yet", Refusal::UnsupportedCommand);
+        if !settings.udp {
+            let _ = stream.write_all(&failure_reply(reply::COMMAND_NOT_SUPPORTED)).await;
+            return Handshake::answered("UDP ASSOCIATE with udp off", Refusal::UnsupportedCommand);
+        }
+        let socket = match bind_relay(info) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = stream.write_all(&failure_reply(reply::GENERAL_FAILURE)).await;
+                return Handshake::answered("no UDP socket for the association", Refusal::BadRequest);
+            }
+        };
+        let Ok(relay) = socket.local_addr() else { return Handshake::bad("no UDP socket for the association") };
+        // The reply names `ip` when set (an address the client can reach, behind NAT), else
+        // the address the client reached; the port is the association's own.
+        let addr = settings.udp_ip.clone().unwrap_or(shardray_wire::addr::Address::Ip(relay.ip().to_canonical()));
+        let mut out = Vec::with_capacity(22);
+        encode_reply(reply::SUCCEEDED, &Destination { addr, port: relay.port() }, &mut out);
+        if stream.write_all(&out).await.is_err() {
+            return Handshake::bad("client gone during handshake");
+        }
+        return Handshake::Associate { socket, user };
     }
     // The bound address, as Xray answers a CONNECT: the address the client reached.
     let bound = info
@@ -215,5 +249,128 @@ where
             Ok(0) | Err(_) => return Err(ReadFail::Closed),
             Ok(n) => data.extend_from_slice(&chunk[..n]),
         }
+    }
+}
+
+// === UDP ASSOCIATE ===
+
+/// The longest an association idles before it ends (and its connection with it): Xray's UDP
+/// dispatcher gives up a link after a minute without packets.
+const UDP_IDLE: Duration = Duration::from_secs(60);
+
+/// Room for a datagram header with a 255-byte domain in front of the largest payload.
+const HEADER_ROOM: usize = 262;
+
+/// Binds the association's UDP socket on the address the client reached, any port. One socket
+/// per association (not one per shard on the inbound's port): the kernel then delivers the
+/// datagrams to the shard that holds the control connection, and a datagram's source is
+/// checked against one client only.
+fn bind_relay(info: &ConnInfo) -> io::Result<UdpSocket> {
+    let local = info.local()?;
+    UdpSocket::bind(SocketAddr::new(local.ip(), 0))
+        .or_else(|_| {
+            let any: IpAddr =
+                if local.is_ipv4() { [0, 0, 0, 0].into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+            UdpSocket::bind(SocketAddr::new(any, 0))
+        })
+        .map_err(io::Error::from)
+}
+
+/// Relays an association's datagrams until its control connection closes, or the packet
+/// session ends (idle, or its user removed); the connection is closed then.
+async fn associate<S>(
+    ctx: &Rc<ShardCtx>,
+    inbound: &InboundRt,
+    mut stream: S,
+    socket: UdpSocket,
+    user: Option<UserHandle>,
+    level: u32,
+    info: &ConnInfo,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let client = Cell::new(None);
+    let session = PacketSession { inbound, peer: info.peer, user, level, idle_cap: Some(UDP_IDLE) };
+    let input = AssociationIn {
+        control: &mut stream,
+        socket: &socket,
+        peer_ip: info.peer.ip().to_canonical(),
+        client: &client,
+        buf: vec![0u8; HEADER_ROOM + MAX_DATAGRAM + 1].into_boxed_slice(),
+    };
+    let output =
+        AssociationOut { socket: &socket, client: &client, out: Vec::with_capacity(HEADER_ROOM + MAX_DATAGRAM) };
+    serve_packets(ctx, session, input, output).await;
+    let _ = stream.close().await;
+}
+
+/// The client's datagrams: only from the control connection's address (the first one's port
+/// then holds), FRAG 0 only, and the session's end when the control connection closes.
+struct AssociationIn<'a, S> {
+    control: &'a mut S,
+    socket: &'a UdpSocket,
+    peer_ip: IpAddr,
+    client: &'a Cell<Option<SocketAddr>>,
+    buf: Box<[u8]>,
+}
+
+impl<S: AsyncRead + Unpin> PacketSource for AssociationIn<'_, S> {
+    async fn recv(&mut self, out: &mut [u8]) -> io::Result<Recv> {
+        let AssociationIn { control, socket, peer_ip, client, buf } = self;
+        let closed = async {
+            // Nothing more is expected on the control connection; whatever comes is ignored.
+            let mut sink = [0u8; 256];
+            loop {
+                match control.read(&mut sink).await {
+                    // An error, not `Recv::End`: the association ends now, replies and all.
+                    Ok(0) | Err(_) => {
+                        return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the control connection closed"))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        };
+        let datagram = async {
+            loop {
+                let (n, from) = socket.recv_from(buf).await?;
+                let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+                let allowed = match client.get() {
+                    Some(c) => c == from,
+                    None => from.ip() == *peer_ip,
+                };
+                if !allowed {
+                    continue;
+                }
+                let mut cur = &buf[..n];
+                // Short, malformed and fragmented datagrams are dropped (as Xray drops them).
+                let Ok(dest) = UdpHeader::decode(&mut cur) else { continue };
+                client.set(Some(from));
+                if cur.len() > MAX_DATAGRAM {
+                    return Ok(Recv::Oversize);
+                }
+                let len = cur.len();
+                out[..len].copy_from_slice(cur);
+                return Ok(Recv::Packet(dest, len));
+            }
+        };
+        futures_lite::future::or(closed, datagram).await
+    }
+}
+
+/// Replies to the client, each behind a header naming its source.
+struct AssociationOut<'a> {
+    socket: &'a UdpSocket,
+    client: &'a Cell<Option<SocketAddr>>,
+    out: Vec<u8>,
+}
+
+impl PacketSink for AssociationOut<'_> {
+    async fn send(&mut self, peer: &Destination, payload: &[u8]) -> io::Result<bool> {
+        let Some(client) = self.client.get() else { return Ok(false) };
+        self.out.clear();
+        UdpHeader::encode(peer, &mut self.out);
+        self.out.extend_from_slice(payload);
+        // A client that is briefly unreachable is no reason to end the association.
+        Ok(self.socket.send_to(&self.out, client).await.is_ok())
     }
 }

@@ -30,6 +30,16 @@ impl SsClient {
         Ok(SsClient { method: spec.method, identities, key, tls: None })
     }
 
+    /// The method, the user's key and (2022 multi-user) the server's identity PSK, for UDP;
+    /// `None` for a relay chain of more than one identity, which UDP does not carry.
+    pub(crate) fn udp_keys(&self) -> Option<(Method, MasterKey, Option<MasterKey>)> {
+        match self.identities.as_slice() {
+            [] => Some((self.method, self.key, None)),
+            [one] => Some((self.method, self.key, Some(*one))),
+            _ => None,
+        }
+    }
+
     /// Starts a Shadowsocks TCP request to `dest` over `server`, the dialed stream.
     pub(crate) fn start(&self, server: Upstream, dest: &Destination) -> Upstream {
         let stream = SsStream::client(server, self.method, self.identities.clone(), self.key, dest.clone());

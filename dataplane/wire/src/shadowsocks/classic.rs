@@ -138,8 +138,74 @@ pub fn open_response(method: Method, key: &MasterKey, buf: &[u8]) -> Result<(Chu
     Ok((ChunkOpener::new(method, &subkey[..method.key_len()]), salt_len))
 }
 
+/// Opens one classic UDP packet in place: `[salt][sealed(addr port payload)]`, sealed with the
+/// subkey of its own salt and the all-zero nonce. Returns the address and the payload's range
+/// in `buf`. `Err(Auth)` when `key` does not open it (try the next user's), `Err(UnexpectedEnd)`
+/// when it is too short to be one.
+pub fn open_packet(method: Method, key: &MasterKey, buf: &mut [u8]) -> Result<(Destination, Range<usize>), Error> {
+    let salt_len = method.salt_len();
+    if buf.len() < salt_len + crate::aead::TAG_LEN {
+        return Err(Error::UnexpectedEnd);
+    }
+    let (salt, sealed) = buf.split_at_mut(salt_len);
+    let subkey = derive_subkey(key, salt);
+    let zero = [0u8; 24];
+    let cipher = method.cipher();
+    let plain = open_once(cipher, &subkey[..method.key_len()], &zero[..cipher.nonce_len()], &[], sealed)
+        .map_err(|_| Error::Auth)?;
+    let end = salt_len + plain.len();
+    let mut cur = &buf[salt_len..end];
+    let addr = SOCKS_TYPES.decode_addr(&mut cur).map_err(Error::Address)?;
+    let port = take_u16(&mut cur).map_err(Error::Address)?;
+    Ok((Destination { addr, port }, end - cur.len()..end))
+}
+
+/// Appends one classic UDP packet from `source` carrying `payload`, under the fresh `salt`
+/// (`method.salt_len()` bytes).
+pub fn seal_packet(
+    method: Method,
+    key: &MasterKey,
+    salt: &[u8],
+    source: &Destination,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    out.extend_from_slice(salt);
+    SOCKS_TYPES.encode_addr(&source.addr, out);
+    out.extend_from_slice(&source.port.to_be_bytes());
+    out.extend_from_slice(payload);
+    out.resize(out.len() + crate::aead::TAG_LEN, 0);
+    let subkey = derive_subkey(key, salt);
+    let cipher = method.cipher();
+    let sealer = crate::aead::AeadKey::new(cipher, &subkey[..method.key_len()]);
+    let zero = [0u8; 24];
+    sealer.seal(&zero[..cipher.nonce_len()], &[], &mut out[start + salt.len()..]);
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn udp_packets_round_trip_and_other_keys_or_bit_flips_fail() {
+        for method in Method::ALL.into_iter().filter(|m| !m.is_2022()) {
+            let key = MasterKey::from_password(method, "udp secret").unwrap();
+            let other = MasterKey::from_password(method, "another").unwrap();
+            let source = Destination { addr: Address::parse("1.2.3.4").unwrap(), port: 53 };
+            let salt = vec![7u8; method.salt_len()];
+            let mut out = Vec::new();
+            seal_packet(method, &key, &salt, &source, b"payload", &mut out);
+            assert_eq!(open_packet(method, &other, &mut out.clone()).unwrap_err(), Error::Auth, "{method:?}");
+            let mut flipped = out.clone();
+            *flipped.last_mut().unwrap() ^= 1;
+            assert_eq!(open_packet(method, &key, &mut flipped).unwrap_err(), Error::Auth);
+            assert_eq!(open_packet(method, &key, &mut out[..10].to_vec()).unwrap_err(), Error::UnexpectedEnd);
+            let (dest, range) = open_packet(method, &key, &mut out).unwrap();
+            assert_eq!(dest, source);
+            assert_eq!(&out[range], b"payload");
+        }
+    }
+
     use super::*;
     use crate::addr::Address;
     use crate::shadowsocks::Opened;

@@ -17,6 +17,7 @@ pub mod chunk;
 pub mod classic;
 pub mod replay;
 pub mod ss2022;
+pub mod ss2022_udp;
 
 pub use chunk::{ChunkOpener, ChunkSealer, Opened};
 pub use replay::ReplayFilter;
