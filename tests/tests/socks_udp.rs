@@ -156,3 +156,46 @@ fn udp_associate_without_udp_on_is_refused_with_command_not_supported() {
     assert_eq!(&reply[..2], &[5, 0]);
     assert_eq!(reply[3], 7, "{reply:?}");
 }
+
+#[test]
+fn socks_outbound_carries_udp_to_sing_box_as_the_server() {
+    use shardray_tests::udp::Direct;
+    let sb = SingBox::serve(json!({ "type": "socks", "tag": "in", "users": [{ "username": "u", "password": "p" }] }));
+    let echoes: Vec<UdpEcho> = (0..2).map(|_| UdpEcho::start()).collect();
+    let doors: Vec<Value> = echoes
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            json!({ "tag": format!("door{i}"), "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
+                    "settings": { "address": e.addr().ip().to_string(), "port": e.addr().port(), "network": "udp" } })
+        })
+        .collect();
+    let config = json!({
+        "log": { "loglevel": "warning" },
+        "stats": {},
+        "api": loopback_api(&["StatsService"]),
+        "inbounds": doors,
+        "outbounds": [
+            { "tag": "socks-out", "protocol": "socks",
+              "settings": { "servers": [{ "address": "127.0.0.1", "port": sb.socks.port(),
+                                           "users": [{ "user": "u", "pass": "p" }] }] } },
+            { "tag": "direct", "protocol": "freedom" }
+        ],
+        "policy": { "system": { "statsOutboundUplink": true, "statsOutboundDownlink": true } }
+    });
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let log = || format!("{}\n{}", sb.log(), server.output());
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4usize)
+            .map(|c| {
+                let (log, door, dest) = (&log, server.inbound(&format!("door{}", c % 2)), echoes[c % 2].addr());
+                s.spawn(move || echo_datagrams(&Direct::to(door), dest, Some(door), 300, c as u64, 8, log))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let t = total as i64;
+    let (up, down) = ("outbound>>>socks-out>>>traffic>>>uplink", "outbound>>>socks-out>>>traffic>>>downlink");
+    assert!(counters_reach(&api, &[(up, t), (down, t)]), "{:?} / expected {t}", api.query("outbound", false));
+}

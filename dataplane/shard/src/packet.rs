@@ -559,6 +559,79 @@ impl SsLeg {
     }
 }
 
+// === socks ===
+
+/// A session's SOCKS5 leg: the UDP ASSOCIATE's control stream, and one UDP socket connected
+/// to the relay address the server answered.
+struct SocksLeg {
+    control: RefCell<Upstream>,
+    socket: UdpSocket,
+}
+
+impl SocksLeg {
+    async fn open(
+        client: &crate::outbound::proxy::ProxyClient,
+        spec: &shardray_core::spec::ProxyOutboundSpec,
+    ) -> io::Result<SocksLeg> {
+        let (control, relay) = client.associate(spec).await?;
+        let server = *resolve(&spec.server.addr, spec.server.port, Default::default())
+            .await?
+            .first()
+            .ok_or_else(|| io::Error::other("no address"))?;
+        let mut relay = *resolve(&relay.addr, relay.port, Default::default())
+            .await?
+            .first()
+            .ok_or_else(|| io::Error::other("no relay address"))?;
+        // An unspecified relay address means the server's own.
+        if relay.ip().is_unspecified() {
+            relay.set_ip(server.ip());
+        }
+        let socket = UdpSocket::bind(if relay.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        socket.connect(relay).await?;
+        Ok(SocksLeg { control: RefCell::new(control), socket })
+    }
+
+    async fn send(&self, dest: &Destination, payload: &[u8]) -> io::Result<bool> {
+        let mut out = Vec::with_capacity(payload.len() + 262);
+        shardray_wire::socks::UdpHeader::encode(dest, &mut out);
+        out.extend_from_slice(payload);
+        Ok(self.socket.send(&out).await.is_ok())
+    }
+
+    async fn recv(&self, out: &mut [u8]) -> io::Result<Recv> {
+        let closed = async {
+            let mut control = Half(&self.control);
+            let mut sink = [0u8; 256];
+            loop {
+                match control.read(&mut sink).await {
+                    Ok(0) | Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "the server closed the association",
+                        ))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        };
+        let datagram = async {
+            let mut buf = vec![0u8; MAX_DATAGRAM + 263];
+            loop {
+                let Ok(n) = self.socket.recv(&mut buf).await else { continue };
+                let mut cur = &buf[..n];
+                let Ok(source) = shardray_wire::socks::UdpHeader::decode(&mut cur) else { continue };
+                if cur.len() > MAX_DATAGRAM {
+                    return Ok(Recv::Oversize);
+                }
+                let len = cur.len();
+                out[..len].copy_from_slice(cur);
+                return Ok(Recv::Packet(source, len));
+            }
+        };
+        futures_lite::future::or(closed, datagram).await
+    }
+}
+
 // === the upstream leg, whichever outbound ===
 
 /// The outbound's reading side.
@@ -567,6 +640,7 @@ enum UpIn<'a> {
     Blackhole,
     Frames(FrameReader<Half<'a, Upstream>>),
     Shadowsocks(&'a SsLeg),
+    Socks(&'a SocksLeg),
     /// A VLESS server's packets, after its response header.
     VlessFrames(FrameReader<VlessResponse<Half<'a, Upstream>>>),
 }
@@ -578,6 +652,7 @@ impl PacketSource for UpIn<'_> {
             UpIn::Blackhole => std::future::pending().await,
             UpIn::Frames(r) => r.recv(out).await,
             UpIn::Shadowsocks(leg) => leg.recv(out).await,
+            UpIn::Socks(leg) => leg.recv(out).await,
             UpIn::VlessFrames(r) => r.recv(out).await,
         }
     }
@@ -589,6 +664,7 @@ enum UpOut<'a> {
     Blackhole,
     Frames(FrameWriter<Half<'a, Upstream>>),
     Shadowsocks(&'a SsLeg),
+    Socks(&'a SocksLeg),
     /// VLESS carries one destination per session: packets for another are dropped.
     VlessFrames(FrameWriter<Half<'a, Upstream>>, Destination),
 }
@@ -600,6 +676,7 @@ impl PacketSink for UpOut<'_> {
             UpOut::Blackhole => Ok(false),
             UpOut::Frames(w) => w.send(peer, payload).await,
             UpOut::Shadowsocks(leg) => leg.send(peer, payload).await,
+            UpOut::Socks(leg) => leg.send(peer, payload).await,
             UpOut::VlessFrames(w, dest) if peer == dest => w.send(peer, payload).await,
             UpOut::VlessFrames(..) => Ok(false),
         }
@@ -798,6 +875,7 @@ where
     let freedom;
     let upstream;
     let ss_leg;
+    let socks_leg;
     let (mut up_in, mut up_out) = match &outbound.protocol {
         OutboundProtocol::Blackhole(_) => (UpIn::Blackhole, UpOut::Blackhole),
         OutboundProtocol::Freedom(spec) => match FreedomLeg::new(ctx, &routes, decision, &session, spec) {
@@ -861,6 +939,22 @@ where
                     ctx.log.error(
                         LogLevel::Info,
                         format_args!("[{tag}] {peer} to udp:{dest}: [{out_tag}] {}: {e}", s.server),
+                    );
+                    return;
+                }
+            }
+        }
+        OutboundProtocol::Socks(p) if outbound.proxy.is_some() => {
+            let proxy = outbound.proxy.as_ref().expect("checked above");
+            match Box::pin(SocksLeg::open(proxy, p)).await {
+                Ok(leg) => {
+                    socks_leg = leg;
+                    (UpIn::Socks(&socks_leg), UpOut::Socks(&socks_leg))
+                }
+                Err(e) => {
+                    ctx.log.error(
+                        LogLevel::Info,
+                        format_args!("[{tag}] {peer} to udp:{dest}: [{out_tag}] {}: {e}", p.server),
                     );
                     return;
                 }

@@ -53,6 +53,23 @@ impl ProxyClient {
     }
 }
 
+impl ProxyClient {
+    /// Dials the SOCKS server and asks for UDP ASSOCIATE: the control stream (the association
+    /// lives while it does) and the relay address the server answered.
+    pub(crate) async fn associate(&self, spec: &ProxyOutboundSpec) -> io::Result<(Upstream, Destination)> {
+        let mut up = dial(&self.tls, &None, &spec.server).await?;
+        // As Xray's client asks: the client's own address is not known, so 0.0.0.0:0.
+        let any = Destination::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let opening = socks_request(&mut up, spec, Command::UdpAssociate, &any);
+        let (_, relay) = futures_lite::future::or(opening, async {
+            glommio::timer::sleep(super::DIAL_TIMEOUT).await;
+            Err(io::Error::new(io::ErrorKind::TimedOut, "proxy handshake timed out"))
+        })
+        .await?;
+        Ok((up, relay))
+    }
+}
+
 fn refused(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionRefused, format!("{what}: {e}"))
 }
@@ -92,6 +109,19 @@ async fn socks_connect<S>(up: &mut S, spec: &ProxyOutboundSpec, dest: &Destinati
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    Ok(socks_request(up, spec, Command::Connect, dest).await?.0)
+}
+
+/// The handshake and one request: the bytes after the reply, and the reply's address.
+async fn socks_request<S>(
+    up: &mut S,
+    spec: &ProxyOutboundSpec,
+    command: Command,
+    dest: &Destination,
+) -> io::Result<(Vec<u8>, Destination)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut out = Vec::with_capacity(600);
     let offered = if spec.account.is_some() { method::PASSWORD } else { method::NO_AUTH };
     encode_greeting(&[offered], &mut out);
@@ -111,11 +141,11 @@ where
         read_message(up, &mut data, "socks authentication", decode_auth_reply).await?;
     }
     out.clear();
-    Request { command: Command::Connect, destination: dest.clone() }.encode(&mut out);
+    Request { command, destination: dest.clone() }.encode(&mut out);
     up.write_all(&out).await?;
     up.flush().await?;
-    read_message(up, &mut data, "socks connect", decode_reply).await?;
-    Ok(data)
+    let bound = read_message(up, &mut data, "socks request", decode_reply).await?;
+    Ok((data, bound))
 }
 
 /// The HTTP CONNECT, as Xray's client sends it; anything but 200 is a refusal.
