@@ -57,7 +57,7 @@ impl ProxyClient {
     /// Dials the SOCKS server and asks for UDP ASSOCIATE: the control stream (the association
     /// lives while it does) and the relay address the server answered.
     pub(crate) async fn associate(&self, spec: &ProxyOutboundSpec) -> io::Result<(Upstream, Destination)> {
-        let mut up = dial(&self.tls, &None, &spec.server).await?;
+        let mut up = dial(&self.tls, &Default::default(), &spec.server).await?;
         // As Xray's client asks: the client's own address is not known, so 0.0.0.0:0.
         let any = Destination::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         let opening = socks_request(&mut up, spec, Command::UdpAssociate, &any);
