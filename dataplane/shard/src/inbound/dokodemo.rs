@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::UdpSocket;
 use rustc_hash::FxHashMap;
-use shardray_core::spec::{DokodemoSpec, LogLevel};
+use shardray_core::spec::DokodemoSpec;
 use shardray_core::stats::Refusal;
 
 use super::ConnInfo;
@@ -57,18 +57,7 @@ pub(crate) async fn datagram_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, soc
     let flows: Rc<RefCell<FxHashMap<SocketAddr, async_channel::Sender<Vec<u8>>>>> = Rc::default();
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
-        let (n, client) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
-            Err(e) => {
-                ctx.log.error(LogLevel::Warning, format_args!("[{}] UDP receive failed: {}", inbound.tag, e));
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if n > MAX_DATAGRAM {
-            ctx.refusals.add(Refusal::OversizeDatagram);
-            continue;
-        }
+        let (n, client) = super::recv_datagram(&ctx, &inbound, &socket, &mut buf).await;
         let mut packet = buf[..n].to_vec();
         if let Some(tx) = flows.borrow().get(&client) {
             match tx.try_send(packet) {

@@ -489,6 +489,28 @@ where
     }
 }
 
+/// The next datagram a per-shard UDP listener receives into `buf`, as `(length, client)`. A
+/// failed receive is logged and retried after a pause (out of memory, say: no spinning); a
+/// datagram that fills `buf` may have been cut short, so it is counted as oversize and
+/// dropped: size `buf` one byte past the largest datagram the protocol may carry.
+pub(crate) async fn recv_datagram(
+    ctx: &ShardCtx,
+    inbound: &InboundRt,
+    socket: &glommio::net::UdpSocket,
+    buf: &mut [u8],
+) -> (usize, SocketAddr) {
+    loop {
+        match socket.recv_from(buf).await {
+            Ok((n, _)) if n == buf.len() => ctx.refusals.add(Refusal::OversizeDatagram),
+            Ok(got) => return got,
+            Err(e) => {
+                ctx.log.error(LogLevel::Warning, format_args!("[{}] UDP receive failed: {}", inbound.tag, e));
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// One nonblocking recv(2) on `fd`, an open socket nothing buffers above.
 fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {

@@ -199,21 +199,7 @@ pub(crate) async fn datagram_loop(ctx: Rc<ShardCtx>, inbound: Rc<crate::ctx::Inb
     // Room for the salt, the longest address, the largest payload and the tag, and one more.
     let mut buf = vec![0u8; MAX_DATAGRAM + 32 + 262 + 16 + 1];
     loop {
-        let (n, client) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
-            Err(e) => {
-                ctx.log.error(
-                    shardray_core::spec::LogLevel::Warning,
-                    format_args!("[{}] UDP receive failed: {}", inbound.tag, e),
-                );
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if n == buf.len() {
-            ctx.refusals.add(Refusal::OversizeDatagram);
-            continue;
-        }
+        let (n, client) = super::recv_datagram(&ctx, &inbound, &socket, &mut buf).await;
         let data = &buf[..n];
         if let Some(flow) = flows.get(&client).filter(|f| !f.tx.is_closed()) {
             let mut copy = data.to_vec();
@@ -328,21 +314,7 @@ async fn datagram_loop_2022(
     let mut flows: rustc_hash::FxHashMap<u64, Ss2022Flow> = Default::default();
     let mut buf = vec![0u8; MAX_DATAGRAM + 32 + 24 + 16 + 19 + 2 + 900 + 262 + 16 + 1];
     loop {
-        let (n, client) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
-            Err(e) => {
-                ctx.log.error(
-                    shardray_core::spec::LogLevel::Warning,
-                    format_args!("[{}] UDP receive failed: {}", inbound.tag, e),
-                );
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if n == buf.len() {
-            ctx.refusals.add(Refusal::OversizeDatagram);
-            continue;
-        }
+        let (n, client) = super::recv_datagram(&ctx, &inbound, &socket, &mut buf).await;
         let opened = {
             let users = ss.users.borrow();
             ss2022_udp::open_request(method, ss.server_psk.as_ref(), |h| users.find_2022(h), &mut buf[..n], unix_now())
