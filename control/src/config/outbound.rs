@@ -366,7 +366,7 @@ fn proxy(
 }
 
 /// `settings.vnext` of a VLESS outbound: one server, one user, `encryption` "none" (or
-/// absent), no flow.
+/// absent), Vision or no flow; over any client transport.
 fn vless(
     settings: Value,
     path: &str,
@@ -411,15 +411,7 @@ fn vless(
     };
     let (tls, transport) = match stream {
         None | Some(Value::Null) => (None, TransportSpec::Raw),
-        Some(v) => match client_stream(deserialize_at(v, stream_path)?, stream_path)? {
-            (tls, t @ (TransportSpec::Raw | TransportSpec::Grpc(_))) => (tls, t),
-            _ => {
-                return Err(ConfigError::unsupported(
-                    format!("{stream_path}.network"),
-                    "a VLESS outbound over WebSocket or HTTPUpgrade",
-                ))
-            }
-        },
+        Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
     };
     if matches!(flow, VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
         return Err(ConfigError::invalid(

@@ -1348,7 +1348,7 @@ fn grpc_settings() {
         set(v, "/inbounds/0", "streamSettings", json!({ "network": "grpc", "grpcSettings": { "authority": "a b" } }))
     });
     assert_eq!(err.path, "inbounds[0].streamSettings.grpcSettings.authority");
-    // Outbounds: VLESS over gRPC is served, over WebSocket not yet.
+    // Outbounds: VLESS over gRPC and over WebSocket.
     let vless_out = |stream: Value| {
         json!({ "tag": "out", "protocol": "vless", "streamSettings": stream,
             "settings": { "vnext": [{ "address": "a.example", "port": 443, "users": [{ "id": ALICE }] }] } })
@@ -1360,6 +1360,12 @@ fn grpc_settings() {
     let OutboundProtocol::Vless(o) = &cfg.outbounds[0].protocol else { panic!() };
     assert!(matches!(&o.transport, TransportSpec::Grpc(g) if g.service_name == "/a/b" && g.user_agent == "x"));
     assert!(o.tls.as_ref().unwrap().alpn.is_empty(), "the shard offers h2 when nothing is named");
-    v["outbounds"][0] = vless_out(json!({ "network": "ws" }));
-    assert_eq!(load(&v).unwrap_err().path, "outbounds[0].streamSettings.network");
+    v["outbounds"][0] = vless_out(json!({ "network": "ws", "wsSettings": { "path": "/v?ed=2048" } }));
+    let cfg = load(&v).unwrap();
+    let OutboundProtocol::Vless(o) = &cfg.outbounds[0].protocol else { panic!() };
+    assert!(matches!(o.transport.http(), Some(h) if h.path == "/v" && h.early_data == 2048), "{:?}", o.transport);
+    // Vision stays on raw TCP, as Xray's "XTLS only supports TLS and REALITY directly".
+    v["outbounds"][0] = vless_out(json!({ "network": "ws", "security": "tls" }));
+    v["outbounds"][0]["settings"]["vnext"][0]["users"][0]["flow"] = json!("xtls-rprx-vision");
+    assert_eq!(load(&v).unwrap_err().path, "outbounds[0].settings.vnext[0].users[0].flow");
 }

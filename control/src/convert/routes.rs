@@ -341,11 +341,6 @@ fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Res
         None => (None, TransportSpec::Raw),
         Some(stream) => (client_tls(stream)?, client_transport(stream)?),
     };
-    if transport.http().is_some() {
-        return Err(invalid(
-            "sender_settings.stream_settings: a VLESS outbound over WebSocket or HTTPUpgrade is not served yet",
-        ));
-    }
     if matches!(flow, shardray_core::spec::VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
         return Err(invalid(
             "proxy_settings.server[0].user.account.flow: Vision needs TLS on raw TCP (sender_settings)",
