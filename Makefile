@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CONFIG ?= examples/config.json
 
-.PHONY: run test build release install fmt clippy lint bench perf peers fuzz
+.PHONY: run test build release install fmt clippy lint bench perf peers fuzz crash-trials
 
 run: release
 	./target/release/shardray test -c $(CONFIG)
@@ -75,6 +75,12 @@ bench:
 
 perf:
 	perf/run.sh
+
+# Crash trials: CRASH_CYCLES cycles of API batches under traffic, each ended by kill -9 and a
+# restart with --state (`make test` runs 6 of them).
+CRASH_CYCLES ?= 50
+crash-trials: build
+	SHARDRAY_CRASH_CYCLES=$(CRASH_CYCLES) $(CARGO) test -p shardray-tests --test crash_trials -- --nocapture
 
 # Fuzzing (not part of `make test`): every cargo-fuzz target in dataplane/wire/fuzz runs for
 # FUZZ_SECONDS, with the seeds in fuzz/seeds/<target> and a corpus kept in fuzz/corpus/<target>.
