@@ -146,6 +146,8 @@ pub(super) struct RawSystemPolicy {
     pub stats_inbound_downlink: Option<bool>,
     pub stats_outbound_uplink: Option<bool>,
     pub stats_outbound_downlink: Option<bool>,
+    pub max_connections: Option<u32>,
+    pub max_inbound_connections: Option<u32>,
     /// The V2Ray API article's place for the service list.
     pub api: Option<RawSystemApi>,
 }

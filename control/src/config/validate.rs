@@ -234,6 +234,8 @@ fn policy_spec(raw: RawPolicy) -> Result<PolicySpec, ConfigError> {
             stats_inbound_downlink: system.stats_inbound_downlink.unwrap_or(false),
             stats_outbound_uplink: system.stats_outbound_uplink.unwrap_or(false),
             stats_outbound_downlink: system.stats_outbound_downlink.unwrap_or(false),
+            max_connections: system.max_connections.unwrap_or(0),
+            max_inbound_connections: system.max_inbound_connections.unwrap_or(0),
         },
     })
 }

@@ -275,6 +275,11 @@ pub struct SystemPolicy {
     pub stats_outbound_uplink: bool,
     /// `statsOutboundDownlink`
     pub stats_outbound_downlink: bool,
+    /// `maxConnections` (ours): TCP connections the whole server holds at once, every inbound
+    /// and shard together; past it new ones are closed at accept (0: no limit).
+    pub max_connections: u32,
+    /// `maxInboundConnections` (ours): the same bound for each inbound on its own.
+    pub max_inbound_connections: u32,
 }
 
 /// One inbound (`inbounds[i]`).

@@ -178,17 +178,21 @@ pub enum Refusal {
     OversizeDatagram,
     /// A UDP session beyond its user's (or its dokodemo-door inbound's) flow limit on a shard.
     FlowLimit,
+    /// A connection past `policy.system.maxConnections` or `maxInboundConnections`, closed at
+    /// accept.
+    AcceptLimit,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::ApiAddress,
         Refusal::PrivateDestination,
         Refusal::BadRequest,
         Refusal::UnsupportedCommand,
         Refusal::OversizeDatagram,
         Refusal::FlowLimit,
+        Refusal::AcceptLimit,
     ];
 
     /// The counter's name part: `refused>>>{name}`.
@@ -200,6 +204,7 @@ impl Refusal {
             Refusal::UnsupportedCommand => "unsupported_command",
             Refusal::OversizeDatagram => "oversize_datagram",
             Refusal::FlowLimit => "udp_flow_limit",
+            Refusal::AcceptLimit => "connection_limit",
         }
     }
 
@@ -212,6 +217,7 @@ impl Refusal {
             Refusal::UnsupportedCommand => "a command this inbound does not serve",
             Refusal::OversizeDatagram => "a datagram above 8192 payload bytes",
             Refusal::FlowLimit => "too many UDP flows on this shard",
+            Refusal::AcceptLimit => "too many connections; raise policy.system.maxConnections or maxInboundConnections",
         }
     }
 }

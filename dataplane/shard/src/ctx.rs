@@ -87,6 +87,8 @@ pub(crate) struct InboundRt {
     /// VLESS over TLS directly on raw TCP: its users may take the Vision flow, so its TLS
     /// stream keeps track of record boundaries (see `TlsTcp::tracking`).
     pub(crate) vision: bool,
+    /// Its live TCP connections on every shard, for `maxInboundConnections`.
+    pub(crate) connections: crate::gate::InboundGauge,
 }
 
 /// An inbound's `sniffing`, compiled.
@@ -468,6 +470,7 @@ impl ShardCtx {
             },
             kind,
             vision: inbound.vision_refused().is_none(),
+            connections: crate::gate::inbound_gauge(&inbound.tag),
         })
     }
 

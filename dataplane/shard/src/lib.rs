@@ -3,6 +3,7 @@
 #![deny(rust_2018_idioms)]
 
 mod ctx;
+mod gate;
 mod inbound;
 pub mod mailbox;
 mod outbound;
