@@ -634,6 +634,42 @@ impl SocksLeg {
 
 // === the upstream leg, whichever outbound ===
 
+/// A VMess UDP session's packets, either side: one per body chunk, every one to (and, back,
+/// from) the request's destination; packets from anyone else are dropped, as VMess has no
+/// address to name them with.
+pub(crate) struct ChunkPackets<'a, S> {
+    pub(crate) stream: &'a RefCell<S>,
+    pub(crate) dest: Destination,
+    /// The most one chunk carries (with padding, a little under 8192 bytes).
+    pub(crate) max_payload: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> PacketSource for ChunkPackets<'_, S> {
+    async fn recv(&mut self, out: &mut [u8]) -> io::Result<Recv> {
+        // A read hands out one chunk's plaintext at most, and a packet's chunk fits `out`.
+        let n = Half(self.stream).read(out).await?;
+        Ok(match n {
+            0 => Recv::End,
+            n if n > MAX_DATAGRAM => Recv::Oversize,
+            n => Recv::Packet(self.dest.clone(), n),
+        })
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> PacketSink for ChunkPackets<'_, S> {
+    async fn send(&mut self, peer: &Destination, payload: &[u8]) -> io::Result<bool> {
+        // Past what one chunk carries: dropped, as a datagram too large for the path is.
+        if *peer != self.dest || payload.len() > self.max_payload {
+            return Ok(false);
+        }
+        let mut half = Half(self.stream);
+        // One write is one chunk: a datagram is far below what a write seals at once.
+        half.write_all(payload).await?;
+        half.flush().await?;
+        Ok(true)
+    }
+}
+
 /// The outbound's reading side.
 enum UpIn<'a> {
     Freedom(&'a FreedomLeg<'a>),
@@ -643,6 +679,8 @@ enum UpIn<'a> {
     Socks(&'a SocksLeg),
     /// A VLESS server's packets, after its response header.
     VlessFrames(FrameReader<VlessResponse<Half<'a, Upstream>>>),
+    /// A VMess server's packets, one per chunk.
+    VmessChunks(ChunkPackets<'a, Upstream>),
 }
 
 impl PacketSource for UpIn<'_> {
@@ -654,6 +692,7 @@ impl PacketSource for UpIn<'_> {
             UpIn::Shadowsocks(leg) => leg.recv(out).await,
             UpIn::Socks(leg) => leg.recv(out).await,
             UpIn::VlessFrames(r) => r.recv(out).await,
+            UpIn::VmessChunks(c) => c.recv(out).await,
         }
     }
 }
@@ -667,6 +706,7 @@ enum UpOut<'a> {
     Socks(&'a SocksLeg),
     /// VLESS carries one destination per session: packets for another are dropped.
     VlessFrames(FrameWriter<Half<'a, Upstream>>, Destination),
+    VmessChunks(ChunkPackets<'a, Upstream>),
 }
 
 impl PacketSink for UpOut<'_> {
@@ -679,6 +719,7 @@ impl PacketSink for UpOut<'_> {
             UpOut::Socks(leg) => leg.send(peer, payload).await,
             UpOut::VlessFrames(w, dest) if peer == dest => w.send(peer, payload).await,
             UpOut::VlessFrames(..) => Ok(false),
+            UpOut::VmessChunks(c) => c.send(peer, payload).await,
         }
     }
 }
@@ -928,6 +969,28 @@ where
                 }
             }
         }
+        OutboundProtocol::Vmess(v) => {
+            let Some(vmess) = &outbound.vmess else { return };
+            let dialed = Box::pin(crate::outbound::trojan::dial(&vmess.tls, &vmess.transport, &v.server)).await;
+            match dialed.and_then(|up| vmess.start(up, &dest, shardray_wire::vmess::Command::Udp)) {
+                Ok(up) => {
+                    let max_payload = match &up {
+                        Upstream::Vmess(s) => s.max_payload(),
+                        _ => unreachable!("start gives a VMess stream"),
+                    };
+                    upstream = RefCell::new(up);
+                    let chunks = || ChunkPackets { stream: &upstream, dest: dest.clone(), max_payload };
+                    (UpIn::VmessChunks(chunks()), UpOut::VmessChunks(chunks()))
+                }
+                Err(e) => {
+                    ctx.log.error(
+                        LogLevel::Info,
+                        format_args!("[{tag}] {peer} to udp:{dest}: [{out_tag}] {}: {e}", v.server),
+                    );
+                    return;
+                }
+            }
+        }
         OutboundProtocol::Shadowsocks(s) if outbound.shadowsocks.as_ref().and_then(|c| c.udp_keys()).is_some() => {
             let keys = outbound.shadowsocks.as_ref().and_then(|c| c.udp_keys()).expect("checked above");
             match SsLeg::open(&s.server, keys).await {
@@ -960,13 +1023,9 @@ where
                 }
             }
         }
-        OutboundProtocol::Vmess(_)
-        | OutboundProtocol::Shadowsocks(_)
-        | OutboundProtocol::Socks(_)
-        | OutboundProtocol::Http(_) => {
+        OutboundProtocol::Shadowsocks(_) | OutboundProtocol::Socks(_) | OutboundProtocol::Http(_) => {
             ctx.refusals.add(Refusal::UnsupportedCommand);
             let protocol = match outbound.protocol {
-                OutboundProtocol::Vmess(_) => "vmess",
                 OutboundProtocol::Socks(_) => "socks",
                 OutboundProtocol::Http(_) => "http",
                 _ => "shadowsocks",

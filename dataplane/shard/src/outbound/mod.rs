@@ -305,7 +305,7 @@ where
             };
             let dialed = Box::pin(trojan::dial(&vmess.tls, &vmess.transport, &v.server)).await;
             access(None);
-            match dialed.and_then(|up| vmess.start(up, dest)) {
+            match dialed.and_then(|up| vmess.start(up, dest, shardray_wire::vmess::Command::Tcp)) {
                 Ok(up) => (up, Vec::new()),
                 Err(e) => {
                     let out = &outbound.tag;
