@@ -233,7 +233,7 @@ fn dns_address(s: &str, port: Option<u16>, path: &str) -> Result<DnsAddress, Con
             };
             Ok(DnsAddress::Https { server: host_port(host, port.unwrap_or(443), path)?, path: url_path.to_string() })
         }
-        "quic" | "quic+local" | "h2c" | "h3" => Err(ConfigError::unsupported(path, format!("{scheme}:// (DNS over QUIC)"))),
+        "quic" | "quic+local" => Err(ConfigError::unsupported(path, format!("{scheme}:// (DNS over QUIC)"))),
         other => Err(ConfigError::invalid(
             path,
             format!("unknown scheme {other:?} (expected udp, tcp, tcp+local, tls, https, https+local)"),

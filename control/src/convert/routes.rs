@@ -1128,6 +1128,10 @@ mod tests {
                 { "tag": "b", "protocol": "freedom", "sendThrough": "127.0.0.1",
                   "settings": { "domainStrategy": "UseIPv4", "redirect": "example.com:443", "userLevel": 2 } },
                 { "tag": "c", "protocol": "blackhole", "settings": { "response": { "type": "http" } } },
+                { "tag": "d1", "protocol": "dns" },
+                { "tag": "d2", "protocol": "dns", "settings": { "nonIPQuery": "skip", "blockTypes": [65],
+                  "network": "udp", "address": "127.0.0.53", "port": 53 } },
+                { "tag": "d3", "protocol": "dns", "settings": { "nonIPQuery": "drop", "blockTypes": [12, 33] } },
                 { "tag": "t", "protocol": "trojan", "sendThrough": "127.0.0.1",
                   "settings": { "servers": [{ "address": "proxy.example", "port": 443, "password": "p w",
                                               "email": "me@x", "level": 1 }] },
@@ -1141,7 +1145,7 @@ mod tests {
                   "streamSettings": { "security": "tls", "tlsSettings": { "serverName": "sni.example" } } }
             ] }"#,
         );
-        assert_eq!(specs.len(), 6);
+        assert_eq!(specs.len(), 9);
         for spec in &specs {
             assert_eq!(&outbound_spec(&outbound_config(spec)).unwrap(), spec);
         }
