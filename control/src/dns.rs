@@ -20,9 +20,7 @@ use hickory_resolver::{Name, TokioResolver};
 use ipnet::IpNet;
 use shardray_core::log::LogSink;
 use shardray_core::router::DomainList;
-use shardray_core::spec::{
-    DnsAddress, DnsServerSpec, DnsSpec, HostAnswer, LogLevel, NonIpQuery, QueryStrategy,
-};
+use shardray_core::spec::{DnsAddress, DnsServerSpec, DnsSpec, HostAnswer, LogLevel, NonIpQuery, QueryStrategy};
 use shardray_shard::dns::{DnsAnswer, DnsQuestion, DnsRequest, Family, LookupError, MessageAnswer};
 use shardray_shard::mailbox::ShardMailbox;
 use shardray_shard::ShardCommand;
@@ -206,7 +204,10 @@ impl DnsResolver {
                     Ok((ips, ttl)) => format!("{ips:?} (ttl {ttl})"),
                     Err(e) => e.to_string(),
                 };
-                self.log.error(LogLevel::Warning, format_args!("dns: {name} {kind} -> {said} from {} in {ms} ms", server.label));
+                self.log.error(
+                    LogLevel::Warning,
+                    format_args!("dns: {name} {kind} -> {said} from {} in {ms} ms", server.label),
+                );
             }
             match answer {
                 Ok((ips, ttl)) => {
@@ -231,7 +232,7 @@ impl DnsResolver {
     fn order(&self, name: &str) -> Vec<&NameServer> {
         let (mut matched, others): (Vec<&NameServer>, Vec<&NameServer>) =
             self.servers.iter().partition(|s| s.domains.as_ref().is_some_and(|d| d.matches(name)));
-        let fallback = !self.disable_fallback && !(self.disable_fallback_if_match && !matched.is_empty());
+        let fallback = !self.disable_fallback && (matched.is_empty() || !self.disable_fallback_if_match);
         if fallback {
             matched.extend(others.into_iter().filter(|s| !s.spec.skip_fallback));
         }
@@ -483,9 +484,9 @@ pub fn spawn(
             tokio::spawn(async move {
                 let answer = match question {
                     DnsQuestion::Lookup { name, family } => DnsAnswer::Addresses(resolver.lookup(&name, family).await),
-                    DnsQuestion::Message { query, non_ip_query, block_types, forward } => DnsAnswer::Message(
-                        resolver.answer_message(&query, non_ip_query, &block_types, forward).await,
-                    ),
+                    DnsQuestion::Message { query, non_ip_query, block_types, forward } => {
+                        DnsAnswer::Message(resolver.answer_message(&query, non_ip_query, &block_types, forward).await)
+                    }
                 };
                 if let Some(mailbox) = mailboxes.get(shard) {
                     let _ = mailbox.send(ShardCommand::DnsAnswer { reply, answer });

@@ -136,7 +136,8 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     let (dns_spec, dns_log) = (config.dns.clone(), config.log.dns_log);
     let (dns_requests, dns_questions) = tokio::sync::mpsc::unbounded_channel();
     let mut server = Server::start(Arc::new(config), shards, &api_addrs, users, dns_requests)?;
-    let resolver = DnsResolver::new(dns_spec.as_ref(), server.log.clone(), dns_log).map_err(|e| anyhow::anyhow!("dns: {e}"))?;
+    let resolver =
+        DnsResolver::new(dns_spec.as_ref(), server.log.clone(), dns_log).map_err(|e| anyhow::anyhow!("dns: {e}"))?;
     {
         let _runtime = runtime.enter();
         crate::dns::spawn(Arc::new(resolver), dns_questions, server.mailboxes());

@@ -118,13 +118,13 @@ fn a_slow_server_holds_up_only_the_sessions_waiting_for_it() {
     let port = echo.addr().port();
     assert!(echoes(proxy, "cached.test", port));
     // Sessions to the slow name on both shards, then others while they wait.
-    let waiting: Vec<_> = (0..4)
-        .map(|_| thread::spawn(move || (echoes(proxy, "slow.test", port), Instant::now())))
-        .collect();
+    let waiting: Vec<_> =
+        (0..4).map(|_| thread::spawn(move || (echoes(proxy, "slow.test", port), Instant::now()))).collect();
     assert!(shardray_tests::wait_until(Duration::from_secs(2), || slow.queries("slow.test") >= 1));
     let started = Instant::now();
     for i in 0..6 {
-        let ip = socks5(proxy, None, shardray_wire::addr::Destination::from(echo.addr())).and_then(|mut s| echo_through(&mut s, b"x"));
+        let ip = socks5(proxy, None, shardray_wire::addr::Destination::from(echo.addr()))
+            .and_then(|mut s| echo_through(&mut s, b"x"));
         assert!(matches!(ip, Ok(ref b) if b == b"x"), "to an IP, {i}");
         assert!(echoes(proxy, "hosted.test", port), "hosts, {i}");
         assert!(echoes(proxy, "cached.test", port), "cached, {i}");
@@ -174,7 +174,10 @@ fn dns_outbound_config(dest: SocketAddr, settings: Value, dns: Value) -> Value {
         "tag": "door", "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
         "settings": { "address": dest.ip().to_string(), "port": dest.port(), "network": "tcp,udp" }
     }));
-    config["outbounds"].as_array_mut().unwrap().push(json!({ "tag": "dns-out", "protocol": "dns", "settings": settings }));
+    config["outbounds"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "tag": "dns-out", "protocol": "dns", "settings": settings }));
     config["routing"]["rules"] = json!([{ "type": "field", "inboundTag": ["door"], "outboundTag": "dns-out" }]);
     config["dns"] = dns;
     config
@@ -240,6 +243,7 @@ fn dns_log_logs_each_query() {
     let server = Shardray::start(&config, 1);
     assert!(echoes(server.inbound("socks-in"), "svc.test", echo.addr().port()));
     let from = format!("from udp://{} in ", server_dns.udp());
-    let logged = |out: String| out.lines().any(|l| l.contains("dns: svc.test A -> [127.0.0.1] (ttl ") && l.contains(&from));
+    let logged =
+        |out: String| out.lines().any(|l| l.contains("dns: svc.test A -> [127.0.0.1] (ttl ") && l.contains(&from));
     assert!(shardray_tests::wait_until(Duration::from_secs(5), || logged(server.output())), "{}", server.output());
 }

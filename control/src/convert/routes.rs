@@ -8,9 +8,10 @@ use std::fmt;
 use ipnet::IpNet;
 use prost::Message;
 use shardray_core::spec::{
-    BalancerSpec, BalancerStrategy, BlackholeSpec, DnsNetwork, DnsOutboundSpec, DomainMatcher, NonIpQuery, DomainStrategy, FreedomSpec, HttpTransportSpec,
-    NetworkSet, OutboundProtocol, OutboundSpec, PortRange, ProxyOutboundSpec, RuleSpec, ShadowsocksOutboundSpec,
-    TlsClientSpec, TransportSpec, TrojanOutboundSpec, VlessOutboundSpec, VmessOutboundSpec,
+    BalancerSpec, BalancerStrategy, BlackholeSpec, DnsNetwork, DnsOutboundSpec, DomainMatcher, DomainStrategy,
+    FreedomSpec, HttpTransportSpec, NetworkSet, NonIpQuery, OutboundProtocol, OutboundSpec, PortRange,
+    ProxyOutboundSpec, RuleSpec, ShadowsocksOutboundSpec, TlsClientSpec, TransportSpec, TrojanOutboundSpec,
+    VlessOutboundSpec, VmessOutboundSpec,
 };
 use shardray_proto::xray::app::proxyman::SenderConfig;
 use shardray_proto::xray::app::router;

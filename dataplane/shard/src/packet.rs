@@ -464,8 +464,11 @@ struct DnsLeg<'a> {
     decision: Decision,
     session: &'a Session<'a>,
     spec: &'a DnsOutboundSpec,
-    answers: (async_channel::Sender<(Destination, Vec<u8>)>, async_channel::Receiver<(Destination, Vec<u8>)>),
+    answers: (async_channel::Sender<DnsReply>, async_channel::Receiver<DnsReply>),
 }
+
+/// An answer for the client, from the destination its query was sent to.
+type DnsReply = (Destination, Vec<u8>);
 
 impl<'a> DnsLeg<'a> {
     fn send(&self, dest: &Destination, payload: &[u8]) -> impl std::future::Future<Output = bool> + '_ {
