@@ -429,6 +429,9 @@ impl NameServer {
         opts.timeout = self.spec.timeout;
         opts.ndots = 0;
         opts.use_hosts_file = ResolveHosts::Never;
+        if matches!(protocol, Protocol::Tls | Protocol::Https) {
+            opts.tls_config = tls_config().map_err(|e| format!("{}: {e}", self.label))?;
+        }
         let config = ResolverConfig::from_parts(None, Vec::new(), vec![config]);
         Ok(TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).with_options(opts).build())
     }
@@ -458,6 +461,26 @@ async fn socket_addr(server: &Destination) -> std::io::Result<SocketAddr> {
             .next()
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")),
     }
+}
+
+/// The TLS client of DoT and DoH: the web's roots, and the certificates in the PEM file
+/// `SSL_CERT_FILE` names (OpenSSL's variable), for a resolver with a private CA.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) {
+        let shown = std::path::Path::new(&file).display().to_string();
+        let pem = std::fs::read(&file).map_err(|e| format!("SSL_CERT_FILE {shown}: {e}"))?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("SSL_CERT_FILE {shown}: {e}"))?;
+            roots.add(cert).map_err(|e| format!("SSL_CERT_FILE {shown}: {e}"))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// How a server is named in logs.

@@ -13,6 +13,7 @@ pub struct DnsServer {
     udp: SocketAddr,
     tcp: SocketAddr,
     asked: Arc<Mutex<Vec<(String, u16, bool)>>>,
+    table: Arc<Table>,
 }
 
 /// What the server answers.
@@ -53,7 +54,7 @@ impl DnsServer {
         });
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         let tcp_addr = tcp.local_addr().unwrap();
-        let (t, a) = (table, asked.clone());
+        let (t, a) = (table.clone(), asked.clone());
         std::thread::spawn(move || {
             for conn in tcp.incoming() {
                 let Ok(mut conn) = conn else { continue };
@@ -69,7 +70,42 @@ impl DnsServer {
                 });
             }
         });
-        DnsServer { udp: udp_addr, tcp: tcp_addr, asked }
+        DnsServer { udp: udp_addr, tcp: tcp_addr, asked, table }
+    }
+
+    /// Serves the same table as DNS over TLS with `cert` (counted as TCP queries); the address.
+    pub fn serve_tls(&self, cert: &crate::tls::SelfSigned) -> SocketAddr {
+        use rustls::pki_types::pem::PemObject;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key_file).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert_der.clone()], key)
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (t, a) = (self.table.clone(), self.asked.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (t, a, config) = (t.clone(), a.clone(), config.clone());
+                std::thread::spawn(move || {
+                    let Ok(server) = rustls::ServerConnection::new(config) else { return };
+                    let mut tls = rustls::StreamOwned::new(server, conn);
+                    while let Ok(query) = read_framed(&mut tls) {
+                        if let Some(reply) = answer(&t, &a, &query, true) {
+                            if write_framed(&mut tls, &reply).and_then(|_| tls.flush()).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
     }
 
     /// The UDP address.

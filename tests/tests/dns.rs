@@ -150,6 +150,22 @@ fn tcp_servers_are_asked_over_tcp() {
 }
 
 #[test]
+fn tls_servers_are_asked_over_dns_over_tls() {
+    let echo = EchoServer::start();
+    let server_dns = DnsServer::start(&[("svc.test", LOCAL)]);
+    let dir = tempfile::tempdir().unwrap();
+    let cert = shardray_tests::tls::SelfSigned::generate(dir.path(), &["127.0.0.1"]);
+    let dot = server_dns.serve_tls(&cert);
+    let dns = json!({ "servers": [format!("tls://{dot}")] });
+    // The test's own CA, as an operator would name a private one (nextest runs each test in a
+    // process of its own, which the server inherits this from).
+    std::env::set_var("SSL_CERT_FILE", &cert.cert_file);
+    let server = Shardray::start(&config("UseIPv4", dns), 2);
+    assert!(echoes(server.inbound("socks-in"), "svc.test", echo.addr().port()), "{}", server.output());
+    assert_eq!(server_dns.tcp_queries("svc.test"), 1);
+}
+
+#[test]
 fn ip_if_non_match_routes_a_name_by_the_address_the_dns_object_gives() {
     let echo = EchoServer::start();
     let server_dns = DnsServer::start(&[("routed.test", LOCAL), ("elsewhere.test", Ipv4Addr::new(10, 7, 7, 7))]);
