@@ -263,3 +263,50 @@ fn dns_log_logs_each_query() {
         |out: String| out.lines().any(|l| l.contains("dns: svc.test A -> [127.0.0.1] (ttl ") && l.contains(&from));
     assert!(shardray_tests::wait_until(Duration::from_secs(5), || logged(server.output())), "{}", server.output());
 }
+
+#[test]
+fn a_dns_outbound_added_through_the_api_answers_from_hosts() {
+    use shardray_proto::xray::app::proxyman::command as handler;
+    use shardray_proto::xray::app::router;
+    use shardray_proto::xray::app::router::command as routing;
+    use shardray_proto::xray::core::OutboundHandlerConfig;
+    use shardray_proto::xray::proxy::dns as pb;
+    use shardray_tests::api::{typed, ApiClient};
+
+    let dns = json!({ "hosts": { "hosted.test": "192.0.2.7" } });
+    let mut config = dns_outbound_config("8.8.8.8:53".parse().unwrap(), json!({}), dns);
+    config["api"] = shardray_tests::loopback_api(&["HandlerService", "RoutingService"]);
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    // Xray's rules for `nonIPQuery: "drop"`: hijack A and AAAA, drop the rest.
+    let rule =
+        |action: pb::RuleAction, qtype: Vec<i32>| pb::DnsRuleConfig { action: action as i32, qtype, domain: vec![] };
+    let settings = pb::Config {
+        user_level: 0,
+        rule: vec![rule(pb::RuleAction::Hijack, vec![1, 28]), rule(pb::RuleAction::Drop, vec![])],
+        rewrite_server: None,
+    };
+    let outbound = OutboundHandlerConfig {
+        tag: "dns-api".into(),
+        proxy_settings: Some(typed("xray.proxy.dns.Config", &settings)),
+        ..Default::default()
+    };
+    let handler = handler::handler_service_client::HandlerServiceClient::new(api.channel());
+    api.block_on(handler.clone().add_outbound(handler::AddOutboundRequest { outbound: Some(outbound) })).unwrap();
+    let rule = router::RoutingRule {
+        target_tag: Some(router::routing_rule::TargetTag::Tag("dns-api".into())),
+        rule_tag: "door-to-api".into(),
+        inbound_tag: vec!["door".into()],
+        ..Default::default()
+    };
+    let rules = router::Config { rule: vec![rule], ..Default::default() };
+    let req = routing::AddRuleRequest { config: Some(typed("xray.app.router.Config", &rules)), should_append: false };
+    let routing = routing::routing_service_client::RoutingServiceClient::new(api.channel());
+    api.block_on(routing.clone().add_rule(req)).unwrap();
+
+    let door = server.inbound("door");
+    let reply = udp_ask(door, &dns::query(21, "hosted.test", 1)).expect("an answer");
+    assert_eq!(dns::parse_response(&reply), Some((21, 0, vec![Ipv4Addr::new(192, 0, 2, 7)])));
+    // A TXT query is dropped by this outbound, where the config's one would refuse it.
+    assert_eq!(udp_ask(door, &dns::query(22, "hosted.test", 16)), None);
+}
