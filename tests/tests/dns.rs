@@ -310,3 +310,23 @@ fn a_dns_outbound_added_through_the_api_answers_from_hosts() {
     // A TXT query is dropped by this outbound, where the config's one would refuse it.
     assert_eq!(udp_ask(door, &dns::query(22, "hosted.test", 16)), None);
 }
+
+#[test]
+fn udp_to_a_name_resolves_through_the_dns_object() {
+    use shardray_tests::udp::{DatagramPath, Socks5Udp, UdpEcho};
+    let echo = UdpEcho::start();
+    let server_dns = DnsServer::start(&[("udp.test", LOCAL)]);
+    let mut config = config("UseIPv4", json!({ "servers": [server_dns.udp().to_string()] }));
+    config["inbounds"][0]["settings"]["udp"] = json!(true);
+    let server = Shardray::start(&config, 2);
+    let udp = Socks5Udp::associate(server.inbound("socks-in")).unwrap();
+    // SOCKS5 UDP header with a domain address (type 3).
+    let mut datagram = vec![0, 0, 0, 3, 8];
+    datagram.extend_from_slice(b"udp.test");
+    datagram.extend_from_slice(&echo.addr().port().to_be_bytes());
+    datagram.extend_from_slice(b"over udp");
+    udp.send_raw(&datagram).unwrap();
+    let (from, payload) = udp.recv().unwrap_or_else(|e| panic!("{e}: {}", server.output()));
+    assert_eq!((from, payload.as_slice()), (echo.addr(), &b"over udp"[..]));
+    assert_eq!(server_dns.all_queries(), vec![("udp.test".to_string(), 1)]);
+}
