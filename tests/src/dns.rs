@@ -132,6 +132,60 @@ impl DnsServer {
     pub fn all_queries(&self) -> Vec<(String, u16)> {
         self.asked.lock().unwrap().iter().map(|(n, t, _)| (n.clone(), *t)).collect()
     }
+    /// Serves the same table as DNS over HTTPS (HTTP/2 POSTs to `path`; anything else is 404)
+    /// with `cert` (counted as TCP queries); the address.
+    pub fn serve_https(&self, cert: &crate::tls::SelfSigned, path: &'static str) -> SocketAddr {
+        use rustls::pki_types::pem::PemObject;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key_file).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert_der.clone()], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (t, a) = (self.table.clone(), self.asked.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((conn, _)) = listener.accept().await {
+                    let (t, a, acceptor) = (t.clone(), a.clone(), acceptor.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(conn).await else { return };
+                        let Ok(mut h2) = h2::server::handshake(tls).await else { return };
+                        while let Some(Ok((request, mut respond))) = h2.accept().await {
+                            let (t, a) = (t.clone(), a.clone());
+                            tokio::spawn(async move {
+                                let wanted = request.uri().path() == path && request.method() == http::Method::POST;
+                                let mut body = request.into_body();
+                                let mut query = Vec::new();
+                                while let Some(Ok(chunk)) = body.data().await {
+                                    let _ = body.flow_control().release_capacity(chunk.len());
+                                    query.extend_from_slice(&chunk);
+                                }
+                                let reply = if wanted { answer(&t, &a, &query, true) } else { None };
+                                let status = if reply.is_some() { 200 } else { 404 };
+                                let head = http::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/dns-message")
+                                    .body(())
+                                    .unwrap();
+                                let Ok(mut stream) = respond.send_response(head, false) else { return };
+                                let _ = stream.send_data(bytes::Bytes::from(reply.unwrap_or_default()), true);
+                            });
+                        }
+                    });
+                }
+            });
+        });
+        addr
+    }
 }
 
 fn answer(table: &Table, asked: &Mutex<Vec<(String, u16, bool)>>, query: &[u8], tcp: bool) -> Option<Vec<u8>> {

@@ -166,6 +166,20 @@ fn tls_servers_are_asked_over_dns_over_tls() {
 }
 
 #[test]
+fn https_servers_are_asked_over_dns_over_https() {
+    let echo = EchoServer::start();
+    let server_dns = DnsServer::start(&[("svc.test", LOCAL)]);
+    let dir = tempfile::tempdir().unwrap();
+    let cert = shardray_tests::tls::SelfSigned::generate(dir.path(), &["127.0.0.1"]);
+    let doh = server_dns.serve_https(&cert, "/resolve");
+    std::env::set_var("SSL_CERT_FILE", &cert.cert_file);
+    let dns = json!({ "servers": [format!("https://{doh}/resolve")] });
+    let server = Shardray::start(&config("UseIPv4", dns), 2);
+    assert!(echoes(server.inbound("socks-in"), "svc.test", echo.addr().port()), "{}", server.output());
+    assert_eq!(server_dns.tcp_queries("svc.test"), 1);
+}
+
+#[test]
 fn ip_if_non_match_routes_a_name_by_the_address_the_dns_object_gives() {
     let echo = EchoServer::start();
     let server_dns = DnsServer::start(&[("routed.test", LOCAL), ("elsewhere.test", Ipv4Addr::new(10, 7, 7, 7))]);
