@@ -210,6 +210,7 @@ fn restart_only(old: &Config, new: &Config, report: &mut ReloadReport) {
     note(without_tokens(old) != without_tokens(new), "api");
     note(old.metrics != new.metrics, "metrics");
     note(old.stats_enabled != new.stats_enabled, "stats");
+    note(old.dns != new.dns, "dns");
     let untagged = |c: &Config| -> Vec<InboundSpec> {
         c.inbounds.iter().filter(|i| i.tag.is_empty()).map(comparable).collect::<Vec<_>>()
     };

@@ -20,7 +20,7 @@ use super::raw::{
     RawApi, RawApiTls, RawApiToken, RawCallLimit, RawConfig, RawLevelPolicy, RawLog, RawMetrics, RawPolicy, RawRouting,
     RawSockopt, StringList,
 };
-use super::{inbound, outbound, routing};
+use super::{dns, inbound, outbound, routing};
 
 /// The smallest relay buffer a level gets (`bufferSize: 0` asks for as little as possible).
 const MIN_BUFFER_SIZE: usize = 4 * 1024;
@@ -70,6 +70,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let inbounds = inbound::inbounds(raw.inbounds, &api_inbound_tags, &metrics_tags)?;
     let routing = routing::routing(raw.routing, Some(&outbounds), &control_tags)?;
+    let dns = dns::dns(raw.dns)?;
 
     let mut listens = inbounds.listens;
     let api = match api {
@@ -155,6 +156,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         inbounds: inbounds.specs,
         outbounds,
         routing,
+        dns,
         notes,
         ignored_keys: Vec::new(),
     })
@@ -163,7 +165,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 /// `dns`, `transport` and the like: refused unless absent or `{}`.
 fn check_unserved_sections(raw: &RawConfig) -> Result<(), ConfigError> {
     let sections = [
-        ("dns", &raw.dns),
         ("transport", &raw.transport),
         ("reverse", &raw.reverse),
         ("fakedns", &raw.fakedns),

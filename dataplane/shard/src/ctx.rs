@@ -55,6 +55,8 @@ pub(crate) struct ShardCtx {
     pub(crate) flows: crate::packet::FlowCounts,
     /// The last epoch applied.
     pub(crate) applied: Cell<u64>,
+    /// The `dns` object's resolver, if the config has one.
+    pub(crate) dns: Option<crate::dns::DnsClient>,
 }
 
 /// An inbound's accept (or datagram) loop.
@@ -361,6 +363,7 @@ impl ShardCtx {
         api_addrs: Arc<[SocketAddr]>,
         log: LogSink,
         tap: RouteTap,
+        dns: Option<crate::dns::DnsClient>,
     ) -> Result<ShardCtx, String> {
         let specs = RouteSpecs::from_config(&config);
         let routes = Routes::build(&specs, None)?;
@@ -381,6 +384,7 @@ impl ShardCtx {
             watchers: SessionWatchers::default(),
             flows: Default::default(),
             applied: Cell::new(0),
+            dns,
         };
         for inbound in &config.inbounds {
             let inbound = ctx.inbound_rt(inbound)?;

@@ -3,6 +3,7 @@
 //! `forward` is the common tail of every inbound's pipeline: route → outbound → relay, with
 //! the session's counters, timeouts and access-log line.
 
+pub(crate) mod dns;
 pub(crate) mod proxy;
 mod resolve;
 pub(crate) mod shadowsocks;
@@ -33,7 +34,7 @@ use crate::relay::{relay, Meter, RelayEnd, RelayOptions};
 use crate::transport::vision::VisionSwitch;
 use crate::users::{SessionWatch, UserHandle};
 
-pub(crate) use resolve::{connect_configured, resolve};
+pub(crate) use resolve::{connect_configured, resolve, resolve_system};
 use trojan::Upstream;
 
 /// How long a dial may take before the session is given up.
@@ -253,6 +254,23 @@ where
                     return;
                 }
             }
+        }
+        OutboundProtocol::Dns(spec) => {
+            access(None);
+            let Carry::Relay { early, down_prefix, .. } = how else {
+                // An HTTP proxy's plain request carries no DNS.
+                let _ = client.close().await;
+                return;
+            };
+            let decision = Decision { explicit_dest: original_explicit, ..decision };
+            let forward = dns::forward_target(ctx, &routes, spec, &session.dest, decision, &session, true).await;
+            let mut meter = SessionMeter::new(ctx, &session, outbound, &policy);
+            let served = dns::serve_stream(ctx, client, spec, forward, early, down_prefix, &policy, &mut meter);
+            if let Err(e) = Box::pin(served).await {
+                ctx.log.error(LogLevel::Debug, format_args!("[{tag}] {peer} to {dest}: dns: {e}"));
+            }
+            let _ = client.close().await;
+            return;
         }
         OutboundProtocol::Trojan(t) => {
             let Some(trojan) = &outbound.trojan else {
@@ -475,7 +493,7 @@ pub(crate) async fn route(ctx: &ShardCtx, routes: &Routes, input: &mut RouteInpu
             return d;
         }
     }
-    if let Ok(addrs) = resolve(input.dest, input.port, Default::default()).await {
+    if let Ok(addrs) = resolve(ctx, input.dest, input.port, shardray_core::spec::DomainStrategy::UseIp).await {
         input.resolved = addrs.first().map(|a| a.ip());
     }
     routes.router.route(input)
@@ -513,7 +531,7 @@ async fn dial(
         (None, Some(ip)) if strategy == Default::default() => {
             vec![SocketAddr::new(ip, target.port)]
         }
-        (None, _) => resolve(&target.addr, target.port, strategy).await.map_err(DialError::Io)?,
+        (None, _) => resolve(ctx, &target.addr, target.port, strategy).await.map_err(DialError::Io)?,
     };
     let mut last_err = DialError::Io(io::Error::new(io::ErrorKind::NotFound, "no address"));
     for addr in addrs {
