@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::limits::UserLimits;
+
 /// Bytes counted in both directions for one name, on one shard.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -53,6 +55,8 @@ pub struct SlotCounters {
     /// that outlives it (closing while the slot is reused) no longer counts into it.
     gens: Vec<u32>,
     emails: Vec<Option<Arc<str>>>,
+    /// Each slot's limit state, shared with the other shards (see `limits`).
+    limits: Vec<Option<Arc<UserLimits>>>,
     /// Only users with a live session here have an entry: most users are offline.
     online: HashMap<u32, Vec<IpSessions>>,
 }
@@ -66,6 +70,7 @@ impl SlotCounters {
             self.traffic.resize_with(i + 1, Traffic::default);
             self.gens.resize(i + 1, 0);
             self.emails.resize(i + 1, None);
+            self.limits.resize(i + 1, None);
         }
         if new_slot {
             self.traffic[i].up.set(0);
@@ -76,10 +81,23 @@ impl SlotCounters {
         self.emails[i] = Some(email);
     }
 
+    /// Gives `slot` (assigned) the limit state its email shares across shards.
+    pub fn set_limits(&mut self, slot: u32, limits: Arc<UserLimits>) {
+        if let Some(l) = self.limits.get_mut(slot as usize) {
+            *l = Some(limits);
+        }
+    }
+
+    /// The limit state of a slot, if it has one.
+    pub fn limits(&self, slot: u32) -> Option<&Arc<UserLimits>> {
+        self.limits.get(slot as usize)?.as_ref()
+    }
+
     /// Forgets a freed slot's email; its counters are zeroed when the slot is reused.
     pub fn free(&mut self, slot: u32) {
         if let Some(e) = self.emails.get_mut(slot as usize) {
             *e = None;
+            self.limits[slot as usize] = None;
         }
     }
 
@@ -178,17 +196,23 @@ pub enum Refusal {
     OversizeDatagram,
     /// A UDP session beyond its user's (or its dokodemo-door inbound's) flow limit on a shard.
     FlowLimit,
+    /// A session beyond its user's `maxConnections`.
+    ConnectionLimit,
+    /// A session from one more address than its user's `maxIPs`.
+    IpLimit,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::ApiAddress,
         Refusal::PrivateDestination,
         Refusal::BadRequest,
         Refusal::UnsupportedCommand,
         Refusal::OversizeDatagram,
         Refusal::FlowLimit,
+        Refusal::ConnectionLimit,
+        Refusal::IpLimit,
     ];
 
     /// The counter's name part: `refused>>>{name}`.
@@ -200,6 +224,8 @@ impl Refusal {
             Refusal::UnsupportedCommand => "unsupported_command",
             Refusal::OversizeDatagram => "oversize_datagram",
             Refusal::FlowLimit => "udp_flow_limit",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::IpLimit => "ip_limit",
         }
     }
 
@@ -212,6 +238,8 @@ impl Refusal {
             Refusal::UnsupportedCommand => "a command this inbound does not serve",
             Refusal::OversizeDatagram => "a datagram above 8192 payload bytes",
             Refusal::FlowLimit => "too many UDP flows on this shard",
+            Refusal::ConnectionLimit => "the user's level allows no more live sessions (maxConnections)",
+            Refusal::IpLimit => "the user's level allows no more client addresses at once (maxIPs)",
         }
     }
 }

@@ -666,9 +666,12 @@ impl ShardCtx {
                 continue;
             };
             match op {
-                UserOp::Add { user, email, new_slot } => {
+                UserOp::Add { user, email, new_slot, limits } => {
                     if let Some(email) = email {
                         slots.assign(user.slot, email.clone(), *new_slot);
+                        if let Some(limits) = limits {
+                            slots.set_limits(user.slot, limits.clone());
+                        }
                     }
                     let _ = users.insert(user);
                 }

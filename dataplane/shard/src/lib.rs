@@ -4,6 +4,7 @@
 
 mod ctx;
 mod inbound;
+mod limits;
 pub mod mailbox;
 mod outbound;
 mod packet;

@@ -21,6 +21,7 @@ use glommio::timer::Timer;
 use shardray_core::spec::{LevelPolicy, PolicySpec};
 
 use self::splice::SpliceDir;
+use crate::limits::Allowance;
 use crate::transport::vision::VisionSwitch;
 use crate::users::{SessionWatch, UserState};
 
@@ -107,12 +108,21 @@ impl<'a> RelayOptions<'a> {
     }
 }
 
-/// Called with the byte count of every chunk read: `(uplink, downlink)`.
+/// Called with the byte count of every chunk read: `(uplink, downlink)`; and asked before
+/// each read how much the session's rate allows.
 pub(crate) trait Meter {
     fn up(&mut self, n: u64);
     fn down(&mut self, n: u64);
     /// The session's user moved to another policy level.
     fn set_policy(&mut self, _policy: &LevelPolicy) {}
+    /// The most the uplink may read now, or when it may read again.
+    fn up_allowance(&mut self) -> Allowance {
+        Ok(POLL_BUDGET)
+    }
+    /// The most the downlink may read now, or when it may read again.
+    fn down_allowance(&mut self) -> Allowance {
+        Ok(POLL_BUDGET)
+    }
 }
 
 /// A meter that counts nothing (fallbacks).
@@ -311,13 +321,21 @@ impl Direction for BufDir<'_> {
         self.paused = false;
     }
 
-    /// Moves as much as it can from `r` to `w`, adding the bytes read to `read`.
-    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
+    /// Moves as much as it can from `r` to `w`, reading at most `budget` bytes more, adding
+    /// the bytes read to `read`.
+    fn poll_move<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        read: &mut u64,
+        budget: u64,
+    ) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
-        let budget = *read + POLL_BUDGET;
+        let limit = *read + budget;
         let mut progressed = false;
         let done = |progressed: bool| Ok(Moved { progressed, more: false });
         // Set once a read returned Pending, which registered the task to be woken.
@@ -358,7 +376,13 @@ impl Direction for BufDir<'_> {
                 self.flush(cx, w)?;
                 return done(progressed);
             }
-            if *read >= budget {
+            if *read >= limit {
+                if budget == 0 {
+                    // Held to the user's rate: wait for the relay's rate timer, holding no buffer.
+                    self.release();
+                    self.flush(cx, w)?;
+                    return done(progressed);
+                }
                 // Enough for one turn: let the shard's other tasks run, then come back.
                 return Ok(Moved { progressed, more: true });
             }
@@ -380,8 +404,9 @@ impl Direction for BufDir<'_> {
             self.end = held;
             // Fill the buffer from as many reads as are ready, so that the write is one large
             // chunk (a TLS stream hands out one record per read).
-            while self.end < buf.len() && !self.bulk {
-                match Pin::new(&mut *r).poll_read(cx, &mut buf[self.end..]) {
+            while self.end < buf.len() && !self.bulk && *read < limit {
+                let room = (buf.len() - self.end).min((limit - *read) as usize);
+                match Pin::new(&mut *r).poll_read(cx, &mut buf[self.end..self.end + room]) {
                     Poll::Ready(Ok(0)) => {
                         self.eof = true;
                         progressed = true;
@@ -447,7 +472,16 @@ trait Direction {
     }
     /// Reads again (a pause that led nowhere).
     fn unpause(&mut self) {}
-    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
+    /// Moves what it can, reading at most `budget` bytes more (0: only writes out what it
+    /// holds, then waits for the caller to come back), adding the bytes read to `read`.
+    fn poll_move<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        read: &mut u64,
+        budget: u64,
+    ) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized;
@@ -455,7 +489,7 @@ trait Direction {
 
 /// Bytes one direction may read in one poll before the relay yields, so that a busy
 /// connection cannot starve the shard's other connections or its control commands.
-const POLL_BUDGET: u64 = 1024 * 1024;
+pub(crate) const POLL_BUDGET: u64 = 1024 * 1024;
 
 /// Relays between `client` and `upstream` until both directions are finished, an error occurs,
 /// a timeout fires or the session's user is closed. With `RelayOptions::splice` the bytes move
@@ -509,6 +543,8 @@ where
     let mut timer = Timer::new(timeouts.idle);
     let mut armed_for = timeouts.idle;
     let mut yield_turn: Option<Timer> = None;
+    // Armed while a direction waits for its user's rate to allow more.
+    let mut rate_wait: Option<Timer> = None;
     let mut paused = false;
     futures_lite::future::poll_fn(|cx| {
         // The client stream is its bare socket now: stop reading, write out what is held,
@@ -523,8 +559,9 @@ where
                 down.unpause();
             }
         }
-        // Woken by the yield timer or by I/O: either way, time to work again.
+        // Woken by the yield timer, the rate timer or by I/O: either way, time to work again.
         yield_turn = None;
+        rate_wait = None;
         if let Some((w, policies)) = watch {
             match w.check(cx.waker()) {
                 UserState::Same => {}
@@ -540,9 +577,18 @@ where
         }
         let mut progressed = false;
         let mut more = false;
+        // The earliest time a direction held to its rate may read again.
+        let mut rate_due: Option<Instant> = None;
+        let mut budget = |allowance: Allowance| match allowance {
+            Ok(n) => n,
+            Err(due) => {
+                rate_due = Some(rate_due.map_or(due, |d| d.min(due)));
+                0
+            }
+        };
         if !up.done() {
             let mut read = 0;
-            let moved = up.poll_move(cx, client, upstream, &mut read);
+            let moved = up.poll_move(cx, client, upstream, &mut read, budget(meter.up_allowance()));
             // Bytes read are counted even when the write that follows fails.
             if read > 0 {
                 meter.up(read);
@@ -553,13 +599,21 @@ where
         }
         if !down.done() {
             let mut read = 0;
-            let moved = down.poll_move(cx, upstream, client, &mut read);
+            let moved = down.poll_move(cx, upstream, client, &mut read, budget(meter.down_allowance()));
             if read > 0 {
                 meter.down(read);
             }
             let moved = moved?;
             progressed |= moved.progressed;
             more |= moved.more;
+        }
+        if let Some(due) = rate_due {
+            let mut wait = Timer::new(due.saturating_duration_since(Instant::now()));
+            if Pin::new(&mut wait).poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            } else {
+                rate_wait = Some(wait);
+            }
         }
         if more {
             // Come back after the reactor's next turn rather than at once: when every busy
