@@ -799,6 +799,87 @@ mod tests {
         });
     }
 
+    /// A meter that holds the downlink to `rate` through a real gate, as a limited session's.
+    struct Limited {
+        gate: shardray_core::limits::RateGate,
+        rate: u64,
+        down: u64,
+    }
+
+    impl Meter for Limited {
+        fn up(&mut self, _: u64) {}
+        fn down(&mut self, n: u64) {
+            self.down += n;
+            self.gate.charge(self.rate, n, shardray_core::limits::now_ns());
+        }
+        fn down_allowance(&mut self) -> Allowance {
+            let now = shardray_core::limits::now_ns();
+            self.gate.allowance(self.rate, now).map_err(shardray_core::limits::instant_at)
+        }
+    }
+
+    /// 3 MiB down through a relay held to 4 MiB/s takes 0.75 s (less the gate's 50 ms burst),
+    /// copied or spliced, and the relay sleeps rather than spins meanwhile.
+    fn held_to_rate(spliced: bool) {
+        const LEN: usize = 3 << 20;
+        LocalExecutor::default().run(async move {
+            let (mut client, mut client_side) = pair().await;
+            let (mut server, mut upstream) = pair().await;
+            let task = glommio::spawn_local(async move {
+                let policy = LevelPolicy::default();
+                let mut options = RelayOptions::new(&policy);
+                if spliced {
+                    options = options.splice(Some(client_side.as_raw_fd()), upstream.as_raw_fd());
+                }
+                let mut meter = Limited { gate: Default::default(), rate: 4 << 20, down: 0 };
+                let end = relay(&mut client_side, &mut upstream, options, &mut meter).await.unwrap();
+                (end, meter.down)
+            });
+            let writer = glommio::spawn_local(async move {
+                server.write_all(&vec![7u8; LEN]).await.unwrap();
+                server.close().await.unwrap();
+                server
+            });
+            let started = Instant::now();
+            let cpu = cpu_time();
+            let mut got = 0;
+            let mut buf = vec![0u8; 64 * 1024];
+            while got < LEN {
+                match client.read(&mut buf).await.unwrap() {
+                    0 => break,
+                    n => got += n,
+                }
+            }
+            let (took, busy) = (started.elapsed(), cpu_time() - cpu);
+            assert_eq!(got, LEN);
+            assert!(took >= Duration::from_millis(650) && took < Duration::from_millis(1100), "took {took:?}");
+            assert!(busy < took / 2, "the relay spun while held back: {busy:?} of CPU in {took:?}");
+            client.close().await.unwrap();
+            drop(writer.await);
+            assert_eq!(task.await, (RelayEnd::Done, LEN as u64));
+            assert_eq!(buffers_out(), 0);
+        });
+    }
+
+    /// CPU time this thread has used.
+    fn cpu_time() -> Duration {
+        // SAFETY: a timespec is plain data; clock_gettime fills it.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: `ts` is a live local of the right type.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    #[test]
+    fn buffered_relay_is_held_to_its_rate_without_spinning() {
+        held_to_rate(false);
+    }
+
+    #[test]
+    fn spliced_relay_is_held_to_its_rate_without_spinning() {
+        held_to_rate(true);
+    }
+
     #[test]
     fn buffered_relay_moves_bulk_both_ways_in_order() {
         bulk(false);
