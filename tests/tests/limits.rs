@@ -432,3 +432,46 @@ fn the_readme_example_starts() {
     let server = Shardray::start(&config, 2);
     assert!(server.inbounds.contains_key("vless-in"));
 }
+
+#[test]
+fn udp_over_vless_is_held_to_the_uplink_rate() {
+    let (server, _api) = server(json!({ "1": { "uplinkRate": "1MiB" } }), vless_config, vless_users());
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let bytes = Arc::new(AtomicU64::new(0));
+    {
+        let bytes = bytes.clone();
+        sink.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            loop {
+                if let Ok(n) = sink.recv(&mut buf) {
+                    bytes.fetch_add(n as u64, Relaxed);
+                }
+            }
+        });
+    }
+    let session = shardray_tests::udp::VlessUdp::open(server.inbound("vless-in"), ALICE, sink_addr, &[]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (stop, mut stream) = (stop.clone(), session.stream.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let packet = [0x33u8; 1200];
+            let mut framed = Vec::new();
+            for _ in 0..32 {
+                framed.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+                framed.extend_from_slice(&packet);
+            }
+            while !stop.load(Relaxed) {
+                if stream.write_all(&framed).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    assert_rate("VLESS UDP uplink", rate_over(Duration::from_secs(4), || bytes.load(Relaxed)), 1.0, 0.10);
+    stop.store(true, Relaxed);
+    let _ = session.stream.shutdown(Shutdown::Both);
+    sender.join().unwrap();
+}
