@@ -475,3 +475,35 @@ fn udp_over_vless_is_held_to_the_uplink_rate() {
     let _ = session.stream.shutdown(Shutdown::Both);
     sender.join().unwrap();
 }
+
+#[test]
+fn a_reload_that_changes_a_levels_rate_holds_new_sessions_to_it() {
+    let mut config = vless_config(vless_users(), json!({}));
+    config["policy"]["levels"]["1"] = json!({ "downlinkRate": "4MiB" });
+    // A port chosen up front, so the reread file names the same listener.
+    config["inbounds"][0]["port"] = json!(shardray_tests::fixed_port());
+    let server = Shardray::start(&config, 2);
+    let proxy = server.inbound("vless-in");
+    let source = Server::source();
+    let download = || Transfer::start(vless::connect(proxy).unwrap(), vless::request(ALICE, source.addr), false);
+    let rate_of = |t: &Transfer| {
+        std::thread::sleep(Duration::from_millis(500));
+        rate_over(Duration::from_secs(2), || t.received.load(Relaxed))
+    };
+    let before = download();
+    assert_rate("before the reload", rate_of(&before), 4.0, 0.10);
+    before.finish();
+
+    config["policy"]["levels"]["1"] = json!({ "downlinkRate": "1MiB" });
+    std::fs::write(server.dir.path().join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    assert!(
+        wait_until(Duration::from_secs(10), || server.output().contains("(SIGHUP): config reloaded: policy replaced")),
+        "{}",
+        server.output()
+    );
+    let after = download();
+    assert_rate("after the reload", rate_of(&after), 1.0, 0.10);
+    after.finish();
+}
