@@ -2,14 +2,12 @@
 //! counter. A change is checked here, numbered, sent to every shard, and recorded once the
 //! shards have acknowledged it, one change at a time, so epochs apply in order everywhere.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use shardray_core::change::Change;
-use shardray_core::limits::UserLimits;
 use shardray_core::routes::{RouteError, RouteSpecs};
 use shardray_core::slots::{UserKey, UserOp, NO_SLOT};
 use shardray_core::spec::{Account, Config, InboundSpec, UserSpec};
@@ -298,8 +296,6 @@ impl UserSets {
     /// What each inbound starts with on the shards (config order): its users as adds. The
     /// shards read these, not the config's `clients`, which the caller may then drop.
     pub fn initial_ops(&self) -> Vec<Vec<UserOp>> {
-        // One limit state per slot, whichever inbounds list its email.
-        let mut limits: HashMap<u32, Arc<UserLimits>> = HashMap::new();
         self.inbounds
             .iter()
             .map(|inbound| {
@@ -310,7 +306,6 @@ impl UserSets {
                         user: UserKey { id: u.account.key(), slot: u.slot, level: u.level, vision: u.account.vision() },
                         email: u.shared_email.cloned(),
                         new_slot: u.slot != NO_SLOT,
-                        limits: (u.slot != NO_SLOT).then(|| limits.entry(u.slot).or_default().clone()),
                     })
                     .collect()
             })
@@ -484,7 +479,6 @@ impl UserSets {
                         user: UserKey { id: u.account.key(), slot: u.slot, level: u.level, vision: u.account.vision() },
                         email: u.shared_email.cloned(),
                         new_slot: false,
-                        limits: None,
                     })
                     .collect()
             }
@@ -580,7 +574,7 @@ impl UserSets {
         let key = |slot| UserKey { id: u.account.key(), slot, level: u.level, vision: u.account.vision() };
         if u.email.is_empty() {
             self.inbounds[i].users.insert(u.account.clone(), None, NO_SLOT, u.level);
-            return UserOp::Add { user: key(NO_SLOT), email: None, new_slot: false, limits: None };
+            return UserOp::Add { user: key(NO_SLOT), email: None, new_slot: false };
         }
         // The same email (exactly: counters are named by it) in another inbound shares its slot.
         let shared = self
@@ -605,9 +599,7 @@ impl UserSets {
                 (slot, email, true)
             }
         };
-        // A slot new to its email gets a limit state of its own; a shared one keeps its email's.
-        let limits = new_slot.then(|| Arc::new(UserLimits::default()));
-        UserOp::Add { user: key(slot), email: Some(email), new_slot, limits }
+        UserOp::Add { user: key(slot), email: Some(email), new_slot }
     }
 
     /// The shards' side of removing the user with `account` (slot `slot`, email `email`) from

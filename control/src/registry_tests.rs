@@ -58,7 +58,7 @@ fn an_email_in_two_inbounds_shares_one_slot_that_follows_the_first() {
     assert_eq!((ops[0].len(), ops[1].len()), (2, 3));
     assert!(ops[1]
         .iter()
-        .any(|op| matches!(op, UserOp::Add { user: UserKey { slot: NO_SLOT, .. }, email: None, new_slot: false, .. })));
+        .any(|op| matches!(op, UserOp::Add { user: UserKey { slot: NO_SLOT, .. }, email: None, new_slot: false })));
 
     // Leaving the first inbound: the slot stays, at b's level.
     let remove = Change::RemoveUsers { inbound: "a".into(), emails: vec!["Alice@X".into()] };
@@ -96,7 +96,7 @@ fn replace_keeps_who_stays_and_resolves_the_rest() {
     assert_eq!(ops[0], UserOp::Remove { id: id(1), slot: alice, free_slot: false });
     assert_eq!(ops[1], UserOp::SetLevel { id: id(2), level: 4 });
     assert!(
-        matches!(&ops[2], UserOp::Add { user, email: Some(e), new_slot: true, .. } if user.id == id(20) && &**e == "erin@x")
+        matches!(&ops[2], UserOp::Add { user, email: Some(e), new_slot: true } if user.id == id(20) && &**e == "erin@x")
     );
     assert_eq!(ops.len(), 3);
     assert_eq!(slot_of(&sets, "a", "bob@x"), bob);
@@ -119,7 +119,7 @@ fn replacing_an_inbound_keeps_its_users_and_their_slots() {
     // Every user comes again with its slot, as a slot that already counts.
     assert_eq!(ops.len(), 2);
     for op in &ops {
-        let UserOp::Add { user: UserKey { slot, .. }, new_slot, email, .. } = op else { panic!("{op:?}") };
+        let UserOp::Add { user: UserKey { slot, .. }, new_slot, email } = op else { panic!("{op:?}") };
         assert!(!new_slot, "{op:?}");
         let email = email.as_deref().unwrap();
         assert_eq!(Some(*slot), before.iter().find(|(e, _)| e == email).map(|(_, s)| *s));

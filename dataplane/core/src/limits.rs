@@ -1,9 +1,10 @@
 //! What a user's sessions share across shards so that its level's limits hold for the user as
 //! a whole: a rate gate per direction, its live sessions and its source addresses.
 //!
-//! One `UserLimits` per email, made by the control thread with the email's counter slot and
-//! handed to every shard. Only sessions at a level with limits touch it: an unlimited session
-//! never reads it.
+//! One `UserLimits` per email (by its counter slot, which every shard numbers alike), made
+//! on first use by a session at a level with limits (`UserLimits::of_slot`) and shared by all
+//! shards from then on. A user that never has a limited session costs nothing: an unlimited
+//! session never looks it up, and most users of a big server have no entry.
 //!
 //! A rate gate is GCRA (the generic cell rate algorithm) on one atomic: the "theoretical
 //! arrival time" of the user's next byte, in nanoseconds on a clock common to all shards. A
@@ -13,9 +14,10 @@
 //! the long-run rate is exact and the burst is bounded (`TOLERANCE` plus a chunk a session).
 //! The rate is passed with each call, so a level change takes effect on the next chunk.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// How far the gate may run ahead of now and still let a session read: the burst a user may
@@ -116,6 +118,31 @@ pub struct UserLimits {
 }
 
 impl UserLimits {
+    /// The limit state of counter slot `slot` in its `generation` (which a shard's
+    /// `SlotCounters` bumps when the slot goes to another email, alike on every shard), made
+    /// on first use. Called when a limited session starts, not per chunk. A session of an
+    /// older generation (its email gone, the session closing) gets a state of its own.
+    pub fn of_slot(slot: u32, generation: u32) -> Arc<UserLimits> {
+        type Table = RwLock<HashMap<u32, (u32, Arc<UserLimits>)>>;
+        static TABLE: OnceLock<Table> = OnceLock::new();
+        let table = TABLE.get_or_init(Default::default);
+        if let Some((g, limits)) = table.read().unwrap_or_else(|e| e.into_inner()).get(&slot) {
+            if *g == generation {
+                return limits.clone();
+            }
+        }
+        let mut table = table.write().unwrap_or_else(|e| e.into_inner());
+        let entry = table.entry(slot).or_insert_with(|| (generation, Arc::default()));
+        // Generations only grow (wrapping): a newer one replaces the entry, an older one does not.
+        if entry.0 != generation && (generation.wrapping_sub(entry.0) as i32) > 0 {
+            *entry = (generation, Arc::default());
+        }
+        match entry.0 == generation {
+            true => entry.1.clone(),
+            false => Arc::default(),
+        }
+    }
+
     /// Takes a session under `max` live sessions; `false` (and nothing taken) at the limit.
     pub fn open_session(&self, max: u32) -> bool {
         self.sessions.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
@@ -169,15 +196,6 @@ impl UserLimits {
         self.noted.compare_exchange(last, now + 1, Relaxed, Relaxed).is_ok()
     }
 }
-
-/// Two `UserLimits` are the same if they are one object (a change carries the very one).
-impl PartialEq for UserLimits {
-    fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self, other)
-    }
-}
-
-impl Eq for UserLimits {}
 
 #[cfg(test)]
 mod tests {
@@ -237,6 +255,18 @@ mod tests {
             l.close_ip(a);
         }
         assert!(l.open_ip(b, 1));
+    }
+
+    #[test]
+    fn a_slot_shares_one_state_per_generation() {
+        let a = UserLimits::of_slot(7, 1);
+        assert!(Arc::ptr_eq(&a, &UserLimits::of_slot(7, 1)), "two lookups, two states");
+        assert!(!Arc::ptr_eq(&a, &UserLimits::of_slot(8, 1)));
+        // The slot went to another email: a fresh state, which an older session does not take.
+        let b = UserLimits::of_slot(7, 2);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&b, &UserLimits::of_slot(7, 1)));
+        assert!(Arc::ptr_eq(&b, &UserLimits::of_slot(7, 2)));
     }
 
     #[test]

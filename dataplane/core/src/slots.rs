@@ -10,8 +10,6 @@
 
 use std::sync::Arc;
 
-use crate::limits::UserLimits;
-
 use shardray_wire::shadowsocks::{MasterKey, Method};
 use shardray_wire::trojan::KEY_LEN;
 use uuid::Uuid;
@@ -74,9 +72,6 @@ pub enum UserOp {
         email: Option<Arc<str>>,
         /// The slot is newly assigned to this email: its counters start from zero.
         new_slot: bool,
-        /// The email's shared limit state, sent when the slot is new to the email (`None`:
-        /// the slot keeps the one it has).
-        limits: Option<Arc<UserLimits>>,
     },
     /// Remove the user and close its live sessions.
     Remove {

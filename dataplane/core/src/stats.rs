@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::limits::UserLimits;
-
 /// Bytes counted in both directions for one name, on one shard.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -55,8 +53,6 @@ pub struct SlotCounters {
     /// that outlives it (closing while the slot is reused) no longer counts into it.
     gens: Vec<u32>,
     emails: Vec<Option<Arc<str>>>,
-    /// Each slot's limit state, shared with the other shards (see `limits`).
-    limits: Vec<Option<Arc<UserLimits>>>,
     /// Only users with a live session here have an entry: most users are offline.
     online: HashMap<u32, Vec<IpSessions>>,
 }
@@ -70,7 +66,6 @@ impl SlotCounters {
             self.traffic.resize_with(i + 1, Traffic::default);
             self.gens.resize(i + 1, 0);
             self.emails.resize(i + 1, None);
-            self.limits.resize(i + 1, None);
         }
         if new_slot {
             self.traffic[i].up.set(0);
@@ -81,23 +76,10 @@ impl SlotCounters {
         self.emails[i] = Some(email);
     }
 
-    /// Gives `slot` (assigned) the limit state its email shares across shards.
-    pub fn set_limits(&mut self, slot: u32, limits: Arc<UserLimits>) {
-        if let Some(l) = self.limits.get_mut(slot as usize) {
-            *l = Some(limits);
-        }
-    }
-
-    /// The limit state of a slot, if it has one.
-    pub fn limits(&self, slot: u32) -> Option<&Arc<UserLimits>> {
-        self.limits.get(slot as usize)?.as_ref()
-    }
-
     /// Forgets a freed slot's email; its counters are zeroed when the slot is reused.
     pub fn free(&mut self, slot: u32) {
         if let Some(e) = self.emails.get_mut(slot as usize) {
             *e = None;
-            self.limits[slot as usize] = None;
         }
     }
 

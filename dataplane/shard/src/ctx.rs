@@ -666,12 +666,9 @@ impl ShardCtx {
                 continue;
             };
             match op {
-                UserOp::Add { user, email, new_slot, limits } => {
+                UserOp::Add { user, email, new_slot } => {
                     if let Some(email) = email {
                         slots.assign(user.slot, email.clone(), *new_slot);
-                        if let Some(limits) = limits {
-                            slots.set_limits(user.slot, limits.clone());
-                        }
                     }
                     let _ = users.insert(user);
                 }

@@ -88,9 +88,8 @@ pub(crate) fn admit(
     if !policy.limits_sessions() {
         return Ok(None);
     }
-    let Some(user) = user else { return Ok(None) };
-    let Some(limits) = ctx.users.borrow().limits(user.slot).cloned() else { return Ok(None) };
-    let email = user.email.as_deref().unwrap_or("");
+    let Some((user, email)) = user.and_then(|u| Some((u, u.email.as_deref()?))) else { return Ok(None) };
+    let limits = UserLimits::of_slot(user.slot, user.slot_generation);
     let mut admitted = Admission { limits, session: false, ip: None };
     if policy.max_connections > 0 {
         if !admitted.limits.open_session(policy.max_connections) {
@@ -117,27 +116,27 @@ pub(crate) struct SessionRates {
     down: u64,
     /// The user's shared gates; `Some` whenever a rate is not 0.
     limits: Option<Arc<UserLimits>>,
-    /// The user's slot, to look its limits up on a level change.
-    slot: Option<u32>,
+    /// The user's slot and its generation, to look its limits up on a level change.
+    slot: Option<(u32, u32)>,
 }
 
 /// How much a direction may read now, or when it may read again.
 pub(crate) type Allowance = Result<u64, Instant>;
 
 impl SessionRates {
-    /// The rates of `policy` for the session of the user in `slot` (`None`: no email, not
-    /// limited).
-    pub(crate) fn new(ctx: &ShardCtx, slot: Option<u32>, policy: &LevelPolicy) -> Self {
+    /// The rates of `policy` for the session of the user in `slot` with its generation
+    /// (`None`: no email, not limited).
+    pub(crate) fn new(slot: Option<(u32, u32)>, policy: &LevelPolicy) -> Self {
         let mut rates = SessionRates { up: 0, down: 0, limits: None, slot };
-        rates.set_policy(ctx, policy);
+        rates.set_policy(policy);
         rates
     }
 
     /// Follows a level change: the next chunk goes at the new level's rates.
-    pub(crate) fn set_policy(&mut self, ctx: &ShardCtx, policy: &LevelPolicy) {
+    pub(crate) fn set_policy(&mut self, policy: &LevelPolicy) {
         let limited = policy.uplink_rate > 0 || policy.downlink_rate > 0;
         if limited && self.limits.is_none() {
-            self.limits = self.slot.and_then(|slot| ctx.users.borrow().limits(slot).cloned());
+            self.limits = self.slot.map(|(slot, generation)| UserLimits::of_slot(slot, generation));
         }
         (self.up, self.down) = match self.limits {
             Some(_) => (policy.uplink_rate, policy.downlink_rate),

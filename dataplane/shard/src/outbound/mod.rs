@@ -615,7 +615,7 @@ impl<'a> SessionMeter<'a> {
         let user = session.user.as_ref().filter(|u| u.email.is_some()).map(|u| (u.slot, u.slot_generation));
         SessionMeter {
             ctx,
-            rates: SessionRates::new(ctx, user.map(|(slot, _)| slot), policy),
+            rates: SessionRates::new(user, policy),
             inbound_tag: &session.inbound.tag,
             peer: session.peer.ip(),
             stats_on: on,
@@ -647,7 +647,7 @@ impl Meter for SessionMeter<'_> {
     fn set_policy(&mut self, policy: &LevelPolicy) {
         self.user_up = self.stats_on && policy.stats_user_uplink;
         self.user_down = self.stats_on && policy.stats_user_downlink;
-        self.rates.set_policy(self.ctx, policy);
+        self.rates.set_policy(policy);
     }
 
     #[inline]
