@@ -76,7 +76,7 @@ fn connection_limits_hold_across_both_shards_and_free_up_on_close() {
         assert_eq!(&back, b"live", "a session already admitted stopped working");
     }
     let api = ApiClient::connect(server.api.unwrap());
-    let refused = api.get("refused>>>connection_limit", false).unwrap_or(0);
+    let refused = api.get("refused>>>accept_limit", false).unwrap_or(0);
     assert!(refused >= 12, "refusals counted: {refused}");
     let out = server.output();
     assert!(out.contains("policy.system.maxInboundConnections (3) reached"), "{out}");

@@ -13,6 +13,7 @@ mod outbound;
 mod raw;
 mod reality;
 mod routing;
+mod units;
 mod validate;
 
 #[cfg(test)]

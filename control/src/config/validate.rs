@@ -223,7 +223,7 @@ fn policy_spec(raw: RawPolicy) -> Result<PolicySpec, ConfigError> {
             .trim()
             .parse()
             .map_err(|_| ConfigError::invalid(&path, format!("level {key:?} is not a non-negative integer")))?;
-        if levels.insert(number, level_policy(level)).is_some() {
+        if levels.insert(number, level_policy(level, &path)?).is_some() {
             return Err(ConfigError::invalid(path, format!("level {number} is given twice")));
         }
     }
@@ -241,7 +241,11 @@ fn policy_spec(raw: RawPolicy) -> Result<PolicySpec, ConfigError> {
     })
 }
 
-fn level_policy(raw: RawLevelPolicy) -> LevelPolicy {
+fn level_policy(raw: RawLevelPolicy, path: &str) -> Result<LevelPolicy, ConfigError> {
+    let rate = |value: &Option<serde_json::Value>, key: &str| match value {
+        None => Ok(0),
+        Some(v) => super::units::parse_rate(v).map_err(|e| ConfigError::invalid(format!("{path}.{key}"), e)),
+    };
     let defaults = LevelPolicy::default();
     let secs = |value: Option<u32>, default: Duration| value.map_or(default, |s| Duration::from_secs(u64::from(s)));
     let buffer_size = match raw.buffer_size {
@@ -252,7 +256,7 @@ fn level_policy(raw: RawLevelPolicy) -> LevelPolicy {
             usize::try_from(kib).unwrap_or(usize::MAX).saturating_mul(1024).clamp(MIN_BUFFER_SIZE, MAX_BUFFER_SIZE)
         }
     };
-    LevelPolicy {
+    Ok(LevelPolicy {
         handshake: secs(raw.handshake, defaults.handshake),
         conn_idle: secs(raw.conn_idle, defaults.conn_idle),
         uplink_only: secs(raw.uplink_only, defaults.uplink_only),
@@ -261,7 +265,11 @@ fn level_policy(raw: RawLevelPolicy) -> LevelPolicy {
         stats_user_downlink: raw.stats_user_downlink.unwrap_or(false),
         stats_user_online: raw.stats_user_online.unwrap_or(false),
         buffer_size,
-    }
+        uplink_rate: rate(&raw.uplink_rate, "uplinkRate")?,
+        downlink_rate: rate(&raw.downlink_rate, "downlinkRate")?,
+        max_connections: raw.max_connections.unwrap_or(0),
+        max_ips: raw.max_ips.unwrap_or(0),
+    })
 }
 
 // === api ===

@@ -246,6 +246,23 @@ pub struct LevelPolicy {
     pub stats_user_online: bool,
     /// `bufferSize` in bytes (config gives KiB): the relay buffer per direction.
     pub buffer_size: usize,
+    /// `uplinkRate` (ours): the user's client-to-server bytes per second, over all its
+    /// sessions on all shards; 0: unlimited.
+    pub uplink_rate: u64,
+    /// `downlinkRate` (ours): the same, server to client.
+    pub downlink_rate: u64,
+    /// `maxConnections` (ours): the user's live sessions at once; 0: unlimited.
+    pub max_connections: u32,
+    /// `maxIPs` (ours): distinct client addresses the user's live sessions come from at once;
+    /// 0: unlimited.
+    pub max_ips: u32,
+}
+
+impl LevelPolicy {
+    /// Whether sessions at this level count their live sessions or addresses.
+    pub fn limits_sessions(&self) -> bool {
+        self.max_connections > 0 || self.max_ips > 0
+    }
 }
 
 /// Relay buffer per direction when `bufferSize` is not set. A buffer is held only while bytes
@@ -264,6 +281,10 @@ impl Default for LevelPolicy {
             stats_user_downlink: false,
             stats_user_online: false,
             buffer_size: DEFAULT_BUFFER_SIZE,
+            uplink_rate: 0,
+            downlink_rate: 0,
+            max_connections: 0,
+            max_ips: 0,
         }
     }
 }

@@ -181,11 +181,15 @@ pub enum Refusal {
     /// A connection past `policy.system.maxConnections` or `maxInboundConnections`, closed at
     /// accept.
     AcceptLimit,
+    /// A session beyond its user's `maxConnections`.
+    ConnectionLimit,
+    /// A session from one more address than its user's `maxIPs`.
+    IpLimit,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::ApiAddress,
         Refusal::PrivateDestination,
         Refusal::BadRequest,
@@ -193,6 +197,8 @@ impl Refusal {
         Refusal::OversizeDatagram,
         Refusal::FlowLimit,
         Refusal::AcceptLimit,
+        Refusal::ConnectionLimit,
+        Refusal::IpLimit,
     ];
 
     /// The counter's name part: `refused>>>{name}`.
@@ -204,7 +210,9 @@ impl Refusal {
             Refusal::UnsupportedCommand => "unsupported_command",
             Refusal::OversizeDatagram => "oversize_datagram",
             Refusal::FlowLimit => "udp_flow_limit",
-            Refusal::AcceptLimit => "connection_limit",
+            Refusal::AcceptLimit => "accept_limit",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::IpLimit => "ip_limit",
         }
     }
 
@@ -218,6 +226,8 @@ impl Refusal {
             Refusal::OversizeDatagram => "a datagram above 8192 payload bytes",
             Refusal::FlowLimit => "too many UDP flows on this shard",
             Refusal::AcceptLimit => "too many connections; raise policy.system.maxConnections or maxInboundConnections",
+            Refusal::ConnectionLimit => "the user's level allows no more live sessions (maxConnections)",
+            Refusal::IpLimit => "the user's level allows no more client addresses at once (maxIPs)",
         }
     }
 }

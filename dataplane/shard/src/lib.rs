@@ -6,6 +6,7 @@ mod ctx;
 pub mod dns;
 mod gate;
 mod inbound;
+mod limits;
 pub mod mailbox;
 mod outbound;
 mod packet;

@@ -884,6 +884,8 @@ where
         None => None,
     };
     let policy = ctx.policy(s.level);
+    // Beyond the user's maxConnections or maxIPs: dropped with no reply, as a wrong user is.
+    let Ok(_admitted) = crate::limits::admit(ctx, tag, s.user.as_ref(), peer.ip(), &policy) else { return };
     let timeouts = packet_timeouts(&policy, s.idle_cap);
     let mut buf = vec![0u8; RECV_ROOM];
     // The first packet names the destination the session is routed by.
@@ -1156,6 +1158,13 @@ where
     let uplink = async {
         let mut buf = vec![0u8; RECV_ROOM];
         loop {
+            // Held to the user's rate: what comes meanwhile waits (or, as datagrams, is
+            // dropped by the kernel once the socket's queue is full).
+            let allowance = meter.borrow_mut().up_allowance();
+            if let Err(due) = allowance {
+                glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+                continue;
+            }
             match input.recv(&mut buf).await? {
                 Recv::Packet(dest, n) => {
                     activity.set(Instant::now());
@@ -1178,6 +1187,11 @@ where
     let downlink = async {
         let mut buf = vec![0u8; RECV_ROOM];
         loop {
+            let allowance = meter.borrow_mut().down_allowance();
+            if let Err(due) = allowance {
+                glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+                continue;
+            }
             match up_in.recv(&mut buf).await? {
                 Recv::Packet(source, n) => {
                     activity.set(Instant::now());

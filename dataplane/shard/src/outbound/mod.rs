@@ -30,7 +30,8 @@ use shardray_core::stats::{Refusal, SlotCounters, Traffic};
 use shardray_wire::addr::Destination;
 
 use crate::ctx::{InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
-use crate::relay::{relay, Meter, RelayEnd, RelayOptions};
+use crate::limits::{Allowance, LimitEvent, SessionRates};
+use crate::relay::{relay, Meter, RelayEnd, RelayOptions, POLL_BUDGET};
 use crate::transport::vision::VisionSwitch;
 use crate::users::{SessionWatch, UserHandle};
 
@@ -130,6 +131,12 @@ where
         Carry::Exchange(_) => &[],
     };
     let policy = ctx.policy(session.level);
+    // Beyond the user's maxConnections or maxIPs: closed with no reply, as a wrong user is.
+    let admitted = crate::limits::admit(ctx, &session.inbound.tag, session.user.as_ref(), session.peer.ip(), &policy);
+    let Ok(_admitted) = admitted else {
+        let _ = client.close().await;
+        return;
+    };
     // Watch from the start, so a removal during the dial closes the session too.
     let watch = match (&session.user, session.inbound.kind.user_states()) {
         (Some(u), Some(users)) => Some(SessionWatch::new(&ctx.watchers, users, u.clone())),
@@ -592,8 +599,14 @@ pub(crate) fn check_destination(
     Err(Refusal::PrivateDestination)
 }
 
-/// Counts a session's bytes into the counters its policy enables.
+/// Counts a session's bytes into the counters its policy enables, and holds them to its
+/// user's rates.
 pub(crate) struct SessionMeter<'a> {
+    ctx: &'a ShardCtx,
+    rates: SessionRates,
+    /// For a rate-limit notice: the inbound and the client.
+    inbound_tag: &'a str,
+    peer: std::net::IpAddr,
     stats_on: bool,
     /// The user's slot and the slot's generation when the session started.
     pub(crate) user: Option<(u32, u32)>,
@@ -617,9 +630,14 @@ impl<'a> SessionMeter<'a> {
     ) -> Self {
         let on = ctx.config.stats_enabled;
         let system = ctx.policies().system;
+        let user = session.user.as_ref().filter(|u| u.email.is_some()).map(|u| (u.slot, u.slot_generation));
         SessionMeter {
+            ctx,
+            rates: SessionRates::new(user, policy),
+            inbound_tag: &session.inbound.tag,
+            peer: session.peer.ip(),
             stats_on: on,
-            user: session.user.as_ref().filter(|u| u.email.is_some()).map(|u| (u.slot, u.slot_generation)),
+            user,
             slots: &ctx.users,
             user_up: on && policy.stats_user_uplink,
             user_down: on && policy.stats_user_downlink,
@@ -633,13 +651,43 @@ impl<'a> SessionMeter<'a> {
     }
 }
 
+impl SessionMeter<'_> {
+    /// Tells that the session's user is held to its rate.
+    #[cold]
+    fn rate_limited(&self) {
+        let slots = self.ctx.users.borrow();
+        let email = self.user.and_then(|(slot, _)| slots.email(slot)).map_or("", |e| &**e);
+        crate::limits::notice(self.ctx, self.inbound_tag, email, self.peer, LimitEvent::RateLimited);
+    }
+}
+
 impl Meter for SessionMeter<'_> {
     fn set_policy(&mut self, policy: &LevelPolicy) {
         self.user_up = self.stats_on && policy.stats_user_uplink;
         self.user_down = self.stats_on && policy.stats_user_downlink;
+        self.rates.set_policy(policy);
+    }
+
+    #[inline]
+    fn up_allowance(&mut self) -> Allowance {
+        match self.rates.up_limited() {
+            false => Ok(POLL_BUDGET),
+            true => self.rates.up_allowance(),
+        }
+    }
+
+    #[inline]
+    fn down_allowance(&mut self) -> Allowance {
+        match self.rates.down_limited() {
+            false => Ok(POLL_BUDGET),
+            true => self.rates.down_allowance(),
+        }
     }
 
     fn up(&mut self, n: u64) {
+        if self.rates.up_limited() && self.rates.charge_up(n) {
+            self.rate_limited();
+        }
         if let (Some((slot, generation)), true) = (self.user, self.user_up) {
             if let Some(t) = self.slots.borrow().traffic_for(slot, generation) {
                 t.add_up(n);
@@ -654,6 +702,9 @@ impl Meter for SessionMeter<'_> {
     }
 
     fn down(&mut self, n: u64) {
+        if self.rates.down_limited() && self.rates.charge_down(n) {
+            self.rate_limited();
+        }
         if let (Some((slot, generation)), true) = (self.user, self.user_down) {
             if let Some(t) = self.slots.borrow().traffic_for(slot, generation) {
                 t.add_down(n);
