@@ -354,6 +354,7 @@ mod tests {
         let outbound = OutboundSpec {
             tag: "px".into(),
             send_through: None,
+            sockopt: Default::default(),
             protocol: OutboundProtocol::Blackhole(BlackholeSpec { http_response: true }),
         };
         let rule = RuleSpec {

@@ -324,74 +324,6 @@ fn bind_at_start(inbound: &InboundSpec, count: usize) -> std::io::Result<(Vec<In
     }
 }
 
-/// Sets an inbound's `sockopt` on one of its listeners, before it binds; the connections it
-/// accepts inherit them. Each failure names the option.
-fn apply_sockopt(socket: &Socket, opts: &SocketOptions) -> std::io::Result<()> {
-    let named = |what: &str| {
-        let what = what.to_owned();
-        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("sockopt {what}: {e}"))
-    };
-    if let Some(interface) = &opts.interface {
-        socket.bind_device(Some(interface.as_bytes())).map_err(named(&format!("interface {interface:?}")))?;
-    }
-    if opts.v6_only {
-        socket.set_only_v6(true).map_err(named("v6only"))?;
-    }
-    if opts.mark != 0 {
-        socket.set_mark(opts.mark).map_err(named("mark"))?;
-    }
-    if let Some(c) = &opts.congestion {
-        socket.set_tcp_congestion(c.as_bytes()).map_err(named(&format!("tcpCongestion {c:?}")))?;
-    }
-    if opts.keep_alive_idle.is_some() || opts.keep_alive_interval.is_some() {
-        let mut keepalive = socket2::TcpKeepalive::new();
-        if let Some(idle) = opts.keep_alive_idle {
-            keepalive = keepalive.with_time(Duration::from_secs(idle.into()));
-        }
-        if let Some(interval) = opts.keep_alive_interval {
-            keepalive = keepalive.with_interval(Duration::from_secs(interval.into()));
-        }
-        socket.set_tcp_keepalive(&keepalive).map_err(named("tcpKeepAlive"))?;
-    }
-    if let Some(ms) = opts.user_timeout_ms {
-        socket.set_tcp_user_timeout(Some(Duration::from_millis(ms.into()))).map_err(named("tcpUserTimeout"))?;
-    }
-    if let Some(mss) = opts.max_segment {
-        socket.set_mss(mss).map_err(named("tcpMaxSeg"))?;
-    }
-    let int_options = [
-        (libc::TCP_WINDOW_CLAMP, opts.window_clamp, "tcpWindowClamp"),
-        (libc::TCP_FASTOPEN, opts.tcp_fast_open, "tcpFastOpen"),
-    ];
-    for (option, value, what) in int_options {
-        if let Some(value) = value {
-            set_tcp_int(socket, option, value).map_err(named(what))?;
-        }
-    }
-    Ok(())
-}
-
-/// setsockopt(IPPROTO_TCP, option, value) for the options socket2 has no call for.
-fn set_tcp_int(socket: &Socket, option: libc::c_int, value: u32) -> std::io::Result<()> {
-    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the fd is a live socket owned by `socket`, and the option value is a c_int whose
-    // size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(socket),
-            libc::IPPROTO_TCP,
-            option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Binds an inbound's sockets for `count` shards on its `listen` address: TCP listeners, UDP
 /// sockets, or both on one port (see `InboundSpec::networks`), each with SO_REUSEPORT. A port
 /// of 0 is chosen first and reused by all.
@@ -477,7 +409,7 @@ pub fn bind_reuseport(
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
-        apply_sockopt(&socket, opts)?;
+        shardray_shard::sockopt::apply(&socket, opts, shardray_shard::sockopt::Side::Listener)?;
         socket.bind(&addr.into())?;
         socket.listen(4096)?;
         let listener: std::net::TcpListener = socket.into();

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, ProxyOutboundSpec,
-    ShadowsocksOutboundSpec, TlsClientSpec, TransportSpec, TrojanOutboundSpec, UserSpec, VlessFlow, VlessOutboundSpec,
-    VmessOutboundSpec,
+    ShadowsocksOutboundSpec, SocketOptions, TlsClientSpec, TransportSpec, TrojanOutboundSpec, UserSpec, VlessFlow,
+    VlessOutboundSpec, VmessOutboundSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 
@@ -63,6 +63,11 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
     };
     let send_through = send_through(ob.send_through.as_deref(), &format!("{path}.sendThrough"))?;
     let stream_path = format!("{path}.streamSettings");
+    let mut ob = ob;
+    let sockopt = match ob.stream_settings.as_mut().and_then(|s| s.as_object_mut()).and_then(|s| s.remove("sockopt")) {
+        None | Some(Value::Null) => Box::default(),
+        Some(v) => Box::new(dial_sockopt(v, &format!("{stream_path}.sockopt"))?),
+    };
     // Trojan reads its own stream settings (TLS); the others may only restate the defaults.
     if !matches!(protocol.as_str(), "trojan" | "vmess" | "vless" | "socks" | "http") {
         if let Some(stream) = &ob.stream_settings {
@@ -99,7 +104,22 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
         }
         p => return Err(ConfigError::invalid(format!("{path}.protocol"), format!("unknown protocol {p:?}"))),
     };
-    Ok(OutboundSpec { tag, send_through, protocol })
+    Ok(OutboundSpec { tag, send_through, sockopt, protocol })
+}
+
+/// An outbound's `streamSettings.sockopt`: what its dialed sockets carry. The options that
+/// only mean something on a listener are an error naming them rather than silently unused.
+fn dial_sockopt(value: Value, path: &str) -> Result<SocketOptions, ConfigError> {
+    let opts = super::validate::sockopt(deserialize_at(value, path)?, path)?;
+    let listener_only = [
+        ("acceptProxyProtocol", opts.accept_proxy_protocol),
+        ("v6only", opts.v6_only),
+        ("trustedXForwardedFor", !opts.trusted_x_forwarded_for.is_empty()),
+    ];
+    if let Some((field, _)) = listener_only.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::invalid(format!("{path}.{field}"), "an inbound's option, meaningless on an outbound"));
+    }
+    Ok(opts)
 }
 
 fn send_through(value: Option<&str>, path: &str) -> Result<Option<IpAddr>, ConfigError> {
@@ -509,9 +529,8 @@ fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientS
         }
         Err(e) => return Err(e),
     };
-    for (field, value) in
-        [("tcpSettings", &raw.tcp_settings), ("rawSettings", &raw.raw_settings), ("sockopt", &raw.sockopt)]
-    {
+    // `sockopt` was taken out before (see `dial_sockopt`), for every protocol.
+    for (field, value) in [("tcpSettings", &raw.tcp_settings), ("rawSettings", &raw.raw_settings)] {
         if value.as_ref().is_some_and(|v| !is_empty_value(v)) {
             return Err(ConfigError::unsupported(
                 format!("{path}.{field}"),

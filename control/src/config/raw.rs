@@ -624,7 +624,7 @@ pub(super) struct RawOutStream {
     pub tls_settings: Option<RawTlsClientSettings>,
     pub tcp_settings: Option<Value>,
     pub raw_settings: Option<Value>,
-    pub sockopt: Option<Value>,
+    // `sockopt` is read for every protocol before these (config/outbound.rs `dial_sockopt`).
     pub ws_settings: Option<RawHttpTransport>,
     pub httpupgrade_settings: Option<RawHttpTransport>,
     pub grpc_settings: Option<RawGrpcSettings>,

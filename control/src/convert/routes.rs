@@ -169,7 +169,8 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
     if let Some(stream) = &stream_settings {
         check_plain_stream(stream)?;
     }
-    Ok(OutboundSpec { tag: config.tag.clone(), send_through, protocol })
+    // Socket options through the API are refused above (socket_settings), as not served.
+    Ok(OutboundSpec { tag: config.tag.clone(), send_through, sockopt: Default::default(), protocol })
 }
 
 /// The one server (address, port) and the one user of a client config (`server` or

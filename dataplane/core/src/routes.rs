@@ -285,6 +285,7 @@ mod tests {
         OutboundSpec {
             tag: tag.into(),
             send_through: None,
+            sockopt: Default::default(),
             protocol: OutboundProtocol::Blackhole(BlackholeSpec::default()),
         }
     }

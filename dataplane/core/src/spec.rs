@@ -997,6 +997,10 @@ pub struct OutboundSpec {
     pub tag: String,
     /// `sendThrough`: the local address to dial from.
     pub send_through: Option<IpAddr>,
+    /// `streamSettings.sockopt`: what its dialed sockets carry (SO_MARK, the interface, TCP
+    /// options), for the server or, for freedom, the destination. Boxed: rare, and specs
+    /// travel in every change.
+    pub sockopt: Box<SocketOptions>,
     /// `protocol` and `settings`.
     pub protocol: OutboundProtocol,
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::outbound::Via;
 use crate::transport::tls;
 use crate::users::{PasswordKey, SessionWatchers, TableKey, TrojanKey, UserOps, UserStates, UserTable, VmessUsers};
 use futures_rustls::TlsAcceptor;
@@ -187,6 +188,8 @@ pub(crate) struct OutboundRt {
     pub(crate) vless: Option<crate::outbound::vless::VlessClient>,
     /// A Shadowsocks outbound's keys, derived once.
     pub(crate) shadowsocks: Option<crate::outbound::shadowsocks::SsClient>,
+    /// `sendThrough` and `sockopt`: how its sockets are made.
+    pub(crate) via: crate::outbound::Via,
 }
 
 /// The outbounds, the compiled rules and the balancers of one epoch.
@@ -229,7 +232,9 @@ impl Routes {
             .iter()
             .map(|o| {
                 let kept = old.and_then(|old| {
-                    old.outbounds.iter().find(|rt| !o.tag.is_empty() && *rt.tag == *o.tag && rt.protocol == o.protocol)
+                    old.outbounds.iter().find(|rt| {
+                        !o.tag.is_empty() && *rt.tag == *o.tag && rt.protocol == o.protocol && rt.via == Via::of(o)
+                    })
                 });
                 match kept {
                     Some(rt) => Ok(rt.clone()),
@@ -278,6 +283,7 @@ impl Routes {
                             proxy,
                             vless,
                             shadowsocks,
+                            via: Via::of(o),
                         }))
                     }
                 }
@@ -763,6 +769,7 @@ mod tests {
         shardray_core::spec::OutboundSpec {
             tag: tag.into(),
             send_through: None,
+            sockopt: Default::default(),
             protocol: OutboundProtocol::Freedom(FreedomSpec::default()),
         }
     }

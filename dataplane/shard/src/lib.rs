@@ -13,6 +13,7 @@ mod packet;
 mod relay;
 mod replay;
 mod shadowsocks;
+pub mod sockopt;
 pub mod transport;
 mod users;
 mod vmess;

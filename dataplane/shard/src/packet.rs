@@ -34,7 +34,7 @@ use crate::ctx::{InboundRt, Resolved, Routes, ShardCtx};
 use crate::dns::MessageAnswer;
 use crate::outbound::trojan::Upstream;
 use crate::outbound::vless::VlessResponse;
-use crate::outbound::{check_destination, resolve, resolve_system, route, unix_now, Session, SessionMeter};
+use crate::outbound::{check_destination, resolve, resolve_system, route, unix_now, Session, SessionMeter, Via};
 use crate::relay::{Meter, RelayTimeouts};
 use crate::users::{SessionWatch, UserHandle, UserState};
 
@@ -360,6 +360,13 @@ struct FreedomLeg<'a> {
     verdicts: RefCell<Vec<(Destination, Verdict)>>,
 }
 
+/// A socket made (and bound) by `Via`, for glommio.
+fn udp_from_std(socket: std::net::UdpSocket) -> UdpSocket {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: the descriptor is a bound, nonblocking UDP socket that nothing else owns.
+    unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) }
+}
+
 impl<'a> FreedomLeg<'a> {
     fn new(
         ctx: &'a ShardCtx,
@@ -367,10 +374,18 @@ impl<'a> FreedomLeg<'a> {
         decision: Decision,
         session: &'a Session<'a>,
         spec: &'a FreedomSpec,
+        via: &Via,
     ) -> io::Result<Self> {
-        let (socket, v6) = match UdpSocket::bind("[::]:0") {
-            Ok(s) => (s, true),
-            Err(_) => (UdpSocket::bind("0.0.0.0:0")?, false),
+        let (socket, v6) = match via.bind {
+            None if *via == Via::default() => match UdpSocket::bind("[::]:0") {
+                Ok(s) => (s, true),
+                Err(_) => (UdpSocket::bind("0.0.0.0:0")?, false),
+            },
+            // The family of `sendThrough`, else both (an IPv6 socket takes IPv4 too).
+            bind => {
+                let local = SocketAddr::new(bind.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into()), 0);
+                (udp_from_std(via.udp_socket(local)?), local.is_ipv6())
+            }
         };
         Ok(FreedomLeg { ctx, routes, decision, session, spec, socket, v6, verdicts: RefCell::default() })
     }
@@ -628,8 +643,9 @@ impl SocksLeg {
     async fn open(
         client: &crate::outbound::proxy::ProxyClient,
         spec: &shardray_core::spec::ProxyOutboundSpec,
+        via: &Via,
     ) -> io::Result<SocksLeg> {
-        let (control, relay) = client.associate(spec).await?;
+        let (control, relay) = client.associate(spec, via).await?;
         let server = *resolve_system(&spec.server.addr, spec.server.port, Default::default())
             .await?
             .first()
@@ -642,7 +658,7 @@ impl SocksLeg {
         if relay.ip().is_unspecified() {
             relay.set_ip(server.ip());
         }
-        let socket = UdpSocket::bind(if relay.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        let socket = udp_from_std(via.udp_socket(relay)?);
         socket.connect(relay).await?;
         Ok(SocksLeg { control: RefCell::new(control), socket })
     }
@@ -987,7 +1003,8 @@ where
             dns_leg = DnsLeg { ctx, routes: &routes, decision, session: &session, spec, answers };
             (UpIn::Dns(&dns_leg), UpOut::Dns(&dns_leg))
         }
-        OutboundProtocol::Freedom(spec) => match FreedomLeg::new(ctx, &routes, decision, &session, spec) {
+        OutboundProtocol::Freedom(spec) => match FreedomLeg::new(ctx, &routes, decision, &session, spec, &outbound.via)
+        {
             Ok(leg) => {
                 freedom = leg;
                 (UpIn::Freedom(&freedom), UpOut::Freedom(&freedom))
@@ -999,7 +1016,9 @@ where
         },
         OutboundProtocol::Trojan(t) => {
             let Some(trojan) = &outbound.trojan else { return };
-            match Box::pin(crate::outbound::trojan::dial(&trojan.tls, &trojan.transport, &t.server)).await {
+            match Box::pin(crate::outbound::trojan::dial(&trojan.tls, &trojan.transport, &t.server, &outbound.via))
+                .await
+            {
                 Ok(up) => {
                     upstream = RefCell::new(up);
                     (
@@ -1018,7 +1037,8 @@ where
         }
         OutboundProtocol::Vless(v) => {
             let Some(vless) = &outbound.vless else { return };
-            match Box::pin(crate::outbound::trojan::dial(&vless.tls, &vless.transport, &v.server)).await {
+            match Box::pin(crate::outbound::trojan::dial(&vless.tls, &vless.transport, &v.server, &outbound.via)).await
+            {
                 Ok(up) => {
                     upstream = RefCell::new(up);
                     let header = vless.header(shardray_wire::vless::Command::Udp, &dest);
@@ -1039,7 +1059,8 @@ where
         }
         OutboundProtocol::Vmess(v) => {
             let Some(vmess) = &outbound.vmess else { return };
-            let dialed = Box::pin(crate::outbound::trojan::dial(&vmess.tls, &vmess.transport, &v.server)).await;
+            let dialed =
+                Box::pin(crate::outbound::trojan::dial(&vmess.tls, &vmess.transport, &v.server, &outbound.via)).await;
             match dialed.and_then(|up| vmess.start(up, &dest, shardray_wire::vmess::Command::Udp)) {
                 Ok(up) => {
                     let max_payload = match &up {
@@ -1077,7 +1098,7 @@ where
         }
         OutboundProtocol::Socks(p) if outbound.proxy.is_some() => {
             let proxy = outbound.proxy.as_ref().expect("checked above");
-            match Box::pin(SocksLeg::open(proxy, p)).await {
+            match Box::pin(SocksLeg::open(proxy, p, &outbound.via)).await {
                 Ok(leg) => {
                     socks_leg = leg;
                     (UpIn::Socks(&socks_leg), UpOut::Socks(&socks_leg))

@@ -35,7 +35,7 @@ use crate::relay::{relay, Meter, RelayEnd, RelayOptions, POLL_BUDGET};
 use crate::transport::vision::VisionSwitch;
 use crate::users::{SessionWatch, UserHandle};
 
-pub(crate) use resolve::{connect_configured, resolve, resolve_system};
+pub(crate) use resolve::{connect_configured, resolve, resolve_system, Via};
 use trojan::Upstream;
 
 /// How long a dial may take before the session is given up.
@@ -240,7 +240,7 @@ where
                 Some(_) => decision,
                 None => Decision { explicit_dest: original_explicit, ..decision },
             };
-            let dialing = dial(ctx, &routes, &target, input.resolved, decision, freedom.domain_strategy, &session);
+            let dialing = dial(ctx, &routes, &target, input.resolved, decision, &session, outbound);
             let dialed = Box::pin(dialing).await;
             access(dialed.as_ref().err().and_then(DialError::refusal));
             match dialed {
@@ -285,7 +285,7 @@ where
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&trojan.tls, &trojan.transport, &t.server)).await;
+            let dialed = Box::pin(trojan::dial(&trojan.tls, &trojan.transport, &t.server, &outbound.via)).await;
             access(None);
             match dialed {
                 Ok(up) => (up, trojan.header(dest)),
@@ -305,11 +305,13 @@ where
             };
             let dialed = match vless.vision {
                 // The Vision stream sends the header itself and takes the response off.
-                true => Box::pin(vless.dial_vision(&v.server, dest)).await.map(|up| (up, Vec::new())),
-                false => Box::pin(trojan::dial(&vless.tls, &vless.transport, &v.server)).await.map(|up| {
-                    let header = vless.header(shardray_wire::vless::Command::Tcp, dest);
-                    (Upstream::Vless(Box::new(vless::VlessResponse::new(up))), header)
-                }),
+                true => Box::pin(vless.dial_vision(&v.server, dest, &outbound.via)).await.map(|up| (up, Vec::new())),
+                false => {
+                    Box::pin(trojan::dial(&vless.tls, &vless.transport, &v.server, &outbound.via)).await.map(|up| {
+                        let header = vless.header(shardray_wire::vless::Command::Tcp, dest);
+                        (Upstream::Vless(Box::new(vless::VlessResponse::new(up))), header)
+                    })
+                }
             };
             access(None);
             match dialed {
@@ -328,7 +330,7 @@ where
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&vmess.tls, &vmess.transport, &v.server)).await;
+            let dialed = Box::pin(trojan::dial(&vmess.tls, &vmess.transport, &v.server, &outbound.via)).await;
             access(None);
             match dialed.and_then(|up| vmess.start(up, dest, shardray_wire::vmess::Command::Tcp)) {
                 Ok(up) => (up, Vec::new()),
@@ -347,7 +349,7 @@ where
                 return;
             };
             let socks = matches!(outbound.protocol, OutboundProtocol::Socks(_));
-            let dialed = Box::pin(proxy.connect(p, socks, dest)).await;
+            let dialed = Box::pin(proxy.connect(p, socks, dest, &outbound.via)).await;
             access(None);
             match dialed {
                 Ok((up, first)) => {
@@ -369,7 +371,7 @@ where
                 let _ = client.close().await;
                 return;
             };
-            let dialed = Box::pin(trojan::dial(&client_keys.tls, &Default::default(), &ss.server)).await;
+            let dialed = Box::pin(trojan::dial(&client_keys.tls, &Default::default(), &ss.server, &outbound.via)).await;
             access(None);
             match dialed {
                 Ok(up) => (client_keys.start(up, dest), Vec::new()),
@@ -523,16 +525,21 @@ impl DialError {
     }
 }
 
-/// Resolves and checks the destination, then connects to the first address that answers.
+/// Resolves and checks the destination, then connects to the first address that answers, as
+/// `freedom` (its `domainStrategy`, `sendThrough` and `sockopt`) says.
 async fn dial(
     ctx: &ShardCtx,
     routes: &Routes,
     target: &Destination,
     resolved: Option<std::net::IpAddr>,
     decision: Decision,
-    strategy: shardray_core::spec::DomainStrategy,
     session: &Session<'_>,
+    freedom: &crate::ctx::OutboundRt,
 ) -> Result<TcpStream, DialError> {
+    let (strategy, via) = match &freedom.protocol {
+        OutboundProtocol::Freedom(f) => (f.domain_strategy, &freedom.via),
+        _ => (Default::default(), &freedom.via),
+    };
     let addrs = match (target.addr.ip(), resolved) {
         (Some(ip), _) => vec![SocketAddr::new(ip, target.port)],
         (None, Some(ip)) if strategy == Default::default() => {
@@ -546,9 +553,9 @@ async fn dial(
             last_err = DialError::Refused(why);
             continue;
         }
-        match TcpStream::connect_timeout(addr, DIAL_TIMEOUT).await {
+        match resolve::connect_via(addr, via).await {
             Ok(s) => return Ok(s),
-            Err(e) => last_err = DialError::Io(e.into()),
+            Err(e) => last_err = DialError::Io(e),
         }
     }
     Err(last_err)

@@ -34,8 +34,9 @@ impl ProxyClient {
         spec: &ProxyOutboundSpec,
         socks: bool,
         dest: &Destination,
+        via: &super::Via,
     ) -> io::Result<(Upstream, Vec<u8>)> {
-        let mut up = dial(&self.tls, &Default::default(), &spec.server).await?;
+        let mut up = dial(&self.tls, &Default::default(), &spec.server, via).await?;
         let opening = async {
             let rest = if socks {
                 socks_connect(&mut up, spec, dest).await?
@@ -56,8 +57,12 @@ impl ProxyClient {
 impl ProxyClient {
     /// Dials the SOCKS server and asks for UDP ASSOCIATE: the control stream (the association
     /// lives while it does) and the relay address the server answered.
-    pub(crate) async fn associate(&self, spec: &ProxyOutboundSpec) -> io::Result<(Upstream, Destination)> {
-        let mut up = dial(&self.tls, &Default::default(), &spec.server).await?;
+    pub(crate) async fn associate(
+        &self,
+        spec: &ProxyOutboundSpec,
+        via: &super::Via,
+    ) -> io::Result<(Upstream, Destination)> {
+        let mut up = dial(&self.tls, &Default::default(), &spec.server, via).await?;
         // As Xray's client asks: the client's own address is not known, so 0.0.0.0:0.
         let any = Destination::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         let opening = socks_request(&mut up, spec, Command::UdpAssociate, &any);

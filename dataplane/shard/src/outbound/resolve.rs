@@ -67,13 +67,89 @@ pub(crate) async fn resolve_system(addr: &Address, port: u16, strategy: DomainSt
 /// session for the kernel's two minutes). No destination-safety check: for addresses the
 /// operator configured (outbound servers, fallback and REALITY targets), not a user's.
 pub(crate) async fn connect_configured(dest: &shardray_wire::addr::Destination) -> io::Result<glommio::net::TcpStream> {
+    connect_configured_via(dest, &Via::default()).await
+}
+
+/// `connect_configured` from an outbound's sockets (`via`).
+pub(crate) async fn connect_configured_via(
+    dest: &shardray_wire::addr::Destination,
+    via: &Via,
+) -> io::Result<glommio::net::TcpStream> {
     let addrs = resolve_system(&dest.addr, dest.port, Default::default()).await?;
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
     for addr in addrs {
-        match glommio::net::TcpStream::connect_timeout(addr, super::DIAL_TIMEOUT).await {
+        match connect_via(addr, via).await {
             Ok(s) => return Ok(s),
-            Err(e) => last = e.into(),
+            Err(e) => last = e,
         }
     }
     Err(last)
+}
+
+/// How an outbound makes its sockets: `sendThrough` and `streamSettings.sockopt`. The default
+/// is the kernel's choice of everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Via {
+    /// The local address to send from.
+    pub(crate) bind: Option<std::net::IpAddr>,
+    /// Options to set before connecting; `None` when the config sets none.
+    pub(crate) sockopt: Option<std::sync::Arc<shardray_core::spec::SocketOptions>>,
+}
+
+impl Via {
+    pub(crate) fn of(spec: &shardray_core::spec::OutboundSpec) -> Via {
+        let sockopt = (*spec.sockopt != Default::default()).then(|| std::sync::Arc::new((*spec.sockopt).clone()));
+        Via { bind: spec.send_through, sockopt }
+    }
+
+    /// Makes a socket for `addr` as configured, before it binds or connects.
+    fn socket(&self, addr: SocketAddr, kind: socket2::Type) -> io::Result<socket2::Socket> {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), kind, None)?;
+        if let Some(opts) = &self.sockopt {
+            let side = if kind == socket2::Type::DGRAM {
+                crate::sockopt::Side::Datagram
+            } else {
+                crate::sockopt::Side::Dialer
+            };
+            crate::sockopt::apply(&socket, opts, side)?;
+        }
+        if let Some(ip) = self.bind {
+            socket
+                .bind(&SocketAddr::new(ip, 0).into())
+                .map_err(|e| io::Error::new(e.kind(), format!("sendThrough {ip} for {addr}: {e}")))?;
+        }
+        Ok(socket)
+    }
+
+    /// A UDP socket for datagrams to `addr`'s family, bound as configured.
+    pub(crate) fn udp_socket(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        let socket = self.socket(addr, socket2::Type::DGRAM)?;
+        if self.bind.is_none() {
+            let any = match addr {
+                SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            };
+            socket.bind(&any.into())?;
+        }
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    }
+}
+
+/// Connects to `addr` from `via`'s sockets, bounded by `DIAL_TIMEOUT`. With nothing configured
+/// this is glommio's own connect; otherwise the socket is made and set up first (SO_MARK, the
+/// interface and the source address count only when set before the SYN, which glommio's
+/// connect offers no way to do) and connected on the blocking pool, then handed to the shard.
+pub(crate) async fn connect_via(addr: SocketAddr, via: &Via) -> io::Result<glommio::net::TcpStream> {
+    if *via == Via::default() {
+        return Ok(glommio::net::TcpStream::connect_timeout(addr, super::DIAL_TIMEOUT).await?);
+    }
+    let socket = via.socket(addr, socket2::Type::STREAM)?;
+    let socket = glommio::executor()
+        .spawn_blocking(move || socket.connect_timeout(&addr.into(), super::DIAL_TIMEOUT).map(|()| socket))
+        .await?;
+    socket.set_nonblocking(true)?;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: the descriptor is a connected TCP socket that nothing else owns any more.
+    Ok(unsafe { glommio::net::TcpStream::from_raw_fd(socket.into_raw_fd()) })
 }

@@ -15,6 +15,7 @@ use shardray_wire::addr::{Address, Destination};
 use shardray_wire::trojan::{password_key, Command, Request, KEY_LEN};
 use shardray_wire::websocket::Flavor;
 
+use super::resolve::Via;
 use super::DIAL_TIMEOUT;
 use crate::transport::grpc::{GrpcClient, GrpcStream};
 use crate::transport::http_header::Camouflaged;
@@ -110,14 +111,19 @@ fn server_name(name: &str) -> Result<ServerName<'static>, String> {
 /// Resolves and connects to the server, then completes the TLS handshake and the transport's
 /// upgrade if configured (a gRPC session opens a stream on its shard's connection to the
 /// server, dialed first if there is none); the whole dial is bounded by `DIAL_TIMEOUT`.
-pub(crate) async fn dial(tls: &ClientTls, transport: &ClientTransport, server: &Destination) -> io::Result<Upstream> {
+pub(crate) async fn dial(
+    tls: &ClientTls,
+    transport: &ClientTransport,
+    server: &Destination,
+    via: &Via,
+) -> io::Result<Upstream> {
     let dialing = async {
         let (flavor, spec, host) = match transport {
-            ClientTransport::Raw => return dial_secured(tls, server).await,
+            ClientTransport::Raw => return dial_secured(tls, server, via).await,
             ClientTransport::Http(flavor, spec, host) => (flavor, spec, host),
-            ClientTransport::Grpc(grpc) => return Ok(Upstream::Grpc(Box::new(grpc.open(server).await?))),
+            ClientTransport::Grpc(grpc) => return Ok(Upstream::Grpc(Box::new(grpc.open(server, via).await?))),
         };
-        let secured = dial_secured(tls, server).await?;
+        let secured = dial_secured(tls, server, via).await?;
         match crate::transport::ws::connect(secured, *flavor, spec, host).await? {
             Upgraded::Ws(ws) => Ok(Upstream::Ws(ws)),
             // Raw bytes after the upgrade: a plain socket may still splice.
@@ -133,13 +139,18 @@ pub(crate) async fn dial(tls: &ClientTls, transport: &ClientTransport, server: &
 }
 
 /// Resolves and connects to the server, then completes the TLS handshake if configured.
-pub(crate) async fn dial_secured(tls: &ClientTls, server: &Destination) -> io::Result<Upstream> {
-    dial_secured_with(tls, server, false).await
+pub(crate) async fn dial_secured(tls: &ClientTls, server: &Destination, via: &Via) -> io::Result<Upstream> {
+    dial_secured_with(tls, server, false, via).await
 }
 
 /// `dial_secured`, with the TLS stream following record boundaries when `tracking` (Vision).
-pub(crate) async fn dial_secured_with(tls: &ClientTls, server: &Destination, tracking: bool) -> io::Result<Upstream> {
-    let stream = super::connect_configured(server).await?;
+pub(crate) async fn dial_secured_with(
+    tls: &ClientTls,
+    server: &Destination,
+    tracking: bool,
+    via: &Via,
+) -> io::Result<Upstream> {
+    let stream = super::resolve::connect_configured_via(server, via).await?;
     let _ = stream.set_nodelay(true);
     match tls {
         None => Ok(Upstream::Tcp(stream)),

@@ -48,8 +48,13 @@ impl VlessClient {
     /// Dials the server for a Vision TCP session to `dest`: TLS 1.3 following record
     /// boundaries, seen through the Vision codec, the request header ready to leave with the
     /// first block.
-    pub(crate) async fn dial_vision(&self, server: &Destination, dest: &Destination) -> io::Result<Upstream> {
-        let up = super::trojan::dial_secured_with(&self.tls, server, true).await?;
+    pub(crate) async fn dial_vision(
+        &self,
+        server: &Destination,
+        dest: &Destination,
+        via: &super::resolve::Via,
+    ) -> io::Result<Upstream> {
+        let up = super::trojan::dial_secured_with(&self.tls, server, true, via).await?;
         let Upstream::Tls(tls) = up else {
             return Err(io::Error::other("Vision needs TLS to the server"));
         };

@@ -672,11 +672,15 @@ impl GrpcClient {
 
     /// Opens a session: a stream on the shared connection, dialing `server` first if there
     /// is none (or it has died).
-    pub(crate) async fn open(&self, server: &shardray_wire::addr::Destination) -> io::Result<GrpcStream> {
+    pub(crate) async fn open(
+        &self,
+        server: &shardray_wire::addr::Destination,
+        via: &crate::outbound::Via,
+    ) -> io::Result<GrpcStream> {
         // A connection that died between sessions fails the first try: one more, on a new one.
         let mut retried = false;
         loop {
-            let (mut sender, state) = self.connection(server).await?;
+            let (mut sender, state) = self.connection(server, via).await?;
             let scheme = if self.tls.is_some() { "https" } else { "http" };
             let mut request = Request::builder()
                 .method(Method::POST)
@@ -718,6 +722,7 @@ impl GrpcClient {
     async fn connection(
         &self,
         server: &shardray_wire::addr::Destination,
+        via: &crate::outbound::Via,
     ) -> io::Result<(h2::client::SendRequest<Bytes>, Rc<ConnState>)> {
         let alive = |c: &Option<(h2::client::SendRequest<Bytes>, Rc<ConnState>)>| {
             c.as_ref().filter(|(_, s)| !s.dead.get()).map(|(r, s)| (r.clone(), s.clone()))
@@ -729,7 +734,7 @@ impl GrpcClient {
         if let Some(c) = alive(&self.conn.borrow()) {
             return Ok(c);
         }
-        let stream = super::super::outbound::trojan::dial_secured(&self.tls, server).await?;
+        let stream = super::super::outbound::trojan::dial_secured(&self.tls, server, via).await?;
         let mut builder = h2::client::Builder::new();
         let window = match self.spec.initial_windows_size {
             0 => STREAM_WINDOW,
