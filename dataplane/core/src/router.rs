@@ -495,10 +495,15 @@ impl IpSet {
         IpSet { v4: merge(v4), v6: merge(v6) }
     }
 
+    /// An IPv4 address mapped into IPv6 (`::ffff:10.1.2.3`) is looked up as the IPv4 one, as
+    /// upstream reads such an address.
     fn contains(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(a) => in_sorted(&self.v4, u32::from(a)),
-            IpAddr::V6(a) => in_sorted(&self.v6, u128::from(a)),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => in_sorted(&self.v4, u32::from(v4)),
+                None => in_sorted(&self.v6, u128::from(a)),
+            },
         }
     }
 }
@@ -795,6 +800,9 @@ mod tests {
         let all = IpSet::new(&["0.0.0.0/0".parse().unwrap()]);
         assert!(all.contains("255.255.255.255".parse().unwrap()));
         assert!(!all.contains("::1".parse().unwrap()));
+        // A mapped IPv4 address is the IPv4 one (V2Ray routes ::ffff:10.1.2.3 as 10.1.2.3).
+        assert!(set.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!set.contains("::ffff:12.0.0.1".parse().unwrap()));
     }
 
     #[test]
