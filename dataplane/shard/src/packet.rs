@@ -399,9 +399,12 @@ impl<'a> FreedomLeg<'a> {
                 return Verdict::Unreachable;
             }
         };
+        // A redirect's address is the operator's, named in the outbound: it passes as named.
+        let decision =
+            Decision { explicit_dest: self.decision.explicit_dest || self.spec.redirect.is_some(), ..self.decision };
         let mut last = Verdict::Unreachable;
         for addr in addrs {
-            match check_destination(self.ctx, self.routes, addr, &target, self.decision, self.session, false) {
+            match check_destination(self.ctx, self.routes, addr, &target, decision, self.session, false) {
                 Ok(()) => return Verdict::Send(addr),
                 Err(why) => last = Verdict::Refused(why),
             }

@@ -227,9 +227,10 @@ where
                 None => session.dest.clone(),
             };
             // Boxed: resolving and connecting need more state than the relay that follows.
-            // A redirect's address is the operator's: the rule's decision stands for it.
+            // A redirect's address is the operator's, named in the outbound: it passes as
+            // named, whichever rule (or none) sent the session there.
             let decision = match &freedom.redirect {
-                Some(_) => decision,
+                Some(_) => Decision { explicit_dest: true, ..decision },
                 None => Decision { explicit_dest: original_explicit, ..decision },
             };
             let dialing = dial(ctx, &routes, &target, input.resolved, decision, freedom.domain_strategy, &session);
