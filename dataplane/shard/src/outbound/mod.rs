@@ -8,7 +8,7 @@ mod resolve;
 pub(crate) mod shadowsocks;
 mod sniff;
 
-pub(crate) use sniff::sniff_datagram;
+pub(crate) use sniff::sniff_datagrams;
 pub(crate) mod trojan;
 pub(crate) mod vless;
 pub(crate) mod vmess;
