@@ -1,8 +1,8 @@
 //! Sniffing UDP sessions' first datagrams against the real binary with two shards, through a
 //! SOCKS inbound's UDP ASSOCIATE: a QUIC ClientHello spread over two Initial datagrams (as
 //! Chrome's post-quantum one is) is waited for and routes by its name, with both datagrams
-//! delivered in order; half of one is routed by its address once the wait is over; uTP and
-//! DHT packets are `bittorrent`.
+//! delivered in order (unless `ipsExcluded` lists their address); half of one is routed by
+//! its address once the wait is over; uTP and DHT packets are `bittorrent`.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc;
@@ -52,6 +52,11 @@ fn setup() -> Setup {
     let (dest, quic, torrent) = (NamedServer::start("dest"), NamedServer::start("quic"), NamedServer::start("bt"));
     let mut config = socks_config(json!({ "auth": "noauth", "udp": true }), json!({}));
     config["inbounds"][0]["sniffing"] = json!({ "enabled": true, "destOverride": ["quic"] });
+    // The same, but destinations in 127.0.0.0/8 keep their address whatever is sniffed.
+    let mut excluded = config["inbounds"][0].clone();
+    excluded["tag"] = json!("excluded");
+    excluded["sniffing"]["ipsExcluded"] = json!(["127.0.0.0/8"]);
+    config["inbounds"].as_array_mut().unwrap().push(excluded);
     config["outbounds"] = json!([
         { "tag": "direct", "protocol": "freedom" },
         { "tag": "to-quic", "protocol": "freedom", "settings": { "redirect": quic.addr.to_string() } },
@@ -69,7 +74,11 @@ fn setup() -> Setup {
 /// Sends `datagrams` on a new association to `setup.dest`; the names of the servers that answered,
 /// one per datagram.
 fn answers(setup: &Setup, datagrams: &[Vec<u8>]) -> Vec<String> {
-    let assoc = Socks5Udp::associate(setup.server.inbound("socks-in")).unwrap();
+    answers_via(setup, "socks-in", datagrams)
+}
+
+fn answers_via(setup: &Setup, inbound: &str, datagrams: &[Vec<u8>]) -> Vec<String> {
+    let assoc = Socks5Udp::associate(setup.server.inbound(inbound)).unwrap();
     for d in datagrams {
         assoc.send(setup.dest.addr, d).unwrap();
     }
@@ -99,6 +108,9 @@ fn a_client_hello_over_two_datagrams_routes_by_its_name() {
     }
     // A ClientHello that fits one datagram needs no wait.
     assert_eq!(answers(&s, &client_initials("www.example.com", 0, 1)), ["quic"]);
+    // `ipsExcluded` lists the address: the name does not replace it, and both datagrams go
+    // where they say.
+    assert_eq!(answers_via(&s, "excluded", &initials), ["dest", "dest"]);
 }
 
 #[test]

@@ -458,6 +458,22 @@ impl DomainList {
     }
 }
 
+/// A compiled list of networks outside routing (sniffing's `ipsExcluded`).
+#[derive(Debug, Default)]
+pub struct IpList(IpSet);
+
+impl IpList {
+    /// Merges `nets` into one range table.
+    pub fn new(nets: &[IpNet]) -> IpList {
+        IpList(IpSet::new(nets))
+    }
+
+    /// Whether `ip` falls in any of the networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
 impl DomainSet {
     fn new(matchers: &[DomainMatcher]) -> Result<DomainSet, String> {
         let mut set = DomainSet::default();

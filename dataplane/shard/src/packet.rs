@@ -824,7 +824,7 @@ where
     let mut held = Vec::new();
     let (sniffed, sniffed_name) = match s.inbound.sniffing.as_deref() {
         Some(sniffing) if !sniffing.metadata_only => {
-            crate::outbound::sniff_datagrams(ctx, sniffing, &mut input, &buf[..first_len], &mut held).await
+            crate::outbound::sniff_datagrams(ctx, sniffing, &mut input, &dest, &buf[..first_len], &mut held).await
         }
         _ => (None, None),
     };

@@ -106,7 +106,7 @@ where
             Some(s) if !s.metadata_only => {
                 sniffed = sniff::first_payload(client, early, &mut first).await;
                 if let Some(found) = &sniffed {
-                    if let Some(addr) = sniff::override_for(s, found) {
+                    if let Some(addr) = sniff::override_for(s, found, &session.dest.addr) {
                         ctx.log.error(
                             LogLevel::Info,
                             format_args!("[{}] {} sniffed domain: {addr}", session.inbound.tag, session.peer),

@@ -68,9 +68,15 @@ where
 }
 
 /// The destination a sniffed domain stands for, when `destOverride` names its protocol
-/// (`http` for `http1`, as upstream compares prefixes) and `domainsExcluded` does not list it.
-pub(super) fn override_for(sniffing: &SniffRt, found: &Found) -> Option<Address> {
+/// (`http` for `http1`, as upstream compares prefixes), `domainsExcluded` does not list it and
+/// `ipsExcluded` does not list the address the client named (`dest`).
+pub(super) fn override_for(sniffing: &SniffRt, found: &Found, dest: &Address) -> Option<Address> {
     let domain = found.domain.as_deref().filter(|d| !d.is_empty())?;
+    if let Address::Ip(ip) = dest {
+        if sniffing.ips_excluded.contains(*ip) {
+            return None;
+        }
+    }
     if !sniffing.dest_override.iter().any(|p| found.protocol.starts_with(p.as_str())) {
         return None;
     }
@@ -84,7 +90,7 @@ pub(super) fn override_for(sniffing: &SniffRt, found: &Found) -> Option<Address>
     }
 }
 
-/// A UDP session's first datagram and, while a QUIC ClientHello goes on past it, the next
+/// A UDP session's first datagram (to `first`) and, while a QUIC ClientHello goes on past it, the next
 /// ones (for `WAIT` in all, at most `MAX_SNIFF_DATAGRAMS`, as Xray's dispatcher caches them):
 /// those are added to `held`, in order, for the caller to send after the first. Returns the
 /// sniffed protocol (`quic`, `bittorrent`) and, when `destOverride` names it and
@@ -93,11 +99,12 @@ pub(crate) async fn sniff_datagrams<I: PacketSource>(
     ctx: &ShardCtx,
     sniffing: &SniffRt,
     input: &mut I,
-    first: &[u8],
+    first: &Destination,
+    first_payload: &[u8],
     held: &mut Vec<(Destination, Vec<u8>)>,
 ) -> (Option<&'static str>, Option<Address>) {
     let mut sniffer = UdpSniffer::default();
-    let mut answer = sniffer.push(first);
+    let mut answer = sniffer.push(first_payload);
     let deadline = Instant::now() + WAIT;
     let mut buf = Vec::new();
     while answer == Sniffed::NeedMore {
@@ -124,7 +131,7 @@ pub(crate) async fn sniff_datagrams<I: PacketSource>(
     match answer {
         Sniffed::Found { protocol, domain } => {
             let found = Found { protocol, domain };
-            (Some(protocol), override_for(sniffing, &found))
+            (Some(protocol), override_for(sniffing, &found, &first.addr))
         }
         _ => (None, None),
     }
