@@ -356,7 +356,6 @@ fn sniffing_config(s: &SniffingSpec) -> SniffingConfig {
             .collect(),
         metadata_only: s.metadata_only,
         route_only: s.route_only,
-        ..Default::default()
     }
 }
 
