@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use aho_corasick::AhoCorasick;
 use ipnet::IpNet;
-use regex::Regex;
+use regex::{Regex, RegexSet};
 use shardray_wire::addr::Address;
 
 use crate::spec::{DomainMatcher, NetworkSet, PortRange, RuleSpec};
@@ -117,7 +117,7 @@ impl RuleIndex {
                 for user in &rule.users {
                     file(&mut index.by_user, user);
                 }
-            } else if let Some(domains) = rule.domains.as_ref().filter(|d| d.regexes.is_empty()) {
+            } else if let Some(domains) = rule.domains.as_ref().filter(|d| d.regexes.is_none()) {
                 for name in domains.full.iter() {
                     file(&mut index.by_full, name);
                 }
@@ -182,7 +182,8 @@ struct DomainSet {
     full: Names,
     parents: Names,
     keywords: Vec<Box<str>>,
-    regexes: Vec<Regex>,
+    /// Every regular expression of the rule, tried in one pass (geosite lists hold dozens).
+    regexes: Option<RegexSet>,
 }
 
 /// A set of names: a few are compared one by one (cheaper than hashing), many are hashed.
@@ -477,13 +478,21 @@ impl IpList {
 impl DomainSet {
     fn new(matchers: &[DomainMatcher]) -> Result<DomainSet, String> {
         let mut set = DomainSet::default();
+        let mut patterns = Vec::new();
         for m in matchers {
             match m {
                 DomainMatcher::Full(f) => set.full.insert(f.to_ascii_lowercase().into()),
                 DomainMatcher::Domain(d) => set.parents.insert(d.to_ascii_lowercase().into()),
                 DomainMatcher::Keyword(k) => set.keywords.push(k.to_ascii_lowercase().into()),
-                DomainMatcher::Regex(r) => set.regexes.push(Regex::new(r).map_err(|e| e.to_string())?),
+                DomainMatcher::Regex(r) => {
+                    // Each on its own first, so that an error names the one at fault.
+                    Regex::new(r).map_err(|e| e.to_string())?;
+                    patterns.push(r.as_str());
+                }
             }
+        }
+        if !patterns.is_empty() {
+            set.regexes = Some(RegexSet::new(patterns).map_err(|e| e.to_string())?);
         }
         Ok(set)
     }
@@ -494,7 +503,7 @@ impl DomainSet {
         if self.full.contains(name) || (!self.parents.is_empty() && self.parents.contains_name_or_parent(name)) {
             return true;
         }
-        self.keywords.iter().any(|k| name.contains(&**k)) || self.regexes.iter().any(|r| r.is_match(name))
+        self.keywords.iter().any(|k| name.contains(&**k)) || self.regexes.as_ref().is_some_and(|r| r.is_match(name))
     }
 }
 
@@ -717,6 +726,15 @@ mod tests {
         let list =
             DomainList::new(&[DomainMatcher::Keyword("apple".into()), DomainMatcher::Full("a.b".into())]).unwrap();
         assert!(list.matches("courier.push.Apple.com") && list.matches("a.b") && !list.matches("x.a.b"));
+        // Several regular expressions, tried as one set: any of them matches.
+        let list = DomainList::new(&[
+            DomainMatcher::Regex("^a[0-9]+\\.x$".into()),
+            DomainMatcher::Regex("(^|\\.)b\\.y$".into()),
+        ])
+        .unwrap();
+        assert!(list.matches("a1.x") && list.matches("c.b.y") && list.matches("B.Y") && !list.matches("a.x"));
+        let bad = DomainList::new(&[DomainMatcher::Regex("ok".into()), DomainMatcher::Regex("(".into())]);
+        assert!(bad.is_err());
     }
 
     #[test]
