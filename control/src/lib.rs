@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cli_api;
 pub mod config;
 pub mod convert;
+pub mod dns;
 pub mod journal;
 pub mod logger;
 pub mod metrics;

@@ -3,6 +3,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod change;
+pub mod limits;
 pub mod log;
 pub mod router;
 pub mod routes;

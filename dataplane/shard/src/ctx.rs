@@ -55,6 +55,8 @@ pub(crate) struct ShardCtx {
     pub(crate) flows: crate::packet::FlowCounts,
     /// The last epoch applied.
     pub(crate) applied: Cell<u64>,
+    /// The `dns` object's resolver, if the config has one.
+    pub(crate) dns: Option<crate::dns::DnsClient>,
 }
 
 /// An inbound's accept (or datagram) loop.
@@ -87,6 +89,8 @@ pub(crate) struct InboundRt {
     /// VLESS over TLS directly on raw TCP: its users may take the Vision flow, so its TLS
     /// stream keeps track of record boundaries (see `TlsTcp::tracking`).
     pub(crate) vision: bool,
+    /// Its live TCP connections on every shard, for `maxInboundConnections`.
+    pub(crate) connections: crate::gate::InboundGauge,
 }
 
 /// An inbound's `sniffing`, compiled.
@@ -361,6 +365,7 @@ impl ShardCtx {
         api_addrs: Arc<[SocketAddr]>,
         log: LogSink,
         tap: RouteTap,
+        dns: Option<crate::dns::DnsClient>,
     ) -> Result<ShardCtx, String> {
         let specs = RouteSpecs::from_config(&config);
         let routes = Routes::build(&specs, None)?;
@@ -381,6 +386,7 @@ impl ShardCtx {
             watchers: SessionWatchers::default(),
             flows: Default::default(),
             applied: Cell::new(0),
+            dns,
         };
         for inbound in &config.inbounds {
             let inbound = ctx.inbound_rt(inbound)?;
@@ -471,6 +477,7 @@ impl ShardCtx {
             },
             kind,
             vision: inbound.vision_refused().is_none(),
+            connections: crate::gate::inbound_gauge(&inbound.tag),
         })
     }
 
