@@ -9,6 +9,7 @@ pub mod echo;
 pub mod metrics;
 pub mod peers;
 pub mod proxy;
+pub mod quic;
 pub mod servers;
 pub mod shadowsocks;
 pub mod shoes;

@@ -159,6 +159,14 @@ impl Socks5Udp {
     pub fn send_raw(&self, datagram: &[u8]) -> io::Result<()> {
         self.socket.send_to(datagram, self.relay).map(drop)
     }
+
+    /// The next datagram the relay sends back, header and all.
+    pub fn recv_raw(&self) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = self.socket.recv_from(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
 }
 
 impl DatagramPath for Socks5Udp {

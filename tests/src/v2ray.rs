@@ -27,12 +27,19 @@ impl V2Ray {
 
     /// Like `start`, with several `outbounds` (the first the default) and a `routing` object.
     pub fn start_routed(outbounds: Value, routing: Value) -> V2Ray {
+        let inbounds = json!([{ "listen": "127.0.0.1", "port": free_port(), "protocol": "socks",
+                                "settings": { "auth": "noauth", "udp": false } }]);
+        V2Ray::start_full(inbounds, outbounds, routing)
+    }
+
+    /// Starts V2Ray with `inbounds` as given (each on 127.0.0.1 with a `port`; the first one's
+    /// is `socks`, and V2Ray is up once that one accepts), `outbounds` and `routing`.
+    pub fn start_full(inbounds: Value, outbounds: Value, routing: Value) -> V2Ray {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
+        let port = inbounds[0]["port"].as_u64().and_then(|p| u16::try_from(p).ok()).expect("inbounds[0].port");
         let config = json!({
             "log": { "loglevel": "warning" },
-            "inbounds": [{ "listen": "127.0.0.1", "port": port, "protocol": "socks",
-                           "settings": { "auth": "noauth", "udp": false } }],
+            "inbounds": inbounds,
             "outbounds": outbounds,
             "routing": routing,
         });

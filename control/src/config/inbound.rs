@@ -273,11 +273,14 @@ fn sniffing(sniffing: Option<RawSniffing>, path: &str) -> Result<Option<Box<Snif
             &mut domains_excluded,
         )?;
     }
+    // As routing's `ip`: CIDRs, addresses, `geoip:` and `ext:` lists.
+    let ips_excluded = super::routing::ip_list(raw.ips_excluded, &format!("{path}.sniffing.ipsExcluded"))?;
     Ok(Some(Box::new(SniffingSpec {
         dest_override,
         metadata_only: raw.metadata_only.unwrap_or(false),
         route_only: raw.route_only.unwrap_or(false),
         domains_excluded,
+        ips_excluded,
     })))
 }
 

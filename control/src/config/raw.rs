@@ -367,6 +367,7 @@ pub(super) struct RawSniffing {
     pub dest_override: Option<StringList>,
     pub metadata_only: Option<bool>,
     pub domains_excluded: Option<StringList>,
+    pub ips_excluded: Option<StringList>,
     pub route_only: Option<bool>,
 }
 

@@ -256,9 +256,30 @@ pub fn inbound_json(config: &InboundHandlerConfig) -> Result<Value, InvalidInbou
 /// `sniffing` from the API's `SniffingConfig`: domains in the config's `full:`/`domain:`/
 /// `keyword:`/`regexp:`/`geosite:` forms, checked when the inbound loads.
 fn sniffing_json(s: &SniffingConfig) -> Result<Value, InvalidInbound> {
+    use shardray_proto::xray::common::geodata::ip_rule::Value as IpValue;
     use shardray_proto::xray::common::geodata::{domain::Type, domain_rule::Value as Rule};
-    if !s.ips_excluded.is_empty() {
-        return Err(invalid("receiver_settings.sniffing_settings.ips_excluded: not supported yet"));
+    let mut ips = Vec::new();
+    for (i, r) in s.ips_excluded.iter().enumerate() {
+        let at = format!("receiver_settings.sniffing_settings.ips_excluded[{i}]");
+        ips.push(match &r.value {
+            Some(IpValue::Custom(c)) => {
+                let ip = match c.ip.len() {
+                    4 => std::net::IpAddr::from(<[u8; 4]>::try_from(&c.ip[..]).expect("4 bytes")),
+                    16 => std::net::IpAddr::from(<[u8; 16]>::try_from(&c.ip[..]).expect("16 bytes")),
+                    n => return Err(invalid(format!("{at}: an IP is 4 or 16 bytes, not {n}"))),
+                };
+                format!("{ip}/{}", c.prefix)
+            }
+            Some(IpValue::Geoip(g)) => {
+                let not = if g.reverse_match { "!" } else { "" };
+                if g.file.is_empty() || g.file == "geoip.dat" {
+                    format!("geoip:{not}{}", g.code)
+                } else {
+                    format!("ext:{}:{not}{}", g.file, g.code)
+                }
+            }
+            None => return Err(invalid(format!("{at}: empty"))),
+        });
     }
     let mut excluded = Vec::new();
     for (i, d) in s.domains_excluded.iter().enumerate() {
@@ -293,6 +314,7 @@ fn sniffing_json(s: &SniffingConfig) -> Result<Value, InvalidInbound> {
         "enabled": true,
         "destOverride": s.destination_override,
         "domainsExcluded": excluded,
+        "ipsExcluded": ips,
         "metadataOnly": s.metadata_only,
         "routeOnly": s.route_only,
     }))
@@ -317,9 +339,23 @@ fn sniffing_config(s: &SniffingSpec) -> SniffingConfig {
                 DomainMatcher::Regex(v) => rule(Type::Regex, v),
             })
             .collect(),
+        ips_excluded: s
+            .ips_excluded
+            .iter()
+            .map(|n| shardray_proto::xray::common::geodata::IpRule {
+                value: Some(shardray_proto::xray::common::geodata::ip_rule::Value::Custom(
+                    shardray_proto::xray::common::geodata::Cidr {
+                        ip: match n.network() {
+                            std::net::IpAddr::V4(a) => a.octets().to_vec(),
+                            std::net::IpAddr::V6(a) => a.octets().to_vec(),
+                        },
+                        prefix: u32::from(n.prefix_len()),
+                    },
+                )),
+            })
+            .collect(),
         metadata_only: s.metadata_only,
         route_only: s.route_only,
-        ..Default::default()
     }
 }
 
@@ -1042,17 +1078,19 @@ mod tests {
             "tag": "s", "listen": "127.0.0.1", "port": 4433, "protocol": "vless",
             "settings": { "decryption": "none", "clients": [] },
             "sniffing": { "enabled": true, "destOverride": ["http", "tls"], "routeOnly": true,
-                "domainsExcluded": ["apple", "full:a.b", "domain:c.d", "regexp:^e$"] }
+                "domainsExcluded": ["apple", "full:a.b", "domain:c.d", "regexp:^e$"],
+                "ipsExcluded": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"] }
         }));
         assert!(spec.sniffing.as_ref().is_some_and(|s| s.route_only && s.domains_excluded.len() == 4));
+        assert_eq!(spec.sniffing.as_ref().unwrap().ips_excluded.len(), 3);
         assert_eq!(through_api(&spec).unwrap(), spec);
-        // An IP exclusion list is not served: refused by name.
+        // An empty IPRule names nothing: refused by name.
         let mut config = inbound_config(&spec);
         let receiver = config.receiver_settings.as_mut().unwrap();
         let mut decoded = ReceiverConfig::decode(receiver.value.as_slice()).unwrap();
         decoded.sniffing_settings.as_mut().unwrap().ips_excluded.push(Default::default());
         receiver.value = decoded.encode_to_vec();
-        assert!(inbound_json(&config).unwrap_err().to_string().contains("sniffing_settings.ips_excluded"));
+        assert!(inbound_json(&config).unwrap_err().to_string().contains("sniffing_settings.ips_excluded[3]: empty"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use aho_corasick::AhoCorasick;
 use ipnet::IpNet;
-use regex::Regex;
+use regex::{Regex, RegexSet};
 use shardray_wire::addr::Address;
 
 use crate::spec::{DomainMatcher, NetworkSet, PortRange, RuleSpec};
@@ -117,7 +117,7 @@ impl RuleIndex {
                 for user in &rule.users {
                     file(&mut index.by_user, user);
                 }
-            } else if let Some(domains) = rule.domains.as_ref().filter(|d| d.regexes.is_empty()) {
+            } else if let Some(domains) = rule.domains.as_ref().filter(|d| d.regexes.is_none()) {
                 for name in domains.full.iter() {
                     file(&mut index.by_full, name);
                 }
@@ -182,7 +182,8 @@ struct DomainSet {
     full: Names,
     parents: Names,
     keywords: Vec<Box<str>>,
-    regexes: Vec<Regex>,
+    /// Every regular expression of the rule, tried in one pass (geosite lists hold dozens).
+    regexes: Option<RegexSet>,
 }
 
 /// A set of names: a few are compared one by one (cheaper than hashing), many are hashed.
@@ -458,16 +459,40 @@ impl DomainList {
     }
 }
 
+/// A compiled list of networks outside routing (sniffing's `ipsExcluded`).
+#[derive(Debug, Default)]
+pub struct IpList(IpSet);
+
+impl IpList {
+    /// Merges `nets` into one range table.
+    pub fn new(nets: &[IpNet]) -> IpList {
+        IpList(IpSet::new(nets))
+    }
+
+    /// Whether `ip` falls in any of the networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
 impl DomainSet {
     fn new(matchers: &[DomainMatcher]) -> Result<DomainSet, String> {
         let mut set = DomainSet::default();
+        let mut patterns = Vec::new();
         for m in matchers {
             match m {
                 DomainMatcher::Full(f) => set.full.insert(f.to_ascii_lowercase().into()),
                 DomainMatcher::Domain(d) => set.parents.insert(d.to_ascii_lowercase().into()),
                 DomainMatcher::Keyword(k) => set.keywords.push(k.to_ascii_lowercase().into()),
-                DomainMatcher::Regex(r) => set.regexes.push(Regex::new(r).map_err(|e| e.to_string())?),
+                DomainMatcher::Regex(r) => {
+                    // Each on its own first, so that an error names the one at fault.
+                    Regex::new(r).map_err(|e| e.to_string())?;
+                    patterns.push(r.as_str());
+                }
             }
+        }
+        if !patterns.is_empty() {
+            set.regexes = Some(RegexSet::new(patterns).map_err(|e| e.to_string())?);
         }
         Ok(set)
     }
@@ -478,7 +503,7 @@ impl DomainSet {
         if self.full.contains(name) || (!self.parents.is_empty() && self.parents.contains_name_or_parent(name)) {
             return true;
         }
-        self.keywords.iter().any(|k| name.contains(&**k)) || self.regexes.iter().any(|r| r.is_match(name))
+        self.keywords.iter().any(|k| name.contains(&**k)) || self.regexes.as_ref().is_some_and(|r| r.is_match(name))
     }
 }
 
@@ -495,10 +520,15 @@ impl IpSet {
         IpSet { v4: merge(v4), v6: merge(v6) }
     }
 
+    /// An IPv4 address mapped into IPv6 (`::ffff:10.1.2.3`) is looked up as the IPv4 one, as
+    /// upstream reads such an address.
     fn contains(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(a) => in_sorted(&self.v4, u32::from(a)),
-            IpAddr::V6(a) => in_sorted(&self.v6, u128::from(a)),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => in_sorted(&self.v4, u32::from(v4)),
+                None => in_sorted(&self.v6, u128::from(a)),
+            },
         }
     }
 }
@@ -696,6 +726,15 @@ mod tests {
         let list =
             DomainList::new(&[DomainMatcher::Keyword("apple".into()), DomainMatcher::Full("a.b".into())]).unwrap();
         assert!(list.matches("courier.push.Apple.com") && list.matches("a.b") && !list.matches("x.a.b"));
+        // Several regular expressions, tried as one set: any of them matches.
+        let list = DomainList::new(&[
+            DomainMatcher::Regex("^a[0-9]+\\.x$".into()),
+            DomainMatcher::Regex("(^|\\.)b\\.y$".into()),
+        ])
+        .unwrap();
+        assert!(list.matches("a1.x") && list.matches("c.b.y") && list.matches("B.Y") && !list.matches("a.x"));
+        let bad = DomainList::new(&[DomainMatcher::Regex("ok".into()), DomainMatcher::Regex("(".into())]);
+        assert!(bad.is_err());
     }
 
     #[test]
@@ -795,6 +834,9 @@ mod tests {
         let all = IpSet::new(&["0.0.0.0/0".parse().unwrap()]);
         assert!(all.contains("255.255.255.255".parse().unwrap()));
         assert!(!all.contains("::1".parse().unwrap()));
+        // A mapped IPv4 address is the IPv4 one (V2Ray routes ::ffff:10.1.2.3 as 10.1.2.3).
+        assert!(set.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!set.contains("::ffff:12.0.0.1".parse().unwrap()));
     }
 
     #[test]

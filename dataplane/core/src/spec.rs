@@ -348,6 +348,8 @@ pub struct SniffingSpec {
     pub route_only: bool,
     /// `domainsExcluded`: sniffed domains that keep the original destination.
     pub domains_excluded: Vec<DomainMatcher>,
+    /// `ipsExcluded`: original destination addresses that keep themselves, whatever is sniffed.
+    pub ips_excluded: Vec<ipnet::IpNet>,
 }
 
 impl InboundSpec {

@@ -101,6 +101,8 @@ pub(crate) struct SniffRt {
     pub(crate) metadata_only: bool,
     pub(crate) route_only: bool,
     pub(crate) excluded: shardray_core::router::DomainList,
+    /// `ipsExcluded`: destinations that keep their address.
+    pub(crate) ips_excluded: shardray_core::router::IpList,
 }
 
 /// What an inbound does with a connection.
@@ -475,6 +477,7 @@ impl ShardCtx {
                     route_only: s.route_only,
                     excluded: shardray_core::router::DomainList::new(&s.domains_excluded)
                         .map_err(|e| format!("inbound {:?}: sniffing.domainsExcluded: {e}", inbound.tag))?,
+                    ips_excluded: shardray_core::router::IpList::new(&s.ips_excluded),
                 })),
                 None => None,
             },

@@ -418,9 +418,12 @@ impl<'a> FreedomLeg<'a> {
                 return Verdict::Unreachable;
             }
         };
+        // A redirect's address is the operator's, named in the outbound: it passes as named.
+        let decision =
+            Decision { explicit_dest: self.decision.explicit_dest || self.spec.redirect.is_some(), ..self.decision };
         let mut last = Verdict::Unreachable;
         for addr in addrs {
-            match check_destination(self.ctx, self.routes, addr, &target, self.decision, self.session, false) {
+            match check_destination(self.ctx, self.routes, addr, &target, decision, self.session, false) {
                 Ok(()) => return Verdict::Send(addr),
                 Err(why) => last = Verdict::Refused(why),
             }
@@ -934,10 +937,14 @@ where
     };
     let email = session.user.as_ref().and_then(|u| u.email.as_deref()).filter(|e| !e.is_empty());
     let routes = ctx.routes();
-    // Sniffing: a QUIC Initial in the first datagram names the protocol and, with `quic` in
+    // Sniffing: a QUIC Initial (in the first datagram, or the few that complete its
+    // ClientHello, held meanwhile), uTP or DHT names the protocol and, with `quic` in
     // `destOverride`, the name the session is routed by. Packets still go where they say.
+    let mut held = Vec::new();
     let (sniffed, sniffed_name) = match s.inbound.sniffing.as_deref() {
-        Some(sniffing) if !sniffing.metadata_only => crate::outbound::sniff_datagram(sniffing, &buf[..first_len]),
+        Some(sniffing) if !sniffing.metadata_only => {
+            crate::outbound::sniff_datagrams(ctx, sniffing, &mut input, &dest, &buf[..first_len], &mut held).await
+        }
         _ => (None, None),
     };
     let mut route_input = RouteInput {
@@ -1136,6 +1143,11 @@ where
             meter.borrow_mut().up(first_len as u64);
         }
         drop(buf);
+        for (to, packet) in held {
+            if up_out.send(&to, &packet).await? {
+                meter.borrow_mut().up(packet.len() as u64);
+            }
+        }
         let sides = Sides { input: &mut input, output: &mut output, up_in: &mut up_in, up_out: &mut up_out };
         relay_packets(ctx, sides, s.level, s.idle_cap, watch.as_ref(), &meter).await
     }

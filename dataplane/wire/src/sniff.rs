@@ -215,49 +215,119 @@ const QUIC_VERSIONS: &[(u32, [u8; 20], &str, u8)] = &[
 
 /// A QUIC client's first datagram: its Initial packets opened with the version's keys, their
 /// CRYPTO frames put in order, and the ClientHello's `server_name` read (protocol `quic`).
-/// "Need more" when the ClientHello goes on in a later datagram.
+/// "Need more" when the ClientHello goes on in a later datagram (see `UdpSniffer`).
 pub fn sniff_quic(datagram: &[u8]) -> Sniffed {
-    let mut crypto: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut rest = datagram;
-    let mut opened = false;
-    while rest.len() > 5 && rest[0] & 0x80 != 0 {
-        match quic_packet(rest, &mut crypto) {
-            Some(used) => {
-                opened = true;
-                rest = &rest[used..];
+    UdpSniffer::default().quic(datagram)
+}
+
+/// Most datagrams a UDP session's sniffing reads: a ClientHello with a post-quantum key share
+/// (Chrome's) takes two Initial packets; a few more allow for reordering and padding packets.
+pub const MAX_SNIFF_DATAGRAMS: usize = 4;
+
+/// Sniffs a UDP session's first datagrams, as Xray's dispatcher reads them: a QUIC Initial
+/// (whose ClientHello may span several datagrams, each pushed in turn while the answer is
+/// "need more"), else, on the first datagram only, BitTorrent's uTP or DHT.
+#[derive(Debug, Default)]
+pub struct UdpSniffer {
+    /// The CRYPTO frames of the Initial packets opened so far, by offset.
+    crypto: Vec<(u64, Vec<u8>)>,
+    datagrams: usize,
+}
+
+impl UdpSniffer {
+    /// The answer once `datagram`, the session's next one, is seen too. "Need more" only while
+    /// a ClientHello is incomplete and fewer than `MAX_SNIFF_DATAGRAMS` were pushed.
+    pub fn push(&mut self, datagram: &[u8]) -> Sniffed {
+        self.datagrams += 1;
+        if self.datagrams > 1 {
+            return match self.quic(datagram) {
+                Sniffed::NeedMore if self.datagrams >= MAX_SNIFF_DATAGRAMS => Sniffed::NoClue,
+                other => other,
+            };
+        }
+        match self.quic(datagram) {
+            Sniffed::NoClue => {}
+            other => return other,
+        }
+        if is_utp_syn(datagram) || is_dht(datagram) {
+            return Sniffed::Found { protocol: "bittorrent", domain: None };
+        }
+        Sniffed::NoClue
+    }
+
+    /// Opens `datagram`'s Initial packets into the CRYPTO frames so far and reads the
+    /// ClientHello they make; "not this" when the datagram opens nothing.
+    fn quic(&mut self, datagram: &[u8]) -> Sniffed {
+        let mut rest = datagram;
+        let mut opened = false;
+        while rest.len() > 5 && rest[0] & 0x80 != 0 {
+            match quic_packet(rest, &mut self.crypto) {
+                Some(used) => {
+                    opened = true;
+                    rest = &rest[used..];
+                }
+                None => break,
             }
-            None => break,
+        }
+        if !opened {
+            return Sniffed::NoClue;
+        }
+        self.crypto.sort_by_key(|(offset, _)| *offset);
+        let mut hello = Vec::new();
+        for (offset, data) in &self.crypto {
+            let offset = *offset as usize;
+            if offset > hello.len() {
+                break;
+            }
+            let skip = hello.len() - offset;
+            if skip < data.len() {
+                hello.extend_from_slice(&data[skip..]);
+            }
+        }
+        if hello.len() < 4 {
+            return Sniffed::NeedMore;
+        }
+        if hello[0] != 1 {
+            return Sniffed::NoClue;
+        }
+        let len = be(&hello[1..4]);
+        if hello.len() < 4 + len {
+            return Sniffed::NeedMore;
+        }
+        match client_hello_sni(&hello[..4 + len]) {
+            Some(domain) => Sniffed::Found { protocol: "quic", domain },
+            None => Sniffed::NoClue,
         }
     }
-    if !opened {
-        return Sniffed::NoClue;
+}
+
+/// A uTP (BEP 29) connection's first packet: ST_SYN, version 1, the 20-byte header and its
+/// extension chain filling the datagram exactly (a SYN carries no data).
+///
+/// Stricter than Xray, which takes any packet type but then compares the header's 32-bit,
+/// wrapping microsecond clock with the full clock, so that it never matches; a SYN alone is
+/// what a uTP session starts with, and two header bytes are too little to tell a protocol by.
+fn is_utp_syn(d: &[u8]) -> bool {
+    const ST_SYN: u8 = 4;
+    if d.len() < 20 || d[0] != (ST_SYN << 4 | 1) {
+        return false;
     }
-    crypto.sort_by_key(|(offset, _)| *offset);
-    let mut hello = Vec::new();
-    for (offset, data) in crypto {
-        let offset = offset as usize;
-        if offset > hello.len() {
-            break;
+    let (mut next, mut at) = (d[1], 20);
+    while next != 0 {
+        // Selective ACK (1) and extension bits (2) are the extensions BEP 29 and libutp know.
+        if next > 2 || at + 2 > d.len() {
+            return false;
         }
-        let skip = hello.len() - offset;
-        if skip < data.len() {
-            hello.extend_from_slice(&data[skip..]);
-        }
+        next = d[at];
+        at += 2 + d[at + 1] as usize;
     }
-    if hello.len() < 4 {
-        return Sniffed::NeedMore;
-    }
-    if hello[0] != 1 {
-        return Sniffed::NoClue;
-    }
-    let len = be(&hello[1..4]);
-    if hello.len() < 4 + len {
-        return Sniffed::NeedMore;
-    }
-    match client_hello_sni(&hello[..4 + len]) {
-        Some(domain) => Sniffed::Found { protocol: "quic", domain },
-        None => Sniffed::NoClue,
-    }
+    at == d.len()
+}
+
+/// A BitTorrent DHT (BEP 5) KRPC query or response: a bencoded dictionary whose first key is
+/// `a` (a query's arguments) or `r` (a response), itself starting with the 20-byte node `id`.
+fn is_dht(d: &[u8]) -> bool {
+    (d.starts_with(b"d1:ad2:id20:") || d.starts_with(b"d1:rd2:id20:")) && d.len() >= 12 + 20 + 2 && d.ends_with(b"e")
 }
 
 /// One long-header packet at the start of `data`: its length, with an Initial's CRYPTO
@@ -493,6 +563,88 @@ mod tests {
         assert_eq!(sniff_quic(&[0x40; 64]), Sniffed::NoClue);
         // Cut short: the packet's length runs past the datagram.
         assert_eq!(sniff_quic(&packet[..1000]), Sniffed::NoClue);
+    }
+
+    /// Two Initial datagrams whose CRYPTO frames carry one ClientHello for www.example.com
+    /// (rustls's, grown past one datagram by a large transport parameter, as a post-quantum
+    /// key share grows Chrome's), built by `shardray_tests::quic::client_initials`.
+    fn two_initials() -> Vec<Vec<u8>> {
+        include_str!("testdata/quic-two-initials.hex").lines().map(unhex).collect()
+    }
+
+    #[test]
+    fn a_client_hello_over_two_datagrams() {
+        let d = two_initials();
+        assert_eq!(d.len(), 2);
+        let want = Sniffed::Found { protocol: "quic", domain: Some("www.example.com".into()) };
+        // One datagram alone: QUIC, the name still to come.
+        assert_eq!(sniff_quic(&d[0]), Sniffed::NeedMore);
+        let mut s = UdpSniffer::default();
+        assert_eq!(s.push(&d[0]), Sniffed::NeedMore);
+        assert_eq!(s.push(&d[1]), want);
+        // Reordered: the second half first is QUIC too, still waiting for offset 0.
+        let mut s = UdpSniffer::default();
+        assert_eq!(s.push(&d[1]), Sniffed::NeedMore);
+        assert_eq!(s.push(&d[0]), want);
+        // Both coalesced into one datagram read as one.
+        assert_eq!(sniff_quic(&[d[0].clone(), d[1].clone()].concat()), want);
+        // A later datagram that is not an Initial ends the wait without a name.
+        let mut s = UdpSniffer::default();
+        assert_eq!(s.push(&d[0]), Sniffed::NeedMore);
+        assert_eq!(s.push(b"\x40not quic at all, a short header"), Sniffed::NoClue);
+        // So does the datagram limit.
+        let mut s = UdpSniffer::default();
+        for _ in 1..MAX_SNIFF_DATAGRAMS {
+            assert_eq!(s.push(&d[0]), Sniffed::NeedMore);
+        }
+        assert_eq!(s.push(&d[0]), Sniffed::NoClue);
+    }
+
+    /// A uTP SYN as libutp sends it: ST_SYN, version 1, no extension, a connection id, the
+    /// clock, no reply delay yet, the window, seq 1, ack 0.
+    fn utp_syn() -> Vec<u8> {
+        let mut p = vec![0x41, 0x00, 0x30, 0x39];
+        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(&0u32.to_be_bytes());
+        p.extend_from_slice(&0x0010_0000u32.to_be_bytes());
+        p.extend_from_slice(&[0, 1, 0, 0]);
+        p
+    }
+
+    #[test]
+    fn bittorrent_over_udp() {
+        let bt = Sniffed::Found { protocol: "bittorrent", domain: None };
+        assert_eq!(UdpSniffer::default().push(&utp_syn()), bt);
+        // With an extension-bits extension (libutp's 8 bytes).
+        let mut ext = utp_syn();
+        ext[1] = 2;
+        ext.extend_from_slice(&[0, 8, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(UdpSniffer::default().push(&ext), bt);
+        // Not a SYN, another version, data after it, a chain running past the end.
+        for (at, value) in [(0, 0x01), (0, 0x42), (1, 9)] {
+            let mut p = utp_syn();
+            p[at] = value;
+            assert_eq!(UdpSniffer::default().push(&p), Sniffed::NoClue, "byte {at} = {value}");
+        }
+        let mut data = utp_syn();
+        data.push(0);
+        assert_eq!(UdpSniffer::default().push(&data), Sniffed::NoClue);
+        let mut cut = ext.clone();
+        cut.pop();
+        assert_eq!(UdpSniffer::default().push(&cut), Sniffed::NoClue);
+        // DHT: BEP 5's ping query and its answer.
+        let ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+        let pong = b"d1:rd2:id20:mnopqrstuvwxyz123456e1:t2:aa1:y1:re";
+        assert_eq!(UdpSniffer::default().push(ping), bt);
+        assert_eq!(UdpSniffer::default().push(pong), bt);
+        assert_eq!(UdpSniffer::default().push(&ping[..20]), Sniffed::NoClue);
+        // A DNS query is neither.
+        let dns = unhex("abcd01000001000000000000076578616d706c6503636f6d0000010001");
+        assert_eq!(UdpSniffer::default().push(&dns), Sniffed::NoClue);
+        // Only the first datagram counts for BitTorrent.
+        let mut s = UdpSniffer::default();
+        assert_eq!(s.push(&two_initials()[0]), Sniffed::NeedMore);
+        assert_eq!(s.push(ping), Sniffed::NoClue);
     }
 
     #[test]

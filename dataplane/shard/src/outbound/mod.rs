@@ -9,7 +9,7 @@ mod resolve;
 pub(crate) mod shadowsocks;
 mod sniff;
 
-pub(crate) use sniff::sniff_datagram;
+pub(crate) use sniff::sniff_datagrams;
 pub(crate) mod trojan;
 pub(crate) mod vless;
 pub(crate) mod vmess;
@@ -108,7 +108,7 @@ where
             Some(s) if !s.metadata_only => {
                 sniffed = sniff::first_payload(client, early, &mut first).await;
                 if let Some(found) = &sniffed {
-                    if let Some(addr) = sniff::override_for(s, found) {
+                    if let Some(addr) = sniff::override_for(s, found, &session.dest.addr) {
                         ctx.log.error(
                             LogLevel::Info,
                             format_args!("[{}] {} sniffed domain: {addr}", session.inbound.tag, session.peer),
@@ -235,9 +235,10 @@ where
                 None => session.dest.clone(),
             };
             // Boxed: resolving and connecting need more state than the relay that follows.
-            // A redirect's address is the operator's: the rule's decision stands for it.
+            // A redirect's address is the operator's, named in the outbound: it passes as
+            // named, whichever rule (or none) sent the session there.
             let decision = match &freedom.redirect {
-                Some(_) => decision,
+                Some(_) => Decision { explicit_dest: true, ..decision },
                 None => Decision { explicit_dest: original_explicit, ..decision },
             };
             let dialing = dial(ctx, &routes, &target, input.resolved, decision, &session, outbound);

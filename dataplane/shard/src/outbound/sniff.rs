@@ -4,10 +4,12 @@
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt};
-use shardray_wire::addr::Address;
-use shardray_wire::sniff::{sniff_quic, sniff_tcp, Sniffed};
+use shardray_core::stats::Refusal;
+use shardray_wire::addr::{Address, Destination};
+use shardray_wire::sniff::{sniff_tcp, Sniffed, UdpSniffer};
 
-use crate::ctx::SniffRt;
+use crate::ctx::{ShardCtx, SniffRt};
+use crate::packet::{PacketSource, Recv, MAX_DATAGRAM};
 
 /// How long a session with no payload yet is waited for, in total (Xray's 200 ms).
 const WAIT: Duration = Duration::from_millis(200);
@@ -66,9 +68,15 @@ where
 }
 
 /// The destination a sniffed domain stands for, when `destOverride` names its protocol
-/// (`http` for `http1`, as upstream compares prefixes) and `domainsExcluded` does not list it.
-pub(super) fn override_for(sniffing: &SniffRt, found: &Found) -> Option<Address> {
+/// (`http` for `http1`, as upstream compares prefixes), `domainsExcluded` does not list it and
+/// `ipsExcluded` does not list the address the client named (`dest`).
+pub(super) fn override_for(sniffing: &SniffRt, found: &Found, dest: &Address) -> Option<Address> {
     let domain = found.domain.as_deref().filter(|d| !d.is_empty())?;
+    if let Address::Ip(ip) = dest {
+        if sniffing.ips_excluded.contains(*ip) {
+            return None;
+        }
+    }
     if !sniffing.dest_override.iter().any(|p| found.protocol.starts_with(p.as_str())) {
         return None;
     }
@@ -82,13 +90,48 @@ pub(super) fn override_for(sniffing: &SniffRt, found: &Found) -> Option<Address>
     }
 }
 
-/// A UDP session's first datagram: the sniffed protocol (`quic`) and, when `destOverride`
-/// names it and `domainsExcluded` does not, the name to route by.
-pub(crate) fn sniff_datagram(sniffing: &SniffRt, datagram: &[u8]) -> (Option<&'static str>, Option<Address>) {
-    match sniff_quic(datagram) {
+/// A UDP session's first datagram (to `first`) and, while a QUIC ClientHello goes on past it, the next
+/// ones (for `WAIT` in all, at most `MAX_SNIFF_DATAGRAMS`, as Xray's dispatcher caches them):
+/// those are added to `held`, in order, for the caller to send after the first. Returns the
+/// sniffed protocol (`quic`, `bittorrent`) and, when `destOverride` names it and
+/// `domainsExcluded` does not, the name to route by.
+pub(crate) async fn sniff_datagrams<I: PacketSource>(
+    ctx: &ShardCtx,
+    sniffing: &SniffRt,
+    input: &mut I,
+    first: &Destination,
+    first_payload: &[u8],
+    held: &mut Vec<(Destination, Vec<u8>)>,
+) -> (Option<&'static str>, Option<Address>) {
+    let mut sniffer = UdpSniffer::default();
+    let mut answer = sniffer.push(first_payload);
+    let deadline = Instant::now() + WAIT;
+    let mut buf = Vec::new();
+    while answer == Sniffed::NeedMore {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        buf.resize(MAX_DATAGRAM + 1, 0);
+        let next = futures_lite::future::or(async { Some(input.recv(&mut buf).await) }, async {
+            glommio::timer::sleep(left).await;
+            None
+        })
+        .await;
+        match next {
+            Some(Ok(Recv::Packet(dest, n))) => {
+                answer = sniffer.push(&buf[..n]);
+                held.push((dest, buf[..n].to_vec()));
+            }
+            Some(Ok(Recv::Oversize)) => ctx.refusals.add(Refusal::OversizeDatagram),
+            // The end, an error or the wait over: the relay meets the same next.
+            _ => break,
+        }
+    }
+    match answer {
         Sniffed::Found { protocol, domain } => {
             let found = Found { protocol, domain };
-            (Some(protocol), override_for(sniffing, &found))
+            (Some(protocol), override_for(sniffing, &found, &first.addr))
         }
         _ => (None, None),
     }
