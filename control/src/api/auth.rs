@@ -108,6 +108,8 @@ pub fn required_role(path: &str) -> ApiRole {
         ("HandlerService", "AlterInbound") => ApiRole::Operator,
         ("RoutingService", "TestRoute" | "GetBalancerInfo" | "SubscribeRoutingStats" | "ListRule") => ApiRole::Reader,
         ("LoggerService", "FollowLog") => ApiRole::Reader,
+        // User events and quotas: what a panel watches.
+        ("EventsService", "Subscribe" | "GetUserQuotas") => ApiRole::Reader,
         // A reload may change anything the files name.
         ("ReloadService", _) => ApiRole::Admin,
         _ => ApiRole::Admin,

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
+use shardray_core::quota::QuotaSpec;
 use shardray_core::spec::{
     Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, GrpcSpec, HttpHeaderSpec, HttpInboundSpec,
     HttpTransportSpec, InboundProtocol, InboundSpec, NetworkSet, ProxyAccount, ShadowsocksInboundSpec, SniffingSpec,
@@ -800,7 +801,25 @@ fn vless_client(raw: RawVlessClient, path: &str, default_flow: VlessFlow) -> Res
         f => return Err(ConfigError::invalid(format!("{path}.flow"), format!("unknown flow {f:?}"))),
     };
     let account = Account::Vless(id, flow);
-    Ok(UserSpec { account, email: raw.email.unwrap_or_default(), level: raw.level.unwrap_or(0) })
+    Ok(UserSpec {
+        account,
+        email: raw.email.unwrap_or_default(),
+        level: raw.level.unwrap_or(0),
+        quota: user_quota(raw.quota, raw.expiry, path)?,
+    })
+}
+
+/// A client's `quota` and `expiry` (ours), checked.
+fn user_quota(quota: Option<Value>, expiry: Option<Value>, path: &str) -> Result<QuotaSpec, ConfigError> {
+    let bytes = match quota {
+        None | Some(Value::Null) => 0,
+        Some(v) => crate::quota::parse_bytes(&v).map_err(|e| ConfigError::invalid(format!("{path}.quota"), e))?,
+    };
+    let expiry = match expiry {
+        None | Some(Value::Null) => 0,
+        Some(v) => crate::quota::parse_expiry(&v).map_err(|e| ConfigError::invalid(format!("{path}.expiry"), e))?,
+    };
+    Ok(QuotaSpec { bytes, expiry })
 }
 
 // === trojan ===
@@ -826,6 +845,7 @@ fn trojan_client(raw: RawTrojanClient, path: &str) -> Result<UserSpec, ConfigErr
         account: Account::Trojan(password.into()),
         email: raw.email.unwrap_or_default(),
         level: raw.level.unwrap_or(0),
+        quota: user_quota(raw.quota, raw.expiry, path)?,
     })
 }
 
@@ -912,6 +932,7 @@ pub(super) fn proxy_account(
         account: make(ProxyAccount { username: username.into(), password: password.into() }),
         email,
         level: raw.level.unwrap_or(user_level),
+        quota: user_quota(raw.quota, raw.expiry, path)?,
     })
 }
 
@@ -949,6 +970,7 @@ pub(super) fn vmess_user(raw: RawVmessClient, path: &str, outbound: bool) -> Res
         account: Account::Vmess { id, security },
         email: raw.email.unwrap_or_default(),
         level: raw.level.unwrap_or(0),
+        quota: user_quota(raw.quota, raw.expiry, path)?,
     };
     Ok((user, authenticated_length))
 }
@@ -1024,6 +1046,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                 account: Account::Shadowsocks2022 { key },
                 email: raw.email.unwrap_or_default(),
                 level: raw.level.unwrap_or(0),
+                quota: user_quota(raw.quota, raw.expiry, path)?,
             };
             Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: None, clients: vec![user], udp })
         }
@@ -1062,6 +1085,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                     account: Account::Shadowsocks2022 { key },
                     email: c.email.unwrap_or_default(),
                     level: c.level.unwrap_or(0),
+                    quota: user_quota(c.quota, c.expiry, &cpath)?,
                 })
             })?;
             Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: Some(server_psk), clients, udp })
@@ -1076,6 +1100,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                 account: Account::Shadowsocks { method, password: password.into() },
                 email: raw.email.unwrap_or_default(),
                 level: raw.level.unwrap_or(0),
+                quota: user_quota(raw.quota, raw.expiry, path)?,
             };
             Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients: vec![user], udp })
         }
@@ -1112,6 +1137,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                         account: Account::Shadowsocks { method, password: password.into() },
                         email: c.email.unwrap_or_default(),
                         level: c.level.unwrap_or(0),
+                        quota: user_quota(c.quota, c.expiry, &cpath)?,
                     })
                 })?;
             Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients, udp })

@@ -3,7 +3,9 @@
 #![deny(rust_2018_idioms)]
 
 pub mod change;
+pub mod events;
 pub mod log;
+pub mod quota;
 pub mod router;
 pub mod routes;
 pub mod slots;

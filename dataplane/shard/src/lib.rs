@@ -98,6 +98,8 @@ pub struct ShardPlan {
     pub log: LogSink,
     /// Where routing decisions go while someone subscribes to them.
     pub route_tap: shardray_core::routes::RouteTap,
+    /// Where user events go (the control thread's hub).
+    pub events: shardray_core::events::EventSink,
     /// Commands from the control thread.
     pub commands: mailbox::MailboxReceiver,
     /// Told `Ok(id)` once the shard is serving, or why it could not start.
@@ -132,8 +134,8 @@ pub fn spawn_shard(plan: ShardPlan) -> std::io::Result<ShardHandle> {
 }
 
 async fn run(plan: ShardPlan) {
-    let ShardPlan { id, config, users, listeners, api_addrs, log, route_tap, commands, ready, .. } = plan;
-    let ctx = match ShardCtx::new(config, api_addrs, log, route_tap) {
+    let ShardPlan { id, config, users, listeners, api_addrs, log, route_tap, events, commands, ready, .. } = plan;
+    let ctx = match ShardCtx::new(config, api_addrs, log, route_tap, events) {
         Ok(ctx) => Rc::new(ctx),
         Err(e) => {
             let _ = ready.send(Err(e));

@@ -50,6 +50,8 @@ pub(crate) enum RelayEnd {
     TimedOut,
     /// The user was removed or kicked.
     Closed,
+    /// The user's quota is used up.
+    OverQuota,
     /// The client stream became its bare socket (Vision went direct both ways) with nothing
     /// held in either direction: the caller goes on with a relay that splices.
     Handover,
@@ -113,6 +115,14 @@ pub(crate) trait Meter {
     fn down(&mut self, n: u64);
     /// The session's user moved to another policy level.
     fn set_policy(&mut self, _policy: &LevelPolicy) {}
+    /// Bytes the session may still read before its user's quota is used up.
+    fn budget(&self) -> u64 {
+        u64::MAX
+    }
+    /// The user's quota is used up: the session ends.
+    fn exhausted(&self) -> bool {
+        false
+    }
 }
 
 /// A meter that counts nothing (fallbacks).
@@ -312,12 +322,19 @@ impl Direction for BufDir<'_> {
     }
 
     /// Moves as much as it can from `r` to `w`, adding the bytes read to `read`.
-    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
+    fn poll_move<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        read: &mut u64,
+        allowed: u64,
+    ) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
-        let budget = *read + POLL_BUDGET;
+        let budget = *read + allowed.min(POLL_BUDGET);
         let mut progressed = false;
         let done = |progressed: bool| Ok(Moved { progressed, more: false });
         // Set once a read returned Pending, which registered the task to be woken.
@@ -447,7 +464,16 @@ trait Direction {
     }
     /// Reads again (a pause that led nowhere).
     fn unpause(&mut self) {}
-    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
+    /// Moves bytes; reads start only while fewer than `allowed` bytes (and the poll budget)
+    /// were read, so a quota is overrun by at most the one buffer a read fills.
+    fn poll_move<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        read: &mut u64,
+        allowed: u64,
+    ) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized;
@@ -538,11 +564,14 @@ where
                 }
             }
         }
+        if meter.exhausted() {
+            return Poll::Ready(Ok(RelayEnd::OverQuota));
+        }
         let mut progressed = false;
         let mut more = false;
         if !up.done() {
             let mut read = 0;
-            let moved = up.poll_move(cx, client, upstream, &mut read);
+            let moved = up.poll_move(cx, client, upstream, &mut read, meter.budget());
             // Bytes read are counted even when the write that follows fails.
             if read > 0 {
                 meter.up(read);
@@ -553,13 +582,16 @@ where
         }
         if !down.done() {
             let mut read = 0;
-            let moved = down.poll_move(cx, upstream, client, &mut read);
+            let moved = down.poll_move(cx, upstream, client, &mut read, meter.budget());
             if read > 0 {
                 meter.down(read);
             }
             let moved = moved?;
             progressed |= moved.progressed;
             more |= moved.more;
+        }
+        if meter.exhausted() {
+            return Poll::Ready(Ok(RelayEnd::OverQuota));
         }
         if more {
             // Come back after the reactor's next turn rather than at once: when every busy

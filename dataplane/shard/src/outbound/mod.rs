@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use shardray_core::quota::QuotaCell;
 use shardray_core::router::{Decision, RouteInput};
 use shardray_core::routes::RouteRecord;
 use shardray_core::spec::{LevelPolicy, LogLevel, OutboundProtocol, RoutingDomainStrategy};
@@ -202,8 +203,9 @@ where
             ));
         }
     };
-    // Removed or kicked while routing resolved a name.
-    if watch.as_ref().is_some_and(SessionWatch::is_closed) {
+    // Removed or kicked while routing resolved a name, or over its quota (which the control
+    // thread is about to suspend): closed without a reply, as a wrong user's session is.
+    if watch.as_ref().is_some_and(SessionWatch::is_closed) || quota_used_up(&session) {
         return;
     }
     // Downlink bytes a proxy server sent along with its answer.
@@ -447,6 +449,10 @@ where
                 session.inbound.tag, session.peer, session.dest
             ),
         ),
+        Ok(RelayEnd::OverQuota) => ctx.log.error(
+            LogLevel::Info,
+            format_args!("[{}] {} to {}: closed: quota used up", session.inbound.tag, session.peer, session.dest),
+        ),
         Ok(RelayEnd::TimedOut) => ctx.log.error(
             LogLevel::Debug,
             format_args!("[{}] {} to {}: timed out", session.inbound.tag, session.peer, session.dest),
@@ -456,6 +462,11 @@ where
             format_args!("[{}] {} to {}: {}", session.inbound.tag, session.peer, session.dest, e),
         ),
     }
+}
+
+/// Whether the session's user has a quota and has used it up.
+pub(crate) fn quota_used_up(session: &Session<'_>) -> bool {
+    session.user.as_ref().and_then(|u| u.quota.as_ref()).is_some_and(|q| q.remaining() == 0)
 }
 
 /// Seconds since the Unix epoch, for a session's start.
@@ -588,6 +599,8 @@ pub(crate) struct SessionMeter<'a> {
     outbound: &'a Traffic,
     outbound_up: bool,
     outbound_down: bool,
+    /// The user's quota cell: counted into whatever the stats policy says.
+    quota: Option<Arc<QuotaCell>>,
 }
 
 impl<'a> SessionMeter<'a> {
@@ -611,6 +624,7 @@ impl<'a> SessionMeter<'a> {
             outbound: &outbound.traffic,
             outbound_up: on && system.stats_outbound_uplink,
             outbound_down: on && system.stats_outbound_downlink,
+            quota: session.user.as_ref().and_then(|u| u.quota.clone()),
         }
     }
 }
@@ -621,7 +635,18 @@ impl Meter for SessionMeter<'_> {
         self.user_down = self.stats_on && policy.stats_user_downlink;
     }
 
+    fn budget(&self) -> u64 {
+        self.quota.as_ref().map_or(u64::MAX, |q| q.remaining())
+    }
+
+    fn exhausted(&self) -> bool {
+        self.quota.as_ref().is_some_and(|q| q.remaining() == 0)
+    }
+
     fn up(&mut self, n: u64) {
+        if let Some(q) = &self.quota {
+            q.charge_up(n);
+        }
         if let (Some((slot, generation)), true) = (self.user, self.user_up) {
             if let Some(t) = self.slots.borrow().traffic_for(slot, generation) {
                 t.add_up(n);
@@ -636,6 +661,9 @@ impl Meter for SessionMeter<'_> {
     }
 
     fn down(&mut self, n: u64) {
+        if let Some(q) = &self.quota {
+            q.charge_down(n);
+        }
         if let (Some((slot, generation)), true) = (self.user, self.user_down) {
             if let Some(t) = self.slots.borrow().traffic_for(slot, generation) {
                 t.add_down(n);

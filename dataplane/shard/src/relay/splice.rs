@@ -243,16 +243,23 @@ impl Direction for SpliceDir<'_> {
 
     /// Moves what it can until the budget is spent or both ends would block, adding the bytes
     /// read to `read`.
-    fn poll_move<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, read: &mut u64) -> io::Result<Moved>
+    fn poll_move<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        read: &mut u64,
+        allowed: u64,
+    ) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
-        let budget = *read + POLL_BUDGET;
+        let budget = *read + allowed.min(POLL_BUDGET);
         let mut progressed = false;
         let done = |progressed: bool| Ok(Moved { progressed, more: false });
         if let Some(copy) = self.copy.as_mut() {
-            let moved = copy.poll_move(cx, r, w, read)?;
+            let moved = copy.poll_move(cx, r, w, read, allowed)?;
             if !copy.ready_to_hand_over() {
                 return Ok(moved);
             }
