@@ -155,10 +155,12 @@ fn a_user_is_cut_at_its_quota_on_every_core_and_resumed_by_a_raise_or_a_reset() 
         let downloads: Vec<_> = (0..SESSIONS).map(|_| s.spawn(|| download(proxy, source.addr))).collect();
         assert!(wait_until(Duration::from_secs(5), || source.accepted.load(Ordering::SeqCst) == SESSIONS as usize));
         source.open();
-        downloads.into_iter().map(|d| d.join().unwrap().expect("the session was served")).collect()
+        // A session that had moved nothing when the quota ran out is cut with nothing.
+        downloads.into_iter().map(|d| d.join().unwrap().unwrap_or(0)).collect()
     });
     let total: u64 = got.iter().sum();
     let slack = SESSIONS * BUFFER;
+    eprintln!("received {total} bytes for a 10 MiB quota over {got:?} (allowed overrun {slack})");
     assert!(
         (10 * MIB - slack..=10 * MIB + slack).contains(&total),
         "{total} bytes received over {got:?}: not within one buffer per session of 10 MiB\n{}",

@@ -284,6 +284,8 @@ mod tests {
             ("/xray.app.router.command.RoutingService/AddRule", ApiRole::Admin),
             ("/xray.app.log.command.LoggerService/RestartLogger", ApiRole::Admin),
             ("/xray.app.log.command.LoggerService/FollowLog", ApiRole::Reader),
+            ("/shardray.app.events.command.EventsService/Subscribe", ApiRole::Reader),
+            ("/shardray.app.events.command.EventsService/GetUserQuotas", ApiRole::Reader),
             ("/some.Unknown/Method", ApiRole::Admin),
         ];
         for (path, role) in cases {

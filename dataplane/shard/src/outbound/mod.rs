@@ -464,6 +464,9 @@ where
     }
 }
 
+/// Bytes left before a quota below which a session reads one buffer per poll.
+const NEAR_QUOTA: u64 = 64 << 20;
+
 /// Whether the session's user has a quota and has used it up.
 pub(crate) fn quota_used_up(session: &Session<'_>) -> bool {
     session.user.as_ref().and_then(|u| u.quota.as_ref()).is_some_and(|q| q.remaining() == 0)
@@ -636,7 +639,15 @@ impl Meter for SessionMeter<'_> {
     }
 
     fn budget(&self) -> u64 {
-        self.quota.as_ref().map_or(u64::MAX, |q| q.remaining())
+        match self.quota.as_ref().map(|q| q.remaining()) {
+            // Far from the quota: full speed. Every shard reads at most a poll's budget and a
+            // pipe (about 2 MiB) before it charges, so 32 shards together cannot cross it.
+            None => u64::MAX,
+            Some(left) if left > NEAR_QUOTA => u64::MAX,
+            // Near it: one buffer a poll, charged before the next, so that the shards together
+            // overrun by at most one buffer each.
+            Some(left) => left.min(1),
+        }
     }
 
     fn exhausted(&self) -> bool {

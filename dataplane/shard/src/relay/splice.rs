@@ -203,6 +203,8 @@ pub(super) struct SpliceDir<'a> {
     from: RawFd,
     to: RawFd,
     capacity: usize,
+    /// The policy's `bufferSize`: what one fill moves at most when a quota is near.
+    buffer_size: usize,
     /// Moves the first bytes, the prefix with them; `None` once the direction splices.
     copy: Option<BufDir<'a>>,
     /// Held only while `queued > 0` (and briefly while filling).
@@ -223,6 +225,7 @@ impl<'a> SpliceDir<'a> {
             from,
             to,
             capacity: pipe_capacity(buffer_size),
+            buffer_size: buffer_size.max(1),
             copy: Some(BufDir::until_bulk(buffer_size, prefix, COPY_LIMIT)),
             pipe: None,
             queued: 0,
@@ -315,7 +318,9 @@ impl Direction for SpliceDir<'_> {
                 self.pipe = Some(take_pipe(self.capacity)?);
             }
             let pipe = self.pipe.as_ref().expect("just taken");
-            match splice(self.from, pipe.w.as_raw_fd(), pipe.capacity) {
+            // Near a quota (`allowed` small) a fill is one buffer, not a whole pipe.
+            let fill = pipe.capacity.min(usize::try_from(allowed).unwrap_or(usize::MAX).max(self.buffer_size));
+            match splice(self.from, pipe.w.as_raw_fd(), fill) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     self.queued = n;
@@ -333,7 +338,7 @@ impl Direction for SpliceDir<'_> {
                             self.queued = 1;
                             *read += 1;
                             // Whatever came with it joins it, so it does not leave alone.
-                            match splice(self.from, pipe.w.as_raw_fd(), pipe.capacity - 1) {
+                            match splice(self.from, pipe.w.as_raw_fd(), fill.saturating_sub(1)) {
                                 Ok(0) => self.eof = true,
                                 Ok(n) => {
                                     self.queued += n;
