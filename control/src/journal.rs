@@ -350,6 +350,11 @@ mod tests {
             Change::AddUsers { inbound: "in".into(), users: vec![user(1), user(2)] },
             Change::RemoveUsers { inbound: "in".into(), emails: vec!["u1@x".into()] },
             Change::SetLevel { inbound: "in".into(), email: "u2@x".into(), level: 7 },
+            Change::SetQuota {
+                inbound: "in".into(),
+                email: "u2@x".into(),
+                quota: shardray_core::quota::QuotaSpec { bytes: 10 << 20, expiry: 1_798_761_600 },
+            },
             Change::ReplaceUsers { inbound: "in".into(), users: vec![user(3)] },
             Change::AddUsers { inbound: "tj".into(), users: vec![trojan_user(1), trojan_user(2)] },
         ];

@@ -191,6 +191,13 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
             return Err(ConfigError::invalid(path, why));
         }
     }
+    // A quota belongs to an email (its counters are named by it).
+    if let Some(j) =
+        spec.protocol.clients().unwrap_or_default().iter().position(|u| u.quota.is_set() && u.email.is_empty())
+    {
+        let path = format!("{settings_path}.clients[{j}].quota");
+        return Err(ConfigError::invalid(path, "a client with a quota or an expiry needs an email"));
+    }
     Ok((spec, listen))
 }
 
@@ -1085,7 +1092,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                     account: Account::Shadowsocks2022 { key },
                     email: c.email.unwrap_or_default(),
                     level: c.level.unwrap_or(0),
-                    quota: user_quota(c.quota, c.expiry, &cpath)?,
+                    quota: user_quota(c.quota, c.expiry, cpath)?,
                 })
             })?;
             Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: Some(server_psk), clients, udp })
@@ -1137,7 +1144,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                         account: Account::Shadowsocks { method, password: password.into() },
                         email: c.email.unwrap_or_default(),
                         level: c.level.unwrap_or(0),
-                        quota: user_quota(c.quota, c.expiry, &cpath)?,
+                        quota: user_quota(c.quota, c.expiry, cpath)?,
                     })
                 })?;
             Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients, udp })

@@ -1092,7 +1092,8 @@ fn messages_read_well() {
     assert_eq!(
         err.to_string(),
         "inbound.settings.clients[0].alterId: unknown field (expected one of `id`, `email`, \
-         `level`, `flow`, `limitIp`, `totalGB`, `expiryTime`, `enable`, `tgId`, `subId`, `comment`, `reset`)"
+         `level`, `quota`, `expiry`, `flow`, `limitIp`, `totalGB`, `expiryTime`, `enable`, `tgId`, `subId`, \
+         `comment`, `reset`)"
     );
     let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "level", json!("high")));
     assert_eq!(err.to_string(), "inbounds[0].settings.clients[0].level: invalid type: string \"high\", expected u32");
@@ -1399,4 +1400,9 @@ fn a_bad_quota_or_expiry_names_its_path() {
     assert!(e.to_string().contains("RFC 3339"), "{e}");
     let e = broken(|v| v["inbounds"][0]["settings"]["clients"][0]["quota"] = json!(-5));
     assert_eq!(e.path, "inbounds[0].settings.clients[0].quota", "{e}");
+    let e = broken(|v| {
+        v["inbounds"][0]["settings"]["clients"][0]["email"] = json!("");
+        v["inbounds"][0]["settings"]["clients"][0]["expiry"] = json!(1);
+    });
+    assert!(e.to_string().contains("needs an email"), "{e}");
 }
