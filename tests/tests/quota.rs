@@ -296,3 +296,37 @@ fn a_suspended_user_stays_suspended_across_a_restart() {
     assert!(served(server.inbound("vless-in"), echo.addr()));
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn a_reload_applies_the_files_new_quota_and_a_trojan_user_past_its_expiry_starts_refused() {
+    let (source, echo) = (Source::start(), EchoServer::start());
+    source.open();
+    let mut config = config(json!({ "quota": "1MiB" }));
+    // A Trojan inbound whose user expired before the start.
+    let mut trojan = shardray_tests::trojan_config(
+        json!([{ "password": "pw", "email": "t@example.com", "expiry": "2020-01-01T00:00:00Z" }]),
+        json!({}),
+    )["inbounds"][0]
+        .clone();
+    trojan["tag"] = "trojan-in".into();
+    config["inbounds"].as_array_mut().unwrap().push(trojan);
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let (proxy, trojan) = (server.inbound("vless-in"), server.inbound("trojan-in"));
+    assert!(shardray_tests::trojan::round_trip(trojan, "pw", echo.addr(), b"x").unwrap_or_default().is_empty());
+    assert_eq!(quotas(&api, "trojan-in")[0].suspended, "expiry");
+
+    download(proxy, source.addr).expect("served");
+    assert!(wait_until(Duration::from_secs(3), || refused(proxy, echo.addr())));
+    // The files raise the quota and drop the expiry; a reload applies both.
+    config["inbounds"][0]["settings"]["clients"][1]["quota"] = json!("8MiB");
+    config["inbounds"][1]["settings"]["clients"][0].as_object_mut().unwrap().remove("expiry");
+    std::fs::write(server.dir.path().join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+    let (status, out) = run_cli(&["api", "reload", "--server", &server.api.unwrap().to_string()]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains("quota of quota@example.com set") && out.contains("quota of t@example.com set"), "{out}");
+    assert!(served(proxy, echo.addr()));
+    assert_eq!(shardray_tests::trojan::round_trip(trojan, "pw", echo.addr(), b"back").unwrap(), b"back");
+    assert_eq!(quotas(&api, "vless-in")[0].quota_bytes, 8 * MIB);
+    assert!(quotas(&api, "trojan-in").is_empty(), "no quota and no expiry left");
+}
