@@ -330,3 +330,29 @@ fn a_reload_applies_the_files_new_quota_and_a_trojan_user_past_its_expiry_starts
     assert_eq!(quotas(&api, "vless-in")[0].quota_bytes, 8 * MIB);
     assert!(quotas(&api, "trojan-in").is_empty(), "no quota and no expiry left");
 }
+
+#[test]
+fn a_udp_session_ends_at_its_quota_within_a_datagram() {
+    use shardray_tests::udp::{DatagramPath, UdpEcho, VlessUdp};
+    let echo = UdpEcho::start();
+    // 100 datagrams of 1000 bytes each way would be 200,000 bytes: the quota stops it at half.
+    let server = Shardray::start(&config(json!({ "quota": 100_000 })), 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let session = VlessUdp::open(server.inbound("vless-in"), QUOTA_ID, echo.addr(), &[]).unwrap();
+    session.stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut echoed = 0u64;
+    for i in 0..100u8 {
+        if session.send(echo.addr(), &[i; 1000]).is_err() {
+            break;
+        }
+        match session.recv() {
+            Ok((_, p)) => echoed += p.len() as u64,
+            Err(_) => break,
+        }
+    }
+    // Up and down both count: 50 round trips, give or take the datagram that crossed it.
+    assert!((48_000..=51_000).contains(&echoed), "{echoed} bytes echoed");
+    assert!(wait_until(Duration::from_secs(3), || quotas(&api, "vless-in")[0].suspended == "quota"));
+    let used = quotas(&api, "vless-in")[0].used_bytes;
+    assert!((100_000..=101_000).contains(&used), "used {used}");
+}
