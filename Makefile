@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CONFIG ?= examples/config.json
 
-.PHONY: run test build release install fmt clippy lint bench perf peers fuzz
+.PHONY: run test build release install fmt clippy lint bench perf peers fuzz crash-trials
 
 run: release
 	./target/release/shardray test -c $(CONFIG)
@@ -76,22 +76,32 @@ bench:
 perf:
 	perf/run.sh
 
-# Fuzzing (not part of `make test`): every cargo-fuzz target in dataplane/wire/fuzz runs for
-# FUZZ_SECONDS, with the seeds in fuzz/seeds/<target> and a corpus kept in fuzz/corpus/<target>.
-# libFuzzer needs nightly features; RUSTC_BOOTSTRAP=1 lets stable build it. cargo-fuzz is
-# installed under FUZZ_TOOLS on first use. Crashes land in fuzz/artifacts/<target>/.
+# Crash trials: CRASH_CYCLES cycles of API batches under traffic, each ended by kill -9 and a
+# restart with --state (`make test` runs 6 of them).
+CRASH_CYCLES ?= 50
+crash-trials: build
+	SHARDRAY_CRASH_CYCLES=$(CRASH_CYCLES) $(CARGO) test -p shardray-tests --test crash_trials -- --nocapture
+
+# Fuzzing (not part of `make test`): every cargo-fuzz target in dataplane/wire/fuzz (the wire
+# decoders) and control/fuzz (the config loader, the API's message decoding) runs for
+# FUZZ_SECONDS, with the seeds in <dir>/seeds/<target> and a corpus kept in
+# <dir>/corpus/<target>. libFuzzer needs nightly features; RUSTC_BOOTSTRAP=1 lets stable build
+# it. cargo-fuzz is installed under FUZZ_TOOLS on first use. Crashes land in
+# <dir>/artifacts/<target>/.
 FUZZ_SECONDS ?= 30
 FUZZ_TOOLS ?= $(CURDIR)/.cache/cargo-fuzz
-FUZZ_DIR := dataplane/wire/fuzz
+FUZZ_DIRS := dataplane/wire/fuzz control/fuzz
 FUZZ_ENV := PATH="$(FUZZ_TOOLS)/bin:$$PATH" RUSTC_BOOTSTRAP=1
 
 fuzz: $(FUZZ_TOOLS)/bin/cargo-fuzz
-	cd $(FUZZ_DIR) && $(FUZZ_ENV) $(CARGO) fuzz build
-	cd $(FUZZ_DIR) && for t in $$($(FUZZ_ENV) $(CARGO) fuzz list); do \
-	  mkdir -p corpus/$$t; \
-	  echo "== $$t ($(FUZZ_SECONDS) s)"; \
-	  $(FUZZ_ENV) $(CARGO) fuzz run $$t corpus/$$t $$(test -d seeds/$$t && echo seeds/$$t) -- \
-	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 || exit 1; \
+	for d in $(FUZZ_DIRS); do (cd $$d && $(FUZZ_ENV) $(CARGO) fuzz build) || exit 1; done
+	for d in $(FUZZ_DIRS); do \
+	  cd $(CURDIR)/$$d && for t in $$($(FUZZ_ENV) $(CARGO) fuzz list); do \
+	    mkdir -p corpus/$$t; \
+	    echo "== $$d $$t ($(FUZZ_SECONDS) s)"; \
+	    $(FUZZ_ENV) $(CARGO) fuzz run $$t corpus/$$t $$(test -d seeds/$$t && echo seeds/$$t) -- \
+	      -max_total_time=$(FUZZ_SECONDS) -timeout=10 || exit 1; \
+	  done; \
 	done
 
 $(FUZZ_TOOLS)/bin/cargo-fuzz:

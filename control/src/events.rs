@@ -25,15 +25,16 @@ impl EventHub {
         Arc::new(EventHub { tx, log })
     }
 
-    /// Logs `event` and hands it to every subscriber.
+    /// Logs `event` (a limit's event was logged by the shard, with the client's address and
+    /// the reason) and hands it to every subscriber.
     pub fn publish(&self, event: UserEvent) {
-        // Suspensions matter to an operator at the default level; limits may be many.
-        let level = match event.kind {
-            UserEventKind::Suspended(_) | UserEventKind::Resumed => LogLevel::Warning,
-            _ => LogLevel::Info,
-        };
-        let why = event.kind.reason().map_or(String::new(), |r| format!(" ({})", r.name()));
-        self.log.error(level, format_args!("[{}] user {}: {}{why}", event.inbound, event.email, event.kind.name()));
+        if matches!(event.kind, UserEventKind::Suspended(_) | UserEventKind::Resumed) {
+            let why = event.kind.reason().map_or(String::new(), |r| format!(" ({})", r.name()));
+            self.log.error(
+                LogLevel::Warning,
+                format_args!("[{}] user {}: {}{why}", event.inbound, event.email, event.kind.name()),
+            );
+        }
         // No subscriber is fine.
         let _ = self.tx.send(event);
     }

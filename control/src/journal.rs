@@ -8,8 +8,8 @@
 //! are stored as the API's protobuf messages, base64-encoded. Balancer overrides are not kept,
 //! as upstream does not keep them either.
 //!
-//! One JSON object per line. A torn last line (a crash mid-write) is ignored: its call never
-//! returned, so no client was told it succeeded.
+//! One JSON object per line. A torn last line (a crash mid-write) is dropped with a warning:
+//! its call never returned, so no client was told it succeeded.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -64,8 +64,12 @@ impl Journal {
                 }
                 match serde_json::from_str::<Value>(line).map_err(|e| e.to_string()).and_then(|v| decode(&v)) {
                     Ok(change) => changes.push(change),
-                    // A torn final line is the normal trace of a crash mid-append.
-                    Err(_) if i + 1 == last => {}
+                    // A torn final line is the normal trace of a crash mid-append: its call
+                    // never returned. Reported, and gone with the compaction that follows.
+                    Err(_) if i + 1 == last => invalid.push(InvalidRecord {
+                        line: i + 1,
+                        reason: "torn by a crash mid-write (its call never returned); dropped".into(),
+                    }),
                     Err(reason) => invalid.push(InvalidRecord { line: i + 1, reason }),
                 }
             }
@@ -344,7 +348,7 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_and_a_torn_tail_is_ignored() {
+    fn records_round_trip_and_a_torn_tail_is_dropped_with_a_warning() {
         let dir = tempfile::tempdir().unwrap();
         let changes = vec![
             Change::AddUsers { inbound: "in".into(), users: vec![user(1), user(2)] },
@@ -372,7 +376,9 @@ mod tests {
         f.write_all(b"{\"op\":\"add\",\"inb").unwrap();
         let (_, read, bad) = Journal::open(dir.path()).unwrap();
         assert_eq!(read, changes);
-        assert!(bad.is_empty());
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!(bad[0].line, changes.len() + 1);
+        assert!(bad[0].reason.starts_with("torn by a crash"), "{bad:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cli_api;
 pub mod config;
 pub mod convert;
+pub mod dns;
 pub mod events;
 pub mod journal;
 pub mod logger;

@@ -472,7 +472,7 @@ impl Collector for Scrape {
         counter_family(
             &mut encoder,
             "shardray_refused",
-            "Sessions whose destination the safety rules refused, by reason",
+            "Sessions and datagrams refused, by reason (destination safety, bad requests, level limits)",
             self.refused.iter().map(|(why, v)| ([("reason", why.as_str())], *v)),
         )?;
         let live: u64 = self.shards.iter().map(|s| s.0).sum();

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use shardray_core::change::Change;
 use shardray_core::routes::RouteSpecs;
-use shardray_core::spec::{Account, Config, InboundSpec, LogLevel, UserSpec};
+use shardray_core::spec::{Account, ApiSpec, Config, InboundSpec, LogLevel, UserSpec};
 
 use crate::api::ApiState;
 use crate::registry::{ChangeError, Origin, Registry};
@@ -169,6 +169,7 @@ async fn reload_with(state: &ApiState, reloader: &Reloader) -> anyhow::Result<Re
     drop(registry);
     match result {
         Ok(()) => {
+            replace_tokens(state, &new, &mut report);
             *file = new;
             Ok(report)
         }
@@ -179,6 +180,24 @@ async fn reload_with(state: &ApiState, reloader: &Reloader) -> anyhow::Result<Re
     }
 }
 
+/// `api.tokens` from the files (token files read again): they replace the running ones, unless
+/// the files drop every token from an API that has some, which would open it to anyone who
+/// can reach it (that takes a restart, whose checks refuse an open non-loopback API).
+fn replace_tokens(state: &ApiState, new: &Config, report: &mut ReloadReport) {
+    let tokens = new.api.as_ref().map(|a| a.tokens.clone()).unwrap_or_default();
+    let live = state.tokens();
+    if *live == *tokens {
+        return;
+    }
+    if tokens.is_empty() {
+        report.restart_needed.push("api.tokens (every token removed)".to_owned());
+        return;
+    }
+    let names: Vec<&str> = tokens.iter().map(|t| t.name.as_str()).collect();
+    report.changes.push(format!("api tokens replaced ({})", names.join(", ")));
+    state.set_tokens(tokens);
+}
+
 /// The parts of a config that only a restart changes.
 fn restart_only(old: &Config, new: &Config, report: &mut ReloadReport) {
     let mut note = |changed: bool, what: &str| {
@@ -186,9 +205,12 @@ fn restart_only(old: &Config, new: &Config, report: &mut ReloadReport) {
             report.restart_needed.push(what.to_owned());
         }
     };
-    note(old.api != new.api, "api");
+    // Tokens are replaced in place (see `replace_tokens`); the rest of `api` takes a restart.
+    let without_tokens = |c: &Config| c.api.clone().map(|a| ApiSpec { tokens: Vec::new(), ..a });
+    note(without_tokens(old) != without_tokens(new), "api");
     note(old.metrics != new.metrics, "metrics");
     note(old.stats_enabled != new.stats_enabled, "stats");
+    note(old.dns != new.dns, "dns");
     let untagged = |c: &Config| -> Vec<InboundSpec> {
         c.inbounds.iter().filter(|i| i.tag.is_empty()).map(comparable).collect::<Vec<_>>()
     };

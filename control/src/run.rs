@@ -12,6 +12,7 @@ use shardray_core::spec::{Config, InboundProtocol, LogLevel};
 
 use crate::api::{self, stats::CounterBook, ApiState};
 use crate::audit::Audit;
+use crate::dns::DnsResolver;
 use crate::journal::Journal;
 use crate::registry::UserSets;
 use crate::server::{allowed_cpus, Server};
@@ -134,7 +135,16 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
             v.clients = Vec::new();
         }
     }
-    let mut server = Server::start(Arc::new(config), shards, &api_addrs, users)?;
+    // The resolver runs even without a `dns` object: the `dns` outbound asks it then.
+    let (dns_spec, dns_log) = (config.dns.clone(), config.log.dns_log);
+    let (dns_requests, dns_questions) = tokio::sync::mpsc::unbounded_channel();
+    let mut server = Server::start(Arc::new(config), shards, &api_addrs, users, dns_requests)?;
+    let resolver =
+        DnsResolver::new(dns_spec.as_ref(), server.log.clone(), dns_log).map_err(|e| anyhow::anyhow!("dns: {e}"))?;
+    {
+        let _runtime = runtime.enter();
+        crate::dns::spawn(Arc::new(resolver), dns_questions, server.mailboxes());
+    }
     give_back_memory();
     for (tag, addr) in &server.bound {
         eprintln!("shardray: inbound {tag:?} listening on {addr}");

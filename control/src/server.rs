@@ -186,6 +186,7 @@ impl Server {
         shards: usize,
         api_addrs: &[SocketAddr],
         users: Vec<Vec<UserOp>>,
+        dns: shardray_shard::dns::DnsRequests,
     ) -> anyhow::Result<Server> {
         check(&config)?;
         let shards = shards.max(1);
@@ -223,6 +224,7 @@ impl Server {
                 route_tap: route_tap.clone(),
                 events: event_sink.clone(),
                 commands: rx,
+                dns: Some(dns.clone()),
                 ready: ready_tx.clone(),
             };
             handles.push(spawn_shard(plan).with_context(|| format!("starting shard {id}"))?);
@@ -253,6 +255,11 @@ impl Server {
             }
         }
         Ok(server)
+    }
+
+    /// Each shard's mailbox, in shard order.
+    pub fn mailboxes(&self) -> Vec<ShardMailbox> {
+        self.commands.clone()
     }
 
     /// Number of shards.

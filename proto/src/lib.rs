@@ -196,6 +196,10 @@ pub mod xray {
         pub mod freedom {
             tonic::include_proto!("xray.proxy.freedom");
         }
+        /// `xray.proxy.dns`: Config (the `dns` outbound).
+        pub mod dns {
+            tonic::include_proto!("xray.proxy.dns");
+        }
         /// `xray.proxy.blackhole`: Config.
         pub mod blackhole {
             tonic::include_proto!("xray.proxy.blackhole");

@@ -4,6 +4,7 @@
 //! Everything is bounded: servers stop when dropped, reads time out, processes are killed.
 
 pub mod api;
+pub mod dns;
 pub mod echo;
 pub mod metrics;
 pub mod peers;

@@ -39,7 +39,7 @@ pub struct RealityClient<'a> {
 /// A running shoes, killed on drop.
 pub struct Shoes {
     child: Option<Child>,
-    /// Where its SOCKS inbound listens.
+    /// Where its listener (SOCKS, or the forwarding port) listens.
     pub socks: SocketAddr,
     dir: tempfile::TempDir,
 }
@@ -48,11 +48,29 @@ impl Shoes {
     /// Starts shoes with a SOCKS inbound on a free port that sends everything to `server` as
     /// VLESS over REALITY; panics with its log if the port does not accept within 20 s.
     pub fn reality_client(server: SocketAddr, c: &RealityClient<'_>) -> Shoes {
+        let inner = match c.trojan {
+            Some(password) => format!("            type: trojan\n            password: {password:?}"),
+            None => format!("            type: vless\n            user_id: \"{}\"", c.uuid),
+        };
+        Shoes::run("type: socks", server, c, &inner)
+    }
+
+    /// Starts shoes as a REALITY tunnel: every connection to its port (`socks` here) goes to
+    /// `server` inside REALITY, its bytes passed through as they are (for a protocol shoes does
+    /// not speak, such as gRPC from another client).
+    pub fn reality_forwarder(server: SocketAddr, c: &RealityClient<'_>) -> Shoes {
+        let listen = format!("type: portforward\n    targets: \"{server}\"");
+        Shoes::run(&listen, server, c, "            type: portforward")
+    }
+
+    /// shoes with one listener (`listen`: its protocol lines) whose connections all go to
+    /// `server` over REALITY (`c`) with the `inner` client protocol lines.
+    fn run(listen: &str, server: SocketAddr, c: &RealityClient<'_>, inner: &str) -> Shoes {
         let port = free_port();
         let config = format!(
             r#"- address: "127.0.0.1:{port}"
   protocol:
-    type: socks
+    {listen}
   rules:
     - masks: "0.0.0.0/0"
       action: allow
@@ -71,10 +89,6 @@ impl Shoes {
             sid = c.short_id,
             sni = c.sni,
             vision = c.vision,
-            inner = match c.trojan {
-                Some(password) => format!("            type: trojan\n            password: {password:?}"),
-                None => format!("            type: vless\n            user_id: \"{}\"", c.uuid),
-            },
         );
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("shoes.yaml");

@@ -709,3 +709,36 @@ fn a_chrome_shaped_hello_with_a_hybrid_share_authenticates() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(target.seen().is_empty(), "the target saw it");
 }
+
+/// gRPC over REALITY (`network: "grpc"`, `security: "reality"`, as Xray serves it): shoes is
+/// the REALITY client, forwarding the bytes of sing-box's VLESS-over-gRPC client (plain h2)
+/// inside REALITY.
+#[test]
+fn vless_over_grpc_over_reality() {
+    use shardray_tests::singbox::{vless_outbound, SingBox};
+    let target = Target::start();
+    let (private, public) = keys();
+    let mut stream = reality_stream(target.addr, &private);
+    stream["network"] = json!("grpc");
+    stream["grpcSettings"] = json!({ "serviceName": "gun" });
+    let mut config =
+        vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({ "streamSettings": stream }));
+    config["log"]["loglevel"] = json!("info");
+    let server = Shardray::start(&config, 2);
+    let echo = EchoServer::start();
+    let shoes = Shoes::reality_forwarder(
+        server.inbound("vless-in"),
+        &RealityClient { public_key: &public, short_id: SHORT_ID, sni: SNI, uuid: ALICE, vision: false, trojan: None },
+    );
+    let mut outbound = vless_outbound(shoes.socks, ALICE, None);
+    outbound["transport"] = json!({ "type": "grpc", "service_name": "gun" });
+    let sb = SingBox::start(outbound);
+    for len in [1, 70_000, 2 << 20] {
+        let data = payload(len);
+        let stream = sb.connect(echo.addr()).unwrap_or_else(|e| panic!("{e}\n{}\n{}", sb.log(), shoes.log()));
+        let got = exchange(stream, &data)
+            .unwrap_or_else(|e| panic!("{len} bytes: {e}\n{}\n{}\n{}", sb.log(), shoes.log(), server.output()));
+        assert!(got == data, "{len} bytes came back different");
+    }
+    assert!(target.seen().is_empty(), "the target saw {} connections", target.seen().len());
+}

@@ -436,3 +436,39 @@ fn logging_moves_to_the_new_targets_and_level() {
     assert!(wait_until(Duration::from_secs(10), || read("b.log").contains("config refused")), "{}", read("b.log"));
     assert_eq!(read("b.log").matches("config reloaded").count(), 1, "{}", read("b.log"));
 }
+
+#[test]
+fn a_reload_reads_token_files_again_and_never_drops_every_token() {
+    const ROTATED: &str = "rotated-token-0123456789abcdef0123456789";
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("panel.token");
+    std::fs::write(&token_file, format!("{OPERATOR}\n")).unwrap();
+    let mut config = base(1);
+    config["api"]["tokens"] = json!([
+        { "name": "panel", "tokenFile": token_file, "role": "operator" },
+        { "name": "ops", "token": ADMIN, "role": "admin" }
+    ]);
+    let server = Shardray::start(&config, 2);
+    let api_addr = server.api.unwrap().to_string();
+    let stats = |token: &str| run_cli(&["api", "statssys", "-s", &api_addr, "--token", token]);
+    assert!(stats(OPERATOR).0.success(), "{}", stats(OPERATOR).1);
+
+    // The panel's token rotated in its file: the file is read again, the old token is refused.
+    std::fs::write(&token_file, ROTATED).unwrap();
+    let (status, out) = run_cli(&["api", "reload", "-s", &api_addr, "--token", ADMIN]);
+    let reply: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(status.success() && reply["changes"] == json!(["api tokens replaced (panel, ops)"]), "{out}");
+    assert!(reply["restart_needed"].as_array().is_none_or(|a| a.is_empty()), "{out}");
+    let (status, out) = stats(OPERATOR);
+    assert!(!status.success() && out.contains("unknown API token"), "{out}");
+    assert!(stats(ROTATED).0.success(), "{}", stats(ROTATED).1);
+
+    // Every token gone from the files would open the API: that waits for a restart.
+    config["api"].as_object_mut().unwrap().remove("tokens");
+    rewrite(&server, &config);
+    signal(&server, libc::SIGHUP);
+    wait_for(&server, "api.tokens (every token removed) changed: needs a restart", 1);
+    let (status, out) = run_cli(&["api", "statssys", "-s", &api_addr]);
+    assert!(!status.success() && out.contains("needs a token"), "{out}");
+    assert!(stats(ROTATED).0.success());
+}

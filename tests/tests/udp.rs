@@ -11,9 +11,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use shardray_tests::api::ApiClient;
 use shardray_tests::servers::EchoServer;
-use shardray_tests::singbox::{trojan_outbound, vless_outbound, SingBox};
+use shardray_tests::singbox::{trojan_outbound, vless_outbound, vmess_outbound, SingBox};
 use shardray_tests::udp::{echo_datagrams, DatagramPath, Direct, Socks5Udp, UdpEcho, VlessUdp};
-use shardray_tests::{loopback_api, trojan_config, vless_config, wait_until, Shardray, ALICE, ALICE_PASSWORD};
+use shardray_tests::{
+    loopback_api, trojan_config, vless_config, vmess_config, wait_until, Shardray, ALICE, ALICE_PASSWORD,
+};
 
 const UPLINK: &str = "user>>>alice@example.com>>>traffic>>>uplink";
 const DOWNLINK: &str = "user>>>alice@example.com>>>traffic>>>downlink";
@@ -226,6 +228,31 @@ fn sing_box_trojan_udp_through_its_socks_inbound() {
         "{} / expected {total}",
         counters(&api, "user")
     );
+}
+
+#[test]
+fn sing_box_vmess_udp_through_its_socks_inbound_every_security() {
+    let options = json!({ "global_padding": true, "authenticated_length": true });
+    for (security, extra) in [
+        ("aes-128-gcm", json!({})),
+        ("chacha20-poly1305", options.clone()),
+        ("aes-128-gcm", options),
+        ("none", json!({})),
+        ("zero", json!({})),
+    ] {
+        let config = vmess_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
+        let (server, api) = server_with(config, vec![], 2);
+        // No packet encoding: VMess's own UDP command, one datagram per chunk.
+        let mut out = vmess_outbound(server.inbound("vmess-in"), ALICE, security, extra);
+        out["packet_encoding"] = json!("");
+        let sb = SingBox::start(out);
+        let total = three_flows_through(&sb, &server) as i64;
+        assert!(
+            counters_reach(&api, &[(UPLINK, total), (DOWNLINK, total)]),
+            "{security}: {} / expected {total}",
+            counters(&api, "user")
+        );
+    }
 }
 
 #[test]

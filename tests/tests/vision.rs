@@ -234,6 +234,37 @@ fn inner_tls13_goes_direct_and_is_spliced() {
     assert!(ok, "alice's counters should carry the payload: {last:?}");
 }
 
+/// Alice's level holds her to 2 MiB/s each way: 6 MiB echoed over inner TLS 1.3 through
+/// sing-box still goes direct and is spliced, and takes about 3 s (the rate holds on the
+/// Vision and splice paths alike).
+#[test]
+fn a_rate_limited_vision_session_is_held_to_its_rate_when_spliced() {
+    let certs = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(certs.path(), &["localhost"]);
+    let clients = json!([{ "id": ALICE, "email": "alice@example.com", "flow": FLOW, "level": 1 }]);
+    let mut config = vless_config(clients, json!({ "streamSettings": cert.stream_settings("localhost", &[]) }));
+    config["log"] = json!({ "loglevel": "debug" });
+    config["policy"]["levels"]["1"] = json!({ "uplinkRate": "2MiB", "downlinkRate": "2MiB" });
+    let server = Shardray::start(&config, 2);
+    let sb = client(&server, ALICE, Some(FLOW));
+    let (echo, tls) = tls13_echo();
+    const LEN: usize = 6 << 20;
+    let data = payload(LEN, 9);
+    let started = std::time::Instant::now();
+    let got = inner_tls_echo(&sb, echo, tls, data.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", sb.log(), server.output()));
+    let took = started.elapsed();
+    assert!(got == data, "echoed bytes differ ({} bytes)", got.len());
+    assert!(
+        wait_until(Duration::from_secs(5), || server.output().contains(SPLICING)),
+        "the session did not go direct both ways:\n{}",
+        server.output()
+    );
+    // 6 MiB at 2 MiB/s is 3 s, less a burst of 50 ms of the rate and the bytes in flight.
+    eprintln!("6 MiB echoed at 2 MiB/s each way in {took:?}");
+    assert!(took > Duration::from_millis(2700) && took < Duration::from_millis(4500), "took {took:?}");
+}
+
 /// Plain bytes inside (no TLS): padded while the filter looks, then plain inside the outer
 /// TLS, never direct; 3 MiB each way, counted exactly.
 #[test]

@@ -190,3 +190,39 @@ fn an_outbound_added_through_the_api_carries_traffic() {
     api.block_on(client.remove_outbound(handler::RemoveOutboundRequest { tag: "first".into() })).unwrap();
     echoes_through(&server, &|| sb.log());
 }
+
+/// UDP over VMess (its UDP command, one datagram per chunk): a dokodemo-door UDP inbound's
+/// flows through the outbound to sing-box as the server, with exact counters.
+#[test]
+fn udp_through_sing_box_as_a_vmess_server_for_every_security() {
+    use shardray_tests::udp::{echo_datagrams, Direct, UdpEcho};
+    let sb = sing_box_server(None);
+    for (security, experiments) in [("aes-128-gcm", ""), ("chacha20-poly1305", "AuthenticatedLength"), ("none", "")] {
+        let udp_echo = UdpEcho::start();
+        let outbound = vmess_outbound(sb.socks, security, experiments, json!({ "network": "tcp" }));
+        let mut config = config(udp_echo.addr(), outbound);
+        config["inbounds"][0]["settings"]["network"] = json!("udp");
+        let server = Shardray::start(&config, 2);
+        let (door, echo) = (server.inbound("fwd"), udp_echo.addr());
+        let log = || format!("{security}\n{}\n{}", sb.log(), server.output());
+        let total: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3u64)
+                .map(|c| {
+                    let log = &log;
+                    s.spawn(move || echo_datagrams(&Direct::to(door), echo, Some(door), 300, c, 8, log))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        let api = shardray_tests::api::ApiClient::connect(server.api.unwrap());
+        let (up, down) = ("outbound>>>vmess-out>>>traffic>>>uplink", "outbound>>>vmess-out>>>traffic>>>downlink");
+        let t = total as i64;
+        assert!(
+            wait_until(Duration::from_secs(5), || api.get(up, false).ok() == Some(t)
+                && api.get(down, false).ok() == Some(t)),
+            "{security}: outbound counters {:?} / {:?}, expected {t}",
+            api.get(up, false),
+            api.get(down, false)
+        );
+    }
+}

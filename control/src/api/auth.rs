@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use shardray_core::spec::{ApiRole, ApiTls, ApiToken, CallLimit};
+use shardray_core::spec::{ApiRole, ApiTls, CallLimit};
 use tonic::Status;
 
 use super::tls::TlsInfo;
@@ -133,7 +133,6 @@ fn bearer(headers: &http::HeaderMap) -> Option<&[u8]> {
 #[derive(Clone)]
 pub struct Authorize<S> {
     pub inner: S,
-    pub tokens: Arc<[ApiToken]>,
     /// `api.tls`, whose client certificate subjects have roles.
     pub tls: Option<Arc<ApiTls>>,
     pub limiter: Option<Arc<CallLimiter>>,
@@ -228,11 +227,12 @@ impl<S> Authorize<S> {
                 }
             }
         }
-        if !self.tokens.is_empty() {
+        let tokens = self.state.tokens();
+        if !tokens.is_empty() {
             let presented = bearer(req.headers());
             // Every token is compared, so the time taken does not say which one came close.
             let found = presented.and_then(|p| {
-                self.tokens.iter().fold(None, |hit, t| if same_secret(p, t.secret.as_bytes()) { Some(t) } else { hit })
+                tokens.iter().fold(None, |hit, t| if same_secret(p, t.secret.as_bytes()) { Some(t) } else { hit })
             });
             let caller = name.clone().map(|n| Caller { name: Some(n.into()), role });
             match found {

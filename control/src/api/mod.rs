@@ -55,6 +55,8 @@ pub struct ApiState {
     pub events: std::sync::Arc<crate::events::EventHub>,
     /// Where quota use is kept across restarts (with `--state`).
     pub quota_use_file: std::sync::OnceLock<std::path::PathBuf>,
+    /// `api.tokens` as of now: a reload replaces them (token files are read again then).
+    tokens: std::sync::RwLock<std::sync::Arc<[shardray_core::spec::ApiToken]>>,
 }
 
 impl ApiState {
@@ -72,6 +74,8 @@ impl ApiState {
         // Users live in the registry: the running config leaves them out, so that publishing
         // a changed config never copies them.
         let config = std::sync::Arc::new(shards.config.without_users());
+        let tokens = config.api.as_ref().map(|a| a.tokens.clone()).unwrap_or_default();
+        let tokens = std::sync::RwLock::new(tokens.into());
         sets.set_bound(bound);
         let route_stats = routing::RouteStats::new(shards.route_tap.clone(), shards.route_records.clone());
         std::sync::Arc::new(ApiState {
@@ -87,7 +91,18 @@ impl ApiState {
             reloads: crate::reload::ReloadStats::default(),
             events: crate::events::EventHub::new(log.clone()),
             quota_use_file: std::sync::OnceLock::new(),
+            tokens,
         })
+    }
+
+    /// The API tokens callers are checked against now.
+    pub fn tokens(&self) -> std::sync::Arc<[shardray_core::spec::ApiToken]> {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the API tokens (a reload); calls already admitted are not affected.
+    pub fn set_tokens(&self, tokens: Vec<shardray_core::spec::ApiToken>) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens.into();
     }
 
     /// The running config as of now.
@@ -400,7 +415,6 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
     let disabled: Arc<[&'static str]> = SERVICES.iter().copied().filter(|name| !wants(name)).collect();
     let log = state.log.clone();
     let requests = state.requests.clone();
-    let tokens: Arc<[shardray_core::spec::ApiToken]> = spec.tokens.clone().into();
     let tls = spec.tls.clone().map(Arc::new);
     let limiter = spec.call_limit.map(|l| Arc::new(auth::CallLimiter::new(l)));
     let auth_state = state.clone();
@@ -409,7 +423,6 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
         .layer(tower::layer::layer_fn(move |inner| Counted { inner, requests: requests.clone() }))
         .layer(tower::layer::layer_fn(move |inner| auth::Authorize {
             inner,
-            tokens: tokens.clone(),
             tls: tls.clone(),
             limiter: limiter.clone(),
             state: auth_state.clone(),

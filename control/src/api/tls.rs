@@ -169,8 +169,13 @@ pub fn incoming(
 }
 
 /// The subject CN of a DER certificate: Certificate → tbsCertificate → subject (the sixth
-/// field counting the optional version), the first attribute of type 2.5.4.3.
+/// field counting the optional version), the attribute of type 2.5.4.3 in any of its RDNs,
+/// multi-valued ones included. A subject with more than one CN (`CN=panel+CN=admin`), or one
+/// whose CN is not text, names nobody: the role must never depend on which CN was read.
 pub fn subject_cn(cert: &[u8]) -> Option<String> {
+    const COMMON_NAME: [u8; 3] = [0x55, 0x04, 0x03];
+    // UTF8String, PrintableString, IA5String: what CAs write a CN in.
+    const TEXT: [u8; 3] = [0x0c, 0x13, 0x16];
     let (_, cert, _) = der(cert)?;
     let (_, mut tbs, _) = der(cert)?;
     let mut fields = Vec::new();
@@ -182,17 +187,25 @@ pub fn subject_cn(cert: &[u8]) -> Option<String> {
     // [0] version is optional; then serial, signature, issuer, validity, subject.
     let skip = usize::from(fields.first()?.0 == 0xa0);
     let (_, mut subject) = *fields.get(skip + 4)?;
+    let mut found = None;
     while !subject.is_empty() {
-        let (_, set, rest) = der(subject)?;
+        let (_, mut rdn, rest) = der(subject)?;
         subject = rest;
-        let (_, attr, _) = der(set)?;
-        let (_, oid, value) = der(attr)?;
-        if oid == [0x55, 0x04, 0x03] {
-            let (_, text, _) = der(value)?;
-            return String::from_utf8(text.to_vec()).ok();
+        while !rdn.is_empty() {
+            let (_, attr, rest) = der(rdn)?;
+            rdn = rest;
+            let (_, oid, value) = der(attr)?;
+            if oid != COMMON_NAME {
+                continue;
+            }
+            let (tag, text, _) = der(value)?;
+            if found.is_some() || !TEXT.contains(&tag) {
+                return None;
+            }
+            found = Some(String::from_utf8(text.to_vec()).ok()?);
         }
     }
-    None
+    found
 }
 
 /// One DER element: its tag, its contents, what follows.
@@ -258,5 +271,51 @@ mod tests {
         assert_eq!(subject_cn(cert.der()).as_deref(), Some("panel-1"));
         assert_eq!(subject_cn(&cert.der()[..40]), None);
         assert_eq!(subject_cn(b""), None);
+    }
+
+    /// A certificate whose subject is `rdns` (each a SET of (OID, tagged value) attributes).
+    fn with_subject(rdns: &[&[(&[u8], u8, &str)]]) -> Vec<u8> {
+        fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+            assert!(body.len() < 0x80);
+            [&[tag, body.len() as u8][..], body].concat()
+        }
+        let subject: Vec<u8> = rdns
+            .iter()
+            .flat_map(|rdn| {
+                let attrs: Vec<u8> = rdn
+                    .iter()
+                    .flat_map(|(oid, tag, text)| tlv(0x30, &[tlv(0x06, oid), tlv(*tag, text.as_bytes())].concat()))
+                    .collect();
+                tlv(0x31, &attrs)
+            })
+            .collect();
+        // version, serial, signature algorithm, issuer, validity (contents never read), subject.
+        let tbs = [
+            tlv(0xa0, &tlv(0x02, &[2])),
+            tlv(0x02, &[1]),
+            tlv(0x30, &[]),
+            tlv(0x30, &[]),
+            tlv(0x30, &[]),
+            tlv(0x30, &subject),
+        ]
+        .concat();
+        tlv(0x30, &tlv(0x30, &tbs))
+    }
+
+    #[test]
+    fn a_cn_in_a_multi_valued_rdn_is_found_and_two_cns_name_nobody() {
+        const CN: &[u8] = &[0x55, 0x04, 0x03];
+        const O: &[u8] = &[0x55, 0x04, 0x0a];
+        // O=Example+CN=panel-1: the CN second in its set.
+        assert_eq!(
+            subject_cn(&with_subject(&[&[(O, 0x0c, "Example"), (CN, 0x0c, "panel-1")]])).as_deref(),
+            Some("panel-1")
+        );
+        // CN=panel-1+CN=admin, or one CN per RDN: ambiguous, so no identity.
+        assert_eq!(subject_cn(&with_subject(&[&[(CN, 0x0c, "panel-1"), (CN, 0x0c, "admin")]])), None);
+        assert_eq!(subject_cn(&with_subject(&[&[(CN, 0x13, "panel-1")], &[(CN, 0x0c, "admin")]])), None);
+        // A CN that is not text (a BMPString here) names nobody either.
+        assert_eq!(subject_cn(&with_subject(&[&[(CN, 0x1e, "ab")]])), None);
+        assert_eq!(subject_cn(&with_subject(&[&[(O, 0x0c, "Example")]])), None);
     }
 }

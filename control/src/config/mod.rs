@@ -4,6 +4,7 @@
 //! are then checked and turned into the spec types (`validate` and the section modules). Every
 //! error names the JSON path of what is wrong, e.g. `inbounds[1].settings.clients[0].id`.
 
+mod dns;
 mod error;
 pub(crate) mod geodata;
 mod inbound;
@@ -12,6 +13,7 @@ mod outbound;
 mod raw;
 mod reality;
 mod routing;
+mod units;
 mod validate;
 
 #[cfg(test)]

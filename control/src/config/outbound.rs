@@ -21,7 +21,7 @@ use super::raw::{
 use super::validate::{deserialize_at, is_empty_value, parse_host_port, parse_port};
 
 /// Outbound protocols upstream has that shardray does not serve yet.
-const LATER_PROTOCOLS: &[&str] = &["wireguard", "dns", "loopback", "hysteria", "hysteria2"];
+const LATER_PROTOCOLS: &[&str] = &["wireguard", "loopback", "hysteria", "hysteria2"];
 
 /// Validates `outbounds`: at least one, tags unique and distinct from the API's tag.
 pub(super) fn outbounds(
@@ -93,6 +93,7 @@ fn outbound(ob: RawOutbound, path: &str, tag: String) -> Result<OutboundSpec, Co
         "http" => OutboundProtocol::Http(proxy(settings, &settings_path, ob.stream_settings, &stream_path, true)?),
         "vless" => OutboundProtocol::Vless(vless(settings, &settings_path, ob.stream_settings, &stream_path)?),
         "shadowsocks" => OutboundProtocol::Shadowsocks(shadowsocks(settings, &settings_path)?),
+        "dns" => OutboundProtocol::Dns(super::dns::dns_outbound(settings, &settings_path)?),
         p if LATER_PROTOCOLS.contains(&p) => {
             return Err(ConfigError::unsupported(format!("{path}.protocol"), format!("{p:?}")))
         }
@@ -371,7 +372,7 @@ fn proxy(
 }
 
 /// `settings.vnext` of a VLESS outbound: one server, one user, `encryption` "none" (or
-/// absent), no flow.
+/// absent), Vision or no flow; over any client transport.
 fn vless(
     settings: Value,
     path: &str,
@@ -416,15 +417,7 @@ fn vless(
     };
     let (tls, transport) = match stream {
         None | Some(Value::Null) => (None, TransportSpec::Raw),
-        Some(v) => match client_stream(deserialize_at(v, stream_path)?, stream_path)? {
-            (tls, t @ (TransportSpec::Raw | TransportSpec::Grpc(_))) => (tls, t),
-            _ => {
-                return Err(ConfigError::unsupported(
-                    format!("{stream_path}.network"),
-                    "a VLESS outbound over WebSocket or HTTPUpgrade",
-                ))
-            }
-        },
+        Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
     };
     if matches!(flow, VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
         return Err(ConfigError::invalid(

@@ -136,6 +136,12 @@ pub(super) struct RawLevelPolicy {
     pub stats_user_downlink: Option<bool>,
     pub stats_user_online: Option<bool>,
     pub buffer_size: Option<i64>,
+    /// Ours: bytes per second, a number or a string with a unit.
+    pub uplink_rate: Option<Value>,
+    pub downlink_rate: Option<Value>,
+    pub max_connections: Option<u32>,
+    #[serde(rename = "maxIPs")]
+    pub max_ips: Option<u32>,
 }
 
 /// `policy.system`
@@ -146,6 +152,8 @@ pub(super) struct RawSystemPolicy {
     pub stats_inbound_downlink: Option<bool>,
     pub stats_outbound_uplink: Option<bool>,
     pub stats_outbound_downlink: Option<bool>,
+    pub max_connections: Option<u32>,
+    pub max_inbound_connections: Option<u32>,
     /// The V2Ray API article's place for the service list.
     pub api: Option<RawSystemApi>,
 }

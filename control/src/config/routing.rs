@@ -258,7 +258,7 @@ fn is_domain_prefix(prefix: &str) -> bool {
 // === IPs ===
 
 /// `ip` or `source`: CIDRs and single IPs, with `geoip:private` expanded.
-fn ip_list(list: Option<StringList>, path: &str) -> Result<Vec<IpNet>, ConfigError> {
+pub(super) fn ip_list(list: Option<StringList>, path: &str) -> Result<Vec<IpNet>, ConfigError> {
     let mut nets = Vec::new();
     for (j, entry) in list.map(|l| l.0).unwrap_or_default().into_iter().enumerate() {
         let epath = format!("{path}[{j}]");

@@ -849,8 +849,8 @@ fn protocol_rules() {
 
 #[test]
 fn unserved_top_level_sections() {
-    let err = broken(|v| set(v, "", "dns", json!({ "servers": ["1.1.1.1"] })));
-    assert_eq!(err.to_string(), "dns: not supported yet");
+    let err = broken(|v| set(v, "", "reverse", json!({ "bridges": [{ "tag": "b", "domain": "x.test" }] })));
+    assert_eq!(err.to_string(), "reverse: not supported yet");
     let err = broken(|v| set(v, "", "burstObservatory", json!({ "subjectSelector": ["a"] })));
     assert_eq!(err.path, "burstObservatory");
 }
@@ -1349,7 +1349,7 @@ fn grpc_settings() {
         set(v, "/inbounds/0", "streamSettings", json!({ "network": "grpc", "grpcSettings": { "authority": "a b" } }))
     });
     assert_eq!(err.path, "inbounds[0].streamSettings.grpcSettings.authority");
-    // Outbounds: VLESS over gRPC is served, over WebSocket not yet.
+    // Outbounds: VLESS over gRPC and over WebSocket.
     let vless_out = |stream: Value| {
         json!({ "tag": "out", "protocol": "vless", "streamSettings": stream,
             "settings": { "vnext": [{ "address": "a.example", "port": 443, "users": [{ "id": ALICE }] }] } })
@@ -1361,8 +1361,145 @@ fn grpc_settings() {
     let OutboundProtocol::Vless(o) = &cfg.outbounds[0].protocol else { panic!() };
     assert!(matches!(&o.transport, TransportSpec::Grpc(g) if g.service_name == "/a/b" && g.user_agent == "x"));
     assert!(o.tls.as_ref().unwrap().alpn.is_empty(), "the shard offers h2 when nothing is named");
-    v["outbounds"][0] = vless_out(json!({ "network": "ws" }));
-    assert_eq!(load(&v).unwrap_err().path, "outbounds[0].streamSettings.network");
+    v["outbounds"][0] = vless_out(json!({ "network": "ws", "wsSettings": { "path": "/v?ed=2048" } }));
+    let cfg = load(&v).unwrap();
+    let OutboundProtocol::Vless(o) = &cfg.outbounds[0].protocol else { panic!() };
+    assert!(matches!(o.transport.http(), Some(h) if h.path == "/v" && h.early_data == 2048), "{:?}", o.transport);
+    // Vision stays on raw TCP, as Xray's "XTLS only supports TLS and REALITY directly".
+    v["outbounds"][0] = vless_out(json!({ "network": "ws", "security": "tls" }));
+    v["outbounds"][0]["settings"]["vnext"][0]["users"][0]["flow"] = json!("xtls-rprx-vision");
+    assert_eq!(load(&v).unwrap_err().path, "outbounds[0].settings.vnext[0].users[0].flow");
+}
+
+#[test]
+fn dns_object_loads_field_for_field() {
+    use shardray_core::spec::{DnsAddress, HostAnswer, QueryStrategy};
+    let mut v = base();
+    set(
+        &mut v,
+        "",
+        "dns",
+        json!({
+            "hosts": { "b.test": ["10.0.0.1", "::1"], "domain:a.test": "10.0.0.2", "c.test": "b.test" },
+            "servers": [
+                "8.8.8.8",
+                "udp://1.1.1.1:5353",
+                "tcp+local://[2001:db8::1]",
+                "https://dns.google/dns-query",
+                "https+local://1.1.1.1",
+                "tls://dns.example:8853",
+                "localhost",
+                { "address": "9.9.9.9", "port": "54", "domains": ["domain:corp.test", "full:x.test"],
+                  "expectIPs": ["10.0.0.0/8", "*"], "skipFallback": true, "queryStrategy": "UseIPv4",
+                  "timeoutMs": 1500, "tag": "corp" }
+            ],
+            "queryStrategy": "use_ip_v6", "disableCache": true, "disableFallback": true,
+            "disableFallbackIfMatch": true, "tag": "dns-in"
+        }),
+    );
+    let dns = load(&v).unwrap().dns.unwrap();
+    // Keys in sorted order, as Xray builds them; a plain key is a full match.
+    let keys: Vec<_> = dns.hosts.iter().map(|h| h.domain.clone()).collect();
+    assert_eq!(
+        keys,
+        [
+            DomainMatcher::Full("b.test".into()),
+            DomainMatcher::Full("c.test".into()),
+            DomainMatcher::Domain("a.test".into())
+        ]
+    );
+    assert_eq!(dns.hosts[0].answer, HostAnswer::Ips(vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()]));
+    assert_eq!(dns.hosts[1].answer, HostAnswer::Alias("b.test".into()));
+    let dest = |s: &str| parse_dest(s);
+    let addresses: Vec<_> = dns.servers.iter().map(|s| s.address.clone()).collect();
+    assert_eq!(
+        addresses,
+        [
+            DnsAddress::Udp(dest("8.8.8.8:53")),
+            DnsAddress::Udp(dest("1.1.1.1:5353")),
+            DnsAddress::Tcp(dest("[2001:db8::1]:53")),
+            DnsAddress::Https { server: dest("dns.google:443"), path: "/dns-query".into() },
+            DnsAddress::Https { server: dest("1.1.1.1:443"), path: "/dns-query".into() },
+            DnsAddress::Tls(dest("dns.example:8853")),
+            DnsAddress::Localhost,
+            DnsAddress::Udp(dest("9.9.9.9:54")),
+        ]
+    );
+    let corp = &dns.servers[7];
+    assert_eq!(corp.domains, [DomainMatcher::Domain("corp.test".into()), DomainMatcher::Full("x.test".into())]);
+    assert_eq!(corp.expect_ips, ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
+    assert!(corp.expect_ips_prefer && corp.skip_fallback);
+    assert_eq!(corp.query_strategy, Some(QueryStrategy::UseIpv4));
+    assert_eq!(corp.timeout, Duration::from_millis(1500));
+    assert_eq!(dns.servers[0].timeout, Duration::from_secs(4));
+    assert_eq!(dns.query_strategy, QueryStrategy::UseIpv6);
+    assert!(dns.disable_cache && dns.disable_fallback && dns.disable_fallback_if_match);
+    assert_eq!(dns.tag.as_deref(), Some("dns-in"));
+    // An empty object is no dns object.
+    set(&mut v, "", "dns", json!({}));
+    assert_eq!(load(&v).unwrap().dns, None);
+}
+
+fn parse_dest(s: &str) -> Destination {
+    let (host, port) = s.rsplit_once(':').unwrap();
+    Destination { addr: Address::parse(host).unwrap(), port: port.parse().unwrap() }
+}
+
+#[test]
+fn dns_errors_name_their_path() {
+    let cases = [
+        (json!({ "servers": ["1.1.1.1", "fakedns"] }), "dns.servers[1].address: fakedns is not supported yet"),
+        (
+            json!({ "servers": [{ "address": "quic+local://dns.adguard.com" }] }),
+            "dns.servers[0].address: quic+local:// (DNS over QUIC) is not supported yet",
+        ),
+        (json!({ "servers": ["1.1.1.1", "1.1.1.1", { "port": 53 }] }), "dns.servers[2].address: no address"),
+        (
+            json!({ "servers": ["ftp://1.1.1.1"] }),
+            "dns.servers[0].address: unknown scheme \"ftp\" (expected udp, tcp, tcp+local, tls, https, https+local)",
+        ),
+        (json!({ "servers": [{ "address": "1.1.1.1", "port": 70000 }] }), "dns.servers[0].port"),
+        (json!({ "servers": [{ "address": "1.1.1.1", "expectIPs": ["nonsense"] }] }), "dns.servers[0].expectIPs[0]"),
+        (json!({ "servers": [{ "address": "1.1.1.1", "domains": ["regexp:("] }] }), "dns.servers[0].domains[0]"),
+        (json!({ "queryStrategy": "UseFastest" }), "dns.queryStrategy: unknown strategy"),
+        (json!({ "queryStrategy": "UseSystem" }), "dns.queryStrategy: \"UseSystem\" is not supported yet"),
+        (json!({ "clientIp": "1.2.3.4" }), "dns.clientIp: clientIp (EDNS client subnet) is not supported yet"),
+        (json!({ "hosts": { "a.test": "not an ip!" } }), "dns.hosts.a.test: \"not an ip!\" is neither"),
+        (json!({ "hosts": { "a.test": 5 } }), "dns.hosts.a.test: expected an address"),
+        (json!({ "servers": 5 }), "dns.servers"),
+    ];
+    for (dns, want) in cases {
+        let err = broken(|v| set(v, "", "dns", dns.clone()));
+        assert!(err.to_string().starts_with(want), "{dns}: got {err}, want {want}");
+    }
+}
+
+#[test]
+fn dns_outbound_settings() {
+    use shardray_core::spec::{DnsNetwork, DnsOutboundSpec, NonIpQuery};
+    let mut v = base();
+    let outbounds = at(&mut v, "/outbounds").as_array_mut().unwrap();
+    outbounds.push(json!({ "tag": "dns-out", "protocol": "dns" }));
+    outbounds.push(json!({ "tag": "dns-skip", "protocol": "dns", "settings": {
+        "network": "tcp", "address": "127.0.0.53", "port": 53, "nonIPQuery": "skip", "blockTypes": [65, 28] } }));
+    let cfg = load(&v).unwrap();
+    assert_eq!(cfg.outbounds[2].protocol, OutboundProtocol::Dns(DnsOutboundSpec::default()));
+    let OutboundProtocol::Dns(skip) = &cfg.outbounds[3].protocol else { panic!("not dns") };
+    assert_eq!(skip.rewrite_network, Some(DnsNetwork::Tcp));
+    assert_eq!(skip.rewrite_address, Some(Address::parse("127.0.0.53").unwrap()));
+    assert_eq!((skip.rewrite_port, skip.non_ip_query), (Some(53), NonIpQuery::Skip));
+    assert_eq!(skip.block_types, [65, 28]);
+    for (settings, want) in [
+        (json!({ "nonIPQuery": "answer" }), "outbounds[2].settings.nonIPQuery: unknown mode"),
+        (json!({ "network": "quic" }), "outbounds[2].settings.network"),
+        (json!({ "blockTypes": [70000] }), "outbounds[2].settings.blockTypes[0]"),
+        (json!({ "rules": [{ "action": "hijack" }] }), "outbounds[2].settings.rules: rules"),
+    ] {
+        let err = broken(|v| {
+            at(v, "/outbounds").as_array_mut().unwrap().push(json!({ "protocol": "dns", "settings": settings.clone() }))
+        });
+        assert!(err.to_string().starts_with(want), "{settings}: got {err}");
+    }
 }
 
 #[test]

@@ -20,7 +20,7 @@ use super::raw::{
     RawApi, RawApiTls, RawApiToken, RawCallLimit, RawConfig, RawLevelPolicy, RawLog, RawMetrics, RawPolicy, RawRouting,
     RawSockopt, StringList,
 };
-use super::{inbound, outbound, routing};
+use super::{dns, inbound, outbound, routing};
 
 /// The smallest relay buffer a level gets (`bufferSize: 0` asks for as little as possible).
 const MIN_BUFFER_SIZE: usize = 4 * 1024;
@@ -70,6 +70,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let inbounds = inbound::inbounds(raw.inbounds, &api_inbound_tags, &metrics_tags)?;
     let routing = routing::routing(raw.routing, Some(&outbounds), &control_tags)?;
+    let dns = dns::dns(raw.dns)?;
 
     let mut listens = inbounds.listens;
     let api = match api {
@@ -155,6 +156,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         inbounds: inbounds.specs,
         outbounds,
         routing,
+        dns,
         notes,
         ignored_keys: Vec::new(),
     })
@@ -163,7 +165,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 /// `dns`, `transport` and the like: refused unless absent or `{}`.
 fn check_unserved_sections(raw: &RawConfig) -> Result<(), ConfigError> {
     let sections = [
-        ("dns", &raw.dns),
         ("transport", &raw.transport),
         ("reverse", &raw.reverse),
         ("fakedns", &raw.fakedns),
@@ -222,7 +223,7 @@ fn policy_spec(raw: RawPolicy) -> Result<PolicySpec, ConfigError> {
             .trim()
             .parse()
             .map_err(|_| ConfigError::invalid(&path, format!("level {key:?} is not a non-negative integer")))?;
-        if levels.insert(number, level_policy(level)).is_some() {
+        if levels.insert(number, level_policy(level, &path)?).is_some() {
             return Err(ConfigError::invalid(path, format!("level {number} is given twice")));
         }
     }
@@ -234,11 +235,17 @@ fn policy_spec(raw: RawPolicy) -> Result<PolicySpec, ConfigError> {
             stats_inbound_downlink: system.stats_inbound_downlink.unwrap_or(false),
             stats_outbound_uplink: system.stats_outbound_uplink.unwrap_or(false),
             stats_outbound_downlink: system.stats_outbound_downlink.unwrap_or(false),
+            max_connections: system.max_connections.unwrap_or(0),
+            max_inbound_connections: system.max_inbound_connections.unwrap_or(0),
         },
     })
 }
 
-fn level_policy(raw: RawLevelPolicy) -> LevelPolicy {
+fn level_policy(raw: RawLevelPolicy, path: &str) -> Result<LevelPolicy, ConfigError> {
+    let rate = |value: &Option<serde_json::Value>, key: &str| match value {
+        None => Ok(0),
+        Some(v) => super::units::parse_rate(v).map_err(|e| ConfigError::invalid(format!("{path}.{key}"), e)),
+    };
     let defaults = LevelPolicy::default();
     let secs = |value: Option<u32>, default: Duration| value.map_or(default, |s| Duration::from_secs(u64::from(s)));
     let buffer_size = match raw.buffer_size {
@@ -249,7 +256,7 @@ fn level_policy(raw: RawLevelPolicy) -> LevelPolicy {
             usize::try_from(kib).unwrap_or(usize::MAX).saturating_mul(1024).clamp(MIN_BUFFER_SIZE, MAX_BUFFER_SIZE)
         }
     };
-    LevelPolicy {
+    Ok(LevelPolicy {
         handshake: secs(raw.handshake, defaults.handshake),
         conn_idle: secs(raw.conn_idle, defaults.conn_idle),
         uplink_only: secs(raw.uplink_only, defaults.uplink_only),
@@ -258,7 +265,11 @@ fn level_policy(raw: RawLevelPolicy) -> LevelPolicy {
         stats_user_downlink: raw.stats_user_downlink.unwrap_or(false),
         stats_user_online: raw.stats_user_online.unwrap_or(false),
         buffer_size,
-    }
+        uplink_rate: rate(&raw.uplink_rate, "uplinkRate")?,
+        downlink_rate: rate(&raw.downlink_rate, "downlinkRate")?,
+        max_connections: raw.max_connections.unwrap_or(0),
+        max_ips: raw.max_ips.unwrap_or(0),
+    })
 }
 
 // === api ===

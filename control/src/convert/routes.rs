@@ -8,9 +8,10 @@ use std::fmt;
 use ipnet::IpNet;
 use prost::Message;
 use shardray_core::spec::{
-    BalancerSpec, BalancerStrategy, BlackholeSpec, DomainMatcher, DomainStrategy, FreedomSpec, HttpTransportSpec,
-    NetworkSet, OutboundProtocol, OutboundSpec, PortRange, ProxyOutboundSpec, RuleSpec, ShadowsocksOutboundSpec,
-    TlsClientSpec, TransportSpec, TrojanOutboundSpec, VlessOutboundSpec, VmessOutboundSpec,
+    BalancerSpec, BalancerStrategy, BlackholeSpec, DnsNetwork, DnsOutboundSpec, DomainMatcher, DomainStrategy,
+    FreedomSpec, HttpTransportSpec, NetworkSet, NonIpQuery, OutboundProtocol, OutboundSpec, PortRange,
+    ProxyOutboundSpec, RuleSpec, ShadowsocksOutboundSpec, TlsClientSpec, TransportSpec, TrojanOutboundSpec,
+    VlessOutboundSpec, VmessOutboundSpec,
 };
 use shardray_proto::xray::app::proxyman::SenderConfig;
 use shardray_proto::xray::app::router;
@@ -20,7 +21,7 @@ use shardray_proto::xray::common::protocol::ServerEndpoint;
 use shardray_proto::xray::common::serial::TypedMessage;
 use shardray_proto::xray::core::OutboundHandlerConfig;
 use shardray_proto::xray::proxy::{
-    blackhole, freedom, http, shadowsocks, shadowsocks_2022, socks, trojan, vless, vmess,
+    blackhole, dns, freedom, http, shadowsocks, shadowsocks_2022, socks, trojan, vless, vmess,
 };
 use shardray_proto::xray::transport::internet::{tls, StreamConfig};
 use shardray_wire::addr::{Address, Destination};
@@ -108,6 +109,9 @@ pub fn outbound_spec(config: &OutboundHandlerConfig) -> Result<OutboundSpec, Inv
             "xray.proxy.freedom.Config",
             "proxy_settings",
         )?)?),
+        "proxy.dns.Config" => {
+            OutboundProtocol::Dns(dns_spec(&exact(&proxy.value, "xray.proxy.dns.Config", "proxy_settings")?)?)
+        }
         "proxy.blackhole.Config" => OutboundProtocol::Blackhole(blackhole_spec(&exact(
             &proxy.value,
             "xray.proxy.blackhole.Config",
@@ -341,11 +345,6 @@ fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Res
         None => (None, TransportSpec::Raw),
         Some(stream) => (client_tls(stream)?, client_transport(stream)?),
     };
-    if transport.http().is_some() {
-        return Err(invalid(
-            "sender_settings.stream_settings: a VLESS outbound over WebSocket or HTTPUpgrade is not served yet",
-        ));
-    }
     if matches!(flow, shardray_core::spec::VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
         return Err(invalid(
             "proxy_settings.server[0].user.account.flow: Vision needs TLS on raw TCP (sender_settings)",
@@ -555,6 +554,92 @@ fn freedom_spec(c: &freedom::Config) -> Result<FreedomSpec, InvalidRoute> {
     Ok(FreedomSpec { domain_strategy, redirect, user_level: c.user_level })
 }
 
+/// A `dns` outbound's Config: rules in the shape Xray makes of `nonIPQuery` and `blockTypes`
+/// (block the listed types, answer A and AAAA, then one rule without types for the rest).
+fn dns_spec(c: &dns::Config) -> Result<DnsOutboundSpec, InvalidRoute> {
+    let mut spec = DnsOutboundSpec::default();
+    for (i, rule) in c.rule.iter().enumerate() {
+        let at = format!("proxy_settings.rule[{i}]");
+        if !rule.domain.is_empty() {
+            return Err(invalid(format!("{at}.domain: rules on domains are not supported yet")));
+        }
+        let action = dns::RuleAction::try_from(rule.action).map_err(|_| invalid(format!("{at}.action: unknown")))?;
+        match (action, rule.qtype.is_empty()) {
+            (dns::RuleAction::Hijack, false) if rule.qtype.iter().all(|t| *t == 1 || *t == 28) => {}
+            (dns::RuleAction::Drop | dns::RuleAction::Reject, false) => {
+                for t in &rule.qtype {
+                    spec.block_types
+                        .push(u16::try_from(*t).map_err(|_| invalid(format!("{at}.qtype: {t} is not a type")))?);
+                }
+            }
+            (action, true) => {
+                spec.non_ip_query = match action {
+                    dns::RuleAction::Drop => NonIpQuery::Drop,
+                    dns::RuleAction::Direct => NonIpQuery::Skip,
+                    _ => NonIpQuery::Reject,
+                };
+            }
+            _ => return Err(invalid(format!("{at}: only hijacking A and AAAA is supported yet"))),
+        }
+    }
+    if let Some(server) = &c.rewrite_server {
+        spec.rewrite_network = match server.network {
+            0 => None,
+            2 => Some(DnsNetwork::Tcp),
+            3 => Some(DnsNetwork::Udp),
+            n => return Err(invalid(format!("proxy_settings.rewrite_server.network: {n} is not TCP or UDP"))),
+        };
+        spec.rewrite_address = match server.address.as_ref().and_then(|a| a.address.as_ref()) {
+            Some(net::ip_or_domain::Address::Ip(ip)) => Some(Address::Ip(
+                ip_from_bytes(ip).ok_or_else(|| invalid("proxy_settings.rewrite_server.address: bad IP"))?,
+            )),
+            Some(net::ip_or_domain::Address::Domain(d)) if d.is_empty() => None,
+            Some(net::ip_or_domain::Address::Domain(d)) => Some(
+                Address::parse(d)
+                    .ok_or_else(|| invalid(format!("proxy_settings.rewrite_server.address: {d:?} is not a host")))?,
+            ),
+            None => None,
+        };
+        spec.rewrite_port = match u16::try_from(server.port) {
+            Ok(0) => None,
+            Ok(p) => Some(p),
+            Err(_) => return Err(invalid("proxy_settings.rewrite_server.port: out of range")),
+        };
+    }
+    Ok(spec)
+}
+
+/// The rules Xray makes of a `dns` outbound's `nonIPQuery` and `blockTypes`.
+fn dns_config(d: &DnsOutboundSpec) -> dns::Config {
+    let mut rule = Vec::new();
+    if !d.block_types.is_empty() {
+        let action = match d.non_ip_query {
+            NonIpQuery::Reject => dns::RuleAction::Reject,
+            _ => dns::RuleAction::Drop,
+        };
+        let qtype = d.block_types.iter().map(|t| i32::from(*t)).collect();
+        rule.push(dns::DnsRuleConfig { action: action as i32, qtype, domain: Vec::new() });
+    }
+    rule.push(dns::DnsRuleConfig { action: dns::RuleAction::Hijack as i32, qtype: vec![1, 28], domain: Vec::new() });
+    let last = match d.non_ip_query {
+        NonIpQuery::Reject => dns::RuleAction::Reject,
+        NonIpQuery::Drop => dns::RuleAction::Drop,
+        NonIpQuery::Skip => dns::RuleAction::Direct,
+    };
+    rule.push(dns::DnsRuleConfig { action: last as i32, qtype: Vec::new(), domain: Vec::new() });
+    let rewritten = d.rewrite_network.is_some() || d.rewrite_address.is_some() || d.rewrite_port.is_some();
+    let rewrite_server = rewritten.then(|| net::Endpoint {
+        network: match d.rewrite_network {
+            None => 0,
+            Some(DnsNetwork::Tcp) => 2,
+            Some(DnsNetwork::Udp) => 3,
+        },
+        address: d.rewrite_address.as_ref().map(ip_or_domain),
+        port: u32::from(d.rewrite_port.unwrap_or(0)),
+    });
+    dns::Config { user_level: 0, rule, rewrite_server }
+}
+
 fn blackhole_spec(c: &blackhole::Config) -> Result<BlackholeSpec, InvalidRoute> {
     let http_response = match &c.response {
         None => false,
@@ -596,6 +681,7 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
             };
             typed("xray.proxy.freedom.Config", &config)
         }
+        OutboundProtocol::Dns(d) => typed("xray.proxy.dns.Config", &dns_config(d)),
         OutboundProtocol::Blackhole(b) => {
             let response =
                 b.http_response.then(|| typed("xray.proxy.blackhole.HTTPResponse", &blackhole::HttpResponse {}));
@@ -1038,6 +1124,10 @@ mod tests {
                 { "tag": "b", "protocol": "freedom", "sendThrough": "127.0.0.1",
                   "settings": { "domainStrategy": "UseIPv4", "redirect": "example.com:443", "userLevel": 2 } },
                 { "tag": "c", "protocol": "blackhole", "settings": { "response": { "type": "http" } } },
+                { "tag": "d1", "protocol": "dns" },
+                { "tag": "d2", "protocol": "dns", "settings": { "nonIPQuery": "skip", "blockTypes": [65],
+                  "network": "udp", "address": "127.0.0.53", "port": 53 } },
+                { "tag": "d3", "protocol": "dns", "settings": { "nonIPQuery": "drop", "blockTypes": [12, 33] } },
                 { "tag": "t", "protocol": "trojan", "sendThrough": "127.0.0.1",
                   "settings": { "servers": [{ "address": "proxy.example", "port": 443, "password": "p w",
                                               "email": "me@x", "level": 1 }] },
@@ -1051,7 +1141,7 @@ mod tests {
                   "streamSettings": { "security": "tls", "tlsSettings": { "serverName": "sni.example" } } }
             ] }"#,
         );
-        assert_eq!(specs.len(), 6);
+        assert_eq!(specs.len(), 9);
         for spec in &specs {
             assert_eq!(&outbound_spec(&outbound_config(spec)).unwrap(), spec);
         }

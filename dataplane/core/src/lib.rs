@@ -4,6 +4,7 @@
 
 pub mod change;
 pub mod events;
+pub mod limits;
 pub mod log;
 pub mod quota;
 pub mod router;

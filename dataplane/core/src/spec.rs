@@ -33,6 +33,9 @@ pub struct Config {
     pub outbounds: Vec<OutboundSpec>,
     /// Routing rules.
     pub routing: RoutingSpec,
+    /// The `dns` object: the resolver that freedom's `UseIP*` strategies, the router's
+    /// `IPIfNonMatch`/`IPOnDemand` and the `dns` outbound ask. `None`: the system resolver.
+    pub dns: Option<DnsSpec>,
     /// What the loader wants the operator to know about the config as written (an id mapped
     /// to a UUID, for instance): printed at start and by `shardray test`.
     pub notes: Vec<String>,
@@ -55,6 +58,7 @@ impl Config {
             inbounds: self.inbounds.iter().map(InboundSpec::clone_without_users).collect(),
             outbounds: self.outbounds.clone(),
             routing: self.routing.clone(),
+            dns: self.dns.clone(),
             notes: self.notes.clone(),
             ignored_keys: self.ignored_keys.clone(),
         }
@@ -242,6 +246,23 @@ pub struct LevelPolicy {
     pub stats_user_online: bool,
     /// `bufferSize` in bytes (config gives KiB): the relay buffer per direction.
     pub buffer_size: usize,
+    /// `uplinkRate` (ours): the user's client-to-server bytes per second, over all its
+    /// sessions on all shards; 0: unlimited.
+    pub uplink_rate: u64,
+    /// `downlinkRate` (ours): the same, server to client.
+    pub downlink_rate: u64,
+    /// `maxConnections` (ours): the user's live sessions at once; 0: unlimited.
+    pub max_connections: u32,
+    /// `maxIPs` (ours): distinct client addresses the user's live sessions come from at once;
+    /// 0: unlimited.
+    pub max_ips: u32,
+}
+
+impl LevelPolicy {
+    /// Whether sessions at this level count their live sessions or addresses.
+    pub fn limits_sessions(&self) -> bool {
+        self.max_connections > 0 || self.max_ips > 0
+    }
 }
 
 /// Relay buffer per direction when `bufferSize` is not set. A buffer is held only while bytes
@@ -260,6 +281,10 @@ impl Default for LevelPolicy {
             stats_user_downlink: false,
             stats_user_online: false,
             buffer_size: DEFAULT_BUFFER_SIZE,
+            uplink_rate: 0,
+            downlink_rate: 0,
+            max_connections: 0,
+            max_ips: 0,
         }
     }
 }
@@ -275,6 +300,11 @@ pub struct SystemPolicy {
     pub stats_outbound_uplink: bool,
     /// `statsOutboundDownlink`
     pub stats_outbound_downlink: bool,
+    /// `maxConnections` (ours): TCP connections the whole server holds at once, every inbound
+    /// and shard together; past it new ones are closed at accept (0: no limit).
+    pub max_connections: u32,
+    /// `maxInboundConnections` (ours): the same bound for each inbound on its own.
+    pub max_inbound_connections: u32,
 }
 
 /// One inbound (`inbounds[i]`).
@@ -992,6 +1022,8 @@ pub enum OutboundProtocol {
     Vless(VlessOutboundSpec),
     /// `shadowsocks`: relay through a Shadowsocks server (AEAD or 2022, TCP).
     Shadowsocks(ShadowsocksOutboundSpec),
+    /// `dns`: answers the DNS queries routed to it from the `dns` object's resolver.
+    Dns(DnsOutboundSpec),
 }
 
 /// `settings` and `streamSettings` of a VLESS outbound (one server, one user, no flow).
@@ -1258,4 +1290,135 @@ pub struct NetworkSet {
     pub tcp: bool,
     /// UDP included.
     pub udp: bool,
+}
+
+// === dns ===
+
+/// The `dns` object, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsSpec {
+    /// `hosts`, in Xray's order (keys sorted): the first that matches answers.
+    pub hosts: Vec<HostMapping>,
+    /// `servers`, in order; empty means the system resolver (`localhost`).
+    pub servers: Vec<DnsServerSpec>,
+    /// `queryStrategy`: which families are ever asked for.
+    pub query_strategy: QueryStrategy,
+    /// `disableCache`
+    pub disable_cache: bool,
+    /// `disableFallback`: only the servers whose `domains` match are asked.
+    pub disable_fallback: bool,
+    /// `disableFallbackIfMatch`: no fallback once a server's `domains` matched.
+    pub disable_fallback_if_match: bool,
+    /// `tag`: kept for the config's sake (queries leave directly, not through routing).
+    pub tag: Option<String>,
+}
+
+/// One `hosts` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostMapping {
+    /// The names it covers.
+    pub domain: DomainMatcher,
+    /// What they resolve to.
+    pub answer: HostAnswer,
+}
+
+/// What a `hosts` entry maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostAnswer {
+    /// These addresses.
+    Ips(Vec<IpAddr>),
+    /// Whatever this other name resolves to.
+    Alias(String),
+}
+
+/// One of `servers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsServerSpec {
+    /// Where and how to ask.
+    pub address: DnsAddress,
+    /// `domains`: names this server is asked first for.
+    pub domains: Vec<DomainMatcher>,
+    /// `expectIPs`: answers outside these are dropped (then the next server is asked).
+    pub expect_ips: Vec<IpNet>,
+    /// `expectIPs` holds `"*"`: when nothing is in `expect_ips`, the whole answer stands.
+    pub expect_ips_prefer: bool,
+    /// `unexpectedIPs`: answers inside these are dropped.
+    pub unexpected_ips: Vec<IpNet>,
+    /// `skipFallback`: not asked as a fallback, only for its `domains`.
+    pub skip_fallback: bool,
+    /// `queryStrategy` of this server, if set.
+    pub query_strategy: Option<QueryStrategy>,
+    /// `timeoutMs`, or Xray's 4 s.
+    pub timeout: Duration,
+    /// `disableCache` of this server.
+    pub disable_cache: bool,
+}
+
+/// A name server's address and protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsAddress {
+    /// A plain IP or `udp://`: DNS over UDP.
+    Udp(Destination),
+    /// `tcp://` or `tcp+local://`: DNS over TCP.
+    Tcp(Destination),
+    /// `tls://`: DNS over TLS (port 853 unless given).
+    Tls(Destination),
+    /// `https://` or `https+local://`: DNS over HTTPS; the host, port and path of the URL.
+    Https {
+        /// Host and port.
+        server: Destination,
+        /// The URL's path (`/dns-query` by default).
+        path: String,
+    },
+    /// `localhost`: the system resolver.
+    Localhost,
+}
+
+/// `queryStrategy`: which address families are asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryStrategy {
+    /// `UseIP`: A and AAAA.
+    #[default]
+    UseIp,
+    /// `UseIPv4`: A only.
+    UseIpv4,
+    /// `UseIPv6`: AAAA only.
+    UseIpv6,
+}
+
+/// `settings` of a `dns` outbound.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsOutboundSpec {
+    /// `network`, `address`, `port`: where queries the resolver does not answer go instead of
+    /// their own destination (each part optional).
+    pub rewrite_network: Option<DnsNetwork>,
+    /// `address` (with `port`).
+    pub rewrite_address: Option<shardray_wire::addr::Address>,
+    /// `port`
+    pub rewrite_port: Option<u16>,
+    /// `nonIPQuery`: what happens to queries other than A and AAAA.
+    pub non_ip_query: NonIpQuery,
+    /// `blockTypes`: query types answered with an empty response.
+    pub block_types: Vec<u16>,
+}
+
+/// `network` of a `dns` outbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsNetwork {
+    /// `tcp`
+    Tcp,
+    /// `udp`
+    Udp,
+}
+
+/// `nonIPQuery` of a `dns` outbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonIpQuery {
+    /// `reject`: answered with a refusal (Xray's default).
+    #[default]
+    Reject,
+    /// `drop`: not answered.
+    Drop,
+    /// `skip`: sent on to the destination (or the rewritten one) as is.
+    Skip,
 }

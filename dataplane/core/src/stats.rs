@@ -200,17 +200,27 @@ pub enum Refusal {
     OversizeDatagram,
     /// A UDP session beyond its user's (or its dokodemo-door inbound's) flow limit on a shard.
     FlowLimit,
+    /// A connection past `policy.system.maxConnections` or `maxInboundConnections`, closed at
+    /// accept.
+    AcceptLimit,
+    /// A session beyond its user's `maxConnections`.
+    ConnectionLimit,
+    /// A session from one more address than its user's `maxIPs`.
+    IpLimit,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::ApiAddress,
         Refusal::PrivateDestination,
         Refusal::BadRequest,
         Refusal::UnsupportedCommand,
         Refusal::OversizeDatagram,
         Refusal::FlowLimit,
+        Refusal::AcceptLimit,
+        Refusal::ConnectionLimit,
+        Refusal::IpLimit,
     ];
 
     /// The counter's name part: `refused>>>{name}`.
@@ -222,6 +232,9 @@ impl Refusal {
             Refusal::UnsupportedCommand => "unsupported_command",
             Refusal::OversizeDatagram => "oversize_datagram",
             Refusal::FlowLimit => "udp_flow_limit",
+            Refusal::AcceptLimit => "accept_limit",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::IpLimit => "ip_limit",
         }
     }
 
@@ -234,6 +247,9 @@ impl Refusal {
             Refusal::UnsupportedCommand => "a command this inbound does not serve",
             Refusal::OversizeDatagram => "a datagram above 8192 payload bytes",
             Refusal::FlowLimit => "too many UDP flows on this shard",
+            Refusal::AcceptLimit => "too many connections; raise policy.system.maxConnections or maxInboundConnections",
+            Refusal::ConnectionLimit => "the user's level allows no more live sessions (maxConnections)",
+            Refusal::IpLimit => "the user's level allows no more client addresses at once (maxIPs)",
         }
     }
 }

@@ -46,9 +46,8 @@ pub(crate) struct ShardCtx {
     pub(crate) api_addrs: Arc<[SocketAddr]>,
     pub(crate) log: LogSink,
     /// Where user events go: `ctx.events.emit(UserEvent::now(..))` reaches the control
-    /// thread's hub, which logs it and hands it to the API's subscribers. The level limits
-    /// (rate, connections, addresses) emit through it.
-    #[allow(dead_code)] // the quota path's events come from the control thread
+    /// thread's hub, which hands it to the API's subscribers. The level limits (rate,
+    /// connections, addresses) emit through it (`limits::notice`).
     pub(crate) events: shardray_core::events::EventSink,
     /// Sessions alive on this shard.
     pub(crate) live: Cell<u64>,
@@ -60,6 +59,8 @@ pub(crate) struct ShardCtx {
     pub(crate) flows: crate::packet::FlowCounts,
     /// The last epoch applied.
     pub(crate) applied: Cell<u64>,
+    /// The `dns` object's resolver, if the config has one.
+    pub(crate) dns: Option<crate::dns::DnsClient>,
 }
 
 /// An inbound's accept (or datagram) loop.
@@ -92,6 +93,8 @@ pub(crate) struct InboundRt {
     /// VLESS over TLS directly on raw TCP: its users may take the Vision flow, so its TLS
     /// stream keeps track of record boundaries (see `TlsTcp::tracking`).
     pub(crate) vision: bool,
+    /// Its live TCP connections on every shard, for `maxInboundConnections`.
+    pub(crate) connections: crate::gate::InboundGauge,
 }
 
 /// An inbound's `sniffing`, compiled.
@@ -365,6 +368,7 @@ impl ShardCtx {
         log: LogSink,
         tap: RouteTap,
         events: shardray_core::events::EventSink,
+        dns: Option<crate::dns::DnsClient>,
     ) -> Result<ShardCtx, String> {
         let specs = RouteSpecs::from_config(&config);
         let routes = Routes::build(&specs, None)?;
@@ -386,6 +390,7 @@ impl ShardCtx {
             watchers: SessionWatchers::default(),
             flows: Default::default(),
             applied: Cell::new(0),
+            dns,
         };
         for inbound in &config.inbounds {
             let inbound = ctx.inbound_rt(inbound)?;
@@ -475,6 +480,7 @@ impl ShardCtx {
             },
             kind,
             vision: inbound.vision_refused().is_none(),
+            connections: crate::gate::inbound_gauge(&inbound.tag),
         })
     }
 

@@ -3,7 +3,10 @@
 #![deny(rust_2018_idioms)]
 
 mod ctx;
+pub mod dns;
+mod gate;
 mod inbound;
+mod limits;
 pub mod mailbox;
 mod outbound;
 mod packet;
@@ -57,6 +60,13 @@ pub enum ShardCommand {
         /// Where to report.
         ack: async_channel::Sender<ShardAck>,
     },
+    /// The resolver's answer to one of this shard's DNS questions: hand it to the waiting task.
+    DnsAnswer {
+        /// Where the task waits.
+        reply: async_channel::Sender<dns::DnsAnswer>,
+        /// The answer.
+        answer: dns::DnsAnswer,
+    },
     /// Stop accepting, let live sessions finish for up to `grace`, then stop the shard.
     Drain {
         /// How long live sessions may go on.
@@ -102,6 +112,8 @@ pub struct ShardPlan {
     pub events: shardray_core::events::EventSink,
     /// Commands from the control thread.
     pub commands: mailbox::MailboxReceiver,
+    /// The `dns` object's resolver, when the config has one (else the system resolver).
+    pub dns: Option<dns::DnsRequests>,
     /// Told `Ok(id)` once the shard is serving, or why it could not start.
     pub ready: SyncSender<Result<usize, String>>,
 }
@@ -134,8 +146,9 @@ pub fn spawn_shard(plan: ShardPlan) -> std::io::Result<ShardHandle> {
 }
 
 async fn run(plan: ShardPlan) {
-    let ShardPlan { id, config, users, listeners, api_addrs, log, route_tap, events, commands, ready, .. } = plan;
-    let ctx = match ShardCtx::new(config, api_addrs, log, route_tap, events) {
+    let ShardPlan { id, config, users, listeners, api_addrs, log, route_tap, events, commands, dns, ready, .. } = plan;
+    let dns = dns.map(|requests| dns::DnsClient::new(id, requests));
+    let ctx = match ShardCtx::new(config, api_addrs, log, route_tap, events, dns) {
         Ok(ctx) => Rc::new(ctx),
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -181,6 +194,9 @@ async fn serve_commands(id: usize, ctx: Rc<ShardCtx>, mut commands: mailbox::Con
                     Err(e) => Err(e),
                 };
                 let _ = ack.try_send(ShardAck { shard: id, epoch, result });
+            }
+            ShardCommand::DnsAnswer { reply, answer } => {
+                let _ = reply.try_send(answer);
             }
             ShardCommand::Drain { grace, last } => {
                 for task in ctx.take_accepting() {

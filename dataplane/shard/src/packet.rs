@@ -25,15 +25,16 @@ use glommio::timer::Timer;
 use rustc_hash::FxHashMap;
 use shardray_core::router::{Decision, RouteInput};
 use shardray_core::slots::NO_SLOT;
-use shardray_core::spec::{FreedomSpec, LogLevel, OutboundProtocol};
+use shardray_core::spec::{DnsOutboundSpec, FreedomSpec, LogLevel, OutboundProtocol};
 use shardray_core::stats::Refusal;
 use shardray_wire::addr::Destination;
 use shardray_wire::trojan::{TrojanError, UdpFrame};
 
 use crate::ctx::{InboundRt, Resolved, Routes, ShardCtx};
+use crate::dns::MessageAnswer;
 use crate::outbound::trojan::Upstream;
 use crate::outbound::vless::VlessResponse;
-use crate::outbound::{check_destination, resolve, route, unix_now, Session, SessionMeter};
+use crate::outbound::{check_destination, resolve, resolve_system, route, unix_now, Session, SessionMeter};
 use crate::relay::{Meter, RelayTimeouts};
 use crate::users::{SessionWatch, UserHandle, UserState};
 
@@ -49,6 +50,9 @@ pub(crate) const MAX_DATAGRAM_FLOWS: usize = 4096;
 
 /// Destinations a session remembers the verdict of (the oldest is forgotten first).
 const VERDICTS: usize = 32;
+
+/// Answers of a `dns` outbound leg waiting for the relay; more are dropped, as a full socket would.
+const DNS_ANSWERS: usize = 256;
 
 /// A buffer that holds the largest datagram and shows a larger one as one byte more.
 const RECV_ROOM: usize = MAX_DATAGRAM + 1;
@@ -392,7 +396,7 @@ impl<'a> FreedomLeg<'a> {
             None => dest.clone(),
         };
         let (tag, peer) = (&self.session.inbound.tag, self.session.peer);
-        let addrs = match resolve(&target.addr, target.port, self.spec.domain_strategy).await {
+        let addrs = match resolve(self.ctx, &target.addr, target.port, self.spec.domain_strategy).await {
             Ok(addrs) => addrs,
             Err(e) => {
                 self.ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to udp:{target}: {e}"));
@@ -450,6 +454,58 @@ impl<'a> FreedomLeg<'a> {
     }
 }
 
+// === dns ===
+
+/// A session's `dns` outbound leg: each query datagram is answered by the resolver in a task
+/// of its own (a slow name holds up no other query), and the answers queue for `recv`.
+struct DnsLeg<'a> {
+    ctx: &'a ShardCtx,
+    routes: &'a Routes,
+    decision: Decision,
+    session: &'a Session<'a>,
+    spec: &'a DnsOutboundSpec,
+    answers: (async_channel::Sender<DnsReply>, async_channel::Receiver<DnsReply>),
+}
+
+/// An answer for the client, from the destination its query was sent to.
+type DnsReply = (Destination, Vec<u8>);
+
+impl<'a> DnsLeg<'a> {
+    fn send(&self, dest: &Destination, payload: &[u8]) -> impl std::future::Future<Output = bool> + '_ {
+        let (dest, query) = (dest.clone(), payload.to_vec());
+        async move {
+            let Some(dns) = self.ctx.dns.clone() else { return false };
+            let forward = crate::outbound::dns::forward_target(
+                self.ctx,
+                self.routes,
+                self.spec,
+                &dest,
+                self.decision,
+                self.session,
+                false,
+            )
+            .await;
+            let (spec, answers) = (self.spec.clone(), self.answers.0.clone());
+            glommio::spawn_local(async move {
+                if let MessageAnswer::Reply(reply) = dns.answer(query, &spec, forward).await {
+                    let _ = answers.try_send((dest, reply));
+                }
+            })
+            .detach();
+            true
+        }
+    }
+
+    async fn recv(&self, out: &mut [u8]) -> io::Result<Recv> {
+        let Ok((from, reply)) = self.answers.1.recv().await else { return Ok(Recv::End) };
+        if reply.len() > out.len().min(MAX_DATAGRAM) {
+            return Ok(Recv::Oversize);
+        }
+        out[..reply.len()].copy_from_slice(&reply);
+        Ok(Recv::Packet(from, reply.len()))
+    }
+}
+
 // === shadowsocks ===
 
 /// A session's Shadowsocks leg: one UDP socket connected to the server, packets sealed one by
@@ -474,7 +530,7 @@ impl SsLeg {
             Option<shardray_wire::shadowsocks::MasterKey>,
         ),
     ) -> io::Result<SsLeg> {
-        let addr = *resolve(&server.addr, server.port, Default::default())
+        let addr = *resolve_system(&server.addr, server.port, Default::default())
             .await?
             .first()
             .ok_or_else(|| io::Error::other("no address"))?;
@@ -574,11 +630,11 @@ impl SocksLeg {
         spec: &shardray_core::spec::ProxyOutboundSpec,
     ) -> io::Result<SocksLeg> {
         let (control, relay) = client.associate(spec).await?;
-        let server = *resolve(&spec.server.addr, spec.server.port, Default::default())
+        let server = *resolve_system(&spec.server.addr, spec.server.port, Default::default())
             .await?
             .first()
             .ok_or_else(|| io::Error::other("no address"))?;
-        let mut relay = *resolve(&relay.addr, relay.port, Default::default())
+        let mut relay = *resolve_system(&relay.addr, relay.port, Default::default())
             .await?
             .first()
             .ok_or_else(|| io::Error::other("no relay address"))?;
@@ -634,26 +690,67 @@ impl SocksLeg {
 
 // === the upstream leg, whichever outbound ===
 
+/// A VMess UDP session's packets, either side: one per body chunk, every one to (and, back,
+/// from) the request's destination; packets from anyone else are dropped, as VMess has no
+/// address to name them with.
+pub(crate) struct ChunkPackets<'a, S> {
+    pub(crate) stream: &'a RefCell<S>,
+    pub(crate) dest: Destination,
+    /// The most one chunk carries (with padding, a little under 8192 bytes).
+    pub(crate) max_payload: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> PacketSource for ChunkPackets<'_, S> {
+    async fn recv(&mut self, out: &mut [u8]) -> io::Result<Recv> {
+        // A read hands out one chunk's plaintext at most, and a packet's chunk fits `out`.
+        let n = Half(self.stream).read(out).await?;
+        Ok(match n {
+            0 => Recv::End,
+            n if n > MAX_DATAGRAM => Recv::Oversize,
+            n => Recv::Packet(self.dest.clone(), n),
+        })
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> PacketSink for ChunkPackets<'_, S> {
+    async fn send(&mut self, peer: &Destination, payload: &[u8]) -> io::Result<bool> {
+        // Past what one chunk carries: dropped, as a datagram too large for the path is.
+        if *peer != self.dest || payload.len() > self.max_payload {
+            return Ok(false);
+        }
+        let mut half = Half(self.stream);
+        // One write is one chunk: a datagram is far below what a write seals at once.
+        half.write_all(payload).await?;
+        half.flush().await?;
+        Ok(true)
+    }
+}
+
 /// The outbound's reading side.
 enum UpIn<'a> {
     Freedom(&'a FreedomLeg<'a>),
+    Dns(&'a DnsLeg<'a>),
     Blackhole,
     Frames(FrameReader<Half<'a, Upstream>>),
     Shadowsocks(&'a SsLeg),
     Socks(&'a SocksLeg),
     /// A VLESS server's packets, after its response header.
     VlessFrames(FrameReader<VlessResponse<Half<'a, Upstream>>>),
+    /// A VMess server's packets, one per chunk.
+    VmessChunks(ChunkPackets<'a, Upstream>),
 }
 
 impl PacketSource for UpIn<'_> {
     async fn recv(&mut self, out: &mut [u8]) -> io::Result<Recv> {
         match self {
             UpIn::Freedom(leg) => leg.recv(out).await,
+            UpIn::Dns(leg) => leg.recv(out).await,
             UpIn::Blackhole => std::future::pending().await,
             UpIn::Frames(r) => r.recv(out).await,
             UpIn::Shadowsocks(leg) => leg.recv(out).await,
             UpIn::Socks(leg) => leg.recv(out).await,
             UpIn::VlessFrames(r) => r.recv(out).await,
+            UpIn::VmessChunks(c) => c.recv(out).await,
         }
     }
 }
@@ -661,24 +758,28 @@ impl PacketSource for UpIn<'_> {
 /// The outbound's writing side.
 enum UpOut<'a> {
     Freedom(&'a FreedomLeg<'a>),
+    Dns(&'a DnsLeg<'a>),
     Blackhole,
     Frames(FrameWriter<Half<'a, Upstream>>),
     Shadowsocks(&'a SsLeg),
     Socks(&'a SocksLeg),
     /// VLESS carries one destination per session: packets for another are dropped.
     VlessFrames(FrameWriter<Half<'a, Upstream>>, Destination),
+    VmessChunks(ChunkPackets<'a, Upstream>),
 }
 
 impl PacketSink for UpOut<'_> {
     async fn send(&mut self, peer: &Destination, payload: &[u8]) -> io::Result<bool> {
         match self {
             UpOut::Freedom(leg) => Ok(leg.send(peer, payload).await),
+            UpOut::Dns(leg) => Ok(leg.send(peer, payload).await),
             UpOut::Blackhole => Ok(false),
             UpOut::Frames(w) => w.send(peer, payload).await,
             UpOut::Shadowsocks(leg) => leg.send(peer, payload).await,
             UpOut::Socks(leg) => leg.send(peer, payload).await,
             UpOut::VlessFrames(w, dest) if peer == dest => w.send(peer, payload).await,
             UpOut::VlessFrames(..) => Ok(false),
+            UpOut::VmessChunks(c) => c.send(peer, payload).await,
         }
     }
 }
@@ -783,6 +884,8 @@ where
         None => None,
     };
     let policy = ctx.policy(s.level);
+    // Beyond the user's maxConnections or maxIPs: dropped with no reply, as a wrong user is.
+    let Ok(_admitted) = crate::limits::admit(ctx, tag, s.user.as_ref(), peer.ip(), &policy) else { return };
     let timeouts = packet_timeouts(&policy, s.idle_cap);
     let mut buf = vec![0u8; RECV_ROOM];
     // The first packet names the destination the session is routed by.
@@ -876,8 +979,14 @@ where
     let upstream;
     let ss_leg;
     let socks_leg;
+    let dns_leg;
     let (mut up_in, mut up_out) = match &outbound.protocol {
         OutboundProtocol::Blackhole(_) => (UpIn::Blackhole, UpOut::Blackhole),
+        OutboundProtocol::Dns(spec) => {
+            let answers = async_channel::bounded(DNS_ANSWERS);
+            dns_leg = DnsLeg { ctx, routes: &routes, decision, session: &session, spec, answers };
+            (UpIn::Dns(&dns_leg), UpOut::Dns(&dns_leg))
+        }
         OutboundProtocol::Freedom(spec) => match FreedomLeg::new(ctx, &routes, decision, &session, spec) {
             Ok(leg) => {
                 freedom = leg;
@@ -928,6 +1037,28 @@ where
                 }
             }
         }
+        OutboundProtocol::Vmess(v) => {
+            let Some(vmess) = &outbound.vmess else { return };
+            let dialed = Box::pin(crate::outbound::trojan::dial(&vmess.tls, &vmess.transport, &v.server)).await;
+            match dialed.and_then(|up| vmess.start(up, &dest, shardray_wire::vmess::Command::Udp)) {
+                Ok(up) => {
+                    let max_payload = match &up {
+                        Upstream::Vmess(s) => s.max_payload(),
+                        _ => unreachable!("start gives a VMess stream"),
+                    };
+                    upstream = RefCell::new(up);
+                    let chunks = || ChunkPackets { stream: &upstream, dest: dest.clone(), max_payload };
+                    (UpIn::VmessChunks(chunks()), UpOut::VmessChunks(chunks()))
+                }
+                Err(e) => {
+                    ctx.log.error(
+                        LogLevel::Info,
+                        format_args!("[{tag}] {peer} to udp:{dest}: [{out_tag}] {}: {e}", v.server),
+                    );
+                    return;
+                }
+            }
+        }
         OutboundProtocol::Shadowsocks(s) if outbound.shadowsocks.as_ref().and_then(|c| c.udp_keys()).is_some() => {
             let keys = outbound.shadowsocks.as_ref().and_then(|c| c.udp_keys()).expect("checked above");
             match SsLeg::open(&s.server, keys).await {
@@ -960,13 +1091,9 @@ where
                 }
             }
         }
-        OutboundProtocol::Vmess(_)
-        | OutboundProtocol::Shadowsocks(_)
-        | OutboundProtocol::Socks(_)
-        | OutboundProtocol::Http(_) => {
+        OutboundProtocol::Shadowsocks(_) | OutboundProtocol::Socks(_) | OutboundProtocol::Http(_) => {
             ctx.refusals.add(Refusal::UnsupportedCommand);
             let protocol = match outbound.protocol {
-                OutboundProtocol::Vmess(_) => "vmess",
                 OutboundProtocol::Socks(_) => "socks",
                 OutboundProtocol::Http(_) => "http",
                 _ => "shadowsocks",
@@ -1031,6 +1158,13 @@ where
     let uplink = async {
         let mut buf = vec![0u8; RECV_ROOM];
         loop {
+            // Held to the user's rate: what comes meanwhile waits (or, as datagrams, is
+            // dropped by the kernel once the socket's queue is full).
+            let allowance = meter.borrow_mut().up_allowance();
+            if let Err(due) = allowance {
+                glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+                continue;
+            }
             match input.recv(&mut buf).await? {
                 Recv::Packet(dest, n) => {
                     activity.set(Instant::now());
@@ -1056,6 +1190,11 @@ where
     let downlink = async {
         let mut buf = vec![0u8; RECV_ROOM];
         loop {
+            let allowance = meter.borrow_mut().down_allowance();
+            if let Err(due) = allowance {
+                glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+                continue;
+            }
             match up_in.recv(&mut buf).await? {
                 Recv::Packet(source, n) => {
                     activity.set(Instant::now());

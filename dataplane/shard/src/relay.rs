@@ -21,6 +21,7 @@ use glommio::timer::Timer;
 use shardray_core::spec::{LevelPolicy, PolicySpec};
 
 use self::splice::SpliceDir;
+use crate::limits::Allowance;
 use crate::transport::vision::VisionSwitch;
 use crate::users::{SessionWatch, UserState};
 
@@ -109,15 +110,20 @@ impl<'a> RelayOptions<'a> {
     }
 }
 
-/// Called with the byte count of every chunk read: `(uplink, downlink)`.
+/// Called with the byte count of every chunk read: `(uplink, downlink)`; and asked before
+/// each read how much the session's rate allows.
 pub(crate) trait Meter {
     fn up(&mut self, n: u64);
     fn down(&mut self, n: u64);
     /// The session's user moved to another policy level.
     fn set_policy(&mut self, _policy: &LevelPolicy) {}
-    /// Bytes the session may still read before its user's quota is used up.
-    fn budget(&self) -> u64 {
-        u64::MAX
+    /// The most the uplink may read now, or when it may read again.
+    fn up_allowance(&mut self) -> Allowance {
+        Ok(POLL_BUDGET)
+    }
+    /// The most the downlink may read now, or when it may read again.
+    fn down_allowance(&mut self) -> Allowance {
+        Ok(POLL_BUDGET)
     }
     /// The user's quota is used up: the session ends.
     fn exhausted(&self) -> bool {
@@ -321,20 +327,21 @@ impl Direction for BufDir<'_> {
         self.paused = false;
     }
 
-    /// Moves as much as it can from `r` to `w`, adding the bytes read to `read`.
+    /// Moves as much as it can from `r` to `w`, reading at most `budget` bytes more, adding
+    /// the bytes read to `read`.
     fn poll_move<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
         read: &mut u64,
-        allowed: u64,
+        budget: u64,
     ) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
-        let budget = *read + allowed.min(POLL_BUDGET);
+        let limit = *read + budget;
         let mut progressed = false;
         let done = |progressed: bool| Ok(Moved { progressed, more: false });
         // Set once a read returned Pending, which registered the task to be woken.
@@ -375,7 +382,13 @@ impl Direction for BufDir<'_> {
                 self.flush(cx, w)?;
                 return done(progressed);
             }
-            if *read >= budget {
+            if *read >= limit {
+                if budget == 0 {
+                    // Held to the user's rate: wait for the relay's rate timer, holding no buffer.
+                    self.release();
+                    self.flush(cx, w)?;
+                    return done(progressed);
+                }
                 // Enough for one turn: let the shard's other tasks run, then come back.
                 return Ok(Moved { progressed, more: true });
             }
@@ -397,8 +410,9 @@ impl Direction for BufDir<'_> {
             self.end = held;
             // Fill the buffer from as many reads as are ready, so that the write is one large
             // chunk (a TLS stream hands out one record per read).
-            while self.end < buf.len() && !self.bulk {
-                match Pin::new(&mut *r).poll_read(cx, &mut buf[self.end..]) {
+            while self.end < buf.len() && !self.bulk && *read < limit {
+                let room = (buf.len() - self.end).min((limit - *read) as usize);
+                match Pin::new(&mut *r).poll_read(cx, &mut buf[self.end..self.end + room]) {
                     Poll::Ready(Ok(0)) => {
                         self.eof = true;
                         progressed = true;
@@ -464,15 +478,15 @@ trait Direction {
     }
     /// Reads again (a pause that led nowhere).
     fn unpause(&mut self) {}
-    /// Moves bytes; reads start only while fewer than `allowed` bytes (and the poll budget)
-    /// were read, so a quota is overrun by at most the one buffer a read fills.
+    /// Moves what it can, reading at most `budget` bytes more (0: only writes out what it
+    /// holds, then waits for the caller to come back), adding the bytes read to `read`.
     fn poll_move<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
         read: &mut u64,
-        allowed: u64,
+        budget: u64,
     ) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -481,7 +495,7 @@ trait Direction {
 
 /// Bytes one direction may read in one poll before the relay yields, so that a busy
 /// connection cannot starve the shard's other connections or its control commands.
-const POLL_BUDGET: u64 = 1024 * 1024;
+pub(crate) const POLL_BUDGET: u64 = 1024 * 1024;
 
 /// Relays between `client` and `upstream` until both directions are finished, an error occurs,
 /// a timeout fires or the session's user is closed. With `RelayOptions::splice` the bytes move
@@ -535,6 +549,8 @@ where
     let mut timer = Timer::new(timeouts.idle);
     let mut armed_for = timeouts.idle;
     let mut yield_turn: Option<Timer> = None;
+    // Armed while a direction waits for its user's rate to allow more.
+    let mut rate_wait: Option<Timer> = None;
     let mut paused = false;
     futures_lite::future::poll_fn(|cx| {
         // The client stream is its bare socket now: stop reading, write out what is held,
@@ -549,8 +565,9 @@ where
                 down.unpause();
             }
         }
-        // Woken by the yield timer or by I/O: either way, time to work again.
+        // Woken by the yield timer, the rate timer or by I/O: either way, time to work again.
         yield_turn = None;
+        rate_wait = None;
         if let Some((w, policies)) = watch {
             match w.check(cx.waker()) {
                 UserState::Same => {}
@@ -569,9 +586,18 @@ where
         }
         let mut progressed = false;
         let mut more = false;
+        // The earliest time a direction held to its rate may read again.
+        let mut rate_due: Option<Instant> = None;
+        let mut budget = |allowance: Allowance| match allowance {
+            Ok(n) => n,
+            Err(due) => {
+                rate_due = Some(rate_due.map_or(due, |d| d.min(due)));
+                0
+            }
+        };
         if !up.done() {
             let mut read = 0;
-            let moved = up.poll_move(cx, client, upstream, &mut read, meter.budget());
+            let moved = up.poll_move(cx, client, upstream, &mut read, budget(meter.up_allowance()));
             // Bytes read are counted even when the write that follows fails.
             if read > 0 {
                 meter.up(read);
@@ -582,7 +608,7 @@ where
         }
         if !down.done() {
             let mut read = 0;
-            let moved = down.poll_move(cx, upstream, client, &mut read, meter.budget());
+            let moved = down.poll_move(cx, upstream, client, &mut read, budget(meter.down_allowance()));
             if read > 0 {
                 meter.down(read);
             }
@@ -592,6 +618,14 @@ where
         }
         if meter.exhausted() {
             return Poll::Ready(Ok(RelayEnd::OverQuota));
+        }
+        if let Some(due) = rate_due {
+            let mut wait = Timer::new(due.saturating_duration_since(Instant::now()));
+            if Pin::new(&mut wait).poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            } else {
+                rate_wait = Some(wait);
+            }
         }
         if more {
             // Come back after the reactor's next turn rather than at once: when every busy
@@ -775,6 +809,87 @@ mod tests {
                 assert!(splice::pooled() >= 1, "bulk went through no pipe");
             }
         });
+    }
+
+    /// A meter that holds the downlink to `rate` through a real gate, as a limited session's.
+    struct Limited {
+        gate: shardray_core::limits::RateGate,
+        rate: u64,
+        down: u64,
+    }
+
+    impl Meter for Limited {
+        fn up(&mut self, _: u64) {}
+        fn down(&mut self, n: u64) {
+            self.down += n;
+            self.gate.charge(self.rate, n, shardray_core::limits::now_ns());
+        }
+        fn down_allowance(&mut self) -> Allowance {
+            let now = shardray_core::limits::now_ns();
+            self.gate.allowance(self.rate, now).map_err(shardray_core::limits::instant_at)
+        }
+    }
+
+    /// 3 MiB down through a relay held to 4 MiB/s takes 0.75 s (less the gate's 50 ms burst),
+    /// copied or spliced, and the relay sleeps rather than spins meanwhile.
+    fn held_to_rate(spliced: bool) {
+        const LEN: usize = 3 << 20;
+        LocalExecutor::default().run(async move {
+            let (mut client, mut client_side) = pair().await;
+            let (mut server, mut upstream) = pair().await;
+            let task = glommio::spawn_local(async move {
+                let policy = LevelPolicy::default();
+                let mut options = RelayOptions::new(&policy);
+                if spliced {
+                    options = options.splice(Some(client_side.as_raw_fd()), upstream.as_raw_fd());
+                }
+                let mut meter = Limited { gate: Default::default(), rate: 4 << 20, down: 0 };
+                let end = relay(&mut client_side, &mut upstream, options, &mut meter).await.unwrap();
+                (end, meter.down)
+            });
+            let writer = glommio::spawn_local(async move {
+                server.write_all(&vec![7u8; LEN]).await.unwrap();
+                server.close().await.unwrap();
+                server
+            });
+            let started = Instant::now();
+            let cpu = cpu_time();
+            let mut got = 0;
+            let mut buf = vec![0u8; 64 * 1024];
+            while got < LEN {
+                match client.read(&mut buf).await.unwrap() {
+                    0 => break,
+                    n => got += n,
+                }
+            }
+            let (took, busy) = (started.elapsed(), cpu_time() - cpu);
+            assert_eq!(got, LEN);
+            assert!(took >= Duration::from_millis(650) && took < Duration::from_millis(1100), "took {took:?}");
+            assert!(busy < took / 2, "the relay spun while held back: {busy:?} of CPU in {took:?}");
+            client.close().await.unwrap();
+            drop(writer.await);
+            assert_eq!(task.await, (RelayEnd::Done, LEN as u64));
+            assert_eq!(buffers_out(), 0);
+        });
+    }
+
+    /// CPU time this thread has used.
+    fn cpu_time() -> Duration {
+        // SAFETY: a timespec is plain data; clock_gettime fills it.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: `ts` is a live local of the right type.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    #[test]
+    fn buffered_relay_is_held_to_its_rate_without_spinning() {
+        held_to_rate(false);
+    }
+
+    #[test]
+    fn spliced_relay_is_held_to_its_rate_without_spinning() {
+        held_to_rate(true);
     }
 
     #[test]

@@ -143,6 +143,11 @@ impl<S> VmessStream<S> {
         }
     }
 
+    /// The most one chunk carries: the largest UDP packet a write may hold.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.sealer.max_payload()
+    }
+
     fn preload(&mut self, received: &[u8]) {
         if received.is_empty() {
             return;

@@ -80,6 +80,8 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
     // SAFETY: the descriptor is a listening socket we own and hand over here; the glommio
     // listener closes it when this task ends, after the last use of `fd` below.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let mut refusals = QuietLog::default();
+    let mut failures = QuietLog::default();
     loop {
         let accepted = match if fast { try_accept(fd) } else { Ok(None) } {
             Ok(Some(conn)) => Ok(conn),
@@ -95,6 +97,16 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
         };
         match accepted {
             Ok((stream, peer)) => {
+                let slot = match crate::gate::admit(&ctx.policies().system, &inbound.connections) {
+                    Ok(slot) => slot,
+                    Err(full) => {
+                        // Closed unread: the cheapest answer, and the same a full backlog gives.
+                        drop(stream);
+                        ctx.refusals.add(Refusal::AcceptLimit);
+                        refusals.note(&ctx, format_args!("[{}] {peer} refused: {full}", inbound.tag));
+                        continue;
+                    }
+                };
                 // Boxed once here, so the layers above the relay pass a pointer down instead
                 // of each keeping its own copy of the stream in the session's task.
                 let stream = Box::new(stream);
@@ -102,16 +114,44 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
                 let inbound = inbound.clone();
                 glommio::spawn_local(async move {
                     let _live = LiveGuard::new(&ctx);
+                    let _slot = slot;
                     serve(&ctx, &inbound, stream, peer).await;
                 })
                 .detach();
             }
             Err(e) => {
-                // Out of descriptors or memory: back off briefly instead of spinning.
-                ctx.log.error(LogLevel::Warning, format_args!("[{}] accept failed: {}", inbound.tag, e));
+                // Out of descriptors or memory: back off briefly instead of spinning; live
+                // sessions go on meanwhile.
+                failures.note(&ctx, format_args!("[{}] accept failed: {e}", inbound.tag));
                 glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// A warning that may recur per connection (a refusal, a failing accept) written at most
+/// once a second, with the count of those left unwritten: a flood must not become a flood
+/// of log lines.
+#[derive(Default)]
+struct QuietLog {
+    last: Option<std::time::Instant>,
+    unwritten: u64,
+}
+
+impl QuietLog {
+    fn note(&mut self, ctx: &ShardCtx, what: std::fmt::Arguments<'_>) {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+            self.unwritten += 1;
+            return;
+        }
+        match std::mem::take(&mut self.unwritten) {
+            0 => ctx.log.error(LogLevel::Warning, what),
+            n => {
+                ctx.log.error(LogLevel::Warning, format_args!("{what} (and {n} more like it since the last such line)"))
+            }
+        }
+        self.last = Some(now);
     }
 }
 

@@ -1,7 +1,8 @@
 //! The VMess inbound (AEAD, alterId 0): finds the user whose key made the auth ID, checks the
 //! clock and the replay filter, opens the request header, answers with the response header and
-//! relays the chunked body both ways. Anything else is drained and closed as Xray does (VMess
-//! has no fallbacks); a UDP or mux request is refused at once.
+//! relays the chunked body both ways, or, for a UDP request, carries one datagram per chunk to
+//! and from the request's destination. Anything else is drained and closed as Xray does (VMess
+//! has no fallbacks); a mux request is refused at once.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -15,6 +16,7 @@ use shardray_wire::vmess::{peek_auth_id, Command, ReplayFilter, RequestHeader, R
 use super::{fallback, read_first, ConnInfo, FIRST_READ};
 use crate::ctx::{InboundRt, ShardCtx};
 use crate::outbound::{forward, Session};
+use crate::packet::{serve_packets, ChunkPackets, PacketSession};
 use crate::users::{UserHandle, VmessUsers};
 use crate::vmess::VmessStream;
 
@@ -50,13 +52,27 @@ pub(super) async fn serve<S>(
     .await;
     match outcome {
         Handshake::Accepted { request, user, consumed } => {
-            let dest = request.destination.clone().expect("TCP requests carry a destination");
+            let dest = request.destination.clone().expect("TCP and UDP requests carry a destination");
             let user = user.bind(&ctx.users.borrow());
             let stream = match VmessStream::server(stream, &request, &buf[consumed..len], random_seed()) {
                 Ok(s) => s,
                 Err(_) => return,
             };
             drop(buf);
+            if request.command == Command::Udp {
+                let session = PacketSession {
+                    inbound,
+                    peer: info.peer,
+                    level: user.level,
+                    user: Some(user),
+                    idle_cap: Some(UDP_IDLE),
+                };
+                let max_payload = stream.max_payload();
+                let stream = RefCell::new(Box::new(stream));
+                let input = ChunkPackets { stream: &stream, dest: dest.clone(), max_payload };
+                let output = ChunkPackets { stream: &stream, dest, max_payload };
+                return serve_packets(ctx, session, input, output).await;
+            }
             let session =
                 Session { inbound, peer: info.peer, level: user.level, user: Some(user), dest, client_fd: None };
             // Boxed: the body codecs make this session's state larger than a VLESS one's.
@@ -70,6 +86,9 @@ pub(super) async fn serve<S>(
         }
     }
 }
+
+/// How long a UDP session may idle (Xray's UDP dispatcher gives up on a link after a minute).
+const UDP_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Seconds since the Unix epoch: the clock auth IDs are checked against.
 fn unix_now() -> u64 {
@@ -124,7 +143,7 @@ impl Opening {
                 let (user, _) = self.found.take().expect("found above");
                 match request.command {
                     Command::Tcp => Some(Handshake::Accepted { request, user, consumed }),
-                    Command::Udp => Some(Handshake::Rejected("UDP is not served yet", Refusal::UnsupportedCommand)),
+                    Command::Udp => Some(Handshake::Accepted { request, user, consumed }),
                     Command::Mux => Some(Handshake::Rejected("mux is not served yet", Refusal::UnsupportedCommand)),
                 }
             }
@@ -223,7 +242,9 @@ mod tests {
         let stale = request(&ids[0], Command::Tcp, NOW - 121, 3);
         assert_eq!(outcome(&stale, &users, &replay), Some(Err(Refusal::BadRequest)));
         let udp = request(&ids[0], Command::Udp, NOW, 4);
-        assert_eq!(outcome(&udp, &users, &replay), Some(Err(Refusal::UnsupportedCommand)));
+        assert_eq!(outcome(&udp, &users, &replay), Some(Ok(udp.len())));
+        let mux = request(&ids[1], Command::Mux, NOW, 8);
+        assert_eq!(outcome(&mux, &users, &replay), Some(Err(Refusal::UnsupportedCommand)));
         let mut altered = request(&ids[0], Command::Tcp, NOW, 5);
         let last = altered.len() - 1;
         altered[last] ^= 1;

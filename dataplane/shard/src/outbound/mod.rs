@@ -3,6 +3,7 @@
 //! `forward` is the common tail of every inbound's pipeline: route → outbound → relay, with
 //! the session's counters, timeouts and access-log line.
 
+pub(crate) mod dns;
 pub(crate) mod proxy;
 mod resolve;
 pub(crate) mod shadowsocks;
@@ -30,11 +31,12 @@ use shardray_core::stats::{Refusal, SlotCounters, Traffic};
 use shardray_wire::addr::Destination;
 
 use crate::ctx::{InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
-use crate::relay::{relay, Meter, RelayEnd, RelayOptions};
+use crate::limits::{Allowance, LimitEvent, SessionRates};
+use crate::relay::{relay, Meter, RelayEnd, RelayOptions, POLL_BUDGET};
 use crate::transport::vision::VisionSwitch;
 use crate::users::{SessionWatch, UserHandle};
 
-pub(crate) use resolve::{connect_configured, resolve};
+pub(crate) use resolve::{connect_configured, resolve, resolve_system};
 use trojan::Upstream;
 
 /// How long a dial may take before the session is given up.
@@ -130,6 +132,12 @@ where
         Carry::Exchange(_) => &[],
     };
     let policy = ctx.policy(session.level);
+    // Beyond the user's maxConnections or maxIPs: closed with no reply, as a wrong user is.
+    let admitted = crate::limits::admit(ctx, &session.inbound.tag, session.user.as_ref(), session.peer.ip(), &policy);
+    let Ok(_admitted) = admitted else {
+        let _ = client.close().await;
+        return;
+    };
     // Watch from the start, so a removal during the dial closes the session too.
     let watch = match (&session.user, session.inbound.kind.user_states()) {
         (Some(u), Some(users)) => Some(SessionWatch::new(&ctx.watchers, users, u.clone())),
@@ -256,6 +264,23 @@ where
                 }
             }
         }
+        OutboundProtocol::Dns(spec) => {
+            access(None);
+            let Carry::Relay { early, down_prefix, .. } = how else {
+                // An HTTP proxy's plain request carries no DNS.
+                let _ = client.close().await;
+                return;
+            };
+            let decision = Decision { explicit_dest: original_explicit, ..decision };
+            let forward = dns::forward_target(ctx, &routes, spec, &session.dest, decision, &session, true).await;
+            let mut meter = SessionMeter::new(ctx, &session, outbound, &policy);
+            let served = dns::serve_stream(ctx, client, spec, forward, early, down_prefix, &policy, &mut meter);
+            if let Err(e) = Box::pin(served).await {
+                ctx.log.error(LogLevel::Debug, format_args!("[{tag}] {peer} to {dest}: dns: {e}"));
+            }
+            let _ = client.close().await;
+            return;
+        }
         OutboundProtocol::Trojan(t) => {
             let Some(trojan) = &outbound.trojan else {
                 ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: trojan outbound not ready"));
@@ -307,7 +332,7 @@ where
             };
             let dialed = Box::pin(trojan::dial(&vmess.tls, &vmess.transport, &v.server)).await;
             access(None);
-            match dialed.and_then(|up| vmess.start(up, dest)) {
+            match dialed.and_then(|up| vmess.start(up, dest, shardray_wire::vmess::Command::Tcp)) {
                 Ok(up) => (up, Vec::new()),
                 Err(e) => {
                     let out = &outbound.tag;
@@ -489,7 +514,7 @@ pub(crate) async fn route(ctx: &ShardCtx, routes: &Routes, input: &mut RouteInpu
             return d;
         }
     }
-    if let Ok(addrs) = resolve(input.dest, input.port, Default::default()).await {
+    if let Ok(addrs) = resolve(ctx, input.dest, input.port, shardray_core::spec::DomainStrategy::UseIp).await {
         input.resolved = addrs.first().map(|a| a.ip());
     }
     routes.router.route(input)
@@ -527,7 +552,7 @@ async fn dial(
         (None, Some(ip)) if strategy == Default::default() => {
             vec![SocketAddr::new(ip, target.port)]
         }
-        (None, _) => resolve(&target.addr, target.port, strategy).await.map_err(DialError::Io)?,
+        (None, _) => resolve(ctx, &target.addr, target.port, strategy).await.map_err(DialError::Io)?,
     };
     let mut last_err = DialError::Io(io::Error::new(io::ErrorKind::NotFound, "no address"));
     for addr in addrs {
@@ -588,8 +613,14 @@ pub(crate) fn check_destination(
     Err(Refusal::PrivateDestination)
 }
 
-/// Counts a session's bytes into the counters its policy enables.
+/// Counts a session's bytes into the counters its policy enables, and holds them to its
+/// user's rates.
 pub(crate) struct SessionMeter<'a> {
+    ctx: &'a ShardCtx,
+    rates: SessionRates,
+    /// For a rate-limit notice: the inbound and the client.
+    inbound_tag: &'a str,
+    peer: std::net::IpAddr,
     stats_on: bool,
     /// The user's slot and the slot's generation when the session started.
     pub(crate) user: Option<(u32, u32)>,
@@ -604,6 +635,8 @@ pub(crate) struct SessionMeter<'a> {
     outbound_down: bool,
     /// The user's quota cell: counted into whatever the stats policy says.
     quota: Option<Arc<QuotaCell>>,
+    /// The level's `bufferSize`: what a poll reads at most near the quota.
+    buffer_size: u64,
 }
 
 impl<'a> SessionMeter<'a> {
@@ -615,9 +648,14 @@ impl<'a> SessionMeter<'a> {
     ) -> Self {
         let on = ctx.config.stats_enabled;
         let system = ctx.policies().system;
+        let user = session.user.as_ref().filter(|u| u.email.is_some()).map(|u| (u.slot, u.slot_generation));
         SessionMeter {
+            ctx,
+            rates: SessionRates::new(user, policy),
+            inbound_tag: &session.inbound.tag,
+            peer: session.peer.ip(),
             stats_on: on,
-            user: session.user.as_ref().filter(|u| u.email.is_some()).map(|u| (u.slot, u.slot_generation)),
+            user,
             slots: &ctx.users,
             user_up: on && policy.stats_user_uplink,
             user_down: on && policy.stats_user_downlink,
@@ -628,7 +666,32 @@ impl<'a> SessionMeter<'a> {
             outbound_up: on && system.stats_outbound_uplink,
             outbound_down: on && system.stats_outbound_downlink,
             quota: session.user.as_ref().and_then(|u| u.quota.clone()),
+            buffer_size: policy.buffer_size.max(1) as u64,
         }
+    }
+}
+
+impl SessionMeter<'_> {
+    /// What the user's quota lets one poll read (`u64::MAX` without a quota).
+    #[inline]
+    fn quota_allowance(&self) -> u64 {
+        match self.quota.as_ref().map(|q| q.remaining()) {
+            None => u64::MAX,
+            // Far from the quota: full speed. Every shard reads at most a poll's budget before
+            // it charges (1 MiB), so 32 shards together cannot cross it.
+            Some(left) if left > NEAR_QUOTA => u64::MAX,
+            // Near it: one buffer a poll, charged before the next, so that the shards together
+            // overrun by at most one buffer each.
+            Some(left) => left.min(self.buffer_size),
+        }
+    }
+
+    /// Tells that the session's user is held to its rate.
+    #[cold]
+    fn rate_limited(&self) {
+        let slots = self.ctx.users.borrow();
+        let email = self.user.and_then(|(slot, _)| slots.email(slot)).map_or("", |e| &**e);
+        crate::limits::notice(self.ctx, self.inbound_tag, email, self.peer, LimitEvent::RateLimited);
     }
 }
 
@@ -636,18 +699,26 @@ impl Meter for SessionMeter<'_> {
     fn set_policy(&mut self, policy: &LevelPolicy) {
         self.user_up = self.stats_on && policy.stats_user_uplink;
         self.user_down = self.stats_on && policy.stats_user_downlink;
+        self.rates.set_policy(policy);
+        self.buffer_size = policy.buffer_size.max(1) as u64;
     }
 
-    fn budget(&self) -> u64 {
-        match self.quota.as_ref().map(|q| q.remaining()) {
-            // Far from the quota: full speed. Every shard reads at most a poll's budget and a
-            // pipe (about 2 MiB) before it charges, so 32 shards together cannot cross it.
-            None => u64::MAX,
-            Some(left) if left > NEAR_QUOTA => u64::MAX,
-            // Near it: one buffer a poll, charged before the next, so that the shards together
-            // overrun by at most one buffer each.
-            Some(left) => left.min(1),
-        }
+    #[inline]
+    fn up_allowance(&mut self) -> Allowance {
+        let rate = match self.rates.up_limited() {
+            false => Ok(POLL_BUDGET),
+            true => self.rates.up_allowance(),
+        };
+        rate.map(|n| n.min(self.quota_allowance()))
+    }
+
+    #[inline]
+    fn down_allowance(&mut self) -> Allowance {
+        let rate = match self.rates.down_limited() {
+            false => Ok(POLL_BUDGET),
+            true => self.rates.down_allowance(),
+        };
+        rate.map(|n| n.min(self.quota_allowance()))
     }
 
     fn exhausted(&self) -> bool {
@@ -657,6 +728,9 @@ impl Meter for SessionMeter<'_> {
     fn up(&mut self, n: u64) {
         if let Some(q) = &self.quota {
             q.charge_up(n);
+        }
+        if self.rates.up_limited() && self.rates.charge_up(n) {
+            self.rate_limited();
         }
         if let (Some((slot, generation)), true) = (self.user, self.user_up) {
             if let Some(t) = self.slots.borrow().traffic_for(slot, generation) {
@@ -674,6 +748,9 @@ impl Meter for SessionMeter<'_> {
     fn down(&mut self, n: u64) {
         if let Some(q) = &self.quota {
             q.charge_down(n);
+        }
+        if self.rates.down_limited() && self.rates.charge_down(n) {
+            self.rate_limited();
         }
         if let (Some((slot, generation)), true) = (self.user, self.user_down) {
             if let Some(t) = self.slots.borrow().traffic_for(slot, generation) {

@@ -38,7 +38,7 @@ impl VmessClient {
     }
 
     /// Starts a VMess TCP request to `dest` over `server`, the dialed stream.
-    pub(crate) fn start(&self, server: Upstream, dest: &Destination) -> io::Result<Upstream> {
+    pub(crate) fn start(&self, server: Upstream, dest: &Destination, command: Command) -> io::Result<Upstream> {
         let mut random = [0u8; 16 + 16 + 1 + 4 + 8 + 1 + 15 + 32];
         fill_random(&mut random);
         let take = |at: usize, n: usize| &random[at..at + n];
@@ -48,7 +48,7 @@ impl VmessClient {
             response_auth: random[32],
             options: self.options,
             security: self.security,
-            command: Command::Tcp,
+            command,
             destination: Some(dest.clone()),
         };
         let seal = SealRandom {

@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
-use super::{half_close, BufDir, Direction, Moved, POLL_BUDGET};
+use super::{half_close, BufDir, Direction, Moved};
 
 /// Bytes a direction copies before it turns to splice(2) even if no read filled its buffer.
 const COPY_LIMIT: u64 = 256 * 1024;
@@ -203,8 +203,6 @@ pub(super) struct SpliceDir<'a> {
     from: RawFd,
     to: RawFd,
     capacity: usize,
-    /// The policy's `bufferSize`: what one fill moves at most when a quota is near.
-    buffer_size: usize,
     /// Moves the first bytes, the prefix with them; `None` once the direction splices.
     copy: Option<BufDir<'a>>,
     /// Held only while `queued > 0` (and briefly while filling).
@@ -225,7 +223,6 @@ impl<'a> SpliceDir<'a> {
             from,
             to,
             capacity: pipe_capacity(buffer_size),
-            buffer_size: buffer_size.max(1),
             copy: Some(BufDir::until_bulk(buffer_size, prefix, COPY_LIMIT)),
             pipe: None,
             queued: 0,
@@ -252,17 +249,17 @@ impl Direction for SpliceDir<'_> {
         r: &mut R,
         w: &mut W,
         read: &mut u64,
-        allowed: u64,
+        budget: u64,
     ) -> io::Result<Moved>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
-        let budget = *read + allowed.min(POLL_BUDGET);
+        let limit = *read + budget;
         let mut progressed = false;
         let done = |progressed: bool| Ok(Moved { progressed, more: false });
         if let Some(copy) = self.copy.as_mut() {
-            let moved = copy.poll_move(cx, r, w, read, allowed)?;
+            let moved = copy.poll_move(cx, r, w, read, budget)?;
             if !copy.ready_to_hand_over() {
                 return Ok(moved);
             }
@@ -304,7 +301,12 @@ impl Direction for SpliceDir<'_> {
                 }
                 continue;
             }
-            if *read >= budget {
+            if *read >= limit {
+                if budget == 0 {
+                    // Held to the user's rate: wait for the relay's rate timer, holding no pipe.
+                    self.release();
+                    return done(progressed);
+                }
                 // Enough for one turn: let the shard's other tasks run, then come back.
                 return Ok(Moved { progressed, more: true });
             }
@@ -318,9 +320,9 @@ impl Direction for SpliceDir<'_> {
                 self.pipe = Some(take_pipe(self.capacity)?);
             }
             let pipe = self.pipe.as_ref().expect("just taken");
-            // Near a quota (`allowed` small) a fill is one buffer, not a whole pipe.
-            let fill = pipe.capacity.min(usize::try_from(allowed).unwrap_or(usize::MAX).max(self.buffer_size));
-            match splice(self.from, pipe.w.as_raw_fd(), fill) {
+            // No more than the budget: a user held to its rate moves in small steps.
+            let room = pipe.capacity.min((limit - *read) as usize);
+            match splice(self.from, pipe.w.as_raw_fd(), room) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     self.queued = n;
@@ -338,7 +340,9 @@ impl Direction for SpliceDir<'_> {
                             self.queued = 1;
                             *read += 1;
                             // Whatever came with it joins it, so it does not leave alone.
-                            match splice(self.from, pipe.w.as_raw_fd(), fill.saturating_sub(1)) {
+                            match splice(self.from, pipe.w.as_raw_fd(), room - 1) {
+                                // Nothing asked for (the budget allowed one byte): not the end.
+                                Ok(0) if room == 1 => {}
                                 Ok(0) => self.eof = true,
                                 Ok(n) => {
                                     self.queued += n;

@@ -1,0 +1,509 @@
+//! Level limits through the real binary with two shards: `uplinkRate` and `downlinkRate` hold
+//! for a user's sessions together, whichever shard serves each; an unlimited user beside it
+//! goes at full speed; a level change slows a live transfer without a reconnect;
+//! `maxConnections` and `maxIPs` refuse the excess on both shards together, with no reply.
+//! VLESS carries most of it; Trojan shows that the limits do not depend on the protocol.
+//!
+//! Rates are measured where the bytes arrive (the upstream sink for uplink, the client for
+//! downlink), so kernel buffers in between do not count as moved.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use shardray_tests::api::{ApiClient, SetUserLevelOperation};
+use shardray_tests::metrics::http_get;
+use shardray_tests::servers::EchoServer;
+use shardray_tests::{trojan, trojan_config, vless, vless_config, wait_until, Shardray, ALICE, ALICE_PASSWORD};
+use socket2::{Domain, Socket, Type};
+
+const MIB: f64 = 1024.0 * 1024.0;
+const BOB: &str = "4c6f0a64-2d0b-4a4a-9a39-4d2b4f0bb0a2";
+
+/// A TCP server on loopback that counts every byte it reads (`Sink`) or writes bytes to
+/// every connection as fast as it can (`Source`), until dropped.
+struct Server {
+    addr: SocketAddr,
+    bytes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    fn sink() -> Server {
+        Server::start(false)
+    }
+
+    fn source() -> Server {
+        Server::start(true)
+    }
+
+    fn start(source: bool) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, st) = (bytes.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                if st.load(Relaxed) {
+                    return;
+                }
+                let (b, st) = (b.clone(), st.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while !st.load(Relaxed) {
+                        let n = if source { conn.write(&buf) } else { conn.read(&mut buf) };
+                        match n {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                b.fetch_add(n as u64, Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Server { addr, bytes, stop }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// One client session that moves bytes one way until told to stop: uploading to a sink, or
+/// downloading from a source (counting what arrives).
+struct Transfer {
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    stop: Arc<AtomicBool>,
+    /// Bytes that arrived at the client (downloads).
+    received: Arc<AtomicU64>,
+}
+
+impl Transfer {
+    /// A session on `stream`, whose protocol header `header` is sent first; uploads if `up`.
+    fn start(mut stream: TcpStream, header: Vec<u8>, up: bool) -> Transfer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
+        let (st, r) = (stop.clone(), received.clone());
+        let thread = std::thread::spawn(move || {
+            stream.set_write_timeout(Some(Duration::from_secs(20)))?;
+            stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+            stream.write_all(&header)?;
+            let mut buf = vec![0x5au8; 64 * 1024];
+            while !st.load(Relaxed) {
+                if up {
+                    stream.write_all(&buf)?;
+                } else {
+                    match stream.read(&mut buf)? {
+                        0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        n => r.fetch_add(n as u64, Relaxed),
+                    };
+                }
+            }
+            let _ = stream.shutdown(Shutdown::Both);
+            Ok(())
+        });
+        Transfer { thread: Some(thread), stop, received }
+    }
+
+    /// Stops the session; panics if it failed (the proxy closed it, say).
+    fn finish(mut self) {
+        self.stop.store(true, Relaxed);
+        let ended = self.thread.take().unwrap().join().unwrap();
+        if let Err(e) = ended {
+            // A stopped upload blocked in a write fails when the peer resets: only a failure
+            // before the stop counts, and a download fails only by end of stream.
+            assert!(e.kind() != std::io::ErrorKind::UnexpectedEof, "the session ended early: {e}");
+        }
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+    }
+}
+
+/// Bytes per second that `counter` grows by over `window`.
+fn rate_over(window: Duration, counter: impl Fn() -> u64) -> f64 {
+    let (c0, t0) = (counter(), Instant::now());
+    std::thread::sleep(window);
+    let (c1, t1) = (counter(), Instant::now());
+    (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+}
+
+/// Live sessions on each shard, from `/metrics`.
+fn shard_sessions(server: &Shardray) -> Vec<u64> {
+    let (_, text) = http_get(server.metrics.expect("metrics address"), "/metrics").unwrap();
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("shardray_shard_sessions{")) {
+        let shard: usize = line.split('"').nth(1).unwrap().parse().unwrap();
+        let value: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        out.resize(out.len().max(shard + 1), 0);
+        out[shard] = value;
+    }
+    out
+}
+
+/// Opens `n` connections to `proxy` such that both shards hold some, counting on none else
+/// being live (the kernel spreads connections by their ports: one landing where it would
+/// leave a shard empty is dropped and another made).
+fn connections_on_both_shards(server: &Shardray, proxy: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut conns: Vec<TcpStream> = Vec::new();
+    for attempt in 0..64 {
+        let s = vless::connect(proxy).unwrap();
+        let k = conns.len() + 1;
+        assert!(
+            wait_until(Duration::from_secs(5), || shard_sessions(server).iter().sum::<u64>() == k as u64),
+            "sessions: {:?}",
+            shard_sessions(server)
+        );
+        let spread = shard_sessions(server);
+        let empty = spread.iter().filter(|&&c| c == 0).count();
+        // With `k` of `n` placed, each empty shard needs one of the rest.
+        if empty > n - k {
+            drop(s);
+            assert!(wait_until(Duration::from_secs(5), || shard_sessions(server).iter().sum::<u64>() == k as u64 - 1));
+            assert!(attempt < 63, "the kernel put every connection on one shard");
+            continue;
+        }
+        conns.push(s);
+        if conns.len() == n {
+            break;
+        }
+    }
+    assert_eq!(shard_sessions(server).len(), 2);
+    conns
+}
+
+/// A VLESS server with two shards, metrics and the API: Alice at level 1, Bob at level 0
+/// (unlimited), and `levels` merged into the policy.
+fn server(levels: Value, proxy_config: fn(Value, Value) -> Value, clients: Value) -> (Shardray, ApiClient) {
+    let mut config = proxy_config(clients, json!({}));
+    for (level, keys) in levels.as_object().unwrap() {
+        config["policy"]["levels"][level] = keys.clone();
+    }
+    config["api"] = shardray_tests::loopback_api(&["HandlerService", "StatsService"]);
+    config["metrics"] = json!({ "listen": "127.0.0.1:0" });
+    // Held-back notices and refusals are logged at info.
+    config["log"]["loglevel"] = "info".into();
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    (server, api)
+}
+
+fn vless_users() -> Value {
+    json!([
+        { "id": ALICE, "email": "alice@example.com", "level": 1 },
+        { "id": BOB, "email": "bob@example.com", "level": 0 }
+    ])
+}
+
+/// Asserts `rate` is `expected` MiB/s within `tolerance` (a fraction).
+fn assert_rate(what: &str, rate: f64, expected: f64, tolerance: f64) {
+    let mib = rate / MIB;
+    eprintln!("{what}: {mib:.3} MiB/s (expected {expected} ± {:.0}%)", tolerance * 100.0);
+    assert!((mib - expected).abs() <= expected * tolerance, "{what}: {mib:.3} MiB/s, expected {expected} MiB/s");
+}
+
+/// Four uploads (or downloads) of Alice's at once, spread over both shards, through VLESS.
+fn four_transfers(server: &Shardray, target: SocketAddr, up: bool) -> Vec<Transfer> {
+    let proxy = server.inbound("vless-in");
+    connections_on_both_shards(server, proxy, 4)
+        .into_iter()
+        .map(|s| Transfer::start(s, vless::request(ALICE, target), up))
+        .collect()
+}
+
+#[test]
+fn uplink_rate_holds_for_the_user_across_four_connections_on_both_shards() {
+    let (server, _api) = server(json!({ "1": { "uplinkRate": "1MiB" } }), vless_config, vless_users());
+    let sink = Server::sink();
+    let transfers = four_transfers(&server, sink.addr, true);
+    std::thread::sleep(Duration::from_secs(1));
+    let rate = rate_over(Duration::from_secs(5), || sink.bytes.load(Relaxed));
+    assert_rate("uplink of 4 connections on 2 shards", rate, 1.0, 0.10);
+    assert_eq!(shard_sessions(&server).iter().filter(|&&n| n > 0).count(), 2, "both shards carried the transfer");
+    transfers.into_iter().for_each(Transfer::finish);
+    let out = server.output();
+    assert!(out.contains("user alice@example.com: rate_limited"), "no rate-limit notice in the log:\n{out}");
+}
+
+#[test]
+fn downlink_rate_holds_for_the_user_across_four_connections_on_both_shards() {
+    let (server, _api) = server(json!({ "1": { "downlinkRate": 1048576 } }), vless_config, vless_users());
+    let source = Server::source();
+    let transfers = four_transfers(&server, source.addr, false);
+    std::thread::sleep(Duration::from_secs(1));
+    let received = || transfers.iter().map(|t| t.received.load(Relaxed)).sum::<u64>();
+    let rate = rate_over(Duration::from_secs(5), received);
+    assert_rate("downlink of 4 connections on 2 shards", rate, 1.0, 0.10);
+    assert_eq!(shard_sessions(&server).iter().filter(|&&n| n > 0).count(), 2, "both shards carried the transfer");
+    // Every connection got a share.
+    for t in &transfers {
+        assert!(t.received.load(Relaxed) > 256 * 1024, "a starved connection: {}", t.received.load(Relaxed));
+    }
+    transfers.into_iter().for_each(Transfer::finish);
+}
+
+#[test]
+fn an_unlimited_user_beside_a_limited_one_is_not_slowed() {
+    let (server, _api) =
+        server(json!({ "1": { "uplinkRate": "1MiB", "downlinkRate": "1MiB" } }), vless_config, vless_users());
+    let proxy = server.inbound("vless-in");
+    let sink = Server::sink();
+    let bob_rate = || {
+        let bob = Transfer::start(vless::connect(proxy).unwrap(), vless::request(BOB, sink.addr), true);
+        std::thread::sleep(Duration::from_millis(300));
+        let rate = rate_over(Duration::from_millis(1500), || sink.bytes.load(Relaxed));
+        bob.finish();
+        rate
+    };
+    let alone = bob_rate();
+    let alice: Vec<Transfer> = (0..2)
+        .map(|_| Transfer::start(vless::connect(proxy).unwrap(), vless::request(ALICE, sink.addr), true))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let beside = bob_rate() - MIB;
+    alice.into_iter().for_each(Transfer::finish);
+    let alone_again = bob_rate();
+    let alone = (alone + alone_again) / 2.0;
+    eprintln!("Bob alone {:.0} MiB/s, beside Alice {:.0} MiB/s", alone / MIB, beside / MIB);
+    assert!(alone > 20.0 * MIB, "Bob is slow even alone: {:.1} MiB/s", alone / MIB);
+    // Generous: the machine is shared; the point is that Bob is not held to Alice's rate.
+    assert!(beside > 0.5 * alone, "Bob beside Alice: {:.1} MiB/s, alone {:.1}", beside / MIB, alone / MIB);
+}
+
+#[test]
+fn a_level_change_slows_a_live_download_within_a_second() {
+    let levels = json!({ "1": { "downlinkRate": "4MiB" }, "2": { "downlinkRate": "1MiB" } });
+    let (server, api) = server(levels, vless_config, vless_users());
+    let source = Server::source();
+    let download =
+        Transfer::start(vless::connect(server.inbound("vless-in")).unwrap(), vless::request(ALICE, source.addr), false);
+    let received = || download.received.load(Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_rate("at level 1", rate_over(Duration::from_secs(2), received), 4.0, 0.10);
+    let op = SetUserLevelOperation { email: "alice@example.com".into(), level: 2 };
+    api.ours("vless-in", "SetUserLevelOperation", &op).unwrap();
+    // Within a second of the change the same connection runs at the new rate.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_rate("after the move to level 2", rate_over(Duration::from_secs(3), received), 1.0, 0.10);
+    download.finish();
+}
+
+/// A VLESS session to the echo server from `src`, checked with one round trip.
+fn session_from(src: [u8; 4], proxy: SocketAddr, user: &str, echo: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((src, 0)).into())?;
+    socket.connect_timeout(&proxy.into(), Duration::from_secs(5))?;
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut first = vless::request(user, echo);
+    first.extend_from_slice(b"ping");
+    s.write_all(&first)?;
+    let mut back = [0u8; 6];
+    s.read_exact(&mut back)?;
+    assert_eq!(&back, b"\0\0ping");
+    Ok(s)
+}
+
+/// Whether a session from `src` is refused: the proxy closes it without a byte of reply.
+fn refused_from(src: [u8; 4], proxy: SocketAddr, user: &str, echo: SocketAddr) -> bool {
+    match session_from(src, proxy, user, echo) {
+        Ok(_) => false,
+        Err(e) => {
+            assert!(
+                matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset),
+                "a refusal that is not a silent close: {e}"
+            );
+            true
+        }
+    }
+}
+
+/// Waits until the API counts `n` refusals named `name`.
+fn refusals_reach(api: &ApiClient, name: &str, n: i64) -> bool {
+    wait_until(Duration::from_secs(5), || api.get(&format!("refused>>>{name}"), false).ok() == Some(n))
+}
+
+#[test]
+fn max_connections_holds_across_both_shards() {
+    let (server, api) = server(json!({ "1": { "maxConnections": 2 } }), vless_config, vless_users());
+    let proxy = server.inbound("vless-in");
+    let echo = EchoServer::start();
+    // Two live sessions, one on each shard.
+    let mut live: Vec<TcpStream> = connections_on_both_shards(&server, proxy, 2);
+    for s in &mut live {
+        let mut first = vless::request(ALICE, echo.addr());
+        first.extend_from_slice(b"ping");
+        s.write_all(&first).unwrap();
+        let mut back = [0u8; 6];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"\0\0ping");
+    }
+    // A third, whichever shard takes it, gets no reply; several tries land on both shards.
+    for _ in 0..6 {
+        assert!(refused_from([127, 0, 0, 1], proxy, ALICE, echo.addr()), "a third session was let in");
+    }
+    assert!(refusals_reach(&api, "connection_limit", 6), "{:?}", api.get("refused>>>connection_limit", false));
+    // Bob is not limited.
+    let _bob: Vec<TcpStream> = (0..4).map(|_| session_from([127, 0, 0, 1], proxy, BOB, echo.addr()).unwrap()).collect();
+    // One closed lets one more in.
+    drop(live.pop());
+    assert!(wait_until(Duration::from_secs(5), || session_from([127, 0, 0, 1], proxy, ALICE, echo.addr())
+        .map(|s| live.push(s))
+        .is_ok()));
+    assert!(refused_from([127, 0, 0, 1], proxy, ALICE, echo.addr()));
+    let out = server.output();
+    assert!(out.contains("user alice@example.com: connection_limit"), "no refusal in the log:\n{out}");
+}
+
+#[test]
+fn max_ips_refuses_a_second_address_while_the_first_is_connected() {
+    let (server, api) = server(json!({ "1": { "maxIPs": 1 } }), vless_config, vless_users());
+    let proxy = server.inbound("vless-in");
+    let echo = EchoServer::start();
+    // Several sessions from one address are fine (over both shards, most likely).
+    let first: Vec<TcpStream> =
+        (0..4).map(|_| session_from([127, 0, 0, 1], proxy, ALICE, echo.addr()).unwrap()).collect();
+    for _ in 0..4 {
+        assert!(refused_from([127, 0, 0, 2], proxy, ALICE, echo.addr()), "a second address was let in");
+    }
+    assert!(refusals_reach(&api, "ip_limit", 4));
+    // Once the first address has left, the second may come.
+    drop(first);
+    assert!(wait_until(Duration::from_secs(5), || session_from([127, 0, 0, 2], proxy, ALICE, echo.addr()).is_ok()));
+    let _second = session_from([127, 0, 0, 2], proxy, ALICE, echo.addr()).unwrap();
+    assert!(refused_from([127, 0, 0, 1], proxy, ALICE, echo.addr()));
+    assert!(server.output().contains("user alice@example.com: ip_limit"));
+}
+
+#[test]
+fn trojan_sessions_are_held_to_the_same_limits() {
+    let clients = json!([{ "password": ALICE_PASSWORD, "email": "alice@example.com", "level": 1 }]);
+    let (server, api) =
+        server(json!({ "1": { "downlinkRate": "8Mbps", "maxConnections": 2 } }), trojan_config, clients);
+    let proxy = server.inbound("trojan-in");
+    let source = Server::source();
+    let downloads: Vec<Transfer> = (0..2)
+        .map(|_| Transfer::start(vless::connect(proxy).unwrap(), trojan::request(ALICE_PASSWORD, source.addr), false))
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let received = || downloads.iter().map(|t| t.received.load(Relaxed)).sum::<u64>();
+    // 8 Mbit/s is 10⁶ bytes per second.
+    assert_rate("trojan downlink at 8Mbps", rate_over(Duration::from_secs(4), received), 1e6 / MIB, 0.10);
+    // A third session gets no reply.
+    let mut third = vless::connect(proxy).unwrap();
+    third.write_all(&trojan::request(ALICE_PASSWORD, source.addr)).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)), "a third trojan session was let in");
+    assert!(refusals_reach(&api, "connection_limit", 1));
+    downloads.into_iter().for_each(Transfer::finish);
+}
+
+#[test]
+fn a_bad_rate_is_refused_at_load_naming_its_path() {
+    let mut config = vless_config(vless_users(), json!({}));
+    config["policy"]["levels"]["1"] = json!({ "uplinkRate": "fast" });
+    let out = Shardray::try_start(&config, 1).err().expect("a config with a bad rate started");
+    assert!(out.contains("policy.levels.1.uplinkRate"), "{out}");
+    config["policy"]["levels"]["1"] = json!({ "downlinkRate": -5 });
+    let out = Shardray::try_start(&config, 1).err().expect("a config with a negative rate started");
+    assert!(out.contains("policy.levels.1.downlinkRate"), "{out}");
+}
+
+/// The README's Level limits example, as written (its port made free), starts with two shards.
+#[test]
+fn the_readme_example_starts() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme.split("### Level limits").nth(1).expect("the README's Level limits section");
+    let block = section.split("```json").nth(1).unwrap().split("```").next().unwrap();
+    let config: Value = serde_json::from_str(&block.replace("10086", "0")).unwrap();
+    let server = Shardray::start(&config, 2);
+    assert!(server.inbounds.contains_key("vless-in"));
+}
+
+#[test]
+fn udp_over_vless_is_held_to_the_uplink_rate() {
+    let (server, _api) = server(json!({ "1": { "uplinkRate": "1MiB" } }), vless_config, vless_users());
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let bytes = Arc::new(AtomicU64::new(0));
+    {
+        let bytes = bytes.clone();
+        sink.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            loop {
+                if let Ok(n) = sink.recv(&mut buf) {
+                    bytes.fetch_add(n as u64, Relaxed);
+                }
+            }
+        });
+    }
+    let session = shardray_tests::udp::VlessUdp::open(server.inbound("vless-in"), ALICE, sink_addr, &[]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (stop, mut stream) = (stop.clone(), session.stream.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let packet = [0x33u8; 1200];
+            let mut framed = Vec::new();
+            for _ in 0..32 {
+                framed.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+                framed.extend_from_slice(&packet);
+            }
+            while !stop.load(Relaxed) {
+                if stream.write_all(&framed).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    assert_rate("VLESS UDP uplink", rate_over(Duration::from_secs(4), || bytes.load(Relaxed)), 1.0, 0.10);
+    stop.store(true, Relaxed);
+    let _ = session.stream.shutdown(Shutdown::Both);
+    sender.join().unwrap();
+}
+
+#[test]
+fn a_reload_that_changes_a_levels_rate_holds_new_sessions_to_it() {
+    let mut config = vless_config(vless_users(), json!({}));
+    config["policy"]["levels"]["1"] = json!({ "downlinkRate": "4MiB" });
+    // A port chosen up front, so the reread file names the same listener.
+    config["inbounds"][0]["port"] = json!(shardray_tests::fixed_port());
+    let server = Shardray::start(&config, 2);
+    let proxy = server.inbound("vless-in");
+    let source = Server::source();
+    let download = || Transfer::start(vless::connect(proxy).unwrap(), vless::request(ALICE, source.addr), false);
+    let rate_of = |t: &Transfer| {
+        std::thread::sleep(Duration::from_millis(500));
+        rate_over(Duration::from_secs(2), || t.received.load(Relaxed))
+    };
+    let before = download();
+    assert_rate("before the reload", rate_of(&before), 4.0, 0.10);
+    before.finish();
+
+    config["policy"]["levels"]["1"] = json!({ "downlinkRate": "1MiB" });
+    std::fs::write(server.dir.path().join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    assert!(
+        wait_until(Duration::from_secs(10), || server.output().contains("(SIGHUP): config reloaded: policy replaced")),
+        "{}",
+        server.output()
+    );
+    let after = download();
+    assert_rate("after the reload", rate_of(&after), 1.0, 0.10);
+    after.finish();
+}
