@@ -356,3 +356,20 @@ fn a_udp_session_ends_at_its_quota_within_a_datagram() {
     let used = quotas(&api, "vless-in")[0].used_bytes;
     assert!((100_000..=101_000).contains(&used), "used {used}");
 }
+
+#[test]
+fn a_level_limit_refusal_reaches_the_events_stream() {
+    let echo = EchoServer::start();
+    let mut config = config(json!({}));
+    config["policy"]["levels"]["0"]["maxConnections"] = json!(1);
+    let server = Shardray::start(&config, 2);
+    let events = subscribe(server.api.unwrap());
+    let proxy = server.inbound("vless-in");
+    let _first = vless::open_session(proxy, ALICE, echo.addr());
+    assert!(vless::round_trip(proxy, ALICE, echo.addr(), b"x").unwrap_or_default().is_empty(), "over the limit");
+    let e = next_event(&events, Duration::from_secs(3));
+    assert_eq!(
+        (e.kind.as_str(), e.email.as_str(), e.inbound.as_str()),
+        ("connection_limit", "alice@example.com", "vless-in")
+    );
+}
