@@ -20,7 +20,12 @@ const BASE: u128 = 100_000;
 const BATCH: u128 = 1_000;
 
 fn user(n: u128) -> UserSpec {
-    UserSpec { account: Account::Vless(id(n), Default::default()), email: format!("u{n}@example.com"), level: 0 }
+    UserSpec {
+        account: Account::Vless(id(n), Default::default()),
+        email: format!("u{n}@example.com"),
+        level: 0,
+        quota: Default::default(),
+    }
 }
 
 fn id(n: u128) -> Uuid {

@@ -18,6 +18,8 @@ use std::time::Duration;
 use prost::Message;
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
+use shardray_proto::shardray::app::events::command as events_pb;
+use shardray_proto::shardray::app::events::command::events_service_client::EventsServiceClient;
 use shardray_proto::shardray::app::proxyman::command as ours;
 use shardray_proto::shardray::app::reload::command as reload_pb;
 use shardray_proto::shardray::app::reload::command::reload_service_client::ReloadServiceClient;
@@ -454,6 +456,36 @@ pub enum ApiCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Ours: set a user's quota and expiry (AlterInbound with SetUserQuotaOperation); what is
+    /// not given stays as it is, and 0 clears it. A raised quota or a later expiry resumes a
+    /// suspended user at once.
+    #[command(name = "setquota")]
+    SetQuota {
+        #[command(flatten)]
+        conn: Conn,
+        /// The inbound's tag.
+        #[arg(long)]
+        tag: String,
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+        /// Bytes, uplink plus downlink: `50GiB`, `2.5GB`, `10MiB`, `1048576`; 0 clears it.
+        #[arg(long)]
+        quota: Option<String>,
+        /// An RFC 3339 time (`2027-01-01T00:00:00Z`) or unix seconds; 0 clears it.
+        #[arg(long)]
+        expiry: Option<String>,
+    },
+    /// Ours: print user events (suspended, resumed, rate_limited, connection_limit, ip_limit)
+    /// as they happen, one JSON object a line (EventsService.Subscribe).
+    #[command(name = "events")]
+    Events {
+        #[command(flatten)]
+        conn: Conn,
+        /// Stop after this many events (0: run until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
 }
 
 impl ApiCommand {
@@ -485,6 +517,8 @@ impl ApiCommand {
             | ApiCommand::AddUsers { conn, .. }
             | ApiCommand::RmUsers { conn, .. }
             | ApiCommand::Delta { conn, .. }
+            | ApiCommand::SetQuota { conn, .. }
+            | ApiCommand::Events { conn, .. }
             | ApiCommand::Reload { conn } => conn,
         }
     }
@@ -614,6 +648,8 @@ pub fn run(args: ApiArgs) -> ExitCode {
         }
     };
     match runtime.block_on(execute(args.command)) {
+        // A stream printed as it went.
+        Ok((Value::Null, status)) => ExitCode::from(status),
         Ok((doc, status)) => {
             match serde_json::to_string_pretty(&doc) {
                 Ok(text) => println!("{text}"),
@@ -801,6 +837,13 @@ impl Api {
         self.call(self.handler().alter_inbound(request)).await.map(|_| ())
     }
 
+    /// Each user's quota, use and expiry in inbound `tag` (EventsService.GetUserQuotas).
+    async fn quotas(&self, tag: &str) -> Result<Vec<events_pb::UserQuota>, Status> {
+        let request = self.request(events_pb::GetUserQuotasRequest { tag: tag.to_owned() });
+        let mut client = EventsServiceClient::new(self.channel.clone());
+        self.call(client.get_user_quotas(request)).await.map(|r| r.users)
+    }
+
     /// AlterInbound with one of our own operations, by its message name.
     async fn alter_ours(&self, tag: &str, name: &str, op: &impl prost::Message) -> Result<(), Failure> {
         self.alter(tag, typed(&format!("{OURS}.{name}"), op)).await.map_err(Failure::Rpc)
@@ -896,10 +939,26 @@ async fn execute(command: ApiCommand) -> Outcome {
         }
         ApiCommand::InboundUser { tag, email, .. } => {
             let api = Api::connect(&conn).await?;
-            let request = api.request(handler_pb::GetInboundUserRequest { tag, email });
+            let request = api.request(handler_pb::GetInboundUserRequest { tag: tag.clone(), email });
             let reply = api.call(api.handler().get_inbound_users(request)).await;
             let reply = reply.map_err(Failure::Rpc)?;
-            let users: Vec<Value> = reply.users.iter().map(render::user).collect();
+            let mut users: Vec<Value> = reply.users.iter().map(render::user).collect();
+            // Ours beside upstream's answer: each user's quota, use and expiry. A server without
+            // EventsService (Xray, V2Ray) shows none.
+            if let Ok(quotas) = api.quotas(&tag).await {
+                for (user, u) in users.iter_mut().zip(&reply.users) {
+                    if let Some(q) = quotas.iter().find(|q| q.email == u.email) {
+                        user["quota"] = json!(q.quota_bytes);
+                        user["used"] = json!(q.used_bytes);
+                        if q.expiry_unix != 0 {
+                            user["expiry"] = json!(crate::quota::rfc3339(q.expiry_unix));
+                        }
+                        if !q.suspended.is_empty() {
+                            user["suspended"] = json!(q.suspended);
+                        }
+                    }
+                }
+            }
             Ok((json!({ "users": users }), 0))
         }
         ApiCommand::InboundUserCount { tag, .. } => {
@@ -1124,6 +1183,47 @@ async fn execute(command: ApiCommand) -> Outcome {
                 }),
                 0,
             ))
+        }
+        ApiCommand::SetQuota { tag, email, quota, expiry, .. } => {
+            let quota = quota
+                .map(|q| crate::quota::parse_bytes_str(&q).map_err(|e| Failure::Input(format!("--quota: {e}"))))
+                .transpose()?;
+            let expiry = expiry
+                .map(|e| crate::quota::parse_expiry_str(&e).map_err(|e| Failure::Input(format!("--expiry: {e}"))))
+                .transpose()?;
+            let api = Api::connect(&conn).await?;
+            // What is not given stays: read it first.
+            let (mut bytes, mut until) = (0, 0);
+            if quota.is_none() || expiry.is_none() {
+                let now = api.quotas(&tag).await.map_err(Failure::Rpc)?;
+                if let Some(q) = now.iter().find(|q| q.email.eq_ignore_ascii_case(&email)) {
+                    (bytes, until) = (q.quota_bytes, q.expiry_unix);
+                }
+            }
+            let (bytes, until) = (quota.unwrap_or(bytes), expiry.unwrap_or(until));
+            let op = ours::SetUserQuotaOperation { email: email.clone(), quota_bytes: bytes, expiry_unix: until };
+            api.alter_ours(&tag, "SetUserQuotaOperation", &op).await?;
+            let expiry = if until == 0 { Value::Null } else { json!(crate::quota::rfc3339(until)) };
+            Ok((json!({ "tag": tag, "email": email, "quota": bytes, "expiry": expiry }), 0))
+        }
+        ApiCommand::Events { count, .. } => {
+            let api = Api::connect(&conn).await?;
+            // No deadline: the stream runs until it is interrupted.
+            let mut request = tonic::Request::new(events_pb::SubscribeRequest {});
+            if let Some(value) = &api.authorization {
+                request.metadata_mut().insert("authorization", value.clone());
+            }
+            let mut client = EventsServiceClient::new(api.channel.clone());
+            let mut stream = client.subscribe(request).await.map_err(Failure::Rpc)?.into_inner();
+            let mut seen = 0;
+            while count == 0 || seen < count {
+                let Some(e) = stream.message().await.map_err(Failure::Rpc)? else { break };
+                let line =
+                    crate::events::event_json(&e.kind, &e.reason, &e.email, &e.inbound, e.time_unix_ms, e.skipped);
+                println!("{line}");
+                seen += 1;
+            }
+            Ok((Value::Null, 0))
         }
         ApiCommand::Reload { .. } => {
             let api = Api::connect(&conn).await?;

@@ -215,7 +215,7 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
                 return Err(InvalidUser::MissingPassword);
             }
             let account = Account::Trojan(a.password.into());
-            return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
+            return Ok(UserSpec { account, email: user.email.clone(), level: user.level, quota: Default::default() });
         }
         ("vmess", _) => {
             // One message for both: v2fly's adds alter_id (2) to Xray's id, security, tests.
@@ -227,7 +227,7 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
             let id = parse_user_id(&a.id).ok_or(InvalidUser::BadId(a.id))?;
             let security = vmess_security(a.security_settings.map_or(0, |s| s.r#type));
             let account = Account::Vmess { id, security };
-            return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
+            return Ok(UserSpec { account, email: user.email.clone(), level: user.level, quota: Default::default() });
         }
         ("socks" | "http", _) => {
             // Xray's and v2fly's Account, socks and http alike: username 1, password 2.
@@ -238,7 +238,7 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
             }
             let a = ProxyAccount { username: a.username.into(), password: a.password.into() };
             let account = if protocol == "socks" { Account::Socks(a) } else { Account::Http(a) };
-            return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
+            return Ok(UserSpec { account, email: user.email.clone(), level: user.level, quota: Default::default() });
         }
         ("shadowsocks", flavor) => {
             // One message for both; the cipher numbers differ (see `shadowsocks_method`).
@@ -249,7 +249,7 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
                 return Err(InvalidUser::MissingPassword);
             }
             let account = Account::Shadowsocks { method, password: a.password.into() };
-            return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
+            return Ok(UserSpec { account, email: user.email.clone(), level: user.level, quota: Default::default() });
         }
         ("shadowsocks_2022", _) => {
             let key = if name.ends_with(".User") {
@@ -264,7 +264,7 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
             shardray_wire::shadowsocks::MasterKey::from_psk_any(&key)
                 .map_err(|e| InvalidUser::BadKey(e.to_string()))?;
             let account = Account::Shadowsocks2022 { key: key.into() };
-            return Ok(UserSpec { account, email: user.email.clone(), level: user.level });
+            return Ok(UserSpec { account, email: user.email.clone(), level: user.level, quota: Default::default() });
         }
         ("vless", Flavor::V2ray) => {
             decode_known::<V2rayVlessAccount>(&account.value, "shardray.compat.v2ray.VlessAccount")
@@ -284,7 +284,12 @@ pub fn user_spec(user: &User, inbound_protocol: &str) -> Result<UserSpec, Invali
         (other, _) => return Err(InvalidUser::UnknownAccount(format!("{other} accounts are not served yet"))),
     };
     let id = parse_user_id(&id).ok_or(InvalidUser::BadId(id))?;
-    Ok(UserSpec { account: Account::Vless(id, flow), email: user.email.clone(), level: user.level })
+    Ok(UserSpec {
+        account: Account::Vless(id, flow),
+        email: user.email.clone(),
+        level: user.level,
+        quota: Default::default(),
+    })
 }
 
 /// A Shadowsocks account's method from its `cipher_type`: Xray numbers the AEAD ciphers 5 to 8
@@ -423,6 +428,7 @@ mod tests {
         "shardray.app.proxyman.command.RemoveUsersOperation",
         "shardray.app.proxyman.command.ReplaceUsersOperation",
         "shardray.app.proxyman.command.SetUserLevelOperation",
+        "shardray.app.proxyman.command.SetUserQuotaOperation",
         "shardray.app.proxyman.command.KickUserOperation",
         "xray.proxy.vless.Account",
         "shardray.compat.v2ray.VlessAccount",

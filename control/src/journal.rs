@@ -111,6 +111,19 @@ impl Journal {
                 records.push(Change::ReplaceUsers { inbound: inbound.tag.clone(), users });
             }
         }
+        // Quotas belong to emails: one record each, on the first inbound that lists it.
+        let book = sets.slots();
+        for (slot, q) in book.book().quotas() {
+            let (Some(view), spec) = (book.get(slot), q.cell.spec()) else { continue };
+            let owner = sets.inbounds().iter().find(|i| i.by_email(view.email).is_some_and(|u| u.slot == slot));
+            if let (Some(owner), true) = (owner, spec.is_set()) {
+                records.push(Change::SetQuota {
+                    inbound: owner.tag.clone(),
+                    email: view.email.to_string(),
+                    quota: spec,
+                });
+            }
+        }
         for change in records.iter().chain(routes) {
             if let Some(record) = encode(change)? {
                 writeln!(out, "{record}")?;
@@ -171,6 +184,9 @@ fn encode(change: &Change) -> io::Result<Option<Value>> {
             json!({ "op": "add_inbound", "inbound": inbound })
         }
         Change::RemoveInbound { tag } => json!({ "op": "remove_inbound", "tag": tag }),
+        Change::SetQuota { inbound, email, quota } => {
+            json!({ "op": "quota", "inbound": inbound, "email": email, "quota": quota.bytes, "expiry": quota.expiry })
+        }
         Change::AddOutbound { outbound } => {
             json!({ "op": "add_outbound", "config": b64(&outbound_config(outbound).encode_to_vec()) })
         }
@@ -181,7 +197,9 @@ fn encode(change: &Change) -> io::Result<Option<Value>> {
         }
         Change::RemoveRule { rule_tag } => json!({ "op": "remove_rule", "rule_tag": rule_tag }),
         // A reload's routes come from the config files, which the next start reads again.
+        // A suspension follows from the quota, the expiry and the use, which are all kept.
         Change::Kick { .. }
+        | Change::Suspend { .. }
         | Change::OverrideBalancer { .. }
         | Change::ReplaceInbound { .. }
         | Change::ReplaceRoutes { .. }
@@ -268,7 +286,7 @@ fn decode(v: &Value) -> Result<Change, String> {
                 };
                 let email = u.get("email").and_then(Value::as_str).ok_or("users[].email: missing")?.to_owned();
                 let level = u.get("level").and_then(Value::as_u64).unwrap_or(0) as u32;
-                Ok(UserSpec { account, email, level })
+                Ok(UserSpec { account, email, level, quota: Default::default() })
             })
             .collect()
     };
@@ -298,6 +316,11 @@ fn decode(v: &Value) -> Result<Change, String> {
             let level = v.get("level").and_then(Value::as_u64).ok_or("level: missing")? as u32;
             Ok(Change::SetLevel { inbound, email: text("email")?, level })
         }
+        "quota" => {
+            let number = |key: &str| v.get(key).and_then(Value::as_u64).ok_or(format!("{key}: missing"));
+            let quota = shardray_core::quota::QuotaSpec { bytes: number("quota")?, expiry: number("expiry")? };
+            Ok(Change::SetQuota { inbound, email: text("email")?, quota })
+        }
         other => Err(format!("op: unknown {other:?}")),
     }
 }
@@ -311,11 +334,17 @@ mod tests {
             account: Account::Vless(uuid::Uuid::from_bytes([n; 16]), VlessFlow::None),
             email: format!("u{n}@x"),
             level: u32::from(n),
+            quota: Default::default(),
         }
     }
 
     fn trojan_user(n: u8) -> UserSpec {
-        UserSpec { account: Account::Trojan(format!("pw {n} \"quoted\"").into()), email: format!("t{n}@x"), level: 1 }
+        UserSpec {
+            account: Account::Trojan(format!("pw {n} \"quoted\"").into()),
+            email: format!("t{n}@x"),
+            level: 1,
+            quota: Default::default(),
+        }
     }
 
     #[test]
@@ -325,6 +354,11 @@ mod tests {
             Change::AddUsers { inbound: "in".into(), users: vec![user(1), user(2)] },
             Change::RemoveUsers { inbound: "in".into(), emails: vec!["u1@x".into()] },
             Change::SetLevel { inbound: "in".into(), email: "u2@x".into(), level: 7 },
+            Change::SetQuota {
+                inbound: "in".into(),
+                email: "u2@x".into(),
+                quota: shardray_core::quota::QuotaSpec { bytes: 10 << 20, expiry: 1_798_761_600 },
+            },
             Change::ReplaceUsers { inbound: "in".into(), users: vec![user(3)] },
             Change::AddUsers { inbound: "tj".into(), users: vec![trojan_user(1), trojan_user(2)] },
         ];

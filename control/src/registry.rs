@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardray_core::change::Change;
+use shardray_core::events::{UserEvent, UserEventKind};
+use shardray_core::quota::SuspendReason;
 use shardray_core::routes::{RouteError, RouteSpecs};
 use shardray_core::slots::{UserKey, UserOp, NO_SLOT};
 use shardray_core::spec::{Account, Config, InboundSpec, UserSpec};
@@ -175,6 +177,11 @@ impl Registry {
         self.sets.inbound(tag)
     }
 
+    /// The user sets as of the last change.
+    pub fn sets(&self) -> &UserSets {
+        &self.sets
+    }
+
     /// Config inbounds the API removed (a reload leaves them removed).
     pub fn removed_from_config(&self) -> &[String] {
         self.sets.removed_from_config()
@@ -227,6 +234,7 @@ impl Registry {
                 Change::AddUsers { .. }
                     | Change::RemoveUsers { .. }
                     | Change::SetLevel { .. }
+                    | Change::SetQuota { .. }
                     | Change::ReplaceUsers { .. }
             ),
         };
@@ -271,6 +279,43 @@ impl Registry {
         Ok(epoch)
     }
 
+    /// Suspends on every shard the users whose quota is used up or whose expiry has passed at
+    /// `now` (unix seconds), and resumes those for which neither holds any more; `only` limits
+    /// it to one slot. Returns an event for each inbound a user was suspended or resumed in.
+    pub async fn reconcile(&mut self, only: Option<u32>, now: u64) -> Result<Vec<UserEvent>, ChangeError> {
+        let todo: Vec<(u32, Option<SuspendReason>)> = self
+            .sets
+            .slots
+            .quotas()
+            .filter(|(slot, _)| only.is_none_or(|o| o == *slot))
+            .filter_map(|(slot, q)| {
+                let want = q.cell.breach(now);
+                (want != q.suspended).then_some((slot, want))
+            })
+            .collect();
+        let mut events = Vec::new();
+        for (slot, want) in todo {
+            let Some(email) = self.slots().get(slot).map(|v| v.email.clone()) else {
+                self.sets.slots.set_suspended(slot, None);
+                continue;
+            };
+            let tags: Vec<String> = self
+                .sets
+                .inbounds
+                .iter()
+                .filter(|i| i.by_email(&email).is_some_and(|u| u.slot == slot))
+                .map(|i| i.tag.clone())
+                .collect();
+            let kind = want.map_or(UserEventKind::Resumed, UserEventKind::Suspended);
+            for tag in tags {
+                let change = Change::Suspend { inbound: tag.clone(), email: email.to_string(), reason: want };
+                self.apply(change).await?;
+                events.push(UserEvent::now(kind, email.clone(), tag.into()));
+            }
+        }
+        Ok(events)
+    }
+
     /// The inbounds as they run now, without their users, for the running config (the
     /// registry holds the live users).
     pub fn inbound_specs(&self) -> Vec<InboundSpec> {
@@ -285,9 +330,11 @@ impl UserSets {
         for i in &config.inbounds {
             sets.inbounds.push(InboundUsers::new(i, true));
         }
+        let mut ops = Vec::new();
         for (i, inbound) in config.inbounds.iter().enumerate() {
             for u in inbound.protocol.clients().unwrap_or_default() {
-                sets.add_user(i, u);
+                sets.add_user(i, u, &mut ops);
+                ops.clear();
             }
         }
         sets
@@ -299,17 +346,41 @@ impl UserSets {
         self.inbounds
             .iter()
             .map(|inbound| {
-                inbound
-                    .users
-                    .iter()
-                    .map(|u| UserOp::Add {
-                        user: UserKey { id: u.account.key(), slot: u.slot, level: u.level, vision: u.account.vision() },
-                        email: u.shared_email.cloned(),
-                        new_slot: u.slot != NO_SLOT,
-                    })
-                    .collect()
+                let mut ops = Vec::with_capacity(inbound.users.len());
+                for u in inbound.users.iter() {
+                    self.start_ops(&u, u.slot != NO_SLOT, &mut ops);
+                }
+                ops
             })
             .collect()
+    }
+
+    /// What a shard's new table of an inbound needs for user `u`: its add, then its quota cell
+    /// and suspension if it has them.
+    fn start_ops(&self, u: &UserRef<'_>, new_slot: bool, ops: &mut Vec<UserOp>) {
+        ops.push(UserOp::Add {
+            user: UserKey { id: u.account.key(), slot: u.slot, level: u.level, vision: u.account.vision() },
+            email: u.shared_email.cloned(),
+            new_slot,
+        });
+        if let Some(q) = self.slots.quota(u.slot) {
+            if q.cell.spec().is_set() {
+                ops.push(UserOp::Quota { slot: u.slot, cell: Some(q.cell.clone()) });
+            }
+            if q.suspended.is_some() {
+                ops.push(UserOp::Suspend { id: u.account.key(), suspended: true });
+            }
+        }
+    }
+
+    /// Marks the users whose quota is used up or whose expiry has passed at `now` (unix
+    /// seconds) as suspended, before the shards start (they get it with `initial_ops`).
+    pub fn suspend_breached(&mut self, now: u64) {
+        let breached: Vec<(u32, Option<SuspendReason>)> =
+            self.slots.quotas().map(|(slot, q)| (slot, q.cell.breach(now))).collect();
+        for (slot, reason) in breached {
+            self.slots.set_suspended(slot, reason);
+        }
     }
 
     /// Every inbound, in config order.
@@ -423,7 +494,10 @@ impl UserSets {
                     }
                 }
             }
-            Change::SetLevel { email, .. } | Change::Kick { email, .. } => {
+            Change::SetLevel { email, .. }
+            | Change::Kick { email, .. }
+            | Change::SetQuota { email, .. }
+            | Change::Suspend { email, .. } => {
                 if !exists(email) {
                     return Err(ChangeError::UserNotFound(email.clone()));
                 }
@@ -461,8 +535,11 @@ impl UserSets {
         if let Change::AddInbound { spec } = change {
             self.inbounds.push(InboundUsers::new(spec, false));
             let i = self.inbounds.len() - 1;
-            let clients = spec.protocol.clients().unwrap_or_default();
-            return clients.iter().map(|u| self.add_user(i, u)).collect();
+            let mut ops = Vec::new();
+            for u in spec.protocol.clients().unwrap_or_default() {
+                self.add_user(i, u, &mut ops);
+            }
+            return ops;
         }
         let Some(i) = self.inbounds.iter().position(|i| Some(i.tag.as_str()) == change.inbound()) else {
             return Vec::new();
@@ -472,15 +549,11 @@ impl UserSets {
                 // Same users, same slots: the shards rebuild the inbound's table from these,
                 // and counters go on where they were.
                 self.inbounds[i].spec = Arc::new(spec.clone_without_users());
-                self.inbounds[i]
-                    .users
-                    .iter()
-                    .map(|u| UserOp::Add {
-                        user: UserKey { id: u.account.key(), slot: u.slot, level: u.level, vision: u.account.vision() },
-                        email: u.shared_email.cloned(),
-                        new_slot: false,
-                    })
-                    .collect()
+                let mut ops = Vec::with_capacity(self.inbounds[i].users.len());
+                for u in self.inbounds[i].users.iter() {
+                    self.start_ops(&u, false, &mut ops);
+                }
+                ops
             }
             Change::RemoveInbound { .. } => {
                 let ids: Vec<Account> = self.inbounds[i].users.iter().map(|u| u.account.clone()).collect();
@@ -498,7 +571,13 @@ impl UserSets {
                 }
                 ops
             }
-            Change::AddUsers { users, .. } => users.iter().map(|u| self.add_user(i, u)).collect(),
+            Change::AddUsers { users, .. } => {
+                let mut ops = Vec::with_capacity(users.len());
+                for u in users {
+                    self.add_user(i, u, &mut ops);
+                }
+                ops
+            }
             Change::RemoveUsers { emails, .. } => {
                 let mut ops = Vec::with_capacity(emails.len());
                 for e in emails {
@@ -519,6 +598,20 @@ impl UserSets {
             }
             Change::Kick { email, .. } => {
                 self.inbounds[i].by_email(email).map(|u| UserOp::Kick { id: u.account.key() }).into_iter().collect()
+            }
+            Change::SetQuota { email, quota, .. } => {
+                let Some(slot) = self.inbounds[i].by_email(email).map(|u| u.slot) else {
+                    return Vec::new();
+                };
+                let cell = self.slots.set_quota(slot, *quota);
+                vec![UserOp::Quota { slot, cell }]
+            }
+            Change::Suspend { email, reason, .. } => {
+                let Some((id, slot)) = self.inbounds[i].by_email(email).map(|u| (u.account.key(), u.slot)) else {
+                    return Vec::new();
+                };
+                self.slots.set_suspended(slot, *reason);
+                vec![UserOp::Suspend { id, suspended: reason.is_some() }]
             }
             Change::ReplaceUsers { users, .. } => {
                 // Users that stay (same id and email) keep their sessions and counters.
@@ -553,7 +646,7 @@ impl UserSets {
                             self.inbounds[i].users.insert(u.account.clone(), None, NO_SLOT, u.level);
                             ops.push(UserOp::SetLevel { id: u.account.key(), level: u.level });
                         }
-                        _ => ops.push(self.add_user(i, u)),
+                        _ => self.add_user(i, u, &mut ops),
                     }
                 }
                 ops
@@ -569,12 +662,15 @@ impl UserSets {
         }
     }
 
-    /// Adds a user to inbound `i`, sharing the slot of its email if another inbound lists it.
-    fn add_user(&mut self, i: usize, u: &UserSpec) -> UserOp {
+    /// Adds a user to inbound `i`, sharing the slot of its email if another inbound lists it;
+    /// pushes what the shards must do for it onto `ops`: its add, and its quota cell and
+    /// suspension when it has them.
+    fn add_user(&mut self, i: usize, u: &UserSpec, ops: &mut Vec<UserOp>) {
         let key = |slot| UserKey { id: u.account.key(), slot, level: u.level, vision: u.account.vision() };
         if u.email.is_empty() {
             self.inbounds[i].users.insert(u.account.clone(), None, NO_SLOT, u.level);
-            return UserOp::Add { user: key(NO_SLOT), email: None, new_slot: false };
+            ops.push(UserOp::Add { user: key(NO_SLOT), email: None, new_slot: false });
+            return;
         }
         // The same email (exactly: counters are named by it) in another inbound shares its slot.
         let shared = self
@@ -599,7 +695,15 @@ impl UserSets {
                 (slot, email, true)
             }
         };
-        UserOp::Add { user: key(slot), email: Some(email), new_slot }
+        ops.push(UserOp::Add { user: key(slot), email: Some(email), new_slot });
+        // The quota belongs to the email: a user that names one sets it for every inbound.
+        if u.quota.is_set() {
+            let cell = self.slots.set_quota(slot, u.quota);
+            ops.push(UserOp::Quota { slot, cell });
+        }
+        if self.slots.quota(slot).is_some_and(|q| q.suspended.is_some()) {
+            ops.push(UserOp::Suspend { id: u.account.key(), suspended: true });
+        }
     }
 
     /// The shards' side of removing the user with `account` (slot `slot`, email `email`) from

@@ -12,7 +12,12 @@ fn id(n: u128) -> UserId {
 }
 
 fn user(n: u128, email: &str, level: u32) -> UserSpec {
-    UserSpec { account: Account::Vless(Uuid::from_u128(n), Default::default()), email: email.into(), level }
+    UserSpec {
+        account: Account::Vless(Uuid::from_u128(n), Default::default()),
+        email: email.into(),
+        level,
+        quota: Default::default(),
+    }
 }
 
 /// Inbounds `a` and `b`: alice in both (one slot), `bob@x` in a and `Bob@x` in b (two slots:
@@ -136,4 +141,35 @@ fn replacing_an_inbound_keeps_its_users_and_their_slots() {
     .unwrap();
     let change = Change::ReplaceInbound { spec: std::sync::Arc::new(trojan.inbounds[0].clone()), rebind: true };
     assert!(sets.check(&change).is_err());
+}
+
+#[test]
+fn a_quota_belongs_to_the_email_and_a_suspension_reaches_every_table() {
+    use shardray_core::quota::{QuotaSpec, SuspendReason};
+    let mut sets = sets();
+    let alice = slot_of(&sets, "a", "alice@x");
+    let spec = QuotaSpec { bytes: 100, expiry: 0 };
+    let ops = sets.record(&Change::SetQuota { inbound: "b".into(), email: "alice@x".into(), quota: spec }, Some(1));
+    let [UserOp::Quota { slot, cell: Some(cell) }] = &ops[..] else { panic!("{ops:?}") };
+    assert_eq!((*slot, cell.spec()), (alice, spec));
+    // Use counted on any core is the email's: at the quota, the user is to be suspended.
+    cell.charge_down(100);
+    assert_eq!(cell.breach(0), Some(SuspendReason::Quota));
+    let suspend = Change::Suspend { inbound: "a".into(), email: "alice@x".into(), reason: Some(SuspendReason::Quota) };
+    assert_eq!(sets.record(&suspend, Some(2)), [UserOp::Suspend { id: id(1), suspended: true }]);
+    // A table built anew (a shard's start, a replaced inbound) gets the cell and the suspension.
+    let ops = sets.initial_ops();
+    assert!(ops[0].contains(&UserOp::Suspend { id: id(1), suspended: true }), "{:?}", ops[0]);
+    assert!(ops[1].iter().any(|op| matches!(op, UserOp::Quota { slot, cell: Some(_) } if *slot == alice)));
+    // The same email added to another inbound starts suspended there too.
+    sets.apply(&Change::RemoveUsers { inbound: "b".into(), emails: vec!["alice@x".into()] }).unwrap();
+    let ops = sets.record(&Change::AddUsers { inbound: "b".into(), users: vec![user(9, "alice@x", 0)] }, Some(3));
+    assert!(ops.contains(&UserOp::Suspend { id: id(9), suspended: true }), "{ops:?}");
+    // Cleared while suspended: the entry stays until the resume is recorded.
+    let clear = Change::SetQuota { inbound: "a".into(), email: "alice@x".into(), quota: QuotaSpec::default() };
+    assert_eq!(sets.record(&clear, Some(4)), [UserOp::Quota { slot: alice, cell: None }]);
+    assert!(sets.slots().book().quota(alice).is_some());
+    let resume = Change::Suspend { inbound: "a".into(), email: "alice@x".into(), reason: None };
+    assert_eq!(sets.record(&resume, Some(5)), [UserOp::Suspend { id: id(1), suspended: false }]);
+    assert!(sets.slots().book().quota(alice).is_none());
 }

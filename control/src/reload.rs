@@ -356,6 +356,36 @@ async fn apply(
         };
         report.changes.push(format!("inbound {:?} {what}", inbound.tag));
     }
+    apply_quotas(state, registry, old, new, report).await
+}
+
+/// Quotas and expiries the files changed apply as level changes do: to the users the files
+/// list, leaving what the API set for others alone. A user whose new quota is higher (or whose
+/// expiry is later) resumes at once.
+async fn apply_quotas(
+    state: &ApiState,
+    registry: &mut Registry,
+    old: &Config,
+    new: &Config,
+    report: &mut ReloadReport,
+) -> Result<(), ChangeError> {
+    for inbound in new.inbounds.iter().filter(|i| !i.tag.is_empty()) {
+        let before = old.inbounds.iter().find(|i| i.tag == inbound.tag).map_or(&[][..], users_of);
+        for u in users_of(inbound).iter().filter(|u| !u.email.is_empty()) {
+            let was = before.iter().find(|o| o.email.eq_ignore_ascii_case(&u.email)).map(|o| o.quota);
+            if was.unwrap_or_default() == u.quota {
+                continue;
+            }
+            let Some(slot) = registry.inbound(&inbound.tag).ok().and_then(|i| i.by_email(&u.email)).map(|r| r.slot)
+            else {
+                continue;
+            };
+            let change = Change::SetQuota { inbound: inbound.tag.clone(), email: u.email.clone(), quota: u.quota };
+            registry.apply_from(change, Origin::File).await?;
+            crate::quota::reconcile(state, registry, Some(slot)).await?;
+            report.changes.push(format!("inbound {:?}: quota of {} set", inbound.tag, u.email));
+        }
+    }
     Ok(())
 }
 
@@ -480,7 +510,12 @@ mod tests {
     use super::*;
 
     fn user(email: &str, id: u128, level: u32) -> UserSpec {
-        UserSpec { account: Account::Vless(uuid::Uuid::from_u128(id), Default::default()), email: email.into(), level }
+        UserSpec {
+            account: Account::Vless(uuid::Uuid::from_u128(id), Default::default()),
+            email: email.into(),
+            level,
+            quota: Default::default(),
+        }
     }
 
     #[test]

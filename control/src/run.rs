@@ -81,6 +81,7 @@ fn restore(config: &mut Config, state: Option<&std::path::Path>) -> anyhow::Resu
     let mut counters = CounterBook::load(&counters_path(dir)).context("saved counters")?;
     // Saved user counters move into their users' slots.
     counters.carry_users(&mut sets);
+    crate::quota::load_use(&crate::quota::use_path(dir), &sets).context("saved quota use")?;
     Ok(Restored { sets, journal: Some(journal), counters, route_changes })
 }
 
@@ -102,6 +103,8 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     // What the files said, before the journal is replayed over it: a reload compares against it.
     let file_config = options.reload.as_ref().map(|_| config.clone());
     let mut restored = restore(&mut config, options.state.as_deref())?;
+    // Users over their quota or past their expiry start suspended on every shard.
+    restored.sets.suspend_breached(crate::quota::unix_now());
     let api_routes = std::mem::take(&mut restored.route_changes);
     let notes = std::mem::take(&mut config.notes);
     let ignored_keys = std::mem::take(&mut config.ignored_keys);
@@ -157,6 +160,11 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         audit,
     );
     runtime.block_on(state.registry.lock()).set_api_routes(api_routes);
+    if let Some(dir) = &options.state {
+        let _ = state.quota_use_file.set(crate::quota::use_path(dir));
+    }
+    runtime.spawn(state.events.clone().forward(state.shards.events.clone()));
+    runtime.spawn(crate::quota::watch(state.clone()));
     if let (Some(load), Some(file)) = (options.reload.clone(), file_config) {
         let _ = state.reloader.set(crate::reload::Reloader::new(load, file));
     }
@@ -195,6 +203,10 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
                 tick.tick().await;
                 if let Err(e) = state.save_counters(&counters_path(&dir)).await {
                     log.error(LogLevel::Warning, format_args!("saving counters: {e:#}"));
+                }
+                let saved = crate::quota::save_use(&crate::quota::use_path(&dir), state.registry.lock().await.sets());
+                if let Err(e) = saved {
+                    log.error(LogLevel::Warning, format_args!("saving quota use: {e:#}"));
                 }
             }
         });
@@ -257,6 +269,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         let registry = runtime.block_on(state.registry.lock());
         let values = api::stats::reported(&state, &registry, &finals);
         CounterBook::save(&counters_path(dir), values).context("saving counters")?;
+        crate::quota::save_use(&crate::quota::use_path(dir), registry.sets()).context("saving quota use")?;
         state.counters.lock().unwrap_or_else(|e| e.into_inner()).deltas.save().context("saving delta readers")?;
     }
     Ok(())

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use shardray_core::change::Change;
+use shardray_core::events::{EventSink, UserEvent};
 use shardray_core::log::LogSink;
 use shardray_core::routes::{RouteRecord, RouteTap};
 use shardray_core::slots::UserOp;
@@ -33,6 +34,8 @@ pub struct ShardLinks {
     pub route_tap: RouteTap,
     /// Where the tapped decisions arrive.
     pub route_records: async_channel::Receiver<RouteRecord>,
+    /// The shards' user events, for the hub (`crate::events`).
+    pub events: async_channel::Receiver<UserEvent>,
 }
 
 impl ShardLinks {
@@ -145,6 +148,7 @@ pub struct Server {
     logger: Option<JoinHandle<()>>,
     route_tap: RouteTap,
     route_records: async_channel::Receiver<RouteRecord>,
+    events: async_channel::Receiver<UserEvent>,
 }
 
 /// Routing decisions waiting for SubscribeRoutingStats beyond this are dropped.
@@ -200,6 +204,7 @@ impl Server {
         }
         let api_addrs: Arc<[SocketAddr]> = api_addrs.into();
         let (route_tap, route_records) = RouteTap::new(ROUTE_RECORDS);
+        let (event_sink, events) = EventSink::new();
         let users: Arc<[Vec<UserOp>]> = users.into();
 
         let cpus = allowed_cpus();
@@ -217,6 +222,7 @@ impl Server {
                 api_addrs: api_addrs.clone(),
                 log: log.clone(),
                 route_tap: route_tap.clone(),
+                events: event_sink.clone(),
                 commands: rx,
                 dns: Some(dns.clone()),
                 ready: ready_tx.clone(),
@@ -233,6 +239,7 @@ impl Server {
             logger: Some(logger),
             route_tap,
             route_records,
+            events,
         };
         for _ in 0..shards {
             match ready_rx.recv_timeout(START_TIMEOUT) {
@@ -267,6 +274,7 @@ impl Server {
             config: self.config.clone(),
             route_tap: self.route_tap.clone(),
             route_records: self.route_records.clone(),
+            events: self.events.clone(),
         }
     }
 

@@ -6,12 +6,13 @@
 //! email is one `Arc<str>` shared by the inbound record and every shard; a slot names its
 //! email through the record of the first inbound that lists it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
+use shardray_core::quota::{QuotaCell, QuotaSpec, SuspendReason};
 use shardray_core::slots::NO_SLOT;
 use shardray_core::spec::{Account, UserSpec};
 
@@ -57,7 +58,12 @@ pub struct UserRef<'a> {
 impl UserRef<'_> {
     /// The user as config names it.
     pub fn spec(&self) -> UserSpec {
-        UserSpec { account: self.account.clone(), email: self.email.to_owned(), level: self.level }
+        UserSpec {
+            account: self.account.clone(),
+            email: self.email.to_owned(),
+            level: self.level,
+            quota: Default::default(),
+        }
     }
 }
 
@@ -223,6 +229,17 @@ pub struct SlotBook {
     /// What the API adds to each slot's shard totals (`[up, down]`): counts carried over from
     /// the last run, minus resets. Empty until the first is needed.
     offsets: Vec<[i64; 2]>,
+    /// The slots with a quota or an expiry (or a suspension not yet lifted), by slot.
+    quotas: BTreeMap<u32, SlotQuota>,
+}
+
+/// A slot's quota cell and whether its user is suspended.
+#[derive(Debug, Clone)]
+pub struct SlotQuota {
+    /// The cell the shards count into.
+    pub cell: Arc<QuotaCell>,
+    /// Why the user is suspended on the shards now, if it is.
+    pub suspended: Option<SuspendReason>,
 }
 
 /// A live slot, as `Slots` lends it.
@@ -255,7 +272,57 @@ impl SlotBook {
         if let Some(o) = self.offsets.get_mut(slot as usize) {
             *o = [0, 0];
         }
+        self.quotas.remove(&slot);
         slot
+    }
+
+    /// The slot's quota, if it has one.
+    pub fn quota(&self, slot: u32) -> Option<&SlotQuota> {
+        self.quotas.get(&slot)
+    }
+
+    /// Every slot with a quota, in slot order.
+    pub fn quotas(&self) -> impl Iterator<Item = (u32, &SlotQuota)> + '_ {
+        self.quotas.iter().map(|(s, q)| (*s, q))
+    }
+
+    /// Sets the slot's quota and expiry, keeping its use; returns the cell the shards are to
+    /// count into (`None` once neither is set). A suspended user's entry stays until it is
+    /// resumed, so that the resume is not lost.
+    pub fn set_quota(&mut self, slot: u32, spec: QuotaSpec) -> Option<Arc<QuotaCell>> {
+        if slot == NO_SLOT {
+            return None;
+        }
+        match self.quotas.get_mut(&slot) {
+            Some(q) => {
+                q.cell.set(spec);
+                if !spec.is_set() && q.suspended.is_none() {
+                    self.quotas.remove(&slot);
+                }
+            }
+            None if spec.is_set() => {
+                self.quotas.insert(slot, SlotQuota { cell: Arc::new(QuotaCell::new(spec)), suspended: None });
+            }
+            None => {}
+        }
+        self.quotas.get(&slot).filter(|q| q.cell.spec().is_set()).map(|q| q.cell.clone())
+    }
+
+    /// Records whether the slot's user is suspended, and why.
+    pub fn set_suspended(&mut self, slot: u32, reason: Option<SuspendReason>) {
+        if let Some(q) = self.quotas.get_mut(&slot) {
+            q.suspended = reason;
+            if reason.is_none() && !q.cell.spec().is_set() {
+                self.quotas.remove(&slot);
+            }
+        }
+    }
+
+    /// The user's counter `dir` (0 up, 1 down) was reset: its use toward the quota starts over.
+    pub fn reset_quota_use(&mut self, slot: u32, dir: usize) {
+        if let Some(q) = self.quotas.get(&slot) {
+            q.cell.reset(dir);
+        }
     }
 
     /// Inbound `inbound` holds the slot's email in record `rec`.
@@ -296,6 +363,7 @@ impl SlotBook {
             return false;
         }
         self.live -= 1;
+        self.quotas.remove(&slot);
         match epoch {
             Some(epoch) => self.pending.push_back((epoch, slot)),
             None => self.free.push(slot),
@@ -488,7 +556,10 @@ mod tests {
         assert_eq!(t.set_level("u8@x", 4), Some((id(8), 8)));
         assert_eq!(t.by_email("U8@X").unwrap().level, 4);
         t.insert(id(7), Some("new@x".into()), 1000, 1);
-        assert_eq!(t.by_email("NEW@x").unwrap().spec(), UserSpec { account: id(7), email: "new@x".into(), level: 1 });
+        assert_eq!(
+            t.by_email("NEW@x").unwrap().spec(),
+            UserSpec { account: id(7), email: "new@x".into(), level: 1, quota: Default::default() }
+        );
         assert_eq!(t.remove_id(&id(5000)), Some((id(5000), NO_SLOT, None)));
         assert_eq!(t.values().count(), 1000);
         // A Trojan password is an account like an id; the same password is the same account.

@@ -23,6 +23,13 @@ pub mod shardray {
                 tonic::include_proto!("shardray.app.proxyman.command");
             }
         }
+        /// `shardray.app.events`
+        pub mod events {
+            /// `shardray.app.events.command`: user events and quotas.
+            pub mod command {
+                tonic::include_proto!("shardray.app.events.command");
+            }
+        }
         /// `shardray.app.reload`
         pub mod reload {
             /// `shardray.app.reload.command`: config reload.

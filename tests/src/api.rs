@@ -169,4 +169,5 @@ impl ApiClient {
 /// Re-exported for tests that build our own operations.
 pub use ours::{
     AddUsersOperation, KickUserOperation, RemoveUsersOperation, ReplaceUsersOperation, SetUserLevelOperation,
+    SetUserQuotaOperation,
 };

@@ -108,6 +108,8 @@ pub fn required_role(path: &str) -> ApiRole {
         ("HandlerService", "AlterInbound") => ApiRole::Operator,
         ("RoutingService", "TestRoute" | "GetBalancerInfo" | "SubscribeRoutingStats" | "ListRule") => ApiRole::Reader,
         ("LoggerService", "FollowLog") => ApiRole::Reader,
+        // User events and quotas: what a panel watches.
+        ("EventsService", "Subscribe" | "GetUserQuotas") => ApiRole::Reader,
         // A reload may change anything the files name.
         ("ReloadService", _) => ApiRole::Admin,
         _ => ApiRole::Admin,
@@ -282,6 +284,8 @@ mod tests {
             ("/xray.app.router.command.RoutingService/AddRule", ApiRole::Admin),
             ("/xray.app.log.command.LoggerService/RestartLogger", ApiRole::Admin),
             ("/xray.app.log.command.LoggerService/FollowLog", ApiRole::Reader),
+            ("/shardray.app.events.command.EventsService/Subscribe", ApiRole::Reader),
+            ("/shardray.app.events.command.EventsService/GetUserQuotas", ApiRole::Reader),
             ("/some.Unknown/Method", ApiRole::Admin),
         ];
         for (path, role) in cases {

@@ -107,8 +107,20 @@ impl HandlerApi {
             _ => Vec::new(),
         };
         let departing = super::stats::departing(&self.state, &registry, &removed);
+        let quota_of = match &change {
+            Change::SetQuota { inbound, email, .. } => Some((inbound.clone(), email.clone())),
+            _ => None,
+        };
         // The registry re-checks: another call may have changed it since `change_for`.
         registry.apply(change).await.map_err(change_status)?;
+        if let Some((tag, email)) = quota_of {
+            // A raised quota or a later expiry resumes the user before the call returns; a
+            // lower one may suspend it at once.
+            let slot = registry.inbound(&tag).ok().and_then(|i| i.by_email(&email)).map(|u| u.slot);
+            if let Some(slot) = slot {
+                crate::quota::reconcile(&self.state, &mut registry, Some(slot)).await.map_err(change_status)?;
+            }
+        }
         super::stats::depart(&self.state, &registry, departing).await;
         drop(registry);
         // A removed user's counters go with it, here as on the shards.
@@ -150,6 +162,11 @@ impl HandlerApi {
             (Flavor::Shardray, "app.proxyman.command.SetUserLevelOperation") => {
                 let set: ours::SetUserLevelOperation = decode(op)?;
                 Change::SetLevel { inbound: inbound_tag, email: set.email, level: set.level }
+            }
+            (Flavor::Shardray, "app.proxyman.command.SetUserQuotaOperation") => {
+                let set: ours::SetUserQuotaOperation = decode(op)?;
+                let quota = shardray_core::quota::QuotaSpec { bytes: set.quota_bytes, expiry: set.expiry_unix };
+                Change::SetQuota { inbound: inbound_tag, email: set.email, quota }
             }
             (Flavor::Shardray, "app.proxyman.command.KickUserOperation") => {
                 let kick: ours::KickUserOperation = decode(op)?;

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod delta;
+pub mod events;
 pub mod handler;
 pub mod logger;
 pub mod reload;
@@ -50,6 +51,10 @@ pub struct ApiState {
     pub reloader: std::sync::OnceLock<crate::reload::Reloader>,
     /// Reloads by outcome, for `/metrics`.
     pub reloads: crate::reload::ReloadStats,
+    /// User events: logged and handed to `EventsService` subscribers.
+    pub events: std::sync::Arc<crate::events::EventHub>,
+    /// Where quota use is kept across restarts (with `--state`).
+    pub quota_use_file: std::sync::OnceLock<std::path::PathBuf>,
     /// `api.tokens` as of now: a reload replaces them (token files are read again then).
     tokens: std::sync::RwLock<std::sync::Arc<[shardray_core::spec::ApiToken]>>,
 }
@@ -78,12 +83,14 @@ impl ApiState {
             shards,
             live_config: std::sync::RwLock::new(config),
             counters: std::sync::Mutex::new(counters),
-            log,
+            log: log.clone(),
             audit,
             route_stats,
             requests: crate::metrics::ApiRequests::default(),
             reloader: std::sync::OnceLock::new(),
             reloads: crate::reload::ReloadStats::default(),
+            events: crate::events::EventHub::new(log.clone()),
+            quota_use_file: std::sync::OnceLock::new(),
             tokens,
         })
     }
@@ -201,7 +208,7 @@ where
         let service = match parts.next().and_then(|s| s.rsplit('.').next()).unwrap_or("") {
             // Our delta counters come and go with StatsService, reloads with HandlerService.
             "DeltaStatsService" => "StatsService",
-            "ReloadService" => "HandlerService",
+            "ReloadService" | "EventsService" => "HandlerService",
             other => other,
         };
         if let Some(name) = self.disabled.iter().find(|&&name| name == service) {
@@ -372,6 +379,7 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
     if wants("HandlerService") {
         routes.add_service(handler::service(state.clone()));
         routes.add_service(reload::service(state.clone()));
+        routes.add_service(events::service(state.clone()));
     }
     if wants("LoggerService") {
         routes.add_service(logger::service(state.clone()));

@@ -523,6 +523,8 @@ fn apply_resets<'a>(
         book.deltas.zeroed(name, value);
         match counter {
             Counter::User { slot, dir } => {
+                // The user's use toward its quota starts over with its counter.
+                slots.reset_quota_use(slot, dir);
                 let mut offset = slots.offset(slot);
                 offset[dir] = -i64::try_from(total).unwrap_or(i64::MAX);
                 slots.set_offset(slot, offset);
@@ -591,22 +593,36 @@ impl pb::stats_service_server::StatsService for StatsApi {
         let mut registry = self.state.registry.lock().await;
         let slot = slot_for(&registry, &req.name);
         let snaps = self.snapshots(Some(slot)).await?;
-        let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let mut found = None;
-        visit_counters(&self.state.config(), &registry.slots(), &book, &snaps, Some(slot), |name, value, total, c| {
-            if found.is_none() && name == req.name {
-                found = Some((value, total, c));
+        let value = {
+            let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
+            let mut found = None;
+            visit_counters(
+                &self.state.config(),
+                &registry.slots(),
+                &book,
+                &snaps,
+                Some(slot),
+                |name, value, total, c| {
+                    if found.is_none() && name == req.name {
+                        found = Some((value, total, c));
+                    }
+                },
+            );
+            let found = found.ok_or_else(|| Status::not_found(format!("{} not found.", req.name)));
+            if req.reset {
+                // A reset changes what every later reader sees: audited like any change.
+                let outcome = found.as_ref().map(|_| ()).map_err(Clone::clone);
+                self.state.audit.record(peer, "GetStats", &format!("reset name={}", req.name), &outcome);
             }
-        });
-        let found = found.ok_or_else(|| Status::not_found(format!("{} not found.", req.name)));
+            let (value, total, counter) = found?;
+            if req.reset {
+                apply_resets(registry.slots_mut(), &mut book, [(counter, total, value, req.name.as_str())]);
+            }
+            value
+        };
         if req.reset {
-            // A reset changes what every later reader sees: audited like any change.
-            let outcome = found.as_ref().map(|_| ()).map_err(Clone::clone);
-            self.state.audit.record(peer, "GetStats", &format!("reset name={}", req.name), &outcome);
-        }
-        let (value, total, counter) = found?;
-        if req.reset {
-            apply_resets(registry.slots_mut(), &mut book, [(counter, total, value, req.name.as_str())]);
+            // A user suspended for its quota resumes with its counters reset.
+            crate::quota::reconcile(&self.state, &mut registry, None).await.map_err(super::handler::change_status)?;
         }
         let stat = pb::Stat { name: req.name, value: i64::try_from(value).unwrap_or(i64::MAX) };
         Ok(Response::new(pb::GetStatsResponse { stat: Some(stat) }))
@@ -640,22 +656,28 @@ impl pb::stats_service_server::StatsService for StatsApi {
         let filter = NameFilter::new(&req)?;
         let mut registry = self.state.registry.lock().await;
         let snaps = self.snapshots(None).await?;
-        let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
         let mut stat = Vec::with_capacity(registry.slots().len() * 2 + 8);
-        let mut resets = Vec::new();
-        visit_counters(&self.state.config(), &registry.slots(), &book, &snaps, None, |name, value, total, c| {
-            if filter.matches(name) {
-                if req.reset {
-                    resets.push((c, total, value, stat.len()));
+        {
+            let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
+            let mut resets = Vec::new();
+            visit_counters(&self.state.config(), &registry.slots(), &book, &snaps, None, |name, value, total, c| {
+                if filter.matches(name) {
+                    if req.reset {
+                        resets.push((c, total, value, stat.len()));
+                    }
+                    stat.push(pb::Stat { name: name.to_owned(), value: i64::try_from(value).unwrap_or(i64::MAX) });
                 }
-                stat.push(pb::Stat { name: name.to_owned(), value: i64::try_from(value).unwrap_or(i64::MAX) });
+            });
+            if req.reset {
+                let named = resets.into_iter().map(|(c, total, value, i)| (c, total, value, stat[i].name.as_str()));
+                apply_resets(registry.slots_mut(), &mut book, named);
+                let what =
+                    format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, stat.len());
+                self.state.audit.record(peer, "QueryStats", &what, &Ok(()));
             }
-        });
+        }
         if req.reset {
-            let named = resets.into_iter().map(|(c, total, value, i)| (c, total, value, stat[i].name.as_str()));
-            apply_resets(registry.slots_mut(), &mut book, named);
-            let what = format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, stat.len());
-            self.state.audit.record(peer, "QueryStats", &what, &Ok(()));
+            crate::quota::reconcile(&self.state, &mut registry, None).await.map_err(super::handler::change_status)?;
         }
         Ok(Response::new(pb::QueryStatsResponse { stat }))
     }
@@ -763,11 +785,14 @@ impl pb::stats_service_server::StatsService for StatsApi {
         users.sort_unstable_by(|a, b| a.email.cmp(&b.email));
         drop(slots);
         if req.reset && req.include_traffic {
-            let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
-            let named = resets.iter().map(|(c, total, value, name)| (*c, *total, *value, name.as_str()));
-            apply_resets(registry.slots_mut(), &mut book, named);
+            {
+                let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
+                let named = resets.iter().map(|(c, total, value, name)| (*c, *total, *value, name.as_str()));
+                apply_resets(registry.slots_mut(), &mut book, named);
+            }
             let what = format!("reset include_traffic=true users={}", users.len());
             self.state.audit.record(peer, "GetUsersStats", &what, &Ok(()));
+            crate::quota::reconcile(&self.state, &mut registry, None).await.map_err(super::handler::change_status)?;
         }
         Ok(Response::new(pb::GetUsersStatsResponse { users }))
     }

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
+use shardray_core::quota::QuotaSpec;
 use shardray_core::spec::{
     Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, GrpcSpec, HttpHeaderSpec, HttpInboundSpec,
     HttpTransportSpec, InboundProtocol, InboundSpec, NetworkSet, ProxyAccount, ShadowsocksInboundSpec, SniffingSpec,
@@ -189,6 +190,13 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
             let path = format!("{settings_path}.clients[{j}].flow");
             return Err(ConfigError::invalid(path, why));
         }
+    }
+    // A quota belongs to an email (its counters are named by it).
+    if let Some(j) =
+        spec.protocol.clients().unwrap_or_default().iter().position(|u| u.quota.is_set() && u.email.is_empty())
+    {
+        let path = format!("{settings_path}.clients[{j}].quota");
+        return Err(ConfigError::invalid(path, "a client with a quota or an expiry needs an email"));
     }
     Ok((spec, listen))
 }
@@ -803,7 +811,25 @@ fn vless_client(raw: RawVlessClient, path: &str, default_flow: VlessFlow) -> Res
         f => return Err(ConfigError::invalid(format!("{path}.flow"), format!("unknown flow {f:?}"))),
     };
     let account = Account::Vless(id, flow);
-    Ok(UserSpec { account, email: raw.email.unwrap_or_default(), level: raw.level.unwrap_or(0) })
+    Ok(UserSpec {
+        account,
+        email: raw.email.unwrap_or_default(),
+        level: raw.level.unwrap_or(0),
+        quota: user_quota(raw.quota, raw.expiry, path)?,
+    })
+}
+
+/// A client's `quota` and `expiry` (ours), checked.
+fn user_quota(quota: Option<Value>, expiry: Option<Value>, path: &str) -> Result<QuotaSpec, ConfigError> {
+    let bytes = match quota {
+        None | Some(Value::Null) => 0,
+        Some(v) => crate::quota::parse_bytes(&v).map_err(|e| ConfigError::invalid(format!("{path}.quota"), e))?,
+    };
+    let expiry = match expiry {
+        None | Some(Value::Null) => 0,
+        Some(v) => crate::quota::parse_expiry(&v).map_err(|e| ConfigError::invalid(format!("{path}.expiry"), e))?,
+    };
+    Ok(QuotaSpec { bytes, expiry })
 }
 
 // === trojan ===
@@ -829,6 +855,7 @@ fn trojan_client(raw: RawTrojanClient, path: &str) -> Result<UserSpec, ConfigErr
         account: Account::Trojan(password.into()),
         email: raw.email.unwrap_or_default(),
         level: raw.level.unwrap_or(0),
+        quota: user_quota(raw.quota, raw.expiry, path)?,
     })
 }
 
@@ -915,6 +942,7 @@ pub(super) fn proxy_account(
         account: make(ProxyAccount { username: username.into(), password: password.into() }),
         email,
         level: raw.level.unwrap_or(user_level),
+        quota: user_quota(raw.quota, raw.expiry, path)?,
     })
 }
 
@@ -952,6 +980,7 @@ pub(super) fn vmess_user(raw: RawVmessClient, path: &str, outbound: bool) -> Res
         account: Account::Vmess { id, security },
         email: raw.email.unwrap_or_default(),
         level: raw.level.unwrap_or(0),
+        quota: user_quota(raw.quota, raw.expiry, path)?,
     };
     Ok((user, authenticated_length))
 }
@@ -1027,6 +1056,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                 account: Account::Shadowsocks2022 { key },
                 email: raw.email.unwrap_or_default(),
                 level: raw.level.unwrap_or(0),
+                quota: user_quota(raw.quota, raw.expiry, path)?,
             };
             Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: None, clients: vec![user], udp })
         }
@@ -1065,6 +1095,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                     account: Account::Shadowsocks2022 { key },
                     email: c.email.unwrap_or_default(),
                     level: c.level.unwrap_or(0),
+                    quota: user_quota(c.quota, c.expiry, cpath)?,
                 })
             })?;
             Ok(ShadowsocksInboundSpec { method_2022: Some(method), server_psk: Some(server_psk), clients, udp })
@@ -1079,6 +1110,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                 account: Account::Shadowsocks { method, password: password.into() },
                 email: raw.email.unwrap_or_default(),
                 level: raw.level.unwrap_or(0),
+                quota: user_quota(raw.quota, raw.expiry, path)?,
             };
             Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients: vec![user], udp })
         }
@@ -1115,6 +1147,7 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksInboundSpec, Co
                         account: Account::Shadowsocks { method, password: password.into() },
                         email: c.email.unwrap_or_default(),
                         level: c.level.unwrap_or(0),
+                        quota: user_quota(c.quota, c.expiry, cpath)?,
                     })
                 })?;
             Ok(ShadowsocksInboundSpec { method_2022: None, server_psk: None, clients, udp })

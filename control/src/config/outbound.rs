@@ -341,10 +341,15 @@ fn proxy(
             (servers.remove(0), format!("{servers_path}[0]"))
         }
         (None, Some(address)) => {
-            let users = raw
-                .user
-                .is_some()
-                .then(|| vec![RawProxyAccount { user: raw.user, pass: raw.pass, email: raw.email, level: raw.level }]);
+            let users = raw.user.is_some().then(|| {
+                vec![RawProxyAccount {
+                    user: raw.user,
+                    pass: raw.pass,
+                    email: raw.email,
+                    level: raw.level,
+                    ..Default::default()
+                }]
+            });
             (RawProxyServer { address: Some(address), port: raw.port, users }, path.to_owned())
         }
         (Some(_), Some(_)) => {
@@ -367,7 +372,7 @@ fn proxy(
         _ => return Err(ConfigError::unsupported(format!("{upath}[1]"), format!("more than one {name} user"))),
     };
     let (account, email, level) = match user {
-        Some(UserSpec { account: Account::Socks(a) | Account::Http(a), email, level }) => (Some(a), email, level),
+        Some(UserSpec { account: Account::Socks(a) | Account::Http(a), email, level, .. }) => (Some(a), email, level),
         _ => (None, String::new(), 0),
     };
     let tls = match stream {

@@ -400,6 +400,10 @@ pub(super) struct RawVlessClient {
     pub id: Option<String>,
     pub email: Option<String>,
     pub level: Option<u32>,
+    /// Ours: bytes the user may move, uplink plus downlink (a number or `"50GiB"`).
+    pub quota: Option<Value>,
+    /// Ours: when the user is suspended (RFC 3339 or unix seconds).
+    pub expiry: Option<Value>,
     pub flow: Option<String>,
     /// Panels (3x-ui and its forks) keep their own bookkeeping in each client; upstream
     /// ignores it, and so do we. These names only: any other unknown field is still an error.
@@ -436,6 +440,10 @@ pub(super) struct RawTrojanClient {
     pub password: Option<String>,
     pub email: Option<String>,
     pub level: Option<u32>,
+    /// Ours: bytes the user may move, uplink plus downlink (a number or `"50GiB"`).
+    pub quota: Option<Value>,
+    /// Ours: when the user is suspended (RFC 3339 or unix seconds).
+    pub expiry: Option<Value>,
     /// Old Xray had XTLS flows on Trojan; only an empty flow is accepted.
     pub flow: Option<String>,
     /// Panel bookkeeping, accepted and ignored as on VLESS clients.
@@ -491,6 +499,10 @@ pub(super) struct RawProxyAccount {
     pub pass: Option<String>,
     pub email: Option<String>,
     pub level: Option<u32>,
+    /// Ours: bytes the user may move, uplink plus downlink (a number or `"50GiB"`).
+    pub quota: Option<Value>,
+    /// Ours: when the user is suspended (RFC 3339 or unix seconds).
+    pub expiry: Option<Value>,
 }
 
 /// `settings` of a SOCKS or HTTP outbound: `servers`, or Xray's flat form.
@@ -765,6 +777,10 @@ pub(super) struct RawVmessClient {
     pub id: Option<String>,
     pub email: Option<String>,
     pub level: Option<u32>,
+    /// Ours: bytes the user may move, uplink plus downlink (a number or `"50GiB"`).
+    pub quota: Option<Value>,
+    /// Ours: when the user is suspended (RFC 3339 or unix seconds).
+    pub expiry: Option<Value>,
     /// Above 0: the legacy (MD5) handshake, refused.
     #[serde(rename = "alterId")]
     pub alter_id: Option<u32>,
@@ -849,6 +865,10 @@ pub(super) struct RawShadowsocksSettings {
     pub password: Option<String>,
     pub email: Option<String>,
     pub level: Option<u32>,
+    /// Ours: bytes the user may move, uplink plus downlink (a number or `"50GiB"`).
+    pub quota: Option<Value>,
+    /// Ours: when the user is suspended (RFC 3339 or unix seconds).
+    pub expiry: Option<Value>,
     pub clients: Option<Vec<RawShadowsocksClient>>,
     /// Xray's older name for `clients`; `clients` wins where both are given.
     pub users: Option<Vec<RawShadowsocksClient>>,
@@ -867,6 +887,10 @@ pub(super) struct RawShadowsocksClient {
     pub password: Option<String>,
     pub email: Option<String>,
     pub level: Option<u32>,
+    /// Ours: bytes the user may move, uplink plus downlink (a number or `"50GiB"`).
+    pub quota: Option<Value>,
+    /// Ours: when the user is suspended (RFC 3339 or unix seconds).
+    pub expiry: Option<Value>,
     /// A 2022 relay's destination: not served.
     pub address: Option<Value>,
     #[serde(rename = "port")]

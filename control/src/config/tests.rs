@@ -1092,7 +1092,8 @@ fn messages_read_well() {
     assert_eq!(
         err.to_string(),
         "inbound.settings.clients[0].alterId: unknown field (expected one of `id`, `email`, \
-         `level`, `flow`, `limitIp`, `totalGB`, `expiryTime`, `enable`, `tgId`, `subId`, `comment`, `reset`)"
+         `level`, `quota`, `expiry`, `flow`, `limitIp`, `totalGB`, `expiryTime`, `enable`, `tgId`, `subId`, \
+         `comment`, `reset`)"
     );
     let err = broken(|v| set(v, "/inbounds/0/settings/clients/0", "level", json!("high")));
     assert_eq!(err.to_string(), "inbounds[0].settings.clients[0].level: invalid type: string \"high\", expected u32");
@@ -1499,4 +1500,46 @@ fn dns_outbound_settings() {
         });
         assert!(err.to_string().starts_with(want), "{settings}: got {err}");
     }
+}
+
+#[test]
+fn quota_and_expiry_on_every_kind_of_client() {
+    let mut v = base();
+    v["inbounds"][0]["settings"]["clients"][0]["quota"] = json!("10MiB");
+    v["inbounds"][0]["settings"]["clients"][0]["expiry"] = json!("2027-01-01T00:00:00Z");
+    v["inbounds"].as_array_mut().unwrap().push(json!({
+        "tag": "trojan-in", "listen": "127.0.0.1", "port": 10087, "protocol": "trojan",
+        "settings": { "clients": [{ "password": "pw", "email": "t@x", "quota": 1000, "expiry": 1_798_761_600u64 }] }
+    }));
+    v["inbounds"].as_array_mut().unwrap().push(json!({
+        "tag": "socks-in", "listen": "127.0.0.1", "port": 10088, "protocol": "socks",
+        "settings": { "auth": "password", "accounts": [{ "user": "u", "pass": "p", "quota": "2.5GB" }] }
+    }));
+    let config = load(&v).unwrap();
+    let quota = |i: usize| config.inbounds[i].protocol.clients().unwrap()[0].quota;
+    assert_eq!(quota(0), shardray_core::quota::QuotaSpec { bytes: 10 << 20, expiry: 1_798_761_600 });
+    assert_eq!(quota(1), shardray_core::quota::QuotaSpec { bytes: 1000, expiry: 1_798_761_600 });
+    assert_eq!(quota(2), shardray_core::quota::QuotaSpec { bytes: 2_500_000_000, expiry: 0 });
+    // 3x-ui's own bookkeeping stays ignored: it is the panel's to enforce.
+    let mut v = base();
+    v["inbounds"][0]["settings"]["clients"][0]["totalGB"] = json!(5);
+    v["inbounds"][0]["settings"]["clients"][0]["expiryTime"] = json!(1);
+    assert_eq!(load(&v).unwrap().inbounds[0].protocol.clients().unwrap()[0].quota, Default::default());
+}
+
+#[test]
+fn a_bad_quota_or_expiry_names_its_path() {
+    let e = broken(|v| v["inbounds"][0]["settings"]["clients"][0]["quota"] = json!("10 lightyears"));
+    assert_eq!(e.path, "inbounds[0].settings.clients[0].quota", "{e}");
+    assert!(e.to_string().contains("unknown unit"), "{e}");
+    let e = broken(|v| v["inbounds"][0]["settings"]["clients"][0]["expiry"] = json!("tomorrow"));
+    assert_eq!(e.path, "inbounds[0].settings.clients[0].expiry", "{e}");
+    assert!(e.to_string().contains("RFC 3339"), "{e}");
+    let e = broken(|v| v["inbounds"][0]["settings"]["clients"][0]["quota"] = json!(-5));
+    assert_eq!(e.path, "inbounds[0].settings.clients[0].quota", "{e}");
+    let e = broken(|v| {
+        v["inbounds"][0]["settings"]["clients"][0]["email"] = json!("");
+        v["inbounds"][0]["settings"]["clients"][0]["expiry"] = json!(1);
+    });
+    assert!(e.to_string().contains("needs an email"), "{e}");
 }

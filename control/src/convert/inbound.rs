@@ -1402,6 +1402,7 @@ mod tests {
                 account: Account::Vless(uuid::Uuid::nil(), Default::default()),
                 email: String::new(),
                 level: 0,
+                quota: Default::default(),
             })],
             decryption: "none".into(),
             ..Default::default()

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::quota::{QuotaSpec, SuspendReason};
 use crate::routes::RouteSpecs;
 use crate::spec::{BalancerSpec, InboundSpec, OutboundSpec, PolicySpec, RuleSpec, UserSpec};
 
@@ -40,6 +41,26 @@ pub enum Change {
         inbound: String,
         /// The new user set.
         users: Vec<UserSpec>,
+    },
+    /// Set a user's quota and expiry (zeros clear them); its use so far stays.
+    SetQuota {
+        /// The inbound's tag.
+        inbound: String,
+        /// The user's email.
+        email: String,
+        /// The quota and expiry.
+        quota: QuotaSpec,
+    },
+    /// Suspend a user (`Some(reason)`) or resume it (`None`). The control thread makes this
+    /// change when the user's quota cell says so; it is not journaled, since it follows from
+    /// the quota, the expiry and the use, which are kept.
+    Suspend {
+        /// The inbound's tag.
+        inbound: String,
+        /// The user's email.
+        email: String,
+        /// Why, or `None` to resume.
+        reason: Option<SuspendReason>,
     },
     /// Close a user's live sessions without removing the user.
     Kick {
@@ -127,6 +148,8 @@ impl Change {
             | Change::SetLevel { inbound, .. }
             | Change::ReplaceUsers { inbound, .. }
             | Change::Kick { inbound, .. }
+            | Change::SetQuota { inbound, .. }
+            | Change::Suspend { inbound, .. }
             | Change::RemoveInbound { tag: inbound } => Some(inbound),
             Change::AddInbound { spec } | Change::ReplaceInbound { spec, .. } => Some(&spec.tag),
             Change::AddOutbound { .. }

@@ -3,8 +3,10 @@
 #![deny(rust_2018_idioms)]
 
 pub mod change;
+pub mod events;
 pub mod limits;
 pub mod log;
+pub mod quota;
 pub mod router;
 pub mod routes;
 pub mod slots;

@@ -215,6 +215,8 @@ impl RouteSpecs {
             | Change::SetLevel { .. }
             | Change::ReplaceUsers { .. }
             | Change::Kick { .. }
+            | Change::SetQuota { .. }
+            | Change::Suspend { .. }
             | Change::AddInbound { .. }
             | Change::ReplaceInbound { .. }
             | Change::RemoveInbound { .. }

@@ -11,6 +11,8 @@
 use std::sync::Arc;
 
 use shardray_wire::shadowsocks::{MasterKey, Method};
+
+use crate::quota::QuotaCell;
 use shardray_wire::trojan::KEY_LEN;
 use uuid::Uuid;
 
@@ -93,5 +95,20 @@ pub enum UserOp {
     Kick {
         /// The user's id.
         id: UserId,
+    },
+    /// Suspend the user (its live sessions close, new ones are refused as a wrong user's
+    /// are) or resume it.
+    Suspend {
+        /// The user's id.
+        id: UserId,
+        /// Suspended from now on, or not.
+        suspended: bool,
+    },
+    /// Give the slot's sessions this quota cell to count into (`None`: no quota any more).
+    Quota {
+        /// The user's slot.
+        slot: u32,
+        /// The cell, shared with the control thread and the other shards.
+        cell: Option<Arc<QuotaCell>>,
     },
 }

@@ -890,6 +890,8 @@ pub struct UserSpec {
     pub email: String,
     /// `level`: the policy level.
     pub level: u32,
+    /// `quota` and `expiry` (ours): what the user may use; unset for most users.
+    pub quota: crate::quota::QuotaSpec,
 }
 
 /// A fallback (`fallbacks[i]`): where a failed VLESS or Trojan handshake's bytes go.

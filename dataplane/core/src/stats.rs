@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::quota::QuotaCell;
+
 /// Bytes counted in both directions for one name, on one shard.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -53,6 +55,8 @@ pub struct SlotCounters {
     /// that outlives it (closing while the slot is reused) no longer counts into it.
     gens: Vec<u32>,
     emails: Vec<Option<Arc<str>>>,
+    /// The quota cells of the slots that have a quota or expiry (most have none).
+    quotas: HashMap<u32, Arc<QuotaCell>>,
     /// Only users with a live session here have an entry: most users are offline.
     online: HashMap<u32, Vec<IpSessions>>,
 }
@@ -72,15 +76,33 @@ impl SlotCounters {
             self.traffic[i].down.set(0);
             self.gens[i] = self.gens[i].wrapping_add(1);
             self.online.remove(&slot);
+            self.quotas.remove(&slot);
         }
         self.emails[i] = Some(email);
     }
 
-    /// Forgets a freed slot's email; its counters are zeroed when the slot is reused.
+    /// Forgets a freed slot's email and quota; its counters are zeroed when the slot is reused.
     pub fn free(&mut self, slot: u32) {
         if let Some(e) = self.emails.get_mut(slot as usize) {
             *e = None;
         }
+        self.quotas.remove(&slot);
+    }
+
+    /// Gives the slot a quota cell, or takes it away (`None`).
+    pub fn set_quota(&mut self, slot: u32, cell: Option<Arc<QuotaCell>>) {
+        match cell {
+            Some(cell) => self.quotas.insert(slot, cell),
+            None => self.quotas.remove(&slot),
+        };
+    }
+
+    /// The slot's quota cell, if it has a quota or an expiry.
+    pub fn quota(&self, slot: u32) -> Option<&Arc<QuotaCell>> {
+        if self.quotas.is_empty() {
+            return None;
+        }
+        self.quotas.get(&slot)
     }
 
     /// The slot's counters, if it exists.

@@ -46,6 +46,10 @@ pub(crate) struct ShardCtx {
     /// The API's listen addresses: never a destination, whatever the rules say.
     pub(crate) api_addrs: Arc<[SocketAddr]>,
     pub(crate) log: LogSink,
+    /// Where user events go: `ctx.events.emit(UserEvent::now(..))` reaches the control
+    /// thread's hub, which hands it to the API's subscribers. The level limits (rate,
+    /// connections, addresses) emit through it (`limits::notice`).
+    pub(crate) events: shardray_core::events::EventSink,
     /// Sessions alive on this shard.
     pub(crate) live: Cell<u64>,
     /// Destinations refused, by reason.
@@ -371,6 +375,7 @@ impl ShardCtx {
         api_addrs: Arc<[SocketAddr]>,
         log: LogSink,
         tap: RouteTap,
+        events: shardray_core::events::EventSink,
         dns: Option<crate::dns::DnsClient>,
     ) -> Result<ShardCtx, String> {
         let specs = RouteSpecs::from_config(&config);
@@ -387,6 +392,7 @@ impl ShardCtx {
             users: RefCell::default(),
             api_addrs,
             log,
+            events,
             live: Cell::new(0),
             refusals: RefusalCounts::default(),
             watchers: SessionWatchers::default(),
@@ -675,7 +681,14 @@ impl ShardCtx {
         for op in ops {
             let id = match op {
                 UserOp::Add { user, .. } => user.id,
-                UserOp::Remove { id, .. } | UserOp::SetLevel { id, .. } | UserOp::Kick { id } => *id,
+                UserOp::Remove { id, .. }
+                | UserOp::SetLevel { id, .. }
+                | UserOp::Kick { id }
+                | UserOp::Suspend { id, .. } => *id,
+                UserOp::Quota { slot, cell } => {
+                    slots.set_quota(*slot, cell.clone());
+                    continue;
+                }
             };
             let Some(key) = T::Key::from_id(&id) else {
                 failed.get_or_insert_with(|| wrong(&id));
@@ -696,6 +709,8 @@ impl ShardCtx {
                 }
                 UserOp::SetLevel { level, .. } => woken.extend(users.set_level(&key, *level)),
                 UserOp::Kick { .. } => woken.extend(users.kick(&key)),
+                UserOp::Suspend { suspended, .. } => woken.extend(users.suspend(&key, *suspended)),
+                UserOp::Quota { .. } => {}
             }
         }
         drop((users, slots));

@@ -109,6 +109,8 @@ pub struct ShardPlan {
     pub log: LogSink,
     /// Where routing decisions go while someone subscribes to them.
     pub route_tap: shardray_core::routes::RouteTap,
+    /// Where user events go (the control thread's hub).
+    pub events: shardray_core::events::EventSink,
     /// Commands from the control thread.
     pub commands: mailbox::MailboxReceiver,
     /// The `dns` object's resolver, when the config has one (else the system resolver).
@@ -145,9 +147,9 @@ pub fn spawn_shard(plan: ShardPlan) -> std::io::Result<ShardHandle> {
 }
 
 async fn run(plan: ShardPlan) {
-    let ShardPlan { id, config, users, listeners, api_addrs, log, route_tap, commands, dns, ready, .. } = plan;
+    let ShardPlan { id, config, users, listeners, api_addrs, log, route_tap, events, commands, dns, ready, .. } = plan;
     let dns = dns.map(|requests| dns::DnsClient::new(id, requests));
-    let ctx = match ShardCtx::new(config, api_addrs, log, route_tap, dns) {
+    let ctx = match ShardCtx::new(config, api_addrs, log, route_tap, events, dns) {
         Ok(ctx) => Rc::new(ctx),
         Err(e) => {
             let _ = ready.send(Err(e));

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shardray_core::events::{UserEvent, UserEventKind};
 use shardray_core::limits::{self, LimitRefusal, UserLimits};
 use shardray_core::spec::{LevelPolicy, LogLevel};
 use shardray_core::stats::Refusal;
@@ -19,8 +20,7 @@ use crate::users::UserHandle;
 /// How often a user held to its rate is told of, at most (across shards).
 const RATE_NOTICE_EVERY: Duration = Duration::from_secs(60);
 
-/// What a user's limits did: the one notice for the logs (and, later, the user-events
-/// stream).
+/// What a user's limits did: the one notice for the logs and the user-events stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LimitEvent {
     /// A session was refused.
@@ -54,6 +54,14 @@ pub(crate) fn notice(ctx: &ShardCtx, inbound: &str, email: &str, peer: IpAddr, e
     };
     let name = event.name();
     ctx.log.error(LogLevel::Info, format_args!("[{inbound}] {peer} user {email}: {name}: {reason}"));
+    if !email.is_empty() {
+        let kind = match event {
+            LimitEvent::Refused(LimitRefusal::Connections) => UserEventKind::ConnectionLimit,
+            LimitEvent::Refused(LimitRefusal::Ips) => UserEventKind::IpLimit,
+            LimitEvent::RateLimited => UserEventKind::RateLimited,
+        };
+        ctx.events.emit(UserEvent::now(kind, email.into(), inbound.into()));
+    }
 }
 
 /// A session admitted under its user's `maxConnections` or `maxIPs`: gives back what it took

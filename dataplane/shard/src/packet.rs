@@ -994,7 +994,7 @@ where
         let (note, email) = email.map_or(("", ""), |e| (" email: ", e));
         ctx.log.access(format_args!("from {peer} accepted udp:{dest} [{tag} >> {}]{note}{email}", outbound.tag));
     }
-    if watch.as_ref().is_some_and(SessionWatch::is_closed) {
+    if watch.as_ref().is_some_and(SessionWatch::is_closed) || crate::outbound::quota_used_up(&session) {
         return;
     }
     let out_tag = &outbound.tag;
@@ -1203,6 +1203,9 @@ where
                     activity.set(Instant::now());
                     if up_out.send(&dest, &buf[..n]).await? {
                         meter.borrow_mut().up(n as u64);
+                        if meter.borrow().exhausted() {
+                            return Ok(PacketEnd::Closed);
+                        }
                     }
                     // Datagrams are often ready at once: let the shard's other tasks run too.
                     glommio::yield_if_needed().await;
@@ -1230,6 +1233,9 @@ where
                     activity.set(Instant::now());
                     if output.send(&source, &buf[..n]).await? {
                         meter.borrow_mut().down(n as u64);
+                        if meter.borrow().exhausted() {
+                            return Ok(PacketEnd::Closed);
+                        }
                     }
                     glommio::yield_if_needed().await;
                 }

@@ -51,6 +51,8 @@ pub(crate) enum RelayEnd {
     TimedOut,
     /// The user was removed or kicked.
     Closed,
+    /// The user's quota is used up.
+    OverQuota,
     /// The client stream became its bare socket (Vision went direct both ways) with nothing
     /// held in either direction: the caller goes on with a relay that splices.
     Handover,
@@ -122,6 +124,10 @@ pub(crate) trait Meter {
     /// The most the downlink may read now, or when it may read again.
     fn down_allowance(&mut self) -> Allowance {
         Ok(POLL_BUDGET)
+    }
+    /// The user's quota is used up: the session ends.
+    fn exhausted(&self) -> bool {
+        false
     }
 }
 
@@ -575,6 +581,9 @@ where
                 }
             }
         }
+        if meter.exhausted() {
+            return Poll::Ready(Ok(RelayEnd::OverQuota));
+        }
         let mut progressed = false;
         let mut more = false;
         // The earliest time a direction held to its rate may read again.
@@ -606,6 +615,9 @@ where
             let moved = moved?;
             progressed |= moved.progressed;
             more |= moved.more;
+        }
+        if meter.exhausted() {
+            return Poll::Ready(Ok(RelayEnd::OverQuota));
         }
         if let Some(due) = rate_due {
             let mut wait = Timer::new(due.saturating_duration_since(Instant::now()));

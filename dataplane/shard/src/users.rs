@@ -15,6 +15,7 @@ use std::task::Waker;
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
+use shardray_core::quota::QuotaCell;
 use shardray_core::slots::{UserId, UserKey};
 use shardray_core::stats::SlotCounters;
 use shardray_wire::shadowsocks::{self, MasterKey, Method, MAX_KEY_LEN};
@@ -84,6 +85,8 @@ struct UserRec<K> {
     level: u32,
     /// A VLESS user with the Vision flow.
     vision: bool,
+    /// Suspended (quota or expiry): looked up as if it were not there.
+    suspended: bool,
     /// Bumped when the user's live sessions must close (removed or kicked) and when the record
     /// goes to another user: a handle with an older generation is stale. Records are never
     /// dropped, so a record's generation only grows.
@@ -105,6 +108,8 @@ pub(crate) struct UserHandle {
     pub(crate) email: Option<Arc<str>>,
     /// A VLESS user with the Vision flow.
     pub(crate) vision: bool,
+    /// The user's quota cell, if it has a quota or an expiry.
+    pub(crate) quota: Option<Arc<QuotaCell>>,
 }
 
 impl UserHandle {
@@ -118,6 +123,7 @@ impl UserHandle {
     pub(crate) fn bind(mut self, slots: &SlotCounters) -> UserHandle {
         self.email = slots.email(self.slot).cloned();
         self.slot_generation = slots.generation(self.slot);
+        self.quota = slots.quota(self.slot).cloned();
         self
     }
 }
@@ -149,6 +155,9 @@ impl<K: TableKey> UserTable<K> {
     pub(crate) fn get(&self, id: &K) -> Option<UserHandle> {
         let rec = self.find(id)?;
         let r = &self.recs[rec as usize];
+        if r.suspended {
+            return None;
+        }
         Some(UserHandle {
             rec,
             generation: r.generation,
@@ -157,6 +166,7 @@ impl<K: TableKey> UserTable<K> {
             slot_generation: 0,
             email: None,
             vision: r.vision,
+            quota: None,
         })
     }
 
@@ -181,7 +191,8 @@ impl<K: TableKey> UserTable<K> {
             (r.slot, r.level, r.vision) = (user.slot, user.level, user.vision);
             return Ok(());
         }
-        let fresh = UserRec { id, slot: user.slot, level: user.level, vision: user.vision, generation: 0 };
+        let fresh =
+            UserRec { id, slot: user.slot, level: user.level, vision: user.vision, suspended: false, generation: 0 };
         let rec = match self.free.pop() {
             Some(rec) => {
                 // Keep the generation running, so a handle to the record's last user stays stale.
@@ -226,6 +237,17 @@ impl<K: TableKey> UserTable<K> {
         Some(rec)
     }
 
+    /// Suspends the user (closing its live sessions, as a kick does) or resumes it.
+    pub(crate) fn suspend(&mut self, id: &K, suspended: bool) -> Option<u32> {
+        let rec = self.find(id)?;
+        let r = &mut self.recs[rec as usize];
+        if suspended && !r.suspended {
+            r.generation = r.generation.wrapping_add(1);
+        }
+        r.suspended = suspended;
+        Some(rec)
+    }
+
     /// What a session of `user` must do now.
     fn state(&self, user: &UserHandle) -> Result<u32, ()> {
         match self.recs.get(user.rec as usize) {
@@ -247,6 +269,8 @@ pub(crate) trait UserOps {
     fn kick(&mut self, id: &Self::Key) -> Option<u32>;
     /// Moves the user to another level.
     fn set_level(&mut self, id: &Self::Key, level: u32) -> Option<u32>;
+    /// Suspends or resumes the user.
+    fn suspend(&mut self, id: &Self::Key, suspended: bool) -> Option<u32>;
 }
 
 impl<K: TableKey> UserOps for UserTable<K> {
@@ -262,6 +286,9 @@ impl<K: TableKey> UserOps for UserTable<K> {
     }
     fn set_level(&mut self, id: &K, level: u32) -> Option<u32> {
         UserTable::set_level(self, id, level)
+    }
+    fn suspend(&mut self, id: &K, suspended: bool) -> Option<u32> {
+        UserTable::suspend(self, id, suspended)
     }
 }
 
@@ -358,6 +385,9 @@ impl UserOps for VmessUsers {
     }
     fn set_level(&mut self, id: &Uuid, level: u32) -> Option<u32> {
         self.table.set_level(id, level)
+    }
+    fn suspend(&mut self, id: &Uuid, suspended: bool) -> Option<u32> {
+        self.table.suspend(id, suspended)
     }
 }
 
@@ -547,6 +577,9 @@ impl UserOps for ShadowsocksUsers {
     fn set_level(&mut self, id: &SsKey, level: u32) -> Option<u32> {
         self.table.set_level(id, level)
     }
+    fn suspend(&mut self, id: &SsKey, suspended: bool) -> Option<u32> {
+        self.table.suspend(id, suspended)
+    }
 }
 
 impl UserStates for RefCell<ShadowsocksUsers> {
@@ -681,6 +714,20 @@ mod tests {
         assert!(t.state(&a).is_err() && t.state(&c).is_ok());
         assert_eq!(t.len(), 2);
         assert!(t.contains(&id(&key(2, 1))) && t.contains(&id(&key(3, 0))));
+    }
+
+    #[test]
+    fn a_suspended_user_is_not_found_and_its_sessions_close_until_resumed() {
+        let mut t = UserTable::<Uuid>::default();
+        t.insert(&key(1, 0)).unwrap();
+        let a = t.get(&id(&key(1, 0))).unwrap();
+        t.suspend(&id(&key(1, 0)), true);
+        assert!(t.get(&id(&key(1, 0))).is_none(), "looked up as a wrong user");
+        assert!(t.state(&a).is_err(), "its live session closes");
+        assert!(t.contains(&id(&key(1, 0))), "the user stays");
+        t.suspend(&id(&key(1, 0)), false);
+        let b = t.get(&id(&key(1, 0))).unwrap();
+        assert!(t.state(&b).is_ok() && t.state(&a).is_err());
     }
 
     #[test]

@@ -236,6 +236,9 @@ impl Exchange {
             if closed() {
                 return Ok(RelayEnd::Closed);
             }
+            if meter.exhausted() {
+                return Ok(RelayEnd::OverQuota);
+            }
             let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
             let n = within(idle, client.read(&mut buf[..want])).await?;
             if n == 0 {
@@ -268,6 +271,9 @@ impl Exchange {
             if closed() {
                 return Ok(RelayEnd::Closed);
             }
+            if meter.exhausted() {
+                return Ok(RelayEnd::OverQuota);
+            }
             let n = match within(idle, upstream.read(&mut buf)).await {
                 Ok(n) if n > 0 => n,
                 _ => {
@@ -290,6 +296,9 @@ impl Exchange {
                     if closed() {
                         return Ok(RelayEnd::Closed);
                     }
+                    if meter.exhausted() {
+                        return Ok(RelayEnd::OverQuota);
+                    }
                     let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
                     let n = within(idle, upstream.read(&mut buf[..want])).await?;
                     if n == 0 {
@@ -310,6 +319,9 @@ impl Exchange {
                 loop {
                     if closed() {
                         return Ok(RelayEnd::Closed);
+                    }
+                    if meter.exhausted() {
+                        return Ok(RelayEnd::OverQuota);
                     }
                     let n = within(idle, upstream.read(&mut buf)).await?;
                     if n == 0 {

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use shardray_core::quota::QuotaCell;
 use shardray_core::router::{Decision, RouteInput};
 use shardray_core::routes::RouteRecord;
 use shardray_core::spec::{LevelPolicy, LogLevel, OutboundProtocol, RoutingDomainStrategy};
@@ -210,8 +211,9 @@ where
             ));
         }
     };
-    // Removed or kicked while routing resolved a name.
-    if watch.as_ref().is_some_and(SessionWatch::is_closed) {
+    // Removed or kicked while routing resolved a name, or over its quota (which the control
+    // thread is about to suspend): closed without a reply, as a wrong user's session is.
+    if watch.as_ref().is_some_and(SessionWatch::is_closed) || quota_used_up(&session) {
         return;
     }
     // Downlink bytes a proxy server sent along with its answer.
@@ -475,6 +477,10 @@ where
                 session.inbound.tag, session.peer, session.dest
             ),
         ),
+        Ok(RelayEnd::OverQuota) => ctx.log.error(
+            LogLevel::Info,
+            format_args!("[{}] {} to {}: closed: quota used up", session.inbound.tag, session.peer, session.dest),
+        ),
         Ok(RelayEnd::TimedOut) => ctx.log.error(
             LogLevel::Debug,
             format_args!("[{}] {} to {}: timed out", session.inbound.tag, session.peer, session.dest),
@@ -484,6 +490,14 @@ where
             format_args!("[{}] {} to {}: {}", session.inbound.tag, session.peer, session.dest, e),
         ),
     }
+}
+
+/// Bytes left before a quota below which a session reads one buffer per poll.
+const NEAR_QUOTA: u64 = 64 << 20;
+
+/// Whether the session's user has a quota and has used it up.
+pub(crate) fn quota_used_up(session: &Session<'_>) -> bool {
+    session.user.as_ref().and_then(|u| u.quota.as_ref()).is_some_and(|q| q.remaining() == 0)
 }
 
 /// Seconds since the Unix epoch, for a session's start.
@@ -627,6 +641,10 @@ pub(crate) struct SessionMeter<'a> {
     outbound: &'a Traffic,
     outbound_up: bool,
     outbound_down: bool,
+    /// The user's quota cell: counted into whatever the stats policy says.
+    quota: Option<Arc<QuotaCell>>,
+    /// The level's `bufferSize`: what a poll reads at most near the quota.
+    buffer_size: u64,
 }
 
 impl<'a> SessionMeter<'a> {
@@ -655,11 +673,27 @@ impl<'a> SessionMeter<'a> {
             outbound: &outbound.traffic,
             outbound_up: on && system.stats_outbound_uplink,
             outbound_down: on && system.stats_outbound_downlink,
+            quota: session.user.as_ref().and_then(|u| u.quota.clone()),
+            buffer_size: policy.buffer_size.max(1) as u64,
         }
     }
 }
 
 impl SessionMeter<'_> {
+    /// What the user's quota lets one poll read (`u64::MAX` without a quota).
+    #[inline]
+    fn quota_allowance(&self) -> u64 {
+        match self.quota.as_ref().map(|q| q.remaining()) {
+            None => u64::MAX,
+            // Far from the quota: full speed. Every shard reads at most a poll's budget before
+            // it charges (1 MiB), so 32 shards together cannot cross it.
+            Some(left) if left > NEAR_QUOTA => u64::MAX,
+            // Near it: one buffer a poll, charged before the next, so that the shards together
+            // overrun by at most one buffer each.
+            Some(left) => left.min(self.buffer_size),
+        }
+    }
+
     /// Tells that the session's user is held to its rate.
     #[cold]
     fn rate_limited(&self) {
@@ -674,25 +708,35 @@ impl Meter for SessionMeter<'_> {
         self.user_up = self.stats_on && policy.stats_user_uplink;
         self.user_down = self.stats_on && policy.stats_user_downlink;
         self.rates.set_policy(policy);
+        self.buffer_size = policy.buffer_size.max(1) as u64;
     }
 
     #[inline]
     fn up_allowance(&mut self) -> Allowance {
-        match self.rates.up_limited() {
+        let rate = match self.rates.up_limited() {
             false => Ok(POLL_BUDGET),
             true => self.rates.up_allowance(),
-        }
+        };
+        rate.map(|n| n.min(self.quota_allowance()))
     }
 
     #[inline]
     fn down_allowance(&mut self) -> Allowance {
-        match self.rates.down_limited() {
+        let rate = match self.rates.down_limited() {
             false => Ok(POLL_BUDGET),
             true => self.rates.down_allowance(),
-        }
+        };
+        rate.map(|n| n.min(self.quota_allowance()))
+    }
+
+    fn exhausted(&self) -> bool {
+        self.quota.as_ref().is_some_and(|q| q.remaining() == 0)
     }
 
     fn up(&mut self, n: u64) {
+        if let Some(q) = &self.quota {
+            q.charge_up(n);
+        }
         if self.rates.up_limited() && self.rates.charge_up(n) {
             self.rate_limited();
         }
@@ -710,6 +754,9 @@ impl Meter for SessionMeter<'_> {
     }
 
     fn down(&mut self, n: u64) {
+        if let Some(q) = &self.quota {
+            q.charge_down(n);
+        }
         if self.rates.down_limited() && self.rates.charge_down(n) {
             self.rate_limited();
         }
