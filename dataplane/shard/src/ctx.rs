@@ -489,7 +489,7 @@ impl ShardCtx {
             },
             kind,
             vision: inbound.vision_refused().is_none(),
-            connections: crate::gate::inbound_gauge(&inbound.tag),
+            connections: crate::gate::inbound_gauge(&inbound.tag, inbound.listen),
         })
     }
 

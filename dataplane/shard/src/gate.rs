@@ -18,14 +18,13 @@ static SERVER: AtomicU32 = AtomicU32::new(0);
 /// reload rebuilds in place keeps its count.
 pub(crate) type InboundGauge = Arc<AtomicU32>;
 
-/// The gauge of the inbound `tag` (created on first use; an untagged inbound has its own).
-pub(crate) fn inbound_gauge(tag: &str) -> InboundGauge {
-    if tag.is_empty() {
-        return Arc::default();
-    }
+/// The gauge of the inbound `tag` listening on `listen` (created on first use; an untagged
+/// inbound is known by its address, the same on every shard).
+pub(crate) fn inbound_gauge(tag: &str, listen: std::net::SocketAddr) -> InboundGauge {
+    let key = if tag.is_empty() { format!("untagged {listen}") } else { format!("tag {tag}") };
     static GAUGES: OnceLock<Mutex<HashMap<String, InboundGauge>>> = OnceLock::new();
     let mut gauges = GAUGES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    gauges.entry(tag.to_owned()).or_default().clone()
+    gauges.entry(key).or_default().clone()
 }
 
 /// Which bound a refused connection met.
@@ -78,14 +77,16 @@ mod tests {
     #[test]
     fn slots_count_across_holders_and_come_back_when_dropped() {
         let system = SystemPolicy { max_inbound_connections: 2, ..Default::default() };
-        let gauge = inbound_gauge("gate-test");
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let gauge = inbound_gauge("gate-test", listen);
         let a = admit(&system, &gauge).unwrap();
-        let b = admit(&system, &inbound_gauge("gate-test")).unwrap();
+        let b = admit(&system, &inbound_gauge("gate-test", listen)).unwrap();
         assert_eq!(admit(&system, &gauge).err(), Some(Full::Inbound(2)));
         assert_eq!(gauge.load(Ordering::Relaxed), 2, "a refusal gives its place back");
         drop(a);
         let c = admit(&system, &gauge).unwrap();
-        assert!(admit(&system, &inbound_gauge("another")).is_ok(), "other inbounds are not bound by it");
+        assert!(admit(&system, &inbound_gauge("another", listen)).is_ok(), "other inbounds are not bound by it");
+        assert!(Arc::ptr_eq(&inbound_gauge("", listen), &inbound_gauge("", listen)), "untagged: one per address");
         drop((b, c));
         assert_eq!(gauge.load(Ordering::Relaxed), 0);
     }

@@ -132,6 +132,9 @@ pub struct InboundSockets {
 /// A running shard's thread.
 pub type ShardHandle = glommio::ExecutorJoinHandle<()>;
 
+/// Threads in each shard's blocking pool (system name lookups, dials with socket options).
+const BLOCKING_THREADS: usize = 8;
+
 /// Starts a shard on its own pinned thread.
 pub fn spawn_shard(plan: ShardPlan) -> std::io::Result<ShardHandle> {
     let placement = match plan.cpu {
@@ -142,6 +145,9 @@ pub fn spawn_shard(plan: ShardPlan) -> std::io::Result<ShardHandle> {
         .name(&format!("shard-{}", plan.id))
         // No file IO here: keep io_uring's registered memory small.
         .io_memory(1 << 20)
+        // Name lookups and configured dials run on the blocking pool: with the pinned
+        // default of one thread, one slow lookup or dial would hold up every other.
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(BLOCKING_THREADS))
         .spawn(move || run(plan))
         .map_err(|e| std::io::Error::other(e.to_string()))
 }

@@ -483,7 +483,13 @@ struct DnsLeg<'a> {
     session: &'a Session<'a>,
     spec: &'a DnsOutboundSpec,
     answers: (async_channel::Sender<DnsReply>, async_channel::Receiver<DnsReply>),
+    /// Queries of this session still being answered: past `MAX_DNS_IN_FLIGHT` new ones are
+    /// dropped, so that one client cannot pile up tasks, sockets and control-side lookups.
+    in_flight: Rc<Cell<usize>>,
 }
+
+/// Queries one `dns` outbound session may have unanswered at once (a resolver stub retries).
+const MAX_DNS_IN_FLIGHT: usize = 64;
 
 /// An answer for the client, from the destination its query was sent to.
 type DnsReply = (Destination, Vec<u8>);
@@ -493,6 +499,9 @@ impl<'a> DnsLeg<'a> {
         let (dest, query) = (dest.clone(), payload.to_vec());
         async move {
             let Some(dns) = self.ctx.dns.clone() else { return false };
+            if self.in_flight.get() >= MAX_DNS_IN_FLIGHT {
+                return false;
+            }
             let forward = crate::outbound::dns::forward_target(
                 self.ctx,
                 self.routes,
@@ -503,9 +512,12 @@ impl<'a> DnsLeg<'a> {
                 false,
             )
             .await;
-            let (spec, answers) = (self.spec.clone(), self.answers.0.clone());
+            let (spec, answers, in_flight) = (self.spec.clone(), self.answers.0.clone(), self.in_flight.clone());
+            in_flight.set(in_flight.get() + 1);
             glommio::spawn_local(async move {
-                if let MessageAnswer::Reply(reply) = dns.answer(query, &spec, forward).await {
+                let answer = dns.answer(query, &spec, forward).await;
+                in_flight.set(in_flight.get() - 1);
+                if let MessageAnswer::Reply(reply) = answer {
                     let _ = answers.try_send((dest, reply));
                 }
             })
@@ -715,6 +727,10 @@ impl SocksLeg {
 pub(crate) struct ChunkPackets<'a, S> {
     pub(crate) stream: &'a RefCell<S>,
     pub(crate) dest: Destination,
+    /// Towards the server (the outbound's side), only packets for `dest` go (the others
+    /// cannot be named); towards the client every answer goes, whatever its source (a name
+    /// resolved, a redirect), as Xray writes back every packet of the link.
+    pub(crate) only_to_dest: bool,
     /// The most one chunk carries (with padding, a little under 8192 bytes).
     pub(crate) max_payload: usize,
 }
@@ -734,7 +750,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketSource for ChunkPackets<'_, S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> PacketSink for ChunkPackets<'_, S> {
     async fn send(&mut self, peer: &Destination, payload: &[u8]) -> io::Result<bool> {
         // Past what one chunk carries: dropped, as a datagram too large for the path is.
-        if *peer != self.dest || payload.len() > self.max_payload {
+        if (self.only_to_dest && *peer != self.dest) || payload.len() > self.max_payload {
             return Ok(false);
         }
         let mut half = Half(self.stream);
@@ -1007,7 +1023,8 @@ where
         OutboundProtocol::Blackhole(_) => (UpIn::Blackhole, UpOut::Blackhole),
         OutboundProtocol::Dns(spec) => {
             let answers = async_channel::bounded(DNS_ANSWERS);
-            dns_leg = DnsLeg { ctx, routes: &routes, decision, session: &session, spec, answers };
+            dns_leg =
+                DnsLeg { ctx, routes: &routes, decision, session: &session, spec, answers, in_flight: Rc::default() };
             (UpIn::Dns(&dns_leg), UpOut::Dns(&dns_leg))
         }
         OutboundProtocol::Freedom(spec) => match FreedomLeg::new(ctx, &routes, decision, &session, spec, &outbound.via)
@@ -1075,7 +1092,8 @@ where
                         _ => unreachable!("start gives a VMess stream"),
                     };
                     upstream = RefCell::new(up);
-                    let chunks = || ChunkPackets { stream: &upstream, dest: dest.clone(), max_payload };
+                    let chunks =
+                        || ChunkPackets { stream: &upstream, dest: dest.clone(), max_payload, only_to_dest: true };
                     (UpIn::VmessChunks(chunks()), UpOut::VmessChunks(chunks()))
                 }
                 Err(e) => {

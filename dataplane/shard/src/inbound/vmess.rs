@@ -69,8 +69,8 @@ pub(super) async fn serve<S>(
                 };
                 let max_payload = stream.max_payload();
                 let stream = RefCell::new(Box::new(stream));
-                let input = ChunkPackets { stream: &stream, dest: dest.clone(), max_payload };
-                let output = ChunkPackets { stream: &stream, dest, max_payload };
+                let input = ChunkPackets { stream: &stream, dest: dest.clone(), max_payload, only_to_dest: false };
+                let output = ChunkPackets { stream: &stream, dest, max_payload, only_to_dest: false };
                 return serve_packets(ctx, session, input, output).await;
             }
             let session =
