@@ -148,9 +148,21 @@ pub fn save_use(path: &Path, sets: &UserSets) -> anyhow::Result<()> {
             out.insert(view.email.to_string(), serde_json::json!(q.cell.used()));
         }
     }
+    // Synced before and after the rename: a power loss leaves the old file or the new one,
+    // never an empty one.
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::Value::Object(out).to_string()).with_context(|| tmp.display().to_string())?;
+    let text = serde_json::Value::Object(out).to_string();
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    };
+    write().with_context(|| tmp.display().to_string())?;
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| dir.display().to_string())?;
+    }
     Ok(())
 }
 
@@ -161,8 +173,14 @@ pub fn load_use(path: &Path, sets: &UserSets) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| path.display().to_string()),
     };
-    let saved: std::collections::HashMap<String, [u64; 2]> =
-        serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    let saved: std::collections::HashMap<String, [u64; 2]> = match serde_json::from_str(&text) {
+        Ok(saved) => saved,
+        // Not a reason to stay down: the users start from no use, and the operator is told.
+        Err(e) => {
+            eprintln!("shardray: {}: unreadable ({e}); quota use starts from zero", path.display());
+            return Ok(());
+        }
+    };
     let slots = sets.slots();
     for (slot, q) in slots.book().quotas() {
         if let Some(used) = slots.get(slot).and_then(|v| saved.get(&**v.email)) {

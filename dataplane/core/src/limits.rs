@@ -115,6 +115,8 @@ pub struct UserLimits {
     ips: Mutex<Vec<(IpAddr, u32)>>,
     /// When the user was last noted as rate limited (`now_ns`), plus one; 0: never.
     noted: AtomicU64,
+    /// The same for a refused session (`maxConnections`, `maxIPs`).
+    refused_noted: AtomicU64,
 }
 
 impl UserLimits {
@@ -189,12 +191,23 @@ impl UserLimits {
     /// Whether a rate-limit notice for the user is due at `now` (by `now_ns`): the first time
     /// it is held back, then at most once per `every`, whichever shard asks.
     pub fn note_rate_limited(&self, now: u64, every: Duration) -> bool {
-        let last = self.noted.load(Relaxed);
-        if last != 0 && now.saturating_sub(last - 1) < every.as_nanos() as u64 {
-            return false;
-        }
-        self.noted.compare_exchange(last, now + 1, Relaxed, Relaxed).is_ok()
+        due(&self.noted, now, every)
     }
+
+    /// Whether a refusal notice (log line and event) for the user is due: a client retrying
+    /// in a loop is counted every time but told of once per `every`.
+    pub fn note_refused(&self, now: u64, every: Duration) -> bool {
+        due(&self.refused_noted, now, every)
+    }
+}
+
+/// Whether a notice last given at `last` (`now_ns` plus one; 0: never) is due again at `now`.
+fn due(last: &AtomicU64, now: u64, every: Duration) -> bool {
+    let was = last.load(Relaxed);
+    if was != 0 && now.saturating_sub(was - 1) < every.as_nanos() as u64 {
+        return false;
+    }
+    last.compare_exchange(was, now + 1, Relaxed, Relaxed).is_ok()
 }
 
 #[cfg(test)]

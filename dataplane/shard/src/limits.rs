@@ -20,6 +20,9 @@ use crate::users::UserHandle;
 /// How often a user held to its rate is told of, at most (across shards).
 const RATE_NOTICE_EVERY: Duration = Duration::from_secs(60);
 
+/// How often a user's refusals (`maxConnections`, `maxIPs`) are logged and sent as events.
+const REFUSAL_NOTICE_EVERY: Duration = Duration::from_secs(1);
+
 /// What a user's limits did: the one notice for the logs and the user-events stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LimitEvent {
@@ -39,8 +42,21 @@ impl LimitEvent {
     }
 }
 
-/// Tells of what a user's limits did: counts a refusal and logs either, with the reason.
+/// Tells of what a user's limits did: counts a refusal and logs either, with the reason, and
+/// sends it as a user event.
 pub(crate) fn notice(ctx: &ShardCtx, inbound: &str, email: &str, peer: IpAddr, event: LimitEvent) {
+    notice_if(ctx, inbound, email, peer, event, true)
+}
+
+/// `notice` of a refused session: counted always, told of at most once per
+/// `REFUSAL_NOTICE_EVERY` per user (a client retrying in a loop must not flood the log and the
+/// events stream, whose subscribers would lose suspensions to it).
+fn refused(ctx: &ShardCtx, limits: &UserLimits, inbound: &str, email: &str, peer: IpAddr, why: LimitRefusal) {
+    let tell = limits.note_refused(limits::now_ns(), REFUSAL_NOTICE_EVERY);
+    notice_if(ctx, inbound, email, peer, LimitEvent::Refused(why), tell)
+}
+
+fn notice_if(ctx: &ShardCtx, inbound: &str, email: &str, peer: IpAddr, event: LimitEvent, tell: bool) {
     let reason = match event {
         LimitEvent::Refused(LimitRefusal::Connections) => {
             ctx.refusals.add(Refusal::ConnectionLimit);
@@ -52,6 +68,9 @@ pub(crate) fn notice(ctx: &ShardCtx, inbound: &str, email: &str, peer: IpAddr, e
         }
         LimitEvent::RateLimited => "held to its level's rate",
     };
+    if !tell {
+        return;
+    }
     let name = event.name();
     ctx.log.error(LogLevel::Info, format_args!("[{inbound}] {peer} user {email}: {name}: {reason}"));
     if !email.is_empty() {
@@ -101,7 +120,7 @@ pub(crate) fn admit(
     let mut admitted = Admission { limits, session: false, ip: None };
     if policy.max_connections > 0 {
         if !admitted.limits.open_session(policy.max_connections) {
-            notice(ctx, inbound, email, peer, LimitEvent::Refused(LimitRefusal::Connections));
+            refused(ctx, &admitted.limits, inbound, email, peer, LimitRefusal::Connections);
             return Err(LimitRefusal::Connections);
         }
         admitted.session = true;
@@ -109,7 +128,7 @@ pub(crate) fn admit(
     if policy.max_ips > 0 {
         if !admitted.limits.open_ip(peer, policy.max_ips) {
             // `admitted` gives the session back.
-            notice(ctx, inbound, email, peer, LimitEvent::Refused(LimitRefusal::Ips));
+            refused(ctx, &admitted.limits, inbound, email, peer, LimitRefusal::Ips);
             return Err(LimitRefusal::Ips);
         }
         admitted.ip = Some(peer);
