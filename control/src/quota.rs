@@ -105,7 +105,7 @@ pub fn unix_now() -> u64 {
 /// and keeps the use on disk after a suspension for quota, so that a restart keeps it
 /// suspended.
 pub async fn reconcile(state: &ApiState, registry: &mut Registry, only: Option<u32>) -> Result<(), ChangeError> {
-    let events = registry.reconcile(only, unix_now()).await?;
+    let (events, mut failed) = registry.reconcile(only, unix_now()).await;
     let for_quota = events.iter().any(|e| e.kind.reason() == Some(SuspendReason::Quota));
     for event in events {
         state.events.publish(event);
@@ -115,7 +115,10 @@ pub async fn reconcile(state: &ApiState, registry: &mut Registry, only: Option<u
             state.log.error(LogLevel::Warning, format_args!("saving quota use: {e:#}"));
         }
     }
-    Ok(())
+    match failed.len() {
+        0 => Ok(()),
+        _ => Err(failed.swap_remove(0)),
+    }
 }
 
 /// The watch: runs for as long as the control thread runs.

@@ -282,19 +282,19 @@ impl Registry {
     /// Suspends on every shard the users whose quota is used up or whose expiry has passed at
     /// `now` (unix seconds), and resumes those for which neither holds any more; `only` limits
     /// it to one slot. Returns an event for each inbound a user was suspended or resumed in.
-    pub async fn reconcile(&mut self, only: Option<u32>, now: u64) -> Result<Vec<UserEvent>, ChangeError> {
-        let todo: Vec<(u32, Option<SuspendReason>)> = self
+    pub async fn reconcile(&mut self, only: Option<u32>, now: u64) -> (Vec<UserEvent>, Vec<ChangeError>) {
+        let todo: Vec<(u32, Option<SuspendReason>, Option<SuspendReason>)> = self
             .sets
             .slots
             .quotas()
             .filter(|(slot, _)| only.is_none_or(|o| o == *slot))
             .filter_map(|(slot, q)| {
                 let want = q.cell.breach(now);
-                (want != q.suspended).then_some((slot, want))
+                (want != q.suspended).then_some((slot, want, q.suspended))
             })
             .collect();
-        let mut events = Vec::new();
-        for (slot, want) in todo {
+        let (mut events, mut failed) = (Vec::new(), Vec::new());
+        for (slot, want, was) in todo {
             let Some(email) = self.slots().get(slot).map(|v| v.email.clone()) else {
                 self.sets.slots.set_suspended(slot, None);
                 continue;
@@ -309,11 +309,17 @@ impl Registry {
             let kind = want.map_or(UserEventKind::Resumed, UserEventKind::Suspended);
             for tag in tags {
                 let change = Change::Suspend { inbound: tag.clone(), email: email.to_string(), reason: want };
-                self.apply(change).await?;
+                if let Err(e) = self.apply(change).await {
+                    // Marked as it was, so that the next round tries this user again on every
+                    // inbound; the other users go on meanwhile.
+                    self.sets.slots.set_suspended(slot, was);
+                    failed.push(e);
+                    break;
+                }
                 events.push(UserEvent::now(kind, email.clone(), tag.into()));
             }
         }
-        Ok(events)
+        (events, failed)
     }
 
     /// The inbounds as they run now, without their users, for the running config (the
@@ -600,11 +606,24 @@ impl UserSets {
                 self.inbounds[i].by_email(email).map(|u| UserOp::Kick { id: u.account.key() }).into_iter().collect()
             }
             Change::SetQuota { email, quota, .. } => {
-                let Some(slot) = self.inbounds[i].by_email(email).map(|u| u.slot) else {
+                let Some((id, slot)) = self.inbounds[i].by_email(email).map(|u| (u.account.key(), u.slot)) else {
                     return Vec::new();
                 };
+                let before = self.slots.quota(slot).map(|q| q.cell.clone());
                 let cell = self.slots.set_quota(slot, *quota);
-                vec![UserOp::Quota { slot, cell }]
+                let mut ops = vec![UserOp::Quota { slot, cell: cell.clone() }];
+                // Live sessions count into the cell they took when they started: a user that
+                // had none (or another) gets its sessions closed, and the client's reconnects
+                // count from the first byte.
+                let new_cell = match (&before, &cell) {
+                    (Some(b), Some(c)) => !Arc::ptr_eq(b, c),
+                    (None, Some(_)) => true,
+                    _ => false,
+                };
+                if new_cell {
+                    ops.push(UserOp::Kick { id });
+                }
+                ops
             }
             Change::Suspend { email, reason, .. } => {
                 let Some((id, slot)) = self.inbounds[i].by_email(email).map(|u| (u.account.key(), u.slot)) else {

@@ -373,3 +373,26 @@ fn a_level_limit_refusal_reaches_the_events_stream() {
         ("connection_limit", "alice@example.com", "vless-in")
     );
 }
+
+/// A quota given to a user with live sessions holds them too: they took no quota when they
+/// started, so they are closed, and what the client opens next counts toward it.
+#[test]
+fn a_quota_set_on_a_user_with_live_sessions_holds_them_too() {
+    let source = Source::start();
+    source.open();
+    let server = Shardray::start(&config(json!({})), 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let proxy = server.inbound("vless-in");
+    // Two unlimited downloads running, then a 4 MiB quota.
+    let live: Vec<_> = (0..2).map(|_| std::thread::spawn(move || download(proxy, source.addr))).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    set_quota(&api, 4 * MIB, 0);
+    for session in live {
+        assert!(session.join().unwrap().is_some(), "a live session was not closed");
+    }
+    // A new session is cut at the quota (the two before may have used part of it already).
+    let got = download(proxy, source.addr).unwrap_or(0);
+    assert!(got <= 4 * MIB + BUFFER, "{got} bytes after a 4 MiB quota");
+    let echo = EchoServer::start();
+    assert!(wait_until(Duration::from_secs(3), || refused(proxy, echo.addr())), "{}", server.output());
+}

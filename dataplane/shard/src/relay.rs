@@ -651,7 +651,9 @@ where
             }
         }
         let now = Instant::now();
-        if progressed {
+        // A direction waiting for its user's rate is busy, not idle: at a low rate the wait
+        // between chunks may be longer than `uplinkOnly` or `downlinkOnly`.
+        if progressed || rate_due.is_some() {
             last_activity = now;
         }
         let allowed = if up.done() {
