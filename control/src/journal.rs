@@ -94,7 +94,14 @@ impl Journal {
     /// inbounds added, one `replace` record per inbound with users, then `routes`, the outbound
     /// and routing changes that applied. Written to a temporary file, synced, then renamed over
     /// the journal.
-    pub fn compact(&mut self, sets: &UserSets, routes: &[Change]) -> io::Result<()> {
+    /// `config_quotas` are the (inbound, email) pairs the config gives a quota or expiry: one
+    /// the API cleared since is written as cleared, or the config's would come back.
+    pub fn compact(
+        &mut self,
+        sets: &UserSets,
+        routes: &[Change],
+        config_quotas: &[(String, String)],
+    ) -> io::Result<()> {
         let tmp = self.path.with_extension("jsonl.tmp");
         let mut out = File::create(&tmp)?;
         let mut records = Vec::new();
@@ -121,6 +128,17 @@ impl Journal {
                     inbound: owner.tag.clone(),
                     email: view.email.to_string(),
                     quota: spec,
+                });
+            }
+        }
+        for (tag, email) in config_quotas {
+            let Some(inbound) = sets.inbounds().iter().find(|i| i.tag == *tag) else { continue };
+            let Some(user) = inbound.by_email(email) else { continue };
+            if book.book().quota(user.slot).is_none_or(|q| !q.cell.spec().is_set()) {
+                records.push(Change::SetQuota {
+                    inbound: tag.clone(),
+                    email: email.clone(),
+                    quota: Default::default(),
                 });
             }
         }
@@ -413,7 +431,7 @@ mod tests {
         let (mut j, read, bad) = Journal::open(dir.path()).unwrap();
         assert!(bad.is_empty(), "{bad:?}");
         assert_eq!(read, changes);
-        j.compact(&UserSets::default(), &read[..2]).unwrap();
+        j.compact(&UserSets::default(), &read[..2], &[]).unwrap();
         let (_, read, _) = Journal::open(dir.path()).unwrap();
         assert_eq!(read, changes[..2]);
     }

@@ -51,6 +51,15 @@ fn counters_path(state: &std::path::Path) -> PathBuf {
 /// the saved counters.
 fn restore(config: &mut Config, state: Option<&std::path::Path>) -> anyhow::Result<Restored> {
     let mut sets = UserSets::from_config(config);
+    // Users the config gives a quota: one the API cleared must stay cleared (see compact).
+    let config_quotas: Vec<(String, String)> = config
+        .inbounds
+        .iter()
+        .flat_map(|i| {
+            let quota_users = i.protocol.clients().unwrap_or_default().iter();
+            quota_users.filter(|u| u.quota.is_set() && !u.email.is_empty()).map(|u| (i.tag.clone(), u.email.clone()))
+        })
+        .collect();
     let Some(dir) = state else {
         return Ok(Restored { sets, journal: None, counters: CounterBook::default(), route_changes: Vec::new() });
     };
@@ -77,7 +86,7 @@ fn restore(config: &mut Config, state: Option<&std::path::Path>) -> anyhow::Resu
     }
     sets.write_inbounds_into(config);
     routes.write_into(config);
-    journal.compact(&sets, &route_changes).context("compacting the journal")?;
+    journal.compact(&sets, &route_changes, &config_quotas).context("compacting the journal")?;
     let mut counters = CounterBook::load(&counters_path(dir)).context("saved counters")?;
     // Saved user counters move into their users' slots.
     counters.carry_users(&mut sets);

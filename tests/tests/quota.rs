@@ -396,3 +396,23 @@ fn a_quota_set_on_a_user_with_live_sessions_holds_them_too() {
     let echo = EchoServer::start();
     assert!(wait_until(Duration::from_secs(3), || refused(proxy, echo.addr())), "{}", server.output());
 }
+
+/// A config user's quota cleared through the API stays cleared across restarts (each start
+/// compacts the journal, which must keep the clearing).
+#[test]
+fn a_config_quota_cleared_through_the_api_stays_cleared_across_restarts() {
+    let echo = EchoServer::start();
+    let state = Restartable::new(&config(json!({ "quota": "1MiB" })));
+    let (server, api) = state.start(&[]);
+    assert_eq!(quotas(&api, "vless-in").len(), 1);
+    set_quota(&api, 0, 0);
+    assert!(quotas(&api, "vless-in").iter().all(|q| q.quota_bytes == 0), "{:?}", quotas(&api, "vless-in"));
+    assert!(server.terminate(Duration::from_secs(5)).success());
+    for restart in 0..2 {
+        let (server, api) = state.start(&[]);
+        let left = quotas(&api, "vless-in");
+        assert!(left.iter().all(|q| q.quota_bytes == 0), "restart {restart}: {left:?}");
+        assert!(served(server.inbound("vless-in"), echo.addr()));
+        assert!(server.terminate(Duration::from_secs(5)).success());
+    }
+}
