@@ -322,6 +322,34 @@ impl Registry {
         (events, failed)
     }
 
+    /// The quota cell that user `email` of inbound `tag` counts into now, if any.
+    pub fn quota_cell(&self, tag: &str, email: &str) -> Option<Arc<shardray_core::quota::QuotaCell>> {
+        let slot = self.inbound(tag).ok()?.by_email(email)?.slot;
+        self.sets.slots.quota(slot).filter(|q| q.cell.spec().is_set()).map(|q| q.cell.clone())
+    }
+
+    /// After a change of `email`'s quota on `tag` (its cell `before`): live sessions count
+    /// into the cell they took when they started, so if the user now counts into a new one
+    /// (it had none), its sessions on every inbound are closed, and what the client opens
+    /// next counts from its first byte.
+    pub async fn rebind_quota(
+        &mut self,
+        tag: &str,
+        email: &str,
+        before: Option<Arc<shardray_core::quota::QuotaCell>>,
+    ) -> Result<(), ChangeError> {
+        let Some(after) = self.quota_cell(tag, email) else { return Ok(()) };
+        if before.is_some_and(|b| Arc::ptr_eq(&b, &after)) {
+            return Ok(());
+        }
+        let tags: Vec<String> =
+            self.sets.inbounds.iter().filter(|i| i.by_email(email).is_some()).map(|i| i.tag.clone()).collect();
+        for tag in tags {
+            self.apply(Change::Kick { inbound: tag, email: email.to_owned() }).await?;
+        }
+        Ok(())
+    }
+
     /// The inbounds as they run now, without their users, for the running config (the
     /// registry holds the live users).
     pub fn inbound_specs(&self) -> Vec<InboundSpec> {
@@ -606,24 +634,11 @@ impl UserSets {
                 self.inbounds[i].by_email(email).map(|u| UserOp::Kick { id: u.account.key() }).into_iter().collect()
             }
             Change::SetQuota { email, quota, .. } => {
-                let Some((id, slot)) = self.inbounds[i].by_email(email).map(|u| (u.account.key(), u.slot)) else {
+                let Some(slot) = self.inbounds[i].by_email(email).map(|u| u.slot) else {
                     return Vec::new();
                 };
-                let before = self.slots.quota(slot).map(|q| q.cell.clone());
                 let cell = self.slots.set_quota(slot, *quota);
-                let mut ops = vec![UserOp::Quota { slot, cell: cell.clone() }];
-                // Live sessions count into the cell they took when they started: a user that
-                // had none (or another) gets its sessions closed, and the client's reconnects
-                // count from the first byte.
-                let new_cell = match (&before, &cell) {
-                    (Some(b), Some(c)) => !Arc::ptr_eq(b, c),
-                    (None, Some(_)) => true,
-                    _ => false,
-                };
-                if new_cell {
-                    ops.push(UserOp::Kick { id });
-                }
-                ops
+                vec![UserOp::Quota { slot, cell }]
             }
             Change::Suspend { email, reason, .. } => {
                 let Some((id, slot)) = self.inbounds[i].by_email(email).map(|u| (u.account.key(), u.slot)) else {

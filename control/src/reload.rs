@@ -381,7 +381,9 @@ async fn apply_quotas(
                 continue;
             };
             let change = Change::SetQuota { inbound: inbound.tag.clone(), email: u.email.clone(), quota: u.quota };
+            let cell = registry.quota_cell(&inbound.tag, &u.email);
             registry.apply_from(change, Origin::File).await?;
+            registry.rebind_quota(&inbound.tag, &u.email, cell).await?;
             crate::quota::reconcile(state, registry, Some(slot)).await?;
             report.changes.push(format!("inbound {:?}: quota of {} set", inbound.tag, u.email));
         }

@@ -108,12 +108,15 @@ impl HandlerApi {
         };
         let departing = super::stats::departing(&self.state, &registry, &removed);
         let quota_of = match &change {
-            Change::SetQuota { inbound, email, .. } => Some((inbound.clone(), email.clone())),
+            Change::SetQuota { inbound, email, .. } => {
+                Some((inbound.clone(), email.clone(), registry.quota_cell(inbound, email)))
+            }
             _ => None,
         };
         // The registry re-checks: another call may have changed it since `change_for`.
         registry.apply(change).await.map_err(change_status)?;
-        if let Some((tag, email)) = quota_of {
+        if let Some((tag, email, before)) = quota_of {
+            registry.rebind_quota(&tag, &email, before).await.map_err(change_status)?;
             // A raised quota or a later expiry resumes the user before the call returns; a
             // lower one may suspend it at once.
             let slot = registry.inbound(&tag).ok().and_then(|i| i.by_email(&email)).map(|u| u.slot);
