@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardray::convert::{decode_known, inbound::inbound_json, routes, user_spec};
+use shardray_control::convert::{decode_known, inbound::inbound_json, routes, user_spec};
 use shardray_proto::xray::app::proxyman::command as handler;
 use shardray_proto::xray::app::router::command as router;
 use shardray_proto::xray::common::protocol::User;
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
             };
             if let Some(config) = req.inbound {
                 if let Ok(json) = inbound_json(&config) {
-                    let _ = shardray::config::load_inbound(json, "inbound");
+                    let _ = shardray_control::config::load_inbound(json, "inbound");
                 }
             }
         }
