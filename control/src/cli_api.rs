@@ -1186,7 +1186,7 @@ async fn execute(command: ApiCommand) -> Outcome {
         }
         ApiCommand::SetQuota { tag, email, quota, expiry, .. } => {
             let quota = quota
-                .map(|q| crate::quota::parse_bytes_str(&q).map_err(|e| Failure::Input(format!("--quota: {e}"))))
+                .map(|q| crate::config::units::parse_bytes_str(&q).map_err(|e| Failure::Input(format!("--quota: {e}"))))
                 .transpose()?;
             let expiry = expiry
                 .map(|e| crate::quota::parse_expiry_str(&e).map_err(|e| Failure::Input(format!("--expiry: {e}"))))

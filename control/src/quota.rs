@@ -1,5 +1,6 @@
-//! Quotas and expiry on the control side: reading `quota` and `expiry` from config and the
-//! command line, the watch that suspends and resumes users, and the use kept across restarts.
+//! Quotas and expiry on the control side: reading `expiry` from config and the command line
+//! (a `quota` is read by `config::units::parse_bytes`), the watch that suspends and resumes
+//! users, and the use kept across restarts.
 //!
 //! The shards count a quota'd user's bytes into its cell and stop each session at the quota
 //! themselves (see `shardray_core::quota`). The watch, every `WATCH_EVERY`, compares each cell
@@ -24,44 +25,6 @@ pub const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// The file in the state directory that keeps each quota'd user's use.
 const USE_FILE: &str = "quota-use.json";
-
-/// Bytes from a number or a string with an optional unit: `1048576`, `"10MiB"`, `"2.5GB"`,
-/// `"50GiB"` (`B`, `KB`/`MB`/`GB`/`TB` in powers of 1000, `KiB`/`MiB`/`GiB`/`TiB` in powers of
-/// 1024; `K`, `M`, `G`, `T` alone are binary).
-pub fn parse_bytes(v: &serde_json::Value) -> Result<u64, String> {
-    match v {
-        serde_json::Value::Number(n) => {
-            n.as_u64().ok_or_else(|| format!("{n} is not a whole number of bytes of 0 or more"))
-        }
-        serde_json::Value::String(s) => parse_bytes_str(s),
-        other => Err(format!("expected a number of bytes or a string such as \"50GiB\", found {other}")),
-    }
-}
-
-/// `parse_bytes` for a string.
-pub fn parse_bytes_str(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (number, unit) = (&t[..split], t[split..].trim());
-    let value: f64 = number.parse().map_err(|_| format!("{s:?}: expected a number with a unit such as \"50GiB\""))?;
-    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        "k" | "kib" => 1024.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tib" => 1024.0f64.powi(4),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")),
-    };
-    let bytes = value * scale;
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("{s:?}: too large"));
-    }
-    Ok(bytes.round() as u64)
-}
 
 /// Unix seconds from a number or an RFC 3339 time: `1798761600`, `"2027-01-01T00:00:00Z"`.
 pub fn parse_expiry(v: &serde_json::Value) -> Result<u64, String> {
@@ -197,21 +160,6 @@ pub fn load_use(path: &Path, sets: &UserSets) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn bytes_with_units() {
-        assert_eq!(parse_bytes(&json!(1048576)), Ok(1 << 20));
-        assert_eq!(parse_bytes(&json!("10MiB")), Ok(10 << 20));
-        assert_eq!(parse_bytes(&json!("50GiB")), Ok(50 << 30));
-        assert_eq!(parse_bytes(&json!("2.5GB")), Ok(2_500_000_000));
-        assert_eq!(parse_bytes(&json!("1 KB")), Ok(1000));
-        assert_eq!(parse_bytes(&json!("7")), Ok(7));
-        assert!(parse_bytes(&json!("5 parsecs")).unwrap_err().contains("unknown unit"));
-        assert!(parse_bytes(&json!("GiB")).is_err());
-        assert!(parse_bytes(&json!(-1)).is_err());
-        assert!(parse_bytes(&json!(true)).is_err());
-        assert!(parse_bytes(&json!("99999999999TiB")).unwrap_err().contains("too large"));
-    }
 
     #[test]
     fn expiry_as_rfc3339_or_unix_seconds() {

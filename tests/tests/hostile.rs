@@ -16,11 +16,6 @@ use shardray_tests::servers::EchoServer;
 use shardray_tests::tls::SelfSigned;
 use shardray_tests::{vless, vless_config, wait_until, Shardray, ALICE};
 
-/// Whether the server closed `s` (end of stream or reset) within `within`.
-fn closed(s: &mut TcpStream, within: Duration) -> bool {
-    vless::closed_within(s, within)
-}
-
 #[test]
 fn connection_limits_hold_across_both_shards_and_free_up_on_close() {
     let echo = EchoServer::start();
@@ -41,14 +36,20 @@ fn connection_limits_hold_across_both_shards_and_free_up_on_close() {
     for _ in 0..6 {
         let mut extra = vless::connect(a).unwrap();
         let _ = extra.write_all(&vless::request(ALICE, echo.addr()));
-        assert!(closed(&mut extra, Duration::from_secs(5)), "a fourth connection to the inbound was served");
+        assert!(
+            vless::closed_within(&mut extra, Duration::from_secs(5)),
+            "a fourth connection to the inbound was served"
+        );
     }
     held.push(vless::open_session(b, ALICE, echo.addr()));
     held.push(vless::open_session(b, ALICE, echo.addr()));
     // Five in all: the server is full, for both inbounds.
     for _ in 0..6 {
         let mut extra = vless::connect(b).unwrap();
-        assert!(closed(&mut extra, Duration::from_secs(5)), "a sixth connection to the server was served");
+        assert!(
+            vless::closed_within(&mut extra, Duration::from_secs(5)),
+            "a sixth connection to the server was served"
+        );
     }
 
     // Closing one frees its place, on whichever shard it was.

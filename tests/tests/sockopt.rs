@@ -9,10 +9,11 @@ use serde_json::json;
 use shardray_tests::servers::EchoServer;
 use shardray_tests::{vless, vless_config, wait_until, Shardray, ALICE};
 
-/// `ss`'s view of the established sockets whose local port is `port` (the server's side).
-fn server_sockets(port: u16) -> String {
+/// `ss`'s view of the established sockets whose `end` (`sport`: local, the server's side;
+/// `dport`: remote, a dialer's side) is port `port`.
+fn sockets(end: &str, port: u16) -> String {
     let out = Command::new("ss")
-        .args(["-tinoeH", "state", "established", "sport", &format!("= :{port}")])
+        .args(["-tinoeH", "state", "established", end, &format!("= :{port}")])
         .output()
         .expect("ss (iproute2) must be installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -41,19 +42,10 @@ fn accepted_sessions_carry_the_inbounds_socket_options() {
 
     let mut seen = String::new();
     let found = wait_until(Duration::from_secs(5), || {
-        seen = server_sockets(proxy.port());
+        seen = sockets("sport", proxy.port());
         seen.contains("bbr") && seen.contains("fwmark:0x2a") && seen.contains("timer:(keepalive,")
     });
     assert!(found, "the accepted socket lacks the options:\n{seen}");
-}
-
-/// `ss`'s view of the established sockets whose remote port is `port` (a dialer's side).
-fn dialed_sockets(port: u16) -> String {
-    let out = Command::new("ss")
-        .args(["-tinoeH", "state", "established", "dport", &format!("= :{port}")])
-        .output()
-        .expect("ss (iproute2) must be installed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A TCP server that answers each connection with the address it came from, then echoes.
@@ -101,7 +93,7 @@ fn an_outbound_dials_from_send_through_with_its_sockopt_tcp_and_udp() {
     assert_eq!(&seen[2..], b"127.0.0.2\n", "the destination saw another source address");
     let mut out = String::new();
     let found = wait_until(Duration::from_secs(5), || {
-        out = dialed_sockets(reporter.port());
+        out = sockets("dport", reporter.port());
         out.contains("127.0.0.2:")
             && out.contains("bbr")
             && out.contains("fwmark:0x2a")
@@ -145,7 +137,7 @@ fn a_proxy_outbound_dials_its_server_from_send_through_with_its_sockopt() {
     let mut session = vless::open_session(server.inbound("vless-in"), ALICE, echo.addr());
     let mut out = String::new();
     let found = wait_until(Duration::from_secs(5), || {
-        out = dialed_sockets(sb.socks.port());
+        out = sockets("dport", sb.socks.port());
         out.contains("127.0.0.3:") && out.contains("fwmark:0x7") && out.contains("timer:(keepalive,")
     });
     assert!(found, "the socket to the server lacks the options:\n{out}\n{}", sb.log());

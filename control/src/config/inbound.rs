@@ -823,7 +823,7 @@ fn vless_client(raw: RawVlessClient, path: &str, default_flow: VlessFlow) -> Res
 fn user_quota(quota: Option<Value>, expiry: Option<Value>, path: &str) -> Result<QuotaSpec, ConfigError> {
     let bytes = match quota {
         None | Some(Value::Null) => 0,
-        Some(v) => crate::quota::parse_bytes(&v).map_err(|e| ConfigError::invalid(format!("{path}.quota"), e))?,
+        Some(v) => super::units::parse_bytes(&v).map_err(|e| ConfigError::invalid(format!("{path}.quota"), e))?,
     };
     let expiry = match expiry {
         None | Some(Value::Null) => 0,

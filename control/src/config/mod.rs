@@ -13,7 +13,7 @@ mod outbound;
 mod raw;
 mod reality;
 mod routing;
-mod units;
+pub mod units;
 mod validate;
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Quantities with units in the config: byte rates such as `"20Mbps"`, `"2.5MB"` or `"1MiB"`.
+//! Quantities with units in the config: byte rates such as `"20Mbps"`, `"2.5MB"` or `"1MiB"`
+//! (levels), and byte counts such as `"50GiB"` (quotas; also the CLI's `--quota`).
 
 use serde_json::Value;
 
@@ -25,15 +26,16 @@ pub(crate) fn parse_rate(value: &Value) -> Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
-fn parse_rate_str(s: &str) -> Option<f64> {
+/// A quantity's decimal number and its unit (trimmed; empty when there is none).
+fn split_quantity(s: &str) -> Option<(f64, &str)> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    if number.is_empty() || number.starts_with('.') && number.len() == 1 {
-        return None;
-    }
-    let number: f64 = number.parse().ok()?;
-    let unit = unit.trim_start();
+    Some((number.parse().ok()?, unit.trim_start()))
+}
+
+fn parse_rate_str(s: &str) -> Option<f64> {
+    let (number, unit) = split_quantity(s)?;
     let unit = unit.strip_suffix("ps").or_else(|| unit.strip_suffix("/s")).unwrap_or(unit);
     if unit.is_empty() {
         return Some(number);
@@ -55,6 +57,42 @@ fn parse_rate_str(s: &str) -> Option<f64> {
         _ => return None,
     };
     Some(number * base.powi(prefix as i32) * per_unit)
+}
+
+/// Bytes from a number or a string with an optional unit: `1048576`, `"10MiB"`, `"2.5GB"`,
+/// `"50GiB"` (`B`, `KB`/`MB`/`GB`/`TB` in powers of 1000, `KiB`/`MiB`/`GiB`/`TiB` in powers of
+/// 1024; `K`, `M`, `G`, `T` alone are binary).
+pub fn parse_bytes(v: &serde_json::Value) -> Result<u64, String> {
+    match v {
+        serde_json::Value::Number(n) => {
+            n.as_u64().ok_or_else(|| format!("{n} is not a whole number of bytes of 0 or more"))
+        }
+        serde_json::Value::String(s) => parse_bytes_str(s),
+        other => Err(format!("expected a number of bytes or a string such as \"50GiB\", found {other}")),
+    }
+}
+
+/// `parse_bytes` for a string.
+pub fn parse_bytes_str(s: &str) -> Result<u64, String> {
+    let (value, unit) =
+        split_quantity(s).ok_or_else(|| format!("{s:?}: expected a number with a unit such as \"50GiB\""))?;
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tib" => 1024.0f64.powi(4),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")),
+    };
+    let bytes = value * scale;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("{s:?}: too large"));
+    }
+    Ok(bytes.round() as u64)
 }
 
 #[cfg(test)]
@@ -105,5 +143,20 @@ mod tests {
             assert!(parse_rate(&value).is_err(), "{value} passed as {:?}", parse_rate(&value));
         }
         assert!(parse_rate(&json!("fast")).unwrap_err().contains("\"fast\" is not a rate"));
+    }
+
+    #[test]
+    fn bytes_with_units() {
+        assert_eq!(parse_bytes(&json!(1048576)), Ok(1 << 20));
+        assert_eq!(parse_bytes(&json!("10MiB")), Ok(10 << 20));
+        assert_eq!(parse_bytes(&json!("50GiB")), Ok(50 << 30));
+        assert_eq!(parse_bytes(&json!("2.5GB")), Ok(2_500_000_000));
+        assert_eq!(parse_bytes(&json!("1 KB")), Ok(1000));
+        assert_eq!(parse_bytes(&json!("7")), Ok(7));
+        assert!(parse_bytes(&json!("5 parsecs")).unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes(&json!("GiB")).is_err());
+        assert!(parse_bytes(&json!(-1)).is_err());
+        assert!(parse_bytes(&json!(true)).is_err());
+        assert!(parse_bytes(&json!("99999999999TiB")).unwrap_err().contains("too large"));
     }
 }

@@ -360,8 +360,8 @@ struct FreedomLeg<'a> {
     verdicts: RefCell<Vec<(Destination, Verdict)>>,
 }
 
-/// A socket made (and bound) by `Via`, for glommio.
-fn udp_from_std(socket: std::net::UdpSocket) -> UdpSocket {
+/// A bound UDP socket (a listener's, or one `Via` made) handed to glommio.
+pub(crate) fn udp_from_std(socket: std::net::UdpSocket) -> UdpSocket {
     use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: the descriptor is a bound, nonblocking UDP socket that nothing else owns.
     unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) }

@@ -3,12 +3,10 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::UdpSocket;
 use rustc_hash::FxHashMap;
 use shardray_core::spec::DokodemoSpec;
 use shardray_core::stats::Refusal;
@@ -52,8 +50,7 @@ pub(crate) async fn datagram_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, soc
     let InboundKind::Dokodemo(spec) = &inbound.kind else { return };
     let dest = spec.destination.clone();
     let level = spec.user_level;
-    // SAFETY: the descriptor is a bound UDP socket we own and hand over here.
-    let socket = Rc::new(unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) });
+    let socket = Rc::new(crate::packet::udp_from_std(socket));
     let flows: Rc<RefCell<FxHashMap<SocketAddr, async_channel::Sender<Vec<u8>>>>> = Rc::default();
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {

@@ -186,15 +186,12 @@ struct SsFlow {
 /// one packet session of that user, full cone, replies sealed under a fresh salt each with
 /// the same key. SO_REUSEPORT keeps a client's datagrams on one shard.
 pub(crate) async fn datagram_loop(ctx: Rc<ShardCtx>, inbound: Rc<crate::ctx::InboundRt>, socket: std::net::UdpSocket) {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-
     use crate::packet::{serve_packets, PacketSession, MAX_DATAGRAM, MAX_DATAGRAM_FLOWS};
     let crate::ctx::InboundKind::Shadowsocks(ss) = &inbound.kind else { return };
     if let Some(method) = ss.method_2022 {
         return datagram_loop_2022(ctx.clone(), inbound.clone(), socket, method).await;
     }
-    // SAFETY: the descriptor is a bound UDP socket we own and hand over here.
-    let socket = Rc::new(unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) });
+    let socket = Rc::new(crate::packet::udp_from_std(socket));
     let mut flows: rustc_hash::FxHashMap<std::net::SocketAddr, SsFlow> = Default::default();
     // Room for the salt, the longest address, the largest payload and the tag, and one more.
     let mut buf = vec![0u8; MAX_DATAGRAM + 32 + 262 + 16 + 1];
@@ -305,12 +302,9 @@ async fn datagram_loop_2022(
     socket: std::net::UdpSocket,
     method: Method,
 ) {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-
     use crate::packet::{serve_packets, PacketSession, MAX_DATAGRAM, MAX_DATAGRAM_FLOWS};
     let crate::ctx::InboundKind::Shadowsocks(ss) = &inbound.kind else { return };
-    // SAFETY: the descriptor is a bound UDP socket we own and hand over here.
-    let socket = Rc::new(unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) });
+    let socket = Rc::new(crate::packet::udp_from_std(socket));
     let mut flows: rustc_hash::FxHashMap<u64, Ss2022Flow> = Default::default();
     let mut buf = vec![0u8; MAX_DATAGRAM + 32 + 24 + 16 + 19 + 2 + 900 + 262 + 16 + 1];
     loop {
