@@ -279,8 +279,10 @@ fn an_unlimited_user_beside_a_limited_one_is_not_slowed() {
     let alone = (alone + alone_again) / 2.0;
     eprintln!("Bob alone {:.0} MiB/s, beside Alice {:.0} MiB/s", alone / MIB, beside / MIB);
     assert!(alone > 20.0 * MIB, "Bob is slow even alone: {:.1} MiB/s", alone / MIB);
-    // Generous: the machine is shared; the point is that Bob is not held to Alice's rate.
-    assert!(beside > 0.5 * alone, "Bob beside Alice: {:.1} MiB/s, alone {:.1}", beside / MIB, alone / MIB);
+    // The point is that Bob is not held to Alice's 1 MiB/s: a throughput ratio between two
+    // runs is not a test on a shared machine (the benches measure the cost), so the bound is
+    // far above her rate and far below his own pace.
+    assert!(beside > 10.0 * MIB, "Bob beside Alice: {:.1} MiB/s, alone {:.1}", beside / MIB, alone / MIB);
 }
 
 #[test]
