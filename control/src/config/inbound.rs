@@ -31,7 +31,7 @@ use super::validate::{check_loopback, deserialize_at, is_empty_value, parse_host
 const LATER_PROTOCOLS: &[&str] = &["mixed", "wireguard", "hysteria", "hysteria2", "tun"];
 
 /// Transports upstream has besides raw TCP.
-const LATER_NETWORKS: &[&str] = &["h2", "http", "kcp", "mkcp", "quic", "xhttp", "splithttp", "domainsocket", "ds"];
+const LATER_NETWORKS: &[&str] = &["h2", "http", "kcp", "mkcp", "quic", "domainsocket", "ds"];
 
 /// The validated inbounds and what the rest of validation needs to know about them.
 pub(super) struct Inbounds {
@@ -330,8 +330,15 @@ fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<Inbound
         "httpupgrade" => asked(&raw.httpupgrade_settings),
         _ => false,
     };
-    let transport =
-        stream_transport(&network, &mut raw.ws_settings, &mut raw.httpupgrade_settings, &mut raw.grpc_settings, path)?;
+    let mut xhttp = super::xhttp::pick(raw.xhttp_settings.take(), raw.splithttp_settings.take());
+    let transport = stream_transport(
+        &network,
+        &mut raw.ws_settings,
+        &mut raw.httpupgrade_settings,
+        &mut raw.grpc_settings,
+        &mut xhttp,
+        path,
+    )?;
     // `rawSettings` is the newer name; where both are given it wins, as in Xray. Another
     // transport ignores both, as Xray does.
     let (tcp, tcp_path) = match raw.raw_settings.take() {
@@ -356,6 +363,12 @@ fn stream_settings(raw: Option<RawStreamSettings>, path: &str) -> Result<Inbound
         // As Xray's gRPC server: HTTP/2 is the only protocol it offers, whatever `alpn` says.
         tls.alpn = vec!["h2".into()];
     }
+    if let (Some(tls), TransportSpec::Xhttp(_)) = (&mut tls, &transport) {
+        // Xray's TLS offers h2 and http/1.1 when `alpn` names nothing; XHTTP serves both.
+        if tls.alpn.is_empty() {
+            tls.alpn = vec!["h2".into(), "http/1.1".into()];
+        }
+    }
     Ok(InboundStream { tls, reality, sockopt, http_header, transport })
 }
 
@@ -365,9 +378,14 @@ pub(super) fn stream_transport(
     ws: &mut Option<RawHttpTransport>,
     httpupgrade: &mut Option<RawHttpTransport>,
     grpc: &mut Option<RawGrpcSettings>,
+    xhttp: &mut Option<(&'static str, Value)>,
     path: &str,
 ) -> Result<TransportSpec, ConfigError> {
     match network {
+        "xhttp" | "splithttp" => {
+            let (key, raw) = xhttp.take().map_or(("xhttpSettings", None), |(k, v)| (k, Some(v)));
+            Ok(TransportSpec::Xhttp(Box::new(super::xhttp::xhttp_settings(raw, &format!("{path}.{key}"))?)))
+        }
         "grpc" | "gun" => {
             Ok(TransportSpec::Grpc(Box::new(grpc_settings(grpc.take(), &format!("{path}.grpcSettings"))?)))
         }

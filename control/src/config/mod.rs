@@ -15,6 +15,7 @@ mod reality;
 mod routing;
 pub mod units;
 mod validate;
+mod xhttp;
 
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ use serde_json::{Map, Value};
 pub use self::error::{ConfigError, ConfigErrorKind};
 pub use self::inbound::{load_grpc_settings, load_inbound, parse_user_id, shadowsocks_method, vmess_security};
 pub use self::reality::x25519_key;
+pub use self::xhttp::load_xhttp_settings;
 pub use shardray_core::spec::Config;
 
 use self::raw::RawConfig;

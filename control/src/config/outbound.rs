@@ -518,15 +518,26 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksOutboundSpec, C
 /// loader notes it).
 fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientSpec>, TransportSpec), ConfigError> {
     let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
+    let mut xhttp = super::xhttp::pick(raw.xhttp_settings.take(), raw.splithttp_settings.take());
     let transport = match super::inbound::stream_transport(
         &network,
         &mut raw.ws_settings,
         &mut raw.httpupgrade_settings,
         &mut raw.grpc_settings,
+        &mut xhttp,
         path,
     ) {
+        Ok(TransportSpec::Xhttp(_)) => {
+            // The settings are checked above; the client is not built yet.
+            return Err(ConfigError::unsupported(format!("{path}.network"), "xhttp outbound"));
+        }
         Ok(t) => t,
-        Err(_) if !matches!(network.as_str(), "ws" | "websocket" | "httpupgrade" | "grpc" | "gun") => {
+        Err(_)
+            if !matches!(
+                network.as_str(),
+                "ws" | "websocket" | "httpupgrade" | "grpc" | "gun" | "xhttp" | "splithttp"
+            ) =>
+        {
             return Err(ConfigError::unsupported(
                 format!("{path}.network"),
                 format!("network {network:?} on an outbound"),

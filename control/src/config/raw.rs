@@ -201,10 +201,8 @@ pub(super) struct RawStreamSettings {
     pub grpc_settings: Option<RawGrpcSettings>,
     #[serde(rename = "httpSettings")]
     pub _http_settings: Option<Value>,
-    #[serde(rename = "xhttpSettings")]
-    pub _xhttp_settings: Option<Value>,
-    #[serde(rename = "splithttpSettings")]
-    pub _splithttp_settings: Option<Value>,
+    pub xhttp_settings: Option<Value>,
+    pub splithttp_settings: Option<Value>,
     #[serde(rename = "kcpSettings")]
     pub _kcp_settings: Option<Value>,
     #[serde(rename = "quicSettings")]
@@ -319,6 +317,62 @@ pub(super) struct RawGrpcSettings {
     pub initial_windows_size: Option<i64>,
     pub user_agent: Option<String>,
     pub authority: Option<String>,
+}
+
+/// `xhttpSettings` / `splithttpSettings` (Xray's `SplitHTTPConfig`: its `extra` holds the
+/// same keys). Ranges are numbers or `"from-to"` strings, as Xray's `Int32Range`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawXhttpSettings {
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub mode: Option<String>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    pub x_padding_bytes: Option<Value>,
+    pub x_padding_obfs_mode: Option<bool>,
+    pub x_padding_key: Option<String>,
+    pub x_padding_header: Option<String>,
+    pub x_padding_placement: Option<String>,
+    pub x_padding_method: Option<String>,
+    #[serde(rename = "uplinkHTTPMethod")]
+    pub uplink_http_method: Option<String>,
+    #[serde(rename = "sessionIDPlacement")]
+    pub session_id_placement: Option<String>,
+    #[serde(rename = "sessionIDKey")]
+    pub session_id_key: Option<String>,
+    #[serde(rename = "sessionIDTable")]
+    pub session_id_table: Option<String>,
+    #[serde(rename = "sessionIDLength")]
+    pub session_id_length: Option<Value>,
+    pub seq_placement: Option<String>,
+    pub seq_key: Option<String>,
+    pub uplink_data_placement: Option<String>,
+    pub uplink_data_key: Option<String>,
+    pub uplink_chunk_size: Option<Value>,
+    #[serde(rename = "noGRPCHeader")]
+    pub no_grpc_header: Option<bool>,
+    #[serde(rename = "noSSEHeader")]
+    pub no_sse_header: Option<bool>,
+    pub sc_max_each_post_bytes: Option<Value>,
+    pub sc_min_posts_interval_ms: Option<Value>,
+    pub sc_max_buffered_posts: Option<i64>,
+    pub sc_stream_up_server_secs: Option<Value>,
+    pub server_max_header_bytes: Option<i64>,
+    pub xmux: Option<RawXmux>,
+    pub download_settings: Option<Value>,
+    pub extra: Option<Value>,
+}
+
+/// `xhttpSettings.xmux`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawXmux {
+    pub max_concurrency: Option<Value>,
+    pub max_connections: Option<Value>,
+    pub c_max_reuse_times: Option<Value>,
+    pub h_max_request_times: Option<Value>,
+    pub h_max_reusable_secs: Option<Value>,
+    pub h_keep_alive_period: Option<i64>,
 }
 
 /// `tcpSettings` / `rawSettings`
@@ -641,6 +695,8 @@ pub(super) struct RawOutStream {
     pub ws_settings: Option<RawHttpTransport>,
     pub httpupgrade_settings: Option<RawHttpTransport>,
     pub grpc_settings: Option<RawGrpcSettings>,
+    pub xhttp_settings: Option<Value>,
+    pub splithttp_settings: Option<Value>,
 }
 
 /// `streamSettings.tlsSettings` of an outbound.

@@ -73,11 +73,11 @@ pub(super) fn server(
 ) -> Result<RealityServerSpec, ConfigError> {
     let here = format!("{path}.realitySettings");
     match transport {
-        TransportSpec::Raw | TransportSpec::Grpc(_) => {}
+        TransportSpec::Raw | TransportSpec::Grpc(_) | TransportSpec::Xhttp(_) => {}
         other => {
             return Err(ConfigError::invalid(
                 format!("{path}.network"),
-                format!("REALITY runs over raw TCP or gRPC (Xray: RAW, XHTTP and gRPC), not {:?}", other.name()),
+                format!("REALITY runs over raw TCP, XHTTP or gRPC (as in Xray), not {:?}", other.name()),
             ))
         }
     }

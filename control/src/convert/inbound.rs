@@ -845,6 +845,8 @@ fn transport_config(t: &TransportSpec) -> Option<(&'static str, TransportConfig)
             ("httpupgrade", typed(HTTPUPGRADE, &c))
         }
         TransportSpec::Grpc(g) => ("grpc", typed(GRPC, &grpc_config(g))),
+        // Its API form comes with the vendored splithttp proto.
+        TransportSpec::Xhttp(_) => return None,
     };
     Some((name, TransportConfig { protocol_name: name.into(), settings: Some(settings), ..Default::default() }))
 }

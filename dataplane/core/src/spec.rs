@@ -394,6 +394,8 @@ pub enum TransportSpec {
     HttpUpgrade(Box<HttpTransportSpec>),
     /// `grpc` (`gun`) with `grpcSettings`.
     Grpc(Box<GrpcSpec>),
+    /// `xhttp` (`splithttp`) with `xhttpSettings`.
+    Xhttp(Box<XhttpSpec>),
 }
 
 impl TransportSpec {
@@ -404,13 +406,14 @@ impl TransportSpec {
             TransportSpec::Ws(_) => "ws",
             TransportSpec::HttpUpgrade(_) => "httpupgrade",
             TransportSpec::Grpc(_) => "grpc",
+            TransportSpec::Xhttp(_) => "xhttp",
         }
     }
 
     /// The HTTP transport's settings, if it is one.
     pub fn http(&self) -> Option<&HttpTransportSpec> {
         match self {
-            TransportSpec::Raw | TransportSpec::Grpc(_) => None,
+            TransportSpec::Raw | TransportSpec::Grpc(_) | TransportSpec::Xhttp(_) => None,
             TransportSpec::Ws(h) | TransportSpec::HttpUpgrade(h) => Some(h),
         }
     }
@@ -450,6 +453,40 @@ pub struct GrpcSpec {
     pub user_agent: String,
     /// `authority`: a client's `:authority` (empty: the TLS name, else a domain server).
     pub authority: String,
+}
+
+/// `xhttpSettings` / `splithttpSettings` (Xray's `transport.internet.splithttp.Config`), as
+/// Xray's loader builds them: when `extra` is given, every key but `host`, `path` and `mode`
+/// comes from it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct XhttpSpec {
+    /// What shapes requests and responses (path, host, mode, headers, padding, placements,
+    /// POST sizes and intervals), shared by the server and the client codec.
+    pub settings: shardray_wire::xhttp::Settings,
+    /// `xmux`: how a client spreads sessions over connections (a server ignores it).
+    pub xmux: XmuxSpec,
+    /// `downloadSettings` was given: a client would fetch its downlink over another
+    /// connection (a server ignores it; the client does not serve it).
+    pub download_settings: bool,
+}
+
+/// `xhttpSettings.xmux` (client side). Ranges of 0-0 mean no limit; Xray's loader sets
+/// maxConnections 3, hMaxRequestTimes 600-900 and hMaxReusableSecs 1800-3000 when `xmux`
+/// is absent or empty.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct XmuxSpec {
+    /// `maxConcurrency`: sessions one connection carries at once.
+    pub max_concurrency: shardray_wire::xhttp::Range,
+    /// `maxConnections`: connections open at once (exclusive with maxConcurrency).
+    pub max_connections: shardray_wire::xhttp::Range,
+    /// `cMaxReuseTimes`: sessions a connection carries in its life.
+    pub c_max_reuse_times: shardray_wire::xhttp::Range,
+    /// `hMaxRequestTimes`: requests a connection carries in its life.
+    pub h_max_request_times: shardray_wire::xhttp::Range,
+    /// `hMaxReusableSecs`: seconds a connection is reused for.
+    pub h_max_reusable_secs: shardray_wire::xhttp::Range,
+    /// `hKeepAlivePeriod`: seconds between HTTP/2 pings (0: Chrome's 45; negative: none).
+    pub h_keep_alive_period: i64,
 }
 
 /// `tcpSettings.header` with `"type": "http"`: the request a connection must open with and

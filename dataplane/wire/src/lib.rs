@@ -17,6 +17,7 @@ pub mod vision;
 pub mod vless;
 pub mod vmess;
 pub mod websocket;
+pub mod xhttp;
 pub mod xudp;
 
 /// Why a decoder rejected its input.

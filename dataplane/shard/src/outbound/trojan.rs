@@ -63,6 +63,8 @@ pub(crate) fn client_transport(
         TransportSpec::Ws(h) => (Flavor::WebSocket, h),
         TransportSpec::HttpUpgrade(h) => (Flavor::HttpUpgrade, h),
         TransportSpec::Grpc(g) => return Ok(ClientTransport::Grpc(Box::new(GrpcClient::new(g, tls, server)?))),
+        // Control refuses it (config/outbound.rs) until the client is built.
+        TransportSpec::Xhttp(_) => return Err("xhttp outbound is not supported yet".into()),
     };
     let host = match (http.host.as_str(), tls.map(|t| t.server_name.as_str()).unwrap_or("")) {
         ("", "") => server.addr.to_string(),
