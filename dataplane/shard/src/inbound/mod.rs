@@ -363,10 +363,9 @@ where
             let info = ConnInfo { plain_fd: None, ..info };
             return Box::pin(crate::transport::grpc::serve(ctx, inbound, stream, info, spec)).await;
         }
-        TransportSpec::Xhttp(_) => {
-            let tag = &inbound.tag;
-            ctx.log.error(LogLevel::Info, format_args!("[{tag}] {} xhttp is not served yet: closed", info.peer));
-            return;
+        TransportSpec::Xhttp(spec) => {
+            let info = ConnInfo { plain_fd: None, ..info };
+            return Box::pin(crate::transport::xhttp::serve(ctx, inbound, stream, info, spec)).await;
         }
     };
     // Boxed: the upgrade's state, and a session over WebSocket, are larger than a raw one's.

@@ -507,10 +507,10 @@ where
 
 /// Takes a connection out of the shard's live sessions while held (the accept loop counts
 /// every connection as one).
-struct NotASession(Rc<ShardCtx>);
+pub(crate) struct NotASession(Rc<ShardCtx>);
 
 impl NotASession {
-    fn new(ctx: &Rc<ShardCtx>) -> NotASession {
+    pub(crate) fn new(ctx: &Rc<ShardCtx>) -> NotASession {
         ctx.live.set(ctx.live.get() - 1);
         NotASession(ctx.clone())
     }
@@ -602,7 +602,7 @@ fn stream_opened(
 
 /// The client's address from `X-Forwarded-For` (its first hop) or `X-Real-IP`, believed only
 /// when one of the `trusted` headers came with the request, as Xray's gRPC server does.
-fn forwarded(trusted: &[String], headers: &HeaderMap) -> Option<std::net::IpAddr> {
+pub(crate) fn forwarded(trusted: &[String], headers: &HeaderMap) -> Option<std::net::IpAddr> {
     if !trusted.iter().any(|t| headers.contains_key(t.as_str())) {
         return None;
     }

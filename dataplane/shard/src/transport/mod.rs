@@ -1,6 +1,6 @@
 //! Transports under the protocols: TLS (rustls, server and client) over a TCP stream shaped
 //! for it, REALITY (its ClientHello check before that TLS), the HTTP camouflage of raw TCP,
-//! and the HTTP transports (WebSocket, HTTPUpgrade) and gRPC.
+//! and the HTTP transports (WebSocket, HTTPUpgrade), gRPC and XHTTP.
 
 pub(crate) mod grpc;
 pub(crate) mod http_header;
@@ -9,3 +9,4 @@ pub mod tls;
 pub(crate) mod tls_tcp;
 pub(crate) mod vision;
 pub(crate) mod ws;
+pub(crate) mod xhttp;

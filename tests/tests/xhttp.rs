@@ -1,0 +1,290 @@
+//! The XHTTP inbound (`network` `xhttp`) with the real binary on 2 shards, driven by clients
+//! that are not shardray: curl (HTTP/1.1 and HTTP/2 prior knowledge) for stream-one and for
+//! packet-up POSTs, and hand-written HTTP/1.1 for the long GET and for hostile requests.
+//! Packet-up POSTs go on fresh connections, so SO_REUSEPORT spreads them over both shards
+//! while the GET stays on one. Hostile input: out-of-order, duplicate and missing sequence
+//! numbers, oversized POSTs, a GET without POSTs, POSTs before their GET, too many buffered
+//! POSTs, bad padding, wrong paths: each answered as Xray's hub.go answers, logged, and
+//! never a crash.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use shardray_tests::servers::EchoServer;
+use shardray_tests::vless::{payload, request};
+use shardray_tests::{vless_config, wait_until, Shardray, ALICE};
+
+fn config(settings: Value) -> Value {
+    let mut c = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
+    c["inbounds"][0]["streamSettings"] = json!({ "network": "xhttp", "xhttpSettings": settings });
+    c["policy"]["levels"]["0"]["handshake"] = json!(2);
+    c["log"]["loglevel"] = json!("info");
+    c
+}
+
+fn padding() -> String {
+    format!("http://127.0.0.1/xh/?x_padding={}", "X".repeat(200))
+}
+
+/// The VLESS response header (version 0, no addons) and then the echo.
+fn echoed(data: &[u8]) -> Vec<u8> {
+    let mut want = vec![0u8, 0];
+    want.extend_from_slice(data);
+    want
+}
+
+/// One HTTP/1.1 request on a fresh connection: status and body (Content-Length or close).
+fn http1(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_owned(), rest.as_bytes().to_vec())
+}
+
+/// A long GET: its response head, then its chunked body as it comes.
+struct Download {
+    s: TcpStream,
+    buf: Vec<u8>,
+    head: String,
+}
+
+impl Download {
+    fn open(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Download {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let mut b = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0, "closed before the response head: {:?}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&b[..n]);
+        }
+        let at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&buf[..at]).into_owned();
+        Download { s, buf: buf[at..].to_vec(), head }
+    }
+
+    /// Reads the chunked body until `want` bytes of payload came, or it ended (`None` then
+    /// with what came).
+    fn read(&mut self, want: usize) -> Result<Vec<u8>, Vec<u8>> {
+        let mut out = Vec::new();
+        let mut b = vec![0u8; 64 * 1024];
+        loop {
+            // Take whole chunks from the buffer.
+            while let Some(line_end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).unwrap().trim(), 16).unwrap();
+                if size == 0 {
+                    return Err(out);
+                }
+                if self.buf.len() < line_end + 2 + size + 2 {
+                    break;
+                }
+                out.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                self.buf.drain(..line_end + 2 + size + 2);
+            }
+            if out.len() >= want {
+                return Ok(out);
+            }
+            match self.s.read(&mut b) {
+                Ok(0) | Err(_) => return Err(out),
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+            }
+        }
+    }
+}
+
+fn curl(args: &[&str]) -> (bool, Vec<u8>) {
+    let out = Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("curl");
+    (out.status.success(), out.stdout)
+}
+
+#[test]
+fn stream_one_with_curl_over_http1_and_h2c() {
+    let echo = EchoServer::start();
+    let server = Shardray::start(&config(json!({ "path": "/xh" })), 2);
+    let addr = server.inbound("vless-in");
+    let dir = tempfile::tempdir().unwrap();
+    for (i, version) in ["--http1.1", "--http2-prior-knowledge"].into_iter().enumerate() {
+        let data = payload(100_000, i as u64);
+        let mut body = request(ALICE, echo.addr());
+        body.extend_from_slice(&data);
+        let file = dir.path().join(format!("body{i}"));
+        std::fs::write(&file, &body).unwrap();
+        let referer = format!("Referer: {}", padding());
+        let url = format!("http://{addr}/xh/");
+        let (ok, out) = curl(&[version, "-H", &referer, "--data-binary", &format!("@{}", file.display()), &url]);
+        assert!(ok, "curl {version} failed: {}", server.output());
+        assert!(out == echoed(&data), "{version}: {} bytes back, want {}", out.len(), data.len() + 2);
+    }
+}
+
+#[test]
+fn packet_up_reorders_posts_from_many_connections_and_drops_duplicates() {
+    let echo = EchoServer::start();
+    let server = Shardray::start(&config(json!({ "path": "/xh", "mode": "packet-up" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    let mut down = Download::open(addr, "/xh/s1", &h);
+    assert!(down.head.starts_with("HTTP/1.1 200"), "{}", down.head);
+    assert!(down.head.contains("content-type: text/event-stream"), "{}", down.head);
+    assert!(down.head.contains("x-padding: XXX"), "{}", down.head);
+    let data = payload(50_000, 7);
+    let mut up = request(ALICE, echo.addr());
+    up.extend_from_slice(&data);
+    let parts: Vec<&[u8]> = up.chunks(6_000).collect();
+    // Sent last first (each on its own connection, over both shards), and seq 2 twice.
+    let mut order: Vec<usize> = (0..parts.len()).rev().collect();
+    order.insert(3, 2);
+    for (k, &seq) in order.iter().enumerate() {
+        let target = format!("/xh/s1/{seq}");
+        if k % 2 == 0 {
+            let (status, head, _) = http1(addr, "POST", &target, &h, parts[seq]);
+            assert_eq!(status, 200, "{head}");
+        } else {
+            // HTTP/2 for every other packet: one session over both protocols.
+            let url = format!("http://{addr}{target}");
+            let r = format!("Referer: {referer}");
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("p");
+            std::fs::write(&file, parts[seq]).unwrap();
+            let (ok, _) =
+                curl(&["--http2-prior-knowledge", "-H", &r, "--data-binary", &format!("@{}", file.display()), &url]);
+            assert!(ok, "{}", server.output());
+        }
+    }
+    assert_eq!(down.read(data.len() + 2).as_deref(), Ok(echoed(&data).as_slice()));
+}
+
+#[test]
+fn posts_before_their_get_wait_for_it() {
+    let echo = EchoServer::start();
+    let server = Shardray::start(&config(json!({ "path": "/xh" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    let mut up = request(ALICE, echo.addr());
+    up.extend_from_slice(b"early bytes");
+    assert_eq!(http1(addr, "POST", "/xh/early/0", &h, &up).0, 200);
+    let mut down = Download::open(addr, "/xh/early", &h);
+    assert_eq!(down.read(13).as_deref(), Ok(echoed(b"early bytes").as_slice()));
+}
+
+#[test]
+fn refusals_are_answered_as_xray_answers_them() {
+    let server = Shardray::start(
+        &config(json!({ "path": "/xh", "host": "example.com",
+                        "extra": { "scMaxEachPostBytes": 1000, "xPaddingBytes": "100-300" } })),
+        2,
+    );
+    let addr = server.inbound("vless-in");
+    let good = padding();
+    let send = |method: &str, target: &str, referer: &str, body: &[u8], host: &str| -> (u16, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {host}\r\nReferer: {referer}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let _ = s.write_all(body);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        (text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), text)
+    };
+    let ok = "example.com";
+    // Another host or path: 404 and nothing else (hub.go checks them first).
+    let (status, text) = send("GET", "/xh/s", &good, b"", "evil.test");
+    assert_eq!(status, 404, "{text}");
+    assert!(!text.to_ascii_lowercase().contains("x-padding"), "{text}");
+    assert_eq!(send("GET", "/other/s", &good, b"", ok).0, 404);
+    // Padding too short, too long, or missing: 400.
+    assert_eq!(send("GET", "/xh/s", "http://x/?x_padding=XX", b"", ok).0, 400);
+    let long = format!("http://x/?x_padding={}", "X".repeat(301));
+    assert_eq!(send("GET", "/xh/s", &long, b"", ok).0, 400);
+    assert_eq!(send("GET", "/xh/s", "http://x/", b"", ok).0, 400);
+    // An oversized POST: 413, whether Content-Length says so or not.
+    assert_eq!(send("POST", "/xh/s/0", &good, &[7u8; 1001], ok).0, 413);
+    // A sequence number that is not one: 500, as hub.go answers a failed ParseUint.
+    assert_eq!(send("POST", "/xh/s/zero", &good, b"x", ok).0, 500);
+    for why in
+        ["host does not match", "path is not the configured one", "invalid padding length 2", "over scMaxEachPostBytes"]
+    {
+        assert!(wait_until(Duration::from_secs(5), || server.output().contains(why)), "no log line with {why:?}");
+    }
+}
+
+#[test]
+fn too_many_out_of_order_posts_end_the_session() {
+    let echo = EchoServer::start();
+    let server = Shardray::start(&config(json!({ "path": "/xh", "extra": { "scMaxBufferedPosts": 3 } })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    let mut down = Download::open(addr, "/xh/gap", &h);
+    let _ = echo;
+    // Seq 0 never comes: 1..=3 fill the reorder buffer, 4 is one too many.
+    for seq in 1..=4 {
+        let (status, _, _) = http1(addr, "POST", &format!("/xh/gap/{seq}"), &h, b"data");
+        assert_eq!(status, 200);
+    }
+    assert_eq!(down.read(1), Err(Vec::new()), "the downlink ends with the session");
+    assert!(wait_until(Duration::from_secs(5), || server.output().contains("more than 3 out-of-order posts buffered")));
+}
+
+#[test]
+fn a_get_without_posts_ends_at_the_handshake_timeout() {
+    let server = Shardray::start(&config(json!({ "path": "/xh" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let started = Instant::now();
+    let mut down = Download::open(addr, "/xh/lonely", &[("Referer", referer.as_str())]);
+    assert!(down.head.starts_with("HTTP/1.1 200"));
+    assert_eq!(down.read(1), Err(Vec::new()));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(8), "{took:?}");
+    // The server still serves.
+    assert_eq!(http1(addr, "GET", "/nowhere", &[], b"").0, 404);
+}
+
+#[test]
+fn a_fixed_mode_refuses_the_others() {
+    let server = Shardray::start(&config(json!({ "path": "/xh", "mode": "stream-one" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    assert_eq!(http1(addr, "POST", "/xh/s/0", &h, b"x").0, 400);
+    assert_eq!(http1(addr, "POST", "/xh/s", &h, b"x").0, 400);
+    assert!(wait_until(Duration::from_secs(5), || server.output().contains("packet-up mode is not allowed")));
+}
