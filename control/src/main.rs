@@ -275,6 +275,16 @@ fn links(config: &Config, host: Option<&str>) -> Vec<String> {
                     }
                     t
                 }
+                // `type=xhttp&path=..&host=..&mode=..`, as Xray's share links write it.
+                shardray_core::spec::TransportSpec::Xhttp(x) => {
+                    let x = &x.settings;
+                    let mut t = format!("xhttp&path={}", percent(&x.path));
+                    if !x.host.is_empty() {
+                        t.push_str(&format!("&host={}", percent(&x.host)));
+                    }
+                    t.push_str(&format!("&mode={}", x.mode.as_str()));
+                    t
+                }
                 _ => "tcp".to_owned(),
             },
             Some(h) => {

@@ -288,3 +288,51 @@ fn a_fixed_mode_refuses_the_others() {
     assert_eq!(http1(addr, "POST", "/xh/s", &h, b"x").0, 400);
     assert!(wait_until(Duration::from_secs(5), || server.output().contains("packet-up mode is not allowed")));
 }
+
+#[test]
+fn stream_up_carries_one_chunked_post_and_keeps_its_response_open() {
+    let echo = EchoServer::start();
+    let server = Shardray::start(&config(json!({ "path": "/xh", "mode": "stream-up" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let mut down = Download::open(addr, "/xh/su", &[("Referer", referer.as_str())]);
+    let mut post = TcpStream::connect(addr).unwrap();
+    post.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head =
+        format!("POST /xh/su HTTP/1.1\r\nHost: 127.0.0.1\r\nReferer: {referer}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    post.write_all(head.as_bytes()).unwrap();
+    let data = payload(30_000, 3);
+    let mut up = request(ALICE, echo.addr());
+    up.extend_from_slice(&data);
+    for part in up.chunks(7_000) {
+        post.write_all(format!("{:x}\r\n", part.len()).as_bytes()).unwrap();
+        post.write_all(part).unwrap();
+        post.write_all(b"\r\n").unwrap();
+    }
+    assert_eq!(down.read(data.len() + 2).as_deref(), Ok(echoed(&data).as_slice()));
+    // The POST's response is open (200, no caching) and begins with keepalive padding.
+    let mut b = [0u8; 4096];
+    let n = post.read(&mut b).unwrap();
+    let text = String::from_utf8_lossy(&b[..n]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("cache-control: no-store"), "{text}");
+    // Its end ends the uplink: the echo closes, and so does the downlink.
+    post.write_all(b"0\r\n\r\n").unwrap();
+    assert_eq!(down.read(1), Err(Vec::new()));
+}
+
+#[test]
+fn links_carry_the_xhttp_path_host_and_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(json!({ "path": "/xh", "host": "cdn.example", "mode": "packet-up" }));
+    c["inbounds"][0]["port"] = json!(8443);
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, c.to_string()).unwrap();
+    let (status, out) = shardray_tests::run_cli(&["link", "-c", file.to_str().unwrap(), "--host", "proxy.example"]);
+    assert!(status.success(), "{out}");
+    let want = format!(
+        "vless://{ALICE}@proxy.example:8443?encryption=none&security=none&type=xhttp&path=%2Fxh%2F&host=cdn.example\
+         &mode=packet-up#alice%40example.com"
+    );
+    assert!(out.lines().any(|l| l == want), "{out}");
+}
