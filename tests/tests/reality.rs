@@ -742,3 +742,43 @@ fn vless_over_grpc_over_reality() {
     }
     assert!(target.seen().is_empty(), "the target saw {} connections", target.seen().len());
 }
+
+/// XHTTP over REALITY (`network: "xhttp"`, `security: "reality"`, as Xray serves it): shoes is
+/// the REALITY client, forwarding curl's stream-one POST (HTTP/1.1, then h2c) inside REALITY.
+#[test]
+fn vless_over_xhttp_over_reality() {
+    let target = Target::start();
+    let (private, public) = keys();
+    let mut stream = reality_stream(target.addr, &private);
+    stream["network"] = json!("xhttp");
+    stream["xhttpSettings"] = json!({ "path": "/xh" });
+    let mut config =
+        vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({ "streamSettings": stream }));
+    config["log"]["loglevel"] = json!("info");
+    let server = Shardray::start(&config, 2);
+    let echo = EchoServer::start();
+    let shoes = Shoes::reality_forwarder(
+        server.inbound("vless-in"),
+        &RealityClient { public_key: &public, short_id: SHORT_ID, sni: SNI, uuid: ALICE, vision: false, trojan: None },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (i, version) in ["--http1.1", "--http2-prior-knowledge"].into_iter().enumerate() {
+        let data = payload(50_000 + i);
+        let mut body = shardray_tests::vless::request(ALICE, echo.addr());
+        body.extend_from_slice(&data);
+        let file = dir.path().join(format!("body{i}"));
+        std::fs::write(&file, &body).unwrap();
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", version, "-H"])
+            .arg(format!("Referer: http://x/?x_padding={}", "X".repeat(150)))
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(format!("http://{}/xh/", shoes.socks))
+            .output()
+            .unwrap();
+        let mut want = vec![0u8, 0];
+        want.extend_from_slice(&data);
+        assert!(out.stdout == want, "{version}: {} bytes back\n{}\n{}", out.stdout.len(), shoes.log(), server.output());
+    }
+    assert!(target.seen().is_empty(), "the target saw {} connections", target.seen().len());
+}
