@@ -41,6 +41,17 @@ pub fn connect(proxy: SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
+/// `connect`, from the local address `source` (any of 127.0.0.0/8 reaches a loopback server).
+pub fn connect_from(source: std::net::IpAddr, proxy: SocketAddr) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(proxy), socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&proxy.into(), Duration::from_secs(5))?;
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.set_write_timeout(Some(Duration::from_secs(20)))?;
+    Ok(s)
+}
+
 /// Reads to end of stream.
 pub fn read_all(s: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();

@@ -84,6 +84,114 @@ fn connection_limits_hold_across_both_shards_and_free_up_on_close() {
     assert!(out.contains("policy.system.maxConnections (5) reached"), "{out}");
 }
 
+/// Opens connections from 127.0.0.1 that each send the first byte of a VLESS request and no
+/// more, until `full` of them are held (in their handshake) and at least one was closed
+/// unread (refused); returns those held. A connection counts as refused only when the server
+/// closes it, so a slow accept never passes for a refusal.
+fn fill_handshakes(proxy: std::net::SocketAddr, opening: &[u8], full: usize) -> Vec<TcpStream> {
+    let local: std::net::IpAddr = [127, 0, 0, 1].into();
+    let mut held: Vec<TcpStream> = Vec::new();
+    let mut refused = 0;
+    for _ in 0..60 {
+        if held.len() == full && refused > 0 {
+            break;
+        }
+        let mut s = vless::connect_from(local, proxy).unwrap();
+        let _ = s.write_all(&opening[..1]);
+        if vless::closed_within(&mut s, Duration::from_millis(1000)) {
+            refused += 1;
+        } else {
+            held.push(s);
+        }
+        // One that was refused late is not held.
+        held.retain_mut(|s| !vless::closed_within(s, Duration::from_millis(1)));
+        assert!(held.len() <= full, "{} connections in their handshake from one address", held.len());
+    }
+    assert!(held.len() == full && refused > 0, "held {} of {full}, {refused} refused", held.len());
+    held
+}
+
+#[test]
+fn handshakes_in_flight_per_source_are_bounded_and_freed_when_done_or_timed_out() {
+    const PER_SHARD: usize = 3;
+    const SHARDS: usize = 2;
+    let echo = EchoServer::start();
+    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
+    config["policy"]["system"]["maxHandshakesPerSource"] = json!(PER_SHARD);
+    config["policy"]["levels"]["0"]["handshake"] = json!(15);
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
+    let server = Shardray::start(&config, SHARDS);
+    let proxy = server.inbound("vless-in");
+    let (local, other): (std::net::IpAddr, std::net::IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+    // A session of 127.0.0.1 established before: past its handshake, it does not count.
+    let mut established = vless::open_session(proxy, ALICE, echo.addr());
+    let opening = vless::request(ALICE, echo.addr());
+
+    // The bound on each shard (SO_REUSEPORT spreads one address's connections over both):
+    // once both are full, every new connection from 127.0.0.1 is closed unread.
+    let mut tricklers = fill_handshakes(proxy, &opening, PER_SHARD * SHARDS);
+    for _ in 0..6 {
+        let mut s = vless::connect_from(local, proxy).unwrap();
+        let _ = s.write_all(&opening);
+        assert!(vless::closed_within(&mut s, Duration::from_secs(5)), "a connection past the bound was served");
+    }
+    // Another address is served meanwhile, as is the session established before.
+    for _ in 0..4 {
+        let mut s = vless::connect_from(other, proxy).unwrap();
+        let mut first = opening.clone();
+        first.extend_from_slice(b"other");
+        s.write_all(&first).unwrap();
+        let mut back = [0u8; 7];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"\0\0other", "127.0.0.2 was not served");
+    }
+    established.write_all(b"live").unwrap();
+    let mut back = [0u8; 4];
+    established.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"live");
+
+    // The tricklers finish their handshakes: sessions now, they free their places at once
+    // (long before the 15 s handshake timeout) and 127.0.0.1 is served again.
+    for s in &mut tricklers {
+        s.write_all(&opening[1..]).unwrap();
+        s.write_all(b"done").unwrap();
+        let mut back = [0u8; 6];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"\0\0done", "a trickler's finished handshake was not served");
+    }
+    for _ in 0..6 {
+        let _served = vless::open_session(proxy, ALICE, echo.addr());
+    }
+
+    // Filled again, and left trickling: the handshake timeout closes them, and with that
+    // 127.0.0.1 is served again.
+    let stalled = fill_handshakes(proxy, &opening, PER_SHARD * SHARDS);
+    let mut s = vless::connect_from(local, proxy).unwrap();
+    assert!(vless::closed_within(&mut s, Duration::from_secs(5)), "a connection past the bound was served");
+    assert!(
+        wait_until(Duration::from_secs(25), || {
+            let Ok(mut s) = vless::connect_from(local, proxy) else { return false };
+            let mut first = opening.clone();
+            first.extend_from_slice(b"again");
+            let _ = s.write_all(&first);
+            let mut back = [0u8; 7];
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.read_exact(&mut back).is_ok_and(|()| &back == b"\0\0again")
+        }),
+        "127.0.0.1 not served after its handshakes timed out\n{}",
+        server.output()
+    );
+    for mut s in stalled {
+        assert!(vless::closed_within(&mut s, Duration::from_secs(5)), "a stalled handshake outlived its timeout");
+    }
+
+    let api = ApiClient::connect(server.api.unwrap());
+    let refused = api.get("refused>>>handshake_limit", false).unwrap_or(0);
+    assert!(refused >= 8, "refusals counted: {refused}");
+    let out = server.output();
+    assert!(out.contains("policy.system.maxHandshakesPerSource (3) reached for this address on this shard"), "{out}");
+}
+
 /// Resident memory of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -138,6 +246,9 @@ fn slowloris_connections_cost_little_and_are_gone_at_the_handshake_timeout() {
     ws["streamSettings"] = json!({ "network": "ws", "wsSettings": { "path": "/ws" } });
     config["inbounds"].as_array_mut().unwrap().extend([tls, ws]);
     config["policy"]["levels"]["0"]["handshake"] = json!(3);
+    // All the tricklers come from 127.0.0.1: this test measures what each costs, the bound
+    // on one address's handshakes has its own test above.
+    config["policy"]["system"]["maxHandshakesPerSource"] = json!(0);
     let server = Shardray::start(&config, 2);
     let pid = server.pid();
 

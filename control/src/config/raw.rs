@@ -154,6 +154,7 @@ pub(super) struct RawSystemPolicy {
     pub stats_outbound_downlink: Option<bool>,
     pub max_connections: Option<u32>,
     pub max_inbound_connections: Option<u32>,
+    pub max_handshakes_per_source: Option<u32>,
     /// The V2Ray API article's place for the service list.
     pub api: Option<RawSystemApi>,
 }

@@ -237,6 +237,9 @@ fn policy_spec(raw: RawPolicy) -> Result<PolicySpec, ConfigError> {
             stats_outbound_downlink: system.stats_outbound_downlink.unwrap_or(false),
             max_connections: system.max_connections.unwrap_or(0),
             max_inbound_connections: system.max_inbound_connections.unwrap_or(0),
+            max_handshakes_per_source: system
+                .max_handshakes_per_source
+                .unwrap_or(SystemPolicy::DEFAULT_MAX_HANDSHAKES_PER_SOURCE),
         },
     })
 }

@@ -290,7 +290,7 @@ impl Default for LevelPolicy {
 }
 
 /// `policy.system`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SystemPolicy {
     /// `statsInboundUplink`
     pub stats_inbound_uplink: bool,
@@ -305,6 +305,31 @@ pub struct SystemPolicy {
     pub max_connections: u32,
     /// `maxInboundConnections` (ours): the same bound for each inbound on its own.
     pub max_inbound_connections: u32,
+    /// `maxHandshakesPerSource` (ours): connections from one address that one shard holds
+    /// before their handshake is done; past it new ones are closed at accept (0: no limit).
+    pub max_handshakes_per_source: u32,
+}
+
+impl SystemPolicy {
+    /// `maxHandshakesPerSource` when the config does not set it: far above what one honest
+    /// address has in flight, many users behind one CGNAT address included (a handshake
+    /// takes a round trip or two), and low enough that one address trickling handshakes
+    /// holds little.
+    pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: u32 = 64;
+}
+
+impl Default for SystemPolicy {
+    fn default() -> Self {
+        SystemPolicy {
+            stats_inbound_uplink: false,
+            stats_inbound_downlink: false,
+            stats_outbound_uplink: false,
+            stats_outbound_downlink: false,
+            max_connections: 0,
+            max_inbound_connections: 0,
+            max_handshakes_per_source: SystemPolicy::DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+        }
+    }
 }
 
 /// One inbound (`inbounds[i]`).

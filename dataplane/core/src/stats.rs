@@ -207,11 +207,14 @@ pub enum Refusal {
     ConnectionLimit,
     /// A session from one more address than its user's `maxIPs`.
     IpLimit,
+    /// A connection from an address with `policy.system.maxHandshakesPerSource` connections
+    /// in their handshake on the shard already, closed at accept.
+    HandshakeLimit,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::ApiAddress,
         Refusal::PrivateDestination,
         Refusal::BadRequest,
@@ -221,6 +224,7 @@ impl Refusal {
         Refusal::AcceptLimit,
         Refusal::ConnectionLimit,
         Refusal::IpLimit,
+        Refusal::HandshakeLimit,
     ];
 
     /// The counter's name part: `refused>>>{name}`.
@@ -235,6 +239,7 @@ impl Refusal {
             Refusal::AcceptLimit => "accept_limit",
             Refusal::ConnectionLimit => "connection_limit",
             Refusal::IpLimit => "ip_limit",
+            Refusal::HandshakeLimit => "handshake_limit",
         }
     }
 
@@ -250,6 +255,9 @@ impl Refusal {
             Refusal::AcceptLimit => "too many connections; raise policy.system.maxConnections or maxInboundConnections",
             Refusal::ConnectionLimit => "the user's level allows no more live sessions (maxConnections)",
             Refusal::IpLimit => "the user's level allows no more client addresses at once (maxIPs)",
+            Refusal::HandshakeLimit => {
+                "too many handshakes in flight from one address; raise policy.system.maxHandshakesPerSource"
+            }
         }
     }
 }

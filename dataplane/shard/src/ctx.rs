@@ -52,6 +52,8 @@ pub(crate) struct ShardCtx {
     pub(crate) events: shardray_core::events::EventSink,
     /// Sessions alive on this shard.
     pub(crate) live: Cell<u64>,
+    /// Connections in their handshake on this shard, by source, for `maxHandshakesPerSource`.
+    pub(crate) handshakes: crate::gate::Handshakes,
     /// Destinations refused, by reason.
     pub(crate) refusals: RefusalCounts,
     /// Sessions of users, so that removing or kicking a user closes them.
@@ -394,6 +396,7 @@ impl ShardCtx {
             log,
             events,
             live: Cell::new(0),
+            handshakes: Default::default(),
             refusals: RefusalCounts::default(),
             watchers: SessionWatchers::default(),
             flows: Default::default(),

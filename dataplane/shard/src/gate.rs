@@ -4,12 +4,24 @@
 //! count: the counts are process-wide atomics instead, touched once at accept and once at
 //! close (never per byte). They count whether or not a limit is set, so a limit a reload turns
 //! on finds the true number of live connections.
+//!
+//! And `maxHandshakesPerSource`: connections from one address still in their handshake, per
+//! shard (see `Handshakes`).
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use shardray_core::spec::SystemPolicy;
+use shardray_core::stats::Refusal;
+
+use crate::ctx::ShardCtx;
+use crate::inbound::QuietLog;
 
 /// Live TCP connections of the whole server.
 static SERVER: AtomicU32 = AtomicU32::new(0);
@@ -70,6 +82,142 @@ pub(crate) fn admit(system: &SystemPolicy, inbound: &InboundGauge) -> Result<Con
     Ok(slot)
 }
 
+// === handshakes per source ===
+
+/// Connections of each source address that are still in their handshake on this shard, for
+/// `maxHandshakesPerSource`. Per shard, with no shared state: SO_REUSEPORT hashes each
+/// connection's ports, so one address's connections spread over the shards and the server as
+/// a whole holds at most the bound times the shard count of them.
+///
+/// A connection takes its place at accept (`try_begin`) and runs inside `in_handshake`; it
+/// gives the place back when its first session is handed on (`handshake_done`, called where
+/// every protocol's sessions converge: the relay's `carry`, the packet path, a fallback) or
+/// when it ends, whichever is first. No protocol or transport knows of it.
+#[derive(Default)]
+pub(crate) struct Handshakes {
+    counts: Rc<RefCell<HashMap<IpAddr, u32>>>,
+    /// Refusals are logged at most once a second per shard.
+    refusals: RefCell<QuietLog>,
+}
+
+impl Handshakes {
+    /// A place for one more handshake from `source`, refused when `max` of them run already.
+    /// `max` 0: no bound, and nothing is counted (`None`).
+    pub(crate) fn try_begin(&self, source: IpAddr, max: u32) -> Result<Option<HandshakeSlot>, HandshakesFull> {
+        if max == 0 {
+            return Ok(None);
+        }
+        let source = source.to_canonical();
+        let mut counts = self.counts.borrow_mut();
+        let count = counts.entry(source).or_default();
+        if *count >= max {
+            return Err(HandshakesFull(max));
+        }
+        *count += 1;
+        Ok(Some(HandshakeSlot { counts: self.counts.clone(), source, held: Cell::new(true) }))
+    }
+
+    /// Counts and logs a connection from `peer` to inbound `tag` refused by `full`; the caller
+    /// closes it unread.
+    pub(crate) fn refuse(&self, ctx: &ShardCtx, tag: &str, peer: SocketAddr, full: HandshakesFull) {
+        ctx.refusals.add(Refusal::HandshakeLimit);
+        self.refusals.borrow_mut().note(ctx, format_args!("[{tag}] {peer} refused: {full}"));
+    }
+
+    /// The handshakes in flight from `source` on this shard.
+    #[cfg(test)]
+    fn in_flight(&self, source: IpAddr) -> u32 {
+        self.counts.borrow().get(&source.to_canonical()).copied().unwrap_or(0)
+    }
+}
+
+/// A source that had `maxHandshakesPerSource` (the number) handshakes in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HandshakesFull(pub(crate) u32);
+
+impl std::fmt::Display for HandshakesFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "policy.system.maxHandshakesPerSource ({}) reached for this address on this shard", self.0)
+    }
+}
+
+/// One connection's place among its source's handshakes, given back once.
+pub(crate) struct HandshakeSlot {
+    counts: Rc<RefCell<HashMap<IpAddr, u32>>>,
+    source: IpAddr,
+    held: Cell<bool>,
+}
+
+impl HandshakeSlot {
+    fn release(&self) {
+        if !self.held.replace(false) {
+            return;
+        }
+        let mut counts = self.counts.borrow_mut();
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+thread_local! {
+    /// The handshake of the connection whose task is being polled, if it is still in it.
+    static CURRENT: RefCell<Option<Rc<HandshakeSlot>>> = const { RefCell::new(None) };
+}
+
+/// Runs `fut`, a connection's task, as in its handshake while `slot` is held: inside it,
+/// `handshake_done` gives the slot back. A task-local set around each poll, so that the place
+/// every session passes can end the handshake of whichever connection carries it, without a
+/// handle threaded through every protocol. Once the slot is given back, a poll costs a branch.
+pub(crate) async fn in_handshake<F: Future>(slot: Option<HandshakeSlot>, fut: F) -> F::Output {
+    run_in(slot.map(Rc::new), fut).await
+}
+
+/// `in_handshake` for a task that a connection's task spawns for one of its sessions (a gRPC
+/// stream), called from the connection's task: the connection's handshake, if still held,
+/// ends with the first of its sessions.
+pub(crate) fn inherit_handshake<F: Future>(fut: F) -> impl Future<Output = F::Output> {
+    let slot = CURRENT.with(|c| c.borrow().clone());
+    run_in(slot, fut)
+}
+
+async fn run_in<F: Future>(mut slot: Option<Rc<HandshakeSlot>>, fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    std::future::poll_fn(|cx| {
+        let Some(held) = slot.take_if(|s| s.held.get()) else {
+            return fut.as_mut().poll(cx);
+        };
+        let outer = CURRENT.with(|c| c.replace(Some(held.clone())));
+        let polled = fut.as_mut().poll(cx);
+        CURRENT.with(|c| *c.borrow_mut() = outer);
+        if held.held.get() {
+            slot = Some(held);
+        }
+        polled
+    })
+    .await
+}
+
+/// Says that the connection being served is past its handshake: its first session is
+/// routed (or handed to a fallback). Its place among its source's handshakes is given back;
+/// nothing happens when it has none.
+pub(crate) fn handshake_done() {
+    CURRENT.with(|c| {
+        if let Some(slot) = c.borrow().as_ref() {
+            slot.release();
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +237,47 @@ mod tests {
         assert!(Arc::ptr_eq(&inbound_gauge("", listen), &inbound_gauge("", listen)), "untagged: one per address");
         drop((b, c));
         assert_eq!(gauge.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    // The connection's task below yields its session's future, as a spawn would take it.
+    #[allow(clippy::async_yields_async)]
+    fn a_source_holds_at_most_its_bound_of_handshakes_until_they_are_done() {
+        let handshakes = Handshakes::default();
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        let first = handshakes.try_begin(a, 2).unwrap();
+        let second = handshakes.try_begin(a, 2).unwrap();
+        assert_eq!(handshakes.try_begin(a, 2).err(), Some(HandshakesFull(2)));
+        assert!(handshakes.try_begin(b, 2).unwrap().is_some(), "another source is not bound by it");
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(handshakes.try_begin(mapped, 2).is_err(), "a v4-mapped address is the same source");
+        assert!(handshakes.try_begin(a, 0).unwrap().is_none(), "0: no bound, nothing counted");
+
+        // Done inside the task: the place comes back at once, though the task goes on.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let task = in_handshake(first, async {
+            handshake_done();
+            handshake_done();
+            done_tx.send(()).unwrap();
+            std::future::pending::<()>().await
+        });
+        let mut task = std::pin::pin!(task);
+        let waker = std::task::Waker::noop();
+        assert!(task.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_pending());
+        done_rx.recv().unwrap();
+        assert_eq!(handshakes.in_flight(a), 1, "done twice gives back one place");
+        handshake_done();
+        assert_eq!(handshakes.in_flight(a), 1, "outside the task, done is nobody's");
+
+        // A task the connection spawns shares its handshake; an ended connection gives it back.
+        let spawned = futures_lite::future::block_on(in_handshake(second, async {
+            inherit_handshake(async { handshake_done() })
+        }));
+        assert_eq!(handshakes.in_flight(a), 1, "the connection's task ended, its spawned session holds it");
+        futures_lite::future::block_on(spawned);
+        assert_eq!(handshakes.in_flight(a), 0);
+        let third = handshakes.try_begin(a, 2).unwrap();
+        drop(third);
+        assert_eq!(handshakes.in_flight(a), 0);
     }
 }

@@ -904,6 +904,8 @@ where
     O: PacketSink,
 {
     let (tag, peer) = (&s.inbound.tag, s.peer);
+    // Every protocol's packet sessions pass here: the connection is past its handshake.
+    crate::gate::handshake_done();
     let _flow = match &s.user {
         Some(user) => match ctx.flows.try_open(s.inbound, user) {
             Some(guard) => Some(guard),

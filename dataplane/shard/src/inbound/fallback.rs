@@ -110,6 +110,8 @@ async fn serve<S>(
     let Some(fb) = choose(fallbacks, info.sni.as_deref().unwrap_or(""), alpn, first) else {
         return;
     };
+    // Ours no more: what follows is the fallback's.
+    crate::gate::handshake_done();
     let policy = ctx.policy(0);
     let mut preamble = if fb.xver == 0 {
         Vec::new()
@@ -157,6 +159,8 @@ pub(super) async fn relay_to(
     info: &ConnInfo,
 ) {
     use std::os::fd::AsRawFd;
+    // Ours no more: what follows is the target's.
+    crate::gate::handshake_done();
     let policy = ctx.policy(0);
     let preamble = match xver {
         0 => Vec::new(),

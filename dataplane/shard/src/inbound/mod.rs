@@ -97,7 +97,8 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
         };
         match accepted {
             Ok((stream, peer)) => {
-                let slot = match crate::gate::admit(&ctx.policies().system, &inbound.connections) {
+                let system = ctx.policies().system;
+                let slot = match crate::gate::admit(&system, &inbound.connections) {
                     Ok(slot) => slot,
                     Err(full) => {
                         // Closed unread: the cheapest answer, and the same a full backlog gives.
@@ -107,6 +108,18 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
                         continue;
                     }
                 };
+                // Behind a PROXY header the socket's peer is the balancer: `serve` counts the
+                // client it names instead.
+                let source = if inbound.accept_proxy_protocol { None } else { Some(peer.ip()) };
+                let handshake = match source.map(|ip| ctx.handshakes.try_begin(ip, system.max_handshakes_per_source)) {
+                    Some(Err(full)) => {
+                        drop((stream, slot));
+                        ctx.handshakes.refuse(&ctx, &inbound.tag, peer, full);
+                        continue;
+                    }
+                    Some(Ok(handshake)) => handshake,
+                    None => None,
+                };
                 // Boxed once here, so the layers above the relay pass a pointer down instead
                 // of each keeping its own copy of the stream in the session's task.
                 let stream = Box::new(stream);
@@ -115,7 +128,7 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
                 glommio::spawn_local(async move {
                     let _live = LiveGuard::new(&ctx);
                     let _slot = slot;
-                    serve(&ctx, &inbound, stream, peer).await;
+                    crate::gate::in_handshake(handshake, serve(&ctx, &inbound, stream, peer)).await;
                 })
                 .detach();
             }
@@ -133,13 +146,13 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
 /// once a second, with the count of those left unwritten: a flood must not become a flood
 /// of log lines.
 #[derive(Default)]
-struct QuietLog {
+pub(crate) struct QuietLog {
     last: Option<std::time::Instant>,
     unwritten: u64,
 }
 
 impl QuietLog {
-    fn note(&mut self, ctx: &ShardCtx, what: std::fmt::Arguments<'_>) {
+    pub(crate) fn note(&mut self, ctx: &ShardCtx, what: std::fmt::Arguments<'_>) {
         let now = std::time::Instant::now();
         if self.last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
             self.unwritten += 1;
@@ -214,7 +227,17 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpStrea
                 return;
             }
         }
+        let max = ctx.policies().system.max_handshakes_per_source;
+        return match ctx.handshakes.try_begin(info.peer.ip(), max) {
+            Ok(handshake) => crate::gate::in_handshake(handshake, security(ctx, inbound, stream, info)).await,
+            Err(full) => ctx.handshakes.refuse(ctx, &inbound.tag, info.peer, full),
+        };
     }
+    security(ctx, inbound, stream, info).await
+}
+
+/// The security layer (none, TLS or REALITY), then the transport.
+async fn security(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpStream>, info: ConnInfo) {
     if let Some(reality) = &inbound.reality {
         return Box::pin(serve_reality(ctx, inbound, reality, stream, info)).await;
     }

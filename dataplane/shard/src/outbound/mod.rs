@@ -131,6 +131,8 @@ where
         Carry::Relay { down_prefix, .. } => *down_prefix,
         Carry::Exchange(_) => &[],
     };
+    // Every protocol's stream sessions pass here: the connection is past its handshake.
+    crate::gate::handshake_done();
     let policy = ctx.policy(session.level);
     // Beyond the user's maxConnections or maxIPs: closed with no reply, as a wrong user is.
     let admitted = crate::limits::admit(ctx, &session.inbound.tag, session.user.as_ref(), session.peer.ip(), &policy);

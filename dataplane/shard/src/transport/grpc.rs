@@ -593,10 +593,11 @@ fn stream_opened(
     let body = request.into_body();
     let session = GrpcStream::new(Recv::Body(body), send, true, Some(OpenStream::new(state)));
     let (ctx, inbound) = (ctx.clone(), inbound.clone());
-    glommio::spawn_local(async move {
+    // The connection's handshake ends with the first of its sessions.
+    glommio::spawn_local(crate::gate::inherit_handshake(async move {
         let _live = LiveGuard::new(&ctx);
         crate::inbound::dispatch(&ctx, &inbound, session, &info, false).await;
-    })
+    }))
     .detach();
 }
 
