@@ -19,3 +19,4 @@ pub mod run;
 pub mod server;
 pub mod share;
 pub mod slots;
+pub mod socket_file;

@@ -220,7 +220,7 @@ impl Registry {
         let mut listeners = Vec::new();
         if let Change::AddInbound { spec } | Change::ReplaceInbound { spec, rebind: true } = &mut change {
             let (sockets, bound) = bind_inbound(spec, self.shards.count())
-                .map_err(|e| ChangeError::Listen(format!("cannot listen on {}: {e}", spec.listen)))?;
+                .map_err(|e| ChangeError::Listen(format!("cannot listen on {}: {e}", spec.listen_text())))?;
             Arc::make_mut(spec).listen = bound;
             listeners = sockets;
         }

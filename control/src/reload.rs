@@ -315,7 +315,10 @@ async fn apply(
                 let current = live_users(registry);
                 let users = user_target(current.iter().cloned(), old_users, users_of(inbound));
                 let rebind = before.is_none_or(|b| {
-                    b.listen != inbound.listen || b.sockopt != inbound.sockopt || b.networks() != inbound.networks()
+                    b.listen != inbound.listen
+                        || b.unix != inbound.unix
+                        || b.sockopt != inbound.sockopt
+                        || b.networks() != inbound.networks()
                 });
                 if !rebind {
                     spec.listen = live.listen;
@@ -402,7 +405,7 @@ struct Live {
 
 /// Where the inbound tagged `tag` listens now (a port of 0 in the files becomes the real one).
 fn bound(registry: &Registry, tag: &str) -> String {
-    registry.inbound(tag).map_or_else(|_| "?".to_owned(), |i| i.spec.listen.to_string())
+    registry.inbound(tag).map_or_else(|_| "?".to_owned(), |i| i.spec.listen_text())
 }
 
 /// Whether the inbound's protocol has users.

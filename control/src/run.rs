@@ -155,8 +155,11 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         crate::dns::spawn(Arc::new(resolver), dns_questions, server.mailboxes());
     }
     give_back_memory();
-    for (tag, addr) in &server.bound {
-        eprintln!("shardray: inbound {tag:?} listening on {addr}");
+    for (inbound, (tag, addr)) in server.config().inbounds.iter().zip(&server.bound) {
+        match inbound.unix {
+            Some(_) => eprintln!("shardray: inbound {tag:?} listening on {}", inbound.listen_text()),
+            None => eprintln!("shardray: inbound {tag:?} listening on {addr}"),
+        }
     }
     let audit = Audit::open(server.log.clone(), options.state.as_deref()).context("audit log")?;
     let state = ApiState::new(

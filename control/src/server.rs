@@ -13,11 +13,11 @@ use shardray_core::events::{EventSink, UserEvent};
 use shardray_core::log::LogSink;
 use shardray_core::routes::{RouteRecord, RouteTap};
 use shardray_core::slots::UserOp;
-use shardray_core::spec::{Config, InboundSpec, LogLevel, SocketOptions};
+use shardray_core::spec::{Config, InboundSpec, LogLevel, SocketOptions, UnixListenSpec, UnixSocketName};
 use shardray_core::stats::StatsSnapshot;
 use shardray_shard::mailbox::{mailbox, ShardMailbox};
 use shardray_shard::{spawn_shard, InboundSockets, ShardCommand, ShardHandle, ShardPlan};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::logger;
 
@@ -196,7 +196,7 @@ impl Server {
         let mut bound = Vec::new();
         for inbound in &config.inbounds {
             let (sockets, addr) = bind_at_start(inbound, shards)
-                .with_context(|| format!("{}: cannot listen on {}", inbound.label(), inbound.listen))?;
+                .with_context(|| format!("{}: cannot listen on {}", inbound.label(), inbound.listen_text()))?;
             for (shard, socket) in sockets.into_iter().enumerate() {
                 listeners[shard].push(socket);
             }
@@ -260,6 +260,11 @@ impl Server {
     /// Each shard's mailbox, in shard order.
     pub fn mailboxes(&self) -> Vec<ShardMailbox> {
         self.commands.clone()
+    }
+
+    /// The config it started with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Number of shards.
@@ -339,6 +344,12 @@ pub fn bind_inbound(inbound: &InboundSpec, count: usize) -> std::io::Result<(Vec
     let networks = inbound.networks();
     let mut addr = inbound.listen;
     let mut sockets: Vec<InboundSockets> = (0..count).map(|_| InboundSockets::default()).collect();
+    if let Some(unix) = &inbound.unix {
+        for (s, l) in sockets.iter_mut().zip(bind_unix(unix, count)?) {
+            s.tcp = Some(l);
+        }
+        return Ok((sockets, addr));
+    }
     if networks.tcp {
         let (tcp, bound) = bind_reuseport(addr, count, &inbound.sockopt)?;
         addr = bound;
@@ -354,6 +365,33 @@ pub fn bind_inbound(inbound: &InboundSpec, count: usize) -> std::io::Result<(Vec
         }
     }
     Ok((sockets, addr))
+}
+
+/// Binds an inbound's Unix socket once and returns `count` descriptors of it (dup(2)), one per
+/// shard: SO_REUSEPORT does not spread Unix sockets, so every shard's accept loop waits on the
+/// one socket and the kernel hands each connection to one of them. (One shard accepting for
+/// all would put every session of a socket behind a reverse proxy, often all of a server's,
+/// on one core.) The descriptors travel as `TcpListener`s: the accept loop uses them only as
+/// listening stream sockets (see `InboundSockets::tcp`).
+fn bind_unix(unix: &UnixListenSpec, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use std::os::unix::ffi::OsStrExt;
+    let addr = SockAddr::unix(std::ffi::OsStr::from_bytes(&unix.name.sun_path()))?;
+    if let UnixSocketName::Path(path) = &unix.name {
+        crate::socket_file::clear_stale(path)?;
+    }
+    let listener = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    listener.bind(&addr)?;
+    if let (UnixSocketName::Path(path), Some(mode)) = (&unix.name, unix.mode) {
+        crate::socket_file::set_mode(path, mode)?;
+    }
+    listener.listen(4096)?;
+    let fd = std::os::fd::OwnedFd::from(listener);
+    let mut out = Vec::with_capacity(count);
+    for _ in 1..count {
+        out.push(std::net::TcpListener::from(fd.try_clone()?));
+    }
+    out.push(std::net::TcpListener::from(fd));
+    Ok(out)
 }
 
 /// Binds `count` UDP sockets to one address with SO_REUSEPORT (the kernel hashes each client's

@@ -253,24 +253,11 @@ async fn bind_at(listen: &ApiListen, who: &str, public: bool, socket_mode: u32) 
             Ok(ApiListener::Tcp(listener, bound))
         }
         ApiListen::Unix(path) => {
-            // A socket file left by an earlier run would make bind fail; one a live server
-            // still answers on is not ours to take.
-            if path.exists() {
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    bail!("{who}: cannot listen on {}: another process is serving on it", path.display());
-                }
-                let is_socket = std::fs::symlink_metadata(path)
-                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
-                if !is_socket {
-                    bail!("{who}: cannot listen on {}: it exists and is not a socket", path.display());
-                }
-                std::fs::remove_file(path).with_context(|| format!("{who}: removing stale {}", path.display()))?;
-            }
+            crate::socket_file::clear_stale(path)
+                .with_context(|| format!("{who}: cannot listen on {}", path.display()))?;
             let listener = tokio::net::UnixListener::bind(path)
                 .with_context(|| format!("{who}: cannot listen on {}", path.display()))?;
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
-                .with_context(|| format!("{who}: setting the mode of {}", path.display()))?;
+            crate::socket_file::set_mode(path, socket_mode).with_context(|| who.to_string())?;
             Ok(ApiListener::Unix(listener))
         }
     }

@@ -10,8 +10,8 @@ use shardray_core::quota::QuotaSpec;
 use shardray_core::spec::{
     Account, CertificateSpec, DokodemoSpec, FallbackDest, FallbackSpec, GrpcSpec, HttpHeaderSpec, HttpInboundSpec,
     HttpTransportSpec, InboundProtocol, InboundSpec, NetworkSet, ProxyAccount, ShadowsocksInboundSpec, SniffingSpec,
-    SocketOptions, SocksInboundSpec, TlsServerSpec, TlsVersion, TransportSpec, TrojanInboundSpec, UserSpec, VlessFlow,
-    VlessInboundSpec, VmessInboundSpec, VmessSecurity,
+    SocketOptions, SocksInboundSpec, TlsServerSpec, TlsVersion, TransportSpec, TrojanInboundSpec, UnixListenSpec,
+    UnixSocketName, UserSpec, VlessFlow, VlessInboundSpec, VmessInboundSpec, VmessSecurity,
 };
 use shardray_wire::addr::{Address, Destination};
 use shardray_wire::http_header::{RequestTemplate, ResponseTemplate};
@@ -88,7 +88,9 @@ pub(super) fn inbounds(
         }
         let (mut spec, listen) = inbound(ib, &path, tag)?;
         spec.config_index = Some(i);
-        out.listens.push((format!("{path}.port"), listen));
+        if spec.unix.is_none() {
+            out.listens.push((format!("{path}.port"), listen));
+        }
         out.specs.push(spec);
     }
     Ok(out)
@@ -150,9 +152,15 @@ fn api_inbound(ib: RawInbound, path: &str, tag: &str, who: &str) -> Result<(Stri
 /// One served inbound and its listen address.
 fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, SocketAddr), ConfigError> {
     let protocol = protocol_name(&ib, path)?;
-    let ip = listen_ip(ib.listen.as_deref(), &format!("{path}.listen"))?;
-    let port = inbound_port(ib.port.as_ref(), &format!("{path}.port"))?;
-    let listen = SocketAddr::new(ip, port);
+    let unix = unix_listen(ib.listen.as_deref(), &format!("{path}.listen"))?;
+    let listen = match unix {
+        // Xray ignores the port of an inbound on a Unix socket.
+        Some(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+        None => {
+            let ip = listen_ip(ib.listen.as_deref(), &format!("{path}.listen"))?;
+            SocketAddr::new(ip, inbound_port(ib.port.as_ref(), &format!("{path}.port"))?)
+        }
+    };
     let InboundStream { tls, reality, sockopt, http_header, transport } =
         stream_settings(ib.stream_settings, &format!("{path}.streamSettings"))?;
     let sniffing = sniffing(ib.sniffing, path)?;
@@ -176,6 +184,7 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
     let spec = InboundSpec {
         tag,
         listen,
+        unix,
         tls,
         reality,
         protocol,
@@ -198,6 +207,12 @@ fn inbound(ib: RawInbound, path: &str, tag: String) -> Result<(InboundSpec, Sock
         let path = format!("{settings_path}.clients[{j}].quota");
         return Err(ConfigError::invalid(path, "a client with a quota or an expiry needs an email"));
     }
+    if spec.unix.is_some() && spec.networks().udp {
+        return Err(ConfigError::invalid(
+            format!("{path}.listen"),
+            "a Unix socket carries streams only: this inbound's UDP (its settings.network) has nowhere to listen",
+        ));
+    }
     Ok((spec, listen))
 }
 
@@ -216,13 +231,36 @@ fn empty_object() -> Value {
     Value::Object(Map::new())
 }
 
+/// `listen` naming a Unix socket (`/path[,mode]`, `@name`, `@@name`), as Xray reads it; `None`
+/// for an IP address or none.
+fn unix_listen(listen: Option<&str>, path: &str) -> Result<Option<Box<UnixListenSpec>>, ConfigError> {
+    let s = listen.unwrap_or("").trim();
+    let Some(name) = UnixSocketName::parse(s) else { return Ok(None) };
+    let UnixSocketName::Path(file) = &name else { return Ok(Some(Box::new(UnixListenSpec { name, mode: None }))) };
+    // A path may end in `,MODE`, the file's permission bits in octal (Xray splits on the comma).
+    let text = file.to_string_lossy();
+    let (file, mode) = match text.split_once(',') {
+        None => (file.clone(), None),
+        Some((file, mode)) => match u32::from_str_radix(mode, 8) {
+            Ok(bits) if bits <= 0o7777 => (PathBuf::from(file), Some(bits)),
+            _ => {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("{mode:?} after the comma is not a file mode in octal (such as 0666)"),
+                ))
+            }
+        },
+    };
+    Ok(Some(Box::new(UnixListenSpec { name: UnixSocketName::Path(file), mode })))
+}
+
 /// `listen`: an IP address; absent means every IPv4 address.
 fn listen_ip(listen: Option<&str>, path: &str) -> Result<IpAddr, ConfigError> {
     let s = listen.unwrap_or("").trim();
     if s.is_empty() {
         return Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     }
-    if s.starts_with('/') || s.starts_with('@') {
+    if UnixSocketName::parse(s).is_some() {
         return Err(ConfigError::unsupported(path, "listening on a Unix socket"));
     }
     let bare = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(s);

@@ -937,7 +937,22 @@ fn unserved_transport_and_flow() {
     assert_eq!(err.path, "inbounds[0].settings.clients[0].flow");
     let err = broken(|v| set(v, "/outbounds/0", "mux", json!({ "enabled": true })));
     assert_eq!(err.path, "outbounds[0].mux.enabled");
-    let err = broken(|v| set(v, "/inbounds/0", "listen", json!("/run/x.sock")));
+}
+
+#[test]
+fn an_inbound_listens_on_a_unix_socket_in_xrays_forms() {
+    use shardray_core::spec::{UnixListenSpec, UnixSocketName};
+    let unix = |listen: &str| {
+        let mut v = base();
+        set(&mut v, "/inbounds/0", "listen", json!(listen));
+        load(&v).unwrap().inbounds[0].unix.clone().map(|u| *u)
+    };
+    let path = |p: &str, mode| Some(UnixListenSpec { name: UnixSocketName::Path(p.into()), mode });
+    assert_eq!(unix("/run/x.sock"), path("/run/x.sock", None));
+    assert_eq!(unix("/run/x.sock,0666"), path("/run/x.sock", Some(0o666)));
+    assert_eq!(unix("@xray"), Some(UnixListenSpec { name: UnixSocketName::Abstract(b"xray".to_vec()), mode: None }));
+    assert_eq!(unix("127.0.0.1"), None);
+    let err = broken(|v| set(v, "/inbounds/0", "listen", json!("/run/x.sock,rw")));
     assert_eq!(err.path, "inbounds[0].listen");
 }
 

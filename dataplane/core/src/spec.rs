@@ -194,6 +194,71 @@ pub enum ApiListen {
     Unix(PathBuf),
 }
 
+/// An inbound's `listen` naming a Unix socket, in Xray's forms: a path (`"/dev/shm/x.sock"`,
+/// with an optional `",0666"` giving the file's mode) or an abstract name (`"@name"`, or
+/// `"@@name"` padded with NULs to the whole `sun_path`, as HAProxy names abstract sockets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixListenSpec {
+    /// The socket's address.
+    pub name: UnixSocketName,
+    /// The permission bits given after the comma; `None` leaves them as the umask makes them
+    /// (as Xray does). Abstract sockets have no file and no mode.
+    pub mode: Option<u32>,
+}
+
+/// The address of a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnixSocketName {
+    /// A socket file.
+    Path(PathBuf),
+    /// An abstract socket (Linux): its name without the leading NUL, padding included.
+    Abstract(Vec<u8>),
+}
+
+/// The length of `sun_path` in `sockaddr_un` on Linux: `@@` names are padded to it.
+const SUN_PATH_LEN: usize = 108;
+
+impl UnixSocketName {
+    /// Reads Xray's forms: `/path`, `@name` (abstract), `@@name` (abstract, padded); `None`
+    /// for anything else (an IP address).
+    pub fn parse(s: &str) -> Option<UnixSocketName> {
+        if let Some(padded) = s.strip_prefix("@@") {
+            // Xray copies `@name` into a sun_path-sized buffer: the NUL that marks an abstract
+            // address, the name, then NULs to the end.
+            let mut name = padded.as_bytes().to_vec();
+            name.resize(name.len().max(SUN_PATH_LEN - 1), 0);
+            return Some(UnixSocketName::Abstract(name));
+        }
+        if let Some(name) = s.strip_prefix('@') {
+            return Some(UnixSocketName::Abstract(name.as_bytes().to_vec()));
+        }
+        s.starts_with('/').then(|| UnixSocketName::Path(PathBuf::from(s)))
+    }
+
+    /// The bytes of `sun_path` that name it: the path, or a NUL then the abstract name (the
+    /// form socket libraries take an abstract address in).
+    pub fn sun_path(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt;
+        match self {
+            UnixSocketName::Path(path) => path.as_os_str().as_bytes().to_vec(),
+            UnixSocketName::Abstract(name) => [&[0][..], name].concat(),
+        }
+    }
+}
+
+impl std::fmt::Display for UnixSocketName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnixSocketName::Path(path) => write!(f, "{}", path.display()),
+            UnixSocketName::Abstract(name) => {
+                let trimmed = name.iter().rposition(|&b| b != 0).map_or(&name[..0], |end| &name[..=end]);
+                let padded = if trimmed.len() < name.len() { "@" } else { "" };
+                write!(f, "@{padded}{}", String::from_utf8_lossy(trimmed))
+            }
+        }
+    }
+}
+
 /// The metrics endpoint (`metrics`): Prometheus `/metrics`, Xray's `/debug/vars`, `/healthz`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsSpec {
@@ -337,8 +402,11 @@ impl Default for SystemPolicy {
 pub struct InboundSpec {
     /// `tag`; upstream allows it empty, counters then carry no name.
     pub tag: String,
-    /// `listen` and `port`: the address every shard binds (with SO_REUSEPORT).
+    /// `listen` and `port`: the address every shard binds (with SO_REUSEPORT); 0.0.0.0:0, unused,
+    /// when `unix` is set.
     pub listen: SocketAddr,
+    /// `listen` naming a Unix socket: the inbound listens there instead (boxed: rare).
+    pub unix: Option<Box<UnixListenSpec>>,
     /// `streamSettings.security == "tls"`: the TLS server settings.
     pub tls: Option<TlsServerSpec>,
     /// `streamSettings.security == "reality"`: the REALITY server settings (boxed: rare, and
@@ -561,6 +629,14 @@ pub struct SocketOptions {
 }
 
 impl InboundSpec {
+    /// Where it listens, for messages: `0.0.0.0:443`, `/dev/shm/x.sock` or `@name`.
+    pub fn listen_text(&self) -> String {
+        match &self.unix {
+            Some(unix) => unix.name.to_string(),
+            None => self.listen.to_string(),
+        }
+    }
+
     /// How messages name it: `inbounds[1] "vless-in"` as `shardray test` would, or
     /// `inbound "vless-in"` when the API added it.
     pub fn label(&self) -> String {
@@ -600,6 +676,7 @@ impl InboundSpec {
         InboundSpec {
             tag: self.tag.clone(),
             listen: self.listen,
+            unix: self.unix.clone(),
             tls: self.tls.clone(),
             reality: self.reality.clone(),
             protocol,
@@ -1489,4 +1566,25 @@ pub enum NonIpQuery {
     Drop,
     /// `skip`: sent on to the destination (or the rewritten one) as is.
     Skip,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_socket_names_read_as_xray_reads_them() {
+        assert_eq!(UnixSocketName::parse("127.0.0.1"), None);
+        assert_eq!(UnixSocketName::parse("/run/x.sock"), Some(UnixSocketName::Path("/run/x.sock".into())));
+        let plain = UnixSocketName::parse("@xray").unwrap();
+        assert_eq!(plain.sun_path(), b"\0xray");
+        assert_eq!(plain.to_string(), "@xray");
+        // `@@`: the name, then NULs to the end of the 108-byte sun_path (its first byte the NUL).
+        let padded = UnixSocketName::parse("@@xray").unwrap();
+        let path = padded.sun_path();
+        assert_eq!(path.len(), 108);
+        assert_eq!(&path[..5], b"\0xray");
+        assert!(path[5..].iter().all(|&b| b == 0));
+        assert_eq!(padded.to_string(), "@@xray");
+    }
 }

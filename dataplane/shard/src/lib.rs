@@ -123,7 +123,9 @@ pub struct ShardPlan {
 /// UDP socket (dokodemo-door with `network` udp), or both on the same port.
 #[derive(Debug, Default)]
 pub struct InboundSockets {
-    /// The TCP listener, listening.
+    /// The TCP listener, listening; for an inbound on a Unix socket, that socket's listening
+    /// descriptor (shared by every shard's accept loop), which the accept loop uses as a
+    /// listening stream socket only.
     pub tcp: Option<std::net::TcpListener>,
     /// The UDP socket.
     pub udp: Option<std::net::UdpSocket>,

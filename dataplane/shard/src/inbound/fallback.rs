@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpStream, UnixStream};
-use shardray_core::spec::{FallbackDest, FallbackSpec, LogLevel};
+use shardray_core::spec::{FallbackDest, FallbackSpec, LogLevel, UnixSocketName};
 use shardray_core::stats::Refusal;
 
 use super::ConnInfo;
@@ -134,12 +134,12 @@ async fn serve<S>(
             },
             Err(e) => Err(e),
         },
-        FallbackDest::Unix(path) => match UnixStream::connect(path).await {
+        FallbackDest::Unix(path) => match connect_unix(path) {
             Ok(mut up) => match up.write_all(&preamble).await {
                 Ok(()) => relay(&mut client, &mut up, RelayOptions::new(&policy), &mut NoMeter).await,
                 Err(e) => Err(e),
             },
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         },
     };
     if let Err(e) = result {
@@ -188,17 +188,31 @@ pub(super) async fn relay_to(
             },
             Err(e) => Err(e),
         },
-        FallbackDest::Unix(path) => match UnixStream::connect(path).await {
+        FallbackDest::Unix(path) => match connect_unix(path) {
             Ok(mut up) => match up.write_all(&preamble).await {
                 Ok(()) => relay(&mut *client, &mut up, RelayOptions::new(&policy), &mut NoMeter).await,
                 Err(e) => Err(e),
             },
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         },
     };
     if let Err(e) = result {
         ctx.log.error(LogLevel::Info, format_args!("[{}] {} relay to target failed: {}", inbound.tag, info.peer, e));
     }
+}
+
+/// Connects to a fallback's Unix socket: a path, or an abstract one in Xray's forms (`@name`,
+/// `@@name` padded). A Unix connect completes at once or fails (a full backlog): nonblocking,
+/// it never holds up the shard.
+fn connect_unix(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let name = path.to_str().and_then(UnixSocketName::parse).unwrap_or_else(|| UnixSocketName::Path(path.into()));
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.connect(&socket2::SockAddr::unix(std::ffi::OsStr::from_bytes(&name.sun_path()))?)?;
+    // SAFETY: the descriptor is a connected stream socket that nothing else owns.
+    Ok(unsafe { UnixStream::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// Picks the fallback: by server name (else the unnamed ones), then by ALPN (else those

@@ -70,9 +70,15 @@ impl ConnInfo {
 /// glommio again: one syscall per connection, which also returns the peer's address and makes
 /// the socket nonblocking as splice(2) wants it, where glommio's accept spends four (it turns
 /// `O_NONBLOCK` on and off around its own attempt) and getpeername(2) and ioctl(2) follow.
+///
+/// A Unix socket's listener comes here too (as a `TcpListener`: it is used as a listening
+/// stream socket only), and its connections as `TcpStream`s: glommio's TCP and Unix streams
+/// are the same stream over a socket, and the session stack asks nothing of it but reads,
+/// writes, peeks and splice. Their peer is `UNIX_PEER`.
 pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, listener: std::net::TcpListener) {
     // Our own accept4 must never block the shard; glommio's accept restores the flags it found.
     let fast = listener.set_nonblocking(true).is_ok();
+    let unix = socket2::SockRef::from(&listener).domain().is_ok_and(|d| d == socket2::Domain::UNIX);
     // Linux copies TCP_NODELAY from the listener into every socket it accepts: one call here
     // instead of one per connection.
     let _ = socket2::SockRef::from(&listener).set_nodelay(true);
@@ -86,6 +92,7 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
         let accepted = match if fast { try_accept(fd) } else { Ok(None) } {
             Ok(Some(conn)) => Ok(conn),
             Ok(None) => match listener.accept().await {
+                Ok(stream) if unix => Ok((stream, UNIX_PEER)),
                 Ok(stream) => match stream.peer_addr() {
                     Ok(peer) => Ok((stream, peer)),
                     // Gone already.
@@ -142,6 +149,10 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
     }
 }
 
+/// The address a Unix socket's client is known by where no PROXY header names it (routing,
+/// logs, `maxIPs`), as Xray gives it: 0.0.0.0, port 0.
+pub(crate) const UNIX_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
 /// A warning that may recur per connection (a refusal, a failing accept) written at most
 /// once a second, with the count of those left unwritten: a flood must not become a flood
 /// of log lines.
@@ -189,10 +200,9 @@ fn try_accept(listener: RawFd) -> io::Result<Option<(TcpStream, SocketAddr)>> {
             // SAFETY: accept4 returned a new descriptor that nothing else owns.
             let stream = unsafe { TcpStream::from_raw_fd(fd) };
             // SAFETY: the kernel filled `len` bytes of `addr`.
-            match unsafe { socket2::SockAddr::new(addr, len) }.as_socket() {
-                Some(peer) => return Ok(Some((stream, peer))),
-                None => continue,
-            }
+            let peer = unsafe { socket2::SockAddr::new(addr, len) }.as_socket();
+            // A Unix socket's client has no IP address.
+            return Ok(Some((stream, peer.unwrap_or(UNIX_PEER))));
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
