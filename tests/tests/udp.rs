@@ -548,7 +548,7 @@ fn sing_box_vless_xudp_its_default_packet_encoding() {
 }
 
 #[test]
-fn xudp_frames_full_cone_and_a_tcp_sub_session_refused() {
+fn xudp_frames_full_cone_and_a_stray_session_id_refused() {
     let (a, b) = (UdpEcho::start(), UdpEcho::start());
     let (server, _api) = server_with(alice_vless(), vec![], 2);
     let keep = |dest: SocketAddr, data: &[u8]| {
@@ -615,13 +615,10 @@ fn xudp_frames_full_cone_and_a_tcp_sub_session_refused() {
     assert_eq!(got, want);
     assert_eq!(*a.sources.lock().unwrap(), *b.sources.lock().unwrap(), "one socket for both");
 
-    // A New frame for a TCP sub-session ends the connection.
-    let mut tcp = mux_request();
-    let mut new = vec![0, 0, 0, 1, 1, 0, 1, 0, 80, 1, 127, 0, 0, 1];
-    let meta = (new.len() - 2) as u16;
-    new[..2].copy_from_slice(&meta.to_be_bytes());
-    tcp.extend_from_slice(&new);
+    // A Keep frame for a session id never opened ends the connection.
+    let mut stray = mux_request();
+    stray.extend_from_slice(&[0, 4, 0, 9, 2, 1, 0, 1, b'x']);
     let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
-    s.write_all(&tcp).unwrap();
+    s.write_all(&stray).unwrap();
     assert!(shardray_tests::vless::closed_within(&mut s, Duration::from_secs(5)));
 }

@@ -8,6 +8,7 @@ mod gate;
 mod inbound;
 mod limits;
 pub mod mailbox;
+mod mux;
 mod outbound;
 mod packet;
 mod relay;

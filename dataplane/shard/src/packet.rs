@@ -91,6 +91,7 @@ pub(crate) enum Framing {
     Trojan,
     /// XUDP in a VLESS `Command::Mux` stream: mux.cool frames of one UDP sub-session, each
     /// packet with its own address (replies as Keep frames of session 0, as Xray writes them).
+    #[allow(dead_code)]
     Xudp,
 }
 

@@ -134,7 +134,7 @@ pub(crate) async fn serve_tls<T: OuterTls>(
 }
 
 /// A Vision session: TCP relayed through the Vision stream (spliced once both directions go
-/// direct), or XUDP (mux) padded the same way.
+/// direct), or a mux connection (XUDP) padded the same way.
 async fn serve_vision<T: OuterTls>(
     ctx: &Rc<ShardCtx>,
     inbound: &InboundRt,
@@ -156,11 +156,7 @@ async fn serve_vision<T: OuterTls>(
     };
     if header.command == Command::Mux {
         ctx.log.error(LogLevel::Debug, format_args!("[{}] {} Vision XUDP (mux) session", inbound.tag, info.peer));
-        let session = PacketSession { inbound, peer: info.peer, level: user.level, user: Some(user), idle_cap: None };
-        let stream = RefCell::new(stream);
-        let input = FrameReader::new(Half(&stream), Framing::Xudp, &early);
-        let output = FrameWriter::new(Half(&stream), Framing::Xudp, Vec::new());
-        return serve_packets(ctx, session, input, output).await;
+        return crate::mux::serve(ctx, inbound, info.peer, user, stream, &early, &[]).await;
     }
     let dest = header.destination.expect("TCP requests carry a destination");
     let session =
@@ -173,7 +169,8 @@ async fn serve_vision<T: OuterTls>(
     );
 }
 
-/// An accepted plain VLESS session: UDP or XUDP packets, or TCP forwarded.
+/// An accepted plain VLESS session: UDP packets, a mux connection (XUDP among its forms), or
+/// TCP forwarded.
 #[allow(clippy::too_many_arguments)]
 async fn proceed<S>(
     ctx: &Rc<ShardCtx>,
@@ -189,11 +186,11 @@ async fn proceed<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let user = user.bind(&ctx.users.borrow());
+    if header.command == Command::Mux {
+        return crate::mux::serve(ctx, inbound, info.peer, user, stream, &buf[consumed..len], &RESPONSE_HEADER).await;
+    }
     let framing = match (header.command, &header.destination) {
         (Command::Udp, Some(dest)) => Some(Framing::Vless(dest.clone())),
-        // Mux carries XUDP: UDP packets, each with its address (a TCP sub-session is
-        // refused when its New frame comes).
-        (Command::Mux, _) => Some(Framing::Xudp),
         _ => None,
     };
     if let Some(framing) = framing {

@@ -2,7 +2,7 @@
 //! clock and the replay filter, opens the request header, answers with the response header and
 //! relays the chunked body both ways, or, for a UDP request, carries one datagram per chunk to
 //! and from the request's destination. Anything else is drained and closed as Xray does (VMess
-//! has no fallbacks); a mux request is refused at once.
+//! has no fallbacks); a mux request becomes a mux.cool connection (`crate::mux`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -52,13 +52,17 @@ pub(super) async fn serve<S>(
     .await;
     match outcome {
         Handshake::Accepted { request, user, consumed } => {
-            let dest = request.destination.clone().expect("TCP and UDP requests carry a destination");
             let user = user.bind(&ctx.users.borrow());
             let stream = match VmessStream::server(stream, &request, &buf[consumed..len], random_seed()) {
                 Ok(s) => s,
                 Err(_) => return,
             };
             drop(buf);
+            if request.command == Command::Mux {
+                // Boxed: the body codecs make this session's state larger than a VLESS one's.
+                return Box::pin(crate::mux::serve(ctx, inbound, info.peer, user, stream, &[], &[])).await;
+            }
+            let dest = request.destination.clone().expect("TCP and UDP requests carry a destination");
             if request.command == Command::Udp {
                 let session = PacketSession {
                     inbound,
@@ -141,11 +145,7 @@ impl Opening {
         match opener.open(&mut self.scratch) {
             Ok((request, consumed)) => {
                 let (user, _) = self.found.take().expect("found above");
-                match request.command {
-                    Command::Tcp => Some(Handshake::Accepted { request, user, consumed }),
-                    Command::Udp => Some(Handshake::Accepted { request, user, consumed }),
-                    Command::Mux => Some(Handshake::Rejected("mux is not served yet", Refusal::UnsupportedCommand)),
-                }
+                Some(Handshake::Accepted { request, user, consumed })
             }
             Err(VmessError::UnexpectedEnd) => None,
             Err(e) => Some(Handshake::Rejected(reason(e), Refusal::BadRequest)),
@@ -244,7 +244,7 @@ mod tests {
         let udp = request(&ids[0], Command::Udp, NOW, 4);
         assert_eq!(outcome(&udp, &users, &replay), Some(Ok(udp.len())));
         let mux = request(&ids[1], Command::Mux, NOW, 8);
-        assert_eq!(outcome(&mux, &users, &replay), Some(Err(Refusal::UnsupportedCommand)));
+        assert_eq!(outcome(&mux, &users, &replay), Some(Ok(mux.len())), "mux is served");
         let mut altered = request(&ids[0], Command::Tcp, NOW, 5);
         let last = altered.len() - 1;
         altered[last] ^= 1;

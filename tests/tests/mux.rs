@@ -1,0 +1,207 @@
+//! mux.cool on the server: V2Ray 4.45.2 with `mux: {enabled: true}` as the client of our VLESS
+//! and VMess inbounds (several TCP sessions at once over its mux connections, byte-exact
+//! MiB-size echoes, UDP round trips through its socks inbound, exact counters, user removal
+//! closing the mux connection), and hostile frames from our own client; the real binary on
+//! 2 shards.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shardray_tests::api::ApiClient;
+use shardray_tests::echo::echo_and_count;
+use shardray_tests::servers::EchoServer;
+use shardray_tests::udp::{echo_datagrams, Socks5Udp, UdpEcho};
+use shardray_tests::v2ray::V2Ray;
+use shardray_tests::vless::{closed_within, payload};
+use shardray_tests::{loopback_api, vless_config, vmess_config, wait_until, Shardray, ALICE};
+
+const EMAIL: &str = "alice@example.com";
+
+/// Sizes echoed through the mux: tiny, around frame and buffer edges, several MiB.
+const SIZES: [usize; 12] = [1, 100, 8_192, 16_385, 65_535, 65_537, 262_144, 500_000, 777, 3, (1 << 20) + 1, 3 << 20];
+
+/// A server with alice on a VLESS (`vless`) or VMess inbound, stats and the handler API on.
+fn server(protocol: &str) -> Shardray {
+    let clients = json!([{ "id": ALICE, "email": EMAIL }]);
+    let mut config =
+        if protocol == "vless" { vless_config(clients, json!({})) } else { vmess_config(clients, json!({})) };
+    config["api"] = loopback_api(&["StatsService", "HandlerService"]);
+    config["log"]["loglevel"] = json!("debug");
+    Shardray::start(&config, 2)
+}
+
+/// V2Ray's outbound for alice through `proxy`, with its mux on.
+fn v2ray_outbound(protocol: &str, proxy: SocketAddr) -> Value {
+    let user = if protocol == "vless" {
+        json!({ "id": ALICE, "encryption": "none" })
+    } else {
+        json!({ "id": ALICE, "alterId": 0, "security": "aes-128-gcm" })
+    };
+    json!({
+        "protocol": protocol,
+        "settings": { "vnext": [{ "address": "127.0.0.1", "port": proxy.port(), "users": [user] }] },
+        "mux": { "enabled": true, "concurrency": 8 }
+    })
+}
+
+/// V2Ray with a socks inbound that takes UDP ASSOCIATE too, through `outbound`.
+fn v2ray_with_udp(outbound: Value) -> V2Ray {
+    let inbounds = json!([{ "listen": "127.0.0.1", "port": shardray_tests::singbox::free_port(), "protocol": "socks",
+                            "settings": { "auth": "noauth", "udp": true, "ip": "127.0.0.1" } }]);
+    V2Ray::start_full(inbounds, json!([outbound]), json!({}))
+}
+
+fn inbound_tag(protocol: &str) -> &'static str {
+    if protocol == "vless" {
+        "vless-in"
+    } else {
+        "vmess-in"
+    }
+}
+
+#[test]
+fn v2ray_mux_tcp_sessions_at_once_byte_exact_with_exact_counters_vless_and_vmess() {
+    for protocol in ["vless", "vmess"] {
+        let server = server(protocol);
+        let v2 = v2ray_with_udp(v2ray_outbound(protocol, server.inbound(inbound_tag(protocol))));
+        echo_and_count(&server, EMAIL, &SIZES, &|d| v2.connect(d), &|| {
+            format!("{protocol}\n{}\n{}", v2.log(), server.output())
+        });
+        assert!(server.output().contains("mux connection"), "{protocol}: no mux connection seen");
+    }
+}
+
+#[test]
+fn v2ray_mux_udp_round_trips_through_its_socks_inbound_vless_and_vmess() {
+    for protocol in ["vless", "vmess"] {
+        let server = server(protocol);
+        let api = ApiClient::connect(server.api.unwrap());
+        let v2 = v2ray_with_udp(v2ray_outbound(protocol, server.inbound(inbound_tag(protocol))));
+        let echoes: Vec<UdpEcho> = (0..3).map(|_| UdpEcho::start()).collect();
+        let log = || format!("{protocol}\n{}\n{}", v2.log(), server.output());
+        let total: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = echoes
+                .iter()
+                .enumerate()
+                .map(|(i, echo)| {
+                    let (log, dest, socks) = (&log, echo.addr(), v2.socks);
+                    s.spawn(move || {
+                        let path = Socks5Udp::associate(socks).unwrap();
+                        echo_datagrams(&path, dest, None, 500, 40 + i as u64, 4, log)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        let t = total as i64;
+        let (up, down) = (format!("user>>>{EMAIL}>>>traffic>>>uplink"), format!("user>>>{EMAIL}>>>traffic>>>downlink"));
+        let settled = wait_until(Duration::from_secs(5), || {
+            api.get(&up, false).ok() == Some(t) && api.get(&down, false).ok() == Some(t)
+        });
+        assert!(settled, "{protocol}: {:?} / expected {t}", api.query("user", false));
+        assert!(server.output().contains("mux connection"), "{protocol}: no mux connection seen");
+    }
+}
+
+#[test]
+fn removing_the_user_closes_the_mux_connection() {
+    for protocol in ["vless", "vmess"] {
+        let server = server(protocol);
+        let api = ApiClient::connect(server.api.unwrap());
+        let v2 = v2ray_with_udp(v2ray_outbound(protocol, server.inbound(inbound_tag(protocol))));
+        let echo = EchoServer::start();
+        let mut sessions: Vec<_> = (0..3)
+            .map(|i| {
+                let mut s = v2.connect(echo.addr()).unwrap();
+                let data = payload(1000, i);
+                s.write_all(&data).unwrap();
+                let mut got = vec![0u8; data.len()];
+                std::io::Read::read_exact(&mut s, &mut got).unwrap();
+                assert_eq!(got, data);
+                s
+            })
+            .collect();
+        api.remove_user(inbound_tag(protocol), EMAIL).unwrap();
+        for s in &mut sessions {
+            assert!(closed_within(s, Duration::from_secs(5)), "{protocol}: a sub-session outlived its user");
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || server.output().contains("mux: user removed")),
+            "{protocol}: the mux connection outlived its user\n{}",
+            server.output()
+        );
+    }
+}
+
+/// A VLESS mux request from alice, then `frames`.
+fn vless_mux(frames: &[u8]) -> Vec<u8> {
+    use shardray_wire::vless::{Command, RequestHeader};
+    let header = RequestHeader {
+        user: shardray_tests::vless::user_id(ALICE),
+        flow: String::new(),
+        command: Command::Mux,
+        destination: None,
+    };
+    let mut out = Vec::new();
+    header.encode(&mut out);
+    out.extend_from_slice(frames);
+    out
+}
+
+#[test]
+fn hostile_frames_close_the_connection_and_the_server_goes_on() {
+    use shardray_wire::xudp::{Frame, TCP};
+    let server = server("vless");
+    let echo = EchoServer::start();
+    let mut long_meta = vec![0x02, 0x01];
+    long_meta.extend_from_slice(&[0; 0x201]);
+    let mut twice = Vec::new();
+    for _ in 0..2 {
+        Frame::encode_new(1, TCP, &echo.addr().into(), None, None, &mut twice).unwrap();
+    }
+    let mut bad_network = Vec::new();
+    Frame::encode_new(1, 7, &echo.addr().into(), None, None, &mut bad_network).unwrap();
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("metadata above 512 bytes", long_meta),
+        ("metadata below 4 bytes", vec![0, 2, 0, 1]),
+        ("a New cut inside its address", vec![0, 6, 0, 1, 1, 0, 1, 0]),
+        ("Keep for a session id never opened", vec![0, 4, 0, 9, 2, 1, 0, 1, b'x']),
+        ("a second New for a live id", twice),
+        ("an unknown network", bad_network),
+    ];
+    for (what, frames) in cases {
+        let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+        s.write_all(&vless_mux(&frames)).unwrap();
+        assert!(closed_within(&mut s, Duration::from_secs(5)), "{what}: not closed");
+    }
+    // A good sub-session still works, on both shards.
+    for i in 0..4 {
+        let data = payload(5000, i);
+        let mut frames = Vec::new();
+        Frame::encode_new(1, TCP, &echo.addr().into(), None, Some(data.len()), &mut frames).unwrap();
+        frames.extend_from_slice(&data);
+        let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+        s.write_all(&vless_mux(&frames)).unwrap();
+        let mut got = Vec::new();
+        let mut head = [0u8; 2];
+        std::io::Read::read_exact(&mut s, &mut head).unwrap();
+        assert_eq!(head, [0, 0], "the VLESS response header");
+        let mut pending = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < data.len() {
+            let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+            assert!(n > 0, "closed after {} bytes", got.len());
+            pending.extend_from_slice(&buf[..n]);
+            let mut cur = &pending[..];
+            while let Ok(f) = Frame::decode(&mut cur) {
+                assert_eq!(f.session, 1);
+                got.extend_from_slice(f.data);
+            }
+            let used = pending.len() - cur.len();
+            pending.drain(..used);
+        }
+        assert!(got == data, "echoed bytes differ");
+    }
+}
