@@ -1,7 +1,9 @@
 //! shardray's VLESS outbound against sing-box 1.14.4 as the VLESS server, over TLS and plain,
 //! raw TCP, WebSocket and HTTPUpgrade:
 //! dokodemo-door inbounds send TCP connections and UDP datagrams to echo servers through it,
-//! with exact outbound counters; one added through the API carries traffic too.
+//! with exact outbound counters; one added through the API carries traffic too. UDP leaves as
+//! XUDP by default (several destinations in one session, full cone), to sing-box and to
+//! shardray's own inbound, or by the UDP command with `packetEncoding: "none"`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -12,9 +14,9 @@ use shardray_tests::api::ApiClient;
 use shardray_tests::servers::EchoServer;
 use shardray_tests::singbox::SingBox;
 use shardray_tests::tls::SelfSigned;
-use shardray_tests::udp::{echo_datagrams, Direct, UdpEcho};
+use shardray_tests::udp::{echo_datagrams, Direct, Socks5Udp, UdpEcho};
 use shardray_tests::vless::payload;
-use shardray_tests::{loopback_api, wait_until, Shardray, ALICE};
+use shardray_tests::{loopback_api, vless_config, wait_until, Shardray, ALICE};
 
 const UP: &str = "outbound>>>vless-out>>>traffic>>>uplink";
 const DOWN: &str = "outbound>>>vless-out>>>traffic>>>downlink";
@@ -216,4 +218,100 @@ fn a_flow_or_a_second_server_is_refused_by_name() {
         let (status, out) = shardray_tests::run_cli(&["test", "-c", file.to_str().unwrap()]);
         assert!(!status.success() && out.contains(path), "case {i}: {out}");
     }
+}
+
+/// shardray with a SOCKS inbound (UDP ASSOCIATE on) whose sessions leave through `outbound`.
+fn socks_client(outbound: Value) -> Shardray {
+    let config = json!({
+        "log": { "loglevel": "warning" },
+        "stats": {},
+        "api": loopback_api(&["StatsService"]),
+        "inbounds": [{ "tag": "socks-in", "listen": "127.0.0.1", "port": 0, "protocol": "socks",
+                       "settings": { "auth": "noauth", "udp": true, "ip": "127.0.0.1" } }],
+        "outbounds": [outbound, { "tag": "direct", "protocol": "freedom" }],
+        "policy": { "system": { "statsOutboundUplink": true, "statsOutboundDownlink": true } }
+    });
+    Shardray::start(&config, 2)
+}
+
+/// One SOCKS5 UDP association through `client` (one packet session), datagrams to three echo
+/// servers in turn, each checked byte for byte; the outbound counters must equal the payload.
+/// Returns the payload bytes each way and whether every echo server saw one and the same
+/// source (full cone: one socket on the server's side for the whole session).
+fn three_destinations_in_one_session(client: &Shardray, log: &(dyn Fn() -> String + Sync)) -> (i64, bool) {
+    let echoes: Vec<UdpEcho> = (0..3).map(|_| UdpEcho::start()).collect();
+    let path = Socks5Udp::associate(client.inbound("socks-in")).unwrap();
+    let mut total = 0;
+    for round in 0..2u64 {
+        for (i, echo) in echoes.iter().enumerate() {
+            total += echo_datagrams(&path, echo.addr(), None, 200, round * 3 + i as u64, 4, log);
+        }
+    }
+    let sources: Vec<_> = echoes.iter().map(|e| e.sources.lock().unwrap().clone()).collect();
+    let one_source = sources.iter().all(|s| s.len() == 1 && s[0] == sources[0][0]);
+    let api = ApiClient::connect(client.api.unwrap());
+    let t = total as i64;
+    assert!(
+        wait_until(Duration::from_secs(5), || api.get(UP, false).ok() == Some(t)
+            && api.get(DOWN, false).ok() == Some(t)),
+        "outbound counters {:?} / {:?}, expected {t}",
+        api.get(UP, false),
+        api.get(DOWN, false)
+    );
+    (t, one_source)
+}
+
+#[test]
+fn xudp_to_sing_box_carries_several_destinations_in_one_session() {
+    let sb = SingBox::serve(json!({ "type": "vless", "tag": "vless-in", "users": [{ "name": "u", "uuid": ALICE }] }));
+    let client = socks_client(vless_outbound(sb.socks, json!({ "network": "tcp" })));
+    let log = || format!("{}\n{}", sb.log(), client.output());
+    let (_, one_source) = three_destinations_in_one_session(&client, &log);
+    assert!(one_source, "sing-box answered from more than one socket: not one XUDP session\n{}", log());
+}
+
+#[test]
+fn xudp_to_our_own_inbound_and_the_udp_command_with_packet_encoding_none() {
+    for encoding in [None, Some("xudp"), Some("none")] {
+        let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
+        config["api"] = loopback_api(&["StatsService"]);
+        config["log"]["loglevel"] = json!("debug");
+        let server = Shardray::start(&config, 2);
+        let mut outbound = vless_outbound(server.inbound("vless-in"), json!({ "network": "tcp" }));
+        if let Some(e) = encoding {
+            outbound["settings"]["vnext"][0]["users"][0]["packetEncoding"] = json!(e);
+        }
+        let client = socks_client(outbound);
+        let log = || format!("{encoding:?}\n{}\n{}", server.output(), client.output());
+        if encoding == Some("none") {
+            // One destination per UDP-command session: the first one's packets only.
+            let echo = UdpEcho::start();
+            let path = Socks5Udp::associate(client.inbound("socks-in")).unwrap();
+            echo_datagrams(&path, echo.addr(), None, 300, 1, 4, &log);
+            assert!(!server.output().contains("mux connection"), "{}", log());
+            continue;
+        }
+        let (total, one_source) = three_destinations_in_one_session(&client, &log);
+        assert!(one_source, "more than one socket on the server: not one XUDP session\n{}", log());
+        assert!(server.output().contains("mux connection"), "{}", log());
+        let api = ApiClient::connect(server.api.unwrap());
+        let (up, down) =
+            ("user>>>alice@example.com>>>traffic>>>uplink", "user>>>alice@example.com>>>traffic>>>downlink");
+        assert!(
+            wait_until(Duration::from_secs(5), || api.get(up, false).ok() == Some(total)
+                && api.get(down, false).ok() == Some(total)),
+            "{:?} / expected {total}",
+            api.query("user", false)
+        );
+    }
+}
+
+#[test]
+fn an_unknown_packet_encoding_is_refused_by_name() {
+    let mut outbound = vless_outbound("127.0.0.1:1".parse().unwrap(), json!({ "network": "tcp" }));
+    outbound["settings"]["vnext"][0]["users"][0]["packetEncoding"] = json!("packetaddr");
+    let err = Shardray::try_start(&config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:1".parse().unwrap(), outbound), 2)
+        .err()
+        .expect("refused");
+    assert!(err.contains("outbounds[0].settings.vnext[0].users[0].packetEncoding"), "{err}");
 }
