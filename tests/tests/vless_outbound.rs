@@ -3,7 +3,9 @@
 //! dokodemo-door inbounds send TCP connections and UDP datagrams to echo servers through it,
 //! with exact outbound counters; one added through the API carries traffic too. UDP leaves as
 //! XUDP by default (several destinations in one session, full cone), to sing-box and to
-//! shardray's own inbound, or by the UDP command with `packetEncoding: "none"`.
+//! shardray's own inbound, or by the UDP command with `packetEncoding: "none"`. Over WebSocket
+//! with `?ed=`, the first write rides in `Sec-WebSocket-Protocol` (sing-box and our inbound as
+//! the servers, and a raw listener that reads the request head).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -314,4 +316,81 @@ fn an_unknown_packet_encoding_is_refused_by_name() {
         .err()
         .expect("refused");
     assert!(err.contains("outbounds[0].settings.vnext[0].users[0].packetEncoding"), "{err}");
+}
+
+/// A VLESS inbound on our own server over WebSocket with early data accepted (`?ed=2048`).
+fn own_ws_server() -> Shardray {
+    let ws = json!({ "streamSettings": { "network": "ws", "wsSettings": { "path": "/vless?ed=2048" } } });
+    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), ws);
+    config["api"] = loopback_api(&["StatsService"]);
+    Shardray::start(&config, 2)
+}
+
+#[test]
+fn early_data_over_websocket_to_sing_box_and_to_our_own_inbound() {
+    let (tcp_echo, udp_echo) = (EchoServer::start(), UdpEcho::start());
+    let sb = SingBox::serve(json!({
+        "type": "vless", "tag": "vless-in", "users": [{ "name": "u", "uuid": ALICE }],
+        "transport": { "type": "ws", "path": "/vless", "max_early_data": 2048,
+                       "early_data_header_name": "Sec-WebSocket-Protocol" }
+    }));
+    let stream = json!({ "network": "ws", "wsSettings": { "path": "/vless?ed=2048" } });
+    let server =
+        Shardray::start(&config(tcp_echo.addr(), udp_echo.addr(), vless_outbound(sb.socks, stream.clone())), 2);
+    carries_tcp_and_udp(&server, udp_echo.addr(), &|| sb.log());
+    let ours = own_ws_server();
+    let server =
+        Shardray::start(&config(tcp_echo.addr(), udp_echo.addr(), vless_outbound(ours.inbound("vless-in"), stream)), 2);
+    carries_tcp_and_udp(&server, udp_echo.addr(), &|| ours.output());
+}
+
+/// Accepts one connection on `listener` and returns its request head (up to the blank line).
+fn read_request_head(listener: &std::net::TcpListener) -> String {
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed inside the head: {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[test]
+fn early_data_rides_in_sec_websocket_protocol_when_the_first_write_fits() {
+    use base64::Engine as _;
+    use shardray_wire::vless::{Command, RequestHeader};
+    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let payload = b"the client's first bytes";
+    for (ed, carried) in [(2048, true), (16, false)] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = json!({ "network": "ws", "wsSettings": { "path": format!("/vless?ed={ed}") } });
+        let mut outbound = vless_outbound(listener.local_addr().unwrap(), stream);
+        outbound["tag"] = json!("ws-out");
+        let mut config = vless_config(json!([{ "id": ALICE }]), json!({}));
+        config["outbounds"] = json!([outbound]);
+        config["routing"] = json!({});
+        let server = Shardray::start(&config, 2);
+        let mut first = shardray_tests::vless::request(ALICE, target);
+        first.extend_from_slice(payload);
+        let mut client = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+        client.write_all(&first).unwrap();
+        let head = read_request_head(&listener);
+        let protocol = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Protocol: "))
+            .map(|v| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).expect("unpadded base64url"));
+        assert!(head.starts_with("GET /vless HTTP/1.1\r\n"), "{head}");
+        if !carried {
+            assert_eq!(protocol, None, "a first write above ed goes as a frame, as Xray's\n{head}");
+            continue;
+        }
+        let early = protocol.unwrap_or_else(|| panic!("no early data in\n{head}"));
+        let mut cur = &early[..];
+        let header = RequestHeader::decode(&mut cur).unwrap();
+        assert_eq!((header.user, header.command), (shardray_tests::vless::user_id(ALICE), Command::Tcp));
+        assert_eq!(header.destination, Some(target.into()));
+        assert_eq!(cur, payload, "the VLESS header and the first payload, in one");
+    }
 }
