@@ -54,6 +54,11 @@ const OUTBOX_BYTES: usize = 128 * 1024;
 /// The most payload one downlink frame carries.
 const FRAME_DATA: usize = 16 * 1024;
 
+/// Frames the reader takes in a row before it lets the sub-sessions and the writer run: a
+/// client that keeps sending (frames for ended sub-sessions, UDP packets dropped) must not
+/// starve them.
+const FRAMES_PER_TURN: u32 = 64;
+
 /// Serves a mux connection of `user` over `stream`, whose first bytes, already read, are
 /// `early`; `prefix` (a response header) goes to the client before the first frame.
 pub(crate) async fn serve<S>(
@@ -179,7 +184,13 @@ where
     buf[..early.len()].copy_from_slice(early);
     let (mut start, mut end) = (0, early.len());
     let mut opened = SeenIds::default();
+    let mut in_a_row = 0;
     loop {
+        in_a_row += 1;
+        if in_a_row >= FRAMES_PER_TURN {
+            in_a_row = 0;
+            futures_lite::future::yield_now().await;
+        }
         let mut cur = &buf[start..end];
         let frame = match Frame::decode(&mut cur) {
             Ok(frame) => frame,
@@ -229,6 +240,9 @@ where
                             "[{tag}] {peer} mux: sub-session refused: {MAX_SUB_SESSIONS} per connection at most"
                         ),
                     );
+                    if mux.outbox.room().await.is_err() {
+                        return Ok(()); // the writer failed: the client is gone
+                    }
                     mux.outbox.end(id);
                     continue;
                 }
@@ -254,8 +268,14 @@ where
                         }
                         inbox.push(to, data);
                     }
-                    // Ended here while the client still sent: as Xray, end it again.
-                    None if opened.contains(id) => mux.outbox.end(id),
+                    // Ended here while the client still sent: as Xray, end it again (once
+                    // the outbox has room, so that a flood of these queues nothing).
+                    None if opened.contains(id) => {
+                        if mux.outbox.room().await.is_err() {
+                            return Ok(()); // the writer failed: the client is gone
+                        }
+                        mux.outbox.end(id);
+                    }
                     None => return Err("Keep for a session id never opened"),
                 }
             }
@@ -448,6 +468,10 @@ impl Outbox {
         Poll::Pending
     }
 
+    async fn room(&self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_room(cx)).await
+    }
+
     /// Appends what `frame` writes, and wakes the writer.
     fn push(&self, frame: impl FnOnce(&mut Vec<u8>)) {
         frame(&mut self.bytes.borrow_mut());
@@ -569,7 +593,7 @@ impl PacketSource for SubPackets<'_> {
 
 impl PacketSink for SubPackets<'_> {
     async fn send(&mut self, peer: &Destination, payload: &[u8]) -> io::Result<bool> {
-        poll_fn(|cx| self.outbox.poll_room(cx)).await?;
+        self.outbox.room().await?;
         let id = self.id;
         self.outbox.push(|out| {
             if Frame::encode_udp_keep(id, peer, payload.len(), out).is_some() {
