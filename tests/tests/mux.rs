@@ -1,8 +1,9 @@
 //! mux.cool on the server: V2Ray 4.45.2 with `mux: {enabled: true}` as the client of our VLESS
 //! and VMess inbounds (several TCP sessions at once over its mux connections, byte-exact
 //! MiB-size echoes, UDP round trips through its socks inbound, exact counters, user removal
-//! closing the mux connection), and hostile frames from our own client; the real binary on
-//! 2 shards.
+//! closing the mux connection), and our own client: hostile frames, a sub-session whose
+//! upstream takes nothing, the user's maxConnections over sub-sessions; the real binary on 2
+//! shards.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -289,4 +290,43 @@ fn a_sub_session_whose_upstream_takes_nothing_is_ended_and_the_others_go_on() {
     assert!(started.elapsed() >= Duration::from_secs(9), "ended before the stall bound");
     assert!(server.output().contains("sub-session 1 took nothing for"), "{}", server.output());
     drop(held);
+}
+
+#[test]
+fn sub_sessions_are_held_to_the_users_max_connections() {
+    use shardray_wire::xudp::{Frame, Status, TCP};
+    let clients = json!([{ "id": ALICE, "email": EMAIL }]);
+    let mut config = vless_config(clients, json!({}));
+    config["api"] = loopback_api(&["StatsService"]);
+    config["policy"]["levels"]["0"]["maxConnections"] = json!(2);
+    let server = Shardray::start(&config, 2);
+    let echo = EchoServer::start();
+    let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    let open = |id: u16, first: bool| {
+        let mut frames = Vec::new();
+        Frame::encode_new(id, TCP, &echo.addr().into(), None, Some(3), &mut frames).unwrap();
+        frames.extend_from_slice(b"abc");
+        if first {
+            vless_mux(&frames)
+        } else {
+            frames
+        }
+    };
+    s.write_all(&open(1, true)).unwrap();
+    let mut r = s.try_clone().unwrap();
+    let mut step: u16 = 1;
+    read_frames(&mut r, |id, status, data| {
+        match (id, status) {
+            // Each admitted sub-session echoes; the next one opens once it has.
+            (1 | 2, Status::Keep(_)) if id == step && data == b"abc" => {
+                step += 1;
+                s.write_all(&open(step, false)).unwrap();
+            }
+            (3, Status::End) => return false,
+            other => panic!("unexpected {other:?} {data:?}\n{}", server.output()),
+        }
+        true
+    });
+    let api = ApiClient::connect(server.api.unwrap());
+    assert!(wait_until(Duration::from_secs(5), || api.get("refused>>>connection_limit", false).ok() == Some(1)));
 }
