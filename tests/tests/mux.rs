@@ -330,3 +330,36 @@ fn sub_sessions_are_held_to_the_users_max_connections() {
     let api = ApiClient::connect(server.api.unwrap());
     assert!(wait_until(Duration::from_secs(5), || api.get("refused>>>connection_limit", false).ok() == Some(1)));
 }
+
+#[test]
+fn a_client_that_ends_its_side_still_gets_every_reply_and_end_then_the_close() {
+    use shardray_wire::xudp::{Frame, Status, TCP};
+    let server = server("vless");
+    let echo = EchoServer::start();
+    let data = payload(200_000, 7);
+    let mut frames = Vec::new();
+    for id in [1u16, 2] {
+        Frame::encode_new(id, TCP, &echo.addr().into(), None, None, &mut frames).unwrap();
+        for part in data.chunks(50_000) {
+            Frame::encode_keep(id, part.len(), &mut frames).unwrap();
+            frames.extend_from_slice(part);
+        }
+        Frame::encode_end(id, &mut frames);
+    }
+    let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    s.write_all(&vless_mux(&frames)).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got: [Vec<u8>; 2] = Default::default();
+    let mut ended = [false; 2];
+    read_frames(&mut s, |id, status, frame| {
+        let i = usize::from(id - 1);
+        match status {
+            Status::Keep(None) => got[i].extend_from_slice(frame),
+            Status::End => ended[i] = true,
+            other => panic!("{other:?}"),
+        }
+        !(ended[0] && ended[1])
+    });
+    assert!(got[0] == data && got[1] == data, "echoes of {} and {} bytes", got[0].len(), got[1].len());
+    assert!(closed_within(&mut s, Duration::from_secs(5)), "not closed once every sub-session ended");
+}

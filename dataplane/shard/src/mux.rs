@@ -106,7 +106,12 @@ pub(crate) async fn serve<S>(
         loop {
             match subs.poll_next_unpin(cx) {
                 Poll::Ready(Some(())) => continue,
-                Poll::Ready(None) if finishing.get() => return Poll::Ready(()),
+                // Every sub-session done after the client's end: the writer sends what is
+                // left, then the connection closes.
+                Poll::Ready(None) if finishing.get() => {
+                    outbox.finish();
+                    return Poll::Pending;
+                }
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
         }
@@ -289,14 +294,17 @@ where
     }
 }
 
-/// Writes what the outbox gathers to the client until a write fails; `prefix` goes with the
-/// first frames (as Xray sends its response header with the first data).
+/// Writes what the outbox gathers to the client until a write fails or the outbox is finished
+/// and empty; `prefix` goes with the first frames (as Xray sends its response header with the
+/// first data).
 async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, outbox: &Outbox, prefix: &[u8]) -> io::Result<()> {
     let mut pending = Vec::new();
     let mut prefix = Some(prefix);
     let result = async {
         loop {
-            poll_fn(|cx| outbox.poll_take(cx, &mut pending)).await;
+            if !poll_fn(|cx| outbox.poll_take(cx, &mut pending)).await {
+                return Ok(());
+            }
             if let Some(p) = prefix.take() {
                 pending.splice(0..0, p.iter().copied());
             }
@@ -451,6 +459,8 @@ struct Outbox {
     waiting: RefCell<Vec<Waker>>,
     /// The writer failed: the client is gone.
     broken: Cell<bool>,
+    /// No more frames will come: the writer ends once it has sent what is gathered.
+    finished: Cell<bool>,
 }
 
 impl Outbox {
@@ -484,10 +494,21 @@ impl Outbox {
         self.push(|out| Frame::encode_end(id, out));
     }
 
-    /// Moves what is gathered into `into` (empty), waking the sub-sessions that wait for room.
-    fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<u8>) -> Poll<()> {
+    fn finish(&self) {
+        self.finished.set(true);
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Moves what is gathered into `into` (empty), waking the sub-sessions that wait for room;
+    /// `false` when there is nothing and nothing more will come.
+    fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<u8>) -> Poll<bool> {
         let mut bytes = self.bytes.borrow_mut();
         if bytes.is_empty() {
+            if self.finished.get() {
+                return Poll::Ready(false);
+            }
             self.writer.set(Some(cx.waker().clone()));
             return Poll::Pending;
         }
@@ -495,7 +516,7 @@ impl Outbox {
         for waker in self.waiting.borrow_mut().drain(..) {
             waker.wake();
         }
-        Poll::Ready(())
+        Poll::Ready(true)
     }
 }
 
