@@ -51,6 +51,9 @@ const STALL: Duration = Duration::from_secs(10);
 /// Frames queued towards the client before the sub-sessions' writes wait.
 const OUTBOX_BYTES: usize = 128 * 1024;
 
+/// The frame reader's buffer until a frame needs more (up to `MAX_FRAME`).
+const READ_ROOM: usize = 16 * 1024;
+
 /// The most payload one downlink frame carries.
 const FRAME_DATA: usize = 16 * 1024;
 
@@ -185,7 +188,9 @@ where
 {
     let (ctx, tag, peer) = (mux.ctx, &mux.inbound.tag, mux.peer);
     let idle = ctx.policy(mux.user.level).conn_idle.max(Duration::from_secs(1));
-    let mut buf = vec![0u8; MAX_FRAME.max(early.len())].into_boxed_slice();
+    // Room for a usual frame; grown to the largest only when a frame needs it (an XUDP
+    // connection, one per UDP flow for sing-box, stays small).
+    let mut buf = vec![0u8; READ_ROOM.max(early.len())];
     buf[..early.len()].copy_from_slice(early);
     let (mut start, mut end) = (0, early.len());
     let mut opened = SeenIds::default();
@@ -203,6 +208,9 @@ where
                 buf.copy_within(start..end, 0);
                 end -= start;
                 start = 0;
+                if end == buf.len() {
+                    buf.resize(MAX_FRAME, 0);
+                }
                 let mut half = crate::packet::Half(stream);
                 let read = half.read(&mut buf[end..]);
                 // With no sub-session open, the connection may idle for the level's connIdle.
@@ -323,22 +331,22 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, outbox: &Outbox, prefix: 
 
 // === the buffers between the connection and its sub-sessions ===
 
-/// Session ids a connection has seen opened (clients count them up from 1; XUDP uses 0).
-struct SeenIds(Box<[u64; 1024]>);
-
-impl Default for SeenIds {
-    fn default() -> Self {
-        SeenIds(Box::new([0; 1024]))
-    }
-}
+/// Session ids a connection has seen opened, a bit each (clients count them up from 1, XUDP
+/// uses 0: the set stays a word or two).
+#[derive(Default)]
+struct SeenIds(Vec<u64>);
 
 impl SeenIds {
     fn insert(&mut self, id: u16) {
-        self.0[usize::from(id / 64)] |= 1 << (id % 64);
+        let word = usize::from(id / 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (id % 64);
     }
 
     fn contains(&self, id: u16) -> bool {
-        self.0[usize::from(id / 64)] & (1 << (id % 64)) != 0
+        self.0.get(usize::from(id / 64)).is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 }
 
@@ -622,5 +630,45 @@ impl PacketSink for SubPackets<'_> {
             }
         });
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_ids_hold_any_id_and_grow_only_as_far_as_used() {
+        let mut seen = SeenIds::default();
+        assert!(!seen.contains(0) && !seen.contains(u16::MAX));
+        for id in [0, 1, 63, 64, 8] {
+            seen.insert(id);
+        }
+        assert_eq!(seen.0.len(), 2);
+        assert!([0, 1, 63, 64, 8].iter().all(|&id| seen.contains(id)));
+        assert!(!seen.contains(2) && !seen.contains(65) && !seen.contains(4000));
+        seen.insert(u16::MAX);
+        assert!(seen.contains(u16::MAX) && seen.0.len() == 1024);
+    }
+
+    #[test]
+    fn an_inbox_waits_for_room_only_past_its_bound_and_drops_udp_instead() {
+        let inbox = Inbox::default();
+        assert!(inbox.has_room(MAX_FRAME), "an empty inbox takes any frame");
+        inbox.push(None, vec![1; INBOX_BYTES - 10]);
+        assert!(inbox.has_room(10) && !inbox.has_room(11));
+        assert!(!inbox.udp_full(11), "a TCP sub-session waits, it does not drop");
+        let udp = Inbox { udp: true, ..Inbox::default() };
+        udp.push(None, vec![1; INBOX_BYTES]);
+        assert!(udp.udp_full(1));
+        let waker = futures_lite::future::block_on(poll_fn(|cx| Poll::Ready(cx.waker().clone())));
+        let mut cx = Context::from_waker(&waker);
+        let Poll::Ready(Ok(Some((None, data)))) = udp.poll_pop(&mut cx) else { panic!("a chunk") };
+        assert_eq!((data.len(), udp.taken.get(), udp.queued.get()), (INBOX_BYTES, INBOX_BYTES as u64, 0));
+        assert!(udp.poll_pop(&mut cx).is_pending());
+        udp.end();
+        assert!(matches!(udp.poll_pop(&mut cx), Poll::Ready(Ok(None))));
+        udp.abort();
+        assert!(matches!(udp.poll_pop(&mut cx), Poll::Ready(Err(_))));
     }
 }
