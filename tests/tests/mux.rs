@@ -1,8 +1,9 @@
 //! mux.cool on the server: V2Ray 4.45.2 with `mux: {enabled: true}` as the client of our VLESS
 //! and VMess inbounds (several TCP sessions at once over its mux connections, byte-exact
 //! MiB-size echoes, UDP round trips through its socks inbound, exact counters, user removal
-//! closing the mux connection), and hostile frames from our own client; the real binary on
-//! 2 shards.
+//! closing the mux connection), and our own client: hostile frames, a sub-session whose
+//! upstream takes nothing, the user's maxConnections over sub-sessions; the real binary on 2
+//! shards.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -204,4 +205,161 @@ fn hostile_frames_close_the_connection_and_the_server_goes_on() {
         }
         assert!(got == data, "echoed bytes differ");
     }
+}
+
+/// Reads mux frames from `s` (after the 2-byte VLESS response header) and hands each (its
+/// session, status and data) to `each` until it returns false.
+fn read_frames(s: &mut std::net::TcpStream, mut each: impl FnMut(u16, shardray_wire::xudp::Status, &[u8]) -> bool) {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head, [0, 0], "the VLESS response header");
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the server closed the mux connection");
+        pending.extend_from_slice(&buf[..n]);
+        let mut cur = &pending[..];
+        while let Ok(f) = shardray_wire::xudp::Frame::decode(&mut cur) {
+            if !each(f.session, f.status, f.data) {
+                return;
+            }
+        }
+        let used = pending.len() - cur.len();
+        pending.drain(..used);
+    }
+}
+
+#[test]
+fn a_sub_session_whose_upstream_takes_nothing_is_ended_and_the_others_go_on() {
+    use shardray_wire::xudp::{Frame, Status, TCP};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = server("vless");
+    let echo = EchoServer::start();
+    // An upstream that accepts and never reads.
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stuck_addr = stuck.local_addr().unwrap();
+    let held = std::thread::spawn(move || stuck.accept().map(|(s, _)| s));
+    let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    let mut new = Vec::new();
+    Frame::encode_new(1, TCP, &stuck_addr.into(), None, None, &mut new).unwrap();
+    s.write_all(&vless_mux(&new)).unwrap();
+    let ended = AtomicBool::new(false);
+    let data = payload(60_000, 1);
+    let mut keep = Vec::new();
+    Frame::encode_keep(1, data.len(), &mut keep).unwrap();
+    keep.extend_from_slice(&data);
+    let started = std::time::Instant::now();
+    let echo_addr = echo.addr();
+    std::thread::scope(|scope| {
+        let mut w = s.try_clone().unwrap();
+        let ended = &ended;
+        let writer = scope.spawn(move || {
+            // Uploads to the stuck upstream until the server ends that sub-session (a bound
+            // in bytes too, past every socket buffer), then opens a second one to the echo.
+            let mut sent = 0usize;
+            while !ended.load(Ordering::Relaxed) && sent < 256 << 20 {
+                w.write_all(&keep).unwrap();
+                sent += keep.len();
+            }
+            let hello = payload(30_000, 2);
+            let mut second = Vec::new();
+            Frame::encode_new(2, TCP, &echo_addr.into(), None, Some(hello.len()), &mut second).unwrap();
+            second.extend_from_slice(&hello);
+            w.write_all(&second).unwrap();
+            hello
+        });
+        let mut echoed = Vec::new();
+        let mut want = 30_000;
+        read_frames(&mut s, |id, status, data| {
+            match (id, status) {
+                (1, Status::End) => ended.store(true, Ordering::Relaxed),
+                (2, Status::Keep(_)) => echoed.extend_from_slice(data),
+                (1, _) => panic!("sub-session 1 answered"),
+                (2, Status::End) => panic!("sub-session 2 ended after {} bytes\n{}", echoed.len(), server.output()),
+                _ => {}
+            }
+            echoed.len() < want
+        });
+        let hello = writer.join().unwrap();
+        want = hello.len();
+        assert_eq!(echoed.len(), want);
+        assert!(echoed == hello, "the second sub-session's echo differs");
+    });
+    assert!(started.elapsed() >= Duration::from_secs(9), "ended before the stall bound");
+    assert!(server.output().contains("sub-session 1 took nothing for"), "{}", server.output());
+    drop(held);
+}
+
+#[test]
+fn sub_sessions_are_held_to_the_users_max_connections() {
+    use shardray_wire::xudp::{Frame, Status, TCP};
+    let clients = json!([{ "id": ALICE, "email": EMAIL }]);
+    let mut config = vless_config(clients, json!({}));
+    config["api"] = loopback_api(&["StatsService"]);
+    config["policy"]["levels"]["0"]["maxConnections"] = json!(2);
+    let server = Shardray::start(&config, 2);
+    let echo = EchoServer::start();
+    let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    let open = |id: u16, first: bool| {
+        let mut frames = Vec::new();
+        Frame::encode_new(id, TCP, &echo.addr().into(), None, Some(3), &mut frames).unwrap();
+        frames.extend_from_slice(b"abc");
+        if first {
+            vless_mux(&frames)
+        } else {
+            frames
+        }
+    };
+    s.write_all(&open(1, true)).unwrap();
+    let mut r = s.try_clone().unwrap();
+    let mut step: u16 = 1;
+    read_frames(&mut r, |id, status, data| {
+        match (id, status) {
+            // Each admitted sub-session echoes; the next one opens once it has.
+            (1 | 2, Status::Keep(_)) if id == step && data == b"abc" => {
+                step += 1;
+                s.write_all(&open(step, false)).unwrap();
+            }
+            (3, Status::End) => return false,
+            other => panic!("unexpected {other:?} {data:?}\n{}", server.output()),
+        }
+        true
+    });
+    let api = ApiClient::connect(server.api.unwrap());
+    assert!(wait_until(Duration::from_secs(5), || api.get("refused>>>connection_limit", false).ok() == Some(1)));
+}
+
+#[test]
+fn a_client_that_ends_its_side_still_gets_every_reply_and_end_then_the_close() {
+    use shardray_wire::xudp::{Frame, Status, TCP};
+    let server = server("vless");
+    let echo = EchoServer::start();
+    let data = payload(200_000, 7);
+    let mut frames = Vec::new();
+    for id in [1u16, 2] {
+        Frame::encode_new(id, TCP, &echo.addr().into(), None, None, &mut frames).unwrap();
+        for part in data.chunks(50_000) {
+            Frame::encode_keep(id, part.len(), &mut frames).unwrap();
+            frames.extend_from_slice(part);
+        }
+        Frame::encode_end(id, &mut frames);
+    }
+    let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    s.write_all(&vless_mux(&frames)).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got: [Vec<u8>; 2] = Default::default();
+    let mut ended = [false; 2];
+    read_frames(&mut s, |id, status, frame| {
+        let i = usize::from(id - 1);
+        match status {
+            Status::Keep(None) => got[i].extend_from_slice(frame),
+            Status::End => ended[i] = true,
+            other => panic!("{other:?}"),
+        }
+        !(ended[0] && ended[1])
+    });
+    assert!(got[0] == data && got[1] == data, "echoes of {} and {} bytes", got[0].len(), got[1].len());
+    assert!(closed_within(&mut s, Duration::from_secs(5)), "not closed once every sub-session ended");
 }

@@ -1,7 +1,11 @@
 //! shardray's VLESS outbound against sing-box 1.14.4 as the VLESS server, over TLS and plain,
 //! raw TCP, WebSocket and HTTPUpgrade:
 //! dokodemo-door inbounds send TCP connections and UDP datagrams to echo servers through it,
-//! with exact outbound counters; one added through the API carries traffic too.
+//! with exact outbound counters; one added through the API carries traffic too. UDP leaves as
+//! XUDP by default (several destinations in one session, full cone), to sing-box and to
+//! shardray's own inbound, or by the UDP command with `packetEncoding: "none"`. Over WebSocket
+//! with `?ed=`, the first write rides in `Sec-WebSocket-Protocol` (sing-box and our inbound as
+//! the servers, and a raw listener that reads the request head).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -12,9 +16,9 @@ use shardray_tests::api::ApiClient;
 use shardray_tests::servers::EchoServer;
 use shardray_tests::singbox::SingBox;
 use shardray_tests::tls::SelfSigned;
-use shardray_tests::udp::{echo_datagrams, Direct, UdpEcho};
+use shardray_tests::udp::{echo_datagrams, Direct, Socks5Udp, UdpEcho};
 use shardray_tests::vless::payload;
-use shardray_tests::{loopback_api, wait_until, Shardray, ALICE};
+use shardray_tests::{loopback_api, vless_config, wait_until, Shardray, ALICE};
 
 const UP: &str = "outbound>>>vless-out>>>traffic>>>uplink";
 const DOWN: &str = "outbound>>>vless-out>>>traffic>>>downlink";
@@ -215,5 +219,178 @@ fn a_flow_or_a_second_server_is_refused_by_name() {
         std::fs::write(&file, config.to_string()).unwrap();
         let (status, out) = shardray_tests::run_cli(&["test", "-c", file.to_str().unwrap()]);
         assert!(!status.success() && out.contains(path), "case {i}: {out}");
+    }
+}
+
+/// shardray with a SOCKS inbound (UDP ASSOCIATE on) whose sessions leave through `outbound`.
+fn socks_client(outbound: Value) -> Shardray {
+    let config = json!({
+        "log": { "loglevel": "warning" },
+        "stats": {},
+        "api": loopback_api(&["StatsService"]),
+        "inbounds": [{ "tag": "socks-in", "listen": "127.0.0.1", "port": 0, "protocol": "socks",
+                       "settings": { "auth": "noauth", "udp": true, "ip": "127.0.0.1" } }],
+        "outbounds": [outbound, { "tag": "direct", "protocol": "freedom" }],
+        "policy": { "system": { "statsOutboundUplink": true, "statsOutboundDownlink": true } }
+    });
+    Shardray::start(&config, 2)
+}
+
+/// One SOCKS5 UDP association through `client` (one packet session), datagrams to three echo
+/// servers in turn, each checked byte for byte; the outbound counters must equal the payload.
+/// Returns the payload bytes each way and whether every echo server saw one and the same
+/// source (full cone: one socket on the server's side for the whole session).
+fn three_destinations_in_one_session(client: &Shardray, log: &(dyn Fn() -> String + Sync)) -> (i64, bool) {
+    let echoes: Vec<UdpEcho> = (0..3).map(|_| UdpEcho::start()).collect();
+    let path = Socks5Udp::associate(client.inbound("socks-in")).unwrap();
+    let mut total = 0;
+    for round in 0..2u64 {
+        for (i, echo) in echoes.iter().enumerate() {
+            total += echo_datagrams(&path, echo.addr(), None, 200, round * 3 + i as u64, 4, log);
+        }
+    }
+    let sources: Vec<_> = echoes.iter().map(|e| e.sources.lock().unwrap().clone()).collect();
+    let one_source = sources.iter().all(|s| s.len() == 1 && s[0] == sources[0][0]);
+    let api = ApiClient::connect(client.api.unwrap());
+    let t = total as i64;
+    assert!(
+        wait_until(Duration::from_secs(5), || api.get(UP, false).ok() == Some(t)
+            && api.get(DOWN, false).ok() == Some(t)),
+        "outbound counters {:?} / {:?}, expected {t}",
+        api.get(UP, false),
+        api.get(DOWN, false)
+    );
+    (t, one_source)
+}
+
+#[test]
+fn xudp_to_sing_box_carries_several_destinations_in_one_session() {
+    let sb = SingBox::serve(json!({ "type": "vless", "tag": "vless-in", "users": [{ "name": "u", "uuid": ALICE }] }));
+    let client = socks_client(vless_outbound(sb.socks, json!({ "network": "tcp" })));
+    let log = || format!("{}\n{}", sb.log(), client.output());
+    let (_, one_source) = three_destinations_in_one_session(&client, &log);
+    assert!(one_source, "sing-box answered from more than one socket: not one XUDP session\n{}", log());
+}
+
+#[test]
+fn xudp_to_our_own_inbound_and_the_udp_command_with_packet_encoding_none() {
+    for encoding in [None, Some("xudp"), Some("none")] {
+        let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({}));
+        config["api"] = loopback_api(&["StatsService"]);
+        config["log"]["loglevel"] = json!("debug");
+        let server = Shardray::start(&config, 2);
+        let mut outbound = vless_outbound(server.inbound("vless-in"), json!({ "network": "tcp" }));
+        if let Some(e) = encoding {
+            outbound["settings"]["vnext"][0]["users"][0]["packetEncoding"] = json!(e);
+        }
+        let client = socks_client(outbound);
+        let log = || format!("{encoding:?}\n{}\n{}", server.output(), client.output());
+        if encoding == Some("none") {
+            // One destination per UDP-command session: the first one's packets only.
+            let echo = UdpEcho::start();
+            let path = Socks5Udp::associate(client.inbound("socks-in")).unwrap();
+            echo_datagrams(&path, echo.addr(), None, 300, 1, 4, &log);
+            assert!(!server.output().contains("mux connection"), "{}", log());
+            continue;
+        }
+        let (total, one_source) = three_destinations_in_one_session(&client, &log);
+        assert!(one_source, "more than one socket on the server: not one XUDP session\n{}", log());
+        assert!(server.output().contains("mux connection"), "{}", log());
+        let api = ApiClient::connect(server.api.unwrap());
+        let (up, down) =
+            ("user>>>alice@example.com>>>traffic>>>uplink", "user>>>alice@example.com>>>traffic>>>downlink");
+        assert!(
+            wait_until(Duration::from_secs(5), || api.get(up, false).ok() == Some(total)
+                && api.get(down, false).ok() == Some(total)),
+            "{:?} / expected {total}",
+            api.query("user", false)
+        );
+    }
+}
+
+#[test]
+fn an_unknown_packet_encoding_is_refused_by_name() {
+    let mut outbound = vless_outbound("127.0.0.1:1".parse().unwrap(), json!({ "network": "tcp" }));
+    outbound["settings"]["vnext"][0]["users"][0]["packetEncoding"] = json!("packetaddr");
+    let err = Shardray::try_start(&config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:1".parse().unwrap(), outbound), 2)
+        .err()
+        .expect("refused");
+    assert!(err.contains("outbounds[0].settings.vnext[0].users[0].packetEncoding"), "{err}");
+}
+
+/// A VLESS inbound on our own server over WebSocket with early data accepted (`?ed=2048`).
+fn own_ws_server() -> Shardray {
+    let ws = json!({ "streamSettings": { "network": "ws", "wsSettings": { "path": "/vless?ed=2048" } } });
+    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), ws);
+    config["api"] = loopback_api(&["StatsService"]);
+    Shardray::start(&config, 2)
+}
+
+#[test]
+fn early_data_over_websocket_to_sing_box_and_to_our_own_inbound() {
+    let (tcp_echo, udp_echo) = (EchoServer::start(), UdpEcho::start());
+    let sb = SingBox::serve(json!({
+        "type": "vless", "tag": "vless-in", "users": [{ "name": "u", "uuid": ALICE }],
+        "transport": { "type": "ws", "path": "/vless", "max_early_data": 2048,
+                       "early_data_header_name": "Sec-WebSocket-Protocol" }
+    }));
+    let stream = json!({ "network": "ws", "wsSettings": { "path": "/vless?ed=2048" } });
+    let server =
+        Shardray::start(&config(tcp_echo.addr(), udp_echo.addr(), vless_outbound(sb.socks, stream.clone())), 2);
+    carries_tcp_and_udp(&server, udp_echo.addr(), &|| sb.log());
+    let ours = own_ws_server();
+    let server =
+        Shardray::start(&config(tcp_echo.addr(), udp_echo.addr(), vless_outbound(ours.inbound("vless-in"), stream)), 2);
+    carries_tcp_and_udp(&server, udp_echo.addr(), &|| ours.output());
+}
+
+/// Accepts one connection on `listener` and returns its request head (up to the blank line).
+fn read_request_head(listener: &std::net::TcpListener) -> String {
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed inside the head: {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[test]
+fn early_data_rides_in_sec_websocket_protocol_when_the_first_write_fits() {
+    use base64::Engine as _;
+    use shardray_wire::vless::{Command, RequestHeader};
+    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let payload = b"the client's first bytes";
+    for (ed, carried) in [(2048, true), (16, false)] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = json!({ "network": "ws", "wsSettings": { "path": format!("/vless?ed={ed}") } });
+        let mut outbound = vless_outbound(listener.local_addr().unwrap(), stream);
+        outbound["tag"] = json!("ws-out");
+        let mut config = vless_config(json!([{ "id": ALICE }]), json!({}));
+        config["outbounds"] = json!([outbound]);
+        config["routing"] = json!({});
+        let server = Shardray::start(&config, 2);
+        let mut first = shardray_tests::vless::request(ALICE, target);
+        first.extend_from_slice(payload);
+        let mut client = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+        client.write_all(&first).unwrap();
+        let head = read_request_head(&listener);
+        let protocol = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Protocol: "))
+            .map(|v| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).expect("unpadded base64url"));
+        assert!(head.starts_with("GET /vless HTTP/1.1\r\n"), "{head}");
+        if !carried {
+            assert_eq!(protocol, None, "a first write above ed goes as a frame, as Xray's\n{head}");
+            continue;
+        }
+        let early = protocol.unwrap_or_else(|| panic!("no early data in\n{head}"));
+        let mut cur = &early[..];
+        let header = RequestHeader::decode(&mut cur).unwrap();
+        assert_eq!((header.user, header.command), (shardray_tests::vless::user_id(ALICE), Command::Tcp));
+        assert_eq!(header.destination, Some(target.into()));
+        assert_eq!(cur, payload, "the VLESS header and the first payload, in one");
     }
 }

@@ -435,6 +435,16 @@ fn vless(
         "xtls-rprx-vision" | "xtls-rprx-vision-udp443" => VlessFlow::Vision,
         f => return Err(ConfigError::invalid(format!("{upath}.flow"), format!("unknown flow {f:?}"))),
     };
+    let xudp = match user.packet_encoding.as_deref().unwrap_or("xudp") {
+        "xudp" => true,
+        "none" | "" => false,
+        e => {
+            return Err(ConfigError::invalid(
+                format!("{upath}.packetEncoding"),
+                format!("unknown packet encoding {e:?} (\"xudp\" or \"none\")"),
+            ))
+        }
+    };
     let (tls, transport) = match stream {
         None | Some(Value::Null) => (None, TransportSpec::Raw),
         Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
@@ -453,6 +463,7 @@ fn vless(
         tls,
         transport,
         flow,
+        xudp,
     })
 }
 

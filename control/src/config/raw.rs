@@ -912,6 +912,9 @@ pub(super) struct RawVlessOutUser {
     pub flow: Option<String>,
     pub email: Option<String>,
     pub level: Option<u32>,
+    /// How UDP goes: `xudp` (the default, as Xray's client) or `none` (command UDP).
+    #[serde(rename = "packetEncoding")]
+    pub packet_encoding: Option<String>,
 }
 /// `settings` of a Shadowsocks inbound (Xray: one user in `method`/`password`/`email`/`level`,
 /// or `clients` (or `users`); `network`).

@@ -351,7 +351,8 @@ fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Res
             "proxy_settings.server[0].user.account.flow: Vision needs TLS on raw TCP (sender_settings)",
         ));
     }
-    Ok(VlessOutboundSpec { server, id, email: spec.email, level: spec.level, tls, transport, flow })
+    // Xray's Config has no packet encoding: its client sends UDP as XUDP.
+    Ok(VlessOutboundSpec { server, id, email: spec.email, level: spec.level, tls, transport, flow, xudp: true })
 }
 
 /// A Trojan ClientConfig (one server, one user) and its sender's stream settings (raw TCP,

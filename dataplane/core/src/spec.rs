@@ -1188,6 +1188,10 @@ pub struct VlessOutboundSpec {
     pub transport: TransportSpec,
     /// `vnext[0].users[0].flow`: Vision (over TLS only), or none.
     pub flow: VlessFlow,
+    /// `vnext[0].users[0].packetEncoding`: UDP goes as XUDP (mux.cool frames, each packet
+    /// with its own address; `xudp` or absent, as Xray's client sends it, UDP to ports 53 and
+    /// 443 excepted), or by the UDP command to one destination (`none`).
+    pub xudp: bool,
 }
 
 /// `settings` of a Shadowsocks outbound (one server).

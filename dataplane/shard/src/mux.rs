@@ -51,8 +51,16 @@ const STALL: Duration = Duration::from_secs(10);
 /// Frames queued towards the client before the sub-sessions' writes wait.
 const OUTBOX_BYTES: usize = 128 * 1024;
 
+/// The frame reader's buffer until a frame needs more (up to `MAX_FRAME`).
+const READ_ROOM: usize = 16 * 1024;
+
 /// The most payload one downlink frame carries.
 const FRAME_DATA: usize = 16 * 1024;
+
+/// Frames the reader takes in a row before it lets the sub-sessions and the writer run: a
+/// client that keeps sending (frames for ended sub-sessions, UDP packets dropped) must not
+/// starve them.
+const FRAMES_PER_TURN: u32 = 64;
 
 /// Serves a mux connection of `user` over `stream`, whose first bytes, already read, are
 /// `early`; `prefix` (a response header) goes to the client before the first frame.
@@ -101,7 +109,12 @@ pub(crate) async fn serve<S>(
         loop {
             match subs.poll_next_unpin(cx) {
                 Poll::Ready(Some(())) => continue,
-                Poll::Ready(None) if finishing.get() => return Poll::Ready(()),
+                // Every sub-session done after the client's end: the writer sends what is
+                // left, then the connection closes.
+                Poll::Ready(None) if finishing.get() => {
+                    outbox.finish();
+                    return Poll::Pending;
+                }
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
         }
@@ -175,11 +188,19 @@ where
 {
     let (ctx, tag, peer) = (mux.ctx, &mux.inbound.tag, mux.peer);
     let idle = ctx.policy(mux.user.level).conn_idle.max(Duration::from_secs(1));
-    let mut buf = vec![0u8; MAX_FRAME.max(early.len())].into_boxed_slice();
+    // Room for a usual frame; grown to the largest only when a frame needs it (an XUDP
+    // connection, one per UDP flow for sing-box, stays small).
+    let mut buf = vec![0u8; READ_ROOM.max(early.len())];
     buf[..early.len()].copy_from_slice(early);
     let (mut start, mut end) = (0, early.len());
     let mut opened = SeenIds::default();
+    let mut in_a_row = 0;
     loop {
+        in_a_row += 1;
+        if in_a_row >= FRAMES_PER_TURN {
+            in_a_row = 0;
+            futures_lite::future::yield_now().await;
+        }
         let mut cur = &buf[start..end];
         let frame = match Frame::decode(&mut cur) {
             Ok(frame) => frame,
@@ -187,6 +208,9 @@ where
                 buf.copy_within(start..end, 0);
                 end -= start;
                 start = 0;
+                if end == buf.len() {
+                    buf.resize(MAX_FRAME, 0);
+                }
                 let mut half = crate::packet::Half(stream);
                 let read = half.read(&mut buf[end..]);
                 // With no sub-session open, the connection may idle for the level's connIdle.
@@ -229,6 +253,9 @@ where
                             "[{tag}] {peer} mux: sub-session refused: {MAX_SUB_SESSIONS} per connection at most"
                         ),
                     );
+                    if mux.outbox.room().await.is_err() {
+                        return Ok(()); // the writer failed: the client is gone
+                    }
                     mux.outbox.end(id);
                     continue;
                 }
@@ -254,8 +281,14 @@ where
                         }
                         inbox.push(to, data);
                     }
-                    // Ended here while the client still sent: as Xray, end it again.
-                    None if opened.contains(id) => mux.outbox.end(id),
+                    // Ended here while the client still sent: as Xray, end it again (once
+                    // the outbox has room, so that a flood of these queues nothing).
+                    None if opened.contains(id) => {
+                        if mux.outbox.room().await.is_err() {
+                            return Ok(()); // the writer failed: the client is gone
+                        }
+                        mux.outbox.end(id);
+                    }
                     None => return Err("Keep for a session id never opened"),
                 }
             }
@@ -269,14 +302,17 @@ where
     }
 }
 
-/// Writes what the outbox gathers to the client until a write fails; `prefix` goes with the
-/// first frames (as Xray sends its response header with the first data).
+/// Writes what the outbox gathers to the client until a write fails or the outbox is finished
+/// and empty; `prefix` goes with the first frames (as Xray sends its response header with the
+/// first data).
 async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, outbox: &Outbox, prefix: &[u8]) -> io::Result<()> {
     let mut pending = Vec::new();
     let mut prefix = Some(prefix);
     let result = async {
         loop {
-            poll_fn(|cx| outbox.poll_take(cx, &mut pending)).await;
+            if !poll_fn(|cx| outbox.poll_take(cx, &mut pending)).await {
+                return Ok(());
+            }
             if let Some(p) = prefix.take() {
                 pending.splice(0..0, p.iter().copied());
             }
@@ -295,22 +331,22 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, outbox: &Outbox, prefix: 
 
 // === the buffers between the connection and its sub-sessions ===
 
-/// Session ids a connection has seen opened (clients count them up from 1; XUDP uses 0).
-struct SeenIds(Box<[u64; 1024]>);
-
-impl Default for SeenIds {
-    fn default() -> Self {
-        SeenIds(Box::new([0; 1024]))
-    }
-}
+/// Session ids a connection has seen opened, a bit each (clients count them up from 1, XUDP
+/// uses 0: the set stays a word or two).
+#[derive(Default)]
+struct SeenIds(Vec<u64>);
 
 impl SeenIds {
     fn insert(&mut self, id: u16) {
-        self.0[usize::from(id / 64)] |= 1 << (id % 64);
+        let word = usize::from(id / 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (id % 64);
     }
 
     fn contains(&self, id: u16) -> bool {
-        self.0[usize::from(id / 64)] & (1 << (id % 64)) != 0
+        self.0.get(usize::from(id / 64)).is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 }
 
@@ -431,6 +467,8 @@ struct Outbox {
     waiting: RefCell<Vec<Waker>>,
     /// The writer failed: the client is gone.
     broken: Cell<bool>,
+    /// No more frames will come: the writer ends once it has sent what is gathered.
+    finished: Cell<bool>,
 }
 
 impl Outbox {
@@ -448,6 +486,10 @@ impl Outbox {
         Poll::Pending
     }
 
+    async fn room(&self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_room(cx)).await
+    }
+
     /// Appends what `frame` writes, and wakes the writer.
     fn push(&self, frame: impl FnOnce(&mut Vec<u8>)) {
         frame(&mut self.bytes.borrow_mut());
@@ -460,10 +502,21 @@ impl Outbox {
         self.push(|out| Frame::encode_end(id, out));
     }
 
-    /// Moves what is gathered into `into` (empty), waking the sub-sessions that wait for room.
-    fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<u8>) -> Poll<()> {
+    fn finish(&self) {
+        self.finished.set(true);
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Moves what is gathered into `into` (empty), waking the sub-sessions that wait for room;
+    /// `false` when there is nothing and nothing more will come.
+    fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<u8>) -> Poll<bool> {
         let mut bytes = self.bytes.borrow_mut();
         if bytes.is_empty() {
+            if self.finished.get() {
+                return Poll::Ready(false);
+            }
             self.writer.set(Some(cx.waker().clone()));
             return Poll::Pending;
         }
@@ -471,7 +524,7 @@ impl Outbox {
         for waker in self.waiting.borrow_mut().drain(..) {
             waker.wake();
         }
-        Poll::Ready(())
+        Poll::Ready(true)
     }
 }
 
@@ -569,7 +622,7 @@ impl PacketSource for SubPackets<'_> {
 
 impl PacketSink for SubPackets<'_> {
     async fn send(&mut self, peer: &Destination, payload: &[u8]) -> io::Result<bool> {
-        poll_fn(|cx| self.outbox.poll_room(cx)).await?;
+        self.outbox.room().await?;
         let id = self.id;
         self.outbox.push(|out| {
             if Frame::encode_udp_keep(id, peer, payload.len(), out).is_some() {
@@ -577,5 +630,45 @@ impl PacketSink for SubPackets<'_> {
             }
         });
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_ids_hold_any_id_and_grow_only_as_far_as_used() {
+        let mut seen = SeenIds::default();
+        assert!(!seen.contains(0) && !seen.contains(u16::MAX));
+        for id in [0, 1, 63, 64, 8] {
+            seen.insert(id);
+        }
+        assert_eq!(seen.0.len(), 2);
+        assert!([0, 1, 63, 64, 8].iter().all(|&id| seen.contains(id)));
+        assert!(!seen.contains(2) && !seen.contains(65) && !seen.contains(4000));
+        seen.insert(u16::MAX);
+        assert!(seen.contains(u16::MAX) && seen.0.len() == 1024);
+    }
+
+    #[test]
+    fn an_inbox_waits_for_room_only_past_its_bound_and_drops_udp_instead() {
+        let inbox = Inbox::default();
+        assert!(inbox.has_room(MAX_FRAME), "an empty inbox takes any frame");
+        inbox.push(None, vec![1; INBOX_BYTES - 10]);
+        assert!(inbox.has_room(10) && !inbox.has_room(11));
+        assert!(!inbox.udp_full(11), "a TCP sub-session waits, it does not drop");
+        let udp = Inbox { udp: true, ..Inbox::default() };
+        udp.push(None, vec![1; INBOX_BYTES]);
+        assert!(udp.udp_full(1));
+        let waker = futures_lite::future::block_on(poll_fn(|cx| Poll::Ready(cx.waker().clone())));
+        let mut cx = Context::from_waker(&waker);
+        let Poll::Ready(Ok(Some((None, data)))) = udp.poll_pop(&mut cx) else { panic!("a chunk") };
+        assert_eq!((data.len(), udp.taken.get(), udp.queued.get()), (INBOX_BYTES, INBOX_BYTES as u64, 0));
+        assert!(udp.poll_pop(&mut cx).is_pending());
+        udp.end();
+        assert!(matches!(udp.poll_pop(&mut cx), Poll::Ready(Ok(None))));
+        udp.abort();
+        assert!(matches!(udp.poll_pop(&mut cx), Poll::Ready(Err(_))));
     }
 }

@@ -8,7 +8,8 @@
 //! packet may go to its own destination, each checked by the same safety rules as a TCP
 //! dial, and replies from any address the session may reach come back with their source.
 //! Blackhole drops. A Trojan outbound frames the packets into its own stream; a VLESS one
-//! opens a `Command::Udp` session to the first packet's destination.
+//! sends them as XUDP (each with its address), or opens a `Command::Udp` session to the
+//! first packet's destination.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -89,9 +90,9 @@ pub(crate) enum Framing {
     Vless(Destination),
     /// Trojan: `[addr][port][len u16][CRLF][payload]`, each packet with its own address.
     Trojan,
-    /// XUDP in a VLESS `Command::Mux` stream: mux.cool frames of one UDP sub-session, each
-    /// packet with its own address (replies as Keep frames of session 0, as Xray writes them).
-    #[allow(dead_code)]
+    /// XUDP in a VLESS `Command::Mux` stream, as a client sends it to its server: one UDP
+    /// sub-session (0), the first packet in its New frame, every packet with its own address
+    /// in Keep frames; the server's answers come the same way.
     Xudp,
 }
 
@@ -216,7 +217,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     self.xudp_dest = Some(destination.clone());
                     Some(destination)
                 }
-                Status::New { .. } => return Err(invalid("mux TCP sub-sessions are not served")),
+                Status::New { .. } => return Err(invalid("a mux TCP sub-session in an XUDP stream")),
                 Status::Keep(Some(d)) => Some(d),
                 Status::Keep(None) => match &self.xudp_dest {
                     Some(d) => Some(d.clone()),
@@ -275,11 +276,13 @@ pub(crate) struct FrameWriter<W> {
     framing: Framing,
     prefix: Vec<u8>,
     out: Vec<u8>,
+    /// XUDP: the sub-session's New frame went out.
+    opened: bool,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub(crate) fn new(w: W, framing: Framing, prefix: Vec<u8>) -> Self {
-        FrameWriter { w, framing, prefix, out: Vec::with_capacity(MAX_DATAGRAM + 300) }
+        FrameWriter { w, framing, prefix, out: Vec::with_capacity(MAX_DATAGRAM + 300), opened: false }
     }
 }
 
@@ -290,6 +293,13 @@ impl<W: AsyncWrite + Unpin> PacketSink for FrameWriter<W> {
         let framed = match &self.framing {
             Framing::Vless(_) => shardray_wire::vless::encode_packet_header(payload.len(), &mut self.out).is_some(),
             Framing::Trojan => UdpFrame::encode_header(peer, payload.len(), &mut self.out).is_ok(),
+            // A GlobalID of zeros, as Xray's client sends for a flow it does not share.
+            Framing::Xudp if !self.opened => {
+                use shardray_wire::xudp::{Frame, UDP};
+                self.opened =
+                    Frame::encode_new(0, UDP, peer, Some(&[0; 8]), Some(payload.len()), &mut self.out).is_some();
+                self.opened
+            }
             Framing::Xudp => {
                 shardray_wire::xudp::Frame::encode_udp_keep(0, peer, payload.len(), &mut self.out).is_some()
             }
@@ -1066,6 +1076,16 @@ where
             let Some(vless) = &outbound.vless else { return };
             match Box::pin(crate::outbound::trojan::dial(&vless.tls, &vless.transport, &v.server, &outbound.via)).await
             {
+                // XUDP as Xray's client sends it: not for DNS and QUIC ports, which keep the UDP
+                // command (one destination).
+                Ok(up) if v.xudp && dest.port != 53 && dest.port != 443 => {
+                    upstream = RefCell::new(up);
+                    let header = vless.header(shardray_wire::vless::Command::Mux, &dest);
+                    (
+                        UpIn::VlessFrames(FrameReader::new(VlessResponse::new(Half(&upstream)), Framing::Xudp, &[])),
+                        UpOut::Frames(FrameWriter::new(Half(&upstream), Framing::Xudp, header)),
+                    )
+                }
                 Ok(up) => {
                     upstream = RefCell::new(up);
                     let header = vless.header(shardray_wire::vless::Command::Udp, &dest);

@@ -247,6 +247,8 @@ pub struct Request<'a> {
     pub headers: &'a [(String, String)],
     /// The `Sec-WebSocket-Key` (16 random bytes, base64), for WebSocket.
     pub key: &'a str,
+    /// `Sec-WebSocket-Protocol`, for WebSocket: early data (base64url) when some.
+    pub protocol: Option<&'a str>,
 }
 
 /// The User-Agent a client sends when its headers name none (Xray sends a browser's).
@@ -272,6 +274,11 @@ pub fn write_request(flavor: Flavor, req: &Request<'_>, out: &mut Vec<u8>) {
     if flavor == Flavor::WebSocket {
         for part in ["Sec-WebSocket-Key: ", req.key, "\r\nSec-WebSocket-Version: 13\r\n"] {
             out.extend_from_slice(part.as_bytes());
+        }
+        if let Some(protocol) = req.protocol {
+            for part in ["Sec-WebSocket-Protocol: ", protocol, "\r\n"] {
+                out.extend_from_slice(part.as_bytes());
+            }
         }
     }
     out.extend_from_slice(b"\r\n");
@@ -731,10 +738,16 @@ mod tests {
     fn client_heads_round_trip() {
         let headers = vec![("X-A".to_owned(), "b".to_owned())];
         let mut out = Vec::new();
-        let req = Request { path: "/p", host: "h.example", headers: &headers, key: KEY };
+        let req = Request { path: "/p", host: "h.example", headers: &headers, key: KEY, protocol: None };
         write_request(Flavor::WebSocket, &req, &mut out);
         let e = Endpoint { host: "h.example", ..endpoint("/p", 0, &[]) };
         let a = accept(Flavor::WebSocket, &e, &out).unwrap();
+        // Early data in Sec-WebSocket-Protocol, as our client sends it with `?ed=`, is read back.
+        let mut with_early = Vec::new();
+        let req = Request { protocol: Some("aGVsbG8"), ..req };
+        write_request(Flavor::WebSocket, &req, &mut with_early);
+        let early = accept(Flavor::WebSocket, &endpoint("/p", 2048, &[]), &with_early).unwrap();
+        assert_eq!(early.early, b"hello");
         assert_eq!(read_response(Flavor::WebSocket, KEY, &a.response), Ok(a.response.len()));
         assert_eq!(read_response(Flavor::WebSocket, "other", &a.response), Err(ResponseError::Refused(101)));
         let mut bad = Vec::new();

@@ -36,12 +36,12 @@ impl VlessClient {
         })
     }
 
-    /// The request header for `command` (TCP or UDP) to `dest`.
+    /// The request header for `command` to `dest` (a mux request names none).
     pub(crate) fn header(&self, command: Command, dest: &Destination) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         let flow = if self.vision && command == Command::Tcp { shardray_wire::vision::FLOW } else { "" };
-        RequestHeader { user: self.id, flow: flow.to_owned(), command, destination: Some(dest.clone()) }
-            .encode(&mut out);
+        let destination = (command != Command::Mux).then(|| dest.clone());
+        RequestHeader { user: self.id, flow: flow.to_owned(), command, destination }.encode(&mut out);
         out
     }
 

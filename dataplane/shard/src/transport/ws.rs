@@ -1,12 +1,14 @@
 //! The HTTP transports over a byte stream (`network` `ws` and `httpupgrade`), server and
 //! client: the upgrade heads are read and written here with `wire::websocket`, then a
 //! WebSocket session is a `WsStream` (frames in and out, pings answered, close answered), an
-//! HTTPUpgrade session the stream itself (raw bytes, which the relay may splice).
+//! HTTPUpgrade session the stream itself (raw bytes, which the relay may splice). A WebSocket
+//! client with early data (`?ed=N`) holds its request back until the session's first write,
+//! which it carries in `Sec-WebSocket-Protocol` (base64url) when it fits, as Xray's client.
 
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -103,7 +105,8 @@ where
     Ok(Accepted { upgraded, forwarded, untrusted_forward })
 }
 
-/// Sends the upgrade request for `spec` (its `Host` header `host`) and reads the `101`.
+/// Sends the upgrade request for `spec` (its `Host` header `host`) and reads the `101`; a
+/// WebSocket with early data defers both to the session's first write (see `Deferred`).
 pub(crate) async fn connect<S>(
     mut stream: S,
     flavor: Flavor,
@@ -116,8 +119,15 @@ where
     let mut random = [0u8; 16];
     fill_random(&mut random);
     let key = base64::engine::general_purpose::STANDARD.encode(random);
+    if flavor == Flavor::WebSocket && spec.early_data > 0 {
+        let mut ws = WsStream::new(stream, true, Vec::new(), Vec::new())
+            .unwrap_or_else(|_| unreachable!("no bytes read, no broken frame"));
+        let request = Deferred::Request { spec: spec.clone(), host: host.to_owned(), key, read_waker: None };
+        ws.deferred = Some(Box::new(request));
+        return Ok(Upgraded::Ws(Box::new(ws)));
+    }
     let mut head = Vec::with_capacity(512);
-    let request = websocket::Request { path: &spec.path, host, headers: &spec.headers, key: &key };
+    let request = websocket::Request { path: &spec.path, host, headers: &spec.headers, key: &key, protocol: None };
     websocket::write_request(flavor, &request, &mut head);
     stream.write_all(&head).await?;
     stream.flush().await?;
@@ -169,6 +179,18 @@ pub(crate) struct WsStream<S> {
     eof: bool,
     /// Our close frame is queued.
     close_sent: bool,
+    /// A client's upgrade still to send or to be answered (early data).
+    deferred: Option<Box<Deferred>>,
+}
+
+/// A client's upgrade held back for early data: the request leaves with the first write and
+/// carries it when it is at most `early_data` bytes (else none, as Xray's client); the `101`
+/// is read before any frame is written or read.
+enum Deferred {
+    /// Nothing sent yet; a read waits here for the first write.
+    Request { spec: HttpTransportSpec, host: String, key: String, read_waker: Option<Waker> },
+    /// The request is queued or sent; its answer is read into `buf`.
+    Response { key: String, buf: Vec<u8> },
 }
 
 impl<S> WsStream<S> {
@@ -191,6 +213,7 @@ impl<S> WsStream<S> {
             mask_state,
             eof: false,
             close_sent: false,
+            deferred: None,
         };
         match ws.deframer.unframe(&mut raw) {
             Ok(n) => ws.early.extend_from_slice(&raw[..n]),
@@ -252,9 +275,77 @@ impl<S: AsyncWrite + Unpin> WsStream<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
+    /// Queues a deferred upgrade's request, `first` in it when it fits: whether it does.
+    fn send_request(&mut self, first: &[u8]) -> bool {
+        let Some(Deferred::Request { spec, host, key, read_waker }) = self.deferred.as_deref_mut() else {
+            return false;
+        };
+        let carried = !first.is_empty() && first.len() <= spec.early_data as usize;
+        // Unpadded base64url, as Xray's and V2Ray's clients send it.
+        let protocol = carried.then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(first));
+        let request =
+            websocket::Request { path: &spec.path, host, headers: &spec.headers, key, protocol: protocol.as_deref() };
+        websocket::write_request(Flavor::WebSocket, &request, &mut self.out);
+        if let Some(waker) = read_waker.take() {
+            waker.wake();
+        }
+        let key = std::mem::take(key);
+        self.deferred = Some(Box::new(Deferred::Response { key, buf: Vec::new() }));
+        carried
+    }
+
+    /// Ready once a deferred upgrade is through (at once when there is none): the request
+    /// written, the `101` read, the frames that came with it kept as the first payload.
+    fn poll_upgraded(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(mut deferred) = self.deferred.take() else { return Poll::Ready(Ok(())) };
+        let polled = self.poll_deferred(cx, &mut deferred);
+        if polled.is_pending() {
+            self.deferred = Some(deferred);
+        }
+        polled
+    }
+
+    fn poll_deferred(&mut self, cx: &mut Context<'_>, deferred: &mut Deferred) -> Poll<io::Result<()>> {
+        let (key, buf) = match deferred {
+            Deferred::Request { read_waker, .. } => {
+                *read_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            Deferred::Response { key, buf } => (key, buf),
+        };
+        ready!(self.poll_drain(cx))?;
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        let mut chunk = [0u8; 2048];
+        loop {
+            let n = ready!(Pin::new(&mut self.inner).poll_read(cx, &mut chunk))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before the upgrade's answer",
+                )));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            match websocket::read_response(Flavor::WebSocket, key, buf) {
+                Ok(len) => {
+                    let mut raw = buf.split_off(len);
+                    let n =
+                        self.deframer.unframe(&mut raw).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    self.early.extend_from_slice(&raw[..n]);
+                    self.control_replies();
+                    return Poll::Ready(Ok(()));
+                }
+                Err(websocket::ResponseError::UnexpectedEnd) => continue,
+                Err(e) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionRefused, e))),
+            }
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        ready!(this.poll_upgraded(cx))?;
         if this.early_pos < this.early.len() {
             let n = buf.len().min(this.early.len() - this.early_pos);
             buf[..n].copy_from_slice(&this.early[this.early_pos..this.early_pos + n]);
@@ -293,9 +384,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if matches!(this.deferred.as_deref(), Some(Deferred::Request { .. })) && this.send_request(data) {
+            // The data went in the request: it leaves now, or with the next call.
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(data.len()));
+        }
+        // Frames only once the server has answered, as Xray's client waits for its `101`.
+        ready!(this.poll_upgraded(cx))?;
         ready!(this.poll_drain(cx))?;
         if data.is_empty() {
             return Poll::Ready(Ok(0));
