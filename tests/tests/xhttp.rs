@@ -418,3 +418,108 @@ fn an_inbound_added_through_the_api_serves_xhttp_and_is_listed() {
     let all = api.block_on(api.handler().list_inbounds(req)).unwrap().into_inner().inbounds;
     assert!(all.iter().any(|i| i.tag == "xhttp-added"));
 }
+
+#[test]
+fn tls_serves_alpn_h2_and_http1_with_exact_counters() {
+    use shardray_tests::api::ApiClient;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = shardray_tests::tls::SelfSigned::generate(dir.path(), &["localhost"]);
+    let mut c = config(json!({ "path": "/xh" }));
+    // No alpn: XHTTP's TLS offers h2 and http/1.1, as Xray's.
+    let mut stream = cert.stream_settings("localhost", &[]);
+    stream["network"] = json!("xhttp");
+    stream["xhttpSettings"] = json!({ "path": "/xh" });
+    c["inbounds"][0]["streamSettings"] = stream;
+    c["api"] = shardray_tests::loopback_api(&["StatsService"]);
+    let server = Shardray::start(&c, 2);
+    let addr = server.inbound("vless-in");
+    let echo = EchoServer::start();
+    let mut total = 0i64;
+    for (i, (version, proto)) in [("--http2", "HTTP/2"), ("--http1.1", "HTTP/1.1")].into_iter().enumerate() {
+        let data = payload(70_000 + i, i as u64);
+        let mut body = request(ALICE, echo.addr());
+        body.extend_from_slice(&data);
+        let file = dir.path().join(format!("body{i}"));
+        std::fs::write(&file, &body).unwrap();
+        let url = format!("https://localhost:{}/xh/", addr.port());
+        let resolve = format!("localhost:{}:127.0.0.1", addr.port());
+        let cacert = cert.cert_file.to_str().unwrap().to_owned();
+        let out = Command::new("curl")
+            .args(["-sS", "-v", "--max-time", "20", version, "--cacert", &cacert, "--resolve", &resolve, "-H"])
+            .arg(format!("Referer: {}", padding()))
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(&url)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains(&format!("< {proto} 200")), "{version}: {log}");
+        assert!(out.stdout == echoed(&data), "{version}: {} bytes back\n{log}", out.stdout.len());
+        total += data.len() as i64;
+    }
+    let api = ApiClient::connect(server.api.unwrap());
+    let mut last = Default::default();
+    let ok = wait_until(Duration::from_secs(5), || {
+        last = api.query("user>>>alice@example.com>>>traffic", false);
+        last.get("user>>>alice@example.com>>>traffic>>>uplink") == Some(&total)
+            && last.get("user>>>alice@example.com>>>traffic>>>downlink") == Some(&total)
+    });
+    assert!(ok, "alice's counters should be {total} both ways, got {last:?}");
+}
+
+#[test]
+fn removing_the_user_closes_a_packet_up_session_whose_posts_come_from_other_connections() {
+    use shardray_tests::api::ApiClient;
+    let echo = EchoServer::start();
+    let mut c = config(json!({ "path": "/xh" }));
+    c["api"] = shardray_tests::loopback_api(&["HandlerService"]);
+    let server = Shardray::start(&c, 2);
+    let addr = server.inbound("vless-in");
+    let api = ApiClient::connect(server.api.unwrap());
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    let mut down = Download::open(addr, "/xh/gone", &h);
+    let mut up = request(ALICE, echo.addr());
+    up.extend_from_slice(b"before");
+    assert_eq!(http1(addr, "POST", "/xh/gone/0", &h, &up).0, 200);
+    assert_eq!(down.read(8).as_deref(), Ok(echoed(b"before").as_slice()));
+    api.remove_user("vless-in", "alice@example.com").unwrap();
+    let started = Instant::now();
+    assert_eq!(down.read(1), Err(Vec::new()), "the downlink ends");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The session is gone from the table: a POST for it waits for a GET that never comes,
+    // and a new GET with the removed user's request is refused by VLESS.
+    let mut again = Download::open(addr, "/xh/gone", &h);
+    let mut up = request(ALICE, echo.addr());
+    up.extend_from_slice(b"after");
+    assert_eq!(http1(addr, "POST", "/xh/gone/0", &h, &up).0, 200);
+    assert_eq!(again.read(1), Err(Vec::new()));
+}
+
+#[test]
+fn x_forwarded_for_is_believed_only_behind_a_trusted_header() {
+    let echo = EchoServer::start();
+    let mut c = config(json!({ "path": "/xh" }));
+    c["inbounds"][0]["streamSettings"]["sockopt"] = json!({ "trustedXForwardedFor": ["X-From-Cdn"] });
+    c["log"]["access"] = json!("");
+    let server = Shardray::start(&c, 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let mut body = request(ALICE, echo.addr());
+    body.extend_from_slice(b"hi");
+    for (trusted, ip) in [(false, "203.0.113.7"), (true, "198.51.100.9")] {
+        let mut h = vec![("Referer", referer.as_str()), ("X-Forwarded-For", ip)];
+        if trusted {
+            h.push(("X-From-Cdn", "1"));
+        }
+        let (status, _, out) = http1(addr, "POST", "/xh/", &h, &body);
+        assert_eq!(status, 200);
+        assert!(out.windows(2).any(|w| w == b"hi"), "{out:?}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || server.output().contains("from 198.51.100.9:0 accepted")),
+        "{}",
+        server.output()
+    );
+    assert!(!server.output().contains("from 203.0.113.7"), "{}", server.output());
+}

@@ -35,7 +35,8 @@ use crate::inbound::ConnInfo;
 const SESSION_TTL: Duration = Duration::from_secs(30);
 
 /// How long a POST waits for room in its session's queue before it is answered 500 (Xray
-/// waits for as long as the session lives; this bounds a stuck one).
+/// waits for as long as the session lives; this bounds a stuck one), and how long a packet's
+/// body may take to arrive.
 const QUEUE_WAIT: Duration = Duration::from_secs(30);
 
 /// Sessions the whole process holds at once (each at most scMaxBufferedPosts POSTs).
@@ -670,7 +671,11 @@ impl Server {
                 let mut payload = inline;
                 let mut empty_body = true;
                 if has_body {
-                    match read_body(body, max.saturating_sub(payload.len())).await {
+                    let reading = futures_lite::future::or(read_body(body, max.saturating_sub(payload.len())), async {
+                        glommio::timer::sleep(QUEUE_WAIT).await;
+                        Err(BodyError::Slow)
+                    });
+                    match reading.await {
                         Ok(b) => {
                             empty_body = b.is_empty();
                             payload.extend_from_slice(&b);
@@ -678,6 +683,10 @@ impl Server {
                         Err(BodyError::TooLarge) => {
                             self.refuse(format_args!("POST over scMaxEachPostBytes {max}"));
                             return self.answer(StatusCode::PAYLOAD_TOO_LARGE, &asked.headers, XBody::Empty);
+                        }
+                        Err(BodyError::Slow) => {
+                            self.refuse(format_args!("POST body not received within {QUEUE_WAIT:?}"));
+                            return self.answer(StatusCode::REQUEST_TIMEOUT, &asked.headers, XBody::Empty);
                         }
                         Err(BodyError::Broken(e)) => {
                             self.refuse(format_args!("POST body: {e}"));
@@ -825,6 +834,7 @@ async fn pump(mut body: Incoming, up: async_channel::Sender<Upload>) {
 
 enum BodyError {
     TooLarge,
+    Slow,
     Broken(hyper::Error),
 }
 
