@@ -523,3 +523,29 @@ fn x_forwarded_for_is_believed_only_behind_a_trusted_header() {
     );
     assert!(!server.output().contains("from 203.0.113.7"), "{}", server.output());
 }
+
+#[test]
+fn garbage_and_broken_http2_close_the_connection_and_nothing_else() {
+    let server = Shardray::start(&config(json!({ "path": "/xh" })), 2);
+    let addr = server.inbound("vless-in");
+    let probes: [&[u8]; 4] = [
+        b"\x16\x03\x01\x00\x05hello",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+        b"GET /xh/s HTTP/1.1\r\nHost: \x01\x02\r\n\r\n",
+        b"POST /xh/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ];
+    for probe in probes {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(probe).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        // Nothing, a bare 400 (hyper's answer to a malformed HTTP/1.1 head) or HTTP/2 frames
+        // (SETTINGS, GOAWAY: a 3-byte length first); nothing names us.
+        assert!(out.is_empty() || text.starts_with("HTTP/1.1 400") || out.starts_with(&[0, 0]), "{probe:?}: {text}");
+        assert!(!text.to_ascii_lowercase().contains("shardray"), "{text}");
+    }
+    let referer = padding();
+    assert_eq!(http1(addr, "GET", "/xh/s", &[("Referer", &referer)], b"").0, 200, "still serving");
+}
