@@ -549,3 +549,47 @@ fn garbage_and_broken_http2_close_the_connection_and_nothing_else() {
     let referer = padding();
     assert_eq!(http1(addr, "GET", "/xh/s", &[("Referer", &referer)], b"").0, 200, "still serving");
 }
+
+#[test]
+fn a_second_get_or_upload_stream_for_one_session_is_refused() {
+    let server = Shardray::start(&config(json!({ "path": "/xh" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    let first = Download::open(addr, "/xh/dup", &h);
+    assert!(first.head.starts_with("HTTP/1.1 200"));
+    assert_eq!(http1(addr, "GET", "/xh/dup", &h, b"").0, 409);
+    // One streaming POST holds the session's uplink (its response stays open); a second is
+    // refused.
+    let mut post = TcpStream::connect(addr).unwrap();
+    let head = format!("POST /xh/dup HTTP/1.1\r\nHost: x\r\nReferer: {referer}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    post.write_all(head.as_bytes()).unwrap();
+    let mut b = [0u8; 64];
+    post.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = post.read(&mut b).unwrap();
+    assert!(b[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&b[..n]));
+    let mut second = TcpStream::connect(addr).unwrap();
+    second.write_all(head.as_bytes()).unwrap();
+    second.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = second.read(&mut b).unwrap();
+    assert!(b[..n].starts_with(b"HTTP/1.1 409"), "{:?}", String::from_utf8_lossy(&b[..n]));
+}
+
+/// hub.go drops a session whose GET has not come 30 s after its first request: its buffered
+/// POSTs go with it, and a later GET of that id starts afresh.
+#[test]
+fn a_session_without_its_get_is_reaped_after_30_seconds() {
+    let echo = EchoServer::start();
+    let server = Shardray::start(&config(json!({ "path": "/xh" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    let mut up = request(ALICE, echo.addr());
+    up.extend_from_slice(b"too late");
+    assert_eq!(http1(addr, "POST", "/xh/orphan/0", &h, &up).0, 200);
+    std::thread::sleep(Duration::from_secs(31));
+    // Seq 0 came and went with the reaped session: the new one waits for a seq 0 that does
+    // not come, and ends at the handshake timeout with nothing echoed.
+    let mut down = Download::open(addr, "/xh/orphan", &h);
+    assert_eq!(down.read(1), Err(Vec::new()));
+}
