@@ -522,6 +522,7 @@ fn x_forwarded_for_is_believed_only_behind_a_trusted_header() {
         server.output()
     );
     assert!(!server.output().contains("from 203.0.113.7"), "{}", server.output());
+    assert!(server.output().contains("sent X-Forwarded-For from no trusted hop: ignored"));
 }
 
 #[test]
