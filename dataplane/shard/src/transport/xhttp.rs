@@ -653,15 +653,13 @@ impl Server {
             Kind::StreamOne => self.run_session(open, asked.headers, Uplink::Body(body), info, None),
             Kind::Download { session } => {
                 let key = (self.inbound.tag.clone(), session);
-                let Some((_, _, created)) = upsert(&key, s.max_buffered_posts) else {
+                // Created here, or by POSTs that came first (whose reaper then finds it claimed).
+                if upsert(&key, s.max_buffered_posts).is_none() {
                     self.refuse("too many xhttp sessions");
                     return self.answer(StatusCode::SERVICE_UNAVAILABLE, &asked.headers, XBody::Empty);
-                };
+                }
                 let claimed = table().get_mut(&key).and_then(|e| e.claim.take());
                 let Some((rx, done)) = claimed else {
-                    if created {
-                        table().remove(&key);
-                    }
                     self.refuse(format_args!("a second GET for session {:?}", key.1));
                     return self.answer(StatusCode::CONFLICT, &asked.headers, XBody::Empty);
                 };
