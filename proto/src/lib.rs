@@ -143,6 +143,10 @@ pub mod xray {
                     tonic::include_proto!("xray.transport.internet.grpc.encoding");
                 }
             }
+            /// `xray.transport.internet.splithttp`: XHTTP settings.
+            pub mod splithttp {
+                tonic::include_proto!("xray.transport.internet.splithttp");
+            }
         }
     }
 
@@ -284,6 +288,7 @@ mod tests {
             "xray.transport.internet.websocket",
             "xray.transport.internet.httpupgrade",
             "xray.transport.internet.grpc.encoding",
+            "xray.transport.internet.splithttp",
         ] {
             assert!(set.iter().any(|p| p == pkg), "missing package {pkg}");
         }

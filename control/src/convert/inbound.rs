@@ -18,7 +18,7 @@ use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, Network, PortL
 use shardray_proto::xray::core::InboundHandlerConfig;
 use shardray_proto::xray::proxy::{dokodemo, http, shadowsocks, shadowsocks_2022, socks, trojan, vless, vmess};
 use shardray_proto::xray::transport::internet::{
-    grpc, httpupgrade, reality, tls, websocket, SocketConfig, StreamConfig, TransportConfig,
+    grpc, httpupgrade, reality, splithttp, tls, websocket, SocketConfig, StreamConfig, TransportConfig,
 };
 
 use super::{api_user, ip_bytes, ip_from_bytes, message_type, typed, user_spec, Flavor};
@@ -44,6 +44,7 @@ const WEBSOCKET: &str = "xray.transport.internet.websocket.Config";
 const HTTPUPGRADE: &str = "xray.transport.internet.httpupgrade.Config";
 const REALITY: &str = "xray.transport.internet.reality.Config";
 const GRPC: &str = "xray.transport.internet.grpc.encoding.Config";
+const SPLITHTTP: &str = "xray.transport.internet.splithttp.Config";
 
 /// An AddInbound request that cannot become a config inbound; names the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,6 +434,10 @@ fn stream_json(stream: &StreamConfig) -> Result<Value, InvalidInbound> {
                 let c: grpc::encoding::Config = decode(&settings.value, GRPC, &field)?;
                 out.insert("grpcSettings".into(), grpc_json(&c));
             }
+            Ok((Flavor::Xray, "transport.internet.splithttp.Config")) => {
+                let c: splithttp::Config = decode(&settings.value, SPLITHTTP, &field)?;
+                out.insert("xhttpSettings".into(), xhttp_json(&c));
+            }
             _ if settings.value.is_empty() => {}
             _ => {
                 return Err(invalid(format!(
@@ -553,6 +558,89 @@ pub(crate) fn grpc_json(c: &grpc::encoding::Config) -> Value {
         "user_agent": c.user_agent,
         "authority": c.authority,
     })
+}
+
+/// `xhttpSettings` from the API's splithttp Config, in the config's names: what is unset
+/// (empty, 0, a 0-0 range) is left out, so the loader fills Xray's defaults.
+pub(crate) fn xhttp_json(c: &splithttp::Config) -> Value {
+    let mut m = Map::new();
+    let range = |r: &Option<splithttp::RangeConfig>| {
+        r.as_ref().filter(|r| r.from != 0 || r.to != 0).map(|r| json!(format!("{}-{}", r.from, r.to)))
+    };
+    for (k, v) in [
+        ("host", &c.host),
+        ("path", &c.path),
+        ("mode", &c.mode),
+        ("xPaddingKey", &c.x_padding_key),
+        ("xPaddingHeader", &c.x_padding_header),
+        ("xPaddingPlacement", &c.x_padding_placement),
+        ("xPaddingMethod", &c.x_padding_method),
+        ("uplinkHTTPMethod", &c.uplink_http_method),
+        ("sessionIDPlacement", &c.session_id_placement),
+        ("sessionIDKey", &c.session_id_key),
+        ("seqPlacement", &c.seq_placement),
+        ("seqKey", &c.seq_key),
+        ("uplinkDataPlacement", &c.uplink_data_placement),
+        ("uplinkDataKey", &c.uplink_data_key),
+        ("sessionIDTable", &c.session_id_table),
+    ] {
+        if !v.is_empty() {
+            m.insert(k.into(), json!(v));
+        }
+    }
+    for (k, r) in [
+        ("xPaddingBytes", &c.x_padding_bytes),
+        ("scMaxEachPostBytes", &c.sc_max_each_post_bytes),
+        ("scMinPostsIntervalMs", &c.sc_min_posts_interval_ms),
+        ("scStreamUpServerSecs", &c.sc_stream_up_server_secs),
+        ("uplinkChunkSize", &c.uplink_chunk_size),
+        ("sessionIDLength", &c.session_id_length),
+    ] {
+        if let Some(v) = range(r) {
+            m.insert(k.into(), v);
+        }
+    }
+    for (k, v) in [
+        ("noGRPCHeader", c.no_grpc_header),
+        ("noSSEHeader", c.no_sse_header),
+        ("xPaddingObfsMode", c.x_padding_obfs_mode),
+    ] {
+        if v {
+            m.insert(k.into(), json!(true));
+        }
+    }
+    if !c.headers.is_empty() {
+        m.insert("headers".into(), json!(c.headers));
+    }
+    if c.sc_max_buffered_posts != 0 {
+        m.insert("scMaxBufferedPosts".into(), json!(c.sc_max_buffered_posts));
+    }
+    if c.server_max_header_bytes != 0 {
+        m.insert("serverMaxHeaderBytes".into(), json!(c.server_max_header_bytes));
+    }
+    if let Some(x) = &c.xmux {
+        let mut xm = Map::new();
+        for (k, r) in [
+            ("maxConcurrency", &x.max_concurrency),
+            ("maxConnections", &x.max_connections),
+            ("cMaxReuseTimes", &x.c_max_reuse_times),
+            ("hMaxRequestTimes", &x.h_max_request_times),
+            ("hMaxReusableSecs", &x.h_max_reusable_secs),
+        ] {
+            if let Some(v) = range(r) {
+                xm.insert(k.into(), v);
+            }
+        }
+        if x.h_keep_alive_period != 0 {
+            xm.insert("hKeepAlivePeriod".into(), json!(x.h_keep_alive_period));
+        }
+        m.insert("xmux".into(), Value::Object(xm));
+    }
+    if c.download_settings.is_some() {
+        // A client's second connection: a server ignores it (the loader checks the mode).
+        m.insert("downloadSettings".into(), json!({}));
+    }
+    Value::Object(m)
 }
 
 /// `wsSettings` / `httpupgradeSettings` from the API's fields: the early-data length goes back
@@ -805,6 +893,57 @@ fn socket_config(o: &SocketOptions) -> SocketConfig {
     }
 }
 
+/// The API form of `xhttpSettings` (Xray's built splithttp Config: every default filled in).
+pub(crate) fn xhttp_config(x: &shardray_core::spec::XhttpSpec) -> splithttp::Config {
+    use shardray_wire::xhttp::Range;
+    let r = |r: Range| {
+        Some(splithttp::RangeConfig {
+            from: i32::try_from(r.from).unwrap_or(i32::MAX),
+            to: i32::try_from(r.to).unwrap_or(i32::MAX),
+        })
+    };
+    let s = &x.settings;
+    let p = &s.padding;
+    splithttp::Config {
+        host: s.host.clone(),
+        path: if s.query.is_empty() { s.path.clone() } else { format!("{}?{}", s.path, s.query) },
+        mode: s.mode.as_str().into(),
+        headers: s.headers.iter().cloned().collect(),
+        x_padding_bytes: r(p.bytes),
+        no_grpc_header: s.no_grpc_header,
+        no_sse_header: s.no_sse_header,
+        sc_max_each_post_bytes: r(s.max_each_post_bytes),
+        sc_min_posts_interval_ms: r(s.min_posts_interval_ms),
+        sc_max_buffered_posts: i64::from(s.max_buffered_posts),
+        sc_stream_up_server_secs: r(s.stream_up_server_secs),
+        xmux: Some(splithttp::XmuxConfig {
+            max_concurrency: r(x.xmux.max_concurrency),
+            max_connections: r(x.xmux.max_connections),
+            c_max_reuse_times: r(x.xmux.c_max_reuse_times),
+            h_max_request_times: r(x.xmux.h_max_request_times),
+            h_max_reusable_secs: r(x.xmux.h_max_reusable_secs),
+            h_keep_alive_period: x.xmux.h_keep_alive_period,
+        }),
+        download_settings: x.download_settings.then(StreamConfig::default),
+        x_padding_obfs_mode: p.obfs_mode,
+        x_padding_key: p.key.clone(),
+        x_padding_header: p.header.clone(),
+        x_padding_placement: p.placement.as_str().into(),
+        x_padding_method: p.method.as_str().into(),
+        uplink_http_method: s.uplink_http_method.clone(),
+        session_id_placement: s.session_placement.as_str().into(),
+        session_id_key: s.session_key.clone(),
+        seq_placement: s.seq_placement.as_str().into(),
+        seq_key: s.seq_key.clone(),
+        uplink_data_placement: s.uplink_data_placement.as_str().into(),
+        uplink_data_key: s.uplink_data_key.clone(),
+        uplink_chunk_size: r(s.uplink_chunk_size),
+        server_max_header_bytes: i32::try_from(s.server_max_header_bytes).unwrap_or(i32::MAX),
+        session_id_table: s.session_id_table.clone(),
+        session_id_length: r(s.session_id_length),
+    }
+}
+
 /// The API form of `grpcSettings`.
 pub(crate) fn grpc_config(g: &shardray_core::spec::GrpcSpec) -> grpc::encoding::Config {
     let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
@@ -845,8 +984,7 @@ fn transport_config(t: &TransportSpec) -> Option<(&'static str, TransportConfig)
             ("httpupgrade", typed(HTTPUPGRADE, &c))
         }
         TransportSpec::Grpc(g) => ("grpc", typed(GRPC, &grpc_config(g))),
-        // Its API form comes with the vendored splithttp proto.
-        TransportSpec::Xhttp(_) => return None,
+        TransportSpec::Xhttp(x) => ("splithttp", typed(SPLITHTTP, &xhttp_config(x))),
     };
     Some((name, TransportConfig { protocol_name: name.into(), settings: Some(settings), ..Default::default() }))
 }
@@ -1107,6 +1245,28 @@ mod tests {
             }}
         }));
         assert_eq!(spec.sockopt.tcp_fast_open, Some(0));
+        assert_eq!(through_api(&spec).unwrap(), spec);
+    }
+
+    #[test]
+    fn xhttp_inbounds_survive_the_api_form() {
+        let spec = load(json!({
+            "tag": "x", "listen": "127.0.0.1", "port": 4433, "protocol": "vless",
+            "settings": { "decryption": "none", "clients": [] },
+            "streamSettings": { "network": "xhttp", "xhttpSettings": { "path": "/xh?a=1", "host": "cdn.example",
+                "mode": "packet-up", "extra": { "xPaddingBytes": "50-60", "headers": { "X-A": "b" },
+                    "scMaxBufferedPosts": 7, "xPaddingObfsMode": true, "xPaddingMethod": "tokenish",
+                    "seqPlacement": "header", "uplinkDataPlacement": "cookie", "sessionIDTable": "Base62",
+                    "sessionIDLength": "8-12", "xmux": { "maxConcurrency": "2-4" }, "downloadSettings": {} } } }
+        }));
+        let TransportSpec::Xhttp(x) = &spec.transport else { panic!("{:?}", spec.transport) };
+        assert_eq!((x.settings.path.as_str(), x.settings.query.as_str()), ("/xh/", "a=1"));
+        assert_eq!(x.settings.seq_key, "X-Seq");
+        assert!(x.download_settings);
+        let api = inbound_config(&spec);
+        let receiver = ReceiverConfig::decode(api.receiver_settings.as_ref().unwrap().value.as_slice()).unwrap();
+        let t = &receiver.stream_settings.as_ref().unwrap().transport_settings[0];
+        assert_eq!((t.protocol_name.as_str(), t.settings.as_ref().unwrap().r#type.as_str()), ("splithttp", SPLITHTTP));
         assert_eq!(through_api(&spec).unwrap(), spec);
     }
 

@@ -635,23 +635,19 @@ impl Settings {
         let p = &self.padding;
         let value = padding(if p.obfs_mode { p.method } else { PaddingMethod::RepeatX }, padding_len as usize);
         let mut target = path;
-        let base_query = self.query.clone();
         let mut full_query: Vec<String> = Vec::new();
-        if !base_query.is_empty() {
-            full_query.push(base_query);
+        if !self.query.is_empty() {
+            full_query.push(self.query.clone());
         }
         full_query.extend(query.iter().map(|(k, v)| format!("{k}={v}")));
-        let url_without_padding = if full_query.is_empty() {
-            format!("{origin}{target}")
-        } else {
-            format!("{origin}{target}?{}", full_query.join("&"))
-        };
+        // As config.go: padding goes in before the session id and seq, so a URL in a header
+        // is the base path's, its query replaced by the padding.
+        let base = &self.path;
         match (p.obfs_mode, p.placement) {
-            (false, _) => headers.push(("Referer".into(), format!("{origin}{target}?x_padding={value}"))),
+            (false, _) => headers.push(("Referer".into(), format!("{origin}{base}?x_padding={value}"))),
             (true, Placement::Header) => headers.push((p.header.clone(), value)),
             (true, Placement::QueryInHeader) => {
-                let base = url_without_padding.split_once('?').map_or(url_without_padding.as_str(), |(b, _)| b);
-                headers.push((p.header.clone(), format!("{base}?{}={value}", p.key)));
+                headers.push((p.header.clone(), format!("{origin}{base}?{}={value}", p.key)));
             }
             (true, Placement::Cookie) => cookies.push((p.key.clone(), value)),
             (true, Placement::Query) => full_query.push(format!("{}={value}", p.key)),
@@ -1049,6 +1045,9 @@ mod tests {
         let c = s.client_request("https://example.com", Some("sid"), None, 100, true);
         assert!(c.headers.contains(&("Content-Type".into(), "application/grpc".into())));
         assert_eq!(c.target, "/xh/sid");
+        // config.go pads before it places the session id: Referer is the base URL's.
+        let referer = format!("https://example.com/xh/?x_padding={}", "X".repeat(100));
+        assert!(c.headers.contains(&("Referer".into(), referer)), "{c:?}");
     }
 
     /// xpadding.go: tokenish padding is judged by its Huffman length, with a tolerance of 2.
