@@ -120,17 +120,35 @@ pub struct UserSets {
     /// Tags of config inbounds the API removed (so a compacted journal still removes them).
     removed_from_config: Vec<String>,
     /// Users removed within `REMOVAL_GRACE` whose slot is held for them (see `revive`).
-    leaving: Vec<Leaving>,
+    leaving: Leaving,
 }
 
-/// A user removed from an inbound, whose counter slot waits for an add of the same user.
-#[derive(Debug, Clone)]
+/// Users removed from an inbound whose counter slots wait for an add of the same user, by
+/// inbound tag and account, and in the order their graces end (a panel's resync removes and
+/// adds every user: both stay O(1) a user).
+#[derive(Debug, Clone, Default)]
 struct Leaving {
-    inbound: String,
-    account: Account,
-    email: Arc<str>,
-    slot: u32,
-    until: std::time::Instant,
+    /// (tag, account) -> (email, slot, end of grace).
+    by_user: rustc_hash::FxHashMap<(String, Account), (Arc<str>, u32, std::time::Instant)>,
+    order: std::collections::VecDeque<(std::time::Instant, String, Account)>,
+}
+
+impl Leaving {
+    fn push(&mut self, tag: String, account: Account, email: Arc<str>, slot: u32, until: std::time::Instant) {
+        self.order.push_back((until, tag.clone(), account.clone()));
+        self.by_user.insert((tag, account), (email, slot, until));
+    }
+
+    /// Forgets the users whose grace ended by `now`.
+    fn prune(&mut self, now: std::time::Instant) {
+        while self.order.front().is_some_and(|(until, ..)| *until <= now) {
+            let (until, tag, account) = self.order.pop_front().expect("just checked");
+            let key = (tag, account);
+            if self.by_user.get(&key).is_some_and(|(_, _, u)| *u == until) {
+                self.by_user.remove(&key);
+            }
+        }
+    }
 }
 
 /// Where a change comes from: the API, or a config reload (see `crate::reload`).
@@ -627,16 +645,17 @@ impl UserSets {
             Change::RemoveUsers { emails, .. } => {
                 let mut ops = Vec::with_capacity(emails.len());
                 let until = std::time::Instant::now() + REMOVAL_GRACE;
-                self.leaving.retain(|l| l.until > std::time::Instant::now());
+                self.leaving.prune(std::time::Instant::now());
                 for e in emails {
                     if let Some((account, slot, email)) = self.inbounds[i].users.remove_email(e) {
                         let op = self.release(i, account.clone(), slot, email.clone(), epoch);
                         // The shards keep the user's sessions for the grace: so that an add of
                         // the same user takes them back, its slot (its counters, its rate) waits.
                         if let (UserOp::Remove { free_slot: true, .. }, Some(email)) = (&op, email) {
-                            self.slots.hold(slot, until);
-                            let inbound = self.inbounds[i].tag.clone();
-                            self.leaving.push(Leaving { inbound, account, email, slot, until });
+                            if self.slots.hold(slot, until) {
+                                let inbound = self.inbounds[i].tag.clone();
+                                self.leaving.push(inbound, account, email, slot, until);
+                            }
                         }
                         ops.push(op);
                     }
@@ -773,13 +792,12 @@ impl UserSets {
     /// given back to it, with its email.
     fn revive(&mut self, i: usize, u: &UserSpec) -> Option<(u32, Arc<str>)> {
         let now = std::time::Instant::now();
-        let tag = &self.inbounds[i].tag;
-        let at = self
-            .leaving
-            .iter()
-            .position(|l| l.until > now && l.inbound == *tag && l.account == u.account && *l.email == *u.email)?;
-        let l = self.leaving.swap_remove(at);
-        self.slots.revive(l.slot, i as u32, u.level).then_some((l.slot, l.email))
+        self.leaving.prune(now);
+        let key = (self.inbounds[i].tag.clone(), u.account.clone());
+        let (email, slot, until) = self.leaving.by_user.remove(&key).filter(|(email, ..)| **email == *u.email)?;
+        // Before its hold ends (pruned above), the slot is still pending: nobody else has it.
+        self.slots.revive(slot, until, i as u32, u.level);
+        Some((slot, email))
     }
 
     /// The shards' side of removing the user with `account` (slot `slot`, email `email`) from
