@@ -11,7 +11,7 @@ use shardray_core::change::Change;
 use shardray_core::events::{UserEvent, UserEventKind};
 use shardray_core::quota::SuspendReason;
 use shardray_core::routes::{RouteError, RouteSpecs};
-use shardray_core::slots::{UserKey, UserOp, NO_SLOT};
+use shardray_core::slots::{UserKey, UserOp, NO_SLOT, REMOVAL_GRACE};
 use shardray_core::spec::{Account, Config, InboundSpec, UserSpec};
 
 use crate::journal::Journal;
@@ -119,6 +119,36 @@ pub struct UserSets {
     slots: SlotBook,
     /// Tags of config inbounds the API removed (so a compacted journal still removes them).
     removed_from_config: Vec<String>,
+    /// Users removed within `REMOVAL_GRACE` whose slot is held for them (see `revive`).
+    leaving: Leaving,
+}
+
+/// Users removed from an inbound whose counter slots wait for an add of the same user, by
+/// inbound tag and account, and in the order their graces end (a panel's resync removes and
+/// adds every user: both stay O(1) a user).
+#[derive(Debug, Clone, Default)]
+struct Leaving {
+    /// (tag, account) -> (email, slot, end of grace).
+    by_user: rustc_hash::FxHashMap<(String, Account), (Arc<str>, u32, std::time::Instant)>,
+    order: std::collections::VecDeque<(std::time::Instant, String, Account)>,
+}
+
+impl Leaving {
+    fn push(&mut self, tag: String, account: Account, email: Arc<str>, slot: u32, until: std::time::Instant) {
+        self.order.push_back((until, tag.clone(), account.clone()));
+        self.by_user.insert((tag, account), (email, slot, until));
+    }
+
+    /// Forgets the users whose grace ended by `now`.
+    fn prune(&mut self, now: std::time::Instant) {
+        while self.order.front().is_some_and(|(until, ..)| *until <= now) {
+            let (until, tag, account) = self.order.pop_front().expect("just checked");
+            let key = (tag, account);
+            if self.by_user.get(&key).is_some_and(|(_, _, u)| *u == until) {
+                self.by_user.remove(&key);
+            }
+        }
+    }
 }
 
 /// Where a change comes from: the API, or a config reload (see `crate::reload`).
@@ -614,9 +644,20 @@ impl UserSets {
             }
             Change::RemoveUsers { emails, .. } => {
                 let mut ops = Vec::with_capacity(emails.len());
+                let until = std::time::Instant::now() + REMOVAL_GRACE;
+                self.leaving.prune(std::time::Instant::now());
                 for e in emails {
-                    if let Some((id, slot, email)) = self.inbounds[i].users.remove_email(e) {
-                        ops.push(self.release(i, id, slot, email, epoch));
+                    if let Some((account, slot, email)) = self.inbounds[i].users.remove_email(e) {
+                        let op = self.release(i, account.clone(), slot, email.clone(), epoch);
+                        // The shards keep the user's sessions for the grace: so that an add of
+                        // the same user takes them back, its slot (its counters, its rate) waits.
+                        if let (UserOp::Remove { free_slot: true, .. }, Some(email)) = (&op, email) {
+                            if self.slots.hold(slot, until) {
+                                let inbound = self.inbounds[i].tag.clone();
+                                self.leaving.push(inbound, account, email, slot, until);
+                            }
+                        }
+                        ops.push(op);
                     }
                 }
                 ops
@@ -715,13 +756,20 @@ impl UserSets {
             .find_map(|(_, other)| other.by_email(&u.email).filter(|o| o.email == u.email))
             .and_then(|o| Some((o.slot, o.shared_email?.clone())));
         let inbound = i as u32;
-        let (slot, email, new_slot) = match shared {
-            Some((slot, email)) => {
+        let revived = if shared.is_none() { self.revive(i, u) } else { None };
+        let (slot, email, new_slot) = match (shared, revived) {
+            (Some((slot, email)), _) => {
                 let rec = self.inbounds[i].users.insert(u.account.clone(), Some(email.clone()), slot, u.level);
                 self.slots.share(slot, inbound, u.level, rec);
                 (slot, email, false)
             }
-            None => {
+            // Back within its grace: the same slot, its counters going on.
+            (None, Some((slot, email))) => {
+                let rec = self.inbounds[i].users.insert(u.account.clone(), Some(email.clone()), slot, u.level);
+                self.slots.place(slot, inbound, rec);
+                (slot, email, false)
+            }
+            (None, None) => {
                 let email: Arc<str> = u.email.as_str().into();
                 let slot = self.slots.take(u.level, inbound);
                 let rec = self.inbounds[i].users.insert(u.account.clone(), Some(email.clone()), slot, u.level);
@@ -738,6 +786,18 @@ impl UserSets {
         if self.slots.quota(slot).is_some_and(|q| q.suspended.is_some()) {
             ops.push(UserOp::Suspend { id: u.account.key(), suspended: true });
         }
+    }
+
+    /// The slot of the same user (account and email) removed from inbound `i` within its grace,
+    /// given back to it, with its email.
+    fn revive(&mut self, i: usize, u: &UserSpec) -> Option<(u32, Arc<str>)> {
+        let now = std::time::Instant::now();
+        self.leaving.prune(now);
+        let key = (self.inbounds[i].tag.clone(), u.account.clone());
+        let (email, slot, until) = self.leaving.by_user.remove(&key).filter(|(email, ..)| **email == *u.email)?;
+        // Before its hold ends (pruned above), the slot is still pending: nobody else has it.
+        self.slots.revive(slot, until, i as u32, u.level);
+        Some((slot, email))
     }
 
     /// The shards' side of removing the user with `account` (slot `slot`, email `email`) from
