@@ -94,7 +94,15 @@ fn fill_handshakes(proxy: std::net::SocketAddr, opening: &[u8], full: usize) -> 
     let mut refused = 0;
     for _ in 0..60 {
         if held.len() == full && refused > 0 {
-            break;
+            // On a loaded machine a connection still in the backlog passes for held: each is
+            // looked at again, a little longer, before the bound counts as reached.
+            let before = held.len();
+            held.retain_mut(|s| !vless::closed_within(s, Duration::from_millis(300)));
+            refused += before - held.len();
+            if held.len() == full {
+                break;
+            }
+            continue;
         }
         let mut s = vless::connect_from(local, proxy).unwrap();
         let _ = s.write_all(&opening[..1]);
@@ -296,8 +304,9 @@ fn slowloris_connections_cost_little_and_are_gone_at_the_handshake_timeout() {
          {per_connection:.0} bytes each; 8 MiB echo {before:.3} s before, {during:.3} s during"
     );
     // Measured on 2026-12-03: about 11 KiB for raw VLESS and 15 KiB for WebSocket (the 4 KiB
-    // handshake buffer and the pending read), 39 KiB for TLS (rustls's handshake state);
-    // 22 KiB on average for this mix. The bound catches a regression, not the goal.
+    // handshake buffer and the pending read), 29 KiB for TLS (rustls's handshake state, once
+    // what follows the handshake got a box of its own; 46 KiB before); 23 KiB on average for
+    // this mix. The bound catches a regression, not the goal.
     assert!(per_connection < 32768.0, "{per_connection:.0} bytes of RSS per trickling connection");
     assert!(during < before * 4.0 + 1.0, "the established session slowed from {before:.3} s to {during:.3} s");
 

@@ -12,7 +12,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -174,37 +173,48 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<HandshakeSlot>>> = const { RefCell::new(None) };
 }
 
-/// Runs `fut`, a connection's task, as in its handshake while `slot` is held: inside it,
-/// `handshake_done` gives the slot back. A task-local set around each poll, so that the place
-/// every session passes can end the handshake of whichever connection carries it, without a
-/// handle threaded through every protocol. Once the slot is given back, a poll costs a branch.
-pub(crate) async fn in_handshake<F: Future>(slot: Option<HandshakeSlot>, fut: F) -> F::Output {
-    run_in(slot.map(Rc::new), fut).await
+pin_project_lite::pin_project! {
+    /// A connection's task (`fut`) run as in its handshake while `slot` is held: inside it,
+    /// `handshake_done` gives the slot back. A task-local set around each poll, so that the
+    /// place every session passes can end the handshake of whichever connection carries it,
+    /// without a handle threaded through every protocol. Once the slot is given back, a poll
+    /// costs a branch. A plain struct rather than an async fn: the session future it wraps is
+    /// large, and an async fn would hold (and copy) it twice.
+    pub(crate) struct InHandshake<F> {
+        slot: Option<Rc<HandshakeSlot>>,
+        #[pin]
+        fut: F,
+    }
+}
+
+/// `fut` as in the handshake that `slot` holds (none: it is in none).
+pub(crate) fn in_handshake<F: Future>(slot: Option<HandshakeSlot>, fut: F) -> InHandshake<F> {
+    InHandshake { slot: slot.map(Rc::new), fut }
 }
 
 /// `in_handshake` for a task that a connection's task spawns for one of its sessions (a gRPC
 /// stream), called from the connection's task: the connection's handshake, if still held,
 /// ends with the first of its sessions.
-pub(crate) fn inherit_handshake<F: Future>(fut: F) -> impl Future<Output = F::Output> {
-    let slot = CURRENT.with(|c| c.borrow().clone());
-    run_in(slot, fut)
+pub(crate) fn inherit_handshake<F: Future>(fut: F) -> InHandshake<F> {
+    InHandshake { slot: CURRENT.with(|c| c.borrow().clone()), fut }
 }
 
-async fn run_in<F: Future>(mut slot: Option<Rc<HandshakeSlot>>, fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    std::future::poll_fn(|cx| {
-        let Some(held) = slot.take_if(|s| s.held.get()) else {
-            return fut.as_mut().poll(cx);
+impl<F: Future> Future for InHandshake<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let Some(held) = this.slot.take_if(|s| s.held.get()) else {
+            return this.fut.poll(cx);
         };
         let outer = CURRENT.with(|c| c.replace(Some(held.clone())));
-        let polled = fut.as_mut().poll(cx);
+        let polled = this.fut.poll(cx);
         CURRENT.with(|c| *c.borrow_mut() = outer);
         if held.held.get() {
-            slot = Some(held);
+            *this.slot = Some(held);
         }
         polled
-    })
-    .await
+    }
 }
 
 /// Says that the connection being served is past its handshake: its first session is

@@ -369,11 +369,13 @@ async fn serve_tls(
                 plain_fd: None,
                 ..info
             };
+            // Boxed on their own: this future is allocated (and moved, all of it) at accept,
+            // so what runs after the handshake must not be part of it.
             if let (true, InboundKind::Vless { users, fallbacks }) = (inbound.vision, &inbound.kind) {
                 // VLESS on TLS directly on raw TCP: Vision users may drop the TLS layer.
-                return vless::serve_tls(ctx, inbound, users, fallbacks, tls, &info).await;
+                return Box::pin(vless::serve_tls(ctx, inbound, users, fallbacks, tls, &info)).await;
             }
-            transport(ctx, inbound, tls, info).await
+            Box::pin(transport(ctx, inbound, tls, info)).await
         }
         Some(Err(e)) => {
             ctx.log.error(LogLevel::Info, format_args!("[{}] {} TLS handshake failed: {}", inbound.tag, peer, e))
