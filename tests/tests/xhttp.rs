@@ -522,6 +522,7 @@ fn x_forwarded_for_is_believed_only_behind_a_trusted_header() {
         server.output()
     );
     assert!(!server.output().contains("from 203.0.113.7"), "{}", server.output());
+    assert!(server.output().contains("sent X-Forwarded-For from no trusted hop: ignored"));
 }
 
 #[test]
@@ -592,4 +593,28 @@ fn a_session_without_its_get_is_reaped_after_30_seconds() {
     // not come, and ends at the handshake timeout with nothing echoed.
     let mut down = Download::open(addr, "/xh/orphan", &h);
     assert_eq!(down.read(1), Err(Vec::new()));
+}
+
+#[test]
+fn trojan_runs_over_xhttp_too() {
+    let echo = EchoServer::start();
+    let mut c = shardray_tests::trojan_config(
+        json!([{ "password": shardray_tests::ALICE_PASSWORD, "email": "alice@example.com" }]),
+        json!({}),
+    );
+    c["inbounds"][0]["streamSettings"] = json!({ "network": "splithttp", "splithttpSettings": { "path": "/tr" } });
+    let server = Shardray::start(&c, 2);
+    let addr = server.inbound("trojan-in");
+    let data = payload(20_000, 9);
+    let mut body = shardray_tests::trojan::request(shardray_tests::ALICE_PASSWORD, echo.addr());
+    body.extend_from_slice(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, &body).unwrap();
+    let referer = format!("Referer: {}", padding());
+    let url = format!("http://{addr}/tr/");
+    let (ok, out) =
+        curl(&["--http2-prior-knowledge", "-H", &referer, "--data-binary", &format!("@{}", file.display()), &url]);
+    // Trojan answers with no header of its own: the echo alone.
+    assert!(ok && out == data, "{} bytes back\n{}", out.len(), server.output());
 }

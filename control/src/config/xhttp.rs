@@ -312,6 +312,40 @@ mod tests {
         assert_eq!(x.settings.max_buffered_posts, 5);
     }
 
+    /// Through the whole loader: both network names, `xhttpSettings` winning over
+    /// `splithttpSettings` (as transport_internet.go), an outbound's settings checked as an
+    /// inbound's. (TLS offering h2 and http/1.1 is tested end to end in tests/tests/xhttp.rs.)
+    #[test]
+    fn the_loader_reads_it_for_inbounds_and_outbounds() {
+        let inbound = |stream: Value| {
+            json!({ "inbounds": [{ "tag": "in", "listen": "127.0.0.1", "port": 10086, "protocol": "vless",
+                "settings": { "decryption": "none", "clients": [] }, "streamSettings": stream }],
+                "outbounds": [{ "protocol": "freedom" }] })
+        };
+        let load = |v: Value| crate::config::load_str(&v.to_string());
+        let cfg = load(inbound(json!({ "network": "splithttp", "splithttpSettings": { "path": "/old" },
+            "xhttpSettings": { "path": "/new" } })))
+        .unwrap();
+        let shardray_core::spec::TransportSpec::Xhttp(x) = &cfg.inbounds[0].transport else { panic!() };
+        assert_eq!(x.settings.path, "/new/");
+        let cfg =
+            load(inbound(json!({ "network": "xhttp", "xhttpSettings": { "path": "/new", "mode": "stream-up" } })))
+                .unwrap();
+        let shardray_core::spec::TransportSpec::Xhttp(x) = &cfg.inbounds[0].transport else { panic!() };
+        assert_eq!((x.settings.path.as_str(), x.settings.mode), ("/new/", Mode::StreamUp));
+        let e = load(inbound(json!({ "network": "xhttp", "xhttpSettings": { "mode": "x" } }))).unwrap_err();
+        assert_eq!(e.path, "inbounds[0].streamSettings.xhttpSettings.mode");
+        let outbound = |stream: Value| {
+            json!({ "outbounds": [{ "protocol": "vless", "streamSettings": stream, "settings": { "vnext": [{
+                "address": "a.example", "port": 443, "users": [{ "id": "b831381d-6324-4d53-ad4f-8cda48b30811" }] }] } }] })
+        };
+        let e = load(outbound(json!({ "network": "xhttp", "xhttpSettings": { "mode": "bad" } }))).unwrap_err();
+        assert_eq!(e.path, "outbounds[0].streamSettings.xhttpSettings.mode");
+        let cfg = load(outbound(json!({ "network": "splithttp" }))).unwrap();
+        let shardray_core::spec::OutboundProtocol::Vless(v) = &cfg.outbounds[0].protocol else { panic!() };
+        assert!(matches!(v.transport, shardray_core::spec::TransportSpec::Xhttp(_)));
+    }
+
     #[test]
     fn errors_name_the_field() {
         let e = xhttp_settings(Some(json!({"mode": "bogus"})), "s").unwrap_err();

@@ -569,6 +569,8 @@ struct Asked {
     referer: bool,
     content_length: Option<u64>,
     forwarded: Option<std::net::IpAddr>,
+    /// An `X-Forwarded-For` came without a trusted header and was ignored.
+    untrusted_forward: bool,
 }
 
 impl Server {
@@ -607,7 +609,7 @@ impl Server {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let head = RequestHead { method: req.method().as_str(), target, host, headers: &fields };
         let kind = self.settings.classify(&head);
-        let padding = self.settings.padding.bytes.pick(fastrand());
+        let padding = self.settings.padding.bytes.pick(random());
         let headers = match kind {
             Err(Refused::Host | Refused::Path) => Vec::new(),
             _ => self.settings.response_headers(&head, padding),
@@ -618,6 +620,8 @@ impl Server {
             referer: head.header("referer").is_some(),
             content_length: head.header("content-length").and_then(|v| v.trim().parse().ok()),
             forwarded: forwarded(&self.inbound.trusted_forwarded, req.headers()),
+            untrusted_forward: head.header("x-forwarded-for").is_some()
+                && !self.inbound.trusted_forwarded.iter().any(|t| head.header(t).is_some()),
         }
     }
 
@@ -635,6 +639,12 @@ impl Server {
         let mut info = self.info.clone();
         if let Some(ip) = asked.forwarded {
             info.peer = std::net::SocketAddr::new(ip, 0);
+        } else if asked.untrusted_forward && matches!(kind, Kind::StreamOne | Kind::Download { .. }) {
+            let (tag, peer) = (&self.inbound.tag, self.info.peer);
+            self.ctx.log.error(
+                LogLevel::Info,
+                format_args!("[{tag}] {peer} sent X-Forwarded-For from no trusted hop: ignored"),
+            );
         }
         let body = req.into_body();
         let s = &self.settings;
@@ -643,15 +653,13 @@ impl Server {
             Kind::StreamOne => self.run_session(open, asked.headers, Uplink::Body(body), info, None),
             Kind::Download { session } => {
                 let key = (self.inbound.tag.clone(), session);
-                let Some((_, _, created)) = upsert(&key, s.max_buffered_posts) else {
+                // Created here, or by POSTs that came first (whose reaper then finds it claimed).
+                if upsert(&key, s.max_buffered_posts).is_none() {
                     self.refuse("too many xhttp sessions");
                     return self.answer(StatusCode::SERVICE_UNAVAILABLE, &asked.headers, XBody::Empty);
-                };
+                }
                 let claimed = table().get_mut(&key).and_then(|e| e.claim.take());
                 let Some((rx, done)) = claimed else {
-                    if created {
-                        table().remove(&key);
-                    }
                     self.refuse(format_args!("a second GET for session {:?}", key.1));
                     return self.answer(StatusCode::CONFLICT, &asked.headers, XBody::Empty);
                 };
@@ -736,10 +744,12 @@ impl Server {
                 }
                 glommio::spawn_local(pump(body, up)).detach();
                 let (writer, reader) = pipe(open);
-                let keepalive = if asked.referer { s.stream_up_server_secs } else { Default::default() };
+                // As hub.go: only for clients that pad (a legacy Referer, or obfs padding).
+                let pads = asked.referer || s.padding.obfs_mode;
+                let keepalive = if pads { s.stream_up_server_secs } else { Default::default() };
                 let padding = s.padding.bytes;
                 glommio::spawn_local(async move {
-                    let mut rnd = fastrand();
+                    let mut rnd = random();
                     loop {
                         if keepalive.to > 0 {
                             let pad = vec![b'X'; padding.pick(rnd) as usize];
@@ -749,7 +759,7 @@ impl Server {
                             }
                         }
                         let wait = if keepalive.to > 0 { u64::from(keepalive.pick(rnd)) } else { 3600 };
-                        rnd = fastrand();
+                        rnd = random();
                         let ended = futures_lite::future::or(async { done.recv().await.is_err() }, async {
                             glommio::timer::sleep(Duration::from_secs(wait)).await;
                             false
@@ -858,7 +868,7 @@ async fn read_body(mut body: Incoming, max: usize) -> Result<Vec<u8>, BodyError>
 }
 
 /// A random number for padding lengths and intervals (not for anything secret).
-fn fastrand() -> u64 {
+fn random() -> u64 {
     let mut b = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     u64::from_le_bytes(b)
