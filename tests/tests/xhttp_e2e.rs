@@ -219,3 +219,51 @@ fn removing_the_user_ends_its_live_session_in_every_mode() {
         }
     }
 }
+
+/// The transport sits below the protocol: a Trojan outbound over XHTTP (h2, TLS, packet-up by
+/// `auto`) to a Trojan inbound over XHTTP carries an echo byte for byte, counted exactly.
+#[test]
+fn trojan_rides_xhttp_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(dir.path(), &["localhost"]);
+    let echo = EchoServer::start();
+    let mut c = shardray_tests::trojan_config(
+        json!([{ "password": shardray_tests::ALICE_PASSWORD, "email": "alice@example.com" }]),
+        json!({}),
+    );
+    let mut stream = cert.stream_settings("localhost", &[]);
+    stream["network"] = json!("xhttp");
+    stream["xhttpSettings"] = json!({ "path": "/tj" });
+    c["inbounds"][0]["streamSettings"] = stream;
+    c["api"] = loopback_api(&["StatsService"]);
+    let server = Shardray::start(&c, 2);
+    let to = server.inbound("trojan-in");
+    let config = json!({
+        "log": { "loglevel": "info" },
+        "inbounds": [{ "tag": "door", "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
+            "settings": { "address": echo.addr().ip().to_string(), "port": echo.addr().port(), "network": "tcp" } }],
+        "outbounds": [{ "tag": "out", "protocol": "trojan",
+            "settings": { "servers": [{ "address": "127.0.0.1", "port": to.port(), "password": shardray_tests::ALICE_PASSWORD }] },
+            "streamSettings": { "network": "xhttp", "xhttpSettings": { "path": "/tj" }, "security": "tls",
+                "tlsSettings": { "serverName": "localhost", "allowInsecure": true } } }]
+    });
+    let client = Shardray::start(&config, 2);
+    let data = payload(700_000, 9);
+    let got = exchange(client.inbound("door"), &data);
+    assert!(
+        got == data,
+        "echo differs ({} bytes back)\nclient:\n{}\nserver:\n{}",
+        got.len(),
+        client.output(),
+        server.output()
+    );
+    let api = ApiClient::connect(server.api.unwrap());
+    let want = data.len() as i64;
+    let mut last = Default::default();
+    let exact = wait_until(Duration::from_secs(10), || {
+        last = api.query("user>>>alice@example.com>>>traffic", false);
+        last.get("user>>>alice@example.com>>>traffic>>>uplink") == Some(&want)
+            && last.get("user>>>alice@example.com>>>traffic>>>downlink") == Some(&want)
+    });
+    assert!(exact, "counters should be {want} both ways, got {last:?}");
+}
