@@ -12,7 +12,8 @@
 #
 #   perf/run.sh                      everything, about 6 minutes on 2 cores
 #   TLS=0 perf/run.sh                plain VLESS only (no TLS step after throughput, connrate)
-#   SCENARIOS=api perf/run.sh        only the API figures (also: throughput, connrate, idle)
+#   SCENARIOS=api perf/run.sh        only the API figures (also: throughput, connrate, idle,
+#                                    xhttp: VLESS over XHTTP against VLESS over TLS, shardray to shardray)
 #   SCENARIOS=idle IDLE_TUNNELS=5000 perf/run.sh
 #   TARGETS=shardray,sing-box,v2ray STREAMS=8 BYTES=128MiB RUNS=5 perf/run.sh
 #   CONNRATE_TARGETS=shardray,sing-box,v2ray SCENARIOS=connrate perf/run.sh
@@ -24,7 +25,7 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-SCENARIOS=${SCENARIOS:-throughput,connrate,idle,api}
+SCENARIOS=${SCENARIOS:-throughput,connrate,idle,xhttp,api}
 TARGETS=${TARGETS:-shardray,sing-box,v2ray,splice}
 STREAMS=${STREAMS:-4}
 BYTES=${BYTES:-256MiB}
@@ -97,6 +98,15 @@ if wants idle; then
     {
         printf '\n```\nshardray-bench %s\n```\n\n' "$args"
         printf '%s\n' "$table"
+    } >>"$section"
+fi
+
+if wants xhttp; then
+    # No other XHTTP implementation runs here: the peer is plain VLESS over TLS through the
+    # same two shardray processes.
+    {
+        printf '\n```\npython3 perf/xhttp-upload.py\n```\n\n'
+        SHARDRAY_BIN="$bin/shardray" python3 perf/xhttp-upload.py
     } >>"$section"
 fi
 

@@ -525,11 +525,12 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksOutboundSpec, C
 }
 
 /// An outbound's `streamSettings`: the TLS client settings when `security` is `tls`, and the
-/// transport (raw TCP, WebSocket, HTTPUpgrade). `fingerprint` is accepted and ignored (the
+/// transport (raw TCP, WebSocket, HTTPUpgrade, gRPC, XHTTP). `fingerprint` is accepted and ignored (the
 /// loader notes it).
 fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientSpec>, TransportSpec), ConfigError> {
     let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
     let mut xhttp = super::xhttp::pick(raw.xhttp_settings.take(), raw.splithttp_settings.take());
+    let xhttp_key = xhttp.as_ref().map_or("xhttpSettings", |(k, _)| *k);
     let transport = match super::inbound::stream_transport(
         &network,
         &mut raw.ws_settings,
@@ -538,9 +539,11 @@ fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientS
         &mut xhttp,
         path,
     ) {
-        Ok(TransportSpec::Xhttp(_)) => {
-            // The settings are checked above; the client is not built yet.
-            return Err(ConfigError::unsupported(format!("{path}.network"), "xhttp outbound"));
+        Ok(TransportSpec::Xhttp(x)) if x.download_settings => {
+            return Err(ConfigError::unsupported(
+                format!("{path}.{xhttp_key}.downloadSettings"),
+                "downloadSettings (the downlink over another connection) on an xhttp outbound",
+            ));
         }
         Ok(t) => t,
         Err(_)
@@ -577,6 +580,10 @@ fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientS
             // Xray's dialers do.
             if alpn.is_empty() && transport.http().is_some() {
                 alpn.push("http/1.1".into());
+            }
+            // XHTTP picks its HTTP version from `alpn` as Xray does; h3 would be QUIC.
+            if matches!(transport, TransportSpec::Xhttp(_)) && alpn == ["h3"] {
+                return Err(ConfigError::unsupported(format!("{path}.tlsSettings.alpn"), "XHTTP over HTTP/3 (h3)"));
             }
             let tls = TlsClientSpec {
                 server_name: tls.server_name.unwrap_or_default(),

@@ -1386,6 +1386,33 @@ fn grpc_settings() {
     assert_eq!(load(&v).unwrap_err().path, "outbounds[0].settings.vnext[0].users[0].flow");
 }
 
+/// XHTTP outbounds: the settings as an inbound's (extra included), TLS ALPN left for the
+/// client to choose h2 by; downloadSettings and h3 refused by name.
+#[test]
+fn xhttp_outbound_settings() {
+    let vless_out = |stream: Value| {
+        json!({ "tag": "out", "protocol": "vless", "streamSettings": stream,
+            "settings": { "vnext": [{ "address": "a.example", "port": 443, "users": [{ "id": ALICE }] }] } })
+    };
+    let mut v = base();
+    v["outbounds"][0] = vless_out(json!({ "network": "xhttp", "security": "tls",
+        "xhttpSettings": { "path": "/xh", "mode": "stream-up", "extra": { "scMaxEachPostBytes": 5000 } },
+        "tlsSettings": { "serverName": "a.example" } }));
+    let cfg = load(&v).unwrap();
+    let OutboundProtocol::Vless(o) = &cfg.outbounds[0].protocol else { panic!() };
+    let TransportSpec::Xhttp(x) = &o.transport else { panic!("{:?}", o.transport) };
+    assert_eq!((x.settings.path.as_str(), x.settings.max_each_post_bytes.to), ("/xh/", 5000));
+    assert!(o.tls.as_ref().unwrap().alpn.is_empty());
+    v["outbounds"][0]["streamSettings"]["splithttpSettings"] =
+        json!({ "downloadSettings": { "address": "b.example" } });
+    v["outbounds"][0]["streamSettings"].as_object_mut().unwrap().remove("xhttpSettings");
+    let err = load(&v).unwrap_err();
+    assert_eq!(err.path, "outbounds[0].streamSettings.splithttpSettings.downloadSettings", "{err}");
+    v["outbounds"][0]["streamSettings"].as_object_mut().unwrap().remove("splithttpSettings");
+    v["outbounds"][0]["streamSettings"]["tlsSettings"]["alpn"] = json!(["h3"]);
+    assert_eq!(load(&v).unwrap_err().path, "outbounds[0].streamSettings.tlsSettings.alpn");
+}
+
 #[test]
 fn dns_object_loads_field_for_field() {
     use shardray_core::spec::{DnsAddress, HostAnswer, QueryStrategy};

@@ -313,11 +313,10 @@ mod tests {
     }
 
     /// Through the whole loader: both network names, `xhttpSettings` winning over
-    /// `splithttpSettings` (as transport_internet.go), and an outbound refused by name once
-    /// its settings are checked. (TLS offering h2 and http/1.1 is tested end to end in
-    /// tests/tests/xhttp.rs.)
+    /// `splithttpSettings` (as transport_internet.go), an outbound's settings checked as an
+    /// inbound's. (TLS offering h2 and http/1.1 is tested end to end in tests/tests/xhttp.rs.)
     #[test]
-    fn the_loader_reads_it_for_inbounds_and_refuses_it_for_outbounds() {
+    fn the_loader_reads_it_for_inbounds_and_outbounds() {
         let inbound = |stream: Value| {
             json!({ "inbounds": [{ "tag": "in", "listen": "127.0.0.1", "port": 10086, "protocol": "vless",
                 "settings": { "decryption": "none", "clients": [] }, "streamSettings": stream }],
@@ -342,11 +341,9 @@ mod tests {
         };
         let e = load(outbound(json!({ "network": "xhttp", "xhttpSettings": { "mode": "bad" } }))).unwrap_err();
         assert_eq!(e.path, "outbounds[0].streamSettings.xhttpSettings.mode");
-        let e = load(outbound(json!({ "network": "splithttp" }))).unwrap_err();
-        assert_eq!(
-            (e.path.as_str(), e.message.as_str()),
-            ("outbounds[0].streamSettings.network", "xhttp outbound is not supported yet")
-        );
+        let cfg = load(outbound(json!({ "network": "splithttp" }))).unwrap();
+        let shardray_core::spec::OutboundProtocol::Vless(v) = &cfg.outbounds[0].protocol else { panic!() };
+        assert!(matches!(v.transport, shardray_core::spec::TransportSpec::Xhttp(_)));
     }
 
     #[test]

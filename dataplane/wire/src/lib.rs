@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod aead;
+pub mod chunked;
 pub mod grpc;
 pub mod http;
 pub mod http_header;

@@ -21,6 +21,7 @@ use crate::transport::grpc::{GrpcClient, GrpcStream};
 use crate::transport::http_header::Camouflaged;
 use crate::transport::tls_tcp::TlsTcp;
 use crate::transport::ws::{Upgraded, WsStream};
+use crate::transport::xhttp_client::{XhttpClient, XhttpStream};
 
 /// An outbound's TLS client and the name it asks for; `None` for plain TCP.
 pub(crate) type ClientTls = Option<(TlsConnector, ServerName<'static>)>;
@@ -41,13 +42,15 @@ pub(crate) fn client_tls(spec: Option<&TlsClientSpec>, server: &Destination) -> 
 }
 
 /// An outbound's transport: raw TCP, an HTTP transport (WebSocket or HTTPUpgrade) and the
-/// `Host` it sends, or gRPC (its shard's connection to the server, which has its own TLS).
+/// `Host` it sends, or gRPC or XHTTP (its shard's connections to the server, which have
+/// their own TLS).
 #[derive(Default)]
 pub(crate) enum ClientTransport {
     #[default]
     Raw,
     Http(Flavor, HttpTransportSpec, String),
     Grpc(Box<GrpcClient>),
+    Xhttp(Box<XhttpClient>),
 }
 
 /// The transport of an outbound whose server is `server`: the `Host` is `host`, else the TLS
@@ -63,8 +66,7 @@ pub(crate) fn client_transport(
         TransportSpec::Ws(h) => (Flavor::WebSocket, h),
         TransportSpec::HttpUpgrade(h) => (Flavor::HttpUpgrade, h),
         TransportSpec::Grpc(g) => return Ok(ClientTransport::Grpc(Box::new(GrpcClient::new(g, tls, server)?))),
-        // Control refuses it (config/outbound.rs) until the client is built.
-        TransportSpec::Xhttp(_) => return Err("xhttp outbound is not supported yet".into()),
+        TransportSpec::Xhttp(x) => return Ok(ClientTransport::Xhttp(Box::new(XhttpClient::new(x, tls, server)?))),
     };
     let host = match (http.host.as_str(), tls.map(|t| t.server_name.as_str()).unwrap_or("")) {
         ("", "") => server.addr.to_string(),
@@ -124,6 +126,7 @@ pub(crate) async fn dial(
             ClientTransport::Raw => return dial_secured(tls, server, via).await,
             ClientTransport::Http(flavor, spec, host) => (flavor, spec, host),
             ClientTransport::Grpc(grpc) => return Ok(Upstream::Grpc(Box::new(grpc.open(server, via).await?))),
+            ClientTransport::Xhttp(xhttp) => return Ok(Upstream::Xhttp(Box::new(xhttp.open(server, via).await?))),
         };
         let secured = dial_secured(tls, server, via).await?;
         match crate::transport::ws::connect(secured, *flavor, spec, host).await? {
@@ -181,6 +184,7 @@ pub(crate) enum Upstream {
     /// A VLESS Vision session to the server (over TLS, which it may drop once direct).
     Vision(Box<crate::transport::vision::VisionStream<futures_rustls::client::TlsStream<TlsTcp>>>),
     Grpc(Box<GrpcStream>),
+    Xhttp(Box<XhttpStream>),
 }
 
 impl Upstream {
@@ -195,7 +199,8 @@ impl Upstream {
             | Upstream::Vless(_)
             | Upstream::Shadowsocks(_)
             | Upstream::Vision(_)
-            | Upstream::Grpc(_) => None,
+            | Upstream::Grpc(_)
+            | Upstream::Xhttp(_) => None,
         }
     }
 }
@@ -212,6 +217,7 @@ impl AsyncRead for Upstream {
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Vision(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Xhttp(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -228,6 +234,7 @@ impl AsyncWrite for Upstream {
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Vision(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Xhttp(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -246,6 +253,7 @@ impl AsyncWrite for Upstream {
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Vision(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Xhttp(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -260,6 +268,7 @@ impl AsyncWrite for Upstream {
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Vision(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Xhttp(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -274,6 +283,7 @@ impl AsyncWrite for Upstream {
             Upstream::Shadowsocks(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Vision(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Grpc(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Xhttp(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }

@@ -92,7 +92,7 @@ impl<S: AsyncWrite + Unpin> tokio::io::AsyncWrite for TokioIo<S> {
     }
 }
 
-fn h2_error(e: h2::Error) -> io::Error {
+pub(crate) fn h2_error(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e.into_io().unwrap_or_else(|| io::Error::other("HTTP/2 IO error"));
     }
@@ -367,7 +367,7 @@ impl ConnState {
 
 /// Pings every `every` and waits `within` for the answer; returns when one goes unanswered
 /// (or the connection is gone). Stays quiet while `quiet()` holds.
-async fn keepalive(mut pings: h2::PingPong, every: Duration, within: Duration, quiet: impl Fn() -> bool) {
+pub(crate) async fn keepalive(mut pings: h2::PingPong, every: Duration, within: Duration, quiet: impl Fn() -> bool) {
     loop {
         glommio::timer::sleep(every).await;
         if quiet() {

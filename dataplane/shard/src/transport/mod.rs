@@ -10,3 +10,4 @@ pub(crate) mod tls_tcp;
 pub(crate) mod vision;
 pub(crate) mod ws;
 pub(crate) mod xhttp;
+pub(crate) mod xhttp_client;
