@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CONFIG ?= examples/config.json
 
-.PHONY: run test build release install fmt clippy lint bench perf peers fuzz crash-trials
+.PHONY: run test build release install fmt clippy lint bench perf peers fuzz fuzz-ci crash-trials
 
 run: release
 	./target/release/shardray test -c $(CONFIG)
@@ -101,6 +101,27 @@ fuzz: $(FUZZ_TOOLS)/bin/cargo-fuzz
 	    echo "== $$d $$t ($(FUZZ_SECONDS) s)"; \
 	    $(FUZZ_ENV) $(CARGO) fuzz run $$t corpus/$$t $$(test -d seeds/$$t && echo seeds/$$t) -- \
 	      -max_total_time=$(FUZZ_SECONDS) -timeout=10 || exit 1; \
+	  done; \
+	done
+
+# CI's share (.ci/run): every target for FUZZ_CI_SECONDS over its committed seeds, with a
+# scratch corpus that is thrown away, so a run never changes the tree. Built once per crate
+# with FUZZ_CI_SANITIZER (`none`: ASAN's build and runs would add minutes on CI's two cores;
+# Rust's own checks, overflow and bounds included, still turn a bug into a crash).
+# FUZZ_CI_DIRS narrows it to some of FUZZ_DIRS.
+FUZZ_CI_SECONDS ?= 2
+FUZZ_CI_SANITIZER ?= none
+FUZZ_CI_DIRS ?= $(FUZZ_DIRS)
+fuzz-ci: $(FUZZ_TOOLS)/bin/cargo-fuzz
+	for d in $(FUZZ_CI_DIRS); do (cd $$d && $(FUZZ_ENV) $(CARGO) fuzz build -s $(FUZZ_CI_SANITIZER)) || exit 1; done
+	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && for d in $(FUZZ_CI_DIRS); do \
+	  cd $(CURDIR)/$$d && for t in $$($(FUZZ_ENV) $(CARGO) fuzz list); do \
+	    test -d seeds/$$t || { echo "fuzz-ci: $$d has no seeds/$$t"; exit 1; }; \
+	    mkdir -p $$scratch/$$d/$$t; \
+	    $(FUZZ_ENV) $(CARGO) fuzz run -s $(FUZZ_CI_SANITIZER) $$t $$scratch/$$d/$$t seeds/$$t -- \
+	      -max_total_time=$(FUZZ_CI_SECONDS) -timeout=10 -print_final_stats=1 2>$$scratch/log \
+	      || { cat $$scratch/log; exit 1; }; \
+	    echo "== $$d $$t: $$(sed -n 's/^stat::number_of_executed_units: *//p' $$scratch/log) runs in $(FUZZ_CI_SECONDS) s"; \
 	  done; \
 	done
 

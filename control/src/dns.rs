@@ -16,6 +16,7 @@ use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
 use hickory_resolver::proto::rr::rdata::{A, AAAA};
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{Name, TokioResolver};
 use ipnet::IpNet;
 use shardray_core::log::LogSink;
@@ -216,10 +217,17 @@ impl DnsResolver {
                     }
                     return Ok((ips, ttl));
                 }
-                Err(LookupError::NoAddress) => outcome = Err(LookupError::NoAddress),
+                // What the name is (no address, no such name) outranks a server's error code,
+                // which outranks no answer at all: the outbound answers the best of them.
+                Err(e @ (LookupError::NoAddress | LookupError::NoName)) => outcome = Err(e),
                 Err(e) => {
                     self.log.error(LogLevel::Info, format_args!("dns: {name}: {}: {e}", server.label));
-                    if outcome != Err(LookupError::NoAddress) {
+                    let settled = |o: &Result<Found, LookupError>| match o {
+                        Err(LookupError::NoAddress | LookupError::NoName) => 2,
+                        Err(LookupError::Rcode(_)) => 1,
+                        _ => 0,
+                    };
+                    if settled(&Err(e.clone())) >= settled(&outcome) {
                         outcome = Err(e);
                     }
                 }
@@ -311,8 +319,12 @@ impl DnsResolver {
                     .collect();
                 reply(&request, ResponseCode::NoError, records)
             }
+            // As Xray: the resolver's answer code goes back (NOERROR with no address,
+            // NXDOMAIN, a server's SERVFAIL or REFUSED), and a failure that is no DNS answer
+            // (every server timed out or was unreachable) gets no reply.
             Err(LookupError::NoAddress) => reply(&request, ResponseCode::NoError, Vec::new()),
-            // As Xray: a failure that is no DNS answer gets no reply.
+            Err(LookupError::NoName) => reply(&request, ResponseCode::NXDomain, Vec::new()),
+            Err(LookupError::Rcode(code)) => reply(&request, <ResponseCode as From<u16>>::from(code), Vec::new()),
             Err(LookupError::Failed(_)) => MessageAnswer::Drop,
         }
     }
@@ -399,8 +411,19 @@ impl NameServer {
                 let ttl = until.saturating_duration_since(Instant::now()).as_secs() as u32;
                 Ok((ips, ttl))
             }
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Err(LookupError::NoAddress),
-            Err(e) => Err(LookupError::Failed(e.to_string())),
+            Err(e) => match e.proto().map(|p| p.kind()) {
+                Some(ProtoErrorKind::NoRecordsFound { response_code: ResponseCode::NoError, .. }) => {
+                    Err(LookupError::NoAddress)
+                }
+                Some(ProtoErrorKind::NoRecordsFound { response_code: ResponseCode::NXDomain, .. }) => {
+                    Err(LookupError::NoName)
+                }
+                // SERVFAIL, REFUSED and the like: the server's own answer.
+                Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
+                    Err(LookupError::Rcode(u16::from(*response_code)))
+                }
+                _ => Err(LookupError::Failed(e.to_string())),
+            },
         }
     }
 

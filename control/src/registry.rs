@@ -11,7 +11,7 @@ use shardray_core::change::Change;
 use shardray_core::events::{UserEvent, UserEventKind};
 use shardray_core::quota::SuspendReason;
 use shardray_core::routes::{RouteError, RouteSpecs};
-use shardray_core::slots::{UserKey, UserOp, NO_SLOT};
+use shardray_core::slots::{UserKey, UserOp, NO_SLOT, REMOVAL_GRACE};
 use shardray_core::spec::{Account, Config, InboundSpec, UserSpec};
 
 use crate::journal::Journal;
@@ -119,6 +119,18 @@ pub struct UserSets {
     slots: SlotBook,
     /// Tags of config inbounds the API removed (so a compacted journal still removes them).
     removed_from_config: Vec<String>,
+    /// Users removed within `REMOVAL_GRACE` whose slot is held for them (see `revive`).
+    leaving: Vec<Leaving>,
+}
+
+/// A user removed from an inbound, whose counter slot waits for an add of the same user.
+#[derive(Debug, Clone)]
+struct Leaving {
+    inbound: String,
+    account: Account,
+    email: Arc<str>,
+    slot: u32,
+    until: std::time::Instant,
 }
 
 /// Where a change comes from: the API, or a config reload (see `crate::reload`).
@@ -614,9 +626,19 @@ impl UserSets {
             }
             Change::RemoveUsers { emails, .. } => {
                 let mut ops = Vec::with_capacity(emails.len());
+                let until = std::time::Instant::now() + REMOVAL_GRACE;
+                self.leaving.retain(|l| l.until > std::time::Instant::now());
                 for e in emails {
-                    if let Some((id, slot, email)) = self.inbounds[i].users.remove_email(e) {
-                        ops.push(self.release(i, id, slot, email, epoch));
+                    if let Some((account, slot, email)) = self.inbounds[i].users.remove_email(e) {
+                        let op = self.release(i, account.clone(), slot, email.clone(), epoch);
+                        // The shards keep the user's sessions for the grace: so that an add of
+                        // the same user takes them back, its slot (its counters, its rate) waits.
+                        if let (UserOp::Remove { free_slot: true, .. }, Some(email)) = (&op, email) {
+                            self.slots.hold(slot, until);
+                            let inbound = self.inbounds[i].tag.clone();
+                            self.leaving.push(Leaving { inbound, account, email, slot, until });
+                        }
+                        ops.push(op);
                     }
                 }
                 ops
@@ -715,13 +737,20 @@ impl UserSets {
             .find_map(|(_, other)| other.by_email(&u.email).filter(|o| o.email == u.email))
             .and_then(|o| Some((o.slot, o.shared_email?.clone())));
         let inbound = i as u32;
-        let (slot, email, new_slot) = match shared {
-            Some((slot, email)) => {
+        let revived = if shared.is_none() { self.revive(i, u) } else { None };
+        let (slot, email, new_slot) = match (shared, revived) {
+            (Some((slot, email)), _) => {
                 let rec = self.inbounds[i].users.insert(u.account.clone(), Some(email.clone()), slot, u.level);
                 self.slots.share(slot, inbound, u.level, rec);
                 (slot, email, false)
             }
-            None => {
+            // Back within its grace: the same slot, its counters going on.
+            (None, Some((slot, email))) => {
+                let rec = self.inbounds[i].users.insert(u.account.clone(), Some(email.clone()), slot, u.level);
+                self.slots.place(slot, inbound, rec);
+                (slot, email, false)
+            }
+            (None, None) => {
                 let email: Arc<str> = u.email.as_str().into();
                 let slot = self.slots.take(u.level, inbound);
                 let rec = self.inbounds[i].users.insert(u.account.clone(), Some(email.clone()), slot, u.level);
@@ -738,6 +767,19 @@ impl UserSets {
         if self.slots.quota(slot).is_some_and(|q| q.suspended.is_some()) {
             ops.push(UserOp::Suspend { id: u.account.key(), suspended: true });
         }
+    }
+
+    /// The slot of the same user (account and email) removed from inbound `i` within its grace,
+    /// given back to it, with its email.
+    fn revive(&mut self, i: usize, u: &UserSpec) -> Option<(u32, Arc<str>)> {
+        let now = std::time::Instant::now();
+        let tag = &self.inbounds[i].tag;
+        let at = self
+            .leaving
+            .iter()
+            .position(|l| l.until > now && l.inbound == *tag && l.account == u.account && *l.email == *u.email)?;
+        let l = self.leaving.swap_remove(at);
+        self.slots.revive(l.slot, i as u32, u.level).then_some((l.slot, l.email))
     }
 
     /// The shards' side of removing the user with `account` (slot `slot`, email `email`) from

@@ -74,16 +74,26 @@ fn an_email_in_two_inbounds_shares_one_slot_that_follows_the_first() {
     assert_eq!(sets.record(&set, Some(8)), [UserOp::SetLevel { id: id(3), level: 5 }]);
     assert_eq!(sets.slots().get(alice).unwrap().level, 5);
 
-    // Leaving the last: freed, and reused only once epoch 9 is applied everywhere.
+    // Leaving the last: freed, and held for the removal's grace even once epoch 9 is applied
+    // everywhere (`SlotBook` reuses it after both), so that the same user added back within
+    // it gets its slot back, counters going on.
     let remove = Change::RemoveUsers { inbound: "b".into(), emails: vec!["alice@x".into()] };
     assert_eq!(sets.record(&remove, Some(9)), [UserOp::Remove { id: id(3), slot: alice, free_slot: true }]);
     assert!(sets.slots().get(alice).is_none());
-    let add = |n, email: &str| Change::AddUsers { inbound: "a".into(), users: vec![user(n, email, 0)] };
-    let ops = sets.record(&add(10, "carol@x"), Some(10));
+    let add =
+        |inbound: &str, n, email: &str| Change::AddUsers { inbound: inbound.into(), users: vec![user(n, email, 0)] };
+    let ops = sets.record(&add("a", 10, "carol@x"), Some(10));
     assert!(matches!(&ops[..], [UserOp::Add { user, new_slot: true, .. }] if user.slot == 3));
     sets.slots.reclaim(9);
-    let ops = sets.record(&add(11, "dave@x"), Some(11));
-    assert!(matches!(&ops[..], [UserOp::Add { user, new_slot: true, .. }] if user.slot == alice));
+    let ops = sets.record(&add("a", 11, "dave@x"), Some(11));
+    assert!(matches!(&ops[..], [UserOp::Add { user, new_slot: true, .. }] if user.slot != alice), "{ops:?}");
+    // Another id is another user; the same one revives the slot.
+    let ops = sets.record(&add("b", 30, "alice@x"), Some(12));
+    assert!(matches!(&ops[..], [UserOp::Add { user, new_slot: true, .. }] if user.slot != alice), "{ops:?}");
+    let remove = Change::RemoveUsers { inbound: "b".into(), emails: vec!["alice@x".into()] };
+    sets.record(&remove, Some(13));
+    let ops = sets.record(&add("b", 3, "alice@x"), Some(14));
+    assert!(matches!(&ops[..], [UserOp::Add { user, new_slot: false, .. }] if user.slot == alice), "{ops:?}");
 }
 
 #[test]

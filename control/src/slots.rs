@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+use std::time::Instant;
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
@@ -223,8 +224,9 @@ pub struct SlotBook {
     entries: Vec<SlotEntry>,
     /// Free slots every shard has forgotten: reusable now.
     free: Vec<u32>,
-    /// Slots freed at an epoch some shard may not have applied yet.
-    pending: VecDeque<(u64, u32)>,
+    /// Slots freed at an epoch some shard may not have applied yet, and held until an instant
+    /// (a removed user's, which an add within its grace takes back: see `revive`).
+    pending: VecDeque<(u64, u32, Option<Instant>)>,
     live: usize,
     /// What the API adds to each slot's shard totals (`[up, down]`): counts carried over from
     /// the last run, minus resets. Empty until the first is needed.
@@ -365,7 +367,7 @@ impl SlotBook {
         self.live -= 1;
         self.quotas.remove(&slot);
         match epoch {
-            Some(epoch) => self.pending.push_back((epoch, slot)),
+            Some(epoch) => self.pending.push_back((epoch, slot, None)),
             None => self.free.push(slot),
         }
         true
@@ -386,10 +388,29 @@ impl SlotBook {
         }
     }
 
+    /// Keeps the slot just freed (`release`) from reuse until `until`, so that `revive` may
+    /// give it back to its email.
+    pub fn hold(&mut self, slot: u32, until: Instant) {
+        if let Some(p) = self.pending.iter_mut().rev().find(|p| p.1 == slot) {
+            p.2 = Some(until);
+        }
+    }
+
+    /// Gives a freed slot that is still pending back to its email, now listed by inbound
+    /// `owner` at `level`, with its counters as they were; `false` if it is gone.
+    pub fn revive(&mut self, slot: u32, owner: u32, level: u32) -> bool {
+        let Some(at) = self.pending.iter().position(|p| p.1 == slot) else { return false };
+        self.pending.remove(at);
+        self.entries[slot as usize] = SlotEntry { level, owner, rec: u32::MAX, refs: 1 };
+        self.live += 1;
+        true
+    }
+
     /// Every shard has applied `epoch`: slots freed up to it may be reused.
     pub fn reclaim(&mut self, epoch: u64) {
-        while self.pending.front().is_some_and(|(e, _)| *e <= epoch) {
-            let (_, slot) = self.pending.pop_front().expect("just checked");
+        let now = Instant::now();
+        while self.pending.front().is_some_and(|(e, _, held)| *e <= epoch && held.is_none_or(|h| h <= now)) {
+            let (_, slot, _) = self.pending.pop_front().expect("just checked");
             self.free.push(slot);
         }
     }

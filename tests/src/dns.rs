@@ -1,6 +1,7 @@
 //! A tiny DNS server for tests (UDP and TCP on 127.0.0.1, random ports): answers A queries
-//! from a table, AAAA with an empty answer, unknown names with NXDOMAIN; counts every query
-//! and may wait before answering. Plus the few bytes a test client needs to ask and read.
+//! from a table, AAAA with an empty answer, unknown names with NXDOMAIN (names under
+//! `servfail.` with SERVFAIL); counts every query and may wait before answering. Plus the few
+//! bytes a test client needs to ask and read.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -199,7 +200,11 @@ fn answer(table: &Table, asked: &Mutex<Vec<(String, u16, bool)>>, query: &[u8], 
         (Some(ips), 1) => ips,
         _ => &[],
     };
-    let rcode = if found.is_none() { 3 } else { 0 };
+    let rcode = match found {
+        _ if name.starts_with("servfail.") => 2,
+        None => 3,
+        Some(_) => 0,
+    };
     let mut out = Vec::new();
     out.extend_from_slice(&query[0..2]);
     out.extend_from_slice(&[0x81, 0x80 | rcode]);

@@ -177,3 +177,67 @@ fn a_unix_socket_api_is_private_and_never_taken_over() {
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
 }
+
+#[test]
+fn a_stream_ends_when_a_reload_revokes_its_token() {
+    const WATCHER: &str = "watcher-token-0123456789abcdef0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    let watcher_file = dir.path().join("watcher.token");
+    std::fs::write(&watcher_file, WATCHER).unwrap();
+    config["api"]["tokens"].as_array_mut().unwrap().push(json!(
+        { "name": "watcher", "tokenFile": watcher_file, "role": "reader" }
+    ));
+    let server = Shardray::start(&config, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let addr = server.api.unwrap().to_string();
+    let follow = |token: &str| {
+        let mut logger = log_pb::logger_service_client::LoggerServiceClient::new(api.channel());
+        api.block_on(logger.follow_log(with(log_pb::FollowLogRequest::default(), Some(token))))
+    };
+    let mut watching = follow(WATCHER).expect("a stream").into_inner();
+    let mut admin = follow(ADMIN).expect("a stream").into_inner();
+    // The next line containing `wanted`, or how the stream ended, within 5 s.
+    let next = |stream: &mut tonic::Streaming<log_pb::FollowLogResponse>, wanted: &str| {
+        api.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match stream.message().await {
+                        Ok(Some(line)) if line.message.contains(wanted) => return Ok(line.message),
+                        Ok(Some(_)) => {}
+                        Ok(None) => return Err(tonic::Status::ok("ended without a status")),
+                        Err(status) => return Err(status),
+                    }
+                }
+            })
+            .await
+            .expect("nothing within 5 s")
+        })
+    };
+    let reload = || {
+        let (status, out) = run_cli(&["api", "reload", "-s", &addr, "--token", ADMIN]);
+        assert!(status.success(), "{out}");
+    };
+
+    // A reload that keeps the token keeps the stream.
+    reload();
+    next(&mut watching, "config reloaded").expect("the watcher's stream after a reload that kept its token");
+    next(&mut admin, "config reloaded").unwrap();
+
+    // The watcher's token rotated in its file: its stream ends UNAUTHENTICATED, promptly.
+    std::fs::write(&watcher_file, "rotated-token-0123456789abcdef0123456789").unwrap();
+    let started = std::time::Instant::now();
+    reload();
+    let ended = next(&mut watching, "no line is wanted").unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{ended:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "ended after {:?}", started.elapsed());
+    // The admin's stream goes on, and the old token opens no new one.
+    next(&mut admin, "config reloaded").expect("the admin's stream after the reload");
+    assert_eq!(follow(WATCHER).err().map(|s| s.code()), Some(Code::Unauthenticated));
+    assert!(
+        wait_until(Duration::from_secs(5), || server.output().contains("ended (token \"watcher\")")),
+        "the end is audited\n{}",
+        server.output()
+    );
+}

@@ -250,6 +250,36 @@ fn the_dns_outbound_answers_address_queries_from_the_resolver_over_udp_and_tcp()
 }
 
 #[test]
+fn the_dns_outbound_answers_with_the_resolvers_rcode() {
+    let upstream = DnsServer::start(&[("svc.test", Ipv4Addr::new(192, 0, 2, 9))]);
+    // A server that never answers comes first: its silence must not hide the others' answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let servers = json!([{ "address": "127.0.0.1", "port": silent.local_addr().unwrap().port(), "timeoutMs": 300 },
+                         upstream.udp().to_string()]);
+    let dns = json!({ "servers": servers, "disableCache": true });
+    let server = Shardray::start(&dns_outbound_config("8.8.8.8:53".parse().unwrap(), json!({}), dns), 2);
+    let door = server.inbound("door");
+    let rcode = |id: u16, name: &str, qtype: u16| {
+        let reply = udp_ask(door, &dns::query(id, name, qtype)).unwrap_or_else(|| panic!("no answer for {name}"));
+        dns::parse_response(&reply).map(|(id, rcode, ips)| (id, rcode, ips.len()))
+    };
+    // As Xray: NXDOMAIN for a name that does not exist, NOERROR and no answer for a name
+    // without an address of the family asked, the server's SERVFAIL passed on.
+    assert_eq!(rcode(21, "missing.test", 1), Some((21, 3, 0)), "{}", server.output());
+    assert_eq!(rcode(22, "missing.test", 28), Some((22, 3, 0)));
+    assert_eq!(rcode(23, "svc.test", 28), Some((23, 0, 0)));
+    assert_eq!(rcode(24, "svc.test", 1), Some((24, 0, 1)));
+    assert_eq!(rcode(25, "servfail.test", 1), Some((25, 2, 0)));
+    assert!(upstream.queries("missing.test") >= 2, "{:?}", upstream.all_queries());
+
+    // No server answers at all: no reply, as Xray (a client's own timeout takes over).
+    let dns = json!({ "servers": [{ "address": "127.0.0.1", "port": silent.local_addr().unwrap().port(),
+                                   "timeoutMs": 300 }] });
+    let server = Shardray::start(&dns_outbound_config("8.8.8.8:53".parse().unwrap(), json!({}), dns), 2);
+    assert_eq!(udp_ask(server.inbound("door"), &dns::query(26, "svc.test", 1)), None);
+}
+
+#[test]
 fn the_dns_outbound_sends_other_queries_on_with_skip() {
     let upstream = DnsServer::start(&[("svc.test", LOCAL)]);
     let settings = json!({ "nonIPQuery": "skip", "address": "127.0.0.1", "port": upstream.udp().port() });

@@ -1,6 +1,7 @@
 //! Level limits through the real binary with two shards: `uplinkRate` and `downlinkRate` hold
 //! for a user's sessions together, whichever shard serves each; an unlimited user beside it
-//! goes at full speed; a level change slows a live transfer without a reconnect;
+//! goes at full speed; a level change (ours, or a panel's remove then add within the removal's
+//! grace) slows a live transfer without a reconnect;
 //! `maxConnections` and `maxIPs` refuse the excess on both shards together, with no reply.
 //! VLESS carries most of it; Trojan shows that the limits do not depend on the protocol.
 //!
@@ -301,6 +302,70 @@ fn a_level_change_slows_a_live_download_within_a_second() {
     std::thread::sleep(Duration::from_secs(1));
     assert_rate("after the move to level 2", rate_over(Duration::from_secs(3), received), 1.0, 0.10);
     download.finish();
+}
+
+#[test]
+fn a_remove_then_add_keeps_the_live_download_at_the_new_level() {
+    // 3x-ui's and Marzban's way of changing a user's level: remove it, add it again.
+    let levels = json!({
+        "1": { "downlinkRate": "4MiB", "statsUserDownlink": true },
+        "2": { "downlinkRate": "1MiB", "statsUserDownlink": true }
+    });
+    let (server, api) = server(levels, vless_config, vless_users());
+    let source = Server::source();
+    let download =
+        Transfer::start(vless::connect(server.inbound("vless-in")).unwrap(), vless::request(ALICE, source.addr), false);
+    let received = || download.received.load(Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_rate("at level 1", rate_over(Duration::from_secs(2), received), 4.0, 0.10);
+    api.remove_user("vless-in", "alice@example.com").unwrap();
+    api.add_user("vless-in", "alice@example.com", ALICE, 2).unwrap();
+    // Past the removal's grace, the same connection goes on at the new level's rate.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_rate("after remove and add at level 2", rate_over(Duration::from_secs(3), received), 1.0, 0.10);
+    // Its bytes still count for alice, from before the removal on: at least what the two
+    // measured windows moved.
+    let name = "user>>>alice@example.com>>>traffic>>>downlink";
+    let counted = api.query(name, false).get(name).copied().unwrap_or(0);
+    assert!(counted as f64 > 10.0 * MIB, "alice's downlink counter: {counted}");
+    download.finish();
+}
+
+#[test]
+fn a_plain_remove_refuses_new_sessions_at_once_and_closes_live_ones_after_the_grace() {
+    let (server, api) = server(json!({}), vless_config, vless_users());
+    let echo = EchoServer::start();
+    let proxy = server.inbound("vless-in");
+    let mut live = vless::open_session(proxy, ALICE, echo.addr());
+    let removed = Instant::now();
+    api.remove_user("vless-in", "alice@example.com").unwrap();
+    assert!(vless::round_trip(proxy, ALICE, echo.addr(), b"ping").is_err(), "a new session of a removed user");
+    // The grace (1.5 s): the live session still echoes within it, and is closed within a
+    // second after it.
+    live.write_all(b"still").unwrap();
+    let mut back = [0u8; 5];
+    live.read_exact(&mut back).unwrap();
+    assert!(removed.elapsed() < Duration::from_millis(1500), "too slow to check the grace");
+    assert!(vless::closed_within(&mut live, Duration::from_millis(2500)), "the removed user's session lives on");
+    assert!(removed.elapsed() >= Duration::from_millis(1400), "closed before the grace: {:?}", removed.elapsed());
+}
+
+#[test]
+fn an_add_with_other_credentials_does_not_keep_the_removed_users_sessions() {
+    let (server, api) = server(json!({}), vless_config, vless_users());
+    let echo = EchoServer::start();
+    let proxy = server.inbound("vless-in");
+    let mut by_id = vless::open_session(proxy, ALICE, echo.addr());
+    let mut by_email = vless::open_session(proxy, BOB, echo.addr());
+    // Alice's email comes back with another id; Bob's id comes back under another email.
+    api.remove_user("vless-in", "alice@example.com").unwrap();
+    api.remove_user("vless-in", "bob@example.com").unwrap();
+    api.add_user("vless-in", "alice@example.com", "7c4fe2b1-6a4e-4c9e-9d55-1b1f3c5d7e90", 0).unwrap();
+    api.add_user("vless-in", "bob-renamed@example.com", BOB, 0).unwrap();
+    assert!(vless::closed_within(&mut by_id, Duration::from_millis(2500)), "a session of the old id lives on");
+    assert!(vless::closed_within(&mut by_email, Duration::from_millis(2500)), "a session of the old email lives on");
+    // The new users are served.
+    assert_eq!(vless::round_trip(proxy, BOB, echo.addr(), b"ping").unwrap(), b"ping");
 }
 
 /// A VLESS session to the echo server from `src`, checked with one round trip.

@@ -189,10 +189,134 @@ where
             }
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
+        // A call admitted by its token lasts as long as the token does: a stream (FollowLog,
+        // Subscribe, SubscribeRoutingStats) ends when a reload takes the token away.
+        let secret = bearer(req.headers()).filter(|_| !self.state.tokens().is_empty()).map(<[u8]>::to_vec);
+        let held = caller.as_ref().and_then(|c| c.name.clone()).zip(secret).map(|(name, secret)| Held {
+            secret,
+            name,
+            needed: required_role(&path),
+            state: self.state.clone(),
+            peer,
+            method,
+        });
         if let Some(caller) = caller {
             req.extensions_mut().insert(caller);
         }
-        Box::pin(self.inner.call(req))
+        let call = self.inner.call(req);
+        match held {
+            None => Box::pin(call),
+            Some(held) => Box::pin(async move {
+                let response = call.await?;
+                Ok(response.map(|body| tonic::body::boxed(Revocable::new(body, held))))
+            }),
+        }
+    }
+}
+
+/// What a call admitted by a token needs to know to end when the token goes.
+struct Held {
+    secret: Vec<u8>,
+    /// The caller's name, for the audit.
+    name: Arc<str>,
+    needed: ApiRole,
+    state: Arc<ApiState>,
+    peer: Option<std::net::SocketAddr>,
+    method: String,
+}
+
+impl Held {
+    /// Why the call may go on no longer: its token is gone, or its role no longer reaches
+    /// the call (a certificate's part of the role cannot change: its files are not reloaded).
+    fn revoked(&self) -> Option<Status> {
+        let tokens = self.state.tokens();
+        let found =
+            tokens
+                .iter()
+                .fold(None, |hit, t| if same_secret(&self.secret, t.secret.as_bytes()) { Some(t) } else { hit });
+        match found {
+            None => Some(Status::unauthenticated("the API token was revoked by a reload")),
+            Some(t) if t.role < self.needed => Some(Status::permission_denied(format!(
+                "token {:?} ({}) may no longer call {}: it needs {}",
+                t.name,
+                t.role.name(),
+                self.method,
+                self.needed.name()
+            ))),
+            Some(_) => None,
+        }
+    }
+}
+
+/// How often an idle stream looks at its token again.
+const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A response body that ends with the token: every message, and every `REVOCATION_CHECK`
+/// while none comes, looks the token up; once it is gone (or its role too low) the body ends
+/// with that status in its trailers, and the end is audited.
+struct Revocable {
+    inner: tonic::body::BoxBody,
+    held: Held,
+    check: tokio::time::Interval,
+    ended: bool,
+}
+
+impl Revocable {
+    fn new(inner: tonic::body::BoxBody, held: Held) -> Revocable {
+        let start = tokio::time::Instant::now() + REVOCATION_CHECK;
+        let mut check = tokio::time::interval_at(start, REVOCATION_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Revocable { inner, held, check, ended: false }
+    }
+
+    /// Ends the body with `status` in its trailers.
+    fn end(&mut self, status: Status) -> http_body::Frame<bytes::Bytes> {
+        self.ended = true;
+        let who = format!("ended ({})", self.held.name);
+        self.held.state.audit.record(self.held.peer, &self.held.method, &who, &Err(status.clone()));
+        let mut trailers = http::HeaderMap::new();
+        let _ = status.add_header(&mut trailers);
+        http_body::Frame::trailers(trailers)
+    }
+}
+
+impl http_body::Body for Revocable {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if frame.is_data() => match this.held.revoked() {
+                // The message is not delivered: the token that would have read it is gone.
+                Some(status) => Poll::Ready(Some(Ok(this.end(status)))),
+                None => Poll::Ready(Some(Ok(frame))),
+            },
+            Poll::Ready(other) => Poll::Ready(other),
+            Poll::Pending => {
+                while this.check.poll_tick(cx).is_ready() {
+                    if let Some(status) = this.held.revoked() {
+                        return Poll::Ready(Some(Ok(this.end(status))));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -186,7 +186,7 @@ impl HandlerApi {
             return InboundHandlerConfig { tag: inbound.tag.clone(), ..Default::default() };
         }
         // Without stream settings: TLS keys are not handed out.
-        let receiver = Some(receiver_config(inbound.spec.listen, None));
+        let receiver = Some(receiver_config(&inbound.spec, None));
         let users = || inbound.users.values().map(|u| api_user(&u)).collect();
         let proxy = match inbound.protocol {
             "vless" => {

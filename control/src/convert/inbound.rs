@@ -6,7 +6,6 @@
 //! (ReceiverConfig, TLS, dokodemo-door), the V2Ray form is read through its own definition.
 
 use std::fmt;
-use std::net::SocketAddr;
 
 use serde_json::{json, Map, Value};
 use shardray_core::spec::{
@@ -1034,21 +1033,26 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
     };
     InboundHandlerConfig {
         tag: spec.tag.clone(),
-        receiver_settings: Some(receiver_with(spec.listen, stream, spec.sniffing.as_deref().map(sniffing_config))),
+        receiver_settings: Some(receiver_with(spec, stream, spec.sniffing.as_deref().map(sniffing_config))),
         proxy_settings: Some(proxy),
     }
 }
 
-/// The API form of where an inbound listens: its one port, its IP, and its stream settings.
-pub fn receiver_config(listen: SocketAddr, stream: Option<StreamConfig>) -> TypedMessage {
-    receiver_with(listen, stream, None)
+/// The API form of where an inbound listens: its one port and its IP (or its Unix socket, as
+/// `listen` names it), and its stream settings.
+pub fn receiver_config(spec: &InboundSpec, stream: Option<StreamConfig>) -> TypedMessage {
+    receiver_with(spec, stream, None)
 }
 
-fn receiver_with(listen: SocketAddr, stream: Option<StreamConfig>, sniffing: Option<SniffingConfig>) -> TypedMessage {
-    let port = u32::from(listen.port());
+fn receiver_with(spec: &InboundSpec, stream: Option<StreamConfig>, sniffing: Option<SniffingConfig>) -> TypedMessage {
+    let port = u32::from(spec.listen.port());
+    let address = match &spec.unix {
+        Some(unix) => ip_or_domain::Address::Domain(unix.to_string()),
+        None => ip_or_domain::Address::Ip(ip_bytes(spec.listen.ip())),
+    };
     let receiver = ReceiverConfig {
         port_list: Some(PortList { range: vec![PortRange { from: port, to: port }] }),
-        listen: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(ip_bytes(listen.ip()))) }),
+        listen: Some(IpOrDomain { address: Some(address) }),
         stream_settings: stream,
         sniffing_settings: sniffing,
         ..Default::default()
@@ -1072,6 +1076,18 @@ mod tests {
     fn through_api(spec: &InboundSpec) -> Result<InboundSpec, String> {
         let json = inbound_json(&inbound_config(spec)).map_err(|e| e.to_string())?;
         load_inbound(json, "inbound").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_unix_socket_listen_survives_the_api_form() {
+        for listen in ["/dev/shm/x.sock", "/dev/shm/x.sock,0666", "@xray", "@@xray"] {
+            let spec = load(json!({
+                "tag": "u", "listen": listen, "protocol": "vless",
+                "settings": { "decryption": "none", "clients": [] }
+            }));
+            assert!(spec.unix.is_some(), "{listen}");
+            assert_eq!(through_api(&spec).unwrap(), spec, "{listen}");
+        }
     }
 
     #[test]

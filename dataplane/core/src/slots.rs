@@ -16,6 +16,13 @@ use crate::quota::QuotaCell;
 use shardray_wire::trojan::KEY_LEN;
 use uuid::Uuid;
 
+/// How long a removed user's live sessions go on: a panel changes a user (its level, say) by
+/// removing it and adding it again, and an add of the same user (same credentials, same email)
+/// on the same inbound within this keeps its sessions, under the new level. New sessions with
+/// a removed user's credentials are refused at once; without an add, its sessions close when
+/// this ends.
+pub const REMOVAL_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// The slot of a user without an email: upstream keeps no counters for those.
 pub const NO_SLOT: u32 = u32::MAX;
 

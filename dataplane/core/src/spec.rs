@@ -246,6 +246,16 @@ impl UnixSocketName {
     }
 }
 
+impl std::fmt::Display for UnixListenSpec {
+    /// As `listen` writes it: the name, then `,MODE` if a mode was given.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.mode {
+            Some(mode) => write!(f, "{},{mode:04o}", self.name),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
 impl std::fmt::Display for UnixSocketName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

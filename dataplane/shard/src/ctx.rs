@@ -4,6 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::outbound::Via;
 use crate::transport::tls;
@@ -13,7 +14,7 @@ use shardray_core::change::Change;
 use shardray_core::log::LogSink;
 use shardray_core::router::{Decision, Router, Target};
 use shardray_core::routes::{RouteSpecs, RouteTap};
-use shardray_core::slots::UserOp;
+use shardray_core::slots::{UserOp, REMOVAL_GRACE};
 use shardray_core::spec::{
     BalancerStrategy, Config, DokodemoSpec, FallbackSpec, HttpHeaderSpec, InboundProtocol, InboundSpec, LevelPolicy,
     OutboundProtocol, PolicySpec, TransportSpec,
@@ -626,12 +627,51 @@ impl ShardCtx {
                 let tag = change.inbound().unwrap_or_default();
                 let inbound = self.inbounds.borrow().iter().find(|i| &*i.tag == tag).cloned();
                 let inbound = inbound.ok_or_else(|| format!("handler not found: {tag}"))?;
-                self.apply_users(&inbound, ops)?;
+                // A panel changes a user by removing and adding it again: a removed user's live
+                // sessions close after a grace, and an add of the same user within it keeps them.
+                // (A replacement of the users, a reload's, keeps who stays by itself.)
+                let removes = matches!(change, Change::RemoveUsers { .. });
+                let grace = removes.then(|| Instant::now() + REMOVAL_GRACE);
+                self.apply_users_with(&inbound, ops, grace)?;
+                if let Some(until) = grace {
+                    self.end_grace_at(inbound, until);
+                }
                 self.apply_retired(tag, ops);
             }
         }
         self.applied.set(epoch);
         Ok(stopped)
+    }
+
+    /// At `until`, closes the live sessions of `inbound`'s users removed with a grace ending
+    /// then that were not added back.
+    fn end_grace_at(self: &Rc<Self>, inbound: Rc<InboundRt>, until: Instant) {
+        let ctx = Rc::downgrade(self);
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(until.saturating_duration_since(Instant::now())).await;
+            let Some(ctx) = ctx.upgrade() else { return };
+            let now = Instant::now();
+            match &inbound.kind {
+                InboundKind::Vless { users, .. } => ctx.expire_grace(users, now),
+                InboundKind::Trojan { users, .. } => ctx.expire_grace(users, now),
+                InboundKind::Vmess { users, .. } => ctx.expire_grace(&**users, now),
+                InboundKind::Proxy { users, .. } => ctx.expire_grace(users, now),
+                InboundKind::Shadowsocks(ss) => ctx.expire_grace(&ss.users, now),
+                InboundKind::Dokodemo(_) => {}
+            }
+        })
+        .detach();
+    }
+
+    /// Closes the sessions of `table`'s users whose removal grace ended by `now`.
+    fn expire_grace<T: UserOps>(&self, table: &RefCell<T>, now: Instant)
+    where
+        RefCell<T>: UserStates,
+    {
+        let ended = table.borrow_mut().expire(now);
+        for rec in ended {
+            self.watchers.wake(table, rec);
+        }
     }
 
     /// Takes an inbound out of service: its accept loops are returned for cancelling, and its
@@ -651,27 +691,40 @@ impl ShardCtx {
 
     /// Carries out user operations on one inbound's table and the slot counters.
     pub(crate) fn apply_users(&self, inbound: &InboundRt, ops: &[UserOp]) -> Result<(), String> {
+        self.apply_users_with(inbound, ops, None)
+    }
+
+    /// `apply_users`, a removal's live sessions closing at `grace` rather than at once (see
+    /// `REMOVAL_GRACE`).
+    fn apply_users_with(&self, inbound: &InboundRt, ops: &[UserOp], grace: Option<Instant>) -> Result<(), String> {
+        let tag = &inbound.tag;
         match &inbound.kind {
-            InboundKind::Vless { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
-            InboundKind::Trojan { users, .. } => self.apply_user_ops(&inbound.tag, users, ops),
-            InboundKind::Vmess { users, .. } => self.apply_user_ops(&inbound.tag, &**users, ops),
+            InboundKind::Vless { users, .. } => self.apply_user_ops(tag, users, ops, grace),
+            InboundKind::Trojan { users, .. } => self.apply_user_ops(tag, users, ops, grace),
+            InboundKind::Vmess { users, .. } => self.apply_user_ops(tag, &**users, ops, grace),
             InboundKind::Proxy { users, settings } => {
                 // An HTTP inbound asks for credentials once it has an account, and keeps asking
                 // when the last one is removed: removing users never opens a proxy.
                 if !settings.socks && ops.iter().any(|op| matches!(op, UserOp::Add { .. })) {
                     settings.auth.set(true);
                 }
-                self.apply_user_ops(&inbound.tag, users, ops)
+                self.apply_user_ops(tag, users, ops, grace)
             }
             // Nothing to do is fine (an inbound added through the API comes with no operations).
             InboundKind::Dokodemo(_) if ops.is_empty() => Ok(()),
-            InboundKind::Shadowsocks(ss) => self.apply_user_ops(&inbound.tag, &ss.users, ops),
+            InboundKind::Shadowsocks(ss) => self.apply_user_ops(tag, &ss.users, ops, grace),
             InboundKind::Dokodemo(_) => Err(format!("inbound {} has no users", inbound.tag)),
         }
     }
 
     /// `apply_users` for a table of any key; an id of another protocol's kind is an error.
-    fn apply_user_ops<T: UserOps>(&self, tag: &str, table: &RefCell<T>, ops: &[UserOp]) -> Result<(), String>
+    fn apply_user_ops<T: UserOps>(
+        &self,
+        tag: &str,
+        table: &RefCell<T>,
+        ops: &[UserOp],
+        grace: Option<Instant>,
+    ) -> Result<(), String>
     where
         RefCell<T>: UserStates,
     {
@@ -702,10 +755,13 @@ impl ShardCtx {
                     if let Some(email) = email {
                         slots.assign(user.slot, email.clone(), *new_slot);
                     }
-                    let _ = users.insert(user);
+                    woken.extend(users.insert(user).ok().flatten());
                 }
                 UserOp::Remove { slot, free_slot, .. } => {
-                    woken.extend(users.remove(&key));
+                    match grace {
+                        Some(until) => users.remove_after(&key, until),
+                        None => woken.extend(users.remove(&key)),
+                    }
                     if *free_slot {
                         slots.free(*slot);
                     }

@@ -50,9 +50,13 @@ pub enum DnsQuestion {
 /// Why a lookup found no address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LookupError {
-    /// The servers answered, with no address of the wanted family (or the name does not exist).
+    /// The servers answered, with no address of the wanted family (NOERROR, no answer).
     NoAddress,
-    /// No server gave a usable answer; the reason.
+    /// The servers answered that the name does not exist (NXDOMAIN).
+    NoName,
+    /// A server answered with this error code (SERVFAIL, REFUSED, …), and none did better.
+    Rcode(u16),
+    /// No server gave an answer; the reason.
     Failed(String),
 }
 
@@ -60,6 +64,8 @@ impl std::fmt::Display for LookupError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LookupError::NoAddress => f.write_str("name has no address of the wanted family"),
+            LookupError::NoName => f.write_str("no such name (NXDOMAIN)"),
+            LookupError::Rcode(code) => write!(f, "the server answered with error code {code}"),
             LookupError::Failed(why) => f.write_str(why),
         }
     }

@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::task::Waker;
+use std::time::Instant;
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
@@ -133,11 +134,14 @@ pub struct UserTable<K = Uuid> {
     recs: Vec<UserRec<K>>,
     index: HashTable<u32>,
     free: Vec<u32>,
+    /// Records of removed users whose live sessions go on until the instant given (see
+    /// `REMOVAL_GRACE`): out of the index, so no new session finds them.
+    leaving: Vec<(u32, Instant)>,
 }
 
 impl<K> Default for UserTable<K> {
     fn default() -> Self {
-        UserTable { recs: Vec::new(), index: HashTable::new(), free: Vec::new() }
+        UserTable { recs: Vec::new(), index: HashTable::new(), free: Vec::new(), leaving: Vec::new() }
     }
 }
 
@@ -182,14 +186,32 @@ impl<K: TableKey> UserTable<K> {
     }
 
     /// Adds the user (or replaces the one with its id); a key of another protocol is refused.
-    pub fn insert(&mut self, user: &UserKey) -> Result<(), UserId> {
+    /// A user removed within its grace comes back with the same id and counter slot: its
+    /// record is taken back, so its live sessions go on, at the new level. Returns the record
+    /// whose sessions must look at it again, if any.
+    pub fn insert(&mut self, user: &UserKey) -> Result<Option<u32>, UserId> {
         let id = K::from_id(&user.id).ok_or(user.id)?;
         if let Some(rec) = self.find(&id) {
             let r = &mut self.recs[rec as usize];
             // A different user now: sessions of the old one close.
             r.generation = r.generation.wrapping_add(1);
             (r.slot, r.level, r.vision) = (user.slot, user.level, user.vision);
-            return Ok(());
+            return Ok(Some(rec));
+        }
+        let mut woken = None;
+        if let Some(at) = self.leaving.iter().position(|&(rec, _)| self.recs[rec as usize].id == id) {
+            let (rec, _) = self.leaving.swap_remove(at);
+            let r = &mut self.recs[rec as usize];
+            if r.slot == user.slot {
+                (r.level, r.vision) = (user.level, user.vision);
+                let recs = &self.recs;
+                self.index.insert_unique(hash_id(&id), rec, |&r| hash_id(&recs[r as usize].id));
+                return Ok(Some(rec));
+            }
+            // Another email (another slot): the removed user's sessions close now.
+            r.generation = r.generation.wrapping_add(1);
+            self.free.push(rec);
+            woken = Some(rec);
         }
         let fresh =
             UserRec { id, slot: user.slot, level: user.level, vision: user.vision, suspended: false, generation: 0 };
@@ -207,19 +229,52 @@ impl<K: TableKey> UserTable<K> {
         };
         let recs = &self.recs;
         self.index.insert_unique(hash_id(&id), rec, |&r| hash_id(&recs[r as usize].id));
-        Ok(())
+        Ok(woken)
+    }
+
+    /// Takes the user with this id out of the index (no new session finds it); returns its
+    /// record.
+    fn unindex(&mut self, id: &K) -> Option<u32> {
+        let hash = hash_id(id);
+        let recs = &self.recs;
+        let entry = self.index.find_entry(hash, |&r| recs[r as usize].id == *id).ok()?;
+        Some(entry.remove().0)
     }
 
     /// Removes the user with this id; returns its watch key so its sessions can be woken.
     pub fn remove(&mut self, id: &K) -> Option<u32> {
-        let hash = hash_id(id);
-        let recs = &self.recs;
-        let entry = self.index.find_entry(hash, |&r| recs[r as usize].id == *id).ok()?;
-        let (rec, _) = entry.remove();
+        let rec = self.unindex(id)?;
         let r = &mut self.recs[rec as usize];
         r.generation = r.generation.wrapping_add(1);
         self.free.push(rec);
         Some(rec)
+    }
+
+    /// Removes the user with this id from new sessions at once, its live ones at `until`
+    /// (`expire`), unless it is added back first. Whether it was there.
+    pub(crate) fn remove_after(&mut self, id: &K, until: Instant) -> bool {
+        let Some(rec) = self.unindex(id) else { return false };
+        self.leaving.push((rec, until));
+        true
+    }
+
+    /// Closes the sessions of users removed with a grace that ended by `now`; returns their
+    /// records, to wake.
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<u32> {
+        let mut ended = Vec::new();
+        self.leaving.retain(|&(rec, until)| {
+            let end = until <= now;
+            if end {
+                ended.push(rec);
+            }
+            !end
+        });
+        for &rec in &ended {
+            let r = &mut self.recs[rec as usize];
+            r.generation = r.generation.wrapping_add(1);
+            self.free.push(rec);
+        }
+        ended
     }
 
     /// Closes the user's live sessions: they see a new generation when next polled.
@@ -261,10 +316,15 @@ impl<K: TableKey> UserTable<K> {
 pub(crate) trait UserOps {
     /// The key the table is looked up by.
     type Key: TableKey;
-    /// Adds the user (or replaces the one with its id); a key of another protocol is refused.
-    fn insert(&mut self, user: &UserKey) -> Result<(), UserId>;
+    /// Adds the user (or replaces the one with its id, or takes back one removed within its
+    /// grace); a key of another protocol is refused. Returns a watch key to wake, if any.
+    fn insert(&mut self, user: &UserKey) -> Result<Option<u32>, UserId>;
     /// Removes the user; returns its watch key.
     fn remove(&mut self, id: &Self::Key) -> Option<u32>;
+    /// Removes the user for new sessions now, for its live ones at `until` (see `expire`).
+    fn remove_after(&mut self, id: &Self::Key, until: Instant);
+    /// Ends the grace of users removed with one that ended by `now`; returns their watch keys.
+    fn expire(&mut self, now: Instant) -> Vec<u32>;
     /// Closes the user's live sessions.
     fn kick(&mut self, id: &Self::Key) -> Option<u32>;
     /// Moves the user to another level.
@@ -275,11 +335,17 @@ pub(crate) trait UserOps {
 
 impl<K: TableKey> UserOps for UserTable<K> {
     type Key = K;
-    fn insert(&mut self, user: &UserKey) -> Result<(), UserId> {
+    fn insert(&mut self, user: &UserKey) -> Result<Option<u32>, UserId> {
         UserTable::insert(self, user)
     }
     fn remove(&mut self, id: &K) -> Option<u32> {
         UserTable::remove(self, id)
+    }
+    fn remove_after(&mut self, id: &K, until: Instant) {
+        UserTable::remove_after(self, id, until);
+    }
+    fn expire(&mut self, now: Instant) -> Vec<u32> {
+        UserTable::expire(self, now)
     }
     fn kick(&mut self, id: &K) -> Option<u32> {
         UserTable::kick(self, id)
@@ -345,8 +411,8 @@ impl VmessUsers {
     }
 
     /// Adds the user (deriving its keys) or replaces the one with its UUID.
-    pub fn insert(&mut self, user: &UserKey) -> Result<(), UserId> {
-        self.table.insert(user)?;
+    pub fn insert(&mut self, user: &UserKey) -> Result<Option<u32>, UserId> {
+        let woken = self.table.insert(user)?;
         let id = Uuid::from_id(&user.id).expect("the table took it as a UUID");
         if !self.at.contains_key(&id) {
             let key = vmess::UserKey::new(&id);
@@ -354,12 +420,25 @@ impl VmessUsers {
             self.auth.push(key.auth_id().clone());
             self.keys.push((*key.cmd_key(), id));
         }
-        Ok(())
+        Ok(woken)
     }
 
     /// Removes the user with this UUID; returns its watch key.
     pub fn remove(&mut self, id: &Uuid) -> Option<u32> {
         let rec = self.table.remove(id)?;
+        self.forget_keys(id);
+        Some(rec)
+    }
+
+    /// `UserOps::remove_after`: the keys go now, the sessions at `until`.
+    fn remove_after(&mut self, id: &Uuid, until: Instant) {
+        if self.table.remove_after(id, until) {
+            self.forget_keys(id);
+        }
+    }
+
+    /// Takes the user's keys out of the scan.
+    fn forget_keys(&mut self, id: &Uuid) {
         if let Some(i) = self.at.remove(id) {
             let i = i as usize;
             self.auth.swap_remove(i);
@@ -368,17 +447,22 @@ impl VmessUsers {
                 self.at.insert(*moved, i as u32);
             }
         }
-        Some(rec)
     }
 }
 
 impl UserOps for VmessUsers {
     type Key = Uuid;
-    fn insert(&mut self, user: &UserKey) -> Result<(), UserId> {
+    fn insert(&mut self, user: &UserKey) -> Result<Option<u32>, UserId> {
         VmessUsers::insert(self, user)
     }
     fn remove(&mut self, id: &Uuid) -> Option<u32> {
         VmessUsers::remove(self, id)
+    }
+    fn remove_after(&mut self, id: &Uuid, until: Instant) {
+        VmessUsers::remove_after(self, id, until)
+    }
+    fn expire(&mut self, now: Instant) -> Vec<u32> {
+        self.table.expire(now)
     }
     fn kick(&mut self, id: &Uuid) -> Option<u32> {
         self.table.kick(id)
@@ -518,8 +602,8 @@ impl ShadowsocksUsers {
     }
 
     /// Adds the user or replaces the one with its key.
-    pub fn insert(&mut self, user: &UserKey) -> Result<(), UserId> {
-        self.table.insert(user)?;
+    pub fn insert(&mut self, user: &UserKey) -> Result<Option<u32>, UserId> {
+        let woken = self.table.insert(user)?;
         let id = SsKey::from_id(&user.id).expect("the table took it");
         match id.method() {
             Some(method) => {
@@ -540,12 +624,25 @@ impl ShadowsocksUsers {
                 self.by_hash.insert(shadowsocks::ss2022::identity_hash(&id.key()), id);
             }
         }
-        Ok(())
+        Ok(woken)
     }
 
     /// Removes the user with this key; returns its watch key.
     pub fn remove(&mut self, id: &SsKey) -> Option<u32> {
         let rec = self.table.remove(id)?;
+        self.forget_key(id);
+        Some(rec)
+    }
+
+    /// `UserOps::remove_after`: the key goes now, the sessions at `until`.
+    fn remove_after(&mut self, id: &SsKey, until: Instant) {
+        if self.table.remove_after(id, until) {
+            self.forget_key(id);
+        }
+    }
+
+    /// Takes the user's key out of the lookups.
+    fn forget_key(&mut self, id: &SsKey) {
         match id.method() {
             Some(method) => {
                 if let Some((_, keys, ids)) = self.classic.iter_mut().find(|(m, ..)| *m == method) {
@@ -559,17 +656,22 @@ impl ShadowsocksUsers {
                 self.by_hash.remove(&shadowsocks::ss2022::identity_hash(&id.key()));
             }
         }
-        Some(rec)
     }
 }
 
 impl UserOps for ShadowsocksUsers {
     type Key = SsKey;
-    fn insert(&mut self, user: &UserKey) -> Result<(), UserId> {
+    fn insert(&mut self, user: &UserKey) -> Result<Option<u32>, UserId> {
         ShadowsocksUsers::insert(self, user)
     }
     fn remove(&mut self, id: &SsKey) -> Option<u32> {
         ShadowsocksUsers::remove(self, id)
+    }
+    fn remove_after(&mut self, id: &SsKey, until: Instant) {
+        ShadowsocksUsers::remove_after(self, id, until)
+    }
+    fn expire(&mut self, now: Instant) -> Vec<u32> {
+        self.table.expire(now)
     }
     fn kick(&mut self, id: &SsKey) -> Option<u32> {
         self.table.kick(id)
@@ -714,6 +816,34 @@ mod tests {
         assert!(t.state(&a).is_err() && t.state(&c).is_ok());
         assert_eq!(t.len(), 2);
         assert!(t.contains(&id(&key(2, 1))) && t.contains(&id(&key(3, 0))));
+    }
+
+    #[test]
+    fn a_user_removed_with_a_grace_keeps_its_sessions_if_added_back_in_time() {
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        let mut t = UserTable::<Uuid>::default();
+        t.insert(&key(1, 7)).unwrap();
+        t.insert(&key(2, 8)).unwrap();
+        let (a, b) = (t.get(&id(&key(1, 7))).unwrap(), t.get(&id(&key(2, 8))).unwrap());
+        assert!(t.remove_after(&id(&key(1, 7)), later) && t.remove_after(&id(&key(2, 8)), later));
+        assert!(t.get(&id(&key(1, 7))).is_none(), "a new session is refused at once");
+        assert_eq!(t.state(&a), Ok(0), "a live one goes on");
+        // The same id and slot come back at level 2: the same record, the sessions told.
+        let back = UserKey { level: 2, ..key(1, 7) };
+        assert_eq!(t.insert(&back).unwrap(), Some(a.rec));
+        assert_eq!(t.state(&a), Ok(2));
+        // Back with another slot (another email): the old sessions close.
+        assert_eq!(t.insert(&key(2, 9)).unwrap(), Some(b.rec));
+        assert!(t.state(&b).is_err());
+        assert!(t.expire(later).is_empty(), "a user taken back does not expire");
+        assert_eq!(t.state(&a), Ok(2));
+        // Not back in time: closed when the grace ends, not before.
+        let c = t.get(&id(&key(1, 7))).unwrap();
+        t.remove_after(&id(&key(1, 7)), later);
+        assert!(t.expire(now).is_empty() && t.state(&c).is_ok());
+        assert_eq!(t.expire(later), [c.rec]);
+        assert!(t.state(&c).is_err());
     }
 
     #[test]

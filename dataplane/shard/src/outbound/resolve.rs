@@ -35,6 +35,8 @@ pub(crate) async fn resolve(
         Ok(_) | Err(LookupError::NoAddress) => {
             Err(io::Error::new(io::ErrorKind::NotFound, "name has no address of the wanted family"))
         }
+        Err(e @ LookupError::NoName) => Err(io::Error::new(io::ErrorKind::NotFound, e.to_string())),
+        Err(e @ LookupError::Rcode(_)) => Err(io::Error::other(e.to_string())),
         Err(LookupError::Failed(why)) => Err(io::Error::other(why)),
     }
 }
