@@ -3,8 +3,9 @@
 //! raw TCP through a small TCP→Unix forwarder (sing-box cannot dial a Unix socket), curl on
 //! the socket itself of an HTTP inbound (`--unix-socket` sends the origin's own request, which
 //! `allowTransparent` serves), the PROXY protocol in front
-//! (as nginx or HAProxy send it), the socket file's mode, and a second server refusing to take
-//! a socket a live one serves on while replacing a stale file.
+//! (as nginx or HAProxy send it), the socket file's mode, a second server refusing to take
+//! a socket a live one serves on while replacing a stale file, and the handshake bound (a
+//! socket's clients are not one source).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -258,6 +259,50 @@ fn a_live_socket_is_never_taken_and_a_stale_one_is_replaced() {
     let out = Shardray::try_start(&config, 2).err().expect("a regular file must not be replaced");
     assert!(out.contains("it exists and is not a socket"), "{out}");
     assert_eq!(std::fs::read(&plain).unwrap(), b"data");
+}
+
+/// A raw VLESS connection to the socket that has sent `first` (a whole or partial header).
+fn unix_vless(target: &Target, first: &[u8]) -> io::Result<UnixStream> {
+    let mut s = target.connect()?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(first)?;
+    Ok(s)
+}
+
+/// Finishes a VLESS request (`rest` of its header), sends `data` and reads back its echo.
+fn finish_and_echo(s: &mut UnixStream, rest: &[u8], data: &[u8]) -> io::Result<Vec<u8>> {
+    s.write_all(rest)?;
+    s.write_all(data)?;
+    let mut back = vec![0u8; 2 + data.len()];
+    s.read_exact(&mut back)?;
+    Ok(back.split_off(2))
+}
+
+#[test]
+fn a_sockets_clients_are_not_one_source_for_the_handshake_bound() {
+    // Every client of a Unix socket has one address, 0.0.0.0: counted as one source, two
+    // tricklers a shard would shut out every other client of the socket.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vless.sock");
+    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({ "listen": socket }));
+    config["policy"]["system"]["maxHandshakesPerSource"] = json!(2);
+    config["policy"]["levels"]["0"]["handshake"] = json!(15);
+    let server = Shardray::start(&config, 2);
+    let echo = EchoServer::start();
+    let opening = shardray_tests::vless::request(ALICE, echo.addr());
+    let socket = Target::Path(socket);
+    // Six handshakes in flight, more than the bound times the shard count.
+    let mut tricklers: Vec<UnixStream> = (0..6).map(|_| unix_vless(&socket, &opening[..1]).unwrap()).collect();
+    for i in 0..4u8 {
+        let mut s = unix_vless(&socket, &opening).unwrap();
+        let got = finish_and_echo(&mut s, &[], &[b'0' + i; 8]);
+        assert_eq!(got.ok(), Some(vec![b'0' + i; 8]), "a client was refused while others trickle\n{}", server.output());
+    }
+    for (i, s) in tricklers.iter_mut().enumerate() {
+        let got = finish_and_echo(s, &opening[1..], b"done");
+        assert_eq!(got.ok().as_deref(), Some(&b"done"[..]), "trickler {i} was closed\n{}", server.output());
+    }
+    assert!(!server.output().contains("maxHandshakesPerSource"), "{}", server.output());
 }
 
 #[test]
