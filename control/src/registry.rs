@@ -16,7 +16,7 @@ use shardray_core::spec::{Account, Config, InboundSpec, UserSpec};
 
 use crate::journal::Journal;
 use crate::server::{bind_inbound, BroadcastError, ShardLinks};
-use crate::slots::{InboundUserTable, SlotBook, SlotView, Slots, UserRef};
+use crate::slots::{InboundUserTable, SlotBook, SlotQuota, SlotView, Slots, UserRef};
 
 /// How long a change may take to be applied by every shard before the call fails.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -131,6 +131,9 @@ struct Leaving {
     email: Arc<str>,
     slot: u32,
     until: std::time::Instant,
+    /// The slot's quota cell (its use so far) and suspension, which an add within the grace
+    /// takes back with the slot: sessions kept through the grace count into that cell.
+    quota: Option<SlotQuota>,
 }
 
 /// Where a change comes from: the API, or a config reload (see `crate::reload`).
@@ -630,13 +633,14 @@ impl UserSets {
                 self.leaving.retain(|l| l.until > std::time::Instant::now());
                 for e in emails {
                     if let Some((account, slot, email)) = self.inbounds[i].users.remove_email(e) {
+                        let quota = self.slots.quota(slot).cloned();
                         let op = self.release(i, account.clone(), slot, email.clone(), epoch);
                         // The shards keep the user's sessions for the grace: so that an add of
                         // the same user takes them back, its slot (its counters, its rate) waits.
                         if let (UserOp::Remove { free_slot: true, .. }, Some(email)) = (&op, email) {
                             self.slots.hold(slot, until);
                             let inbound = self.inbounds[i].tag.clone();
-                            self.leaving.push(Leaving { inbound, account, email, slot, until });
+                            self.leaving.push(Leaving { inbound, account, email, slot, until, quota });
                         }
                         ops.push(op);
                     }
@@ -738,6 +742,7 @@ impl UserSets {
             .and_then(|o| Some((o.slot, o.shared_email?.clone())));
         let inbound = i as u32;
         let revived = if shared.is_none() { self.revive(i, u) } else { None };
+        let back = revived.is_some();
         let (slot, email, new_slot) = match (shared, revived) {
             (Some((slot, email)), _) => {
                 let rec = self.inbounds[i].users.insert(u.account.clone(), Some(email.clone()), slot, u.level);
@@ -763,6 +768,10 @@ impl UserSets {
         if u.quota.is_set() {
             let cell = self.slots.set_quota(slot, u.quota);
             ops.push(UserOp::Quota { slot, cell });
+        } else if let Some(q) = self.slots.quota(slot).filter(|q| back && q.cell.spec().is_set()) {
+            // Back within its grace with the quota it had: the shards forgot the cell with the
+            // slot, and get the same one back.
+            ops.push(UserOp::Quota { slot, cell: Some(q.cell.clone()) });
         }
         if self.slots.quota(slot).is_some_and(|q| q.suspended.is_some()) {
             ops.push(UserOp::Suspend { id: u.account.key(), suspended: true });
@@ -779,7 +788,7 @@ impl UserSets {
             .iter()
             .position(|l| l.until > now && l.inbound == *tag && l.account == u.account && *l.email == *u.email)?;
         let l = self.leaving.swap_remove(at);
-        self.slots.revive(l.slot, i as u32, u.level).then_some((l.slot, l.email))
+        self.slots.revive(l.slot, i as u32, u.level, l.quota).then_some((l.slot, l.email))
     }
 
     /// The shards' side of removing the user with `account` (slot `slot`, email `email`) from

@@ -397,12 +397,16 @@ impl SlotBook {
     }
 
     /// Gives a freed slot that is still pending back to its email, now listed by inbound
-    /// `owner` at `level`, with its counters as they were; `false` if it is gone.
-    pub fn revive(&mut self, slot: u32, owner: u32, level: u32) -> bool {
+    /// `owner` at `level`, with its counters and `quota` (what `release` took) as they were;
+    /// `false` if it is gone.
+    pub fn revive(&mut self, slot: u32, owner: u32, level: u32, quota: Option<SlotQuota>) -> bool {
         let Some(at) = self.pending.iter().position(|p| p.1 == slot) else { return false };
         self.pending.remove(at);
         self.entries[slot as usize] = SlotEntry { level, owner, rec: u32::MAX, refs: 1 };
         self.live += 1;
+        if let Some(quota) = quota {
+            self.quotas.insert(slot, quota);
+        }
         true
     }
 
