@@ -16,7 +16,7 @@ use shardray_core::spec::{Account, Config, InboundSpec, UserSpec};
 
 use crate::journal::Journal;
 use crate::server::{bind_inbound, BroadcastError, ShardLinks};
-use crate::slots::{InboundUserTable, SlotBook, SlotView, Slots, UserRef};
+use crate::slots::{InboundUserTable, SlotBook, SlotQuota, SlotView, Slots, UserRef};
 
 /// How long a change may take to be applied by every shard before the call fails.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -128,15 +128,24 @@ pub struct UserSets {
 /// adds every user: both stay O(1) a user).
 #[derive(Debug, Clone, Default)]
 struct Leaving {
-    /// (tag, account) -> (email, slot, end of grace).
-    by_user: rustc_hash::FxHashMap<(String, Account), (Arc<str>, u32, std::time::Instant)>,
+    /// (tag, account) -> (email, slot, end of grace, the slot's quota cell and suspension:
+    /// sessions kept through the grace count into that cell, which an add takes back).
+    by_user: rustc_hash::FxHashMap<(String, Account), (Arc<str>, u32, std::time::Instant, Option<SlotQuota>)>,
     order: std::collections::VecDeque<(std::time::Instant, String, Account)>,
 }
 
 impl Leaving {
-    fn push(&mut self, tag: String, account: Account, email: Arc<str>, slot: u32, until: std::time::Instant) {
+    fn push(
+        &mut self,
+        tag: String,
+        account: Account,
+        email: Arc<str>,
+        slot: u32,
+        until: std::time::Instant,
+        quota: Option<SlotQuota>,
+    ) {
         self.order.push_back((until, tag.clone(), account.clone()));
-        self.by_user.insert((tag, account), (email, slot, until));
+        self.by_user.insert((tag, account), (email, slot, until, quota));
     }
 
     /// Forgets the users whose grace ended by `now`.
@@ -144,7 +153,7 @@ impl Leaving {
         while self.order.front().is_some_and(|(until, ..)| *until <= now) {
             let (until, tag, account) = self.order.pop_front().expect("just checked");
             let key = (tag, account);
-            if self.by_user.get(&key).is_some_and(|(_, _, u)| *u == until) {
+            if self.by_user.get(&key).is_some_and(|(_, _, u, _)| *u == until) {
                 self.by_user.remove(&key);
             }
         }
@@ -648,13 +657,14 @@ impl UserSets {
                 self.leaving.prune(std::time::Instant::now());
                 for e in emails {
                     if let Some((account, slot, email)) = self.inbounds[i].users.remove_email(e) {
+                        let quota = self.slots.quota(slot).cloned();
                         let op = self.release(i, account.clone(), slot, email.clone(), epoch);
                         // The shards keep the user's sessions for the grace: so that an add of
                         // the same user takes them back, its slot (its counters, its rate) waits.
                         if let (UserOp::Remove { free_slot: true, .. }, Some(email)) = (&op, email) {
                             if self.slots.hold(slot, until) {
                                 let inbound = self.inbounds[i].tag.clone();
-                                self.leaving.push(inbound, account, email, slot, until);
+                                self.leaving.push(inbound, account, email, slot, until, quota);
                             }
                         }
                         ops.push(op);
@@ -757,6 +767,7 @@ impl UserSets {
             .and_then(|o| Some((o.slot, o.shared_email?.clone())));
         let inbound = i as u32;
         let revived = if shared.is_none() { self.revive(i, u) } else { None };
+        let back = revived.is_some();
         let (slot, email, new_slot) = match (shared, revived) {
             (Some((slot, email)), _) => {
                 let rec = self.inbounds[i].users.insert(u.account.clone(), Some(email.clone()), slot, u.level);
@@ -782,6 +793,10 @@ impl UserSets {
         if u.quota.is_set() {
             let cell = self.slots.set_quota(slot, u.quota);
             ops.push(UserOp::Quota { slot, cell });
+        } else if let Some(q) = self.slots.quota(slot).filter(|q| back && q.cell.spec().is_set()) {
+            // Back within its grace with the quota it had: the shards forgot the cell with the
+            // slot, and get the same one back.
+            ops.push(UserOp::Quota { slot, cell: Some(q.cell.clone()) });
         }
         if self.slots.quota(slot).is_some_and(|q| q.suspended.is_some()) {
             ops.push(UserOp::Suspend { id: u.account.key(), suspended: true });
@@ -794,9 +809,10 @@ impl UserSets {
         let now = std::time::Instant::now();
         self.leaving.prune(now);
         let key = (self.inbounds[i].tag.clone(), u.account.clone());
-        let (email, slot, until) = self.leaving.by_user.remove(&key).filter(|(email, ..)| **email == *u.email)?;
+        let (email, slot, until, quota) =
+            self.leaving.by_user.remove(&key).filter(|(email, ..)| **email == *u.email)?;
         // Before its hold ends (pruned above), the slot is still pending: nobody else has it.
-        self.slots.revive(slot, until, i as u32, u.level);
+        self.slots.revive(slot, until, i as u32, u.level, quota);
         Some((slot, email))
     }
 

@@ -183,3 +183,35 @@ fn a_quota_belongs_to_the_email_and_a_suspension_reaches_every_table() {
     assert_eq!(sets.record(&resume, Some(5)), [UserOp::Suspend { id: id(1), suspended: false }]);
     assert!(sets.slots().book().quota(alice).is_none());
 }
+
+#[test]
+fn a_user_back_within_its_grace_keeps_its_quota_cell_and_use() {
+    use shardray_core::quota::QuotaSpec;
+    let mut sets = sets();
+    let bob = slot_of(&sets, "a", "bob@x");
+    let spec = QuotaSpec { bytes: 1000, expiry: 0 };
+    let ops = sets.record(&Change::SetQuota { inbound: "a".into(), email: "bob@x".into(), quota: spec }, Some(1));
+    let [UserOp::Quota { cell: Some(cell), .. }] = &ops[..] else { panic!("{ops:?}") };
+    cell.charge_down(600);
+    let remove = Change::RemoveUsers { inbound: "a".into(), emails: vec!["bob@x".into()] };
+    assert_eq!(sets.record(&remove, Some(2)), [UserOp::Remove { id: id(2), slot: bob, free_slot: true }]);
+
+    // Added back (the same id and email, naming no quota): the shards get the very cell its
+    // kept sessions count into, its use going on.
+    let add = Change::AddUsers { inbound: "a".into(), users: vec![user(2, "bob@x", 0)] };
+    let ops = sets.record(&add, Some(3));
+    let [UserOp::Add { new_slot: false, .. }, UserOp::Quota { slot, cell: Some(back) }] = &ops[..] else {
+        panic!("{ops:?}")
+    };
+    assert_eq!(*slot, bob);
+    assert!(std::sync::Arc::ptr_eq(back, cell), "a new cell: the use starts over");
+    assert_eq!(sets.slots().book().quota(bob).map(|q| q.cell.used()), Some([0, 600]));
+
+    // Naming a quota of its own, the cell keeps its use too.
+    sets.record(&remove, Some(4));
+    let raised = UserSpec { quota: QuotaSpec { bytes: 2000, expiry: 0 }, ..user(2, "bob@x", 0) };
+    let ops = sets.record(&Change::AddUsers { inbound: "a".into(), users: vec![raised] }, Some(5));
+    let [_, UserOp::Quota { cell: Some(back), .. }] = &ops[..] else { panic!("{ops:?}") };
+    assert!(std::sync::Arc::ptr_eq(back, cell));
+    assert_eq!((back.spec().bytes, back.used()), (2000, [0, 600]));
+}

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use shardray_core::change::Change;
 use shardray_core::routes::RouteSpecs;
-use shardray_core::spec::{Account, ApiSpec, Config, InboundSpec, LogLevel, UserSpec};
+use shardray_core::spec::{Account, ApiSpec, Config, InboundSpec, LogLevel, UnixListenSpec, UnixSocketName, UserSpec};
 
 use crate::api::ApiState;
 use crate::registry::{ChangeError, Origin, Registry};
@@ -314,17 +314,31 @@ async fn apply(
             Some(live) if live.from_config && live.protocol == spec.protocol.account_protocol() => {
                 let current = live_users(registry);
                 let users = user_target(current.iter().cloned(), old_users, users_of(inbound));
-                let rebind = before.is_none_or(|b| {
-                    b.listen != inbound.listen
-                        || b.unix != inbound.unix
-                        || b.sockopt != inbound.sockopt
-                        || b.networks() != inbound.networks()
-                });
+                // A Unix socket under the same name is kept: bound anew while the old one still
+                // listens, its name would be taken (by ourselves). Socket options mean nothing to
+                // it, and a new mode is set on its file in place.
+                let same_socket = match (before.and_then(|b| b.unix.as_deref()), inbound.unix.as_deref()) {
+                    (Some(old), Some(new)) if old.name == new.name => Some((old, new)),
+                    _ => None,
+                };
+                let rebind = same_socket.is_none()
+                    && before.is_none_or(|b| {
+                        b.listen != inbound.listen
+                            || b.unix != inbound.unix
+                            || b.sockopt != inbound.sockopt
+                            || b.networks() != inbound.networks()
+                    });
                 if !rebind {
                     spec.listen = live.listen;
                 }
                 let spec = Arc::new(spec.clone_without_users());
                 registry.apply_from(Change::ReplaceInbound { spec, rebind }, Origin::File).await?;
+                if let Some((old, UnixListenSpec { name: UnixSocketName::Path(path), mode: Some(mode) })) = same_socket
+                {
+                    if old.mode != Some(*mode) {
+                        crate::socket_file::set_mode(path, *mode).map_err(|e| ChangeError::Listen(e.to_string()))?;
+                    }
+                }
                 if let Some(users) = users {
                     let summary = user_summary(&current, &users);
                     drop(current);

@@ -403,12 +403,15 @@ impl SlotBook {
     }
 
     /// Gives a slot held until `until` (`hold`), before then, back to its email, now listed by
-    /// inbound `owner` at `level`, with its counters as they were. Its pending entry stays,
-    /// skipped when its time comes.
-    pub fn revive(&mut self, slot: u32, until: Instant, owner: u32, level: u32) {
+    /// inbound `owner` at `level`, with its counters and `quota` (what `release` took) as they
+    /// were. Its pending entry stays, skipped when its time comes.
+    pub fn revive(&mut self, slot: u32, until: Instant, owner: u32, level: u32, quota: Option<SlotQuota>) {
         self.revived.insert((slot, until));
         self.entries[slot as usize] = SlotEntry { level, owner, rec: u32::MAX, refs: 1 };
         self.live += 1;
+        if let Some(quota) = quota {
+            self.quotas.insert(slot, quota);
+        }
     }
 
     /// Every shard has applied `epoch`: slots freed up to it may be reused.

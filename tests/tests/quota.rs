@@ -416,3 +416,48 @@ fn a_config_quota_cleared_through_the_api_stays_cleared_across_restarts() {
         assert!(server.terminate(Duration::from_secs(5)).success());
     }
 }
+
+/// Sends `len` bytes through a live echo session (writing on a second thread) and reads them
+/// back.
+fn echo_through(s: &mut std::net::TcpStream, len: usize) {
+    let data = vless::payload(len, len as u64);
+    let mut writer = s.try_clone().unwrap();
+    let sent = data.clone();
+    let t = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    let mut got = vec![0u8; len];
+    s.read_exact(&mut got).unwrap();
+    t.join().unwrap();
+    assert!(got == data, "the session's bytes came back wrong");
+}
+
+/// A panel changes a user by removing it and adding it back: within the removal's grace the
+/// user keeps its quota and what it used, and the session kept through it counts on.
+#[test]
+fn a_user_removed_and_added_back_within_the_grace_keeps_its_quota_and_use() {
+    let echo = EchoServer::start();
+    let server = Shardray::start(&config(json!({ "quota": "8MiB" })), 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let proxy = server.inbound("vless-in");
+    let used = || quotas(&api, "vless-in").first().map(|q| (q.quota_bytes, q.used_bytes));
+    let mut session = vless::open_session(proxy, QUOTA_ID, echo.addr());
+    echo_through(&mut session, MIB as usize);
+    assert!(wait_until(Duration::from_secs(3), || used().is_some_and(|(_, u)| u >= 2 * MIB)), "{:?}", used());
+
+    api.remove_user("vless-in", QUOTA_USER).unwrap();
+    api.add_user("vless-in", QUOTA_USER, QUOTA_ID, 0).unwrap();
+    let (quota, before) = used().expect("the quota was lost");
+    assert_eq!(quota, 8 * MIB);
+    assert!(before >= 2 * MIB, "the use started over: {before}");
+    // The session kept through the grace counts into the quota the user has now.
+    echo_through(&mut session, MIB as usize);
+    assert!(
+        wait_until(Duration::from_secs(3), || used().is_some_and(|(_, u)| u >= before + 2 * MIB)),
+        "the kept session's bytes were not counted: {before} then {:?}",
+        used()
+    );
+    // And the rest of the quota is all a new session gets.
+    let source = Source::start();
+    source.open();
+    let got = download(proxy, source.addr).unwrap_or(0);
+    assert!(got <= 4 * MIB + BUFFER, "{got} bytes with 4 MiB of the quota left");
+}

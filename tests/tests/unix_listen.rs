@@ -3,8 +3,9 @@
 //! raw TCP through a small TCP→Unix forwarder (sing-box cannot dial a Unix socket), curl on
 //! the socket itself of an HTTP inbound (`--unix-socket` sends the origin's own request, which
 //! `allowTransparent` serves), the PROXY protocol in front
-//! (as nginx or HAProxy send it), the socket file's mode, and a second server refusing to take
-//! a socket a live one serves on while replacing a stale file.
+//! (as nginx or HAProxy send it), the socket file's mode, a second server refusing to take
+//! a socket a live one serves on while replacing a stale file, the handshake bound (a socket's
+//! clients are not one source) and a reload that changes a socket's inbound in place.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -258,6 +259,109 @@ fn a_live_socket_is_never_taken_and_a_stale_one_is_replaced() {
     let out = Shardray::try_start(&config, 2).err().expect("a regular file must not be replaced");
     assert!(out.contains("it exists and is not a socket"), "{out}");
     assert_eq!(std::fs::read(&plain).unwrap(), b"data");
+}
+
+/// A raw VLESS connection to the socket that has sent `first` (a whole or partial header).
+fn unix_vless(target: &Target, first: &[u8]) -> io::Result<UnixStream> {
+    let mut s = target.connect()?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(first)?;
+    Ok(s)
+}
+
+/// Finishes a VLESS request (`rest` of its header), sends `data` and reads back its echo.
+fn finish_and_echo(s: &mut UnixStream, rest: &[u8], data: &[u8]) -> io::Result<Vec<u8>> {
+    s.write_all(rest)?;
+    s.write_all(data)?;
+    let mut back = vec![0u8; 2 + data.len()];
+    s.read_exact(&mut back)?;
+    Ok(back.split_off(2))
+}
+
+#[test]
+fn a_sockets_clients_are_not_one_source_for_the_handshake_bound() {
+    // Every client of a Unix socket has one address, 0.0.0.0: counted as one source, two
+    // tricklers a shard would shut out every other client of the socket.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vless.sock");
+    let mut config = vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({ "listen": socket }));
+    config["policy"]["system"]["maxHandshakesPerSource"] = json!(2);
+    config["policy"]["levels"]["0"]["handshake"] = json!(15);
+    let server = Shardray::start(&config, 2);
+    let echo = EchoServer::start();
+    let opening = shardray_tests::vless::request(ALICE, echo.addr());
+    let socket = Target::Path(socket);
+    // Six handshakes in flight, more than the bound times the shard count.
+    let mut tricklers: Vec<UnixStream> = (0..6).map(|_| unix_vless(&socket, &opening[..1]).unwrap()).collect();
+    for i in 0..4u8 {
+        let mut s = unix_vless(&socket, &opening).unwrap();
+        let got = finish_and_echo(&mut s, &[], &[b'0' + i; 8]);
+        assert_eq!(got.ok(), Some(vec![b'0' + i; 8]), "a client was refused while others trickle\n{}", server.output());
+    }
+    for (i, s) in tricklers.iter_mut().enumerate() {
+        let got = finish_and_echo(s, &opening[1..], b"done");
+        assert_eq!(got.ok().as_deref(), Some(&b"done"[..]), "trickler {i} was closed\n{}", server.output());
+    }
+    assert!(!server.output().contains("maxHandshakesPerSource"), "{}", server.output());
+}
+
+#[test]
+fn a_reload_changes_a_socket_inbound_in_place_keeping_its_socket() {
+    // The socket file's mode changes, and the abstract socket's inbound starts to want a PROXY
+    // header (a balancer was put in front): both are changed in place, on the same sockets.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vless.sock");
+    let name = abstract_name("reload");
+    let mut config = vless_config(
+        json!([{ "id": ALICE, "email": "alice@example.com" }]),
+        json!({ "listen": format!("{},0600", socket.display()) }),
+    );
+    let mut second = config["inbounds"][0].clone();
+    second["tag"] = json!("vless-abstract");
+    second["listen"] = json!(format!("@{name}"));
+    config["inbounds"].as_array_mut().unwrap().push(second);
+    let server = Shardray::start(&config, 2);
+    let echo = EchoServer::start();
+    let opening = shardray_tests::vless::request(ALICE, echo.addr());
+    let (file, abstract_socket) = (Target::Path(socket.clone()), Target::Abstract(name.into_bytes()));
+    let mut live: Vec<UnixStream> = [&file, &abstract_socket]
+        .into_iter()
+        .map(|t| {
+            let mut s = unix_vless(t, &opening).unwrap();
+            assert_eq!(finish_and_echo(&mut s, &[], b"before").unwrap(), b"before");
+            s
+        })
+        .collect();
+    let mode = || std::fs::metadata(&socket).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(), 0o600);
+
+    config["inbounds"][0]["listen"] = json!(format!("{},0666", socket.display()));
+    config["inbounds"][1]["streamSettings"] = json!({ "sockopt": { "acceptProxyProtocol": true } });
+    std::fs::write(server.dir.path().join("config.json"), config.to_string()).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    let changed = |tag: &str| format!("inbound \"{tag}\" changed (same listener)");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let out = server.output();
+            out.contains(&changed("vless-in")) && out.contains(&changed("vless-abstract"))
+        }),
+        "{}",
+        server.output()
+    );
+    assert_eq!(mode(), 0o666, "the new mode");
+    let mut s = unix_vless(&file, &opening).unwrap();
+    assert_eq!(finish_and_echo(&mut s, &[], b"file").unwrap(), b"file");
+    let mut header = Vec::new();
+    proxy_protocol::encode(2, "203.0.113.7:4444".parse().unwrap(), "127.0.0.1:443".parse().unwrap(), &mut header);
+    let mut s = unix_vless(&abstract_socket, &header).unwrap();
+    assert_eq!(finish_and_echo(&mut s, &opening, b"proxied").unwrap(), b"proxied", "{}", server.output());
+    for s in &mut live {
+        s.write_all(b"after").unwrap();
+        let mut back = [0u8; 5];
+        s.read_exact(&mut back).expect("a live session ended");
+        assert_eq!(&back, b"after");
+    }
 }
 
 #[test]

@@ -106,7 +106,7 @@ impl Handshakes {
         if max == 0 {
             return Ok(None);
         }
-        let source = source.to_canonical();
+        let source = source_key(source);
         let mut counts = self.counts.borrow_mut();
         let count = counts.entry(source).or_default();
         if *count >= max {
@@ -126,7 +126,17 @@ impl Handshakes {
     /// The handshakes in flight from `source` on this shard.
     #[cfg(test)]
     fn in_flight(&self, source: IpAddr) -> u32 {
-        self.counts.borrow().get(&source.to_canonical()).copied().unwrap_or(0)
+        self.counts.borrow().get(&source_key(source)).copied().unwrap_or(0)
+    }
+}
+
+/// The source a connection from `ip` counts as: an IPv4 address (IPv4-mapped too) itself, an
+/// IPv6 address its /64, the least a network hands one host, which would otherwise have 2^64
+/// sources to spread its handshakes over.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 
@@ -262,6 +272,13 @@ mod tests {
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         assert!(handshakes.try_begin(mapped, 2).is_err(), "a v4-mapped address is the same source");
         assert!(handshakes.try_begin(a, 0).unwrap().is_none(), "0: no bound, nothing counted");
+        // IPv6: one /64 is one source, whatever its low 64 bits; the next /64 is another.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let held =
+            [handshakes.try_begin(v6("2001:db8:1:2::1"), 2), handshakes.try_begin(v6("2001:db8:1:2:ffff::9"), 2)];
+        assert!(held.iter().all(|h| h.as_ref().is_ok_and(|s| s.is_some())));
+        assert!(handshakes.try_begin(v6("2001:db8:1:2:abcd:1:2:3"), 2).is_err(), "the same /64 is one source");
+        assert!(handshakes.try_begin(v6("2001:db8:1:3::1"), 2).unwrap().is_some(), "another /64 is another");
 
         // Done inside the task: the place comes back at once, though the task goes on.
         let (done_tx, done_rx) = std::sync::mpsc::channel();

@@ -116,8 +116,9 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
                     }
                 };
                 // Behind a PROXY header the socket's peer is the balancer: `serve` counts the
-                // client it names instead.
-                let source = if inbound.accept_proxy_protocol { None } else { Some(peer.ip()) };
+                // client it names instead. A Unix socket's clients have no address (all are
+                // `UNIX_PEER`): counted as one source, a few tricklers would shut out everyone.
+                let source = (!inbound.accept_proxy_protocol && peer != UNIX_PEER).then_some(peer.ip());
                 let handshake = match source.map(|ip| ctx.handshakes.try_begin(ip, system.max_handshakes_per_source)) {
                     Some(Err(full)) => {
                         drop((stream, slot));
@@ -236,6 +237,10 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpStrea
                 ctx.log.error(LogLevel::Info, format_args!("[{}] {} PROXY header refused: {}", inbound.tag, peer, why));
                 return;
             }
+        }
+        // A LOCAL header on a Unix socket leaves the client without an address: not counted.
+        if info.peer == UNIX_PEER {
+            return security(ctx, inbound, stream, info).await;
         }
         let max = ctx.policies().system.max_handshakes_per_source;
         return match ctx.handshakes.try_begin(info.peer.ip(), max) {
