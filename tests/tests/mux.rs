@@ -363,3 +363,47 @@ fn a_client_that_ends_its_side_still_gets_every_reply_and_end_then_the_close() {
     assert!(got[0] == data && got[1] == data, "echoes of {} and {} bytes", got[0].len(), got[1].len());
     assert!(closed_within(&mut s, Duration::from_secs(5)), "not closed once every sub-session ended");
 }
+
+#[test]
+fn a_client_that_opens_sub_sessions_and_never_reads_is_held_back() {
+    use shardray_wire::addr::{Address, Destination};
+    use shardray_wire::xudp::{Frame, TCP};
+    let clients = json!([{ "id": ALICE, "email": EMAIL }]);
+    let mut config = vless_config(clients, json!({}));
+    // Every sub-session to this name is refused at once, each answered with an End frame.
+    config["routing"]["rules"] =
+        json!([{ "type": "field", "domain": ["full:blocked.example"], "outboundTag": "blocked" }]);
+    let server = Shardray::start(&config, 2);
+    let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    socket2::SockRef::from(&s).set_recv_buffer_size(4096).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let blocked = Destination { addr: Address::Domain("blocked.example".into()), port: 80 };
+    let mut id: u16 = 0;
+    let mut batch = Vec::new();
+    let mut next_batch = || {
+        batch.clear();
+        for _ in 0..2000 {
+            id = id % 60_000 + 1;
+            Frame::encode_new(id, TCP, &blocked, None, None, &mut batch).unwrap();
+        }
+        batch.clone()
+    };
+    s.write_all(&vless_mux(&next_batch())).unwrap();
+    // The server stops reading once its End frames fill the outbox: uploads stall long
+    // before this bound (they would go on forever, queueing End frames, otherwise).
+    const BOUND: usize = 64 << 20;
+    let mut sent = 0;
+    let stalled = loop {
+        let frames = next_batch();
+        match s.write_all(&frames) {
+            Ok(()) => sent += frames.len(),
+            Err(e) => break e,
+        }
+        assert!(sent < BOUND, "the server took {sent} bytes of New frames from a client that never reads");
+    };
+    assert!(
+        matches!(stalled.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        "{stalled}\n{}",
+        server.output()
+    );
+}

@@ -245,6 +245,11 @@ where
                     return Err("unknown sub-session network");
                 }
                 opened.insert(id);
+                // Every sub-session ends with an End frame: a New waits for outbox room, so
+                // that a client that opens and never reads queues nothing without bound.
+                if mux.outbox.room().await.is_err() {
+                    return Ok(()); // the writer failed: the client is gone
+                }
                 if mux.live.borrow().len() >= MAX_SUB_SESSIONS {
                     ctx.refusals.add(Refusal::ConnectionLimit);
                     ctx.log.error(
@@ -253,9 +258,6 @@ where
                             "[{tag}] {peer} mux: sub-session refused: {MAX_SUB_SESSIONS} per connection at most"
                         ),
                     );
-                    if mux.outbox.room().await.is_err() {
-                        return Ok(()); // the writer failed: the client is gone
-                    }
                     mux.outbox.end(id);
                     continue;
                 }
