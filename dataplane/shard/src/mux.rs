@@ -161,15 +161,13 @@ impl<'a> Mux<'a> {
                 let mut sub = SubStream { id, inbox: inbox.clone(), outbox, cur: Vec::new(), at: 0, ended: false };
                 let session = Session { inbound, peer, user: Some(user), level, dest, client_fd: None };
                 forward(ctx, &mut sub, session, &[], &[]).await;
-                if !sub.ended {
-                    outbox.end(id);
-                }
+                sub.end();
             } else {
                 let session = PacketSession { inbound, peer, user: Some(user), level, idle_cap: None };
                 let input = SubPackets { id, inbox: inbox.clone(), outbox, dest };
                 let output = SubPackets { id, inbox: inbox.clone(), outbox, dest: input.dest.clone() };
                 serve_packets(ctx, session, input, output).await;
-                outbox.end(id);
+                outbox.end_unless_aborted(id, &inbox);
             }
             let mut live = live.borrow_mut();
             if live.get(&id).is_some_and(|i| Rc::ptr_eq(i, &inbox)) {
@@ -504,6 +502,14 @@ impl Outbox {
         self.push(|out| Frame::encode_end(id, out));
     }
 
+    /// Ends the sub-session `id` unless the reader ended it already (a stalled one): a second
+    /// End could end a new sub-session the client opened under the same id.
+    fn end_unless_aborted(&self, id: u16, inbox: &Inbox) {
+        if !inbox.aborted.get() {
+            self.end(id);
+        }
+    }
+
     fn finish(&self) {
         self.finished.set(true);
         if let Some(w) = self.writer.take() {
@@ -591,12 +597,18 @@ impl AsyncWrite for SubStream<'_> {
     }
 
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.ended {
-            this.ended = true;
-            this.outbox.end(this.id);
-        }
+        self.get_mut().end();
         Poll::Ready(Ok(()))
+    }
+}
+
+impl SubStream<'_> {
+    /// Sends End once, and not at all when the reader ended the sub-session already.
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.outbox.end_unless_aborted(self.id, &self.inbox);
+        }
     }
 }
 
@@ -672,5 +684,24 @@ mod tests {
         assert!(matches!(udp.poll_pop(&mut cx), Poll::Ready(Ok(None))));
         udp.abort();
         assert!(matches!(udp.poll_pop(&mut cx), Poll::Ready(Err(_))));
+    }
+
+    #[test]
+    fn a_sub_session_the_reader_ended_sends_no_second_end() {
+        let outbox = Outbox::default();
+        let stalled = Rc::new(Inbox::default());
+        stalled.abort(); // the reader's End for id 1 went out with it
+        let mut sub =
+            SubStream { id: 1, inbox: stalled.clone(), outbox: &outbox, cur: Vec::new(), at: 0, ended: false };
+        sub.end();
+        outbox.end_unless_aborted(1, &stalled);
+        assert!(outbox.bytes.borrow().is_empty(), "a second End for id 1");
+        let live = Rc::new(Inbox::default());
+        let mut sub = SubStream { id: 2, inbox: live, outbox: &outbox, cur: Vec::new(), at: 0, ended: false };
+        sub.end();
+        sub.end();
+        let mut end = Vec::new();
+        Frame::encode_end(2, &mut end);
+        assert_eq!(*outbox.bytes.borrow(), end, "one End for a sub-session that ends itself");
     }
 }
