@@ -407,3 +407,33 @@ fn a_client_that_opens_sub_sessions_and_never_reads_is_held_back() {
         server.output()
     );
 }
+
+#[test]
+fn a_client_that_ends_its_side_and_never_reads_is_closed_after_downlink_only() {
+    use shardray_wire::xudp::{Frame, TCP};
+    let clients = json!([{ "id": ALICE, "email": EMAIL }]);
+    let mut config = vless_config(clients, json!({}));
+    config["log"]["loglevel"] = json!("info");
+    config["policy"]["levels"]["0"]["downlinkOnly"] = json!(1);
+    let server = Shardray::start(&config, 2);
+    // An upstream that sends without end, more than every buffer on the way holds.
+    let blaster = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blaster_addr = blaster.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = blaster.accept().unwrap();
+        let chunk = vec![7u8; 65536];
+        while s.write_all(&chunk).is_ok() {}
+    });
+    let mut frames = Vec::new();
+    Frame::encode_new(1, TCP, &blaster_addr.into(), None, None, &mut frames).unwrap();
+    Frame::encode_end(1, &mut frames);
+    let s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    socket2::SockRef::from(&s).set_recv_buffer_size(4096).unwrap();
+    (&s).write_all(&vless_mux(&frames)).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    // The sub-session ends (its downlink unread for downlinkOnly), then the frames left in
+    // the outbox go unread for as long again: the connection is closed.
+    let closed = wait_until(Duration::from_secs(10), || server.output().contains("last frames unread for"));
+    assert!(closed, "a client that never reads held its mux connection\n{}", server.output());
+    drop(s);
+}

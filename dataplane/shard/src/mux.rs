@@ -104,21 +104,28 @@ pub(crate) async fn serve<S>(
             }
         }
     };
-    let driving = poll_fn(|cx| {
-        let mut subs = subs.borrow_mut();
-        loop {
-            match subs.poll_next_unpin(cx) {
-                Poll::Ready(Some(())) => continue,
-                // Every sub-session done after the client's end: the writer sends what is
-                // left, then the connection closes.
-                Poll::Ready(None) if finishing.get() => {
-                    outbox.finish();
-                    return Poll::Pending;
+    let driving = async {
+        poll_fn(|cx| {
+            let mut subs = subs.borrow_mut();
+            loop {
+                match subs.poll_next_unpin(cx) {
+                    Poll::Ready(Some(())) => continue,
+                    Poll::Ready(None) if finishing.get() => return Poll::Ready(()),
+                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                 }
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
-        }
-    });
+        })
+        .await;
+        // Every sub-session done after the client's end: the writer sends what is left, then
+        // the connection closes; a client that reads none of it is given downlinkOnly.
+        outbox.finish();
+        let grace = ctx.policy(user.level).downlink_only;
+        glommio::timer::sleep(grace).await;
+        ctx.log.error(
+            LogLevel::Info,
+            format_args!("[{tag}] {peer} mux: the last frames unread for {grace:?}: connection closed"),
+        );
+    };
     let writing = async {
         if let Err(e) = write_frames(crate::packet::Half(&stream), &outbox, prefix).await {
             ctx.log.error(LogLevel::Debug, format_args!("[{tag}] {peer} mux: {e}"));
