@@ -437,3 +437,17 @@ fn a_client_that_ends_its_side_and_never_reads_is_closed_after_downlink_only() {
     assert!(closed, "a client that never reads held its mux connection\n{}", server.output());
     drop(s);
 }
+
+#[test]
+fn a_mux_connection_that_opens_nothing_is_closed_at_the_handshake_timeout() {
+    let clients = json!([{ "id": ALICE, "email": EMAIL }]);
+    let mut config = vless_config(clients, json!({}));
+    config["log"]["loglevel"] = json!("info");
+    config["policy"]["levels"]["0"]["handshake"] = json!(1);
+    let server = Shardray::start(&config, 2);
+    let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    s.write_all(&vless_mux(&[])).unwrap();
+    // Not connIdle (300 s): no New within the handshake timeout ends it.
+    assert!(closed_within(&mut s, Duration::from_secs(4)), "held past the handshake timeout\n{}", server.output());
+    assert!(server.output().contains("no sub-session within the handshake timeout"), "{}", server.output());
+}

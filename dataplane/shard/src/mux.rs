@@ -193,6 +193,9 @@ where
 {
     let (ctx, tag, peer) = (mux.ctx, &mux.inbound.tag, mux.peer);
     let idle = ctx.policy(mux.user.level).conn_idle.max(Duration::from_secs(1));
+    // Clients send their first New with the request (V2Ray's within 100 ms): until one comes,
+    // the connection is still in its handshake.
+    let handshake = ctx.policy(0).handshake;
     // Room for a usual frame; grown to the largest only when a frame needs it (an XUDP
     // connection, one per UDP flow for sing-box, stays small).
     let mut buf = vec![0u8; READ_ROOM.max(early.len())];
@@ -218,14 +221,20 @@ where
                 }
                 let mut half = crate::packet::Half(stream);
                 let read = half.read(&mut buf[end..]);
-                // With no sub-session open, the connection may idle for the level's connIdle.
+                // With no sub-session open, the connection may idle for the level's connIdle
+                // (the handshake timeout before the first).
                 let n = if mux.live.borrow().is_empty() {
+                    let limit = if opened.is_empty() { handshake } else { idle };
                     futures_lite::future::or(async { Some(read.await) }, async {
-                        glommio::timer::sleep(idle).await;
+                        glommio::timer::sleep(limit).await;
                         None
                     })
                     .await
-                    .ok_or("idle")?
+                    .ok_or(if opened.is_empty() {
+                        "no sub-session within the handshake timeout"
+                    } else {
+                        "idle"
+                    })?
                 } else {
                     read.await
                 };
@@ -350,6 +359,10 @@ impl SeenIds {
             self.0.resize(word + 1, 0);
         }
         self.0[word] |= 1 << (id % 64);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     fn contains(&self, id: u16) -> bool {
