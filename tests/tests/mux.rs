@@ -390,7 +390,9 @@ fn a_client_that_opens_sub_sessions_and_never_reads_is_held_back() {
     };
     s.write_all(&vless_mux(&next_batch())).unwrap();
     // The server stops reading once its End frames fill the outbox: uploads stall long
-    // before this bound (they would go on forever, queueing End frames, otherwise).
+    // before this bound. (A flood like this one was also held back before the New frame's
+    // room check, by the wait at 128 live sub-sessions; a client pacing its New frames
+    // below that was not.)
     const BOUND: usize = 64 << 20;
     let mut sent = 0;
     let stalled = loop {
