@@ -363,3 +363,93 @@ fn a_client_that_ends_its_side_still_gets_every_reply_and_end_then_the_close() {
     assert!(got[0] == data && got[1] == data, "echoes of {} and {} bytes", got[0].len(), got[1].len());
     assert!(closed_within(&mut s, Duration::from_secs(5)), "not closed once every sub-session ended");
 }
+
+#[test]
+fn a_client_that_opens_sub_sessions_and_never_reads_is_held_back() {
+    use shardray_wire::addr::{Address, Destination};
+    use shardray_wire::xudp::{Frame, TCP};
+    let clients = json!([{ "id": ALICE, "email": EMAIL }]);
+    let mut config = vless_config(clients, json!({}));
+    // Every sub-session to this name is refused at once, each answered with an End frame.
+    config["routing"]["rules"] =
+        json!([{ "type": "field", "domain": ["full:blocked.example"], "outboundTag": "blocked" }]);
+    let server = Shardray::start(&config, 2);
+    let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    socket2::SockRef::from(&s).set_recv_buffer_size(4096).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let blocked = Destination { addr: Address::Domain("blocked.example".into()), port: 80 };
+    let mut id: u16 = 0;
+    let mut batch = Vec::new();
+    let mut next_batch = || {
+        batch.clear();
+        for _ in 0..2000 {
+            id = id % 60_000 + 1;
+            Frame::encode_new(id, TCP, &blocked, None, None, &mut batch).unwrap();
+        }
+        batch.clone()
+    };
+    s.write_all(&vless_mux(&next_batch())).unwrap();
+    // The server stops reading once its End frames fill the outbox: uploads stall long
+    // before this bound. (A flood like this one was also held back before the New frame's
+    // room check, by the wait at 128 live sub-sessions; a client pacing its New frames
+    // below that was not.)
+    const BOUND: usize = 64 << 20;
+    let mut sent = 0;
+    let stalled = loop {
+        let frames = next_batch();
+        match s.write_all(&frames) {
+            Ok(()) => sent += frames.len(),
+            Err(e) => break e,
+        }
+        assert!(sent < BOUND, "the server took {sent} bytes of New frames from a client that never reads");
+    };
+    assert!(
+        matches!(stalled.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        "{stalled}\n{}",
+        server.output()
+    );
+}
+
+#[test]
+fn a_client_that_ends_its_side_and_never_reads_is_closed_after_downlink_only() {
+    use shardray_wire::xudp::{Frame, TCP};
+    let clients = json!([{ "id": ALICE, "email": EMAIL }]);
+    let mut config = vless_config(clients, json!({}));
+    config["log"]["loglevel"] = json!("info");
+    config["policy"]["levels"]["0"]["downlinkOnly"] = json!(1);
+    let server = Shardray::start(&config, 2);
+    // An upstream that sends without end, more than every buffer on the way holds.
+    let blaster = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blaster_addr = blaster.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = blaster.accept().unwrap();
+        let chunk = vec![7u8; 65536];
+        while s.write_all(&chunk).is_ok() {}
+    });
+    let mut frames = Vec::new();
+    Frame::encode_new(1, TCP, &blaster_addr.into(), None, None, &mut frames).unwrap();
+    Frame::encode_end(1, &mut frames);
+    let s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    socket2::SockRef::from(&s).set_recv_buffer_size(4096).unwrap();
+    (&s).write_all(&vless_mux(&frames)).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    // The sub-session ends (its downlink unread for downlinkOnly), then the frames left in
+    // the outbox go unread for as long again: the connection is closed.
+    let closed = wait_until(Duration::from_secs(10), || server.output().contains("last frames unread for"));
+    assert!(closed, "a client that never reads held its mux connection\n{}", server.output());
+    drop(s);
+}
+
+#[test]
+fn a_mux_connection_that_opens_nothing_is_closed_at_the_handshake_timeout() {
+    let clients = json!([{ "id": ALICE, "email": EMAIL }]);
+    let mut config = vless_config(clients, json!({}));
+    config["log"]["loglevel"] = json!("info");
+    config["policy"]["levels"]["0"]["handshake"] = json!(1);
+    let server = Shardray::start(&config, 2);
+    let mut s = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
+    s.write_all(&vless_mux(&[])).unwrap();
+    // Not connIdle (300 s): no New within the handshake timeout ends it.
+    assert!(closed_within(&mut s, Duration::from_secs(4)), "held past the handshake timeout\n{}", server.output());
+    assert!(server.output().contains("no sub-session within the handshake timeout"), "{}", server.output());
+}

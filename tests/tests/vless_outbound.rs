@@ -357,15 +357,33 @@ fn read_request_head(listener: &std::net::TcpListener) -> String {
     String::from_utf8(head).unwrap()
 }
 
+/// Where early data goes: Xray's `?ed=` and V2Ray's `maxEarlyData` with the header named put
+/// it in `Sec-WebSocket-Protocol`; `maxEarlyData` alone after the path, as V2Ray's client does.
+#[derive(Debug, PartialEq)]
+enum Carried {
+    InProtocol,
+    AfterPath,
+    Not,
+}
+
 #[test]
-fn early_data_rides_in_sec_websocket_protocol_when_the_first_write_fits() {
+fn early_data_rides_in_the_protocol_header_or_after_the_path_when_the_first_write_fits() {
     use base64::Engine as _;
     use shardray_wire::vless::{Command, RequestHeader};
     let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let payload = b"the client's first bytes";
-    for (ed, carried) in [(2048, true), (16, false)] {
+    let protocol_header =
+        json!({ "path": "/vless", "maxEarlyData": 2048, "earlyDataHeaderName": "Sec-WebSocket-Protocol" });
+    let cases = [
+        (json!({ "path": "/vless?ed=2048" }), Carried::InProtocol),
+        (json!({ "path": "/vless?ed=16" }), Carried::Not),
+        (protocol_header, Carried::InProtocol),
+        (json!({ "path": "/vless", "maxEarlyData": 2048 }), Carried::AfterPath),
+        (json!({ "path": "/vless", "maxEarlyData": 16 }), Carried::Not),
+    ];
+    for (ws, carried) in cases {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let stream = json!({ "network": "ws", "wsSettings": { "path": format!("/vless?ed={ed}") } });
+        let stream = json!({ "network": "ws", "wsSettings": ws });
         let mut outbound = vless_outbound(listener.local_addr().unwrap(), stream);
         outbound["tag"] = json!("ws-out");
         let mut config = vless_config(json!([{ "id": ALICE }]), json!({}));
@@ -377,20 +395,51 @@ fn early_data_rides_in_sec_websocket_protocol_when_the_first_write_fits() {
         let mut client = shardray_tests::vless::connect(server.inbound("vless-in")).unwrap();
         client.write_all(&first).unwrap();
         let head = read_request_head(&listener);
-        let protocol = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Protocol: "))
-            .map(|v| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).expect("unpadded base64url"));
-        assert!(head.starts_with("GET /vless HTTP/1.1\r\n"), "{head}");
-        if !carried {
-            assert_eq!(protocol, None, "a first write above ed goes as a frame, as Xray's\n{head}");
-            continue;
-        }
-        let early = protocol.unwrap_or_else(|| panic!("no early data in\n{head}"));
+        let decode = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).expect("unpadded base64url");
+        let protocol = head.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Protocol: ")).map(decode);
+        let target_path = head.strip_prefix("GET ").and_then(|h| h.split(' ').next()).unwrap_or_default();
+        let after_path = target_path.strip_prefix("/vless").filter(|rest| !rest.is_empty()).map(decode);
+        let early = match (&carried, protocol, after_path) {
+            (Carried::Not, None, None) => continue,
+            (Carried::InProtocol, Some(early), None) | (Carried::AfterPath, None, Some(early)) => early,
+            (_, protocol, after_path) => {
+                panic!("{ws}: {carried:?} expected; protocol {protocol:?}, after the path {after_path:?}\n{head}")
+            }
+        };
         let mut cur = &early[..];
         let header = RequestHeader::decode(&mut cur).unwrap();
         assert_eq!((header.user, header.command), (shardray_tests::vless::user_id(ALICE), Command::Tcp));
         assert_eq!(header.destination, Some(target.into()));
         assert_eq!(cur, payload, "the VLESS header and the first payload, in one");
     }
+}
+
+#[test]
+fn v2ray_early_data_after_the_path_to_v2ray_and_to_our_own_inbound() {
+    let (tcp_echo, udp_echo) = (EchoServer::start(), UdpEcho::start());
+    let ws = json!({ "path": "/vless", "maxEarlyData": 2048 });
+    let stream = json!({ "network": "ws", "wsSettings": ws });
+    // V2Ray 4.45 as the server, reading early data after the path only (TCP: it has no XUDP).
+    let port = shardray_tests::singbox::free_port();
+    let v2 = shardray_tests::v2ray::V2Ray::start_full(
+        json!([{ "listen": "127.0.0.1", "port": port, "protocol": "vless",
+                 "settings": { "clients": [{ "id": ALICE }], "decryption": "none" },
+                 "streamSettings": stream }]),
+        json!([{ "protocol": "freedom" }]),
+        json!({}),
+    );
+    let server =
+        Shardray::start(&config(tcp_echo.addr(), udp_echo.addr(), vless_outbound(v2.socks, stream.clone())), 2);
+    for (i, len) in [1usize, 100, 2000, 16_385, 1 << 20].into_iter().enumerate() {
+        let data = payload(len, i as u64);
+        let got = exchange(server.inbound("tcp-door"), &data);
+        assert!(got == data, "{len} bytes: got {} back\n{}\n{}", got.len(), v2.log(), server.output());
+    }
+    // Our inbound, with V2Ray's settings too.
+    let mut inbound = vless_config(json!([{ "id": ALICE }]), json!({ "streamSettings": stream.clone() }));
+    inbound["api"] = loopback_api(&["StatsService"]);
+    let ours = Shardray::start(&inbound, 2);
+    let server =
+        Shardray::start(&config(tcp_echo.addr(), udp_echo.addr(), vless_outbound(ours.inbound("vless-in"), stream)), 2);
+    carries_tcp_and_udp(&server, udp_echo.addr(), &|| ours.output());
 }

@@ -455,10 +455,12 @@ fn http_transport(raw: Option<RawHttpTransport>, path: &str, ws: bool) -> Result
     if !url_path.starts_with('/') {
         url_path.insert(0, '/');
     }
-    // V2Ray 4's form: its length, in the header Xray uses (or, unnamed, after the path).
+    // V2Ray 4's form: its length, in the header Xray uses or, unnamed, after the path (where
+    // V2Ray's client puts it).
+    let mut early_data_in_path = false;
     if let Some(n) = raw.max_early_data.filter(|&n| n > 0) {
         match raw.early_data_header_name.as_deref().unwrap_or("") {
-            "" => {}
+            "" => early_data_in_path = true,
             h if h.eq_ignore_ascii_case("Sec-WebSocket-Protocol") => {}
             h => {
                 return Err(ConfigError::unsupported(
@@ -490,7 +492,7 @@ fn http_transport(raw: Option<RawHttpTransport>, path: &str, ws: bool) -> Result
     if host.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
         return Err(ConfigError::invalid(format!("{path}.host"), format!("{host:?} is not a host name")));
     }
-    Ok(HttpTransportSpec { path: url_path, host, headers, early_data })
+    Ok(HttpTransportSpec { path: url_path, host, headers, early_data, early_data_in_path })
 }
 
 /// `grpcSettings` outside a config file (the API's gRPC TransportConfig in its JSON form),

@@ -873,7 +873,17 @@ fn websocket_and_httpupgrade_settings() {
     // As Xray builds it: a leading slash, `ed` taken out, the Host header moved to `host`.
     assert_eq!((ws.path.as_str(), ws.early_data, ws.host.as_str()), ("/vl?x=1", 2048, "cdn.example"));
     assert_eq!(ws.headers, [("X-A".to_owned(), "b".to_owned())]);
+    assert!(!ws.early_data_in_path, "Xray's ?ed= goes in Sec-WebSocket-Protocol");
     assert!(ib.http_header.is_none(), "tcpSettings is ignored under ws, as in Xray");
+    // V2Ray's maxEarlyData: after the path with no header named, else in the header.
+    for (header, in_path) in [(None, true), (Some(""), true), (Some("sec-websocket-protocol"), false)] {
+        let mut v = base();
+        let ws = json!({ "path": "/v", "maxEarlyData": 1024, "earlyDataHeaderName": header });
+        set(&mut v, "/inbounds/0", "streamSettings", json!({ "network": "ws", "wsSettings": ws }));
+        let cfg = load(&v).unwrap();
+        let h = cfg.inbounds[0].transport.http().unwrap();
+        assert_eq!((h.path.as_str(), h.early_data, h.early_data_in_path), ("/v", 1024, in_path), "{header:?}");
+    }
     assert_eq!(ib.sockopt.trusted_x_forwarded_for, ["X-From-Cdn"]);
 
     let mut v = base();

@@ -443,7 +443,7 @@ fn client_transport(stream: &StreamConfig) -> Result<TransportSpec, InvalidRoute
         let path = if path.starts_with('/') { path } else { format!("/{path}") };
         let mut headers: Vec<(String, String)> = header.into_iter().collect();
         headers.sort();
-        found = Some(HttpTransportSpec { path, host, headers, early_data: ed });
+        found = Some(HttpTransportSpec { path, host, headers, early_data: ed, early_data_in_path: false });
     }
     Ok(match wanted {
         "" => TransportSpec::Raw,

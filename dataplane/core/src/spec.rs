@@ -534,6 +534,9 @@ pub struct HttpTransportSpec {
     pub headers: Vec<(String, String)>,
     /// The path's `?ed=N`: early data accepted (server) or sent (client) up to N bytes.
     pub early_data: u32,
+    /// A client sends its early data after the path (V2Ray's `maxEarlyData` with no
+    /// `earlyDataHeaderName`), not in `Sec-WebSocket-Protocol`. A server reads both.
+    pub early_data_in_path: bool,
 }
 
 /// `grpcSettings` (Xray's `transport.internet.grpc.encoding.Config`).

@@ -104,21 +104,28 @@ pub(crate) async fn serve<S>(
             }
         }
     };
-    let driving = poll_fn(|cx| {
-        let mut subs = subs.borrow_mut();
-        loop {
-            match subs.poll_next_unpin(cx) {
-                Poll::Ready(Some(())) => continue,
-                // Every sub-session done after the client's end: the writer sends what is
-                // left, then the connection closes.
-                Poll::Ready(None) if finishing.get() => {
-                    outbox.finish();
-                    return Poll::Pending;
+    let driving = async {
+        poll_fn(|cx| {
+            let mut subs = subs.borrow_mut();
+            loop {
+                match subs.poll_next_unpin(cx) {
+                    Poll::Ready(Some(())) => continue,
+                    Poll::Ready(None) if finishing.get() => return Poll::Ready(()),
+                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                 }
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
-        }
-    });
+        })
+        .await;
+        // Every sub-session done after the client's end: the writer sends what is left, then
+        // the connection closes; a client that reads none of it is given downlinkOnly.
+        outbox.finish();
+        let grace = ctx.policy(user.level).downlink_only;
+        glommio::timer::sleep(grace).await;
+        ctx.log.error(
+            LogLevel::Info,
+            format_args!("[{tag}] {peer} mux: the last frames unread for {grace:?}: connection closed"),
+        );
+    };
     let writing = async {
         if let Err(e) = write_frames(crate::packet::Half(&stream), &outbox, prefix).await {
             ctx.log.error(LogLevel::Debug, format_args!("[{tag}] {peer} mux: {e}"));
@@ -161,15 +168,13 @@ impl<'a> Mux<'a> {
                 let mut sub = SubStream { id, inbox: inbox.clone(), outbox, cur: Vec::new(), at: 0, ended: false };
                 let session = Session { inbound, peer, user: Some(user), level, dest, client_fd: None };
                 forward(ctx, &mut sub, session, &[], &[]).await;
-                if !sub.ended {
-                    outbox.end(id);
-                }
+                sub.end();
             } else {
                 let session = PacketSession { inbound, peer, user: Some(user), level, idle_cap: None };
                 let input = SubPackets { id, inbox: inbox.clone(), outbox, dest };
                 let output = SubPackets { id, inbox: inbox.clone(), outbox, dest: input.dest.clone() };
                 serve_packets(ctx, session, input, output).await;
-                outbox.end(id);
+                outbox.end_unless_aborted(id, &inbox);
             }
             let mut live = live.borrow_mut();
             if live.get(&id).is_some_and(|i| Rc::ptr_eq(i, &inbox)) {
@@ -188,6 +193,9 @@ where
 {
     let (ctx, tag, peer) = (mux.ctx, &mux.inbound.tag, mux.peer);
     let idle = ctx.policy(mux.user.level).conn_idle.max(Duration::from_secs(1));
+    // Clients send their first New with the request (V2Ray's within 100 ms): until one comes,
+    // the connection is still in its handshake.
+    let handshake = ctx.policy(0).handshake;
     // Room for a usual frame; grown to the largest only when a frame needs it (an XUDP
     // connection, one per UDP flow for sing-box, stays small).
     let mut buf = vec![0u8; READ_ROOM.max(early.len())];
@@ -213,14 +221,20 @@ where
                 }
                 let mut half = crate::packet::Half(stream);
                 let read = half.read(&mut buf[end..]);
-                // With no sub-session open, the connection may idle for the level's connIdle.
+                // With no sub-session open, the connection may idle for the level's connIdle
+                // (the handshake timeout before the first).
                 let n = if mux.live.borrow().is_empty() {
+                    let limit = if opened.is_empty() { handshake } else { idle };
                     futures_lite::future::or(async { Some(read.await) }, async {
-                        glommio::timer::sleep(idle).await;
+                        glommio::timer::sleep(limit).await;
                         None
                     })
                     .await
-                    .ok_or("idle")?
+                    .ok_or(if opened.is_empty() {
+                        "no sub-session within the handshake timeout"
+                    } else {
+                        "idle"
+                    })?
                 } else {
                     read.await
                 };
@@ -245,6 +259,11 @@ where
                     return Err("unknown sub-session network");
                 }
                 opened.insert(id);
+                // Every sub-session ends with an End frame: a New waits for outbox room, so
+                // that a client that opens and never reads queues nothing without bound.
+                if mux.outbox.room().await.is_err() {
+                    return Ok(()); // the writer failed: the client is gone
+                }
                 if mux.live.borrow().len() >= MAX_SUB_SESSIONS {
                     ctx.refusals.add(Refusal::ConnectionLimit);
                     ctx.log.error(
@@ -253,9 +272,6 @@ where
                             "[{tag}] {peer} mux: sub-session refused: {MAX_SUB_SESSIONS} per connection at most"
                         ),
                     );
-                    if mux.outbox.room().await.is_err() {
-                        return Ok(()); // the writer failed: the client is gone
-                    }
                     mux.outbox.end(id);
                     continue;
                 }
@@ -343,6 +359,10 @@ impl SeenIds {
             self.0.resize(word + 1, 0);
         }
         self.0[word] |= 1 << (id % 64);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     fn contains(&self, id: u16) -> bool {
@@ -502,6 +522,14 @@ impl Outbox {
         self.push(|out| Frame::encode_end(id, out));
     }
 
+    /// Ends the sub-session `id` unless the reader ended it already (a stalled one): a second
+    /// End could end a new sub-session the client opened under the same id.
+    fn end_unless_aborted(&self, id: u16, inbox: &Inbox) {
+        if !inbox.aborted.get() {
+            self.end(id);
+        }
+    }
+
     fn finish(&self) {
         self.finished.set(true);
         if let Some(w) = self.writer.take() {
@@ -589,12 +617,18 @@ impl AsyncWrite for SubStream<'_> {
     }
 
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.ended {
-            this.ended = true;
-            this.outbox.end(this.id);
-        }
+        self.get_mut().end();
         Poll::Ready(Ok(()))
+    }
+}
+
+impl SubStream<'_> {
+    /// Sends End once, and not at all when the reader ended the sub-session already.
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.outbox.end_unless_aborted(self.id, &self.inbox);
+        }
     }
 }
 
@@ -670,5 +704,24 @@ mod tests {
         assert!(matches!(udp.poll_pop(&mut cx), Poll::Ready(Ok(None))));
         udp.abort();
         assert!(matches!(udp.poll_pop(&mut cx), Poll::Ready(Err(_))));
+    }
+
+    #[test]
+    fn a_sub_session_the_reader_ended_sends_no_second_end() {
+        let outbox = Outbox::default();
+        let stalled = Rc::new(Inbox::default());
+        stalled.abort(); // the reader's End for id 1 went out with it
+        let mut sub =
+            SubStream { id: 1, inbox: stalled.clone(), outbox: &outbox, cur: Vec::new(), at: 0, ended: false };
+        sub.end();
+        outbox.end_unless_aborted(1, &stalled);
+        assert!(outbox.bytes.borrow().is_empty(), "a second End for id 1");
+        let live = Rc::new(Inbox::default());
+        let mut sub = SubStream { id: 2, inbox: live, outbox: &outbox, cur: Vec::new(), at: 0, ended: false };
+        sub.end();
+        sub.end();
+        let mut end = Vec::new();
+        Frame::encode_end(2, &mut end);
+        assert_eq!(*outbox.bytes.borrow(), end, "one End for a sub-session that ends itself");
     }
 }

@@ -282,10 +282,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             return false;
         };
         let carried = !first.is_empty() && first.len() <= spec.early_data as usize;
-        // Unpadded base64url, as Xray's and V2Ray's clients send it.
-        let protocol = carried.then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(first));
+        // Unpadded base64url, as Xray's and V2Ray's clients send it: V2Ray's after the path,
+        // Xray's in the protocol header.
+        let encoded = carried.then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(first));
+        let (path, protocol) = match encoded {
+            Some(e) if spec.early_data_in_path => (format!("{}{e}", spec.path).into(), None),
+            e => (std::borrow::Cow::Borrowed(spec.path.as_str()), e),
+        };
         let request =
-            websocket::Request { path: &spec.path, host, headers: &spec.headers, key, protocol: protocol.as_deref() };
+            websocket::Request { path: &path, host, headers: &spec.headers, key, protocol: protocol.as_deref() };
         websocket::write_request(Flavor::WebSocket, &request, &mut self.out);
         if let Some(waker) = read_waker.take() {
             waker.wake();
