@@ -453,13 +453,14 @@ impl Drop for Open {
     }
 }
 
-/// Runs hyper's HTTP/2 tasks on the shard.
+/// Runs hyper's HTTP/2 tasks on the shard, each sharing its connection's handshake (its
+/// streams' requests end it).
 #[derive(Clone, Copy)]
 struct LocalExec;
 
 impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     fn execute(&self, fut: F) {
-        glommio::spawn_local(fut).detach();
+        glommio::spawn_local(crate::gate::inherit_handshake(fut)).detach();
     }
 }
 
@@ -636,6 +637,11 @@ impl Server {
                 return self.answer(status, &asked.headers, XBody::Empty);
             }
         };
+        // A request on our path with valid padding ends the connection's handshake, whether
+        // it carries a session or only a packet of one that lives elsewhere.
+        if !matches!(kind, Kind::Preflight) {
+            crate::gate::handshake_done();
+        }
         let mut info = self.info.clone();
         if let Some(ip) = asked.forwarded {
             info.peer = std::net::SocketAddr::new(ip, 0);
@@ -801,12 +807,12 @@ impl Server {
             tag: self.inbound.tag.clone(),
         };
         let (ctx, inbound) = (self.ctx.clone(), self.inbound.clone());
-        glommio::spawn_local(async move {
+        glommio::spawn_local(crate::gate::inherit_handshake(async move {
             let _open = session_open;
             let _registered = registered;
             let _live = LiveGuard::new(&ctx);
             crate::inbound::dispatch(&ctx, &inbound, stream, &info, false).await;
-        })
+        }))
         .detach();
         headers.extend(self.settings.downlink_headers().into_iter().map(|(n, v)| (n.to_owned(), v.to_owned())));
         self.answer(StatusCode::OK, &headers, XBody::Pipe(reader))
