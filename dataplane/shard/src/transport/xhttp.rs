@@ -46,6 +46,10 @@ const MAX_SESSIONS: usize = 16 * 1024;
 /// a POST past it is answered 503.
 const MAX_BUFFERED: usize = 512 << 20;
 
+/// Packet bytes one connection may be reading at once (its share of MAX_BUFFERED): an h2
+/// connection's streams cannot together take the whole process's budget.
+const CONN_READING: usize = 16 << 20;
+
 /// Downlink bytes a session may have written that the response has not yet taken.
 const DOWN_BUFFER: usize = 256 * 1024;
 
@@ -154,6 +158,48 @@ impl Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         BUFFERED.fetch_sub(self.0.len(), Ordering::Relaxed);
+    }
+}
+
+/// A packet's bytes charged to [`MAX_BUFFERED`] and to its connection's [`CONN_READING`] as
+/// they arrive, before the packet is whole; given back if it never is.
+struct Charge<'a> {
+    conn: &'a ConnState,
+    n: usize,
+}
+
+impl<'a> Charge<'a> {
+    fn new(conn: &'a ConnState) -> Charge<'a> {
+        Charge { conn, n: 0 }
+    }
+
+    /// Charges `n` more bytes; false (nothing charged) past either budget.
+    fn add(&mut self, n: usize) -> bool {
+        if self.conn.reading.get() + n > CONN_READING {
+            return false;
+        }
+        if BUFFERED.fetch_add(n, Ordering::Relaxed) + n > MAX_BUFFERED {
+            BUFFERED.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        self.conn.reading.set(self.conn.reading.get() + n);
+        self.n += n;
+        true
+    }
+
+    /// The whole packet, its bytes still counted (now by the packet alone).
+    fn packet(self, data: Bytes) -> Counted {
+        debug_assert_eq!(data.len(), self.n);
+        self.conn.reading.set(self.conn.reading.get() - self.n);
+        std::mem::forget(self);
+        Counted(data)
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        BUFFERED.fetch_sub(self.n, Ordering::Relaxed);
+        self.conn.reading.set(self.conn.reading.get() - self.n);
     }
 }
 
@@ -433,6 +479,8 @@ struct ConnState {
     open: Cell<u32>,
     served: Cell<bool>,
     last: Cell<Instant>,
+    /// Packet bytes being read (see [`Charge`]).
+    reading: Cell<usize>,
 }
 
 /// Counts one open exchange while held.
@@ -504,7 +552,12 @@ pub(crate) async fn serve<S>(
     }
     let h2 = head == PREFACE;
     let io = hyper_util::rt::TokioIo::new(TokioIo(Prefixed { head, at: 0, inner: stream }));
-    let state = Rc::new(ConnState { open: Cell::new(0), served: Cell::new(false), last: Cell::new(Instant::now()) });
+    let state = Rc::new(ConnState {
+        open: Cell::new(0),
+        served: Cell::new(false),
+        last: Cell::new(Instant::now()),
+        reading: Cell::new(0),
+    });
     let server = Rc::new(Server {
         ctx: ctx.clone(),
         inbound: inbound.clone(),
@@ -683,9 +736,15 @@ impl Server {
                     return self.answer(StatusCode::PAYLOAD_TOO_LARGE, &asked.headers, XBody::Empty);
                 }
                 let mut payload = inline;
+                let mut charge = Charge::new(&self.state);
                 let mut empty_body = true;
+                if !charge.add(payload.len()) {
+                    self.refuse("xhttp upload buffers full");
+                    return self.answer(StatusCode::SERVICE_UNAVAILABLE, &asked.headers, XBody::Empty);
+                }
                 if has_body {
-                    let reading = futures_lite::future::or(read_body(body, max.saturating_sub(payload.len())), async {
+                    let limit = max.saturating_sub(payload.len());
+                    let reading = futures_lite::future::or(read_body(body, limit, &mut charge), async {
                         glommio::timer::sleep(QUEUE_WAIT).await;
                         Err(BodyError::Slow)
                     });
@@ -697,6 +756,10 @@ impl Server {
                         Err(BodyError::TooLarge) => {
                             self.refuse(format_args!("POST over scMaxEachPostBytes {max}"));
                             return self.answer(StatusCode::PAYLOAD_TOO_LARGE, &asked.headers, XBody::Empty);
+                        }
+                        Err(BodyError::Full) => {
+                            self.refuse("xhttp upload buffers full");
+                            return self.answer(StatusCode::SERVICE_UNAVAILABLE, &asked.headers, XBody::Empty);
                         }
                         Err(BodyError::Slow) => {
                             self.refuse(format_args!("POST body not received within {QUEUE_WAIT:?}"));
@@ -720,10 +783,7 @@ impl Server {
                 if created {
                     spawn_reaper(key.clone());
                 }
-                let Some(counted) = Counted::new(Bytes::from(payload)) else {
-                    self.refuse("xhttp upload buffers full");
-                    return self.answer(StatusCode::SERVICE_UNAVAILABLE, &asked.headers, XBody::Empty);
-                };
+                let counted = charge.packet(Bytes::from(payload));
                 if let Err(why) = send(&up, Upload::Packet(seq, counted)).await {
                     self.refuse(format_args!("packet {seq} of session {:?}: {why}", key.1));
                     return self.answer(StatusCode::INTERNAL_SERVER_ERROR, &asked.headers, XBody::Empty);
@@ -850,12 +910,14 @@ async fn pump(mut body: Incoming, up: async_channel::Sender<Upload>) {
 
 enum BodyError {
     TooLarge,
+    /// The upload budgets ([`Charge`]) are full.
+    Full,
     Slow,
     Broken(hyper::Error),
 }
 
-/// A request body, whole, refused past `max` bytes.
-async fn read_body(mut body: Incoming, max: usize) -> Result<Vec<u8>, BodyError> {
+/// A request body, whole, refused past `max` bytes; each frame is charged as it comes.
+async fn read_body(mut body: Incoming, max: usize, charge: &mut Charge<'_>) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     loop {
         match futures_lite::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
@@ -863,6 +925,9 @@ async fn read_body(mut body: Incoming, max: usize) -> Result<Vec<u8>, BodyError>
                 if let Ok(d) = f.into_data() {
                     if out.len() + d.len() > max {
                         return Err(BodyError::TooLarge);
+                    }
+                    if !charge.add(d.len()) {
+                        return Err(BodyError::Full);
                     }
                     out.extend_from_slice(&d);
                 }
