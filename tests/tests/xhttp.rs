@@ -696,3 +696,23 @@ fn many_xhttp_connections_from_one_address_outlive_the_handshake_bound() {
         let _ = child.wait();
     }
 }
+
+/// As Xray: a packet-up session ends when its GET goes, though its uplink is still open
+/// (its POSTs come on other connections) and nothing comes from the remote.
+#[test]
+fn a_packet_up_session_ends_when_its_get_goes() {
+    let remote = shardray_tests::servers::RecordingServer::start(b"");
+    let server = Shardray::start(&config(json!({ "path": "/xh" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    let down = Download::open(addr, "/xh/gone", &h);
+    let mut up = request(ALICE, remote.addr());
+    up.extend_from_slice(b"before the GET went");
+    assert_eq!(http1(addr, "POST", "/xh/gone/0", &h, &up).0, 200);
+    assert_eq!(remote.next(Duration::from_millis(500)), None, "the session lives while its GET does");
+    drop(down);
+    // Well before connIdle (300 s): the remote's connection ends with the session.
+    let got = remote.next(Duration::from_secs(10));
+    assert_eq!(got.as_deref(), Some(&b"before the GET went"[..]), "{}", server.output());
+}

@@ -214,6 +214,8 @@ struct Pipe {
     reader_gone: bool,
     reader: Option<Waker>,
     writer: Option<Waker>,
+    /// The session's reads, woken when the response goes (its GET ended).
+    session: Option<Waker>,
 }
 
 /// The session's end of a downlink.
@@ -248,6 +250,15 @@ impl PipeWriter {
             w.wake();
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// The response is gone (its request ended); else the session's read is woken when it goes.
+    fn poll_gone(&self, cx: &mut Context<'_>) -> bool {
+        let mut p = self.0.borrow_mut();
+        if !p.reader_gone && !p.session.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            p.session = Some(cx.waker().clone());
+        }
+        p.reader_gone
     }
 
     fn close(&self) {
@@ -299,7 +310,7 @@ impl Drop for PipeBody {
     fn drop(&mut self) {
         let mut p = self.pipe.borrow_mut();
         p.reader_gone = true;
-        if let Some(w) = p.writer.take() {
+        for w in [p.writer.take(), p.session.take()].into_iter().flatten() {
             w.wake();
         }
     }
@@ -355,6 +366,10 @@ struct XhttpStream {
 impl AsyncRead for XhttpStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        // As Xray: the session ends with its downlink's request, whatever its uplink does.
+        if this.down.poll_gone(cx) {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
         loop {
             if let Some(c) = &mut this.current {
                 if !c.0.is_empty() {
