@@ -861,7 +861,7 @@ pub struct UploadQueue<T> {
 }
 
 impl<T> UploadQueue<T> {
-    /// A queue that holds at most `max` packets (scMaxBufferedPosts).
+    /// A queue that holds at most `max` + 1 packets (scMaxBufferedPosts), as Xray's does.
     pub fn new(max: usize) -> Self {
         UploadQueue { next: 0, held: BTreeMap::new(), max: max.max(1) }
     }
@@ -871,7 +871,8 @@ impl<T> UploadQueue<T> {
         if seq < self.next || self.held.contains_key(&seq) {
             return Ok(Pushed::Duplicate);
         }
-        if seq != self.next && self.held.len() >= self.max {
+        // As Xray's upload queue: it holds one past its bound, and fails on the next.
+        if seq != self.next && self.held.len() > self.max {
             return Err(QueueError::TooManyBuffered(self.max));
         }
         self.held.insert(seq, packet);
@@ -1087,13 +1088,13 @@ mod tests {
         assert_eq!(q.push(0, "a"), Ok(Pushed::Queued));
         assert_eq!((q.pop(), q.pop(), q.pop()), (Some("a"), Some("b"), None));
         assert_eq!(q.push(0, "stale"), Ok(Pushed::Duplicate));
-        for seq in 3..6 {
-            assert_eq!(q.push(seq, "later"), Ok(Pushed::Queued));
+        for seq in 3..7 {
+            assert_eq!(q.push(seq, "later"), Ok(Pushed::Queued), "max + 1 are held, as Xray holds them");
         }
-        assert_eq!(q.push(6, "one too many"), Err(QueueError::TooManyBuffered(3)));
+        assert_eq!(q.push(7, "one too many"), Err(QueueError::TooManyBuffered(3)));
         // The awaited one is always taken: it unblocks the rest.
         assert_eq!(q.push(2, "c"), Ok(Pushed::Queued));
-        assert_eq!(q.held(), 4);
+        assert_eq!(q.held(), 5);
         assert_eq!(q.pop(), Some("c"));
         assert_eq!(q.next_seq(), 3);
     }
