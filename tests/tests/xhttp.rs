@@ -717,3 +717,32 @@ fn a_packet_up_session_ends_when_its_get_goes() {
     let got = remote.next(Duration::from_secs(10));
     assert_eq!(got.as_deref(), Some(&b"before the GET went"[..]), "{}", server.output());
 }
+
+/// A stream-up POST whose body breaks off ends its session, with the reason logged.
+#[test]
+fn a_broken_upload_stream_ends_its_session() {
+    let echo = EchoServer::start();
+    let server = Shardray::start(&config(json!({ "path": "/xh" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    let mut down = Download::open(addr, "/xh/broken", &h);
+    let mut post = TcpStream::connect(addr).unwrap();
+    let head =
+        format!("POST /xh/broken HTTP/1.1\r\nHost: x\r\nReferer: {referer}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    post.write_all(head.as_bytes()).unwrap();
+    let mut up = request(ALICE, echo.addr());
+    up.extend_from_slice(b"first");
+    post.write_all(format!("{:x}\r\n", up.len()).as_bytes()).unwrap();
+    post.write_all(&up).unwrap();
+    post.write_all(b"\r\n").unwrap();
+    assert_eq!(down.read(7).as_deref(), Ok(echoed(b"first").as_slice()));
+    // Not a chunk size: hyper's body fails.
+    post.write_all(b"zz\r\n").unwrap();
+    assert_eq!(down.read(1), Err(Vec::new()), "the downlink ends with the session");
+    assert!(
+        wait_until(Duration::from_secs(5), || server.output().contains("upload stream broke off")),
+        "{}",
+        server.output()
+    );
+}

@@ -137,6 +137,8 @@ enum Upload {
     Chunk(Counted),
     /// The streaming POST ended.
     End,
+    /// The streaming POST broke off (logged where it did): the session ends.
+    Failed,
 }
 
 /// Upload bytes counted against [`MAX_BUFFERED`] until dropped.
@@ -404,6 +406,9 @@ impl AsyncRead for XhttpStream {
                         Some(Upload::Chunk(data)) if queue.next_seq() == 0 && queue.held() == 0 => {
                             *streaming = true;
                             this.current = Some(data);
+                        }
+                        Some(Upload::Failed) => {
+                            return Poll::Ready(Err(io::Error::other("xhttp: upload stream failed")))
                         }
                         Some(Upload::Packet(..) | Upload::Chunk(_)) => {
                             let tag = &this.tag;
@@ -823,7 +828,7 @@ impl Server {
                     self.refuse(format_args!("a second upload stream for session {:?}", key.1));
                     return self.answer(StatusCode::CONFLICT, &asked.headers, XBody::Empty);
                 }
-                glommio::spawn_local(pump(body, up)).detach();
+                glommio::spawn_local(pump(body, up, self.clone(), key.1.clone())).detach();
                 let (writer, reader) = pipe(open);
                 // As hub.go: only for clients that pad (a legacy Referer, or obfs padding).
                 let pads = asked.referer || s.padding.obfs_mode;
@@ -903,24 +908,29 @@ async fn send(up: &async_channel::Sender<Upload>, packet: Upload) -> Result<(), 
     .await
 }
 
-/// Feeds a stream-up POST's body to its session, chunk by chunk.
-async fn pump(mut body: Incoming, up: async_channel::Sender<Upload>) {
-    loop {
+/// Feeds a stream-up POST's body to its session, chunk by chunk; a body that breaks off or
+/// finds the upload budget full is refused (logged, counted) and ends the session.
+async fn pump(mut body: Incoming, up: async_channel::Sender<Upload>, server: Rc<Server>, session: String) {
+    let why = loop {
         let frame = futures_lite::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         let chunk = match frame {
             Some(Ok(f)) => match f.into_data() {
                 Ok(d) if !d.is_empty() => d,
                 _ => continue,
             },
-            Some(Err(_)) => return,
-            None => break,
+            Some(Err(e)) => break format!("upload stream broke off: {e}"),
+            None => {
+                let _ = up.send(Upload::End).await;
+                return;
+            }
         };
-        let Some(counted) = Counted::new(chunk) else { return };
+        let Some(counted) = Counted::new(chunk) else { break "upload stream: xhttp upload buffers full".to_owned() };
         if up.send(Upload::Chunk(counted)).await.is_err() {
             return;
         }
-    }
-    let _ = up.send(Upload::End).await;
+    };
+    server.refuse(format_args!("session {session:?}: {why}"));
+    let _ = up.send(Upload::Failed).await;
 }
 
 enum BodyError {
