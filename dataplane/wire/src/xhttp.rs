@@ -775,8 +775,8 @@ pub fn padding(method: PaddingMethod, len: usize) -> String {
     }
 }
 
-/// Base62-looking padding (deterministic: a fixed cycle of characters, which is all a
-/// length check sees) trimmed or extended until its Huffman length is close to `target`.
+/// Random base62 padding, as Xray draws it (a fixed cycle would be a tell), trimmed or
+/// extended until its Huffman length is close to `target`.
 fn tokenish(target: usize) -> String {
     const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     if target == 0 {
@@ -784,7 +784,12 @@ fn tokenish(target: usize) -> String {
     }
     // Base62 averages about 0.8 Huffman bytes per character.
     let n = (target * 5).div_ceil(4).max(1);
-    let mut s: Vec<u8> = (0..n).map(|i| BASE62[(i * 37 + 11) % BASE62.len()]).collect();
+    let mut s = vec![0u8; n];
+    // Not secret: a failed draw leaves zeros, still base62 after the mapping.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s);
+    for c in &mut s {
+        *c = BASE62[usize::from(*c) % BASE62.len()];
+    }
     let mut adjust = b'X';
     for _ in 0..150 {
         let len = huffman_len(&s);
@@ -1062,6 +1067,9 @@ mod tests {
             assert!(huffman_len(p.as_bytes()).abs_diff(len) <= 2, "{len}: {p}");
             assert!(p.bytes().all(|b| b.is_ascii_alphanumeric()));
         }
+        // Drawn afresh each time, as Xray's is: no fixed string to match.
+        let draws: std::collections::HashSet<String> = (0..8).map(|_| padding(PaddingMethod::Tokenish, 100)).collect();
+        assert!(draws.len() > 1, "{draws:?}");
     }
 
     /// hub.go's response headers: CORS, padding in X-Padding, and for a downlink no
