@@ -254,8 +254,9 @@ fn too_many_out_of_order_posts_end_the_session() {
     let h = [("Referer", referer.as_str())];
     let mut down = Download::open(addr, "/xh/gap", &h);
     let _ = echo;
-    // Seq 0 never comes: 1..=3 fill the reorder buffer, 4 is one too many.
-    for seq in 1..=4 {
+    // Seq 0 never comes: 1..=4 fill the reorder buffer (Xray holds one past the bound), 5 is
+    // one too many.
+    for seq in 1..=5 {
         let (status, _, _) = http1(addr, "POST", &format!("/xh/gap/{seq}"), &h, b"data");
         assert_eq!(status, 200);
     }
@@ -617,4 +618,131 @@ fn trojan_runs_over_xhttp_too() {
         curl(&["--http2-prior-knowledge", "-H", &referer, "--data-binary", &format!("@{}", file.display()), &url]);
     // Trojan answers with no header of its own: the echo alone.
     assert!(ok && out == data, "{} bytes back\n{}", out.len(), server.output());
+}
+
+/// A connection's handshake ends with its first valid XHTTP request (a GET, a packet or an
+/// upload stream), on HTTP/1.1 and HTTP/2 alike: one address holds many more XHTTP
+/// connections at once than `maxHandshakesPerSource`, as a CDN edge does.
+#[test]
+fn many_xhttp_connections_from_one_address_outlive_the_handshake_bound() {
+    let echo = EchoServer::start();
+    let mut c = config(json!({ "path": "/xh" }));
+    c["policy"]["system"]["maxHandshakesPerSource"] = json!(4);
+    c["policy"]["levels"]["0"]["handshake"] = json!(20);
+    let server = Shardray::start(&c, 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    // A packet on a connection that stays open, its response read.
+    let post = |session: &str, data: &[u8]| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut up = request(ALICE, echo.addr());
+        up.extend_from_slice(data);
+        let head = format!(
+            "POST /xh/{session}/0 HTTP/1.1\r\nHost: 127.0.0.1\r\nReferer: {referer}\r\nContent-Length: {}\r\n\r\n",
+            up.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&up).unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut b).unwrap_or(0);
+            assert!(n > 0, "POST for {session} closed: {}\n{}", String::from_utf8_lossy(&got), server.output());
+            got.extend_from_slice(&b[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+        s
+    };
+    let mut held = Vec::new();
+    let mut downs = Vec::new();
+    for i in 0..12 {
+        let session = format!("h1-{i}");
+        let down = Download::open(addr, &format!("/xh/{session}"), &h);
+        assert!(down.head.starts_with("HTTP/1.1 200"), "{}", down.head);
+        held.push(post(&session, session.as_bytes()));
+        downs.push((session, down));
+    }
+    // One at a time (handshakes in flight at once are still bound): each GET over HTTP/2
+    // holds its connection; its packet comes on another (first, if its GET is late: it
+    // waits for it).
+    let mut curls = Vec::new();
+    for i in 0..6 {
+        let session = format!("h2-{i}");
+        let mut child = Command::new("curl")
+            .args(["-sS", "-N", "--max-time", "20", "--http2-prior-knowledge", "-H"])
+            .arg(format!("Referer: {referer}"))
+            .arg(format!("http://{addr}/xh/{session}"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl");
+        held.push(post(&session, session.as_bytes()));
+        let mut got = vec![0u8; session.len() + 2];
+        child.stdout.as_mut().unwrap().read_exact(&mut got).unwrap_or_else(|e| panic!("{session}: {e}"));
+        assert_eq!(got, echoed(session.as_bytes()), "{session}");
+        curls.push(child);
+    }
+    for (session, down) in &mut downs {
+        assert_eq!(down.read(session.len() + 2).as_deref(), Ok(echoed(session.as_bytes()).as_slice()), "{session}");
+    }
+    // All of them still open, and a new one is served.
+    let mut last = Download::open(addr, "/xh/last", &h);
+    held.push(post("last", b"last"));
+    assert_eq!(last.read(6).as_deref(), Ok(echoed(b"last").as_slice()));
+    assert!(!server.output().contains("maxHandshakesPerSource"), "{}", server.output());
+    for mut child in curls {
+        assert!(child.try_wait().unwrap().is_none(), "every HTTP/2 GET still open");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// As Xray: a packet-up session ends when its GET goes, though its uplink is still open
+/// (its POSTs come on other connections) and nothing comes from the remote.
+#[test]
+fn a_packet_up_session_ends_when_its_get_goes() {
+    let remote = shardray_tests::servers::RecordingServer::start(b"");
+    let server = Shardray::start(&config(json!({ "path": "/xh" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    let down = Download::open(addr, "/xh/gone", &h);
+    let mut up = request(ALICE, remote.addr());
+    up.extend_from_slice(b"before the GET went");
+    assert_eq!(http1(addr, "POST", "/xh/gone/0", &h, &up).0, 200);
+    assert_eq!(remote.next(Duration::from_millis(500)), None, "the session lives while its GET does");
+    drop(down);
+    // Well before connIdle (300 s): the remote's connection ends with the session.
+    let got = remote.next(Duration::from_secs(10));
+    assert_eq!(got.as_deref(), Some(&b"before the GET went"[..]), "{}", server.output());
+}
+
+/// A stream-up POST whose body breaks off ends its session, with the reason logged.
+#[test]
+fn a_broken_upload_stream_ends_its_session() {
+    let echo = EchoServer::start();
+    let server = Shardray::start(&config(json!({ "path": "/xh" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    let mut down = Download::open(addr, "/xh/broken", &h);
+    let mut post = TcpStream::connect(addr).unwrap();
+    let head =
+        format!("POST /xh/broken HTTP/1.1\r\nHost: x\r\nReferer: {referer}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    post.write_all(head.as_bytes()).unwrap();
+    let mut up = request(ALICE, echo.addr());
+    up.extend_from_slice(b"first");
+    post.write_all(format!("{:x}\r\n", up.len()).as_bytes()).unwrap();
+    post.write_all(&up).unwrap();
+    post.write_all(b"\r\n").unwrap();
+    assert_eq!(down.read(7).as_deref(), Ok(echoed(b"first").as_slice()));
+    // Not a chunk size: hyper's body fails.
+    post.write_all(b"zz\r\n").unwrap();
+    assert_eq!(down.read(1), Err(Vec::new()), "the downlink ends with the session");
+    assert!(
+        wait_until(Duration::from_secs(5), || server.output().contains("upload stream broke off")),
+        "{}",
+        server.output()
+    );
 }

@@ -775,8 +775,8 @@ pub fn padding(method: PaddingMethod, len: usize) -> String {
     }
 }
 
-/// Base62-looking padding (deterministic: a fixed cycle of characters, which is all a
-/// length check sees) trimmed or extended until its Huffman length is close to `target`.
+/// Random base62 padding, as Xray draws it (a fixed cycle would be a tell), trimmed or
+/// extended until its Huffman length is close to `target`.
 fn tokenish(target: usize) -> String {
     const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     if target == 0 {
@@ -784,7 +784,12 @@ fn tokenish(target: usize) -> String {
     }
     // Base62 averages about 0.8 Huffman bytes per character.
     let n = (target * 5).div_ceil(4).max(1);
-    let mut s: Vec<u8> = (0..n).map(|i| BASE62[(i * 37 + 11) % BASE62.len()]).collect();
+    let mut s = vec![0u8; n];
+    // Not secret: a failed draw leaves zeros, still base62 after the mapping.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s);
+    for c in &mut s {
+        *c = BASE62[usize::from(*c) % BASE62.len()];
+    }
     let mut adjust = b'X';
     for _ in 0..150 {
         let len = huffman_len(&s);
@@ -861,7 +866,7 @@ pub struct UploadQueue<T> {
 }
 
 impl<T> UploadQueue<T> {
-    /// A queue that holds at most `max` packets (scMaxBufferedPosts).
+    /// A queue that holds at most `max` + 1 packets (scMaxBufferedPosts), as Xray's does.
     pub fn new(max: usize) -> Self {
         UploadQueue { next: 0, held: BTreeMap::new(), max: max.max(1) }
     }
@@ -871,7 +876,8 @@ impl<T> UploadQueue<T> {
         if seq < self.next || self.held.contains_key(&seq) {
             return Ok(Pushed::Duplicate);
         }
-        if seq != self.next && self.held.len() >= self.max {
+        // As Xray's upload queue: it holds one past its bound, and fails on the next.
+        if seq != self.next && self.held.len() > self.max {
             return Err(QueueError::TooManyBuffered(self.max));
         }
         self.held.insert(seq, packet);
@@ -1061,6 +1067,9 @@ mod tests {
             assert!(huffman_len(p.as_bytes()).abs_diff(len) <= 2, "{len}: {p}");
             assert!(p.bytes().all(|b| b.is_ascii_alphanumeric()));
         }
+        // Drawn afresh each time, as Xray's is: no fixed string to match.
+        let draws: std::collections::HashSet<String> = (0..8).map(|_| padding(PaddingMethod::Tokenish, 100)).collect();
+        assert!(draws.len() > 1, "{draws:?}");
     }
 
     /// hub.go's response headers: CORS, padding in X-Padding, and for a downlink no
@@ -1087,13 +1096,13 @@ mod tests {
         assert_eq!(q.push(0, "a"), Ok(Pushed::Queued));
         assert_eq!((q.pop(), q.pop(), q.pop()), (Some("a"), Some("b"), None));
         assert_eq!(q.push(0, "stale"), Ok(Pushed::Duplicate));
-        for seq in 3..6 {
-            assert_eq!(q.push(seq, "later"), Ok(Pushed::Queued));
+        for seq in 3..7 {
+            assert_eq!(q.push(seq, "later"), Ok(Pushed::Queued), "max + 1 are held, as Xray holds them");
         }
-        assert_eq!(q.push(6, "one too many"), Err(QueueError::TooManyBuffered(3)));
+        assert_eq!(q.push(7, "one too many"), Err(QueueError::TooManyBuffered(3)));
         // The awaited one is always taken: it unblocks the rest.
         assert_eq!(q.push(2, "c"), Ok(Pushed::Queued));
-        assert_eq!(q.held(), 4);
+        assert_eq!(q.held(), 5);
         assert_eq!(q.pop(), Some("c"));
         assert_eq!(q.next_seq(), 3);
     }

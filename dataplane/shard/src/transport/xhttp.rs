@@ -46,6 +46,10 @@ const MAX_SESSIONS: usize = 16 * 1024;
 /// a POST past it is answered 503.
 const MAX_BUFFERED: usize = 512 << 20;
 
+/// Packet bytes one connection may be reading at once (its share of MAX_BUFFERED): an h2
+/// connection's streams cannot together take the whole process's budget.
+const CONN_READING: usize = 16 << 20;
+
 /// Downlink bytes a session may have written that the response has not yet taken.
 const DOWN_BUFFER: usize = 256 * 1024;
 
@@ -133,6 +137,8 @@ enum Upload {
     Chunk(Counted),
     /// The streaming POST ended.
     End,
+    /// The streaming POST broke off (logged where it did): the session ends.
+    Failed,
 }
 
 /// Upload bytes counted against [`MAX_BUFFERED`] until dropped.
@@ -157,6 +163,48 @@ impl Drop for Counted {
     }
 }
 
+/// A packet's bytes charged to [`MAX_BUFFERED`] and to its connection's [`CONN_READING`] as
+/// they arrive, before the packet is whole; given back if it never is.
+struct Charge<'a> {
+    conn: &'a ConnState,
+    n: usize,
+}
+
+impl<'a> Charge<'a> {
+    fn new(conn: &'a ConnState) -> Charge<'a> {
+        Charge { conn, n: 0 }
+    }
+
+    /// Charges `n` more bytes; false (nothing charged) past either budget.
+    fn add(&mut self, n: usize) -> bool {
+        if self.conn.reading.get() + n > CONN_READING {
+            return false;
+        }
+        if BUFFERED.fetch_add(n, Ordering::Relaxed) + n > MAX_BUFFERED {
+            BUFFERED.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        self.conn.reading.set(self.conn.reading.get() + n);
+        self.n += n;
+        true
+    }
+
+    /// The whole packet, its bytes still counted (now by the packet alone).
+    fn packet(self, data: Bytes) -> Counted {
+        debug_assert_eq!(data.len(), self.n);
+        self.conn.reading.set(self.conn.reading.get() - self.n);
+        std::mem::forget(self);
+        Counted(data)
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        BUFFERED.fetch_sub(self.n, Ordering::Relaxed);
+        self.conn.reading.set(self.conn.reading.get() - self.n);
+    }
+}
+
 // === the downlink pipe ===
 
 /// Bytes a session writes and its response body sends, on one shard.
@@ -168,6 +216,8 @@ struct Pipe {
     reader_gone: bool,
     reader: Option<Waker>,
     writer: Option<Waker>,
+    /// The session's reads, woken when the response goes (its GET ended).
+    session: Option<Waker>,
 }
 
 /// The session's end of a downlink.
@@ -202,6 +252,15 @@ impl PipeWriter {
             w.wake();
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// The response is gone (its request ended); else the session's read is woken when it goes.
+    fn poll_gone(&self, cx: &mut Context<'_>) -> bool {
+        let mut p = self.0.borrow_mut();
+        if !p.reader_gone && !p.session.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            p.session = Some(cx.waker().clone());
+        }
+        p.reader_gone
     }
 
     fn close(&self) {
@@ -253,7 +312,7 @@ impl Drop for PipeBody {
     fn drop(&mut self) {
         let mut p = self.pipe.borrow_mut();
         p.reader_gone = true;
-        if let Some(w) = p.writer.take() {
+        for w in [p.writer.take(), p.session.take()].into_iter().flatten() {
             w.wake();
         }
     }
@@ -309,6 +368,10 @@ struct XhttpStream {
 impl AsyncRead for XhttpStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        // As Xray: the session ends with its downlink's request, whatever its uplink does.
+        if this.down.poll_gone(cx) {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
         loop {
             if let Some(c) = &mut this.current {
                 if !c.0.is_empty() {
@@ -343,6 +406,9 @@ impl AsyncRead for XhttpStream {
                         Some(Upload::Chunk(data)) if queue.next_seq() == 0 && queue.held() == 0 => {
                             *streaming = true;
                             this.current = Some(data);
+                        }
+                        Some(Upload::Failed) => {
+                            return Poll::Ready(Err(io::Error::other("xhttp: upload stream failed")))
                         }
                         Some(Upload::Packet(..) | Upload::Chunk(_)) => {
                             let tag = &this.tag;
@@ -433,6 +499,8 @@ struct ConnState {
     open: Cell<u32>,
     served: Cell<bool>,
     last: Cell<Instant>,
+    /// Packet bytes being read (see [`Charge`]).
+    reading: Cell<usize>,
 }
 
 /// Counts one open exchange while held.
@@ -453,13 +521,14 @@ impl Drop for Open {
     }
 }
 
-/// Runs hyper's HTTP/2 tasks on the shard.
+/// Runs hyper's HTTP/2 tasks on the shard, each sharing its connection's handshake (its
+/// streams' requests end it).
 #[derive(Clone, Copy)]
 struct LocalExec;
 
 impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     fn execute(&self, fut: F) {
-        glommio::spawn_local(fut).detach();
+        glommio::spawn_local(crate::gate::inherit_handshake(fut)).detach();
     }
 }
 
@@ -503,7 +572,12 @@ pub(crate) async fn serve<S>(
     }
     let h2 = head == PREFACE;
     let io = hyper_util::rt::TokioIo::new(TokioIo(Prefixed { head, at: 0, inner: stream }));
-    let state = Rc::new(ConnState { open: Cell::new(0), served: Cell::new(false), last: Cell::new(Instant::now()) });
+    let state = Rc::new(ConnState {
+        open: Cell::new(0),
+        served: Cell::new(false),
+        last: Cell::new(Instant::now()),
+        reading: Cell::new(0),
+    });
     let server = Rc::new(Server {
         ctx: ctx.clone(),
         inbound: inbound.clone(),
@@ -636,6 +710,11 @@ impl Server {
                 return self.answer(status, &asked.headers, XBody::Empty);
             }
         };
+        // A request on our path with valid padding ends the connection's handshake, whether
+        // it carries a session or only a packet of one that lives elsewhere.
+        if !matches!(kind, Kind::Preflight) {
+            crate::gate::handshake_done();
+        }
         let mut info = self.info.clone();
         if let Some(ip) = asked.forwarded {
             info.peer = std::net::SocketAddr::new(ip, 0);
@@ -677,9 +756,15 @@ impl Server {
                     return self.answer(StatusCode::PAYLOAD_TOO_LARGE, &asked.headers, XBody::Empty);
                 }
                 let mut payload = inline;
+                let mut charge = Charge::new(&self.state);
                 let mut empty_body = true;
+                if !charge.add(payload.len()) {
+                    self.refuse("xhttp upload buffers full");
+                    return self.answer(StatusCode::SERVICE_UNAVAILABLE, &asked.headers, XBody::Empty);
+                }
                 if has_body {
-                    let reading = futures_lite::future::or(read_body(body, max.saturating_sub(payload.len())), async {
+                    let limit = max.saturating_sub(payload.len());
+                    let reading = futures_lite::future::or(read_body(body, limit, &mut charge), async {
                         glommio::timer::sleep(QUEUE_WAIT).await;
                         Err(BodyError::Slow)
                     });
@@ -691,6 +776,10 @@ impl Server {
                         Err(BodyError::TooLarge) => {
                             self.refuse(format_args!("POST over scMaxEachPostBytes {max}"));
                             return self.answer(StatusCode::PAYLOAD_TOO_LARGE, &asked.headers, XBody::Empty);
+                        }
+                        Err(BodyError::Full) => {
+                            self.refuse("xhttp upload buffers full");
+                            return self.answer(StatusCode::SERVICE_UNAVAILABLE, &asked.headers, XBody::Empty);
                         }
                         Err(BodyError::Slow) => {
                             self.refuse(format_args!("POST body not received within {QUEUE_WAIT:?}"));
@@ -714,10 +803,7 @@ impl Server {
                 if created {
                     spawn_reaper(key.clone());
                 }
-                let Some(counted) = Counted::new(Bytes::from(payload)) else {
-                    self.refuse("xhttp upload buffers full");
-                    return self.answer(StatusCode::SERVICE_UNAVAILABLE, &asked.headers, XBody::Empty);
-                };
+                let counted = charge.packet(Bytes::from(payload));
                 if let Err(why) = send(&up, Upload::Packet(seq, counted)).await {
                     self.refuse(format_args!("packet {seq} of session {:?}: {why}", key.1));
                     return self.answer(StatusCode::INTERNAL_SERVER_ERROR, &asked.headers, XBody::Empty);
@@ -742,7 +828,7 @@ impl Server {
                     self.refuse(format_args!("a second upload stream for session {:?}", key.1));
                     return self.answer(StatusCode::CONFLICT, &asked.headers, XBody::Empty);
                 }
-                glommio::spawn_local(pump(body, up)).detach();
+                glommio::spawn_local(pump(body, up, self.clone(), key.1.clone())).detach();
                 let (writer, reader) = pipe(open);
                 // As hub.go: only for clients that pad (a legacy Referer, or obfs padding).
                 let pads = asked.referer || s.padding.obfs_mode;
@@ -801,12 +887,12 @@ impl Server {
             tag: self.inbound.tag.clone(),
         };
         let (ctx, inbound) = (self.ctx.clone(), self.inbound.clone());
-        glommio::spawn_local(async move {
+        glommio::spawn_local(crate::gate::inherit_handshake(async move {
             let _open = session_open;
             let _registered = registered;
             let _live = LiveGuard::new(&ctx);
             crate::inbound::dispatch(&ctx, &inbound, stream, &info, false).await;
-        })
+        }))
         .detach();
         headers.extend(self.settings.downlink_headers().into_iter().map(|(n, v)| (n.to_owned(), v.to_owned())));
         self.answer(StatusCode::OK, &headers, XBody::Pipe(reader))
@@ -822,34 +908,41 @@ async fn send(up: &async_channel::Sender<Upload>, packet: Upload) -> Result<(), 
     .await
 }
 
-/// Feeds a stream-up POST's body to its session, chunk by chunk.
-async fn pump(mut body: Incoming, up: async_channel::Sender<Upload>) {
-    loop {
+/// Feeds a stream-up POST's body to its session, chunk by chunk; a body that breaks off or
+/// finds the upload budget full is refused (logged, counted) and ends the session.
+async fn pump(mut body: Incoming, up: async_channel::Sender<Upload>, server: Rc<Server>, session: String) {
+    let why = loop {
         let frame = futures_lite::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         let chunk = match frame {
             Some(Ok(f)) => match f.into_data() {
                 Ok(d) if !d.is_empty() => d,
                 _ => continue,
             },
-            Some(Err(_)) => return,
-            None => break,
+            Some(Err(e)) => break format!("upload stream broke off: {e}"),
+            None => {
+                let _ = up.send(Upload::End).await;
+                return;
+            }
         };
-        let Some(counted) = Counted::new(chunk) else { return };
+        let Some(counted) = Counted::new(chunk) else { break "upload stream: xhttp upload buffers full".to_owned() };
         if up.send(Upload::Chunk(counted)).await.is_err() {
             return;
         }
-    }
-    let _ = up.send(Upload::End).await;
+    };
+    server.refuse(format_args!("session {session:?}: {why}"));
+    let _ = up.send(Upload::Failed).await;
 }
 
 enum BodyError {
     TooLarge,
+    /// The upload budgets ([`Charge`]) are full.
+    Full,
     Slow,
     Broken(hyper::Error),
 }
 
-/// A request body, whole, refused past `max` bytes.
-async fn read_body(mut body: Incoming, max: usize) -> Result<Vec<u8>, BodyError> {
+/// A request body, whole, refused past `max` bytes; each frame is charged as it comes.
+async fn read_body(mut body: Incoming, max: usize, charge: &mut Charge<'_>) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     loop {
         match futures_lite::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
@@ -857,6 +950,9 @@ async fn read_body(mut body: Incoming, max: usize) -> Result<Vec<u8>, BodyError>
                 if let Ok(d) = f.into_data() {
                     if out.len() + d.len() > max {
                         return Err(BodyError::TooLarge);
+                    }
+                    if !charge.add(d.len()) {
+                        return Err(BodyError::Full);
                     }
                     out.extend_from_slice(&d);
                 }
