@@ -313,7 +313,9 @@ impl Client {
         match body {
             Body::None => {}
             Body::Stream => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-            Body::Packet(_) if method == Method::GET => {}
+            // A bodiless GET says nothing; any other body needs its length, or the server
+            // reads the payload as the next request (Go's client sends it the same way).
+            Body::Packet(0) if method == Method::GET => {}
             Body::Packet(n) => out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
         }
         out.extend_from_slice(b"\r\n");

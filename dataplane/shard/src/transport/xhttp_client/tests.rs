@@ -162,6 +162,51 @@ fn packet_up_over_http1() {
     });
 }
 
+/// packet-up over HTTP/1.1 with `uplinkHTTPMethod: GET`: each uplink GET with a body says
+/// its length, so the next request on the kept-alive connection reads as one.
+#[test]
+fn uplink_gets_over_http1_carry_their_length() {
+    LocalExecutor::default().run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dest = Destination::from(listener.local_addr().unwrap());
+        let mut spec = settings(Mode::PacketUp);
+        spec.settings.uplink_http_method = "GET".into();
+        let client = XhttpClient::build(&spec, None, &dest, false).unwrap();
+        let server = glommio::spawn_local(async move {
+            let mut get = listener.accept().await.unwrap();
+            let mut get_buf = Vec::new();
+            let (sid, _) = session_of(&read_head(&mut get, &mut get_buf).await.target);
+            get.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+            let mut up = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut bodies = Vec::new();
+            for seq in 0..2 {
+                let head = read_head(&mut up, &mut buf).await;
+                assert_eq!(head.method, "GET");
+                assert_eq!(session_of(&head.target), (sid.clone(), Some(seq)));
+                let len: usize = head.get("Content-Length").expect("an uplink GET's length").parse().unwrap();
+                bodies.push(read_exact(&mut up, &mut buf, len).await);
+                up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+                if seq == 0 {
+                    get.write_all(b"5\r\nworld\r\n").await.unwrap();
+                }
+            }
+            get.write_all(b"0\r\n\r\n").await.unwrap();
+            bodies
+        });
+        let mut s = client.open(&dest, &Via::default()).await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"world");
+        s.write_all(b"again").await.unwrap();
+        s.close().await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(server.await, vec![b"hello".to_vec(), b"again".to_vec()]);
+    });
+}
+
 /// stream-one over HTTP/1.1: one chunked POST to the bare path, typed `application/grpc`,
 /// its response's chunks the downlink.
 #[test]
