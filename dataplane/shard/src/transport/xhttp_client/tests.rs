@@ -460,3 +460,43 @@ fn every_mode_over_http2_shares_one_connection() {
         assert_eq!(seen.borrow().connections, 3, "one connection per client");
     });
 }
+
+/// Polls `done` every 10 ms for at most `within`.
+async fn poll_until(within: Duration, done: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > within {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// An HTTP/2 connection stays open while a request is in flight on it, though no session
+/// runs there (as packet-up POSTs may go on a connection of their own), and closes once it
+/// has carried none for the idle bound (here 200 ms, Xray's 300 s otherwise).
+#[test]
+fn a_connection_with_a_request_in_flight_is_not_idle() {
+    LocalExecutor::default().run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dest = Destination::from(listener.local_addr().unwrap());
+        spawn_h2_server(listener, Rc::default());
+        let mut client = XhttpClient::build(&settings(Mode::StreamOne), None, &dest, true).unwrap();
+        let idle = Duration::from_millis(200);
+        Rc::get_mut(&mut client.0).unwrap().conn_idle = idle;
+        let client = client.0;
+        let conn = client.mux(&dest, &Via::default()).await.unwrap();
+        let request = client.h2_request(client.request(None, None, Body::Stream)).unwrap();
+        let (response, mut send, in_flight) = client.h2_send(&conn, request, false).await.unwrap();
+        assert!(!poll_until(idle * 4, || conn.state.dead.get()).await, "closed while in use");
+        send.send_data(Bytes::new(), true).unwrap();
+        let mut body = H2Body::new(response);
+        let mut scratch = [0u8; 64];
+        assert_eq!(futures_lite::future::poll_fn(|cx| body.poll_read(cx, &mut scratch)).await.unwrap(), 0);
+        drop(in_flight);
+        let over = Instant::now();
+        assert!(poll_until(Duration::from_secs(5), || conn.state.dead.get()).await, "idle, still open");
+        assert!(over.elapsed() >= idle, "closed {:?} after its last request", over.elapsed());
+    });
+}
