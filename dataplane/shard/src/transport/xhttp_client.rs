@@ -50,7 +50,8 @@ const MAX_WRITE: usize = 256 * 1024;
 const KEEPALIVE: Duration = Duration::from_secs(45);
 const PING_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// An HTTP/2 connection without sessions this long is closed (Xray's `IdleConnTimeout`).
+/// An HTTP/2 connection without requests in flight this long is closed (Xray's
+/// `IdleConnTimeout`).
 const CONN_IDLE: Duration = Duration::from_secs(300);
 
 /// The largest response head we read.
@@ -156,6 +157,8 @@ struct Client {
     max_connections: u32,
     /// Held while a connection is being opened, so concurrent sessions see it.
     opening: glommio::sync::Semaphore,
+    /// `CONN_IDLE` (shorter in tests).
+    conn_idle: Duration,
 }
 
 /// Whether a configured `User-Agent` value is one of Xray's keywords (`chrome`: its
@@ -237,6 +240,7 @@ impl XhttpClient {
             browser,
             pool: RefCell::new(Vec::new()),
             opening: glommio::sync::Semaphore::new(1),
+            conn_idle: CONN_IDLE,
         })))
     }
 
@@ -313,7 +317,9 @@ impl Client {
         match body {
             Body::None => {}
             Body::Stream => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-            Body::Packet(_) if method == Method::GET => {}
+            // A bodiless GET says nothing; any other body needs its length, or the server
+            // reads the payload as the next request (Go's client sends it the same way).
+            Body::Packet(0) if method == Method::GET => {}
             Body::Packet(n) => out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
         }
         out.extend_from_slice(b"\r\n");
@@ -354,7 +360,7 @@ impl Client {
                 (self.h1_request(server, via, head).await?, Up::SameConn)
             }
         };
-        Ok(XhttpStream { down: Down::H1(Box::new(down)), up, _sessions: Vec::new() })
+        Ok(XhttpStream { down: Down::H1(Box::new(down)), up, _sessions: Vec::new(), _requests: Vec::new() })
     }
 
     // --- HTTP/2 ---
@@ -376,20 +382,24 @@ impl Client {
         Ok(out)
     }
 
-    /// Sends a request on `conn`, counting it against the connection's requests.
+    /// Sends a request on `conn`, counting it against the connection's requests; the guard
+    /// keeps the connection in use until the request is over (held as long as its response
+    /// is read).
     async fn h2_send(
         &self,
         conn: &MuxConn,
         request: Request<()>,
         end: bool,
-    ) -> io::Result<(h2::client::ResponseFuture, SendStream<Bytes>)> {
+    ) -> io::Result<(h2::client::ResponseFuture, SendStream<Bytes>, InFlight)> {
         conn.left_requests.set(conn.left_requests.get() - 1);
+        let in_flight = InFlight::new(&conn.state);
         let mut sender = conn.sender.clone();
         futures_lite::future::poll_fn(|cx| sender.poll_ready(cx)).await.map_err(h2_error)?;
-        sender.send_request(request, end).map_err(|e| {
+        let (response, send) = sender.send_request(request, end).map_err(|e| {
             conn.state.dead.set(true);
             h2_error(e)
-        })
+        })?;
+        Ok((response, send, in_flight))
     }
 
     async fn open_h2(
@@ -401,28 +411,29 @@ impl Client {
         let sid = session.as_deref();
         let conn = self.mux(server, via).await?;
         let running = Running::new(&conn);
-        let (down, up) = match self.mode {
+        let (down, up, requests) = match self.mode {
             Mode::PacketUp => {
                 let get = self.h2_request(self.request(sid, None, Body::None))?;
-                let (response, _) = self.h2_send(&conn, get, true).await?;
+                let (response, _, get) = self.h2_send(&conn, get, true).await?;
                 let queue = Uploader::spawn(self.clone(), server.clone(), via.clone(), session.unwrap_or_default());
                 *queue.conn.borrow_mut() = Some(conn.clone());
-                (H2Body::new(response), Up::Packets(queue))
+                (H2Body::new(response), Up::Packets(queue), vec![get])
             }
             Mode::StreamUp => {
                 let get = self.h2_request(self.request(sid, None, Body::None))?;
-                let (response, _) = self.h2_send(&conn, get, true).await?;
+                let (response, _, get) = self.h2_send(&conn, get, true).await?;
                 let post = self.h2_request(self.request(sid, None, Body::Stream))?;
-                let (post_response, send) = self.h2_send(&conn, post, false).await?;
-                (H2Body::new(response), Up::H2(Box::new(H2Upload::new(send, Some(H2Body::new(post_response))))))
+                let (post_response, send, post) = self.h2_send(&conn, post, false).await?;
+                let up = Up::H2(Box::new(H2Upload::new(send, Some(H2Body::new(post_response)))));
+                (H2Body::new(response), up, vec![get, post])
             }
             _ => {
                 let request = self.h2_request(self.request(None, None, Body::Stream))?;
-                let (response, send) = self.h2_send(&conn, request, false).await?;
-                (H2Body::new(response), Up::H2(Box::new(H2Upload::new(send, None))))
+                let (response, send, request) = self.h2_send(&conn, request, false).await?;
+                (H2Body::new(response), Up::H2(Box::new(H2Upload::new(send, None))), vec![request])
             }
         };
-        Ok(XhttpStream { down: Down::H2(Box::new(down)), up, _sessions: vec![running] })
+        Ok(XhttpStream { down: Down::H2(Box::new(down)), up, _sessions: vec![running], _requests: requests })
     }
 
     /// A connection for the next session or request, as Xray's XMUX picks it: connections
@@ -476,8 +487,12 @@ impl Client {
             Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP/2 handshake timed out"))
         })
         .await?;
-        let state =
-            Rc::new(MuxState { dead: Cell::new(false), running: Cell::new(0), idle_since: Cell::new(Instant::now()) });
+        let state = Rc::new(MuxState {
+            dead: Cell::new(false),
+            running: Cell::new(0),
+            requests: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
+        });
         let pings = connection.ping_pong();
         let every = match self.xmux.h_keep_alive_period {
             0 => Some(KEEPALIVE),
@@ -485,12 +500,13 @@ impl Client {
             _ => None,
         };
         let driver = state.clone();
+        let conn_idle = self.conn_idle;
         glommio::spawn_local(async move {
             let quiet_state = driver.clone();
             let keeping = async move {
                 match (every, pings) {
                     (Some(every), Some(pings)) => {
-                        keepalive(pings, every, PING_TIMEOUT, move || quiet_state.running.get() == 0).await
+                        keepalive(pings, every, PING_TIMEOUT, move || quiet_state.requests.get() == 0).await
                     }
                     _ => futures_lite::future::pending().await,
                 }
@@ -498,8 +514,8 @@ impl Client {
             let idle_state = driver.clone();
             let idle = async move {
                 loop {
-                    glommio::timer::sleep(Duration::from_secs(5)).await;
-                    if idle_state.running.get() == 0 && idle_state.idle_since.get().elapsed() >= CONN_IDLE {
+                    glommio::timer::sleep((conn_idle / 4).min(Duration::from_secs(5))).await;
+                    if idle_state.idle_for(conn_idle) {
                         return;
                     }
                 }
@@ -593,10 +609,38 @@ impl MuxConn {
 /// What a connection's driver task shares with its users.
 struct MuxState {
     dead: Cell<bool>,
-    /// Sessions on it now.
+    /// Sessions on it now (for `maxConcurrency`).
     running: Cell<u32>,
-    /// When its last session ended.
+    /// Requests in flight on it now, of every kind: a session's GET and streaming POST, and
+    /// packet-up POSTs, which may go on a connection no session of theirs runs on.
+    requests: Cell<u32>,
+    /// When a request last started or ended.
     idle_since: Cell<Instant>,
+}
+
+impl MuxState {
+    /// Whether it has carried no request for `bound`.
+    fn idle_for(&self, bound: Duration) -> bool {
+        self.requests.get() == 0 && self.idle_since.get().elapsed() >= bound
+    }
+}
+
+/// Counts a request in flight on its connection while held.
+struct InFlight(Rc<MuxState>);
+
+impl InFlight {
+    fn new(state: &Rc<MuxState>) -> InFlight {
+        state.requests.set(state.requests.get() + 1);
+        state.idle_since.set(Instant::now());
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.requests.set(self.0.requests.get() - 1);
+        self.0.idle_since.set(Instant::now());
+    }
 }
 
 /// Counts a session on its connection while held.
@@ -613,7 +657,6 @@ impl Drop for Running {
     fn drop(&mut self) {
         let state = &self.0.state;
         state.running.set(state.running.get() - 1);
-        state.idle_since.set(Instant::now());
     }
 }
 
@@ -624,6 +667,8 @@ pub(crate) struct XhttpStream {
     down: Down,
     up: Up,
     _sessions: Vec<Running>,
+    /// Its HTTP/2 requests, in flight while the session lives.
+    _requests: Vec<InFlight>,
 }
 
 enum Down {
@@ -1219,7 +1264,7 @@ async fn post_h2(
         }
     };
     let request = client.h2_request(request)?;
-    let (response, mut send) = client.h2_send(&conn, request, payload.is_empty()).await?;
+    let (response, mut send, in_flight) = client.h2_send(&conn, request, payload.is_empty()).await?;
     let mut pending = Bytes::from(payload);
     if !pending.is_empty() {
         futures_lite::future::poll_fn(|cx| poll_send(&mut send, &mut pending, cx)).await?;
@@ -1227,6 +1272,8 @@ async fn post_h2(
     }
     let queue = queue.clone();
     glommio::spawn_local(async move {
+        // The connection is in use until the answer is in.
+        let _in_flight = in_flight;
         let mut body = H2Body::new(response);
         let mut scratch = [0u8; 512];
         loop {

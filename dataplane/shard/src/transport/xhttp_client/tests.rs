@@ -162,6 +162,51 @@ fn packet_up_over_http1() {
     });
 }
 
+/// packet-up over HTTP/1.1 with `uplinkHTTPMethod: GET`: each uplink GET with a body says
+/// its length, so the next request on the kept-alive connection reads as one.
+#[test]
+fn uplink_gets_over_http1_carry_their_length() {
+    LocalExecutor::default().run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dest = Destination::from(listener.local_addr().unwrap());
+        let mut spec = settings(Mode::PacketUp);
+        spec.settings.uplink_http_method = "GET".into();
+        let client = XhttpClient::build(&spec, None, &dest, false).unwrap();
+        let server = glommio::spawn_local(async move {
+            let mut get = listener.accept().await.unwrap();
+            let mut get_buf = Vec::new();
+            let (sid, _) = session_of(&read_head(&mut get, &mut get_buf).await.target);
+            get.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+            let mut up = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut bodies = Vec::new();
+            for seq in 0..2 {
+                let head = read_head(&mut up, &mut buf).await;
+                assert_eq!(head.method, "GET");
+                assert_eq!(session_of(&head.target), (sid.clone(), Some(seq)));
+                let len: usize = head.get("Content-Length").expect("an uplink GET's length").parse().unwrap();
+                bodies.push(read_exact(&mut up, &mut buf, len).await);
+                up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+                if seq == 0 {
+                    get.write_all(b"5\r\nworld\r\n").await.unwrap();
+                }
+            }
+            get.write_all(b"0\r\n\r\n").await.unwrap();
+            bodies
+        });
+        let mut s = client.open(&dest, &Via::default()).await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"world");
+        s.write_all(b"again").await.unwrap();
+        s.close().await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(server.await, vec![b"hello".to_vec(), b"again".to_vec()]);
+    });
+}
+
 /// stream-one over HTTP/1.1: one chunked POST to the bare path, typed `application/grpc`,
 /// its response's chunks the downlink.
 #[test]
@@ -413,5 +458,45 @@ fn every_mode_over_http2_shares_one_connection() {
             }
         }
         assert_eq!(seen.borrow().connections, 3, "one connection per client");
+    });
+}
+
+/// Polls `done` every 10 ms for at most `within`.
+async fn poll_until(within: Duration, done: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > within {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// An HTTP/2 connection stays open while a request is in flight on it, though no session
+/// runs there (as packet-up POSTs may go on a connection of their own), and closes once it
+/// has carried none for the idle bound (here 200 ms, Xray's 300 s otherwise).
+#[test]
+fn a_connection_with_a_request_in_flight_is_not_idle() {
+    LocalExecutor::default().run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dest = Destination::from(listener.local_addr().unwrap());
+        spawn_h2_server(listener, Rc::default());
+        let mut client = XhttpClient::build(&settings(Mode::StreamOne), None, &dest, true).unwrap();
+        let idle = Duration::from_millis(200);
+        Rc::get_mut(&mut client.0).unwrap().conn_idle = idle;
+        let client = client.0;
+        let conn = client.mux(&dest, &Via::default()).await.unwrap();
+        let request = client.h2_request(client.request(None, None, Body::Stream)).unwrap();
+        let (response, mut send, in_flight) = client.h2_send(&conn, request, false).await.unwrap();
+        assert!(!poll_until(idle * 4, || conn.state.dead.get()).await, "closed while in use");
+        send.send_data(Bytes::new(), true).unwrap();
+        let mut body = H2Body::new(response);
+        let mut scratch = [0u8; 64];
+        assert_eq!(futures_lite::future::poll_fn(|cx| body.poll_read(cx, &mut scratch)).await.unwrap(), 0);
+        drop(in_flight);
+        let over = Instant::now();
+        assert!(poll_until(Duration::from_secs(5), || conn.state.dead.get()).await, "idle, still open");
+        assert!(over.elapsed() >= idle, "closed {:?} after its last request", over.elapsed());
     });
 }
