@@ -128,10 +128,19 @@ pub struct UserSets {
 /// adds every user: both stay O(1) a user).
 #[derive(Debug, Clone, Default)]
 struct Leaving {
-    /// (tag, account) -> (email, slot, end of grace, the slot's quota cell and suspension:
-    /// sessions kept through the grace count into that cell, which an add takes back).
-    by_user: rustc_hash::FxHashMap<(String, Account), (Arc<str>, u32, std::time::Instant, Option<SlotQuota>)>,
+    by_user: rustc_hash::FxHashMap<(String, Account), LeavingUser>,
     order: std::collections::VecDeque<(std::time::Instant, String, Account)>,
+}
+
+/// A removed user whose slot is held until `until`, for an add of the same user.
+#[derive(Debug, Clone)]
+struct LeavingUser {
+    email: Arc<str>,
+    slot: u32,
+    until: std::time::Instant,
+    /// The slot's quota cell and suspension: sessions kept through the grace count into that
+    /// cell, which an add takes back with the slot.
+    quota: Option<SlotQuota>,
 }
 
 impl Leaving {
@@ -145,7 +154,7 @@ impl Leaving {
         quota: Option<SlotQuota>,
     ) {
         self.order.push_back((until, tag.clone(), account.clone()));
-        self.by_user.insert((tag, account), (email, slot, until, quota));
+        self.by_user.insert((tag, account), LeavingUser { email, slot, until, quota });
     }
 
     /// Forgets the users whose grace ended by `now`.
@@ -153,7 +162,7 @@ impl Leaving {
         while self.order.front().is_some_and(|(until, ..)| *until <= now) {
             let (until, tag, account) = self.order.pop_front().expect("just checked");
             let key = (tag, account);
-            if self.by_user.get(&key).is_some_and(|(_, _, u, _)| *u == until) {
+            if self.by_user.get(&key).is_some_and(|l| l.until == until) {
                 self.by_user.remove(&key);
             }
         }
@@ -809,11 +818,10 @@ impl UserSets {
         let now = std::time::Instant::now();
         self.leaving.prune(now);
         let key = (self.inbounds[i].tag.clone(), u.account.clone());
-        let (email, slot, until, quota) =
-            self.leaving.by_user.remove(&key).filter(|(email, ..)| **email == *u.email)?;
+        let l = self.leaving.by_user.remove(&key).filter(|l| *l.email == *u.email)?;
         // Before its hold ends (pruned above), the slot is still pending: nobody else has it.
-        self.slots.revive(slot, until, i as u32, u.level, quota);
-        Some((slot, email))
+        self.slots.revive(l.slot, l.until, i as u32, u.level, l.quota);
+        Some((l.slot, l.email))
     }
 
     /// The shards' side of removing the user with `account` (slot `slot`, email `email`) from
