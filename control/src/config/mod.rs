@@ -150,6 +150,7 @@ fn build(doc: Map<String, Value>) -> Result<Config, ConfigError> {
     let doc = Value::Object(doc);
     let mut notes = mapped_ids(&doc);
     notes.extend(ignored_fingerprints(&doc));
+    notes.extend(ignored_unix_sockopts(&doc));
     let (config, ignored) = validate::collect_ignored(|| validate::validate(parse_raw(doc)?));
     let mut config = config?;
     config.notes.splice(0..0, notes);
@@ -174,6 +175,26 @@ fn ignored_fingerprints(doc: &Value) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// A note for every TCP socket option of an inbound that listens on a Unix socket, where the
+/// kernel has no such option: the operator should know it does nothing there.
+fn ignored_unix_sockopts(doc: &Value) -> Vec<String> {
+    // What still means something on a Unix socket: the PROXY header and the trusted headers.
+    const KEPT: [&str; 2] = ["acceptProxyProtocol", "trustedXForwardedFor"];
+    let inbounds = doc.get("inbounds").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let mut notes = Vec::new();
+    for (i, inbound) in inbounds.iter().enumerate() {
+        let listen = inbound.get("listen").and_then(Value::as_str).unwrap_or("").trim();
+        if !(listen.starts_with('/') || listen.starts_with('@')) {
+            continue;
+        }
+        let Some(sockopt) = inbound.pointer("/streamSettings/sockopt").and_then(Value::as_object) else { continue };
+        for key in sockopt.keys().filter(|k| !KEPT.contains(&k.as_str())) {
+            notes.push(format!("inbounds[{i}].streamSettings.sockopt.{key}: ignored on a Unix socket"));
+        }
+    }
+    notes
 }
 
 /// A note for every client id that is not a UUID but stands for one, as Xray maps it: the

@@ -403,6 +403,16 @@ fn api_listen_wins_over_the_api_inbound() {
 }
 
 #[test]
+fn api_and_metrics_refuse_abstract_sockets() {
+    // No file, so no mode: any local process could call the API.
+    for (key, path) in [("api", "api.listen"), ("metrics", "metrics.listen")] {
+        let err = broken(|v| set(v, "", key, json!({ "tag": key, "listen": "@shardray-api" })));
+        assert_eq!(err.path, path);
+        assert!(err.to_string().contains("abstract socket"), "{err}");
+    }
+}
+
+#[test]
 fn metrics_listen_and_our_keys() {
     let mut v = base();
     set(&mut v, "", "metrics", json!({ "listen": "127.0.0.1:11111" }));
@@ -964,6 +974,25 @@ fn an_inbound_listens_on_a_unix_socket_in_xrays_forms() {
     assert_eq!(unix("127.0.0.1"), None);
     let err = broken(|v| set(v, "/inbounds/0", "listen", json!("/run/x.sock,rw")));
     assert_eq!(err.path, "inbounds[0].listen");
+}
+
+#[test]
+fn tcp_socket_options_on_a_unix_listener_are_noted() {
+    let mut v = base();
+    set(&mut v, "/inbounds/0", "listen", json!("/run/x.sock"));
+    let sockopt = json!({ "tcpFastOpen": true, "acceptProxyProtocol": true, "mark": 5 });
+    set(&mut v, "/inbounds/0", "streamSettings", json!({ "sockopt": sockopt }));
+    let notes = load(&v).unwrap().notes;
+    let mut unix: Vec<_> = notes.iter().filter(|n| n.ends_with("ignored on a Unix socket")).collect();
+    unix.sort();
+    assert_eq!(
+        unix,
+        [
+            "inbounds[0].streamSettings.sockopt.mark: ignored on a Unix socket",
+            "inbounds[0].streamSettings.sockopt.tcpFastOpen: ignored on a Unix socket",
+        ],
+        "the PROXY protocol flag still applies; {notes:?}"
+    );
 }
 
 #[test]

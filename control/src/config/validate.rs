@@ -459,7 +459,14 @@ fn api_listen(s: &str, authenticated: bool) -> Result<ApiListen, ConfigError> {
 /// A listen address at `path` for `who` (the API, the metrics endpoint): loopback or a Unix
 /// socket.
 fn listen_at(s: &str, path: &str, who: &str, authenticated: bool) -> Result<ApiListen, ConfigError> {
-    if s.starts_with('/') || s.starts_with('@') {
+    if s.starts_with('@') {
+        // An abstract socket has no file, so no mode can keep other local users out of it.
+        return Err(ConfigError::invalid(
+            path,
+            format!("{s:?} names an abstract socket, which any local process may reach; give the {who} a socket path (\"/run/shardray/api.sock\") instead"),
+        ));
+    }
+    if s.starts_with('/') {
         return Ok(ApiListen::Unix(PathBuf::from(s)));
     }
     let bad = || ConfigError::invalid(path, format!("{s:?} is neither \"ip:port\" nor a Unix socket path"));
