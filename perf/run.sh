@@ -1,10 +1,12 @@
 #!/bin/sh
-# Side-by-side bulk VLESS throughput: shardray against sing-box 1.14.4, V2Ray 4.45.2 and the bare
-# splice relay (`shardray-bench splice-relay`, the floor for a userspace relay),
-# measured in one run on this machine; short connections against sing-box; both again with
-# VLESS over TLS 1.3 (a certificate generated per run; the splice relay, plain only, is
+# Side-by-side bulk VLESS throughput: shardray against sing-box 1.14.4, V2Ray 4.45.2, shoes 0.3.2
+# and the bare splice relay (`shardray-bench splice-relay`, the floor for a userspace relay),
+# measured in one run on this machine; short connections against sing-box and shoes; both again
+# with VLESS over TLS 1.3 (a certificate generated per run; the splice relay, plain only, is
 # skipped there); the memory and CPU
-# that 2,000 idle tunnels cost shardray, sing-box and V2Ray; then shardray's API figures
+# that 2,000 idle tunnels cost shardray, sing-box, V2Ray and shoes; the same three figures for
+# Trojan over TLS, VMess AEAD, Shadowsocks (aes-128-gcm and 2022) and SOCKS5 against sing-box
+# and shoes (`protocols`); then shardray's API figures
 # (AddUser round trip idle and with traffic, from a load generator at normal priority and at
 # nice 19, QueryStats and RSS at 100,000 and 1,000,000 users);
 # appended as one dated section to perf/RESULTS.md, and drawn as charts in perf/report.html
@@ -13,11 +15,16 @@
 #   perf/run.sh                      everything, about 6 minutes on 2 cores
 #   TLS=0 perf/run.sh                plain VLESS only (no TLS step after throughput, connrate)
 #   SCENARIOS=api perf/run.sh        only the API figures (also: throughput, connrate, idle,
-#                                    xhttp: VLESS over XHTTP against VLESS over TLS, shardray to shardray)
+#                                    protocols, xhttp: VLESS over XHTTP against VLESS over TLS,
+#                                    shardray to shardray)
+#   SCENARIOS=protocols PROTOCOLS=ss-2022,vmess PROTO_BYTES=64MiB perf/run.sh
 #   SCENARIOS=idle IDLE_TUNNELS=5000 perf/run.sh
 #   TARGETS=shardray,sing-box,v2ray STREAMS=8 BYTES=128MiB RUNS=5 perf/run.sh
 #   CONNRATE_TARGETS=shardray,sing-box,v2ray SCENARIOS=connrate perf/run.sh
 #   BUILD=0 perf/run.sh              use the binaries already built in the target directory
+#   SHOES_BIN=/path/to/shoes perf/run.sh   shoes from there; otherwise `perf/peers.sh shoes`
+#                                    gives it (building it the first time, 6 to 10 minutes), and
+#                                    without it the shoes rows are left out with a warning
 #
 # Honours CARGO_TARGET_DIR. Loopback only.
 set -eu
@@ -25,8 +32,8 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-SCENARIOS=${SCENARIOS:-throughput,connrate,idle,xhttp,api}
-TARGETS=${TARGETS:-shardray,sing-box,v2ray,splice}
+SCENARIOS=${SCENARIOS:-throughput,connrate,idle,protocols,xhttp,api}
+TARGETS=${TARGETS:-shardray,sing-box,v2ray,shoes,splice}
 STREAMS=${STREAMS:-4}
 BYTES=${BYTES:-256MiB}
 DIRECTION=${DIRECTION:-both}
@@ -34,7 +41,7 @@ RUNS=${RUNS:-3}
 SHARDS=${SHARDS:-2}
 # After each plain throughput and connrate step, the same over TLS (1) or not (0).
 TLS=${TLS:-1}
-CONNRATE_TARGETS=${CONNRATE_TARGETS:-shardray,sing-box}
+CONNRATE_TARGETS=${CONNRATE_TARGETS:-shardray,sing-box,shoes}
 # API churn: calls and pace on an idle server, then with traffic streams flowing.
 CHURN_OPS=${CHURN_OPS:-10000}
 CHURN_RATE=${CHURN_RATE:-1000}
@@ -43,10 +50,20 @@ CHURN_TRAFFIC_RATE=${CHURN_TRAFFIC_RATE:-100}
 CHURN_STREAMS=${CHURN_STREAMS:-2}
 # Idle tunnels held open per target, and which targets.
 IDLE_TUNNELS=${IDLE_TUNNELS:-2000}
-IDLE_TARGETS=${IDLE_TARGETS:-shardray,sing-box,v2ray}
+IDLE_TARGETS=${IDLE_TARGETS:-shardray,sing-box,v2ray,shoes}
+# The protocols step: which (a `-tls` suffix runs it inside TLS), against which targets, with
+# how many bytes per stream, seconds of connections and idle tunnels (0 skips idle).
+PROTOCOLS=${PROTOCOLS:-trojan-tls,vmess,ss-aes-128-gcm,ss-2022,socks}
+PROTO_TARGETS=${PROTO_TARGETS:-shardray,sing-box,shoes}
+PROTO_BYTES=${PROTO_BYTES:-$BYTES}
+PROTO_RUNS=${PROTO_RUNS:-$RUNS}
+PROTO_CONNRATE_SECONDS=${PROTO_CONNRATE_SECONDS:-10}
+PROTO_IDLE_TUNNELS=${PROTO_IDLE_TUNNELS:-1000}
 RESULTS=${RESULTS:-$root/perf/RESULTS.md}
 REPORT=${REPORT:-$root/perf/report.html}
 BUILD=${BUILD:-1}
+
+shoes_arg=""
 
 wants() { case ",$SCENARIOS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
@@ -62,8 +79,9 @@ trap 'rm -rf "$section" "$tmp"' EXIT
 step() {
     name=$1
     shift
+    # shellcheck disable=SC2086 # $shoes_arg is empty or an option and its path
     table=$("$bench" "$@" --json-out "$tmp/$name.json" \
-        --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX" --v2ray-bin "$V2RAY")
+        --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX" --v2ray-bin "$V2RAY" $shoes_arg)
     {
         [ ! -s "$section" ] || printf '\n'
         printf '```\nshardray-bench %s\n```\n\n' "$*"
@@ -71,7 +89,26 @@ step() {
     } >>"$section"
 }
 
-if wants throughput || wants connrate; then eval "$(perf/peers.sh)"; fi
+if wants throughput || wants connrate || wants idle || wants protocols; then
+    eval "$(perf/peers.sh)"
+    # shoes: SHOES_BIN if set, else from perf/peers.sh (built the first time); without it its
+    # rows are left out rather than failing the whole run.
+    SHOES=${SHOES_BIN:-}
+    if [ -z "$SHOES" ]; then
+        if out=$(perf/peers.sh shoes); then eval "$out"; else SHOES=""; fi
+    fi
+    if [ -n "$SHOES" ] && [ -x "$SHOES" ]; then
+        shoes_arg="--shoes-bin $SHOES"
+    else
+        echo "warning: no shoes binary (set SHOES_BIN, or see perf/peers.sh shoes); its rows are left out" >&2
+        shoes_arg=""
+        no_shoes() { printf '%s' "$1" | sed 's/^shoes,//; s/,shoes,/,/; s/,shoes$//'; }
+        TARGETS=$(no_shoes "$TARGETS")
+        CONNRATE_TARGETS=$(no_shoes "$CONNRATE_TARGETS")
+        IDLE_TARGETS=$(no_shoes "$IDLE_TARGETS")
+        PROTO_TARGETS=$(no_shoes "$PROTO_TARGETS")
+    fi
+fi
 
 if wants throughput; then
     args="throughput --target $TARGETS --streams $STREAMS --bytes $BYTES --direction $DIRECTION --runs $RUNS --shards $SHARDS"
@@ -90,15 +127,31 @@ if wants connrate; then
 fi
 
 if wants idle; then
-    eval "$(perf/peers.sh)"
     args="idle --target $IDLE_TARGETS --tunnels $IDLE_TUNNELS --shards $SHARDS"
     # shellcheck disable=SC2086 # $args is split on purpose
-    table=$("$bench" $args --json-out "$tmp/idle.json" \
-        --shardray-bin "$bin/shardray" --sing-box-bin "$SING_BOX" --v2ray-bin "$V2RAY")
-    {
-        printf '\n```\nshardray-bench %s\n```\n\n' "$args"
-        printf '%s\n' "$table"
-    } >>"$section"
+    step idle $args
+fi
+
+if wants protocols; then
+    # Each protocol's bulk CPU per GB, short connections and idle tunnels, shardray against
+    # the peers in one run; the tables' "vs" columns carry the issue's ratios.
+    printf '\n### Protocols: %s against %s\n' "$PROTOCOLS" "$PROTO_TARGETS" >>"$section"
+    for p in $(printf '%s' "$PROTOCOLS" | tr ',' ' '); do
+        case $p in
+            *-tls) proto=${p%-tls} tls=--tls ;;
+            *) proto=$p tls="" ;;
+        esac
+        common="--target $PROTO_TARGETS --protocol $proto --shards $SHARDS"
+        # shellcheck disable=SC2086 # split on purpose
+        step "throughput.$p" throughput $common $tls --streams "$STREAMS" --bytes "$PROTO_BYTES" \
+            --direction "$DIRECTION" --runs "$PROTO_RUNS"
+        # shellcheck disable=SC2086 # split on purpose
+        step "connrate.$p" connrate $common $tls --parallel 32 --duration "$PROTO_CONNRATE_SECONDS" \
+            --runs "$PROTO_RUNS"
+        # Idle tunnels are plain TCP: the protocol's own cost per tunnel, without TLS's.
+        # shellcheck disable=SC2086 # split on purpose
+        if [ "$PROTO_IDLE_TUNNELS" != 0 ]; then step "idle.$proto" idle $common --tunnels "$PROTO_IDLE_TUNNELS"; fi
+    done
 fi
 
 if wants xhttp; then

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api::{self, ApiClient};
-use crate::client::{self, Meter, StreamOutcome, VlessClient};
+use crate::client::{self, Client, Meter, StreamOutcome};
 use crate::pattern::{Flow, Request, PERIOD};
 use crate::procstat;
 use crate::report::{Latencies, Latency};
@@ -131,7 +131,7 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 impl Traffic {
     /// Starts `streams` streams that would run for far longer than `bound`; they end when
     /// stopped, or fail once no byte moved for `bound`.
-    fn start(client: &VlessClient, streams: usize, nice: i32, bound: Duration) -> Result<Traffic> {
+    fn start(client: &Client, streams: usize, nice: i32, bound: Duration) -> Result<Traffic> {
         let mut meters = Vec::with_capacity(streams);
         let mut workers = Vec::with_capacity(streams);
         for i in 0..streams {

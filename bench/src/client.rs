@@ -1,19 +1,17 @@
-//! Our own VLESS client: one blocking TCP stream (optionally TLS over it) through the proxy to
-//! the sink, carrying one upload or download and checking every byte of it.
+//! Our own client: one blocking tunnel (any protocol of [`crate::protocol`], optionally inside
+//! TLS) through the proxy to the sink, carrying one upload or download and checking every byte
+//! of it.
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use shardray_wire::addr::Destination;
-use shardray_wire::vless::{Command, RequestHeader};
-use uuid::Uuid;
 
 use crate::pattern::{self, Ack, Flow, Request, Verifier, ACK_LEN};
-use crate::tls::{ProxyStream, TlsClient};
+use crate::protocol::{Dialer, Tunnel};
 
 /// What one stream moved, as the client saw it.
 #[derive(Debug, Clone, Copy)]
@@ -22,20 +20,16 @@ pub struct StreamOutcome {
     pub bytes: u64,
 }
 
-/// How to reach the sink through a VLESS proxy.
+/// How to reach the sink through a proxy.
 #[derive(Debug, Clone)]
-pub struct VlessClient {
-    /// The proxy's VLESS port.
-    pub proxy: SocketAddr,
-    /// The user id the proxy knows.
-    pub user: Uuid,
-    /// The sink, as the destination in the VLESS header.
+pub struct Client {
+    /// The proxy, its protocol and credentials.
+    pub dialer: Dialer,
+    /// The sink, as the destination in the request header.
     pub sink: SocketAddr,
-    /// TLS to the proxy with these settings; plain TCP when `None`.
-    pub tls: Option<TlsClient>,
 }
 
-impl VlessClient {
+impl Client {
     /// Runs one stream: connect, send the header and request, move `req.len` bytes, verify.
     pub fn run(&self, req: Request, timeout: Duration) -> Result<StreamOutcome> {
         self.run_metered(req, timeout, None)
@@ -59,28 +53,15 @@ impl VlessClient {
 
     fn try_run(&self, req: Request, timeout: Duration, meter: Option<&Meter>) -> Result<StreamOutcome> {
         let deadline = Instant::now() + timeout;
-        let conn = TcpStream::connect_timeout(&self.proxy, timeout)
-            .with_context(|| format!("connecting to the proxy at {}", self.proxy))?;
-        conn.set_read_timeout(Some(timeout))?;
-        conn.set_write_timeout(Some(timeout))?;
-        conn.set_nodelay(true)?;
-        let conn = ProxyStream::open(conn, self.tls.as_ref()).context("TLS handshake with the proxy")?;
+        let conn = self.dialer.connect(self.sink, timeout)?;
         let mut conn = Metered { conn, meter };
 
-        let mut head = Vec::with_capacity(64);
-        RequestHeader {
-            user: self.user,
-            flow: String::new(),
-            command: Command::Tcp,
-            destination: Some(Destination::from(self.sink)),
-        }
-        .encode(&mut head);
+        let mut head = Vec::with_capacity(pattern::REQUEST_LEN);
         req.encode(&mut head);
 
         match req.flow {
             Flow::Up => {
                 pattern::send_pattern(&mut conn, &head, req.start, req.len, deadline).context("sending the upload")?;
-                read_response_header(&mut conn).context("reading the VLESS response")?;
                 let mut ack = [0u8; ACK_LEN];
                 conn.read_exact(&mut ack).context("reading the sink's acknowledgement")?;
                 let ack = Ack::decode(&ack);
@@ -93,7 +74,6 @@ impl VlessClient {
             }
             Flow::Down => {
                 pattern::send_pattern(&mut conn, &head, req.start, 0, deadline).context("sending the request")?;
-                read_response_header(&mut conn).context("reading the VLESS response")?;
                 let mut verifier = Verifier::new(req.start);
                 let mut buf = vec![0u8; pattern::CHUNK];
                 pattern::recv_pattern(&mut conn, &mut verifier, req.len, &mut buf, deadline)
@@ -148,7 +128,7 @@ pub fn is_stopped(e: &anyhow::Error) -> bool {
 
 /// The client's socket, counting into a meter when there is one.
 struct Metered<'a> {
-    conn: ProxyStream,
+    conn: Tunnel,
     meter: Option<&'a Meter>,
 }
 
@@ -186,15 +166,4 @@ impl Write for Metered<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.conn.flush()
     }
-}
-
-/// Reads and checks the VLESS response header: version 0, then addons we skip.
-pub fn read_response_header(conn: &mut impl Read) -> io::Result<()> {
-    let mut head = [0u8; 2];
-    conn.read_exact(&mut head)?;
-    if head[0] != shardray_wire::vless::VERSION {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("response version {} is not 0", head[0])));
-    }
-    let mut addons = vec![0u8; head[1] as usize];
-    conn.read_exact(&mut addons)
 }

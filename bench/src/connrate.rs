@@ -1,14 +1,14 @@
 //! The `connrate` scenario: short request/response connections through each target. Every
-//! client thread loops for a fixed time: connect, send the VLESS header with a 64-byte payload
-//! addressed to a loopback echo server, read the response header and the echo, verify it,
-//! close (with `--tls`, each connection first makes a full TLS 1.3 handshake with the target,
+//! client thread loops for a fixed time: connect, send the protocol's request header (after
+//! its handshake, for SOCKS) with a 64-byte payload addressed to a loopback echo server, read
+//! the response header and the echo, verify it, close (with `--tls`, each connection first makes a full TLS 1.3 handshake with the target,
 //! and ends with close_notify). Reports connections per second, connect-to-last-byte latency, the target's CPU per
 //! 1,000 connections and its peak RSS; then a second, one-connection-at-a-time pass for the
 //! latency of a lone connection.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -16,15 +16,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use shardray_wire::addr::Destination;
-use shardray_wire::vless::{Command, RequestHeader};
 
 use crate::pattern::{self, PERIOD};
 use crate::procstat::{self, RssSampler, RssSeries};
+use crate::protocol::Dialer;
 use crate::report::protocol_line;
-use crate::report::{cell, groups, median, median_measured, CdfPoint, Latencies, Latency, Machine};
+use crate::report::{
+    best_peer, cell, groups, median, median_measured, ratio_cell, CdfPoint, Latencies, Latency, Machine,
+};
 use crate::target::{RunningTarget, TargetSpec};
-use crate::tls::{self, ProxyStream, TlsClient};
+use crate::tls;
 
 /// Payload bytes per connection, each way.
 pub const PAYLOAD: usize = 64;
@@ -123,6 +124,9 @@ pub struct ConnMedian {
     pub errors: u64,
     /// Ratios against sing-box's medians, when sing-box was measured.
     pub vs_sing_box: Option<Ratios>,
+    /// Connections per second divided by the higher of sing-box's and shoes's, when one was
+    /// measured.
+    pub conns_per_s_vs_best_peer: Option<f64>,
     /// Latency CDF of the parallel passes, every run's connections together.
     pub cdf: Vec<CdfPoint>,
     /// Latency CDF of the one-at-a-time passes, every run's connections together.
@@ -195,16 +199,7 @@ fn measure(
     run: usize,
     echo: SocketAddr,
 ) -> Result<ConnRecord> {
-    let mut head = Vec::with_capacity(64);
-    RequestHeader {
-        user: target.user,
-        flow: String::new(),
-        command: Command::Tcp,
-        destination: Some(Destination::from(echo)),
-    }
-    .encode(&mut head);
-    let conn =
-        ConnSpec { proxy: target.addr, head: Arc::new(head), timeout: scenario.conn_timeout, tls: target.tls.clone() };
+    let conn = ConnSpec { dialer: target.dialer(), echo, timeout: scenario.conn_timeout };
     let sampler = target.pid().map(|pid| RssSampler::spawn(pid, Duration::from_millis(100))).transpose()?;
 
     let parallel = pass(target, &conn, scenario.parallel, scenario.duration, run)?;
@@ -229,12 +224,11 @@ fn measure(
 /// How each client connection reaches the echo server.
 #[derive(Debug, Clone)]
 struct ConnSpec {
-    proxy: SocketAddr,
-    /// The encoded VLESS request header, the same for every connection.
-    head: Arc<Vec<u8>>,
+    /// The proxy, its protocol and credentials (and TLS settings).
+    dialer: Dialer,
+    /// The echo server, each connection's destination.
+    echo: SocketAddr,
     timeout: Duration,
-    /// TLS to the proxy with these settings; plain TCP when `None`.
-    tls: Option<TlsClient>,
 }
 
 /// What one client thread saw.
@@ -314,16 +308,12 @@ fn pass(target: &RunningTarget, conn: &ConnSpec, threads: usize, duration: Durat
 fn client_loop(conn: &ConnSpec, duration: Duration, mut offset: usize) -> ThreadOutcome {
     let mut out = ThreadOutcome::default();
     let end = Instant::now() + duration;
-    let mut request = Vec::with_capacity(conn.head.len() + PAYLOAD);
-    let mut reply = [0u8; 2 + PAYLOAD];
+    let mut reply = [0u8; PAYLOAD];
     while Instant::now() < end {
         let payload = &pattern::pattern()[offset..offset + PAYLOAD];
         offset = (offset + PAYLOAD + 1) % PERIOD;
-        request.clear();
-        request.extend_from_slice(&conn.head);
-        request.extend_from_slice(payload);
         let began = Instant::now();
-        match one_connection(conn, &request, payload, &mut reply) {
+        match one_connection(conn, payload, &mut reply) {
             Ok(()) => {
                 out.latencies.record(began.elapsed());
                 out.ok += 1;
@@ -341,28 +331,14 @@ fn client_loop(conn: &ConnSpec, duration: Duration, mut offset: usize) -> Thread
     out
 }
 
-/// Connect (and handshake, over TLS), send header and payload in one write, read the response
-/// header and the echo, check it, close.
-fn one_connection(conn: &ConnSpec, request: &[u8], payload: &[u8], reply: &mut [u8; 2 + PAYLOAD]) -> Result<()> {
-    let sock = TcpStream::connect_timeout(&conn.proxy, conn.timeout).context("connecting to the proxy")?;
-    sock.set_nodelay(true)?;
-    sock.set_read_timeout(Some(conn.timeout))?;
-    sock.set_write_timeout(Some(conn.timeout))?;
-    let mut s = ProxyStream::open(sock, conn.tls.as_ref()).context("TLS handshake with the proxy")?;
-    s.write_all(request).context("sending the request")?;
+/// Connect (and handshake, over TLS and for SOCKS), send the request header and payload in one
+/// write, read the response header and the echo, check it, close.
+fn one_connection(conn: &ConnSpec, payload: &[u8], echoed: &mut [u8; PAYLOAD]) -> Result<()> {
+    let mut s = conn.dialer.connect(conn.echo, conn.timeout)?;
+    s.write_all(payload).context("sending the request")?;
     s.flush().context("sending the request")?;
-    // The common case: a response header without addons, then the echo.
-    s.read_exact(&mut reply[..2]).context("reading the VLESS response")?;
-    if reply[0] != shardray_wire::vless::VERSION {
-        bail!("response version {} is not 0", reply[0]);
-    }
-    if reply[1] > 0 {
-        let mut addons = vec![0u8; reply[1] as usize];
-        s.read_exact(&mut addons).context("reading the response addons")?;
-    }
-    let echoed = &mut reply[2..];
     s.read_exact(echoed).map_err(short_echo).context("reading the echo")?;
-    if echoed != payload {
+    if echoed[..] != *payload {
         bail!("the echo differs from the payload");
     }
     s.close();
@@ -411,6 +387,7 @@ impl ConnrateReport {
                     serial_p99_us: sm(|p| p.latency.p99_us),
                     errors: group.iter().map(|r| r.parallel.errors + r.serial.as_ref().map_or(0, |s| s.errors)).sum(),
                     vs_sing_box: None,
+                    conns_per_s_vs_best_peer: None,
                     cdf: merged(group.iter().map(|r| &r.parallel)),
                     serial_cdf: merged(serial.iter().copied()),
                     target,
@@ -427,6 +404,10 @@ impl ConnrateReport {
                     serial_p50: m.serial_p50_us.zip(base.serial_p50_us).map(|(a, b)| ratio(a, b)),
                 });
             }
+        }
+        let best = best_peer(medians.iter().map(|m| (m.target.as_str(), Some(m.conns_per_s))), true).map(|(_, v)| v);
+        for m in &mut medians {
+            m.conns_per_s_vs_best_peer = best.map(|best| m.conns_per_s / best);
         }
         ConnrateReport {
             scenario: "connrate",
@@ -488,9 +469,10 @@ impl ConnrateReport {
             "\nMedians:\n\n\
              | target | protocol | runs | conns/s | p50 µs | p99 µs | p99.9 µs | CPU ms/1k conns | peak RSS MiB | \
              1-at-a-time p50 µs | 1-at-a-time p99 µs | conns/s vs sing-box | CPU/conn vs sing-box | \
-             1-at-a-time p50 vs sing-box |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             1-at-a-time p50 vs sing-box | conns/s vs best of sing-box, shoes |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
+        let best = best_peer(self.medians.iter().map(|m| (m.target.as_str(), Some(m.conns_per_s))), true);
         let opt = |v: Option<f64>, suffix: &str, digits: usize| {
             v.map_or("–".to_owned(), |v| format!("{v:.digits$}{suffix}"))
         };
@@ -498,7 +480,7 @@ impl ConnrateReport {
             let r = md.vs_sing_box;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 md.target,
                 md.protocol,
                 md.runs,
@@ -513,6 +495,7 @@ impl ConnrateReport {
                 opt(r.map(|r| r.conns_per_s), "×", 2),
                 opt(r.and_then(|r| r.cpu_per_conn), "×", 2),
                 opt(r.and_then(|r| r.serial_p50), "×", 2),
+                ratio_cell(Some(md.conns_per_s), best),
             );
         }
         let errors: u64 = self.medians.iter().map(|m| m.errors).sum();

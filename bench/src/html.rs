@@ -273,10 +273,13 @@ fn rss_chart(title: &str, runs: &[RunView], colors: &mut Colors) -> String {
 
 /// The suffix naming the protocol in headings: none for plain VLESS (the default), so TLS
 /// results get a section, and bar groups, of their own.
-fn over(protocol: &Option<String>) -> &'static str {
+fn over(protocol: &Option<String>) -> String {
     match protocol.as_deref() {
-        Some(crate::tls::PROTOCOL_TLS) => ", VLESS over TLS",
-        _ => "",
+        None | Some(crate::tls::PROTOCOL_PLAIN) => String::new(),
+        Some(p) => match p.strip_suffix("-tls") {
+            Some(inner) => format!(", {} over TLS", crate::report::protocol_title(inner)),
+            None => format!(", {}", crate::report::protocol_title(p)),
+        },
     }
 }
 
@@ -567,6 +570,7 @@ mod tests {
         let runs = ["shardray", "sing-box", "v2ray"]
             .iter()
             .map(|t| IdleRecord {
+                protocol: "vless",
                 target: (*t).into(),
                 run: 1,
                 tunnels: 2000,

@@ -1,5 +1,6 @@
-//! The `idle` scenario: what M established but idle VLESS tunnels cost each target. Every
-//! tunnel is opened for real (VLESS header and a small payload addressed to our own loopback
+//! The `idle` scenario: what M established but idle tunnels (of any protocol the harness
+//! speaks) cost each target. Every tunnel is opened for real (the protocol's request header
+//! and a small payload addressed to our own loopback
 //! echo server, the echo read back through the proxy), then left idle. The target's RSS is
 //! sampled, steady after a settle delay, before and with the tunnels open; its CPU is read while
 //! opening and while idle. At the end every tunnel is checked for a close by the target, and a
@@ -7,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -16,14 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use shardray_wire::addr::Destination;
-use shardray_wire::vless::{Command, RequestHeader};
 
-use crate::client;
 use crate::pattern::{self, PERIOD};
 use crate::procstat::{self, RssSampler, RssSeries};
 use crate::progress::Progress;
-use crate::report::{cell, groups, median, median_measured, Machine};
+use crate::protocol::{self, Dialer};
+use crate::report::{best_peer, cell, groups, median, median_measured, ratio_cell, Machine};
 use crate::sink::IdleEcho;
 use crate::target::{RunningTarget, TargetSpec};
 
@@ -68,6 +67,8 @@ pub struct Idle {
 pub struct IdleRecord {
     /// Target name.
     pub target: String,
+    /// What the tunnels speak: "vless", "trojan", "ss-2022", ...
+    pub protocol: &'static str,
     /// 1-based run number.
     pub run: usize,
     /// Tunnels asked for.
@@ -165,6 +166,8 @@ pub struct IdleMedian {
     pub kib_per_tunnel: Option<f64>,
     /// `kib_per_tunnel` divided by sing-box's, when sing-box was measured.
     pub kib_per_tunnel_vs_sing_box: Option<f64>,
+    /// `kib_per_tunnel` divided by the lower of sing-box's and shoes's, when one was measured.
+    pub kib_per_tunnel_vs_best_peer: Option<f64>,
     /// Steady RSS before opening, MiB.
     pub rss_before_mib: Option<f64>,
     /// Steady RSS with the tunnels open, MiB.
@@ -297,18 +300,9 @@ fn measure(
     let before = steady()?;
     let fds_before = fds()?;
 
-    let mut head = Vec::with_capacity(64);
-    RequestHeader {
-        user: target.user,
-        flow: String::new(),
-        command: Command::Tcp,
-        destination: Some(Destination::from(echo.addr())),
-    }
-    .encode(&mut head);
-
     let cpu_before_open = read(&procstat::cpu_seconds)?;
     let opened_at = Instant::now();
-    let opening = open_tunnels(target.addr, &head, scenario, |n| {
+    let opening = open_tunnels(&target.dialer(), echo.addr(), scenario, |n| {
         progress.set_message(format!("{name} run {run}: {n} of {} tunnels open", scenario.tunnels));
     });
     let open_s = opened_at.elapsed().as_secs_f64();
@@ -346,6 +340,7 @@ fn measure(
     let opened = opening.opened;
     Ok(IdleRecord {
         target: name,
+        protocol: spec.protocol(),
         run,
         tunnels: scenario.tunnels,
         opened,
@@ -382,13 +377,13 @@ struct Opening {
 
 /// One open tunnel and the pattern offset of its next payload.
 struct Tunnel {
-    conn: TcpStream,
+    conn: protocol::Tunnel,
     offset: usize,
 }
 
 /// Opens `scenario.tunnels` tunnels from `open_threads` threads; `progress` hears the count
 /// opened so far now and then.
-fn open_tunnels(proxy: SocketAddr, head: &[u8], scenario: &Idle, progress: impl Fn(usize)) -> Opening {
+fn open_tunnels(dialer: &Dialer, echo: SocketAddr, scenario: &Idle, progress: impl Fn(usize)) -> Opening {
     let total = scenario.tunnels;
     let threads = scenario.open_threads.clamp(1, total.max(1));
     let deadline = Instant::now() + scenario.open_timeout;
@@ -400,7 +395,6 @@ fn open_tunnels(proxy: SocketAddr, head: &[u8], scenario: &Idle, progress: impl 
             s.spawn(|| {
                 let mut mine = Vec::new();
                 let (mut failed, mut errors) = (0, Vec::new());
-                let mut request = Vec::with_capacity(head.len() + PAYLOAD);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= total {
@@ -410,10 +404,7 @@ fn open_tunnels(proxy: SocketAddr, head: &[u8], scenario: &Idle, progress: impl 
                     let result = if Instant::now() >= deadline {
                         Err(anyhow!("not opened within {:?}", scenario.open_timeout))
                     } else {
-                        request.clear();
-                        request.extend_from_slice(head);
-                        request.extend_from_slice(payload(offset));
-                        open_one(proxy, &request, payload(offset), scenario.conn_timeout)
+                        open_one(dialer, echo, payload(offset), scenario.conn_timeout)
                     };
                     match result {
                         Ok(conn) => {
@@ -454,19 +445,17 @@ fn next_offset(offset: usize) -> usize {
     (offset + PAYLOAD + 1) % PERIOD
 }
 
-/// Connects, sends the header with the first payload, reads the response header and the echo.
-fn open_one(proxy: SocketAddr, request: &[u8], payload: &[u8], timeout: Duration) -> Result<TcpStream> {
-    let mut conn = TcpStream::connect_timeout(&proxy, timeout).context("connecting to the proxy")?;
-    conn.set_nodelay(true)?;
-    conn.set_read_timeout(Some(timeout))?;
-    conn.set_write_timeout(Some(timeout))?;
-    conn.write_all(request).context("sending the request")?;
-    client::read_response_header(&mut conn).context("reading the VLESS response")?;
+/// Connects, sends the header with the first payload, reads the response header and the echo;
+/// the tunnel then holds no buffer of ours while idle.
+fn open_one(dialer: &Dialer, echo: SocketAddr, payload: &[u8], timeout: Duration) -> Result<protocol::Tunnel> {
+    let mut conn = dialer.connect(echo, timeout)?;
+    conn.write_all(payload).context("sending the request")?;
     expect_echo(&mut conn, payload)?;
+    conn.release_buffers();
     Ok(conn)
 }
 
-fn expect_echo(conn: &mut TcpStream, payload: &[u8]) -> Result<()> {
+fn expect_echo(conn: &mut protocol::Tunnel, payload: &[u8]) -> Result<()> {
     let mut echoed = [0u8; PAYLOAD];
     conn.read_exact(&mut echoed).context("reading the echo")?;
     if echoed != payload {
@@ -481,14 +470,16 @@ fn count_closed(tunnels: &[Tunnel], errors: &mut Vec<String>) -> usize {
     let mut closed = 0;
     let mut probe = [0u8; 1];
     for (i, t) in tunnels.iter().enumerate() {
-        let outcome = t.conn.set_nonblocking(true).and_then(|()| t.conn.peek(&mut probe));
+        // Idle tunnels are plain TCP (the scenario has no TLS).
+        let Some(sock) = t.conn.socket() else { continue };
+        let outcome = sock.set_nonblocking(true).and_then(|()| sock.peek(&mut probe));
         let problem = match outcome {
             Ok(0) => Some("closed by the target".to_owned()),
             Ok(_) => Some("unexpected bytes from an idle tunnel".to_owned()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
             Err(e) => Some(format!("error on an idle tunnel: {e}")),
         };
-        let _ = t.conn.set_nonblocking(false);
+        let _ = sock.set_nonblocking(false);
         if let Some(p) = problem {
             closed += 1;
             if errors.len() < ERROR_SAMPLES {
@@ -535,6 +526,7 @@ impl IdleReport {
                     runs: group.len(),
                     kib_per_tunnel: m(|r| r.kib_per_tunnel),
                     kib_per_tunnel_vs_sing_box: None,
+                    kib_per_tunnel_vs_best_peer: None,
                     rss_before_mib: m(|r| r.rss_before_mib),
                     rss_with_mib: m(|r| r.rss_with_mib),
                     fds_per_tunnel: m(|r| r.fds_per_tunnel()),
@@ -549,6 +541,10 @@ impl IdleReport {
             for m in &mut medians {
                 m.kib_per_tunnel_vs_sing_box = m.kib_per_tunnel.filter(|_| base > 0.0).map(|own| own / base);
             }
+        }
+        let best = best_peer(medians.iter().map(|m| (m.target.as_str(), m.kib_per_tunnel)), false).map(|(_, v)| v);
+        for m in &mut medians {
+            m.kib_per_tunnel_vs_best_peer = m.kib_per_tunnel.zip(best).map(|(own, best)| own / best);
         }
         IdleReport {
             scenario: "idle",
@@ -569,11 +565,13 @@ impl IdleReport {
         let _ = writeln!(out, "Command: `{}`\n", self.command);
         let _ = writeln!(
             out,
-            "{} idle VLESS tunnels per target, each opened with a {PAYLOAD}-byte echo round trip. RSS is the \
+            "{} idle {} tunnels per target, each opened with a {PAYLOAD}-byte echo round trip. RSS is the \
              target's VmRSS, the median of several samples once it settled; KiB/tunnel is its growth per \
              open tunnel (kernel socket buffers are not in RSS). fds is the target's open descriptors with \
              the tunnels open (limit {}).\n",
-            self.tunnels, self.nofile_limit
+            self.tunnels,
+            crate::report::protocol_title(self.runs.first().map_or("vless", |r| r.protocol)),
+            self.nofile_limit
         );
         out.push_str(
             "| target | run | opened | open s | upstream | fds | RSS before MiB | RSS with MiB | spread MiB | \
@@ -605,18 +603,20 @@ impl IdleReport {
         }
         out.push_str(
             "\nMedians:\n\n\
-             | target | runs | KiB/tunnel | vs sing-box | RSS before MiB | RSS with MiB | fds/tunnel | \
+             | target | runs | KiB/tunnel | vs sing-box | vs best of sing-box, shoes | RSS before MiB | RSS with MiB | fds/tunnel | \
              CPU ms/1k opened | idle CPU ms/s | failed tunnels |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
+        let best = best_peer(self.medians.iter().map(|m| (m.target.as_str(), m.kib_per_tunnel)), false);
         for md in &self.medians {
             let ratio = md.kib_per_tunnel_vs_sing_box.map_or("–".to_owned(), |r| format!("{r:.2}×"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {ratio} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {ratio} | {} | {} | {} | {} | {} | {} | {} |",
                 md.target,
                 md.runs,
                 cell(md.kib_per_tunnel, 1),
+                ratio_cell(md.kib_per_tunnel, best),
                 cell(md.rss_before_mib, 1),
                 cell(md.rss_with_mib, 1),
                 cell(md.fds_per_tunnel, 1),
@@ -672,6 +672,7 @@ mod tests {
 
     fn record(target: &str, run: usize, kib: f64) -> IdleRecord {
         IdleRecord {
+            protocol: "vless",
             target: target.into(),
             run,
             tunnels: 100,

@@ -13,6 +13,7 @@ mod pattern;
 mod peers;
 mod procstat;
 mod progress;
+mod protocol;
 mod report;
 mod sink;
 mod splice_relay;
@@ -33,6 +34,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::pattern::Flow;
 use crate::progress::Progress;
+use crate::protocol::Protocol;
 use crate::report::{cell, Report};
 use crate::summary::ApiReport;
 use crate::target::{ExternalTarget, TargetKind, TargetSpec};
@@ -116,10 +118,15 @@ enum Direction {
 /// Which targets to start, and from which binaries.
 #[derive(clap::Args)]
 struct TargetArgs {
-    /// Targets, comma-separated or repeated: shardray, sing-box, v2ray, splice (the bare
+    /// Targets, comma-separated or repeated: shardray, sing-box, v2ray, shoes, splice (the bare
     /// reference relay). Runs are interleaved, with the `--external` target last in each round.
     #[arg(long, value_delimiter = ',', required_unless_present = "external")]
     target: Vec<TargetKind>,
+    /// The protocol every target serves and our client speaks: vless, trojan, vmess (AEAD,
+    /// aes-128-gcm body), ss-aes-128-gcm, ss-2022 (2022-blake3-aes-128-gcm) or socks (SOCKS5
+    /// with a password). A target that cannot serve it is skipped with a note.
+    #[arg(long, default_value = "vless")]
+    protocol: Protocol,
     /// Also measure a VLESS proxy that is already running at this address (it is never started
     /// or stopped here). It must admit `--external-uuid` and reach the harness's own loopback
     /// sink, whose address each VLESS request carries, through a direct/freedom outbound. Reported
@@ -146,6 +153,10 @@ struct TargetArgs {
     /// The V2Ray binary (default: from the peer cache, fetched if missing).
     #[arg(long)]
     v2ray_bin: Option<PathBuf>,
+    /// The shoes 0.3.2 binary (default: `shoes/bin/shoes` in the peer cache, which
+    /// `perf/peers.sh shoes` builds; it is not fetched here).
+    #[arg(long)]
+    shoes_bin: Option<PathBuf>,
     /// Peer cache directory (default: `.peers/` at the repository root).
     #[arg(long)]
     peers_dir: Option<PathBuf>,
@@ -470,9 +481,8 @@ fn idle(args: IdleArgs) -> Result<()> {
         startup: Duration::from_secs(args.targets.startup_timeout),
         nofile_limit: limit,
     };
-    let mut specs = target_specs(&args.targets, &args.targets.target)?;
-    specs.extend(external_spec(&args.targets, None));
     let workdir = workdir()?;
+    let (specs, note) = protocol_specs(&args.targets, false, None, &workdir)?;
     // The sink serves only the start-up probes; the idle echo server holds the tunnels' far ends.
     let sink = sink::Sink::spawn(scenario.startup)?;
     let echo = sink::IdleEcho::spawn()?;
@@ -481,7 +491,7 @@ fn idle(args: IdleArgs) -> Result<()> {
     drop(progress);
     let records = finish(&workdir, args.targets.keep, outcome)?;
     let report = idle::IdleReport::new(&scenario, command_line(), records);
-    args.targets.emit(&report, || report.markdown())
+    args.targets.emit(&report, || format!("{note}{}", report.markdown()))
 }
 
 fn throughput(args: ThroughputArgs) -> Result<()> {
@@ -649,31 +659,43 @@ fn users(args: UsersArgs) -> Result<()> {
     print_api_report(ApiReport::Users(record), args.shardray.json)
 }
 
-/// The targets to run for plain VLESS or, with `tls`, over TLS: with TLS, the splice relay
-/// (plain only) is left out, and a note saying so is returned for the report.
-fn tls_targets(requested: &[TargetKind], tls: bool) -> (Vec<TargetKind>, String) {
-    if !tls || !requested.contains(&TargetKind::Splice) {
-        return (requested.to_vec(), String::new());
+/// The targets that serve `protocol` (inside TLS with `tls`), and a note naming each one
+/// left out and why (the splice relay serves plain VLESS only, V2Ray has no Shadowsocks 2022).
+fn servable_targets(requested: &[TargetKind], protocol: Protocol, tls: bool) -> (Vec<TargetKind>, String) {
+    let mut note = String::new();
+    let mut kept = Vec::new();
+    for &kind in requested {
+        match target::supports(kind, protocol, tls) {
+            Ok(()) => kept.push(kind),
+            Err(why) => note.push_str(&format!("Note: {kind} is skipped for {}: {why}.\n\n", protocol.label(tls))),
+        }
     }
-    let kept = requested.iter().copied().filter(|&k| k != TargetKind::Splice).collect();
-    (kept, "Note: the splice reference relay serves plain VLESS only; it is skipped with --tls.\n\n".to_owned())
+    (kept, note)
 }
 
 /// [`target_specs`] for the protocol asked for, and the `--external` target last (over TLS
 /// with `external_tls`): with `tls`, a certificate generated into `workdir` for every target
-/// the harness starts, the splice relay skipped (the note says so, also on stderr).
+/// the harness starts; the targets that cannot serve the protocol are skipped (the note says
+/// so, also on stderr).
 fn protocol_specs(
     args: &TargetArgs,
     tls: bool,
     external_tls: Option<TlsClient>,
     workdir: &Path,
 ) -> Result<(Vec<TargetSpec>, String)> {
-    let (kinds, note) = tls_targets(&args.target, tls);
+    let protocol = args.protocol;
+    if tls && !protocol.allows_tls() {
+        bail!("--tls is for vless, trojan and vmess; {protocol} is measured over plain TCP");
+    }
+    if args.external.is_some() && protocol != Protocol::Vless {
+        bail!("an --external target is measured over VLESS only (--protocol vless)");
+    }
+    let (kinds, note) = servable_targets(&args.target, protocol, tls);
     if !note.is_empty() {
         eprint!("{note}");
     }
     if kinds.is_empty() && args.external.is_none() {
-        bail!("no target left to measure over TLS");
+        bail!("no target left to measure {}", protocol.label(tls));
     }
     let material = if tls && !kinds.is_empty() {
         Some(Arc::new(TlsMaterial::generate(workdir).context("generating the TLS certificate")?))
@@ -683,6 +705,7 @@ fn protocol_specs(
     let mut specs = target_specs(args, &kinds)?;
     for spec in &mut specs {
         spec.tls = material.clone();
+        spec.protocol = protocol;
     }
     specs.extend(external_spec(args, external_tls));
     Ok((specs, note))
@@ -719,11 +742,16 @@ fn target_specs(args: &TargetArgs, kinds: &[TargetKind]) -> Result<Vec<TargetSpe
                 Some(bin) => bin.clone(),
                 None => peer_bins()?.v2ray,
             },
+            TargetKind::Shoes => match &args.shoes_bin {
+                Some(bin) => bin.clone(),
+                None => args.peers_dir.clone().unwrap_or_else(peers::default_dir).join("shoes/bin/shoes"),
+            },
             TargetKind::Splice => std::env::current_exe().context("finding our own binary")?,
             TargetKind::External => bail!("the external target is given with --external, not --target"),
         };
         if !bin.is_file() {
-            bail!("{kind} binary {} does not exist", bin.display());
+            let hint = if kind == TargetKind::Shoes { " (`perf/peers.sh shoes` builds it)" } else { "" };
+            bail!("{kind} binary {} does not exist{hint}", bin.display());
         }
         specs.push(TargetSpec {
             kind,
@@ -731,6 +759,7 @@ fn target_specs(args: &TargetArgs, kinds: &[TargetKind]) -> Result<Vec<TargetSpe
             shards: args.shards,
             api: false,
             extra_users: 0,
+            protocol: args.protocol,
             tls: None,
             external: None,
         });
@@ -772,17 +801,50 @@ mod tests {
     }
 
     #[test]
-    fn tls_skips_the_splice_relay_with_a_note() {
+    fn targets_that_cannot_serve_the_protocol_are_skipped_with_a_note() {
         let all = [TargetKind::Shardray, TargetKind::Splice, TargetKind::SingBox];
-        let (kinds, note) = tls_targets(&all, false);
+        let (kinds, note) = servable_targets(&all, Protocol::Vless, false);
         assert_eq!(kinds, all);
         assert!(note.is_empty());
-        let (kinds, note) = tls_targets(&all, true);
+        let (kinds, note) = servable_targets(&all, Protocol::Vless, true);
         assert_eq!(kinds, [TargetKind::Shardray, TargetKind::SingBox]);
-        assert!(note.contains("splice") && note.contains("--tls"), "{note}");
-        let (kinds, note) = tls_targets(&[TargetKind::Shardray], true);
+        assert!(note.contains("splice is skipped for vless-tls") && note.contains("plain VLESS only"), "{note}");
+        let (kinds, note) = servable_targets(&[TargetKind::Shardray], Protocol::Vless, true);
         assert_eq!(kinds, [TargetKind::Shardray]);
         assert!(note.is_empty());
+        let peers = [TargetKind::Shardray, TargetKind::SingBox, TargetKind::V2ray, TargetKind::Shoes];
+        let (kinds, note) = servable_targets(&peers, Protocol::Ss2022, false);
+        assert_eq!(kinds, [TargetKind::Shardray, TargetKind::SingBox, TargetKind::Shoes]);
+        assert!(note.contains("v2ray is skipped for ss-2022"), "{note}");
+        let (kinds, _) = servable_targets(&peers, Protocol::Trojan, true);
+        assert_eq!(kinds, peers);
+    }
+
+    #[test]
+    fn protocol_parses_for_every_scenario_and_defaults_to_vless() {
+        let Cmd::Throughput(t) = parse(&["throughput", "--target", "shoes,sing-box", "--protocol", "ss-2022"]) else {
+            panic!()
+        };
+        assert_eq!(t.targets.protocol, Protocol::Ss2022);
+        assert_eq!(t.targets.target, [TargetKind::Shoes, TargetKind::SingBox]);
+        let Cmd::Connrate(c) = parse(&["connrate", "--target", "shardray", "--protocol", "trojan", "--tls"]) else {
+            panic!()
+        };
+        assert_eq!((c.targets.protocol, c.tls), (Protocol::Trojan, true));
+        let Cmd::Idle(i) = parse(&["idle", "--target", "shardray", "--protocol", "vmess"]) else { panic!() };
+        assert_eq!(i.targets.protocol, Protocol::Vmess);
+        let Cmd::Idle(i) = parse(&["idle", "--target", "shardray"]) else { panic!() };
+        assert_eq!(i.targets.protocol, Protocol::Vless);
+        assert!(try_parse(&["throughput", "--target", "shardray", "--protocol", "ss"]).is_err());
+    }
+
+    #[test]
+    fn tls_with_a_protocol_deployed_without_it_is_refused() {
+        let Cmd::Throughput(t) = parse(&["throughput", "--target", "shardray", "--protocol", "socks", "--tls"]) else {
+            panic!()
+        };
+        let err = protocol_specs(&t.targets, t.tls, None, Path::new("/nonexistent")).unwrap_err();
+        assert!(err.to_string().contains("--tls is for vless, trojan and vmess"), "{err}");
     }
 
     const USER: &str = "5f3c3b9e-58c1-4e1f-9a53-0c3a3a0f6f11";

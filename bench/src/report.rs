@@ -174,17 +174,53 @@ impl Report {
     }
 }
 
-/// How the Markdown reports describe `protocol` ("vless" or "vless-tls").
+/// The peers issue 10's "better of the two" ratios are taken against.
+pub const BEST_OF: [&str; 2] = ["sing-box", "shoes"];
+
+/// The better of the [`BEST_OF`] peers' figures among `(target, figure)` (the higher with
+/// `higher_is_better`, else the lower), with its name; `None` when neither was measured.
+pub fn best_peer<'a>(
+    figures: impl IntoIterator<Item = (&'a str, Option<f64>)>,
+    higher_is_better: bool,
+) -> Option<(&'a str, f64)> {
+    figures
+        .into_iter()
+        .filter(|(t, _)| BEST_OF.contains(t))
+        .filter_map(|(t, v)| Some((t, v.filter(|v| *v > 0.0)?)))
+        .reduce(|a, b| if (b.1 > a.1) == higher_is_better { b } else { a })
+}
+
+/// `own / best` as "0.45× shoes", or "–".
+pub fn ratio_cell(own: Option<f64>, best: Option<(&str, f64)>) -> String {
+    match (own, best) {
+        (Some(own), Some((name, base))) => format!("{:.2}× {name}", own / base),
+        _ => "–".to_owned(),
+    }
+}
+
+/// How the Markdown reports describe `protocol` (a [`crate::protocol::Protocol::label`]:
+/// "vless", "vless-tls", "trojan-tls", "ss-2022", ...).
 pub fn protocol_line(protocol: &str) -> String {
-    if protocol == tls::PROTOCOL_TLS {
-        format!(
-            "VLESS over TLS 1.3 ({}; TLS_AES_128_GCM_SHA256, ALPN {}, SNI {}, a full handshake per connection)",
-            tls::PROTOCOL_TLS,
+    match protocol.strip_suffix("-tls") {
+        Some(inner) => format!(
+            "{} over TLS 1.3 ({protocol}; TLS_AES_128_GCM_SHA256, ALPN {}, SNI {}, a full handshake per connection)",
+            protocol_title(inner),
             tls::ALPN,
             tls::SERVER_NAME
-        )
-    } else {
-        format!("VLESS over plain TCP ({protocol})")
+        ),
+        None => format!("{} over plain TCP ({protocol})", protocol_title(protocol)),
+    }
+}
+
+/// A protocol's name as prose has it.
+pub fn protocol_title(name: &str) -> &'static str {
+    match name {
+        "trojan" => "Trojan",
+        "vmess" => "VMess AEAD (aes-128-gcm body)",
+        "ss-aes-128-gcm" => "Shadowsocks aes-128-gcm",
+        "ss-2022" => "Shadowsocks 2022-blake3-aes-128-gcm",
+        "socks" => "SOCKS5 (username/password)",
+        _ => "VLESS",
     }
 }
 
@@ -435,5 +471,25 @@ mod tests {
         assert_eq!(median_measured([Some(3.0), None]), None);
         assert_eq!(cell(None, 2), "–");
         assert_eq!(cell(Some(1.234), 2), "1.23");
+    }
+
+    #[test]
+    fn the_best_peer_is_the_better_of_sing_box_and_shoes() {
+        let rows = [("shardray", Some(30.0)), ("sing-box", Some(20.0)), ("shoes", Some(25.0)), ("v2ray", Some(90.0))];
+        assert_eq!(best_peer(rows, true), Some(("shoes", 25.0)));
+        assert_eq!(best_peer(rows, false), Some(("sing-box", 20.0)));
+        // An unmeasured peer does not count; no peer at all gives no ratio.
+        assert_eq!(best_peer([("sing-box", None), ("shoes", Some(4.0))], false), Some(("shoes", 4.0)));
+        assert_eq!(best_peer([("shardray", Some(1.0))], true), None);
+        assert_eq!(ratio_cell(Some(10.0), Some(("shoes", 25.0))), "0.40× shoes");
+        assert_eq!(ratio_cell(None, Some(("shoes", 25.0))), "–");
+    }
+
+    #[test]
+    fn every_protocol_label_has_its_line() {
+        assert!(protocol_line("vless-tls").starts_with("VLESS over TLS 1.3 (vless-tls;"));
+        assert_eq!(protocol_line("vless"), "VLESS over plain TCP (vless)");
+        assert!(protocol_line("trojan-tls").starts_with("Trojan over TLS 1.3 (trojan-tls;"));
+        assert_eq!(protocol_line("ss-2022"), "Shadowsocks 2022-blake3-aes-128-gcm over plain TCP (ss-2022)");
     }
 }

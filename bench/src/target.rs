@@ -1,6 +1,7 @@
-//! The proxies under test: writes an equivalent VLESS-in (plain, or over TLS), direct-out
-//! config for each, starts it, waits until it carries traffic, and stops it. An external
-//! target, a proxy someone else started, is only probed: never started, never stopped.
+//! The proxies under test: writes an equivalent config for each (one inbound of the protocol
+//! measured, plain or over TLS, and a direct outbound), starts it, waits until it carries
+//! traffic, and stops it. An external target, a proxy someone else started, is only probed:
+//! never started, never stopped.
 
 use std::fmt;
 use std::fs;
@@ -17,13 +18,14 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::client::VlessClient;
+use crate::client::Client;
 use crate::pattern::{Flow, Request};
+use crate::protocol::{Dialer, Protocol, Secrets};
 use crate::sys;
 use crate::tls::{self, TlsClient, TlsFiles, TlsMaterial};
 use crate::users;
 
-/// Which core serves the VLESS inbound.
+/// Which core serves the inbound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TargetKind {
     /// Our own binary.
@@ -32,6 +34,8 @@ pub enum TargetKind {
     SingBox,
     /// V2Ray 4.45.2.
     V2ray,
+    /// shoes 0.3.2 (configured in YAML).
+    Shoes,
     /// The bare splice relay (`shardray-bench splice-relay`), the floor for a userspace relay.
     Splice,
     /// A proxy already running at an address we are given (`--external`); not started here.
@@ -45,6 +49,7 @@ impl TargetKind {
             TargetKind::Shardray => "shardray",
             TargetKind::SingBox => "sing-box",
             TargetKind::V2ray => "v2ray",
+            TargetKind::Shoes => "shoes",
             TargetKind::Splice => "splice",
             TargetKind::External => "external",
         }
@@ -65,9 +70,10 @@ impl FromStr for TargetKind {
             "shardray" => Ok(TargetKind::Shardray),
             "sing-box" | "singbox" => Ok(TargetKind::SingBox),
             "v2ray" => Ok(TargetKind::V2ray),
+            "shoes" => Ok(TargetKind::Shoes),
             "splice" => Ok(TargetKind::Splice),
             "external" => Err("an external target is given by address: --external ADDR --external-uuid UUID".into()),
-            other => Err(format!("unknown target {other:?} (shardray, sing-box, v2ray, splice)")),
+            other => Err(format!("unknown target {other:?} (shardray, sing-box, v2ray, shoes, splice)")),
         }
     }
 }
@@ -86,8 +92,10 @@ pub struct TargetSpec {
     /// Users the config lists besides the probe user: [`users::bench_user`] 0 to N-1, each
     /// with an email and level 0; shardray only.
     pub extra_users: usize,
-    /// Serve VLESS over TLS with this certificate (and connect with these client settings);
-    /// plain TCP when `None`. Not for the splice relay, nor an external target.
+    /// The protocol its inbound serves (VLESS for the splice relay and an external target).
+    pub protocol: Protocol,
+    /// Serve the protocol over TLS with this certificate (and connect with these client
+    /// settings); plain TCP when `None`. Not for the splice relay, nor an external target.
     pub tls: Option<Arc<TlsMaterial>>,
     /// Where the external target is and how to reach it; set exactly when `kind` is
     /// [`TargetKind::External`].
@@ -116,10 +124,12 @@ pub struct RunningTarget {
     child: Option<Child>,
     /// The process to measure: the child, an external target's given pid, or none.
     pid: Option<u32>,
-    /// The VLESS port: on 127.0.0.1, or wherever an external target listens.
+    /// The inbound's port: on 127.0.0.1, or wherever an external target listens.
     pub addr: SocketAddr,
-    /// The user the config admits.
+    /// The user the config admits (every protocol's credentials derive from it).
     pub user: Uuid,
+    /// The protocol the inbound serves.
+    pub protocol: Protocol,
     /// The gRPC API's address, when the spec asked for it.
     pub api: Option<SocketAddr>,
     /// From spawning the process to its `shardray: started` line (shardray only).
@@ -138,7 +148,16 @@ const STARTED_LINE: &str = "shardray: started";
 impl TargetSpec {
     /// shardray with `shards` shards and nothing else configured.
     pub fn shardray(bin: PathBuf, shards: usize) -> TargetSpec {
-        TargetSpec { kind: TargetKind::Shardray, bin, shards, api: false, extra_users: 0, tls: None, external: None }
+        TargetSpec {
+            kind: TargetKind::Shardray,
+            bin,
+            shards,
+            api: false,
+            extra_users: 0,
+            protocol: Protocol::Vless,
+            tls: None,
+            external: None,
+        }
     }
 
     /// The proxy at `external.addr`, which the harness neither starts nor stops.
@@ -149,6 +168,7 @@ impl TargetSpec {
             shards: 0,
             api: false,
             extra_users: 0,
+            protocol: Protocol::Vless,
             tls: None,
             external: Some(external),
         }
@@ -175,6 +195,7 @@ impl TargetSpec {
             pid: ext.pid,
             addr: ext.addr,
             user: ext.user,
+            protocol: Protocol::Vless,
             api: None,
             started_after: None,
             ready_after: Duration::ZERO,
@@ -203,18 +224,24 @@ impl TargetSpec {
         if (self.api || self.extra_users > 0) && self.kind != TargetKind::Shardray {
             bail!("the API and extra users are configured for shardray only");
         }
-        if self.tls.is_some() && self.kind == TargetKind::Splice {
-            bail!("the splice relay serves plain VLESS only");
+        if let Err(why) = supports(self.kind, self.protocol, self.tls.is_some()) {
+            bail!("{why}");
         }
         let port = free_port()?;
         let api = if self.api { Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))) } else { None };
         let user = Uuid::new_v4();
         let name = self.kind.name();
-        let config = dir.join(format!("{name}.json"));
         let tls_files = self.tls.as_ref().map(|t| &t.files);
-        if let Some(body) = server_config(self.kind, port, user, sink, api, tls_files) {
-            write_config(&config, &body, self.extra_users).with_context(|| format!("writing {}", config.display()))?;
+        let secrets = Secrets { user };
+        let body = server_config(self.kind, self.protocol, port, &secrets, sink, api, tls_files);
+        let extension = if matches!(body, Some(ServerConfig::Yaml(_))) { "yaml" } else { "json" };
+        let config = dir.join(format!("{name}.{extension}"));
+        match &body {
+            Some(ServerConfig::Json(body)) => write_config(&config, body, self.extra_users),
+            Some(ServerConfig::Yaml(body)) => fs::write(&config, body).map_err(Into::into),
+            None => Ok(()),
         }
+        .with_context(|| format!("writing {}", config.display()))?;
         let log = dir.join(format!("{name}.log"));
         let out = fs::File::create(&log)?;
 
@@ -231,6 +258,10 @@ impl TargetSpec {
             TargetKind::V2ray => {
                 cmd.arg("-config").arg(&config);
             }
+            // It would otherwise watch the file for changes, and log every connection.
+            TargetKind::Shoes => {
+                cmd.arg("--no-reload").arg(&config).env("RUST_LOG", "warn");
+            }
             TargetKind::Splice => {
                 cmd.args(["splice-relay", "--listen", &format!("127.0.0.1:{port}"), "--user"]);
                 cmd.arg(user.to_string());
@@ -245,6 +276,7 @@ impl TargetSpec {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             user,
+            protocol: self.protocol,
             api,
             started_after: None,
             ready_after: Duration::ZERO,
@@ -257,117 +289,252 @@ impl TargetSpec {
         Ok(target)
     }
 
-    /// How reports name what this target serves: [`tls::PROTOCOL_TLS`] or
-    /// [`tls::PROTOCOL_PLAIN`].
+    /// How reports name what this target serves: the protocol's name, with `-tls` over TLS
+    /// (`vless`, `vless-tls`, `trojan-tls`, `ss-2022`, ...).
     pub fn protocol(&self) -> &'static str {
         let external_tls = self.external.as_ref().is_some_and(|e| e.tls.is_some());
-        if self.tls.is_some() || external_tls {
-            tls::PROTOCOL_TLS
-        } else {
-            tls::PROTOCOL_PLAIN
-        }
+        self.protocol.label(self.tls.is_some() || external_tls)
     }
 }
 
-/// The server config of `kind`: one VLESS inbound on 127.0.0.1:`port` for `user`, over TLS
-/// serving `tls` when given, and a direct outbound; `None` for the splice relay, which takes
-/// its two settings as arguments. With `api`, shardray's config also serves HandlerService and
-/// StatsService there.
+/// A target's config file: JSON for the Xray-style cores and sing-box, YAML for shoes.
+#[derive(Debug, Clone)]
+pub enum ServerConfig {
+    /// shardray, V2Ray and sing-box.
+    Json(Value),
+    /// shoes.
+    Yaml(String),
+}
+
+/// Whether `kind` serves `protocol` (inside TLS with `tls`); `Err` says why not, as the note a
+/// report gets for the pair it skips.
+pub fn supports(kind: TargetKind, protocol: Protocol, tls: bool) -> Result<(), String> {
+    if tls && !protocol.allows_tls() {
+        return Err(format!("{protocol} is measured over plain TCP only, not with --tls"));
+    }
+    match kind {
+        TargetKind::Splice if protocol != Protocol::Vless || tls => {
+            Err("the splice reference relay serves plain VLESS only".into())
+        }
+        TargetKind::V2ray if protocol == Protocol::Ss2022 => Err("V2Ray 4.45.2 has no Shadowsocks 2022".into()),
+        TargetKind::External if protocol != Protocol::Vless => {
+            Err("an external target is measured over VLESS only".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The email every config gives the one user, for the per-user counters.
+const EMAIL: &str = "bench@local";
+
+/// The server config of `kind`: one `protocol` inbound on 127.0.0.1:`port` admitting
+/// `secrets`, inside TLS serving `tls` when given, and a direct outbound; `None` for the splice
+/// relay, which takes its two settings as arguments. With `api`, shardray's config also serves
+/// HandlerService and StatsService there. The pair must be one [`supports`] accepts.
 fn server_config(
     kind: TargetKind,
+    protocol: Protocol,
     port: u16,
-    user: Uuid,
+    secrets: &Secrets,
     sink: SocketAddr,
     api: Option<SocketAddr>,
     tls: Option<&TlsFiles>,
-) -> Option<Value> {
-    let path = |p: &Path| p.to_string_lossy().into_owned();
+) -> Option<ServerConfig> {
     Some(match kind {
         TargetKind::Splice | TargetKind::External => return None,
-        TargetKind::SingBox => {
-            let mut inbound = json!({
-                "type": "vless",
-                "tag": "vless-in",
-                "listen": "127.0.0.1",
-                "listen_port": port,
-                "users": [{ "name": "bench@local", "uuid": user.to_string() }]
-            });
-            if let Some(tls) = tls {
-                inbound["tls"] = json!({
-                    "enabled": true,
-                    "server_name": tls::SERVER_NAME,
-                    "alpn": [tls::ALPN],
-                    "min_version": "1.3",
-                    "certificate_path": path(&tls.cert_file),
-                    "key_path": path(&tls.key_file)
-                });
-            }
-            json!({
-                "log": { "level": "warn" },
-                "inbounds": [inbound],
-                "outbounds": [{ "type": "direct", "tag": "direct" }]
-            })
-        }
+        TargetKind::SingBox => ServerConfig::Json(sing_box_config(protocol, port, secrets, tls)),
+        TargetKind::Shoes => ServerConfig::Yaml(shoes_config(protocol, port, secrets, tls)),
         TargetKind::Shardray | TargetKind::V2ray => {
-            let mut config = json!({
-                "log": { "loglevel": "warning" },
-                "stats": {},
-                "policy": {
-                    "levels": { "0": { "statsUserUplink": true, "statsUserDownlink": true } }
-                },
-                "inbounds": [{
-                    "tag": "vless-in",
-                    "listen": "127.0.0.1",
-                    "port": port,
-                    "protocol": "vless",
-                    "settings": {
-                        "clients": [{ "id": user.to_string(), "email": "bench@local", "level": 0 }],
-                        "decryption": "none"
-                    }
-                }],
-                "outbounds": [{ "tag": "direct", "protocol": "freedom", "settings": {} }]
-            });
-            if let Some(tls) = tls {
-                // The same v4 JSON for both; V2Ray 4.45.2 ignores the minVersion it lacks, and
-                // our client offers nothing older anyway.
-                config["inbounds"][0]["streamSettings"] = json!({
-                    "network": "tcp",
-                    "security": "tls",
-                    "tlsSettings": {
-                        "serverName": tls::SERVER_NAME,
-                        "alpn": [tls::ALPN],
-                        "minVersion": "1.3",
-                        "certificates": [{
-                            "certificateFile": path(&tls.cert_file),
-                            "keyFile": path(&tls.key_file)
-                        }]
-                    }
-                });
-            }
-            if kind == TargetKind::Shardray {
-                // shardray refuses loopback destinations unless a rule names them.
-                config["routing"] = json!({
-                    "rules": [{
-                        "type": "field",
-                        "ip": [format!("{}/32", sink.ip())],
-                        "outboundTag": "direct"
-                    }]
-                });
-                if let Some(api) = api {
-                    config["api"] = json!({
-                        "tag": "api",
-                        "listen": api.to_string(),
-                        "services": ["HandlerService", "StatsService"]
-                    });
-                    if matches!(kind, TargetKind::Shardray) {
-                        // The churn bench measures the API's own rate: no per-caller limit.
-                        config["api"]["callLimit"] = json!({ "rate": 0 });
-                    }
-                }
-            }
-            config
+            ServerConfig::Json(xray_style_config(kind, protocol, port, secrets, sink, api, tls))
         }
     })
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The v4 JSON shardray and V2Ray both read.
+fn xray_style_config(
+    kind: TargetKind,
+    protocol: Protocol,
+    port: u16,
+    secrets: &Secrets,
+    sink: SocketAddr,
+    api: Option<SocketAddr>,
+    tls: Option<&TlsFiles>,
+) -> Value {
+    let password = secrets.password();
+    let settings = match protocol {
+        Protocol::Vless => json!({
+            "clients": [{ "id": secrets.user.to_string(), "email": EMAIL, "level": 0 }],
+            "decryption": "none"
+        }),
+        Protocol::Trojan => json!({ "clients": [{ "password": password, "email": EMAIL, "level": 0 }] }),
+        // V2Ray's VMess is AEAD only with alterId 0; shardray takes no alterId at all.
+        Protocol::Vmess if kind == TargetKind::V2ray => {
+            json!({ "clients": [{ "id": secrets.user.to_string(), "alterId": 0, "email": EMAIL, "level": 0 }] })
+        }
+        Protocol::Vmess => json!({
+            "clients": [{ "id": secrets.user.to_string(), "email": EMAIL, "level": 0, "security": "aes-128-gcm" }]
+        }),
+        Protocol::SsAes128Gcm => json!({
+            "method": "aes-128-gcm", "password": password, "email": EMAIL, "level": 0, "network": "tcp"
+        }),
+        Protocol::Ss2022 => json!({
+            "method": "2022-blake3-aes-128-gcm", "password": secrets.psk_base64(), "email": EMAIL, "level": 0,
+            "network": "tcp"
+        }),
+        Protocol::Socks => json!({
+            "auth": "password",
+            "accounts": [{ "user": secrets.socks_user(), "pass": password, "email": EMAIL }],
+            "udp": false
+        }),
+    };
+    let protocol_name = match protocol {
+        Protocol::SsAes128Gcm | Protocol::Ss2022 => "shadowsocks",
+        other => other.name(),
+    };
+    let mut config = json!({
+        "log": { "loglevel": "warning" },
+        "stats": {},
+        "policy": {
+            "levels": { "0": { "statsUserUplink": true, "statsUserDownlink": true } }
+        },
+        "inbounds": [{
+            "tag": "bench-in",
+            "listen": "127.0.0.1",
+            "port": port,
+            "protocol": protocol_name,
+            "settings": settings
+        }],
+        "outbounds": [{ "tag": "direct", "protocol": "freedom", "settings": {} }]
+    });
+    if let Some(tls) = tls {
+        // The same v4 JSON for both; V2Ray 4.45.2 ignores the minVersion it lacks, and
+        // our client offers nothing older anyway.
+        config["inbounds"][0]["streamSettings"] = json!({
+            "network": "tcp",
+            "security": "tls",
+            "tlsSettings": {
+                "serverName": tls::SERVER_NAME,
+                "alpn": [tls::ALPN],
+                "minVersion": "1.3",
+                "certificates": [{
+                    "certificateFile": path(&tls.cert_file),
+                    "keyFile": path(&tls.key_file)
+                }]
+            }
+        });
+    }
+    if kind == TargetKind::Shardray {
+        // shardray refuses loopback destinations unless a rule names them.
+        config["routing"] = json!({
+            "rules": [{
+                "type": "field",
+                "ip": [format!("{}/32", sink.ip())],
+                "outboundTag": "direct"
+            }]
+        });
+        if let Some(api) = api {
+            config["api"] = json!({
+                "tag": "api",
+                "listen": api.to_string(),
+                "services": ["HandlerService", "StatsService"],
+                // The churn bench measures the API's own rate: no per-caller limit.
+                "callLimit": { "rate": 0 }
+            });
+        }
+    }
+    config
+}
+
+/// sing-box's JSON.
+fn sing_box_config(protocol: Protocol, port: u16, secrets: &Secrets, tls: Option<&TlsFiles>) -> Value {
+    let password = secrets.password();
+    let (kind, mut fields) = match protocol {
+        Protocol::Vless => ("vless", json!({ "users": [{ "name": EMAIL, "uuid": secrets.user.to_string() }] })),
+        Protocol::Trojan => ("trojan", json!({ "users": [{ "name": EMAIL, "password": password }] })),
+        Protocol::Vmess => {
+            ("vmess", json!({ "users": [{ "name": EMAIL, "uuid": secrets.user.to_string(), "alterId": 0 }] }))
+        }
+        Protocol::SsAes128Gcm => ("shadowsocks", json!({ "method": "aes-128-gcm", "password": password })),
+        Protocol::Ss2022 => {
+            ("shadowsocks", json!({ "method": "2022-blake3-aes-128-gcm", "password": secrets.psk_base64() }))
+        }
+        Protocol::Socks => ("socks", json!({ "users": [{ "username": secrets.socks_user(), "password": password }] })),
+    };
+    fields["type"] = json!(kind);
+    fields["tag"] = json!("bench-in");
+    fields["listen"] = json!("127.0.0.1");
+    fields["listen_port"] = json!(port);
+    if let Some(tls) = tls {
+        fields["tls"] = json!({
+            "enabled": true,
+            "server_name": tls::SERVER_NAME,
+            "alpn": [tls::ALPN],
+            "min_version": "1.3",
+            "certificate_path": path(&tls.cert_file),
+            "key_path": path(&tls.key_file)
+        });
+    }
+    json!({
+        "log": { "level": "warn" },
+        "inbounds": [fields],
+        "outbounds": [{ "type": "direct", "tag": "direct" }]
+    })
+}
+
+/// shoes's YAML: one server entry; its default rules allow every destination, loopback
+/// included, directly. Strings are written as JSON strings, which YAML reads as they are.
+fn shoes_config(protocol: Protocol, port: u16, secrets: &Secrets, tls: Option<&TlsFiles>) -> String {
+    let q = |s: &str| Value::String(s.to_owned()).to_string();
+    let password = secrets.password();
+    let inner: Vec<(&str, String)> = match protocol {
+        Protocol::Vless => {
+            vec![("type", "vless".into()), ("user_id", q(&secrets.user.to_string())), ("udp_enabled", "false".into())]
+        }
+        Protocol::Trojan => vec![("type", "trojan".into()), ("password", q(&password))],
+        Protocol::Vmess => vec![
+            ("type", "vmess".into()),
+            ("cipher", "aes-128-gcm".into()),
+            ("user_id", q(&secrets.user.to_string())),
+            ("udp_enabled", "false".into()),
+        ],
+        Protocol::SsAes128Gcm => {
+            vec![("type", "shadowsocks".into()), ("cipher", "aes-128-gcm".into()), ("password", q(&password))]
+        }
+        Protocol::Ss2022 => vec![
+            ("type", "shadowsocks".into()),
+            ("cipher", "2022-blake3-aes-128-gcm".into()),
+            ("password", q(&secrets.psk_base64())),
+        ],
+        Protocol::Socks => vec![
+            ("type", "socks".into()),
+            ("username", q(secrets.socks_user())),
+            ("password", q(&password)),
+            ("udp_enabled", "false".into()),
+        ],
+    };
+    let block = |indent: usize| -> String {
+        let pad = " ".repeat(indent);
+        inner.iter().map(|(k, v)| format!("{pad}{k}: {v}\n")).collect()
+    };
+    let mut out = format!("- address: {}\n  protocol:\n", q(&format!("127.0.0.1:{port}")));
+    match tls {
+        None => out.push_str(&block(4)),
+        Some(tls) => {
+            out.push_str("    type: tls\n    default_target:\n");
+            out.push_str(&format!(
+                "      cert: {}\n      key: {}\n",
+                q(&path(&tls.cert_file)),
+                q(&path(&tls.key_file))
+            ));
+            out.push_str(&format!("      alpn_protocols: [{}]\n      protocol:\n", q(tls::ALPN)));
+            out.push_str(&block(8));
+        }
+    }
+    out
 }
 
 impl RunningTarget {
@@ -385,9 +552,19 @@ impl RunningTarget {
         }
     }
 
+    /// How to reach a destination through this target.
+    pub fn dialer(&self) -> Dialer {
+        Dialer {
+            proxy: self.addr,
+            protocol: self.protocol,
+            secrets: Secrets { user: self.user },
+            tls: self.tls.clone(),
+        }
+    }
+
     /// A client that reaches `sink` through this target.
-    pub fn client(&self, sink: SocketAddr) -> VlessClient {
-        VlessClient { proxy: self.addr, user: self.user, sink, tls: self.tls.clone() }
+    pub fn client(&self, sink: SocketAddr) -> Client {
+        Client { dialer: self.dialer(), sink }
     }
 
     /// Fails if the process has exited (for an external target with a pid: is gone).
@@ -529,9 +706,29 @@ mod tests {
         TlsFiles { cert_file: "/run/b/tls-chain.pem".into(), key_file: "/run/b/tls-key.pem".into() }
     }
 
-    fn make(kind: TargetKind, tls: Option<&TlsFiles>) -> Value {
+    const SECRETS: Secrets = Secrets { user: Uuid::from_u128(0x0001_0203_0405_0607_0809_0a0b_0c0d_0e0f) };
+
+    fn config(kind: TargetKind, protocol: Protocol, tls: Option<&TlsFiles>) -> Option<ServerConfig> {
         let sink = SocketAddr::from(([127, 0, 0, 1], 9));
-        server_config(kind, 10_086, Uuid::nil(), sink, None, tls).expect("a config")
+        server_config(kind, protocol, 10_086, &SECRETS, sink, None, tls)
+    }
+
+    fn make_for(kind: TargetKind, protocol: Protocol, tls: Option<&TlsFiles>) -> Value {
+        match config(kind, protocol, tls) {
+            Some(ServerConfig::Json(v)) => v,
+            other => panic!("{kind}: not JSON: {other:?}"),
+        }
+    }
+
+    fn make(kind: TargetKind, tls: Option<&TlsFiles>) -> Value {
+        make_for(kind, Protocol::Vless, tls)
+    }
+
+    fn yaml(protocol: Protocol, tls: Option<&TlsFiles>) -> String {
+        match config(TargetKind::Shoes, protocol, tls) {
+            Some(ServerConfig::Yaml(y)) => y,
+            other => panic!("shoes: not YAML: {other:?}"),
+        }
     }
 
     #[test]
@@ -542,8 +739,8 @@ mod tests {
         }
         let c = make(TargetKind::SingBox, None);
         assert!(c["inbounds"][0].get("tls").is_none(), "{c}");
-        assert!(server_config(TargetKind::Splice, 1, Uuid::nil(), SocketAddr::from(([127, 0, 0, 1], 9)), None, None)
-            .is_none());
+        assert!(config(TargetKind::Splice, Protocol::Vless, None).is_none());
+        assert!(!yaml(Protocol::Vless, None).contains("tls"));
     }
 
     #[test]
@@ -600,6 +797,7 @@ mod tests {
             shards: 1,
             api: false,
             extra_users: 0,
+            protocol: Protocol::Vless,
             tls: Some(Arc::new(material)),
             external: None,
         };
@@ -608,5 +806,107 @@ mod tests {
         let err = spec.start(&dir, sink, Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().contains("plain VLESS only"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn shoes_serves_vless_plain_and_inside_tls() {
+        assert_eq!(
+            yaml(Protocol::Vless, None),
+            "- address: \"127.0.0.1:10086\"\n  protocol:\n    type: vless\n    \
+             user_id: \"00010203-0405-0607-0809-0a0b0c0d0e0f\"\n    udp_enabled: false\n"
+        );
+        let y = yaml(Protocol::Trojan, Some(&files()));
+        assert_eq!(
+            y,
+            "- address: \"127.0.0.1:10086\"\n  protocol:\n    type: tls\n    default_target:\n      \
+             cert: \"/run/b/tls-chain.pem\"\n      key: \"/run/b/tls-key.pem\"\n      \
+             alpn_protocols: [\"http/1.1\"]\n      protocol:\n        type: trojan\n        \
+             password: \"000102030405060708090a0b0c0d0e0f\"\n"
+        );
+    }
+
+    #[test]
+    fn every_core_gets_the_same_credentials_for_each_protocol() {
+        let password = SECRETS.password();
+        let psk = SECRETS.psk_base64();
+        for protocol in Protocol::ALL {
+            let x = make_for(TargetKind::Shardray, protocol, None);
+            let settings = &x["inbounds"][0]["settings"];
+            let s = &make_for(TargetKind::SingBox, protocol, None)["inbounds"][0];
+            let y = yaml(protocol, None);
+            let uuid = SECRETS.user.to_string();
+            match protocol {
+                Protocol::Vless | Protocol::Vmess => {
+                    assert_eq!(settings["clients"][0]["id"], uuid.as_str());
+                    assert_eq!(s["users"][0]["uuid"], uuid.as_str());
+                    assert!(y.contains(&format!("user_id: \"{uuid}\"")), "{y}");
+                }
+                Protocol::Trojan => {
+                    assert_eq!(settings["clients"][0]["password"], password.as_str());
+                    assert_eq!(s["users"][0]["password"], password.as_str());
+                    assert!(y.contains(&format!("password: \"{password}\"")), "{y}");
+                }
+                Protocol::SsAes128Gcm | Protocol::Ss2022 => {
+                    let (method, key) = if protocol == Protocol::Ss2022 {
+                        ("2022-blake3-aes-128-gcm", psk.as_str())
+                    } else {
+                        ("aes-128-gcm", password.as_str())
+                    };
+                    assert_eq!(x["inbounds"][0]["protocol"], "shadowsocks");
+                    assert_eq!((&settings["method"], &settings["password"]), (&json!(method), &json!(key)));
+                    assert_eq!(
+                        (&s["type"], &s["method"], &s["password"]),
+                        (&json!("shadowsocks"), &json!(method), &json!(key))
+                    );
+                    assert!(
+                        y.contains(&format!("cipher: {method}\n")) && y.contains(&format!("password: \"{key}\"")),
+                        "{y}"
+                    );
+                }
+                Protocol::Socks => {
+                    assert_eq!(settings["auth"], "password");
+                    assert_eq!(settings["accounts"][0], json!({ "user": "bench", "pass": password, "email": EMAIL }));
+                    assert_eq!(s["users"][0], json!({ "username": "bench", "password": password }));
+                    assert!(
+                        y.contains("username: \"bench\"") && y.contains(&format!("password: \"{password}\"")),
+                        "{y}"
+                    );
+                }
+            }
+            // Every shardray config keeps its loopback route and per-user counters.
+            assert_eq!(x["routing"]["rules"][0]["ip"], json!(["127.0.0.1/32"]), "{protocol}");
+            assert!(settings.to_string().contains(EMAIL), "{protocol}: {settings}");
+        }
+        // V2Ray's VMess user is AEAD only with alterId 0.
+        let v = make_for(TargetKind::V2ray, Protocol::Vmess, None);
+        assert_eq!(v["inbounds"][0]["settings"]["clients"][0]["alterId"], 0);
+    }
+
+    #[test]
+    fn vmess_and_trojan_go_inside_tls_on_every_core() {
+        for protocol in [Protocol::Trojan, Protocol::Vmess] {
+            for kind in [TargetKind::Shardray, TargetKind::V2ray] {
+                let c = make_for(kind, protocol, Some(&files()));
+                assert_eq!(c["inbounds"][0]["protocol"], protocol.name(), "{kind}");
+                assert_eq!(c["inbounds"][0]["streamSettings"]["security"], "tls", "{kind}");
+            }
+            let c = make_for(TargetKind::SingBox, protocol, Some(&files()));
+            assert_eq!(c["inbounds"][0]["tls"]["certificate_path"], "/run/b/tls-chain.pem");
+            assert!(yaml(protocol, Some(&files())).contains("type: tls"));
+        }
+    }
+
+    #[test]
+    fn pairs_a_peer_cannot_serve_say_why() {
+        assert!(supports(TargetKind::V2ray, Protocol::Ss2022, false).unwrap_err().contains("V2Ray 4.45.2"));
+        assert!(supports(TargetKind::Splice, Protocol::Trojan, false).unwrap_err().contains("plain VLESS only"));
+        assert!(supports(TargetKind::Shardray, Protocol::Socks, true).unwrap_err().contains("--tls"));
+        for protocol in Protocol::ALL {
+            for kind in [TargetKind::Shardray, TargetKind::SingBox, TargetKind::Shoes] {
+                assert_eq!(supports(kind, protocol, false), Ok(()), "{kind} {protocol}");
+            }
+        }
+        assert_eq!(supports(TargetKind::V2ray, Protocol::SsAes128Gcm, false), Ok(()));
+        assert_eq!(supports(TargetKind::Shoes, Protocol::Trojan, true), Ok(()));
     }
 }

@@ -241,7 +241,7 @@ pub fn run(users: &Users, sink: SocketAddr, workdir: &Path) -> Result<UsersRecor
 
 /// Opens `users.lookups` connections as random table users and as many as the probe user,
 /// alternating, one at a time.
-fn lookups(users: &Users, probe: &crate::client::VlessClient, deadline: Instant) -> Result<LookupRecord> {
+fn lookups(users: &Users, probe: &crate::client::Client, deadline: Instant) -> Result<LookupRecord> {
     let (mut random, mut single) = (Latencies::default(), Latencies::default());
     let mut state = splitmix64(u64::from(std::process::id()));
     let per_conn = Duration::from_secs(10);
@@ -254,10 +254,12 @@ fn lookups(users: &Users, probe: &crate::client::VlessClient, deadline: Instant)
         let as_random = n % 2 == 0;
         if as_random {
             state = splitmix64(state);
-            client.user = bench_user((state % users.count as u64) as usize).1;
+            client.dialer.secrets.user = bench_user((state % users.count as u64) as usize).1;
         }
         let sent = Instant::now();
-        client.run(req, per_conn).with_context(|| format!("lookup connection {n} as {}", client.user))?;
+        client
+            .run(req, per_conn)
+            .with_context(|| format!("lookup connection {n} as {}", client.dialer.secrets.user))?;
         let took = sent.elapsed();
         if as_random {
             random.record(took);
