@@ -2,8 +2,10 @@
 //! for a user's sessions together, whichever shard serves each; an unlimited user beside it
 //! goes at full speed; a level change (ours, or a panel's remove then add within the removal's
 //! grace) slows a live transfer without a reconnect;
-//! `maxConnections` and `maxIPs` refuse the excess on both shards together, with no reply.
-//! VLESS carries most of it; Trojan shows that the limits do not depend on the protocol.
+//! `maxConnections` and `maxIPs` refuse the excess on both shards together, as a wrong user is
+//! refused: no reply on VLESS, the wrong password's reply byte for byte on SOCKS5 and HTTP, and
+//! the fallback on Trojan. VLESS carries most of it; Trojan, SOCKS and HTTP show that the limits
+//! do not depend on the protocol.
 //!
 //! Rates are measured where the bytes arrive (the upstream sink for uplink, the client for
 //! downlink), so kernel buffers in between do not count as moved.
@@ -18,7 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use shardray_tests::api::{ApiClient, SetUserLevelOperation};
 use shardray_tests::metrics::http_get;
-use shardray_tests::servers::EchoServer;
+use shardray_tests::proxy::{echo_through, http_config, read_head, socks5_over, socks_config};
+use shardray_tests::servers::{EchoServer, RecordingServer};
 use shardray_tests::{trojan, trojan_config, vless, vless_config, wait_until, Shardray, ALICE, ALICE_PASSWORD};
 use socket2::{Domain, Socket, Type};
 
@@ -189,7 +192,11 @@ fn connections_on_both_shards(server: &Shardray, proxy: SocketAddr, n: usize) ->
 /// A VLESS server with two shards, metrics and the API: Alice at level 1, Bob at level 0
 /// (unlimited), and `levels` merged into the policy.
 fn server(levels: Value, proxy_config: fn(Value, Value) -> Value, clients: Value) -> (Shardray, ApiClient) {
-    let mut config = proxy_config(clients, json!({}));
+    server_with(levels, proxy_config(clients, json!({})))
+}
+
+/// `server` with the proxy's config as given.
+fn server_with(levels: Value, mut config: Value) -> (Shardray, ApiClient) {
     for (level, keys) in levels.as_object().unwrap() {
         config["policy"]["levels"][level] = keys.clone();
     }
@@ -197,6 +204,11 @@ fn server(levels: Value, proxy_config: fn(Value, Value) -> Value, clients: Value
     config["metrics"] = json!({ "listen": "127.0.0.1:0" });
     // Held-back notices and refusals are logged at info.
     config["log"]["loglevel"] = "info".into();
+    // A refused VLESS or Trojan client is drained as a wrong user is, until the handshake
+    // timeout: kept short so that each refusal is seen within a second or two.
+    if config["policy"]["levels"]["0"]["handshake"].is_null() {
+        config["policy"]["levels"]["0"]["handshake"] = json!(1);
+    }
     let server = Shardray::start(&config, 2);
     let api = ApiClient::connect(server.api.unwrap());
     (server, api)
@@ -575,4 +587,211 @@ fn a_reload_that_changes_a_levels_rate_holds_new_sessions_to_it() {
     let after = download();
     assert_rate("after the reload", rate_of(&after), 1.0, 0.10);
     after.finish();
+}
+
+/// SOCKS5 and HTTP accounts: alice (limited, at level 1) and bob (unlimited).
+const PROXY_ALICE: (&str, &str) = ("alice", "alice's proxy password");
+const PROXY_BOB: (&str, &str) = ("bob", "bob's proxy password");
+
+fn proxy_accounts() -> Value {
+    json!([
+        { "user": PROXY_ALICE.0, "pass": PROXY_ALICE.1, "email": "alice@example.com", "level": 1 },
+        { "user": PROXY_BOB.0, "pass": PROXY_BOB.1, "email": "bob@example.com", "level": 0 }
+    ])
+}
+
+fn socks_with_accounts(accounts: Value, extra: Value) -> Value {
+    socks_config(json!({ "auth": "password", "accounts": accounts, "udp": true }), extra)
+}
+
+fn http_with_accounts(accounts: Value, extra: Value) -> Value {
+    http_config(json!({ "accounts": accounts }), extra)
+}
+
+/// Sends `request` from `src`, ends its side, and reads everything the proxy answers until it
+/// closes (within ten seconds): the bytes a client sees.
+fn answer_from(src: [u8; 4], proxy: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = vless::connect_from(src.into(), proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    // Nothing more comes: a session let in ends once its echo has answered the end.
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) => got,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => got,
+        Err(e) => panic!("no close within 10 s after {got:?}: {e}"),
+    }
+}
+
+/// A SOCKS5 greeting offering username/password, then the credentials, in one write.
+fn socks_login((user, pass): (&str, &str)) -> Vec<u8> {
+    let mut out = Vec::new();
+    shardray_wire::socks::encode_greeting(&[shardray_wire::socks::method::PASSWORD], &mut out);
+    shardray_wire::socks::Credentials { username: user.as_bytes(), password: pass.as_bytes() }
+        .encode(&mut out)
+        .unwrap();
+    out
+}
+
+/// An HTTP CONNECT to `dest` with Basic credentials.
+fn http_login(credentials: (&str, &str), dest: SocketAddr) -> Vec<u8> {
+    let mut out = Vec::new();
+    shardray_wire::http::encode_connect(&dest.into(), Some(credentials), &[], &mut out);
+    out
+}
+
+/// A SOCKS5 CONNECT session from `src` to the echo server, checked with a round trip.
+fn socks_session_from(src: [u8; 4], proxy: SocketAddr, account: (&str, &str), echo: SocketAddr) -> TcpStream {
+    let mut s = vless::connect_from(src.into(), proxy).unwrap();
+    socks5_over(&mut s, Some(account), echo.into()).unwrap();
+    assert_eq!(echo_through(&mut s, b"ping").unwrap(), b"ping");
+    s
+}
+
+/// An HTTP CONNECT session from `src` to the echo server, checked with a round trip.
+fn http_session_from(src: [u8; 4], proxy: SocketAddr, account: (&str, &str), echo: SocketAddr) -> TcpStream {
+    let mut s = vless::connect_from(src.into(), proxy).unwrap();
+    s.write_all(&http_login(account, echo)).unwrap();
+    let head = read_head(&mut s).unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert_eq!(echo_through(&mut s, b"ping").unwrap(), b"ping");
+    s
+}
+
+/// One proxy protocol with accounts, as the limits tests drive it.
+struct AccountProxy {
+    tag: &'static str,
+    config: fn(Value, Value) -> Value,
+    /// What a client sends to log in (and, for HTTP, to ask for a tunnel to the address).
+    login: fn((&str, &str), SocketAddr) -> Vec<u8>,
+    session_from: fn([u8; 4], SocketAddr, (&str, &str), SocketAddr) -> TcpStream,
+}
+
+const SOCKS: AccountProxy = AccountProxy {
+    tag: "socks-in",
+    config: socks_with_accounts,
+    login: |account, _| socks_login(account),
+    session_from: socks_session_from,
+};
+
+const HTTP: AccountProxy =
+    AccountProxy { tag: "http-in", config: http_with_accounts, login: http_login, session_from: http_session_from };
+
+/// With alice at `maxConnections` 1 and a live session, her next ones (from the same address,
+/// over both shards) get exactly what a wrong password gets; bob is let in meanwhile.
+fn over_max_connections_answers_as_a_wrong_password(proxy: AccountProxy) {
+    let (server, api) = server(json!({ "1": { "maxConnections": 1 } }), proxy.config, proxy_accounts());
+    let addr = server.inbound(proxy.tag);
+    let echo = EchoServer::start();
+    let wrong = answer_from([127, 0, 0, 1], addr, &(proxy.login)((PROXY_ALICE.0, "wrong"), echo.addr()));
+    assert!(!wrong.is_empty(), "a wrong password got no reply");
+    let _live = (proxy.session_from)([127, 0, 0, 1], addr, PROXY_ALICE, echo.addr());
+    for attempt in 0..6 {
+        let over = answer_from([127, 0, 0, 1], addr, &(proxy.login)(PROXY_ALICE, echo.addr()));
+        assert_eq!(over, wrong, "attempt {attempt}: over the limit, another answer than a wrong password's");
+    }
+    assert!(refusals_reach(&api, "connection_limit", 6), "{:?}", api.get("refused>>>connection_limit", false));
+    let _bob: Vec<TcpStream> =
+        (0..3).map(|_| (proxy.session_from)([127, 0, 0, 1], addr, PROXY_BOB, echo.addr())).collect();
+    // Once the live session has gone, alice is let in again.
+    drop(_live);
+    assert!(wait_until(Duration::from_secs(5), || {
+        let answer = answer_from([127, 0, 0, 1], addr, &(proxy.login)(PROXY_ALICE, echo.addr()));
+        answer != wrong
+    }));
+    assert!(server.output().contains("user alice@example.com: connection_limit"), "{}", server.output());
+}
+
+/// With alice at `maxIPs` 1 and a live session from 127.0.0.1, a session from 127.0.0.2 gets
+/// exactly what a wrong password from there gets.
+fn over_max_ips_answers_as_a_wrong_password(proxy: AccountProxy) {
+    let (server, api) = server(json!({ "1": { "maxIPs": 1 } }), proxy.config, proxy_accounts());
+    let addr = server.inbound(proxy.tag);
+    let echo = EchoServer::start();
+    let wrong = answer_from([127, 0, 0, 2], addr, &(proxy.login)((PROXY_ALICE.0, "wrong"), echo.addr()));
+    let live: Vec<TcpStream> =
+        (0..3).map(|_| (proxy.session_from)([127, 0, 0, 1], addr, PROXY_ALICE, echo.addr())).collect();
+    for attempt in 0..4 {
+        let over = answer_from([127, 0, 0, 2], addr, &(proxy.login)(PROXY_ALICE, echo.addr()));
+        assert_eq!(over, wrong, "attempt {attempt}: a second address, another answer than a wrong password's");
+    }
+    assert!(refusals_reach(&api, "ip_limit", 4), "{:?}", api.get("refused>>>ip_limit", false));
+    drop(live);
+    assert!(wait_until(Duration::from_secs(5), || {
+        answer_from([127, 0, 0, 2], addr, &(proxy.login)(PROXY_ALICE, echo.addr())) != wrong
+    }));
+    assert!(server.output().contains("user alice@example.com: ip_limit"), "{}", server.output());
+}
+
+#[test]
+fn socks5_over_max_connections_gets_the_wrong_password_reply() {
+    over_max_connections_answers_as_a_wrong_password(SOCKS);
+}
+
+#[test]
+fn socks5_over_max_ips_gets_the_wrong_password_reply() {
+    over_max_ips_answers_as_a_wrong_password(SOCKS);
+}
+
+#[test]
+fn http_over_max_connections_gets_the_wrong_account_reply() {
+    over_max_connections_answers_as_a_wrong_password(HTTP);
+}
+
+#[test]
+fn http_over_max_ips_gets_the_wrong_account_reply() {
+    over_max_ips_answers_as_a_wrong_password(HTTP);
+}
+
+/// A SOCKS5 user over its limits cannot open a UDP association either: the wrong password's
+/// reply comes before any ASSOCIATE can be asked.
+#[test]
+fn socks5_udp_associate_is_held_to_the_same_limits() {
+    let (server, _api) = server(json!({ "1": { "maxConnections": 1 } }), socks_with_accounts, proxy_accounts());
+    let addr = server.inbound("socks-in");
+    let wrong = answer_from([127, 0, 0, 1], addr, &socks_login((PROXY_ALICE.0, "wrong")));
+    // A live association holds alice's one session.
+    let mut control = vless::connect_from([127, 0, 0, 1].into(), addr).unwrap();
+    let mut out = socks_login(PROXY_ALICE);
+    shardray_wire::socks::Request {
+        command: shardray_wire::socks::Command::UdpAssociate,
+        destination: SocketAddr::from(([0, 0, 0, 0], 0)).into(),
+    }
+    .encode(&mut out);
+    control.write_all(&out).unwrap();
+    let mut replies = [0u8; 2 + 2 + 10];
+    control.read_exact(&mut replies).unwrap();
+    assert_eq!(&replies[..5], &[5, 2, 1, 0, 5][..], "the association was not granted");
+    assert_eq!(replies[5], 0, "the association was not granted");
+    assert_eq!(answer_from([127, 0, 0, 1], addr, &socks_login(PROXY_ALICE)), wrong);
+    drop(control);
+    assert!(wait_until(Duration::from_secs(5), || {
+        answer_from([127, 0, 0, 1], addr, &socks_login(PROXY_ALICE)) != wrong
+    }));
+}
+
+/// Trojan sends a wrong password to the fallback: a user over its limits goes there too, with
+/// its bytes unchanged, and the fallback's answer is what it gets.
+#[test]
+fn trojan_over_max_connections_goes_to_the_fallback_as_a_wrong_password() {
+    let web = RecordingServer::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let clients = json!([{ "password": ALICE_PASSWORD, "email": "alice@example.com", "level": 1 }]);
+    let (server, api) = server_with(
+        json!({ "1": { "maxConnections": 1 } }),
+        trojan_config(clients, json!({ "settings": { "fallbacks": [{ "dest": web.addr().port() }] } })),
+    );
+    let proxy = server.inbound("trojan-in");
+    let echo = EchoServer::start();
+    let _live = trojan::open_session(proxy, ALICE_PASSWORD, echo.addr());
+    for (who, password) in [("a wrong password", "wrong"), ("alice over her limit", ALICE_PASSWORD)] {
+        let request = trojan::request(password, echo.addr());
+        let mut s = vless::connect(proxy).unwrap();
+        s.write_all(&request).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let reply = vless::read_all(&mut s).unwrap();
+        assert!(reply.starts_with(b"HTTP/1.1 200 OK"), "{who}: {:?}", String::from_utf8_lossy(&reply));
+        assert_eq!(web.next(Duration::from_secs(2)), Some(request), "{who}: the fallback got other bytes");
+    }
+    assert!(refusals_reach(&api, "connection_limit", 1));
 }

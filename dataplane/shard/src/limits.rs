@@ -83,9 +83,22 @@ fn notice_if(ctx: &ShardCtx, inbound: &str, email: &str, peer: IpAddr, event: Li
     }
 }
 
-/// A session admitted under its user's `maxConnections` or `maxIPs`: gives back what it took
-/// when dropped.
-pub(crate) struct Admission {
+/// What a session holds under its user's `maxConnections` and `maxIPs`, given back when
+/// dropped. Every `Session` and `PacketSession` carries one, made by `admit` where its inbound
+/// has found the user and before it answers anything, so that a user over its limit meets
+/// what a wrong user meets; `no_user` for sessions without a user, which have no limits.
+// Held, never read: dropping it gives the places back.
+pub(crate) struct Admitted(#[allow(dead_code)] Option<Admission>);
+
+impl Admitted {
+    /// For a session without a user (dokodemo-door, SOCKS and HTTP without accounts).
+    pub(crate) fn no_user() -> Admitted {
+        Admitted(None)
+    }
+}
+
+/// The places a limited session took.
+struct Admission {
     limits: Arc<UserLimits>,
     session: bool,
     ip: Option<IpAddr>,
@@ -102,20 +115,22 @@ impl Drop for Admission {
     }
 }
 
-/// Admits a session of `user` from `peer` at `policy`'s level, or refuses it (told of with
-/// `notice`). `Ok(None)`: nothing to give back (no limits, or a user without an email, whose
-/// sessions cannot be told apart from other users' across inbounds).
+/// Admits a session of `user` from `peer` at its level, or refuses it (counted, and told of
+/// with `notice`); the caller then turns the client away as its protocol turns a wrong user
+/// away. Nothing is held without limits, or for a user without an email, whose sessions
+/// cannot be told apart from other users' across inbounds.
 pub(crate) fn admit(
     ctx: &ShardCtx,
     inbound: &str,
     user: Option<&UserHandle>,
     peer: IpAddr,
-    policy: &LevelPolicy,
-) -> Result<Option<Admission>, LimitRefusal> {
+) -> Result<Admitted, LimitRefusal> {
+    let Some(user) = user else { return Ok(Admitted(None)) };
+    let policy = ctx.policy(user.level);
     if !policy.limits_sessions() {
-        return Ok(None);
+        return Ok(Admitted(None));
     }
-    let Some((user, email)) = user.and_then(|u| Some((u, u.email.as_deref()?))) else { return Ok(None) };
+    let Some(email) = user.email.as_deref() else { return Ok(Admitted(None)) };
     let limits = UserLimits::of_slot(user.slot, user.slot_generation);
     let mut admitted = Admission { limits, session: false, ip: None };
     if policy.max_connections > 0 {
@@ -133,7 +148,7 @@ pub(crate) fn admit(
         }
         admitted.ip = Some(peer);
     }
-    Ok(Some(admitted))
+    Ok(Admitted(Some(admitted)))
 }
 
 /// A session's rates: what each direction of its relay may read now. The rates are 0 for

@@ -164,17 +164,22 @@ impl<'a> Mux<'a> {
             (self.ctx, self.inbound, self.peer, self.user.clone(), self.outbox, self.live);
         async move {
             let level = user.level;
-            if network == TCP {
-                let mut sub = SubStream { id, inbox: inbox.clone(), outbox, cur: Vec::new(), at: 0, ended: false };
-                let session = Session { inbound, peer, user: Some(user), level, dest, client_fd: None };
-                forward(ctx, &mut sub, session, &[], &[]).await;
-                sub.end();
-            } else {
-                let session = PacketSession { inbound, peer, user: Some(user), level, idle_cap: None };
-                let input = SubPackets { id, inbox: inbox.clone(), outbox, dest };
-                let output = SubPackets { id, inbox: inbox.clone(), outbox, dest: input.dest.clone() };
-                serve_packets(ctx, session, input, output).await;
-                outbox.end_unless_aborted(id, &inbox);
+            // Each sub-session counts under the user's limits; one over them gets End at once.
+            match crate::limits::admit(ctx, &inbound.tag, Some(&user), peer.ip()) {
+                Err(_) => outbox.end_unless_aborted(id, &inbox),
+                Ok(admitted) if network == TCP => {
+                    let mut sub = SubStream { id, inbox: inbox.clone(), outbox, cur: Vec::new(), at: 0, ended: false };
+                    let session = Session { inbound, peer, user: Some(user), level, dest, client_fd: None, admitted };
+                    forward(ctx, &mut sub, session, &[], &[]).await;
+                    sub.end();
+                }
+                Ok(admitted) => {
+                    let session = PacketSession { inbound, peer, user: Some(user), level, idle_cap: None, admitted };
+                    let input = SubPackets { id, inbox: inbox.clone(), outbox, dest };
+                    let output = SubPackets { id, inbox: inbox.clone(), outbox, dest: input.dest.clone() };
+                    serve_packets(ctx, session, input, output).await;
+                    outbox.end_unless_aborted(id, &inbox);
+                }
             }
             let mut live = live.borrow_mut();
             if live.get(&id).is_some_and(|i| Rc::ptr_eq(i, &inbox)) {

@@ -33,6 +33,7 @@ use shardray_wire::trojan::{TrojanError, UdpFrame};
 
 use crate::ctx::{InboundRt, Resolved, Routes, ShardCtx};
 use crate::dns::MessageAnswer;
+use crate::limits::Admitted;
 use crate::outbound::trojan::Upstream;
 use crate::outbound::vless::VlessResponse;
 use crate::outbound::{check_destination, resolve, resolve_system, route, unix_now, Session, SessionMeter, Via};
@@ -881,6 +882,8 @@ pub(crate) struct PacketSession<'a> {
     /// The longest the session may idle, below the level's `connIdle` (Xray's UDP dispatcher
     /// gives up on a link after a minute, its UDP worker on a client after two).
     pub(crate) idle_cap: Option<Duration>,
+    /// Its place under the user's `maxConnections` and `maxIPs`, held while it lives.
+    pub(crate) admitted: Admitted,
 }
 
 /// A level's timeouts for a packet session: its relay timeouts, the idle one capped.
@@ -932,8 +935,6 @@ where
         None => None,
     };
     let policy = ctx.policy(s.level);
-    // Beyond the user's maxConnections or maxIPs: dropped with no reply, as a wrong user is.
-    let Ok(_admitted) = crate::limits::admit(ctx, tag, s.user.as_ref(), peer.ip(), &policy) else { return };
     let timeouts = packet_timeouts(&policy, s.idle_cap);
     let mut buf = vec![0u8; RECV_ROOM];
     // The first packet names the destination the session is routed by.
@@ -958,8 +959,15 @@ where
     )
     .await;
     let Some((dest, first_len)) = first else { return };
-    let session =
-        Session { inbound: s.inbound, peer, user: s.user.clone(), level: s.level, dest: dest.clone(), client_fd: None };
+    let session = Session {
+        inbound: s.inbound,
+        peer,
+        user: s.user.clone(),
+        level: s.level,
+        dest: dest.clone(),
+        client_fd: None,
+        admitted: s.admitted,
+    };
     let watch = match (&session.user, session.inbound.kind.user_states()) {
         (Some(u), Some(users)) => Some(SessionWatch::new(&ctx.watchers, users, u.clone())),
         _ => None,

@@ -13,6 +13,7 @@ use shardray_core::stats::Refusal;
 
 use super::ConnInfo;
 use crate::ctx::{InboundKind, InboundRt, LiveGuard, ShardCtx};
+use crate::limits::Admitted;
 use crate::outbound::{forward, Session};
 use crate::packet::{serve_packets, DatagramsIn, DatagramsOut, PacketSession, MAX_DATAGRAM, MAX_DATAGRAM_FLOWS};
 
@@ -32,6 +33,7 @@ pub(super) async fn serve<S>(
         level: spec.user_level,
         dest: spec.destination.clone(),
         client_fd: info.plain_fd,
+        admitted: Admitted::no_user(),
     };
     forward(ctx, &mut stream, session, &[], &[]).await;
 }
@@ -76,8 +78,14 @@ pub(crate) async fn datagram_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, soc
         let (ctx, inbound, socket, dest) = (ctx.clone(), inbound.clone(), socket.clone(), dest.clone());
         glommio::spawn_local(async move {
             let _live = LiveGuard::new(&ctx);
-            let session =
-                PacketSession { inbound: &inbound, peer: client, user: None, level, idle_cap: Some(UDP_IDLE) };
+            let session = PacketSession {
+                inbound: &inbound,
+                peer: client,
+                user: None,
+                level,
+                idle_cap: Some(UDP_IDLE),
+                admitted: Admitted::no_user(),
+            };
             serve_packets(&ctx, session, DatagramsIn { rx, dest }, DatagramsOut { socket, client }).await;
         })
         .detach();

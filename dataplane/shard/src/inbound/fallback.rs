@@ -53,6 +53,25 @@ pub(super) async fn reject<S>(
         let _ = stream.close().await;
         return;
     }
+    turn_away(ctx, inbound, fallbacks, stream, buf, len, info, started).await
+}
+
+/// What a bad request or a wrong user meets, once told of: the fallback if there is one (with
+/// the `len` bytes of `buf` it sent), else the drain. A user over its `maxConnections` or
+/// `maxIPs` (told of by `limits::admit`) meets the same.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn turn_away<S>(
+    ctx: &Rc<ShardCtx>,
+    inbound: &InboundRt,
+    fallbacks: &[FallbackSpec],
+    mut stream: S,
+    buf: &mut [u8],
+    len: usize,
+    info: &ConnInfo,
+    started: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     if !fallbacks.is_empty() && len > 0 {
         serve(ctx, inbound, fallbacks, stream, &buf[..len], info).await;
         return;

@@ -82,6 +82,13 @@ pub(super) async fn serve<S>(
             let _ = stream.close().await;
             return;
         }
+        let user = user.map(|u| u.bind(&ctx.users.borrow()));
+        // A user over its limits gets what a wrong account gets (told of by `admit`).
+        let Ok(admitted) = crate::limits::admit(ctx, &inbound.tag, user.as_ref(), info.peer.ip()) else {
+            let _ = stream.write_all(RESPONSE_AUTH_REQUIRED).await;
+            let _ = stream.close().await;
+            return;
+        };
         let dest = match (head.kind, head.destination) {
             (RequestKind::Origin, _) if !settings.allow_transparent => None,
             (_, dest) => dest,
@@ -92,9 +99,8 @@ pub(super) async fn serve<S>(
             let _ = stream.close().await;
             return;
         };
-        let user = user.map(|u| u.bind(&ctx.users.borrow()));
         let level = user.as_ref().map_or(settings.user_level, |u| u.level);
-        let session = Session { inbound, peer: info.peer, level, user, dest, client_fd: info.plain_fd };
+        let session = Session { inbound, peer: info.peer, level, user, dest, client_fd: info.plain_fd, admitted };
         data.drain(..head.head_len);
         if head.kind == RequestKind::Connect {
             if stream.write_all(RESPONSE_CONNECTED).await.is_err() {

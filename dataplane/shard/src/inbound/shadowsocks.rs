@@ -74,6 +74,12 @@ where
         Handshake::Accepted(a) => {
             let Accepted { user, method, key, salt, destination, opener, early, consumed } = *a;
             let user = user.bind(&ctx.users.borrow());
+            // A user over its limits is drained as a wrong key is (told of by `admit`).
+            let Ok(admitted) = crate::limits::admit(ctx, &inbound.tag, Some(&user), info.peer.ip()) else {
+                Box::pin(fallback::turn_away(ctx, inbound, &[], stream, &mut buf, len, info, started)).await;
+                give_buffer(buf);
+                return;
+            };
             let stream = SsStream::server(stream, method, &key, &salt, opener, buf, (consumed, len));
             let session = Session {
                 inbound,
@@ -82,6 +88,7 @@ where
                 user: Some(user),
                 dest: destination,
                 client_fd: None,
+                admitted,
             };
             // Boxed: the codecs make this session's state larger than a VLESS one's.
             let mut stream = Box::new(stream);
@@ -227,16 +234,25 @@ pub(crate) async fn datagram_loop(ctx: Rc<ShardCtx>, inbound: Rc<crate::ctx::Inb
             ctx.refusals.add(Refusal::FlowLimit);
             continue;
         }
+        let user = user.bind(&ctx.users.borrow());
+        // A user over its limits: its datagram is dropped as a wrong key's is (told of by
+        // `admit`), and its next one tries again.
+        let Ok(admitted) = crate::limits::admit(&ctx, &inbound.tag, Some(&user), client.ip()) else { continue };
         let (tx, rx) = async_channel::bounded(FLOW_QUEUE);
         let _ = tx.try_send((dest, payload));
         flows.insert(client, SsFlow { method, key, tx });
         let (ctx, inbound, socket) = (ctx.clone(), inbound.clone(), socket.clone());
         glommio::spawn_local(async move {
             let _live = crate::ctx::LiveGuard::new(&ctx);
-            let user = user.bind(&ctx.users.borrow());
             let level = user.level;
-            let session =
-                PacketSession { inbound: &inbound, peer: client, user: Some(user), level, idle_cap: Some(UDP_IDLE) };
+            let session = PacketSession {
+                inbound: &inbound,
+                peer: client,
+                user: Some(user),
+                level,
+                idle_cap: Some(UDP_IDLE),
+                admitted,
+            };
             let output = SsPacketsOut { socket, client, method, key, out: Vec::new() };
             serve_packets(&ctx, session, SsPacketsIn { rx }, output).await;
         })
@@ -340,6 +356,10 @@ async fn datagram_loop_2022(
             ctx.refusals.add(Refusal::FlowLimit);
             continue;
         }
+        let user = user.bind(&ctx.users.borrow());
+        // A user over its limits: its datagram is dropped as a wrong key's is (told of by
+        // `admit`), and its next one tries again.
+        let Ok(admitted) = crate::limits::admit(&ctx, &inbound.tag, Some(&user), client.ip()) else { continue };
         let mut window = ss2022_udp::ReplayWindow::default();
         window.check_and_insert(packet.packet_id);
         let (tx, rx) = async_channel::bounded(FLOW_QUEUE);
@@ -350,10 +370,15 @@ async fn datagram_loop_2022(
         let client_session = packet.session_id;
         glommio::spawn_local(async move {
             let _live = crate::ctx::LiveGuard::new(&ctx);
-            let user = user.bind(&ctx.users.borrow());
             let level = user.level;
-            let session =
-                PacketSession { inbound: &inbound, peer: client, user: Some(user), level, idle_cap: Some(UDP_IDLE) };
+            let session = PacketSession {
+                inbound: &inbound,
+                peer: client,
+                user: Some(user),
+                level,
+                idle_cap: Some(UDP_IDLE),
+                admitted,
+            };
             let mut id = [0u8; 8];
             crate::shadowsocks::fill_random(&mut id);
             let output = Ss2022PacketsOut {

@@ -23,6 +23,7 @@ use shardray_wire::socks::{
 
 use super::{fallback, http, ConnInfo};
 use crate::ctx::{InboundRt, ProxySettings, ShardCtx};
+use crate::limits::Admitted;
 use crate::outbound::{forward, Session};
 use crate::packet::{serve_packets, PacketSession, PacketSink, PacketSource, Recv, MAX_DATAGRAM};
 use crate::users::{PasswordKey, UserHandle, UserTable};
@@ -33,15 +34,18 @@ const MAX_MESSAGE: usize = 600;
 /// How the handshake ended.
 enum Handshake {
     /// CONNECT: the reply has been sent; relay to `dest`.
-    Connect { dest: Destination, user: Option<UserHandle> },
+    Connect { dest: Destination, user: Option<UserHandle>, admitted: Admitted },
     /// UDP ASSOCIATE: the reply naming `socket` has been sent; relay its datagrams while the
     /// connection lasts.
-    Associate { socket: UdpSocket, user: Option<UserHandle> },
+    Associate { socket: UdpSocket, user: Option<UserHandle>, admitted: Admitted },
     /// Not SOCKS: the HTTP proxy takes the bytes read so far.
     Http,
     /// Turned away: `drain` when nothing was answered (not SOCKS, or cut short), else the
     /// refusal's reply has been sent and the connection closes.
     Refused { reason: &'static str, why: Refusal, drain: bool },
+    /// A user over its `maxConnections` or `maxIPs` (told of by `limits::admit`): it has got
+    /// the wrong password's reply, and the connection closes as a wrong password's does.
+    OverLimit,
 }
 
 impl Handshake {
@@ -73,25 +77,24 @@ pub(super) async fn serve<S>(
     let started = Instant::now();
     let mut data = Vec::with_capacity(64);
     let timeout = ctx.policy(0).handshake;
-    let handshake = handshake(&mut stream, &mut data, users, settings, info);
+    let handshake = handshake(ctx, inbound, &mut stream, &mut data, users, settings, info);
     let outcome = futures_lite::future::or(handshake, async {
         glommio::timer::sleep(timeout).await;
         Handshake::bad("handshake timed out")
     })
     .await;
     match outcome {
-        Handshake::Connect { dest, user } => {
-            let user = user.map(|u| u.bind(&ctx.users.borrow()));
+        Handshake::Connect { dest, user, admitted } => {
             let level = user.as_ref().map_or(settings.user_level, |u| u.level);
-            let session = Session { inbound, peer: info.peer, level, user, dest, client_fd: info.plain_fd };
+            let session = Session { inbound, peer: info.peer, level, user, dest, client_fd: info.plain_fd, admitted };
             data.shrink_to_fit();
             forward(ctx, &mut stream, session, &data, &[]).await;
         }
-        Handshake::Associate { socket, user } => {
-            let user = user.map(|u| u.bind(&ctx.users.borrow()));
+        Handshake::Associate { socket, user, admitted } => {
             let level = user.as_ref().map_or(settings.user_level, |u| u.level);
             drop(data);
-            associate(ctx, inbound, stream, socket, user, level, info).await;
+            let session = PacketSession { inbound, peer: info.peer, user, level, idle_cap: Some(UDP_IDLE), admitted };
+            associate(ctx, session, stream, socket, info).await;
         }
         Handshake::Http => Box::pin(http::serve(ctx, inbound, users, settings, stream, info, data, started)).await,
         Handshake::Refused { reason, why, drain } => {
@@ -105,6 +108,9 @@ pub(super) async fn serve<S>(
                 let _ = stream.close().await;
             }
         }
+        Handshake::OverLimit => {
+            let _ = stream.close().await;
+        }
     }
 }
 
@@ -115,6 +121,8 @@ enum First {
 }
 
 async fn handshake<S>(
+    ctx: &ShardCtx,
+    inbound: &InboundRt,
     stream: &mut S,
     data: &mut Vec<u8>,
     users: &RefCell<UserTable<PasswordKey>>,
@@ -142,7 +150,7 @@ where
             if !granted {
                 return Handshake::answered("SOCKS4 is not allowed when a password is required", Refusal::BadRequest);
             }
-            return Handshake::Connect { dest: request.destination, user: None };
+            return Handshake::Connect { dest: request.destination, user: None, admitted: Admitted::no_user() };
         }
         Err(ReadFail::Bad(SocksError::BadVersion(_))) if settings.socks => return Handshake::Http,
         Err(ReadFail::Bad(SocksError::UnsupportedCommand(_))) => {
@@ -156,7 +164,7 @@ where
     if stream.write_all(&method_reply(method)).await.is_err() {
         return Handshake::bad("client gone during handshake");
     }
-    let user = match method {
+    let (user, admitted) = match method {
         method::NO_ACCEPTABLE => {
             return Handshake::answered("no acceptable authentication method", Refusal::BadRequest)
         }
@@ -169,14 +177,19 @@ where
                 Err(ReadFail::Bad(_)) => return Handshake::bad("malformed username/password"),
                 Err(ReadFail::Closed) => return Handshake::bad("connection closed during handshake"),
             };
-            let user = users.borrow().get(&key);
-            let ok = user.is_some();
-            if stream.write_all(&socks::auth_reply(ok)).await.is_err() || !ok {
-                return Handshake::answered("invalid username or password", Refusal::BadRequest);
+            let user = users.borrow().get(&key).map(|u| u.bind(&ctx.users.borrow()));
+            // A user over its limits gets what a wrong password gets.
+            let admitted =
+                user.as_ref().and_then(|u| crate::limits::admit(ctx, &inbound.tag, Some(u), info.peer.ip()).ok());
+            let sent = stream.write_all(&socks::auth_reply(admitted.is_some())).await.is_ok();
+            match (user, admitted) {
+                (Some(user), Some(admitted)) if sent => (Some(user), admitted),
+                (Some(_), None) => return Handshake::OverLimit,
+                _ if !sent => return Handshake::bad("client gone during handshake"),
+                _ => return Handshake::answered("invalid username or password", Refusal::BadRequest),
             }
-            user
         }
-        _ => None,
+        _ => (None, Admitted::no_user()),
     };
     let request = match next(stream, data, Request::decode).await {
         Ok(r) => r,
@@ -208,7 +221,7 @@ where
         if stream.write_all(&out).await.is_err() {
             return Handshake::bad("client gone during handshake");
         }
-        return Handshake::Associate { socket, user };
+        return Handshake::Associate { socket, user, admitted };
     }
     // The bound address, as Xray answers a CONNECT: the address the client reached.
     let bound = info
@@ -219,7 +232,7 @@ where
     if stream.write_all(&out).await.is_err() {
         return Handshake::bad("client gone during handshake");
     }
-    Handshake::Connect { dest: request.destination, user }
+    Handshake::Connect { dest: request.destination, user, admitted }
 }
 
 /// Decodes the next message from the front of `data`, reading more while it is incomplete;
@@ -278,19 +291,11 @@ fn bind_relay(info: &ConnInfo) -> io::Result<UdpSocket> {
 
 /// Relays an association's datagrams until its control connection closes, or the packet
 /// session ends (idle, or its user removed); the connection is closed then.
-async fn associate<S>(
-    ctx: &Rc<ShardCtx>,
-    inbound: &InboundRt,
-    mut stream: S,
-    socket: UdpSocket,
-    user: Option<UserHandle>,
-    level: u32,
-    info: &ConnInfo,
-) where
+async fn associate<S>(ctx: &Rc<ShardCtx>, session: PacketSession<'_>, mut stream: S, socket: UdpSocket, info: &ConnInfo)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let client = Cell::new(None);
-    let session = PacketSession { inbound, peer: info.peer, user, level, idle_cap: Some(UDP_IDLE) };
     let input = AssociationIn {
         control: &mut stream,
         socket: &socket,

@@ -51,6 +51,12 @@ pub(super) async fn serve<S>(
     match outcome {
         Handshake::Accepted { request, user, consumed } => {
             let user = user.bind(&ctx.users.borrow());
+            // A user over its limits goes where a wrong password goes: the fallback, or the
+            // drain (told of by `admit`, so not counted as a bad request too).
+            let Ok(admitted) = crate::limits::admit(ctx, &inbound.tag, Some(&user), info.peer.ip()) else {
+                return Box::pin(fallback::turn_away(ctx, inbound, fallbacks, stream, &mut buf, len, info, started))
+                    .await;
+            };
             if request.command == Command::UdpAssociate {
                 // Every frame names its own destination; the request's is not used (as Xray).
                 let session = PacketSession {
@@ -59,6 +65,7 @@ pub(super) async fn serve<S>(
                     level: user.level,
                     user: Some(user),
                     idle_cap: Some(UDP_IDLE),
+                    admitted,
                 };
                 let stream = RefCell::new(stream);
                 let input = FrameReader::new(Half(&stream), Framing::Trojan, &buf[consumed..len]);
@@ -73,6 +80,7 @@ pub(super) async fn serve<S>(
                 user: Some(user),
                 dest: request.destination,
                 client_fd: info.plain_fd,
+                admitted,
             };
             // Keep only the payload that came with the header: the session may idle for long.
             buf.truncate(len);

@@ -16,6 +16,7 @@ use shardray_wire::DecodeError;
 
 use super::{fallback, read_first, ConnInfo, FIRST_READ};
 use crate::ctx::{InboundRt, ShardCtx};
+use crate::limits::Admitted;
 use crate::outbound::{forward, forward_vision, Session};
 use crate::packet::{serve_packets, FrameReader, FrameWriter, Framing, Half, PacketSession};
 use crate::transport::vision::{OuterTls, VisionStream, VisionSwitch};
@@ -82,7 +83,13 @@ pub(super) async fn serve<S>(
     };
     match outcome {
         Handshake::Accepted { header, user, consumed } => {
-            proceed(ctx, inbound, stream, info, header, user, buf, consumed, len).await
+            let user = user.bind(&ctx.users.borrow());
+            // A user over its limits goes where a wrong user goes (told of by `admit`).
+            let Ok(admitted) = crate::limits::admit(ctx, &inbound.tag, Some(&user), info.peer.ip()) else {
+                return Box::pin(fallback::turn_away(ctx, inbound, fallbacks, stream, &mut buf, len, info, started))
+                    .await;
+            };
+            proceed(ctx, inbound, stream, info, header, user, admitted, buf, consumed, len).await
         }
         Handshake::Rejected(reason, why) => {
             let rejected = fallback::Rejected { protocol: "vless", reason, why, started };
@@ -108,29 +115,28 @@ pub(crate) async fn serve_tls<T: OuterTls>(
 ) {
     let started = Instant::now();
     let (outcome, mut buf, len) = handshake(ctx, &mut tls, info, users).await;
-    let outcome = match outcome {
-        Handshake::Accepted { header, user, consumed } if header.flow == vision::FLOW => {
-            if tls.is_tls13() {
-                let user = user.bind(&ctx.users.borrow());
-                return Box::pin(serve_vision(ctx, inbound, tls, info, header, user, &buf[consumed..len])).await;
-            }
-            Handshake::Refused("Vision needs outer TLS 1.3", Refusal::UnsupportedCommand)
-        }
-        other => other,
-    };
-    match outcome {
+    let (reason, why, fallbacks) = match outcome {
         Handshake::Accepted { header, user, consumed } => {
-            proceed(ctx, inbound, tls, info, header, user, buf, consumed, len).await
+            let user = user.bind(&ctx.users.borrow());
+            // A user over its limits goes where a wrong user goes (told of by `admit`).
+            let Ok(admitted) = crate::limits::admit(ctx, &inbound.tag, Some(&user), info.peer.ip()) else {
+                return Box::pin(fallback::turn_away(ctx, inbound, fallbacks, tls, &mut buf, len, info, started)).await;
+            };
+            match header.flow == vision::FLOW {
+                false => return proceed(ctx, inbound, tls, info, header, user, admitted, buf, consumed, len).await,
+                true if tls.is_tls13() => {
+                    let first = &buf[consumed..len];
+                    return Box::pin(serve_vision(ctx, inbound, tls, info, header, user, admitted, first)).await;
+                }
+                true => ("Vision needs outer TLS 1.3", Refusal::UnsupportedCommand, &[][..]),
+            }
         }
-        Handshake::Rejected(reason, why) => {
-            let rejected = fallback::Rejected { protocol: "vless", reason, why, started };
-            Box::pin(fallback::reject(ctx, inbound, fallbacks, tls, &mut buf, len, info, rejected)).await;
-        }
-        Handshake::Refused(reason, why) => {
-            let rejected = fallback::Rejected { protocol: "vless", reason, why, started };
-            Box::pin(fallback::reject(ctx, inbound, &[], tls, &mut buf, len, info, rejected)).await;
-        }
-    }
+        Handshake::Rejected(reason, why) => (reason, why, fallbacks),
+        Handshake::Refused(reason, why) => (reason, why, &[][..]),
+    };
+    let rejected = fallback::Rejected { protocol: "vless", reason, why, started };
+    // Boxed: rare, and larger than a forwarded session's state.
+    Box::pin(fallback::reject(ctx, inbound, fallbacks, tls, &mut buf, len, info, rejected)).await;
 }
 
 /// A Vision session: TCP relayed through the Vision stream (spliced once both directions go
@@ -142,6 +148,7 @@ async fn serve_vision<T: OuterTls>(
     info: &ConnInfo,
     header: RequestHeader,
     user: UserHandle,
+    admitted: Admitted,
     first: &[u8],
 ) {
     let switch = Rc::new(VisionSwitch::new(tls.tcp_ref().fd()));
@@ -156,11 +163,20 @@ async fn serve_vision<T: OuterTls>(
     };
     if header.command == Command::Mux {
         ctx.log.error(LogLevel::Debug, format_args!("[{}] {} Vision XUDP (mux) session", inbound.tag, info.peer));
+        // Each sub-session is admitted on its own.
+        drop(admitted);
         return crate::mux::serve(ctx, inbound, info.peer, user, stream, &early, &[]).await;
     }
     let dest = header.destination.expect("TCP requests carry a destination");
-    let session =
-        Session { inbound, peer: info.peer, level: user.level, user: Some(user), dest: dest.clone(), client_fd: None };
+    let session = Session {
+        inbound,
+        peer: info.peer,
+        level: user.level,
+        user: Some(user),
+        dest: dest.clone(),
+        client_fd: None,
+        admitted,
+    };
     forward_vision(ctx, &mut stream, session, &early, &switch).await;
     let (up, down) = stream.went_direct;
     ctx.log.error(
@@ -179,14 +195,16 @@ async fn proceed<S>(
     info: &ConnInfo,
     header: RequestHeader,
     user: UserHandle,
+    admitted: Admitted,
     mut buf: Vec<u8>,
     consumed: usize,
     len: usize,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let user = user.bind(&ctx.users.borrow());
     if header.command == Command::Mux {
+        // Each sub-session is admitted on its own: the connection only had to be let in.
+        drop(admitted);
         return crate::mux::serve(ctx, inbound, info.peer, user, stream, &buf[consumed..len], &RESPONSE_HEADER).await;
     }
     let framing = match (header.command, &header.destination) {
@@ -194,7 +212,8 @@ async fn proceed<S>(
         _ => None,
     };
     if let Some(framing) = framing {
-        let session = PacketSession { inbound, peer: info.peer, level: user.level, user: Some(user), idle_cap: None };
+        let session =
+            PacketSession { inbound, peer: info.peer, level: user.level, user: Some(user), idle_cap: None, admitted };
         let stream = RefCell::new(stream);
         let out_framing = match &framing {
             Framing::Vless(_) => Framing::Vless(Destination::from(info.peer)),
@@ -206,8 +225,15 @@ async fn proceed<S>(
         return serve_packets(ctx, session, input, output).await;
     }
     let dest = header.destination.expect("TCP requests carry a destination");
-    let session =
-        Session { inbound, peer: info.peer, level: user.level, user: Some(user), dest, client_fd: info.plain_fd };
+    let session = Session {
+        inbound,
+        peer: info.peer,
+        level: user.level,
+        user: Some(user),
+        dest,
+        client_fd: info.plain_fd,
+        admitted,
+    };
     // Keep only the payload that came with the header: the session may idle for long.
     buf.truncate(len);
     buf.drain(..consumed);

@@ -53,12 +53,18 @@ pub(super) async fn serve<S>(
     match outcome {
         Handshake::Accepted { request, user, consumed } => {
             let user = user.bind(&ctx.users.borrow());
+            // A user over its limits is drained as a wrong user is (told of by `admit`). A mux
+            // connection only looks: each of its sub-sessions is admitted on its own.
+            let Ok(admitted) = crate::limits::admit(ctx, &inbound.tag, Some(&user), info.peer.ip()) else {
+                return Box::pin(fallback::turn_away(ctx, inbound, &[], stream, &mut buf, len, info, started)).await;
+            };
             let stream = match VmessStream::server(stream, &request, &buf[consumed..len], random_seed()) {
                 Ok(s) => s,
                 Err(_) => return,
             };
             drop(buf);
             if request.command == Command::Mux {
+                drop(admitted);
                 // Boxed: the body codecs make this session's state larger than a VLESS one's.
                 return Box::pin(crate::mux::serve(ctx, inbound, info.peer, user, stream, &[], &[])).await;
             }
@@ -70,6 +76,7 @@ pub(super) async fn serve<S>(
                     level: user.level,
                     user: Some(user),
                     idle_cap: Some(UDP_IDLE),
+                    admitted,
                 };
                 let max_payload = stream.max_payload();
                 let stream = RefCell::new(Box::new(stream));
@@ -77,8 +84,15 @@ pub(super) async fn serve<S>(
                 let output = ChunkPackets { stream: &stream, dest, max_payload, only_to_dest: false };
                 return serve_packets(ctx, session, input, output).await;
             }
-            let session =
-                Session { inbound, peer: info.peer, level: user.level, user: Some(user), dest, client_fd: None };
+            let session = Session {
+                inbound,
+                peer: info.peer,
+                level: user.level,
+                user: Some(user),
+                dest,
+                client_fd: None,
+                admitted,
+            };
             // Boxed: the body codecs make this session's state larger than a VLESS one's.
             let mut stream = Box::new(stream);
             forward(ctx, &mut *stream, session, &[], &[]).await;

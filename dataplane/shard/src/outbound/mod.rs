@@ -31,7 +31,7 @@ use shardray_core::stats::{Refusal, SlotCounters, Traffic};
 use shardray_wire::addr::Destination;
 
 use crate::ctx::{InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
-use crate::limits::{Allowance, LimitEvent, SessionRates};
+use crate::limits::{Admitted, Allowance, LimitEvent, SessionRates};
 use crate::relay::{relay, Meter, RelayEnd, RelayOptions, POLL_BUDGET};
 use crate::transport::vision::VisionSwitch;
 use crate::users::{SessionWatch, UserHandle};
@@ -55,6 +55,10 @@ pub(crate) struct Session<'a> {
     pub(crate) dest: Destination,
     /// The client's socket if the relay may splice it (see `ConnInfo::plain_fd`).
     pub(crate) client_fd: Option<std::os::fd::RawFd>,
+    /// Its place under the user's `maxConnections` and `maxIPs`, held while it lives (never
+    /// read: dropped with the session).
+    #[allow(dead_code)]
+    pub(crate) admitted: Admitted,
 }
 
 /// What a routed session does once its upstream is connected.
@@ -134,12 +138,6 @@ where
     // Every protocol's stream sessions pass here: the connection is past its handshake.
     crate::gate::handshake_done();
     let policy = ctx.policy(session.level);
-    // Beyond the user's maxConnections or maxIPs: closed with no reply, as a wrong user is.
-    let admitted = crate::limits::admit(ctx, &session.inbound.tag, session.user.as_ref(), session.peer.ip(), &policy);
-    let Ok(_admitted) = admitted else {
-        let _ = client.close().await;
-        return;
-    };
     // Watch from the start, so a removal during the dial closes the session too.
     let watch = match (&session.user, session.inbound.kind.user_states()) {
         (Some(u), Some(users)) => Some(SessionWatch::new(&ctx.watchers, users, u.clone())),
