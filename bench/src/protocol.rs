@@ -188,6 +188,7 @@ pub struct Tunnel {
 }
 
 /// How payload bytes are framed on the wire.
+#[allow(clippy::large_enum_variant)] // one per tunnel, held in place for its whole life
 enum Framing {
     /// As they are (VLESS, Trojan, SOCKS once its handshake is done); VLESS's response
     /// header is read and checked before the first byte is handed out.

@@ -23,6 +23,7 @@ pub const SERVER_NAME: &str = "localhost";
 pub const ALPN: &str = "http/1.1";
 
 /// How the protocol is named in reports and saved JSON.
+#[cfg(test)]
 pub const PROTOCOL_TLS: &str = "vless-tls";
 
 /// How plain VLESS over TCP is named in reports and saved JSON.

@@ -141,6 +141,7 @@ pub(crate) async fn serve_tls<T: OuterTls>(
 
 /// A Vision session: TCP relayed through the Vision stream (spliced once both directions go
 /// direct), or a mux connection (XUDP) padded the same way.
+#[allow(clippy::too_many_arguments)] // the session's parts as the header read found them, each passed once
 async fn serve_vision<T: OuterTls>(
     ctx: &Rc<ShardCtx>,
     inbound: &InboundRt,
