@@ -74,11 +74,13 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
     }
 
     let mut padding = Padding::default();
-    if let Some(bytes) = range(raw.x_padding_bytes, &key("xPaddingBytes"))? {
-        if bytes.from == 0 {
-            return Err(ConfigError::invalid(key("xPaddingBytes"), "xPaddingBytes cannot be disabled"));
+    // As Xray: 0 (or "0", "0-0", "") is the default 100-1000; anything else must be positive.
+    match range(raw.x_padding_bytes, &key("xPaddingBytes"))? {
+        None | Some((0, 0)) => {}
+        Some((from, _)) if from <= 0 => {
+            return Err(ConfigError::invalid(key("xPaddingBytes"), "xPaddingBytes cannot be disabled"))
         }
-        padding.bytes = bytes;
+        Some(r) => padding.bytes = positive(r),
     }
     padding.obfs_mode = raw.x_padding_obfs_mode.unwrap_or(false);
     if let Some(k) = raw.x_padding_key.filter(|k| !k.is_empty()) {
@@ -155,7 +157,9 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
     });
 
     let mut session_id_table = raw.session_id_table.unwrap_or_default();
-    let session_id_length = range(raw.session_id_length, &key("sessionIDLength"))?.unwrap_or_default();
+    let id_length = range(raw.session_id_length, &key("sessionIDLength"))?.unwrap_or_default();
+    // As Xray: sessionIDLength is read (and checked) only with a sessionIDTable.
+    let mut session_id_length = Range::default();
     if !session_id_table.is_empty() {
         if let Some((_, chars)) = shardray_wire::xhttp::SESSION_ID_TABLES.iter().find(|(n, _)| *n == session_id_table) {
             session_id_table = (*chars).to_owned();
@@ -163,29 +167,70 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
         if !session_id_table.is_ascii() {
             return Err(ConfigError::invalid(key("sessionIDTable"), "must contain only ASCII characters"));
         }
-        if session_id_length.from == 0 {
+        if id_length.0 <= 0 {
             return Err(ConfigError::invalid(key("sessionIDLength"), "from must be greater than 0"));
         }
-        // As Xray: at least 2^31 possible ids.
-        let room: f64 = (session_id_length.from..=session_id_length.to)
-            .map(|k| (session_id_table.len() as f64).powi(k.min(64) as i32))
-            .sum();
+        session_id_length = positive(id_length);
+        // As Xray: at least 2^31 possible ids (summed until there are enough).
+        let base = session_id_table.len() as f64;
+        let lengths = session_id_length.from..=session_id_length.to;
+        let room = if base == 1.0 {
+            // One character: one id per length, counted without a loop over billions of them.
+            f64::from(session_id_length.to - session_id_length.from) + 1.0
+        } else {
+            let mut room = 0f64;
+            for k in lengths {
+                room += base.powi(k.min(64) as i32);
+                if room >= f64::from(1u32 << 31) {
+                    break;
+                }
+            }
+            room
+        };
         if room < f64::from(1u32 << 31) {
             return Err(ConfigError::invalid(key("sessionIDTable"), "sessionIDTable or sessionIDLength is too small"));
         }
     }
+    // An int32 in Xray: a larger number does not load there either.
     let server_max_header_bytes = match raw.server_max_header_bytes.unwrap_or(0) {
-        n if n < 0 => return Err(ConfigError::invalid(key("serverMaxHeaderBytes"), "negative")),
+        n if n < 0 => return Err(ConfigError::invalid(key("serverMaxHeaderBytes"), "invalid negative value")),
         0 => 8192,
-        n => u32::try_from(n).map_err(|_| ConfigError::invalid(key("serverMaxHeaderBytes"), "too large"))?,
+        n => i32::try_from(n)
+            .map(|n| n as u32)
+            .map_err(|_| ConfigError::invalid(key("serverMaxHeaderBytes"), "larger than an int32"))?,
     };
     let max_buffered_posts = match raw.sc_max_buffered_posts.unwrap_or(0) {
         n if n <= 0 => 30,
         n => u32::try_from(n).map_err(|_| ConfigError::invalid(key("scMaxBufferedPosts"), "too large"))?,
     };
-    // Ranges of 0-0 take Xray's normalised defaults (config.go `GetNormalized*`).
-    let or = |r: Option<Range>, default: Range| r.filter(|r| r.to > 0).unwrap_or(default);
+    // As config.go's `GetNormalized*`: a range whose upper end is 0 takes the default; past
+    // that each key reads negative ends its own way.
     let defaults = Settings::default();
+    let set = |r: Option<(i32, i32)>| r.filter(|&(_, to)| to != 0);
+    // The server reads the upper end, the client a size drawn from the range (Xray's client
+    // panics on one below 1): at least 1 byte either way.
+    let max_each_post_bytes = match set(range(raw.sc_max_each_post_bytes, &key("scMaxEachPostBytes"))?) {
+        None => defaults.max_each_post_bytes,
+        Some(r) => positive(r),
+    };
+    // Xray's client pauses only when the lower end is above 0: "-1" or "0-50" is no pause.
+    let min_posts_interval_ms = match set(range(raw.sc_min_posts_interval_ms, &key("scMinPostsIntervalMs"))?) {
+        None => defaults.min_posts_interval_ms,
+        Some((from, to)) if from > 0 => Range::new(from as u32, to as u32),
+        Some(_) => Range::new(0, 0),
+    };
+    // hub.go writes keep-alive padding only when the upper end is above 0: "-1" is never.
+    let stream_up_server_secs = match set(range(raw.sc_stream_up_server_secs, &key("scStreamUpServerSecs"))?) {
+        None => defaults.stream_up_server_secs,
+        Some((from, to)) if to > 0 => Range::new(from.max(0) as u32, to as u32),
+        Some(_) => Range::new(0, 0),
+    };
+    // config.go: 0 is the placement's default (left 0-0 here), and a lower end under 64 is 64.
+    let uplink_chunk_size = match set(range(raw.uplink_chunk_size, &key("uplinkChunkSize"))?) {
+        None => Range::default(),
+        Some((from, to)) if from < 64 => Range::new(64, to.max(64) as u32),
+        Some(r) => positive(r),
+    };
     let (norm_path, query) =
         normalize_path(&raw_path, session_placement == Placement::Path || seq_placement == Placement::Path);
     let settings = Settings {
@@ -197,19 +242,10 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
         padding,
         no_grpc_header: raw.no_grpc_header.unwrap_or(false),
         no_sse_header: raw.no_sse_header.unwrap_or(false),
-        max_each_post_bytes: or(
-            range(raw.sc_max_each_post_bytes, &key("scMaxEachPostBytes"))?,
-            defaults.max_each_post_bytes,
-        ),
-        min_posts_interval_ms: or(
-            range(raw.sc_min_posts_interval_ms, &key("scMinPostsIntervalMs"))?,
-            defaults.min_posts_interval_ms,
-        ),
+        max_each_post_bytes,
+        min_posts_interval_ms,
         max_buffered_posts,
-        stream_up_server_secs: or(
-            range(raw.sc_stream_up_server_secs, &key("scStreamUpServerSecs"))?,
-            defaults.stream_up_server_secs,
-        ),
+        stream_up_server_secs,
         uplink_http_method,
         session_placement,
         session_key,
@@ -217,7 +253,7 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
         seq_key,
         uplink_data_placement,
         uplink_data_key,
-        uplink_chunk_size: range(raw.uplink_chunk_size, &key("uplinkChunkSize"))?.unwrap_or_default(),
+        uplink_chunk_size,
         server_max_header_bytes,
         session_id_table,
         session_id_length,
@@ -232,16 +268,27 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
 /// `xmux`, with Xray's defaults when absent or empty.
 fn xmux(raw: Option<RawXmux>, path: &str) -> Result<XmuxSpec, ConfigError> {
     let raw = raw.unwrap_or_default();
-    let r = |v: Option<Value>, k: &str| -> Result<Range, ConfigError> {
+    let r = |v: Option<Value>, k: &str| -> Result<(i32, i32), ConfigError> {
         Ok(range(v, &format!("{path}.{k}"))?.unwrap_or_default())
     };
+    let read = [
+        r(raw.max_concurrency, "maxConcurrency")?,
+        r(raw.max_connections, "maxConnections")?,
+        r(raw.c_max_reuse_times, "cMaxReuseTimes")?,
+        r(raw.h_max_request_times, "hMaxRequestTimes")?,
+        r(raw.h_max_reusable_secs, "hMaxReusableSecs")?,
+    ];
+    let h_keep_alive_period = raw.h_keep_alive_period.unwrap_or(0);
+    // Xray's XMUX acts on a drawn value only when it is above 0: a negative end is 0 (no limit).
+    let [max_concurrency, max_connections, c_max_reuse_times, h_max_request_times, h_max_reusable_secs] =
+        read.map(|(from, to)| Range::new(from.max(0) as u32, to.max(0) as u32));
     let mut x = XmuxSpec {
-        max_concurrency: r(raw.max_concurrency, "maxConcurrency")?,
-        max_connections: r(raw.max_connections, "maxConnections")?,
-        c_max_reuse_times: r(raw.c_max_reuse_times, "cMaxReuseTimes")?,
-        h_max_request_times: r(raw.h_max_request_times, "hMaxRequestTimes")?,
-        h_max_reusable_secs: r(raw.h_max_reusable_secs, "hMaxReusableSecs")?,
-        h_keep_alive_period: raw.h_keep_alive_period.unwrap_or(0),
+        max_concurrency,
+        max_connections,
+        c_max_reuse_times,
+        h_max_request_times,
+        h_max_reusable_secs,
+        h_keep_alive_period,
     };
     if x.max_connections.to > 0 && x.max_concurrency.to > 0 {
         return Err(ConfigError::invalid(
@@ -249,7 +296,8 @@ fn xmux(raw: Option<RawXmux>, path: &str) -> Result<XmuxSpec, ConfigError> {
             "maxConnections cannot be specified together with maxConcurrency",
         ));
     }
-    if x == XmuxSpec::default() {
+    // Xray's defaults apply only when nothing was set, negatives included (checked as read).
+    if read == [(0, 0); 5] && h_keep_alive_period == 0 {
         x.max_connections = Range::new(3, 3);
         x.h_max_request_times = Range::new(600, 900);
         x.h_max_reusable_secs = Range::new(1800, 3000);
@@ -257,27 +305,37 @@ fn xmux(raw: Option<RawXmux>, path: &str) -> Result<XmuxSpec, ConfigError> {
     Ok(x)
 }
 
-/// A range as Xray's `Int32Range` reads it: a number, or a string `"N"` or `"FROM-TO"`
-/// (either order); negative values are refused.
-fn range(raw: Option<Value>, path: &str) -> Result<Option<Range>, ConfigError> {
-    let bad = || ConfigError::invalid(path, "expected a number or a string of the form \"1-2\"");
-    let num = |s: &str| s.trim().parse::<u32>().map_err(|_| bad());
+/// A range as Xray's `Int32Range` reads it (infra/conf/common.go), in order: a JSON
+/// integer, or a string `"N"`, `"FROM-TO"` (either order) or `""` (0); negative ends are
+/// allowed (`"-5"`, `"-5-10"`, `"-9--3"`), and each key decides what they mean.
+fn range(raw: Option<Value>, path: &str) -> Result<Option<(i32, i32)>, ConfigError> {
+    let bad = || ConfigError::invalid(path, "expected an integer or a string of the form \"1-2\"");
+    // strconv.Atoi then the int32 Xray keeps: no spaces, an optional sign.
+    let num = |s: &str| s.parse::<i32>().map_err(|_| bad());
     let (a, b) = match raw {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => {
-            let n = n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad)?;
+            let n = n.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or_else(bad)?;
             (n, n)
         }
-        Some(Value::String(s)) => match s.split_once('-') {
-            Some((a, b)) => (num(a)?, num(b)?),
-            None => {
-                let n = num(&s)?;
-                (n, n)
+        Some(Value::String(s)) if s.is_empty() => (0, 0),
+        Some(Value::String(s)) => match num(&s) {
+            Ok(n) => (n, n),
+            Err(_) => {
+                // The dash that splits the range: the second one when the first end is negative.
+                let from = usize::from(s.starts_with('-'));
+                let at = s[from..].find('-').map(|i| i + from).ok_or_else(bad)?;
+                (num(&s[..at])?, num(&s[at + 1..])?)
             }
         },
         Some(_) => return Err(bad()),
     };
-    Ok(Some(Range::new(a.min(b), a.max(b))))
+    Ok(Some((a.min(b), a.max(b))))
+}
+
+/// An ordered range of positive ends as the unsigned [`Range`] (callers have checked them).
+fn positive((from, to): (i32, i32)) -> Range {
+    Range::new(from.max(1) as u32, to.max(1) as u32)
 }
 
 #[cfg(test)]
@@ -360,5 +418,107 @@ mod tests {
         assert_eq!(e.path, "s.xmux.maxConnections");
         let e = xhttp_settings(Some(json!({"scMaxEachPostBytes": [1]})), "s").unwrap_err();
         assert_eq!(e.path, "s.scMaxEachPostBytes");
+    }
+
+    /// infra/conf/common.go `Int32Range`: a JSON integer, or `strconv.Atoi` of the string
+    /// (an optional sign, no spaces), `""` as 0, the range split at its first dash or, when
+    /// the first end is negative, its second; reordered; int32 only.
+    #[test]
+    fn range_strings_parse_as_xrays_int32_range() {
+        let r = |v: Value| range(Some(v), "k");
+        for (v, want) in [
+            (json!(5), (5, 5)),
+            (json!(-7), (-7, -7)),
+            (json!("5"), (5, 5)),
+            (json!("+5"), (5, 5)),
+            (json!(""), (0, 0)),
+            (json!("10-5"), (5, 10)),
+            (json!("-5-10"), (-5, 10)),
+            (json!("-9--3"), (-9, -3)),
+            (json!("5--1"), (-1, 5)),
+            (json!(-2147483648i64), (i32::MIN, i32::MIN)),
+        ] {
+            assert_eq!(r(v.clone()).unwrap(), Some(want), "{v}");
+        }
+        for v in [json!(" 5"), json!("1-2-3"), json!("--1"), json!("5-"), json!(1.5), json!(2147483648i64), json!(true)]
+        {
+            assert_eq!(r(v.clone()).unwrap_err().path, "k", "{v}");
+        }
+        assert_eq!(range(None, "k").unwrap(), None);
+    }
+
+    /// transport_method.go refuses xPaddingBytes only when it is set and not positive: 0,
+    /// "0", "0-0" and "" are the unset value, the default 100-1000.
+    #[test]
+    fn zero_padding_bytes_is_the_default_and_negative_is_refused() {
+        for v in [json!(0), json!("0"), json!("0-0"), json!("")] {
+            let x = xhttp_settings(Some(json!({ "xPaddingBytes": v })), "s").unwrap();
+            assert_eq!(x.settings.padding.bytes, Range::new(100, 1000), "{v}");
+        }
+        for v in [json!(-1), json!("-1"), json!("0-10"), json!("-5-10"), json!("-9--3")] {
+            let e = xhttp_settings(Some(json!({ "xPaddingBytes": v })), "s").unwrap_err();
+            assert_eq!(
+                (e.path.as_str(), e.to_string().contains("cannot be disabled")),
+                ("s.xPaddingBytes", true),
+                "{v}"
+            );
+        }
+    }
+
+    /// What Xray's loader takes with negative or zero ends, read as config.go, dialer.go,
+    /// hub.go and mux.go read them.
+    #[test]
+    fn negative_and_zero_ends_load_as_xray_reads_them() {
+        let load = |v: Value| xhttp_settings(Some(v), "s").unwrap();
+        let s = |v: Value| load(v).settings;
+        // Unset (upper end 0): the defaults.
+        let d = s(json!({ "scMaxEachPostBytes": "0", "scMinPostsIntervalMs": 0, "scStreamUpServerSecs": "-5-0",
+                          "uplinkChunkSize": "" }));
+        assert_eq!(
+            (d.max_each_post_bytes, d.min_posts_interval_ms, d.stream_up_server_secs, d.uplink_chunk_size),
+            (Range::new(1_000_000, 1_000_000), Range::new(30, 30), Range::new(20, 80), Range::default())
+        );
+        // The client pauses only when the lower end is above 0.
+        assert_eq!(s(json!({ "scMinPostsIntervalMs": "-1" })).min_posts_interval_ms, Range::new(0, 0));
+        assert_eq!(s(json!({ "scMinPostsIntervalMs": "0-50" })).min_posts_interval_ms, Range::new(0, 0));
+        assert_eq!(s(json!({ "scMinPostsIntervalMs": "10-50" })).min_posts_interval_ms, Range::new(10, 50));
+        // The server pads a stream-up response only when the upper end is above 0.
+        assert_eq!(s(json!({ "scStreamUpServerSecs": -1 })).stream_up_server_secs, Range::new(0, 0));
+        assert_eq!(s(json!({ "scStreamUpServerSecs": "-5-10" })).stream_up_server_secs, Range::new(0, 10));
+        // Chunks of at least 64 characters.
+        assert_eq!(s(json!({ "uplinkChunkSize": 10 })).uplink_chunk_size, Range::new(64, 64));
+        assert_eq!(s(json!({ "uplinkChunkSize": "-5-100" })).uplink_chunk_size, Range::new(64, 100));
+        assert_eq!(s(json!({ "uplinkChunkSize": "100-200" })).uplink_chunk_size, Range::new(100, 200));
+        assert_eq!(s(json!({ "scMaxEachPostBytes": "-5-100" })).max_each_post_bytes, Range::new(1, 100));
+        // sessionIDLength means nothing without a sessionIDTable, so it is not checked then.
+        assert_eq!(s(json!({ "sessionIDLength": -3 })).session_id_length, Range::default());
+        let e =
+            xhttp_settings(Some(json!({ "sessionIDTable": "Base62", "sessionIDLength": "-3-8" })), "s").unwrap_err();
+        assert_eq!(e.path, "s.sessionIDLength");
+        // One character and two billion lengths: refused as too small, without looping over them.
+        let e =
+            xhttp_settings(Some(json!({ "sessionIDTable": "a", "sessionIDLength": "1-2147483647" })), "s").unwrap_err();
+        assert_eq!(e.path, "s.sessionIDTable");
+        // XMUX acts on values above 0: a negative end is no limit, and having been set at all it
+        // keeps Xray's defaults out.
+        let x = load(json!({ "xmux": { "maxConcurrency": "-1", "hKeepAlivePeriod": -1 } })).xmux;
+        assert_eq!(
+            (x.max_concurrency, x.max_connections, x.h_keep_alive_period),
+            (Range::default(), Range::default(), -1)
+        );
+        let x = load(json!({ "xmux": { "hMaxRequestTimes": 0 } })).xmux;
+        assert_eq!(x.max_connections, Range::new(3, 3), "all zero is unset: the defaults");
+        let x = load(json!({ "xmux": { "cMaxReuseTimes": "-4-8" } })).xmux;
+        assert_eq!(x.c_max_reuse_times, Range::new(0, 8));
+        // serverMaxHeaderBytes is an int32, and may not be negative.
+        for (v, ok) in
+            [(json!(0), true), (json!(2147483647i64), true), (json!(2147483648i64), false), (json!(-1), false)]
+        {
+            let r = xhttp_settings(Some(json!({ "serverMaxHeaderBytes": v })), "s");
+            assert_eq!(r.is_ok(), ok, "{v}");
+            if let Err(e) = r {
+                assert_eq!(e.path, "s.serverMaxHeaderBytes");
+            }
+        }
     }
 }

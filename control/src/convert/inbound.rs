@@ -560,9 +560,16 @@ pub(crate) fn grpc_json(c: &grpc::encoding::Config) -> Value {
 }
 
 /// `xhttpSettings` from the API's splithttp Config, in the config's names: what is unset
-/// (empty, 0, a 0-0 range) is left out, so the loader fills Xray's defaults.
+/// (empty, 0, a 0-0 range) is left out, so the loader fills Xray's defaults, except where
+/// Xray's server reads the Config's empty value otherwise than its config loader does.
 pub(crate) fn xhttp_json(c: &splithttp::Config) -> Value {
     let mut m = Map::new();
+    // The loader makes "" `auto` (transport_method.go); a Config that says nothing is read as
+    // `body` by the server (config.go `GetNormalizedUplinkDataPlacement`): X-Data headers and
+    // cookies are then not payload.
+    if c.uplink_data_placement.is_empty() {
+        m.insert("uplinkDataPlacement".into(), json!("body"));
+    }
     let range = |r: &Option<splithttp::RangeConfig>| {
         r.as_ref().filter(|r| r.from != 0 || r.to != 0).map(|r| json!(format!("{}-{}", r.from, r.to)))
     };
@@ -903,6 +910,10 @@ pub(crate) fn xhttp_config(x: &shardray_core::spec::XhttpSpec) -> splithttp::Con
     };
     let s = &x.settings;
     let p = &s.padding;
+    // A 0-0 range in the Config is Xray's default; "no pause" and "no keep-alive padding" are
+    // the negative values Xray reads so (config.go, dialer.go, hub.go).
+    let or_off =
+        |v: Range| if v == Range::default() { Some(splithttp::RangeConfig { from: -1, to: -1 }) } else { r(v) };
     splithttp::Config {
         host: s.host.clone(),
         path: if s.query.is_empty() { s.path.clone() } else { format!("{}?{}", s.path, s.query) },
@@ -912,9 +923,9 @@ pub(crate) fn xhttp_config(x: &shardray_core::spec::XhttpSpec) -> splithttp::Con
         no_grpc_header: s.no_grpc_header,
         no_sse_header: s.no_sse_header,
         sc_max_each_post_bytes: r(s.max_each_post_bytes),
-        sc_min_posts_interval_ms: r(s.min_posts_interval_ms),
+        sc_min_posts_interval_ms: or_off(s.min_posts_interval_ms),
         sc_max_buffered_posts: i64::from(s.max_buffered_posts),
-        sc_stream_up_server_secs: r(s.stream_up_server_secs),
+        sc_stream_up_server_secs: or_off(s.stream_up_server_secs),
         xmux: Some(splithttp::XmuxConfig {
             max_concurrency: r(x.xmux.max_concurrency),
             max_connections: r(x.xmux.max_connections),
@@ -1283,6 +1294,44 @@ mod tests {
         let receiver = ReceiverConfig::decode(api.receiver_settings.as_ref().unwrap().value.as_slice()).unwrap();
         let t = &receiver.stream_settings.as_ref().unwrap().transport_settings[0];
         assert_eq!((t.protocol_name.as_str(), t.settings.as_ref().unwrap().r#type.as_str()), ("splithttp", SPLITHTTP));
+        assert_eq!(through_api(&spec).unwrap(), spec);
+    }
+
+    /// Xray's server reads a splithttp Config as config.go's `GetNormalized*` do, not as its
+    /// config loader: an empty uplinkDataPlacement is `body` there (the loader's "" is `auto`).
+    #[test]
+    fn an_api_xhttp_config_that_leaves_uplink_data_placement_empty_is_body() {
+        let stream = |c: splithttp::Config| {
+            let settings = TypedMessage { r#type: SPLITHTTP.into(), value: c.encode_to_vec() };
+            let stream = StreamConfig {
+                protocol_name: "splithttp".into(),
+                transport_settings: vec![TransportConfig {
+                    protocol_name: "splithttp".into(),
+                    settings: Some(settings),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let json = stream_json(&stream).unwrap();
+            let spec = crate::config::load_xhttp_settings(json["xhttpSettings"].clone(), "x").unwrap();
+            spec.settings
+        };
+        let s = stream(splithttp::Config { path: "/xh".into(), ..Default::default() });
+        assert_eq!(s.uplink_data_placement, shardray_wire::xhttp::Placement::Body);
+        let auto = stream(splithttp::Config { uplink_data_placement: "auto".into(), ..Default::default() });
+        assert_eq!(auto.uplink_data_placement, shardray_wire::xhttp::Placement::Auto);
+        // What only a negative value says in a Config (no pause, no keep-alive padding) goes
+        // out as one and comes back.
+        let spec = load(json!({
+            "tag": "x", "listen": "127.0.0.1", "port": 4433, "protocol": "vless",
+            "settings": { "decryption": "none", "clients": [] },
+            "streamSettings": { "network": "xhttp", "xhttpSettings": { "path": "/xh",
+                "scStreamUpServerSecs": -1, "scMinPostsIntervalMs": "0-50" } }
+        }));
+        let TransportSpec::Xhttp(x) = &spec.transport else { panic!() };
+        assert_eq!(x.settings.stream_up_server_secs, shardray_wire::xhttp::Range::default());
+        let c = xhttp_config(x);
+        assert_eq!(c.sc_stream_up_server_secs, Some(splithttp::RangeConfig { from: -1, to: -1 }));
         assert_eq!(through_api(&spec).unwrap(), spec);
     }
 
