@@ -746,3 +746,55 @@ fn a_broken_upload_stream_ends_its_session() {
         server.output()
     );
 }
+
+/// Go's server (Xray's) answers a request head past serverMaxHeaderBytes with 431: over
+/// HTTP/1.1 past it plus 4096 bytes, over HTTP/2 a header list past it plus 320. Under those
+/// the request is served as any other; over them it is refused, logged and counted.
+#[test]
+fn an_oversized_request_head_is_answered_431() {
+    let mut c = config(json!({ "path": "/xh", "extra": { "serverMaxHeaderBytes": 4000 } }));
+    c["api"] = shardray_tests::loopback_api(&["StatsService"]);
+    let server = Shardray::start(&c, 2);
+    let addr = server.inbound("vless-in");
+    let api = shardray_tests::api::ApiClient::connect(server.api.unwrap());
+    // A head of `len` bytes for a path that is not ours: 404 when it is taken at all.
+    let h1 = |len: usize| {
+        let start = "GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Big: ";
+        let mut head = start.as_bytes().to_vec();
+        head.resize(len - 4, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&head);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let got = h1(8000);
+    assert!(got.starts_with("HTTP/1.1 404"), "{got}");
+    // The 404 is a refusal too (a path not ours).
+    let refused = || api.get("refused>>>bad_request", false).ok();
+    assert!(wait_until(Duration::from_secs(5), || refused() == Some(1)));
+    let got = h1(8200);
+    assert!(got.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{got}");
+    assert!(!got.to_ascii_lowercase().contains("shardray"), "{got}");
+    assert!(wait_until(Duration::from_secs(5), || server
+        .output()
+        .contains("request head over 8096 bytes: answered 431")));
+    assert!(wait_until(Duration::from_secs(5), || refused() == Some(2)));
+    // HTTP/2 (curl, prior knowledge): the header list counts each field's name, value and 32.
+    let h2 = |value_len: usize| {
+        let header = format!("X-Big: {}", "a".repeat(value_len));
+        let url = format!("http://{addr}/elsewhere");
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["-H", &header, &url])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(h2(3000), "404");
+    assert_eq!(h2(4400), "431");
+    // Still serving.
+    assert_eq!(http1(addr, "GET", "/nowhere", &[], b"").0, 404);
+}

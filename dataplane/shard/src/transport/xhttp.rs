@@ -589,18 +589,22 @@ pub(crate) async fn serve<S>(
         let server = server.clone();
         async move { Ok::<_, Infallible>(server.handle(req).await) }
     });
-    let max_header = spec.settings.server_max_header_bytes.max(1024);
+    // serverMaxHeaderBytes is Go's MaxHeaderBytes: an HTTP/1.1 head may take 4096 bytes more
+    // (net/http's "bufio slop"), an HTTP/2 header list 320 more (x/net/http2's allowance for
+    // ten fields' overhead); past them both answer 431, as hyper and h2 then do.
+    let max_header = spec.settings.server_max_header_bytes;
+    let h1_head_limit = max_header as usize + 4096;
     let conn: Pin<Box<dyn Future<Output = Result<(), hyper::Error>>>> = if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(LocalExec);
         b.initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(MAX_STREAMS)
-            .max_header_list_size(max_header.max(16 * 1024));
+            .max_header_list_size(max_header.saturating_add(320));
         Box::pin(b.serve_connection(io, service))
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
-        b.max_buf_size((max_header as usize).max(64 * 1024));
+        b.max_header_size(h1_head_limit).max_buf_size(h1_head_limit.max(64 * 1024));
         Box::pin(b.serve_connection(io, service))
     };
     let idle = policy.conn_idle.max(Duration::from_secs(1));
@@ -617,8 +621,15 @@ pub(crate) async fn serve<S>(
         watchdog.await;
         None
     });
-    if let Some(Err(e)) = served.await {
-        ctx.log.error(LogLevel::Debug, format_args!("[{tag}] {peer} xhttp connection: {e}"));
+    match served.await {
+        // hyper has answered a head it could not take (431, or 400 for a malformed one) and
+        // closed, as Go's server would: a refusal like the others.
+        Some(Err(e)) if e.is_parse_too_large() => {
+            refuse(ctx, inbound, peer, format_args!("request head over {h1_head_limit} bytes: answered 431"))
+        }
+        Some(Err(e)) if e.is_parse() => refuse(ctx, inbound, peer, format_args!("{e}: answered 400")),
+        Some(Err(e)) => ctx.log.error(LogLevel::Debug, format_args!("[{tag}] {peer} xhttp connection: {e}")),
+        _ => {}
     }
     // The sessions' tasks end once their bodies are gone; the socket their ConnInfo
     // describes lives until then.
@@ -647,12 +658,16 @@ struct Asked {
     untrusted_forward: bool,
 }
 
+/// Counts a refused request in `refused>>>bad_request` and logs why (access log, and Info).
+fn refuse(ctx: &ShardCtx, inbound: &InboundRt, peer: std::net::SocketAddr, why: impl std::fmt::Display) {
+    ctx.refusals.add(Refusal::BadRequest);
+    ctx.log.access(format_args!("from {peer} rejected xhttp: {why}"));
+    ctx.log.error(LogLevel::Info, format_args!("[{}] {peer} rejected xhttp: {why}", inbound.tag));
+}
+
 impl Server {
     fn refuse(&self, why: impl std::fmt::Display) {
-        let (tag, peer) = (&self.inbound.tag, self.info.peer);
-        self.ctx.refusals.add(Refusal::BadRequest);
-        self.ctx.log.access(format_args!("from {peer} rejected xhttp: {why}"));
-        self.ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} rejected xhttp: {why}"));
+        refuse(&self.ctx, &self.inbound, self.info.peer, why);
     }
 
     fn answer(&self, status: StatusCode, headers: &[(String, String)], body: XBody) -> Response<XBody> {
