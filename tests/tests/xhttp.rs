@@ -798,3 +798,138 @@ fn an_oversized_request_head_is_answered_431() {
     // Still serving.
     assert_eq!(http1(addr, "GET", "/nowhere", &[], b"").0, 404);
 }
+
+/// Pipelined HTTP/1.1 POSTs of one byte, each for a session of its own, on one connection:
+/// the status of each.
+fn posts_for_new_sessions(addr: SocketAddr, ids: std::ops::Range<usize>, referer: &str) -> Vec<u16> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut statuses = Vec::new();
+    let ids: Vec<usize> = ids.collect();
+    for batch in ids.chunks(256) {
+        let mut reqs = String::new();
+        for i in batch {
+            reqs.push_str(&format!(
+                "POST /xh/unclaimed-{i}/0 HTTP/1.1\r\nHost: 127.0.0.1\r\nReferer: {referer}\r\nContent-Length: 1\r\n\r\nx"
+            ));
+        }
+        s.write_all(reqs.as_bytes()).unwrap();
+        // Every answer has an empty body: one head per request.
+        let mut buf = Vec::new();
+        let mut b = [0u8; 64 * 1024];
+        while buf.windows(4).filter(|w| w == b"\r\n\r\n").count() < batch.len() {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0, "closed after {} answers", statuses.len());
+            buf.extend_from_slice(&b[..n]);
+        }
+        let text = String::from_utf8_lossy(&buf);
+        statuses.extend(text.split("\r\n\r\n").filter(|h| !h.is_empty()).map(|h| h[9..12].parse::<u16>().unwrap()));
+    }
+    statuses
+}
+
+/// Sessions that no GET claims (a POST for an id nobody downloads, as a prober without
+/// credentials can send) are bounded process-wide: past 16384 a new one is answered 503,
+/// logged and counted, and the bound frees itself as the 30 s reaper drops them.
+#[test]
+fn unclaimed_sessions_are_bounded_and_freed_when_reaped() {
+    let mut c = config(json!({ "path": "/xh" }));
+    c["api"] = shardray_tests::loopback_api(&["StatsService"]);
+    let server = Shardray::start(&c, 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let h = [("Referer", referer.as_str())];
+    let started = Instant::now();
+    let workers: Vec<_> = (0..8)
+        .map(|k| {
+            let referer = referer.clone();
+            std::thread::spawn(move || posts_for_new_sessions(addr, k * 2048..(k + 1) * 2048, &referer))
+        })
+        .collect();
+    for w in workers {
+        assert!(w.join().unwrap().iter().all(|&s| s == 200));
+    }
+    let filled = started.elapsed();
+    assert!(filled < Duration::from_secs(25), "filling took {filled:?}: the reaper would interfere");
+    // One more session, by a packet or by a GET: refused.
+    assert_eq!(http1(addr, "POST", "/xh/one-more/0", &h, b"x").0, 503);
+    assert_eq!(http1(addr, "GET", "/xh/one-more", &h, b"").0, 503);
+    assert!(wait_until(Duration::from_secs(5), || server.output().contains("too many xhttp sessions")));
+    let api = shardray_tests::api::ApiClient::connect(server.api.unwrap());
+    assert!(wait_until(Duration::from_secs(5), || api.get("refused>>>bad_request", false).ok() == Some(2)));
+    // A POST for a session that exists is still taken.
+    assert_eq!(http1(addr, "POST", "/xh/unclaimed-7/1", &h, b"y").0, 200);
+    // Reaped 30 s after their first POST: room again.
+    std::thread::sleep(Duration::from_secs(31).saturating_sub(started.elapsed()) + Duration::from_secs(2));
+    assert!(wait_until(Duration::from_secs(10), || http1(addr, "POST", "/xh/later/0", &h, b"x").0 == 200));
+}
+
+/// Packet bodies one connection is reading at once are bounded (16 MiB): on one HTTP/2
+/// connection, 17 POSTs that each send 999,999 of their 1,000,000 bytes and stop hold more
+/// than that, so one of them is answered 503 while the others wait; a body that completes
+/// is taken as usual.
+#[test]
+fn packet_bodies_being_read_on_one_connection_are_bounded() {
+    use bytes::Bytes;
+    let server = Shardray::start(&config(json!({ "path": "/xh" })), 2);
+    let addr = server.inbound("vless-in");
+    let referer = padding();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        let mut open = Vec::new();
+        for i in 0..17 {
+            let request = http::Request::builder()
+                .method("POST")
+                .uri(format!("http://127.0.0.1/xh/held-{i}/0"))
+                .header("referer", referer.as_str())
+                .header("content-length", "1000000")
+                .body(())
+                .unwrap();
+            let (response, mut send) = client.send_request(request, false).unwrap();
+            send.send_data(Bytes::from(vec![b'x'; 999_999]), false).unwrap();
+            open.push((Box::pin(response), send));
+            client = client.ready().await.unwrap();
+        }
+        // The first (and only) answer within 5 s: the one past the budget.
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                for (k, (response, _)) in open.iter_mut().enumerate() {
+                    let poll = futures_poll(response.as_mut());
+                    if let Some(r) = poll {
+                        return (k, r.unwrap().status().as_u16());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("no POST refused: more than 16 MiB held on one connection");
+        assert_eq!(answered.1, 503, "{answered:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let others = open.iter_mut().enumerate().filter(|(k, _)| *k != answered.0);
+        let early: Vec<usize> = others.filter_map(|(k, (r, _))| futures_poll(r.as_mut()).map(|_| k)).collect();
+        assert!(early.is_empty(), "answered before their bodies were whole: {early:?}");
+        // One body completes: 200 (its session holds it for a GET that never comes).
+        let k = (answered.0 + 1) % open.len();
+        let (response, send) = &mut open[k];
+        send.send_data(Bytes::from_static(b"x"), true).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), response.as_mut()).await.unwrap().unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    });
+    assert!(wait_until(Duration::from_secs(5), || server.output().contains("xhttp upload buffers full")));
+}
+
+/// Polls a future once, without waiting.
+fn futures_poll<F: std::future::Future + ?Sized>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    match f.poll(&mut std::task::Context::from_waker(waker)) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}

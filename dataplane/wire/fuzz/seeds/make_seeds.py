@@ -111,6 +111,19 @@ seeds['vmess_find_user'] = [noise(16, 1), noise(16 + 42, 2)]
 seeds['vmess_request'] = [noise(16 + 18 + 8 + 60, 3), noise(16 + 18 + 8 + 41 + 16, 4)]
 seeds['vmess_response'] = [noise(18 + 20, 5), noise(18 + 4 + 16, 6)]
 
+# XHTTP: two settings bytes (mode and placements; padding), then "METHOD TARGET\nhost\nname: value..".
+REFERER = b'Referer: http://x/xh/?x_padding=' + b'X' * 200
+seeds['xhttp_request'] = [
+    b'\x00\x00GET /xh/abc\n127.0.0.1\n' + REFERER,
+    b'\x00\x00POST /xh/abc/3\n127.0.0.1\n' + REFERER + b'\nX-Data-0: aGVs\nX-Data-1: bG8',
+    bytes([1 | 1 << 2 | 2 << 4 | 3 << 6, 0x10]) + b'POST /xh?x_session=s1\nexample.com:443\n' + REFERER
+    + b'\nX-Seq: 4\nCookie: x_data_0=aGk; other=1',
+    b'\x00\x05POST /xh/\n127.0.0.1\nCookie: x_padding=' + b'X' * 150,
+    b'\x00\x0bGET /xh/s\n127.0.0.1\nX-Padding: ' + b'a0B9' * 33,
+    b'\x00\x00OPTIONS /xh/\n127.0.0.1\nOrigin: http://x\nAccess-Control-Request-Method: POST',
+    b'\x03\x00POST /xh/s/0\n127.0.0.1\n' + REFERER,
+]
+
 for target, inputs in seeds.items():
     os.makedirs(target, exist_ok=True)
     for i, data in enumerate(inputs):
