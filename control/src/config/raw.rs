@@ -361,7 +361,14 @@ pub(super) struct RawXhttpSettings {
     pub server_max_header_bytes: Option<i64>,
     pub xmux: Option<RawXmux>,
     pub download_settings: Option<Value>,
+    /// `Some(Null)` for `"extra": null`, which Xray reads as an empty extra.
+    #[serde(default, deserialize_with = "present")]
     pub extra: Option<Value>,
+}
+
+/// A key's value, `null` included, when the key is present.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// `xhttpSettings.xmux`

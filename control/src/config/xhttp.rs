@@ -33,21 +33,21 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
         Some(v) => deserialize_at(v, path)?,
     };
     // As Xray: `extra` is a whole config of its own; the outer keys but these three are
-    // dropped.
+    // dropped. `"extra": null` is an extra too (Go hands a RawMessage its null): an empty one.
     let (raw, at) = match outer.extra {
-        Some(extra) if !extra.is_null() => {
+        Some(extra) => {
             let at = format!("{path}.extra");
-            let mut inner: RawXhttpSettings = deserialize_at(extra, &at)?;
+            let mut inner: RawXhttpSettings =
+                if extra.is_null() { RawXhttpSettings::default() } else { deserialize_at(extra, &at)? };
             inner.host = outer.host;
             inner.path = outer.path;
             inner.mode = outer.mode;
             (inner, at)
         }
-        _ => (RawXhttpSettings { extra: None, ..outer }, path.to_owned()),
+        None => (outer, path.to_owned()),
     };
-    if raw.extra.is_some() {
-        return Err(ConfigError::invalid(format!("{at}.extra"), "extra cannot hold another extra"));
-    }
+    // An `extra` inside `extra` is read (it must be JSON) and then ignored, as Xray's Build
+    // looks for `extra` once.
     let key =
         |k: &str| if k == "host" || k == "path" || k == "mode" { format!("{path}.{k}") } else { format!("{at}.{k}") };
     let mode_text = raw.mode.unwrap_or_default();
@@ -367,6 +367,14 @@ mod tests {
         assert_eq!(x.settings.mode, Mode::PacketUp);
         assert!(!x.settings.no_sse_header, "outer keys besides host/path/mode are dropped");
         assert_eq!(x.settings.padding.bytes, Range::new(100, 200));
+        assert_eq!(x.settings.max_buffered_posts, 5);
+        // `"extra": null` is an empty extra: the outer keys but host, path and mode go.
+        let x = xhttp_settings(Some(json!({"path": "/a", "scMaxBufferedPosts": 5, "extra": null})), "s").unwrap();
+        assert_eq!((x.settings.path.as_str(), x.settings.max_buffered_posts), ("/a/", 30));
+        // An extra in extra is ignored, as Xray ignores it.
+        let x =
+            xhttp_settings(Some(json!({"extra": {"scMaxBufferedPosts": 5, "extra": {"scMaxBufferedPosts": 9}}})), "s")
+                .unwrap();
         assert_eq!(x.settings.max_buffered_posts, 5);
     }
 
