@@ -40,7 +40,7 @@ pub(crate) struct QueryAnswer {
     users: Vec<u8>,
     links: Vec<(String, u64)>,
     /// The encoded length of the whole `QueryStatsResponse`.
-    len: usize,
+    encoded_len: usize,
     /// Counters in the answer.
     count: usize,
 }
@@ -99,7 +99,7 @@ impl QueryAnswer {
         for d in (0..2).filter(|d| mask & (1 << d) != 0) {
             let value = clamp(values[d]);
             encode_varint(value, &mut self.users);
-            self.len += stat_len(user_name_len(email, d), value);
+            self.encoded_len += stat_len(user_name_len(email, d), value);
             self.count += 1;
         }
     }
@@ -107,13 +107,13 @@ impl QueryAnswer {
     /// Adds an inbound's, outbound's or other named counter.
     pub(crate) fn push_named(&mut self, name: String, value: u64) {
         let value = clamp(value);
-        self.len += stat_len(name.len(), value);
+        self.encoded_len += stat_len(name.len(), value);
         self.count += 1;
         self.links.push((name, value));
     }
 
     /// Counters in the answer.
-    pub(crate) fn len(&self) -> usize {
+    pub(crate) fn counters(&self) -> usize {
         self.count
     }
 
@@ -176,7 +176,7 @@ impl AnswerBody {
         if !self.started {
             self.started = true;
             buf.put_u8(0); // not compressed
-            buf.put_u32(self.answer.len as u32);
+            buf.put_u32(self.answer.encoded_len as u32);
         }
         let mut users = Cursor { bytes: &self.answer.users[self.user_at..] };
         while buf.len() < CHUNK {
@@ -298,6 +298,11 @@ where
 
 /// The reply: headers now, the message as the client reads it.
 fn respond(answer: QueryAnswer) -> http::Response<tonic::body::BoxBody> {
+    // A gRPC message's length is 32 bits: about 90 million counters.
+    if u32::try_from(answer.encoded_len).is_err() {
+        let why = format!("QueryStats: the reply would be {} bytes; narrow the pattern", answer.encoded_len);
+        return tonic::Status::resource_exhausted(why).into_http();
+    }
     let body = AnswerBody { answer, user_at: 0, link_at: 0, started: false, done: false };
     let mut res = http::Response::new(tonic::body::boxed(body));
     res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
@@ -329,7 +334,7 @@ mod tests {
     #[test]
     fn the_stream_is_prosts_encoding_framed() {
         let expected = answer().into_message();
-        assert_eq!(expected.stat.len(), answer().len());
+        assert_eq!(expected.stat.len(), answer().counters());
         assert!(expected.stat.iter().any(|s| s.value == i64::MAX));
         let body = respond(answer()).into_body();
         let collected = block_on(body.collect()).expect("body");

@@ -657,7 +657,8 @@ pub(crate) async fn prepare_query(
         if req.reset {
             let named = resets.iter().map(|(c, total, value, name)| (*c, *total, *value, name.as_str()));
             apply_resets(registry.slots_mut(), &mut book, named);
-            let what = format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, answer.len());
+            let what =
+                format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, answer.counters());
             state.audit.record(peer, "QueryStats", &what, &Ok(()));
         }
     }
