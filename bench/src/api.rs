@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 /// The inbound tag every bench config gives its VLESS inbound.
-pub const INBOUND: &str = "vless-in";
+pub const INBOUND: &str = "bench-in";
 
 /// A connection to the API with its own runtime.
 pub struct ApiClient {

@@ -84,10 +84,16 @@ impl ShardLinks {
     /// (`Some(NO_SLOT)`: no user, just inbounds and outbounds), so that reading one counter
     /// costs one user's work.
     pub async fn snapshots(&self, only_slot: Option<u32>) -> anyhow::Result<Vec<StatsSnapshot>> {
+        self.snapshot_range(shardray_core::stats::slot_range(only_slot)).await
+    }
+
+    /// Asks every shard for its counters of the user slots in `slots`, and of every inbound
+    /// and outbound.
+    pub async fn snapshot_range(&self, slots: std::ops::Range<u32>) -> anyhow::Result<Vec<StatsSnapshot>> {
         let mut replies = Vec::with_capacity(self.commands.len());
         for (id, tx) in self.commands.iter().enumerate() {
             let (reply_tx, reply_rx) = async_channel::bounded(1);
-            let command = ShardCommand::Snapshot { only_slot, reply: reply_tx };
+            let command = ShardCommand::Snapshot { slots: slots.clone(), reply: reply_tx };
             tx.send(command).map_err(|_| anyhow!("shard {id} is gone"))?;
             replies.push(reply_rx);
         }

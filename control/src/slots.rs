@@ -477,6 +477,13 @@ impl<'a> Slots<'a> {
         self.book.entries.iter().enumerate().filter_map(|(i, e)| self.view(i as u32, e))
     }
 
+    /// The live slots in `range`, in slot order.
+    pub fn live_in(&self, range: std::ops::Range<u32>) -> impl Iterator<Item = SlotView<'a>> + '_ {
+        let end = (range.end as usize).min(self.book.entries.len());
+        let start = (range.start as usize).min(end);
+        self.book.entries[start..end].iter().zip(range.start..).filter_map(|(e, i)| self.view(i, e))
+    }
+
     /// Every live slot, in slot order, owning the lookup.
     pub fn into_live(self) -> impl Iterator<Item = SlotView<'a>> + 'a {
         (0..self.book.entries.len() as u32).filter_map(move |slot| self.get(slot))

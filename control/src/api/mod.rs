@@ -6,6 +6,7 @@ pub mod delta;
 pub mod events;
 pub mod handler;
 pub mod logger;
+mod query;
 pub mod reload;
 pub mod routing;
 pub mod stats;
@@ -405,6 +406,7 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
     let tls = spec.tls.clone().map(Arc::new);
     let limiter = spec.call_limit.map(|l| Arc::new(auth::CallLimiter::new(l)));
     let auth_state = state.clone();
+    let query_state = state.clone();
     let router = tonic::transport::Server::builder()
         .layer(tower::util::MapRequestLayer::new(canonical_path))
         .layer(tower::layer::layer_fn(move |inner| Counted { inner, requests: requests.clone() }))
@@ -415,6 +417,8 @@ pub async fn serve(spec: ApiSpec, listener: ApiListener, state: std::sync::Arc<A
             state: auth_state.clone(),
         }))
         .layer(tower::layer::layer_fn(move |inner| Disabled { inner, disabled: disabled.clone(), log: log.clone() }))
+        // Innermost: QueryStats is answered only once admitted and counted like any call.
+        .layer(tower::layer::layer_fn(move |inner| query::StreamedQuery { inner, state: query_state.clone() }))
         .add_routes(routes.routes());
     match listener {
         ApiListener::Tcp(l, _) if spec.tls.is_some() => {

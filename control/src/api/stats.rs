@@ -17,6 +17,7 @@ use shardray_core::stats::{IpSessions, Refusal, StatsSnapshot};
 use shardray_proto::xray::app::stats::command as pb;
 use tonic::{Request, Response, Status};
 
+use super::query::QueryAnswer;
 use super::ApiState;
 use crate::registry::{Registry, UserSets};
 use crate::slots::{SlotBook, Slots};
@@ -338,6 +339,19 @@ fn user_totals(snaps: &[StatsSnapshot], slots: &Slots<'_>) -> Vec<[u64; 2]> {
     totals
 }
 
+/// The shards' user totals of the slots in `range`, summed: `[up, down]`, from `range.start`.
+fn range_totals(snaps: &[StatsSnapshot], range: std::ops::Range<u32>) -> Vec<[u64; 2]> {
+    let mut totals = vec![[0u64; 2]; range.len()];
+    for s in snaps {
+        let Some(skip) = range.start.checked_sub(s.first_slot) else { continue };
+        for (t, u) in totals.iter_mut().zip(s.users.iter().skip(skip as usize)) {
+            t[0] += u[0];
+            t[1] += u[1];
+        }
+    }
+    totals
+}
+
 /// Every inbound and outbound counter the config enables, with the shards' totals.
 fn link_totals(config: &Config, snaps: &[StatsSnapshot]) -> Vec<(String, u64)> {
     if !config.stats_enabled {
@@ -557,12 +571,101 @@ impl NameFilter {
         Ok(NameFilter::Regexes(regexes))
     }
 
+    /// Whether every name matches (an empty substring among the patterns), so that none
+    /// needs to be built to be tested.
+    fn matches_all(&self) -> bool {
+        matches!(self, NameFilter::Substrings(p) if p.iter().any(|p| p.is_empty()))
+    }
+
     fn matches(&self, name: &str) -> bool {
         match self {
             NameFilter::Substrings(p) => p.iter().any(|p| name.contains(p.as_str())),
             NameFilter::Regexes(r) => r.iter().any(|r| r.is_match(name)),
         }
     }
+}
+
+/// Slots one snapshot request of a QueryStats covers (16 bytes a slot from each shard).
+const QUERY_SLOTS: u32 = 1 << 17;
+
+/// Reads what a QueryStats reports into a packed answer, and applies its reset. The registry
+/// is locked while the counters are read, a range of slots at a time (so the shards' replies
+/// stay small), and released before the answer is encoded and sent.
+pub(crate) async fn prepare_query(
+    state: &ApiState,
+    req: Request<pb::QueryStatsRequest>,
+) -> Result<QueryAnswer, Status> {
+    let peer = req.remote_addr();
+    // Zeroing what other readers see is an operator's call.
+    if req.get_ref().reset {
+        super::auth::caller(&req).require(shardray_core::spec::ApiRole::Operator, "reset counters")?;
+    }
+    let req = req.into_inner();
+    let filter = NameFilter::new(&req)?;
+    let all = filter.matches_all();
+    let config = state.config();
+    let mut answer = QueryAnswer::default();
+    let mut levels = LevelSwitches::new(&config);
+    let mut name = String::with_capacity(128);
+    // (counter, shard total, value reported, name) of what a reset zeroes.
+    let mut resets: Vec<(Counter, u64, u64, String)> = Vec::new();
+    let mut registry = state.registry.lock().await;
+    let span = u32::try_from(registry.slots().span()).unwrap_or(u32::MAX);
+    let mut start = 0u32;
+    let links = loop {
+        let end = start.saturating_add(QUERY_SLOTS).min(span);
+        let snaps = state.shards.snapshot_range(start..end).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        if config.stats_enabled {
+            let slots = registry.slots();
+            let totals = range_totals(&snaps, start..end);
+            for v in slots.live_in(start..end) {
+                let on = levels.get(v.level);
+                let total = totals[(v.slot - start) as usize];
+                let offset = slots.offset(v.slot);
+                let (mut mask, mut values) = (0u8, [0u64; 2]);
+                for d in (0..2).filter(|&d| on[d]) {
+                    // With every name matching, a name is built only for a reset to record.
+                    if !all || req.reset {
+                        write_name(&mut name, "user", v.email, DIRS[d]);
+                    }
+                    if !all && !filter.matches(&name) {
+                        continue;
+                    }
+                    values[d] = user_value(total[d], offset[d]);
+                    mask |= 1 << d;
+                    if req.reset {
+                        resets.push((Counter::User { slot: v.slot, dir: d }, total[d], values[d], name.clone()));
+                    }
+                }
+                answer.push_user(v.email, mask, values);
+            }
+        }
+        if end >= span {
+            break link_totals(&config, &snaps);
+        }
+        start = end;
+    };
+    {
+        let mut book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, total) in links.into_iter().filter(|(name, _)| filter.matches(name)) {
+            let value = book.value(&name, total);
+            if req.reset {
+                resets.push((Counter::Link, total, value, name.clone()));
+            }
+            answer.push_named(name, value);
+        }
+        if req.reset {
+            let named = resets.iter().map(|(c, total, value, name)| (*c, *total, *value, name.as_str()));
+            apply_resets(registry.slots_mut(), &mut book, named);
+            let what =
+                format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, answer.counters());
+            state.audit.record(peer, "QueryStats", &what, &Ok(()));
+        }
+    }
+    if req.reset {
+        crate::quota::reconcile(state, &mut registry, None).await.map_err(super::handler::change_status)?;
+    }
+    Ok(answer)
 }
 
 impl StatsApi {
@@ -643,43 +746,13 @@ impl pb::stats_service_server::StatsService for StatsApi {
         Ok(Response::new(pb::GetStatsResponse { stat: Some(stat) }))
     }
 
+    /// Answered by `super::query::StreamedQuery` in front of this service, which streams the
+    /// reply; this serves it whole, for a server built without that layer.
     async fn query_stats(
         &self,
         req: Request<pb::QueryStatsRequest>,
     ) -> Result<Response<pb::QueryStatsResponse>, Status> {
-        let peer = req.remote_addr();
-        // Zeroing what other readers see is an operator's call.
-        if req.get_ref().reset {
-            super::auth::caller(&req).require(shardray_core::spec::ApiRole::Operator, "reset counters")?;
-        }
-        let req = req.into_inner();
-        let filter = NameFilter::new(&req)?;
-        let mut registry = self.state.registry.lock().await;
-        let snaps = self.snapshots(None).await?;
-        let mut stat = Vec::with_capacity(registry.slots().len() * 2 + 8);
-        {
-            let mut book = self.state.counters.lock().unwrap_or_else(|e| e.into_inner());
-            let mut resets = Vec::new();
-            visit_counters(&self.state.config(), &registry.slots(), &book, &snaps, None, |name, value, total, c| {
-                if filter.matches(name) {
-                    if req.reset {
-                        resets.push((c, total, value, stat.len()));
-                    }
-                    stat.push(pb::Stat { name: name.to_owned(), value: i64::try_from(value).unwrap_or(i64::MAX) });
-                }
-            });
-            if req.reset {
-                let named = resets.into_iter().map(|(c, total, value, i)| (c, total, value, stat[i].name.as_str()));
-                apply_resets(registry.slots_mut(), &mut book, named);
-                let what =
-                    format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, stat.len());
-                self.state.audit.record(peer, "QueryStats", &what, &Ok(()));
-            }
-        }
-        if req.reset {
-            crate::quota::reconcile(&self.state, &mut registry, None).await.map_err(super::handler::change_status)?;
-        }
-        Ok(Response::new(pb::QueryStatsResponse { stat }))
+        Ok(Response::new(prepare_query(&self.state, req).await?.into_message()))
     }
 
     async fn get_sys_stats(&self, _: Request<pb::SysStatsRequest>) -> Result<Response<pb::SysStatsResponse>, Status> {

@@ -7,6 +7,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::quota::QuotaCell;
@@ -165,21 +166,26 @@ impl SlotCounters {
         self.online.get(&slot).map_or(&[], Vec::as_slice)
     }
 
-    /// The figures of every slot (`only: None`) or of one, for a snapshot.
-    pub fn sample(&self, only: Option<u32>, out: &mut StatsSnapshot) {
+    /// The figures of the slots in `slots` (clamped to the slots there are), for a snapshot.
+    pub fn sample(&self, slots: Range<u32>, out: &mut StatsSnapshot) {
         let pair = |t: &Traffic| [t.up.get(), t.down.get()];
-        match only {
-            None => {
-                out.first_slot = 0;
-                out.users = self.traffic.iter().map(pair).collect();
-                out.online = self.online.iter().map(|(s, ips)| (*s, ips.clone())).collect();
-            }
-            Some(slot) => {
-                out.first_slot = slot;
-                out.users = self.traffic(slot).map(pair).into_iter().collect();
-                out.online = self.online.get(&slot).map(|ips| (slot, ips.clone())).into_iter().collect();
-            }
-        }
+        let len = self.traffic.len();
+        let (start, end) = ((slots.start as usize).min(len), (slots.end as usize).min(len));
+        out.first_slot = slots.start;
+        out.users = self.traffic[start..end.max(start)].iter().map(pair).collect();
+        out.online = if slots.len() == 1 {
+            self.online.get(&slots.start).map(|ips| (slots.start, ips.clone())).into_iter().collect()
+        } else {
+            self.online.iter().filter(|(s, _)| slots.contains(s)).map(|(s, ips)| (*s, ips.clone())).collect()
+        };
+    }
+}
+
+/// The slots a snapshot covers: every one (`None`), or one (`Some(NO_SLOT)`: none).
+pub fn slot_range(only_slot: Option<u32>) -> Range<u32> {
+    match only_slot {
+        None => 0..u32::MAX,
+        Some(slot) => slot..slot.saturating_add(1),
     }
 }
 
@@ -367,7 +373,7 @@ mod tests {
         u.traffic(1).unwrap().add_up(7);
         u.traffic(1).unwrap().add_down(9);
         let mut snap = StatsSnapshot::default();
-        u.sample(None, &mut snap);
+        u.sample(0..u32::MAX, &mut snap);
         assert_eq!((snap.user(0), snap.user(1), snap.user(2)), ([0, 0], [7, 9], [0, 0]));
         u.free(1);
         assert!(u.email(1).is_none());
@@ -376,7 +382,7 @@ mod tests {
         assert!(u.traffic_for(1, 1).is_none() && u.traffic_for(1, 2).is_some());
         assert!(u.ips(1).is_empty());
         u.session_closed(1, 1, IpAddr::V4(Ipv4Addr::LOCALHOST));
-        u.sample(Some(1), &mut snap);
+        u.sample(1..2, &mut snap);
         assert_eq!((snap.first_slot, snap.user(1)), (1, [0, 0]));
         assert_eq!(u.email(1).map(|e| &**e), Some("c@d"));
     }

@@ -804,9 +804,9 @@ impl ShardCtx {
         self.policy.borrow().clone()
     }
 
-    /// The shard's totals, for the control thread: every user slot's (`only_slot: None`),
-    /// or one slot's (`Some(NO_SLOT)`: none, just inbounds and outbounds).
-    pub(crate) fn snapshot(&self, only_slot: Option<u32>) -> StatsSnapshot {
+    /// The shard's totals, for the control thread: the user slots in `slots` (none for an
+    /// empty range: just inbounds and outbounds).
+    pub(crate) fn snapshot(&self, slots: std::ops::Range<u32>) -> StatsSnapshot {
         let link = |tag: &Arc<str>, t: &Traffic| LinkSample { tag: tag.clone(), up: t.up.get(), down: t.down.get() };
         let mut snap = StatsSnapshot {
             inbounds: self.inbounds.borrow().iter().map(|i| link(&i.tag, &i.traffic)).collect(),
@@ -816,7 +816,7 @@ impl ShardCtx {
             epoch: self.applied.get(),
             ..Default::default()
         };
-        self.users.borrow().sample(only_slot, &mut snap);
+        self.users.borrow().sample(slots, &mut snap);
         snap
     }
 }

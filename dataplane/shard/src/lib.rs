@@ -41,11 +41,11 @@ use crate::ctx::ShardCtx;
 /// What the control thread asks of a shard.
 #[derive(Debug)]
 pub enum ShardCommand {
-    /// Reply with the shard's counters: every user slot's, or with `only_slot` just that
-    /// slot's (`Some(NO_SLOT)` asks for the inbounds and outbounds alone).
+    /// Reply with the shard's counters: the user slots in `slots` (`stats::slot_range`), and
+    /// every inbound's and outbound's. An empty range asks for those alone.
     Snapshot {
-        /// The slot to report, or `None` for every slot.
-        only_slot: Option<u32>,
+        /// The slots to report.
+        slots: std::ops::Range<u32>,
         /// Where to reply.
         reply: async_channel::Sender<StatsSnapshot>,
     },
@@ -189,8 +189,8 @@ async fn run(plan: ShardPlan) {
 async fn serve_commands(id: usize, ctx: Rc<ShardCtx>, mut commands: mailbox::ConnectedMailbox) {
     while let Some(command) = commands.recv().await {
         match command {
-            ShardCommand::Snapshot { only_slot, reply } => {
-                let _ = reply.try_send(ctx.snapshot(only_slot));
+            ShardCommand::Snapshot { slots, reply } => {
+                let _ = reply.try_send(ctx.snapshot(slots));
             }
             ShardCommand::Apply { epoch, change, ops, listener, ack } => {
                 let result = match ctx.apply(epoch, &change, &ops, listener) {
@@ -216,7 +216,7 @@ async fn serve_commands(id: usize, ctx: Rc<ShardCtx>, mut commands: mailbox::Con
                 while ctx.live.get() > 0 && Instant::now() < deadline {
                     glommio::timer::sleep(Duration::from_millis(20)).await;
                 }
-                let _ = last.try_send(ctx.snapshot(None));
+                let _ = last.try_send(ctx.snapshot(0..u32::MAX));
                 break;
             }
         }
