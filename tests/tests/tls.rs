@@ -214,3 +214,50 @@ fn cipher_suites_choose_and_order_what_the_server_offers() {
     let out = Shardray::try_start(&bad, 1).err().expect("start must fail");
     assert!(out.contains("tlsSettings.cipherSuites: \"TLS_RSA_WITH_AES_128_CBC_SHA\" is not offered here"), "{out}");
 }
+
+#[test]
+fn session_tickets_only_with_enable_session_resumption_and_shared_by_the_shards() {
+    let echo = EchoServer::start();
+    let kinds = |settings_extra: Value, version: &'static rustls::SupportedProtocolVersion| {
+        let certs = tempfile::tempdir().unwrap();
+        let cert = SelfSigned::generate(certs.path(), &["localhost"]);
+        let mut stream = cert.stream_settings("localhost", &[]);
+        stream["tlsSettings"].as_object_mut().unwrap().extend(settings_extra.as_object().unwrap().clone());
+        let config = vless_config(json!([{ "id": ALICE }]), json!({ "streamSettings": stream }));
+        let server = Shardray::start(&config, 2);
+        let proxy = server.inbound("vless-in");
+        // One client config, so one session cache, for every connection: a returning client.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert_der.clone()).unwrap();
+        let client =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let client = std::sync::Arc::new(client);
+        // Eight connections from fresh source ports land on both shards; each reads to the end,
+        // so any ticket the server sent is in the cache before the next one starts.
+        (0..8)
+            .map(|_| {
+                let stream = connect(proxy, client.clone(), "localhost").expect("handshake");
+                let kind = stream.conn.handshake_kind();
+                let mut first = vless::request(ALICE, echo.addr());
+                first.extend_from_slice(b"ping");
+                let reply = duplex_exchange(stream, first).expect("exchange");
+                assert_eq!(&reply[2..], b"ping");
+                format!("{kind:?}")
+            })
+            .collect::<Vec<_>>()
+    };
+    let full = vec!["Some(Full)".to_string(); 8];
+    let mut resumed = vec!["Some(Resumed)".to_string(); 8];
+    resumed[0] = "Some(Full)".to_string();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // As Xray's server: no tickets (and no session cache) unless asked for.
+        assert_eq!(kinds(json!({}), version), full, "{version:?} default");
+        assert_eq!(kinds(json!({ "enableSessionResumption": false }), version), full, "{version:?} false");
+        // Asked for: every returning connection resumes, whichever shard takes it.
+        assert_eq!(kinds(json!({ "enableSessionResumption": true }), version), resumed, "{version:?} true");
+    }
+}

@@ -696,6 +696,7 @@ fn tls_server(raw: RawTlsSettings, path: &str) -> Result<TlsServerSpec, ConfigEr
         min_version,
         max_version,
         cipher_suites,
+        session_resumption: raw.enable_session_resumption.unwrap_or(false),
     })
 }
 

@@ -252,6 +252,7 @@ pub(super) struct RawTlsSettings {
     pub curve_preferences: Option<Vec<String>>,
     pub ech_server_keys: Option<String>,
     pub master_key_log: Option<String>,
+    pub enable_session_resumption: Option<bool>,
     // Client-side settings, meaningless on a server: accepted and ignored.
     #[serde(rename = "allowInsecure")]
     pub _allow_insecure: Option<bool>,
@@ -259,8 +260,6 @@ pub(super) struct RawTlsSettings {
     pub _fingerprint: Option<String>,
     #[serde(rename = "disableSystemRoot")]
     pub _disable_system_root: Option<bool>,
-    #[serde(rename = "enableSessionResumption")]
-    pub _enable_session_resumption: Option<bool>,
     #[serde(rename = "pinnedPeerCertificateChainSha256")]
     pub _pinned_peer_certificate_chain_sha256: Option<Value>,
     /// 3x-ui's own bookkeeping (what its share links tell clients: fingerprint, allowInsecure).

@@ -739,6 +739,9 @@ fn tls_json(config: &tls::Config) -> Value {
             out.insert(key.into(), json!(value));
         }
     }
+    if config.enable_session_resumption {
+        out.insert("enableSessionResumption".into(), json!(true));
+    }
     Value::Object(out)
 }
 
@@ -1023,6 +1026,7 @@ pub fn inbound_config(spec: &InboundSpec) -> InboundHandlerConfig {
             min_version: version(t.min_version),
             max_version: version(t.max_version),
             cipher_suites: t.cipher_suites.join(":"),
+            enable_session_resumption: t.session_resumption,
             ..Default::default()
         };
         (TLS.to_owned(), vec![typed(TLS, &settings)])

@@ -1097,6 +1097,9 @@ pub struct TlsServerSpec {
     /// `cipherSuites`, split at `:` and in order: restricts (and, as the server's preference,
     /// orders) the suites offered; empty for rustls's defaults.
     pub cipher_suites: Vec<String>,
+    /// `enableSessionResumption`: issue session tickets so returning clients skip the full
+    /// handshake. Off by default, as in Xray (whose server then sends no tickets).
+    pub session_resumption: bool,
 }
 
 /// REALITY server settings (`streamSettings.realitySettings` of an inbound).

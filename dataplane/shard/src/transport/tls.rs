@@ -58,7 +58,34 @@ pub fn server_config(spec: &TlsServerSpec) -> Result<Arc<ServerConfig>, InvalidT
     config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     // A configured list is the server's preference, as its order says.
     config.ignore_client_order = !spec.cipher_suites.is_empty();
+    // No session-id cache: it would be per shard, and a returning client's next connection
+    // lands on any shard. Tickets only when asked for, as Xray's server does; otherwise each
+    // handshake saves building, sealing and sending two tickets nobody may use.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    if spec.session_resumption {
+        config.ticketer = shared_ticketer(&cert.chain_pem, &cert.key_pem)?;
+        config.send_tls13_tickets = 1;
+    } else {
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
+}
+
+/// The ticket keys of one server identity (certificate and key), shared by every shard and
+/// every inbound serving it, so that a ticket resumes on whichever core the kernel picks. Keyed
+/// by identity because a ticket carries the authentication of the server that issued it.
+/// Keys rotate every 6 hours (rustls's ticketer) and die with the process.
+fn shared_ticketer(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<dyn rustls::server::ProducesTickets>, InvalidTls> {
+    type Ticketers = std::collections::HashMap<(Vec<u8>, Vec<u8>), Arc<dyn rustls::server::ProducesTickets>>;
+    static TICKETERS: std::sync::OnceLock<std::sync::Mutex<Ticketers>> = std::sync::OnceLock::new();
+    let mut ticketers = TICKETERS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let identity = (chain_pem.to_vec(), key_pem.to_vec());
+    if let Some(ticketer) = ticketers.get(&identity) {
+        return Ok(ticketer.clone());
+    }
+    let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| InvalidTls(format!("session tickets: {e}")))?;
+    ticketers.insert(identity, ticketer.clone());
+    Ok(ticketer)
 }
 
 /// The suites `cipherSuites` names (IANA/Go names, `TLS_AES_128_GCM_SHA256`,
