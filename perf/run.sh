@@ -52,7 +52,8 @@ CHURN_STREAMS=${CHURN_STREAMS:-2}
 IDLE_TUNNELS=${IDLE_TUNNELS:-2000}
 IDLE_TARGETS=${IDLE_TARGETS:-shardray,sing-box,v2ray,shoes}
 # The protocols step: which (a `-tls` suffix runs it inside TLS), against which targets, with
-# how many bytes per stream, seconds of connections and idle tunnels (0 skips idle).
+# how many bytes per stream, seconds of connections and idle tunnels (0 skips idle); each
+# scenario PROTO_RUNS times, medians reported.
 PROTOCOLS=${PROTOCOLS:-trojan-tls,vmess,ss-aes-128-gcm,ss-2022,socks}
 PROTO_TARGETS=${PROTO_TARGETS:-shardray,sing-box,shoes}
 PROTO_BYTES=${PROTO_BYTES:-$BYTES}
@@ -148,9 +149,12 @@ if wants protocols; then
         # shellcheck disable=SC2086 # split on purpose
         step "connrate.$p" connrate $common $tls --parallel 32 --duration "$PROTO_CONNRATE_SECONDS" \
             --runs "$PROTO_RUNS"
-        # Idle tunnels are plain TCP: the protocol's own cost per tunnel, without TLS's.
-        # shellcheck disable=SC2086 # split on purpose
-        if [ "$PROTO_IDLE_TUNNELS" != 0 ]; then step "idle.$proto" idle $common --tunnels "$PROTO_IDLE_TUNNELS"; fi
+        # Idle tunnels are plain TCP: the protocol's own cost per tunnel, without TLS's; once
+        # per protocol, so `vless,vless-tls` measures idle VLESS once.
+        if [ "$PROTO_IDLE_TUNNELS" != 0 ] && [ ! -f "$tmp/idle.$proto.json" ]; then
+            # shellcheck disable=SC2086 # split on purpose
+            step "idle.$proto" idle $common --tunnels "$PROTO_IDLE_TUNNELS" --runs "$PROTO_RUNS"
+        fi
     done
 fi
 
