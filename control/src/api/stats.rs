@@ -321,17 +321,16 @@ impl LevelSwitches {
     }
 }
 
-/// The shards' user totals by slot, summed: `[up, down]`; `span` entries at most.
-fn user_totals(snaps: &[StatsSnapshot], slots: &Slots<'_>) -> Vec<[u64; 2]> {
-    let span = slots.span();
-    let mut totals = vec![[0u64; 2]; span];
+/// The shards' user totals of the slots in `range`, summed: `[up, down]`, from `range.start`.
+fn range_totals(snaps: &[StatsSnapshot], range: std::ops::Range<u32>) -> Vec<[u64; 2]> {
+    let mut totals = vec![[0u64; 2]; range.len()];
     for s in snaps {
+        // Where this snapshot's slots and `range` overlap.
         let first = s.first_slot as usize;
-        if first >= span {
-            continue;
-        }
-        let end = (first + s.users.len()).min(span);
-        for (t, u) in totals[first..end].iter_mut().zip(&s.users) {
+        let lo = first.max(range.start as usize);
+        let hi = (first + s.users.len()).min(range.end as usize);
+        for slot in lo..hi {
+            let (t, u) = (&mut totals[slot - range.start as usize], s.users[slot - first]);
             t[0] += u[0];
             t[1] += u[1];
         }
@@ -339,17 +338,9 @@ fn user_totals(snaps: &[StatsSnapshot], slots: &Slots<'_>) -> Vec<[u64; 2]> {
     totals
 }
 
-/// The shards' user totals of the slots in `range`, summed: `[up, down]`, from `range.start`.
-fn range_totals(snaps: &[StatsSnapshot], range: std::ops::Range<u32>) -> Vec<[u64; 2]> {
-    let mut totals = vec![[0u64; 2]; range.len()];
-    for s in snaps {
-        let Some(skip) = range.start.checked_sub(s.first_slot) else { continue };
-        for (t, u) in totals.iter_mut().zip(s.users.iter().skip(skip as usize)) {
-            t[0] += u[0];
-            t[1] += u[1];
-        }
-    }
-    totals
+/// Every user slot's totals (`span` entries), as [`range_totals`] from slot 0.
+fn user_totals(snaps: &[StatsSnapshot], slots: &Slots<'_>) -> Vec<[u64; 2]> {
+    range_totals(snaps, 0..u32::try_from(slots.span()).unwrap_or(u32::MAX))
 }
 
 /// Every inbound and outbound counter the config enables, with the shards' totals.

@@ -216,7 +216,7 @@ async fn serve_commands(id: usize, ctx: Rc<ShardCtx>, mut commands: mailbox::Con
                 while ctx.live.get() > 0 && Instant::now() < deadline {
                     glommio::timer::sleep(Duration::from_millis(20)).await;
                 }
-                let _ = last.try_send(ctx.snapshot(0..u32::MAX));
+                let _ = last.try_send(ctx.snapshot(shardray_core::stats::slot_range(None)));
                 break;
             }
         }
