@@ -12,7 +12,8 @@
 # appended as one dated section to perf/RESULTS.md, and drawn as charts in perf/report.html
 # (one self-contained page: CPU per GB, latency CDFs, RSS per idle tunnel, RSS over time).
 #
-#   perf/run.sh                      everything, about 6 minutes on 2 cores
+#   perf/run.sh                      everything (long: the protocols step alone takes tens of
+#                                    minutes on 2 cores; the whole was not timed lately)
 #   TLS=0 perf/run.sh                plain VLESS only (no TLS step after throughput, connrate)
 #   SCENARIOS=api perf/run.sh        only the API figures (also: throughput, connrate, idle,
 #                                    protocols, xhttp: VLESS over XHTTP against VLESS over TLS,
@@ -42,6 +43,9 @@ SHARDS=${SHARDS:-2}
 # After each plain throughput and connrate step, the same over TLS (1) or not (0).
 TLS=${TLS:-1}
 CONNRATE_TARGETS=${CONNRATE_TARGETS:-shardray,sing-box,shoes}
+# The plain connrate step measures each target a second time with this name as the
+# destination (the proxy resolves it); empty skips that.
+DEST_DOMAIN=${DEST_DOMAIN-localhost}
 # API churn: calls and pace on an idle server, then with traffic streams flowing.
 CHURN_OPS=${CHURN_OPS:-10000}
 CHURN_RATE=${CHURN_RATE:-1000}
@@ -122,7 +126,8 @@ fi
 if wants connrate; then
     args="connrate --target $CONNRATE_TARGETS --parallel 32 --duration 10 --runs 3 --shards $SHARDS"
     # shellcheck disable=SC2086 # $args is split on purpose
-    step connrate $args
+    # shellcheck disable=SC2086 # $args is split on purpose
+    step connrate $args ${DEST_DOMAIN:+--dest-domain "$DEST_DOMAIN"}
     # shellcheck disable=SC2086 # $args is split on purpose
     if [ "$TLS" != 0 ]; then step connrate.tls $args --tls; fi
 fi

@@ -26,6 +26,7 @@ use crate::report::{
 };
 use crate::target::{RunningTarget, TargetSpec};
 use crate::tls;
+use shardray_wire::addr::{Address, Destination};
 
 /// Payload bytes per connection, each way.
 pub const PAYLOAD: usize = 64;
@@ -45,6 +46,10 @@ pub struct Connrate {
     pub conn_timeout: Duration,
     /// Bound on a target's start-up.
     pub startup: Duration,
+    /// `--dest-domain`: each target is measured a second time per run with this name (which
+    /// must resolve to the loopback echo server) as every connection's destination, under
+    /// the target name "NAME by name", so that the table compares the two.
+    pub dest_domain: Option<String>,
 }
 
 /// One pass (parallel or serial) over one target.
@@ -180,13 +185,20 @@ pub fn run_all(
     let mut records = Vec::new();
     for run in 1..=scenario.runs {
         for spec in specs {
-            let target = spec.start(workdir, sink, scenario.startup)?;
-            let record = measure(&target, spec, scenario, run, echo)
-                .with_context(|| format!("{} run {run}", spec.name()))
-                .map_err(|e| anyhow!("{e:#}\ntarget log:\n{}", target.log_tail()))?;
-            target.stop()?;
-            progress(&record);
-            records.push(record);
+            let by_ip = Destination::from(echo);
+            let by_name = scenario
+                .dest_domain
+                .iter()
+                .map(|name| Destination { addr: Address::Domain(name.as_str().into()), port: echo.port() });
+            for dest in std::iter::once(by_ip).chain(by_name) {
+                let target = spec.start(workdir, sink, scenario.startup)?;
+                let record = measure(&target, spec, scenario, run, dest)
+                    .with_context(|| format!("{} run {run}", spec.name()))
+                    .map_err(|e| anyhow!("{e:#}\ntarget log:\n{}", target.log_tail()))?;
+                target.stop()?;
+                progress(&record);
+                records.push(record);
+            }
         }
     }
     Ok(records)
@@ -197,9 +209,13 @@ fn measure(
     spec: &TargetSpec,
     scenario: &Connrate,
     run: usize,
-    echo: SocketAddr,
+    dest: Destination,
 ) -> Result<ConnRecord> {
-    let conn = ConnSpec { dialer: target.dialer(), echo, timeout: scenario.conn_timeout };
+    let name = match &dest.addr {
+        Address::Domain(_) => format!("{} by name", spec.name()),
+        _ => spec.name(),
+    };
+    let conn = ConnSpec { dialer: target.dialer(), dest, timeout: scenario.conn_timeout };
     let sampler = target.pid().map(|pid| RssSampler::spawn(pid, Duration::from_millis(100))).transpose()?;
 
     let parallel = pass(target, &conn, scenario.parallel, scenario.duration, run)?;
@@ -211,7 +227,7 @@ fn measure(
     let peak_rss_kib = target.pid().map(procstat::peak_rss_kib).transpose()?;
     let rss = sampler.map(RssSampler::finish);
     Ok(ConnRecord {
-        target: spec.name(),
+        target: name,
         protocol: spec.protocol(),
         run,
         parallel,
@@ -226,8 +242,8 @@ fn measure(
 struct ConnSpec {
     /// The proxy, its protocol and credentials (and TLS settings).
     dialer: Dialer,
-    /// The echo server, each connection's destination.
-    echo: SocketAddr,
+    /// Each connection's destination: the echo server, by address or by name.
+    dest: Destination,
     timeout: Duration,
 }
 
@@ -334,7 +350,7 @@ fn client_loop(conn: &ConnSpec, duration: Duration, mut offset: usize) -> Thread
 /// Connect (and handshake, over TLS and for SOCKS), send the request header and payload in one
 /// write, read the response header and the echo, check it, close.
 fn one_connection(conn: &ConnSpec, payload: &[u8], echoed: &mut [u8; PAYLOAD]) -> Result<()> {
-    let mut s = conn.dialer.connect(conn.echo, conn.timeout)?;
+    let mut s = conn.dialer.connect_to(conn.dest.clone(), conn.timeout)?;
     s.write_all(payload).context("sending the request")?;
     s.flush().context("sending the request")?;
     s.read_exact(echoed).map_err(short_echo).context("reading the echo")?;
@@ -497,6 +513,20 @@ impl ConnrateReport {
                 opt(r.and_then(|r| r.serial_p50), "×", 2),
                 ratio_cell(Some(md.conns_per_s), best),
             );
+        }
+        // With `--dest-domain`: each target's rate to the name against its rate to the address.
+        let by_name: Vec<String> = self
+            .medians
+            .iter()
+            .filter_map(|named| {
+                let plain = named.target.strip_suffix(" by name")?;
+                let ip = self.medians.iter().find(|m| m.target == plain && m.protocol == named.protocol)?;
+                Some(format!("{plain} {:.2}×", named.conns_per_s / ip.conns_per_s))
+            })
+            .collect();
+        if !by_name.is_empty() {
+            let _ =
+                writeln!(out, "\nConnections/s to the destination by name against by address: {}.", by_name.join(", "));
         }
         let errors: u64 = self.medians.iter().map(|m| m.errors).sum();
         if errors > 0 {

@@ -547,6 +547,7 @@ mod tests {
             runs: 1,
             conn_timeout: Duration::from_secs(1),
             startup: Duration::from_secs(1),
+            dest_domain: None,
         };
         let runs = ["shardray", "sing-box"]
             .iter()

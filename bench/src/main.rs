@@ -277,6 +277,11 @@ struct ConnrateArgs {
     tls: bool,
     #[command(flatten)]
     external_tls: ExternalTlsArgs,
+    /// Also measure every target with this name, instead of the echo server's address, as
+    /// each connection's destination (the proxy resolves it; it must resolve to 127.0.0.1,
+    /// as `localhost` does), reported as "TARGET by name" beside the address's rows.
+    #[arg(long, value_name = "NAME")]
+    dest_domain: Option<String>,
 }
 
 /// How to reach the `--external` target over TLS (with `--tls`).
@@ -547,6 +552,7 @@ fn connrate(args: ConnrateArgs) -> Result<()> {
         runs: args.runs,
         conn_timeout: seconds("conn-timeout", args.conn_timeout)?,
         startup: Duration::from_secs(args.targets.startup_timeout),
+        dest_domain: args.dest_domain.clone(),
     };
     let external_tls = args.external_tls.client(&args.targets, args.tls)?;
     let workdir = workdir()?;

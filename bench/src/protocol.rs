@@ -217,6 +217,11 @@ impl Dialer {
     /// one (SOCKS), and returns the tunnel to `dest`, its request header queued for the first
     /// write. Every step is bounded by `timeout`.
     pub fn connect(&self, dest: SocketAddr, timeout: Duration) -> Result<Tunnel> {
+        self.connect_to(Destination::from(dest), timeout)
+    }
+
+    /// `connect`, to a destination that may be a name for the proxy to resolve.
+    pub fn connect_to(&self, dest: Destination, timeout: Duration) -> Result<Tunnel> {
         let sock = TcpStream::connect_timeout(&self.proxy, timeout)
             .with_context(|| format!("connecting to the proxy at {}", self.proxy))?;
         sock.set_read_timeout(Some(timeout))?;
@@ -224,8 +229,7 @@ impl Dialer {
         sock.set_nodelay(true)?;
         let conn = ProxyStream::open(sock, self.tls.as_ref()).context("TLS handshake with the proxy")?;
         let name = self.protocol.name();
-        Tunnel::start(conn, self.protocol, &self.secrets, Destination::from(dest))
-            .with_context(|| format!("starting the {name} request"))
+        Tunnel::start(conn, self.protocol, &self.secrets, dest).with_context(|| format!("starting the {name} request"))
     }
 }
 

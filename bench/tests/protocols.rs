@@ -147,6 +147,28 @@ fn through_shardray(protocol: &str, tls: bool, label: &str, idle: bool) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--dest-domain`: every target is measured again with a name as the destination, which
+/// shardray resolves (by the system, then from the shard's cache), under "shardray by name".
+#[test]
+fn connrate_to_a_destination_by_name() {
+    let dir = fresh_dir("by-name");
+    let mut args = vec!["connrate".to_owned(), "--parallel".into(), "2".into(), "--duration".into(), "0.4".into()];
+    args.extend(["--serial-duration", "0.2", "--runs", "1", "--dest-domain", "localhost"].map(String::from));
+    args.extend(target_args("shardray", &[("shardray-bin", shardray_bin())]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (markdown, report) = bench(&dir, "by-name", &args);
+    let runs = report["runs"].as_array().unwrap();
+    let names: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(names, ["shardray", "shardray by name"], "{report}");
+    for r in runs {
+        assert!(r["parallel"]["connections"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["parallel"]["errors"], 0, "{r}");
+        assert_eq!(r["serial"]["errors"], 0, "{r}");
+    }
+    assert!(markdown.contains("by name against by address: shardray "), "{markdown}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn vless_through_shardray() {
     through_shardray("vless", false, "vless", false);

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 use shardray_core::spec::DomainStrategy;
 use shardray_wire::addr::Address;
@@ -41,17 +42,58 @@ pub(crate) async fn resolve(
     }
 }
 
+/// How long a shard reuses the system resolver's answer for a name. getaddrinfo gives no
+/// TTL; without this every connection to a name would cost a trip through the blocking pool
+/// and a fresh lookup (glibc keeps no cache of its own unless nscd runs).
+const SYSTEM_ANSWER_SECS: u64 = 10;
+/// Names a shard remembers at most; past it, expired answers go, then all.
+const SYSTEM_ANSWERS: usize = 4096;
+
+/// Recent system-resolver answers: name → (addresses, until).
+type SystemAnswers = std::collections::HashMap<Box<str>, (Vec<std::net::IpAddr>, Instant)>;
+
+thread_local! {
+    /// This shard's answers. Per thread, so per shard: no lock, nothing shared.
+    static SYSTEM_CACHE: std::cell::RefCell<SystemAnswers> = Default::default();
+}
+
+/// The system resolver's addresses for `name`, from this shard's cache when fresh.
+async fn system_lookup(name: &str) -> io::Result<Vec<std::net::IpAddr>> {
+    let now = Instant::now();
+    let cached =
+        SYSTEM_CACHE.with_borrow(|c| c.get(name).filter(|(_, until)| *until > now).map(|(ips, _)| ips.clone()));
+    if let Some(ips) = cached {
+        return Ok(ips);
+    }
+    let owned = name.to_owned();
+    let found = glommio::executor()
+        .spawn_blocking(move || (owned.as_str(), 0).to_socket_addrs().map(|it| it.map(|a| a.ip()).collect::<Vec<_>>()))
+        .await?;
+    SYSTEM_CACHE.with_borrow_mut(|c| {
+        if found.is_empty() {
+            return;
+        }
+        if c.len() >= SYSTEM_ANSWERS {
+            c.retain(|_, (_, until)| *until > now);
+            if c.len() >= SYSTEM_ANSWERS {
+                c.clear();
+            }
+        }
+        c.insert(name.into(), (found.clone(), now + Duration::from_secs(SYSTEM_ANSWER_SECS)));
+    });
+    Ok(found)
+}
+
 /// Resolves `addr` with the system resolver, filtered by `strategy`'s address family.
 pub(crate) async fn resolve_system(addr: &Address, port: u16, strategy: DomainStrategy) -> io::Result<Vec<SocketAddr>> {
     let name = match addr {
         Address::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
-        Address::Domain(d) => d.to_string(),
+        Address::Domain(d) => d,
     };
-    let found = glommio::executor()
-        .spawn_blocking(move || (name.as_str(), port).to_socket_addrs().map(|it| it.collect::<Vec<_>>()))
-        .await?;
-    let found: Vec<SocketAddr> = found
+    let found: Vec<SocketAddr> = system_lookup(name)
+        .await?
         .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
         .filter(|a| match strategy {
             DomainStrategy::UseIpv4 => a.is_ipv4(),
             DomainStrategy::UseIpv6 => a.is_ipv6(),
@@ -154,4 +196,37 @@ pub(crate) async fn connect_via(addr: SocketAddr, via: &Via) -> io::Result<glomm
     use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: the descriptor is a connected TCP socket that nothing else owns any more.
     Ok(unsafe { glommio::net::TcpStream::from_raw_fd(socket.into_raw_fd()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_answers_are_reused_until_they_expire() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let found = system_lookup("localhost").await.unwrap();
+                assert!(found.iter().any(|ip| ip.is_loopback()), "{found:?}");
+                assert!(SYSTEM_CACHE.with_borrow(|c| c.contains_key("localhost")));
+
+                // A name no resolver knows answers from the cache while its entry is fresh...
+                let planted = vec!["192.0.2.7".parse().unwrap()];
+                let fresh = Instant::now() + Duration::from_secs(5);
+                SYSTEM_CACHE.with_borrow_mut(|c| c.insert("cached.invalid".into(), (planted.clone(), fresh)));
+                assert_eq!(system_lookup("cached.invalid").await.unwrap(), planted);
+                let dest = Address::Domain("cached.invalid".into());
+                let addrs = resolve_system(&dest, 443, DomainStrategy::UseIpv6).await;
+                assert_eq!(addrs.unwrap_err().kind(), io::ErrorKind::NotFound);
+
+                // ...and is looked up again (and fails, uncached) once it has expired.
+                let stale = Instant::now() - Duration::from_secs(1);
+                SYSTEM_CACHE.with_borrow_mut(|c| c.insert("cached.invalid".into(), (planted, stale)));
+                assert!(system_lookup("cached.invalid").await.is_err());
+                assert!(SYSTEM_CACHE.with_borrow(|c| c.get("cached.invalid").is_some_and(|(_, until)| *until == stale)));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }
