@@ -36,7 +36,11 @@ enum Carrier {
     H2Tls,
 }
 
-/// The server: VLESS over XHTTP at `/xh`, any mode, TLS for the TLS carriers (no ALPN set:
+/// The path both ends are configured with: beyond ASCII, so the client must send it escaped
+/// (as Go's client does) and the server match it decoded (as Go's server does).
+const PATH: &str = "/xh-ü";
+
+/// The server: VLESS over XHTTP at [`PATH`], any mode, TLS for the TLS carriers (no ALPN set:
 /// it offers h2 and http/1.1, as Xray's).
 fn server(carrier: Carrier, cert: &SelfSigned) -> Shardray {
     let clients: Vec<Value> = USERS.iter().map(|(email, id)| json!({ "id": id, "email": email })).collect();
@@ -46,7 +50,7 @@ fn server(carrier: Carrier, cert: &SelfSigned) -> Shardray {
         Carrier::Http1Tls | Carrier::H2Tls => cert.stream_settings("localhost", &[]),
     };
     stream["network"] = json!("xhttp");
-    stream["xhttpSettings"] = json!({ "path": "/xh" });
+    stream["xhttpSettings"] = json!({ "path": PATH });
     c["inbounds"][0]["streamSettings"] = stream;
     c["api"] = loopback_api(&["StatsService", "HandlerService"]);
     c["log"]["loglevel"] = json!("info");
@@ -68,7 +72,7 @@ fn client(carrier: Carrier, server: SocketAddr, echo: SocketAddr) -> Shardray {
             "network": "xhttp",
             // A query on the path travels with every request; small POSTs make packet-up's
             // numbering and reassembly work hard.
-            "xhttpSettings": { "path": "/xh?from=test", "mode": mode, "extra": { "scMaxEachPostBytes": 100000 } }
+            "xhttpSettings": { "path": format!("{PATH}?from=test"), "mode": mode, "extra": { "scMaxEachPostBytes": 100000 } }
         });
         match carrier {
             Carrier::Http1 => {}

@@ -323,9 +323,15 @@ impl<'a> RequestHead<'a> {
         self.headers.iter().find(|(n, v)| n.eq_ignore_ascii_case(name) && !v.is_empty()).map(|&(_, v)| v)
     }
 
-    /// The path, without its query.
+    /// The path as sent, without its query.
     pub fn path(&self) -> &'a str {
         self.target.split_once('?').map_or(self.target, |(p, _)| p)
+    }
+
+    /// The path percent-decoded, as Go's `r.URL.Path` is (`+` stays `+`); `None` when a `%`
+    /// is not followed by two hex digits (Go's server then answers 400).
+    pub fn decoded_path(&self) -> Option<String> {
+        percent_decode_path(self.path())
     }
 
     /// The query parameter `key`, percent-decoded (the first of that name).
@@ -391,6 +397,9 @@ pub enum Refused {
     Method,
     /// The sequence number is not a number (500, as Xray answers).
     Seq,
+    /// The path has a `%` not followed by two hex digits (400, as Go's server answers before
+    /// Xray sees the request).
+    PathEscape,
     /// Payload in headers or cookies is not base64url (400).
     InlineData,
 }
@@ -400,7 +409,7 @@ impl Refused {
     pub fn status(self) -> u16 {
         match self {
             Refused::Host | Refused::Path => 404,
-            Refused::Padding(_) | Refused::ModeNotAllowed(_) | Refused::InlineData => 400,
+            Refused::Padding(_) | Refused::ModeNotAllowed(_) | Refused::InlineData | Refused::PathEscape => 400,
             Refused::Method => 405,
             Refused::Seq => 500,
         }
@@ -416,6 +425,7 @@ impl std::fmt::Display for Refused {
             Refused::ModeNotAllowed(m) => write!(f, "{} mode is not allowed", m.as_str()),
             Refused::Method => f.write_str("unsupported method"),
             Refused::Seq => f.write_str("sequence number is not a number"),
+            Refused::PathEscape => f.write_str("invalid percent-escape in the path"),
             Refused::InlineData => f.write_str("invalid base64 in uplink header or cookie data"),
         }
     }
@@ -423,12 +433,16 @@ impl std::fmt::Display for Refused {
 
 impl Settings {
     /// Checks a request as Xray's `hub.go` does, in its order: host, path, padding, then
-    /// what the session id, sequence number and method make of it.
+    /// what the session id, sequence number and method make of it. The path is compared,
+    /// and the session id and seq taken from it, percent-decoded (hub.go reads
+    /// `r.URL.Path`), against the configured path as written.
     pub fn classify(&self, head: &RequestHead<'_>) -> Result<Request, Refused> {
+        // Go's server parses the URL before any handler runs.
+        let path = head.decoded_path().ok_or(Refused::PathEscape)?;
         if !self.host.is_empty() && !host_matches(head.host, &self.host) {
             return Err(Refused::Host);
         }
-        let path = head.path();
+        let path = path.as_str();
         if !path.starts_with(&self.path) {
             return Err(Refused::Path);
         }
@@ -634,7 +648,8 @@ impl Settings {
         }
         let p = &self.padding;
         let value = padding(if p.obfs_mode { p.method } else { PaddingMethod::RepeatX }, padding_len as usize);
-        let mut target = path;
+        // Sent escaped as Go's client sends `URL.Path`: the server decodes it again.
+        let mut target = escape_path(&path);
         let mut full_query: Vec<String> = Vec::new();
         if !self.query.is_empty() {
             full_query.push(self.query.clone());
@@ -642,7 +657,7 @@ impl Settings {
         full_query.extend(query.iter().map(|(k, v)| format!("{k}={v}")));
         // As config.go: padding goes in before the session id and seq, so a URL in a header
         // is the base path's, its query replaced by the padding.
-        let base = &self.path;
+        let base = escape_path(&self.path);
         match (p.obfs_mode, p.placement) {
             (false, _) => headers.push(("Referer".into(), format!("{origin}{base}?x_padding={value}"))),
             (true, Placement::Header) => headers.push((p.header.clone(), value)),
@@ -734,6 +749,39 @@ fn query_param(query: &str, key: &str) -> Option<String> {
         .split('&')
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
         .find_map(|(k, v)| (percent_decode(k) == key).then(|| percent_decode(v)))
+}
+
+/// A URL path percent-decoded as Go's `url.PathUnescape` does: `%XX` is the byte, `+` is
+/// itself, a `%` without two hex digits after it is an error.
+fn percent_decode_path(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |at: usize| b.get(at).and_then(|&c| (c as char).to_digit(16));
+            out.push((hex(i + 1)? * 16 + hex(i + 2)?) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A path escaped as Go's `URL.EscapedPath` escapes one it built (`shouldEscape` in path
+/// mode): letters, digits, `-_.~` and `$&+,/:;=@` as they are, every other byte `%XX`.
+pub fn escape_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for &c in path.as_bytes() {
+        if c.is_ascii_alphanumeric() || b"-_.~$&+,/:;=@".contains(&c) {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
 }
 
 fn percent_decode(s: &str) -> String {
@@ -950,6 +998,53 @@ mod tests {
         // hub.go answers 500 when ParseUint fails.
         assert_eq!(s.classify(&head("POST", "/xh/abc/x1", &h)), Err(Refused::Seq));
         assert_eq!(Refused::Seq.status(), 500);
+    }
+
+    /// hub.go matches `r.URL.Path`, which Go has percent-decoded (`+` kept), against the
+    /// configured path as written, and splits the session id and seq out of it decoded; a
+    /// `%` without two hex digits is Go's 400 before any handler.
+    #[test]
+    fn paths_are_matched_and_split_percent_decoded_as_go_reads_them() {
+        let s = settings("/xh");
+        let r = referer();
+        let h = [("Referer", r.as_str())];
+        assert_eq!(
+            s.classify(&head("POST", "/%78h/s%31/%32?q=1", &h)),
+            Ok(Request::Packet { session: "s1".into(), seq: 2, inline: vec![], body: true })
+        );
+        assert_eq!(s.classify(&head("GET", "/xh/a+b", &h)), Ok(Request::Download { session: "a+b".into() }));
+        // An escaped slash is a slash once decoded: "b" is then the seq, not a number (500).
+        assert_eq!(s.classify(&head("POST", "/xh/a%2Fb/3", &h)), Err(Refused::Seq));
+        for bad in ["/xh/abc%zz", "/xh/abc%4", "/xh/%"] {
+            assert_eq!(s.classify(&head("GET", bad, &h)), Err(Refused::PathEscape), "{bad}");
+        }
+        assert_eq!(Refused::PathEscape.status(), 400);
+        // Before the host check, as Go parses the URL first.
+        let hosted = Settings { host: "example.com".into(), ..settings("/xh") };
+        let other = RequestHead { host: "evil.test", ..head("GET", "/xh/%zz", &h) };
+        assert_eq!(hosted.classify(&other), Err(Refused::PathEscape));
+        // The configured path is not decoded: "/a%20b" is matched by a path that decodes to it.
+        let literal = settings("/a%20b");
+        assert_eq!(literal.classify(&head("GET", "/a%20b/s", &h)), Err(Refused::Path));
+        assert_eq!(literal.classify(&head("GET", "/a%2520b/s", &h)), Ok(Request::Download { session: "s".into() }));
+    }
+
+    /// Go's client sends `URL.Path` escaped (`EscapedPath`); ours does too, so a path beyond
+    /// ASCII reaches a server that decodes it, and the Referer carries it escaped.
+    #[test]
+    fn the_client_escapes_its_path_as_go_does() {
+        assert_eq!(escape_path("/a b/ü?#%"), "/a%20b/%C3%BC%3F%23%25");
+        assert_eq!(escape_path("/x-_.~$&+,/:;=@"), "/x-_.~$&+,/:;=@");
+        let s = settings("/путь");
+        let c = s.client_request("https://example.com", Some("sid"), Some(0), 100, false);
+        assert_eq!(c.target, "/%D0%BF%D1%83%D1%82%D1%8C/sid/0");
+        let referer = format!("https://example.com/%D0%BF%D1%83%D1%82%D1%8C/?x_padding={}", "X".repeat(100));
+        assert!(c.headers.contains(&("Referer".into(), referer)), "{c:?}");
+        let hs: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            s.classify(&head("POST", &c.target, &hs)),
+            Ok(Request::Packet { session: "sid".into(), seq: 0, inline: vec![], body: true })
+        );
     }
 
     /// hub.go: another path or host is a 404, checked before the padding.
