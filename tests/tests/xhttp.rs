@@ -1081,3 +1081,81 @@ fn percent_encoded_paths_are_matched_decoded() {
     assert!(!head.to_ascii_lowercase().contains("x-padding"), "{head}");
     assert!(wait_until(Duration::from_secs(5), || server.output().contains("invalid percent-escape in the path")));
 }
+
+/// Xray's server reads an AddInbound splithttp Config as it is (xpadding.go): with
+/// `xPaddingObfsMode` and no padding key, header or placement, it takes padding only from a
+/// query parameter with an empty name (`?=XXX..`, Go's `Query().Get("")`), refuses the usual
+/// places with 400, and pads no response. The same here.
+#[test]
+fn an_api_config_in_obfs_mode_with_empty_padding_keys_reads_as_xrays_server() {
+    use shardray_proto::xray::app::proxyman::command as handler;
+    use shardray_proto::xray::app::proxyman::ReceiverConfig;
+    use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, PortList, PortRange};
+    use shardray_proto::xray::core::InboundHandlerConfig;
+    use shardray_proto::xray::proxy::vless as vless_pb;
+    use shardray_proto::xray::transport::internet::splithttp::Config as XhttpConfig;
+    use shardray_proto::xray::transport::internet::{StreamConfig, TransportConfig};
+    use shardray_tests::api::{typed, vless_user, ApiClient};
+
+    let mut c = vless_config(json!([]), json!({}));
+    c["api"] = shardray_tests::loopback_api(&["HandlerService"]);
+    c["log"]["loglevel"] = json!("info");
+    let server = Shardray::start(&c, 2);
+    let api = ApiClient::connect(server.api.unwrap());
+    let port = shardray_tests::fixed_port();
+    let settings = XhttpConfig { path: "/obfs".into(), x_padding_obfs_mode: true, ..Default::default() };
+    let stream = StreamConfig {
+        protocol_name: "splithttp".into(),
+        transport_settings: vec![TransportConfig {
+            protocol_name: "splithttp".into(),
+            settings: Some(typed("xray.transport.internet.splithttp.Config", &settings)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let receiver = ReceiverConfig {
+        port_list: Some(PortList { range: vec![PortRange { from: port.into(), to: port.into() }] }),
+        listen: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
+        stream_settings: Some(stream),
+        ..Default::default()
+    };
+    let proxy = vless_pb::inbound::Config {
+        clients: vec![vless_user("alice@example.com", ALICE, 0)],
+        decryption: "none".into(),
+        ..Default::default()
+    };
+    let inbound = InboundHandlerConfig {
+        tag: "obfs".into(),
+        receiver_settings: Some(typed("xray.app.proxyman.ReceiverConfig", &receiver)),
+        proxy_settings: Some(typed("xray.proxy.vless.inbound.Config", &proxy)),
+    };
+    api.block_on(api.handler().add_inbound(handler::AddInboundRequest { inbound: Some(inbound) })).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let pad = "X".repeat(200);
+    // Where the loader's defaults would look (X-Padding's URL, the x_padding cookie and
+    // query) and where plain mode looks (Referer): nothing.
+    for (target, header) in [
+        ("/obfs/".to_owned(), format!("X-Padding: https://x/obfs/?x_padding={pad}")),
+        ("/obfs/".to_owned(), format!("Cookie: x_padding={pad}")),
+        (format!("/obfs/?x_padding={pad}"), "X-Other: 1".to_owned()),
+        ("/obfs/".to_owned(), format!("Referer: {}", padding())),
+    ] {
+        let (name, value) = header.split_once(": ").unwrap();
+        assert_eq!(http1(addr, "POST", &target, &[(name, value)], b"x").0, 400, "{target} {header}");
+    }
+    assert!(wait_until(Duration::from_secs(5), || server.output().contains("invalid padding length 0")));
+    // The empty-named query parameter is taken: curl's stream-one is served, and its answer
+    // carries no padding.
+    let echo = EchoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = request(ALICE, echo.addr());
+    body.extend_from_slice(b"empty-named padding");
+    let file = dir.path().join("body");
+    std::fs::write(&file, &body).unwrap();
+    let headers = dir.path().join("headers");
+    let url = format!("http://{addr}/obfs/?={pad}");
+    let (ok, out) = curl(&["-D", headers.to_str().unwrap(), "--data-binary", &format!("@{}", file.display()), &url]);
+    assert!(ok && out == echoed(b"empty-named padding"), "{:?}\n{}", String::from_utf8_lossy(&out), server.output());
+    let head = std::fs::read_to_string(&headers).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200") && !head.contains("xxxx"), "{head}");
+}

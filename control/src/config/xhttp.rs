@@ -42,6 +42,7 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
             inner.host = outer.host;
             inner.path = outer.path;
             inner.mode = outer.mode;
+            inner.from_api_config = outer.from_api_config;
             (inner, at)
         }
         None => (outer, path.to_owned()),
@@ -83,13 +84,21 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
         Some(r) => padding.bytes = positive(r),
     }
     padding.obfs_mode = raw.x_padding_obfs_mode.unwrap_or(false);
-    if let Some(k) = raw.x_padding_key.filter(|k| !k.is_empty()) {
-        padding.key = k;
-    }
-    if let Some(h) = raw.x_padding_header.filter(|h| !h.is_empty()) {
-        padding.header = h;
-    }
+    // Xray's server reads an API Config's padding keys as they are (xpadding.go), where its
+    // loader fills in defaults: in obfs mode an empty key, header or placement stays empty
+    // (no cookie, header or response padding by that name; the method's "" is repeat-x's
+    // length check either way).
+    let from_api = raw.from_api_config.unwrap_or(false);
+    let as_given = from_api && padding.obfs_mode;
+    let given = |v: Option<String>, default: &mut String| match v {
+        Some(v) if !v.is_empty() => *default = v,
+        _ if as_given => default.clear(),
+        _ => {}
+    };
+    given(raw.x_padding_key, &mut padding.key);
+    given(raw.x_padding_header, &mut padding.header);
     padding.placement = match raw.x_padding_placement.as_deref().unwrap_or("") {
+        "" if as_given => Placement::Empty,
         "" => Placement::QueryInHeader,
         p @ ("cookie" | "header" | "query" | "queryInHeader") => Placement::parse(p).unwrap_or(Placement::Header),
         p => {
@@ -101,6 +110,8 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
         .ok_or_else(|| ConfigError::invalid(key("xPaddingMethod"), format!("unsupported padding method {method:?}")))?;
 
     let uplink_data_placement = match raw.uplink_data_placement.as_deref().unwrap_or("") {
+        // The server's GetNormalizedUplinkDataPlacement: a Config's "" is body; the loader's auto.
+        "" if from_api => Placement::Body,
         "" | "auto" => Placement::Auto,
         "body" => Placement::Body,
         p @ ("cookie" | "header") => {

@@ -70,6 +70,9 @@ pub enum Placement {
     Body,
     /// Uplink data: header, cookie and body, concatenated (the server reads all three).
     Auto,
+    /// Padding nowhere: an obfs-mode API Config's empty `xPaddingPlacement`, which Xray's
+    /// server reads as it is (it then pads no response); never a config file's.
+    Empty,
 }
 
 impl Placement {
@@ -97,6 +100,7 @@ impl Placement {
             Placement::QueryInHeader => "queryInHeader",
             Placement::Body => "body",
             Placement::Auto => "auto",
+            Placement::Empty => "",
         }
     }
 }
@@ -502,7 +506,9 @@ impl Settings {
     /// The padding a request carries, looked for where Xray's `ExtractXPaddingFromRequest`
     /// looks: without obfs mode the `x_padding` query of `Referer` (or of the URL itself
     /// when there is no `Referer`); with it the cookie, the header (or its URL's query),
-    /// then the query, named by the padding settings.
+    /// then the query, named by the padding settings. An empty key or header (an API
+    /// Config's, read as given) names no cookie and no header; the query's empty key is
+    /// `?=..`, as Go's `Query().Get("")` finds it.
     pub fn request_padding(&self, head: &RequestHead<'_>) -> Option<String> {
         let p = &self.padding;
         if !p.obfs_mode {
@@ -511,10 +517,11 @@ impl Settings {
                 None => head.query("x_padding"),
             };
         }
-        if let Some(c) = head.cookie(&p.key).filter(|c| !c.is_empty()) {
+        // Go's `Cookie("")` finds none; an empty header name matches no field.
+        if let Some(c) = head.cookie(&p.key).filter(|c| !c.is_empty() && !p.key.is_empty()) {
             return Some(c.to_owned());
         }
-        if let Some(h) = head.header(&p.header) {
+        if let Some(h) = head.header(&p.header).filter(|_| !p.header.is_empty()) {
             if p.placement == Placement::Header {
                 return Some(h.to_owned());
             }
@@ -588,11 +595,16 @@ impl Settings {
         }
         let p = &self.padding;
         let value = padding(if p.obfs_mode { p.method } else { PaddingMethod::RepeatX }, padding_len as usize);
+        // Go drops a header without a name, and sets no cookie without one.
         match (p.obfs_mode, p.placement) {
             (false, _) => out.push(("X-Padding".into(), value)),
-            (true, Placement::Header) => out.push((p.header.clone(), value)),
-            (true, Placement::QueryInHeader) => out.push((p.header.clone(), format!("?{}={value}", p.key))),
-            (true, Placement::Cookie) => out.push(("Set-Cookie".into(), format!("{}={value}; Path=/", p.key))),
+            (true, Placement::Header) if !p.header.is_empty() => out.push((p.header.clone(), value)),
+            (true, Placement::QueryInHeader) if !p.header.is_empty() => {
+                out.push((p.header.clone(), format!("?{}={value}", p.key)))
+            }
+            (true, Placement::Cookie) if !p.key.is_empty() => {
+                out.push(("Set-Cookie".into(), format!("{}={value}; Path=/", p.key)))
+            }
             (true, _) => {}
         }
         out
@@ -658,14 +670,15 @@ impl Settings {
         // As config.go: padding goes in before the session id and seq, so a URL in a header
         // is the base path's, its query replaced by the padding.
         let base = escape_path(&self.path);
+        // As xpadding.go: no header, cookie or query parameter without a name.
         match (p.obfs_mode, p.placement) {
             (false, _) => headers.push(("Referer".into(), format!("{origin}{base}?x_padding={value}"))),
-            (true, Placement::Header) => headers.push((p.header.clone(), value)),
-            (true, Placement::QueryInHeader) => {
+            (true, Placement::Header) if !p.header.is_empty() => headers.push((p.header.clone(), value)),
+            (true, Placement::QueryInHeader) if !p.header.is_empty() => {
                 headers.push((p.header.clone(), format!("{origin}{base}?{}={value}", p.key)));
             }
-            (true, Placement::Cookie) => cookies.push((p.key.clone(), value)),
-            (true, Placement::Query) => full_query.push(format!("{}={value}", p.key)),
+            (true, Placement::Cookie) if !p.key.is_empty() => cookies.push((p.key.clone(), value)),
+            (true, Placement::Query) if !p.key.is_empty() => full_query.push(format!("{}={value}", p.key)),
             (true, _) => {}
         }
         if !full_query.is_empty() {
@@ -743,10 +756,12 @@ fn host_matches(request: &str, config: &str) -> bool {
     bare.eq_ignore_ascii_case(config)
 }
 
-/// The first value of `key` in a URL query, percent- and `+`-decoded.
+/// The first value of `key` in a URL query, percent- and `+`-decoded; as Go's `ParseQuery`,
+/// empty pairs and pairs with a `;` are skipped.
 fn query_param(query: &str, key: &str) -> Option<String> {
     query
         .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.contains(';'))
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
         .find_map(|(k, v)| (percent_decode(k) == key).then(|| percent_decode(v)))
 }
@@ -1149,6 +1164,46 @@ mod tests {
         // config.go pads before it places the session id: Referer is the base URL's.
         let referer = format!("https://example.com/xh/?x_padding={}", "X".repeat(100));
         assert!(c.headers.contains(&("Referer".into(), referer)), "{c:?}");
+    }
+
+    /// xpadding.go with an obfs-mode Config whose key, header and placement are empty (an API
+    /// Config's, read as given): no cookie and no header is looked at, the query's empty key
+    /// (`?=..`, Go's `Query().Get("")`) is the only padding taken, and responses carry none.
+    #[test]
+    fn obfs_mode_with_empty_keys_reads_as_xpadding_go_does() {
+        let mut s = settings("/xh");
+        s.padding = Padding {
+            obfs_mode: true,
+            key: String::new(),
+            header: String::new(),
+            placement: Placement::Empty,
+            ..Padding::default()
+        };
+        let referer = referer();
+        let obfs_header = format!("https://example.com/xh/?x_padding={PAD}");
+        let cookie = format!("={PAD}");
+        for h in [
+            vec![("Referer", referer.as_str())],
+            vec![("X-Padding", obfs_header.as_str())],
+            vec![("Cookie", cookie.as_str())],
+        ] {
+            assert_eq!(s.classify(&head("GET", "/xh/abc", &h)), Err(Refused::Padding(0)), "{h:?}");
+        }
+        let in_query = format!("/xh/abc?a=1&&={PAD}");
+        assert_eq!(s.classify(&head("GET", &in_query, &[])), Ok(Request::Download { session: "abc".into() }));
+        let short = "/xh/abc?=XXXX";
+        assert_eq!(s.classify(&head("GET", short, &[])), Err(Refused::Padding(4)));
+        let answer = s.response_headers(&head("GET", &in_query, &[]), 120);
+        assert!(answer.iter().all(|(_, v)| !v.contains("XXXX")), "{answer:?}");
+        // A client with such settings sends none either (and so is refused, as Xray's is).
+        let c = s.client_request("https://example.com", Some("abc"), None, 100, false);
+        assert!(!c.target.contains('X') && c.headers.iter().all(|(_, v)| !v.contains("XXXX")), "{c:?}");
+        // Each empty name alone: a named placement without its name pads nothing.
+        for placement in [Placement::Header, Placement::QueryInHeader, Placement::Cookie] {
+            s.padding.placement = placement;
+            let answer = s.response_headers(&head("GET", &in_query, &[]), 120);
+            assert!(answer.iter().all(|(_, v)| !v.contains("XXXX")), "{placement:?}: {answer:?}");
+        }
     }
 
     /// xpadding.go: tokenish padding is judged by its Huffman length, with a tolerance of 2.
