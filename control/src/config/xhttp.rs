@@ -20,6 +20,16 @@ pub(super) fn pick(xhttp: Option<Value>, splithttp: Option<Value>) -> Option<(&'
     }
 }
 
+/// The `downloadSettings` in force in the xhttpSettings `raw` at `path` (inside `extra`
+/// when there is one, as Xray's Build reads it), with its path.
+pub(super) fn download_value(raw: &Value, path: &str) -> Option<(Value, String)> {
+    let (settings, at) = match raw.get("extra") {
+        Some(extra) => (extra, format!("{path}.extra")),
+        None => (raw, path.to_owned()),
+    };
+    settings.get("downloadSettings").filter(|v| !v.is_null()).map(|v| (v.clone(), format!("{at}.downloadSettings")))
+}
+
 /// `xhttpSettings` outside a config file (the API's splithttp Config in its JSON form),
 /// checked as a config's are; errors name fields under `path`.
 pub fn load_xhttp_settings(value: Value, path: &str) -> Result<XhttpSpec, ConfigError> {
@@ -273,7 +283,9 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
         return Err(ConfigError::invalid(key("downloadSettings"), "cannot be used in stream-one mode"));
     }
     let xmux = xmux(raw.xmux, &key("xmux"))?;
-    Ok(XhttpSpec { settings, xmux, download_settings: raw.download_settings.is_some_and(|v| !v.is_null()) })
+    // An outbound reads its downloadSettings (config/outbound.rs `xhttp_download`).
+    let download_settings = raw.download_settings.is_some_and(|v| !v.is_null());
+    Ok(XhttpSpec { settings, xmux, download_settings, download: None })
 }
 
 /// `xmux`, with Xray's defaults when absent or empty.
