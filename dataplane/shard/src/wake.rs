@@ -119,3 +119,74 @@ pub(crate) async fn across_shards<F: Future>(f: F) -> F::Output {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A rung bell is not rung again until its reader has taken the ring: one byte per
+    /// wake-up of the shard, however many wakes come meanwhile.
+    #[test]
+    fn a_bell_rings_once_until_it_is_read() {
+        let (ring, mut listen) = StdUnixStream::pair().unwrap();
+        ring.set_nonblocking(true).unwrap();
+        listen.set_nonblocking(true).unwrap();
+        let bell = Doorbell { ring, rung: AtomicBool::new(false) };
+        for _ in 0..3 {
+            bell.ring();
+        }
+        let mut b = [0u8; 8];
+        assert_eq!(listen.read(&mut b).unwrap(), 1);
+        bell.rung.swap(false, Ordering::AcqRel);
+        bell.ring();
+        assert_eq!(listen.read(&mut b).unwrap(), 1);
+    }
+
+    /// A task on a glommio executor, woken by another thread through its cross-shard waker,
+    /// runs again, and the wake rang the executor's doorbell; the waker made once is reused
+    /// for the task's later polls.
+    #[test]
+    fn a_task_woken_from_another_thread_runs_again_and_rings_its_doorbell() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap();
+        ex.run(async {
+            spawn_doorbell().unwrap();
+            let bell = BELL.with(|b| b.borrow().clone()).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel::<Waker>();
+            // Whether the bell was rung right after each wake (its reader clears it soon
+            // after), and whether each waker was the one before.
+            let waker_thread = std::thread::spawn(move || {
+                let (mut rung, mut same, mut last): (usize, usize, Option<Waker>) = (0, 0, None);
+                for waker in rx {
+                    std::thread::sleep(Duration::from_millis(20));
+                    same += usize::from(last.as_ref().is_some_and(|l| l.will_wake(&waker)));
+                    waker.wake_by_ref();
+                    rung += usize::from(bell.rung.load(Ordering::Acquire));
+                    last = Some(waker);
+                }
+                (rung, same)
+            });
+            let mut cache = CrossShardWaker::default();
+            for _ in 0..20 {
+                let started = Instant::now();
+                let mut sent = false;
+                std::future::poll_fn(|cx| {
+                    if sent {
+                        return std::task::Poll::Ready(());
+                    }
+                    sent = true;
+                    tx.send(cache.get(cx)).unwrap();
+                    std::task::Poll::Pending
+                })
+                .await;
+                assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+            }
+            drop(tx);
+            let (rung, same) = waker_thread.join().unwrap();
+            assert!(rung > 0, "no wake rang the doorbell");
+            assert_eq!(same, 19, "the wrapped waker is made once per task waker");
+        });
+    }
+}
