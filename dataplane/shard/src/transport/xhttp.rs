@@ -792,7 +792,12 @@ impl Server {
                     match reading.await {
                         Ok(b) => {
                             empty_body = b.is_empty();
-                            payload.extend_from_slice(&b);
+                            // Most packets carry nothing in headers: the body is the payload.
+                            if payload.is_empty() {
+                                payload = b;
+                            } else {
+                                payload.extend_from_slice(&b);
+                            }
                         }
                         Err(BodyError::TooLarge) => {
                             self.refuse(format_args!("POST over scMaxEachPostBytes {max}"));
