@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
-# VLESS bulk upload over XHTTP (stream-one and packet-up, h2 over TLS) against plain VLESS over
-# TLS, shardray on both ends: a shardray client (dokodemo-door in, VLESS out) and a shardray
-# server (VLESS in, freedom out) push 1 GiB on 4 connections to a local sink, per row, twice
-# each, alternating; prints a table of MB/s and each process's CPU seconds per GB (from
-# /proc); `make perf` runs it as its `xhttp` scenario (BYTES sets the size). No other
-# XHTTP implementation runs here, so the peer is plain VLESS+TLS through the same two
-# processes. Run from the repository root after `cargo build --release -p shardray`:
-#   python3 perf/xhttp-upload.py [tls] [stream-one] [packet-up]
+# VLESS bulk upload over XHTTP (stream-one, stream-up and packet-up, h2 over TLS) against plain
+# VLESS over TLS, shardray on both ends: a shardray client (dokodemo-door in, VLESS out) and a
+# shardray server (VLESS in, freedom out) push BYTES (default 1 GiB) on 4 connections to a
+# local sink, per row, RUNS times each (default 2), rows alternating; prints each run's MB/s
+# and each process's CPU seconds per GB (from /proc), then the medians with the ratios of
+# every XHTTP row to VLESS+TLS. Both rows pay the client process, so the server's CPU per GB
+# is the transport's cost. `make perf` runs it as its `xhttp` scenario. No other XHTTP
+# implementation runs here, so the peer is plain VLESS+TLS through the same two processes.
+# Run from the repository root after `cargo build --release -p shardray`:
+#   python3 perf/xhttp-upload.py [tls] [stream-one] [stream-up] [packet-up]
 import json, os, tempfile, socket, subprocess, sys, threading, time
 SR = os.environ.get("SHARDRAY_BIN", "target/release/shardray")
-TOTAL = int(os.environ.get("BYTES", str(1 << 30)))
+def size(text):
+    # As shardray-bench reads BYTES: a number with an optional KiB, MiB or GiB.
+    for suffix, mult in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)):
+        if text.endswith(suffix): return int(text[:-len(suffix)]) * mult
+    return int(text)
+TOTAL = size(os.environ.get("BYTES", "1GiB"))
 UUID = "b831381d-6324-4d53-ad4f-8cda48b30811"
 def free():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -88,9 +95,24 @@ def run(row, conns=4):
     client.kill(); server.kill(); client.wait(); server.wait()
     gb = TOTAL / 1e9
     name = "VLESS+TLS" if row == "tls" else "VLESS+XHTTP %s (h2, TLS)" % row
-    print("| %s | %.0f | %.2f | %.2f |" % (name, TOTAL / el / 1e6, (s1 - s0) / gb, (c1 - c0) / gb), flush=True)
-rows = sys.argv[1:] or ["tls", "stream-one", "packet-up"]
-print("| shardray to shardray | MB/s | server CPU s/GB | client CPU s/GB |\n| --- | --- | --- | --- |", flush=True)
-for _ in range(2):
+    got = (TOTAL / el / 1e6, (s1 - s0) / gb, (c1 - c0) / gb)
+    print("| %s | %.0f | %.2f | %.2f |" % ((name,) + got), flush=True)
+    return name, got
+def median(xs):
+    xs = sorted(xs); n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+rows = sys.argv[1:] or ["tls", "stream-one", "stream-up", "packet-up"]
+RUNS = int(os.environ.get("RUNS", "2"))
+print("| shardray to shardray, each run | MB/s | server CPU s/GB | client CPU s/GB |\n| --- | --- | --- | --- |", flush=True)
+results = {}
+for _ in range(RUNS):
     for row in rows:
-        run(row)
+        name, got = run(row)
+        results.setdefault(name, []).append(got)
+print("\n| median of %d | MB/s | server CPU s/GB | client CPU s/GB | MB/s vs VLESS+TLS | server CPU vs VLESS+TLS |" % RUNS)
+print("| --- | --- | --- | --- | --- | --- |")
+med = {name: [median([g[i] for g in got]) for i in range(3)] for name, got in results.items()}
+base = med.get("VLESS+TLS")
+for name, (mbs, scpu, ccpu) in med.items():
+    ratio = ("%.2f× | %.2f×" % (mbs / base[0], scpu / base[1])) if base else "| "
+    print("| %s | %.0f | %.2f | %.2f | %s |" % (name, mbs, scpu, ccpu, ratio), flush=True)

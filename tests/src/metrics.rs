@@ -32,6 +32,19 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((status, if chunked { dechunk(body) } else { body.to_owned() }))
 }
 
+/// Live sessions on each shard of `server`, from its `/metrics` (it must have `metrics`).
+pub fn shard_sessions(server: &crate::Shardray) -> Vec<u64> {
+    let (_, text) = http_get(server.metrics.expect("metrics address"), "/metrics").unwrap();
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("shardray_shard_sessions{")) {
+        let shard: usize = line.split('"').nth(1).unwrap().parse().unwrap();
+        let value: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        out.resize(out.len().max(shard + 1), 0);
+        out[shard] = value;
+    }
+    out
+}
+
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {

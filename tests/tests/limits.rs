@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shardray_tests::api::{ApiClient, SetUserLevelOperation};
-use shardray_tests::metrics::http_get;
+use shardray_tests::metrics::shard_sessions;
 use shardray_tests::proxy::{echo_through, http_config, read_head, socks5_over, socks_config};
 use shardray_tests::servers::{EchoServer, RecordingServer};
 use shardray_tests::{trojan, trojan_config, vless, vless_config, wait_until, Shardray, ALICE, ALICE_PASSWORD};
@@ -143,19 +143,6 @@ fn rate_over(window: Duration, counter: impl Fn() -> u64) -> f64 {
     std::thread::sleep(window);
     let (c1, t1) = (counter(), Instant::now());
     (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
-}
-
-/// Live sessions on each shard, from `/metrics`.
-fn shard_sessions(server: &Shardray) -> Vec<u64> {
-    let (_, text) = http_get(server.metrics.expect("metrics address"), "/metrics").unwrap();
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with("shardray_shard_sessions{")) {
-        let shard: usize = line.split('"').nth(1).unwrap().parse().unwrap();
-        let value: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        out.resize(out.len().max(shard + 1), 0);
-        out[shard] = value;
-    }
-    out
 }
 
 /// Opens `n` connections to `proxy` such that both shards hold some, counting on none else

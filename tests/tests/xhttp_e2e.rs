@@ -36,7 +36,11 @@ enum Carrier {
     H2Tls,
 }
 
-/// The server: VLESS over XHTTP at `/xh`, any mode, TLS for the TLS carriers (no ALPN set:
+/// The path both ends are configured with: beyond ASCII, so the client must send it escaped
+/// (as Go's client does) and the server match it decoded (as Go's server does).
+const PATH: &str = "/xh-ü";
+
+/// The server: VLESS over XHTTP at [`PATH`], any mode, TLS for the TLS carriers (no ALPN set:
 /// it offers h2 and http/1.1, as Xray's).
 fn server(carrier: Carrier, cert: &SelfSigned) -> Shardray {
     let clients: Vec<Value> = USERS.iter().map(|(email, id)| json!({ "id": id, "email": email })).collect();
@@ -46,7 +50,7 @@ fn server(carrier: Carrier, cert: &SelfSigned) -> Shardray {
         Carrier::Http1Tls | Carrier::H2Tls => cert.stream_settings("localhost", &[]),
     };
     stream["network"] = json!("xhttp");
-    stream["xhttpSettings"] = json!({ "path": "/xh" });
+    stream["xhttpSettings"] = json!({ "path": PATH });
     c["inbounds"][0]["streamSettings"] = stream;
     c["api"] = loopback_api(&["StatsService", "HandlerService"]);
     c["log"]["loglevel"] = json!("info");
@@ -68,7 +72,7 @@ fn client(carrier: Carrier, server: SocketAddr, echo: SocketAddr) -> Shardray {
             "network": "xhttp",
             // A query on the path travels with every request; small POSTs make packet-up's
             // numbering and reassembly work hard.
-            "xhttpSettings": { "path": "/xh?from=test", "mode": mode, "extra": { "scMaxEachPostBytes": 100000 } }
+            "xhttpSettings": { "path": format!("{PATH}?from=test"), "mode": mode, "extra": { "scMaxEachPostBytes": 100000 } }
         });
         match carrier {
             Carrier::Http1 => {}
@@ -266,4 +270,109 @@ fn trojan_rides_xhttp_too() {
             && last.get("user>>>alice@example.com>>>traffic>>>downlink") == Some(&want)
     });
     assert!(exact, "counters should be {want} both ways, got {last:?}");
+}
+
+/// A TCP hop in front of `to` (a CDN edge, say) that counts what it carries each way.
+struct Hop {
+    addr: SocketAddr,
+    /// Bytes toward `to`, and back.
+    counts: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+}
+
+impl Hop {
+    fn start(to: SocketAddr) -> Hop {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts = std::sync::Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let c = counts.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(to) else { continue };
+                for (k, (mut from, mut into)) in
+                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                        .into_iter()
+                        .enumerate()
+                {
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        let mut b = vec![0u8; 64 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut b) {
+                            c[k].fetch_add(n as u64, Relaxed);
+                            if into.write_all(&b[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = into.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Hop { addr, counts }
+    }
+
+    fn carried(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.counts[0].load(Relaxed), self.counts[1].load(Relaxed))
+    }
+}
+
+/// `downloadSettings`, as Xray's client reads them: each session's GET goes to another
+/// address (a hop in front of the same server) with its own TLS and XHTTP settings, here
+/// HTTP/1.1 (ALPN `http/1.1`) while the uplink is HTTP/2, both under TLS. packet-up and
+/// stream-up move 1 MiB each way byte for byte; the hop carries the downlink and nothing of
+/// the uplink.
+#[test]
+fn download_settings_send_the_get_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = SelfSigned::generate(dir.path(), &["localhost"]);
+    let echo = EchoServer::start();
+    let server = server(Carrier::H2Tls, &cert);
+    let hop = Hop::start(server.inbound("vless-in"));
+    let mut inbounds = Vec::new();
+    let mut outbounds = Vec::new();
+    let mut rules = Vec::new();
+    for (i, mode) in ["packet-up", "stream-up"].into_iter().enumerate() {
+        inbounds.push(json!({
+            "tag": format!("door-{mode}"), "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
+            "settings": { "address": echo.addr().ip().to_string(), "port": echo.addr().port(), "network": "tcp" }
+        }));
+        let download = json!({
+            "address": "127.0.0.1", "port": hop.addr.port(), "network": "xhttp", "security": "tls",
+            "tlsSettings": { "serverName": "localhost", "allowInsecure": true, "alpn": ["http/1.1"] },
+            "xhttpSettings": { "path": PATH, "xPaddingBytes": "300-400" }
+        });
+        outbounds.push(json!({
+            "tag": format!("out-{mode}"), "protocol": "vless",
+            "settings": { "vnext": [{ "address": "127.0.0.1", "port": server.inbound("vless-in").port(),
+                                      "users": [{ "id": USERS[i].1, "encryption": "none" }] }] },
+            "streamSettings": { "network": "xhttp", "security": "tls",
+                "tlsSettings": { "serverName": "localhost", "allowInsecure": true },
+                "xhttpSettings": { "path": PATH, "mode": mode, "extra": { "downloadSettings": download } } }
+        }));
+        rules.push(
+            json!({ "type": "field", "inboundTag": [format!("door-{mode}")], "outboundTag": format!("out-{mode}") }),
+        );
+    }
+    let client = Shardray::start(
+        &json!({ "log": { "loglevel": "info" }, "inbounds": inbounds, "outbounds": outbounds,
+                 "routing": { "rules": rules } }),
+        2,
+    );
+    for mode in ["packet-up", "stream-up"] {
+        let before = hop.carried();
+        let data = payload(1 << 20, mode.len() as u64);
+        let got = exchange(client.inbound(&format!("door-{mode}")), &data);
+        assert!(
+            got == data,
+            "{mode}: {} bytes back\nclient:\n{}\nserver:\n{}",
+            got.len(),
+            client.output(),
+            server.output()
+        );
+        let (up, down) = hop.carried();
+        let (up, down) = (up - before.0, down - before.1);
+        assert!(down >= data.len() as u64, "{mode}: the hop carried {down} bytes down");
+        assert!(up < 64 * 1024, "{mode}: the hop carried {up} bytes up: the uplink went through it");
+    }
 }

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, ProxyOutboundSpec,
     ShadowsocksOutboundSpec, SocketOptions, TlsClientSpec, TransportSpec, TrojanOutboundSpec, UserSpec, VlessFlow,
-    VlessOutboundSpec, VmessOutboundSpec,
+    VlessOutboundSpec, VmessOutboundSpec, XhttpDownloadSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 
@@ -524,13 +524,46 @@ fn shadowsocks(settings: Value, path: &str) -> Result<ShadowsocksOutboundSpec, C
     })
 }
 
+/// An XHTTP outbound's `downloadSettings` at `path`: a `streamSettings` of its own with the
+/// server's `address` and `port`, over `xhttp`, plain or TLS. Its `sockopt` is refused (the
+/// GET is dialed as the outbound's requests are), and a `downloadSettings` inside it is read
+/// and, as by Xray, not used.
+fn xhttp_download(value: Value, path: &str) -> Result<XhttpDownloadSpec, ConfigError> {
+    let Value::Object(mut fields) = value else {
+        return Err(ConfigError::invalid(path, "must be an object (a streamSettings with address and port)"));
+    };
+    let address = fields.remove("address");
+    let port = fields.remove("port");
+    if fields.remove("sockopt").is_some_and(|v| !is_empty_value(&v)) {
+        return Err(ConfigError::unsupported(
+            format!("{path}.sockopt"),
+            "sockopt in downloadSettings (its GET is dialed with the outbound's)",
+        ));
+    }
+    let address = match &address {
+        None => None,
+        Some(Value::String(a)) => Some(a.as_str()),
+        Some(_) => return Err(ConfigError::invalid(format!("{path}.address"), "must be a string")),
+    };
+    let server = server_at(address, port.as_ref(), path)?;
+    let network = fields.get("network").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+    if network != "xhttp" && network != "splithttp" {
+        return Err(ConfigError::invalid(format!("{path}.network"), "must be \"xhttp\" (the GET is an XHTTP request)"));
+    }
+    let (tls, transport) = client_stream(deserialize_at(Value::Object(fields), path)?, path)?;
+    let TransportSpec::Xhttp(xhttp) = transport else {
+        return Err(ConfigError::invalid(format!("{path}.network"), "must be \"xhttp\""));
+    };
+    Ok(XhttpDownloadSpec { server, tls, xhttp: *xhttp })
+}
+
 /// An outbound's `streamSettings`: the TLS client settings when `security` is `tls`, and the
 /// transport (raw TCP, WebSocket, HTTPUpgrade, gRPC, XHTTP). `fingerprint` is accepted and ignored (the
 /// loader notes it).
 fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientSpec>, TransportSpec), ConfigError> {
     let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
     let mut xhttp = super::xhttp::pick(raw.xhttp_settings.take(), raw.splithttp_settings.take());
-    let xhttp_key = xhttp.as_ref().map_or("xhttpSettings", |(k, _)| *k);
+    let download = xhttp.as_ref().and_then(|(k, v)| super::xhttp::download_value(v, &format!("{path}.{k}")));
     let transport = match super::inbound::stream_transport(
         &network,
         &mut raw.ws_settings,
@@ -539,11 +572,11 @@ fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientS
         &mut xhttp,
         path,
     ) {
-        Ok(TransportSpec::Xhttp(x)) if x.download_settings => {
-            return Err(ConfigError::unsupported(
-                format!("{path}.{xhttp_key}.downloadSettings"),
-                "downloadSettings (the downlink over another connection) on an xhttp outbound",
-            ));
+        Ok(TransportSpec::Xhttp(mut x)) => {
+            if let Some((value, at)) = download {
+                x.download = Some(Box::new(xhttp_download(value, &at)?));
+            }
+            TransportSpec::Xhttp(x)
         }
         Ok(t) => t,
         Err(_)

@@ -363,6 +363,9 @@ pub(super) struct RawXhttpSettings {
     /// `Some(Null)` for `"extra": null`, which Xray reads as an empty extra.
     #[serde(default, deserialize_with = "present")]
     pub extra: Option<Value>,
+    /// shardray's own: these settings are an API splithttp Config in JSON form
+    /// (convert/inbound.rs), whose empty values Xray's server reads otherwise than its loader.
+    pub from_api_config: Option<bool>,
 }
 
 /// A key's value, `null` included, when the key is present.

@@ -1426,7 +1426,7 @@ fn grpc_settings() {
 }
 
 /// XHTTP outbounds: the settings as an inbound's (extra included), TLS ALPN left for the
-/// client to choose h2 by; downloadSettings and h3 refused by name.
+/// client to choose h2 by; downloadSettings read; h3 refused by name.
 #[test]
 fn xhttp_outbound_settings() {
     let vless_out = |stream: Value| {
@@ -1442,11 +1442,36 @@ fn xhttp_outbound_settings() {
     let TransportSpec::Xhttp(x) = &o.transport else { panic!("{:?}", o.transport) };
     assert_eq!((x.settings.path.as_str(), x.settings.max_each_post_bytes.to), ("/xh/", 5000));
     assert!(o.tls.as_ref().unwrap().alpn.is_empty());
-    v["outbounds"][0]["streamSettings"]["splithttpSettings"] =
-        json!({ "downloadSettings": { "address": "b.example" } });
+    // downloadSettings: a streamSettings of its own with the server's address and port.
+    v["outbounds"][0]["streamSettings"]["splithttpSettings"] = json!({ "path": "/up", "downloadSettings": {
+        "address": "b.example", "port": 8443, "network": "xhttp", "security": "tls",
+        "tlsSettings": { "serverName": "b.example" }, "xhttpSettings": { "path": "/down", "host": "cdn.example" } } });
     v["outbounds"][0]["streamSettings"].as_object_mut().unwrap().remove("xhttpSettings");
-    let err = load(&v).unwrap_err();
-    assert_eq!(err.path, "outbounds[0].streamSettings.splithttpSettings.downloadSettings", "{err}");
+    let cfg = load(&v).unwrap();
+    let OutboundProtocol::Vless(o) = &cfg.outbounds[0].protocol else { panic!() };
+    let TransportSpec::Xhttp(x) = &o.transport else { panic!("{:?}", o.transport) };
+    let d = x.download.as_ref().expect("downloadSettings read");
+    assert_eq!((d.server.to_string().as_str(), d.xhttp.settings.path.as_str()), ("b.example:8443", "/down/"));
+    assert_eq!(
+        (d.xhttp.settings.host.as_str(), d.tls.as_ref().unwrap().server_name.as_str()),
+        ("cdn.example", "b.example")
+    );
+    // Each part it needs, and only what it can do, named by path.
+    let download = "outbounds[0].streamSettings.splithttpSettings.downloadSettings";
+    for (key, value, at) in [
+        ("port", Value::Null, "port"),
+        ("network", json!("ws"), "network"),
+        ("sockopt", json!({ "mark": 1 }), "sockopt"),
+        ("security", json!("reality"), "security"),
+    ] {
+        let mut bad = v.clone();
+        bad["outbounds"][0]["streamSettings"]["splithttpSettings"]["downloadSettings"][key] = value;
+        assert_eq!(load(&bad).unwrap_err().path, format!("{download}.{at}"), "{key}");
+    }
+    // As Xray's Build: not in stream-one mode.
+    let mut one = v.clone();
+    one["outbounds"][0]["streamSettings"]["splithttpSettings"]["mode"] = json!("stream-one");
+    assert!(load(&one).unwrap_err().path.ends_with("splithttpSettings.downloadSettings"));
     v["outbounds"][0]["streamSettings"].as_object_mut().unwrap().remove("splithttpSettings");
     v["outbounds"][0]["streamSettings"]["tlsSettings"]["alpn"] = json!(["h3"]);
     assert_eq!(load(&v).unwrap_err().path, "outbounds[0].streamSettings.tlsSettings.alpn");

@@ -20,6 +20,16 @@ pub(super) fn pick(xhttp: Option<Value>, splithttp: Option<Value>) -> Option<(&'
     }
 }
 
+/// The `downloadSettings` in force in the xhttpSettings `raw` at `path` (inside `extra`
+/// when there is one, as Xray's Build reads it), with its path.
+pub(super) fn download_value(raw: &Value, path: &str) -> Option<(Value, String)> {
+    let (settings, at) = match raw.get("extra") {
+        Some(extra) => (extra, format!("{path}.extra")),
+        None => (raw, path.to_owned()),
+    };
+    settings.get("downloadSettings").filter(|v| !v.is_null()).map(|v| (v.clone(), format!("{at}.downloadSettings")))
+}
+
 /// `xhttpSettings` outside a config file (the API's splithttp Config in its JSON form),
 /// checked as a config's are; errors name fields under `path`.
 pub fn load_xhttp_settings(value: Value, path: &str) -> Result<XhttpSpec, ConfigError> {
@@ -42,6 +52,7 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
             inner.host = outer.host;
             inner.path = outer.path;
             inner.mode = outer.mode;
+            inner.from_api_config = outer.from_api_config;
             (inner, at)
         }
         None => (outer, path.to_owned()),
@@ -83,13 +94,21 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
         Some(r) => padding.bytes = positive(r),
     }
     padding.obfs_mode = raw.x_padding_obfs_mode.unwrap_or(false);
-    if let Some(k) = raw.x_padding_key.filter(|k| !k.is_empty()) {
-        padding.key = k;
-    }
-    if let Some(h) = raw.x_padding_header.filter(|h| !h.is_empty()) {
-        padding.header = h;
-    }
+    // Xray's server reads an API Config's padding keys as they are (xpadding.go), where its
+    // loader fills in defaults: in obfs mode an empty key, header or placement stays empty
+    // (no cookie, header or response padding by that name; the method's "" is repeat-x's
+    // length check either way).
+    let from_api = raw.from_api_config.unwrap_or(false);
+    let as_given = from_api && padding.obfs_mode;
+    let given = |v: Option<String>, default: &mut String| match v {
+        Some(v) if !v.is_empty() => *default = v,
+        _ if as_given => default.clear(),
+        _ => {}
+    };
+    given(raw.x_padding_key, &mut padding.key);
+    given(raw.x_padding_header, &mut padding.header);
     padding.placement = match raw.x_padding_placement.as_deref().unwrap_or("") {
+        "" if as_given => Placement::Empty,
         "" => Placement::QueryInHeader,
         p @ ("cookie" | "header" | "query" | "queryInHeader") => Placement::parse(p).unwrap_or(Placement::Header),
         p => {
@@ -101,6 +120,8 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
         .ok_or_else(|| ConfigError::invalid(key("xPaddingMethod"), format!("unsupported padding method {method:?}")))?;
 
     let uplink_data_placement = match raw.uplink_data_placement.as_deref().unwrap_or("") {
+        // The server's GetNormalizedUplinkDataPlacement: a Config's "" is body; the loader's auto.
+        "" if from_api => Placement::Body,
         "" | "auto" => Placement::Auto,
         "body" => Placement::Body,
         p @ ("cookie" | "header") => {
@@ -262,7 +283,9 @@ pub(super) fn xhttp_settings(raw: Option<Value>, path: &str) -> Result<XhttpSpec
         return Err(ConfigError::invalid(key("downloadSettings"), "cannot be used in stream-one mode"));
     }
     let xmux = xmux(raw.xmux, &key("xmux"))?;
-    Ok(XhttpSpec { settings, xmux, download_settings: raw.download_settings.is_some_and(|v| !v.is_null()) })
+    // An outbound reads its downloadSettings (config/outbound.rs `xhttp_download`).
+    let download_settings = raw.download_settings.is_some_and(|v| !v.is_null());
+    Ok(XhttpSpec { settings, xmux, download_settings, download: None })
 }
 
 /// `xmux`, with Xray's defaults when absent or empty.

@@ -560,16 +560,13 @@ pub(crate) fn grpc_json(c: &grpc::encoding::Config) -> Value {
 }
 
 /// `xhttpSettings` from the API's splithttp Config, in the config's names: what is unset
-/// (empty, 0, a 0-0 range) is left out, so the loader fills Xray's defaults, except where
-/// Xray's server reads the Config's empty value otherwise than its config loader does.
+/// (empty, 0, a 0-0 range) is left out, so the loader fills Xray's defaults, and marked
+/// `fromApiConfig` so that it reads the empty values Xray's server reads otherwise than its
+/// config loader as the server does (an empty uplinkDataPlacement is body, obfs mode's empty
+/// padding keys stay empty: config/xhttp.rs).
 pub(crate) fn xhttp_json(c: &splithttp::Config) -> Value {
     let mut m = Map::new();
-    // The loader makes "" `auto` (transport_method.go); a Config that says nothing is read as
-    // `body` by the server (config.go `GetNormalizedUplinkDataPlacement`): X-Data headers and
-    // cookies are then not payload.
-    if c.uplink_data_placement.is_empty() {
-        m.insert("uplinkDataPlacement".into(), json!("body"));
-    }
+    m.insert("fromApiConfig".into(), json!(true));
     let range = |r: &Option<splithttp::RangeConfig>| {
         r.as_ref().filter(|r| r.from != 0 || r.to != 0).map(|r| json!(format!("{}-{}", r.from, r.to)))
     };
@@ -1337,6 +1334,70 @@ mod tests {
         let c = xhttp_config(x);
         assert_eq!(c.sc_stream_up_server_secs, Some(splithttp::RangeConfig { from: -1, to: -1 }));
         assert_eq!(through_api(&spec).unwrap(), spec);
+    }
+
+    /// xpadding.go reads a Config's padding keys as they are: in obfs mode an empty
+    /// xPaddingKey, xPaddingHeader or xPaddingPlacement stays empty there (the loader fills
+    /// them only for a config file), and survives the API form (the journal) so.
+    #[test]
+    fn an_api_xhttp_config_in_obfs_mode_keeps_its_empty_padding_keys() {
+        use shardray_wire::xhttp::{PaddingMethod, Placement};
+        let spec_of = |c: splithttp::Config| {
+            let inbound = InboundHandlerConfig {
+                tag: "x".into(),
+                receiver_settings: Some(receiver_config(
+                    &load(json!({ "tag": "x", "listen": "127.0.0.1", "port": 4433, "protocol": "vless",
+                                  "settings": { "decryption": "none", "clients": [] } })),
+                    Some(StreamConfig {
+                        protocol_name: "splithttp".into(),
+                        transport_settings: vec![TransportConfig {
+                            protocol_name: "splithttp".into(),
+                            settings: Some(TypedMessage { r#type: SPLITHTTP.into(), value: c.encode_to_vec() }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                )),
+                proxy_settings: inbound_config(&load(json!({ "tag": "x", "listen": "127.0.0.1", "port": 4433,
+                    "protocol": "vless", "settings": { "decryption": "none", "clients": [] } })))
+                .proxy_settings,
+            };
+            crate::config::load_inbound(inbound_json(&inbound).unwrap(), "inbound").unwrap()
+        };
+        let spec = spec_of(splithttp::Config { path: "/xh".into(), x_padding_obfs_mode: true, ..Default::default() });
+        let TransportSpec::Xhttp(x) = &spec.transport else { panic!("{:?}", spec.transport) };
+        let p = &x.settings.padding;
+        assert!(p.obfs_mode);
+        assert_eq!((p.key.as_str(), p.header.as_str(), p.placement), ("", "", Placement::Empty));
+        assert_eq!(p.method, PaddingMethod::RepeatX, "\"\" checks lengths as repeat-x does");
+        assert_eq!(through_api(&spec).unwrap(), spec);
+        // What the Config does name is kept; without obfs mode the keys are not read at all,
+        // and the loader's defaults stand.
+        let named = spec_of(splithttp::Config {
+            x_padding_obfs_mode: true,
+            x_padding_key: "pad".into(),
+            x_padding_placement: "cookie".into(),
+            ..Default::default()
+        });
+        let TransportSpec::Xhttp(x) = &named.transport else { panic!() };
+        let p = &x.settings.padding;
+        assert_eq!((p.key.as_str(), p.header.as_str(), p.placement), ("pad", "", Placement::Cookie));
+        let plain = spec_of(splithttp::Config::default());
+        let TransportSpec::Xhttp(x) = &plain.transport else { panic!() };
+        assert_eq!(x.settings.padding, shardray_wire::xhttp::Padding::default());
+        // A config file's "" is the loader's default, obfs mode or not (transport_method.go).
+        let file = load(json!({
+            "tag": "x", "listen": "127.0.0.1", "port": 4433, "protocol": "vless",
+            "settings": { "decryption": "none", "clients": [] },
+            "streamSettings": { "network": "xhttp", "xhttpSettings": { "xPaddingObfsMode": true,
+                "xPaddingKey": "", "xPaddingHeader": "", "xPaddingPlacement": "" } }
+        }));
+        let TransportSpec::Xhttp(x) = &file.transport else { panic!() };
+        let p = &x.settings.padding;
+        assert_eq!(
+            (p.key.as_str(), p.header.as_str(), p.placement),
+            ("x_padding", "X-Padding", Placement::QueryInHeader)
+        );
     }
 
     #[test]

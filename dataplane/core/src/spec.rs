@@ -571,9 +571,23 @@ pub struct XhttpSpec {
     pub settings: shardray_wire::xhttp::Settings,
     /// `xmux`: how a client spreads sessions over connections (a server ignores it).
     pub xmux: XmuxSpec,
-    /// `downloadSettings` was given: a client would fetch its downlink over another
-    /// connection (a server ignores it; the client does not serve it).
+    /// `downloadSettings` was given (a server ignores it, as Xray's does).
     pub download_settings: bool,
+    /// An outbound's `downloadSettings`, read: where its sessions' GETs go instead.
+    pub download: Option<Box<XhttpDownloadSpec>>,
+}
+
+/// An XHTTP outbound's `downloadSettings` (a `streamSettings` with `address` and `port`), as
+/// Xray's client uses them: each session's downlink GET goes to `server` with this TLS and
+/// these XHTTP settings (path, host, padding, headers, XMUX), its uplink as the outbound's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XhttpDownloadSpec {
+    /// `address` and `port`.
+    pub server: Destination,
+    /// `security` `tls` and its `tlsSettings`.
+    pub tls: Option<TlsClientSpec>,
+    /// `xhttpSettings` (`network` must be `xhttp`).
+    pub xhttp: XhttpSpec,
 }
 
 /// `xhttpSettings.xmux` (client side). Ranges of 0-0 mean no limit; Xray's loader sets

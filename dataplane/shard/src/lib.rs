@@ -18,6 +18,7 @@ pub mod sockopt;
 pub mod transport;
 mod users;
 mod vmess;
+mod wake;
 
 /// A shard's user table and the keys it is looked up by, public for the micro-benchmarks in
 /// `bench/`.
@@ -157,6 +158,10 @@ pub fn spawn_shard(plan: ShardPlan) -> std::io::Result<ShardHandle> {
 
 async fn run(plan: ShardPlan) {
     let ShardPlan { id, config, users, listeners, api_addrs, log, route_tap, events, commands, dns, ready, .. } = plan;
+    if let Err(e) = wake::spawn_doorbell() {
+        let _ = ready.send(Err(format!("shard {id} doorbell: {e}")));
+        return;
+    }
     let dns = dns.map(|requests| dns::DnsClient::new(id, requests));
     let ctx = match ShardCtx::new(config, api_addrs, log, route_tap, events, dns) {
         Ok(ctx) => Rc::new(ctx),

@@ -70,6 +70,9 @@ pub enum Placement {
     Body,
     /// Uplink data: header, cookie and body, concatenated (the server reads all three).
     Auto,
+    /// Padding nowhere: an obfs-mode API Config's empty `xPaddingPlacement`, which Xray's
+    /// server reads as it is (it then pads no response); never a config file's.
+    Empty,
 }
 
 impl Placement {
@@ -97,6 +100,7 @@ impl Placement {
             Placement::QueryInHeader => "queryInHeader",
             Placement::Body => "body",
             Placement::Auto => "auto",
+            Placement::Empty => "",
         }
     }
 }
@@ -323,9 +327,15 @@ impl<'a> RequestHead<'a> {
         self.headers.iter().find(|(n, v)| n.eq_ignore_ascii_case(name) && !v.is_empty()).map(|&(_, v)| v)
     }
 
-    /// The path, without its query.
+    /// The path as sent, without its query.
     pub fn path(&self) -> &'a str {
         self.target.split_once('?').map_or(self.target, |(p, _)| p)
+    }
+
+    /// The path percent-decoded, as Go's `r.URL.Path` is (`+` stays `+`); `None` when a `%`
+    /// is not followed by two hex digits (Go's server then answers 400).
+    pub fn decoded_path(&self) -> Option<String> {
+        percent_decode_path(self.path())
     }
 
     /// The query parameter `key`, percent-decoded (the first of that name).
@@ -391,6 +401,9 @@ pub enum Refused {
     Method,
     /// The sequence number is not a number (500, as Xray answers).
     Seq,
+    /// The path has a `%` not followed by two hex digits (400, as Go's server answers before
+    /// Xray sees the request).
+    PathEscape,
     /// Payload in headers or cookies is not base64url (400).
     InlineData,
 }
@@ -400,7 +413,7 @@ impl Refused {
     pub fn status(self) -> u16 {
         match self {
             Refused::Host | Refused::Path => 404,
-            Refused::Padding(_) | Refused::ModeNotAllowed(_) | Refused::InlineData => 400,
+            Refused::Padding(_) | Refused::ModeNotAllowed(_) | Refused::InlineData | Refused::PathEscape => 400,
             Refused::Method => 405,
             Refused::Seq => 500,
         }
@@ -416,6 +429,7 @@ impl std::fmt::Display for Refused {
             Refused::ModeNotAllowed(m) => write!(f, "{} mode is not allowed", m.as_str()),
             Refused::Method => f.write_str("unsupported method"),
             Refused::Seq => f.write_str("sequence number is not a number"),
+            Refused::PathEscape => f.write_str("invalid percent-escape in the path"),
             Refused::InlineData => f.write_str("invalid base64 in uplink header or cookie data"),
         }
     }
@@ -423,12 +437,16 @@ impl std::fmt::Display for Refused {
 
 impl Settings {
     /// Checks a request as Xray's `hub.go` does, in its order: host, path, padding, then
-    /// what the session id, sequence number and method make of it.
+    /// what the session id, sequence number and method make of it. The path is compared,
+    /// and the session id and seq taken from it, percent-decoded (hub.go reads
+    /// `r.URL.Path`), against the configured path as written.
     pub fn classify(&self, head: &RequestHead<'_>) -> Result<Request, Refused> {
+        // Go's server parses the URL before any handler runs.
+        let path = head.decoded_path().ok_or(Refused::PathEscape)?;
         if !self.host.is_empty() && !host_matches(head.host, &self.host) {
             return Err(Refused::Host);
         }
-        let path = head.path();
+        let path = path.as_str();
         if !path.starts_with(&self.path) {
             return Err(Refused::Path);
         }
@@ -488,7 +506,9 @@ impl Settings {
     /// The padding a request carries, looked for where Xray's `ExtractXPaddingFromRequest`
     /// looks: without obfs mode the `x_padding` query of `Referer` (or of the URL itself
     /// when there is no `Referer`); with it the cookie, the header (or its URL's query),
-    /// then the query, named by the padding settings.
+    /// then the query, named by the padding settings. An empty key or header (an API
+    /// Config's, read as given) names no cookie and no header; the query's empty key is
+    /// `?=..`, as Go's `Query().Get("")` finds it.
     pub fn request_padding(&self, head: &RequestHead<'_>) -> Option<String> {
         let p = &self.padding;
         if !p.obfs_mode {
@@ -497,10 +517,11 @@ impl Settings {
                 None => head.query("x_padding"),
             };
         }
-        if let Some(c) = head.cookie(&p.key).filter(|c| !c.is_empty()) {
+        // Go's `Cookie("")` finds none; an empty header name matches no field.
+        if let Some(c) = head.cookie(&p.key).filter(|c| !c.is_empty() && !p.key.is_empty()) {
             return Some(c.to_owned());
         }
-        if let Some(h) = head.header(&p.header) {
+        if let Some(h) = head.header(&p.header).filter(|_| !p.header.is_empty()) {
             if p.placement == Placement::Header {
                 return Some(h.to_owned());
             }
@@ -574,11 +595,16 @@ impl Settings {
         }
         let p = &self.padding;
         let value = padding(if p.obfs_mode { p.method } else { PaddingMethod::RepeatX }, padding_len as usize);
+        // Go drops a header without a name, and sets no cookie without one.
         match (p.obfs_mode, p.placement) {
             (false, _) => out.push(("X-Padding".into(), value)),
-            (true, Placement::Header) => out.push((p.header.clone(), value)),
-            (true, Placement::QueryInHeader) => out.push((p.header.clone(), format!("?{}={value}", p.key))),
-            (true, Placement::Cookie) => out.push(("Set-Cookie".into(), format!("{}={value}; Path=/", p.key))),
+            (true, Placement::Header) if !p.header.is_empty() => out.push((p.header.clone(), value)),
+            (true, Placement::QueryInHeader) if !p.header.is_empty() => {
+                out.push((p.header.clone(), format!("?{}={value}", p.key)))
+            }
+            (true, Placement::Cookie) if !p.key.is_empty() => {
+                out.push(("Set-Cookie".into(), format!("{}={value}; Path=/", p.key)))
+            }
             (true, _) => {}
         }
         out
@@ -634,7 +660,8 @@ impl Settings {
         }
         let p = &self.padding;
         let value = padding(if p.obfs_mode { p.method } else { PaddingMethod::RepeatX }, padding_len as usize);
-        let mut target = path;
+        // Sent escaped as Go's client sends `URL.Path`: the server decodes it again.
+        let mut target = escape_path(&path);
         let mut full_query: Vec<String> = Vec::new();
         if !self.query.is_empty() {
             full_query.push(self.query.clone());
@@ -642,15 +669,16 @@ impl Settings {
         full_query.extend(query.iter().map(|(k, v)| format!("{k}={v}")));
         // As config.go: padding goes in before the session id and seq, so a URL in a header
         // is the base path's, its query replaced by the padding.
-        let base = &self.path;
+        let base = escape_path(&self.path);
+        // As xpadding.go: no header, cookie or query parameter without a name.
         match (p.obfs_mode, p.placement) {
             (false, _) => headers.push(("Referer".into(), format!("{origin}{base}?x_padding={value}"))),
-            (true, Placement::Header) => headers.push((p.header.clone(), value)),
-            (true, Placement::QueryInHeader) => {
+            (true, Placement::Header) if !p.header.is_empty() => headers.push((p.header.clone(), value)),
+            (true, Placement::QueryInHeader) if !p.header.is_empty() => {
                 headers.push((p.header.clone(), format!("{origin}{base}?{}={value}", p.key)));
             }
-            (true, Placement::Cookie) => cookies.push((p.key.clone(), value)),
-            (true, Placement::Query) => full_query.push(format!("{}={value}", p.key)),
+            (true, Placement::Cookie) if !p.key.is_empty() => cookies.push((p.key.clone(), value)),
+            (true, Placement::Query) if !p.key.is_empty() => full_query.push(format!("{}={value}", p.key)),
             (true, _) => {}
         }
         if !full_query.is_empty() {
@@ -728,12 +756,47 @@ fn host_matches(request: &str, config: &str) -> bool {
     bare.eq_ignore_ascii_case(config)
 }
 
-/// The first value of `key` in a URL query, percent- and `+`-decoded.
+/// The first value of `key` in a URL query, percent- and `+`-decoded; as Go's `ParseQuery`,
+/// empty pairs and pairs with a `;` are skipped.
 fn query_param(query: &str, key: &str) -> Option<String> {
     query
         .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.contains(';'))
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
         .find_map(|(k, v)| (percent_decode(k) == key).then(|| percent_decode(v)))
+}
+
+/// A URL path percent-decoded as Go's `url.PathUnescape` does: `%XX` is the byte, `+` is
+/// itself, a `%` without two hex digits after it is an error.
+fn percent_decode_path(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |at: usize| b.get(at).and_then(|&c| (c as char).to_digit(16));
+            out.push((hex(i + 1)? * 16 + hex(i + 2)?) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A path escaped as Go's `URL.EscapedPath` escapes one it built (`shouldEscape` in path
+/// mode): letters, digits, `-_.~` and `$&+,/:;=@` as they are, every other byte `%XX`.
+pub fn escape_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for &c in path.as_bytes() {
+        if c.is_ascii_alphanumeric() || b"-_.~$&+,/:;=@".contains(&c) {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
 }
 
 fn percent_decode(s: &str) -> String {
@@ -952,6 +1015,53 @@ mod tests {
         assert_eq!(Refused::Seq.status(), 500);
     }
 
+    /// hub.go matches `r.URL.Path`, which Go has percent-decoded (`+` kept), against the
+    /// configured path as written, and splits the session id and seq out of it decoded; a
+    /// `%` without two hex digits is Go's 400 before any handler.
+    #[test]
+    fn paths_are_matched_and_split_percent_decoded_as_go_reads_them() {
+        let s = settings("/xh");
+        let r = referer();
+        let h = [("Referer", r.as_str())];
+        assert_eq!(
+            s.classify(&head("POST", "/%78h/s%31/%32?q=1", &h)),
+            Ok(Request::Packet { session: "s1".into(), seq: 2, inline: vec![], body: true })
+        );
+        assert_eq!(s.classify(&head("GET", "/xh/a+b", &h)), Ok(Request::Download { session: "a+b".into() }));
+        // An escaped slash is a slash once decoded: "b" is then the seq, not a number (500).
+        assert_eq!(s.classify(&head("POST", "/xh/a%2Fb/3", &h)), Err(Refused::Seq));
+        for bad in ["/xh/abc%zz", "/xh/abc%4", "/xh/%"] {
+            assert_eq!(s.classify(&head("GET", bad, &h)), Err(Refused::PathEscape), "{bad}");
+        }
+        assert_eq!(Refused::PathEscape.status(), 400);
+        // Before the host check, as Go parses the URL first.
+        let hosted = Settings { host: "example.com".into(), ..settings("/xh") };
+        let other = RequestHead { host: "evil.test", ..head("GET", "/xh/%zz", &h) };
+        assert_eq!(hosted.classify(&other), Err(Refused::PathEscape));
+        // The configured path is not decoded: "/a%20b" is matched by a path that decodes to it.
+        let literal = settings("/a%20b");
+        assert_eq!(literal.classify(&head("GET", "/a%20b/s", &h)), Err(Refused::Path));
+        assert_eq!(literal.classify(&head("GET", "/a%2520b/s", &h)), Ok(Request::Download { session: "s".into() }));
+    }
+
+    /// Go's client sends `URL.Path` escaped (`EscapedPath`); ours does too, so a path beyond
+    /// ASCII reaches a server that decodes it, and the Referer carries it escaped.
+    #[test]
+    fn the_client_escapes_its_path_as_go_does() {
+        assert_eq!(escape_path("/a b/ü?#%"), "/a%20b/%C3%BC%3F%23%25");
+        assert_eq!(escape_path("/x-_.~$&+,/:;=@"), "/x-_.~$&+,/:;=@");
+        let s = settings("/путь");
+        let c = s.client_request("https://example.com", Some("sid"), Some(0), 100, false);
+        assert_eq!(c.target, "/%D0%BF%D1%83%D1%82%D1%8C/sid/0");
+        let referer = format!("https://example.com/%D0%BF%D1%83%D1%82%D1%8C/?x_padding={}", "X".repeat(100));
+        assert!(c.headers.contains(&("Referer".into(), referer)), "{c:?}");
+        let hs: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            s.classify(&head("POST", &c.target, &hs)),
+            Ok(Request::Packet { session: "sid".into(), seq: 0, inline: vec![], body: true })
+        );
+    }
+
     /// hub.go: another path or host is a 404, checked before the padding.
     #[test]
     fn host_and_path_are_checked_first() {
@@ -1054,6 +1164,46 @@ mod tests {
         // config.go pads before it places the session id: Referer is the base URL's.
         let referer = format!("https://example.com/xh/?x_padding={}", "X".repeat(100));
         assert!(c.headers.contains(&("Referer".into(), referer)), "{c:?}");
+    }
+
+    /// xpadding.go with an obfs-mode Config whose key, header and placement are empty (an API
+    /// Config's, read as given): no cookie and no header is looked at, the query's empty key
+    /// (`?=..`, Go's `Query().Get("")`) is the only padding taken, and responses carry none.
+    #[test]
+    fn obfs_mode_with_empty_keys_reads_as_xpadding_go_does() {
+        let mut s = settings("/xh");
+        s.padding = Padding {
+            obfs_mode: true,
+            key: String::new(),
+            header: String::new(),
+            placement: Placement::Empty,
+            ..Padding::default()
+        };
+        let referer = referer();
+        let obfs_header = format!("https://example.com/xh/?x_padding={PAD}");
+        let cookie = format!("={PAD}");
+        for h in [
+            vec![("Referer", referer.as_str())],
+            vec![("X-Padding", obfs_header.as_str())],
+            vec![("Cookie", cookie.as_str())],
+        ] {
+            assert_eq!(s.classify(&head("GET", "/xh/abc", &h)), Err(Refused::Padding(0)), "{h:?}");
+        }
+        let in_query = format!("/xh/abc?a=1&&={PAD}");
+        assert_eq!(s.classify(&head("GET", &in_query, &[])), Ok(Request::Download { session: "abc".into() }));
+        let short = "/xh/abc?=XXXX";
+        assert_eq!(s.classify(&head("GET", short, &[])), Err(Refused::Padding(4)));
+        let answer = s.response_headers(&head("GET", &in_query, &[]), 120);
+        assert!(answer.iter().all(|(_, v)| !v.contains("XXXX")), "{answer:?}");
+        // A client with such settings sends none either (and so is refused, as Xray's is).
+        let c = s.client_request("https://example.com", Some("abc"), None, 100, false);
+        assert!(!c.target.contains('X') && c.headers.iter().all(|(_, v)| !v.contains("XXXX")), "{c:?}");
+        // Each empty name alone: a named placement without its name pads nothing.
+        for placement in [Placement::Header, Placement::QueryInHeader, Placement::Cookie] {
+            s.padding.placement = placement;
+            let answer = s.response_headers(&head("GET", &in_query, &[]), 120);
+            assert!(answer.iter().all(|(_, v)| !v.contains("XXXX")), "{placement:?}: {answer:?}");
+        }
     }
 
     /// xpadding.go: tokenish padding is judged by its Huffman length, with a tolerance of 2.

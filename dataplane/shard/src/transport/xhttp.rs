@@ -3,8 +3,9 @@
 //! the body of its GET (or of its stream-one POST); its uplink is that POST's body, or the
 //! numbered POSTs (packet-up) or one streaming POST (stream-up) that may arrive on any
 //! connection and so on any shard. Those find their session in a process-wide table, touched
-//! once per request, and hand their payload to it through a bounded channel that wakes the
-//! session's task on its own shard. The codec (paths, padding, modes, reordering) is
+//! once per request, and hand their payload to it through a bounded channel; every wait on
+//! that channel, either way, uses a waker that rings its own shard's doorbell when woken from
+//! another (wake.rs), so no hand-off waits on a lost wake-up. The codec (paths, padding, modes, reordering) is
 //! `shardray_wire::xhttp`.
 
 use std::cell::{Cell, RefCell};
@@ -30,6 +31,7 @@ use shardray_wire::xhttp::{Refused, Request as Kind, RequestHead, Settings, Uplo
 use super::grpc::{forwarded, NotASession, TokioIo};
 use crate::ctx::{InboundRt, LiveGuard, ShardCtx};
 use crate::inbound::ConnInfo;
+use crate::wake::{across_shards, CrossShardWaker};
 
 /// How long a session waits for its GET after its first request (Xray's hub.go: 30 s).
 const SESSION_TTL: Duration = Duration::from_secs(30);
@@ -361,6 +363,8 @@ struct XhttpStream {
     current: Option<Counted>,
     body_chunk: Bytes,
     down: PipeWriter,
+    /// The waker the uplink channel is polled with (POSTs on other shards wake it).
+    waker: CrossShardWaker,
     ctx: Rc<ShardCtx>,
     tag: Arc<str>,
 }
@@ -395,7 +399,8 @@ impl AsyncRead for XhttpStream {
                         this.current = Some(p);
                         continue;
                     }
-                    match ready!(rx.as_mut().poll_next(cx)) {
+                    let waker = this.waker.get(cx);
+                    match ready!(rx.as_mut().poll_next(&mut Context::from_waker(&waker))) {
                         Some(Upload::Packet(seq, data)) if !*streaming => {
                             if let Err(e) = queue.push(seq, data) {
                                 let tag = &this.tag;
@@ -700,7 +705,8 @@ impl Server {
         let kind = self.settings.classify(&head);
         let padding = self.settings.padding.bytes.pick(random());
         let headers = match kind {
-            Err(Refused::Host | Refused::Path) => Vec::new(),
+            // Refused before (or, for a bad escape, without) Xray's handler writing its headers.
+            Err(Refused::Host | Refused::Path | Refused::PathEscape) => Vec::new(),
             _ => self.settings.response_headers(&head, padding),
         };
         Asked {
@@ -786,7 +792,12 @@ impl Server {
                     match reading.await {
                         Ok(b) => {
                             empty_body = b.is_empty();
-                            payload.extend_from_slice(&b);
+                            // Most packets carry nothing in headers: the body is the payload.
+                            if payload.is_empty() {
+                                payload = b;
+                            } else {
+                                payload.extend_from_slice(&b);
+                            }
                         }
                         Err(BodyError::TooLarge) => {
                             self.refuse(format_args!("POST over scMaxEachPostBytes {max}"));
@@ -861,11 +872,12 @@ impl Server {
                         }
                         let wait = if keepalive.to > 0 { u64::from(keepalive.pick(rnd)) } else { 3600 };
                         rnd = random();
-                        let ended = futures_lite::future::or(async { done.recv().await.is_err() }, async {
-                            glommio::timer::sleep(Duration::from_secs(wait)).await;
-                            false
-                        })
-                        .await;
+                        let ended =
+                            futures_lite::future::or(async { across_shards(done.recv()).await.is_err() }, async {
+                                glommio::timer::sleep(Duration::from_secs(wait)).await;
+                                false
+                            })
+                            .await;
                         if ended {
                             break;
                         }
@@ -898,6 +910,7 @@ impl Server {
             current: None,
             body_chunk: Bytes::new(),
             down: writer,
+            waker: CrossShardWaker::default(),
             ctx: self.ctx.clone(),
             tag: self.inbound.tag.clone(),
         };
@@ -916,7 +929,7 @@ impl Server {
 
 /// Hands a packet to its session, waiting (bounded) for room as Xray's POST handler waits.
 async fn send(up: &async_channel::Sender<Upload>, packet: Upload) -> Result<(), &'static str> {
-    futures_lite::future::or(async { up.send(packet).await.map_err(|_| "session closed") }, async {
+    futures_lite::future::or(async { across_shards(up.send(packet)).await.map_err(|_| "session closed") }, async {
         glommio::timer::sleep(QUEUE_WAIT).await;
         Err("session queue full")
     })
@@ -935,17 +948,17 @@ async fn pump(mut body: Incoming, up: async_channel::Sender<Upload>, server: Rc<
             },
             Some(Err(e)) => break format!("upload stream broke off: {e}"),
             None => {
-                let _ = up.send(Upload::End).await;
+                let _ = across_shards(up.send(Upload::End)).await;
                 return;
             }
         };
         let Some(counted) = Counted::new(chunk) else { break "upload stream: xhttp upload buffers full".to_owned() };
-        if up.send(Upload::Chunk(counted)).await.is_err() {
+        if across_shards(up.send(Upload::Chunk(counted))).await.is_err() {
             return;
         }
     };
     server.refuse(format_args!("session {session:?}: {why}"));
-    let _ = up.send(Upload::Failed).await;
+    let _ = across_shards(up.send(Upload::Failed)).await;
 }
 
 enum BodyError {

@@ -159,6 +159,9 @@ struct Client {
     opening: glommio::sync::Semaphore,
     /// `CONN_IDLE` (shorter in tests).
     conn_idle: Duration,
+    /// `downloadSettings`: the client (its own settings, TLS and connections) and server
+    /// that carry each session's GET instead.
+    download: Option<(Rc<Client>, Destination)>,
 }
 
 /// Whether a configured `User-Agent` value is one of Xray's keywords (`chrome`: its
@@ -224,6 +227,11 @@ impl XhttpClient {
             header_pair(k, v)?;
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
+        // As Xray's dialer: its own HTTP version, from its own TLS settings.
+        let download = match &spec.download {
+            Some(d) => Some((XhttpClient::new(&d.xhttp, d.tls.as_ref(), &d.server)?.0, d.server.clone())),
+            None => None,
+        };
         Ok(XhttpClient(Rc::new(Client {
             max_concurrency: draw(spec.xmux.max_concurrency),
             max_connections: draw(spec.xmux.max_connections),
@@ -241,6 +249,7 @@ impl XhttpClient {
             pool: RefCell::new(Vec::new()),
             opening: glommio::sync::Semaphore::new(1),
             conn_idle: CONN_IDLE,
+            download,
         })))
     }
 
@@ -252,6 +261,14 @@ impl XhttpClient {
             Mode::StreamOne => None,
             _ => Some(client.settings.new_session_id(random_u64)),
         };
+        if let (Some((download, down_server)), Some(session)) = (&client.download, &session) {
+            // The GET from the download client, then the uplink from this one.
+            let (down, mut sessions, mut requests) = download.open_get(down_server, via, session).await?;
+            let (up, more_sessions, more_requests) = client.open_uplink(server, via, session.clone()).await?;
+            sessions.extend(more_sessions);
+            requests.extend(more_requests);
+            return Ok(XhttpStream { down, up, _sessions: sessions, _requests: requests });
+        }
         match client.h2 {
             true => client.open_h2(server, via, session).await,
             false => client.open_h1(server, via, session).await,
@@ -299,6 +316,53 @@ impl Client {
             }
             _ => (self.request(Some(session), Some(seq), Body::Packet(payload.len())), payload),
         }
+    }
+
+    // --- a downlink elsewhere (downloadSettings) ---
+
+    /// The GET of session `session`, as this (the download) client makes it, on its own
+    /// connections to `server`.
+    async fn open_get(
+        self: &Rc<Self>,
+        server: &Destination,
+        via: &Via,
+        session: &str,
+    ) -> io::Result<(Down, Vec<Running>, Vec<InFlight>)> {
+        let get = self.request(Some(session), None, Body::None);
+        if !self.h2 {
+            let conn = self.h1_request(server, via, self.h1_head(&get)).await?;
+            return Ok((Down::H1(Box::new(conn)), Vec::new(), Vec::new()));
+        }
+        let conn = self.mux(server, via).await?;
+        let running = Running::new(&conn);
+        let (response, _, get) = self.h2_send(&conn, self.h2_request(get)?, true).await?;
+        Ok((Down::H2(Box::new(H2Body::new(response))), vec![running], vec![get]))
+    }
+
+    /// The uplink of session `session` (packet-up or stream-up) to `server`, its downlink
+    /// being another client's.
+    async fn open_uplink(
+        self: &Rc<Self>,
+        server: &Destination,
+        via: &Via,
+        session: String,
+    ) -> io::Result<(Up, Vec<Running>, Vec<InFlight>)> {
+        if self.mode == Mode::PacketUp {
+            return Ok((
+                Up::Packets(Uploader::spawn(self.clone(), server.clone(), via.clone(), session)),
+                vec![],
+                vec![],
+            ));
+        }
+        let post = self.request(Some(&session), None, Body::Stream);
+        if !self.h2 {
+            return Ok((Up::H1(Box::new(self.h1_request(server, via, self.h1_head(&post)).await?)), vec![], vec![]));
+        }
+        let conn = self.mux(server, via).await?;
+        let running = Running::new(&conn);
+        let (response, send, post) = self.h2_send(&conn, self.h2_request(post)?, false).await?;
+        let up = Up::H2(Box::new(H2Upload::new(send, Some(H2Body::new(response)))));
+        Ok((up, vec![running], vec![post]))
     }
 
     // --- HTTP/1.1 ---

@@ -27,6 +27,7 @@ fn settings(mode: Mode) -> XhttpSpec {
         settings,
         xmux: XmuxSpec { max_connections: Range::new(1, 1), ..Default::default() },
         download_settings: false,
+        download: None,
     }
 }
 
