@@ -73,7 +73,12 @@ fn run(arg: &str) -> Outcome {
         (true, None) if out.contains("Configuration OK.") => "ok".to_string(),
         (false, Some(line)) => {
             let msg = &line[ERROR_PREFIX.len()..];
-            msg.strip_suffix(&format!(" (in {arg})")).unwrap_or(msg).to_string()
+            let msg = msg.strip_suffix(&format!(" (in {arg})")).unwrap_or(msg);
+            // A missing data file lists the directories searched, which depend on the checkout.
+            match msg.find(" (looked in ") {
+                Some(at) => format!("{} (looked in …)", &msg[..at]),
+                None => msg.to_string(),
+            }
         }
         _ => format!("unexpected: exit {status} with output {out:?}"),
     };

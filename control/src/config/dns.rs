@@ -77,7 +77,9 @@ struct RawDnsOutbound {
 }
 
 /// The `dns` object; `None` when it is absent or empty (the system resolver, as without one).
-pub(super) fn dns(value: Option<Value>) -> Result<Option<DnsSpec>, ConfigError> {
+/// `dns`; what is read differently from how it is written (an unknown `queryStrategy`) goes
+/// to `notes`.
+pub(super) fn dns(value: Option<Value>, notes: &mut Vec<String>) -> Result<Option<DnsSpec>, ConfigError> {
     let Some(value) = value.filter(|v| !is_empty_value(v)) else { return Ok(None) };
     let raw: RawDns = deserialize_at(value, "dns")?;
     if raw.client_ip.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -92,7 +94,7 @@ pub(super) fn dns(value: Option<Value>) -> Result<Option<DnsSpec>, ConfigError> 
     if let Some((key, _)) = unserved.iter().find(|(_, on)| *on) {
         return Err(ConfigError::unsupported(format!("dns.{key}"), key));
     }
-    let query_strategy = query_strategy(raw.query_strategy.as_deref(), "dns.queryStrategy")?.unwrap_or_default();
+    let query_strategy = query_strategy(raw.query_strategy.as_deref(), "dns.queryStrategy", notes)?.unwrap_or_default();
     let mut hosts = Vec::new();
     for (key, answer) in raw.hosts.unwrap_or_default() {
         let path = format!("dns.hosts.{key}");
@@ -103,7 +105,7 @@ pub(super) fn dns(value: Option<Value>) -> Result<Option<DnsSpec>, ConfigError> 
     }
     let mut servers = Vec::new();
     for (i, server) in raw.servers.unwrap_or_default().into_iter().enumerate() {
-        servers.push(name_server(server, &format!("dns.servers[{i}]"))?);
+        servers.push(name_server(server, &format!("dns.servers[{i}]"), notes)?);
     }
     Ok(Some(DnsSpec {
         hosts,
@@ -159,7 +161,7 @@ fn host_answer(value: &Value, path: &str) -> Result<HostAnswer, ConfigError> {
 }
 
 /// One of `servers`: an address string or an object.
-fn name_server(value: Value, path: &str) -> Result<DnsServerSpec, ConfigError> {
+fn name_server(value: Value, path: &str, notes: &mut Vec<String>) -> Result<DnsServerSpec, ConfigError> {
     let raw = match value {
         Value::String(address) => RawNameServer { address: Some(address), ..Default::default() },
         other => deserialize_at(other, path)?,
@@ -203,7 +205,7 @@ fn name_server(value: Value, path: &str) -> Result<DnsServerSpec, ConfigError> {
         expect_ips_prefer: !stars.is_empty(),
         unexpected_ips,
         skip_fallback: raw.skip_fallback.unwrap_or(false),
-        query_strategy: query_strategy(raw.query_strategy.as_deref(), &format!("{path}.queryStrategy"))?,
+        query_strategy: query_strategy(raw.query_strategy.as_deref(), &format!("{path}.queryStrategy"), notes)?,
         timeout: raw.timeout_ms.filter(|ms| *ms > 0).map_or(DEFAULT_TIMEOUT, Duration::from_millis),
         disable_cache: raw.disable_cache.unwrap_or(false),
     })
@@ -258,8 +260,13 @@ fn host_port(s: &str, default_port: u16, path: &str) -> Result<Destination, Conf
     }
 }
 
-/// `queryStrategy`, with Xray's spellings; `UseSystem` is not served.
-fn query_strategy(value: Option<&str>, path: &str) -> Result<Option<QueryStrategy>, ConfigError> {
+/// `queryStrategy`, with Xray's spellings; `UseSystem` is not served. Any other value is
+/// `UseIP`, as Xray's loader reads it, with a note.
+fn query_strategy(
+    value: Option<&str>,
+    path: &str,
+    notes: &mut Vec<String>,
+) -> Result<Option<QueryStrategy>, ConfigError> {
     let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(None) };
     let plain: String = value.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_ascii_lowercase();
     Ok(Some(match plain.as_str() {
@@ -268,10 +275,8 @@ fn query_strategy(value: Option<&str>, path: &str) -> Result<Option<QueryStrateg
         "useip6" | "useipv6" => QueryStrategy::UseIpv6,
         "usesys" | "usesystem" => return Err(ConfigError::unsupported(path, format!("{value:?}"))),
         _ => {
-            return Err(ConfigError::invalid(
-                path,
-                format!("unknown strategy {value:?} (expected UseIP, UseIPv4 or UseIPv6)"),
-            ))
+            notes.push(format!("{path}: unknown strategy {value:?} read as UseIP, as Xray reads it"));
+            QueryStrategy::UseIp
         }
     }))
 }

@@ -37,8 +37,8 @@ const LATER_NETWORKS: &[&str] = &["h2", "http", "kcp", "mkcp", "quic", "domainso
 pub(super) struct Inbounds {
     /// The inbounds shards serve.
     pub specs: Vec<InboundSpec>,
-    /// Where each served inbound listens, by the JSON path of its port.
-    pub listens: Vec<(String, SocketAddr)>,
+    /// Where each served inbound listens, by the JSON path of its port, and on which networks.
+    pub listens: Vec<(String, SocketAddr, NetworkSet)>,
     /// The dokodemo-door inbound carrying the API tag: its port's path and its address.
     pub api_inbound: Option<(String, SocketAddr)>,
     /// The dokodemo-door inbound that routing sends to the metrics outbound, likewise.
@@ -89,7 +89,7 @@ pub(super) fn inbounds(
         let (mut spec, listen) = inbound(ib, &path, tag)?;
         spec.config_index = Some(i);
         if spec.unix.is_none() {
-            out.listens.push((format!("{path}.port"), listen));
+            out.listens.push((format!("{path}.port"), listen, spec.networks()));
         }
         out.specs.push(spec);
     }

@@ -96,7 +96,7 @@ pub fn outbounds_of(doc: &Value) -> Result<Vec<shardray_core::spec::OutboundSpec
 pub fn routing_of(doc: &Value) -> Result<shardray_core::spec::RoutingSpec, ConfigError> {
     let section = doc.get("routing").cloned().ok_or_else(|| ConfigError::invalid("routing", "missing"))?;
     let raw: raw::RawRouting = validate::deserialize_at(section, "routing")?;
-    routing::routing(Some(raw), None, &[])
+    routing::routing(Some(raw), None, &[], &mut Vec::new())
 }
 
 /// What `geoip:private` stands for, for rules that arrive through the API.

@@ -30,11 +30,14 @@ pub(crate) const PRIVATE_NETS: &[&str] = &[
 
 /// Validates `routing` against the outbounds' tags (and the API's and the metrics endpoint's,
 /// `control_tags`, whose rules are dropped). Without outbounds (rules for a running server,
-/// whose outbounds are elsewhere), rules may name any outbound.
+/// whose outbounds are elsewhere), rules may name any outbound. A rule naming an outbound
+/// that does not exist is kept, with a note: as in Xray, the connections it matches are
+/// closed (the router's `Target::Missing`).
 pub(super) fn routing(
     raw: Option<RawRouting>,
     outbounds: Option<&[OutboundSpec]>,
     control_tags: &[&str],
+    notes: &mut Vec<String>,
 ) -> Result<RoutingSpec, ConfigError> {
     let raw = raw.unwrap_or_default();
     let strategy = raw.domain_strategy.unwrap_or_default().to_ascii_lowercase();
@@ -86,9 +89,10 @@ pub(super) fn routing(
             continue;
         }
         if outbounds.is_some_and(|list| !list.iter().any(|o| o.tag == spec.outbound_tag)) {
-            return Err(ConfigError::invalid(
-                format!("{path}.outboundTag"),
-                format!("no outbound is tagged {:?}", spec.outbound_tag),
+            notes.push(format!(
+                "{path}.outboundTag: no outbound is tagged {:?}; the connections this rule matches are closed, \
+                 as Xray closes them",
+                spec.outbound_tag
             ));
         }
         rules.push(spec);

@@ -436,6 +436,22 @@ fn metrics_listen_and_our_keys() {
     assert_eq!(m.max_user_series, 5);
 }
 
+/// A UDP-only dokodemo-door may share a TCP listener's port (007.json of the real-world
+/// corpus puts one on its API's port, as Xray allows); sharing a network clashes.
+#[test]
+fn listeners_clash_only_on_a_network_they_share() {
+    let inbound = |network: &str| {
+        json!({ "listen": "127.0.0.1", "port": 10086, "protocol": "dokodemo-door",
+                "settings": { "address": "192.0.2.1", "port": 53, "network": network } })
+    };
+    let mut v = base();
+    at(&mut v, "/inbounds").as_array_mut().unwrap().push(inbound("udp"));
+    assert_eq!(load(&v).unwrap().inbounds.len(), 2);
+    let err = broken(|v| at(v, "/inbounds").as_array_mut().unwrap().push(inbound("tcp,udp")));
+    assert_eq!(err.path, "inbounds[1].port");
+    assert!(err.to_string().contains("already taken by inbounds[0].port"), "{err}");
+}
+
 #[test]
 fn metrics_refuses_what_it_must() {
     let err = broken(|v| set(v, "", "metrics", json!({ "listen": "0.0.0.0:11111" })));
@@ -685,9 +701,8 @@ fn bad_regexp_and_geosite() {
 }
 
 #[test]
-fn rule_to_unknown_outbound_or_without_condition() {
-    let err = broken(|v| set(v, "/routing/rules/0", "outboundTag", json!("nowhere")));
-    assert_eq!(err.path, "routing.rules[0].outboundTag");
+fn rule_without_condition_or_to_an_unknown_balancer() {
+    // (A rule to an unknown outbound loads: `what_xray_reads_leniently_loads_with_a_note`.)
     let err = broken(|v| {
         at(v, "/routing/rules/0").as_object_mut().unwrap().remove("ip");
     });
@@ -1567,7 +1582,6 @@ fn dns_errors_name_their_path() {
         (json!({ "servers": [{ "address": "1.1.1.1", "port": 70000 }] }), "dns.servers[0].port"),
         (json!({ "servers": [{ "address": "1.1.1.1", "expectIPs": ["nonsense"] }] }), "dns.servers[0].expectIPs[0]"),
         (json!({ "servers": [{ "address": "1.1.1.1", "domains": ["regexp:("] }] }), "dns.servers[0].domains[0]"),
-        (json!({ "queryStrategy": "UseFastest" }), "dns.queryStrategy: unknown strategy"),
         (json!({ "queryStrategy": "UseSystem" }), "dns.queryStrategy: \"UseSystem\" is not supported yet"),
         (json!({ "clientIp": "1.2.3.4" }), "dns.clientIp: clientIp (EDNS client subnet) is not supported yet"),
         (json!({ "hosts": { "a.test": "not an ip!" } }), "dns.hosts.a.test: \"not an ip!\" is neither"),
@@ -1577,6 +1591,33 @@ fn dns_errors_name_their_path() {
     for (dns, want) in cases {
         let err = broken(|v| set(v, "", "dns", dns.clone()));
         assert!(err.to_string().starts_with(want), "{dns}: got {err}, want {want}");
+    }
+}
+
+/// Xray reads an unknown `queryStrategy` as UseIP and keeps a rule whose outbound does not
+/// exist (closing what it matches): both load, each with a note naming its path.
+#[test]
+fn what_xray_reads_leniently_loads_with_a_note() {
+    use shardray_core::spec::QueryStrategy;
+    let mut v = base();
+    set(
+        &mut v,
+        "",
+        "dns",
+        json!({ "queryStrategy": "UseIPv4v6:", "servers": [{ "address": "1.1.1.1", "queryStrategy": "Fastest" }] }),
+    );
+    set(&mut v, "", "routing", json!({ "rules": [{ "ip": ["10.0.0.0/8"], "outboundTag": "Reject" }] }));
+    let cfg = load(&v).unwrap();
+    let dns = cfg.dns.as_ref().unwrap();
+    assert_eq!(dns.query_strategy, QueryStrategy::UseIp);
+    assert_eq!(dns.servers[0].query_strategy, Some(QueryStrategy::UseIp));
+    assert_eq!(cfg.routing.rules[0].outbound_tag, "Reject");
+    for want in [
+        "dns.queryStrategy: unknown strategy \"UseIPv4v6:\" read as UseIP",
+        "dns.servers[0].queryStrategy: unknown strategy \"Fastest\" read as UseIP",
+        "routing.rules[0].outboundTag: no outbound is tagged \"Reject\"; the connections this rule matches are closed",
+    ] {
+        assert!(cfg.notes.iter().any(|n| n.starts_with(want)), "{want}: {:?}", cfg.notes);
     }
 }
 

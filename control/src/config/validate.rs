@@ -69,8 +69,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
     let inbounds = inbound::inbounds(raw.inbounds, &api_inbound_tags, &metrics_tags)?;
-    let routing = routing::routing(raw.routing, Some(&outbounds), &control_tags)?;
-    let dns = dns::dns(raw.dns)?;
+    let mut notes = Vec::new();
+    let routing = routing::routing(raw.routing, Some(&outbounds), &control_tags, &mut notes)?;
+    let dns = dns::dns(raw.dns, &mut notes)?;
 
     let mut listens = inbounds.listens;
     let api = match api {
@@ -79,7 +80,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             let listen = match (head.listen, inbounds.api_inbound) {
                 (Some(listen), _) => {
                     if let ApiListen::Tcp(addr) = &listen {
-                        listens.push(("api.listen".to_string(), *addr));
+                        listens.push(("api.listen".to_string(), *addr, TCP_ONLY));
                     }
                     listen
                 }
@@ -87,7 +88,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     if head.tokens.is_empty() && head.tls.is_none() {
                         check_loopback(addr.ip(), &path.replace(".port", ".listen"), "API")?;
                     }
-                    listens.push((path, addr));
+                    listens.push((path, addr, TCP_ONLY));
                     ApiListen::Tcp(addr)
                 }
                 (None, None) => {
@@ -112,19 +113,18 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             })
         }
     };
-    let mut notes = Vec::new();
     let metrics = match metrics {
         None => None,
         Some(head) => {
             let listen = match (head.listen, inbounds.metrics_inbound) {
                 (Some(listen), _) => {
                     if let ApiListen::Tcp(addr) = &listen {
-                        listens.push(("metrics.listen".to_string(), *addr));
+                        listens.push(("metrics.listen".to_string(), *addr, TCP_ONLY));
                     }
                     Some(listen)
                 }
                 (None, Some((path, addr))) => {
-                    listens.push((path, addr));
+                    listens.push((path, addr, TCP_ONLY));
                     Some(ApiListen::Tcp(addr))
                 }
                 (None, None) => {
@@ -545,13 +545,21 @@ fn metrics_head(value: Value, routing: Option<&RawRouting>) -> Result<MetricsHea
 // === checks across sections ===
 
 /// Two listeners on the same port whose addresses overlap cannot both bind.
-fn check_listen_conflicts(listens: &[(String, SocketAddr)]) -> Result<(), ConfigError> {
-    for (j, (path, addr)) in listens.iter().enumerate() {
+/// What the API and the metrics endpoint listen on.
+const TCP_ONLY: shardray_core::spec::NetworkSet = shardray_core::spec::NetworkSet { tcp: true, udp: false };
+
+/// Two listeners clash on one port and overlapping addresses only on a network they share:
+/// a UDP-only dokodemo-door may sit on the API's TCP port, as in Xray.
+fn check_listen_conflicts(
+    listens: &[(String, SocketAddr, shardray_core::spec::NetworkSet)],
+) -> Result<(), ConfigError> {
+    for (j, (path, addr, nets)) in listens.iter().enumerate() {
         if addr.port() == 0 {
             continue;
         }
-        for (earlier_path, earlier) in &listens[..j] {
-            if earlier.port() == addr.port() && ips_overlap(earlier.ip(), addr.ip()) {
+        for (earlier_path, earlier, earlier_nets) in &listens[..j] {
+            let shared = (nets.tcp && earlier_nets.tcp) || (nets.udp && earlier_nets.udp);
+            if shared && earlier.port() == addr.port() && ips_overlap(earlier.ip(), addr.ip()) {
                 return Err(ConfigError::invalid(
                     path.clone(),
                     format!("{addr} is already taken by {earlier_path} ({earlier})"),
