@@ -1,6 +1,6 @@
 //! The `dns` object and the `dns` outbound, against DNS servers the tests run on loopback:
 //! freedom's `UseIPv4` and the router's `IPIfNonMatch` resolve through it, answers are cached,
-//! `hosts` answers without a query, `domains` and `expectIPs` pick the server, a slow server
+//! `hosts` answers without a query (a `geosite:` key for every name of the list), `domains` and `expectIPs` pick the server, a slow server
 //! holds up only the sessions waiting for it, and a `dns` outbound answers queries routed to it.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -76,6 +76,25 @@ fn hosts_answer_without_a_query_and_a_plain_key_is_a_full_match() {
     // A plain key covers only its own name: a subdomain goes to the server (which knows none).
     assert!(!echoes(proxy, "sub.plain.test", port));
     assert_eq!(server_dns.queries("sub.plain.test"), 1);
+}
+
+#[test]
+fn a_geosite_key_in_hosts_answers_the_lists_names_without_a_query() {
+    // V2Ray 4.45.2's own geosite.dat, from the peers' cache.
+    std::env::set_var("XRAY_LOCATION_ASSET", shardray_tests::peers::v2ray().parent().unwrap());
+    let echo = EchoServer::start();
+    let server_dns = DnsServer::start(&[]);
+    let dns = json!({ "hosts": { "geosite:github": "127.0.0.1" }, "servers": [server_dns.udp().to_string()] });
+    let server = Shardray::start(&config("UseIPv4", dns), 2);
+    let proxy = server.inbound("socks-in");
+    let port = echo.addr().port();
+    for name in ["github.com", "api.github.com"] {
+        assert!(echoes(proxy, name, port), "{name}: {}", server.output());
+    }
+    assert_eq!(server_dns.all_queries(), vec![]);
+    // A name outside the list goes to the server (which knows none).
+    assert!(!echoes(proxy, "example.org", port));
+    assert_eq!(server_dns.queries("example.org"), 1);
 }
 
 #[test]
