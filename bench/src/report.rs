@@ -98,6 +98,9 @@ pub struct LimitsCost {
     pub unlimited_others_mib_s: (f64, f64),
     /// The same with the others limited by shardray.
     pub limited_others_mib_s: (f64, f64),
+    /// The proxy's median CPU seconds per second while only the others ran (before each
+    /// measurement), with no limits and with them: what relaying the others costs by itself.
+    pub others_alone_cpu_s_per_s: (Option<f64>, Option<f64>),
 }
 
 /// The throughput ratio issue 13 asks of unlimited users with limits configured for others.
@@ -217,16 +220,19 @@ impl Report {
                  run without limits): {} other users, each moving one upload and one download throughout; in \
                  `shardray+limits` they are at a level with uplinkRate = downlinkRate = {} B/s, maxConnections 4, \
                  maxIPs 2, in `shardray` at level 0 with no limits anywhere, paced by the harness to the same rate. \
-                 The measured user is at level 0, unlimited, in both.\n\n\
-                 | protocol | dir | runs | Gbit/s no limits | Gbit/s limits | ratio | CPU s/GB no limits | CPU s/GB limits | ratio | others MiB/s per user up/down (paced / limited) | ≥ {LIMITS_TARGET}× |\n\
-                 |---|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+                 The measured user is at level 0, unlimited, in both. CPU s/GB is the whole process's, the \
+                 others' relaying included; \"others alone\" is the proxy's CPU ms per second while only they \
+                 ran, before each measurement.\n\n\
+                 | protocol | dir | runs | Gbit/s no limits | Gbit/s limits | ratio | CPU s/GB no limits | CPU s/GB limits | ratio | others MiB/s per user up/down (paced / limited) | others alone CPU ms/s (paced / limited) | ≥ {LIMITS_TARGET}× |\n\
+                 |---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|\n",
                 first.others, first.others_rate
             );
+            let ms = |s: Option<f64>| cell(s.map(|s| s * 1e3), 1);
             for c in &self.limits {
                 let met = if c.gbit_s_ratio >= LIMITS_TARGET { "met" } else { "missed" };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.2} | {:.2} | {:.3}× | {} | {} | {} | {:.2}/{:.2} / {:.2}/{:.2} | {met} |",
+                    "| {} | {} | {} | {:.2} | {:.2} | {:.3}× | {} | {} | {} | {:.2}/{:.2} / {:.2}/{:.2} | {} / {} | {met} |",
                     c.protocol,
                     c.direction,
                     c.runs,
@@ -240,6 +246,8 @@ impl Report {
                     c.unlimited_others_mib_s.1,
                     c.limited_others_mib_s.0,
                     c.limited_others_mib_s.1,
+                    ms(c.others_alone_cpu_s_per_s.0),
+                    ms(c.others_alone_cpu_s_per_s.1),
                 );
             }
         }
@@ -270,6 +278,9 @@ fn limits_costs(runs: &[RunRecord], medians: &[Median]) -> Vec<LimitsCost> {
                 median(records.iter().map(|o| o.down_mib_s_per_user).collect()),
             )
         };
+        let alone = |records: &[&crate::throughput::OthersRecord]| {
+            median_measured(records.iter().map(|o| o.proxy_cpu_s_per_s_alone))
+        };
         let (with, without) = (others("shardray+limits"), others("shardray"));
         let Some(first) = with.first() else { continue };
         let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b.filter(|b| *b > 0.0)?);
@@ -287,6 +298,7 @@ fn limits_costs(runs: &[RunRecord], medians: &[Median]) -> Vec<LimitsCost> {
             cpu_per_gb_ratio: ratio(limited.cpu_s_per_gb, plain.cpu_s_per_gb),
             unlimited_others_mib_s: rates(&without),
             limited_others_mib_s: rates(&with),
+            others_alone_cpu_s_per_s: (alone(&without), alone(&with)),
         });
     }
     costs
@@ -599,6 +611,7 @@ mod tests {
                 max_ips: 2,
                 up_mib_s_per_user: up,
                 down_mib_s_per_user: 1.0,
+                proxy_cpu_s_per_s_alone: Some(0.01),
             });
             r
         };
@@ -618,6 +631,7 @@ mod tests {
         assert_eq!((up.unlimited_others_mib_s, up.limited_others_mib_s), ((1.0, 1.0), (1.0, 1.0)));
         let md = report.markdown();
         assert!(md.contains("| vless | up | 2 | 11.00 | 10.45 | 0.950× | 0.200 | 0.215 | 1.075× |"), "{md}");
+        assert!(md.contains("| 1.00/1.00 / 1.00/1.00 | 10.0 / 10.0 | missed |"), "{md}");
         assert!(md.contains("| missed |") && md.contains("| vless | down | 1 | 8.00 | 8.00 | 1.000×"), "{md}");
         // Without the limited variant there is nothing to compare.
         assert!(Report::new(vec![run("shardray", Some(0.2))]).limits.is_empty());

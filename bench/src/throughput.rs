@@ -73,6 +73,9 @@ pub struct OthersRecord {
     pub up_mib_s_per_user: f64,
     /// The same for the downloads.
     pub down_mib_s_per_user: f64,
+    /// The proxy's CPU seconds per second over the second half of the warm-up, when only the
+    /// other users' streams ran: what relaying them costs, apart from the measured user.
+    pub proxy_cpu_s_per_s_alone: Option<f64>,
 }
 
 /// One measurement of one target in one direction.
@@ -208,7 +211,9 @@ fn measure(
             if !errors.is_empty() {
                 return Err(anyhow!("the other users' streams failed:\n{}", errors.join("\n")));
             }
-            Some(others_record(&o, spec, &running.bytes, &after, secs))
+            let mut record = others_record(&o, spec, &running.bytes, &after, secs);
+            record.proxy_cpu_s_per_s_alone = running.cpu_s_per_s_alone;
+            Some(record)
         }
         _ => None,
     };
@@ -244,6 +249,8 @@ struct RunningOthers {
     traffic: Traffic,
     bytes: Vec<u64>,
     since: Instant,
+    /// The proxy's CPU seconds per second from then until the measurement starts.
+    cpu_s_per_s_alone: Option<f64>,
 }
 
 /// Starts the other users' streams, upload then download for each, and lets them run for the
@@ -276,8 +283,12 @@ fn start_others(
     let traffic = Traffic::start(streams, 0, bound, pace).context("starting the other users' streams")?;
     thread::sleep(others.warmup / 2);
     let (bytes, since) = (traffic.bytes(), Instant::now());
+    let cpu = |pid| procstat::cpu_seconds(pid);
+    let cpu_before = target.pid().map(cpu).transpose()?;
     thread::sleep(others.warmup / 2);
-    Ok(RunningOthers { traffic, bytes, since })
+    let cpu_alone = procstat::since(target.pid().map(cpu).transpose()?, cpu_before);
+    let cpu_s_per_s_alone = cpu_alone.map(|c| c / since.elapsed().as_secs_f64());
+    Ok(RunningOthers { traffic, bytes, since, cpu_s_per_s_alone })
 }
 
 /// What the other users' streams moved per user and direction, from each stream's bytes
@@ -295,5 +306,6 @@ fn others_record(others: &Others, spec: &TargetSpec, before: &[u64], after: &[u6
         max_ips: others.limits.max_ips,
         up_mib_s_per_user: mib_s(0),
         down_mib_s_per_user: mib_s(1),
+        proxy_cpu_s_per_s_alone: None,
     }
 }

@@ -98,6 +98,9 @@ fn limits_for_others_measures_both_variants_with_verified_bytes() {
         assert_eq!(others["users"], 2, "{r}");
         assert_eq!(others["limited_by_proxy"], r["target"] == "shardray+limits", "{r}");
         assert_eq!((others["max_connections"].as_u64(), others["max_ips"].as_u64()), (Some(4), Some(2)), "{r}");
+        // The proxy relays the others' 4 MiB/s while they run alone: some CPU, far from a core.
+        let alone = others["proxy_cpu_s_per_s_alone"].as_f64().unwrap();
+        assert!(alone > 0.0 && alone < 0.9, "{alone}: {r}");
         for dir in ["up_mib_s_per_user", "down_mib_s_per_user"] {
             let mib_s = others[dir].as_f64().unwrap();
             // Moving, and held to about 1 MiB/s (by shardray in the limited variant: greedy
