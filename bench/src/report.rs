@@ -94,6 +94,11 @@ pub struct LimitsCost {
     pub limited_cpu_s_per_gb: Option<f64>,
     /// `limited / unlimited` CPU s/GB (above 1 is dearer).
     pub cpu_per_gb_ratio: Option<f64>,
+    /// The median over run numbers of run k's limited Gbit/s over run k's unlimited one: the
+    /// two are measured back to back, so drift on a shared machine cancels in each pair.
+    pub paired_gbit_s_ratio: f64,
+    /// The same for CPU s/GB.
+    pub paired_cpu_per_gb_ratio: Option<f64>,
     /// The others' median MiB/s per user, upload and download, with no limits (harness-paced).
     pub unlimited_others_mib_s: (f64, f64),
     /// The same with the others limited by shardray.
@@ -222,26 +227,30 @@ impl Report {
                  maxIPs 2, in `shardray` at level 0 with no limits anywhere, paced by the harness to the same rate. \
                  The measured user is at level 0, unlimited, in both. CPU s/GB is the whole process's, the \
                  others' relaying included; \"others alone\" is the proxy's CPU ms per second while only they \
-                 ran, before each measurement.\n\n\
-                 | protocol | dir | runs | Gbit/s no limits | Gbit/s limits | ratio | CPU s/GB no limits | CPU s/GB limits | ratio | others MiB/s per user up/down (paced / limited) | others alone CPU ms/s (paced / limited) | ≥ {LIMITS_TARGET}× |\n\
-                 |---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|\n",
+                 ran, before each measurement. \"paired\" is the median of run k's ratio, the two variants' run k \
+                 being measured back to back.\n\n\
+                 | protocol | dir | runs | Gbit/s no limits | Gbit/s limits | ratio | paired | CPU s/GB no limits | CPU s/GB limits | ratio | paired | others MiB/s per user up/down (paced / limited) | others alone CPU ms/s (paced / limited) | ≥ {LIMITS_TARGET}× |\n\
+                 |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|\n",
                 first.others, first.others_rate
             );
             let ms = |s: Option<f64>| cell(s.map(|s| s * 1e3), 1);
+            let times = |r: Option<f64>| r.map_or("–".to_owned(), |r| format!("{r:.3}×"));
             for c in &self.limits {
                 let met = if c.gbit_s_ratio >= LIMITS_TARGET { "met" } else { "missed" };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.2} | {:.2} | {:.3}× | {} | {} | {} | {:.2}/{:.2} / {:.2}/{:.2} | {} / {} | {met} |",
+                    "| {} | {} | {} | {:.2} | {:.2} | {:.3}× | {:.3}× | {} | {} | {} | {} | {:.2}/{:.2} / {:.2}/{:.2} | {} / {} | {met} |",
                     c.protocol,
                     c.direction,
                     c.runs,
                     c.unlimited_gbit_s,
                     c.limited_gbit_s,
                     c.gbit_s_ratio,
+                    c.paired_gbit_s_ratio,
                     cell(c.unlimited_cpu_s_per_gb, 3),
                     cell(c.limited_cpu_s_per_gb, 3),
-                    c.cpu_per_gb_ratio.map_or("–".to_owned(), |r| format!("{r:.3}×")),
+                    times(c.cpu_per_gb_ratio),
+                    times(c.paired_cpu_per_gb_ratio),
                     c.unlimited_others_mib_s.0,
                     c.unlimited_others_mib_s.1,
                     c.limited_others_mib_s.0,
@@ -284,6 +293,17 @@ fn limits_costs(runs: &[RunRecord], medians: &[Median]) -> Vec<LimitsCost> {
         let (with, without) = (others("shardray+limits"), others("shardray"));
         let Some(first) = with.first() else { continue };
         let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b.filter(|b| *b > 0.0)?);
+        let of = |target: &str| -> Vec<&RunRecord> {
+            runs.iter()
+                .filter(|r| r.target == target && r.protocol == limited.protocol && r.direction == limited.direction)
+                .collect()
+        };
+        let (limited_runs, plain_runs) = (of("shardray+limits"), of("shardray"));
+        let pairs: Vec<(&RunRecord, &RunRecord)> =
+            limited_runs.iter().filter_map(|l| Some((*l, *plain_runs.iter().find(|p| p.run == l.run)?))).collect();
+        let paired_gbit_s_ratio =
+            median(pairs.iter().filter(|(_, p)| p.gbit_s > 0.0).map(|(l, p)| l.gbit_s / p.gbit_s).collect());
+        let paired_cpu_per_gb_ratio = median_measured(pairs.iter().map(|(l, p)| ratio(l.cpu_s_per_gb, p.cpu_s_per_gb)));
         costs.push(LimitsCost {
             protocol: limited.protocol,
             direction: limited.direction,
@@ -296,6 +316,8 @@ fn limits_costs(runs: &[RunRecord], medians: &[Median]) -> Vec<LimitsCost> {
             unlimited_cpu_s_per_gb: plain.cpu_s_per_gb,
             limited_cpu_s_per_gb: limited.cpu_s_per_gb,
             cpu_per_gb_ratio: ratio(limited.cpu_s_per_gb, plain.cpu_s_per_gb),
+            paired_gbit_s_ratio,
+            paired_cpu_per_gb_ratio,
             unlimited_others_mib_s: rates(&without),
             limited_others_mib_s: rates(&with),
             others_alone_cpu_s_per_s: (alone(&without), alone(&with)),
@@ -601,6 +623,7 @@ mod tests {
         use crate::throughput::OthersRecord;
         let with = |target: &str, direction: &'static str, gbit_s: f64, cpu: f64, up: f64| {
             let mut r = run(target, Some(cpu));
+            r.run = if gbit_s > 10.5 { 2 } else { 1 };
             r.direction = direction;
             r.gbit_s = gbit_s;
             r.others = Some(OthersRecord {
@@ -630,7 +653,13 @@ mod tests {
         assert!((up.cpu_per_gb_ratio.unwrap() - 0.215 / 0.2).abs() < 1e-9, "{up:?}");
         assert_eq!((up.unlimited_others_mib_s, up.limited_others_mib_s), ((1.0, 1.0), (1.0, 1.0)));
         let md = report.markdown();
-        assert!(md.contains("| vless | up | 2 | 11.00 | 10.45 | 0.950× | 0.200 | 0.215 | 1.075× |"), "{md}");
+        // Run 1: 9.9 / 10 and 0.21 / 0.2; run 2: 11 / 12 and 0.22 / 0.2.
+        assert!((up.paired_gbit_s_ratio - (0.99 + 11.0 / 12.0) / 2.0).abs() < 1e-9, "{up:?}");
+        assert!((up.paired_cpu_per_gb_ratio.unwrap() - 1.075).abs() < 1e-9, "{up:?}");
+        assert!(
+            md.contains("| vless | up | 2 | 11.00 | 10.45 | 0.950× | 0.953× | 0.200 | 0.215 | 1.075× | 1.075× |"),
+            "{md}"
+        );
         assert!(md.contains("| 1.00/1.00 / 1.00/1.00 | 10.0 / 10.0 | missed |"), "{md}");
         assert!(md.contains("| missed |") && md.contains("| vless | down | 1 | 8.00 | 8.00 | 1.000×"), "{md}");
         // Without the limited variant there is nothing to compare.

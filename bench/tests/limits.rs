@@ -113,7 +113,9 @@ fn limits_for_others_measures_both_variants_with_verified_bytes() {
     assert_eq!(limits.len(), 2, "{report}");
     for c in limits {
         assert_eq!((c["others"].as_u64(), c["others_rate"].as_f64()), (Some(2), Some(RATE)), "{c}");
-        for key in ["gbit_s_ratio", "cpu_per_gb_ratio", "unlimited_gbit_s", "limited_gbit_s"] {
+        for key in
+            ["gbit_s_ratio", "paired_gbit_s_ratio", "cpu_per_gb_ratio", "paired_cpu_per_gb_ratio", "unlimited_gbit_s"]
+        {
             assert!(c[key].as_f64().unwrap() > 0.0, "{key}: {c}");
         }
     }
