@@ -68,7 +68,7 @@ PROTO_IDLE_TUNNELS=${PROTO_IDLE_TUNNELS:-1000}
 # direction, and runs of each variant (medians reported).
 LIMITS_OTHERS=${LIMITS_OTHERS:-8}
 LIMITS_RATE=${LIMITS_RATE:-1MiB}
-LIMITS_RUNS=${LIMITS_RUNS:-5}
+LIMITS_RUNS=${LIMITS_RUNS:-9}
 RESULTS=${RESULTS:-$root/perf/RESULTS.md}
 REPORT=${REPORT:-$root/perf/report.html}
 BUILD=${BUILD:-1}
