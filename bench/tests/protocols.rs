@@ -85,7 +85,21 @@ fn check_throughput(dir: &Path, protocol: &str, tls: bool, targets: &[String], l
     (markdown, report)
 }
 
-/// A short connrate pass: connections succeeded, none failed.
+/// How many of `attempts` connections a run of `target` may lose without failing the test:
+/// none, except V2Ray's VMess. V2Ray checks AEAD auth IDs against a cuckoo filter (v2ray-core
+/// common/antireplay, 8-bit fingerprints), which now and then takes a fresh auth ID for a
+/// replay and drains the connection until its handshake timeout; one such hang in a few
+/// hundred connections was seen in CI. That is the peer's false positive, not the harness's;
+/// shardray's own runs are held to zero.
+fn losses_allowed(target: &Value, protocol: &str, attempts: u64) -> u64 {
+    if target == "v2ray" && protocol == "vmess" {
+        1 + attempts / 100
+    } else {
+        0
+    }
+}
+
+/// A short connrate pass: connections succeeded, none failed (but see `losses_allowed`).
 fn check_connrate(dir: &Path, protocol: &str, tls: bool, targets: &[String], label: &str) -> Value {
     let mut args = vec!["connrate", "--protocol", protocol, "--parallel", "2", "--duration", "0.4"];
     args.extend(["--serial-duration", "0.2", "--runs", "1"]);
@@ -96,10 +110,11 @@ fn check_connrate(dir: &Path, protocol: &str, tls: bool, targets: &[String], lab
     let (_, report) = bench(dir, &format!("connrate-{label}"), &args);
     for r in report["runs"].as_array().unwrap() {
         assert_eq!(r["protocol"], label, "{r}");
-        let p = &r["parallel"];
-        assert!(p["connections"].as_u64().unwrap() > 0, "{r}");
-        assert_eq!(p["errors"], 0, "{r}");
-        assert_eq!(r["serial"]["errors"], 0, "{r}");
+        for pass in [&r["parallel"], &r["serial"]] {
+            let (ok, errors) = (pass["connections"].as_u64().unwrap(), pass["errors"].as_u64().unwrap());
+            assert!(ok > 0, "{r}");
+            assert!(errors <= losses_allowed(&r["target"], protocol, ok + errors), "{r}");
+        }
     }
     report
 }
@@ -112,7 +127,8 @@ fn check_idle(dir: &Path, protocol: &str, targets: &[String], label: &str) -> Va
     let (markdown, report) = bench(dir, &format!("idle-{label}"), &args);
     for r in report["runs"].as_array().unwrap() {
         assert_eq!(r["protocol"], label, "{r}");
-        assert_eq!(r["opened"], 40, "{r}");
+        let opened = r["opened"].as_u64().unwrap();
+        assert!(opened <= 40 && 40 - opened <= losses_allowed(&r["target"], protocol, 40), "{r}");
         assert_eq!(r["closed_while_idle"], 0, "{r}");
         assert_eq!((&r["checked"], &r["check_failed"]), (&Value::from(10), &Value::from(0)), "{r}");
     }

@@ -44,10 +44,12 @@ impl RealityRt {
         let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| "ed25519 key unusable")?;
         let public: [u8; 32] =
             ring::signature::KeyPair::public_key(&pair).as_ref().try_into().map_err(|_| "ed25519 key")?;
-        let inner = rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(pkcs8.as_ref().to_vec()))
+        let mut provider = super::tls::provider();
+        let inner = provider
+            .key_provider
+            .load_private_key(PrivatePkcs8KeyDer::from(pkcs8.as_ref().to_vec()).into())
             .map_err(|e| format!("ed25519 key: {e}"))?;
-        let mut provider = rustls::crypto::ring::default_provider();
-        provider.kx_groups = vec![rustls::crypto::ring::kx_group::X25519];
+        provider.kx_groups.retain(|g| g.name() == rustls::NamedGroup::X25519);
         provider.cipher_suites.retain(|s| s.tls13().is_some());
         Ok(RealityRt {
             spec: Box::new(spec.clone()),

@@ -18,6 +18,15 @@ impl std::fmt::Display for InvalidTls {
 
 impl std::error::Error for InvalidTls {}
 
+/// The crypto provider of the data plane's TLS: inbounds, outbounds and REALITY. aws-lc-rs
+/// rather than ring: with an RSA-2048 certificate it halves the server's CPU per handshake,
+/// with ECDSA P-256 they cost the same, with Ed25519 it is somewhat cheaper (perf/RESULTS.md,
+/// 2026-12-04). Its key exchanges are X25519 (preferred), P-256, P-384 and, for a client
+/// that offers only that share, X25519MLKEM768.
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
 /// Builds the server config: the first certificate, ALPN in config order, the version range.
 /// Control calls this once while validating, so that a bad key stops the start, and each shard
 /// builds its own copy (no session cache shared between cores).
@@ -45,7 +54,7 @@ pub fn server_config(spec: &TlsServerSpec) -> Result<Arc<ServerConfig>, InvalidT
     if versions.is_empty() {
         return Err(InvalidTls("minVersion is above maxVersion".into()));
     }
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = provider();
     if !spec.cipher_suites.is_empty() {
         provider.cipher_suites = cipher_suites(&spec.cipher_suites)?;
     }
@@ -83,7 +92,8 @@ fn shared_ticketer(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<dyn rustls::s
     if let Some(ticketer) = ticketers.get(&identity) {
         return Ok(ticketer.clone());
     }
-    let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| InvalidTls(format!("session tickets: {e}")))?;
+    let ticketer =
+        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| InvalidTls(format!("session tickets: {e}")))?;
     ticketers.insert(identity, ticketer.clone());
     Ok(ticketer)
 }
@@ -94,7 +104,7 @@ fn shared_ticketer(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<dyn rustls::s
 /// orders TLS 1.3's too; a version none is named for keeps its defaults. A name this build
 /// cannot offer is an error, never skipped.
 pub fn cipher_suites(names: &[String]) -> Result<Vec<rustls::SupportedCipherSuite>, InvalidTls> {
-    let all = rustls::crypto::ring::default_provider().cipher_suites;
+    let all = provider().cipher_suites;
     let iana = |s: &rustls::SupportedCipherSuite| {
         let name = format!("{:?}", s.suite());
         match name.strip_prefix("TLS13_") {
@@ -128,7 +138,7 @@ pub fn cipher_suites(names: &[String]) -> Result<Vec<rustls::SupportedCipherSuit
 /// certificate whose handshake signature checks out), ALPN in config order. Control calls
 /// this once while validating; each shard builds its own copy.
 pub fn client_config(spec: &shardray_core::spec::TlsClientSpec) -> Result<Arc<rustls::ClientConfig>, InvalidTls> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| InvalidTls(e.to_string()))?;

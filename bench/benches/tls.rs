@@ -1,0 +1,141 @@
+//! What one full TLS 1.3 handshake costs the server, by certificate key type, with the data
+//! plane's own server config (`shardray_shard::transport::tls::server_config`, aws-lc-rs)
+//! beside the same settings on ring. Client and server run in memory, in one thread; only
+//! the server's calls are timed (building its connection, reading the client's flights,
+//! writing its own), so the client's equal share in both arms drops out. The client is ring
+//! with resumption off, as the bench harness's client is.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, ServerConnection, SignatureScheme};
+use shardray_core::spec::{CertificateSpec, TlsServerSpec};
+
+/// Accepts any certificate whose handshake signature checks out (the bench trusts itself).
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn client() -> Arc<ClientConfig> {
+    let ring = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(ring.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(ring)))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// Ours, and the same settings (no tickets, no session cache) on ring.
+fn servers(key: &rcgen::KeyPair) -> [(&'static str, Arc<ServerConfig>); 2] {
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(key).unwrap();
+    let spec = TlsServerSpec {
+        server_name: "localhost".into(),
+        alpn: Vec::new(),
+        certificates: vec![CertificateSpec {
+            chain_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+        }],
+        min_version: None,
+        max_version: None,
+        cipher_suites: Vec::new(),
+        session_resumption: false,
+    };
+    let ours = shardray_shard::transport::tls::server_config(&spec).unwrap();
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let mut ring = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .unwrap();
+    ring.send_tls13_tickets = 0;
+    ring.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    [("shardray_aws_lc_rs", ours), ("ring", Arc::new(ring))]
+}
+
+/// One handshake; returns the time spent in the server's calls.
+fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>, buf: &mut Vec<u8>) -> Duration {
+    let mut c = ClientConnection::new(client.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    let began = Instant::now();
+    let mut s = ServerConnection::new(server.clone()).unwrap();
+    let mut spent = began.elapsed();
+    while c.is_handshaking() || s.is_handshaking() {
+        buf.clear();
+        c.write_tls(buf).unwrap();
+        let began = Instant::now();
+        let mut flight = &buf[..];
+        while !flight.is_empty() {
+            s.read_tls(&mut flight).unwrap();
+        }
+        s.process_new_packets().unwrap();
+        buf.clear();
+        s.write_tls(buf).unwrap();
+        spent += began.elapsed();
+        let mut flight = &buf[..];
+        while !flight.is_empty() {
+            c.read_tls(&mut flight).unwrap();
+        }
+        c.process_new_packets().unwrap();
+    }
+    spent
+}
+
+fn server_handshake(c: &mut Criterion) {
+    let client = client();
+    let keys = [
+        ("ecdsa_p256", rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()),
+        ("ed25519", rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap()),
+        ("rsa_2048", rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap()),
+    ];
+    for (kind, key) in &keys {
+        let mut group = c.benchmark_group(format!("tls13_server_handshake_{kind}"));
+        for (name, server) in servers(key) {
+            let mut buf = Vec::with_capacity(8192);
+            group.bench_function(name, |b| {
+                b.iter_custom(|n| (0..n).map(|_| handshake(&client, &server, &mut buf)).sum());
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, server_handshake);
+criterion_main!(benches);
