@@ -6,7 +6,10 @@
 # skipped there); the memory and CPU
 # that 2,000 idle tunnels cost shardray, sing-box, V2Ray and shoes; the same three figures for
 # Trojan over TLS, VMess AEAD, Shadowsocks (aes-128-gcm and 2022) and SOCKS5 against sing-box
-# and shoes (`protocols`); then shardray's API figures
+# and shoes (`protocols`); what limits configured for other users cost an unlimited one
+# (`limits`: shardray with LIMITS_OTHERS users at a rate-limited level, moving traffic
+# throughout, against the same with no limits and the harness pacing them; issue 13's ratio);
+# then shardray's API figures
 # (AddUser round trip idle and with traffic, from a load generator at normal priority and at
 # nice 19, QueryStats and RSS at 100,000 and 1,000,000 users);
 # appended as one dated section to perf/RESULTS.md, and drawn as charts in perf/report.html
@@ -16,8 +19,9 @@
 #                                    minutes on 2 cores; the whole was not timed lately)
 #   TLS=0 perf/run.sh                plain VLESS only (no TLS step after throughput, connrate)
 #   SCENARIOS=api perf/run.sh        only the API figures (also: throughput, connrate, idle,
-#                                    protocols, xhttp: VLESS over XHTTP against VLESS over TLS,
-#                                    shardray to shardray)
+#                                    protocols, limits, xhttp: VLESS over XHTTP against VLESS
+#                                    over TLS, shardray to shardray)
+#   SCENARIOS=limits LIMITS_OTHERS=16 LIMITS_RATE=2MiB LIMITS_RUNS=7 perf/run.sh
 #   SCENARIOS=protocols PROTOCOLS=ss-2022,vmess PROTO_BYTES=64MiB perf/run.sh
 #   SCENARIOS=idle IDLE_TUNNELS=5000 perf/run.sh
 #   TARGETS=shardray,sing-box,v2ray STREAMS=8 BYTES=128MiB RUNS=5 perf/run.sh
@@ -33,7 +37,7 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-SCENARIOS=${SCENARIOS:-throughput,connrate,idle,protocols,xhttp,api}
+SCENARIOS=${SCENARIOS:-throughput,connrate,idle,protocols,limits,xhttp,api}
 TARGETS=${TARGETS:-shardray,sing-box,v2ray,shoes,splice}
 STREAMS=${STREAMS:-4}
 BYTES=${BYTES:-256MiB}
@@ -64,6 +68,11 @@ PROTO_BYTES=${PROTO_BYTES:-$BYTES}
 PROTO_RUNS=${PROTO_RUNS:-$RUNS}
 PROTO_CONNRATE_SECONDS=${PROTO_CONNRATE_SECONDS:-10}
 PROTO_IDLE_TUNNELS=${PROTO_IDLE_TUNNELS:-1000}
+# The limits step: other users at a limited level beside the measured one, their rate per
+# direction, and runs of each variant (medians reported).
+LIMITS_OTHERS=${LIMITS_OTHERS:-8}
+LIMITS_RATE=${LIMITS_RATE:-1MiB}
+LIMITS_RUNS=${LIMITS_RUNS:-9}
 RESULTS=${RESULTS:-$root/perf/RESULTS.md}
 REPORT=${REPORT:-$root/perf/report.html}
 BUILD=${BUILD:-1}
@@ -94,7 +103,7 @@ step() {
     } >>"$section"
 }
 
-if wants throughput || wants connrate || wants idle || wants protocols; then
+if wants throughput || wants connrate || wants idle || wants protocols || wants limits; then
     eval "$(perf/peers.sh)"
     # shoes: SHOES_BIN if set, else from perf/peers.sh (built the first time); without it its
     # rows are left out rather than failing the whole run.
@@ -161,6 +170,13 @@ if wants protocols; then
             step "idle.$proto" idle $common --tunnels "$PROTO_IDLE_TUNNELS" --runs "$PROTO_RUNS"
         fi
     done
+fi
+
+if wants limits; then
+    # The unlimited user's throughput and CPU/GB with limits configured for others, as ratios of
+    # the run with no limits at all (issue 13 asks for at least 0.97x).
+    step limits throughput --target shardray --limits-for-others "$LIMITS_OTHERS" --others-rate "$LIMITS_RATE" \
+        --streams "$STREAMS" --bytes "$BYTES" --direction "$DIRECTION" --runs "$LIMITS_RUNS" --shards "$SHARDS"
 fi
 
 if wants xhttp; then

@@ -5,9 +5,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -15,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api::{self, ApiClient};
-use crate::client::{self, Client, Meter, StreamOutcome};
 use crate::pattern::{Flow, Request, PERIOD};
 use crate::procstat;
 use crate::report::{Latencies, Latency};
 use crate::target::TargetSpec;
+use crate::traffic::{self, gbit_s, longest_stall, Traffic};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -112,111 +110,6 @@ pub struct TrafficRecord {
     pub disrupted: bool,
 }
 
-/// Bytes of every stream at one instant.
-struct Sample {
-    at: Instant,
-    bytes: Vec<u64>,
-}
-
-/// Long-running streams through the target, sampled every 50 ms.
-struct Traffic {
-    meters: Vec<Arc<Meter>>,
-    workers: Vec<JoinHandle<Result<StreamOutcome>>>,
-    sampling: Arc<AtomicBool>,
-    sampler: JoinHandle<Vec<Sample>>,
-}
-
-const SAMPLE_EVERY: Duration = Duration::from_millis(50);
-
-impl Traffic {
-    /// Starts `streams` streams that would run for far longer than `bound`; they end when
-    /// stopped, or fail once no byte moved for `bound`.
-    fn start(client: &Client, streams: usize, nice: i32, bound: Duration) -> Result<Traffic> {
-        let mut meters = Vec::with_capacity(streams);
-        let mut workers = Vec::with_capacity(streams);
-        for i in 0..streams {
-            let meter = Arc::new(Meter::default());
-            let req = Request {
-                flow: if i % 2 == 0 { Flow::Down } else { Flow::Up },
-                len: 1 << 50,
-                start: ((i * 7_919) % PERIOD) as u32,
-            };
-            let (client, m) = (client.clone(), Arc::clone(&meter));
-            workers.push(thread::Builder::new().name(format!("traffic-{i}")).spawn(move || {
-                if nice != 0 {
-                    crate::sys::nice_this_thread(nice)?;
-                }
-                client.run_metered(req, bound, Some(&m))
-            })?);
-            meters.push(meter);
-        }
-        let sampling = Arc::new(AtomicBool::new(true));
-        let (on, watched) = (Arc::clone(&sampling), meters.clone());
-        let deadline = Instant::now() + bound;
-        let sampler = thread::Builder::new().name("traffic-sampler".into()).spawn(move || {
-            let mut samples = Vec::new();
-            while on.load(Ordering::Relaxed) && Instant::now() < deadline {
-                samples.push(Sample { at: Instant::now(), bytes: watched.iter().map(|m| m.bytes()).collect() });
-                thread::sleep(SAMPLE_EVERY);
-            }
-            samples
-        })?;
-        Ok(Traffic { meters, workers, sampling, sampler })
-    }
-
-    /// Stops every stream and the sampler; the samples, and each stream's failure if any.
-    fn stop(self) -> (Vec<Sample>, Vec<String>) {
-        self.sampling.store(false, Ordering::Relaxed);
-        let samples = self.sampler.join().unwrap_or_default();
-        for m in &self.meters {
-            m.stop();
-        }
-        let mut errors = Vec::new();
-        for (i, w) in self.workers.into_iter().enumerate() {
-            match w.join() {
-                Ok(Err(e)) if client::is_stopped(&e) => {}
-                Ok(Err(e)) => errors.push(format!("stream {i}: {e:#}")),
-                Ok(Ok(_)) => errors.push(format!("stream {i}: ended before it was stopped")),
-                Err(_) => errors.push(format!("stream {i}: panicked")),
-            }
-        }
-        (samples, errors)
-    }
-}
-
-/// Throughput in Gbit/s between the first sample at or after `from` and the last at or
-/// before `to`.
-fn gbit_s(samples: &[Sample], from: Instant, to: Instant) -> f64 {
-    let inside: Vec<&Sample> = samples.iter().filter(|s| s.at >= from && s.at <= to).collect();
-    let (Some(first), Some(last)) = (inside.first(), inside.last()) else {
-        return 0.0;
-    };
-    let secs = last.at.duration_since(first.at).as_secs_f64();
-    let bytes: u64 = last.bytes.iter().sum::<u64>() - first.bytes.iter().sum::<u64>();
-    if secs > 0.0 {
-        bytes as f64 * 8.0 / 1e9 / secs
-    } else {
-        0.0
-    }
-}
-
-/// The longest time any one stream's byte count stood still, between `from` and `to`.
-fn longest_stall(samples: &[Sample], from: Instant, to: Instant) -> Duration {
-    let inside: Vec<&Sample> = samples.iter().filter(|s| s.at >= from && s.at <= to).collect();
-    let streams = inside.first().map_or(0, |s| s.bytes.len());
-    let mut longest = Duration::ZERO;
-    for i in 0..streams {
-        let mut moved_at = inside[0].at;
-        for pair in inside.windows(2) {
-            if pair[1].bytes[i] != pair[0].bytes[i] {
-                moved_at = pair[1].at;
-            }
-            longest = longest.max(pair[1].at.duration_since(moved_at));
-        }
-    }
-    longest
-}
-
 /// Runs the scenario against a shardray started in `workdir`, with the sink at `sink`.
 pub fn run(churn: &Churn, sink: SocketAddr, workdir: &Path) -> Result<ChurnRecord> {
     let mut spec = churn.target.clone();
@@ -229,7 +122,18 @@ pub fn run(churn: &Churn, sink: SocketAddr, workdir: &Path) -> Result<ChurnRecor
     // Bounded so that a stuck stream cannot outlive the run by much.
     let traffic_bound = churn.warmup + churn.timeout + Duration::from_secs(10);
     let traffic = if churn.traffic_streams > 0 {
-        let t = Traffic::start(&target.client(sink), churn.traffic_streams, churn.traffic_nice, traffic_bound)?;
+        let client = target.client(sink);
+        let streams = (0..churn.traffic_streams)
+            .map(|i| {
+                let req = Request {
+                    flow: if i % 2 == 0 { Flow::Down } else { Flow::Up },
+                    len: traffic::ENDLESS,
+                    start: ((i * 7_919) % PERIOD) as u32,
+                };
+                (client.clone(), req)
+            })
+            .collect();
+        let t = Traffic::start(streams, churn.traffic_nice, traffic_bound, None)?;
         thread::sleep(churn.warmup);
         Some(t)
     } else {

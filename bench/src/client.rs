@@ -6,6 +6,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -88,14 +89,29 @@ impl Client {
     }
 }
 
-/// Bytes moved by one long-running stream, shared with whoever watches it.
+/// Bytes moved by one long-running stream, shared with whoever watches it; a paced meter also
+/// holds the stream to a rate.
 #[derive(Debug, Default)]
 pub struct Meter {
     bytes: AtomicU64,
     stop: AtomicBool,
+    pace: Option<Pace>,
+}
+
+/// A client-side rate: the stream moves at most `rate` bytes per second from its first read or
+/// write on, in steps of 1/32 s of it (so the kernel's buffers, not a burst, absorb the rest).
+#[derive(Debug)]
+struct Pace {
+    rate: u64,
+    started: OnceLock<Instant>,
 }
 
 impl Meter {
+    /// A meter whose stream moves at most `rate` bytes per second (reads and writes together).
+    pub fn paced(rate: u64) -> Meter {
+        Meter { pace: Some(Pace { rate: rate.max(1), started: OnceLock::new() }), ..Meter::default() }
+    }
+
     /// Bytes read or written on the stream's socket so far.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
@@ -146,12 +162,26 @@ impl Metered<'_> {
             _ => Ok(()),
         }
     }
+
+    /// With a paced meter, waits until the stream is due its next step and returns how many
+    /// bytes it may move in it; otherwise `len` at once.
+    fn step(&self, len: usize) -> usize {
+        let Some((meter, pace)) = self.meter.and_then(|m| Some((m, m.pace.as_ref()?))) else { return len };
+        let started = *pace.started.get_or_init(Instant::now);
+        let due = started + Duration::from_secs_f64(meter.bytes() as f64 / pace.rate as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        len.min((pace.rate / 32).max(1) as usize)
+    }
 }
 
 impl Read for Metered<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.check()?;
-        let n = self.conn.read(buf)?;
+        let len = self.step(buf.len());
+        let n = self.conn.read(&mut buf[..len])?;
         self.count(n)
     }
 }
@@ -159,7 +189,8 @@ impl Read for Metered<'_> {
 impl Write for Metered<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.check()?;
-        let n = self.conn.write(buf)?;
+        let len = self.step(buf.len());
+        let n = self.conn.write(&buf[..len])?;
         self.count(n)
     }
 

@@ -509,6 +509,7 @@ mod tests {
                     peak_rss_mib: Some(12.0),
                     harness_cpu_s: 0.2,
                     rss: Some(rss()),
+                    others: None,
                 });
             }
         }

@@ -23,6 +23,7 @@ mod sys;
 mod target;
 mod throughput;
 mod tls;
+mod traffic;
 mod users;
 
 use std::path::{Path, PathBuf};
@@ -249,7 +250,30 @@ struct ThroughputArgs {
     tls: bool,
     #[command(flatten)]
     external_tls: ExternalTlsArgs,
+    /// What limits configured for other users cost an unlimited one (shardray only, VLESS): N
+    /// more users in the inbound, each moving one upload and one download throughout every
+    /// measurement, and two variants of shardray, runs interleaved: `shardray+limits`, whose
+    /// config puts those users at a level with `uplinkRate`/`downlinkRate` of --others-rate,
+    /// `maxConnections` 4 and `maxIPs` 2, and `shardray`, with no limits at all, where the
+    /// harness paces their streams to the same rate. The measured user is at an unlimited
+    /// level in both; the report gives the limited variant's throughput and CPU/GB as ratios
+    /// of the other's.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    limits_for_others: usize,
+    /// With --limits-for-others: each other user's rate, each direction (suffixes as --bytes).
+    #[arg(long, default_value = "1MiB", value_parser = report::parse_bytes, requires = "limits_for_others")]
+    others_rate: u64,
 }
+
+/// The limits `--limits-for-others` gives the other users: their rate, and room for their
+/// two sessions from one address, so that the connection and address checks run but refuse
+/// nothing.
+fn others_limits(rate: u64) -> target::LevelLimits {
+    target::LevelLimits { rate, max_connections: 4, max_ips: 2 }
+}
+
+/// How long the other users' traffic runs before each measurement.
+const OTHERS_WARMUP: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args)]
 struct ConnrateArgs {
@@ -514,10 +538,25 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
         runs: args.runs,
         timeout: Duration::from_secs(args.timeout),
         startup: Duration::from_secs(args.targets.startup_timeout),
+        others: (args.limits_for_others > 0).then(|| throughput::Others {
+            users: args.limits_for_others,
+            limits: others_limits(args.others_rate),
+            warmup: OTHERS_WARMUP,
+        }),
     };
+    if scenario.others.is_some()
+        && (args.targets.target != [TargetKind::Shardray]
+            || args.targets.protocol != Protocol::Vless
+            || args.targets.external.is_some())
+    {
+        bail!("--limits-for-others compares shardray with itself: --target shardray --protocol vless, no --external");
+    }
     let external_tls = args.external_tls.client(&args.targets, args.tls)?;
     let workdir = workdir()?;
-    let (specs, note) = protocol_specs(&args.targets, args.tls, external_tls, &workdir)?;
+    let (mut specs, note) = protocol_specs(&args.targets, args.tls, external_tls, &workdir)?;
+    if let Some(others) = &scenario.others {
+        specs = with_and_without_limits(&specs[0], others);
+    }
     let sink = sink::Sink::spawn(scenario.timeout)?;
 
     let progress = Progress::new((specs.len() * scenario.runs * scenario.flows.len()) as u64, "throughput");
@@ -717,6 +756,16 @@ fn protocol_specs(
     Ok((specs, note))
 }
 
+/// shardray listing the other users, first with no limits at all, then with `others.limits`
+/// at their level: the two variants `--limits-for-others` interleaves.
+fn with_and_without_limits(spec: &TargetSpec, others: &throughput::Others) -> Vec<TargetSpec> {
+    let mut plain = spec.clone();
+    plain.extra_users = others.users;
+    let mut limited = plain.clone();
+    limited.extra_users_limits = Some(others.limits);
+    vec![plain, limited]
+}
+
 /// The `--external` target, if one was given, reached over TLS with `tls`.
 fn external_spec(args: &TargetArgs, tls: Option<TlsClient>) -> Option<TargetSpec> {
     let (addr, user) = (args.external?, args.external_uuid?);
@@ -765,6 +814,7 @@ fn target_specs(args: &TargetArgs, kinds: &[TargetKind]) -> Result<Vec<TargetSpe
             shards: args.shards,
             api: false,
             extra_users: 0,
+            extra_users_limits: None,
             protocol: args.protocol,
             tls: None,
             external: None,
@@ -842,6 +892,26 @@ mod tests {
         let Cmd::Idle(i) = parse(&["idle", "--target", "shardray"]) else { panic!() };
         assert_eq!(i.targets.protocol, Protocol::Vless);
         assert!(try_parse(&["throughput", "--target", "shardray", "--protocol", "ss"]).is_err());
+    }
+
+    #[test]
+    fn limits_for_others_makes_both_variants_of_shardray() {
+        let Cmd::Throughput(t) = parse(&["throughput", "--target", "shardray", "--limits-for-others", "3"]) else {
+            panic!()
+        };
+        assert_eq!((t.limits_for_others, t.others_rate), (3, 1 << 20));
+        let Cmd::Throughput(t) = parse(&["throughput", "--target", "shardray"]) else { panic!() };
+        assert_eq!(t.limits_for_others, 0);
+        let others = throughput::Others { users: 3, limits: others_limits(5000), warmup: OTHERS_WARMUP };
+        let specs = with_and_without_limits(&TargetSpec::shardray("/bin/true".into(), 2), &others);
+        let names: Vec<String> = specs.iter().map(TargetSpec::name).collect();
+        assert_eq!(names, ["shardray", "shardray+limits"]);
+        assert!(specs.iter().all(|s| s.extra_users == 3));
+        assert_eq!(specs[0].extra_users_limits, None);
+        assert_eq!(
+            specs[1].extra_users_limits,
+            Some(target::LevelLimits { rate: 5000, max_connections: 4, max_ips: 2 })
+        );
     }
 
     #[test]

@@ -210,6 +210,10 @@ pub struct Dialer {
     pub secrets: Secrets,
     /// TLS to the proxy with these settings; plain TCP when `None`.
     pub tls: Option<TlsClient>,
+    /// A fixed SO_SNDBUF for the connection instead of the kernel's autotuned one (which grows
+    /// to megabytes on loopback), for slow streams whose writes should track what the proxy
+    /// reads rather than what the kernel buffers.
+    pub send_buffer: Option<u32>,
 }
 
 impl Dialer {
@@ -227,6 +231,9 @@ impl Dialer {
         sock.set_read_timeout(Some(timeout))?;
         sock.set_write_timeout(Some(timeout))?;
         sock.set_nodelay(true)?;
+        if let Some(size) = self.send_buffer {
+            crate::sys::set_send_buffer(&sock, size).context("setting SO_SNDBUF")?;
+        }
         let conn = ProxyStream::open(sock, self.tls.as_ref()).context("TLS handshake with the proxy")?;
         let name = self.protocol.name();
         Tunnel::start(conn, self.protocol, &self.secrets, dest).with_context(|| format!("starting the {name} request"))

@@ -41,6 +41,27 @@ pub fn nice_this_thread(nice: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Fixes the socket's send buffer at `size` bytes (the kernel doubles it for its bookkeeping),
+/// which also turns off its autotuning.
+pub fn set_send_buffer(sock: &impl AsFd, size: u32) -> io::Result<()> {
+    let value = size as libc::c_int;
+    // SAFETY: `value` is a live c_int and its size is passed with it; the descriptor is
+    // borrowed for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sends SIGTERM to `pid`, which must be our own child not yet reaped (so the pid is not reused).
 pub fn terminate(pid: u32) {
     // SAFETY: kill(2) takes no pointers; the caller guarantees `pid` is still its child.

@@ -92,6 +92,9 @@ pub struct TargetSpec {
     /// Users the config lists besides the probe user: [`users::bench_user`] 0 to N-1, each
     /// with an email and level 0; shardray only.
     pub extra_users: usize,
+    /// With limits, the extra users are at level 1, whose policy carries them (the probe user
+    /// stays at level 0, unlimited); without, they are at level 0 too. shardray only.
+    pub extra_users_limits: Option<LevelLimits>,
     /// The protocol its inbound serves (VLESS for the splice relay and an external target).
     pub protocol: Protocol,
     /// Serve the protocol over TLS with this certificate (and connect with these client
@@ -100,6 +103,32 @@ pub struct TargetSpec {
     /// Where the external target is and how to reach it; set exactly when `kind` is
     /// [`TargetKind::External`].
     pub external: Option<ExternalTarget>,
+}
+
+/// The limits of shardray's `policy.levels.1`: `uplinkRate` and `downlinkRate` (both `rate`
+/// bytes per second), `maxConnections`, `maxIPs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LevelLimits {
+    /// Bytes per second, each direction.
+    pub rate: u64,
+    /// Live sessions per user.
+    pub max_connections: u32,
+    /// Distinct client addresses per user.
+    pub max_ips: u32,
+}
+
+impl LevelLimits {
+    /// The level's policy object.
+    fn policy(&self) -> Value {
+        json!({
+            "statsUserUplink": true,
+            "statsUserDownlink": true,
+            "uplinkRate": self.rate,
+            "downlinkRate": self.rate,
+            "maxConnections": self.max_connections,
+            "maxIPs": self.max_ips
+        })
+    }
 }
 
 /// A VLESS proxy someone else runs: the harness reaches its sink through it, and measures the
@@ -154,6 +183,7 @@ impl TargetSpec {
             shards,
             api: false,
             extra_users: 0,
+            extra_users_limits: None,
             protocol: Protocol::Vless,
             tls: None,
             external: None,
@@ -168,18 +198,20 @@ impl TargetSpec {
             shards: 0,
             api: false,
             extra_users: 0,
+            extra_users_limits: None,
             protocol: Protocol::Vless,
             tls: None,
             external: Some(external),
         }
     }
 
-    /// How reports name this target: the kind, and for an external target its address too,
-    /// as in `external(127.0.0.1:10086)`.
+    /// How reports name this target: the kind, for an external target its address too, as in
+    /// `external(127.0.0.1:10086)`, and `shardray+limits` when its extra users are limited.
     pub fn name(&self) -> String {
-        match &self.external {
-            Some(e) => format!("external({})", e.addr),
-            None => self.kind.name().to_owned(),
+        match (&self.external, self.extra_users_limits) {
+            (Some(e), _) => format!("external({})", e.addr),
+            (None, Some(_)) => format!("{}+limits", self.kind.name()),
+            (None, None) => self.kind.name().to_owned(),
         }
     }
 
@@ -187,7 +219,7 @@ impl TargetSpec {
     /// makes the 1 KiB probe transfer to `sink` through it.
     fn attach(&self, sink: SocketAddr, startup: Duration) -> Result<RunningTarget> {
         let Some(ext) = &self.external else { bail!("an external target needs its address") };
-        if self.tls.is_some() || self.api || self.extra_users > 0 {
+        if self.tls.is_some() || self.api || self.extra_users > 0 || self.extra_users_limits.is_some() {
             bail!("an external target is not configured by the harness (no generated TLS, API or users)");
         }
         let mut target = RunningTarget {
@@ -221,7 +253,8 @@ impl TargetSpec {
         if self.kind == TargetKind::External {
             return self.attach(sink, startup);
         }
-        if (self.api || self.extra_users > 0) && self.kind != TargetKind::Shardray {
+        if (self.api || self.extra_users > 0 || self.extra_users_limits.is_some()) && self.kind != TargetKind::Shardray
+        {
             bail!("the API and extra users are configured for shardray only");
         }
         if let Err(why) = supports(self.kind, self.protocol, self.tls.is_some()) {
@@ -230,14 +263,22 @@ impl TargetSpec {
         let port = free_port()?;
         let api = if self.api { Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))) } else { None };
         let user = Uuid::new_v4();
-        let name = self.kind.name();
+        // The variant's name, so that `shardray` and `shardray+limits` keep their own files.
+        let name = self.name();
         let tls_files = self.tls.as_ref().map(|t| &t.files);
         let secrets = Secrets { user };
-        let body = server_config(self.kind, self.protocol, port, &secrets, sink, api, tls_files);
+        let mut body = server_config(self.kind, self.protocol, port, &secrets, sink, api, tls_files);
+        let extra_level = match (&mut body, self.extra_users_limits) {
+            (Some(ServerConfig::Json(config)), Some(limits)) => {
+                config["policy"]["levels"]["1"] = limits.policy();
+                1
+            }
+            _ => 0,
+        };
         let extension = if matches!(body, Some(ServerConfig::Yaml(_))) { "yaml" } else { "json" };
         let config = dir.join(format!("{name}.{extension}"));
         match &body {
-            Some(ServerConfig::Json(body)) => write_config(&config, body, self.extra_users),
+            Some(ServerConfig::Json(body)) => write_config(&config, body, self.extra_users, extra_level),
             Some(ServerConfig::Yaml(body)) => fs::write(&config, body).map_err(Into::into),
             None => Ok(()),
         }
@@ -559,6 +600,7 @@ impl RunningTarget {
             protocol: self.protocol,
             secrets: Secrets { user: self.user },
             tls: self.tls.clone(),
+            send_buffer: None,
         }
     }
 
@@ -664,8 +706,9 @@ impl Drop for RunningTarget {
 }
 
 /// Writes `config` to `path`; with `extra_users`, the first inbound's client list gets
-/// [`users::bench_user`] 0 to N-1 appended, streamed to the file rather than built in memory.
-fn write_config(path: &Path, config: &Value, extra_users: usize) -> Result<()> {
+/// [`users::bench_user`] 0 to N-1 appended at `level`, streamed to the file rather than built
+/// in memory.
+fn write_config(path: &Path, config: &Value, extra_users: usize, level: u32) -> Result<()> {
     let mut out = io::BufWriter::new(fs::File::create(path)?);
     if extra_users == 0 {
         serde_json::to_writer_pretty(&mut out, config)?;
@@ -684,7 +727,7 @@ fn write_config(path: &Path, config: &Value, extra_users: usize) -> Result<()> {
                 out.write_all(b",")?;
             }
             let (email, id) = users::bench_user(i);
-            write!(out, r#"{{"id":"{id}","email":"{email}","level":0}}"#)?;
+            write!(out, r#"{{"id":"{id}","email":"{email}","level":{level}}}"#)?;
         }
         out.write_all(tail.as_bytes())?;
     }
@@ -797,6 +840,7 @@ mod tests {
             shards: 1,
             api: false,
             extra_users: 0,
+            extra_users_limits: None,
             protocol: Protocol::Vless,
             tls: Some(Arc::new(material)),
             external: None,

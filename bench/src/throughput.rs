@@ -1,6 +1,9 @@
 //! The `throughput` scenario: N parallel streams of B bytes each, up or down, through each
 //! target in turn (plain VLESS, or VLESS over TLS); what the client sees and what the target
-//! process spends.
+//! process spends. With [`Others`], other users of the same inbound move traffic all the while,
+//! rate-limited by shardray's level policy in one variant and paced by the harness to the same
+//! rate in the other, so that the measured (unlimited) user's figures show what limits
+//! configured for others cost it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
@@ -10,9 +13,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
+use crate::client::Client;
 use crate::pattern::{Flow, Request, PERIOD};
 use crate::procstat::{self, RssSampler, RssSeries};
-use crate::target::{RunningTarget, TargetSpec};
+use crate::protocol::Secrets;
+use crate::target::{LevelLimits, RunningTarget, TargetSpec};
+use crate::traffic::{self, Traffic};
+use crate::users;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -29,6 +36,46 @@ pub struct Scenario {
     pub timeout: Duration,
     /// Bound on a target's start-up.
     pub startup: Duration,
+    /// Other users moving traffic during each measurement of a target that lists them.
+    pub others: Option<Others>,
+}
+
+/// The other users of `throughput --limits-for-others`: [`users::bench_user`] 0 to N-1, each
+/// with one upload and one download running from `warmup` before the measured streams until
+/// they end. Where the target gives them `limits` (`shardray+limits`) they run as fast as
+/// the proxy lets them; where it does not (`shardray`, no limits at all), the harness paces
+/// each stream to the same rate, so both variants carry the same load beside the measured user.
+#[derive(Debug, Clone, Copy)]
+pub struct Others {
+    /// How many.
+    pub users: usize,
+    /// Their level's limits in the limited variant; `rate` is also the baseline's pace.
+    pub limits: LevelLimits,
+    /// How long their traffic runs before the measured streams start.
+    pub warmup: Duration,
+}
+
+/// How the other users' traffic went during one measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct OthersRecord {
+    /// Other users, each with one upload and one download.
+    pub users: usize,
+    /// Whether shardray held them to their level's rate (`true`) or the harness paced them.
+    pub limited_by_proxy: bool,
+    /// The rate each of their streams was held to, bytes per second.
+    pub rate_each: u64,
+    /// Their level's `maxConnections` and `maxIPs` in the limited variant.
+    pub max_connections: u32,
+    /// See `max_connections`.
+    pub max_ips: u32,
+    /// What each user's upload moved on average, MiB/s, from halfway through the warm-up (the
+    /// socket buffers filled) to the end of the measured streams.
+    pub up_mib_s_per_user: f64,
+    /// The same for the downloads.
+    pub down_mib_s_per_user: f64,
+    /// The proxy's CPU seconds per second over the second half of the warm-up, when only the
+    /// other users' streams ran: what relaying them costs, apart from the measured user.
+    pub proxy_cpu_s_per_s_alone: Option<f64>,
 }
 
 /// One measurement of one target in one direction.
@@ -63,6 +110,9 @@ pub struct RunRecord {
     pub harness_cpu_s: f64,
     /// The target's RSS over the measurement.
     pub rss: Option<RssSeries>,
+    /// The other users' traffic beside the measured streams, with `--limits-for-others`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub others: Option<OthersRecord>,
 }
 
 /// Runs every run of every target, interleaved (run 1 of each target, then run 2, ...), so
@@ -107,6 +157,10 @@ fn measure(
     sink: SocketAddr,
 ) -> Result<RunRecord> {
     let pid = target.pid();
+    let others = match scenario.others {
+        Some(others) if spec.extra_users > 0 => Some((others, start_others(target, spec, scenario, &others, sink)?)),
+        _ => None,
+    };
     let sampler = pid.map(|pid| RssSampler::spawn(pid, Duration::from_millis(25))).transpose()?;
     let client = target.client(sink);
     let start_line = Arc::new(Barrier::new(scenario.streams + 1));
@@ -142,6 +196,7 @@ fn measure(
         }
     }
     let wall = started.elapsed().as_secs_f64();
+    let others_after = others.as_ref().map(|(_, running)| running.traffic.bytes());
     // Let the target finish closing the streams, so their teardown is counted too.
     thread::sleep(Duration::from_millis(50));
     let cpu = procstat::since(pid.map(procstat::cpu_seconds).transpose()?, cpu_before);
@@ -149,6 +204,19 @@ fn measure(
     let own = procstat::own_cpu_seconds()? - own_before;
     let peak_rss_kib = pid.map(procstat::peak_rss_kib).transpose()?;
     let rss = sampler.map(RssSampler::finish);
+    let others = match (others, others_after) {
+        (Some((o, running)), Some(after)) => {
+            let secs = running.since.elapsed().as_secs_f64();
+            let (_, errors) = running.traffic.stop();
+            if !errors.is_empty() {
+                return Err(anyhow!("the other users' streams failed:\n{}", errors.join("\n")));
+            }
+            let mut record = others_record(&o, spec, &running.bytes, &after, secs);
+            record.proxy_cpu_s_per_s_alone = running.cpu_s_per_s_alone;
+            Some(record)
+        }
+        _ => None,
+    };
     if !failures.is_empty() {
         return Err(anyhow!("{} of {} streams failed:\n{}", failures.len(), scenario.streams, failures.join("\n")));
     }
@@ -172,5 +240,72 @@ fn measure(
         peak_rss_mib: peak_rss_kib.map(|kib| kib as f64 / 1024.0),
         harness_cpu_s: own,
         rss,
+        others,
     })
+}
+
+/// The other users' streams, and their bytes at a moment after their start-up burst.
+struct RunningOthers {
+    traffic: Traffic,
+    bytes: Vec<u64>,
+    since: Instant,
+    /// The proxy's CPU seconds per second from then until the measurement starts.
+    cpu_s_per_s_alone: Option<f64>,
+}
+
+/// Starts the other users' streams, upload then download for each, and lets them run for the
+/// warm-up: by then the limiter (or the pace) holds them, and the kernel's socket buffers,
+/// which take a first burst at any rate, are full. Their rate is counted from halfway through
+/// it, so that even a measurement shorter than a chunk's wait sees the steady rate.
+fn start_others(
+    target: &RunningTarget,
+    spec: &TargetSpec,
+    scenario: &Scenario,
+    others: &Others,
+    sink: SocketAddr,
+) -> Result<RunningOthers> {
+    let mut streams = Vec::with_capacity(others.users * 2);
+    for i in 0..others.users {
+        let (_, user) = users::bench_user(i);
+        let mut dialer = target.dialer();
+        dialer.secrets = Secrets { user };
+        // A user held to a rate that can still write megabytes into the kernel at once would
+        // show its uploads as bursts seconds apart; 64 KiB keeps them near the rate.
+        dialer.send_buffer = Some(64 * 1024);
+        let client = Client { dialer, sink };
+        for (k, flow) in [Flow::Up, Flow::Down].into_iter().enumerate() {
+            let start = ((i * 2 + k) * 15_485_863 % PERIOD) as u32;
+            streams.push((client.clone(), Request { flow, len: traffic::ENDLESS, start }));
+        }
+    }
+    let pace = if spec.extra_users_limits.is_some() { None } else { Some(others.limits.rate) };
+    let bound = others.warmup + scenario.timeout + Duration::from_secs(10);
+    let traffic = Traffic::start(streams, 0, bound, pace).context("starting the other users' streams")?;
+    thread::sleep(others.warmup / 2);
+    let (bytes, since) = (traffic.bytes(), Instant::now());
+    let cpu = |pid| procstat::cpu_seconds(pid);
+    let cpu_before = target.pid().map(cpu).transpose()?;
+    thread::sleep(others.warmup / 2);
+    let cpu_alone = procstat::since(target.pid().map(cpu).transpose()?, cpu_before);
+    let cpu_s_per_s_alone = cpu_alone.map(|c| c / since.elapsed().as_secs_f64());
+    Ok(RunningOthers { traffic, bytes, since, cpu_s_per_s_alone })
+}
+
+/// What the other users' streams moved per user and direction, from each stream's bytes
+/// `before` and `after` `secs` seconds (uploads at even indices, downloads at odd).
+fn others_record(others: &Others, spec: &TargetSpec, before: &[u64], after: &[u64], secs: f64) -> OthersRecord {
+    let mib_s = |parity: usize| {
+        let moved: u64 = before.iter().zip(after).skip(parity).step_by(2).map(|(b, a)| a - b).sum();
+        moved as f64 / (1 << 20) as f64 / secs / others.users as f64
+    };
+    OthersRecord {
+        users: others.users,
+        limited_by_proxy: spec.extra_users_limits.is_some(),
+        rate_each: others.limits.rate,
+        max_connections: others.limits.max_connections,
+        max_ips: others.limits.max_ips,
+        up_mib_s_per_user: mib_s(0),
+        down_mib_s_per_user: mib_s(1),
+        proxy_cpu_s_per_s_alone: None,
+    }
 }

@@ -1,7 +1,9 @@
 //! The `dns` object and the `dns` outbound, against DNS servers the tests run on loopback:
 //! freedom's `UseIPv4` and the router's `IPIfNonMatch` resolve through it, answers are cached,
-//! `hosts` answers without a query, `domains` and `expectIPs` pick the server, a slow server
-//! holds up only the sessions waiting for it, and a `dns` outbound answers queries routed to it.
+//! `hosts` answers without a query (a `geosite:` key for every name of the list), `queryStrategy`
+//! narrows what is asked, `IPOnDemand` resolves at the first ip rule, `localhost` is the system
+//! resolver, `domains` and `expectIPs` pick the server, a slow server holds up only the
+//! sessions waiting for it, and a `dns` outbound answers queries routed to it.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::thread;
@@ -76,6 +78,25 @@ fn hosts_answer_without_a_query_and_a_plain_key_is_a_full_match() {
     // A plain key covers only its own name: a subdomain goes to the server (which knows none).
     assert!(!echoes(proxy, "sub.plain.test", port));
     assert_eq!(server_dns.queries("sub.plain.test"), 1);
+}
+
+#[test]
+fn a_geosite_key_in_hosts_answers_the_lists_names_without_a_query() {
+    // V2Ray 4.45.2's own geosite.dat, from the peers' cache.
+    std::env::set_var("XRAY_LOCATION_ASSET", shardray_tests::peers::v2ray().parent().unwrap());
+    let echo = EchoServer::start();
+    let server_dns = DnsServer::start(&[]);
+    let dns = json!({ "hosts": { "geosite:github": "127.0.0.1" }, "servers": [server_dns.udp().to_string()] });
+    let server = Shardray::start(&config("UseIPv4", dns), 2);
+    let proxy = server.inbound("socks-in");
+    let port = echo.addr().port();
+    for name in ["github.com", "api.github.com"] {
+        assert!(echoes(proxy, name, port), "{name}: {}", server.output());
+    }
+    assert_eq!(server_dns.all_queries(), vec![]);
+    // A name outside the list goes to the server (which knows none).
+    assert!(!echoes(proxy, "example.org", port));
+    assert_eq!(server_dns.queries("example.org"), 1);
 }
 
 #[test]
@@ -195,6 +216,54 @@ fn ip_if_non_match_routes_a_name_by_the_address_the_dns_object_gives() {
     assert!(echoes(proxy, "routed.test", echo.addr().port()), "{}", server.output());
     assert!(!echoes(proxy, "elsewhere.test", echo.addr().port()));
     assert_eq!(server_dns.queries("routed.test"), 2, "A and AAAA, once: {:?}", server_dns.all_queries());
+}
+
+#[test]
+fn ip_on_demand_resolves_at_the_first_ip_rule_before_later_domain_rules() {
+    let echo = EchoServer::start();
+    let server_dns = DnsServer::start(&[("routed.test", LOCAL)]);
+    let mut config = config("AsIs", json!({ "servers": [server_dns.udp().to_string()] }));
+    let outbounds = config["outbounds"].as_array_mut().unwrap();
+    outbounds.swap(0, 1);
+    // The ip rule comes first: IPOnDemand resolves the name there and it matches, where
+    // IPIfNonMatch would take the later domain rule, which drops, without resolving.
+    let rules = json!([
+        { "type": "field", "ip": ["127.0.0.1/32"], "outboundTag": "direct" },
+        { "type": "field", "domain": ["full:routed.test"], "outboundTag": "blocked" }
+    ]);
+    for (strategy, reaches, queries) in [("IPOnDemand", true, 2), ("IPIfNonMatch", false, 0)] {
+        config["routing"] = json!({ "domainStrategy": strategy, "rules": rules });
+        let server = Shardray::start(&config, 2);
+        let before = server_dns.queries("routed.test");
+        assert_eq!(echoes(server.inbound("socks-in"), "routed.test", echo.addr().port()), reaches, "{strategy}");
+        assert_eq!(server_dns.queries("routed.test") - before, queries, "{strategy}: {:?}", server_dns.all_queries());
+    }
+}
+
+#[test]
+fn query_strategy_use_ipv4_asks_for_a_records_only() {
+    let echo = EchoServer::start();
+    let server_dns = DnsServer::start(&[("svc.test", LOCAL)]);
+    // Freedom's UseIP would ask for both; the dns object's strategy leaves AAAA out.
+    let dns = json!({ "servers": [server_dns.udp().to_string()], "queryStrategy": "UseIPv4" });
+    let server = Shardray::start(&config("UseIP", dns), 2);
+    assert!(echoes(server.inbound("socks-in"), "svc.test", echo.addr().port()), "{}", server.output());
+    assert_eq!(server_dns.all_queries(), vec![("svc.test".to_owned(), 1)]);
+}
+
+#[test]
+fn a_localhost_server_is_the_system_resolver() {
+    let echo = EchoServer::start();
+    // The system resolver knows `localhost` (from /etc/hosts); the dns log names the source.
+    let dns = json!({ "servers": ["localhost"] });
+    let mut config = config("UseIPv4", dns);
+    config["log"]["dnsLog"] = json!(true);
+    let server = Shardray::start(&config, 2);
+    assert!(echoes(server.inbound("socks-in"), "localhost", echo.addr().port()), "{}", server.output());
+    let logged = |out: String| {
+        out.lines().any(|l| l.contains("dns: localhost A -> [127.0.0.1]") && l.contains("from localhost"))
+    };
+    assert!(shardray_tests::wait_until(Duration::from_secs(5), || logged(server.output())), "{}", server.output());
 }
 
 /// A dokodemo-door `door` on TCP and UDP to `dest`, routed to a `dns` outbound with `settings`.

@@ -209,3 +209,45 @@ fn a_missing_list_or_file_is_named() {
         assert!(!status.success() && out.contains(want), "want {want:?}:\n{out}");
     }
 }
+
+#[test]
+fn the_files_are_found_where_xray_looks() {
+    std::env::remove_var("XRAY_LOCATION_ASSET");
+    std::env::remove_var("V2RAY_LOCATION_ASSET");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vless_config(json!([{ "id": ALICE }]), json!({}));
+    config["routing"] = json!({ "rules": [{ "domain": ["geosite:github"], "outboundTag": "direct" }] });
+    let path = dir.path().join("c.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let check = |bin: &std::path::Path, env: Option<std::path::PathBuf>| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["test", "-c", path.to_str().unwrap()]);
+        if let Some(dir) = env {
+            cmd.env("V2RAY_LOCATION_ASSET", dir);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let bin = shardray_tests::bin_path();
+    // V2Ray's variable, as Xray reads it after its own.
+    let (ok, out) = check(&bin, Some(assets()));
+    assert!(ok, "{out}");
+    // Nowhere: the error names every place looked in (unless this machine has them installed).
+    let system = ["/usr/local/share/xray", "/usr/share/xray", "/usr/local/share/v2ray", "/usr/share/v2ray"];
+    if !system.iter().any(|d| std::path::Path::new(d).join("geosite.dat").is_file()) {
+        let (ok, out) = check(&bin, None);
+        let beside = bin.parent().unwrap().display().to_string();
+        assert!(!ok && out.contains("geosite.dat not found (looked in"), "{out}");
+        assert!(out.contains(&beside) && system.iter().all(|d| out.contains(d)), "{out}");
+    }
+    // Next to the binary: a link to it in a directory that holds the file.
+    let beside = tempfile::tempdir_in(bin.parent().unwrap()).unwrap();
+    let linked = beside.path().join("shardray");
+    std::fs::hard_link(&bin, &linked).unwrap();
+    std::fs::copy(assets().join("geosite.dat"), beside.path().join("geosite.dat")).unwrap();
+    let (ok, out) = check(&linked, None);
+    assert!(ok, "{out}");
+}

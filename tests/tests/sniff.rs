@@ -16,8 +16,9 @@ use shardray_tests::proxy::{socks5, socks_config, OriginServer};
 use shardray_tests::servers::{EchoServer, RecordingServer};
 use shardray_tests::Shardray;
 
-/// Four SOCKS inbounds: `plain` (no sniffing), `sniff` (http and tls), `tls-only`
-/// (destOverride tls) and `route-only` (http, routeOnly). Rules: `b.test` goes to `to-b`
+/// SOCKS inbounds: `plain` (no sniffing), `sniff` (http and tls), `tls-only` (destOverride
+/// tls), `route-only` (http, routeOnly), `excluded` (http, b.test in domainsExcluded) and
+/// `metadata-only` (http and tls, metadataOnly). Rules: `b.test` goes to `to-b`
 /// (freedom redirected to `b`), `t.test` to `to-t` (redirected to `t`), `a.test` to `direct`,
 /// BitTorrent to `blocked`, and 127.0.0.1 to `direct`.
 fn config(b: SocketAddr, t: SocketAddr) -> Value {
@@ -37,6 +38,7 @@ fn config(b: SocketAddr, t: SocketAddr) -> Value {
         inbound("tls-only", json!({ "enabled": true, "destOverride": ["tls"] })),
         inbound("route-only", json!({ "enabled": true, "destOverride": ["http"], "routeOnly": true })),
         inbound("excluded", json!({ "enabled": true, "destOverride": ["http"], "domainsExcluded": ["b.test"] })),
+        inbound("metadata-only", json!({ "enabled": true, "destOverride": ["http", "tls"], "metadataOnly": true })),
     ]);
     config["outbounds"] = json!([
         { "tag": "direct", "protocol": "freedom" },
@@ -94,6 +96,8 @@ fn sniffed_http_host_picks_the_outbound_and_route_only_keeps_the_ip() {
         assert!(curl_http(s.server.inbound("tls-only"), a, "b.test").starts_with("origin-a"));
         // domainsExcluded keeps the original destination.
         assert!(curl_http(s.server.inbound("excluded"), a, "b.test").starts_with("origin-a"));
+        // metadataOnly: the payload is not read, so the Host changes nothing.
+        assert!(curl_http(s.server.inbound("metadata-only"), a, "b.test").starts_with("origin-a"));
         // routeOnly: the name routes (b.test to origin B)…
         assert!(curl_http(s.server.inbound("route-only"), a, "b.test").starts_with("origin-b"));
         // …but a rule sending the name to `direct` reaches the IP the client named, not the
