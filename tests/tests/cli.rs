@@ -45,7 +45,13 @@ fn broken_configs_fail_with_the_path_of_the_bad_field() {
             }),
         ),
         ("routing.rules[0].ip[0]", Box::new(|c| c["routing"]["rules"][0]["ip"] = json!(["300.1.1.1/8"]))),
-        ("routing.rules[0].outboundTag", Box::new(|c| c["routing"]["rules"][0]["outboundTag"] = json!("nowhere"))),
+        (
+            "routing.rules[0].balancerTag",
+            Box::new(|c| {
+                c["routing"]["rules"][0].as_object_mut().unwrap().remove("outboundTag");
+                c["routing"]["rules"][0]["balancerTag"] = json!("nowhere");
+            }),
+        ),
         (
             "routing.rules[0].domain[0]",
             Box::new(|c| c["routing"]["rules"][0] = json!({"domain": ["regexp:(("], "outboundTag": "direct"})),
