@@ -91,6 +91,16 @@ fn connection_limits_hold_across_both_shards_and_free_up_on_close() {
 /// closes it, so a slow accept never passes for a refusal.
 fn fill_handshakes(proxy: std::net::SocketAddr, opening: &[u8], full: usize) -> Vec<TcpStream> {
     let local: std::net::IpAddr = [127, 0, 0, 1].into();
+    fill_handshakes_with(full, || {
+        let mut s = vless::connect_from(local, proxy).unwrap();
+        let _ = s.write_all(&opening[..1]);
+        s
+    })
+}
+
+/// `fill_handshakes` with connections that `open` starts (each in its handshake, from one
+/// source).
+fn fill_handshakes_with(full: usize, mut open: impl FnMut() -> TcpStream) -> Vec<TcpStream> {
     let mut held: Vec<TcpStream> = Vec::new();
     let mut refused = 0;
     for _ in 0..60 {
@@ -105,8 +115,7 @@ fn fill_handshakes(proxy: std::net::SocketAddr, opening: &[u8], full: usize) -> 
             }
             continue;
         }
-        let mut s = vless::connect_from(local, proxy).unwrap();
-        let _ = s.write_all(&opening[..1]);
+        let mut s = open();
         if vless::closed_within(&mut s, Duration::from_millis(1000)) {
             refused += 1;
         } else {
@@ -199,6 +208,96 @@ fn handshakes_in_flight_per_source_are_bounded_and_freed_when_done_or_timed_out(
     assert!(refused >= 8, "refusals counted: {refused}");
     let out = server.output();
     assert!(out.contains("policy.system.maxHandshakesPerSource (3) reached for this address on this shard"), "{out}");
+}
+
+/// A WebSocket upgrade to `/ws` from `from` as a CDN sends it (`X-From-Cdn`), naming `client`
+/// in `X-Forwarded-For`; the stream once the 101 is read.
+fn upgrade_behind_cdn(proxy: std::net::SocketAddr, from: std::net::IpAddr, client: &str) -> TcpStream {
+    let mut s = vless::connect_from(from, proxy).unwrap();
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         X-From-Cdn: 1\r\nX-Forwarded-For: {client}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        got.push(byte[0]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got));
+    s
+}
+
+/// Behind a CDN every connection comes from a few edge addresses. Listed in `trustedHops`, an
+/// edge is not bounded as one source: it holds many handshakes at once, while any other
+/// address is bound as before; the client a trusted `X-Forwarded-For` names counts instead,
+/// from its upgrade on, so one client behind the CDN is bound as it would be without one.
+#[test]
+fn trusted_hops_are_not_bound_as_one_source_but_the_clients_they_name_are() {
+    const PER_SHARD: usize = 2;
+    const SHARDS: usize = 2;
+    let echo = EchoServer::start();
+    let stream = json!({ "network": "ws", "wsSettings": { "path": "/ws" },
+                         "sockopt": { "trustedXForwardedFor": ["X-From-Cdn"] } });
+    let mut config =
+        vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({ "streamSettings": stream }));
+    config["policy"]["system"]["maxHandshakesPerSource"] = json!(PER_SHARD);
+    config["policy"]["system"]["trustedHops"] = json!(["127.0.0.1/32"]);
+    config["policy"]["levels"]["0"]["handshake"] = json!(15);
+    config["api"] = shardray_tests::loopback_api(&["StatsService"]);
+    let server = Shardray::start(&config, SHARDS);
+    let proxy = server.inbound("vless-in");
+    let (edge, other): (std::net::IpAddr, std::net::IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+
+    // The edge: a dozen upgrades in flight at once (three times the bound), none refused.
+    let mut edge_held: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut s = vless::connect_from(edge, proxy).unwrap();
+            s.write_all(b"GET /ws HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    for s in &mut edge_held {
+        assert!(!vless::closed_within(s, Duration::from_millis(300)), "a trusted hop's handshake was refused");
+    }
+    // Another address is bound as ever.
+    let _other_held = fill_handshakes_with(PER_SHARD * SHARDS, || {
+        let mut s = vless::connect_from(other, proxy).unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\n").unwrap();
+        s
+    });
+    // Refusals are logged once a second per shard: the client's below get lines of their own.
+    std::thread::sleep(Duration::from_millis(1100));
+    // One client behind the edge, upgraded and then silent (its VLESS header never comes):
+    // bound as any source, on each shard.
+    let _client_held = fill_handshakes_with(PER_SHARD * SHARDS, || upgrade_behind_cdn(proxy, edge, "192.0.2.7"));
+    // Another client behind the same edge is served meanwhile.
+    let mut s = upgrade_behind_cdn(proxy, edge, "192.0.2.8");
+    let mut first = vless::request(ALICE, echo.addr());
+    first.extend_from_slice(b"cdn");
+    let mut frame = vec![0x82, 0x80 | first.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(&first);
+    s.write_all(&frame).unwrap();
+    // The server's frames (unmasked, short): the VLESS response header, then the echo.
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let mut head = [0u8; 2];
+        s.read_exact(&mut head).unwrap();
+        let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+        s.read_exact(&mut payload).unwrap();
+        got.extend_from_slice(&payload);
+    }
+    assert_eq!(got, b"\0\0cdn", "a second client behind the edge was not served");
+
+    let api = ApiClient::connect(server.api.unwrap());
+    let refused = api.get("refused>>>handshake_limit", false).unwrap_or(0);
+    assert!(refused >= 2, "refusals counted: {refused}");
+    let out = server.output();
+    assert!(out.contains("192.0.2.7:0 refused: policy.system.maxHandshakesPerSource (2) reached"), "{out}");
+    assert!(!out.lines().any(|l| l.contains("127.0.0.1:") && l.contains("refused")), "{out}");
+    drop(edge_held);
 }
 
 /// Resident memory of process `pid`, in KiB.

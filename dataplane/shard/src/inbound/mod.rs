@@ -105,8 +105,9 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
         };
         match accepted {
             Ok((stream, peer)) => {
-                let system = ctx.policies().system;
-                let slot = match crate::gate::admit(&system, &inbound.connections) {
+                let policies = ctx.policies();
+                let system = &policies.system;
+                let slot = match crate::gate::admit(system, &inbound.connections) {
                     Ok(slot) => slot,
                     Err(full) => {
                         // Closed unread: the cheapest answer, and the same a full backlog gives.
@@ -120,7 +121,7 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
                 // client it names instead. A Unix socket's clients have no address (all are
                 // `UNIX_PEER`): counted as one source, a few tricklers would shut out everyone.
                 let source = (!inbound.accept_proxy_protocol && peer != UNIX_PEER).then_some(peer.ip());
-                let handshake = match source.map(|ip| ctx.handshakes.try_begin(ip, system.max_handshakes_per_source)) {
+                let handshake = match source.map(|ip| ctx.handshakes.try_begin(ip, system)) {
                     Some(Err(full)) => {
                         drop((stream, slot));
                         ctx.handshakes.refuse(&ctx, &inbound.tag, peer, full);
@@ -243,8 +244,8 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpStrea
         if info.peer == UNIX_PEER {
             return security(ctx, inbound, stream, info).await;
         }
-        let max = ctx.policies().system.max_handshakes_per_source;
-        return match ctx.handshakes.try_begin(info.peer.ip(), max) {
+        let begun = ctx.handshakes.try_begin(info.peer.ip(), &ctx.policies().system);
+        return match begun {
             Ok(handshake) => crate::gate::in_handshake(handshake, security(ctx, inbound, stream, info)).await,
             Err(full) => ctx.handshakes.refuse(ctx, &inbound.tag, info.peer, full),
         };
@@ -497,6 +498,10 @@ async fn http_transport<S>(
     };
     if let Some(ip) = accepted.forwarded {
         info.peer = SocketAddr::new(ip, 0);
+        // From a trusted hop (a CDN), the client it names counts for the rest of the handshake.
+        if let Err(full) = crate::gate::handshake_from(&ctx.handshakes, ip) {
+            return ctx.handshakes.refuse(ctx, &inbound.tag, info.peer, full);
+        }
     } else if accepted.untrusted_forward {
         let tag = &inbound.tag;
         ctx.log.error(

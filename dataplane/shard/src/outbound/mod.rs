@@ -664,7 +664,8 @@ impl<'a> SessionMeter<'a> {
         policy: &LevelPolicy,
     ) -> Self {
         let on = ctx.config.stats_enabled;
-        let system = ctx.policies().system;
+        let policies = ctx.policies();
+        let system = &policies.system;
         let user = session.user.as_ref().filter(|u| u.email.is_some()).map(|u| (u.slot, u.slot_generation));
         SessionMeter {
             ctx,
