@@ -300,6 +300,20 @@ fn trusted_hops_are_not_bound_as_one_source_but_the_clients_they_name_are() {
     drop(edge_held);
 }
 
+/// The README's `trustedHops` example, as written, loads into a server that starts.
+#[test]
+fn the_readmes_trusted_hops_example_starts() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme.split("as trusted hops:").nth(1).expect("the README's trusted hops paragraph");
+    let block = section.split("```json").nth(1).unwrap().split("```").next().unwrap();
+    let example: serde_json::Value = serde_json::from_str(&format!("{{{block}}}")).unwrap();
+    let mut config = vless_config(json!([{ "id": ALICE }]), json!({}));
+    config["policy"]["system"] = example["policy"]["system"].clone();
+    assert!(config["policy"]["system"]["trustedHops"].as_array().is_some_and(|a| a.len() == 3));
+    let server = Shardray::start(&config, 1);
+    assert!(server.inbounds.contains_key("vless-in"));
+}
+
 /// Resident memory of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
