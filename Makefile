@@ -110,7 +110,7 @@ fuzz: $(FUZZ_TOOLS)/bin/cargo-fuzz
 # Rust's own checks, overflow and bounds included, still turn a bug into a crash).
 # FUZZ_CI_DIRS narrows it to some of FUZZ_DIRS. FUZZ_CI_BUILD=--dev builds without optimization
 # (CI does so for control/fuzz: its optimized build of the whole control crate takes about 20
-# CPU minutes, the unoptimized one 5; the targets run some 10 times slower, which 2 s of
+# CPU minutes, the unoptimized one 5; the targets run some 15 times slower, which 2 s of
 # seeds and mutations can afford).
 FUZZ_CI_SECONDS ?= 2
 FUZZ_CI_SANITIZER ?= none

@@ -6,7 +6,8 @@
 //! on finds the true number of live connections.
 //!
 //! And `maxHandshakesPerSource`: connections from one address still in their handshake, per
-//! shard (see `Handshakes`).
+//! shard (see `Handshakes`), where a `trustedHops` address (a CDN's edge) is not one source but
+//! the clients its connections name are (`handshake_from`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
