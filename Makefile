@@ -108,17 +108,21 @@ fuzz: $(FUZZ_TOOLS)/bin/cargo-fuzz
 # scratch corpus that is thrown away, so a run never changes the tree. Built once per crate
 # with FUZZ_CI_SANITIZER (`none`: ASAN's build and runs would add minutes on CI's two cores;
 # Rust's own checks, overflow and bounds included, still turn a bug into a crash).
-# FUZZ_CI_DIRS narrows it to some of FUZZ_DIRS.
+# FUZZ_CI_DIRS narrows it to some of FUZZ_DIRS. FUZZ_CI_BUILD=--dev builds without optimization
+# (CI does so for control/fuzz: its optimized build of the whole control crate takes about 20
+# CPU minutes, the unoptimized one 5; the targets run some 15 times slower, which 2 s of
+# seeds and mutations can afford).
 FUZZ_CI_SECONDS ?= 2
 FUZZ_CI_SANITIZER ?= none
 FUZZ_CI_DIRS ?= $(FUZZ_DIRS)
+FUZZ_CI_BUILD ?=
 fuzz-ci: $(FUZZ_TOOLS)/bin/cargo-fuzz
-	for d in $(FUZZ_CI_DIRS); do (cd $$d && $(FUZZ_ENV) $(CARGO) fuzz build -s $(FUZZ_CI_SANITIZER)) || exit 1; done
+	for d in $(FUZZ_CI_DIRS); do (cd $$d && $(FUZZ_ENV) $(CARGO) fuzz build $(FUZZ_CI_BUILD) -s $(FUZZ_CI_SANITIZER)) || exit 1; done
 	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && for d in $(FUZZ_CI_DIRS); do \
 	  cd $(CURDIR)/$$d && for t in $$($(FUZZ_ENV) $(CARGO) fuzz list); do \
 	    test -d seeds/$$t || { echo "fuzz-ci: $$d has no seeds/$$t"; exit 1; }; \
 	    mkdir -p $$scratch/$$d/$$t; \
-	    $(FUZZ_ENV) $(CARGO) fuzz run -s $(FUZZ_CI_SANITIZER) $$t $$scratch/$$d/$$t seeds/$$t -- \
+	    $(FUZZ_ENV) $(CARGO) fuzz run $(FUZZ_CI_BUILD) -s $(FUZZ_CI_SANITIZER) $$t $$scratch/$$d/$$t seeds/$$t -- \
 	      -max_total_time=$(FUZZ_CI_SECONDS) -timeout=10 -print_final_stats=1 2>$$scratch/log \
 	      || { cat $$scratch/log; exit 1; }; \
 	    echo "== $$d $$t: $$(sed -n 's/^stat::number_of_executed_units: *//p' $$scratch/log) runs in $(FUZZ_CI_SECONDS) s"; \

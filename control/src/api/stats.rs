@@ -364,7 +364,7 @@ fn link_totals(config: &Config, snaps: &[StatsSnapshot]) -> Vec<(String, u64)> {
         }
     }
     let mut out = Vec::new();
-    let system = config.policy.system;
+    let system = &config.policy.system;
     let links = [
         (
             "inbound",

@@ -155,6 +155,7 @@ pub(super) struct RawSystemPolicy {
     pub max_connections: Option<u32>,
     pub max_inbound_connections: Option<u32>,
     pub max_handshakes_per_source: Option<u32>,
+    pub trusted_hops: Option<StringList>,
     /// The V2Ray API article's place for the service list.
     pub api: Option<RawSystemApi>,
 }

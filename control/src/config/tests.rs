@@ -647,6 +647,25 @@ fn wrong_type_names_the_field() {
 }
 
 #[test]
+fn trusted_hops_are_addresses_and_networks() {
+    let mut v = base();
+    set(
+        &mut v,
+        "",
+        "policy",
+        json!({ "system": { "trustedHops": ["173.245.48.0/20", "2400:cb00::/32", "10.0.0.5"] } }),
+    );
+    let system = load(&v).unwrap().policy.system;
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert!(system.is_trusted_hop(ip("173.245.63.1")) && system.is_trusted_hop(ip("::ffff:173.245.48.9")));
+    assert!(system.is_trusted_hop(ip("2400:cb00:1::2")) && system.is_trusted_hop(ip("10.0.0.5")));
+    assert!(!system.is_trusted_hop(ip("10.0.0.6")) && !system.is_trusted_hop(ip("173.245.64.0")));
+    assert!(!load(&base()).unwrap().policy.system.is_trusted_hop(ip("127.0.0.1")), "none by default");
+    let err = broken(|v| set(v, "", "policy", json!({ "system": { "trustedHops": ["1.2.3.4", "cdn.example"] } })));
+    assert_eq!(err.path, "policy.system.trustedHops[1]");
+}
+
+#[test]
 fn protocol_not_served_yet() {
     let err = broken(|v| set(v, "/inbounds/0", "protocol", json!("wireguard")));
     assert_eq!(err.to_string(), "inbounds[0].protocol: \"wireguard\" is not supported yet");

@@ -240,6 +240,7 @@ fn policy_spec(raw: RawPolicy) -> Result<PolicySpec, ConfigError> {
             max_handshakes_per_source: system
                 .max_handshakes_per_source
                 .unwrap_or(SystemPolicy::DEFAULT_MAX_HANDSHAKES_PER_SOURCE),
+            trusted_hops: super::routing::ip_list(system.trusted_hops, "policy.system.trustedHops")?,
         },
     })
 }

@@ -365,7 +365,7 @@ impl Default for LevelPolicy {
 }
 
 /// `policy.system`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemPolicy {
     /// `statsInboundUplink`
     pub stats_inbound_uplink: bool,
@@ -383,9 +383,20 @@ pub struct SystemPolicy {
     /// `maxHandshakesPerSource` (ours): connections from one address that one shard holds
     /// before their handshake is done; past it new ones are closed at accept (0: no limit).
     pub max_handshakes_per_source: u32,
+    /// `trustedHops` (ours): the addresses of proxies in front of the server (a CDN's edges, a
+    /// load balancer) whose connections carry many clients each: not bounded by
+    /// `maxHandshakesPerSource` as one source; behind them, the client a trusted
+    /// `X-Forwarded-For` names counts instead.
+    pub trusted_hops: Vec<IpNet>,
 }
 
 impl SystemPolicy {
+    /// Whether `ip` is one of `trustedHops` (an IPv4-mapped address as its IPv4 address).
+    pub fn is_trusted_hop(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_hops.iter().any(|net| net.contains(&ip))
+    }
+
     /// `maxHandshakesPerSource` when the config does not set it: far above what one honest
     /// address has in flight, many users behind one CGNAT address included (a handshake
     /// takes a round trip or two), and low enough that one address trickling handshakes
@@ -403,6 +414,7 @@ impl Default for SystemPolicy {
             max_connections: 0,
             max_inbound_connections: 0,
             max_handshakes_per_source: SystemPolicy::DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+            trusted_hops: Vec::new(),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! on finds the true number of live connections.
 //!
 //! And `maxHandshakesPerSource`: connections from one address still in their handshake, per
-//! shard (see `Handshakes`).
+//! shard (see `Handshakes`), where a `trustedHops` address (a CDN's edge) is not one source but
+//! the clients its connections name are (`handshake_from`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -100,12 +101,28 @@ pub(crate) struct Handshakes {
 }
 
 impl Handshakes {
-    /// A place for one more handshake from `source`, refused when `max` of them run already.
-    /// `max` 0: no bound, and nothing is counted (`None`).
-    pub(crate) fn try_begin(&self, source: IpAddr, max: u32) -> Result<Option<HandshakeSlot>, HandshakesFull> {
+    /// A place for one more handshake from `source` under `system`'s bound, refused when
+    /// `maxHandshakesPerSource` of them run already. That bound 0: no bound, and nothing is
+    /// counted (`None`). A trusted hop is not counted either, but its place may take on the
+    /// client behind it (`handshake_from`).
+    pub(crate) fn try_begin(
+        &self,
+        source: IpAddr,
+        system: &SystemPolicy,
+    ) -> Result<Option<HandshakeSlot>, HandshakesFull> {
+        let max = system.max_handshakes_per_source;
         if max == 0 {
             return Ok(None);
         }
+        let counted = match system.is_trusted_hop(source) {
+            true => None,
+            false => Some(self.count(source, max)?),
+        };
+        Ok(Some(HandshakeSlot { counts: self.counts.clone(), source: Cell::new(counted), held: Cell::new(true), max }))
+    }
+
+    /// Counts one more handshake of `source` (by its key), unless `max` run already.
+    fn count(&self, source: IpAddr, max: u32) -> Result<IpAddr, HandshakesFull> {
         let source = source_key(source);
         let mut counts = self.counts.borrow_mut();
         let count = counts.entry(source).or_default();
@@ -113,7 +130,7 @@ impl Handshakes {
             return Err(HandshakesFull(max));
         }
         *count += 1;
-        Ok(Some(HandshakeSlot { counts: self.counts.clone(), source, held: Cell::new(true) }))
+        Ok(source)
     }
 
     /// Counts and logs a connection from `peer` to inbound `tag` refused by `full`; the caller
@@ -150,11 +167,14 @@ impl std::fmt::Display for HandshakesFull {
     }
 }
 
-/// One connection's place among its source's handshakes, given back once.
+/// One connection's place among its source's handshakes, given back once. `source`: the
+/// (keyed) address it counts for; `None` for a trusted hop's, until the client behind the hop
+/// is known.
 pub(crate) struct HandshakeSlot {
     counts: Rc<RefCell<HashMap<IpAddr, u32>>>,
-    source: IpAddr,
+    source: Cell<Option<IpAddr>>,
     held: Cell<bool>,
+    max: u32,
 }
 
 impl HandshakeSlot {
@@ -162,11 +182,12 @@ impl HandshakeSlot {
         if !self.held.replace(false) {
             return;
         }
+        let Some(source) = self.source.take() else { return };
         let mut counts = self.counts.borrow_mut();
-        if let Some(count) = counts.get_mut(&self.source) {
+        if let Some(count) = counts.get_mut(&source) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.source);
+                counts.remove(&source);
             }
         }
     }
@@ -227,6 +248,21 @@ impl<F: Future> Future for InHandshake<F> {
     }
 }
 
+/// Says that the connection being served, if it came from a trusted hop and is still in its
+/// handshake, carries `client` (as a trusted `X-Forwarded-For` names it): from now on it counts
+/// among `client`'s handshakes, refused (`Err`) when `client` has its bound in flight already.
+/// A connection from any other source keeps counting for its socket's peer.
+pub(crate) fn handshake_from(handshakes: &Handshakes, client: IpAddr) -> Result<(), HandshakesFull> {
+    CURRENT.with(|c| {
+        let current = c.borrow();
+        let Some(slot) = current.as_ref().filter(|s| s.held.get() && s.source.get().is_none()) else {
+            return Ok(());
+        };
+        slot.source.set(Some(handshakes.count(client, slot.max)?));
+        Ok(())
+    })
+}
+
 /// Says that the connection being served is past its handshake: its first session is
 /// routed (or handed to a fallback). Its place among its source's handshakes is given back;
 /// nothing happens when it has none.
@@ -264,21 +300,24 @@ mod tests {
     #[allow(clippy::async_yields_async)]
     fn a_source_holds_at_most_its_bound_of_handshakes_until_they_are_done() {
         let handshakes = Handshakes::default();
+        let bound = |max| SystemPolicy { max_handshakes_per_source: max, ..Default::default() };
         let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
-        let first = handshakes.try_begin(a, 2).unwrap();
-        let second = handshakes.try_begin(a, 2).unwrap();
-        assert_eq!(handshakes.try_begin(a, 2).err(), Some(HandshakesFull(2)));
-        assert!(handshakes.try_begin(b, 2).unwrap().is_some(), "another source is not bound by it");
+        let first = handshakes.try_begin(a, &bound(2)).unwrap();
+        let second = handshakes.try_begin(a, &bound(2)).unwrap();
+        assert_eq!(handshakes.try_begin(a, &bound(2)).err(), Some(HandshakesFull(2)));
+        assert!(handshakes.try_begin(b, &bound(2)).unwrap().is_some(), "another source is not bound by it");
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert!(handshakes.try_begin(mapped, 2).is_err(), "a v4-mapped address is the same source");
-        assert!(handshakes.try_begin(a, 0).unwrap().is_none(), "0: no bound, nothing counted");
+        assert!(handshakes.try_begin(mapped, &bound(2)).is_err(), "a v4-mapped address is the same source");
+        assert!(handshakes.try_begin(a, &bound(0)).unwrap().is_none(), "0: no bound, nothing counted");
         // IPv6: one /64 is one source, whatever its low 64 bits; the next /64 is another.
         let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
-        let held =
-            [handshakes.try_begin(v6("2001:db8:1:2::1"), 2), handshakes.try_begin(v6("2001:db8:1:2:ffff::9"), 2)];
+        let held = [
+            handshakes.try_begin(v6("2001:db8:1:2::1"), &bound(2)),
+            handshakes.try_begin(v6("2001:db8:1:2:ffff::9"), &bound(2)),
+        ];
         assert!(held.iter().all(|h| h.as_ref().is_ok_and(|s| s.is_some())));
-        assert!(handshakes.try_begin(v6("2001:db8:1:2:abcd:1:2:3"), 2).is_err(), "the same /64 is one source");
-        assert!(handshakes.try_begin(v6("2001:db8:1:3::1"), 2).unwrap().is_some(), "another /64 is another");
+        assert!(handshakes.try_begin(v6("2001:db8:1:2:abcd:1:2:3"), &bound(2)).is_err(), "the same /64 is one source");
+        assert!(handshakes.try_begin(v6("2001:db8:1:3::1"), &bound(2)).unwrap().is_some(), "another /64 is another");
 
         // Done inside the task: the place comes back at once, though the task goes on.
         let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -303,8 +342,51 @@ mod tests {
         assert_eq!(handshakes.in_flight(a), 1, "the connection's task ended, its spawned session holds it");
         futures_lite::future::block_on(spawned);
         assert_eq!(handshakes.in_flight(a), 0);
-        let third = handshakes.try_begin(a, 2).unwrap();
+        let third = handshakes.try_begin(a, &bound(2)).unwrap();
         drop(third);
         assert_eq!(handshakes.in_flight(a), 0);
+    }
+
+    /// A trusted hop (a CDN's edge) holds any number of handshakes; once a connection from it
+    /// names its client (a trusted X-Forwarded-For), it counts for that client, bound as any
+    /// source is. Another source's connection keeps counting for its own address.
+    #[test]
+    fn trusted_hops_are_not_bound_as_one_source_but_the_clients_behind_them_are() {
+        let handshakes = Handshakes::default();
+        let system = SystemPolicy {
+            max_handshakes_per_source: 1,
+            trusted_hops: vec!["10.9.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
+        let (hop, client, other): (IpAddr, IpAddr, IpAddr) =
+            ("10.9.1.1".parse().unwrap(), "192.0.2.7".parse().unwrap(), "127.0.0.1".parse().unwrap());
+        let mapped: IpAddr = "::ffff:10.9.3.3".parse().unwrap();
+        let from_hop: Vec<_> = (0..5).map(|_| handshakes.try_begin(hop, &system).unwrap()).collect();
+        assert!(handshakes.try_begin(mapped, &system).is_ok(), "a v4-mapped hop is the hop");
+        assert_eq!(handshakes.in_flight(hop), 0, "a hop's connections are not counted as its own");
+        let mut from_hop = from_hop.into_iter();
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+
+        // The first names its client: counted for it.
+        let named = in_handshake(from_hop.next().unwrap(), async { handshake_from(&handshakes, client) });
+        let mut named = Box::pin(named);
+        assert_eq!(named.as_mut().poll(&mut cx), std::task::Poll::Ready(Ok(())));
+        assert_eq!(handshakes.in_flight(client), 1);
+        // A second connection for the same client is past the client's bound.
+        let second = in_handshake(from_hop.next().unwrap(), async { handshake_from(&handshakes, client) });
+        assert_eq!(futures_lite::future::block_on(second), Err(HandshakesFull(1)));
+        // A connection from an untrusted source keeps its own address, whatever it names.
+        let direct = handshakes.try_begin(other, &system).unwrap();
+        let direct = in_handshake(direct, async {
+            let named = handshake_from(&handshakes, client);
+            handshake_done();
+            named
+        });
+        assert_eq!(futures_lite::future::block_on(direct), Ok(()));
+        assert_eq!((handshakes.in_flight(client), handshakes.in_flight(other)), (1, 0));
+        // The named connection ends: the client's place comes back.
+        drop(named);
+        assert_eq!(handshakes.in_flight(client), 0);
     }
 }

@@ -64,7 +64,24 @@ const FRAMES_PER_TURN: u32 = 64;
 
 /// Serves a mux connection of `user` over `stream`, whose first bytes, already read, are
 /// `early`; `prefix` (a response header) goes to the client before the first frame.
+///
+/// Boxed, as `outbound::carry` is: a connection's future must not carry room for a mux
+/// session while its handshake arrives.
 pub(crate) async fn serve<S>(
+    ctx: &Rc<ShardCtx>,
+    inbound: &InboundRt,
+    peer: SocketAddr,
+    user: UserHandle,
+    stream: S,
+    early: &[u8],
+    prefix: &[u8],
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    Box::pin(serve_mux(ctx, inbound, peer, user, stream, early, prefix)).await
+}
+
+async fn serve_mux<S>(
     ctx: &Rc<ShardCtx>,
     inbound: &InboundRt,
     peer: SocketAddr,

@@ -912,7 +912,18 @@ enum PacketEnd {
 
 /// Runs a packet session: waits for its first packet, routes it, opens the outbound's leg and
 /// relays packets both ways until the session ends.
-pub(crate) async fn serve_packets<I, O>(ctx: &Rc<ShardCtx>, s: PacketSession<'_>, mut input: I, mut output: O)
+///
+/// Boxed, as `carry` is: a connection's future must not carry room for its session while
+/// its handshake arrives.
+pub(crate) async fn serve_packets<I, O>(ctx: &Rc<ShardCtx>, s: PacketSession<'_>, input: I, output: O)
+where
+    I: PacketSource,
+    O: PacketSink,
+{
+    Box::pin(serve_packet_session(ctx, s, input, output)).await
+}
+
+async fn serve_packet_session<I, O>(ctx: &Rc<ShardCtx>, s: PacketSession<'_>, mut input: I, mut output: O)
 where
     I: PacketSource,
     O: PacketSink,

@@ -167,21 +167,22 @@ async fn serve<S>(
 }
 
 /// Relays a connection byte for byte to `dest` (REALITY's target): a PROXY header first with
-/// `xver`, then both ways, by splice(2) when both ends are TCP. Whatever the client sent is
-/// still in its socket (it was only peeked), so the target sees it all.
+/// `xver`, then `first` (what was read off the client already), then both ways, by splice(2)
+/// when both ends are TCP, so the target sees all the client sent.
 pub(super) async fn relay_to(
     ctx: &Rc<ShardCtx>,
     inbound: &InboundRt,
     dest: &FallbackDest,
     xver: u8,
     mut client: Box<TcpStream>,
+    first: &[u8],
     info: &ConnInfo,
 ) {
     use std::os::fd::AsRawFd;
     // Ours no more: what follows is the target's.
     crate::gate::handshake_done();
     let policy = ctx.policy(0);
-    let preamble = match xver {
+    let mut preamble = match xver {
         0 => Vec::new(),
         _ => match info.local() {
             Ok(local) => proxy_header(xver, info.peer, local),
@@ -195,6 +196,7 @@ pub(super) async fn relay_to(
             }
         },
     };
+    preamble.extend_from_slice(first);
     let client_fd = client.as_raw_fd();
     let result = match dest {
         FallbackDest::Tcp(dest) => match connect_configured(dest).await {

@@ -22,6 +22,7 @@ use shardray_core::stats::Refusal;
 use shardray_wire::proxy_protocol::{self, ProxyError, ProxyHeader};
 use shardray_wire::websocket::{Endpoint, Flavor, UpgradeError};
 
+use crate::transport::client_hello::read_hello;
 use crate::transport::ws::{Refused, Upgraded};
 
 use crate::ctx::{InboundKind, InboundRt, LiveGuard, ShardCtx};
@@ -104,8 +105,9 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
         };
         match accepted {
             Ok((stream, peer)) => {
-                let system = ctx.policies().system;
-                let slot = match crate::gate::admit(&system, &inbound.connections) {
+                let policies = ctx.policies();
+                let system = &policies.system;
+                let slot = match crate::gate::admit(system, &inbound.connections) {
                     Ok(slot) => slot,
                     Err(full) => {
                         // Closed unread: the cheapest answer, and the same a full backlog gives.
@@ -119,7 +121,7 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, inbound: Rc<InboundRt>, liste
                 // client it names instead. A Unix socket's clients have no address (all are
                 // `UNIX_PEER`): counted as one source, a few tricklers would shut out everyone.
                 let source = (!inbound.accept_proxy_protocol && peer != UNIX_PEER).then_some(peer.ip());
-                let handshake = match source.map(|ip| ctx.handshakes.try_begin(ip, system.max_handshakes_per_source)) {
+                let handshake = match source.map(|ip| ctx.handshakes.try_begin(ip, system)) {
                     Some(Err(full)) => {
                         drop((stream, slot));
                         ctx.handshakes.refuse(&ctx, &inbound.tag, peer, full);
@@ -242,8 +244,8 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpStrea
         if info.peer == UNIX_PEER {
             return security(ctx, inbound, stream, info).await;
         }
-        let max = ctx.policies().system.max_handshakes_per_source;
-        return match ctx.handshakes.try_begin(info.peer.ip(), max) {
+        let begun = ctx.handshakes.try_begin(info.peer.ip(), &ctx.policies().system);
+        return match begun {
             Ok(handshake) => crate::gate::in_handshake(handshake, security(ctx, inbound, stream, info)).await,
             Err(full) => ctx.handshakes.refuse(ctx, &inbound.tag, info.peer, full),
         };
@@ -257,7 +259,9 @@ async fn security(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpSt
         return Box::pin(serve_reality(ctx, inbound, reality, stream, info)).await;
     }
     match &inbound.tls {
-        None => transport(ctx, inbound, stream, info).await,
+        // Boxed as the others are: the connection's task is allocated whole at accept, and
+        // must not carry room for any layer's handshake but the one it is in.
+        None => Box::pin(transport(ctx, inbound, stream, info)).await,
         // Boxed: a TLS session's state is several times a plain one's, and a plain session
         // would otherwise carry room for it for as long as it lives.
         Some(acceptor) => Box::pin(serve_tls(ctx, inbound, acceptor, stream, info)).await,
@@ -302,24 +306,21 @@ async fn proxy_header(stream: &TcpStream, fd: RawFd) -> Result<ProxyHeader, Stri
     }
 }
 
-/// REALITY: the ClientHello peeked (bounded by the level-0 handshake timeout) and judged; an
+/// REALITY: the ClientHello read (bounded by the level-0 handshake timeout) and judged; an
 /// authenticated client gets the TLS path with a config of its own, anything else is relayed
-/// to the target untouched, counted and logged as a refusal.
+/// to the target untouched (what was read first), counted and logged as a refusal.
 async fn serve_reality(
     ctx: &Rc<ShardCtx>,
     inbound: &Rc<InboundRt>,
     reality: &crate::transport::reality::RealityRt,
-    stream: Box<TcpStream>,
+    mut stream: Box<TcpStream>,
     info: ConnInfo,
 ) {
-    use crate::transport::reality::{peek_hello, Verdict};
-    let mut hello = Vec::new();
-    let peeked = futures_lite::future::or(async { Some(peek_hello(&stream, &mut hello).await) }, async {
-        glommio::timer::sleep(ctx.policy(0).handshake).await;
-        None
-    })
-    .await;
-    let why = match peeked {
+    use crate::transport::reality::Verdict;
+    let deadline = std::time::Instant::now() + ctx.policy(0).handshake;
+    let (mut records, mut hello) = (Vec::new(), Vec::new());
+    let read = within(deadline, read_hello(&mut stream, &mut records, &mut hello)).await;
+    let why = match read {
         Some(Ok(())) => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
             match reality.judge(&hello, now as u64) {
@@ -333,39 +334,75 @@ async fn serve_reality(
                             format_args!("[{tag}] {} REALITY client {a}.{b}.{c}, short id {id}", info.peer),
                         );
                     }
-                    return serve_tls(ctx, inbound, &TlsAcceptor::from(config), stream, info).await;
+                    drop(hello);
+                    let acceptor = TlsAcceptor::from(config);
+                    return tls_session(ctx, inbound, &acceptor, stream, records, info, deadline).await;
                 }
                 Verdict::Relay(why) => why,
             }
         }
-        Some(Err(why)) => why,
+        Some(Err(e)) => e.to_string(),
         None => "no ClientHello within the handshake timeout".into(),
     };
     fallback::refuse(ctx, inbound, "reality", &why, Refusal::BadRequest, &info);
-    fallback::relay_to(ctx, inbound, &reality.spec.target, reality.spec.xver, stream, &info).await;
+    fallback::relay_to(ctx, inbound, &reality.spec.target, reality.spec.xver, stream, &records, &info).await;
 }
 
-/// The TLS handshake (bounded by the level-0 handshake timeout), then the inbound's protocol.
+/// `fut`'s output, or `None` once `deadline` passes first.
+async fn within<T>(deadline: std::time::Instant, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(deadline.saturating_duration_since(std::time::Instant::now())).await;
+        None
+    })
+    .await
+}
+
+/// TLS: the ClientHello read first, into a buffer no larger than what arrived, so that a
+/// client trickling it holds no TLS state (see `client_hello`); then the handshake, all of it
+/// bounded by the level-0 handshake timeout; then the inbound's protocol.
 async fn serve_tls(
     ctx: &Rc<ShardCtx>,
     inbound: &Rc<InboundRt>,
     acceptor: &TlsAcceptor,
-    stream: Box<TcpStream>,
+    mut stream: Box<TcpStream>,
     info: ConnInfo,
 ) {
+    let deadline = std::time::Instant::now() + ctx.policy(0).handshake;
+    let (mut records, mut hello) = (Vec::new(), Vec::new());
+    match within(deadline, read_hello(&mut stream, &mut records, &mut hello)).await {
+        Some(Ok(())) => {
+            drop(hello);
+            tls_session(ctx, inbound, acceptor, stream, records, info, deadline).await
+        }
+        Some(Err(e)) => {
+            ctx.log.error(LogLevel::Info, format_args!("[{}] {} TLS handshake failed: {}", inbound.tag, info.peer, e))
+        }
+        None => ctx.log.error(LogLevel::Info, format_args!("[{}] {} TLS handshake timed out", inbound.tag, info.peer)),
+    }
+}
+
+/// The TLS handshake on a connection whose ClientHello `records` were read off it already,
+/// until `deadline`, then the inbound's protocol.
+async fn tls_session(
+    ctx: &Rc<ShardCtx>,
+    inbound: &Rc<InboundRt>,
+    acceptor: &TlsAcceptor,
+    stream: Box<TcpStream>,
+    records: Vec<u8>,
+    info: ConnInfo,
+    deadline: std::time::Instant,
+) {
     let peer = info.peer;
-    let handshake = ctx.policy(0).handshake;
     // Records out in one syscall, and in by large reads (see `TlsTcp`).
-    let stream = match inbound.vision {
+    let mut stream = match inbound.vision {
         true => crate::transport::tls_tcp::TlsTcp::tracking(stream),
         false => crate::transport::tls_tcp::TlsTcp::new(stream),
     };
-    let accepted = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
-        glommio::timer::sleep(handshake).await;
-        None
-    })
-    .await;
-    match accepted {
+    stream.unread(&records);
+    drop(records);
+    // Boxed: rustls's connection is made here, once the ClientHello is whole, and not carried
+    // (as room in the connection's future) while it arrives.
+    match within(deadline, Box::pin(acceptor.accept(stream))).await {
         Some(Ok(tls)) => {
             let (_, conn) = tls.get_ref();
             let info = ConnInfo {
@@ -461,6 +498,10 @@ async fn http_transport<S>(
     };
     if let Some(ip) = accepted.forwarded {
         info.peer = SocketAddr::new(ip, 0);
+        // From a trusted hop (a CDN), the client it names counts for the rest of the handshake.
+        if let Err(full) = crate::gate::handshake_from(&ctx.handshakes, ip) {
+            return ctx.handshakes.refuse(ctx, &inbound.tag, info.peer, full);
+        }
     } else if accepted.untrusted_forward {
         let tag = &inbound.tag;
         ctx.log.error(

@@ -99,7 +99,16 @@ pub(crate) async fn forward_vision<C>(
 }
 
 /// Routes `session`, dials its outbound, and carries the session over it as `how` says.
-pub(crate) async fn carry<C>(ctx: &Rc<ShardCtx>, client: &mut C, mut session: Session<'_>, how: Carry<'_>)
+/// Boxed: a connection's future is allocated whole at accept, and must not carry room for
+/// its session (the relay's state) while a trickling client's handshake arrives.
+pub(crate) async fn carry<C>(ctx: &Rc<ShardCtx>, client: &mut C, session: Session<'_>, how: Carry<'_>)
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    Box::pin(carry_session(ctx, client, session, how)).await
+}
+
+async fn carry_session<C>(ctx: &Rc<ShardCtx>, client: &mut C, mut session: Session<'_>, how: Carry<'_>)
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
@@ -655,7 +664,8 @@ impl<'a> SessionMeter<'a> {
         policy: &LevelPolicy,
     ) -> Self {
         let on = ctx.config.stats_enabled;
-        let system = ctx.policies().system;
+        let policies = ctx.policies();
+        let system = &policies.system;
         let user = session.user.as_ref().filter(|u| u.email.is_some()).map(|u| (u.slot, u.slot_generation));
         SessionMeter {
             ctx,

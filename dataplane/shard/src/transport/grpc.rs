@@ -414,6 +414,9 @@ where
         .max_frame_size(MAX_FRAME)
         .max_header_list_size(16 * 1024)
         .max_send_buffer_size(MAX_MESSAGE + MAX_HEADER_LEN);
+    // h2's handshake ends with the client's preface: the first stream must come by this too,
+    // or a client could hold the connection for `connIdle` by sending no more than that.
+    let deadline = Instant::now() + policy.handshake;
     let handshake = futures_lite::future::or(async { Some(builder.handshake(TokioIo(stream)).await) }, async {
         glommio::timer::sleep(policy.handshake).await;
         None
@@ -455,13 +458,17 @@ where
         Accepted(Option<Result<T, h2::Error>>),
         Tick,
         Unanswered,
+        NoStream,
     }
+    let mut streamed = false;
     loop {
         let next = futures_lite::future::or(
             async { Event::Accepted(conn.accept().await) },
             futures_lite::future::or(
                 async {
-                    glommio::timer::sleep(tick).await;
+                    let wait =
+                        if streamed { tick } else { tick.min(deadline.saturating_duration_since(Instant::now())) };
+                    glommio::timer::sleep(wait).await;
                     Event::Tick
                 },
                 async {
@@ -471,9 +478,22 @@ where
             ),
         )
         .await;
+        let next = match next {
+            Event::Tick if !streamed && Instant::now() >= deadline => Event::NoStream,
+            other => other,
+        };
         match next {
             Event::Accepted(Some(Ok((request, respond)))) => {
+                streamed = true;
                 stream_opened(ctx, inbound, &info, &paths, &state, request, respond);
+            }
+            Event::NoStream => {
+                ctx.refusals.add(Refusal::BadRequest);
+                ctx.log.error(
+                    LogLevel::Info,
+                    format_args!("[{tag}] {peer} rejected grpc: no stream within the handshake timeout"),
+                );
+                break;
             }
             Event::Accepted(Some(Err(e))) => {
                 ctx.log.error(LogLevel::Debug, format_args!("[{tag}] {peer} grpc connection: {e}"));

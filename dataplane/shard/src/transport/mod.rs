@@ -1,7 +1,9 @@
 //! Transports under the protocols: TLS (rustls, server and client) over a TCP stream shaped
-//! for it, REALITY (its ClientHello check before that TLS), the HTTP camouflage of raw TCP,
-//! and the HTTP transports (WebSocket, HTTPUpgrade), gRPC and XHTTP.
+//! for it, REALITY (its ClientHello check before that TLS), the ClientHello both read first,
+//! the HTTP camouflage of raw TCP, and the HTTP transports (WebSocket, HTTPUpgrade), gRPC and
+//! XHTTP.
 
+pub(crate) mod client_hello;
 pub(crate) mod grpc;
 pub(crate) mod http_header;
 pub(crate) mod reality;

@@ -1,22 +1,16 @@
-//! REALITY on a shard: the ClientHello peeked from the socket (left there for whoever reads
-//! next), its verdict, and for an authenticated client a rustls server config of its own
-//! (TLS 1.3, X25519, the temporary certificate signed for this connection's auth key).
+//! REALITY on a shard: the verdict on a connection's ClientHello (read by `client_hello`), and
+//! for an authenticated client a rustls server config of its own (TLS 1.3, X25519, the
+//! temporary certificate signed for this connection's auth key).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use glommio::net::TcpStream;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello as RustlsHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::{CertifiedKey, Signer, SigningKey};
 use rustls::{ServerConfig, SignatureAlgorithm, SignatureScheme};
 use shardray_core::spec::RealityServerSpec;
-use shardray_wire::reality::{self, Acceptance, Authenticated, ClientHello, HelloError, TemporaryCert};
-
-/// The most bytes peeked for a ClientHello: the largest message gathered plus the headers of
-/// the records it may span.
-const PEEK_MAX: usize = reality::MAX_HELLO + 4 * reality::RECORD_HEADER;
+use shardray_wire::reality::{self, Acceptance, Authenticated, ClientHello, TemporaryCert};
 
 /// One REALITY inbound as a shard runs it: its settings, and the ed25519 key and certificate
 /// template made once when the shard starts.
@@ -106,29 +100,6 @@ impl RealityRt {
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(NoServerSessionStorage {});
         Ok(Arc::new(config))
-    }
-}
-
-/// Peeks the connection's ClientHello message into `out`, leaving every byte in the socket.
-/// `Err` says why there is none (not TLS, closed, too long); the caller relays either way.
-pub(crate) async fn peek_hello(stream: &TcpStream, out: &mut Vec<u8>) -> Result<(), String> {
-    let mut buf = vec![0u8; PEEK_MAX];
-    let mut wait = Duration::from_millis(2);
-    loop {
-        let n = stream.peek(&mut buf).await.map_err(|e| format!("read failed: {e}"))?;
-        if n == 0 {
-            return Err("closed before a ClientHello".into());
-        }
-        match reality::gather(&buf[..n], out) {
-            Ok(()) => return Ok(()),
-            Err(HelloError::UnexpectedEnd) if n < buf.len() => {
-                // Peeking again returns the same bytes at once: wait for the rest, longer each
-                // time, so that a client trickling its hello costs few wake-ups.
-                glommio::timer::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_millis(100));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
     }
 }
 

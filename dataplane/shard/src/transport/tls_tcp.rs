@@ -106,6 +106,19 @@ impl TlsTcp {
         }
     }
 
+    /// Hands out `first` (bytes already taken off the socket: the ClientHello's records,
+    /// at most `READ_AHEAD`) before anything read from the socket.
+    pub(crate) fn unread(&mut self, first: &[u8]) {
+        debug_assert!(self.ahead.is_none() && first.len() <= READ_AHEAD);
+        if first.is_empty() {
+            return;
+        }
+        let mut ahead = take_buffer(READ_AHEAD);
+        ahead[..first.len()].copy_from_slice(first);
+        self.ahead = Some(ahead);
+        (self.start, self.end) = (0, first.len());
+    }
+
     /// From now on rustls gets at most one record per read (Vision may go direct).
     pub(crate) fn bound(&mut self) {
         self.bounded = self.records.is_some();
