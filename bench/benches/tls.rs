@@ -2,65 +2,21 @@
 //! plane's own server config (`shardray_shard::transport::tls::server_config`, aws-lc-rs)
 //! beside the same settings on ring. Client and server run in memory, in one thread; only
 //! the server's calls are timed (building its connection, reading the client's flights,
-//! writing its own), so the client's equal share in both arms drops out. The client is ring
-//! with resumption off, as the bench harness's client is.
+//! writing its own), so the client's equal share in both arms drops out.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, ServerConnection, SignatureScheme};
-use shardray_core::spec::{CertificateSpec, TlsServerSpec};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use shardray_core::spec::{CertificateSpec, TlsClientSpec, TlsServerSpec};
 
-/// Accepts any certificate whose handshake signature checks out (the bench trusts itself).
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
+/// The data plane's own client with `allowInsecure` (the bench trusts itself). Its offer
+/// (X25519 first, AES-256-GCM first) is ring's too, and no ticket comes back to resume with.
 fn client() -> Arc<ClientConfig> {
-    let ring = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(ring.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(ring)))
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    Arc::new(config)
+    let spec = TlsClientSpec { server_name: "localhost".into(), allow_insecure: true, alpn: Vec::new() };
+    shardray_shard::transport::tls::client_config(&spec).unwrap()
 }
 
 /// Ours, and the same settings (no tickets, no session cache) on ring.

@@ -13,25 +13,13 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-/// The harness binary cargo built for these tests.
-const BENCH: &str = env!("CARGO_BIN_EXE_shardray-bench");
+mod common;
 
-/// shardray beside the harness, or `SHARDRAY_BIN`.
-fn shardray_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SHARDRAY_BIN") {
-        return p.into();
-    }
-    let bin = Path::new(BENCH).parent().unwrap().join("shardray");
-    assert!(bin.is_file(), "no shardray binary beside the harness (build it, or set SHARDRAY_BIN)");
-    bin
-}
+use common::{shardray_bin, BENCH};
 
 /// An empty directory of the test's own.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("shardray-bench-proto-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::fresh_dir("proto", name)
 }
 
 /// Runs the harness with `args`, saving its JSON in `dir`; returns the Markdown and the report,

@@ -338,54 +338,61 @@ fn links_carry_the_xhttp_path_host_and_mode() {
     assert!(out.lines().any(|l| l == want), "{out}");
 }
 
+/// A VLESS inbound for Alice on 127.0.0.1:`port` over XHTTP with `settings`, as AddInbound
+/// takes it (Xray's StreamConfig, protocol `splithttp`).
+fn api_xhttp_inbound(
+    tag: &str,
+    port: u16,
+    settings: &shardray_proto::xray::transport::internet::splithttp::Config,
+) -> shardray_proto::xray::core::InboundHandlerConfig {
+    use shardray_proto::xray::app::proxyman::ReceiverConfig;
+    use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, PortList, PortRange};
+    use shardray_proto::xray::proxy::vless as vless_pb;
+    use shardray_proto::xray::transport::internet::{StreamConfig, TransportConfig};
+    use shardray_tests::api::{typed, vless_user};
+
+    let stream = StreamConfig {
+        protocol_name: "splithttp".into(),
+        transport_settings: vec![TransportConfig {
+            protocol_name: "splithttp".into(),
+            settings: Some(typed("xray.transport.internet.splithttp.Config", settings)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let receiver = ReceiverConfig {
+        port_list: Some(PortList { range: vec![PortRange { from: port.into(), to: port.into() }] }),
+        listen: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
+        stream_settings: Some(stream),
+        ..Default::default()
+    };
+    let proxy = vless_pb::inbound::Config {
+        clients: vec![vless_user("alice@example.com", ALICE, 0)],
+        decryption: "none".into(),
+        ..Default::default()
+    };
+    shardray_proto::xray::core::InboundHandlerConfig {
+        tag: tag.into(),
+        receiver_settings: Some(typed("xray.app.proxyman.ReceiverConfig", &receiver)),
+        proxy_settings: Some(typed("xray.proxy.vless.inbound.Config", &proxy)),
+    }
+}
+
 #[test]
 fn an_inbound_added_through_the_api_serves_xhttp_and_is_listed() {
     use shardray_proto::xray::app::proxyman::command as handler;
-    use shardray_proto::xray::app::proxyman::ReceiverConfig;
-    use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, PortList, PortRange};
-    use shardray_proto::xray::core::InboundHandlerConfig;
-    use shardray_proto::xray::proxy::vless as vless_pb;
     use shardray_proto::xray::transport::internet::splithttp::{Config as XhttpConfig, RangeConfig};
-    use shardray_proto::xray::transport::internet::{StreamConfig, TransportConfig};
-    use shardray_tests::api::{typed, vless_user, ApiClient};
+    use shardray_tests::api::ApiClient;
 
-    const SPLITHTTP: &str = "xray.transport.internet.splithttp.Config";
     let mut c = vless_config(json!([]), json!({}));
     c["api"] = shardray_tests::loopback_api(&["HandlerService"]);
     let server = Shardray::start(&c, 2);
     let api = ApiClient::connect(server.api.unwrap());
     let port = shardray_tests::fixed_port();
-    let stream = |settings: &XhttpConfig| StreamConfig {
-        protocol_name: "splithttp".into(),
-        transport_settings: vec![TransportConfig {
-            protocol_name: "splithttp".into(),
-            settings: Some(typed(SPLITHTTP, settings)),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let inbound = |tag: &str, stream: StreamConfig| {
-        let receiver = ReceiverConfig {
-            port_list: Some(PortList { range: vec![PortRange { from: port.into(), to: port.into() }] }),
-            listen: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
-            stream_settings: Some(stream),
-            ..Default::default()
-        };
-        let proxy = vless_pb::inbound::Config {
-            clients: vec![vless_user("alice@example.com", ALICE, 0)],
-            decryption: "none".into(),
-            ..Default::default()
-        };
-        InboundHandlerConfig {
-            tag: tag.into(),
-            receiver_settings: Some(typed("xray.app.proxyman.ReceiverConfig", &receiver)),
-            proxy_settings: Some(typed("xray.proxy.vless.inbound.Config", &proxy)),
-        }
-    };
     let add = |i| api.block_on(api.handler().add_inbound(handler::AddInboundRequest { inbound: Some(i) }));
     // Checked as xhttpSettings are: a bad mode is refused, naming it.
     let bad = XhttpConfig { path: "/api-xh".into(), mode: "sideways".into(), ..Default::default() };
-    let err = add(inbound("bad", stream(&bad))).unwrap_err();
+    let err = add(api_xhttp_inbound("bad", port, &bad)).unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("mode"), "{}", err.message());
 
@@ -395,7 +402,7 @@ fn an_inbound_added_through_the_api_serves_xhttp_and_is_listed() {
         x_padding_bytes: Some(RangeConfig { from: 10, to: 20 }),
         ..Default::default()
     };
-    add(inbound("xhttp-added", stream(&settings))).unwrap();
+    add(api_xhttp_inbound("xhttp-added", port, &settings)).unwrap();
     // It serves: curl's stream-one POST with padding in the configured range.
     let echo = EchoServer::start();
     let dir = tempfile::tempdir().unwrap();
@@ -1091,13 +1098,8 @@ fn percent_encoded_paths_are_matched_decoded() {
 #[test]
 fn an_api_config_in_obfs_mode_with_empty_padding_keys_reads_as_xrays_server() {
     use shardray_proto::xray::app::proxyman::command as handler;
-    use shardray_proto::xray::app::proxyman::ReceiverConfig;
-    use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain, PortList, PortRange};
-    use shardray_proto::xray::core::InboundHandlerConfig;
-    use shardray_proto::xray::proxy::vless as vless_pb;
     use shardray_proto::xray::transport::internet::splithttp::Config as XhttpConfig;
-    use shardray_proto::xray::transport::internet::{StreamConfig, TransportConfig};
-    use shardray_tests::api::{typed, vless_user, ApiClient};
+    use shardray_tests::api::ApiClient;
 
     let mut c = vless_config(json!([]), json!({}));
     c["api"] = shardray_tests::loopback_api(&["HandlerService"]);
@@ -1106,31 +1108,7 @@ fn an_api_config_in_obfs_mode_with_empty_padding_keys_reads_as_xrays_server() {
     let api = ApiClient::connect(server.api.unwrap());
     let port = shardray_tests::fixed_port();
     let settings = XhttpConfig { path: "/obfs".into(), x_padding_obfs_mode: true, ..Default::default() };
-    let stream = StreamConfig {
-        protocol_name: "splithttp".into(),
-        transport_settings: vec![TransportConfig {
-            protocol_name: "splithttp".into(),
-            settings: Some(typed("xray.transport.internet.splithttp.Config", &settings)),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let receiver = ReceiverConfig {
-        port_list: Some(PortList { range: vec![PortRange { from: port.into(), to: port.into() }] }),
-        listen: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
-        stream_settings: Some(stream),
-        ..Default::default()
-    };
-    let proxy = vless_pb::inbound::Config {
-        clients: vec![vless_user("alice@example.com", ALICE, 0)],
-        decryption: "none".into(),
-        ..Default::default()
-    };
-    let inbound = InboundHandlerConfig {
-        tag: "obfs".into(),
-        receiver_settings: Some(typed("xray.app.proxyman.ReceiverConfig", &receiver)),
-        proxy_settings: Some(typed("xray.proxy.vless.inbound.Config", &proxy)),
-    };
+    let inbound = api_xhttp_inbound("obfs", port, &settings);
     api.block_on(api.handler().add_inbound(handler::AddInboundRequest { inbound: Some(inbound) })).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let pad = "X".repeat(200);
