@@ -19,8 +19,8 @@ impl std::fmt::Display for InvalidTls {
 impl std::error::Error for InvalidTls {}
 
 /// The crypto provider of the data plane's TLS: inbounds, outbounds and REALITY. aws-lc-rs
-/// rather than ring: with an RSA-2048 certificate it halves the server's CPU per handshake,
-/// with ECDSA P-256 they cost the same, with Ed25519 it is somewhat cheaper (perf/RESULTS.md,
+/// rather than ring: the server's side of a handshake costs 0.83× with ECDSA P-256, 0.72×
+/// with Ed25519 and 0.48× with RSA-2048 (`cargo bench --bench tls`, perf/RESULTS.md,
 /// 2026-12-04). Its key exchanges are X25519 (preferred), P-256, P-384 and, for a client
 /// that offers only that share, X25519MLKEM768.
 pub fn provider() -> rustls::crypto::CryptoProvider {
