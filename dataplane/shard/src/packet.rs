@@ -913,14 +913,19 @@ enum PacketEnd {
 /// Runs a packet session: waits for its first packet, routes it, opens the outbound's leg and
 /// relays packets both ways until the session ends.
 ///
-/// Boxed, as `carry` is: a connection's future must not carry room for its session while
-/// its handshake arrives.
-pub(crate) async fn serve_packets<I, O>(ctx: &Rc<ShardCtx>, s: PacketSession<'_>, input: I, output: O)
+/// Boxed, and not an `async fn` of its own, as `carry` is: a connection's future must not
+/// carry room for its session while its handshake arrives.
+pub(crate) fn serve_packets<'a, I, O>(
+    ctx: &'a Rc<ShardCtx>,
+    s: PacketSession<'a>,
+    input: I,
+    output: O,
+) -> Pin<Box<impl Future<Output = ()> + 'a>>
 where
-    I: PacketSource,
-    O: PacketSink,
+    I: PacketSource + 'a,
+    O: PacketSink + 'a,
 {
-    Box::pin(serve_packet_session(ctx, s, input, output)).await
+    Box::pin(serve_packet_session(ctx, s, input, output))
 }
 
 async fn serve_packet_session<I, O>(ctx: &Rc<ShardCtx>, s: PacketSession<'_>, mut input: I, mut output: O)

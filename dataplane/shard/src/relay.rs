@@ -500,59 +500,69 @@ pub(crate) const POLL_BUDGET: u64 = 1024 * 1024;
 /// Relays between `client` and `upstream` until both directions are finished, an error occurs,
 /// a timeout fires or the session's user is closed. With `RelayOptions::splice` the bytes move
 /// by splice(2); otherwise through pooled buffers.
-pub(crate) async fn relay<C, U, M>(
-    client: &mut C,
-    upstream: &mut U,
-    options: RelayOptions<'_>,
-    meter: &mut M,
-) -> io::Result<RelayEnd>
+///
+/// Not an `async fn`, for the reason `drive` gives: the options are taken apart before the
+/// future is made, so that it holds each input once.
+pub(crate) fn relay<'a, C, U, M>(
+    client: &'a mut C,
+    upstream: &'a mut U,
+    options: RelayOptions<'a>,
+    meter: &'a mut M,
+) -> impl Future<Output = io::Result<RelayEnd>> + 'a
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     M: Meter,
 {
     let RelayOptions { buffer_size, timeouts, down_prefix, watch, splice, handover } = options;
-    match splice {
-        Some((client_fd, upstream_fd)) => {
-            let up = SpliceDir::new(client_fd, upstream_fd, buffer_size, &[]);
-            let down = SpliceDir::new(upstream_fd, client_fd, buffer_size, down_prefix);
-            drive(client, upstream, up, down, timeouts, watch, None, meter).await
-        }
-        None => {
-            let up = BufDir::new(buffer_size, &[]);
-            let down = BufDir::new(buffer_size, down_prefix);
-            drive(client, upstream, up, down, timeouts, watch, handover, meter).await
+    async move {
+        match splice {
+            Some((client_fd, upstream_fd)) => {
+                let up = SpliceDir::new(client_fd, upstream_fd, buffer_size, &[]);
+                let down = SpliceDir::new(upstream_fd, client_fd, buffer_size, down_prefix);
+                drive(client, upstream, up, down, timeouts, watch, None, meter).await
+            }
+            None => {
+                let up = BufDir::new(buffer_size, &[]);
+                let down = BufDir::new(buffer_size, down_prefix);
+                drive(client, upstream, up, down, timeouts, watch, handover, meter).await
+            }
         }
     }
 }
 
 /// Runs both directions under the timeouts and the session watch until they finish (or a
 /// Vision stream is ready for `handover`).
+///
+/// One `poll_fn` that owns its inputs, not an `async fn`: an idle session holds this state
+/// for as long as it lives, and an `async fn` would hold its arguments twice (as passed, and
+/// as the locals its body moves them into).
 #[allow(clippy::too_many_arguments)] // each is one of the relay's inputs, passed once
-async fn drive<C, U, D, M>(
-    client: &mut C,
-    upstream: &mut U,
+fn drive<'a, C, U, D, M>(
+    client: &'a mut C,
+    upstream: &'a mut U,
     mut up: D,
     mut down: D,
     mut timeouts: RelayTimeouts,
-    watch: Option<(&SessionWatch<'_>, &PolicySpec)>,
-    mut handover: Option<&VisionSwitch>,
-    meter: &mut M,
-) -> io::Result<RelayEnd>
+    watch: Option<(&'a SessionWatch<'a>, &'a PolicySpec)>,
+    mut handover: Option<&'a VisionSwitch>,
+    meter: &'a mut M,
+) -> impl Future<Output = io::Result<RelayEnd>> + 'a
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    D: Direction,
+    D: Direction + 'a,
     M: Meter,
 {
     let mut last_activity = Instant::now();
     let mut timer = Timer::new(timeouts.idle);
     let mut armed_for = timeouts.idle;
+    // Held only to stay armed until the next turn (a dropped timer wakes no one).
     let mut yield_turn: Option<Timer> = None;
     // Armed while a direction waits for its user's rate to allow more.
     let mut rate_wait: Option<Timer> = None;
     let mut paused = false;
-    futures_lite::future::poll_fn(|cx| {
+    futures_lite::future::poll_fn(move |cx| {
         // The client stream is its bare socket now: stop reading, write out what is held,
         // then hand over (a bulk transfer is never idle both ways by itself).
         if !paused && handover.is_some_and(VisionSwitch::transparent) {
@@ -566,8 +576,8 @@ where
             }
         }
         // Woken by the yield timer, the rate timer or by I/O: either way, time to work again.
-        yield_turn = None;
-        rate_wait = None;
+        yield_turn.take();
+        rate_wait.take();
         if let Some((w, policies)) = watch {
             match w.check(cx.waker()) {
                 UserState::Same => {}
@@ -624,7 +634,7 @@ where
             if Pin::new(&mut wait).poll(cx).is_ready() {
                 cx.waker().wake_by_ref();
             } else {
-                rate_wait = Some(wait);
+                rate_wait.replace(wait);
             }
         }
         if more {
@@ -634,7 +644,7 @@ where
             if Pin::new(&mut turn).poll(cx).is_ready() {
                 cx.waker().wake_by_ref();
             } else {
-                yield_turn = Some(turn);
+                yield_turn.replace(turn);
             }
         }
 
@@ -679,7 +689,6 @@ where
         }
         Poll::Pending
     })
-    .await
 }
 
 #[cfg(test)]

@@ -242,19 +242,21 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpStrea
         }
         // A LOCAL header on a Unix socket leaves the client without an address: not counted.
         if info.peer == UNIX_PEER {
-            return security(ctx, inbound, stream, info).await;
+            return security(ctx, inbound, stream, &info).await;
         }
         let begun = ctx.handshakes.try_begin(info.peer.ip(), &ctx.policies().system);
         return match begun {
-            Ok(handshake) => crate::gate::in_handshake(handshake, security(ctx, inbound, stream, info)).await,
+            Ok(handshake) => crate::gate::in_handshake(handshake, security(ctx, inbound, stream, &info)).await,
             Err(full) => ctx.handshakes.refuse(ctx, &inbound.tag, info.peer, full),
         };
     }
-    security(ctx, inbound, stream, info).await
+    security(ctx, inbound, stream, &info).await
 }
 
 /// The security layer (none, TLS or REALITY), then the transport.
-async fn security(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpStream>, info: ConnInfo) {
+/// `info` by reference, here and in the layers above: each layer's future would otherwise
+/// keep a copy of it for the session's life.
+async fn security(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpStream>, info: &ConnInfo) {
     if let Some(reality) = &inbound.reality {
         return Box::pin(serve_reality(ctx, inbound, reality, stream, info)).await;
     }
@@ -314,7 +316,7 @@ async fn serve_reality(
     inbound: &Rc<InboundRt>,
     reality: &crate::transport::reality::RealityRt,
     mut stream: Box<TcpStream>,
-    info: ConnInfo,
+    info: &ConnInfo,
 ) {
     use crate::transport::reality::Verdict;
     let deadline = std::time::Instant::now() + ctx.policy(0).handshake;
@@ -344,8 +346,8 @@ async fn serve_reality(
         Some(Err(e)) => e.to_string(),
         None => "no ClientHello within the handshake timeout".into(),
     };
-    fallback::refuse(ctx, inbound, "reality", &why, Refusal::BadRequest, &info);
-    fallback::relay_to(ctx, inbound, &reality.spec.target, reality.spec.xver, stream, &records, &info).await;
+    fallback::refuse(ctx, inbound, "reality", &why, Refusal::BadRequest, info);
+    fallback::relay_to(ctx, inbound, &reality.spec.target, reality.spec.xver, stream, &records, info).await;
 }
 
 /// `fut`'s output, or `None` once `deadline` passes first.
@@ -365,7 +367,7 @@ async fn serve_tls(
     inbound: &Rc<InboundRt>,
     acceptor: &TlsAcceptor,
     mut stream: Box<TcpStream>,
-    info: ConnInfo,
+    info: &ConnInfo,
 ) {
     let deadline = std::time::Instant::now() + ctx.policy(0).handshake;
     let (mut records, mut hello) = (Vec::new(), Vec::new());
@@ -389,7 +391,7 @@ async fn tls_session(
     acceptor: &TlsAcceptor,
     stream: Box<TcpStream>,
     records: Vec<u8>,
-    info: ConnInfo,
+    info: &ConnInfo,
     deadline: std::time::Instant,
 ) {
     let peer = info.peer;
@@ -409,7 +411,9 @@ async fn tls_session(
                 sni: conn.server_name().map(str::to_owned),
                 alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
                 plain_fd: None,
-                ..info
+                peer: info.peer,
+                socket: info.socket,
+                proxied_local: info.proxied_local,
             };
             // Boxed on their own: this future is allocated (and moved, all of it) at accept,
             // so what runs after the handshake must not be part of it.
@@ -417,7 +421,7 @@ async fn tls_session(
                 // VLESS on TLS directly on raw TCP: Vision users may drop the TLS layer.
                 return Box::pin(vless::serve_tls(ctx, inbound, users, fallbacks, tls, &info)).await;
             }
-            Box::pin(transport(ctx, inbound, tls, info)).await
+            Box::pin(transport(ctx, inbound, tls, &info)).await
         }
         Some(Err(e)) => {
             ctx.log.error(LogLevel::Info, format_args!("[{}] {} TLS handshake failed: {}", inbound.tag, peer, e))
@@ -428,7 +432,7 @@ async fn tls_session(
 
 /// The transport layer: raw TCP as it is, raw TCP opening with an HTTP head both ways, an
 /// HTTP transport (WebSocket, HTTPUpgrade), or gRPC (a session per HTTP/2 stream).
-async fn transport<S>(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: S, info: ConnInfo)
+async fn transport<S>(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: S, info: &ConnInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -437,16 +441,16 @@ where
         TransportSpec::Ws(spec) => (Flavor::WebSocket, spec),
         TransportSpec::HttpUpgrade(spec) => (Flavor::HttpUpgrade, spec),
         TransportSpec::Grpc(spec) => {
-            let info = ConnInfo { plain_fd: None, ..info };
+            let info = ConnInfo { plain_fd: None, ..info.clone() };
             return Box::pin(crate::transport::grpc::serve(ctx, inbound, stream, info, spec)).await;
         }
         TransportSpec::Xhttp(spec) => {
-            let info = ConnInfo { plain_fd: None, ..info };
+            let info = ConnInfo { plain_fd: None, ..info.clone() };
             return Box::pin(crate::transport::xhttp::serve(ctx, inbound, stream, info, spec)).await;
         }
     };
     // Boxed: the upgrade's state, and a session over WebSocket, are larger than a raw one's.
-    Box::pin(http_transport(ctx, inbound, stream, info, flavor, spec)).await
+    Box::pin(http_transport(ctx, inbound, stream, info.clone(), flavor, spec)).await
 }
 
 /// WebSocket or HTTPUpgrade: the upgrade request read and answered, the client's address
@@ -522,17 +526,17 @@ async fn http_transport<S>(
 }
 
 /// Raw TCP, perhaps opening with an HTTP head both ways.
-async fn raw<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: ConnInfo)
+async fn raw<S>(ctx: &Rc<ShardCtx>, inbound: &InboundRt, stream: S, info: &ConnInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(spec) = &inbound.http_header else {
-        return dispatch(ctx, inbound, stream, &info, true).await;
+        return dispatch(ctx, inbound, stream, info, true).await;
     };
-    let accepted = crate::transport::http_header::accept(stream, spec, ctx.policy(0).handshake).await;
+    let accepted = Box::pin(crate::transport::http_header::accept(stream, spec, ctx.policy(0).handshake)).await;
     match accepted {
         // The bytes the protocol reads no longer start at the socket's: no splicing.
-        Ok(stream) => Box::pin(dispatch(ctx, inbound, stream, &ConnInfo { plain_fd: None, ..info }, true)).await,
+        Ok(stream) => dispatch(ctx, inbound, stream, &ConnInfo { plain_fd: None, ..info.clone() }, true).await,
         Err(e) => {
             ctx.refusals.add(Refusal::BadRequest);
             ctx.log.error(LogLevel::Info, format_args!("[{}] {} HTTP header refused: {}", inbound.tag, info.peer, e));
@@ -548,22 +552,24 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let none: &[FallbackSpec] = &[];
+    // Each protocol boxed: a session's task keeps room only for the protocol it speaks, not
+    // for the largest of them (VMess's and the HTTP proxy's handshakes are several KiB).
     match &inbound.kind {
         InboundKind::Vless { users, fallbacks: f } => {
-            vless::serve(ctx, inbound, users, if fallbacks { f } else { none }, stream, info).await
+            Box::pin(vless::serve(ctx, inbound, users, if fallbacks { f } else { none }, stream, info)).await
         }
         InboundKind::Trojan { users, fallbacks: f } => {
-            trojan::serve(ctx, inbound, users, if fallbacks { f } else { none }, stream, info).await
+            Box::pin(trojan::serve(ctx, inbound, users, if fallbacks { f } else { none }, stream, info)).await
         }
-        InboundKind::Vmess { users, replay } => vmess::serve(ctx, inbound, users, replay, stream, info).await,
-        InboundKind::Shadowsocks(ss) => shadowsocks::serve(ctx, inbound, ss, stream, info).await,
-        InboundKind::Dokodemo(spec) => dokodemo::serve(ctx, inbound, spec, stream, info).await,
+        InboundKind::Vmess { users, replay } => Box::pin(vmess::serve(ctx, inbound, users, replay, stream, info)).await,
+        InboundKind::Shadowsocks(ss) => Box::pin(shadowsocks::serve(ctx, inbound, ss, stream, info)).await,
+        InboundKind::Dokodemo(spec) => Box::pin(dokodemo::serve(ctx, inbound, spec, stream, info)).await,
         InboundKind::Proxy { users, settings } if settings.socks => {
-            socks::serve(ctx, inbound, users, settings, stream, info).await
+            Box::pin(socks::serve(ctx, inbound, users, settings, stream, info)).await
         }
         InboundKind::Proxy { users, settings } => {
             let started = std::time::Instant::now();
-            http::serve(ctx, inbound, users, settings, stream, info, Vec::new(), started).await
+            Box::pin(http::serve(ctx, inbound, users, settings, stream, info, Vec::new(), started)).await
         }
     }
 }

@@ -40,16 +40,19 @@ pub(super) async fn serve<S>(
     let mut buf = vec![0u8; FIRST_READ];
     let mut len = 0;
     let handshake = ctx.policy(0).handshake;
-    let mut state = Opening::default();
-    let reading = read_first(&mut stream, info.plain_fd, &mut buf, &mut len, |data, _| {
-        state.decide(data, users, replay, unix_now())
-    });
-    let reading = async { reading.await.unwrap_or_else(|e| Handshake::Rejected(e, Refusal::BadRequest)) };
-    let outcome = futures_lite::future::or(reading, async {
-        glommio::timer::sleep(handshake).await;
-        Handshake::Rejected("handshake timed out", Refusal::BadRequest)
-    })
-    .await;
+    // Scoped: the opener's state is not kept for the session's life.
+    let outcome = {
+        let mut state = Opening::default();
+        let reading = read_first(&mut stream, info.plain_fd, &mut buf, &mut len, |data, _| {
+            state.decide(data, users, replay, unix_now())
+        });
+        let reading = async { reading.await.unwrap_or_else(|e| Handshake::Rejected(e, Refusal::BadRequest)) };
+        futures_lite::future::or(reading, async {
+            glommio::timer::sleep(handshake).await;
+            Handshake::Rejected("handshake timed out", Refusal::BadRequest)
+        })
+        .await
+    };
     match outcome {
         Handshake::Accepted { request, user, consumed } => {
             let user = user.bind(&ctx.users.borrow());
@@ -58,14 +61,14 @@ pub(super) async fn serve<S>(
             let Ok(admitted) = crate::limits::admit(ctx, &inbound.tag, Some(&user), info.peer.ip()) else {
                 return Box::pin(fallback::turn_away(ctx, inbound, &[], stream, &mut buf, len, info, started)).await;
             };
-            let stream = match VmessStream::server(stream, &request, &buf[consumed..len], random_seed()) {
-                Ok(s) => s,
+            // Boxed: the body codecs make this session's state larger than a VLESS one's.
+            let mut stream = match VmessStream::server(stream, &request, &buf[consumed..len], random_seed()) {
+                Ok(s) => Box::new(s),
                 Err(_) => return,
             };
             drop(buf);
             if request.command == Command::Mux {
                 drop(admitted);
-                // Boxed: the body codecs make this session's state larger than a VLESS one's.
                 return Box::pin(crate::mux::serve(ctx, inbound, info.peer, user, stream, &[], &[])).await;
             }
             let dest = request.destination.clone().expect("TCP and UDP requests carry a destination");
@@ -79,7 +82,7 @@ pub(super) async fn serve<S>(
                     admitted,
                 };
                 let max_payload = stream.max_payload();
-                let stream = RefCell::new(Box::new(stream));
+                let stream = RefCell::new(stream);
                 let input = ChunkPackets { stream: &stream, dest: dest.clone(), max_payload, only_to_dest: false };
                 let output = ChunkPackets { stream: &stream, dest, max_payload, only_to_dest: false };
                 return serve_packets(ctx, session, input, output).await;
@@ -93,8 +96,6 @@ pub(super) async fn serve<S>(
                 client_fd: None,
                 admitted,
             };
-            // Boxed: the body codecs make this session's state larger than a VLESS one's.
-            let mut stream = Box::new(stream);
             forward(ctx, &mut *stream, session, &[], &[]).await;
         }
         Handshake::Rejected(reason, why) => {

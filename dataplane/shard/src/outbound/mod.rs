@@ -15,8 +15,10 @@ pub(crate) mod vless;
 pub(crate) mod vmess;
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,55 +74,211 @@ pub(crate) enum Carry<'a> {
 
 /// Routes `session`, dials its outbound and relays until done. `early` is payload the client
 /// sent along with its header; `down_prefix` goes to the client before any downlink bytes.
-pub(crate) async fn forward<C>(
-    ctx: &Rc<ShardCtx>,
-    client: &mut C,
-    session: Session<'_>,
-    early: &[u8],
-    down_prefix: &[u8],
-) where
+pub(crate) fn forward<'a, C>(
+    ctx: &'a Rc<ShardCtx>,
+    client: &'a mut C,
+    session: Session<'a>,
+    early: &'a [u8],
+    down_prefix: &'a [u8],
+) -> Pin<Box<impl Future<Output = ()> + 'a>>
+where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    carry(ctx, client, session, Carry::Relay { early, down_prefix, vision: None }).await
+    carry(ctx, client, session, Carry::Relay { early, down_prefix, vision: None })
 }
 
 /// `forward` for a Vision session: once `switch` says the client stream is its bare socket,
 /// the relay goes on by splice(2) (when the upstream is plain TCP too).
-pub(crate) async fn forward_vision<C>(
-    ctx: &Rc<ShardCtx>,
-    client: &mut C,
-    session: Session<'_>,
-    early: &[u8],
-    switch: &VisionSwitch,
-) where
-    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    carry(ctx, client, session, Carry::Relay { early, down_prefix: &[], vision: Some(switch) }).await
-}
-
-/// Routes `session`, dials its outbound, and carries the session over it as `how` says.
-/// Boxed: a connection's future is allocated whole at accept, and must not carry room for
-/// its session (the relay's state) while a trickling client's handshake arrives.
-pub(crate) async fn carry<C>(ctx: &Rc<ShardCtx>, client: &mut C, session: Session<'_>, how: Carry<'_>)
+pub(crate) fn forward_vision<'a, C>(
+    ctx: &'a Rc<ShardCtx>,
+    client: &'a mut C,
+    session: Session<'a>,
+    early: &'a [u8],
+    switch: &'a VisionSwitch,
+) -> Pin<Box<impl Future<Output = ()> + 'a>>
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    Box::pin(carry_session(ctx, client, session, how)).await
+    carry(ctx, client, session, Carry::Relay { early, down_prefix: &[], vision: Some(switch) })
 }
 
-async fn carry_session<C>(ctx: &Rc<ShardCtx>, client: &mut C, mut session: Session<'_>, how: Carry<'_>)
+/// Routes `session`, dials its outbound, and carries the session over it as `how` says.
+/// Boxed, and not an `async fn` of its own: a connection's future is allocated whole at
+/// accept, and must not carry room for its session (the relay's state) while a trickling
+/// client's handshake arrives, nor a copy of the session's arguments in each layer between.
+pub(crate) fn carry<'a, C>(
+    ctx: &'a Rc<ShardCtx>,
+    client: &'a mut C,
+    mut session: Session<'a>,
+    how: Carry<'a>,
+) -> Pin<Box<impl Future<Output = ()> + 'a>>
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    // An `async move` block rather than an `async fn`: it keeps its inputs once, where a
+    // function's future would hold them twice (as passed, and as its locals).
+    Box::pin(async move {
+        let policy = ctx.policy(session.level);
+        // Watch from the start, so a removal during the dial closes the session too.
+        let watch = match (&session.user, session.inbound.kind.user_states()) {
+            (Some(u), Some(users)) => Some(SessionWatch::new(&ctx.watchers, users, u.clone())),
+            _ => None,
+        };
+        // The sniffed first payload, when sniffing read one: it leads the relay's uplink.
+        let mut first = Vec::new();
+        // Boxed: sniffing, routing and dialing hold more state than the relay that follows, and
+        // the session's future keeps room for its largest state for as long as it lives.
+        let connecting = connect(ctx, client, &mut session, how, &mut first, &policy, watch.as_ref());
+        let Some((Connected { routes, outbound, mut upstream, preamble, tunnel_first }, how)) =
+            Box::pin(connecting).await
+        else {
+            return;
+        };
+        let outbound = &routes.outbounds[outbound];
+        let (tag, peer, dest) = (&session.inbound.tag, session.peer, &session.dest);
+        let mut meter = SessionMeter::new(ctx, &session, outbound, &policy);
+        if let Some((slot, _)) = meter.user {
+            ctx.users.borrow_mut().session_opened(slot, session.peer.ip(), unix_now());
+        }
+        let result = match how {
+            Carry::Relay { early, down_prefix, vision } => {
+                let joined;
+                let down_prefix = if tunnel_first.is_empty() {
+                    down_prefix
+                } else {
+                    meter.down(tunnel_first.len() as u64);
+                    joined = [down_prefix, &tunnel_first].concat();
+                    &joined[..]
+                };
+                async {
+                    // The outbound protocol's header leaves with the payload that came with the request.
+                    if let (Upstream::Vision(v), true) = (&mut upstream, early.is_empty()) {
+                        // No payload yet: the header leaves now, with a padded empty block.
+                        v.start();
+                        upstream.flush().await?;
+                    }
+                    if !early.is_empty() || !preamble.is_empty() {
+                        let mut opening = preamble;
+                        opening.extend_from_slice(early);
+                        upstream.write_all(&opening).await?;
+                        meter.up(early.len() as u64);
+                        if matches!(upstream, Upstream::Vision(_)) {
+                            // Vision encodes into its own buffer: push it all out now.
+                            upstream.flush().await?;
+                        }
+                    }
+                    let policies = ctx.policies();
+                    let mut options =
+                        RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &policies);
+                    let plain = upstream.plain_fd();
+                    if let Some(fd) = plain {
+                        options = options.splice(session.client_fd, fd);
+                    }
+                    // Which side's Vision stream may turn into its bare socket, and the sockets to
+                    // splice then: a Vision client with a plain upstream, or a plain client with a
+                    // Vision upstream. Else the copy goes on.
+                    let up_switch = match &upstream {
+                        Upstream::Vision(v) if vision.is_none() => session.client_fd.map(|fd| (v.switch(), fd)),
+                        _ => None,
+                    };
+                    let handover = match (vision, plain, &up_switch) {
+                        (Some(switch), Some(fd), _) => Some((switch, switch.fd, fd)),
+                        (None, None, Some((switch, client_fd))) => Some((&**switch, *client_fd, switch.fd)),
+                        _ => None,
+                    };
+                    let end = relay(client, &mut upstream, options.handover(handover.map(|h| h.0)), &mut meter).await;
+                    match (end, handover) {
+                        (Ok(RelayEnd::Handover), Some((_, client_fd, upstream_fd))) => {
+                            ctx.log.error(
+                                LogLevel::Debug,
+                                format_args!("[{tag}] {peer} to {dest}: Vision direct both ways: splicing"),
+                            );
+                            let options = RelayOptions::new(&policy)
+                                .watch(watch.as_ref(), &policies)
+                                .splice(Some(client_fd), upstream_fd);
+                            relay(client, &mut upstream, options, &mut meter).await
+                        }
+                        (end, _) => end,
+                    }
+                }
+                .await
+            }
+            Carry::Exchange(exchange) => {
+                Box::pin(exchange.run(client, &mut upstream, &preamble, &policy, watch.as_ref(), &mut meter)).await
+            }
+        };
+        if let Some((slot, generation)) = meter.user {
+            ctx.users.borrow_mut().session_closed(slot, generation, session.peer.ip());
+        }
+        if let Upstream::Vision(v) = &upstream {
+            let (up, down) = v.went_direct;
+            ctx.log.error(
+                LogLevel::Debug,
+                format_args!("[{tag}] {peer} to {dest}: Vision to the server ended (direct up: {down}, down: {up})"),
+            );
+        }
+        match result {
+            Ok(RelayEnd::Done | RelayEnd::Handover) => {}
+            Ok(RelayEnd::Closed) => ctx.log.error(
+                LogLevel::Info,
+                format_args!(
+                    "[{}] {} to {}: closed: user removed or kicked",
+                    session.inbound.tag, session.peer, session.dest
+                ),
+            ),
+            Ok(RelayEnd::OverQuota) => ctx.log.error(
+                LogLevel::Info,
+                format_args!("[{}] {} to {}: closed: quota used up", session.inbound.tag, session.peer, session.dest),
+            ),
+            Ok(RelayEnd::TimedOut) => ctx.log.error(
+                LogLevel::Debug,
+                format_args!("[{}] {} to {}: timed out", session.inbound.tag, session.peer, session.dest),
+            ),
+            Err(e) => ctx.log.error(
+                LogLevel::Debug,
+                format_args!("[{}] {} to {}: {}", session.inbound.tag, session.peer, session.dest, e),
+            ),
+        }
+    })
+}
+
+/// A routed session's upstream, connected.
+struct Connected {
+    /// The routing table the session was routed by (it holds the outbound).
+    routes: Rc<Routes>,
+    /// The outbound's index in `routes`.
+    outbound: usize,
+    upstream: Upstream,
+    /// The outbound protocol's header, sent with the first uplink bytes.
+    preamble: Vec<u8>,
+    /// Downlink bytes a proxy server sent along with its answer.
+    tunnel_first: Vec<u8>,
+}
+
+/// Sniffs, routes and dials `session`: its connected upstream, and `how` with the sniffed
+/// payload (kept in `first`) as its early bytes; `None` when the session ended here (refused,
+/// blackholed, failed to connect, or served whole, as the DNS outbound serves it).
+#[allow(clippy::too_many_arguments)]
+async fn connect<'s, C>(
+    ctx: &Rc<ShardCtx>,
+    client: &mut C,
+    session: &mut Session<'_>,
+    how: Carry<'s>,
+    first: &'s mut Vec<u8>,
+    policy: &LevelPolicy,
+    watch: Option<&SessionWatch<'_>>,
+) -> Option<(Connected, Carry<'s>)>
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     // Sniffing: the first payload (waited for a short time if the header brought none) may
     // name the protocol and a domain. Bytes read here lead the relay's uplink.
-    let mut first = Vec::new();
     let mut sniffed = None;
     let mut route_dest = None;
     let how = match how {
         Carry::Relay { early, down_prefix, vision } => match session.inbound.sniffing.as_deref() {
             Some(s) if !s.metadata_only => {
-                sniffed = sniff::first_payload(client, early, &mut first).await;
+                sniffed = sniff::first_payload(client, early, first).await;
                 if let Some(found) = &sniffed {
                     if let Some(addr) = sniff::override_for(s, found, &session.dest.addr) {
                         ctx.log.error(
@@ -134,7 +292,8 @@ where
                         }
                     }
                 }
-                Carry::Relay { early: if first.is_empty() { early } else { &first }, down_prefix, vision }
+                let first: &'s Vec<u8> = first;
+                Carry::Relay { early: if first.is_empty() { early } else { first }, down_prefix, vision }
             }
             _ => Carry::Relay { early, down_prefix, vision },
         },
@@ -146,12 +305,6 @@ where
     };
     // Every protocol's stream sessions pass here: the connection is past its handshake.
     crate::gate::handshake_done();
-    let policy = ctx.policy(session.level);
-    // Watch from the start, so a removal during the dial closes the session too.
-    let watch = match (&session.user, session.inbound.kind.user_states()) {
-        (Some(u), Some(users)) => Some(SessionWatch::new(&ctx.watchers, users, u.clone())),
-        _ => None,
-    };
     let email = session.user.as_ref().and_then(|u| u.email.as_deref()).filter(|e| !e.is_empty());
     let mut input = RouteInput {
         inbound_tag: &session.inbound.tag,
@@ -179,21 +332,22 @@ where
         None => decision.explicit_dest,
     };
     let (tag, peer, dest) = (&session.inbound.tag, session.peer, &session.dest);
-    let outbound = match routes.resolve(&decision) {
-        Resolved::Outbound(i) => &routes.outbounds[i],
+    let index = match routes.resolve(&decision) {
+        Resolved::Outbound(i) => i,
         // As upstream: not the default outbound, since the rule meant another one.
         Resolved::Missing(out) => {
             ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: non existing outTag: {out}"));
             let _ = client.close().await;
-            return;
+            return None;
         }
         Resolved::NoDefault => {
             ctx.log
                 .error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: default outbound handler not exist"));
             let _ = client.close().await;
-            return;
+            return None;
         }
     };
+    let outbound = &routes.outbounds[index];
     if ctx.tap.wanted() {
         ctx.tap.offer(RouteRecord {
             inbound_tag: session.inbound.tag.clone(),
@@ -222,12 +376,12 @@ where
     };
     // Removed or kicked while routing resolved a name, or over its quota (which the control
     // thread is about to suspend): closed without a reply, as a wrong user's session is.
-    if watch.as_ref().is_some_and(SessionWatch::is_closed) || quota_used_up(&session) {
-        return;
+    if watch.is_some_and(SessionWatch::is_closed) || quota_used_up(session) {
+        return None;
     }
     // Downlink bytes a proxy server sent along with its answer.
     let mut tunnel_first = Vec::new();
-    let (mut upstream, preamble) = match &outbound.protocol {
+    let (upstream, preamble) = match &outbound.protocol {
         OutboundProtocol::Blackhole(b) => {
             access(None);
             if b.http_response {
@@ -236,7 +390,7 @@ where
                 let _ = client.write_all(&reply).await;
             }
             let _ = client.close().await;
-            return;
+            return None;
         }
         OutboundProtocol::Freedom(freedom) => {
             let target = match &freedom.redirect {
@@ -252,7 +406,7 @@ where
                 Some(_) => Decision { explicit_dest: true, ..decision },
                 None => Decision { explicit_dest: original_explicit, ..decision },
             };
-            let dialing = dial(ctx, &routes, &target, input.resolved, decision, &session, outbound);
+            let dialing = dial(ctx, &routes, &target, input.resolved, decision, session, outbound);
             let dialed = Box::pin(dialing).await;
             access(dialed.as_ref().err().and_then(DialError::refusal));
             match dialed {
@@ -265,12 +419,12 @@ where
                     ctx.log
                         .error(LogLevel::Info, format_args!("[{tag}] {peer} to {target}: refused: {}", why.reason()));
                     let _ = client.close().await;
-                    return;
+                    return None;
                 }
                 Err(DialError::Io(e)) => {
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} failed to reach {target}: {e}"));
                     let _ = client.close().await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -279,23 +433,23 @@ where
             let Carry::Relay { early, down_prefix, .. } = how else {
                 // An HTTP proxy's plain request carries no DNS.
                 let _ = client.close().await;
-                return;
+                return None;
             };
             let decision = Decision { explicit_dest: original_explicit, ..decision };
-            let forward = dns::forward_target(ctx, &routes, spec, &session.dest, decision, &session, true).await;
-            let mut meter = SessionMeter::new(ctx, &session, outbound, &policy);
-            let served = dns::serve_stream(ctx, client, spec, forward, early, down_prefix, &policy, &mut meter);
+            let forward = dns::forward_target(ctx, &routes, spec, &session.dest, decision, session, true).await;
+            let mut meter = SessionMeter::new(ctx, session, outbound, policy);
+            let served = dns::serve_stream(ctx, client, spec, forward, early, down_prefix, policy, &mut meter);
             if let Err(e) = Box::pin(served).await {
                 ctx.log.error(LogLevel::Debug, format_args!("[{tag}] {peer} to {dest}: dns: {e}"));
             }
             let _ = client.close().await;
-            return;
+            return None;
         }
         OutboundProtocol::Trojan(t) => {
             let Some(trojan) = &outbound.trojan else {
                 ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: trojan outbound not ready"));
                 let _ = client.close().await;
-                return;
+                return None;
             };
             let dialed = Box::pin(trojan::dial(&trojan.tls, &trojan.transport, &t.server, &outbound.via)).await;
             access(None);
@@ -305,7 +459,7 @@ where
                     let out = &outbound.tag;
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", t.server));
                     let _ = client.close().await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -313,7 +467,7 @@ where
             let Some(vless) = &outbound.vless else {
                 ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: vless outbound not ready"));
                 let _ = client.close().await;
-                return;
+                return None;
             };
             let dialed = match vless.vision {
                 // The Vision stream sends the header itself and takes the response off.
@@ -332,7 +486,7 @@ where
                     let out = &outbound.tag;
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", v.server));
                     let _ = client.close().await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -340,7 +494,7 @@ where
             let Some(vmess) = &outbound.vmess else {
                 ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: vmess outbound not ready"));
                 let _ = client.close().await;
-                return;
+                return None;
             };
             let dialed = Box::pin(trojan::dial(&vmess.tls, &vmess.transport, &v.server, &outbound.via)).await;
             access(None);
@@ -350,7 +504,7 @@ where
                     let out = &outbound.tag;
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", v.server));
                     let _ = client.close().await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -358,7 +512,7 @@ where
             let Some(proxy) = &outbound.proxy else {
                 ctx.log.error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: proxy outbound not ready"));
                 let _ = client.close().await;
-                return;
+                return None;
             };
             let socks = matches!(outbound.protocol, OutboundProtocol::Socks(_));
             let dialed = Box::pin(proxy.connect(p, socks, dest, &outbound.via)).await;
@@ -372,7 +526,7 @@ where
                     let out = &outbound.tag;
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", p.server));
                     let _ = client.close().await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -381,7 +535,7 @@ where
                 ctx.log
                     .error(LogLevel::Warning, format_args!("[{tag}] {peer} to {dest}: shadowsocks outbound not ready"));
                 let _ = client.close().await;
-                return;
+                return None;
             };
             let dialed = Box::pin(trojan::dial(&client_keys.tls, &Default::default(), &ss.server, &outbound.via)).await;
             access(None);
@@ -391,114 +545,12 @@ where
                     let out = &outbound.tag;
                     ctx.log.error(LogLevel::Info, format_args!("[{tag}] {peer} to {dest}: [{out}] {}: {e}", ss.server));
                     let _ = client.close().await;
-                    return;
+                    return None;
                 }
             }
         }
     };
-
-    let mut meter = SessionMeter::new(ctx, &session, outbound, &policy);
-    if let Some((slot, _)) = meter.user {
-        ctx.users.borrow_mut().session_opened(slot, session.peer.ip(), unix_now());
-    }
-    let result = match how {
-        Carry::Relay { early, down_prefix, vision } => {
-            let joined;
-            let down_prefix = if tunnel_first.is_empty() {
-                down_prefix
-            } else {
-                meter.down(tunnel_first.len() as u64);
-                joined = [down_prefix, &tunnel_first].concat();
-                &joined[..]
-            };
-            async {
-                // The outbound protocol's header leaves with the payload that came with the request.
-                if let (Upstream::Vision(v), true) = (&mut upstream, early.is_empty()) {
-                    // No payload yet: the header leaves now, with a padded empty block.
-                    v.start();
-                    upstream.flush().await?;
-                }
-                if !early.is_empty() || !preamble.is_empty() {
-                    let mut first = preamble;
-                    first.extend_from_slice(early);
-                    upstream.write_all(&first).await?;
-                    meter.up(early.len() as u64);
-                    if matches!(upstream, Upstream::Vision(_)) {
-                        // Vision encodes into its own buffer: push it all out now.
-                        upstream.flush().await?;
-                    }
-                }
-                let policies = ctx.policies();
-                let mut options = RelayOptions::new(&policy).down_prefix(down_prefix).watch(watch.as_ref(), &policies);
-                let plain = upstream.plain_fd();
-                if let Some(fd) = plain {
-                    options = options.splice(session.client_fd, fd);
-                }
-                // Which side's Vision stream may turn into its bare socket, and the sockets to
-                // splice then: a Vision client with a plain upstream, or a plain client with a
-                // Vision upstream. Else the copy goes on.
-                let up_switch = match &upstream {
-                    Upstream::Vision(v) if vision.is_none() => session.client_fd.map(|fd| (v.switch(), fd)),
-                    _ => None,
-                };
-                let handover = match (vision, plain, &up_switch) {
-                    (Some(switch), Some(fd), _) => Some((switch, switch.fd, fd)),
-                    (None, None, Some((switch, client_fd))) => Some((&**switch, *client_fd, switch.fd)),
-                    _ => None,
-                };
-                let end = relay(client, &mut upstream, options.handover(handover.map(|h| h.0)), &mut meter).await;
-                match (end, handover) {
-                    (Ok(RelayEnd::Handover), Some((_, client_fd, upstream_fd))) => {
-                        ctx.log.error(
-                            LogLevel::Debug,
-                            format_args!("[{tag}] {peer} to {dest}: Vision direct both ways: splicing"),
-                        );
-                        let options = RelayOptions::new(&policy)
-                            .watch(watch.as_ref(), &policies)
-                            .splice(Some(client_fd), upstream_fd);
-                        relay(client, &mut upstream, options, &mut meter).await
-                    }
-                    (end, _) => end,
-                }
-            }
-            .await
-        }
-        Carry::Exchange(exchange) => {
-            Box::pin(exchange.run(client, &mut upstream, &preamble, &policy, watch.as_ref(), &mut meter)).await
-        }
-    };
-    if let Some((slot, generation)) = meter.user {
-        ctx.users.borrow_mut().session_closed(slot, generation, session.peer.ip());
-    }
-    if let Upstream::Vision(v) = &upstream {
-        let (up, down) = v.went_direct;
-        ctx.log.error(
-            LogLevel::Debug,
-            format_args!("[{tag}] {peer} to {dest}: Vision to the server ended (direct up: {down}, down: {up})"),
-        );
-    }
-    match result {
-        Ok(RelayEnd::Done | RelayEnd::Handover) => {}
-        Ok(RelayEnd::Closed) => ctx.log.error(
-            LogLevel::Info,
-            format_args!(
-                "[{}] {} to {}: closed: user removed or kicked",
-                session.inbound.tag, session.peer, session.dest
-            ),
-        ),
-        Ok(RelayEnd::OverQuota) => ctx.log.error(
-            LogLevel::Info,
-            format_args!("[{}] {} to {}: closed: quota used up", session.inbound.tag, session.peer, session.dest),
-        ),
-        Ok(RelayEnd::TimedOut) => ctx.log.error(
-            LogLevel::Debug,
-            format_args!("[{}] {} to {}: timed out", session.inbound.tag, session.peer, session.dest),
-        ),
-        Err(e) => ctx.log.error(
-            LogLevel::Debug,
-            format_args!("[{}] {} to {}: {}", session.inbound.tag, session.peer, session.dest, e),
-        ),
-    }
+    Some((Connected { routes, outbound: index, upstream, preamble, tunnel_first }, how))
 }
 
 /// Bytes left before a quota below which a session reads one buffer per poll.
