@@ -31,7 +31,7 @@ impl VlessClient {
         Ok(VlessClient {
             id: spec.id,
             tls: client_tls(spec.tls.as_ref(), &spec.server)?,
-            transport: client_transport(&spec.transport, spec.tls.as_ref(), &spec.server)?,
+            transport: client_transport(&spec.transport, spec.tls.as_ref(), spec.reality.as_deref(), &spec.server)?,
             vision: matches!(spec.flow, shardray_core::spec::VlessFlow::Vision),
         })
     }
