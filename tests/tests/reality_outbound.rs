@@ -117,6 +117,11 @@ fn reality_server(target: &Target, private_key: &str) -> Shardray {
 /// The client: a TCP door to `tcp_echo` and a UDP door to `udp_echo`, both out through the
 /// VLESS outbound `reality-out` to `server` with these REALITY settings.
 fn reality_client(server: SocketAddr, tcp_echo: SocketAddr, udp_echo: SocketAddr, reality: Value) -> Shardray {
+    Shardray::start(&client_config(server, tcp_echo, udp_echo, reality), 2)
+}
+
+/// `reality_client`'s config.
+fn client_config(server: SocketAddr, tcp_echo: SocketAddr, udp_echo: SocketAddr, reality: Value) -> Value {
     let door = |tag: &str, dest: SocketAddr, network: &str| {
         json!({ "tag": tag, "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
                 "settings": { "address": dest.ip().to_string(), "port": dest.port(), "network": network } })
@@ -127,15 +132,14 @@ fn reality_client(server: SocketAddr, tcp_echo: SocketAddr, udp_echo: SocketAddr
                                   "users": [{ "id": ALICE, "encryption": "none" }] }] },
         "streamSettings": { "network": "raw", "security": "reality", "realitySettings": reality }
     });
-    let config = json!({
+    json!({
         "log": { "loglevel": "info" },
         "stats": {},
         "api": loopback_api(&["StatsService"]),
         "inbounds": [door("tcp-door", tcp_echo, "tcp"), door("udp-door", udp_echo, "udp")],
         "outbounds": [outbound],
         "policy": { "system": { "statsOutboundUplink": true, "statsOutboundDownlink": true } }
-    });
-    Shardray::start(&config, 2)
+    })
 }
 
 fn client_settings(public_key: &str, short_id: &str) -> Value {
@@ -204,6 +208,66 @@ fn vless_over_reality_to_our_own_inbound() {
     );
     carries_tcp_and_udp(&client, udp_echo.addr(), &|| server.output());
     assert_eq!(target.connections.load(Ordering::SeqCst), 0, "every connection authenticated:\n{}", server.output());
+}
+
+/// The same outbound, added through HandlerService.AddOutbound as Xray's
+/// `transport.internet.reality.Config` in the sender's stream settings.
+#[test]
+fn a_reality_outbound_added_through_the_api_carries_traffic() {
+    use base64::Engine;
+    use shardray_proto::xray::app::proxyman::{command as handler, SenderConfig};
+    use shardray_proto::xray::common::net::{ip_or_domain, IpOrDomain};
+    use shardray_proto::xray::common::protocol::ServerEndpoint;
+    use shardray_proto::xray::core::OutboundHandlerConfig;
+    use shardray_proto::xray::proxy::vless as vless_pb;
+    use shardray_proto::xray::transport::internet::{reality, StreamConfig};
+    use shardray_tests::api::{typed, vless_user};
+
+    let (tcp_echo, udp_echo, target) = (EchoServer::start(), UdpEcho::start(), Target::start());
+    let (private, public) = keys();
+    let server = reality_server(&target, &private);
+    let mut config = client_config(server.inbound("vless-in"), tcp_echo.addr(), udp_echo.addr(), Value::Null);
+    config["api"] = loopback_api(&["StatsService", "HandlerService"]);
+    config["outbounds"] = json!([{ "tag": "first", "protocol": "blackhole" }]);
+    let client = Shardray::start(&config, 2);
+    let api = ApiClient::connect(client.api.unwrap());
+    let vless_in = server.inbound("vless-in");
+    let endpoint = ServerEndpoint {
+        address: Some(IpOrDomain { address: Some(ip_or_domain::Address::Ip(vec![127, 0, 0, 1])) }),
+        port: u32::from(vless_in.port()),
+        user: vec![vless_user("", ALICE, 0)],
+    };
+    const REALITY: &str = "xray.transport.internet.reality.Config";
+    let settings = reality::Config {
+        server_name: SNI.into(),
+        public_key: base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&public).unwrap(),
+        short_id: (0..8).map(|i| u8::from_str_radix(&SHORT_ID[2 * i..2 * i + 2], 16).unwrap()).collect(),
+        fingerprint: "chrome".into(),
+        ..Default::default()
+    };
+    let stream = StreamConfig {
+        protocol_name: "tcp".into(),
+        security_type: REALITY.into(),
+        security_settings: vec![typed(REALITY, &settings)],
+        ..Default::default()
+    };
+    let outbound = OutboundHandlerConfig {
+        tag: "reality-out".into(),
+        sender_settings: Some(typed(
+            "xray.app.proxyman.SenderConfig",
+            &SenderConfig { stream_settings: Some(stream), ..Default::default() },
+        )),
+        proxy_settings: Some(typed(
+            "xray.proxy.vless.outbound.Config",
+            &vless_pb::outbound::Config { vnext: Some(endpoint) },
+        )),
+        ..Default::default()
+    };
+    let mut handlers = handler::handler_service_client::HandlerServiceClient::new(api.channel());
+    api.block_on(handlers.add_outbound(handler::AddOutboundRequest { outbound: Some(outbound) })).unwrap();
+    api.block_on(handlers.remove_outbound(handler::RemoveOutboundRequest { tag: "first".into() })).unwrap();
+    carries_tcp_and_udp(&client, udp_echo.addr(), &|| server.output());
+    assert_eq!(target.connections.load(Ordering::SeqCst), 0, "every connection authenticated");
 }
 
 /// A wrong key or short id: the server relays to its target, whose certificate the client

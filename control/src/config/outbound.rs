@@ -548,10 +548,10 @@ fn xhttp_download(value: Value, path: &str) -> Result<XhttpDownloadSpec, ConfigE
     if network != "xhttp" && network != "splithttp" {
         return Err(ConfigError::invalid(format!("{path}.network"), "must be \"xhttp\" (the GET is an XHTTP request)"));
     }
-    let ClientStream { tls, reality, transport } = client_stream(deserialize_at(Value::Object(fields), path)?, path)?;
-    if reality.is_some() {
+    if fields.get("security").and_then(Value::as_str) == Some("reality") {
         return Err(ConfigError::unsupported(format!("{path}.security"), "REALITY in downloadSettings"));
     }
+    let ClientStream { tls, transport, .. } = client_stream(deserialize_at(Value::Object(fields), path)?, path)?;
     let TransportSpec::Xhttp(xhttp) = transport else {
         return Err(ConfigError::invalid(format!("{path}.network"), "must be \"xhttp\""));
     };

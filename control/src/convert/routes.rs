@@ -1226,13 +1226,59 @@ mod tests {
                 { "tag": "v", "protocol": "vless",
                   "settings": { "vnext": [{ "address": "proxy.example", "port": 443, "users": [{
                       "id": "b831381d-6324-4d53-ad4f-8cda48b30811", "encryption": "none", "email": "v@x", "level": 3 }] }] },
-                  "streamSettings": { "security": "tls", "tlsSettings": { "serverName": "sni.example" } } }
+                  "streamSettings": { "security": "tls", "tlsSettings": { "serverName": "sni.example" } } },
+                { "tag": "r", "protocol": "vless",
+                  "settings": { "vnext": [{ "address": "203.0.113.9", "port": 443, "users": [{
+                      "id": "b831381d-6324-4d53-ad4f-8cda48b30811" }] }] },
+                  "streamSettings": { "network": "raw", "security": "reality", "realitySettings": {
+                      "serverName": "www.example.com", "fingerprint": "chrome", "show": true,
+                      "publicKey": "wA9uNf9Ho9w-mL4fa5tMLrDXsOUbR-Te4BoQtxu9bHc", "shortId": "6ba85179" } } },
+                { "tag": "rt", "protocol": "trojan",
+                  "settings": { "servers": [{ "address": "203.0.113.9", "port": 443, "password": "p" }] },
+                  "streamSettings": { "security": "reality", "realitySettings": {
+                      "password": "wA9uNf9Ho9w-mL4fa5tMLrDXsOUbR-Te4BoQtxu9bHc" } } }
             ] }"#,
         );
-        assert_eq!(specs.len(), 9);
+        assert_eq!(specs.len(), 11);
         for spec in &specs {
             assert_eq!(&outbound_spec(&outbound_config(spec)).unwrap(), spec);
         }
+    }
+
+    #[test]
+    fn reality_sender_settings_are_checked() {
+        let spec = &spec_of(
+            r#"{ "outbounds": [{ "tag": "r", "protocol": "vless",
+                  "settings": { "vnext": [{ "address": "203.0.113.9", "port": 443, "users": [{
+                      "id": "b831381d-6324-4d53-ad4f-8cda48b30811" }] }] },
+                  "streamSettings": { "security": "reality", "realitySettings": {
+                      "publicKey": "wA9uNf9Ho9w-mL4fa5tMLrDXsOUbR-Te4BoQtxu9bHc", "shortId": "6ba8" } } }] }"#,
+        )[0];
+        // AddOutbound with the sender's REALITY Config changed by `edit`.
+        let with = |edit: &dyn Fn(&mut reality::Config)| {
+            let mut config = outbound_config(spec);
+            let sender = config.sender_settings.as_mut().unwrap();
+            let mut s = SenderConfig::decode(&sender.value[..]).unwrap();
+            let stream = s.stream_settings.as_mut().unwrap();
+            assert_eq!(stream.security_type, "xray.transport.internet.reality.Config");
+            let mut r = reality::Config::decode(&stream.security_settings[0].value[..]).unwrap();
+            assert_eq!(r.short_id, [0x6b, 0xa8, 0, 0, 0, 0, 0, 0]);
+            edit(&mut r);
+            stream.security_settings[0].value = r.encode_to_vec();
+            sender.value = s.encode_to_vec();
+            outbound_spec(&config)
+        };
+        assert_eq!(&with(&|_| {}).unwrap(), spec);
+        // Xray's clients send a short id of fewer than 8 bytes as they read it: zero-padded here.
+        let short = with(&|r| r.short_id = vec![0x6b]).unwrap();
+        let OutboundProtocol::Vless(v) = &short.protocol else { panic!() };
+        assert_eq!(v.reality.as_ref().unwrap().short_id, [0x6b, 0, 0, 0, 0, 0, 0, 0]);
+        let err = |edit: &dyn Fn(&mut reality::Config)| with(edit).unwrap_err().0;
+        assert!(err(&|r| r.public_key.truncate(31)).contains("public_key: 31 bytes"));
+        assert!(err(&|r| r.short_id = vec![0; 9]).contains("short_id: 9 bytes"));
+        assert!(err(&|r| r.private_key = vec![1; 32]).contains("a REALITY server's fields"));
+        assert!(err(&|r| r.server_names = vec!["a".into()]).contains("a REALITY server's fields"));
+        assert!(err(&|r| r.mldsa65_verify = vec![1]).contains("mldsa65_verify"));
     }
 
     #[test]
