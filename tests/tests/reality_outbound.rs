@@ -3,7 +3,9 @@
 //! shoes 0.3.2 as the REALITY server (in each of its three TLS 1.3 suites), byte for byte with
 //! exact outbound counters; with a wrong public key or short id the server hands the
 //! connection to its camouflage site, whose certificate the outbound refuses: the session
-//! closes with nothing relayed, the log says why, the counters stay at zero.
+//! closes with nothing relayed, the log says why, the counters stay at zero. Vision
+//! (`xtls-rprx-vision`) over the REALITY outbound to both servers: inner TLS 1.3 goes direct
+//! both ways and is spliced, plain bytes are padded only.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shardray_tests::api::ApiClient;
+use shardray_tests::inner_tls::{inner_tls_over, plain_over, tls13_echo};
 use shardray_tests::servers::EchoServer;
 use shardray_tests::shoes::shoes_bin;
 use shardray_tests::singbox::free_port;
@@ -97,6 +100,11 @@ fn pkcs8_from_pem(pem: &[u8]) -> rustls::pki_types::PrivateKeyDer<'static> {
 
 /// shardray's VLESS inbound with REALITY for `target`.
 fn reality_server(target: &Target, private_key: &str) -> Shardray {
+    reality_server_for(target, private_key, json!({ "id": ALICE, "email": "alice@example.com" }))
+}
+
+/// `reality_server` with this one client.
+fn reality_server_for(target: &Target, private_key: &str, client: Value) -> Shardray {
     let stream = json!({
         "network": "raw",
         "security": "reality",
@@ -108,8 +116,7 @@ fn reality_server(target: &Target, private_key: &str) -> Shardray {
             "maxTimeDiff": 60000
         }
     });
-    let mut config =
-        vless_config(json!([{ "id": ALICE, "email": "alice@example.com" }]), json!({ "streamSettings": stream }));
+    let mut config = vless_config(json!([client]), json!({ "streamSettings": stream }));
     config["log"]["loglevel"] = json!("info");
     Shardray::start(&config, 2)
 }
@@ -304,6 +311,10 @@ struct ShoesServer {
 
 impl ShoesServer {
     fn start(private_key: &str, target: SocketAddr, suite: &str) -> ShoesServer {
+        ShoesServer::start_with(private_key, target, suite, false)
+    }
+
+    fn start_with(private_key: &str, target: SocketAddr, suite: &str, vision: bool) -> ShoesServer {
         let port = free_port();
         let config = format!(
             r#"- address: "127.0.0.1:{port}"
@@ -316,6 +327,7 @@ impl ShoesServer {
         dest: "localhost:{target_port}"
         max_time_diff: 60000
         cipher_suites: ["{suite}"]
+        vision: {vision}
         protocol:
           type: vless
           user_id: "{ALICE}"
@@ -383,4 +395,69 @@ fn shoes_with_a_wrong_short_id_hands_us_to_its_target_and_we_refuse() {
         client.output(),
         shoes.log()
     );
+}
+
+const FLOW: &str = "xtls-rprx-vision";
+const SPLICING: &str = "Vision direct both ways: splicing";
+
+/// Vision over the REALITY outbound to `server`: 6 MiB of inner TLS 1.3 goes direct both ways
+/// (and, when `spliced`, must have been spliced: the door is plain TCP), then 3 MiB of plain
+/// bytes padded only.
+fn vision_carries_inner_tls_and_plain(server: SocketAddr, public: &str, spliced: bool, log: &dyn Fn() -> String) {
+    let (tls_echo, client_tls) = tls13_echo();
+    let plain = EchoServer::start();
+    let door = |tag: &str, to: SocketAddr| {
+        json!({ "tag": tag, "listen": "127.0.0.1", "port": 0, "protocol": "dokodemo-door",
+                "settings": { "address": "127.0.0.1", "port": to.port(), "network": "tcp" } })
+    };
+    let config = json!({
+        "log": { "loglevel": "debug" },
+        "inbounds": [door("tls-door", tls_echo), door("plain-door", plain.addr())],
+        "outbounds": [{
+            "tag": "vision-out", "protocol": "vless",
+            "settings": { "vnext": [{ "address": "127.0.0.1", "port": server.port(),
+                                      "users": [{ "id": ALICE, "encryption": "none", "flow": FLOW }] }] },
+            "streamSettings": { "security": "reality", "realitySettings": client_settings(public, SHORT_ID) }
+        }]
+    });
+    let client = Shardray::start(&config, 2);
+    let data = payload(6 << 20, 11);
+    let stream = TcpStream::connect(client.inbound("tls-door")).unwrap();
+    let got = inner_tls_over(stream, client_tls, data.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", client.output(), log()));
+    assert!(got == data, "inner TLS: {} bytes back\n{}\n{}", got.len(), client.output(), log());
+    assert!(
+        wait_until(Duration::from_secs(5), || client
+            .output()
+            .contains("Vision to the server ended (direct up: true, down: true)")),
+        "the session did not go direct both ways:\n{}\n{}",
+        client.output(),
+        log()
+    );
+    if spliced {
+        assert!(client.output().contains(SPLICING), "not spliced:\n{}\n{}", client.output(), log());
+    }
+    let data = payload(3 << 20, 12);
+    let stream = TcpStream::connect(client.inbound("plain-door")).unwrap();
+    let got = plain_over(stream, &data).unwrap_or_else(|e| panic!("{e}\n{}", client.output()));
+    assert!(got == data, "plain: {} bytes back\n{}\n{}", got.len(), client.output(), log());
+}
+
+#[test]
+fn vision_over_reality_to_our_own_inbound() {
+    let target = Target::start();
+    let (private, public) = keys();
+    let server = reality_server_for(&target, &private, json!({ "id": ALICE, "email": "a@x", "flow": FLOW }));
+    // Not asked to splice: with shardray at both ends, the 6 MiB echo sometimes ends before
+    // either end's relay hands over (both log direct both ways, neither splices).
+    vision_carries_inner_tls_and_plain(server.inbound("vless-in"), &public, false, &|| server.output());
+    assert_eq!(target.connections.load(Ordering::SeqCst), 0, "every connection authenticated");
+}
+
+#[test]
+fn vision_over_reality_to_shoes() {
+    let target = Target::start();
+    let (private, public) = keys();
+    let shoes = ShoesServer::start_with(&private, target.addr, "TLS_AES_128_GCM_SHA256", true);
+    vision_carries_inner_tls_and_plain(shoes.addr, &public, true, &|| shoes.log());
 }

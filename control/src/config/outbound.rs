@@ -445,12 +445,11 @@ fn vless(
         }
     };
     let ClientStream { tls, reality, transport } = client_stream_at(stream, stream_path)?;
-    if matches!(flow, VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
-        let why = match reality {
-            Some(_) => "Vision over a REALITY outbound is not supported yet (over TLS it is)",
-            None => "Vision needs streamSettings.security \"tls\" on raw TCP (Xray: \"XTLS only supports TLS and REALITY directly\")",
-        };
-        return Err(ConfigError::invalid(format!("{upath}.flow"), why));
+    if matches!(flow, VlessFlow::Vision) && ((tls.is_none() && reality.is_none()) || transport != TransportSpec::Raw) {
+        return Err(ConfigError::invalid(
+            format!("{upath}.flow"),
+            "Vision needs streamSettings.security \"tls\" or \"reality\" on raw TCP (Xray: \"XTLS only supports TLS and REALITY directly\")",
+        ));
     }
     Ok(VlessOutboundSpec {
         server: Destination { addr: address, port },

@@ -1777,10 +1777,12 @@ fn reality_outbounds_load_and_refuse_by_path() {
     assert_eq!(e.path, "outbounds[0].streamSettings.network", "{e}");
     let e = load(&outbound(good.clone(), json!({ "security": "tls" }))).unwrap_err();
     assert_eq!(e.path, here, "realitySettings without security reality: {e}");
-    // Vision over REALITY is not served yet: refused, not silently plain.
+    // Vision over REALITY, as over TLS.
     let mut vision = outbound(good.clone(), json!({}));
     vision["outbounds"][0]["settings"]["vnext"][0]["users"][0]["flow"] = json!("xtls-rprx-vision");
-    assert_eq!(load(&vision).unwrap_err().path, "outbounds[0].settings.vnext[0].users[0].flow");
+    let cfg = load(&vision).unwrap();
+    let OutboundProtocol::Vless(o) = &cfg.outbounds[0].protocol else { panic!() };
+    assert_eq!(o.flow, shardray_core::spec::VlessFlow::Vision);
     // Trojan and VMess take it too; SOCKS does not.
     let mut trojan = outbound(good.clone(), json!({}));
     trojan["outbounds"][0]["protocol"] = json!("trojan");

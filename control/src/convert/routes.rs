@@ -347,9 +347,11 @@ fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Res
         None => (None, None, TransportSpec::Raw),
         Some(stream) => client_security(stream)?,
     };
-    if matches!(flow, shardray_core::spec::VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
+    if matches!(flow, shardray_core::spec::VlessFlow::Vision)
+        && ((tls.is_none() && reality.is_none()) || transport != TransportSpec::Raw)
+    {
         return Err(invalid(
-            "proxy_settings.server[0].user.account.flow: Vision needs TLS on raw TCP (sender_settings)",
+            "proxy_settings.server[0].user.account.flow: Vision needs TLS or REALITY on raw TCP (sender_settings)",
         ));
     }
     // Xray's Config has no packet encoding: its client sends UDP as XUDP.

@@ -137,7 +137,7 @@ pub(crate) async fn dial(
             ClientTransport::Reality(reality) => {
                 let stream = super::resolve::connect_configured_via(server, via).await?;
                 let _ = stream.set_nodelay(true);
-                return Ok(Upstream::Reality(Box::new(reality.connect(stream).await?)));
+                return Ok(Upstream::Reality(Box::new(reality.connect(TlsTcp::new(Box::new(stream))).await?)));
             }
             ClientTransport::Http(flavor, spec, host) => (flavor, spec, host),
             ClientTransport::Grpc(grpc) => return Ok(Upstream::Grpc(Box::new(grpc.open(server, via).await?))),
@@ -197,8 +197,9 @@ pub(crate) enum Upstream {
     Vmess(Box<crate::vmess::VmessStream<Upstream>>),
     Vless(Box<super::vless::VlessResponse<Upstream>>),
     Shadowsocks(Box<crate::shadowsocks::SsStream<Upstream>>),
-    /// A VLESS Vision session to the server (over TLS, which it may drop once direct).
-    Vision(Box<crate::transport::vision::VisionStream<futures_rustls::client::TlsStream<TlsTcp>>>),
+    /// A VLESS Vision session to the server (over TLS or REALITY, which it may drop once
+    /// direct).
+    Vision(Box<crate::transport::vision::VisionStream<super::vless::VisionOuter>>),
     Grpc(Box<GrpcStream>),
     Xhttp(Box<XhttpStream>),
 }

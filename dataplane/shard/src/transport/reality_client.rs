@@ -8,13 +8,14 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 use ring::rand::SecureRandom;
 use shardray_core::spec::RealityClientSpec;
 use shardray_wire::addr::Destination;
 use shardray_wire::tls13_client::{
     record_len, ClientHandshake, ClientSettings, Entropy, Opened, RecordReader, RecordWriter, ServerAuth, MAX_PLAINTEXT,
 };
+
+use super::tls_tcp::TlsTcp;
 
 /// The client version sealed into the session id: the one Xray servers' default
 /// `minClientVer` asks for (Xray-core 26.3.27), so that they do not refuse us for it.
@@ -43,8 +44,9 @@ impl RealityClient {
         RealityClient { server_name, public_key: spec.public_key, short_id: spec.short_id }
     }
 
-    /// Runs the handshake over `tcp` (the caller bounds its time).
-    pub(crate) async fn connect(&self, mut tcp: TcpStream) -> io::Result<RealityStream> {
+    /// Runs the handshake over `tcp` (the caller bounds its time); a `TlsTcp` that tracks
+    /// records when Vision will run inside.
+    pub(crate) async fn connect(&self, mut tcp: TlsTcp) -> io::Result<RealityStream> {
         let mut entropy = Entropy { random: [0; 32], key_share: [0; 32], grease: [0; 2] };
         let rng = ring::rand::SystemRandom::new();
         for bytes in [&mut entropy.random[..], &mut entropy.key_share[..], &mut entropy.grease[..]] {
@@ -102,7 +104,7 @@ impl RealityClient {
 
 /// An established REALITY connection: application data in TLS 1.3 records over the socket.
 pub(crate) struct RealityStream {
-    tcp: TcpStream,
+    tcp: TlsTcp,
     reader: RecordReader,
     writer: RecordWriter,
     /// Ciphertext read and not yet opened: `inbuf[in_start..in_end]`.
@@ -136,6 +138,29 @@ impl RealityStream {
         self.out.clear();
         self.out_at = 0;
         Poll::Ready(Ok(()))
+    }
+}
+
+impl super::vision::OuterTls for RealityStream {
+    fn tcp(&mut self) -> &mut TlsTcp {
+        &mut self.tcp
+    }
+    fn tcp_ref(&self) -> &TlsTcp {
+        &self.tcp
+    }
+    fn is_tls13(&self) -> bool {
+        true
+    }
+    /// The plaintext opened and not read yet. Ciphertext still here would be a record cut by
+    /// Vision's switch: `TlsTcp` (bounded) hands out no byte past a record, so there is none
+    /// once the direct block's record is opened.
+    fn drain_plaintext(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        out.extend_from_slice(&self.plain[self.plain_at..]);
+        self.plain_at = self.plain.len();
+        if self.in_start != self.in_end {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "Vision: raw bytes inside a TLS record"));
+        }
+        Ok(())
     }
 }
 
