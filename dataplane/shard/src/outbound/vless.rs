@@ -61,7 +61,7 @@ impl VlessClient {
                 let stream = super::resolve::connect_configured_via(server, via).await?;
                 let _ = stream.set_nodelay(true);
                 let tcp = crate::transport::tls_tcp::TlsTcp::tracking(Box::new(stream));
-                return Ok(VisionOuter::Reality(reality.connect(tcp).await?));
+                return Ok(VisionOuter::Reality(Box::new(reality.connect(tcp).await?)));
             }
             let up = super::trojan::dial_secured_with(&self.tls, server, true, via).await?;
             let Upstream::Tls(tls) = up else {
@@ -70,7 +70,7 @@ impl VlessClient {
             if !tls.is_tls13() {
                 return Err(io::Error::other("Vision needs TLS 1.3 to the server"));
             }
-            Ok(VisionOuter::Tls(*tls))
+            Ok(VisionOuter::Tls(tls))
         };
         let outer = futures_lite::future::or(dialing, async {
             glommio::timer::sleep(super::DIAL_TIMEOUT).await;
@@ -84,8 +84,8 @@ impl VlessClient {
 
 /// What a Vision session to the server runs over: TLS (rustls) or REALITY.
 pub(crate) enum VisionOuter {
-    Tls(futures_rustls::client::TlsStream<TlsTcp>),
-    Reality(RealityStream),
+    Tls(Box<futures_rustls::client::TlsStream<TlsTcp>>),
+    Reality(Box<RealityStream>),
 }
 
 impl OuterTls for VisionOuter {
@@ -118,8 +118,8 @@ impl OuterTls for VisionOuter {
 impl AsyncRead for VisionOuter {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            VisionOuter::Tls(s) => Pin::new(s).poll_read(cx, buf),
-            VisionOuter::Reality(s) => Pin::new(s).poll_read(cx, buf),
+            VisionOuter::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            VisionOuter::Reality(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -127,22 +127,22 @@ impl AsyncRead for VisionOuter {
 impl AsyncWrite for VisionOuter {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            VisionOuter::Tls(s) => Pin::new(s).poll_write(cx, buf),
-            VisionOuter::Reality(s) => Pin::new(s).poll_write(cx, buf),
+            VisionOuter::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            VisionOuter::Reality(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            VisionOuter::Tls(s) => Pin::new(s).poll_flush(cx),
-            VisionOuter::Reality(s) => Pin::new(s).poll_flush(cx),
+            VisionOuter::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            VisionOuter::Reality(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            VisionOuter::Tls(s) => Pin::new(s).poll_close(cx),
-            VisionOuter::Reality(s) => Pin::new(s).poll_close(cx),
+            VisionOuter::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            VisionOuter::Reality(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }
