@@ -1,7 +1,8 @@
 //! REALITY on a VLESS outbound (`security: "reality"`), the real binary with two shards: a
 //! dokodemo-door's TCP and UDP go out through it to shardray's own REALITY inbound, and to
 //! shoes 0.3.2 as the REALITY server (in each of its three TLS 1.3 suites), byte for byte with
-//! exact outbound counters; with a wrong public key or short id the server hands the
+//! exact outbound counters (Trojan and VMess outbounds too, to our own inbounds; one outbound
+//! added through AddOutbound); with a wrong public key or short id the server hands the
 //! connection to its camouflage site, whose certificate the outbound refuses: the session
 //! closes with nothing relayed, the log says why, the counters stay at zero. Vision
 //! (`xtls-rprx-vision`) over the REALITY outbound to both servers: inner TLS 1.3 goes direct
@@ -22,7 +23,9 @@ use shardray_tests::singbox::free_port;
 use shardray_tests::tls::SelfSigned;
 use shardray_tests::udp::{echo_datagrams, Direct, UdpEcho};
 use shardray_tests::vless::payload;
-use shardray_tests::{loopback_api, run_cli, vless_config, wait_until, Shardray, ALICE};
+use shardray_tests::{
+    loopback_api, run_cli, trojan_config, vless_config, vmess_config, wait_until, Shardray, ALICE, ALICE_PASSWORD,
+};
 
 const SNI: &str = "reality.test";
 const SHORT_ID: &str = "6ba85179e30d4fc2";
@@ -105,6 +108,13 @@ fn reality_server(target: &Target, private_key: &str) -> Shardray {
 
 /// `reality_server` with this one client.
 fn reality_server_for(target: &Target, private_key: &str, client: Value) -> Shardray {
+    reality_server_with(target, private_key, |stream| {
+        vless_config(json!([client]), json!({ "streamSettings": stream }))
+    })
+}
+
+/// A server whose config `config` builds around the REALITY stream settings for `target`.
+fn reality_server_with(target: &Target, private_key: &str, config: impl FnOnce(Value) -> Value) -> Shardray {
     let stream = json!({
         "network": "raw",
         "security": "reality",
@@ -116,7 +126,7 @@ fn reality_server_for(target: &Target, private_key: &str, client: Value) -> Shar
             "maxTimeDiff": 60000
         }
     });
-    let mut config = vless_config(json!([client]), json!({ "streamSettings": stream }));
+    let mut config = config(stream);
     config["log"]["loglevel"] = json!("info");
     Shardray::start(&config, 2)
 }
@@ -215,6 +225,42 @@ fn vless_over_reality_to_our_own_inbound() {
     );
     carries_tcp_and_udp(&client, udp_echo.addr(), &|| server.output());
     assert_eq!(target.connections.load(Ordering::SeqCst), 0, "every connection authenticated:\n{}", server.output());
+}
+
+/// Trojan and VMess outbounds over REALITY (the same layer as VLESS's) to our own Trojan and
+/// VMess inbounds behind REALITY.
+#[test]
+fn trojan_and_vmess_over_reality_to_our_own_inbounds() {
+    let (tcp_echo, udp_echo, target) = (EchoServer::start(), UdpEcho::start(), Target::start());
+    let (private, public) = keys();
+    let trojan = reality_server_with(&target, &private, |stream| {
+        trojan_config(json!([{ "password": ALICE_PASSWORD, "email": "t@x" }]), json!({ "streamSettings": stream }))
+    });
+    let vmess = reality_server_with(&target, &private, |stream| {
+        vmess_config(json!([{ "id": ALICE, "email": "v@x" }]), json!({ "streamSettings": stream }))
+    });
+    let cases = [
+        (
+            "trojan",
+            trojan.inbound("trojan-in"),
+            json!({ "servers": [{ "address": "127.0.0.1", "port": trojan.inbound("trojan-in").port(), "password": ALICE_PASSWORD }] }),
+        ),
+        (
+            "vmess",
+            vmess.inbound("vmess-in"),
+            json!({ "vnext": [{ "address": "127.0.0.1", "port": vmess.inbound("vmess-in").port(), "users": [{ "id": ALICE, "security": "aes-128-gcm" }] }] }),
+        ),
+    ];
+    for (protocol, server, settings) in cases {
+        let mut config = client_config(server, tcp_echo.addr(), udp_echo.addr(), client_settings(&public, SHORT_ID));
+        config["outbounds"][0]["protocol"] = json!(protocol);
+        config["outbounds"][0]["settings"] = settings;
+        let client = Shardray::start(&config, 2);
+        carries_tcp_and_udp(&client, udp_echo.addr(), &|| {
+            format!("{protocol}\n{}\n{}", trojan.output(), vmess.output())
+        });
+    }
+    assert_eq!(target.connections.load(Ordering::SeqCst), 0, "every connection authenticated");
 }
 
 /// The same outbound, added through HandlerService.AddOutbound as Xray's
