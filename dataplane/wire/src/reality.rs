@@ -473,13 +473,20 @@ pub enum CertRefusal {
     NotSignedForUs,
 }
 
+impl CertRefusal {
+    /// Why, in a few words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CertRefusal::Malformed => "certificate does not parse",
+            CertRefusal::NotEd25519 => "certificate key is not ed25519",
+            CertRefusal::NotSignedForUs => "certificate not signed with our auth key",
+        }
+    }
+}
+
 impl std::fmt::Display for CertRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CertRefusal::Malformed => "certificate does not parse",
-            CertRefusal::NotEd25519 => "certificate key is not ed25519 (a real site's certificate)",
-            CertRefusal::NotSignedForUs => "certificate not signed with our auth key (another server's)",
-        })
+        f.write_str(self.reason())
     }
 }
 

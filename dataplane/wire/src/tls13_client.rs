@@ -68,11 +68,7 @@ impl std::error::Error for TlsError {}
 
 impl From<reality::CertRefusal> for TlsError {
     fn from(e: reality::CertRefusal) -> TlsError {
-        TlsError::NotReality(match e {
-            reality::CertRefusal::Malformed => "certificate does not parse",
-            reality::CertRefusal::NotEd25519 => "certificate key is not ed25519",
-            reality::CertRefusal::NotSignedForUs => "certificate not signed with our auth key",
-        })
+        TlsError::NotReality(e.reason())
     }
 }
 
