@@ -6,7 +6,8 @@
 //! connection to its camouflage site, whose certificate the outbound refuses: the session
 //! closes with nothing relayed, the log says why, the counters stay at zero. Vision
 //! (`xtls-rprx-vision`) over the REALITY outbound to both servers: inner TLS 1.3 goes direct
-//! both ways and is spliced, plain bytes are padded only.
+//! both ways and is spliced, plain bytes are padded only. A server answering garbage fails
+//! the dial with its reason logged and harms no shard.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -506,4 +507,41 @@ fn vision_over_reality_to_shoes() {
     let (private, public) = keys();
     let shoes = ShoesServer::start_with(&private, target.addr, "TLS_AES_128_GCM_SHA256", true);
     vision_carries_inner_tls_and_plain(shoes.addr, &public, true, &|| shoes.log());
+}
+
+/// A "server" that answers the ClientHello with garbage: a handshake record that does not
+/// parse, random bytes, an oversized record, an alert. Each dial fails with its reason logged,
+/// nothing comes through the door, and the shards live on.
+#[test]
+fn a_server_answering_garbage_fails_the_dial_and_the_shards_live_on() {
+    let (tcp_echo, udp_echo) = (EchoServer::start(), UdpEcho::start());
+    let (_, public) = keys();
+    let replies: Vec<Vec<u8>> = vec![
+        [&[0x16, 3, 3, 0, 4][..], &[2, 0, 0, 0]].concat(),
+        (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+        vec![0x17, 3, 3, 0xff, 0xff],
+        vec![0x15, 3, 3, 0, 2, 2, 40],
+    ];
+    for (i, reply) in replies.into_iter().enumerate() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.read(&mut [0u8; 4096]);
+                let _ = conn.write_all(&reply);
+                let _ = conn.shutdown(Shutdown::Write);
+                let _ = conn.read(&mut [0u8; 4096]);
+            }
+        });
+        let mut client = reality_client(addr, tcp_echo.addr(), udp_echo.addr(), client_settings(&public, SHORT_ID));
+        let got = exchange(client.inbound("tcp-door"), b"must not reach anyone");
+        assert!(got.is_empty(), "reply {i}: got {:?}", String::from_utf8_lossy(&got));
+        assert!(
+            wait_until(Duration::from_secs(5), || client.output().contains("REALITY")),
+            "reply {i}: the failure is logged:\n{}",
+            client.output()
+        );
+        assert!(client.is_running(), "reply {i}: shardray died:\n{}", client.output());
+    }
 }
