@@ -778,6 +778,9 @@ impl RecordReader {
                 [_, d] => Err(TlsError::Alert(d)),
                 _ => Err(TlsError::Protocol("malformed alert")),
             },
+            // Xray's REALITY server stands in for the target's session ticket with a record
+            // holding the single byte 4 (NewSessionTicket's type, no body): nothing to keep.
+            HANDSHAKE if self.messages.is_empty() && record[range.clone()] == [4] => Ok(Opened::Nothing),
             HANDSHAKE => {
                 self.messages.extend_from_slice(&record[range]);
                 let mut update = None;

@@ -355,3 +355,21 @@ fn a_corrupted_server_flight_fails_without_panicking() {
     let mut input = flight;
     assert!(client.advance(&mut input, &mut Vec::new()).unwrap().is_some());
 }
+
+#[test]
+fn xrays_stand_in_ticket_then_a_key_update_then_data() {
+    // A reader and the server's side of its key, from one secret.
+    let secret = vec![0x42; 32];
+    let mut reader =
+        RecordReader { protection: Protection::new(Suite::Aes128Gcm, secret.clone()), messages: Vec::new() };
+    let mut server = Protection::new(Suite::Aes128Gcm, secret);
+    let mut wire = Vec::new();
+    // What Xray's REALITY server writes after its Finished when the target sent tickets.
+    server.seal(HANDSHAKE, &[4], &mut wire);
+    server.seal(HANDSHAKE, &[24, 0, 0, 1, 1], &mut wire);
+    server.update();
+    server.seal(APPLICATION_DATA, b"under the next key", &mut wire);
+    let (data, events) = open_all(&mut reader, &mut wire);
+    assert_eq!(events, [Opened::Nothing, Opened::KeyUpdate { requested: true }]);
+    assert_eq!(data, b"under the next key");
+}
