@@ -1736,6 +1736,13 @@ fn reality_outbounds_load_and_refuse_by_path() {
     assert_eq!(r.short_id, [0x6b, 0xa8, 0, 0, 0, 0, 0, 0]);
     assert_eq!(r.fingerprint, "firefox");
     assert!(r.show);
+    assert!(
+        cfg.notes
+            .iter()
+            .any(|n| n.starts_with("outbounds[0].streamSettings.realitySettings.fingerprint: \"Firefox\" is ignored")),
+        "{:?}",
+        cfg.notes
+    );
     // Current Xray's name for the key wins.
     let mut newer = good.clone();
     newer["password"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
