@@ -6,6 +6,7 @@
 pub mod api;
 pub mod dns;
 pub mod echo;
+pub mod inner_tls;
 pub mod metrics;
 pub mod peers;
 pub mod proxy;

@@ -159,22 +159,29 @@ fn build(doc: Map<String, Value>) -> Result<Config, ConfigError> {
 }
 
 /// A note for every outbound `tlsSettings.fingerprint`: shardray has no uTLS, so its
-/// ClientHello is rustls's own whatever the fingerprint asks for.
+/// ClientHello is rustls's own whatever the fingerprint asks for; and for a
+/// `realitySettings.fingerprint` other than Chrome's, whose hello is always Chrome-shaped.
 fn ignored_fingerprints(doc: &Value) -> Vec<String> {
     let outbounds = doc.get("outbounds").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    outbounds
-        .iter()
-        .enumerate()
-        .filter_map(|(i, o)| {
-            let fp = o.pointer("/streamSettings/tlsSettings/fingerprint").and_then(Value::as_str)?;
-            (!fp.is_empty()).then(|| {
-                format!(
-                    "outbounds[{i}].streamSettings.tlsSettings.fingerprint: {fp:?} is ignored (no uTLS: the \
-                     TLS ClientHello is rustls's own)"
-                )
-            })
-        })
-        .collect()
+    let mut notes = Vec::new();
+    for (i, o) in outbounds.iter().enumerate() {
+        let fingerprint = |at: &str| o.pointer(at).and_then(Value::as_str).filter(|f| !f.is_empty());
+        if let Some(fp) = fingerprint("/streamSettings/tlsSettings/fingerprint") {
+            notes.push(format!(
+                "outbounds[{i}].streamSettings.tlsSettings.fingerprint: {fp:?} is ignored (no uTLS: the TLS \
+                 ClientHello is rustls's own)"
+            ));
+        }
+        if let Some(fp) = fingerprint("/streamSettings/realitySettings/fingerprint") {
+            if !fp.eq_ignore_ascii_case("chrome") {
+                notes.push(format!(
+                    "outbounds[{i}].streamSettings.realitySettings.fingerprint: {fp:?} is ignored (no uTLS: the \
+                     REALITY ClientHello is shardray's own, Chrome-shaped)"
+                ));
+            }
+        }
+    }
+    notes
 }
 
 /// A note for every TCP socket option of an inbound that listens on a Unix socket, where the

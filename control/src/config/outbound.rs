@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 use shardray_core::spec::{
     Account, BlackholeSpec, DomainStrategy, FreedomSpec, OutboundProtocol, OutboundSpec, ProxyOutboundSpec,
-    ShadowsocksOutboundSpec, SocketOptions, TlsClientSpec, TransportSpec, TrojanOutboundSpec, UserSpec, VlessFlow,
-    VlessOutboundSpec, VmessOutboundSpec, XhttpDownloadSpec,
+    RealityClientSpec, ShadowsocksOutboundSpec, SocketOptions, TlsClientSpec, TransportSpec, TrojanOutboundSpec,
+    UserSpec, VlessFlow, VlessOutboundSpec, VmessOutboundSpec, XhttpDownloadSpec,
 };
 use shardray_wire::addr::{Address, Destination};
 
@@ -240,16 +240,14 @@ fn trojan(
     if let Some(f) = server.flow.filter(|f| !f.is_empty()) {
         return Err(ConfigError::unsupported(format!("{spath}.flow"), format!("Trojan flow {f:?}")));
     }
-    let (tls, transport) = match stream {
-        None | Some(Value::Null) => (None, TransportSpec::Raw),
-        Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
-    };
+    let ClientStream { tls, reality, transport } = client_stream_at(stream, stream_path)?;
     Ok(TrojanOutboundSpec {
         server: Destination { addr: address, port },
         password,
         email: server.email.unwrap_or_default(),
         level: server.level.unwrap_or(0),
         tls,
+        reality,
         transport,
     })
 }
@@ -298,10 +296,7 @@ fn vmess(
     }
     let (user, authenticated_length) = super::inbound::vmess_user(users.remove(0), &format!("{upath}[0]"), true)?;
     let Account::Vmess { id, security } = user.account else { unreachable!("vmess_user makes VMess accounts") };
-    let (tls, transport) = match stream {
-        None | Some(Value::Null) => (None, TransportSpec::Raw),
-        Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
-    };
+    let ClientStream { tls, reality, transport } = client_stream_at(stream, stream_path)?;
     Ok(VmessOutboundSpec {
         server: Destination { addr: address, port },
         id,
@@ -310,6 +305,7 @@ fn vmess(
         email: user.email,
         level: user.level,
         tls,
+        reality,
         transport,
     })
 }
@@ -375,17 +371,20 @@ fn proxy(
         Some(UserSpec { account: Account::Socks(a) | Account::Http(a), email, level, .. }) => (Some(a), email, level),
         _ => (None, String::new(), 0),
     };
-    let tls = match stream {
-        None | Some(Value::Null) => None,
-        Some(v) => match client_stream(deserialize_at(v, stream_path)?, stream_path)? {
-            (tls, TransportSpec::Raw) => tls,
-            _ => {
-                return Err(ConfigError::unsupported(
-                    format!("{stream_path}.network"),
-                    format!("a {name} outbound over WebSocket or HTTPUpgrade"),
-                ))
-            }
-        },
+    let tls = match client_stream_at(stream, stream_path)? {
+        ClientStream { reality: Some(_), .. } => {
+            return Err(ConfigError::unsupported(
+                format!("{stream_path}.security"),
+                format!("REALITY on a {name} outbound (VLESS, VMess and Trojan have it)"),
+            ))
+        }
+        ClientStream { tls, transport: TransportSpec::Raw, .. } => tls,
+        _ => {
+            return Err(ConfigError::unsupported(
+                format!("{stream_path}.network"),
+                format!("a {name} outbound over WebSocket or HTTPUpgrade"),
+            ))
+        }
     };
     let headers = raw.headers.unwrap_or_default().into_iter().collect();
     Ok(ProxyOutboundSpec { server: Destination { addr: address, port }, account, email, level, headers, tls })
@@ -445,14 +444,11 @@ fn vless(
             ))
         }
     };
-    let (tls, transport) = match stream {
-        None | Some(Value::Null) => (None, TransportSpec::Raw),
-        Some(v) => client_stream(deserialize_at(v, stream_path)?, stream_path)?,
-    };
-    if matches!(flow, VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
+    let ClientStream { tls, reality, transport } = client_stream_at(stream, stream_path)?;
+    if matches!(flow, VlessFlow::Vision) && ((tls.is_none() && reality.is_none()) || transport != TransportSpec::Raw) {
         return Err(ConfigError::invalid(
             format!("{upath}.flow"),
-            "Vision needs streamSettings.security \"tls\" on raw TCP (Xray: \"XTLS only supports TLS and REALITY directly\")",
+            "Vision needs streamSettings.security \"tls\" or \"reality\" on raw TCP (Xray: \"XTLS only supports TLS and REALITY directly\")",
         ));
     }
     Ok(VlessOutboundSpec {
@@ -461,6 +457,7 @@ fn vless(
         email: user.email.unwrap_or_default(),
         level: user.level.unwrap_or(0),
         tls,
+        reality,
         transport,
         flow,
         xudp,
@@ -550,17 +547,35 @@ fn xhttp_download(value: Value, path: &str) -> Result<XhttpDownloadSpec, ConfigE
     if network != "xhttp" && network != "splithttp" {
         return Err(ConfigError::invalid(format!("{path}.network"), "must be \"xhttp\" (the GET is an XHTTP request)"));
     }
-    let (tls, transport) = client_stream(deserialize_at(Value::Object(fields), path)?, path)?;
+    if fields.get("security").and_then(Value::as_str) == Some("reality") {
+        return Err(ConfigError::unsupported(format!("{path}.security"), "REALITY in downloadSettings"));
+    }
+    let ClientStream { tls, transport, .. } = client_stream(deserialize_at(Value::Object(fields), path)?, path)?;
     let TransportSpec::Xhttp(xhttp) = transport else {
         return Err(ConfigError::invalid(format!("{path}.network"), "must be \"xhttp\""));
     };
     Ok(XhttpDownloadSpec { server, tls, xhttp: *xhttp })
 }
 
-/// An outbound's `streamSettings`: the TLS client settings when `security` is `tls`, and the
-/// transport (raw TCP, WebSocket, HTTPUpgrade, gRPC, XHTTP). `fingerprint` is accepted and ignored (the
-/// loader notes it).
-fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientSpec>, TransportSpec), ConfigError> {
+/// What an outbound's `streamSettings` say: its security (TLS, REALITY or none) and transport.
+struct ClientStream {
+    tls: Option<TlsClientSpec>,
+    reality: Option<Box<RealityClientSpec>>,
+    transport: TransportSpec,
+}
+
+/// `client_stream` of an outbound's optional `streamSettings` at `path`.
+fn client_stream_at(stream: Option<Value>, path: &str) -> Result<ClientStream, ConfigError> {
+    match stream {
+        None | Some(Value::Null) => Ok(ClientStream { tls: None, reality: None, transport: TransportSpec::Raw }),
+        Some(v) => client_stream(deserialize_at(v, path)?, path),
+    }
+}
+
+/// An outbound's `streamSettings`: the TLS client settings when `security` is `tls`, REALITY's
+/// when it is `reality`, and the transport (raw TCP, WebSocket, HTTPUpgrade, gRPC, XHTTP).
+/// `tlsSettings.fingerprint` is accepted and ignored (the loader notes it).
+fn client_stream(mut raw: RawOutStream, path: &str) -> Result<ClientStream, ConfigError> {
     let network = raw.network.as_deref().unwrap_or("").to_ascii_lowercase();
     let mut xhttp = super::xhttp::pick(raw.xhttp_settings.take(), raw.splithttp_settings.take());
     let download = xhttp.as_ref().and_then(|(k, v)| super::xhttp::download_value(v, &format!("{path}.{k}")));
@@ -601,8 +616,16 @@ fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientS
             ));
         }
     }
-    match raw.security.as_deref().unwrap_or("") {
-        "" | "none" => Ok((None, transport)),
+    let security = raw.security.as_deref().unwrap_or("");
+    if security != "reality" && raw.reality_settings.as_ref().is_some_and(|v| !is_empty_value(v)) {
+        return Err(ConfigError::invalid(
+            format!("{path}.realitySettings"),
+            format!("given while security is {security:?} (not \"reality\")"),
+        ));
+    }
+    let (tls, reality) = match security {
+        "" | "none" => (None, None),
+        "reality" => (None, Some(Box::new(super::reality::client(raw.reality_settings.take(), &transport, path)?))),
         "tls" => {
             let tls = raw.tls_settings.unwrap_or_default();
             let mut alpn = tls.alpn.map(|StringList(l)| l).unwrap_or_default();
@@ -623,8 +646,11 @@ fn client_stream(mut raw: RawOutStream, path: &str) -> Result<(Option<TlsClientS
                 allow_insecure: tls.allow_insecure.unwrap_or(false),
                 alpn,
             };
-            Ok((Some(tls), transport))
+            (Some(tls), None)
         }
-        s => Err(ConfigError::unsupported(format!("{path}.security"), format!("security {s:?} on an outbound"))),
-    }
+        s => {
+            return Err(ConfigError::unsupported(format!("{path}.security"), format!("security {s:?} on an outbound")))
+        }
+    };
+    Ok(ClientStream { tls, reality, transport })
 }

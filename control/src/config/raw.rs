@@ -700,6 +700,7 @@ pub(super) struct RawOutStream {
     pub network: Option<String>,
     pub security: Option<String>,
     pub tls_settings: Option<RawTlsClientSettings>,
+    pub reality_settings: Option<Value>,
     pub tcp_settings: Option<Value>,
     pub raw_settings: Option<Value>,
     // `sockopt` is read for every protocol before these (config/outbound.rs `dial_sockopt`).

@@ -1,10 +1,11 @@
-//! Validates `streamSettings.realitySettings` of an inbound (`security: "reality"`) as Xray's
-//! infra/conf/transport_security.go builds it, into `RealityServerSpec`.
+//! Validates `streamSettings.realitySettings` (`security: "reality"`) as Xray's
+//! infra/conf/transport_security.go builds it: an inbound's into `RealityServerSpec`, an
+//! outbound's into `RealityClientSpec`.
 
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
-use shardray_core::spec::{FallbackDest, RealityServerSpec, TransportSpec};
+use shardray_core::spec::{FallbackDest, RealityClientSpec, RealityServerSpec, TransportSpec};
 
 use super::error::ConfigError;
 use super::validate::deserialize_at;
@@ -31,16 +32,11 @@ struct RawRealitySettings {
     master_key_log: Option<String>,
     // A client's keys: Xray reads them only where no target is given (an outbound).
     fingerprint: Option<String>,
-    #[serde(rename = "serverName")]
-    _server_name: Option<String>,
-    #[serde(rename = "password")]
-    _password: Option<String>,
-    #[serde(rename = "publicKey")]
-    _public_key: Option<String>,
-    #[serde(rename = "shortId")]
-    _short_id: Option<String>,
-    #[serde(rename = "mldsa65Verify")]
-    _mldsa65_verify: Option<String>,
+    server_name: Option<String>,
+    password: Option<String>,
+    public_key: Option<String>,
+    short_id: Option<String>,
+    mldsa65_verify: Option<String>,
     spider_x: Option<String>,
     /// 3x-ui's own bookkeeping (what its share links tell clients).
     settings: Option<RawPanelSettings>,
@@ -165,6 +161,113 @@ pub(super) fn server(
         fingerprint,
         spider_x: raw.spider_x.or(panel.spider_x).unwrap_or_default(),
     })
+}
+
+/// `realitySettings` of an outbound under `path` (the `streamSettings` path), over `transport`:
+/// the client's keys, as Xray reads them where no `target` is given.
+pub(super) fn client(
+    raw: Option<Value>,
+    transport: &TransportSpec,
+    path: &str,
+) -> Result<RealityClientSpec, ConfigError> {
+    let here = format!("{path}.realitySettings");
+    if *transport != TransportSpec::Raw {
+        return Err(ConfigError::unsupported(
+            format!("{path}.network"),
+            format!("a REALITY outbound over {:?} (raw TCP only)", transport.name()),
+        ));
+    }
+    let raw: RawRealitySettings = match raw {
+        None | Some(Value::Null) => return Err(ConfigError::invalid(here, "missing (security is \"reality\")")),
+        Some(v) => deserialize_at(v, &here)?,
+    };
+    // A server's fields have no meaning here; Xray would build a server from them.
+    let server_fields = [
+        ("target", raw.target.is_some()),
+        ("dest", raw.dest.is_some()),
+        ("privateKey", raw.private_key.is_some()),
+        ("serverNames", raw.server_names.is_some()),
+        ("shortIds", raw.short_ids.is_some()),
+        ("xver", raw.xver.is_some()),
+        ("minClientVer", raw.min_client_ver.is_some()),
+        ("maxClientVer", raw.max_client_ver.is_some()),
+        ("maxTimeDiff", raw.max_time_diff.is_some()),
+    ];
+    if let Some((name, _)) = server_fields.iter().find(|(_, given)| *given) {
+        let hint = match *name {
+            "serverNames" => " (an outbound names one: serverName)",
+            "shortIds" => " (an outbound sends one: shortId)",
+            "privateKey" => " (an outbound takes the server's publicKey)",
+            _ => "",
+        };
+        return Err(ConfigError::invalid(
+            format!("{here}.{name}"),
+            format!("a REALITY server's field on an outbound{hint}"),
+        ));
+    }
+    let fingerprint = raw.fingerprint.unwrap_or_default().to_ascii_lowercase();
+    if !known_fingerprint(&fingerprint) {
+        return Err(ConfigError::invalid(
+            format!("{here}.fingerprint"),
+            format!("{fingerprint:?} is not a fingerprint Xray knows (\"chrome\", \"firefox\", \"safari\", ...)"),
+        ));
+    }
+    // The newer name wins, as in Xray.
+    let (key_name, key) = match (raw.password.filter(|p| !p.is_empty()), raw.public_key.filter(|p| !p.is_empty())) {
+        (Some(p), _) => ("password", p),
+        (None, Some(k)) => ("publicKey", k),
+        (None, None) => return Err(ConfigError::invalid(format!("{here}.publicKey"), "empty")),
+    };
+    let public_key = x25519_key(&key).ok_or_else(|| {
+        ConfigError::invalid(
+            format!("{here}.{key_name}"),
+            "not a 32-byte key in unpadded base64url (the server's `Password (PublicKey)`)",
+        )
+    })?;
+    let id = raw.short_id.unwrap_or_default();
+    let short_id = short_id(&id).ok_or_else(|| {
+        ConfigError::invalid(format!("{here}.shortId"), format!("{id:?} is not up to 16 hex digits, even"))
+    })?;
+    if raw.mldsa65_verify.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ConfigError::unsupported(format!("{here}.mldsa65Verify"), "REALITY's ML-DSA-65 signature"));
+    }
+    if raw.master_key_log.as_deref().is_some_and(|s| !s.is_empty() && s != "none") {
+        return Err(ConfigError::unsupported(format!("{here}.masterKeyLog"), "masterKeyLog"));
+    }
+    // spiderX is what Xray's client crawls when the camouflage site answers instead of the
+    // server; shardray closes such a connection, so it is checked as Xray does and not used.
+    if let Some(spider) = raw.spider_x.as_deref().filter(|s| !s.is_empty()) {
+        if !spider.starts_with('/') {
+            return Err(ConfigError::invalid(format!("{here}.spiderX"), format!("{spider:?} does not start with '/'")));
+        }
+    }
+    Ok(RealityClientSpec {
+        server_name: raw.server_name.unwrap_or_default(),
+        public_key,
+        short_id,
+        fingerprint,
+        show: raw.show.unwrap_or(false),
+    })
+}
+
+/// The fingerprint names Xray's REALITY client takes (`unsafe` and `hellogolang` it refuses);
+/// shardray's ClientHello is Chrome-shaped whichever is named.
+fn known_fingerprint(name: &str) -> bool {
+    const PRESETS: [&str; 12] = [
+        "",
+        "chrome",
+        "firefox",
+        "safari",
+        "ios",
+        "android",
+        "edge",
+        "360",
+        "qq",
+        "random",
+        "randomized",
+        "randomizednoalpn",
+    ];
+    PRESETS.contains(&name) || (name.starts_with("hello") && name != "hellogolang")
 }
 
 /// A 32-byte X25519 key in unpadded base64url, as Xray reads `privateKey`.

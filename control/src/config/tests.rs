@@ -1709,3 +1709,97 @@ fn a_bad_quota_or_expiry_names_its_path() {
     });
     assert!(e.to_string().contains("needs an email"), "{e}");
 }
+
+#[test]
+fn reality_outbounds_load_and_refuse_by_path() {
+    const PUBLIC: &str = "wA9uNf9Ho9w-mL4fa5tMLrDXsOUbR-Te4BoQtxu9bHc";
+    let outbound = |reality: Value, extra: Value| {
+        let mut o = json!({
+            "tag": "out", "protocol": "vless",
+            "settings": { "vnext": [{ "address": "203.0.113.9", "port": 443, "users": [{ "id": ALICE }] }] },
+            "streamSettings": { "network": "raw", "security": "reality", "realitySettings": reality }
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            o["streamSettings"][k] = v.clone();
+        }
+        let mut v = base();
+        v["outbounds"] = json!([o]);
+        v
+    };
+    let good = json!({ "serverName": "www.example.com", "publicKey": PUBLIC, "shortId": "6ba8",
+                       "fingerprint": "Firefox", "spiderX": "/path?p=1", "show": true });
+    let cfg = load(&outbound(good.clone(), json!({}))).unwrap();
+    let OutboundProtocol::Vless(o) = &cfg.outbounds[0].protocol else { panic!() };
+    let r = o.reality.as_ref().expect("REALITY read");
+    assert_eq!(o.tls, None);
+    assert_eq!(r.server_name, "www.example.com");
+    assert_eq!(r.short_id, [0x6b, 0xa8, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(r.fingerprint, "firefox");
+    assert!(r.show);
+    assert!(
+        cfg.notes
+            .iter()
+            .any(|n| n.starts_with("outbounds[0].streamSettings.realitySettings.fingerprint: \"Firefox\" is ignored")),
+        "{:?}",
+        cfg.notes
+    );
+    // Current Xray's name for the key wins.
+    let mut newer = good.clone();
+    newer["password"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let cfg = load(&outbound(newer, json!({}))).unwrap();
+    let OutboundProtocol::Vless(o) = &cfg.outbounds[0].protocol else { panic!() };
+    assert_eq!(o.reality.as_ref().unwrap().public_key, [0; 32]);
+
+    let here = "outbounds[0].streamSettings.realitySettings";
+    for (key, value, path) in [
+        ("publicKey", Value::Null, "publicKey"),
+        ("publicKey", json!("abc"), "publicKey"),
+        ("shortId", json!("abc"), "shortId"),
+        ("shortId", json!("0123456789abcdef01"), "shortId"),
+        ("fingerprint", json!("hellogolang"), "fingerprint"),
+        ("fingerprint", json!("netscape"), "fingerprint"),
+        ("spiderX", json!("no-slash"), "spiderX"),
+        ("serverNames", json!(["a"]), "serverNames"),
+        ("shortIds", json!([""]), "shortIds"),
+        ("privateKey", json!(PUBLIC), "privateKey"),
+        ("target", json!("example.com:443"), "target"),
+        ("mldsa65Verify", json!("x"), "mldsa65Verify"),
+    ] {
+        let mut r = good.clone();
+        match value {
+            Value::Null => drop(r.as_object_mut().unwrap().remove(key)),
+            v => r[key] = v,
+        }
+        let e = load(&outbound(r, json!({}))).unwrap_err();
+        assert_eq!(e.path, format!("{here}.{path}"), "{key}: {e}");
+    }
+    let e = load(&outbound(Value::Null, json!({}))).unwrap_err();
+    assert_eq!(e.path, here, "{e}");
+    // An unknown key is ignored and reported, as everywhere.
+    let mut odd = good.clone();
+    odd["nonsense"] = json!(1);
+    let cfg = load(&outbound(odd, json!({}))).unwrap();
+    assert_eq!(cfg.ignored_keys, [format!("{here}.nonsense: unknown key ignored")]);
+    let e = load(&outbound(good.clone(), json!({ "network": "ws" }))).unwrap_err();
+    assert_eq!(e.path, "outbounds[0].streamSettings.network", "{e}");
+    let e = load(&outbound(good.clone(), json!({ "security": "tls" }))).unwrap_err();
+    assert_eq!(e.path, here, "realitySettings without security reality: {e}");
+    // Vision over REALITY, as over TLS.
+    let mut vision = outbound(good.clone(), json!({}));
+    vision["outbounds"][0]["settings"]["vnext"][0]["users"][0]["flow"] = json!("xtls-rprx-vision");
+    let cfg = load(&vision).unwrap();
+    let OutboundProtocol::Vless(o) = &cfg.outbounds[0].protocol else { panic!() };
+    assert_eq!(o.flow, shardray_core::spec::VlessFlow::Vision);
+    // Trojan and VMess take it too; SOCKS does not.
+    let mut trojan = outbound(good.clone(), json!({}));
+    trojan["outbounds"][0]["protocol"] = json!("trojan");
+    trojan["outbounds"][0]["settings"] =
+        json!({ "servers": [{ "address": "203.0.113.9", "port": 443, "password": "p" }] });
+    let cfg = load(&trojan).unwrap();
+    let OutboundProtocol::Trojan(t) = &cfg.outbounds[0].protocol else { panic!() };
+    assert!(t.reality.is_some());
+    let mut socks = outbound(good, json!({}));
+    socks["outbounds"][0]["protocol"] = json!("socks");
+    socks["outbounds"][0]["settings"] = json!({ "servers": [{ "address": "203.0.113.9", "port": 1080 }] });
+    assert_eq!(load(&socks).unwrap_err().path, "outbounds[0].streamSettings.security");
+}

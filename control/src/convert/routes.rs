@@ -10,8 +10,8 @@ use prost::Message;
 use shardray_core::spec::{
     BalancerSpec, BalancerStrategy, BlackholeSpec, DnsNetwork, DnsOutboundSpec, DomainMatcher, DomainStrategy,
     FreedomSpec, HttpTransportSpec, NetworkSet, NonIpQuery, OutboundProtocol, OutboundSpec, PortRange,
-    ProxyOutboundSpec, RuleSpec, ShadowsocksOutboundSpec, TlsClientSpec, TransportSpec, TrojanOutboundSpec,
-    VlessOutboundSpec, VmessOutboundSpec,
+    ProxyOutboundSpec, RealityClientSpec, RuleSpec, ShadowsocksOutboundSpec, TlsClientSpec, TransportSpec,
+    TrojanOutboundSpec, VlessOutboundSpec, VmessOutboundSpec,
 };
 use shardray_proto::xray::app::proxyman::SenderConfig;
 use shardray_proto::xray::app::router;
@@ -23,7 +23,7 @@ use shardray_proto::xray::core::OutboundHandlerConfig;
 use shardray_proto::xray::proxy::{
     blackhole, dns, freedom, http, shadowsocks, shadowsocks_2022, socks, trojan, vless, vmess,
 };
-use shardray_proto::xray::transport::internet::{tls, StreamConfig};
+use shardray_proto::xray::transport::internet::{reality, tls, StreamConfig};
 use shardray_wire::addr::{Address, Destination};
 
 use super::{ip_bytes, ip_from_bytes, message_type, typed};
@@ -312,9 +312,9 @@ fn vmess_spec(c: &vmess::outbound::Config, stream: Option<&StreamConfig>) -> Res
     // The account's experiments, as Xray's outbound reads them.
     let account = c.receiver[0].user[0].account.as_ref().map(|a| &a.value[..]).unwrap_or_default();
     let tests = vmess::Account::decode(account).map(|a| a.tests_enabled).unwrap_or_default();
-    let (tls, transport) = match stream {
-        None => (None, TransportSpec::Raw),
-        Some(stream) => (client_tls(stream)?, client_transport(stream)?),
+    let (tls, reality, transport) = match stream {
+        None => (None, None, TransportSpec::Raw),
+        Some(stream) => client_security(stream)?,
     };
     let tls = tls.map(|mut t| {
         // The HTTP transports offer http/1.1 when nothing is named, as the config loader does.
@@ -331,6 +331,7 @@ fn vmess_spec(c: &vmess::outbound::Config, stream: Option<&StreamConfig>) -> Res
         email: spec.email,
         level: spec.level,
         tls,
+        reality,
         transport,
     })
 }
@@ -342,17 +343,29 @@ fn vless_spec(c: &vless::outbound::Config, stream: Option<&StreamConfig>) -> Res
     let shardray_core::spec::Account::Vless(id, flow) = spec.account else {
         return Err(invalid("proxy_settings.server[0].user.account: not a VLESS account"));
     };
-    let (tls, transport) = match stream {
-        None => (None, TransportSpec::Raw),
-        Some(stream) => (client_tls(stream)?, client_transport(stream)?),
+    let (tls, reality, transport) = match stream {
+        None => (None, None, TransportSpec::Raw),
+        Some(stream) => client_security(stream)?,
     };
-    if matches!(flow, shardray_core::spec::VlessFlow::Vision) && (tls.is_none() || transport != TransportSpec::Raw) {
+    if matches!(flow, shardray_core::spec::VlessFlow::Vision)
+        && ((tls.is_none() && reality.is_none()) || transport != TransportSpec::Raw)
+    {
         return Err(invalid(
-            "proxy_settings.server[0].user.account.flow: Vision needs TLS on raw TCP (sender_settings)",
+            "proxy_settings.server[0].user.account.flow: Vision needs TLS or REALITY on raw TCP (sender_settings)",
         ));
     }
     // Xray's Config has no packet encoding: its client sends UDP as XUDP.
-    Ok(VlessOutboundSpec { server, id, email: spec.email, level: spec.level, tls, transport, flow, xudp: true })
+    Ok(VlessOutboundSpec {
+        server,
+        id,
+        email: spec.email,
+        level: spec.level,
+        tls,
+        reality,
+        transport,
+        flow,
+        xudp: true,
+    })
 }
 
 /// A Trojan ClientConfig (one server, one user) and its sender's stream settings (raw TCP,
@@ -363,9 +376,9 @@ fn trojan_spec(c: &trojan::ClientConfig, stream: Option<&StreamConfig>) -> Resul
     let shardray_core::spec::Account::Trojan(password) = spec.account else {
         return Err(invalid("proxy_settings.server[0].user.account: not a Trojan account"));
     };
-    let (tls, transport) = match stream {
-        None => (None, TransportSpec::Raw),
-        Some(stream) => (client_tls(stream)?, client_transport(stream)?),
+    let (tls, reality, transport) = match stream {
+        None => (None, None, TransportSpec::Raw),
+        Some(stream) => client_security(stream)?,
     };
     let tls = tls.map(|mut t| {
         // The HTTP transports offer http/1.1 when nothing is named, as the config loader does.
@@ -380,6 +393,7 @@ fn trojan_spec(c: &trojan::ClientConfig, stream: Option<&StreamConfig>) -> Resul
         email: spec.email,
         level: spec.level,
         tls,
+        reality,
         transport,
     })
 }
@@ -455,6 +469,56 @@ fn client_transport(stream: &StreamConfig) -> Result<TransportSpec, InvalidRoute
             found.unwrap_or_else(|| HttpTransportSpec { path: "/".into(), ..Default::default() }),
         )),
     })
+}
+
+/// A sender's security (TLS, REALITY or neither) and its transport.
+type ClientSecurity = (Option<TlsClientSpec>, Option<Box<RealityClientSpec>>, TransportSpec);
+
+/// A sender's security and transport for VLESS, VMess and Trojan: TLS, REALITY (over raw TCP)
+/// or none.
+fn client_security(stream: &StreamConfig) -> Result<ClientSecurity, InvalidRoute> {
+    const REALITY: &str = "xray.transport.internet.reality.Config";
+    let security = message_type(&stream.security_type).map(|(_, n)| n).unwrap_or(&stream.security_type);
+    if security != "transport.internet.reality.Config" {
+        return Ok((client_tls(stream)?, None, client_transport(stream)?));
+    }
+    let field = "sender_settings.stream_settings.security_settings";
+    if stream.socket_settings.as_ref().is_some_and(|s| *s != Default::default()) {
+        return Err(invalid("sender_settings.stream_settings.socket_settings: sockopt is not supported yet"));
+    }
+    let transport = client_transport(stream)?;
+    if transport != TransportSpec::Raw {
+        return Err(invalid("sender_settings.stream_settings: REALITY runs over raw TCP only here"));
+    }
+    let settings = stream
+        .security_settings
+        .iter()
+        .find(|m| message_type(&m.r#type).is_ok_and(|(_, n)| n == security))
+        .ok_or_else(|| invalid(format!("{field}: no REALITY settings")))?;
+    let c: reality::Config = exact(&settings.value, REALITY, field)?;
+    if !c.private_key.is_empty() || !c.server_names.is_empty() || !c.short_ids.is_empty() || !c.dest.is_empty() {
+        return Err(invalid(format!(
+            "{field}: a REALITY server's fields (private_key, server_names, short_ids, dest) on an outbound"
+        )));
+    }
+    if !c.mldsa65_verify.is_empty() {
+        return Err(invalid(format!("{field}.mldsa65_verify: REALITY's ML-DSA-65 signature is not supported yet")));
+    }
+    let public_key = <[u8; 32]>::try_from(&c.public_key[..])
+        .map_err(|_| invalid(format!("{field}.public_key: {} bytes, not a 32-byte X25519 key", c.public_key.len())))?;
+    if c.short_id.len() > 8 {
+        return Err(invalid(format!("{field}.short_id: {} bytes (8 at most)", c.short_id.len())));
+    }
+    let mut short_id = [0u8; 8];
+    short_id[..c.short_id.len()].copy_from_slice(&c.short_id);
+    let spec = RealityClientSpec {
+        server_name: c.server_name,
+        public_key,
+        short_id,
+        fingerprint: c.fingerprint.to_ascii_lowercase(),
+        show: c.show,
+    };
+    Ok((None, Some(Box::new(spec)), transport))
 }
 
 /// A sender's stream settings, with TLS or without (the transport is `client_transport`'s).
@@ -796,9 +860,14 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
         OutboundProtocol::Vless(v) => v.tls.as_ref(),
         _ => None,
     };
-    let sender_settings = match (sender_settings, tls) {
-        (s, None) => s,
-        (_, Some(tls)) => {
+    let reality = match &spec.protocol {
+        OutboundProtocol::Trojan(t) => t.reality.as_deref(),
+        OutboundProtocol::Vmess(v) => v.reality.as_deref(),
+        OutboundProtocol::Vless(v) => v.reality.as_deref(),
+        _ => None,
+    };
+    let security = match (tls, reality) {
+        (Some(tls), _) => {
             const TLS: &str = "xray.transport.internet.tls.Config";
             let config = tls::Config {
                 server_name: tls.server_name.clone(),
@@ -806,10 +875,29 @@ pub fn outbound_config(spec: &OutboundSpec) -> OutboundHandlerConfig {
                 next_protocol: tls.alpn.clone(),
                 ..Default::default()
             };
+            Some((TLS, typed(TLS, &config)))
+        }
+        (None, Some(r)) => {
+            const REALITY: &str = "xray.transport.internet.reality.Config";
+            let config = reality::Config {
+                show: r.show,
+                fingerprint: r.fingerprint.clone(),
+                server_name: r.server_name.clone(),
+                public_key: r.public_key.to_vec(),
+                short_id: r.short_id.to_vec(),
+                ..Default::default()
+            };
+            Some((REALITY, typed(REALITY, &config)))
+        }
+        (None, None) => None,
+    };
+    let sender_settings = match (sender_settings, security) {
+        (s, None) => s,
+        (_, Some((name, settings))) => {
             let stream = StreamConfig {
                 protocol_name: "tcp".into(),
-                security_type: TLS.into(),
-                security_settings: vec![typed(TLS, &config)],
+                security_type: name.into(),
+                security_settings: vec![settings],
                 ..Default::default()
             };
             let via = spec
@@ -1140,13 +1228,59 @@ mod tests {
                 { "tag": "v", "protocol": "vless",
                   "settings": { "vnext": [{ "address": "proxy.example", "port": 443, "users": [{
                       "id": "b831381d-6324-4d53-ad4f-8cda48b30811", "encryption": "none", "email": "v@x", "level": 3 }] }] },
-                  "streamSettings": { "security": "tls", "tlsSettings": { "serverName": "sni.example" } } }
+                  "streamSettings": { "security": "tls", "tlsSettings": { "serverName": "sni.example" } } },
+                { "tag": "r", "protocol": "vless",
+                  "settings": { "vnext": [{ "address": "203.0.113.9", "port": 443, "users": [{
+                      "id": "b831381d-6324-4d53-ad4f-8cda48b30811" }] }] },
+                  "streamSettings": { "network": "raw", "security": "reality", "realitySettings": {
+                      "serverName": "www.example.com", "fingerprint": "chrome", "show": true,
+                      "publicKey": "wA9uNf9Ho9w-mL4fa5tMLrDXsOUbR-Te4BoQtxu9bHc", "shortId": "6ba85179" } } },
+                { "tag": "rt", "protocol": "trojan",
+                  "settings": { "servers": [{ "address": "203.0.113.9", "port": 443, "password": "p" }] },
+                  "streamSettings": { "security": "reality", "realitySettings": {
+                      "password": "wA9uNf9Ho9w-mL4fa5tMLrDXsOUbR-Te4BoQtxu9bHc" } } }
             ] }"#,
         );
-        assert_eq!(specs.len(), 9);
+        assert_eq!(specs.len(), 11);
         for spec in &specs {
             assert_eq!(&outbound_spec(&outbound_config(spec)).unwrap(), spec);
         }
+    }
+
+    #[test]
+    fn reality_sender_settings_are_checked() {
+        let spec = &spec_of(
+            r#"{ "outbounds": [{ "tag": "r", "protocol": "vless",
+                  "settings": { "vnext": [{ "address": "203.0.113.9", "port": 443, "users": [{
+                      "id": "b831381d-6324-4d53-ad4f-8cda48b30811" }] }] },
+                  "streamSettings": { "security": "reality", "realitySettings": {
+                      "publicKey": "wA9uNf9Ho9w-mL4fa5tMLrDXsOUbR-Te4BoQtxu9bHc", "shortId": "6ba8" } } }] }"#,
+        )[0];
+        // AddOutbound with the sender's REALITY Config changed by `edit`.
+        let with = |edit: &dyn Fn(&mut reality::Config)| {
+            let mut config = outbound_config(spec);
+            let sender = config.sender_settings.as_mut().unwrap();
+            let mut s = SenderConfig::decode(&sender.value[..]).unwrap();
+            let stream = s.stream_settings.as_mut().unwrap();
+            assert_eq!(stream.security_type, "xray.transport.internet.reality.Config");
+            let mut r = reality::Config::decode(&stream.security_settings[0].value[..]).unwrap();
+            assert_eq!(r.short_id, [0x6b, 0xa8, 0, 0, 0, 0, 0, 0]);
+            edit(&mut r);
+            stream.security_settings[0].value = r.encode_to_vec();
+            sender.value = s.encode_to_vec();
+            outbound_spec(&config)
+        };
+        assert_eq!(&with(&|_| {}).unwrap(), spec);
+        // Xray's clients send a short id of fewer than 8 bytes as they read it: zero-padded here.
+        let short = with(&|r| r.short_id = vec![0x6b]).unwrap();
+        let OutboundProtocol::Vless(v) = &short.protocol else { panic!() };
+        assert_eq!(v.reality.as_ref().unwrap().short_id, [0x6b, 0, 0, 0, 0, 0, 0, 0]);
+        let err = |edit: &dyn Fn(&mut reality::Config)| with(edit).unwrap_err().0;
+        assert!(err(&|r| r.public_key.truncate(31)).contains("public_key: 31 bytes"));
+        assert!(err(&|r| r.short_id = vec![0; 9]).contains("short_id: 9 bytes"));
+        assert!(err(&|r| r.private_key = vec![1; 32]).contains("a REALITY server's fields"));
+        assert!(err(&|r| r.server_names = vec!["a".into()]).contains("a REALITY server's fields"));
+        assert!(err(&|r| r.mldsa65_verify = vec![1]).contains("mldsa65_verify"));
     }
 
     #[test]

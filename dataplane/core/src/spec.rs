@@ -1226,6 +1226,8 @@ pub struct VlessOutboundSpec {
     pub level: u32,
     /// `streamSettings` with `security: "tls"`; `None` sends VLESS over plain TCP.
     pub tls: Option<TlsClientSpec>,
+    /// `streamSettings` with `security: "reality"` (then `tls` is `None`, the transport raw).
+    pub reality: Option<Box<RealityClientSpec>>,
     /// `streamSettings.network`: raw TCP or gRPC.
     pub transport: TransportSpec,
     /// `vnext[0].users[0].flow`: Vision (over TLS only), or none.
@@ -1285,6 +1287,8 @@ pub struct VmessOutboundSpec {
     pub level: u32,
     /// `streamSettings` with `security: "tls"`; `None` sends VMess over plain TCP.
     pub tls: Option<TlsClientSpec>,
+    /// `streamSettings` with `security: "reality"` (then `tls` is `None`, the transport raw).
+    pub reality: Option<Box<RealityClientSpec>>,
     /// `streamSettings.network`: raw TCP, WebSocket or HTTPUpgrade.
     pub transport: TransportSpec,
 }
@@ -1302,8 +1306,27 @@ pub struct TrojanOutboundSpec {
     pub level: u32,
     /// `streamSettings` with `security: "tls"`; `None` sends Trojan over plain TCP.
     pub tls: Option<TlsClientSpec>,
+    /// `streamSettings` with `security: "reality"` (then `tls` is `None`, the transport raw).
+    pub reality: Option<Box<RealityClientSpec>>,
     /// `streamSettings.network`: raw TCP, WebSocket or HTTPUpgrade.
     pub transport: TransportSpec,
+}
+
+/// REALITY client settings (an outbound's `streamSettings.realitySettings`, `security:
+/// "reality"`), over raw TCP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealityClientSpec {
+    /// `serverName`: the SNI sent, one of the server's `serverNames` (default: the server's
+    /// address).
+    pub server_name: String,
+    /// `publicKey` (or `password`): the server's X25519 public key.
+    pub public_key: [u8; 32],
+    /// `shortId`, zero-padded to 8 bytes.
+    pub short_id: [u8; 8],
+    /// `fingerprint`, as given: recorded only, the ClientHello is always Chrome-shaped.
+    pub fingerprint: String,
+    /// `show`: recorded only (a handshake that fails is logged with its reason anyway).
+    pub show: bool,
 }
 
 /// TLS client settings (an outbound's `streamSettings.tlsSettings`).

@@ -13,6 +13,7 @@ pub mod reality;
 pub mod shadowsocks;
 pub mod sniff;
 pub mod socks;
+pub mod tls13_client;
 pub mod trojan;
 pub mod vision;
 pub mod vless;

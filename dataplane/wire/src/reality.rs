@@ -427,6 +427,130 @@ impl TemporaryCert {
     }
 }
 
+// === the client's side ===
+
+/// The plaintext a client seals into its session id: version `x.y.z`, a reserved byte, its
+/// unix time (seconds, BE) and its short id.
+pub fn session_plaintext(client_ver: [u8; 3], unix_time: u32, short_id: [u8; 8]) -> [u8; 16] {
+    let mut plain = [0u8; 16];
+    plain[..3].copy_from_slice(&client_ver);
+    plain[4..8].copy_from_slice(&unix_time.to_be_bytes());
+    plain[8..].copy_from_slice(&short_id);
+    plain
+}
+
+/// Seals `plain` into the session id of a ClientHello `message` (header included, its session
+/// id 32 zero bytes): AES-256-GCM under the auth key, nonce `random[20..]`, AAD the message as
+/// it stands. `authenticate` opens it.
+pub fn seal_session_id(message: &mut [u8], auth_key: &[u8; 32], plain: &[u8; 16]) -> Result<(), HelloError> {
+    let id = message.get(SESSION_ID_AT..SESSION_ID_AT + 32).ok_or(HelloError::Malformed)?;
+    if message[SESSION_ID_AT - 1] != 32 || id.iter().any(|&b| b != 0) {
+        return Err(HelloError::Malformed);
+    }
+    let key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, auth_key).map_err(|_| HelloError::Malformed)?,
+    );
+    let nonce =
+        ring::aead::Nonce::try_assume_unique_for_key(&message[6 + 20..6 + 32]).map_err(|_| HelloError::Malformed)?;
+    let mut sealed = *plain;
+    let tag = key
+        .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(&message[..]), &mut sealed)
+        .map_err(|_| HelloError::Malformed)?;
+    message[SESSION_ID_AT..SESSION_ID_AT + 16].copy_from_slice(&sealed);
+    message[SESSION_ID_AT + 16..SESSION_ID_AT + 32].copy_from_slice(tag.as_ref());
+    Ok(())
+}
+
+/// Why a server's certificate is not REALITY's temporary one (so the server is the camouflage
+/// site, or another server answering for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertRefusal {
+    /// The DER does not parse as a certificate.
+    Malformed,
+    /// Its key is not ed25519 (a real site's RSA or ECDSA certificate).
+    NotEd25519,
+    /// Its signature is not HMAC-SHA512(auth key, its key).
+    NotSignedForUs,
+}
+
+impl CertRefusal {
+    /// Why, in a few words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CertRefusal::Malformed => "certificate does not parse",
+            CertRefusal::NotEd25519 => "certificate key is not ed25519",
+            CertRefusal::NotSignedForUs => "certificate not signed with our auth key",
+        }
+    }
+}
+
+impl std::fmt::Display for CertRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for CertRefusal {}
+
+/// The ed25519 public key of a certificate and its signature bytes: `NotEd25519` for any
+/// other key. Reads only the DER structure (no names, dates or chain).
+pub fn ed25519_cert_key(cert: &[u8]) -> Result<([u8; 32], &[u8]), CertRefusal> {
+    let (body, _) = der_take(cert, 0x30)?;
+    let (tbs, rest) = der_take(body, 0x30)?;
+    let (_alg, rest) = der_take(rest, 0x30)?;
+    let (signature, _) = der_take(rest, 0x03)?;
+    let mut fields = tbs;
+    if fields.first() == Some(&0xa0) {
+        fields = der_take(fields, 0xa0)?.1;
+    }
+    // serial, signature algorithm, issuer, validity, subject, then the key.
+    for tag in [0x02, 0x30, 0x30, 0x30, 0x30] {
+        fields = der_take(fields, tag)?.1;
+    }
+    let (spki, _) = der_take(fields, 0x30)?;
+    let key = spki
+        .strip_prefix(&ED25519_ALG[..])
+        .and_then(|k| k.strip_prefix(&[0x03, 0x21, 0x00][..]))
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or(CertRefusal::NotEd25519)?;
+    let signature = signature.strip_prefix(&[0][..]).ok_or(CertRefusal::Malformed)?;
+    Ok((key, signature))
+}
+
+/// The key of a REALITY server's temporary certificate, after checking that its signature is
+/// HMAC-SHA512(auth key, key), as Xray's client does; the caller then checks CertificateVerify
+/// with it.
+pub fn check_temporary_cert(cert: &[u8], auth_key: &[u8; 32]) -> Result<[u8; 32], CertRefusal> {
+    let (key, signature) = ed25519_cert_key(cert)?;
+    let mut mac = <Hmac<Sha512> as Mac>::new_from_slice(auth_key).expect("HMAC takes any key length");
+    mac.update(&key);
+    mac.verify_slice(signature).map_err(|_| CertRefusal::NotSignedForUs)?;
+    Ok(key)
+}
+
+/// The content of one DER TLV tagged `tag` at the front of `input`, and what follows it.
+fn der_take(input: &[u8], tag: u8) -> Result<(&[u8], &[u8]), CertRefusal> {
+    let (&t, rest) = input.split_first().ok_or(CertRefusal::Malformed)?;
+    let (&first, mut rest) = rest.split_first().ok_or(CertRefusal::Malformed)?;
+    if t != tag {
+        return Err(CertRefusal::Malformed);
+    }
+    let len = match first {
+        n @ 0..=127 => usize::from(n),
+        0x81..=0x83 => {
+            let n = usize::from(first & 0x7f);
+            let bytes = rest.get(..n).ok_or(CertRefusal::Malformed)?;
+            rest = &rest[n..];
+            bytes.iter().fold(0, |acc, &b| acc << 8 | usize::from(b))
+        }
+        _ => return Err(CertRefusal::Malformed),
+    };
+    if rest.len() < len {
+        return Err(CertRefusal::Malformed);
+    }
+    Ok(rest.split_at(len))
+}
+
 /// One DER TLV with a short or one/two-byte long length.
 fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];

@@ -10,7 +10,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
-use shardray_core::spec::{HttpTransportSpec, TlsClientSpec, TransportSpec, TrojanOutboundSpec};
+use shardray_core::spec::{HttpTransportSpec, RealityClientSpec, TlsClientSpec, TransportSpec, TrojanOutboundSpec};
 use shardray_wire::addr::{Address, Destination};
 use shardray_wire::trojan::{password_key, Command, Request, KEY_LEN};
 use shardray_wire::websocket::Flavor;
@@ -19,6 +19,7 @@ use super::resolve::Via;
 use super::DIAL_TIMEOUT;
 use crate::transport::grpc::{GrpcClient, GrpcStream};
 use crate::transport::http_header::Camouflaged;
+use crate::transport::reality_client::{RealityClient, RealityStream};
 use crate::transport::tls_tcp::TlsTcp;
 use crate::transport::ws::{Upgraded, WsStream};
 use crate::transport::xhttp_client::{XhttpClient, XhttpStream};
@@ -43,11 +44,13 @@ pub(crate) fn client_tls(spec: Option<&TlsClientSpec>, server: &Destination) -> 
 
 /// An outbound's transport: raw TCP, an HTTP transport (WebSocket or HTTPUpgrade) and the
 /// `Host` it sends, or gRPC or XHTTP (its shard's connections to the server, which have
-/// their own TLS).
+/// their own TLS), or REALITY (its own TLS 1.3 client, over raw TCP only: security and
+/// transport in one).
 #[derive(Default)]
 pub(crate) enum ClientTransport {
     #[default]
     Raw,
+    Reality(Box<RealityClient>),
     Http(Flavor, HttpTransportSpec, String),
     Grpc(Box<GrpcClient>),
     Xhttp(Box<XhttpClient>),
@@ -59,8 +62,15 @@ pub(crate) enum ClientTransport {
 pub(crate) fn client_transport(
     spec: &TransportSpec,
     tls: Option<&TlsClientSpec>,
+    reality: Option<&RealityClientSpec>,
     server: &Destination,
 ) -> Result<ClientTransport, String> {
+    if let Some(reality) = reality {
+        if *spec != TransportSpec::Raw || tls.is_some() {
+            return Err("REALITY runs over raw TCP, without TLS".into());
+        }
+        return Ok(ClientTransport::Reality(Box::new(RealityClient::new(reality, server))));
+    }
     let (flavor, http) = match spec {
         TransportSpec::Raw => return Ok(ClientTransport::Raw),
         TransportSpec::Ws(h) => (Flavor::WebSocket, h),
@@ -89,7 +99,7 @@ impl TrojanClient {
         Ok(TrojanClient {
             key: password_key(&spec.password),
             tls: client_tls(spec.tls.as_ref(), &spec.server)?,
-            transport: client_transport(&spec.transport, spec.tls.as_ref(), &spec.server)?,
+            transport: client_transport(&spec.transport, spec.tls.as_ref(), spec.reality.as_deref(), &spec.server)?,
         })
     }
 
@@ -124,6 +134,11 @@ pub(crate) async fn dial(
     let dialing = async {
         let (flavor, spec, host) = match transport {
             ClientTransport::Raw => return dial_secured(tls, server, via).await,
+            ClientTransport::Reality(reality) => {
+                let stream = super::resolve::connect_configured_via(server, via).await?;
+                let _ = stream.set_nodelay(true);
+                return Ok(Upstream::Reality(Box::new(reality.connect(TlsTcp::new(Box::new(stream))).await?)));
+            }
             ClientTransport::Http(flavor, spec, host) => (flavor, spec, host),
             ClientTransport::Grpc(grpc) => return Ok(Upstream::Grpc(Box::new(grpc.open(server, via).await?))),
             ClientTransport::Xhttp(xhttp) => return Ok(Upstream::Xhttp(Box::new(xhttp.open(server, via).await?))),
@@ -176,13 +191,15 @@ pub(crate) async fn dial_secured_with(
 pub(crate) enum Upstream {
     Tcp(TcpStream),
     Tls(Box<futures_rustls::client::TlsStream<TlsTcp>>),
+    Reality(Box<RealityStream>),
     Ws(Box<WsStream<Upstream>>),
     Early(Box<Camouflaged<Upstream>>),
     Vmess(Box<crate::vmess::VmessStream<Upstream>>),
     Vless(Box<super::vless::VlessResponse<Upstream>>),
     Shadowsocks(Box<crate::shadowsocks::SsStream<Upstream>>),
-    /// A VLESS Vision session to the server (over TLS, which it may drop once direct).
-    Vision(Box<crate::transport::vision::VisionStream<futures_rustls::client::TlsStream<TlsTcp>>>),
+    /// A VLESS Vision session to the server (over TLS or REALITY, which it may drop once
+    /// direct).
+    Vision(Box<crate::transport::vision::VisionStream<super::vless::VisionOuter>>),
     Grpc(Box<GrpcStream>),
     Xhttp(Box<XhttpStream>),
 }
@@ -193,6 +210,7 @@ impl Upstream {
         match self {
             Upstream::Tcp(s) => Some(s.as_raw_fd()),
             Upstream::Tls(_)
+            | Upstream::Reality(_)
             | Upstream::Ws(_)
             | Upstream::Early(_)
             | Upstream::Vmess(_)
@@ -210,6 +228,7 @@ impl AsyncRead for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Reality(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Early(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -227,6 +246,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Reality(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Early(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -246,6 +266,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Reality(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Ws(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Early(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
@@ -261,6 +282,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Reality(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Early(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_flush(cx),
@@ -276,6 +298,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Tcp(s) => Pin::new(s).poll_close(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Upstream::Reality(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Ws(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Early(s) => Pin::new(s.as_mut()).poll_close(cx),
             Upstream::Vmess(s) => Pin::new(s.as_mut()).poll_close(cx),

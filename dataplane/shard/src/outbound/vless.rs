@@ -13,6 +13,8 @@ use shardray_wire::vless::{Command, RequestHeader, VERSION};
 use uuid::Uuid;
 
 use super::trojan::{client_tls, client_transport, ClientTls, ClientTransport, Upstream};
+use crate::transport::reality_client::RealityStream;
+use crate::transport::tls_tcp::TlsTcp;
 use crate::transport::vision::{OuterTls, VisionStream};
 
 /// A VLESS outbound as a shard runs it: the user id and the TLS client, built once.
@@ -31,7 +33,7 @@ impl VlessClient {
         Ok(VlessClient {
             id: spec.id,
             tls: client_tls(spec.tls.as_ref(), &spec.server)?,
-            transport: client_transport(&spec.transport, spec.tls.as_ref(), &spec.server)?,
+            transport: client_transport(&spec.transport, spec.tls.as_ref(), spec.reality.as_deref(), &spec.server)?,
             vision: matches!(spec.flow, shardray_core::spec::VlessFlow::Vision),
         })
     }
@@ -45,24 +47,103 @@ impl VlessClient {
         out
     }
 
-    /// Dials the server for a Vision TCP session to `dest`: TLS 1.3 following record
-    /// boundaries, seen through the Vision codec, the request header ready to leave with the
-    /// first block.
+    /// Dials the server for a Vision TCP session to `dest`: TLS 1.3 (or REALITY) following
+    /// record boundaries, seen through the Vision codec, the request header ready to leave
+    /// with the first block; bounded by `DIAL_TIMEOUT` as every dial.
     pub(crate) async fn dial_vision(
         &self,
         server: &Destination,
         dest: &Destination,
         via: &super::resolve::Via,
     ) -> io::Result<Upstream> {
-        let up = super::trojan::dial_secured_with(&self.tls, server, true, via).await?;
-        let Upstream::Tls(tls) = up else {
-            return Err(io::Error::other("Vision needs TLS to the server"));
+        let dialing = async {
+            if let ClientTransport::Reality(reality) = &self.transport {
+                let stream = super::resolve::connect_configured_via(server, via).await?;
+                let _ = stream.set_nodelay(true);
+                let tcp = crate::transport::tls_tcp::TlsTcp::tracking(Box::new(stream));
+                return Ok(VisionOuter::Reality(Box::new(reality.connect(tcp).await?)));
+            }
+            let up = super::trojan::dial_secured_with(&self.tls, server, true, via).await?;
+            let Upstream::Tls(tls) = up else {
+                return Err(io::Error::other("Vision needs TLS or REALITY to the server"));
+            };
+            if !tls.is_tls13() {
+                return Err(io::Error::other("Vision needs TLS 1.3 to the server"));
+            }
+            Ok(VisionOuter::Tls(tls))
         };
-        if !tls.is_tls13() {
-            return Err(io::Error::other("Vision needs TLS 1.3 to the server"));
-        }
-        let stream = VisionStream::client(*tls, *self.id.as_bytes(), self.header(Command::Tcp, dest));
+        let outer = futures_lite::future::or(dialing, async {
+            glommio::timer::sleep(super::DIAL_TIMEOUT).await;
+            Err(io::Error::new(io::ErrorKind::TimedOut, "dial timed out"))
+        })
+        .await?;
+        let stream = VisionStream::client(outer, *self.id.as_bytes(), self.header(Command::Tcp, dest));
         Ok(Upstream::Vision(Box::new(stream)))
+    }
+}
+
+/// What a Vision session to the server runs over: TLS (rustls) or REALITY.
+pub(crate) enum VisionOuter {
+    Tls(Box<futures_rustls::client::TlsStream<TlsTcp>>),
+    Reality(Box<RealityStream>),
+}
+
+impl OuterTls for VisionOuter {
+    fn tcp(&mut self) -> &mut TlsTcp {
+        match self {
+            VisionOuter::Tls(s) => s.tcp(),
+            VisionOuter::Reality(s) => s.tcp(),
+        }
+    }
+    fn tcp_ref(&self) -> &TlsTcp {
+        match self {
+            VisionOuter::Tls(s) => s.tcp_ref(),
+            VisionOuter::Reality(s) => s.tcp_ref(),
+        }
+    }
+    fn is_tls13(&self) -> bool {
+        match self {
+            VisionOuter::Tls(s) => s.is_tls13(),
+            VisionOuter::Reality(s) => s.is_tls13(),
+        }
+    }
+    fn drain_plaintext(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        match self {
+            VisionOuter::Tls(s) => s.drain_plaintext(out),
+            VisionOuter::Reality(s) => s.drain_plaintext(out),
+        }
+    }
+}
+
+impl AsyncRead for VisionOuter {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            VisionOuter::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            VisionOuter::Reality(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for VisionOuter {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            VisionOuter::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            VisionOuter::Reality(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            VisionOuter::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            VisionOuter::Reality(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            VisionOuter::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            VisionOuter::Reality(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
     }
 }
 

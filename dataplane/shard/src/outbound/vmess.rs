@@ -33,7 +33,7 @@ impl VmessClient {
             security,
             options,
             tls: client_tls(spec.tls.as_ref(), &spec.server)?,
-            transport: client_transport(&spec.transport, spec.tls.as_ref(), &spec.server)?,
+            transport: client_transport(&spec.transport, spec.tls.as_ref(), spec.reality.as_deref(), &spec.server)?,
         })
     }
 
