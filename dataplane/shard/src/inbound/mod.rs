@@ -577,14 +577,21 @@ where
 /// Room for the longest VLESS or Trojan header plus the payload that usually arrives with it.
 const FIRST_READ: usize = 4096;
 
+/// The least room a read of a handshake that did not arrive whole is given: a client that
+/// trickles its header holds about this much, not a whole first-read buffer.
+const TRICKLE_ROOM: usize = 512;
+
 /// Reads a protocol's first bytes into `buf` (`len` of them so far) until `decide` settles
-/// them: `decide(data, room)` returns `None` while more bytes may complete the request.
-/// `socket` is the stream's own plain TCP socket, if it has one. `Err` says why reading ended
-/// first (the client closed, or a read failed).
+/// them: `decide(data, max)` returns `None` while more bytes may complete the request, and
+/// must settle once `max` bytes are in. `buf` grows as bytes arrive, to `max` at most: what
+/// arrived at once is read whole, and a handshake that trickles in waits in a buffer about
+/// twice its size. `socket` is the stream's own plain TCP socket, if it has one. `Err` says why
+/// reading ended first (the client closed, or a read failed).
 async fn read_first<S, T>(
     stream: &mut S,
     socket: Option<RawFd>,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
+    max: usize,
     len: &mut usize,
     mut decide: impl FnMut(&[u8], usize) -> Option<T>,
 ) -> Result<T, &'static str>
@@ -595,26 +602,34 @@ where
     // instead of through glommio, whose new stream first waits for a readiness poll (one more
     // trip through the ring per connection).
     if let Some(fd) = socket {
+        buf.resize(max, 0);
         match recv_now(fd, buf) {
             Ok(0) => return Err("connection closed during handshake"),
             Ok(n) => {
                 *len = n;
-                if let Some(outcome) = decide(&buf[..n], buf.len()) {
+                if let Some(outcome) = decide(&buf[..n], max) {
                     return Ok(outcome);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Err("read failed during handshake"),
         }
+        // Not all there: wait with room for about as much again.
+        buf.truncate((*len * 2).clamp(TRICKLE_ROOM, max));
+        buf.shrink_to_fit();
     }
     loop {
+        let room = (*len * 2).clamp(TRICKLE_ROOM, max);
+        if buf.len() < room {
+            buf.resize(room, 0);
+        }
         let n = match stream.read(&mut buf[*len..]).await {
             Ok(0) => return Err("connection closed during handshake"),
             Ok(n) => n,
             Err(_) => return Err("read failed during handshake"),
         };
         *len += n;
-        if let Some(outcome) = decide(&buf[..*len], buf.len()) {
+        if let Some(outcome) = decide(&buf[..*len], max) {
             return Ok(outcome);
         }
     }

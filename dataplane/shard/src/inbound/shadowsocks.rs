@@ -60,10 +60,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let mut buf = take_buffer(RECV_BUF);
+    // A pool buffer, for the first read of a request that arrived whole; `read_first` trades
+    // it for a small one if the request trickles in.
+    let mut buf = take_buffer(RECV_BUF).into_vec();
     let mut len = 0;
     let handshake = ctx.policy(0).handshake;
-    let reading = read_first(&mut stream, info.plain_fd, &mut buf, &mut len, |data, _| decide(ss, data));
+    let reading = read_first(&mut stream, info.plain_fd, &mut buf, RECV_BUF, &mut len, |data, _| decide(ss, data));
     let reading = async { reading.await.unwrap_or_else(Handshake::Rejected) };
     let outcome = futures_lite::future::or(reading, async {
         glommio::timer::sleep(handshake).await;
@@ -77,10 +79,18 @@ where
             // A user over its limits is drained as a wrong key is (told of by `admit`).
             let Ok(admitted) = crate::limits::admit(ctx, &inbound.tag, Some(&user), info.peer.ip()) else {
                 Box::pin(fallback::turn_away(ctx, inbound, &[], stream, &mut buf, len, info, started)).await;
-                give_buffer(buf);
+                return_to_pool(buf);
                 return;
             };
-            let stream = SsStream::server(stream, method, &key, &salt, opener, buf, (consumed, len));
+            let recv = match buf.len() == RECV_BUF {
+                true => buf.into_boxed_slice(),
+                false => {
+                    let mut pooled = take_buffer(RECV_BUF);
+                    pooled[..len].copy_from_slice(&buf[..len]);
+                    pooled
+                }
+            };
+            let stream = SsStream::server(stream, method, &key, &salt, opener, recv, (consumed, len));
             let session = Session {
                 inbound,
                 peer: info.peer,
@@ -98,8 +108,16 @@ where
             let rejected = fallback::Rejected { protocol: "shadowsocks", reason, why: Refusal::BadRequest, started };
             // Boxed: rare, and larger than a forwarded session's state. No fallbacks: drained.
             Box::pin(fallback::reject(ctx, inbound, &[], stream, &mut buf, len, info, rejected)).await;
-            give_buffer(buf);
+            return_to_pool(buf);
         }
+    }
+}
+
+/// Gives the first-read buffer back to the pool if it is still the pool's (not traded for a
+/// small one while the request trickled in).
+fn return_to_pool(buf: Vec<u8>) {
+    if buf.len() == RECV_BUF {
+        give_buffer(buf.into_boxed_slice());
     }
 }
 

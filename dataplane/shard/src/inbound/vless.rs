@@ -46,10 +46,10 @@ async fn handshake<S>(
 where
     S: AsyncRead + Unpin,
 {
-    let mut buf = vec![0u8; FIRST_READ];
+    let mut buf = Vec::new();
     let mut len = 0;
     let handshake = ctx.policy(0).handshake;
-    let reading = read_first(stream, info.plain_fd, &mut buf, &mut len, |data, room| decide(data, room, users));
+    let reading = read_first(stream, info.plain_fd, &mut buf, FIRST_READ, &mut len, |data, room| decide(data, room, users));
     let outcome = futures_lite::future::or(
         async { reading.await.unwrap_or_else(|e| Handshake::Rejected(e, Refusal::BadRequest)) },
         async {

@@ -37,13 +37,13 @@ pub(super) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let mut buf = vec![0u8; FIRST_READ];
+    let mut buf = Vec::new();
     let mut len = 0;
     let handshake = ctx.policy(0).handshake;
     // Scoped: the opener's state is not kept for the session's life.
     let outcome = {
         let mut state = Opening::default();
-        let reading = read_first(&mut stream, info.plain_fd, &mut buf, &mut len, |data, _| {
+        let reading = read_first(&mut stream, info.plain_fd, &mut buf, FIRST_READ, &mut len, |data, _| {
             state.decide(data, users, replay, unix_now())
         });
         let reading = async { reading.await.unwrap_or_else(|e| Handshake::Rejected(e, Refusal::BadRequest)) };
