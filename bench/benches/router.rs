@@ -102,6 +102,7 @@ fn input(dest: &Address) -> RouteInput<'_> {
         source: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
         source_port: 40000,
         protocol: None,
+        attrs: None,
     }
 }
 

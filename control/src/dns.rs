@@ -128,6 +128,19 @@ impl DnsResolver {
         self.lookup_ttl(name, family).await.map(|(ips, _)| ips)
     }
 
+    /// `lookup` for a shard, with how many seconds the shard may keep the answer: its TTL
+    /// left (a cached answer's remaining time), or 0 under `disableCache`. A server of its own
+    /// with `disableCache` keeps every answer from the shards' caches, whichever server gave
+    /// it: simpler than tracking which server answered, and never keeps what must not be kept.
+    pub async fn lookup_for_shard(&self, name: &str, family: Family) -> (Result<Vec<IpAddr>, LookupError>, u32) {
+        let found = self.lookup_ttl(name, family).await;
+        let never = self.disable_cache || self.servers.iter().any(|s| s.spec.disable_cache);
+        match found {
+            Ok((ips, ttl)) => (Ok(ips), if never { 0 } else { ttl }),
+            Err(e) => (Err(e), 0),
+        }
+    }
+
     /// `lookup`, with the smallest TTL of what answered.
     async fn lookup_ttl(&self, name: &str, family: Family) -> Result<Found, LookupError> {
         let (v4, v6) = match (family, self.query_strategy) {
@@ -529,7 +542,10 @@ pub fn spawn(
             let (resolver, mailboxes) = (resolver.clone(), mailboxes.clone());
             tokio::spawn(async move {
                 let answer = match question {
-                    DnsQuestion::Lookup { name, family } => DnsAnswer::Addresses(resolver.lookup(&name, family).await),
+                    DnsQuestion::Lookup { name, family } => {
+                        let (found, keep_secs) = resolver.lookup_for_shard(&name, family).await;
+                        DnsAnswer::Addresses { found, keep_secs }
+                    }
                     DnsQuestion::Message { query, non_ip_query, block_types, forward } => {
                         DnsAnswer::Message(resolver.answer_message(&query, non_ip_query, &block_types, forward).await)
                     }

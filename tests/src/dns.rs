@@ -32,11 +32,20 @@ impl DnsServer {
 
     /// Answers `names` after `delay` each (every query in a thread of its own).
     pub fn start_with(names: &[(&str, Ipv4Addr)], delay: Duration) -> DnsServer {
+        DnsServer::start_full(names, delay, 300)
+    }
+
+    /// Answers `names` at once, with a TTL of `ttl` seconds.
+    pub fn start_with_ttl(names: &[(&str, Ipv4Addr)], ttl: u32) -> DnsServer {
+        DnsServer::start_full(names, Duration::ZERO, ttl)
+    }
+
+    fn start_full(names: &[(&str, Ipv4Addr)], delay: Duration, ttl: u32) -> DnsServer {
         let mut table = HashMap::<String, Vec<Ipv4Addr>>::new();
         for (name, ip) in names {
             table.entry(name.to_string()).or_default().push(*ip);
         }
-        let table = Arc::new(Table { names: table, delay, ttl: 300 });
+        let table = Arc::new(Table { names: table, delay, ttl });
         let asked = Arc::new(Mutex::new(Vec::new()));
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         let udp_addr = udp.local_addr().unwrap();

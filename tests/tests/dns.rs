@@ -61,6 +61,40 @@ fn disable_cache_asks_every_time() {
 }
 
 #[test]
+fn answers_are_kept_for_their_ttl_and_not_longer() {
+    let echo = EchoServer::start();
+    // 2 s: the resolver keeps whole seconds left of what hickory reports, so 1 s would not be kept.
+    let server_dns = DnsServer::start_with_ttl(&[("svc.test", LOCAL)], 2);
+    let dns = json!({ "servers": [{ "address": "127.0.0.1", "port": server_dns.udp().port() }] });
+    let server = Shardray::start(&config("UseIPv4", dns), 2);
+    let proxy = server.inbound("socks-in");
+    let round = || {
+        for i in 0..4 {
+            assert!(echoes(proxy, "svc.test", echo.addr().port()), "connection {i}: {}", server.output());
+        }
+    };
+    round();
+    assert_eq!(server_dns.queries("svc.test"), 1);
+    // Past the TTL, neither the shards nor the control thread reuse the answer.
+    thread::sleep(Duration::from_millis(2200));
+    round();
+    assert_eq!(server_dns.queries("svc.test"), 2, "{}", server.output());
+}
+
+#[test]
+fn a_server_with_disable_cache_is_asked_every_time() {
+    let echo = EchoServer::start();
+    let server_dns = DnsServer::start(&[("svc.test", LOCAL)]);
+    let dns = json!({ "servers": [{ "address": "127.0.0.1", "port": server_dns.udp().port(), "disableCache": true }] });
+    let server = Shardray::start(&config("UseIPv4", dns), 2);
+    let proxy = server.inbound("socks-in");
+    for i in 0..4 {
+        assert!(echoes(proxy, "svc.test", echo.addr().port()), "connection {i}: {}", server.output());
+    }
+    assert_eq!(server_dns.queries("svc.test"), 4);
+}
+
+#[test]
 fn hosts_answer_without_a_query_and_a_plain_key_is_a_full_match() {
     let echo = EchoServer::start();
     let server_dns = DnsServer::start(&[]);

@@ -16,6 +16,7 @@ use shardray_core::spec::Config;
 use shardray_proto::xray::app::router::command as pb;
 use shardray_proto::xray::common::net::Network;
 use shardray_wire::addr::Address;
+use shardray_wire::sniff::RequestAttrs;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -162,6 +163,14 @@ impl pb::routing_service_server::RoutingService for RoutingApi {
             Some(ip) => ip_from_bytes(ip).ok_or_else(|| Status::invalid_argument("SourceIPs[0] is not an IP"))?,
             None => IpAddr::from([0, 0, 0, 0]),
         };
+        // As upstream: names compared in lowercase; none given is a session without any.
+        let attrs = (!ctx.attributes.is_empty()).then(|| {
+            let mut attrs = RequestAttrs::default();
+            for (name, value) in &ctx.attributes {
+                attrs.set(name, value);
+            }
+            attrs
+        });
         let input = RouteInput {
             inbound_tag: &ctx.inbound_tag,
             user: (!ctx.user.is_empty()).then_some(ctx.user.as_str()),
@@ -173,6 +182,7 @@ impl pb::routing_service_server::RoutingService for RoutingApi {
             source_port: u16::try_from(ctx.source_port)
                 .map_err(|_| Status::invalid_argument("SourcePort out of range"))?,
             protocol: (!ctx.protocol.is_empty()).then_some(ctx.protocol.as_str()),
+            attrs: attrs.as_ref(),
         };
         let compiled = self.compiled()?;
         let decision = compiled.router.route(&input);

@@ -153,9 +153,7 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
             ConfigError::invalid(format!("{path}.protocol"), "expected a string or a list of strings")
         })?)),
     };
-    if raw.attrs.as_ref().is_some_and(|v| !is_empty_value(v)) {
-        return Err(ConfigError::unsupported(format!("{path}.attrs"), "matching by attrs"));
-    }
+    let attrs = attr_conditions(raw.attrs, &format!("{path}.attrs"))?;
     // As upstream: outboundTag wins when both are given.
     let (outbound_tag, balancer_tag) = match (raw.outbound_tag, raw.balancer_tag) {
         (Some(tag), _) if !tag.is_empty() => (tag, String::new()),
@@ -185,6 +183,7 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
         source_ips: ip_list(raw.source, &format!("{path}.source"))?,
         source_ports: port_list(raw.source_port.as_ref(), &format!("{path}.sourcePort"))?,
         protocols,
+        attrs,
         outbound_tag,
         balancer_tag,
     };
@@ -192,10 +191,35 @@ fn rule_spec(raw: RawRule, path: &str) -> Result<RuleSpec, ConfigError> {
         return Err(ConfigError::invalid(
             path,
             "a rule needs at least one condition (inboundTag, user, domain, ip, port, network, \
-             source, sourcePort or protocol)",
+             source, sourcePort, protocol or attrs)",
         ));
     }
     Ok(spec)
+}
+
+/// `attrs`: an object of attribute name to regular expression, as upstream's
+/// `map[string]string`. Names are matched in lowercase, as upstream lowercases them.
+fn attr_conditions(raw: Option<Value>, path: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(value) = raw.filter(|v| !is_empty_value(v)) else {
+        return Ok(Vec::new());
+    };
+    let Value::Object(map) = value else {
+        return Err(ConfigError::invalid(path, "expected an object of attribute name to regular expression"));
+    };
+    let mut attrs = Vec::with_capacity(map.len());
+    for (name, pattern) in map {
+        let at = format!("{path}.{name}");
+        let Value::String(pattern) = pattern else {
+            return Err(ConfigError::invalid(at, "expected a string (a regular expression)"));
+        };
+        if name.is_empty() {
+            return Err(ConfigError::invalid(at, "empty attribute name"));
+        }
+        regex::Regex::new(&pattern)
+            .map_err(|e| ConfigError::invalid(&at, format!("invalid regular expression {pattern:?}: {e}")))?;
+        attrs.push((name.to_ascii_lowercase(), pattern));
+    }
+    Ok(attrs)
 }
 
 fn non_empty(list: Option<StringList>) -> Vec<String> {

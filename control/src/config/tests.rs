@@ -892,6 +892,35 @@ fn protocol_rules() {
 }
 
 #[test]
+fn attrs_rules() {
+    let mut v = base();
+    v["routing"] = json!({ "rules": [
+        { "protocol": "tls", "outboundTag": "direct" },
+        { "attrs": { ":path": "^/api/", "X-Route": "blue|green" }, "outboundTag": "direct" },
+        { "attrs": {}, "port": 80, "outboundTag": "direct" }] });
+    let cfg = load(&v).unwrap();
+    // Names in lowercase, expressions as written; an empty object is no condition.
+    assert_eq!(
+        cfg.routing.rules[1].attrs,
+        [(":path".to_string(), "^/api/".to_string()), ("x-route".to_string(), "blue|green".to_string())]
+    );
+    assert!(cfg.routing.rules[2].attrs.is_empty());
+    let rules = |r: serde_json::Value| {
+        move |v: &mut serde_json::Value| {
+            v["routing"] =
+                json!({ "rules": [{ "port": 1, "outboundTag": "direct" }, { "port": 2, "outboundTag": "direct" }, r] })
+        }
+    };
+    let err = broken(rules(json!({ "attrs": { ":method": "GET", ":path": "(" }, "outboundTag": "direct" })));
+    assert_eq!(err.path, "routing.rules[2].attrs.:path");
+    assert!(err.to_string().contains("invalid regular expression"), "{err}");
+    let err = broken(rules(json!({ "attrs": { ":method": 1 }, "outboundTag": "direct" })));
+    assert_eq!(err.path, "routing.rules[2].attrs.:method");
+    let err = broken(rules(json!({ "attrs": [":method"], "outboundTag": "direct" })));
+    assert_eq!(err.path, "routing.rules[2].attrs");
+}
+
+#[test]
 fn unserved_top_level_sections() {
     let err = broken(|v| set(v, "", "reverse", json!({ "bridges": [{ "tag": "b", "domain": "x.test" }] })));
     assert_eq!(err.to_string(), "reverse: not supported yet");

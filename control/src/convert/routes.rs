@@ -934,9 +934,6 @@ pub fn routing_specs(config: &TypedMessage) -> Result<(Vec<RuleSpec>, Vec<Balanc
 fn rule_spec(r: &router::RoutingRule, path: &str) -> Result<RuleSpec, InvalidRoute> {
     use router::routing_rule::TargetTag;
     let unsupported = |field: &str| invalid(format!("{path}.{field}: matching by {field} is not supported yet"));
-    if !r.attributes.is_empty() {
-        return Err(unsupported("attributes"));
-    }
     if !r.local_ip.is_empty() {
         return Err(unsupported("local_ip"));
     }
@@ -975,6 +972,14 @@ fn rule_spec(r: &router::RoutingRule, path: &str) -> Result<RuleSpec, InvalidRou
             _ => domains.push(domain_matcher(d, &at)?),
         }
     }
+    // Sorted, so that the same rule always compiles (and lists) the same way.
+    let mut attrs: Vec<(String, String)> =
+        r.attributes.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+    attrs.sort();
+    for (name, pattern) in &attrs {
+        regex::Regex::new(pattern)
+            .map_err(|e| invalid(format!("{path}.attributes.{name}: invalid regular expression {pattern:?}: {e}")))?;
+    }
     let network = if r.networks.is_empty() {
         None
     } else {
@@ -1000,6 +1005,7 @@ fn rule_spec(r: &router::RoutingRule, path: &str) -> Result<RuleSpec, InvalidRou
         source_ips: ip_rules(&r.source_ip, &format!("{path}.source_ip"))?,
         source_ports: ports(r.source_port_list.as_ref(), &format!("{path}.source_port_list"))?,
         protocols: r.protocol.iter().filter(|p| !p.is_empty()).cloned().collect(),
+        attrs,
         outbound_tag,
         balancer_tag,
     };
@@ -1194,6 +1200,7 @@ fn routing_rule(r: &RuleSpec) -> router::RoutingRule {
         protocol: r.protocols.clone(),
         user_email: r.users.clone(),
         inbound_tag: r.inbound_tags.clone(),
+        attributes: r.attrs.iter().cloned().collect(),
         ..Default::default()
     }
 }
@@ -1343,6 +1350,7 @@ mod tests {
                 source_ips: vec!["192.0.2.1/32".parse().unwrap()],
                 source_ports: vec![PortRange { from: 1, to: 1 }],
                 protocols: vec!["bittorrent".into(), "tls".into()],
+                attrs: vec![(":path".into(), "^/a".into()), ("x-route".into(), "blue".into())],
                 outbound_tag: "direct".into(),
                 balancer_tag: String::new(),
             },
@@ -1377,6 +1385,20 @@ mod tests {
         };
         let err = rule(router::RoutingRule { target_tag: target.clone(), domain: vec![geosite], ..Default::default() });
         assert!(err.starts_with("rule[0].domain[0]: geosite.dat "), "{err}");
+        let bad_attr = [(":method".to_string(), "GET".to_string()), (":path".to_string(), "(".to_string())];
+        let err = rule(router::RoutingRule {
+            target_tag: target.clone(),
+            attributes: bad_attr.into_iter().collect(),
+            ..Default::default()
+        });
+        assert!(err.starts_with("rule[0].attributes.:path: invalid regular expression"), "{err}");
+        let attrs = [("X-Route".to_string(), "^blue$".to_string())].into_iter().collect();
+        let ok = rule_spec(
+            &router::RoutingRule { target_tag: target.clone(), attributes: attrs, ..Default::default() },
+            "rule[0]",
+        )
+        .unwrap();
+        assert_eq!(ok.attrs, [("x-route".to_string(), "^blue$".to_string())]);
         let ok = rule_spec(
             &router::RoutingRule { target_tag: target, protocol: vec!["bittorrent".into()], ..Default::default() },
             "rule[0]",

@@ -19,6 +19,7 @@ use aho_corasick::AhoCorasick;
 use ipnet::IpNet;
 use regex::{Regex, RegexSet};
 use shardray_wire::addr::Address;
+use shardray_wire::sniff::RequestAttrs;
 
 use crate::spec::{DomainMatcher, NetworkSet, PortRange, RuleSpec};
 
@@ -43,6 +44,9 @@ pub struct RouteInput<'a> {
     pub source_port: u16,
     /// The protocol sniffing found (`tls`, `http1`, `bittorrent`), if the inbound sniffs.
     pub protocol: Option<&'a str>,
+    /// The HTTP request's attributes: set only when some rule has `attrs` (see
+    /// `Router::wants_attrs`) and the session is an HTTP request, sniffed or proxied.
+    pub attrs: Option<&'a RequestAttrs>,
 }
 
 /// Where a decision sends a connection.
@@ -75,6 +79,8 @@ pub struct Router {
     rules: Vec<Rule>,
     /// Whether any rule has an `ip` condition (decides whether resolving a domain could help).
     has_ip_rules: bool,
+    /// Whether any rule has `attrs` (decides whether a session's HTTP request is read for them).
+    wants_attrs: bool,
     /// Where each rule is filed, when there are enough rules for filing to pay.
     index: Option<RuleIndex>,
 }
@@ -173,6 +179,8 @@ struct Rule {
     source_ips: Option<IpSet>,
     source_ports: Vec<PortRange>,
     protocols: Vec<String>,
+    /// `attrs`: each attribute's name and the expression its value must match.
+    attrs: Vec<(Box<str>, Regex)>,
 }
 
 /// A rule's `domain` condition, indexed: exact names and parent domains are hash lookups, so a
@@ -293,6 +301,14 @@ impl Router {
             } else {
                 Some(DomainSet::new(&spec.domains).map_err(|reason| InvalidRule { index, reason })?)
             };
+            let attrs = spec
+                .attrs
+                .iter()
+                .map(|(name, pattern)| {
+                    let regex = Regex::new(pattern).map_err(|e| InvalidRule { index, reason: e.to_string() })?;
+                    Ok((name.to_ascii_lowercase().into_boxed_str(), regex))
+                })
+                .collect::<Result<_, InvalidRule>>()?;
             compiled.push(Rule {
                 target,
                 target_tag: target_tag.as_str().into(),
@@ -305,16 +321,24 @@ impl Router {
                 source_ips: (!spec.source_ips.is_empty()).then(|| IpSet::new(&spec.source_ips)),
                 source_ports: spec.source_ports.clone(),
                 protocols: spec.protocols.clone(),
+                attrs,
             });
         }
         let has_ip_rules = compiled.iter().any(|r| r.ips.is_some());
+        let wants_attrs = compiled.iter().any(|r| !r.attrs.is_empty());
         let index = (compiled.len() >= INDEX_FROM).then(|| RuleIndex::new(&compiled));
-        Ok(Router { rules: compiled, has_ip_rules, index })
+        Ok(Router { rules: compiled, has_ip_rules, wants_attrs, index })
     }
 
     /// Whether any rule matches on destination IP.
     pub fn has_ip_rules(&self) -> bool {
         self.has_ip_rules
+    }
+
+    /// Whether any rule matches on HTTP request attributes: only then need a session's request
+    /// be read for them.
+    pub fn wants_attrs(&self) -> bool {
+        self.wants_attrs
     }
 
     /// The outbound or balancer tag rule `index` names.
@@ -414,6 +438,14 @@ impl Rule {
             // As upstream: `http` matches the sniffed `http1`.
             let sniffed = input.protocol?;
             if !self.protocols.iter().any(|p| sniffed.starts_with(p.as_str())) {
+                return None;
+            }
+        }
+        if !self.attrs.is_empty() {
+            // As upstream: a session without attributes never matches; with them, every named
+            // attribute must be present and its value contain a match.
+            let attrs = input.attrs?;
+            if !self.attrs.iter().all(|(name, regex)| attrs.get(name).is_some_and(|v| regex.is_match(v))) {
                 return None;
             }
         }
@@ -615,6 +647,7 @@ mod tests {
             source: "198.51.100.7".parse().unwrap(),
             source_port: 40000,
             protocol: None,
+            attrs: None,
         }
     }
 
@@ -719,6 +752,45 @@ mod tests {
         // Nothing sniffed: no protocol rule matches.
         assert_eq!(r.route(&with(None)).rule, None);
         assert!(!r.route(&with(Some("tls"))).explicit_dest);
+    }
+
+    #[test]
+    fn attrs_rules_match_request_attributes() {
+        let attr = |name: &str, pattern: &str| (name.to_string(), pattern.to_string());
+        let r = router(vec![
+            RuleSpec {
+                attrs: vec![attr(":method", "^POST$"), attr(":path", "^/api/")],
+                outbound_tag: "blocked".into(),
+                ..Default::default()
+            },
+            // Names as configured in any case; the expression need only match somewhere.
+            RuleSpec { attrs: vec![attr("X-Route", "blue")], outbound_tag: "other".into(), ..Default::default() },
+        ]);
+        assert!(r.wants_attrs());
+        assert!(
+            !router(vec![RuleSpec { ports: vec![PortRange { from: 1, to: 1 }], ..Default::default() }]).wants_attrs()
+        );
+        let dest = Address::Domain("example.com".into());
+        let with = |pairs: &[(&str, &str)]| {
+            let mut attrs = RequestAttrs::default();
+            for (n, v) in pairs {
+                attrs.set(n, v);
+            }
+            attrs
+        };
+        let route = |attrs: Option<&RequestAttrs>| r.route(&RouteInput { attrs, ..input(&dest, 80) }).rule;
+        assert_eq!(route(Some(&with(&[(":method", "POST"), (":path", "/api/v1")]))), Some(0));
+        // Every attribute must hold: the method alone is not enough.
+        assert_eq!(route(Some(&with(&[(":method", "POST"), (":path", "/web")]))), None);
+        assert_eq!(route(Some(&with(&[(":method", "POST")]))), None);
+        assert_eq!(route(Some(&with(&[(":method", "GET"), (":path", "/api/"), ("x-route", "light-blue")]))), Some(1));
+        // A session without attributes never matches an attrs rule, nor one missing the name.
+        assert_eq!(route(None), None);
+        assert_eq!(route(Some(&with(&[("x-other", "blue")]))), None);
+        assert!(!r.route(&RouteInput { attrs: Some(&with(&[("x-route", "blue")])), ..input(&dest, 80) }).explicit_dest);
+        // A bad expression (only the API or a hand-built spec could bring one) is an error.
+        let bad = vec![RuleSpec { attrs: vec![attr("a", "(")], outbound_tag: "direct".into(), ..Default::default() }];
+        assert_eq!(Router::new(&bad, |_| Some(0), |_| None).unwrap_err().index, 0);
     }
 
     #[test]

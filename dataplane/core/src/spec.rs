@@ -1454,6 +1454,9 @@ pub struct RuleSpec {
     /// `protocol`: sniffed protocols (`http`, `tls`, `quic`, `bittorrent`), matched as
     /// prefixes of the sniffed name as upstream does (`http` matches `http1`).
     pub protocols: Vec<String>,
+    /// `attrs`: HTTP request attributes (`:method`, `:path`, header names, in lowercase), each
+    /// with a regular expression its value must contain a match of; all must hold.
+    pub attrs: Vec<(String, String)>,
     /// `outboundTag`; empty when the rule names a balancer.
     pub outbound_tag: String,
     /// `balancerTag`; empty when the rule names an outbound.
@@ -1472,6 +1475,7 @@ impl RuleSpec {
             || !self.source_ips.is_empty()
             || !self.source_ports.is_empty()
             || !self.protocols.is_empty()
+            || !self.attrs.is_empty()
     }
 }
 

@@ -1010,6 +1010,8 @@ where
         source: peer.ip(),
         source_port: peer.port(),
         protocol: sniffed,
+        // Packets carry no HTTP request.
+        attrs: None,
     };
     let mut decision = route(ctx, &routes, &mut route_input).await;
     if sniffed_name.is_some() {

@@ -81,6 +81,66 @@ pub fn sniff_http(data: &[u8]) -> Sniffed {
     }
 }
 
+/// An HTTP request's attributes, as routing rules' `attrs` match them: `:method`, `:path` and
+/// each header field by its lowercase name (a later field of the same name replaces an
+/// earlier one, as Xray's map does).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestAttrs(Vec<(String, String)>);
+
+impl RequestAttrs {
+    /// Reads the attributes off a stream's first bytes as Xray's HTTP sniffer does: `None`
+    /// unless they start with a request method. The request line gives `:method` and `:path`
+    /// (the request target as sent) when it has three parts; the complete header lines before
+    /// the blank line give the rest, values trimmed. Only what `data` holds counts: fields past
+    /// it, or past the first 8 KiB, are not waited for.
+    pub fn sniff(data: &[u8]) -> Option<RequestAttrs> {
+        if !METHODS.iter().any(|m| data.len() >= m.len() && data[..m.len()].eq_ignore_ascii_case(m)) {
+            return None;
+        }
+        let head = &data[..data.len().min(MAX_HEAD)];
+        let complete = head.iter().rposition(|&b| b == b'\n').map_or(&head[..0], |p| &head[..p]);
+        let mut lines = complete.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let mut attrs = RequestAttrs::default();
+        if let Some(line) = lines.next() {
+            let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            if let [method, path, _version] = parts[..] {
+                attrs.set(":method", &String::from_utf8_lossy(method));
+                attrs.set(":path", &String::from_utf8_lossy(path));
+            }
+        }
+        for line in lines.take_while(|l| !l.is_empty()) {
+            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+            let name = String::from_utf8_lossy(&line[..colon]);
+            attrs.set(&name, String::from_utf8_lossy(&line[colon + 1..]).trim());
+        }
+        Some(attrs)
+    }
+
+    /// Sets `name` (lowercased) to `value`, replacing an earlier value.
+    pub fn set(&mut self, name: &str, value: &str) {
+        let name = name.to_ascii_lowercase();
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(pair) => pair.1 = value.to_owned(),
+            None => self.0.push((name, value.to_owned())),
+        }
+    }
+
+    /// Removes `name` (given in lowercase).
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| n != name);
+    }
+
+    /// The value of `name` (given in lowercase).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every attribute, in the order first set.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
 /// `host[:port]`, `[v6]:port` → the host.
 fn strip_port(value: &str) -> &str {
     if let Some(rest) = value.strip_prefix('[') {
@@ -536,6 +596,33 @@ mod tests {
         assert_eq!(sniff_http(b"BREW / HTTP/1.1\r\n\r\n"), Sniffed::NoClue);
         assert_eq!(sniff_http(b"GET / HTTP/1.0\r\nAccept: x\r\n\r\n"), Sniffed::NoClue);
         assert_eq!(sniff_tcp(b"SSH-2.0-OpenSSH_9.6\r\n"), Sniffed::NoClue);
+    }
+
+    #[test]
+    fn http_request_attrs() {
+        let req =
+            b"get /a/b?q=1 HTTP/1.1\r\nHost: a.b\r\nX-Route:  Blue \r\nx-route: green\r\nAccept:\r\n\r\nX-Body: no";
+        let attrs = RequestAttrs::sniff(req).unwrap();
+        // The method as sent, the target with its query, names lowercased, values trimmed.
+        assert_eq!(attrs.get(":method"), Some("get"));
+        assert_eq!(attrs.get(":path"), Some("/a/b?q=1"));
+        assert_eq!(attrs.get("host"), Some("a.b"));
+        // A later field of the same name wins; an empty value is still there.
+        assert_eq!(attrs.get("x-route"), Some("green"));
+        assert_eq!(attrs.get("accept"), Some(""));
+        // Nothing after the blank line is a header.
+        assert_eq!(attrs.get("x-body"), None);
+        assert_eq!(attrs.iter().count(), 5);
+        // A line not yet complete does not count; a request line without three parts gives
+        // no method or path, and bytes that are not a request give nothing.
+        let partial = RequestAttrs::sniff(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2").unwrap();
+        assert_eq!((partial.get(":method"), partial.get("a"), partial.get("b")), (Some("GET"), Some("1"), None));
+        let odd = RequestAttrs::sniff(b"GET /\r\nA: 1\r\n\r\n").unwrap();
+        assert_eq!((odd.get(":method"), odd.get(":path"), odd.get("a")), (None, None, Some("1")));
+        assert_eq!(RequestAttrs::sniff(b"\x16\x03\x01\x00\x05hello"), None);
+        assert_eq!(RequestAttrs::sniff(b"GE"), None);
+        // Bytes that are not UTF-8 never panic.
+        assert!(RequestAttrs::sniff(b"GET /\xff HTTP/1.1\r\n\xfe: \xfd\r\n\r\n").is_some());
     }
 
     fn unhex(s: &str) -> Vec<u8> {

@@ -19,6 +19,7 @@ use shardray_wire::http::{
     BodyLength, HttpError, RequestHead, RequestKind, ResponseHead, MAX_HEAD_LEN, RESPONSE_AUTH_REQUIRED,
     RESPONSE_BAD_REQUEST, RESPONSE_CONNECTED, RESPONSE_UNAVAILABLE,
 };
+use shardray_wire::sniff::RequestAttrs;
 
 use super::{fallback, ConnInfo};
 use crate::ctx::{InboundRt, ProxySettings, ShardCtx};
@@ -192,6 +193,27 @@ pub(crate) struct Exchange {
     reusable: bool,
 }
 
+/// `%XX` sequences decoded (others left as they are), as a URI's path is read.
+fn percent_decoded(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// An I/O step that gives up after the policy's idle time.
 async fn within<T>(idle: Duration, step: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
     futures_lite::future::or(step, async {
@@ -202,6 +224,27 @@ async fn within<T>(idle: Duration, step: impl std::future::Future<Output = io::R
 }
 
 impl Exchange {
+    /// The request's attributes as Xray's HTTP inbound gives them to the router: `:method` in
+    /// capitals, `:path` the URI's path alone (percent-decoded, no query), and the header
+    /// fields it forwards (end-to-end only: no `Host`, no `Connection`), `user-agent` empty
+    /// when the client sent none.
+    pub(crate) fn attrs(&self) -> RequestAttrs {
+        let mut attrs = RequestAttrs::sniff(&self.head).unwrap_or_default();
+        if let Some(method) = attrs.get(":method").map(str::to_ascii_uppercase) {
+            attrs.set(":method", &method);
+        }
+        if let Some(target) = attrs.get(":path") {
+            let path = target.split(['?', '#']).next().unwrap_or("");
+            attrs.set(":path", &percent_decoded(path));
+        }
+        attrs.remove("host");
+        attrs.remove("connection");
+        if attrs.get("user-agent").is_none() {
+            attrs.set("user-agent", "");
+        }
+        attrs
+    }
+
     /// Sends the request (after `preamble`, the outbound protocol's header) and brings the
     /// response back, rewritten as Xray rewrites it.
     pub(crate) async fn run<C, U, M>(
@@ -340,5 +383,30 @@ impl Exchange {
             }
         }
         Ok(RelayEnd::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attributes of a forwarded request are those Xray's HTTP inbound routes by.
+    #[test]
+    fn exchange_attrs_as_xray_gives_them() {
+        let mut head = Vec::new();
+        let raw = b"get http://u:p@a.example:8080/x%20y/z?q=1 HTTP/1.1\r\nHost: a.example:8080\r\n\
+                    Proxy-Connection: keep-alive\r\nX-Route: Blue\r\n\r\n";
+        RequestHead::parse(raw, &mut head).unwrap();
+        let exchange =
+            Exchange { head, body: BodyLength::Fixed(0), pending: Vec::new(), no_body_back: false, reusable: false };
+        let attrs = exchange.attrs();
+        assert_eq!(attrs.get(":method"), Some("GET"));
+        assert_eq!(attrs.get(":path"), Some("/x y/z"));
+        assert_eq!(attrs.get("x-route"), Some("Blue"));
+        assert_eq!(attrs.get("user-agent"), Some(""));
+        for gone in ["host", "connection", "proxy-connection"] {
+            assert_eq!(attrs.get(gone), None, "{gone}");
+        }
+        assert_eq!(percent_decoded("/%zz%4"), "/%zz%4");
     }
 }

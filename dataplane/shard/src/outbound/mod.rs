@@ -31,6 +31,7 @@ use shardray_core::routes::RouteRecord;
 use shardray_core::spec::{LevelPolicy, LogLevel, OutboundProtocol, RoutingDomainStrategy};
 use shardray_core::stats::{Refusal, SlotCounters, Traffic};
 use shardray_wire::addr::Destination;
+use shardray_wire::sniff::RequestAttrs;
 
 use crate::ctx::{InboundRt, OutboundRt, Resolved, Routes, ShardCtx};
 use crate::limits::{Admitted, Allowance, LimitEvent, SessionRates};
@@ -275,6 +276,9 @@ where
     // name the protocol and a domain. Bytes read here lead the relay's uplink.
     let mut sniffed = None;
     let mut route_dest = None;
+    // An HTTP request's attributes, read only when a rule matches on them: from a sniffed
+    // first payload (as Xray's sniffer sets them), or from an HTTP proxy's forwarded request.
+    let mut attrs = None;
     let how = match how {
         Carry::Relay { early, down_prefix, vision } => match session.inbound.sniffing.as_deref() {
             Some(s) if !s.metadata_only => {
@@ -293,11 +297,20 @@ where
                     }
                 }
                 let first: &'s Vec<u8> = first;
-                Carry::Relay { early: if first.is_empty() { early } else { first }, down_prefix, vision }
+                let payload = if first.is_empty() { early } else { first };
+                if ctx.routes().router.wants_attrs() {
+                    attrs = RequestAttrs::sniff(payload);
+                }
+                Carry::Relay { early: payload, down_prefix, vision }
             }
             _ => Carry::Relay { early, down_prefix, vision },
         },
-        other => other,
+        Carry::Exchange(exchange) => {
+            if ctx.routes().router.wants_attrs() {
+                attrs = Some(exchange.attrs());
+            }
+            Carry::Exchange(exchange)
+        }
     };
     let down_prefix = match &how {
         Carry::Relay { down_prefix, .. } => *down_prefix,
@@ -316,6 +329,7 @@ where
         source: session.peer.ip(),
         source_port: session.peer.port(),
         protocol: sniffed.as_ref().map(|s| s.protocol),
+        attrs: attrs.as_ref(),
     };
     // One table for the whole session, whatever changes meanwhile.
     let routes = ctx.routes();
@@ -674,6 +688,7 @@ pub(crate) fn check_destination(
             // Sniffed protocols are not known here: a rule that needs one does not match, so
             // the recheck can only refuse more.
             protocol: None,
+            attrs: None,
         });
         if recheck.explicit_dest && recheck.target == decision.target {
             return Ok(());
