@@ -124,6 +124,20 @@ seeds['xhttp_request'] = [
     b'\x03\x00POST /xh/s/0\n127.0.0.1\n' + REFERER,
 ]
 
+def tls_record(kind, body): return bytes([kind]) + b'\x03\x03' + be16(len(body)) + body
+def server_hello(suite):
+    ext = be16(0x2b) + be16(2) + be16(0x0304) + be16(0x33) + be16(36) + be16(0x1d) + be16(32) + bytes(range(32))
+    body = be16(0x0303) + bytes(range(100, 132)) + b'\x20' + bytes(32) + be16(suite) + b'\x00' + be16(len(ext)) + ext
+    return tls_record(0x16, b'\x02' + struct.pack('>I', len(body))[1:] + body)
+CCS = tls_record(0x14, b'\x01')
+# The first byte is where the fuzz target splits the rest into two reads.
+seeds['tls13_server_flight'] = [
+    b'\x10' + server_hello(0x1301) + CCS + tls_record(0x17, noise(48, 7)),
+    b'\x00' + server_hello(0x1303) + tls_record(0x17, noise(64, 8)),
+    b'\x03' + server_hello(0x1302),
+    b'\x02' + tls_record(0x15, b'\x02\x28'),
+]
+
 for target, inputs in seeds.items():
     os.makedirs(target, exist_ok=True)
     for i, data in enumerate(inputs):
