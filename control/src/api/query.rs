@@ -36,7 +36,7 @@ const DIRS: [&str; 2] = ["uplink", "downlink"];
 /// byte (bit 0: uplink matched, bit 1: downlink), the email's length (varint), the email, and
 /// the value of each matched direction (varint); every other counter by name.
 #[derive(Debug, Default)]
-pub(crate) struct QueryAnswer {
+pub struct QueryAnswer {
     users: Vec<u8>,
     links: Vec<(String, u64)>,
     /// The encoded length of the whole `QueryStatsResponse`.
@@ -113,15 +113,24 @@ impl QueryAnswer {
     }
 
     /// Counters in the answer.
-    pub(crate) fn counters(&self) -> usize {
+    pub fn counters(&self) -> usize {
         self.count
     }
 
+    /// The gRPC message (header and `QueryStatsResponse`), a chunk at a time, as the reply's
+    /// body sends it.
+    pub fn into_chunks(self) -> impl Iterator<Item = Bytes> {
+        let mut body = AnswerBody::new(self);
+        std::iter::from_fn(move || body.next_chunk())
+    }
+
     /// The answer as a message (for a caller that wants it whole).
-    pub(crate) fn into_message(self) -> pb::QueryStatsResponse {
+    pub fn into_message(self) -> pb::QueryStatsResponse {
         let mut stat = Vec::with_capacity(self.count);
         let mut users = Cursor { bytes: &self.users[..] };
         while let Some((email, mask, values)) = users.next_user() {
+            // The list's emails were `str`s when `push_user` copied them in.
+            let email = String::from_utf8_lossy(email);
             for d in (0..2).filter(|d| mask & (1 << d) != 0) {
                 let name = format!("user>>>{email}>>>traffic>>>{}", DIRS[d]);
                 stat.push(pb::Stat { name, value: values[d] as i64 });
@@ -138,14 +147,14 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    /// The next user: email, mask, values (0 where the mask has no bit).
-    fn next_user(&mut self) -> Option<(&'a str, u8, [u64; 2])> {
+    /// The next user: email (as bytes: it is copied out, never checked again), mask, values
+    /// (0 where the mask has no bit).
+    fn next_user(&mut self) -> Option<(&'a [u8], u8, [u64; 2])> {
         let (&mask, rest) = self.bytes.split_first()?;
         let mut rest = rest;
         // The list is ours, written by `push_user`: it always decodes.
         let len = decode_varint(&mut rest).ok()? as usize;
         let (email, mut rest) = rest.split_at_checked(len)?;
-        let email = std::str::from_utf8(email).ok()?;
         let mut values = [0u64; 2];
         for (d, v) in values.iter_mut().enumerate() {
             if mask & (1 << d) != 0 {
@@ -170,6 +179,10 @@ struct AnswerBody {
 }
 
 impl AnswerBody {
+    fn new(answer: QueryAnswer) -> AnswerBody {
+        AnswerBody { answer, user_at: 0, link_at: 0, started: false, done: false }
+    }
+
     /// The next chunk of the message, or `None` once it is all out.
     fn next_chunk(&mut self) -> Option<Bytes> {
         let mut buf = BytesMut::with_capacity(CHUNK + 256);
@@ -182,7 +195,7 @@ impl AnswerBody {
         while buf.len() < CHUNK {
             let Some((email, mask, values)) = users.next_user() else { break };
             for d in (0..2).filter(|d| mask & (1 << d) != 0) {
-                put_stat(&mut buf, &[b"user>>>", email.as_bytes(), b">>>traffic>>>", DIRS[d].as_bytes()], values[d]);
+                put_stat(&mut buf, &[b"user>>>", email, b">>>traffic>>>", DIRS[d].as_bytes()], values[d]);
             }
         }
         self.user_at = self.answer.users.len() - users.bytes.len();
@@ -303,8 +316,7 @@ fn respond(answer: QueryAnswer) -> http::Response<tonic::body::BoxBody> {
         let why = format!("QueryStats: the reply would be {} bytes; narrow the pattern", answer.encoded_len);
         return tonic::Status::resource_exhausted(why).into_http();
     }
-    let body = AnswerBody { answer, user_at: 0, link_at: 0, started: false, done: false };
-    let mut res = http::Response::new(tonic::body::boxed(body));
+    let mut res = http::Response::new(tonic::body::boxed(AnswerBody::new(answer)));
     res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     res
 }
