@@ -129,8 +129,6 @@ impl QueryAnswer {
         let mut stat = Vec::with_capacity(self.count);
         let mut users = Cursor { bytes: &self.users[..] };
         while let Some((email, mask, values)) = users.next_user() {
-            // The list's emails were `str`s when `push_user` copied them in.
-            let email = String::from_utf8_lossy(email);
             for d in (0..2).filter(|d| mask & (1 << d) != 0) {
                 let name = format!("user>>>{email}>>>traffic>>>{}", DIRS[d]);
                 stat.push(pb::Stat { name, value: values[d] as i64 });
@@ -147,14 +145,14 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    /// The next user: email (as bytes: it is copied out, never checked again), mask, values
-    /// (0 where the mask has no bit).
-    fn next_user(&mut self) -> Option<(&'a [u8], u8, [u64; 2])> {
+    /// The next user: email, mask, values (0 where the mask has no bit).
+    fn next_user(&mut self) -> Option<(&'a str, u8, [u64; 2])> {
         let (&mask, rest) = self.bytes.split_first()?;
         let mut rest = rest;
         // The list is ours, written by `push_user`: it always decodes.
         let len = decode_varint(&mut rest).ok()? as usize;
         let (email, mut rest) = rest.split_at_checked(len)?;
+        let email = std::str::from_utf8(email).ok()?;
         let mut values = [0u64; 2];
         for (d, v) in values.iter_mut().enumerate() {
             if mask & (1 << d) != 0 {
@@ -195,7 +193,7 @@ impl AnswerBody {
         while buf.len() < CHUNK {
             let Some((email, mask, values)) = users.next_user() else { break };
             for d in (0..2).filter(|d| mask & (1 << d) != 0) {
-                put_stat(&mut buf, &[b"user>>>", email, b">>>traffic>>>", DIRS[d].as_bytes()], values[d]);
+                put_stat(&mut buf, &[b"user>>>", email.as_bytes(), b">>>traffic>>>", DIRS[d].as_bytes()], values[d]);
             }
         }
         self.user_at = self.answer.users.len() - users.bytes.len();

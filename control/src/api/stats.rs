@@ -303,29 +303,21 @@ fn traffic_name(kind: &str, name: &str, dir: &str) -> String {
 struct LevelSwitches {
     config: Arc<Config>,
     cache: FxHashMap<u32, [bool; 2]>,
-    /// The last level asked for and its answer: most users share one level, and a million
-    /// hash lookups show in a QueryStats.
-    last: Option<(u32, [bool; 2])>,
 }
 
 impl LevelSwitches {
     fn new(config: &Arc<Config>) -> Self {
-        LevelSwitches { config: config.clone(), cache: FxHashMap::default(), last: None }
+        LevelSwitches { config: config.clone(), cache: FxHashMap::default() }
     }
 
     fn get(&mut self, level: u32) -> [bool; 2] {
         if !self.config.stats_enabled {
             return [false, false];
         }
-        if let Some((_, on)) = self.last.filter(|(l, _)| *l == level) {
-            return on;
-        }
-        let on = *self.cache.entry(level).or_insert_with(|| {
+        *self.cache.entry(level).or_insert_with(|| {
             let p = self.config.policy.level(level);
             [p.stats_user_uplink, p.stats_user_downlink]
-        });
-        self.last = Some((level, on));
-        on
+        })
     }
 }
 
