@@ -410,6 +410,10 @@ struct UsersArgs {
     /// Connections as random users (and as many as one user) for the lookup cost.
     #[arg(long, default_value_t = 1000)]
     lookups: usize,
+    /// While the QueryStats calls run, a second API client adds and removes a user in a loop:
+    /// how long a change waits behind a QueryStats.
+    #[arg(long)]
+    add_during_query: bool,
     /// Skip the start from a config that lists every user.
     #[arg(long)]
     no_config_load: bool,
@@ -693,6 +697,7 @@ fn users(args: UsersArgs) -> Result<()> {
         batch: args.batch,
         query_runs: args.query_runs,
         lookups: args.lookups,
+        add_during_query: args.add_during_query,
         config_load: !args.no_config_load,
         timeout: Duration::from_secs(args.timeout),
         startup: Duration::from_secs(args.shardray.startup_timeout),

@@ -53,6 +53,8 @@ pub struct Users {
     pub query_runs: usize,
     /// Connections opened as random users, and as many as the one probe user.
     pub lookups: usize,
+    /// Add and remove a user from a second client while the QueryStats calls run.
+    pub add_during_query: bool,
     /// Also time a start from a config that lists every user.
     pub config_load: bool,
     /// Bound on the load through the API, and on each later step.
@@ -112,6 +114,9 @@ pub struct QueryRecord {
     pub stats: usize,
     /// shardray's VmHWM after the calls, MiB.
     pub peak_rss_mib: f64,
+    /// AddUser round trips made by a second client while the calls ran (`--add-during-query`).
+    #[serde(default)]
+    pub adds_meanwhile: Option<Latency>,
 }
 
 /// Connect, VLESS header, one byte up, the sink's acknowledgement back; one at a time, the
@@ -196,6 +201,7 @@ pub fn run(users: &Users, sink: SocketAddr, workdir: &Path) -> Result<UsersRecor
     let peak_after_load = procstat::peak_rss_kib(pid)?;
     let users_reported = api.user_count().context("GetInboundUsersCount")?;
 
+    let adder = users.add_during_query.then(|| spawn_adder(target.api.expect("checked above"), users.timeout));
     let mut runs_ms = Vec::with_capacity(users.query_runs);
     let mut proxy_cpu_ms = Vec::with_capacity(users.query_runs);
     let mut stats = 0;
@@ -207,7 +213,15 @@ pub fn run(users: &Users, sink: SocketAddr, workdir: &Path) -> Result<UsersRecor
         proxy_cpu_ms.push((procstat::cpu_seconds(pid)? - cpu) * 1e3);
         stats = reply.len();
     }
+    let adds_meanwhile = match adder {
+        Some((stop, handle)) => {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            Some(handle.join().map_err(|_| anyhow::anyhow!("the adding thread panicked"))??)
+        }
+        None => None,
+    };
     let query = QueryRecord {
+        adds_meanwhile,
         median_ms: median(runs_ms.clone()),
         runs_ms,
         proxy_cpu_ms,
@@ -237,6 +251,29 @@ pub fn run(users: &Users, sink: SocketAddr, workdir: &Path) -> Result<UsersRecor
         lookup,
         config_load,
     })
+}
+
+/// A thread that adds and removes one user (not in the table) over its own API connection
+/// until told to stop; it returns the AddUser round trips.
+fn spawn_adder(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, thread::JoinHandle<Result<Latency>>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let handle = thread::spawn(move || {
+        let mut api = ApiClient::connect(addr, timeout)?;
+        let (email, id) = ("adder@bench", Uuid::from_u128(0xadd));
+        let mut adds = Latencies::default();
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let sent = Instant::now();
+            api.alter(api::add_user(email, id)).map_err(|s| anyhow::anyhow!("AddUser: {s}"))?;
+            adds.record(sent.elapsed());
+            api.alter(api::remove_user(email)).map_err(|s| anyhow::anyhow!("RemoveUser: {s}"))?;
+        }
+        Ok(adds.summary())
+    });
+    (stop, handle)
 }
 
 /// Opens `users.lookups` connections as random table users and as many as the probe user,
@@ -333,6 +370,12 @@ impl UsersRecord {
             ),
         );
         row("peak RSS after QueryStats", format!("{:.1} MiB", self.query.peak_rss_mib));
+        if let Some(a) = &self.query.adds_meanwhile {
+            row(
+                "AddUser round trip meanwhile (second client) p50 / p99 / max",
+                format!("{:.2} / {:.2} / {:.2} ms ({} adds)", a.p50_us / 1e3, a.p99_us / 1e3, a.max_us / 1e3, a.count),
+            );
+        }
         let (r, s) = (&self.lookup.random_users, &self.lookup.single_user);
         row(
             "connection as a random user p50 / p99",

@@ -194,7 +194,8 @@ impl Endpoint {
     }
 
     /// Every shard's snapshot and the counters' reported values, taken with the registry
-    /// locked as QueryStats takes them; nothing else is done under the lock.
+    /// locked for the whole read (QueryStats locks it one step of slots at a time); nothing
+    /// else is done under the lock.
     async fn read(&self) -> anyhow::Result<Reading> {
         let registry = self.state.registry.lock().await;
         let snaps = self.state.shards.snapshots(None).await?;

@@ -114,3 +114,33 @@ fn query_stats_after_ten_thousand_adds_and_removes_names_exactly_the_live_users(
     assert!(q == want, "{:?}", q.iter().filter(|(k, v)| want.get(*k) != Some(v)).take(10).collect::<Vec<_>>());
     assert_eq!(api.user_emails("vless-in").unwrap().len(), live.len() + 1);
 }
+
+#[test]
+fn query_stats_over_more_users_than_one_read_step_reports_and_resets_each_once() {
+    // QueryStats reads 32,768 slots a step, the registry locked for one step at a time: users
+    // in both steps are each reported once and reset once (40,000 users: the test client takes
+    // replies up to 4 MiB).
+    let echo = EchoServer::start();
+    let (server, api) = api_server();
+    let proxy = server.inbound("vless-in");
+    for start in (0..40_000).step_by(10_000) {
+        add(&api, start..start + 10_000);
+    }
+    let sent = [(5, 100), (33_000, 200), (39_999, 300)];
+    for (i, len) in sent {
+        send(&api, proxy, echo.addr(), i, len);
+    }
+    let name = |i: u32, dir: &str| format!("user>>>{}>>>traffic>>>{dir}", email(i));
+    let q = api.query("@churn>>>traffic", true);
+    assert_eq!(q.len(), 80_000);
+    for (i, len) in sent.into_iter().chain([(0, 0), (32_767, 0), (32_768, 0)]) {
+        assert_eq!((q[&name(i, "uplink")], q[&name(i, "downlink")]), (len as i64, len as i64), "user {i}");
+    }
+    assert_eq!(q.values().filter(|v| **v != 0).count(), 2 * sent.len());
+    let q = api.query("@churn>>>traffic", false);
+    assert_eq!(q.len(), 80_000);
+    assert!(q.values().all(|v| *v == 0), "{:?}", q.iter().filter(|(_, v)| **v != 0).collect::<Vec<_>>());
+    // Counting goes on from the reset.
+    send(&api, proxy, echo.addr(), 39_999, 10);
+    assert_eq!(traffic(&api, &email(39_999)), (10, 10));
+}

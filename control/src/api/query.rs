@@ -36,7 +36,7 @@ const DIRS: [&str; 2] = ["uplink", "downlink"];
 /// byte (bit 0: uplink matched, bit 1: downlink), the email's length (varint), the email, and
 /// the value of each matched direction (varint); every other counter by name.
 #[derive(Debug, Default)]
-pub(crate) struct QueryAnswer {
+pub struct QueryAnswer {
     users: Vec<u8>,
     links: Vec<(String, u64)>,
     /// The encoded length of the whole `QueryStatsResponse`.
@@ -113,12 +113,19 @@ impl QueryAnswer {
     }
 
     /// Counters in the answer.
-    pub(crate) fn counters(&self) -> usize {
+    pub fn counters(&self) -> usize {
         self.count
     }
 
+    /// The gRPC message (header and `QueryStatsResponse`), a chunk at a time, as the reply's
+    /// body sends it.
+    pub fn into_chunks(self) -> impl Iterator<Item = Bytes> {
+        let mut body = AnswerBody::new(self);
+        std::iter::from_fn(move || body.next_chunk())
+    }
+
     /// The answer as a message (for a caller that wants it whole).
-    pub(crate) fn into_message(self) -> pb::QueryStatsResponse {
+    pub fn into_message(self) -> pb::QueryStatsResponse {
         let mut stat = Vec::with_capacity(self.count);
         let mut users = Cursor { bytes: &self.users[..] };
         while let Some((email, mask, values)) = users.next_user() {
@@ -170,6 +177,10 @@ struct AnswerBody {
 }
 
 impl AnswerBody {
+    fn new(answer: QueryAnswer) -> AnswerBody {
+        AnswerBody { answer, user_at: 0, link_at: 0, started: false, done: false }
+    }
+
     /// The next chunk of the message, or `None` once it is all out.
     fn next_chunk(&mut self) -> Option<Bytes> {
         let mut buf = BytesMut::with_capacity(CHUNK + 256);
@@ -303,8 +314,7 @@ fn respond(answer: QueryAnswer) -> http::Response<tonic::body::BoxBody> {
         let why = format!("QueryStats: the reply would be {} bytes; narrow the pattern", answer.encoded_len);
         return tonic::Status::resource_exhausted(why).into_http();
     }
-    let body = AnswerBody { answer, user_at: 0, link_at: 0, started: false, done: false };
-    let mut res = http::Response::new(tonic::body::boxed(body));
+    let mut res = http::Response::new(tonic::body::boxed(AnswerBody::new(answer)));
     res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     res
 }

@@ -17,7 +17,7 @@ use shardray_core::stats::{IpSessions, Refusal, StatsSnapshot};
 use shardray_proto::xray::app::stats::command as pb;
 use tonic::{Request, Response, Status};
 
-use super::query::QueryAnswer;
+pub use super::query::QueryAnswer;
 use super::ApiState;
 use crate::registry::{Registry, UserSets};
 use crate::slots::{SlotBook, Slots};
@@ -576,12 +576,101 @@ impl NameFilter {
     }
 }
 
-/// Slots one snapshot request of a QueryStats covers (16 bytes a slot from each shard).
-const QUERY_SLOTS: u32 = 1 << 17;
+/// Slots one step of a QueryStats covers: the registry is locked for one step at a time (16
+/// bytes a slot from each shard), so a change waits for one step, not for the whole read.
+const QUERY_SLOTS: u32 = 1 << 15;
 
-/// Reads what a QueryStats reports into a packed answer, and applies its reset. The registry
-/// is locked while the counters are read, a range of slots at a time (so the shards' replies
-/// stay small), and released before the answer is encoded and sent.
+/// The reading half of a QueryStats: the counters it asks for, read a range of slots at a
+/// time into a packed answer, with the resets it makes. Public for the benchmarks.
+pub struct QueryRead {
+    filter: NameFilter,
+    all: bool,
+    reset: bool,
+    levels: LevelSwitches,
+    stats_enabled: bool,
+    name: String,
+    /// (counter, shard total, value reported, name) of what a reset zeroes, for one range.
+    resets: Vec<(Counter, u64, u64, String)>,
+    answer: QueryAnswer,
+}
+
+impl QueryRead {
+    /// A read for `req` under `config`.
+    pub fn new(config: &Arc<Config>, req: &pb::QueryStatsRequest) -> Result<QueryRead, Status> {
+        let filter = NameFilter::new(req)?;
+        Ok(QueryRead {
+            all: filter.matches_all(),
+            filter,
+            reset: req.reset,
+            levels: LevelSwitches::new(config),
+            stats_enabled: config.stats_enabled,
+            name: String::with_capacity(128),
+            resets: Vec::new(),
+            answer: QueryAnswer::default(),
+        })
+    }
+
+    /// Adds the users' counters of the live slots in `range`, from `snaps` (the shards' figures
+    /// of at least that range).
+    pub fn users(&mut self, slots: &Slots<'_>, snaps: &[StatsSnapshot], range: std::ops::Range<u32>) {
+        if !self.stats_enabled {
+            return;
+        }
+        let start = range.start;
+        let totals = range_totals(snaps, range.clone());
+        for v in slots.live_in(range) {
+            let on = self.levels.get(v.level);
+            let total = totals[(v.slot - start) as usize];
+            let offset = slots.offset(v.slot);
+            let (mut mask, mut values) = (0u8, [0u64; 2]);
+            for d in (0..2).filter(|&d| on[d]) {
+                // With every name matching, a name is built only for a reset to record.
+                if !self.all || self.reset {
+                    write_name(&mut self.name, "user", v.email, DIRS[d]);
+                }
+                if !self.all && !self.filter.matches(&self.name) {
+                    continue;
+                }
+                values[d] = user_value(total[d], offset[d]);
+                mask |= 1 << d;
+                if self.reset {
+                    let name = self.name.clone();
+                    self.resets.push((Counter::User { slot: v.slot, dir: d }, total[d], values[d], name));
+                }
+            }
+            self.answer.push_user(v.email, mask, values);
+        }
+    }
+
+    /// Adds the inbounds', outbounds' and other named counters, from `snaps`.
+    fn links(&mut self, config: &Config, book: &CounterBook, snaps: &[StatsSnapshot]) {
+        for (name, total) in link_totals(config, snaps).into_iter().filter(|(name, _)| self.filter.matches(name)) {
+            let value = book.value(&name, total);
+            if self.reset {
+                self.resets.push((Counter::Link, total, value, name.clone()));
+            }
+            self.answer.push_named(name, value);
+        }
+    }
+
+    /// Applies the resets of what was read since the last call.
+    fn apply_resets(&mut self, slots: &mut SlotBook, book: &mut CounterBook) {
+        let named = self.resets.iter().map(|(c, total, value, name)| (*c, *total, *value, name.as_str()));
+        apply_resets(slots, book, named);
+        self.resets.clear();
+    }
+
+    /// The packed answer.
+    pub fn into_answer(self) -> QueryAnswer {
+        self.answer
+    }
+}
+
+/// Reads what a QueryStats reports into a packed answer, and applies its reset. The counters
+/// are read a range of slots at a time, each range with the registry locked (the shards'
+/// figures and the slots' emails read together, and the range's resets applied before the lock
+/// is released, so a slot that changes hands between ranges is named and reset correctly);
+/// the answer is encoded and sent after the last.
 pub(crate) async fn prepare_query(
     state: &ApiState,
     req: Request<pb::QueryStatsRequest>,
@@ -592,68 +681,34 @@ pub(crate) async fn prepare_query(
         super::auth::caller(&req).require(shardray_core::spec::ApiRole::Operator, "reset counters")?;
     }
     let req = req.into_inner();
-    let filter = NameFilter::new(&req)?;
-    let all = filter.matches_all();
     let config = state.config();
-    let mut answer = QueryAnswer::default();
-    let mut levels = LevelSwitches::new(&config);
-    let mut name = String::with_capacity(128);
-    // (counter, shard total, value reported, name) of what a reset zeroes.
-    let mut resets: Vec<(Counter, u64, u64, String)> = Vec::new();
-    let mut registry = state.registry.lock().await;
-    let span = u32::try_from(registry.slots().span()).unwrap_or(u32::MAX);
+    let mut read = QueryRead::new(&config, &req)?;
     let mut start = 0u32;
-    let links = loop {
+    let mut registry = loop {
+        let mut registry = state.registry.lock().await;
+        // The span may grow between ranges: users added meanwhile are read too.
+        let span = u32::try_from(registry.slots().span()).unwrap_or(u32::MAX);
         let end = start.saturating_add(QUERY_SLOTS).min(span);
         let snaps = state.shards.snapshot_range(start..end).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        if config.stats_enabled {
-            let slots = registry.slots();
-            let totals = range_totals(&snaps, start..end);
-            for v in slots.live_in(start..end) {
-                let on = levels.get(v.level);
-                let total = totals[(v.slot - start) as usize];
-                let offset = slots.offset(v.slot);
-                let (mut mask, mut values) = (0u8, [0u64; 2]);
-                for d in (0..2).filter(|&d| on[d]) {
-                    // With every name matching, a name is built only for a reset to record.
-                    if !all || req.reset {
-                        write_name(&mut name, "user", v.email, DIRS[d]);
-                    }
-                    if !all && !filter.matches(&name) {
-                        continue;
-                    }
-                    values[d] = user_value(total[d], offset[d]);
-                    mask |= 1 << d;
-                    if req.reset {
-                        resets.push((Counter::User { slot: v.slot, dir: d }, total[d], values[d], name.clone()));
-                    }
-                }
-                answer.push_user(v.email, mask, values);
+        read.users(&registry.slots(), &snaps, start..end);
+        let last = end >= span;
+        {
+            let mut book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
+            if last {
+                // Every snapshot carries the inbounds' and outbounds' counters: the last one's.
+                read.links(&config, &book, &snaps);
             }
+            read.apply_resets(registry.slots_mut(), &mut book);
         }
-        if end >= span {
-            break link_totals(&config, &snaps);
+        if last {
+            break registry;
         }
         start = end;
     };
-    {
-        let mut book = state.counters.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, total) in links.into_iter().filter(|(name, _)| filter.matches(name)) {
-            let value = book.value(&name, total);
-            if req.reset {
-                resets.push((Counter::Link, total, value, name.clone()));
-            }
-            answer.push_named(name, value);
-        }
-        if req.reset {
-            let named = resets.iter().map(|(c, total, value, name)| (*c, *total, *value, name.as_str()));
-            apply_resets(registry.slots_mut(), &mut book, named);
-            let what =
-                format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, answer.counters());
-            state.audit.record(peer, "QueryStats", &what, &Ok(()));
-        }
-    }
+    let answer = read.into_answer();
     if req.reset {
+        let what = format!("reset pattern={:?} patterns={:?} matched={}", req.pattern, req.patterns, answer.counters());
+        state.audit.record(peer, "QueryStats", &what, &Ok(()));
         crate::quota::reconcile(state, &mut registry, None).await.map_err(super::handler::change_status)?;
     }
     Ok(answer)
