@@ -41,7 +41,8 @@ pub(super) async fn serve<S>(
     let mut buf = Vec::new();
     let mut len = 0;
     let handshake = ctx.policy(0).handshake;
-    let reading = read_first(&mut stream, info.plain_fd, &mut buf, FIRST_READ, &mut len, |data, room| decide(data, room, users));
+    let reading =
+        read_first(&mut stream, info.plain_fd, &mut buf, FIRST_READ, &mut len, |data, room| decide(data, room, users));
     let reading = async { reading.await.unwrap_or_else(|e| Handshake::Rejected(e, Refusal::BadRequest)) };
     let outcome = futures_lite::future::or(reading, async {
         glommio::timer::sleep(handshake).await;

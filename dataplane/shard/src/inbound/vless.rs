@@ -49,7 +49,8 @@ where
     let mut buf = Vec::new();
     let mut len = 0;
     let handshake = ctx.policy(0).handshake;
-    let reading = read_first(stream, info.plain_fd, &mut buf, FIRST_READ, &mut len, |data, room| decide(data, room, users));
+    let reading =
+        read_first(stream, info.plain_fd, &mut buf, FIRST_READ, &mut len, |data, room| decide(data, room, users));
     let outcome = futures_lite::future::or(
         async { reading.await.unwrap_or_else(|e| Handshake::Rejected(e, Refusal::BadRequest)) },
         async {
