@@ -34,6 +34,16 @@ use serde_json::Value;
 /// How long a test waits for shardray to start.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A REALITY key pair as `shardray x25519` prints it: (private, public).
+pub fn reality_keys() -> (String, String) {
+    let (status, out) = run_cli(&["x25519"]);
+    assert!(status.success(), "{out}");
+    let field = |name: &str| {
+        out.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {out}")).to_owned()
+    };
+    (field("PrivateKey: "), field("Password (PublicKey): "))
+}
+
 /// The `shardray` binary under test: `$SHARDRAY_BIN`, else the one cargo built beside the tests.
 pub fn bin_path() -> PathBuf {
     if let Some(p) = std::env::var_os("SHARDRAY_BIN") {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::{json, Value};
 
@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 pub struct SelfSigned {
     /// The certificate in DER, for a client's root store.
     pub cert_der: CertificateDer<'static>,
+    /// The private key in PKCS#8 DER, for a rustls server of the test's own.
+    key_pkcs8: Vec<u8>,
     /// Path of the PEM certificate.
     pub cert_file: PathBuf,
     /// Path of the PEM private key.
@@ -30,7 +32,13 @@ impl SelfSigned {
         let key_file = dir.join("key.pem");
         std::fs::write(&cert_file, certified.cert.pem()).unwrap();
         std::fs::write(&key_file, certified.key_pair.serialize_pem()).unwrap();
-        SelfSigned { cert_der: certified.cert.der().clone(), cert_file, key_file }
+        let key_pkcs8 = certified.key_pair.serialize_der();
+        SelfSigned { cert_der: certified.cert.der().clone(), key_pkcs8, cert_file, key_file }
+    }
+
+    /// The private key, for a rustls server of the test's own.
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key_pkcs8.clone().into())
     }
 
     /// Inbound `streamSettings` serving this certificate over TLS with `server_name` and `alpn`.

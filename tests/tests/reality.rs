@@ -10,24 +10,15 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shardray_tests::echo::exchange;
+use shardray_tests::inner_tls::{inner_tls_over, tls13_echo};
 use shardray_tests::servers::EchoServer;
 use shardray_tests::shoes::{RealityClient, Shoes};
 use shardray_tests::singbox::socks5_connect;
 use shardray_tests::tls::SelfSigned;
-use shardray_tests::{run_cli, vless_config, wait_until, Shardray, ALICE};
+use shardray_tests::{reality_keys, run_cli, vless_config, wait_until, Shardray, ALICE};
 
 const SNI: &str = "reality.test";
 const SHORT_ID: &str = "6ba85179e30d4fc2";
-
-/// A key pair as `shardray x25519` prints it.
-fn keys() -> (String, String) {
-    let (status, out) = run_cli(&["x25519"]);
-    assert!(status.success(), "{out}");
-    let field = |name: &str| {
-        out.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {out}")).to_owned()
-    };
-    (field("PrivateKey: "), field("Password (PublicKey): "))
-}
 
 /// The local TLS site standing in for the camouflage target: its own certificate for `SNI`;
 /// it records each connection's first bytes (peeked before its TLS handshake), then answers
@@ -44,8 +35,7 @@ impl Target {
         let dir = tempfile::tempdir().unwrap();
         let cert = SelfSigned::generate(dir.path(), &[SNI]);
         let chain = vec![cert.cert_der.clone()];
-        let key_pem = std::fs::read(&cert.key_file).unwrap();
-        let key = rustls_pemfile_key(&key_pem);
+        let key = cert.key_der();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = Arc::new(
             rustls::ServerConfig::builder_with_provider(provider)
@@ -94,15 +84,6 @@ impl Target {
     }
 }
 
-fn rustls_pemfile_key(pem: &[u8]) -> rustls::pki_types::PrivateKeyDer<'static> {
-    // rcgen writes PKCS#8 "PRIVATE KEY" PEM: its base64 body is the DER.
-    use base64::Engine;
-    let text = std::str::from_utf8(pem).unwrap();
-    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
-    rustls::pki_types::PrivateKeyDer::Pkcs8(der.into())
-}
-
 /// The REALITY stream settings for `target`, serving `SNI` and `SHORT_ID` with `private_key`.
 fn reality_stream(target: SocketAddr, private_key: &str) -> Value {
     json!({
@@ -139,7 +120,7 @@ fn payload(len: usize) -> Vec<u8> {
 #[test]
 fn shoes_carries_vless_over_reality_both_ways() {
     let target = Target::start();
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let server = server(&target, &private);
     let echo = EchoServer::start();
     let shoes = Shoes::reality_client(
@@ -166,7 +147,7 @@ fn shoes_carries_vless_over_reality_both_ways() {
 #[test]
 fn shoes_carries_vless_vision_over_reality_both_ways() {
     let target = Target::start();
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let config = vless_config(
         json!([{ "id": ALICE, "email": "alice@example.com", "flow": "xtls-rprx-vision" }]),
         json!({ "streamSettings": reality_stream(target.addr, &private) }),
@@ -187,7 +168,7 @@ fn shoes_carries_vless_vision_over_reality_both_ways() {
 #[test]
 fn a_tls_prober_with_a_served_name_meets_the_target_itself() {
     let target = Target::start();
-    let (private, _) = keys();
+    let (private, _) = reality_keys();
     let server = server(&target, &private);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(target.cert.clone()).unwrap();
@@ -217,8 +198,8 @@ fn a_tls_prober_with_a_served_name_meets_the_target_itself() {
 #[test]
 fn wrong_keys_short_ids_names_and_garbage_go_to_the_target() {
     let target = Target::start();
-    let (private, public) = keys();
-    let (_, other_public) = keys();
+    let (private, public) = reality_keys();
+    let (_, other_public) = reality_keys();
     let server = server(&target, &private);
     let addr = server.inbound("vless-in");
     let echo = EchoServer::start();
@@ -289,7 +270,7 @@ fn recording_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>
 #[test]
 fn a_replayed_client_hello_meets_the_target() {
     let target = Target::start();
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let server = server(&target, &private);
     let (proxy, firsts) = recording_proxy(server.inbound("vless-in"));
     let echo = EchoServer::start();
@@ -312,7 +293,7 @@ fn a_replayed_client_hello_meets_the_target() {
 
 #[test]
 fn links_carry_the_reality_parameters() {
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let dir = tempfile::tempdir().unwrap();
     let mut config = vless_config(
         json!([{ "id": ALICE, "email": "alice@example.com" }]),
@@ -384,7 +365,7 @@ fn the_readme_example_runs_as_written() {
 #[test]
 fn an_inbound_added_through_the_api_serves_trojan_over_reality() {
     let target = Target::start();
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let (server, _api) = shardray_tests::api_server();
     let port = shardray_tests::fixed_port();
     let file = server.dir.path().join("more.json");
@@ -424,7 +405,7 @@ fn an_inbound_added_through_the_api_serves_trojan_over_reality() {
 #[test]
 fn truncated_and_silent_hellos_meet_the_target_after_the_handshake_timeout() {
     let target = Target::start();
-    let (private, _) = keys();
+    let (private, _) = reality_keys();
     let mut config = vless_config(
         json!([{ "id": ALICE, "email": "alice@example.com" }]),
         json!({ "streamSettings": reality_stream(target.addr, &private) }),
@@ -451,107 +432,12 @@ fn truncated_and_silent_hellos_meet_the_target_after_the_handshake_timeout() {
     assert!(!server.output().contains("panicked"));
 }
 
-/// A TLS 1.3 echo server (its own certificate for `echo.test`) and a client config trusting it.
-fn tls13_echo() -> (SocketAddr, Arc<rustls::ClientConfig>) {
-    let certified = rcgen::generate_simple_self_signed(vec!["echo.test".to_owned()]).unwrap();
-    let der = certified.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![der.clone()], key)
-            .unwrap(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for sock in listener.incoming() {
-            let Ok(sock) = sock else { continue };
-            let server = server.clone();
-            std::thread::spawn(move || {
-                let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
-                let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(server).unwrap(), sock);
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n @ 1..) = tls.read(&mut buf) {
-                    if tls.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-                tls.conn.send_close_notify();
-                let _ = tls.flush();
-            });
-        }
-    });
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (addr, Arc::new(config))
-}
-
-/// An inner TLS session over `sock` to the echo server: `data` written from a second thread
-/// while the echo is read; returns the plaintext that came back.
-fn inner_tls_echo(mut sock: TcpStream, config: Arc<rustls::ClientConfig>, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
-    use rustls::pki_types::ServerName;
-    let mut conn = rustls::ClientConnection::new(config, ServerName::try_from("echo.test").unwrap())
-        .map_err(std::io::Error::other)?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock)?;
-    }
-    let len = data.len();
-    let conn = Arc::new(Mutex::new(conn));
-    let mut write_sock = sock.try_clone()?;
-    let writer = {
-        let conn = conn.clone();
-        std::thread::spawn(move || -> std::io::Result<()> {
-            for chunk in data.chunks(16 * 1024) {
-                let mut out = Vec::new();
-                {
-                    let mut c = conn.lock().unwrap();
-                    c.writer().write_all(chunk)?;
-                    while c.wants_write() {
-                        c.write_tls(&mut out)?;
-                    }
-                }
-                write_sock.write_all(&out)?;
-            }
-            Ok(())
-        })
-    };
-    let mut got = Vec::with_capacity(len);
-    let mut buf = vec![0u8; 64 * 1024];
-    while got.len() < len {
-        let n = sock.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        let mut c = conn.lock().unwrap();
-        let mut input = &buf[..n];
-        while !input.is_empty() {
-            c.read_tls(&mut input)?;
-            let state = c.process_new_packets().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            let mut plain = vec![0u8; state.plaintext_bytes_to_read()];
-            c.reader().read_exact(&mut plain)?;
-            got.extend_from_slice(&plain);
-        }
-    }
-    writer.join().expect("writer thread")?;
-    let _ = sock.shutdown(Shutdown::Both);
-    Ok(got)
-}
-
 /// Vision over REALITY with inner TLS 1.3: the session goes direct both ways (the outer TLS
 /// left behind), 4 MiB echoed byte for byte through shoes.
 #[test]
 fn vision_over_reality_goes_direct_both_ways() {
     let target = Target::start();
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let mut config = vless_config(
         json!([{ "id": ALICE, "email": "alice@example.com", "flow": "xtls-rprx-vision" }]),
         json!({ "streamSettings": reality_stream(target.addr, &private) }),
@@ -565,7 +451,7 @@ fn vision_over_reality_goes_direct_both_ways() {
     let (echo, tls) = tls13_echo();
     let data = payload(4 << 20);
     let sock = socks5_connect(shoes.socks, echo).unwrap();
-    let got = inner_tls_echo(sock, tls, data.clone())
+    let got = inner_tls_over(sock, tls, data.clone())
         .unwrap_or_else(|e| panic!("{e}\nshoes:\n{}\nshardray:\n{}", shoes.log(), server.output()));
     assert_eq!(got.len(), data.len());
     assert!(got == data, "echoed bytes differ");
@@ -597,7 +483,7 @@ fn a_unix_socket_target_gets_a_proxy_header_first() {
             });
         }
     });
-    let (private, _) = keys();
+    let (private, _) = reality_keys();
     let mut stream = reality_stream("127.0.0.1:1".parse().unwrap(), &private);
     stream["realitySettings"]["target"] = json!(path.to_str().unwrap());
     stream["realitySettings"]["xver"] = json!(1);
@@ -623,7 +509,7 @@ fn a_chrome_shaped_hello_with_a_hybrid_share_authenticates() {
     use base64::Engine;
     use shardray_wire::reality;
     let target = Target::start();
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let server = server(&target, &private);
     let server_public: [u8; 32] =
         base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&public).unwrap().try_into().unwrap();
@@ -717,7 +603,7 @@ fn a_chrome_shaped_hello_with_a_hybrid_share_authenticates() {
 fn vless_over_grpc_over_reality() {
     use shardray_tests::singbox::{vless_outbound, SingBox};
     let target = Target::start();
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let mut stream = reality_stream(target.addr, &private);
     stream["network"] = json!("grpc");
     stream["grpcSettings"] = json!({ "serviceName": "gun" });
@@ -748,7 +634,7 @@ fn vless_over_grpc_over_reality() {
 #[test]
 fn vless_over_xhttp_over_reality() {
     let target = Target::start();
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let mut stream = reality_stream(target.addr, &private);
     stream["network"] = json!("xhttp");
     stream["xhttpSettings"] = json!({ "path": "/xh" });

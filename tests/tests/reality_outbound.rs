@@ -25,23 +25,13 @@ use shardray_tests::tls::SelfSigned;
 use shardray_tests::udp::{echo_datagrams, Direct, UdpEcho};
 use shardray_tests::vless::payload;
 use shardray_tests::{
-    loopback_api, run_cli, trojan_config, vless_config, vmess_config, wait_until, Shardray, ALICE, ALICE_PASSWORD,
+    loopback_api, reality_keys, trojan_config, vless_config, vmess_config, wait_until, Shardray, ALICE, ALICE_PASSWORD,
 };
 
 const SNI: &str = "reality.test";
 const SHORT_ID: &str = "6ba85179e30d4fc2";
 const UP: &str = "outbound>>>reality-out>>>traffic>>>uplink";
 const DOWN: &str = "outbound>>>reality-out>>>traffic>>>downlink";
-
-/// A key pair as `shardray x25519` prints it: (private, public).
-fn keys() -> (String, String) {
-    let (status, out) = run_cli(&["x25519"]);
-    assert!(status.success(), "{out}");
-    let field = |name: &str| {
-        out.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {out}")).to_owned()
-    };
-    (field("PrivateKey: "), field("Password (PublicKey): "))
-}
 
 /// The camouflage site: TLS with its own (ECDSA) certificate for `SNI`; after a handshake it
 /// sends `target says hi`. Counts the connections it gets.
@@ -55,8 +45,7 @@ impl Target {
     fn start() -> Target {
         let dir = tempfile::tempdir().unwrap();
         let cert = SelfSigned::generate(dir.path(), &[SNI]);
-        let key_pem = std::fs::read(&cert.key_file).unwrap();
-        let key = pkcs8_from_pem(&key_pem);
+        let key = cert.key_der();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = Arc::new(
             rustls::ServerConfig::builder_with_provider(provider)
@@ -92,14 +81,6 @@ impl Target {
         });
         Target { addr, connections, _dir: dir }
     }
-}
-
-/// The DER of rcgen's PKCS#8 "PRIVATE KEY" PEM.
-fn pkcs8_from_pem(pem: &[u8]) -> rustls::pki_types::PrivateKeyDer<'static> {
-    use base64::Engine;
-    let body: String = std::str::from_utf8(pem).unwrap().lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
-    rustls::pki_types::PrivateKeyDer::Pkcs8(der.into())
 }
 
 /// shardray's VLESS inbound with REALITY for `target`.
@@ -216,7 +197,7 @@ fn carries_tcp_and_udp(client: &Shardray, udp_echo: SocketAddr, log: &(dyn Fn() 
 #[test]
 fn vless_over_reality_to_our_own_inbound() {
     let (tcp_echo, udp_echo, target) = (EchoServer::start(), UdpEcho::start(), Target::start());
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let server = reality_server(&target, &private);
     let client = reality_client(
         server.inbound("vless-in"),
@@ -233,7 +214,7 @@ fn vless_over_reality_to_our_own_inbound() {
 #[test]
 fn trojan_and_vmess_over_reality_to_our_own_inbounds() {
     let (tcp_echo, udp_echo, target) = (EchoServer::start(), UdpEcho::start(), Target::start());
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let trojan = reality_server_with(&target, &private, |stream| {
         trojan_config(json!([{ "password": ALICE_PASSWORD, "email": "t@x" }]), json!({ "streamSettings": stream }))
     });
@@ -278,7 +259,7 @@ fn a_reality_outbound_added_through_the_api_carries_traffic() {
     use shardray_tests::api::{typed, vless_user};
 
     let (tcp_echo, udp_echo, target) = (EchoServer::start(), UdpEcho::start(), Target::start());
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let server = reality_server(&target, &private);
     let mut config = client_config(server.inbound("vless-in"), tcp_echo.addr(), udp_echo.addr(), Value::Null);
     config["api"] = loopback_api(&["StatsService", "HandlerService"]);
@@ -329,8 +310,8 @@ fn a_reality_outbound_added_through_the_api_carries_traffic() {
 #[test]
 fn a_wrong_public_key_or_short_id_meets_the_camouflage_site_and_fails_cleanly() {
     let (tcp_echo, udp_echo, target) = (EchoServer::start(), UdpEcho::start(), Target::start());
-    let (private, public) = keys();
-    let (_, stranger) = keys();
+    let (private, public) = reality_keys();
+    let (_, stranger) = reality_keys();
     let server = reality_server(&target, &private);
     for (i, settings) in
         [client_settings(&stranger, SHORT_ID), client_settings(&public, "0011223344556677")].into_iter().enumerate()
@@ -418,7 +399,7 @@ impl Drop for ShoesServer {
 #[test]
 fn vless_over_reality_to_shoes_in_every_suite() {
     let (tcp_echo, udp_echo, target) = (EchoServer::start(), UdpEcho::start(), Target::start());
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     for suite in ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"] {
         let shoes = ShoesServer::start(&private, target.addr, suite);
         let client = reality_client(shoes.addr, tcp_echo.addr(), udp_echo.addr(), client_settings(&public, SHORT_ID));
@@ -430,7 +411,7 @@ fn vless_over_reality_to_shoes_in_every_suite() {
 #[test]
 fn shoes_with_a_wrong_short_id_hands_us_to_its_target_and_we_refuse() {
     let (tcp_echo, udp_echo, target) = (EchoServer::start(), UdpEcho::start(), Target::start());
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let shoes = ShoesServer::start(&private, target.addr, "TLS_AES_128_GCM_SHA256");
     let client =
         reality_client(shoes.addr, tcp_echo.addr(), udp_echo.addr(), client_settings(&public, "0011223344556677"));
@@ -493,7 +474,7 @@ fn vision_carries_inner_tls_and_plain(server: SocketAddr, public: &str, spliced:
 #[test]
 fn vision_over_reality_to_our_own_inbound() {
     let target = Target::start();
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let server = reality_server_for(&target, &private, json!({ "id": ALICE, "email": "a@x", "flow": FLOW }));
     // Not asked to splice: with shardray at both ends, the 6 MiB echo sometimes ends before
     // either end's relay hands over (both log direct both ways, neither splices).
@@ -504,7 +485,7 @@ fn vision_over_reality_to_our_own_inbound() {
 #[test]
 fn vision_over_reality_to_shoes() {
     let target = Target::start();
-    let (private, public) = keys();
+    let (private, public) = reality_keys();
     let shoes = ShoesServer::start_with(&private, target.addr, "TLS_AES_128_GCM_SHA256", true);
     vision_carries_inner_tls_and_plain(shoes.addr, &public, true, &|| shoes.log());
 }
@@ -515,7 +496,7 @@ fn vision_over_reality_to_shoes() {
 #[test]
 fn a_server_answering_garbage_fails_the_dial_and_the_shards_live_on() {
     let (tcp_echo, udp_echo) = (EchoServer::start(), UdpEcho::start());
-    let (_, public) = keys();
+    let (_, public) = reality_keys();
     let replies: Vec<Vec<u8>> = vec![
         [&[0x16, 3, 3, 0, 4][..], &[2, 0, 0, 0]].concat(),
         (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),

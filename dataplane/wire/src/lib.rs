@@ -14,6 +14,7 @@ pub mod shadowsocks;
 pub mod sniff;
 pub mod socks;
 pub mod tls13_client;
+mod tls_fields;
 pub mod trojan;
 pub mod vision;
 pub mod vless;

@@ -15,6 +15,8 @@
 use hmac::{Hmac, Mac};
 use sha2::{Sha256, Sha512};
 
+use crate::tls_fields::{Fields as Reader, Truncated};
+
 /// TLS record header length.
 pub const RECORD_HEADER: usize = 5;
 
@@ -121,31 +123,9 @@ pub struct ClientHello<'a> {
     pub first_alpn: Option<&'a [u8]>,
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], HelloError> {
-        if self.0.len() < n {
-            return Err(HelloError::Malformed);
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, HelloError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, HelloError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn vec8(&mut self) -> Result<Reader<'a>, HelloError> {
-        let n = usize::from(self.u8()?);
-        Ok(Reader(self.take(n)?))
-    }
-    fn vec16(&mut self) -> Result<Reader<'a>, HelloError> {
-        let n = usize::from(self.u16()?);
-        Ok(Reader(self.take(n)?))
+impl From<Truncated> for HelloError {
+    fn from(_: Truncated) -> Self {
+        HelloError::Malformed
     }
 }
 

@@ -15,6 +15,7 @@ use ring::{aead, digest, hkdf, hmac};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::reality;
+use crate::tls_fields::{Fields, Truncated};
 
 const HANDSHAKE: u8 = 22;
 const APPLICATION_DATA: u8 = 23;
@@ -419,40 +420,10 @@ fn client_hello(settings: &ClientSettings<'_>, entropy: &Entropy, share: &[u8; 3
 
 // === the handshake ===
 
-/// Reads big-endian fields off a message, each failing as a malformed message.
-struct Fields<'a>(&'a [u8]);
-
-impl<'a> Fields<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], TlsError> {
-        if self.0.len() < n {
-            return Err(TlsError::Protocol("message truncated"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, TlsError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, TlsError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u24(&mut self) -> Result<usize, TlsError> {
-        let b = self.take(3)?;
-        Ok(usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
-    }
-    fn vec8(&mut self) -> Result<Fields<'a>, TlsError> {
-        let n = usize::from(self.u8()?);
-        Ok(Fields(self.take(n)?))
-    }
-    fn vec16(&mut self) -> Result<Fields<'a>, TlsError> {
-        let n = usize::from(self.u16()?);
-        Ok(Fields(self.take(n)?))
-    }
-    fn vec24(&mut self) -> Result<Fields<'a>, TlsError> {
-        let n = self.u24()?;
-        Ok(Fields(self.take(n)?))
+/// A field that runs past its message fails the message.
+impl From<Truncated> for TlsError {
+    fn from(_: Truncated) -> Self {
+        TlsError::Protocol("message truncated")
     }
 }
 

@@ -253,9 +253,9 @@ async fn serve(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpStrea
     security(ctx, inbound, stream, &info).await
 }
 
-/// The security layer (none, TLS or REALITY), then the transport.
-/// `info` by reference, here and in the layers above: each layer's future would otherwise
-/// keep a copy of it for the session's life.
+/// The security layer (none, TLS or REALITY), then the transport. `info` is passed by
+/// reference here and in the layers after it: each layer's future would otherwise keep a copy
+/// of it for the session's life.
 async fn security(ctx: &Rc<ShardCtx>, inbound: &Rc<InboundRt>, stream: Box<TcpStream>, info: &ConnInfo) {
     if let Some(reality) = &inbound.reality {
         return Box::pin(serve_reality(ctx, inbound, reality, stream, info)).await;

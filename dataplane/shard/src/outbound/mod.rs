@@ -45,6 +45,20 @@ use trojan::Upstream;
 /// How long a dial may take before the session is given up.
 pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `step`'s outcome, or a `TimedOut` error saying `what` once `DIAL_TIMEOUT` passes: every
+/// part of reaching a server (connecting, its TLS or REALITY, a proxy's or HTTP/2's opening)
+/// is bounded by it.
+pub(crate) async fn within_dial_timeout<T>(
+    step: impl Future<Output = io::Result<T>>,
+    what: &'static str,
+) -> io::Result<T> {
+    futures_lite::future::or(step, async {
+        glommio::timer::sleep(DIAL_TIMEOUT).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, what))
+    })
+    .await
+}
+
 /// The answer a blackhole with `response.type = "http"` gives.
 const HTTP_403: &[u8] =
     b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nCache-Control: max-age=3600, public\r\nContent-Length: 0\r\n\r\n";

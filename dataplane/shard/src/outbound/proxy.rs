@@ -45,11 +45,7 @@ impl ProxyClient {
             };
             Ok::<_, io::Error>(rest)
         };
-        let rest = futures_lite::future::or(opening, async {
-            glommio::timer::sleep(super::DIAL_TIMEOUT).await;
-            Err(io::Error::new(io::ErrorKind::TimedOut, "proxy handshake timed out"))
-        })
-        .await?;
+        let rest = super::within_dial_timeout(opening, "proxy handshake timed out").await?;
         Ok((up, rest))
     }
 }
@@ -66,11 +62,7 @@ impl ProxyClient {
         // As Xray's client asks: the client's own address is not known, so 0.0.0.0:0.
         let any = Destination::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         let opening = socks_request(&mut up, spec, Command::UdpAssociate, &any);
-        let (_, relay) = futures_lite::future::or(opening, async {
-            glommio::timer::sleep(super::DIAL_TIMEOUT).await;
-            Err(io::Error::new(io::ErrorKind::TimedOut, "proxy handshake timed out"))
-        })
-        .await?;
+        let (_, relay) = super::within_dial_timeout(opening, "proxy handshake timed out").await?;
         Ok((up, relay))
     }
 }

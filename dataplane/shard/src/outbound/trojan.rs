@@ -16,7 +16,6 @@ use shardray_wire::trojan::{password_key, Command, Request, KEY_LEN};
 use shardray_wire::websocket::Flavor;
 
 use super::resolve::Via;
-use super::DIAL_TIMEOUT;
 use crate::transport::grpc::{GrpcClient, GrpcStream};
 use crate::transport::http_header::Camouflaged;
 use crate::transport::reality_client::{RealityClient, RealityStream};
@@ -135,9 +134,7 @@ pub(crate) async fn dial(
         let (flavor, spec, host) = match transport {
             ClientTransport::Raw => return dial_secured(tls, server, via).await,
             ClientTransport::Reality(reality) => {
-                let stream = super::resolve::connect_configured_via(server, via).await?;
-                let _ = stream.set_nodelay(true);
-                return Ok(Upstream::Reality(Box::new(reality.connect(TlsTcp::new(Box::new(stream))).await?)));
+                return Ok(Upstream::Reality(Box::new(dial_reality(reality, server, via, false).await?)));
             }
             ClientTransport::Http(flavor, spec, host) => (flavor, spec, host),
             ClientTransport::Grpc(grpc) => return Ok(Upstream::Grpc(Box::new(grpc.open(server, via).await?))),
@@ -151,11 +148,21 @@ pub(crate) async fn dial(
             Upgraded::Raw { stream, early } => Ok(Upstream::Early(Box::new(Camouflaged::with_early(stream, early)))),
         }
     };
-    futures_lite::future::or(dialing, async {
-        glommio::timer::sleep(DIAL_TIMEOUT).await;
-        Err(io::Error::new(io::ErrorKind::TimedOut, "dial timed out"))
-    })
-    .await
+    super::within_dial_timeout(dialing, "dial timed out").await
+}
+
+/// Resolves and connects to the server, then completes REALITY's handshake; `tracking` keeps
+/// the TLS records' boundaries in view (for Vision).
+pub(crate) async fn dial_reality(
+    reality: &RealityClient,
+    server: &Destination,
+    via: &Via,
+    tracking: bool,
+) -> io::Result<RealityStream> {
+    let stream = Box::new(super::resolve::connect_configured_via(server, via).await?);
+    let _ = stream.set_nodelay(true);
+    let tcp = if tracking { TlsTcp::tracking(stream) } else { TlsTcp::new(stream) };
+    reality.connect(tcp).await
 }
 
 /// Resolves and connects to the server, then completes the TLS handshake if configured.

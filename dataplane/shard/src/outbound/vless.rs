@@ -58,10 +58,8 @@ impl VlessClient {
     ) -> io::Result<Upstream> {
         let dialing = async {
             if let ClientTransport::Reality(reality) = &self.transport {
-                let stream = super::resolve::connect_configured_via(server, via).await?;
-                let _ = stream.set_nodelay(true);
-                let tcp = crate::transport::tls_tcp::TlsTcp::tracking(Box::new(stream));
-                return Ok(VisionOuter::Reality(Box::new(reality.connect(tcp).await?)));
+                let stream = super::trojan::dial_reality(reality, server, via, true).await?;
+                return Ok(VisionOuter::Reality(Box::new(stream)));
             }
             let up = super::trojan::dial_secured_with(&self.tls, server, true, via).await?;
             let Upstream::Tls(tls) = up else {
@@ -72,11 +70,7 @@ impl VlessClient {
             }
             Ok(VisionOuter::Tls(tls))
         };
-        let outer = futures_lite::future::or(dialing, async {
-            glommio::timer::sleep(super::DIAL_TIMEOUT).await;
-            Err(io::Error::new(io::ErrorKind::TimedOut, "dial timed out"))
-        })
-        .await?;
+        let outer = super::within_dial_timeout(dialing, "dial timed out").await?;
         let stream = VisionStream::client(outer, *self.id.as_bytes(), self.header(Command::Tcp, dest));
         Ok(Upstream::Vision(Box::new(stream)))
     }

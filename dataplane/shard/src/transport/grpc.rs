@@ -767,11 +767,9 @@ impl GrpcClient {
             .max_frame_size(MAX_FRAME)
             .max_send_buffer_size(MAX_MESSAGE + MAX_HEADER_LEN);
         let handshake = builder.handshake::<_, Bytes>(TokioIo(stream));
-        let (sender, mut connection) = futures_lite::future::or(async { handshake.await.map_err(h2_error) }, async {
-            glommio::timer::sleep(super::super::outbound::DIAL_TIMEOUT).await;
-            Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP/2 handshake timed out"))
-        })
-        .await?;
+        let opening = async { handshake.await.map_err(h2_error) };
+        let (sender, mut connection) =
+            crate::outbound::within_dial_timeout(opening, "HTTP/2 handshake timed out").await?;
         let state = ConnState::new();
         let pings = connection.ping_pong();
         let driver_state = state.clone();

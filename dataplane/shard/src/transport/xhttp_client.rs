@@ -34,7 +34,7 @@ use shardray_wire::xhttp::{Mode, Placement, Range, Settings};
 
 use super::grpc::{h2_error, keepalive, TokioIo};
 use crate::outbound::trojan::{dial_secured, ClientTls, Upstream};
-use crate::outbound::{Via, DIAL_TIMEOUT};
+use crate::outbound::{within_dial_timeout, Via};
 
 /// HTTP/2 windows we grant (as the gRPC client does): 64 KiB would hold the downlink to one
 /// window per round trip.
@@ -546,11 +546,8 @@ impl Client {
             .max_frame_size(MAX_FRAME)
             .max_send_buffer_size(MAX_WRITE);
         let handshake = builder.handshake::<_, Bytes>(TokioIo(io));
-        let (sender, mut connection) = futures_lite::future::or(async { handshake.await.map_err(h2_error) }, async {
-            glommio::timer::sleep(DIAL_TIMEOUT).await;
-            Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP/2 handshake timed out"))
-        })
-        .await?;
+        let opening = async { handshake.await.map_err(h2_error) };
+        let (sender, mut connection) = within_dial_timeout(opening, "HTTP/2 handshake timed out").await?;
         let state = Rc::new(MuxState {
             dead: Cell::new(false),
             running: Cell::new(0),
@@ -640,11 +637,7 @@ async fn dial_http(tls: &ClientTls, h2: bool, server: &Destination, via: &Via) -
         }
         Ok(io)
     };
-    futures_lite::future::or(dialing, async {
-        glommio::timer::sleep(DIAL_TIMEOUT).await;
-        Err(io::Error::new(io::ErrorKind::TimedOut, "dial timed out"))
-    })
-    .await
+    within_dial_timeout(dialing, "dial timed out").await
 }
 
 // === XMUX ===
